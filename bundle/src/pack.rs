@@ -1,0 +1,221 @@
+//! Deterministic packing: sorted entries, fixed owner and mtime, gzip header without a
+//! timestamp, so the same content always gives the same archive bytes and hash.
+
+use crate::{
+    check_relative_path, BundleError, BundleKind, Manifest, Member, ProgramInfo, ResultInfo,
+    TaskInfo, FORMAT_VERSION, MANIFEST_NAME,
+};
+use flate2::{write::GzEncoder, Compression};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+enum Source {
+    File(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+struct Entry {
+    source: Source,
+    executable: bool,
+}
+
+/// Builds one bundle from files on disk and in-memory bytes.
+pub struct BundleBuilder {
+    label: String,
+    kind: BundleKind,
+    program: Option<ProgramInfo>,
+    task: Option<TaskInfo>,
+    result: Option<ResultInfo>,
+    entries: BTreeMap<String, Entry>,
+}
+
+/// Lower-case hex SHA-256 of bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Lower-case hex SHA-256 of a file's content, streamed.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+impl BundleBuilder {
+    fn new(kind: BundleKind, label: &str) -> Self {
+        BundleBuilder {
+            label: label.to_string(),
+            kind,
+            program: None,
+            task: None,
+            result: None,
+            entries: BTreeMap::new(),
+        }
+    }
+
+    /// A program bundle; `label` names it in error messages.
+    pub fn program(info: ProgramInfo, label: &str) -> Self {
+        let mut b = Self::new(BundleKind::Program, label);
+        b.program = Some(info);
+        b
+    }
+
+    /// A task bundle.
+    pub fn task(info: TaskInfo, label: &str) -> Self {
+        let mut b = Self::new(BundleKind::Task, label);
+        b.task = Some(info);
+        b
+    }
+
+    /// A result bundle.
+    pub fn result(info: ResultInfo, label: &str) -> Self {
+        let mut b = Self::new(BundleKind::Result, label);
+        b.result = Some(info);
+        b
+    }
+
+    fn insert(&mut self, path: &str, entry: Entry) -> Result<(), BundleError> {
+        check_relative_path(path).map_err(|reason| BundleError::Build {
+            archive: self.label.clone(),
+            reason: format!("member `{path}`: {reason}"),
+        })?;
+        if self.entries.insert(path.to_string(), entry).is_some() {
+            return Err(BundleError::Build {
+                archive: self.label.clone(),
+                reason: format!("member `{path}` added twice"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds a file from disk under `path`; its executable bit is kept.
+    pub fn add_file(&mut self, path: &str, source: &Path) -> Result<(), BundleError> {
+        let meta = std::fs::metadata(source).map_err(|e| BundleError::Build {
+            archive: self.label.clone(),
+            reason: format!("member `{path}`: cannot read {}: {e}", source.display()),
+        })?;
+        if !meta.is_file() {
+            return Err(BundleError::Build {
+                archive: self.label.clone(),
+                reason: format!("member `{path}`: {} is not a regular file", source.display()),
+            });
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let executable = meta.permissions().mode() & 0o111 != 0;
+        self.insert(
+            path,
+            Entry {
+                source: Source::File(source.to_path_buf()),
+                executable,
+            },
+        )
+    }
+
+    /// Adds in-memory content under `path`.
+    pub fn add_bytes(
+        &mut self,
+        path: &str,
+        bytes: Vec<u8>,
+        executable: bool,
+    ) -> Result<(), BundleError> {
+        self.insert(
+            path,
+            Entry {
+                source: Source::Bytes(bytes),
+                executable,
+            },
+        )
+    }
+
+    /// Writes the archive to `out` (through a temporary file renamed into place) and
+    /// returns the SHA-256 of the archive bytes.
+    pub fn write_to(self, out: &Path) -> Result<String, BundleError> {
+        let label = out.display().to_string();
+        let bytes = self.to_bytes()?;
+        let dir = out.parent().unwrap_or(Path::new("."));
+        let io = |context: &str, source| BundleError::Io {
+            archive: label.clone(),
+            context: context.to_string(),
+            source,
+        };
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(dir).map_err(|e| io("creating temp file", e))?;
+        tmp.write_all(&bytes).map_err(|e| io("writing", e))?;
+        tmp.persist(out)
+            .map_err(|e| io("renaming into place", e.error))?;
+        Ok(sha256_hex(&bytes))
+    }
+
+    /// Produces the archive bytes.
+    pub fn to_bytes(self) -> Result<Vec<u8>, BundleError> {
+        let label = self.label.clone();
+        let build_err = |reason: String| BundleError::Build {
+            archive: label.clone(),
+            reason,
+        };
+        // Read every member once, hashing as we go.
+        let mut contents: Vec<(String, Vec<u8>, bool)> = Vec::with_capacity(self.entries.len());
+        let mut members = Vec::with_capacity(self.entries.len());
+        for (path, entry) in self.entries {
+            let data = match entry.source {
+                Source::Bytes(b) => b,
+                Source::File(p) => std::fs::read(&p).map_err(|e| {
+                    build_err(format!("member `{path}`: cannot read {}: {e}", p.display()))
+                })?,
+            };
+            members.push(Member {
+                path: path.clone(),
+                sha256: sha256_hex(&data),
+                size: data.len() as u64,
+                executable: entry.executable,
+            });
+            contents.push((path, data, entry.executable));
+        }
+        let manifest = Manifest {
+            format: FORMAT_VERSION,
+            kind: self.kind,
+            program: self.program,
+            task: self.task,
+            result: self.result,
+            members,
+        };
+        let manifest_text = toml::to_string(&manifest)
+            .map_err(|e| build_err(format!("cannot serialise manifest: {e}")))?;
+
+        let gz = GzEncoder::new(Vec::new(), Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        let io = |e: std::io::Error| build_err(format!("writing archive: {e}"));
+        append(&mut tar, MANIFEST_NAME, manifest_text.as_bytes(), false).map_err(io)?;
+        for (path, data, exec) in &contents {
+            append(&mut tar, path, data, *exec).map_err(io)?;
+        }
+        let gz = tar.into_inner().map_err(io)?;
+        gz.finish().map_err(io)
+    }
+}
+
+fn append<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    data: &[u8],
+    executable: bool,
+) -> std::io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(data.len() as u64);
+    header.set_mode(if executable { 0o755 } else { 0o644 });
+    header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
+    tar.append_data(&mut header, path, data)
+}

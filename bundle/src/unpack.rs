@@ -1,0 +1,439 @@
+//! Hostile-input-safe reading of bundles.
+//!
+//! The archive is read as a stream; nothing is trusted. The manifest must come first, every
+//! later entry must be a regular file (or directory) listed in the manifest, at a relative
+//! path without `..`, within the size and entry-count limits; its SHA-256 and size are
+//! checked as it is read. Links, devices, FIFOs and anything else are refused. Files are
+//! created with `create_new` (never overwriting, never following an existing link) and with
+//! mode 0644 or 0755 only: no setuid, no owner changes.
+
+use crate::{
+    check_relative_path, BundleError, BundleKind, Manifest, Member, FORMAT_VERSION, MANIFEST_NAME,
+};
+use flate2::read::GzDecoder;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+/// Limits applied while reading a bundle.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest total of member sizes, in bytes.
+    pub max_total_bytes: u64,
+    /// Largest number of archive entries (manifest included).
+    pub max_entries: usize,
+    /// Largest manifest, in bytes.
+    pub max_manifest_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_total_bytes: 2 * 1024 * 1024 * 1024,
+            max_entries: 10_000,
+            max_manifest_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// A bundle read fully into memory, checksums verified.
+#[derive(Debug, Clone)]
+pub struct InMemoryBundle {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// Member contents by path.
+    pub members: BTreeMap<String, Vec<u8>>,
+}
+
+/// Unpacks the bundle at `archive` into `dest` (created if missing), verifying everything.
+/// When `expect` is given, a bundle of another kind is refused.
+pub fn unpack(
+    archive: &Path,
+    dest: &Path,
+    expect: Option<BundleKind>,
+    limits: &Limits,
+) -> Result<Manifest, BundleError> {
+    let label = archive.display().to_string();
+    let file = std::fs::File::open(archive).map_err(|e| BundleError::Io {
+        archive: label.clone(),
+        context: "cannot open".into(),
+        source: e,
+    })?;
+    std::fs::create_dir_all(dest).map_err(|e| BundleError::Io {
+        archive: label.clone(),
+        context: format!("cannot create {}", dest.display()),
+        source: e,
+    })?;
+    walk(file, &label, expect, limits, |member, reader| {
+        let target = safe_join(dest, &member.path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io_err(&label, &member.path, e))?;
+        }
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(if member.executable { 0o755 } else { 0o644 });
+        opts.custom_flags(libc::O_NOFOLLOW);
+        let mut out = opts
+            .open(&target)
+            .map_err(|e| io_err(&label, &member.path, e))?;
+        std::io::copy(reader, &mut out).map_err(|e| io_err(&label, &member.path, e))?;
+        out.flush().map_err(|e| io_err(&label, &member.path, e))?;
+        Ok(())
+    })
+}
+
+/// Reads a whole bundle from bytes into memory, verifying everything.
+pub fn open_in_memory(
+    bytes: &[u8],
+    label: &str,
+    expect: Option<BundleKind>,
+    limits: &Limits,
+) -> Result<InMemoryBundle, BundleError> {
+    let mut members = BTreeMap::new();
+    let manifest = walk(bytes, label, expect, limits, |member, reader| {
+        let mut data = Vec::with_capacity(member.size as usize);
+        reader
+            .read_to_end(&mut data)
+            .map_err(|e| io_err(label, &member.path, e))?;
+        members.insert(member.path.clone(), data);
+        Ok(())
+    })?;
+    Ok(InMemoryBundle { manifest, members })
+}
+
+/// Reads only the manifest (the first entry) of the bundle at `archive`.
+pub fn read_manifest(archive: &Path, limits: &Limits) -> Result<Manifest, BundleError> {
+    let label = archive.display().to_string();
+    let file = std::fs::File::open(archive).map_err(|e| BundleError::Io {
+        archive: label.clone(),
+        context: "cannot open".into(),
+        source: e,
+    })?;
+    let mut tar = tar::Archive::new(GzDecoder::new(file));
+    let mut entries = tar.entries().map_err(|e| not_a_bundle(&label, e))?;
+    let first = match entries.next() {
+        Some(entry) => entry.map_err(|e| not_a_bundle(&label, e))?,
+        None => return Err(manifest_err(&label, "archive is empty")),
+    };
+    parse_manifest_entry(first, &label, None, limits)
+}
+
+fn io_err(label: &str, entry: &str, e: std::io::Error) -> BundleError {
+    BundleError::Io {
+        archive: label.to_string(),
+        context: format!("entry `{entry}`"),
+        source: e,
+    }
+}
+
+fn not_a_bundle(label: &str, e: std::io::Error) -> BundleError {
+    BundleError::NotABundle {
+        archive: label.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn manifest_err(label: &str, reason: impl Into<String>) -> BundleError {
+    BundleError::Manifest {
+        archive: label.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Joins a path already checked by [`check_relative_path`] onto `dest`.
+fn safe_join(dest: &Path, rel: &str) -> PathBuf {
+    let mut p = dest.to_path_buf();
+    for comp in Path::new(rel).components() {
+        if let Component::Normal(c) = comp {
+            p.push(c);
+        }
+    }
+    p
+}
+
+fn parse_manifest_entry<R: Read>(
+    mut entry: tar::Entry<'_, R>,
+    label: &str,
+    expect: Option<BundleKind>,
+    limits: &Limits,
+) -> Result<Manifest, BundleError> {
+    let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+    if name != MANIFEST_NAME {
+        return Err(manifest_err(
+            label,
+            format!("the first entry must be {MANIFEST_NAME}, found `{name}`"),
+        ));
+    }
+    if entry.header().entry_type() != tar::EntryType::Regular {
+        return Err(manifest_err(label, "not a regular file"));
+    }
+    let size = entry.header().size().unwrap_or(u64::MAX);
+    if size > limits.max_manifest_bytes {
+        return Err(manifest_err(
+            label,
+            format!(
+                "{size} bytes, over the limit of {} bytes",
+                limits.max_manifest_bytes
+            ),
+        ));
+    }
+    let mut text = String::new();
+    (&mut entry)
+        .take(limits.max_manifest_bytes)
+        .read_to_string(&mut text)
+        .map_err(|e| manifest_err(label, format!("unreadable: {e}")))?;
+    let manifest: Manifest =
+        toml::from_str(&text).map_err(|e| manifest_err(label, e.message().to_string()))?;
+    if manifest.format > FORMAT_VERSION {
+        return Err(manifest_err(
+            label,
+            format!(
+                "format {} is newer than this mw understands ({FORMAT_VERSION}); upgrade mw",
+                manifest.format
+            ),
+        ));
+    }
+    if let Some(kind) = expect {
+        if manifest.kind != kind {
+            return Err(manifest_err(
+                label,
+                format!("expected a {kind} bundle, found a {} bundle", manifest.kind),
+            ));
+        }
+    }
+    let present = match manifest.kind {
+        BundleKind::Program => manifest.program.is_some(),
+        BundleKind::Task => manifest.task.is_some(),
+        BundleKind::Result => manifest.result.is_some(),
+    };
+    if !present {
+        return Err(manifest_err(
+            label,
+            format!("a {} bundle without its [{}] table", manifest.kind, manifest.kind),
+        ));
+    }
+    if manifest.members.len() + 1 > limits.max_entries {
+        return Err(BundleError::Limit {
+            archive: label.to_string(),
+            entry: MANIFEST_NAME.to_string(),
+            reason: format!(
+                "lists {} members, over the limit of {} entries",
+                manifest.members.len(),
+                limits.max_entries
+            ),
+        });
+    }
+    let mut seen = BTreeSet::new();
+    let mut total: u64 = 0;
+    for m in &manifest.members {
+        check_relative_path(&m.path).map_err(|reason| BundleError::Hostile {
+            archive: label.to_string(),
+            entry: m.path.clone(),
+            reason: format!("manifest member: {reason}"),
+        })?;
+        if !seen.insert(m.path.as_str()) {
+            return Err(manifest_err(label, format!("member `{}` listed twice", m.path)));
+        }
+        if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(manifest_err(
+                label,
+                format!("member `{}`: sha256 is not 64 hex digits", m.path),
+            ));
+        }
+        total = total.saturating_add(m.size);
+    }
+    if total > limits.max_total_bytes {
+        return Err(BundleError::Limit {
+            archive: label.to_string(),
+            entry: MANIFEST_NAME.to_string(),
+            reason: format!(
+                "members total {total} bytes, over the limit of {} bytes",
+                limits.max_total_bytes
+            ),
+        });
+    }
+    Ok(manifest)
+}
+
+/// Reader that hashes and counts what passes through it, and refuses to go past `limit`.
+struct Checked<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for Checked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        if self.count > self.limit {
+            return Err(std::io::Error::other("entry is larger than its manifest size"));
+        }
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+fn describe_link(entry_name: &str, target: &[u8], hard: bool) -> String {
+    let target = String::from_utf8_lossy(target);
+    let kind = if hard { "hard link" } else { "symbolic link" };
+    let leaves = target.starts_with('/') || {
+        // Lexical resolution relative to the link's own directory.
+        let mut depth: i64 = entry_name.matches('/').count() as i64;
+        let mut escaped = false;
+        for comp in target.split('/') {
+            match comp {
+                "" | "." => {}
+                ".." => {
+                    depth -= 1;
+                    if depth < 0 {
+                        escaped = true;
+                    }
+                }
+                _ => depth += 1,
+            }
+        }
+        escaped
+    };
+    if leaves {
+        format!("{kind} to `{target}` leaves the bundle directory")
+    } else {
+        format!("{kind} to `{target}`: links are not part of the bundle format")
+    }
+}
+
+fn walk<R: Read>(
+    reader: R,
+    label: &str,
+    expect: Option<BundleKind>,
+    limits: &Limits,
+    mut sink: impl FnMut(&Member, &mut dyn Read) -> Result<(), BundleError>,
+) -> Result<Manifest, BundleError> {
+    let mut tar = tar::Archive::new(GzDecoder::new(reader));
+    let mut entries = tar.entries().map_err(|e| not_a_bundle(label, e))?;
+    let first = match entries.next() {
+        Some(entry) => entry.map_err(|e| not_a_bundle(label, e))?,
+        None => return Err(manifest_err(label, "archive is empty")),
+    };
+    let manifest = parse_manifest_entry(first, label, expect, limits)?;
+    let by_path: BTreeMap<&str, &Member> = manifest
+        .members
+        .iter()
+        .map(|m| (m.path.as_str(), m))
+        .collect();
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    let mut count = 1usize;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| not_a_bundle(label, e))?;
+        count += 1;
+        let raw = entry.path_bytes().into_owned();
+        let name = String::from_utf8_lossy(&raw).into_owned();
+        if count > limits.max_entries {
+            return Err(BundleError::Limit {
+                archive: label.to_string(),
+                entry: name,
+                reason: format!("more than {} entries", limits.max_entries),
+            });
+        }
+        let hostile = |reason: String| BundleError::Hostile {
+            archive: label.to_string(),
+            entry: name.clone(),
+            reason,
+        };
+        if std::str::from_utf8(&raw).is_err() {
+            return Err(hostile("path is not UTF-8".into()));
+        }
+        let kind = entry.header().entry_type();
+        // A directory entry ends in '/'; check its path without it.
+        let check_name = if kind == tar::EntryType::Directory {
+            name.trim_end_matches('/')
+        } else {
+            name.as_str()
+        };
+        check_relative_path(check_name).map_err(&hostile)?;
+        match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {}
+            tar::EntryType::Directory => continue,
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                let target = entry.link_name_bytes().unwrap_or_default().into_owned();
+                return Err(hostile(describe_link(
+                    &name,
+                    &target,
+                    kind == tar::EntryType::Link,
+                )));
+            }
+            tar::EntryType::Char | tar::EntryType::Block => {
+                return Err(hostile("device files are not allowed".into()))
+            }
+            tar::EntryType::Fifo => return Err(hostile("FIFOs are not allowed".into())),
+            other => {
+                return Err(hostile(format!(
+                    "entry type {:?} is not allowed",
+                    other.as_byte() as char
+                )))
+            }
+        }
+        let Some(member) = by_path.get(name.as_str()) else {
+            return Err(BundleError::Membership {
+                archive: label.to_string(),
+                entry: name,
+                reason: "not listed in the manifest".into(),
+            });
+        };
+        if !done.insert(name.clone()) {
+            return Err(BundleError::Membership {
+                archive: label.to_string(),
+                entry: name,
+                reason: "appears twice in the archive".into(),
+            });
+        }
+        let header_size = entry.header().size().unwrap_or(u64::MAX);
+        if header_size != member.size {
+            return Err(BundleError::Checksum {
+                archive: label.to_string(),
+                entry: name,
+                reason: format!(
+                    "size {header_size} in the archive, {} in the manifest",
+                    member.size
+                ),
+            });
+        }
+        let mut checked = Checked {
+            inner: &mut entry,
+            hasher: Sha256::new(),
+            count: 0,
+            limit: member.size,
+        };
+        sink(member, &mut checked)?;
+        // Drain anything the sink did not read so the hash covers the whole entry.
+        std::io::copy(&mut checked, &mut std::io::sink()).map_err(|e| BundleError::Limit {
+            archive: label.to_string(),
+            entry: name.clone(),
+            reason: e.to_string(),
+        })?;
+        let actual = hex::encode(checked.hasher.finalize());
+        if actual != member.sha256 {
+            return Err(BundleError::Checksum {
+                archive: label.to_string(),
+                entry: name,
+                reason: format!(
+                    "SHA-256 mismatch: manifest says {}, content is {actual}",
+                    member.sha256
+                ),
+            });
+        }
+    }
+    for m in &manifest.members {
+        if !done.contains(&m.path) {
+            return Err(BundleError::Membership {
+                archive: label.to_string(),
+                entry: m.path.clone(),
+                reason: "listed in the manifest but missing from the archive".into(),
+            });
+        }
+    }
+    Ok(manifest)
+}

@@ -1,0 +1,1 @@
+//! mw master library (in progress).

@@ -1,0 +1,1 @@
+//! worker runtime (in progress).
