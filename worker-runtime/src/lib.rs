@@ -1,1 +1,19 @@
-//! worker runtime (in progress).
+//! The mw worker runtime: how a task is executed, everywhere.
+//!
+//! [`exec`] runs one program under the task contract (input JSON on stdin, result JSON from
+//! stdout, exit 0 = success, declared outputs collected, stderr tail kept, timeout and
+//! cancellation by process group). [`run`] does the same for bundles: program bundle + task
+//! bundle in, result bundle out; it is what the `mw-worker` binary, the MPI worker ranks and
+//! the BOINC app mode call. [`task`] is the three-line helper for Rust task programs.
+//!
+//! **Architecture invariant:** only this crate executes user programs. It knows nothing of
+//! the master, the journal, or how bundles travel (Condor, BOINC, MPI).
+
+#![warn(missing_docs)]
+
+pub mod exec;
+pub mod run;
+pub mod task;
+
+pub use exec::{execute, ExecOutcome, ExecRequest, ProcessControl};
+pub use run::{run_bundles, run_task_bytes, run_task_file, RunError, RunOptions, UnpackedProgram};

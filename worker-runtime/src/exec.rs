@@ -1,0 +1,476 @@
+//! Running one user program under the task contract.
+//!
+//! The program runs in its own process group, in a working directory the caller prepared,
+//! with its input JSON on stdin and stdout/stderr going to files beside (not inside) that
+//! directory, so no reader threads are needed and a chatty program cannot fill a pipe. A
+//! waiter thread reaps it with `wait4` to get its CPU time; the calling thread waits for that
+//! or for a timeout or cancellation, and then terminates the whole group: SIGTERM, a grace
+//! period, SIGKILL. After the leader exits, the rest of its group is killed so no stray
+//! grandchild outlives the task.
+//!
+//! This module knows nothing of bundles, platforms or the master.
+
+use mw_bundle::ExitInfo;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long a process group gets between SIGTERM and SIGKILL.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
+
+/// Everything needed to run one program once.
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    /// Executable to run (absolute, or relative to `workdir`).
+    pub program: PathBuf,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Extra environment variables (added to the inherited environment).
+    pub env: BTreeMap<String, String>,
+    /// Working directory (must exist).
+    pub workdir: PathBuf,
+    /// Directory for the stdin/stdout/stderr files (must exist, outside `workdir`).
+    pub io_dir: PathBuf,
+    /// Bytes fed on stdin.
+    pub stdin: Vec<u8>,
+    /// Wall-clock limit.
+    pub timeout: Option<Duration>,
+    /// Time between SIGTERM and SIGKILL.
+    pub grace: Duration,
+    /// How many trailing bytes of stderr to keep.
+    pub stderr_tail_bytes: usize,
+    /// Largest stdout accepted, in bytes.
+    pub max_stdout_bytes: u64,
+}
+
+impl ExecRequest {
+    /// A request with the defaults: no timeout, 4 KiB stderr tail, 256 MiB stdout limit.
+    pub fn new(program: PathBuf, workdir: PathBuf, io_dir: PathBuf) -> Self {
+        ExecRequest {
+            program,
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            workdir,
+            io_dir,
+            stdin: Vec::new(),
+            timeout: None,
+            grace: DEFAULT_GRACE,
+            stderr_tail_bytes: 4096,
+            max_stdout_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// What came of running a program.
+#[derive(Debug, Clone)]
+pub struct ExecOutcome {
+    /// How it ended.
+    pub exit: ExitInfo,
+    /// Its stdout (up to the limit).
+    pub stdout: Vec<u8>,
+    /// True when stdout was longer than the limit and was cut.
+    pub stdout_truncated: bool,
+    /// Last bytes of stderr, lossy UTF-8.
+    pub stderr_tail: String,
+    /// Wall-clock time.
+    pub wall: Duration,
+    /// User CPU time of the process and its reaped descendants.
+    pub user: Duration,
+    /// System CPU time.
+    pub sys: Duration,
+    /// When it started.
+    pub started: SystemTime,
+}
+
+enum Msg {
+    Exited { status: i32, user: Duration, sys: Duration },
+    Cancel,
+}
+
+#[derive(Default)]
+struct ControlState {
+    pgid: Option<i32>,
+    cancelled: bool,
+    suspended: bool,
+    notify: Option<Sender<Msg>>,
+}
+
+/// A handle to the process group of a running task: cancel, suspend, resume. Cheap to clone;
+/// may be used from any thread, before, during or after the run.
+#[derive(Clone, Default)]
+pub struct ProcessControl {
+    state: Arc<Mutex<ControlState>>,
+}
+
+impl std::fmt::Debug for ProcessControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProcessControl")
+    }
+}
+
+fn signal_group(pgid: i32, signal: i32) {
+    // SAFETY: killpg only sends a signal; a stale or invalid pgid yields ESRCH, which we ignore.
+    unsafe {
+        libc::killpg(pgid, signal);
+    }
+}
+
+impl ProcessControl {
+    /// A fresh control, not attached to a process yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ControlState> {
+        // A poisoned lock only means another thread panicked mid-update of plain flags.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Cancels the task: a run in progress is terminated (SIGTERM, grace, SIGKILL); a run
+    /// not yet started will not start.
+    pub fn cancel(&self) {
+        let mut st = self.lock();
+        st.cancelled = true;
+        if let Some(pgid) = st.pgid {
+            if st.suspended {
+                signal_group(pgid, libc::SIGCONT);
+            }
+        }
+        if let Some(tx) = &st.notify {
+            let _ = tx.send(Msg::Cancel);
+        }
+    }
+
+    /// True once [`cancel`](Self::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.lock().cancelled
+    }
+
+    /// Stops the process group (SIGSTOP).
+    pub fn suspend(&self) {
+        let mut st = self.lock();
+        if let Some(pgid) = st.pgid {
+            signal_group(pgid, libc::SIGSTOP);
+            st.suspended = true;
+        }
+    }
+
+    /// Continues a stopped process group (SIGCONT).
+    pub fn resume(&self) {
+        let mut st = self.lock();
+        if let Some(pgid) = st.pgid {
+            signal_group(pgid, libc::SIGCONT);
+            st.suspended = false;
+        }
+    }
+
+    /// The process group id while a run is in progress.
+    pub fn pgid(&self) -> Option<i32> {
+        self.lock().pgid
+    }
+}
+
+/// Errors that prevent a run from being attempted at all (not failures of the program).
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// An I/O error preparing or reading the run's files.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ExecError {
+    let context = context.into();
+    move |source| ExecError::Io { context, source }
+}
+
+fn timeval(tv: libc::timeval) -> Duration {
+    Duration::from_secs(tv.tv_sec.max(0) as u64) + Duration::from_micros(tv.tv_usec.max(0) as u64)
+}
+
+/// Runs the program and waits for it, enforcing the timeout and honouring `control`.
+pub fn execute(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutcome, ExecError> {
+    let stdin_path = req.io_dir.join("stdin");
+    let stdout_path = req.io_dir.join("stdout");
+    let stderr_path = req.io_dir.join("stderr");
+    std::fs::write(&stdin_path, &req.stdin)
+        .map_err(io_err(format!("writing {}", stdin_path.display())))?;
+    let stdin = File::open(&stdin_path).map_err(io_err("opening stdin file"))?;
+    let stdout = File::create(&stdout_path).map_err(io_err("creating stdout file"))?;
+    let stderr = File::create(&stderr_path).map_err(io_err("creating stderr file"))?;
+
+    let started = SystemTime::now();
+    let t0 = Instant::now();
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let mut cmd = Command::new(&req.program);
+    cmd.args(&req.args)
+        .envs(&req.env)
+        .current_dir(&req.workdir)
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr))
+        .process_group(0);
+
+    // Register before spawning so a cancel racing with the spawn is seen.
+    let child = {
+        let mut st = control.lock();
+        if st.cancelled {
+            return Ok(outcome_without_run(ExitInfo::Cancelled, started));
+        }
+        match cmd.spawn() {
+            Ok(child) => {
+                st.pgid = Some(child.id() as i32);
+                st.notify = Some(tx.clone());
+                child
+            }
+            Err(e) => {
+                return Ok(outcome_without_run(
+                    ExitInfo::SpawnFailed {
+                        reason: format!("{}: {e}", req.program.display()),
+                    },
+                    started,
+                ))
+            }
+        }
+    };
+    let pid = child.id() as i32;
+    // The waiter owns the reaping; `child` is dropped without waiting (std never reaps on drop).
+    drop(child);
+    std::thread::Builder::new()
+        .name(format!("mw-wait-{pid}"))
+        .spawn(move || {
+            let mut status: i32 = 0;
+            // SAFETY: rusage is plain old data; zeroed is a valid value for it.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            loop {
+                // SAFETY: pid is our own child, status and usage point to live locals.
+                let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+                if r == pid {
+                    break;
+                }
+                if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                    break;
+                }
+            }
+            let _ = tx.send(Msg::Exited {
+                status,
+                user: timeval(usage.ru_utime),
+                sys: timeval(usage.ru_stime),
+            });
+        })
+        .map_err(io_err("spawning waiter thread"))?;
+
+    let deadline = req.timeout.map(|t| t0 + t);
+    enum Why {
+        TimedOut,
+        Cancelled,
+    }
+    let mut killed_because: Option<Why> = None;
+    let exited = loop {
+        let msg = match deadline {
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    Err(RecvTimeoutError::Timeout)
+                } else {
+                    rx.recv_timeout(d - now)
+                }
+            }
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match msg {
+            Ok(Msg::Exited { status, user, sys }) => break Some((status, user, sys)),
+            Ok(Msg::Cancel) => {
+                killed_because = Some(Why::Cancelled);
+                break terminate(pid, &rx, req.grace);
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                killed_because = Some(Why::TimedOut);
+                break terminate(pid, &rx, req.grace);
+            }
+            Err(RecvTimeoutError::Disconnected) => break None,
+        }
+    };
+    // Kill whatever is left of the group (grandchildren holding files open).
+    signal_group(pid, libc::SIGKILL);
+    {
+        let mut st = control.lock();
+        st.pgid = None;
+        st.notify = None;
+    }
+    let wall = t0.elapsed();
+    let (status, user, sys) = exited.unwrap_or((0, Duration::ZERO, Duration::ZERO));
+    let exit = match killed_because {
+        Some(Why::TimedOut) => ExitInfo::TimedOut {
+            limit_secs: req.timeout.map(|t| t.as_secs_f64()).unwrap_or(0.0),
+        },
+        Some(Why::Cancelled) => ExitInfo::Cancelled,
+        None if exited.is_none() => ExitInfo::SpawnFailed {
+            reason: "lost track of the process".into(),
+        },
+        None => decode_status(status),
+    };
+    let (stdout, stdout_truncated) = read_limited(&stdout_path, req.max_stdout_bytes)?;
+    let stderr_tail = read_tail(&stderr_path, req.stderr_tail_bytes)?;
+    Ok(ExecOutcome {
+        exit,
+        stdout,
+        stdout_truncated,
+        stderr_tail,
+        wall,
+        user,
+        sys,
+        started,
+    })
+}
+
+/// SIGTERM the group, wait up to `grace` for the leader to exit, then SIGKILL; returns the
+/// leader's exit as reaped by the waiter thread.
+fn terminate(
+    pid: i32,
+    rx: &mpsc::Receiver<Msg>,
+    grace: Duration,
+) -> Option<(i32, Duration, Duration)> {
+    signal_group(pid, libc::SIGTERM);
+    signal_group(pid, libc::SIGCONT);
+    let deadline = Instant::now() + grace;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Msg::Exited { status, user, sys }) => return Some((status, user, sys)),
+            Ok(Msg::Cancel) => continue,
+            Err(_) => break,
+        }
+    }
+    signal_group(pid, libc::SIGKILL);
+    loop {
+        match rx.recv() {
+            Ok(Msg::Exited { status, user, sys }) => return Some((status, user, sys)),
+            Ok(Msg::Cancel) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+fn outcome_without_run(exit: ExitInfo, started: SystemTime) -> ExecOutcome {
+    ExecOutcome {
+        exit,
+        stdout: Vec::new(),
+        stdout_truncated: false,
+        stderr_tail: String::new(),
+        wall: Duration::ZERO,
+        user: Duration::ZERO,
+        sys: Duration::ZERO,
+        started,
+    }
+}
+
+/// Turns a raw wait status into an [`ExitInfo`].
+pub fn decode_status(status: i32) -> ExitInfo {
+    if libc::WIFEXITED(status) {
+        ExitInfo::Exited {
+            code: libc::WEXITSTATUS(status),
+        }
+    } else if libc::WIFSIGNALED(status) {
+        ExitInfo::Signaled {
+            signal: libc::WTERMSIG(status),
+        }
+    } else {
+        ExitInfo::Exited { code: status }
+    }
+}
+
+fn read_limited(path: &Path, limit: u64) -> Result<(Vec<u8>, bool), ExecError> {
+    let file = File::open(path).map_err(io_err(format!("reading {}", path.display())))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut buf = Vec::with_capacity(len.min(limit) as usize);
+    file.take(limit)
+        .read_to_end(&mut buf)
+        .map_err(io_err(format!("reading {}", path.display())))?;
+    Ok((buf, len > limit))
+}
+
+fn read_tail(path: &Path, n: usize) -> Result<String, ExecError> {
+    let mut file = File::open(path).map_err(io_err(format!("reading {}", path.display())))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(n as u64);
+    file.seek(SeekFrom::Start(start))
+        .map_err(io_err(format!("reading {}", path.display())))?;
+    let mut buf = Vec::new();
+    file.read_to_end(&mut buf)
+        .map_err(io_err(format!("reading {}", path.display())))?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// A declared output as found after the run.
+#[derive(Debug, Clone)]
+pub struct CollectedOutput {
+    /// The declared relative path.
+    pub name: String,
+    /// Where it is on disk.
+    pub path: PathBuf,
+}
+
+/// Finds the declared outputs in `workdir`. Only regular files count: a symbolic link named
+/// as an output is reported missing, so a task cannot smuggle a host file into its result.
+/// Unsafe names (absolute, `..`) are reported missing too.
+pub fn collect_outputs(workdir: &Path, outputs: &[String]) -> (Vec<CollectedOutput>, Vec<String>) {
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for name in outputs {
+        if mw_bundle::check_relative_path(name).is_err() {
+            missing.push(name.clone());
+            continue;
+        }
+        let path = workdir.join(name);
+        let ok = ancestors_are_real_dirs(workdir, name)
+            && std::fs::symlink_metadata(&path)
+                .map(|m| m.file_type().is_file())
+                .unwrap_or(false);
+        if ok {
+            found.push(CollectedOutput {
+                name: name.clone(),
+                path,
+            });
+        } else {
+            missing.push(name.clone());
+        }
+    }
+    (found, missing)
+}
+
+fn ancestors_are_real_dirs(root: &Path, rel: &str) -> bool {
+    let mut p = root.to_path_buf();
+    let comps: Vec<&str> = rel.split('/').collect();
+    for c in &comps[..comps.len().saturating_sub(1)] {
+        p.push(c);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_dir() => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// This machine's host name.
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for 256 bytes; gethostname writes at most that and we
+    // read up to the first NUL.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if r != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}

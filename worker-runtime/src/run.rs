@@ -1,0 +1,323 @@
+//! Executing a task bundle against a program bundle and producing a result bundle.
+//!
+//! This is what `mw-worker run` does on a Condor execute node or in a BOINC slot, and what an
+//! MPI worker rank does for each task. The program bundle is checked (its archive SHA-256
+//! must equal the one the task names) and unpacked once; each task gets a private scratch
+//! directory with its input files, symbolic links to the program's top-level files, the
+//! input JSON on stdin. Nothing runs until every checksum has been verified.
+//!
+//! This module knows nothing of platforms: callers decide where bundles come from and go.
+
+use crate::exec::{collect_outputs, execute, host_name, ExecRequest, ProcessControl};
+use mw_bundle::{
+    BundleBuilder, BundleError, BundleKind, Limits, Manifest, ResultInfo, TaskInfo,
+    RESULT_OUTPUTS_PREFIX, RESULT_STDOUT_NAME, TASK_FILES_PREFIX, TASK_INPUT_NAME,
+};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Errors that stop a task before or after its program ran (not failures of the program,
+/// which are reported inside the result bundle).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A bundle is malformed, hostile or fails its checksums.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// The task names another program than the one supplied.
+    #[error("task bundle {task}: wants program {wanted}, but the program bundle is {actual}")]
+    WrongProgram {
+        /// Task bundle label.
+        task: String,
+        /// SHA-256 the task names.
+        wanted: String,
+        /// SHA-256 of the supplied program bundle.
+        actual: String,
+    },
+    /// The program bundle's manifest names an executable it does not contain.
+    #[error("program bundle {0}: its executable `{1}` is not one of its members")]
+    NoExecutable(String, String),
+    /// A filesystem error in the scratch area.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Running the program failed for a reason outside the program.
+    #[error(transparent)]
+    Exec(#[from] crate::exec::ExecError),
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+    let context = context.into();
+    move |source| RunError::Io { context, source }
+}
+
+/// Options for running bundles.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Limits applied when unpacking bundles.
+    pub limits: Limits,
+    /// Where scratch directories are made (default: the system temp dir).
+    pub scratch_root: Option<PathBuf>,
+}
+
+/// A program bundle unpacked into a private directory, ready to serve many tasks.
+pub struct UnpackedProgram {
+    dir: tempfile::TempDir,
+    manifest: Manifest,
+    sha256: String,
+}
+
+impl std::fmt::Debug for UnpackedProgram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnpackedProgram")
+            .field("dir", &self.dir.path())
+            .field("sha256", &self.sha256)
+            .finish()
+    }
+}
+
+fn scratch_dir(opts: &RunOptions, prefix: &str) -> Result<tempfile::TempDir, RunError> {
+    let mut b = tempfile::Builder::new();
+    b.prefix(prefix);
+    match &opts.scratch_root {
+        Some(root) => b.tempdir_in(root),
+        None => b.tempdir(),
+    }
+    .map_err(io("creating a scratch directory"))
+}
+
+impl UnpackedProgram {
+    /// Verifies and unpacks the program bundle at `archive`.
+    pub fn unpack(archive: &Path, opts: &RunOptions) -> Result<Self, RunError> {
+        let sha256 = mw_bundle::sha256_file(archive)
+            .map_err(io(format!("reading {}", archive.display())))?;
+        let dir = scratch_dir(opts, "mw-program-")?;
+        let manifest = mw_bundle::unpack(
+            archive,
+            &dir.path().join("p"),
+            Some(BundleKind::Program),
+            &opts.limits,
+        )?;
+        let unpacked = UnpackedProgram {
+            dir,
+            manifest,
+            sha256,
+        };
+        unpacked.check_executable(&archive.display().to_string())?;
+        Ok(unpacked)
+    }
+
+    /// Verifies and unpacks a program bundle held in memory.
+    pub fn from_bytes(bytes: &[u8], label: &str, opts: &RunOptions) -> Result<Self, RunError> {
+        let sha256 = mw_bundle::sha256_hex(bytes);
+        let dir = scratch_dir(opts, "mw-program-")?;
+        let archive = dir.path().join(".bundle.tar.gz");
+        std::fs::write(&archive, bytes).map_err(io("staging the program bundle"))?;
+        let dest = dir.path().join("p");
+        let manifest =
+            mw_bundle::unpack(&archive, &dest, Some(BundleKind::Program), &opts.limits)?;
+        let _ = std::fs::remove_file(&archive);
+        let unpacked = UnpackedProgram {
+            dir,
+            manifest,
+            sha256,
+        };
+        unpacked.check_executable(label)?;
+        Ok(unpacked)
+    }
+
+    fn check_executable(&self, label: &str) -> Result<(), RunError> {
+        let exe = self.executable_name();
+        if self.manifest.member(&exe).is_none() {
+            return Err(RunError::NoExecutable(label.to_string(), exe));
+        }
+        Ok(())
+    }
+
+    fn executable_name(&self) -> String {
+        self.manifest
+            .program
+            .as_ref()
+            .map(|p| p.executable.clone())
+            .unwrap_or_default()
+    }
+
+    /// Directory holding the program's files.
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("p")
+    }
+
+    /// SHA-256 of the program bundle archive.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// The program bundle's manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Absolute path of the executable.
+    pub fn executable(&self) -> PathBuf {
+        self.root().join(self.executable_name())
+    }
+
+    /// Arguments the program always gets first.
+    pub fn base_args(&self) -> Vec<String> {
+        self.manifest
+            .program
+            .as_ref()
+            .map(|p| p.base_args.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Puts symbolic links to every top-level entry of `program_root` into `workdir`, skipping
+/// names the task's own input files already use.
+pub fn link_program_files(program_root: &Path, workdir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(program_root)? {
+        let entry = entry?;
+        let target = workdir.join(entry.file_name());
+        if std::fs::symlink_metadata(&target).is_err() {
+            std::os::unix::fs::symlink(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs one task bundle (bytes) with an unpacked program and returns the result bundle
+/// bytes together with its metadata. A failing program is a normal result (its exit is in
+/// the metadata); only problems outside the program are errors.
+pub fn run_task_bytes(
+    program: &UnpackedProgram,
+    task_bundle: &[u8],
+    label: &str,
+    control: &ProcessControl,
+    opts: &RunOptions,
+) -> Result<(ResultInfo, Vec<u8>), RunError> {
+    let scratch = scratch_dir(opts, "mw-task-")?;
+    let archive = scratch.path().join("task.tar.gz");
+    std::fs::write(&archive, task_bundle).map_err(io("staging the task bundle"))?;
+    run_task_in(program, &archive, label, scratch.path(), control, opts)
+}
+
+/// Runs the task bundle at `task_archive` with an unpacked program.
+pub fn run_task_file(
+    program: &UnpackedProgram,
+    task_archive: &Path,
+    control: &ProcessControl,
+    opts: &RunOptions,
+) -> Result<(ResultInfo, Vec<u8>), RunError> {
+    let scratch = scratch_dir(opts, "mw-task-")?;
+    let label = task_archive.display().to_string();
+    run_task_in(program, task_archive, &label, scratch.path(), control, opts)
+}
+
+fn run_task_in(
+    program: &UnpackedProgram,
+    task_archive: &Path,
+    label: &str,
+    scratch: &Path,
+    control: &ProcessControl,
+    opts: &RunOptions,
+) -> Result<(ResultInfo, Vec<u8>), RunError> {
+    let unpacked = scratch.join("task");
+    let manifest = mw_bundle::unpack(task_archive, &unpacked, Some(BundleKind::Task), &opts.limits)
+        ?;
+    let info: TaskInfo = manifest.task.clone().unwrap_or_default();
+    if info.program_sha256 != program.sha256() {
+        return Err(RunError::WrongProgram {
+            task: label.to_string(),
+            wanted: info.program_sha256.clone(),
+            actual: program.sha256().to_string(),
+        });
+    }
+    let files = unpacked.join(TASK_FILES_PREFIX.trim_end_matches('/'));
+    let workdir = scratch.join("work");
+    if files.is_dir() {
+        std::fs::rename(&files, &workdir).map_err(io("preparing the working directory"))?;
+    } else {
+        std::fs::create_dir(&workdir).map_err(io("creating the working directory"))?;
+    }
+    link_program_files(&program.root(), &workdir).map_err(io("linking program files"))?;
+    let input = std::fs::read(unpacked.join(TASK_INPUT_NAME)).unwrap_or_else(|_| b"null".to_vec());
+    let io_dir = scratch.join("io");
+    std::fs::create_dir(&io_dir).map_err(io("creating the io directory"))?;
+
+    let mut req = ExecRequest::new(program.executable(), workdir.clone(), io_dir);
+    req.args = program.base_args();
+    req.args.extend(info.args.iter().cloned());
+    req.env = info.env.clone();
+    req.stdin = input;
+    req.timeout = info
+        .timeout_secs
+        .filter(|t| t.is_finite() && *t > 0.0)
+        .map(Duration::from_secs_f64);
+    let outcome = execute(&req, control)?;
+
+    let (found, missing) = collect_outputs(&workdir, &info.outputs);
+    let result = ResultInfo {
+        job: info.job.clone(),
+        task: info.task,
+        exit: outcome.exit.clone(),
+        wall_secs: outcome.wall.as_secs_f64(),
+        user_secs: outcome.user.as_secs_f64(),
+        sys_secs: outcome.sys.as_secs_f64(),
+        host: host_name(),
+        started_unix: outcome
+            .started
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
+        stderr_tail: outcome.stderr_tail.clone(),
+        missing_outputs: missing,
+        comparison: info.comparison.clone(),
+    };
+    let mut builder = BundleBuilder::result(result.clone(), "result bundle");
+    builder.add_bytes(RESULT_STDOUT_NAME, outcome.stdout, false)?;
+    for out in found {
+        builder.add_file(&format!("{RESULT_OUTPUTS_PREFIX}{}", out.name), &out.path)?;
+    }
+    let bytes = builder.to_bytes()?;
+    Ok((result, bytes))
+}
+
+/// `mw-worker run`: program bundle + task bundle files in, result bundle file out.
+pub fn run_bundles(
+    program_archive: &Path,
+    task_archive: &Path,
+    result_out: &Path,
+    control: &ProcessControl,
+    opts: &RunOptions,
+) -> Result<ResultInfo, RunError> {
+    let program = UnpackedProgram::unpack(program_archive, opts)?;
+    let (info, bytes) = run_task_file(&program, task_archive, control, opts)?;
+    write_atomically(result_out, &bytes)?;
+    Ok(info)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory, fsync'd and
+/// renamed, so readers never see a partial file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+        .map_err(io(format!("creating a temp file in {}", dir.display())))?;
+    tmp.write_all(bytes)
+        .map_err(io(format!("writing {}", path.display())))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(io(format!("syncing {}", path.display())))?;
+    tmp.persist(path)
+        .map_err(|e| RunError::Io {
+            context: format!("renaming into {}", path.display()),
+            source: e.error,
+        })?;
+    Ok(())
+}
