@@ -89,7 +89,11 @@ pub struct ExecOutcome {
 }
 
 enum Msg {
-    Exited { status: i32, user: Duration, sys: Duration },
+    Exited {
+        status: i32,
+        user: Duration,
+        sys: Duration,
+    },
     Cancel,
 }
 
@@ -258,7 +262,9 @@ pub fn execute(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutcom
                 if r == pid {
                     break;
                 }
-                if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                if r < 0
+                    && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+                {
                     break;
                 }
             }

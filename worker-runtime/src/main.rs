@@ -10,7 +10,11 @@ use mw_worker_runtime::{run_bundles, ProcessControl, RunOptions};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "mw-worker", version, about = "Runs one mw task bundle and writes its result bundle.")]
+#[command(
+    name = "mw-worker",
+    version,
+    about = "Runs one mw task bundle and writes its result bundle."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -63,7 +67,10 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             if info.exit.success() {
                 Ok(0)
             } else {
-                eprintln!("mw-worker: task {} of job {} failed: {}", info.task, info.job, info.exit);
+                eprintln!(
+                    "mw-worker: task {} of job {} failed: {}",
+                    info.task, info.job, info.exit
+                );
                 if !info.stderr_tail.is_empty() {
                     eprintln!("--- stderr tail ---\n{}", info.stderr_tail);
                 }

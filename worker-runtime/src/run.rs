@@ -117,8 +117,7 @@ impl UnpackedProgram {
         let archive = dir.path().join(".bundle.tar.gz");
         std::fs::write(&archive, bytes).map_err(io("staging the program bundle"))?;
         let dest = dir.path().join("p");
-        let manifest =
-            mw_bundle::unpack(&archive, &dest, Some(BundleKind::Program), &opts.limits)?;
+        let manifest = mw_bundle::unpack(&archive, &dest, Some(BundleKind::Program), &opts.limits)?;
         let _ = std::fs::remove_file(&archive);
         let unpacked = UnpackedProgram {
             dir,
@@ -225,8 +224,12 @@ fn run_task_in(
     opts: &RunOptions,
 ) -> Result<(ResultInfo, Vec<u8>), RunError> {
     let unpacked = scratch.join("task");
-    let manifest = mw_bundle::unpack(task_archive, &unpacked, Some(BundleKind::Task), &opts.limits)
-        ?;
+    let manifest = mw_bundle::unpack(
+        task_archive,
+        &unpacked,
+        Some(BundleKind::Task),
+        &opts.limits,
+    )?;
     let info: TaskInfo = manifest.task.clone().unwrap_or_default();
     if info.program_sha256 != program.sha256() {
         return Err(RunError::WrongProgram {
@@ -314,10 +317,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
     tmp.as_file()
         .sync_all()
         .map_err(io(format!("syncing {}", path.display())))?;
-    tmp.persist(path)
-        .map_err(|e| RunError::Io {
-            context: format!("renaming into {}", path.display()),
-            source: e.error,
-        })?;
+    tmp.persist(path).map_err(|e| RunError::Io {
+        context: format!("renaming into {}", path.display()),
+        source: e.error,
+    })?;
     Ok(())
 }

@@ -1,0 +1,110 @@
+//! The seam between the master and the platforms (paper, Fig. 1: the interface layer).
+//!
+//! An interface gets prepared tasks and reports each one's end through a [`Completion`];
+//! it never touches the master's state, the journal or the user. The master never knows
+//! which platform it drives.
+
+use crate::task::{Execution, InterfaceError, PreparedTask, TaskId, WorkerId};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Reports the end of one execution back to the master. Call [`Completion::finish`] exactly
+/// once; dropping it unfinished reports an interface error, so a task can never be lost.
+pub struct Completion {
+    callback: Option<Box<dyn FnOnce(Result<Execution, InterfaceError>) + Send>>,
+    /// Backend handle to record (Condor cluster.proc, BOINC workunit, MPI rank), if any.
+    task: TaskId,
+}
+
+impl std::fmt::Debug for Completion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Completion({})", self.task)
+    }
+}
+
+impl Completion {
+    /// Wraps a callback (used by the master; tests may build their own).
+    pub fn new(
+        task: TaskId,
+        callback: impl FnOnce(Result<Execution, InterfaceError>) + Send + 'static,
+    ) -> Self {
+        Completion {
+            callback: Some(Box::new(callback)),
+            task,
+        }
+    }
+
+    /// The task this completion belongs to.
+    pub fn task(&self) -> TaskId {
+        self.task
+    }
+
+    /// Discards the completion without reporting anything (the master uses this when an
+    /// interface hands a completion back, e.g. from a failed re-attach).
+    pub fn abandon(mut self) {
+        self.callback = None;
+    }
+
+    /// Reports the outcome.
+    pub fn finish(mut self, outcome: Result<Execution, InterfaceError>) {
+        if let Some(cb) = self.callback.take() {
+            cb(outcome);
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(cb) = self.callback.take() {
+            cb(Err(InterfaceError::new(
+                "the interface dropped the task without reporting an outcome",
+            )));
+        }
+    }
+}
+
+/// Records backend handles (Condor cluster.proc, BOINC workunit name, MPI rank) so a
+/// resumed master can re-attach. Given to interfaces by the master.
+pub trait HandleSink: Send + Sync {
+    /// Records that `task` runs under `handle` on the backend.
+    fn record_handle(&self, task: TaskId, handle: &str);
+}
+
+/// One platform. Implementations must be cheap to call from the scheduler thread and
+/// thread-safe: `cancel` and `status` come from user threads while tasks run.
+pub trait Interface: Send + Sync + 'static {
+    /// Short name (`multicore`, `mpi`, `condor`, `boinc`).
+    fn name(&self) -> &'static str;
+
+    /// Waits until a worker can take `task` and reserves it. May block; returns an error when
+    /// no worker will ever be free (e.g. all MPI ranks died).
+    fn reserve_worker(&self, task: &PreparedTask) -> Result<WorkerId, InterfaceError>;
+
+    /// Starts `task` on the reserved `worker` and returns at once; reports the end through
+    /// `done`, from any thread.
+    fn execute_task(&self, task: Arc<PreparedTask>, worker: WorkerId, done: Completion);
+
+    /// Platform-specific key/values for `status()`.
+    fn status(&self) -> BTreeMap<String, String>;
+
+    /// Best-effort cancellation of a running task; its completion still arrives.
+    fn cancel(&self, task: TaskId);
+
+    /// Gives the interface a place to record backend handles (called once, before any task).
+    fn set_handle_sink(&self, _sink: Arc<dyn HandleSink>) {}
+
+    /// Re-attaches to a task that was in flight on the backend under `handle` when a previous
+    /// master died; its completion arrives through `done`. Returns `Some(done)` when the
+    /// interface cannot re-attach (the task is then queued and run again).
+    fn reattach(
+        &self,
+        _task: Arc<PreparedTask>,
+        _handle: &str,
+        done: Completion,
+    ) -> Option<Completion> {
+        Some(done)
+    }
+
+    /// Called once when the master shuts down.
+    fn shutdown(&self) {}
+}

@@ -1,0 +1,345 @@
+//! Tasks as the master sees them: typed ids, the program, the task spec a user submits, the
+//! prepared task an interface executes, and the record of one execution.
+//!
+//! This module knows nothing of any particular platform; interfaces build on it.
+
+use mw_bundle::{
+    BundleBuilder, Comparison, ExitInfo, Limits, ProgramInfo, TaskInfo, RESULT_OUTPUTS_PREFIX,
+    RESULT_STDOUT_NAME, TASK_FILES_PREFIX, TASK_INPUT_NAME,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Identifies a task within one master (its submission index, from 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TaskId(pub u64);
+
+impl std::fmt::Display for TaskId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "task {}", self.0)
+    }
+}
+
+/// Identifies a worker slot of an interface (a core, an MPI rank, a Condor/BOINC submission).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkerId(pub u64);
+
+/// A program: an executable plus the files it needs (PyMW's `modules`/`dep_funcs`).
+#[derive(Debug)]
+pub struct Program {
+    executable: PathBuf,
+    base_args: Vec<String>,
+    files: Vec<(String, PathBuf)>,
+    bundle: Mutex<Option<ProgramBundle>>,
+}
+
+/// A program packed as a content-addressed bundle.
+#[derive(Debug, Clone)]
+pub struct ProgramBundle {
+    /// Where the archive is.
+    pub path: PathBuf,
+    /// SHA-256 of the archive (its content address).
+    pub sha256: String,
+}
+
+/// Problems with a program definition.
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramError {
+    /// The executable does not exist.
+    #[error("program `{0}` does not exist")]
+    Missing(PathBuf),
+    /// The executable is not a regular file with an execute bit.
+    #[error(
+        "program `{0}` is not executable (chmod +x it, or name its interpreter as the program)"
+    )]
+    NotExecutable(PathBuf),
+    /// An extra file is missing or unreadable.
+    #[error("program file `{0}` does not exist or is not a regular file")]
+    MissingFile(PathBuf),
+    /// Packing the program bundle failed.
+    #[error(transparent)]
+    Bundle(#[from] mw_bundle::BundleError),
+}
+
+fn file_name_of(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "program".into())
+}
+
+impl Program {
+    /// A program from an executable file. Relative paths are taken from the current
+    /// directory; the path is made absolute.
+    pub fn new(executable: impl AsRef<Path>) -> Result<Program, ProgramError> {
+        let path = std::path::absolute(executable.as_ref())
+            .unwrap_or_else(|_| executable.as_ref().to_path_buf());
+        let meta = std::fs::metadata(&path).map_err(|_| ProgramError::Missing(path.clone()))?;
+        use std::os::unix::fs::PermissionsExt;
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            return Err(ProgramError::NotExecutable(path));
+        }
+        Ok(Program {
+            executable: path,
+            base_args: Vec::new(),
+            files: Vec::new(),
+            bundle: Mutex::new(None),
+        })
+    }
+
+    /// Adds arguments the program always gets first (e.g. the script for an interpreter).
+    pub fn with_base_args(mut self, args: impl IntoIterator<Item = String>) -> Self {
+        self.base_args.extend(args);
+        self
+    }
+
+    /// Adds a file the program needs; it appears under its file name in the task's
+    /// working directory.
+    pub fn with_file(mut self, path: impl AsRef<Path>) -> Result<Self, ProgramError> {
+        let path = std::path::absolute(path.as_ref()).unwrap_or_else(|_| path.as_ref().into());
+        if !path.is_file() {
+            return Err(ProgramError::MissingFile(path));
+        }
+        self.files.push((file_name_of(&path), path));
+        Ok(self)
+    }
+
+    /// The executable's absolute path.
+    pub fn executable(&self) -> &Path {
+        &self.executable
+    }
+
+    /// Arguments always passed first.
+    pub fn base_args(&self) -> &[String] {
+        &self.base_args
+    }
+
+    /// Extra files: (name in the working directory, path on this machine).
+    pub fn files(&self) -> &[(String, PathBuf)] {
+        &self.files
+    }
+
+    /// Packs the program as a bundle in `dir` (once; later calls return the same bundle).
+    /// The archive is named by its SHA-256, so identical programs share one file.
+    pub fn bundle(&self, dir: &Path) -> Result<ProgramBundle, ProgramError> {
+        let mut slot = self.bundle.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = slot.as_ref() {
+            return Ok(b.clone());
+        }
+        let exe_name = file_name_of(&self.executable);
+        let info = ProgramInfo {
+            executable: exe_name.clone(),
+            base_args: self.base_args.clone(),
+        };
+        let mut builder = BundleBuilder::program(info, "program bundle");
+        builder.add_file(&exe_name, &self.executable)?;
+        for (name, path) in &self.files {
+            if name != &exe_name {
+                builder.add_file(name, path)?;
+            }
+        }
+        let bytes = builder.to_bytes()?;
+        let sha256 = mw_bundle::sha256_hex(&bytes);
+        std::fs::create_dir_all(dir).map_err(|e| mw_bundle::BundleError::Io {
+            archive: dir.display().to_string(),
+            context: "creating the bundle directory".into(),
+            source: e,
+        })?;
+        let path = dir.join(format!("program-{}.tar.gz", &sha256[..16]));
+        if !path.exists() {
+            std::fs::write(&path, &bytes).map_err(|e| mw_bundle::BundleError::Io {
+                archive: path.display().to_string(),
+                context: "writing".into(),
+                source: e,
+            })?;
+        }
+        let b = ProgramBundle { path, sha256 };
+        *slot = Some(b.clone());
+        Ok(b)
+    }
+}
+
+/// What a user submits: a program and an input, plus per-task settings.
+#[derive(Debug, Clone)]
+pub struct TaskSpec {
+    /// The program to run.
+    pub program: Arc<Program>,
+    /// The input JSON (on the program's stdin).
+    pub input: serde_json::Value,
+    /// Input files: (name in the working directory, path on this machine).
+    pub input_files: Vec<(String, PathBuf)>,
+    /// Arguments after the program's base arguments.
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Wall-clock limit.
+    pub timeout: Option<Duration>,
+    /// Files the program writes that come back with the result.
+    pub outputs: Vec<String>,
+    /// How redundant results are compared (BOINC).
+    pub comparison: Comparison,
+}
+
+impl TaskSpec {
+    /// A task with only a program and an input.
+    pub fn new(program: Arc<Program>, input: serde_json::Value) -> Self {
+        TaskSpec {
+            program,
+            input,
+            input_files: Vec::new(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            timeout: None,
+            outputs: Vec::new(),
+            comparison: Comparison::default(),
+        }
+    }
+}
+
+/// A task handed to an interface: the spec plus its identity and destination.
+#[derive(Debug)]
+pub struct PreparedTask {
+    /// The task.
+    pub id: TaskId,
+    /// Which attempt this is (1 for the first).
+    pub attempt: u32,
+    /// The job's name (for bundle manifests, Condor batch names, BOINC workunit names).
+    pub job: String,
+    /// The spec.
+    pub spec: TaskSpec,
+    /// Where declared output files should end up (none: they are not kept).
+    pub output_dir: Option<PathBuf>,
+    /// A directory the interface may use for this job's staging files.
+    pub staging_dir: PathBuf,
+}
+
+impl PreparedTask {
+    /// The task-bundle metadata for this task.
+    pub fn task_info(&self, program_sha256: &str) -> TaskInfo {
+        TaskInfo {
+            job: self.job.clone(),
+            task: self.id.0,
+            program_sha256: program_sha256.to_string(),
+            args: self.spec.args.clone(),
+            env: self.spec.env.clone(),
+            timeout_secs: self.spec.timeout.map(|t| t.as_secs_f64()),
+            outputs: self.spec.outputs.clone(),
+            comparison: self.spec.comparison.clone(),
+        }
+    }
+
+    /// Builds the task bundle's bytes against a program bundle.
+    pub fn task_bundle_bytes(&self, program: &ProgramBundle) -> Result<Vec<u8>, ProgramError> {
+        let mut b = BundleBuilder::task(self.task_info(&program.sha256), "task bundle");
+        let input = serde_json::to_vec(&self.spec.input).unwrap_or_else(|_| b"null".to_vec());
+        b.add_bytes(TASK_INPUT_NAME, input, false)?;
+        for (name, path) in &self.spec.input_files {
+            b.add_file(&format!("{TASK_FILES_PREFIX}{name}"), path)?;
+        }
+        Ok(b.to_bytes()?)
+    }
+}
+
+/// What one execution of a task produced, as an interface reports it.
+#[derive(Debug, Clone)]
+pub struct Execution {
+    /// How the program ended.
+    pub exit: ExitInfo,
+    /// Its stdout.
+    pub stdout: Vec<u8>,
+    /// Tail of its stderr.
+    pub stderr_tail: String,
+    /// Wall-clock time.
+    pub wall: Duration,
+    /// User + system CPU time.
+    pub cpu: Duration,
+    /// Host it ran on.
+    pub host: String,
+    /// When it started.
+    pub started: Option<SystemTime>,
+    /// Declared outputs kept: (name, path under the task's output dir).
+    pub output_files: Vec<(String, PathBuf)>,
+    /// Declared outputs the program did not write.
+    pub missing_outputs: Vec<String>,
+}
+
+/// Errors an interface reports instead of an execution (the task never ran to an exit).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct InterfaceError(pub String);
+
+impl InterfaceError {
+    /// An error from anything printable.
+    pub fn new(msg: impl std::fmt::Display) -> Self {
+        InterfaceError(msg.to_string())
+    }
+}
+
+impl Execution {
+    /// Reads a result bundle (hostile input: it may come from a volunteer's machine),
+    /// verifying it, and places declared outputs under `output_dir`.
+    pub fn from_result_bundle(
+        bytes: &[u8],
+        label: &str,
+        expected_task: TaskId,
+        output_dir: Option<&Path>,
+    ) -> Result<Execution, InterfaceError> {
+        let limits = Limits::default();
+        let bundle =
+            mw_bundle::open_in_memory(bytes, label, Some(mw_bundle::BundleKind::Result), &limits)
+                .map_err(InterfaceError::new)?;
+        let info = bundle
+            .manifest
+            .result
+            .clone()
+            .ok_or_else(|| InterfaceError::new(format!("{label}: no [result] table")))?;
+        if info.task != expected_task.0 {
+            return Err(InterfaceError::new(format!(
+                "{label}: result bundle is for task {}, expected {expected_task}",
+                info.task
+            )));
+        }
+        let mut output_files = Vec::new();
+        if let Some(dir) = output_dir {
+            for (path, data) in &bundle.members {
+                if let Some(name) = path.strip_prefix(RESULT_OUTPUTS_PREFIX) {
+                    let dest = dir.join(name);
+                    if let Some(parent) = dest.parent() {
+                        std::fs::create_dir_all(parent).map_err(|e| {
+                            InterfaceError::new(format!("{label}: output `{name}`: {e}"))
+                        })?;
+                    }
+                    std::fs::write(&dest, data).map_err(|e| {
+                        InterfaceError::new(format!("{label}: output `{name}`: {e}"))
+                    })?;
+                    output_files.push((name.to_string(), dest));
+                }
+            }
+        }
+        let stdout = bundle
+            .members
+            .get(RESULT_STDOUT_NAME)
+            .cloned()
+            .unwrap_or_default();
+        let secs = |s: f64| {
+            if s.is_finite() && s >= 0.0 {
+                Duration::from_secs_f64(s)
+            } else {
+                Duration::ZERO
+            }
+        };
+        Ok(Execution {
+            exit: info.exit,
+            stdout,
+            stderr_tail: info.stderr_tail,
+            wall: secs(info.wall_secs),
+            cpu: secs(info.user_secs) + secs(info.sys_secs),
+            host: info.host,
+            started: Some(UNIX_EPOCH + secs(info.started_unix)),
+            output_files,
+            missing_outputs: info.missing_outputs,
+        })
+    }
+}
