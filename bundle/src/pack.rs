@@ -107,7 +107,10 @@ impl BundleBuilder {
         if !meta.is_file() {
             return Err(BundleError::Build {
                 archive: self.label.clone(),
-                reason: format!("member `{path}`: {} is not a regular file", source.display()),
+                reason: format!(
+                    "member `{path}`: {} is not a regular file",
+                    source.display()
+                ),
             });
         }
         use std::os::unix::fs::PermissionsExt;

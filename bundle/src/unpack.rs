@@ -6,6 +6,12 @@
 //! checked as it is read. Links, devices, FIFOs and anything else are refused. Files are
 //! created with `create_new` (never overwriting, never following an existing link) and with
 //! mode 0644 or 0755 only: no setuid, no owner changes.
+//!
+//! The tar stream is read *raw* (the `tar` crate does not interpret extension headers):
+//! GNU long names are handled here with a size cap, PAX headers and long link names are
+//! refused, so no entry can make the reader buffer more than the limits allow. Parent
+//! directories are created one component at a time and never through a symbolic link.
+//! If unpacking fails, the files and directories it created are removed again.
 
 use crate::{
     check_relative_path, BundleError, BundleKind, Manifest, Member, FORMAT_VERSION, MANIFEST_NAME,
@@ -65,23 +71,75 @@ pub fn unpack(
         context: format!("cannot create {}", dest.display()),
         source: e,
     })?;
-    walk(file, &label, expect, limits, |member, reader| {
-        let target = safe_join(dest, &member.path);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| io_err(&label, &member.path, e))?;
-        }
+    let mut created: Vec<(PathBuf, bool)> = Vec::new();
+    let result = walk(file, &label, expect, limits, |member, reader| {
+        let target = create_parents(dest, &member.path, &label, &mut created)?;
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create_new(true);
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(if member.executable { 0o755 } else { 0o644 });
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let mode = if member.executable { 0o755 } else { 0o644 };
+        opts.mode(mode);
         opts.custom_flags(libc::O_NOFOLLOW);
         let mut out = opts
             .open(&target)
             .map_err(|e| io_err(&label, &member.path, e))?;
+        created.push((target, false));
+        // The umask may have removed bits; set exactly 0644/0755 (never setuid/setgid).
+        out.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(|e| io_err(&label, &member.path, e))?;
         std::io::copy(reader, &mut out).map_err(|e| io_err(&label, &member.path, e))?;
         out.flush().map_err(|e| io_err(&label, &member.path, e))?;
         Ok(())
-    })
+    });
+    if result.is_err() {
+        // Best effort: leave nothing half-verified behind.
+        for (path, is_dir) in created.iter().rev() {
+            let _ = if *is_dir {
+                std::fs::remove_dir(path)
+            } else {
+                std::fs::remove_file(path)
+            };
+        }
+    }
+    result
+}
+
+/// Creates the parent directories of `rel` under `dest` one component at a time, refusing
+/// to pass through anything that is not a real directory (a symbolic link above all).
+/// Returns the full target path. Directories created are recorded in `created`.
+fn create_parents(
+    dest: &Path,
+    rel: &str,
+    label: &str,
+    created: &mut Vec<(PathBuf, bool)>,
+) -> Result<PathBuf, BundleError> {
+    let comps: Vec<&str> = rel.split('/').collect();
+    let mut dir = dest.to_path_buf();
+    for (i, comp) in comps.iter().enumerate() {
+        if i + 1 == comps.len() {
+            break;
+        }
+        dir.push(comp);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(BundleError::Hostile {
+                    archive: label.to_string(),
+                    entry: rel.to_string(),
+                    reason: format!(
+                        "`{}` is in the way: not a directory (a file or a link)",
+                        comps[..=i].join("/")
+                    ),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&dir).map_err(|e| io_err(label, rel, e))?;
+                created.push((dir.clone(), true));
+            }
+            Err(e) => return Err(io_err(label, rel, e)),
+        }
+    }
+    Ok(safe_join(dest, rel))
 }
 
 /// Reads a whole bundle from bytes into memory, verifying everything.
@@ -93,7 +151,8 @@ pub fn open_in_memory(
 ) -> Result<InMemoryBundle, BundleError> {
     let mut members = BTreeMap::new();
     let manifest = walk(bytes, label, expect, limits, |member, reader| {
-        let mut data = Vec::with_capacity(member.size as usize);
+        // The size is the manifest's claim: do not let it allocate up front.
+        let mut data = Vec::with_capacity(member.size.min(1 << 20) as usize);
         reader
             .read_to_end(&mut data)
             .map_err(|e| io_err(label, &member.path, e))?;
@@ -112,7 +171,10 @@ pub fn read_manifest(archive: &Path, limits: &Limits) -> Result<Manifest, Bundle
         source: e,
     })?;
     let mut tar = tar::Archive::new(GzDecoder::new(file));
-    let mut entries = tar.entries().map_err(|e| not_a_bundle(&label, e))?;
+    let mut entries = tar
+        .entries()
+        .map_err(|e| not_a_bundle(&label, e))?
+        .raw(true);
     let first = match entries.next() {
         Some(entry) => entry.map_err(|e| not_a_bundle(&label, e))?,
         None => return Err(manifest_err(&label, "archive is empty")),
@@ -184,8 +246,21 @@ fn parse_manifest_entry<R: Read>(
         .take(limits.max_manifest_bytes)
         .read_to_string(&mut text)
         .map_err(|e| manifest_err(label, format!("unreadable: {e}")))?;
-    let manifest: Manifest =
-        toml::from_str(&text).map_err(|e| manifest_err(label, e.message().to_string()))?;
+    let manifest: Manifest = toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        match line {
+            Some(line) => manifest_err(label, format!("line {line}: {}", e.message())),
+            None => manifest_err(label, e.message().to_string()),
+        }
+    })?;
+    if manifest.format == 0 {
+        return Err(manifest_err(
+            label,
+            "format 0 is not a bundle format version",
+        ));
+    }
     if manifest.format > FORMAT_VERSION {
         return Err(manifest_err(
             label,
@@ -211,7 +286,10 @@ fn parse_manifest_entry<R: Read>(
     if !present {
         return Err(manifest_err(
             label,
-            format!("a {} bundle without its [{}] table", manifest.kind, manifest.kind),
+            format!(
+                "a {} bundle without its [{}] table",
+                manifest.kind, manifest.kind
+            ),
         ));
     }
     if manifest.members.len() + 1 > limits.max_entries {
@@ -234,7 +312,10 @@ fn parse_manifest_entry<R: Read>(
             reason: format!("manifest member: {reason}"),
         })?;
         if !seen.insert(m.path.as_str()) {
-            return Err(manifest_err(label, format!("member `{}` listed twice", m.path)));
+            return Err(manifest_err(
+                label,
+                format!("member `{}` listed twice", m.path),
+            ));
         }
         if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(manifest_err(
@@ -243,16 +324,17 @@ fn parse_manifest_entry<R: Read>(
             ));
         }
         total = total.saturating_add(m.size);
-    }
-    if total > limits.max_total_bytes {
-        return Err(BundleError::Limit {
-            archive: label.to_string(),
-            entry: MANIFEST_NAME.to_string(),
-            reason: format!(
-                "members total {total} bytes, over the limit of {} bytes",
-                limits.max_total_bytes
-            ),
-        });
+        if total > limits.max_total_bytes {
+            return Err(BundleError::Limit {
+                archive: label.to_string(),
+                entry: m.path.clone(),
+                reason: format!(
+                    "{MANIFEST_NAME} lists {} bytes for it, bringing the members to {total} \
+                     bytes, over the limit of {} bytes",
+                    m.size, limits.max_total_bytes
+                ),
+            });
+        }
     }
     Ok(manifest)
 }
@@ -270,7 +352,9 @@ impl<R: Read> Read for Checked<R> {
         let n = self.inner.read(buf)?;
         self.count += n as u64;
         if self.count > self.limit {
-            return Err(std::io::Error::other("entry is larger than its manifest size"));
+            return Err(std::io::Error::other(
+                "entry is larger than its manifest size",
+            ));
         }
         self.hasher.update(&buf[..n]);
         Ok(n)
@@ -305,6 +389,80 @@ fn describe_link(entry_name: &str, target: &[u8], hard: bool) -> String {
     }
 }
 
+/// Longest GNU long-name payload accepted: a 1024-byte path plus its NUL.
+const MAX_LONG_NAME: u64 = 1025;
+
+/// A tar entry and its full name (long name applied), in bytes.
+type NamedEntry<'a, R> = (tar::Entry<'a, R>, Vec<u8>);
+
+/// Next logical entry of a raw tar stream, with a GNU long name (if any) applied.
+/// Returns the entry and its full name in bytes.
+fn next_entry<'a, R: Read>(
+    entries: &mut tar::Entries<'a, R>,
+    label: &str,
+    prev: &str,
+) -> Result<Option<NamedEntry<'a, R>>, BundleError> {
+    let broken = |e: std::io::Error| BundleError::NotABundle {
+        archive: label.to_string(),
+        reason: format!("after entry `{prev}`: {e}"),
+    };
+    let mut long_name: Option<Vec<u8>> = None;
+    loop {
+        let mut entry = match entries.next() {
+            Some(entry) => entry.map_err(broken)?,
+            None if long_name.is_some() => {
+                return Err(broken(std::io::Error::other(
+                    "a long-name entry with no entry after it",
+                )))
+            }
+            None => return Ok(None),
+        };
+        let kind = entry.header().entry_type();
+        let own_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let hostile = |reason: &str| BundleError::Hostile {
+            archive: label.to_string(),
+            entry: own_name.clone(),
+            reason: reason.to_string(),
+        };
+        if kind.is_gnu_longname() {
+            if long_name.is_some() {
+                return Err(hostile("two long-name entries for one member"));
+            }
+            let size = entry.header().size().unwrap_or(u64::MAX);
+            if size > MAX_LONG_NAME {
+                return Err(hostile(&format!(
+                    "GNU long name of {size} bytes, over the limit of {MAX_LONG_NAME} bytes"
+                )));
+            }
+            let mut name = Vec::with_capacity(size as usize);
+            (&mut entry)
+                .take(MAX_LONG_NAME)
+                .read_to_end(&mut name)
+                .map_err(broken)?;
+            if name.last() == Some(&0) {
+                name.pop();
+            }
+            long_name = Some(name);
+            continue;
+        }
+        if kind.is_pax_local_extensions() || kind.is_pax_global_extensions() {
+            return Err(hostile(
+                "PAX extended headers are not part of the bundle format",
+            ));
+        }
+        if kind.is_gnu_longlink() {
+            return Err(hostile(
+                "GNU long link name: links are not part of the bundle format",
+            ));
+        }
+        let name = match long_name {
+            Some(name) => name,
+            None => entry.path_bytes().into_owned(),
+        };
+        return Ok(Some((entry, name)));
+    }
+}
+
 fn walk<R: Read>(
     reader: R,
     label: &str,
@@ -313,7 +471,7 @@ fn walk<R: Read>(
     mut sink: impl FnMut(&Member, &mut dyn Read) -> Result<(), BundleError>,
 ) -> Result<Manifest, BundleError> {
     let mut tar = tar::Archive::new(GzDecoder::new(reader));
-    let mut entries = tar.entries().map_err(|e| not_a_bundle(label, e))?;
+    let mut entries = tar.entries().map_err(|e| not_a_bundle(label, e))?.raw(true);
     let first = match entries.next() {
         Some(entry) => entry.map_err(|e| not_a_bundle(label, e))?,
         None => return Err(manifest_err(label, "archive is empty")),
@@ -326,11 +484,11 @@ fn walk<R: Read>(
         .collect();
     let mut done: BTreeSet<String> = BTreeSet::new();
     let mut count = 1usize;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| not_a_bundle(label, e))?;
+    let mut prev = MANIFEST_NAME.to_string();
+    while let Some((mut entry, raw)) = next_entry(&mut entries, label, &prev)? {
         count += 1;
-        let raw = entry.path_bytes().into_owned();
         let name = String::from_utf8_lossy(&raw).into_owned();
+        prev = name.clone();
         if count > limits.max_entries {
             return Err(BundleError::Limit {
                 archive: label.to_string(),
@@ -354,9 +512,15 @@ fn walk<R: Read>(
             name.as_str()
         };
         check_relative_path(check_name).map_err(&hostile)?;
+        let header_size = entry.header().size().unwrap_or(u64::MAX);
         match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous => {}
-            tar::EntryType::Directory => continue,
+            tar::EntryType::Directory if header_size == 0 => continue,
+            tar::EntryType::Directory => {
+                return Err(hostile(format!(
+                    "directory entry carrying {header_size} bytes"
+                )))
+            }
             tar::EntryType::Symlink | tar::EntryType::Link => {
                 let target = entry.link_name_bytes().unwrap_or_default().into_owned();
                 return Err(hostile(describe_link(
@@ -390,7 +554,6 @@ fn walk<R: Read>(
                 reason: "appears twice in the archive".into(),
             });
         }
-        let header_size = entry.header().size().unwrap_or(u64::MAX);
         if header_size != member.size {
             return Err(BundleError::Checksum {
                 archive: label.to_string(),
@@ -414,8 +577,18 @@ fn walk<R: Read>(
             entry: name.clone(),
             reason: e.to_string(),
         })?;
+        if checked.count != member.size {
+            return Err(BundleError::Checksum {
+                archive: label.to_string(),
+                entry: name,
+                reason: format!(
+                    "archive is truncated: {} of {} bytes present",
+                    checked.count, member.size
+                ),
+            });
+        }
         let actual = hex::encode(checked.hasher.finalize());
-        if actual != member.sha256 {
+        if !actual.eq_ignore_ascii_case(&member.sha256) {
             return Err(BundleError::Checksum {
                 archive: label.to_string(),
                 entry: name,
