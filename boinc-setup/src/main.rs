@@ -1,0 +1,95 @@
+//! `mw-boinc-setup`: thin command line over the `mw_boinc_setup` library (plan, then print
+//! or apply). It must never know about the master or how tasks run.
+
+use anyhow::Context;
+use clap::Parser;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "mw-boinc-setup",
+    version,
+    about = "Installs mw as an app into an existing BOINC server project (idempotent)."
+)]
+struct Cli {
+    /// The BOINC project root (made by BOINC's make_project).
+    #[arg(long)]
+    project_dir: PathBuf,
+    /// BOINC app name.
+    #[arg(long, default_value = "mw")]
+    app_name: String,
+    /// App version, M.mm.
+    #[arg(long, default_value = "1.00")]
+    app_version: String,
+    /// The static mw-worker binary (default: mw-worker next to this program).
+    #[arg(long)]
+    worker: Option<PathBuf>,
+    /// The mw-validator binary (default: mw-validator next to this program).
+    #[arg(long)]
+    validator: Option<PathBuf>,
+    /// The mw-assimilator binary (default: mw-assimilator next to this program).
+    #[arg(long)]
+    assimilator: Option<PathBuf>,
+    /// Results per workunit that must agree (1 = no redundancy).
+    #[arg(long, default_value_t = 1)]
+    quorum: u32,
+    /// Print every planned change and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn beside_me(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot locate this program")?;
+    let dir = exe
+        .parent()
+        .context("this program has no parent directory")?;
+    Ok(dir.join(name))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let opts = mw_boinc_setup::Options {
+        project_dir: cli.project_dir.clone(),
+        app_name: cli.app_name,
+        app_version: cli.app_version,
+        worker: match cli.worker {
+            Some(p) => p,
+            None => beside_me("mw-worker")?,
+        },
+        validator: match cli.validator {
+            Some(p) => p,
+            None => beside_me("mw-validator")?,
+        },
+        assimilator: match cli.assimilator {
+            Some(p) => p,
+            None => beside_me("mw-assimilator")?,
+        },
+        quorum: cli.quorum,
+    };
+    let plan = mw_boinc_setup::plan(&opts)
+        .with_context(|| format!("planning the installation into {}", cli.project_dir.display()))?;
+    for w in &plan.warnings {
+        eprintln!("warning: {w}");
+    }
+    if plan.actions.is_empty() {
+        println!("already installed, nothing to change");
+        return Ok(());
+    }
+    if cli.dry_run {
+        println!("dry run: {} planned changes (nothing written):", plan.actions.len());
+        for a in &plan.actions {
+            println!("  {a}");
+        }
+        return Ok(());
+    }
+    let root = cli
+        .project_dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", cli.project_dir.display()))?;
+    let mut out = std::io::stdout();
+    mw_boinc_setup::apply(&plan, &root, &mut out).context("installing")?;
+    println!(
+        "installed; restart the project's daemons (bin/stop && bin/start) to start the validator and assimilator"
+    );
+    Ok(())
+}
