@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+pub mod boinc;
 pub mod exec;
 pub mod run;
 pub mod task;

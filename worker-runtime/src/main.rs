@@ -3,6 +3,11 @@
 //!
 //! Exit status: 0 when the task succeeded; 1 when it failed (the result bundle, still
 //! written, says how); 2 when no result bundle could be made (bad arguments or bundles).
+//!
+//! BOINC mode: `mw-worker boinc`, or `mw-worker` with no subcommand in a directory holding
+//! `init_data.xml` (a BOINC slot; any workunit command-line arguments are ignored), runs the
+//! slot's task under the BOINC app contract (`mw_worker_runtime::boinc`); its exit statuses
+//! are those of `boinc::SlotExit::code` (0 also for temporary exits, 194 after an abort).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -39,7 +44,26 @@ enum Command {
     },
 }
 
+/// Subcommands and flags that select the normal CLI even inside a BOINC slot.
+const CLI_WORDS: &[&str] = &["run", "help", "-h", "--help", "-V", "--version"];
+
+/// The slot directory when this invocation is BOINC mode.
+fn boinc_slot() -> Option<PathBuf> {
+    let first = std::env::args_os().nth(1);
+    let first = first.as_ref().and_then(|a| a.to_str());
+    let cwd = std::env::current_dir().ok()?;
+    match first {
+        Some("boinc") => Some(cwd),
+        Some(w) if CLI_WORDS.contains(&w) => None,
+        _ if mw_worker_runtime::boinc::is_slot(&cwd) => Some(cwd),
+        _ => None,
+    }
+}
+
 fn main() {
+    if let Some(slot) = boinc_slot() {
+        std::process::exit(mw_worker_runtime::boinc::run_in_slot(&slot));
+    }
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(code) => std::process::exit(code),
