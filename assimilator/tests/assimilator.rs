@@ -1,0 +1,206 @@
+//! Runs the real `mw-assimilator` the way `script_assimilator` does: installed in a
+//! project's `bin/`, called as `../bin/mw-assimilator WU_ID FILE` or
+//! `../bin/mw-assimilator --error MASK WU_NAME WU_ID BATCH` through `/bin/sh` from
+//! `tmp_<host>`, finding the spool through `<project>/mw_boinc.toml`.
+
+use mw_assimilator::ErrorRecord;
+use mw_bundle::{BundleBuilder, Comparison, ExitInfo, ResultInfo, RESULT_STDOUT_NAME};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+struct Proj {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    spool: PathBuf,
+}
+
+fn project() -> Proj {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("proj");
+    for d in ["bin", "tmp_host", "upload/2e1", "mw_spool"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(env!("CARGO_BIN_EXE_mw-assimilator"), root.join("bin/mw-assimilator")).unwrap();
+    let spool = root.join("mw_spool");
+    std::fs::write(
+        root.join("mw_boinc.toml"),
+        format!("app_name = \"mw\"\nspool_dir = \"{}\"\n", spool.display()),
+    )
+    .unwrap();
+    Proj {
+        _tmp: tmp,
+        root,
+        spool,
+    }
+}
+
+fn result_bundle(job: &str, task: u64, stdout: &str) -> Vec<u8> {
+    let info = ResultInfo {
+        job: job.into(),
+        task,
+        exit: ExitInfo::Exited { code: 0 },
+        wall_secs: 1.0,
+        user_secs: 0.5,
+        sys_secs: 0.0,
+        host: "h".into(),
+        started_unix: 1.7e9,
+        stderr_tail: String::new(),
+        missing_outputs: vec![],
+        comparison: Comparison::Bitwise,
+    };
+    let mut b = BundleBuilder::result(info, "test");
+    b.add_bytes(RESULT_STDOUT_NAME, stdout.as_bytes().to_vec(), false).unwrap();
+    b.to_bytes().unwrap()
+}
+
+impl Proj {
+    fn upload(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.root.join("upload/2e1").join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    fn call(&self, args: &str) -> (i32, String) {
+        let cmd = format!("../bin/mw-assimilator {args}");
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&cmd)
+            .current_dir(self.root.join("tmp_host"))
+            .env_remove("MW_BOINC_SPOOL")
+            .env_remove("BOINC_PROJECT_DIR")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("{cmd} -> {:?}: {err}", out.status.code());
+        (out.status.code().unwrap(), err)
+    }
+
+    /// Spool contents: name → bytes (temporary files would show up here too).
+    fn spool_files(&self) -> BTreeMap<String, Vec<u8>> {
+        std::fs::read_dir(&self.spool)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())
+            })
+            .collect()
+    }
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn spools_the_canonical_result_atomically_and_idempotently() {
+    let pr = project();
+    let bytes = result_bundle("job-7.a", 42, "{\"ok\":true}");
+    let f = pr.upload("mw_j7_t42_0_r1947152018_0", &bytes);
+    let (code, msg) = pr.call(&format!("1006 {}", p(&f)));
+    assert_eq!(code, 0, "{msg}");
+    let files = pr.spool_files();
+    assert_eq!(files.keys().collect::<Vec<_>>(), ["result_job-7.a_42.tar.gz"], "no temp files left");
+    assert_eq!(files["result_job-7.a_42.tar.gz"], bytes);
+    // The upload file is kept (copied, not moved): a repeated call still works.
+    assert!(f.exists());
+    let mtime = std::fs::metadata(pr.spool.join("result_job-7.a_42.tar.gz")).unwrap().modified().unwrap();
+    let (code, msg) = pr.call(&format!("1006 {}", p(&f)));
+    assert_eq!(code, 0, "{msg}");
+    assert!(msg.contains("unchanged"), "{msg}");
+    assert_eq!(pr.spool_files(), files);
+    let mtime2 = std::fs::metadata(pr.spool.join("result_job-7.a_42.tar.gz")).unwrap().modified().unwrap();
+    assert_eq!(mtime, mtime2, "the spooled file was rewritten");
+    // Another result for the same task with other content never replaces the first.
+    let other = pr.upload("mw_j7b_t42_0_r5_0", &result_bundle("job-7.a", 42, "{\"ok\":false}"));
+    let (code, _) = pr.call(&format!("1007 {}", p(&other)));
+    assert_eq!(code, 0);
+    let files2 = pr.spool_files();
+    assert_eq!(files2["result_job-7.a_42.tar.gz"], bytes);
+    assert!(files2.contains_key("conflict_job-7.a_42_wu1007.tar.gz"));
+}
+
+#[test]
+fn error_form_writes_a_decoded_record_idempotently() {
+    let pr = project();
+    let (code, msg) = pr.call("--error 10 mw_wf1 1009 2");
+    assert_eq!(code, 0, "{msg}");
+    let path = pr.spool.join("error_mw_wf1.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let rec: ErrorRecord = toml::from_str(&text).unwrap();
+    assert_eq!(rec.wu_name, "mw_wf1");
+    assert_eq!(rec.wu_id, 1009);
+    assert_eq!(rec.batch, 2);
+    assert_eq!(rec.error_mask, 10);
+    assert_eq!(rec.errors, ["TOO_MANY_ERROR_RESULTS", "TOO_MANY_TOTAL_RESULTS"]);
+    assert_eq!(rec.reason, None);
+    let before = pr.spool_files();
+    let (code, msg) = pr.call("--error 10 mw_wf1 1009 2");
+    assert_eq!(code, 0);
+    assert!(msg.contains("unchanged"), "{msg}");
+    assert_eq!(before, pr.spool_files());
+    // Cancelled after errors: 24; unknown bits are named, not dropped.
+    pr.call("--error 88 mw_wf2 1010 0");
+    let rec: ErrorRecord =
+        toml::from_str(&std::fs::read_to_string(pr.spool.join("error_mw_wf2.toml")).unwrap()).unwrap();
+    assert_eq!(rec.errors, ["TOO_MANY_TOTAL_RESULTS", "CANCELLED", "UNKNOWN_0x40"]);
+}
+
+#[test]
+fn unusable_results_are_recorded_not_retried() {
+    let pr = project();
+    // A job name that is not [A-Za-z0-9_.-] must not become a file name.
+    let bad_job = pr.upload("mw_bad_0_r1_0", &result_bundle("../../x", 1, "1"));
+    let (code, msg) = pr.call(&format!("1011 {}", p(&bad_job)));
+    assert_eq!(code, 0, "{msg}");
+    let rec: ErrorRecord =
+        toml::from_str(&std::fs::read_to_string(pr.spool.join("error_mw_bad.toml")).unwrap()).unwrap();
+    assert_eq!(rec.wu_id, 1011);
+    assert!(rec.reason.unwrap().contains("job name"));
+    // Garbage instead of a bundle.
+    let junk = pr.upload("mw_junk_0_r2_0", b"not a bundle");
+    let (code, _) = pr.call(&format!("1012 {}", p(&junk)));
+    assert_eq!(code, 0);
+    assert!(pr.spool.join("error_mw_junk.toml").is_file());
+    assert!(!pr.spool_files().keys().any(|k| k.starts_with("result_")));
+}
+
+#[test]
+fn retryable_problems_exit_nonzero() {
+    let pr = project();
+    // Missing upload file: I/O, retry later.
+    let (code, _) = pr.call(&format!("1013 {}/upload/2e1/gone_0_r1_0", pr.root.display()));
+    assert_ne!(code, 0);
+    // No arguments (multi-token config on an affected BOINC, §0.1).
+    assert_ne!(pr.call("").0, 0);
+    assert_ne!(pr.call("--error 10 mw_wf1").0, 0);
+    // No config file: cannot know where to spool.
+    std::fs::remove_file(pr.root.join("mw_boinc.toml")).unwrap();
+    let f = pr.upload("mw_j_0_r1_0", &result_bundle("j", 1, "1"));
+    let (code, msg) = pr.call(&format!("1014 {}", p(&f)));
+    assert_ne!(code, 0);
+    assert!(msg.contains("mw_boinc.toml"), "{msg}");
+    assert!(pr.spool_files().is_empty());
+}
+
+#[test]
+fn env_var_names_the_spool() {
+    let pr = project();
+    let other = pr.root.join("elsewhere");
+    std::fs::create_dir(&other).unwrap();
+    let out = std::process::Command::new(pr.root.join("bin/mw-assimilator"))
+        .args(["--error", "16", "mw_c", "5", "1"])
+        .env("MW_BOINC_SPOOL", &other)
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(other.join("error_mw_c.toml").is_file());
+    assert!(pr.spool_files().is_empty());
+}
+
+#[test]
+fn wu_name_is_derived_from_output_names() {
+    assert_eq!(mw_assimilator::wu_name_from_output("mw_w1_0_r1947152018_0"), Some("mw_w1"));
+    assert_eq!(mw_assimilator::wu_name_from_output("mw_0_rX_0"), None);
+    assert_eq!(mw_assimilator::wu_name_from_output("plain"), None);
+}
