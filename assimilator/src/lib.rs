@@ -133,8 +133,7 @@ pub fn is_safe_name(s: &str) -> bool {
         && s.len() <= 128
         && s != "."
         && s != ".."
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
 }
 
@@ -284,7 +283,11 @@ fn temp_with(dir: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile, Assimi
 /// Writes `bytes` as `dir/name` atomically without replacing an existing file. Returns
 /// `Unchanged` when a file with the same content is there, `Err(existing)` when one with
 /// other content is.
-fn write_new(dir: &Path, name: &str, bytes: &[u8]) -> Result<Result<Outcome, PathBuf>, AssimilateError> {
+fn write_new(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<Result<Outcome, PathBuf>, AssimilateError> {
     let dest = dir.join(name);
     loop {
         match std::fs::read(&dest) {
@@ -354,7 +357,11 @@ pub fn assimilate_error(
 }
 
 /// The normal form: spools the canonical result bundle at `file`.
-pub fn assimilate_result(spool: &Path, wu_id: u64, file: &Path) -> Result<Outcome, AssimilateError> {
+pub fn assimilate_result(
+    spool: &Path,
+    wu_id: u64,
+    file: &Path,
+) -> Result<Outcome, AssimilateError> {
     let meta = std::fs::metadata(file).map_err(io_err(file, "reading"))?;
     let file_name = file
         .file_name()
@@ -459,7 +466,10 @@ pub fn run(args: &[String]) -> (i32, String) {
         ),
         Ok(Outcome::Rejected { record, reason }) => (
             0,
-            format!("rejected result ({reason}); recorded in {}", record.display()),
+            format!(
+                "rejected result ({reason}); recorded in {}",
+                record.display()
+            ),
         ),
         Err(e @ AssimilateError::Usage(_)) => (2, format!("error: {e}")),
         Err(e) => (1, format!("error (will be retried): {e}")),

@@ -3,6 +3,8 @@
 //! `../bin/mw-assimilator --error MASK WU_NAME WU_ID BATCH` through `/bin/sh` from
 //! `tmp_<host>`, finding the spool through `<project>/mw_boinc.toml`.
 
+#![allow(clippy::unwrap_used)]
+
 use mw_assimilator::ErrorRecord;
 use mw_bundle::{BundleBuilder, Comparison, ExitInfo, ResultInfo, RESULT_STDOUT_NAME};
 use std::collections::BTreeMap;
@@ -20,7 +22,11 @@ fn project() -> Proj {
     for d in ["bin", "tmp_host", "upload/2e1", "mw_spool"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
-    std::fs::copy(env!("CARGO_BIN_EXE_mw-assimilator"), root.join("bin/mw-assimilator")).unwrap();
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_mw-assimilator"),
+        root.join("bin/mw-assimilator"),
+    )
+    .unwrap();
     let spool = root.join("mw_spool");
     std::fs::write(
         root.join("mw_boinc.toml"),
@@ -49,7 +55,8 @@ fn result_bundle(job: &str, task: u64, stdout: &str) -> Vec<u8> {
         comparison: Comparison::Bitwise,
     };
     let mut b = BundleBuilder::result(info, "test");
-    b.add_bytes(RESULT_STDOUT_NAME, stdout.as_bytes().to_vec(), false).unwrap();
+    b.add_bytes(RESULT_STDOUT_NAME, stdout.as_bytes().to_vec(), false)
+        .unwrap();
     b.to_bytes().unwrap()
 }
 
@@ -81,7 +88,10 @@ impl Proj {
             .unwrap()
             .map(|e| {
                 let e = e.unwrap();
-                (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
             })
             .collect()
     }
@@ -99,19 +109,32 @@ fn spools_the_canonical_result_atomically_and_idempotently() {
     let (code, msg) = pr.call(&format!("1006 {}", p(&f)));
     assert_eq!(code, 0, "{msg}");
     let files = pr.spool_files();
-    assert_eq!(files.keys().collect::<Vec<_>>(), ["result_job-7.a_42.tar.gz"], "no temp files left");
+    assert_eq!(
+        files.keys().collect::<Vec<_>>(),
+        ["result_job-7.a_42.tar.gz"],
+        "no temp files left"
+    );
     assert_eq!(files["result_job-7.a_42.tar.gz"], bytes);
     // The upload file is kept (copied, not moved): a repeated call still works.
     assert!(f.exists());
-    let mtime = std::fs::metadata(pr.spool.join("result_job-7.a_42.tar.gz")).unwrap().modified().unwrap();
+    let mtime = std::fs::metadata(pr.spool.join("result_job-7.a_42.tar.gz"))
+        .unwrap()
+        .modified()
+        .unwrap();
     let (code, msg) = pr.call(&format!("1006 {}", p(&f)));
     assert_eq!(code, 0, "{msg}");
     assert!(msg.contains("unchanged"), "{msg}");
     assert_eq!(pr.spool_files(), files);
-    let mtime2 = std::fs::metadata(pr.spool.join("result_job-7.a_42.tar.gz")).unwrap().modified().unwrap();
+    let mtime2 = std::fs::metadata(pr.spool.join("result_job-7.a_42.tar.gz"))
+        .unwrap()
+        .modified()
+        .unwrap();
     assert_eq!(mtime, mtime2, "the spooled file was rewritten");
     // Another result for the same task with other content never replaces the first.
-    let other = pr.upload("mw_j7b_t42_0_r5_0", &result_bundle("job-7.a", 42, "{\"ok\":false}"));
+    let other = pr.upload(
+        "mw_j7b_t42_0_r5_0",
+        &result_bundle("job-7.a", 42, "{\"ok\":false}"),
+    );
     let (code, _) = pr.call(&format!("1007 {}", p(&other)));
     assert_eq!(code, 0);
     let files2 = pr.spool_files();
@@ -131,7 +154,10 @@ fn error_form_writes_a_decoded_record_idempotently() {
     assert_eq!(rec.wu_id, 1009);
     assert_eq!(rec.batch, 2);
     assert_eq!(rec.error_mask, 10);
-    assert_eq!(rec.errors, ["TOO_MANY_ERROR_RESULTS", "TOO_MANY_TOTAL_RESULTS"]);
+    assert_eq!(
+        rec.errors,
+        ["TOO_MANY_ERROR_RESULTS", "TOO_MANY_TOTAL_RESULTS"]
+    );
     assert_eq!(rec.reason, None);
     let before = pr.spool_files();
     let (code, msg) = pr.call("--error 10 mw_wf1 1009 2");
@@ -141,8 +167,12 @@ fn error_form_writes_a_decoded_record_idempotently() {
     // Cancelled after errors: 24; unknown bits are named, not dropped.
     pr.call("--error 88 mw_wf2 1010 0");
     let rec: ErrorRecord =
-        toml::from_str(&std::fs::read_to_string(pr.spool.join("error_mw_wf2.toml")).unwrap()).unwrap();
-    assert_eq!(rec.errors, ["TOO_MANY_TOTAL_RESULTS", "CANCELLED", "UNKNOWN_0x40"]);
+        toml::from_str(&std::fs::read_to_string(pr.spool.join("error_mw_wf2.toml")).unwrap())
+            .unwrap();
+    assert_eq!(
+        rec.errors,
+        ["TOO_MANY_TOTAL_RESULTS", "CANCELLED", "UNKNOWN_0x40"]
+    );
 }
 
 #[test]
@@ -153,7 +183,8 @@ fn unusable_results_are_recorded_not_retried() {
     let (code, msg) = pr.call(&format!("1011 {}", p(&bad_job)));
     assert_eq!(code, 0, "{msg}");
     let rec: ErrorRecord =
-        toml::from_str(&std::fs::read_to_string(pr.spool.join("error_mw_bad.toml")).unwrap()).unwrap();
+        toml::from_str(&std::fs::read_to_string(pr.spool.join("error_mw_bad.toml")).unwrap())
+            .unwrap();
     assert_eq!(rec.wu_id, 1011);
     assert!(rec.reason.unwrap().contains("job name"));
     // Garbage instead of a bundle.
@@ -168,7 +199,10 @@ fn unusable_results_are_recorded_not_retried() {
 fn retryable_problems_exit_nonzero() {
     let pr = project();
     // Missing upload file: I/O, retry later.
-    let (code, _) = pr.call(&format!("1013 {}/upload/2e1/gone_0_r1_0", pr.root.display()));
+    let (code, _) = pr.call(&format!(
+        "1013 {}/upload/2e1/gone_0_r1_0",
+        pr.root.display()
+    ));
     assert_ne!(code, 0);
     // No arguments (multi-token config on an affected BOINC, §0.1).
     assert_ne!(pr.call("").0, 0);
@@ -200,7 +234,10 @@ fn env_var_names_the_spool() {
 
 #[test]
 fn wu_name_is_derived_from_output_names() {
-    assert_eq!(mw_assimilator::wu_name_from_output("mw_w1_0_r1947152018_0"), Some("mw_w1"));
+    assert_eq!(
+        mw_assimilator::wu_name_from_output("mw_w1_0_r1947152018_0"),
+        Some("mw_w1")
+    );
     assert_eq!(mw_assimilator::wu_name_from_output("mw_0_rX_0"), None);
     assert_eq!(mw_assimilator::wu_name_from_output("plain"), None);
 }

@@ -291,7 +291,8 @@ pub fn assimilator_cmd(app: &str) -> String {
 pub fn is_shell_safe(s: &str) -> bool {
     !s.is_empty()
         && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b',' | b':' | b'=' | b'/' | b'+' | b'-')
+            b.is_ascii_alphanumeric()
+                || matches!(b, b'_' | b'.' | b',' | b':' | b'=' | b'/' | b'+' | b'-')
         })
 }
 
@@ -426,7 +427,9 @@ fn check_options(o: &Options) -> Result<u32, SetupError> {
         }
     };
     if version_num == 0 {
-        return Err(SetupError::BadOption("app version must be above 0.00".into()));
+        return Err(SetupError::BadOption(
+            "app version must be above 0.00".into(),
+        ));
     }
     if !(1..=20).contains(&o.quorum) {
         return Err(SetupError::BadOption(format!(
@@ -517,8 +520,7 @@ fn file_matches(path: &Path, content: &Content, mode: u32) -> Result<bool, Setup
 /// Adds `<app>` to project.xml's text if missing; `None` when already there.
 pub fn edit_project_xml(text: &str, app: &str) -> Result<Option<String>, String> {
     let masked = mask_comments(text);
-    let boinc = find_element(&masked, "boinc", 0, masked.len())
-        .ok_or("no <boinc> element")?;
+    let boinc = find_element(&masked, "boinc", 0, masked.len()).ok_or("no <boinc> element")?;
     for e in find_all(&masked, "app", boinc.content_start, boinc.content_end) {
         if xmltext::child_text(text, &masked, e, "name") == Some(app) {
             return Ok(None);
@@ -612,7 +614,8 @@ pub fn edit_config_xml(text: &str, app: &str, quorum: u32) -> Result<ConfigEdit,
                     let lead = if at == config.content_end { "\n" } else { "" };
                     let line = format!("{lead}{base}  <{name}>1</{name}>\n");
                     text.insert_str(at, &line);
-                    edit.changes.push(format!("add <{name}>1</{name}> to <config>"));
+                    edit.changes
+                        .push(format!("add <{name}>1</{name}> to <config>"));
                 }
             }
         }
@@ -634,20 +637,30 @@ pub fn edit_config_xml(text: &str, app: &str, quorum: u32) -> Result<ConfigEdit,
                 let at = line_start_if_alone(&text, boinc.content_end);
                 let base = indent_before(&text, boinc.content_end).unwrap_or("");
                 let lead = if at == boinc.content_end { "\n" } else { "" };
-                text.insert_str(at, &format!("{lead}{base}  <daemons>\n{base}  </daemons>\n"));
+                text.insert_str(
+                    at,
+                    &format!("{lead}{base}  <daemons>\n{base}  </daemons>\n"),
+                );
                 edit.changes.push("add a <daemons> section".into());
                 continue_with_fresh(&text)?
             }
         };
         let masked = mask_comments(&text);
-        let base = indent_before(&text, daemons.content_end).unwrap_or("").to_string();
+        let base = indent_before(&text, daemons.content_end)
+            .unwrap_or("")
+            .to_string();
         let (i1, i2) = (format!("{base}  "), format!("{base}    "));
         let block = format!(
             "{i1}<daemon>\n{i2}<cmd>{}</cmd>\n{i2}<output>{}</output>\n{i2}<pid_file>{}</pid_file>\n{i1}</daemon>\n",
             spec.cmd, spec.output, spec.pid_file
         );
         let mut ours = None;
-        for d in find_all(&masked, "daemon", daemons.content_start, daemons.content_end) {
+        for d in find_all(
+            &masked,
+            "daemon",
+            daemons.content_start,
+            daemons.content_end,
+        ) {
             let Some(cmd) = xmltext::child_text(&text, &masked, d, "cmd") else {
                 continue;
             };
@@ -685,17 +698,16 @@ pub fn edit_config_xml(text: &str, app: &str, quorum: u32) -> Result<ConfigEdit,
                         end += 1;
                     }
                     text.replace_range(at..end, &block);
-                    edit.changes.push(format!("replace the {} daemon for {app}", spec.program));
+                    edit.changes
+                        .push(format!("replace the {} daemon for {app}", spec.program));
                 }
             }
             None => {
                 let at = line_start_if_alone(&text, daemons.content_end);
                 let lead = if at == daemons.content_end { "\n" } else { "" };
                 text.insert_str(at, &format!("{lead}{block}"));
-                edit.changes.push(format!(
-                    "add daemon `{}` (log {})",
-                    spec.cmd, spec.output
-                ));
+                edit.changes
+                    .push(format!("add daemon `{}` (log {})", spec.cmd, spec.output));
             }
         }
     }
@@ -782,7 +794,8 @@ pub fn plan(o: &Options) -> Result<Plan, SetupError> {
     };
     let config_text = config.to_text()?;
     let config_path = root.join(CONFIG_FILE_NAME);
-    let config_current = std::fs::read_to_string(&config_path).ok().as_deref() == Some(&config_text);
+    let config_current =
+        std::fs::read_to_string(&config_path).ok().as_deref() == Some(&config_text);
     // project.xml + xadd.
     let project_xml = root.join("project.xml");
     let px = read_text(&project_xml)?;
@@ -792,7 +805,13 @@ pub fn plan(o: &Options) -> Result<Plan, SetupError> {
     })?;
     let px_changed = px_new.is_some();
     if let Some(new) = px_new {
-        push_write(&mut plan, project_xml, Content::Bytes(new.into_bytes()), 0o644, "add <app> for mw")?;
+        push_write(
+            &mut plan,
+            project_xml,
+            Content::Bytes(new.into_bytes()),
+            0o644,
+            "add <app> for mw",
+        )?;
     }
     if px_changed || !config_current {
         plan.actions.push(Action::Run {
@@ -811,8 +830,18 @@ pub fn plan(o: &Options) -> Result<Plan, SetupError> {
     if vdir.is_dir() {
         // An app version is immutable once registered: refuse to change it.
         for (path, same) in [
-            (&worker_dest, file_matches(&worker_dest, &Content::CopyOf(o.worker.clone()), 0o755)?),
-            (&vxml_dest, file_matches(&vxml_dest, &Content::Bytes(vxml.clone().into_bytes()), 0o644)?),
+            (
+                &worker_dest,
+                file_matches(&worker_dest, &Content::CopyOf(o.worker.clone()), 0o755)?,
+            ),
+            (
+                &vxml_dest,
+                file_matches(
+                    &vxml_dest,
+                    &Content::Bytes(vxml.clone().into_bytes()),
+                    0o644,
+                )?,
+            ),
         ] {
             if !same && path.exists() {
                 return Err(SetupError::Conflict {
@@ -838,8 +867,20 @@ pub fn plan(o: &Options) -> Result<Plan, SetupError> {
     } else {
         plan.actions.push(Action::CreateDir(vdir.clone()));
     }
-    let w1 = push_write(&mut plan, worker_dest, Content::CopyOf(o.worker.clone()), 0o755, "the static mw-worker, main program")?;
-    let w2 = push_write(&mut plan, vxml_dest, Content::Bytes(vxml.into_bytes()), 0o644, "version.xml")?;
+    let w1 = push_write(
+        &mut plan,
+        worker_dest,
+        Content::CopyOf(o.worker.clone()),
+        0o755,
+        "the static mw-worker, main program",
+    )?;
+    let w2 = push_write(
+        &mut plan,
+        vxml_dest,
+        Content::Bytes(vxml.into_bytes()),
+        0o644,
+        "version.xml",
+    )?;
     if w1 || w2 || !config_current {
         plan.actions.push(Action::Run {
             program: "bin/update_versions".into(),
@@ -853,14 +894,44 @@ pub fn plan(o: &Options) -> Result<Plan, SetupError> {
     if !tdir.is_dir() {
         plan.actions.push(Action::CreateDir(tdir.clone()));
     }
-    push_write(&mut plan, root.join(&config.input_template), Content::Bytes(input_template(&params).into_bytes()), 0o644, "input template")?;
-    push_write(&mut plan, root.join(&config.output_template), Content::Bytes(output_template(&params).into_bytes()), 0o644, "output template")?;
+    push_write(
+        &mut plan,
+        root.join(&config.input_template),
+        Content::Bytes(input_template(&params).into_bytes()),
+        0o644,
+        "input template",
+    )?;
+    push_write(
+        &mut plan,
+        root.join(&config.output_template),
+        Content::Bytes(output_template(&params).into_bytes()),
+        0o644,
+        "output template",
+    )?;
 
     // Programs in bin/.
     let bin = root.join("bin");
-    push_write(&mut plan, bin.join(VALIDATOR_INIT_NAME), Content::CopyOf(o.validator.clone()), 0o755, "validator, init mode")?;
-    push_write(&mut plan, bin.join(VALIDATOR_COMPARE_NAME), Content::CopyOf(o.validator.clone()), 0o755, "validator, compare mode")?;
-    push_write(&mut plan, bin.join(ASSIMILATOR_NAME), Content::CopyOf(o.assimilator.clone()), 0o755, "assimilator")?;
+    push_write(
+        &mut plan,
+        bin.join(VALIDATOR_INIT_NAME),
+        Content::CopyOf(o.validator.clone()),
+        0o755,
+        "validator, init mode",
+    )?;
+    push_write(
+        &mut plan,
+        bin.join(VALIDATOR_COMPARE_NAME),
+        Content::CopyOf(o.validator.clone()),
+        0o755,
+        "validator, compare mode",
+    )?;
+    push_write(
+        &mut plan,
+        bin.join(ASSIMILATOR_NAME),
+        Content::CopyOf(o.assimilator.clone()),
+        0o755,
+        "assimilator",
+    )?;
 
     // config.xml.
     let config_xml = root.join("config.xml");
@@ -881,7 +952,13 @@ pub fn plan(o: &Options) -> Result<Plan, SetupError> {
         _ => {}
     }
     if let Some(new) = ce.new_text {
-        push_write(&mut plan, config_xml, Content::Bytes(new.into_bytes()), 0o644, &ce.changes.join("; "))?;
+        push_write(
+            &mut plan,
+            config_xml,
+            Content::Bytes(new.into_bytes()),
+            0o644,
+            &ce.changes.join("; "),
+        )?;
     }
 
     // Spool and config file (last: its presence marks a complete installation).
@@ -965,7 +1042,9 @@ pub fn apply(plan: &Plan, project_dir: &Path, out: &mut dyn Write) -> Result<(),
                         reason: format!(
                             "{}{}",
                             output.status,
-                            said_bad.map(|w| format!(", output says {w:?}")).unwrap_or_default()
+                            said_bad
+                                .map(|w| format!(", output says {w:?}"))
+                                .unwrap_or_default()
                         ),
                     });
                 }

@@ -66,8 +66,12 @@ fn main() -> anyhow::Result<()> {
         },
         quorum: cli.quorum,
     };
-    let plan = mw_boinc_setup::plan(&opts)
-        .with_context(|| format!("planning the installation into {}", cli.project_dir.display()))?;
+    let plan = mw_boinc_setup::plan(&opts).with_context(|| {
+        format!(
+            "planning the installation into {}",
+            cli.project_dir.display()
+        )
+    })?;
     for w in &plan.warnings {
         eprintln!("warning: {w}");
     }
@@ -76,7 +80,10 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     if cli.dry_run {
-        println!("dry run: {} planned changes (nothing written):", plan.actions.len());
+        println!(
+            "dry run: {} planned changes (nothing written):",
+            plan.actions.len()
+        );
         for a in &plan.actions {
             println!("  {a}");
         }

@@ -110,6 +110,7 @@ pub fn line_start_if_alone(text: &str, at: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -3,6 +3,8 @@
 //! `bin/update_versions` as small recording shell scripts (BOINC's PHP tools and database
 //! cannot be installed here).
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -120,23 +122,42 @@ fn installs_then_second_run_changes_nothing() {
     let r = &p.root;
     // project.xml: app added, the rest byte for byte.
     let px = std::fs::read_to_string(r.join("project.xml")).unwrap();
-    assert!(px.contains("<name>mw</name>\n        <user_friendly_name>"), "{px}");
+    assert!(
+        px.contains("<name>mw</name>\n        <user_friendly_name>"),
+        "{px}"
+    );
     assert!(px.starts_with(&PROJECT_XML[..PROJECT_XML.len() - "</boinc>\n".len()]));
     // Tools ran from the project root, update_versions with --noconfirm.
     let calls = std::fs::read_to_string(r.join("tool_calls.log")).unwrap();
     let root_real = r.canonicalize().unwrap();
-    assert!(calls.contains(&format!("xadd  cwd={}", root_real.display())), "{calls}");
-    assert!(calls.contains(&format!("update_versions --noconfirm cwd={}", root_real.display())));
+    assert!(
+        calls.contains(&format!("xadd  cwd={}", root_real.display())),
+        "{calls}"
+    );
+    assert!(calls.contains(&format!(
+        "update_versions --noconfirm cwd={}",
+        root_real.display()
+    )));
     // App version layout.
     let vdir = r.join("apps/mw/1.00/x86_64-pc-linux-gnu");
     let worker = vdir.join("mw_worker_1.00_x86_64-pc-linux-gnu");
-    assert_eq!(std::fs::read(&worker).unwrap(), std::fs::read(&p.worker).unwrap());
-    assert_ne!(std::fs::metadata(&worker).unwrap().permissions().mode() & 0o100, 0);
+    assert_eq!(
+        std::fs::read(&worker).unwrap(),
+        std::fs::read(&p.worker).unwrap()
+    );
+    assert_ne!(
+        std::fs::metadata(&worker).unwrap().permissions().mode() & 0o100,
+        0
+    );
     let vxml = std::fs::read_to_string(vdir.join("version.xml")).unwrap();
     assert!(vxml.contains("<physical_name>mw_worker_1.00_x86_64-pc-linux-gnu</physical_name>"));
     assert!(vxml.contains("<main_program/>"));
     assert!(vxml.contains("<api_version>7.20.0</api_version>"));
-    assert_eq!(std::fs::read_dir(&vdir).unwrap().count(), 2, "no stray files");
+    assert_eq!(
+        std::fs::read_dir(&vdir).unwrap().count(),
+        2,
+        "no stray files"
+    );
     // Templates.
     let tin = std::fs::read_to_string(r.join("templates/mw_in")).unwrap();
     for el in [
@@ -160,9 +181,17 @@ fn installs_then_second_run_changes_nothing() {
     assert!(tout.contains("<max_nbytes>") && tout.contains("<OUTFILE_0/>"));
     assert!(tout.contains("<open_name>mw_result.tar.gz</open_name>"));
     // Programs in bin/.
-    for name in ["mw-validator-init", "mw-validator-compare", "mw-assimilator"] {
+    for name in [
+        "mw-validator-init",
+        "mw-validator-compare",
+        "mw-assimilator",
+    ] {
         let f = r.join("bin").join(name);
-        assert_ne!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o100, 0, "{name}");
+        assert_ne!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o100,
+            0,
+            "{name}"
+        );
     }
     // config.xml: daemons by program name only, distinct outputs; rest preserved.
     let cx = std::fs::read_to_string(r.join("config.xml")).unwrap();
@@ -172,7 +201,10 @@ fn installs_then_second_run_changes_nothing() {
     assert!(cx.contains("<cmd>script_assimilator -d 3 --app mw --script mw-assimilator</cmd>"));
     assert!(cx.contains("<output>script_validator_mw.log</output>"));
     assert!(cx.contains("<output>script_assimilator_mw.log</output>"));
-    assert!(!cx.contains("one_result_per_host_per_wu>1"), "quorum 1 needs no host rule");
+    assert!(
+        !cx.contains("one_result_per_host_per_wu>1"),
+        "quorum 1 needs no host rule"
+    );
     // Warns: the fixture's <host> is boincserver, not this machine (unless it is).
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     if host.trim().split('.').next() != Some("boincserver") {
@@ -207,7 +239,9 @@ fn config_xml_outside_the_edits_is_preserved() {
     let lines: Vec<&str> = edited.split_inclusive('\n').collect();
     for (i, line) in lines.iter().enumerate() {
         let next = lines.get(i + 1).copied().unwrap_or("");
-        if line.trim() == "<daemon>" && (next.contains("script_validator") || next.contains("script_assimilator")) {
+        if line.trim() == "<daemon>"
+            && (next.contains("script_validator") || next.contains("script_assimilator"))
+        {
             in_ours = true;
         }
         if in_ours {
@@ -225,7 +259,10 @@ fn config_xml_outside_the_edits_is_preserved() {
     // The fixture had one_result_per_user_per_wu only; we added the host rule.
     assert!(edited.contains("<one_result_per_host_per_wu>1</one_result_per_host_per_wu>"));
     let tin = std::fs::read_to_string(p.root.join("templates/mw_in")).unwrap();
-    assert!(tin.contains("<min_quorum>2</min_quorum>") && tin.contains("<target_nresults>2</target_nresults>"));
+    assert!(
+        tin.contains("<min_quorum>2</min_quorum>")
+            && tin.contains("<target_nresults>2</target_nresults>")
+    );
 }
 
 #[test]
@@ -263,7 +300,10 @@ fn refuses_a_directory_that_is_not_a_project() {
     let out = setup(&p, &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("is not a BOINC project directory") && err.contains("project.xml"), "{err}");
+    assert!(
+        err.contains("is not a BOINC project directory") && err.contains("project.xml"),
+        "{err}"
+    );
     assert_eq!(before, tree(&p.root));
 }
 
@@ -278,13 +318,19 @@ fn changed_worker_for_an_installed_version_is_refused() {
     // A new version installs beside it.
     let out = setup(&p, &["--app-version", "1.01"]);
     assert!(out.status.success());
-    assert!(p.root.join("apps/mw/1.01/x86_64-pc-linux-gnu/mw_worker_1.01_x86_64-pc-linux-gnu").is_file());
+    assert!(p
+        .root
+        .join("apps/mw/1.01/x86_64-pc-linux-gnu/mw_worker_1.01_x86_64-pc-linux-gnu")
+        .is_file());
 }
 
 #[test]
 fn update_versions_unknown_arg_is_an_error_despite_exit_0() {
     let p = fake_project();
-    write_exec(&p.root.join("bin/update_versions"), "#!/bin/sh\necho \"unknown arg $1\"\nexit 0\n");
+    write_exec(
+        &p.root.join("bin/update_versions"),
+        "#!/bin/sh\necho \"unknown arg $1\"\nexit 0\n",
+    );
     let out = setup(&p, &[]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown arg"));
@@ -292,7 +338,8 @@ fn update_versions_unknown_arg_is_an_error_despite_exit_0() {
 
 fn shell_safe(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.,:=/+-".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.,:=/+-".contains(&b))
 }
 
 #[test]
@@ -321,7 +368,12 @@ fn every_name_in_cmd_lines_and_templates_is_shell_safe() {
         }
     }
     let cfg = mw_boinc_setup::MwBoincConfig::load(&p.root).unwrap();
-    for n in [&cfg.app_name, &cfg.input_template, &cfg.output_template, &cfg.app_version] {
+    for n in [
+        &cfg.app_name,
+        &cfg.input_template,
+        &cfg.output_template,
+        &cfg.app_version,
+    ] {
         assert!(shell_safe(n), "{n:?}");
     }
     assert!(checked >= 13);

@@ -1,6 +1,8 @@
 //! Runs the real `mw-validator`, installed under its two names in a project-like `bin/`, the
 //! way `script_validator` does: `../bin/NAME files…` through `/bin/sh` from `tmp_<host>`.
 
+#![allow(clippy::unwrap_used)]
+
 use mw_bundle::{BundleBuilder, Comparison, ExitInfo, ResultInfo, RESULT_STDOUT_NAME};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -41,15 +43,21 @@ fn info(job: &str, task: u64, exit: ExitInfo, comparison: Comparison) -> ResultI
 
 fn bundle(info: ResultInfo, stdout: &str, outputs: &[(&str, &[u8])]) -> Vec<u8> {
     let mut b = BundleBuilder::result(info, "test");
-    b.add_bytes(RESULT_STDOUT_NAME, stdout.as_bytes().to_vec(), false).unwrap();
+    b.add_bytes(RESULT_STDOUT_NAME, stdout.as_bytes().to_vec(), false)
+        .unwrap();
     for (name, data) in outputs {
-        b.add_bytes(&format!("outputs/{name}"), data.to_vec(), false).unwrap();
+        b.add_bytes(&format!("outputs/{name}"), data.to_vec(), false)
+            .unwrap();
     }
     b.to_bytes().unwrap()
 }
 
 fn ok(job: &str, stdout: &str, cmp: Comparison) -> Vec<u8> {
-    bundle(info(job, 7, ExitInfo::Exited { code: 0 }, cmp), stdout, &[("a.dat", b"AAA")])
+    bundle(
+        info(job, 7, ExitInfo::Exited { code: 0 }, cmp),
+        stdout,
+        &[("a.dat", b"AAA")],
+    )
 }
 
 impl Proj {
@@ -90,11 +98,19 @@ impl Proj {
 #[test]
 fn init_accepts_a_good_result_and_rejects_a_failed_task() {
     let p = project();
-    let good = p.upload("2e1", "mw_w1_0_r1_0", &ok("j1", "{\"x\":1}", Comparison::Bitwise));
+    let good = p.upload(
+        "2e1",
+        "mw_w1_0_r1_0",
+        &ok("j1", "{\"x\":1}", Comparison::Bitwise),
+    );
     let (code, msg) = p.init(&good);
     assert_eq!(code, 0, "{msg}");
     assert!(msg.contains("job j1 task 7"));
-    let failed = bundle(info("j1", 7, ExitInfo::Exited { code: 2 }, Comparison::Bitwise), "", &[]);
+    let failed = bundle(
+        info("j1", 7, ExitInfo::Exited { code: 2 }, Comparison::Bitwise),
+        "",
+        &[],
+    );
     let failed = p.upload("2e1", "mw_w1_1_r2_0", &failed);
     let (code, msg) = p.init(&failed);
     assert_eq!(code, 1);
@@ -104,10 +120,22 @@ fn init_accepts_a_good_result_and_rejects_a_failed_task() {
 #[test]
 fn compare_bitwise_accepts_agreeing_and_rejects_disagreeing() {
     let p = project();
-    let a = p.upload("2e1", "mw_w1_0_r1_0", &ok("j1", "{\"pi\":3.14159}", Comparison::Bitwise));
-    let b = p.upload("335", "mw_w1_1_r2_0", &ok("j1", "{\"pi\":3.14159}", Comparison::Bitwise));
+    let a = p.upload(
+        "2e1",
+        "mw_w1_0_r1_0",
+        &ok("j1", "{\"pi\":3.14159}", Comparison::Bitwise),
+    );
+    let b = p.upload(
+        "335",
+        "mw_w1_1_r2_0",
+        &ok("j1", "{\"pi\":3.14159}", Comparison::Bitwise),
+    );
     assert_eq!(p.compare(&a, &b).0, 0);
-    let c = p.upload("335", "mw_w1_2_r3_0", &ok("j1", "{\"pi\":3.14160}", Comparison::Bitwise));
+    let c = p.upload(
+        "335",
+        "mw_w1_2_r3_0",
+        &ok("j1", "{\"pi\":3.14160}", Comparison::Bitwise),
+    );
     let (code, msg) = p.compare(&a, &c);
     assert_eq!(code, 1);
     assert!(msg.contains("stdout.json"), "{msg}");
@@ -122,7 +150,11 @@ fn compare_bitwise_accepts_agreeing_and_rejects_disagreeing() {
     assert_eq!(code, 1);
     assert!(msg.contains("outputs/a.dat"), "{msg}");
     // Results of different tasks never match.
-    let e = bundle(info("j1", 8, ExitInfo::Exited { code: 0 }, Comparison::Bitwise), "{\"pi\":3.14159}", &[("a.dat", b"AAA")]);
+    let e = bundle(
+        info("j1", 8, ExitInfo::Exited { code: 0 }, Comparison::Bitwise),
+        "{\"pi\":3.14159}",
+        &[("a.dat", b"AAA")],
+    );
     let e = p.upload("335", "mw_w2_0_r5_0", &e);
     assert_eq!(p.compare(&a, &e).0, 1);
 }
@@ -130,19 +162,57 @@ fn compare_bitwise_accepts_agreeing_and_rejects_disagreeing() {
 #[test]
 fn compare_json_tolerates_float_noise_within_tolerance_only() {
     let p = project();
-    let rule = Comparison::Json { rel: 1e-9, abs: 0.0 };
-    let a = p.upload("2e1", "mw_w1_0_r1_0", &ok("j1", "{\"sum\": 0.30000000000000004, \"n\": [1, 2.5], \"s\": \"x\"}", rule.clone()));
-    let b = p.upload("335", "mw_w1_1_r2_0", &ok("j1", "{\"s\": \"x\", \"n\": [1, 2.5000000000001], \"sum\": 0.3}", rule.clone()));
+    let rule = Comparison::Json {
+        rel: 1e-9,
+        abs: 0.0,
+    };
+    let a = p.upload(
+        "2e1",
+        "mw_w1_0_r1_0",
+        &ok(
+            "j1",
+            "{\"sum\": 0.30000000000000004, \"n\": [1, 2.5], \"s\": \"x\"}",
+            rule.clone(),
+        ),
+    );
+    let b = p.upload(
+        "335",
+        "mw_w1_1_r2_0",
+        &ok(
+            "j1",
+            "{\"s\": \"x\", \"n\": [1, 2.5000000000001], \"sum\": 0.3}",
+            rule.clone(),
+        ),
+    );
     let (code, msg) = p.compare(&a, &b);
     assert_eq!(code, 0, "{msg}");
-    let c = p.upload("335", "mw_w1_2_r3_0", &ok("j1", "{\"sum\": 0.31, \"n\": [1, 2.5], \"s\": \"x\"}", rule.clone()));
+    let c = p.upload(
+        "335",
+        "mw_w1_2_r3_0",
+        &ok(
+            "j1",
+            "{\"sum\": 0.31, \"n\": [1, 2.5], \"s\": \"x\"}",
+            rule.clone(),
+        ),
+    );
     let (code, msg) = p.compare(&a, &c);
     assert_eq!(code, 1);
     assert!(msg.contains("$.sum"), "{msg}");
-    let d = p.upload("335", "mw_w1_3_r4_0", &ok("j1", "{\"sum\": 0.3, \"n\": [1, 2.5], \"s\": \"y\"}", rule.clone()));
+    let d = p.upload(
+        "335",
+        "mw_w1_3_r4_0",
+        &ok(
+            "j1",
+            "{\"sum\": 0.3, \"n\": [1, 2.5], \"s\": \"y\"}",
+            rule.clone(),
+        ),
+    );
     assert_eq!(p.compare(&a, &d).0, 1);
     // Absolute tolerance.
-    let abs = Comparison::Json { rel: 0.0, abs: 0.01 };
+    let abs = Comparison::Json {
+        rel: 0.0,
+        abs: 0.01,
+    };
     let e = p.upload("2e1", "mw_w5_0_r1_0", &ok("j2", "[0.001]", abs.clone()));
     let f = p.upload("335", "mw_w5_1_r1_0", &ok("j2", "[0.0]", abs.clone()));
     assert_eq!(p.compare(&e, &f).0, 0);
@@ -164,15 +234,14 @@ fn malformed_and_hostile_bundles_are_invalid() {
     bytes[n / 2] ^= 0xff;
     assert_eq!(p.init(&p.upload("335", "flip_0_r1_0", &bytes)).0, 1);
     // A task bundle instead of a result bundle.
-    let task = BundleBuilder::task(Default::default(), "t").to_bytes().unwrap();
+    let task = BundleBuilder::task(Default::default(), "t")
+        .to_bytes()
+        .unwrap();
     let (code, msg) = p.init(&p.upload("335", "task_0_r1_0", &task));
     assert_eq!(code, 1);
     assert!(msg.contains("expected a result bundle"), "{msg}");
     // A checksum that lies: manifest from one bundle, member content from another.
-    let lying = hand_made(
-        &ok_manifest_text(),
-        &[("stdout.json", b"2")],
-    );
+    let lying = hand_made(&ok_manifest_text(), &[("stdout.json", b"2")]);
     let (code, msg) = p.init(&p.upload("335", "lie_0_r1_0", &lying));
     assert_eq!(code, 1);
     assert!(msg.contains("SHA-256 mismatch"), "{msg}");
@@ -182,7 +251,14 @@ fn malformed_and_hostile_bundles_are_invalid() {
     assert_eq!(code, 1, "{msg}");
     assert!(msg.contains("refused"), "{msg}");
     // Negative tolerance is refused.
-    let bad_tol = ok("j1", "1", Comparison::Json { rel: -1.0, abs: 0.0 });
+    let bad_tol = ok(
+        "j1",
+        "1",
+        Comparison::Json {
+            rel: -1.0,
+            abs: 0.0,
+        },
+    );
     assert_eq!(p.init(&p.upload("335", "tol_0_r1_0", &bad_tol)).0, 1);
 }
 
