@@ -1,0 +1,175 @@
+//! Thin wrappers over the HTCondor command-line tools found on PATH (`condor_submit -terse`,
+//! `condor_rm`, `condor_q -json`, `condor_history -json`), returning typed results.
+//! Arguments are passed as separate argv entries, never through a shell.
+//! This module must never know about mw's tasks, bundles or the master.
+
+use crate::error::{CondorError, Result};
+use crate::job::{JobHandle, JobStatus};
+use crate::submit::parse_terse;
+use std::path::Path;
+use std::process::Command;
+
+/// Attributes asked of `condor_q` / `condor_history`.
+pub const QUERY_ATTRIBUTES: &[&str] = &[
+    "ClusterId",
+    "ProcId",
+    "JobStatus",
+    "ExitCode",
+    "ExitBySignal",
+    "ExitSignal",
+    "HoldReason",
+    "HoldReasonCode",
+    "HoldReasonSubCode",
+    "NumJobStarts",
+    "JobBatchName",
+];
+
+/// One job ad from `condor_q -json` or `condor_history -json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobAd {
+    pub handle: JobHandle,
+    pub status: JobStatus,
+    pub exit_code: Option<i64>,
+    pub exit_signal: Option<i64>,
+    pub hold_reason: Option<String>,
+    pub hold_reason_code: Option<i64>,
+    /// The whole ad as printed.
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+fn run(program: &str, args: &[String]) -> Result<String> {
+    let command_line = std::iter::once(program.to_string())
+        .chain(args.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = Command::new(program).args(args).output().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            CondorError::CommandMissing {
+                command: program.to_string(),
+            }
+        } else {
+            CondorError::CommandSpawn {
+                command: command_line.clone(),
+                source: e,
+            }
+        }
+    })?;
+    if !out.status.success() {
+        return Err(CondorError::CommandFailed {
+            command: command_line,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `condor_submit -terse FILE`: the handles of all submitted jobs, in proc (= item) order.
+pub fn submit(submit_file: &Path) -> Result<Vec<JobHandle>> {
+    let args = vec![
+        "-terse".to_string(),
+        submit_file.to_string_lossy().into_owned(),
+    ];
+    let out = run("condor_submit", &args)?;
+    parse_terse(&out).map_err(|message| CondorError::BadOutput {
+        command: format!("condor_submit -terse {}", submit_file.display()),
+        message,
+        output: out,
+    })
+}
+
+/// `condor_rm C.P ...`. Doing nothing for an empty list.
+pub fn remove(handles: &[JobHandle]) -> Result<()> {
+    if handles.is_empty() {
+        return Ok(());
+    }
+    let args: Vec<String> = handles.iter().map(|h| h.to_string()).collect();
+    run("condor_rm", &args).map(|_| ())
+}
+
+fn query(program: &str, clusters: &[u64], extra: &[String]) -> Result<Vec<JobAd>> {
+    let mut args = vec![
+        "-json".to_string(),
+        "-attributes".to_string(),
+        QUERY_ATTRIBUTES.join(","),
+    ];
+    args.extend(extra.iter().cloned());
+    args.extend(clusters.iter().map(|c| c.to_string()));
+    let out = run(program, &args)?;
+    let command = format!("{program} {}", args.join(" "));
+    parse_ads(&out).map_err(|message| CondorError::BadOutput {
+        command,
+        message,
+        output: out,
+    })
+}
+
+/// `condor_q -json -attributes ... CLUSTER...`: jobs still in the queue. No clusters = all jobs.
+pub fn query_jobs(clusters: &[u64]) -> Result<Vec<JobAd>> {
+    query("condor_q", clusters, &[])
+}
+
+/// `condor_history -json -attributes ... [-limit N] CLUSTER...`: jobs that left the queue.
+pub fn history(clusters: &[u64], limit: Option<u64>) -> Result<Vec<JobAd>> {
+    let extra = match limit {
+        Some(n) => vec!["-limit".to_string(), n.to_string()],
+        None => vec![],
+    };
+    query("condor_history", clusters, &extra)
+}
+
+/// Parses a JSON array of job ads; empty output (what `condor_q` prints for no jobs) is `[]`.
+pub fn parse_ads(text: &str) -> std::result::Result<Vec<JobAd>, String> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let arr = v.as_array().ok_or("not a JSON array")?;
+    arr.iter()
+        .enumerate()
+        .map(|(i, ad)| {
+            let obj = ad
+                .as_object()
+                .ok_or_else(|| format!("entry {i} is not an object"))?;
+            let int = |k: &str| obj.get(k).and_then(|v| v.as_i64());
+            let id = |k: &str| {
+                int(k)
+                    .and_then(|n| u64::try_from(n).ok())
+                    .ok_or_else(|| format!("entry {i}: {k} missing or not a non-negative integer"))
+            };
+            Ok(JobAd {
+                handle: JobHandle::new(id("ClusterId")?, id("ProcId")?),
+                status: JobStatus::from_code(
+                    int("JobStatus").ok_or_else(|| format!("entry {i}: JobStatus missing"))?,
+                ),
+                exit_code: int("ExitCode"),
+                exit_signal: int("ExitSignal"),
+                hold_reason: obj
+                    .get("HoldReason")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string),
+                hold_reason_code: int("HoldReasonCode"),
+                attributes: obj.clone(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ads() {
+        assert!(parse_ads("").unwrap().is_empty());
+        let a = parse_ads(
+            "[\n{\"ClusterId\": 3, \"ProcId\": 1, \"JobStatus\": 5, \"HoldReason\": \"x\"}\n]\n",
+        )
+        .unwrap();
+        assert_eq!(a[0].handle, JobHandle::new(3, 1));
+        assert_eq!(a[0].status, JobStatus::Held);
+        assert_eq!(a[0].hold_reason.as_deref(), Some("x"));
+        assert!(parse_ads("[{\"ProcId\": 1}]").is_err());
+    }
+}

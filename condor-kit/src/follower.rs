@@ -1,0 +1,116 @@
+//! Incremental reader of one job event log: remembers a byte offset, and on each `poll()` returns
+//! the events whose `...` terminator has arrived since the last call. A half-written record stays
+//! in the file for the next poll. This module must never know about mw's tasks or the master.
+
+use crate::error::{io_err, CondorError, Result};
+use crate::events::{parse_record, LogEvent};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+/// What one `poll()` found.
+#[derive(Debug, Default)]
+pub struct Polled {
+    /// New complete events, in file order.
+    pub events: Vec<LogEvent>,
+    /// Records that were not events (each names file and line); they are skipped.
+    pub bad_records: Vec<CondorError>,
+    /// Records with an event code HTCondor does not define; skipped silently.
+    pub unknown_skipped: usize,
+}
+
+/// Follows one job event log by byte offset.
+#[derive(Debug)]
+pub struct LogFollower {
+    path: PathBuf,
+    offset: u64,
+    /// Lines before `offset` (for 1-based line numbers in events and errors).
+    lines_before: usize,
+}
+
+impl LogFollower {
+    /// Starts at the beginning of `path`, which need not exist yet.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        LogFollower {
+            path: path.into(),
+            offset: 0,
+            lines_before: 0,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes consumed so far (always the end of a complete record).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Reads what was appended since the last call. A missing file yields nothing (HTCondor
+    /// creates the log at the first event). A file that shrank is read again from the start.
+    pub fn poll(&mut self) -> Result<Polled> {
+        let mut file = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Polled::default()),
+            Err(e) => return Err(io_err(&self.path)(e)),
+        };
+        let len = file.metadata().map_err(io_err(&self.path))?.len();
+        if len < self.offset {
+            self.offset = 0;
+            self.lines_before = 0;
+        }
+        if len == self.offset {
+            return Ok(Polled::default());
+        }
+        file.seek(SeekFrom::Start(self.offset))
+            .map_err(io_err(&self.path))?;
+        let mut buf = Vec::new();
+        file.read_to_end(&mut buf).map_err(io_err(&self.path))?;
+        Ok(self.consume(&buf))
+    }
+
+    fn consume(&mut self, buf: &[u8]) -> Polled {
+        let mut out = Polled::default();
+        let mut record_start = 0usize; // byte index in buf of the current record
+        let mut record_first_line = self.lines_before + 1;
+        let mut pos = 0usize;
+        let mut line_no = self.lines_before; // lines fully read so far
+        while let Some(nl) = buf[pos..].iter().position(|&b| b == b'\n') {
+            let line = &buf[pos..pos + nl];
+            pos += nl + 1;
+            line_no += 1;
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line != b"..." {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&buf[record_start..pos]);
+            let mut lines: Vec<&str> = text.lines().collect();
+            lines.pop(); // the "..." terminator
+                         // Blank lines between records are not part of the next record.
+            let mut first = record_first_line;
+            while lines.first().is_some_and(|l| l.trim().is_empty()) {
+                lines.remove(0);
+                first += 1;
+            }
+            if lines.is_empty() {
+                out.bad_records.push(CondorError::BadRecord {
+                    path: self.path.clone(),
+                    line: line_no,
+                    message: "a \"...\" terminator with no record before it".into(),
+                });
+            } else {
+                match parse_record(&lines, &self.path, first) {
+                    Ok(Some(ev)) => out.events.push(ev),
+                    Ok(None) => out.unknown_skipped += 1,
+                    Err(e) => out.bad_records.push(e),
+                }
+            }
+            record_start = pos;
+            record_first_line = line_no + 1;
+        }
+        // Everything up to record_start is consumed; the rest is a partial record.
+        self.offset += record_start as u64;
+        self.lines_before = record_first_line - 1;
+        out
+    }
+}
