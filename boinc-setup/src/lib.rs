@@ -31,12 +31,13 @@ pub const API_VERSION: &str = "7.20.0";
 pub const CONFIG_FILE_NAME: &str = "mw_boinc.toml";
 /// Spool directory (under the project root) the assimilator writes into.
 pub const SPOOL_DIR_NAME: &str = "mw_spool";
-/// Logical (open) name of the program bundle in the slot.
-pub const PROGRAM_LOGICAL_NAME: &str = "mw_program.tar.gz";
+/// Logical (open) name of the program bundle in the slot; equals
+/// `mw_worker_runtime::boinc::LOGICAL_PROGRAM` (the worker resolves these names).
+pub const PROGRAM_LOGICAL_NAME: &str = "mw_program";
 /// Logical name of the task bundle in the slot.
-pub const TASK_LOGICAL_NAME: &str = "mw_task.tar.gz";
+pub const TASK_LOGICAL_NAME: &str = "mw_task";
 /// Logical name of the result bundle the worker writes in the slot.
-pub const RESULT_LOGICAL_NAME: &str = "mw_result.tar.gz";
+pub const RESULT_LOGICAL_NAME: &str = "mw_result";
 /// Program name of the validator's init script in `bin/`.
 pub const VALIDATOR_INIT_NAME: &str = "mw-validator-init";
 /// Program name of the validator's compare script in `bin/`.

@@ -171,15 +171,15 @@ fn installs_then_second_run_changes_nothing() {
         "<rsc_memory_bound>",
         "<rsc_disk_bound>",
         "<delay_bound>",
-        "<open_name>mw_program.tar.gz</open_name>",
-        "<open_name>mw_task.tar.gz</open_name>",
+        "<open_name>mw_program</open_name>",
+        "<open_name>mw_task</open_name>",
     ] {
         assert!(tin.contains(el), "input template lacks {el}:\n{tin}");
     }
     assert_eq!(tin.matches("<file_info>").count(), 2);
     let tout = std::fs::read_to_string(r.join("templates/mw_out")).unwrap();
     assert!(tout.contains("<max_nbytes>") && tout.contains("<OUTFILE_0/>"));
-    assert!(tout.contains("<open_name>mw_result.tar.gz</open_name>"));
+    assert!(tout.contains("<open_name>mw_result</open_name>"));
     // Programs in bin/.
     for name in [
         "mw-validator-init",
