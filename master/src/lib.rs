@@ -20,14 +20,23 @@
 
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod interface;
+pub mod job;
 pub mod journal;
 pub mod master;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod multicore;
+mod platforms;
 pub mod task;
 
 pub use interface::{Completion, HandleSink, Interface};
-pub use master::{Master, MasterOptions, MasterStatus, MwError, TaskOutput, TaskState, TaskTimes};
+pub use master::{
+    Master, MasterOptions, MasterStatus, MwError, NextOutcome, TaskOutput, TaskState, TaskTimes,
+};
+#[cfg(feature = "mpi")]
+pub use mpi::Mpi;
 pub use multicore::Multicore;
 pub use mw_bundle::{Comparison, ExitInfo};
 pub use task::{

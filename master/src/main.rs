@@ -1,1 +1,5 @@
-fn main() {}
+//! The `mw` command: a thin binary over the `mw` library's `cli` module.
+
+fn main() {
+    std::process::exit(mw::cli::main());
+}

@@ -218,6 +218,17 @@ impl Default for MasterOptions {
     }
 }
 
+/// What [`Master::next_outcome`] found.
+#[derive(Debug)]
+pub enum NextOutcome {
+    /// A task finished (successfully or not).
+    Finished(TaskId, Result<TaskOutput, MwError>, TaskTimes),
+    /// Nothing finished within the timeout.
+    Pending,
+    /// Every task's outcome has been collected.
+    AllCollected,
+}
+
 /// Per-state counts plus the interface's own status.
 #[derive(Debug, Clone, Default)]
 pub struct MasterStatus {
@@ -254,6 +265,8 @@ pub(crate) struct TaskRecord {
     pub(crate) outcome: Option<Result<TaskOutput, MwError>>,
     pub(crate) collected: bool,
     pub(crate) cancel_requested: bool,
+    /// Final and (with a journal) committed: may be handed out.
+    pub(crate) durable: bool,
 }
 
 struct State {
@@ -262,6 +275,8 @@ struct State {
     finished: VecDeque<TaskId>,
     counts: [usize; 5],
     shutting_down: bool,
+    /// Final tasks whose journal row is committed (all final tasks without a journal).
+    durable: usize,
 }
 
 impl State {
@@ -350,10 +365,14 @@ impl Master {
             finished: VecDeque::new(),
             counts: [0; 5],
             shutting_down: false,
+            durable: 0,
         };
         for rec in restored {
             let id = TaskId(state.tasks.len() as u64);
             state.counts[rec.state as usize] += 1;
+            if rec.state.is_final() {
+                state.durable += 1;
+            }
             match rec.state {
                 TaskState::Queued => state.queue.push_back(id),
                 s if s.is_final() && !rec.collected => state.finished.push_back(id),
@@ -411,6 +430,7 @@ impl Master {
                 outcome: None,
                 collected: false,
                 cancel_requested: false,
+                durable: false,
             });
             st.counts[TaskState::Queued as usize] += 1;
             st.queue.push_back(id);
@@ -439,6 +459,61 @@ impl Master {
                 return r;
             }
             st = self.inner.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Like [`get_output`](Self::get_output) but gives up after `timeout` with `Ok(None)`.
+    pub fn get_output_timeout(
+        &self,
+        which: Option<TaskId>,
+        timeout: Duration,
+    ) -> Result<Option<TaskOutput>, MwError> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut st = self.inner.lock();
+        loop {
+            if let Some(r) = take_result(&mut st, which)? {
+                return r.map(Some);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            st = self
+                .inner
+                .cond
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Waits up to `timeout` for the next finished task and returns its outcome whatever it
+    /// is (for drivers such as the CLI that report failures rather than stop at them).
+    pub fn next_outcome(&self, timeout: Duration) -> NextOutcome {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut st = self.inner.lock();
+        loop {
+            while let Some(id) = st.finished.pop_front() {
+                let rec = &mut st.tasks[id.0 as usize];
+                if !rec.collected {
+                    rec.collected = true;
+                    let times = rec.times.clone();
+                    return NextOutcome::Finished(id, take_outcome(rec, id), times);
+                }
+            }
+            if st.tasks.len() == st.durable {
+                return NextOutcome::AllCollected;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return NextOutcome::Pending;
+            }
+            st = self
+                .inner
+                .cond
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
@@ -509,12 +584,7 @@ impl Master {
                 rec.times.finished = Some(SystemTime::now());
                 st.queue.retain(|t| *t != task);
                 st.set_state(task, TaskState::Cancelled);
-                st.finished.push_back(task);
-                if let Some(j) = &self.inner.journal {
-                    j.record_final(task, &st.tasks[task.0 as usize]);
-                }
-                drop(st);
-                self.inner.cond.notify_all();
+                finish_durably(&self.inner, st, task);
             }
             TaskState::Running => {
                 rec.cancel_requested = true;
@@ -543,7 +613,7 @@ impl Master {
     /// Blocks until no task is queued or running.
     pub fn wait_all(&self) {
         let mut st = self.inner.lock();
-        while st.counts[TaskState::Queued as usize] + st.counts[TaskState::Running as usize] > 0 {
+        while st.durable < st.tasks.len() {
             st = self.inner.cond.wait(st).unwrap_or_else(|p| p.into_inner());
         }
     }
@@ -612,7 +682,7 @@ fn take_result(st: &mut State, which: Option<TaskId>) -> Result<Taken, MwError> 
             if rec.collected {
                 return Err(MwError::AlreadyCollected(id));
             }
-            if rec.state.is_final() {
+            if rec.state.is_final() && rec.durable {
                 rec.collected = true;
                 return Ok(Some(take_outcome(rec, id)));
             }
@@ -766,6 +836,9 @@ fn on_complete(inner: &Arc<Inner>, id: TaskId, outcome: Result<Execution, Interf
     let cancelled = matches!(result, Err(MwError::Cancelled(_))) || rec.cancel_requested;
     if result.is_err() && !cancelled && attempts <= retries {
         // Retry: back to the front of the queue.
+        if let Some(j) = &inner.journal {
+            j.record_requeued(id);
+        }
         st.set_state(id, TaskState::Queued);
         st.queue.push_front(id);
         drop(st);
@@ -790,12 +863,38 @@ fn on_complete(inner: &Arc<Inner>, id: TaskId, outcome: Result<Execution, Interf
     };
     rec.outcome = Some(result);
     st.set_state(id, final_state);
-    if let Some(j) = &inner.journal {
-        j.record_final(id, &st.tasks[id.0 as usize]);
+    finish_durably(inner, st, id);
+}
+
+/// Makes a final task collectable: at once without a journal; with one, only after its row
+/// is committed, so a result handed to the user is never lost in a crash.
+fn finish_durably(inner: &Arc<Inner>, mut st: MutexGuard<'_, State>, id: TaskId) {
+    match &inner.journal {
+        None => {
+            st.finished.push_back(id);
+            st.durable += 1;
+            st.tasks[id.0 as usize].durable = true;
+            drop(st);
+            inner.cond.notify_all();
+        }
+        Some(j) => {
+            let inner2 = inner.clone();
+            j.record_final(
+                id,
+                &st.tasks[id.0 as usize],
+                Some(Box::new(move || {
+                    let mut st = inner2.lock();
+                    st.finished.push_back(id);
+                    st.durable += 1;
+                    st.tasks[id.0 as usize].durable = true;
+                    drop(st);
+                    inner2.cond.notify_all();
+                })),
+            );
+            drop(st);
+            inner.cond.notify_all();
+        }
     }
-    st.finished.push_back(id);
-    drop(st);
-    inner.cond.notify_all();
 }
 
 /// Parses a program's stdout as the result JSON; empty output is `null`.

@@ -1,0 +1,12 @@
+//! Construction of the remote-platform interfaces (HTCondor, BOINC) from a job file.
+
+use crate::interface::Interface;
+use crate::job::Job;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Builds the interface named `name` for `job`, staging into `job_dir`.
+pub(crate) fn make(name: &str, job: &Job, job_dir: &Path) -> anyhow::Result<Arc<dyn Interface>> {
+    let _ = (job, job_dir);
+    anyhow::bail!("interface `{name}` is not available in this build")
+}
