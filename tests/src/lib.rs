@@ -32,3 +32,4 @@ pub fn workspace_root() -> PathBuf {
         .expect("workspace root")
         .to_path_buf()
 }
+pub mod boinc_client;

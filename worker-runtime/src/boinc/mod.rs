@@ -209,8 +209,15 @@ fn run_resolved(slot: &Path, control: &ProcessControl) -> SlotExit {
     };
     let run = UnpackedProgram::unpack(&program, &opts)
         .and_then(|p| run_task_file(&p, &task, control, &opts))
-        .and_then(|(info, bytes)| write_atomically(&result, &bytes).map(|()| info));
+        .and_then(|(info, bytes)| {
+            // A task stopped on the client's request leaves no result behind: it is rerun.
+            if !control.is_cancelled() {
+                write_atomically(&result, &bytes)?;
+            }
+            Ok(info)
+        });
     match run {
+        Ok(_) if control.is_cancelled() => SlotExit::TaskFailed("stopped on request".into()),
         Ok(info) if info.exit.success() => SlotExit::Success,
         Ok(info) => {
             let mut why = format!("task {} of job {}: {}", info.task, info.job, info.exit);
