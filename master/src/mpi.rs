@@ -681,9 +681,8 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
         if wait.is_zero() {
             std::hint::spin_loop();
         } else if current.is_some() {
-            match res_rx.recv_timeout(wait) {
-                Ok(r) => pending = Some(r),
-                Err(_) => {}
+            if let Ok(r) = res_rx.recv_timeout(wait) {
+                pending = Some(r);
             }
         } else {
             std::thread::sleep(wait);

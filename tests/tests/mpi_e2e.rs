@@ -1,0 +1,261 @@
+//! End-to-end tests of the MPI interface under the real Open MPI `mpirun` (feature `mpi`):
+//! `cargo test -p mw-tests --features mpi --test mpi_e2e`. Each run goes through the
+//! `mw-mpi-driver` binary (a master over the `mw` library) and is wrapped in a hard
+//! `timeout`, so a hang fails the test instead of blocking CI. Task programs are small shell
+//! scripts written into a temp dir.
+#![cfg(feature = "mpi")]
+
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// Writes an executable shell script `name` with `body` into `dir`.
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+/// `timeout SECS mpirun -n RANKS mw-mpi-driver ARGS...`, with the Open MPI settings needed
+/// as root in a container with few cores.
+fn mpirun_cmd(secs: u32, ranks: u32, args: &[&str]) -> Command {
+    let mut c = Command::new("timeout");
+    c.arg(secs.to_string())
+        .arg("mpirun")
+        .arg("-n")
+        .arg(ranks.to_string())
+        .arg(mw_tests::bin("mw-mpi-driver"))
+        .args(args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::null());
+    c
+}
+
+fn mpirun(secs: u32, ranks: u32, args: &[&str]) -> Output {
+    let out = mpirun_cmd(secs, ranks, args).output().expect("run mpirun");
+    assert_ne!(
+        out.status.code(),
+        Some(124),
+        "mpirun hung and was killed by timeout; stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Parses the driver's JSON lines: (per-task lines, summary).
+fn lines(out: &Output) -> (Vec<Value>, Value) {
+    assert!(
+        out.status.success(),
+        "driver failed: {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut tasks = Vec::new();
+    let mut summary = Value::Null;
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}"));
+        if let Some(s) = v.get("summary") {
+            summary = s.clone();
+        } else {
+            tasks.push(v);
+        }
+    }
+    assert!(!summary.is_null(), "no summary line");
+    (tasks, summary)
+}
+
+#[test]
+fn echo_tasks_come_back_with_their_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = script(dir.path(), "echo.sh", "cat");
+    let (tasks, summary) = lines(&mpirun(120, 3, &[p.to_str().unwrap(), "20"]));
+    assert_eq!(summary["interface"], "mpi");
+    assert_eq!(summary["interface_status"]["worker_ranks"], "2");
+    let ids: BTreeSet<u64> = tasks
+        .iter()
+        .map(|t| {
+            assert_eq!(t["ok"], true, "{t}");
+            assert_eq!(t["value"]["i"], t["task"], "{t}");
+            t["task"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(ids, (0..20).collect());
+}
+
+#[test]
+fn failing_task_on_a_worker_rank_is_a_task_error_naming_task_and_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = script(dir.path(), "fail.sh", "echo boom-from-rank >&2\nexit 3");
+    let (tasks, summary) = lines(&mpirun(120, 3, &[p.to_str().unwrap(), "4"]));
+    assert_eq!(tasks.len(), 4);
+    for t in &tasks {
+        assert_eq!(t["ok"], false, "{t}");
+        assert_eq!(t["kind"], "failed", "{t}");
+        let err = t["error"].as_str().unwrap();
+        assert!(err.contains(&format!("task {} failed", t["task"])), "{err}");
+        assert!(err.contains("exit status 3"), "{err}");
+        assert!(err.contains("boom-from-rank"), "{err}");
+    }
+    // The ranks stay usable: every task was started and finished.
+    assert_eq!(summary["interface_status"]["finished"], "4");
+}
+
+#[test]
+fn task_timeout_kills_the_task_on_its_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = script(dir.path(), "slow.sh", "exec sleep 60");
+    let (tasks, _) = lines(&mpirun(
+        50,
+        3,
+        &[p.to_str().unwrap(), "2", "--timeout", "1"],
+    ));
+    assert_eq!(tasks.len(), 2);
+    for t in &tasks {
+        assert_eq!(t["kind"], "failed", "{t}");
+        assert!(t["error"].as_str().unwrap().contains("timed out"), "{t}");
+    }
+}
+
+#[test]
+fn ten_thousand_tiny_tasks_each_come_back_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = script(dir.path(), "echo.sh", "cat");
+    let n = 10_000u64;
+    let (tasks, summary) = lines(&mpirun(900, 3, &[p.to_str().unwrap(), &n.to_string()]));
+    assert_eq!(tasks.len() as u64, n);
+    let mut seen = BTreeSet::new();
+    for t in &tasks {
+        assert_eq!(t["ok"], true, "{t}");
+        let id = t["task"].as_u64().unwrap();
+        assert_eq!(t["value"]["i"].as_u64(), Some(id), "{t}");
+        assert!(seen.insert(id), "task {id} came back twice");
+    }
+    assert_eq!(seen, (0..n).collect());
+    assert_eq!(summary["ok"].as_u64(), Some(n));
+}
+
+#[test]
+fn ten_megabyte_result_arrives_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    // A JSON string of 10,000,000 'a's on stdout.
+    let p = script(
+        dir.path(),
+        "big.sh",
+        "printf '\"'\nhead -c 10000000 /dev/zero | tr '\\0' a\nprintf '\"'",
+    );
+    let (tasks, _) = lines(&mpirun(120, 3, &[p.to_str().unwrap(), "3"]));
+    assert_eq!(tasks.len(), 3);
+    for t in &tasks {
+        assert_eq!(t["ok"], true, "{t}");
+        assert_eq!(t["value_len"].as_u64(), Some(10_000_002), "{t}");
+    }
+}
+
+#[test]
+fn cancelling_running_tasks_stops_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = script(dir.path(), "slow.sh", "exec sleep 600");
+    // Without a working cancel the tasks would outlive the 60 s timeout.
+    let (tasks, _) = lines(&mpirun(60, 3, &[p.to_str().unwrap(), "3", "--cancel"]));
+    assert_eq!(tasks.len(), 3);
+    for t in &tasks {
+        assert_eq!(t["kind"], "cancelled", "{t}");
+    }
+}
+
+const SINGLE_RANK_MSG: &str = "must be started under mpirun with at least 2 ranks";
+
+#[test]
+fn one_rank_under_mpirun_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = script(dir.path(), "echo.sh", "cat");
+    let out = mpirun(60, 1, &[p.to_str().unwrap(), "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(SINGLE_RANK_MSG), "{err}");
+}
+
+#[test]
+fn without_mpirun_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = script(dir.path(), "echo.sh", "cat");
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(mw_tests::bin("mw-mpi-driver"))
+        .arg(&p)
+        .arg("1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(124), "hung");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(SINGLE_RANK_MSG), "{err}");
+    assert!(err.contains("mpirun -n 3"), "{err}");
+}
+
+/// A worker rank killed with SIGKILL while it runs a task: Open MPI's `mpirun` aborts the
+/// whole job (rank 0 included) and says which rank died; nothing hangs.
+#[test]
+fn killed_worker_rank_ends_the_job_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    // Each task records "its pid, its rank's pid", then sleeps.
+    let body = format!("echo \"$$ $PPID\" >> '{}'\nexec sleep 120", pids.display());
+    let p = script(dir.path(), "slow.sh", &body);
+    let mut child = mpirun_cmd(90, 3, &[p.to_str().unwrap(), "4"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for a task to start on a worker rank (polls the file the task writes).
+    let (task_pid, rank_pid) = loop {
+        if let Ok(text) = std::fs::read_to_string(&pids) {
+            if let Some(line) = text.lines().next().filter(|l| l.split(' ').count() == 2) {
+                let mut it = line.split(' ').map(|s| s.parse::<i32>().unwrap());
+                break (it.next().unwrap(), it.next().unwrap());
+            }
+        }
+        assert!(child.try_wait().unwrap().is_none(), "mpirun ended early");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // SAFETY: kill only sends a signal to a pid we just read from our own task's record.
+    unsafe {
+        libc::kill(rank_pid, libc::SIGKILL);
+    }
+    let out = child.wait_with_output().unwrap();
+    // Orphaned task processes keep running after their rank is gone: clean them up.
+    if let Ok(text) = std::fs::read_to_string(&pids) {
+        for pid in text
+            .lines()
+            .filter_map(|l| l.split(' ').next()?.parse::<i32>().ok())
+        {
+            // SAFETY: as above; the pids are the tasks' own, recorded by them.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+    let _ = task_pid;
+    assert_ne!(
+        out.status.code(),
+        Some(124),
+        "the job hung after a rank died"
+    );
+    assert!(!out.status.success(), "the job must fail when a rank dies");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("exited on signal 9"),
+        "mpirun should name the dead rank:\n{err}"
+    );
+}
