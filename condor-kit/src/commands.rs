@@ -6,8 +6,17 @@
 use crate::error::{CondorError, Result};
 use crate::job::{JobHandle, JobStatus};
 use crate::submit::parse_terse;
-use std::path::Path;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// Where and how to run the HTCondor tools. The default finds them on PATH with the
+/// inherited environment; `bin_dir` pins a directory, `envs` adds variables (e.g. `CONDOR_CONFIG`).
+#[derive(Debug, Clone, Default)]
+pub struct CondorCli {
+    pub bin_dir: Option<PathBuf>,
+    pub envs: Vec<(OsString, OsString)>,
+}
 
 /// Attributes asked of `condor_q` / `condor_history`.
 pub const QUERY_ATTRIBUTES: &[&str] = &[
@@ -37,15 +46,94 @@ pub struct JobAd {
     pub attributes: serde_json::Map<String, serde_json::Value>,
 }
 
-fn run(program: &str, args: &[String]) -> Result<String> {
-    let command_line = std::iter::once(program.to_string())
+impl CondorCli {
+    pub fn with_bin_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.bin_dir = Some(dir.into());
+        self
+    }
+
+    pub fn with_env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.envs.push((key.into(), value.into()));
+        self
+    }
+
+    /// `condor_submit -terse FILE`: the handles of all submitted jobs, in proc (= item) order.
+    pub fn submit(&self, submit_file: &Path) -> Result<Vec<JobHandle>> {
+        let args = vec![
+            "-terse".to_string(),
+            submit_file.to_string_lossy().into_owned(),
+        ];
+        let out = self.run("condor_submit", &args)?;
+        parse_terse(&out).map_err(|message| CondorError::BadOutput {
+            command: format!("condor_submit -terse {}", submit_file.display()),
+            message,
+            output: out,
+        })
+    }
+
+    /// `condor_rm C.P ...`. Does nothing for an empty list.
+    pub fn remove(&self, handles: &[JobHandle]) -> Result<()> {
+        if handles.is_empty() {
+            return Ok(());
+        }
+        let args: Vec<String> = handles.iter().map(|h| h.to_string()).collect();
+        self.run("condor_rm", &args).map(|_| ())
+    }
+
+    /// `condor_q -json -attributes ... CLUSTER...`: jobs still in the queue. No clusters = all.
+    pub fn query_jobs(&self, clusters: &[u64]) -> Result<Vec<JobAd>> {
+        self.query("condor_q", clusters, &[])
+    }
+
+    /// `condor_history -json -attributes ... [-limit N] CLUSTER...`: jobs that left the queue.
+    pub fn history(&self, clusters: &[u64], limit: Option<u64>) -> Result<Vec<JobAd>> {
+        let extra = match limit {
+            Some(n) => vec!["-limit".to_string(), n.to_string()],
+            None => vec![],
+        };
+        self.query("condor_history", clusters, &extra)
+    }
+
+    fn query(&self, program: &str, clusters: &[u64], extra: &[String]) -> Result<Vec<JobAd>> {
+        let mut args = vec![
+            "-json".to_string(),
+            "-attributes".to_string(),
+            QUERY_ATTRIBUTES.join(","),
+        ];
+        args.extend(extra.iter().cloned());
+        args.extend(clusters.iter().map(|c| c.to_string()));
+        let out = self.run(program, &args)?;
+        let command = format!("{program} {}", args.join(" "));
+        parse_ads(&out).map_err(|message| CondorError::BadOutput {
+            command,
+            message,
+            output: out,
+        })
+    }
+
+    fn run(&self, name: &str, args: &[String]) -> Result<String> {
+        let program = match &self.bin_dir {
+            Some(d) => d.join(name),
+            None => PathBuf::from(name),
+        };
+        run(&program, args, &self.envs)
+    }
+}
+
+fn run(program: &Path, args: &[String], envs: &[(OsString, OsString)]) -> Result<String> {
+    let command_line = std::iter::once(program.display().to_string())
         .chain(args.iter().cloned())
         .collect::<Vec<_>>()
         .join(" ");
-    let out = Command::new(program).args(args).output().map_err(|e| {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             CondorError::CommandMissing {
-                command: program.to_string(),
+                command: program.display().to_string(),
             }
         } else {
             CondorError::CommandSpawn {
@@ -64,58 +152,24 @@ fn run(program: &str, args: &[String]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `condor_submit -terse FILE`: the handles of all submitted jobs, in proc (= item) order.
+/// [`CondorCli::submit`] with the tools on PATH.
 pub fn submit(submit_file: &Path) -> Result<Vec<JobHandle>> {
-    let args = vec![
-        "-terse".to_string(),
-        submit_file.to_string_lossy().into_owned(),
-    ];
-    let out = run("condor_submit", &args)?;
-    parse_terse(&out).map_err(|message| CondorError::BadOutput {
-        command: format!("condor_submit -terse {}", submit_file.display()),
-        message,
-        output: out,
-    })
+    CondorCli::default().submit(submit_file)
 }
 
-/// `condor_rm C.P ...`. Doing nothing for an empty list.
+/// [`CondorCli::remove`] with the tools on PATH.
 pub fn remove(handles: &[JobHandle]) -> Result<()> {
-    if handles.is_empty() {
-        return Ok(());
-    }
-    let args: Vec<String> = handles.iter().map(|h| h.to_string()).collect();
-    run("condor_rm", &args).map(|_| ())
+    CondorCli::default().remove(handles)
 }
 
-fn query(program: &str, clusters: &[u64], extra: &[String]) -> Result<Vec<JobAd>> {
-    let mut args = vec![
-        "-json".to_string(),
-        "-attributes".to_string(),
-        QUERY_ATTRIBUTES.join(","),
-    ];
-    args.extend(extra.iter().cloned());
-    args.extend(clusters.iter().map(|c| c.to_string()));
-    let out = run(program, &args)?;
-    let command = format!("{program} {}", args.join(" "));
-    parse_ads(&out).map_err(|message| CondorError::BadOutput {
-        command,
-        message,
-        output: out,
-    })
-}
-
-/// `condor_q -json -attributes ... CLUSTER...`: jobs still in the queue. No clusters = all jobs.
+/// [`CondorCli::query_jobs`] with the tools on PATH.
 pub fn query_jobs(clusters: &[u64]) -> Result<Vec<JobAd>> {
-    query("condor_q", clusters, &[])
+    CondorCli::default().query_jobs(clusters)
 }
 
-/// `condor_history -json -attributes ... [-limit N] CLUSTER...`: jobs that left the queue.
+/// [`CondorCli::history`] with the tools on PATH.
 pub fn history(clusters: &[u64], limit: Option<u64>) -> Result<Vec<JobAd>> {
-    let extra = match limit {
-        Some(n) => vec!["-limit".to_string(), n.to_string()],
-        None => vec![],
-    };
-    query("condor_history", clusters, &extra)
+    CondorCli::default().history(clusters, limit)
 }
 
 /// Parses a JSON array of job ads; empty output (what `condor_q` prints for no jobs) is `[]`.

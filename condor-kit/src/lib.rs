@@ -11,7 +11,9 @@ pub mod job;
 pub mod submit;
 pub mod watcher;
 
-pub use commands::{history, parse_ads, query_jobs, remove, submit, JobAd, QUERY_ATTRIBUTES};
+pub use commands::{
+    history, parse_ads, query_jobs, remove, submit, CondorCli, JobAd, QUERY_ATTRIBUTES,
+};
 pub use error::{CondorError, Result};
 pub use events::{parse_record, EventKind, EventTime, LogEvent, Termination, TransferStage};
 pub use follower::{LogFollower, Polled};

@@ -142,7 +142,8 @@ fn validate(spec: &SubmitSpec) -> Result<()> {
     Ok(())
 }
 
-/// The item file: one line per task, `task_index task_path task_bundle result_bundle output error`.
+/// The item file: one line per task, `task_index task_path task_bundle result_bundle task_out task_err`
+/// (queue variables are not named `output`/`error`: those are submit commands).
 pub fn render_items(spec: &SubmitSpec) -> Result<String> {
     validate(spec)?;
     let mut out = String::new();

@@ -50,7 +50,7 @@ fn default_template_renders_every_command() {
         "max_retries             = 2".into(),
         "batch_name              = demo-1".into(),
         format!(
-            "queue task_index, task_path, task_bundle, result_bundle, output, error from {}",
+            "queue task_index, task_path, task_bundle, result_bundle, task_out, task_err from {}",
             items.display()
         ),
     ] {
