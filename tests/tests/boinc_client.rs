@@ -173,7 +173,7 @@ fn wait_proc(pid: i32, want: impl Fn(Option<char>) -> bool, what: &str) {
     }
 }
 
-fn task<'a>(t: &'a [TaskStatus]) -> Option<&'a TaskStatus> {
+fn task(t: &[TaskStatus]) -> Option<&TaskStatus> {
     t.iter().find(|t| t.name() == "gated_r0")
 }
 
@@ -282,4 +282,39 @@ fn suspend_resume_and_quit_through_the_mmap_channel() {
     .unwrap();
     assert_eq!(bundle.members["stdout.json"], b"\"gate opened\"\n");
     assert!(!data.stderr_txt("gated_r0").contains("mwSECRETauth42"));
+}
+
+#[test]
+fn abort_through_the_mmap_channel_stops_the_task() {
+    let d = tempfile::tempdir().unwrap();
+    let started = d.path().join("started");
+    let env = BTreeMap::from([
+        (
+            "MW_GATE".to_string(),
+            d.path().join("never").display().to_string(),
+        ),
+        ("MW_STARTED".to_string(), started.display().to_string()),
+    ]);
+    let (program, task_bundle) = bundles(d.path(), "gate.sh", env);
+    let job = Job {
+        name: "gated".into(),
+        program_bundle: program,
+        task_bundle,
+    };
+    let data = DataDir::create(&d.path().join("client"), &worker(), &[job], "x").unwrap();
+    let mut client = data.start().unwrap();
+    let pid: i32 = wait_file(&started).trim().parse().unwrap();
+    client.task_op("gated_r0", "abort").unwrap();
+    let tasks = client
+        .wait_for("the aborted task to finish", GUARD, |t| {
+            task(t).is_some_and(|t| t.is_finished())
+        })
+        .unwrap();
+    assert_eq!(task(&tasks).unwrap().state(), "aborted", "{tasks:#?}");
+    // The worker stopped the task's process group itself.
+    wait_proc(pid, |s| s.is_none() || s == Some('Z'), "went away");
+    assert!(client.quit(GUARD).unwrap());
+    assert!(!data.result_file("gated").exists());
+    let log = data.client_log();
+    assert!(log.contains("task_state=ABORT_PENDING"), "{log}");
 }
