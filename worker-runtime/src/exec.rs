@@ -281,31 +281,15 @@ pub fn execute(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutcom
         TimedOut,
         Cancelled,
     }
-    let mut killed_because: Option<Why> = None;
-    let exited = loop {
-        let msg = match deadline {
-            Some(d) => {
-                let now = Instant::now();
-                if now >= d {
-                    Err(RecvTimeoutError::Timeout)
-                } else {
-                    rx.recv_timeout(d - now)
-                }
-            }
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
-        match msg {
-            Ok(Msg::Exited { status, user, sys }) => break Some((status, user, sys)),
-            Ok(Msg::Cancel) => {
-                killed_because = Some(Why::Cancelled);
-                break terminate(pid, &rx, req.grace);
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                killed_because = Some(Why::TimedOut);
-                break terminate(pid, &rx, req.grace);
-            }
-            Err(RecvTimeoutError::Disconnected) => break None,
-        }
+    let msg = match deadline {
+        Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+        None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+    };
+    let (killed_because, exited) = match msg {
+        Ok(Msg::Exited { status, user, sys }) => (None, Some((status, user, sys))),
+        Ok(Msg::Cancel) => (Some(Why::Cancelled), terminate(pid, &rx, req.grace)),
+        Err(RecvTimeoutError::Timeout) => (Some(Why::TimedOut), terminate(pid, &rx, req.grace)),
+        Err(RecvTimeoutError::Disconnected) => (None, None),
     };
     // Kill whatever is left of the group (grandchildren holding files open).
     signal_group(pid, libc::SIGKILL);

@@ -2,9 +2,7 @@
 //! call a function, write its result as JSON to stdout (the task contract of DESIGN.md).
 //!
 //! ```no_run
-//! fn main() {
-//!     mw_worker_runtime::task::serve(|n: u64| Ok::<_, String>(n * 2));
-//! }
+//! mw_worker_runtime::task::serve(|n: u64| Ok::<_, String>(n * 2));
 //! ```
 //!
 //! This module knows nothing of bundles or platforms.
