@@ -33,3 +33,4 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 pub mod boinc_client;
+pub mod condor_double;
