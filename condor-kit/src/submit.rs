@@ -238,12 +238,15 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Writes `<dir>/<batch_name>.sub` and `<dir>/<batch_name>.items` and returns their paths.
-/// `dir` should be absolute: the submit file names the item file by this path.
+/// A relative `dir` is made absolute (the submit file names the item file by its path).
 pub fn write_submit_files(
     spec: &SubmitSpec,
     dir: &Path,
     template: Option<&Path>,
 ) -> Result<(PathBuf, PathBuf)> {
+    // Absolute, because condor_submit reads the item file relative to its own working directory.
+    let dir = std::path::absolute(dir).map_err(io_err(dir))?;
+    let dir = dir.as_path();
     let items_path = dir.join(format!("{}.items", spec.batch_name));
     let submit_path = dir.join(format!("{}.sub", spec.batch_name));
     let items = render_items(spec)?;
