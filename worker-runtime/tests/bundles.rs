@@ -1,0 +1,294 @@
+//! Bundle runs: `mw_worker_runtime::run_bundles` and the real `mw-worker run` binary with
+//! program and task bundles built here around small /bin/sh scripts. Checks that nothing
+//! runs when a bundle is bad (checksum, wrong program), that results come back with exit,
+//! stdout and declared outputs, and the binary's exit statuses (0 ok, 1 task failed with a
+//! result bundle, 2 no result bundle).
+
+#![allow(clippy::unwrap_used)]
+
+use mw_bundle::{
+    BundleBuilder, BundleKind, ExitInfo, Limits, ProgramInfo, TaskInfo, RESULT_STDOUT_NAME,
+    TASK_INPUT_NAME,
+};
+use mw_worker_runtime::{run_bundles, ProcessControl, RunError, RunOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The program every test uses; its behaviour is chosen by the task's input word.
+/// The comment line is what the tamper test changes.
+const SCRIPT: &str = r#"#!/bin/sh
+# ORIGINAL program text
+touch "$MARK"
+input=$(cat)
+case "$input" in
+  '"ok"') echo written > out.txt; ln -s /etc/passwd leak.txt; printf '{"got":%s,"arg":"%s"}' "$input" "$1" ;;
+  '"fail"') echo "it went wrong" >&2; exit 5 ;;
+  '"hang"') sleep 1000 ;;
+esac
+"#;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    program: PathBuf,
+    sha: String,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("program.tar.gz");
+        let mut b = BundleBuilder::program(
+            ProgramInfo {
+                executable: "prog.sh".into(),
+                base_args: vec!["base".into()],
+            },
+            "test program",
+        );
+        b.add_bytes("prog.sh", SCRIPT.as_bytes().to_vec(), true)
+            .unwrap();
+        let sha = b.write_to(&program).unwrap();
+        Fixture { dir, program, sha }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn mark(&self) -> PathBuf {
+        self.path("ran")
+    }
+
+    /// Writes a task bundle for `program_sha` with input `word` and returns its path.
+    fn task(&self, program_sha: &str, word: &str, timeout_secs: Option<f64>) -> PathBuf {
+        let mut env = std::collections::BTreeMap::new();
+        env.insert("MARK".into(), self.mark().to_str().unwrap().to_string());
+        let info = TaskInfo {
+            job: "testjob".into(),
+            task: 7,
+            program_sha256: program_sha.to_string(),
+            args: vec![],
+            env,
+            timeout_secs,
+            outputs: vec!["out.txt".into(), "leak.txt".into()],
+            ..TaskInfo::default()
+        };
+        let mut b = BundleBuilder::task(info, "test task");
+        b.add_bytes(TASK_INPUT_NAME, format!("\"{word}\"").into_bytes(), false)
+            .unwrap();
+        let path = self.path(&format!("task-{word}.tar.gz"));
+        b.write_to(&path).unwrap();
+        path
+    }
+
+    fn worker(&self, task: &Path, result: &Path) -> std::process::Output {
+        self.worker_with(&self.program, task, result)
+    }
+
+    fn worker_with(&self, program: &Path, task: &Path, result: &Path) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_mw-worker"))
+            .arg("run")
+            .arg("--program")
+            .arg(program)
+            .arg("--task")
+            .arg(task)
+            .arg("--result")
+            .arg(result)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap()
+    }
+}
+
+fn read_result(path: &Path) -> mw_bundle::InMemoryBundle {
+    let bytes = std::fs::read(path).unwrap();
+    mw_bundle::open_in_memory(
+        &bytes,
+        "result",
+        Some(BundleKind::Result),
+        &Limits::default(),
+    )
+    .unwrap()
+}
+
+fn gzip(args: &[&str], input: &[u8]) -> Vec<u8> {
+    let mut child = Command::new("gzip")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+#[test]
+fn run_bundles_returns_exit_stdout_and_declared_outputs_only() {
+    let fx = Fixture::new();
+    let task = fx.task(&fx.sha, "ok", None);
+    let result = fx.path("result.tar.gz");
+    let info = run_bundles(
+        &fx.program,
+        &task,
+        &result,
+        &ProcessControl::new(),
+        &RunOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(info.exit, ExitInfo::Exited { code: 0 });
+    assert_eq!(info.job, "testjob");
+    assert_eq!(info.task, 7);
+    assert!(!info.host.is_empty());
+    assert!(info.wall_secs > 0.0);
+    assert!(info.started_unix > 0.0);
+    assert_eq!(info.missing_outputs, ["leak.txt"]);
+    let bundle = read_result(&result);
+    assert_eq!(bundle.manifest.result.as_ref().unwrap(), &info);
+    let stdout: serde_json::Value =
+        serde_json::from_slice(&bundle.members[RESULT_STDOUT_NAME]).unwrap();
+    assert_eq!(stdout, serde_json::json!({"got": "ok", "arg": "base"}));
+    assert_eq!(bundle.members["outputs/out.txt"], b"written\n");
+    assert!(!bundle.members.contains_key("outputs/leak.txt"));
+}
+
+#[test]
+fn mw_worker_run_success_writes_the_result_bundle_and_exits_0() {
+    let fx = Fixture::new();
+    let task = fx.task(&fx.sha, "ok", None);
+    let result = fx.path("result.tar.gz");
+    let out = fx.worker(&task, &result);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bundle = read_result(&result);
+    let info = bundle.manifest.result.unwrap();
+    assert!(info.exit.success());
+    assert_eq!(bundle.members["outputs/out.txt"], b"written\n");
+    assert!(bundle.members[RESULT_STDOUT_NAME].starts_with(b"{\"got\":\"ok\""));
+}
+
+#[test]
+fn mw_worker_run_failing_task_exits_1_and_still_writes_the_result() {
+    let fx = Fixture::new();
+    let task = fx.task(&fx.sha, "fail", None);
+    let result = fx.path("result.tar.gz");
+    let out = fx.worker(&task, &result);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("task 7 of job testjob failed: exit status 5"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("it went wrong"), "{stderr}");
+    let info = read_result(&result).manifest.result.unwrap();
+    assert_eq!(info.exit, ExitInfo::Exited { code: 5 });
+    assert_eq!(info.stderr_tail, "it went wrong\n");
+}
+
+#[test]
+fn mw_worker_run_timeout_is_a_failed_task_with_a_result() {
+    let fx = Fixture::new();
+    let task = fx.task(&fx.sha, "hang", Some(0.5));
+    let result = fx.path("result.tar.gz");
+    let out = fx.worker(&task, &result);
+    assert_eq!(out.status.code(), Some(1));
+    let info = read_result(&result).manifest.result.unwrap();
+    assert!(
+        matches!(info.exit, ExitInfo::TimedOut { .. }),
+        "{:?}",
+        info.exit
+    );
+}
+
+#[test]
+fn a_tampered_program_bundle_is_refused_naming_the_entry_and_nothing_runs() {
+    let fx = Fixture::new();
+    let raw = gzip(&["-dc"], &std::fs::read(&fx.program).unwrap());
+    let needle = b"ORIGINAL";
+    let hits: Vec<usize> = raw
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(hits.len(), 1);
+    let mut tampered = raw.clone();
+    tampered[hits[0]..hits[0] + needle.len()].copy_from_slice(b"TAMPERED");
+    let bad = fx.path("bad-program.tar.gz");
+    let bad_bytes = gzip(&["-c"], &tampered);
+    std::fs::write(&bad, &bad_bytes).unwrap();
+    // The task names the tampered archive, so only the member checksum can stop it.
+    let task = fx.task(&mw_bundle::sha256_hex(&bad_bytes), "ok", None);
+    let result = fx.path("result.tar.gz");
+
+    let err = run_bundles(
+        &bad,
+        &task,
+        &result,
+        &ProcessControl::new(),
+        &RunOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, RunError::Bundle(_)), "{err:?}");
+    assert!(err.to_string().contains("prog.sh"), "{err}");
+
+    let out = fx.worker_with(&bad, &task, &result);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("entry `prog.sh`"), "{stderr}");
+    assert!(stderr.contains("bad-program.tar.gz"), "{stderr}");
+    assert!(!fx.mark().exists(), "the tampered program ran");
+    assert!(!result.exists());
+}
+
+#[test]
+fn a_task_bundle_for_another_program_is_refused_and_nothing_runs() {
+    let fx = Fixture::new();
+    let other = "0".repeat(64);
+    let task = fx.task(&other, "ok", None);
+    let result = fx.path("result.tar.gz");
+    let err = run_bundles(
+        &fx.program,
+        &task,
+        &result,
+        &ProcessControl::new(),
+        &RunOptions::default(),
+    )
+    .unwrap_err();
+    match &err {
+        RunError::WrongProgram { wanted, actual, .. } => {
+            assert_eq!(wanted, &other);
+            assert_eq!(actual, &fx.sha);
+        }
+        e => panic!("expected WrongProgram, got {e:?}"),
+    }
+    let out = fx.worker(&task, &result);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("wants program"), "{stderr}");
+    assert!(stderr.contains(&fx.sha), "{stderr}");
+    assert!(
+        !fx.mark().exists(),
+        "the program ran for a task not meant for it"
+    );
+    assert!(!result.exists());
+}
+
+#[test]
+fn a_program_bundle_passed_as_the_task_is_refused() {
+    let fx = Fixture::new();
+    let result = fx.path("result.tar.gz");
+    let out = fx.worker(&fx.program, &result);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!out.stderr.is_empty());
+    assert!(!fx.mark().exists());
+    assert!(!result.exists());
+}

@@ -1,0 +1,307 @@
+//! The task contract over `mw_worker_runtime::execute` with real processes (small /bin/sh
+//! scripts written into temp dirs): input JSON on stdin, result from stdout, exit statuses,
+//! signals, timeouts and cancellation killing the whole process group, stderr tail, declared
+//! output files (symbolic links refused).
+
+#![allow(clippy::unwrap_used)]
+
+use mw_bundle::ExitInfo;
+use mw_worker_runtime::exec::collect_outputs;
+use mw_worker_runtime::{execute, ExecRequest, ProcessControl};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        Sandbox {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A request running `body` as a /bin/sh script, with fresh work and io dirs.
+    fn request(&self, body: &str) -> ExecRequest {
+        let script = self.path("prog.sh");
+        std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let work = self.path("work");
+        let io = self.path("io");
+        std::fs::create_dir_all(&work).unwrap();
+        std::fs::create_dir_all(&io).unwrap();
+        let mut req = ExecRequest::new(script, work, io);
+        req.env.insert(
+            "SANDBOX".into(),
+            self.dir.path().to_str().unwrap().to_string(),
+        );
+        req
+    }
+
+    fn fifo(&self, name: &str) -> PathBuf {
+        let p = self.path(name);
+        let st = std::process::Command::new("mkfifo")
+            .arg(&p)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        p
+    }
+}
+
+/// Waits (up to 30 s, through a pidfd: no sleeping) until process `pid` has exited.
+/// Returns true when it is gone (exited, reaped or a zombie).
+fn exited(pid: i32) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+    }
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: pfd is a valid pollfd for one entry.
+    let r = unsafe { libc::poll(&mut pfd, 1, 30_000) };
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    r == 1
+}
+
+fn pids_in(path: &Path) -> Vec<i32> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .split_whitespace()
+        .map(|s| s.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn input_on_stdin_result_on_stdout_in_workdir_with_args_and_env() {
+    let sb = Sandbox::new();
+    let mut req = sb.request(
+        r#"input=$(cat)
+printf '{"echo":%s,"arg":"%s","env":"%s","cwd":"%s"}' "$input" "$1" "$MYVAR" "$(pwd)""#,
+    );
+    req.stdin = br#"{"x":[1,2,3]}"#.to_vec();
+    req.args = vec!["first".into()];
+    req.env.insert("MYVAR".into(), "hello".into());
+    let out = execute(&req, &ProcessControl::new()).unwrap();
+    assert_eq!(out.exit, ExitInfo::Exited { code: 0 });
+    assert!(out.exit.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["echo"], serde_json::json!({"x": [1, 2, 3]}));
+    assert_eq!(v["arg"], "first");
+    assert_eq!(v["env"], "hello");
+    let cwd = PathBuf::from(v["cwd"].as_str().unwrap());
+    assert_eq!(
+        cwd.canonicalize().unwrap(),
+        req.workdir.canonicalize().unwrap()
+    );
+    assert!(!out.stdout_truncated);
+}
+
+#[test]
+fn nonzero_exit_keeps_status_and_stderr_tail() {
+    let sb = Sandbox::new();
+    let mut req = sb.request(
+        r#"i=0; while [ $i -lt 200 ]; do echo "noise line $i" >&2; i=$((i+1)); done
+echo "the real reason" >&2
+exit 3"#,
+    );
+    req.stderr_tail_bytes = 64;
+    let out = execute(&req, &ProcessControl::new()).unwrap();
+    assert_eq!(out.exit, ExitInfo::Exited { code: 3 });
+    assert!(!out.exit.success());
+    assert!(out.stderr_tail.len() <= 64, "{:?}", out.stderr_tail);
+    assert!(out.stderr_tail.ends_with("the real reason\n"));
+    assert!(!out.stderr_tail.contains("noise line 0\n"));
+}
+
+#[test]
+fn killed_by_a_signal_is_reported_as_that_signal() {
+    let sb = Sandbox::new();
+    let out = execute(&sb.request("kill -SEGV $$"), &ProcessControl::new()).unwrap();
+    assert_eq!(
+        out.exit,
+        ExitInfo::Signaled {
+            signal: libc::SIGSEGV
+        }
+    );
+    assert!(out.exit.to_string().contains("signal 11"), "{}", out.exit);
+    let out = execute(&sb.request("kill -KILL $$"), &ProcessControl::new()).unwrap();
+    assert_eq!(
+        out.exit,
+        ExitInfo::Signaled {
+            signal: libc::SIGKILL
+        }
+    );
+}
+
+#[test]
+fn timeout_kills_the_whole_process_group_even_term_ignoring_grandchildren() {
+    let sb = Sandbox::new();
+    // The grandchild ignores SIGTERM, so only the group SIGKILL can end it.
+    let mut req = sb.request(
+        r#"sh -c 'trap "" TERM; echo $$ > "$SANDBOX/gc.pid"; exec sleep 1000' &
+sleep 1000 &
+echo $! > "$SANDBOX/bg.pid"
+while [ ! -s "$SANDBOX/gc.pid" ]; do :; done
+echo $$ > "$SANDBOX/leader.pid"
+sleep 1000"#,
+    );
+    req.timeout = Some(Duration::from_secs(3));
+    req.grace = Duration::from_millis(200);
+    let out = execute(&req, &ProcessControl::new()).unwrap();
+    assert!(
+        matches!(out.exit, ExitInfo::TimedOut { limit_secs } if limit_secs == 3.0),
+        "{:?}",
+        out.exit
+    );
+    assert!(!out.exit.success());
+    for f in ["gc.pid", "bg.pid", "leader.pid"] {
+        for pid in pids_in(&sb.path(f)) {
+            assert!(exited(pid), "{f}: process {pid} outlived the timeout");
+        }
+    }
+}
+
+#[test]
+fn cancel_from_another_thread_kills_the_group() {
+    let sb = Sandbox::new();
+    let started = sb.fifo("started");
+    let req = sb.request(
+        r#"sleep 1000 &
+echo "$$ $!" > "$SANDBOX/started"
+wait"#,
+    );
+    let control = ProcessControl::new();
+    let c2 = control.clone();
+    let started2 = started.clone();
+    let canceller = std::thread::spawn(move || {
+        // Blocks until the script has written its pids: it is running.
+        let pids = std::fs::read_to_string(&started2).unwrap();
+        assert!(c2.pgid().is_some());
+        c2.cancel();
+        pids
+    });
+    let out = execute(&req, &control).unwrap();
+    let pids = canceller.join().unwrap();
+    assert_eq!(out.exit, ExitInfo::Cancelled);
+    assert!(control.is_cancelled());
+    assert_eq!(control.pgid(), None);
+    for pid in pids.split_whitespace() {
+        assert!(
+            exited(pid.parse().unwrap()),
+            "process {pid} survived cancel"
+        );
+    }
+}
+
+#[test]
+fn cancel_before_start_runs_nothing() {
+    let sb = Sandbox::new();
+    let req = sb.request(r#"touch "$SANDBOX/ran""#);
+    let control = ProcessControl::new();
+    control.cancel();
+    let out = execute(&req, &control).unwrap();
+    assert_eq!(out.exit, ExitInfo::Cancelled);
+    assert!(!sb.path("ran").exists());
+}
+
+#[test]
+fn leftover_background_processes_are_killed_after_a_normal_exit() {
+    let sb = Sandbox::new();
+    let req = sb.request(
+        r#"sleep 1000 &
+echo $! > "$SANDBOX/bg.pid"
+echo '{"ok":true}'"#,
+    );
+    let out = execute(&req, &ProcessControl::new()).unwrap();
+    assert!(out.exit.success());
+    assert_eq!(out.stdout, b"{\"ok\":true}\n");
+    let pid = pids_in(&sb.path("bg.pid"))[0];
+    assert!(exited(pid), "background process {pid} outlived its task");
+}
+
+#[test]
+fn a_missing_program_is_a_spawn_failure_naming_it() {
+    let sb = Sandbox::new();
+    let mut req = sb.request("exit 0");
+    req.program = sb.path("no-such-program");
+    let out = execute(&req, &ProcessControl::new()).unwrap();
+    match &out.exit {
+        ExitInfo::SpawnFailed { reason } => assert!(reason.contains("no-such-program")),
+        other => panic!("expected SpawnFailed, got {other:?}"),
+    }
+}
+
+#[test]
+fn stdout_over_the_limit_is_cut_and_flagged() {
+    let sb = Sandbox::new();
+    let mut req = sb.request("head -c 5000 /dev/zero");
+    req.max_stdout_bytes = 1000;
+    let out = execute(&req, &ProcessControl::new()).unwrap();
+    assert!(out.exit.success());
+    assert_eq!(out.stdout.len(), 1000);
+    assert!(out.stdout_truncated);
+}
+
+#[test]
+fn empty_stdout_is_empty() {
+    let sb = Sandbox::new();
+    let out = execute(&sb.request("exit 0"), &ProcessControl::new()).unwrap();
+    assert!(out.exit.success());
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn declared_outputs_are_collected_and_links_refused() {
+    let sb = Sandbox::new();
+    let secret = sb.path("secret.txt");
+    std::fs::write(&secret, "host file").unwrap();
+    let req = sb.request(
+        r#"echo result > out.txt
+mkdir -p sub && echo inner > sub/inner.txt
+ln -s "$SANDBOX/secret.txt" leak.txt
+ln -s "$SANDBOX" linkdir
+mkdir real && ln -s "$SANDBOX/secret.txt" real/leak2.txt"#,
+    );
+    let out = execute(&req, &ProcessControl::new()).unwrap();
+    assert!(out.exit.success(), "{:?} {}", out.exit, out.stderr_tail);
+    let declared: Vec<String> = [
+        "out.txt",
+        "sub/inner.txt",
+        "leak.txt",
+        "linkdir/secret.txt",
+        "real/leak2.txt",
+        "never-written.txt",
+        "../secret.txt",
+        "/etc/passwd",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (found, missing) = collect_outputs(&req.workdir, &declared);
+    let names: Vec<&str> = found.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["out.txt", "sub/inner.txt"]);
+    assert_eq!(std::fs::read_to_string(&found[0].path).unwrap(), "result\n");
+    assert_eq!(
+        missing,
+        [
+            "leak.txt",
+            "linkdir/secret.txt",
+            "real/leak2.txt",
+            "never-written.txt",
+            "../secret.txt",
+            "/etc/passwd"
+        ]
+    );
+}
