@@ -19,12 +19,16 @@ struct SlotState {
     started: u64,
 }
 
+type SlotJob = (Arc<PreparedTask>, ProcessControl, Completion);
+
 /// Local cores as workers.
 pub struct Multicore {
     slots: usize,
     state: Arc<(Mutex<SlotState>, Condvar)>,
     scratch_root: Option<PathBuf>,
     host: String,
+    /// One long-lived thread per slot, started on first use, fed through a channel.
+    slot_threads: Mutex<Vec<Option<std::sync::mpsc::Sender<SlotJob>>>>,
 }
 
 impl std::fmt::Debug for Multicore {
@@ -64,6 +68,7 @@ impl Multicore {
             )),
             scratch_root: None,
             host: host_name(),
+            slot_threads: Mutex::new((0..slots).map(|_| None).collect()),
         }
     }
 
@@ -87,27 +92,27 @@ fn release(state: &(Mutex<SlotState>, Condvar), worker: WorkerId, task: TaskId) 
     state.1.notify_one();
 }
 
+fn scratch(scratch_root: Option<&Path>, prefix: &str) -> Result<tempfile::TempDir, InterfaceError> {
+    let mut b = tempfile::Builder::new();
+    b.prefix(prefix);
+    match scratch_root {
+        Some(root) => b.tempdir_in(root),
+        None => b.tempdir(),
+    }
+    .map_err(|e| InterfaceError::new(format!("creating a scratch directory: {e}")))
+}
+
+/// Runs one task in a fresh working directory; `io_dir` (the slot's own, reused) holds
+/// its stdout and stderr files.
 fn run_one(
     task: &PreparedTask,
     control: &ProcessControl,
     scratch_root: Option<&Path>,
+    io_dir: &Path,
     host: &str,
 ) -> Result<Execution, InterfaceError> {
-    let mut b = tempfile::Builder::new();
-    b.prefix("mw-task-");
-    let dir = match scratch_root {
-        Some(root) => b.tempdir_in(root),
-        None => b.tempdir(),
-    }
-    .map_err(|e| InterfaceError::new(format!("creating the task directory: {e}")))?;
-    let workdir = dir.path().join("work");
-    let io_dir = dir.path().join("io");
-    let mk = |p: &Path| {
-        std::fs::create_dir(p)
-            .map_err(|e| InterfaceError::new(format!("creating {}: {e}", p.display())))
-    };
-    mk(&workdir)?;
-    mk(&io_dir)?;
+    let dir = scratch(scratch_root, "mw-task-")?;
+    let workdir = dir.path().to_path_buf();
     let spec = &task.spec;
     for (name, path) in &spec.input_files {
         std::fs::copy(path, workdir.join(name)).map_err(|e| {
@@ -125,7 +130,7 @@ fn run_one(
     let mut req = ExecRequest::new(
         spec.program.executable().to_path_buf(),
         workdir.clone(),
-        io_dir,
+        io_dir.to_path_buf(),
     );
     req.args = spec.program.base_args().to_vec();
     req.args.extend(spec.args.iter().cloned());
@@ -189,21 +194,43 @@ impl Interface for Multicore {
             st.running.insert(task.id, control.clone());
             st.started += 1;
         }
-        let state = self.state.clone();
-        let scratch = self.scratch_root.clone();
-        let host = self.host.clone();
         let id = task.id;
-        let spawned = std::thread::Builder::new()
-            .name(format!("mw-slot-{}", worker.0))
-            .spawn(move || {
-                let outcome = run_one(&task, &control, scratch.as_deref(), &host);
-                release(&state, worker, task.id);
-                done.finish(outcome);
-            });
-        if let Err(e) = spawned {
+        let mut threads = self.slot_threads.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = worker.0 as usize;
+        if threads.get(slot).map(Option::is_none).unwrap_or(false) {
+            let (tx, rx) = std::sync::mpsc::channel::<SlotJob>();
+            let state = self.state.clone();
+            let scratch_root = self.scratch_root.clone();
+            let host = self.host.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("mw-slot-{slot}"))
+                .spawn(move || {
+                    let io = scratch(scratch_root.as_deref(), "mw-slot-io-");
+                    for (task, control, done) in rx {
+                        let outcome = match &io {
+                            Ok(io) => {
+                                run_one(&task, &control, scratch_root.as_deref(), io.path(), &host)
+                            }
+                            Err(e) => Err(e.clone()),
+                        };
+                        release(&state, worker, task.id);
+                        done.finish(outcome);
+                    }
+                });
+            if spawned.is_ok() {
+                threads[slot] = Some(tx);
+            }
+        }
+        let sent = match threads.get(slot).and_then(Option::as_ref) {
+            Some(tx) => tx.send((task, control, done)).map_err(|e| e.0 .2),
+            None => Err(done),
+        };
+        drop(threads);
+        if let Err(done) = sent {
             release(&self.state, worker, id);
-            // `done` moved into the failed closure is dropped, reporting an error.
-            let _ = e;
+            done.finish(Err(InterfaceError::new(
+                "cannot start a worker slot thread",
+            )));
         }
     }
 
@@ -231,5 +258,10 @@ impl Interface for Multicore {
         }
         drop(st);
         self.state.1.notify_all();
+        // Dropping the senders ends the slot threads once their current task is done.
+        let mut threads = self.slot_threads.lock().unwrap_or_else(|p| p.into_inner());
+        for t in threads.iter_mut() {
+            t.take();
+        }
     }
 }

@@ -255,6 +255,7 @@ fn run_task_in(
     req.args.extend(info.args.iter().cloned());
     req.env = info.env.clone();
     req.stdin = input;
+    req.die_with_parent = true;
     req.timeout = info
         .timeout_secs
         .filter(|t| t.is_finite() && *t > 0.0)
