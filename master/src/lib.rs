@@ -20,6 +20,7 @@
 
 #![warn(missing_docs)]
 
+pub mod boinc;
 pub mod cli;
 pub mod interface;
 pub mod job;

@@ -7,6 +7,15 @@ use std::sync::Arc;
 
 /// Builds the interface named `name` for `job`, staging into `job_dir`.
 pub(crate) fn make(name: &str, job: &Job, job_dir: &Path) -> anyhow::Result<Arc<dyn Interface>> {
-    let _ = (job, job_dir);
-    anyhow::bail!("interface `{name}` is not available in this build")
+    let _ = job_dir;
+    match name {
+        "boinc" => {
+            let settings =
+                crate::boinc::BoincSettings::from_section(&job.file.boinc, &job.base_dir)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", job.path.display()))?;
+            Ok(Arc::new(crate::boinc::Boinc::new(settings)?))
+        }
+        "condor" => anyhow::bail!("interface `{name}` is not available in this build"),
+        _ => anyhow::bail!("interface `{name}` is not available in this build"),
+    }
 }

@@ -1,0 +1,867 @@
+//! TEST DOUBLE: stands in for BOINC's server daemons, which cannot be installed here
+//! (no MySQL, Apache or BOINC server build on the test machine).
+//!
+//! It plays the parts of a BOINC project that `mw` touches, as reference/boinc-server.md
+//! describes them (§0 observed on a real server, §1-§6 from the source):
+//! - `make-project DIR`: lays out a project as `tools/make_project` does (config.xml from a
+//!   real make_project config with `<host>` = this host's short name, project.xml, bin/,
+//!   cgi-bin/, download/, upload/, templates/, apps/, keys/, log_<host>/) and installs
+//!   `bin/xadd`, `bin/update_versions`, `bin/create_work` and `bin/cancel_jobs` as small
+//!   scripts that call back into this program.
+//! - The tools record every call (arguments, working directory, stdin) as JSON lines in
+//!   `DIR/double/calls.jsonl` and store workunits as `DIR/double/wus/<name>.json`.
+//!   `create_work` checks what the real one checks (run from the project root, templates
+//!   readable, `--stdin` line options, inputs staged in the download hierarchy, unique names).
+//! - `serve DIR` (started by a test; stops when `DIR/double/stop` appears) is the
+//!   transitioner + scheduler + validator + assimilator + file_deleter: for each workunit it
+//!   runs Debian's REAL `boinc` client through `mw_tests::boinc_client` (one data directory
+//!   per simulated host, the app's main program taken from `apps/`), places each output where
+//!   the upload handler puts it (`upload/<h>/<wu>_<k>_r<rand>_0`), calls `mw-validator-init`,
+//!   `mw-validator-compare` and `mw-assimilator` exactly as `script_validator` and
+//!   `script_assimilator` do (`../bin/NAME` + default tokens, through `/bin/sh -c`, cwd
+//!   `tmp_<host>`), reissues results after client errors up to the template's limits, and
+//!   deletes upload files (and inputs without `<no_delete/>`) right after assimilation.
+//!   Without `serve` (benchmarks) workunits are only recorded.
+#![allow(clippy::unwrap_used)]
+
+use anyhow::{bail, Context, Result};
+use md5::{Digest, Md5};
+use mw_tests::boinc_client::{DataDir, Job};
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const TOOLS: [&str; 4] = ["xadd", "update_versions", "create_work", "cancel_jobs"];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match run(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("boinc_server_double: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(args: &[String]) -> Result<i32> {
+    match args.first().map(String::as_str) {
+        Some("make-project") if args.len() == 2 => make_project(Path::new(&args[1])).map(|_| 0),
+        Some("tool") if args.len() >= 2 => {
+            let cwd = std::env::current_dir()?;
+            tool(&args[1], &args[2..], &cwd)
+        }
+        Some("serve") if args.len() == 2 => serve(&Path::new(&args[1]).canonicalize()?).map(|_| 0),
+        _ => bail!("usage: boinc_server_double make-project DIR | serve DIR | tool NAME ARGS…"),
+    }
+}
+
+fn short_host() -> String {
+    let out = Command::new("hostname").arg("-s").output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        _ => "localhost".into(),
+    }
+}
+
+fn safe(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'/'))
+}
+
+/// BOINC's `filename_hash` / `dir_hier_path` sub-directory (computed independently of mw).
+fn hier(name: &str, fanout: u64) -> String {
+    let d = Md5::digest(name.as_bytes());
+    let hexs: String = d.iter().map(|b| format!("{b:02x}")).collect();
+    let n = u64::from_str_radix(&hexs[1..8], 16).unwrap();
+    format!("{:x}", n % fanout)
+}
+
+fn xml_value(text: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let a = text.find(&open)? + open.len();
+    let b = text[a..].find(&format!("</{tag}>"))? + a;
+    Some(text[a..b].trim().to_string())
+}
+
+fn set_xml_value(text: &str, tag: &str, value: &str) -> String {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    match (text.find(&open), text.find(&close)) {
+        (Some(a), Some(b)) => format!("{}{open}{value}{}", &text[..a], &text[b..]),
+        _ => text.to_string(),
+    }
+}
+
+fn make_project(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let dir = dir.canonicalize()?;
+    let host = short_host();
+    for d in [
+        "bin",
+        "cgi-bin",
+        "templates",
+        "upload",
+        "download",
+        "apps",
+        "keys",
+        "html/user",
+        "html/inc",
+        "double/wus",
+        &format!("log_{host}"),
+    ] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    let fixture = mw_tests::workspace_root().join("tests/boinc-double/config.xml");
+    let mut cfg = std::fs::read_to_string(&fixture)
+        .with_context(|| format!("reading {}", fixture.display()))?;
+    let p = dir.display().to_string();
+    for (tag, v) in [
+        ("upload_dir", format!("{p}/upload")),
+        ("download_dir", format!("{p}/download")),
+        ("app_dir", format!("{p}/apps")),
+        ("log_dir", format!("{p}/log_{host}")),
+        ("key_dir", format!("{p}/keys/")),
+        ("host", host.clone()),
+    ] {
+        cfg = set_xml_value(&cfg, tag, &v);
+    }
+    std::fs::write(dir.join("config.xml"), cfg)?;
+    std::fs::write(
+        dir.join("project.xml"),
+        "<boinc>\n    <platform>\n        <name>x86_64-pc-linux-gnu</name>\n        \
+         <user_friendly_name>Linux running on an AMD x86_64 or Intel EM64T CPU</user_friendly_name>\n    \
+         </platform>\n</boinc>\n",
+    )?;
+    let me = std::env::current_exe()?;
+    let me = me.display().to_string();
+    if me.contains('\'') {
+        bail!("path {me} contains a quote");
+    }
+    for t in TOOLS {
+        let path = dir.join("bin").join(t);
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\n# TEST DOUBLE of BOINC's {t}\nexec '{me}' tool {t} \"$@\"\n"),
+        )?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    }
+    println!("project laid out in {}", dir.display());
+    Ok(())
+}
+
+fn record(project: &Path, value: serde_json::Value) -> Result<()> {
+    let mut line = serde_json::to_string(&value)?;
+    line.push('\n');
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(project.join("double/calls.jsonl"))?;
+    f.write_all(line.as_bytes())?;
+    Ok(())
+}
+
+/// A stored workunit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Wu {
+    id: u64,
+    name: String,
+    appname: String,
+    wu_template: String,
+    result_template: String,
+    inputs: Vec<String>,
+    no_delete: Vec<bool>,
+    min_quorum: u32,
+    target_nresults: u32,
+    max_error_results: u32,
+    max_total_results: u32,
+    max_success_results: u32,
+    delay_bound: u64,
+    #[serde(default)]
+    cancelled: bool,
+    #[serde(default)]
+    results: Vec<ResultRec>,
+    #[serde(default)]
+    error_mask: u64,
+    /// "" while in progress, then "assimilated" or "error".
+    #[serde(default)]
+    done: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ResultRec {
+    name: String,
+    host: String,
+    /// "success" or "client_error".
+    outcome: String,
+    client_state: String,
+    exit_status: String,
+    upload: Option<PathBuf>,
+    /// "", "valid" or "invalid".
+    validate: String,
+}
+
+fn wu_path(project: &Path, name: &str) -> PathBuf {
+    project.join("double/wus").join(format!("{name}.json"))
+}
+
+fn save(project: &Path, wu: &Wu) -> Result<()> {
+    let path = wu_path(project, &wu.name);
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(wu)?)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+fn tool(name: &str, args: &[String], cwd: &Path) -> Result<i32> {
+    let mut stdin = String::new();
+    if name == "create_work" && args.iter().any(|a| a == "--stdin" || a == "-stdin") {
+        std::io::stdin().read_to_string(&mut stdin)?;
+    }
+    // Like BOINC's tools: the project is the current directory (config.xml + cgi-bin/).
+    if !cwd.join("config.xml").is_file() || !cwd.join("cgi-bin").is_dir() {
+        eprintln!("{name}: can't find project directory (run me from the project root)");
+        return Ok(1);
+    }
+    let project = cwd.canonicalize()?;
+    record(
+        &project,
+        serde_json::json!({"tool": name, "args": args, "cwd": project, "stdin": stdin}),
+    )?;
+    match name {
+        "xadd" => {
+            println!("added app: mw (double)");
+            Ok(0)
+        }
+        "update_versions" => {
+            for a in args {
+                if a != "--noconfirm" && a != "--verbose" {
+                    println!("unknown arg {a}");
+                    return Ok(0); // the real one exits 0 here too
+                }
+            }
+            println!();
+            println!("    App version added successfully; ID=1");
+            Ok(0)
+        }
+        "cancel_jobs" => {
+            if args.len() != 2 || args[0] != "--name" {
+                eprintln!("Usage: cancel_jobs min-ID max-ID\nor cancel_jobs --name wuname");
+                return Ok(1);
+            }
+            let path = wu_path(&project, &args[1]);
+            let Ok(text) = std::fs::read(&path) else {
+                eprintln!("No workunit named '{}'", args[1]);
+                return Ok(1);
+            };
+            let mut wu: Wu = serde_json::from_slice(&text)?;
+            wu.cancelled = true;
+            save(&project, &wu)?;
+            Ok(0)
+        }
+        "create_work" => create_work(&project, args, &stdin),
+        other => bail!("unknown tool {other}"),
+    }
+}
+
+fn template_values(text: &str) -> Result<[u64; 6]> {
+    let mut out = [0u64; 6];
+    for (i, tag) in [
+        "min_quorum",
+        "target_nresults",
+        "max_error_results",
+        "max_total_results",
+        "max_success_results",
+        "delay_bound",
+    ]
+    .iter()
+    .enumerate()
+    {
+        out[i] = xml_value(text, tag)
+            .with_context(|| format!("template has no <{tag}> (mw puts every value in it)"))?
+            .parse()
+            .with_context(|| format!("<{tag}> is not a number"))?;
+    }
+    Ok(out)
+}
+
+fn create_work(project: &Path, args: &[String], stdin: &str) -> Result<i32> {
+    let mut appname = None;
+    let mut wu_template = None;
+    let mut result_template = None;
+    let mut use_stdin = false;
+    let mut positional = Vec::new();
+    let mut wu_name = None;
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].trim_start_matches('-');
+        let takes = |i: usize| -> Result<String> {
+            args.get(i + 1)
+                .cloned()
+                .with_context(|| format!("create_work: {} needs a value", args[i]))
+        };
+        match a {
+            "appname" => appname = Some(takes(i)?),
+            "wu_template" => wu_template = Some(takes(i)?),
+            "result_template" => result_template = Some(takes(i)?),
+            "wu_name" => wu_name = Some(takes(i)?),
+            "batch"
+            | "priority"
+            | "command_line"
+            | "min_quorum"
+            | "target_nresults"
+            | "max_error_results"
+            | "max_total_results"
+            | "max_success_results"
+            | "delay_bound"
+            | "rsc_fpops_est"
+            | "rsc_fpops_bound"
+            | "rsc_memory_bound"
+            | "rsc_disk_bound" => {
+                takes(i)?;
+            }
+            "stdin" => {
+                use_stdin = true;
+                i += 1;
+                continue;
+            }
+            _ if args[i].starts_with('-') => {
+                eprintln!("create_work: bad argument {}", args[i]);
+                return Ok(1);
+            }
+            _ => {
+                positional.push(args[i].clone());
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    let Some(app) = appname else {
+        eprintln!("create_work: missing --appname");
+        return Ok(1);
+    };
+    let wu_t = wu_template.unwrap_or(format!("templates/{app}_in"));
+    let res_t = result_template.unwrap_or(format!("templates/{app}_out"));
+    if Path::new(&res_t).is_absolute() || res_t.len() > 63 {
+        eprintln!("create_work: result template {res_t} must be relative, at most 63 characters");
+        return Ok(1);
+    }
+    let Ok(res_text) = std::fs::read_to_string(project.join(&res_t)) else {
+        eprintln!("create_work: Can't read result template {res_t}");
+        return Ok(1);
+    };
+    if !res_text.contains("<max_nbytes>") {
+        eprintln!("create_work: result template without <max_nbytes>");
+        return Ok(1);
+    }
+    let cfg = std::fs::read_to_string(project.join("config.xml"))?;
+    let fanout: u64 = xml_value(&cfg, "uldl_dir_fanout")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut jobs: Vec<(Option<String>, Option<String>, Vec<String>)> = Vec::new();
+    if use_stdin {
+        for line in stdin.lines() {
+            if line.len() >= 4096 {
+                eprintln!("create_work: fgets() buffer was too small");
+                return Ok(1);
+            }
+            let toks: Vec<&str> = line.split_whitespace().collect();
+            let (mut name, mut tmpl, mut files) = (None, None, Vec::new());
+            let mut k = 0;
+            while k < toks.len() {
+                match toks[k] {
+                    "--wu_name" | "-wu_name" => name = toks.get(k + 1).map(|s| s.to_string()),
+                    "--wu_template" | "-wu_template" => {
+                        tmpl = toks.get(k + 1).map(|s| s.to_string())
+                    }
+                    "--command_line" | "--result_template" | "--priority" | "--target_host"
+                    | "--target_user" => {}
+                    t if t.starts_with('-') => {
+                        eprintln!("create_work: bad stdin argument {t}");
+                        return Ok(1);
+                    }
+                    t => {
+                        files.push(t.to_string());
+                        k += 1;
+                        continue;
+                    }
+                }
+                k += 2;
+            }
+            jobs.push((name, tmpl, files));
+        }
+    } else {
+        jobs.push((wu_name.clone(), None, positional));
+    }
+    let next_id = std::fs::read_dir(project.join("double/wus"))?.count() as u64 + 1;
+    let mut wus = Vec::new();
+    for (idx, (name, tmpl, files)) in jobs.into_iter().enumerate() {
+        let name = name.unwrap_or_else(|| format!("{app}_{}_{idx}", std::process::id()));
+        let tmpl = tmpl.unwrap_or(wu_t.clone());
+        if !safe(&name) || name.contains('/') || name.len() > 191 {
+            eprintln!("create_work: bad workunit name {name:?}");
+            return Ok(1);
+        }
+        let Ok(t_text) = std::fs::read_to_string(project.join(&tmpl)) else {
+            eprintln!("create_work: Can't read WU template {tmpl}");
+            return Ok(1);
+        };
+        let v = match template_values(&t_text) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("create_work: {e}");
+                return Ok(1);
+            }
+        };
+        let infos: Vec<&str> = t_text.split("<file_info>").skip(1).collect();
+        if infos.len() != files.len() {
+            eprintln!(
+                "create_work: {} input files given, template {tmpl} has {}",
+                files.len(),
+                infos.len()
+            );
+            return Ok(1);
+        }
+        for f in &files {
+            let staged = project
+                .join("download")
+                .join(if fanout > 0 {
+                    hier(f, fanout)
+                } else {
+                    String::new()
+                })
+                .join(f);
+            if !staged.is_file() {
+                let flat = project.join("download").join(f);
+                if flat.is_file() {
+                    std::fs::rename(&flat, &staged)?;
+                } else {
+                    eprintln!(
+                        "create_work: input file {f} is not staged ({})",
+                        staged.display()
+                    );
+                    return Ok(1);
+                }
+            }
+        }
+        if wu_path(project, &name).exists() || wus.iter().any(|w: &Wu| w.name == name) {
+            eprintln!("create_work: Duplicate entry '{name}' for key 'name'");
+            return Ok(1);
+        }
+        wus.push(Wu {
+            id: next_id + idx as u64,
+            name,
+            appname: app.clone(),
+            wu_template: tmpl,
+            result_template: res_t.clone(),
+            no_delete: infos
+                .iter()
+                .map(|i| {
+                    i.split("</file_info>")
+                        .next()
+                        .unwrap_or("")
+                        .contains("<no_delete/>")
+                })
+                .collect(),
+            inputs: files,
+            min_quorum: v[0] as u32,
+            target_nresults: v[1] as u32,
+            max_error_results: v[2] as u32,
+            max_total_results: v[3] as u32,
+            max_success_results: v[4] as u32,
+            delay_bound: v[5],
+            cancelled: false,
+            results: Vec::new(),
+            error_mask: 0,
+            done: String::new(),
+        });
+    }
+    for w in &wus {
+        save(project, w)?;
+    }
+    Ok(0)
+}
+
+// ---------------------------------------------------------------------------------------
+// The daemons.
+
+struct Project {
+    root: PathBuf,
+    host: String,
+    fanout: u64,
+}
+
+fn serve(root: &Path) -> Result<()> {
+    let cfg = std::fs::read_to_string(root.join("config.xml"))?;
+    let p = Project {
+        root: root.to_path_buf(),
+        host: xml_value(&cfg, "host").unwrap_or_default(),
+        fanout: xml_value(&cfg, "uldl_dir_fanout")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    };
+    std::fs::create_dir_all(root.join(format!("tmp_{}", p.host)))?;
+    let mut round = 0u64;
+    loop {
+        if root.join("double/stop").exists() {
+            return Ok(());
+        }
+        let mut active = Vec::new();
+        for e in std::fs::read_dir(root.join("double/wus"))?.flatten() {
+            let path = e.path();
+            if path.extension().and_then(|x| x.to_str()) != Some("json") {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            let Ok(wu) = serde_json::from_slice::<Wu>(&bytes) else {
+                continue;
+            };
+            if wu.done.is_empty() {
+                active.push(wu);
+            }
+        }
+        if active.is_empty() {
+            // Daemon idle interval (BOINC's daemons sleep 5-10 s; faster here).
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        active.sort_by_key(|w| w.id);
+        round += 1;
+        if let Err(e) = step(&p, &mut active, round) {
+            eprintln!("boinc_server_double: round {round}: {e:#}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+fn needed(wu: &Wu) -> u32 {
+    let success = wu
+        .results
+        .iter()
+        .filter(|r| r.outcome == "success" && r.validate != "invalid")
+        .count() as u32;
+    wu.target_nresults.saturating_sub(success)
+}
+
+/// One transitioner/scheduler/validator/assimilator pass over the active workunits.
+fn step(p: &Project, active: &mut [Wu], round: u64) -> Result<()> {
+    // Transitioner: cancelled and impossible workunits become errors.
+    for wu in active.iter_mut() {
+        if wu.cancelled {
+            wu.error_mask |= 16;
+        }
+        let errors = wu.results.iter().filter(|r| r.outcome != "success").count() as u32;
+        if errors > wu.max_error_results {
+            wu.error_mask |= 2;
+        }
+        if needed(wu) > 0 && wu.results.len() as u32 >= wu.max_total_results {
+            wu.error_mask |= 8;
+        }
+    }
+    // "Scheduler" + real clients: host j gets every workunit that still needs > j results.
+    let max_need = active
+        .iter()
+        .filter(|w| w.error_mask == 0)
+        .map(|w| needed(w).min(w.max_total_results - w.results.len() as u32))
+        .max()
+        .unwrap_or(0);
+    let mut handles = Vec::new();
+    for j in 0..max_need {
+        let names: Vec<Wu> = active
+            .iter()
+            .filter(|w| {
+                w.error_mask == 0 && needed(w).min(w.max_total_results - w.results.len() as u32) > j
+            })
+            .cloned()
+            .collect();
+        let host = format!("host_r{round}_{j}");
+        let root = p.root.clone();
+        handles.push(std::thread::spawn(move || run_host(&root, &host, &names)));
+    }
+    let mut outcomes: Vec<(String, ResultRec)> = Vec::new();
+    for h in handles {
+        match h.join() {
+            Ok(Ok(v)) => outcomes.extend(v),
+            Ok(Err(e)) => eprintln!("boinc_server_double: client host failed: {e:#}"),
+            Err(_) => eprintln!("boinc_server_double: client host thread panicked"),
+        }
+    }
+    for (wu_name, mut rec) in outcomes {
+        let Some(wu) = active.iter_mut().find(|w| w.name == wu_name) else {
+            continue;
+        };
+        // Upload handler: the output goes to upload/<h>/<wu>_<k>_r<random>_0, even after a
+        // client error (the client uploads outputs whatever the exit status).
+        let k = wu.results.len();
+        let random = SystemTime::now().duration_since(UNIX_EPOCH)?.subsec_nanos() % 2_000_000_000;
+        let phys = format!("{}_{k}_r{random}_0", wu.name);
+        if let Some(src) = rec.upload.take() {
+            if src.is_file() {
+                let dir = p.root.join("upload").join(if p.fanout > 0 {
+                    hier(&phys, p.fanout)
+                } else {
+                    String::new()
+                });
+                std::fs::create_dir_all(&dir)?;
+                std::fs::copy(&src, dir.join(&phys))?;
+                rec.upload = Some(dir.join(&phys));
+            }
+        }
+        rec.name = format!("{}_{k}", wu.name);
+        wu.results.push(rec);
+    }
+    for wu in active.iter_mut() {
+        // bin/cancel_jobs may have written the file meanwhile.
+        if let Ok(disk) = std::fs::read(wu_path(&p.root, &wu.name)) {
+            if let Ok(d) = serde_json::from_slice::<Wu>(&disk) {
+                wu.cancelled |= d.cancelled;
+            }
+        }
+        validate_and_assimilate(p, wu)?;
+        save(&p.root, wu)?;
+    }
+    Ok(())
+}
+
+/// Runs one simulated host: a fresh client data directory holding `wus`, the real client.
+fn run_host(root: &Path, host: &str, wus: &[Wu]) -> Result<Vec<(String, ResultRec)>> {
+    let cfg = std::fs::read_to_string(root.join("config.xml"))?;
+    let fanout: u64 = xml_value(&cfg, "uldl_dir_fanout")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let dl = |f: &str| {
+        root.join("download")
+            .join(if fanout > 0 {
+                hier(f, fanout)
+            } else {
+                String::new()
+            })
+            .join(f)
+    };
+    let worker = app_main_program(root, &wus[0].appname)?;
+    let jobs: Vec<Job> = wus
+        .iter()
+        .map(|w| Job {
+            name: w.name.clone(),
+            program_bundle: dl(&w.inputs[0]),
+            task_bundle: dl(&w.inputs[1]),
+        })
+        .collect();
+    let dir = root.join("double/hosts").join(host);
+    let data = DataDir::create(&dir, &worker, &jobs, &format!("auth{host}"))?;
+    let mut client = data.start()?;
+    let names: Vec<String> = jobs.iter().map(|j| j.result_name()).collect();
+    let tasks = client.wait_for(
+        "the host's tasks to finish",
+        Duration::from_secs(180),
+        |t| {
+            names
+                .iter()
+                .all(|n| t.iter().any(|t| t.name() == n && t.is_finished()))
+        },
+    )?;
+    client.quit(Duration::from_secs(30))?;
+    let mut out = Vec::new();
+    for j in &jobs {
+        let t = tasks
+            .iter()
+            .find(|t| t.name() == j.result_name())
+            .context("task vanished")?;
+        let ok = t.state() == "uploaded" && t.get("exit_status") == Some("0");
+        let rec = ResultRec {
+            name: String::new(),
+            host: host.to_string(),
+            outcome: if ok { "success" } else { "client_error" }.into(),
+            client_state: t.state().to_string(),
+            exit_status: t.get("exit_status").unwrap_or("").to_string(),
+            upload: Some(data.result_file(&j.name)),
+            validate: String::new(),
+        };
+        record(
+            root,
+            serde_json::json!({"tool": "client", "wu": j.name, "host": host,
+                "state": rec.client_state, "exit_status": rec.exit_status,
+                "stderr": data.stderr_txt(&j.result_name())}),
+        )?;
+        out.push((j.name.clone(), rec));
+    }
+    Ok(out)
+}
+
+/// The app version's main program as installed under apps/<app>/<ver>/<platform>/.
+fn app_main_program(root: &Path, app: &str) -> Result<PathBuf> {
+    let adir = root.join("apps").join(app);
+    for v in std::fs::read_dir(&adir)
+        .with_context(|| format!("{}", adir.display()))?
+        .flatten()
+    {
+        let pdir = v.path().join("x86_64-pc-linux-gnu");
+        if let Ok(rd) = std::fs::read_dir(&pdir) {
+            for f in rd.flatten() {
+                let n = f.file_name().to_string_lossy().into_owned();
+                if n != "version.xml" && !n.ends_with(".sig") {
+                    return Ok(f.path());
+                }
+            }
+        }
+    }
+    bail!("no app version installed under {}", adir.display())
+}
+
+/// `system()` as script_validator / script_assimilator do it, from tmp_<host>.
+fn script(p: &Project, daemon: &str, cmd: &str) -> Result<i32> {
+    if !cmd.split(' ').all(|w| safe(w) || w == "--error") {
+        bail!("refusing a command that is not shell-safe: {cmd:?}");
+    }
+    let path = format!(
+        "{}:{}",
+        p.root.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let status = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(p.root.join(format!("tmp_{}", p.host)))
+        .env("PATH", path)
+        .status()?;
+    let code = status.code().unwrap_or(-1);
+    record(
+        &p.root,
+        serde_json::json!({"tool": daemon, "cmd": cmd, "exit": code}),
+    )?;
+    Ok(code)
+}
+
+fn validate_and_assimilate(p: &Project, wu: &mut Wu) -> Result<()> {
+    if wu.error_mask == 0 {
+        // Validator: init each new successful result, then look for a canonical one.
+        for r in wu.results.iter_mut() {
+            if r.outcome == "success" && r.validate.is_empty() {
+                let path = r
+                    .upload
+                    .clone()
+                    .context("successful result without output")?;
+                let code = script(
+                    p,
+                    "script_validator",
+                    &format!("../bin/mw-validator-init {}", path.display()),
+                )?;
+                r.validate = if code == 0 { "init_ok" } else { "invalid" }.into();
+            }
+        }
+        let viable: Vec<usize> = (0..wu.results.len())
+            .filter(|&i| wu.results[i].outcome == "success" && wu.results[i].validate != "invalid")
+            .collect();
+        if (viable.len() as u32) < wu.min_quorum {
+            if needed(wu) == 0 {
+                wu.target_nresults += 1;
+            }
+            return Ok(());
+        }
+        let mut canonical = None;
+        if wu.min_quorum <= 1 {
+            canonical = viable.first().copied();
+        } else {
+            let want = wu.min_quorum / 2 + 1;
+            'outer: for &i in &viable {
+                let mut matches = 1;
+                for &j in &viable {
+                    if i == j {
+                        continue;
+                    }
+                    let a = wu.results[i].upload.clone().unwrap_or_default();
+                    let b = wu.results[j].upload.clone().unwrap_or_default();
+                    let code = script(
+                        p,
+                        "script_validator",
+                        &format!(
+                            "../bin/mw-validator-compare {} {}",
+                            a.display(),
+                            b.display()
+                        ),
+                    )?;
+                    if code == 0 {
+                        matches += 1;
+                    }
+                    if matches >= want {
+                        canonical = Some(i);
+                        break 'outer;
+                    }
+                }
+            }
+        }
+        match canonical {
+            None => {
+                if viable.len() as u32 >= wu.max_success_results {
+                    wu.error_mask |= 4;
+                } else {
+                    wu.target_nresults = viable.len() as u32 + 1;
+                    return Ok(());
+                }
+            }
+            Some(c) => {
+                for &i in &viable {
+                    wu.results[i].validate = "valid".into();
+                }
+                let path = wu.results[c].upload.clone().unwrap_or_default();
+                let code = script(
+                    p,
+                    "script_assimilator",
+                    &format!("../bin/mw-assimilator {} {}", wu.id, path.display()),
+                )?;
+                if code != 0 {
+                    // The real assimilator daemon exits; the workunit stays READY.
+                    return Ok(());
+                }
+                wu.done = "assimilated".into();
+                delete_files(p, wu);
+                return Ok(());
+            }
+        }
+    }
+    if wu.error_mask != 0 {
+        let code = script(
+            p,
+            "script_assimilator",
+            &format!(
+                "../bin/mw-assimilator --error {} {} {} 0",
+                wu.error_mask, wu.name, wu.id
+            ),
+        )?;
+        if code == 0 {
+            wu.done = "error".into();
+            delete_files(p, wu);
+        }
+    }
+    Ok(())
+}
+
+/// file_deleter: upload files and inputs not marked `<no_delete/>`.
+fn delete_files(p: &Project, wu: &Wu) {
+    for r in &wu.results {
+        if let Some(u) = &r.upload {
+            if u.starts_with(p.root.join("upload")) {
+                let _ = std::fs::remove_file(u);
+            }
+        }
+    }
+    for (i, f) in wu.inputs.iter().enumerate() {
+        if !wu.no_delete.get(i).copied().unwrap_or(false) {
+            let dir = p.root.join("download").join(if p.fanout > 0 {
+                hier(f, p.fanout)
+            } else {
+                String::new()
+            });
+            let _ = std::fs::remove_file(dir.join(f));
+            let _ = std::fs::remove_file(dir.join(format!("{f}.md5")));
+        }
+    }
+}

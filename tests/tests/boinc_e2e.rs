@@ -1,0 +1,379 @@
+//! End to end through BOINC: `mw run` with `interface = "boinc"` against a project laid out by
+//! the BOINC server TEST DOUBLE (`boinc_server_double`, which stands in for BOINC's server
+//! daemons) into which the real `mw-boinc-setup` installed mw; every workunit is executed by
+//! Debian's REAL `boinc` client running the real `mw-worker`, then validated and assimilated
+//! by the real `mw-validator` / `mw-assimilator` called as BOINC's script daemons call them.
+//!
+//! Needs `cargo build --workspace` first (mw, mw-worker, mw-boinc-setup, mw-validator,
+//! mw-assimilator and the example programs) and the `boinc-client` package.
+//! No sleeps synchronise anything: `mw run` returns when every task has an outcome.
+#![allow(clippy::unwrap_used)]
+
+use mw_tests::{bin, bin_dir, workspace_root};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+
+struct Project {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    server: Child,
+}
+
+impl Project {
+    fn new(quorum: u32) -> Project {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("proj");
+        let st = Command::new(bin("boinc_server_double"))
+            .arg("make-project")
+            .arg(&root)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let out = Command::new(bin("mw-boinc-setup"))
+            .arg("--project-dir")
+            .arg(&root)
+            .arg("--worker")
+            .arg(bin("mw-worker"))
+            .arg("--validator")
+            .arg(bin("mw-validator"))
+            .arg("--assimilator")
+            .arg(bin("mw-assimilator"))
+            .arg("--quorum")
+            .arg(quorum.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let root = root.canonicalize().unwrap();
+        let server = Command::new(bin("boinc_server_double"))
+            .arg("serve")
+            .arg(&root)
+            .spawn()
+            .unwrap();
+        Project {
+            _tmp: tmp,
+            root,
+            server,
+        }
+    }
+
+    fn calls(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.root.join("double/calls.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn calls_of(&self, tool: &str) -> Vec<Value> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c["tool"] == tool)
+            .collect()
+    }
+
+    fn wus(&self) -> Vec<Value> {
+        let mut v: Vec<Value> = std::fs::read_dir(self.root.join("double/wus"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .map(|e| serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap())
+            .collect();
+        v.sort_by_key(|w| w["id"].as_u64());
+        v
+    }
+
+    /// Writes a job file in the project's scratch dir and runs `mw run` on it.
+    fn run(&self, name: &str, body: &str) -> Output {
+        self.run_with(name, body, "")
+    }
+
+    /// Like `run`, with extra `[boinc]` lines.
+    fn run_with(&self, name: &str, body: &str, boinc: &str) -> Output {
+        let dir = self.root.parent().unwrap().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let job = dir.join("job.toml");
+        std::fs::write(
+            &job,
+            format!(
+                "name = \"{name}\"\ninterface = \"boinc\"\n{body}\n[boinc]\nproject_dir = \"{}\"\n{boinc}",
+                self.root.display()
+            ),
+        )
+        .unwrap();
+        Command::new(bin("mw"))
+            .arg("run")
+            .arg(&job)
+            .arg("-q")
+            .arg("--jobs-dir")
+            .arg(dir.join("jobs"))
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.root.join("double/stop"), "");
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+fn shell_safe(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+fn program(name: &str) -> String {
+    bin_dir().join(name).display().to_string()
+}
+
+/// Every workunit was run by the real client to success, assimilated, and cleaned up.
+fn check_all_ran(p: &Project, n: usize, results_per_wu: usize) {
+    let wus = p.wus();
+    assert_eq!(wus.len(), n, "{wus:#?}");
+    let clients = p.calls_of("client");
+    for w in &wus {
+        let name = w["name"].as_str().unwrap();
+        assert!(shell_safe(name), "workunit name {name:?}");
+        assert_eq!(w["done"], "assimilated", "{w:#}");
+        let runs: Vec<&Value> = clients.iter().filter(|c| c["wu"] == name).collect();
+        assert_eq!(runs.len(), results_per_wu, "{runs:#?}");
+        for r in runs {
+            assert_eq!(r["state"], "uploaded", "{r:#}");
+            assert_eq!(r["exit_status"], "0", "{r:#}");
+        }
+        for r in w["results"].as_array().unwrap() {
+            // Upload files vanish right after assimilation, as on a real server.
+            let up = r["upload"].as_str().unwrap();
+            assert!(!Path::new(up).exists(), "{up} still there");
+            assert!(up.contains("/upload/"), "{up}");
+        }
+        for f in w["inputs"].as_array().unwrap() {
+            assert!(shell_safe(f.as_str().unwrap()), "staged file name {f}");
+        }
+        // The program bundle is shared and marked <no_delete/>; it stays staged where
+        // BOINC's dir_hier_path puts it, with its .md5 cache file.
+        let prog = w["inputs"][0].as_str().unwrap();
+        let h = mw::boinc::dir_hier_path(prog, 1024).unwrap();
+        let staged = p.root.join("download").join(&h).join(prog);
+        assert!(staged.is_file(), "{}", staged.display());
+        let md5 = std::fs::read_to_string(format!("{}.md5", staged.display())).unwrap();
+        let (sum, size) = md5.trim().split_once(' ').unwrap();
+        assert_eq!(sum.len(), 32);
+        let size: f64 = size.parse().unwrap();
+        assert_eq!(size as u64, std::fs::metadata(&staged).unwrap().len());
+    }
+    // create_work ran from the project root with --stdin, one line per workunit.
+    let cw = p.calls_of("create_work");
+    assert!(!cw.is_empty());
+    let mut lines = 0;
+    for c in &cw {
+        assert_eq!(c["cwd"], p.root.display().to_string());
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert!(args.contains(&"--stdin"), "{args:?}");
+        for a in &args {
+            assert!(
+                a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b)),
+                "{a:?}"
+            );
+        }
+        lines += c["stdin"].as_str().unwrap().lines().count();
+    }
+    assert_eq!(lines, n);
+    // Assimilator called as script_assimilator does: `../bin/mw-assimilator WU_ID FILE`.
+    let asm = p.calls_of("script_assimilator");
+    assert_eq!(asm.len(), n);
+    for a in &asm {
+        let cmd = a["cmd"].as_str().unwrap();
+        assert!(cmd.starts_with("../bin/mw-assimilator "), "{cmd}");
+        assert_eq!(a["exit"], 0);
+    }
+    // The master consumed every spooled result.
+    let left: Vec<_> = std::fs::read_dir(p.root.join("mw_spool"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with("result_"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn monte_pi_through_boinc_prints_pi() {
+    let p = Project::new(1);
+    // examples/monte_pi/job.toml with 4 smaller tasks and programs from target/<profile>.
+    let example =
+        std::fs::read_to_string(workspace_root().join("examples/monte_pi/job.toml")).unwrap();
+    assert!(example.contains("monte-pi-task"));
+    let out = p.run(
+        "pi",
+        &format!(
+            "[program]\npath = \"{}\"\n[inputs.sweep]\nseed = {{ start = 0, end = 4 }}\n\
+             points = [500000]\n[reduce]\npath = \"{}\"\n",
+            program("monte-pi-task"),
+            program("monte-pi-reduce")
+        ),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout.lines().find(|l| l.contains("\"pi\"")).unwrap();
+    let v: Value = serde_json::from_str(line).unwrap();
+    let pi = v["pi"].as_f64().unwrap();
+    assert!((pi - std::f64::consts::PI).abs() < 0.01, "{pi}");
+    assert_eq!(v["points"], 2_000_000);
+    check_all_ran(&p, 4, 1);
+    // Quorum 1: the validator's init ran once per result, compare never.
+    assert_eq!(p.calls_of("script_validator").len(), 4);
+}
+
+#[test]
+fn primes_through_boinc_match_multicore() {
+    let p = Project::new(1);
+    let body = format!(
+        "[program]\npath = \"{}\"\n[inputs.sweep]\nchunk = {{ start = 0, end = 4 }}\n\
+         size = [2500]\nmax = [10000]\n[reduce]\npath = \"{}\"\n",
+        program("prime-task"),
+        program("prime-reduce")
+    );
+    let out = p.run("primes", &body);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check_all_ran(&p, 4, 1);
+    // The same job on local cores gives the same answer.
+    let dir = p.root.parent().unwrap().join("primes");
+    let local = Command::new(bin("mw"))
+        .arg("run")
+        .arg(dir.join("job.toml"))
+        .args(["-q", "--interface", "multicore", "--jobs-dir"])
+        .arg(dir.join("jobs-local"))
+        .output()
+        .unwrap();
+    assert!(local.status.success());
+    let count = |s: &str| -> Value {
+        let l = s.lines().find(|l| l.contains("\"count\"")).unwrap();
+        serde_json::from_str(l).unwrap()
+    };
+    let (b, m) = (
+        count(&stdout),
+        count(&String::from_utf8_lossy(&local.stdout)),
+    );
+    assert_eq!(b, m);
+    assert!(b["count"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn failing_task_reaches_mw_as_a_task_error() {
+    let p = Project::new(1);
+    // size 0 makes prime-task exit non-zero: a client error on every host.
+    let out = p.run(
+        "bad",
+        &format!(
+            "[program]\npath = \"{}\"\n[inputs]\nlist = [{{ chunk = 0, size = 0, max = 10 }}]\n",
+            program("prime-task")
+        ),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    let all = format!("{stdout}\n{stderr}");
+    assert!(all.contains("error mask"), "{all}");
+    assert!(all.contains("TOO_MANY_ERROR_RESULTS"), "{all}");
+    let clients = p.calls_of("client");
+    assert!(!clients.is_empty());
+    for c in &clients {
+        assert_eq!(c["state"], "compute error", "{c:#}");
+        assert!(
+            c["stderr"]
+                .as_str()
+                .unwrap()
+                .contains("size must be positive"),
+            "{c:#}"
+        );
+    }
+    let asm = p.calls_of("script_assimilator");
+    assert_eq!(asm.len(), 1);
+    assert!(asm[0]["cmd"]
+        .as_str()
+        .unwrap()
+        .starts_with("../bin/mw-assimilator --error "));
+    // The master removed the error record once the task error was recorded.
+    let left: Vec<_> = std::fs::read_dir(p.root.join("mw_spool"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with("error_"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn quorum_two_with_json_comparison() {
+    let p = Project::new(2);
+    let out = p.run_with(
+        "pi2",
+        &format!(
+            "[program]\npath = \"{}\"\n[inputs.sweep]\nseed = {{ start = 0, end = 2 }}\n\
+             points = [200000]\n[reduce]\npath = \"{}\"\n",
+            program("monte-pi-task"),
+            program("monte-pi-reduce")
+        ),
+        "quorum = 2\ncomparison = \"json\"\nrel_tolerance = 1e-9\n",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"pi\""), "{stdout}");
+    let wus = p.wus();
+    let new: Vec<&Value> = wus.iter().collect();
+    assert_eq!(new.len(), 2);
+    let clients = p.calls_of("client");
+    for w in &new {
+        assert_eq!(w["min_quorum"], 2);
+        assert_eq!(w["done"], "assimilated");
+        let name = w["name"].as_str().unwrap();
+        let hosts: Vec<&str> = clients
+            .iter()
+            .filter(|c| c["wu"] == name)
+            .map(|c| c["host"].as_str().unwrap())
+            .collect();
+        assert_eq!(hosts.len(), 2, "two results on two hosts: {hosts:?}");
+        assert_ne!(hosts[0], hosts[1]);
+    }
+    let compares: Vec<Value> = p
+        .calls_of("script_validator")
+        .into_iter()
+        .filter(|c| {
+            c["cmd"]
+                .as_str()
+                .unwrap()
+                .starts_with("../bin/mw-validator-compare ")
+        })
+        .collect();
+    assert!(compares.len() >= 2, "{compares:#?}");
+    assert!(compares.iter().all(|c| c["exit"] == 0));
+}
