@@ -8,10 +8,13 @@ use crate::task::{Execution, InterfaceError, PreparedTask, TaskId, WorkerId};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// What a [`Completion`] calls with the outcome.
+type Callback = Box<dyn FnOnce(Result<Execution, InterfaceError>) + Send>;
+
 /// Reports the end of one execution back to the master. Call [`Completion::finish`] exactly
 /// once; dropping it unfinished reports an interface error, so a task can never be lost.
 pub struct Completion {
-    callback: Option<Box<dyn FnOnce(Result<Execution, InterfaceError>) + Send>>,
+    callback: Option<Callback>,
     /// Backend handle to record (Condor cluster.proc, BOINC workunit, MPI rank), if any.
     task: TaskId,
 }

@@ -11,7 +11,7 @@
 
 use crate::interface::{Completion, HandleSink, Interface};
 use crate::journal::{Journal, JournalError};
-use crate::task::{Execution, InterfaceError, PreparedTask, TaskId, TaskSpec};
+use crate::task::{Execution, InterfaceError, PreparedTask, TaskId, TaskSpec, WorkerId};
 use mw_bundle::ExitInfo;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, VecDeque};
@@ -105,7 +105,8 @@ pub struct TaskOutput {
 pub enum MwError {
     /// The task's program ran and failed (non-zero exit, signal, timeout, bad stdout).
     #[error(
-        "{task} failed: {exit} (attempt {attempts}, host {host}){}",
+        "{task} failed: {exit}{} (attempt {attempts}, host {host}){}",
+        signal_name(exit),
         tail(stderr_tail)
     )]
     TaskFailed {
@@ -161,6 +162,35 @@ pub enum MwError {
     /// The journal failed.
     #[error("journal: {0}")]
     Journal(String),
+}
+
+/// ` (SIGSEGV)` etc. for an exit by a signal, so the error names it.
+fn signal_name(exit: &ExitInfo) -> String {
+    let ExitInfo::Signaled { signal } = exit else {
+        return String::new();
+    };
+    let name = match *signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGSYS => "SIGSYS",
+        _ => return String::new(),
+    };
+    format!(" ({name})")
 }
 
 fn tail(stderr: &str) -> String {
@@ -219,6 +249,9 @@ impl Default for MasterOptions {
 }
 
 /// What [`Master::next_outcome`] found.
+// Few of these exist at a time (one per finished task, moved out at once): boxing the
+// big variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum NextOutcome {
     /// A task finished (successfully or not).
@@ -732,55 +765,74 @@ fn completion(inner: &Arc<Inner>, id: TaskId) -> Completion {
     Completion::new(id, move |outcome| on_complete(&inner, id, outcome))
 }
 
+/// Takes the task at the front of the queue and marks it running (one critical section, so
+/// a task is always either in the queue or running: `cancel` never sees it in between).
+fn dispatch(st: &mut State, inner: &Inner) -> Option<(TaskId, Arc<PreparedTask>, bool)> {
+    let task = st.queue.pop_front()?;
+    st.set_state(task, TaskState::Running);
+    let rec = &mut st.tasks[task.0 as usize];
+    rec.attempts += 1;
+    rec.times.started = Some(SystemTime::now());
+    if let Some(j) = &inner.journal {
+        j.record_started(task, rec.attempts);
+    }
+    let prepared = Arc::new(prepare(inner, task, rec));
+    Some((task, prepared, rec.cancel_requested))
+}
+
 fn scheduler_loop(inner: Arc<Inner>) {
+    // A worker reserved for a task that was cancelled while we waited for the worker: it
+    // serves the next task instead (interfaces have no way to give a worker back).
+    let mut spare: Option<WorkerId> = None;
     loop {
-        let task = {
+        let front = {
             let mut st = inner.lock();
             loop {
                 if st.shutting_down {
                     return;
                 }
-                if let Some(id) = st.queue.pop_front() {
+                if let Some(&id) = st.queue.front() {
                     break id;
                 }
                 st = inner.cond.wait(st).unwrap_or_else(|p| p.into_inner());
             }
         };
-        let prepared = {
-            let mut st = inner.lock();
-            let rec = &mut st.tasks[task.0 as usize];
-            rec.attempts += 1;
-            Arc::new(prepare(&inner, task, rec))
-        };
-        match inner.interface.reserve_worker(&prepared) {
-            Ok(worker) => {
-                let cancel_now = {
-                    let mut st = inner.lock();
-                    if st.shutting_down {
-                        return;
-                    }
-                    st.set_state(task, TaskState::Running);
-                    let rec = &mut st.tasks[task.0 as usize];
-                    rec.times.started = Some(SystemTime::now());
-                    if let Some(j) = &inner.journal {
-                        j.record_started(task, rec.attempts);
-                    }
-                    rec.cancel_requested
+        let worker = match spare.take() {
+            Some(w) => Ok(w),
+            None => {
+                // The task stays queued (and cancellable) while we wait for a worker.
+                let probe = {
+                    let st = inner.lock();
+                    prepare(&inner, front, &st.tasks[front.0 as usize])
                 };
+                inner.interface.reserve_worker(&probe)
+            }
+        };
+        let mut st = inner.lock();
+        if st.shutting_down {
+            return;
+        }
+        let Some((task, prepared, cancel_now)) = dispatch(&mut st, &inner) else {
+            // Everything queued was cancelled meanwhile.
+            if let Ok(w) = worker {
+                spare = Some(w);
+            }
+            continue;
+        };
+        drop(st);
+        match worker {
+            Ok(worker) => {
                 inner
                     .interface
                     .execute_task(prepared, worker, completion(&inner, task));
+                // A cancel that came after the task became Running but before the interface
+                // knew it was lost on the interface: look again now that it knows the task.
+                let cancel_now = cancel_now || inner.lock().tasks[task.0 as usize].cancel_requested;
                 if cancel_now {
                     inner.interface.cancel(task);
                 }
             }
-            Err(e) => {
-                {
-                    let mut st = inner.lock();
-                    st.set_state(task, TaskState::Running);
-                }
-                on_complete(&inner, task, Err(e));
-            }
+            Err(e) => on_complete(&inner, task, Err(e)),
         }
     }
 }
@@ -807,9 +859,9 @@ fn on_complete(inner: &Arc<Inner>, id: TaskId, outcome: Result<Execution, Interf
             if let Some(s) = exec.started {
                 rec.times.started = Some(s);
             }
-            if rec.cancel_requested && !exec.exit.success() {
-                Err(MwError::Cancelled(id))
-            } else if matches!(exec.exit, ExitInfo::Cancelled) {
+            if (rec.cancel_requested && !exec.exit.success())
+                || matches!(exec.exit, ExitInfo::Cancelled)
+            {
                 Err(MwError::Cancelled(id))
             } else if !exec.exit.success() {
                 Err(MwError::TaskFailed {
