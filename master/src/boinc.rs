@@ -1015,6 +1015,7 @@ impl Interface for Boinc {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
