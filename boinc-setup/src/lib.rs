@@ -198,11 +198,15 @@ impl TemplateParams {
     }
 }
 
-/// The input template: two files (program bundle, task bundle), all values explicit.
+/// The input template: two files (program bundle, task bundle), all values explicit. The
+/// program bundle is shared by every workunit of a job: `<no_delete/>` keeps BOINC's file
+/// deleter from removing it when the first workunit is done, `<sticky/>` keeps it on hosts.
 pub fn input_template(p: &TemplateParams) -> String {
     format!(
         "<input_template>
     <file_info>
+        <sticky/>
+        <no_delete/>
     </file_info>
     <file_info>
     </file_info>
