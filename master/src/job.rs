@@ -168,6 +168,43 @@ pub struct Job {
     pub name: String,
 }
 
+/// The dotted key (`table.key`) assigned on the line holding `offset`, if that line is a
+/// `key = value` line; the table comes from the last `[header]` above it.
+fn key_path_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let mut table = String::new();
+    let mut start = 0;
+    for line in text.split_inclusive('\n') {
+        let end = start + line.len();
+        let t = line.trim();
+        if offset >= end && end < text.len() {
+            if let Some(h) = t.strip_prefix('[') {
+                let h = h.trim_start_matches('[');
+                if let Some(close) = h.find(']') {
+                    table = h[..close].trim().to_string();
+                }
+            }
+            start = end;
+            continue;
+        }
+        let eq = line.find('=')?;
+        let key = line[..eq].trim();
+        let ok = !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.\"' ".contains(&b));
+        if !ok {
+            return None;
+        }
+        return Some(if table.is_empty() {
+            key.to_string()
+        } else {
+            format!("{table}.{key}")
+        });
+    }
+    None
+}
+
 /// Converts a byte offset into 1-based (line, column).
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -219,6 +256,7 @@ impl Job {
     /// Parses job-file text that came from `path`.
     pub fn parse(path: &Path, text: String) -> Result<Job, JobError> {
         let file: JobFile = toml::from_str(&text).map_err(|e| {
+            let msg = e.message().trim_end();
             let loc = e
                 .span()
                 .map(|s| {
@@ -226,11 +264,15 @@ impl Job {
                     format!("{l}:{c}:")
                 })
                 .unwrap_or_default();
-            JobError(format!(
-                "{}:{loc} {}",
-                path.display(),
-                e.message().trim_end()
-            ))
+            // toml names the field only for unknown/missing fields; name it for the rest
+            // (e.g. "invalid type") from the key on the error's line.
+            let field = match e.span() {
+                Some(s) if !msg.contains("field `") => key_path_at(&text, s.start)
+                    .map(|k| format!(" field `{k}`:"))
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            JobError(format!("{}:{loc}{field} {msg}", path.display()))
         })?;
         let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let base_dir = abs.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -247,7 +289,9 @@ impl Job {
         Ok(job)
     }
 
-    fn check_name(&self) -> Result<(), JobError> {
+    /// Checks the job name (from the file, `--name` or the default) is usable as a
+    /// directory name.
+    pub fn check_name(&self) -> Result<(), JobError> {
         let ok = !self.name.is_empty()
             && self.name.len() <= 64
             && self
@@ -256,11 +300,14 @@ impl Job {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
             && !self.name.starts_with('.');
         if !ok {
-            return Err(JobError(format!(
-                "{}: field `name`: `{}` must be 1-64 characters of letters, digits, `-`, `_` or `.`",
-                self.path.display(),
+            let msg = format!(
+                "`{}` must be 1-64 characters of letters, digits, `-`, `_` or `.`, not starting with `.`",
                 self.name
-            )));
+            );
+            if self.file.name.as_deref() == Some(self.name.as_str()) {
+                return Err(self.err_at(self.section_span("name"), "name", msg));
+            }
+            return Err(JobError(format!("job name {msg}")));
         }
         Ok(())
     }
@@ -596,6 +643,9 @@ pub struct TaskBuilder {
     comparison: Comparison,
     base_dir: PathBuf,
     job_name: String,
+    /// Job file path and each template's "line:col", for render errors.
+    job_path: PathBuf,
+    locations: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for TaskBuilder {
@@ -612,11 +662,14 @@ enum Template {
 impl TaskBuilder {
     fn new(job: &Job, program: Arc<Program>) -> Result<Self, JobError> {
         let mut tera = tera::Tera::default();
+        let mut locations = BTreeMap::new();
         let mut add = |field: String, s: &Spanned<String>| -> Result<Template, JobError> {
             let text = s.get_ref();
             if !text.contains("{{") && !text.contains("{%") {
                 return Ok(Template::Literal(text.clone()));
             }
+            let (l, c) = line_col(&job.text, s.span().start);
+            locations.insert(field.clone(), format!("{l}:{c}"));
             tera.add_raw_template(&field, text).map_err(|e| {
                 let detail = std::error::Error::source(&e)
                     .map(|s| s.to_string())
@@ -652,6 +705,8 @@ impl TaskBuilder {
             comparison: job.comparison(),
             base_dir: job.base_dir.clone(),
             job_name: job.name.clone(),
+            job_path: job.path.clone(),
+            locations,
         })
     }
 
@@ -677,7 +732,9 @@ impl TaskBuilder {
                         .map(|s| s.to_string())
                         .unwrap_or_default();
                     JobError(format!(
-                        "task {index}: field `{name}`: cannot render: {e} {detail}"
+                        "{}:{}: field `{name}`: cannot render for task {index}: {e} {detail}",
+                        self.job_path.display(),
+                        self.locations.get(name).map(String::as_str).unwrap_or("")
                     ))
                 })
             }

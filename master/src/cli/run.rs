@@ -143,9 +143,8 @@ pub(crate) struct Prepared {
 pub(crate) fn prepare(opts: &JobOptions) -> anyhow::Result<Prepared> {
     let mut job = Job::load(&opts.job)?;
     if let Some(name) = &opts.name {
-        let text = job.text.clone();
         job.name = name.clone();
-        let _ = text;
+        job.check_name()?;
     }
     let interface = opts.interface.clone().unwrap_or_else(|| job.interface());
     if !["multicore", "mpi", "condor", "boinc"].contains(&interface.as_str()) {
@@ -447,14 +446,27 @@ pub(crate) fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
     let (id, dir, journal) = create_job(&p, args.job.jobs_dir.as_deref())?;
     let ids_first = 0u64;
     journal.record_submitted(ids_first, &p.specs)?;
+    // Not `running` under this (short-lived) process's pid, or the detached master would
+    // see a live master and refuse to start.
+    journal.set_job_status("submitted")?;
     journal.close();
     drop(journal);
-    spawn_detached_master(&dir)?;
+    let pid = spawn_detached_master(&dir)?;
+    // Record the detached master at once, so `mw wait`/`mw status` right after `mw submit`
+    // see a live master (the master records itself too; a finished one is left alone).
+    let path = dir.join(crate::journal::JOURNAL_FILE);
+    let conn = crate::journal::open_checked(&path, true)?;
+    conn.execute(
+        "UPDATE job SET master_pid = ?1, master_host = ?2, status = 'running' WHERE status = 'submitted'",
+        rusqlite::params![pid as i64, mw_worker_runtime::exec::host_name()],
+    )
+    .with_context(|| format!("{}: recording the master", path.display()))?;
+    drop(conn);
     println!("{id}\t{}", dir.display());
     Ok(EXIT_OK)
 }
 
-fn spawn_detached_master(dir: &Path) -> anyhow::Result<()> {
+fn spawn_detached_master(dir: &Path) -> anyhow::Result<u32> {
     let exe = std::env::current_exe().context("finding the mw executable")?;
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -479,8 +491,8 @@ fn spawn_detached_master(dir: &Path) -> anyhow::Result<()> {
             Ok(())
         });
     }
-    cmd.spawn().context("starting the detached master")?;
-    Ok(())
+    let child = cmd.spawn().context("starting the detached master")?;
+    Ok(child.id())
 }
 
 /// `mw resume`: restart the master of a job whose master died (or finish a submitted job).

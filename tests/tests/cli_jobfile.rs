@@ -1,0 +1,436 @@
+//! End-to-end tests of `mw run` over the real binary: job-file errors (each names the file,
+//! line:column and field, exits 2, never panics), inputs (inline, JSON lines, sweeps),
+//! templated args/env/outputs, output files, `--output`, result order, progress lines,
+//! `--help` and the exit code of a failing task.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `mw ARGS` in `dir` with MW_JOBS_DIR=dir/jobs.
+fn mw(dir: &Path, args: &[&str]) -> Out {
+    let out = Command::new(mw_tests::bin("mw"))
+        .args(args)
+        .current_dir(dir)
+        .env("MW_JOBS_DIR", dir.join("jobs"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let o = Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(
+        !o.stderr.contains("panicked"),
+        "mw {args:?} panicked:\n{}",
+        o.stderr
+    );
+    o
+}
+
+fn script(dir: &Path, name: &str, body: &str) {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn lines(s: &str) -> Vec<serde_json::Value> {
+    s.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Writes `job.toml` with `text` next to an `echo.sh` task and runs it; expects exit 2 and
+/// an error naming `job.toml:LINE:COL` and every one of `needles`.
+fn bad_job(text: &str, line_col: &str, needles: &[&str]) {
+    let d = tempfile::tempdir().unwrap();
+    script(d.path(), "echo.sh", "cat");
+    std::fs::write(d.path().join("job.toml"), text).unwrap();
+    let o = mw(d.path(), &["run", "job.toml"]);
+    assert_eq!(o.code, 2, "job:\n{text}\nstderr: {}", o.stderr);
+    let want = format!("job.toml:{line_col}");
+    assert!(
+        o.stderr.contains(&want),
+        "expected `{want}` in: {}",
+        o.stderr
+    );
+    for n in needles {
+        assert!(o.stderr.contains(n), "expected `{n}` in: {}", o.stderr);
+    }
+    assert!(
+        o.stdout.is_empty(),
+        "no results for a bad job: {}",
+        o.stdout
+    );
+    // Nothing was started: no job directory.
+    let jobs = d.path().join("jobs");
+    assert!(
+        !jobs.exists() || std::fs::read_dir(&jobs).unwrap().next().is_none(),
+        "a bad job file created a job directory"
+    );
+}
+
+#[test]
+fn bad_toml_syntax() {
+    bad_job("[program\npath = \"echo.sh\"\n", "1:9", &["table header"]);
+}
+
+#[test]
+fn unknown_field() {
+    bad_job(
+        "[program]\npath = \"echo.sh\"\nbogus = 1\n[inputs]\nlist = [1]\n",
+        "3:1",
+        &["unknown field `bogus`"],
+    );
+}
+
+#[test]
+fn wrong_type() {
+    bad_job(
+        "workers = \"many\"\n[program]\npath = \"echo.sh\"\n[inputs]\nlist = [1]\n",
+        "1:11",
+        &["field `workers`", "invalid type"],
+    );
+    bad_job(
+        "[program]\npath = 5\n[inputs]\nlist = [1]\n",
+        "2:8",
+        &["field `program.path`", "invalid type"],
+    );
+}
+
+#[test]
+fn missing_program_section() {
+    bad_job(
+        "[inputs]\nlist = [1]\n",
+        "1:1",
+        &["missing field `program`"],
+    );
+}
+
+#[test]
+fn missing_program_file() {
+    bad_job(
+        "[program]\npath = \"nope.sh\"\n[inputs]\nlist = [1]\n",
+        "2:8",
+        &["field `program.path`", "nope.sh", "does not exist"],
+    );
+}
+
+#[test]
+fn non_executable_program() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("plain.sh"), "#!/bin/sh\ncat\n").unwrap();
+    std::fs::set_permissions(
+        d.path().join("plain.sh"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    std::fs::write(
+        d.path().join("job.toml"),
+        "[program]\npath = \"plain.sh\"\n[inputs]\nlist = [1]\n",
+    )
+    .unwrap();
+    let o = mw(d.path(), &["run", "job.toml"]);
+    assert_eq!(o.code, 2);
+    assert!(o.stderr.contains("job.toml:2:8"), "{}", o.stderr);
+    assert!(o.stderr.contains("field `program.path`"), "{}", o.stderr);
+    assert!(o.stderr.contains("not executable"), "{}", o.stderr);
+}
+
+#[test]
+fn empty_sweep_and_empty_list() {
+    bad_job(
+        "[program]\npath = \"echo.sh\"\n[inputs.sweep]\nx = []\n",
+        "4:5",
+        &["field `inputs.sweep.x`", "empty"],
+    );
+    bad_job(
+        "[program]\npath = \"echo.sh\"\n[inputs]\nlist = []\n",
+        "3:1",
+        &["field `inputs.list`", "empty"],
+    );
+}
+
+#[test]
+fn bad_template() {
+    bad_job(
+        "args = [\"{{ input.\"]\n[program]\npath = \"echo.sh\"\n[inputs]\nlist = [1]\n",
+        "1:9",
+        &["field `args[0]`", "bad template"],
+    );
+    bad_job(
+        "env = { A = \"{% if %}\" }\n[program]\npath = \"echo.sh\"\n[inputs]\nlist = [1]\n",
+        "1:13",
+        &["field `env.A`", "bad template"],
+    );
+    // A template that parses but cannot render for an input.
+    bad_job(
+        "args = [\"{{ input.nope }}\"]\n[program]\npath = \"echo.sh\"\n[inputs]\nlist = [{a = 1}]\n",
+        "1:9",
+        &["field `args[0]`", "task 0", "input.nope"],
+    );
+}
+
+#[test]
+fn unknown_interface() {
+    bad_job(
+        "interface = \"slurm\"\n[program]\npath = \"echo.sh\"\n[inputs]\nlist = [1]\n",
+        "1:13",
+        &["field `interface`", "slurm"],
+    );
+}
+
+#[test]
+fn bad_name() {
+    bad_job(
+        "name = \"bad name/..\"\n[program]\npath = \"echo.sh\"\n[inputs]\nlist = [1]\n",
+        "1:1",
+        &["field `name`", "bad name/.."],
+    );
+    // --name is checked too: it becomes a directory name.
+    let d = tempfile::tempdir().unwrap();
+    script(d.path(), "echo.sh", "cat");
+    std::fs::write(
+        d.path().join("job.toml"),
+        "[program]\npath = \"echo.sh\"\n[inputs]\nlist = [1]\n",
+    )
+    .unwrap();
+    let o = mw(d.path(), &["run", "job.toml", "--name", "../escape"]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("../escape"), "{}", o.stderr);
+    assert!(!d.path().join("escape-1").exists());
+}
+
+#[test]
+fn bad_jsonl_line_names_file_and_line() {
+    let d = tempfile::tempdir().unwrap();
+    script(d.path(), "echo.sh", "cat");
+    std::fs::write(d.path().join("in.jsonl"), "{\"a\": 1}\n\n{\"a\": \n").unwrap();
+    std::fs::write(
+        d.path().join("job.toml"),
+        "[program]\npath = \"echo.sh\"\n[inputs]\nfile = \"in.jsonl\"\n",
+    )
+    .unwrap();
+    let o = mw(d.path(), &["run", "job.toml"]);
+    assert_eq!(o.code, 2);
+    assert!(o.stderr.contains("in.jsonl:3:"), "{}", o.stderr);
+    assert!(o.stderr.contains("job.toml"), "{}", o.stderr);
+}
+
+#[test]
+fn inline_list_and_jsonl_inputs_reach_the_program_in_order() {
+    let d = tempfile::tempdir().unwrap();
+    script(d.path(), "echo.sh", "cat");
+    std::fs::write(
+        d.path().join("list.toml"),
+        "workers = 2\n[program]\npath = \"echo.sh\"\n[inputs]\nlist = [{a = 1}, \"two\", 3]\n",
+    )
+    .unwrap();
+    let o = mw(d.path(), &["run", "list.toml", "-q"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let r = lines(&o.stdout);
+    let outs: Vec<_> = r.iter().map(|l| l["output"].clone()).collect();
+    assert_eq!(
+        outs,
+        vec![serde_json::json!({"a": 1}), "two".into(), 3.into()]
+    );
+
+    std::fs::write(d.path().join("in.jsonl"), "[1,2]\n\n{\"k\":\"v\"}\nnull\n").unwrap();
+    std::fs::write(
+        d.path().join("file.toml"),
+        "[program]\npath = \"echo.sh\"\n[inputs]\nfile = \"in.jsonl\"\n",
+    )
+    .unwrap();
+    let o = mw(d.path(), &["run", "file.toml", "-q"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let r = lines(&o.stdout);
+    assert_eq!(r.len(), 3);
+    assert_eq!(r[0]["input"], serde_json::json!([1, 2]));
+    assert_eq!(r[1]["output"], serde_json::json!({"k": "v"}));
+    assert_eq!(r[2]["input"], serde_json::Value::Null);
+}
+
+#[test]
+fn sweep_product_templates_and_output_files() {
+    let d = tempfile::tempdir().unwrap();
+    script(
+        d.path(),
+        "task.sh",
+        r#"echo "arg=$1 env=$FOO" > "out-$2.txt"
+printf '{"arg":"%s","env":"%s","in":%s}\n' "$1" "$FOO" "$(cat)""#,
+    );
+    std::fs::write(
+        d.path().join("job.toml"),
+        r#"name = "sweep"
+workers = 2
+args = ["{{ input.a }}-{{ index }}", "{{ index }}"]
+env = { FOO = "f{{ input.b }}" }
+outputs = ["out-{{ index }}.txt"]
+[program]
+path = "task.sh"
+[inputs.sweep]
+a = [1, 2]
+b = ["x", "y", "z"]
+"#,
+    )
+    .unwrap();
+    let o = mw(d.path(), &["run", "job.toml", "-q"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let r = lines(&o.stdout);
+    assert_eq!(r.len(), 6);
+    let mut k = 0;
+    for a in [1, 2] {
+        for b in ["x", "y", "z"] {
+            let line = &r[k];
+            assert_eq!(line["task"], k);
+            assert_eq!(line["state"], "done");
+            assert_eq!(line["input"], serde_json::json!({"a": a, "b": b}));
+            assert_eq!(line["output"]["arg"], format!("{a}-{k}"));
+            assert_eq!(line["output"]["env"], format!("f{b}"));
+            assert_eq!(line["output"]["in"], line["input"]);
+            let file = d
+                .path()
+                .join(format!("jobs/sweep-1/results/task-{k}/out-{k}.txt"));
+            assert_eq!(
+                std::fs::read_to_string(&file).unwrap(),
+                format!("arg={a}-{k} env=f{b}\n")
+            );
+            let listed = line["output_files"][0].as_str().unwrap();
+            assert_eq!(
+                std::fs::canonicalize(listed).unwrap(),
+                std::fs::canonicalize(&file).unwrap()
+            );
+            k += 1;
+        }
+    }
+}
+
+#[test]
+fn range_sweep_with_step() {
+    let d = tempfile::tempdir().unwrap();
+    script(d.path(), "echo.sh", "cat");
+    std::fs::write(
+        d.path().join("job.toml"),
+        "[program]\npath = \"echo.sh\"\n[inputs.sweep]\ni = { start = 2, end = 11, step = 3 }\nn = [7]\n",
+    )
+    .unwrap();
+    let o = mw(d.path(), &["run", "job.toml", "-q"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let ins: Vec<_> = lines(&o.stdout)
+        .iter()
+        .map(|l| l["output"].clone())
+        .collect();
+    assert_eq!(
+        ins,
+        vec![
+            serde_json::json!({"i": 2, "n": 7}),
+            serde_json::json!({"i": 5, "n": 7}),
+            serde_json::json!({"i": 8, "n": 7}),
+        ]
+    );
+}
+
+#[test]
+fn results_in_task_order_to_output_file() {
+    let d = tempfile::tempdir().unwrap();
+    // Early tasks take longest, so they finish last.
+    script(
+        d.path(),
+        "slow.sh",
+        r#"i=$(cat); sleep "0.$((9 - i))"; echo "$i""#,
+    );
+    std::fs::write(
+        d.path().join("job.toml"),
+        "workers = 2\n[program]\npath = \"slow.sh\"\n[inputs]\nlist = [0, 1, 2, 3, 4, 5]\n",
+    )
+    .unwrap();
+    let o = mw(
+        d.path(),
+        &["run", "job.toml", "-q", "--output", "res.jsonl"],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.is_empty(), "results went to stdout: {}", o.stdout);
+    let r = lines(&std::fs::read_to_string(d.path().join("res.jsonl")).unwrap());
+    let order: Vec<u64> = r.iter().map(|l| l["task"].as_u64().unwrap()).collect();
+    assert_eq!(order, vec![0, 1, 2, 3, 4, 5]);
+    let outs: Vec<u64> = r.iter().map(|l| l["output"].as_u64().unwrap()).collect();
+    assert_eq!(outs, vec![0, 1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn failing_task_exits_1_with_error_in_result_line() {
+    let d = tempfile::tempdir().unwrap();
+    script(
+        d.path(),
+        "fail.sh",
+        r#"i=$(cat); if [ "$i" = 1 ]; then echo "boom on one" >&2; exit 3; fi; echo "$i""#,
+    );
+    std::fs::write(
+        d.path().join("job.toml"),
+        "[program]\npath = \"fail.sh\"\n[inputs]\nlist = [0, 1, 2]\n",
+    )
+    .unwrap();
+    let o = mw(d.path(), &["run", "job.toml", "-q"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let r = lines(&o.stdout);
+    assert_eq!(r.len(), 3);
+    assert_eq!(r[0]["state"], "done");
+    assert_eq!(r[2]["state"], "done");
+    assert_eq!(r[1]["state"], "failed");
+    assert!(r[1]["exit"].as_str().unwrap().contains('3'), "{}", r[1]);
+    let err = r[1]["error"].as_str().unwrap();
+    assert!(err.contains("boom on one"), "{err}");
+    assert!(o.stderr.contains("1 of 3 tasks failed"), "{}", o.stderr);
+}
+
+#[test]
+fn progress_is_plain_lines_when_not_a_tty() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("job.toml"),
+        format!(
+            "[program]\npath = \"{}\"\n[inputs.sweep]\ni = {{ start = 0, end = 5 }}\n",
+            mw_tests::bin_dir().join("null-task").display()
+        ),
+    )
+    .unwrap();
+    let o = mw(d.path(), &["run", "job.toml"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stderr.lines().any(|l| l.starts_with("mw: 5/5 finished")),
+        "{}",
+        o.stderr
+    );
+    assert!(!o.stderr.contains('\r') && !o.stderr.contains('\x1b'));
+    assert_eq!(lines(&o.stdout).len(), 5);
+}
+
+#[test]
+fn run_help_explains_the_job_file() {
+    let d = tempfile::tempdir().unwrap();
+    let o = mw(d.path(), &["run", "--help"]);
+    assert_eq!(o.code, 0);
+    for needle in [
+        "[program]",
+        "[inputs]",
+        "sweep",
+        "args",
+        "outputs",
+        "[reduce]",
+        "--output",
+    ] {
+        assert!(
+            o.stdout.contains(needle),
+            "`{needle}` missing:\n{}",
+            o.stdout
+        );
+    }
+}

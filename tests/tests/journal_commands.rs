@@ -1,0 +1,417 @@
+//! End-to-end tests of the job-management commands over the real `mw` binary and its SQLite
+//! journal: `mw submit`, `status` (table and `--json`), `results` (jsonl, csv, `--failed`),
+//! `cancel` (job and `--task`), `wait`, `resume` (idempotent) and `report`; and the journal's
+//! refusal of corrupt, truncated and foreign files (clear error, nothing deleted).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn mw(dir: &Path, args: &[&str]) -> Out {
+    let out = Command::new(mw_tests::bin("mw"))
+        .args(args)
+        .current_dir(dir)
+        .env("MW_JOBS_DIR", dir.join("jobs"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let o = Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(!o.stderr.contains("panicked"), "mw {args:?}: {}", o.stderr);
+    o
+}
+
+fn script(dir: &Path, name: &str, body: &str) {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not one JSON document ({e}):\n{s}"))
+}
+
+fn jsonl(s: &str) -> Vec<serde_json::Value> {
+    s.lines().map(json).collect()
+}
+
+/// A job whose tasks echo their input, except input 1 which fails.
+fn finished_job(d: &Path) {
+    script(
+        d,
+        "t.sh",
+        r#"i=$(cat); if [ "$i" = 1 ]; then echo "one fails" >&2; exit 4; fi; echo "{\"v\":$i}""#,
+    );
+    std::fs::write(
+        d.join("job.toml"),
+        "name = \"fin\"\nworkers = 2\n[program]\npath = \"t.sh\"\n[inputs]\nlist = [0, 1, 2, 3]\n",
+    )
+    .unwrap();
+    let o = mw(d, &["run", "job.toml", "-q", "-o", "run.jsonl"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+}
+
+/// A job whose tasks block until `gate` exists.
+fn gated_job(d: &Path, name: &str, tasks: usize) {
+    script(
+        d,
+        "gate.sh",
+        r#"i=$(cat); while [ ! -e "$GATE" ]; do sleep 0.02; done; echo "$i""#,
+    );
+    std::fs::write(
+        d.join(format!("{name}.toml")),
+        format!(
+            "name = \"{name}\"\nworkers = 2\nenv = {{ GATE = \"{}\" }}\n[program]\npath = \"gate.sh\"\n[inputs.sweep]\ni = {{ start = 0, end = {tasks} }}\n",
+            d.join("gate").display()
+        ),
+    )
+    .unwrap();
+}
+
+fn submit(d: &Path, file: &str, extra: &[&str]) -> (String, PathBuf) {
+    let mut args = vec!["submit", file];
+    args.extend_from_slice(extra);
+    let o = mw(d, &args);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let mut parts = o.stdout.trim().split('\t');
+    let id = parts.next().unwrap().to_string();
+    let dir = PathBuf::from(parts.next().unwrap());
+    assert!(dir.join("journal.sqlite").is_file());
+    (id, dir)
+}
+
+fn status_json(d: &Path, id: &str) -> serde_json::Value {
+    let o = mw(d, &["status", id, "--json"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    json(&o.stdout)
+}
+
+/// Polls `mw status JOB --json` until `pred` holds (bounded).
+fn poll(d: &Path, id: &str, what: &str, pred: impl Fn(&serde_json::Value) -> bool) {
+    for _ in 0..20_000 {
+        if pred(&status_json(d, id)) {
+            return;
+        }
+    }
+    panic!("{id}: never reached: {what}");
+}
+
+#[test]
+fn status_results_report_and_resume_of_a_finished_job() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    finished_job(d);
+
+    // Table of all jobs.
+    let o = mw(d, &["status"]);
+    assert_eq!(o.code, 0);
+    let row = o.stdout.lines().find(|l| l.starts_with("fin-1")).unwrap();
+    assert!(row.contains("multicore"), "{row}");
+    assert!(row.contains("finished with failures"), "{row}");
+    // All jobs as one JSON document.
+    let o = mw(d, &["status", "--json"]);
+    let all = json(&o.stdout);
+    assert_eq!(all["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(all["jobs"][0]["id"], "fin-1");
+    assert_eq!(all["jobs"][0]["counts"]["done"], 3);
+    assert_eq!(all["jobs"][0]["counts"]["failed"], 1);
+    // One job.
+    let one = status_json(d, "fin-1");
+    assert_eq!(one["job"]["tasks"], 4);
+    assert_eq!(one["failed"][0]["task"], 1);
+    assert!(one["failed"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("one fails"));
+    let o = mw(d, &["status", "fin-1"]);
+    assert!(
+        o.stdout.contains("failed or cancelled tasks:"),
+        "{}",
+        o.stdout
+    );
+    assert!(o.stdout.contains("task 1"), "{}", o.stdout);
+
+    // Results: the journal's lines equal what `mw run` wrote.
+    let o = mw(d, &["results", "fin-1"]);
+    assert_eq!(o.code, 0);
+    let from_journal = jsonl(&o.stdout);
+    let from_run = jsonl(&std::fs::read_to_string(d.join("run.jsonl")).unwrap());
+    assert_eq!(from_journal.len(), 4);
+    for (a, b) in from_journal.iter().zip(&from_run) {
+        for k in ["task", "state", "input", "output", "exit"] {
+            assert_eq!(a[k], b[k], "field {k}");
+        }
+    }
+    assert_eq!(from_journal[2]["output"], serde_json::json!({"v": 2}));
+    let o = mw(d, &["results", "fin-1", "--failed"]);
+    let failed = jsonl(&o.stdout);
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["task"], 1);
+    let o = mw(d, &["results", "fin-1", "--format", "csv"]);
+    // Record starts (a quoted error field may span lines).
+    let starts = |csv: &str| -> Vec<String> {
+        csv.lines()
+            .filter(|l| {
+                let mut f = l.splitn(3, ',');
+                f.next().is_some_and(|t| t.parse::<u64>().is_ok())
+                    && matches!(f.next(), Some("done" | "failed" | "cancelled"))
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(
+        o.stdout.starts_with("task,state,input,output,exit,error,"),
+        "{}",
+        o.stdout
+    );
+    let rows = starts(&o.stdout);
+    assert_eq!(rows.len(), 4, "{}", o.stdout);
+    assert!(rows[2].starts_with("2,done,2,"), "{}", rows[2]);
+    assert!(rows[2].contains(r#""{""v"":2}""#), "{}", rows[2]);
+    assert!(rows[1].starts_with("1,failed,1,null,"), "{}", rows[1]);
+    assert!(o.stdout.contains("one fails"), "{}", o.stdout);
+    let o = mw(d, &["results", "fin-1", "--format", "csv", "--failed"]);
+    let rows = starts(&o.stdout);
+    assert_eq!(rows.len(), 1, "{}", o.stdout);
+    assert!(rows[0].starts_with("1,failed,"));
+
+    // wait on a finished job with a failure: exit 1.
+    assert_eq!(mw(d, &["wait", "fin-1"]).code, 1);
+
+    // Resume of a finished job, twice: nothing changes; exit 1 because a task failed.
+    let journal = d.join("jobs/fin-1/journal.sqlite");
+    for _ in 0..2 {
+        let o = mw(d, &["resume", "fin-1"]);
+        assert_eq!(o.code, 1, "{}", o.stderr);
+        assert!(o.stderr.contains("nothing to resume"), "{}", o.stderr);
+        assert_eq!(jsonl(&mw(d, &["results", "fin-1"]).stdout), from_journal);
+    }
+    assert!(journal.is_file());
+
+    // Report: HTML with an <svg> holding one timeline rect per finished task.
+    let o = mw(d, &["report", "fin-1"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let html = std::fs::read_to_string(d.join("jobs/fin-1/report.html")).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert!(html.contains("<svg"));
+    let timeline_rects = html.matches("<title>task ").count();
+    assert_eq!(timeline_rects, 4, "{html}");
+    for i in 0..4 {
+        assert!(html.contains(&format!("<title>task {i} ")), "task {i}");
+    }
+    let o = mw(d, &["report", "fin-1", "-o", "r.svg"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let svg = std::fs::read_to_string(d.join("r.svg")).unwrap();
+    assert!(svg.starts_with("<svg"), "{svg}");
+    assert!(svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<title>task ").count(), 4);
+}
+
+#[test]
+fn submit_wait_success() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    gated_job(d, "ok", 5);
+    std::fs::write(d.join("gate"), "").unwrap();
+    let (id, dir) = submit(d, "ok.toml", &[]);
+    assert_eq!(id, "ok-1");
+    assert_eq!(dir, d.join("jobs/ok-1"));
+    let o = mw(d, &["wait", &id]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let r = jsonl(&mw(d, &["results", &id]).stdout);
+    assert_eq!(r.len(), 5);
+    assert!(r.iter().all(|l| l["state"] == "done"));
+    assert_eq!(status_json(d, &id)["job"]["state"], "finished");
+}
+
+#[test]
+fn cancel_one_task_then_the_job_of_a_running_submitted_job() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    gated_job(d, "gated", 6);
+    let (id, _) = submit(d, "gated.toml", &[]);
+    // Two tasks are running (blocked on the gate), the rest queued.
+    poll(d, &id, "2 running", |v| v["job"]["counts"]["running"] == 2);
+    assert_eq!(status_json(d, &id)["job"]["state"], "running");
+
+    let o = mw(d, &["cancel", &id, "--task", "0"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = mw(d, &["cancel", &id, "--task", "99"]);
+    assert_eq!(o.code, 2);
+    assert!(o.stderr.contains("no task 99"), "{}", o.stderr);
+    poll(d, &id, "task 0 cancelled", |v| {
+        v["failed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["task"] == 0 && f["state"] == "cancelled")
+    });
+    let v = status_json(d, &id);
+    assert_eq!(v["job"]["counts"]["cancelled"], 1);
+    assert_eq!(v["job"]["counts"]["done"], 0);
+
+    let o = mw(d, &["cancel", &id]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = mw(d, &["wait", &id]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let v = status_json(d, &id);
+    assert_eq!(v["job"]["counts"]["cancelled"], 6, "{v}");
+    assert_eq!(v["job"]["state"], "finished with failures");
+    let o = mw(d, &["status", &id]);
+    assert!(o.stdout.contains("cancelled"), "{}", o.stdout);
+    let failed = jsonl(&mw(d, &["results", &id, "--failed"]).stdout);
+    assert_eq!(failed.len(), 6);
+    assert!(failed.iter().all(|l| l["state"] == "cancelled"));
+}
+
+#[test]
+fn submitting_the_same_unfinished_job_again_asks_for_new() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    gated_job(d, "twice", 3);
+    let (id, _) = submit(d, "twice.toml", &[]);
+    let o = mw(d, &["submit", "twice.toml"]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("--new"), "{}", o.stderr);
+    assert!(o.stderr.contains(&id), "{}", o.stderr);
+    assert!(!d.join("jobs/twice-2").exists());
+    let (id2, _) = submit(d, "twice.toml", &["--new"]);
+    assert_eq!(id2, "twice-2");
+    std::fs::write(d.join("gate"), "").unwrap();
+    assert_eq!(mw(d, &["wait", &id]).code, 0);
+    assert_eq!(mw(d, &["wait", &id2]).code, 0);
+    // Finished now: a plain submit is accepted again.
+    let (id3, _) = submit(d, "twice.toml", &[]);
+    assert_eq!(mw(d, &["wait", &id3]).code, 0);
+}
+
+/// Runs status/results/resume/wait/report on `job` and asserts each fails naming `file`.
+fn refused_everywhere(d: &Path, job: &str, file: &Path, why: &str) {
+    for args in [
+        vec!["status", job],
+        vec!["status", job, "--json"],
+        vec!["results", job],
+        vec!["resume", job],
+        vec!["wait", job],
+        vec!["report", job],
+        vec!["cancel", job],
+    ] {
+        let o = mw(d, &args);
+        assert_eq!(o.code, 2, "mw {args:?}: {}", o.stderr);
+        assert!(
+            o.stderr.contains(&file.display().to_string()),
+            "mw {args:?} does not name {}: {}",
+            file.display(),
+            o.stderr
+        );
+        assert!(o.stderr.contains(why), "mw {args:?}: {}", o.stderr);
+    }
+}
+
+fn fresh_finished(d: &Path) -> PathBuf {
+    finished_job(d);
+    d.join("jobs/fin-1/journal.sqlite")
+}
+
+#[test]
+fn corrupted_journal_is_refused_and_kept() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let journal = fresh_finished(d);
+    let mut bytes = std::fs::read(&journal).unwrap();
+    assert!(bytes.len() >= 3 * 4096, "journal of {} bytes", bytes.len());
+    // Overwrite the middle pages (b-tree pages of the tables) with garbage.
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[4096..mid.max(8192)] {
+        *b = 0xA5;
+    }
+    std::fs::write(&journal, &bytes).unwrap();
+    refused_everywhere(d, "fin-1", &journal, "corrupt");
+    // Listing every job reports the bad one instead of failing.
+    let o = mw(d, &["status", "--json"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let all = json(&o.stdout);
+    assert!(all["errors"][0]
+        .as_str()
+        .unwrap()
+        .contains(&journal.display().to_string()));
+    assert_eq!(
+        std::fs::read(&journal).unwrap(),
+        bytes,
+        "the journal changed"
+    );
+}
+
+#[test]
+fn truncated_journal_is_refused_and_kept() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let journal = fresh_finished(d);
+    let bytes = std::fs::read(&journal).unwrap();
+    let cut = &bytes[..bytes.len() / 2];
+    std::fs::write(&journal, cut).unwrap();
+    refused_everywhere(d, "fin-1", &journal, "corrupt");
+    assert_eq!(std::fs::read(&journal).unwrap(), cut);
+    // Cut inside the header: not even a database.
+    std::fs::write(&journal, &bytes[..50]).unwrap();
+    refused_everywhere(d, "fin-1", &journal, "journal");
+    assert_eq!(std::fs::read(&journal).unwrap(), &bytes[..50]);
+}
+
+#[test]
+fn non_journal_files_and_dirs_are_refused_and_kept() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    // A text file named journal.sqlite.
+    let fake = d.join("fake");
+    std::fs::create_dir(&fake).unwrap();
+    let text = "this is not a database\n".repeat(100);
+    std::fs::write(fake.join("journal.sqlite"), &text).unwrap();
+    refused_everywhere(
+        d,
+        fake.to_str().unwrap(),
+        &fake.join("journal.sqlite"),
+        "not an mw journal",
+    );
+    assert_eq!(
+        std::fs::read_to_string(fake.join("journal.sqlite")).unwrap(),
+        text
+    );
+    // A random directory with files in it.
+    let random = d.join("random");
+    std::fs::create_dir(&random).unwrap();
+    std::fs::write(random.join("keep.txt"), "keep me").unwrap();
+    for args in [
+        vec!["status", random.to_str().unwrap()],
+        vec!["results", random.to_str().unwrap()],
+        vec!["resume", random.to_str().unwrap()],
+        vec!["cancel", random.to_str().unwrap()],
+    ] {
+        let o = mw(d, &args);
+        assert_eq!(o.code, 2, "mw {args:?}: {}", o.stderr);
+        assert!(
+            o.stderr.contains(&random.display().to_string()),
+            "{}",
+            o.stderr
+        );
+        assert!(o.stderr.contains("no journal"), "{}", o.stderr);
+    }
+    assert_eq!(
+        std::fs::read_to_string(random.join("keep.txt")).unwrap(),
+        "keep me"
+    );
+    assert_eq!(std::fs::read_dir(&random).unwrap().count(), 1);
+    // An unknown job id.
+    let o = mw(d, &["status", "nosuch-1"]);
+    assert_eq!(o.code, 2);
+    assert!(o.stderr.contains("no job `nosuch-1`"), "{}", o.stderr);
+}
