@@ -22,6 +22,7 @@
 
 pub mod boinc;
 pub mod cli;
+pub mod condor;
 pub mod interface;
 pub mod job;
 pub mod journal;

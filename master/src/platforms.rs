@@ -15,7 +15,7 @@ pub(crate) fn make(name: &str, job: &Job, job_dir: &Path) -> anyhow::Result<Arc<
                     .map_err(|e| anyhow::anyhow!("{}: {e}", job.path.display()))?;
             Ok(Arc::new(crate::boinc::Boinc::new(settings)?))
         }
-        "condor" => anyhow::bail!("interface `{name}` is not available in this build"),
+        "condor" => Ok(Arc::new(crate::condor::from_job(job, job_dir)?)),
         _ => anyhow::bail!("interface `{name}` is not available in this build"),
     }
 }
