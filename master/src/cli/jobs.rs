@@ -96,13 +96,32 @@ fn now_unix() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// True when `pid` is a live (not zombie) `mw` process on this host. A killed master that
+/// is not reaped yet, or an unrelated process that reused the pid, does not count.
 fn pid_alive(pid: i64) -> bool {
     if pid <= 0 || pid > i32::MAX as i64 {
         return false;
     }
-    // SAFETY: kill with signal 0 only checks whether the process exists.
-    let r = unsafe { libc::kill(pid as i32, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the parenthesised command name: "pid (comm) S ...".
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+        .unwrap_or("");
+    if state == "Z" || state == "X" {
+        return false;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or(&[]);
+    let name = std::path::Path::new(std::ffi::OsStr::new(
+        std::str::from_utf8(argv0).unwrap_or(""),
+    ))
+    .file_name()
+    .map(|n| n.to_string_lossy().into_owned())
+    .unwrap_or_default();
+    name == "mw"
 }
 
 /// The pid of a live master of this job on this host, if any.

@@ -120,6 +120,8 @@ pub(crate) struct Progress {
     start: Instant,
     last_line: Instant,
     quiet: bool,
+    /// Tasks already finished before this process started (resume): not in the rate.
+    baseline: u64,
 }
 
 impl Progress {
@@ -141,13 +143,19 @@ impl Progress {
             start: Instant::now(),
             last_line: Instant::now(),
             quiet,
+            baseline: 0,
         }
+    }
+
+    /// Tasks finished before this run (a resumed job): counted in the position, not the rate.
+    pub(crate) fn set_baseline(&mut self, finished_before: u64) {
+        self.baseline = finished_before;
     }
 
     pub(crate) fn update(&mut self, status: &MasterStatus, force: bool) {
         let finished = (status.done + status.failed + status.cancelled) as u64;
         let elapsed = self.start.elapsed().as_secs_f64().max(1e-9);
-        let rate = finished as f64 / elapsed;
+        let rate = finished.saturating_sub(self.baseline) as f64 / elapsed;
         let msg = format!(
             "queued {} running {} done {} failed {} | {:.1} tasks/s",
             status.queued,

@@ -5,8 +5,8 @@ use super::output::{Progress, ResultLine};
 use super::{absolute, EXIT_OK, EXIT_TASKS_FAILED};
 use crate::interface::Interface;
 use crate::job::Job;
-use crate::journal::{JobMeta, Journal, StoredTask};
-use crate::master::{Master, MasterOptions, NextOutcome, TaskRecord, TaskState, TaskTimes};
+use crate::journal::{JobMeta, Journal};
+use crate::master::{Master, MasterOptions, NextOutcome, TaskState};
 use crate::task::{Program, TaskId, TaskSpec};
 use anyhow::{bail, Context};
 use clap::Args;
@@ -541,7 +541,7 @@ pub(crate) fn resume(args: ResumeArgs) -> anyhow::Result<i32> {
             }
             _ => TaskState::Queued,
         };
-        records.push(restored_record(spec, state, t));
+        records.push(crate::durable::restored_record(spec, state, t));
     }
     let opts = master_options(&job, &meta.id, Some(&dir));
     let total = records.len();
@@ -556,6 +556,7 @@ pub(crate) fn resume(args: ResumeArgs) -> anyhow::Result<i32> {
     let master = Master::build(interface, opts, Some(journal.clone()), records)?;
     master.reattach(reattach);
     let mut progress = Progress::new(total as u64, args.quiet);
+    progress.set_baseline((total - unfinished) as u64);
     let mut failed = stored
         .iter()
         .filter(|t| matches!(t.state, TaskState::Failed | TaskState::Cancelled))
@@ -585,29 +586,4 @@ pub(crate) fn resume(args: ResumeArgs) -> anyhow::Result<i32> {
     } else {
         EXIT_OK
     })
-}
-
-fn restored_record(spec: TaskSpec, state: TaskState, t: &StoredTask) -> TaskRecord {
-    let at = |s: Option<f64>| {
-        s.filter(|v| v.is_finite() && *v >= 0.0)
-            .map(|v| UNIX_EPOCH + Duration::from_secs_f64(v))
-    };
-    TaskRecord {
-        spec,
-        state,
-        attempts: t.attempts,
-        times: TaskTimes {
-            submitted: at(t.submitted),
-            started: at(t.started),
-            finished: at(t.finished),
-            wall: Duration::from_secs_f64(t.wall_secs.max(0.0)),
-            cpu: Duration::from_secs_f64(t.cpu_secs.max(0.0)),
-        },
-        outcome: None,
-        // Final tasks were reported by the previous master (or are in the journal for
-        // `mw results`): never hand them out again.
-        collected: state.is_final(),
-        cancel_requested: false,
-        durable: state.is_final(),
-    }
 }
