@@ -25,6 +25,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// The longest a task waits for more tasks to join its batch, beyond the batch window.
+const MAX_BATCH_DELAY: Duration = Duration::from_secs(30);
+
 /// What to do with a held job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnHold {
@@ -49,7 +52,8 @@ pub struct CondorSettings {
     pub request_disk_mb: u64,
     /// `requirements` (a ClassAd expression).
     pub requirements: Option<String>,
-    /// How long to collect tasks before submitting a batch.
+    /// A batch is submitted once no new task arrived for this long (tasks that arrive
+    /// together share one `condor_submit`), or at the latest 30 s after this window.
     pub batch_window: Duration,
     /// A user submit template (tera); `None` for condor-kit's built-in one.
     pub template: Option<PathBuf>,
@@ -224,6 +228,7 @@ struct State {
     tasks: HashMap<TaskId, Tracked>,
     pending: Vec<TaskId>,
     first_pending: Option<Instant>,
+    last_pending: Option<Instant>,
     by_handle: HashMap<JobHandle, TaskId>,
     /// Events of jobs no task claims yet (a re-attached batch's log replays other tasks first).
     unclaimed: HashMap<JobHandle, Vec<LogEvent>>,
@@ -457,24 +462,30 @@ fn submit_loop(shared: &Shared) {
                 if st.shut_down {
                     return;
                 }
-                match st.first_pending {
-                    None => st = shared.cond.wait(st).unwrap_or_else(|p| p.into_inner()),
-                    Some(t0) => {
-                        let elapsed = t0.elapsed();
-                        if elapsed >= shared.settings.batch_window {
+                match (st.first_pending, st.last_pending) {
+                    (Some(first), Some(last)) => {
+                        // Submit once no task has arrived for a whole window (a burst of
+                        // tasks is one batch), but never hold the first longer than the cap.
+                        let window = shared.settings.batch_window;
+                        let quiet = window.saturating_sub(last.elapsed());
+                        let cap = (window + MAX_BATCH_DELAY).saturating_sub(first.elapsed());
+                        let wait = quiet.min(cap);
+                        if wait.is_zero() {
                             break;
                         }
                         st = shared
                             .cond
-                            .wait_timeout(st, shared.settings.batch_window - elapsed)
+                            .wait_timeout(st, wait)
                             .unwrap_or_else(|p| p.into_inner())
                             .0;
                     }
+                    _ => st = shared.cond.wait(st).unwrap_or_else(|p| p.into_inner()),
                 }
             }
             let batch = st.open_batch;
             st.open_batch += 1;
             st.first_pending = None;
+            st.last_pending = None;
             let ids = std::mem::take(&mut st.pending);
             let mut taken = Vec::with_capacity(ids.len());
             for id in ids {
@@ -956,9 +967,9 @@ impl Interface for Condor {
             },
         );
         st.pending.push(id);
-        if st.first_pending.is_none() {
-            st.first_pending = Some(Instant::now());
-        }
+        let now = Instant::now();
+        st.first_pending.get_or_insert(now);
+        st.last_pending = Some(now);
         drop(st);
         self.shared.cond.notify_all();
     }

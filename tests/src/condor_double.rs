@@ -12,6 +12,7 @@
 //! Test hooks, read at submit time (proc lists like `0,2` or `all`):
 //! - `MW_CONDOR_DOUBLE_HOLD=<procs>`: the job is held (012, code 1) instead of running.
 //! - `MW_CONDOR_DOUBLE_EVICT_ONCE=<procs>`: the job starts, is evicted (004), then runs again.
+//! - `MW_CONDOR_DOUBLE_NO_RUN=1`: jobs are recorded (000 events, idle) but never run (benchmarks).
 //!
 //! It must never be used outside tests, and it knows nothing about mw's bundles.
 
@@ -482,7 +483,13 @@ pub fn submit_main() -> Result<()> {
     })?;
     // Like a schedd: the jobs run after condor_submit has returned, in detached runners.
     let exe = std::env::current_exe()?;
-    for proc in 0..n {
+    // Benchmark hook: record the jobs (they stay idle) but run nothing.
+    let n_run = if std::env::var_os("MW_CONDOR_DOUBLE_NO_RUN").is_some() {
+        0
+    } else {
+        n
+    };
+    for proc in 0..n_run {
         Command::new(&exe)
             .args([RUN_FLAG, &cluster.to_string(), &proc.to_string()])
             .env(STATE_ENV, &dir)

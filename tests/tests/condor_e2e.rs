@@ -500,3 +500,23 @@ fn mw_condor_prints_the_submit_file() {
     assert!(v["qargs"].as_str().unwrap().contains(" from "), "{v}");
     assert_eq!(v["items"].as_array().unwrap().len(), 3, "{v}");
 }
+
+/// Benchmark, not a check (run by bench/condor.sh): parses the job event log named by
+/// `MW_BENCH_LOG` with condor-kit's follower and prints events/s.
+#[test]
+#[ignore]
+fn bench_log_follower() {
+    let log = PathBuf::from(std::env::var("MW_BENCH_LOG").unwrap());
+    let bytes = std::fs::metadata(&log).unwrap().len();
+    let t0 = Instant::now();
+    let polled = mw_condor_kit::LogFollower::new(&log).poll().unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    assert!(polled.bad_records.is_empty());
+    let n = polled.events.len();
+    assert!(n > 0);
+    println!(
+        "log follower: {n} events ({:.1} MB) in {secs:.3} s = {:.0} events/s",
+        bytes as f64 / 1e6,
+        n as f64 / secs
+    );
+}
