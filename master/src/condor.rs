@@ -1165,3 +1165,124 @@ pub fn from_job(job: &Job, job_dir: &Path) -> Result<Condor, InterfaceError> {
     let settings = CondorSettings::from_job(job, job_dir.join("staging").join("condor"))?;
     Condor::new(settings)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::task::{Program, TaskSpec};
+    use mw_bundle::{BundleBuilder, Comparison, ExitInfo, ResultInfo, RESULT_STDOUT_NAME};
+    use std::io::Write;
+    use std::sync::mpsc;
+
+    const TERMINATED: &str = "005 (007.{p}.000) 2026-11-24 10:00:03 Job terminated.\n\t(1) Normal termination (return value 0)\n\t\tUsr 0 00:00:00, Sys 0 00:00:00  -  Run Remote Usage\n\t0  -  Run Bytes Sent By Job\n...\n";
+
+    fn task(id: u64, staging: &Path) -> Arc<PreparedTask> {
+        let program = Arc::new(Program::new("/bin/sh").unwrap());
+        Arc::new(PreparedTask {
+            id: TaskId(id),
+            attempt: 1,
+            job: "unit".into(),
+            spec: TaskSpec::new(program, serde_json::json!(id)),
+            output_dir: None,
+            staging_dir: staging.to_path_buf(),
+        })
+    }
+
+    fn result_bundle(task: u64, stdout: &[u8]) -> Vec<u8> {
+        let info = ResultInfo {
+            job: "unit".into(),
+            task,
+            exit: ExitInfo::Exited { code: 0 },
+            wall_secs: 0.1,
+            user_secs: 0.0,
+            sys_secs: 0.0,
+            host: "exec".into(),
+            started_unix: 1.0,
+            stderr_tail: String::new(),
+            missing_outputs: vec![],
+            comparison: Comparison::default(),
+        };
+        let mut b = BundleBuilder::result(info, "unit result");
+        b.add_bytes(RESULT_STDOUT_NAME, stdout.to_vec(), false)
+            .unwrap();
+        b.to_bytes().unwrap()
+    }
+
+    fn append(path: &Path, text: &str) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// Re-attaching to a batch whose log has a record cut off mid-way and an event code
+    /// HTCondor does not define: the cut record is completed later and counted once, the
+    /// unknown one is skipped, and a job that exited 0 without a result bundle is a clear error.
+    #[test]
+    fn reattach_truncated_log_unknown_code_and_missing_bundle() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path().join("condor");
+        let batch = work.join("batch-1");
+        std::fs::create_dir_all(&batch).unwrap();
+        std::fs::write(batch.join("unit-b1.cluster"), "7\n").unwrap();
+        let b = batch.display();
+        std::fs::write(
+            batch.join("unit-b1.items"),
+            format!(
+                "0 {b}/task-0-a1.mwt task-0-a1.mwt task-0-a1.result {b}/task-0-a1.out {b}/task-0-a1.err\n\
+                 1 {b}/task-1-a1.mwt task-1-a1.mwt task-1-a1.result {b}/task-1-a1.out {b}/task-1-a1.err\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(batch.join("task-0-a1.result"), result_bundle(0, b"42")).unwrap();
+        std::fs::write(batch.join("task-1-a1.err"), "worker said: lost it\n").unwrap();
+        let log = batch.join("unit-b1.log");
+        append(&log, "000 (007.000.000) 2026-11-24 10:00:00 Job submitted from host: <1.2.3.4:9618>\n    mw task 0\n...\n");
+        append(
+            &log,
+            "077 (007.000.000) 2026-11-24 10:00:01 An event from the future\n\tbody\n...\n",
+        );
+        let full = TERMINATED.replace("{p}", "000");
+        let (head, tail) = full.split_at(full.find("(1) Normal").unwrap() + 5);
+        append(&log, head);
+
+        let mut settings = CondorSettings::new(&work);
+        settings.poll_interval = Duration::from_millis(20);
+        settings.cli = CondorCli::default().with_bin_dir(tmp.path().join("no-condor-here"));
+        let condor = Condor::new(settings).unwrap();
+        let (tx, rx) = mpsc::channel();
+        for id in [0u64, 1] {
+            let tx = tx.clone();
+            let done = Completion::new(TaskId(id), move |r| tx.send((id, r)).unwrap());
+            let back = condor.reattach(task(id, tmp.path()), &format!("7.{id}"), done);
+            assert!(back.is_none(), "re-attach of task {id} refused");
+        }
+        append(&log, tail);
+        append(&log, &TERMINATED.replace("{p}", "001"));
+        let mut got = BTreeMap::new();
+        for _ in 0..2 {
+            let (id, r) = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+            assert!(got.insert(id, r).is_none(), "task {id} reported twice");
+        }
+        let ok = got[&0].as_ref().unwrap();
+        assert_eq!(ok.stdout, b"42");
+        let err = got[&1].as_ref().unwrap_err().to_string();
+        assert!(err.contains("HTCondor job 7.1"), "{err}");
+        assert!(err.contains("no result bundle came back"), "{err}");
+        assert!(err.contains("worker said: lost it"), "{err}");
+        assert_eq!(condor.status()["log_problems"], "0");
+        condor.shutdown();
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size_mb(&toml::Value::Integer(512)).unwrap(), 512);
+        assert_eq!(size_mb(&toml::Value::String("2GB".into())).unwrap(), 2048);
+        assert_eq!(size_mb(&toml::Value::String("512 M".into())).unwrap(), 512);
+        assert!(size_mb(&toml::Value::String("lots".into())).is_err());
+        assert!(size_mb(&toml::Value::Integer(0)).is_err());
+    }
+}
