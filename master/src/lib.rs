@@ -23,6 +23,7 @@
 pub mod boinc;
 pub mod cli;
 pub mod condor;
+mod durable;
 pub mod interface;
 pub mod job;
 pub mod journal;
