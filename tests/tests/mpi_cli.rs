@@ -9,7 +9,10 @@ use std::process::{Command, Output, Stdio};
 
 /// A copy of an example job file whose program paths point at this build's binaries.
 fn job_copy(example: &str, dir: &Path) -> PathBuf {
-    let src = mw_tests::workspace_root().join("examples").join(example).join("job.toml");
+    let src = mw_tests::workspace_root()
+        .join("examples")
+        .join(example)
+        .join("job.toml");
     let text = std::fs::read_to_string(&src).unwrap();
     let bin = mw_tests::bin_dir();
     let text = text.replace("../../target/release", &bin.display().to_string());
@@ -60,7 +63,11 @@ fn run_multicore(job: &Path, jobs: &Path, output: &Path) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run mw");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -86,12 +93,19 @@ fn reduce_line(out: &Output) -> Value {
 fn monte_pi_under_mpirun_prints_pi_and_matches_multicore() {
     let tmp = tempfile::tempdir().unwrap();
     let job = job_copy("monte_pi", tmp.path());
-    let mpi = run_mpi(&job, &tmp.path().join("jobs"), &tmp.path().join("mpi.jsonl"));
+    let mpi = run_mpi(
+        &job,
+        &tmp.path().join("jobs"),
+        &tmp.path().join("mpi.jsonl"),
+    );
     let mc = run_multicore(&job, &tmp.path().join("jobs"), &tmp.path().join("mc.jsonl"));
     let pi = reduce_line(&mpi)["pi"].as_f64().unwrap();
     assert!((pi - std::f64::consts::PI).abs() < 0.01, "pi = {pi}");
     assert_eq!(reduce_line(&mpi), reduce_line(&mc));
-    let (a, b) = (outputs(&tmp.path().join("mpi.jsonl")), outputs(&tmp.path().join("mc.jsonl")));
+    let (a, b) = (
+        outputs(&tmp.path().join("mpi.jsonl")),
+        outputs(&tmp.path().join("mc.jsonl")),
+    );
     assert_eq!(a.len(), 16);
     assert_eq!(a, b, "per-task results differ between MPI and multicore");
 }
@@ -100,7 +114,11 @@ fn monte_pi_under_mpirun_prints_pi_and_matches_multicore() {
 fn prime_tester_under_mpirun_matches_multicore() {
     let tmp = tempfile::tempdir().unwrap();
     let job = job_copy("primes", tmp.path());
-    let mpi = run_mpi(&job, &tmp.path().join("jobs"), &tmp.path().join("mpi.jsonl"));
+    let mpi = run_mpi(
+        &job,
+        &tmp.path().join("jobs"),
+        &tmp.path().join("mpi.jsonl"),
+    );
     let mc = run_multicore(&job, &tmp.path().join("jobs"), &tmp.path().join("mc.jsonl"));
     let count = reduce_line(&mpi)["count"].as_u64().unwrap();
     assert!(count > 6000, "count = {count}");

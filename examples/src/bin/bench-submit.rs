@@ -19,13 +19,23 @@ fn peak_rss_kib() -> u64 {
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let n: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(100_000);
+    let n: u64 = args
+        .next()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(100_000);
     let dir = std::path::PathBuf::from(args.next().unwrap_or_else(|| "bench-submit-job".into()));
     let exe = std::env::current_exe()?;
-    let bin = exe.parent().ok_or_else(|| anyhow::anyhow!("no directory for {}", exe.display()))?;
+    let bin = exe
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("no directory for {}", exe.display()))?;
     let program = Arc::new(Program::new(bin.join("null-task"))?);
     let rss_before = peak_rss_kib();
-    let master = Master::with_journal(Arc::new(Multicore::default()), MasterOptions::default(), &dir)?;
+    let master = Master::with_journal(
+        Arc::new(Multicore::default()),
+        MasterOptions::default(),
+        &dir,
+    )?;
     let specs: Vec<TaskSpec> = (0..n)
         .map(|i| TaskSpec::new(program.clone(), serde_json::json!({ "i": i })))
         .collect();
