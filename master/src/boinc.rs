@@ -53,15 +53,8 @@ use std::time::Duration;
 #[error("BOINC interface: {0}")]
 pub struct BoincError(pub String);
 
-/// BOINC workunit error-mask bits (`db/boinc_db_types.h`).
-pub const WU_ERROR_BITS: [(u64, &str); 6] = [
-    (1, "COULDNT_SEND_RESULT"),
-    (2, "TOO_MANY_ERROR_RESULTS"),
-    (4, "TOO_MANY_SUCCESS_RESULTS"),
-    (8, "TOO_MANY_TOTAL_RESULTS"),
-    (16, "CANCELLED"),
-    (32, "NO_CANONICAL_RESULT"),
-];
+/// BOINC workunit error-mask bits (`db/boinc_db_types.h`), as the assimilator names them.
+pub use mw_assimilator::WU_ERROR_BITS;
 
 /// Default number of workunits per `create_work --stdin` call.
 pub const DEFAULT_BATCH_SIZE: usize = 1000;
