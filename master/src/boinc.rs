@@ -31,6 +31,9 @@
 //!   workunit with `--error 16`. The test double's `cancel_jobs` marks the stored workunit
 //!   cancelled and its loop assimilates it with mask 16 the same way. The task's completion is
 //!   reported at once as cancelled; the later `error_<wu>.toml` is removed when it appears.
+//!   A task cancelled while its `create_work` batch is under way is cancelled with
+//!   `cancel_jobs` right after that call returns (before it, BOINC knows no such workunit);
+//!   shutdown waits for a batch under way so that this is never skipped.
 //!
 //! This module never knows about the journal (only the handle sink), the CLI, or BOINC's
 //! database; everything it does to the project goes through BOINC's own tools and files.
@@ -271,6 +274,13 @@ struct State {
     waiting: HashMap<TaskId, Waiting>,
     by_wu: HashMap<String, TaskId>,
     cancelled_wus: HashSet<String>,
+    /// Workunits of the `create_work` call under way.
+    creating: HashSet<String>,
+    /// Workunits cancelled while their `create_work` call was under way: cancelled with
+    /// `bin/cancel_jobs` as soon as that call has created them.
+    cancel_after_create: Vec<String>,
+    /// `create_work` calls (with their deferred cancels) under way; shutdown waits for them.
+    batches_in_flight: usize,
     staged_programs: HashSet<String>,
     shut_down: bool,
     created: u64,
@@ -585,7 +595,28 @@ fn submit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
     if submitted.is_empty() {
         return;
     }
-    match run_create_work(shared, &lines) {
+    {
+        let mut st = shared.lock();
+        st.batches_in_flight += 1;
+        for (_, wu) in &submitted {
+            st.creating.insert(wu.clone());
+        }
+    }
+    let created = run_create_work(shared, &lines);
+    let cancel_now: Vec<String> = {
+        let mut st = shared.lock();
+        for (_, wu) in &submitted {
+            st.creating.remove(wu);
+        }
+        std::mem::take(&mut st.cancel_after_create)
+    };
+    if created.is_ok() {
+        for wu in &cancel_now {
+            // The task was already reported cancelled; this only stops BOINC running it.
+            let _ = run_cancel_jobs(shared, wu);
+        }
+    }
+    match created {
         Ok(()) => {
             let sink = shared
                 .sink
@@ -620,6 +651,8 @@ fn submit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
     }
     // Results may have been spooled before the waiting entries existed: look again.
     wake_watcher(shared);
+    shared.lock().batches_in_flight -= 1;
+    shared.cond.notify_all();
 }
 
 fn wake_watcher(shared: &Shared) {
@@ -713,6 +746,27 @@ fn run_create_work(shared: &Shared, lines: &str) -> Result<(), InterfaceError> {
             stderr.trim(),
             stdout.trim()
         )))
+    }
+}
+
+/// Runs `bin/cancel_jobs --name WU` from the project root; says what happened.
+fn run_cancel_jobs(shared: &Shared, wu: &str) -> String {
+    if !is_safe_name(wu) {
+        return "its name is not shell-safe, so it was not passed to bin/cancel_jobs".into();
+    }
+    match Command::new(shared.project.join("bin/cancel_jobs"))
+        .args(["--name", wu])
+        .current_dir(&shared.project)
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(o) if o.status.success() => "bin/cancel_jobs marked it cancelled".to_string(),
+        Ok(o) => format!(
+            "bin/cancel_jobs failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => format!("bin/cancel_jobs could not run: {e}"),
     }
 }
 
@@ -931,26 +985,22 @@ impl Interface for Boinc {
             };
             st.by_wu.remove(&w.wu);
             st.cancelled_wus.insert(w.wu.clone());
+            if st.creating.contains(&w.wu) {
+                // create_work has not created it yet: cancelling now would find nothing.
+                st.cancel_after_create.push(w.wu.clone());
+                let wu = w.wu.clone();
+                drop(st);
+                if let Some(done) = w.done.take() {
+                    done.finish(Err(InterfaceError::new(format!(
+                        "cancelled: workunit {wu}: bin/cancel_jobs marks it cancelled as soon \
+                         as create_work has created it"
+                    ))));
+                }
+                return;
+            }
             (w.done.take(), w.wu)
         };
-        let how = if is_safe_name(&wu) {
-            match Command::new(self.shared.project.join("bin/cancel_jobs"))
-                .args(["--name", &wu])
-                .current_dir(&self.shared.project)
-                .stdin(Stdio::null())
-                .output()
-            {
-                Ok(o) if o.status.success() => "bin/cancel_jobs marked it cancelled".to_string(),
-                Ok(o) => format!(
-                    "bin/cancel_jobs failed ({}): {}",
-                    o.status,
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ),
-                Err(e) => format!("bin/cancel_jobs could not run: {e}"),
-            }
-        } else {
-            "its name is not shell-safe, so it was not passed to bin/cancel_jobs".into()
-        };
+        let how = run_cancel_jobs(&self.shared, &wu);
         if let Some(done) = done {
             done.finish(Err(InterfaceError::new(format!(
                 "cancelled: workunit {wu}: {how}"
@@ -993,8 +1043,16 @@ impl Interface for Boinc {
     }
 
     fn shutdown(&self) {
-        self.shared.lock().shut_down = true;
-        self.shared.cond.notify_all();
+        {
+            let mut st = self.shared.lock();
+            st.shut_down = true;
+            self.shared.cond.notify_all();
+            // A create_work call under way finishes (and its deferred cancels run) first:
+            // a master exiting mid-batch must not leave a cancelled task's workunit live.
+            while st.batches_in_flight > 0 {
+                st = self.shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+        }
         if let Some(tx) = self
             .shared
             .wake_watcher

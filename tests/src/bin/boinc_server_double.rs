@@ -9,7 +9,10 @@
 //!   `bin/xadd`, `bin/update_versions`, `bin/create_work` and `bin/cancel_jobs` as small
 //!   scripts that call back into this program.
 //! - The tools record every call (arguments, working directory, stdin) as JSON lines in
-//!   `DIR/double/calls.jsonl` and store workunits as `DIR/double/wus/<name>.json`.
+//!   `DIR/double/calls.jsonl` and store workunits as `DIR/double/wus/<name>.json`;
+//!   `cancel_jobs --name W` leaves the marker `DIR/double/cancel/W`. While the file
+//!   `DIR/double/hold_create_work` exists, `create_work` is recorded but holds before
+//!   creating anything (lets a test act while a batch is being created).
 //!   `create_work` checks what the real one checks (run from the project root, templates
 //!   readable, `--stdin` line options, inputs staged in the download hierarchy, unique names).
 //! - `serve DIR` (started by a test; stops when `DIR/double/stop` appears) is the
@@ -210,6 +213,11 @@ fn wu_path(project: &Path, name: &str) -> PathBuf {
     project.join("double/wus").join(format!("{name}.json"))
 }
 
+/// Written by `cancel_jobs --name WU`; `serve` sets the workunit's CANCELLED bit.
+fn cancel_marker(project: &Path, name: &str) -> PathBuf {
+    project.join("double/cancel").join(name)
+}
+
 fn save(project: &Path, wu: &Wu) -> Result<()> {
     let path = wu_path(project, &wu.name);
     let tmp = path.with_extension("json.tmp");
@@ -254,17 +262,24 @@ fn tool(name: &str, args: &[String], cwd: &Path) -> Result<i32> {
                 eprintln!("Usage: cancel_jobs min-ID max-ID\nor cancel_jobs --name wuname");
                 return Ok(1);
             }
-            let path = wu_path(&project, &args[1]);
-            let Ok(text) = std::fs::read(&path) else {
+            if !safe(&args[1]) || args[1].contains('/') || !wu_path(&project, &args[1]).is_file() {
                 eprintln!("No workunit named '{}'", args[1]);
                 return Ok(1);
-            };
-            let mut wu: Wu = serde_json::from_slice(&text)?;
-            wu.cancelled = true;
-            save(&project, &wu)?;
+            }
+            // A marker, not a rewrite of the workunit file: `serve` may be saving that file
+            // at the same moment (the real tool updates one database column).
+            std::fs::create_dir_all(project.join("double/cancel"))?;
+            std::fs::write(cancel_marker(&project, &args[1]), "")?;
             Ok(0)
         }
-        "create_work" => create_work(&project, args, &stdin),
+        "create_work" => {
+            // Test hook: while `double/hold_create_work` exists, create_work has been called
+            // (and recorded) but has not created anything yet.
+            while project.join("double/hold_create_work").exists() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            create_work(&project, args, &stdin)
+        }
         other => bail!("unknown tool {other}"),
     }
 }
@@ -525,6 +540,8 @@ fn serve(root: &Path) -> Result<()> {
                 continue;
             };
             if wu.done.is_empty() {
+                let mut wu = wu;
+                wu.cancelled |= cancel_marker(root, &wu.name).exists();
                 active.push(wu);
             }
         }
@@ -619,12 +636,8 @@ fn step(p: &Project, active: &mut [Wu], round: u64) -> Result<()> {
         wu.results.push(rec);
     }
     for wu in active.iter_mut() {
-        // bin/cancel_jobs may have written the file meanwhile.
-        if let Ok(disk) = std::fs::read(wu_path(&p.root, &wu.name)) {
-            if let Ok(d) = serde_json::from_slice::<Wu>(&disk) {
-                wu.cancelled |= d.cancelled;
-            }
-        }
+        // bin/cancel_jobs may have run meanwhile.
+        wu.cancelled |= cancel_marker(&p.root, &wu.name).exists();
         validate_and_assimilate(p, wu)?;
         save(&p.root, wu)?;
     }

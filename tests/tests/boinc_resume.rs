@@ -1,0 +1,506 @@
+//! End to end through BOINC with a detached master: `mw submit` / SIGKILL / `mw resume`, and
+//! `mw cancel`, against a project laid out by the BOINC server TEST DOUBLE
+//! (`boinc_server_double`, which stands in for BOINC's server daemons) into which the real
+//! `mw-boinc-setup` installed mw. Workunits are executed by Debian's REAL `boinc` client
+//! running the real `mw-worker` (the double's `serve` loop), validated and assimilated by the
+//! real `mw-validator` / `mw-assimilator`.
+//!
+//! Needs `cargo build --workspace` first and the `boinc-client` package.
+//! Synchronisation: every wait is a bounded poll of an observable condition (the journal,
+//! the double's records, /proc); the bounds are hang guards, never assertions on time.
+#![allow(clippy::unwrap_used)]
+
+use mw::journal::{open_checked, read_tasks, StoredTask, JOURNAL_FILE};
+use mw::TaskState;
+use mw_tests::{bin, bin_dir};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Hang guard for every bounded poll.
+const HANG_GUARD: Duration = Duration::from_secs(150);
+
+/// Polls `cond` until it holds; panics naming `what` if the hang guard runs out.
+fn poll_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < HANG_GUARD,
+            "gave up waiting for {what} after {HANG_GUARD:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A scratch BOINC project (the double) with mw installed; `serve` is started on demand.
+struct Project {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    server: Option<Child>,
+    /// Detached masters started through `mw submit`, killed if a test fails midway.
+    masters: Vec<i64>,
+}
+
+impl Project {
+    fn new() -> Project {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("proj");
+        let st = Command::new(bin("boinc_server_double"))
+            .arg("make-project")
+            .arg(&root)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let out = Command::new(bin("mw-boinc-setup"))
+            .arg("--project-dir")
+            .arg(&root)
+            .arg("--worker")
+            .arg(bin("mw-worker"))
+            .arg("--validator")
+            .arg(bin("mw-validator"))
+            .arg("--assimilator")
+            .arg(bin("mw-assimilator"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let root = root.canonicalize().unwrap();
+        Project {
+            _tmp: tmp,
+            root,
+            server: None,
+            masters: Vec::new(),
+        }
+    }
+
+    fn scratch(&self) -> PathBuf {
+        self.root.parent().unwrap().to_path_buf()
+    }
+
+    fn jobs_dir(&self) -> PathBuf {
+        self.scratch().join("jobs")
+    }
+
+    fn start_serve(&mut self) {
+        assert!(self.server.is_none());
+        self.server = Some(
+            Command::new(bin("boinc_server_double"))
+                .arg("serve")
+                .arg(&self.root)
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    /// Asks the serve loop to stop (it checks between rounds) and waits for it.
+    fn stop_serve(&mut self) {
+        std::fs::write(self.root.join("double/stop"), "").unwrap();
+        if let Some(mut s) = self.server.take() {
+            let st = s.wait().unwrap();
+            assert!(st.success(), "serve loop: {st}");
+        }
+    }
+
+    fn calls_of(&self, tool: &str) -> Vec<Value> {
+        std::fs::read_to_string(self.root.join("double/calls.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|c| c["tool"] == tool)
+            .collect()
+    }
+
+    fn wus(&self) -> Vec<Value> {
+        let mut v: Vec<Value> = std::fs::read_dir(self.root.join("double/wus"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
+            .collect();
+        v.sort_by_key(|w| w["id"].as_u64());
+        v
+    }
+
+    fn spool_entries(&self, prefix: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.root.join("mw_spool"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Writes a 4-task Monte Carlo pi job file for this project; returns its path.
+    fn pi_job(&self, name: &str) -> PathBuf {
+        let dir = self.scratch().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let job = dir.join("job.toml");
+        std::fs::write(
+            &job,
+            format!(
+                "name = \"{name}\"\ninterface = \"boinc\"\n[program]\npath = \"{}\"\n\
+                 [inputs.sweep]\nseed = {{ start = 0, end = 4 }}\npoints = [500000]\n\
+                 [reduce]\npath = \"{}\"\n[boinc]\nproject_dir = \"{}\"\n",
+                program("monte-pi-task"),
+                program("monte-pi-reduce"),
+                self.root.display()
+            ),
+        )
+        .unwrap();
+        job
+    }
+
+    /// `mw submit JOB`: returns (job id, job dir) and remembers the detached master.
+    fn submit(&mut self, job: &Path) -> (String, PathBuf) {
+        let out = self.mw(&["submit".as_ref(), job.as_os_str()]);
+        assert!(out.status.success(), "{}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let (id, dir) = stdout.trim().split_once('\t').unwrap();
+        let dir = PathBuf::from(dir);
+        self.masters.push(master_pid(&dir));
+        (id.to_string(), dir)
+    }
+
+    /// Runs `mw ARGS --jobs-dir <jobs>`.
+    fn mw(&self, args: &[&std::ffi::OsStr]) -> Output {
+        Command::new(bin("mw"))
+            .args(args)
+            .arg("--jobs-dir")
+            .arg(self.jobs_dir())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Waits until the detached master created every workunit and the journal holds their
+    /// handles; returns the handles by task.
+    fn wait_for_workunits(&self, dir: &Path, n: usize) -> Vec<String> {
+        poll_until("the workunits and their handles in the journal", || {
+            self.wus().len() == n && tasks(dir).iter().all(|t| t.handle.is_some())
+        });
+        tasks(dir)
+            .iter()
+            .map(|t| t.handle.clone().unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        for &pid in &self.masters {
+            if mw_alive(pid) {
+                // SAFETY: kill(2) with a pid we checked is a live `mw` we started.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+        let _ = std::fs::write(self.root.join("double/stop"), "");
+        if let Some(mut s) = self.server.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn program(name: &str) -> String {
+    bin_dir().join(name).display().to_string()
+}
+
+fn shell_safe(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('-')
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+fn tasks(dir: &Path) -> Vec<StoredTask> {
+    let path = dir.join(JOURNAL_FILE);
+    let conn = open_checked(&path, false).unwrap();
+    read_tasks(&conn, &path, None).unwrap()
+}
+
+/// The master pid the journal's job table records.
+fn master_pid(dir: &Path) -> i64 {
+    let path = dir.join(JOURNAL_FILE);
+    let conn = open_checked(&path, false).unwrap();
+    conn.query_row("SELECT master_pid FROM job", [], |r| r.get::<_, i64>(0))
+        .unwrap()
+}
+
+/// True while `pid` is a live (not zombie) `mw` process.
+fn mw_alive(pid: i64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+        .unwrap_or("");
+    let comm = stat
+        .find('(')
+        .zip(stat.rfind(')'))
+        .map(|(a, b)| &stat[a + 1..b])
+        .unwrap_or("");
+    comm == "mw" && state != "Z" && state != "X"
+}
+
+fn results(p: &Project, id: &str) -> Vec<Value> {
+    let out = p.mw(&["results".as_ref(), id.as_ref()]);
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn status(p: &Project, id: &str) -> Value {
+    let out = p.mw(&["status".as_ref(), id.as_ref(), "--json".as_ref()]);
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every create_work call, flattened to the workunit names of its stdin lines.
+fn created_names(p: &Project) -> Vec<String> {
+    let mut names = Vec::new();
+    for c in p.calls_of("create_work") {
+        assert_eq!(c["cwd"], p.root.display().to_string());
+        for line in c["stdin"].as_str().unwrap().lines() {
+            let toks: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(toks[0], "--wu_name", "{line}");
+            assert!(toks[1..].iter().all(|t| shell_safe(t)), "{line}");
+            names.push(toks[1].to_string());
+        }
+    }
+    names
+}
+
+#[test]
+fn sigkilled_master_resumes_and_reattaches_every_workunit() {
+    let mut p = Project::new();
+    let job = p.pi_job("res");
+    let (id, dir) = p.submit(&job);
+    // No serve loop yet: the workunits are created but nobody runs them.
+    let handles = p.wait_for_workunits(&dir, 4);
+    let pid = *p.masters.last().unwrap();
+    assert!(mw_alive(pid), "the detached master {pid} is not running");
+    assert!(tasks(&dir).iter().all(|t| t.state == TaskState::Running));
+    // SAFETY: kill(2) on the live `mw` master this test started through `mw submit`.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
+    poll_until("the killed master to die", || !mw_alive(pid));
+    assert_eq!(status(&p, &id)["job"]["state"], "stopped (mw resume)");
+
+    // The server runs every workunit while no master is alive.
+    p.start_serve();
+    poll_until("every workunit to be assimilated", || {
+        let wus = p.wus();
+        wus.len() == 4 && wus.iter().all(|w| w["done"] == "assimilated")
+    });
+    p.stop_serve();
+    assert_eq!(p.spool_entries("result_").len(), 4);
+
+    // The resumed master re-attaches by handle and takes the spooled results.
+    let out = p.mw(&["resume".as_ref(), id.as_ref()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("4 to re-attach"), "{err}");
+    assert!(
+        p.spool_entries("result_").is_empty(),
+        "{:?}",
+        p.spool_entries("")
+    );
+
+    // Every task done exactly once, by its first (and only) workunit.
+    let res = results(&p, &id);
+    let idx: Vec<u64> = res.iter().map(|r| r["task"].as_u64().unwrap()).collect();
+    assert_eq!(idx, vec![0, 1, 2, 3], "{res:#?}");
+    for r in &res {
+        assert_eq!(r["state"], "done", "{r:#}");
+        assert_eq!(r["attempts"], 1, "{r:#}");
+    }
+    // No workunit was created twice: one create_work line per task, names as journaled.
+    let names = created_names(&p);
+    assert_eq!(names, handles, "create_work lines vs journal handles");
+    let wus = p.wus();
+    assert_eq!(wus.len(), 4);
+    let clients = p.calls_of("client");
+    for h in &handles {
+        assert!(shell_safe(h), "{h}");
+        let runs = clients.iter().filter(|c| c["wu"] == h.as_str()).count();
+        assert_eq!(runs, 1, "{h} ran {runs} times");
+    }
+    assert_eq!(p.calls_of("script_assimilator").len(), 4);
+
+    // The results equal those of the same job on local cores, and give pi.
+    let local = Command::new(bin("mw"))
+        .arg("run")
+        .arg(&job)
+        .args(["-q", "--interface", "multicore", "-o"])
+        .arg(p.scratch().join("local.jsonl"))
+        .arg("--jobs-dir")
+        .arg(p.scratch().join("jobs-local"))
+        .output()
+        .unwrap();
+    assert!(local.status.success(), "{}", text(&local));
+    let local: Vec<Value> = std::fs::read_to_string(p.scratch().join("local.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(local.len(), 4);
+    for (b, l) in res.iter().zip(&local) {
+        assert_eq!(b["task"], l["task"]);
+        assert_eq!(b["output"], l["output"], "task {}", b["task"]);
+    }
+    let mut stdin = String::new();
+    for r in &res {
+        stdin.push_str(&r["output"].to_string());
+        stdin.push('\n');
+    }
+    let mut reduce = Command::new(bin("monte-pi-reduce"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut reduce.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
+    let out = reduce.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["points"], 2_000_000);
+    let pi = v["pi"].as_f64().unwrap();
+    assert!((pi - std::f64::consts::PI).abs() < 0.01, "{pi}");
+
+    // Resuming a finished job changes nothing.
+    let again = p.mw(&["resume".as_ref(), id.as_ref()]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert_eq!(results(&p, &id), res);
+    assert_eq!(created_names(&p).len(), 4);
+}
+
+#[test]
+fn cancel_marks_every_workunit_cancelled_through_cancel_jobs() {
+    let mut p = Project::new();
+    let job = p.pi_job("can");
+    let (id, dir) = p.submit(&job);
+    let handles = p.wait_for_workunits(&dir, 4);
+    let pid = *p.masters.last().unwrap();
+
+    let out = p.mw(&["cancel".as_ref(), id.as_ref()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let waited = p.mw(&["wait".as_ref(), id.as_ref()]);
+    assert_eq!(waited.status.code(), Some(1), "{}", text(&waited));
+    // The master finishes by itself once every task is cancelled.
+    poll_until("the master to exit after the cancel", || !mw_alive(pid));
+
+    let st = status(&p, &id);
+    assert_eq!(st["job"]["counts"]["cancelled"], 4, "{st:#}");
+    assert_eq!(st["job"]["state"], "finished with failures", "{st:#}");
+    for r in results(&p, &id) {
+        assert_eq!(r["state"], "cancelled", "{r:#}");
+    }
+
+    check_cancelled_on_the_server(&mut p, &handles);
+    // No master is left and nothing reappears: the job stays cancelled.
+    assert!(!mw_alive(pid));
+    let again = p.mw(&["wait".as_ref(), id.as_ref()]);
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    assert_eq!(status(&p, &id)["job"]["counts"]["cancelled"], 4);
+}
+
+/// bin/cancel_jobs ran once per workunit, from the project root, with a shell-safe name, and
+/// the server then never sends them to a client and reports them with mask 16 (CANCELLED).
+fn check_cancelled_on_the_server(p: &mut Project, handles: &[String]) {
+    let cancels = p.calls_of("cancel_jobs");
+    let mut named = BTreeSet::new();
+    for c in &cancels {
+        assert_eq!(c["cwd"], p.root.display().to_string());
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(args.len(), 2, "{args:?}");
+        assert_eq!(args[0], "--name");
+        assert!(shell_safe(args[1]), "{args:?}");
+        named.insert(args[1].to_string());
+    }
+    assert_eq!(cancels.len(), handles.len(), "{cancels:#?}");
+    assert_eq!(named, handles.iter().cloned().collect::<BTreeSet<_>>());
+    // The double's cancel_jobs leaves a marker only for a workunit it knows.
+    for h in handles {
+        let marker = p.root.join("double/cancel").join(h);
+        assert!(marker.is_file(), "{h} was not cancelled on the server");
+    }
+    p.start_serve();
+    poll_until("the cancelled workunits to be reported", || {
+        let wus = p.wus();
+        wus.len() == handles.len() && wus.iter().all(|w| w["done"] == "error")
+    });
+    p.stop_serve();
+    assert!(p.calls_of("client").is_empty());
+    for w in p.wus() {
+        assert_eq!(w["error_mask"], 16, "{w:#}");
+        assert_eq!(w["cancelled"], true, "{w:#}");
+    }
+    let asm = p.calls_of("script_assimilator");
+    assert_eq!(asm.len(), handles.len());
+    for a in &asm {
+        let cmd = a["cmd"].as_str().unwrap();
+        assert!(
+            cmd.starts_with("../bin/mw-assimilator --error 16 "),
+            "{cmd}"
+        );
+    }
+}
+
+#[test]
+fn cancel_while_create_work_runs_still_cancels_the_workunits() {
+    let mut p = Project::new();
+    let job = p.pi_job("cw");
+    // create_work is called (and recorded) but holds before creating the workunits.
+    let hold = p.root.join("double/hold_create_work");
+    std::fs::write(&hold, "").unwrap();
+    let (id, dir) = p.submit(&job);
+    let pid = *p.masters.last().unwrap();
+    poll_until("the create_work call", || {
+        !p.calls_of("create_work").is_empty()
+    });
+    let out = p.mw(&["cancel".as_ref(), id.as_ref()]);
+    assert!(out.status.success(), "{}", text(&out));
+    poll_until("every task cancelled in the journal", || {
+        tasks(&dir).iter().all(|t| t.state == TaskState::Cancelled)
+    });
+    // BOINC knows no such workunits yet: cancel_jobs would find nothing.
+    assert!(p.calls_of("cancel_jobs").is_empty());
+    assert!(p.wus().is_empty());
+    // The master does not exit before its create_work call returned.
+    assert!(mw_alive(pid));
+    std::fs::remove_file(&hold).unwrap();
+    poll_until("the master to exit", || !mw_alive(pid));
+    // The held batch may hold fewer than 4 (tasks still queued are cancelled before
+    // submission); every workunit it created was cancelled once it existed.
+    let names = created_names(&p);
+    assert!((1..=4).contains(&names.len()), "{names:?}");
+    assert_eq!(p.calls_of("create_work").len(), 1);
+    check_cancelled_on_the_server(&mut p, &names);
+    let waited = p.mw(&["wait".as_ref(), id.as_ref()]);
+    assert_eq!(waited.status.code(), Some(1), "{}", text(&waited));
+    assert_eq!(status(&p, &id)["job"]["counts"]["cancelled"], 4);
+}
