@@ -22,7 +22,9 @@ fn project() -> Proj {
     for d in ["bin", "tmp_host", "upload/2e1", "mw_spool"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
-    std::fs::copy(
+    // A symlink, not a copy: a file we just wrote could be held open for writing by a
+    // process another test thread forks at that moment, and exec would fail (ETXTBSY).
+    std::os::unix::fs::symlink(
         env!("CARGO_BIN_EXE_mw-assimilator"),
         root.join("bin/mw-assimilator"),
     )

@@ -20,7 +20,8 @@ fn project() -> Proj {
     }
     let exe = env!("CARGO_BIN_EXE_mw-validator");
     for name in ["mw-validator-init", "mw-validator-compare"] {
-        std::fs::copy(exe, root.join("bin").join(name)).unwrap();
+        // A symlink, not a copy (a copy may be busy for exec: ETXTBSY under parallel tests).
+        std::os::unix::fs::symlink(exe, root.join("bin").join(name)).unwrap();
     }
     Proj { _tmp: tmp, root }
 }

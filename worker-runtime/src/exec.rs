@@ -244,6 +244,22 @@ fn wait_pid(pid: i32) -> Option<Exited> {
     }
 }
 
+/// Spawns `cmd`, retrying briefly on ETXTBSY: an executable that was just written (a test's
+/// script, a freshly unpacked program) can still be open for writing in a child that another
+/// thread forked at that moment and that has not reached `exec` yet.
+fn spawn_retrying_busy(cmd: &mut Command) -> std::io::Result<std::process::Child> {
+    let mut attempt = 0u64;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempt < 20 => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(5 * attempt));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs the program and waits for it, enforcing the timeout and honouring `control`.
 pub fn execute(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutcome, ExecError> {
     let stdout_path = req.io_dir.join("stdout");
@@ -296,7 +312,7 @@ pub fn execute(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutcom
         if st.cancelled {
             return Ok(outcome_without_run(ExitInfo::Cancelled, started));
         }
-        match cmd.spawn() {
+        match spawn_retrying_busy(&mut cmd) {
             Ok(child) => {
                 st.pgid = Some(child.id() as i32);
                 st.run += 1;
