@@ -925,6 +925,10 @@ impl Interface for Boinc {
         "boinc"
     }
 
+    fn keeps_running_without_master(&self) -> bool {
+        true
+    }
+
     fn reserve_worker(&self, _task: &PreparedTask) -> Result<WorkerId, InterfaceError> {
         // BOINC queues work on the server: never wait here.
         if self.shared.lock().shut_down {

@@ -919,6 +919,10 @@ impl Interface for Condor {
         "condor"
     }
 
+    fn keeps_running_without_master(&self) -> bool {
+        true
+    }
+
     fn reserve_worker(&self, _task: &PreparedTask) -> Result<WorkerId, InterfaceError> {
         if self.shared.lock().shut_down {
             return Err(InterfaceError::new("the HTCondor interface was shut down"));

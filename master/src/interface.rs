@@ -108,6 +108,13 @@ pub trait Interface: Send + Sync + 'static {
         Some(done)
     }
 
+    /// True when tasks keep running on the backend after this process exits (Condor,
+    /// BOINC). A journaled master dropped with such tasks in flight then leaves them running
+    /// for `mw resume` to re-attach, instead of cancelling them.
+    fn keeps_running_without_master(&self) -> bool {
+        false
+    }
+
     /// Called once when the master shuts down.
     fn shutdown(&self) {}
 }

@@ -965,7 +965,8 @@ impl Drop for Master {
             st.shutting_down = true;
         }
         self.inner.cond.notify_all();
-        // Stop what still runs: nobody will collect it.
+        // Stop what still runs: nobody will collect it (unless a journaled master of a remote
+        // backend leaves it running for `mw resume`).
         let running: Vec<TaskId> = {
             let st = self.inner.lock();
             (0..st.tasks.len() as u64)
@@ -973,8 +974,12 @@ impl Drop for Master {
                 .filter(|t| st.tasks[t.0 as usize].state == TaskState::Running)
                 .collect()
         };
-        for t in running {
-            self.inner.interface.cancel(t);
+        let detach =
+            self.inner.journal.is_some() && self.inner.interface.keeps_running_without_master();
+        if !detach {
+            for t in running {
+                self.inner.interface.cancel(t);
+            }
         }
         // After shutdown, reserve_worker must return promptly (an error is fine), so the
         // scheduler thread can be joined.

@@ -442,13 +442,23 @@ pub(crate) fn wait(args: WaitArgs) -> anyhow::Result<i32> {
         let tasks = read_tasks(&conn, &path, None)?;
         drop(conn);
         let unfinished = tasks.iter().filter(|t| !t.state.is_final()).count();
-        if unfinished == 0 {
+        // Every task has an outcome; a master still alive is finishing up (reduce), so
+        // wait for it to exit too.
+        if unfinished == 0 && live_master_pid(&dir)?.is_none() {
             let bad = tasks.iter().filter(|t| t.state != TaskState::Done).count();
             if bad > 0 {
                 eprintln!("mw: {bad} of {} tasks did not succeed", tasks.len());
                 return Ok(EXIT_TASKS_FAILED);
             }
+            // The reduce program's output, when a detached master ran it.
+            if let Ok(out) = std::fs::read(dir.join("reduce.out")) {
+                std::io::stdout().write_all(&out)?;
+            }
             return Ok(EXIT_OK);
+        }
+        if unfinished == 0 {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
         }
         if live_master_pid(&dir)?.is_none() {
             // Re-check: the master may have finished between the two reads.

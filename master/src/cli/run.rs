@@ -507,12 +507,20 @@ pub(crate) fn resume(args: ResumeArgs) -> anyhow::Result<i32> {
             );
         }
     }
-    let (journal, meta, stored) = Journal::open(&dir)?;
+    let journal_path = dir.join(crate::journal::JOURNAL_FILE);
+    let (meta, stored) = {
+        let conn = crate::journal::open_checked(&journal_path, false)?;
+        (
+            crate::journal::read_meta(&conn, &journal_path)?,
+            crate::journal::read_tasks(&conn, &journal_path, None)?,
+        )
+    };
     let job_path = PathBuf::from(&meta.job_path);
     let mut job = Job::parse(&job_path, meta.job_text.clone())?;
     job.name = meta.name.clone();
     let unfinished = stored.iter().filter(|t| !t.state.is_final()).count();
     if unfinished == 0 {
+        let (journal, _, _) = Journal::open(&dir)?;
         journal.set_job_status("finished")?;
         journal.close();
         eprintln!(
@@ -527,34 +535,30 @@ pub(crate) fn resume(args: ResumeArgs) -> anyhow::Result<i32> {
         });
     }
     let builder = job.task_builder()?;
+    let reduce = job.reduce_program()?;
     let interface = make_interface(&meta.interface, &job, meta.workers, &dir)?;
-    let remote = matches!(meta.interface.as_str(), "condor" | "boinc");
-    let mut records = Vec::with_capacity(stored.len());
-    let mut reattach = Vec::new();
-    for t in &stored {
-        let spec = builder.build(t.index as usize, t.input.clone())?;
-        let state = match t.state {
-            s if s.is_final() => s,
-            TaskState::Running if remote && t.handle.is_some() => {
-                reattach.push((TaskId(t.index), t.handle.clone().unwrap_or_default()));
-                TaskState::Running
-            }
-            _ => TaskState::Queued,
-        };
-        records.push(crate::durable::restored_record(spec, state, t));
-    }
+    let remote = interface.keeps_running_without_master();
+    let to_reattach = stored
+        .iter()
+        .filter(|t| remote && t.state == TaskState::Running && t.handle.is_some())
+        .count();
     let opts = master_options(&job, &meta.id, Some(&dir));
-    let total = records.len();
+    let total = stored.len();
     if !args.quiet {
         eprintln!(
-            "mw: resuming job {} ({} of {total} tasks unfinished, {} to re-attach)",
-            meta.id,
-            unfinished,
-            reattach.len()
+            "mw: resuming job {} ({} of {total} tasks unfinished, {to_reattach} to re-attach)",
+            meta.id, unfinished,
         );
     }
-    let master = Master::build(interface, opts, Some(journal.clone()), records)?;
-    master.reattach(reattach);
+    let master = Master::resume(interface, opts, &dir, |index, input| {
+        builder
+            .build(index as usize, input)
+            .map_err(|e| crate::MwError::Journal(e.to_string()))
+    })?;
+    let journal = master
+        .journal()
+        .cloned()
+        .context("a resumed master always has a journal")?;
     let mut progress = Progress::new(total as u64, args.quiet);
     progress.set_baseline((total - unfinished) as u64);
     let mut failed = stored
@@ -578,12 +582,35 @@ pub(crate) fn resume(args: ResumeArgs) -> anyhow::Result<i32> {
     }
     progress.update(&master.status(), true);
     progress.finish();
-    journal.set_job_status("finished")?;
     drop(master);
+    if failed == 0 {
+        if let Some(reduce) = &reduce {
+            reduce_from_journal(&dir, reduce)?;
+        }
+    }
+    journal.set_job_status("finished")?;
     journal.close();
     Ok(if failed > 0 {
         EXIT_TASKS_FAILED
     } else {
         EXIT_OK
     })
+}
+
+/// For a job finished by a resumed or detached master: runs the reduce program over the
+/// journal's results (task order), keeps its output in `<job dir>/reduce.out` (which
+/// `mw wait` prints) and prints it.
+fn reduce_from_journal(dir: &Path, reduce: &Program) -> anyhow::Result<()> {
+    let path = dir.join(crate::journal::JOURNAL_FILE);
+    let conn = crate::journal::open_checked(&path, false)?;
+    let values: Vec<serde_json::Value> = crate::journal::read_tasks(&conn, &path, None)?
+        .into_iter()
+        .map(|t| t.output.unwrap_or_default())
+        .collect();
+    drop(conn);
+    let out = run_reduce(reduce, &values)?;
+    mw_worker_runtime::run::write_atomically(&dir.join("reduce.out"), &out)?;
+    std::io::stdout().write_all(&out)?;
+    std::io::stdout().flush()?;
+    Ok(())
 }
