@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Every benchmark of BENCHMARKS.md, one after the other, on this machine. Not run by CI.
+#   bench/all.sh 2>&1 | tee bench/last-run.txt
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -q --workspace
+echo "=== local cores (bench/local.sh)"; bench/local.sh 2000 3
+echo "=== MPI (bench/mpi.sh)"; bench/mpi.sh 2000 3
+echo "=== HTCondor (bench/condor.sh)"; bench/condor.sh 10000
+echo "=== BOINC (bench/boinc.sh)"; cargo build --release -q --workspace; bench/boinc.sh 10000
