@@ -46,10 +46,26 @@ if [ -f examples/null/job.toml ]; then
         s=$(date +%s.%N)
         (cd "$WORK" && timeout 600 "$ROOT/target/release/mw" run "$ROOT/examples/null/job.toml" --interface multicore > /dev/null)
         e=$(date +%s.%N)
-        echo "mw run multicore run=$run secs=$(echo "$e - $s" | bc)"
+        echo "mw run multicore run=$run secs=$(awk "BEGIN { print $e - $s }")"
         s=$(date +%s.%N)
         (cd "$WORK" && timeout 600 mpirun -n 3 "$ROOT/target/release/mw" run "$ROOT/examples/null/job.toml" --interface mpi > /dev/null)
         e=$(date +%s.%N)
-        echo "mw run mpi -n 3  run=$run secs=$(echo "$e - $s" | bc)"
+        echo "mw run mpi -n 3  run=$run secs=$(awk "BEGIN { print $e - $s }")"
     done
 fi
+
+# Monte Carlo pi speedup over MPI: 1 worker rank (-n 2) vs 2 worker ranks (-n 3).
+echo "# Monte Carlo pi over MPI, 10^8 points in 16 tasks (wall seconds, best of $RUNS)"
+best1=""; best2=""
+for run in $(seq 1 "$RUNS"); do
+    for n in 2 3; do
+        s=$(date +%s.%N)
+        (cd "$WORK" && timeout 600 mpirun -n "$n" "$ROOT/target/release/mw" run "$ROOT/examples/monte_pi/job.toml" --interface mpi -q --no-journal > /dev/null)
+        e=$(date +%s.%N)
+        t=$(awk "BEGIN { print $e - $s }")
+        echo "mpi -n $n run=$run secs=$t"
+        if [ "$n" = 2 ]; then best1=$(printf '%s\n%s\n' "$best1" "$t" | grep . | sort -g | head -1)
+        else best2=$(printf '%s\n%s\n' "$best2" "$t" | grep . | sort -g | head -1); fi
+    done
+done
+echo "speedup 1 -> 2 worker ranks: $(awk "BEGIN { printf \"%.2f\", $best1 / $best2 }")x"
