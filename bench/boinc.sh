@@ -41,6 +41,6 @@ end=$(date +%s.%N)
 kill "$MW_PID" 2>/dev/null || true
 wait "$MW_PID" 2>/dev/null || true
 calls=$(grep -c '"tool":"create_work"' "$W/proj/double/calls.jsonl")
-secs=$(echo "$end - $start" | bc -l)
+secs=$(awk "BEGIN { print $end - $start }")
 printf 'boinc: staged and created %d workunits in %.2f s with %d create_work --stdin calls\n' "$N" "$secs" "$calls"
-printf 'boinc: PyMW paper: 15 min (900 s) for 10^4 tasks -> %.0fx faster\n' "$(echo "900 * $N / 10000 / $secs" | bc -l)"
+printf 'boinc: PyMW paper: 15 min (900 s) for 10^4 tasks -> %.0fx faster\n' "$(awk "BEGIN { print 900 * $N / 10000 / $secs }")"
