@@ -23,6 +23,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Schema version this mw writes and understands.
 pub const SCHEMA_VERSION: i64 = 1;
+/// How long the writer gathers changes before one commit. A finished result becomes
+/// collectable at most this much later; in exchange a commit (and its fsync) serves every
+/// task that finished in the window.
+const GROUP_COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_millis(25);
+
 /// File name of the journal inside a job directory.
 pub const JOURNAL_FILE: &str = "journal.sqlite";
 
@@ -164,7 +169,6 @@ CREATE TABLE tasks (
     cpu REAL NOT NULL DEFAULT 0, host TEXT NOT NULL DEFAULT '', output TEXT, exit TEXT, error TEXT,
     output_files TEXT NOT NULL DEFAULT '[]'
 );
-CREATE INDEX tasks_state ON tasks(state);
 CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, task INTEGER, kind TEXT NOT NULL, detail TEXT);
 CREATE TABLE cancel_requests (task INTEGER, at REAL NOT NULL, done INTEGER NOT NULL DEFAULT 0);
 ";
@@ -503,10 +507,18 @@ fn writer_loop(
     failure: Arc<Mutex<Option<String>>>,
 ) {
     while let Ok(first) = rx.recv() {
+        // Group commit: gather what arrives within a short window (or until a flush is
+        // asked for), so one fsync and one write of each touched page serve many tasks.
+        let window_end = std::time::Instant::now() + GROUP_COMMIT_WINDOW;
+        let mut flush_now = matches!(first, Write::Flush(_));
         let mut batch = vec![first];
-        while batch.len() < 4096 {
-            match rx.try_recv() {
-                Ok(w) => batch.push(w),
+        while batch.len() < 4096 && !flush_now {
+            let left = window_end.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(w) => {
+                    flush_now = matches!(w, Write::Flush(_));
+                    batch.push(w);
+                }
                 Err(_) => break,
             }
         }

@@ -264,8 +264,17 @@ fn spawn_retrying_busy(cmd: &mut Command) -> std::io::Result<std::process::Child
 pub fn execute(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutcome, ExecError> {
     let stdout_path = req.io_dir.join("stdout");
     let stderr_path = req.io_dir.join("stderr");
-    let stdout = File::create(&stdout_path).map_err(io_err("creating stdout file"))?;
-    let stderr = File::create(&stderr_path).map_err(io_err("creating stderr file"))?;
+    // Where the kernel can tell us of the leader's exit (pidfd), stdout and stderr are pipes
+    // read in a poll loop; elsewhere (old kernels on volunteer hosts) they go to files.
+    let use_pipes = pidfd_supported();
+    let (stdout, stderr) = if use_pipes {
+        (Stdio::piped(), Stdio::piped())
+    } else {
+        (
+            Stdio::from(File::create(&stdout_path).map_err(io_err("creating stdout file"))?),
+            Stdio::from(File::create(&stderr_path).map_err(io_err("creating stderr file"))?),
+        )
+    };
     let piped_input = req.stdin.len() <= PIPE_STDIN_MAX;
     let stdin = if piped_input {
         Stdio::piped()
@@ -283,8 +292,8 @@ pub fn execute(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutcom
         .envs(&req.env)
         .current_dir(&req.workdir)
         .stdin(stdin)
-        .stdout(Stdio::from(stdout))
-        .stderr(Stdio::from(stderr))
+        .stdout(stdout)
+        .stderr(stderr)
         .process_group(0);
     if req.die_with_parent {
         // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the
@@ -334,6 +343,27 @@ pub fn execute(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutcom
         // A program that exits without reading its input gives EPIPE here: not an error.
         let _ = pipe.write_all(&req.stdin);
     }
+    if use_pipes {
+        let out_pipe = child.stdout.take();
+        let err_pipe = child.stderr.take();
+        // We reap with wait4 ourselves (for CPU times); std never reaps a dropped Child.
+        drop(child);
+        let pumped = pump(pid, out_pipe, err_pipe, req, t0);
+        // The leader has exited (or is being killed); reap it for its status and CPU time.
+        let exited = wait_pid(pid);
+        signal_group(pid, libc::SIGKILL);
+        return Ok(finish(
+            req,
+            control,
+            t0,
+            started,
+            pumped.timed_out,
+            exited,
+            pumped.stdout,
+            pumped.truncated,
+            tail_string(&pumped.stderr_tail, req.stderr_tail_bytes),
+        ));
+    }
     // We reap with wait4 ourselves (for CPU times); std never reaps a dropped Child.
     drop(child);
 
@@ -358,6 +388,33 @@ pub fn execute(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutcom
     };
     // Kill whatever is left of the group (grandchildren holding files open).
     signal_group(pid, libc::SIGKILL);
+    let (stdout, stdout_truncated) = read_limited(&stdout_path, req.max_stdout_bytes)?;
+    let stderr_tail = read_tail(&stderr_path, req.stderr_tail_bytes)?;
+    Ok(finish(
+        req,
+        control,
+        t0,
+        started,
+        timed_out,
+        exited,
+        stdout,
+        stdout_truncated,
+        stderr_tail,
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    req: &ExecRequest,
+    control: &ProcessControl,
+    t0: Instant,
+    started: SystemTime,
+    timed_out: bool,
+    exited: Option<Exited>,
+    stdout: Vec<u8>,
+    stdout_truncated: bool,
+    stderr_tail: String,
+) -> ExecOutcome {
     let cancelled = {
         let mut st = control.lock();
         st.pgid = None;
@@ -378,9 +435,7 @@ pub fn execute(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutcom
         .as_ref()
         .map(|e| (e.user, e.sys))
         .unwrap_or((Duration::ZERO, Duration::ZERO));
-    let (stdout, stdout_truncated) = read_limited(&stdout_path, req.max_stdout_bytes)?;
-    let stderr_tail = read_tail(&stderr_path, req.stderr_tail_bytes)?;
-    Ok(ExecOutcome {
+    ExecOutcome {
         exit,
         stdout,
         stdout_truncated,
@@ -389,7 +444,189 @@ pub fn execute(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutcom
         user,
         sys,
         started,
-    })
+    }
+}
+
+fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if r < 0 {
+        return None;
+    }
+    // SAFETY: r is a fresh descriptor that nothing else owns.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as i32) })
+}
+
+/// Whether this kernel has pidfd_open (Linux 5.3+), probed once.
+fn pidfd_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| pidfd_open(std::process::id() as i32).is_some())
+}
+
+struct Pumped {
+    timed_out: bool,
+    stdout: Vec<u8>,
+    truncated: bool,
+    stderr_tail: Vec<u8>,
+}
+
+/// How long pipes are still drained after the leader exited and its group was killed (a
+/// grandchild that left the group could otherwise hold them open for ever).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
+
+/// Reads stdout and stderr until both close, watching the leader's pidfd and the timeout:
+/// on timeout the group gets SIGTERM, then SIGKILL after the grace period; when the leader
+/// exits the rest of its group is killed so the pipes close.
+fn pump(
+    pid: i32,
+    out: Option<std::process::ChildStdout>,
+    err: Option<std::process::ChildStderr>,
+    req: &ExecRequest,
+    t0: Instant,
+) -> Pumped {
+    use std::os::fd::AsRawFd;
+    let pidfd = pidfd_open(pid);
+    let mut out = out;
+    let mut err = err;
+    let mut p = Pumped {
+        timed_out: false,
+        stdout: Vec::new(),
+        truncated: false,
+        stderr_tail: Vec::new(),
+    };
+    let deadline = req.timeout.map(|t| t0 + t);
+    let mut kill_at: Option<Instant> = None;
+    let mut leader_gone = pidfd.is_none();
+    let mut drain_until: Option<Instant> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let now = Instant::now();
+        if let Some(d) = deadline {
+            if !p.timed_out && now >= d && !leader_gone {
+                p.timed_out = true;
+                signal_group(pid, libc::SIGTERM);
+                signal_group(pid, libc::SIGCONT);
+                kill_at = Some(now + req.grace);
+            }
+        }
+        if let Some(k) = kill_at {
+            if now >= k {
+                signal_group(pid, libc::SIGKILL);
+                kill_at = None;
+            }
+        }
+        if let Some(d) = drain_until {
+            if now >= d {
+                break;
+            }
+        }
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(3);
+        let mut which: Vec<u8> = Vec::with_capacity(3);
+        if let Some(o) = &out {
+            fds.push(libc::pollfd {
+                fd: o.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            which.push(0);
+        }
+        if let Some(e) = &err {
+            fds.push(libc::pollfd {
+                fd: e.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            which.push(1);
+        }
+        if !leader_gone {
+            if let Some(pf) = &pidfd {
+                fds.push(libc::pollfd {
+                    fd: pf.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                which.push(2);
+            }
+        }
+        if fds.is_empty() || (leader_gone && out.is_none() && err.is_none()) {
+            break;
+        }
+        let mut wake: Option<Instant> = None;
+        for t in [
+            deadline.filter(|_| !p.timed_out && !leader_gone),
+            kill_at,
+            drain_until,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            wake = Some(wake.map_or(t, |w: Instant| w.min(t)));
+        }
+        let timeout_ms: i32 = match wake {
+            None => -1,
+            Some(w) => {
+                let ms = w.saturating_duration_since(Instant::now()).as_millis();
+                ms.clamp(1, i32::MAX as u128) as i32
+            }
+        };
+        // SAFETY: fds points to fds.len() initialised pollfd structs that live across the call.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if r < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
+        }
+        for (fd, w) in fds.iter().zip(which.iter()) {
+            if fd.revents == 0 {
+                continue;
+            }
+            match w {
+                0 => {
+                    let n = out.as_mut().map(|o| o.read(&mut buf)).unwrap_or(Ok(0));
+                    match n {
+                        Ok(0) | Err(_) => out = None,
+                        Ok(n) => {
+                            let room =
+                                (req.max_stdout_bytes as usize).saturating_sub(p.stdout.len());
+                            if n > room {
+                                p.truncated = true;
+                            }
+                            p.stdout.extend_from_slice(&buf[..n.min(room)]);
+                        }
+                    }
+                }
+                1 => {
+                    let n = err.as_mut().map(|e| e.read(&mut buf)).unwrap_or(Ok(0));
+                    match n {
+                        Ok(0) | Err(_) => err = None,
+                        Ok(n) => {
+                            p.stderr_tail.extend_from_slice(&buf[..n]);
+                            let keep = req.stderr_tail_bytes.max(1);
+                            if p.stderr_tail.len() > 2 * keep {
+                                let cut = p.stderr_tail.len() - keep;
+                                p.stderr_tail.drain(..cut);
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    leader_gone = true;
+                    // Kill what is left of the group so the pipes close.
+                    signal_group(pid, libc::SIGKILL);
+                    kill_at = None;
+                    drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
+                }
+            }
+        }
+    }
+    p
+}
+
+fn tail_string(bytes: &[u8], n: usize) -> String {
+    let start = bytes.len().saturating_sub(n);
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
 /// SIGTERM the group, wait up to `grace` for the leader to exit, then SIGKILL; returns the
