@@ -5,11 +5,11 @@
 #       GNU `parallel -j N`, all running the same null program (target/release/null-task);
 #   (b) Monte Carlo pi speedup from 1 to N workers (10^8 points, 16 tasks);
 #   (c) 10^5 tasks submitted to a journaled master: submission time and peak RSS.
-# Usage: bench/local.sh [NTASKS=2000] [RUNS=3]
+# Usage: bench/local.sh [NTASKS=2000] [RUNS=5]; every figure is the median of RUNS runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NTASKS=${1:-2000}
-RUNS=${2:-3}
+RUNS=${2:-5}
 N=$(nproc)
 command -v parallel >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq parallel >/dev/null; }
 cargo build --release -q -p mw -p mw-examples
@@ -26,8 +26,9 @@ i = { start = 0, end = $NTASKS }
 TOML
 calc() { awk "BEGIN { print $* }"; }
 secs() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N); calc "$e - $s"; }
-best() { sort -g | head -1; }
-echo "machine: $N cores, $(uname -r); $NTASKS null tasks, best of $RUNS runs"
+# The median of the runs: steadier than the best on a shared machine.
+best() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+echo "machine: $N cores, $(uname -r); $NTASKS null tasks, median of $RUNS runs"
 declare -A T
 for name in mw mw_nojournal xargs parallel; do T[$name]=""; done
 for r in $(seq "$RUNS"); do
