@@ -191,6 +191,8 @@ struct JobSummary {
     created: f64,
     age_secs: f64,
     dir: String,
+    /// Pid of the live master on this host, if one runs.
+    master_pid: Option<i64>,
 }
 
 fn job_state(dir: &Path, tasks: &[StoredTask]) -> String {
@@ -230,6 +232,7 @@ fn summarize(dir: &Path) -> anyhow::Result<(JobMeta, Vec<StoredTask>, JobSummary
         created: meta.created,
         age_secs: (now_unix() - meta.created).max(0.0),
         dir: dir.display().to_string(),
+        master_pid: live_master_pid(dir).ok().flatten(),
     };
     Ok((meta, tasks, summary))
 }
