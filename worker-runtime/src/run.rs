@@ -197,11 +197,51 @@ pub fn run_task_bytes(
     control: &ProcessControl,
     opts: &RunOptions,
 ) -> Result<(ResultInfo, Vec<u8>), RunError> {
+    let bundle =
+        mw_bundle::open_in_memory(task_bundle, label, Some(BundleKind::Task), &opts.limits)?;
     let scratch = scratch_dir(opts, "mw-task-")?;
-    let archive = scratch.path().join("task.tar.gz");
-    std::fs::write(&archive, task_bundle).map_err(io("staging the task bundle"))?;
-    run_task_in(program, &archive, label, scratch.path(), control, opts)
+    let workdir = scratch.path().join("work");
+    std::fs::create_dir(&workdir).map_err(io("creating the working directory"))?;
+    for member in &bundle.manifest.members {
+        let Some(rel) = member.path.strip_prefix(TASK_FILES_PREFIX) else {
+            continue;
+        };
+        let Some(data) = bundle.members.get(&member.path) else {
+            continue;
+        };
+        // `rel` was checked by the bundle reader (relative, no `..`); the directory is ours
+        // and fresh, so no link can redirect the write.
+        let dest = workdir.join(rel);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(io("creating input directories"))?;
+        }
+        std::fs::write(&dest, data).map_err(io(format!("writing input file {rel}")))?;
+        if member.executable {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))
+                .map_err(io(format!("writing input file {rel}")))?;
+        }
+    }
+    let input = bundle
+        .members
+        .get(TASK_INPUT_NAME)
+        .cloned()
+        .unwrap_or_else(|| b"null".to_vec());
+    let info = bundle.manifest.task.clone().unwrap_or_default();
+    run_prepared(
+        program,
+        info,
+        input,
+        label,
+        &workdir,
+        scratch.path(),
+        control,
+    )
 }
+
+/// Task bundles up to this size are read into memory (fewer files written per task);
+/// larger ones are unpacked to disk.
+const IN_MEMORY_TASK_MAX: u64 = 64 * 1024 * 1024;
 
 /// Runs the task bundle at `task_archive` with an unpacked program.
 pub fn run_task_file(
@@ -210,8 +250,15 @@ pub fn run_task_file(
     control: &ProcessControl,
     opts: &RunOptions,
 ) -> Result<(ResultInfo, Vec<u8>), RunError> {
-    let scratch = scratch_dir(opts, "mw-task-")?;
     let label = task_archive.display().to_string();
+    let size = std::fs::metadata(task_archive)
+        .map_err(io(format!("reading {label}")))?
+        .len();
+    if size <= IN_MEMORY_TASK_MAX {
+        let bytes = std::fs::read(task_archive).map_err(io(format!("reading {label}")))?;
+        return run_task_bytes(program, &bytes, &label, control, opts);
+    }
+    let scratch = scratch_dir(opts, "mw-task-")?;
     run_task_in(program, task_archive, &label, scratch.path(), control, opts)
 }
 
@@ -231,13 +278,6 @@ fn run_task_in(
         &opts.limits,
     )?;
     let info: TaskInfo = manifest.task.clone().unwrap_or_default();
-    if info.program_sha256 != program.sha256() {
-        return Err(RunError::WrongProgram {
-            task: label.to_string(),
-            wanted: info.program_sha256.clone(),
-            actual: program.sha256().to_string(),
-        });
-    }
     let files = unpacked.join(TASK_FILES_PREFIX.trim_end_matches('/'));
     let workdir = scratch.join("work");
     if files.is_dir() {
@@ -245,10 +285,31 @@ fn run_task_in(
     } else {
         std::fs::create_dir(&workdir).map_err(io("creating the working directory"))?;
     }
-    link_program_files(&program.root(), &workdir).map_err(io("linking program files"))?;
     let input = std::fs::read(unpacked.join(TASK_INPUT_NAME)).unwrap_or_else(|_| b"null".to_vec());
-    let io_dir = scratch.join("io");
-    std::fs::create_dir(&io_dir).map_err(io("creating the io directory"))?;
+    run_prepared(program, info, input, label, &workdir, scratch, control)
+}
+
+/// Runs a task whose working directory holds its input files; `io_dir` is a directory
+/// outside it for the runtime's own files.
+fn run_prepared(
+    program: &UnpackedProgram,
+    info: TaskInfo,
+    input: Vec<u8>,
+    label: &str,
+    workdir: &Path,
+    io_dir: &Path,
+    control: &ProcessControl,
+) -> Result<(ResultInfo, Vec<u8>), RunError> {
+    if info.program_sha256 != program.sha256() {
+        return Err(RunError::WrongProgram {
+            task: label.to_string(),
+            wanted: info.program_sha256.clone(),
+            actual: program.sha256().to_string(),
+        });
+    }
+    link_program_files(&program.root(), workdir).map_err(io("linking program files"))?;
+    let workdir = workdir.to_path_buf();
+    let io_dir = io_dir.to_path_buf();
 
     let mut req = ExecRequest::new(program.executable(), workdir.clone(), io_dir);
     req.args = program.base_args();
