@@ -415,3 +415,27 @@ fn non_journal_files_and_dirs_are_refused_and_kept() {
     assert_eq!(o.code, 2);
     assert!(o.stderr.contains("no job `nosuch-1`"), "{}", o.stderr);
 }
+
+#[test]
+fn a_journal_from_a_newer_mw_is_refused_and_kept() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let journal = fresh_finished(d);
+    {
+        let conn = rusqlite::Connection::open(&journal).unwrap();
+        conn.execute(
+            "UPDATE meta SET value = '999' WHERE key = 'schema_version'",
+            [],
+        )
+        .unwrap();
+        // Fold the WAL back so the file alone carries the change.
+        conn.pragma_update(None, "journal_mode", "DELETE").unwrap();
+    }
+    let before = std::fs::read(&journal).unwrap();
+    refused_everywhere(d, "fin-1", &journal, "journal schema 999 is newer");
+    assert_eq!(
+        std::fs::read(&journal).unwrap(),
+        before,
+        "the journal changed"
+    );
+}
