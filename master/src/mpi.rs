@@ -57,6 +57,9 @@ const TAG_ERROR: i32 = 11;
 const SHA_LEN: usize = 64;
 /// How long a comm thread spins on `MPI_Improbe` before it starts sleeping.
 const SPIN: Duration = Duration::from_micros(50);
+/// How often a worker rank that runs a task probes for a cancel or stop message.
+const BUSY_PROBE_INTERVAL: Duration = Duration::from_millis(2);
+
 /// Default backoff cap (µs); override with `MW_MPI_POLL_US`.
 const DEFAULT_POLL_US: u64 = 100;
 /// Name of rank 0's result-decoding thread.
@@ -677,13 +680,17 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
             backoff.reset();
             continue;
         }
+        if current.is_some() {
+            // A task runs: its end wakes us through the channel at once, and the master only
+            // sends a cancel or stop meanwhile, so probe rarely and leave the CPU to the task.
+            if let Ok(r) = res_rx.recv_timeout(BUSY_PROBE_INTERVAL) {
+                pending = Some(r);
+            }
+            continue;
+        }
         let wait = backoff.next_wait();
         if wait.is_zero() {
             std::hint::spin_loop();
-        } else if current.is_some() {
-            if let Ok(r) = res_rx.recv_timeout(wait) {
-                pending = Some(r);
-            }
         } else {
             std::thread::sleep(wait);
         }
