@@ -270,8 +270,9 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
             } else {
                 writeln!(
                     out,
-                    "{:<24} {:<10} {:<22} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6}",
+                    "{:<24} {:<16} {:<10} {:<22} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6}",
                     "ID",
+                    "NAME",
                     "INTERFACE",
                     "STATE",
                     "TASKS",
@@ -284,8 +285,9 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
                 for r in &rows {
                     writeln!(
                         out,
-                        "{:<24} {:<10} {:<22} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6}",
+                        "{:<24} {:<16} {:<10} {:<22} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6}",
                         r.id,
+                        r.name,
                         r.interface,
                         r.state,
                         r.tasks,
