@@ -264,10 +264,11 @@ impl Job {
                     format!("{l}:{c}:")
                 })
                 .unwrap_or_default();
-            // toml names the field only for unknown/missing fields; name it for the rest
-            // (e.g. "invalid type") from the key on the error's line.
+            // Name the field with its table (`program.bogus`) from the key on the error's
+            // line; toml's own text names only the bare key, and only for unknown fields.
+            // A missing field's span is its table, which names nothing more.
             let field = match e.span() {
-                Some(s) if !msg.contains("field `") => key_path_at(&text, s.start)
+                Some(s) if !msg.starts_with("missing field") => key_path_at(&text, s.start)
                     .map(|k| format!(" field `{k}`:"))
                     .unwrap_or_default(),
                 _ => String::new(),
