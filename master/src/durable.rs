@@ -90,7 +90,13 @@ impl Master {
                     reattach.push((TaskId(t.index), t.handle.clone().unwrap_or_default()));
                     TaskState::Running
                 }
-                _ => TaskState::Queued,
+                _ => {
+                    // Stop what the dead master may have left running before it runs again.
+                    if let Some(h) = &t.handle {
+                        interface.stop_leftover(h);
+                    }
+                    TaskState::Queued
+                }
             };
             records.push(restored_record(spec, state, t));
         }

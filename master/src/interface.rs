@@ -108,6 +108,11 @@ pub trait Interface: Send + Sync + 'static {
         Some(done)
     }
 
+    /// Called by a resumed master for a task that was running under `handle` when the
+    /// previous master died and that this interface cannot re-attach: stop whatever of it
+    /// may still run (e.g. an orphaned local process group), before it is queued again.
+    fn stop_leftover(&self, _handle: &str) {}
+
     /// True when tasks keep running on the backend after this process exits (Condor,
     /// BOINC). A journaled master dropped with such tasks in flight then leaves them running
     /// for `mw resume` to re-attach, instead of cancelling them.

@@ -4,9 +4,9 @@
 //!
 //! This module knows nothing of the journal, bundles on the wire, or other platforms.
 
-use crate::interface::{Completion, Interface};
+use crate::interface::{Completion, HandleSink, Interface};
 use crate::task::{Execution, InterfaceError, PreparedTask, TaskId, WorkerId};
-use mw_worker_runtime::exec::{collect_outputs, host_name};
+use mw_worker_runtime::exec::{collect_outputs, host_name, process_start_ticks};
 use mw_worker_runtime::{execute, ExecRequest, ProcessControl};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -34,6 +34,8 @@ pub struct Multicore {
     host: String,
     /// One long-lived thread per slot, started on first use, fed through a channel.
     slot_threads: Mutex<Vec<Option<std::sync::mpsc::Sender<SlotJob>>>>,
+    /// Where to record each task's process group (a journaled master gives one).
+    handles: Mutex<Option<Arc<dyn HandleSink>>>,
 }
 
 impl std::fmt::Debug for Multicore {
@@ -74,6 +76,7 @@ impl Multicore {
             scratch_root: None,
             host: host_name(),
             slot_threads: Mutex::new((0..slots).map(|_| None).collect()),
+            handles: Mutex::new(None),
         }
     }
 
@@ -230,6 +233,18 @@ impl Interface for Multicore {
 
     fn execute_task(&self, task: Arc<PreparedTask>, worker: WorkerId, done: Completion) {
         let control = ProcessControl::new();
+        let sink = self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(sink) = sink {
+            let (id, host) = (task.id, self.host.clone());
+            control.set_on_start(move |pid| {
+                let start = process_start_ticks(pid).unwrap_or(0);
+                sink.record_handle(id, &format!("local:{host}:{pid}:{start}"));
+            });
+        }
         {
             let mut st = lock(&self.state);
             st.running.insert(task.id, control.clone());
@@ -280,6 +295,34 @@ impl Interface for Multicore {
         m.insert("busy".into(), st.running.len().to_string());
         m.insert("started".into(), st.started.to_string());
         m
+    }
+
+    fn set_handle_sink(&self, sink: Arc<dyn HandleSink>) {
+        *self.handles.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    }
+
+    /// Kills the process group a dead master left running, when the handle names this host
+    /// and the process is still the very one that was started (same pid and start time).
+    fn stop_leftover(&self, handle: &str) {
+        let mut parts = handle.split(':');
+        let (Some("local"), Some(host), Some(pid), Some(start)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return;
+        };
+        let (Ok(pid), Ok(start)) = (pid.parse::<i32>(), start.parse::<u64>()) else {
+            return;
+        };
+        if host != self.host || pid <= 1 || start == 0 {
+            return;
+        }
+        if process_start_ticks(pid) == Some(start) {
+            // SAFETY: killpg only sends a signal; pid and start time identify our own
+            // orphaned task, which leads its own process group.
+            unsafe {
+                libc::killpg(pid, libc::SIGKILL);
+            }
+        }
     }
 
     fn cancel(&self, task: TaskId) {

@@ -109,6 +109,8 @@ struct ControlState {
     /// Counts runs, so a delayed SIGKILL never hits a later run of the same control.
     run: u64,
     grace: Duration,
+    /// Told the process group id right after the program started.
+    on_start: Option<Arc<dyn Fn(i32) + Send + Sync>>,
 }
 
 /// A handle to the process group of a running task: cancel, suspend, resume. Cheap to clone;
@@ -190,6 +192,12 @@ impl ProcessControl {
             signal_group(pgid, libc::SIGCONT);
             st.suspended = false;
         }
+    }
+
+    /// Calls `f` with the process group id (= the leader's pid) each time a program starts
+    /// under this control (e.g. to journal it, so a later master can find leftovers).
+    pub fn set_on_start(&self, f: impl Fn(i32) + Send + Sync + 'static) {
+        self.lock().on_start = Some(Arc::new(f));
     }
 
     /// The process group id while a run is in progress.
@@ -339,6 +347,10 @@ pub fn execute(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutcom
         }
     };
     let pid = child.id() as i32;
+    let on_start = control.lock().on_start.clone();
+    if let Some(f) = on_start {
+        f(pid);
+    }
     if let Some(mut pipe) = child.stdin.take() {
         // A program that exits without reading its input gives EPIPE here: not an error.
         let _ = pipe.write_all(&req.stdin);
@@ -739,6 +751,15 @@ fn ancestors_are_real_dirs(root: &Path, rel: &str) -> bool {
         }
     }
     true
+}
+
+/// The start time of process `pid` in clock ticks since boot (`/proc/<pid>/stat` field
+/// 22): with the pid, it identifies one process across pid reuse.
+pub fn process_start_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; starttime is field 22 overall.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// This machine's host name.
