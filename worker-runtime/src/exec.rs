@@ -50,8 +50,8 @@ pub struct ExecRequest {
     /// Kill the program (SIGKILL) if the thread that started it dies, e.g. when an MPI rank
     /// or a Condor/BOINC `mw-worker` is killed, so no orphan task keeps running. It costs a
     /// `fork` instead of a `posix_spawn` (about 0.5 ms of system time per task here), so
-    /// the local multicore path leaves it off: after a master crash its orphans finish
-    /// unrecorded and `mw resume` runs those tasks again.
+    /// the local multicore path leaves it off: it journals each task's process group
+    /// instead, and `mw resume` kills the leftovers of a crashed master.
     pub die_with_parent: bool,
 }
 
