@@ -538,6 +538,11 @@ fn writer_loop(
                     Write::Handle { task, handle } => {
                         tx.prepare_cached("UPDATE tasks SET handle = ?2 WHERE idx = ?1")?
                             .execute(params![task as i64, handle])?;
+                        // Local process groups change with every attempt and matter only
+                        // to `mw resume`: not worth an event each.
+                        if handle.starts_with("local:") {
+                            continue;
+                        }
                         tx.prepare_cached(
                             "INSERT INTO events (at, task, kind, detail) VALUES (?1, ?2, 'handle', ?3)",
                         )?
