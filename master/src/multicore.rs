@@ -6,7 +6,7 @@
 
 use crate::interface::{Completion, HandleSink, Interface};
 use crate::task::{Execution, InterfaceError, PreparedTask, TaskId, WorkerId};
-use mw_worker_runtime::exec::{collect_outputs, host_name, process_start_ticks};
+use mw_worker_runtime::exec::{collect_outputs, host_name};
 use mw_worker_runtime::{execute, ExecRequest, ProcessControl};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -33,7 +33,7 @@ pub struct Multicore {
     scratch_root: Option<PathBuf>,
     host: String,
     /// One long-lived thread per slot, started on first use, fed through a channel.
-    slot_threads: Mutex<Vec<Option<std::sync::mpsc::Sender<SlotJob>>>>,
+    slot_threads: Mutex<Vec<Option<(std::sync::mpsc::Sender<SlotJob>, PathBuf)>>>,
     /// Where to record each task's process group (a journaled master gives one).
     handles: Mutex<Option<Arc<dyn HandleSink>>>,
 }
@@ -233,18 +233,6 @@ impl Interface for Multicore {
 
     fn execute_task(&self, task: Arc<PreparedTask>, worker: WorkerId, done: Completion) {
         let control = ProcessControl::new();
-        let sink = self
-            .handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(sink) = sink {
-            let (id, host) = (task.id, self.host.clone());
-            control.set_on_start(move |pid| {
-                let start = process_start_ticks(pid).unwrap_or(0);
-                sink.record_handle(id, &format!("local:{host}:{pid}:{start}"));
-            });
-        }
         {
             let mut st = lock(&self.state);
             st.running.insert(task.id, control.clone());
@@ -254,36 +242,55 @@ impl Interface for Multicore {
         let mut threads = self.slot_threads.lock().unwrap_or_else(|p| p.into_inner());
         let slot = worker.0 as usize;
         if threads.get(slot).map(Option::is_none).unwrap_or(false) {
-            let (tx, rx) = std::sync::mpsc::channel::<SlotJob>();
-            let state = self.state.clone();
-            let scratch_root = self.scratch_root.clone();
-            let host = self.host.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("mw-slot-{slot}"))
-                .spawn(move || {
-                    let io = scratch(scratch_root.as_deref(), "mw-slot-io-");
-                    for (task, control, done) in rx {
-                        let outcome = match &io {
-                            Ok(io) => run_one(&task, &control, io.path(), &host),
-                            Err(e) => Err(e.clone()),
-                        };
-                        release(&state, worker, task.id);
-                        done.finish(outcome);
-                    }
-                });
-            if spawned.is_ok() {
-                threads[slot] = Some(tx);
+            // The slot's own directory (random name), kept for the slot thread's lifetime.
+            if let Ok(dir) = scratch(self.scratch_root.as_deref(), "mw-slot-") {
+                let path = dir.path().to_path_buf();
+                let (tx, rx) = std::sync::mpsc::channel::<SlotJob>();
+                let state = self.state.clone();
+                let host = self.host.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("mw-slot-{slot}"))
+                    .spawn(move || {
+                        for (task, control, done) in rx {
+                            let outcome = run_one(&task, &control, dir.path(), &host);
+                            release(&state, worker, task.id);
+                            done.finish(outcome);
+                        }
+                    });
+                if spawned.is_ok() {
+                    threads[slot] = Some((tx, path));
+                }
             }
         }
-        let sent = match threads.get(slot).and_then(Option::as_ref) {
-            Some(tx) => tx.send((task, control, done)).map_err(|e| e.0 .2),
-            None => Err(done),
+        let Some((tx, slot_dir)) = threads.get(slot).and_then(Option::as_ref) else {
+            drop(threads);
+            release(&self.state, worker, id);
+            done.finish(Err(InterfaceError::new(
+                "cannot start a worker slot (thread or scratch directory)",
+            )));
+            return;
         };
+        let sink = self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(sink) = sink {
+            // The handle names the process and the slot's working directory (unique, random)
+            // it started in, so a resumed master can tell its own leftover from an unrelated
+            // process that reused the pid (see `stop_leftover`).
+            let handle_prefix = format!("local:{}:", self.host);
+            let work = slot_dir.join("work").display().to_string();
+            control.set_on_start(move |pid| {
+                sink.record_handle(id, &format!("{handle_prefix}{pid}:{work}"));
+            });
+        }
+        let sent = tx.send((task, control, done)).map_err(|e| e.0 .2);
         drop(threads);
         if let Err(done) = sent {
             release(&self.state, worker, id);
             done.finish(Err(InterfaceError::new(
-                "cannot start a worker slot thread",
+                "the worker slot thread has stopped",
             )));
         }
     }
@@ -302,23 +309,28 @@ impl Interface for Multicore {
     }
 
     /// Kills the process group a dead master left running, when the handle names this host
-    /// and the process is still the very one that was started (same pid and start time).
+    /// and the process still runs in the slot directory (unique, random) it was started in.
     fn stop_leftover(&self, handle: &str) {
-        let mut parts = handle.split(':');
-        let (Some("local"), Some(host), Some(pid), Some(start)) =
+        let mut parts = handle.splitn(4, ':');
+        let (Some("local"), Some(host), Some(pid), Some(mark)) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return;
         };
-        let (Ok(pid), Ok(start)) = (pid.parse::<i32>(), start.parse::<u64>()) else {
+        let Ok(pid) = pid.parse::<i32>() else {
             return;
         };
-        if host != self.host || pid <= 1 || start == 0 {
+        if host != self.host || pid <= 1 || mark.is_empty() {
             return;
         }
-        if process_start_ticks(pid) == Some(start) {
-            // SAFETY: killpg only sends a signal; pid and start time identify our own
-            // orphaned task, which leads its own process group.
+        let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else {
+            return;
+        };
+        let recorded = Path::new(mark);
+        let recorded = std::fs::canonicalize(recorded).unwrap_or_else(|_| recorded.to_path_buf());
+        if cwd == recorded {
+            // SAFETY: killpg only sends a signal; the process runs in our slot directory and
+            // leads its own process group.
             unsafe {
                 libc::killpg(pid, libc::SIGKILL);
             }

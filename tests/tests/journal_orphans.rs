@@ -1,8 +1,8 @@
 //! A local master killed with SIGKILL leaves its running tasks behind (local tasks do not
 //! die with the master, see ARCHITECTURE.md). `mw resume` must stop those leftovers before it
 //! runs the tasks again, so a task never runs twice at the same time. The journal records
-//! each local task's process group with its start time, so only the very processes the dead
-//! master started are killed.
+//! each local task's process group, and the process carries its task attempt in its
+//! environment, so only the very processes the dead master started are killed.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

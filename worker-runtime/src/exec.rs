@@ -753,15 +753,6 @@ fn ancestors_are_real_dirs(root: &Path, rel: &str) -> bool {
     true
 }
 
-/// The start time of process `pid` in clock ticks since boot (`/proc/<pid>/stat` field
-/// 22): with the pid, it identifies one process across pid reuse.
-pub fn process_start_ticks(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; starttime is field 22 overall.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 /// This machine's host name.
 pub fn host_name() -> String {
     let mut buf = [0u8; 256];
