@@ -22,6 +22,9 @@ struct SlotState {
 
 type SlotJob = (Arc<PreparedTask>, ProcessControl, Completion);
 
+/// A started slot: the channel to its thread and its own directory.
+type Slot = (std::sync::mpsc::Sender<SlotJob>, PathBuf);
+
 /// Tasks a slot may hold at once. One: a task handed to a slot starts at once, and a task
 /// that is "running" really runs (handing a slot its next task early measured no faster).
 const SLOT_DEPTH: u32 = 1;
@@ -33,7 +36,7 @@ pub struct Multicore {
     scratch_root: Option<PathBuf>,
     host: String,
     /// One long-lived thread per slot, started on first use, fed through a channel.
-    slot_threads: Mutex<Vec<Option<(std::sync::mpsc::Sender<SlotJob>, PathBuf)>>>,
+    slot_threads: Mutex<Vec<Option<Slot>>>,
     /// Where to record each task's process group (a journaled master gives one).
     handles: Mutex<Option<Arc<dyn HandleSink>>>,
 }
