@@ -34,3 +34,45 @@ pub fn workspace_root() -> PathBuf {
 }
 pub mod boinc_client;
 pub mod condor_double;
+
+/// What a run of the `mw` binary printed and how it exited.
+#[derive(Debug)]
+pub struct MwOut {
+    /// Exit code (-1 when killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs `mw ARGS` in `dir` with `MW_JOBS_DIR=dir/jobs` and asserts it did not panic.
+pub fn run_mw(dir: &std::path::Path, args: &[&str]) -> MwOut {
+    let out = std::process::Command::new(bin("mw"))
+        .args(args)
+        .current_dir(dir)
+        .env("MW_JOBS_DIR", dir.join("jobs"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run mw");
+    let o = MwOut {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(
+        !o.stderr.contains("panicked"),
+        "mw {args:?} panicked:\n{}",
+        o.stderr
+    );
+    o
+}
+
+/// Writes an executable `/bin/sh` script `name` with `body` into `dir`.
+pub fn script(dir: &std::path::Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).expect("write script");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod script");
+    p
+}

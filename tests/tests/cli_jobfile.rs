@@ -5,40 +5,12 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+use mw_tests::{script, MwOut as Out};
 
 /// Runs `mw ARGS` in `dir` with MW_JOBS_DIR=dir/jobs.
 fn mw(dir: &Path, args: &[&str]) -> Out {
-    let out = Command::new(mw_tests::bin("mw"))
-        .args(args)
-        .current_dir(dir)
-        .env("MW_JOBS_DIR", dir.join("jobs"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let o = Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert!(
-        !o.stderr.contains("panicked"),
-        "mw {args:?} panicked:\n{}",
-        o.stderr
-    );
-    o
-}
-
-fn script(dir: &Path, name: &str, body: &str) {
-    let p = dir.join(name);
-    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    mw_tests::run_mw(dir, args)
 }
 
 fn lines(s: &str) -> Vec<serde_json::Value> {
