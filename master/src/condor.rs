@@ -223,6 +223,27 @@ struct Tracked {
     shadow: Option<String>,
 }
 
+impl Tracked {
+    /// A task this interface follows, idle until its log says otherwise.
+    fn new(
+        task: Arc<PreparedTask>,
+        done: Completion,
+        handle: Option<JobHandle>,
+        files: TaskFiles,
+        phase: Phase,
+    ) -> Self {
+        Tracked {
+            task,
+            done: Some(done),
+            handle,
+            files,
+            phase,
+            cancel_requested: false,
+            shadow: None,
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     tasks: HashMap<TaskId, Tracked>,
@@ -958,18 +979,8 @@ impl Interface for Condor {
             ))));
         }
         let id = task.id;
-        st.tasks.insert(
-            id,
-            Tracked {
-                task,
-                done: Some(done),
-                handle: None,
-                files,
-                phase: Phase::Pending,
-                cancel_requested: false,
-                shadow: None,
-            },
-        );
+        st.tasks
+            .insert(id, Tracked::new(task, done, None, files, Phase::Pending));
         st.pending.push(id);
         let now = Instant::now();
         st.first_pending.get_or_insert(now);
@@ -1056,15 +1067,7 @@ impl Interface for Condor {
                 .history(&[h.cluster], None)
                 .ok()
                 .and_then(|ads| ads.into_iter().find(|a| a.handle == h));
-            let tracked = Tracked {
-                task: task.clone(),
-                done: Some(done),
-                handle: Some(h),
-                files,
-                phase: Phase::Idle,
-                cancel_requested: false,
-                shadow: None,
-            };
+            let tracked = Tracked::new(task.clone(), done, Some(h), files, Phase::Idle);
             match ad {
                 Some(ad) => {
                     let outcome = match (ad.status, ad.exit_code, ad.exit_signal) {
@@ -1107,18 +1110,8 @@ impl Interface for Condor {
         }
         let replay = {
             let mut st = self.shared.lock();
-            st.tasks.insert(
-                id,
-                Tracked {
-                    task,
-                    done: Some(done),
-                    handle: Some(h),
-                    files,
-                    phase: Phase::Idle,
-                    cancel_requested: false,
-                    shadow: None,
-                },
-            );
+            st.tasks
+                .insert(id, Tracked::new(task, done, Some(h), files, Phase::Idle));
             st.by_handle.insert(h, id);
             st.unclaimed.remove(&h).unwrap_or_default()
         };

@@ -507,17 +507,30 @@ impl Master {
             if let Some(r) = take_result(&mut st, which)? {
                 return r.map(Some);
             }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            st = self
-                .inner
+            st = match self.wait_until(st, deadline) {
+                Some(st) => st,
+                None => return Ok(None),
+            };
+        }
+    }
+
+    /// Waits for a state change until `deadline`; `None` once the deadline has passed.
+    fn wait_until<'a>(
+        &'a self,
+        st: MutexGuard<'a, State>,
+        deadline: std::time::Instant,
+    ) -> Option<MutexGuard<'a, State>> {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        Some(
+            self.inner
                 .cond
                 .wait_timeout(st, left)
                 .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+                .0,
+        )
     }
 
     /// Waits up to `timeout` for the next finished task and returns its outcome whatever it
@@ -537,16 +550,10 @@ impl Master {
             if st.tasks.len() == st.durable {
                 return NextOutcome::AllCollected;
             }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return NextOutcome::Pending;
-            }
-            st = self
-                .inner
-                .cond
-                .wait_timeout(st, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            st = match self.wait_until(st, deadline) {
+                Some(st) => st,
+                None => return NextOutcome::Pending,
+            };
         }
     }
 
@@ -572,6 +579,14 @@ impl Master {
 
     /// Counts per state and the interface's status.
     pub fn status(&self) -> MasterStatus {
+        let mut status = self.counts();
+        status.interface = self.inner.interface.name().to_string();
+        status.interface_status = self.inner.interface.status();
+        status
+    }
+
+    /// Counts per state only: cheap (no call into the interface), for progress displays.
+    pub fn counts(&self) -> MasterStatus {
         let st = self.inner.lock();
         let uncollected = st
             .finished
@@ -585,11 +600,7 @@ impl Master {
             failed: st.counts[TaskState::Failed as usize],
             cancelled: st.counts[TaskState::Cancelled as usize],
             uncollected,
-            interface: self.inner.interface.name().to_string(),
-            interface_status: {
-                drop(st);
-                self.inner.interface.status()
-            },
+            ..MasterStatus::default()
         }
     }
 

@@ -312,44 +312,36 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<i32> {
     let mut failed = 0usize;
     let mut reduce_inputs: Vec<Option<serde_json::Value>> =
         vec![None; if reduce_present { total } else { 0 }];
-    loop {
-        match master.next_outcome(Duration::from_millis(500)) {
-            NextOutcome::Finished(task, outcome, times) => {
-                if outcome.is_err() {
-                    failed += 1;
-                }
-                if reduce_present {
-                    if let Ok(out) = &outcome {
-                        reduce_inputs[task.0 as usize] = Some(out.value.clone());
-                    }
-                }
-                let line = ResultLine::from_outcome(
-                    task.0,
-                    p.inputs[task.0 as usize].clone(),
-                    &outcome,
-                    Some(&times),
-                );
-                lines.insert(task.0, line);
-                while let Some(line) = lines.remove(&next_to_write) {
-                    serde_json::to_writer(&mut sink, &line)?;
-                    sink.write_all(b"\n")?;
-                    next_to_write += 1;
-                }
-                progress.update(&master.status(), false);
+    drive(
+        &master,
+        journal.as_deref(),
+        &mut progress,
+        |task, outcome, times| {
+            if outcome.is_err() {
+                failed += 1;
             }
-            NextOutcome::Pending => {
-                progress.update(&master.status(), false);
-                if let Some(j) = &journal {
-                    apply_cancel_requests(&master, j)?;
+            if reduce_present {
+                if let Ok(out) = &outcome {
+                    reduce_inputs[task.0 as usize] = Some(out.value.clone());
                 }
             }
-            NextOutcome::AllCollected => break,
-        }
-    }
+            let line = ResultLine::from_outcome(
+                task.0,
+                p.inputs[task.0 as usize].clone(),
+                &outcome,
+                Some(&times),
+            );
+            lines.insert(task.0, line);
+            while let Some(line) = lines.remove(&next_to_write) {
+                serde_json::to_writer(&mut sink, &line)?;
+                sink.write_all(b"\n")?;
+                next_to_write += 1;
+            }
+            Ok(())
+        },
+    )?;
     sink.flush()?;
     drop(sink);
-    progress.update(&master.status(), true);
-    progress.finish();
     if let Some(j) = &journal {
         j.set_job_status("finished")?;
     }
@@ -378,6 +370,35 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<i32> {
     } else {
         EXIT_OK
     })
+}
+
+/// Collects every task's outcome as it finishes, handing each to `on_finished`, keeping
+/// the progress display current and applying `mw cancel` requests from the journal.
+fn drive(
+    master: &Master,
+    journal: Option<&Journal>,
+    progress: &mut Progress,
+    mut on_finished: impl FnMut(
+        TaskId,
+        Result<crate::TaskOutput, crate::MwError>,
+        crate::TaskTimes,
+    ) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    loop {
+        match master.next_outcome(Duration::from_millis(500)) {
+            NextOutcome::Finished(task, outcome, times) => on_finished(task, outcome, times)?,
+            NextOutcome::Pending => {
+                if let Some(j) = journal {
+                    apply_cancel_requests(master, j)?;
+                }
+            }
+            NextOutcome::AllCollected => break,
+        }
+        progress.update(&master.counts(), false);
+    }
+    progress.update(&master.counts(), true);
+    progress.finish();
+    Ok(())
 }
 
 fn apply_cancel_requests(master: &Master, journal: &Journal) -> anyhow::Result<()> {
@@ -565,23 +586,12 @@ pub(crate) fn resume(args: ResumeArgs) -> anyhow::Result<i32> {
         .iter()
         .filter(|t| matches!(t.state, TaskState::Failed | TaskState::Cancelled))
         .count();
-    loop {
-        match master.next_outcome(Duration::from_millis(500)) {
-            NextOutcome::Finished(_, outcome, _) => {
-                if outcome.is_err() {
-                    failed += 1;
-                }
-                progress.update(&master.status(), false);
-            }
-            NextOutcome::Pending => {
-                progress.update(&master.status(), false);
-                apply_cancel_requests(&master, &journal)?;
-            }
-            NextOutcome::AllCollected => break,
+    drive(&master, Some(&journal), &mut progress, |_, outcome, _| {
+        if outcome.is_err() {
+            failed += 1;
         }
-    }
-    progress.update(&master.status(), true);
-    progress.finish();
+        Ok(())
+    })?;
     drop(master);
     if failed == 0 {
         if let Some(reduce) = &reduce {
