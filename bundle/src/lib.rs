@@ -15,11 +15,13 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod fsutil;
 mod manifest;
 mod pack;
 mod unpack;
 
 pub use error::BundleError;
+pub use fsutil::{signal_name, sync_dir, write_atomic};
 pub use manifest::*;
 pub use pack::{sha256_file, sha256_hex, BundleBuilder};
 pub use unpack::{open_in_memory, read_manifest, unpack, InMemoryBundle, Limits};

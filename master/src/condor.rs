@@ -798,22 +798,10 @@ fn conclude(shared: &Shared, id: TaskId, h: JobHandle, outcome: Outcome) {
     }
 }
 
-fn signal_name(sig: i64) -> &'static str {
-    match sig {
-        1 => " (SIGHUP)",
-        2 => " (SIGINT)",
-        3 => " (SIGQUIT)",
-        4 => " (SIGILL)",
-        6 => " (SIGABRT)",
-        7 => " (SIGBUS)",
-        8 => " (SIGFPE)",
-        9 => " (SIGKILL)",
-        11 => " (SIGSEGV)",
-        13 => " (SIGPIPE)",
-        15 => " (SIGTERM)",
-        24 => " (SIGXCPU)",
-        25 => " (SIGXFSZ)",
-        _ => "",
+fn signal_name(sig: i64) -> String {
+    match mw_bundle::signal_name(sig) {
+        Some(name) => format!(" ({name})"),
+        None => String::new(),
     }
 }
 

@@ -169,28 +169,10 @@ fn signal_name(exit: &ExitInfo) -> String {
     let ExitInfo::Signaled { signal } = exit else {
         return String::new();
     };
-    let name = match *signal {
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGILL => "SIGILL",
-        libc::SIGTRAP => "SIGTRAP",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGUSR1 => "SIGUSR1",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGUSR2 => "SIGUSR2",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGALRM => "SIGALRM",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGXCPU => "SIGXCPU",
-        libc::SIGXFSZ => "SIGXFSZ",
-        libc::SIGSYS => "SIGSYS",
-        _ => return String::new(),
-    };
-    format!(" ({name})")
+    match mw_bundle::signal_name(i64::from(*signal)) {
+        Some(name) => format!(" ({name})"),
+        None => String::new(),
+    }
 }
 
 fn tail(stderr: &str) -> String {

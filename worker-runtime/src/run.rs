@@ -367,21 +367,6 @@ pub fn run_bundles(
 /// Writes `bytes` to `path` through a temporary file in the same directory, fsync'd and
 /// renamed, so readers never see a partial file.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
-        .map_err(io(format!("creating a temp file in {}", dir.display())))?;
-    tmp.write_all(bytes)
-        .map_err(io(format!("writing {}", path.display())))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(io(format!("syncing {}", path.display())))?;
-    tmp.persist(path).map_err(|e| RunError::Io {
-        context: format!("renaming into {}", path.display()),
-        source: e.error,
-    })?;
-    Ok(())
+    mw_bundle::write_atomic(path, bytes, None)
+        .map_err(io(format!("writing {} atomically", path.display())))
 }
