@@ -8,7 +8,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 N=${1:-10000}
-cargo build --release -q -p mw -p mw-tests -p mw-examples -p mw-worker-runtime --bins
+cargo build --release -q -p mw-cli -p mw-tests -p mw-examples -p mw-worker-runtime --bins
 BIN=$PWD/target/release
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT

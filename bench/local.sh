@@ -12,7 +12,7 @@ NTASKS=${1:-2000}
 RUNS=${2:-5}
 N=$(nproc)
 command -v parallel >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq parallel >/dev/null; }
-cargo build --release -q -p mw -p mw-examples
+cargo build --release -q -p mw-cli -p mw-examples
 R=$PWD/target/release
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT

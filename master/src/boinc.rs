@@ -39,7 +39,6 @@
 //! database; everything it does to the project goes through BOINC's own tools and files.
 
 use crate::interface::{Completion, HandleSink, Interface};
-use crate::job::BoincSection;
 use crate::task::{Execution, InterfaceError, PreparedTask, TaskId, WorkerId};
 use md5::{Digest, Md5};
 use mw_boinc_setup::{MwBoincConfig, TemplateParams};
@@ -229,30 +228,6 @@ impl BoincSettings {
             deadline_secs: None,
             batch_size: DEFAULT_BATCH_SIZE,
         }
-    }
-
-    /// From a job file's `[boinc]` section; a relative `project_dir` is taken from `base_dir`.
-    pub fn from_section(sec: &BoincSection, base_dir: &Path) -> Result<Self, BoincError> {
-        let dir = sec.project_dir.as_deref().ok_or_else(|| {
-            BoincError("[boinc] project_dir is required for interface \"boinc\"".into())
-        })?;
-        let dir = Path::new(dir);
-        let project_dir = if dir.is_absolute() {
-            dir.to_path_buf()
-        } else {
-            base_dir.join(dir)
-        };
-        if sec.batch_size == Some(0) {
-            return Err(BoincError("[boinc] batch_size must be at least 1".into()));
-        }
-        Ok(BoincSettings {
-            project_dir,
-            app_name: sec.app_name.clone(),
-            quorum: sec.quorum,
-            replication: sec.replication,
-            deadline_secs: sec.deadline_secs,
-            batch_size: sec.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
-        })
     }
 }
 

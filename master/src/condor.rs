@@ -12,8 +12,7 @@
 //! master only through [`Interface`], [`Completion`] and [`HandleSink`].
 
 use crate::interface::{Completion, HandleSink, Interface};
-use crate::job::{CondorSection, Job};
-use crate::task::{Execution, InterfaceError, PreparedTask, TaskId, WorkerId};
+use crate::task::{Execution, InterfaceError, PreparedTask, TaskId, TaskSpec, WorkerId};
 use mw_condor_kit::{
     spawn_log_watcher, write_submit_files, CondorCli, EventKind, JobHandle, JobStatus, LogEvent,
     LogWatcher, SubmitItem, SubmitSpec, Termination, WatchMessage,
@@ -86,70 +85,6 @@ impl CondorSettings {
             cli: CondorCli::default(),
         }
     }
-
-    /// Settings from a job file's `[condor]` table (paths relative to the job file).
-    pub fn from_job(job: &Job, work_dir: impl Into<PathBuf>) -> Result<Self, InterfaceError> {
-        let c: &CondorSection = &job.file.condor;
-        let mut s = CondorSettings::new(work_dir);
-        let rel = |p: &str| {
-            let p = Path::new(p);
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                job.base_dir.join(p)
-            }
-        };
-        let at = |field: &str, msg: String| {
-            InterfaceError::new(format!("{}: [condor] {field}: {msg}", job.path.display()))
-        };
-        if let Some(n) = c.request_cpus {
-            if n == 0 {
-                return Err(at("request_cpus", "must be at least 1".into()));
-            }
-            s.request_cpus = n;
-        }
-        if let Some(v) = &c.request_memory {
-            s.request_memory_mb = size_mb(v).map_err(|m| at("request_memory", m))?;
-        }
-        if let Some(v) = &c.request_disk {
-            s.request_disk_mb = size_mb(v).map_err(|m| at("request_disk", m))?;
-        }
-        if let Some(r) = &c.requirements {
-            if r.trim().is_empty() || r.chars().any(|ch| ch.is_control()) {
-                return Err(at(
-                    "requirements",
-                    "must be one non-empty line (a ClassAd expression)".into(),
-                ));
-            }
-            s.requirements = Some(r.trim().to_string());
-        }
-        if let Some(w) = c.batch_window_secs {
-            if !(w.is_finite() && (0.0..=3600.0).contains(&w)) {
-                return Err(at(
-                    "batch_window_secs",
-                    "must be between 0 and 3600 seconds".into(),
-                ));
-            }
-            s.batch_window = Duration::from_secs_f64(w);
-        }
-        if let Some(t) = &c.template {
-            s.template = Some(rel(t));
-        }
-        match c.on_hold.as_deref() {
-            None | Some("fail") => s.on_hold = OnHold::Fail,
-            Some("wait") => s.on_hold = OnHold::Wait,
-            Some(other) => {
-                return Err(at(
-                    "on_hold",
-                    format!("`{other}`: expected \"fail\" or \"wait\""),
-                ))
-            }
-        }
-        if let Some(w) = &c.worker {
-            s.worker = rel(w);
-        }
-        Ok(s)
-    }
 }
 
 /// `$MW_WORKER`, else `mw-worker` next to the running executable, else `mw-worker`.
@@ -161,36 +96,6 @@ pub fn default_worker() -> PathBuf {
         .ok()
         .and_then(|e| e.parent().map(|d| d.join("mw-worker")))
         .unwrap_or_else(|| PathBuf::from("mw-worker"))
-}
-
-/// A size in MiB: a number (MiB) or a string with a K/M/G/T suffix (`"2GB"`, `"512M"`).
-pub fn size_mb(v: &toml::Value) -> Result<u64, String> {
-    match v {
-        toml::Value::Integer(n) if *n > 0 => Ok(*n as u64),
-        toml::Value::String(s) => {
-            let t = s.trim().to_ascii_uppercase();
-            let t = t.strip_suffix('B').unwrap_or(&t);
-            let (num, mult) = match t.chars().last() {
-                Some('K') => (&t[..t.len() - 1], 1.0 / 1024.0),
-                Some('M') => (&t[..t.len() - 1], 1.0),
-                Some('G') => (&t[..t.len() - 1], 1024.0),
-                Some('T') => (&t[..t.len() - 1], 1024.0 * 1024.0),
-                _ => (t, 1.0),
-            };
-            let n: f64 = num
-                .trim()
-                .parse()
-                .map_err(|_| format!("{s:?} is not a size like 512, \"512MB\" or \"2GB\""))?;
-            let mb = (n * mult).ceil();
-            if !(mb.is_finite() && (1.0..1e12).contains(&mb)) {
-                return Err(format!("{s:?} is not a positive size"));
-            }
-            Ok(mb as u64)
-        }
-        other => Err(format!(
-            "{other} is not a size like 512, \"512MB\" or \"2GB\""
-        )),
-    }
 }
 
 /// Where one task's files are.
@@ -418,32 +323,34 @@ fn batch_spec(
     }
 }
 
-/// The submit description `mw` would submit for `job` (for `mw-condor submit-file`): every
-/// task of the job in one batch, staged under `work_dir`. Returns (submit text, item text).
+/// The submit description `mw` would submit for the tasks `specs` of job `job_name` (for
+/// `mw-condor submit-file`): every task in one batch, staged under `work_dir`. Returns
+/// (submit text, item text). `specs` must not be empty.
 pub fn preview_submit(
-    job: &Job,
+    job_name: &str,
+    specs: Vec<TaskSpec>,
     work_dir: &Path,
     settings: &CondorSettings,
 ) -> Result<(String, String), InterfaceError> {
-    let inputs = job.inputs().map_err(InterfaceError::new)?;
-    let builder = job.task_builder().map_err(InterfaceError::new)?;
+    let Some(first) = specs.first() else {
+        return Err(InterfaceError::new("the job has no tasks"));
+    };
+    let program = first.program.clone();
     let dir = work_dir.join("batch-1");
     // The program bundle is content-addressed: pack it once (in a scratch dir) for its name.
     let scratch = tempfile::tempdir()
         .map_err(|e| InterfaceError::new(format!("creating a scratch directory: {e}")))?;
-    let packed = builder
-        .program()
+    let packed = program
         .bundle(scratch.path())
         .map_err(|e| InterfaceError::new(format!("packing the program bundle: {e}")))?;
     let staging = work_dir.parent().unwrap_or(work_dir);
     let program_bundle = staging.join(packed.path.file_name().unwrap_or_default());
-    let mut tasks = Vec::with_capacity(inputs.len());
-    for (i, input) in inputs.into_iter().enumerate() {
-        let spec = builder.build(i, input).map_err(InterfaceError::new)?;
+    let mut tasks = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.into_iter().enumerate() {
         let prepared = PreparedTask {
             id: TaskId(i as u64),
             attempt: 1,
-            job: job.name.clone(),
+            job: job_name.to_string(),
             spec,
             output_dir: None,
             staging_dir: work_dir.to_path_buf(),
@@ -453,7 +360,7 @@ pub fn preview_submit(
             task_files(&dir, &prepared, program_bundle.clone()),
         ));
     }
-    let name = format!("{}-b1", safe_name(&job.name));
+    let name = format!("{}-b1", safe_name(job_name));
     let spec = batch_spec(settings, &name, &dir, &program_bundle, &tasks);
     let items_file = dir.join(format!("{name}.items"));
     let submit = mw_condor_kit::render_submit(&spec, &items_file, settings.template.as_deref())
@@ -1145,12 +1052,6 @@ impl Drop for Condor {
     }
 }
 
-/// Builds the interface for a job file (used by `mw run`/`mw resume`).
-pub fn from_job(job: &Job, job_dir: &Path) -> Result<Condor, InterfaceError> {
-    let settings = CondorSettings::from_job(job, job_dir.join("staging").join("condor"))?;
-    Condor::new(settings)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -1260,14 +1161,5 @@ mod tests {
         assert!(err.contains("worker said: lost it"), "{err}");
         assert_eq!(condor.status()["log_problems"], "0");
         condor.shutdown();
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(size_mb(&toml::Value::Integer(512)).unwrap(), 512);
-        assert_eq!(size_mb(&toml::Value::String("2GB".into())).unwrap(), 2048);
-        assert_eq!(size_mb(&toml::Value::String("512 M".into())).unwrap(), 512);
-        assert!(size_mb(&toml::Value::String("lots".into())).is_err());
-        assert!(size_mb(&toml::Value::Integer(0)).is_err());
     }
 }

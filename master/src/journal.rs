@@ -341,12 +341,8 @@ impl Journal {
             .clone()
     }
 
-    /// Records newly submitted tasks (synchronously, one transaction).
-    pub(crate) fn record_submitted(
-        &self,
-        first: u64,
-        specs: &[TaskSpec],
-    ) -> Result<(), JournalError> {
+    /// Records tasks `first..` as submitted (queued), in one transaction, committed on return.
+    pub fn record_submitted(&self, first: u64, specs: &[TaskSpec]) -> Result<(), JournalError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn
             .transaction()

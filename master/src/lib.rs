@@ -21,17 +21,14 @@
 #![warn(missing_docs)]
 
 pub mod boinc;
-pub mod cli;
 pub mod condor;
 mod durable;
 pub mod interface;
-pub mod job;
 pub mod journal;
 pub mod master;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 pub mod multicore;
-mod platforms;
 pub mod task;
 
 pub use interface::{Completion, HandleSink, Interface};

@@ -353,6 +353,16 @@ impl Master {
         Self::build(interface, options, None, Vec::new())
     }
 
+    /// A master over a journal the caller created ([`Journal::create`]) with no tasks yet:
+    /// every task submitted is journaled, and results are durable before they are handed out.
+    pub fn with_created_journal(
+        interface: Arc<dyn Interface>,
+        options: MasterOptions,
+        journal: Arc<Journal>,
+    ) -> Result<Master, MwError> {
+        Self::build(interface, options, Some(journal), Vec::new())
+    }
+
     pub(crate) fn build(
         interface: Arc<dyn Interface>,
         options: MasterOptions,

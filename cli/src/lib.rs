@@ -1,11 +1,14 @@
 //! The `mw` command line: `mw run JOB.toml` and the job-management commands.
 //!
-//! The binary (`src/main.rs`) only calls [`main`]; everything here is plain functions over
-//! the library. Exit codes: 0 every task succeeded; 1 some task failed or was cancelled;
+//! The binaries (`src/main.rs`, `src/bin/mw-condor.rs`) only call into this crate; everything
+//! here is plain functions over the `mw` library. This crate is the only one that knows about
+//! terminals, exit codes, job files and the result-line format. Exit codes: 0 every task succeeded; 1 some task failed or was cancelled;
 //! 2 bad usage, bad job file or a setup problem.
 
+pub mod job;
 mod jobs;
 mod output;
+pub mod platforms;
 mod report;
 mod run;
 

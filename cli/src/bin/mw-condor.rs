@@ -4,8 +4,9 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mw::condor::{preview_submit, CondorSettings};
-use mw::job::Job;
+use mw::condor::preview_submit;
+use mw_cli::job::Job;
+use mw_cli::platforms::condor_settings;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -53,8 +54,15 @@ fn real_main() -> anyhow::Result<()> {
                     .join("staging")
                     .join("condor"),
             };
-            let settings = CondorSettings::from_job(&job, &work_dir)?;
-            let (submit, item_text) = preview_submit(&job, &work_dir, &settings)?;
+            let settings = condor_settings(&job, &work_dir)?;
+            let inputs = job.inputs()?;
+            let builder = job.task_builder()?;
+            let specs = inputs
+                .into_iter()
+                .enumerate()
+                .map(|(i, input)| builder.build(i, input))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (submit, item_text) = preview_submit(&job.name, specs, &work_dir, &settings)?;
             print!("{}", if items { item_text } else { submit });
             Ok(())
         }

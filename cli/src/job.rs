@@ -8,7 +8,7 @@
 //!
 //! This module turns a job file into [`TaskSpec`]s; it knows nothing of how they run.
 
-use crate::task::{Program, TaskSpec};
+use mw::task::{Program, TaskSpec};
 use mw_bundle::Comparison;
 use serde::Deserialize;
 use std::collections::BTreeMap;

@@ -3,7 +3,7 @@
 //! Result lines are the serialisable mirror of a task's outcome (the library's own types
 //! stay non-serialisable, so the file format is decided here, at the edge).
 
-use crate::master::{MasterStatus, MwError, TaskOutput, TaskTimes};
+use mw::master::{MasterStatus, MwError, TaskOutput, TaskTimes};
 use serde::{Deserialize, Serialize};
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

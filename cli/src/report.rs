@@ -4,7 +4,7 @@
 //! Workers are reconstructed from the journal: per host, tasks are placed greedily on the
 //! first lane free at their start time, which recovers the worker slots of a run.
 
-use crate::journal::{JobMeta, StoredTask};
+use mw::journal::{JobMeta, StoredTask};
 use std::fmt::Write;
 
 const WIDTH: f64 = 900.0;
@@ -73,7 +73,7 @@ pub(crate) fn render_svg(meta: &JobMeta, tasks: &[StoredTask]) -> String {
                 start: s,
                 end: e,
                 task: t.index,
-                ok: t.state == crate::master::TaskState::Done,
+                ok: t.state == mw::master::TaskState::Done,
             });
         }
         for l in 0..lane_free.len() {
@@ -86,7 +86,7 @@ pub(crate) fn render_svg(meta: &JobMeta, tasks: &[StoredTask]) -> String {
     // Histogram of wall times.
     let walls: Vec<f64> = tasks
         .iter()
-        .filter(|t| t.state == crate::master::TaskState::Done)
+        .filter(|t| t.state == mw::master::TaskState::Done)
         .map(|t| t.wall_secs)
         .collect();
     let bins = 30usize;
@@ -108,7 +108,7 @@ pub(crate) fn render_svg(meta: &JobMeta, tasks: &[StoredTask]) -> String {
     );
     let done = tasks
         .iter()
-        .filter(|t| t.state == crate::master::TaskState::Done)
+        .filter(|t| t.state == mw::master::TaskState::Done)
         .count();
     let _ = writeln!(
         s,

@@ -1,15 +1,15 @@
 //! `mw run`, `mw submit` and `mw resume`: turning a job file into a journaled job and
 //! driving its master until every task has an outcome.
 
-use super::output::{Progress, ResultLine};
-use super::{absolute, EXIT_OK, EXIT_TASKS_FAILED};
-use crate::interface::Interface;
 use crate::job::Job;
-use crate::journal::{JobMeta, Journal};
-use crate::master::{Master, MasterOptions, NextOutcome, TaskState};
-use crate::task::{Program, TaskId, TaskSpec};
+use crate::output::{Progress, ResultLine};
+use crate::{absolute, EXIT_OK, EXIT_TASKS_FAILED};
 use anyhow::{bail, Context};
 use clap::Args;
+use mw::interface::Interface;
+use mw::journal::{JobMeta, Journal};
+use mw::master::{Master, MasterOptions, NextOutcome, TaskState};
+use mw::task::{Program, TaskId, TaskSpec};
 use mw_worker_runtime::{execute, ExecRequest, ProcessControl};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -89,7 +89,7 @@ pub(crate) fn jobs_root(arg: Option<&Path>) -> PathBuf {
 /// Finds a job directory from an id or a path.
 pub(crate) fn find_job_dir(job: &str, jobs_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
     let as_path = Path::new(job);
-    if as_path.join(crate::journal::JOURNAL_FILE).exists() || as_path.is_file() {
+    if as_path.join(mw::journal::JOURNAL_FILE).exists() || as_path.is_file() {
         return Ok(absolute(as_path));
     }
     let root = jobs_root(jobs_dir);
@@ -182,8 +182,8 @@ pub(crate) fn make_interface(
     match name {
         "multicore" => {
             let mc = match workers {
-                Some(n) => crate::Multicore::new(n),
-                None => crate::Multicore::default(),
+                Some(n) => mw::Multicore::new(n),
+                None => mw::Multicore::default(),
             };
             Ok(Arc::new(mc))
         }
@@ -194,9 +194,9 @@ pub(crate) fn make_interface(
 
 #[cfg(feature = "mpi")]
 fn mpi_interface() -> anyhow::Result<Arc<dyn Interface>> {
-    match crate::mpi::Mpi::init()? {
-        crate::mpi::MpiRole::Master(m) => Ok(Arc::new(m)),
-        crate::mpi::MpiRole::Worker => {
+    match mw::mpi::Mpi::init()? {
+        mw::mpi::MpiRole::Master(m) => Ok(Arc::new(m)),
+        mw::mpi::MpiRole::Worker => {
             // A worker rank has served until the master released it.
             std::process::exit(0);
         }
@@ -284,7 +284,10 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<i32> {
         }
     }
     let opts = master_options(&p.job, &id, job_dir.as_deref().or(Some(&dir_for_interface)));
-    let master = Master::build(interface, opts, journal.clone(), Vec::new())?;
+    let master = match &journal {
+        Some(j) => Master::with_created_journal(interface, opts, j.clone())?,
+        None => Master::with_options(interface, opts)?,
+    };
     let total = p.specs.len();
     for chunk in p.specs.chunks(10_000) {
         master.submit_many(chunk.to_vec())?;
@@ -380,8 +383,8 @@ fn drive(
     progress: &mut Progress,
     mut on_finished: impl FnMut(
         TaskId,
-        Result<crate::TaskOutput, crate::MwError>,
-        crate::TaskTimes,
+        Result<mw::TaskOutput, mw::MwError>,
+        mw::TaskTimes,
     ) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     loop {
@@ -475,8 +478,8 @@ pub(crate) fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
     let pid = spawn_detached_master(&dir)?;
     // Record the detached master at once, so `mw wait`/`mw status` right after `mw submit`
     // see a live master (the master records itself too; a finished one is left alone).
-    let path = dir.join(crate::journal::JOURNAL_FILE);
-    let conn = crate::journal::open_checked(&path, true)?;
+    let path = dir.join(mw::journal::JOURNAL_FILE);
+    let conn = mw::journal::open_checked(&path, true)?;
     conn.execute(
         "UPDATE job SET master_pid = ?1, master_host = ?2, status = 'running' WHERE status = 'submitted'",
         rusqlite::params![pid as i64, mw_worker_runtime::exec::host_name()],
@@ -528,12 +531,12 @@ pub(crate) fn resume(args: ResumeArgs) -> anyhow::Result<i32> {
             );
         }
     }
-    let journal_path = dir.join(crate::journal::JOURNAL_FILE);
+    let journal_path = dir.join(mw::journal::JOURNAL_FILE);
     let (meta, stored) = {
-        let conn = crate::journal::open_checked(&journal_path, false)?;
+        let conn = mw::journal::open_checked(&journal_path, false)?;
         (
-            crate::journal::read_meta(&conn, &journal_path)?,
-            crate::journal::read_tasks(&conn, &journal_path, None)?,
+            mw::journal::read_meta(&conn, &journal_path)?,
+            mw::journal::read_tasks(&conn, &journal_path, None)?,
         )
     };
     let job_path = PathBuf::from(&meta.job_path);
@@ -574,7 +577,7 @@ pub(crate) fn resume(args: ResumeArgs) -> anyhow::Result<i32> {
     let master = Master::resume(interface, opts, &dir, |index, input| {
         builder
             .build(index as usize, input)
-            .map_err(|e| crate::MwError::Journal(e.to_string()))
+            .map_err(|e| mw::MwError::Journal(e.to_string()))
     })?;
     let journal = master
         .journal()
@@ -611,9 +614,9 @@ pub(crate) fn resume(args: ResumeArgs) -> anyhow::Result<i32> {
 /// journal's results (task order), keeps its output in `<job dir>/reduce.out` (which
 /// `mw wait` prints) and prints it.
 fn reduce_from_journal(dir: &Path, reduce: &Program) -> anyhow::Result<()> {
-    let path = dir.join(crate::journal::JOURNAL_FILE);
-    let conn = crate::journal::open_checked(&path, false)?;
-    let values: Vec<serde_json::Value> = crate::journal::read_tasks(&conn, &path, None)?
+    let path = dir.join(mw::journal::JOURNAL_FILE);
+    let conn = mw::journal::open_checked(&path, false)?;
+    let values: Vec<serde_json::Value> = mw::journal::read_tasks(&conn, &path, None)?
         .into_iter()
         .map(|t| t.output.unwrap_or_default())
         .collect();

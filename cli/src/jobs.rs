@@ -2,12 +2,12 @@
 //! `mw cancel`, `mw report`. They read the job journal (read-only, except `cancel`), so they
 //! work whether the job's master is alive, dead or finished.
 
-use super::run::{find_job_dir, jobs_root};
-use super::{EXIT_OK, EXIT_TASKS_FAILED};
-use crate::journal::{open_checked, read_meta, read_tasks, JobMeta, StoredTask, JOURNAL_FILE};
-use crate::master::TaskState;
+use crate::run::{find_job_dir, jobs_root};
+use crate::{EXIT_OK, EXIT_TASKS_FAILED};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
+use mw::journal::{open_checked, read_meta, read_tasks, JobMeta, StoredTask, JOURNAL_FILE};
+use mw::master::TaskState;
 use rusqlite::params;
 use serde::Serialize;
 use std::collections::BTreeMap;

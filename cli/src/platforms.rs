@@ -1,0 +1,162 @@
+//! Job-file settings → the interfaces' own settings types, and construction of the
+//! remote-platform interfaces (HTCondor, BOINC). The interfaces never see the job file.
+
+use crate::job::{BoincSection, CondorSection, Job, JobError};
+use mw::boinc::BoincSettings;
+use mw::condor::{CondorSettings, OnHold};
+use mw::interface::Interface;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Builds the interface named `name` for `job`, staging into `job_dir`.
+pub(crate) fn make(name: &str, job: &Job, job_dir: &Path) -> anyhow::Result<Arc<dyn Interface>> {
+    match name {
+        "boinc" => {
+            let settings = boinc_settings(&job.file.boinc, &job.base_dir)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", job.path.display()))?;
+            Ok(Arc::new(mw::boinc::Boinc::new(settings)?))
+        }
+        "condor" => {
+            let settings = condor_settings(job, job_dir.join("staging").join("condor"))?;
+            Ok(Arc::new(mw::condor::Condor::new(settings)?))
+        }
+        _ => anyhow::bail!("interface `{name}` is not available in this build"),
+    }
+}
+
+/// Condor settings from a job file's `[condor]` table (paths relative to the job file).
+pub fn condor_settings(
+    job: &Job,
+    work_dir: impl Into<PathBuf>,
+) -> Result<CondorSettings, JobError> {
+    let c: &CondorSection = &job.file.condor;
+    let mut s = CondorSettings::new(work_dir);
+    let rel = |p: &str| {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            job.base_dir.join(p)
+        }
+    };
+    let at = |field: &str, msg: String| {
+        JobError(format!("{}: [condor] {field}: {msg}", job.path.display()))
+    };
+    if let Some(n) = c.request_cpus {
+        if n == 0 {
+            return Err(at("request_cpus", "must be at least 1".into()));
+        }
+        s.request_cpus = n;
+    }
+    if let Some(v) = &c.request_memory {
+        s.request_memory_mb = size_mb(v).map_err(|m| at("request_memory", m))?;
+    }
+    if let Some(v) = &c.request_disk {
+        s.request_disk_mb = size_mb(v).map_err(|m| at("request_disk", m))?;
+    }
+    if let Some(r) = &c.requirements {
+        if r.trim().is_empty() || r.chars().any(|ch| ch.is_control()) {
+            return Err(at(
+                "requirements",
+                "must be one non-empty line (a ClassAd expression)".into(),
+            ));
+        }
+        s.requirements = Some(r.trim().to_string());
+    }
+    if let Some(w) = c.batch_window_secs {
+        if !(w.is_finite() && (0.0..=3600.0).contains(&w)) {
+            return Err(at(
+                "batch_window_secs",
+                "must be between 0 and 3600 seconds".into(),
+            ));
+        }
+        s.batch_window = Duration::from_secs_f64(w);
+    }
+    if let Some(t) = &c.template {
+        s.template = Some(rel(t));
+    }
+    match c.on_hold.as_deref() {
+        None | Some("fail") => s.on_hold = OnHold::Fail,
+        Some("wait") => s.on_hold = OnHold::Wait,
+        Some(other) => {
+            return Err(at(
+                "on_hold",
+                format!("`{other}`: expected \"fail\" or \"wait\""),
+            ))
+        }
+    }
+    if let Some(w) = &c.worker {
+        s.worker = rel(w);
+    }
+    Ok(s)
+}
+
+/// A size in MiB: a number (MiB) or a string with a K/M/G/T suffix (`"2GB"`, `"512M"`).
+pub fn size_mb(v: &toml::Value) -> Result<u64, String> {
+    match v {
+        toml::Value::Integer(n) if *n > 0 => Ok(*n as u64),
+        toml::Value::String(s) => {
+            let t = s.trim().to_ascii_uppercase();
+            let t = t.strip_suffix('B').unwrap_or(&t);
+            let (num, mult) = match t.chars().last() {
+                Some('K') => (&t[..t.len() - 1], 1.0 / 1024.0),
+                Some('M') => (&t[..t.len() - 1], 1.0),
+                Some('G') => (&t[..t.len() - 1], 1024.0),
+                Some('T') => (&t[..t.len() - 1], 1024.0 * 1024.0),
+                _ => (t, 1.0),
+            };
+            let n: f64 = num
+                .trim()
+                .parse()
+                .map_err(|_| format!("{s:?} is not a size like 512, \"512MB\" or \"2GB\""))?;
+            let mb = (n * mult).ceil();
+            if !(mb.is_finite() && (1.0..1e12).contains(&mb)) {
+                return Err(format!("{s:?} is not a positive size"));
+            }
+            Ok(mb as u64)
+        }
+        other => Err(format!(
+            "{other} is not a size like 512, \"512MB\" or \"2GB\""
+        )),
+    }
+}
+
+/// BOINC settings from a job file's `[boinc]` section; a relative `project_dir` is taken from `base_dir`.
+pub fn boinc_settings(sec: &BoincSection, base_dir: &Path) -> Result<BoincSettings, JobError> {
+    let dir = sec.project_dir.as_deref().ok_or_else(|| {
+        JobError("[boinc] project_dir is required for interface \"boinc\"".into())
+    })?;
+    let dir = Path::new(dir);
+    let project_dir = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        base_dir.join(dir)
+    };
+    if sec.batch_size == Some(0) {
+        return Err(JobError("[boinc] batch_size must be at least 1".into()));
+    }
+    Ok(BoincSettings {
+        project_dir,
+        app_name: sec.app_name.clone(),
+        quorum: sec.quorum,
+        replication: sec.replication,
+        deadline_secs: sec.deadline_secs,
+        batch_size: sec.batch_size.unwrap_or(mw::boinc::DEFAULT_BATCH_SIZE),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size_mb(&toml::Value::Integer(512)).unwrap(), 512);
+        assert_eq!(size_mb(&toml::Value::String("2GB".into())).unwrap(), 2048);
+        assert_eq!(size_mb(&toml::Value::String("512 M".into())).unwrap(), 512);
+        assert!(size_mb(&toml::Value::String("lots".into())).is_err());
+        assert!(size_mb(&toml::Value::Integer(0)).is_err());
+    }
+}
