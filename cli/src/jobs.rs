@@ -6,9 +6,11 @@ use crate::run::{find_job_dir, jobs_root};
 use crate::{EXIT_OK, EXIT_TASKS_FAILED};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use mw::journal::{open_checked, read_meta, read_tasks, JobMeta, StoredTask, JOURNAL_FILE};
+use mw::journal::{
+    cancel_without_master, count_unfinished, open_checked, read_master, read_meta, read_tasks,
+    request_cancel, task_exists, JobMeta, MasterRecord, StoredTask, JOURNAL_FILE,
+};
 use mw::master::TaskState;
-use rusqlite::params;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -126,12 +128,9 @@ fn pid_alive(pid: i64) -> bool {
 
 /// The pid of a live master of this job on this host, if any.
 pub(crate) fn live_master_pid(dir: &Path) -> anyhow::Result<Option<i64>> {
-    let conn = open_checked(&dir.join(JOURNAL_FILE), false)?;
-    let (pid, host, status): (Option<i64>, Option<String>, String) = conn
-        .query_row("SELECT master_pid, master_host, status FROM job", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .context("reading the job row")?;
+    let path = dir.join(JOURNAL_FILE);
+    let conn = open_checked(&path, false)?;
+    let MasterRecord { pid, host, status } = read_master(&conn, &path)?;
     if status != "running" {
         return Ok(None);
     }
@@ -152,13 +151,7 @@ pub(crate) fn unfinished_job_with_text(root: &Path, name: &str, text: &str) -> O
             continue;
         };
         if meta.name == name && meta.job_text == text {
-            let unfinished: i64 = conn
-                .query_row(
-                    "SELECT COUNT(*) FROM tasks WHERE state IN ('queued','running')",
-                    [],
-                    |r| r.get(0),
-                )
-                .unwrap_or(0);
+            let unfinished = count_unfinished(&conn, &dir.join(JOURNAL_FILE)).unwrap_or(0);
             if unfinished > 0 {
                 return Some(meta.id);
             }
@@ -490,26 +483,15 @@ pub(crate) fn wait(args: WaitArgs) -> anyhow::Result<i32> {
 pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
     let dir = find_job_dir(&args.job, args.jobs_dir.as_deref())?;
     let path = dir.join(JOURNAL_FILE);
-    let conn = open_checked(&path, true)?;
+    let mut conn = open_checked(&path, true)?;
     if let Some(t) = args.task {
-        let exists: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM tasks WHERE idx = ?1",
-                params![t as i64],
-                |r| r.get(0),
-            )
-            .context("reading tasks")?;
-        if exists == 0 {
+        if !task_exists(&conn, &path, t)? {
             bail!("job {}: there is no task {t}", dir.display());
         }
     }
     match live_master_pid(&dir)? {
         Some(pid) => {
-            conn.execute(
-                "INSERT INTO cancel_requests (task, at) VALUES (?1, ?2)",
-                params![args.task.map(|t| t as i64), now_unix()],
-            )
-            .context("recording the cancel request")?;
+            request_cancel(&conn, &path, args.task, now_unix())?;
             eprintln!(
                 "mw: cancel requested; the running master (pid {pid}) stops {} within a second",
                 match args.task {
@@ -520,18 +502,7 @@ pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
         }
         None => {
             // No master: mark unfinished tasks cancelled directly.
-            let n = conn
-                .execute(
-                    "UPDATE tasks SET state = 'cancelled', exit = 'cancelled', error = 'task ' || idx || ' was cancelled', finished = ?2
-                     WHERE state IN ('queued','running') AND (?1 IS NULL OR idx = ?1)",
-                    params![args.task.map(|t| t as i64), now_unix()],
-                )
-                .context("cancelling tasks")?;
-            conn.execute(
-                "INSERT INTO events (at, task, kind, detail) VALUES (?1, ?2, 'cancelled', 'mw cancel without a running master')",
-                params![now_unix(), args.task.map(|t| t as i64)],
-            )
-            .context("recording the cancel")?;
+            let n = cancel_without_master(&mut conn, &path, args.task, now_unix())?;
             eprintln!("mw: {n} tasks cancelled");
         }
     }

@@ -480,11 +480,12 @@ pub(crate) fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
     // see a live master (the master records itself too; a finished one is left alone).
     let path = dir.join(mw::journal::JOURNAL_FILE);
     let conn = mw::journal::open_checked(&path, true)?;
-    conn.execute(
-        "UPDATE job SET master_pid = ?1, master_host = ?2, status = 'running' WHERE status = 'submitted'",
-        rusqlite::params![pid as i64, mw_worker_runtime::exec::host_name()],
-    )
-    .with_context(|| format!("{}: recording the master", path.display()))?;
+    mw::journal::record_detached_master(
+        &conn,
+        &path,
+        i64::from(pid),
+        &mw_worker_runtime::exec::host_name(),
+    )?;
     drop(conn);
     println!("{id}\t{}", dir.display());
     Ok(EXIT_OK)

@@ -79,7 +79,7 @@ impl Master {
         mut rebuild: impl FnMut(u64, serde_json::Value) -> Result<TaskSpec, MwError>,
     ) -> Result<Master, MwError> {
         let (journal, _meta, stored) = Journal::open(dir)?;
-        let remote = matches!(interface.name(), "condor" | "boinc");
+        let remote = interface.keeps_running_without_master();
         let mut records = Vec::with_capacity(stored.len());
         let mut reattach = Vec::new();
         for t in &stored {

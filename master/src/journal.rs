@@ -12,8 +12,7 @@
 //!
 //! This module knows nothing of platforms; it stores handles as opaque strings.
 
-use crate::master::{TaskRecord, TaskState};
-use crate::task::{TaskId, TaskSpec};
+use crate::task::{TaskId, TaskSpec, TaskState};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -41,11 +40,6 @@ fn now_unix() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
-}
-
-fn unix(t: Option<SystemTime>) -> Option<f64> {
-    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_secs_f64())
 }
 
 /// What the journal knows of the job as a whole.
@@ -123,18 +117,21 @@ enum Write {
     Flush(Sender<()>),
 }
 
-struct FinalRow {
-    state: TaskState,
-    attempts: u32,
-    started: Option<f64>,
-    finished: Option<f64>,
-    wall: f64,
-    cpu: f64,
-    host: String,
-    output: Option<String>,
-    exit: Option<String>,
-    error: Option<String>,
-    files: String,
+/// A task's final row as the journal stores it: plain values, handed over by the master.
+pub(crate) struct FinalRow {
+    pub(crate) state: TaskState,
+    pub(crate) attempts: u32,
+    pub(crate) started: Option<f64>,
+    pub(crate) finished: Option<f64>,
+    pub(crate) wall: f64,
+    pub(crate) cpu: f64,
+    pub(crate) host: String,
+    /// The result as JSON text.
+    pub(crate) output: Option<String>,
+    pub(crate) exit: Option<String>,
+    pub(crate) error: Option<String>,
+    /// Output file paths as a JSON array.
+    pub(crate) files: String,
 }
 
 /// An open journal with its writer thread.
@@ -392,50 +389,12 @@ impl Journal {
     pub(crate) fn record_final(
         &self,
         task: TaskId,
-        rec: &TaskRecord,
+        row: FinalRow,
         on_durable: Option<Box<dyn FnOnce() + Send>>,
     ) {
-        let (output, exit, error, host, files) = match &rec.outcome {
-            Some(Ok(out)) => (
-                Some(out.value.to_string()),
-                Some("exit status 0".to_string()),
-                None,
-                out.host.clone(),
-                serde_json::to_string(
-                    &out.output_files
-                        .iter()
-                        .map(|(_, p)| p.display().to_string())
-                        .collect::<Vec<_>>(),
-                )
-                .unwrap_or_else(|_| "[]".into()),
-            ),
-            Some(Err(e)) => {
-                let (exit, host) = match e {
-                    crate::MwError::TaskFailed { exit, host, .. } => {
-                        (exit.to_string(), host.clone())
-                    }
-                    crate::MwError::Cancelled(_) => ("cancelled".to_string(), String::new()),
-                    _ => ("not run".to_string(), String::new()),
-                };
-                (None, Some(exit), Some(e.to_string()), host, "[]".into())
-            }
-            None => (None, None, None, String::new(), "[]".into()),
-        };
         self.send(Write::Final {
             task: task.0,
-            row: Box::new(FinalRow {
-                state: rec.state,
-                attempts: rec.attempts,
-                started: unix(rec.times.started),
-                finished: unix(rec.times.finished),
-                wall: rec.times.wall.as_secs_f64(),
-                cpu: rec.times.cpu.as_secs_f64(),
-                host,
-                output,
-                exit,
-                error,
-                files,
-            }),
+            row: Box::new(row),
             on_durable,
         });
     }
@@ -717,4 +676,114 @@ pub fn read_tasks(
         });
     }
     Ok(out)
+}
+
+/// Who runs a job: the master's pid and host as last recorded, and the job's status word.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterRecord {
+    /// Pid of the master that last claimed the job.
+    pub pid: Option<i64>,
+    /// Host name of that master.
+    pub host: Option<String>,
+    /// `submitted`, `running`, `finished`, …
+    pub status: String,
+}
+
+/// Reads who runs the job (for liveness checks by other processes).
+pub fn read_master(conn: &Connection, path: &Path) -> Result<MasterRecord, JournalError> {
+    conn.query_row("SELECT master_pid, master_host, status FROM job", [], |r| {
+        Ok(MasterRecord {
+            pid: r.get(0)?,
+            host: r.get(1)?,
+            status: r.get(2)?,
+        })
+    })
+    .map_err(|e| jerr(path, "reading the job row", e))
+}
+
+/// Records the detached master `pid` on `host` as running a job that is still `submitted`
+/// (a job whose master already recorded itself, or finished, is left alone).
+pub fn record_detached_master(
+    conn: &Connection,
+    path: &Path,
+    pid: i64,
+    host: &str,
+) -> Result<(), JournalError> {
+    conn.execute(
+        "UPDATE job SET master_pid = ?1, master_host = ?2, status = 'running' WHERE status = 'submitted'",
+        params![pid, host],
+    )
+    .map_err(|e| jerr(path, "recording the master", e))?;
+    Ok(())
+}
+
+/// How many tasks are not final (queued or running).
+pub fn count_unfinished(conn: &Connection, path: &Path) -> Result<u64, JournalError> {
+    let n: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM tasks WHERE state IN ('queued','running')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| jerr(path, "counting unfinished tasks", e))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Whether the job has a task with index `task`.
+pub fn task_exists(conn: &Connection, path: &Path, task: u64) -> Result<bool, JournalError> {
+    let Ok(idx) = i64::try_from(task) else {
+        return Ok(false);
+    };
+    let n: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM tasks WHERE idx = ?1",
+            params![idx],
+            |r| r.get(0),
+        )
+        .map_err(|e| jerr(path, "reading tasks", e))?;
+    Ok(n > 0)
+}
+
+/// Asks the live master to cancel `task` (or every unfinished task): it polls these requests.
+pub fn request_cancel(
+    conn: &Connection,
+    path: &Path,
+    task: Option<u64>,
+    at: f64,
+) -> Result<(), JournalError> {
+    let task = task.and_then(|t| i64::try_from(t).ok());
+    conn.execute(
+        "INSERT INTO cancel_requests (task, at) VALUES (?1, ?2)",
+        params![task, at],
+    )
+    .map_err(|e| jerr(path, "recording the cancel request", e))?;
+    Ok(())
+}
+
+/// With no master running: marks `task` (or every unfinished task) cancelled directly, with
+/// an event saying why, in one transaction. Returns how many tasks it cancelled.
+pub fn cancel_without_master(
+    conn: &mut Connection,
+    path: &Path,
+    task: Option<u64>,
+    at: f64,
+) -> Result<usize, JournalError> {
+    let task = task.and_then(|t| i64::try_from(t).ok());
+    let tx = conn
+        .transaction()
+        .map_err(|e| jerr(path, "cancelling tasks", e))?;
+    let n = tx
+        .execute(
+            "UPDATE tasks SET state = 'cancelled', exit = 'cancelled', error = 'task ' || idx || ' was cancelled', finished = ?2
+             WHERE state IN ('queued','running') AND (?1 IS NULL OR idx = ?1)",
+            params![task, at],
+        )
+        .map_err(|e| jerr(path, "cancelling tasks", e))?;
+    tx.execute(
+        "INSERT INTO events (at, task, kind, detail) VALUES (?1, ?2, 'cancelled', 'mw cancel without a running master')",
+        params![at, task],
+    )
+    .map_err(|e| jerr(path, "recording the cancel", e))?;
+    tx.commit().map_err(|e| jerr(path, "cancelling tasks", e))?;
+    Ok(n)
 }

@@ -10,7 +10,7 @@
 //! the optional journal.
 
 use crate::interface::{Completion, HandleSink, Interface};
-use crate::journal::{Journal, JournalError};
+use crate::journal::{FinalRow, Journal, JournalError};
 use crate::task::{Execution, InterfaceError, PreparedTask, TaskId, TaskSpec, WorkerId};
 use mw_bundle::ExitInfo;
 use serde::de::DeserializeOwned;
@@ -18,55 +18,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// States a task goes through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum TaskState {
-    /// Waiting for a worker.
-    Queued,
-    /// Handed to the interface.
-    Running,
-    /// Finished with exit status 0.
-    Done,
-    /// Finished otherwise, retries used up.
-    Failed,
-    /// Cancelled by the user.
-    Cancelled,
-}
-
-impl TaskState {
-    /// Lower-case name, as in the journal and `mw status`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskState::Queued => "queued",
-            TaskState::Running => "running",
-            TaskState::Done => "done",
-            TaskState::Failed => "failed",
-            TaskState::Cancelled => "cancelled",
-        }
-    }
-
-    /// Parses [`as_str`](Self::as_str)'s output.
-    pub fn parse(s: &str) -> Option<TaskState> {
-        Some(match s {
-            "queued" => TaskState::Queued,
-            "running" => TaskState::Running,
-            "done" => TaskState::Done,
-            "failed" => TaskState::Failed,
-            "cancelled" => TaskState::Cancelled,
-            _ => return None,
-        })
-    }
-
-    /// True for done, failed and cancelled.
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            TaskState::Done | TaskState::Failed | TaskState::Cancelled
-        )
-    }
-}
+pub use crate::task::TaskState;
 
 /// Time accounting of one task.
 #[derive(Debug, Clone, Default)]
@@ -936,7 +890,7 @@ fn finish_durably(inner: &Arc<Inner>, mut st: MutexGuard<'_, State>, id: TaskId)
             let inner2 = inner.clone();
             j.record_final(
                 id,
-                &st.tasks[id.0 as usize],
+                final_row(&st.tasks[id.0 as usize]),
                 Some(Box::new(move || {
                     let mut st = inner2.lock();
                     st.finished.push_back(id);
@@ -993,5 +947,51 @@ impl Drop for Master {
         if let Some(j) = &self.inner.journal {
             j.flush();
         }
+    }
+}
+
+fn unix_secs(t: Option<SystemTime>) -> Option<f64> {
+    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs_f64())
+}
+
+/// A task's final state as the plain row the journal stores.
+fn final_row(rec: &TaskRecord) -> FinalRow {
+    let (output, exit, error, host, files) = match &rec.outcome {
+        Some(Ok(out)) => (
+            Some(out.value.to_string()),
+            Some("exit status 0".to_string()),
+            None,
+            out.host.clone(),
+            serde_json::to_string(
+                &out.output_files
+                    .iter()
+                    .map(|(_, p)| p.display().to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap_or_else(|_| "[]".into()),
+        ),
+        Some(Err(e)) => {
+            let (exit, host) = match e {
+                MwError::TaskFailed { exit, host, .. } => (exit.to_string(), host.clone()),
+                MwError::Cancelled(_) => ("cancelled".to_string(), String::new()),
+                _ => ("not run".to_string(), String::new()),
+            };
+            (None, Some(exit), Some(e.to_string()), host, "[]".into())
+        }
+        None => (None, None, None, String::new(), "[]".into()),
+    };
+    FinalRow {
+        state: rec.state,
+        attempts: rec.attempts,
+        started: unix_secs(rec.times.started),
+        finished: unix_secs(rec.times.finished),
+        wall: rec.times.wall.as_secs_f64(),
+        cpu: rec.times.cpu.as_secs_f64(),
+        host,
+        output,
+        exit,
+        error,
+        files,
     }
 }

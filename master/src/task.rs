@@ -343,3 +343,51 @@ impl Execution {
         })
     }
 }
+
+/// States a task goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TaskState {
+    /// Waiting for a worker.
+    Queued,
+    /// Handed to the interface.
+    Running,
+    /// Finished with exit status 0.
+    Done,
+    /// Finished otherwise, retries used up.
+    Failed,
+    /// Cancelled by the user.
+    Cancelled,
+}
+
+impl TaskState {
+    /// Lower-case name, as in the journal and `mw status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Running => "running",
+            TaskState::Done => "done",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses [`as_str`](Self::as_str)'s output.
+    pub fn parse(s: &str) -> Option<TaskState> {
+        Some(match s {
+            "queued" => TaskState::Queued,
+            "running" => TaskState::Running,
+            "done" => TaskState::Done,
+            "failed" => TaskState::Failed,
+            "cancelled" => TaskState::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// True for done, failed and cancelled.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TaskState::Done | TaskState::Failed | TaskState::Cancelled
+        )
+    }
+}
