@@ -32,6 +32,13 @@ pub const EXIT_USAGE: i32 = 2;
     long_about = None
 )]
 pub(crate) struct Cli {
+    /// More log lines on stderr (-v info, -vv debug); `MW_LOG` (e.g. `MW_LOG=mw=debug`)
+    /// overrides both flags.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub(crate) verbose: u8,
+    /// No progress display, and only errors logged (unless -v is also given).
+    #[arg(short, long, global = true)]
+    pub(crate) quiet: bool,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -112,14 +119,16 @@ Exit status: 0 every task succeeded, 1 some task failed, 2 bad usage or job file
 /// Entry point of the `mw` binary; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let quiet = cli.quiet;
     let result = match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(args, quiet),
         Command::Submit(args) => run::submit(args),
         Command::Status(args) => jobs::status(args),
         Command::Results(args) => jobs::results(args),
         Command::Wait(args) => jobs::wait(args),
         Command::Cancel(args) => jobs::cancel(args),
-        Command::Resume(args) => run::resume(args),
+        Command::Resume(args) => run::resume(args, quiet),
         Command::Report(args) => jobs::report(args),
     };
     match result {
@@ -129,6 +138,52 @@ pub fn main() -> i32 {
             EXIT_USAGE
         }
     }
+}
+
+/// The environment variable that sets log filters (env_logger syntax, e.g. `mw=debug`).
+pub const LOG_ENV: &str = "MW_LOG";
+
+/// Sets up the `log` facade for an mw binary: warnings and errors by default, `-v` info,
+/// `-vv` debug, `-q` errors only; `MW_LOG` overrides. On a terminal lines read
+/// `mw: warning: …`; elsewhere (a detached master's `master.log`) they carry a timestamp.
+pub fn init_logging(verbose: u8, quiet: bool) {
+    use std::io::{IsTerminal, Write};
+    let level = match (verbose, quiet) {
+        (0, true) => log::LevelFilter::Error,
+        (0, false) => log::LevelFilter::Warn,
+        (1, _) => log::LevelFilter::Info,
+        _ => log::LevelFilter::Debug,
+    };
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(level);
+    if let Ok(filters) = std::env::var(LOG_ENV) {
+        builder.parse_filters(&filters);
+    }
+    if std::io::stderr().is_terminal() {
+        builder.format(|buf, record| {
+            let level = match record.level() {
+                log::Level::Error => "error",
+                log::Level::Warn => "warning",
+                log::Level::Info => "info",
+                log::Level::Debug => "debug",
+                log::Level::Trace => "trace",
+            };
+            writeln!(buf, "mw: {level}: {}", record.args())
+        });
+    } else {
+        builder.format(|buf, record| {
+            writeln!(
+                buf,
+                "[{} {} {}] {}",
+                buf.timestamp_millis(),
+                record.level(),
+                record.target(),
+                record.args()
+            )
+        });
+    }
+    // A second initialisation (tests calling main twice) keeps the first logger.
+    let _ = builder.try_init();
 }
 
 /// Resolves a path relative to the current directory.

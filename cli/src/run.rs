@@ -44,9 +44,6 @@ pub(crate) struct RunArgs {
     /// Write result lines to FILE instead of stdout.
     #[arg(long, short = 'o')]
     pub(crate) output: Option<PathBuf>,
-    /// No progress display.
-    #[arg(long, short = 'q')]
-    pub(crate) quiet: bool,
     /// Keep no journal (an in-memory master; nothing can be resumed).
     #[arg(long)]
     pub(crate) no_journal: bool,
@@ -70,9 +67,6 @@ pub(crate) struct ResumeArgs {
     /// Directory holding job directories (default: $MW_JOBS_DIR or ./mw-jobs).
     #[arg(long)]
     pub(crate) jobs_dir: Option<PathBuf>,
-    /// No progress display.
-    #[arg(long, short = 'q')]
-    pub(crate) quiet: bool,
 }
 
 /// The directory holding job directories.
@@ -247,7 +241,7 @@ fn create_job(
 }
 
 /// `mw run`.
-pub(crate) fn run(args: RunArgs) -> anyhow::Result<i32> {
+pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
     let p = prepare(&args.job)?;
     // Under mpirun, every rank gets here; worker ranks serve inside make_interface and exit.
     let early_interface = if p.interface == "mpi" {
@@ -274,7 +268,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<i32> {
         None => make_interface(&p.interface, &p.job, p.workers, &dir_for_interface)?,
     };
     if let Some(d) = &job_dir {
-        if !args.quiet {
+        if !quiet {
             eprintln!(
                 "mw: job {id} ({} tasks, {}) in {}",
                 p.specs.len(),
@@ -309,7 +303,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<i32> {
         (None, true, None) => Box::new(std::io::sink()),
         (None, false, _) => Box::new(std::io::BufWriter::new(std::io::stdout())),
     };
-    let mut progress = Progress::new(total as u64, args.quiet);
+    let mut progress = Progress::new(total as u64, quiet);
     let mut lines: BTreeMap<u64, ResultLine> = BTreeMap::new();
     let mut next_to_write = 0u64;
     let mut failed = 0usize;
@@ -500,19 +494,23 @@ fn spawn_detached_master(dir: &Path) -> anyhow::Result<u32> {
         .with_context(|| format!("creating {}", dir.join("master.log").display()))?;
     let log2 = log.try_clone()?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("resume")
+    // Info-level log lines with timestamps go to master.log; no progress display.
+    cmd.args(["--verbose", "--quiet", "resume"])
         .arg(dir)
-        .arg("--quiet")
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(log2);
     use std::os::unix::process::CommandExt;
-    // A new session: the master survives the terminal closing (no SIGHUP).
-    cmd.process_group(0);
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    // A new session (and so a new process group): the master survives the terminal closing
+    // (no SIGHUP) and a Ctrl-C in it. `setsid` fails for a process-group leader, so no
+    // `process_group(0)` before it; its failure is reported, not ignored.
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent; the closure
+    // only reads errno through std.
     unsafe {
         cmd.pre_exec(|| {
-            libc::setsid();
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
@@ -521,7 +519,7 @@ fn spawn_detached_master(dir: &Path) -> anyhow::Result<u32> {
 }
 
 /// `mw resume`: restart the master of a job whose master died (or finish a submitted job).
-pub(crate) fn resume(args: ResumeArgs) -> anyhow::Result<i32> {
+pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
     let dir = find_job_dir(&args.job, args.jobs_dir.as_deref())?;
     // Refuse to run a second master beside a live one.
     if let Some(pid) = super::jobs::live_master_pid(&dir)? {
@@ -569,7 +567,13 @@ pub(crate) fn resume(args: ResumeArgs) -> anyhow::Result<i32> {
         .count();
     let opts = master_options(&job, &meta.id, Some(&dir));
     let total = stored.len();
-    if !args.quiet {
+    log::info!(
+        "master pid {} resuming job {} on {}: {unfinished} of {total} tasks unfinished, {to_reattach} to re-attach",
+        std::process::id(),
+        meta.id,
+        meta.interface
+    );
+    if !quiet {
         eprintln!(
             "mw: resuming job {} ({} of {total} tasks unfinished, {to_reattach} to re-attach)",
             meta.id, unfinished,
@@ -584,7 +588,7 @@ pub(crate) fn resume(args: ResumeArgs) -> anyhow::Result<i32> {
         .journal()
         .cloned()
         .context("a resumed master always has a journal")?;
-    let mut progress = Progress::new(total as u64, args.quiet);
+    let mut progress = Progress::new(total as u64, quiet);
     progress.set_baseline((total - unfinished) as u64);
     let mut failed = stored
         .iter()
@@ -597,6 +601,10 @@ pub(crate) fn resume(args: ResumeArgs) -> anyhow::Result<i32> {
         Ok(())
     })?;
     drop(master);
+    log::info!(
+        "job {}: every task has an outcome ({failed} failed or cancelled)",
+        meta.id
+    );
     if failed == 0 {
         if let Some(reduce) = &reduce {
             reduce_from_journal(&dir, reduce)?;

@@ -15,7 +15,7 @@ type Callback = Box<dyn FnOnce(Result<Execution, InterfaceError>) + Send>;
 /// once; dropping it unfinished reports an interface error, so a task can never be lost.
 pub struct Completion {
     callback: Option<Callback>,
-    /// Backend handle to record (Condor cluster.proc, BOINC workunit, MPI rank), if any.
+    /// The task whose end this reports.
     task: TaskId,
 }
 

@@ -568,7 +568,7 @@ fn writer_loop(
             if f.is_none() {
                 *f = Some(format!("{}: write failed: {e}", path.display()));
             }
-            eprintln!("mw: journal {}: write failed: {e}", path.display());
+            log::error!("journal {}: write failed: {e}", path.display());
         }
         for f in durable {
             f();

@@ -5,13 +5,17 @@
 //! as they finish, with time accounting, retries, cancellation and, optionally, a durable
 //! journal that lets a crashed master resume.
 //!
-//! ```no_run
+//! ```
 //! use mw::{Master, Multicore, Program, TaskSpec};
 //! use std::sync::Arc;
 //! let master = Master::new(Multicore::default())?;
-//! let program = Arc::new(Program::new("target/release/monte-pi-task")?);
+//! // Any executable honouring the task contract (JSON on stdin, JSON on stdout); `cat`
+//! // echoes its input back, which makes this example runnable anywhere.
+//! let program = Arc::new(Program::new("/bin/cat")?);
 //! let t = master.submit_task(TaskSpec::new(program, serde_json::json!({"seed": 1, "points": 1000})))?;
-//! let (_task, hits): (mw::TaskId, u64) = master.get_result(Some(t))?;
+//! let (task, echoed): (mw::TaskId, serde_json::Value) = master.get_result(Some(t))?;
+//! assert_eq!(task, t);
+//! assert_eq!(echoed["points"], 1000);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!

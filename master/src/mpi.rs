@@ -472,20 +472,20 @@ impl MasterPump<'_> {
 
     fn on_message(&mut self, rank: i32, tag: i32, data: Vec<u8>) {
         let Some((id, _)) = split_id(&data) else {
-            eprintln!(
-                "mw mpi: ignoring a {}-byte message with tag {tag} from rank {rank}: too short",
+            log::warn!(
+                "mpi: ignoring a {}-byte message with tag {tag} from rank {rank}: too short",
                 data.len()
             );
             return;
         };
         if tag != TAG_RESULT && tag != TAG_ERROR {
-            eprintln!("mw mpi: ignoring a message with unknown tag {tag} from rank {rank}");
+            log::warn!("mpi: ignoring a message with unknown tag {tag} from rank {rank}");
             return;
         }
         match self.in_flight.get(&rank) {
             Some((t, _)) if t.id.0 == id => {}
             _ => {
-                eprintln!("mw mpi: ignoring a result for task {id} from rank {rank}, which is not running it");
+                log::warn!("mpi: ignoring a result for task {id} from rank {rank}, which is not running it");
                 return;
             }
         }
@@ -562,8 +562,8 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
         ..RunOptions::default()
     };
     if let Err(e) = &scratch {
-        eprintln!(
-            "mw mpi rank {rank}: cannot make a scratch directory ({e}); using the system temp dir"
+        log::warn!(
+            "mpi rank {rank}: cannot make a scratch directory ({e}); using the system temp dir"
         );
     }
     let mut programs: HashMap<String, Result<Arc<UnpackedProgram>, String>> = HashMap::new();
@@ -601,7 +601,7 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                 }
                 TAG_TASK => {
                     let Some((id, rest)) = split_id(&data) else {
-                        eprintln!("mw mpi rank {rank}: ignoring a malformed task message");
+                        log::warn!("mpi rank {rank}: ignoring a malformed task message");
                         continue;
                     };
                     if current.is_some() {
@@ -672,7 +672,7 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                     break;
                 }
                 other => {
-                    eprintln!("mw mpi rank {rank}: ignoring a message with unknown tag {other}")
+                    log::warn!("mpi rank {rank}: ignoring a message with unknown tag {other}")
                 }
             }
         }
@@ -847,8 +847,8 @@ impl Interface for Mpi {
         }
         match handle.join() {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("mw mpi: {e}"),
-            Err(_) => eprintln!("mw mpi: the MPI communication thread panicked"),
+            Ok(Err(e)) => log::error!("mpi: {e}"),
+            Err(_) => log::error!("mpi: the MPI communication thread panicked"),
         }
     }
 }

@@ -207,6 +207,13 @@ fn submit_wait_success() {
     assert_eq!(r.len(), 5);
     assert!(r.iter().all(|l| l["state"] == "done"));
     assert_eq!(status_json(d, &id)["job"]["state"], "finished");
+    // The detached master logs to master.log (info level, timestamped lines).
+    let log = std::fs::read_to_string(dir.join("master.log")).unwrap();
+    assert!(log.contains("resuming job ok-1"), "master.log: {log}");
+    assert!(
+        log.contains("every task has an outcome"),
+        "master.log: {log}"
+    );
 }
 
 #[test]

@@ -1,0 +1,157 @@
+//! What a task ends with: its times, its result ([`TaskOutput`]) or its error ([`MwError`]),
+//! and how a program's stdout becomes the result value.
+//!
+//! This module knows nothing of scheduling, interfaces or the journal's storage.
+
+use crate::journal::JournalError;
+use crate::task::TaskId;
+use mw_bundle::ExitInfo;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+/// Time accounting of one task.
+#[derive(Debug, Clone, Default)]
+pub struct TaskTimes {
+    /// When it was submitted.
+    pub submitted: Option<SystemTime>,
+    /// When its last attempt started.
+    pub started: Option<SystemTime>,
+    /// When it finished.
+    pub finished: Option<SystemTime>,
+    /// Wall-clock time of the last attempt.
+    pub wall: Duration,
+    /// CPU time (user + system) of the last attempt.
+    pub cpu: Duration,
+}
+
+/// A successful task's result.
+#[derive(Debug, Clone)]
+pub struct TaskOutput {
+    /// Which task.
+    pub task: TaskId,
+    /// The result JSON (the program's stdout; `null` when it printed nothing).
+    pub value: serde_json::Value,
+    /// Declared output files kept: (name, path).
+    pub output_files: Vec<(String, PathBuf)>,
+    /// Host it ran on.
+    pub host: String,
+    /// Times.
+    pub times: TaskTimes,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// Errors of the master's API; a failed task arrives as one of these from `get_result`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MwError {
+    /// The task's program ran and failed (non-zero exit, signal, timeout, bad stdout).
+    #[error(
+        "{task} failed: {exit}{} (attempt {attempts}, host {host}){}",
+        signal_name(exit),
+        tail(stderr_tail)
+    )]
+    TaskFailed {
+        /// Which task.
+        task: TaskId,
+        /// How it ended.
+        exit: ExitInfo,
+        /// Tail of its stderr.
+        stderr_tail: String,
+        /// Attempts made.
+        attempts: u32,
+        /// Host of the last attempt.
+        host: String,
+    },
+    /// The platform could not run the task.
+    #[error("{task} failed: {message} (attempt {attempts})")]
+    Interface {
+        /// Which task.
+        task: TaskId,
+        /// What the interface said.
+        message: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The program exited 0 but its stdout is not JSON.
+    #[error("{task}: the program exited 0 but its stdout is not JSON: {reason}")]
+    BadOutput {
+        /// Which task.
+        task: TaskId,
+        /// The parse error.
+        reason: String,
+    },
+    /// The task was cancelled.
+    #[error("{0} was cancelled")]
+    Cancelled(TaskId),
+    /// No such task in this master.
+    #[error("{0} does not exist in this master")]
+    UnknownTask(TaskId),
+    /// The task's result was already taken by an earlier `get_result`.
+    #[error("the result of {0} was already collected")]
+    AlreadyCollected(TaskId),
+    /// `get_result(None)` with nothing submitted and not collected.
+    #[error("no task is pending: every submitted task's result was already collected")]
+    NothingPending,
+    /// The result JSON does not have the type asked for.
+    #[error("{task}: result does not have the expected type: {reason}")]
+    WrongType {
+        /// Which task.
+        task: TaskId,
+        /// The decode error.
+        reason: String,
+    },
+    /// The journal failed.
+    #[error("journal: {0}")]
+    Journal(String),
+}
+
+/// ` (SIGSEGV)` etc. for an exit by a signal, so the error names it.
+fn signal_name(exit: &ExitInfo) -> String {
+    let ExitInfo::Signaled { signal } = exit else {
+        return String::new();
+    };
+    match mw_bundle::signal_name(i64::from(*signal)) {
+        Some(name) => format!(" ({name})"),
+        None => String::new(),
+    }
+}
+
+fn tail(stderr: &str) -> String {
+    let t = stderr.trim_end();
+    if t.is_empty() {
+        String::new()
+    } else {
+        format!("; stderr tail:\n{t}")
+    }
+}
+
+impl MwError {
+    /// The task this error is about, if any.
+    pub fn task(&self) -> Option<TaskId> {
+        match self {
+            MwError::TaskFailed { task, .. }
+            | MwError::Interface { task, .. }
+            | MwError::BadOutput { task, .. }
+            | MwError::WrongType { task, .. } => Some(*task),
+            MwError::Cancelled(t) | MwError::UnknownTask(t) | MwError::AlreadyCollected(t) => {
+                Some(*t)
+            }
+            MwError::NothingPending | MwError::Journal(_) => None,
+        }
+    }
+}
+
+impl From<JournalError> for MwError {
+    fn from(e: JournalError) -> Self {
+        MwError::Journal(e.to_string())
+    }
+}
+
+/// Parses a program's stdout as the result JSON; empty output is `null`.
+pub fn parse_stdout(stdout: &[u8]) -> Result<serde_json::Value, String> {
+    let text = String::from_utf8_lossy(stdout);
+    if text.trim().is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_str(text.trim()).map_err(|e| e.to_string())
+}
