@@ -3,7 +3,7 @@
 //! `../bin/mw-assimilator --error MASK WU_NAME WU_ID BATCH` through `/bin/sh` from
 //! `tmp_<host>`, finding the spool through `<project>/mw_boinc.toml`.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
 
 use mw_assimilator::ErrorRecord;
 use mw_bundle::{BundleBuilder, Comparison, ExitInfo, ResultInfo, RESULT_STDOUT_NAME};

@@ -3,7 +3,7 @@
 //! `bin/update_versions` as small recording shell scripts (BOINC's PHP tools and database
 //! cannot be installed here).
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;

@@ -2,7 +2,8 @@
 //! the bundle packer), must be refused with an error naming the archive, the entry and the
 //! reason, and must write nothing outside the destination directory (nor leave anything
 //! half-verified inside it).
-#![allow(clippy::unwrap_used)]
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
 
 use mw_bundle::{
     open_in_memory, unpack, BundleBuilder, BundleKind, Limits, Manifest, Member, ProgramInfo,

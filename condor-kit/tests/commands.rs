@@ -1,7 +1,7 @@
 //! The condor_* wrappers' error handling, with stand-in scripts in a private bin dir
 //! (the full behaviour against the pool double is tested in mw-tests, tests/condor_double.rs).
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
 
 use mw_condor_kit::{CondorCli, CondorError, JobHandle};
 use std::os::unix::fs::PermissionsExt;

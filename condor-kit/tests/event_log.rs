@@ -1,7 +1,7 @@
 //! Job event log parsing, following and watching, over the real HTCondor logs in
 //! tests/fixtures/condor/ (copied from /work/shared/fixtures/condor, provenance in its README).
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
 
 use mw_condor_kit::{
     spawn_log_watcher, spawn_polling_log_watcher, EventKind, LogEvent, LogFollower, Termination,

@@ -3,7 +3,7 @@
 //! tasks is by FIFOs (a task announces it started by writing to one; it waits on a gate FIFO
 //! the test opens to release it), never by sleeping.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
 
 use mw::{
     ExitInfo, Master, MasterOptions, Multicore, MwError, Program, TaskId, TaskSpec, TaskState,

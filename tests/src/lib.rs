@@ -4,6 +4,8 @@
 //!
 //! This crate is never shipped; nothing in the product may depend on it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
+
 use std::path::PathBuf;
 
 /// Directory holding the workspace's built binaries (`target/debug` or `target/release`),

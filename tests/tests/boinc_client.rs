@@ -4,7 +4,8 @@
 //!
 //! No sleeps synchronise anything: every wait polls observable state (`boinccmd
 //! --get_tasks`, files, /proc) in a bounded loop whose timeout is only a hang guard.
-#![allow(clippy::unwrap_used)]
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
 
 use mw_bundle::{BundleBuilder, BundleKind, Limits, ProgramInfo, TaskInfo};
 use mw_tests::boinc_client::{run_workunit_with_real_client, DataDir, Job, TaskStatus};

@@ -7,7 +7,8 @@
 //! Needs `cargo build --workspace` first (mw, mw-worker, mw-boinc-setup, mw-validator,
 //! mw-assimilator and the example programs) and the `boinc-client` package.
 //! No sleeps synchronise anything: `mw run` returns when every task has an outcome.
-#![allow(clippy::unwrap_used)]
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
 
 use mw_tests::{bin, bin_dir, workspace_root};
 use serde_json::Value;

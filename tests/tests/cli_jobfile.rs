@@ -3,6 +3,8 @@
 //! templated args/env/outputs, output files, `--output`, result order, progress lines,
 //! `--help` and the exit code of a failing task.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 

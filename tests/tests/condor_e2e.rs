@@ -4,7 +4,7 @@
 //! directories, job event logs, hooks for held and evicted jobs, `condor_rm`, a master killed
 //! with SIGKILL and resumed. Every submit file mw wrote is also parsed by HTCondor's own code.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
 
 use mw_condor_kit::{CondorCli, JobStatus};
 use mw_tests::condor_double::{condor_check, STATE_ENV};

@@ -3,7 +3,7 @@
 //! generated submit description parses back to the values mw relies on.
 //! Needs the venv from the CI setup (or MW_PYTHON); without it these tests fail, never skip.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
 
 use mw_condor_kit::{write_submit_files, SubmitItem, SubmitSpec};
 use mw_tests::condor_double::{assert_log_matches_htcondor, condor_check};

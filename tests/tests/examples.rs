@@ -3,7 +3,7 @@
 //! programs over the library (`monte-pi`, `primes`) run with small arguments. The prime
 //! counts are checked against a deterministic Miller-Rabin computed here.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};

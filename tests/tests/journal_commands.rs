@@ -3,6 +3,8 @@
 //! `cancel` (job and `--task`), `wait`, `resume` (idempotent) and `report`; and the journal's
 //! refusal of corrupt, truncated and foreign files (clear error, nothing deleted).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
+
 use std::path::{Path, PathBuf};
 
 use mw_tests::{script, MwOut as Out};

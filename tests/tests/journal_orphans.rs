@@ -4,6 +4,8 @@
 //! each local task's process group, and the process carries its task attempt in its
 //! environment, so only the very processes the dead master started are killed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -3,6 +3,8 @@
 //! finishes it, and the results are compared with an uninterrupted run. Every task appends
 //! its index to an execution log, so re-executions are counted, not guessed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

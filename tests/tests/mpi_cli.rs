@@ -1,6 +1,8 @@
 //! `mpirun -n 3 mw run JOB --interface mpi` on the paper's examples (feature `mpi`): the
 //! real `mw` binary under the real Open MPI `mpirun` prints pi and the prime count, and
 //! its results equal those of the multicore path for the same job file.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
 #![cfg(feature = "mpi")]
 
 use serde_json::Value;

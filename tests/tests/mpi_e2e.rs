@@ -3,6 +3,8 @@
 //! `mw-mpi-driver` binary (a master over the `mw` library) and is wrapped in a hard
 //! `timeout`, so a hang fails the test instead of blocking CI. Task programs are small shell
 //! scripts written into a temp dir.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
 #![cfg(feature = "mpi")]
 
 use serde_json::Value;

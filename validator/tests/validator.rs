@@ -1,7 +1,7 @@
 //! Runs the real `mw-validator`, installed under its two names in a project-like `bin/`, the
 //! way `script_validator` does: `../bin/NAME files…` through `/bin/sh` from `tmp_<host>`.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
 
 use mw_bundle::{BundleBuilder, Comparison, ExitInfo, ResultInfo, RESULT_STDOUT_NAME};
 use std::io::Write;

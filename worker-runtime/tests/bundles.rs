@@ -4,7 +4,7 @@
 //! stdout and declared outputs, and the binary's exit statuses (0 ok, 1 task failed with a
 //! result bundle, 2 no result bundle).
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
 
 use mw_bundle::{
     BundleBuilder, BundleKind, ExitInfo, Limits, ProgramInfo, TaskInfo, RESULT_STDOUT_NAME,

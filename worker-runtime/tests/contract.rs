@@ -3,7 +3,7 @@
 //! signals, timeouts and cancellation killing the whole process group, stderr tail, declared
 //! output files (symbolic links refused).
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
 
 use mw_bundle::ExitInfo;
 use mw_worker_runtime::exec::collect_outputs;

@@ -25,7 +25,7 @@ enum Command {
         /// Print the queue item file (one line per task) instead of the submit description.
         #[arg(long)]
         items: bool,
-        /// The staging directory to show in paths (default: ./mw-jobs/<name>-N/staging/condor).
+        /// The staging directory to show in paths (default: `./mw-jobs/<name>-N/staging/condor`).
         #[arg(long)]
         work_dir: Option<PathBuf>,
     },

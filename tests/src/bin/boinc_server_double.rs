@@ -5,7 +5,7 @@
 //! describes them (§0 observed on a real server, §1-§6 from the source):
 //! - `make-project DIR`: lays out a project as `tools/make_project` does (config.xml from a
 //!   real make_project config with `<host>` = this host's short name, project.xml, bin/,
-//!   cgi-bin/, download/, upload/, templates/, apps/, keys/, log_<host>/) and installs
+//!   cgi-bin/, download/, upload/, templates/, apps/, keys/, `log_<host>/`) and installs
 //!   `bin/xadd`, `bin/update_versions`, `bin/create_work` and `bin/cancel_jobs` as small
 //!   scripts that call back into this program.
 //! - The tools record every call (arguments, working directory, stdin) as JSON lines in
@@ -709,7 +709,7 @@ fn run_host(root: &Path, host: &str, wus: &[Wu]) -> Result<Vec<(String, ResultRe
     Ok(out)
 }
 
-/// The app version's main program as installed under apps/<app>/<ver>/<platform>/.
+/// The app version's main program as installed under `apps/<app>/<ver>/<platform>/`.
 fn app_main_program(root: &Path, app: &str) -> Result<PathBuf> {
     let adir = root.join("apps").join(app);
     for v in std::fs::read_dir(&adir)
@@ -729,7 +729,7 @@ fn app_main_program(root: &Path, app: &str) -> Result<PathBuf> {
     bail!("no app version installed under {}", adir.display())
 }
 
-/// `system()` as script_validator / script_assimilator do it, from tmp_<host>.
+/// `system()` as script_validator / script_assimilator do it, from `tmp_<host>`.
 fn script(p: &Project, daemon: &str, cmd: &str) -> Result<i32> {
     if !cmd.split(' ').all(|w| safe(w) || w == "--error") {
         bail!("refusing a command that is not shell-safe: {cmd:?}");
