@@ -18,7 +18,7 @@ pub fn mask_comments(text: &str) -> String {
                 out.push('\n');
             } else {
                 // One space per byte keeps every later offset unchanged.
-                out.extend(std::iter::repeat(' ').take(c.len_utf8()));
+                out.extend(std::iter::repeat_n(' ', c.len_utf8()));
             }
         }
         rest = &after[end..];

@@ -7,8 +7,9 @@ use crate::{EXIT_OK, EXIT_TASKS_FAILED};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use mw::journal::{
-    cancel_without_master, count_unfinished, open_checked, read_master, read_meta, read_tasks,
-    request_cancel, task_exists, JobMeta, MasterRecord, StoredTask, JOURNAL_FILE,
+    cancel_acknowledged, cancel_without_master, count_unfinished, data_version, master_running,
+    open_checked, read_master, read_meta, read_tasks, request_cancel, state_counts, task_exists,
+    JobMeta, MasterRecord, StoredTask, JOURNAL_FILE,
 };
 use mw::master::TaskState;
 use serde::Serialize;
@@ -130,7 +131,18 @@ fn pid_alive(pid: i64) -> bool {
 pub(crate) fn live_master_pid(dir: &Path) -> anyhow::Result<Option<i64>> {
     let path = dir.join(JOURNAL_FILE);
     let conn = open_checked(&path, false)?;
-    let MasterRecord { pid, host, status } = read_master(&conn, &path)?;
+    let rec = read_master(&conn, &path)?;
+    // The job's lock says for sure (any master, also a library program's); the pid check
+    // covers the instant between `mw submit` and its detached master taking the lock.
+    if master_running(dir) {
+        return Ok(Some(rec.pid.unwrap_or(0)));
+    }
+    live_master_in(&rec)
+}
+
+/// The pid of the live master a job row names, if it runs on this host.
+fn live_master_in(rec: &MasterRecord) -> anyhow::Result<Option<i64>> {
+    let MasterRecord { pid, host, status } = rec.clone();
     if status != "running" {
         return Ok(None);
     }
@@ -435,17 +447,27 @@ pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<i32> {
 pub(crate) fn wait(args: WaitArgs) -> anyhow::Result<i32> {
     let dir = find_job_dir(&args.job, args.jobs_dir.as_deref())?;
     let path = dir.join(JOURNAL_FILE);
+    // One connection for the whole wait; the tasks are counted again only when another
+    // connection committed something (SQLite's data_version), so waiting on a job of a
+    // million tasks costs a few cheap reads a second, not a scan.
+    let conn = open_checked(&path, false)?;
+    let mut seen_version: Option<i64> = None;
+    let mut counts = state_counts(&conn, &path)?;
     loop {
-        let conn = open_checked(&path, false)?;
-        let tasks = read_tasks(&conn, &path, None)?;
-        drop(conn);
-        let unfinished = tasks.iter().filter(|t| !t.state.is_final()).count();
+        let version = data_version(&conn, &path)?;
+        if seen_version != Some(version) {
+            counts = state_counts(&conn, &path)?;
+            seen_version = Some(version);
+        }
+        let master_alive =
+            master_running(&dir) || live_master_in(&read_master(&conn, &path)?)?.is_some();
         // Every task has an outcome; a master still alive is finishing up (reduce), so
         // wait for it to exit too.
-        if unfinished == 0 && live_master_pid(&dir)?.is_none() {
-            let bad = tasks.iter().filter(|t| t.state != TaskState::Done).count();
+        if counts.unfinished == 0 && !master_alive {
+            let total = counts.done + counts.failed + counts.cancelled;
+            let bad = counts.failed + counts.cancelled;
             if bad > 0 {
-                eprintln!("mw: {bad} of {} tasks did not succeed", tasks.len());
+                eprintln!("mw: {bad} of {total} tasks did not succeed");
                 return Ok(EXIT_TASKS_FAILED);
             }
             // The reduce program's output, when a detached master ran it.
@@ -454,17 +476,9 @@ pub(crate) fn wait(args: WaitArgs) -> anyhow::Result<i32> {
             }
             return Ok(EXIT_OK);
         }
-        if unfinished == 0 {
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        }
-        if live_master_pid(&dir)?.is_none() {
+        if counts.unfinished > 0 && !master_alive {
             // Re-check: the master may have finished between the two reads.
-            let conn = open_checked(&path, false)?;
-            let still = read_tasks(&conn, &path, None)?
-                .iter()
-                .filter(|t| !t.state.is_final())
-                .count();
+            let still = state_counts(&conn, &path)?.unfinished;
             if still > 0 {
                 bail!(
                     "job {}: {still} tasks unfinished and no master is running; start one with `mw resume {}`",
@@ -474,10 +488,13 @@ pub(crate) fn wait(args: WaitArgs) -> anyhow::Result<i32> {
             }
             continue;
         }
-        // Polling another process's journal: there is nothing to block on.
-        std::thread::sleep(Duration::from_millis(250));
+        // Another process's journal: nothing to block on, so a cheap poll.
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// How many 20 ms polls `mw cancel` waits for a live master's acknowledgement (10 s).
+const CANCEL_ACK_POLLS: u32 = 500;
 
 /// `mw cancel`.
 pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
@@ -491,13 +508,26 @@ pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
     }
     match live_master_pid(&dir)? {
         Some(pid) => {
-            request_cancel(&conn, &path, args.task, now_unix())?;
-            eprintln!(
-                "mw: cancel requested; the running master (pid {pid}) stops {} within a second",
-                match args.task {
-                    Some(t) => format!("task {t}"),
-                    None => "every unfinished task".into(),
+            let req = request_cancel(&conn, &path, args.task, now_unix())?;
+            let what = match args.task {
+                Some(t) => format!("task {t}"),
+                None => "every unfinished task".into(),
+            };
+            // The master applies requests at least every 200 ms and acknowledges them once
+            // applied: from then on no cancelled task starts. Wait for that (bounded).
+            for _ in 0..CANCEL_ACK_POLLS {
+                if cancel_acknowledged(&conn, &path, req)? {
+                    eprintln!("mw: cancelled {what} (master pid {pid})");
+                    return Ok(EXIT_OK);
                 }
+                if live_master_pid(&dir)?.is_none() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            eprintln!(
+                "mw: cancel of {what} requested; the master (pid {pid}) has not acknowledged it yet \
+                 (`mw status` shows when it has)"
             );
         }
         None => {

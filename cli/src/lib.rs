@@ -11,6 +11,7 @@ mod output;
 pub mod platforms;
 mod report;
 mod run;
+mod signals;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -23,6 +24,9 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_TASKS_FAILED: i32 = 1;
 /// Exit code for usage, job-file and setup errors.
 pub const EXIT_USAGE: i32 = 2;
+/// Exit code when a signal (Ctrl-C, SIGTERM) or a closed output pipe stopped `mw run` or
+/// `mw resume` (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: i32 = 130;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -120,6 +124,10 @@ Exit status: 0 every task succeeded, 1 some task failed, 2 bad usage or job file
 pub fn main() -> i32 {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
+    if let Err(e) = signals::install() {
+        eprintln!("mw: error: installing signal handlers: {e}");
+        return EXIT_USAGE;
+    }
     let quiet = cli.quiet;
     let result = match cli.command {
         Command::Run(args) => run::run(args, quiet),
@@ -133,11 +141,24 @@ pub fn main() -> i32 {
     };
     match result {
         Ok(code) => code,
+        // Output went to a pipe that was closed (`mw results JOB | head`): not an error.
+        Err(e) if is_broken_pipe(&e) => EXIT_OK,
         Err(e) => {
             eprintln!("mw: error: {e:#}");
             EXIT_USAGE
         }
     }
+}
+
+/// Whether `e` is (caused by) writing to a closed pipe.
+pub(crate) fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .and_then(|j| j.io_error_kind())
+                .is_some_and(|k| k == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// The environment variable that sets log filters (env_logger syntax, e.g. `mw=debug`).

@@ -3,7 +3,7 @@
 
 use crate::job::Job;
 use crate::output::{Progress, ResultLine};
-use crate::{absolute, EXIT_OK, EXIT_TASKS_FAILED};
+use crate::{absolute, EXIT_INTERRUPTED, EXIT_OK, EXIT_TASKS_FAILED};
 use anyhow::{bail, Context};
 use clap::Args;
 use mw::interface::Interface;
@@ -237,6 +237,9 @@ fn create_job(
         created: now_unix(),
     };
     let journal = Journal::create(&dir, &meta)?;
+    // Until every task is recorded the job is not complete: `mw resume` of a job still
+    // "recording" (its creator was killed) records the missing tasks from the job file first.
+    journal.set_job_status(STATUS_RECORDING)?;
     Ok((id, dir, journal))
 }
 
@@ -286,6 +289,9 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
     for chunk in p.specs.chunks(10_000) {
         master.submit_many(chunk.to_vec())?;
     }
+    if let Some(j) = &journal {
+        j.set_job_status("running")?;
+    }
 
     // Where result lines go.
     let reduce_present = p.reduce.is_some();
@@ -309,7 +315,7 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
     let mut failed = 0usize;
     let mut reduce_inputs: Vec<Option<serde_json::Value>> =
         vec![None; if reduce_present { total } else { 0 }];
-    drive(
+    let end = drive(
         &master,
         journal.as_deref(),
         &mut progress,
@@ -337,7 +343,25 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
             Ok(())
         },
     )?;
-    sink.flush()?;
+    if let DriveEnd::Stopped {
+        reason,
+        interrupted,
+    } = end
+    {
+        // Whatever was printed is in the journal; the rest waits for `mw resume`.
+        let _ = sink.flush();
+        drop(sink);
+        drop(master);
+        if let Some(j) = &journal {
+            j.close();
+        }
+        return stopped_exit(&reason, interrupted, job_dir.as_ref().map(|_| id.as_str()));
+    }
+    if let Err(e) = sink.flush() {
+        if !crate::is_broken_pipe(&anyhow::Error::from(e)) {
+            bail!("writing results failed");
+        }
+    }
     drop(sink);
     if let Some(j) = &journal {
         j.set_job_status("finished")?;
@@ -369,8 +393,63 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
     })
 }
 
+/// Job status while its tasks are being recorded (see [`complete_recording`]).
+const STATUS_RECORDING: &str = "recording";
+
+/// A job whose creator was killed while recording its tasks: records the tasks from
+/// `have` on, from the job file (the inputs are the same: the job text is in the journal).
+fn complete_recording(dir: &Path, job: &Job, have: usize) -> anyhow::Result<()> {
+    let inputs = job.inputs()?;
+    let builder = job.task_builder()?;
+    if have > inputs.len() {
+        bail!(
+            "job {}: the journal holds {have} tasks but its job file makes {}; it was not made by this job file",
+            dir.display(),
+            inputs.len()
+        );
+    }
+    let specs = inputs
+        .into_iter()
+        .enumerate()
+        .skip(have)
+        .map(|(i, input)| builder.build(i, input))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (journal, _, _) = Journal::open(dir)?;
+    log::info!(
+        "job {}: its tasks were not all recorded; recording {} more",
+        dir.display(),
+        specs.len()
+    );
+    for (k, chunk) in specs.chunks(10_000).enumerate() {
+        journal.record_submitted((have + k * 10_000) as u64, chunk)?;
+    }
+    journal.set_job_status("running")?;
+    journal.close();
+    Ok(())
+}
+
+/// How a drive ended.
+pub(crate) enum DriveEnd {
+    /// Every task has an outcome.
+    Complete,
+    /// The master stopped (Ctrl-C/SIGTERM, a closed output pipe, a failed journal);
+    /// unfinished tasks are left for `mw resume`.
+    Stopped {
+        /// Why.
+        reason: String,
+        /// True when a signal or a closed output pipe asked for it (exit 130), false for
+        /// a failure (the journal).
+        interrupted: bool,
+    },
+}
+
+/// How often a running master looks for `mw cancel` requests, whatever the task rate.
+const CANCEL_POLL: Duration = Duration::from_millis(200);
+
 /// Collects every task's outcome as it finishes, handing each to `on_finished`, keeping
-/// the progress display current and applying `mw cancel` requests from the journal.
+/// the progress display current, applying `mw cancel` requests from the journal at least
+/// every [`CANCEL_POLL`], and stopping the master on Ctrl-C/SIGTERM or when `on_finished`
+/// finds the output pipe closed.
 fn drive(
     master: &Master,
     journal: Option<&Journal>,
@@ -380,34 +459,88 @@ fn drive(
         Result<mw::TaskOutput, mw::MwError>,
         mw::TaskTimes,
     ) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    loop {
-        match master.next_outcome(Duration::from_millis(500)) {
-            NextOutcome::Finished(task, outcome, times) => on_finished(task, outcome, times)?,
-            NextOutcome::Pending => {
-                if let Some(j) = journal {
-                    apply_cancel_requests(master, j)?;
+) -> anyhow::Result<DriveEnd> {
+    let mut next_cancel_check = std::time::Instant::now();
+    let mut interrupted = false;
+    let mut output_closed = false;
+    let end = loop {
+        if !interrupted && crate::signals::interrupted() {
+            interrupted = true;
+            master.stop("interrupted (SIGINT/SIGTERM)");
+        }
+        if let Some(j) = journal {
+            if std::time::Instant::now() >= next_cancel_check {
+                apply_cancel_requests(master, j)?;
+                next_cancel_check = std::time::Instant::now() + CANCEL_POLL;
+            }
+        }
+        match master.next_outcome(CANCEL_POLL) {
+            NextOutcome::Finished(task, outcome, times) => {
+                if output_closed {
+                    // Stored in the journal; nowhere to print it.
+                    continue;
+                }
+                if let Err(e) = on_finished(task, outcome, times) {
+                    if crate::is_broken_pipe(&e) {
+                        output_closed = true;
+                        interrupted = true;
+                        master.stop("the output pipe was closed");
+                        continue;
+                    }
+                    return Err(e);
                 }
             }
-            NextOutcome::AllCollected => break,
+            NextOutcome::Pending => {}
+            NextOutcome::AllCollected => break DriveEnd::Complete,
+            NextOutcome::Stopped(e) => {
+                break DriveEnd::Stopped {
+                    reason: match e {
+                        mw::MwError::Stopped(r) => r,
+                        other => other.to_string(),
+                    },
+                    interrupted,
+                }
+            }
         }
         progress.update(&master.counts(), false);
-    }
+    };
     progress.update(&master.counts(), true);
     progress.finish();
-    Ok(())
+    Ok(end)
 }
 
 fn apply_cancel_requests(master: &Master, journal: &Journal) -> anyhow::Result<()> {
-    for req in journal.take_cancel_requests()? {
+    let requests = journal.pending_cancel_requests()?;
+    if requests.is_empty() {
+        return Ok(());
+    }
+    for (_, req) in &requests {
         match req {
             None => master.cancel_all(),
             Some(t) => {
-                let _ = master.cancel(TaskId(t));
+                let _ = master.cancel(TaskId(*t));
             }
         }
     }
+    // Acknowledged only once applied: from here no cancelled task starts.
+    let ids: Vec<i64> = requests.iter().map(|(id, _)| *id).collect();
+    journal.ack_cancel_requests(&ids)?;
     Ok(())
+}
+
+/// What `mw run`/`mw resume` say and return when the master stopped before every task had
+/// an outcome.
+fn stopped_exit(reason: &str, interrupted: bool, job: Option<&str>) -> anyhow::Result<i32> {
+    let how = match job {
+        Some(id) => format!("`mw resume {id}` runs the unfinished tasks"),
+        None => "nothing can be resumed (no journal)".to_string(),
+    };
+    if interrupted {
+        eprintln!("mw: stopped: {reason}; {how}");
+        Ok(EXIT_INTERRUPTED)
+    } else {
+        bail!("the master stopped: {reason}; {how}")
+    }
 }
 
 /// Runs the reduce program locally with every result as a JSON line on stdin.
@@ -541,6 +674,17 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
     let job_path = PathBuf::from(&meta.job_path);
     let mut job = Job::parse(&job_path, meta.job_text.clone())?;
     job.name = meta.name.clone();
+    let status = {
+        let conn = mw::journal::open_checked(&journal_path, false)?;
+        mw::journal::read_master(&conn, &journal_path)?.status
+    };
+    let stored = if status == STATUS_RECORDING {
+        complete_recording(&dir, &job, stored.len())?;
+        let conn = mw::journal::open_checked(&journal_path, false)?;
+        mw::journal::read_tasks(&conn, &journal_path, None)?
+    } else {
+        stored
+    };
     let unfinished = stored.iter().filter(|t| !t.state.is_final()).count();
     if unfinished == 0 {
         let (journal, _, _) = Journal::open(&dir)?;
@@ -594,13 +738,21 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
         .iter()
         .filter(|t| matches!(t.state, TaskState::Failed | TaskState::Cancelled))
         .count();
-    drive(&master, Some(&journal), &mut progress, |_, outcome, _| {
+    let end = drive(&master, Some(&journal), &mut progress, |_, outcome, _| {
         if outcome.is_err() {
             failed += 1;
         }
         Ok(())
     })?;
     drop(master);
+    if let DriveEnd::Stopped {
+        reason,
+        interrupted,
+    } = end
+    {
+        journal.close();
+        return stopped_exit(&reason, interrupted, Some(&meta.id));
+    }
     log::info!(
         "job {}: every task has an outcome ({failed} failed or cancelled)",
         meta.id

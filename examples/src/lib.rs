@@ -117,12 +117,12 @@ pub fn miller_rabin(n: u64, k: u32, rng: &mut SplitMix64) -> bool {
     if n < 4 {
         return n == 2 || n == 3;
     }
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         return false;
     }
     let mut d = n - 1;
     let mut r = 0;
-    while d % 2 == 0 {
+    while d.is_multiple_of(2) {
         d /= 2;
         r += 1;
     }

@@ -140,7 +140,90 @@ pub struct Journal {
     tx: Mutex<Option<Sender<Write>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     conn: Mutex<Connection>,
-    failure: Arc<Mutex<Option<String>>>,
+    shared: Arc<Shared>,
+    /// The job's master lock, held while this journal is open (released by the OS when
+    /// the process dies, however it dies).
+    _lock: std::fs::File,
+}
+
+/// The lock file in a job directory: one master per job, enforced by an exclusive `flock`
+/// that the OS releases when the master's process ends.
+pub const LOCK_FILE: &str = "master.lock";
+
+/// Takes the job directory's master lock, or says who holds it.
+fn lock_job(dir: &Path) -> Result<std::fs::File, JournalError> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| jerr(&path, "cannot open the master lock", e))?;
+    // A few quick attempts: `mw status` takes the lock shared for an instant to see
+    // whether a master runs.
+    for attempt in 0..5 {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if attempt < 4 => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => break,
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(jerr(&path, "cannot take the master lock", e))
+            }
+        }
+    }
+    Err(JournalError(format!(
+        "{}: another master is running this job (it holds {LOCK_FILE}); `mw status` shows it",
+        dir.display()
+    )))
+}
+
+/// Whether a master holds the job directory's lock right now (it runs, on this machine or
+/// another one sharing the filesystem).
+pub fn master_running(dir: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    match file.try_lock_shared() {
+        Ok(()) => {
+            let _ = file.unlock();
+            false
+        }
+        Err(_) => true,
+    }
+}
+
+/// Failure reporting shared by the journal handle and its writer thread.
+#[derive(Default)]
+struct Shared {
+    failure: Mutex<Option<String>>,
+    hook: Mutex<Option<FailureHook>>,
+}
+
+/// Called once when the journal cannot commit any more (see [`Journal::on_failure`]).
+type FailureHook = Box<dyn Fn(&str) + Send + Sync>;
+
+impl Shared {
+    fn failed(&self) -> bool {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    fn fail(&self, msg: String) {
+        {
+            let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+            if f.is_some() {
+                return;
+            }
+            *f = Some(msg.clone());
+        }
+        if let Some(hook) = self.hook.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            hook(&msg);
+        }
+    }
 }
 
 impl std::fmt::Debug for Journal {
@@ -239,6 +322,7 @@ pub fn open_checked(path: &Path, write: bool) -> Result<Connection, JournalError
             path.display()
         )));
     }
+    check_mark(&conn, path)?;
     Ok(conn)
 }
 
@@ -252,6 +336,7 @@ impl Journal {
                 path.display()
             )));
         }
+        let lock = lock_job(dir)?;
         let conn = Connection::open(&path).map_err(|e| jerr(&path, "cannot create", e))?;
         configure(&conn, &path)?;
         conn.execute_batch(SCHEMA)
@@ -277,12 +362,13 @@ impl Journal {
             ],
         )
         .map_err(|e| jerr(&path, "writing the job", e))?;
-        Self::start(path, conn)
+        Self::start(path, conn, lock)
     }
 
     /// Opens an existing journal for a resumed master: returns it with the job and tasks.
     pub fn open(dir: &Path) -> Result<(Arc<Journal>, JobMeta, Vec<StoredTask>), JournalError> {
         let path = dir.join(JOURNAL_FILE);
+        let lock = lock_job(dir)?;
         let conn = open_checked(&path, true)?;
         configure(&conn, &path)?;
         let meta = read_meta(&conn, &path)?;
@@ -295,26 +381,31 @@ impl Journal {
             ],
         )
         .map_err(|e| jerr(&path, "recording the master", e))?;
-        Ok((Self::start(path, conn)?, meta, tasks))
+        Ok((Self::start(path, conn, lock)?, meta, tasks))
     }
 
-    fn start(path: PathBuf, conn: Connection) -> Result<Arc<Journal>, JournalError> {
+    fn start(
+        path: PathBuf,
+        conn: Connection,
+        lock: std::fs::File,
+    ) -> Result<Arc<Journal>, JournalError> {
         let writer_conn = Connection::open(&path).map_err(|e| jerr(&path, "cannot open", e))?;
         configure(&writer_conn, &path)?;
         let (tx, rx) = mpsc::channel();
-        let failure = Arc::new(Mutex::new(None));
-        let f2 = failure.clone();
+        let shared = Arc::new(Shared::default());
+        let s2 = shared.clone();
         let p2 = path.clone();
         let writer = std::thread::Builder::new()
             .name("mw-journal".into())
-            .spawn(move || writer_loop(writer_conn, rx, &p2, f2))
+            .spawn(move || writer_loop(writer_conn, rx, &p2, s2))
             .map_err(|e| jerr(&path, "starting the writer thread", e))?;
         Ok(Arc::new(Journal {
             path,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             conn: Mutex::new(conn),
-            failure,
+            shared,
+            _lock: lock,
         }))
     }
 
@@ -330,12 +421,31 @@ impl Journal {
         }
     }
 
-    /// The first write error, if the writer failed.
+    /// The lasting write error, if the journal could not commit (after retries). From then
+    /// on nothing more is committed, and nothing more is reported as durable.
     pub fn failure(&self) -> Option<String> {
-        self.failure
+        self.shared
+            .failure
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Registers `hook`, called once (from the writer thread) when the journal fails for
+    /// good; at once if it already has.
+    pub fn on_failure(&self, hook: impl Fn(&str) + Send + Sync + 'static) {
+        *self.shared.hook.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(hook));
+        if let Some(msg) = self.failure() {
+            if let Some(h) = self
+                .shared
+                .hook
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+            {
+                h(&msg);
+            }
+        }
     }
 
     /// Records tasks `first..` as submitted (queued), in one transaction, committed on return.
@@ -415,9 +525,10 @@ impl Journal {
         Ok(())
     }
 
-    /// Takes pending cancel requests (written by `mw cancel` while this master runs).
-    /// `None` in the list means "the whole job".
-    pub fn take_cancel_requests(&self) -> Result<Vec<Option<u64>>, JournalError> {
+    /// Pending cancel requests (written by `mw cancel` while this master runs), as
+    /// (request id, task); a task of `None` means "the whole job". Apply them, then
+    /// [`ack_cancel_requests`](Self::ack_cancel_requests): `mw cancel` waits for that.
+    pub fn pending_cancel_requests(&self) -> Result<Vec<(i64, Option<u64>)>, JournalError> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let mut stmt = conn
             .prepare_cached("SELECT rowid, task FROM cancel_requests WHERE done = 0")
@@ -426,14 +537,27 @@ impl Journal {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .and_then(|it| it.collect())
             .map_err(|e| jerr(&self.path, "reading cancel requests", e))?;
-        for (rowid, _) in &rows {
-            conn.execute(
+        Ok(rows
+            .into_iter()
+            .map(|(id, t)| (id, t.and_then(|t| u64::try_from(t).ok())))
+            .collect())
+    }
+
+    /// Marks cancel requests applied (after the master applied them).
+    pub fn ack_cancel_requests(&self, ids: &[i64]) -> Result<(), JournalError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn
+            .transaction()
+            .map_err(|e| jerr(&self.path, "acknowledging cancel requests", e))?;
+        for id in ids {
+            tx.execute(
                 "UPDATE cancel_requests SET done = 1 WHERE rowid = ?1",
-                params![rowid],
+                params![id],
             )
-            .map_err(|e| jerr(&self.path, "reading cancel requests", e))?;
+            .map_err(|e| jerr(&self.path, "acknowledging cancel requests", e))?;
         }
-        Ok(rows.into_iter().map(|(_, t)| t.map(|t| t as u64)).collect())
+        tx.commit()
+            .map_err(|e| jerr(&self.path, "acknowledging cancel requests", e))
     }
 
     /// Stops the writer after committing everything.
@@ -455,12 +579,20 @@ impl Drop for Journal {
     }
 }
 
-fn writer_loop(
-    mut conn: Connection,
-    rx: Receiver<Write>,
-    path: &Path,
-    failure: Arc<Mutex<Option<String>>>,
-) {
+/// How a failed group commit is retried before the journal gives up: each attempt already
+/// waits up to the busy timeout for another process's lock.
+fn commit_retry() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(100))
+        .with_max_delay(std::time::Duration::from_secs(2))
+        .with_max_times(COMMIT_ATTEMPTS - 1)
+}
+
+/// Attempts of one group commit (the first plus retries).
+const COMMIT_ATTEMPTS: usize = 4;
+
+fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: Arc<Shared>) {
+    let mut finals_committed = count_final(&conn).unwrap_or(0);
     while let Ok(first) = rx.recv() {
         // Group commit: gather what arrives within a short window (or until a flush is
         // asked for), so one fsync and one write of each touched page serve many tasks.
@@ -476,107 +608,208 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
+        // Callbacks and flush answers are taken out first: a callback runs only after the
+        // commit that holds its row succeeded; a flush is answered either way.
         let mut flushes = Vec::new();
         let mut durable = Vec::new();
-        // Tasks that also end in this batch: their final row says everything, so their
-        // started/handle updates are skipped (for short tasks, most of them).
-        let ending: std::collections::HashSet<u64> = batch
-            .iter()
-            .filter_map(|w| match w {
-                Write::Final { task, .. } => Some(*task),
-                _ => None,
-            })
-            .collect();
-        let result = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
-            for w in batch {
-                match w {
-                    Write::Started { task, .. } | Write::Handle { task, .. }
-                        if ending.contains(&task) => {}
-                    Write::Started { task, attempt, at } => {
-                        tx.prepare_cached(
-                            "UPDATE tasks SET state = 'running', attempts = ?2, started = ?3
-                             WHERE idx = ?1 AND state NOT IN ('done','failed','cancelled')",
-                        )?
-                        .execute(params![task as i64, attempt, at])?;
+        let mut writes = Vec::with_capacity(batch.len());
+        for w in batch {
+            match w {
+                Write::Flush(done) => flushes.push(done),
+                Write::Final {
+                    task,
+                    row,
+                    on_durable,
+                } => {
+                    if let Some(f) = on_durable {
+                        durable.push(f);
                     }
-                    Write::Handle { task, handle } => {
-                        tx.prepare_cached("UPDATE tasks SET handle = ?2 WHERE idx = ?1")?
-                            .execute(params![task as i64, handle])?;
-                        // Local process groups change with every attempt and matter only
-                        // to `mw resume`: not worth an event each.
-                        if handle.starts_with("local:") {
-                            continue;
-                        }
-                        tx.prepare_cached(
-                            "INSERT INTO events (at, task, kind, detail) VALUES (?1, ?2, 'handle', ?3)",
-                        )?
-                        .execute(params![now_unix(), task as i64, handle])?;
-                    }
-                    Write::Requeued { task } => {
-                        tx.prepare_cached(
-                            "UPDATE tasks SET state = 'queued', handle = NULL
-                             WHERE idx = ?1 AND state NOT IN ('done','failed','cancelled')",
-                        )?
-                        .execute(params![task as i64])?;
-                    }
-                    Write::Final {
+                    writes.push(Write::Final {
                         task,
                         row,
-                        on_durable,
-                    } => {
-                        tx.prepare_cached(
-                            "UPDATE tasks SET state = ?2, attempts = ?3, started = ?4, finished = ?5,
-                             wall = ?6, cpu = ?7, host = ?8, output = ?9, exit = ?10, error = ?11,
-                             output_files = ?12
-                             WHERE idx = ?1 AND state NOT IN ('done','failed','cancelled')",
-                        )?
-                        .execute(params![
-                            task as i64,
-                            row.state.as_str(),
-                            row.attempts,
-                            row.started,
-                            row.finished,
-                            row.wall,
-                            row.cpu,
-                            row.host,
-                            row.output,
-                            row.exit,
-                            row.error,
-                            row.files
-                        ])?;
-                        tx.prepare_cached(
-                            "INSERT INTO events (at, task, kind, detail) VALUES (?1, ?2, ?3, ?4)",
-                        )?
-                        .execute(params![
-                            now_unix(),
-                            task as i64,
-                            row.state.as_str(),
-                            row.exit
-                        ])?;
-                        if let Some(f) = on_durable {
-                            durable.push(f);
-                        }
+                        on_durable: None,
+                    });
+                }
+                other => writes.push(other),
+            }
+        }
+        if shared.failed() {
+            // After a lasting failure nothing more is committed or reported: the master is
+            // stopping, and what it did not store it must not report.
+            drop(durable);
+        } else if !writes.is_empty() {
+            use backon::BlockingRetryable;
+            let result = (|| write_batch(&mut conn, &writes))
+                .retry(commit_retry())
+                .sleep(std::thread::sleep)
+                .notify(|e, after| {
+                    log::warn!(
+                        "journal {}: commit failed ({e}); retrying in {after:?}",
+                        path.display()
+                    )
+                })
+                .call();
+            match result {
+                Ok(n) => {
+                    finals_committed += n;
+                    // The high-water mark of committed final rows, so a journal that later
+                    // lost commits (a deleted -wal file) is detected on open. Written after
+                    // the commit: it never runs ahead of the database.
+                    write_mark(path, finals_committed);
+                    for f in durable {
+                        f();
                     }
-                    Write::Flush(done) => flushes.push(done),
+                }
+                Err(e) => {
+                    let msg = format!(
+                        "{}: cannot commit to the journal after {COMMIT_ATTEMPTS} attempts: {e}",
+                        path.display()
+                    );
+                    log::error!("{msg}");
+                    drop(durable);
+                    shared.fail(msg);
                 }
             }
-            tx.commit()
-        })();
-        if let Err(e) = result {
-            let mut f = failure.lock().unwrap_or_else(|p| p.into_inner());
-            if f.is_none() {
-                *f = Some(format!("{}: write failed: {e}", path.display()));
-            }
-            log::error!("journal {}: write failed: {e}", path.display());
-        }
-        for f in durable {
-            f();
         }
         for done in flushes {
             let _ = done.send(());
         }
     }
+}
+
+/// Writes one group of updates in one transaction; returns how many final rows it stored.
+fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> {
+    // Tasks that also end in this batch: their final row says everything, so their
+    // started/handle updates are skipped (for short tasks, most of them).
+    let ending: std::collections::HashSet<u64> = batch
+        .iter()
+        .filter_map(|w| match w {
+            Write::Final { task, .. } => Some(*task),
+            _ => None,
+        })
+        .collect();
+    let mut finals = 0u64;
+    let tx = conn.transaction()?;
+    for w in batch {
+        match w {
+            Write::Started { task, .. } | Write::Handle { task, .. } if ending.contains(task) => {}
+            Write::Started { task, attempt, at } => {
+                tx.prepare_cached(
+                    "UPDATE tasks SET state = 'running', attempts = ?2, started = ?3
+                     WHERE idx = ?1 AND state NOT IN ('done','failed','cancelled')",
+                )?
+                .execute(params![sql_idx(*task), attempt, at])?;
+            }
+            Write::Handle { task, handle } => {
+                tx.prepare_cached("UPDATE tasks SET handle = ?2 WHERE idx = ?1")?
+                    .execute(params![sql_idx(*task), handle])?;
+                // Local process groups change with every attempt and matter only
+                // to `mw resume`: not worth an event each.
+                if handle.starts_with("local:") {
+                    continue;
+                }
+                tx.prepare_cached(
+                    "INSERT INTO events (at, task, kind, detail) VALUES (?1, ?2, 'handle', ?3)",
+                )?
+                .execute(params![now_unix(), sql_idx(*task), handle])?;
+            }
+            Write::Requeued { task } => {
+                tx.prepare_cached(
+                    "UPDATE tasks SET state = 'queued', handle = NULL
+                     WHERE idx = ?1 AND state NOT IN ('done','failed','cancelled')",
+                )?
+                .execute(params![sql_idx(*task)])?;
+            }
+            Write::Final { task, row, .. } => {
+                let changed = tx
+                    .prepare_cached(
+                        "UPDATE tasks SET state = ?2, attempts = ?3, started = ?4, finished = ?5,
+                         wall = ?6, cpu = ?7, host = ?8, output = ?9, exit = ?10, error = ?11,
+                         output_files = ?12
+                         WHERE idx = ?1 AND state NOT IN ('done','failed','cancelled')",
+                    )?
+                    .execute(params![
+                        sql_idx(*task),
+                        row.state.as_str(),
+                        row.attempts,
+                        row.started,
+                        row.finished,
+                        row.wall,
+                        row.cpu,
+                        row.host,
+                        row.output,
+                        row.exit,
+                        row.error,
+                        row.files
+                    ])?;
+                finals += changed as u64;
+                tx.prepare_cached(
+                    "INSERT INTO events (at, task, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![
+                    now_unix(),
+                    sql_idx(*task),
+                    row.state.as_str(),
+                    row.exit
+                ])?;
+            }
+            Write::Flush(_) => {}
+        }
+    }
+    tx.commit()?;
+    Ok(finals)
+}
+
+/// A task index as SQLite's integer (indices beyond `i64::MAX` cannot exist: tasks are
+/// numbered from 0 in memory).
+fn sql_idx(task: u64) -> i64 {
+    i64::try_from(task).unwrap_or(i64::MAX)
+}
+
+fn count_final(conn: &Connection) -> rusqlite::Result<u64> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM tasks WHERE state IN ('done','failed','cancelled')",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// The file beside the journal that holds the high-water mark of committed final rows.
+fn mark_path(journal: &Path) -> PathBuf {
+    let mut name = journal.as_os_str().to_owned();
+    name.push(MARK_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// Suffix of the high-water-mark file (`journal.sqlite.mark`).
+pub const MARK_SUFFIX: &str = ".mark";
+
+fn write_mark(journal: &Path, finals: u64) {
+    // Not fsync'd on purpose: after a power loss the mark may lag the database, which is
+    // harmless; it can never be ahead of a committed database.
+    if let Err(e) = std::fs::write(mark_path(journal), finals.to_string()) {
+        log::debug!("journal {}: cannot update the mark: {e}", journal.display());
+    }
+}
+
+/// Checks that the journal still holds every final row it ever committed (a deleted or
+/// replaced `-wal` file silently drops recent commits).
+fn check_mark(conn: &Connection, path: &Path) -> Result<(), JournalError> {
+    let Ok(text) = std::fs::read_to_string(mark_path(path)) else {
+        return Ok(());
+    };
+    let Ok(mark) = text.trim().parse::<u64>() else {
+        return Ok(());
+    };
+    let have = count_final(conn).map_err(|e| jerr(path, "counting finished tasks", e))?;
+    if have < mark {
+        return Err(JournalError(format!(
+            "{}: the journal lost committed results: {mark} tasks were recorded finished,              {have} are now (was its -wal file deleted or the file replaced?); nothing was changed",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Reads the job row.
@@ -669,10 +902,25 @@ pub fn read_tasks(
             wall_secs: wall,
             cpu_secs: cpu,
             host,
-            output: output.and_then(|o| serde_json::from_str(&o).ok()),
+            output: match output {
+                None => None,
+                Some(o) => Some(serde_json::from_str(&o).map_err(|e| {
+                    jerr(
+                        path,
+                        "the journal is corrupt",
+                        format!("task {idx}: its stored output does not parse ({e})"),
+                    )
+                })?),
+            },
             exit,
             error,
-            output_files: serde_json::from_str(&files).unwrap_or_default(),
+            output_files: serde_json::from_str(&files).map_err(|e| {
+                jerr(
+                    path,
+                    "the journal is corrupt",
+                    format!("task {idx}: its stored output-file list does not parse ({e})"),
+                )
+            })?,
         });
     }
     Ok(out)
@@ -744,20 +992,83 @@ pub fn task_exists(conn: &Connection, path: &Path, task: u64) -> Result<bool, Jo
     Ok(n > 0)
 }
 
-/// Asks the live master to cancel `task` (or every unfinished task): it polls these requests.
+/// Asks the live master to cancel `task` (or every unfinished task): it polls these
+/// requests. Returns the request's id, for [`cancel_acknowledged`].
 pub fn request_cancel(
     conn: &Connection,
     path: &Path,
     task: Option<u64>,
     at: f64,
-) -> Result<(), JournalError> {
+) -> Result<i64, JournalError> {
     let task = task.and_then(|t| i64::try_from(t).ok());
     conn.execute(
         "INSERT INTO cancel_requests (task, at) VALUES (?1, ?2)",
         params![task, at],
     )
     .map_err(|e| jerr(path, "recording the cancel request", e))?;
-    Ok(())
+    Ok(conn.last_insert_rowid())
+}
+
+/// Whether the master has applied cancel request `id`.
+pub fn cancel_acknowledged(conn: &Connection, path: &Path, id: i64) -> Result<bool, JournalError> {
+    let done: i64 = conn
+        .query_row(
+            "SELECT done FROM cancel_requests WHERE rowid = ?1",
+            params![id],
+            |r| r.get(0),
+        )
+        .map_err(|e| jerr(path, "reading the cancel request", e))?;
+    Ok(done != 0)
+}
+
+/// SQLite's `data_version`: changes whenever another connection commits, so a watcher
+/// (`mw wait`) re-reads only when something changed.
+pub fn data_version(conn: &Connection, path: &Path) -> Result<i64, JournalError> {
+    conn.query_row("PRAGMA data_version", [], |r| r.get(0))
+        .map_err(|e| jerr(path, "reading the data version", e))
+}
+
+/// Per-state task counts, (queued + running, done, failed, cancelled), without reading
+/// the tasks.
+pub fn state_counts(conn: &Connection, path: &Path) -> Result<StateCounts, JournalError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT state, COUNT(*) FROM tasks GROUP BY state")
+        .map_err(|e| jerr(path, "counting tasks", e))?;
+    let rows: Vec<(String, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .and_then(|it| it.collect())
+        .map_err(|e| jerr(path, "counting tasks", e))?;
+    let mut c = StateCounts::default();
+    for (state, n) in rows {
+        let n = u64::try_from(n).unwrap_or(0);
+        match TaskState::parse(&state) {
+            Some(TaskState::Queued) | Some(TaskState::Running) => c.unfinished += n,
+            Some(TaskState::Done) => c.done += n,
+            Some(TaskState::Failed) => c.failed += n,
+            Some(TaskState::Cancelled) => c.cancelled += n,
+            None => {
+                return Err(jerr(
+                    path,
+                    "the journal is corrupt",
+                    format!("unknown task state `{state}`"),
+                ))
+            }
+        }
+    }
+    Ok(c)
+}
+
+/// Task counts by state (see [`state_counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    /// Queued or running.
+    pub unfinished: u64,
+    /// Done.
+    pub done: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Cancelled.
+    pub cancelled: u64,
 }
 
 /// With no master running: marks `task` (or every unfinished task) cancelled directly, with

@@ -39,6 +39,8 @@ pub struct Multicore {
     slot_threads: Mutex<Vec<Option<Slot>>>,
     /// Where to record each task's process group (a journaled master gives one).
     handles: Mutex<Option<Arc<dyn HandleSink>>>,
+    /// Stale slot directories (of killed masters) are removed once, before the first slot.
+    sweep: std::sync::Once,
 }
 
 impl std::fmt::Debug for Multicore {
@@ -80,6 +82,7 @@ impl Multicore {
             host: host_name(),
             slot_threads: Mutex::new((0..slots).map(|_| None).collect()),
             handles: Mutex::new(None),
+            sweep: std::sync::Once::new(),
         }
     }
 
@@ -103,6 +106,81 @@ fn release(state: &(Mutex<SlotState>, Condvar), worker: WorkerId, task: TaskId) 
     }
     drop(st);
     state.1.notify_one();
+}
+
+/// Prefix of slot directories in the scratch root.
+const SLOT_PREFIX: &str = "mw-slot-";
+/// The lock file inside a slot directory, held (flock) while the slot is in use.
+const SLOT_LOCK: &str = ".mw-slot.lock";
+/// A slot directory without a lock file (made by an older mw) is stale after this long.
+const UNLOCKED_SLOT_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// A new slot directory and its held lock.
+fn slot_dir(root: Option<&Path>) -> Result<(tempfile::TempDir, std::fs::File), InterfaceError> {
+    let dir = scratch(root, SLOT_PREFIX)?;
+    let path = dir.path().join(SLOT_LOCK);
+    let lock = std::fs::File::create(&path)
+        .and_then(|f| f.try_lock().map(|()| f).map_err(std::io::Error::from))
+        .map_err(|e| InterfaceError::new(format!("locking {}: {e}", path.display())))?;
+    Ok((dir, lock))
+}
+
+/// Removes slot directories that no live master uses: their lock can be taken (the master
+/// that made them died), or they carry no lock and are old.
+pub fn sweep_stale_slots(root: Option<&Path>) {
+    let root = root.map_or_else(std::env::temp_dir, Path::to_path_buf);
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with(SLOT_PREFIX) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.is_dir() {
+            continue;
+        }
+        let stale = match std::fs::File::open(path.join(SLOT_LOCK)) {
+            Ok(f) => f.try_lock().is_ok(),
+            Err(_) => meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age > UNLOCKED_SLOT_STALE_AFTER),
+        };
+        if stale {
+            // A task may have left directories it cannot write to.
+            make_writable(&path);
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => log::info!("removed the stale slot directory {}", path.display()),
+                Err(e) => log::debug!("cannot remove {}: {e}", path.display()),
+            }
+        }
+    }
+}
+
+fn make_writable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                make_writable(&e.path());
+            }
+        }
+    }
+}
+
+/// The message of a caught panic.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }
 
 fn scratch(scratch_root: Option<&Path>, prefix: &str) -> Result<tempfile::TempDir, InterfaceError> {
@@ -245,8 +323,12 @@ impl Interface for Multicore {
         let mut threads = self.slot_threads.lock().unwrap_or_else(|p| p.into_inner());
         let slot = worker.0 as usize;
         if threads.get(slot).map(Option::is_none).unwrap_or(false) {
-            // The slot's own directory (random name), kept for the slot thread's lifetime.
-            if let Ok(dir) = scratch(self.scratch_root.as_deref(), "mw-slot-") {
+            self.sweep
+                .call_once(|| sweep_stale_slots(self.scratch_root.as_deref()));
+            // The slot's own directory (random name), kept for the slot thread's lifetime,
+            // with a lock held as long as it is in use (so a later master can tell a
+            // directory a killed master left behind).
+            if let Ok((dir, lock)) = slot_dir(self.scratch_root.as_deref()) {
                 let path = dir.path().to_path_buf();
                 let (tx, rx) = std::sync::mpsc::channel::<SlotJob>();
                 let state = self.state.clone();
@@ -254,8 +336,21 @@ impl Interface for Multicore {
                 let spawned = std::thread::Builder::new()
                     .name(format!("mw-slot-{slot}"))
                     .spawn(move || {
+                        let _lock = lock;
                         for (task, control, done) in rx {
-                            let outcome = run_one(&task, &control, dir.path(), &host);
+                            // A panic while running one task fails that task (with a
+                            // message) and frees the slot; it never takes the slot down.
+                            let outcome =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    run_one(&task, &control, dir.path(), &host)
+                                }))
+                                .unwrap_or_else(|p| {
+                                    Err(InterfaceError::new(format!(
+                                        "internal error while running {}: {}",
+                                        task.id,
+                                        panic_message(p.as_ref())
+                                    )))
+                                });
                             release(&state, worker, task.id);
                             done.finish(outcome);
                         }

@@ -277,6 +277,22 @@ impl InterfaceError {
     }
 }
 
+/// The largest time a result bundle may report, in seconds (about 100 years): anything
+/// larger (or negative, or not a number) is a malformed result, not a crash.
+pub const MAX_REPORTED_SECS: f64 = 3.2e9;
+
+/// A time from a result bundle as a `Duration`, refusing what no real task reports.
+fn checked_secs(label: &str, field: &str, secs: f64) -> Result<Duration, InterfaceError> {
+    if !(secs.is_finite() && (0.0..=MAX_REPORTED_SECS).contains(&secs)) {
+        return Err(InterfaceError::new(format!(
+            "{label}: malformed result: {field} = {secs} is out of range (0 to {MAX_REPORTED_SECS} s)"
+        )));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| {
+        InterfaceError::new(format!("{label}: malformed result: {field} = {secs}: {e}"))
+    })
+}
+
 impl Execution {
     /// Reads a result bundle (hostile input: it may come from a volunteer's machine),
     /// verifying it, and places declared outputs under `output_dir`.
@@ -323,21 +339,24 @@ impl Execution {
             .get(RESULT_STDOUT_NAME)
             .cloned()
             .unwrap_or_default();
-        let secs = |s: f64| {
-            if s.is_finite() && s >= 0.0 {
-                Duration::from_secs_f64(s)
-            } else {
-                Duration::ZERO
-            }
-        };
+        let wall = checked_secs(label, "wall_secs", info.wall_secs)?;
+        let user = checked_secs(label, "user_secs", info.user_secs)?;
+        let sys = checked_secs(label, "sys_secs", info.sys_secs)?;
+        let started = checked_secs(label, "started_unix", info.started_unix)?;
+        let cpu = user.checked_add(sys).ok_or_else(|| {
+            InterfaceError::new(format!("{label}: user_secs + sys_secs is out of range"))
+        })?;
+        let started = UNIX_EPOCH
+            .checked_add(started)
+            .ok_or_else(|| InterfaceError::new(format!("{label}: started_unix is out of range")))?;
         Ok(Execution {
             exit: info.exit,
             stdout,
             stderr_tail: info.stderr_tail,
-            wall: secs(info.wall_secs),
-            cpu: secs(info.user_secs) + secs(info.sys_secs),
+            wall,
+            cpu,
             host: info.host,
-            started: Some(UNIX_EPOCH + secs(info.started_unix)),
+            started: Some(started),
             output_files,
             missing_outputs: info.missing_outputs,
         })

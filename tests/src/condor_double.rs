@@ -345,7 +345,7 @@ fn proc_list(var: &str) -> Result<Option<Vec<u64>>> {
 }
 
 fn in_list(list: &Option<Vec<u64>>, proc: u64) -> bool {
-    list.as_ref().map_or(true, |l| l.contains(&proc))
+    list.as_ref().is_none_or(|l| l.contains(&proc))
 }
 
 fn absolute(base: &Path, p: &str) -> PathBuf {
@@ -703,7 +703,7 @@ pub fn rm_main() -> Result<()> {
             for j in s
                 .jobs
                 .iter_mut()
-                .filter(|j| j.cluster == *c && p.map_or(true, |p| p == j.proc))
+                .filter(|j| j.cluster == *c && p.is_none_or(|p| p == j.proc))
             {
                 if ![1, 2, 5].contains(&j.status) {
                     continue;

@@ -507,7 +507,8 @@ fn pump(
         truncated: false,
         stderr_tail: Vec::new(),
     };
-    let deadline = req.timeout.map(|t| t0 + t);
+    // A timeout too far away to represent is no timeout (never a panic).
+    let deadline = req.timeout.and_then(|t| t0.checked_add(t));
     let mut kill_at: Option<Instant> = None;
     let mut leader_gone = pidfd.is_none();
     let mut drain_until: Option<Instant> = None;

@@ -14,7 +14,8 @@ mod scheduler;
 
 pub use outcome::{parse_stdout, MwError, TaskOutput, TaskTimes};
 use scheduler::{
-    completion, decode, finish_durably, prepare, scheduler_loop, take_outcome, take_result,
+    completion, decode, finish_durably, mark_final, prepare, scheduler_loop, take_outcome,
+    take_result,
 };
 
 use crate::interface::{HandleSink, Interface};
@@ -65,6 +66,9 @@ pub enum NextOutcome {
     Pending,
     /// Every task's outcome has been collected.
     AllCollected,
+    /// The master stopped ([`Master::stop`], or its journal failed) and every durable
+    /// result was collected: the error says why. Unfinished tasks are left for `resume`.
+    Stopped(MwError),
 }
 
 /// Per-state counts plus the interface's own status.
@@ -113,6 +117,9 @@ struct State {
     finished: VecDeque<TaskId>,
     counts: [usize; 5],
     shutting_down: bool,
+    /// Why the master stopped ([`Master::stop`], or a journal that cannot commit): nothing
+    /// more is dispatched, and tasks the stop interrupts are queued again, for `resume`.
+    stopped: Option<String>,
     /// Final tasks whose journal row is committed (all final tasks without a journal).
     durable: usize,
 }
@@ -213,6 +220,7 @@ impl Master {
             finished: VecDeque::new(),
             counts: [0; 5],
             shutting_down: false,
+            stopped: None,
             durable: 0,
         };
         for rec in restored {
@@ -240,6 +248,16 @@ impl Master {
             _staging_tmp: tmp,
             journal,
         });
+        if let Some(j) = &inner.journal {
+            // A journal that cannot commit any more stops the master: what it cannot store
+            // it must not report.
+            let weak = Arc::downgrade(&inner);
+            j.on_failure(move |msg| {
+                if let Some(inner) = weak.upgrade() {
+                    stop_inner(&inner, format!("the journal failed: {msg}"));
+                }
+            });
+        }
         let sched_inner = inner.clone();
         let scheduler = std::thread::Builder::new()
             .name("mw-scheduler".into())
@@ -365,6 +383,11 @@ impl Master {
             if st.tasks.len() == st.durable {
                 return NextOutcome::AllCollected;
             }
+            if let Some(reason) = &st.stopped {
+                if self.stop_settled(&st) {
+                    return NextOutcome::Stopped(MwError::Stopped(reason.clone()));
+                }
+            }
             st = match self.wait_until(st, deadline) {
                 Some(st) => st,
                 None => return NextOutcome::Pending,
@@ -455,26 +478,73 @@ impl Master {
         Ok(())
     }
 
-    /// Cancels every task not finished yet.
+    /// Cancels every task not finished yet, in one pass over the task table (O(tasks),
+    /// whatever the number queued).
     pub fn cancel_all(&self) {
-        let ids: Vec<TaskId> = {
-            let st = self.inner.lock();
-            (0..st.tasks.len() as u64)
-                .map(TaskId)
-                .filter(|t| !st.tasks[t.0 as usize].state.is_final())
-                .collect()
+        let running: Vec<TaskId> = {
+            let mut st = self.inner.lock();
+            st.queue.clear();
+            let now = SystemTime::now();
+            let mut running = Vec::new();
+            for i in 0..st.tasks.len() {
+                let id = TaskId(i as u64);
+                match st.tasks[i].state {
+                    TaskState::Queued => {
+                        let rec = &mut st.tasks[i];
+                        rec.cancel_requested = true;
+                        rec.outcome = Some(Err(MwError::Cancelled(id)));
+                        rec.times.finished = Some(now);
+                        st.set_state(id, TaskState::Cancelled);
+                        mark_final(&self.inner, &mut st, id);
+                    }
+                    TaskState::Running => {
+                        st.tasks[i].cancel_requested = true;
+                        running.push(id);
+                    }
+                    _ => {}
+                }
+            }
+            running
         };
-        for id in ids {
-            let _ = self.cancel(id);
+        self.inner.cond.notify_all();
+        for id in running {
+            self.inner.interface.cancel(id);
         }
     }
 
-    /// Blocks until no task is queued or running.
+    /// Blocks until no task is queued or running (or the master stopped and what it
+    /// interrupted has settled).
     pub fn wait_all(&self) {
         let mut st = self.inner.lock();
-        while st.durable < st.tasks.len() {
+        while st.durable < st.tasks.len() && !(st.stopped.is_some() && self.stop_settled(&st)) {
             st = self.inner.cond.wait(st).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// Stops the master for good: nothing more is dispatched; running local tasks are
+    /// stopped (their process groups killed) and queued again in the journal, so `resume`
+    /// runs them; tasks on a backend that outlives the master (HTCondor, BOINC) are left
+    /// running for `resume` to re-attach when the master is journaled. Results that were
+    /// already durable can still be collected; then [`next_outcome`](Self::next_outcome)
+    /// returns [`NextOutcome::Stopped`]. Used for Ctrl-C and a broken output pipe.
+    pub fn stop(&self, reason: &str) {
+        stop_inner(&self.inner, reason.to_string());
+    }
+
+    /// Why the master stopped, if it did.
+    pub fn stopped(&self) -> Option<String> {
+        self.inner.lock().stopped.clone()
+    }
+
+    /// After a stop: true once no interrupted task is still to report back (immediately
+    /// for a journaled remote backend, whose tasks are left running).
+    fn stop_settled(&self, st: &State) -> bool {
+        st.counts[TaskState::Running as usize] == 0 || self.detaches()
+    }
+
+    /// Whether running tasks outlive this master (journaled Condor/BOINC).
+    fn detaches(&self) -> bool {
+        self.inner.journal.is_some() && self.inner.interface.keeps_running_without_master()
     }
 
     /// The interface's name.
@@ -520,11 +590,39 @@ impl Master {
     }
 }
 
+/// Marks the master stopped (the first reason wins) and stops what runs locally.
+fn stop_inner(inner: &Arc<Inner>, reason: String) {
+    let running: Vec<TaskId> = {
+        let mut st = inner.lock();
+        if st.stopped.is_some() {
+            return;
+        }
+        log::warn!("stopping: {reason}");
+        st.stopped = Some(reason);
+        (0..st.tasks.len())
+            .filter(|&i| st.tasks[i].state == TaskState::Running)
+            .map(|i| TaskId(i as u64))
+            .collect()
+    };
+    inner.cond.notify_all();
+    let detach = inner.journal.is_some() && inner.interface.keeps_running_without_master();
+    if !detach {
+        for t in running {
+            inner.interface.cancel(t);
+        }
+    }
+}
+
 impl Drop for Master {
     fn drop(&mut self) {
         {
             let mut st = self.inner.lock();
             st.shutting_down = true;
+            // Tasks the drop interrupts are queued again in the journal (for `resume`),
+            // not recorded as cancelled by the user.
+            if st.stopped.is_none() {
+                st.stopped = Some("the master was dropped".into());
+            }
         }
         self.inner.cond.notify_all();
         // Stop what still runs: nobody will collect it (unless a journaled master of a remote

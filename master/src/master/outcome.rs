@@ -103,6 +103,10 @@ pub enum MwError {
     /// The journal failed.
     #[error("journal: {0}")]
     Journal(String),
+    /// The master was stopped ([`crate::Master::stop`], or its journal failed for good):
+    /// nothing more is dispatched or reported.
+    #[error("the master stopped: {0}")]
+    Stopped(String),
 }
 
 /// ` (SIGSEGV)` etc. for an exit by a signal, so the error names it.
@@ -136,7 +140,7 @@ impl MwError {
             MwError::Cancelled(t) | MwError::UnknownTask(t) | MwError::AlreadyCollected(t) => {
                 Some(*t)
             }
-            MwError::NothingPending | MwError::Journal(_) => None,
+            MwError::NothingPending | MwError::Journal(_) | MwError::Stopped(_) => None,
         }
     }
 }

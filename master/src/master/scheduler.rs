@@ -39,6 +39,9 @@ pub(super) fn take_result(st: &mut State, which: Option<TaskId>) -> Result<Taken
                 rec.collected = true;
                 return Ok(Some(take_outcome(rec, id)));
             }
+            if let Some(reason) = &st.stopped {
+                return Err(MwError::Stopped(reason.clone()));
+            }
             Ok(None)
         }
         None => {
@@ -48,6 +51,9 @@ pub(super) fn take_result(st: &mut State, which: Option<TaskId>) -> Result<Taken
                     rec.collected = true;
                     return Ok(Some(take_outcome(rec, id)));
                 }
+            }
+            if let Some(reason) = &st.stopped {
+                return Err(MwError::Stopped(reason.clone()));
             }
             let pending =
                 st.counts[TaskState::Queued as usize] + st.counts[TaskState::Running as usize];
@@ -108,7 +114,7 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
         let front = {
             let mut st = inner.lock();
             loop {
-                if st.shutting_down {
+                if st.shutting_down || st.stopped.is_some() {
                     return;
                 }
                 if let Some(&id) = st.queue.front() {
@@ -129,7 +135,7 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
             }
         };
         let mut st = inner.lock();
-        if st.shutting_down {
+        if st.shutting_down || st.stopped.is_some() {
             return;
         }
         let Some((task, prepared, cancel_now)) = dispatch(&mut st, &inner) else {
@@ -209,7 +215,20 @@ pub(super) fn on_complete(
             }
         }
     };
-    let cancelled = matches!(result, Err(MwError::Cancelled(_))) || rec.cancel_requested;
+    let user_cancel = rec.cancel_requested;
+    if result.is_err() && !user_cancel && st.stopped.is_some() {
+        // Interrupted by a stop (Ctrl-C, a broken pipe, a failed journal, a dropped master):
+        // not the task's fault and not the user's cancel. It is queued again in the journal,
+        // so `resume` runs it.
+        if let Some(j) = &inner.journal {
+            j.record_requeued(id);
+        }
+        st.set_state(id, TaskState::Queued);
+        drop(st);
+        inner.cond.notify_all();
+        return;
+    }
+    let cancelled = matches!(result, Err(MwError::Cancelled(_))) || user_cancel;
     if result.is_err() && !cancelled && attempts <= retries {
         // Retry: back to the front of the queue.
         if let Err(e) = &result {
@@ -252,13 +271,18 @@ pub(super) fn on_complete(
 /// Makes a final task collectable: at once without a journal; with one, only after its row
 /// is committed, so a result handed to the user is never lost in a crash.
 pub(super) fn finish_durably(inner: &Arc<Inner>, mut st: MutexGuard<'_, State>, id: TaskId) {
+    mark_final(inner, &mut st, id);
+    drop(st);
+    inner.cond.notify_all();
+}
+
+/// The part of [`finish_durably`] done under the lock (the caller notifies waiters).
+pub(super) fn mark_final(inner: &Arc<Inner>, st: &mut State, id: TaskId) {
     match &inner.journal {
         None => {
             st.finished.push_back(id);
             st.durable += 1;
             st.tasks[id.0 as usize].durable = true;
-            drop(st);
-            inner.cond.notify_all();
         }
         Some(j) => {
             let inner2 = inner.clone();
@@ -274,8 +298,6 @@ pub(super) fn finish_durably(inner: &Arc<Inner>, mut st: MutexGuard<'_, State>, 
                     inner2.cond.notify_all();
                 })),
             );
-            drop(st);
-            inner.cond.notify_all();
         }
     }
 }

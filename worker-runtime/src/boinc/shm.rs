@@ -270,7 +270,7 @@ fn poll_loop(shm: &SharedMem, shared: &Shared, control: &ProcessControl) {
             request_stop(shared, control, Stop::NoHeartbeat);
             last_heartbeat = Instant::now();
         }
-        if last_status.map_or(true, |t| t.elapsed() >= STATUS_INTERVAL) {
+        if last_status.is_none_or(|t| t.elapsed() >= STATUS_INTERVAL) {
             post_status(shm, shared, control);
             last_status = Some(Instant::now());
         }
