@@ -133,6 +133,42 @@ fn signal_group(pgid: i32, signal: i32) {
     }
 }
 
+/// The one termination routine for a task's process group: SIGTERM (with SIGCONT, so a
+/// stopped group can act on it), a grace period, then SIGKILL. Callers differ only in how
+/// they spend the grace period (a poll loop, a channel wait, a timer thread); each ends it
+/// early when the leader exits, and calls [`kill`](Self::kill) when it runs out.
+struct Termination {
+    pgid: i32,
+    kill_at: Instant,
+}
+
+impl Termination {
+    /// Asks the group to stop (SIGTERM + SIGCONT) and starts the grace period.
+    fn start(pgid: i32, grace: Duration) -> Self {
+        signal_group(pgid, libc::SIGTERM);
+        signal_group(pgid, libc::SIGCONT);
+        Termination {
+            pgid,
+            kill_at: Instant::now() + grace,
+        }
+    }
+
+    /// When the grace period ends.
+    fn kill_at(&self) -> Instant {
+        self.kill_at
+    }
+
+    /// What is left of the grace period.
+    fn grace_left(&self) -> Duration {
+        self.kill_at.saturating_duration_since(Instant::now())
+    }
+
+    /// Ends the grace period: SIGKILL to the whole group.
+    fn kill(self) {
+        signal_group(self.pgid, libc::SIGKILL);
+    }
+}
+
 impl ProcessControl {
     /// A fresh control, not attached to a process yet.
     pub fn new() -> Self {
@@ -152,10 +188,9 @@ impl ProcessControl {
         let Some(pgid) = st.pgid else {
             return;
         };
-        signal_group(pgid, libc::SIGTERM);
-        signal_group(pgid, libc::SIGCONT);
+        let term = Termination::start(pgid, st.grace);
         st.suspended = false;
-        let (run, grace) = (st.run, st.grace);
+        let run = st.run;
         drop(st);
         let me = self.clone();
         // The grace period is a product behaviour (give the task time to clean up), not
@@ -163,10 +198,10 @@ impl ProcessControl {
         let _ = std::thread::Builder::new()
             .name("mw-kill-after-grace".into())
             .spawn(move || {
-                std::thread::sleep(grace);
+                std::thread::sleep(term.grace_left());
                 let st = me.lock();
                 if st.run == run && st.pgid == Some(pgid) {
-                    signal_group(pgid, libc::SIGKILL);
+                    term.kill();
                 }
             });
     }
@@ -508,7 +543,7 @@ fn pump(
         stderr_tail: Vec::new(),
     };
     let deadline = req.timeout.map(|t| t0 + t);
-    let mut kill_at: Option<Instant> = None;
+    let mut term: Option<Termination> = None;
     let mut leader_gone = pidfd.is_none();
     let mut drain_until: Option<Instant> = None;
     let mut buf = vec![0u8; 64 * 1024];
@@ -517,15 +552,14 @@ fn pump(
         if let Some(d) = deadline {
             if !p.timed_out && now >= d && !leader_gone {
                 p.timed_out = true;
-                signal_group(pid, libc::SIGTERM);
-                signal_group(pid, libc::SIGCONT);
-                kill_at = Some(now + req.grace);
+                term = Some(Termination::start(pid, req.grace));
             }
         }
-        if let Some(k) = kill_at {
-            if now >= k {
-                signal_group(pid, libc::SIGKILL);
-                kill_at = None;
+        if let Some(t) = term.take() {
+            if now >= t.kill_at() {
+                t.kill();
+            } else {
+                term = Some(t);
             }
         }
         if let Some(d) = drain_until {
@@ -567,7 +601,7 @@ fn pump(
         let mut wake: Option<Instant> = None;
         for t in [
             deadline.filter(|_| !p.timed_out && !leader_gone),
-            kill_at,
+            term.as_ref().map(Termination::kill_at),
             drain_until,
         ]
         .into_iter()
@@ -627,7 +661,7 @@ fn pump(
                     leader_gone = true;
                     // Kill what is left of the group so the pipes close.
                     signal_group(pid, libc::SIGKILL);
-                    kill_at = None;
+                    term = None;
                     drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
                 }
             }
@@ -644,12 +678,11 @@ fn tail_string(bytes: &[u8], n: usize) -> String {
 /// SIGTERM the group, wait up to `grace` for the leader to exit, then SIGKILL; returns the
 /// leader's exit as reaped by the waiter thread.
 fn terminate(pid: i32, rx: &mpsc::Receiver<Exited>, grace: Duration) -> Option<Exited> {
-    signal_group(pid, libc::SIGTERM);
-    signal_group(pid, libc::SIGCONT);
-    if let Ok(e) = rx.recv_timeout(grace) {
+    let term = Termination::start(pid, grace);
+    if let Ok(e) = rx.recv_timeout(term.grace_left()) {
         return Some(e);
     }
-    signal_group(pid, libc::SIGKILL);
+    term.kill();
     rx.recv().ok()
 }
 
