@@ -13,13 +13,23 @@
 use mw_bundle::ExitInfo;
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+#[cfg(unix)]
+use std::io::Write;
+use std::io::{Read, Seek, SeekFrom};
+#[cfg(unix)]
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+#[cfg(unix)]
 use std::process::{Command, Stdio};
+#[cfg(unix)]
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub use windows::{decode_status, host_name};
 
 /// How long a process group gets between SIGTERM and SIGKILL.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
@@ -111,6 +121,9 @@ struct ControlState {
     grace: Duration,
     /// Told the process group id right after the program started.
     on_start: Option<Arc<dyn Fn(i32) + Send + Sync>>,
+    /// The running task's Job Object (Windows' process group).
+    #[cfg(windows)]
+    job: Option<Arc<windows::Job>>,
 }
 
 /// A handle to the process group of a running task: cancel, suspend, resume. Cheap to clone;
@@ -126,6 +139,7 @@ impl std::fmt::Debug for ProcessControl {
     }
 }
 
+#[cfg(unix)]
 fn signal_group(pgid: i32, signal: i32) {
     // SAFETY: killpg only sends a signal; a stale or invalid pgid yields ESRCH, which we ignore.
     unsafe {
@@ -133,6 +147,7 @@ fn signal_group(pgid: i32, signal: i32) {
     }
 }
 
+#[cfg(unix)]
 /// The one termination routine for a task's process group: SIGTERM (with SIGCONT, so a
 /// stopped group can act on it), a grace period, then SIGKILL. Callers differ only in how
 /// they spend the grace period (a poll loop, a channel wait, a timer thread); each ends it
@@ -142,6 +157,7 @@ struct Termination {
     kill_at: Instant,
 }
 
+#[cfg(unix)]
 impl Termination {
     /// Asks the group to stop (SIGTERM + SIGCONT) and starts the grace period.
     fn start(pgid: i32, grace: Duration) -> Self {
@@ -185,25 +201,34 @@ impl ProcessControl {
     pub fn cancel(&self) {
         let mut st = self.lock();
         st.cancelled = true;
-        let Some(pgid) = st.pgid else {
+        #[cfg(windows)]
+        if let Some(job) = &st.job {
+            // No polite stop on Windows: end the whole job at once.
+            job.terminate();
             return;
-        };
-        let term = Termination::start(pgid, st.grace);
-        st.suspended = false;
-        let run = st.run;
-        drop(st);
-        let me = self.clone();
-        // The grace period is a product behaviour (give the task time to clean up), not
-        // synchronisation: the kill only happens if the same run is still going.
-        let _ = std::thread::Builder::new()
-            .name("mw-kill-after-grace".into())
-            .spawn(move || {
-                std::thread::sleep(term.grace_left());
-                let st = me.lock();
-                if st.run == run && st.pgid == Some(pgid) {
-                    term.kill();
-                }
-            });
+        }
+        #[cfg(unix)]
+        {
+            let Some(pgid) = st.pgid else {
+                return;
+            };
+            let term = Termination::start(pgid, st.grace);
+            st.suspended = false;
+            let run = st.run;
+            drop(st);
+            let me = self.clone();
+            // The grace period is a product behaviour (give the task time to clean up), not
+            // synchronisation: the kill only happens if the same run is still going.
+            let _ = std::thread::Builder::new()
+                .name("mw-kill-after-grace".into())
+                .spawn(move || {
+                    std::thread::sleep(term.grace_left());
+                    let st = me.lock();
+                    if st.run == run && st.pgid == Some(pgid) {
+                        term.kill();
+                    }
+                });
+        }
     }
 
     /// True once [`cancel`](Self::cancel) was called.
@@ -211,21 +236,29 @@ impl ProcessControl {
         self.lock().cancelled
     }
 
-    /// Stops the process group (SIGSTOP).
+    /// Stops the process group (SIGSTOP; on Windows every thread of the job).
     pub fn suspend(&self) {
-        let mut st = self.lock();
-        if let Some(pgid) = st.pgid {
-            signal_group(pgid, libc::SIGSTOP);
-            st.suspended = true;
-        }
+        self.set_stopped(true);
     }
 
-    /// Continues a stopped process group (SIGCONT).
+    /// Continues a stopped process group (SIGCONT; on Windows every thread of the job).
     pub fn resume(&self) {
+        self.set_stopped(false);
+    }
+
+    fn set_stopped(&self, stop: bool) {
         let mut st = self.lock();
+        #[cfg(unix)]
         if let Some(pgid) = st.pgid {
-            signal_group(pgid, libc::SIGCONT);
-            st.suspended = false;
+            signal_group(pgid, if stop { libc::SIGSTOP } else { libc::SIGCONT });
+            st.suspended = stop;
+        }
+        #[cfg(windows)]
+        if let Some(job) = &st.job {
+            if st.suspended != stop {
+                job.set_suspended(stop);
+                st.suspended = stop;
+            }
         }
     }
 
@@ -233,6 +266,16 @@ impl ProcessControl {
     /// under this control (e.g. to journal it, so a later master can find leftovers).
     pub fn set_on_start(&self, f: impl Fn(i32) + Send + Sync + 'static) {
         self.lock().on_start = Some(Arc::new(f));
+    }
+
+    /// CPU time of the running task's whole job so far (Windows).
+    #[cfg(windows)]
+    pub fn task_cpu(&self) -> Option<Duration> {
+        let st = self.lock();
+        st.job.as_ref().map(|j| {
+            let (u, s) = j.cpu_times();
+            u + s
+        })
     }
 
     /// The process group id while a run is in progress.
@@ -259,14 +302,17 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ExecErro
     move |source| ExecError::Io { context, source }
 }
 
+#[cfg(unix)]
 fn timeval(tv: libc::timeval) -> Duration {
     Duration::from_secs(tv.tv_sec.max(0) as u64) + Duration::from_micros(tv.tv_usec.max(0) as u64)
 }
 
+#[cfg(unix)]
 /// Inputs up to this size go through a pipe written before waiting (a fresh pipe holds
 /// 64 KiB, so the write cannot block); larger ones through a file.
 const PIPE_STDIN_MAX: usize = 16 * 1024;
 
+#[cfg(unix)]
 fn wait_pid(pid: i32) -> Option<Exited> {
     let mut status: i32 = 0;
     // SAFETY: rusage is plain old data; zeroed is a valid value for it.
@@ -287,6 +333,7 @@ fn wait_pid(pid: i32) -> Option<Exited> {
     }
 }
 
+#[cfg(unix)]
 /// Spawns `cmd`, retrying briefly on ETXTBSY: an executable that was just written (a test's
 /// script, a freshly unpacked program) can still be open for writing in a child that another
 /// thread forked at that moment and that has not reached `exec` yet.
@@ -305,6 +352,14 @@ fn spawn_retrying_busy(cmd: &mut Command) -> std::io::Result<std::process::Child
 
 /// Runs the program and waits for it, enforcing the timeout and honouring `control`.
 pub fn execute(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutcome, ExecError> {
+    #[cfg(windows)]
+    return windows::execute(req, control);
+    #[cfg(unix)]
+    return execute_unix(req, control);
+}
+
+#[cfg(unix)]
+fn execute_unix(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutcome, ExecError> {
     let stdout_path = req.io_dir.join("stdout");
     let stderr_path = req.io_dir.join("stderr");
     // Where the kernel can tell us of the leader's exit (pidfd), stdout and stderr are pipes
@@ -494,6 +549,7 @@ fn finish(
     }
 }
 
+#[cfg(unix)]
 fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
@@ -505,12 +561,14 @@ fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
     Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as i32) })
 }
 
+#[cfg(unix)]
 /// Whether this kernel has pidfd_open (Linux 5.3+), probed once.
 fn pidfd_supported() -> bool {
     static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *SUPPORTED.get_or_init(|| pidfd_open(std::process::id() as i32).is_some())
 }
 
+#[cfg(unix)]
 struct Pumped {
     timed_out: bool,
     stdout: Vec<u8>,
@@ -518,10 +576,12 @@ struct Pumped {
     stderr_tail: Vec<u8>,
 }
 
+#[cfg(unix)]
 /// How long pipes are still drained after the leader exited and its group was killed (a
 /// grandchild that left the group could otherwise hold them open for ever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
 
+#[cfg(unix)]
 /// Reads stdout and stderr until both close, watching the leader's pidfd and the timeout:
 /// on timeout the group gets SIGTERM, then SIGKILL after the grace period; when the leader
 /// exits the rest of its group is killed so the pipes close.
@@ -670,11 +730,13 @@ fn pump(
     p
 }
 
+#[cfg(unix)]
 fn tail_string(bytes: &[u8], n: usize) -> String {
     let start = bytes.len().saturating_sub(n);
     String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
+#[cfg(unix)]
 /// SIGTERM the group, wait up to `grace` for the leader to exit, then SIGKILL; returns the
 /// leader's exit as reaped by the waiter thread.
 fn terminate(pid: i32, rx: &mpsc::Receiver<Exited>, grace: Duration) -> Option<Exited> {
@@ -699,6 +761,7 @@ fn outcome_without_run(exit: ExitInfo, started: SystemTime) -> ExecOutcome {
     }
 }
 
+#[cfg(unix)]
 /// Turns a raw wait status into an [`ExitInfo`].
 pub fn decode_status(status: i32) -> ExitInfo {
     if libc::WIFEXITED(status) {
@@ -786,6 +849,7 @@ fn ancestors_are_real_dirs(root: &Path, rel: &str) -> bool {
     true
 }
 
+#[cfg(unix)]
 /// This machine's host name.
 pub fn host_name() -> String {
     let mut buf = [0u8; 256];
