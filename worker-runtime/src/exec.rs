@@ -201,11 +201,10 @@ impl ProcessControl {
     pub fn cancel(&self) {
         let mut st = self.lock();
         st.cancelled = true;
+        // No polite stop on Windows: end the whole job at once.
         #[cfg(windows)]
         if let Some(job) = &st.job {
-            // No polite stop on Windows: end the whole job at once.
             job.terminate();
-            return;
         }
         #[cfg(unix)]
         {

@@ -20,7 +20,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The unix twin of `examples/contract_prog.rs` (same modes, same output).
+/// The unix twin of `tests/support/contract_prog.rs` (same modes, same output).
 const SCRIPT: &str = r#"#!/bin/sh
 case "$1" in
   echo) input=$(cat); entries=$(ls -A | sed 's/.*/"&"/' | paste -sd, -)

@@ -11,7 +11,7 @@
 //! - `hang`: sleeps for ever;
 //! - `gone PID`: waits (bounded, 60 s) for process PID to end; exits 0 when it has, 1 if not.
 //!
-//! Not part of mw: test equipment only.
+//! Not part of mw: test equipment only (built as an example: `--example contract_prog`).
 
 use std::io::{Read, Write};
 use std::time::Duration;
