@@ -126,7 +126,9 @@ fn a_task_finishes_through_the_named_segment() {
 #[ignore = "needs the Windows mw-worker and Wine; run by .ci/test"]
 fn quit_through_the_segment_stops_the_task_tree_for_a_later_restart() {
     let s = Slot::new("tree");
-    let report = s.run_client("quit");
+    // Quit once the task has started its child (it writes the pid file then).
+    let pidfile = wine_path(&s.dir.path().join("pid"));
+    let report = s.run_client(&format!("quit:{pidfile}"));
     // <quit/>: exit 0 with boinc_temporary_exit, no finish file, no result.
     assert_eq!(report["exit"], 0, "{report}");
     let temp = std::fs::read_to_string(s.slot().join("boinc_temporary_exit")).unwrap();

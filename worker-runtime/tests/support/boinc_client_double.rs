@@ -9,9 +9,9 @@
 //! 3. starts the app in the slot directory and, every second, puts `<heartbeat/>` into the
 //!    heartbeat channel (4) and reads `app_status` (5);
 //! 4. with `quit`, sends `<quit/>` on `process_control_request` (0) once the app has
-//!    reported a status.
+//!    reported a status (with `quit:PATH`, also only once PATH exists).
 //!
-//! Usage: `boinc_client_double SLOT APP finish|quit [global]`. Prints one JSON line:
+//! Usage: `boinc_client_double SLOT APP finish|quit|quit:PATH [global]`. Prints one JSON line:
 //! `{"exit":N,"statuses":K,"segment":"shm_boinc_<i>","last_status":"…"}`.
 //! A double: it lives in tests/ and stands in for the real Windows client, which cannot run
 //! here. Not part of mw.
@@ -87,7 +87,7 @@ mod windows {
     pub fn run() -> i32 {
         let args: Vec<String> = std::env::args().collect();
         let (Some(slot), Some(app), Some(mode)) = (args.get(1), args.get(2), args.get(3)) else {
-            eprintln!("usage: boinc_client_double SLOT APP finish|quit [global]");
+            eprintln!("usage: boinc_client_double SLOT APP finish|quit|quit:PATH [global]");
             return 2;
         };
         let global = args.get(4).is_some_and(|a| a == "global");
@@ -177,7 +177,15 @@ mod windows {
                 statuses += 1;
                 last_status = s;
             }
-            if mode == "quit" && statuses > 0 && !quit_sent {
+            // `quit:PATH` waits for PATH to exist first (the task has started).
+            let quit_ready = match mode.strip_prefix("quit") {
+                Some("") => true,
+                Some(rest) => rest
+                    .strip_prefix(':')
+                    .is_some_and(|p| std::path::Path::new(p).exists()),
+                None => false,
+            };
+            if quit_ready && statuses > 0 && !quit_sent {
                 quit_sent = send(mem, PROCESS_CONTROL_REQUEST, "<quit/>");
             }
             std::thread::sleep(Duration::from_millis(50));
