@@ -7,6 +7,7 @@
 //! - `apps/<app>/<M.mm>/x86_64-pc-linux-gnu/` with the static `mw-worker` as
 //!   `<app>_worker_<M.mm>_x86_64-pc-linux-gnu` (mode 0755) and a `version.xml` with
 //!   `<main_program/>` and `<api_version>` (mmap channel), then `bin/update_versions --noconfirm`;
+//!   with `--worker-for PLATFORM=PATH`, one such app version per platform ([`platforms`]);
 //! - `templates/<app>_in` (program bundle + task bundle) and `templates/<app>_out` (result);
 //! - `bin/mw-validator-init`, `bin/mw-validator-compare`, `bin/mw-assimilator`, and
 //!   `script_validator` / `script_assimilator` daemons configured by program name only;
@@ -16,6 +17,7 @@
 //! This crate must never know about the master's journal or how tasks are run; it only lays
 //! files out in a BOINC project and runs BOINC's own tools.
 
+pub mod platforms;
 pub mod xmltext;
 
 use serde::{Deserialize, Serialize};
@@ -87,7 +89,7 @@ pub enum SetupError {
     },
 }
 
-fn io_err(path: &Path, context: &str) -> impl FnOnce(std::io::Error) -> SetupError {
+pub(crate) fn io_err(path: &Path, context: &str) -> impl FnOnce(std::io::Error) -> SetupError {
     let path = path.to_path_buf();
     let context = context.to_string();
     move |source| SetupError::Io {
@@ -310,8 +312,11 @@ pub struct Options {
     pub app_name: String,
     /// App version `M.mm`.
     pub app_version: String,
-    /// The static mw-worker to install.
+    /// The static mw-worker to install (for `x86_64-pc-linux-gnu`, when
+    /// `platform_workers` is empty).
     pub worker: PathBuf,
+    /// One worker per BOINC platform (`--worker-for`); each gets its own app version.
+    pub platform_workers: Vec<platforms::PlatformWorker>,
     /// The mw-validator binary (installed under two names).
     pub validator: PathBuf,
     /// The mw-assimilator binary.
@@ -505,7 +510,7 @@ fn read_text(path: &Path) -> Result<String, SetupError> {
 }
 
 /// Whether `path` already holds `content` with the executable bit as `mode` wants.
-fn file_matches(path: &Path, content: &Content, mode: u32) -> Result<bool, SetupError> {
+pub(crate) fn file_matches(path: &Path, content: &Content, mode: u32) -> Result<bool, SetupError> {
     use std::os::unix::fs::PermissionsExt;
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
@@ -730,7 +735,7 @@ fn continue_with_fresh(text: &str) -> Result<xmltext::Element, String> {
 }
 
 /// Queues a file write unless the file already matches; says whether it queued one.
-fn push_write(
+pub(crate) fn push_write(
     plan: &mut Plan,
     path: PathBuf,
     content: Content,
@@ -756,30 +761,24 @@ pub fn plan(o: &Options) -> Result<Plan, SetupError> {
     let app = o.app_name.as_str();
     let ver = o.app_version.as_str();
     let mut plan = Plan::default();
-    for (what, p) in [
-        ("worker", &o.worker),
-        ("validator", &o.validator),
-        ("assimilator", &o.assimilator),
-    ] {
+    let workers = if o.platform_workers.is_empty() {
+        vec![platforms::PlatformWorker {
+            platform: PLATFORM.to_string(),
+            worker: o.worker.clone(),
+        }]
+    } else {
+        o.platform_workers.clone()
+    };
+    let worker_files = workers.iter().map(|w| ("worker", &w.worker));
+    for (what, p) in
+        worker_files.chain([("validator", &o.validator), ("assimilator", &o.assimilator)])
+    {
         if !p.is_file() {
             return Err(SetupError::BadOption(format!(
                 "the {what} binary {} does not exist",
                 p.display()
             )));
         }
-    }
-    let worker_bytes = std::fs::read(&o.worker).map_err(io_err(&o.worker, "reading"))?;
-    match elf_is_static(&worker_bytes) {
-        Some(true) => {}
-        Some(false) => plan.warnings.push(format!(
-            "{} is dynamically linked: volunteers' hosts may lack its libraries; build mw-worker \
-             with -C target-feature=+crt-static",
-            o.worker.display()
-        )),
-        None => plan.warnings.push(format!(
-            "{} is not an x86_64 ELF executable",
-            o.worker.display()
-        )),
     }
 
     let params = TemplateParams::for_quorum(o.quorum);
@@ -826,67 +825,12 @@ pub fn plan(o: &Options) -> Result<Plan, SetupError> {
         });
     }
 
-    // App version.
-    let physical = format!("{app}_worker_{ver}_{PLATFORM}");
-    let vdir = root.join("apps").join(app).join(ver).join(PLATFORM);
-    let worker_dest = vdir.join(&physical);
-    let vxml_dest = vdir.join("version.xml");
-    let vxml = version_xml(&physical);
-    if vdir.is_dir() {
-        // An app version is immutable once registered: refuse to change it.
-        for (path, same) in [
-            (
-                &worker_dest,
-                file_matches(&worker_dest, &Content::CopyOf(o.worker.clone()), 0o755)?,
-            ),
-            (
-                &vxml_dest,
-                file_matches(
-                    &vxml_dest,
-                    &Content::Bytes(vxml.clone().into_bytes()),
-                    0o644,
-                )?,
-            ),
-        ] {
-            if !same && path.exists() {
-                return Err(SetupError::Conflict {
-                    path: path.clone(),
-                    reason: format!(
-                        "app version {ver} already holds different content; BOINC files are \
-                         immutable: install with a higher --app-version"
-                    ),
-                });
-            }
-        }
-        let entries = std::fs::read_dir(&vdir).map_err(io_err(&vdir, "listing"))?;
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name != physical && name != "version.xml" && !name.ends_with(".sig") {
-                plan.warnings.push(format!(
-                    "{} holds a stray file {name}: update_versions makes every file there part \
-                     of the app version",
-                    vdir.display()
-                ));
-            }
-        }
-    } else {
-        plan.actions.push(Action::CreateDir(vdir.clone()));
+    // App versions, one per platform (platforms.rs).
+    let mut versions_changed = false;
+    for w in &workers {
+        versions_changed |= platforms::plan_app_version(&mut plan, &root, app, ver, w)?;
     }
-    let w1 = push_write(
-        &mut plan,
-        worker_dest,
-        Content::CopyOf(o.worker.clone()),
-        0o755,
-        "the static mw-worker, main program",
-    )?;
-    let w2 = push_write(
-        &mut plan,
-        vxml_dest,
-        Content::Bytes(vxml.into_bytes()),
-        0o644,
-        "version.xml",
-    )?;
-    if w1 || w2 || !config_current {
+    if versions_changed || !config_current {
         plan.actions.push(Action::Run {
             program: "bin/update_versions".into(),
             args: vec!["--noconfirm".into()],

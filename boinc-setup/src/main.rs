@@ -24,6 +24,11 @@ struct Cli {
     /// The static mw-worker binary (default: mw-worker next to this program).
     #[arg(long)]
     worker: Option<PathBuf>,
+    /// A worker for one BOINC platform, PLATFORM=PATH (repeatable): one app version per
+    /// platform, e.g. `windows_x86_64=mw-worker.exe`, `aarch64-unknown-linux-gnu=PATH`,
+    /// `x86_64-pc-linux-gnu=PATH`. Replaces --worker.
+    #[arg(long = "worker-for", value_name = "PLATFORM=PATH", value_parser = parse_worker_for)]
+    worker_for: Vec<mw_boinc_setup::platforms::PlatformWorker>,
     /// The mw-validator binary (default: mw-validator next to this program).
     #[arg(long)]
     validator: Option<PathBuf>,
@@ -36,6 +41,10 @@ struct Cli {
     /// Print every planned change and write nothing.
     #[arg(long)]
     dry_run: bool,
+}
+
+fn parse_worker_for(s: &str) -> Result<mw_boinc_setup::platforms::PlatformWorker, String> {
+    mw_boinc_setup::platforms::parse_worker_for(s)
 }
 
 fn beside_me(name: &str) -> anyhow::Result<PathBuf> {
@@ -56,6 +65,7 @@ fn main() -> anyhow::Result<()> {
             Some(p) => p,
             None => beside_me("mw-worker")?,
         },
+        platform_workers: cli.worker_for,
         validator: match cli.validator {
             Some(p) => p,
             None => beside_me("mw-validator")?,

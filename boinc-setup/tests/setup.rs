@@ -385,3 +385,89 @@ fn every_name_in_cmd_lines_and_templates_is_shell_safe() {
     }
     assert_eq!(before, tree(&p.root));
 }
+
+#[test]
+fn one_app_version_per_platform_worker_idempotently() {
+    let p = fake_project();
+    let bins = p.worker.parent().unwrap().to_path_buf();
+    // Headers only: a PE for x86_64 Windows and static ELF64 headers for the two Linuxes.
+    let mut pe = vec![0u8; 0x100];
+    pe[..2].copy_from_slice(b"MZ");
+    pe[0x3c] = 0x80;
+    pe[0x80..0x84].copy_from_slice(b"PE\0\0");
+    pe[0x84..0x86].copy_from_slice(&[0x64, 0x86]);
+    let elf = |machine: u16| {
+        let mut e = vec![0u8; 64];
+        e[..4].copy_from_slice(b"\x7fELF");
+        e[4] = 2;
+        e[5] = 1;
+        e[0x12..0x14].copy_from_slice(&machine.to_le_bytes());
+        e
+    };
+    let win = bins.join("mw-worker.exe");
+    let arm = bins.join("mw-worker-aarch64");
+    let x86 = bins.join("mw-worker-x86_64");
+    std::fs::write(&win, &pe).unwrap();
+    std::fs::write(&arm, elf(183)).unwrap();
+    std::fs::write(&x86, elf(62)).unwrap();
+    let args = [
+        "--worker-for".to_string(),
+        format!("windows_x86_64={}", win.display()),
+        "--worker-for".to_string(),
+        format!("aarch64-unknown-linux-gnu={}", arm.display()),
+        "--worker-for".to_string(),
+        format!("x86_64-pc-linux-gnu={}", x86.display()),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+
+    let before = tree(&p.root);
+    let mut dry: Vec<&str> = args.clone();
+    dry.push("--dry-run");
+    let out = setup(&p, &dry);
+    assert!(out.status.success());
+    assert_eq!(before, tree(&p.root), "dry run changed the project");
+    let text = stdout(&out);
+    for platform in [
+        "windows_x86_64",
+        "aarch64-unknown-linux-gnu",
+        "x86_64-pc-linux-gnu",
+    ] {
+        assert!(
+            text.contains(&format!("mw-worker for {platform}, main program")),
+            "no app version for {platform}:\n{text}"
+        );
+    }
+    assert_eq!(text.matches("version.xml for ").count(), 3, "{text}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("executable") && !err.contains("dynamically linked"),
+        "the headers match their platforms: {err}"
+    );
+
+    let first = setup(&p, &args);
+    assert!(first.status.success());
+    let v = p.root.join("apps/mw/1.00");
+    let win_dest = v.join("windows_x86_64/mw_worker_1.00_windows_x86_64.exe");
+    assert_eq!(std::fs::read(win_dest).unwrap(), pe);
+    assert_eq!(
+        std::fs::read(v.join("aarch64-unknown-linux-gnu/mw_worker_1.00_aarch64-unknown-linux-gnu"))
+            .unwrap(),
+        elf(183)
+    );
+    let vxml = std::fs::read_to_string(v.join("windows_x86_64/version.xml")).unwrap();
+    assert!(vxml.contains("mw_worker_1.00_windows_x86_64.exe"), "{vxml}");
+
+    let after_first = tree(&p.root);
+    let second = setup(&p, &args);
+    assert!(second.status.success());
+    assert!(
+        stdout(&second).contains("already installed, nothing to change"),
+        "{}",
+        stdout(&second)
+    );
+    assert_eq!(
+        after_first,
+        tree(&p.root),
+        "the second run changed something"
+    );
+}

@@ -29,6 +29,8 @@ pub struct BundleBuilder {
     task: Option<TaskInfo>,
     result: Option<ResultInfo>,
     entries: BTreeMap<String, Entry>,
+    /// Case-folded member path → the member's path (see `case_fold_key`).
+    folded: BTreeMap<String, String>,
 }
 
 /// Lower-case hex SHA-256 of bytes.
@@ -60,6 +62,7 @@ impl BundleBuilder {
             task: None,
             result: None,
             entries: BTreeMap::new(),
+            folded: BTreeMap::new(),
         }
     }
 
@@ -89,12 +92,23 @@ impl BundleBuilder {
             archive: self.label.clone(),
             reason: format!("member `{path}`: {reason}"),
         })?;
+        let key = crate::case_fold_key(path);
+        if let Some(other) = self.folded.get(&key).filter(|o| o.as_str() != path) {
+            return Err(BundleError::Build {
+                archive: self.label.clone(),
+                reason: format!(
+                    "member `{path}` differs from member `{other}` only in case \
+                     (one file on Windows)"
+                ),
+            });
+        }
         if self.entries.insert(path.to_string(), entry).is_some() {
             return Err(BundleError::Build {
                 archive: self.label.clone(),
                 reason: format!("member `{path}` added twice"),
             });
         }
+        self.folded.insert(key, path.to_string());
         Ok(())
     }
 
@@ -113,8 +127,17 @@ impl BundleBuilder {
                 ),
             });
         }
-        use std::os::unix::fs::PermissionsExt;
-        let executable = meta.permissions().mode() & 0o111 != 0;
+        #[cfg(unix)]
+        let executable = {
+            use std::os::unix::fs::PermissionsExt;
+            meta.permissions().mode() & 0o111 != 0
+        };
+        // Windows has no executable bit: a program's `.exe`/`.bat`/`.cmd` files are marked.
+        #[cfg(not(unix))]
+        let executable = source
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "exe" | "bat" | "cmd"));
         self.insert(
             path,
             Entry {

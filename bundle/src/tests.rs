@@ -400,6 +400,66 @@ fn check_relative_path_rules() {
 }
 
 #[test]
+fn windows_names_are_refused_on_every_platform() {
+    for bad in [
+        "..\\evil",
+        "C:\\x",
+        "C:x",
+        "\\\\server\\share\\x",
+        "CON",
+        "con.txt",
+        "dir/NUL",
+        "Aux.tar.gz",
+        "com1",
+        "LPT9.log",
+        "CON .txt",
+        "a:stream",
+        "dir/a.txt:Zone.Identifier",
+        "trailing.",
+        "trailing ",
+        "what?",
+        "a*b",
+        "pipe|x",
+        "tab\tname",
+    ] {
+        let err = check_relative_path(bad).unwrap_err();
+        assert!(!err.is_empty(), "{bad}");
+    }
+    for ok in [
+        "console.txt",
+        "CONFIG",
+        "com10",
+        "lpt",
+        "nul_result.json",
+        "a.b.c",
+    ] {
+        assert!(
+            check_relative_path(ok).is_ok(),
+            "{ok}: {:?}",
+            check_relative_path(ok)
+        );
+    }
+    assert!(check_relative_path("a:stream")
+        .unwrap_err()
+        .contains("`a:stream`"));
+    assert!(check_relative_path("CON")
+        .unwrap_err()
+        .contains("reserved Windows device"));
+}
+
+#[test]
+fn case_insensitive_duplicates_are_refused_when_building() {
+    let mut b = BundleBuilder::task(task_info(), "lbl");
+    b.add_bytes("Data/x.txt", vec![1], false).unwrap();
+    let err = b
+        .add_bytes("data/X.TXT", vec![2], false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("member `data/X.TXT`"), "{err}");
+    assert!(err.contains("`Data/x.txt` only in case"), "{err}");
+}
+
+#[test]
 fn unpack_does_not_overwrite_existing_files() {
     let mut b = BundleBuilder::task(task_info(), "t");
     b.add_bytes("a.txt", b"new".to_vec(), false).unwrap();

@@ -76,17 +76,27 @@ pub fn unpack(
         let target = create_parents(dest, &member.path, &label, &mut created)?;
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create_new(true);
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let mode = if member.executable { 0o755 } else { 0o644 };
-        opts.mode(mode);
-        opts.custom_flags(libc::O_NOFOLLOW);
+        #[cfg(unix)]
+        let mode = {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mode = if member.executable { 0o755 } else { 0o644 };
+            opts.mode(mode);
+            opts.custom_flags(libc::O_NOFOLLOW);
+            mode
+        };
+        // On Windows `create_new` never follows a link either (CREATE_NEW fails on any
+        // existing name, reparse points included), and there is no mode to set.
         let mut out = opts
             .open(&target)
             .map_err(|e| io_err(&label, &member.path, e))?;
         created.push((target, false));
-        // The umask may have removed bits; set exactly 0644/0755 (never setuid/setgid).
-        out.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(|e| io_err(&label, &member.path, e))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // The umask may have removed bits; set exactly 0644/0755 (never setuid/setgid).
+            out.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(|e| io_err(&label, &member.path, e))?;
+        }
         std::io::copy(reader, &mut out).map_err(|e| io_err(&label, &member.path, e))?;
         out.flush().map_err(|e| io_err(&label, &member.path, e))?;
         Ok(())
@@ -304,6 +314,7 @@ fn parse_manifest_entry<R: Read>(
         });
     }
     let mut seen = BTreeSet::new();
+    let mut folded: BTreeMap<String, &str> = BTreeMap::new();
     let mut total: u64 = 0;
     for m in &manifest.members {
         check_relative_path(&m.path).map_err(|reason| BundleError::Hostile {
@@ -316,6 +327,16 @@ fn parse_manifest_entry<R: Read>(
                 label,
                 format!("member `{}` listed twice", m.path),
             ));
+        }
+        if let Some(other) = folded.insert(crate::case_fold_key(&m.path), m.path.as_str()) {
+            return Err(BundleError::Hostile {
+                archive: label.to_string(),
+                entry: m.path.clone(),
+                reason: format!(
+                    "manifest member differs from `{other}` only in case \
+                     (the same file on Windows)"
+                ),
+            });
         }
         if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(manifest_err(

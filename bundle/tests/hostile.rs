@@ -820,3 +820,48 @@ fn setuid_and_odd_header_modes_are_not_honoured() {
     assert_eq!(mode("run"), 0o755);
     assert_eq!(mode("data"), 0o644);
 }
+
+// ---------------------------------------------------------------- Windows names
+
+#[test]
+fn windows_paths_and_device_names_are_refused_everywhere() {
+    for name in [
+        "..\\evil",
+        "C:\\x",
+        "C:x",
+        "\\\\server\\share\\x",
+        "CON",
+        "sub/nul.txt",
+        "COM1",
+        "lpt3.dat",
+        "a:stream",
+        "ok.txt:hidden",
+        "dot.",
+        "space ",
+    ] {
+        let mut r = with_ok();
+        r.file(name, b"owned\n");
+        rejected_with(&r.gz(), &Limits::default(), &[&format!("entry `{name}`")]);
+        // Listed in the manifest too: refused while reading the manifest.
+        let mut r = Raw::default();
+        r.manifest(&manifest(vec![member(name, b"owned\n")]))
+            .file(name, b"owned\n");
+        rejected_with(&r.gz(), &Limits::default(), &[&format!("`{name}`")]);
+    }
+}
+
+#[test]
+fn case_insensitive_duplicates_are_refused() {
+    let mut r = Raw::default();
+    r.manifest(&manifest(vec![
+        member("Run.exe", b"one\n"),
+        member("run.EXE", b"two\n"),
+    ]))
+    .file("Run.exe", b"one\n")
+    .file("run.EXE", b"two\n");
+    rejected_with(
+        &r.gz(),
+        &Limits::default(),
+        &["entry `run.EXE`", "only in case"],
+    );
+}

@@ -13,13 +13,23 @@
 use mw_bundle::ExitInfo;
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+#[cfg(unix)]
+use std::io::Write;
+use std::io::{Read, Seek, SeekFrom};
+#[cfg(unix)]
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+#[cfg(unix)]
 use std::process::{Command, Stdio};
+#[cfg(unix)]
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub use windows::{decode_status, host_name};
 
 /// How long a process group gets between SIGTERM and SIGKILL.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
@@ -111,6 +121,9 @@ struct ControlState {
     grace: Duration,
     /// Told the process group id right after the program started.
     on_start: Option<Arc<dyn Fn(i32) + Send + Sync>>,
+    /// The running task's Job Object (Windows' process group).
+    #[cfg(windows)]
+    job: Option<Arc<windows::Job>>,
 }
 
 /// A handle to the process group of a running task: cancel, suspend, resume. Cheap to clone;
@@ -126,10 +139,49 @@ impl std::fmt::Debug for ProcessControl {
     }
 }
 
+#[cfg(unix)]
 fn signal_group(pgid: i32, signal: i32) {
     // SAFETY: killpg only sends a signal; a stale or invalid pgid yields ESRCH, which we ignore.
     unsafe {
         libc::killpg(pgid, signal);
+    }
+}
+
+#[cfg(unix)]
+/// The one termination routine for a task's process group: SIGTERM (with SIGCONT, so a
+/// stopped group can act on it), a grace period, then SIGKILL. Callers differ only in how
+/// they spend the grace period (a poll loop, a channel wait, a timer thread); each ends it
+/// early when the leader exits, and calls [`kill`](Self::kill) when it runs out.
+struct Termination {
+    pgid: i32,
+    kill_at: Instant,
+}
+
+#[cfg(unix)]
+impl Termination {
+    /// Asks the group to stop (SIGTERM + SIGCONT) and starts the grace period.
+    fn start(pgid: i32, grace: Duration) -> Self {
+        signal_group(pgid, libc::SIGTERM);
+        signal_group(pgid, libc::SIGCONT);
+        Termination {
+            pgid,
+            kill_at: Instant::now() + grace,
+        }
+    }
+
+    /// When the grace period ends.
+    fn kill_at(&self) -> Instant {
+        self.kill_at
+    }
+
+    /// What is left of the grace period.
+    fn grace_left(&self) -> Duration {
+        self.kill_at.saturating_duration_since(Instant::now())
+    }
+
+    /// Ends the grace period: SIGKILL to the whole group.
+    fn kill(self) {
+        signal_group(self.pgid, libc::SIGKILL);
     }
 }
 
@@ -149,26 +201,33 @@ impl ProcessControl {
     pub fn cancel(&self) {
         let mut st = self.lock();
         st.cancelled = true;
-        let Some(pgid) = st.pgid else {
-            return;
-        };
-        signal_group(pgid, libc::SIGTERM);
-        signal_group(pgid, libc::SIGCONT);
-        st.suspended = false;
-        let (run, grace) = (st.run, st.grace);
-        drop(st);
-        let me = self.clone();
-        // The grace period is a product behaviour (give the task time to clean up), not
-        // synchronisation: the kill only happens if the same run is still going.
-        let _ = std::thread::Builder::new()
-            .name("mw-kill-after-grace".into())
-            .spawn(move || {
-                std::thread::sleep(grace);
-                let st = me.lock();
-                if st.run == run && st.pgid == Some(pgid) {
-                    signal_group(pgid, libc::SIGKILL);
-                }
-            });
+        // No polite stop on Windows: end the whole job at once.
+        #[cfg(windows)]
+        if let Some(job) = &st.job {
+            job.terminate();
+        }
+        #[cfg(unix)]
+        {
+            let Some(pgid) = st.pgid else {
+                return;
+            };
+            let term = Termination::start(pgid, st.grace);
+            st.suspended = false;
+            let run = st.run;
+            drop(st);
+            let me = self.clone();
+            // The grace period is a product behaviour (give the task time to clean up), not
+            // synchronisation: the kill only happens if the same run is still going.
+            let _ = std::thread::Builder::new()
+                .name("mw-kill-after-grace".into())
+                .spawn(move || {
+                    std::thread::sleep(term.grace_left());
+                    let st = me.lock();
+                    if st.run == run && st.pgid == Some(pgid) {
+                        term.kill();
+                    }
+                });
+        }
     }
 
     /// True once [`cancel`](Self::cancel) was called.
@@ -176,21 +235,29 @@ impl ProcessControl {
         self.lock().cancelled
     }
 
-    /// Stops the process group (SIGSTOP).
+    /// Stops the process group (SIGSTOP; on Windows every thread of the job).
     pub fn suspend(&self) {
-        let mut st = self.lock();
-        if let Some(pgid) = st.pgid {
-            signal_group(pgid, libc::SIGSTOP);
-            st.suspended = true;
-        }
+        self.set_stopped(true);
     }
 
-    /// Continues a stopped process group (SIGCONT).
+    /// Continues a stopped process group (SIGCONT; on Windows every thread of the job).
     pub fn resume(&self) {
+        self.set_stopped(false);
+    }
+
+    fn set_stopped(&self, stop: bool) {
         let mut st = self.lock();
+        #[cfg(unix)]
         if let Some(pgid) = st.pgid {
-            signal_group(pgid, libc::SIGCONT);
-            st.suspended = false;
+            signal_group(pgid, if stop { libc::SIGSTOP } else { libc::SIGCONT });
+            st.suspended = stop;
+        }
+        #[cfg(windows)]
+        if let Some(job) = &st.job {
+            if st.suspended != stop {
+                job.set_suspended(stop);
+                st.suspended = stop;
+            }
         }
     }
 
@@ -198,6 +265,16 @@ impl ProcessControl {
     /// under this control (e.g. to journal it, so a later master can find leftovers).
     pub fn set_on_start(&self, f: impl Fn(i32) + Send + Sync + 'static) {
         self.lock().on_start = Some(Arc::new(f));
+    }
+
+    /// CPU time of the running task's whole job so far (Windows).
+    #[cfg(windows)]
+    pub fn task_cpu(&self) -> Option<Duration> {
+        let st = self.lock();
+        st.job.as_ref().map(|j| {
+            let (u, s) = j.cpu_times();
+            u + s
+        })
     }
 
     /// The process group id while a run is in progress.
@@ -224,14 +301,17 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ExecErro
     move |source| ExecError::Io { context, source }
 }
 
+#[cfg(unix)]
 fn timeval(tv: libc::timeval) -> Duration {
     Duration::from_secs(tv.tv_sec.max(0) as u64) + Duration::from_micros(tv.tv_usec.max(0) as u64)
 }
 
+#[cfg(unix)]
 /// Inputs up to this size go through a pipe written before waiting (a fresh pipe holds
 /// 64 KiB, so the write cannot block); larger ones through a file.
 const PIPE_STDIN_MAX: usize = 16 * 1024;
 
+#[cfg(unix)]
 fn wait_pid(pid: i32) -> Option<Exited> {
     let mut status: i32 = 0;
     // SAFETY: rusage is plain old data; zeroed is a valid value for it.
@@ -252,6 +332,7 @@ fn wait_pid(pid: i32) -> Option<Exited> {
     }
 }
 
+#[cfg(unix)]
 /// Spawns `cmd`, retrying briefly on ETXTBSY: an executable that was just written (a test's
 /// script, a freshly unpacked program) can still be open for writing in a child that another
 /// thread forked at that moment and that has not reached `exec` yet.
@@ -270,6 +351,14 @@ fn spawn_retrying_busy(cmd: &mut Command) -> std::io::Result<std::process::Child
 
 /// Runs the program and waits for it, enforcing the timeout and honouring `control`.
 pub fn execute(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutcome, ExecError> {
+    #[cfg(windows)]
+    return windows::execute(req, control);
+    #[cfg(unix)]
+    return execute_unix(req, control);
+}
+
+#[cfg(unix)]
+fn execute_unix(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutcome, ExecError> {
     let stdout_path = req.io_dir.join("stdout");
     let stderr_path = req.io_dir.join("stderr");
     // Where the kernel can tell us of the leader's exit (pidfd), stdout and stderr are pipes
@@ -459,6 +548,7 @@ fn finish(
     }
 }
 
+#[cfg(unix)]
 fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
@@ -470,12 +560,14 @@ fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
     Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as i32) })
 }
 
+#[cfg(unix)]
 /// Whether this kernel has pidfd_open (Linux 5.3+), probed once.
 fn pidfd_supported() -> bool {
     static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *SUPPORTED.get_or_init(|| pidfd_open(std::process::id() as i32).is_some())
 }
 
+#[cfg(unix)]
 struct Pumped {
     timed_out: bool,
     stdout: Vec<u8>,
@@ -483,10 +575,12 @@ struct Pumped {
     stderr_tail: Vec<u8>,
 }
 
+#[cfg(unix)]
 /// How long pipes are still drained after the leader exited and its group was killed (a
 /// grandchild that left the group could otherwise hold them open for ever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
 
+#[cfg(unix)]
 /// Reads stdout and stderr until both close, watching the leader's pidfd and the timeout:
 /// on timeout the group gets SIGTERM, then SIGKILL after the grace period; when the leader
 /// exits the rest of its group is killed so the pipes close.
@@ -509,7 +603,7 @@ fn pump(
     };
     // A timeout too far away to represent is no timeout (never a panic).
     let deadline = req.timeout.and_then(|t| t0.checked_add(t));
-    let mut kill_at: Option<Instant> = None;
+    let mut term: Option<Termination> = None;
     let mut leader_gone = pidfd.is_none();
     let mut drain_until: Option<Instant> = None;
     let mut buf = vec![0u8; 64 * 1024];
@@ -518,15 +612,14 @@ fn pump(
         if let Some(d) = deadline {
             if !p.timed_out && now >= d && !leader_gone {
                 p.timed_out = true;
-                signal_group(pid, libc::SIGTERM);
-                signal_group(pid, libc::SIGCONT);
-                kill_at = Some(now + req.grace);
+                term = Some(Termination::start(pid, req.grace));
             }
         }
-        if let Some(k) = kill_at {
-            if now >= k {
-                signal_group(pid, libc::SIGKILL);
-                kill_at = None;
+        if let Some(t) = term.take() {
+            if now >= t.kill_at() {
+                t.kill();
+            } else {
+                term = Some(t);
             }
         }
         if let Some(d) = drain_until {
@@ -568,7 +661,7 @@ fn pump(
         let mut wake: Option<Instant> = None;
         for t in [
             deadline.filter(|_| !p.timed_out && !leader_gone),
-            kill_at,
+            term.as_ref().map(Termination::kill_at),
             drain_until,
         ]
         .into_iter()
@@ -628,7 +721,7 @@ fn pump(
                     leader_gone = true;
                     // Kill what is left of the group so the pipes close.
                     signal_group(pid, libc::SIGKILL);
-                    kill_at = None;
+                    term = None;
                     drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
                 }
             }
@@ -637,20 +730,21 @@ fn pump(
     p
 }
 
+#[cfg(unix)]
 fn tail_string(bytes: &[u8], n: usize) -> String {
     let start = bytes.len().saturating_sub(n);
     String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
+#[cfg(unix)]
 /// SIGTERM the group, wait up to `grace` for the leader to exit, then SIGKILL; returns the
 /// leader's exit as reaped by the waiter thread.
 fn terminate(pid: i32, rx: &mpsc::Receiver<Exited>, grace: Duration) -> Option<Exited> {
-    signal_group(pid, libc::SIGTERM);
-    signal_group(pid, libc::SIGCONT);
-    if let Ok(e) = rx.recv_timeout(grace) {
+    let term = Termination::start(pid, grace);
+    if let Ok(e) = rx.recv_timeout(term.grace_left()) {
         return Some(e);
     }
-    signal_group(pid, libc::SIGKILL);
+    term.kill();
     rx.recv().ok()
 }
 
@@ -667,6 +761,7 @@ fn outcome_without_run(exit: ExitInfo, started: SystemTime) -> ExecOutcome {
     }
 }
 
+#[cfg(unix)]
 /// Turns a raw wait status into an [`ExitInfo`].
 pub fn decode_status(status: i32) -> ExitInfo {
     if libc::WIFEXITED(status) {
@@ -754,6 +849,7 @@ fn ancestors_are_real_dirs(root: &Path, rel: &str) -> bool {
     true
 }
 
+#[cfg(unix)]
 /// This machine's host name.
 pub fn host_name() -> String {
     let mut buf = [0u8; 256];

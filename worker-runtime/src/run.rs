@@ -175,14 +175,36 @@ impl UnpackedProgram {
 }
 
 /// Puts symbolic links to every top-level entry of `program_root` into `workdir`, skipping
-/// names the task's own input files already use.
+/// names the task's own input files already use. On Windows, where symbolic links need a
+/// privilege volunteers' accounts lack, files are hard-linked (copied across volumes) and
+/// directories copied.
 pub fn link_program_files(program_root: &Path, workdir: &Path) -> std::io::Result<()> {
     for entry in std::fs::read_dir(program_root)? {
         let entry = entry?;
         let target = workdir.join(entry.file_name());
         if std::fs::symlink_metadata(&target).is_err() {
+            #[cfg(unix)]
             std::os::unix::fs::symlink(entry.path(), &target)?;
+            #[cfg(not(unix))]
+            copy_or_link(&entry.path(), &target)?;
         }
+    }
+    Ok(())
+}
+
+/// Hard-links a file (copies it when that fails), or copies a directory tree.
+#[cfg(not(unix))]
+fn copy_or_link(source: &Path, target: &Path) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(source)?.is_dir() {
+        std::fs::create_dir(target)?;
+        for entry in std::fs::read_dir(source)? {
+            let entry = entry?;
+            copy_or_link(&entry.path(), &target.join(entry.file_name()))?;
+        }
+        return Ok(());
+    }
+    if std::fs::hard_link(source, target).is_err() {
+        std::fs::copy(source, target)?;
     }
     Ok(())
 }
@@ -216,6 +238,7 @@ pub fn run_task_bytes(
             std::fs::create_dir_all(parent).map_err(io("creating input directories"))?;
         }
         std::fs::write(&dest, data).map_err(io(format!("writing input file {rel}")))?;
+        #[cfg(unix)]
         if member.executable {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))

@@ -22,6 +22,9 @@ pub struct InitData {
     pub slot: Option<u32>,
     /// `<app_name>`.
     pub app_name: Option<String>,
+    /// `<comm_obj_name>`: on Windows, the name of the client's shared-memory segment
+    /// (without BOINC's `shm_` prefix), e.g. `boinc_0`.
+    pub comm_obj_name: Option<String>,
 }
 
 /// Reads `init_data.xml` from `slot`. A missing or unreadable file gives empty fields.
@@ -39,6 +42,7 @@ pub fn parse(text: &str) -> InitData {
         result_name: field(text, "result_name").and_then(printable),
         slot: field(text, "slot").and_then(|s| s.trim().parse().ok()),
         app_name: field(text, "app_name").and_then(printable),
+        comm_obj_name: field(text, "comm_obj_name").and_then(printable),
     }
 }
 
@@ -71,12 +75,13 @@ mod tests {
         let text =
             "<app_init_data>\n<app_name>mw</app_name>\n<authenticator>s3cret</authenticator>\n\
                     <wu_name>job1</wu_name>\n<result_name>job1_r0</result_name>\n<slot>3</slot>\n\
-                    <host_info><domain_name>vm</domain_name></host_info></app_init_data>";
+                    <comm_obj_name>boinc_7</comm_obj_name>\n<host_info><domain_name>vm</domain_name></host_info></app_init_data>";
         let d = parse(text);
         assert_eq!(d.wu_name.as_deref(), Some("job1"));
         assert_eq!(d.result_name.as_deref(), Some("job1_r0"));
         assert_eq!(d.slot, Some(3));
         assert_eq!(d.app_name.as_deref(), Some("mw"));
+        assert_eq!(d.comm_obj_name.as_deref(), Some("boinc_7"));
         assert!(!format!("{d:?}").contains("s3cret"));
     }
 

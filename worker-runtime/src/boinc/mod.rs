@@ -21,7 +21,9 @@ pub use names::{LOGICAL_PROGRAM, LOGICAL_RESULT, LOGICAL_TASK};
 
 use crate::exec::ProcessControl;
 use crate::run::{run_task_file, write_atomically, RunError, RunOptions, UnpackedProgram};
-use shm::{ControlThread, SharedMem, Stop, MMAP_FILE};
+#[cfg(unix)]
+use shm::MMAP_FILE;
+use shm::{ControlThread, SharedMem, Stop};
 use std::path::Path;
 
 /// The file whose presence (with exit status 0) tells the client the task succeeded.
@@ -88,7 +90,7 @@ pub fn run_in_slot(slot: &Path) -> i32 {
         info.result_name.as_deref().unwrap_or("?"),
     );
     let _ = std::fs::remove_file(slot.join(FINISH_FILE));
-    let outcome = run_slot_task(slot);
+    let outcome = run_slot_task(slot, &info);
     let code = outcome.code();
     match &outcome {
         SlotExit::Success => {
@@ -129,9 +131,9 @@ fn one_line(s: &str) -> String {
 
 /// Everything that holds files in the slot lives here, so it is all dropped (scratch space
 /// removed) before the caller writes the finish file.
-fn run_slot_task(slot: &Path) -> SlotExit {
+fn run_slot_task(slot: &Path, info: &init_data::InitData) -> SlotExit {
     let control = ProcessControl::new();
-    let channel = match SharedMem::open(&slot.join(MMAP_FILE)) {
+    let channel = match open_segment(slot, info) {
         Ok(shm) => match ControlThread::start(shm, control.clone()) {
             Ok(t) => Some(t),
             Err(e) => {
@@ -143,7 +145,7 @@ fn run_slot_task(slot: &Path) -> SlotExit {
         },
         Err(e) => {
             eprintln!(
-                "mw-worker: warning: no control channel ({MMAP_FILE}: {e}); \
+                "mw-worker: warning: no control channel ({e}); \
                  suspend/quit will not reach the task"
             );
             None
@@ -167,6 +169,28 @@ fn run_slot_task(slot: &Path) -> SlotExit {
             reason: "no heartbeat from the BOINC client".into(),
         },
         None => outcome,
+    }
+}
+
+/// The client's shared-memory segment: `boinc_mmap_file` in the slot (Unix), or the
+/// named mapping for `<comm_obj_name>` (Windows).
+fn open_segment(slot: &Path, info: &init_data::InitData) -> std::io::Result<SharedMem> {
+    #[cfg(unix)]
+    {
+        let _ = info;
+        SharedMem::open(&slot.join(MMAP_FILE))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{MMAP_FILE}: {e}")))
+    }
+    #[cfg(windows)]
+    {
+        let _ = slot;
+        match &info.comm_obj_name {
+            Some(name) => SharedMem::open_named(name),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "init_data.xml names no <comm_obj_name>",
+            )),
+        }
     }
 }
 
@@ -247,12 +271,17 @@ fn is_transient(e: &RunError) -> bool {
         RunError::Exec(crate::exec::ExecError::Io { source, .. }) => source,
         _ => return false,
     };
-    matches!(
+    #[cfg(unix)]
+    return matches!(
         io.raw_os_error(),
         Some(
             libc::ENOSPC | libc::EDQUOT | libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN
         )
-    )
+    );
+    // ERROR_TOO_MANY_OPEN_FILES, ERROR_NOT_ENOUGH_MEMORY, ERROR_OUTOFMEMORY,
+    // ERROR_HANDLE_DISK_FULL, ERROR_DISK_FULL, ERROR_DISK_QUOTA_EXCEEDED.
+    #[cfg(windows)]
+    return matches!(io.raw_os_error(), Some(4 | 8 | 14 | 39 | 112 | 1295));
 }
 
 #[cfg(test)]

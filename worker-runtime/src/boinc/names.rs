@@ -87,6 +87,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn plain_file_symlink_and_missing_resolve_to_themselves() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(

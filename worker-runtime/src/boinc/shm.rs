@@ -1,9 +1,14 @@
-//! The client ↔ app shared-memory control channel (`boinc_mmap_file`, api_version ≥ 6).
+//! The client ↔ app shared-memory control channel (api_version ≥ 6).
 //!
 //! The segment is 8 channels of 1024 bytes. In each channel byte 0 is the "message pending"
 //! flag and bytes 1.. hold NUL-terminated XML text. The client writes `<suspend/>`,
 //! `<resume/>`, `<quit/>`, `<abort/>` into `process_control_request` and a heartbeat every
 //! second; the app writes its CPU time and fraction done into `app_status`.
+//!
+//! Where it lives differs: on Unix it is the file `boinc_mmap_file` in the slot, mapped
+//! shared; on Windows it is a named file mapping, `shm_` + the `<comm_obj_name>` of
+//! `init_data.xml` (e.g. `shm_boinc_0`), opened as `Global\shm_…` first and then without the
+//! prefix, exactly as BOINC's API does (see `WINDOWS.md` beside this module).
 //!
 //! [`ControlThread`] polls the channel and drives a [`ProcessControl`]: suspend/resume stop
 //! and continue the task's process group; quit and abort cancel the task and are reported
@@ -11,16 +16,23 @@
 //! other than the segment itself.
 
 use crate::exec::ProcessControl;
+#[cfg(unix)]
 use std::fs::OpenOptions;
+#[cfg(unix)]
 use std::os::fd::AsRawFd;
+#[cfg(unix)]
 use std::path::Path;
 use std::sync::atomic::{fence, AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Name of the segment file in the slot directory.
+/// Name of the segment file in the slot directory (Unix).
 pub const MMAP_FILE: &str = "boinc_mmap_file";
+/// Prefix of the Windows file-mapping name before `<comm_obj_name>` (BOINC's `SHM_PREFIX`).
+pub const WINDOWS_SHM_PREFIX: &str = "shm_";
+/// The namespace tried first on Windows, so the segment crosses terminal-server sessions.
+pub const WINDOWS_GLOBAL_NAMESPACE: &str = "Global\\";
 /// Bytes per channel.
 pub const CHANNEL_BYTES: usize = 1024;
 /// Number of channels.
@@ -41,8 +53,11 @@ pub const HEARTBEAT_GIVEUP: Duration = Duration::from_secs(30);
 
 /// The mapped segment.
 pub struct SharedMem {
-    ptr: *mut libc::c_void,
+    ptr: *mut std::ffi::c_void,
     len: usize,
+    /// The file-mapping handle, closed in Drop (Windows).
+    #[cfg(windows)]
+    handle: windows_sys::Win32::Foundation::HANDLE,
 }
 
 // SAFETY: the mapping is only accessed through atomic byte operations (see `bytes`), so
@@ -59,6 +74,7 @@ impl std::fmt::Debug for SharedMem {
 
 impl SharedMem {
     /// Maps `path` (which must be at least 8 × 1024 bytes) read-write and shared.
+    #[cfg(unix)]
     pub fn open(path: &Path) -> std::io::Result<Self> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
         let len = CHANNELS * CHANNEL_BYTES;
@@ -86,6 +102,56 @@ impl SharedMem {
             return Err(std::io::Error::last_os_error());
         }
         Ok(SharedMem { ptr, len })
+    }
+
+    /// The mapping names tried for `comm_obj_name`, in BOINC's order.
+    pub fn windows_names(comm_obj_name: &str) -> [String; 2] {
+        let seg = format!("{WINDOWS_SHM_PREFIX}{comm_obj_name}");
+        [format!("{WINDOWS_GLOBAL_NAMESPACE}{seg}"), seg]
+    }
+
+    /// Opens the client's named file mapping for `comm_obj_name` (from `init_data.xml`)
+    /// and maps its 8 × 1024 bytes read-write.
+    #[cfg(windows)]
+    pub fn open_named(comm_obj_name: &str) -> std::io::Result<Self> {
+        use windows_sys::Win32::Foundation::CloseHandle;
+        use windows_sys::Win32::System::Memory::{
+            MapViewOfFile, OpenFileMappingW, FILE_MAP_ALL_ACCESS,
+        };
+        let len = CHANNELS * CHANNEL_BYTES;
+        let mut last = std::io::Error::from(std::io::ErrorKind::NotFound);
+        for name in Self::windows_names(comm_obj_name) {
+            let wide: Vec<u16> = name.encode_utf16().chain(std::iter::once(0)).collect();
+            // SAFETY: `wide` is a NUL-terminated UTF-16 string that outlives the call.
+            let handle = unsafe { OpenFileMappingW(FILE_MAP_ALL_ACCESS, 0, wide.as_ptr()) };
+            if handle.is_null() {
+                last = std::io::Error::last_os_error();
+                continue;
+            }
+            // SAFETY: `handle` is a live mapping handle; a view of `len` bytes fails (null)
+            // when the mapping is smaller, so a short segment is refused here.
+            let view = unsafe { MapViewOfFile(handle, FILE_MAP_ALL_ACCESS, 0, 0, len) };
+            if view.Value.is_null() {
+                let e = std::io::Error::last_os_error();
+                // SAFETY: the handle is ours and not used again.
+                unsafe {
+                    CloseHandle(handle);
+                }
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("{name}: cannot map {len} bytes: {e}"),
+                ));
+            }
+            return Ok(SharedMem {
+                ptr: view.Value,
+                len,
+                handle,
+            });
+        }
+        Err(std::io::Error::new(
+            last.kind(),
+            format!("no file mapping {WINDOWS_SHM_PREFIX}{comm_obj_name}: {last}"),
+        ))
     }
 
     fn bytes(&self) -> &[AtomicU8] {
@@ -140,8 +206,17 @@ impl SharedMem {
 impl Drop for SharedMem {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`len` are exactly the mapping made in `open`, unmapped once.
+        #[cfg(unix)]
         unsafe {
             libc::munmap(self.ptr, self.len);
+        }
+        // SAFETY: `ptr` is the view and `handle` the mapping made in `open_named`, released
+        // once.
+        #[cfg(windows)]
+        unsafe {
+            use windows_sys::Win32::System::Memory::{UnmapViewOfFile, MEMORY_MAPPED_VIEW_ADDRESS};
+            UnmapViewOfFile(MEMORY_MAPPED_VIEW_ADDRESS { Value: self.ptr });
+            windows_sys::Win32::Foundation::CloseHandle(self.handle);
         }
     }
 }
@@ -288,6 +363,7 @@ fn request_stop(shared: &Shared, control: &ProcessControl, s: Stop) {
 }
 
 /// CPU seconds of this process, its reaped children, and the running task's process.
+#[cfg(unix)]
 pub fn cpu_seconds(control: &ProcessControl) -> f64 {
     let mut total = rusage_secs(libc::RUSAGE_SELF) + rusage_secs(libc::RUSAGE_CHILDREN);
     if let Some(pid) = control.pgid() {
@@ -296,6 +372,28 @@ pub fn cpu_seconds(control: &ProcessControl) -> f64 {
     total
 }
 
+/// CPU seconds of this process and of the running task's whole job.
+#[cfg(windows)]
+pub fn cpu_seconds(control: &ProcessControl) -> f64 {
+    use windows_sys::Win32::Foundation::FILETIME;
+    use windows_sys::Win32::System::Threading::{GetCurrentProcess, GetProcessTimes};
+    let zero = FILETIME {
+        dwLowDateTime: 0,
+        dwHighDateTime: 0,
+    };
+    let (mut c, mut e, mut k, mut u) = (zero, zero, zero, zero);
+    // SAFETY: the pseudo-handle of this process and four live FILETIMEs.
+    let ok = unsafe { GetProcessTimes(GetCurrentProcess(), &mut c, &mut e, &mut k, &mut u) };
+    let ft = |t: FILETIME| (u64::from(t.dwHighDateTime) << 32) | u64::from(t.dwLowDateTime);
+    let own = if ok != 0 {
+        (ft(k) + ft(u)) as f64 / 1e7
+    } else {
+        0.0
+    };
+    own + control.task_cpu().map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(unix)]
 fn rusage_secs(who: libc::c_int) -> f64 {
     // SAFETY: rusage is plain old data; zeroed is valid; getrusage writes into our local.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
@@ -308,6 +406,7 @@ fn rusage_secs(who: libc::c_int) -> f64 {
 }
 
 /// utime + stime + cutime + cstime of a live process from `/proc/<pid>/stat`.
+#[cfg(unix)]
 fn proc_cpu_secs(pid: i32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the `(comm)`, which may contain spaces: state is field 3, utime 14.
@@ -323,7 +422,7 @@ fn proc_cpu_secs(pid: i32) -> Option<f64> {
     (hz > 0).then(|| ticks / hz as f64)
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
