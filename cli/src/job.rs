@@ -121,8 +121,11 @@ pub struct JobFile {
     pub name: Option<String>,
     /// Interface: multicore (default), mpi, condor, boinc.
     pub interface: Option<Spanned<String>>,
-    /// Worker slots for multicore.
-    pub workers: Option<usize>,
+    /// Worker slots for multicore (at most [`MAX_WORKERS`]).
+    pub workers: Option<Spanned<u64>>,
+    /// Largest result a task may return (its stdout's JSON), as bytes or a size string
+    /// ("8MB"); default [`mw::task::DEFAULT_MAX_OUTPUT_BYTES`].
+    pub max_output: Option<Spanned<toml::Value>>,
     /// The program.
     pub program: Spanned<ProgramSection>,
     /// The inputs.
@@ -287,6 +290,7 @@ impl Job {
         };
         job.check_name()?;
         job.check_interface()?;
+        job.check_limits()?;
         Ok(job)
     }
 
@@ -311,6 +315,87 @@ impl Job {
             return Err(JobError(format!("job name {msg}")));
         }
         Ok(())
+    }
+
+    /// Limits that keep a job file from crashing or swallowing the machine, checked before
+    /// anything is created: workers, result size, sweep ranges, template size and depth.
+    fn check_limits(&self) -> Result<(), JobError> {
+        self.workers()?;
+        self.max_output_bytes()?;
+        if let Some(sweep) = &self.file.inputs.sweep {
+            for (name, values) in sweep {
+                if let SweepValues::Range { start, end, step } = values.get_ref() {
+                    range_len(*start, *end, step.unwrap_or(1)).map_err(|m| {
+                        self.err_at(values.span(), &format!("inputs.sweep.{name}"), m)
+                    })?;
+                }
+            }
+        }
+        let templates = self
+            .file
+            .args
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("args[{i}]"), a))
+            .chain(self.file.env.iter().map(|(k, v)| (format!("env.{k}"), v)))
+            .chain(
+                self.file
+                    .outputs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, o)| (format!("outputs[{i}]"), o)),
+            )
+            .chain(
+                self.file
+                    .input_files
+                    .iter()
+                    .enumerate()
+                    .map(|(i, o)| (format!("input_files[{i}]"), o)),
+            );
+        for (field, t) in templates {
+            check_template(t.get_ref()).map_err(|m| self.err_at(t.span(), &field, m))?;
+        }
+        Ok(())
+    }
+
+    /// Worker slots from the job file, checked (`None`: all cores).
+    pub fn workers(&self) -> Result<Option<usize>, JobError> {
+        match &self.file.workers {
+            None => Ok(None),
+            Some(w) => match usize::try_from(*w.get_ref()) {
+                Ok(n) if (1..=MAX_WORKERS).contains(&n) => Ok(Some(n)),
+                _ => Err(self.err_at(
+                    w.span(),
+                    "workers",
+                    format!("must be between 1 and {MAX_WORKERS}"),
+                )),
+            },
+        }
+    }
+
+    /// The largest result a task may return, in bytes.
+    pub fn max_output_bytes(&self) -> Result<u64, JobError> {
+        match &self.file.max_output {
+            None => Ok(mw::task::DEFAULT_MAX_OUTPUT_BYTES),
+            Some(v) => {
+                let bytes = match v.get_ref() {
+                    toml::Value::Integer(n) => u64::try_from(*n).ok(),
+                    toml::Value::String(s) => parse_size(s),
+                    _ => None,
+                };
+                match bytes {
+                    Some(b) if (1..=MAX_OUTPUT_LIMIT).contains(&b) => Ok(b),
+                    _ => Err(self.err_at(
+                        v.span(),
+                        "max_output",
+                        format!(
+                            "must be a size between 1 byte and {} MiB, e.g. 8388608 or \"8MB\"",
+                            MAX_OUTPUT_LIMIT >> 20
+                        ),
+                    )),
+                }
+            }
+        }
     }
 
     fn check_interface(&self) -> Result<(), JobError> {
@@ -444,13 +529,8 @@ impl Job {
         }
         if let Some(file) = &sec.file {
             let path = self.resolve(file.get_ref());
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                self.err_at(
-                    file.span(),
-                    "inputs.file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
+            let text = read_regular_file(&path, MAX_INPUTS_FILE_BYTES)
+                .map_err(|m| self.err_at(file.span(), "inputs.file", m))?;
             let mut out = Vec::new();
             for (i, line) in text.lines().enumerate() {
                 if line.trim().is_empty() {
@@ -492,27 +572,15 @@ impl Job {
                 SweepValues::List(v) => v.clone(),
                 SweepValues::Range { start, end, step } => {
                     let step = step.unwrap_or(1);
-                    if step <= 0 {
-                        return Err(self.err_at(
-                            values.span(),
-                            &format!("inputs.sweep.{name}.step"),
-                            "must be positive",
-                        ));
-                    }
-                    let count = if end > start {
-                        (end - start + step - 1) / step
-                    } else {
-                        0
-                    };
-                    if count > 10_000_000 {
-                        return Err(self.err_at(
-                            values.span(),
-                            &format!("inputs.sweep.{name}"),
-                            "range has more than 10^7 values",
-                        ));
-                    }
+                    let count = range_len(*start, *end, step).map_err(|m| {
+                        self.err_at(values.span(), &format!("inputs.sweep.{name}"), m)
+                    })?;
+                    // Exact arithmetic: every value lies in start..end, so it fits an i64.
                     (0..count)
-                        .map(|i| serde_json::Value::from(start + i * step))
+                        .filter_map(|i| {
+                            let v = i128::from(*start) + i128::from(i) * i128::from(step);
+                            i64::try_from(v).ok().map(serde_json::Value::from)
+                        })
                         .collect()
                 }
             };
@@ -624,6 +692,122 @@ fn default_name(abs: &Path) -> String {
     }
 }
 
+/// Most worker slots a job may ask for.
+pub const MAX_WORKERS: usize = 1024;
+/// The highest `max_output` a job may set (results are held in memory).
+pub const MAX_OUTPUT_LIMIT: u64 = 1 << 30;
+/// Largest `inputs.file` read (it is read into memory).
+pub const MAX_INPUTS_FILE_BYTES: u64 = 256 << 20;
+/// Largest template text, in bytes.
+const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
+/// Deepest nesting of `{% %}` blocks in a template (deeper ones overflow tera's stack).
+const MAX_TEMPLATE_DEPTH: usize = 32;
+
+/// Reads a regular file of at most `limit` bytes as UTF-8: never a device (`/dev/zero`),
+/// a FIFO (it would block) or an oversized file.
+fn read_regular_file(path: &Path, limit: u64) -> Result<String, String> {
+    use std::io::Read;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    if meta.len() > limit {
+        return Err(format!(
+            "{} is {} bytes, over the limit of {} MiB",
+            path.display(),
+            meta.len(),
+            limit >> 20
+        ));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit + 1).read_to_string(&mut text))
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if text.len() as u64 > limit {
+        return Err(format!(
+            "{} grew over the limit of {} MiB",
+            path.display(),
+            limit >> 20
+        ));
+    }
+    Ok(text)
+}
+
+/// A size like `8MB`, `512k`, `1GiB` or a plain number of bytes.
+fn parse_size(s: &str) -> Option<u64> {
+    let t = s.trim().to_ascii_uppercase();
+    let t = t
+        .strip_suffix("IB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(&t);
+    let (num, mult) = match t.chars().last() {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// How many values `start..end` by `step` has (end exclusive), in exact arithmetic;
+/// refuses a non-positive step and more than 10^7 values.
+pub fn range_len(start: i64, end: i64, step: i64) -> Result<u64, String> {
+    if step <= 0 {
+        return Err("step must be positive".into());
+    }
+    let span = i128::from(end) - i128::from(start);
+    if span <= 0 {
+        return Ok(0);
+    }
+    let count = (span + i128::from(step) - 1) / i128::from(step);
+    if count > 10_000_000 {
+        return Err(format!(
+            "range has {count} values, more than the limit of 10^7"
+        ));
+    }
+    u64::try_from(count).map_err(|_| "range too large".to_string())
+}
+
+/// Refuses templates that would crash the renderer (too long, nested too deep) or pull in
+/// other templates (macros, includes: recursion without a bound).
+fn check_template(text: &str) -> Result<(), String> {
+    if text.len() > MAX_TEMPLATE_BYTES {
+        return Err(format!(
+            "template is {} bytes, over the limit of {MAX_TEMPLATE_BYTES}",
+            text.len()
+        ));
+    }
+    let mut depth = 0usize;
+    let mut rest = text;
+    while let Some(i) = rest.find("{%") {
+        rest = &rest[i + 2..];
+        let tag = rest.trim_start_matches(['-', ' ', '\t', '\n', '\r']);
+        let word: String = tag
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        match word.as_str() {
+            "macro" | "import" | "include" | "extends" | "block" => {
+                return Err(format!(
+                    "`{{% {word} %}}` is not allowed in job-file templates"
+                ))
+            }
+            "if" | "for" | "filter" | "raw" => {
+                depth += 1;
+                if depth > MAX_TEMPLATE_DEPTH {
+                    return Err(format!(
+                        "template blocks are nested more than {MAX_TEMPLATE_DEPTH} deep"
+                    ));
+                }
+            }
+            w if w.starts_with("end") => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Finds an executable on PATH.
 pub fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -642,6 +826,7 @@ pub struct TaskBuilder {
     input_files: Vec<Template>,
     timeout: Option<Duration>,
     comparison: Comparison,
+    max_output_bytes: u64,
     base_dir: PathBuf,
     job_name: String,
     /// Job file path and each template's "line:col", for render errors.
@@ -704,6 +889,7 @@ impl TaskBuilder {
             input_files,
             timeout: job.timeout()?,
             comparison: job.comparison(),
+            max_output_bytes: job.max_output_bytes()?,
             base_dir: job.base_dir.clone(),
             job_name: job.name.clone(),
             job_path: job.path.clone(),
@@ -761,11 +947,25 @@ impl TaskBuilder {
             None
         };
         let mut spec = TaskSpec::new(self.program.clone(), input);
-        for a in &self.args {
-            spec.args.push(self.render(a, &ctx, index)?);
+        for (i, a) in self.args.iter().enumerate() {
+            let arg = self.render(a, &ctx, index)?;
+            if arg.contains('\0') {
+                return Err(JobError(format!(
+                    "{}: field `args[{i}]`: task {index}: an argument cannot contain a NUL byte",
+                    self.job_path.display()
+                )));
+            }
+            spec.args.push(arg);
         }
         for (k, v) in &self.env {
-            spec.env.insert(k.clone(), self.render(v, &ctx, index)?);
+            let value = self.render(v, &ctx, index)?;
+            if value.contains('\0') || k.contains('\0') || k.contains('=') || k.is_empty() {
+                return Err(JobError(format!(
+                    "{}: field `env.{k}`: task {index}: an environment variable's name must be non-empty without `=` or NUL, its value without NUL",
+                    self.job_path.display()
+                )));
+            }
+            spec.env.insert(k.clone(), value);
         }
         for o in &self.outputs {
             let name = self.render(o, &ctx, index)?;
@@ -794,6 +994,7 @@ impl TaskBuilder {
         }
         spec.timeout = self.timeout;
         spec.comparison = self.comparison.clone();
+        spec.max_output_bytes = self.max_output_bytes;
         Ok(spec)
     }
 }

@@ -144,9 +144,12 @@ pub(crate) fn prepare(opts: &JobOptions) -> anyhow::Result<Prepared> {
     if !["multicore", "mpi", "condor", "boinc"].contains(&interface.as_str()) {
         bail!("--interface `{interface}`: expected multicore, mpi, condor or boinc");
     }
-    let workers = opts.workers.or(job.file.workers);
-    if workers == Some(0) {
-        bail!("--workers must be at least 1");
+    let workers = opts.workers.or(job.workers()?);
+    if workers.is_some_and(|w| !(1..=crate::job::MAX_WORKERS).contains(&w)) {
+        bail!(
+            "--workers must be between 1 and {}",
+            crate::job::MAX_WORKERS
+        );
     }
     let inputs = job.inputs()?;
     let builder = job.task_builder()?;

@@ -258,6 +258,9 @@ fn run_one(
     req.env = spec.env.clone();
     req.stdin = serde_json::to_vec(&spec.input).unwrap_or_else(|_| b"null".to_vec());
     req.timeout = spec.timeout;
+    // One byte over the limit is enough to tell the result is too large (the master then
+    // fails the task naming the limit); nothing more is read into memory.
+    req.max_stdout_bytes = spec.max_output_bytes.saturating_add(1);
     let outcome = execute(&req, control)
         .map_err(|e| InterfaceError::new(format!("running {}: {e}", task.id)))?;
     let (found, missing) = collect_outputs(&workdir, &spec.outputs);

@@ -180,7 +180,19 @@ pub struct TaskSpec {
     pub outputs: Vec<String>,
     /// How redundant results are compared (BOINC).
     pub comparison: Comparison,
+    /// Largest result (the program's stdout) accepted, in bytes: a larger one fails the
+    /// task with a message naming the limit. Also bounds what a result bundle from a pool
+    /// or a volunteer may hold. Default [`DEFAULT_MAX_OUTPUT_BYTES`].
+    pub max_output_bytes: u64,
 }
+
+/// How many bytes of declared output files one result bundle may carry (it is opened in
+/// memory).
+pub const MAX_RESULT_FILES_BYTES: u64 = 256 << 20;
+
+/// Default limit of a task's result (stdout), like HTCondor's and BOINC's output limits:
+/// results are parsed and held in memory.
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 8 << 20;
 
 impl TaskSpec {
     /// A task with only a program and an input.
@@ -194,6 +206,7 @@ impl TaskSpec {
             timeout: None,
             outputs: Vec::new(),
             comparison: Comparison::default(),
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
         }
     }
 }
@@ -302,7 +315,30 @@ impl Execution {
         expected_task: TaskId,
         output_dir: Option<&Path>,
     ) -> Result<Execution, InterfaceError> {
-        let limits = Limits::default();
+        Self::from_result_bundle_limited(
+            bytes,
+            label,
+            expected_task,
+            output_dir,
+            DEFAULT_MAX_OUTPUT_BYTES,
+        )
+    }
+
+    /// [`from_result_bundle`](Self::from_result_bundle) with the task's output limit: the
+    /// bundle may unpack to at most the limit plus [`MAX_RESULT_FILES_BYTES`] of output
+    /// files (a small upload cannot inflate into gigabytes), and its stdout member to at
+    /// most the limit plus one byte (so the master can name the limit when it is exceeded).
+    pub fn from_result_bundle_limited(
+        bytes: &[u8],
+        label: &str,
+        expected_task: TaskId,
+        output_dir: Option<&Path>,
+        max_output_bytes: u64,
+    ) -> Result<Execution, InterfaceError> {
+        let limits = Limits {
+            max_total_bytes: max_output_bytes.saturating_add(MAX_RESULT_FILES_BYTES),
+            ..Limits::default()
+        };
         let bundle =
             mw_bundle::open_in_memory(bytes, label, Some(mw_bundle::BundleKind::Result), &limits)
                 .map_err(InterfaceError::new)?;
@@ -334,11 +370,13 @@ impl Execution {
                 }
             }
         }
-        let stdout = bundle
+        let mut stdout = bundle
             .members
             .get(RESULT_STDOUT_NAME)
             .cloned()
             .unwrap_or_default();
+        let cap = usize::try_from(max_output_bytes.saturating_add(1)).unwrap_or(usize::MAX);
+        stdout.truncate(cap);
         let wall = checked_secs(label, "wall_secs", info.wall_secs)?;
         let user = checked_secs(label, "user_secs", info.user_secs)?;
         let sys = checked_secs(label, "sys_secs", info.sys_secs)?;

@@ -12,7 +12,7 @@
 mod outcome;
 mod scheduler;
 
-pub use outcome::{parse_stdout, MwError, TaskOutput, TaskTimes};
+pub use outcome::{parse_stdout, parse_stdout_limited, MwError, TaskOutput, TaskTimes};
 use scheduler::{
     completion, decode, finish_durably, mark_final, prepare, scheduler_loop, take_outcome,
     take_result,

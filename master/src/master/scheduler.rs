@@ -5,7 +5,9 @@
 //! It works on the master's state ([`super::State`]) under its one lock; it never knows
 //! which platform the interface drives.
 
-use super::{parse_stdout, Inner, MwError, State, TaskOutput, TaskRecord, TaskState, TaskTimes};
+use super::{
+    parse_stdout_limited, Inner, MwError, State, TaskOutput, TaskRecord, TaskState, TaskTimes,
+};
 use crate::interface::Completion;
 use crate::journal::FinalRow;
 use crate::task::{Execution, InterfaceError, PreparedTask, TaskId, WorkerId};
@@ -202,7 +204,7 @@ pub(super) fn on_complete(
                     host: exec.host,
                 })
             } else {
-                parse_stdout(&exec.stdout)
+                parse_stdout_limited(&exec.stdout, rec.spec.max_output_bytes)
                     .map(|value| TaskOutput {
                         task: id,
                         value,

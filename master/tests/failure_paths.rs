@@ -1,0 +1,273 @@
+//! The master off the happy path, at the library level: hostile numbers and sizes in
+//! results, a stop in the middle of a run, completion racing cancel, and cancelling a
+//! million queued tasks. Races are played exactly with the scripted interface
+//! (`support/scripted.rs`): no processes, no sleeps.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
+
+mod support;
+
+use mw::{
+    Execution, Interface, InterfaceError, Master, MasterOptions, Multicore, MwError, NextOutcome,
+    Program, TaskId, TaskSpec, TaskState,
+};
+use mw_bundle::{BundleBuilder, Comparison, ExitInfo, ResultInfo, RESULT_STDOUT_NAME};
+use serde_json::json;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+use support::scripted::{ok_execution, Scripted};
+
+fn result_info(task: u64) -> ResultInfo {
+    ResultInfo {
+        job: "t".into(),
+        task,
+        exit: ExitInfo::Exited { code: 0 },
+        wall_secs: 0.5,
+        user_secs: 0.1,
+        sys_secs: 0.1,
+        host: "h".into(),
+        started_unix: 1.7e9,
+        stderr_tail: String::new(),
+        missing_outputs: vec![],
+        comparison: Comparison::default(),
+    }
+}
+
+fn bundle(info: ResultInfo, stdout: &[u8]) -> Vec<u8> {
+    let mut b = BundleBuilder::result(info, "test result");
+    b.add_bytes(RESULT_STDOUT_NAME, stdout.to_vec(), false)
+        .unwrap();
+    b.to_bytes().unwrap()
+}
+
+fn program() -> Arc<Program> {
+    Arc::new(Program::new("/bin/cat").unwrap())
+}
+
+fn scripted_master(s: &Arc<Scripted>) -> Master {
+    Master::with_options(s.clone() as Arc<dyn Interface>, MasterOptions::default()).unwrap()
+}
+
+/// Collects every outcome (bounded: the master must not hang).
+fn collect_all(m: &Master) -> Vec<(TaskId, Result<mw::TaskOutput, MwError>)> {
+    let mut out = Vec::new();
+    for _ in 0..10_000 {
+        match m.next_outcome(Duration::from_millis(100)) {
+            NextOutcome::Finished(t, r, _) => out.push((t, r)),
+            NextOutcome::Pending => {}
+            NextOutcome::AllCollected => return out,
+            NextOutcome::Stopped(e) => panic!("stopped: {e}"),
+        }
+    }
+    panic!("the master never reported every task: {} so far", out.len());
+}
+
+#[test]
+fn out_of_range_times_in_a_result_bundle_fail_only_that_task() {
+    let mut cases = Vec::new();
+    let mut i = result_info(0);
+    i.wall_secs = 1e300;
+    cases.push(("wall_secs", i));
+    let mut i = result_info(0);
+    i.started_unix = 1e19;
+    cases.push(("started_unix", i));
+    let mut i = result_info(0);
+    i.user_secs = 1.8e19;
+    i.sys_secs = 1.8e19;
+    cases.push(("user_secs", i));
+    let mut i = result_info(0);
+    i.wall_secs = f64::NAN;
+    cases.push(("wall_secs", i));
+    for (field, info) in cases {
+        let bytes = bundle(info, b"{\"x\":1}");
+        let err = Execution::from_result_bundle(&bytes, "forged", TaskId(0), None).unwrap_err();
+        assert!(
+            err.0.contains(field) && err.0.contains("out of range"),
+            "{field}: {err}"
+        );
+    }
+    // Through a master: the malformed result fails its task with the message; the others
+    // finish; nothing hangs.
+    let s = Scripted::new(3, false);
+    let m = scripted_master(&s);
+    for k in 0..3 {
+        m.submit_task(TaskSpec::new(program(), json!(k))).unwrap();
+    }
+    let started = s.wait_started(3);
+    let mut bad = result_info(0);
+    bad.wall_secs = 1e300;
+    let outcome = Execution::from_result_bundle(&bundle(bad, b"1"), "forged", TaskId(0), None);
+    s.finish(started[0], outcome);
+    s.succeed(started[1], "1");
+    s.succeed(started[2], "2");
+    let got = collect_all(&m);
+    assert_eq!(got.len(), 3);
+    for (t, r) in got {
+        if t == started[0] {
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains("out of range"), "{e}");
+        } else {
+            assert!(r.is_ok(), "{t}: {r:?}");
+        }
+    }
+}
+
+/// Peak resident memory of this process, in KiB.
+fn vm_hwm_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_500_mb_json_result_in_a_small_upload_is_refused_without_reading_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stdout");
+    {
+        // `[0,0,0,…]`: 500 MB of JSON that a naive parser turns into ~8 GB of values.
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        f.write_all(b"[0").unwrap();
+        let chunk = b",0".repeat(1 << 16);
+        for _ in 0..(250_000_000 / (1 << 16)) {
+            f.write_all(&chunk).unwrap();
+        }
+        f.write_all(b"]").unwrap();
+    }
+    let mut b = BundleBuilder::result(result_info(0), "bomb");
+    b.add_file(RESULT_STDOUT_NAME, &path).unwrap();
+    let bytes = b.to_bytes().unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(bytes.len() < 4 << 20, "upload is {} bytes", bytes.len());
+    let before = vm_hwm_kib();
+    let err = Execution::from_result_bundle_limited(
+        &bytes,
+        "upload",
+        TaskId(0),
+        None,
+        mw::task::DEFAULT_MAX_OUTPUT_BYTES,
+    )
+    .unwrap_err();
+    assert!(err.0.contains("limit"), "{err}");
+    let grew = vm_hwm_kib().saturating_sub(before);
+    assert!(grew < 64 * 1024, "peak memory grew by {grew} KiB");
+
+    // Under the byte limit but with far more values than text: refused before parsing.
+    let dense = format!("[0{}]", ",0".repeat(2_000_000));
+    let e = mw::master::parse_stdout_limited(dense.as_bytes(), 8 << 20).unwrap_err();
+    assert!(e.contains("JSON values") && e.contains("max_output"), "{e}");
+    // An ordinary result passes, and the byte limit names itself.
+    assert_eq!(
+        mw::master::parse_stdout_limited(b"{\"pi\":3.14}", 8 << 20).unwrap(),
+        json!({"pi": 3.14})
+    );
+    let e = mw::master::parse_stdout_limited(&[b' '; 100], 10).unwrap_err();
+    assert!(e.contains("limit of 10 bytes"), "{e}");
+}
+
+#[test]
+fn a_timeout_too_large_to_represent_is_no_timeout_and_the_slot_lives_on() {
+    let m = Master::new(Multicore::new(1)).unwrap();
+    let mut spec = TaskSpec::new(program(), json!({"a": 1}));
+    spec.timeout = Some(Duration::MAX);
+    let t0 = m.submit_task(spec).unwrap();
+    let t1 = m
+        .submit_task(TaskSpec::new(program(), json!({"b": 2})))
+        .unwrap();
+    let (_, a): (TaskId, serde_json::Value) = m.get_result(Some(t0)).unwrap();
+    let (_, b): (TaskId, serde_json::Value) = m.get_result(Some(t1)).unwrap();
+    assert_eq!((a, b), (json!({"a": 1}), json!({"b": 2})));
+}
+
+#[test]
+fn a_stop_requeues_what_it_interrupts_and_resume_runs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let s = Scripted::new(2, false);
+    let m = Master::with_journal(
+        s.clone() as Arc<dyn Interface>,
+        MasterOptions::default(),
+        &job,
+    )
+    .unwrap();
+    for k in 0..3 {
+        m.submit_task(TaskSpec::new(program(), json!(k))).unwrap();
+    }
+    s.wait_started(2);
+    let first = s.started()[0];
+    s.succeed(first, "10");
+    // The freed worker takes the third task.
+    let started = s.wait_started(3);
+    assert_eq!(started[0], first);
+    // Task 0's result is durable before it is reported.
+    match m.next_outcome(Duration::from_secs(30)) {
+        NextOutcome::Finished(t, Ok(out), _) => {
+            assert_eq!((t, out.value), (started[0], json!(10)));
+        }
+        other => panic!("{other:?}"),
+    }
+    m.stop("test stop");
+    // The interrupted tasks were cancelled on the interface, and nothing more starts.
+    let mut cancels = s.cancels();
+    cancels.sort();
+    assert_eq!(cancels, vec![started[1], started[2]]);
+    match m.next_outcome(Duration::from_secs(30)) {
+        NextOutcome::Stopped(MwError::Stopped(r)) => assert!(r.contains("test stop"), "{r}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.started().len(), 3);
+    assert!(matches!(
+        m.get_result::<serde_json::Value>(None),
+        Err(MwError::Stopped(_))
+    ));
+    drop(m);
+
+    // Resume: the interrupted task and the never-started one run; task 0 does not.
+    let s2 = Scripted::new(2, false);
+    let m2 = Master::resume(
+        s2.clone() as Arc<dyn Interface>,
+        MasterOptions::default(),
+        &job,
+        |_, input| Ok(TaskSpec::new(program(), input)),
+    )
+    .unwrap();
+    let again = s2.wait_started(2);
+    assert!(!again.contains(&started[0]), "{again:?}");
+    for t in &again {
+        s2.succeed(*t, "1");
+    }
+    m2.wait_all();
+    let states = m2.task_states();
+    assert!(
+        states.iter().all(|(_, st)| *st == TaskState::Done),
+        "{states:?}"
+    );
+}
+
+#[test]
+fn a_completion_that_races_a_cancel_is_reported_once() {
+    // A backend that keeps tasks running (like Condor): the cancel is only a request, and
+    // the task's success arrives afterwards.
+    let s = Scripted::new(1, true);
+    let m = scripted_master(&s);
+    let t = m.submit_task(TaskSpec::new(program(), json!(1))).unwrap();
+    s.wait_started(1);
+    m.cancel(t).unwrap();
+    assert_eq!(s.cancels(), vec![t]);
+    s.succeed(t, "7");
+    let got = collect_all(&m);
+    assert_eq!(got.len(), 1);
+    // A success that won the race is kept (the work was done), exactly once.
+    assert_eq!(got[0].1.as_ref().unwrap().value, json!(7));
+    // A failure racing a cancel is a cancel.
+    let t2 = m.submit_task(TaskSpec::new(program(), json!(2))).unwrap();
+    s.wait_started(2);
+    m.cancel(t2).unwrap();
+    s.finish(t2, Err(InterfaceError::new("lost")));
+    let got = collect_all(&m);
+    assert!(matches!(got[0].1, Err(MwError::Cancelled(_))), "{got:?}");
+    let _ = ok_execution("");
+}
