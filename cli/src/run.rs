@@ -289,8 +289,12 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
         None => Master::with_options(interface, opts)?,
     };
     let total = p.specs.len();
+    // A master killed here leaves a job created but with no task recorded yet.
+    mw::crash::point("run-before-recording");
     for chunk in p.specs.chunks(10_000) {
         master.submit_many(chunk.to_vec())?;
+        // A master killed here leaves a job whose tasks are partly recorded.
+        mw::crash::point("run-recorded-chunk");
     }
     if let Some(j) = &journal {
         j.set_job_status("running")?;

@@ -26,6 +26,7 @@
 
 pub mod boinc;
 pub mod condor;
+pub mod crash;
 mod durable;
 pub mod interface;
 pub mod journal;

@@ -121,6 +121,8 @@ struct ControlState {
     grace: Duration,
     /// Told the process group id right after the program started.
     on_start: Option<Arc<dyn Fn(i32) + Send + Sync>>,
+    /// The running task's [`TASK_TOKEN_ENV`] value, which its descendants inherit.
+    token: Option<String>,
     /// The running task's Job Object (Windows' process group).
     #[cfg(windows)]
     job: Option<Arc<windows::Job>>,
@@ -138,6 +140,71 @@ impl std::fmt::Debug for ProcessControl {
         f.write_str("ProcessControl")
     }
 }
+
+/// Environment variable every task process gets, with a value unique to the run. Its
+/// descendants inherit it, also those that leave the task's process group (`setsid`,
+/// daemons), so a timeout or cancel can find and kill them (HTCondor tracks a job's
+/// processes the same way). A process that scrubs its environment escapes; that is the
+/// documented limit without cgroups.
+pub const TASK_TOKEN_ENV: &str = "MW_TASK_TOKEN";
+
+#[cfg(unix)]
+fn task_token() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{:x}-{:x}-{nanos:x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+#[cfg(unix)]
+/// SIGKILLs every process of this user whose environment carries `token` (read from
+/// `/proc/<pid>/environ`; other users' processes cannot be read and are not ours).
+/// Repeats until a pass finds none, so a process forking while we look is caught too.
+fn kill_escapees(token: &str) {
+    let needle = format!("{TASK_TOKEN_ENV}={token}\0").into_bytes();
+    let me = std::process::id();
+    for _ in 0..10 {
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        let mut found = 0;
+        for entry in procs.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if pid <= 1 || pid as u32 == me {
+                continue;
+            }
+            let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+                continue;
+            };
+            if env.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                found += 1;
+                // SAFETY: kill(2) only sends a signal to a process that carries our token.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+        if found == 0 {
+            return;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn kill_escapees(_token: &str) {}
 
 #[cfg(unix)]
 fn signal_group(pgid: i32, signal: i32) {
@@ -384,9 +451,11 @@ fn execute_unix(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutco
 
     let started = SystemTime::now();
     let t0 = Instant::now();
+    let token = task_token();
     let mut cmd = Command::new(&req.program);
     cmd.args(&req.args)
         .envs(&req.env)
+        .env(TASK_TOKEN_ENV, &token)
         .current_dir(&req.workdir)
         .stdin(stdin)
         .stdout(stdout)
@@ -423,6 +492,7 @@ fn execute_unix(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutco
                 st.pgid = Some(child.id() as i32);
                 st.run += 1;
                 st.grace = req.grace;
+                st.token = Some(token);
                 child
             }
             Err(e) => {
@@ -516,11 +586,18 @@ fn finish(
     stdout_truncated: bool,
     stderr_tail: String,
 ) -> ExecOutcome {
-    let cancelled = {
+    let (cancelled, token) = {
         let mut st = control.lock();
         st.pgid = None;
-        st.cancelled
+        (st.cancelled, st.token.take())
     };
+    if timed_out || cancelled {
+        // Processes that left the task's process group (setsid, a daemon's double fork)
+        // still carry its token: they go too.
+        if let Some(t) = token {
+            kill_escapees(&t);
+        }
+    }
     let wall = t0.elapsed();
     let exit = match &exited {
         _ if timed_out => ExitInfo::TimedOut {
@@ -560,11 +637,18 @@ fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
     Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as i32) })
 }
 
+/// Set (to anything) to force the path for kernels without pidfd (before Linux 5.3):
+/// stdout and stderr go to files and the leader is waited for by a thread. The test suite
+/// runs the task-contract tests both ways.
+pub const NO_PIDFD_ENV: &str = "MW_NO_PIDFD";
+
 #[cfg(unix)]
-/// Whether this kernel has pidfd_open (Linux 5.3+), probed once.
+/// Whether this kernel has pidfd_open (Linux 5.3+) and it is not switched off, probed once.
 fn pidfd_supported() -> bool {
     static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *SUPPORTED.get_or_init(|| pidfd_open(std::process::id() as i32).is_some())
+    *SUPPORTED.get_or_init(|| {
+        std::env::var_os(NO_PIDFD_ENV).is_none() && pidfd_open(std::process::id() as i32).is_some()
+    })
 }
 
 #[cfg(unix)]

@@ -174,6 +174,27 @@ sleep 1000"#,
 }
 
 #[test]
+fn timeout_kills_processes_that_left_the_group_with_setsid() {
+    let sb = Sandbox::new();
+    // A daemon: a new session (out of the task's process group), announced, then waiting.
+    let mut req = sb.request(
+        r#"setsid sh -c 'echo $$ > "$SANDBOX/daemon.pid"; exec sleep 1000' < /dev/null > /dev/null 2>&1 &
+while [ ! -s "$SANDBOX/daemon.pid" ]; do :; done
+sleep 1000"#,
+    );
+    req.timeout = Some(Duration::from_secs(2));
+    req.grace = Duration::from_millis(100);
+    let out = execute(&req, &ProcessControl::new()).unwrap();
+    assert!(
+        matches!(out.exit, ExitInfo::TimedOut { .. }),
+        "{:?}",
+        out.exit
+    );
+    let pid = pids_in(&sb.path("daemon.pid"))[0];
+    assert!(exited(pid), "the setsid daemon {pid} outlived the timeout");
+}
+
+#[test]
 fn cancel_from_another_thread_kills_the_group() {
     let sb = Sandbox::new();
     let started = sb.fifo("started");
