@@ -1,0 +1,434 @@
+//! `mw` off the happy path, end to end with the real binary and real processes: job files
+//! that would crash or swallow the machine, Ctrl-C, a kill while tasks are recorded, two
+//! resumes at once, another process holding the journal's write lock, a full disk, and
+//! `mw cancel` of a fast job. Every wait is a bounded poll on files or on `mw status`;
+//! nothing sleeps to synchronise.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
+
+use mw_tests::{bin, run_mw, script};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Starts `mw ARGS` in `dir` in the background.
+fn spawn_mw(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
+    let mut c = Command::new(bin("mw"));
+    c.args(args)
+        .current_dir(dir)
+        .env("MW_JOBS_DIR", dir.join("jobs"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn().unwrap()
+}
+
+fn finish(child: Child) -> (i32, String, String) {
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    )
+}
+
+/// Polls `cond` (bounded: about 60 s of file-system checks), failing with `what`.
+fn poll(what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_secs(60) {
+        if cond() {
+            return;
+        }
+        std::thread::yield_now();
+    }
+    panic!("never happened: {what}");
+}
+
+fn lines_in(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie is not alive: read its state.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn job_files_that_would_crash_or_swallow_the_machine_fail_before_anything_is_created() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let fifo = d.join("fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let deep = format!(
+        "{}x{}",
+        "{% if true %}".repeat(2000),
+        "{% endif %}".repeat(2000)
+    );
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "workers-max",
+            "workers = 9223372036854775807\n".into(),
+            "workers",
+        ),
+        ("workers-huge", "workers = 1000000000\n".into(), "workers"),
+        ("deep-template", format!("args = [{deep:?}]\n"), "args[0]"),
+        (
+            "macro",
+            "args = [\"{% macro m() %}{{ self::m() }}{% endmacro m %}{{ self::m() }}\"]\n".into(),
+            "args[0]",
+        ),
+        ("max-output", "max_output = \"-5\"\n".into(), "max_output"),
+    ];
+    for (name, top, field) in cases {
+        let job = format!("{top}[program]\ncommand = [\"/bin/cat\"]\n[inputs]\nlist = [1]\n");
+        check_refused(d, name, &job, field);
+    }
+    // Inputs: a full-i64 range is not "empty" (and not an overflow), a device and a FIFO
+    // are not read.
+    check_refused(
+        d,
+        "range",
+        "[program]\ncommand = [\"/bin/cat\"]\n[inputs.sweep]\nx = { start = -9223372036854775808, end = 9223372036854775807 }\n",
+        "inputs.sweep.x",
+    );
+    check_refused(
+        d,
+        "zero",
+        "[program]\ncommand = [\"/bin/cat\"]\n[inputs]\nfile = \"/dev/zero\"\n",
+        "inputs.file",
+    );
+    check_refused(
+        d,
+        "fifo",
+        &format!(
+            "[program]\ncommand = [\"/bin/cat\"]\n[inputs]\nfile = {:?}\n",
+            fifo.display().to_string()
+        ),
+        "inputs.file",
+    );
+    // A NUL byte in an argument fails the job, not each task after the job was created.
+    check_refused(
+        d,
+        "nul",
+        "args = [\"a\\u0000b\"]\n[program]\ncommand = [\"/bin/cat\"]\n[inputs]\nlist = [1]\n",
+        "args[0]",
+    );
+}
+
+/// `mw run` of `job` exits 2 naming the file and `field`, and creates no job directory.
+fn check_refused(d: &Path, name: &str, job: &str, field: &str) {
+    let file = format!("{name}.toml");
+    write(d, &file, job);
+    let o = run_mw(d, &["run", &file]);
+    assert_eq!(o.code, 2, "{name}: {}", o.stderr);
+    assert!(
+        o.stderr.contains(&file) && o.stderr.contains(field),
+        "{name}: the message must name the file and `{field}`: {}",
+        o.stderr
+    );
+    assert!(
+        !d.join("jobs").exists() || std::fs::read_dir(d.join("jobs")).unwrap().count() == 0,
+        "{name}: a job was created"
+    );
+}
+
+/// A job of `n` tasks that each record their pid in `pids/` and wait for `gate` to exist.
+fn gated_job(d: &Path, name: &str, n: usize) {
+    std::fs::create_dir_all(d.join("pids")).unwrap();
+    script(
+        d,
+        "gated.sh",
+        &format!(
+            "read input\necho $$ > {pids}/$input\nwhile [ ! -e {gate} ]; do sleep 0.01; done\necho \"$input\"",
+            pids = d.join("pids").display(),
+            gate = d.join("gate").display()
+        ),
+    );
+    let list: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    write(
+        d,
+        &format!("{name}.toml"),
+        &format!(
+            "name = \"{name}\"\nworkers = 2\n[program]\npath = \"gated.sh\"\n[inputs]\nlist = [{}]\n",
+            list.join(",")
+        ),
+    );
+}
+
+fn pids(d: &Path) -> Vec<i32> {
+    std::fs::read_dir(d.join("pids"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn ctrl_c_stops_every_task_and_resume_completes_the_job() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    gated_job(d, "intr", 5);
+    let child = spawn_mw(d, &["run", "intr.toml", "-q"], &[]);
+    let mw_pid = child.id() as i32;
+    poll("two tasks running", || pids(d).len() == 2);
+    let running = pids(d);
+    // SAFETY: kill(2) sends SIGINT to the mw process we started.
+    unsafe { libc::kill(mw_pid, libc::SIGINT) };
+    let (code, _, err) = finish(child);
+    assert_eq!(code, 130, "{err}");
+    assert!(err.contains("mw resume intr-1"), "{err}");
+    for pid in running {
+        assert!(!alive(pid), "task process {pid} survived Ctrl-C");
+    }
+    // Resume runs everything that did not finish, and the job completes.
+    write(d, "gate", "");
+    let o = run_mw(d, &["resume", "intr-1", "-q"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let r = run_mw(d, &["results", "intr-1"]);
+    let lines: Vec<serde_json::Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    assert!(lines.iter().all(|l| l["state"] == "done"), "{lines:?}");
+}
+
+#[test]
+fn a_master_killed_while_recording_tasks_is_completed_by_resume() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    write(
+        d,
+        "rec.toml",
+        "name = \"rec\"\n[program]\ncommand = [\"/bin/cat\"]\n[inputs.sweep]\nx = { start = 0, end = 40 }\n",
+    );
+    let child = spawn_mw(
+        d,
+        &["run", "rec.toml", "-q"],
+        &[("MW_CRASH_AT", "run-before-recording")],
+    );
+    let (code, _, _) = finish(child);
+    assert_eq!(code, -1, "the crash point must kill mw");
+    // Not "finished (0 tasks)": resume records the missing tasks and runs them all.
+    let o = run_mw(d, &["resume", "rec-1", "-q"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let r = run_mw(d, &["results", "rec-1"]);
+    let xs: BTreeSet<i64> = r
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["output"]["x"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(xs, (0..40).collect());
+}
+
+#[test]
+fn a_second_master_for_the_same_job_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    gated_job(d, "two", 3);
+    let first = spawn_mw(d, &["run", "two.toml", "-q"], &[]);
+    poll("tasks running", || pids(d).len() == 2);
+    // Two resumes of a job whose master is running: both refused, nothing runs twice.
+    for _ in 0..2 {
+        let o = run_mw(d, &["resume", "two-1", "-q"]);
+        assert_eq!(o.code, 2, "{}", o.stderr);
+        assert!(
+            o.stderr.contains("another master")
+                || o.stderr.contains("already has a running master"),
+            "{}",
+            o.stderr
+        );
+    }
+    // The job lock, not the pid: kill the master, then two resumes race for it.
+    // SAFETY: kill(2) on the mw process we started.
+    unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };
+    let _ = finish(first);
+    let a = spawn_mw(d, &["resume", "two-1", "-q"], &[]);
+    let b = spawn_mw(d, &["resume", "two-1", "-q"], &[]);
+    write(d, "gate", "");
+    let (ca, _, ea) = finish(a);
+    let (cb, _, eb) = finish(b);
+    let mut codes = [ca, cb];
+    codes.sort();
+    assert_eq!(codes, [0, 2], "a: {ea}\nb: {eb}");
+    let r = run_mw(d, &["results", "two-1"]);
+    assert_eq!(r.stdout.lines().count(), 3);
+}
+
+#[test]
+fn another_process_holding_the_journal_write_lock_delays_but_never_loses_results() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    gated_job(d, "lock", 3);
+    let out = d.join("out.jsonl");
+    let child = spawn_mw(
+        d,
+        &["run", "lock.toml", "-q", "-o", out.to_str().unwrap()],
+        &[],
+    );
+    poll("tasks running", || pids(d).len() == 2);
+    let journal = d.join("jobs/lock-1/journal.sqlite");
+    let conn = rusqlite::Connection::open(&journal).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    write(d, "gate", "");
+    poll("every task ran", || pids(d).len() == 3);
+    // The tasks ended but nothing can be committed: nothing may be reported yet.
+    let printed = lines_in(&out).len();
+    conn.execute_batch("ROLLBACK").unwrap();
+    drop(conn);
+    let (code, _, err) = finish(child);
+    assert_eq!(printed, 0, "results were reported before they were stored");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(lines_in(&out).len(), 3);
+}
+
+#[test]
+fn a_full_disk_stops_the_master_and_what_was_printed_is_what_was_stored() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let jobs = d.join("jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=600k", "tmpfs"])
+        .arg(&jobs)
+        .status()
+        .unwrap()
+        .success();
+    assert!(
+        mounted,
+        "this test mounts a small tmpfs and needs root (CI runs as root)"
+    );
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(jobs.clone());
+    // Each task logs its run outside the tmpfs and returns 2 KB of JSON.
+    script(
+        d,
+        "big.sh",
+        &format!(
+            "read input\necho \"$input\" >> {log}\nprintf '{{\"i\":%s,\"pad\":\"%s\"}}\\n' \"$input\" \"$(head -c 2000 /dev/zero | tr '\\0' x)\"",
+            log = d.join("runs.log").display()
+        ),
+    );
+    let list: Vec<String> = (0..600).map(|i| i.to_string()).collect();
+    write(
+        d,
+        "full.toml",
+        &format!(
+            "name = \"full\"\nworkers = 2\n[program]\npath = \"big.sh\"\n[inputs]\nlist = [{}]\n",
+            list.join(",")
+        ),
+    );
+    let out = d.join("out.jsonl");
+    let o = run_mw(d, &["run", "full.toml", "-q", "-o", out.to_str().unwrap()]);
+    assert_ne!(o.code, 0, "the disk filled up: {}", o.stderr);
+    assert!(o.stderr.contains("journal"), "{}", o.stderr);
+    let printed: BTreeSet<i64> = lines_in(&out)
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["task"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert!(printed.len() < 600, "the disk never filled");
+    // Free space, then resume: every task is done, and no printed task ran again.
+    assert!(Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&jobs)
+        .status()
+        .unwrap()
+        .success());
+    let r = run_mw(d, &["resume", "full-1", "-q"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let results = run_mw(d, &["results", "full-1"]);
+    let stored: Vec<serde_json::Value> = results
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(stored.len(), 600);
+    assert!(stored.iter().all(|l| l["state"] == "done"));
+    let mut runs = std::collections::BTreeMap::<i64, u32>::new();
+    for l in lines_in(&d.join("runs.log")) {
+        *runs.entry(l.trim().parse().unwrap()).or_default() += 1;
+    }
+    for t in &printed {
+        assert_eq!(
+            runs.get(t),
+            Some(&1),
+            "task {t} was printed, then ran again"
+        );
+    }
+}
+
+#[test]
+fn mw_cancel_of_a_fast_job_stops_it_within_the_acknowledgement() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    std::fs::create_dir_all(d.join("started")).unwrap();
+    script(
+        d,
+        "null.sh",
+        &format!("read input\n: > {}/$input", d.join("started").display()),
+    );
+    write(
+        d,
+        "fast.toml",
+        "name = \"fast\"\nworkers = 2\n[program]\npath = \"null.sh\"\n[inputs.sweep]\ni = { start = 0, end = 20000 }\n",
+    );
+    let count = || std::fs::read_dir(d.join("started")).unwrap().count();
+    let child = spawn_mw(d, &["run", "fast.toml", "-q", "-o", "/dev/null"], &[]);
+    poll("200 tasks started", || count() >= 200);
+    let o = run_mw(d, &["cancel", "fast-1"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stderr.contains("cancelled"), "{}", o.stderr);
+    let at_ack = count();
+    let (code, _, err) = finish(child);
+    assert_eq!(code, 1, "cancelled tasks make the run exit 1: {err}");
+    let after = count();
+    // At most the tasks already handed to the two slots may still have started.
+    assert!(
+        after <= at_ack + 2,
+        "{} tasks started after the cancel was acknowledged",
+        after - at_ack
+    );
+    assert!(after < 20000);
+}
