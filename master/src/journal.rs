@@ -113,6 +113,7 @@ enum Write {
     },
     Requeued {
         task: u64,
+        detail: String,
     },
     Flush(Sender<()>),
 }
@@ -381,8 +382,12 @@ impl Journal {
         });
     }
 
-    pub(crate) fn record_requeued(&self, task: TaskId) {
-        self.send(Write::Requeued { task: task.0 });
+    /// Records that a failed attempt of `task` will be retried (`detail` says why and when).
+    pub(crate) fn record_requeued(&self, task: TaskId, detail: &str) {
+        self.send(Write::Requeued {
+            task: task.0,
+            detail: detail.to_string(),
+        });
     }
 
     /// Records a final state; `on_durable` runs once it is committed.
@@ -513,12 +518,16 @@ fn writer_loop(
                         )?
                         .execute(params![now_unix(), task as i64, handle])?;
                     }
-                    Write::Requeued { task } => {
+                    Write::Requeued { task, detail } => {
                         tx.prepare_cached(
                             "UPDATE tasks SET state = 'queued', handle = NULL
                              WHERE idx = ?1 AND state NOT IN ('done','failed','cancelled')",
                         )?
                         .execute(params![task as i64])?;
+                        tx.prepare_cached(
+                            "INSERT INTO events (at, task, kind, detail) VALUES (?1, ?2, 'retry', ?3)",
+                        )?
+                        .execute(params![now_unix(), task as i64, detail])?;
                     }
                     Write::Final {
                         task,

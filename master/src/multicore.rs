@@ -180,6 +180,8 @@ fn run_one(
     req.env = spec.env.clone();
     req.stdin = serde_json::to_vec(&spec.input).unwrap_or_else(|_| b"null".to_vec());
     req.timeout = spec.timeout;
+    // Enough stderr for the task's log; the task's error carries only its last 4 KiB.
+    req.stderr_tail_bytes = 64 * 1024;
     let outcome = execute(&req, control)
         .map_err(|e| InterfaceError::new(format!("running {}: {e}", task.id)))?;
     let (found, missing) = collect_outputs(&workdir, &spec.outputs);

@@ -180,6 +180,34 @@ pub struct TaskSpec {
     pub outputs: Vec<String>,
     /// How redundant results are compared (BOINC).
     pub comparison: Comparison,
+    /// How the program's stdout becomes the result (default: it is JSON).
+    pub stdout: StdoutMode,
+}
+
+/// How a task's stdout becomes its result value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StdoutMode {
+    /// The stdout is one JSON value (empty stdout is `null`); anything else fails the task.
+    #[default]
+    Json,
+    /// The stdout is text: the result is a JSON string holding it (lossy UTF-8).
+    Text,
+    /// The stdout is kept as the file `stdout` among the task's output files, and the
+    /// result is that file's path (a JSON string). Needs a results directory.
+    File,
+}
+
+impl StdoutMode {
+    /// Parses `json`, `text` or `file`.
+    pub fn parse(s: &str) -> Option<StdoutMode> {
+        Some(match s {
+            "json" => StdoutMode::Json,
+            "text" => StdoutMode::Text,
+            "file" => StdoutMode::File,
+            _ => return None,
+        })
+    }
 }
 
 impl TaskSpec {
@@ -194,6 +222,7 @@ impl TaskSpec {
             timeout: None,
             outputs: Vec::new(),
             comparison: Comparison::default(),
+            stdout: StdoutMode::Json,
         }
     }
 }

@@ -7,12 +7,14 @@
 //! scheduler thread and interface.
 //!
 //! This module never knows which platform it drives, and never touches files except through
-//! the optional journal.
+//! the optional journal, the optional task-log directory ([`crate::task_logs`]) and, for
+//! [`crate::StdoutMode::File`], the task's results directory.
 
 mod outcome;
 mod scheduler;
 
 pub use outcome::{parse_stdout, MwError, TaskOutput, TaskTimes};
+pub use scheduler::STDOUT_FILE;
 use scheduler::{
     completion, decode, finish_durably, prepare, scheduler_loop, take_outcome, take_result,
 };
@@ -40,6 +42,86 @@ pub struct MasterOptions {
     pub results_dir: Option<PathBuf>,
     /// Where interfaces stage bundles; default: a temp dir owned by the master.
     pub staging_dir: Option<PathBuf>,
+    /// Where each attempt's stdout and stderr are kept (see [`crate::task_logs`]); none:
+    /// not kept.
+    pub logs_dir: Option<PathBuf>,
+    /// Delay before the first retry of a failed task; each further retry of the same task
+    /// waits twice as long as the one before, up to [`RETRY_BACKOFF_MAX`]. Zero (the
+    /// default): retry at once.
+    pub retry_backoff: Duration,
+    /// Which failures are retried; empty (the default): every failure except a cancel.
+    pub retry_on: Vec<RetryOn>,
+}
+
+/// The longest wait between two attempts of a task.
+pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(600);
+
+/// A kind of failure worth another attempt (see [`MasterOptions::retry_on`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOn {
+    /// The program exited with this status.
+    ExitCode(i32),
+    /// Any non-zero exit status.
+    AnyExit,
+    /// The program was killed by a signal (not by mw).
+    Signal,
+    /// The task ran past its timeout.
+    Timeout,
+    /// The platform could not run it (could not start, lost worker, interface error).
+    Interface,
+    /// It exited 0 but its stdout or declared outputs were unusable.
+    BadOutput,
+}
+
+impl RetryOn {
+    /// True when `error` is a failure of this kind.
+    pub fn matches(self, error: &MwError) -> bool {
+        use mw_bundle::ExitInfo;
+        match (self, error) {
+            (RetryOn::ExitCode(c), MwError::TaskFailed { exit, .. }) => {
+                matches!(exit, ExitInfo::Exited { code } if *code == c)
+            }
+            (RetryOn::AnyExit, MwError::TaskFailed { exit, .. }) => {
+                matches!(exit, ExitInfo::Exited { .. })
+            }
+            (RetryOn::Signal, MwError::TaskFailed { exit, .. }) => {
+                matches!(exit, ExitInfo::Signaled { .. })
+            }
+            (RetryOn::Timeout, MwError::TaskFailed { exit, .. }) => {
+                matches!(exit, ExitInfo::TimedOut { .. })
+            }
+            (RetryOn::Interface, MwError::TaskFailed { exit, .. }) => {
+                matches!(exit, ExitInfo::SpawnFailed { .. })
+            }
+            (RetryOn::Interface, MwError::Interface { .. }) => true,
+            (RetryOn::BadOutput, MwError::BadOutput { .. } | MwError::MissingOutput { .. }) => {
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl MasterOptions {
+    /// Whether `error` (of an attempt that was not cancelled) is worth another attempt
+    /// under [`retry_on`](Self::retry_on) (retries left are checked separately).
+    pub fn retryable(&self, error: &MwError) -> bool {
+        if matches!(error, MwError::Cancelled(_)) {
+            return false;
+        }
+        self.retry_on.is_empty() || self.retry_on.iter().any(|r| r.matches(error))
+    }
+
+    /// The wait before attempt `next_attempt` (2 for the first retry).
+    pub fn backoff_before(&self, next_attempt: u32) -> Duration {
+        if self.retry_backoff.is_zero() {
+            return Duration::ZERO;
+        }
+        let doublings = next_attempt.saturating_sub(2).min(20);
+        self.retry_backoff
+            .saturating_mul(1u32 << doublings)
+            .min(RETRY_BACKOFF_MAX)
+    }
 }
 
 impl Default for MasterOptions {
@@ -49,6 +131,9 @@ impl Default for MasterOptions {
             job_name: "mw".into(),
             results_dir: None,
             staging_dir: None,
+            logs_dir: None,
+            retry_backoff: Duration::ZERO,
+            retry_on: Vec::new(),
         }
     }
 }
@@ -82,6 +167,10 @@ pub struct MasterStatus {
     pub cancelled: usize,
     /// Finished results not yet collected.
     pub uncollected: usize,
+    /// Queued tasks waiting out a retry backoff (counted in `queued` too).
+    pub backing_off: usize,
+    /// Attempts that failed and were retried so far (by this master).
+    pub retried: usize,
     /// Interface name.
     pub interface: String,
     /// Interface key/values.
@@ -105,11 +194,17 @@ pub(crate) struct TaskRecord {
     pub(crate) cancel_requested: bool,
     /// Final and (with a journal) committed: may be handed out.
     pub(crate) durable: bool,
+    /// Attempts made before this master took the task over (resume, `mw retry`): the
+    /// retry budget counts from here.
+    pub(crate) attempts_before: u32,
 }
 
 struct State {
     tasks: Vec<TaskRecord>,
     queue: VecDeque<TaskId>,
+    /// Queued tasks waiting out a retry backoff, with when they may run again.
+    delayed: Vec<(std::time::Instant, TaskId)>,
+    retried: usize,
     finished: VecDeque<TaskId>,
     counts: [usize; 5],
     shutting_down: bool,
@@ -210,6 +305,8 @@ impl Master {
         let mut state = State {
             tasks: Vec::new(),
             queue: VecDeque::new(),
+            delayed: Vec::new(),
+            retried: 0,
             finished: VecDeque::new(),
             counts: [0; 5],
             shutting_down: false,
@@ -279,6 +376,7 @@ impl Master {
                 collected: false,
                 cancel_requested: false,
                 durable: false,
+                attempts_before: 0,
             });
             st.counts[TaskState::Queued as usize] += 1;
             st.queue.push_back(id);
@@ -415,6 +513,8 @@ impl Master {
             failed: st.counts[TaskState::Failed as usize],
             cancelled: st.counts[TaskState::Cancelled as usize],
             uncollected,
+            backing_off: st.delayed.len(),
+            retried: st.retried,
             ..MasterStatus::default()
         }
     }
@@ -441,7 +541,9 @@ impl Master {
                 rec.cancel_requested = true;
                 rec.outcome = Some(Err(MwError::Cancelled(task)));
                 rec.times.finished = Some(SystemTime::now());
+                rec.times.attempts = rec.attempts;
                 st.queue.retain(|t| *t != task);
+                st.delayed.retain(|(_, t)| *t != task);
                 st.set_state(task, TaskState::Cancelled);
                 finish_durably(&self.inner, st, task);
             }
@@ -496,7 +598,7 @@ impl Master {
                 let rec = &mut st.tasks[id.0 as usize];
                 Arc::new(prepare(&self.inner, id, rec))
             };
-            let done = completion(&self.inner, id);
+            let done = completion(&self.inner, &prepared);
             if let Some(done) = self.inner.interface.reattach(prepared, &handle, done) {
                 // Could not re-attach: queue the task again.
                 done.abandon();
