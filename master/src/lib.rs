@@ -47,5 +47,5 @@ pub use multicore::Multicore;
 pub use mw_bundle::{Comparison, ExitInfo};
 pub use task::{
     Execution, InterfaceError, PreparedTask, Program, ProgramError, StdoutMode, TaskId, TaskSpec,
-    WorkerId,
+    ToProgram, WorkerId,
 };

@@ -36,6 +36,45 @@ pub struct Program {
     bundle: Mutex<Option<ProgramBundle>>,
 }
 
+impl Clone for Program {
+    /// A copy with the same executable, arguments and files (and the bundle already packed,
+    /// if any; the copies then pack separately).
+    fn clone(&self) -> Self {
+        Program {
+            executable: self.executable.clone(),
+            base_args: self.base_args.clone(),
+            files: self.files.clone(),
+            bundle: Mutex::new(self.bundle.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+        }
+    }
+}
+
+/// Anything [`Master::submit`](crate::Master::submit) and [`Master::map`](crate::Master::map)
+/// take as a program: a `&Program` (copied once per call), or an `Arc<Program>` (shared, so
+/// a remote platform packs its bundle once for every task).
+pub trait ToProgram {
+    /// The program as the task spec holds it.
+    fn to_program(self) -> Arc<Program>;
+}
+
+impl ToProgram for &Program {
+    fn to_program(self) -> Arc<Program> {
+        Arc::new(self.clone())
+    }
+}
+
+impl ToProgram for Arc<Program> {
+    fn to_program(self) -> Arc<Program> {
+        self
+    }
+}
+
+impl ToProgram for &Arc<Program> {
+    fn to_program(self) -> Arc<Program> {
+        self.clone()
+    }
+}
+
 /// A program packed as a content-addressed bundle.
 #[derive(Debug, Clone)]
 pub struct ProgramBundle {

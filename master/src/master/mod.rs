@@ -21,8 +21,9 @@ use scheduler::{
 
 use crate::interface::{HandleSink, Interface};
 use crate::journal::Journal;
-use crate::task::{TaskId, TaskSpec};
+use crate::task::{TaskId, TaskSpec, ToProgram};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -351,6 +352,70 @@ impl Master {
     /// Submits a task; returns at once with its id.
     pub fn submit_task(&self, spec: TaskSpec) -> Result<TaskId, MwError> {
         Ok(self.submit_many(vec![spec])?[0])
+    }
+
+    /// Submits `program` with `input` (anything serialisable as JSON); returns at once with
+    /// the task's id. `program` is a `&Program` or an `Arc<Program>` ([`ToProgram`]).
+    ///
+    /// ```
+    /// use mw::{Master, Multicore, Program};
+    /// let master = Master::new(Multicore::new(2))?;
+    /// // `cat` echoes its input: any program honouring the task contract will do.
+    /// let cat = Program::new("/bin/cat")?;
+    /// let t = master.submit(&cat, &[1, 2, 3])?;
+    /// let (_, echoed): (_, Vec<u32>) = master.get_result(Some(t))?;
+    /// assert_eq!(echoed, [1, 2, 3]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn submit<T: Serialize + ?Sized>(
+        &self,
+        program: impl ToProgram,
+        input: &T,
+    ) -> Result<TaskId, MwError> {
+        let input = serde_json::to_value(input).map_err(|e| MwError::BadInput(e.to_string()))?;
+        self.submit_task(TaskSpec::new(program.to_program(), input))
+    }
+
+    /// Runs `program` once per input and returns the results in input order (like Python's
+    /// `Executor.map`), each decoded as `R`. The first failure, in input order, is returned
+    /// as the error and the tasks still unfinished are cancelled.
+    ///
+    /// ```
+    /// use mw::{Master, Multicore, Program};
+    /// let master = Master::new(Multicore::new(2))?;
+    /// let cat = Program::new("/bin/cat")?;
+    /// let squares: Vec<u64> = master.map(&cat, (1..=5u64).map(|i| i * i))?;
+    /// assert_eq!(squares, [1, 4, 9, 16, 25]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn map<T: Serialize, R: DeserializeOwned>(
+        &self,
+        program: impl ToProgram,
+        inputs: impl IntoIterator<Item = T>,
+    ) -> Result<Vec<R>, MwError> {
+        let program = program.to_program();
+        let specs = inputs
+            .into_iter()
+            .map(|i| {
+                serde_json::to_value(&i)
+                    .map(|v| TaskSpec::new(program.clone(), v))
+                    .map_err(|e| MwError::BadInput(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids = self.submit_many(specs)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (k, id) in ids.iter().enumerate() {
+            match self.get_result::<R>(Some(*id)) {
+                Ok((_, r)) => out.push(r),
+                Err(e) => {
+                    for later in &ids[k + 1..] {
+                        let _ = self.cancel(*later);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Submits many tasks under one lock (and one journal transaction).

@@ -119,6 +119,10 @@ pub enum MwError {
     /// The journal failed.
     #[error("journal: {0}")]
     Journal(String),
+    /// An input given to [`crate::Master::submit`] or [`crate::Master::map`] cannot be
+    /// serialised as JSON.
+    #[error("input cannot be serialised as JSON: {0}")]
+    BadInput(String),
 }
 
 /// ` (SIGSEGV)` etc. for an exit by a signal, so the error names it.
@@ -161,7 +165,7 @@ impl MwError {
             MwError::Cancelled(t) | MwError::UnknownTask(t) | MwError::AlreadyCollected(t) => {
                 Some(*t)
             }
-            MwError::NothingPending | MwError::Journal(_) => None,
+            MwError::NothingPending | MwError::Journal(_) | MwError::BadInput(_) => None,
         }
     }
 }
