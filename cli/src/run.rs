@@ -203,13 +203,21 @@ fn mpi_interface() -> anyhow::Result<Arc<dyn Interface>> {
 }
 
 fn master_options(job: &Job, id: &str, job_dir: Option<&Path>) -> MasterOptions {
+    // Checked when the job file was parsed.
+    let (retry_backoff, retry_on) = job.retry_policy().unwrap_or_default();
     MasterOptions {
         retries: job.file.retries.unwrap_or(0),
         job_name: id.to_string(),
         results_dir: job_dir.map(|d| d.join("results")),
         staging_dir: job_dir.map(|d| d.join("staging")),
+        logs_dir: job_dir.map(|d| d.join(LOGS_DIR)),
+        retry_backoff,
+        retry_on,
     }
 }
+
+/// Where a job directory keeps each attempt's stdout and stderr (`mw logs`).
+pub(crate) const LOGS_DIR: &str = "logs";
 
 fn now_unix() -> f64 {
     SystemTime::now()
