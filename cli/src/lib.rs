@@ -2,10 +2,12 @@
 //!
 //! The binaries (`src/main.rs`, `src/bin/mw-condor.rs`) only call into this crate; everything
 //! here is plain functions over the `mw` library. This crate is the only one that knows about
-//! terminals, exit codes, job files and the result-line format. Exit codes: 0 every task succeeded; 1 some task failed or was cancelled;
-//! 2 bad usage, bad job file or a setup problem.
+//! terminals, exit codes, job files and the result-line format. Exit codes: 0 every task
+//! succeeded; 1 some task failed or was cancelled; 2 bad usage, bad job file or a setup
+//! problem; 3 `mw wait --timeout` passed first.
 
 pub mod job;
+mod extras;
 mod jobs;
 mod output;
 pub mod platforms;
@@ -23,6 +25,8 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_TASKS_FAILED: i32 = 1;
 /// Exit code for usage, job-file and setup errors.
 pub const EXIT_USAGE: i32 = 2;
+/// Exit code of `mw wait --timeout` when the time passed before every task had an outcome.
+pub const EXIT_TIMEOUT: i32 = 3;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -54,14 +58,22 @@ pub(crate) enum Command {
     Status(jobs::StatusArgs),
     /// Print a job's results (JSON lines or CSV), in task order.
     Results(jobs::ResultsArgs),
+    /// Print one task's kept stdout and stderr (last attempt, or --attempt N).
+    Logs(jobs::LogsArgs),
     /// Wait until every task of a job has an outcome; exit 0 only if all succeeded.
     Wait(jobs::WaitArgs),
     /// Cancel a job's unfinished tasks, or one task.
     Cancel(jobs::CancelArgs),
     /// Restart the master of a job whose master died; done results are kept.
     Resume(run::ResumeArgs),
-    /// Write an HTML or SVG report: timeline of tasks per worker, histogram of run times.
+    /// Run a finished job's failed (and cancelled) tasks again; done results are kept.
+    Retry(run::RetryArgs),
+    /// Write an HTML or SVG report: timeline, throughput, utilisation, run times, failures.
     Report(jobs::ReportArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(extras::CompletionsArgs),
+    /// Write man pages for mw and each of its commands into a directory.
+    Man(extras::ManArgs),
 }
 
 const RUN_HELP: &str = "\
@@ -121,23 +133,54 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     let quiet = cli.quiet;
+    // Commands that only print: a reader that stops early (`| head`) ends them quietly.
+    let prints_only = matches!(
+        cli.command,
+        Command::Results(_)
+            | Command::Status(_)
+            | Command::Logs(_)
+            | Command::Completions(_)
+    );
     let result = match cli.command {
         Command::Run(args) => run::run(args, quiet),
         Command::Submit(args) => run::submit(args),
         Command::Status(args) => jobs::status(args),
         Command::Results(args) => jobs::results(args),
-        Command::Wait(args) => jobs::wait(args),
+        Command::Logs(args) => jobs::logs(args),
+        Command::Wait(args) => jobs::wait(args, quiet),
         Command::Cancel(args) => jobs::cancel(args),
         Command::Resume(args) => run::resume(args, quiet),
+        Command::Retry(args) => run::retry(args, quiet),
         Command::Report(args) => jobs::report(args),
+        Command::Completions(args) => extras::completions(args),
+        Command::Man(args) => extras::man(args),
     };
     match result {
         Ok(code) => code,
+        Err(e) if prints_only && is_broken_pipe(&e) => EXIT_OK,
         Err(e) => {
             eprintln!("mw: error: {e:#}");
             EXIT_USAGE
         }
     }
+}
+
+/// True when the error comes from writing to a pipe whose reader has gone.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<csv::Error>().is_some_and(|ce| {
+                matches!(ce.kind(), csv::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe)
+            })
+            || c.downcast_ref::<serde_json::Error>()
+                .is_some_and(|je| je.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
+    })
+}
+
+/// The `mw` command definition (for completions and man pages).
+pub(crate) fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// The environment variable that sets log filters (env_logger syntax, e.g. `mw=debug`).

@@ -296,6 +296,20 @@ impl Journal {
             ],
         )
         .map_err(|e| jerr(&path, "recording the master", e))?;
+        let unfinished = tasks.iter().filter(|t| !t.state.is_final()).count();
+        if unfinished > 0 {
+            conn.execute(
+            "INSERT INTO events (at, task, kind, detail) VALUES (?1, NULL, 'resumed', ?2)",
+            params![
+                now_unix(),
+                format!(
+                    "master pid {} took over with {unfinished} unfinished tasks",
+                    std::process::id()
+                )
+            ],
+        )
+        .map_err(|e| jerr(&path, "recording the master", e))?;
+        }
         Ok((Self::start(path, conn)?, meta, tasks))
     }
 

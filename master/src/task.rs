@@ -230,7 +230,8 @@ pub enum StdoutMode {
     /// The stdout is one JSON value (empty stdout is `null`); anything else fails the task.
     #[default]
     Json,
-    /// The stdout is text: the result is a JSON string holding it (lossy UTF-8).
+    /// The stdout is text: the result is a JSON string holding it (lossy UTF-8, without
+    /// its trailing newlines).
     Text,
     /// The stdout is kept as the file `stdout` among the task's output files, and the
     /// result is that file's path (a JSON string). Needs a results directory.

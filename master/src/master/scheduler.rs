@@ -234,8 +234,11 @@ fn release_due(st: &mut State) -> Option<std::time::Instant> {
 fn success_value(mode: StdoutMode, exec: &Execution) -> Result<serde_json::Value, String> {
     match mode {
         StdoutMode::Json => parse_stdout(&exec.stdout),
+        // Like the shell's `$(…)`: the text without its trailing newlines.
         StdoutMode::Text => Ok(serde_json::Value::String(
-            String::from_utf8_lossy(&exec.stdout).into_owned(),
+            String::from_utf8_lossy(&exec.stdout)
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
         )),
         StdoutMode::File => Ok(exec
             .output_files
