@@ -397,9 +397,13 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
                         human_age(r.age_secs),
                     ]);
                 }
-                for i in 4..11 {
+                for i in 0..11 {
                     if let Some(c) = t.column_mut(i) {
-                        c.set_cell_alignment(comfy_table::CellAlignment::Right);
+                        // Flush left, two spaces between columns, counts right-aligned.
+                        c.set_padding((0, 2));
+                        if i >= 4 {
+                            c.set_cell_alignment(comfy_table::CellAlignment::Right);
+                        }
                     }
                 }
                 if rows.is_empty() {

@@ -81,30 +81,39 @@ Run a job file: submit every task, show progress, wait, and write the results.
 
 A job file (TOML) says what to run and on what. Top-level keys come before any [table]:
 
-    name = \"monte-pi\"               # optional; default: the job file's directory name
+    name = \"monte-pi\"               # optional; default: the job file's name without .toml
+                                    #   (its directory's name when the file is job.toml)
     interface = \"multicore\"         # multicore (default) | mpi | condor | boinc
     workers = 4                     # multicore slots (default: number of cores)
     timeout = 60.0                  # seconds per task (optional)
     retries = 1                     # extra attempts after a failure (default 0)
+    retry_backoff = 2.0             # seconds before a retry, doubled each time (default 0)
+    retry_on = [75, \"timeout\"]      # retry only these: exit codes, \"exit\" (any), \"signal\",
+                                    #   \"timeout\", \"interface\", \"output\" (default: all)
     args = [\"--seed\", \"{{ input.seed }}\"]   # per-task templates (tera) over
     env = { TASK = \"{{ index }}\" }          #   `input`, `index` and `job`
-    outputs = [\"out-{{ index }}.txt\"]       # files each task writes that are kept
+    outputs = [\"out-{{ index }}.txt\"]       # files each task must write; kept
     input_files = [\"data/{{ index }}.csv\"]  # files copied into each task's directory
 
     [program]
     path = \"bin/pi-task\"            # an executable, relative to the job file
     # command = [\"python3\", \"task.py\"]   # or: interpreter on PATH + base arguments
     files = [\"task.py\"]             # extra files the program needs
+    stdout = \"json\"                 # json: stdout is the result JSON (default);
+                                    # text: the result is stdout as a string;
+                                    # file: stdout kept as the output file `stdout`
 
     [inputs]                        # exactly one of:
     list = [ {seed = 1}, {seed = 2} ]                # inline inputs
     # file = \"inputs.jsonl\"                          # one JSON value per line
-    # sweep = { seed = {start = 0, end = 16}, n = [1000] }  # cartesian product
+    # sweep = { seed = {start = 0, end = 16, step = 1}, n = [1000, 0.5] }
+    #   a sweep is the cartesian product of its parameters; each is a list of values or an
+    #   integer range whose `end` is exclusive (`step` defaults to 1; list float values)
 
     [reduce]                        # optional: gets every result as JSON lines on stdin,
     path = \"bin/pi-reduce\"          # in task order; its stdout is printed
 
-    [condor]                        # interface = \"condor\"
+    [condor]                        # interface = \"condor\" (needs condor_submit on PATH)
     request_cpus = 1                # also request_memory, request_disk (\"2GB\" or MB)
     requirements = 'OpSys == \"LINUX\"'
     batch_window_secs = 0.5         # tasks arriving within the window share one cluster
@@ -118,13 +127,16 @@ A job file (TOML) says what to run and on what. Top-level keys come before any [
     deadline_secs = 604800          # batch_size: workunits per create_work call
 
 The task contract: each task runs in a fresh directory, gets its input JSON on stdin, prints
-its result JSON on stdout, and exits 0 on success.
+its result on stdout (JSON, unless [program] stdout says otherwise), and exits 0 on success;
+a declared output it did not write fails it. Its stdout and stderr are kept under
+<job dir>/logs/ (capped at 1 MiB each): `mw logs JOB TASK`.
 
-Results are JSON lines in task order: task index, input, output, exit, times, host. They go
-to stdout, or to --output FILE; when the job has a reduce program they go to
-<job dir>/results.jsonl unless --output is given. Declared output files are kept under
-<job dir>/results/task-<N>/. The job directory is <jobs dir>/<name>-<N>/ (see --jobs-dir),
-holding the journal: `mw status`, `mw results`, `mw resume` work on it.
+Results are JSON lines in task order: task index, input, output, exit, attempts, times
+(RFC 3339), host. They go to stdout, or to --output FILE; when the job has a reduce program
+they go to <job dir>/results.jsonl unless --output is given. Declared output files are kept
+under <job dir>/results/task-<N>/. The job directory is <jobs dir>/<name>-<N>/ (see
+--jobs-dir), holding the journal: `mw status`, `mw results`, `mw retry`, `mw resume` work
+on it. The run ends with a summary line and the first failures.
 
 Exit status: 0 every task succeeded, 1 some task failed, 2 bad usage or job file.";
 
