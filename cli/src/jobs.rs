@@ -288,8 +288,13 @@ fn terminal_width() -> Option<u16> {
     if !std::io::stdout().is_terminal() {
         return None;
     }
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCGWINSZ only fills the winsize struct we pass, which lives on our stack.
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) };
     if rc == 0 && ws.ws_col > 0 {
         Some(ws.ws_col)
@@ -371,7 +376,11 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
             }
             rows.retain(|r| {
                 let state_ok = args.state.map(|f| f.matches(&r.state)).unwrap_or(true);
-                let name_ok = args.name.as_deref().map(|n| r.name.contains(n)).unwrap_or(true);
+                let name_ok = args
+                    .name
+                    .as_deref()
+                    .map(|n| r.name.contains(n))
+                    .unwrap_or(true);
                 state_ok && name_ok
             });
             if args.json {
@@ -379,8 +388,17 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
                 writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
             } else {
                 let mut t = table(&[
-                    "ID", "NAME", "INTERFACE", "STATE", "TASKS", "QUEUED", "RUNNING", "DONE",
-                    "FAILED", "CANCELLED", "AGE",
+                    "ID",
+                    "NAME",
+                    "INTERFACE",
+                    "STATE",
+                    "TASKS",
+                    "QUEUED",
+                    "RUNNING",
+                    "DONE",
+                    "FAILED",
+                    "CANCELLED",
+                    "AGE",
                 ]);
                 for r in &rows {
                     t.add_row(vec![
@@ -407,7 +425,16 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
                     }
                 }
                 if rows.is_empty() {
-                    writeln!(out, "(no jobs under {}{})", root.display(), if args.state.is_some() || args.name.is_some() { " that match" } else { "" })?;
+                    writeln!(
+                        out,
+                        "(no jobs under {}{})",
+                        root.display(),
+                        if args.state.is_some() || args.name.is_some() {
+                            " that match"
+                        } else {
+                            ""
+                        }
+                    )?;
                 } else {
                     writeln!(out, "{t}")?;
                 }
@@ -586,7 +613,7 @@ pub(crate) fn wait(args: WaitArgs, quiet: bool) -> anyhow::Result<i32> {
     let dir = find_job_dir(&args.job, args.jobs_dir.as_deref())?;
     let path = dir.join(JOURNAL_FILE);
     let deadline = match args.timeout {
-        Some(t) if t.is_finite() && t >= 0.0 && t < 1e9 => {
+        Some(t) if (0.0..1e9).contains(&t) => {
             Some(std::time::Instant::now() + Duration::from_secs_f64(t))
         }
         Some(_) => bail!("--timeout must be a number of seconds, 0 or more"),
@@ -602,7 +629,10 @@ pub(crate) fn wait(args: WaitArgs, quiet: bool) -> anyhow::Result<i32> {
         if unfinished == 0 && live_master_pid(&dir)?.is_none() {
             let bad = tasks.iter().filter(|t| t.state != TaskState::Done).count();
             if bad > 0 {
-                let failed = tasks.iter().filter(|t| t.state == TaskState::Failed).count();
+                let failed = tasks
+                    .iter()
+                    .filter(|t| t.state == TaskState::Failed)
+                    .count();
                 eprintln!(
                     "mw: {} of {} tasks did not succeed ({failed} failed, {} cancelled); \
                      see `mw results {} --failed`",
@@ -729,4 +759,3 @@ pub(crate) fn report(args: ReportArgs) -> anyhow::Result<i32> {
     println!("{}", out.display());
     Ok(EXIT_OK)
 }
-

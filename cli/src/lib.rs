@@ -6,8 +6,8 @@
 //! succeeded; 1 some task failed or was cancelled; 2 bad usage, bad job file or a setup
 //! problem; 3 `mw wait --timeout` passed first.
 
-pub mod job;
 mod extras;
+pub mod job;
 mod jobs;
 mod output;
 pub mod platforms;
@@ -148,10 +148,7 @@ pub fn main() -> i32 {
     // Commands that only print: a reader that stops early (`| head`) ends them quietly.
     let prints_only = matches!(
         cli.command,
-        Command::Results(_)
-            | Command::Status(_)
-            | Command::Logs(_)
-            | Command::Completions(_)
+        Command::Results(_) | Command::Status(_) | Command::Logs(_) | Command::Completions(_)
     );
     let result = match cli.command {
         Command::Run(args) => run::run(args, quiet),

@@ -293,7 +293,11 @@ pub(crate) fn print_summary(
         "mw: {} tasks: {}, {}, {} in {:.1} s ({:.1} tasks/s)",
         done + failed + cancelled,
         paint(colour && done > 0, Paint::Green, &format!("{done} done")),
-        paint(colour && failed > 0, Paint::Red, &format!("{failed} failed")),
+        paint(
+            colour && failed > 0,
+            Paint::Red,
+            &format!("{failed} failed")
+        ),
         paint(
             colour && cancelled > 0,
             Paint::Yellow,
@@ -341,7 +345,11 @@ pub(crate) fn failure_reason(error: &str) -> String {
         .unwrap_or(first);
     match first.strip_suffix("; stderr tail:") {
         Some(head) => {
-            let last = lines.rev().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+            let last = lines
+                .rev()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("");
             format!("{head}: {last}")
         }
         None => first.to_string(),
@@ -367,9 +375,9 @@ impl Progress {
         let bar = if !quiet && std::io::stderr().is_terminal() {
             let b = indicatif::ProgressBar::new(total);
             // The ETA is ours (in the message): none before a task has finished.
-            if let Ok(style) =
-                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}]")
-            {
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} {msg} [{elapsed_precise}]",
+            ) {
                 b.set_style(style);
             }
             Some(b)
@@ -497,8 +505,16 @@ mod tests {
             output_files: vec![],
         };
         let lines = vec![
-            mk(0, serde_json::json!({"seed": 1, "p": {"n": 2}}), serde_json::json!({"pi": 3.1})),
-            mk(1, serde_json::json!({"seed": 2}), serde_json::json!("a, \"b\"")),
+            mk(
+                0,
+                serde_json::json!({"seed": 1, "p": {"n": 2}}),
+                serde_json::json!({"pi": 3.1}),
+            ),
+            mk(
+                1,
+                serde_json::json!({"seed": 2}),
+                serde_json::json!("a, \"b\""),
+            ),
         ];
         let mut buf = Vec::new();
         write_csv(&mut buf, &lines).unwrap();

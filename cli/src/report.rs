@@ -267,11 +267,7 @@ pub(crate) fn render_svg(d: &ReportData<'_>) -> String {
                 r#"<rect x="{x:.1}" y="35" width="10" height="10" fill="{c}"/>"#
             );
         }
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="44">{label}</text>"#,
-            x + 14.0
-        );
+        let _ = writeln!(s, r#"<text x="{:.1}" y="44">{label}</text>"#, x + 14.0);
         x += 24.0 + label.len() as f64 * 6.2;
     }
 
@@ -335,7 +331,11 @@ pub(crate) fn render_svg(d: &ReportData<'_>) -> String {
     for t in &timed {
         if let Some(f) = ok(&t.finished) {
             let b = (((f - t0) / span) * bins as f64).floor();
-            let b = if b.is_finite() && b >= 0.0 { b as usize } else { 0 };
+            let b = if b.is_finite() && b >= 0.0 {
+                b as usize
+            } else {
+                0
+            };
             finished_per_bin[b.min(bins - 1)] += 1;
         }
     }
@@ -364,7 +364,14 @@ pub(crate) fn render_svg(d: &ReportData<'_>) -> String {
             (i + 1) as f64 * bin_w
         );
     }
-    y_axis(&mut s, thr_top + CHART_H, CHART_H, rate_max, "tasks/s", false);
+    y_axis(
+        &mut s,
+        thr_top + CHART_H,
+        CHART_H,
+        rate_max,
+        "tasks/s",
+        false,
+    );
     x_axis(&mut s, thr_top + CHART_H, span, " s");
 
     // Slot utilisation: share of the slots busy, sampled.
@@ -430,7 +437,14 @@ pub(crate) fn render_svg(d: &ReportData<'_>) -> String {
             wmax * (i + 1) as f64 / hbins as f64
         );
     }
-    y_axis(&mut s, hist_top + CHART_H, CHART_H, cmax as f64, "tasks", true);
+    y_axis(
+        &mut s,
+        hist_top + CHART_H,
+        CHART_H,
+        cmax as f64,
+        "tasks",
+        true,
+    );
     x_axis(&mut s, hist_top + CHART_H, wmax, " s");
     s.push_str("</svg>\n");
     s

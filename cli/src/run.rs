@@ -730,13 +730,18 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
     for t in &stored {
         tally.add_stored(t);
     }
-    drive(&master, Some(&journal), &mut progress, |task, outcome, _| {
-        if outcome.is_err() {
-            failed += 1;
-        }
-        tally.add(task.0, &outcome);
-        Ok(())
-    })?;
+    drive(
+        &master,
+        Some(&journal),
+        &mut progress,
+        |task, outcome, _| {
+            if outcome.is_err() {
+                failed += 1;
+            }
+            tally.add(task.0, &outcome);
+            Ok(())
+        },
+    )?;
     drop(master);
     if !quiet || failed > 0 {
         tally.print(Some(&meta.id), progress.elapsed(), unfinished);

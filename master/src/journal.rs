@@ -299,16 +299,16 @@ impl Journal {
         let unfinished = tasks.iter().filter(|t| !t.state.is_final()).count();
         if unfinished > 0 {
             conn.execute(
-            "INSERT INTO events (at, task, kind, detail) VALUES (?1, NULL, 'resumed', ?2)",
-            params![
-                now_unix(),
-                format!(
-                    "master pid {} took over with {unfinished} unfinished tasks",
-                    std::process::id()
-                )
-            ],
-        )
-        .map_err(|e| jerr(&path, "recording the master", e))?;
+                "INSERT INTO events (at, task, kind, detail) VALUES (?1, NULL, 'resumed', ?2)",
+                params![
+                    now_unix(),
+                    format!(
+                        "master pid {} took over with {unfinished} unfinished tasks",
+                        std::process::id()
+                    )
+                ],
+            )
+            .map_err(|e| jerr(&path, "recording the master", e))?;
         }
         Ok((Self::start(path, conn)?, meta, tasks))
     }
@@ -821,7 +821,8 @@ pub fn read_task(
         return Ok(None);
     };
     // Small jobs and single look-ups: reuse the one row decoder of `read_tasks`.
-    let sql = "SELECT idx, input, state, attempts, handle, submitted, started, finished, wall, cpu, host,
+    let sql =
+        "SELECT idx, input, state, attempts, handle, submitted, started, finished, wall, cpu, host,
                output, exit, error, output_files FROM tasks WHERE idx = ?1";
     let mut stmt = conn
         .prepare(sql)
@@ -891,7 +892,9 @@ pub fn read_events(
         .query_map([], |r| {
             Ok(Event {
                 at: r.get(0)?,
-                task: r.get::<_, Option<i64>>(1)?.and_then(|t| u64::try_from(t).ok()),
+                task: r
+                    .get::<_, Option<i64>>(1)?
+                    .and_then(|t| u64::try_from(t).ok()),
                 kind: r.get(2)?,
                 detail: r.get(3)?,
             })
@@ -921,6 +924,10 @@ pub enum RetrySelection {
     Tasks(Vec<u64>),
 }
 
+/// What [`requeue_for_retry`] did: the tasks queued again, and the tasks asked for that
+/// could not be (with their state; `None`: no such task).
+pub type Requeued = (Vec<u64>, Vec<(u64, Option<TaskState>)>);
+
 /// Queues failed/cancelled tasks again for `mw retry`, in one transaction: their result
 /// columns are cleared, their attempt counts kept, and a `retry-requested` event is written
 /// for each. Done tasks are never touched. Returns the tasks queued, and the tasks of
@@ -930,12 +937,14 @@ pub fn requeue_for_retry(
     path: &Path,
     which: &RetrySelection,
     at: f64,
-) -> Result<(Vec<u64>, Vec<(u64, Option<TaskState>)>), JournalError> {
+) -> Result<Requeued, JournalError> {
     let err = |e: rusqlite::Error| jerr(path, "queueing tasks again", e);
     let tx = conn.transaction().map_err(err)?;
     let candidates: Vec<(i64, String)> = {
         let mut stmt = tx
-            .prepare("SELECT idx, state FROM tasks WHERE state IN ('failed','cancelled') ORDER BY idx")
+            .prepare(
+                "SELECT idx, state FROM tasks WHERE state IN ('failed','cancelled') ORDER BY idx",
+            )
             .map_err(err)?;
         let rows = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -961,9 +970,11 @@ pub fn requeue_for_retry(
                     }
                 } else {
                     let state: Option<String> = tx
-                        .query_row("SELECT state FROM tasks WHERE idx = ?1", params![idx], |r| {
-                            r.get(0)
-                        })
+                        .query_row(
+                            "SELECT state FROM tasks WHERE idx = ?1",
+                            params![idx],
+                            |r| r.get(0),
+                        )
                         .optional()
                         .map_err(err)?;
                     refused.push((t, state.and_then(|s| TaskState::parse(&s))));

@@ -44,7 +44,12 @@ impl Clone for Program {
             executable: self.executable.clone(),
             base_args: self.base_args.clone(),
             files: self.files.clone(),
-            bundle: Mutex::new(self.bundle.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            bundle: Mutex::new(
+                self.bundle
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            ),
         }
     }
 }

@@ -56,12 +56,20 @@ pub(crate) fn write(
         if stdout.len() > LOG_CAP_BYTES {
             bytes.extend_from_slice(CUT);
         }
-        put(&log_path(logs_dir, task, attempt, Stream::Stdout), &bytes, task);
+        put(
+            &log_path(logs_dir, task, attempt, Stream::Stdout),
+            &bytes,
+            task,
+        );
     }
     if !stderr.is_empty() {
         let b = stderr.as_bytes();
         let tail = &b[b.len().saturating_sub(LOG_CAP_BYTES)..];
-        put(&log_path(logs_dir, task, attempt, Stream::Stderr), tail, task);
+        put(
+            &log_path(logs_dir, task, attempt, Stream::Stderr),
+            tail,
+            task,
+        );
     }
 }
 

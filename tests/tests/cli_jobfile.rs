@@ -364,7 +364,8 @@ fn failing_task_exits_1_with_error_in_result_line() {
     assert!(err.contains("boom on one"), "{err}");
     // The end of the run says what happened, why, and where to look next.
     assert!(
-        o.stderr.contains("mw: 3 tasks: 2 done, 1 failed, 0 cancelled in "),
+        o.stderr
+            .contains("mw: 3 tasks: 2 done, 1 failed, 0 cancelled in "),
         "{}",
         o.stderr
     );
@@ -407,7 +408,8 @@ fn progress_is_plain_lines_when_not_a_tty() {
     }
     // The summary line stays.
     assert!(
-        o.stderr.contains("mw: 5 tasks: 5 done, 0 failed, 0 cancelled in "),
+        o.stderr
+            .contains("mw: 5 tasks: 5 done, 0 failed, 0 cancelled in "),
         "{}",
         o.stderr
     );

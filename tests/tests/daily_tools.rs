@@ -98,11 +98,9 @@ fn a_python_script_that_prints_text_runs_as_a_task_and_its_logs_are_kept() {
 
 /// The rows of the journal's `tasks` table as stored, column by column (byte-level).
 fn raw_rows(journal: &Path) -> Vec<(i64, Vec<rusqlite::types::Value>)> {
-    let conn = rusqlite::Connection::open_with_flags(
-        journal,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
+    let conn =
+        rusqlite::Connection::open_with_flags(journal, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
     let mut stmt = conn.prepare("SELECT * FROM tasks ORDER BY idx").unwrap();
     let n = stmt.column_count();
     let rows = stmt
@@ -171,7 +169,11 @@ fn retry_reruns_only_the_failed_tasks_and_leaves_the_good_rows_untouched() {
     // Nothing left to retry.
     let o = mw(d, &["retry", "flaky-1"]);
     assert_eq!(o.code, 0);
-    assert!(o.stderr.contains("no failed or cancelled tasks"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("no failed or cancelled tasks"),
+        "{}",
+        o.stderr
+    );
     assert_eq!(raw_rows(&journal), after);
     // The report shows the retries.
     let o = mw(d, &["report", "flaky-1"]);
@@ -225,7 +227,11 @@ fn retry_on_picks_the_failures_worth_retrying_and_backs_off() {
     .unwrap();
     let o = mw(d, &["run", "bad.toml"]);
     assert_eq!(o.code, 2);
-    assert!(o.stderr.contains("retry_on") && o.stderr.contains("sometimes"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("retry_on") && o.stderr.contains("sometimes"),
+        "{}",
+        o.stderr
+    );
 }
 
 #[test]
@@ -242,7 +248,12 @@ fn results_into_head_ends_quietly_with_exit_0() {
     .unwrap();
     let o = mw(d, &["run", "-q", "job.toml", "-o", "/dev/null"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    for args in ["results big-1", "results big-1 --format csv", "status", "logs big-1 3"] {
+    for args in [
+        "results big-1",
+        "results big-1 --format csv",
+        "status",
+        "logs big-1 3",
+    ] {
         let out = std::process::Command::new("bash")
             .arg("-c")
             .arg(format!(
@@ -326,7 +337,11 @@ fn status_filters_wait_timeout_and_a_missing_output_file() {
     assert!(ids(&["--state", "cancelled"]).is_empty());
     // A table, aligned, whose rows start with the job id.
     let o = mw(d, &["status", "--name", "lazy"]);
-    assert!(o.stdout.lines().nth(1).unwrap().starts_with("lazy-1 "), "{}", o.stdout);
+    assert!(
+        o.stdout.lines().nth(1).unwrap().starts_with("lazy-1 "),
+        "{}",
+        o.stdout
+    );
     std::fs::write(d.join("gate"), "").unwrap();
     let o = mw(d, &["wait", "gated-1", "--timeout", "120"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
@@ -355,7 +370,10 @@ fn a_condor_job_without_htcondor_stops_before_creating_anything() {
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
-        assert!(err.contains("condor_submit") && err.contains("--interface multicore"), "{err}");
+        assert!(
+            err.contains("condor_submit") && err.contains("--interface multicore"),
+            "{err}"
+        );
         assert!(!d.join("jobs").exists(), "mw {cmd} created a job directory");
     }
 }
@@ -393,8 +411,17 @@ fn job_file_mistakes_get_answers() {
     assert!(o.stderr.contains("program.stdout"), "{}", o.stderr);
     // The help documents the sweep step, the exclusive end and the default name rule.
     let o = mw(d, &["run", "--help"]);
-    for needle in ["step", "exclusive", "job.toml", "text: the result", "retry_on"] {
-        assert!(o.stdout.contains(needle), "`{needle}` missing from mw run --help");
+    for needle in [
+        "step",
+        "exclusive",
+        "job.toml",
+        "text: the result",
+        "retry_on",
+    ] {
+        assert!(
+            o.stdout.contains(needle),
+            "`{needle}` missing from mw run --help"
+        );
     }
 }
 
@@ -404,7 +431,11 @@ fn completions_and_man_pages() {
     let d = t.path();
     let o = mw(d, &["completions", "bash"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    assert!(o.stdout.contains("complete") && o.stdout.contains("_mw"), "{}", o.stdout);
+    assert!(
+        o.stdout.contains("complete") && o.stdout.contains("_mw"),
+        "{}",
+        o.stdout
+    );
     for sub in ["retry", "logs", "results", "status"] {
         assert!(o.stdout.contains(sub), "bash completion lacks {sub}");
     }
@@ -415,7 +446,11 @@ fn completions_and_man_pages() {
         .arg(&o.stdout)
         .output()
         .unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     for shell in ["zsh", "fish"] {
         let o = mw(d, &["completions", shell]);
         assert_eq!(o.code, 0, "{}", o.stderr);
@@ -426,7 +461,10 @@ fn completions_and_man_pages() {
     let page = std::fs::read_to_string(d.join("man/mw.1")).unwrap();
     assert!(page.contains(".TH mw 1"), "{page}");
     let run = std::fs::read_to_string(d.join("man/mw-run.1")).unwrap();
-    assert!(run.contains("exclusive"), "the run page carries the job-file help");
+    assert!(
+        run.contains("exclusive"),
+        "the run page carries the job-file help"
+    );
     assert!(d.join("man/mw-retry.1").is_file());
 }
 
@@ -436,7 +474,12 @@ fn png_colours(path: &Path, cap: usize) -> (u32, u32, usize) {
     let mut reader = decoder.read_info().unwrap();
     let mut buf = vec![0; reader.output_buffer_size()];
     let info = reader.next_frame(&mut buf).unwrap();
-    let px = info.color_type.samples() * if info.bit_depth == png::BitDepth::Sixteen { 2 } else { 1 };
+    let px = info.color_type.samples()
+        * if info.bit_depth == png::BitDepth::Sixteen {
+            2
+        } else {
+            1
+        };
     let mut seen = std::collections::HashSet::new();
     for p in buf[..info.buffer_size()].chunks(px) {
         seen.insert(p.to_vec());
@@ -515,5 +558,8 @@ fn the_report_renders_in_headless_chromium() {
     let (w, h, colours) = png_colours(&shot, 64);
     assert_eq!((w, h), (1200, 1000));
     // A blank page is one colour; the report's bars, text and axes give many.
-    assert!(colours > 8, "the screenshot has {colours} colour(s): not rendered");
+    assert!(
+        colours > 8,
+        "the screenshot has {colours} colour(s): not rendered"
+    );
 }

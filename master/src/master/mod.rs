@@ -95,9 +95,7 @@ impl RetryOn {
                 matches!(exit, ExitInfo::SpawnFailed { .. })
             }
             (RetryOn::Interface, MwError::Interface { .. }) => true,
-            (RetryOn::BadOutput, MwError::BadOutput { .. } | MwError::MissingOutput { .. }) => {
-                true
-            }
+            (RetryOn::BadOutput, MwError::BadOutput { .. } | MwError::MissingOutput { .. }) => true,
             _ => false,
         }
     }

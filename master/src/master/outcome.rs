@@ -87,7 +87,7 @@ pub enum MwError {
         reason: String,
     },
     /// The program exited 0 but did not write some of its declared output files.
-    #[error("{task} failed: the program exited 0 but did not write its declared output file(s) {} (attempt {attempts})", quoted(files))]
+    #[error("{task} failed: the program exited 0 but did not write its declared output file(s) {} as regular files (attempt {attempts})", quoted(files))]
     MissingOutput {
         /// Which task.
         task: TaskId,

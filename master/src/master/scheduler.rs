@@ -96,7 +96,14 @@ pub(super) fn completion(inner: &Arc<Inner>, task: &PreparedTask) -> Completion 
                 let keep_stdout = mode != StdoutMode::Json
                     || !exec.exit.success()
                     || parse_stdout(&exec.stdout).is_err();
-                crate::task_logs::write(dir, id, attempt, keep_stdout, &exec.stdout, &exec.stderr_tail);
+                crate::task_logs::write(
+                    dir,
+                    id,
+                    attempt,
+                    keep_stdout,
+                    &exec.stdout,
+                    &exec.stderr_tail,
+                );
             }
             if mode == StdoutMode::File && exec.exit.success() {
                 keep_stdout_file(id, output_dir.as_deref(), exec);
@@ -109,7 +116,8 @@ pub(super) fn completion(inner: &Arc<Inner>, task: &PreparedTask) -> Completion 
 /// [`StdoutMode::File`]: writes the stdout as `stdout` among the task's output files.
 fn keep_stdout_file(id: TaskId, output_dir: Option<&std::path::Path>, exec: &mut Execution) {
     let Some(dir) = output_dir else {
-        exec.missing_outputs.push("stdout (no results directory to keep it in)".into());
+        exec.missing_outputs
+            .push("stdout (no results directory to keep it in)".into());
         return;
     };
     let path = dir.join(STDOUT_FILE);
@@ -118,7 +126,8 @@ fn keep_stdout_file(id: TaskId, output_dir: Option<&std::path::Path>, exec: &mut
         Ok(()) => exec.output_files.push((STDOUT_FILE.to_string(), path)),
         Err(e) => {
             log::warn!("{id}: keeping stdout as {}: {e}", path.display());
-            exec.missing_outputs.push(format!("stdout ({}: {e})", path.display()));
+            exec.missing_outputs
+                .push(format!("stdout ({}: {e})", path.display()));
         }
     }
 }
@@ -332,7 +341,11 @@ pub(super) fn on_complete(
     };
     if retry {
         let delay = inner.options.backoff_before(attempts + 1);
-        let why = result.as_ref().err().map(|e| e.exit_text()).unwrap_or_default();
+        let why = result
+            .as_ref()
+            .err()
+            .map(|e| e.exit_text())
+            .unwrap_or_default();
         if let Err(e) = &result {
             log::info!("{id}: attempt {attempts} failed, retrying in {delay:?}: {e}");
         }
