@@ -355,6 +355,17 @@ impl Journal {
 
     /// Records tasks `first..` as submitted (queued), in one transaction, committed on return.
     pub fn record_submitted(&self, first: u64, specs: &[TaskSpec]) -> Result<(), JournalError> {
+        self.record_submitted_at(first, specs, now_unix())
+    }
+
+    /// [`record_submitted`](Self::record_submitted) with the submission time (Unix seconds)
+    /// the caller also keeps, so live and journaled times agree.
+    pub fn record_submitted_at(
+        &self,
+        first: u64,
+        specs: &[TaskSpec],
+        at: f64,
+    ) -> Result<(), JournalError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn
             .transaction()
@@ -365,7 +376,6 @@ impl Journal {
                     "INSERT OR IGNORE INTO tasks (idx, input, state, submitted) VALUES (?1, ?2, 'queued', ?3)",
                 )
                 .map_err(|e| jerr(&self.path, "recording tasks", e))?;
-            let at = now_unix();
             for (i, spec) in specs.iter().enumerate() {
                 let input = serde_json::to_string(&spec.input).unwrap_or_else(|_| "null".into());
                 stmt.execute(params![(first + i as u64) as i64, input, at])

@@ -129,6 +129,10 @@ fn status_results_report_and_resume_of_a_finished_job() {
             assert_eq!(a[k], b[k], "field {k}");
         }
     }
+    // The failed task reads the same live and from the journal, field for field (one
+    // conversion: exit text, host, attempts, error and times).
+    assert_eq!(from_run[1]["state"], "failed");
+    assert_eq!(from_journal[1], from_run[1]);
     assert_eq!(from_journal[2]["output"], serde_json::json!({"v": 2}));
     let o = mw(d, &["results", "fin-1", "--failed"]);
     let failed = jsonl(&o.stdout);

@@ -420,10 +420,11 @@ impl Master {
     pub fn submit_many(&self, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, MwError> {
         let mut st = self.inner.lock();
         let first = st.tasks.len() as u64;
-        if let Some(j) = &self.inner.journal {
-            j.record_submitted(first, &specs)?;
-        }
         let now = SystemTime::now();
+        if let Some(j) = &self.inner.journal {
+            let at = scheduler::unix_secs(Some(now)).unwrap_or(0.0);
+            j.record_submitted_at(first, &specs, at)?;
+        }
         let mut ids = Vec::with_capacity(specs.len());
         for spec in specs {
             let id = TaskId(st.tasks.len() as u64);
