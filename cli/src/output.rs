@@ -461,6 +461,9 @@ impl Progress {
 
 /// Seconds as `42s`, `3m20s`, `2h05m`.
 fn human_secs(s: f64) -> String {
+    if s.is_finite() && s > 0.0 && s < 1.0 {
+        return "<1s".into();
+    }
     let s = if s.is_finite() { s.max(0.0) as u64 } else { 0 };
     if s < 60 {
         format!("{s}s")
