@@ -34,6 +34,10 @@ pub struct ProgramSection {
     /// Extra files the program needs, relative to the job file.
     #[serde(default)]
     pub files: Vec<Spanned<String>>,
+    /// What the program prints: `json` (default: one JSON value, the result), `text` (the
+    /// result is the text as a JSON string) or `file` (kept as the output file `stdout`;
+    /// the result is its path).
+    pub stdout: Option<Spanned<String>>,
 }
 
 /// Sweep values: a list, or a range.
@@ -146,6 +150,11 @@ pub struct JobFile {
     pub timeout: Option<Spanned<f64>>,
     /// Extra attempts after a failure.
     pub retries: Option<u32>,
+    /// Seconds before the first retry; doubled for each further retry of a task.
+    pub retry_backoff: Option<Spanned<f64>>,
+    /// Which failures are retried: exit codes (integers), "exit" (any non-zero exit),
+    /// "signal", "timeout", "interface", "output"; default: every failure.
+    pub retry_on: Option<Spanned<Vec<toml::Value>>>,
     /// A program that gets every result (JSON lines, task order) on stdin.
     pub reduce: Option<Spanned<ProgramSection>>,
     /// HTCondor settings.
@@ -276,7 +285,11 @@ impl Job {
                     .unwrap_or_default(),
                 _ => String::new(),
             };
-            JobError(format!("{}:{loc}{field} {msg}", path.display()))
+            JobError(format!(
+                "{}:{loc}{field} {}",
+                path.display(),
+                explain_toml_error(msg)
+            ))
         })?;
         let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let base_dir = abs.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -291,7 +304,71 @@ impl Job {
         job.check_name()?;
         job.check_interface()?;
         job.check_limits()?;
+        job.stdout_mode()?;
+        job.retry_policy()?;
         Ok(job)
+    }
+
+    /// The program's stdout mode (`[program] stdout`).
+    pub fn stdout_mode(&self) -> Result<mw::StdoutMode, JobError> {
+        match &self.file.program.get_ref().stdout {
+            None => Ok(mw::StdoutMode::Json),
+            Some(s) => mw::StdoutMode::parse(s.get_ref()).ok_or_else(|| {
+                self.err_at(
+                    s.span(),
+                    "program.stdout",
+                    format!("`{}`: expected \"json\", \"text\" or \"file\"", s.get_ref()),
+                )
+            }),
+        }
+    }
+
+    /// The retry backoff and the kinds of failure retried (`retry_backoff`, `retry_on`).
+    pub fn retry_policy(&self) -> Result<(Duration, Vec<mw::RetryOn>), JobError> {
+        let backoff = match &self.file.retry_backoff {
+            None => Duration::ZERO,
+            Some(b) => {
+                let v = *b.get_ref();
+                if !(v.is_finite() && (0.0..=86400.0).contains(&v)) {
+                    return Err(self.err_at(
+                        b.span(),
+                        "retry_backoff",
+                        "must be between 0 and 86400 seconds",
+                    ));
+                }
+                Duration::from_secs_f64(v)
+            }
+        };
+        let mut on = Vec::new();
+        if let Some(list) = &self.file.retry_on {
+            for v in list.get_ref() {
+                let kind = match v {
+                    toml::Value::Integer(c) => i32::try_from(*c).ok().map(mw::RetryOn::ExitCode),
+                    toml::Value::String(s) => match s.as_str() {
+                        "exit" => Some(mw::RetryOn::AnyExit),
+                        "signal" => Some(mw::RetryOn::Signal),
+                        "timeout" => Some(mw::RetryOn::Timeout),
+                        "interface" => Some(mw::RetryOn::Interface),
+                        "output" => Some(mw::RetryOn::BadOutput),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                match kind {
+                    Some(k) => on.push(k),
+                    None => {
+                        return Err(self.err_at(
+                            list.span(),
+                            "retry_on",
+                            format!(
+                                "`{v}`: expected exit codes (integers) or \"exit\", \"signal\", \"timeout\", \"interface\", \"output\""
+                            ),
+                        ))
+                    }
+                }
+            }
+        }
+        Ok((backoff, on))
     }
 
     /// Checks the job name (from the file, `--name` or the default) is usable as a
@@ -661,6 +738,33 @@ impl Job {
     }
 }
 
+/// Rewrites serde's messages into ones that say what to write: a suggestion for a misspelt
+/// key (by edit distance), and what a sweep value may be.
+fn explain_toml_error(msg: &str) -> String {
+    if msg.contains("untagged enum SweepValues") {
+        return "a sweep parameter is a list of values (`x = [0.1, 0.2, 0.5]`, any JSON values) \
+                or an integer range (`x = { start = 0, end = 10, step = 2 }`: `end` is \
+                exclusive, `step` defaults to 1); for non-integer values, list them"
+            .to_string();
+    }
+    // "unknown field `input`, expected one of `a`, `b`" (or "expected `a` or `b`").
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        if let Some((bad, expected)) = rest.split_once('`') {
+            let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+            let best = candidates
+                .iter()
+                .map(|c| (strsim::damerau_levenshtein(bad, c), *c))
+                .min();
+            if let Some((d, c)) = best {
+                if d <= 2.max(bad.len() / 3) {
+                    return format!("{msg}; did you mean `{c}`?");
+                }
+            }
+        }
+    }
+    msg.to_string()
+}
+
 fn default_name(abs: &Path) -> String {
     let stem = abs
         .file_stem()
@@ -827,6 +931,7 @@ pub struct TaskBuilder {
     timeout: Option<Duration>,
     comparison: Comparison,
     max_output_bytes: u64,
+    stdout: mw::StdoutMode,
     base_dir: PathBuf,
     job_name: String,
     /// Job file path and each template's "line:col", for render errors.
@@ -890,6 +995,7 @@ impl TaskBuilder {
             timeout: job.timeout()?,
             comparison: job.comparison(),
             max_output_bytes: job.max_output_bytes()?,
+            stdout: job.stdout_mode()?,
             base_dir: job.base_dir.clone(),
             job_name: job.name.clone(),
             job_path: job.path.clone(),
@@ -995,6 +1101,7 @@ impl TaskBuilder {
         spec.timeout = self.timeout;
         spec.comparison = self.comparison.clone();
         spec.max_output_bytes = self.max_output_bytes;
+        spec.stdout = self.stdout;
         Ok(spec)
     }
 }

@@ -1,6 +1,6 @@
-//! The commands researchers live in between runs: `mw status`, `mw results`, `mw wait`,
-//! `mw cancel`, `mw report`. They read the job journal (read-only, except `cancel`), so they
-//! work whether the job's master is alive, dead or finished.
+//! The commands researchers live in between runs: `mw status`, `mw results`, `mw logs`,
+//! `mw wait`, `mw cancel`, `mw report`. They read the job journal (read-only, except
+//! `cancel`), so they work whether the job's master is alive, dead or finished.
 
 use crate::run::{find_job_dir, jobs_root};
 use crate::{EXIT_OK, EXIT_TASKS_FAILED};
@@ -8,8 +8,8 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use mw::journal::{
     cancel_acknowledged, cancel_without_master, count_unfinished, data_version, master_running,
-    open_checked, read_master, read_meta, read_tasks, request_cancel, state_counts, task_exists,
-    JobMeta, MasterRecord, StoredTask, JOURNAL_FILE,
+    open_checked, read_events, read_master, read_meta, read_task, read_tasks, request_cancel,
+    state_counts, JobMeta, MasterRecord, StoredTask, JOURNAL_FILE,
 };
 use mw::master::TaskState;
 use serde::Serialize;
@@ -26,6 +26,12 @@ pub(crate) struct StatusArgs {
     /// Print one JSON document instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
+    /// List only jobs in this state.
+    #[arg(long, value_enum)]
+    pub(crate) state: Option<JobStateFilter>,
+    /// List only jobs whose name contains this text.
+    #[arg(long)]
+    pub(crate) name: Option<String>,
     /// Directory holding job directories (default: $MW_JOBS_DIR or ./mw-jobs).
     #[arg(long)]
     pub(crate) jobs_dir: Option<PathBuf>,
@@ -51,6 +57,38 @@ pub(crate) struct ResultsArgs {
     /// Only failed and cancelled tasks.
     #[arg(long)]
     pub(crate) failed: bool,
+    /// Only this task (repeatable: `--task 3 --task 7`).
+    #[arg(long, value_name = "N")]
+    pub(crate) task: Vec<u64>,
+    /// Directory holding job directories.
+    #[arg(long)]
+    pub(crate) jobs_dir: Option<PathBuf>,
+}
+
+/// Streams `mw logs` prints.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LogStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// Both, each under a header line.
+    Both,
+}
+
+/// `mw logs` arguments.
+#[derive(Args, Debug)]
+pub(crate) struct LogsArgs {
+    /// A job id or directory.
+    pub(crate) job: String,
+    /// The task (its index).
+    pub(crate) task: u64,
+    /// Which attempt (default: the last).
+    #[arg(long)]
+    pub(crate) attempt: Option<u32>,
+    /// Which stream.
+    #[arg(long, value_enum, default_value = "both")]
+    pub(crate) stream: LogStream,
     /// Directory holding job directories.
     #[arg(long)]
     pub(crate) jobs_dir: Option<PathBuf>,
@@ -61,6 +99,9 @@ pub(crate) struct ResultsArgs {
 pub(crate) struct WaitArgs {
     /// A job id or directory.
     pub(crate) job: String,
+    /// Give up after this many seconds (exit 3), leaving the job running.
+    #[arg(long, value_name = "SECS")]
+    pub(crate) timeout: Option<f64>,
     /// Directory holding job directories.
     #[arg(long)]
     pub(crate) jobs_dir: Option<PathBuf>,
@@ -200,19 +241,95 @@ struct JobSummary {
     master_pid: Option<i64>,
 }
 
+/// Job states `mw status --state` selects.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JobStateFilter {
+    /// A master is running it.
+    Running,
+    /// Unfinished, and no master runs it (`mw resume` restarts one).
+    Stopped,
+    /// Every task done.
+    Finished,
+    /// Every task has an outcome, some failed.
+    Failed,
+    /// Every task has an outcome, none failed, some were cancelled.
+    Cancelled,
+}
+
+const STATE_FINISHED: &str = "finished";
+const STATE_FAILURES: &str = "finished with failures";
+const STATE_CANCELLED: &str = "cancelled";
+const STATE_RUNNING: &str = "running";
+const STATE_STOPPED: &str = "stopped (mw resume)";
+
+impl JobStateFilter {
+    fn matches(self, state: &str) -> bool {
+        state
+            == match self {
+                JobStateFilter::Running => STATE_RUNNING,
+                JobStateFilter::Stopped => STATE_STOPPED,
+                JobStateFilter::Finished => STATE_FINISHED,
+                JobStateFilter::Failed => STATE_FAILURES,
+                JobStateFilter::Cancelled => STATE_CANCELLED,
+            }
+    }
+}
+
+/// A job's state word: a failure anywhere makes it "finished with failures"; a job whose
+/// only unsuccessful tasks were cancelled is "cancelled".
 fn job_state(dir: &Path, tasks: &[StoredTask]) -> String {
     let unfinished = tasks.iter().any(|t| !t.state.is_final());
     if !unfinished {
-        if tasks.iter().all(|t| t.state == TaskState::Done) {
-            "finished".into()
+        if tasks.iter().any(|t| t.state == TaskState::Failed) {
+            STATE_FAILURES.into()
+        } else if tasks.iter().any(|t| t.state == TaskState::Cancelled) {
+            STATE_CANCELLED.into()
         } else {
-            "finished with failures".into()
+            STATE_FINISHED.into()
         }
     } else if live_master_pid(dir).ok().flatten().is_some() {
-        "running".into()
+        STATE_RUNNING.into()
     } else {
-        "stopped (mw resume)".into()
+        STATE_STOPPED.into()
     }
+}
+
+/// The width of the terminal on stdout, if stdout is one.
+fn terminal_width() -> Option<u16> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ only fills the winsize struct we pass, which lives on our stack.
+    let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) };
+    if rc == 0 && ws.ws_col > 0 {
+        Some(ws.ws_col)
+    } else {
+        None
+    }
+}
+
+/// A plain, aligned table (no borders) that wraps its widest columns to fit the terminal.
+fn table(header: &[&str]) -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING);
+    t.set_header(header.iter().copied());
+    match terminal_width() {
+        Some(w) => {
+            t.set_width(w);
+            t.set_content_arrangement(comfy_table::ContentArrangement::Dynamic);
+        }
+        None => {
+            t.set_content_arrangement(comfy_table::ContentArrangement::Disabled);
+        }
+    }
+    t
 }
 
 fn summarize(dir: &Path) -> anyhow::Result<(JobMeta, Vec<StoredTask>, JobSummary)> {
@@ -269,13 +386,20 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
                     Err(e) => problems.push(format!("{e:#}")),
                 }
             }
+            rows.retain(|r| {
+                let state_ok = args.state.map(|f| f.matches(&r.state)).unwrap_or(true);
+                let name_ok = args
+                    .name
+                    .as_deref()
+                    .map(|n| r.name.contains(n))
+                    .unwrap_or(true);
+                state_ok && name_ok
+            });
             if args.json {
                 let doc = serde_json::json!({"jobs": rows, "errors": problems});
                 writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
             } else {
-                writeln!(
-                    out,
-                    "{:<24} {:<16} {:<10} {:<22} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6}",
+                let mut t = table(&[
                     "ID",
                     "NAME",
                     "INTERFACE",
@@ -285,26 +409,46 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
                     "RUNNING",
                     "DONE",
                     "FAILED",
-                    "AGE"
-                )?;
+                    "CANCELLED",
+                    "AGE",
+                ]);
                 for r in &rows {
-                    writeln!(
-                        out,
-                        "{:<24} {:<16} {:<10} {:<22} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6}",
-                        r.id,
-                        r.name,
-                        r.interface,
-                        r.state,
-                        r.tasks,
-                        r.counts["queued"],
-                        r.counts["running"],
-                        r.counts["done"],
-                        r.counts["failed"] + r.counts["cancelled"],
-                        human_age(r.age_secs)
-                    )?;
+                    t.add_row(vec![
+                        r.id.clone(),
+                        r.name.clone(),
+                        r.interface.clone(),
+                        r.state.clone(),
+                        r.tasks.to_string(),
+                        r.counts["queued"].to_string(),
+                        r.counts["running"].to_string(),
+                        r.counts["done"].to_string(),
+                        r.counts["failed"].to_string(),
+                        r.counts["cancelled"].to_string(),
+                        human_age(r.age_secs),
+                    ]);
+                }
+                for i in 0..11 {
+                    if let Some(c) = t.column_mut(i) {
+                        // Flush left, two spaces between columns, counts right-aligned.
+                        c.set_padding((0, 2));
+                        if i >= 4 {
+                            c.set_cell_alignment(comfy_table::CellAlignment::Right);
+                        }
+                    }
                 }
                 if rows.is_empty() {
-                    writeln!(out, "(no jobs under {})", root.display())?;
+                    writeln!(
+                        out,
+                        "(no jobs under {}{})",
+                        root.display(),
+                        if args.state.is_some() || args.name.is_some() {
+                            " that match"
+                        } else {
+                            ""
+                        }
+                    )?;
+                } else {
+                    writeln!(out, "{t}")?;
                 }
                 for p in problems {
                     eprintln!("mw: {p}");
@@ -357,40 +501,19 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
                     writeln!(out, "failed or cancelled tasks:")?;
                     for t in &failed {
                         let err = t.error.clone().unwrap_or_default();
-                        let first = err.lines().next().unwrap_or("");
-                        writeln!(out, "  task {:<8} {}", t.index, first)?;
+                        let reason = crate::output::failure_reason(&err);
+                        writeln!(out, "  task {:<8} {}", t.index, reason)?;
                     }
+                    writeln!(
+                        out,
+                        "(all of them: mw results {id} --failed; a task's output: mw logs {id} TASK; \
+                         run them again: mw retry {id})",
+                        id = summary.id
+                    )?;
                 }
             }
             Ok(EXIT_OK)
         }
-    }
-}
-
-fn stored_line(t: &StoredTask) -> super::ResultLine {
-    super::ResultLine {
-        task: t.index,
-        state: t.state.as_str().to_string(),
-        input: t.input.clone(),
-        output: t.output.clone().unwrap_or(serde_json::Value::Null),
-        exit: t.exit.clone().unwrap_or_default(),
-        error: t.error.clone(),
-        wall_secs: t.wall_secs,
-        cpu_secs: t.cpu_secs,
-        host: t.host.clone(),
-        attempts: t.attempts,
-        submitted: t.submitted,
-        started: t.started,
-        finished: t.finished,
-        output_files: t.output_files.clone(),
-    }
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
     }
 }
 
@@ -399,44 +522,98 @@ pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<i32> {
     let dir = find_job_dir(&args.job, args.jobs_dir.as_deref())?;
     let path = dir.join(JOURNAL_FILE);
     let conn = open_checked(&path, false)?;
-    let tasks = read_tasks(&conn, &path, None)?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    if matches!(args.format, ResultsFormat::Csv) {
-        writeln!(
-            out,
-            "task,state,input,output,exit,error,wall_secs,cpu_secs,host,attempts"
-        )?;
+    let tasks = if args.task.is_empty() {
+        read_tasks(&conn, &path, None)?
+    } else {
+        let mut v = Vec::with_capacity(args.task.len());
+        for &n in &args.task {
+            match read_task(&conn, &path, n)? {
+                Some(t) => v.push(t),
+                None => bail!("job {}: there is no task {n}", dir.display()),
+            }
+        }
+        v
+    };
+    let lines: Vec<super::ResultLine> = tasks
+        .iter()
+        .filter(|t| t.state.is_final())
+        .filter(|t| !(args.failed && t.state == TaskState::Done))
+        .map(super::ResultLine::from_stored)
+        .collect();
+    if !args.task.is_empty() && lines.len() < args.task.len() {
+        let open: Vec<String> = tasks
+            .iter()
+            .filter(|t| !t.state.is_final())
+            .map(|t| format!("task {} is {}", t.index, t.state.as_str()))
+            .collect();
+        if !open.is_empty() {
+            eprintln!("mw: no result yet: {}", open.join(", "));
+        }
     }
-    for t in &tasks {
-        let finalish = t.state.is_final();
-        if !finalish {
-            continue;
-        }
-        if args.failed && t.state == TaskState::Done {
-            continue;
-        }
-        let line = stored_line(t);
-        match args.format {
-            ResultsFormat::Jsonl => {
-                serde_json::to_writer(&mut out, &line)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match args.format {
+        ResultsFormat::Jsonl => {
+            for line in &lines {
+                serde_json::to_writer(&mut out, line)?;
                 out.write_all(b"\n")?;
             }
-            ResultsFormat::Csv => {
-                writeln!(
-                    out,
-                    "{},{},{},{},{},{},{},{},{},{}",
-                    line.task,
-                    line.state,
-                    csv_field(&line.input.to_string()),
-                    csv_field(&line.output.to_string()),
-                    csv_field(&line.exit),
-                    csv_field(line.error.as_deref().unwrap_or("")),
-                    line.wall_secs,
-                    line.cpu_secs,
-                    csv_field(&line.host),
-                    line.attempts
-                )?;
+        }
+        ResultsFormat::Csv => crate::output::write_csv(&mut out, &lines)?,
+    }
+    out.flush()?;
+    Ok(EXIT_OK)
+}
+
+/// `mw logs`: one task's kept stdout and stderr.
+pub(crate) fn logs(args: LogsArgs) -> anyhow::Result<i32> {
+    use mw::task_logs::{read, Stream};
+    let dir = find_job_dir(&args.job, args.jobs_dir.as_deref())?;
+    let path = dir.join(JOURNAL_FILE);
+    let conn = open_checked(&path, false)?;
+    let Some(task) = read_task(&conn, &path, args.task)? else {
+        bail!("job {}: there is no task {}", dir.display(), args.task);
+    };
+    drop(conn);
+    let attempt = args.attempt.unwrap_or(task.attempts);
+    if attempt == 0 {
+        bail!(
+            "task {} has not run yet ({}): no logs",
+            args.task,
+            task.state.as_str()
+        );
+    }
+    if attempt > task.attempts {
+        bail!(
+            "task {} has made {} attempt(s); there is no attempt {attempt}",
+            args.task,
+            task.attempts
+        );
+    }
+    let logs_dir = dir.join(crate::run::LOGS_DIR);
+    let id = mw::TaskId(args.task);
+    let mut out = std::io::stdout().lock();
+    let both = args.stream == LogStream::Both;
+    if args.stream != LogStream::Stderr {
+        if both {
+            writeln!(out, "==> task {} attempt {attempt}: stdout <==", args.task)?;
+        }
+        match read(&logs_dir, id, attempt, Stream::Stdout) {
+            Some(bytes) => out.write_all(&bytes)?,
+            // A JSON result is kept in the journal, not twice.
+            None if attempt == task.attempts && task.state == TaskState::Done => {
+                if let Some(v) = &task.output {
+                    writeln!(out, "{v}")?;
+                }
             }
+            None => {}
+        }
+    }
+    if args.stream != LogStream::Stdout {
+        if both {
+            writeln!(out, "==> task {} attempt {attempt}: stderr <==", args.task)?;
+        }
+        if let Some(bytes) = read(&logs_dir, id, attempt, Stream::Stderr) {
+            out.write_all(&bytes)?;
         }
     }
     out.flush()?;
@@ -444,9 +621,16 @@ pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<i32> {
 }
 
 /// `mw wait`: blocks until every task of the job has an outcome.
-pub(crate) fn wait(args: WaitArgs) -> anyhow::Result<i32> {
+pub(crate) fn wait(args: WaitArgs, quiet: bool) -> anyhow::Result<i32> {
     let dir = find_job_dir(&args.job, args.jobs_dir.as_deref())?;
     let path = dir.join(JOURNAL_FILE);
+    let deadline = match args.timeout {
+        Some(t) if (0.0..1e9).contains(&t) => {
+            Some(std::time::Instant::now() + Duration::from_secs_f64(t))
+        }
+        Some(_) => bail!("--timeout must be a number of seconds, 0 or more"),
+        None => None,
+    };
     // One connection for the whole wait; the tasks are counted again only when another
     // connection committed something (SQLite's data_version), so waiting on a job of a
     // million tasks costs a few cheap reads a second, not a scan.
@@ -467,14 +651,31 @@ pub(crate) fn wait(args: WaitArgs) -> anyhow::Result<i32> {
             let total = counts.done + counts.failed + counts.cancelled;
             let bad = counts.failed + counts.cancelled;
             if bad > 0 {
-                eprintln!("mw: {bad} of {total} tasks did not succeed");
+                eprintln!(
+                    "mw: {bad} of {total} tasks did not succeed ({} failed, {} cancelled); \
+                     see `mw results {} --failed`",
+                    counts.failed, counts.cancelled, args.job
+                );
                 return Ok(EXIT_TASKS_FAILED);
+            }
+            if !quiet {
+                eprintln!("mw: all {total} tasks done");
             }
             // The reduce program's output, when a detached master ran it.
             if let Ok(out) = std::fs::read(dir.join("reduce.out")) {
                 std::io::stdout().write_all(&out)?;
             }
             return Ok(EXIT_OK);
+        }
+        if let Some(d) = deadline {
+            if std::time::Instant::now() >= d {
+                eprintln!(
+                    "mw: wait: timed out with {} of {} tasks unfinished; the job goes on",
+                    counts.unfinished,
+                    counts.unfinished + counts.done + counts.failed + counts.cancelled
+                );
+                return Ok(crate::EXIT_TIMEOUT);
+            }
         }
         if counts.unfinished > 0 && !master_alive {
             // Re-check: the master may have finished between the two reads.
@@ -502,9 +703,20 @@ pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
     let path = dir.join(JOURNAL_FILE);
     let mut conn = open_checked(&path, true)?;
     if let Some(t) = args.task {
-        if !task_exists(&conn, &path, t)? {
-            bail!("job {}: there is no task {t}", dir.display());
+        match read_task(&conn, &path, t)? {
+            None => bail!("job {}: there is no task {t}", dir.display()),
+            Some(task) if task.state.is_final() => {
+                eprintln!(
+                    "mw: task {t} already finished ({}); nothing to cancel",
+                    task.state.as_str()
+                );
+                return Ok(EXIT_OK);
+            }
+            Some(_) => {}
         }
+    } else if count_unfinished(&conn, &path)? == 0 {
+        eprintln!("mw: every task of the job already has an outcome; nothing to cancel");
+        return Ok(EXIT_OK);
     }
     match live_master_pid(&dir)? {
         Some(pid) => {
@@ -543,12 +755,29 @@ pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
 pub(crate) fn report(args: ReportArgs) -> anyhow::Result<i32> {
     let dir = find_job_dir(&args.job, args.jobs_dir.as_deref())?;
     let (meta, tasks, _) = summarize(&dir)?;
+    let events = {
+        let path = dir.join(JOURNAL_FILE);
+        let conn = open_checked(&path, false)?;
+        read_events(
+            &conn,
+            &path,
+            &["submitted", "retry", "retry-requested", "resumed"],
+            100_000,
+        )?
+    };
     let out = args.output.unwrap_or_else(|| dir.join("report.html"));
-    let svg = super::report::render_svg(&meta, &tasks);
+    let logs_dir = dir.join(crate::run::LOGS_DIR);
+    let data = super::report::ReportData {
+        meta: &meta,
+        tasks: &tasks,
+        events: &events,
+        logs_dir: &logs_dir,
+    };
+    let svg = super::report::render_svg(&data);
     let text = if out.extension().and_then(|e| e.to_str()) == Some("svg") {
         svg
     } else {
-        super::report::render_html(&meta, &tasks, &svg)
+        super::report::render_html(&data, &svg)
     };
     std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
     println!("{}", out.display());

@@ -2,9 +2,11 @@
 //!
 //! The binaries (`src/main.rs`, `src/bin/mw-condor.rs`) only call into this crate; everything
 //! here is plain functions over the `mw` library. This crate is the only one that knows about
-//! terminals, exit codes, job files and the result-line format. Exit codes: 0 every task succeeded; 1 some task failed or was cancelled;
-//! 2 bad usage, bad job file or a setup problem.
+//! terminals, exit codes, job files and the result-line format. Exit codes: 0 every task
+//! succeeded; 1 some task failed or was cancelled; 2 bad usage, bad job file or a setup
+//! problem; 3 `mw wait --timeout` passed first.
 
+mod extras;
 pub mod job;
 mod jobs;
 mod output;
@@ -27,6 +29,8 @@ pub const EXIT_USAGE: i32 = 2;
 /// Exit code when a signal (Ctrl-C, SIGTERM) or a closed output pipe stopped `mw run` or
 /// `mw resume` (128 + SIGINT, as shells report it).
 pub const EXIT_INTERRUPTED: i32 = 130;
+/// Exit code of `mw wait --timeout` when the time passed before every task had an outcome.
+pub const EXIT_TIMEOUT: i32 = 3;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -58,14 +62,22 @@ pub(crate) enum Command {
     Status(jobs::StatusArgs),
     /// Print a job's results (JSON lines or CSV), in task order.
     Results(jobs::ResultsArgs),
+    /// Print one task's kept stdout and stderr (last attempt, or --attempt N).
+    Logs(jobs::LogsArgs),
     /// Wait until every task of a job has an outcome; exit 0 only if all succeeded.
     Wait(jobs::WaitArgs),
     /// Cancel a job's unfinished tasks, or one task.
     Cancel(jobs::CancelArgs),
     /// Restart the master of a job whose master died; done results are kept.
     Resume(run::ResumeArgs),
-    /// Write an HTML or SVG report: timeline of tasks per worker, histogram of run times.
+    /// Run a finished job's failed (and cancelled) tasks again; done results are kept.
+    Retry(run::RetryArgs),
+    /// Write an HTML or SVG report: timeline, throughput, utilisation, run times, failures.
     Report(jobs::ReportArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(extras::CompletionsArgs),
+    /// Write man pages for mw and each of its commands into a directory.
+    Man(extras::ManArgs),
 }
 
 const RUN_HELP: &str = "\
@@ -73,30 +85,39 @@ Run a job file: submit every task, show progress, wait, and write the results.
 
 A job file (TOML) says what to run and on what. Top-level keys come before any [table]:
 
-    name = \"monte-pi\"               # optional; default: the job file's directory name
+    name = \"monte-pi\"               # optional; default: the job file's name without .toml
+                                    #   (its directory's name when the file is job.toml)
     interface = \"multicore\"         # multicore (default) | mpi | condor | boinc
     workers = 4                     # multicore slots (default: number of cores)
     timeout = 60.0                  # seconds per task (optional)
     retries = 1                     # extra attempts after a failure (default 0)
+    retry_backoff = 2.0             # seconds before a retry, doubled each time (default 0)
+    retry_on = [75, \"timeout\"]      # retry only these: exit codes, \"exit\" (any), \"signal\",
+                                    #   \"timeout\", \"interface\", \"output\" (default: all)
     args = [\"--seed\", \"{{ input.seed }}\"]   # per-task templates (tera) over
     env = { TASK = \"{{ index }}\" }          #   `input`, `index` and `job`
-    outputs = [\"out-{{ index }}.txt\"]       # files each task writes that are kept
+    outputs = [\"out-{{ index }}.txt\"]       # files each task must write; kept
     input_files = [\"data/{{ index }}.csv\"]  # files copied into each task's directory
 
     [program]
     path = \"bin/pi-task\"            # an executable, relative to the job file
     # command = [\"python3\", \"task.py\"]   # or: interpreter on PATH + base arguments
     files = [\"task.py\"]             # extra files the program needs
+    stdout = \"json\"                 # json: stdout is the result JSON (default);
+                                    # text: the result is stdout as a string;
+                                    # file: stdout kept as the output file `stdout`
 
     [inputs]                        # exactly one of:
     list = [ {seed = 1}, {seed = 2} ]                # inline inputs
     # file = \"inputs.jsonl\"                          # one JSON value per line
-    # sweep = { seed = {start = 0, end = 16}, n = [1000] }  # cartesian product
+    # sweep = { seed = {start = 0, end = 16, step = 1}, n = [1000, 0.5] }
+    #   a sweep is the cartesian product of its parameters; each is a list of values or an
+    #   integer range whose `end` is exclusive (`step` defaults to 1; list float values)
 
     [reduce]                        # optional: gets every result as JSON lines on stdin,
     path = \"bin/pi-reduce\"          # in task order; its stdout is printed
 
-    [condor]                        # interface = \"condor\"
+    [condor]                        # interface = \"condor\" (needs condor_submit on PATH)
     request_cpus = 1                # also request_memory, request_disk (\"2GB\" or MB)
     requirements = 'OpSys == \"LINUX\"'
     batch_window_secs = 0.5         # tasks arriving within the window share one cluster
@@ -110,13 +131,16 @@ A job file (TOML) says what to run and on what. Top-level keys come before any [
     deadline_secs = 604800          # batch_size: workunits per create_work call
 
 The task contract: each task runs in a fresh directory, gets its input JSON on stdin, prints
-its result JSON on stdout, and exits 0 on success.
+its result on stdout (JSON, unless [program] stdout says otherwise), and exits 0 on success;
+a declared output it did not write fails it. Its stdout and stderr are kept under
+<job dir>/logs/ (capped at 1 MiB each): `mw logs JOB TASK`.
 
-Results are JSON lines in task order: task index, input, output, exit, times, host. They go
-to stdout, or to --output FILE; when the job has a reduce program they go to
-<job dir>/results.jsonl unless --output is given. Declared output files are kept under
-<job dir>/results/task-<N>/. The job directory is <jobs dir>/<name>-<N>/ (see --jobs-dir),
-holding the journal: `mw status`, `mw results`, `mw resume` work on it.
+Results are JSON lines in task order: task index, input, output, exit, attempts, times
+(RFC 3339), host. They go to stdout, or to --output FILE; when the job has a reduce program
+they go to <job dir>/results.jsonl unless --output is given. Declared output files are kept
+under <job dir>/results/task-<N>/. The job directory is <jobs dir>/<name>-<N>/ (see
+--jobs-dir), holding the journal: `mw status`, `mw results`, `mw retry`, `mw resume` work
+on it. The run ends with a summary line and the first failures.
 
 Exit status: 0 every task succeeded, 1 some task failed, 2 bad usage or job file.";
 
@@ -129,20 +153,28 @@ pub fn main() -> i32 {
         return EXIT_USAGE;
     }
     let quiet = cli.quiet;
+    // Commands that only print: a reader that stops early (`| head`) ends them quietly.
+    let prints_only = matches!(
+        cli.command,
+        Command::Results(_) | Command::Status(_) | Command::Logs(_) | Command::Completions(_)
+    );
     let result = match cli.command {
         Command::Run(args) => run::run(args, quiet),
         Command::Submit(args) => run::submit(args),
         Command::Status(args) => jobs::status(args),
         Command::Results(args) => jobs::results(args),
-        Command::Wait(args) => jobs::wait(args),
+        Command::Logs(args) => jobs::logs(args),
+        Command::Wait(args) => jobs::wait(args, quiet),
         Command::Cancel(args) => jobs::cancel(args),
         Command::Resume(args) => run::resume(args, quiet),
+        Command::Retry(args) => run::retry(args, quiet),
         Command::Report(args) => jobs::report(args),
+        Command::Completions(args) => extras::completions(args),
+        Command::Man(args) => extras::man(args),
     };
     match result {
         Ok(code) => code,
-        // Output went to a pipe that was closed (`mw results JOB | head`): not an error.
-        Err(e) if is_broken_pipe(&e) => EXIT_OK,
+        Err(e) if prints_only && is_broken_pipe(&e) => EXIT_OK,
         Err(e) => {
             eprintln!("mw: error: {e:#}");
             EXIT_USAGE
@@ -150,15 +182,22 @@ pub fn main() -> i32 {
     }
 }
 
-/// Whether `e` is (caused by) writing to a closed pipe.
+/// True when the error comes from writing to a pipe whose reader has gone.
 pub(crate) fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<csv::Error>().is_some_and(|ce| {
+                matches!(ce.kind(), csv::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe)
+            })
             || c.downcast_ref::<serde_json::Error>()
-                .and_then(|j| j.io_error_kind())
-                .is_some_and(|k| k == std::io::ErrorKind::BrokenPipe)
+                .is_some_and(|je| je.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
     })
+}
+
+/// The `mw` command definition (for completions and man pages).
+pub(crate) fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// The environment variable that sets log filters (env_logger syntax, e.g. `mw=debug`).

@@ -1,8 +1,13 @@
-//! Result lines and progress display of the CLI.
+//! Result lines, their CSV form, timestamps, colour, the progress display and the
+//! end-of-run summary of the CLI.
 //!
 //! Result lines are the serialisable mirror of a task's outcome (the library's own types
-//! stay non-serialisable, so the file format is decided here, at the edge).
+//! stay non-serialisable, so the file format is decided here, at the edge). A finished
+//! task becomes a result line in one place, whether it comes live from the master
+//! ([`ResultLine::from_outcome`]) or from the journal ([`ResultLine::from_stored`]); both
+//! take the exit text, host and attempts from the same library sources.
 
+use mw::journal::StoredTask;
 use mw::master::{MasterStatus, MwError, TaskOutput, TaskTimes};
 use serde::{Deserialize, Serialize};
 use std::io::{IsTerminal, Write};
@@ -32,12 +37,12 @@ pub struct ResultLine {
     pub host: String,
     /// Attempts made.
     pub attempts: u32,
-    /// Unix seconds: submitted, started, finished.
-    pub submitted: Option<f64>,
-    /// Started.
-    pub started: Option<f64>,
-    /// Finished.
-    pub finished: Option<f64>,
+    /// When it was submitted (RFC 3339, UTC).
+    pub submitted: Option<String>,
+    /// When its last attempt started (RFC 3339, UTC).
+    pub started: Option<String>,
+    /// When it finished (RFC 3339, UTC).
+    pub finished: Option<String>,
     /// Output files kept (paths).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub output_files: Vec<String>,
@@ -45,73 +50,314 @@ pub struct ResultLine {
 
 fn unix(t: Option<SystemTime>) -> Option<f64> {
     t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| (d.as_secs_f64() * 1000.0).round() / 1000.0)
+        .map(|d| d.as_secs_f64())
+}
+
+/// Unix seconds as an RFC 3339 UTC timestamp with milliseconds (`2026-11-30T06:40:01.250Z`).
+/// `None` for a value no calendar holds (a forged journal).
+pub(crate) fn rfc3339(secs: f64) -> Option<String> {
+    if !secs.is_finite() {
+        return None;
+    }
+    let ms = (secs * 1000.0).round();
+    if !(-8.0e15..8.0e15).contains(&ms) {
+        return None;
+    }
+    let ts = jiff::Timestamp::from_millisecond(ms as i64).ok()?;
+    Some(format!("{ts:.3}"))
+}
+
+/// Now, as [`rfc3339`].
+pub(crate) fn now_rfc3339() -> String {
+    rfc3339(unix(Some(SystemTime::now())).unwrap_or(0.0)).unwrap_or_default()
 }
 
 impl ResultLine {
-    /// From a finished task.
+    /// From a finished task, as the master hands it out.
     pub fn from_outcome(
         index: u64,
         input: serde_json::Value,
         outcome: &Result<TaskOutput, MwError>,
-        times: Option<&TaskTimes>,
+        times: &TaskTimes,
     ) -> ResultLine {
-        match outcome {
-            Ok(out) => ResultLine {
-                task: index,
-                state: "done".into(),
-                input,
-                output: out.value.clone(),
-                exit: "exit status 0".into(),
-                error: None,
-                wall_secs: out.times.wall.as_secs_f64(),
-                cpu_secs: out.times.cpu.as_secs_f64(),
-                host: out.host.clone(),
-                attempts: out.attempts,
-                submitted: unix(out.times.submitted),
-                started: unix(out.times.started),
-                finished: unix(out.times.finished),
-                output_files: out
-                    .output_files
+        let (state, output, exit, error, host, files) = match outcome {
+            Ok(out) => (
+                "done",
+                out.value.clone(),
+                "exit status 0".to_string(),
+                None,
+                out.host.clone(),
+                out.output_files
                     .iter()
                     .map(|(_, p)| p.display().to_string())
                     .collect(),
-            },
-            Err(e) => {
-                let (exit, host, attempts, state) = match e {
-                    MwError::TaskFailed {
-                        exit,
-                        host,
-                        attempts,
-                        ..
-                    } => (exit.to_string(), host.clone(), *attempts, "failed"),
-                    MwError::Interface { attempts, .. } => {
-                        ("not run".into(), String::new(), *attempts, "failed")
-                    }
-                    MwError::Cancelled(_) => ("cancelled".into(), String::new(), 0, "cancelled"),
-                    _ => ("exit status 0".into(), String::new(), 1, "failed"),
-                };
-                let t = times.cloned().unwrap_or_default();
-                ResultLine {
-                    task: index,
-                    state: state.into(),
-                    input,
-                    output: serde_json::Value::Null,
-                    exit,
-                    error: Some(e.to_string()),
-                    wall_secs: t.wall.as_secs_f64(),
-                    cpu_secs: t.cpu.as_secs_f64(),
-                    host,
-                    attempts,
-                    submitted: unix(t.submitted),
-                    started: unix(t.started),
-                    finished: unix(t.finished),
-                    output_files: Vec::new(),
-                }
+            ),
+            Err(e) => (
+                if matches!(e, MwError::Cancelled(_)) {
+                    "cancelled"
+                } else {
+                    "failed"
+                },
+                serde_json::Value::Null,
+                e.exit_text(),
+                Some(e.to_string()),
+                e.host().to_string(),
+                Vec::new(),
+            ),
+        };
+        ResultLine {
+            task: index,
+            state: state.into(),
+            input,
+            output,
+            exit,
+            error,
+            wall_secs: times.wall.as_secs_f64(),
+            cpu_secs: times.cpu.as_secs_f64(),
+            host,
+            attempts: times.attempts,
+            submitted: unix(times.submitted).and_then(rfc3339),
+            started: unix(times.started).and_then(rfc3339),
+            finished: unix(times.finished).and_then(rfc3339),
+            output_files: files,
+        }
+    }
+
+    /// From a task as the journal stores it.
+    pub fn from_stored(t: &StoredTask) -> ResultLine {
+        ResultLine {
+            task: t.index,
+            state: t.state.as_str().to_string(),
+            input: t.input.clone(),
+            output: t.output.clone().unwrap_or(serde_json::Value::Null),
+            exit: t.exit.clone().unwrap_or_default(),
+            error: t.error.clone(),
+            wall_secs: t.wall_secs,
+            cpu_secs: t.cpu_secs,
+            host: t.host.clone(),
+            attempts: t.attempts,
+            submitted: t.submitted.and_then(rfc3339),
+            started: t.started.and_then(rfc3339),
+            finished: t.finished.and_then(rfc3339),
+            output_files: t.output_files.clone(),
+        }
+    }
+}
+
+/// Result lines as CSV (the `csv` crate quotes): fixed columns first, then the input and
+/// the output flattened into one column per leaf (`input.seed`, `output.pi`, …; a scalar
+/// is the column `input` or `output` itself; arrays stay JSON text), then the output files.
+pub(crate) fn write_csv(out: impl Write, lines: &[ResultLine]) -> anyhow::Result<()> {
+    let mut input_cols: Vec<String> = Vec::new();
+    let mut output_cols: Vec<String> = Vec::new();
+    let mut flat_in = Vec::with_capacity(lines.len());
+    let mut flat_out = Vec::with_capacity(lines.len());
+    for l in lines {
+        let i = flatten("input", &l.input);
+        let o = flatten("output", &l.output);
+        for (k, _) in &i {
+            if !input_cols.contains(k) {
+                input_cols.push(k.clone());
+            }
+        }
+        for (k, _) in &o {
+            if !output_cols.contains(k) {
+                output_cols.push(k.clone());
+            }
+        }
+        flat_in.push(i);
+        flat_out.push(o);
+    }
+    let mut w = csv::Writer::from_writer(out);
+    let fixed = [
+        "task",
+        "state",
+        "exit",
+        "error",
+        "attempts",
+        "wall_secs",
+        "cpu_secs",
+        "host",
+        "submitted",
+        "started",
+        "finished",
+    ];
+    let mut header: Vec<String> = fixed.iter().map(|s| s.to_string()).collect();
+    header.extend(input_cols.iter().cloned());
+    header.extend(output_cols.iter().cloned());
+    header.push("output_files".into());
+    w.write_record(&header)?;
+    for (k, l) in lines.iter().enumerate() {
+        let mut rec = vec![
+            l.task.to_string(),
+            l.state.clone(),
+            l.exit.clone(),
+            l.error.clone().unwrap_or_default(),
+            l.attempts.to_string(),
+            l.wall_secs.to_string(),
+            l.cpu_secs.to_string(),
+            l.host.clone(),
+            l.submitted.clone().unwrap_or_default(),
+            l.started.clone().unwrap_or_default(),
+            l.finished.clone().unwrap_or_default(),
+        ];
+        for (cols, flat) in [(&input_cols, &flat_in[k]), (&output_cols, &flat_out[k])] {
+            for c in cols {
+                rec.push(
+                    flat.iter()
+                        .find(|(n, _)| n == c)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default(),
+                );
+            }
+        }
+        rec.push(l.output_files.join(";"));
+        w.write_record(&rec)?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// Leaves of a JSON value as (dotted column name, cell text).
+fn flatten(prefix: &str, v: &serde_json::Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    flatten_into(prefix, v, &mut out, 0);
+    out
+}
+
+fn flatten_into(name: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>, depth: usize) {
+    match v {
+        serde_json::Value::Object(m) if !m.is_empty() && depth < 8 => {
+            for (k, child) in m {
+                flatten_into(&format!("{name}.{k}"), child, out, depth + 1);
+            }
+        }
+        serde_json::Value::Null => out.push((name.to_string(), String::new())),
+        serde_json::Value::String(s) => out.push((name.to_string(), s.clone())),
+        other => out.push((name.to_string(), other.to_string())),
+    }
+}
+
+/// Whether stderr gets colour: a terminal, and `NO_COLOR` unset or empty.
+pub(crate) fn colour_on_stderr() -> bool {
+    let no_color = match std::env::var_os("NO_COLOR") {
+        Some(v) => !v.is_empty(),
+        None => false,
+    };
+    std::io::stderr().is_terminal() && !no_color
+}
+
+/// Colours for terminal text.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Paint {
+    Red,
+    Green,
+    Yellow,
+    Bold,
+}
+
+/// `text` in `paint` when `on`.
+pub(crate) fn paint(on: bool, paint: Paint, text: &str) -> String {
+    if !on {
+        return text.to_string();
+    }
+    let code = match paint {
+        Paint::Red => "31",
+        Paint::Green => "32",
+        Paint::Yellow => "33",
+        Paint::Bold => "1",
+    };
+    format!("\x1b[{code}m{text}\x1b[0m")
+}
+
+/// What `mw run` and `mw resume` print when every task has an outcome: one summary line
+/// that stays, the first failures with their reason, and the commands to see the rest.
+pub(crate) fn print_summary(
+    job: Option<&str>,
+    counts: (usize, usize, usize),
+    wall: Duration,
+    ran_here: usize,
+    first_failures: &[(u64, String)],
+) {
+    let (done, failed, cancelled) = counts;
+    let colour = colour_on_stderr();
+    let secs = wall.as_secs_f64();
+    let rate = if secs > 0.0 {
+        ran_here as f64 / secs
+    } else {
+        0.0
+    };
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(
+        err,
+        "mw: {} tasks: {}, {}, {} in {:.1} s ({:.1} tasks/s)",
+        done + failed + cancelled,
+        paint(colour && done > 0, Paint::Green, &format!("{done} done")),
+        paint(
+            colour && failed > 0,
+            Paint::Red,
+            &format!("{failed} failed")
+        ),
+        paint(
+            colour && cancelled > 0,
+            Paint::Yellow,
+            &format!("{cancelled} cancelled")
+        ),
+        secs,
+        rate
+    );
+    for (task, reason) in first_failures {
+        let first = failure_reason(reason);
+        let _ = writeln!(
+            err,
+            "mw:   {} {first}",
+            paint(colour, Paint::Bold, &format!("task {task}:"))
+        );
+    }
+    if failed + cancelled > 0 {
+        match job {
+            Some(id) => {
+                let _ = writeln!(
+                    err,
+                    "mw: every failure: `mw results {id} --failed`; one task's stdout/stderr: \
+                     `mw logs {id} TASK`; run the failed ones again: `mw retry {id}`"
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    err,
+                    "mw: every failure is in the result lines (state \"failed\"); run without \
+                     --no-journal to keep a job that `mw retry` can re-run"
+                );
             }
         }
     }
 }
+
+/// A task's error in one line: its first line, without the task's name (the caller shows
+/// it) and with the last line of the stderr tail it carries, if any.
+pub(crate) fn failure_reason(error: &str) -> String {
+    let mut lines = error.lines();
+    let first = lines.next().unwrap_or("");
+    let first = first
+        .split_once(" failed: ")
+        .map(|(_, rest)| rest)
+        .unwrap_or(first);
+    match first.strip_suffix("; stderr tail:") {
+        Some(head) => {
+            let last = lines
+                .rev()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("");
+            format!("{head}: {last}")
+        }
+        None => first.to_string(),
+    }
+}
+
+/// How many failures the end-of-run summary shows.
+pub(crate) const SUMMARY_FAILURES: usize = 3;
 
 /// Progress on a terminal (a bar) or as plain lines (when stderr is not a terminal).
 pub(crate) struct Progress {
@@ -128,8 +374,9 @@ impl Progress {
     pub(crate) fn new(total: u64, quiet: bool) -> Progress {
         let bar = if !quiet && std::io::stderr().is_terminal() {
             let b = indicatif::ProgressBar::new(total);
+            // The ETA is ours (in the message): none before a task has finished.
             if let Ok(style) = indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} {msg} [{elapsed_precise}, ETA {eta}]",
+                "{bar:30} {pos}/{len} {msg} [{elapsed_precise}]",
             ) {
                 b.set_style(style);
             }
@@ -155,18 +402,34 @@ impl Progress {
     pub(crate) fn update(&mut self, status: &MasterStatus, force: bool) {
         let finished = (status.done + status.failed + status.cancelled) as u64;
         let elapsed = self.start.elapsed().as_secs_f64().max(1e-9);
-        let rate = finished.saturating_sub(self.baseline) as f64 / elapsed;
-        let msg = format!(
-            "queued {} running {} done {} failed {} | {:.1} tasks/s",
-            status.queued,
-            status.running,
-            status.done,
-            status.failed + status.cancelled,
-            rate
+        let here = finished.saturating_sub(self.baseline);
+        let rate = here as f64 / elapsed;
+        let mut msg = format!(
+            "queued {} running {} done {} failed {}",
+            status.queued, status.running, status.done, status.failed
         );
+        if status.cancelled > 0 {
+            msg.push_str(&format!(" cancelled {}", status.cancelled));
+        }
+        if status.retried > 0 {
+            msg.push_str(&format!(" retried {}", status.retried));
+        }
+        if status.backing_off > 0 {
+            msg.push_str(&format!(" (backing off {})", status.backing_off));
+        }
+        msg.push_str(&format!(" | {rate:.1} tasks/s"));
+        let left = self.total.saturating_sub(finished);
+        // No ETA until a task has finished here (a rate of 0 says nothing).
+        let eta = if here > 0 && rate > 0.0 && left > 0 {
+            format!("ETA {}", human_secs(left as f64 / rate))
+        } else if left == 0 {
+            "ETA 0s".into()
+        } else {
+            "ETA ?".into()
+        };
         if let Some(bar) = &self.bar {
             bar.set_position(finished);
-            bar.set_message(msg);
+            bar.set_message(format!("{msg} | {eta}"));
             return;
         }
         if self.quiet {
@@ -174,24 +437,100 @@ impl Progress {
         }
         if force || self.last_line.elapsed() >= Duration::from_secs(2) {
             self.last_line = Instant::now();
-            let left = self.total.saturating_sub(finished);
-            let eta = if rate > 0.0 {
-                format!("{:.0}s", left as f64 / rate)
-            } else {
-                "?".into()
-            };
             let mut err = std::io::stderr().lock();
             let _ = writeln!(
                 err,
-                "mw: {finished}/{} finished; {msg}; ETA {eta}",
+                "[{}] mw: {finished}/{} finished; {msg}; {eta}",
+                now_rfc3339(),
                 self.total
             );
         }
+    }
+
+    /// Seconds since the display started.
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.start.elapsed()
     }
 
     pub(crate) fn finish(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+    }
+}
+
+/// Seconds as `42s`, `3m20s`, `2h05m`.
+fn human_secs(s: f64) -> String {
+    if s.is_finite() && s > 0.0 && s < 1.0 {
+        return "<1s".into();
+    }
+    let s = if s.is_finite() { s.max(0.0) as u64 } else { 0 };
+    if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_and_forged_ones_are_dropped() {
+        assert_eq!(rfc3339(0.0).as_deref(), Some("1970-01-01T00:00:00.000Z"));
+        assert_eq!(
+            rfc3339(1_700_000_000.25).as_deref(),
+            Some("2023-11-14T22:13:20.250Z")
+        );
+        assert_eq!(rfc3339(f64::NAN), None);
+        assert_eq!(rfc3339(1e300), None);
+    }
+
+    #[test]
+    fn csv_flattens_inputs_and_outputs() {
+        let mk = |task, input, output| ResultLine {
+            task,
+            state: "done".into(),
+            input,
+            output,
+            exit: "exit status 0".into(),
+            error: None,
+            wall_secs: 0.5,
+            cpu_secs: 0.25,
+            host: "h".into(),
+            attempts: 1,
+            submitted: None,
+            started: None,
+            finished: None,
+            output_files: vec![],
+        };
+        let lines = vec![
+            mk(
+                0,
+                serde_json::json!({"seed": 1, "p": {"n": 2}}),
+                serde_json::json!({"pi": 3.1}),
+            ),
+            mk(
+                1,
+                serde_json::json!({"seed": 2}),
+                serde_json::json!("a, \"b\""),
+            ),
+        ];
+        let mut buf = Vec::new();
+        write_csv(&mut buf, &lines).unwrap();
+        let mut r = csv::Reader::from_reader(buf.as_slice());
+        let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+        for c in ["input.seed", "input.p.n", "output.pi", "output", "started"] {
+            assert!(header.contains(&c.to_string()), "{header:?}");
+        }
+        let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
+        let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+        assert_eq!(&rows[0][col("input.p.n")], "2");
+        assert_eq!(&rows[0][col("output.pi")], "3.1");
+        assert_eq!(&rows[1][col("output")], "a, \"b\"");
+        assert_eq!(&rows[1][col("input.p.n")], "");
     }
 }

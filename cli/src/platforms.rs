@@ -9,6 +9,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Checks, before any job directory is created, that the platform `interface` needs is
+/// there: HTCondor's `condor_submit` on PATH for `condor`.
+pub(crate) fn check_available(interface: &str) -> anyhow::Result<()> {
+    if interface == "condor" && crate::job::find_on_path("condor_submit").is_none() {
+        anyhow::bail!(
+            "interface \"condor\" needs HTCondor, but `condor_submit` is not on PATH: run mw on \
+             a submit host of your pool (or add HTCondor's bin directory to PATH); to run \
+             this job here instead, pass `--interface multicore`"
+        );
+    }
+    Ok(())
+}
+
 /// Builds the interface named `name` for `job`, staging into `job_dir`.
 pub(crate) fn make(name: &str, job: &Job, job_dir: &Path) -> anyhow::Result<Arc<dyn Interface>> {
     match name {

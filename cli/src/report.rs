@@ -1,15 +1,41 @@
-//! `mw report`: a self-contained SVG (optionally wrapped in HTML) with a timeline of tasks
-//! per worker and a histogram of task run times (the paper's Fig. 5, as a picture).
+//! `mw report`: a self-contained SVG (optionally wrapped in an HTML page) that says what
+//! happened to a job: a legend, a timeline of tasks per worker with time ticks, retry and
+//! resume markers, throughput over time, slot utilisation, a histogram of run times, and
+//! (in the HTML page) the failed tasks with their stderr and the retried tasks.
+//!
+//! Hand-written SVG rather than a plotting crate: every element carries a `<title>` tooltip
+//! (task, attempts, times), which plotters' SVG backend cannot attach; the charts are
+//! rectangles, lines and text, and the file stays self-contained with no fonts or scripts.
 //!
 //! Workers are reconstructed from the journal: per host, tasks are placed greedily on the
-//! first lane free at their start time, which recovers the worker slots of a run.
+//! first lane free at their start time, which recovers the worker slots of a run. Everything
+//! read from the journal is escaped; non-finite times are dropped.
 
-use mw::journal::{JobMeta, StoredTask};
+use mw::journal::{Event, JobMeta, StoredTask};
+use mw::master::TaskState;
 use std::fmt::Write;
+use std::path::Path;
 
 const WIDTH: f64 = 900.0;
 const LANE_H: f64 = 14.0;
-const LEFT: f64 = 160.0;
+const LEFT: f64 = 170.0;
+const CHART_H: f64 = 120.0;
+
+const C_DONE: &str = "#4a7fb5";
+const C_FAILED: &str = "#c0392b";
+const C_CANCELLED: &str = "#999999";
+const C_RETRY: &str = "#e67e22";
+const C_RESUME: &str = "#8e44ad";
+const C_THROUGHPUT: &str = "#6a9f58";
+const C_UTIL: &str = "#2c3e50";
+
+/// Everything a report is drawn from.
+pub(crate) struct ReportData<'a> {
+    pub(crate) meta: &'a JobMeta,
+    pub(crate) tasks: &'a [StoredTask],
+    pub(crate) events: &'a [Event],
+    pub(crate) logs_dir: &'a Path,
+}
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -23,24 +49,119 @@ struct Bar {
     start: f64,
     end: f64,
     task: u64,
-    ok: bool,
+    state: TaskState,
+    attempts: u32,
+}
+
+/// A "nice" tick step (1, 2 or 5 times a power of ten) giving about `n` ticks over `span`.
+fn tick_step(span: f64, n: f64) -> f64 {
+    let raw = (span / n).max(1e-9);
+    let mag = 10f64.powf(raw.log10().floor());
+    let norm = raw / mag;
+    let nice = if norm <= 1.0 {
+        1.0
+    } else if norm <= 2.0 {
+        2.0
+    } else if norm <= 5.0 {
+        5.0
+    } else {
+        10.0
+    };
+    nice * mag
+}
+
+fn fmt_num(v: f64, step: f64) -> String {
+    if step >= 1.0 {
+        format!("{v:.0}")
+    } else {
+        let decimals = (-step.log10().floor()) as usize;
+        format!("{v:.decimals$}")
+    }
+}
+
+/// Ticks and labels along an x axis of `span` seconds starting at `LEFT`.
+fn x_axis(s: &mut String, y: f64, span: f64, unit: &str) {
+    let step = tick_step(span, 8.0);
+    let _ = writeln!(
+        s,
+        r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#333"/>"##,
+        LEFT + WIDTH
+    );
+    let mut v = 0.0;
+    let mut k = 0;
+    while v <= span + 1e-9 && k < 50 {
+        let x = LEFT + v / span * WIDTH;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x:.1}" y1="{y:.1}" x2="{x:.1}" y2="{:.1}" stroke="#333"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}{unit}</text>"##,
+            y + 4.0,
+            y + 15.0,
+            fmt_num(v, step)
+        );
+        k += 1;
+        v = step * k as f64;
+    }
+}
+
+/// Ticks and labels along a y axis from 0 to `max` over `h` pixels ending at `bottom`.
+fn y_axis(s: &mut String, bottom: f64, h: f64, max: f64, label: &str, whole: bool) {
+    let step = tick_step(max, 4.0);
+    // Counts tick at whole numbers.
+    let step = if whole { step.max(1.0).round() } else { step };
+    let _ = writeln!(
+        s,
+        r##"<line x1="{LEFT}" y1="{:.1}" x2="{LEFT}" y2="{bottom:.1}" stroke="#333"/>"##,
+        bottom - h
+    );
+    let mut v = 0.0;
+    let mut k = 0;
+    while v <= max + 1e-9 && k < 20 {
+        let y = bottom - v / max * h;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{:.1}" y1="{y:.1}" x2="{LEFT}" y2="{y:.1}" stroke="#333"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+            LEFT - 4.0,
+            LEFT - 6.0,
+            y + 4.0,
+            fmt_num(v, step)
+        );
+        k += 1;
+        v = step * k as f64;
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="10" y="{:.1}">{}</text>"#,
+        bottom - h / 2.0,
+        esc(label)
+    );
+}
+
+fn colour(state: TaskState) -> &'static str {
+    match state {
+        TaskState::Done => C_DONE,
+        TaskState::Cancelled => C_CANCELLED,
+        _ => C_FAILED,
+    }
 }
 
 /// Renders the report as one SVG document.
-pub(crate) fn render_svg(meta: &JobMeta, tasks: &[StoredTask]) -> String {
-    let timed: Vec<&StoredTask> = tasks
+pub(crate) fn render_svg(d: &ReportData<'_>) -> String {
+    let ok = |v: &Option<f64>| v.filter(|x| x.is_finite());
+    let timed: Vec<&StoredTask> = d
+        .tasks
         .iter()
-        .filter(|t| t.started.is_some() && t.finished.is_some())
+        .filter(|t| ok(&t.started).is_some() && ok(&t.finished).is_some())
         .collect();
     let t0 = timed
         .iter()
-        .filter_map(|t| t.started)
+        .filter_map(|t| ok(&t.started))
         .fold(f64::INFINITY, f64::min);
     let t1 = timed
         .iter()
-        .filter_map(|t| t.finished)
+        .filter_map(|t| ok(&t.finished))
         .fold(f64::NEG_INFINITY, f64::max);
     let span = if t1 > t0 { t1 - t0 } else { 1.0 };
+    let t0 = if t0.is_finite() { t0 } else { 0.0 };
 
     // Lanes per host.
     let mut hosts: Vec<String> = timed.iter().map(|t| t.host.clone()).collect();
@@ -73,59 +194,90 @@ pub(crate) fn render_svg(meta: &JobMeta, tasks: &[StoredTask]) -> String {
                 start: s,
                 end: e,
                 task: t.index,
-                ok: t.state == mw::master::TaskState::Done,
+                state: t.state,
+                attempts: t.attempts,
             });
         }
         for l in 0..lane_free.len() {
             let name = if host.is_empty() { "?" } else { host.as_str() };
-            lane_labels.push(format!("{name} #{l}"));
+            lane_labels.push(format!("{} #{l}", truncate(name, 20)));
         }
     }
-    let timeline_h = (lane_labels.len().max(1) as f64) * LANE_H + 40.0;
-
-    // Histogram of wall times.
-    let walls: Vec<f64> = tasks
+    let lanes = lane_labels.len().max(1);
+    let in_span = |at: f64| at.is_finite() && at >= t0 - 1e-6 && at <= t0 + span + 1e-6;
+    let retries: Vec<&Event> = d
+        .events
         .iter()
-        .filter(|t| t.state == mw::master::TaskState::Done)
-        .map(|t| t.wall_secs)
+        .filter(|e| e.kind == "retry" && in_span(e.at))
         .collect();
-    let bins = 30usize;
-    let wmax = walls.iter().cloned().fold(0.0, f64::max).max(1e-9);
-    let mut counts = vec![0usize; bins];
-    for w in &walls {
-        let b = ((w / wmax) * bins as f64).floor() as usize;
-        counts[b.min(bins - 1)] += 1;
-    }
-    let cmax = counts.iter().cloned().max().unwrap_or(1).max(1);
-    let hist_h = 200.0;
-    let height = 60.0 + timeline_h + hist_h + 80.0;
+    let resumes: Vec<&Event> = d
+        .events
+        .iter()
+        .filter(|e| (e.kind == "resumed" || e.kind == "retry-requested") && in_span(e.at))
+        .collect();
+
+    let count = |st: TaskState| d.tasks.iter().filter(|t| t.state == st).count();
+    let (done, failed, cancelled) = (
+        count(TaskState::Done),
+        count(TaskState::Failed),
+        count(TaskState::Cancelled),
+    );
 
     let mut s = String::new();
+    let timeline_top = 95.0;
+    let timeline_h = lanes as f64 * LANE_H;
+    let timeline_axis = timeline_top + timeline_h + 18.0;
+    let thr_top = timeline_axis + 55.0;
+    let util_top = thr_top + CHART_H + 60.0;
+    let hist_top = util_top + CHART_H + 60.0;
+    let height = hist_top + CHART_H + 45.0;
     let _ = writeln!(
         s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{height}" font-family="sans-serif" font-size="11">"#,
-        w = WIDTH + LEFT + 20.0
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{height:.0}" viewBox="0 0 {w} {height:.0}" font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="#ffffff"/>"##,
+        w = WIDTH + LEFT + 30.0
     );
-    let done = tasks
-        .iter()
-        .filter(|t| t.state == mw::master::TaskState::Done)
-        .count();
     let _ = writeln!(
         s,
-        r#"<text x="10" y="20" font-size="15">mw job {} ({}): {} tasks, {} done, span {:.2} s</text>"#,
-        esc(&meta.id),
-        esc(&meta.interface),
-        tasks.len(),
-        done,
+        r#"<text x="10" y="20" font-size="15">mw job {} ({}): {} tasks: {done} done, {failed} failed, {cancelled} cancelled; span {:.2} s</text>"#,
+        esc(&d.meta.id),
+        esc(&d.meta.interface),
+        d.tasks.len(),
         if timed.is_empty() { 0.0 } else { span }
     );
+    // Legend.
+    let legend = [
+        (C_DONE, "done", false),
+        (C_FAILED, "failed", false),
+        (C_CANCELLED, "cancelled", false),
+        (C_RETRY, "retry (a failed attempt)", true),
+        (C_RESUME, "master resumed / mw retry", true),
+    ];
+    let mut x = 10.0;
+    for (c, label, is_line) in legend {
+        if is_line {
+            let _ = writeln!(
+                s,
+                r#"<line x1="{:.1}" y1="34" x2="{:.1}" y2="46" stroke="{c}" stroke-width="2" stroke-dasharray="3,2"/>"#,
+                x + 5.0,
+                x + 5.0
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                r#"<rect x="{x:.1}" y="35" width="10" height="10" fill="{c}"/>"#
+            );
+        }
+        let _ = writeln!(s, r#"<text x="{:.1}" y="44">{label}</text>"#, x + 14.0);
+        x += 24.0 + label.len() as f64 * 6.2;
+    }
+
     let _ = writeln!(
         s,
-        r#"<text x="10" y="45" font-size="13">Timeline of tasks per worker</text>"#
+        r#"<text x="10" y="{:.1}" font-size="13">Timeline of tasks per worker slot (last attempt of each task)</text>"#,
+        timeline_top - 12.0
     );
-    let top = 55.0;
     for (i, label) in lane_labels.iter().enumerate() {
-        let y = top + i as f64 * LANE_H;
+        let y = timeline_top + i as f64 * LANE_H;
         let _ = writeln!(
             s,
             r#"<text x="10" y="{:.1}">{}</text>"#,
@@ -136,62 +288,263 @@ pub(crate) fn render_svg(meta: &JobMeta, tasks: &[StoredTask]) -> String {
     for b in &bars {
         let x = LEFT + (b.start - t0) / span * WIDTH;
         let w = ((b.end - b.start) / span * WIDTH).max(0.5);
-        let y = top + b.lane as f64 * LANE_H + 1.0;
-        let color = if b.ok { "#4a7fb5" } else { "#c0392b" };
+        let y = timeline_top + b.lane as f64 * LANE_H + 1.0;
         let _ = writeln!(
             s,
-            r#"<rect x="{x:.2}" y="{y:.1}" width="{w:.2}" height="{h:.1}" fill="{color}"><title>task {} {:.3}s</title></rect>"#,
+            r#"<rect x="{x:.2}" y="{y:.1}" width="{w:.2}" height="{h:.1}" fill="{c}"><title>task {} {} after {} attempt(s), {:.3}s</title></rect>"#,
             b.task,
+            b.state.as_str(),
+            b.attempts,
             b.end - b.start,
-            h = LANE_H - 2.0
+            h = LANE_H - 2.0,
+            c = colour(b.state)
         );
     }
-    let axis_y = top + lane_labels.len().max(1) as f64 * LANE_H + 12.0;
+    for e in &retries {
+        let x = LEFT + (e.at - t0) / span * WIDTH;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="{C_RETRY}" stroke-width="1.5" stroke-dasharray="3,2"><title>retry: task {} {}</title></line>"#,
+            timeline_top - 4.0,
+            timeline_top + timeline_h,
+            e.task.map(|t| t.to_string()).unwrap_or_default(),
+            esc(e.detail.as_deref().unwrap_or(""))
+        );
+    }
+    for e in &resumes {
+        let x = LEFT + (e.at - t0) / span * WIDTH;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="{C_RESUME}" stroke-width="2" stroke-dasharray="6,3"><title>{}: {}</title></line>"#,
+            timeline_top - 8.0,
+            timeline_top + timeline_h + 4.0,
+            esc(&e.kind),
+            esc(e.detail.as_deref().unwrap_or(""))
+        );
+    }
+    x_axis(&mut s, timeline_axis - 8.0, span, " s");
+
+    // Throughput over time: tasks finished per bin.
+    let bins = 40usize;
+    let bin_w = span / bins as f64;
+    let mut finished_per_bin = vec![0usize; bins];
+    for t in &timed {
+        if let Some(f) = ok(&t.finished) {
+            let b = (((f - t0) / span) * bins as f64).floor();
+            let b = if b.is_finite() && b >= 0.0 {
+                b as usize
+            } else {
+                0
+            };
+            finished_per_bin[b.min(bins - 1)] += 1;
+        }
+    }
+    let rate_max = finished_per_bin
+        .iter()
+        .map(|c| *c as f64 / bin_w)
+        .fold(0.0, f64::max)
+        .max(1e-9);
     let _ = writeln!(
         s,
-        r#"<text x="{LEFT}" y="{axis_y:.1}">0 s</text><text x="{:.1}" y="{axis_y:.1}" text-anchor="end">{:.2} s</text>"#,
-        LEFT + WIDTH,
-        span
+        r#"<text x="10" y="{:.1}" font-size="13">Throughput: tasks finished per second ({:.3} s bins)</text>"#,
+        thr_top - 12.0,
+        bin_w
     );
-    let htop = 60.0 + timeline_h + 20.0;
+    let bw = WIDTH / bins as f64;
+    for (i, c) in finished_per_bin.iter().enumerate() {
+        let rate = *c as f64 / bin_w;
+        let h = rate / rate_max * CHART_H;
+        let _ = writeln!(
+            s,
+            r#"<rect x="{:.2}" y="{:.2}" width="{:.2}" height="{h:.2}" fill="{C_THROUGHPUT}"><title>{c} finished in {:.2}-{:.2} s ({rate:.2}/s)</title></rect>"#,
+            LEFT + i as f64 * bw,
+            thr_top + CHART_H - h,
+            (bw - 1.0).max(0.5),
+            i as f64 * bin_w,
+            (i + 1) as f64 * bin_w
+        );
+    }
+    y_axis(
+        &mut s,
+        thr_top + CHART_H,
+        CHART_H,
+        rate_max,
+        "tasks/s",
+        false,
+    );
+    x_axis(&mut s, thr_top + CHART_H, span, " s");
+
+    // Slot utilisation: share of the slots busy, sampled.
+    let samples = 200usize;
+    let mut points = Vec::with_capacity(samples + 1);
+    let mut busy_sum = 0.0;
+    for i in 0..=samples {
+        let at = t0 + span * i as f64 / samples as f64;
+        let busy = bars.iter().filter(|b| b.start <= at && at < b.end).count();
+        let u = busy as f64 / lanes as f64;
+        busy_sum += u;
+        points.push(format!(
+            "{:.1},{:.1}",
+            LEFT + WIDTH * i as f64 / samples as f64,
+            util_top + CHART_H - u * CHART_H
+        ));
+    }
+    let mean_util = busy_sum / (samples + 1) as f64 * 100.0;
+    let _ = writeln!(
+        s,
+        r#"<text x="10" y="{:.1}" font-size="13">Slot utilisation: share of the {lanes} slot(s) busy (mean {mean_util:.0}%)</text>"#,
+        util_top - 12.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<polyline fill="none" stroke="{C_UTIL}" stroke-width="1.5" points="{}"><title>mean utilisation {mean_util:.0}%</title></polyline>"#,
+        points.join(" ")
+    );
+    y_axis(&mut s, util_top + CHART_H, CHART_H, 100.0, "% busy", false);
+    x_axis(&mut s, util_top + CHART_H, span, " s");
+
+    // Histogram of wall times of done tasks.
+    let walls: Vec<f64> = d
+        .tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Done && t.wall_secs.is_finite() && t.wall_secs >= 0.0)
+        .map(|t| t.wall_secs)
+        .collect();
+    let hbins = 30usize;
+    let wmax = walls.iter().cloned().fold(0.0, f64::max).max(1e-9);
+    let mut counts = vec![0usize; hbins];
+    for w in &walls {
+        let b = ((w / wmax) * hbins as f64).floor() as usize;
+        counts[b.min(hbins - 1)] += 1;
+    }
+    let cmax = counts.iter().cloned().max().unwrap_or(1).max(1);
     let _ = writeln!(
         s,
         r#"<text x="10" y="{:.1}" font-size="13">Histogram of task run times ({} done tasks)</text>"#,
-        htop - 5.0,
+        hist_top - 12.0,
         walls.len()
     );
-    let bw = WIDTH / bins as f64;
+    let hbw = WIDTH / hbins as f64;
     for (i, c) in counts.iter().enumerate() {
-        let h = *c as f64 / cmax as f64 * hist_h;
-        let x = LEFT + i as f64 * bw;
-        let y = htop + hist_h - h;
+        let h = *c as f64 / cmax as f64 * CHART_H;
         let _ = writeln!(
             s,
-            r##"<rect x="{x:.2}" y="{y:.2}" width="{:.2}" height="{h:.2}" fill="#6a9f58"><title>{c} tasks, {:.3}-{:.3} s</title></rect>"##,
-            (bw - 1.0).max(0.5),
-            wmax * i as f64 / bins as f64,
-            wmax * (i + 1) as f64 / bins as f64
+            r##"<rect x="{:.2}" y="{:.2}" width="{:.2}" height="{h:.2}" fill="#6a9f58"><title>{c} tasks, {:.3}-{:.3} s</title></rect>"##,
+            LEFT + i as f64 * hbw,
+            hist_top + CHART_H - h,
+            (hbw - 1.0).max(0.5),
+            wmax * i as f64 / hbins as f64,
+            wmax * (i + 1) as f64 / hbins as f64
         );
     }
-    let _ = writeln!(
-        s,
-        r#"<text x="{LEFT}" y="{:.1}">0 s</text><text x="{:.1}" y="{:.1}" text-anchor="end">{:.3} s</text><text x="10" y="{:.1}">max {cmax}</text>"#,
-        htop + hist_h + 14.0,
-        LEFT + WIDTH,
-        htop + hist_h + 14.0,
-        wmax,
-        htop + 10.0
+    y_axis(
+        &mut s,
+        hist_top + CHART_H,
+        CHART_H,
+        cmax as f64,
+        "tasks",
+        true,
     );
+    x_axis(&mut s, hist_top + CHART_H, wmax, " s");
     s.push_str("</svg>\n");
     s
 }
 
-/// Wraps the SVG in a small self-contained HTML page.
-pub(crate) fn render_html(meta: &JobMeta, tasks: &[StoredTask], svg: &str) -> String {
-    format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>mw report: {id}</title></head>\n<body>\n<h1>mw report: {id}</h1>\n<p>{n} tasks, interface {iface}.</p>\n{svg}</body></html>\n",
-        id = esc(&meta.id),
-        n = tasks.len(),
-        iface = esc(&meta.interface)
-    )
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// How many failed tasks the HTML page lists, and how much stderr each shows.
+const LIST_FAILED: usize = 50;
+const STDERR_SHOWN: usize = 4096;
+
+/// Wraps the SVG in a self-contained HTML page with the failed tasks (and their stderr)
+/// and the retried tasks.
+pub(crate) fn render_html(d: &ReportData<'_>, svg: &str) -> String {
+    let mut h = String::new();
+    let id = esc(&d.meta.id);
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>mw report: {id}</title>\n<style>body{{font-family:sans-serif;margin:1em 2em}}pre{{background:#f4f4f4;padding:.5em;overflow-x:auto;max-height:20em}}td,th{{padding:2px 8px;text-align:left}}</style></head>\n<body>\n<h1>mw report: {id}</h1>\n<p>{n} tasks, interface {iface}.</p>\n{svg}",
+        n = d.tasks.len(),
+        iface = esc(&d.meta.interface)
+    );
+    let failed: Vec<&StoredTask> = d
+        .tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Failed)
+        .collect();
+    if failed.is_empty() {
+        h.push_str("<h2>Failed tasks</h2>\n<p>None.</p>\n");
+    } else {
+        let _ = writeln!(
+            h,
+            "<h2>Failed tasks ({}{})</h2>",
+            failed.len(),
+            if failed.len() > LIST_FAILED {
+                format!(", the first {LIST_FAILED}")
+            } else {
+                String::new()
+            }
+        );
+        for t in failed.iter().take(LIST_FAILED) {
+            let stderr = mw::task_logs::read(
+                d.logs_dir,
+                mw::TaskId(t.index),
+                t.attempts.max(1),
+                mw::task_logs::Stream::Stderr,
+            )
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+            let _ = writeln!(
+                h,
+                "<h3 id=\"task-{i}\">task {i}: {exit} after {a} attempt(s)</h3>\n<p>input <code>{input}</code></p>",
+                i = t.index,
+                exit = esc(t.exit.as_deref().unwrap_or("")),
+                a = t.attempts,
+                input = esc(&truncate(&t.input.to_string(), 300))
+            );
+            let reason = crate::output::failure_reason(t.error.as_deref().unwrap_or(""));
+            let _ = writeln!(h, "<p>{}</p>", esc(&reason));
+            if let Some(err) = stderr {
+                let tail = last_chars(&err, STDERR_SHOWN);
+                let _ = writeln!(h, "<p>stderr (last attempt):</p><pre>{}</pre>", esc(&tail));
+            }
+        }
+    }
+    let retried: Vec<&StoredTask> = d.tasks.iter().filter(|t| t.attempts > 1).collect();
+    let _ = writeln!(h, "<h2>Retried tasks ({})</h2>", retried.len());
+    if retried.is_empty() {
+        h.push_str("<p>None.</p>\n");
+    } else {
+        h.push_str("<table><tr><th>task</th><th>attempts</th><th>outcome</th></tr>\n");
+        for t in retried.iter().take(200) {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                t.index,
+                t.attempts,
+                t.state.as_str()
+            );
+        }
+        h.push_str("</table>\n");
+    }
+    h.push_str("</body></html>\n");
+    h
+}
+
+fn last_chars(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &s[start..])
 }

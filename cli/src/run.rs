@@ -69,6 +69,22 @@ pub(crate) struct ResumeArgs {
     pub(crate) jobs_dir: Option<PathBuf>,
 }
 
+/// `mw retry` arguments.
+#[derive(Args, Debug)]
+pub(crate) struct RetryArgs {
+    /// Job id (e.g. `monte_pi-1`) or job directory.
+    pub(crate) job: String,
+    /// Only failed tasks (default: failed and cancelled ones).
+    #[arg(long, conflicts_with = "task")]
+    pub(crate) failed: bool,
+    /// Only this task (repeatable); it must have failed or been cancelled.
+    #[arg(long, value_name = "N")]
+    pub(crate) task: Vec<u64>,
+    /// Directory holding job directories (default: $MW_JOBS_DIR or ./mw-jobs).
+    #[arg(long)]
+    pub(crate) jobs_dir: Option<PathBuf>,
+}
+
 /// The directory holding job directories.
 pub(crate) fn jobs_root(arg: Option<&Path>) -> PathBuf {
     match arg {
@@ -144,6 +160,7 @@ pub(crate) fn prepare(opts: &JobOptions) -> anyhow::Result<Prepared> {
     if !["multicore", "mpi", "condor", "boinc"].contains(&interface.as_str()) {
         bail!("--interface `{interface}`: expected multicore, mpi, condor or boinc");
     }
+    crate::platforms::check_available(&interface)?;
     let workers = opts.workers.or(job.workers()?);
     if workers.is_some_and(|w| !(1..=crate::job::MAX_WORKERS).contains(&w)) {
         bail!(
@@ -206,13 +223,21 @@ fn mpi_interface() -> anyhow::Result<Arc<dyn Interface>> {
 }
 
 fn master_options(job: &Job, id: &str, job_dir: Option<&Path>) -> MasterOptions {
+    // Checked when the job file was parsed.
+    let (retry_backoff, retry_on) = job.retry_policy().unwrap_or_default();
     MasterOptions {
         retries: job.file.retries.unwrap_or(0),
         job_name: id.to_string(),
         results_dir: job_dir.map(|d| d.join("results")),
         staging_dir: job_dir.map(|d| d.join("staging")),
+        logs_dir: job_dir.map(|d| d.join(LOGS_DIR)),
+        retry_backoff,
+        retry_on,
     }
 }
+
+/// Where a job directory keeps each attempt's stdout and stderr (`mw logs`).
+pub(crate) const LOGS_DIR: &str = "logs";
 
 fn now_unix() -> f64 {
     SystemTime::now()
@@ -320,6 +345,7 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
     let mut lines: BTreeMap<u64, ResultLine> = BTreeMap::new();
     let mut next_to_write = 0u64;
     let mut failed = 0usize;
+    let mut tally = Tally::default();
     let mut reduce_inputs: Vec<Option<serde_json::Value>> =
         vec![None; if reduce_present { total } else { 0 }];
     let end = drive(
@@ -330,6 +356,7 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
             if outcome.is_err() {
                 failed += 1;
             }
+            tally.add(task.0, &outcome);
             if reduce_present {
                 if let Ok(out) = &outcome {
                     reduce_inputs[task.0 as usize] = Some(out.value.clone());
@@ -339,7 +366,7 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
                 task.0,
                 p.inputs[task.0 as usize].clone(),
                 &outcome,
-                Some(&times),
+                &times,
             );
             lines.insert(task.0, line);
             while let Some(line) = lines.remove(&next_to_write) {
@@ -377,8 +404,12 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
     if let Some(j) = &journal {
         j.close();
     }
-    if failed > 0 {
-        eprintln!("mw: {failed} of {total} tasks failed");
+    if !quiet || failed > 0 {
+        tally.print(
+            job_dir.as_ref().map(|_| id.as_str()),
+            progress.elapsed(),
+            total,
+        );
     }
     if let Some(reduce) = &p.reduce {
         if failed > 0 {
@@ -452,6 +483,57 @@ pub(crate) enum DriveEnd {
 
 /// How often a running master looks for `mw cancel` requests, whatever the task rate.
 const CANCEL_POLL: Duration = Duration::from_millis(200);
+
+/// Counts of a run's outcomes and its first failures, for the end-of-run summary.
+#[derive(Default)]
+struct Tally {
+    done: usize,
+    failed: usize,
+    cancelled: usize,
+    first_failures: Vec<(u64, String)>,
+}
+
+impl Tally {
+    fn add(&mut self, task: u64, outcome: &Result<mw::TaskOutput, mw::MwError>) {
+        match outcome {
+            Ok(_) => self.done += 1,
+            Err(mw::MwError::Cancelled(_)) => self.cancelled += 1,
+            Err(e) => {
+                self.failed += 1;
+                self.note_failure(task, e.to_string());
+            }
+        }
+    }
+
+    fn add_stored(&mut self, t: &mw::journal::StoredTask) {
+        match t.state {
+            TaskState::Done => self.done += 1,
+            TaskState::Cancelled => self.cancelled += 1,
+            TaskState::Failed => {
+                self.failed += 1;
+                self.note_failure(t.index, t.error.clone().unwrap_or_default());
+            }
+            _ => {}
+        }
+    }
+
+    fn note_failure(&mut self, task: u64, reason: String) {
+        if self.first_failures.len() < crate::output::SUMMARY_FAILURES {
+            self.first_failures.push((task, reason));
+            self.first_failures.sort_by_key(|(t, _)| *t);
+        }
+    }
+
+    fn print(&self, job: Option<&str>, wall: Duration, ran_here: usize) {
+        crate::output::print_summary(
+            job,
+            (self.done, self.failed, self.cancelled),
+            wall,
+            ran_here,
+            &self.first_failures,
+        );
+    }
+}
 
 /// Collects every task's outcome as it finishes, handing each to `on_finished`, keeping
 /// the progress display current, applying `mw cancel` requests from the journal at least
@@ -658,6 +740,56 @@ fn spawn_detached_master(dir: &Path) -> anyhow::Result<u32> {
     Ok(child.id())
 }
 
+/// `mw retry`: queues a finished job's failed (and cancelled) tasks again in its journal,
+/// keeping every done task's row untouched, then runs them like `mw resume`.
+pub(crate) fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<i32> {
+    let dir = find_job_dir(&args.job, args.jobs_dir.as_deref())?;
+    if let Some(pid) = super::jobs::live_master_pid(&dir)? {
+        bail!(
+            "job {} has a running master (pid {pid}); wait for it (`mw wait`) before retrying",
+            dir.display()
+        );
+    }
+    let which = if !args.task.is_empty() {
+        mw::journal::RetrySelection::Tasks(args.task.clone())
+    } else if args.failed {
+        mw::journal::RetrySelection::Failed
+    } else {
+        mw::journal::RetrySelection::AllUnsuccessful
+    };
+    let path = dir.join(mw::journal::JOURNAL_FILE);
+    let mut conn = mw::journal::open_checked(&path, true)?;
+    let (queued, refused) = mw::journal::requeue_for_retry(&mut conn, &path, &which, now_unix())?;
+    drop(conn);
+    if !refused.is_empty() {
+        let why: Vec<String> = refused
+            .iter()
+            .map(|(t, s)| match s {
+                Some(s) => format!("task {t} is {}", s.as_str()),
+                None => format!("there is no task {t}"),
+            })
+            .collect();
+        bail!(
+            "nothing was queued: {} (only failed or cancelled tasks can be retried)",
+            why.join(", ")
+        );
+    }
+    if queued.is_empty() {
+        eprintln!("mw: no failed or cancelled tasks to retry");
+        return Ok(EXIT_OK);
+    }
+    if !quiet {
+        eprintln!("mw: retrying {} task(s)", queued.len());
+    }
+    resume(
+        ResumeArgs {
+            job: dir.display().to_string(),
+            jobs_dir: None,
+        },
+        quiet,
+    )
+}
+
 /// `mw resume`: restart the master of a job whose master died (or finish a submitted job).
 pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
     let dir = find_job_dir(&args.job, args.jobs_dir.as_deref())?;
@@ -745,12 +877,22 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
         .iter()
         .filter(|t| matches!(t.state, TaskState::Failed | TaskState::Cancelled))
         .count();
-    let end = drive(&master, Some(&journal), &mut progress, |_, outcome, _| {
-        if outcome.is_err() {
-            failed += 1;
-        }
-        Ok(())
-    })?;
+    let mut tally = Tally::default();
+    for t in &stored {
+        tally.add_stored(t);
+    }
+    let end = drive(
+        &master,
+        Some(&journal),
+        &mut progress,
+        |task, outcome, _| {
+            if outcome.is_err() {
+                failed += 1;
+            }
+            tally.add(task.0, &outcome);
+            Ok(())
+        },
+    )?;
     drop(master);
     if let DriveEnd::Stopped {
         reason,
@@ -759,6 +901,9 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
     {
         journal.close();
         return stopped_exit(&reason, interrupted, Some(&meta.id));
+    }
+    if !quiet || failed > 0 {
+        tally.print(Some(&meta.id), progress.elapsed(), unfinished);
     }
     log::info!(
         "job {}: every task has an outcome ({failed} failed or cancelled)",

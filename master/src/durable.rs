@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn at(s: Option<f64>) -> Option<SystemTime> {
     s.filter(|v| v.is_finite() && *v >= 0.0)
-        .map(|v| UNIX_EPOCH + Duration::from_secs_f64(v))
+        .and_then(|v| Duration::try_from_secs_f64(v).ok())
+        .and_then(|d| UNIX_EPOCH.checked_add(d))
 }
 
 /// Rebuilds the in-memory record of a stored task (used by resume).
@@ -26,8 +27,9 @@ pub(crate) fn restored_record(spec: TaskSpec, state: TaskState, t: &StoredTask) 
             submitted: at(t.submitted),
             started: at(t.started),
             finished: at(t.finished),
-            wall: Duration::from_secs_f64(t.wall_secs.max(0.0)),
-            cpu: Duration::from_secs_f64(t.cpu_secs.max(0.0)),
+            wall: Duration::try_from_secs_f64(t.wall_secs).unwrap_or_default(),
+            cpu: Duration::try_from_secs_f64(t.cpu_secs).unwrap_or_default(),
+            attempts: t.attempts,
         },
         outcome: None,
         // Final tasks were reported by the previous master (their results are in the
@@ -35,6 +37,7 @@ pub(crate) fn restored_record(spec: TaskSpec, state: TaskState, t: &StoredTask) 
         collected: state.is_final(),
         cancel_requested: false,
         durable: state.is_final(),
+        attempts_before: t.attempts,
     }
 }
 

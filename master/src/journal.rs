@@ -113,6 +113,7 @@ enum Write {
     },
     Requeued {
         task: u64,
+        detail: String,
     },
     Flush(Sender<()>),
 }
@@ -381,6 +382,20 @@ impl Journal {
             ],
         )
         .map_err(|e| jerr(&path, "recording the master", e))?;
+        let unfinished = tasks.iter().filter(|t| !t.state.is_final()).count();
+        if unfinished > 0 {
+            conn.execute(
+                "INSERT INTO events (at, task, kind, detail) VALUES (?1, NULL, 'resumed', ?2)",
+                params![
+                    now_unix(),
+                    format!(
+                        "master pid {} took over with {unfinished} unfinished tasks",
+                        std::process::id()
+                    )
+                ],
+            )
+            .map_err(|e| jerr(&path, "recording the master", e))?;
+        }
         Ok((Self::start(path, conn, lock)?, meta, tasks))
     }
 
@@ -450,6 +465,17 @@ impl Journal {
 
     /// Records tasks `first..` as submitted (queued), in one transaction, committed on return.
     pub fn record_submitted(&self, first: u64, specs: &[TaskSpec]) -> Result<(), JournalError> {
+        self.record_submitted_at(first, specs, now_unix())
+    }
+
+    /// [`record_submitted`](Self::record_submitted) with the submission time (Unix seconds)
+    /// the caller also keeps, so live and journaled times agree.
+    pub fn record_submitted_at(
+        &self,
+        first: u64,
+        specs: &[TaskSpec],
+        at: f64,
+    ) -> Result<(), JournalError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn
             .transaction()
@@ -460,7 +486,6 @@ impl Journal {
                     "INSERT OR IGNORE INTO tasks (idx, input, state, submitted) VALUES (?1, ?2, 'queued', ?3)",
                 )
                 .map_err(|e| jerr(&self.path, "recording tasks", e))?;
-            let at = now_unix();
             for (i, spec) in specs.iter().enumerate() {
                 let input = serde_json::to_string(&spec.input).unwrap_or_else(|_| "null".into());
                 stmt.execute(params![(first + i as u64) as i64, input, at])
@@ -491,8 +516,12 @@ impl Journal {
         });
     }
 
-    pub(crate) fn record_requeued(&self, task: TaskId) {
-        self.send(Write::Requeued { task: task.0 });
+    /// Records that a failed attempt of `task` will be retried (`detail` says why and when).
+    pub(crate) fn record_requeued(&self, task: TaskId, detail: &str) {
+        self.send(Write::Requeued {
+            task: task.0,
+            detail: detail.to_string(),
+        });
     }
 
     /// Records a final state; `on_durable` runs once it is committed.
@@ -713,12 +742,16 @@ fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> 
                 )?
                 .execute(params![now_unix(), sql_idx(*task), handle])?;
             }
-            Write::Requeued { task } => {
+            Write::Requeued { task, detail } => {
                 tx.prepare_cached(
                     "UPDATE tasks SET state = 'queued', handle = NULL
                      WHERE idx = ?1 AND state NOT IN ('done','failed','cancelled')",
                 )?
                 .execute(params![sql_idx(*task)])?;
+                tx.prepare_cached(
+                    "INSERT INTO events (at, task, kind, detail) VALUES (?1, ?2, 'retry', ?3)",
+                )?
+                .execute(params![now_unix(), sql_idx(*task), detail])?;
             }
             Write::Final { task, row, .. } => {
                 let changed = tx
@@ -1097,4 +1130,196 @@ pub fn cancel_without_master(
     .map_err(|e| jerr(path, "recording the cancel", e))?;
     tx.commit().map_err(|e| jerr(path, "cancelling tasks", e))?;
     Ok(n)
+}
+
+/// Reads one task, if the job has it.
+pub fn read_task(
+    conn: &Connection,
+    path: &Path,
+    task: u64,
+) -> Result<Option<StoredTask>, JournalError> {
+    let Ok(idx) = i64::try_from(task) else {
+        return Ok(None);
+    };
+    // Small jobs and single look-ups: reuse the one row decoder of `read_tasks`.
+    let sql =
+        "SELECT idx, input, state, attempts, handle, submitted, started, finished, wall, cpu, host,
+               output, exit, error, output_files FROM tasks WHERE idx = ?1";
+    let mut stmt = conn
+        .prepare(sql)
+        .map_err(|e| jerr(path, "reading a task", e))?;
+    let mut rows = stmt
+        .query(params![idx])
+        .map_err(|e| jerr(path, "reading a task", e))?;
+    let Some(r) = rows.next().map_err(|e| jerr(path, "reading a task", e))? else {
+        return Ok(None);
+    };
+    let get = |e: rusqlite::Error| jerr(path, "reading a task", e);
+    let state: String = r.get(2).map_err(get)?;
+    let state = TaskState::parse(&state).ok_or_else(|| {
+        jerr(
+            path,
+            "reading a task",
+            format!("task {idx}: unknown state `{state}`"),
+        )
+    })?;
+    let input: String = r.get(1).map_err(get)?;
+    let output: Option<String> = r.get(11).map_err(get)?;
+    let files: String = r.get(14).map_err(get)?;
+    Ok(Some(StoredTask {
+        index: task,
+        input: serde_json::from_str(&input)
+            .map_err(|e| jerr(path, "reading a task", format!("task {idx}: input: {e}")))?,
+        state,
+        attempts: r.get::<_, i64>(3).map_err(get)?.clamp(0, u32::MAX as i64) as u32,
+        handle: r.get(4).map_err(get)?,
+        submitted: r.get(5).map_err(get)?,
+        started: r.get(6).map_err(get)?,
+        finished: r.get(7).map_err(get)?,
+        wall_secs: r.get(8).map_err(get)?,
+        cpu_secs: r.get(9).map_err(get)?,
+        host: r.get(10).map_err(get)?,
+        output: output.and_then(|o| serde_json::from_str(&o).ok()),
+        exit: r.get(12).map_err(get)?,
+        error: r.get(13).map_err(get)?,
+        output_files: serde_json::from_str(&files).unwrap_or_default(),
+    }))
+}
+
+/// One event of the job's log (`events` table): retries, cancels, submissions.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Unix seconds.
+    pub at: f64,
+    /// The task it is about, if any.
+    pub task: Option<u64>,
+    /// `submitted`, `retry`, `retry-requested`, `done`, `failed`, `cancelled`, `handle`, ….
+    pub kind: String,
+    /// Free text.
+    pub detail: Option<String>,
+}
+
+/// Reads the events of the given kinds (all kinds when empty), oldest first, at most `limit`.
+pub fn read_events(
+    conn: &Connection,
+    path: &Path,
+    kinds: &[&str],
+    limit: usize,
+) -> Result<Vec<Event>, JournalError> {
+    let mut stmt = conn
+        .prepare("SELECT at, task, kind, detail FROM events ORDER BY seq")
+        .map_err(|e| jerr(path, "reading events", e))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(Event {
+                at: r.get(0)?,
+                task: r
+                    .get::<_, Option<i64>>(1)?
+                    .and_then(|t| u64::try_from(t).ok()),
+                kind: r.get(2)?,
+                detail: r.get(3)?,
+            })
+        })
+        .map_err(|e| jerr(path, "reading events", e))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let ev = row.map_err(|e| jerr(path, "reading events", e))?;
+        if kinds.is_empty() || kinds.contains(&ev.kind.as_str()) {
+            out.push(ev);
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Which tasks `mw retry` runs again.
+#[derive(Debug, Clone)]
+pub enum RetrySelection {
+    /// Every failed and cancelled task.
+    AllUnsuccessful,
+    /// Only failed tasks.
+    Failed,
+    /// These tasks (each must be failed or cancelled).
+    Tasks(Vec<u64>),
+}
+
+/// What [`requeue_for_retry`] did: the tasks queued again, and the tasks asked for that
+/// could not be (with their state; `None`: no such task).
+pub type Requeued = (Vec<u64>, Vec<(u64, Option<TaskState>)>);
+
+/// Queues failed/cancelled tasks again for `mw retry`, in one transaction: their result
+/// columns are cleared, their attempt counts kept, and a `retry-requested` event is written
+/// for each. Done tasks are never touched. Returns the tasks queued, and the tasks of
+/// `Tasks` that could not be (done, unfinished or missing) with their state.
+pub fn requeue_for_retry(
+    conn: &mut Connection,
+    path: &Path,
+    which: &RetrySelection,
+    at: f64,
+) -> Result<Requeued, JournalError> {
+    let err = |e: rusqlite::Error| jerr(path, "queueing tasks again", e);
+    let tx = conn.transaction().map_err(err)?;
+    let candidates: Vec<(i64, String)> = {
+        let mut stmt = tx
+            .prepare(
+                "SELECT idx, state FROM tasks WHERE state IN ('failed','cancelled') ORDER BY idx",
+            )
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(err)?;
+        rows.collect::<Result<_, _>>().map_err(err)?
+    };
+    let mut chosen = Vec::new();
+    let mut refused = Vec::new();
+    match which {
+        RetrySelection::AllUnsuccessful => chosen.extend(candidates.iter().map(|(i, _)| *i)),
+        RetrySelection::Failed => chosen.extend(
+            candidates
+                .iter()
+                .filter(|(_, s)| s == "failed")
+                .map(|(i, _)| *i),
+        ),
+        RetrySelection::Tasks(list) => {
+            for &t in list {
+                let idx = i64::try_from(t).unwrap_or(i64::MAX);
+                if candidates.iter().any(|(i, _)| *i == idx) {
+                    if !chosen.contains(&idx) {
+                        chosen.push(idx);
+                    }
+                } else {
+                    let state: Option<String> = tx
+                        .query_row(
+                            "SELECT state FROM tasks WHERE idx = ?1",
+                            params![idx],
+                            |r| r.get(0),
+                        )
+                        .optional()
+                        .map_err(err)?;
+                    refused.push((t, state.and_then(|s| TaskState::parse(&s))));
+                }
+            }
+        }
+    }
+    if refused.is_empty() {
+        for idx in &chosen {
+            tx.execute(
+                "UPDATE tasks SET state = 'queued', handle = NULL, started = NULL, finished = NULL,
+                 wall = 0, cpu = 0, host = '', output = NULL, exit = NULL, error = NULL,
+                 output_files = '[]'
+                 WHERE idx = ?1 AND state IN ('failed','cancelled')",
+                params![idx],
+            )
+            .map_err(err)?;
+            tx.execute(
+                "INSERT INTO events (at, task, kind, detail) VALUES (?1, ?2, 'retry-requested', 'mw retry')",
+                params![at, idx],
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+    }
+    Ok((chosen.into_iter().map(|i| i as u64).collect(), refused))
 }

@@ -35,15 +35,18 @@ pub mod master;
 pub mod mpi;
 pub mod multicore;
 pub mod task;
+pub mod task_logs;
 
 pub use interface::{Completion, HandleSink, Interface};
 pub use master::{
-    Master, MasterOptions, MasterStatus, MwError, NextOutcome, TaskOutput, TaskState, TaskTimes,
+    Master, MasterOptions, MasterStatus, MwError, NextOutcome, RetryOn, TaskOutput, TaskState,
+    TaskTimes,
 };
 #[cfg(feature = "mpi")]
 pub use mpi::Mpi;
 pub use multicore::Multicore;
 pub use mw_bundle::{Comparison, ExitInfo};
 pub use task::{
-    Execution, InterfaceError, PreparedTask, Program, ProgramError, TaskId, TaskSpec, WorkerId,
+    Execution, InterfaceError, PreparedTask, Program, ProgramError, StdoutMode, TaskId, TaskSpec,
+    ToProgram, WorkerId,
 };

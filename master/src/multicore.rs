@@ -261,6 +261,8 @@ fn run_one(
     // One byte over the limit is enough to tell the result is too large (the master then
     // fails the task naming the limit); nothing more is read into memory.
     req.max_stdout_bytes = spec.max_output_bytes.saturating_add(1);
+    // Enough stderr for the task's log; the task's error carries only its last 4 KiB.
+    req.stderr_tail_bytes = 64 * 1024;
     let outcome = execute(&req, control)
         .map_err(|e| InterfaceError::new(format!("running {}: {e}", task.id)))?;
     let (found, missing) = collect_outputs(&workdir, &spec.outputs);

@@ -36,6 +36,50 @@ pub struct Program {
     bundle: Mutex<Option<ProgramBundle>>,
 }
 
+impl Clone for Program {
+    /// A copy with the same executable, arguments and files (and the bundle already packed,
+    /// if any; the copies then pack separately).
+    fn clone(&self) -> Self {
+        Program {
+            executable: self.executable.clone(),
+            base_args: self.base_args.clone(),
+            files: self.files.clone(),
+            bundle: Mutex::new(
+                self.bundle
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            ),
+        }
+    }
+}
+
+/// Anything [`Master::submit`](crate::Master::submit) and [`Master::map`](crate::Master::map)
+/// take as a program: a `&Program` (copied once per call), or an `Arc<Program>` (shared, so
+/// a remote platform packs its bundle once for every task).
+pub trait ToProgram {
+    /// The program as the task spec holds it.
+    fn to_program(self) -> Arc<Program>;
+}
+
+impl ToProgram for &Program {
+    fn to_program(self) -> Arc<Program> {
+        Arc::new(self.clone())
+    }
+}
+
+impl ToProgram for Arc<Program> {
+    fn to_program(self) -> Arc<Program> {
+        self
+    }
+}
+
+impl ToProgram for &Arc<Program> {
+    fn to_program(self) -> Arc<Program> {
+        self.clone()
+    }
+}
+
 /// A program packed as a content-addressed bundle.
 #[derive(Debug, Clone)]
 pub struct ProgramBundle {
@@ -184,6 +228,35 @@ pub struct TaskSpec {
     /// task with a message naming the limit. Also bounds what a result bundle from a pool
     /// or a volunteer may hold. Default [`DEFAULT_MAX_OUTPUT_BYTES`].
     pub max_output_bytes: u64,
+    /// How the program's stdout becomes the result (default: it is JSON).
+    pub stdout: StdoutMode,
+}
+
+/// How a task's stdout becomes its result value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StdoutMode {
+    /// The stdout is one JSON value (empty stdout is `null`); anything else fails the task.
+    #[default]
+    Json,
+    /// The stdout is text: the result is a JSON string holding it (lossy UTF-8, without
+    /// its trailing newlines).
+    Text,
+    /// The stdout is kept as the file `stdout` among the task's output files, and the
+    /// result is that file's path (a JSON string). Needs a results directory.
+    File,
+}
+
+impl StdoutMode {
+    /// Parses `json`, `text` or `file`.
+    pub fn parse(s: &str) -> Option<StdoutMode> {
+        Some(match s {
+            "json" => StdoutMode::Json,
+            "text" => StdoutMode::Text,
+            "file" => StdoutMode::File,
+            _ => return None,
+        })
+    }
 }
 
 /// How many bytes of declared output files one result bundle may carry (it is opened in
@@ -207,6 +280,7 @@ impl TaskSpec {
             outputs: Vec::new(),
             comparison: Comparison::default(),
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            stdout: StdoutMode::Json,
         }
     }
 }

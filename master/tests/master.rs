@@ -268,6 +268,15 @@ echo '{}'"#,
     .unwrap();
     let mut s = spec(&p, json!(0), &[("SECRET", d.s("secret"))]);
     s.outputs = vec!["out.txt".into(), "leak.txt".into()];
+    let t = master.submit_task(s.clone()).unwrap();
+    // A link in place of a declared output is not kept, and the task fails naming it.
+    match master.get_output(Some(t)) {
+        Err(MwError::MissingOutput { files, .. }) => assert_eq!(files, ["leak.txt"]),
+        other => panic!("expected MissingOutput, got {other:?}"),
+    }
+    assert!(!results.join("task-0").join("leak.txt").exists());
+    // The regular file came back.
+    s.outputs = vec!["out.txt".into()];
     let t = master.submit_task(s).unwrap();
     let out = master.get_output(Some(t)).unwrap();
     let names: Vec<&str> = out.output_files.iter().map(|(n, _)| n.as_str()).collect();
@@ -275,7 +284,7 @@ echo '{}'"#,
     let kept = &out.output_files[0].1;
     assert!(kept.starts_with(&results));
     assert_eq!(std::fs::read_to_string(kept).unwrap(), "result\n");
-    assert!(!results.join("task-0").join("leak.txt").exists());
+    assert!(!results.join("task-1").join("leak.txt").exists());
 }
 
 #[test]

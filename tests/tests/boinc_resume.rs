@@ -411,7 +411,7 @@ fn cancel_marks_every_workunit_cancelled_through_cancel_jobs() {
 
     let st = status(&p, &id);
     assert_eq!(st["job"]["counts"]["cancelled"], 4, "{st:#}");
-    assert_eq!(st["job"]["state"], "finished with failures", "{st:#}");
+    assert_eq!(st["job"]["state"], "cancelled", "{st:#}");
     for r in results(&p, &id) {
         assert_eq!(r["state"], "cancelled", "{r:#}");
     }

@@ -362,7 +362,20 @@ fn failing_task_exits_1_with_error_in_result_line() {
     assert!(r[1]["exit"].as_str().unwrap().contains('3'), "{}", r[1]);
     let err = r[1]["error"].as_str().unwrap();
     assert!(err.contains("boom on one"), "{err}");
-    assert!(o.stderr.contains("1 of 3 tasks failed"), "{}", o.stderr);
+    // The end of the run says what happened, why, and where to look next.
+    assert!(
+        o.stderr
+            .contains("mw: 3 tasks: 2 done, 1 failed, 0 cancelled in "),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains("task 1: exit status 3") && o.stderr.contains("boom on one"),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stderr.contains("--failed`"), "{}", o.stderr);
+    assert!(o.stderr.contains("mw retry "), "{}", o.stderr);
 }
 
 #[test]
@@ -378,8 +391,25 @@ fn progress_is_plain_lines_when_not_a_tty() {
     .unwrap();
     let o = mw(d.path(), &["run", "job.toml"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
+    // Piped progress lines carry an RFC 3339 timestamp: `[2026-01-02T03:04:05.678Z] mw: …`.
+    let last = o
+        .stderr
+        .lines()
+        .find(|l| l.contains("] mw: 5/5 finished"))
+        .unwrap_or_else(|| panic!("no final progress line:\n{}", o.stderr));
+    let stamp = &last[1..last.find(']').unwrap()];
     assert!(
-        o.stderr.lines().any(|l| l.starts_with("mw: 5/5 finished")),
+        stamp.len() == 24 && stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+        "{last}"
+    );
+    // No ETA before any task has finished.
+    for l in o.stderr.lines().filter(|l| l.contains(" 0/5 finished")) {
+        assert!(l.ends_with("ETA ?"), "{l}");
+    }
+    // The summary line stays.
+    assert!(
+        o.stderr
+            .contains("mw: 5 tasks: 5 done, 0 failed, 0 cancelled in "),
         "{}",
         o.stderr
     );

@@ -129,38 +129,49 @@ fn status_results_report_and_resume_of_a_finished_job() {
             assert_eq!(a[k], b[k], "field {k}");
         }
     }
+    // The failed task reads the same live and from the journal, field for field (one
+    // conversion: exit text, host, attempts, error and times).
+    assert_eq!(from_run[1]["state"], "failed");
+    assert_eq!(from_journal[1], from_run[1]);
     assert_eq!(from_journal[2]["output"], serde_json::json!({"v": 2}));
     let o = mw(d, &["results", "fin-1", "--failed"]);
     let failed = jsonl(&o.stdout);
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["task"], 1);
+    // CSV: parsed with the csv crate; inputs and outputs flattened into columns, times in
+    // RFC 3339.
     let o = mw(d, &["results", "fin-1", "--format", "csv"]);
-    // Record starts (a quoted error field may span lines).
-    let starts = |csv: &str| -> Vec<String> {
-        csv.lines()
-            .filter(|l| {
-                let mut f = l.splitn(3, ',');
-                f.next().is_some_and(|t| t.parse::<u64>().is_ok())
-                    && matches!(f.next(), Some("done" | "failed" | "cancelled"))
-            })
-            .map(str::to_string)
-            .collect()
+    let mut r = csv::Reader::from_reader(o.stdout.as_bytes());
+    let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| h == name)
+            .unwrap_or_else(|| panic!("no column {name} in {header:?}"))
     };
-    assert!(
-        o.stdout.starts_with("task,state,input,output,exit,error,"),
-        "{}",
-        o.stdout
-    );
-    let rows = starts(&o.stdout);
+    let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
     assert_eq!(rows.len(), 4, "{}", o.stdout);
-    assert!(rows[2].starts_with("2,done,2,"), "{}", rows[2]);
-    assert!(rows[2].contains(r#""{""v"":2}""#), "{}", rows[2]);
-    assert!(rows[1].starts_with("1,failed,1,null,"), "{}", rows[1]);
-    assert!(o.stdout.contains("one fails"), "{}", o.stdout);
+    assert_eq!(&rows[2][col("task")], "2");
+    assert_eq!(&rows[2][col("state")], "done");
+    assert_eq!(&rows[2][col("input")], "2");
+    assert_eq!(&rows[2][col("output.v")], "2");
+    assert_eq!(&rows[1][col("state")], "failed");
+    assert_eq!(&rows[1][col("output.v")], "");
+    assert!(rows[1][col("error")].contains("one fails"), "{:?}", rows[1]);
+    let started = &rows[2][col("started")];
+    assert!(started.ends_with('Z') && started.contains('T'), "{started}");
     let o = mw(d, &["results", "fin-1", "--format", "csv", "--failed"]);
-    let rows = starts(&o.stdout);
+    let mut r = csv::Reader::from_reader(o.stdout.as_bytes());
+    let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
     assert_eq!(rows.len(), 1, "{}", o.stdout);
-    assert!(rows[0].starts_with("1,failed,"));
+    assert_eq!(&rows[0][0], "1");
+    // One task's result.
+    let o = mw(d, &["results", "fin-1", "--task", "2"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(jsonl(&o.stdout), vec![from_journal[2].clone()]);
+    let o = mw(d, &["results", "fin-1", "--task", "9"]);
+    assert_eq!(o.code, 2);
+    assert!(o.stderr.contains("no task 9"), "{}", o.stderr);
 
     // wait on a finished job with a failure: exit 1.
     assert_eq!(mw(d, &["wait", "fin-1"]).code, 1);
@@ -250,7 +261,14 @@ fn cancel_one_task_then_the_job_of_a_running_submitted_job() {
     assert_eq!(o.code, 1, "{}", o.stderr);
     let v = status_json(d, &id);
     assert_eq!(v["job"]["counts"]["cancelled"], 6, "{v}");
-    assert_eq!(v["job"]["state"], "finished with failures");
+    // Cancelled is not failed.
+    assert_eq!(v["job"]["state"], "cancelled");
+    assert_eq!(v["job"]["counts"]["failed"], 0, "{v}");
+    // Cancelling a task that already has an outcome says so, not "stops it".
+    let o = mw(d, &["cancel", &id, "--task", "1"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stderr.contains("already finished"), "{}", o.stderr);
+    assert!(!o.stderr.contains("within a second"), "{}", o.stderr);
     let o = mw(d, &["status", &id]);
     assert!(o.stdout.contains("cancelled"), "{}", o.stdout);
     let failed = jsonl(&mw(d, &["results", &id, "--failed"]).stdout);

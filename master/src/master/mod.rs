@@ -7,12 +7,14 @@
 //! scheduler thread and interface.
 //!
 //! This module never knows which platform it drives, and never touches files except through
-//! the optional journal.
+//! the optional journal, the optional task-log directory ([`crate::task_logs`]) and, for
+//! [`crate::StdoutMode::File`], the task's results directory.
 
 mod outcome;
 mod scheduler;
 
 pub use outcome::{parse_stdout, parse_stdout_limited, MwError, TaskOutput, TaskTimes};
+pub use scheduler::STDOUT_FILE;
 use scheduler::{
     completion, decode, finish_durably, mark_final, prepare, scheduler_loop, take_outcome,
     take_result,
@@ -20,8 +22,9 @@ use scheduler::{
 
 use crate::interface::{HandleSink, Interface};
 use crate::journal::Journal;
-use crate::task::{TaskId, TaskSpec};
+use crate::task::{TaskId, TaskSpec, ToProgram};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -41,6 +44,84 @@ pub struct MasterOptions {
     pub results_dir: Option<PathBuf>,
     /// Where interfaces stage bundles; default: a temp dir owned by the master.
     pub staging_dir: Option<PathBuf>,
+    /// Where each attempt's stdout and stderr are kept (see [`crate::task_logs`]); none:
+    /// not kept.
+    pub logs_dir: Option<PathBuf>,
+    /// Delay before the first retry of a failed task; each further retry of the same task
+    /// waits twice as long as the one before, up to [`RETRY_BACKOFF_MAX`]. Zero (the
+    /// default): retry at once.
+    pub retry_backoff: Duration,
+    /// Which failures are retried; empty (the default): every failure except a cancel.
+    pub retry_on: Vec<RetryOn>,
+}
+
+/// The longest wait between two attempts of a task.
+pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(600);
+
+/// A kind of failure worth another attempt (see [`MasterOptions::retry_on`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOn {
+    /// The program exited with this status.
+    ExitCode(i32),
+    /// Any non-zero exit status.
+    AnyExit,
+    /// The program was killed by a signal (not by mw).
+    Signal,
+    /// The task ran past its timeout.
+    Timeout,
+    /// The platform could not run it (could not start, lost worker, interface error).
+    Interface,
+    /// It exited 0 but its stdout or declared outputs were unusable.
+    BadOutput,
+}
+
+impl RetryOn {
+    /// True when `error` is a failure of this kind.
+    pub fn matches(self, error: &MwError) -> bool {
+        use mw_bundle::ExitInfo;
+        match (self, error) {
+            (RetryOn::ExitCode(c), MwError::TaskFailed { exit, .. }) => {
+                matches!(exit, ExitInfo::Exited { code } if *code == c)
+            }
+            (RetryOn::AnyExit, MwError::TaskFailed { exit, .. }) => {
+                matches!(exit, ExitInfo::Exited { .. })
+            }
+            (RetryOn::Signal, MwError::TaskFailed { exit, .. }) => {
+                matches!(exit, ExitInfo::Signaled { .. })
+            }
+            (RetryOn::Timeout, MwError::TaskFailed { exit, .. }) => {
+                matches!(exit, ExitInfo::TimedOut { .. })
+            }
+            (RetryOn::Interface, MwError::TaskFailed { exit, .. }) => {
+                matches!(exit, ExitInfo::SpawnFailed { .. })
+            }
+            (RetryOn::Interface, MwError::Interface { .. }) => true,
+            (RetryOn::BadOutput, MwError::BadOutput { .. } | MwError::MissingOutput { .. }) => true,
+            _ => false,
+        }
+    }
+}
+
+impl MasterOptions {
+    /// Whether `error` (of an attempt that was not cancelled) is worth another attempt
+    /// under [`retry_on`](Self::retry_on) (retries left are checked separately).
+    pub fn retryable(&self, error: &MwError) -> bool {
+        if matches!(error, MwError::Cancelled(_)) {
+            return false;
+        }
+        self.retry_on.is_empty() || self.retry_on.iter().any(|r| r.matches(error))
+    }
+
+    /// The wait before attempt `next_attempt` (2 for the first retry).
+    pub fn backoff_before(&self, next_attempt: u32) -> Duration {
+        if self.retry_backoff.is_zero() {
+            return Duration::ZERO;
+        }
+        let doublings = next_attempt.saturating_sub(2).min(20);
+        self.retry_backoff
+            .saturating_mul(1u32 << doublings)
+            .min(RETRY_BACKOFF_MAX)
+    }
 }
 
 impl Default for MasterOptions {
@@ -50,6 +131,9 @@ impl Default for MasterOptions {
             job_name: "mw".into(),
             results_dir: None,
             staging_dir: None,
+            logs_dir: None,
+            retry_backoff: Duration::ZERO,
+            retry_on: Vec::new(),
         }
     }
 }
@@ -86,6 +170,10 @@ pub struct MasterStatus {
     pub cancelled: usize,
     /// Finished results not yet collected.
     pub uncollected: usize,
+    /// Queued tasks waiting out a retry backoff (counted in `queued` too).
+    pub backing_off: usize,
+    /// Attempts that failed and were retried so far (by this master).
+    pub retried: usize,
     /// Interface name.
     pub interface: String,
     /// Interface key/values.
@@ -109,11 +197,17 @@ pub(crate) struct TaskRecord {
     pub(crate) cancel_requested: bool,
     /// Final and (with a journal) committed: may be handed out.
     pub(crate) durable: bool,
+    /// Attempts made before this master took the task over (resume, `mw retry`): the
+    /// retry budget counts from here.
+    pub(crate) attempts_before: u32,
 }
 
 struct State {
     tasks: Vec<TaskRecord>,
     queue: VecDeque<TaskId>,
+    /// Queued tasks waiting out a retry backoff, with when they may run again.
+    delayed: Vec<(std::time::Instant, TaskId)>,
+    retried: usize,
     finished: VecDeque<TaskId>,
     counts: [usize; 5],
     shutting_down: bool,
@@ -217,6 +311,8 @@ impl Master {
         let mut state = State {
             tasks: Vec::new(),
             queue: VecDeque::new(),
+            delayed: Vec::new(),
+            retried: 0,
             finished: VecDeque::new(),
             counts: [0; 5],
             shutting_down: false,
@@ -274,14 +370,79 @@ impl Master {
         Ok(self.submit_many(vec![spec])?[0])
     }
 
+    /// Submits `program` with `input` (anything serialisable as JSON); returns at once with
+    /// the task's id. `program` is a `&Program` or an `Arc<Program>` ([`ToProgram`]).
+    ///
+    /// ```
+    /// use mw::{Master, Multicore, Program};
+    /// let master = Master::new(Multicore::new(2))?;
+    /// // `cat` echoes its input: any program honouring the task contract will do.
+    /// let cat = Program::new("/bin/cat")?;
+    /// let t = master.submit(&cat, &[1, 2, 3])?;
+    /// let (_, echoed): (_, Vec<u32>) = master.get_result(Some(t))?;
+    /// assert_eq!(echoed, [1, 2, 3]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn submit<T: Serialize + ?Sized>(
+        &self,
+        program: impl ToProgram,
+        input: &T,
+    ) -> Result<TaskId, MwError> {
+        let input = serde_json::to_value(input).map_err(|e| MwError::BadInput(e.to_string()))?;
+        self.submit_task(TaskSpec::new(program.to_program(), input))
+    }
+
+    /// Runs `program` once per input and returns the results in input order (like Python's
+    /// `Executor.map`), each decoded as `R`. The first failure, in input order, is returned
+    /// as the error and the tasks still unfinished are cancelled.
+    ///
+    /// ```
+    /// use mw::{Master, Multicore, Program};
+    /// let master = Master::new(Multicore::new(2))?;
+    /// let cat = Program::new("/bin/cat")?;
+    /// let squares: Vec<u64> = master.map(&cat, (1..=5u64).map(|i| i * i))?;
+    /// assert_eq!(squares, [1, 4, 9, 16, 25]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn map<T: Serialize, R: DeserializeOwned>(
+        &self,
+        program: impl ToProgram,
+        inputs: impl IntoIterator<Item = T>,
+    ) -> Result<Vec<R>, MwError> {
+        let program = program.to_program();
+        let specs = inputs
+            .into_iter()
+            .map(|i| {
+                serde_json::to_value(&i)
+                    .map(|v| TaskSpec::new(program.clone(), v))
+                    .map_err(|e| MwError::BadInput(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids = self.submit_many(specs)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (k, id) in ids.iter().enumerate() {
+            match self.get_result::<R>(Some(*id)) {
+                Ok((_, r)) => out.push(r),
+                Err(e) => {
+                    for later in &ids[k + 1..] {
+                        let _ = self.cancel(*later);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Submits many tasks under one lock (and one journal transaction).
     pub fn submit_many(&self, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, MwError> {
         let mut st = self.inner.lock();
         let first = st.tasks.len() as u64;
-        if let Some(j) = &self.inner.journal {
-            j.record_submitted(first, &specs)?;
-        }
         let now = SystemTime::now();
+        if let Some(j) = &self.inner.journal {
+            let at = scheduler::unix_secs(Some(now)).unwrap_or(0.0);
+            j.record_submitted_at(first, &specs, at)?;
+        }
         let mut ids = Vec::with_capacity(specs.len());
         for spec in specs {
             let id = TaskId(st.tasks.len() as u64);
@@ -297,6 +458,7 @@ impl Master {
                 collected: false,
                 cancel_requested: false,
                 durable: false,
+                attempts_before: 0,
             });
             st.counts[TaskState::Queued as usize] += 1;
             st.queue.push_back(id);
@@ -438,6 +600,8 @@ impl Master {
             failed: st.counts[TaskState::Failed as usize],
             cancelled: st.counts[TaskState::Cancelled as usize],
             uncollected,
+            backing_off: st.delayed.len(),
+            retried: st.retried,
             ..MasterStatus::default()
         }
     }
@@ -464,7 +628,9 @@ impl Master {
                 rec.cancel_requested = true;
                 rec.outcome = Some(Err(MwError::Cancelled(task)));
                 rec.times.finished = Some(SystemTime::now());
+                rec.times.attempts = rec.attempts;
                 st.queue.retain(|t| *t != task);
+                st.delayed.retain(|(_, t)| *t != task);
                 st.set_state(task, TaskState::Cancelled);
                 finish_durably(&self.inner, st, task);
             }
@@ -566,7 +732,7 @@ impl Master {
                 let rec = &mut st.tasks[id.0 as usize];
                 Arc::new(prepare(&self.inner, id, rec))
             };
-            let done = completion(&self.inner, id);
+            let done = completion(&self.inner, &prepared);
             if let Some(done) = self.inner.interface.reattach(prepared, &handle, done) {
                 // Could not re-attach: queue the task again.
                 done.abandon();

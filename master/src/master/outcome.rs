@@ -9,7 +9,7 @@ use mw_bundle::ExitInfo;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-/// Time accounting of one task.
+/// Time accounting of one task, and how many attempts it took.
 #[derive(Debug, Clone, Default)]
 pub struct TaskTimes {
     /// When it was submitted.
@@ -22,6 +22,8 @@ pub struct TaskTimes {
     pub wall: Duration,
     /// CPU time (user + system) of the last attempt.
     pub cpu: Duration,
+    /// Attempts started so far (a task cancelled while queued has 0).
+    pub attempts: u32,
 }
 
 /// A successful task's result.
@@ -73,12 +75,26 @@ pub enum MwError {
         attempts: u32,
     },
     /// The program exited 0 but its stdout is not JSON.
-    #[error("{task}: the program exited 0 but its stdout is not JSON: {reason}")]
+    #[error(
+        "{task}: the program exited 0 but its stdout is not JSON ({reason}); a program that \
+         prints text needs `stdout = \"text\"` in the job file's [program] table \
+         (library: `TaskSpec::stdout = StdoutMode::Text`)"
+    )]
     BadOutput {
         /// Which task.
         task: TaskId,
         /// The parse error.
         reason: String,
+    },
+    /// The program exited 0 but did not write some of its declared output files.
+    #[error("{task} failed: the program exited 0 but did not write its declared output file(s) {} as regular files (attempt {attempts})", quoted(files))]
+    MissingOutput {
+        /// Which task.
+        task: TaskId,
+        /// The declared names that were not written.
+        files: Vec<String>,
+        /// Attempts made.
+        attempts: u32,
     },
     /// The task was cancelled.
     #[error("{0} was cancelled")]
@@ -107,6 +123,10 @@ pub enum MwError {
     /// nothing more is dispatched or reported.
     #[error("the master stopped: {0}")]
     Stopped(String),
+    /// An input given to [`crate::Master::submit`] or [`crate::Master::map`] cannot be
+    /// serialised as JSON.
+    #[error("input cannot be serialised as JSON: {0}")]
+    BadInput(String),
 }
 
 /// ` (SIGSEGV)` etc. for an exit by a signal, so the error names it.
@@ -118,6 +138,14 @@ fn signal_name(exit: &ExitInfo) -> String {
         Some(name) => format!(" ({name})"),
         None => String::new(),
     }
+}
+
+fn quoted(files: &[String]) -> String {
+    files
+        .iter()
+        .map(|f| format!("`{f}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn tail(stderr: &str) -> String {
@@ -136,11 +164,47 @@ impl MwError {
             MwError::TaskFailed { task, .. }
             | MwError::Interface { task, .. }
             | MwError::BadOutput { task, .. }
+            | MwError::MissingOutput { task, .. }
             | MwError::WrongType { task, .. } => Some(*task),
             MwError::Cancelled(t) | MwError::UnknownTask(t) | MwError::AlreadyCollected(t) => {
                 Some(*t)
             }
-            MwError::NothingPending | MwError::Journal(_) | MwError::Stopped(_) => None,
+            MwError::NothingPending
+            | MwError::Journal(_)
+            | MwError::BadInput(_)
+            | MwError::Stopped(_) => None,
+        }
+    }
+}
+
+impl MwError {
+    /// Attempts made, for errors about a task that ran (0 for a cancelled task).
+    pub fn attempts(&self) -> Option<u32> {
+        match self {
+            MwError::TaskFailed { attempts, .. }
+            | MwError::Interface { attempts, .. }
+            | MwError::MissingOutput { attempts, .. } => Some(*attempts),
+            _ => None,
+        }
+    }
+
+    /// How the task ended, in the words results and the journal use: `exit status 3`,
+    /// `timed out after 5 s`, `cancelled`, `not run` (the platform never ran it),
+    /// `exit status 0` (it ran, but its output was unusable).
+    pub fn exit_text(&self) -> String {
+        match self {
+            MwError::TaskFailed { exit, .. } => exit.to_string(),
+            MwError::Cancelled(_) => "cancelled".into(),
+            MwError::BadOutput { .. } | MwError::MissingOutput { .. } => "exit status 0".into(),
+            _ => "not run".into(),
+        }
+    }
+
+    /// The host of the failed attempt, when known.
+    pub fn host(&self) -> &str {
+        match self {
+            MwError::TaskFailed { host, .. } => host,
+            _ => "",
         }
     }
 }

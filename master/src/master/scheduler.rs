@@ -10,7 +10,7 @@ use super::{
 };
 use crate::interface::Completion;
 use crate::journal::FinalRow;
-use crate::task::{Execution, InterfaceError, PreparedTask, TaskId, WorkerId};
+use crate::task::{Execution, InterfaceError, PreparedTask, StdoutMode, TaskId, WorkerId};
 use mw_bundle::ExitInfo;
 use serde::de::DeserializeOwned;
 use std::sync::{Arc, MutexGuard};
@@ -88,10 +88,62 @@ pub(super) fn prepare(inner: &Inner, id: TaskId, rec: &TaskRecord) -> PreparedTa
     }
 }
 
-pub(super) fn completion(inner: &Arc<Inner>, id: TaskId) -> Completion {
+/// The completion of one attempt of `task`: keeps the attempt's stdout and stderr (and, for
+/// [`StdoutMode::File`], the stdout file) outside the master's lock, then records the outcome.
+pub(super) fn completion(inner: &Arc<Inner>, task: &PreparedTask) -> Completion {
     let inner = inner.clone();
-    Completion::new(id, move |outcome| on_complete(&inner, id, outcome))
+    let id = task.id;
+    let attempt = task.attempt;
+    let mode = task.spec.stdout;
+    let output_dir = task.output_dir.clone();
+    Completion::new(id, move |mut outcome| {
+        if let Ok(exec) = &mut outcome {
+            if let Some(dir) = &inner.options.logs_dir {
+                // The JSON result of a successful run is in the journal already: its stdout
+                // file would only repeat it.
+                // (Validated without building a tree: no memory beyond the text.)
+                let keep_stdout = mode != StdoutMode::Json
+                    || !exec.exit.success()
+                    || (!exec.stdout.iter().all(u8::is_ascii_whitespace)
+                        && serde_json::from_slice::<serde::de::IgnoredAny>(&exec.stdout).is_err());
+                crate::task_logs::write(
+                    dir,
+                    id,
+                    attempt,
+                    keep_stdout,
+                    &exec.stdout,
+                    &exec.stderr_tail,
+                );
+            }
+            if mode == StdoutMode::File && exec.exit.success() {
+                keep_stdout_file(id, output_dir.as_deref(), exec);
+            }
+        }
+        on_complete(&inner, id, outcome)
+    })
 }
+
+/// [`StdoutMode::File`]: writes the stdout as `stdout` among the task's output files.
+fn keep_stdout_file(id: TaskId, output_dir: Option<&std::path::Path>, exec: &mut Execution) {
+    let Some(dir) = output_dir else {
+        exec.missing_outputs
+            .push("stdout (no results directory to keep it in)".into());
+        return;
+    };
+    let path = dir.join(STDOUT_FILE);
+    let written = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, &exec.stdout));
+    match written {
+        Ok(()) => exec.output_files.push((STDOUT_FILE.to_string(), path)),
+        Err(e) => {
+            log::warn!("{id}: keeping stdout as {}: {e}", path.display());
+            exec.missing_outputs
+                .push(format!("stdout ({}: {e})", path.display()));
+        }
+    }
+}
+
+/// The name of the stdout kept by [`StdoutMode::File`] among a task's output files.
+pub const STDOUT_FILE: &str = "stdout";
 
 /// Takes the task at the front of the queue and marks it running (one critical section, so
 /// a task is always either in the queue or running: `cancel` never sees it in between).
@@ -119,10 +171,21 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
                 if st.shutting_down || st.stopped.is_some() {
                     return;
                 }
+                let next_due = release_due(&mut st);
                 if let Some(&id) = st.queue.front() {
                     break id;
                 }
-                st = inner.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+                st = match next_due {
+                    Some(due) => {
+                        let left = due.saturating_duration_since(std::time::Instant::now());
+                        inner
+                            .cond
+                            .wait_timeout(st, left)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0
+                    }
+                    None => inner.cond.wait(st).unwrap_or_else(|p| p.into_inner()),
+                };
             }
         };
         let worker = match spare.take() {
@@ -150,9 +213,8 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
         drop(st);
         match worker {
             Ok(worker) => {
-                inner
-                    .interface
-                    .execute_task(prepared, worker, completion(&inner, task));
+                let done = completion(&inner, &prepared);
+                inner.interface.execute_task(prepared, worker, done);
                 // A cancel that came after the task became Running but before the interface
                 // knew it was lost on the interface: look again now that it knows the task.
                 let cancel_now = cancel_now || inner.lock().tasks[task.0 as usize].cancel_requested;
@@ -164,6 +226,67 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
         }
     }
 }
+
+/// Moves tasks whose retry backoff has passed to the back of the queue; returns when the
+/// next one is due.
+fn release_due(st: &mut State) -> Option<std::time::Instant> {
+    if st.delayed.is_empty() {
+        return None;
+    }
+    let now = std::time::Instant::now();
+    let mut next = None;
+    let mut due = Vec::new();
+    st.delayed.retain(|(at, id)| {
+        if *at <= now {
+            due.push(*id);
+            false
+        } else {
+            next = Some(next.map_or(*at, |n: std::time::Instant| n.min(*at)));
+            true
+        }
+    });
+    st.queue.extend(due);
+    next
+}
+
+/// The result of an attempt that exited 0, by the task's stdout mode.
+fn success_value(
+    mode: StdoutMode,
+    exec: &Execution,
+    max_output_bytes: u64,
+) -> Result<serde_json::Value, String> {
+    match mode {
+        StdoutMode::Json => parse_stdout_limited(&exec.stdout, max_output_bytes),
+        // Like the shell's `$(…)`: the text without its trailing newlines.
+        StdoutMode::Text => Ok(serde_json::Value::String(
+            String::from_utf8_lossy(&exec.stdout)
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+        )),
+        StdoutMode::File => Ok(exec
+            .output_files
+            .iter()
+            .find(|(name, _)| name == STDOUT_FILE)
+            .map(|(_, p)| serde_json::Value::String(p.display().to_string()))
+            .unwrap_or(serde_json::Value::Null)),
+    }
+}
+
+/// The last `max` bytes of `s`, cut at a character boundary.
+fn last_bytes(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    s[start..].to_string()
+}
+
+/// How much of a failed attempt's stderr its error carries (the whole kept stderr is in the
+/// task's log).
+const ERROR_STDERR_TAIL: usize = 4096;
 
 pub(super) fn on_complete(
     inner: &Arc<Inner>,
@@ -199,12 +322,18 @@ pub(super) fn on_complete(
                 Err(MwError::TaskFailed {
                     task: id,
                     exit: exec.exit,
-                    stderr_tail: exec.stderr_tail,
+                    stderr_tail: last_bytes(&exec.stderr_tail, ERROR_STDERR_TAIL),
                     attempts,
                     host: exec.host,
                 })
+            } else if !exec.missing_outputs.is_empty() {
+                Err(MwError::MissingOutput {
+                    task: id,
+                    files: exec.missing_outputs,
+                    attempts,
+                })
             } else {
-                parse_stdout_limited(&exec.stdout, rec.spec.max_output_bytes)
+                success_value(rec.spec.stdout, &exec, rec.spec.max_output_bytes)
                     .map(|value| TaskOutput {
                         task: id,
                         value,
@@ -223,30 +352,56 @@ pub(super) fn on_complete(
         // not the task's fault and not the user's cancel. It is queued again in the journal,
         // so `resume` runs it.
         if let Some(j) = &inner.journal {
-            j.record_requeued(id);
+            j.record_requeued(id, "interrupted: the master stopped");
         }
         st.set_state(id, TaskState::Queued);
         drop(st);
         inner.cond.notify_all();
         return;
     }
-    let cancelled = matches!(result, Err(MwError::Cancelled(_))) || user_cancel;
-    if result.is_err() && !cancelled && attempts <= retries {
-        // Retry: back to the front of the queue.
+    let rec = &mut st.tasks[id.0 as usize];
+    let cancelled = matches!(result, Err(MwError::Cancelled(_))) || rec.cancel_requested;
+    let retry = match &result {
+        Err(e) if !cancelled => {
+            attempts.saturating_sub(rec.attempts_before) <= retries && inner.options.retryable(e)
+        }
+        _ => false,
+    };
+    if retry {
+        let delay = inner.options.backoff_before(attempts + 1);
+        let why = result
+            .as_ref()
+            .err()
+            .map(|e| e.exit_text())
+            .unwrap_or_default();
         if let Err(e) = &result {
-            log::info!("{id}: attempt {attempts} failed, retrying: {e}");
+            log::info!("{id}: attempt {attempts} failed, retrying in {delay:?}: {e}");
         }
         if let Some(j) = &inner.journal {
-            j.record_requeued(id);
+            j.record_requeued(
+                id,
+                &format!(
+                    "attempt {attempts} failed ({why}); attempt {} in {:.1} s",
+                    attempts + 1,
+                    delay.as_secs_f64()
+                ),
+            );
         }
         st.set_state(id, TaskState::Queued);
-        st.queue.push_front(id);
+        st.retried += 1;
+        if delay.is_zero() {
+            // Back to the front of the queue.
+            st.queue.push_front(id);
+        } else {
+            st.delayed.push((std::time::Instant::now() + delay, id));
+        }
         drop(st);
         inner.cond.notify_all();
         return;
     }
     let rec = &mut st.tasks[id.0 as usize];
     rec.times.finished = Some(now);
+    rec.times.attempts = rec.attempts;
     let final_state = match &result {
         Ok(_) => TaskState::Done,
         Err(MwError::Cancelled(_)) => TaskState::Cancelled,
@@ -325,14 +480,13 @@ pub(super) fn final_row(rec: &TaskRecord) -> FinalRow {
             )
             .unwrap_or_else(|_| "[]".into()),
         ),
-        Some(Err(e)) => {
-            let (exit, host) = match e {
-                MwError::TaskFailed { exit, host, .. } => (exit.to_string(), host.clone()),
-                MwError::Cancelled(_) => ("cancelled".to_string(), String::new()),
-                _ => ("not run".to_string(), String::new()),
-            };
-            (None, Some(exit), Some(e.to_string()), host, "[]".into())
-        }
+        Some(Err(e)) => (
+            None,
+            Some(e.exit_text()),
+            Some(e.to_string()),
+            e.host().to_string(),
+            "[]".into(),
+        ),
         None => (None, None, None, String::new(), "[]".into()),
     };
     FinalRow {

@@ -1,0 +1,92 @@
+//! Where each attempt's stdout and stderr are kept: `<logs dir>/task-<N>.<attempt>.stdout`
+//! and `….stderr`, each cut to [`LOG_CAP_BYTES`] (stdout keeps its head, stderr its tail,
+//! which is all an interface reports of it). The one home of these file names: the master
+//! writes them, `mw logs` reads them.
+//!
+//! This module knows nothing of the journal, platforms or terminals.
+
+use crate::task::TaskId;
+use std::path::{Path, PathBuf};
+
+/// The largest log file kept per stream and attempt.
+pub const LOG_CAP_BYTES: usize = 1024 * 1024;
+
+/// Which stream of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Its standard output.
+    Stdout,
+    /// Its standard error (the tail its interface reported).
+    Stderr,
+}
+
+impl Stream {
+    fn suffix(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// The log file of `stream` of `attempt` (1 for the first) of `task`.
+pub fn log_path(logs_dir: &Path, task: TaskId, attempt: u32, stream: Stream) -> PathBuf {
+    logs_dir.join(format!("task-{}.{attempt}.{}", task.0, stream.suffix()))
+}
+
+/// Marker appended when a log was cut at the cap.
+const CUT: &[u8] = b"\n[mw: cut at the log size cap]\n";
+
+/// Keeps one attempt's streams (empty streams leave no file). Failures are logged, never
+/// fatal: a task's outcome does not depend on its log.
+pub(crate) fn write(
+    logs_dir: &Path,
+    task: TaskId,
+    attempt: u32,
+    keep_stdout: bool,
+    stdout: &[u8],
+    stderr: &str,
+) {
+    if let Err(e) = std::fs::create_dir_all(logs_dir) {
+        log::warn!("{task}: cannot create {}: {e}", logs_dir.display());
+        return;
+    }
+    if keep_stdout && !stdout.is_empty() {
+        let mut bytes = stdout[..stdout.len().min(LOG_CAP_BYTES)].to_vec();
+        if stdout.len() > LOG_CAP_BYTES {
+            bytes.extend_from_slice(CUT);
+        }
+        put(
+            &log_path(logs_dir, task, attempt, Stream::Stdout),
+            &bytes,
+            task,
+        );
+    }
+    if !stderr.is_empty() {
+        let b = stderr.as_bytes();
+        let tail = &b[b.len().saturating_sub(LOG_CAP_BYTES)..];
+        put(
+            &log_path(logs_dir, task, attempt, Stream::Stderr),
+            tail,
+            task,
+        );
+    }
+}
+
+fn put(path: &Path, bytes: &[u8], task: TaskId) {
+    if let Err(e) = std::fs::write(path, bytes) {
+        log::warn!("{task}: cannot keep {}: {e}", path.display());
+    }
+}
+
+/// Reads a kept log, at most [`LOG_CAP_BYTES`] plus the cut marker (the file may have been
+/// replaced by something huge). `None` when there is none.
+pub fn read(logs_dir: &Path, task: TaskId, attempt: u32, stream: Stream) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::File::open(log_path(logs_dir, task, attempt, stream)).ok()?;
+    let mut out = Vec::new();
+    f.take((LOG_CAP_BYTES + CUT.len()) as u64)
+        .read_to_end(&mut out)
+        .ok()?;
+    Some(out)
+}

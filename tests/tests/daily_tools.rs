@@ -1,0 +1,565 @@
+//! End-to-end tests of the researcher's daily tools over the real `mw` binary: text programs
+//! (a Python script that prints text) and kept per-task logs (`mw logs`), `mw retry` of a
+//! finished job's failed tasks (done rows byte-identical), the retry policy (`retry_on`,
+//! backoff, attempts in results), `mw results JOB | head -n 1` ending quietly, `mw status`
+//! filters and `mw wait --timeout`, a declared output never written, failing fast without
+//! HTCondor, job-file help (did you mean, float ranges), completions and man pages, and
+//! the report opened in Debian's headless Chromium.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
+
+use std::path::{Path, PathBuf};
+
+use mw_tests::{script, MwOut as Out};
+
+fn mw(dir: &Path, args: &[&str]) -> Out {
+    mw_tests::run_mw(dir, args)
+}
+
+fn jsonl(s: &str) -> Vec<serde_json::Value> {
+    s.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn python() -> PathBuf {
+    mw_tests::bin_dir(); // the binaries exist
+    for p in ["/usr/bin/python3", "/usr/local/bin/python3"] {
+        if Path::new(p).is_file() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("python3 is needed (installed by .ci/setup)");
+}
+
+/// A Python script that prints text (not JSON) and a line on stderr.
+fn text_script(d: &Path) {
+    std::fs::write(
+        d.join("hello.py"),
+        "import json, sys\nn = json.load(sys.stdin)\nprint(f'hello {n}')\nprint(f'squared {n * n}')\nprint(f'note on stderr {n}', file=sys.stderr)\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_python_script_that_prints_text_runs_as_a_task_and_its_logs_are_kept() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    python();
+    text_script(d);
+    let job = |mode: &str| {
+        format!(
+            "name = \"hello\"\nworkers = 2\n[program]\ncommand = [\"python3\", \"hello.py\"]\nfiles = [\"hello.py\"]\n{mode}[inputs]\nlist = [2, 3]\n"
+        )
+    };
+    // Without `stdout = "text"`: the task fails, and the error says how to fix it.
+    std::fs::write(d.join("json.toml"), job("")).unwrap();
+    let o = mw(d, &["run", "-q", "json.toml"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let r = jsonl(&o.stdout);
+    let err = r[0]["error"].as_str().unwrap();
+    assert!(err.contains("not JSON"), "{err}");
+    assert!(err.contains("stdout = \"text\""), "{err}");
+    // Its stdout was kept, so the user can see what it printed.
+    let o = mw(d, &["logs", "hello-1", "0", "--stream", "stdout"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout, "hello 2\nsquared 4\n");
+
+    // With it: the result is the text.
+    std::fs::write(d.join("text.toml"), job("stdout = \"text\"\n")).unwrap();
+    let o = mw(d, &["run", "-q", "text.toml"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let r = jsonl(&o.stdout);
+    assert_eq!(r[0]["output"], "hello 2\nsquared 4");
+    assert_eq!(r[1]["output"], "hello 3\nsquared 9");
+    // Both streams of each task are kept under the job directory.
+    let o = mw(d, &["logs", "hello-2", "1"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("hello 3\nsquared 9\n"), "{}", o.stdout);
+    assert!(o.stdout.contains("note on stderr 3"), "{}", o.stdout);
+    let o = mw(d, &["logs", "hello-2", "1", "--stream", "stderr"]);
+    assert_eq!(o.stdout, "note on stderr 3\n");
+    let o = mw(d, &["logs", "hello-2", "7"]);
+    assert_eq!(o.code, 2);
+    assert!(o.stderr.contains("no task 7"), "{}", o.stderr);
+
+    // `stdout = "file"`: the stdout is kept as a file and the result is its path.
+    std::fs::write(d.join("file.toml"), job("stdout = \"file\"\n")).unwrap();
+    let o = mw(d, &["run", "-q", "file.toml"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let r = jsonl(&o.stdout);
+    let path = PathBuf::from(r[1]["output"].as_str().unwrap());
+    assert!(path.starts_with(d.join("jobs/hello-3/results")), "{path:?}");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "hello 3\nsquared 9\n"
+    );
+}
+
+/// The rows of the journal's `tasks` table as stored, column by column (byte-level).
+fn raw_rows(journal: &Path) -> Vec<(i64, Vec<rusqlite::types::Value>)> {
+    let conn =
+        rusqlite::Connection::open_with_flags(journal, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut stmt = conn.prepare("SELECT * FROM tasks ORDER BY idx").unwrap();
+    let n = stmt.column_count();
+    let rows = stmt
+        .query_map([], |r| {
+            let mut v = Vec::new();
+            for i in 0..n {
+                v.push(r.get::<_, rusqlite::types::Value>(i)?);
+            }
+            Ok((r.get::<_, i64>(0)?, v))
+        })
+        .unwrap();
+    rows.map(|r| r.unwrap()).collect()
+}
+
+#[test]
+fn retry_reruns_only_the_failed_tasks_and_leaves_the_good_rows_untouched() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    // Odd inputs fail while `broken` exists.
+    script(
+        d,
+        "flaky.sh",
+        &format!(
+            r#"i=$(cat); if [ -e "{}" ] && [ $((i % 2)) = 1 ]; then echo "broken for $i" >&2; exit 5; fi; echo "{{\"v\":$i}}""#,
+            d.join("broken").display()
+        ),
+    );
+    std::fs::write(d.join("broken"), "").unwrap();
+    std::fs::write(
+        d.join("job.toml"),
+        "name = \"flaky\"\nworkers = 2\n[program]\npath = \"flaky.sh\"\n[inputs]\nlist = [0, 1, 2, 3, 4, 5]\n",
+    )
+    .unwrap();
+    let o = mw(d, &["run", "-q", "job.toml", "-o", "first.jsonl"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let journal = d.join("jobs/flaky-1/journal.sqlite");
+    let before = raw_rows(&journal);
+    assert_eq!(before.len(), 6);
+
+    // A done task cannot be retried: nothing is queued.
+    let o = mw(d, &["retry", "flaky-1", "--task", "0"]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("task 0 is done"), "{}", o.stderr);
+    assert_eq!(raw_rows(&journal), before);
+
+    std::fs::remove_file(d.join("broken")).unwrap();
+    let o = mw(d, &["retry", "flaky-1"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stderr.contains("retrying 3 task(s)"), "{}", o.stderr);
+    let after = raw_rows(&journal);
+    for ((i, b), (_, a)) in before.iter().zip(&after) {
+        if i % 2 == 0 {
+            assert_eq!(a, b, "done task {i}: its row changed");
+        } else {
+            assert_ne!(a, b, "failed task {i} was not run again");
+        }
+    }
+    let r = jsonl(&mw(d, &["results", "flaky-1"]).stdout);
+    assert!(r.iter().all(|l| l["state"] == "done"), "{r:?}");
+    for l in &r {
+        let i = l["task"].as_u64().unwrap();
+        assert_eq!(l["output"]["v"], i);
+        // Attempts count across `mw retry`: the failed tasks took two.
+        assert_eq!(l["attempts"], if i % 2 == 1 { 2 } else { 1 }, "{l}");
+    }
+    // Nothing left to retry.
+    let o = mw(d, &["retry", "flaky-1"]);
+    assert_eq!(o.code, 0);
+    assert!(
+        o.stderr.contains("no failed or cancelled tasks"),
+        "{}",
+        o.stderr
+    );
+    assert_eq!(raw_rows(&journal), after);
+    // The report shows the retries.
+    let o = mw(d, &["report", "flaky-1"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let html = std::fs::read_to_string(d.join("jobs/flaky-1/report.html")).unwrap();
+    assert!(html.contains("Retried tasks (3)"), "{html}");
+    assert!(html.contains("retry-requested"), "no resume/retry marker");
+}
+
+#[test]
+fn retry_on_picks_the_failures_worth_retrying_and_backs_off() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    // Input 3 exits 3 on its first attempt only (a transient failure); input 4 always exits 4.
+    script(
+        d,
+        "t.sh",
+        &format!(
+            r#"i=$(cat); m="{}/seen-$i"; if [ "$i" = 3 ] && [ ! -e "$m" ]; then : > "$m"; exit 3; fi; if [ "$i" = 4 ]; then exit 4; fi; echo "$i""#,
+            d.display()
+        ),
+    );
+    std::fs::write(
+        d.join("job.toml"),
+        "name = \"pol\"\nretries = 3\nretry_backoff = 0.3\nretry_on = [3, \"timeout\"]\n[program]\npath = \"t.sh\"\n[inputs]\nlist = [3, 4]\n",
+    )
+    .unwrap();
+    let o = mw(d, &["run", "job.toml"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let r = jsonl(&o.stdout);
+    assert_eq!(r[0]["state"], "done");
+    assert_eq!(r[0]["attempts"], 2, "exit 3 is retried");
+    assert_eq!(r[1]["state"], "failed");
+    assert_eq!(r[1]["attempts"], 1, "exit 4 is not in retry_on");
+    assert!(o.stderr.contains("retried 1"), "{}", o.stderr);
+    // The retry waited out its backoff: its attempt started >= 0.3 s after the first ended.
+    let conn = rusqlite::Connection::open(d.join("jobs/pol-1/journal.sqlite")).unwrap();
+    let detail: String = conn
+        .query_row(
+            "SELECT detail FROM events WHERE kind = 'retry' AND task = 0",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(detail.contains("attempt 2 in 0.3 s"), "{detail}");
+    // A bad retry_on value is named.
+    std::fs::write(
+        d.join("bad.toml"),
+        "retry_on = [\"sometimes\"]\n[program]\npath = \"t.sh\"\n[inputs]\nlist = [1]\n",
+    )
+    .unwrap();
+    let o = mw(d, &["run", "bad.toml"]);
+    assert_eq!(o.code, 2);
+    assert!(
+        o.stderr.contains("retry_on") && o.stderr.contains("sometimes"),
+        "{}",
+        o.stderr
+    );
+}
+
+#[test]
+fn results_into_head_ends_quietly_with_exit_0() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    // 40 results of 40 KB each: far more than a pipe holds, so mw is still writing when
+    // `head` goes away.
+    script(d, "big.sh", r#"cat > /dev/null; printf '"%040000d"' 7"#);
+    std::fs::write(
+        d.join("job.toml"),
+        "name = \"big\"\n[program]\npath = \"big.sh\"\n[inputs.sweep]\ni = { start = 0, end = 40 }\n",
+    )
+    .unwrap();
+    let o = mw(d, &["run", "-q", "job.toml", "-o", "/dev/null"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    for args in [
+        "results big-1",
+        "results big-1 --format csv",
+        "status",
+        "logs big-1 3",
+    ] {
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "set -o pipefail; \"$MW\" {args} | head -n 1 > /dev/null"
+            ))
+            .env("MW", mw_tests::bin("mw"))
+            .env("MW_JOBS_DIR", d.join("jobs"))
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "mw {args} | head: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "mw {args} | head wrote to stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn status_filters_wait_timeout_and_a_missing_output_file() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    script(
+        d,
+        "gate.sh",
+        r#"i=$(cat); while [ ! -e "$GATE" ]; do sleep 0.02; done; echo "$i""#,
+    );
+    std::fs::write(
+        d.join("gated.toml"),
+        format!(
+            "name = \"gated\"\nworkers = 1\nenv = {{ GATE = \"{}\" }}\n[program]\npath = \"gate.sh\"\n[inputs]\nlist = [1, 2]\n",
+            d.join("gate").display()
+        ),
+    )
+    .unwrap();
+    // A task that exits 0 without writing its declared output fails, naming the file.
+    script(d, "lazy.sh", "cat > /dev/null; echo 1");
+    std::fs::write(
+        d.join("lazy.toml"),
+        "name = \"lazy\"\noutputs = [\"out-{{ index }}.txt\"]\n[program]\npath = \"lazy.sh\"\n[inputs]\nlist = [0]\n",
+    )
+    .unwrap();
+    let o = mw(d, &["run", "-q", "lazy.toml"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let r = jsonl(&o.stdout);
+    assert_eq!(r[0]["state"], "failed");
+    assert!(
+        r[0]["error"].as_str().unwrap().contains("`out-0.txt`"),
+        "{}",
+        r[0]
+    );
+
+    let o = mw(d, &["submit", "gated.toml"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    // The job cannot finish before the gate opens: the wait times out, exit 3.
+    let o = mw(d, &["wait", "gated-1", "--timeout", "0.3"]);
+    assert_eq!(o.code, 3, "{}", o.stderr);
+    assert!(o.stderr.contains("timed out"), "{}", o.stderr);
+    let ids = |args: &[&str]| -> Vec<String> {
+        let mut a = vec!["status", "--json"];
+        a.extend_from_slice(args);
+        let o = mw(d, &a);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+        v["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&["--state", "failed"]), ["lazy-1"]);
+    assert_eq!(ids(&["--name", "gat"]), ["gated-1"]);
+    assert!(ids(&["--state", "finished"]).is_empty());
+    assert!(ids(&["--state", "cancelled"]).is_empty());
+    // A table, aligned, whose rows start with the job id.
+    let o = mw(d, &["status", "--name", "lazy"]);
+    assert!(
+        o.stdout.lines().nth(1).unwrap().starts_with("lazy-1 "),
+        "{}",
+        o.stdout
+    );
+    std::fs::write(d.join("gate"), "").unwrap();
+    let o = mw(d, &["wait", "gated-1", "--timeout", "120"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(ids(&["--state", "finished"]), ["gated-1"]);
+}
+
+#[test]
+fn a_condor_job_without_htcondor_stops_before_creating_anything() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    script(d, "t.sh", "cat");
+    std::fs::write(
+        d.join("job.toml"),
+        "interface = \"condor\"\n[program]\npath = \"t.sh\"\n[inputs]\nlist = [1]\n",
+    )
+    .unwrap();
+    let empty = d.join("empty-path");
+    std::fs::create_dir(&empty).unwrap();
+    for cmd in ["run", "submit"] {
+        let out = std::process::Command::new(mw_tests::bin("mw"))
+            .args([cmd, "job.toml"])
+            .current_dir(d)
+            .env("MW_JOBS_DIR", d.join("jobs"))
+            .env("PATH", &empty)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("condor_submit") && err.contains("--interface multicore"),
+            "{err}"
+        );
+        assert!(!d.join("jobs").exists(), "mw {cmd} created a job directory");
+    }
+}
+
+#[test]
+fn job_file_mistakes_get_answers() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    script(d, "t.sh", "cat");
+    std::fs::write(
+        d.join("typo.toml"),
+        "[program]\npath = \"t.sh\"\n[input]\nlist = [1]\n",
+    )
+    .unwrap();
+    let o = mw(d, &["run", "typo.toml"]);
+    assert_eq!(o.code, 2);
+    assert!(o.stderr.contains("did you mean `inputs`?"), "{}", o.stderr);
+    std::fs::write(
+        d.join("float.toml"),
+        "[program]\npath = \"t.sh\"\n[inputs.sweep]\nx = { start = 0.0, end = 1.0, step = 0.1 }\n",
+    )
+    .unwrap();
+    let o = mw(d, &["run", "float.toml"]);
+    assert_eq!(o.code, 2);
+    assert!(!o.stderr.contains("untagged enum"), "{}", o.stderr);
+    assert!(o.stderr.contains("list them"), "{}", o.stderr);
+    assert!(o.stderr.contains("exclusive"), "{}", o.stderr);
+    std::fs::write(
+        d.join("mode.toml"),
+        "[program]\npath = \"t.sh\"\nstdout = \"csv\"\n[inputs]\nlist = [1]\n",
+    )
+    .unwrap();
+    let o = mw(d, &["run", "mode.toml"]);
+    assert_eq!(o.code, 2);
+    assert!(o.stderr.contains("program.stdout"), "{}", o.stderr);
+    // The help documents the sweep step, the exclusive end and the default name rule.
+    let o = mw(d, &["run", "--help"]);
+    for needle in [
+        "step",
+        "exclusive",
+        "job.toml",
+        "text: the result",
+        "retry_on",
+    ] {
+        assert!(
+            o.stdout.contains(needle),
+            "`{needle}` missing from mw run --help"
+        );
+    }
+}
+
+#[test]
+fn completions_and_man_pages() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let o = mw(d, &["completions", "bash"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout.contains("complete") && o.stdout.contains("_mw"),
+        "{}",
+        o.stdout
+    );
+    for sub in ["retry", "logs", "results", "status"] {
+        assert!(o.stdout.contains(sub), "bash completion lacks {sub}");
+    }
+    // bash itself accepts the script.
+    let check = std::process::Command::new("bash")
+        .arg("-n")
+        .arg("-c")
+        .arg(&o.stdout)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    for shell in ["zsh", "fish"] {
+        let o = mw(d, &["completions", shell]);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        assert!(o.stdout.contains("retry"), "{shell}");
+    }
+    let o = mw(d, &["man", "man"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let page = std::fs::read_to_string(d.join("man/mw.1")).unwrap();
+    assert!(page.contains(".TH mw 1"), "{page}");
+    let run = std::fs::read_to_string(d.join("man/mw-run.1")).unwrap();
+    assert!(
+        run.contains("exclusive"),
+        "the run page carries the job-file help"
+    );
+    assert!(d.join("man/mw-retry.1").is_file());
+}
+
+/// Decodes a PNG and counts its distinct colours (stops counting at `cap`).
+fn png_colours(path: &Path, cap: usize) -> (u32, u32, usize) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let px = info.color_type.samples()
+        * if info.bit_depth == png::BitDepth::Sixteen {
+            2
+        } else {
+            1
+        };
+    let mut seen = std::collections::HashSet::new();
+    for p in buf[..info.buffer_size()].chunks(px) {
+        seen.insert(p.to_vec());
+        if seen.len() >= cap {
+            break;
+        }
+    }
+    (info.width, info.height, seen.len())
+}
+
+#[test]
+fn the_report_renders_in_headless_chromium() {
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .expect("Debian's chromium is needed (installed by .ci/setup)");
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    script(
+        d,
+        "t.sh",
+        r#"i=$(cat); if [ "$i" = 2 ]; then echo "two is bad" >&2; exit 2; fi; echo "$i""#,
+    );
+    std::fs::write(
+        d.join("job.toml"),
+        "name = \"rep\"\nworkers = 2\nretries = 1\n[program]\npath = \"t.sh\"\n[inputs]\nlist = [0, 1, 2, 3, 4, 5, 6, 7]\n",
+    )
+    .unwrap();
+    let o = mw(d, &["run", "-q", "job.toml", "-o", "/dev/null"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let o = mw(d, &["report", "rep-1"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let report = d.join("jobs/rep-1/report.html");
+    let html = std::fs::read_to_string(&report).unwrap();
+    // Legend, axes, sections, and the failed task with its stderr.
+    for needle in [
+        ">done</text>",
+        ">failed</text>",
+        "Throughput",
+        "Slot utilisation",
+        "Histogram",
+        " s</text>",
+        "Failed tasks (1)",
+        "two is bad",
+        "Retried tasks (1)",
+    ] {
+        assert!(html.contains(needle), "report lacks {needle}");
+    }
+    let shot = d.join("shot.png");
+    let profile = d.join("chromium-profile");
+    // Bounded: `timeout` kills a browser that hangs.
+    let out = std::process::Command::new("timeout")
+        .arg("120")
+        .arg(&chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1200,1000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", report.display()))
+        .env("HOME", d)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        shot.is_file(),
+        "chromium took no screenshot ({:?}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (w, h, colours) = png_colours(&shot, 64);
+    assert_eq!((w, h), (1200, 1000));
+    // A blank page is one colour; the report's bars, text and axes give many.
+    assert!(
+        colours > 8,
+        "the screenshot has {colours} colour(s): not rendered"
+    );
+}
