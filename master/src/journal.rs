@@ -838,7 +838,7 @@ fn check_mark(conn: &Connection, path: &Path) -> Result<(), JournalError> {
     let have = count_final(conn).map_err(|e| jerr(path, "counting finished tasks", e))?;
     if have < mark {
         return Err(JournalError(format!(
-            "{}: the journal lost committed results: {mark} tasks were recorded finished,              {have} are now (was its -wal file deleted or the file replaced?); nothing was changed",
+            "{}: the journal lost committed results: {mark} tasks were recorded finished, {have} are now (was its -wal file deleted or the file replaced?); nothing was changed",
             path.display()
         )));
     }
@@ -1320,6 +1320,10 @@ pub fn requeue_for_retry(
             .map_err(err)?;
         }
         tx.commit().map_err(err)?;
+        // Fewer final rows now, on purpose: lower the high-water mark with them.
+        if let Ok(n) = count_final(conn) {
+            write_mark(path, n);
+        }
     }
     Ok((chosen.into_iter().map(|i| i as u64).collect(), refused))
 }
