@@ -409,70 +409,136 @@ impl Execution {
         output_dir: Option<&Path>,
         max_output_bytes: u64,
     ) -> Result<Execution, InterfaceError> {
-        let limits = Limits {
-            max_total_bytes: max_output_bytes.saturating_add(MAX_RESULT_FILES_BYTES),
-            ..Limits::default()
-        };
-        let bundle =
-            mw_bundle::open_in_memory(bytes, label, Some(mw_bundle::BundleKind::Result), &limits)
-                .map_err(InterfaceError::new)?;
-        let info = bundle
-            .manifest
-            .result
-            .clone()
-            .ok_or_else(|| InterfaceError::new(format!("{label}: no [result] table")))?;
-        if info.task != expected_task.0 {
+        read_result(
+            bytes,
+            label,
+            Expected {
+                task: expected_task,
+                job: None,
+                outputs: None,
+            },
+            output_dir,
+            max_output_bytes,
+        )
+    }
+
+    /// Reads the result bundle that came back for `task` and trusts nothing in it that the
+    /// task does not vouch for: the manifest must name this job and this task, only the
+    /// task's declared output files are kept (under its output directory), and the task's
+    /// output limit bounds what is read.
+    pub fn from_result_bundle_of(
+        bytes: &[u8],
+        label: &str,
+        task: &PreparedTask,
+    ) -> Result<Execution, InterfaceError> {
+        read_result(
+            bytes,
+            label,
+            Expected {
+                task: task.id,
+                job: Some(&task.job),
+                outputs: Some(&task.spec.outputs),
+            },
+            task.output_dir.as_deref(),
+            task.spec.max_output_bytes,
+        )
+    }
+}
+
+/// What a result bundle must match.
+struct Expected<'a> {
+    task: TaskId,
+    job: Option<&'a str>,
+    outputs: Option<&'a [String]>,
+}
+
+fn read_result(
+    bytes: &[u8],
+    label: &str,
+    expected: Expected<'_>,
+    output_dir: Option<&Path>,
+    max_output_bytes: u64,
+) -> Result<Execution, InterfaceError> {
+    let expected_task = expected.task;
+    let limits = Limits {
+        max_total_bytes: max_output_bytes.saturating_add(MAX_RESULT_FILES_BYTES),
+        ..Limits::default()
+    };
+    let bundle =
+        mw_bundle::open_in_memory(bytes, label, Some(mw_bundle::BundleKind::Result), &limits)
+            .map_err(InterfaceError::new)?;
+    let info = bundle
+        .manifest
+        .result
+        .clone()
+        .ok_or_else(|| InterfaceError::new(format!("{label}: no [result] table")))?;
+    if info.task != expected_task.0 {
+        return Err(InterfaceError::new(format!(
+            "{label}: forged or misfiled result: it is for task {}, expected {expected_task}",
+            info.task
+        )));
+    }
+    if let Some(job) = expected.job {
+        if info.job != job {
             return Err(InterfaceError::new(format!(
-                "{label}: result bundle is for task {}, expected {expected_task}",
-                info.task
+                "{label}: forged or misfiled result: it names job `{}`, expected `{job}`",
+                info.job
             )));
         }
-        let mut output_files = Vec::new();
-        if let Some(dir) = output_dir {
-            for (path, data) in &bundle.members {
-                if let Some(name) = path.strip_prefix(RESULT_OUTPUTS_PREFIX) {
-                    let dest = dir.join(name);
-                    if let Some(parent) = dest.parent() {
-                        std::fs::create_dir_all(parent).map_err(|e| {
-                            InterfaceError::new(format!("{label}: output `{name}`: {e}"))
-                        })?;
-                    }
-                    std::fs::write(&dest, data).map_err(|e| {
+    }
+    let mut output_files = Vec::new();
+    if let Some(dir) = output_dir {
+        for (path, data) in &bundle.members {
+            if let Some(name) = path.strip_prefix(RESULT_OUTPUTS_PREFIX) {
+                if expected
+                    .outputs
+                    .is_some_and(|declared| !declared.iter().any(|d| d == name))
+                {
+                    log::warn!(
+                        "{label}: ignoring `{name}`: not a declared output of {expected_task}"
+                    );
+                    continue;
+                }
+                let dest = dir.join(name);
+                if let Some(parent) = dest.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| {
                         InterfaceError::new(format!("{label}: output `{name}`: {e}"))
                     })?;
-                    output_files.push((name.to_string(), dest));
                 }
+                std::fs::write(&dest, data)
+                    .map_err(|e| InterfaceError::new(format!("{label}: output `{name}`: {e}")))?;
+                output_files.push((name.to_string(), dest));
             }
         }
-        let mut stdout = bundle
-            .members
-            .get(RESULT_STDOUT_NAME)
-            .cloned()
-            .unwrap_or_default();
-        let cap = usize::try_from(max_output_bytes.saturating_add(1)).unwrap_or(usize::MAX);
-        stdout.truncate(cap);
-        let wall = checked_secs(label, "wall_secs", info.wall_secs)?;
-        let user = checked_secs(label, "user_secs", info.user_secs)?;
-        let sys = checked_secs(label, "sys_secs", info.sys_secs)?;
-        let started = checked_secs(label, "started_unix", info.started_unix)?;
-        let cpu = user.checked_add(sys).ok_or_else(|| {
-            InterfaceError::new(format!("{label}: user_secs + sys_secs is out of range"))
-        })?;
-        let started = UNIX_EPOCH
-            .checked_add(started)
-            .ok_or_else(|| InterfaceError::new(format!("{label}: started_unix is out of range")))?;
-        Ok(Execution {
-            exit: info.exit,
-            stdout,
-            stderr_tail: info.stderr_tail,
-            wall,
-            cpu,
-            host: info.host,
-            started: Some(started),
-            output_files,
-            missing_outputs: info.missing_outputs,
-        })
     }
+    let mut stdout = bundle
+        .members
+        .get(RESULT_STDOUT_NAME)
+        .cloned()
+        .unwrap_or_default();
+    let cap = usize::try_from(max_output_bytes.saturating_add(1)).unwrap_or(usize::MAX);
+    stdout.truncate(cap);
+    let wall = checked_secs(label, "wall_secs", info.wall_secs)?;
+    let user = checked_secs(label, "user_secs", info.user_secs)?;
+    let sys = checked_secs(label, "sys_secs", info.sys_secs)?;
+    let started = checked_secs(label, "started_unix", info.started_unix)?;
+    let cpu = user.checked_add(sys).ok_or_else(|| {
+        InterfaceError::new(format!("{label}: user_secs + sys_secs is out of range"))
+    })?;
+    let started = UNIX_EPOCH
+        .checked_add(started)
+        .ok_or_else(|| InterfaceError::new(format!("{label}: started_unix is out of range")))?;
+    Ok(Execution {
+        exit: info.exit,
+        stdout,
+        stderr_tail: info.stderr_tail,
+        wall,
+        cpu,
+        host: info.host,
+        started: Some(started),
+        output_files,
+        missing_outputs: info.missing_outputs,
+    })
 }
 
 /// States a task goes through.

@@ -271,3 +271,42 @@ fn a_completion_that_races_a_cancel_is_reported_once() {
     assert!(matches!(got[0].1, Err(MwError::Cancelled(_))), "{got:?}");
     let _ = ok_execution("");
 }
+
+#[test]
+fn a_result_is_trusted_only_for_what_its_task_vouches_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results");
+    let mut spec = TaskSpec::new(program(), json!(1));
+    spec.outputs = vec!["declared.txt".into()];
+    let task = mw::PreparedTask {
+        id: TaskId(5),
+        attempt: 1,
+        job: "mine-1".into(),
+        spec,
+        output_dir: Some(out.clone()),
+        staging_dir: dir.path().to_path_buf(),
+    };
+    let make = |job: &str, t: u64| {
+        let mut info = result_info(t);
+        info.job = job.into();
+        let mut b = BundleBuilder::result(info, "r");
+        b.add_bytes(RESULT_STDOUT_NAME, b"1".to_vec(), false).unwrap();
+        b.add_bytes("outputs/declared.txt", b"ok".to_vec(), false)
+            .unwrap();
+        b.add_bytes("outputs/sneaky.sh", b"rm -rf ~".to_vec(), false)
+            .unwrap();
+        b.to_bytes().unwrap()
+    };
+    // Another job's task 5, and this job's task 7: both refused, naming why.
+    let e = Execution::from_result_bundle_of(&make("someone-elses-job-7", 5), "r", &task)
+        .unwrap_err();
+    assert!(e.0.contains("someone-elses-job-7") && e.0.contains("forged"), "{e}");
+    let e = Execution::from_result_bundle_of(&make("mine-1", 7), "r", &task).unwrap_err();
+    assert!(e.0.contains("task 7") && e.0.contains("forged"), "{e}");
+    assert!(!out.exists(), "a refused result wrote files");
+    // The right one: only the declared output is kept.
+    let ok = Execution::from_result_bundle_of(&make("mine-1", 5), "r", &task).unwrap();
+    assert_eq!(ok.output_files.len(), 1);
+    assert_eq!(std::fs::read(out.join("declared.txt")).unwrap(), b"ok");
+    assert!(!out.join("sneaky.sh").exists());
+}
