@@ -8,6 +8,7 @@
 //!
 //! This module turns a job file into [`TaskSpec`]s; it knows nothing of how they run.
 
+use crate::condor::{CondorSettings, OnHold};
 use crate::task::{Program, TaskSpec};
 use mw_bundle::Comparison;
 use serde::Deserialize;
@@ -591,6 +592,106 @@ impl Job {
         let program = Arc::new(self.program()?);
         TaskBuilder::new(self, program)
     }
+
+    /// The HTCondor interface's settings from the `[condor]` table (paths relative to the job
+    /// file), staging into `work_dir`. The job-file format stays here: the interface only
+    /// sees [`CondorSettings`].
+    pub fn condor_settings(
+        &self,
+        work_dir: impl Into<PathBuf>,
+    ) -> Result<CondorSettings, JobError> {
+        let job = self;
+        let c: &CondorSection = &job.file.condor;
+        let mut s = CondorSettings::new(work_dir);
+        let rel = |p: &str| {
+            let p = Path::new(p);
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                job.base_dir.join(p)
+            }
+        };
+        let at = |field: &str, msg: String| {
+            JobError(format!("{}: [condor] {field}: {msg}", job.path.display()))
+        };
+        if let Some(n) = c.request_cpus {
+            if n == 0 {
+                return Err(at("request_cpus", "must be at least 1".into()));
+            }
+            s.request_cpus = n;
+        }
+        if let Some(v) = &c.request_memory {
+            s.request_memory_mb = size_mb(v).map_err(|m| at("request_memory", m))?;
+        }
+        if let Some(v) = &c.request_disk {
+            s.request_disk_mb = size_mb(v).map_err(|m| at("request_disk", m))?;
+        }
+        if let Some(r) = &c.requirements {
+            if r.trim().is_empty() || r.chars().any(|ch| ch.is_control()) {
+                return Err(at(
+                    "requirements",
+                    "must be one non-empty line (a ClassAd expression)".into(),
+                ));
+            }
+            s.requirements = Some(r.trim().to_string());
+        }
+        if let Some(w) = c.batch_window_secs {
+            if !(w.is_finite() && (0.0..=3600.0).contains(&w)) {
+                return Err(at(
+                    "batch_window_secs",
+                    "must be between 0 and 3600 seconds".into(),
+                ));
+            }
+            s.batch_window = Duration::from_secs_f64(w);
+        }
+        if let Some(t) = &c.template {
+            s.template = Some(rel(t));
+        }
+        match c.on_hold.as_deref() {
+            None | Some("fail") => s.on_hold = OnHold::Fail,
+            Some("wait") => s.on_hold = OnHold::Wait,
+            Some(other) => {
+                return Err(at(
+                    "on_hold",
+                    format!("`{other}`: expected \"fail\" or \"wait\""),
+                ))
+            }
+        }
+        if let Some(w) = &c.worker {
+            s.worker = rel(w);
+        }
+        Ok(s)
+    }
+}
+
+/// A size in MiB: a number (MiB) or a string with a K/M/G/T suffix (`"2GB"`, `"512M"`).
+pub fn size_mb(v: &toml::Value) -> Result<u64, String> {
+    match v {
+        toml::Value::Integer(n) if *n > 0 => Ok(*n as u64),
+        toml::Value::String(s) => {
+            let t = s.trim().to_ascii_uppercase();
+            let t = t.strip_suffix('B').unwrap_or(&t);
+            let (num, mult) = match t.chars().last() {
+                Some('K') => (&t[..t.len() - 1], 1.0 / 1024.0),
+                Some('M') => (&t[..t.len() - 1], 1.0),
+                Some('G') => (&t[..t.len() - 1], 1024.0),
+                Some('T') => (&t[..t.len() - 1], 1024.0 * 1024.0),
+                _ => (t, 1.0),
+            };
+            let n: f64 = num
+                .trim()
+                .parse()
+                .map_err(|_| format!("{s:?} is not a size like 512, \"512MB\" or \"2GB\""))?;
+            let mb = (n * mult).ceil();
+            if !(mb.is_finite() && (1.0..1e12).contains(&mb)) {
+                return Err(format!("{s:?} is not a positive size"));
+            }
+            Ok(mb as u64)
+        }
+        other => Err(format!(
+            "{other} is not a size like 512, \"512MB\" or \"2GB\""
+        )),
+    }
 }
 
 fn default_name(abs: &Path) -> String {
@@ -795,5 +896,20 @@ impl TaskBuilder {
         spec.timeout = self.timeout;
         spec.comparison = self.comparison.clone();
         Ok(spec)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size_mb(&toml::Value::Integer(512)).unwrap(), 512);
+        assert_eq!(size_mb(&toml::Value::String("2GB".into())).unwrap(), 2048);
+        assert_eq!(size_mb(&toml::Value::String("512 M".into())).unwrap(), 512);
+        assert!(size_mb(&toml::Value::String("lots".into())).is_err());
+        assert!(size_mb(&toml::Value::Integer(0)).is_err());
     }
 }

@@ -15,7 +15,10 @@ pub(crate) fn make(name: &str, job: &Job, job_dir: &Path) -> anyhow::Result<Arc<
                     .map_err(|e| anyhow::anyhow!("{}: {e}", job.path.display()))?;
             Ok(Arc::new(crate::boinc::Boinc::new(settings)?))
         }
-        "condor" => Ok(Arc::new(crate::condor::from_job(job, job_dir)?)),
+        "condor" => {
+            let settings = job.condor_settings(job_dir.join("staging").join("condor"))?;
+            Ok(Arc::new(crate::condor::Condor::new(settings)?))
+        }
         _ => anyhow::bail!("interface `{name}` is not available in this build"),
     }
 }

@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mw::condor::{preview_submit, CondorSettings};
+use mw::condor::preview_submit;
 use mw::job::Job;
 use std::path::PathBuf;
 
@@ -53,8 +53,12 @@ fn real_main() -> anyhow::Result<()> {
                     .join("staging")
                     .join("condor"),
             };
-            let settings = CondorSettings::from_job(&job, &work_dir)?;
-            let (submit, item_text) = preview_submit(&job, &work_dir, &settings)?;
+            let settings = job.condor_settings(&work_dir)?;
+            let builder = job.task_builder()?;
+            let specs = (job.inputs()?.into_iter().enumerate())
+                .map(|(i, input)| builder.build(i, input))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (submit, item_text) = preview_submit(&job.name, specs, &work_dir, &settings)?;
             print!("{}", if items { item_text } else { submit });
             Ok(())
         }

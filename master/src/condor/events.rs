@@ -1,0 +1,219 @@
+//! Job events: turns what a batch's event log (and, where the log says too little, the
+//! schedd) reports about a job into its task's phase and, at the end, its outcome.
+//! This module must never know about the journal or the job-file format.
+
+use super::*;
+
+pub(super) fn event_loop(shared: &Shared, rx: Receiver<WatchMessage>) {
+    for msg in rx {
+        match msg {
+            Ok(ev) => on_event(shared, ev),
+            Err(e) => {
+                shared.lock().log_problems += 1;
+                eprintln!("mw: condor: skipped a job event log record: {e}");
+            }
+        }
+    }
+}
+
+/// What an event means for its task.
+pub(super) enum Outcome {
+    /// Read the result bundle (return value of mw-worker).
+    Exited(i64),
+    Signal(i64),
+    Error(String),
+    HeldFail(String),
+    /// A shadow exception: fail unless the job is still queued (it will run again).
+    CheckQueue(String),
+}
+
+pub(super) fn on_event(shared: &Shared, ev: LogEvent) {
+    let Some(h) = ev.handle() else { return };
+    let mut st = shared.lock();
+    let Some(&id) = st.by_handle.get(&h) else {
+        st.unclaimed.entry(h).or_default().push(ev);
+        return;
+    };
+    let outcome = apply(&mut st, shared.settings.on_hold, id, h, &ev);
+    drop(st);
+    if let Some(o) = outcome {
+        conclude(shared, id, h, o);
+    }
+}
+
+/// Updates the task's phase; returns an outcome when the event ends the task.
+pub(super) fn apply(
+    st: &mut State,
+    on_hold: OnHold,
+    id: TaskId,
+    h: JobHandle,
+    ev: &LogEvent,
+) -> Option<Outcome> {
+    let t = st.tasks.get_mut(&id)?;
+    if t.handle != Some(h) {
+        return None; // an earlier attempt's job
+    }
+    let at = format!("HTCondor job {h} ({}:{})", ev.log.display(), ev.line);
+    match &ev.kind {
+        EventKind::Executing { .. } | EventKind::Reconnected => t.phase = Phase::Running,
+        EventKind::Submitted { .. }
+        | EventKind::Evicted { .. }
+        | EventKind::Released { .. }
+        | EventKind::ReconnectFailed { .. } => t.phase = Phase::Idle,
+        EventKind::ShadowException { message } => {
+            t.phase = Phase::Idle;
+            let m = format!(
+                "{at}: shadow exception: {}",
+                message.as_deref().unwrap_or("(no message)")
+            );
+            t.shadow = Some(m.clone());
+            return Some(Outcome::CheckQueue(m));
+        }
+        EventKind::Terminated(Termination::Normal { return_value }) => {
+            return Some(Outcome::Exited(*return_value))
+        }
+        EventKind::Terminated(Termination::Abnormal { signal, .. }) => {
+            return Some(Outcome::Signal(*signal))
+        }
+        EventKind::Aborted { reason } => {
+            let why = reason.as_deref().unwrap_or("no reason given");
+            return Some(Outcome::Error(if t.cancel_requested {
+                format!("cancelled: {at} was removed ({why})")
+            } else {
+                format!("{at} was removed from the queue (aborted: {why})")
+            }));
+        }
+        EventKind::Held {
+            reason,
+            code,
+            subcode,
+        } => {
+            let m = format!(
+                "{at} was held: {} (hold code {}, subcode {})",
+                reason.as_deref().unwrap_or("reason unspecified"),
+                code.map_or("?".into(), |c| c.to_string()),
+                subcode.map_or("?".into(), |c| c.to_string()),
+            );
+            match on_hold {
+                OnHold::Fail => return Some(Outcome::HeldFail(m)),
+                OnHold::Wait => {
+                    eprintln!(
+                        "mw: condor: {m}; waiting for it to be released (on_hold = \"wait\")"
+                    );
+                    t.phase = Phase::Held;
+                }
+            }
+        }
+        EventKind::ExecutableError { message } => {
+            t.shadow = Some(format!("{at}: executable error: {message}"));
+        }
+        _ => {}
+    }
+    None
+}
+
+pub(super) fn take_task(shared: &Shared, id: TaskId, h: JobHandle) -> Option<Tracked> {
+    let mut st = shared.lock();
+    if st.tasks.get(&id).map(|t| t.handle) != Some(Some(h)) {
+        return None;
+    }
+    let t = st.tasks.remove(&id)?;
+    st.finished += 1;
+    Some(t)
+}
+
+pub(super) fn conclude(shared: &Shared, id: TaskId, h: JobHandle, outcome: Outcome) {
+    if let Outcome::CheckQueue(msg) = &outcome {
+        // Still queued: HTCondor will run it again; keep waiting.
+        match shared.settings.cli.query_jobs(&[h.cluster]) {
+            Ok(ads) if ads.iter().any(|a| a.handle == h) => return,
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("mw: condor: {msg}; condor_q failed ({e}); waiting for more events");
+                return;
+            }
+        }
+    }
+    let Some(mut t) = take_task(shared, id, h) else {
+        return;
+    };
+    let result = match outcome {
+        Outcome::Exited(rv) => from_exit(&t, h, rv),
+        Outcome::Signal(sig) => Err(InterfaceError::new(format!(
+            "HTCondor job {h}: mw-worker was killed by signal {sig}{}{}",
+            signal_name(sig),
+            stderr_tail(&t.files.stderr)
+        ))),
+        Outcome::Error(m) | Outcome::CheckQueue(m) => Err(InterfaceError::new(m)),
+        Outcome::HeldFail(m) => {
+            let removed = match shared.settings.cli.remove(&[h]) {
+                Ok(()) => "; removed it with condor_rm (on_hold = \"fail\")".to_string(),
+                Err(e) => format!("; condor_rm failed: {e}"),
+            };
+            Err(InterfaceError::new(format!("{m}{removed}")))
+        }
+    };
+    let result = match (result, &t.shadow) {
+        (Err(e), Some(note)) => Err(InterfaceError::new(format!("{e} (earlier: {note})"))),
+        (r, _) => r,
+    };
+    if let Some(d) = t.done.take() {
+        d.finish(result);
+    }
+}
+
+pub(super) fn signal_name(sig: i64) -> String {
+    match mw_bundle::signal_name(sig) {
+        Some(name) => format!(" ({name})"),
+        None => String::new(),
+    }
+}
+
+/// The last lines of a job's stderr file, formatted for an error message.
+pub(super) fn stderr_tail(path: &Path) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) if !bytes.is_empty() => {
+            let start = bytes.len().saturating_sub(2000);
+            let text = String::from_utf8_lossy(&bytes[start..]);
+            format!("; job stderr ({}):\n{}", path.display(), text.trim_end())
+        }
+        _ => String::new(),
+    }
+}
+
+/// The outcome of a job that terminated with `rv` (mw-worker's exit status).
+pub(super) fn from_exit(t: &Tracked, h: JobHandle, rv: i64) -> Result<Execution, InterfaceError> {
+    let path = &t.files.result;
+    let label = path.display().to_string();
+    let bundle = match std::fs::read(path) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(InterfaceError::new(format!(
+                "HTCondor job {h}: cannot read the result bundle {label}: {e}"
+            )))
+        }
+    };
+    match (rv, bundle) {
+        (0 | 1, Some(bytes)) => Execution::from_result_bundle(
+            &bytes,
+            &label,
+            t.task.id,
+            t.task.output_dir.as_deref(),
+        )
+        .map_err(|e| {
+            InterfaceError::new(format!(
+                "HTCondor job {h} (mw-worker exit {rv}): bad result bundle: {e}{}",
+                stderr_tail(&t.files.stderr)
+            ))
+        }),
+        (0 | 1, None) => Err(InterfaceError::new(format!(
+            "HTCondor job {h}: mw-worker exited {rv} but no result bundle came back (expected {label}){}",
+            stderr_tail(&t.files.stderr)
+        ))),
+        (rv, _) => Err(InterfaceError::new(format!(
+            "HTCondor job {h}: mw-worker exited {rv} without running the task{}",
+            stderr_tail(&t.files.stderr)
+        ))),
+    }
+}
