@@ -12,7 +12,8 @@ pub mod submit;
 pub mod watcher;
 
 pub use commands::{
-    history, parse_ads, query_jobs, remove, submit, CondorCli, JobAd, QUERY_ATTRIBUTES,
+    history, is_batch_name, parse_ads, query_jobs, remove, submit, CondorCli, JobAd,
+    BATCH_ATTRIBUTE, QUERY_ATTRIBUTES,
 };
 pub use error::{CondorError, Result};
 pub use events::{parse_record, EventKind, EventTime, LogEvent, Termination, TransferStage};

@@ -419,6 +419,9 @@ impl Journal {
                         (exit.to_string(), host.clone())
                     }
                     crate::MwError::Cancelled(_) => ("cancelled".to_string(), String::new()),
+                    crate::MwError::Interface { ran: Some(r), .. } => {
+                        (r.exit.clone(), r.host.clone())
+                    }
                     _ => ("not run".to_string(), String::new()),
                 };
                 (None, Some(exit), Some(e.to_string()), host, "[]".into())

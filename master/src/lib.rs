@@ -43,5 +43,6 @@ pub use mpi::Mpi;
 pub use multicore::Multicore;
 pub use mw_bundle::{Comparison, ExitInfo};
 pub use task::{
-    Execution, InterfaceError, PreparedTask, Program, ProgramError, TaskId, TaskSpec, WorkerId,
+    Execution, InterfaceError, PreparedTask, Program, ProgramError, RunFacts, TaskId, TaskSpec,
+    WorkerId,
 };

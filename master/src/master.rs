@@ -130,6 +130,8 @@ pub enum MwError {
         message: String,
         /// Attempts made.
         attempts: u32,
+        /// What the platform knows of a run it ended (host, start, wall), if it started.
+        ran: Option<crate::task::RunFacts>,
     },
     /// The program exited 0 but its stdout is not JSON.
     #[error("{task}: the program exited 0 but its stdout is not JSON: {reason}")]
@@ -336,6 +338,10 @@ struct JournalHandles(Arc<Journal>);
 impl HandleSink for JournalHandles {
     fn record_handle(&self, task: TaskId, handle: &str) {
         self.0.record_handle(task, handle);
+    }
+
+    fn flush(&self) {
+        self.0.flush();
     }
 }
 
@@ -841,11 +847,20 @@ fn on_complete(inner: &Arc<Inner>, id: TaskId, outcome: Result<Execution, Interf
     let now = SystemTime::now();
     let attempts = rec.attempts;
     let result: Result<TaskOutput, MwError> = match outcome {
-        Err(e) => Err(MwError::Interface {
-            task: id,
-            message: e.0,
-            attempts,
-        }),
+        Err(InterfaceError(message, ran)) => {
+            if let Some(r) = &ran {
+                rec.times.wall = r.wall;
+                if let Some(s) = r.started {
+                    rec.times.started = Some(s);
+                }
+            }
+            Err(MwError::Interface {
+                task: id,
+                message,
+                attempts,
+                ran: ran.map(|r| *r),
+            })
+        }
         Ok(exec) => {
             rec.times.wall = exec.wall;
             rec.times.cpu = exec.cpu;

@@ -265,15 +265,35 @@ pub struct Execution {
     pub missing_outputs: Vec<String>,
 }
 
-/// Errors an interface reports instead of an execution (the task never ran to an exit).
+/// Errors an interface reports instead of an execution (the task never ran to an exit): the
+/// message, and what is known of a run the platform ended (held, removed, worker killed).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
-pub struct InterfaceError(pub String);
+pub struct InterfaceError(pub String, pub Option<Box<RunFacts>>);
+
+/// What a platform knows of a run it ended without an exit status (e.g. an HTCondor job held
+/// or removed after it had started): kept in the journal instead of "not run".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunFacts {
+    /// How it ended, in a word or two (`held`, `removed`, `signal 9`).
+    pub exit: String,
+    /// Where it ran.
+    pub host: String,
+    /// When it started.
+    pub started: Option<SystemTime>,
+    /// How long it ran.
+    pub wall: Duration,
+}
 
 impl InterfaceError {
     /// An error from anything printable.
     pub fn new(msg: impl std::fmt::Display) -> Self {
-        InterfaceError(msg.to_string())
+        InterfaceError(msg.to_string(), None)
+    }
+
+    /// An error for a run that started (on `facts.host`) and was ended by the platform.
+    pub fn after_run(msg: impl std::fmt::Display, facts: RunFacts) -> Self {
+        InterfaceError(msg.to_string(), Some(Box::new(facts)))
     }
 }
 

@@ -352,8 +352,15 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
                     writeln!(out, "failed or cancelled tasks:")?;
                     for t in &failed {
                         let err = t.error.clone().unwrap_or_default();
-                        let first = err.lines().next().unwrap_or("");
-                        writeln!(out, "  task {:<8} {}", t.index, first)?;
+                        // The whole message (stderr tails span lines), indented, bounded.
+                        let mut lines = err.lines();
+                        writeln!(out, "  task {:<8} {}", t.index, lines.next().unwrap_or(""))?;
+                        for l in lines.by_ref().take(40) {
+                            writeln!(out, "  {:<13} {l}", "")?;
+                        }
+                        if lines.next().is_some() {
+                            writeln!(out, "  {:<13} … (`mw results` has the rest)", "")?;
+                        }
                     }
                 }
             }
@@ -533,6 +540,17 @@ pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
             )
             .context("recording the cancel")?;
             eprintln!("mw: {n} tasks cancelled");
+            // Jobs on HTCondor outlive the master: take them out of the pool too.
+            let condor = dir.join("staging").join("condor");
+            if condor.is_dir() {
+                match crate::condor::remove_leftover_jobs(&condor, &Default::default()) {
+                    Ok(c) if c.is_empty() => {}
+                    Ok(c) => eprintln!("mw: removed HTCondor clusters {c:?} with condor_rm"),
+                    Err(e) => bail!(
+                        "tasks cancelled, but this job's HTCondor jobs could not be removed: {e}"
+                    ),
+                }
+            }
         }
     }
     Ok(EXIT_OK)

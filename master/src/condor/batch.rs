@@ -3,6 +3,7 @@
 //! identity before `condor_submit` runs, submits, and hands the job handles to the master.
 //! This module must never know about the journal or the job-file format.
 
+use super::reattach::write_cluster_marker;
 use super::*;
 use crate::task::TaskSpec;
 
@@ -188,13 +189,28 @@ pub(super) fn submit_loop(shared: &Shared) {
         for (k, (program, tasks)) in groups.into_iter().enumerate() {
             let dir = tasks[0].1.dir.clone();
             let name = if k == 0 {
-                format!("{}-b{batch}", safe_name(&job))
+                format!("{}-b{batch}-{}", safe_name(&job), batch_nonce())
             } else {
-                format!("{}-b{batch}-{k}", safe_name(&job))
+                format!("{}-b{batch}-{k}-{}", safe_name(&job), batch_nonce())
             };
             submit_group(shared, &name, &dir, &program, tasks);
         }
     }
+}
+
+/// A short random suffix that makes a batch name unique across runs and machines (batch
+/// numbers restart in every job directory), so the name can identify the batch in the schedd.
+pub(super) fn batch_nonce() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    format!("{:08x}", h.finish() as u32)
 }
 
 pub(super) fn submit_group(
@@ -206,9 +222,22 @@ pub(super) fn submit_group(
 ) {
     let settings = &shared.settings;
     let spec = batch_spec(settings, name, dir, program, &tasks);
+    let sink = shared.sink.lock().ok().and_then(|s| s.clone());
     let submitted = write_submit_files(&spec, dir, settings.template.as_deref())
         .map_err(|e| format!("writing the submit description: {e}"))
         .and_then(|(sub, _)| {
+            // The batch's identity (its name, `+MwBatch` in every job ad) is durable before
+            // the schedd can know the batch: a master killed while condor_submit runs leaves
+            // `submitting:` handles, and `mw resume` finds the cluster by its name.
+            if let Some(sink) = &sink {
+                for (proc, (id, _)) in tasks.iter().enumerate() {
+                    sink.record_handle(*id, &pending_handle(name, proc as u64));
+                }
+                sink.flush();
+            }
+            Ok(sub)
+        })
+        .and_then(|sub| {
             settings
                 .cli
                 .submit(&sub)
@@ -250,11 +279,10 @@ pub(super) fn submit_group(
         }
     };
     let cluster = handles[0].cluster;
-    let marker = dir.join(format!("{name}.cluster"));
-    if let Err(e) = std::fs::write(&marker, format!("{cluster}\n")) {
+    if let Err(e) = write_cluster_marker(dir, name, cluster) {
         eprintln!(
-            "mw: condor: cannot write {} ({e}); `mw resume` will not find cluster {cluster}",
-            marker.display()
+            "mw: condor: cannot write {}/{name}.cluster ({e}); `mw resume` will look for batch {name} in the schedd",
+            dir.display()
         );
     }
     let mut to_remove = Vec::new();
@@ -273,7 +301,6 @@ pub(super) fn submit_group(
             }
         }
     }
-    let sink = shared.sink.lock().ok().and_then(|s| s.clone());
     if let Some(sink) = sink {
         for ((id, _), h) in tasks.iter().zip(&handles) {
             sink.record_handle(*id, &h.to_string());

@@ -3,6 +3,9 @@
 //! This module must never know about the journal or the job-file format.
 
 use super::*;
+use crate::task::RunFacts;
+use mw_condor_kit::JobAd;
+use std::time::UNIX_EPOCH;
 
 pub(super) fn event_loop(shared: &Shared, rx: Receiver<WatchMessage>) {
     for msg in rx {
@@ -22,7 +25,8 @@ pub(super) enum Outcome {
     Exited(i64),
     Signal(i64),
     Error(String),
-    HeldFail(String),
+    /// Held with this hold code: remove and fail.
+    HeldFail(String, Option<i64>),
     /// A shadow exception: fail unless the job is still queued (it will run again).
     CheckQueue(String),
 }
@@ -55,7 +59,11 @@ pub(super) fn apply(
     }
     let at = format!("HTCondor job {h} ({}:{})", ev.log.display(), ev.line);
     match &ev.kind {
-        EventKind::Executing { .. } | EventKind::Reconnected => t.phase = Phase::Running,
+        EventKind::Executing { host } => {
+            t.phase = Phase::Running;
+            t.ran_on = Some(host.clone());
+        }
+        EventKind::Reconnected => t.phase = Phase::Running,
         EventKind::Submitted { .. }
         | EventKind::Evicted { .. }
         | EventKind::Released { .. }
@@ -95,7 +103,7 @@ pub(super) fn apply(
                 subcode.map_or("?".into(), |c| c.to_string()),
             );
             match on_hold {
-                OnHold::Fail => return Some(Outcome::HeldFail(m)),
+                OnHold::Fail => return Some(Outcome::HeldFail(m, *code)),
                 OnHold::Wait => {
                     eprintln!(
                         "mw: condor: {m}; waiting for it to be released (on_hold = \"wait\")"
@@ -137,29 +145,114 @@ pub(super) fn conclude(shared: &Shared, id: TaskId, h: JobHandle, outcome: Outco
     let Some(mut t) = take_task(shared, id, h) else {
         return;
     };
+    let cli = &shared.settings.cli;
+    // A job the pool ended after it had started: what the schedd knows of that run.
+    let ad = match (&outcome, &t.ran_on) {
+        (Outcome::Exited(_), _) | (_, None) => None,
+        _ if t.cancel_requested => None,
+        _ => job_ad(cli, h),
+    };
+    let facts = |exit: String| RunFacts {
+        exit,
+        host: ad
+            .as_ref()
+            .and_then(|a| {
+                ["LastRemoteHost", "RemoteHost"]
+                    .iter()
+                    .find_map(|k| a.attributes.get(*k).and_then(|v| v.as_str()))
+            })
+            .map(str::to_string)
+            .or_else(|| t.ran_on.clone())
+            .unwrap_or_default(),
+        started: ad
+            .as_ref()
+            .and_then(|a| unix_attr(a, "JobCurrentStartDate"))
+            .map(|s| UNIX_EPOCH + Duration::from_secs(s)),
+        wall: ad
+            .as_ref()
+            .and_then(|a| {
+                let start = unix_attr(a, "JobCurrentStartDate")?;
+                let end = unix_attr(a, "EnteredCurrentStatus")?;
+                end.checked_sub(start)
+            })
+            .map(Duration::from_secs)
+            .unwrap_or_default(),
+    };
+    let ended = |m: String, exit: String| {
+        if t.ran_on.is_some() {
+            InterfaceError::after_run(m, facts(exit))
+        } else {
+            InterfaceError::new(m)
+        }
+    };
     let result = match outcome {
         Outcome::Exited(rv) => from_exit(&t, h, rv),
-        Outcome::Signal(sig) => Err(InterfaceError::new(format!(
-            "HTCondor job {h}: mw-worker was killed by signal {sig}{}{}",
-            signal_name(sig),
-            stderr_tail(&t.files.stderr)
-        ))),
-        Outcome::Error(m) | Outcome::CheckQueue(m) => Err(InterfaceError::new(m)),
-        Outcome::HeldFail(m) => {
-            let removed = match shared.settings.cli.remove(&[h]) {
+        Outcome::Signal(sig) => Err(ended(
+            format!(
+                "HTCondor job {h}: mw-worker was killed by signal {sig}{}{}",
+                signal_name(sig),
+                stderr_tail(&t.files.stderr)
+            ),
+            format!("signal {sig}"),
+        )),
+        Outcome::Error(m) | Outcome::CheckQueue(m) => Err(ended(m, "removed".into())),
+        Outcome::HeldFail(m, code) => {
+            // A worker that died (e.g. SIGKILL) sends no result bundle: the job is then held
+            // for its missing output (code 12/13), and only the job ad tells the signal.
+            let signal = match (&ad, code) {
+                (Some(a), c) if c != Some(1) => {
+                    let by_signal =
+                        a.attributes.get("ExitBySignal") == Some(&serde_json::Value::Bool(true));
+                    a.exit_signal.filter(|_| by_signal)
+                }
+                _ => None,
+            };
+            let removed = match cli.remove(&[h]) {
                 Ok(()) => "; removed it with condor_rm (on_hold = \"fail\")".to_string(),
                 Err(e) => format!("; condor_rm failed: {e}"),
             };
-            Err(InterfaceError::new(format!("{m}{removed}")))
+            match signal {
+                Some(sig) => Err(ended(
+                    format!(
+                        "HTCondor job {h}: mw-worker was killed by signal {sig}{} before it wrote its result; {m}{removed}{}",
+                        signal_name(sig),
+                        stderr_tail(&t.files.stderr)
+                    ),
+                    format!("signal {sig}"),
+                )),
+                None => Err(ended(
+                    format!("{m}{removed}{}", stderr_tail(&t.files.stderr)),
+                    "held".into(),
+                )),
+            }
         }
     };
     let result = match (result, &t.shadow) {
-        (Err(e), Some(note)) => Err(InterfaceError::new(format!("{e} (earlier: {note})"))),
+        (Err(InterfaceError(e, ran)), Some(note)) => {
+            Err(InterfaceError(format!("{e} (earlier: {note})"), ran))
+        }
         (r, _) => r,
     };
     if let Some(d) = t.done.take() {
         d.finish(result);
     }
+}
+
+/// The job's ad from the queue, else from the history.
+fn job_ad(cli: &CondorCli, h: JobHandle) -> Option<JobAd> {
+    let find = |ads: Vec<JobAd>| ads.into_iter().find(|a| a.handle == h);
+    cli.query_jobs(&[h.cluster])
+        .ok()
+        .and_then(find)
+        .or_else(|| cli.history(&[h.cluster], None).ok().and_then(find))
+}
+
+/// A non-negative integer attribute (a unix time).
+fn unix_attr(ad: &JobAd, key: &str) -> Option<u64> {
+    ad.attributes
+        .get(key)
+        .and_then(|v| v.as_u64())
+        .filter(|t| *t > 0)
 }
 
 pub(super) fn signal_name(sig: i64) -> String {

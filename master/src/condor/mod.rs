@@ -21,7 +21,7 @@ mod reattach;
 pub mod settings;
 
 pub use batch::preview_submit;
-// pub use reattach::remove_leftover_jobs;
+pub use reattach::remove_leftover_jobs;
 pub use settings::{default_worker, CondorSettings, OnHold};
 
 use crate::interface::{Completion, HandleSink, Interface};
@@ -29,9 +29,10 @@ use crate::task::{Execution, InterfaceError, PreparedTask, TaskId, WorkerId};
 use batch::{add_log, stage, submit_loop, task_files};
 use events::{conclude, event_loop, on_event, Outcome};
 use mw_condor_kit::{
-    spawn_log_watcher, write_submit_files, EventKind, JobHandle, JobStatus, LogEvent, LogWatcher,
-    SubmitItem, SubmitSpec, Termination, WatchMessage,
+    spawn_log_watcher, write_submit_files, CondorCli, EventKind, JobHandle, JobStatus, LogEvent,
+    LogWatcher, SubmitItem, SubmitSpec, Termination, WatchMessage,
 };
+use reattach::pending_handle;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
@@ -70,6 +71,8 @@ struct Tracked {
     phase: Phase,
     cancel_requested: bool,
     shadow: Option<String>,
+    /// Where the job last started (its 001 event), so a job the pool ends keeps its run.
+    ran_on: Option<String>,
 }
 
 impl Tracked {
@@ -89,6 +92,7 @@ impl Tracked {
             phase,
             cancel_requested: false,
             shadow: None,
+            ran_on: None,
         }
     }
 }
@@ -108,6 +112,8 @@ struct State {
     jobs_submitted: u64,
     finished: u64,
     log_problems: u64,
+    /// Batches a resumed master knew only by name: their cluster, or `None` if never submitted.
+    resolved: HashMap<String, Option<u64>>,
 }
 
 struct Shared {
