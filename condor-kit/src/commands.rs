@@ -139,7 +139,9 @@ impl CondorCli {
                 .collect::<Vec<_>>()
                 .join(" || ");
             let extra = vec!["-constraint".to_string(), constraint];
-            ads.extend(self.query("condor_q", &[], &extra)?);
+            // Every owner's jobs (condor_q shows only the caller's without cluster ids).
+            let q_extra = [vec!["-allusers".to_string()], extra.clone()].concat();
+            ads.extend(self.query("condor_q", &[], &q_extra)?);
             if history {
                 ads.extend(self.query("condor_history", &[], &extra)?);
             }

@@ -49,6 +49,9 @@ pub struct DoubleJob {
     pub output_files: Vec<String>,
     pub notes: Option<String>,
     pub batch_name: Option<String>,
+    /// `+MwBatch` (a ClassAd string), as the real schedd stores it in the job ad.
+    #[serde(default)]
+    pub mw_batch: Option<String>,
     pub hold: bool,
     pub evict_once: bool,
     pub num_job_starts: u64,
@@ -460,6 +463,7 @@ pub fn submit_main() -> Result<()> {
                 output_files: list(get("transfer_output_files")?),
                 notes: get("submit_event_notes")?,
                 batch_name: get("batch_name")?,
+                mw_batch: get("+mwbatch")?.map(|v| v.trim_matches('"').to_string()),
                 initialdir,
                 hold: in_list(&hold, proc),
                 evict_once: in_list(&evict, proc),
@@ -753,6 +757,9 @@ fn ad(j: &DoubleJob) -> serde_json::Value {
     if let Some(b) = &j.batch_name {
         m.insert("JobBatchName".into(), b.clone().into());
     }
+    if let Some(b) = &j.mw_batch {
+        m.insert("MwBatch".into(), b.clone().into());
+    }
     if let Some(c) = j.exit_code {
         m.insert("ExitCode".into(), c.into());
         m.insert("ExitBySignal".into(), false.into());
@@ -775,6 +782,7 @@ fn list_main(in_queue: bool) -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut clusters = Vec::new();
     let mut limit = None;
+    let mut batches: Vec<String> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -783,6 +791,24 @@ fn list_main(in_queue: bool) -> Result<()> {
                 it.next();
             }
             "-limit" => limit = it.next().and_then(|n| n.parse::<usize>().ok()),
+            // Every owner: the double has one.
+            "-allusers" => {}
+            // Only what mw asks: `MwBatch == "a" || MwBatch == "b"`.
+            "-constraint" => {
+                let expr = it
+                    .next()
+                    .ok_or_else(|| anyhow!("-constraint needs a value"))?;
+                for term in expr.split("||") {
+                    let v = term
+                        .trim()
+                        .strip_prefix("MwBatch == ")
+                        .map(|v| v.trim_matches('"').to_string())
+                        .ok_or_else(|| {
+                            anyhow!("the double understands only MwBatch constraints: {expr:?}")
+                        })?;
+                    batches.push(v);
+                }
+            }
             a => clusters.push(
                 a.split('.')
                     .next()
@@ -797,6 +823,9 @@ fn list_main(in_queue: bool) -> Result<()> {
             .iter()
             .filter(|j| [1, 2, 5, 7].contains(&j.status) == in_queue)
             .filter(|j| clusters.is_empty() || clusters.contains(&j.cluster))
+            .filter(|j| {
+                batches.is_empty() || j.mw_batch.as_ref().is_some_and(|b| batches.contains(b))
+            })
             .map(ad)
             .collect())
     })?;

@@ -225,7 +225,7 @@ pub(super) fn submit_group(
     let sink = shared.sink.lock().ok().and_then(|s| s.clone());
     let submitted = write_submit_files(&spec, dir, settings.template.as_deref())
         .map_err(|e| format!("writing the submit description: {e}"))
-        .and_then(|(sub, _)| {
+        .map(|(sub, _)| {
             // The batch's identity (its name, `+MwBatch` in every job ad) is durable before
             // the schedd can know the batch: a master killed while condor_submit runs leaves
             // `submitting:` handles, and `mw resume` finds the cluster by its name.
@@ -235,7 +235,7 @@ pub(super) fn submit_group(
                 }
                 sink.flush();
             }
-            Ok(sub)
+            sub
         })
         .and_then(|sub| {
             settings

@@ -30,6 +30,7 @@ fn batch_dir_of(work_dir: &Path, name: &str) -> Option<PathBuf> {
 fn wait_for_stray_submit(sub: &Path) {
     let Some(sub) = sub.to_str() else { return };
     let deadline = Instant::now() + STRAY_SUBMIT_WAIT;
+    let mut told = false;
     while Instant::now() < deadline {
         let running = std::fs::read_dir("/proc")
             .into_iter()
@@ -43,7 +44,10 @@ fn wait_for_stray_submit(sub: &Path) {
         if !running {
             return;
         }
-        eprintln!("mw: condor: a condor_submit of {sub} from the previous master still runs; waiting for it");
+        if !told {
+            told = true;
+            eprintln!("mw: condor: a condor_submit of {sub} from the previous master still runs; waiting for it");
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
 }
