@@ -17,12 +17,22 @@ LARGE=${3:-2000}
 CB=${MW_CONDOR_BIN:-/usr/local/mw-condor/bin}
 [ "$(id -u)" = 0 ] || { echo "run as root (mw itself runs as mwcondor)" >&2; exit 1; }
 [ -x "$CB/condor_q" ] || { echo "no pool: run .ci/condor-pool start" >&2; exit 1; }
-cargo build --release -q -p mw -p mw-examples --bins
-cargo static-worker -q
-BIN=$PWD/target/release
+# MW_BENCH_PROFILE=debug uses the debug build (with a stripped copy of its mw-worker).
+if [ "${MW_BENCH_PROFILE:-release}" = debug ]; then
+  cargo build -q -p mw -p mw-examples -p mw-worker-runtime --bins
+  BIN=$PWD/target/debug
+  WORKER=$BIN/mw-worker
+else
+  cargo build --release -q -p mw -p mw-examples --bins
+  cargo static-worker -q
+  BIN=$PWD/target/release
+  WORKER=$PWD/target/static/release/mw-worker
+fi
 T=$(mktemp -d /tmp/mw-bench-condor.XXXXXX)
 trap 'rm -rf "$T"' EXIT
-cp target/static/release/mw-worker "$T/mw-worker"
+cp "$WORKER" "$T/mw-worker"
+strip "$T/mw-worker" 2>/dev/null || true
+echo "worker shipped with every job: $(stat -c %s "$T/mw-worker") bytes; binaries from $BIN"
 cp "$BIN/null-task" "$T/null-task"
 chown -R mwcondor: "$T"
 as_user() { (cd "$T" && setpriv --reuid=mwcondor --regid="$(id -g mwcondor)" --clear-groups \
