@@ -746,6 +746,17 @@ pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
             // No master: mark unfinished tasks cancelled directly.
             let n = cancel_without_master(&mut conn, &path, args.task, now_unix())?;
             eprintln!("mw: {n} tasks cancelled");
+            // Jobs on HTCondor outlive the master: take them out of the pool too.
+            let condor = dir.join("staging").join("condor");
+            if args.task.is_none() && condor.is_dir() {
+                match mw::condor::remove_leftover_jobs(&condor, &Default::default()) {
+                    Ok(c) if c.is_empty() => {}
+                    Ok(c) => eprintln!("mw: removed HTCondor clusters {c:?} with condor_rm"),
+                    Err(e) => bail!(
+                        "tasks cancelled, but this job's HTCondor jobs could not be removed: {e}"
+                    ),
+                }
+            }
         }
     }
     Ok(EXIT_OK)

@@ -31,7 +31,29 @@ pub const QUERY_ATTRIBUTES: &[&str] = &[
     "HoldReasonSubCode",
     "NumJobStarts",
     "JobBatchName",
+    "MwBatch",
+    "MwTask",
+    "RemoteHost",
+    "LastRemoteHost",
+    "JobCurrentStartDate",
+    "EnteredCurrentStatus",
+    "RemoteWallClockTime",
 ];
+
+/// The job attribute that names an mw batch (`+MwBatch` in the submit description): written
+/// into every job ad by `condor_submit`, so a batch can be found in the queue or the history
+/// even when its cluster id was never seen by whoever submitted it.
+pub const BATCH_ATTRIBUTE: &str = "MwBatch";
+
+/// True for a batch name that may be written into a ClassAd constraint unquoted-safe:
+/// non-empty letters, digits and `_ . -` (what [`crate::SubmitSpec::batch_name`] allows).
+pub fn is_batch_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
 
 /// One job ad from `condor_q -json` or `condor_history -json`.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,6 +114,48 @@ impl CondorCli {
             None => vec![],
         };
         self.query("condor_history", clusters, &extra)
+    }
+
+    /// The jobs of the named batches (by [`BATCH_ATTRIBUTE`]) still in the queue
+    /// (`condor_q -constraint`) and, with `history`, those that left it (`condor_history
+    /// -constraint`). Names that are not [`is_batch_name`] are refused.
+    pub fn batch_jobs(&self, batches: &[String], history: bool) -> Result<Vec<JobAd>> {
+        if batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(bad) = batches.iter().find(|b| !is_batch_name(b)) {
+            return Err(CondorError::UnsafeValue {
+                field: "batch".into(),
+                value: bad.clone(),
+                why: "not a batch name (letters, digits and _ . -)",
+            });
+        }
+        let mut ads = Vec::new();
+        // A few hundred names per constraint keep the command line short.
+        for chunk in batches.chunks(200) {
+            let constraint = chunk
+                .iter()
+                .map(|b| format!("{BATCH_ATTRIBUTE} == \"{b}\""))
+                .collect::<Vec<_>>()
+                .join(" || ");
+            let extra = vec!["-constraint".to_string(), constraint];
+            // Every owner's jobs (condor_q shows only the caller's without cluster ids).
+            let q_extra = [vec!["-allusers".to_string()], extra.clone()].concat();
+            ads.extend(self.query("condor_q", &[], &q_extra)?);
+            if history {
+                ads.extend(self.query("condor_history", &[], &extra)?);
+            }
+        }
+        Ok(ads)
+    }
+
+    /// `condor_rm CLUSTER ...`: every job of these clusters. Does nothing for an empty list.
+    pub fn remove_clusters(&self, clusters: &[u64]) -> Result<()> {
+        if clusters.is_empty() {
+            return Ok(());
+        }
+        let args: Vec<String> = clusters.iter().map(|c| c.to_string()).collect();
+        self.run("condor_rm", &args).map(|_| ())
     }
 
     fn query(&self, program: &str, clusters: &[u64], extra: &[String]) -> Result<Vec<JobAd>> {

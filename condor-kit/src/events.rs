@@ -105,6 +105,20 @@ pub enum EventKind {
     Other { message: String, body: Vec<String> },
 }
 
+/// The reason of a 004 event: a `Reason: …` line (older writers), or, as HTCondor 23 writes
+/// it, the first body line that is neither the `(N) …` status line, a usage or byte-count
+/// line (`…  -  …`) nor the `Partitionable Resources` table that ends the body.
+fn evicted_reason(body: &[&str]) -> Option<String> {
+    if let Some(r) = body.iter().find_map(|l| l.trim().strip_prefix("Reason:")) {
+        return Some(r.trim().to_string()).filter(|r| !r.is_empty());
+    }
+    body.iter()
+        .map(|l| l.trim())
+        .take_while(|l| !l.starts_with("Partitionable Resources"))
+        .find(|l| !l.is_empty() && !l.starts_with('(') && !l.contains("  -  "))
+        .map(str::to_string)
+}
+
 /// One event of a job event log.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LogEvent {
@@ -177,10 +191,7 @@ pub fn parse_record(lines: &[&str], log: &Path, first_line: usize) -> Result<Opt
             requeued: body
                 .iter()
                 .any(|l| l.starts_with("(0) Job terminated and was requeued")),
-            reason: body
-                .iter()
-                .find_map(|l| l.strip_prefix("Reason:"))
-                .map(|r| r.trim().to_string()),
+            reason: evicted_reason(&body),
         },
         5 => EventKind::Terminated(parse_termination(&body).ok_or_else(|| {
             bad(

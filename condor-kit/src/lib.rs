@@ -12,14 +12,15 @@ pub mod submit;
 pub mod watcher;
 
 pub use commands::{
-    history, parse_ads, query_jobs, remove, submit, CondorCli, JobAd, QUERY_ATTRIBUTES,
+    history, is_batch_name, parse_ads, query_jobs, remove, submit, CondorCli, JobAd,
+    BATCH_ATTRIBUTE, QUERY_ATTRIBUTES,
 };
 pub use error::{CondorError, Result};
 pub use events::{parse_record, EventKind, EventTime, LogEvent, Termination, TransferStage};
 pub use follower::{LogFollower, Polled};
 pub use job::{JobHandle, JobStatus};
 pub use submit::{
-    parse_terse, render_items, render_submit, write_submit_files, SubmitItem, SubmitSpec,
-    DEFAULT_TEMPLATE,
+    parse_items, parse_terse, render_items, render_submit, write_submit_files, ItemLine,
+    SubmitItem, SubmitSpec, DEFAULT_TEMPLATE,
 };
 pub use watcher::{spawn_log_watcher, spawn_polling_log_watcher, LogWatcher, WatchMessage};

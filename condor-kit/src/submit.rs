@@ -162,6 +162,61 @@ pub fn render_items(spec: &SubmitSpec) -> Result<String> {
     Ok(out)
 }
 
+/// One line of an item file, as [`render_items`] writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemLine {
+    /// The task's index (`task_index`).
+    pub task_index: u64,
+    /// The task bundle on the submit side (`task_path`).
+    pub task_path: PathBuf,
+    /// Its basename, as it arrives in the job's scratch directory (`task_bundle`).
+    pub task_bundle: String,
+    /// File name of the result bundle (`result_bundle`), relative to `initialdir`.
+    pub result_bundle: String,
+    /// The job's stdout on the submit side (`task_out`).
+    pub output: PathBuf,
+    /// The job's stderr on the submit side (`task_err`).
+    pub error: PathBuf,
+}
+
+/// Parses an item file written by [`render_items`] (it is read back from disk, so it is
+/// checked like any outside input): one [`ItemLine`] per non-empty line, item `i` = proc `i`.
+pub fn parse_items(text: &str) -> std::result::Result<Vec<ItemLine>, String> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |why: &str| format!("line {}: {why}: {:?}", n + 1, truncate(line));
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let [index, task_path, task_bundle, result_bundle, output, error] = cols[..] else {
+            return Err(bad("expected 6 columns (task_index task_path task_bundle result_bundle task_out task_err)"));
+        };
+        let task_index = index
+            .parse::<u64>()
+            .map_err(|_| bad("task_index is not a number"))?;
+        let path = |field: &str, v: &str| {
+            check_path(field, Path::new(v))
+                .map(PathBuf::from)
+                .map_err(|e| bad(&e.to_string()))
+        };
+        let name = |field: &str, v: &str| check_name(field, v).map_err(|e| bad(&e.to_string()));
+        out.push(ItemLine {
+            task_index,
+            task_path: path("task_path", task_path)?,
+            task_bundle: name("task_bundle", task_bundle)?,
+            result_bundle: name("result_bundle", result_bundle)?,
+            output: path("task_out", output)?,
+            error: path("task_err", error)?,
+        });
+    }
+    Ok(out)
+}
+
+fn truncate(line: &str) -> String {
+    line.chars().take(200).collect()
+}
+
 /// Renders the submit description. `items_file` is the path written in the `queue ... from` line
 /// (absolute is best: `condor_submit` reads it relative to its working directory). `template`
 /// is a user's tera template, or `None` for [`DEFAULT_TEMPLATE`]. Template variables:
@@ -305,6 +360,45 @@ mod tests {
         assert!(parse_terse("Submitting job(s)...\n").is_err());
         assert!(parse_terse("").is_err());
         assert!(parse_terse("12.3 - 12.1").is_err());
+    }
+
+    #[test]
+    fn items_round_trip() {
+        let spec = SubmitSpec {
+            batch_name: "b-1".into(),
+            executable: "/w/mw-worker".into(),
+            program_bundle: "/s/p.mwp".into(),
+            initialdir: "/s/b".into(),
+            log: "/s/b/b.log".into(),
+            request_cpus: 1,
+            request_memory_mb: 1,
+            request_disk_mb: 1,
+            requirements: None,
+            max_retries: 0,
+            items: (0..3)
+                .map(|i| SubmitItem {
+                    task_index: 10 + i,
+                    task_bundle: format!("/s/b/t{i}.mwt").into(),
+                    result_bundle: format!("t{i}.result"),
+                    output: format!("/s/b/t{i}.out").into(),
+                    error: format!("/s/b/t{i}.err").into(),
+                })
+                .collect(),
+        };
+        let items = parse_items(&render_items(&spec).unwrap()).unwrap();
+        assert_eq!(items.len(), 3);
+        assert_eq!(items[2].task_index, 12);
+        assert_eq!(items[2].task_bundle, "t2.mwt");
+        assert_eq!(items[2].result_bundle, "t2.result");
+        assert_eq!(items[1].error, PathBuf::from("/s/b/t1.err"));
+        for bad in [
+            "1 /a b c d",
+            "x /a a.mwt a.r /o /e",
+            "1 /a ../a a.r /o /e",
+            "1 /a a a.r /o$ /e",
+        ] {
+            assert!(parse_items(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -365,3 +365,47 @@ fn watcher_with_notify() {
 fn watcher_polling_fallback() {
     watch_roundtrip(true);
 }
+
+/// A log the real HTCondor 23.9 daemons wrote for a job whose mw-worker was killed with
+/// SIGKILL: 040, 001 with a SlotName body, 006, 021, an evicted 004 whose reason line has no
+/// `Reason:` prefix, a modern 012 (reason + code line), then 009 from condor_rm.
+#[test]
+fn real_pool_worker_sigkill_held_then_removed() {
+    let ev = read_all(&fixture("real23_worker_sigkill_held_removed.log"));
+    let codes: Vec<u32> = ev.iter().map(|e| e.code).collect();
+    assert_eq!(codes, vec![0, 40, 40, 1, 6, 40, 40, 21, 4, 12, 9]);
+    let reason = ev.iter().find_map(|e| match &e.kind {
+        EventKind::Evicted { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    let reason = reason.unwrap().unwrap();
+    assert!(
+        reason.starts_with("Transfer output files failure"),
+        "{reason}"
+    );
+    let held = ev.iter().find_map(|e| match &e.kind {
+        EventKind::Held {
+            reason,
+            code,
+            subcode,
+        } => Some((reason.clone(), *code, *subcode)),
+        _ => None,
+    });
+    let (reason, code, subcode) = held.unwrap();
+    assert!(reason.unwrap().contains("task-0-a1.result"));
+    assert_eq!((code, subcode), (Some(12), Some(2)));
+    assert!(ev.iter().any(|e| matches!(&e.kind,
+        EventKind::RemoteError { message } if message.contains("slot1_1@vm"))));
+    assert!(ev.iter().any(|e| matches!(&e.kind,
+        EventKind::Aborted { reason: Some(r) } if r.contains("via condor_rm"))));
+}
+
+/// Real 004 (condor_vacate_job) then the job runs again and terminates normally.
+#[test]
+fn real_pool_vacated_job_runs_again() {
+    let ev = read_all(&fixture("real23_vacated_then_normal.log"));
+    let s = summary(&ev);
+    assert_eq!(s.iter().filter(|e| e.0 == 4).count(), 1);
+    assert_eq!(s.iter().filter(|e| e.0 == 1).count(), 2);
+    assert_eq!(s.last().unwrap().3, "rv 0");
+}

@@ -531,12 +531,10 @@ fn decode_results(rx: Receiver<Finished>, _shared: &Arc<Shared>) {
         let outcome = match f.payload {
             Ok(data) => {
                 let label = format!("result bundle of {} from MPI rank {}", f.task.id, f.rank);
-                Execution::from_result_bundle(
-                    &data[8..],
-                    &label,
-                    f.task.id,
-                    f.task.output_dir.as_deref(),
-                )
+                match data.get(8..) {
+                    Some(bundle) => Execution::from_result_bundle_of(bundle, &label, &f.task),
+                    None => Err(InterfaceError::new(format!("{label}: message too short"))),
+                }
             }
             Err(msg) => Err(InterfaceError::new(msg)),
         };

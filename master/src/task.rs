@@ -352,15 +352,35 @@ pub struct Execution {
     pub missing_outputs: Vec<String>,
 }
 
-/// Errors an interface reports instead of an execution (the task never ran to an exit).
+/// Errors an interface reports instead of an execution (the task never ran to an exit): the
+/// message, and what is known of a run the platform ended (held, removed, worker killed).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
-pub struct InterfaceError(pub String);
+pub struct InterfaceError(pub String, pub Option<Box<RunFacts>>);
+
+/// What a platform knows of a run it ended without an exit status (e.g. an HTCondor job held
+/// or removed after it had started): kept in the journal instead of "not run".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunFacts {
+    /// How it ended, in a word or two (`held`, `removed`, `signal 9`).
+    pub exit: String,
+    /// Where it ran.
+    pub host: String,
+    /// When it started.
+    pub started: Option<SystemTime>,
+    /// How long it ran.
+    pub wall: Duration,
+}
 
 impl InterfaceError {
     /// An error from anything printable.
     pub fn new(msg: impl std::fmt::Display) -> Self {
-        InterfaceError(msg.to_string())
+        InterfaceError(msg.to_string(), None)
+    }
+
+    /// An error for a run that started (on `facts.host`) and was ended by the platform.
+    pub fn after_run(msg: impl std::fmt::Display, facts: RunFacts) -> Self {
+        InterfaceError(msg.to_string(), Some(Box::new(facts)))
     }
 }
 
@@ -443,6 +463,23 @@ impl Execution {
             task.spec.max_output_bytes,
         )
     }
+}
+
+/// Reads a file from outside (a result bundle a pool or a volunteer sent) of at most `cap`
+/// bytes; a larger one is an error, not a read of everything.
+pub fn read_bounded(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(cap.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > cap {
+        return Err(std::io::Error::other(format!(
+            "{} is larger than the {cap} bytes a result may take",
+            path.display()
+        )));
+    }
+    Ok(bytes)
 }
 
 /// What a result bundle must match.

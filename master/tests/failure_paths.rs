@@ -290,7 +290,8 @@ fn a_result_is_trusted_only_for_what_its_task_vouches_for() {
         let mut info = result_info(t);
         info.job = job.into();
         let mut b = BundleBuilder::result(info, "r");
-        b.add_bytes(RESULT_STDOUT_NAME, b"1".to_vec(), false).unwrap();
+        b.add_bytes(RESULT_STDOUT_NAME, b"1".to_vec(), false)
+            .unwrap();
         b.add_bytes("outputs/declared.txt", b"ok".to_vec(), false)
             .unwrap();
         b.add_bytes("outputs/sneaky.sh", b"rm -rf ~".to_vec(), false)
@@ -298,9 +299,12 @@ fn a_result_is_trusted_only_for_what_its_task_vouches_for() {
         b.to_bytes().unwrap()
     };
     // Another job's task 5, and this job's task 7: both refused, naming why.
-    let e = Execution::from_result_bundle_of(&make("someone-elses-job-7", 5), "r", &task)
-        .unwrap_err();
-    assert!(e.0.contains("someone-elses-job-7") && e.0.contains("forged"), "{e}");
+    let e =
+        Execution::from_result_bundle_of(&make("someone-elses-job-7", 5), "r", &task).unwrap_err();
+    assert!(
+        e.0.contains("someone-elses-job-7") && e.0.contains("forged"),
+        "{e}"
+    );
     let e = Execution::from_result_bundle_of(&make("mine-1", 7), "r", &task).unwrap_err();
     assert!(e.0.contains("task 7") && e.0.contains("forged"), "{e}");
     assert!(!out.exists(), "a refused result wrote files");

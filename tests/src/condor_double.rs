@@ -31,6 +31,7 @@ use std::process::{Command, Stdio};
 pub const STATE_ENV: &str = "MW_CONDOR_DOUBLE_STATE";
 const RUN_FLAG: &str = "--mw-double-run";
 const HOST: &str = "<127.0.0.1:9618?addrs=127.0.0.1-9618&alias=double.invalid>";
+const SLOT: &str = "slot1_1@double.invalid";
 
 /// One job of the pool, with everything the runner needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,6 +50,9 @@ pub struct DoubleJob {
     pub output_files: Vec<String>,
     pub notes: Option<String>,
     pub batch_name: Option<String>,
+    /// `+MwBatch` (a ClassAd string), as the real schedd stores it in the job ad.
+    #[serde(default)]
+    pub mw_batch: Option<String>,
     pub hold: bool,
     pub evict_once: bool,
     pub num_job_starts: u64,
@@ -186,6 +190,44 @@ fn usage_lines(total: bool) -> Vec<String> {
         v.push("\t0  -  Total Bytes Received By Job".into());
     }
     v
+}
+
+/// The `Partitionable Resources` table the real 23.9 daemons append to 004/005 bodies.
+fn resource_table() -> Vec<String> {
+    [
+        "\tPartitionable Resources :    Usage  Request Allocated ",
+        "\t   Cpus                 :        0        1         1 ",
+        "\t   Disk (KB)            :        1     1024      1024 ",
+        "\t   Memory (MB)          :        1       64        64 ",
+    ]
+    .iter()
+    .map(|l| l.to_string())
+    .collect()
+}
+
+/// UTC now as `YYYY-MM-DDTHH:MM:SSZ`, for the 005 trailer.
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 // ---------------------------------------------------------------- submit file parsing
@@ -460,6 +502,7 @@ pub fn submit_main() -> Result<()> {
                 output_files: list(get("transfer_output_files")?),
                 notes: get("submit_event_notes")?,
                 batch_name: get("batch_name")?,
+                mw_batch: get("+mwbatch")?.map(|v| v.trim_matches('"').to_string()),
                 initialdir,
                 hold: in_list(&hold, proc),
                 evict_once: in_list(&evict, proc),
@@ -544,7 +587,40 @@ fn run_job(dir: &Path, cluster: u64, proc: u64) -> Result<()> {
             }
             job.status = 2;
             job.num_job_starts += 1;
-            write_event(job, 1, &format!("Job executing on host: {HOST}"), &[])?;
+            // As the real schedd: input transfer (040), then 001 with the slot's body, then 006.
+            write_event(
+                job,
+                40,
+                "Started transferring input files",
+                &[format!("\tTransferring to host: {HOST}")],
+            )?;
+            write_event(job, 40, "Finished transferring input files", &[])?;
+            write_event(
+                job,
+                1,
+                &format!("Job executing on host: {HOST}"),
+                &[
+                    format!("\tSlotName: {SLOT}"),
+                    format!(
+                        "\tCondorScratchDir = \"{}/execute/dir_{cluster}.{proc}.{}\"",
+                        dir.display(),
+                        job.num_job_starts
+                    ),
+                    "\tCpus = 1".into(),
+                    "\tDisk = 1024".into(),
+                    "\tGPUs = 0".into(),
+                    "\tMemory = 64".into(),
+                ],
+            )?;
+            write_event(
+                job,
+                6,
+                "Image size of job updated: 1000",
+                &[
+                    "\t1  -  MemoryUsage of job (MB)".into(),
+                    "\t1000  -  ResidentSetSize of job (KB)".into(),
+                ],
+            )?;
             Ok(Some(job.clone()))
         })?;
         let Some(job) = job else { return Ok(()) };
@@ -624,17 +700,42 @@ fn run_job(dir: &Path, cluster: u64, proc: u64) -> Result<()> {
                 ];
                 return write_event(j, 12, "Job was held.", &body);
             };
+            write_event(j, 40, "Started transferring output files", &[])?;
             for name in j.output_files.clone() {
                 let src = exec_dir.join(&name);
                 if let Err(e) = std::fs::copy(&src, j.initialdir.join(&name)) {
+                    // As the real 23.9 pool: the starter's 021, an eviction (004) whose
+                    // reason line has no `Reason:` prefix, then the hold (012, code 12).
+                    write_event(j, 40, "Finished transferring output files", &[])?;
+                    let reason = format!(
+                        "Transfer output files failure at execution point {SLOT} while sending files to access point double.invalid. Details: reading from file {}: {e}",
+                        src.display()
+                    );
+                    write_event(
+                        j,
+                        21,
+                        &format!("Error from starter on {SLOT}:"),
+                        &[
+                            format!("\tSTARTER at 127.0.0.1 failed to send file(s) to <127.0.0.1:9618>: |Error: reading from file {}: {e}", src.display()),
+                            "\tCode 13 Subcode 2".into(),
+                        ],
+                    )?;
+                    let mut body = vec!["\t(0) CPU times".to_string()];
+                    body.extend(usage_lines(false));
+                    body.push(format!("\t{reason}"));
+                    body.extend(resource_table());
+                    write_event(j, 4, "Job was evicted.", &body)?;
+                    if let Some(sig) = status.signal() {
+                        j.exit_signal = Some(sig.into());
+                    }
                     j.status = 5;
-                    let reason = format!("Transfer output files failure: {name}: {e}");
                     j.hold_reason = Some(reason.clone());
                     j.hold_reason_code = Some(12);
                     let body = [format!("\t{reason}"), "\tCode 12 Subcode 2".into()];
                     return write_event(j, 12, "Job was held.", &body);
                 }
             }
+            write_event(j, 40, "Finished transferring output files", &[])?;
             j.status = 4;
             let mut body = match (status.code(), status.signal()) {
                 (Some(code), _) => {
@@ -651,6 +752,19 @@ fn run_job(dir: &Path, cluster: u64, proc: u64) -> Result<()> {
                 }
             };
             body.extend(usage_lines(true));
+            body.extend(resource_table());
+            body.push(String::new());
+            body.push(match (status.code(), status.signal()) {
+                (Some(code), _) => format!(
+                    "\tJob terminated of its own accord at {} with exit-code {code}.",
+                    utc_now()
+                ),
+                (None, sig) => format!(
+                    "\tJob terminated of its own accord at {} with signal {}.",
+                    utc_now(),
+                    sig.unwrap_or(0)
+                ),
+            });
             write_event(j, 5, "Job terminated.", &body)
         });
     }
@@ -736,9 +850,18 @@ pub fn rm_main() -> Result<()> {
         Ok(())
     })?;
     if !missing.is_empty() {
+        // As the real condor_rm for a job that already left the queue (exit 1).
         bail!(
-            "Couldn't find/remove all jobs matching: {}",
-            missing.join(", ")
+            "{}",
+            missing
+                .iter()
+                .map(|m| if m.contains('.') {
+                    format!("Job {m} not found")
+                } else {
+                    format!("Couldn't find/remove all jobs in cluster {m}")
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
     Ok(())
@@ -752,6 +875,9 @@ fn ad(j: &DoubleJob) -> serde_json::Value {
     m.insert("NumJobStarts".into(), j.num_job_starts.into());
     if let Some(b) = &j.batch_name {
         m.insert("JobBatchName".into(), b.clone().into());
+    }
+    if let Some(b) = &j.mw_batch {
+        m.insert("MwBatch".into(), b.clone().into());
     }
     if let Some(c) = j.exit_code {
         m.insert("ExitCode".into(), c.into());
@@ -775,6 +901,7 @@ fn list_main(in_queue: bool) -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut clusters = Vec::new();
     let mut limit = None;
+    let mut batches: Vec<String> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -783,6 +910,24 @@ fn list_main(in_queue: bool) -> Result<()> {
                 it.next();
             }
             "-limit" => limit = it.next().and_then(|n| n.parse::<usize>().ok()),
+            // Every owner: the double has one.
+            "-allusers" => {}
+            // Only what mw asks: `MwBatch == "a" || MwBatch == "b"`.
+            "-constraint" => {
+                let expr = it
+                    .next()
+                    .ok_or_else(|| anyhow!("-constraint needs a value"))?;
+                for term in expr.split("||") {
+                    let v = term
+                        .trim()
+                        .strip_prefix("MwBatch == ")
+                        .map(|v| v.trim_matches('"').to_string())
+                        .ok_or_else(|| {
+                            anyhow!("the double understands only MwBatch constraints: {expr:?}")
+                        })?;
+                    batches.push(v);
+                }
+            }
             a => clusters.push(
                 a.split('.')
                     .next()
@@ -797,6 +942,9 @@ fn list_main(in_queue: bool) -> Result<()> {
             .iter()
             .filter(|j| [1, 2, 5, 7].contains(&j.status) == in_queue)
             .filter(|j| clusters.is_empty() || clusters.contains(&j.cluster))
+            .filter(|j| {
+                batches.is_empty() || j.mw_batch.as_ref().is_some_and(|b| batches.contains(b))
+            })
             .map(ad)
             .collect())
     })?;

@@ -73,6 +73,8 @@ pub enum MwError {
         message: String,
         /// Attempts made.
         attempts: u32,
+        /// What the platform knows of a run it ended (host, start, wall), if it started.
+        ran: Option<crate::task::RunFacts>,
     },
     /// The program exited 0 but its stdout is not JSON.
     #[error(
@@ -194,6 +196,7 @@ impl MwError {
     pub fn exit_text(&self) -> String {
         match self {
             MwError::TaskFailed { exit, .. } => exit.to_string(),
+            MwError::Interface { ran: Some(r), .. } => r.exit.clone(),
             MwError::Cancelled(_) => "cancelled".into(),
             MwError::BadOutput { .. } | MwError::MissingOutput { .. } => "exit status 0".into(),
             _ => "not run".into(),
@@ -204,6 +207,7 @@ impl MwError {
     pub fn host(&self) -> &str {
         match self {
             MwError::TaskFailed { host, .. } => host,
+            MwError::Interface { ran: Some(r), .. } => &r.host,
             _ => "",
         }
     }

@@ -303,11 +303,20 @@ pub(super) fn on_complete(
     let now = SystemTime::now();
     let attempts = rec.attempts;
     let result: Result<TaskOutput, MwError> = match outcome {
-        Err(e) => Err(MwError::Interface {
-            task: id,
-            message: e.0,
-            attempts,
-        }),
+        Err(InterfaceError(message, ran)) => {
+            if let Some(r) = &ran {
+                rec.times.wall = r.wall;
+                if let Some(s) = r.started {
+                    rec.times.started = Some(s);
+                }
+            }
+            Err(MwError::Interface {
+                task: id,
+                message,
+                attempts,
+                ran: ran.map(|r| *r),
+            })
+        }
         Ok(exec) => {
             rec.times.wall = exec.wall;
             rec.times.cpu = exec.cpu;

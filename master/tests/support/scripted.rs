@@ -4,6 +4,8 @@
 //! (`execute_task`, `cancel`, `shutdown`), so completion-versus-cancel-versus-stop orders can
 //! be played exactly.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
+
 use mw::{
     Completion, Execution, ExitInfo, Interface, InterfaceError, PreparedTask, TaskId, WorkerId,
 };

@@ -1,0 +1,472 @@
+//! The HTCondor interface: tasks that arrive within a batch window become one cluster (one
+//! `condor_submit -terse` with `queue ... from` an item file); `mw-worker` runs each task on
+//! the pool with file transfer, and one watcher thread follows every batch's job event log
+//! and turns termination, hold, eviction and abort events into task outcomes.
+//!
+//! Files live under the interface's work directory (`<job>/staging/condor/batch-N/`): the task
+//! bundles, the submit description and item file, the log, each job's stdout/stderr, the
+//! result bundles that come back, and `<batch>.cluster` (the cluster id, so a resumed master
+//! finds a batch from a `cluster.proc` handle).
+//!
+//! Parts: [`settings`] (what a program chooses), `batch` (batching and submitting), `events`
+//! (job events to task outcomes), `reattach` (resume and cancel without a master).
+//!
+//! This module must never know about the journal, the CLI, the job-file format or other
+//! platforms: it talks to the master only through [`Interface`], [`Completion`] and
+//! [`HandleSink`], and is configured by [`CondorSettings`].
+
+mod batch;
+mod events;
+mod reattach;
+pub mod settings;
+
+pub use batch::preview_submit;
+pub use reattach::remove_leftover_jobs;
+pub use settings::{default_worker, CondorSettings, OnHold};
+
+use crate::interface::{Completion, HandleSink, Interface};
+use crate::task::{Execution, InterfaceError, PreparedTask, TaskId, WorkerId};
+use batch::{add_log, stage, submit_loop, task_files};
+use events::{conclude, event_loop, on_event, Outcome};
+use mw_condor_kit::{
+    spawn_log_watcher, write_submit_files, CondorCli, EventKind, JobHandle, JobStatus, LogEvent,
+    LogWatcher, SubmitItem, SubmitSpec, Termination, WatchMessage,
+};
+use reattach::pending_handle;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The longest a task waits for more tasks to join its batch, beyond the batch window.
+const MAX_BATCH_DELAY: Duration = Duration::from_secs(30);
+
+/// Where one task's files are.
+#[derive(Debug, Clone)]
+struct TaskFiles {
+    dir: PathBuf,
+    task_bundle: PathBuf,
+    result: PathBuf,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    program_bundle: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Pending,
+    Submitting,
+    Idle,
+    Running,
+    Held,
+}
+
+struct Tracked {
+    task: Arc<PreparedTask>,
+    done: Option<Completion>,
+    handle: Option<JobHandle>,
+    files: TaskFiles,
+    phase: Phase,
+    cancel_requested: bool,
+    shadow: Option<String>,
+    /// Where the job last started (its 001 event), so a job the pool ends keeps its run.
+    ran_on: Option<String>,
+}
+
+impl Tracked {
+    /// A task this interface follows, idle until its log says otherwise.
+    fn new(
+        task: Arc<PreparedTask>,
+        done: Completion,
+        handle: Option<JobHandle>,
+        files: TaskFiles,
+        phase: Phase,
+    ) -> Self {
+        Tracked {
+            task,
+            done: Some(done),
+            handle,
+            files,
+            phase,
+            cancel_requested: false,
+            shadow: None,
+            ran_on: None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    tasks: HashMap<TaskId, Tracked>,
+    pending: Vec<TaskId>,
+    first_pending: Option<Instant>,
+    last_pending: Option<Instant>,
+    by_handle: HashMap<JobHandle, TaskId>,
+    /// Events of jobs no task claims yet (a re-attached batch's log replays other tasks first).
+    unclaimed: HashMap<JobHandle, Vec<LogEvent>>,
+    open_batch: u64,
+    shut_down: bool,
+    batches: u64,
+    jobs_submitted: u64,
+    finished: u64,
+    log_problems: u64,
+    /// Batches a resumed master knew only by name: their cluster, or `None` if never submitted.
+    resolved: HashMap<String, Option<u64>>,
+}
+
+struct Shared {
+    settings: CondorSettings,
+    state: Mutex<State>,
+    cond: Condvar,
+    sink: Mutex<Option<Arc<dyn HandleSink>>>,
+    watcher: Mutex<Option<LogWatcher>>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// HTCondor pool as workers.
+pub struct Condor {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Condor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Condor({})", self.shared.settings.work_dir.display())
+    }
+}
+
+fn first_free_batch(work_dir: &Path) -> u64 {
+    let mut next = 1;
+    if let Ok(rd) = std::fs::read_dir(work_dir) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(n) = name
+                .strip_prefix("batch-")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                next = next.max(n + 1);
+            }
+        }
+    }
+    next
+}
+
+impl Condor {
+    /// Starts the submit and watcher threads. Fails when the work directory cannot be made.
+    pub fn new(settings: CondorSettings) -> Result<Condor, InterfaceError> {
+        let work_dir = std::path::absolute(&settings.work_dir)
+            .map_err(|e| InterfaceError::new(format!("{}: {e}", settings.work_dir.display())))?;
+        std::fs::create_dir_all(&work_dir)
+            .map_err(|e| InterfaceError::new(format!("creating {}: {e}", work_dir.display())))?;
+        let mut settings = settings;
+        settings.work_dir = work_dir.clone();
+        let (rx, watcher) = spawn_log_watcher(Vec::new(), settings.poll_interval)
+            .map_err(|e| InterfaceError::new(format!("starting the log watcher: {e}")))?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                open_batch: first_free_batch(&work_dir),
+                ..State::default()
+            }),
+            settings,
+            cond: Condvar::new(),
+            sink: Mutex::new(None),
+            watcher: Mutex::new(Some(watcher)),
+        });
+        let mut threads = Vec::new();
+        let s = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("mw-condor-submit".into())
+                .spawn(move || submit_loop(&s))
+                .map_err(|e| InterfaceError::new(format!("starting the submit thread: {e}")))?,
+        );
+        let s = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("mw-condor-events".into())
+                .spawn(move || event_loop(&s, rx))
+                .map_err(|e| InterfaceError::new(format!("starting the event thread: {e}")))?,
+        );
+        Ok(Condor {
+            shared,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// The work directory (absolute).
+    pub fn work_dir(&self) -> &Path {
+        &self.shared.settings.work_dir
+    }
+}
+
+impl Interface for Condor {
+    fn name(&self) -> &'static str {
+        "condor"
+    }
+
+    fn keeps_running_without_master(&self) -> bool {
+        true
+    }
+
+    fn reserve_worker(&self, _task: &PreparedTask) -> Result<WorkerId, InterfaceError> {
+        if self.shared.lock().shut_down {
+            return Err(InterfaceError::new("the HTCondor interface was shut down"));
+        }
+        Ok(WorkerId(0))
+    }
+
+    fn execute_task(&self, task: Arc<PreparedTask>, _worker: WorkerId, done: Completion) {
+        let (bytes, program) = match stage(&task) {
+            Ok(x) => x,
+            Err(e) => return done.finish(Err(e)),
+        };
+        let mut st = self.shared.lock();
+        if st.shut_down {
+            drop(st);
+            return done.finish(Err(InterfaceError::new(
+                "the HTCondor interface was shut down",
+            )));
+        }
+        let dir = self
+            .shared
+            .settings
+            .work_dir
+            .join(format!("batch-{}", st.open_batch));
+        let files = task_files(&dir, &task, program);
+        let written =
+            std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&files.task_bundle, &bytes));
+        if let Err(e) = written {
+            drop(st);
+            return done.finish(Err(InterfaceError::new(format!(
+                "staging the task bundle {}: {e}",
+                files.task_bundle.display()
+            ))));
+        }
+        let id = task.id;
+        st.tasks
+            .insert(id, Tracked::new(task, done, None, files, Phase::Pending));
+        st.pending.push(id);
+        let now = Instant::now();
+        st.first_pending.get_or_insert(now);
+        st.last_pending = Some(now);
+        drop(st);
+        self.shared.cond.notify_all();
+    }
+
+    fn status(&self) -> BTreeMap<String, String> {
+        let st = self.shared.lock();
+        let count = |p: Phase| st.tasks.values().filter(|t| t.phase == p).count();
+        let mut m = BTreeMap::new();
+        m.insert(
+            "waiting_for_submit".into(),
+            count(Phase::Pending).to_string(),
+        );
+        m.insert("idle".into(), count(Phase::Idle).to_string());
+        m.insert("running".into(), count(Phase::Running).to_string());
+        m.insert("held".into(), count(Phase::Held).to_string());
+        m.insert("batches".into(), st.batches.to_string());
+        m.insert("jobs_submitted".into(), st.jobs_submitted.to_string());
+        m.insert("finished".into(), st.finished.to_string());
+        m.insert("log_problems".into(), st.log_problems.to_string());
+        m
+    }
+
+    fn cancel(&self, task: TaskId) {
+        let mut st = self.shared.lock();
+        let Some(t) = st.tasks.get_mut(&task) else {
+            return;
+        };
+        t.cancel_requested = true;
+        match (t.phase, t.handle) {
+            (Phase::Pending, _) => {
+                let done = st.tasks.remove(&task).and_then(|mut t| t.done.take());
+                st.pending.retain(|p| *p != task);
+                st.finished += 1;
+                drop(st);
+                if let Some(d) = done {
+                    d.finish(Err(InterfaceError::new(
+                        "cancelled before it was submitted to HTCondor",
+                    )));
+                }
+            }
+            (_, Some(h)) => {
+                drop(st);
+                if let Err(e) = self.shared.settings.cli.remove(&[h]) {
+                    // It may have just finished; its terminated event then decides.
+                    eprintln!("mw: condor: cancelling {task} (job {h}): {e}");
+                }
+            }
+            // Being submitted: the submit thread removes it once it has a handle.
+            _ => {}
+        }
+    }
+
+    fn set_handle_sink(&self, sink: Arc<dyn HandleSink>) {
+        if let Ok(mut s) = self.shared.sink.lock() {
+            *s = Some(sink);
+        }
+    }
+
+    fn reattach(
+        &self,
+        task: Arc<PreparedTask>,
+        handle: &str,
+        done: Completion,
+    ) -> Option<Completion> {
+        self.reattach_task(task, handle, done)
+    }
+
+    fn shutdown(&self) {
+        {
+            let mut st = self.shared.lock();
+            st.shut_down = true;
+        }
+        self.shared.cond.notify_all();
+        let watcher = self.shared.watcher.lock().ok().and_then(|mut w| w.take());
+        if let Some(w) = watcher {
+            w.stop();
+        }
+        let threads: Vec<_> = self
+            .threads
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        for t in threads {
+            let _ = t.join();
+        }
+        // Jobs still in the pool stay there: their tasks keep their handles in the journal,
+        // and `mw resume` re-attaches them. Nothing is reported for them now.
+        let left: Vec<Tracked> = self.shared.lock().tasks.drain().map(|(_, t)| t).collect();
+        for mut t in left {
+            if let Some(d) = t.done.take() {
+                d.abandon();
+            }
+        }
+    }
+}
+
+impl Drop for Condor {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::task::{Program, TaskSpec};
+    use mw_bundle::{BundleBuilder, Comparison, ExitInfo, ResultInfo, RESULT_STDOUT_NAME};
+    use mw_condor_kit::CondorCli;
+    use std::io::Write;
+    use std::sync::mpsc;
+
+    const TERMINATED: &str = "005 (007.{p}.000) 2026-11-24 10:00:03 Job terminated.\n\t(1) Normal termination (return value 0)\n\t\tUsr 0 00:00:00, Sys 0 00:00:00  -  Run Remote Usage\n\t0  -  Run Bytes Sent By Job\n...\n";
+
+    fn task(id: u64, staging: &Path) -> Arc<PreparedTask> {
+        let program = Arc::new(Program::new("/bin/sh").unwrap());
+        Arc::new(PreparedTask {
+            id: TaskId(id),
+            attempt: 1,
+            job: "unit".into(),
+            spec: TaskSpec::new(program, serde_json::json!(id)),
+            output_dir: None,
+            staging_dir: staging.to_path_buf(),
+        })
+    }
+
+    fn result_bundle(task: u64, stdout: &[u8]) -> Vec<u8> {
+        let info = ResultInfo {
+            job: "unit".into(),
+            task,
+            exit: ExitInfo::Exited { code: 0 },
+            wall_secs: 0.1,
+            user_secs: 0.0,
+            sys_secs: 0.0,
+            host: "exec".into(),
+            started_unix: 1.0,
+            stderr_tail: String::new(),
+            missing_outputs: vec![],
+            comparison: Comparison::default(),
+        };
+        let mut b = BundleBuilder::result(info, "unit result");
+        b.add_bytes(RESULT_STDOUT_NAME, stdout.to_vec(), false)
+            .unwrap();
+        b.to_bytes().unwrap()
+    }
+
+    fn append(path: &Path, text: &str) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// Re-attaching to a batch whose log has a record cut off mid-way and an event code
+    /// HTCondor does not define: the cut record is completed later and counted once, the
+    /// unknown one is skipped, and a job that exited 0 without a result bundle is a clear error.
+    #[test]
+    fn reattach_truncated_log_unknown_code_and_missing_bundle() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path().join("condor");
+        let batch = work.join("batch-1");
+        std::fs::create_dir_all(&batch).unwrap();
+        std::fs::write(batch.join("unit-b1.cluster"), "7\n").unwrap();
+        let b = batch.display();
+        std::fs::write(
+            batch.join("unit-b1.items"),
+            format!(
+                "0 {b}/task-0-a1.mwt task-0-a1.mwt task-0-a1.result {b}/task-0-a1.out {b}/task-0-a1.err\n\
+                 1 {b}/task-1-a1.mwt task-1-a1.mwt task-1-a1.result {b}/task-1-a1.out {b}/task-1-a1.err\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(batch.join("task-0-a1.result"), result_bundle(0, b"42")).unwrap();
+        std::fs::write(batch.join("task-1-a1.err"), "worker said: lost it\n").unwrap();
+        let log = batch.join("unit-b1.log");
+        append(&log, "000 (007.000.000) 2026-11-24 10:00:00 Job submitted from host: <1.2.3.4:9618>\n    mw task 0\n...\n");
+        append(
+            &log,
+            "077 (007.000.000) 2026-11-24 10:00:01 An event from the future\n\tbody\n...\n",
+        );
+        let full = TERMINATED.replace("{p}", "000");
+        let (head, tail) = full.split_at(full.find("(1) Normal").unwrap() + 5);
+        append(&log, head);
+
+        let mut settings = CondorSettings::new(&work);
+        settings.poll_interval = Duration::from_millis(20);
+        settings.cli = CondorCli::default().with_bin_dir(tmp.path().join("no-condor-here"));
+        let condor = Condor::new(settings).unwrap();
+        let (tx, rx) = mpsc::channel();
+        for id in [0u64, 1] {
+            let tx = tx.clone();
+            let done = Completion::new(TaskId(id), move |r| tx.send((id, r)).unwrap());
+            let back = condor.reattach(task(id, tmp.path()), &format!("7.{id}"), done);
+            assert!(back.is_none(), "re-attach of task {id} refused");
+        }
+        append(&log, tail);
+        append(&log, &TERMINATED.replace("{p}", "001"));
+        let mut got = BTreeMap::new();
+        for _ in 0..2 {
+            let (id, r) = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+            assert!(got.insert(id, r).is_none(), "task {id} reported twice");
+        }
+        let ok = got[&0].as_ref().unwrap();
+        assert_eq!(ok.stdout, b"42");
+        let err = got[&1].as_ref().unwrap_err().to_string();
+        assert!(err.contains("HTCondor job 7.1"), "{err}");
+        assert!(err.contains("no result bundle came back"), "{err}");
+        assert!(err.contains("worker said: lost it"), "{err}");
+        assert_eq!(condor.status()["log_problems"], "0");
+        condor.shutdown();
+    }
+}

@@ -1,0 +1,344 @@
+//! Re-attach: a resumed master finds the jobs of tasks that were in flight when the previous
+//! master died (from `cluster.proc` handles, or from a batch identity recorded before
+//! `condor_submit` ran), and removes the jobs of a job that is cancelled without a master.
+//! This module must never know about the journal or the job-file format.
+
+use super::*;
+
+/// The handle of a task whose batch is about to be submitted: `submitting:<batch>:<proc>`.
+const SUBMITTING: &str = "submitting:";
+
+/// The handle recorded for item `proc` of batch `name` before `condor_submit` runs.
+pub(super) fn pending_handle(name: &str, proc: u64) -> String {
+    format!("{SUBMITTING}{name}:{proc}")
+}
+
+/// The longest a resumed master waits for a `condor_submit` the dead master started.
+const STRAY_SUBMIT_WAIT: Duration = Duration::from_secs(120);
+
+/// The batch directory holding `<name>.sub` (the batch was at least written).
+fn batch_dir_of(work_dir: &Path, name: &str) -> Option<PathBuf> {
+    std::fs::read_dir(work_dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|d| d.join(format!("{name}.sub")).is_file())
+}
+
+/// Waits (bounded) while a `condor_submit` of `sub` started by a dead master still runs: once
+/// it is gone, the schedd either has the batch or never will.
+fn wait_for_stray_submit(sub: &Path) {
+    let Some(sub) = sub.to_str() else { return };
+    let deadline = Instant::now() + STRAY_SUBMIT_WAIT;
+    let mut told = false;
+    while Instant::now() < deadline {
+        let running = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read(e.path().join("cmdline"))
+                    .map(|c| c.split(|b| *b == 0).any(|a| a == sub.as_bytes()))
+                    .unwrap_or(false)
+            });
+        if !running {
+            return;
+        }
+        if !told {
+            told = true;
+            eprintln!("mw: condor: a condor_submit of {sub} from the previous master still runs; waiting for it");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Writes `<dir>/<name>.cluster` durably.
+pub(super) fn write_cluster_marker(dir: &Path, name: &str, cluster: u64) -> std::io::Result<()> {
+    mw_bundle::fsutil::write_atomic(
+        &dir.join(format!("{name}.cluster")),
+        format!("{cluster}\n").as_bytes(),
+        None,
+    )
+}
+
+/// Removes from the pool every job of the batches staged under `work_dir` (a job's
+/// `staging/condor`) that is still queued: what `mw cancel` does when no master is alive.
+/// Finds the batches by their identity (`MwBatch`), so jobs of a batch whose cluster id was
+/// never recorded are found too. Returns the clusters it removed.
+pub fn remove_leftover_jobs(work_dir: &Path, cli: &CondorCli) -> Result<Vec<u64>, String> {
+    let mut names = Vec::new();
+    for dir in std::fs::read_dir(work_dir).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let p = f.path();
+            if p.extension().and_then(|x| x.to_str()) == Some("sub") {
+                if let Some(n) = p.file_stem().and_then(|n| n.to_str()) {
+                    if mw_condor_kit::is_batch_name(n) {
+                        names.push(n.to_string());
+                    }
+                }
+            }
+        }
+    }
+    let ads = cli.batch_jobs(&names, false).map_err(|e| e.to_string())?;
+    let mut clusters: Vec<u64> = ads
+        .iter()
+        .filter(|a| a.status != JobStatus::Removed)
+        .map(|a| a.handle.cluster)
+        .collect();
+    clusters.sort_unstable();
+    clusters.dedup();
+    cli.remove_clusters(&clusters).map_err(|e| e.to_string())?;
+    Ok(clusters)
+}
+
+/// Finds the batch of `cluster`: (batch dir, batch name) from the `<name>.cluster` markers.
+pub(super) fn find_batch(work_dir: &Path, cluster: u64) -> Option<(PathBuf, String)> {
+    for e in std::fs::read_dir(work_dir).ok()?.flatten() {
+        let dir = e.path();
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for f in rd.flatten() {
+            let p = f.path();
+            if p.extension().and_then(|x| x.to_str()) != Some("cluster") {
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(&p) else {
+                continue;
+            };
+            if text.trim().parse::<u64>().ok() == Some(cluster) {
+                let name = p.file_stem()?.to_string_lossy().into_owned();
+                return Some((dir, name));
+            }
+        }
+    }
+    None
+}
+
+/// What a resumed master learns about a batch it only knows by name.
+enum Pending {
+    /// The schedd has it: this cluster.
+    Submitted(u64),
+    /// Neither the queue nor the history has it: it was never submitted.
+    NotSubmitted,
+}
+
+impl Condor {
+    /// Finds the cluster of a batch recorded as `submitting:` (memoized per batch).
+    fn resolve_pending(&self, name: &str) -> Result<Pending, String> {
+        if let Some(known) = self.shared.lock().resolved.get(name) {
+            return Ok(match known {
+                Some(c) => Pending::Submitted(*c),
+                None => Pending::NotSubmitted,
+            });
+        }
+        let work_dir = &self.shared.settings.work_dir;
+        let found = match batch_dir_of(work_dir, name) {
+            None => None, // never written, so never submitted
+            Some(dir) => {
+                let marker = dir.join(format!("{name}.cluster"));
+                match std::fs::read_to_string(&marker)
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok())
+                {
+                    Some(c) => Some(c),
+                    None => {
+                        wait_for_stray_submit(&dir.join(format!("{name}.sub")));
+                        let ads = self
+                            .shared
+                            .settings
+                            .cli
+                            .batch_jobs(&[name.to_string()], true)
+                            .map_err(|e| {
+                                format!("cannot tell whether batch {name} reached the schedd: {e}")
+                            })?;
+                        let mut clusters: Vec<u64> = ads.iter().map(|a| a.handle.cluster).collect();
+                        clusters.sort_unstable();
+                        clusters.dedup();
+                        if clusters.len() > 1 {
+                            // One condor_submit makes one cluster; anything else is not ours to guess.
+                            let _ = self.shared.settings.cli.remove_clusters(&clusters);
+                            return Err(format!(
+                                "batch {name} is in {} clusters ({clusters:?}); removed them",
+                                clusters.len()
+                            ));
+                        }
+                        if let Some(c) = clusters.first() {
+                            eprintln!("mw: condor: batch {name} was submitted as cluster {c} by the previous master; re-attaching");
+                            if let Err(e) = write_cluster_marker(&dir, name, *c) {
+                                eprintln!(
+                                    "mw: condor: cannot write the cluster marker of {name}: {e}"
+                                );
+                            }
+                        }
+                        clusters.first().copied()
+                    }
+                }
+            }
+        };
+        self.shared.lock().resolved.insert(name.to_string(), found);
+        Ok(match found {
+            Some(c) => Pending::Submitted(c),
+            None => Pending::NotSubmitted,
+        })
+    }
+
+    fn reattach_inner(
+        &self,
+        task: &Arc<PreparedTask>,
+        handle: &str,
+    ) -> Result<(JobHandle, TaskFiles, PathBuf), String> {
+        let h: JobHandle = handle.parse()?;
+        let (dir, name) =
+            find_batch(&self.shared.settings.work_dir, h.cluster).ok_or_else(|| {
+                format!(
+                    "no batch of cluster {} under {}",
+                    h.cluster,
+                    self.shared.settings.work_dir.display()
+                )
+            })?;
+        let items_path = dir.join(format!("{name}.items"));
+        let items = std::fs::read_to_string(&items_path)
+            .map_err(|e| format!("{}: {e}", items_path.display()))?;
+        let items = mw_condor_kit::parse_items(&items)
+            .map_err(|e| format!("{}: {e}", items_path.display()))?;
+        let item = usize::try_from(h.proc)
+            .ok()
+            .and_then(|p| items.get(p))
+            .ok_or_else(|| format!("{}: no item for proc {}", items_path.display(), h.proc))?;
+        if item.task_index != task.id.0 {
+            return Err(format!(
+                "{}: item {} is task {}, not {}",
+                items_path.display(),
+                h.proc,
+                item.task_index,
+                task.id
+            ));
+        }
+        let files = TaskFiles {
+            dir: dir.clone(),
+            task_bundle: item.task_path.clone(),
+            result: dir.join(&item.result_bundle),
+            stdout: item.output.clone(),
+            stderr: item.error.clone(),
+            program_bundle: PathBuf::new(),
+        };
+        Ok((h, files, dir.join(format!("{name}.log"))))
+    }
+
+    pub(super) fn reattach_task(
+        &self,
+        task: Arc<PreparedTask>,
+        handle: &str,
+        done: Completion,
+    ) -> Option<Completion> {
+        let resolved;
+        let handle = match handle.strip_prefix(SUBMITTING) {
+            None => handle,
+            Some(rest) => {
+                let parsed = rest
+                    .rsplit_once(':')
+                    .and_then(|(n, p)| Some((n, p.parse::<u64>().ok()?)));
+                let Some((name, proc)) = parsed else {
+                    eprintln!(
+                        "mw: condor: {} has a malformed handle {handle:?}; running it again",
+                        task.id
+                    );
+                    return Some(done);
+                };
+                match self.resolve_pending(name) {
+                    Ok(Pending::Submitted(cluster)) => {
+                        resolved = JobHandle::new(cluster, proc).to_string();
+                        if let Some(sink) = self.shared.sink.lock().ok().and_then(|s| s.clone()) {
+                            sink.record_handle(task.id, &resolved);
+                        }
+                        &resolved
+                    }
+                    Ok(Pending::NotSubmitted) => return Some(done),
+                    Err(e) => {
+                        done.finish(Err(InterfaceError::new(format!(
+                            "HTCondor: {e}; not running {} again, so that it cannot run twice",
+                            task.id
+                        ))));
+                        return None;
+                    }
+                }
+            }
+        };
+        let (h, files, log) = match self.reattach_inner(&task, handle) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!(
+                    "mw: condor: cannot re-attach {} to job {handle}: {e}; running it again",
+                    task.id
+                );
+                return Some(done);
+            }
+        };
+        let id = task.id;
+        if !log.exists() {
+            // The log is gone: ask the schedd's history, then its queue.
+            let cli = &self.shared.settings.cli;
+            let ad = cli
+                .history(&[h.cluster], None)
+                .ok()
+                .and_then(|ads| ads.into_iter().find(|a| a.handle == h));
+            let tracked = Tracked::new(task.clone(), done, Some(h), files, Phase::Idle);
+            match ad {
+                Some(ad) => {
+                    let outcome = match (ad.status, ad.exit_code, ad.exit_signal) {
+                        (_, _, Some(sig)) if ad.attributes.get("ExitBySignal")
+                            == Some(&serde_json::Value::Bool(true)) => Outcome::Signal(sig),
+                        (JobStatus::Completed, Some(rv), _) => Outcome::Exited(rv),
+                        (JobStatus::Removed, _, _) => Outcome::Error(format!(
+                            "HTCondor job {h} was removed from the queue (found in condor_history; its log {} is gone)",
+                            log.display()
+                        )),
+                        (s, _, _) => Outcome::Error(format!(
+                            "HTCondor job {h} left the queue in state {s:?} (its log {} is gone)",
+                            log.display()
+                        )),
+                    };
+                    let mut st = self.shared.lock();
+                    st.tasks.insert(id, tracked);
+                    st.by_handle.insert(h, id);
+                    drop(st);
+                    conclude(&self.shared, id, h, outcome);
+                    return None;
+                }
+                None => {
+                    let queued = cli
+                        .query_jobs(&[h.cluster])
+                        .map(|ads| ads.iter().any(|a| a.handle == h))
+                        .unwrap_or(false);
+                    if !queued {
+                        eprintln!("mw: condor: job {h} of {id} is neither in the queue nor in the history and its log is gone; running it again");
+                        return tracked.done;
+                    }
+                    let mut st = self.shared.lock();
+                    st.tasks.insert(id, tracked);
+                    st.by_handle.insert(h, id);
+                    drop(st);
+                    add_log(&self.shared, &log);
+                    return None;
+                }
+            }
+        }
+        let replay = {
+            let mut st = self.shared.lock();
+            st.tasks
+                .insert(id, Tracked::new(task, done, Some(h), files, Phase::Idle));
+            st.by_handle.insert(h, id);
+            st.unclaimed.remove(&h).unwrap_or_default()
+        };
+        for ev in replay {
+            on_event(&self.shared, ev);
+        }
+        add_log(&self.shared, &log);
+        None
+    }
+}
