@@ -17,7 +17,8 @@
 //! cannot use — upload missing (a late result of a cancelled workunit whose upload the file
 //! deleter already removed), unreadable, malformed, oversize, naming an unsafe job — becomes
 //! an error record naming the workunit and why, and the call exits 0. The master ignores
-//! records of tasks it no longer waits for. Both forms are idempotent.
+//! records of tasks it no longer waits for. Both forms are idempotent. For a workunit mw
+//! cancelled (marker `cancelled_<wu>` in the spool) nothing is spooled: the call is consumed.
 //!
 //! Nonzero exits are kept for conditions a retry can fix once the operator acts, and nothing
 //! else: the spool directory or `mw_boinc.toml` cannot be found or read (exit 1), writing the
@@ -138,6 +139,8 @@ pub enum Outcome {
     /// A result bundle for this workunit with other content was already spooled; this one was
     /// kept beside it under another name.
     Conflict(PathBuf),
+    /// mw cancelled the workunit (a `cancelled_<wu>` marker in the spool): nothing spooled.
+    Consumed(String),
     /// The result could not be used; an error record says why.
     Rejected {
         /// The error record.
@@ -257,9 +260,15 @@ fn write_replace(dir: &Path, name: &str, bytes: &[u8]) -> Result<Outcome, Assimi
     Ok(Outcome::Written(dest))
 }
 
+/// True when mw cancelled `wu` (its marker is in the spool).
+fn cancelled(spool: &Path, wu: &WuName) -> bool {
+    spool.join(wu.cancel_marker_name()).exists()
+}
+
 /// Writes `error_<wu_name>.toml` (or `error_wu<ID>.toml` when the name is not safe).
 pub fn write_error_record(spool: &Path, record: &ErrorRecord) -> Result<Outcome, AssimilateError> {
     let name = match WuName::parse(&record.wu_name) {
+        Ok(wu) if cancelled(spool, &wu) => return Ok(Outcome::Consumed(wu.to_string())),
         Ok(wu) => wu.error_spool_name(),
         Err(_) => format!("error_wu{}.toml", record.wu_id),
     };
@@ -352,6 +361,9 @@ pub fn assimilate_result(
             info.job
         ));
     }
+    if cancelled(spool, &wu) {
+        return Ok(Outcome::Consumed(wu.to_string()));
+    }
     match write_new(spool, &wu.result_spool_name(), &bytes)? {
         Ok(outcome) => Ok(outcome),
         Err(_existing) => match write_new(spool, &wu.conflict_spool_name(wu_id), &bytes)? {
@@ -394,6 +406,10 @@ pub fn run(args: &[String]) -> (i32, String) {
                  as {}",
                 p.display()
             ),
+        ),
+        Ok(Outcome::Consumed(wu)) => (
+            0,
+            format!("workunit {wu} was cancelled by mw; nothing spooled"),
         ),
         Ok(Outcome::Rejected { record, reason }) => (
             0,

@@ -214,8 +214,12 @@ mod tests {
         assert_eq!(l.fanout, 1024);
         assert!(l.one_result_per_host);
         assert_eq!(l.download_dir, PathBuf::from("/p/download"));
-        assert_eq!(l.download_dir_for("in_t1"), PathBuf::from("/p/download/262"));
-        assert!(ProjectLayout::parse("<uldl_dir_fanout>x</uldl_dir_fanout>", Path::new("/"))
-            .is_err());
+        assert_eq!(
+            l.download_dir_for("in_t1"),
+            PathBuf::from("/p/download/262")
+        );
+        assert!(
+            ProjectLayout::parse("<uldl_dir_fanout>x</uldl_dir_fanout>", Path::new("/")).is_err()
+        );
     }
 }

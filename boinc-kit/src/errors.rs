@@ -20,7 +20,10 @@ pub const WU_ERROR_NO_CANONICAL_RESULT: u64 = 32;
 pub const WU_ERROR_BITS: [(u64, &str); 6] = [
     (WU_ERROR_COULDNT_SEND_RESULT, "COULDNT_SEND_RESULT"),
     (WU_ERROR_TOO_MANY_ERROR_RESULTS, "TOO_MANY_ERROR_RESULTS"),
-    (WU_ERROR_TOO_MANY_SUCCESS_RESULTS, "TOO_MANY_SUCCESS_RESULTS"),
+    (
+        WU_ERROR_TOO_MANY_SUCCESS_RESULTS,
+        "TOO_MANY_SUCCESS_RESULTS",
+    ),
     (WU_ERROR_TOO_MANY_TOTAL_RESULTS, "TOO_MANY_TOTAL_RESULTS"),
     (WU_ERROR_CANCELLED, "CANCELLED"),
     (WU_ERROR_NO_CANONICAL_RESULT, "NO_CANONICAL_RESULT"),
@@ -157,7 +160,9 @@ impl ErrorRecord {
             if self.error_mask & WU_ERROR_CANCELLED != 0 {
                 m.push_str("; it was cancelled");
             } else if self.error_mask & WU_ERROR_TOO_MANY_ERROR_RESULTS != 0 {
-                m.push_str("; no uploaded result said why (the clients may have failed to start it)");
+                m.push_str(
+                    "; no uploaded result said why (the clients may have failed to start it)",
+                );
             }
         }
         m

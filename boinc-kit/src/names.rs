@@ -109,6 +109,12 @@ impl WuName {
         format!("error_{}.toml", self.0)
     }
 
+    /// The spool marker of a workunit mw cancelled: whatever BOINC still assimilates for it
+    /// (its `--error 16` call, late results) is consumed, not spooled.
+    pub fn cancel_marker_name(&self) -> String {
+        format!("cancelled_{}", self.0)
+    }
+
     /// Where a second, different canonical result of this workunit is kept.
     pub fn conflict_spool_name(&self, wu_id: u64) -> String {
         format!("conflict_{}_wu{wu_id}.tar.gz", self.0)

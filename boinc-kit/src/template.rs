@@ -246,8 +246,16 @@ mod tests {
         let t = input_template(&TemplateParams::for_quorum(1));
         let infos: Vec<&str> = t.split("<file_info>").skip(1).collect();
         assert_eq!(infos.len(), 2);
-        assert!(infos[0].split("</file_info>").next().unwrap().contains("<no_delete/>"));
-        assert!(!infos[1].split("</file_info>").next().unwrap().contains("<no_delete/>"));
+        assert!(infos[0]
+            .split("</file_info>")
+            .next()
+            .unwrap()
+            .contains("<no_delete/>"));
+        assert!(!infos[1]
+            .split("</file_info>")
+            .next()
+            .unwrap()
+            .contains("<no_delete/>"));
     }
 
     #[test]
@@ -261,7 +269,10 @@ mod tests {
         assert!(t.contains("<max_total_results>5</max_total_results>"));
         assert!(TemplateParams::for_quorum(0).check().is_err());
         assert!(TemplateParams::for_quorum(21).check().is_err());
-        assert!(TemplateParams::for_quorum(2).with_replication(1).check().is_err());
+        assert!(TemplateParams::for_quorum(2)
+            .with_replication(1)
+            .check()
+            .is_err());
         assert!(output_template(&p).contains("<max_nbytes>268435456</max_nbytes>"));
         let a = job_input_template_path("mw", &t).unwrap();
         assert!(a.starts_with("templates/mw_in_") && a.len() <= 63);

@@ -3,7 +3,9 @@
 //! never write files (the plan does).
 
 use crate::render::{assimilator_cmd, validator_cmd};
-use crate::xmltext::{self, find_all, find_element, indent_before, line_start_if_alone, mask_comments};
+use crate::xmltext::{
+    self, find_all, find_element, indent_before, line_start_if_alone, mask_comments,
+};
 
 /// Adds `<app>` to project.xml's text if missing; `None` when already there.
 pub fn edit_project_xml(text: &str, app: &str) -> Result<Option<String>, String> {

@@ -128,3 +128,11 @@ pub struct Options {
     /// Quorum (1 = no redundancy).
     pub quorum: u32,
 }
+
+impl Options {
+    /// The app versions to install: (platform, worker binary). Today only the static Linux
+    /// worker; more platforms are added here.
+    pub fn app_versions(&self) -> Vec<(&'static str, PathBuf)> {
+        vec![(PLATFORM, self.worker.clone())]
+    }
+}

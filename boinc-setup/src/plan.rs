@@ -6,8 +6,8 @@ use crate::edit::{edit_config_xml, edit_project_xml};
 use crate::render::version_xml;
 use crate::{io_err, Options, SetupError, PLATFORM};
 use mw_boinc_kit::names::{
-    ASSIMILATOR_NAME, CONFIG_FILE_NAME, PROGRAM_LOGICAL_NAME, RESULT_LOGICAL_NAME,
-    SPOOL_DIR_NAME, TASK_LOGICAL_NAME, VALIDATOR_COMPARE_NAME, VALIDATOR_INIT_NAME,
+    ASSIMILATOR_NAME, CONFIG_FILE_NAME, PROGRAM_LOGICAL_NAME, RESULT_LOGICAL_NAME, SPOOL_DIR_NAME,
+    TASK_LOGICAL_NAME, VALIDATOR_COMPARE_NAME, VALIDATOR_INIT_NAME,
 };
 use mw_boinc_kit::template::{
     input_template, installed_input_template, installed_output_template, output_template,
@@ -314,8 +314,8 @@ pub fn plan(o: &Options) -> Result<Plan, SetupError> {
 
     // App version: one directory per platform (today only the static Linux worker).
     let mut version_changed = false;
-    for (platform, worker) in [(PLATFORM, &o.worker)] {
-        version_changed |= plan_app_version(&mut plan, &root, app, ver, platform, worker)?;
+    for (platform, worker) in o.app_versions() {
+        version_changed |= plan_app_version(&mut plan, &root, app, ver, platform, &worker)?;
     }
     if version_changed || !config_current {
         plan.actions.push(Action::Run {

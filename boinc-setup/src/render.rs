@@ -1,7 +1,9 @@
 //! The files `mw-boinc-setup` generates besides the templates: version.xml and the daemons'
 //! command lines. It must never know how they are installed.
 
-use mw_boinc_kit::names::{API_VERSION, ASSIMILATOR_NAME, VALIDATOR_COMPARE_NAME, VALIDATOR_INIT_NAME};
+use mw_boinc_kit::names::{
+    API_VERSION, ASSIMILATOR_NAME, VALIDATOR_COMPARE_NAME, VALIDATOR_INIT_NAME,
+};
 
 /// version.xml for the worker.
 pub fn version_xml(physical_name: &str) -> String {

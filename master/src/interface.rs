@@ -71,6 +71,10 @@ impl Drop for Completion {
 pub trait HandleSink: Send + Sync {
     /// Records that `task` runs under `handle` on the backend.
     fn record_handle(&self, task: TaskId, handle: &str);
+
+    /// Returns once every handle recorded so far is durable (e.g. before a backend call
+    /// that a crash must not leave unrecorded).
+    fn flush(&self) {}
 }
 
 /// One platform. Implementations must be cheap to call from the scheduler thread and

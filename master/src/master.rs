@@ -337,6 +337,10 @@ impl HandleSink for JournalHandles {
     fn record_handle(&self, task: TaskId, handle: &str) {
         self.0.record_handle(task, handle);
     }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
 }
 
 impl Master {

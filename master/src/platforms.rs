@@ -10,9 +10,11 @@ pub(crate) fn make(name: &str, job: &Job, job_dir: &Path) -> anyhow::Result<Arc<
     let _ = job_dir;
     match name {
         "boinc" => {
-            let settings =
-                crate::boinc::BoincSettings::from_section(&job.file.boinc, &job.base_dir)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", job.path.display()))?;
+            let settings = job
+                .file
+                .boinc
+                .to_settings(&job.base_dir)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", job.path.display()))?;
             Ok(Arc::new(crate::boinc::Boinc::new(settings)?))
         }
         "condor" => Ok(Arc::new(crate::condor::from_job(job, job_dir)?)),
