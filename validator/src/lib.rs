@@ -17,11 +17,11 @@
 //! This module must never know about the master, the journal, or BOINC's database: it judges
 //! files only.
 
+use mw_boinc_kit::names::{VALIDATOR_COMPARE_NAME, VALIDATOR_INIT_NAME};
 use mw_bundle::{
     open_in_memory, BundleKind, Comparison, InMemoryBundle, Limits, ResultInfo,
     RESULT_OUTPUTS_PREFIX, RESULT_STDOUT_NAME,
 };
-use mw_boinc_kit::names::{VALIDATOR_COMPARE_NAME, VALIDATOR_INIT_NAME};
 use serde_json::Value;
 use std::path::Path;
 
@@ -216,7 +216,9 @@ pub fn json_agrees(a: &Value, b: &Value, rel: f64, abs: f64, at: &str) -> Result
                 } else {
                     String::new()
                 };
-                Err(format!("{at}: {fx:e} vs {fy:e} (rel tol {rel:e}{abs_part})"))
+                Err(format!(
+                    "{at}: {fx:e} vs {fy:e} (rel tol {rel:e}{abs_part})"
+                ))
             }
         }
         (Value::Array(xs), Value::Array(ys)) => {
@@ -321,8 +323,7 @@ pub fn select_mode(argv0: &str, args: &[String]) -> Option<(Mode, Vec<String>)> 
     if base == VALIDATOR_INIT_NAME || base.ends_with("-init") || base.ends_with("_init") {
         return Some((Mode::Init, args.to_vec()));
     }
-    if base == VALIDATOR_COMPARE_NAME || base.ends_with("-compare") || base.ends_with("_compare")
-    {
+    if base == VALIDATOR_COMPARE_NAME || base.ends_with("-compare") || base.ends_with("_compare") {
         return Some((Mode::Compare, args.to_vec()));
     }
     match args.first().map(String::as_str) {
