@@ -26,7 +26,7 @@
 //!
 //! Real server behaviours it reproduces (reference/boinc-server.md §0.2, §0.3, §6):
 //! - **One result per host** (`one_result_per_host_per_wu`): a fixed pool of hosts
-//!   `host_0..host_{N-1}` (N from `DIR/double/hosts`, default 8); a reissued result needs a
+//!   `host_0..host_{N-1}` (N from `DIR/double/host_count`, default 8); a reissued result needs a
 //!   host that has not returned one for the workunit, else it stays unsent indefinitely.
 //! - **Limits as the transitioner and validator apply them**: errors > max_error_results →
 //!   mask 2; results needed but max_total_results reached → mask 8; no quorum → target raised
@@ -612,9 +612,9 @@ fn needed(wu: &Wu) -> u32 {
     wu.target_nresults.saturating_sub(success)
 }
 
-/// The pool of hosts (`one_result_per_host_per_wu`): `DIR/double/hosts`, default 8.
+/// The pool of hosts (`one_result_per_host_per_wu`): `DIR/double/host_count`, default 8.
 fn host_count(root: &Path) -> usize {
-    std::fs::read_to_string(root.join("double/hosts"))
+    std::fs::read_to_string(root.join("double/host_count"))
         .ok()
         .and_then(|t| t.trim().parse().ok())
         .unwrap_or(8)
