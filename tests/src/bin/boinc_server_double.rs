@@ -297,6 +297,7 @@ fn tool(name: &str, args: &[String], cwd: &Path) -> Result<i32> {
             // (and recorded) but has not created anything yet.
             while project.join("double/hold_create_work").exists() {
                 if project.join("double/abort_create_work").exists() {
+                    record(&project, serde_json::json!({"tool": "create_work_aborted"}))?;
                     eprintln!("create_work: aborted by the test before creating anything");
                     return Ok(1);
                 }
