@@ -1,7 +1,7 @@
 //! `mw-boinc-setup`: installs mw as an app into an existing BOINC server project.
 //!
-//! Plan/apply design: [`plan`] inspects the project and computes the list of [`Action`]s
-//! still needed (nothing when mw is already installed as asked); [`apply`] carries them out;
+//! Plan/apply design: [`plan()`] inspects the project and computes the list of [`Action`]s
+//! still needed (nothing when mw is already installed as asked); [`apply()`] carries them out;
 //! `--dry-run` only prints them. What gets installed (reference/boinc-server.md §0–§3, §8):
 //! - `<app>` in `project.xml` (a surgical text insertion, [`edit`]), then `bin/xadd`;
 //! - `apps/<app>/<M.mm>/<platform>/` with the static `mw-worker` as
@@ -14,9 +14,9 @@
 //! - `<one_result_per_host_per_wu>` when the quorum is above 1;
 //! - the spool directory `mw_spool/` and the config file `mw_boinc.toml` ([`MwBoincConfig`]).
 //!
-//! Every name and file format it writes comes from `mw_boinc_kit`. Modules: [`plan`] (what is
+//! Every name and file format it writes comes from `mw_boinc_kit`. Modules: [`mod@plan`] (what is
 //! still needed), [`edit`] (surgical edits of project.xml and config.xml), [`render`] (the
-//! files it generates besides the templates), [`apply`] (carrying a plan out), [`xmltext`].
+//! files it generates besides the templates), [`mod@apply`] (carrying a plan out), [`xmltext`].
 //!
 //! This crate must never know about the master's journal or how tasks are run; it only lays
 //! files out in a BOINC project and runs BOINC's own tools.

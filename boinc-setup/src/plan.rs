@@ -1,6 +1,6 @@
 //! What an installation still needs: [`plan`] inspects the project and lists the
 //! [`Action`]s to carry out (nothing when mw is already installed as asked). It must never
-//! change the project (that is [`crate::apply`]).
+//! change the project (that is [`crate::apply()`]).
 
 use crate::edit::{edit_config_xml, edit_project_xml};
 use crate::render::version_xml;

@@ -7,15 +7,15 @@
 //!   shared program bundle is `<no_delete/>`; task bundles are deleted with their workunit).
 //! - **Staging** ([`stage`]): the program bundle once (content-addressed name), each task
 //!   bundle as `<wu>_task.tar.gz`, in the download hierarchy.
-//! - **Workunits** ([`batch`]): named `mw_<job>_<run>_<task>_<attempt>` (`<run>` random per
+//! - **Workunits** (`batch.rs`): named `mw_<job>_<run>_<task>_<attempt>` (`<run>` random per
 //!   master run, so names are unique per project), recorded durably before `create_work`
 //!   runs, created in batches with `create_work --stdin`, idempotent by name.
-//! - **Outcomes** ([`spool`]): the assimilator's spool entries become completions; an error
+//! - **Outcomes** (`spool.rs`): the assimilator's spool entries become completions; an error
 //!   record carries the workunit's error mask, the volunteers' exit statuses and stderr tails,
 //!   or the field its results disagreed on.
 //! - **Re-attach**: a resumed master waits again for a created workunit's spool entries, and
 //!   re-submits a workunit recorded as pending (maybe never created) under the same name.
-//! - **Cancel** ([`cancel`]): `bin/cancel_jobs --name <wu>` from the project root (with or
+//! - **Cancel** (`cancel.rs`): `bin/cancel_jobs --name <wu>` from the project root (with or
 //!   without a live master), and a spool marker so late outcomes are consumed. A task
 //!   cancelled while its `create_work` batch is under way is cancelled right after that call
 //!   returns; shutdown waits for a batch under way so that this is never skipped.
