@@ -21,3 +21,18 @@ pub(crate) fn make(name: &str, job: &Job, job_dir: &Path) -> anyhow::Result<Arc<
         _ => anyhow::bail!("interface `{name}` is not available in this build"),
     }
 }
+
+/// Checks, before a job is created, what interface `name` can check without changing
+/// anything (BOINC: the project, mw's installation, permissions, settings), so a refused job
+/// leaves no job directory behind.
+pub(crate) fn preflight(name: &str, job: &Job) -> anyhow::Result<()> {
+    if name == "boinc" {
+        let settings = job
+            .file
+            .boinc
+            .to_settings(&job.base_dir)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", job.path.display()))?;
+        crate::boinc::Boinc::check(&settings)?;
+    }
+    Ok(())
+}

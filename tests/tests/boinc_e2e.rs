@@ -545,3 +545,72 @@ fn quorum_two_with_json_comparison() {
     assert!(compares.len() >= 2, "{compares:#?}");
     assert!(compares.iter().all(|c| c["exit"] == 0));
 }
+
+#[test]
+fn refused_up_front_without_mw_installed_or_as_another_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = tmp.path().join("bare");
+    let st = Command::new(bin("boinc_server_double"))
+        .arg("make-project")
+        .arg(&root)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let job = tmp.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"r\"\ninterface = \"boinc\"\n[program]\npath = \"{}\"\n[inputs]\n\
+             list = [1]\n[boinc]\nproject_dir = \"{}\"\n",
+            program("null-task"),
+            root.display()
+        ),
+    )
+    .unwrap();
+    let jobs = tmp.path().join("jobs");
+    let run = |cmd: &mut Command| {
+        let out = cmd
+            .arg("run")
+            .arg(&job)
+            .arg("-q")
+            .arg("--jobs-dir")
+            .arg(&jobs)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // mw is not installed in the project: exit 2, saying what to run; no job was created.
+    let (code, err) = run(&mut Command::new(bin("mw")));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("mw-boinc-setup --project-dir"), "{err}");
+    assert!(!jobs.exists(), "a refused job left {}", jobs.display());
+
+    // Installed, but the master runs as a user who cannot write the download hierarchy.
+    let out = Command::new(bin("mw-boinc-setup"))
+        .arg("--project-dir")
+        .arg(&root)
+        .arg("--worker")
+        .arg(bin("mw-worker"))
+        .arg("--validator")
+        .arg(bin("mw-validator"))
+        .arg("--assimilator")
+        .arg(bin("mw-assimilator"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut as_nobody = Command::new("setpriv");
+    as_nobody
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin("mw"));
+    let (code, err) = run(&mut as_nobody);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("download"), "{err}");
+    assert!(err.contains("project's owner"), "{err}");
+    assert!(!jobs.exists(), "a refused job left {}", jobs.display());
+}

@@ -173,85 +173,117 @@ fn check_writable(dir: &Path, project: &Path) -> Result<(), BoincError> {
     Ok(())
 }
 
+/// What [`open_project`] found.
+struct Opened {
+    project: PathBuf,
+    cfg: MwBoincConfig,
+    layout: ProjectLayout,
+    params: mw_boinc_kit::TemplateParams,
+}
+
+/// Every check made before anything is created in the project.
+fn open_project(settings: &BoincSettings) -> Result<Opened, BoincError> {
+    let project = settings.project_dir.canonicalize().map_err(|e| {
+        BoincError(format!(
+            "project directory {}: {e}",
+            settings.project_dir.display()
+        ))
+    })?;
+    let install_hint = format!(
+        "is mw installed in this project? run mw-boinc-setup --project-dir {}",
+        project.display()
+    );
+    let cfg =
+        MwBoincConfig::load(&project).map_err(|e| BoincError(format!("{e} ({install_hint})")))?;
+    if let Some(app) = &settings.app_name {
+        if *app != cfg.app_name {
+            return Err(BoincError(format!(
+                "app_name {app:?} is not the app installed in {} ({:?})",
+                project.display(),
+                cfg.app_name
+            )));
+        }
+    }
+    if !is_safe_name(&cfg.app_name) {
+        return Err(BoincError(format!(
+            "installed app name {:?} is not shell-safe",
+            cfg.app_name
+        )));
+    }
+    for t in [&cfg.input_template, &cfg.output_template] {
+        if !is_safe_rel_path(t) || t.len() > MAX_TEMPLATE_PATH {
+            return Err(BoincError(format!(
+                "template path {t:?} in mw_boinc.toml must be a shell-safe relative path of \
+                 at most {MAX_TEMPLATE_PATH} characters"
+            )));
+        }
+    }
+    for needed in [
+        "bin/create_work".to_string(),
+        "bin/cancel_jobs".to_string(),
+        format!("bin/{ASSIMILATOR_NAME}"),
+        format!("bin/{VALIDATOR_INIT_NAME}"),
+        format!("bin/{VALIDATOR_COMPARE_NAME}"),
+        cfg.output_template.clone(),
+    ] {
+        if !project.join(&needed).is_file() {
+            return Err(BoincError(format!(
+                "{} is missing ({install_hint})",
+                project.join(&needed).display()
+            )));
+        }
+    }
+    let layout = ProjectLayout::read(&project).map_err(|e| BoincError(e.to_string()))?;
+    if !layout.download_dir.is_dir() {
+        return Err(BoincError(format!(
+            "download directory {} (config.xml <download_dir>) does not exist",
+            layout.download_dir.display()
+        )));
+    }
+    check_writable(&layout.download_dir, &project)?;
+    if !cfg.spool_dir.is_dir() {
+        return Err(BoincError(format!(
+            "spool directory {} does not exist ({install_hint})",
+            cfg.spool_dir.display()
+        )));
+    }
+    let params = settings.template_params(&cfg)?;
+    if params.quorum > 1 && !layout.one_result_per_host {
+        return Err(BoincError(format!(
+            "quorum {q} needs <one_result_per_host_per_wu>1</one_result_per_host_per_wu> \
+             in {}/config.xml (otherwise one host may return every replica): run \
+             mw-boinc-setup --quorum {q}",
+            project.display(),
+            q = params.quorum
+        )));
+    }
+    Ok(Opened {
+        project,
+        cfg,
+        layout,
+        params,
+    })
+}
+
 impl Boinc {
+    /// Checks, without changing anything, what [`Boinc::new`] checks before it creates
+    /// anything: the project, mw's installation in it, this process's right to write the
+    /// download hierarchy, and the settings. For a CLI to refuse a job up front.
+    pub fn check(settings: &BoincSettings) -> Result<(), BoincError> {
+        open_project(settings).map(|_| ())
+    }
+
     /// Connects to the project: checks mw's installation and the download hierarchy's
     /// permissions, writes the job's input template, and starts the submit and watcher
     /// threads.
     pub fn new(settings: BoincSettings) -> Result<Boinc, BoincError> {
-        let project = settings.project_dir.canonicalize().map_err(|e| {
-            BoincError(format!(
-                "project directory {}: {e}",
-                settings.project_dir.display()
-            ))
-        })?;
-        let install_hint = format!(
-            "is mw installed in this project? run mw-boinc-setup --project-dir {}",
-            project.display()
-        );
-        let cfg = MwBoincConfig::load(&project)
-            .map_err(|e| BoincError(format!("{e} ({install_hint})")))?;
-        if let Some(app) = &settings.app_name {
-            if *app != cfg.app_name {
-                return Err(BoincError(format!(
-                    "app_name {app:?} is not the app installed in {} ({:?})",
-                    project.display(),
-                    cfg.app_name
-                )));
-            }
-        }
-        if !is_safe_name(&cfg.app_name) {
-            return Err(BoincError(format!(
-                "installed app name {:?} is not shell-safe",
-                cfg.app_name
-            )));
-        }
-        for t in [&cfg.input_template, &cfg.output_template] {
-            if !is_safe_rel_path(t) || t.len() > MAX_TEMPLATE_PATH {
-                return Err(BoincError(format!(
-                    "template path {t:?} in mw_boinc.toml must be a shell-safe relative path of \
-                     at most {MAX_TEMPLATE_PATH} characters"
-                )));
-            }
-        }
-        for needed in [
-            "bin/create_work".to_string(),
-            "bin/cancel_jobs".to_string(),
-            format!("bin/{ASSIMILATOR_NAME}"),
-            format!("bin/{VALIDATOR_INIT_NAME}"),
-            format!("bin/{VALIDATOR_COMPARE_NAME}"),
-            cfg.output_template.clone(),
-        ] {
-            if !project.join(&needed).is_file() {
-                return Err(BoincError(format!(
-                    "{} is missing ({install_hint})",
-                    project.join(&needed).display()
-                )));
-            }
-        }
-        let layout = ProjectLayout::read(&project).map_err(|e| BoincError(e.to_string()))?;
-        if !layout.download_dir.is_dir() {
-            return Err(BoincError(format!(
-                "download directory {} (config.xml <download_dir>) does not exist",
-                layout.download_dir.display()
-            )));
-        }
-        check_writable(&layout.download_dir, &project)?;
-        if !cfg.spool_dir.is_dir() {
-            return Err(BoincError(format!(
-                "spool directory {} does not exist ({install_hint})",
-                cfg.spool_dir.display()
-            )));
-        }
-        let params = settings.template_params(&cfg)?;
-        if params.quorum > 1 && !layout.one_result_per_host {
-            return Err(BoincError(format!(
-                "quorum {q} needs <one_result_per_host_per_wu>1</one_result_per_host_per_wu> \
-                 in {}/config.xml (otherwise one host may return every replica): run \
-                 mw-boinc-setup --quorum {q}",
-                project.display(),
-                q = params.quorum
-            )));
-        }
+        let Opened {
+            project,
+            cfg,
+            layout,
+            params,
+        } = open_project(&settings)?;
+
         let text = input_template(&params);
         let wu_template = job_input_template_path(&cfg.app_name, &text).ok_or_else(|| {
             BoincError(format!(
