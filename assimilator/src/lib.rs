@@ -270,7 +270,7 @@ pub fn write_error_record(spool: &Path, record: &ErrorRecord) -> Result<Outcome,
     let name = match WuName::parse(&record.wu_name) {
         Ok(wu) if cancelled(spool, &wu) => return Ok(Outcome::Consumed(wu.to_string())),
         Ok(wu) => wu.error_spool_name(),
-        Err(_) => format!("error_wu{}.toml", record.wu_id),
+        Err(_) => mw_boinc_kit::names::error_spool_name_by_id(record.wu_id),
     };
     let text = record
         .to_text()

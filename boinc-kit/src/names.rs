@@ -83,7 +83,7 @@ impl WuName {
             Ok(WuName(s.to_string()))
         } else {
             Err(NameError {
-                what: "workunit name",
+                what: "workunit name (at most 100 characters)",
                 name: s.to_string(),
             })
         }
@@ -125,6 +125,11 @@ impl std::fmt::Display for WuName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// The spool entry of an error record whose workunit name is not safe to use as a file name.
+pub fn error_spool_name_by_id(wu_id: u64) -> String {
+    format!("error_wu{wu_id}.toml")
 }
 
 /// A fresh run id: 8 lower-case hex digits, random (from `/dev/urandom`, else the clock and
