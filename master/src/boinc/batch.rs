@@ -87,6 +87,26 @@ fn submit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
     if staged.is_empty() {
         return;
     }
+    // The staged files become durable together, before any workunit refers to them.
+    if let Err(e) = mw_bundle::sync_filesystem(&shared.layout.download_dir) {
+        let e = InterfaceError::new(format!(
+            "syncing the staged files in {}: {e}",
+            shared.layout.download_dir.display()
+        ));
+        let mut dones = Vec::new();
+        {
+            let mut st = shared.lock();
+            for (task, s) in &staged {
+                st.by_wu.remove(&s.wu);
+                dones.extend(st.waiting.remove(task).and_then(|w| w.done));
+                st.failed += 1;
+            }
+        }
+        for d in dones {
+            d.finish(Err(e.clone()));
+        }
+        return;
+    }
     // Durable before create_work: a master killed during or right after the call finds the
     // names again on resume and re-attaches instead of creating duplicates.
     let sink = shared

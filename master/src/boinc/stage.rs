@@ -1,7 +1,9 @@
 //! Staging input files into the project's download hierarchy, as `create_work` expects them:
 //! `download/<h>/<name>` with BOINC's md5 fanout and a `<name>.md5` cache file
 //! (`"<md5> <nbytes as %e>"`). Files are immutable by name: an existing file with other
-//! content is an error, never overwritten. It must never run BOINC's tools.
+//! content is an error, never overwritten. Files are written atomically but synced once per
+//! batch (`mw_bundle::sync_filesystem`, before `create_work` refers to them), not one by one.
+//! It must never run BOINC's tools.
 
 use super::Shared;
 use crate::task::{InterfaceError, PreparedTask};
@@ -42,7 +44,8 @@ impl Staged {
 }
 
 /// Stages `bytes` as `<download>/<h>/<name>` plus its `.md5` cache file. Idempotent;
-/// refuses to replace a file of that name with other content.
+/// refuses to replace a file of that name with other content. The files are durable only
+/// after a later `mw_bundle::sync_filesystem` of the download directory.
 pub fn stage_file(
     layout: &ProjectLayout,
     name: &str,
@@ -64,7 +67,7 @@ pub fn stage_file(
     match std::fs::read(&path) {
         Ok(existing) if existing == bytes => {
             if std::fs::read_to_string(&md5_path).ok().as_deref() != Some(md5_text.as_str()) {
-                mw_bundle::write_atomic(&md5_path, md5_text.as_bytes(), Some(0o644))
+                mw_bundle::write_atomic_deferred(&md5_path, md5_text.as_bytes(), Some(0o644))
                     .map_err(|e| io("writing", &md5_path, e))?;
             }
             return Ok(Staged::Present(path));
@@ -79,9 +82,9 @@ pub fn stage_file(
         Err(e) => return Err(io("reading", &path, e)),
     }
     std::fs::create_dir_all(&dir).map_err(|e| io("creating", &dir, e))?;
-    mw_bundle::write_atomic(&path, bytes, Some(0o644)).map_err(|e| io("writing", &path, e))?;
+    mw_bundle::write_atomic_deferred(&path, bytes, Some(0o644)).map_err(|e| io("writing", &path, e))?;
     // The .md5 must be newer than the data file for create_work to trust it.
-    mw_bundle::write_atomic(&md5_path, md5_text.as_bytes(), Some(0o644))
+    mw_bundle::write_atomic_deferred(&md5_path, md5_text.as_bytes(), Some(0o644))
         .map_err(|e| io("writing", &md5_path, e))?;
     Ok(Staged::Written(path))
 }
