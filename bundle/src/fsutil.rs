@@ -131,6 +131,18 @@ mod tests {
     }
 
     #[test]
+    fn deferred_write_then_one_filesystem_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("g");
+        write_atomic_deferred(&p, b"one", Some(0o644)).unwrap();
+        write_atomic_deferred(&p, b"two", None).unwrap();
+        sync_filesystem(dir.path()).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert!(sync_filesystem(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
     fn signal_names() {
         assert_eq!(signal_name(9), Some("SIGKILL"));
         assert_eq!(signal_name(11), Some("SIGSEGV"));
