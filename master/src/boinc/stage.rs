@@ -82,7 +82,8 @@ pub fn stage_file(
         Err(e) => return Err(io("reading", &path, e)),
     }
     std::fs::create_dir_all(&dir).map_err(|e| io("creating", &dir, e))?;
-    mw_bundle::write_atomic_deferred(&path, bytes, Some(0o644)).map_err(|e| io("writing", &path, e))?;
+    mw_bundle::write_atomic_deferred(&path, bytes, Some(0o644))
+        .map_err(|e| io("writing", &path, e))?;
     // The .md5 must be newer than the data file for create_work to trust it.
     mw_bundle::write_atomic_deferred(&md5_path, md5_text.as_bytes(), Some(0o644))
         .map_err(|e| io("writing", &md5_path, e))?;
