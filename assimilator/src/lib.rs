@@ -4,14 +4,26 @@
 //! (reference/boinc-server.md §0.1), in two forms:
 //! - `mw-assimilator WU_ID FILE…` (default tokens `wu_id files`): the canonical result's
 //!   uploaded file, an mw result bundle. It is copied atomically into the spool directory as
-//!   `result_<job>_<task>.tar.gz`, job and task read from the bundle's own manifest.
+//!   `result_<wu_name>.tar.gz`, the workunit name taken from the upload's file name
+//!   (`<wu_name>_<k>_r<random>_<n>`, given by BOINC's upload handler).
 //! - `mw-assimilator --error MASK WU_NAME WU_ID BATCH`: the workunit failed; an
-//!   `error_<wu_name>.toml` record ([`ErrorRecord`]) is written atomically.
+//!   `error_<wu_name>.toml` record ([`ErrorRecord`]) is written atomically. It carries how
+//!   the results the volunteers uploaded ended (the client uploads outputs even when the task
+//!   failed; see [`report`]): exit statuses, stderr tails, and for a workunit without quorum
+//!   the first field on which the successful results disagree.
 //!
-//! Both are idempotent (same content again → nothing changes, exit 0). A result bundle that
-//! cannot be spooled (malformed, unsafe job name) becomes an error record with a `reason`:
-//! retrying would not help, and a nonzero exit stops BOINC's assimilator daemon. Nonzero exits
-//! are kept for problems that retrying later can fix (I/O, missing spool, wrong call).
+//! **It never wedges BOINC's assimilator.** A nonzero exit makes `script_assimilator` stop,
+//! and it fails again on the same workunit after every restart (§0.3). So any result it
+//! cannot use — upload missing (a late result of a cancelled workunit whose upload the file
+//! deleter already removed), unreadable, malformed, oversize, naming an unsafe job — becomes
+//! an error record naming the workunit and why, and the call exits 0. The master ignores
+//! records of tasks it no longer waits for. Both forms are idempotent. For a workunit mw
+//! cancelled (marker `cancelled_<wu>` in the spool) nothing is spooled: the call is consumed.
+//!
+//! Nonzero exits are kept for conditions a retry can fix once the operator acts, and nothing
+//! else: the spool directory or `mw_boinc.toml` cannot be found or read (exit 1), writing the
+//! spool fails (disk full, permissions; exit 1), or the call is not one of the two forms
+//! (script_assimilator misconfigured; exit 2).
 //!
 //! The spool is found through `MW_BOINC_SPOOL`, else the `mw_boinc.toml` that
 //! `mw-boinc-setup` writes at the project root (looked up in `BOINC_PROJECT_DIR`, `.`, `..`
@@ -19,26 +31,16 @@
 //!
 //! This module must never know about the master, the journal or BOINC's database.
 
-use serde::{Deserialize, Serialize};
+pub mod report;
+
+pub use mw_boinc_kit::names::{wu_name_from_output, CONFIG_FILE_NAME, SPOOL_ENV};
+pub use mw_boinc_kit::{error_mask_names, ErrorRecord, WU_ERROR_BITS};
+use mw_boinc_kit::{is_safe_name, SpoolLocation, WuName};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Name of the configuration file `mw-boinc-setup` writes at the project root.
-pub const CONFIG_FILE_NAME: &str = "mw_boinc.toml";
-/// Environment variable naming the spool directory directly (overrides the config file).
-pub const SPOOL_ENV: &str = "MW_BOINC_SPOOL";
 /// Largest result file accepted, in bytes.
 pub const MAX_RESULT_FILE_BYTES: u64 = 1024 * 1024 * 1024;
-
-/// BOINC workunit error-mask bits (`db/boinc_db_types.h`, `WU_ERROR_*`).
-pub const WU_ERROR_BITS: [(u64, &str); 6] = [
-    (1, "COULDNT_SEND_RESULT"),
-    (2, "TOO_MANY_ERROR_RESULTS"),
-    (4, "TOO_MANY_SUCCESS_RESULTS"),
-    (8, "TOO_MANY_TOTAL_RESULTS"),
-    (16, "CANCELLED"),
-    (32, "NO_CANONICAL_RESULT"),
-];
 
 /// Errors after which BOINC should call again later (the program exits nonzero).
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +51,7 @@ pub enum AssimilateError {
     /// The spool directory could not be found or its configuration is unreadable.
     #[error("configuration: {0}")]
     Config(String),
-    /// Reading the result or writing the spool failed.
+    /// Writing the spool failed.
     #[error("{path}: {context}: {source}")]
     Io {
         /// The file or directory.
@@ -127,64 +129,6 @@ pub fn parse_args(args: &[String]) -> Result<Call, AssimilateError> {
     }
 }
 
-/// True for a non-empty string of `[A-Za-z0-9_.-]`, at most 128 bytes, not `.`/`..`.
-pub fn is_safe_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s != "."
-        && s != ".."
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
-}
-
-/// Names of the `WU_ERROR_*` bits set in `mask`; unknown bits as `UNKNOWN_0x…`.
-pub fn error_mask_names(mask: u64) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut known = 0u64;
-    for (bit, name) in WU_ERROR_BITS {
-        known |= bit;
-        if mask & bit != 0 {
-            names.push(name.to_string());
-        }
-    }
-    for i in 0..64 {
-        let bit = 1u64 << i;
-        if mask & bit != 0 && known & bit == 0 {
-            names.push(format!("UNKNOWN_{bit:#x}"));
-        }
-    }
-    names
-}
-
-/// The workunit name inside an output file name `<wu_name>_<k>_r<random>_<n>`.
-pub fn wu_name_from_output(file_name: &str) -> Option<&str> {
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let (rest, n) = file_name.rsplit_once('_')?;
-    let (rest, r) = rest.rsplit_once('_')?;
-    let (wu, k) = rest.rsplit_once('_')?;
-    let random = r.strip_prefix('r')?;
-    (digits(n) && digits(random) && digits(k) && !wu.is_empty()).then_some(wu)
-}
-
-/// What `mw-assimilator --error` (or a rejected result) leaves in the spool as
-/// `error_<wu_name>.toml`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ErrorRecord {
-    /// The workunit's name (as BOINC gave it, or derived from the output file name).
-    pub wu_name: String,
-    /// The workunit's database id.
-    pub wu_id: u64,
-    /// `workunit.batch` (0 when unknown).
-    pub batch: i64,
-    /// `workunit.error_mask` (0 for a rejected result bundle).
-    pub error_mask: u64,
-    /// Names of the bits set in `error_mask`.
-    pub errors: Vec<String>,
-    /// Why a canonical result could not be spooled (absent for BOINC's own errors).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
 /// What a call did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -192,10 +136,12 @@ pub enum Outcome {
     Written(PathBuf),
     /// The same content was already there; nothing changed.
     Unchanged(PathBuf),
-    /// A result bundle for this task with other content was already spooled; this one was
+    /// A result bundle for this workunit with other content was already spooled; this one was
     /// kept beside it under another name.
     Conflict(PathBuf),
-    /// The result could not be spooled; an error record says why.
+    /// mw cancelled the workunit (a `cancelled_<wu>` marker in the spool): nothing spooled.
+    Consumed(String),
+    /// The result could not be used; an error record says why.
     Rejected {
         /// The error record.
         record: PathBuf,
@@ -204,18 +150,13 @@ pub enum Outcome {
     },
 }
 
-#[derive(Deserialize)]
-struct SpoolConfig {
-    spool_dir: PathBuf,
-}
-
-/// Reads `spool_dir` from a `mw_boinc.toml`; a relative path is relative to the file's dir.
-pub fn spool_from_config(config: &Path) -> Result<PathBuf, AssimilateError> {
-    let text = std::fs::read_to_string(config).map_err(io_err(config, "reading"))?;
-    let cfg: SpoolConfig = toml::from_str(&text)
-        .map_err(|e| AssimilateError::Config(format!("{}: {}", config.display(), e.message())))?;
-    let base = config.parent().unwrap_or(Path::new("."));
-    Ok(base.join(cfg.spool_dir))
+/// Where the assimilator writes, and the project it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spool {
+    /// The spool directory.
+    pub dir: PathBuf,
+    /// The project root, when known (for the upload directory in error reports).
+    pub project: Option<PathBuf>,
 }
 
 /// Finds the spool directory: `env_spool`, else the first `mw_boinc.toml` in
@@ -225,59 +166,50 @@ pub fn find_spool(
     project_env: Option<PathBuf>,
     cwd: &Path,
     exe: Option<&Path>,
-) -> Result<PathBuf, AssimilateError> {
+) -> Result<Spool, AssimilateError> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(p) = project_env.filter(|p| !p.as_os_str().is_empty()) {
+        candidates.push(p);
+    }
+    candidates.push(cwd.to_path_buf());
+    candidates.push(cwd.join(".."));
+    if let Some(project) = exe.and_then(Path::parent).and_then(Path::parent) {
+        candidates.push(project.to_path_buf());
+    }
+    let found = candidates
+        .iter()
+        .map(|d| d.join(CONFIG_FILE_NAME))
+        .find(|f| f.is_file());
     let spool = if let Some(s) = env_spool.filter(|s| !s.as_os_str().is_empty()) {
-        s
+        let project = found
+            .and_then(|f| SpoolLocation::load(&f).ok())
+            .and_then(|l| l.project_dir);
+        Spool { dir: s, project }
     } else {
-        let mut candidates: Vec<PathBuf> = Vec::new();
-        if let Some(p) = project_env.filter(|p| !p.as_os_str().is_empty()) {
-            candidates.push(p);
+        let found = found.ok_or_else(|| {
+            AssimilateError::Config(format!(
+                "no {CONFIG_FILE_NAME} in {} and {SPOOL_ENV} is not set (run mw-boinc-setup)",
+                candidates
+                    .iter()
+                    .map(|c| c.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        let loc =
+            SpoolLocation::load(&found).map_err(|e| AssimilateError::Config(e.to_string()))?;
+        Spool {
+            dir: loc.spool_dir,
+            project: loc.project_dir,
         }
-        candidates.push(cwd.to_path_buf());
-        candidates.push(cwd.join(".."));
-        if let Some(project) = exe.and_then(Path::parent).and_then(Path::parent) {
-            candidates.push(project.to_path_buf());
-        }
-        let found = candidates
-            .iter()
-            .map(|d| d.join(CONFIG_FILE_NAME))
-            .find(|f| f.is_file())
-            .ok_or_else(|| {
-                AssimilateError::Config(format!(
-                    "no {CONFIG_FILE_NAME} in {} and {SPOOL_ENV} is not set (run mw-boinc-setup)",
-                    candidates
-                        .iter()
-                        .map(|c| c.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?;
-        spool_from_config(&found)?
     };
-    if !spool.is_dir() {
+    if !spool.dir.is_dir() {
         return Err(AssimilateError::Config(format!(
             "spool directory {} does not exist",
-            spool.display()
+            spool.dir.display()
         )));
     }
     Ok(spool)
-}
-
-fn sync_dir(dir: &Path) -> Result<(), AssimilateError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir, "syncing directory"))
-}
-
-fn temp_with(dir: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile, AssimilateError> {
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(io_err(dir, "creating a temporary file"))?;
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
-        .map_err(io_err(tmp.path(), "writing"))?;
-    Ok(tmp)
 }
 
 /// Writes `bytes` as `dir/name` atomically without replacing an existing file. Returns
@@ -296,10 +228,16 @@ fn write_new(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(&dest, "reading")(e)),
         }
-        let tmp = temp_with(dir, bytes)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(dir)
+            .map_err(io_err(dir, "creating a temporary file"))?;
+        tmp.write_all(bytes)
+            .and_then(|_| tmp.as_file().sync_all())
+            .map_err(io_err(tmp.path(), "writing"))?;
         match tmp.persist_noclobber(&dest) {
             Ok(_) => {
-                sync_dir(dir)?;
+                mw_bundle::sync_dir(dir).map_err(io_err(dir, "syncing directory"))?;
                 return Ok(Ok(Outcome::Written(dest)));
             }
             // Someone wrote it meanwhile: compare again.
@@ -318,51 +256,50 @@ fn write_replace(dir: &Path, name: &str, bytes: &[u8]) -> Result<Outcome, Assimi
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err(&dest, "reading")(e)),
     }
-    let tmp = temp_with(dir, bytes)?;
-    tmp.persist(&dest)
-        .map_err(|e| io_err(&dest, "renaming into place")(e.error))?;
-    sync_dir(dir)?;
+    mw_bundle::write_atomic(&dest, bytes, Some(0o644)).map_err(io_err(&dest, "writing"))?;
     Ok(Outcome::Written(dest))
+}
+
+/// True when mw cancelled `wu` (its marker is in the spool).
+fn cancelled(spool: &Path, wu: &WuName) -> bool {
+    spool.join(wu.cancel_marker_name()).exists()
 }
 
 /// Writes `error_<wu_name>.toml` (or `error_wu<ID>.toml` when the name is not safe).
 pub fn write_error_record(spool: &Path, record: &ErrorRecord) -> Result<Outcome, AssimilateError> {
-    let name = if is_safe_name(&record.wu_name) {
-        format!("error_{}.toml", record.wu_name)
-    } else {
-        format!("error_wu{}.toml", record.wu_id)
+    let name = match WuName::parse(&record.wu_name) {
+        Ok(wu) if cancelled(spool, &wu) => return Ok(Outcome::Consumed(wu.to_string())),
+        Ok(wu) => wu.error_spool_name(),
+        Err(_) => mw_boinc_kit::names::error_spool_name_by_id(record.wu_id),
     };
-    let text = toml::to_string(record)
+    let text = record
+        .to_text()
         .map_err(|e| AssimilateError::Config(format!("cannot serialise error record: {e}")))?;
     write_replace(spool, &name, text.as_bytes())
 }
 
-/// The `--error` form.
+/// The `--error` form: records BOINC's error, with what the uploaded results say.
 pub fn assimilate_error(
-    spool: &Path,
+    spool: &Spool,
     mask: u64,
     wu_name: &str,
     wu_id: u64,
     batch: i64,
 ) -> Result<Outcome, AssimilateError> {
-    let record = ErrorRecord {
-        wu_name: wu_name.to_string(),
-        wu_id,
-        batch,
-        error_mask: mask,
-        errors: error_mask_names(mask),
-        reason: None,
-    };
-    write_error_record(spool, &record)
+    let mut record = ErrorRecord::boinc_error(wu_name, wu_id, batch, mask);
+    if let (Some(project), Ok(wu)) = (&spool.project, WuName::parse(wu_name)) {
+        report::add_upload_reports(&mut record, project, &wu);
+    }
+    write_error_record(&spool.dir, &record)
 }
 
-/// The normal form: spools the canonical result bundle at `file`.
+/// The normal form: spools the canonical result bundle at `file`. Never fails on the
+/// result itself (see the module documentation): an unusable one becomes an error record.
 pub fn assimilate_result(
     spool: &Path,
     wu_id: u64,
     file: &Path,
 ) -> Result<Outcome, AssimilateError> {
-    let meta = std::fs::metadata(file).map_err(io_err(file, "reading"))?;
     let file_name = file
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
@@ -371,19 +308,29 @@ pub fn assimilate_result(
         .unwrap_or(&file_name)
         .to_string();
     let reject = |reason: String| -> Result<Outcome, AssimilateError> {
-        let record = ErrorRecord {
-            wu_name: wu_name.clone(),
-            wu_id,
-            batch: 0,
-            error_mask: 0,
-            errors: Vec::new(),
-            reason: Some(reason.clone()),
-        };
+        let record = ErrorRecord::unusable(&wu_name, wu_id, reason.clone());
         let outcome = write_error_record(spool, &record)?;
         let (Outcome::Written(record) | Outcome::Unchanged(record)) = outcome else {
             return Ok(outcome);
         };
         Ok(Outcome::Rejected { record, reason })
+    };
+    let Ok(wu) = WuName::parse(&wu_name) else {
+        return reject(format!(
+            "upload {} does not carry a shell-safe workunit name",
+            file.display()
+        ));
+    };
+    let meta = match std::fs::metadata(file) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return reject(format!(
+                "the canonical result's upload {} no longer exists (a late result of a \
+                 cancelled workunit, whose upload BOINC's file deleter already removed?)",
+                file.display()
+            ))
+        }
+        Err(e) => return reject(format!("cannot read {}: {e}", file.display())),
     };
     if meta.len() > MAX_RESULT_FILE_BYTES {
         return reject(format!(
@@ -392,17 +339,15 @@ pub fn assimilate_result(
             meta.len()
         ));
     }
-    let bytes = std::fs::read(file).map_err(io_err(file, "reading"))?;
-    let limits = mw_bundle::Limits {
-        max_total_bytes: MAX_RESULT_FILE_BYTES * 4,
-        max_entries: 10_000,
-        max_manifest_bytes: 1024 * 1024,
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => return reject(format!("cannot read {}: {e}", file.display())),
     };
     let bundle = match mw_bundle::open_in_memory(
         &bytes,
         &file.display().to_string(),
         Some(mw_bundle::BundleKind::Result),
-        &limits,
+        &report::result_limits(),
     ) {
         Ok(b) => b,
         Err(e) => return reject(format!("not a valid result bundle: {e}")),
@@ -416,20 +361,17 @@ pub fn assimilate_result(
             info.job
         ));
     }
-    let name = format!("result_{}_{}.tar.gz", info.job, info.task);
-    match write_new(spool, &name, &bytes)? {
+    if cancelled(spool, &wu) {
+        return Ok(Outcome::Consumed(wu.to_string()));
+    }
+    match write_new(spool, &wu.result_spool_name(), &bytes)? {
         Ok(outcome) => Ok(outcome),
-        Err(_existing) => {
-            let other = format!("conflict_{}_{}_wu{wu_id}.tar.gz", info.job, info.task);
-            match write_new(spool, &other, &bytes)? {
-                Ok(Outcome::Written(p) | Outcome::Unchanged(p)) => Ok(Outcome::Conflict(p)),
-                Ok(o) => Ok(o),
-                Err(existing) => Err(AssimilateError::Config(format!(
-                    "{} exists with other content",
-                    existing.display()
-                ))),
-            }
-        }
+        Err(_existing) => match write_new(spool, &wu.conflict_spool_name(wu_id), &bytes)? {
+            Ok(Outcome::Written(p) | Outcome::Unchanged(p)) => Ok(Outcome::Conflict(p)),
+            Ok(o) => Ok(o),
+            // A third different result for the same workunit: keep the first two, go on.
+            Err(existing) => Ok(Outcome::Conflict(existing)),
+        },
     }
 }
 
@@ -445,7 +387,7 @@ pub fn run(args: &[String]) -> (i32, String) {
             exe.as_deref(),
         )?;
         match call {
-            Call::Result { wu_id, files } => assimilate_result(&spool, wu_id, &files[0]),
+            Call::Result { wu_id, files } => assimilate_result(&spool.dir, wu_id, &files[0]),
             Call::Error {
                 mask,
                 wu_name,
@@ -460,14 +402,19 @@ pub fn run(args: &[String]) -> (i32, String) {
         Ok(Outcome::Conflict(p)) => (
             0,
             format!(
-                "warning: another result for this task was already spooled; kept this one as {}",
+                "warning: another result for this workunit was already spooled; kept this one \
+                 as {}",
                 p.display()
             ),
+        ),
+        Ok(Outcome::Consumed(wu)) => (
+            0,
+            format!("workunit {wu} was cancelled by mw; nothing spooled"),
         ),
         Ok(Outcome::Rejected { record, reason }) => (
             0,
             format!(
-                "rejected result ({reason}); recorded in {}",
+                "unusable result ({reason}); recorded in {}",
                 record.display()
             ),
         ),

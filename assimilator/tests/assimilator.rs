@@ -113,13 +113,13 @@ fn spools_the_canonical_result_atomically_and_idempotently() {
     let files = pr.spool_files();
     assert_eq!(
         files.keys().collect::<Vec<_>>(),
-        ["result_job-7.a_42.tar.gz"],
+        ["result_mw_j7_t42.tar.gz"],
         "no temp files left"
     );
-    assert_eq!(files["result_job-7.a_42.tar.gz"], bytes);
+    assert_eq!(files["result_mw_j7_t42.tar.gz"], bytes);
     // The upload file is kept (copied, not moved): a repeated call still works.
     assert!(f.exists());
-    let mtime = std::fs::metadata(pr.spool.join("result_job-7.a_42.tar.gz"))
+    let mtime = std::fs::metadata(pr.spool.join("result_mw_j7_t42.tar.gz"))
         .unwrap()
         .modified()
         .unwrap();
@@ -127,21 +127,21 @@ fn spools_the_canonical_result_atomically_and_idempotently() {
     assert_eq!(code, 0, "{msg}");
     assert!(msg.contains("unchanged"), "{msg}");
     assert_eq!(pr.spool_files(), files);
-    let mtime2 = std::fs::metadata(pr.spool.join("result_job-7.a_42.tar.gz"))
+    let mtime2 = std::fs::metadata(pr.spool.join("result_mw_j7_t42.tar.gz"))
         .unwrap()
         .modified()
         .unwrap();
     assert_eq!(mtime, mtime2, "the spooled file was rewritten");
-    // Another result for the same task with other content never replaces the first.
+    // Another result of the same workunit with other content never replaces the first.
     let other = pr.upload(
-        "mw_j7b_t42_0_r5_0",
+        "mw_j7_t42_1_r5_0",
         &result_bundle("job-7.a", 42, "{\"ok\":false}"),
     );
     let (code, _) = pr.call(&format!("1007 {}", p(&other)));
     assert_eq!(code, 0);
     let files2 = pr.spool_files();
-    assert_eq!(files2["result_job-7.a_42.tar.gz"], bytes);
-    assert!(files2.contains_key("conflict_job-7.a_42_wu1007.tar.gz"));
+    assert_eq!(files2["result_mw_j7_t42.tar.gz"], bytes);
+    assert!(files2.contains_key("conflict_mw_j7_t42_wu1007.tar.gz"));
 }
 
 #[test]
@@ -198,14 +198,31 @@ fn unusable_results_are_recorded_not_retried() {
 }
 
 #[test]
-fn retryable_problems_exit_nonzero() {
+fn a_missing_upload_is_recorded_and_acknowledged() {
+    // A late result of a cancelled workunit: the file deleter removed the upload before the
+    // assimilator ran (reference §0.3). A nonzero exit would stop BOINC's assimilator for
+    // good; the call must record the workunit and why, and exit 0.
     let pr = project();
-    // Missing upload file: I/O, retry later.
-    let (code, _) = pr.call(&format!(
-        "1013 {}/upload/2e1/gone_0_r1_0",
+    let (code, msg) = pr.call(&format!(
+        "1013 {}/upload/2e1/mw_gone_0_r1_0",
         pr.root.display()
     ));
-    assert_ne!(code, 0);
+    assert_eq!(code, 0, "{msg}");
+    let rec: ErrorRecord =
+        toml::from_str(&std::fs::read_to_string(pr.spool.join("error_mw_gone.toml")).unwrap())
+            .unwrap();
+    assert_eq!(rec.wu_id, 1013);
+    assert!(rec.reason.unwrap().contains("no longer exists"));
+    // The next workunit is assimilated as usual.
+    let bytes = result_bundle("j", 2, "2");
+    let f = pr.upload("mw_next_0_r5_0", &bytes);
+    assert_eq!(pr.call(&format!("1014 {}", p(&f))).0, 0);
+    assert_eq!(pr.spool_files()["result_mw_next.tar.gz"], bytes);
+}
+
+#[test]
+fn retryable_problems_exit_nonzero() {
+    let pr = project();
     // No arguments (multi-token config on an affected BOINC, §0.1).
     assert_ne!(pr.call("").0, 0);
     assert_ne!(pr.call("--error 10 mw_wf1").0, 0);

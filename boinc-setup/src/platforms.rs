@@ -8,9 +8,9 @@
 //!
 //! This module only lays out app-version files; it knows nothing of tasks or the master.
 
-use crate::{
-    elf_is_static, file_matches, io_err, push_write, version_xml, Action, Content, Plan, SetupError,
-};
+use crate::plan::{file_matches, push_write, Action, Content, Plan};
+use crate::render::version_xml;
+use crate::{elf_is_static, io_err, SetupError};
 use std::path::{Path, PathBuf};
 
 /// BOINC's platform name for 64-bit Windows.

@@ -163,8 +163,9 @@ fn installs_then_second_run_changes_nothing() {
     for el in [
         "<min_quorum>1</min_quorum>",
         "<target_nresults>1</target_nresults>",
-        "<max_error_results>3</max_error_results>",
-        "<max_total_results>4</max_total_results>",
+        // Defaults for few hosts (issue 12): one client error tolerated.
+        "<max_error_results>1</max_error_results>",
+        "<max_total_results>2</max_total_results>",
         "<max_success_results>1</max_success_results>",
         "<rsc_fpops_est>",
         "<rsc_fpops_bound>",
@@ -177,6 +178,9 @@ fn installs_then_second_run_changes_nothing() {
         assert!(tin.contains(el), "input template lacks {el}:\n{tin}");
     }
     assert_eq!(tin.matches("<file_info>").count(), 2);
+    // Only the shared program bundle (the first file) is kept by the file deleter.
+    assert_eq!(tin.matches("<no_delete/>").count(), 1);
+    assert!(tin.find("<no_delete/>") < tin.find("</file_info>"));
     let tout = std::fs::read_to_string(r.join("templates/mw_out")).unwrap();
     assert!(tout.contains("<max_nbytes>") && tout.contains("<OUTFILE_0/>"));
     assert!(tout.contains("<open_name>mw_result</open_name>"));

@@ -12,6 +12,18 @@ use std::path::{Path, PathBuf};
 /// the directory fsync'd so the rename itself survives a crash. Readers never see a partial
 /// file; after `Ok`, the content is on disk.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+    write_renamed(path, bytes, mode, true)
+}
+
+/// Like [`write_atomic`] (readers never see a partial file), but without the fsyncs: the
+/// content and the rename become durable only with a later [`sync_filesystem`] of the same
+/// file system. For many files that become durable together (BOINC staging: thousands of
+/// input files per batch, one sync before `create_work` refers to them).
+pub fn write_atomic_deferred(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+    write_renamed(path, bytes, mode, false)
+}
+
+fn write_renamed(path: &Path, bytes: &[u8], mode: Option<u32>, sync: bool) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -28,9 +40,33 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Re
     }
     #[cfg(not(unix))]
     let _ = mode;
-    tmp.as_file().sync_all()?;
+    if sync {
+        tmp.as_file().sync_all()?;
+    }
     tmp.persist(path).map_err(|e| e.error)?;
-    sync_dir(&dir)
+    if sync {
+        sync_dir(&dir)?;
+    }
+    Ok(())
+}
+
+/// Makes everything written to the file system holding `path` durable (`syncfs(2)` on Linux;
+/// elsewhere an fsync of `path` itself). Pairs with [`write_atomic_deferred`].
+pub fn sync_filesystem(path: &Path) -> std::io::Result<()> {
+    let f = std::fs::File::open(path)?;
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: syncfs(2) takes a file descriptor, which `f` keeps open for the call.
+        if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        f.sync_all()
+    }
 }
 
 /// Fsyncs a directory, so entries created or renamed in it are durable. A no-op where
@@ -92,6 +128,18 @@ mod tests {
         }
         // No temporary file is left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn deferred_write_then_one_filesystem_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("g");
+        write_atomic_deferred(&p, b"one", Some(0o644)).unwrap();
+        write_atomic_deferred(&p, b"two", None).unwrap();
+        sync_filesystem(dir.path()).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert!(sync_filesystem(&dir.path().join("missing")).is_err());
     }
 
     #[test]

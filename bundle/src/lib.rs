@@ -21,7 +21,7 @@ mod pack;
 mod unpack;
 
 pub use error::BundleError;
-pub use fsutil::{signal_name, sync_dir, write_atomic};
+pub use fsutil::{signal_name, sync_dir, sync_filesystem, write_atomic, write_atomic_deferred};
 pub use manifest::*;
 pub use pack::{sha256_file, sha256_hex, BundleBuilder};
 pub use unpack::{open_in_memory, read_manifest, unpack, InMemoryBundle, Limits};

@@ -111,10 +111,55 @@ pub struct BoincSection {
     pub rel_tolerance: Option<f64>,
     /// Absolute tolerance for "json".
     pub abs_tolerance: Option<f64>,
-    /// delay_bound in seconds.
+    /// delay_bound in seconds: a volunteer that does not report in time is replaced.
     pub deadline_secs: Option<u64>,
     /// Tasks per create_work call.
     pub batch_size: Option<usize>,
+    /// max_error_results (default 1: two hosts suffice to declare a failing task failed).
+    pub max_error_results: Option<u32>,
+    /// max_total_results (default max_success_results + max_error_results).
+    pub max_total_results: Option<u32>,
+    /// rsc_fpops_est: floating-point operations of one task (default 1e11).
+    pub rsc_fpops_est: Option<f64>,
+    /// The job's deadline in seconds: a task with no agreed result this long after it was
+    /// handed to BOINC fails with a message (default: wait without limit).
+    pub job_deadline_secs: Option<u64>,
+}
+
+impl BoincSection {
+    /// The BOINC interface's settings; a relative `project_dir` is taken from `base_dir`.
+    pub fn to_settings(
+        &self,
+        base_dir: &Path,
+    ) -> Result<mw::boinc::BoincSettings, mw::boinc::BoincError> {
+        let dir = self.project_dir.as_deref().ok_or_else(|| {
+            mw::boinc::BoincError("[boinc] project_dir is required for interface \"boinc\"".into())
+        })?;
+        let dir = Path::new(dir);
+        let project_dir = if dir.is_absolute() {
+            dir.to_path_buf()
+        } else {
+            base_dir.join(dir)
+        };
+        if self.batch_size == Some(0) {
+            return Err(mw::boinc::BoincError(
+                "[boinc] batch_size must be at least 1".into(),
+            ));
+        }
+        let mut s = mw::boinc::BoincSettings::new(project_dir);
+        s.app_name = self.app_name.clone();
+        s.quorum = self.quorum;
+        s.replication = self.replication;
+        s.delay_bound_secs = self.deadline_secs;
+        s.max_error_results = self.max_error_results;
+        s.max_total_results = self.max_total_results;
+        s.rsc_fpops_est = self.rsc_fpops_est;
+        s.job_deadline = self.job_deadline_secs.map(std::time::Duration::from_secs);
+        if let Some(b) = self.batch_size {
+            s.batch_size = b;
+        }
+        Ok(s)
+    }
 }
 
 /// The whole job file.

@@ -744,6 +744,8 @@ pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
         }
         None => {
             // No master: mark unfinished tasks cancelled directly.
+            // Stop what runs on BOINC by its recorded workunit names first.
+            cancel_boinc_workunits(&conn, &path, args.task)?;
             let n = cancel_without_master(&mut conn, &path, args.task, now_unix())?;
             eprintln!("mw: {n} tasks cancelled");
             // Jobs on HTCondor outlive the master: take them out of the pool too.
@@ -760,6 +762,37 @@ pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(EXIT_OK)
+}
+
+/// `mw cancel` with no master for a BOINC job: cancels the workunits of its unfinished
+/// tasks in the project (`bin/cancel_jobs` by the names the journal recorded).
+fn cancel_boinc_workunits(
+    conn: &mw::journal::Connection,
+    path: &Path,
+    task: Option<u64>,
+) -> anyhow::Result<()> {
+    let meta = read_meta(conn, path)?;
+    if meta.interface != "boinc" {
+        return Ok(());
+    }
+    let handles: Vec<String> = read_tasks(conn, path, None)?
+        .into_iter()
+        .filter(|t| !t.state.is_final() && task.is_none_or(|n| n == t.index))
+        .filter_map(|t| t.handle)
+        .collect();
+    if handles.is_empty() {
+        return Ok(());
+    }
+    let job = crate::job::Job::parse(Path::new(&meta.job_path), meta.job_text.clone())?;
+    let settings = job
+        .file
+        .boinc
+        .to_settings(&job.base_dir)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", meta.job_path))?;
+    for (handle, how) in mw::boinc::cancel_workunits(&settings.project_dir, &handles)? {
+        eprintln!("mw: BOINC workunit {handle}: {how}");
+    }
+    Ok(())
 }
 
 /// `mw report`.

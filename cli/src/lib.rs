@@ -129,6 +129,8 @@ A job file (TOML) says what to run and on what. Top-level keys come before any [
     quorum = 2                      # replication = results issued per workunit
     comparison = \"json\"             # or \"bitwise\"; rel_tolerance, abs_tolerance
     deadline_secs = 604800          # batch_size: workunits per create_work call
+    job_deadline_secs = 86400       # fail (and cancel) what reached no quorum by then;
+                                    # also max_error_results, max_total_results, rsc_fpops_est
 
 The task contract: each task runs in a fresh directory, gets its input JSON on stdin, prints
 its result on stdout (JSON, unless [program] stdout says otherwise), and exits 0 on success;

@@ -1,8 +1,7 @@
 //! Job-file settings → the interfaces' own settings types, and construction of the
 //! remote-platform interfaces (HTCondor, BOINC). The interfaces never see the job file.
 
-use crate::job::{BoincSection, CondorSection, Job, JobError};
-use mw::boinc::BoincSettings;
+use crate::job::{CondorSection, Job, JobError};
 use mw::condor::{CondorSettings, OnHold};
 use mw::interface::Interface;
 use std::path::{Path, PathBuf};
@@ -22,11 +21,29 @@ pub(crate) fn check_available(interface: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Checks, before a job is created, what interface `name` can check without changing
+/// anything (BOINC: the project, mw's installation, permissions, settings), so a refused job
+/// leaves no job directory behind.
+pub(crate) fn preflight(name: &str, job: &Job) -> anyhow::Result<()> {
+    if name == "boinc" {
+        let settings = job
+            .file
+            .boinc
+            .to_settings(&job.base_dir)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", job.path.display()))?;
+        mw::boinc::Boinc::check(&settings)?;
+    }
+    Ok(())
+}
+
 /// Builds the interface named `name` for `job`, staging into `job_dir`.
 pub(crate) fn make(name: &str, job: &Job, job_dir: &Path) -> anyhow::Result<Arc<dyn Interface>> {
     match name {
         "boinc" => {
-            let settings = boinc_settings(&job.file.boinc, &job.base_dir)
+            let settings = job
+                .file
+                .boinc
+                .to_settings(&job.base_dir)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", job.path.display()))?;
             Ok(Arc::new(mw::boinc::Boinc::new(settings)?))
         }
@@ -133,30 +150,6 @@ pub fn size_mb(v: &toml::Value) -> Result<u64, String> {
             "{other} is not a size like 512, \"512MB\" or \"2GB\""
         )),
     }
-}
-
-/// BOINC settings from a job file's `[boinc]` section; a relative `project_dir` is taken from `base_dir`.
-pub fn boinc_settings(sec: &BoincSection, base_dir: &Path) -> Result<BoincSettings, JobError> {
-    let dir = sec.project_dir.as_deref().ok_or_else(|| {
-        JobError("[boinc] project_dir is required for interface \"boinc\"".into())
-    })?;
-    let dir = Path::new(dir);
-    let project_dir = if dir.is_absolute() {
-        dir.to_path_buf()
-    } else {
-        base_dir.join(dir)
-    };
-    if sec.batch_size == Some(0) {
-        return Err(JobError("[boinc] batch_size must be at least 1".into()));
-    }
-    Ok(BoincSettings {
-        project_dir,
-        app_name: sec.app_name.clone(),
-        quorum: sec.quorum,
-        replication: sec.replication,
-        deadline_secs: sec.deadline_secs,
-        batch_size: sec.batch_size.unwrap_or(mw::boinc::DEFAULT_BATCH_SIZE),
-    })
 }
 
 #[cfg(test)]

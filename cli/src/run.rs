@@ -280,6 +280,7 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
     } else {
         None
     };
+    crate::platforms::preflight(&p.interface, &p.job)?;
     let (id, job_dir, journal) = if args.no_journal {
         (p.job.name.clone(), None, None)
     } else {
@@ -683,6 +684,7 @@ pub(crate) fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
             );
         }
     }
+    crate::platforms::preflight(&p.interface, &p.job)?;
     let (id, dir, journal) = create_job(&p, args.job.jobs_dir.as_deref())?;
     let ids_first = 0u64;
     journal.record_submitted(ids_first, &p.specs)?;

@@ -13,7 +13,9 @@
 //! This module knows nothing of platforms; it stores handles as opaque strings.
 
 use crate::task::{TaskId, TaskSpec, TaskState};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+/// A connection to a journal, as [`open_checked`] returns it.
+pub use rusqlite::Connection;
+use rusqlite::{params, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};

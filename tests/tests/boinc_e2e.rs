@@ -203,6 +203,13 @@ fn check_all_ran(p: &Project, n: usize, results_per_wu: usize) {
         assert!(cmd.starts_with("../bin/mw-assimilator "), "{cmd}");
         assert_eq!(a["exit"], 0);
     }
+    // Only the shared program bundle stays staged: every task bundle (and its .md5) went
+    // with its workunit in the file deleter's pass.
+    let left_tasks = staged_task_bundles(&p.root);
+    assert!(
+        left_tasks.is_empty(),
+        "task bundles left in download/: {left_tasks:?}"
+    );
     // The master consumed every spooled result.
     let left: Vec<_> = std::fs::read_dir(p.root.join("mw_spool"))
         .unwrap()
@@ -211,6 +218,38 @@ fn check_all_ran(p: &Project, n: usize, results_per_wu: usize) {
         .filter(|n| n.to_string_lossy().starts_with("result_"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// Task bundles (`*_task.tar.gz`, and their `.md5`) anywhere under `download/`.
+fn staged_task_bundles(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in std::fs::read_dir(root.join("download")).unwrap().flatten() {
+        let entries: Vec<PathBuf> = if d.path().is_dir() {
+            std::fs::read_dir(d.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .collect()
+        } else {
+            vec![d.path()]
+        };
+        for e in entries {
+            let n = e.file_name().unwrap().to_string_lossy().into_owned();
+            if n.contains("_task.tar.gz") {
+                out.push(n);
+            }
+        }
+    }
+    out
+}
+
+/// Writes an executable shell script in the project's scratch dir; returns its path.
+fn write_script(p: &Project, name: &str, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = p.root.parent().unwrap().join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.display().to_string()
 }
 
 #[test]
@@ -285,15 +324,20 @@ fn primes_through_boinc_match_multicore() {
 }
 
 #[test]
-fn failing_task_reaches_mw_as_a_task_error() {
+fn failing_task_on_two_hosts_ends_with_its_exit_status_and_stderr() {
     let p = Project::new(1);
-    // size 0 makes prime-task exit non-zero: a client error on every host.
-    let out = p.run(
+    // Two volunteers only (one result per host): with the defaults, the two client errors
+    // they can return are enough to declare the task failed.
+    std::fs::write(p.root.join("double/host_count"), "2").unwrap();
+    // size 0 makes prime-task exit non-zero: a client error on every host. The job deadline
+    // is only a hang guard here; the task must end by BOINC's own limits.
+    let out = p.run_with(
         "bad",
         &format!(
             "[program]\npath = \"{}\"\n[inputs]\nlist = [{{ chunk = 0, size = 0, max = 10 }}]\n",
             program("prime-task")
         ),
+        "job_deadline_secs = 600\n",
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -301,8 +345,17 @@ fn failing_task_reaches_mw_as_a_task_error() {
     let all = format!("{stdout}\n{stderr}");
     assert!(all.contains("error mask"), "{all}");
     assert!(all.contains("TOO_MANY_ERROR_RESULTS"), "{all}");
+    assert!(!all.contains("deadline"), "{all}");
+    // The reason reached mw: the task's exit status and its stderr, from the result bundles
+    // the clients uploaded although the task failed.
+    assert!(
+        all.contains("exit status 2") || all.contains("exit status 1"),
+        "{all}"
+    );
+    assert!(all.contains("size must be positive"), "{all}");
     let clients = p.calls_of("client");
-    assert!(!clients.is_empty());
+    assert_eq!(clients.len(), 2, "{clients:#?}");
+    assert_ne!(clients[0]["host"], clients[1]["host"]);
     for c in &clients {
         assert_eq!(c["state"], "compute error", "{c:#}");
         assert!(
@@ -327,6 +380,121 @@ fn failing_task_reaches_mw_as_a_task_error() {
         .filter(|n| n.to_string_lossy().starts_with("error_"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    assert!(staged_task_bundles(&p.root).is_empty());
+}
+
+#[test]
+fn disagreeing_results_name_the_differing_field() {
+    let p = Project::new(2);
+    // Every run prints another number: no two results ever agree.
+    let task = write_script(
+        &p,
+        "random.sh",
+        "echo \"{\\\"x\\\": $(od -An -N4 -tu4 /dev/urandom | tr -d ' '), \\\"y\\\": 1}\"",
+    );
+    let out = p.run_with(
+        "dis",
+        &format!("[program]\npath = \"{task}\"\n[inputs]\nlist = [1]\n"),
+        "quorum = 2\ncomparison = \"json\"\nrel_tolerance = 1e-6\njob_deadline_secs = 600\n",
+    );
+    let all = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("TOO_MANY_SUCCESS_RESULTS"), "{all}");
+    assert!(
+        all.contains("results disagreed: `stdout.json`: $.x: "),
+        "{all}"
+    );
+    assert!(all.contains(" vs "), "{all}");
+    assert!(all.contains("(rel tol 1e-6)"), "{all}");
+    // Quorum 2 with the default max_success_results 3: four results on four hosts.
+    let clients = p.calls_of("client");
+    let hosts: std::collections::BTreeSet<&str> = clients
+        .iter()
+        .map(|c| c["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(clients.len(), 4, "{clients:#?}");
+    assert_eq!(hosts.len(), 4, "one result per host: {hosts:?}");
+}
+
+#[test]
+fn job_deadline_fails_a_task_without_quorum_and_cancels_its_workunit() {
+    let p = Project::new(2);
+    // One host and quorum 2: the second result can never be sent.
+    std::fs::write(p.root.join("double/host_count"), "1").unwrap();
+    let out = p.run_with(
+        "late",
+        &format!(
+            "[program]\npath = \"{}\"\n[inputs.sweep]\nseed = {{ start = 0, end = 1 }}\n\
+             points = [1000]\n",
+            program("monte-pi-task")
+        ),
+        "quorum = 2\njob_deadline_secs = 3\n",
+    );
+    let all = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("no quorum within the job's deadline of 3 s"),
+        "{all}"
+    );
+    let wus = p.wus();
+    assert_eq!(wus.len(), 1);
+    let cancels = p.calls_of("cancel_jobs");
+    assert_eq!(cancels.len(), 1, "{cancels:#?}");
+    assert_eq!(cancels[0]["args"][1], wus[0]["name"]);
+}
+
+#[test]
+fn two_jobs_directories_run_the_same_job_against_one_project() {
+    let p = Project::new(1);
+    let dir = p.root.parent().unwrap().join("same");
+    std::fs::create_dir_all(&dir).unwrap();
+    let job = dir.join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"same\"\ninterface = \"boinc\"\n[program]\npath = \"{}\"\n\
+             [inputs.sweep]\nseed = {{ start = 0, end = 2 }}\npoints = [1000]\n\
+             [boinc]\nproject_dir = \"{}\"\n",
+            program("monte-pi-task"),
+            p.root.display()
+        ),
+    )
+    .unwrap();
+    // Two researchers (two jobs directories), the same job, one project, at the same time:
+    // both get job id same-1.
+    let run = |jobs: &str| {
+        Command::new(bin("mw"))
+            .arg("run")
+            .arg(&job)
+            .arg("-q")
+            .arg("--jobs-dir")
+            .arg(dir.join(jobs))
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (run("jobs-a"), run("jobs-b"));
+    for (name, child) in [("a", a), ("b", b)] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "run {name}: {out:?}");
+    }
+    assert!(dir.join("jobs-a/same-1").is_dir() && dir.join("jobs-b/same-1").is_dir());
+    let wus = p.wus();
+    assert_eq!(wus.len(), 4, "{wus:#?}");
+    let names: std::collections::BTreeSet<&str> =
+        wus.iter().map(|w| w["name"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 4);
+    assert!(wus.iter().all(|w| w["done"] == "assimilated"));
+    for c in p.calls_of("create_work") {
+        assert!(!c.to_string().contains("Duplicate"), "{c}");
+    }
 }
 
 #[test]
@@ -377,4 +545,79 @@ fn quorum_two_with_json_comparison() {
         .collect();
     assert!(compares.len() >= 2, "{compares:#?}");
     assert!(compares.iter().all(|c| c["exit"] == 0));
+}
+
+#[test]
+fn refused_up_front_without_mw_installed_or_as_another_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = tmp.path().join("bare");
+    let st = Command::new(bin("boinc_server_double"))
+        .arg("make-project")
+        .arg(&root)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let job = tmp.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"r\"\ninterface = \"boinc\"\n[program]\npath = \"{}\"\n[inputs]\n\
+             list = [1]\n[boinc]\nproject_dir = \"{}\"\n",
+            program("null-task"),
+            root.display()
+        ),
+    )
+    .unwrap();
+    let jobs = tmp.path().join("jobs");
+    let run = |cmd: &mut Command| {
+        let out = cmd
+            .arg("run")
+            .arg(&job)
+            .arg("-q")
+            .arg("--jobs-dir")
+            .arg(&jobs)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // mw is not installed in the project: exit 2, saying what to run; no job was created.
+    let (code, err) = run(&mut Command::new(bin("mw")));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("mw-boinc-setup --project-dir"), "{err}");
+    assert!(!jobs.exists(), "a refused job left {}", jobs.display());
+
+    // Installed, but the master runs as a user who cannot write the download hierarchy
+    // (switching users needs root; the suite runs as root in CI).
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: the part run as another user is not exercised");
+        return;
+    }
+    let out = Command::new(bin("mw-boinc-setup"))
+        .arg("--project-dir")
+        .arg(&root)
+        .arg("--worker")
+        .arg(bin("mw-worker"))
+        .arg("--validator")
+        .arg(bin("mw-validator"))
+        .arg("--assimilator")
+        .arg(bin("mw-assimilator"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut as_nobody = Command::new("setpriv");
+    as_nobody
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin("mw"));
+    let (code, err) = run(&mut as_nobody);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("download"), "{err}");
+    assert!(err.contains("project's owner"), "{err}");
+    assert!(!jobs.exists(), "a refused job left {}", jobs.display());
 }

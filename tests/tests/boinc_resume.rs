@@ -185,7 +185,12 @@ impl Project {
     /// handles; returns the handles by task.
     fn wait_for_workunits(&self, dir: &Path, n: usize) -> Vec<String> {
         poll_until("the workunits and their handles in the journal", || {
-            self.wus().len() == n && tasks(dir).iter().all(|t| t.handle.is_some())
+            self.wus().len() == n
+                && tasks(dir).iter().all(|t| {
+                    t.handle
+                        .as_deref()
+                        .is_some_and(|h| !h.starts_with("pending:"))
+                })
         });
         tasks(dir)
             .iter()
@@ -504,4 +509,267 @@ fn cancel_while_create_work_runs_still_cancels_the_workunits() {
     let waited = p.mw(&["wait".as_ref(), id.as_ref()]);
     assert_eq!(waited.status.code(), Some(1), "{}", text(&waited));
     assert_eq!(status(&p, &id)["job"]["counts"]["cancelled"], 4);
+}
+
+/// The workunit names of the (held) first create_work call; the journal recorded each as
+/// `pending:<wu>` before the call ran.
+fn held_names(p: &Project, dir: &Path) -> Vec<String> {
+    poll_until("the create_work call", || {
+        !p.calls_of("create_work").is_empty()
+    });
+    let names: Vec<String> = created_names(p);
+    assert!(!names.is_empty());
+    let handles: BTreeSet<String> = tasks(dir).into_iter().filter_map(|t| t.handle).collect();
+    for n in &names {
+        assert!(
+            handles.contains(&format!("pending:{n}")),
+            "{n}: {handles:?}"
+        );
+    }
+    names
+}
+
+/// The task index in a workunit name `mw_<job>_<run>_<task>_<attempt>`.
+fn task_of(wu: &str) -> u64 {
+    let mut parts = wu.rsplit('_');
+    parts.next();
+    parts.next().unwrap().parse().unwrap()
+}
+
+/// Kills the detached master of this test and waits until it is gone.
+fn kill_master(p: &Project) {
+    let pid = *p.masters.last().unwrap();
+    assert!(mw_alive(pid), "the detached master {pid} is not running");
+    // SAFETY: kill(2) on the live `mw` master this test started through `mw submit`.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
+    poll_until("the killed master to die", || !mw_alive(pid));
+}
+
+/// Resumes the job and checks that every task was done by exactly one workunit, computed
+/// once, and that each name journaled before the interrupted create_work call was kept.
+fn resume_and_check_once_each(p: &mut Project, id: &str, held: &[String]) {
+    let out = p.mw(&["resume".as_ref(), id.as_ref()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let res = results(p, id);
+    assert_eq!(res.len(), 4);
+    for r in &res {
+        assert_eq!(r["state"], "done", "{r:#}");
+    }
+    let wus = p.wus();
+    let clients = p.calls_of("client");
+    for task in 0..4u64 {
+        let of_task: Vec<&str> = wus
+            .iter()
+            .map(|w| w["name"].as_str().unwrap())
+            .filter(|n| task_of(n) == task)
+            .collect();
+        assert_eq!(of_task.len(), 1, "task {task}: workunits {of_task:?}");
+        let runs = clients.iter().filter(|c| c["wu"] == of_task[0]).count();
+        assert_eq!(runs, 1, "{} ran {runs} times", of_task[0]);
+    }
+    for n in held {
+        assert_eq!(
+            wus.iter().filter(|w| w["name"] == n.as_str()).count(),
+            1,
+            "{n}"
+        );
+        let r = &res[task_of(n) as usize];
+        assert_eq!(r["attempts"], 1, "{r:#}");
+    }
+}
+
+#[test]
+fn sigkill_right_after_create_work_then_resume_creates_no_workunit_twice() {
+    let mut p = Project::new();
+    p.start_serve();
+    let job = p.pi_job("crash");
+    // create_work is called but holds: the master dies while the batch is being created.
+    let hold = p.root.join("double/hold_create_work");
+    std::fs::write(&hold, "").unwrap();
+    let (id, dir) = p.submit(&job);
+    let names = held_names(&p, &dir);
+    kill_master(&p);
+    // The orphaned create_work call goes on and creates its workunits: the journal never
+    // learnt that it returned.
+    std::fs::remove_file(&hold).unwrap();
+    poll_until("the orphaned batch's workunits", || {
+        p.wus().len() == names.len()
+    });
+    resume_and_check_once_each(&mut p, &id, &names);
+    // The resumed master submitted the same names again; each was a duplicate, re-attached.
+    let calls = p.calls_of("create_work");
+    assert!(calls.len() >= 2, "{calls:#?}");
+    for c in &calls[1..] {
+        for line in c["stdin"].as_str().unwrap().lines() {
+            assert!(names.iter().any(|n| line.contains(n.as_str())), "{line}");
+        }
+    }
+    p.stop_serve();
+}
+
+#[test]
+fn batch_with_one_duplicate_name_creates_the_others_once_and_reattaches_it() {
+    let mut p = Project::new();
+    // create_work inserts two lines per chunk: a duplicate fails its chunk, not the batch.
+    std::fs::write(p.root.join("double/create_work_chunk"), "2").unwrap();
+    let job = p.pi_job("dup");
+    let hold = p.root.join("double/hold_create_work");
+    std::fs::write(&hold, "").unwrap();
+    let (id, dir) = p.submit(&job);
+    let names = held_names(&p, &dir);
+    let held = p.calls_of("create_work").remove(0);
+    kill_master(&p);
+    // The held call creates nothing.
+    std::fs::write(p.root.join("double/abort_create_work"), "").unwrap();
+    poll_until("the held create_work to give up", || {
+        !p.calls_of("create_work_aborted").is_empty()
+    });
+    std::fs::remove_file(&hold).unwrap();
+    std::fs::remove_file(p.root.join("double/abort_create_work")).unwrap();
+    assert!(p.wus().is_empty());
+    // One workunit of the batch (the second line, if the batch has two) exists already.
+    let lines: Vec<&str> = held["stdin"].as_str().unwrap().lines().collect();
+    let line = lines[1.min(lines.len() - 1)].to_string();
+    let args: Vec<String> = held["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let mut cw = Command::new(p.root.join("bin/create_work"))
+        .args(&args)
+        .current_dir(&p.root)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut cw.stdin.take().unwrap(),
+        format!("{line}\n").as_bytes(),
+    )
+    .unwrap();
+    assert!(cw.wait().unwrap().success());
+    assert_eq!(p.wus().len(), 1);
+
+    p.start_serve();
+    resume_and_check_once_each(&mut p, &id, &names);
+    p.stop_serve();
+    // The resumed master's first call failed on the duplicate; the others were created.
+    let calls = p.calls_of("create_work");
+    assert!(calls.len() >= 4, "{calls:#?}");
+}
+
+/// Writes a task program that announces it started, then waits (bounded) for a gate file.
+fn gate_job(p: &Project, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = p.scratch().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let started = dir.join("started");
+    let gate = dir.join("gate");
+    let script = dir.join("gate.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ntouch '{}'\ni=0\nwhile [ ! -e '{}' ] && [ $i -lt 1200 ]; do \
+             sleep 0.1; i=$((i+1)); done\necho '{{\"ok\": 1}}'\n",
+            started.display(),
+            gate.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let job = dir.join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"{name}\"\ninterface = \"boinc\"\n[program]\npath = \"{}\"\n\
+             [inputs]\nlist = [1]\n[boinc]\nproject_dir = \"{}\"\n",
+            script.display(),
+            p.root.display()
+        ),
+    )
+    .unwrap();
+    (job, started, gate)
+}
+
+#[test]
+fn late_result_of_a_cancelled_workunit_does_not_stop_the_assimilator() {
+    let mut p = Project::new();
+    p.start_serve();
+    let (job, started, gate) = gate_job(&p, "gated");
+    let (id, dir) = p.submit(&job);
+    let handles = p.wait_for_workunits(&dir, 1);
+    poll_until("the volunteer to run the task", || started.exists());
+    // The project's operator cancels the workunit while a volunteer is computing it.
+    let out = Command::new(p.root.join("bin/cancel_jobs"))
+        .args(["--name", &handles[0]])
+        .current_dir(&p.root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::write(&gate, "").unwrap();
+    // The error is assimilated first (mw records the task as failed), then the late result,
+    // whose upload the file deleter already removed: the assimilator must acknowledge it.
+    let waited = p.mw(&["wait".as_ref(), id.as_ref()]);
+    assert_eq!(waited.status.code(), Some(1), "{}", text(&waited));
+    poll_until("the late result's assimilation", || {
+        p.calls_of("script_assimilator").len() == 2
+    });
+    let asm = p.calls_of("script_assimilator");
+    assert!(
+        asm[0]["cmd"].as_str().unwrap().contains("--error 16"),
+        "{asm:#?}"
+    );
+    assert!(
+        !asm[1]["cmd"].as_str().unwrap().contains("--error"),
+        "{asm:#?}"
+    );
+    assert_eq!(asm[1]["exit"], 0, "{asm:#?}");
+    assert!(!p.root.join("double/assimilator_stopped").exists());
+    let r = results(&p, &id);
+    assert_eq!(r[0]["state"], "failed", "{r:#?}");
+    assert!(
+        r[0]["error"].as_str().unwrap().contains("CANCELLED"),
+        "{r:#?}"
+    );
+    // The error record names the workunit and why.
+    let rec = p.root.join(format!("mw_spool/error_{}.toml", handles[0]));
+    poll_until("the late result's error record", || rec.exists());
+    let record = std::fs::read_to_string(&rec).unwrap();
+    assert!(
+        record.contains(&handles[0]) && record.contains("no longer exists"),
+        "{record}"
+    );
+
+    // The next workunit of the app is assimilated as usual.
+    let next = p.pi_job("next");
+    let (next_id, next_dir) = p.submit(&next);
+    let _ = next_dir;
+    let waited = p.mw(&["wait".as_ref(), next_id.as_ref()]);
+    assert_eq!(waited.status.code(), Some(0), "{}", text(&waited));
+    assert!(results(&p, &next_id).iter().all(|r| r["state"] == "done"));
+    p.stop_serve();
+}
+
+#[test]
+fn cancel_with_no_master_cancels_the_workunits() {
+    let mut p = Project::new();
+    let job = p.pi_job("nomaster");
+    let (id, dir) = p.submit(&job);
+    let handles = p.wait_for_workunits(&dir, 4);
+    kill_master(&p);
+    let out = p.mw(&["cancel".as_ref(), id.as_ref()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bin/cancel_jobs marked it cancelled"), "{err}");
+    assert!(tasks(&dir).iter().all(|t| t.state == TaskState::Cancelled));
+    check_cancelled_on_the_server(&mut p, &handles);
+    // Their spool entries were consumed: nothing is left for a master that will never come.
+    assert!(
+        p.spool_entries("error_").is_empty(),
+        "{:?}",
+        p.spool_entries("")
+    );
+    assert!(p.spool_entries("result_").is_empty());
+    let again = p.mw(&["resume".as_ref(), id.as_ref()]);
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("re-attach"));
 }

@@ -17,6 +17,7 @@
 //! This module must never know about the master, the journal, or BOINC's database: it judges
 //! files only.
 
+use mw_boinc_kit::names::{VALIDATOR_COMPARE_NAME, VALIDATOR_INIT_NAME};
 use mw_bundle::{
     open_in_memory, BundleKind, Comparison, InMemoryBundle, Limits, ResultInfo,
     RESULT_OUTPUTS_PREFIX, RESULT_STDOUT_NAME,
@@ -210,8 +211,13 @@ pub fn json_agrees(a: &Value, b: &Value, rel: f64, abs: f64, at: &str) -> Result
             if diff <= abs || diff <= rel * scale {
                 Ok(())
             } else {
+                let abs_part = if abs > 0.0 {
+                    format!(", abs tol {abs:e}")
+                } else {
+                    String::new()
+                };
                 Err(format!(
-                    "{at}: {x} and {y} differ by {diff:e} (tolerance rel {rel:e}, abs {abs:e})"
+                    "{at}: {fx:e} vs {fy:e} (rel tol {rel:e}{abs_part})"
                 ))
             }
         }
@@ -314,10 +320,10 @@ pub fn select_mode(argv0: &str, args: &[String]) -> Option<(Mode, Vec<String>)> 
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if base.ends_with("-init") || base.ends_with("_init") {
+    if base == VALIDATOR_INIT_NAME || base.ends_with("-init") || base.ends_with("_init") {
         return Some((Mode::Init, args.to_vec()));
     }
-    if base.ends_with("-compare") || base.ends_with("_compare") {
+    if base == VALIDATOR_COMPARE_NAME || base.ends_with("-compare") || base.ends_with("_compare") {
         return Some((Mode::Compare, args.to_vec()));
     }
     match args.first().map(String::as_str) {
@@ -333,8 +339,8 @@ pub fn run(argv0: &str, args: &[String]) -> (i32, String) {
         return (
             EXIT_TRANSIENT,
             format!(
-                "transient: cannot tell init from compare: install as mw-validator-init / \
-                 mw-validator-compare, or call `{argv0} init FILE` / `{argv0} compare FILE1 FILE2`"
+                "transient: cannot tell init from compare: install as {VALIDATOR_INIT_NAME} / \
+                 {VALIDATOR_COMPARE_NAME}, or call `{argv0} init FILE` / `{argv0} compare FILE1 FILE2`"
             ),
         );
     };

@@ -18,13 +18,33 @@
 //! - `serve DIR` (started by a test; stops when `DIR/double/stop` appears) is the
 //!   transitioner + scheduler + validator + assimilator + file_deleter: for each workunit it
 //!   runs Debian's REAL `boinc` client through `mw_tests::boinc_client` (one data directory
-//!   per simulated host, the app's main program taken from `apps/`), places each output where
-//!   the upload handler puts it (`upload/<h>/<wu>_<k>_r<rand>_0`), calls `mw-validator-init`,
-//!   `mw-validator-compare` and `mw-assimilator` exactly as `script_validator` and
-//!   `script_assimilator` do (`../bin/NAME` + default tokens, through `/bin/sh -c`, cwd
-//!   `tmp_<host>`), reissues results after client errors up to the template's limits, and
-//!   deletes upload files (and inputs without `<no_delete/>`) right after assimilation.
-//!   Without `serve` (benchmarks) workunits are only recorded.
+//!   per simulated host and round, the app's main program taken from `apps/`), places each
+//!   output where the upload handler puts it (`upload/<h>/<wu>_<k>_r<rand>_0`), calls
+//!   `mw-validator-init`, `mw-validator-compare` and `mw-assimilator` exactly as
+//!   `script_validator` and `script_assimilator` do (`../bin/NAME` + default tokens, through
+//!   `/bin/sh -c`, cwd `tmp_<host>`). Without `serve` (benchmarks) workunits are only recorded.
+//!
+//! Real server behaviours it reproduces (reference/boinc-server.md §0.2, §0.3, §6):
+//! - **One result per host** (`one_result_per_host_per_wu`): a fixed pool of hosts
+//!   `host_0..host_{N-1}` (N from `DIR/double/host_count`, default 8); a reissued result needs a
+//!   host that has not returned one for the workunit, else it stays unsent indefinitely.
+//! - **Limits as the transitioner and validator apply them**: errors > max_error_results →
+//!   mask 2; results needed but max_total_results reached → mask 8; no quorum → target raised
+//!   to viable + 1, mask 4 once viable > max_success_results. Client errors still upload
+//!   their output files.
+//! - **Chunked `create_work --stdin`**: lines are inserted in chunks (`DIR/double/
+//!   create_work_chunk` lines, default 1000); a duplicate name fails its whole chunk with
+//!   MySQL's `Duplicate entry '<name>' for key 'name'` after the long SQL statement, exit 1,
+//!   and leaves the earlier chunks created.
+//! - **Cancel**: `cancel_jobs` sets mask 16 at once; results that hosts were computing when it
+//!   ran arrive late: the error is assimilated (`--error 16`) and files deleted first, then
+//!   the late canonical result is assimilated again with its upload already deleted.
+//! - **The assimilator daemon stops** on a nonzero exit of the script (`handler error …
+//!   exiting`): the double then assimilates nothing more (marker `DIR/double/
+//!   assimilator_stopped`), as the real daemon crashes on the same workunit after every
+//!   restart.
+//! - **The file deleter** removes upload files and every input without `<no_delete/>` in its
+//!   `<file_info>` (with its `.md5`) right after assimilation.
 #![allow(clippy::unwrap_used)]
 
 use anyhow::{bail, Context, Result};
@@ -276,6 +296,11 @@ fn tool(name: &str, args: &[String], cwd: &Path) -> Result<i32> {
             // Test hook: while `double/hold_create_work` exists, create_work has been called
             // (and recorded) but has not created anything yet.
             while project.join("double/hold_create_work").exists() {
+                if project.join("double/abort_create_work").exists() {
+                    record(&project, serde_json::json!({"tool": "create_work_aborted"}))?;
+                    eprintln!("create_work: aborted by the test before creating anything");
+                    return Ok(1);
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
             create_work(&project, args, &stdin)
@@ -465,10 +490,6 @@ fn create_work(project: &Path, args: &[String], stdin: &str) -> Result<i32> {
                 }
             }
         }
-        if wu_path(project, &name).exists() || wus.iter().any(|w: &Wu| w.name == name) {
-            eprintln!("create_work: Duplicate entry '{name}' for key 'name'");
-            return Ok(1);
-        }
         wus.push(Wu {
             id: next_id + idx as u64,
             name,
@@ -497,8 +518,32 @@ fn create_work(project: &Path, args: &[String], stdin: &str) -> Result<i32> {
             done: String::new(),
         });
     }
-    for w in &wus {
-        save(project, w)?;
+    // Bulk INSERT in chunks: a duplicate name fails its whole chunk; earlier chunks stay.
+    let chunk: usize = std::fs::read_to_string(project.join("double/create_work_chunk"))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1000);
+    let mut seen = std::collections::HashSet::new();
+    for part in wus.chunks(chunk) {
+        let dup = part
+            .iter()
+            .find(|w| wu_path(project, &w.name).exists() || !seen.insert(w.name.clone()));
+        if let Some(d) = dup {
+            let sql: Vec<String> = part
+                .iter()
+                .map(|w| format!("({},'{}',...)", w.id, w.name))
+                .collect();
+            eprintln!(
+                "insert into workunit (id, create_time, appid, name, xml_doc, ...) values {}",
+                sql.join(",")
+            );
+            eprintln!("Duplicate entry '{}' for key 'name'", d.name);
+            return Ok(1);
+        }
+        for w in part {
+            save(project, w)?;
+        }
     }
     Ok(0)
 }
@@ -568,6 +613,14 @@ fn needed(wu: &Wu) -> u32 {
     wu.target_nresults.saturating_sub(success)
 }
 
+/// The pool of hosts (`one_result_per_host_per_wu`): `DIR/double/host_count`, default 8.
+fn host_count(root: &Path) -> usize {
+    std::fs::read_to_string(root.join("double/host_count"))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(8)
+}
+
 /// One transitioner/scheduler/validator/assimilator pass over the active workunits.
 fn step(p: &Project, active: &mut [Wu], round: u64) -> Result<()> {
     // Transitioner: cancelled and impossible workunits become errors.
@@ -583,25 +636,33 @@ fn step(p: &Project, active: &mut [Wu], round: u64) -> Result<()> {
             wu.error_mask |= 8;
         }
     }
-    // "Scheduler" + real clients: host j gets every workunit that still needs > j results.
-    let max_need = active
-        .iter()
-        .filter(|w| w.error_mask == 0)
-        .map(|w| needed(w).min(w.max_total_results - w.results.len() as u32))
-        .max()
-        .unwrap_or(0);
+    // Scheduler: each result still needed goes to a host that has none of the workunit yet.
+    let hosts = host_count(&p.root);
+    let mut per_host: Vec<Vec<Wu>> = vec![Vec::new(); hosts];
+    for w in active.iter().filter(|w| w.error_mask == 0) {
+        let mut n = needed(w).min(w.max_total_results.saturating_sub(w.results.len() as u32));
+        for (h, list) in per_host.iter_mut().enumerate() {
+            if n == 0 {
+                break;
+            }
+            let name = format!("host_{h}");
+            if w.results.iter().all(|r| r.host != name) {
+                list.push(w.clone());
+                n -= 1;
+            }
+        }
+    }
     let mut handles = Vec::new();
-    for j in 0..max_need {
-        let names: Vec<Wu> = active
-            .iter()
-            .filter(|w| {
-                w.error_mask == 0 && needed(w).min(w.max_total_results - w.results.len() as u32) > j
-            })
-            .cloned()
-            .collect();
-        let host = format!("host_r{round}_{j}");
+    for (h, names) in per_host.into_iter().enumerate() {
+        if names.is_empty() {
+            continue;
+        }
+        let host = format!("host_{h}");
+        let dir = format!("r{round}_{host}");
         let root = p.root.clone();
-        handles.push(std::thread::spawn(move || run_host(&root, &host, &names)));
+        handles.push(std::thread::spawn(move || {
+            run_host(&root, &host, &dir, &names)
+        }));
     }
     let mut outcomes: Vec<(String, ResultRec)> = Vec::new();
     for h in handles {
@@ -636,16 +697,21 @@ fn step(p: &Project, active: &mut [Wu], round: u64) -> Result<()> {
         wu.results.push(rec);
     }
     for wu in active.iter_mut() {
-        // bin/cancel_jobs may have run meanwhile.
-        wu.cancelled |= cancel_marker(&p.root, &wu.name).exists();
-        validate_and_assimilate(p, wu)?;
+        // bin/cancel_jobs may have run while the hosts computed: the real tool set mask 16 at
+        // once; what the hosts return now are late results.
+        let late = !wu.cancelled && cancel_marker(&p.root, &wu.name).exists();
+        if late {
+            wu.cancelled = true;
+            wu.error_mask |= 16;
+        }
+        validate_and_assimilate(p, wu, late)?;
         save(&p.root, wu)?;
     }
     Ok(())
 }
 
 /// Runs one simulated host: a fresh client data directory holding `wus`, the real client.
-fn run_host(root: &Path, host: &str, wus: &[Wu]) -> Result<Vec<(String, ResultRec)>> {
+fn run_host(root: &Path, host: &str, dir: &str, wus: &[Wu]) -> Result<Vec<(String, ResultRec)>> {
     let cfg = std::fs::read_to_string(root.join("config.xml"))?;
     let fanout: u64 = xml_value(&cfg, "uldl_dir_fanout")
         .and_then(|v| v.parse().ok())
@@ -668,7 +734,7 @@ fn run_host(root: &Path, host: &str, wus: &[Wu]) -> Result<Vec<(String, ResultRe
             task_bundle: dl(&w.inputs[1]),
         })
         .collect();
-    let dir = root.join("double/hosts").join(host);
+    let dir = root.join("double/hosts").join(dir);
     let data = DataDir::create(&dir, &worker, &jobs, &format!("auth{host}"))?;
     let mut client = data.start()?;
     let names: Vec<String> = jobs.iter().map(|j| j.result_name()).collect();
@@ -753,7 +819,50 @@ fn script(p: &Project, daemon: &str, cmd: &str) -> Result<i32> {
     Ok(code)
 }
 
-fn validate_and_assimilate(p: &Project, wu: &mut Wu) -> Result<()> {
+/// Marker of a stopped assimilator daemon (it exited on a script's nonzero exit).
+fn assimilator_stopped(p: &Project) -> PathBuf {
+    p.root.join("double/assimilator_stopped")
+}
+
+/// Runs the assimilator script as `script_assimilator` does; a nonzero exit stops the daemon.
+fn assimilate(p: &Project, cmd: &str) -> Result<bool> {
+    if assimilator_stopped(p).exists() {
+        return Ok(false);
+    }
+    let code = script(p, "script_assimilator", cmd)?;
+    if code != 0 {
+        std::fs::write(
+            assimilator_stopped(p),
+            format!("handler error {code} on `{cmd}`: exiting\n"),
+        )?;
+    }
+    Ok(code == 0)
+}
+
+fn validate_and_assimilate(p: &Project, wu: &mut Wu, late: bool) -> Result<()> {
+    if late {
+        // The error (mask 16) is assimilated and the files deleted first; then the late
+        // results are validated, one becomes canonical and is assimilated again — with its
+        // upload already removed by the file deleter (reference §0.3).
+        let cmd = format!(
+            "../bin/mw-assimilator --error {} {} {} 0",
+            wu.error_mask, wu.name, wu.id
+        );
+        if !assimilate(p, &cmd)? {
+            return Ok(());
+        }
+        wu.done = "error".into();
+        delete_files(p, wu);
+        if let Some(r) = wu.results.iter_mut().find(|r| r.outcome == "success") {
+            r.validate = "valid".into();
+            let path = r.upload.clone().unwrap_or_default();
+            assimilate(
+                p,
+                &format!("../bin/mw-assimilator {} {}", wu.id, path.display()),
+            )?;
+        }
+        return Ok(());
+    }
     if wu.error_mask == 0 {
         // Validator: init each new successful result, then look for a canonical one.
         for r in wu.results.iter_mut() {
@@ -813,7 +922,7 @@ fn validate_and_assimilate(p: &Project, wu: &mut Wu) -> Result<()> {
         }
         match canonical {
             None => {
-                if viable.len() as u32 >= wu.max_success_results {
+                if viable.len() as u32 > wu.max_success_results {
                     wu.error_mask |= 4;
                 } else {
                     wu.target_nresults = viable.len() as u32 + 1;
@@ -825,12 +934,8 @@ fn validate_and_assimilate(p: &Project, wu: &mut Wu) -> Result<()> {
                     wu.results[i].validate = "valid".into();
                 }
                 let path = wu.results[c].upload.clone().unwrap_or_default();
-                let code = script(
-                    p,
-                    "script_assimilator",
-                    &format!("../bin/mw-assimilator {} {}", wu.id, path.display()),
-                )?;
-                if code != 0 {
+                let cmd = format!("../bin/mw-assimilator {} {}", wu.id, path.display());
+                if !assimilate(p, &cmd)? {
                     // The real assimilator daemon exits; the workunit stays READY.
                     return Ok(());
                 }
@@ -841,15 +946,11 @@ fn validate_and_assimilate(p: &Project, wu: &mut Wu) -> Result<()> {
         }
     }
     if wu.error_mask != 0 {
-        let code = script(
-            p,
-            "script_assimilator",
-            &format!(
-                "../bin/mw-assimilator --error {} {} {} 0",
-                wu.error_mask, wu.name, wu.id
-            ),
-        )?;
-        if code == 0 {
+        let cmd = format!(
+            "../bin/mw-assimilator --error {} {} {} 0",
+            wu.error_mask, wu.name, wu.id
+        );
+        if assimilate(p, &cmd)? {
             wu.done = "error".into();
             delete_files(p, wu);
         }

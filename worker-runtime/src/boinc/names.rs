@@ -10,12 +10,12 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// Logical name of the program bundle in the slot (input template `open_name`).
-pub const LOGICAL_PROGRAM: &str = "mw_program";
-/// Logical name of the task bundle in the slot.
-pub const LOGICAL_TASK: &str = "mw_task";
-/// Logical name of the result bundle in the slot (output template `open_name`).
-pub const LOGICAL_RESULT: &str = "mw_result";
+/// The logical names of the program bundle, the task bundle and the result bundle in the slot
+/// (the templates' `open_name`s): defined by `mw_boinc_kit`, the one home of BOINC names.
+pub use mw_boinc_kit::names::{
+    PROGRAM_LOGICAL_NAME as LOGICAL_PROGRAM, RESULT_LOGICAL_NAME as LOGICAL_RESULT,
+    TASK_LOGICAL_NAME as LOGICAL_TASK,
+};
 
 const OPEN_TAG: &str = "<soft_link>";
 const CLOSE_TAG: &str = "</soft_link>";

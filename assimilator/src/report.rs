@@ -1,0 +1,124 @@
+//! What the uploaded results of a failed workunit say, for its error record.
+//!
+//! BOINC's client uploads a task's output files even when the task failed (reference §0.2,
+//! §0.3), and mw's worker writes its result bundle whatever the exit status: so the bundles
+//! under `upload/` tell how each attempt ended (exit status, stderr tail) until BOINC's file
+//! deleter removes them, which happens only after the assimilator returned. For a workunit
+//! that ended without quorum, the successful results are compared by the validator's own rule
+//! to name the first field on which they disagree. Everything here is best effort: a missing
+//! or unreadable upload only makes the record shorter.
+
+use mw_boinc_kit::errors::{tail, ResultReport, MAX_REPORTED_RESULTS, MAX_STDERR_TAIL};
+use mw_boinc_kit::{wu_name_from_output, ErrorRecord, ProjectLayout, WuName};
+use std::path::{Path, PathBuf};
+
+/// Largest upload read for a report, in bytes.
+pub const MAX_REPORTED_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// Most directory entries looked at when searching the upload hierarchy.
+const MAX_SCANNED_ENTRIES: usize = 4_000_000;
+
+/// Limits used when opening a volunteer's result bundle.
+pub fn result_limits() -> mw_bundle::Limits {
+    mw_validator::result_limits()
+}
+
+/// The uploaded files of `wu` (`<wu>_<k>_r<random>_<n>` anywhere in the upload hierarchy),
+/// sorted by name, at most [`MAX_REPORTED_RESULTS`] * 2.
+pub fn find_uploads(layout: &ProjectLayout, wu: &WuName) -> Vec<PathBuf> {
+    let mut dirs = vec![layout.upload_dir.clone()];
+    if layout.fanout > 0 {
+        if let Ok(rd) = std::fs::read_dir(&layout.upload_dir) {
+            dirs.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+        }
+    }
+    let prefix = format!("{}_", wu.as_str());
+    let mut found = Vec::new();
+    let mut scanned = 0usize;
+    for d in dirs {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            scanned += 1;
+            if scanned > MAX_SCANNED_ENTRIES || found.len() >= MAX_REPORTED_RESULTS * 2 {
+                break;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) && wu_name_from_output(&name) == Some(wu.as_str()) {
+                found.push(e.path());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Adds the uploads' exit statuses and stderr tails, and for a workunit without quorum the
+/// first disagreement between its successful results, to `record`.
+pub fn add_upload_reports(record: &mut ErrorRecord, project: &Path, wu: &WuName) {
+    let Ok(layout) = ProjectLayout::read(project) else {
+        return;
+    };
+    let mut good = Vec::new();
+    for path in find_uploads(&layout, wu) {
+        let file = path
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let report = match read_upload(&path) {
+            Ok(checked) => {
+                let info = &checked.info;
+                let r = ResultReport {
+                    file,
+                    exit: info.exit.to_string(),
+                    stderr_tail: tail(&info.stderr_tail, MAX_STDERR_TAIL).to_string(),
+                };
+                if info.exit.success() {
+                    good.push(checked);
+                }
+                r
+            }
+            Err(why) => ResultReport {
+                file,
+                exit: why,
+                stderr_tail: String::new(),
+            },
+        };
+        if record.results.len() < MAX_REPORTED_RESULTS {
+            record.results.push(report);
+        }
+    }
+    if record.error_mask & mw_boinc_kit::errors::WU_ERROR_TOO_MANY_SUCCESS_RESULTS != 0 {
+        'pairs: for (i, a) in good.iter().enumerate() {
+            for b in &good[i + 1..] {
+                if let Err(d) = mw_validator::results_agree(a, b) {
+                    record.disagreement = Some(d);
+                    break 'pairs;
+                }
+            }
+        }
+    }
+}
+
+/// A result bundle read leniently: well-formed and verified, whatever its exit status.
+fn read_upload(path: &Path) -> Result<mw_validator::CheckedResult, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("unreadable upload: {e}"))?;
+    if meta.len() > MAX_REPORTED_FILE_BYTES {
+        return Err(format!("upload of {} bytes, not read", meta.len()));
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("unreadable upload: {e}"))?;
+    let label = path.display().to_string();
+    let bundle = mw_bundle::open_in_memory(
+        &bytes,
+        &label,
+        Some(mw_bundle::BundleKind::Result),
+        &result_limits(),
+    )
+    .map_err(|e| format!("not a result bundle: {e}"))?;
+    let info = bundle
+        .manifest
+        .result
+        .clone()
+        .ok_or_else(|| "result bundle without a [result] table".to_string())?;
+    Ok(mw_validator::CheckedResult { bundle, info })
+}

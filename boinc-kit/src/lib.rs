@@ -1,0 +1,25 @@
+//! BOINC's side of mw's contract, in one place: every name mw gives to something in a BOINC
+//! project (logical and physical file names, workunit names, spool entries, installed program
+//! names), the one shell-safe name check, the error-mask bits, the spool's error record, the
+//! config file `mw_boinc.toml`, the project layout read from `config.xml`, and the input and
+//! output templates with all their parameters (redundancy, limits, `<no_delete/>`).
+//!
+//! `mw-boinc-setup`, `mw-validator`, `mw-assimilator` and the master's BOINC interface all use
+//! this crate; none of them defines a BOINC name of its own.
+//!
+//! This crate must never know about the master's task queue or journal, the contents of mw's
+//! bundles, or BOINC's database; it only names and lays out files.
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod errors;
+pub mod names;
+pub mod template;
+
+pub use config::{ConfigError, MwBoincConfig, ProjectLayout, SpoolLocation};
+pub use errors::{error_mask_names, ErrorRecord, ResultReport, WU_ERROR_BITS};
+pub use names::{
+    dir_hier_path, is_safe_name, is_safe_rel_path, wu_name_from_output, SpoolEntry, WuName,
+};
+pub use template::{input_template, output_template, TemplateError, TemplateParams};

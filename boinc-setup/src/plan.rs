@@ -1,0 +1,413 @@
+//! What an installation still needs: [`plan`] inspects the project and lists the
+//! [`Action`]s to carry out (nothing when mw is already installed as asked). It must never
+//! change the project (that is [`crate::apply()`]).
+
+use crate::edit::{edit_config_xml, edit_project_xml};
+use crate::{io_err, Options, SetupError, PLATFORM};
+use mw_boinc_kit::names::{
+    ASSIMILATOR_NAME, CONFIG_FILE_NAME, PROGRAM_LOGICAL_NAME, RESULT_LOGICAL_NAME, SPOOL_DIR_NAME,
+    TASK_LOGICAL_NAME, VALIDATOR_COMPARE_NAME, VALIDATOR_INIT_NAME,
+};
+use mw_boinc_kit::template::{
+    input_template, installed_input_template, installed_output_template, output_template,
+    TemplateParams,
+};
+use mw_boinc_kit::MwBoincConfig;
+use std::path::{Path, PathBuf};
+
+/// Where a file's new content comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// Literal bytes.
+    Bytes(Vec<u8>),
+    /// A copy of another file.
+    CopyOf(PathBuf),
+}
+
+/// One change to the project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Create a directory (and its parents).
+    CreateDir(PathBuf),
+    /// Create or replace a file (atomically, through a temporary file).
+    WriteFile {
+        /// Destination.
+        path: PathBuf,
+        /// New content.
+        content: Content,
+        /// Unix mode.
+        mode: u32,
+        /// What this is, for the plan listing.
+        why: String,
+    },
+    /// Run a BOINC tool from the project root.
+    Run {
+        /// Program, relative to the project root (e.g. `bin/xadd`).
+        program: String,
+        /// Arguments.
+        args: Vec<String>,
+        /// Why.
+        why: String,
+    },
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::CreateDir(p) => write!(f, "create directory {}", p.display()),
+            Action::WriteFile {
+                path,
+                content,
+                mode,
+                why,
+            } => {
+                let verb = if path.exists() { "update" } else { "create" };
+                match content {
+                    Content::Bytes(b) => write!(
+                        f,
+                        "{verb} {} ({why}; {} bytes, mode {mode:o})",
+                        path.display(),
+                        b.len()
+                    ),
+                    Content::CopyOf(src) => write!(
+                        f,
+                        "{verb} {} ({why}; copy of {}, mode {mode:o})",
+                        path.display(),
+                        src.display()
+                    ),
+                }
+            }
+            Action::Run { program, args, why } => {
+                write!(f, "run `{program}")?;
+                for a in args {
+                    write!(f, " {a}")?;
+                }
+                write!(f, "` from the project root ({why})")
+            }
+        }
+    }
+}
+
+/// The computed installation: actions still to do, and warnings.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Changes, in the order they must be applied.
+    pub actions: Vec<Action>,
+    /// Things the user should know (not errors).
+    pub warnings: Vec<String>,
+}
+
+fn check_options(o: &Options) -> Result<u32, SetupError> {
+    let app = &o.app_name;
+    let ok_app = app.len() <= 32
+        && app.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && app
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !ok_app {
+        return Err(SetupError::BadOption(format!(
+            "app name {app:?} must be 1-32 characters [a-z0-9_] starting with a letter"
+        )));
+    }
+    let v = &o.app_version;
+    let version_num = match v.split_once('.') {
+        Some((m, mm))
+            if !m.is_empty()
+                && m.len() <= 4
+                && mm.len() == 2
+                && m.bytes().all(|b| b.is_ascii_digit())
+                && mm.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            m.parse::<u32>().unwrap_or(0) * 100 + mm.parse::<u32>().unwrap_or(0)
+        }
+        _ => {
+            return Err(SetupError::BadOption(format!(
+                "app version {v:?} must look like M.mm (e.g. 1.00)"
+            )))
+        }
+    };
+    if version_num == 0 {
+        return Err(SetupError::BadOption(
+            "app version must be above 0.00".into(),
+        ));
+    }
+    TemplateParams::for_quorum(o.quorum)
+        .check()
+        .map_err(|e| SetupError::BadOption(e.to_string()))?;
+    Ok(version_num)
+}
+
+fn check_project(dir: &Path) -> Result<PathBuf, SetupError> {
+    let not = |reason: String| SetupError::NotAProject {
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    if !dir.is_dir() {
+        return Err(not("no such directory".into()));
+    }
+    for f in ["config.xml", "project.xml"] {
+        if !dir.join(f).is_file() {
+            return Err(not(format!(
+                "no {f} (make the project with BOINC's tools/make_project first)"
+            )));
+        }
+    }
+    if !dir.join("bin").is_dir() {
+        return Err(not("no bin/ directory".into()));
+    }
+    dir.canonicalize().map_err(io_err(dir, "resolving"))
+}
+
+/// Whether the ELF file at `path` is statically linked (no PT_INTERP). `None` if not ELF64.
+pub fn elf_is_static(bytes: &[u8]) -> Option<bool> {
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 || bytes[5] != 1 {
+        return None;
+    }
+    let u16_at = |o: usize| -> Option<u64> {
+        Some(u16::from_le_bytes(bytes.get(o..o + 2)?.try_into().ok()?) as u64)
+    };
+    let phoff = u64::from_le_bytes(bytes.get(0x20..0x28)?.try_into().ok()?);
+    let phentsize = u16_at(0x36)?;
+    let phnum = u16_at(0x38)?;
+    for i in 0..phnum {
+        let off = usize::try_from(phoff.checked_add(i.checked_mul(phentsize)?)?).ok()?;
+        let p_type = u32::from_le_bytes(bytes.get(off..off + 4)?.try_into().ok()?);
+        if p_type == 3 {
+            return Some(false);
+        }
+    }
+    Some(true)
+}
+
+fn short_host_name() -> Option<String> {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| {
+            std::process::Command::new("hostname")
+                .output()
+                .ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        })?;
+    let name = raw.trim().split('.').next()?.to_string();
+    (!name.is_empty()).then_some(name)
+}
+
+fn read_text(path: &Path) -> Result<String, SetupError> {
+    std::fs::read_to_string(path).map_err(io_err(path, "reading"))
+}
+
+/// Whether `path` already holds `content` with the executable bit as `mode` wants.
+pub(crate) fn file_matches(path: &Path, content: &Content, mode: u32) -> Result<bool, SetupError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_err(path, "reading")(e)),
+    };
+    if (meta.permissions().mode() & 0o100 != 0) != (mode & 0o100 != 0) {
+        return Ok(false);
+    }
+    let existing = std::fs::read(path).map_err(io_err(path, "reading"))?;
+    Ok(match content {
+        Content::Bytes(b) => &existing == b,
+        Content::CopyOf(src) => existing == std::fs::read(src).map_err(io_err(src, "reading"))?,
+    })
+}
+
+/// Queues a file write unless the file already matches; says whether it queued one.
+pub(crate) fn push_write(
+    plan: &mut Plan,
+    path: PathBuf,
+    content: Content,
+    mode: u32,
+    why: &str,
+) -> Result<bool, SetupError> {
+    let matches = file_matches(&path, &content, mode)?;
+    if !matches {
+        plan.actions.push(Action::WriteFile {
+            path,
+            content,
+            mode,
+            why: why.to_string(),
+        });
+    }
+    Ok(!matches)
+}
+
+/// Computes what is still to be done.
+pub fn plan(o: &Options) -> Result<Plan, SetupError> {
+    let version_num = check_options(o)?;
+    let root = check_project(&o.project_dir)?;
+    let app = o.app_name.as_str();
+    let ver = o.app_version.as_str();
+    let mut plan = Plan::default();
+    for (what, p) in [
+        ("worker", &o.worker),
+        ("validator", &o.validator),
+        ("assimilator", &o.assimilator),
+    ] {
+        if !p.is_file() {
+            return Err(SetupError::BadOption(format!(
+                "the {what} binary {} does not exist",
+                p.display()
+            )));
+        }
+    }
+    let worker_bytes = std::fs::read(&o.worker).map_err(io_err(&o.worker, "reading"))?;
+    match elf_is_static(&worker_bytes) {
+        Some(true) => {}
+        Some(false) => plan.warnings.push(format!(
+            "{} is dynamically linked: volunteers' hosts may lack its libraries; build mw-worker \
+             with -C target-feature=+crt-static",
+            o.worker.display()
+        )),
+        None => plan.warnings.push(format!(
+            "{} is not an x86_64 ELF executable",
+            o.worker.display()
+        )),
+    }
+
+    let params = TemplateParams::for_quorum(o.quorum);
+    let config = MwBoincConfig {
+        app_name: app.to_string(),
+        app_version: ver.to_string(),
+        version_num,
+        platform: PLATFORM.to_string(),
+        project_dir: root.clone(),
+        spool_dir: root.join(SPOOL_DIR_NAME),
+        input_template: installed_input_template(app),
+        output_template: installed_output_template(app),
+        program_logical_name: PROGRAM_LOGICAL_NAME.into(),
+        task_logical_name: TASK_LOGICAL_NAME.into(),
+        result_logical_name: RESULT_LOGICAL_NAME.into(),
+        quorum: o.quorum,
+    };
+    let config_text = config.to_text()?;
+    let config_path = root.join(CONFIG_FILE_NAME);
+    let config_current =
+        std::fs::read_to_string(&config_path).ok().as_deref() == Some(&config_text);
+    // project.xml + xadd.
+    let project_xml = root.join("project.xml");
+    let px = read_text(&project_xml)?;
+    let px_new = edit_project_xml(&px, app).map_err(|reason| SetupError::Conflict {
+        path: project_xml.clone(),
+        reason,
+    })?;
+    let px_changed = px_new.is_some();
+    if let Some(new) = px_new {
+        push_write(
+            &mut plan,
+            project_xml,
+            Content::Bytes(new.into_bytes()),
+            0o644,
+            "add <app> for mw",
+        )?;
+    }
+    if px_changed || !config_current {
+        plan.actions.push(Action::Run {
+            program: "bin/xadd".into(),
+            args: vec![],
+            why: "register the app in the database".into(),
+        });
+    }
+
+    // App version: one directory per platform (today only the static Linux worker).
+    let mut version_changed = false;
+    for pw in o.app_versions() {
+        version_changed |= crate::platforms::plan_app_version(&mut plan, &root, app, ver, &pw)?;
+    }
+    if version_changed || !config_current {
+        plan.actions.push(Action::Run {
+            program: "bin/update_versions".into(),
+            args: vec!["--noconfirm".into()],
+            why: "register the app version".into(),
+        });
+    }
+
+    // Templates.
+    let tdir = root.join("templates");
+    if !tdir.is_dir() {
+        plan.actions.push(Action::CreateDir(tdir.clone()));
+    }
+    push_write(
+        &mut plan,
+        root.join(&config.input_template),
+        Content::Bytes(input_template(&params).into_bytes()),
+        0o644,
+        "input template",
+    )?;
+    push_write(
+        &mut plan,
+        root.join(&config.output_template),
+        Content::Bytes(output_template(&params).into_bytes()),
+        0o644,
+        "output template",
+    )?;
+
+    // Programs in bin/.
+    let bin = root.join("bin");
+    push_write(
+        &mut plan,
+        bin.join(VALIDATOR_INIT_NAME),
+        Content::CopyOf(o.validator.clone()),
+        0o755,
+        "validator, init mode",
+    )?;
+    push_write(
+        &mut plan,
+        bin.join(VALIDATOR_COMPARE_NAME),
+        Content::CopyOf(o.validator.clone()),
+        0o755,
+        "validator, compare mode",
+    )?;
+    push_write(
+        &mut plan,
+        bin.join(ASSIMILATOR_NAME),
+        Content::CopyOf(o.assimilator.clone()),
+        0o755,
+        "assimilator",
+    )?;
+
+    // config.xml.
+    let config_xml = root.join("config.xml");
+    let cx = read_text(&config_xml)?;
+    let ce = edit_config_xml(&cx, app, o.quorum).map_err(|reason| SetupError::Conflict {
+        path: config_xml.clone(),
+        reason,
+    })?;
+    plan.warnings.extend(ce.warnings.iter().cloned());
+    match (&ce.host, short_host_name()) {
+        (Some(h), Some(me)) if *h != me => plan.warnings.push(format!(
+            "config.xml <host> is {h:?} but this machine is {me:?}: bin/start starts no daemon \
+             unless <host> equals `hostname -s`"
+        )),
+        (None, _) => plan
+            .warnings
+            .push("config.xml has no <host>: bin/start may start no daemon".into()),
+        _ => {}
+    }
+    if let Some(new) = ce.new_text {
+        push_write(
+            &mut plan,
+            config_xml,
+            Content::Bytes(new.into_bytes()),
+            0o644,
+            &ce.changes.join("; "),
+        )?;
+    }
+
+    // Spool and config file (last: its presence marks a complete installation).
+    let spool = root.join(SPOOL_DIR_NAME);
+    if !spool.is_dir() {
+        plan.actions.push(Action::CreateDir(spool));
+    }
+    if !config_current {
+        plan.actions.push(Action::WriteFile {
+            path: config_path,
+            content: Content::Bytes(config_text.into_bytes()),
+            mode: 0o644,
+            why: "mw's BOINC config (app, spool, templates)".into(),
+        });
+    }
+    Ok(plan)
+}

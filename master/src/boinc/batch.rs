@@ -1,0 +1,344 @@
+//! Creating workunits: the submit thread takes queued tasks in batches, stages them, records
+//! each workunit's name durably (through the handle sink, as `pending:<wu>`) BEFORE running
+//! ONE `bin/create_work --appname APP --wu_template T --result_template R --stdin` per batch
+//! from the project root (no shell; every argument and stdin token is validated shell-safe),
+//! then records the names as created.
+//!
+//! Creation is idempotent by name (reference/boinc-server.md §0.3): `create_work` inserts in
+//! chunks and stops at the first name the project already has (`Duplicate entry '<name>'`),
+//! leaving earlier chunks created. Such a name is taken as already created (its task is
+//! re-attached, not failed) and the rest of the batch is submitted again, so a partly
+//! successful batch is reconciled name by name: at most one extra `create_work` call per name
+//! that already existed (after a crash between `create_work` and the journal, a resumed master
+//! re-submits its pending names this way). Any other failure fails the batch's tasks with the
+//! tool's output trimmed to what matters, and cancels whatever of the batch BOINC may have
+//! created. This module never knows the journal (only the handle sink).
+
+use super::cancel::run_cancel_jobs;
+use super::stage::{stage_task, unstage, StagedTask};
+use super::{wake_watcher, Pending, Shared, Waiting};
+use crate::task::{InterfaceError, TaskId};
+use mw_boinc_kit::WuName;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The handle recorded before `create_work` runs: the workunit may or may not exist.
+pub(super) const PENDING_PREFIX: &str = "pending:";
+/// Longest create_work error text kept in a task's error.
+const MAX_ERROR_TEXT: usize = 600;
+
+pub(super) fn submit_loop(shared: &Arc<Shared>) {
+    loop {
+        let batch: Vec<Pending> = {
+            let mut st = shared.lock();
+            while st.queue.is_empty() && !st.shut_down {
+                st = shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            if st.shut_down {
+                return;
+            }
+            // Give the scheduler a moment to hand over more tasks for the same batch.
+            if st.queue.len() < shared.batch_size {
+                st = shared
+                    .cond
+                    .wait_timeout(st, Duration::from_millis(50))
+                    .map(|r| r.0)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+            let n = st.queue.len().min(shared.batch_size);
+            st.queue.drain(..n).collect()
+        };
+        submit_batch(shared, batch);
+    }
+}
+
+/// Stages and creates one batch of workunits.
+fn submit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
+    let mut staged: Vec<(TaskId, StagedTask)> = Vec::new();
+    for p in batch {
+        let wu = match p.wu.clone() {
+            Some(w) => Ok(w),
+            None => WuName::for_task(&p.task.job, &shared.run_id, p.task.id.0, p.task.attempt)
+                .map_err(|e| InterfaceError::new(e.to_string())),
+        };
+        match wu.and_then(|wu| stage_task(shared, &p.task, wu)) {
+            Ok(s) => {
+                let mut st = shared.lock();
+                st.by_wu.insert(s.wu.clone(), p.task.id);
+                st.waiting.insert(
+                    p.task.id,
+                    Waiting {
+                        wu: s.wu.clone(),
+                        done: Some(p.done),
+                        task: p.task.clone(),
+                        since: p.since,
+                    },
+                );
+                staged.push((p.task.id, s));
+            }
+            Err(e) => {
+                shared.lock().failed += 1;
+                p.done.finish(Err(e));
+            }
+        }
+    }
+    if staged.is_empty() {
+        return;
+    }
+    // The staged files become durable together, before any workunit refers to them.
+    if let Err(e) = mw_bundle::sync_filesystem(&shared.layout.download_dir) {
+        let e = InterfaceError::new(format!(
+            "syncing the staged files in {}: {e}",
+            shared.layout.download_dir.display()
+        ));
+        let mut dones = Vec::new();
+        {
+            let mut st = shared.lock();
+            for (task, s) in &staged {
+                st.by_wu.remove(&s.wu);
+                dones.extend(st.waiting.remove(task).and_then(|w| w.done));
+                st.failed += 1;
+            }
+        }
+        for d in dones {
+            d.finish(Err(e.clone()));
+        }
+        return;
+    }
+    // Durable before create_work: a master killed during or right after the call finds the
+    // names again on resume and re-attaches instead of creating duplicates.
+    let sink = shared
+        .sink
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some(sink) = &sink {
+        for (task, s) in &staged {
+            sink.record_handle(*task, &format!("{PENDING_PREFIX}{}", s.wu));
+        }
+        sink.flush();
+    }
+    {
+        let mut st = shared.lock();
+        st.batches_in_flight += 1;
+        for (_, s) in &staged {
+            st.creating.insert(s.wu.clone());
+        }
+    }
+    let outcome = create_by_name(shared, staged.iter().map(|(_, s)| s).collect());
+    let cancel_now: Vec<WuName> = {
+        let mut st = shared.lock();
+        for (_, s) in &staged {
+            st.creating.remove(&s.wu);
+        }
+        std::mem::take(&mut st.cancel_after_create)
+    };
+    for wu in &cancel_now {
+        // The task was already reported cancelled; this only stops BOINC running it.
+        let _ = run_cancel_jobs(&shared.project, wu);
+    }
+    for (_, s) in &staged {
+        if outcome.existed.contains(&s.wu) {
+            // BOINC had it already (and may have deleted its input after it was done).
+            if let Some(p) = &s.fresh_task_file {
+                unstage(p);
+            }
+        }
+    }
+    if let Some(sink) = &sink {
+        for (task, s) in &staged {
+            if outcome.created.contains(&s.wu) || outcome.existed.contains(&s.wu) {
+                sink.record_handle(*task, s.wu.as_str());
+            }
+        }
+    }
+    let mut dones = Vec::new();
+    {
+        let mut st = shared.lock();
+        st.created += outcome.created.len() as u64;
+        st.existed += outcome.existed.len() as u64;
+        st.batches += outcome.calls;
+        if let Some((err, names)) = &outcome.failed {
+            for wu in names {
+                if let Some(task) = st.by_wu.remove(wu) {
+                    if let Some(w) = st.waiting.remove(&task) {
+                        dones.extend(w.done.map(|d| (d, err.clone())));
+                    }
+                    st.failed += 1;
+                }
+            }
+        }
+    }
+    if let Some((_, names)) = &outcome.failed {
+        // create_work may have created part of them before failing: stop those.
+        for wu in names {
+            let _ = run_cancel_jobs(&shared.project, wu);
+        }
+    }
+    for (d, e) in dones {
+        d.finish(Err(e));
+    }
+    // Results may have been spooled before the waiting entries existed: look again.
+    wake_watcher(shared);
+    shared.lock().batches_in_flight -= 1;
+    shared.cond.notify_all();
+}
+
+/// What [`create_by_name`] found.
+#[derive(Default)]
+struct Created {
+    created: Vec<WuName>,
+    existed: Vec<WuName>,
+    failed: Option<(InterfaceError, Vec<WuName>)>,
+    calls: u64,
+}
+
+/// Creates the workunits, reconciling a partly successful call name by name.
+fn create_by_name(shared: &Shared, mut todo: Vec<&StagedTask>) -> Created {
+    let mut out = Created::default();
+    // Each failing call removes one name: bounded by the batch's length.
+    for _ in 0..=todo.len() {
+        if todo.is_empty() {
+            break;
+        }
+        let lines: String = todo.iter().map(|s| s.line.as_str()).collect();
+        out.calls += 1;
+        match run_create_work(shared, &lines) {
+            Ok(()) => {
+                out.created.extend(todo.drain(..).map(|s| s.wu.clone()));
+                break;
+            }
+            Err(CreateWorkError::Duplicate(name)) => {
+                match todo.iter().position(|s| s.wu.as_str() == name) {
+                    Some(i) => {
+                        let s = todo.remove(i);
+                        out.existed.push(s.wu.clone());
+                    }
+                    None => {
+                        let e = InterfaceError::new(format!(
+                            "bin/create_work reports a duplicate workunit {name:?} that is not \
+                             in this batch"
+                        ));
+                        out.failed = Some((e, todo.drain(..).map(|s| s.wu.clone()).collect()));
+                        break;
+                    }
+                }
+            }
+            Err(CreateWorkError::Failed(e)) => {
+                out.failed = Some((e, todo.drain(..).map(|s| s.wu.clone()).collect()));
+                break;
+            }
+        }
+    }
+    out
+}
+
+enum CreateWorkError {
+    /// `Duplicate entry '<name>' for key 'name'`: that workunit exists already.
+    Duplicate(String),
+    /// Anything else.
+    Failed(InterfaceError),
+}
+
+fn run_create_work(shared: &Shared, lines: &str) -> Result<(), CreateWorkError> {
+    let args = [
+        "--appname",
+        shared.app.as_str(),
+        "--wu_template",
+        shared.wu_template.as_str(),
+        "--result_template",
+        shared.result_template.as_str(),
+        "--stdin",
+    ];
+    let fail = |m: String| CreateWorkError::Failed(InterfaceError::new(m));
+    let mut child = Command::new(shared.project.join("bin/create_work"))
+        .args(args)
+        .current_dir(&shared.project)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("running bin/create_work: {e}")))?;
+    let stdin = child.stdin.take();
+    let input = lines.to_string();
+    let writer = std::thread::spawn(move || {
+        if let Some(mut s) = stdin {
+            let _ = s.write_all(input.as_bytes());
+        }
+    });
+    let out = child
+        .wait_with_output()
+        .map_err(|e| fail(format!("waiting for bin/create_work: {e}")))?;
+    let _ = writer.join();
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    if let Some(name) = duplicate_name(&text) {
+        return Err(CreateWorkError::Duplicate(name));
+    }
+    Err(fail(format!(
+        "`bin/create_work {}` in {} failed ({}): {}",
+        args.join(" "),
+        shared.project.display(),
+        out.status,
+        trim_tool_output(&text)
+    )))
+}
+
+/// The name in MySQL's `Duplicate entry '<name>' for key 'name'`, if the text has one.
+fn duplicate_name(text: &str) -> Option<String> {
+    let at = text.find("Duplicate entry '")? + "Duplicate entry '".len();
+    let end = text[at..].find('\'')? + at;
+    let name = &text[at..end];
+    WuName::parse(name).ok().map(|w| w.as_str().to_string())
+}
+
+/// A tool's output trimmed to what matters: its short lines (long ones, such as the SQL
+/// statement `create_work` prints, are replaced by their size), at most 600 bytes.
+pub(super) fn trim_tool_output(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let piece = if line.len() > 200 {
+            format!("[{} bytes omitted]", line.len())
+        } else {
+            line.to_string()
+        };
+        if !out.is_empty() {
+            out.push_str(" / ");
+        }
+        out.push_str(&piece);
+        if out.len() > MAX_ERROR_TEXT {
+            let mut cut = MAX_ERROR_TEXT;
+            while !out.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.truncate(cut);
+            out.push_str(" […]");
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicates_and_trimming() {
+        let sql = format!("insert into workunit values {}", "(1,2,3),".repeat(500));
+        let text = format!("{sql}\nDuplicate entry 'mw_j_ab_0_1' for key 'name'\n");
+        assert_eq!(duplicate_name(&text).as_deref(), Some("mw_j_ab_0_1"));
+        assert_eq!(duplicate_name("Duplicate entry 'a b' for"), None);
+        let t = trim_tool_output(&format!("create_work: bad stdin argument\n{sql}\n"));
+        assert!(t.starts_with("create_work: bad stdin argument / ["), "{t}");
+        assert!(t.len() < 100, "{t}");
+    }
+}

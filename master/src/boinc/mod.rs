@@ -1,0 +1,538 @@
+//! The BOINC interface: runs tasks as workunits of a BOINC server project on this host, into
+//! which `mw-boinc-setup` installed mw (reference/boinc-server.md §0, §3, §4, §8). Every name
+//! and file format it shares with BOINC and mw's BOINC programs comes from `mw_boinc_kit`.
+//!
+//! - **Settings** ([`settings`]): redundancy, limits, work estimate and deadlines; the job's
+//!   input template `templates/<app>_in_<hash>` is rendered from them by the kit (only the
+//!   shared program bundle is `<no_delete/>`; task bundles are deleted with their workunit).
+//! - **Staging** ([`stage`]): the program bundle once (content-addressed name), each task
+//!   bundle as `<wu>_task.tar.gz`, in the download hierarchy.
+//! - **Workunits** (`batch.rs`): named `mw_<job>_<run>_<task>_<attempt>` (`<run>` random per
+//!   master run, so names are unique per project), recorded durably before `create_work`
+//!   runs, created in batches with `create_work --stdin`, idempotent by name.
+//! - **Outcomes** (`spool.rs`): the assimilator's spool entries become completions; an error
+//!   record carries the workunit's error mask, the volunteers' exit statuses and stderr tails,
+//!   or the field its results disagreed on.
+//! - **Re-attach**: a resumed master waits again for a created workunit's spool entries, and
+//!   re-submits a workunit recorded as pending (maybe never created) under the same name.
+//! - **Cancel** (`cancel.rs`): `bin/cancel_jobs --name <wu>` from the project root (with or
+//!   without a live master), and a spool marker so late outcomes are consumed. A task
+//!   cancelled while its `create_work` batch is under way is cancelled right after that call
+//!   returns; shutdown waits for a batch under way so that this is never skipped.
+//!
+//! Before anything is created, [`Boinc::new`] checks that mw is installed in the project and
+//! that this process can write the project's download hierarchy (the master must run as the
+//! project's owner).
+//!
+//! This module never knows about the journal (only the handle sink), the CLI, the job-file
+//! format or BOINC's database; everything it does to the project goes through BOINC's own
+//! tools and files.
+
+mod batch;
+mod cancel;
+pub mod settings;
+mod spool;
+pub mod stage;
+
+pub use cancel::{cancel_workunits, workunit_of_handle};
+pub use mw_boinc_kit::{dir_hier_path, error_mask_names, is_safe_name, WU_ERROR_BITS};
+pub use settings::{BoincSettings, DEFAULT_BATCH_SIZE};
+pub use stage::{c_exp, stage_file};
+
+use crate::interface::{Completion, HandleSink, Interface};
+use crate::task::{InterfaceError, PreparedTask, TaskId, WorkerId};
+use mw_boinc_kit::names::{
+    is_safe_rel_path, ASSIMILATOR_NAME, MAX_TEMPLATE_PATH, VALIDATOR_COMPARE_NAME,
+    VALIDATOR_INIT_NAME,
+};
+use mw_boinc_kit::template::{input_template, job_input_template_path};
+use mw_boinc_kit::{MwBoincConfig, ProjectLayout, WuName};
+use notify::Watcher as _;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Errors setting up the BOINC interface.
+#[derive(Debug, thiserror::Error)]
+#[error("BOINC interface: {0}")]
+pub struct BoincError(pub String);
+
+/// How often the spool is re-read when no inotify event arrives.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(1000);
+
+struct Pending {
+    task: Arc<PreparedTask>,
+    done: Completion,
+    /// The name to (re-)create it under (a resumed pending workunit), else a fresh one.
+    wu: Option<WuName>,
+    since: Instant,
+}
+
+struct Waiting {
+    wu: WuName,
+    done: Option<Completion>,
+    /// The task as dispatched: what its result must match (job, task, declared outputs,
+    /// output limit) and where its outputs go.
+    task: Arc<PreparedTask>,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    job: Option<String>,
+    queue: VecDeque<Pending>,
+    waiting: HashMap<TaskId, Waiting>,
+    by_wu: HashMap<WuName, TaskId>,
+    cancelled_wus: HashSet<WuName>,
+    /// Workunits of the `create_work` call under way.
+    creating: HashSet<WuName>,
+    /// Workunits cancelled while their `create_work` call was under way: cancelled with
+    /// `bin/cancel_jobs` as soon as that call has returned.
+    cancel_after_create: Vec<WuName>,
+    /// `create_work` calls (with their deferred cancels) under way; shutdown waits for them.
+    batches_in_flight: usize,
+    staged_programs: HashSet<String>,
+    shut_down: bool,
+    created: u64,
+    existed: u64,
+    completed: u64,
+    failed: u64,
+    batches: u64,
+}
+
+struct Shared {
+    project: PathBuf,
+    app: String,
+    layout: ProjectLayout,
+    spool: PathBuf,
+    wu_template: String,
+    result_template: String,
+    batch_size: usize,
+    run_id: String,
+    job_deadline: Option<Duration>,
+    state: Mutex<State>,
+    cond: Condvar,
+    sink: Mutex<Option<Arc<dyn HandleSink>>>,
+    wake_watcher: Mutex<Option<mpsc::Sender<()>>>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn wake_watcher(shared: &Shared) {
+    if let Some(tx) = shared
+        .wake_watcher
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+    {
+        let _ = tx.send(());
+    }
+}
+
+/// Tasks as BOINC workunits (see the module documentation).
+pub struct Boinc {
+    shared: Arc<Shared>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl std::fmt::Debug for Boinc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Boinc({})", self.shared.project.display())
+    }
+}
+
+/// Checks that this process can create files in `dir` (and in one existing sub-directory of
+/// the download hierarchy, which `make_project` created as the project's owner).
+fn check_writable(dir: &Path, project: &Path) -> Result<(), BoincError> {
+    let mut dirs = vec![dir.to_path_buf()];
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        if let Some(sub) = rd.flatten().map(|e| e.path()).find(|p| p.is_dir()) {
+            dirs.push(sub);
+        }
+    }
+    for d in dirs {
+        if let Err(e) = tempfile::Builder::new()
+            .prefix(".mw-probe-")
+            .tempfile_in(&d)
+        {
+            use std::os::unix::fs::MetadataExt;
+            let owner = std::fs::metadata(project)
+                .map(|m| format!("uid {}", m.uid()))
+                .unwrap_or_else(|_| "its owner".into());
+            return Err(BoincError(format!(
+                "cannot create files in {} ({e}): run the mw master as the BOINC project's \
+                 owner ({owner}, the user who ran make_project), who can write the download \
+                 hierarchy",
+                d.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What [`open_project`] found.
+struct Opened {
+    project: PathBuf,
+    cfg: MwBoincConfig,
+    layout: ProjectLayout,
+    params: mw_boinc_kit::TemplateParams,
+}
+
+/// Every check made before anything is created in the project.
+fn open_project(settings: &BoincSettings) -> Result<Opened, BoincError> {
+    let project = settings.project_dir.canonicalize().map_err(|e| {
+        BoincError(format!(
+            "project directory {}: {e}",
+            settings.project_dir.display()
+        ))
+    })?;
+    let install_hint = format!(
+        "is mw installed in this project? run mw-boinc-setup --project-dir {}",
+        project.display()
+    );
+    let cfg =
+        MwBoincConfig::load(&project).map_err(|e| BoincError(format!("{e} ({install_hint})")))?;
+    if let Some(app) = &settings.app_name {
+        if *app != cfg.app_name {
+            return Err(BoincError(format!(
+                "app_name {app:?} is not the app installed in {} ({:?})",
+                project.display(),
+                cfg.app_name
+            )));
+        }
+    }
+    if !is_safe_name(&cfg.app_name) {
+        return Err(BoincError(format!(
+            "installed app name {:?} is not shell-safe",
+            cfg.app_name
+        )));
+    }
+    for t in [&cfg.input_template, &cfg.output_template] {
+        if !is_safe_rel_path(t) || t.len() > MAX_TEMPLATE_PATH {
+            return Err(BoincError(format!(
+                "template path {t:?} in mw_boinc.toml must be a shell-safe relative path of \
+                 at most {MAX_TEMPLATE_PATH} characters"
+            )));
+        }
+    }
+    for needed in [
+        "bin/create_work".to_string(),
+        "bin/cancel_jobs".to_string(),
+        format!("bin/{ASSIMILATOR_NAME}"),
+        format!("bin/{VALIDATOR_INIT_NAME}"),
+        format!("bin/{VALIDATOR_COMPARE_NAME}"),
+        cfg.output_template.clone(),
+    ] {
+        if !project.join(&needed).is_file() {
+            return Err(BoincError(format!(
+                "{} is missing ({install_hint})",
+                project.join(&needed).display()
+            )));
+        }
+    }
+    let layout = ProjectLayout::read(&project).map_err(|e| BoincError(e.to_string()))?;
+    if !layout.download_dir.is_dir() {
+        return Err(BoincError(format!(
+            "download directory {} (config.xml <download_dir>) does not exist",
+            layout.download_dir.display()
+        )));
+    }
+    check_writable(&layout.download_dir, &project)?;
+    if !cfg.spool_dir.is_dir() {
+        return Err(BoincError(format!(
+            "spool directory {} does not exist ({install_hint})",
+            cfg.spool_dir.display()
+        )));
+    }
+    let params = settings.template_params(&cfg)?;
+    if params.quorum > 1 && !layout.one_result_per_host {
+        return Err(BoincError(format!(
+            "quorum {q} needs <one_result_per_host_per_wu>1</one_result_per_host_per_wu> \
+             in {}/config.xml (otherwise one host may return every replica): run \
+             mw-boinc-setup --quorum {q}",
+            project.display(),
+            q = params.quorum
+        )));
+    }
+    Ok(Opened {
+        project,
+        cfg,
+        layout,
+        params,
+    })
+}
+
+impl Boinc {
+    /// Checks, without changing anything, what [`Boinc::new`] checks before it creates
+    /// anything: the project, mw's installation in it, this process's right to write the
+    /// download hierarchy, and the settings. For a CLI to refuse a job up front.
+    pub fn check(settings: &BoincSettings) -> Result<(), BoincError> {
+        open_project(settings).map(|_| ())
+    }
+
+    /// Connects to the project: checks mw's installation and the download hierarchy's
+    /// permissions, writes the job's input template, and starts the submit and watcher
+    /// threads.
+    pub fn new(settings: BoincSettings) -> Result<Boinc, BoincError> {
+        let Opened {
+            project,
+            cfg,
+            layout,
+            params,
+        } = open_project(&settings)?;
+
+        let text = input_template(&params);
+        let wu_template = job_input_template_path(&cfg.app_name, &text).ok_or_else(|| {
+            BoincError(format!(
+                "no input template path of at most {MAX_TEMPLATE_PATH} characters for app {:?}",
+                cfg.app_name
+            ))
+        })?;
+        let path = project.join(&wu_template);
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+            mw_bundle::write_atomic(&path, text.as_bytes(), Some(0o644))
+                .map_err(|e| BoincError(format!("writing {}: {e}", path.display())))?;
+        }
+        let shared = Arc::new(Shared {
+            project,
+            app: cfg.app_name.clone(),
+            layout,
+            spool: cfg.spool_dir.clone(),
+            wu_template,
+            result_template: cfg.output_template.clone(),
+            batch_size: settings.batch_size.max(1),
+            run_id: mw_boinc_kit::names::fresh_run_id(),
+            job_deadline: settings.job_deadline,
+            state: Mutex::new(State::default()),
+            cond: Condvar::new(),
+            sink: Mutex::new(None),
+            wake_watcher: Mutex::new(None),
+        });
+        let (tx, rx) = mpsc::channel::<()>();
+        *shared
+            .wake_watcher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
+        let watcher = {
+            let tx = tx.clone();
+            notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+                let _ = tx.send(());
+            })
+            .ok()
+            .and_then(|mut w| {
+                w.watch(&shared.spool, notify::RecursiveMode::NonRecursive)
+                    .ok()
+                    .map(|_| w)
+            })
+        };
+        let s1 = shared.clone();
+        std::thread::Builder::new()
+            .name("mw-boinc-submit".into())
+            .spawn(move || batch::submit_loop(&s1))
+            .map_err(|e| BoincError(format!("cannot start the submit thread: {e}")))?;
+        let s2 = shared.clone();
+        std::thread::Builder::new()
+            .name("mw-boinc-watch".into())
+            .spawn(move || spool::watch_loop(&s2, &rx))
+            .map_err(|e| BoincError(format!("cannot start the watcher thread: {e}")))?;
+        Ok(Boinc {
+            shared,
+            _watcher: watcher,
+        })
+    }
+
+    /// The input template (relative to the project root) this interface's workunits use.
+    pub fn wu_template(&self) -> &str {
+        &self.shared.wu_template
+    }
+
+    /// Takes `task` for this interface's job; hands `done` back when it belongs to another.
+    fn claim_job(&self, st: &mut State, task: &PreparedTask) -> Result<(), String> {
+        match &st.job {
+            None => {
+                st.job = Some(task.job.clone());
+                Ok(())
+            }
+            Some(j) if *j != task.job => Err(format!(
+                "one BOINC interface serves one job ({j}), not also {}",
+                task.job
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+impl Interface for Boinc {
+    fn name(&self) -> &'static str {
+        "boinc"
+    }
+
+    fn keeps_running_without_master(&self) -> bool {
+        true
+    }
+
+    fn reserve_worker(&self, _task: &PreparedTask) -> Result<WorkerId, InterfaceError> {
+        // BOINC queues work on the server: never wait here.
+        if self.shared.lock().shut_down {
+            return Err(InterfaceError::new("the BOINC interface was shut down"));
+        }
+        Ok(WorkerId(0))
+    }
+
+    fn execute_task(&self, task: Arc<PreparedTask>, _worker: WorkerId, done: Completion) {
+        let mut st = self.shared.lock();
+        if let Err(msg) = self.claim_job(&mut st, &task) {
+            drop(st);
+            done.finish(Err(InterfaceError::new(msg)));
+            return;
+        }
+        st.queue.push_back(Pending {
+            task,
+            done,
+            wu: None,
+            since: Instant::now(),
+        });
+        drop(st);
+        self.shared.cond.notify_all();
+    }
+
+    fn status(&self) -> BTreeMap<String, String> {
+        let st = self.shared.lock();
+        let mut m = BTreeMap::new();
+        m.insert("project".into(), self.shared.project.display().to_string());
+        m.insert("app".into(), self.shared.app.clone());
+        m.insert("wu_template".into(), self.shared.wu_template.clone());
+        m.insert("to_submit".into(), st.queue.len().to_string());
+        m.insert("workunits_created".into(), st.created.to_string());
+        m.insert("workunits_reattached".into(), st.existed.to_string());
+        m.insert("create_work_calls".into(), st.batches.to_string());
+        m.insert("in_boinc".into(), st.waiting.len().to_string());
+        if let Some(oldest) = st.waiting.values().map(|w| w.since.elapsed()).max() {
+            m.insert("oldest_in_boinc_secs".into(), oldest.as_secs().to_string());
+        }
+        m.insert("completed".into(), st.completed.to_string());
+        m.insert("failed".into(), st.failed.to_string());
+        m
+    }
+
+    fn cancel(&self, task: TaskId) {
+        let (done, wu) = {
+            let mut st = self.shared.lock();
+            if let Some(pos) = st.queue.iter().position(|p| p.task.id == task) {
+                let p = st.queue.remove(pos);
+                drop(st);
+                if let Some(p) = p {
+                    if let Some(wu) = &p.wu {
+                        // A resumed pending workunit may exist in BOINC already.
+                        cancel::mark_cancelled(&self.shared.spool, wu);
+                        let _ = cancel::run_cancel_jobs(&self.shared.project, wu);
+                    }
+                    p.done
+                        .finish(Err(InterfaceError::new("cancelled before submission")));
+                }
+                return;
+            }
+            let Some(mut w) = st.waiting.remove(&task) else {
+                return;
+            };
+            st.by_wu.remove(&w.wu);
+            st.cancelled_wus.insert(w.wu.clone());
+            if st.creating.contains(&w.wu) {
+                // create_work has not created it yet: cancelling now would find nothing.
+                st.cancel_after_create.push(w.wu.clone());
+                let wu = w.wu.clone();
+                drop(st);
+                cancel::mark_cancelled(&self.shared.spool, &wu);
+                if let Some(done) = w.done.take() {
+                    done.finish(Err(InterfaceError::new(format!(
+                        "cancelled: workunit {wu}: bin/cancel_jobs marks it cancelled as soon \
+                         as create_work has created it"
+                    ))));
+                }
+                return;
+            }
+            (w.done.take(), w.wu)
+        };
+        cancel::mark_cancelled(&self.shared.spool, &wu);
+        let how = cancel::run_cancel_jobs(&self.shared.project, &wu);
+        if let Some(done) = done {
+            done.finish(Err(InterfaceError::new(format!(
+                "cancelled: workunit {wu}: {how}"
+            ))));
+        }
+    }
+
+    fn set_handle_sink(&self, sink: Arc<dyn HandleSink>) {
+        *self.shared.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    }
+
+    fn reattach(
+        &self,
+        task: Arc<PreparedTask>,
+        handle: &str,
+        done: Completion,
+    ) -> Option<Completion> {
+        let Some(wu) = workunit_of_handle(handle) else {
+            return Some(done);
+        };
+        let pending = handle.starts_with(batch::PENDING_PREFIX);
+        {
+            let mut st = self.shared.lock();
+            if self.claim_job(&mut st, &task).is_err() {
+                return Some(done);
+            }
+            if pending {
+                // Maybe never created: create it under the same name (a duplicate means it
+                // exists, and it is re-attached).
+                st.queue.push_back(Pending {
+                    task,
+                    done,
+                    wu: Some(wu),
+                    since: Instant::now(),
+                });
+                drop(st);
+                self.shared.cond.notify_all();
+                return None;
+            }
+            st.by_wu.insert(wu.clone(), task.id);
+            st.waiting.insert(
+                task.id,
+                Waiting {
+                    wu,
+                    done: Some(done),
+                    task: task.clone(),
+                    since: Instant::now(),
+                },
+            );
+        }
+        wake_watcher(&self.shared);
+        None
+    }
+
+    fn shutdown(&self) {
+        {
+            let mut st = self.shared.lock();
+            st.shut_down = true;
+            self.shared.cond.notify_all();
+            // A create_work call under way finishes (and its deferred cancels run) first:
+            // a master exiting mid-batch must not leave a cancelled task's workunit live.
+            while st.batches_in_flight > 0 {
+                st = self.shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        if let Some(tx) = self
+            .shared
+            .wake_watcher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = tx.send(());
+        }
+    }
+}

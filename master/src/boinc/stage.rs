@@ -1,0 +1,164 @@
+//! Staging input files into the project's download hierarchy, as `create_work` expects them:
+//! `download/<h>/<name>` with BOINC's md5 fanout and a `<name>.md5` cache file
+//! (`"<md5> <nbytes as %e>"`). Files are immutable by name: an existing file with other
+//! content is an error, never overwritten. Files are written atomically but synced once per
+//! batch (`mw_bundle::sync_filesystem`, before `create_work` refers to them), not one by one.
+//! It must never run BOINC's tools.
+
+use super::Shared;
+use crate::task::{InterfaceError, PreparedTask};
+use md5::{Digest, Md5};
+use mw_boinc_kit::names::{is_safe_name, program_file_name};
+use mw_boinc_kit::{ProjectLayout, WuName};
+use std::path::{Path, PathBuf};
+
+/// A number as C's `printf("%e")` prints it (e.g. `1.234000e+03`).
+pub fn c_exp(x: f64) -> String {
+    let s = format!("{x:.6e}");
+    match s.split_once('e') {
+        Some((m, e)) => {
+            let e: i32 = e.parse().unwrap_or(0);
+            let sign = if e < 0 { '-' } else { '+' };
+            format!("{m}e{sign}{:02}", e.abs())
+        }
+        None => s,
+    }
+}
+
+/// What [`stage_file`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Staged {
+    /// The file was written now.
+    Written(PathBuf),
+    /// The same content was already there.
+    Present(PathBuf),
+}
+
+impl Staged {
+    /// The staged file's path.
+    pub fn path(&self) -> &Path {
+        match self {
+            Staged::Written(p) | Staged::Present(p) => p,
+        }
+    }
+}
+
+/// Stages `bytes` as `<download>/<h>/<name>` plus its `.md5` cache file. Idempotent;
+/// refuses to replace a file of that name with other content. The files are durable only
+/// after a later `mw_bundle::sync_filesystem` of the download directory.
+pub fn stage_file(
+    layout: &ProjectLayout,
+    name: &str,
+    bytes: &[u8],
+) -> Result<Staged, InterfaceError> {
+    if !is_safe_name(name) {
+        return Err(InterfaceError::new(format!(
+            "staged file name {name:?} is not shell-safe"
+        )));
+    }
+    let dir = layout.download_dir_for(name);
+    let path = dir.join(name);
+    let md5 = hex::encode(Md5::digest(bytes));
+    let md5_path = dir.join(format!("{name}.md5"));
+    let md5_text = format!("{md5} {}\n", c_exp(bytes.len() as f64));
+    let io = |what: &str, p: &Path, e: std::io::Error| {
+        InterfaceError::new(format!("staging {name}: {what} {}: {e}", p.display()))
+    };
+    match std::fs::read(&path) {
+        Ok(existing) if existing == bytes => {
+            if std::fs::read_to_string(&md5_path).ok().as_deref() != Some(md5_text.as_str()) {
+                mw_bundle::write_atomic_deferred(&md5_path, md5_text.as_bytes(), Some(0o644))
+                    .map_err(|e| io("writing", &md5_path, e))?;
+            }
+            return Ok(Staged::Present(path));
+        }
+        Ok(_) => {
+            return Err(InterfaceError::new(format!(
+                "{} exists with other content; BOINC files are immutable by name",
+                path.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("reading", &path, e)),
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| io("creating", &dir, e))?;
+    mw_bundle::write_atomic_deferred(&path, bytes, Some(0o644))
+        .map_err(|e| io("writing", &path, e))?;
+    // The .md5 must be newer than the data file for create_work to trust it.
+    mw_bundle::write_atomic_deferred(&md5_path, md5_text.as_bytes(), Some(0o644))
+        .map_err(|e| io("writing", &md5_path, e))?;
+    Ok(Staged::Written(path))
+}
+
+/// Removes a staged file and its `.md5` (best effort).
+pub(super) fn unstage(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let mut md5 = path.as_os_str().to_owned();
+    md5.push(".md5");
+    let _ = std::fs::remove_file(PathBuf::from(md5));
+}
+
+/// One task staged for `create_work`.
+pub(super) struct StagedTask {
+    /// The workunit's name.
+    pub wu: WuName,
+    /// Its `create_work --stdin` line.
+    pub line: String,
+    /// The task bundle, when this call wrote it (removed again if the workunit turns out to
+    /// exist already: BOINC may have deleted it after that workunit was done).
+    pub fresh_task_file: Option<PathBuf>,
+}
+
+/// Stages the program (once) and the task bundle of `task` under workunit name `wu`.
+pub(super) fn stage_task(
+    shared: &Shared,
+    task: &PreparedTask,
+    wu: WuName,
+) -> Result<StagedTask, InterfaceError> {
+    let program = task
+        .spec
+        .program
+        .bundle(&task.staging_dir)
+        .map_err(|e| InterfaceError::new(format!("packing the program bundle: {e}")))?;
+    let prog_name = program_file_name(&program.sha256);
+    let already = shared.lock().staged_programs.contains(&prog_name);
+    if !already {
+        let bytes = std::fs::read(&program.path)
+            .map_err(|e| InterfaceError::new(format!("reading {}: {e}", program.path.display())))?;
+        stage_file(&shared.layout, &prog_name, &bytes)?;
+        shared.lock().staged_programs.insert(prog_name.clone());
+    }
+    let task_name = wu.task_file_name();
+    let bytes = task
+        .task_bundle_bytes(&program)
+        .map_err(|e| InterfaceError::new(format!("packing the task bundle: {e}")))?;
+    let staged = stage_file(&shared.layout, &task_name, &bytes)?;
+    for word in [wu.as_str(), &prog_name, &task_name] {
+        if !is_safe_name(word) {
+            return Err(InterfaceError::new(format!(
+                "{word:?} is not shell-safe; refusing to pass it to create_work"
+            )));
+        }
+    }
+    let line = format!("--wu_name {wu} {prog_name} {task_name}\n");
+    Ok(StagedTask {
+        wu,
+        line,
+        fresh_task_file: match staged {
+            Staged::Written(p) => Some(p),
+            Staged::Present(_) => None,
+        },
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn c_style_exponent() {
+        assert_eq!(c_exp(1234.0), "1.234000e+03");
+        assert_eq!(c_exp(0.0), "0.000000e+00");
+    }
+}
