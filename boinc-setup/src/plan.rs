@@ -241,30 +241,20 @@ pub fn plan(o: &Options) -> Result<Plan, SetupError> {
     let app = o.app_name.as_str();
     let ver = o.app_version.as_str();
     let mut plan = Plan::default();
-    for (what, p) in [
-        ("worker", &o.worker),
-        ("validator", &o.validator),
-        ("assimilator", &o.assimilator),
-    ] {
+    // Every worker that becomes an app version (each is checked against its platform's
+    // executable format when its version is planned), and the two server programs.
+    let workers: Vec<_> = o.app_versions().into_iter().map(|w| w.worker).collect();
+    let binaries = workers
+        .iter()
+        .map(|w| ("worker", w))
+        .chain([("validator", &o.validator), ("assimilator", &o.assimilator)]);
+    for (what, p) in binaries {
         if !p.is_file() {
             return Err(SetupError::BadOption(format!(
                 "the {what} binary {} does not exist",
                 p.display()
             )));
         }
-    }
-    let worker_bytes = std::fs::read(&o.worker).map_err(io_err(&o.worker, "reading"))?;
-    match elf_is_static(&worker_bytes) {
-        Some(true) => {}
-        Some(false) => plan.warnings.push(format!(
-            "{} is dynamically linked: volunteers' hosts may lack its libraries; build mw-worker \
-             with -C target-feature=+crt-static",
-            o.worker.display()
-        )),
-        None => plan.warnings.push(format!(
-            "{} is not an x86_64 ELF executable",
-            o.worker.display()
-        )),
     }
 
     let params = TemplateParams::for_quorum(o.quorum);
