@@ -265,7 +265,7 @@ pub const MAX_RESULT_FILES_BYTES: u64 = 256 << 20;
 
 /// Default limit of a task's result (stdout), like HTCondor's and BOINC's output limits:
 /// results are parsed and held in memory.
-pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 8 << 20;
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 16 << 20;
 
 impl TaskSpec {
     /// A task with only a program and an input.
