@@ -559,8 +559,30 @@ fn execute_unix(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutco
     };
     // Kill whatever is left of the group (grandchildren holding files open).
     signal_group(pid, libc::SIGKILL);
-    let (stdout, stdout_truncated) = read_limited(&stdout_path, req.max_stdout_bytes)?;
-    let stderr_tail = read_tail(&stderr_path, req.stderr_tail_bytes)?;
+    finish_from_files(
+        req,
+        control,
+        (t0, started),
+        timed_out,
+        exited,
+        &stdout_path,
+        &stderr_path,
+    )
+}
+
+/// The end of a run whose stdout and stderr went to files (the no-pidfd path here, every
+/// run on Windows): reads them within the request's limits, then [`finish`].
+fn finish_from_files(
+    req: &ExecRequest,
+    control: &ProcessControl,
+    (t0, started): (Instant, SystemTime),
+    timed_out: bool,
+    exited: Option<Exited>,
+    stdout_path: &Path,
+    stderr_path: &Path,
+) -> Result<ExecOutcome, ExecError> {
+    let (stdout, stdout_truncated) = read_limited(stdout_path, req.max_stdout_bytes)?;
+    let stderr_tail = read_tail(stderr_path, req.stderr_tail_bytes)?;
     Ok(finish(
         req,
         control,

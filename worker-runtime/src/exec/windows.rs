@@ -13,8 +13,8 @@
 //! This module knows nothing of bundles, platforms or the master.
 
 use super::{
-    finish, io_err, outcome_without_run, read_limited, read_tail, ExecError, ExecOutcome,
-    ExecRequest, Exited, ProcessControl,
+    finish_from_files, io_err, outcome_without_run, ExecError, ExecOutcome, ExecRequest, Exited,
+    ProcessControl,
 };
 use mw_bundle::ExitInfo;
 use std::fs::File;
@@ -310,19 +310,15 @@ pub(super) fn execute(
         st.job = None;
     }
     let exited = status.map(|status| Exited { status, user, sys });
-    let (stdout, stdout_truncated) = read_limited(&stdout_path, req.max_stdout_bytes)?;
-    let stderr_tail = read_tail(&stderr_path, req.stderr_tail_bytes)?;
-    Ok(finish(
+    finish_from_files(
         req,
         control,
-        t0,
-        started,
+        (t0, started),
         timed_out,
         exited,
-        stdout,
-        stdout_truncated,
-        stderr_tail,
-    ))
+        &stdout_path,
+        &stderr_path,
+    )
 }
 
 /// Turns a process exit code into an [`ExitInfo`]: Windows has no signals, so every end
