@@ -175,10 +175,36 @@ pub(crate) fn live_master_pid(dir: &Path) -> anyhow::Result<Option<i64>> {
     let rec = read_master(&conn, &path)?;
     // The job's lock says for sure (any master, also a library program's); the pid check
     // covers the instant between `mw submit` and its detached master taking the lock.
-    if master_running(dir) {
+    if lock_held_by_a_live_master(dir, &rec) {
         return Ok(Some(rec.pid.unwrap_or(0)));
     }
     live_master_in(&rec)
+}
+
+/// The lock is held, and not only by a master that is already dead: a killed process's
+/// thread-group leader turns zombie while its other threads still hold its files (the lock
+/// among them) for a moment.
+fn lock_held_by_a_live_master(dir: &Path, rec: &MasterRecord) -> bool {
+    if !master_running(dir) {
+        return false;
+    }
+    let here = mw_worker_runtime::exec::host_name();
+    match (rec.pid, rec.host.as_deref()) {
+        (Some(pid), Some(h)) if h == here => process_running(pid),
+        _ => true,
+    }
+}
+
+/// True when `pid` exists and is not a zombie (any program: a library master too).
+fn process_running(pid: i64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+        .unwrap_or("");
+    !(state == "Z" || state == "X")
 }
 
 /// The pid of the live master a job row names, if it runs on this host.
@@ -643,8 +669,9 @@ pub(crate) fn wait(args: WaitArgs, quiet: bool) -> anyhow::Result<i32> {
             counts = state_counts(&conn, &path)?;
             seen_version = Some(version);
         }
+        let rec = read_master(&conn, &path)?;
         let master_alive =
-            master_running(&dir) || live_master_in(&read_master(&conn, &path)?)?.is_some();
+            lock_held_by_a_live_master(&dir, &rec) || live_master_in(&rec)?.is_some();
         // Every task has an outcome; a master still alive is finishing up (reduce), so
         // wait for it to exit too.
         if counts.unfinished == 0 && !master_alive {
