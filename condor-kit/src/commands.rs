@@ -14,7 +14,9 @@ use std::process::Command;
 /// inherited environment; `bin_dir` pins a directory, `envs` adds variables (e.g. `CONDOR_CONFIG`).
 #[derive(Debug, Clone, Default)]
 pub struct CondorCli {
+    /// Where the `condor_*` commands are; `None` means PATH.
     pub bin_dir: Option<PathBuf>,
+    /// Extra environment for every command (e.g. `CONDOR_CONFIG`).
     pub envs: Vec<(OsString, OsString)>,
 }
 
@@ -58,22 +60,30 @@ pub fn is_batch_name(name: &str) -> bool {
 /// One job ad from `condor_q -json` or `condor_history -json`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobAd {
+    /// The job this row describes.
     pub handle: JobHandle,
+    /// Its `JobStatus`.
     pub status: JobStatus,
+    /// `ExitCode`, when the job exited.
     pub exit_code: Option<i64>,
+    /// `ExitSignal`, when a signal ended it.
     pub exit_signal: Option<i64>,
+    /// `HoldReason`, when held.
     pub hold_reason: Option<String>,
+    /// `HoldReasonCode`, when held.
     pub hold_reason_code: Option<i64>,
     /// The whole ad as printed.
     pub attributes: serde_json::Map<String, serde_json::Value>,
 }
 
 impl CondorCli {
+    /// Runs the commands from `dir` instead of PATH.
     pub fn with_bin_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.bin_dir = Some(dir.into());
         self
     }
 
+    /// Adds `key=value` to every command's environment.
     pub fn with_env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.envs.push((key.into(), value.into()));
         self

@@ -12,13 +12,21 @@ use std::path::{Path, PathBuf};
 /// local time unless `utc`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct EventTime {
+    /// The year, when the header has one (ISO form).
     pub year: Option<i32>,
+    /// Month, 1–12.
     pub month: u8,
+    /// Day of the month, 1–31.
     pub day: u8,
+    /// Hour, 0–23.
     pub hour: u8,
+    /// Minute, 0–59.
     pub minute: u8,
+    /// Second, 0–60.
     pub second: u8,
+    /// Milliseconds, when written.
     pub millis: Option<u16>,
+    /// Whether the time is UTC (a trailing `Z`).
     pub utc: bool,
 }
 
@@ -26,10 +34,15 @@ pub struct EventTime {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum Termination {
     /// `(1) Normal termination (return value N)`.
-    Normal { return_value: i64 },
+    Normal {
+        /// The program's exit code.
+        return_value: i64,
+    },
     /// `(0) Abnormal termination (signal N)`, with the core file if one was written.
     Abnormal {
+        /// The signal number.
         signal: i64,
+        /// The core file, if one was written.
         core_file: Option<String>,
     },
 }
@@ -37,11 +50,17 @@ pub enum Termination {
 /// Stage of a file transfer (event 040).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum TransferStage {
+    /// Input transfer queued.
     InputQueued,
+    /// Input transfer started.
     InputStarted,
+    /// Input transfer finished.
     InputFinished,
+    /// Output transfer queued.
     OutputQueued,
+    /// Output transfer started.
     OutputStarted,
+    /// Output transfer finished.
     OutputFinished,
     /// Wording this crate does not know.
     Other(String),
@@ -51,58 +70,107 @@ pub enum TransferStage {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum EventKind {
     /// 000 `Job submitted from host: <sinful>`; notes are the indented lines (submit_event_notes, DAG node).
-    Submitted { host: String, notes: Vec<String> },
+    Submitted {
+        /// The submit host's sinful string.
+        host: String,
+        /// The indented note lines.
+        notes: Vec<String>,
+    },
     /// 001 `Job executing on host: <sinful>`.
-    Executing { host: String },
+    Executing {
+        /// The execute host's sinful string.
+        host: String,
+    },
     /// 002: the executable could not be run.
-    ExecutableError { message: String },
+    ExecutableError {
+        /// HTCondor's message.
+        message: String,
+    },
     /// 003.
     Checkpointed,
     /// 004: back to idle.
     Evicted {
+        /// Whether the job checkpointed first.
         checkpointed: bool,
+        /// Whether it went back to the queue.
         requeued: bool,
+        /// Why, when written.
         reason: Option<String>,
     },
     /// 005.
     Terminated(Termination),
     /// 006.
     ImageSize {
+        /// Image size in KiB.
         size_kb: Option<u64>,
+        /// Memory usage in MB.
         memory_usage_mb: Option<u64>,
+        /// Resident set size in KiB.
         resident_set_size_kb: Option<u64>,
     },
     /// 007: the job returns to idle.
-    ShadowException { message: Option<String> },
+    ShadowException {
+        /// HTCondor's message, when written.
+        message: Option<String>,
+    },
     /// 009 `Job was aborted…` (condor_rm).
-    Aborted { reason: Option<String> },
+    Aborted {
+        /// The removal reason, when written.
+        reason: Option<String>,
+    },
     /// 010.
     Suspended,
     /// 011.
     Unsuspended,
     /// 012; old records carry neither reason nor code.
     Held {
+        /// The hold reason, when written.
         reason: Option<String>,
+        /// `HoldReasonCode`.
         code: Option<i64>,
+        /// `HoldReasonSubCode`.
         subcode: Option<i64>,
     },
     /// 013.
-    Released { reason: Option<String> },
+    Released {
+        /// The release reason, when written.
+        reason: Option<String>,
+    },
     /// 021.
-    RemoteError { message: String },
+    RemoteError {
+        /// The remote error message.
+        message: String,
+    },
     /// 022.
-    Disconnected { reason: Option<String> },
+    Disconnected {
+        /// Why, when written.
+        reason: Option<String>,
+    },
     /// 023.
     Reconnected,
     /// 024: followed by a new 001, or idle.
-    ReconnectFailed { reason: Option<String> },
+    ReconnectFailed {
+        /// Why, when written.
+        reason: Option<String>,
+    },
     /// 028: unindented `Attr = value` ClassAd lines, values kept as ClassAd text.
-    JobAdInformation { attributes: Vec<(String, String)> },
+    JobAdInformation {
+        /// `(name, ClassAd value text)` pairs in written order.
+        attributes: Vec<(String, String)>,
+    },
     /// 040.
-    FileTransfer { stage: TransferStage },
+    FileTransfer {
+        /// Which stage.
+        stage: TransferStage,
+    },
     /// Any other event code HTCondor defines (008, 014–020, 025–027, 029–039, 041–047, 100–111):
     /// header message and trimmed body lines.
-    Other { message: String, body: Vec<String> },
+    Other {
+        /// The header's message.
+        message: String,
+        /// The trimmed body lines.
+        body: Vec<String>,
+    },
 }
 
 /// The reason of a 004 event: a `Reason: …` line (older writers), or, as HTCondor 23 writes
@@ -126,12 +194,17 @@ pub struct LogEvent {
     pub code: u32,
     /// Ids as written; `-1` for `(-01.-01.-01)`.
     pub cluster: i64,
+    /// Proc id as written.
     pub proc: i64,
+    /// Subproc id as written.
     pub subproc: i64,
+    /// When it happened.
     pub time: EventTime,
+    /// What happened.
     pub kind: EventKind,
     /// The log file and the 1-based line of the header.
     pub log: PathBuf,
+    /// The 1-based line of the header in `log`.
     pub line: usize,
 }
 

@@ -37,6 +37,7 @@ impl LogFollower {
         }
     }
 
+    /// The log file being followed.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -9,11 +9,14 @@ use std::str::FromStr;
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
 pub struct JobHandle {
+    /// The cluster id (`ClusterId`).
     pub cluster: u64,
+    /// The proc id within the cluster (`ProcId`).
     pub proc: u64,
 }
 
 impl JobHandle {
+    /// `cluster.proc`.
     pub fn new(cluster: u64, proc: u64) -> Self {
         JobHandle { cluster, proc }
     }
@@ -46,18 +49,26 @@ impl FromStr for JobHandle {
 /// The `JobStatus` attribute of a job ad.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum JobStatus {
+    /// 1: waiting to run.
     Idle,
+    /// 2: running.
     Running,
+    /// 3: removed (`condor_rm`).
     Removed,
+    /// 4: completed.
     Completed,
+    /// 5: held.
     Held,
+    /// 6: transferring output.
     TransferringOutput,
+    /// 7: suspended.
     Suspended,
     /// A code this crate does not know.
     Other(i64),
 }
 
 impl JobStatus {
+    /// The status for a `JobStatus` code.
     pub fn from_code(code: i64) -> Self {
         match code {
             1 => JobStatus::Idle,
@@ -71,6 +82,7 @@ impl JobStatus {
         }
     }
 
+    /// The `JobStatus` code.
     pub fn code(self) -> i64 {
         match self {
             JobStatus::Idle => 1,

@@ -24,11 +24,15 @@ pub struct SubmitSpec {
     pub initialdir: PathBuf,
     /// The job event log of this batch.
     pub log: PathBuf,
+    /// `request_cpus`.
     pub request_cpus: u32,
+    /// `request_memory`, in MB.
     pub request_memory_mb: u64,
+    /// `request_disk`, in MB.
     pub request_disk_mb: u64,
     /// A ClassAd boolean expression (one line), e.g. `(OpSys == "LINUX")`.
     pub requirements: Option<String>,
+    /// `max_retries`: how often HTCondor re-runs a job that exits non-zero.
     pub max_retries: u32,
     /// One per task, in proc order (item i becomes proc i).
     pub items: Vec<SubmitItem>,
@@ -37,6 +41,7 @@ pub struct SubmitSpec {
 /// One task of the batch.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SubmitItem {
+    /// The task's index (the item's first column).
     pub task_index: u64,
     /// The task bundle on the submit side; it arrives in the scratch dir under its basename.
     pub task_bundle: PathBuf,
@@ -44,6 +49,7 @@ pub struct SubmitItem {
     pub result_bundle: String,
     /// Where the job's stdout / stderr go on the submit side.
     pub output: PathBuf,
+    /// The job's stderr file.
     pub error: PathBuf,
 }
 

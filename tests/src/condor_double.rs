@@ -36,30 +36,50 @@ const SLOT: &str = "slot1_1@double.invalid";
 /// One job of the pool, with everything the runner needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DoubleJob {
+    /// `ClusterId`.
     pub cluster: u64,
+    /// `ProcId`.
     pub proc: u64,
     /// HTCondor's JobStatus code: 1 idle, 2 running, 3 removed, 4 completed, 5 held.
     pub status: i64,
+    /// `executable` after macro expansion.
     pub executable: PathBuf,
+    /// `arguments`, split.
     pub arguments: Vec<String>,
+    /// `initialdir`.
     pub initialdir: PathBuf,
+    /// `log`.
     pub log: PathBuf,
+    /// `output`.
     pub output: PathBuf,
+    /// `error`.
     pub error: PathBuf,
+    /// `transfer_input_files`.
     pub input_files: Vec<PathBuf>,
+    /// `transfer_output_files`.
     pub output_files: Vec<String>,
+    /// `submit_event_notes`.
     pub notes: Option<String>,
+    /// `JobBatchName`.
     pub batch_name: Option<String>,
     /// `+MwBatch` (a ClassAd string), as the real schedd stores it in the job ad.
     #[serde(default)]
     pub mw_batch: Option<String>,
+    /// Submitted on hold.
     pub hold: bool,
+    /// Evict this job once before it runs (a scripted fault).
     pub evict_once: bool,
+    /// `NumJobStarts`.
     pub num_job_starts: u64,
+    /// `ExitCode`, once exited.
     pub exit_code: Option<i64>,
+    /// `ExitSignal`, once signalled.
     pub exit_signal: Option<i64>,
+    /// `HoldReason`, when held.
     pub hold_reason: Option<String>,
+    /// `HoldReasonCode`, when held.
     pub hold_reason_code: Option<i64>,
+    /// The process running the job, while it runs.
     pub pid: Option<i32>,
 }
 
