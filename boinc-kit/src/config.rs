@@ -69,14 +69,7 @@ impl MwBoincConfig {
 
     /// Reads a config file; a relative `spool_dir` is taken relative to the file's directory.
     pub fn load_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut cfg: MwBoincConfig = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            reason: e.message().to_string(),
-        })?;
+        let mut cfg: MwBoincConfig = read_toml(path)?;
         if cfg.spool_dir.is_relative() {
             let base = path.parent().unwrap_or(Path::new("."));
             cfg.spool_dir = base.join(&cfg.spool_dir);
@@ -110,14 +103,7 @@ pub struct SpoolLocation {
 impl SpoolLocation {
     /// Reads the spool location from a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut loc: SpoolLocation = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            reason: e.message().to_string(),
-        })?;
+        let mut loc: SpoolLocation = read_toml(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         if loc.spool_dir.is_relative() {
             loc.spool_dir = base.join(&loc.spool_dir);
@@ -196,6 +182,18 @@ pub fn xml_value(text: &str, tag: &str) -> Option<String> {
     let a = text.find(&open)? + open.len();
     let b = text[a..].find(&close)? + a;
     Some(text[a..b].trim().to_string())
+}
+
+/// Reads and parses a TOML file, naming the file in either error.
+fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        reason: e.message().to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@
 //! This crate must never know about the master's task queue or journal, the contents of mw's
 //! bundles, or BOINC's database; it only names and lays out files.
 
-
 pub mod config;
 pub mod errors;
 pub mod names;

@@ -319,20 +319,26 @@ pub fn plan(o: &Options) -> Result<Plan, SetupError> {
     if !tdir.is_dir() {
         plan.actions.push(Action::CreateDir(tdir.clone()));
     }
-    push_write(
-        &mut plan,
-        root.join(&config.input_template),
-        Content::Bytes(input_template(&params).into_bytes()),
-        0o644,
-        "input template",
-    )?;
-    push_write(
-        &mut plan,
-        root.join(&config.output_template),
-        Content::Bytes(output_template(&params).into_bytes()),
-        0o644,
-        "output template",
-    )?;
+    for (path, text, what) in [
+        (
+            &config.input_template,
+            input_template(&params),
+            "input template",
+        ),
+        (
+            &config.output_template,
+            output_template(&params),
+            "output template",
+        ),
+    ] {
+        push_write(
+            &mut plan,
+            root.join(path),
+            Content::Bytes(text.into_bytes()),
+            0o644,
+            what,
+        )?;
+    }
 
     // Programs in bin/.
     let bin = root.join("bin");

@@ -12,7 +12,6 @@
 //! **Architecture invariant:** this crate knows nothing of platforms (Condor, BOINC, MPI),
 //! of the master, or of how programs are executed.
 
-
 mod error;
 pub mod fsutil;
 mod manifest;

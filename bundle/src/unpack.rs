@@ -60,12 +60,7 @@ pub fn unpack(
     expect: Option<BundleKind>,
     limits: &Limits,
 ) -> Result<Manifest, BundleError> {
-    let label = archive.display().to_string();
-    let file = std::fs::File::open(archive).map_err(|e| BundleError::Io {
-        archive: label.clone(),
-        context: "cannot open".into(),
-        source: e,
-    })?;
+    let (label, file) = open_archive(archive)?;
     std::fs::create_dir_all(dest).map_err(|e| BundleError::Io {
         archive: label.clone(),
         context: format!("cannot create {}", dest.display()),
@@ -174,12 +169,7 @@ pub fn open_in_memory(
 
 /// Reads only the manifest (the first entry) of the bundle at `archive`.
 pub fn read_manifest(archive: &Path, limits: &Limits) -> Result<Manifest, BundleError> {
-    let label = archive.display().to_string();
-    let file = std::fs::File::open(archive).map_err(|e| BundleError::Io {
-        archive: label.clone(),
-        context: "cannot open".into(),
-        source: e,
-    })?;
+    let (label, file) = open_archive(archive)?;
     let mut tar = tar::Archive::new(GzDecoder::new(file));
     let mut entries = tar
         .entries()
@@ -630,4 +620,15 @@ fn walk<R: Read>(
         }
     }
     Ok(manifest)
+}
+
+/// Opens a bundle file; its display name labels every error about it.
+fn open_archive(archive: &Path) -> Result<(String, std::fs::File), BundleError> {
+    let label = archive.display().to_string();
+    let file = std::fs::File::open(archive).map_err(|e| BundleError::Io {
+        archive: label.clone(),
+        context: "cannot open".into(),
+        source: e,
+    })?;
+    Ok((label, file))
 }

@@ -458,18 +458,36 @@ fn num<T: std::str::FromStr>(s: &str, width: usize, what: &str) -> std::result::
     s.parse().map_err(|_| format!("{what} {s:?} out of range"))
 }
 
+/// Splits `s` at `sep` into exactly three parts (a missing part is empty, and fails its
+/// width check); more than three is an error that says `s` is `not_what`.
+fn three_parts<'a>(
+    s: &'a str,
+    sep: char,
+    what: &str,
+    not_what: &str,
+) -> std::result::Result<[&'a str; 3], String> {
+    let mut p = s.split(sep);
+    let parts = [
+        p.next().unwrap_or(""),
+        p.next().unwrap_or(""),
+        p.next().unwrap_or(""),
+    ];
+    match p.next() {
+        Some(_) => Err(format!("{what} {s:?} is {not_what}")),
+        None => Ok(parts),
+    }
+}
+
 fn parse_time(date_s: &str, time_s: &str) -> std::result::Result<EventTime, String> {
     let (year, month, day) = if let Some((m, d)) = date_s.split_once('/') {
         (None, num::<u8>(m, 2, "month")?, num::<u8>(d, 2, "day")?)
     } else {
-        let mut p = date_s.split('-');
-        let y = num::<i32>(p.next().unwrap_or(""), 4, "year")?;
-        let m = num::<u8>(p.next().unwrap_or(""), 2, "month")?;
-        let d = num::<u8>(p.next().unwrap_or(""), 2, "day")?;
-        if p.next().is_some() {
-            return Err(format!("date {date_s:?} is neither MM/DD nor YYYY-MM-DD"));
-        }
-        (Some(y), m, d)
+        let [y, m, d] = three_parts(date_s, '-', "date", "neither MM/DD nor YYYY-MM-DD")?;
+        (
+            Some(num::<i32>(y, 4, "year")?),
+            num::<u8>(m, 2, "month")?,
+            num::<u8>(d, 2, "day")?,
+        )
     };
     let (time_s, utc) = match time_s.strip_suffix('Z') {
         Some(t) => (t, true),
@@ -479,13 +497,10 @@ fn parse_time(date_s: &str, time_s: &str) -> std::result::Result<EventTime, Stri
         Some((hms, ms)) => (hms, Some(num::<u16>(ms, 3, "milliseconds")?)),
         None => (time_s, None),
     };
-    let mut p = hms.split(':');
-    let hour = num::<u8>(p.next().unwrap_or(""), 2, "hour")?;
-    let minute = num::<u8>(p.next().unwrap_or(""), 2, "minute")?;
-    let second = num::<u8>(p.next().unwrap_or(""), 2, "second")?;
-    if p.next().is_some() {
-        return Err(format!("time {time_s:?} is not HH:MM:SS"));
-    }
+    let [h, m, sec] = three_parts(hms, ':', "time", "not HH:MM:SS")?;
+    let hour = num::<u8>(h, 2, "hour")?;
+    let minute = num::<u8>(m, 2, "minute")?;
+    let second = num::<u8>(sec, 2, "second")?;
     if !(1..=12).contains(&month)
         || !(1..=31).contains(&day)
         || hour > 23

@@ -158,3 +158,50 @@ pub fn prime_chunk(input: &PrimeInput) -> PrimeOutput {
         n,
     }
 }
+
+/// What the example binaries share: number arguments, finding a sibling task program, and
+/// reading task results as JSON lines. These are the driver's chores, not the computation.
+pub mod driver {
+    use serde::de::DeserializeOwned;
+    use std::io::BufRead;
+    use std::path::PathBuf;
+
+    /// The next command-line argument as a whole number, or `default` when it is absent.
+    pub fn number_arg(
+        args: &mut impl Iterator<Item = String>,
+        default: u64,
+    ) -> anyhow::Result<u64> {
+        match args.next() {
+            Some(s) => s
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{s:?} is not a whole number: {e}")),
+            None => Ok(default),
+        }
+    }
+
+    /// The path of the program `name` in the directory of the running executable.
+    pub fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+        let exe = std::env::current_exe()?;
+        let dir = exe
+            .parent()
+            .ok_or_else(|| anyhow::anyhow!("no directory for {}", exe.display()))?;
+        Ok(dir.join(name))
+    }
+
+    /// Calls `each` with every non-blank line of stdin parsed as a `what` result.
+    pub fn for_each_result<T: DeserializeOwned>(
+        what: &str,
+        mut each: impl FnMut(T),
+    ) -> anyhow::Result<()> {
+        for (i, line) in std::io::stdin().lock().lines().enumerate() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let out = serde_json::from_str(&line)
+                .map_err(|e| anyhow::anyhow!("line {}: not a {what} task result: {e}", i + 1))?;
+            each(out);
+        }
+        Ok(())
+    }
+}

@@ -22,7 +22,6 @@
 //! **Architecture invariant:** the master never knows which platform it drives: everything
 //! platform-specific is behind [`Interface`].
 
-
 pub mod boinc;
 pub mod condor;
 pub mod crash;

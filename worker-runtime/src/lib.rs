@@ -9,7 +9,6 @@
 //! **Architecture invariant:** only this crate executes user programs. It knows nothing of
 //! the master, the journal, or how bundles travel (Condor, BOINC, MPI).
 
-
 pub mod boinc;
 pub mod exec;
 pub mod run;

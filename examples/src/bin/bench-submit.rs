@@ -3,6 +3,7 @@
 //!
 //! Usage: `bench-submit N JOB_DIR` (the null task `null-task` must be next to this binary).
 use mw::{Master, MasterOptions, Multicore, Program, TaskSpec};
+use mw_examples::driver;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,17 +20,9 @@ fn peak_rss_kib() -> u64 {
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let n: u64 = args
-        .next()
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(100_000);
+    let n = driver::number_arg(&mut args, 100_000)?;
     let dir = std::path::PathBuf::from(args.next().unwrap_or_else(|| "bench-submit-job".into()));
-    let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .ok_or_else(|| anyhow::anyhow!("no directory for {}", exe.display()))?;
-    let program = Arc::new(Program::new(bin.join("null-task"))?);
+    let program = Arc::new(Program::new(driver::sibling("null-task")?)?);
     let rss_before = peak_rss_kib();
     let master = Master::with_journal(
         Arc::new(Multicore::default()),

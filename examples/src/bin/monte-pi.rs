@@ -4,22 +4,15 @@
 //! Usage: `monte-pi [TOTAL_POINTS] [TASKS]` (defaults 10^8 and 16). The task program
 //! `monte-pi-task` is expected next to this executable.
 use mw::{Master, Multicore, Program, TaskSpec};
+use mw_examples::driver;
 use std::sync::Arc;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let total: u64 = args
-        .next()
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(100_000_000);
-    let tasks: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(16);
+    let total = driver::number_arg(&mut args, 100_000_000)?;
+    let tasks = driver::number_arg(&mut args, 16)?;
     anyhow::ensure!(tasks > 0, "TASKS must be positive");
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .ok_or_else(|| anyhow::anyhow!("no directory for {}", exe.display()))?;
-    let program = Arc::new(Program::new(dir.join("monte-pi-task"))?);
+    let program = Arc::new(Program::new(driver::sibling("monte-pi-task")?)?);
 
     let master = Master::new(Multicore::default())?;
     for seed in 0..tasks {

@@ -3,23 +3,16 @@
 //! Usage: `primes [MAX] [CHUNKS]` (defaults 100000 and 20). The task program `prime-task`
 //! is expected next to this executable.
 use mw::{Master, Multicore, Program, TaskSpec};
+use mw_examples::driver;
 use std::sync::Arc;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let max: u64 = args
-        .next()
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(100_000);
-    let chunks: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(20);
+    let max = driver::number_arg(&mut args, 100_000)?;
+    let chunks = driver::number_arg(&mut args, 20)?;
     anyhow::ensure!(chunks > 0 && max > 0, "MAX and CHUNKS must be positive");
     let size = max.div_ceil(chunks);
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .ok_or_else(|| anyhow::anyhow!("no directory for {}", exe.display()))?;
-    let program = Arc::new(Program::new(dir.join("prime-task"))?);
+    let program = Arc::new(Program::new(driver::sibling("prime-task")?)?);
     let master = Master::new(Multicore::default())?;
     for chunk in 0..chunks {
         let input = mw_examples::PrimeInput { chunk, size, max };
