@@ -32,10 +32,11 @@ impl Env {
         Env { _tmp: tmp, root }
     }
 
+    /// The HTCondor doubles under the real tools' names first, then the inherited PATH.
     fn path_var(&self) -> String {
         format!(
             "{}:{}",
-            mw_tests::bin_dir().display(),
+            mw_tests::condor_double_path(&self.root).display(),
             std::env::var("PATH").unwrap_or_default()
         )
     }
@@ -61,7 +62,7 @@ impl Env {
 
     fn cli(&self) -> CondorCli {
         CondorCli::default()
-            .with_bin_dir(mw_tests::bin_dir())
+            .with_bin_dir(mw_tests::condor_double_path(&self.root))
             .with_env(STATE_ENV, self.root.join("state"))
     }
 

@@ -563,3 +563,73 @@ fn the_report_renders_in_headless_chromium() {
         "the screenshot has {colours} colour(s): not rendered"
     );
 }
+
+/// Names of real HTCondor, BOINC and MPI programs no binary of this workspace may take: a
+/// user who puts `target/release` on PATH must never run a test double instead of the real one.
+const REAL_TOOLS: &[&str] = &[
+    "feeder",
+    "transitioner",
+    "file_deleter",
+    "db_purge",
+    "script_validator",
+    "script_assimilator",
+    "sample_trivial_validator",
+    "sample_bitwise_validator",
+    "create_work",
+    "stage_file",
+    "xadd",
+    "update_versions",
+    "sign_executable",
+    "start",
+    "stop",
+    "make_project",
+    "boinc",
+    "boinc_client",
+    "boinccmd",
+    "mpirun",
+    "mpiexec",
+];
+
+#[test]
+fn no_binary_of_the_workspace_takes_a_real_tools_name() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["metadata", "--no-deps", "--offline", "--format-version", "1"])
+        .current_dir(mw_tests::workspace_root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo metadata: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut bins = Vec::new();
+    for pkg in v["packages"].as_array().unwrap() {
+        for t in pkg["targets"].as_array().unwrap() {
+            if t["kind"].as_array().unwrap().iter().any(|k| k == "bin") {
+                bins.push(t["name"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert!(bins.iter().any(|b| b == "mw"), "no `mw` among {bins:?}");
+    for b in &bins {
+        assert!(
+            !b.starts_with("condor_") && !REAL_TOOLS.contains(&b.as_str()),
+            "the binary `{b}` takes the name of a real tool: a build directory on PATH would \
+             shadow it (name test doubles mw-test-*)"
+        );
+    }
+    // The doubles exist under their own names, and the tests' PATH directory links them
+    // under the real names (outside the build directory).
+    let t = tempfile::tempdir().unwrap();
+    let dir = mw_tests::condor_double_path(t.path());
+    for tool in mw_tests::CONDOR_DOUBLE_TOOLS {
+        let double = format!("mw-test-{tool}");
+        assert!(bins.contains(&double), "no binary {double} in {bins:?}");
+        assert_eq!(
+            std::fs::read_link(dir.join(tool)).unwrap(),
+            mw_tests::bin_dir().join(&double)
+        );
+    }
+}
