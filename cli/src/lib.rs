@@ -122,7 +122,8 @@ A job file (TOML) says what to run and on what. Top-level keys come before any [
     requirements = 'OpSys == \"LINUX\"'
     batch_window_secs = 0.5         # tasks arriving within the window share one cluster
     on_hold = \"fail\"                # or \"wait\" for condor_release
-    worker = \"target/static/release/mw-worker\"   # default: $MW_WORKER, then next to mw
+    worker = \"target/static/release/mw-worker\"   # default: $MW_WORKER, then the
+                                    # static build (`cargo static-worker`)
 
     [boinc]                         # interface = \"boinc\" (after mw-boinc-setup)
     project_dir = \"/home/boincadm/projects/myproj\"

@@ -471,35 +471,54 @@ fn resume_after_sigkill_collects_every_result_exactly_once() {
 }
 
 #[test]
-fn mw_condor_prints_the_submit_file() {
+fn mw_condor_prints_a_submit_file_htcondor_reads_as_printed() {
     let env = Env::new();
     let job = example_job(&env, "monte_pi", 3);
-    let out = run(Command::new(mw_tests::bin("mw-condor"))
-        .args(["submit-file", job.to_str().unwrap()])
-        .current_dir(&env.root)
-        .env("MW_WORKER", mw_tests::bin("mw-worker"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped()));
+    let mw_condor = |extra: &[&str]| {
+        let mut args = vec!["submit-file"];
+        args.extend_from_slice(extra);
+        args.push(job.to_str().unwrap());
+        run(Command::new(mw_tests::bin("mw-condor"))
+            .args(&args)
+            .current_dir(&env.root)
+            .env("MW_WORKER", mw_tests::bin("mw-worker"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()))
+    };
+    let out = mw_condor(&[]);
     assert!(out.status.success(), "{}", text(&out));
-    let sub = String::from_utf8_lossy(&out.stdout);
+    let sub = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(sub.contains("universe                = vanilla"), "{sub}");
     assert!(sub.contains("queue task_index"), "{sub}");
-    // Write the item file where the queue line says it is, then let HTCondor parse both.
-    let items_path = PathBuf::from(sub.lines().last().unwrap().rsplit(' ').next().unwrap());
-    let items = run(Command::new(mw_tests::bin("mw-condor"))
-        .args(["submit-file", "--items", job.to_str().unwrap()])
-        .current_dir(&env.root)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped()));
-    assert_eq!(String::from_utf8_lossy(&items.stdout).lines().count(), 3);
-    std::fs::create_dir_all(items_path.parent().unwrap()).unwrap();
-    std::fs::write(&items_path, &items.stdout).unwrap();
-    let path = env.root.join("preview.sub");
+    // Saved where nothing else is: HTCondor's own parser reads it as printed.
+    let elsewhere = env.root.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let path = elsewhere.join("preview.sub");
     std::fs::write(&path, sub.as_bytes()).unwrap();
     let v: serde_json::Value = serde_json::from_str(&condor_check("submit", &path)).unwrap();
     assert_eq!(v["values"]["transfer_executable"], "true");
+    assert_eq!(
+        v["values"]["executable"].as_str().unwrap(),
+        mw_tests::bin("mw-worker").display().to_string()
+    );
     assert!(v["qargs"].as_str().unwrap().contains(" from "), "{v}");
-    assert_eq!(v["items"].as_array().unwrap().len(), 3, "{v}");
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "{v}");
+    // The inline items are the item file `mw` writes (`--items`), one job per task.
+    let lines = String::from_utf8_lossy(&mw_condor(&["--items"]).stdout).into_owned();
+    assert_eq!(lines.lines().count(), 3, "{lines}");
+    for (i, (item, line)) in items.iter().zip(lines.lines()).enumerate() {
+        let cols: Vec<&str> = line.split(' ').collect();
+        assert_eq!(item["task_index"], i.to_string(), "{v}");
+        assert_eq!(item["task_index"], cols[0], "{v}");
+        assert_eq!(item["task_path"], cols[1], "{v}");
+        assert_eq!(item["result_bundle"], cols[3], "{v}");
+    }
+    // A preview writes nothing.
+    let mut written = Vec::new();
+    find_files(&env.root, "items", &mut written);
+    assert!(written.is_empty(), "{written:?}");
+    assert!(!env.root.join("mw-jobs").exists());
 }
 
 /// Benchmark, not a check (run by bench/condor.sh): parses the job event log named by
