@@ -11,6 +11,7 @@ pub mod job;
 mod jobs;
 mod output;
 pub mod platforms;
+mod pool;
 mod report;
 mod run;
 mod signals;

@@ -471,6 +471,103 @@ fn resume_after_sigkill_collects_every_result_exactly_once() {
 }
 
 #[test]
+fn status_tells_jobs_idle_in_the_pool_from_running_ones() {
+    let env = Env::new();
+    let gate = env.root.join("gate");
+    let p = env.script(
+        "gated.sh",
+        &format!(
+            "read -r n\nwhile [ ! -f {gate} ]; do sleep 0.1; done\necho \"$n\"",
+            gate = gate.display()
+        ),
+    );
+    let counts = |id: &str| -> serde_json::Value {
+        let out = run(env.mw(&["status", id, "--json"], &[]));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["job"]["counts"].clone()
+    };
+    let wait_for = |id: &str, what: &str, ok: &dyn Fn(&serde_json::Value) -> bool| {
+        let t0 = Instant::now();
+        loop {
+            let c = counts(id);
+            if ok(&c) {
+                return;
+            }
+            assert!(t0.elapsed() < LIMIT, "{id}: never {what}; last counts {c}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    // Jobs the pool keeps idle (the double's hook: submitted, 000 events, never started).
+    let job = env.job("waiting", &p, "[1, 2, 3]", "");
+    let progress = env.root.join("waiting.stderr");
+    let mut child = env
+        .mw(
+            &["run", job.to_str().unwrap()],
+            &[("MW_CONDOR_DOUBLE_NO_RUN", "1")],
+        )
+        .stderr(std::fs::File::create(&progress).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("waiting-1", "idle 3 running 0", &|c| {
+        c["idle"] == 3 && c["running"] == 0 && c["queued"] == 0
+    });
+    // The progress line (every 2 s when piped) says so too.
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&progress)
+        .unwrap()
+        .contains("queued 0 idle 3 running 0 ")
+    {
+        assert!(
+            t0.elapsed() < LIMIT,
+            "no progress line with idle 3: {}",
+            std::fs::read_to_string(&progress).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let table = run(env.mw(&["status"], &[]));
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("waiting-1"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    // Every cell of this row is one word, so columns line up with the header's words.
+    assert_eq!(header.len(), row.len(), "{table}");
+    let col = |name: &str| {
+        let i = header.iter().position(|h| *h == name);
+        row[i.unwrap_or_else(|| panic!("no {name} column:\n{table}"))]
+    };
+    assert_eq!((col("IDLE"), col("RUNNING")), ("3", "0"), "{table}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // A master that is gone says nothing of the pool.
+    wait_for("waiting-1", "without pool counts", &|c| {
+        c.is_object() && c.get("idle").is_none()
+    });
+
+    // Jobs that execute: running, none idle.
+    let job = env.job("executing", &p, "[1, 2, 3]", "");
+    let child = env
+        .mw(&["run", job.to_str().unwrap()], &[])
+        .spawn()
+        .unwrap();
+    wait_for("executing-1", "idle 0 running 3", &|c| {
+        c["idle"] == 0 && c["running"] == 3
+    });
+    std::fs::write(&gate, "").unwrap();
+    let out = finish(child);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(result_lines(&out).len(), 3, "{}", text(&out));
+    // Nothing about the pool is left once the run is over.
+    assert!(!env.root.join("jobs/executing-1/pool-status.json").exists());
+    let c = counts("executing-1");
+    assert!(c.get("idle").is_none() && c["done"] == 3, "{c}");
+}
+
+#[test]
 fn mw_condor_prints_a_submit_file_htcondor_reads_as_printed() {
     let env = Env::new();
     let job = example_job(&env, "monte_pi", 3);
