@@ -13,6 +13,11 @@ BIN=$PWD/target/release
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 
+# The pool double's commands are built as mw-test-condor_* (never under the real names):
+# link them under the real names for this run only.
+mkdir "$T/condor-bin"
+for t in condor_submit condor_q condor_rm condor_history; do ln -s "$BIN/mw-test-$t" "$T/condor-bin/$t"; done
+
 # ---- 1. prepare + submit N tasks
 cat > "$T/job.toml" <<JOB
 name = "bench"
@@ -26,7 +31,7 @@ batch_window_secs = 0.5
 JOB
 cd "$T"
 start=$(date +%s.%N)
-PATH="$BIN:$PATH" MW_CONDOR_DOUBLE_STATE="$T/state" MW_CONDOR_DOUBLE_NO_RUN=1 \
+PATH="$T/condor-bin:$PATH" MW_CONDOR_DOUBLE_STATE="$T/state" MW_CONDOR_DOUBLE_NO_RUN=1 \
   MW_WORKER="$BIN/mw-worker" MW_JOBS_DIR="$T/jobs" "$BIN/mw" run -q job.toml > /dev/null 2>&1 &
 MW=$!
 # Wait for the batch's cluster marker (written right after condor_submit returns).

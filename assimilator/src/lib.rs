@@ -129,6 +129,33 @@ pub fn parse_args(args: &[String]) -> Result<Call, AssimilateError> {
     }
 }
 
+/// The text for `--help` / `-h` or `--version` / `-V` as the first argument, to print on
+/// stdout with exit 0; `None` for every other call (BOINC's start with a workunit id or
+/// `--error`).
+pub fn help_or_version(args: &[String]) -> Option<String> {
+    let version = env!("CARGO_PKG_VERSION");
+    match args.first()?.as_str() {
+        "--version" | "-V" => Some(format!("mw-assimilator {version}\n")),
+        "--help" | "-h" => Some(format!(
+            "mw-assimilator {version}: the program BOINC's script_assimilator runs for an mw app.\n\
+             \n\
+             Usage (by program name only; mw-boinc-setup installs it in the project's bin/):\n\
+             \x20 mw-assimilator WU_ID FILE...                     the canonical result's upload\n\
+             \x20 mw-assimilator --error MASK WU_NAME WU_ID BATCH  a workunit that failed\n\
+             \n\
+             It spools into ${SPOOL_ENV}, else the spool named by {CONFIG_FILE_NAME} at the\n\
+             project root. Exit status: 0 done (an unusable result is recorded, not retried),\n\
+             1 retry later (the spool cannot be found, read or written), 2 not one of the two\n\
+             forms. One line on stderr says what it did.\n\
+             \n\
+             Options:\n\
+             \x20 -h, --help     print this help\n\
+             \x20 -V, --version  print the version\n"
+        )),
+        _ => None,
+    }
+}
+
 /// What a call did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

@@ -260,3 +260,44 @@ fn wu_name_is_derived_from_output_names() {
     assert_eq!(mw_assimilator::wu_name_from_output("mw_0_rX_0"), None);
     assert_eq!(mw_assimilator::wu_name_from_output("plain"), None);
 }
+
+#[test]
+fn help_and_version_answer_on_stdout_and_the_boinc_forms_are_unchanged() {
+    let p = project();
+    let exe = p.root.join("bin/mw-assimilator");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&exe)
+            .args(args)
+            .current_dir(p.root.join("tmp_host"))
+            .env_remove("MW_BOINC_SPOOL")
+            .env_remove("BOINC_PROJECT_DIR")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let version = format!("mw-assimilator {}\n", env!("CARGO_PKG_VERSION"));
+    for flag in ["--version", "-V"] {
+        assert_eq!(run(&[flag]), (Some(0), version.clone(), String::new()));
+    }
+    for flag in ["--help", "-h"] {
+        let (code, out, err) = run(&[flag]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(err.is_empty(), "{err}");
+        assert!(
+            out.contains("mw-assimilator WU_ID FILE...")
+                && out.contains("--error MASK WU_NAME WU_ID BATCH"),
+            "{out}"
+        );
+    }
+    assert!(p.spool_files().is_empty(), "help spooled something");
+    // Still a usage error (exit 2) for anything that is neither form, and `--error` works.
+    let (code, out, err) = run(&["--bogus"]);
+    assert_eq!((code, out.as_str()), (Some(2), ""), "{err}");
+    let (code, _, err) = run(&["--error", "4", "mw_w1", "1009", "2"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(p.spool_files().keys().any(|k| k.starts_with("error_mw_w1")));
+}

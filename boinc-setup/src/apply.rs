@@ -1,5 +1,6 @@
-//! Carries a [`Plan`] out, in order: directories, atomic file writes (through
-//! `mw_bundle::write_atomic`), BOINC's own tools run from the project root.
+//! Carries a [`Plan`] out, in order: directories, backups of files about to be edited,
+//! atomic file writes (through `mw_bundle::write_atomic`), BOINC's own tools run from the
+//! project root.
 
 use crate::plan::{Action, Content, Plan};
 use crate::{io_err, SetupError};
@@ -36,6 +37,17 @@ pub fn apply(plan: &Plan, project_dir: &Path, out: &mut dyn Write) -> Result<(),
                 mode,
                 ..
             } => write_file(path, content, *mode)?,
+            Action::Backup { from, to } => {
+                use std::os::unix::fs::PermissionsExt;
+                let bytes = std::fs::read(from).map_err(io_err(from, "reading"))?;
+                let mode = std::fs::metadata(from)
+                    .map_err(io_err(from, "reading"))?
+                    .permissions()
+                    .mode()
+                    & 0o777;
+                mw_bundle::write_atomic(to, &bytes, Some(mode))
+                    .map_err(io_err(to, "writing the backup"))?;
+            }
             Action::Run { program, args, .. } => {
                 let command = format!("{program} {}", args.join(" "));
                 let output = std::process::Command::new(project_dir.join(program))

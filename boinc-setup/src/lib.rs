@@ -11,7 +11,8 @@
 //!   rendered by `mw_boinc_kit::template`;
 //! - `bin/mw-validator-init`, `bin/mw-validator-compare`, `bin/mw-assimilator`, and
 //!   `script_validator` / `script_assimilator` daemons configured by program name only;
-//! - `<one_result_per_host_per_wu>` when the quorum is above 1;
+//! - `<one_result_per_host_per_wu>` when the quorum is above 1; before config.xml is edited,
+//!   a copy with its mode is kept as `config.xml.mw-backup-<UTC time>` ([`backup_path`]);
 //! - the spool directory `mw_spool/` and the config file `mw_boinc.toml` ([`MwBoincConfig`]).
 //!
 //! Every name and file format it writes comes from `mw_boinc_kit`. Modules: [`mod@plan`] (what is
@@ -36,7 +37,7 @@ pub use mw_boinc_kit::names::{
 };
 pub use mw_boinc_kit::template::{input_template, output_template, TemplateParams};
 pub use mw_boinc_kit::MwBoincConfig;
-pub use plan::{elf_is_static, plan, Action, Content, Plan};
+pub use plan::{backup_path, elf_is_static, plan, Action, Content, Plan};
 pub use render::{assimilator_cmd, validator_cmd, version_xml};
 
 use std::path::{Path, PathBuf};

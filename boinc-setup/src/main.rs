@@ -21,7 +21,9 @@ struct Cli {
     /// App version, M.mm.
     #[arg(long, default_value = "1.00")]
     app_version: String,
-    /// The static mw-worker binary (default: mw-worker next to this program).
+    /// The static mw-worker binary volunteers receive (default: the build of
+    /// `cargo static-worker` in the tree this program was built in, target/static/release/
+    /// mw-worker, else a static mw-worker next to this program).
     #[arg(long)]
     worker: Option<PathBuf>,
     /// A worker for one BOINC platform, PLATFORM=PATH (repeatable): one app version per
@@ -55,7 +57,28 @@ fn beside_me(name: &str) -> anyhow::Result<PathBuf> {
     Ok(dir.join(name))
 }
 
-fn main() -> anyhow::Result<()> {
+/// The default worker: the static build (see `mw_worker_runtime::static_worker`). Not
+/// needed when `--worker-for` names every app version's worker.
+fn default_worker(
+    worker_for: &[mw_boinc_setup::platforms::PlatformWorker],
+) -> anyhow::Result<PathBuf> {
+    if !worker_for.is_empty() {
+        return Ok(PathBuf::new());
+    }
+    let exe = std::env::current_exe().context("cannot locate this program")?;
+    mw_worker_runtime::static_worker::find(&exe, "name one with --worker PATH")
+        .map_err(anyhow::Error::msg)
+}
+
+fn main() {
+    // Errors end here, as one line with their causes (`{:#}`), never a backtrace.
+    if let Err(e) = real_main() {
+        eprintln!("mw-boinc-setup: error: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let opts = mw_boinc_setup::Options {
         project_dir: cli.project_dir.clone(),
@@ -63,7 +86,7 @@ fn main() -> anyhow::Result<()> {
         app_version: cli.app_version,
         worker: match cli.worker {
             Some(p) => p,
-            None => beside_me("mw-worker")?,
+            None => default_worker(&cli.worker_for)?,
         },
         platform_workers: cli.worker_for,
         validator: match cli.validator {
@@ -105,6 +128,15 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("resolving {}", cli.project_dir.display()))?;
     let mut out = std::io::stdout();
     mw_boinc_setup::apply(&plan, &root, &mut out).context("installing")?;
+    for a in &plan.actions {
+        if let mw_boinc_setup::Action::Backup { from, to } = a {
+            println!(
+                "the previous {} is kept as {}",
+                from.file_name().unwrap_or_default().to_string_lossy(),
+                to.display()
+            );
+        }
+    }
     println!(
         "installed; restart the project's daemons (bin/stop && bin/start) to start the validator and assimilator"
     );

@@ -40,6 +40,14 @@ pub enum Action {
         /// What this is, for the plan listing.
         why: String,
     },
+    /// Copy a project file aside before it is edited (same mode bits: config.xml holds the
+    /// database password).
+    Backup {
+        /// The file about to be edited.
+        from: PathBuf,
+        /// The copy: `<name>.mw-backup-<UTC time>` ([`backup_path`]).
+        to: PathBuf,
+    },
     /// Run a BOINC tool from the project root.
     Run {
         /// Program, relative to the project root (e.g. `bin/xadd`).
@@ -77,6 +85,12 @@ impl std::fmt::Display for Action {
                     ),
                 }
             }
+            Action::Backup { from, to } => write!(
+                f,
+                "back up {} to {} (before editing it)",
+                from.display(),
+                to.display()
+            ),
             Action::Run { program, args, why } => {
                 write!(f, "run `{program}")?;
                 for a in args {
@@ -158,25 +172,36 @@ fn check_project(dir: &Path) -> Result<PathBuf, SetupError> {
     dir.canonicalize().map_err(io_err(dir, "resolving"))
 }
 
-/// Whether the ELF file at `path` is statically linked (no PT_INTERP). `None` if not ELF64.
+/// Whether the ELF file in `bytes` is statically linked (no PT_INTERP). `None` if not ELF64
+/// (read by `mw_worker_runtime::static_worker`, the one home of that check).
 pub fn elf_is_static(bytes: &[u8]) -> Option<bool> {
-    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 || bytes[5] != 1 {
-        return None;
+    use mw_worker_runtime::static_worker::{linkage, Linkage};
+    match linkage(bytes) {
+        Linkage::Static => Some(true),
+        Linkage::Dynamic { .. } => Some(false),
+        Linkage::Other => None,
     }
-    let u16_at = |o: usize| -> Option<u64> {
-        Some(u16::from_le_bytes(bytes.get(o..o + 2)?.try_into().ok()?) as u64)
-    };
-    let phoff = u64::from_le_bytes(bytes.get(0x20..0x28)?.try_into().ok()?);
-    let phentsize = u16_at(0x36)?;
-    let phnum = u16_at(0x38)?;
-    for i in 0..phnum {
-        let off = usize::try_from(phoff.checked_add(i.checked_mul(phentsize)?)?).ok()?;
-        let p_type = u32::from_le_bytes(bytes.get(off..off + 4)?.try_into().ok()?);
-        if p_type == 3 {
-            return Some(false);
-        }
+}
+
+/// Where a backup of `file` goes before it is edited: `<file>.mw-backup-<UTC time>`
+/// (e.g. `config.xml.mw-backup-20260124T101500Z`), with `-2`, `-3`, ... appended when a
+/// backup of that second exists; every earlier backup is kept.
+pub fn backup_path(file: &Path) -> PathBuf {
+    let stamp = jiff::Timestamp::now()
+        .strftime("%Y%m%dT%H%M%SZ")
+        .to_string();
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let base = file.with_file_name(format!("{name}.mw-backup-{stamp}"));
+    let mut candidate = base.clone();
+    let mut n = 2u32;
+    while std::fs::symlink_metadata(&candidate).is_ok() && n < 10_000 {
+        candidate = file.with_file_name(format!("{name}.mw-backup-{stamp}-{n}"));
+        n += 1;
     }
-    Some(true)
+    candidate
 }
 
 fn short_host_name() -> Option<String> {
@@ -383,13 +408,23 @@ pub fn plan(o: &Options) -> Result<Plan, SetupError> {
         _ => {}
     }
     if let Some(new) = ce.new_text {
-        push_write(
+        let at = plan.actions.len();
+        let to = backup_path(&config_xml);
+        if push_write(
             &mut plan,
-            config_xml,
+            config_xml.clone(),
             Content::Bytes(new.into_bytes()),
             0o644,
             &ce.changes.join("; "),
-        )?;
+        )? {
+            plan.actions.insert(
+                at,
+                Action::Backup {
+                    from: config_xml,
+                    to,
+                },
+            );
+        }
     }
 
     // Spool and config file (last: its presence marks a complete installation).

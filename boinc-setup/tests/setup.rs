@@ -475,3 +475,156 @@ fn one_app_version_per_platform_worker_idempotently() {
         "the second run changed something"
     );
 }
+
+/// The `config.xml.mw-backup-*` files beside config.xml, sorted.
+fn backups(root: &Path) -> Vec<PathBuf> {
+    let mut b: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("config.xml.mw-backup-")
+        })
+        .collect();
+    b.sort();
+    b
+}
+
+#[test]
+fn config_xml_is_backed_up_before_each_edit() {
+    let p = fake_project();
+    let cx = p.root.join("config.xml");
+    // config.xml holds the database password: the backup keeps its mode.
+    std::fs::set_permissions(&cx, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let original = std::fs::read(&cx).unwrap();
+    let out = setup(&p, &[]);
+    assert!(out.status.success());
+    let b = backups(&p.root);
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert_eq!(std::fs::read(&b[0]).unwrap(), original);
+    assert_eq!(
+        std::fs::metadata(&b[0]).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+    assert_ne!(
+        std::fs::read(&cx).unwrap(),
+        original,
+        "config.xml was edited"
+    );
+    let name = b[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(stdout(&out).contains(&name), "{}", stdout(&out));
+    // Nothing to edit: no new backup.
+    assert!(setup(&p, &[]).status.success());
+    assert_eq!(backups(&p.root).len(), 1);
+    // Another edit (quorum 2 adds the host rule) keeps the first backup and adds one of
+    // the file as it was just before this edit.
+    let before_second = std::fs::read(&cx).unwrap();
+    let out = setup(&p, &["--quorum", "2", "--app-version", "1.01"]);
+    assert!(out.status.success());
+    let b2 = backups(&p.root);
+    assert_eq!(b2.len(), 2, "{b2:?}");
+    assert_eq!(std::fs::read(&b[0]).unwrap(), original);
+    let newest = b2.iter().find(|x| **x != b[0]).unwrap();
+    assert_eq!(std::fs::read(newest).unwrap(), before_second);
+    // A dry run lists the backup it would make, and makes none.
+    let p = fake_project();
+    let out = setup(&p, &["--dry-run"]);
+    assert!(stdout(&out).contains("back up"), "{}", stdout(&out));
+    assert!(backups(&p.root).is_empty());
+}
+
+#[test]
+fn errors_are_one_line_with_their_causes_and_no_backtrace() {
+    let p = fake_project();
+    std::fs::remove_file(p.root.join("config.xml")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mw-boinc-setup"))
+        .arg("--project-dir")
+        .arg(&p.root)
+        .arg("--worker")
+        .arg(&p.worker)
+        .env("RUST_BACKTRACE", "1")
+        .env("RUST_LIB_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].starts_with("mw-boinc-setup: error: planning the installation into")
+            && lines[0].contains("is not a BOINC project directory: no config.xml"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("backtrace") && !err.contains("Caused by"),
+        "{err}"
+    );
+}
+
+/// A file that reads as a statically linked x86_64 ELF executable (no PT_INTERP).
+fn fake_static_worker(path: &Path) {
+    let mut e = vec![0u8; 128];
+    e[..4].copy_from_slice(b"\x7fELF");
+    e[4] = 2;
+    e[5] = 1;
+    e[0x12] = 62;
+    e[0x20] = 64;
+    e[0x36] = 56;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, e).unwrap();
+}
+
+#[test]
+fn the_default_worker_is_the_static_build() {
+    let p = fake_project();
+    // This program as if built in a fresh tree: target/release/mw-boinc-setup.
+    let tree_root = p.root.parent().unwrap().join("src-tree");
+    let release = tree_root.join("target/release");
+    std::fs::create_dir_all(&release).unwrap();
+    let exe = release.join("mw-boinc-setup");
+    if std::fs::hard_link(env!("CARGO_BIN_EXE_mw-boinc-setup"), &exe).is_err() {
+        std::fs::copy(env!("CARGO_BIN_EXE_mw-boinc-setup"), &exe).unwrap();
+    }
+    // A dynamically linked mw-worker beside it is not taken.
+    let dynamic = release.join("mw-worker");
+    std::fs::copy(env!("CARGO_BIN_EXE_mw-boinc-setup"), &dynamic).unwrap();
+    let run = || {
+        Command::new(&exe)
+            .arg("--project-dir")
+            .arg(&p.root)
+            .arg("--validator")
+            .arg(&p.validator)
+            .arg("--assimilator")
+            .arg(&p.assimilator)
+            .output()
+            .unwrap()
+    };
+    let before = tree(&p.root);
+    let out = run();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no statically linked mw-worker")
+            && err.contains("cargo static-worker")
+            && err.contains("--worker PATH"),
+        "{err}"
+    );
+    assert_eq!(before, tree(&p.root), "a refused setup changed the project");
+    // Built: it is installed, with no warning about linkage.
+    let static_worker = tree_root.join("target/static/release/mw-worker");
+    fake_static_worker(&static_worker);
+    let out = run();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("dynamically linked"), "{err}");
+    assert_eq!(
+        std::fs::read(
+            p.root
+                .join("apps/mw/1.00/x86_64-pc-linux-gnu/mw_worker_1.00_x86_64-pc-linux-gnu")
+        )
+        .unwrap(),
+        std::fs::read(&static_worker).unwrap()
+    );
+}

@@ -370,6 +370,14 @@ fn summarize(dir: &Path) -> anyhow::Result<(JobMeta, Vec<StoredTask>, JobSummary
     for t in &tasks {
         *counts.entry(t.state.as_str().to_string()).or_insert(0) += 1;
     }
+    let master_pid = live_master_pid(dir).ok().flatten();
+    // A pool (HTCondor) says which of the tasks handed to it wait in its queue.
+    if let Some(pool) = crate::pool::read(dir, master_pid) {
+        let handed = counts.get("running").copied().unwrap_or(0);
+        let (idle, running) = pool.split(u64::try_from(handed).unwrap_or(0));
+        counts.insert("idle".into(), usize::try_from(idle).unwrap_or(0));
+        counts.insert("running".into(), usize::try_from(running).unwrap_or(handed));
+    }
     let summary = JobSummary {
         id: meta.id.clone(),
         name: meta.name.clone(),
@@ -380,7 +388,7 @@ fn summarize(dir: &Path) -> anyhow::Result<(JobMeta, Vec<StoredTask>, JobSummary
         created: meta.created,
         age_secs: (now_unix() - meta.created).max(0.0),
         dir: dir.display().to_string(),
-        master_pid: live_master_pid(dir).ok().flatten(),
+        master_pid,
     };
     Ok((meta, tasks, summary))
 }
@@ -425,35 +433,41 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
                 let doc = serde_json::json!({"jobs": rows, "errors": problems});
                 writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
             } else {
-                let mut t = table(&[
-                    "ID",
-                    "NAME",
-                    "INTERFACE",
-                    "STATE",
-                    "TASKS",
-                    "QUEUED",
-                    "RUNNING",
-                    "DONE",
-                    "FAILED",
-                    "CANCELLED",
-                    "AGE",
-                ]);
+                // IDLE (waiting in a pool's queue) only when a live pool job reports it.
+                let with_idle = rows.iter().any(|r| r.counts.contains_key("idle"));
+                let mut header = vec!["ID", "NAME", "INTERFACE", "STATE", "TASKS", "QUEUED"];
+                if with_idle {
+                    header.push("IDLE");
+                }
+                header.extend(["RUNNING", "DONE", "FAILED", "CANCELLED", "AGE"]);
+                let mut t = table(&header);
+                let count = |r: &JobSummary, k: &str| {
+                    r.counts
+                        .get(k)
+                        .map_or_else(|| "-".to_string(), |n| n.to_string())
+                };
                 for r in &rows {
-                    t.add_row(vec![
+                    let mut row = vec![
                         r.id.clone(),
                         r.name.clone(),
                         r.interface.clone(),
                         r.state.clone(),
                         r.tasks.to_string(),
-                        r.counts["queued"].to_string(),
-                        r.counts["running"].to_string(),
-                        r.counts["done"].to_string(),
-                        r.counts["failed"].to_string(),
-                        r.counts["cancelled"].to_string(),
+                        count(r, "queued"),
+                    ];
+                    if with_idle {
+                        row.push(count(r, "idle"));
+                    }
+                    row.extend([
+                        count(r, "running"),
+                        count(r, "done"),
+                        count(r, "failed"),
+                        count(r, "cancelled"),
                         human_age(r.age_secs),
                     ]);
+                    t.add_row(row);
                 }
-                for i in 0..11 {
+                for i in 0..header.len() {
                     if let Some(c) = t.column_mut(i) {
                         // Flush left, two spaces between columns, counts right-aligned.
                         c.set_padding((0, 2));

@@ -11,6 +11,7 @@ pub mod job;
 mod jobs;
 mod output;
 pub mod platforms;
+mod pool;
 mod report;
 mod run;
 mod signals;
@@ -122,7 +123,8 @@ A job file (TOML) says what to run and on what. Top-level keys come before any [
     requirements = 'OpSys == \"LINUX\"'
     batch_window_secs = 0.5         # tasks arriving within the window share one cluster
     on_hold = \"fail\"                # or \"wait\" for condor_release
-    worker = \"target/static/release/mw-worker\"   # default: $MW_WORKER, then next to mw
+    worker = \"target/static/release/mw-worker\"   # default: $MW_WORKER, then the
+                                    # static build (`cargo static-worker`)
 
     [boinc]                         # interface = \"boinc\" (after mw-boinc-setup)
     project_dir = \"/home/boincadm/projects/myproj\"

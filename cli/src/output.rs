@@ -368,6 +368,8 @@ pub(crate) struct Progress {
     quiet: bool,
     /// Tasks already finished before this process started (resume): not in the rate.
     baseline: u64,
+    /// What the pool last said of the tasks handed to it (HTCondor: idle vs executing).
+    pool: Option<crate::pool::PoolStatus>,
 }
 
 impl Progress {
@@ -391,7 +393,14 @@ impl Progress {
             last_line: Instant::now(),
             quiet,
             baseline: 0,
+            pool: None,
         }
+    }
+
+    /// The pool's latest word on the tasks handed to it: "running" is then split into
+    /// idle (queued in the pool) and running (executing).
+    pub(crate) fn set_pool(&mut self, pool: crate::pool::PoolStatus) {
+        self.pool = Some(pool);
     }
 
     /// Tasks finished before this run (a resumed job): counted in the position, not the rate.
@@ -404,10 +413,19 @@ impl Progress {
         let elapsed = self.start.elapsed().as_secs_f64().max(1e-9);
         let here = finished.saturating_sub(self.baseline);
         let rate = here as f64 / elapsed;
-        let mut msg = format!(
-            "queued {} running {} done {} failed {}",
-            status.queued, status.running, status.done, status.failed
-        );
+        let mut msg = match self.pool {
+            Some(p) => {
+                let (idle, running) = p.split(status.running as u64);
+                format!(
+                    "queued {} idle {idle} running {running} done {} failed {}",
+                    status.queued, status.done, status.failed
+                )
+            }
+            None => format!(
+                "queued {} running {} done {} failed {}",
+                status.queued, status.running, status.done, status.failed
+            ),
+        };
         if status.cancelled > 0 {
             msg.push_str(&format!(" cancelled {}", status.cancelled));
         }

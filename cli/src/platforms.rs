@@ -25,6 +25,9 @@ pub(crate) fn check_available(interface: &str) -> anyhow::Result<()> {
 /// anything (BOINC: the project, mw's installation, permissions, settings), so a refused job
 /// leaves no job directory behind.
 pub(crate) fn preflight(name: &str, job: &Job) -> anyhow::Result<()> {
+    if name == "condor" {
+        condor_worker(job)?;
+    }
     if name == "boinc" {
         let settings = job
             .file
@@ -55,6 +58,30 @@ pub(crate) fn make(name: &str, job: &Job, job_dir: &Path) -> anyhow::Result<Arc<
     }
 }
 
+/// The `mw-worker` a Condor job ships: `[condor] worker` (relative to the job file), else
+/// `$MW_WORKER`, else the static worker of this build
+/// ([`mw_worker_runtime::static_worker::find`]); an error says how to build one.
+pub fn condor_worker(job: &Job) -> Result<PathBuf, JobError> {
+    if let Some(w) = &job.file.condor.worker {
+        let p = Path::new(w);
+        return Ok(if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            job.base_dir.join(p)
+        });
+    }
+    if let Some(p) = std::env::var_os("MW_WORKER") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| JobError(format!("cannot locate this program: {e}")))?;
+    mw_worker_runtime::static_worker::find(
+        &exe,
+        "name one with `[condor] worker = \"PATH\"` in the job file or MW_WORKER=PATH",
+    )
+    .map_err(JobError)
+}
+
 /// Condor settings from a job file's `[condor]` table (paths relative to the job file).
 pub fn condor_settings(
     job: &Job,
@@ -62,6 +89,7 @@ pub fn condor_settings(
 ) -> Result<CondorSettings, JobError> {
     let c: &CondorSection = &job.file.condor;
     let mut s = CondorSettings::new(work_dir);
+    s.worker = condor_worker(job)?;
     let rel = |p: &str| {
         let p = Path::new(p);
         if p.is_absolute() {
@@ -115,9 +143,6 @@ pub fn condor_settings(
                 format!("`{other}`: expected \"fail\" or \"wait\""),
             ))
         }
-    }
-    if let Some(w) = &c.worker {
-        s.worker = rel(w);
     }
     Ok(s)
 }

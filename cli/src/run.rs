@@ -485,6 +485,10 @@ pub(crate) enum DriveEnd {
 /// How often a running master looks for `mw cancel` requests, whatever the task rate.
 const CANCEL_POLL: Duration = Duration::from_millis(200);
 
+/// How often the drive loop asks the interface what the pool says (idle vs running) for the
+/// progress line and `mw status` ([`crate::pool`]).
+const POOL_POLL: Duration = Duration::from_secs(1);
+
 /// Counts of a run's outcomes and its first failures, for the end-of-run summary.
 #[derive(Default)]
 struct Tally {
@@ -551,9 +555,23 @@ fn drive(
     ) -> anyhow::Result<()>,
 ) -> anyhow::Result<DriveEnd> {
     let mut next_cancel_check = std::time::Instant::now();
+    let mut next_pool_check = std::time::Instant::now();
+    let job_dir = journal.and_then(|j| j.path().parent().map(Path::to_path_buf));
+    let mut pool_written = false;
     let mut interrupted = false;
     let mut output_closed = false;
     let end = loop {
+        if std::time::Instant::now() >= next_pool_check {
+            next_pool_check = std::time::Instant::now() + POOL_POLL;
+            let status = master.status();
+            if let Some(pool) = crate::pool::PoolStatus::from_interface(&status.interface_status) {
+                progress.set_pool(pool);
+                if let Some(dir) = &job_dir {
+                    crate::pool::write(dir, &pool);
+                    pool_written = true;
+                }
+            }
+        }
         if !interrupted && crate::signals::interrupted() {
             interrupted = true;
             master.stop("interrupted (SIGINT/SIGTERM)");
@@ -596,6 +614,9 @@ fn drive(
     };
     progress.update(&master.counts(), true);
     progress.finish();
+    if let (true, Some(dir)) = (pool_written, &job_dir) {
+        let _ = std::fs::remove_file(dir.join(crate::pool::POOL_STATUS_FILE));
+    }
     Ok(end)
 }
 

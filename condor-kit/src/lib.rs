@@ -20,7 +20,7 @@ pub use events::{parse_record, EventKind, EventTime, LogEvent, Termination, Tran
 pub use follower::{LogFollower, Polled};
 pub use job::{JobHandle, JobStatus};
 pub use submit::{
-    parse_items, parse_terse, render_items, render_submit, write_submit_files, ItemLine,
-    SubmitItem, SubmitSpec, DEFAULT_TEMPLATE,
+    inline_items, parse_items, parse_terse, render_items, render_submit, write_submit_files,
+    ItemLine, SubmitItem, SubmitSpec, DEFAULT_TEMPLATE,
 };
 pub use watcher::{spawn_log_watcher, spawn_polling_log_watcher, LogWatcher, WatchMessage};

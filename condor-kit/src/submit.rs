@@ -318,6 +318,54 @@ pub fn write_submit_files(
     Ok((submit_path, items_path))
 }
 
+/// Turns the one `queue ... from FILE` line of a rendered submit description into
+/// `queue ... from ( ... )` holding `items` (the item file's text, as [`render_items`] writes
+/// it), so the description stands alone: HTCondor needs no item file beside it. For previews
+/// (`mw-condor submit-file`); `mw` itself submits with the item file.
+pub fn inline_items(submit: &str, items: &str) -> Result<String> {
+    let bad = |message: String| CondorError::Template {
+        source_name: "(the rendered submit description)".into(),
+        message,
+    };
+    if let Some(l) = items
+        .lines()
+        .find(|l| l.trim_start().starts_with(')') || l.trim_start().starts_with('#'))
+    {
+        return Err(bad(format!(
+            "item line {l:?} would end the inline item list"
+        )));
+    }
+    let mut out = String::with_capacity(submit.len() + items.len() + 8);
+    let mut found = 0;
+    for line in submit.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\n', '\r']);
+        let lower = body.trim_start().to_ascii_lowercase();
+        let from = lower
+            .strip_prefix("queue")
+            .filter(|rest| rest.starts_with([' ', '\t']))
+            .and_then(|_| body.to_ascii_lowercase().rfind(" from "));
+        match from {
+            Some(at) if !body[at + 6..].trim_start().starts_with('(') => {
+                found += 1;
+                out.push_str(&body[..at]);
+                out.push_str(" from (\n");
+                for item in items.lines().filter(|l| !l.trim().is_empty()) {
+                    out.push_str(item);
+                    out.push('\n');
+                }
+                out.push_str(")\n");
+            }
+            _ => out.push_str(line),
+        }
+    }
+    if found != 1 {
+        return Err(bad(format!(
+            "expected one `queue ... from FILE` line, found {found}"
+        )));
+    }
+    Ok(out)
+}
+
 /// Parses `condor_submit -terse` output: one `C.first - C.last` line per cluster, expanded to
 /// every `cluster.proc` in order.
 pub fn parse_terse(output: &str) -> std::result::Result<Vec<JobHandle>, String> {
@@ -350,6 +398,17 @@ pub fn parse_terse(output: &str) -> std::result::Result<Vec<JobHandle>, String> 
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn items_inline_into_the_queue_line() {
+        let sub = "universe = vanilla\nqueue a, b from /x/y.items\n";
+        let out = inline_items(sub, "1 p\n2 q\n").unwrap();
+        assert_eq!(out, "universe = vanilla\nqueue a, b from (\n1 p\n2 q\n)\n");
+        // No queue line, two of them, or an item that would end the list: refused.
+        assert!(inline_items("universe = vanilla\n", "1 p\n").is_err());
+        assert!(inline_items(&format!("{sub}{sub}"), "1 p\n").is_err());
+        assert!(inline_items(sub, ") p\n").is_err());
+    }
 
     #[test]
     fn terse_ranges() {

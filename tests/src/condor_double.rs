@@ -1,7 +1,8 @@
 //! TEST DOUBLE: stands in for HTCondor's daemons, which cannot be installed here.
 //!
 //! Shared code of the `condor_submit`, `condor_q`, `condor_rm` and `condor_history` doubles in
-//! `src/bin/`. A "pool" is a state directory named by `MW_CONDOR_DOUBLE_STATE`, holding
+//! `src/bin/`, built as `mw-test-condor_submit`, ... (never under the real names: tests reach
+//! them through the symlinks of [`crate::condor_double_path`]). A "pool" is a state directory named by `MW_CONDOR_DOUBLE_STATE`, holding
 //! `state.json` (guarded by `flock` on `state.lock`) and one private execute directory per job
 //! run under `execute/`. `condor_submit` understands only the submit commands condor-kit's
 //! generator emits, answers like `condor_submit -terse`, writes 000 events, and starts a

@@ -1,6 +1,8 @@
 //! Shared helpers for mw's end-to-end tests: locating the real binaries built by cargo and
 //! making scratch directories. Test doubles (HTCondor pool, BOINC server) live in `src/bin/`
-//! and each says at its top that it is a test double.
+//! and each says at its top that it is a test double; the HTCondor doubles are built as
+//! `mw-test-condor_*` and reach tests under the real names only through
+//! [`condor_double_path`]'s symlinks.
 //!
 //! This crate is never shipped; nothing in the product may depend on it.
 
@@ -25,6 +27,28 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The HTCondor tools the pool double stands in for. Their doubles are built as
+/// `mw-test-<tool>` (tests/src/bin/), never under the real names, so a build directory put on
+/// PATH never shadows a real HTCondor.
+pub const CONDOR_DOUBLE_TOOLS: [&str; 4] =
+    ["condor_submit", "condor_q", "condor_rm", "condor_history"];
+
+/// Makes `parent/condor-double-bin/` holding symlinks named like the real HTCondor tools
+/// (`condor_submit`, ...) to this build's doubles (`mw-test-condor_submit`, ...), and returns
+/// it: put it first on PATH, or pass it to `CondorCli::with_bin_dir`. Idempotent.
+pub fn condor_double_path(parent: &std::path::Path) -> PathBuf {
+    let dir = parent.join("condor-double-bin");
+    std::fs::create_dir_all(&dir).expect("create the condor double bin dir");
+    for tool in CONDOR_DOUBLE_TOOLS {
+        let link = dir.join(tool);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(bin(&format!("mw-test-{tool}")), &link)
+                .expect("symlink a condor double");
+        }
+    }
+    dir
 }
 
 /// The workspace root.

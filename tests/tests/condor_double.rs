@@ -50,7 +50,7 @@ impl Pool {
         std::fs::set_permissions(&w, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::write(root.join("inputs/program-abc.mwp"), "program bytes\n").unwrap();
         let cli = CondorCli::default()
-            .with_bin_dir(mw_tests::bin_dir())
+            .with_bin_dir(mw_tests::condor_double_path(&root))
             .with_env(STATE_ENV, root.join("state"));
         Pool {
             _tmp: tmp,

@@ -32,10 +32,11 @@ impl Env {
         Env { _tmp: tmp, root }
     }
 
+    /// The HTCondor doubles under the real tools' names first, then the inherited PATH.
     fn path_var(&self) -> String {
         format!(
             "{}:{}",
-            mw_tests::bin_dir().display(),
+            mw_tests::condor_double_path(&self.root).display(),
             std::env::var("PATH").unwrap_or_default()
         )
     }
@@ -61,7 +62,7 @@ impl Env {
 
     fn cli(&self) -> CondorCli {
         CondorCli::default()
-            .with_bin_dir(mw_tests::bin_dir())
+            .with_bin_dir(mw_tests::condor_double_path(&self.root))
             .with_env(STATE_ENV, self.root.join("state"))
     }
 
@@ -470,35 +471,151 @@ fn resume_after_sigkill_collects_every_result_exactly_once() {
 }
 
 #[test]
-fn mw_condor_prints_the_submit_file() {
+fn status_tells_jobs_idle_in_the_pool_from_running_ones() {
+    let env = Env::new();
+    let gate = env.root.join("gate");
+    let p = env.script(
+        "gated.sh",
+        &format!(
+            "read -r n\nwhile [ ! -f {gate} ]; do sleep 0.1; done\necho \"$n\"",
+            gate = gate.display()
+        ),
+    );
+    let counts = |id: &str| -> serde_json::Value {
+        let out = run(env.mw(&["status", id, "--json"], &[]));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["job"]["counts"].clone()
+    };
+    let wait_for = |id: &str, what: &str, ok: &dyn Fn(&serde_json::Value) -> bool| {
+        let t0 = Instant::now();
+        loop {
+            let c = counts(id);
+            if ok(&c) {
+                return;
+            }
+            assert!(t0.elapsed() < LIMIT, "{id}: never {what}; last counts {c}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    // Jobs the pool keeps idle (the double's hook: submitted, 000 events, never started).
+    let job = env.job("waiting", &p, "[1, 2, 3]", "");
+    let progress = env.root.join("waiting.stderr");
+    let mut child = env
+        .mw(
+            &["run", job.to_str().unwrap()],
+            &[("MW_CONDOR_DOUBLE_NO_RUN", "1")],
+        )
+        .stderr(std::fs::File::create(&progress).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("waiting-1", "idle 3 running 0", &|c| {
+        c["idle"] == 3 && c["running"] == 0 && c["queued"] == 0
+    });
+    // The progress line (every 2 s when piped) says so too.
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&progress)
+        .unwrap()
+        .contains("queued 0 idle 3 running 0 ")
+    {
+        assert!(
+            t0.elapsed() < LIMIT,
+            "no progress line with idle 3: {}",
+            std::fs::read_to_string(&progress).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let table = run(env.mw(&["status"], &[]));
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("waiting-1"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    // Every cell of this row is one word, so columns line up with the header's words.
+    assert_eq!(header.len(), row.len(), "{table}");
+    let col = |name: &str| {
+        let i = header.iter().position(|h| *h == name);
+        row[i.unwrap_or_else(|| panic!("no {name} column:\n{table}"))]
+    };
+    assert_eq!((col("IDLE"), col("RUNNING")), ("3", "0"), "{table}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // A master that is gone says nothing of the pool.
+    wait_for("waiting-1", "without pool counts", &|c| {
+        c.is_object() && c.get("idle").is_none()
+    });
+
+    // Jobs that execute: running, none idle.
+    let job = env.job("executing", &p, "[1, 2, 3]", "");
+    let child = env
+        .mw(&["run", job.to_str().unwrap()], &[])
+        .spawn()
+        .unwrap();
+    wait_for("executing-1", "idle 0 running 3", &|c| {
+        c["idle"] == 0 && c["running"] == 3
+    });
+    std::fs::write(&gate, "").unwrap();
+    let out = finish(child);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(result_lines(&out).len(), 3, "{}", text(&out));
+    // Nothing about the pool is left once the run is over.
+    assert!(!env.root.join("jobs/executing-1/pool-status.json").exists());
+    let c = counts("executing-1");
+    assert!(c.get("idle").is_none() && c["done"] == 3, "{c}");
+}
+
+#[test]
+fn mw_condor_prints_a_submit_file_htcondor_reads_as_printed() {
     let env = Env::new();
     let job = example_job(&env, "monte_pi", 3);
-    let out = run(Command::new(mw_tests::bin("mw-condor"))
-        .args(["submit-file", job.to_str().unwrap()])
-        .current_dir(&env.root)
-        .env("MW_WORKER", mw_tests::bin("mw-worker"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped()));
+    let mw_condor = |extra: &[&str]| {
+        let mut args = vec!["submit-file"];
+        args.extend_from_slice(extra);
+        args.push(job.to_str().unwrap());
+        run(Command::new(mw_tests::bin("mw-condor"))
+            .args(&args)
+            .current_dir(&env.root)
+            .env("MW_WORKER", mw_tests::bin("mw-worker"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()))
+    };
+    let out = mw_condor(&[]);
     assert!(out.status.success(), "{}", text(&out));
-    let sub = String::from_utf8_lossy(&out.stdout);
+    let sub = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(sub.contains("universe                = vanilla"), "{sub}");
     assert!(sub.contains("queue task_index"), "{sub}");
-    // Write the item file where the queue line says it is, then let HTCondor parse both.
-    let items_path = PathBuf::from(sub.lines().last().unwrap().rsplit(' ').next().unwrap());
-    let items = run(Command::new(mw_tests::bin("mw-condor"))
-        .args(["submit-file", "--items", job.to_str().unwrap()])
-        .current_dir(&env.root)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped()));
-    assert_eq!(String::from_utf8_lossy(&items.stdout).lines().count(), 3);
-    std::fs::create_dir_all(items_path.parent().unwrap()).unwrap();
-    std::fs::write(&items_path, &items.stdout).unwrap();
-    let path = env.root.join("preview.sub");
+    // Saved where nothing else is: HTCondor's own parser reads it as printed.
+    let elsewhere = env.root.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let path = elsewhere.join("preview.sub");
     std::fs::write(&path, sub.as_bytes()).unwrap();
     let v: serde_json::Value = serde_json::from_str(&condor_check("submit", &path)).unwrap();
     assert_eq!(v["values"]["transfer_executable"], "true");
+    assert_eq!(
+        v["values"]["executable"].as_str().unwrap(),
+        mw_tests::bin("mw-worker").display().to_string()
+    );
     assert!(v["qargs"].as_str().unwrap().contains(" from "), "{v}");
-    assert_eq!(v["items"].as_array().unwrap().len(), 3, "{v}");
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "{v}");
+    // The inline items are the item file `mw` writes (`--items`), one job per task.
+    let lines = String::from_utf8_lossy(&mw_condor(&["--items"]).stdout).into_owned();
+    assert_eq!(lines.lines().count(), 3, "{lines}");
+    for (i, (item, line)) in items.iter().zip(lines.lines()).enumerate() {
+        let cols: Vec<&str> = line.split(' ').collect();
+        assert_eq!(item["task_index"], i.to_string(), "{v}");
+        assert_eq!(item["task_index"], cols[0], "{v}");
+        assert_eq!(item["task_path"], cols[1], "{v}");
+        assert_eq!(item["result_bundle"], cols[3], "{v}");
+    }
+    // A preview writes nothing.
+    let mut written = Vec::new();
+    find_files(&env.root, "items", &mut written);
+    assert!(written.is_empty(), "{written:?}");
+    assert!(!env.root.join("mw-jobs").exists());
 }
 
 /// Benchmark, not a check (run by bench/condor.sh): parses the job event log named by

@@ -563,3 +563,185 @@ fn the_report_renders_in_headless_chromium() {
         "the screenshot has {colours} colour(s): not rendered"
     );
 }
+
+/// Names of real HTCondor, BOINC and MPI programs no binary of this workspace may take: a
+/// user who puts `target/release` on PATH must never run a test double instead of the real one.
+const REAL_TOOLS: &[&str] = &[
+    "feeder",
+    "transitioner",
+    "file_deleter",
+    "db_purge",
+    "script_validator",
+    "script_assimilator",
+    "sample_trivial_validator",
+    "sample_bitwise_validator",
+    "create_work",
+    "stage_file",
+    "xadd",
+    "update_versions",
+    "sign_executable",
+    "start",
+    "stop",
+    "make_project",
+    "boinc",
+    "boinc_client",
+    "boinccmd",
+    "mpirun",
+    "mpiexec",
+];
+
+#[test]
+fn no_binary_of_the_workspace_takes_a_real_tools_name() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "metadata",
+            "--no-deps",
+            "--offline",
+            "--format-version",
+            "1",
+        ])
+        .current_dir(mw_tests::workspace_root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo metadata: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut bins = Vec::new();
+    for pkg in v["packages"].as_array().unwrap() {
+        for t in pkg["targets"].as_array().unwrap() {
+            if t["kind"].as_array().unwrap().iter().any(|k| k == "bin") {
+                bins.push(t["name"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert!(bins.iter().any(|b| b == "mw"), "no `mw` among {bins:?}");
+    for b in &bins {
+        assert!(
+            !b.starts_with("condor_") && !REAL_TOOLS.contains(&b.as_str()),
+            "the binary `{b}` takes the name of a real tool: a build directory on PATH would \
+             shadow it (name test doubles mw-test-*)"
+        );
+    }
+    // The doubles exist under their own names, and the tests' PATH directory links them
+    // under the real names (outside the build directory).
+    let t = tempfile::tempdir().unwrap();
+    let dir = mw_tests::condor_double_path(t.path());
+    for tool in mw_tests::CONDOR_DOUBLE_TOOLS {
+        let double = format!("mw-test-{tool}");
+        assert!(bins.contains(&double), "no binary {double} in {bins:?}");
+        assert_eq!(
+            std::fs::read_link(dir.join(tool)).unwrap(),
+            mw_tests::bin_dir().join(&double)
+        );
+    }
+}
+
+/// `tool` of this build, hard-linked (copied across file systems) to `root/target/release/`,
+/// so it looks for the static worker in `root/target/static/release/` and beside itself.
+fn tool_in_fresh_tree(root: &Path, tool: &str) -> PathBuf {
+    let dir = root.join("target/release");
+    std::fs::create_dir_all(&dir).unwrap();
+    let to = dir.join(tool);
+    if std::fs::hard_link(mw_tests::bin(tool), &to).is_err() {
+        std::fs::copy(mw_tests::bin(tool), &to).unwrap();
+    }
+    to
+}
+
+/// A file that reads as a statically linked x86_64 ELF executable (no PT_INTERP).
+fn fake_static_worker(path: &Path) {
+    let mut e = vec![0u8; 128];
+    e[..4].copy_from_slice(b"\x7fELF");
+    e[4] = 2;
+    e[5] = 1;
+    e[0x12] = 62;
+    e[0x20] = 64;
+    e[0x36] = 56;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, e).unwrap();
+}
+
+#[test]
+fn condor_tools_default_to_the_static_worker() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    script(d, "t.sh", "cat");
+    std::fs::write(
+        d.join("job.toml"),
+        "interface = \"condor\"\n[program]\npath = \"t.sh\"\n[inputs]\nlist = [1, 2]\n",
+    )
+    .unwrap();
+    let mw_condor = tool_in_fresh_tree(d, "mw-condor");
+    let submit_file = |worker: Option<&Path>| {
+        let mut c = std::process::Command::new(&mw_condor);
+        c.args(["submit-file", "job.toml"])
+            .current_dir(d)
+            .env("RUST_BACKTRACE", "1")
+            .env_remove("MW_WORKER");
+        if let Some(w) = worker {
+            c.env("MW_WORKER", w);
+        }
+        let out = c.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{err}"
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            err,
+        )
+    };
+    // No static worker built: a clear error naming the command that builds it.
+    let (code, _, err) = submit_file(None);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("cargo static-worker") && err.contains("target/static/release/mw-worker"),
+        "{err}"
+    );
+    // Once built, it is the default, with no warning.
+    let static_worker = d.join("target/static/release/mw-worker");
+    fake_static_worker(&static_worker);
+    let (code, sub, err) = submit_file(None);
+    assert_eq!(code, Some(0), "{err}");
+    let exe_line = format!("executable              = {}\n", static_worker.display());
+    assert!(sub.contains(&exe_line), "{sub}");
+    assert!(!err.contains("warning"), "{err}");
+    // A dynamically linked worker named by the user is used, with a warning.
+    let dynamic = mw_tests::bin("mw-worker");
+    let (code, sub, err) = submit_file(Some(&dynamic));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(sub.contains(&format!("= {}\n", dynamic.display())), "{sub}");
+    assert!(
+        err.contains("warning") && err.contains("dynamically linked"),
+        "{err}"
+    );
+
+    // `mw run` of a Condor job defaults to the same worker, and stops before creating
+    // anything when there is none.
+    std::fs::remove_file(&static_worker).unwrap();
+    let mw = tool_in_fresh_tree(d, "mw");
+    let out = std::process::Command::new(&mw)
+        .args(["run", "job.toml"])
+        .current_dir(d)
+        .env("MW_JOBS_DIR", d.join("jobs"))
+        .env(
+            "PATH",
+            format!(
+                "{}:/usr/bin:/bin",
+                mw_tests::condor_double_path(d).display()
+            ),
+        )
+        .env_remove("MW_WORKER")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("cargo static-worker"), "{err}");
+    assert!(!d.join("jobs").exists(), "mw run created a job directory");
+}

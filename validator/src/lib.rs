@@ -333,6 +333,36 @@ pub fn select_mode(argv0: &str, args: &[String]) -> Option<(Mode, Vec<String>)> 
     }
 }
 
+/// The text for `--help` / `-h` or `--version` / `-V` when that is the first argument (after
+/// an optional `init`/`compare` word), to print on stdout with exit 0; `None` for every
+/// other call. BOINC's calls never look like this: they pass upload paths only.
+pub fn help_or_version(args: &[String]) -> Option<String> {
+    let first = match args.first().map(String::as_str) {
+        Some("init" | "compare") => args.get(1),
+        _ => args.first(),
+    }?;
+    let version = env!("CARGO_PKG_VERSION");
+    match first.as_str() {
+        "--version" | "-V" => Some(format!("mw-validator {version}\n")),
+        "--help" | "-h" => Some(format!(
+            "mw-validator {version}: the programs BOINC's script_validator runs for an mw app.\n\
+             \n\
+             Usage (by program name only; mw-boinc-setup installs them in the project's bin/):\n\
+             \x20 {VALIDATOR_INIT_NAME} FILE           one result's upload (an mw result bundle)\n\
+             \x20 {VALIDATOR_COMPARE_NAME} FILE1 FILE2 two results' uploads\n\
+             \x20 mw-validator init FILE | compare FILE1 FILE2  (the same, under any name)\n\
+             \n\
+             Exit status (script_validator's): 0 valid / match, 1 invalid / no match,\n\
+             3 transient (retry later). One line on stderr says why.\n\
+             \n\
+             Options:\n\
+             \x20 -h, --help     print this help\n\
+             \x20 -V, --version  print the version\n"
+        )),
+        _ => None,
+    }
+}
+
 /// Runs the validator as a program would; returns the exit code and the one-line reason.
 pub fn run(argv0: &str, args: &[String]) -> (i32, String) {
     let Some((mode, rest)) = select_mode(argv0, args) else {

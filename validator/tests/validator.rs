@@ -312,3 +312,46 @@ fn io_problems_and_wrong_calls_are_transient() {
     let a = p.upload("2e1", "a_0_r1_0", &ok("j1", "1", Comparison::Bitwise));
     assert_eq!(p.call("mw-validator-compare", &[&a]).0, 3);
 }
+
+#[test]
+fn help_and_version_answer_on_stdout_under_every_name() {
+    let p = project();
+    let direct = PathBuf::from(env!("CARGO_BIN_EXE_mw-validator"));
+    let init = p.root.join("bin/mw-validator-init");
+    let compare = p.root.join("bin/mw-validator-compare");
+    let run = |exe: &Path, args: &[&str]| {
+        let out = std::process::Command::new(exe).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let version = format!("mw-validator {}\n", env!("CARGO_PKG_VERSION"));
+    for exe in [&direct, &init, &compare] {
+        for flag in ["--version", "-V"] {
+            assert_eq!(run(exe, &[flag]), (Some(0), version.clone(), String::new()));
+        }
+        for flag in ["--help", "-h"] {
+            let (code, out, err) = run(exe, &[flag]);
+            assert_eq!(code, Some(0), "{err}");
+            assert!(err.is_empty(), "{err}");
+            assert!(
+                out.contains("mw-validator-init FILE")
+                    && out.contains("mw-validator-compare FILE1 FILE2")
+                    && out.contains("3 transient"),
+                "{out}"
+            );
+        }
+    }
+    assert_eq!(run(&direct, &["init", "--help"]).0, Some(0));
+    // The BOINC-facing contract is unchanged: no mode, or no file, is a transient failure
+    // with one line on stderr; a path is judged.
+    let (code, out, err) = run(&direct, &[]);
+    assert_eq!((code, out.as_str()), (Some(3), ""), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(run(&init, &[]).0, Some(3));
+    let bad = p.upload("2e1", "mw_w1_0_r1_0", b"not a bundle");
+    let (code, msg) = p.init(&bad);
+    assert_eq!(code, 1, "{msg}");
+}

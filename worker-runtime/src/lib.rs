@@ -5,6 +5,7 @@
 //! cancellation by process group). [`run`] does the same for bundles: program bundle + task
 //! bundle in, result bundle out; it is what the `mw-worker` binary, the MPI worker ranks and
 //! the BOINC app mode call. [`task`] is the three-line helper for Rust task programs.
+//! [`static_worker`] finds the static `mw-worker` the tools ship to remote machines.
 //!
 //! **Architecture invariant:** only this crate executes user programs. It knows nothing of
 //! the master, the journal, or how bundles travel (Condor, BOINC, MPI).
@@ -12,6 +13,7 @@
 pub mod boinc;
 pub mod exec;
 pub mod run;
+pub mod static_worker;
 pub mod task;
 
 pub use exec::{execute, ExecOutcome, ExecRequest, ProcessControl};

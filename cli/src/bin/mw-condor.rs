@@ -1,6 +1,7 @@
 //! `mw-condor`: a thin binary over the HTCondor interface. `mw-condor submit-file JOB.toml`
 //! prints the submit description `mw` would submit for that job (all its tasks in one batch),
-//! so a person can read, edit and reuse it. It submits nothing and must never touch a journal.
+//! so a person can read, edit and reuse it; its queue items are inline (`queue ... from ( ... )`),
+//! so HTCondor reads it as printed. It submits nothing and must never touch a journal.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -18,11 +19,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the submit description `mw` would submit for JOB (one batch of all its tasks).
+    /// Print the submit description `mw` would submit for JOB (one batch of all its tasks),
+    /// with the queue items inline so HTCondor reads it as printed. The worker it ships is
+    /// `[condor] worker`, else $MW_WORKER, else the static build of `cargo static-worker`.
     SubmitFile {
         /// The job file (TOML).
         job: PathBuf,
-        /// Print the queue item file (one line per task) instead of the submit description.
+        /// Print the queue items (one line per task, the item file `mw` writes) instead of the
+        /// submit description.
         #[arg(long)]
         items: bool,
         /// The staging directory to show in paths (default: `./mw-jobs/<name>-N/staging/condor`).
@@ -55,6 +59,15 @@ fn real_main() -> anyhow::Result<()> {
                     .join("condor"),
             };
             let settings = condor_settings(&job, &work_dir)?;
+            if !settings.worker.is_file() {
+                anyhow::bail!(
+                    "the worker {} does not exist (`cargo static-worker` builds the static one)",
+                    settings.worker.display()
+                );
+            }
+            if let Some(w) = mw_worker_runtime::static_worker::dynamic_warning(&settings.worker) {
+                eprintln!("mw-condor: warning: {w}");
+            }
             let inputs = job.inputs()?;
             let builder = job.task_builder()?;
             let specs = inputs
@@ -63,7 +76,11 @@ fn real_main() -> anyhow::Result<()> {
                 .map(|(i, input)| builder.build(i, input))
                 .collect::<Result<Vec<_>, _>>()?;
             let (submit, item_text) = preview_submit(&job.name, specs, &work_dir, &settings)?;
-            print!("{}", if items { item_text } else { submit });
+            if items {
+                print!("{item_text}");
+            } else {
+                print!("{}", mw_condor_kit::inline_items(&submit, &item_text)?);
+            }
             Ok(())
         }
     }
