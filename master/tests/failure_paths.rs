@@ -22,6 +22,7 @@ fn result_info(task: u64) -> ResultInfo {
     ResultInfo {
         job: "t".into(),
         task,
+        attempt: None,
         exit: ExitInfo::Exited { code: 0 },
         wall_secs: 0.5,
         user_secs: 0.1,

@@ -386,6 +386,7 @@ mod tests {
         let info = ResultInfo {
             job: "unit".into(),
             task,
+            attempt: None,
             exit: ExitInfo::Exited { code: 0 },
             wall_secs: 0.1,
             user_secs: 0.0,
