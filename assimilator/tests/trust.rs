@@ -78,6 +78,7 @@ impl Proj {
 
     /// `../bin/mw-assimilator WU_ID FILE` from tmp_host, as script_assimilator calls it;
     /// returns the exit code, stderr and the peak resident memory in KiB.
+    #[allow(clippy::zombie_processes)] // reaped by wait4 (for its rusage), not by std
     fn call(&self, wu_id: u64, file: &Path) -> (i32, String, u64) {
         // A child's peak starts at its parent's (exec keeps the larger): reset ours first.
         std::fs::write("/proc/self/clear_refs", "5").unwrap();

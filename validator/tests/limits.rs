@@ -69,6 +69,7 @@ fn dense_array(path: &Path, bytes: usize, last: u8) {
 
 /// Runs `<root>/bin/NAME files…` from `tmp_host` (as script_validator does); returns the exit
 /// code, stderr and the process's peak resident memory in KiB.
+#[allow(clippy::zombie_processes)] // reaped by wait4 (for its rusage), not by std
 fn run_measured(p: &Proj, name: &str, files: &[&Path]) -> (i32, String, u64) {
     // A child's peak starts at its parent's peak (exec keeps the larger of the two): bring
     // this process's peak down to what it holds now, so the child's is its own.
