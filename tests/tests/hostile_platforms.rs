@@ -75,7 +75,18 @@ fn results(out: &Output) -> BTreeMap<u64, Value> {
 
 /// A result bundle a hostile machine returns: `job`, `task`, `stdout`, extra output files.
 fn forged(job: &str, task: u64, stdout: &str, outputs: &[(&str, &str)]) -> Vec<u8> {
-    let info = ResultInfo {
+    forged_with(job, task, stdout, outputs, |_| {})
+}
+
+/// [`forged`], with the manifest's result table changed by `edit`.
+fn forged_with(
+    job: &str,
+    task: u64,
+    stdout: &str,
+    outputs: &[(&str, &str)],
+    edit: impl FnOnce(&mut ResultInfo),
+) -> Vec<u8> {
+    let mut info = ResultInfo {
         job: job.into(),
         task,
         attempt: Some(1),
@@ -89,6 +100,7 @@ fn forged(job: &str, task: u64, stdout: &str, outputs: &[(&str, &str)]) -> Vec<u
         missing_outputs: vec![],
         comparison: Comparison::Bitwise,
     };
+    edit(&mut info);
     let mut b = BundleBuilder::result(info, "forged");
     b.add_bytes(RESULT_STDOUT_NAME, stdout.as_bytes().to_vec(), false)
         .unwrap();
@@ -169,6 +181,54 @@ impl Pool {
         }
         finish(c.spawn().unwrap())
     }
+
+    /// A hostile execute node: an `MW_WORKER` that, for the first attempt of each task in
+    /// `lies`, returns that bundle (HTCondor transfers back the job's own file, but its
+    /// content is the node's) and runs the real `mw-worker` otherwise.
+    fn hostile_worker(&self, lies: &[(u64, Vec<u8>)]) -> String {
+        let progs = self.root.join("progs");
+        let mut cases = String::new();
+        for (task, bytes) in lies {
+            let f = progs.join(format!("forged-{task}"));
+            std::fs::write(&f, bytes).unwrap();
+            cases.push_str(&format!(
+                "  task-{task}-a1.mwt) cp {} \"$7\"; exit 0 ;;\n",
+                f.display()
+            ));
+        }
+        let worker = script(
+            &progs.join("hostile-worker"),
+            &format!(
+                "# mw-worker run --program P --task T --result R, lying for some tasks\n\
+                 case \"$5\" in\n{cases}esac\nexec {} \"$@\"",
+                bin("mw-worker").display()
+            ),
+        );
+        worker.display().to_string()
+    }
+
+    /// `mw ARGS` (resume, retry, results) in this pool's environment.
+    fn mw(&self, args: &[&str]) -> Output {
+        let mut c = Command::new(bin("mw"));
+        c.args(args)
+            .current_dir(&self.root)
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    mw_tests::bin_dir().display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
+            .env(STATE_ENV, self.root.join("state"))
+            .env("MW_WORKER", bin("mw-worker"))
+            .env("MW_JOBS_DIR", self.root.join("jobs"))
+            .env_remove("MW_PANIC_AT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        finish(c.spawn().unwrap())
+    }
 }
 
 #[test]
@@ -177,16 +237,14 @@ fn forged_condor_results_are_refused_and_the_right_tasks_complete() {
     let progs = pool.root.join("progs");
     // The honest program prints its input and writes its one declared output.
     let prog = script(&progs.join("echo.sh"), "cat\necho ok > declared.txt");
-    // A hostile execute node: for three tasks' first attempts it returns a bundle of its
-    // own making (the file HTCondor transfers back is the job's, but its content is not).
-    let bundles = [
+    let worker_s = pool.hostile_worker(&[
         (
-            "5",
+            5,
             forged("someone-elses-job-7", 5, "55", &[("declared.txt", "ok")]),
         ),
-        ("3", forged("cforge-1", 7, "77", &[("declared.txt", "ok")])),
+        (3, forged("cforge-1", 7, "77", &[("declared.txt", "ok")])),
         (
-            "2",
+            2,
             forged(
                 "cforge-1",
                 2,
@@ -194,25 +252,7 @@ fn forged_condor_results_are_refused_and_the_right_tasks_complete() {
                 &[("declared.txt", "ok"), ("sneaky.sh", "rm -rf ~")],
             ),
         ),
-    ];
-    let mut cases = String::new();
-    for (task, bytes) in &bundles {
-        let f = progs.join(format!("forged-{task}"));
-        std::fs::write(&f, bytes).unwrap();
-        cases.push_str(&format!(
-            "  task-{task}-a1.mwt) cp {} \"$7\"; exit 0 ;;\n",
-            f.display()
-        ));
-    }
-    let worker = script(
-        &progs.join("hostile-worker"),
-        &format!(
-            "# mw-worker run --program P --task T --result R, lying for some tasks\n\
-             case \"$5\" in\n{cases}esac\nexec {} \"$@\"",
-            bin("mw-worker").display()
-        ),
-    );
-    let worker_s = worker.display().to_string();
+    ]);
     let out = pool.run(
         "cforge",
         &prog,
@@ -253,6 +293,121 @@ fn forged_condor_results_are_refused_and_the_right_tasks_complete() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(kept, ["declared.txt"], "{all}");
+}
+
+#[test]
+fn results_with_impossible_times_fail_their_tasks_and_the_others_finish() {
+    let pool = Pool::new();
+    let prog = script(&pool.root.join("progs/echo.sh"), "cat");
+    let worker = pool.hostile_worker(&[
+        (
+            1,
+            forged_with("ctimes-1", 1, "1", &[], |i| i.wall_secs = 1e300),
+        ),
+        (
+            2,
+            forged_with("ctimes-1", 2, "2", &[], |i| i.started_unix = 1e19),
+        ),
+        (
+            3,
+            forged_with("ctimes-1", 3, "3", &[], |i| {
+                i.user_secs = 1.8e19;
+                i.sys_secs = 1.8e19;
+            }),
+        ),
+    ]);
+    let out = pool.run(
+        "ctimes",
+        &prog,
+        "[0, 1, 2, 3, 4]",
+        "",
+        &[("MW_WORKER", &worker)],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let r = results(&out);
+    assert_eq!(r.len(), 5, "{all}");
+    for (t, field) in [(1, "wall_secs"), (2, "started_unix"), (3, "user_secs")] {
+        assert_eq!(r[&t]["state"], "failed", "{all}");
+        let e = r[&t]["error"].as_str().unwrap();
+        assert!(e.contains(field) && e.contains("out of range"), "{e}");
+    }
+    for t in [0, 4] {
+        assert_eq!(r[&t]["output"], serde_json::json!(t), "{all}");
+    }
+}
+
+#[test]
+fn a_500_mb_json_result_in_a_small_upload_is_refused_and_the_job_can_finish() {
+    let pool = Pool::new();
+    let prog = script(&pool.root.join("progs/echo.sh"), "cat");
+    // `[0,0,…]` of 500 MB (several GB as a parsed tree) in an upload of about 500 KB.
+    let big = pool.root.join("progs/big.json");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&big).unwrap());
+        f.write_all(b"[0").unwrap();
+        let chunk = b",0".repeat(1 << 15);
+        for _ in 0..(500 << 20) / chunk.len() {
+            f.write_all(&chunk).unwrap();
+        }
+        f.write_all(b"]").unwrap();
+    }
+    let info = ResultInfo {
+        job: "cbig-1".into(),
+        task: 1,
+        attempt: Some(1),
+        exit: ExitInfo::Exited { code: 0 },
+        wall_secs: 1.0,
+        user_secs: 0.0,
+        sys_secs: 0.0,
+        host: "hostile".into(),
+        started_unix: 1.7e9,
+        stderr_tail: String::new(),
+        missing_outputs: vec![],
+        comparison: Comparison::Bitwise,
+    };
+    let mut b = BundleBuilder::result(info, "bomb");
+    b.add_file(RESULT_STDOUT_NAME, &big).unwrap();
+    let bomb = b.to_bytes().unwrap();
+    std::fs::remove_file(&big).unwrap();
+    assert!(bomb.len() < 4 << 20, "upload of {} bytes", bomb.len());
+    let worker = pool.hostile_worker(&[(1, bomb)]);
+    // mw's peak memory is its own (a child starts from its parent's peak): reset ours.
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    let out = pool.run("cbig", &prog, "[0, 1, 2]", "", &[("MW_WORKER", &worker)]);
+    // SAFETY: getrusage only fills the struct it is given.
+    let peak_kib = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut u);
+        u.ru_maxrss
+    };
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let r = results(&out);
+    assert_eq!(r[&1]["state"], "failed", "{all}");
+    let e = r[&1]["error"].as_str().unwrap();
+    assert!(e.contains("over the limit"), "{e}");
+    for t in [0, 2] {
+        assert_eq!(r[&t]["output"], serde_json::json!(t), "{all}");
+    }
+    assert!(
+        peak_kib < 256 * 1024,
+        "mw (or another child of this test) peaked at {peak_kib} KiB"
+    );
+    // Nothing huge was stored: resume reads the journal and ends, and a retry runs task 1
+    // again (on an honest node this time) and finishes the job.
+    let resumed = pool.mw(&["resume", "cbig-1", "-q"]);
+    assert_eq!(resumed.status.code(), Some(1), "{}", text(&resumed));
+    let retried = pool.mw(&["retry", "cbig-1", "-q"]);
+    assert_eq!(retried.status.code(), Some(0), "{}", text(&retried));
+    let listed = pool.mw(&["results", "cbig-1"]);
+    let r = results(&listed);
+    assert_eq!(r.len(), 3, "{}", text(&listed));
+    for (t, l) in &r {
+        assert_eq!(l["state"], "done", "{}", text(&listed));
+        assert_eq!(l["output"], serde_json::json!(t), "{}", text(&listed));
+    }
 }
 
 #[test]
