@@ -411,6 +411,25 @@ fn a_500_mb_json_result_in_a_small_upload_is_refused_and_the_job_can_finish() {
 }
 
 #[test]
+fn a_missing_condor_worker_stops_the_job_before_anything_is_created() {
+    let pool = Pool::new();
+    let prog = script(&pool.root.join("progs/echo.sh"), "cat");
+    let missing = pool.root.join("progs/no-such-worker").display().to_string();
+    let out = pool.run("noworker", &prog, "[0, 1]", "", &[("MW_WORKER", &missing)]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("noworker.toml: [condor] worker: `"), "{all}");
+    assert!(all.contains("no-such-worker` (from $MW_WORKER)"), "{all}");
+    let jobs: Vec<_> = std::fs::read_dir(pool.root.join("jobs")).unwrap().collect();
+    assert!(jobs.is_empty(), "a refused job left {jobs:?}");
+    assert_eq!(
+        std::fs::read_dir(pool.root.join("state")).unwrap().count(),
+        0,
+        "a refused job reached the pool"
+    );
+}
+
+#[test]
 fn a_panic_reading_one_condor_result_fails_that_task_only() {
     let pool = Pool::new();
     let prog = script(&pool.root.join("progs/echo.sh"), "cat");
