@@ -15,8 +15,12 @@
 //! **It never wedges BOINC's assimilator.** A nonzero exit makes `script_assimilator` stop,
 //! and it fails again on the same workunit after every restart (§0.3). So any result it
 //! cannot use — upload missing (a late result of a cancelled workunit whose upload the file
-//! deleter already removed), unreadable, malformed, oversize, naming an unsafe job — becomes
-//! an error record naming the workunit and why, and the call exits 0. The master ignores
+//! deleter already removed), unreadable, malformed, over the result limits, naming an unsafe
+//! job, or naming another job, task or attempt than its workunit (forged or misfiled) —
+//! becomes an error record naming the workunit and why, and the call exits 0.
+//!
+//! Memory is bounded by the master's result limits (`max_output_bytes` in `mw_boinc.toml`,
+//! [`ServerLimits`]): the upload is read up to its limit and verified as it streams past. The master ignores
 //! records of tasks it no longer waits for. Both forms are idempotent. For a workunit mw
 //! cancelled (marker `cancelled_<wu>` in the spool) nothing is spooled: the call is consumed.
 //!
@@ -34,13 +38,11 @@
 pub mod report;
 
 pub use mw_boinc_kit::names::{wu_name_from_output, CONFIG_FILE_NAME, SPOOL_ENV};
+use mw_boinc_kit::{config_candidates, find_config_file, is_safe_name, SpoolLocation, WuName};
 pub use mw_boinc_kit::{error_mask_names, ErrorRecord, WU_ERROR_BITS};
-use mw_boinc_kit::{is_safe_name, SpoolLocation, WuName};
+pub use mw_validator::ServerLimits;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-/// Largest result file accepted, in bytes.
-pub const MAX_RESULT_FILE_BYTES: u64 = 1024 * 1024 * 1024;
 
 /// Errors after which BOINC should call again later (the program exits nonzero).
 #[derive(Debug, thiserror::Error)]
@@ -177,41 +179,38 @@ pub enum Outcome {
     },
 }
 
-/// Where the assimilator writes, and the project it serves.
+/// Where the assimilator writes, the project it serves, and what it accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spool {
     /// The spool directory.
     pub dir: PathBuf,
     /// The project root, when known (for the upload directory in error reports).
     pub project: Option<PathBuf>,
+    /// The result limits (`max_output_bytes` in `mw_boinc.toml`, else the defaults).
+    pub limits: ServerLimits,
 }
 
 /// Finds the spool directory: `env_spool`, else the first `mw_boinc.toml` in
-/// `project_env`, `cwd`, `cwd/..`, `exe/../..`.
+/// `project_env`, `cwd`, `cwd/..`, `exe/../..` ([`config_candidates`]); and the result
+/// limits that file sets.
 pub fn find_spool(
     env_spool: Option<PathBuf>,
     project_env: Option<PathBuf>,
     cwd: &Path,
     exe: Option<&Path>,
 ) -> Result<Spool, AssimilateError> {
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Some(p) = project_env.filter(|p| !p.as_os_str().is_empty()) {
-        candidates.push(p);
-    }
-    candidates.push(cwd.to_path_buf());
-    candidates.push(cwd.join(".."));
-    if let Some(project) = exe.and_then(Path::parent).and_then(Path::parent) {
-        candidates.push(project.to_path_buf());
-    }
-    let found = candidates
-        .iter()
-        .map(|d| d.join(CONFIG_FILE_NAME))
-        .find(|f| f.is_file());
+    let candidates = config_candidates(project_env, cwd, exe);
+    let found = find_config_file(&candidates);
+    let limits = ServerLimits::from_candidates(&candidates).map_err(AssimilateError::Config)?;
     let spool = if let Some(s) = env_spool.filter(|s| !s.as_os_str().is_empty()) {
         let project = found
             .and_then(|f| SpoolLocation::load(&f).ok())
             .and_then(|l| l.project_dir);
-        Spool { dir: s, project }
+        Spool {
+            dir: s,
+            project,
+            limits,
+        }
     } else {
         let found = found.ok_or_else(|| {
             AssimilateError::Config(format!(
@@ -228,6 +227,7 @@ pub fn find_spool(
         Spool {
             dir: loc.spool_dir,
             project: loc.project_dir,
+            limits,
         }
     };
     if !spool.dir.is_dir() {
@@ -315,17 +315,22 @@ pub fn assimilate_error(
 ) -> Result<Outcome, AssimilateError> {
     let mut record = ErrorRecord::boinc_error(wu_name, wu_id, batch, mask);
     if let (Some(project), Ok(wu)) = (&spool.project, WuName::parse(wu_name)) {
-        report::add_upload_reports(&mut record, project, &wu);
+        report::add_upload_reports(&mut record, project, &wu, &spool.limits);
     }
     write_error_record(&spool.dir, &record)
 }
 
-/// The normal form: spools the canonical result bundle at `file`. Never fails on the
-/// result itself (see the module documentation): an unusable one becomes an error record.
+/// The normal form: spools the canonical result bundle at `file` under the name of the
+/// workunit BOINC gave it (from the upload's file name, which BOINC's upload handler chose).
+/// Never fails on the result itself (see the module documentation): an unusable one becomes
+/// an error record, and so does one whose manifest names another job, task or attempt than
+/// its workunit (forged or misfiled). Memory: the upload (at most
+/// [`ServerLimits::max_upload_bytes`]), verified as it streams past.
 pub fn assimilate_result(
     spool: &Path,
     wu_id: u64,
     file: &Path,
+    limits: &ServerLimits,
 ) -> Result<Outcome, AssimilateError> {
     let file_name = file
         .file_name()
@@ -359,34 +364,47 @@ pub fn assimilate_result(
         }
         Err(e) => return reject(format!("cannot read {}: {e}", file.display())),
     };
-    if meta.len() > MAX_RESULT_FILE_BYTES {
+    if meta.len() > limits.max_upload_bytes() {
         return reject(format!(
-            "{}: {} bytes, over the limit of {MAX_RESULT_FILE_BYTES}",
+            "{}: {} bytes, over the limit of {} bytes for a result of at most {} bytes \
+             (max_output_bytes in {CONFIG_FILE_NAME})",
             file.display(),
-            meta.len()
+            meta.len(),
+            limits.max_upload_bytes(),
+            limits.max_output_bytes
         ));
     }
-    let bytes = match std::fs::read(file) {
+    let bytes = match read_at_most(file, limits.max_upload_bytes()) {
         Ok(b) => b,
         Err(e) => return reject(format!("cannot read {}: {e}", file.display())),
     };
-    let bundle = match mw_bundle::open_in_memory(
-        &bytes,
-        &file.display().to_string(),
-        Some(mw_bundle::BundleKind::Result),
-        &report::result_limits(),
-    ) {
-        Ok(b) => b,
+    let info = match mw_validator::verify_result_bytes(&bytes, &file.display().to_string(), limits)
+    {
+        Ok(checked) => checked.info,
         Err(e) => return reject(format!("not a valid result bundle: {e}")),
-    };
-    let Some(info) = bundle.manifest.result else {
-        return reject("result bundle without a [result] table".into());
     };
     if !is_safe_name(&info.job) {
         return reject(format!(
             "job name {:?} is not [A-Za-z0-9_.-]{{1,128}}",
             info.job
         ));
+    }
+    if let Some(p) = wu.parts() {
+        if info.job != p.job || info.task != p.task || info.attempt.is_some_and(|a| a != p.attempt)
+        {
+            return reject(format!(
+                "forged or misfiled result: workunit {wu} is attempt {} of task {} of job `{}`, \
+                 but the upload's manifest names {}task {} of job `{}`",
+                p.attempt,
+                p.task,
+                p.job,
+                info.attempt
+                    .map(|a| format!("attempt {a} of "))
+                    .unwrap_or_default(),
+                info.task,
+                info.job
+            ));
+        }
     }
     if cancelled(spool, &wu) {
         return Ok(Outcome::Consumed(wu.to_string()));
@@ -402,6 +420,16 @@ pub fn assimilate_result(
     }
 }
 
+/// Reads at most `cap` bytes of `path` (it may grow while being read).
+fn read_at_most(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(cap)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// Runs one call as the program does; returns the exit code and a one-line message.
 pub fn run(args: &[String]) -> (i32, String) {
     let outcome = parse_args(args).and_then(|call| {
@@ -414,7 +442,9 @@ pub fn run(args: &[String]) -> (i32, String) {
             exe.as_deref(),
         )?;
         match call {
-            Call::Result { wu_id, files } => assimilate_result(&spool.dir, wu_id, &files[0]),
+            Call::Result { wu_id, files } => {
+                assimilate_result(&spool.dir, wu_id, &files[0], &spool.limits)
+            }
             Call::Error {
                 mask,
                 wu_name,

@@ -17,11 +17,6 @@ pub const MAX_REPORTED_FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// Most directory entries looked at when searching the upload hierarchy.
 const MAX_SCANNED_ENTRIES: usize = 4_000_000;
 
-/// Limits used when opening a volunteer's result bundle.
-pub fn result_limits() -> mw_bundle::Limits {
-    mw_validator::result_limits()
-}
-
 /// The uploaded files of `wu` (`<wu>_<k>_r<random>_<n>` anywhere in the upload hierarchy),
 /// sorted by name, at most [`MAX_REPORTED_RESULTS`] * 2.
 pub fn find_uploads(layout: &ProjectLayout, wu: &WuName) -> Vec<PathBuf> {
@@ -55,7 +50,12 @@ pub fn find_uploads(layout: &ProjectLayout, wu: &WuName) -> Vec<PathBuf> {
 
 /// Adds the uploads' exit statuses and stderr tails, and for a workunit without quorum the
 /// first disagreement between its successful results, to `record`.
-pub fn add_upload_reports(record: &mut ErrorRecord, project: &Path, wu: &WuName) {
+pub fn add_upload_reports(
+    record: &mut ErrorRecord,
+    project: &Path,
+    wu: &WuName,
+    limits: &mw_validator::ServerLimits,
+) {
     let Ok(layout) = ProjectLayout::read(project) else {
         return;
     };
@@ -65,7 +65,7 @@ pub fn add_upload_reports(record: &mut ErrorRecord, project: &Path, wu: &WuName)
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let report = match read_upload(&path) {
+        let report = match read_upload(&path, limits) {
             Ok(checked) => {
                 let info = &checked.info;
                 let r = ResultReport {
@@ -100,25 +100,26 @@ pub fn add_upload_reports(record: &mut ErrorRecord, project: &Path, wu: &WuName)
     }
 }
 
-/// A result bundle read leniently: well-formed and verified, whatever its exit status.
-fn read_upload(path: &Path) -> Result<mw_validator::CheckedResult, String> {
+/// A result bundle read leniently: well-formed and verified, whatever its exit status, under
+/// the server's result limits.
+fn read_upload(
+    path: &Path,
+    limits: &mw_validator::ServerLimits,
+) -> Result<mw_validator::CheckedResult, String> {
+    use std::io::Read;
     let meta = std::fs::metadata(path).map_err(|e| format!("unreadable upload: {e}"))?;
-    if meta.len() > MAX_REPORTED_FILE_BYTES {
+    let cap = MAX_REPORTED_FILE_BYTES.min(limits.max_upload_bytes());
+    if meta.len() > cap {
         return Err(format!("upload of {} bytes, not read", meta.len()));
     }
-    let bytes = std::fs::read(path).map_err(|e| format!("unreadable upload: {e}"))?;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(cap).read_to_end(&mut bytes))
+        .map_err(|e| format!("unreadable upload: {e}"))?;
     let label = path.display().to_string();
-    let bundle = mw_bundle::open_in_memory(
-        &bytes,
-        &label,
-        Some(mw_bundle::BundleKind::Result),
-        &result_limits(),
-    )
-    .map_err(|e| format!("not a result bundle: {e}"))?;
-    let info = bundle
-        .manifest
-        .result
-        .clone()
-        .ok_or_else(|| "result bundle without a [result] table".to_string())?;
-    Ok(mw_validator::CheckedResult { bundle, info })
+    mw_validator::read_result_bytes(&bytes, &label, limits).map_err(|e| match e {
+        mw_validator::ValidateError::Invalid(m) | mw_validator::ValidateError::Transient(m) => {
+            format!("not a result bundle: {m}")
+        }
+    })
 }

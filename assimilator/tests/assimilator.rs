@@ -46,6 +46,7 @@ fn result_bundle(job: &str, task: u64, stdout: &str) -> Vec<u8> {
     let info = ResultInfo {
         job: job.into(),
         task,
+        attempt: None,
         exit: ExitInfo::Exited { code: 0 },
         wall_secs: 1.0,
         user_secs: 0.5,

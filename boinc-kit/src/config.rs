@@ -54,6 +54,11 @@ pub struct MwBoincConfig {
     pub result_logical_name: String,
     /// min_quorum / target_nresults in the input template.
     pub quorum: u32,
+    /// The largest result (stdout) `mw-validator` and `mw-assimilator` accept from a
+    /// volunteer, in bytes (what bounds their memory on the server); absent: the master's
+    /// default output limit. Jobs with a larger `max_output` need it raised here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_bytes: Option<u64>,
 }
 
 impl MwBoincConfig {
@@ -113,6 +118,59 @@ impl SpoolLocation {
         }
         Ok(loc)
     }
+}
+
+/// Where mw's BOINC programs look for `mw_boinc.toml`, in order: `project_env`
+/// (`BOINC_PROJECT_DIR`), the working directory (`tmp_<host>` when BOINC's daemons call),
+/// its parent (the project root), and the parent of the program's own `bin/` directory.
+pub fn config_candidates(
+    project_env: Option<PathBuf>,
+    cwd: &Path,
+    exe: Option<&Path>,
+) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(p) = project_env.filter(|p| !p.as_os_str().is_empty()) {
+        dirs.push(p);
+    }
+    dirs.push(cwd.to_path_buf());
+    dirs.push(cwd.join(".."));
+    if let Some(project) = exe.and_then(Path::parent).and_then(Path::parent) {
+        dirs.push(project.to_path_buf());
+    }
+    dirs
+}
+
+/// The first `mw_boinc.toml` among [`config_candidates`], if any.
+pub fn find_config_file(candidates: &[PathBuf]) -> Option<PathBuf> {
+    candidates
+        .iter()
+        .map(|d| d.join(CONFIG_FILE_NAME))
+        .find(|f| f.is_file())
+}
+
+/// The result limit of a `mw_boinc.toml` (a lenient view of [`MwBoincConfig`]):
+/// `max_output_bytes`, `None` when the file does not set it.
+pub fn max_output_bytes_of(path: &Path) -> Result<Option<u64>, ConfigError> {
+    #[derive(Deserialize)]
+    struct View {
+        #[serde(default)]
+        max_output_bytes: Option<u64>,
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let view: View = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        reason: e.message().to_string(),
+    })?;
+    if view.max_output_bytes == Some(0) {
+        return Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            reason: "max_output_bytes must be at least 1".into(),
+        });
+    }
+    Ok(view.max_output_bytes)
 }
 
 /// What mw reads from a project's `config.xml`.

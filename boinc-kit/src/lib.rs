@@ -15,7 +15,10 @@ pub mod errors;
 pub mod names;
 pub mod template;
 
-pub use config::{ConfigError, MwBoincConfig, ProjectLayout, SpoolLocation};
+pub use config::{
+    config_candidates, find_config_file, max_output_bytes_of, ConfigError, MwBoincConfig,
+    ProjectLayout, SpoolLocation,
+};
 pub use errors::{error_mask_names, ErrorRecord, ResultReport, WU_ERROR_BITS};
 pub use names::{
     dir_hier_path, is_safe_name, is_safe_rel_path, wu_name_from_output, SpoolEntry, WuName,

@@ -94,6 +94,26 @@ impl WuName {
         &self.0
     }
 
+    /// The job, run, task and attempt a name made by [`for_task`](Self::for_task) carries
+    /// (`None` for any other name). What BOINC vouches for about a result: a result bundle
+    /// whose manifest names another job, task or attempt is forged or misfiled.
+    pub fn parts(&self) -> Option<WuParts<'_>> {
+        let rest = self.0.strip_prefix("mw_")?;
+        let (rest, attempt) = rest.rsplit_once('_')?;
+        let (rest, task) = rest.rsplit_once('_')?;
+        let (job, run) = rest.rsplit_once('_')?;
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if job.is_empty() || run.is_empty() || !digits(task) || !digits(attempt) {
+            return None;
+        }
+        Some(WuParts {
+            job,
+            run,
+            task: task.parse().ok()?,
+            attempt: attempt.parse().ok()?,
+        })
+    }
+
     /// Physical name of this workunit's task bundle in `download/`.
     pub fn task_file_name(&self) -> String {
         format!("{}_task.tar.gz", self.0)
@@ -119,6 +139,19 @@ impl WuName {
     pub fn conflict_spool_name(&self, wu_id: u64) -> String {
         format!("conflict_{}_wu{wu_id}.tar.gz", self.0)
     }
+}
+
+/// The parts of a workunit name `mw_<job>_<run>_<task>_<attempt>` ([`WuName::parts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WuParts<'a> {
+    /// The job's name.
+    pub job: &'a str,
+    /// The master run that created the workunit.
+    pub run: &'a str,
+    /// The task index.
+    pub task: u64,
+    /// The attempt (1 for the first).
+    pub attempt: u32,
 }
 
 impl std::fmt::Display for WuName {
@@ -249,6 +282,29 @@ mod tests {
             Some("mw_j-1_ab_0_1")
         );
         assert_eq!(wu_name_from_output("garbage"), None);
+    }
+
+    #[test]
+    fn a_workunit_name_gives_back_its_job_task_and_attempt() {
+        let wu = WuName::for_task("my_job-1", "0a1b2c3d", 5, 2).unwrap();
+        assert_eq!(
+            wu.parts(),
+            Some(WuParts {
+                job: "my_job-1",
+                run: "0a1b2c3d",
+                task: 5,
+                attempt: 2
+            })
+        );
+        for other in [
+            "mw_j7_t42",
+            "mw_x_1",
+            "other_j_r_1_1",
+            "mw__r_1_1",
+            "mw_j_r_1_x",
+        ] {
+            assert_eq!(WuName::parse(other).unwrap().parts(), None, "{other}");
+        }
     }
 
     #[test]

@@ -132,6 +132,9 @@ pub struct Options {
     pub assimilator: PathBuf,
     /// Quorum (1 = no redundancy).
     pub quorum: u32,
+    /// The largest result the validator and assimilator accept (`max_output_bytes` in
+    /// `mw_boinc.toml`); none: the master's default output limit.
+    pub max_output_bytes: Option<u64>,
 }
 
 impl Options {

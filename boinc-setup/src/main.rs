@@ -40,6 +40,11 @@ struct Cli {
     /// Results per workunit that must agree (1 = no redundancy).
     #[arg(long, default_value_t = 1)]
     quorum: u32,
+    /// The largest result (a task's stdout), in bytes, that mw-validator and mw-assimilator
+    /// accept from a volunteer (default: mw's default max_output, 16 MiB). It bounds their
+    /// memory on this server; jobs with a larger max_output need it raised.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_output_bytes: Option<u64>,
     /// Print every planned change and write nothing.
     #[arg(long)]
     dry_run: bool,
@@ -98,6 +103,7 @@ fn real_main() -> anyhow::Result<()> {
             None => beside_me("mw-assimilator")?,
         },
         quorum: cli.quorum,
+        max_output_bytes: cli.max_output_bytes,
     };
     let plan = mw_boinc_setup::plan(&opts).with_context(|| {
         format!(

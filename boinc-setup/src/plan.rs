@@ -296,6 +296,7 @@ pub fn plan(o: &Options) -> Result<Plan, SetupError> {
         task_logical_name: TASK_LOGICAL_NAME.into(),
         result_logical_name: RESULT_LOGICAL_NAME.into(),
         quorum: o.quorum,
+        max_output_bytes: o.max_output_bytes,
     };
     let config_text = config.to_text()?;
     let config_path = root.join(CONFIG_FILE_NAME);

@@ -16,13 +16,20 @@ mod error;
 pub mod fsutil;
 mod manifest;
 mod pack;
+pub mod results;
 mod unpack;
 
 pub use error::BundleError;
 pub use fsutil::{signal_name, sync_dir, sync_filesystem, write_atomic, write_atomic_deferred};
 pub use manifest::*;
 pub use pack::{sha256_file, sha256_hex, BundleBuilder};
-pub use unpack::{open_in_memory, read_manifest, unpack, InMemoryBundle, Limits};
+pub use results::{
+    max_result_upload_bytes, parse_json_limited, result_limits, JsonLimitError,
+    DEFAULT_MAX_OUTPUT_BYTES, MAX_RESULT_FILES_BYTES,
+};
+pub use unpack::{
+    open_in_memory, open_in_memory_keeping, read_manifest, unpack, InMemoryBundle, Limits,
+};
 
 /// Validates a bundle-relative path: relative, forward slashes, no empty, `.` or `..`
 /// components, no NUL or backslash, not the manifest's own name, at most 1024 bytes, and

@@ -85,6 +85,9 @@ pub struct TaskInfo {
     pub job: String,
     /// Task index within the job.
     pub task: u64,
+    /// Which attempt of the task this bundle is (1 for the first), when the master says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
     /// SHA-256 of the program bundle archive this task runs.
     pub program_sha256: String,
     /// Arguments after the program's base arguments.
@@ -167,6 +170,9 @@ pub struct ResultInfo {
     pub job: String,
     /// Task index, copied from the task bundle.
     pub task: u64,
+    /// Attempt, copied from the task bundle (absent when the task bundle names none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
     /// How the process ended.
     pub exit: ExitInfo,
     /// Wall-clock seconds.

@@ -20,6 +20,7 @@ fn task_info() -> TaskInfo {
     TaskInfo {
         job: "job-7".into(),
         task: 3,
+        attempt: None,
         program_sha256: "ab".repeat(32),
         args: vec!["a b".into(), "--n=3".into()],
         env,
@@ -36,6 +37,7 @@ fn result_info() -> ResultInfo {
     ResultInfo {
         job: "job-7".into(),
         task: 3,
+        attempt: None,
         exit: ExitInfo::Signaled { signal: 9 },
         wall_secs: 1.25,
         user_secs: 0.5,

@@ -67,7 +67,7 @@ pub fn unpack(
         source: e,
     })?;
     let mut created: Vec<(PathBuf, bool)> = Vec::new();
-    let result = walk(file, &label, expect, limits, |member, reader| {
+    let result = walk(file, &label, expect, limits, |_, member, reader| {
         let target = create_parents(dest, &member.path, &label, &mut created)?;
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create_new(true);
@@ -154,8 +154,25 @@ pub fn open_in_memory(
     expect: Option<BundleKind>,
     limits: &Limits,
 ) -> Result<InMemoryBundle, BundleError> {
+    open_in_memory_keeping(bytes, label, expect, limits, |_, _| true)
+}
+
+/// [`open_in_memory`] that verifies every member (size, checksum) but keeps in memory only
+/// those `keep` selects (by the manifest and their entry in it, before any of their bytes is
+/// read): the others pass through the hash and are dropped, so memory is the archive plus
+/// what is kept.
+pub fn open_in_memory_keeping(
+    bytes: &[u8],
+    label: &str,
+    expect: Option<BundleKind>,
+    limits: &Limits,
+    mut keep: impl FnMut(&Manifest, &Member) -> bool,
+) -> Result<InMemoryBundle, BundleError> {
     let mut members = BTreeMap::new();
-    let manifest = walk(bytes, label, expect, limits, |member, reader| {
+    let manifest = walk(bytes, label, expect, limits, |manifest, member, reader| {
+        if !keep(manifest, member) {
+            return Ok(());
+        }
         // The size is the manifest's claim: do not let it allocate up front.
         let mut data = Vec::with_capacity(member.size.min(1 << 20) as usize);
         reader
@@ -479,7 +496,7 @@ fn walk<R: Read>(
     label: &str,
     expect: Option<BundleKind>,
     limits: &Limits,
-    mut sink: impl FnMut(&Member, &mut dyn Read) -> Result<(), BundleError>,
+    mut sink: impl FnMut(&Manifest, &Member, &mut dyn Read) -> Result<(), BundleError>,
 ) -> Result<Manifest, BundleError> {
     let mut tar = tar::Archive::new(GzDecoder::new(reader));
     let mut entries = tar.entries().map_err(|e| not_a_bundle(label, e))?.raw(true);
@@ -581,7 +598,7 @@ fn walk<R: Read>(
             count: 0,
             limit: member.size,
         };
-        sink(member, &mut checked)?;
+        sink(&manifest, member, &mut checked)?;
         // Drain anything the sink did not read so the hash covers the whole entry.
         std::io::copy(&mut checked, &mut std::io::sink()).map_err(|e| BundleError::Limit {
             archive: label.to_string(),

@@ -22,11 +22,12 @@ pub(crate) fn check_available(interface: &str) -> anyhow::Result<()> {
 }
 
 /// Checks, before a job is created, what interface `name` can check without changing
-/// anything (BOINC: the project, mw's installation, permissions, settings), so a refused job
-/// leaves no job directory behind.
+/// anything (BOINC: the project, mw's installation, permissions, settings; HTCondor: the
+/// `mw-worker` shipped to the pool), so a refused job leaves no job directory behind.
 pub(crate) fn preflight(name: &str, job: &Job) -> anyhow::Result<()> {
     if name == "condor" {
-        condor_worker(job)?;
+        let worker = condor_worker(job)?;
+        check_condor_worker(job, &worker)?;
     }
     if name == "boinc" {
         let settings = job
@@ -37,6 +38,31 @@ pub(crate) fn preflight(name: &str, job: &Job) -> anyhow::Result<()> {
         mw::boinc::Boinc::check(&settings)?;
     }
     Ok(())
+}
+
+/// The worker HTCondor ships with every job must be an executable file here (else every task
+/// would fail on the pool after the job was created).
+fn check_condor_worker(job: &Job, worker: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let usable =
+        std::fs::metadata(worker).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if usable {
+        return Ok(());
+    }
+    let from = if job.file.condor.worker.is_some() {
+        "set by `worker` in [condor]"
+    } else if std::env::var_os("MW_WORKER").is_some() {
+        "from $MW_WORKER"
+    } else {
+        "the default: the static build mw found"
+    };
+    anyhow::bail!(
+        "{}: [condor] worker: `{}` ({from}) is not an executable file: HTCondor ships it with \
+         every task (build it with `cargo static-worker`, then set `worker` in [condor] or \
+         $MW_WORKER)",
+        job.path.display(),
+        worker.display()
+    )
 }
 
 /// Builds the interface named `name` for `job`, staging into `job_dir`.

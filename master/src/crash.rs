@@ -1,8 +1,11 @@
 //! Crash points: named places between two writes where the tests kill the process exactly
 //! (`MW_CRASH_AT=<name>` makes [`point`] send SIGKILL to its own process there). Every
 //! crash window of the master has one, so resume is tested from exactly that state.
+//! Panic points (`MW_PANIC_AT=<name>` or `<name>:<task>`, [`panic_point`]) do the same for
+//! the guards around threads that handle remote data: the test makes one panic and checks
+//! the tasks fail with a message instead of `mw run` hanging.
 //!
-//! Without the variable a point costs one cached lookup. This module knows nothing of
+//! Without the variables a point costs one cached lookup. This module knows nothing of
 //! what the points guard.
 
 use std::sync::OnceLock;
@@ -19,5 +22,26 @@ pub fn point(name: &str) {
         unsafe {
             libc::kill(libc::getpid(), libc::SIGKILL);
         }
+    }
+}
+
+/// The environment variable naming the panic point to panic at (`name`, or `name:TASK` for
+/// one task only).
+pub const PANIC_ENV: &str = "MW_PANIC_AT";
+
+/// Panics (a test of the panic guards; never without `MW_PANIC_AT`) when `MW_PANIC_AT`
+/// names this point, for every task (`name`) or for `task` only (`name:N`).
+#[allow(clippy::panic)] // the one deliberate panic: what the guards are tested with
+pub fn panic_point(name: &str, task: Option<u64>) {
+    static AT: OnceLock<Option<String>> = OnceLock::new();
+    let Some(at) = AT.get_or_init(|| std::env::var(PANIC_ENV).ok()).as_deref() else {
+        return;
+    };
+    let hit = match at.split_once(':') {
+        None => at == name,
+        Some((n, t)) => n == name && task.is_some_and(|task| t == task.to_string()),
+    };
+    if hit {
+        std::panic::panic_any(format!("injected panic at `{at}` ({PANIC_ENV})"));
     }
 }

@@ -26,6 +26,7 @@ pub mod boinc;
 pub mod condor;
 pub mod crash;
 mod durable;
+mod guard;
 pub mod interface;
 pub mod journal;
 pub mod master;

@@ -175,14 +175,6 @@ fn make_writable(dir: &Path) {
     }
 }
 
-/// The message of a caught panic.
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic".into())
-}
-
 fn scratch(scratch_root: Option<&Path>, prefix: &str) -> Result<tempfile::TempDir, InterfaceError> {
     let mut b = tempfile::Builder::new();
     b.prefix(prefix);
@@ -353,7 +345,7 @@ impl Interface for Multicore {
                                     Err(InterfaceError::new(format!(
                                         "internal error while running {}: {}",
                                         task.id,
-                                        panic_message(p.as_ref())
+                                        crate::guard::panic_message(p.as_ref())
                                     )))
                                 });
                             release(&state, worker, task.id);

@@ -4,7 +4,7 @@
 //! This module knows nothing of any particular platform; interfaces build on it.
 
 use mw_bundle::{
-    BundleBuilder, Comparison, ExitInfo, Limits, ProgramInfo, TaskInfo, RESULT_OUTPUTS_PREFIX,
+    BundleBuilder, Comparison, ExitInfo, ProgramInfo, TaskInfo, RESULT_OUTPUTS_PREFIX,
     RESULT_STDOUT_NAME, TASK_FILES_PREFIX, TASK_INPUT_NAME,
 };
 use serde::{Deserialize, Serialize};
@@ -259,13 +259,7 @@ impl StdoutMode {
     }
 }
 
-/// How many bytes of declared output files one result bundle may carry (it is opened in
-/// memory).
-pub const MAX_RESULT_FILES_BYTES: u64 = 256 << 20;
-
-/// Default limit of a task's result (stdout), like HTCondor's and BOINC's output limits:
-/// results are parsed and held in memory.
-pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 16 << 20;
+pub use mw_bundle::{DEFAULT_MAX_OUTPUT_BYTES, MAX_RESULT_FILES_BYTES};
 
 impl TaskSpec {
     /// A task with only a program and an input.
@@ -308,6 +302,7 @@ impl PreparedTask {
         TaskInfo {
             job: self.job.clone(),
             task: self.id.0,
+            attempt: Some(self.attempt),
             program_sha256: program_sha256.to_string(),
             args: self.spec.args.clone(),
             env: self.spec.env.clone(),
@@ -435,6 +430,7 @@ impl Execution {
             Expected {
                 task: expected_task,
                 job: None,
+                attempt: None,
                 outputs: None,
             },
             output_dir,
@@ -443,9 +439,9 @@ impl Execution {
     }
 
     /// Reads the result bundle that came back for `task` and trusts nothing in it that the
-    /// task does not vouch for: the manifest must name this job and this task, only the
-    /// task's declared output files are kept (under its output directory), and the task's
-    /// output limit bounds what is read.
+    /// task does not vouch for: the manifest must name this job, this task and (when it names
+    /// one) this attempt, only the task's declared output files are kept (under its output
+    /// directory), and the task's output limit bounds what is read.
     pub fn from_result_bundle_of(
         bytes: &[u8],
         label: &str,
@@ -457,6 +453,7 @@ impl Execution {
             Expected {
                 task: task.id,
                 job: Some(&task.job),
+                attempt: Some(task.attempt),
                 outputs: Some(&task.spec.outputs),
             },
             task.output_dir.as_deref(),
@@ -486,6 +483,7 @@ pub fn read_bounded(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
 struct Expected<'a> {
     task: TaskId,
     job: Option<&'a str>,
+    attempt: Option<u32>,
     outputs: Option<&'a [String]>,
 }
 
@@ -497,10 +495,7 @@ fn read_result(
     max_output_bytes: u64,
 ) -> Result<Execution, InterfaceError> {
     let expected_task = expected.task;
-    let limits = Limits {
-        max_total_bytes: max_output_bytes.saturating_add(MAX_RESULT_FILES_BYTES),
-        ..Limits::default()
-    };
+    let limits = mw_bundle::result_limits(max_output_bytes);
     let bundle =
         mw_bundle::open_in_memory(bytes, label, Some(mw_bundle::BundleKind::Result), &limits)
             .map_err(InterfaceError::new)?;
@@ -520,6 +515,16 @@ fn read_result(
             return Err(InterfaceError::new(format!(
                 "{label}: forged or misfiled result: it names job `{}`, expected `{job}`",
                 info.job
+            )));
+        }
+    }
+    // A worker copies the attempt from the task bundle; one that names another attempt is
+    // a stale or misfiled result (an older worker names none).
+    if let (Some(want), Some(got)) = (expected.attempt, info.attempt) {
+        if want != got {
+            return Err(InterfaceError::new(format!(
+                "{label}: forged or misfiled result: it is for attempt {got} of {expected_task}, \
+                 expected attempt {want}"
             )));
         }
     }

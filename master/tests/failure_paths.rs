@@ -22,6 +22,7 @@ fn result_info(task: u64) -> ResultInfo {
     ResultInfo {
         job: "t".into(),
         task,
+        attempt: None,
         exit: ExitInfo::Exited { code: 0 },
         wall_secs: 0.5,
         user_secs: 0.1,
@@ -307,6 +308,12 @@ fn a_result_is_trusted_only_for_what_its_task_vouches_for() {
     );
     let e = Execution::from_result_bundle_of(&make("mine-1", 7), "r", &task).unwrap_err();
     assert!(e.0.contains("task 7") && e.0.contains("forged"), "{e}");
+    // Another attempt of this very task (a stale or replayed result): refused too.
+    let mut stale = result_info(5);
+    stale.job = "mine-1".into();
+    stale.attempt = Some(2);
+    let e = Execution::from_result_bundle_of(&bundle(stale, b"1"), "r", &task).unwrap_err();
+    assert!(e.0.contains("attempt 2") && e.0.contains("forged"), "{e}");
     assert!(!out.exists(), "a refused result wrote files");
     // The right one: only the declared output is kept.
     let ok = Execution::from_result_bundle_of(&make("mine-1", 5), "r", &task).unwrap();

@@ -36,6 +36,7 @@ fn bundles(dir: &Path, script_name: &str, env: BTreeMap<String, String>) -> (Pat
         TaskInfo {
             job: "boincjob".into(),
             task: 7,
+            attempt: None,
             program_sha256: sha,
             env,
             outputs: vec!["out.txt".into()],

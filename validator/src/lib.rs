@@ -14,16 +14,23 @@
 //! problems, a wrong call), 1 invalid / no match. The mode comes from the program's name
 //! (`argv[0]` ends in `-init` or `-compare`), since BOINC passes no mode word.
 //!
+//! Memory is bounded by the master's result limits ([`ServerLimits`]: a stdout of at most
+//! `max_output_bytes` from `mw_boinc.toml`, default 16 MiB, and output files within
+//! [`mw_bundle::MAX_RESULT_FILES_BYTES`]): members are verified as they stream past and only
+//! what a JSON comparison needs is kept; equal checksums agree without reading content; JSON
+//! is parsed only within the limit and never into a tree far larger than its text.
+//!
 //! This module must never know about the master, the journal, or BOINC's database: it judges
 //! files only.
 
 use mw_boinc_kit::names::{VALIDATOR_COMPARE_NAME, VALIDATOR_INIT_NAME};
 use mw_bundle::{
-    open_in_memory, BundleKind, Comparison, InMemoryBundle, Limits, ResultInfo,
-    RESULT_OUTPUTS_PREFIX, RESULT_STDOUT_NAME,
+    open_in_memory_keeping, parse_json_limited, BundleKind, Comparison, JsonLimitError, Limits,
+    Manifest, ResultInfo, RESULT_OUTPUTS_PREFIX, RESULT_STDOUT_NAME,
 };
 use serde_json::Value;
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 /// Exit code for a valid result or a match.
 pub const EXIT_VALID: i32 = 0;
@@ -31,9 +38,6 @@ pub const EXIT_VALID: i32 = 0;
 pub const EXIT_INVALID: i32 = 1;
 /// Exit code `VAL_RESULT_TRANSIENT_ERROR`: BOINC retries later.
 pub const EXIT_TRANSIENT: i32 = 3;
-
-/// Largest result file the validator reads, in bytes.
-pub const MAX_RESULT_FILE_BYTES: u64 = 1024 * 1024 * 1024;
 
 /// Why a result (or a pair) was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -56,27 +60,125 @@ impl ValidateError {
     }
 }
 
-/// Limits used when opening a volunteer's result bundle.
-pub fn result_limits() -> Limits {
-    Limits {
-        max_total_bytes: MAX_RESULT_FILE_BYTES * 4,
-        max_entries: 10_000,
-        max_manifest_bytes: 1024 * 1024,
+/// What mw's programs on a BOINC server accept from a volunteer (the validator here, and the
+/// assimilator): the master's own result limits ([`mw_bundle::results`]) for a stdout of at
+/// most `max_output_bytes`, so their memory on the server is bounded by it, however an upload
+/// is made (a gzip bomb, a huge JSON array in a small upload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Largest stdout accepted, in bytes (`max_output_bytes` in `mw_boinc.toml`; default
+    /// [`mw_bundle::DEFAULT_MAX_OUTPUT_BYTES`], the master's default `max_output`).
+    pub max_output_bytes: u64,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_output_bytes: mw_bundle::DEFAULT_MAX_OUTPUT_BYTES,
+        }
     }
 }
 
-/// A result bundle that passed the init checks.
-#[derive(Debug)]
-pub struct CheckedResult {
-    /// The bundle, read and verified.
-    pub bundle: InMemoryBundle,
-    /// Its result metadata.
-    pub info: ResultInfo,
+impl ServerLimits {
+    /// The limits set in the `mw_boinc.toml` found among `candidates`
+    /// ([`mw_boinc_kit::config_candidates`]); the defaults when there is none or it sets
+    /// none. A config file that cannot be read is an error (the operator must fix it).
+    pub fn from_candidates(candidates: &[PathBuf]) -> Result<ServerLimits, String> {
+        let Some(file) = mw_boinc_kit::find_config_file(candidates) else {
+            return Ok(ServerLimits::default());
+        };
+        match mw_boinc_kit::max_output_bytes_of(&file) {
+            Ok(Some(max_output_bytes)) => Ok(ServerLimits { max_output_bytes }),
+            Ok(None) => Ok(ServerLimits::default()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// [`from_candidates`](Self::from_candidates) for this process (`BOINC_PROJECT_DIR`,
+    /// the working directory, its parent, the program's project).
+    pub fn from_environment() -> Result<ServerLimits, String> {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        let exe = std::env::current_exe().ok();
+        Self::from_candidates(&mw_boinc_kit::config_candidates(
+            std::env::var_os("BOINC_PROJECT_DIR").map(PathBuf::from),
+            &cwd,
+            exe.as_deref(),
+        ))
+    }
+
+    /// Limits for opening a result bundle.
+    pub fn bundle_limits(&self) -> Limits {
+        mw_bundle::result_limits(self.max_output_bytes)
+    }
+
+    /// Largest upload (result-bundle file) read.
+    pub fn max_upload_bytes(&self) -> u64 {
+        mw_bundle::max_result_upload_bytes(self.max_output_bytes)
+    }
+
+    fn over(&self, what: &str, size: u64) -> String {
+        format!(
+            "{what} is {size} bytes, over the limit of {} bytes (max_output_bytes in \
+             mw_boinc.toml)",
+            self.max_output_bytes
+        )
+    }
 }
 
-/// Reads a file of at most [`MAX_RESULT_FILE_BYTES`]; I/O errors are transient, an
+/// One payload member of a result (stdout or an output file) as its verified manifest says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayloadMember {
+    /// Bundle path (`stdout.json`, `outputs/…`).
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 (verified against the content while reading).
+    pub sha256: String,
+}
+
+/// A result bundle that was read and verified.
+#[derive(Debug)]
+pub struct CheckedResult {
+    /// Its result metadata.
+    pub info: ResultInfo,
+    /// Its payload: stdout (empty when absent) and every output file, sorted by path.
+    pub payload: Vec<PayloadMember>,
+    /// The contents kept for a JSON comparison (stdout and output files within the limit;
+    /// nothing for a bitwise rule, which compares checksums).
+    pub kept: BTreeMap<String, Vec<u8>>,
+    /// The limits it was read under.
+    pub limits: ServerLimits,
+}
+
+/// SHA-256 of nothing (the payload of an absent stdout).
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+fn payload_of(manifest: &Manifest) -> Vec<PayloadMember> {
+    let mut out: Vec<PayloadMember> = manifest
+        .members
+        .iter()
+        .filter(|m| m.path == RESULT_STDOUT_NAME || m.path.starts_with(RESULT_OUTPUTS_PREFIX))
+        .map(|m| PayloadMember {
+            path: m.path.clone(),
+            size: m.size,
+            sha256: m.sha256.to_ascii_lowercase(),
+        })
+        .collect();
+    if !out.iter().any(|m| m.path == RESULT_STDOUT_NAME) {
+        out.push(PayloadMember {
+            path: RESULT_STDOUT_NAME.into(),
+            size: 0,
+            sha256: EMPTY_SHA256.into(),
+        });
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+/// Reads a file of at most [`ServerLimits::max_upload_bytes`]; I/O errors are transient, an
 /// oversize file is invalid.
-fn read_capped(path: &Path) -> Result<Vec<u8>, ValidateError> {
+fn read_capped(path: &Path, limits: &ServerLimits) -> Result<Vec<u8>, ValidateError> {
+    use std::io::Read;
     let meta = std::fs::metadata(path)
         .map_err(|e| ValidateError::Transient(format!("{}: {e}", path.display())))?;
     if !meta.is_file() {
@@ -85,26 +187,107 @@ fn read_capped(path: &Path) -> Result<Vec<u8>, ValidateError> {
             path.display()
         )));
     }
-    if meta.len() > MAX_RESULT_FILE_BYTES {
+    let cap = limits.max_upload_bytes();
+    if meta.len() > cap {
         return Err(ValidateError::Invalid(format!(
-            "{}: {} bytes, over the limit of {MAX_RESULT_FILE_BYTES}",
+            "{}: {}",
             path.display(),
-            meta.len()
+            limits.over("the upload", meta.len())
         )));
     }
-    std::fs::read(path).map_err(|e| ValidateError::Transient(format!("{}: {e}", path.display())))
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(cap).read_to_end(&mut bytes))
+        .map_err(|e| ValidateError::Transient(format!("{}: {e}", path.display())))?;
+    Ok(bytes)
 }
 
-/// Checks bytes as a result bundle: well-formed, checksums right, kind result, task exited 0,
-/// sane comparison rule.
-pub fn check_result_bytes(bytes: &[u8], label: &str) -> Result<CheckedResult, ValidateError> {
-    let bundle = open_in_memory(bytes, label, Some(BundleKind::Result), &result_limits())
-        .map_err(|e| ValidateError::Invalid(e.to_string()))?;
+/// Reads bytes as a result bundle: well-formed, every checksum right, kind result, stdout
+/// within the limit; whatever the task's exit status. Memory: the bytes plus what is kept
+/// for a JSON comparison (stdout, and output files up to the limit in total).
+pub fn read_result_bytes(
+    bytes: &[u8],
+    label: &str,
+    limits: &ServerLimits,
+) -> Result<CheckedResult, ValidateError> {
+    read_with(bytes, label, limits, true)
+}
+
+/// [`read_result_bytes`] keeping no content: memory is the bytes alone.
+pub fn verify_result_bytes(
+    bytes: &[u8],
+    label: &str,
+    limits: &ServerLimits,
+) -> Result<CheckedResult, ValidateError> {
+    read_with(bytes, label, limits, false)
+}
+
+fn read_with(
+    bytes: &[u8],
+    label: &str,
+    limits: &ServerLimits,
+    keep_payload: bool,
+) -> Result<CheckedResult, ValidateError> {
+    let max = limits.max_output_bytes;
+    let mut kept_files = 0u64;
+    let bundle = open_in_memory_keeping(
+        bytes,
+        label,
+        Some(BundleKind::Result),
+        &limits.bundle_limits(),
+        |manifest, member| {
+            let json = keep_payload
+                && matches!(
+                    manifest.result.as_ref().map(|r| &r.comparison),
+                    Some(Comparison::Json { .. })
+                );
+            if !json || member.size > max {
+                return false;
+            }
+            if member.path == RESULT_STDOUT_NAME {
+                return true;
+            }
+            if member.path.starts_with(RESULT_OUTPUTS_PREFIX)
+                && kept_files.saturating_add(member.size) <= max
+            {
+                kept_files += member.size;
+                return true;
+            }
+            false
+        },
+    )
+    .map_err(|e| ValidateError::Invalid(e.to_string()))?;
     let info = bundle
         .manifest
         .result
         .clone()
         .ok_or_else(|| ValidateError::Invalid(format!("{label}: no [result] table")))?;
+    let payload = payload_of(&bundle.manifest);
+    if let Some(stdout) = payload.iter().find(|m| m.path == RESULT_STDOUT_NAME) {
+        if stdout.size > max {
+            return Err(ValidateError::Invalid(format!(
+                "{label}: {}",
+                limits.over("the result (stdout)", stdout.size)
+            )));
+        }
+    }
+    Ok(CheckedResult {
+        info,
+        payload,
+        kept: bundle.members,
+        limits: *limits,
+    })
+}
+
+/// Checks bytes as a result bundle: [`read_result_bytes`], and the task exited with status 0
+/// and its comparison rule is sane.
+pub fn check_result_bytes(
+    bytes: &[u8],
+    label: &str,
+    limits: &ServerLimits,
+) -> Result<CheckedResult, ValidateError> {
+    let checked = read_result_bytes(bytes, label, limits)?;
+    let info = &checked.info;
     if !info.exit.success() {
         return Err(ValidateError::Invalid(format!(
             "{label}: task {} of job {} did not succeed: {}",
@@ -118,16 +301,31 @@ pub fn check_result_bytes(bytes: &[u8], label: &str) -> Result<CheckedResult, Va
             )));
         }
     }
-    Ok(CheckedResult { bundle, info })
+    Ok(checked)
+}
+
+/// Reads an upload (at most [`ServerLimits::max_upload_bytes`]) with [`read_result_bytes`].
+pub fn read_result_file(
+    path: &Path,
+    limits: &ServerLimits,
+) -> Result<CheckedResult, ValidateError> {
+    let bytes = read_capped(path, limits)?;
+    read_result_bytes(&bytes, &path.display().to_string(), limits)
 }
 
 /// The init check on one result file.
-pub fn check_result_file(path: &Path) -> Result<CheckedResult, ValidateError> {
-    let bytes = read_capped(path)?;
-    check_result_bytes(&bytes, &path.display().to_string())
+pub fn check_result_file(
+    path: &Path,
+    limits: &ServerLimits,
+) -> Result<CheckedResult, ValidateError> {
+    let bytes = read_capped(path, limits)?;
+    check_result_bytes(&bytes, &path.display().to_string(), limits)
 }
 
-/// Whether two checked results agree. `Err` carries the first difference found.
+/// Whether two checked results agree. `Err` carries the first difference found. Equal
+/// checksums agree; a JSON rule parses what differs within the output limit (refusing
+/// texts with far more values than bytes), so no comparison builds a tree larger than a
+/// small multiple of the limit.
 pub fn results_agree(a: &CheckedResult, b: &CheckedResult) -> Result<(), String> {
     if a.info.job != b.info.job || a.info.task != b.info.task {
         return Err(format!(
@@ -141,58 +339,54 @@ pub fn results_agree(a: &CheckedResult, b: &CheckedResult) -> Result<(), String>
             a.info.comparison, b.info.comparison
         ));
     }
-    let payload_a = payload(&a.bundle);
-    let payload_b = payload(&b.bundle);
-    let names_a: Vec<&str> = payload_a.iter().map(|(n, _)| *n).collect();
-    let names_b: Vec<&str> = payload_b.iter().map(|(n, _)| *n).collect();
+    let names_a: Vec<&str> = a.payload.iter().map(|m| m.path.as_str()).collect();
+    let names_b: Vec<&str> = b.payload.iter().map(|m| m.path.as_str()).collect();
     if names_a != names_b {
         return Err(format!(
             "different payload members: {names_a:?} vs {names_b:?}"
         ));
     }
-    for ((name, da), (_, db)) in payload_a.iter().zip(payload_b.iter()) {
-        match a.info.comparison {
-            Comparison::Bitwise => {
-                if da != db {
-                    return Err(format!("`{name}` differs (bitwise)"));
-                }
+    let limit = a.limits.max_output_bytes.min(b.limits.max_output_bytes);
+    for (ma, mb) in a.payload.iter().zip(b.payload.iter()) {
+        if ma.sha256 == mb.sha256 && ma.size == mb.size {
+            continue;
+        }
+        let name = ma.path.as_str();
+        let Comparison::Json { rel, abs } = a.info.comparison else {
+            return Err(format!("`{name}` differs (bitwise)"));
+        };
+        let (Some(da), Some(db)) = (kept(a, name), kept(b, name)) else {
+            return Err(format!(
+                "`{name}` differs (bitwise; too large for a JSON comparison within the limit \
+                 of {limit} bytes)"
+            ));
+        };
+        match (parse_json_limited(da, limit), parse_json_limited(db, limit)) {
+            (Ok(ja), Ok(jb)) => {
+                json_agrees(&ja, &jb, rel, abs, "$").map_err(|e| format!("`{name}`: {e}"))?
             }
-            Comparison::Json { rel, abs } => {
-                if da == db {
-                    continue;
-                }
-                let ja = serde_json::from_slice::<Value>(da);
-                let jb = serde_json::from_slice::<Value>(db);
-                match (ja, jb) {
-                    (Ok(ja), Ok(jb)) => json_agrees(&ja, &jb, rel, abs, "$")
-                        .map_err(|e| format!("`{name}`: {e}"))?,
-                    _ if *name == RESULT_STDOUT_NAME => {
-                        return Err(format!("`{name}` differs and is not JSON on both sides"))
-                    }
-                    _ => return Err(format!("`{name}` differs (bitwise; not JSON)")),
-                }
+            (Err(e @ JsonLimitError::TooManyValues { .. }), _)
+            | (_, Err(e @ JsonLimitError::TooManyValues { .. }))
+            | (Err(e @ JsonLimitError::TooLarge { .. }), _)
+            | (_, Err(e @ JsonLimitError::TooLarge { .. })) => {
+                return Err(format!("`{name}` differs (not compared as JSON: {e})"))
             }
+            _ if name == RESULT_STDOUT_NAME => {
+                return Err(format!("`{name}` differs and is not JSON on both sides"))
+            }
+            _ => return Err(format!("`{name}` differs (bitwise; not JSON)")),
         }
     }
     Ok(())
 }
 
-/// The payload of a result bundle: stdout (empty when absent) and every output file, sorted.
-fn payload(bundle: &InMemoryBundle) -> Vec<(&str, &[u8])> {
-    let mut out: Vec<(&str, &[u8])> = vec![(
-        RESULT_STDOUT_NAME,
-        bundle
-            .members
-            .get(RESULT_STDOUT_NAME)
-            .map(|v| v.as_slice())
-            .unwrap_or(&[]),
-    )];
-    for (name, data) in &bundle.members {
-        if name.starts_with(RESULT_OUTPUTS_PREFIX) {
-            out.push((name.as_str(), data.as_slice()));
-        }
+/// The content of payload member `name` kept for a JSON comparison (an empty one is never
+/// stored: an absent stdout).
+fn kept<'a>(r: &'a CheckedResult, name: &str) -> Option<&'a [u8]> {
+    if r.payload.iter().any(|m| m.path == name && m.size == 0) {
+        return Some(&[]);
     }
-    out
+    r.kept.get(name).map(Vec::as_slice)
 }
 
 /// Structural JSON equality where numbers may differ by at most `abs`, or by `rel` relative
@@ -279,7 +473,8 @@ pub fn init(args: &[String]) -> Result<String, ValidateError> {
             args.len()
         )));
     };
-    let r = check_result_file(Path::new(file))?;
+    let limits = ServerLimits::from_environment().map_err(ValidateError::Transient)?;
+    let r = check_result_file(Path::new(file), &limits)?;
     Ok(format!(
         "valid: job {} task {} from host {}",
         r.info.job, r.info.task, r.info.host
@@ -295,8 +490,9 @@ pub fn compare(args: &[String]) -> Result<String, ValidateError> {
             args.len()
         )));
     };
-    let a = check_result_file(Path::new(f1))?;
-    let b = check_result_file(Path::new(f2))?;
+    let limits = ServerLimits::from_environment().map_err(ValidateError::Transient)?;
+    let a = check_result_file(Path::new(f1), &limits)?;
+    let b = check_result_file(Path::new(f2), &limits)?;
     results_agree(&a, &b).map_err(ValidateError::Invalid)?;
     Ok(format!(
         "match: job {} task {} ({:?})",

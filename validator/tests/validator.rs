@@ -30,6 +30,7 @@ fn info(job: &str, task: u64, exit: ExitInfo, comparison: Comparison) -> ResultI
     ResultInfo {
         job: job.into(),
         task,
+        attempt: None,
         exit,
         wall_secs: 1.0,
         user_secs: 0.5,

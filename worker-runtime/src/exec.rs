@@ -148,17 +148,41 @@ impl std::fmt::Debug for ProcessControl {
 /// documented limit without cgroups.
 pub const TASK_TOKEN_ENV: &str = "MW_TASK_TOKEN";
 
+/// The start of every [`TASK_TOKEN_ENV`] value this process gives its tasks:
+/// `<pid>.<start time>-` in hex, unique to this process (the start time tells it from an
+/// earlier process with the same pid). Whoever knows it can find every process of every
+/// task this process started ([`kill_token_prefix`]), e.g. a watchdog after it died.
+pub fn task_token_prefix() -> &'static str {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PREFIX.get_or_init(|| {
+        let nanos = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        format!("{:x}.{nanos:x}-", std::process::id())
+    })
+}
+
+/// True for a value [`task_token_prefix`] could have made (so a caller cannot turn
+/// [`kill_token_prefix`] on every task of this user with an empty or short prefix).
+pub fn is_task_token_prefix(prefix: &str) -> bool {
+    let Some((pid, rest)) = prefix.split_once('.') else {
+        return false;
+    };
+    let Some(start) = rest.strip_suffix('-') else {
+        return false;
+    };
+    let hex = |s: &str| !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    hex(pid) && hex(start) && start.len() >= 8
+}
+
 #[cfg(unix)]
 fn task_token() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
     format!(
-        "{:x}-{:x}-{nanos:x}",
-        std::process::id(),
+        "{}{:x}",
+        task_token_prefix(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
@@ -168,7 +192,22 @@ fn task_token() -> String {
 /// `/proc/<pid>/environ`; other users' processes cannot be read and are not ours).
 /// Repeats until a pass finds none, so a process forking while we look is caught too.
 fn kill_escapees(token: &str) {
-    let needle = format!("{TASK_TOKEN_ENV}={token}\0").into_bytes();
+    kill_carrying(format!("{TASK_TOKEN_ENV}={token}\0").as_bytes());
+}
+
+#[cfg(unix)]
+/// SIGKILLs every process of this user whose [`TASK_TOKEN_ENV`] starts with `prefix` (a
+/// [`task_token_prefix`]): every process of every task one worker process started, wherever
+/// they went (their own process group, `setsid`). Does nothing for a prefix that
+/// [`is_task_token_prefix`] refuses.
+pub fn kill_token_prefix(prefix: &str) {
+    if is_task_token_prefix(prefix) {
+        kill_carrying(format!("{TASK_TOKEN_ENV}={prefix}").as_bytes());
+    }
+}
+
+#[cfg(unix)]
+fn kill_carrying(needle: &[u8]) {
     let me = std::process::id();
     for _ in 0..10 {
         let Ok(procs) = std::fs::read_dir("/proc") else {
@@ -189,7 +228,7 @@ fn kill_escapees(token: &str) {
             let Ok(env) = std::fs::read(entry.path().join("environ")) else {
                 continue;
             };
-            if env.windows(needle.len()).any(|w| w == needle.as_slice()) {
+            if env.windows(needle.len()).any(|w| w == needle) {
                 found += 1;
                 // SAFETY: kill(2) only sends a signal to a process that carries our token.
                 unsafe {

@@ -6,11 +6,15 @@
 //! bundle in, result bundle out; it is what the `mw-worker` binary, the MPI worker ranks and
 //! the BOINC app mode call. [`task`] is the three-line helper for Rust task programs.
 //! [`static_worker`] finds the static `mw-worker` the tools ship to remote machines.
+//! `dying` (Unix) is what a dying `mw-worker` takes with it: its task's process tree and
+//! scratch directory, on a stop signal and, through a watchdog, on SIGKILL.
 //!
 //! **Architecture invariant:** only this crate executes user programs. It knows nothing of
 //! the master, the journal, or how bundles travel (Condor, BOINC, MPI).
 
 pub mod boinc;
+#[cfg(unix)]
+pub mod dying;
 pub mod exec;
 pub mod run;
 pub mod static_worker;

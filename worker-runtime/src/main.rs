@@ -11,7 +11,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mw_worker_runtime::{run_bundles, ProcessControl, RunOptions};
+use mw_worker_runtime::run::write_atomically;
+use mw_worker_runtime::{run_task_file, ProcessControl, RunOptions, UnpackedProgram};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -61,7 +62,17 @@ fn boinc_slot() -> Option<PathBuf> {
 }
 
 fn main() {
+    #[cfg(unix)]
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(mw_worker_runtime::dying::WATCHDOG_ARG))
+    {
+        let rest: Vec<std::ffi::OsString> = std::env::args_os().skip(2).collect();
+        std::process::exit(mw_worker_runtime::dying::watchdog_main(&rest));
+    }
     if let Some(slot) = boinc_slot() {
+        // The client may SIGKILL the app: the watchdog then takes the task's processes.
+        #[cfg(unix)]
+        let _watchdog = watchdog(None);
         std::process::exit(mw_worker_runtime::boinc::run_in_slot(&slot));
     }
     let cli = Cli::parse();
@@ -82,12 +93,39 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             result,
             scratch,
         } => {
+            let control = ProcessControl::new();
+            // Before any other thread exists (see `dying::TerminationSignals::install`).
+            #[cfg(unix)]
+            let signals = mw_worker_runtime::dying::TerminationSignals::install(control.clone())
+                .context("handling stop signals")?;
+            // Everything this run writes lives in one directory of its own, which goes with
+            // the worker however it ends.
+            let root = scratch.unwrap_or_else(std::env::temp_dir);
+            let dir = tempfile::Builder::new()
+                .prefix(SCRATCH_PREFIX)
+                .tempdir_in(&root)
+                .with_context(|| format!("creating a scratch directory in {}", root.display()))?;
+            #[cfg(unix)]
+            let watchdog = watchdog(Some(dir.path()));
             let opts = RunOptions {
-                scratch_root: scratch,
+                scratch_root: Some(dir.path().to_path_buf()),
                 ..RunOptions::default()
             };
-            let info = run_bundles(&program, &task, &result, &ProcessControl::new(), &opts)
-                .with_context(|| format!("running task bundle {}", task.display()))?;
+            let ran = UnpackedProgram::unpack(&program, &opts)
+                .and_then(|p| run_task_file(&p, &task, &control, &opts));
+            #[cfg(unix)]
+            if let Some(sig) = signals.received() {
+                // Stopped: the task's processes are gone (cancel); no result is written, the
+                // scratch directory goes, and the worker dies by the signal it got.
+                drop(ran);
+                drop(dir);
+                drop(watchdog);
+                mw_worker_runtime::dying::die_by(sig);
+            }
+            let (info, bytes) =
+                ran.with_context(|| format!("running task bundle {}", task.display()))?;
+            write_atomically(&result, &bytes)?;
+            drop(dir);
             if info.exit.success() {
                 Ok(0)
             } else {
@@ -100,6 +138,28 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 }
                 Ok(1)
             }
+        }
+    }
+}
+
+/// The prefix of this worker's scratch directory.
+#[cfg(unix)]
+const SCRATCH_PREFIX: &str = mw_worker_runtime::dying::SCRATCH_PREFIX;
+#[cfg(not(unix))]
+const SCRATCH_PREFIX: &str = "mw-worker-";
+
+/// Starts the watchdog that cleans up after this worker if it is killed; a worker that
+/// cannot start one still runs its task (and says what it cannot promise).
+#[cfg(unix)]
+fn watchdog(scratch: Option<&std::path::Path>) -> Option<mw_worker_runtime::dying::Watchdog> {
+    match mw_worker_runtime::dying::Watchdog::start(scratch) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            eprintln!(
+                "mw-worker: warning: no watchdog ({e}): if this worker is killed, its task's \
+                 processes and scratch directory stay behind"
+            );
+            None
         }
     }
 }

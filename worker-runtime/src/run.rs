@@ -350,6 +350,7 @@ fn run_prepared(
     let result = ResultInfo {
         job: info.job.clone(),
         task: info.task,
+        attempt: info.attempt,
         exit: outcome.exit.clone(),
         wall_secs: outcome.wall.as_secs_f64(),
         user_secs: outcome.user.as_secs_f64(),

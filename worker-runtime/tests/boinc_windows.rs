@@ -49,6 +49,7 @@ impl Slot {
         let info = TaskInfo {
             job: "boincwin".into(),
             task: 3,
+            attempt: None,
             program_sha256: sha,
             args: vec![mode.into()],
             env,

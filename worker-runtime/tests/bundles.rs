@@ -66,6 +66,7 @@ impl Fixture {
         let info = TaskInfo {
             job: "testjob".into(),
             task: 7,
+            attempt: None,
             program_sha256: program_sha.to_string(),
             args: vec![],
             env,

@@ -136,6 +136,7 @@ impl Scene {
         TaskInfo {
             job: "targets".into(),
             task: 1,
+            attempt: None,
             program_sha256: self.sha.clone(),
             args: vec![mode.to_string()],
             env,

@@ -94,6 +94,9 @@ struct State {
     batches_in_flight: usize,
     staged_programs: HashSet<String>,
     shut_down: bool,
+    /// Why the interface can run no more tasks (its submit or spool thread died): new tasks
+    /// fail at once with this message instead of waiting for ever.
+    broken: Option<String>,
     created: u64,
     existed: u64,
     completed: u64,
@@ -131,6 +134,45 @@ fn wake_watcher(shared: &Shared) {
         .as_ref()
     {
         let _ = tx.send(());
+    }
+}
+
+/// A thread this interface cannot do without has died: every task it holds fails with `why`
+/// (a created workunit is cancelled in BOINC), and so does every later task. A `create_work`
+/// call the dead thread left counted is forgotten, so shutdown does not wait for it.
+fn fail_all(shared: &Shared, why: String) {
+    let (queued, waiting) = {
+        let mut st = shared.lock();
+        st.broken = Some(why.clone());
+        st.batches_in_flight = 0;
+        st.creating.clear();
+        st.by_wu.clear();
+        let queued: Vec<Pending> = st.queue.drain(..).collect();
+        let waiting: Vec<Waiting> = st.waiting.drain().map(|(_, w)| w).collect();
+        for w in &waiting {
+            st.cancelled_wus.insert(w.wu.clone());
+        }
+        st.failed += (queued.len() + waiting.len()) as u64;
+        (queued, waiting)
+    };
+    shared.cond.notify_all();
+    log::error!(
+        "{why}: failing {} task(s) in flight",
+        queued.len() + waiting.len()
+    );
+    for p in queued {
+        p.done
+            .finish(Err(InterfaceError::new(format!("{}: {why}", p.task.id))));
+    }
+    for mut w in waiting {
+        cancel::mark_cancelled(&shared.spool, &w.wu);
+        let how = cancel::run_cancel_jobs(&shared.project, &w.wu);
+        if let Some(d) = w.done.take() {
+            d.finish(Err(InterfaceError::new(format!(
+                "{}: {why}; workunit {}: {how}",
+                w.task.id, w.wu
+            ))));
+        }
     }
 }
 
@@ -333,12 +375,20 @@ impl Boinc {
         let s1 = shared.clone();
         std::thread::Builder::new()
             .name("mw-boinc-submit".into())
-            .spawn(move || batch::submit_loop(&s1))
+            .spawn(move || {
+                if let Err(panic) = crate::guard::contain(|| batch::submit_loop(&s1)) {
+                    fail_all(&s1, format!("the BOINC submit thread failed: {panic}"));
+                }
+            })
             .map_err(|e| BoincError(format!("cannot start the submit thread: {e}")))?;
         let s2 = shared.clone();
         std::thread::Builder::new()
             .name("mw-boinc-watch".into())
-            .spawn(move || spool::watch_loop(&s2, &rx))
+            .spawn(move || {
+                if let Err(panic) = crate::guard::contain(|| spool::watch_loop(&s2, &rx)) {
+                    fail_all(&s2, format!("the BOINC spool thread failed: {panic}"));
+                }
+            })
             .map_err(|e| BoincError(format!("cannot start the watcher thread: {e}")))?;
         Ok(Boinc {
             shared,
@@ -386,6 +436,11 @@ impl Interface for Boinc {
 
     fn execute_task(&self, task: Arc<PreparedTask>, _worker: WorkerId, done: Completion) {
         let mut st = self.shared.lock();
+        if let Some(why) = st.broken.clone() {
+            drop(st);
+            done.finish(Err(InterfaceError::new(why)));
+            return;
+        }
         if let Err(msg) = self.claim_job(&mut st, &task) {
             drop(st);
             done.finish(Err(InterfaceError::new(msg)));

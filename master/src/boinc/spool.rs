@@ -22,6 +22,7 @@ pub(super) fn watch_loop(shared: &Arc<Shared>, rx: &mpsc::Receiver<()>) {
         if shared.lock().shut_down {
             return;
         }
+        crate::crash::panic_point("boinc-spool", None);
         scan_spool(shared);
         check_deadline(shared);
         match rx.recv_timeout(POLL_INTERVAL) {
@@ -79,8 +80,30 @@ fn scan_spool(shared: &Arc<Shared>) {
 
 fn take_result(shared: &Shared, task: TaskId, wu: &WuName) {
     let path = shared.spool.join(wu.result_spool_name());
-    let Ok(bytes) = std::fs::read(&path) else {
-        return; // Gone or unreadable for now: the next scan decides.
+    let cap = {
+        let st = shared.lock();
+        st.waiting
+            .get(&task)
+            .map(|w| mw_bundle::max_result_upload_bytes(w.task.spec.max_output_bytes))
+    };
+    let Some(cap) = cap else {
+        return;
+    };
+    // Read no more than the task may return (the assimilator applies the same limits).
+    let Ok(meta) = std::fs::metadata(&path) else {
+        return; // Gone for now: the next scan decides.
+    };
+    let bytes = if meta.len() > cap {
+        Err(format!(
+            "{} is {} bytes, over the {cap} bytes a result of this task may take",
+            path.display(),
+            meta.len()
+        ))
+    } else {
+        match crate::task::read_bounded(&path, cap) {
+            Ok(b) => Ok(b),
+            Err(_) => return, // Unreadable for now: the next scan decides.
+        }
     };
     let waiting = {
         let mut st = shared.lock();
@@ -94,10 +117,23 @@ fn take_result(shared: &Shared, task: TaskId, wu: &WuName) {
         return;
     };
     let label = path.display().to_string();
-    let outcome = Execution::from_result_bundle_of(&bytes, &label, &w.task).map_err(|e| {
-        InterfaceError::new(format!(
-            "BOINC workunit {wu}: bad result bundle from the volunteer: {e}"
-        ))
+    // A volunteer's bundle is read under a guard: a panic fails this task with its message,
+    // and the spool thread goes on.
+    let outcome = crate::guard::contain(|| {
+        crate::crash::panic_point("boinc-result", Some(task.0));
+        bytes
+            .map_err(InterfaceError::new)
+            .and_then(|bytes| Execution::from_result_bundle_of(&bytes, &label, &w.task))
+            .map_err(|e| {
+                InterfaceError::new(format!(
+                    "BOINC workunit {wu}: bad result bundle from the volunteer: {e}"
+                ))
+            })
+    })
+    .unwrap_or_else(|panic| {
+        Err(InterfaceError::new(format!(
+            "BOINC workunit {wu}: internal error while reading its result: {panic}"
+        )))
     });
     {
         let mut st = shared.lock();
@@ -133,14 +169,17 @@ fn take_error(shared: &Shared, wu: &WuName) {
         };
         (st.waiting.remove(&task), task)
     };
-    let message = match ErrorRecord::from_text(&text) {
+    let message = crate::guard::contain(|| match ErrorRecord::from_text(&text) {
         Ok(rec) => rec.describe(),
         Err(e) => format!(
             "BOINC workunit {wu} failed; its error record {} is unreadable: {}",
             path.display(),
             e.message()
         ),
-    };
+    })
+    .unwrap_or_else(|panic| {
+        format!("BOINC workunit {wu} failed; internal error reading its error record: {panic}")
+    });
     shared.lock().failed += 1;
     if let Some(done) = waiting.and_then(|mut w| w.done.take()) {
         done.finish(Err(InterfaceError::new(format!("{task}: {message}"))));

@@ -7,10 +7,20 @@ use crate::task::RunFacts;
 use mw_condor_kit::JobAd;
 use std::time::UNIX_EPOCH;
 
+/// Follows the job events until the watcher stops. A panic while handling one event fails
+/// only that job's task (with the panic's message); the thread goes on.
 pub(super) fn event_loop(shared: &Shared, rx: Receiver<WatchMessage>) {
     for msg in rx {
+        crate::crash::panic_point("condor-event-loop", None);
         match msg {
-            Ok(ev) => on_event(shared, ev),
+            Ok(ev) => {
+                let h = ev.handle();
+                if let Err(panic) = crate::guard::contain(|| on_event(shared, ev)) {
+                    if let Some(h) = h {
+                        super::fail_task_of(shared, h, &panic);
+                    }
+                }
+            }
             Err(e) => {
                 shared.lock().log_problems += 1;
                 eprintln!("mw: condor: skipped a job event log record: {e}");
@@ -145,6 +155,26 @@ pub(super) fn conclude(shared: &Shared, id: TaskId, h: JobHandle, outcome: Outco
     let Some(mut t) = take_task(shared, id, h) else {
         return;
     };
+    // What came back from the pool is read under a guard: a panic fails this task with its
+    // message, and the event thread goes on.
+    let result =
+        crate::guard::contain(|| outcome_of(shared, &t, h, outcome)).unwrap_or_else(|panic| {
+            Err(InterfaceError::new(format!(
+                "HTCondor job {h}: internal error while reading its outcome: {panic}"
+            )))
+        });
+    if let Some(d) = t.done.take() {
+        d.finish(result);
+    }
+}
+
+/// The task's outcome from what the event said and what came back.
+fn outcome_of(
+    shared: &Shared,
+    t: &Tracked,
+    h: JobHandle,
+    outcome: Outcome,
+) -> Result<Execution, InterfaceError> {
     let cli = &shared.settings.cli;
     // A job the pool ended after it had started: what the schedd knows of that run.
     let ad = match (&outcome, &t.ran_on) {
@@ -186,7 +216,7 @@ pub(super) fn conclude(shared: &Shared, id: TaskId, h: JobHandle, outcome: Outco
         }
     };
     let result = match outcome {
-        Outcome::Exited(rv) => from_exit(&t, h, rv),
+        Outcome::Exited(rv) => from_exit(t, h, rv),
         Outcome::Signal(sig) => Err(ended(
             format!(
                 "HTCondor job {h}: mw-worker was killed by signal {sig}{}{}",
@@ -227,14 +257,11 @@ pub(super) fn conclude(shared: &Shared, id: TaskId, h: JobHandle, outcome: Outco
             }
         }
     };
-    let result = match (result, &t.shadow) {
+    match (result, &t.shadow) {
         (Err(InterfaceError(e, ran)), Some(note)) => {
             Err(InterfaceError(format!("{e} (earlier: {note})"), ran))
         }
         (r, _) => r,
-    };
-    if let Some(d) = t.done.take() {
-        d.finish(result);
     }
 }
 
@@ -278,13 +305,9 @@ pub(super) fn stderr_tail(path: &Path) -> String {
 pub(super) fn from_exit(t: &Tracked, h: JobHandle, rv: i64) -> Result<Execution, InterfaceError> {
     let path = &t.files.result;
     let label = path.display().to_string();
+    crate::crash::panic_point("condor-result", Some(t.task.id.0));
     // What came back from the pool is read only up to what the task may return.
-    let cap = t
-        .task
-        .spec
-        .max_output_bytes
-        .saturating_add(crate::task::MAX_RESULT_FILES_BYTES)
-        .saturating_add(1 << 20);
+    let cap = mw_bundle::max_result_upload_bytes(t.task.spec.max_output_bytes);
     let bundle = match crate::task::read_bounded(path, cap) {
         Ok(b) => Some(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,

@@ -114,6 +114,9 @@ struct State {
     log_problems: u64,
     /// Batches a resumed master knew only by name: their cluster, or `None` if never submitted.
     resolved: HashMap<String, Option<u64>>,
+    /// Why the interface can run no more tasks (its submit or event thread died): new tasks
+    /// fail at once with this message instead of waiting for ever.
+    broken: Option<String>,
 }
 
 struct Shared {
@@ -184,14 +187,26 @@ impl Condor {
         threads.push(
             std::thread::Builder::new()
                 .name("mw-condor-submit".into())
-                .spawn(move || submit_loop(&s))
+                .spawn(move || {
+                    if let Err(panic) = crate::guard::contain(|| submit_loop(&s)) {
+                        fail_all(&s, format!("the HTCondor submit thread failed: {panic}"));
+                    }
+                })
                 .map_err(|e| InterfaceError::new(format!("starting the submit thread: {e}")))?,
         );
         let s = shared.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("mw-condor-events".into())
-                .spawn(move || event_loop(&s, rx))
+                .spawn(move || {
+                    let why = match crate::guard::contain(|| event_loop(&s, rx)) {
+                        Ok(()) => "the HTCondor job-log watcher stopped".to_string(),
+                        Err(panic) => format!("the HTCondor event thread failed: {panic}"),
+                    };
+                    if !s.lock().shut_down {
+                        fail_all(&s, why);
+                    }
+                })
                 .map_err(|e| InterfaceError::new(format!("starting the event thread: {e}")))?,
         );
         Ok(Condor {
@@ -223,6 +238,9 @@ impl Interface for Condor {
     }
 
     fn execute_task(&self, task: Arc<PreparedTask>, _worker: WorkerId, done: Completion) {
+        if let Some(why) = self.shared.lock().broken.clone() {
+            return done.finish(Err(InterfaceError::new(why)));
+        }
         let (bytes, program) = match stage(&task) {
             Ok(x) => x,
             Err(e) => return done.finish(Err(e)),
@@ -352,6 +370,49 @@ impl Interface for Condor {
     }
 }
 
+/// A thread this interface cannot do without has died: every task it follows fails with
+/// `why` (its job, if any, is removed from the pool), and so does every later task.
+fn fail_all(shared: &Shared, why: String) {
+    let tasks: Vec<Tracked> = {
+        let mut st = shared.lock();
+        st.broken = Some(why.clone());
+        st.pending.clear();
+        st.tasks.drain().map(|(_, t)| t).collect()
+    };
+    log::error!("{why}: failing {} task(s) in flight", tasks.len());
+    let handles: Vec<JobHandle> = tasks.iter().filter_map(|t| t.handle).collect();
+    if !handles.is_empty() {
+        if let Err(e) = shared.settings.cli.remove(&handles) {
+            log::warn!("condor_rm of the failed tasks' jobs: {e}");
+        }
+    }
+    for mut t in tasks {
+        if let Some(d) = t.done.take() {
+            d.finish(Err(InterfaceError::new(format!("{}: {why}", t.task.id))));
+        }
+    }
+}
+
+/// A panic while handling an event of job `h` (caught): its task fails with the message.
+fn fail_task_of(shared: &Shared, h: JobHandle, panic: &str) {
+    let t = {
+        let mut st = shared.lock();
+        let Some(&id) = st.by_handle.get(&h) else {
+            return;
+        };
+        if st.tasks.get(&id).map(|t| t.handle) != Some(Some(h)) {
+            return;
+        }
+        st.finished += 1;
+        st.tasks.remove(&id)
+    };
+    if let Some(d) = t.and_then(|mut t| t.done.take()) {
+        d.finish(Err(InterfaceError::new(format!(
+            "internal error while handling HTCondor job {h}: {panic}"
+        ))));
+    }
+}
+
 impl Drop for Condor {
     fn drop(&mut self) {
         self.shutdown();
@@ -386,6 +447,7 @@ mod tests {
         let info = ResultInfo {
             job: "unit".into(),
             task,
+            attempt: None,
             exit: ExitInfo::Exited { code: 0 },
             wall_secs: 0.1,
             user_secs: 0.0,

@@ -225,52 +225,9 @@ pub fn parse_stdout(stdout: &[u8]) -> Result<serde_json::Value, String> {
 }
 
 /// [`parse_stdout`] with the task's output limit: a result over `limit` bytes, or with so
-/// many JSON values that its parsed tree would take far more memory than its text (about
-/// one value per 16 bytes of the limit), is refused before any tree is built.
+/// many JSON values that its parsed tree would take far more memory than its text, is
+/// refused before any tree is built ([`mw_bundle::parse_json_limited`], shared with the
+/// BOINC validator).
 pub fn parse_stdout_limited(stdout: &[u8], limit: u64) -> Result<serde_json::Value, String> {
-    if stdout.len() as u64 > limit {
-        return Err(format!(
-            "the result is {} bytes, over the task's limit of {limit} bytes (max_output)",
-            stdout.len()
-        ));
-    }
-    let values = count_json_values(stdout);
-    let max_values = (limit / 16).max(4096);
-    if values > max_values {
-        return Err(format!(
-            "the result holds about {values} JSON values, over the {max_values} allowed by the \
-             task's limit of {limit} bytes (max_output); raise max_output if this is expected"
-        ));
-    }
-    let text = String::from_utf8_lossy(stdout);
-    if text.trim().is_empty() {
-        return Ok(serde_json::Value::Null);
-    }
-    serde_json::from_str(text.trim()).map_err(|e| e.to_string())
-}
-
-/// An upper estimate of the JSON values in `text` (separators and containers outside
-/// strings), found in one pass without allocating.
-fn count_json_values(text: &[u8]) -> u64 {
-    let mut n = 1u64;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in text {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b',' | b'[' | b'{' | b':' => n += 1,
-            _ => {}
-        }
-    }
-    n
+    mw_bundle::parse_json_limited(stdout, limit).map_err(|e| e.to_string())
 }

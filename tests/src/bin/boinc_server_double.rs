@@ -45,6 +45,10 @@
 //!   restart.
 //! - **The file deleter** removes upload files and every input without `<no_delete/>` in its
 //!   `<file_info>` (with its `.md5`) right after assimilation.
+//!
+//! Test hook (a hostile volunteer): a file `DIR/double/forge/<suffix>` is uploaded once, in
+//! place of what the client produced, for a workunit whose name ends in `<suffix>`; the
+//! upload handler names it as BOINC names every upload.
 #![allow(clippy::unwrap_used)]
 
 use anyhow::{bail, Context, Result};
@@ -681,6 +685,10 @@ fn step(p: &Project, active: &mut [Wu], round: u64) -> Result<()> {
         let k = wu.results.len();
         let random = SystemTime::now().duration_since(UNIX_EPOCH)?.subsec_nanos() % 2_000_000_000;
         let phys = format!("{}_{k}_r{random}_0", wu.name);
+        if let Some(forged) = take_forgery(&p.root, &wu.name) {
+            // A hostile volunteer uploads whatever it likes under the name BOINC gave it.
+            rec.upload = Some(forged);
+        }
         if let Some(src) = rec.upload.take() {
             if src.is_file() {
                 let dir = p.root.join("upload").join(if p.fanout > 0 {
@@ -708,6 +716,22 @@ fn step(p: &Project, active: &mut [Wu], round: u64) -> Result<()> {
         save(&p.root, wu)?;
     }
     Ok(())
+}
+
+/// The test hook of a hostile volunteer: a file `double/forge/<suffix>` is uploaded (once)
+/// instead of what the client produced, for the first result of a workunit whose name ends
+/// in `<suffix>`. Returns where the forged upload now is (moved out of the hook directory).
+fn take_forgery(root: &Path, wu: &str) -> Option<PathBuf> {
+    let dir = root.join("double/forge");
+    for e in std::fs::read_dir(&dir).ok()?.flatten() {
+        let suffix = e.file_name().to_string_lossy().into_owned();
+        if wu.ends_with(&suffix) {
+            let taken = root.join("double").join(format!("forged-{wu}"));
+            std::fs::rename(e.path(), &taken).ok()?;
+            return Some(taken);
+        }
+    }
+    None
 }
 
 /// Runs one simulated host: a fresh client data directory holding `wus`, the real client.

@@ -1,0 +1,152 @@
+//! What a result may hold, and reading it without amplification: the one home of the result
+//! limits every intake applies (the master, `mw-validator` and `mw-assimilator` on a BOINC
+//! server): the default output limit ([`DEFAULT_MAX_OUTPUT_BYTES`]), the room for declared
+//! output files ([`MAX_RESULT_FILES_BYTES`]), the bundle [`Limits`] and upload size they
+//! give ([`result_limits`], [`max_result_upload_bytes`]), and JSON parsing refused before a
+//! tree far larger than its text is built ([`parse_json_limited`]).
+//!
+//! This module knows nothing of platforms or of how results travel.
+
+use crate::Limits;
+
+/// Default limit of a task's result (its stdout), like HTCondor's and BOINC's output limits:
+/// results are parsed and held in memory.
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 16 << 20;
+
+/// How many bytes of declared output files one result bundle may carry besides its stdout
+/// (it is opened in memory).
+pub const MAX_RESULT_FILES_BYTES: u64 = 256 << 20;
+
+/// Most archive entries a result bundle may have.
+pub const MAX_RESULT_ENTRIES: usize = 10_000;
+
+/// Largest result-bundle manifest.
+pub const MAX_RESULT_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// The limits a result bundle is opened with, for a task whose stdout may take
+/// `max_output_bytes`: its members may total that plus [`MAX_RESULT_FILES_BYTES`], so a small
+/// upload cannot inflate into gigabytes.
+pub fn result_limits(max_output_bytes: u64) -> Limits {
+    Limits {
+        max_total_bytes: max_output_bytes.saturating_add(MAX_RESULT_FILES_BYTES),
+        max_entries: MAX_RESULT_ENTRIES,
+        max_manifest_bytes: MAX_RESULT_MANIFEST_BYTES,
+    }
+}
+
+/// The largest result-bundle file (compressed) read for such a task: what its members may
+/// unpack to, plus room for the archive's own headers.
+pub fn max_result_upload_bytes(max_output_bytes: u64) -> u64 {
+    result_limits(max_output_bytes)
+        .max_total_bytes
+        .saturating_add(16 << 20)
+}
+
+/// Why [`parse_json_limited`] refused a text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JsonLimitError {
+    /// More bytes than the limit.
+    #[error("the result is {size} bytes, over the task's limit of {limit} bytes (max_output)")]
+    TooLarge {
+        /// The text's size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// So many values that the parsed tree would take far more memory than the text.
+    #[error(
+        "the result holds about {values} JSON values, over the {max_values} allowed by the \
+         task's limit of {limit} bytes (max_output); raise max_output if this is expected"
+    )]
+    TooManyValues {
+        /// The values counted.
+        values: u64,
+        /// The most allowed.
+        max_values: u64,
+        /// The limit they derive from.
+        limit: u64,
+    },
+    /// Not JSON.
+    #[error("{0}")]
+    Syntax(String),
+}
+
+/// Parses `text` as one JSON value (empty or blank text is `null`), refusing before any tree
+/// is built a text over `limit` bytes or with more values than about one per 16 bytes of the
+/// limit (a dense `[0,0,…]` would otherwise take some 30 times its size).
+pub fn parse_json_limited(text: &[u8], limit: u64) -> Result<serde_json::Value, JsonLimitError> {
+    if text.len() as u64 > limit {
+        return Err(JsonLimitError::TooLarge {
+            size: text.len() as u64,
+            limit,
+        });
+    }
+    let values = count_json_values(text);
+    let max_values = (limit / 16).max(4096);
+    if values > max_values {
+        return Err(JsonLimitError::TooManyValues {
+            values,
+            max_values,
+            limit,
+        });
+    }
+    let text = String::from_utf8_lossy(text);
+    if text.trim().is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_str(text.trim()).map_err(|e| JsonLimitError::Syntax(e.to_string()))
+}
+
+/// An upper estimate of the JSON values in `text` (separators and containers outside
+/// strings), found in one pass without allocating.
+fn count_json_values(text: &[u8]) -> u64 {
+    let mut n = 1u64;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in text {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b',' | b'[' | b'{' | b':' => n += 1,
+            _ => {}
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dense_json_is_refused_before_parsing_and_ordinary_json_passes() {
+        let dense = format!("[0{}]", ",0".repeat(2_000_000));
+        let e = parse_json_limited(dense.as_bytes(), 8 << 20).unwrap_err();
+        assert!(matches!(e, JsonLimitError::TooManyValues { .. }), "{e}");
+        assert!(e.to_string().contains("max_output"), "{e}");
+        assert_eq!(
+            parse_json_limited(br#"{"x":[1,"a,b:[{"]}"#, 1 << 20).unwrap(),
+            serde_json::json!({"x": [1, "a,b:[{"]})
+        );
+        assert_eq!(
+            parse_json_limited(b" \n", 10).unwrap(),
+            serde_json::Value::Null
+        );
+        let e = parse_json_limited(&[b' '; 100], 10).unwrap_err();
+        assert!(e.to_string().contains("limit of 10 bytes"), "{e}");
+        assert!(matches!(
+            parse_json_limited(b"{", 10),
+            Err(JsonLimitError::Syntax(_))
+        ));
+    }
+}

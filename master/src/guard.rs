@@ -1,0 +1,22 @@
+//! Panic guards for the threads that handle remote or user data (an interface's event,
+//! spool and submit threads, the local slots): a panic while handling one item becomes that
+//! item's error, with the panic's message, and a thread that dies anyway fails the tasks it
+//! was responsible for instead of leaving them waiting for ever (`mw run` would hang).
+//!
+//! This module knows nothing of platforms or tasks.
+
+use std::panic::AssertUnwindSafe;
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
+/// Runs `f`; a panic becomes `Err` with its message. Callers hold no lock across `f` (a
+/// poisoned mutex is recovered everywhere with `into_inner`, its plain data still usable).
+pub(crate) fn contain<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| panic_message(p.as_ref()))
+}
