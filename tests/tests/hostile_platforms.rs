@@ -223,7 +223,7 @@ impl Pool {
                 "PATH",
                 format!(
                     "{}:{}",
-                    mw_tests::bin_dir().display(),
+                    mw_tests::condor_double_path(&self.root).display(),
                     std::env::var("PATH").unwrap_or_default()
                 ),
             )
@@ -276,7 +276,7 @@ impl Pool {
                 "PATH",
                 format!(
                     "{}:{}",
-                    mw_tests::bin_dir().display(),
+                    mw_tests::condor_double_path(&self.root).display(),
                     std::env::var("PATH").unwrap_or_default()
                 ),
             )
