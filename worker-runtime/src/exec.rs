@@ -534,14 +534,7 @@ fn execute_unix(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutco
                 st.token = Some(token);
                 child
             }
-            Err(e) => {
-                return Ok(outcome_without_run(
-                    ExitInfo::SpawnFailed {
-                        reason: format!("{}: {e}", req.program.display()),
-                    },
-                    started,
-                ))
-            }
+            Err(e) => return Ok(spawn_failed(&req.program, &e, started)),
         }
     };
     let pid = child.id() as i32;
@@ -774,30 +767,22 @@ fn pump(
         }
         let mut fds: Vec<libc::pollfd> = Vec::with_capacity(3);
         let mut which: Vec<u8> = Vec::with_capacity(3);
-        if let Some(o) = &out {
-            fds.push(libc::pollfd {
-                fd: o.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-            which.push(0);
-        }
-        if let Some(e) = &err {
-            fds.push(libc::pollfd {
-                fd: e.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-            which.push(1);
-        }
-        if !leader_gone {
-            if let Some(pf) = &pidfd {
+        let watched = [
+            out.as_ref().map(|o| o.as_raw_fd()),
+            err.as_ref().map(|e| e.as_raw_fd()),
+            pidfd
+                .as_ref()
+                .filter(|_| !leader_gone)
+                .map(|p| p.as_raw_fd()),
+        ];
+        for (i, fd) in (0u8..).zip(watched) {
+            if let Some(fd) = fd {
                 fds.push(libc::pollfd {
-                    fd: pf.as_raw_fd(),
+                    fd,
                     events: libc::POLLIN,
                     revents: 0,
                 });
-                which.push(2);
+                which.push(i);
             }
         }
         if fds.is_empty() || (leader_gone && out.is_none() && err.is_none()) {
@@ -891,6 +876,16 @@ fn terminate(pid: i32, rx: &mpsc::Receiver<Exited>, grace: Duration) -> Option<E
     }
     term.kill();
     rx.recv().ok()
+}
+
+/// The outcome of a program that could not be started: `why` names the program.
+fn spawn_failed(program: &Path, why: &dyn std::fmt::Display, started: SystemTime) -> ExecOutcome {
+    outcome_without_run(
+        ExitInfo::SpawnFailed {
+            reason: format!("{}: {why}", program.display()),
+        },
+        started,
+    )
 }
 
 fn outcome_without_run(exit: ExitInfo, started: SystemTime) -> ExecOutcome {

@@ -13,8 +13,8 @@
 //! This module knows nothing of bundles, platforms or the master.
 
 use super::{
-    finish_from_files, io_err, outcome_without_run, ExecError, ExecOutcome, ExecRequest, Exited,
-    ProcessControl,
+    finish_from_files, io_err, outcome_without_run, spawn_failed, ExecError, ExecOutcome,
+    ExecRequest, Exited, ProcessControl,
 };
 use mw_bundle::ExitInfo;
 use std::fs::File;
@@ -242,26 +242,15 @@ pub(super) fn execute(
         }
         let child = match cmd.spawn() {
             Ok(child) => child,
-            Err(e) => {
-                return Ok(outcome_without_run(
-                    ExitInfo::SpawnFailed {
-                        reason: format!("{}: {e}", req.program.display()),
-                    },
-                    started,
-                ))
-            }
+            Err(e) => return Ok(spawn_failed(&req.program, &e, started)),
         };
         let process = child.as_raw_handle() as HANDLE;
         if let Err(e) = job.assign(process) {
             let mut child = child;
             let _ = child.kill();
             let _ = child.wait();
-            return Ok(outcome_without_run(
-                ExitInfo::SpawnFailed {
-                    reason: format!("{}: cannot put it in a job: {e}", req.program.display()),
-                },
-                started,
-            ));
+            let why = format!("cannot put it in a job: {e}");
+            return Ok(spawn_failed(&req.program, &why, started));
         }
         // In the job now, so its children will be too: let its first thread run.
         let pid = child.id();
