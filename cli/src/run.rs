@@ -1,15 +1,15 @@
 //! `mw run`, `mw submit` and `mw resume`: turning a job file into a journaled job and
 //! driving its master until every task has an outcome.
 
-use crate::job::Job;
+use crate::job::{Inputs, Job, TaskBuilder};
 use crate::output::{Progress, ResultLine};
 use crate::{absolute, EXIT_INTERRUPTED, EXIT_OK, EXIT_TASKS_FAILED};
 use anyhow::{bail, Context};
 use clap::Args;
 use mw::interface::Interface;
 use mw::journal::{JobMeta, Journal};
-use mw::master::{Master, MasterOptions, NextOutcome, TaskState};
-use mw::task::{Program, TaskId, TaskSpec};
+use mw::master::{Master, MasterOptions, NextOutcome, SpecSource};
+use mw::task::{Program, TaskId};
 use mw_worker_runtime::{execute, ExecRequest, ProcessControl};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -128,12 +128,58 @@ pub(crate) struct Prepared {
     pub(crate) job: Job,
     pub(crate) interface: String,
     pub(crate) workers: Option<usize>,
-    pub(crate) inputs: Vec<serde_json::Value>,
-    pub(crate) specs: Vec<TaskSpec>,
+    /// Counted, produced lazily: no task's input or spec is kept for the whole run (the
+    /// journal holds the inputs; specs are built on dispatch).
+    pub(crate) inputs: Inputs,
+    pub(crate) builder: Arc<TaskBuilder>,
     pub(crate) reduce: Option<Program>,
 }
 
-/// Loads the job file and builds every task spec (all errors before anything runs).
+/// Tasks recorded (and submitted) per journal transaction.
+const RECORD_CHUNK: usize = 10_000;
+
+/// Builds every task spec once and drops it, so every error comes before anything runs
+/// while memory stays that of one task.
+fn check_specs(inputs: &Inputs, builder: &TaskBuilder, skip: usize) -> anyhow::Result<()> {
+    for (i, input) in inputs.iter().enumerate().skip(skip) {
+        builder.build(i, input?)?;
+    }
+    Ok(())
+}
+
+/// The spec source of a job's tasks: its template builder over each task's input.
+fn spec_source(builder: &Arc<TaskBuilder>) -> Arc<dyn SpecSource> {
+    let builder = builder.clone();
+    Arc::new(move |index: u64, input: serde_json::Value| {
+        let index = usize::try_from(index).map_err(|e| e.to_string())?;
+        builder.build(index, input).map_err(|e| e.to_string())
+    })
+}
+
+/// Hands `inputs` (from task `skip` on) to `record` in chunks of [`RECORD_CHUNK`], with the
+/// index of each chunk's first task.
+fn in_chunks(
+    inputs: &Inputs,
+    skip: usize,
+    mut record: impl FnMut(u64, Vec<serde_json::Value>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut chunk = Vec::with_capacity(RECORD_CHUNK);
+    let mut first = skip as u64;
+    for input in inputs.iter().skip(skip) {
+        chunk.push(input?);
+        if chunk.len() == RECORD_CHUNK {
+            let n = chunk.len() as u64;
+            record(first, std::mem::replace(&mut chunk, Vec::with_capacity(RECORD_CHUNK)))?;
+            first += n;
+        }
+    }
+    if !chunk.is_empty() {
+        record(first, chunk)?;
+    }
+    Ok(())
+}
+
+/// Loads the job file and checks every task spec (all errors before anything runs).
 pub(crate) fn prepare(opts: &JobOptions) -> anyhow::Result<Prepared> {
     let mut job = Job::load(&opts.job)?;
     if let Some(name) = &opts.name {
@@ -148,19 +194,16 @@ pub(crate) fn prepare(opts: &JobOptions) -> anyhow::Result<Prepared> {
     if workers == Some(0) {
         bail!("--workers must be at least 1");
     }
-    let inputs = job.inputs()?;
-    let builder = job.task_builder()?;
-    let mut specs = Vec::with_capacity(inputs.len());
-    for (i, input) in inputs.iter().enumerate() {
-        specs.push(builder.build(i, input.clone())?);
-    }
+    let inputs = job.input_source()?;
+    let builder = Arc::new(job.task_builder()?);
+    check_specs(&inputs, &builder, 0)?;
     let reduce = job.reduce_program()?;
     Ok(Prepared {
         job,
         interface,
         workers,
         inputs,
-        specs,
+        builder,
         reduce,
     })
 }
@@ -274,7 +317,7 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
         if !quiet {
             eprintln!(
                 "mw: job {id} ({} tasks, {}) in {}",
-                p.specs.len(),
+                p.inputs.len(),
                 p.interface,
                 d.display()
             );
@@ -285,10 +328,17 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
         Some(j) => Master::with_created_journal(interface, opts, j.clone())?,
         None => Master::with_options(interface, opts)?,
     };
-    let total = p.specs.len();
-    for chunk in p.specs.chunks(10_000) {
-        master.submit_many(chunk.to_vec())?;
-    }
+    let total = usize::try_from(p.inputs.len())?;
+    let source = spec_source(&p.builder);
+    in_chunks(&p.inputs, 0, |_, chunk| {
+        master.submit_inputs(chunk, source.clone())?;
+        Ok(())
+    })?;
+    // Without a journal the result lines take their inputs from memory; with one, from it.
+    let kept_inputs: Option<Vec<serde_json::Value>> = match &journal {
+        Some(_) => None,
+        None => Some(p.inputs.iter().collect::<Result<_, _>>()?),
+    };
     if let Some(j) = &journal {
         j.set_job_status("running")?;
     }
@@ -328,12 +378,12 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
                     reduce_inputs[task.0 as usize] = Some(out.value.clone());
                 }
             }
-            let line = ResultLine::from_outcome(
-                task.0,
-                p.inputs[task.0 as usize].clone(),
-                &outcome,
-                Some(&times),
-            );
+            let input = match (&kept_inputs, &journal) {
+                (Some(inputs), _) => inputs[task.0 as usize].clone(),
+                (None, Some(j)) => j.read_input(task.0)?,
+                (None, None) => serde_json::Value::Null,
+            };
+            let line = ResultLine::from_outcome(task.0, input, &outcome, Some(&times));
             lines.insert(task.0, line);
             while let Some(line) = lines.remove(&next_to_write) {
                 serde_json::to_writer(&mut sink, &line)?;
@@ -399,30 +449,26 @@ const STATUS_RECORDING: &str = "recording";
 /// A job whose creator was killed while recording its tasks: records the tasks from
 /// `have` on, from the job file (the inputs are the same: the job text is in the journal).
 fn complete_recording(dir: &Path, job: &Job, have: usize) -> anyhow::Result<()> {
-    let inputs = job.inputs()?;
+    let inputs = job.input_source()?;
     let builder = job.task_builder()?;
-    if have > inputs.len() {
+    if have as u64 > inputs.len() {
         bail!(
             "job {}: the journal holds {have} tasks but its job file makes {}; it was not made by this job file",
             dir.display(),
             inputs.len()
         );
     }
-    let specs = inputs
-        .into_iter()
-        .enumerate()
-        .skip(have)
-        .map(|(i, input)| builder.build(i, input))
-        .collect::<Result<Vec<_>, _>>()?;
-    let (journal, _, _) = Journal::open(dir)?;
+    check_specs(&inputs, &builder, have)?;
+    let (journal, _, _) = Journal::open_status(dir)?;
     log::info!(
         "job {}: its tasks were not all recorded; recording {} more",
         dir.display(),
-        specs.len()
+        inputs.len() - have as u64
     );
-    for (k, chunk) in specs.chunks(10_000).enumerate() {
-        journal.record_submitted((have + k * 10_000) as u64, chunk)?;
-    }
+    in_chunks(&inputs, have, |first, chunk| {
+        journal.record_inputs(first, &chunk)?;
+        Ok(())
+    })?;
     journal.set_job_status("running")?;
     journal.close();
     Ok(())
@@ -595,8 +641,10 @@ pub(crate) fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         }
     }
     let (id, dir, journal) = create_job(&p, args.job.jobs_dir.as_deref())?;
-    let ids_first = 0u64;
-    journal.record_submitted(ids_first, &p.specs)?;
+    in_chunks(&p.inputs, 0, |first, chunk| {
+        journal.record_inputs(first, &chunk)?;
+        Ok(())
+    })?;
     // Not `running` under this (short-lived) process's pid, or the detached master would
     // see a live master and refuse to start.
     journal.set_job_status("submitted")?;
@@ -664,13 +712,17 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
         }
     }
     let journal_path = dir.join(mw::journal::JOURNAL_FILE);
-    let (meta, stored) = {
+    // Counts only: a resumed master of millions of tasks reads no inputs or results here.
+    let counts = || -> anyhow::Result<(u64, mw::journal::StateCounts)> {
         let conn = mw::journal::open_checked(&journal_path, false)?;
-        (
-            mw::journal::read_meta(&conn, &journal_path)?,
-            mw::journal::read_tasks(&conn, &journal_path, None)?,
-        )
+        let c = mw::journal::state_counts(&conn, &journal_path)?;
+        Ok((c.unfinished + c.done + c.failed + c.cancelled, c))
     };
+    let meta = {
+        let conn = mw::journal::open_checked(&journal_path, false)?;
+        mw::journal::read_meta(&conn, &journal_path)?
+    };
+    let (stored_len, _) = counts()?;
     let job_path = PathBuf::from(&meta.job_path);
     let mut job = Job::parse(&job_path, meta.job_text.clone())?;
     job.name = meta.name.clone();
@@ -678,39 +730,36 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
         let conn = mw::journal::open_checked(&journal_path, false)?;
         mw::journal::read_master(&conn, &journal_path)?.status
     };
-    let stored = if status == STATUS_RECORDING {
-        complete_recording(&dir, &job, stored.len())?;
-        let conn = mw::journal::open_checked(&journal_path, false)?;
-        mw::journal::read_tasks(&conn, &journal_path, None)?
-    } else {
-        stored
-    };
-    let unfinished = stored.iter().filter(|t| !t.state.is_final()).count();
+    if status == STATUS_RECORDING {
+        complete_recording(&dir, &job, usize::try_from(stored_len)?)?;
+    }
+    let (total, state_counts) = counts()?;
+    let unfinished = state_counts.unfinished;
     if unfinished == 0 {
         let (journal, _, _) = Journal::open(&dir)?;
         journal.set_job_status("finished")?;
         journal.close();
         eprintln!(
-            "mw: job {} is finished ({} tasks); nothing to resume",
+            "mw: job {} is finished ({total} tasks); nothing to resume",
             meta.id,
-            stored.len()
         );
-        return Ok(if stored.iter().all(|t| t.state == TaskState::Done) {
+        return Ok(if state_counts.done == total {
             EXIT_OK
         } else {
             EXIT_TASKS_FAILED
         });
     }
-    let builder = job.task_builder()?;
+    let builder = Arc::new(job.task_builder()?);
     let reduce = job.reduce_program()?;
     let interface = make_interface(&meta.interface, &job, meta.workers, &dir)?;
     let remote = interface.keeps_running_without_master();
-    let to_reattach = stored
-        .iter()
-        .filter(|t| remote && t.state == TaskState::Running && t.handle.is_some())
-        .count();
+    let to_reattach = if remote {
+        let conn = mw::journal::open_checked(&journal_path, false)?;
+        mw::journal::count_running_with_handle(&conn, &journal_path)?
+    } else {
+        0
+    };
     let opts = master_options(&job, &meta.id, Some(&dir));
-    let total = stored.len();
     log::info!(
         "master pid {} resuming job {} on {}: {unfinished} of {total} tasks unfinished, {to_reattach} to re-attach",
         std::process::id(),
@@ -723,21 +772,14 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
             meta.id, unfinished,
         );
     }
-    let master = Master::resume(interface, opts, &dir, |index, input| {
-        builder
-            .build(index as usize, input)
-            .map_err(|e| mw::MwError::Journal(e.to_string()))
-    })?;
+    let master = Master::resume_with_source(interface, opts, &dir, spec_source(&builder))?;
     let journal = master
         .journal()
         .cloned()
         .context("a resumed master always has a journal")?;
-    let mut progress = Progress::new(total as u64, quiet);
-    progress.set_baseline((total - unfinished) as u64);
-    let mut failed = stored
-        .iter()
-        .filter(|t| matches!(t.state, TaskState::Failed | TaskState::Cancelled))
-        .count();
+    let mut progress = Progress::new(total, quiet);
+    progress.set_baseline(total - unfinished);
+    let mut failed = state_counts.failed + state_counts.cancelled;
     let end = drive(&master, Some(&journal), &mut progress, |_, outcome, _| {
         if outcome.is_err() {
             failed += 1;

@@ -450,6 +450,25 @@ impl Journal {
 
     /// Records tasks `first..` as submitted (queued), in one transaction, committed on return.
     pub fn record_submitted(&self, first: u64, specs: &[TaskSpec]) -> Result<(), JournalError> {
+        self.record(first, specs.iter().map(|s| &s.input), specs.len())
+    }
+
+    /// Records tasks `first..` with these inputs as submitted (queued), in one transaction,
+    /// committed on return.
+    pub fn record_inputs(
+        &self,
+        first: u64,
+        inputs: &[serde_json::Value],
+    ) -> Result<(), JournalError> {
+        self.record(first, inputs.iter(), inputs.len())
+    }
+
+    fn record<'a>(
+        &self,
+        first: u64,
+        inputs: impl Iterator<Item = &'a serde_json::Value>,
+        count: usize,
+    ) -> Result<(), JournalError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn
             .transaction()
@@ -461,19 +480,59 @@ impl Journal {
                 )
                 .map_err(|e| jerr(&self.path, "recording tasks", e))?;
             let at = now_unix();
-            for (i, spec) in specs.iter().enumerate() {
-                let input = serde_json::to_string(&spec.input).unwrap_or_else(|_| "null".into());
-                stmt.execute(params![(first + i as u64) as i64, input, at])
+            for (i, input) in inputs.enumerate() {
+                let input = serde_json::to_string(input).unwrap_or_else(|_| "null".into());
+                stmt.execute(params![sql_idx(first.saturating_add(i as u64)), input, at])
                     .map_err(|e| jerr(&self.path, "recording tasks", e))?;
             }
             tx.execute(
                 "INSERT INTO events (at, task, kind, detail) VALUES (?1, NULL, 'submitted', ?2)",
-                params![now_unix(), format!("{} tasks from {first}", specs.len())],
+                params![now_unix(), format!("{count} tasks from {first}")],
             )
             .map_err(|e| jerr(&self.path, "recording tasks", e))?;
         }
         tx.commit()
             .map_err(|e| jerr(&self.path, "recording tasks", e))
+    }
+
+    /// The stored input of task `index` (read back when the task is dispatched, so a master
+    /// keeps no inputs in memory).
+    pub fn read_input(&self, index: u64) -> Result<serde_json::Value, JournalError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let text: String = conn
+            .prepare_cached("SELECT input FROM tasks WHERE idx = ?1")
+            .and_then(|mut st| st.query_row(params![sql_idx(index)], |r| r.get(0)))
+            .map_err(|e| jerr(&self.path, &format!("reading the input of task {index}"), e))?;
+        serde_json::from_str(&text).map_err(|e| {
+            jerr(
+                &self.path,
+                "the journal is corrupt",
+                format!("task {index}: its stored input does not parse ({e})"),
+            )
+        })
+    }
+
+    /// Opens an existing journal for a resumed master, like [`open`](Self::open), but reads
+    /// only each task's compact status (no inputs, no results): what a master of millions of
+    /// tasks needs to resume.
+    pub fn open_status(
+        dir: &Path,
+    ) -> Result<(Arc<Journal>, JobMeta, Vec<TaskStatus>), JournalError> {
+        let path = dir.join(JOURNAL_FILE);
+        let lock = lock_job(dir)?;
+        let conn = open_checked(&path, true)?;
+        configure(&conn, &path)?;
+        let meta = read_meta(&conn, &path)?;
+        let tasks = read_statuses(&conn, &path)?;
+        conn.execute(
+            "UPDATE job SET master_pid = ?1, master_host = ?2, status = 'running'",
+            params![
+                std::process::id() as i64,
+                mw_worker_runtime::exec::host_name()
+            ],
+        )
+        .map_err(|e| jerr(&path, "recording the master", e))?;
+        Ok((Self::start(path, conn, lock)?, meta, tasks))
     }
 
     pub(crate) fn record_started(&self, task: TaskId, attempt: u32) {
@@ -830,6 +889,83 @@ pub fn read_meta(conn: &Connection, path: &Path) -> Result<JobMeta, JournalError
         },
     )
     .map_err(|e| jerr(path, "reading the job", e))
+}
+
+/// A task's status as stored, without its input or result (see [`Journal::open_status`]).
+#[derive(Debug, Clone)]
+pub struct TaskStatus {
+    /// Index.
+    pub index: u64,
+    /// State.
+    pub state: TaskState,
+    /// Attempts.
+    pub attempts: u32,
+    /// Backend handle (unfinished tasks only).
+    pub handle: Option<String>,
+    /// Unix seconds.
+    pub submitted: Option<f64>,
+}
+
+/// Reads every task's compact status, in index order.
+pub fn read_statuses(conn: &Connection, path: &Path) -> Result<Vec<TaskStatus>, JournalError> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT idx, state, attempts,
+                    CASE WHEN state IN ('queued','running') THEN handle END, submitted
+             FROM tasks ORDER BY idx",
+        )
+        .map_err(|e| jerr(path, "reading tasks", e))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<f64>>(4)?,
+            ))
+        })
+        .map_err(|e| jerr(path, "reading tasks", e))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (idx, state, attempts, handle, submitted) =
+            row.map_err(|e| jerr(path, "reading tasks", e))?;
+        let state = TaskState::parse(&state).ok_or_else(|| {
+            jerr(
+                path,
+                "the journal is corrupt",
+                format!("task {idx}: unknown state `{state}`"),
+            )
+        })?;
+        let index = u64::try_from(idx).map_err(|_| {
+            jerr(
+                path,
+                "the journal is corrupt",
+                format!("task index {idx} is negative"),
+            )
+        })?;
+        out.push(TaskStatus {
+            index,
+            state,
+            attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
+            handle,
+            submitted,
+        });
+    }
+    Ok(out)
+}
+
+/// How many tasks are running with a backend handle (what a resumed master of a remote
+/// backend re-attaches).
+pub fn count_running_with_handle(conn: &Connection, path: &Path) -> Result<u64, JournalError> {
+    let n: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM tasks WHERE state = 'running' AND handle IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| jerr(path, "counting running tasks", e))?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// Reads tasks (all, or those in one state).

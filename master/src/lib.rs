@@ -37,7 +37,8 @@ pub mod task;
 
 pub use interface::{Completion, HandleSink, Interface};
 pub use master::{
-    Master, MasterOptions, MasterStatus, MwError, NextOutcome, TaskOutput, TaskState, TaskTimes,
+    Master, MasterOptions, MasterStatus, MwError, NextOutcome, SpecSource, TaskOutput, TaskState,
+    TaskTimes,
 };
 #[cfg(feature = "mpi")]
 pub use mpi::Mpi;

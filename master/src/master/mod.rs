@@ -14,15 +14,15 @@ mod scheduler;
 
 pub use outcome::{parse_stdout, MwError, TaskOutput, TaskTimes};
 use scheduler::{
-    completion, decode, finish_durably, mark_final, prepare, scheduler_loop, take_outcome,
-    take_result,
+    completion, decode, finish_durably, mark_final, on_complete, prepare, scheduler_loop,
+    take_outcome, take_result,
 };
 
 use crate::interface::{HandleSink, Interface};
 use crate::journal::Journal;
 use crate::task::{TaskId, TaskSpec};
 use serde::de::DeserializeOwned;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -99,20 +99,84 @@ impl MasterStatus {
     }
 }
 
+/// What the master keeps of every task for the whole run: a few bytes (8), whatever the
+/// task's spec, input or result. Everything larger lives in [`Live`] only while the task
+/// needs it (queued with a caller-supplied spec, running, or finished and not collected).
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct TaskRecord {
-    pub(crate) spec: TaskSpec,
     pub(crate) state: TaskState,
-    pub(crate) attempts: u32,
-    pub(crate) times: TaskTimes,
-    pub(crate) outcome: Option<Result<TaskOutput, MwError>>,
     pub(crate) collected: bool,
     pub(crate) cancel_requested: bool,
     /// Final and (with a journal) committed: may be handed out.
     pub(crate) durable: bool,
+    pub(crate) attempts: u32,
+}
+
+impl TaskRecord {
+    pub(crate) fn new(state: TaskState, attempts: u32) -> Self {
+        TaskRecord {
+            state,
+            collected: false,
+            cancel_requested: false,
+            durable: false,
+            attempts,
+        }
+    }
+}
+
+/// The part of a task kept only while it is needed: dropped once its outcome is collected.
+#[derive(Debug, Default)]
+pub(crate) struct Live {
+    /// A spec the caller handed over ([`Master::submit_many`]), kept until the task is final.
+    pub(crate) spec: Option<TaskSpec>,
+    /// The input of a task built by a [`SpecSource`] on a master without a journal (with a
+    /// journal the input is read back from it on dispatch).
+    pub(crate) input: Option<serde_json::Value>,
+    /// Times (the submission time lives in the task's [`Batch`]).
+    pub(crate) times: TaskTimes,
+    pub(crate) outcome: Option<Result<TaskOutput, MwError>>,
+}
+
+/// Builds a task's spec from its index and input when the task is dispatched, so a master of
+/// millions of tasks keeps no spec in memory ([`Master::submit_inputs`],
+/// [`Master::resume_with_source`]). Any `Fn(u64, Value) -> Result<TaskSpec, String>` is one.
+pub trait SpecSource: Send + Sync + 'static {
+    /// The spec of task `index` whose input is `input`; an error fails the task.
+    fn build(&self, index: u64, input: serde_json::Value) -> Result<TaskSpec, String>;
+}
+
+impl<F> SpecSource for F
+where
+    F: Fn(u64, serde_json::Value) -> Result<TaskSpec, String> + Send + Sync + 'static,
+{
+    fn build(&self, index: u64, input: serde_json::Value) -> Result<TaskSpec, String> {
+        self(index, input)
+    }
+}
+
+/// Tasks submitted together, from `first` up to the next batch: when, and from which spec
+/// source (none: each task's spec is in its [`Live`]).
+#[derive(Clone)]
+pub(crate) struct Batch {
+    pub(crate) first: u64,
+    pub(crate) at: Option<SystemTime>,
+    pub(crate) source: Option<Arc<dyn SpecSource>>,
+}
+
+/// How to get a task's spec, found under the lock and carried out outside it.
+pub(crate) enum SpecPlan {
+    Ready(TaskSpec),
+    Build {
+        source: Arc<dyn SpecSource>,
+        input: Option<serde_json::Value>,
+    },
+    Missing,
 }
 
 struct State {
     tasks: Vec<TaskRecord>,
+    live: HashMap<u64, Live>,
+    batches: Vec<Batch>,
     queue: VecDeque<TaskId>,
     finished: VecDeque<TaskId>,
     counts: [usize; 5],
@@ -131,6 +195,51 @@ impl State {
         self.counts[to as usize] += 1;
         rec.state = to;
     }
+
+    /// The task's live part, created when missing.
+    pub(crate) fn live(&mut self, id: TaskId) -> &mut Live {
+        self.live.entry(id.0).or_default()
+    }
+
+    /// The batch task `id` was submitted in.
+    fn batch(&self, id: TaskId) -> Option<&Batch> {
+        let i = self.batches.partition_point(|b| b.first <= id.0);
+        i.checked_sub(1).and_then(|i| self.batches.get(i))
+    }
+
+    /// The task's times so far.
+    pub(crate) fn times(&self, id: TaskId) -> TaskTimes {
+        let mut t = self
+            .live
+            .get(&id.0)
+            .map(|l| l.times.clone())
+            .unwrap_or_default();
+        t.submitted = self.batch(id).and_then(|b| b.at);
+        t
+    }
+
+    /// How to get task `id`'s spec (cheap: the building happens outside the lock).
+    pub(crate) fn spec_plan(&self, id: TaskId) -> SpecPlan {
+        let live = self.live.get(&id.0);
+        if let Some(spec) = live.and_then(|l| l.spec.as_ref()) {
+            return SpecPlan::Ready(spec.clone());
+        }
+        match self.batch(id).and_then(|b| b.source.clone()) {
+            Some(source) => SpecPlan::Build {
+                source,
+                input: live.and_then(|l| l.input.clone()),
+            },
+            None => SpecPlan::Missing,
+        }
+    }
+
+    /// Drops what a final task no longer needs (its spec and input).
+    fn release(&mut self, id: TaskId) {
+        if let Some(l) = self.live.get_mut(&id.0) {
+            l.spec = None;
+            l.input = None;
+        }
+    }
 }
 
 pub(crate) struct Inner {
@@ -147,6 +256,33 @@ impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Carries out a [`SpecPlan`] (outside the lock: it may read the journal and render
+    /// templates).
+    pub(crate) fn realize(&self, id: TaskId, plan: SpecPlan) -> Result<TaskSpec, String> {
+        match plan {
+            SpecPlan::Ready(spec) => Ok(spec),
+            SpecPlan::Build { source, input } => {
+                let input = match (input, &self.journal) {
+                    (Some(input), _) => input,
+                    (None, Some(j)) => j.read_input(id.0).map_err(|e| e.to_string())?,
+                    (None, None) => return Err(format!("{id}: its input is not known")),
+                };
+                source
+                    .build(id.0, input)
+                    .map_err(|e| format!("cannot build the task: {e}"))
+            }
+            SpecPlan::Missing => Err(format!("{id}: its spec is not known to this master")),
+        }
+    }
+}
+
+/// What a resumed master starts from (see `durable.rs`).
+#[derive(Default)]
+pub(crate) struct Restored {
+    pub(crate) tasks: Vec<TaskRecord>,
+    pub(crate) batches: Vec<Batch>,
+    pub(crate) live: HashMap<u64, Live>,
 }
 
 /// The master. Dropping it cancels what still runs and stops its scheduler.
@@ -180,7 +316,7 @@ impl Master {
         interface: Arc<dyn Interface>,
         options: MasterOptions,
     ) -> Result<Master, MwError> {
-        Self::build(interface, options, None, Vec::new())
+        Self::build(interface, options, None, Restored::default())
     }
 
     /// A master over a journal the caller created ([`Journal::create`]) with no tasks yet:
@@ -190,14 +326,14 @@ impl Master {
         options: MasterOptions,
         journal: Arc<Journal>,
     ) -> Result<Master, MwError> {
-        Self::build(interface, options, Some(journal), Vec::new())
+        Self::build(interface, options, Some(journal), Restored::default())
     }
 
     pub(crate) fn build(
         interface: Arc<dyn Interface>,
         options: MasterOptions,
         journal: Option<Arc<Journal>>,
-        restored: Vec<TaskRecord>,
+        restored: Restored,
     ) -> Result<Master, MwError> {
         let (staging, tmp) = match &options.staging_dir {
             Some(d) => {
@@ -215,7 +351,9 @@ impl Master {
             }
         };
         let mut state = State {
-            tasks: Vec::new(),
+            tasks: Vec::with_capacity(restored.tasks.len()),
+            live: restored.live,
+            batches: restored.batches,
             queue: VecDeque::new(),
             finished: VecDeque::new(),
             counts: [0; 5],
@@ -223,7 +361,7 @@ impl Master {
             stopped: None,
             durable: 0,
         };
-        for rec in restored {
+        for rec in restored.tasks {
             let id = TaskId(state.tasks.len() as u64);
             state.counts[rec.state as usize] += 1;
             if rec.state.is_final() {
@@ -281,23 +419,16 @@ impl Master {
         if let Some(j) = &self.inner.journal {
             j.record_submitted(first, &specs)?;
         }
-        let now = SystemTime::now();
+        st.batches.push(Batch {
+            first,
+            at: Some(SystemTime::now()),
+            source: None,
+        });
         let mut ids = Vec::with_capacity(specs.len());
         for spec in specs {
             let id = TaskId(st.tasks.len() as u64);
-            st.tasks.push(TaskRecord {
-                spec,
-                state: TaskState::Queued,
-                attempts: 0,
-                times: TaskTimes {
-                    submitted: Some(now),
-                    ..TaskTimes::default()
-                },
-                outcome: None,
-                collected: false,
-                cancel_requested: false,
-                durable: false,
-            });
+            st.tasks.push(TaskRecord::new(TaskState::Queued, 0));
+            st.live(id).spec = Some(spec);
             st.counts[TaskState::Queued as usize] += 1;
             st.queue.push_back(id);
             ids.push(id);
@@ -305,6 +436,43 @@ impl Master {
         drop(st);
         self.inner.cond.notify_all();
         Ok(ids)
+    }
+
+    /// Submits one task per input, under one lock (and one journal transaction), whose specs
+    /// `source` builds when each task is dispatched (again for a retry). The master keeps a
+    /// few bytes per task: with a journal the inputs are stored there and read back on
+    /// dispatch; without one they are kept until their task is final. Returns the new tasks'
+    /// indices. For millions of tasks, call it in chunks (e.g. 10,000 inputs each) from a lazy
+    /// iterator: memory then stays proportional to a chunk and the tasks in flight.
+    pub fn submit_inputs(
+        &self,
+        inputs: Vec<serde_json::Value>,
+        source: Arc<dyn SpecSource>,
+    ) -> Result<std::ops::Range<u64>, MwError> {
+        let mut st = self.inner.lock();
+        let first = st.tasks.len() as u64;
+        if let Some(j) = &self.inner.journal {
+            j.record_inputs(first, &inputs)?;
+        }
+        st.batches.push(Batch {
+            first,
+            at: Some(SystemTime::now()),
+            source: Some(source),
+        });
+        let journaled = self.inner.journal.is_some();
+        for input in inputs {
+            let id = TaskId(st.tasks.len() as u64);
+            st.tasks.push(TaskRecord::new(TaskState::Queued, 0));
+            if !journaled {
+                st.live(id).input = Some(input);
+            }
+            st.counts[TaskState::Queued as usize] += 1;
+            st.queue.push_back(id);
+        }
+        let end = st.tasks.len() as u64;
+        drop(st);
+        self.inner.cond.notify_all();
+        Ok(first..end)
     }
 
     /// Waits for a result: of `which` task, or of the next task to finish (`None`).
@@ -373,11 +541,10 @@ impl Master {
         let mut st = self.inner.lock();
         loop {
             while let Some(id) = st.finished.pop_front() {
-                let rec = &mut st.tasks[id.0 as usize];
-                if !rec.collected {
-                    rec.collected = true;
-                    let times = rec.times.clone();
-                    return NextOutcome::Finished(id, take_outcome(rec, id), times);
+                if !st.tasks[id.0 as usize].collected {
+                    st.tasks[id.0 as usize].collected = true;
+                    let (outcome, times) = take_outcome(&mut st, id);
+                    return NextOutcome::Finished(id, outcome, times);
                 }
             }
             if st.tasks.len() == st.durable {
@@ -462,10 +629,12 @@ impl Master {
         match rec.state {
             TaskState::Queued => {
                 rec.cancel_requested = true;
-                rec.outcome = Some(Err(MwError::Cancelled(task)));
-                rec.times.finished = Some(SystemTime::now());
+                let live = st.live(task);
+                live.outcome = Some(Err(MwError::Cancelled(task)));
+                live.times.finished = Some(SystemTime::now());
                 st.queue.retain(|t| *t != task);
                 st.set_state(task, TaskState::Cancelled);
+                st.release(task);
                 finish_durably(&self.inner, st, task);
             }
             TaskState::Running => {
@@ -484,16 +653,15 @@ impl Master {
         let running: Vec<TaskId> = {
             let mut st = self.inner.lock();
             st.queue.clear();
-            let now = SystemTime::now();
             let mut running = Vec::new();
             for i in 0..st.tasks.len() {
                 let id = TaskId(i as u64);
                 match st.tasks[i].state {
                     TaskState::Queued => {
-                        let rec = &mut st.tasks[i];
-                        rec.cancel_requested = true;
-                        rec.outcome = Some(Err(MwError::Cancelled(id)));
-                        rec.times.finished = Some(now);
+                        // No live part: the outcome (cancelled) and the time are known at
+                        // collection, so cancelling millions of tasks allocates nothing each.
+                        st.tasks[i].cancel_requested = true;
+                        st.live.remove(&id.0);
                         st.set_state(id, TaskState::Cancelled);
                         mark_final(&self.inner, &mut st, id);
                     }
@@ -561,10 +729,16 @@ impl Master {
     /// died (called by `resume`). Tasks the interface cannot re-attach are queued again.
     pub(crate) fn reattach(&self, tasks: Vec<(TaskId, String)>) {
         for (id, handle) in tasks {
-            let prepared = {
-                let mut st = self.inner.lock();
-                let rec = &mut st.tasks[id.0 as usize];
-                Arc::new(prepare(&self.inner, id, rec))
+            let (plan, attempt) = {
+                let st = self.inner.lock();
+                (st.spec_plan(id), st.tasks[id.0 as usize].attempts)
+            };
+            let prepared = match self.inner.realize(id, plan) {
+                Ok(spec) => Arc::new(prepare(&self.inner, id, attempt, spec)),
+                Err(e) => {
+                    on_complete(&self.inner, id, Err(crate::task::InterfaceError(e)));
+                    continue;
+                }
             };
             let done = completion(&self.inner, id);
             if let Some(done) = self.inner.interface.reattach(prepared, &handle, done) {

@@ -5,10 +5,10 @@
 //! It works on the master's state ([`super::State`]) under its one lock; it never knows
 //! which platform the interface drives.
 
-use super::{parse_stdout, Inner, MwError, State, TaskOutput, TaskRecord, TaskState, TaskTimes};
+use super::{parse_stdout, Inner, Live, MwError, State, TaskOutput, TaskState, TaskTimes};
 use crate::interface::Completion;
 use crate::journal::FinalRow;
-use crate::task::{Execution, InterfaceError, PreparedTask, TaskId, WorkerId};
+use crate::task::{Execution, InterfaceError, PreparedTask, TaskId, TaskSpec, WorkerId};
 use mw_bundle::ExitInfo;
 use serde::de::DeserializeOwned;
 use std::sync::{Arc, MutexGuard};
@@ -37,7 +37,7 @@ pub(super) fn take_result(st: &mut State, which: Option<TaskId>) -> Result<Taken
             }
             if rec.state.is_final() && rec.durable {
                 rec.collected = true;
-                return Ok(Some(take_outcome(rec, id)));
+                return Ok(Some(take_outcome(st, id).0));
             }
             if let Some(reason) = &st.stopped {
                 return Err(MwError::Stopped(reason.clone()));
@@ -46,10 +46,9 @@ pub(super) fn take_result(st: &mut State, which: Option<TaskId>) -> Result<Taken
         }
         None => {
             while let Some(id) = st.finished.pop_front() {
-                let rec = &mut st.tasks[id.0 as usize];
-                if !rec.collected {
-                    rec.collected = true;
-                    return Ok(Some(take_outcome(rec, id)));
+                if !st.tasks[id.0 as usize].collected {
+                    st.tasks[id.0 as usize].collected = true;
+                    return Ok(Some(take_outcome(st, id).0));
                 }
             }
             if let Some(reason) = &st.stopped {
@@ -65,18 +64,31 @@ pub(super) fn take_result(st: &mut State, which: Option<TaskId>) -> Result<Taken
     }
 }
 
-pub(super) fn take_outcome(rec: &mut TaskRecord, id: TaskId) -> Result<TaskOutput, MwError> {
-    rec.outcome
-        .take()
-        .unwrap_or(Err(MwError::Journal(format!("{id}: outcome lost"))))
+/// Hands out a collected task's outcome and times and drops its live part: from here the
+/// master keeps only the task's compact record.
+pub(super) fn take_outcome(
+    st: &mut State,
+    id: TaskId,
+) -> (Result<TaskOutput, MwError>, TaskTimes) {
+    let times = st.times(id);
+    let live = st.live.remove(&id.0);
+    let outcome = match live.and_then(|l| l.outcome) {
+        Some(o) => o,
+        // Cancelled in bulk (`cancel_all`), which keeps no live part.
+        None if st.tasks[id.0 as usize].state == TaskState::Cancelled => {
+            Err(MwError::Cancelled(id))
+        }
+        None => Err(MwError::Journal(format!("{id}: outcome lost"))),
+    };
+    (outcome, times)
 }
 
-pub(super) fn prepare(inner: &Inner, id: TaskId, rec: &TaskRecord) -> PreparedTask {
+pub(super) fn prepare(inner: &Inner, id: TaskId, attempt: u32, spec: TaskSpec) -> PreparedTask {
     PreparedTask {
         id,
-        attempt: rec.attempts.max(1),
+        attempt: attempt.max(1),
         job: inner.options.job_name.clone(),
-        spec: rec.spec.clone(),
+        spec,
         output_dir: inner
             .options
             .results_dir
@@ -91,19 +103,37 @@ pub(super) fn completion(inner: &Arc<Inner>, id: TaskId) -> Completion {
     Completion::new(id, move |outcome| on_complete(&inner, id, outcome))
 }
 
+/// A dispatched task: its id, its prepared form (or why its spec could not be built) and
+/// whether a cancel is already pending.
+type Dispatched = (TaskId, Result<Arc<PreparedTask>, String>, bool);
+
 /// Takes the task at the front of the queue and marks it running (one critical section, so
 /// a task is always either in the queue or running: `cancel` never sees it in between).
-pub(super) fn dispatch(st: &mut State, inner: &Inner) -> Option<(TaskId, Arc<PreparedTask>, bool)> {
+/// `built` is the spec built (outside the lock) for the task that was at the front; if
+/// another task is at the front now, its spec is built here.
+pub(super) fn dispatch(
+    st: &mut State,
+    inner: &Inner,
+    built: Option<(TaskId, Result<TaskSpec, String>)>,
+) -> Option<Dispatched> {
     let task = st.queue.pop_front()?;
     st.set_state(task, TaskState::Running);
+    let spec = match built {
+        Some((id, spec)) if id == task => spec,
+        _ => {
+            let plan = st.spec_plan(task);
+            inner.realize(task, plan)
+        }
+    };
     let rec = &mut st.tasks[task.0 as usize];
     rec.attempts += 1;
-    rec.times.started = Some(SystemTime::now());
+    let (attempts, cancel) = (rec.attempts, rec.cancel_requested);
+    st.live(task).times.started = Some(SystemTime::now());
     if let Some(j) = &inner.journal {
-        j.record_started(task, rec.attempts);
+        j.record_started(task, attempts);
     }
-    let prepared = Arc::new(prepare(inner, task, rec));
-    Some((task, prepared, rec.cancel_requested))
+    let prepared = spec.map(|spec| Arc::new(prepare(inner, task, attempts, spec)));
+    Some((task, prepared, cancel))
 }
 
 pub(super) fn scheduler_loop(inner: Arc<Inner>) {
@@ -118,34 +148,53 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
                     return;
                 }
                 if let Some(&id) = st.queue.front() {
-                    break id;
+                    break (id, st.spec_plan(id), st.tasks[id.0 as usize].attempts);
                 }
                 st = inner.cond.wait(st).unwrap_or_else(|p| p.into_inner());
             }
         };
-        let worker = match spare.take() {
-            Some(w) => Ok(w),
-            None => {
-                // The task stays queued (and cancellable) while we wait for a worker.
-                let probe = {
-                    let st = inner.lock();
-                    prepare(&inner, front, &st.tasks[front.0 as usize])
+        // The spec is built outside the lock (it may read the journal and render templates).
+        let (front, plan, attempt) = front;
+        let (worker, built) = match inner.realize(front, plan) {
+            Ok(spec) => {
+                let probe = prepare(&inner, front, attempt + 1, spec);
+                let worker = match spare.take() {
+                    Some(w) => Ok(w),
+                    // The task stays queued (and cancellable) while we wait for a worker.
+                    None => inner.interface.reserve_worker(&probe),
                 };
-                inner.interface.reserve_worker(&probe)
+                (Some(worker), Some((front, Ok(probe.spec))))
             }
+            // No worker for a task that cannot be built: it fails at once.
+            Err(e) => (spare.take().map(Ok), Some((front, Err(e)))),
         };
         let mut st = inner.lock();
         if st.shutting_down || st.stopped.is_some() {
             return;
         }
-        let Some((task, prepared, cancel_now)) = dispatch(&mut st, &inner) else {
+        let Some((task, prepared, cancel_now)) = dispatch(&mut st, &inner, built) else {
             // Everything queued was cancelled meanwhile.
-            if let Ok(w) = worker {
+            if let Some(Ok(w)) = worker {
                 spare = Some(w);
             }
             continue;
         };
         drop(st);
+        let prepared = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(Ok(w)) = worker {
+                    spare = Some(w);
+                }
+                on_complete(&inner, task, Err(InterfaceError(e)));
+                continue;
+            }
+        };
+        // Rare: the task at the front could not be built and another one took its place.
+        let worker = match worker {
+            Some(w) => w,
+            None => inner.interface.reserve_worker(&prepared),
+        };
         match worker {
             Ok(worker) => {
                 inner
@@ -177,6 +226,8 @@ pub(super) fn on_complete(
     }
     let now = SystemTime::now();
     let attempts = rec.attempts;
+    let user_cancel = rec.cancel_requested;
+    let live = st.live(id);
     let result: Result<TaskOutput, MwError> = match outcome {
         Err(e) => Err(MwError::Interface {
             task: id,
@@ -184,12 +235,12 @@ pub(super) fn on_complete(
             attempts,
         }),
         Ok(exec) => {
-            rec.times.wall = exec.wall;
-            rec.times.cpu = exec.cpu;
+            live.times.wall = exec.wall;
+            live.times.cpu = exec.cpu;
             if let Some(s) = exec.started {
-                rec.times.started = Some(s);
+                live.times.started = Some(s);
             }
-            if (rec.cancel_requested && !exec.exit.success())
+            if (user_cancel && !exec.exit.success())
                 || matches!(exec.exit, ExitInfo::Cancelled)
             {
                 Err(MwError::Cancelled(id))
@@ -215,7 +266,6 @@ pub(super) fn on_complete(
             }
         }
     };
-    let user_cancel = rec.cancel_requested;
     if result.is_err() && !user_cancel && st.stopped.is_some() {
         // Interrupted by a stop (Ctrl-C, a broken pipe, a failed journal, a dropped master):
         // not the task's fault and not the user's cancel. It is queued again in the journal,
@@ -243,8 +293,8 @@ pub(super) fn on_complete(
         inner.cond.notify_all();
         return;
     }
-    let rec = &mut st.tasks[id.0 as usize];
-    rec.times.finished = Some(now);
+    st.live(id).times.finished = Some(now);
+    let times = st.times(id);
     let final_state = match &result {
         Ok(_) => TaskState::Done,
         Err(MwError::Cancelled(_)) => TaskState::Cancelled,
@@ -253,7 +303,7 @@ pub(super) fn on_complete(
     };
     let result = match (result, final_state) {
         (Ok(mut out), _) => {
-            out.times = rec.times.clone();
+            out.times = times;
             Ok(out)
         }
         (Err(_), TaskState::Cancelled) => Err(MwError::Cancelled(id)),
@@ -263,8 +313,9 @@ pub(super) fn on_complete(
         Ok(_) => log::debug!("{id}: done (attempt {attempts})"),
         Err(e) => log::info!("{id}: {}: {e}", final_state.as_str()),
     }
-    rec.outcome = Some(result);
+    st.live(id).outcome = Some(result);
     st.set_state(id, final_state);
+    st.release(id);
     finish_durably(inner, st, id);
 }
 
@@ -286,9 +337,10 @@ pub(super) fn mark_final(inner: &Arc<Inner>, st: &mut State, id: TaskId) {
         }
         Some(j) => {
             let inner2 = inner.clone();
+            let rec = st.tasks[id.0 as usize];
             j.record_final(
                 id,
-                final_row(&st.tasks[id.0 as usize]),
+                final_row(id, rec.state, rec.attempts, st.live.get(&id.0)),
                 Some(Box::new(move || {
                     let mut st = inner2.lock();
                     st.finished.push_back(id);
@@ -307,8 +359,20 @@ pub(super) fn unix_secs(t: Option<SystemTime>) -> Option<f64> {
         .map(|d| d.as_secs_f64())
 }
 
-/// A task's final state as the plain row the journal stores.
-pub(super) fn final_row(rec: &TaskRecord) -> FinalRow {
+/// A task's final state as the plain row the journal stores. No live part: cancelled in
+/// bulk, now.
+pub(super) fn final_row(id: TaskId, state: TaskState, attempts: u32, live: Option<&Live>) -> FinalRow {
+    let none = Live {
+        outcome: (state == TaskState::Cancelled).then(|| {
+            Err(MwError::Cancelled(id))
+        }),
+        times: TaskTimes {
+            finished: Some(SystemTime::now()),
+            ..TaskTimes::default()
+        },
+        ..Live::default()
+    };
+    let rec = live.unwrap_or(&none);
     let (output, exit, error, host, files) = match &rec.outcome {
         Some(Ok(out)) => (
             Some(out.value.to_string()),
@@ -334,8 +398,8 @@ pub(super) fn final_row(rec: &TaskRecord) -> FinalRow {
         None => (None, None, None, String::new(), "[]".into()),
     };
     FinalRow {
-        state: rec.state,
-        attempts: rec.attempts,
+        state,
+        attempts,
         started: unix_secs(rec.times.started),
         finished: unix_secs(rec.times.finished),
         wall: rec.times.wall.as_secs_f64(),
