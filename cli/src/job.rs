@@ -549,7 +549,9 @@ impl Job {
                 "inputs.sweep",
                 format!(
                     "expands to {} tasks, over the limit of 5*10^7",
-                    total.map(|t| t.to_string()).unwrap_or_else(|| "more than 2^64".into())
+                    total
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "more than 2^64".into())
                 ),
             )),
         }

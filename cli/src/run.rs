@@ -169,7 +169,10 @@ fn in_chunks(
         chunk.push(input?);
         if chunk.len() == RECORD_CHUNK {
             let n = chunk.len() as u64;
-            record(first, std::mem::replace(&mut chunk, Vec::with_capacity(RECORD_CHUNK)))?;
+            record(
+                first,
+                std::mem::replace(&mut chunk, Vec::with_capacity(RECORD_CHUNK)),
+            )?;
             first += n;
         }
     }

@@ -826,3 +826,6 @@ impl Drop for Master {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

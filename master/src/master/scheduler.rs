@@ -66,10 +66,7 @@ pub(super) fn take_result(st: &mut State, which: Option<TaskId>) -> Result<Taken
 
 /// Hands out a collected task's outcome and times and drops its live part: from here the
 /// master keeps only the task's compact record.
-pub(super) fn take_outcome(
-    st: &mut State,
-    id: TaskId,
-) -> (Result<TaskOutput, MwError>, TaskTimes) {
+pub(super) fn take_outcome(st: &mut State, id: TaskId) -> (Result<TaskOutput, MwError>, TaskTimes) {
     let times = st.times(id);
     let live = st.live.remove(&id.0);
     let outcome = match live.and_then(|l| l.outcome) {
@@ -240,9 +237,7 @@ pub(super) fn on_complete(
             if let Some(s) = exec.started {
                 live.times.started = Some(s);
             }
-            if (user_cancel && !exec.exit.success())
-                || matches!(exec.exit, ExitInfo::Cancelled)
-            {
+            if (user_cancel && !exec.exit.success()) || matches!(exec.exit, ExitInfo::Cancelled) {
                 Err(MwError::Cancelled(id))
             } else if !exec.exit.success() {
                 Err(MwError::TaskFailed {
@@ -361,11 +356,14 @@ pub(super) fn unix_secs(t: Option<SystemTime>) -> Option<f64> {
 
 /// A task's final state as the plain row the journal stores. No live part: cancelled in
 /// bulk, now.
-pub(super) fn final_row(id: TaskId, state: TaskState, attempts: u32, live: Option<&Live>) -> FinalRow {
+pub(super) fn final_row(
+    id: TaskId,
+    state: TaskState,
+    attempts: u32,
+    live: Option<&Live>,
+) -> FinalRow {
     let none = Live {
-        outcome: (state == TaskState::Cancelled).then(|| {
-            Err(MwError::Cancelled(id))
-        }),
+        outcome: (state == TaskState::Cancelled).then(|| Err(MwError::Cancelled(id))),
         times: TaskTimes {
             finished: Some(SystemTime::now()),
             ..TaskTimes::default()
