@@ -681,6 +681,32 @@ impl Inputs {
         self.len() == 0
     }
 
+    /// Input `index` without going through the others, when that is cheap (a list, a
+    /// sweep); `None` for a file of inputs or an index out of range.
+    pub fn get(&self, index: u64) -> Option<serde_json::Value> {
+        match self {
+            Inputs::List(v) => v.get(usize::try_from(index).ok()?).cloned(),
+            Inputs::Lines { .. } => None,
+            Inputs::Sweep { axes, count } => {
+                if index >= *count {
+                    return None;
+                }
+                // The odometer of `iter` read backwards: the last axis is the fastest digit.
+                let mut digits = vec![0u64; axes.len()];
+                let mut rest = index;
+                for (k, (_, axis)) in axes.iter().enumerate().rev() {
+                    digits[k] = rest % axis.len();
+                    rest /= axis.len();
+                }
+                let mut obj = serde_json::Map::new();
+                for ((name, axis), d) in axes.iter().zip(digits) {
+                    obj.insert(name.clone(), axis.value(d));
+                }
+                Some(serde_json::Value::Object(obj))
+            }
+        }
+    }
+
     /// The inputs in task order; memory stays that of one input.
     pub fn iter(&self) -> Box<dyn Iterator<Item = Result<serde_json::Value, JobError>> + '_> {
         match self {
@@ -932,3 +958,6 @@ impl TaskBuilder {
         Ok(spec)
     }
 }
+
+#[cfg(test)]
+mod sweep_tests;

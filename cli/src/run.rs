@@ -9,7 +9,7 @@ use clap::Args;
 use mw::interface::Interface;
 use mw::journal::{JobMeta, Journal};
 use mw::master::{Master, MasterOptions, NextOutcome, SpecSource};
-use mw::task::{Program, TaskId};
+use mw::task::{Program, TaskId, TaskSpec};
 use mw_worker_runtime::{execute, ExecRequest, ProcessControl};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -130,7 +130,7 @@ pub(crate) struct Prepared {
     pub(crate) workers: Option<usize>,
     /// Counted, produced lazily: no task's input or spec is kept for the whole run (the
     /// journal holds the inputs; specs are built on dispatch).
-    pub(crate) inputs: Inputs,
+    pub(crate) inputs: Arc<Inputs>,
     pub(crate) builder: Arc<TaskBuilder>,
     pub(crate) reduce: Option<Program>,
 }
@@ -147,12 +147,29 @@ fn check_specs(inputs: &Inputs, builder: &TaskBuilder, skip: usize) -> anyhow::R
     Ok(())
 }
 
-/// The spec source of a job's tasks: its template builder over each task's input.
-fn spec_source(builder: &Arc<TaskBuilder>) -> Arc<dyn SpecSource> {
-    let builder = builder.clone();
-    Arc::new(move |index: u64, input: serde_json::Value| {
+/// The spec source of a job's tasks: its template builder over each task's input, which a
+/// list or a sweep makes from the task's index (a file's inputs are read back from the
+/// journal).
+struct JobSource {
+    builder: Arc<TaskBuilder>,
+    inputs: Option<Arc<Inputs>>,
+}
+
+impl SpecSource for JobSource {
+    fn build(&self, index: u64, input: serde_json::Value) -> Result<TaskSpec, String> {
         let index = usize::try_from(index).map_err(|e| e.to_string())?;
-        builder.build(index, input).map_err(|e| e.to_string())
+        self.builder.build(index, input).map_err(|e| e.to_string())
+    }
+
+    fn input(&self, index: u64) -> Option<serde_json::Value> {
+        self.inputs.as_ref().and_then(|i| i.get(index))
+    }
+}
+
+fn spec_source(builder: &Arc<TaskBuilder>, inputs: Option<&Arc<Inputs>>) -> Arc<dyn SpecSource> {
+    Arc::new(JobSource {
+        builder: builder.clone(),
+        inputs: inputs.cloned(),
     })
 }
 
@@ -197,7 +214,7 @@ pub(crate) fn prepare(opts: &JobOptions) -> anyhow::Result<Prepared> {
     if workers == Some(0) {
         bail!("--workers must be at least 1");
     }
-    let inputs = job.input_source()?;
+    let inputs = Arc::new(job.input_source()?);
     let builder = Arc::new(job.task_builder()?);
     check_specs(&inputs, &builder, 0)?;
     let reduce = job.reduce_program()?;
@@ -332,15 +349,16 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
         None => Master::with_options(interface, opts)?,
     };
     let total = usize::try_from(p.inputs.len())?;
-    let source = spec_source(&p.builder);
+    let source = spec_source(&p.builder, Some(&p.inputs));
     in_chunks(&p.inputs, 0, |_, chunk| {
         master.submit_inputs(chunk, source.clone())?;
         Ok(())
     })?;
-    // Without a journal the result lines take their inputs from memory; with one, from it.
-    let kept_inputs: Option<Vec<serde_json::Value>> = match &journal {
-        Some(_) => None,
-        None => Some(p.inputs.iter().collect::<Result<_, _>>()?),
+    // The result lines' inputs: made from the index (a list, a sweep), else read back from
+    // the journal, else (a file of inputs without a journal) kept in memory.
+    let kept_inputs: Option<Vec<serde_json::Value>> = match (&journal, p.inputs.get(0)) {
+        (None, None) => Some(p.inputs.iter().collect::<Result<_, _>>()?),
+        _ => None,
     };
     if let Some(j) = &journal {
         j.set_job_status("running")?;
@@ -381,10 +399,11 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
                     reduce_inputs[task.0 as usize] = Some(out.value.clone());
                 }
             }
-            let input = match (&kept_inputs, &journal) {
-                (Some(inputs), _) => inputs[task.0 as usize].clone(),
-                (None, Some(j)) => j.read_input(task.0)?,
-                (None, None) => serde_json::Value::Null,
+            let input = match (p.inputs.get(task.0), &kept_inputs, &journal) {
+                (Some(input), _, _) => input,
+                (None, Some(inputs), _) => inputs[task.0 as usize].clone(),
+                (None, None, Some(j)) => j.read_input(task.0)?,
+                (None, None, None) => serde_json::Value::Null,
             };
             let line = ResultLine::from_outcome(task.0, input, &outcome, Some(&times));
             lines.insert(task.0, line);
@@ -775,7 +794,14 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
             meta.id, unfinished,
         );
     }
-    let master = Master::resume_with_source(interface, opts, &dir, spec_source(&builder))?;
+    // A list or a sweep makes each input from the job text kept in the journal; a file of
+    // inputs (which may have changed since) is read back from the journal.
+    let inputs = match job.file.inputs.file {
+        None => job.input_source().ok().map(Arc::new),
+        Some(_) => None,
+    };
+    let source = spec_source(&builder, inputs.as_ref());
+    let master = Master::resume_with_source(interface, opts, &dir, source)?;
     let journal = master
         .journal()
         .cloned()

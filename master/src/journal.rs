@@ -374,7 +374,9 @@ impl Journal {
         let meta = read_meta(&conn, &path)?;
         let tasks = read_tasks(&conn, &path, None)?;
         conn.execute(
-            "UPDATE job SET master_pid = ?1, master_host = ?2, status = 'running'",
+            // A job still being recorded stays so until its tasks are all recorded.
+            "UPDATE job SET master_pid = ?1, master_host = ?2,
+             status = CASE status WHEN 'recording' THEN status ELSE 'running' END",
             params![
                 std::process::id() as i64,
                 mw_worker_runtime::exec::host_name()
@@ -525,7 +527,9 @@ impl Journal {
         let meta = read_meta(&conn, &path)?;
         let tasks = read_statuses(&conn, &path)?;
         conn.execute(
-            "UPDATE job SET master_pid = ?1, master_host = ?2, status = 'running'",
+            // A job still being recorded stays so until its tasks are all recorded.
+            "UPDATE job SET master_pid = ?1, master_host = ?2,
+             status = CASE status WHEN 'recording' THEN status ELSE 'running' END",
             params![
                 std::process::id() as i64,
                 mw_worker_runtime::exec::host_name()

@@ -143,6 +143,13 @@ pub(crate) struct Live {
 pub trait SpecSource: Send + Sync + 'static {
     /// The spec of task `index` whose input is `input`; an error fails the task.
     fn build(&self, index: u64, input: serde_json::Value) -> Result<TaskSpec, String>;
+
+    /// The input of task `index` when the source can make it without reading the journal
+    /// (e.g. a sweep computes it from the index); `None` (the default): the master reads it
+    /// back from the journal. It must equal the input the task was submitted with.
+    fn input(&self, _index: u64) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 impl<F> SpecSource for F
@@ -263,7 +270,7 @@ impl Inner {
         match plan {
             SpecPlan::Ready(spec) => Ok(spec),
             SpecPlan::Build { source, input } => {
-                let input = match (input, &self.journal) {
+                let input = match (input.or_else(|| source.input(id.0)), &self.journal) {
                     (Some(input), _) => input,
                     (None, Some(j)) => j.read_input(id.0).map_err(|e| e.to_string())?,
                     (None, None) => return Err(format!("{id}: its input is not known")),

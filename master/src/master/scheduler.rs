@@ -363,7 +363,7 @@ pub(super) fn final_row(
     live: Option<&Live>,
 ) -> FinalRow {
     let none = Live {
-        outcome: (state == TaskState::Cancelled).then(|| Err(MwError::Cancelled(id))),
+        outcome: (state == TaskState::Cancelled).then_some(Err(MwError::Cancelled(id))),
         times: TaskTimes {
             finished: Some(SystemTime::now()),
             ..TaskTimes::default()
