@@ -193,6 +193,8 @@ struct State {
     stopped: Option<String>,
     /// Final tasks whose journal row is committed (all final tasks without a journal).
     durable: usize,
+    /// Tasks whose outcome was handed out (or, resumed, was by the previous master).
+    collected: usize,
 }
 
 impl State {
@@ -367,12 +369,16 @@ impl Master {
             shutting_down: false,
             stopped: None,
             durable: 0,
+            collected: 0,
         };
         for rec in restored.tasks {
             let id = TaskId(state.tasks.len() as u64);
             state.counts[rec.state as usize] += 1;
             if rec.state.is_final() {
                 state.durable += 1;
+            }
+            if rec.collected {
+                state.collected += 1;
             }
             match rec.state {
                 TaskState::Queued => state.queue.push_back(id),
@@ -600,11 +606,8 @@ impl Master {
     /// Counts per state only: cheap (no call into the interface), for progress displays.
     pub fn counts(&self) -> MasterStatus {
         let st = self.inner.lock();
-        let uncollected = st
-            .finished
-            .iter()
-            .filter(|id| !st.tasks[id.0 as usize].collected)
-            .count();
+        // Counted, not found by a scan: this is called after every result.
+        let uncollected = st.durable.saturating_sub(st.collected);
         MasterStatus {
             queued: st.counts[TaskState::Queued as usize],
             running: st.counts[TaskState::Running as usize],

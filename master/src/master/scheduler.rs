@@ -67,6 +67,7 @@ pub(super) fn take_result(st: &mut State, which: Option<TaskId>) -> Result<Taken
 /// Hands out a collected task's outcome and times and drops its live part: from here the
 /// master keeps only the task's compact record.
 pub(super) fn take_outcome(st: &mut State, id: TaskId) -> (Result<TaskOutput, MwError>, TaskTimes) {
+    st.collected += 1;
     let times = st.times(id);
     let live = st.live.remove(&id.0);
     let outcome = match live.and_then(|l| l.outcome) {

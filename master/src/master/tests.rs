@@ -156,6 +156,7 @@ fn cancelling_every_queued_task_allocates_nothing_per_task() {
     master.submit_inputs(inputs(0..n), source()).unwrap();
     master.cancel_all();
     assert_eq!(live_parts(&master), 0);
+    assert_eq!(master.counts().uncollected, n as usize);
     let mut cancelled = 0;
     while let Ok(Some(_)) | Err(MwError::Cancelled(_)) =
         master.try_get_output(None).map(|o| o.map(|_| ()))
@@ -166,4 +167,5 @@ fn cancelling_every_queued_task_allocates_nothing_per_task() {
         }
     }
     assert_eq!(cancelled, n, "every task comes back cancelled");
+    assert_eq!(master.counts().uncollected, 0);
 }
