@@ -381,7 +381,9 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
         (None, false, _) => Box::new(std::io::BufWriter::new(std::io::stdout())),
     };
     let mut progress = Progress::new(total as u64, quiet);
-    let mut lines: BTreeMap<u64, ResultLine> = BTreeMap::new();
+    // Lines that finished ahead of an earlier task wait here, as their JSON text (a few
+    // times smaller than the parsed line).
+    let mut lines: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     let mut next_to_write = 0u64;
     let mut failed = 0usize;
     let mut reduce_inputs: Vec<Option<serde_json::Value>> =
@@ -406,10 +408,11 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
                 (None, None, None) => serde_json::Value::Null,
             };
             let line = ResultLine::from_outcome(task.0, input, &outcome, Some(&times));
-            lines.insert(task.0, line);
+            let mut text = serde_json::to_vec(&line)?;
+            text.push(b'\n');
+            lines.insert(task.0, text);
             while let Some(line) = lines.remove(&next_to_write) {
-                serde_json::to_writer(&mut sink, &line)?;
-                sink.write_all(b"\n")?;
+                sink.write_all(&line)?;
                 next_to_write += 1;
             }
             Ok(())
