@@ -125,7 +125,7 @@ impl Master {
         for t in stored.iter().filter(|t| !t.state.is_final()) {
             let input = journal.read_input(t.index)?;
             let spec = rebuild(t.index, input)?;
-            restored.live.entry(t.index).or_default().spec = Some(spec);
+            restored.specs.insert(t.index, spec);
         }
         drop(stored);
         let master = Master::build(interface, options, Some(journal), restored)?;

@@ -124,17 +124,12 @@ impl TaskRecord {
     }
 }
 
-/// The part of a task kept only while it is needed: dropped once its outcome is collected.
+/// The part of a task kept from its dispatch until its outcome is collected.
 #[derive(Debug, Default)]
 pub(crate) struct Live {
-    /// A spec the caller handed over ([`Master::submit_many`]), kept until the task is final.
-    pub(crate) spec: Option<TaskSpec>,
-    /// The input of a task built by a [`SpecSource`] on a master without a journal (with a
-    /// journal the input is read back from it on dispatch).
-    pub(crate) input: Option<serde_json::Value>,
     /// Times (the submission time lives in the task's [`Batch`]).
     pub(crate) times: TaskTimes,
-    pub(crate) outcome: Option<Result<TaskOutput, MwError>>,
+    pub(crate) outcome: Option<Box<Result<TaskOutput, MwError>>>,
 }
 
 /// Builds a task's spec from its index and input when the task is dispatched, so a master of
@@ -183,6 +178,11 @@ pub(crate) enum SpecPlan {
 struct State {
     tasks: Vec<TaskRecord>,
     live: HashMap<u64, Live>,
+    /// Specs the caller handed over ([`Master::submit_many`]), kept until the task is final.
+    specs: HashMap<u64, TaskSpec>,
+    /// Inputs of tasks built by a [`SpecSource`] on a master without a journal, kept until
+    /// the task is final (with a journal they are read back from it on dispatch).
+    inputs: HashMap<u64, serde_json::Value>,
     batches: Vec<Batch>,
     queue: VecDeque<TaskId>,
     finished: VecDeque<TaskId>,
@@ -229,14 +229,13 @@ impl State {
 
     /// How to get task `id`'s spec (cheap: the building happens outside the lock).
     pub(crate) fn spec_plan(&self, id: TaskId) -> SpecPlan {
-        let live = self.live.get(&id.0);
-        if let Some(spec) = live.and_then(|l| l.spec.as_ref()) {
+        if let Some(spec) = self.specs.get(&id.0) {
             return SpecPlan::Ready(spec.clone());
         }
         match self.batch(id).and_then(|b| b.source.clone()) {
             Some(source) => SpecPlan::Build {
                 source,
-                input: live.and_then(|l| l.input.clone()),
+                input: self.inputs.get(&id.0).cloned(),
             },
             None => SpecPlan::Missing,
         }
@@ -244,10 +243,8 @@ impl State {
 
     /// Drops what a final task no longer needs (its spec and input).
     fn release(&mut self, id: TaskId) {
-        if let Some(l) = self.live.get_mut(&id.0) {
-            l.spec = None;
-            l.input = None;
-        }
+        self.specs.remove(&id.0);
+        self.inputs.remove(&id.0);
     }
 }
 
@@ -291,7 +288,7 @@ impl Inner {
 pub(crate) struct Restored {
     pub(crate) tasks: Vec<TaskRecord>,
     pub(crate) batches: Vec<Batch>,
-    pub(crate) live: HashMap<u64, Live>,
+    pub(crate) specs: HashMap<u64, TaskSpec>,
 }
 
 /// The master. Dropping it cancels what still runs and stops its scheduler.
@@ -361,7 +358,9 @@ impl Master {
         };
         let mut state = State {
             tasks: Vec::with_capacity(restored.tasks.len()),
-            live: restored.live,
+            live: HashMap::new(),
+            specs: restored.specs,
+            inputs: HashMap::new(),
             batches: restored.batches,
             queue: VecDeque::new(),
             finished: VecDeque::new(),
@@ -441,7 +440,7 @@ impl Master {
         for spec in specs {
             let id = TaskId(st.tasks.len() as u64);
             st.tasks.push(TaskRecord::new(TaskState::Queued, 0));
-            st.live(id).spec = Some(spec);
+            st.specs.insert(id.0, spec);
             st.counts[TaskState::Queued as usize] += 1;
             st.queue.push_back(id);
             ids.push(id);
@@ -477,7 +476,7 @@ impl Master {
             let id = TaskId(st.tasks.len() as u64);
             st.tasks.push(TaskRecord::new(TaskState::Queued, 0));
             if !journaled {
-                st.live(id).input = Some(input);
+                st.inputs.insert(id.0, input);
             }
             st.counts[TaskState::Queued as usize] += 1;
             st.queue.push_back(id);
@@ -640,7 +639,7 @@ impl Master {
             TaskState::Queued => {
                 rec.cancel_requested = true;
                 let live = st.live(task);
-                live.outcome = Some(Err(MwError::Cancelled(task)));
+                live.outcome = Some(Box::new(Err(MwError::Cancelled(task))));
                 live.times.finished = Some(SystemTime::now());
                 st.queue.retain(|t| *t != task);
                 st.set_state(task, TaskState::Cancelled);
@@ -672,6 +671,7 @@ impl Master {
                         // collection, so cancelling millions of tasks allocates nothing each.
                         st.tasks[i].cancel_requested = true;
                         st.live.remove(&id.0);
+                        st.release(id);
                         st.set_state(id, TaskState::Cancelled);
                         mark_final(&self.inner, &mut st, id);
                     }

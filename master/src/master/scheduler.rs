@@ -71,7 +71,7 @@ pub(super) fn take_outcome(st: &mut State, id: TaskId) -> (Result<TaskOutput, Mw
     let times = st.times(id);
     let live = st.live.remove(&id.0);
     let outcome = match live.and_then(|l| l.outcome) {
-        Some(o) => o,
+        Some(o) => *o,
         // Cancelled in bulk (`cancel_all`), which keeps no live part.
         None if st.tasks[id.0 as usize].state == TaskState::Cancelled => {
             Err(MwError::Cancelled(id))
@@ -309,7 +309,7 @@ pub(super) fn on_complete(
         Ok(_) => log::debug!("{id}: done (attempt {attempts})"),
         Err(e) => log::info!("{id}: {}: {e}", final_state.as_str()),
     }
-    st.live(id).outcome = Some(result);
+    st.live(id).outcome = Some(Box::new(result));
     st.set_state(id, final_state);
     st.release(id);
     finish_durably(inner, st, id);
@@ -364,15 +364,14 @@ pub(super) fn final_row(
     live: Option<&Live>,
 ) -> FinalRow {
     let none = Live {
-        outcome: (state == TaskState::Cancelled).then_some(Err(MwError::Cancelled(id))),
+        outcome: (state == TaskState::Cancelled).then_some(Box::new(Err(MwError::Cancelled(id)))),
         times: TaskTimes {
             finished: Some(SystemTime::now()),
             ..TaskTimes::default()
         },
-        ..Live::default()
     };
     let rec = live.unwrap_or(&none);
-    let (output, exit, error, host, files) = match &rec.outcome {
+    let (output, exit, error, host, files) = match rec.outcome.as_deref() {
         Some(Ok(out)) => (
             Some(out.value.to_string()),
             Some("exit status 0".to_string()),

@@ -75,8 +75,10 @@ fn collect_all(master: &Master, n: u64) {
     assert_eq!(seen, n);
 }
 
+/// What the master keeps beyond the compact records: live parts, specs, inputs.
 fn live_parts(master: &Master) -> usize {
-    master.inner.lock().live.len()
+    let st = master.inner.lock();
+    st.live.len() + st.specs.len() + st.inputs.len()
 }
 
 #[test]
@@ -168,4 +170,14 @@ fn cancelling_every_queued_task_allocates_nothing_per_task() {
     }
     assert_eq!(cancelled, n, "every task comes back cancelled");
     assert_eq!(master.counts().uncollected, 0);
+}
+
+#[test]
+fn the_live_part_of_a_task_is_small() {
+    // Every running or uncollected task has one: its outcome is boxed.
+    assert!(
+        std::mem::size_of::<Live>() <= 96,
+        "Live grew to {} bytes",
+        std::mem::size_of::<Live>()
+    );
 }
