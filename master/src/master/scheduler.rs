@@ -363,14 +363,21 @@ pub(super) fn final_row(
     attempts: u32,
     live: Option<&Live>,
 ) -> FinalRow {
-    let none = Live {
-        outcome: (state == TaskState::Cancelled).then_some(Box::new(Err(MwError::Cancelled(id)))),
-        times: TaskTimes {
-            finished: Some(SystemTime::now()),
-            ..TaskTimes::default()
-        },
+    let none;
+    let rec = match live {
+        Some(live) => live,
+        None => {
+            none = Live {
+                outcome: (state == TaskState::Cancelled)
+                    .then(|| Box::new(Err(MwError::Cancelled(id)))),
+                times: TaskTimes {
+                    finished: Some(SystemTime::now()),
+                    ..TaskTimes::default()
+                },
+            };
+            &none
+        }
     };
-    let rec = live.unwrap_or(&none);
     let (output, exit, error, host, files) = match rec.outcome.as_deref() {
         Some(Ok(out)) => (
             Some(out.value.to_string()),
