@@ -114,6 +114,12 @@ enum Write {
     Requeued {
         task: u64,
     },
+    /// Queued tasks cancelled together (`cancel_all`): one message, one callback.
+    Cancelled {
+        tasks: Vec<u64>,
+        at: f64,
+        on_durable: Option<Box<dyn FnOnce() + Send>>,
+    },
     Flush(Sender<()>),
 }
 
@@ -572,6 +578,15 @@ impl Journal {
         });
     }
 
+    /// Records queued tasks as cancelled, all at once; `on_durable` runs once it is committed.
+    pub(crate) fn record_cancelled(&self, tasks: Vec<u64>, on_durable: Box<dyn FnOnce() + Send>) {
+        self.send(Write::Cancelled {
+            tasks,
+            at: now_unix(),
+            on_durable: Some(on_durable),
+        });
+    }
+
     /// Waits until everything sent so far is committed.
     pub fn flush(&self) {
         let (tx, rx) = mpsc::channel();
@@ -690,6 +705,20 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: A
                     writes.push(Write::Final {
                         task,
                         row,
+                        on_durable: None,
+                    });
+                }
+                Write::Cancelled {
+                    tasks,
+                    at,
+                    on_durable,
+                } => {
+                    if let Some(f) = on_durable {
+                        durable.push(f);
+                    }
+                    writes.push(Write::Cancelled {
+                        tasks,
+                        at,
                         on_durable: None,
                     });
                 }
@@ -815,6 +844,22 @@ fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> 
                     row.state.as_str(),
                     row.exit
                 ])?;
+            }
+            Write::Cancelled { tasks, at, .. } => {
+                // The row `final_row` makes for a cancelled task that never ran.
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE tasks SET state = 'cancelled', exit = 'cancelled',
+                     error = 'task ' || idx || ' was cancelled', finished = ?2, wall = 0, cpu = 0,
+                     host = '', output = NULL, output_files = '[]'
+                     WHERE idx = ?1 AND state NOT IN ('done','failed','cancelled')",
+                )?;
+                for task in tasks {
+                    finals += stmt.execute(params![sql_idx(*task), at])? as u64;
+                }
+                tx.prepare_cached(
+                    "INSERT INTO events (at, task, kind, detail) VALUES (?1, NULL, 'cancelled', ?2)",
+                )?
+                .execute(params![at, format!("{} queued tasks", tasks.len())])?;
             }
             Write::Flush(_) => {}
         }

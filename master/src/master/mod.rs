@@ -14,8 +14,8 @@ mod scheduler;
 
 pub use outcome::{parse_stdout, MwError, TaskOutput, TaskTimes};
 use scheduler::{
-    completion, decode, finish_durably, mark_final, on_complete, prepare, scheduler_loop,
-    take_outcome, take_result,
+    completion, decode, finish_durably, on_complete, prepare, scheduler_loop, take_outcome,
+    take_result,
 };
 
 use crate::interface::{HandleSink, Interface};
@@ -663,6 +663,7 @@ impl Master {
             let mut st = self.inner.lock();
             st.queue.clear();
             let mut running = Vec::new();
+            let mut cancelled = Vec::new();
             for i in 0..st.tasks.len() {
                 let id = TaskId(i as u64);
                 match st.tasks[i].state {
@@ -673,7 +674,7 @@ impl Master {
                         st.live.remove(&id.0);
                         st.release(id);
                         st.set_state(id, TaskState::Cancelled);
-                        mark_final(&self.inner, &mut st, id);
+                        cancelled.push(id.0);
                     }
                     TaskState::Running => {
                         st.tasks[i].cancel_requested = true;
@@ -681,6 +682,21 @@ impl Master {
                     }
                     _ => {}
                 }
+            }
+            // One journal message (and one callback) for all of them.
+            match &self.inner.journal {
+                None => mark_durable(&mut st, &cancelled),
+                Some(j) if !cancelled.is_empty() => {
+                    let inner = self.inner.clone();
+                    j.record_cancelled(
+                        cancelled.clone(),
+                        Box::new(move || {
+                            mark_durable(&mut inner.lock(), &cancelled);
+                            inner.cond.notify_all();
+                        }),
+                    );
+                }
+                Some(_) => {}
             }
             running
         };
@@ -771,6 +787,15 @@ impl Master {
             .enumerate()
             .map(|(i, r)| (TaskId(i as u64), r.state))
             .collect()
+    }
+}
+
+/// Makes final tasks collectable (their journal rows, if any, are committed).
+fn mark_durable(st: &mut State, tasks: &[u64]) {
+    for &t in tasks {
+        st.finished.push_back(TaskId(t));
+        st.durable += 1;
+        st.tasks[t as usize].durable = true;
     }
 }
 

@@ -155,9 +155,36 @@ fn cancelling_every_queued_task_allocates_nothing_per_task() {
     let master = Master::new(Never).unwrap();
     master.stop("keep every task queued");
     let n = 50_000;
+    cancel_and_collect(&master, n);
+    // Journaled: one journal message for them all, and every row says cancelled.
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let master = Master::with_journal(Arc::new(Never), MasterOptions::default(), &job).unwrap();
+    master.stop("keep every task queued");
+    cancel_and_collect(&master, 20_000);
+    drop(master);
+    let path = job.join(crate::journal::JOURNAL_FILE);
+    let conn = crate::journal::open_checked(&path, false).unwrap();
+    let tasks = crate::journal::read_tasks(&conn, &path, None).unwrap();
+    assert_eq!(tasks.len(), 20_000);
+    for t in &tasks {
+        assert_eq!(t.state, TaskState::Cancelled, "task {}", t.index);
+        assert_eq!(
+            t.error.as_deref(),
+            Some(format!("task {} was cancelled", t.index).as_str())
+        );
+        assert!(t.finished.is_some());
+    }
+}
+
+fn cancel_and_collect(master: &Master, n: u64) {
     master.submit_inputs(inputs(0..n), source()).unwrap();
     master.cancel_all();
-    assert_eq!(live_parts(&master), 0);
+    assert_eq!(live_parts(master), 0);
+    // Collectable once committed.
+    if let Some(j) = master.journal() {
+        j.flush();
+    }
     assert_eq!(master.counts().uncollected, n as usize);
     let mut cancelled = 0;
     while let Ok(Some(_)) | Err(MwError::Cancelled(_)) =
