@@ -39,8 +39,8 @@ pub mod task_logs;
 
 pub use interface::{Completion, HandleSink, Interface};
 pub use master::{
-    Master, MasterOptions, MasterStatus, MwError, NextOutcome, RetryOn, TaskOutput, TaskState,
-    TaskTimes,
+    Master, MasterOptions, MasterStatus, MwError, NextOutcome, RetryOn, SpecSource, TaskOutput,
+    TaskState, TaskTimes,
 };
 #[cfg(feature = "mpi")]
 pub use mpi::Mpi;
