@@ -685,7 +685,8 @@ fn apply_cancel_requests(master: &Master, journal: &Journal) -> anyhow::Result<(
             }
         }
     }
-    // Acknowledged only once applied: from here no cancelled task starts.
+    // Acknowledged only once applied (from here no cancelled task starts) and committed.
+    journal.flush();
     let ids: Vec<i64> = requests.iter().map(|(id, _)| *id).collect();
     journal.ack_cancel_requests(&ids)?;
     Ok(())
@@ -836,6 +837,10 @@ pub(crate) fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<i32> {
     };
     let path = dir.join(mw::journal::JOURNAL_FILE);
     let mut conn = mw::journal::open_checked(&path, true)?;
+    // A cancel left pending (its `mw cancel` was stopped before carrying it out) came
+    // before this retry: carried out now, so the master started below does not cancel what
+    // the user asked to run again.
+    mw::journal::settle_cancels_without_master(&mut conn, &path, now_unix())?;
     let (queued, refused) = mw::journal::requeue_for_retry(&mut conn, &path, &which, now_unix())?;
     drop(conn);
     if !refused.is_empty() {
@@ -870,6 +875,9 @@ pub(crate) fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<i32> {
 /// `mw resume`: restart the master of a job whose master died (or finish a submitted job).
 pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
     let dir = find_job_dir(&args.job, args.jobs_dir.as_deref())?;
+    // A master killed here (e.g. `mw submit`'s detached master starting) has not taken the
+    // job over yet.
+    mw::crash::point("resume-start");
     // Refuse to run a second master beside a live one.
     if let Some(pid) = super::jobs::live_master_pid(&dir)? {
         if pid != std::process::id() as i64 {

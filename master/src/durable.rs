@@ -4,7 +4,7 @@
 //! purely in-memory master simply uses [`Master::new`] / [`Master::with_options`].
 
 use crate::interface::Interface;
-use crate::journal::{JobMeta, Journal, TaskStatus};
+use crate::journal::{CancelRequest, JobMeta, Journal, TaskStatus};
 use crate::master::{
     Batch, Master, MasterOptions, MwError, Restored, SpecSource, TaskRecord, TaskState,
 };
@@ -32,17 +32,32 @@ pub(crate) fn restored_record(state: TaskState, t: &TaskStatus) -> TaskRecord {
     }
 }
 
+/// What a resumed master does right after it starts, before anything else: re-attach the
+/// tasks still running on a remote platform, then cancel those of them a pending `mw cancel`
+/// names (the queued ones it names are cancelled in [`Restored`]).
+struct Startup {
+    reattach: Vec<(TaskId, String)>,
+    cancel_running: Vec<TaskId>,
+    requests: Vec<i64>,
+}
+
 /// Rebuilds the master's state from the stored statuses: compact records, one batch per
 /// run of tasks recorded together (their submission time), every batch built by `source`
-/// when given. Returns it with the tasks to re-attach.
+/// when given; the tasks pending cancel requests name are cancelled. Returns it with what
+/// to do once the master runs.
 fn restore(
     interface: &dyn Interface,
     stored: &[TaskStatus],
     source: Option<Arc<dyn SpecSource>>,
-) -> Result<(Restored, Vec<(TaskId, String)>), MwError> {
+    cancels: &[CancelRequest],
+) -> Result<(Restored, Startup), MwError> {
     let remote = interface.keeps_running_without_master();
+    let cancel_all = cancels.iter().any(|(_, t)| t.is_none());
+    let cancel_some: std::collections::HashSet<u64> =
+        cancels.iter().filter_map(|(_, t)| *t).collect();
     let mut restored = Restored::default();
     let mut reattach = Vec::new();
+    let mut cancel_running = Vec::new();
     let mut last_submitted = None;
     for (i, t) in stored.iter().enumerate() {
         if t.index != i as u64 {
@@ -73,13 +88,41 @@ fn restore(
             });
             last_submitted = t.submitted;
         }
+        if !state.is_final() && (cancel_all || cancel_some.contains(&t.index)) {
+            match state {
+                TaskState::Running => cancel_running.push(TaskId(t.index)),
+                _ => restored.cancel_queued.push(t.index),
+            }
+        }
         if !state.is_final() && t.attempts > 0 {
             // The retry budget of this master counts from here.
             restored.attempts_before.insert(t.index, t.attempts);
         }
         restored.tasks.push(restored_record(state, t));
     }
-    Ok((restored, reattach))
+    let startup = Startup {
+        reattach,
+        cancel_running,
+        requests: cancels.iter().map(|(id, _)| *id).collect(),
+    };
+    Ok((restored, startup))
+}
+
+impl Master {
+    /// Re-attaches what a resumed master found running remotely, cancels what pending
+    /// requests name among it, and acknowledges those requests (`mw cancel` waits for that).
+    fn start_resumed(&self, startup: Startup) -> Result<(), MwError> {
+        self.reattach(startup.reattach);
+        for id in startup.cancel_running {
+            self.cancel(id)?;
+        }
+        if let (Some(j), false) = (self.journal(), startup.requests.is_empty()) {
+            // Acknowledged once the cancelled rows are committed.
+            j.flush();
+            j.ack_cancel_requests(&startup.requests)?;
+        }
+        Ok(())
+    }
 }
 
 impl Master {
@@ -122,8 +165,8 @@ impl Master {
         dir: &Path,
         mut rebuild: impl FnMut(u64, serde_json::Value) -> Result<TaskSpec, MwError>,
     ) -> Result<Master, MwError> {
-        let (journal, _meta, stored) = Journal::open_status(dir)?;
-        let (mut restored, reattach) = restore(interface.as_ref(), &stored, None)?;
+        let (journal, _meta, stored, cancels) = Journal::open_for_master(dir)?;
+        let (mut restored, startup) = restore(interface.as_ref(), &stored, None, &cancels)?;
         // The specs of unfinished tasks are built now, from their journaled inputs, and kept
         // until each task is final ([`Master::resume_with_source`] builds them on dispatch).
         for t in stored.iter().filter(|t| !t.state.is_final()) {
@@ -133,7 +176,7 @@ impl Master {
         }
         drop(stored);
         let master = Master::build(interface, options, Some(journal), restored)?;
-        master.reattach(reattach);
+        master.start_resumed(startup)?;
         Ok(master)
     }
 }
@@ -149,11 +192,11 @@ impl Master {
         dir: &Path,
         source: Arc<dyn SpecSource>,
     ) -> Result<Master, MwError> {
-        let (journal, _meta, stored) = Journal::open_status(dir)?;
-        let (restored, reattach) = restore(interface.as_ref(), &stored, Some(source))?;
+        let (journal, _meta, stored, cancels) = Journal::open_for_master(dir)?;
+        let (restored, startup) = restore(interface.as_ref(), &stored, Some(source), &cancels)?;
         drop(stored);
         let master = Master::build(interface, options, Some(journal), restored)?;
-        master.reattach(reattach);
+        master.start_resumed(startup)?;
         Ok(master)
     }
 }

@@ -143,6 +143,24 @@ pub(crate) struct FinalRow {
     pub(crate) files: String,
 }
 
+/// A cancel request of `mw cancel`: (request id, task), a task of `None` meaning every
+/// unfinished task of the job.
+pub type CancelRequest = (i64, Option<u64>);
+
+/// What [`Journal::open_for_master`] returns: the journal, the job, every task's status and
+/// the pending cancel requests.
+pub(crate) type OpenedForMaster = (Arc<Journal>, JobMeta, Vec<TaskStatus>, Vec<CancelRequest>);
+
+/// What [`Journal::take_over`] read, with the lock and connection it holds.
+struct TakenOver<T> {
+    path: PathBuf,
+    lock: std::fs::File,
+    conn: Connection,
+    meta: JobMeta,
+    tasks: Vec<T>,
+    cancels: Vec<CancelRequest>,
+}
+
 /// An open journal with its writer thread.
 pub struct Journal {
     path: PathBuf,
@@ -376,11 +394,8 @@ impl Journal {
 
     /// Opens an existing journal for a resumed master: returns it with the job and tasks.
     pub fn open(dir: &Path) -> Result<(Arc<Journal>, JobMeta, Vec<StoredTask>), JournalError> {
-        let (path, lock, conn, meta) = Self::take_over(dir)?;
-        let tasks = read_tasks(&conn, &path, None)?;
-        let unfinished = tasks.iter().filter(|t| !t.state.is_final()).count();
-        record_takeover(&conn, &path, unfinished)?;
-        Ok((Self::start(path, conn, lock)?, meta, tasks))
+        let t = Self::take_over(dir, |c, p| read_tasks(c, p, None), |t| !t.state.is_final())?;
+        Ok((Self::start(t.path, t.conn, t.lock)?, t.meta, t.tasks))
     }
 
     /// Opens an existing journal for a resumed master, like [`open`](Self::open), but reads
@@ -389,24 +404,41 @@ impl Journal {
     pub fn open_status(
         dir: &Path,
     ) -> Result<(Arc<Journal>, JobMeta, Vec<TaskStatus>), JournalError> {
-        let (path, lock, conn, meta) = Self::take_over(dir)?;
-        let tasks = read_statuses(&conn, &path)?;
-        let unfinished = tasks.iter().filter(|t| !t.state.is_final()).count();
-        record_takeover(&conn, &path, unfinished)?;
-        Ok((Self::start(path, conn, lock)?, meta, tasks))
+        let (journal, meta, tasks, _) = Self::open_for_master(dir)?;
+        Ok((journal, meta, tasks))
+    }
+
+    /// [`open_status`](Self::open_status), also returning the cancel requests still pending
+    /// (read in the same snapshot as the tasks), which the master applies before it
+    /// dispatches anything: a `mw cancel` made while no master held the job is never missed.
+    pub(crate) fn open_for_master(dir: &Path) -> Result<OpenedForMaster, JournalError> {
+        let t = Self::take_over(dir, read_statuses, |t| !t.state.is_final())?;
+        Ok((
+            Self::start(t.path, t.conn, t.lock)?,
+            t.meta,
+            t.tasks,
+            t.cancels,
+        ))
     }
 
     /// The common start of [`open`](Self::open) and [`open_status`](Self::open_status): the
-    /// job's lock, a checked connection, the job, and this process recorded as its master.
-    fn take_over(
+    /// job's lock, a checked connection, and in one write transaction (one snapshot: a
+    /// concurrent `mw cancel` is seen whole or not at all) the job, its tasks as `read`
+    /// reads them, the pending cancel requests, and this process recorded as its master.
+    fn take_over<T>(
         dir: &Path,
-    ) -> Result<(PathBuf, std::fs::File, Connection, JobMeta), JournalError> {
+        read: impl FnOnce(&Connection, &Path) -> Result<Vec<T>, JournalError>,
+        unfinished: impl Fn(&T) -> bool,
+    ) -> Result<TakenOver<T>, JournalError> {
         let path = dir.join(JOURNAL_FILE);
         let lock = lock_job(dir)?;
-        let conn = open_checked(&path, true)?;
+        let mut conn = open_checked(&path, true)?;
         configure(&conn, &path)?;
-        let meta = read_meta(&conn, &path)?;
-        conn.execute(
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| jerr(&path, "recording the master", e))?;
+        let meta = read_meta(&tx, &path)?;
+        tx.execute(
             // A job still being recorded stays so until its tasks are all recorded.
             "UPDATE job SET master_pid = ?1, master_host = ?2,
              status = CASE status WHEN 'recording' THEN status ELSE 'running' END",
@@ -416,7 +448,19 @@ impl Journal {
             ],
         )
         .map_err(|e| jerr(&path, "recording the master", e))?;
-        Ok((path, lock, conn, meta))
+        let tasks = read(&tx, &path)?;
+        let cancels = read_pending_cancels(&tx, &path)?;
+        record_takeover(&tx, &path, tasks.iter().filter(|t| unfinished(t)).count())?;
+        tx.commit()
+            .map_err(|e| jerr(&path, "recording the master", e))?;
+        Ok(TakenOver {
+            path,
+            lock,
+            conn,
+            meta,
+            tasks,
+            cancels,
+        })
     }
 
     fn start(
@@ -633,19 +677,9 @@ impl Journal {
     /// Pending cancel requests (written by `mw cancel` while this master runs), as
     /// (request id, task); a task of `None` means "the whole job". Apply them, then
     /// [`ack_cancel_requests`](Self::ack_cancel_requests): `mw cancel` waits for that.
-    pub fn pending_cancel_requests(&self) -> Result<Vec<(i64, Option<u64>)>, JournalError> {
+    pub fn pending_cancel_requests(&self) -> Result<Vec<CancelRequest>, JournalError> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let mut stmt = conn
-            .prepare_cached("SELECT rowid, task FROM cancel_requests WHERE done = 0")
-            .map_err(|e| jerr(&self.path, "reading cancel requests", e))?;
-        let rows: Vec<(i64, Option<i64>)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .and_then(|it| it.collect())
-            .map_err(|e| jerr(&self.path, "reading cancel requests", e))?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, t)| (id, t.and_then(|t| u64::try_from(t).ok())))
-            .collect())
+        read_pending_cancels(&conn, &self.path)
     }
 
     /// Marks cancel requests applied (after the master applied them).
@@ -897,6 +931,29 @@ fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> 
     }
     tx.commit()?;
     Ok(finals)
+}
+
+/// The cancel requests no master has applied yet, oldest first.
+pub fn read_pending_cancels(
+    conn: &Connection,
+    path: &Path,
+) -> Result<Vec<CancelRequest>, JournalError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT rowid, task FROM cancel_requests WHERE done = 0 ORDER BY rowid")
+        .map_err(|e| jerr(path, "reading cancel requests", e))?;
+    let rows: Vec<(i64, Option<i64>)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .and_then(|it| it.collect())
+        .map_err(|e| jerr(path, "reading cancel requests", e))?;
+    // A request naming an impossible task (a negative index) names no task: it is left
+    // alone, never read as "the whole job".
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, t)| match t {
+            None => Some((id, None)),
+            Some(t) => u64::try_from(t).ok().map(|t| (id, Some(t))),
+        })
+        .collect())
 }
 
 /// Records in the events that this process took the job over with `unfinished` tasks.
@@ -1346,10 +1403,59 @@ pub fn cancel_without_master(
     task: Option<u64>,
     at: f64,
 ) -> Result<usize, JournalError> {
-    let task = task.and_then(|t| i64::try_from(t).ok());
+    let task = match task {
+        None => None,
+        Some(t) => match i64::try_from(t) {
+            Ok(t) => Some(t),
+            // No such task can exist.
+            Err(_) => return Ok(0),
+        },
+    };
     let tx = conn
         .transaction()
         .map_err(|e| jerr(path, "cancelling tasks", e))?;
+    let n = cancel_rows(&tx, path, task, at)?;
+    tx.commit().map_err(|e| jerr(path, "cancelling tasks", e))?;
+    Ok(n)
+}
+
+/// With no master running: carries out every pending cancel request (`mw cancel` records
+/// one before it looks for a master) directly, marking its tasks cancelled and the request
+/// done, all in one transaction. A master that starts meanwhile reads the journal before or
+/// after it, whole (see [`Journal::open_status`]): it either applies the requests itself or
+/// finds their tasks cancelled. Returns each request's task (`None`: every task) and how
+/// many tasks it cancelled.
+pub fn settle_cancels_without_master(
+    conn: &mut Connection,
+    path: &Path,
+    at: f64,
+) -> Result<Vec<(Option<u64>, usize)>, JournalError> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| jerr(path, "cancelling tasks", e))?;
+    let requests = read_pending_cancels(&tx, path)?;
+    let mut out = Vec::with_capacity(requests.len());
+    for (id, task) in requests {
+        // Read back from i64 (`read_pending_cancels`): it fits.
+        let n = cancel_rows(&tx, path, task.and_then(|t| i64::try_from(t).ok()), at)?;
+        tx.execute(
+            "UPDATE cancel_requests SET done = 1 WHERE rowid = ?1",
+            params![id],
+        )
+        .map_err(|e| jerr(path, "recording the cancel", e))?;
+        out.push((task, n));
+    }
+    tx.commit().map_err(|e| jerr(path, "cancelling tasks", e))?;
+    Ok(out)
+}
+
+/// Marks `task` (every unfinished task when `None`) cancelled, with an event.
+fn cancel_rows(
+    tx: &Connection,
+    path: &Path,
+    task: Option<i64>,
+    at: f64,
+) -> Result<usize, JournalError> {
     let n = tx
         .execute(
             "UPDATE tasks SET state = 'cancelled', exit = 'cancelled', error = 'task ' || idx || ' was cancelled', finished = ?2
@@ -1362,7 +1468,6 @@ pub fn cancel_without_master(
         params![at, task],
     )
     .map_err(|e| jerr(path, "recording the cancel", e))?;
-    tx.commit().map_err(|e| jerr(path, "cancelling tasks", e))?;
     Ok(n)
 }
 

@@ -395,6 +395,8 @@ pub(crate) struct Restored {
     pub(crate) batches: Vec<Batch>,
     pub(crate) specs: HashMap<u64, TaskSpec>,
     pub(crate) attempts_before: HashMap<u64, u32>,
+    /// Queued tasks a pending `mw cancel` names: cancelled before anything is dispatched.
+    pub(crate) cancel_queued: Vec<u64>,
 }
 
 /// The master. Dropping it cancels what still runs and stops its scheduler.
@@ -483,6 +485,7 @@ impl Master {
             durable: 0,
             collected: 0,
         };
+        let cancel_at_start = restored.cancel_queued;
         for rec in restored.tasks {
             let id = TaskId(state.tasks.len() as u64);
             state.counts[rec.state as usize] += 1;
@@ -520,6 +523,12 @@ impl Master {
                     stop_inner(&inner, format!("the journal failed: {msg}"));
                 }
             });
+        }
+        if !cancel_at_start.is_empty() {
+            let mut st = inner.lock();
+            let set: std::collections::HashSet<u64> = cancel_at_start.iter().copied().collect();
+            st.queue.retain(|t| !set.contains(&t.0));
+            cancel_queued(&inner, &mut st, cancel_at_start);
         }
         let sched_inner = inner.clone();
         let scheduler = std::thread::Builder::new()
@@ -855,15 +864,7 @@ impl Master {
             for i in 0..st.tasks.len() {
                 let id = TaskId(i as u64);
                 match st.tasks[i].state {
-                    TaskState::Queued => {
-                        // No live part: the outcome (cancelled) and the time are known at
-                        // collection, so cancelling millions of tasks allocates nothing each.
-                        st.tasks[i].cancel_requested = true;
-                        st.live.remove(&id.0);
-                        st.release(id);
-                        st.set_state(id, TaskState::Cancelled);
-                        cancelled.push(id.0);
-                    }
+                    TaskState::Queued => cancelled.push(id.0),
                     TaskState::Running => {
                         st.tasks[i].cancel_requested = true;
                         running.push(id);
@@ -871,21 +872,7 @@ impl Master {
                     _ => {}
                 }
             }
-            // One journal message (and one callback) for all of them.
-            match &self.inner.journal {
-                None => mark_durable(&mut st, &cancelled),
-                Some(j) if !cancelled.is_empty() => {
-                    let inner = self.inner.clone();
-                    j.record_cancelled(
-                        cancelled.clone(),
-                        Box::new(move || {
-                            mark_durable(&mut inner.lock(), &cancelled);
-                            inner.cond.notify_all();
-                        }),
-                    );
-                }
-                Some(_) => {}
-            }
+            cancel_queued(&self.inner, &mut st, cancelled);
             running
         };
         self.inner.cond.notify_all();
@@ -980,6 +967,33 @@ impl Master {
             .enumerate()
             .map(|(i, r)| (TaskId(i as u64), r.state))
             .collect()
+    }
+}
+
+/// Cancels queued tasks that are out of the queue already, with one journal message (and
+/// one callback) for all of them. No live part: the outcome (cancelled) and the time are
+/// known at collection, so cancelling millions of tasks allocates nothing each.
+fn cancel_queued(inner: &Arc<Inner>, st: &mut State, cancelled: Vec<u64>) {
+    for &t in &cancelled {
+        let id = TaskId(t);
+        st.tasks[t as usize].cancel_requested = true;
+        st.live.remove(&t);
+        st.release(id);
+        st.set_state(id, TaskState::Cancelled);
+    }
+    match &inner.journal {
+        None => mark_durable(st, &cancelled),
+        Some(j) if !cancelled.is_empty() => {
+            let inner2 = inner.clone();
+            j.record_cancelled(
+                cancelled.clone(),
+                Box::new(move || {
+                    mark_durable(&mut inner2.lock(), &cancelled);
+                    inner2.cond.notify_all();
+                }),
+            );
+        }
+        Some(_) => {}
     }
 }
 
