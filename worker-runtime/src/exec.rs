@@ -105,22 +105,22 @@ pub struct ExecOutcome {
     pub started: SystemTime,
 }
 
-struct Exited {
-    status: i32,
-    user: Duration,
-    sys: Duration,
+pub(crate) struct Exited {
+    pub(crate) status: i32,
+    pub(crate) user: Duration,
+    pub(crate) sys: Duration,
 }
 
 #[derive(Default)]
-struct ControlState {
-    pgid: Option<i32>,
-    cancelled: bool,
+pub(crate) struct ControlState {
+    pub(crate) pgid: Option<i32>,
+    pub(crate) cancelled: bool,
     suspended: bool,
     /// Counts runs, so a delayed SIGKILL never hits a later run of the same control.
-    run: u64,
-    grace: Duration,
+    pub(crate) run: u64,
+    pub(crate) grace: Duration,
     /// Told the process group id right after the program started.
-    on_start: Option<Arc<dyn Fn(i32) + Send + Sync>>,
+    pub(crate) on_start: Option<Arc<dyn Fn(i32) + Send + Sync>>,
     /// The running task's Job Object (Windows' process group).
     #[cfg(windows)]
     job: Option<Arc<windows::Job>>,
@@ -140,7 +140,7 @@ impl std::fmt::Debug for ProcessControl {
 }
 
 #[cfg(unix)]
-fn signal_group(pgid: i32, signal: i32) {
+pub(crate) fn signal_group(pgid: i32, signal: i32) {
     // SAFETY: killpg only sends a signal; a stale or invalid pgid yields ESRCH, which we ignore.
     unsafe {
         libc::killpg(pgid, signal);
@@ -152,7 +152,8 @@ fn signal_group(pgid: i32, signal: i32) {
 /// stopped group can act on it), a grace period, then SIGKILL. Callers differ only in how
 /// they spend the grace period (a poll loop, a channel wait, a timer thread); each ends it
 /// early when the leader exits, and calls [`kill`](Self::kill) when it runs out.
-struct Termination {
+#[derive(Debug)]
+pub(crate) struct Termination {
     pgid: i32,
     kill_at: Instant,
 }
@@ -160,7 +161,7 @@ struct Termination {
 #[cfg(unix)]
 impl Termination {
     /// Asks the group to stop (SIGTERM + SIGCONT) and starts the grace period.
-    fn start(pgid: i32, grace: Duration) -> Self {
+    pub(crate) fn start(pgid: i32, grace: Duration) -> Self {
         signal_group(pgid, libc::SIGTERM);
         signal_group(pgid, libc::SIGCONT);
         Termination {
@@ -170,7 +171,7 @@ impl Termination {
     }
 
     /// When the grace period ends.
-    fn kill_at(&self) -> Instant {
+    pub(crate) fn kill_at(&self) -> Instant {
         self.kill_at
     }
 
@@ -180,7 +181,7 @@ impl Termination {
     }
 
     /// Ends the grace period: SIGKILL to the whole group.
-    fn kill(self) {
+    pub(crate) fn kill(self) {
         signal_group(self.pgid, libc::SIGKILL);
     }
 }
@@ -191,7 +192,7 @@ impl ProcessControl {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ControlState> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, ControlState> {
         // A poisoned lock only means another thread panicked mid-update of plain flags.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -312,7 +313,7 @@ fn timeval(tv: libc::timeval) -> Duration {
 const PIPE_STDIN_MAX: usize = 16 * 1024;
 
 #[cfg(unix)]
-fn wait_pid(pid: i32) -> Option<Exited> {
+pub(crate) fn wait_pid(pid: i32) -> Option<Exited> {
     let mut status: i32 = 0;
     // SAFETY: rusage is plain old data; zeroed is a valid value for it.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -336,7 +337,7 @@ fn wait_pid(pid: i32) -> Option<Exited> {
 /// Spawns `cmd`, retrying briefly on ETXTBSY: an executable that was just written (a test's
 /// script, a freshly unpacked program) can still be open for writing in a child that another
 /// thread forked at that moment and that has not reached `exec` yet.
-fn spawn_retrying_busy(cmd: &mut Command) -> std::io::Result<std::process::Child> {
+pub(crate) fn spawn_retrying_busy(cmd: &mut Command) -> std::io::Result<std::process::Child> {
     let mut attempt = 0u64;
     loop {
         match cmd.spawn() {
@@ -549,7 +550,7 @@ fn finish(
 }
 
 #[cfg(unix)]
-fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
+pub(crate) fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
@@ -731,7 +732,7 @@ fn pump(
 }
 
 #[cfg(unix)]
-fn tail_string(bytes: &[u8], n: usize) -> String {
+pub(crate) fn tail_string(bytes: &[u8], n: usize) -> String {
     let start = bytes.len().saturating_sub(n);
     String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
