@@ -8,7 +8,7 @@
 //!
 //! This module turns a job file into [`TaskSpec`]s; it knows nothing of how they run.
 
-use mw::task::{Program, TaskSpec};
+use mw::task::{Program, ProgramMode, TaskSpec};
 use mw_bundle::Comparison;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -34,6 +34,9 @@ pub struct ProgramSection {
     /// Extra files the program needs, relative to the job file.
     #[serde(default)]
     pub files: Vec<Spanned<String>>,
+    /// `"process"` (default: one process per task) or `"stream"` (one long-lived process
+    /// per worker, one JSON line in and one out per task; see `mw run --help`).
+    pub mode: Option<Spanned<String>>,
 }
 
 /// Sweep values: a list, or a range.
@@ -407,12 +410,46 @@ impl Job {
 
     /// The job's main program.
     pub fn program(&self) -> Result<Program, JobError> {
-        self.program_from(&self.file.program, "program")
+        let program = self.program_from(&self.file.program, "program")?;
+        let Some(mode) = &self.file.program.get_ref().mode else {
+            return Ok(program);
+        };
+        let parsed = ProgramMode::parse(mode.get_ref()).ok_or_else(|| {
+            self.err_at(
+                mode.span(),
+                "program.mode",
+                format!("is `{}`; use \"process\" or \"stream\"", mode.get_ref()),
+            )
+        })?;
+        if parsed == ProgramMode::Stream {
+            if let Some(o) = self.file.outputs.first() {
+                return Err(self.err_at(
+                    o.span(),
+                    "outputs",
+                    "a streaming program (program.mode = \"stream\") cannot declare output \
+                     files: one process serves many tasks in one directory",
+                ));
+            }
+            if let Some(f) = self.file.input_files.first() {
+                return Err(self.err_at(
+                    f.span(),
+                    "input_files",
+                    "a streaming program (program.mode = \"stream\") cannot take input \
+                     files: one process serves many tasks in one directory",
+                ));
+            }
+        }
+        Ok(program.with_mode(parsed))
     }
 
     /// The reduce program, if any.
     pub fn reduce_program(&self) -> Result<Option<Program>, JobError> {
         match &self.file.reduce {
+            Some(r) if r.get_ref().mode.is_some() => Err(self.err_at(
+                r.get_ref().mode.as_ref().map_or(r.span(), |m| m.span()),
+                "reduce.mode",
+                "a reduce program always gets every result at once; it has no mode",
+            )),
             Some(r) => self.program_from(r, "reduce").map(Some),
             None => Ok(None),
         }

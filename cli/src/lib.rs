@@ -87,6 +87,7 @@ A job file (TOML) says what to run and on what. Top-level keys come before any [
     path = \"bin/pi-task\"            # an executable, relative to the job file
     # command = [\"python3\", \"task.py\"]   # or: interpreter on PATH + base arguments
     files = [\"task.py\"]             # extra files the program needs
+    mode = \"process\"               # or \"stream\": one long-lived process per worker
 
     [inputs]                        # exactly one of:
     list = [ {seed = 1}, {seed = 2} ]                # inline inputs
@@ -111,6 +112,24 @@ A job file (TOML) says what to run and on what. Top-level keys come before any [
 
 The task contract: each task runs in a fresh directory, gets its input JSON on stdin, prints
 its result JSON on stdout, and exits 0 on success.
+
+The stream contract (mode = \"stream\", for tasks of milliseconds): one process per worker
+slot (multicore slot, MPI rank) serves many tasks. It reads one input per line on stdin
+(compact JSON: no raw newline inside) and writes exactly one line per input on stdout, in
+the same order, flushing after each. A line that is a JSON object with the single key
+\"error\" (e.g. {\"error\": \"bad seed\"}; the value may be any JSON) fails that task only;
+any other JSON value is the task's result (to return such an object, wrap it). When stdin
+closes, the program should exit. The current task is the oldest input not yet answered;
+its timeout counts from when it became current. What fails only the current task, after
+which the program is stopped (SIGTERM, SIGKILL after 2 s, whole process group) and a fresh
+one serves the rest (inputs sent ahead but not answered are sent again, so a task may run
+twice but is reported once): the program exits or is killed (the task fails with its exit
+status; exit 0 before answering counts as too few lines), closes stdout, prints a line that
+is not JSON or that is longer than 256 MiB, exceeds the timeout, or the task is cancelled.
+stderr: a failed task reports the last 4 KiB of the program's stderr; a successful one
+what was read from stderr since the previous answer (best effort). Stream tasks cannot
+have input_files or outputs; per-task args/env templates work, but each distinct value
+gets its own process. Rust: mw_worker_runtime::task::serve_stream; Python: examples/stream.
 
 Results are JSON lines in task order: task index, input, output, exit, times, host. They go
 to stdout, or to --output FILE; when the job has a reduce program they go to

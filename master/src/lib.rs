@@ -44,5 +44,6 @@ pub use mpi::Mpi;
 pub use multicore::Multicore;
 pub use mw_bundle::{Comparison, ExitInfo};
 pub use task::{
-    Execution, InterfaceError, PreparedTask, Program, ProgramError, TaskId, TaskSpec, WorkerId,
+    Execution, InterfaceError, PreparedTask, Program, ProgramError, ProgramMode, TaskId, TaskSpec,
+    WorkerId,
 };

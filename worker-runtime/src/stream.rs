@@ -270,6 +270,8 @@ mod unix {
         /// The process's stderr (bounded, never cleared): what a failed task reports, since
         /// stdout and stderr are two pipes with no common order.
         proc_tail: Vec<u8>,
+        /// Read buffer (allocated once: zeroing 64 KiB per read would cost more than the read).
+        rbuf: Vec<u8>,
         /// Inputs waiting to be written, and how much of them is written.
         wbuf: Vec<u8>,
         wpos: usize,
@@ -351,6 +353,7 @@ mod unix {
             scan_from: 0,
             err_tail: Vec::new(),
             proc_tail: Vec::new(),
+            rbuf: vec![0u8; 64 * 1024],
             wbuf: Vec::new(),
             wpos: 0,
             written: 0,
@@ -376,9 +379,9 @@ mod unix {
             let Some(err) = self.stderr.as_mut() else {
                 return;
             };
-            let mut buf = [0u8; 16 * 1024];
+            let buf = &mut self.rbuf;
             loop {
-                match err.read(&mut buf) {
+                match err.read(buf) {
                     Ok(0) => {
                         self.stderr = None;
                         return;
@@ -408,9 +411,9 @@ mod unix {
             let Some(out) = self.stdout.as_mut() else {
                 return false;
             };
-            let mut buf = [0u8; 64 * 1024];
+            let buf = &mut self.rbuf;
             loop {
-                match out.read(&mut buf) {
+                match out.read(buf) {
                     Ok(0) => {
                         self.stdout = None;
                         return false;

@@ -2,6 +2,8 @@
 //! malformed lines, too few lines and error answers fail only their own task, every other
 //! task is answered exactly once with its own result.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
+
 use mw_bundle::ExitInfo;
 use mw_worker_runtime::stream::{StreamInput, StreamProgram, StreamRunner};
 use serde_json::{json, Value};

@@ -122,6 +122,8 @@ struct State {
     stopped: Option<String>,
     /// Final tasks whose journal row is committed (all final tasks without a journal).
     durable: usize,
+    /// Tasks in `finished` not collected yet (kept so `counts` is O(1) however many wait).
+    uncollected: usize,
 }
 
 impl State {
@@ -222,6 +224,7 @@ impl Master {
             shutting_down: false,
             stopped: None,
             durable: 0,
+            uncollected: 0,
         };
         for rec in restored {
             let id = TaskId(state.tasks.len() as u64);
@@ -231,7 +234,10 @@ impl Master {
             }
             match rec.state {
                 TaskState::Queued => state.queue.push_back(id),
-                s if s.is_final() && !rec.collected => state.finished.push_back(id),
+                s if s.is_final() && !rec.collected => {
+                    state.finished.push_back(id);
+                    state.uncollected += 1;
+                }
                 _ => {}
             }
             state.tasks.push(rec);
@@ -373,9 +379,11 @@ impl Master {
         let mut st = self.inner.lock();
         loop {
             while let Some(id) = st.finished.pop_front() {
-                let rec = &mut st.tasks[id.0 as usize];
+                let s = &mut *st;
+                let rec = &mut s.tasks[id.0 as usize];
                 if !rec.collected {
                     rec.collected = true;
+                    s.uncollected -= 1;
                     let times = rec.times.clone();
                     return NextOutcome::Finished(id, take_outcome(rec, id), times);
                 }
@@ -426,11 +434,7 @@ impl Master {
     /// Counts per state only: cheap (no call into the interface), for progress displays.
     pub fn counts(&self) -> MasterStatus {
         let st = self.inner.lock();
-        let uncollected = st
-            .finished
-            .iter()
-            .filter(|id| !st.tasks[id.0 as usize].collected)
-            .count();
+        let uncollected = st.uncollected;
         MasterStatus {
             queued: st.counts[TaskState::Queued as usize],
             running: st.counts[TaskState::Running as usize],

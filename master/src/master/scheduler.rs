@@ -37,6 +37,7 @@ pub(super) fn take_result(st: &mut State, which: Option<TaskId>) -> Result<Taken
             }
             if rec.state.is_final() && rec.durable {
                 rec.collected = true;
+                st.uncollected -= 1;
                 return Ok(Some(take_outcome(rec, id)));
             }
             if let Some(reason) = &st.stopped {
@@ -49,6 +50,7 @@ pub(super) fn take_result(st: &mut State, which: Option<TaskId>) -> Result<Taken
                 let rec = &mut st.tasks[id.0 as usize];
                 if !rec.collected {
                     rec.collected = true;
+                    st.uncollected -= 1;
                     return Ok(Some(take_outcome(rec, id)));
                 }
             }
@@ -281,6 +283,7 @@ pub(super) fn mark_final(inner: &Arc<Inner>, st: &mut State, id: TaskId) {
     match &inner.journal {
         None => {
             st.finished.push_back(id);
+            st.uncollected += 1;
             st.durable += 1;
             st.tasks[id.0 as usize].durable = true;
         }
@@ -292,6 +295,7 @@ pub(super) fn mark_final(inner: &Arc<Inner>, st: &mut State, id: TaskId) {
                 Some(Box::new(move || {
                     let mut st = inner2.lock();
                     st.finished.push_back(id);
+                    st.uncollected += 1;
                     st.durable += 1;
                     st.tasks[id.0 as usize].durable = true;
                     drop(st);
