@@ -32,7 +32,9 @@
 
 use crate::exec::ProcessControl;
 use mw_bundle::ExitInfo;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
+#[cfg(unix)]
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
