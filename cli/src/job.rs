@@ -8,7 +8,7 @@
 //!
 //! This module turns a job file into [`TaskSpec`]s; it knows nothing of how they run.
 
-use mw::task::{Program, TaskSpec};
+use mw::task::{Program, ProgramMode, TaskSpec};
 use mw_bundle::Comparison;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -38,6 +38,9 @@ pub struct ProgramSection {
     /// result is the text as a JSON string) or `file` (kept as the output file `stdout`;
     /// the result is its path).
     pub stdout: Option<Spanned<String>>,
+    /// `"process"` (default: one process per task) or `"stream"` (one long-lived process
+    /// per worker, one JSON line in and one out per task; see `mw run --help`).
+    pub mode: Option<Spanned<String>>,
 }
 
 /// Sweep values: a list, or a range.
@@ -614,12 +617,56 @@ impl Job {
 
     /// The job's main program.
     pub fn program(&self) -> Result<Program, JobError> {
-        self.program_from(&self.file.program, "program")
+        let program = self.program_from(&self.file.program, "program")?;
+        let Some(mode) = &self.file.program.get_ref().mode else {
+            return Ok(program);
+        };
+        let parsed = ProgramMode::parse(mode.get_ref()).ok_or_else(|| {
+            self.err_at(
+                mode.span(),
+                "program.mode",
+                format!("is `{}`; use \"process\" or \"stream\"", mode.get_ref()),
+            )
+        })?;
+        if parsed == ProgramMode::Stream {
+            if let Some(o) = self.file.outputs.first() {
+                return Err(self.err_at(
+                    o.span(),
+                    "outputs",
+                    "a streaming program (program.mode = \"stream\") cannot declare output \
+                     files: one process serves many tasks in one directory",
+                ));
+            }
+            if let Some(f) = self.file.input_files.first() {
+                return Err(self.err_at(
+                    f.span(),
+                    "input_files",
+                    "a streaming program (program.mode = \"stream\") cannot take input \
+                     files: one process serves many tasks in one directory",
+                ));
+            }
+            if let Some(out) = &self.file.program.get_ref().stdout {
+                if self.stdout_mode()? != mw::StdoutMode::Json {
+                    return Err(self.err_at(
+                        out.span(),
+                        "program.stdout",
+                        "a streaming program answers each task with one JSON line: \
+                         program.stdout must be \"json\" (the default)",
+                    ));
+                }
+            }
+        }
+        Ok(program.with_mode(parsed))
     }
 
     /// The reduce program, if any.
     pub fn reduce_program(&self) -> Result<Option<Program>, JobError> {
         match &self.file.reduce {
+            Some(r) if r.get_ref().mode.is_some() => Err(self.err_at(
+                r.get_ref().mode.as_ref().map_or(r.span(), |m| m.span()),
+                "reduce.mode",
+                "a reduce program always gets every result at once; it has no mode",
+            )),
             Some(r) => self.program_from(r, "reduce").map(Some),
             None => Ok(None),
         }

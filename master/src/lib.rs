@@ -47,6 +47,6 @@ pub use mpi::Mpi;
 pub use multicore::Multicore;
 pub use mw_bundle::{Comparison, ExitInfo};
 pub use task::{
-    Execution, InterfaceError, PreparedTask, Program, ProgramError, RunFacts, StdoutMode, TaskId,
-    TaskSpec, ToProgram, WorkerId,
+    Execution, InterfaceError, PreparedTask, Program, ProgramError, ProgramMode, RunFacts,
+    StdoutMode, TaskId, TaskSpec, ToProgram, WorkerId,
 };

@@ -14,6 +14,7 @@
 pub mod boinc;
 pub mod exec;
 pub mod run;
+pub mod stream;
 pub mod task;
 
 pub use exec::{execute, ExecOutcome, ExecRequest, ProcessControl};
