@@ -18,6 +18,7 @@ pub mod dying;
 pub mod exec;
 pub mod run;
 pub mod static_worker;
+pub mod stream;
 pub mod task;
 
 pub use exec::{execute, ExecOutcome, ExecRequest, ProcessControl};
