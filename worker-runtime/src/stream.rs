@@ -794,7 +794,18 @@ mod unix {
                     let (t0, started) =
                         c.map_or((Instant::now(), SystemTime::now()), |c| (c.t0, c.started));
                     let line = &p.out_buf[line_start..end];
-                    let outcome = match classify_line(line) {
+                    // A whole line can arrive in one read: its length is checked here too.
+                    let verdict = if line.len() > max_line {
+                        Err(ExitInfo::StreamBroken {
+                            reason: format!(
+                                "the program's answer line is longer than the limit of \
+                                 {max_line} bytes"
+                            ),
+                        })
+                    } else {
+                        classify_line(line)
+                    };
+                    let outcome = match verdict {
                         Ok(result) => StreamOutcome {
                             exit: ExitInfo::Exited { code: 0 },
                             result: result.to_vec(),
