@@ -2,7 +2,7 @@
 //! `mw wait`, `mw cancel`, `mw report`. They read the job journal (read-only, except
 //! `cancel`), so they work whether the job's master is alive, dead or finished.
 
-use crate::run::{find_job_dir, jobs_root};
+use crate::run::{find_job_dir, jobs_root, JobRef};
 use crate::{EXIT_OK, EXIT_TASKS_FAILED};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
@@ -49,8 +49,8 @@ pub(crate) enum ResultsFormat {
 /// `mw results` arguments.
 #[derive(Args, Debug)]
 pub(crate) struct ResultsArgs {
-    /// A job id or directory.
-    pub(crate) job: String,
+    #[command(flatten)]
+    pub(crate) at: JobRef,
     /// Output format.
     #[arg(long, value_enum, default_value = "jsonl")]
     pub(crate) format: ResultsFormat,
@@ -60,9 +60,6 @@ pub(crate) struct ResultsArgs {
     /// Only this task (repeatable: `--task 3 --task 7`).
     #[arg(long, value_name = "N")]
     pub(crate) task: Vec<u64>,
-    /// Directory holding job directories.
-    #[arg(long)]
-    pub(crate) jobs_dir: Option<PathBuf>,
 }
 
 /// Streams `mw logs` prints.
@@ -79,8 +76,8 @@ pub(crate) enum LogStream {
 /// `mw logs` arguments.
 #[derive(Args, Debug)]
 pub(crate) struct LogsArgs {
-    /// A job id or directory.
-    pub(crate) job: String,
+    #[command(flatten)]
+    pub(crate) at: JobRef,
     /// The task (its index).
     pub(crate) task: u64,
     /// Which attempt (default: the last).
@@ -89,48 +86,36 @@ pub(crate) struct LogsArgs {
     /// Which stream.
     #[arg(long, value_enum, default_value = "both")]
     pub(crate) stream: LogStream,
-    /// Directory holding job directories.
-    #[arg(long)]
-    pub(crate) jobs_dir: Option<PathBuf>,
 }
 
 /// `mw wait` arguments.
 #[derive(Args, Debug)]
 pub(crate) struct WaitArgs {
-    /// A job id or directory.
-    pub(crate) job: String,
+    #[command(flatten)]
+    pub(crate) at: JobRef,
     /// Give up after this many seconds (exit 3), leaving the job running.
     #[arg(long, value_name = "SECS")]
     pub(crate) timeout: Option<f64>,
-    /// Directory holding job directories.
-    #[arg(long)]
-    pub(crate) jobs_dir: Option<PathBuf>,
 }
 
 /// `mw cancel` arguments.
 #[derive(Args, Debug)]
 pub(crate) struct CancelArgs {
-    /// A job id or directory.
-    pub(crate) job: String,
+    #[command(flatten)]
+    pub(crate) at: JobRef,
     /// Cancel only this task (by index); default: every unfinished task.
     #[arg(long)]
     pub(crate) task: Option<u64>,
-    /// Directory holding job directories.
-    #[arg(long)]
-    pub(crate) jobs_dir: Option<PathBuf>,
 }
 
 /// `mw report` arguments.
 #[derive(Args, Debug)]
 pub(crate) struct ReportArgs {
-    /// A job id or directory.
-    pub(crate) job: String,
+    #[command(flatten)]
+    pub(crate) at: JobRef,
     /// Output file (.html or .svg); default: <job dir>/report.html.
     #[arg(long, short = 'o')]
     pub(crate) output: Option<PathBuf>,
-    /// Directory holding job directories.
-    #[arg(long)]
-    pub(crate) jobs_dir: Option<PathBuf>,
 }
 
 fn now_unix() -> f64 {
@@ -559,7 +544,7 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
 
 /// `mw results`.
 pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<i32> {
-    let dir = find_job_dir(&args.job, args.jobs_dir.as_deref())?;
+    let dir = args.at.dir()?;
     let path = dir.join(JOURNAL_FILE);
     let conn = open_checked(&path, false)?;
     let tasks = if args.task.is_empty() {
@@ -607,7 +592,7 @@ pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<i32> {
 /// `mw logs`: one task's kept stdout and stderr.
 pub(crate) fn logs(args: LogsArgs) -> anyhow::Result<i32> {
     use mw::task_logs::{read, Stream};
-    let dir = find_job_dir(&args.job, args.jobs_dir.as_deref())?;
+    let dir = args.at.dir()?;
     let path = dir.join(JOURNAL_FILE);
     let conn = open_checked(&path, false)?;
     let Some(task) = read_task(&conn, &path, args.task)? else {
@@ -662,7 +647,7 @@ pub(crate) fn logs(args: LogsArgs) -> anyhow::Result<i32> {
 
 /// `mw wait`: blocks until every task of the job has an outcome.
 pub(crate) fn wait(args: WaitArgs, quiet: bool) -> anyhow::Result<i32> {
-    let dir = find_job_dir(&args.job, args.jobs_dir.as_deref())?;
+    let dir = args.at.dir()?;
     let path = dir.join(JOURNAL_FILE);
     let deadline = match args.timeout {
         Some(t) if (0.0..1e9).contains(&t) => {
@@ -695,7 +680,7 @@ pub(crate) fn wait(args: WaitArgs, quiet: bool) -> anyhow::Result<i32> {
                 eprintln!(
                     "mw: {bad} of {total} tasks did not succeed ({} failed, {} cancelled); \
                      see `mw results {} --failed`",
-                    counts.failed, counts.cancelled, args.job
+                    counts.failed, counts.cancelled, args.at.job
                 );
                 return Ok(EXIT_TASKS_FAILED);
             }
@@ -751,7 +736,7 @@ const CANCEL_START_POLLS: u32 = 6_000;
 /// starting master sees whole or not at all. So a cancel is never lost, even right after
 /// `mw submit` while the detached master starts.
 pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
-    let dir = find_job_dir(&args.job, args.jobs_dir.as_deref())?;
+    let dir = args.at.dir()?;
     let path = dir.join(JOURNAL_FILE);
     let mut conn = open_checked(&path, true)?;
     if let Some(t) = args.task {
@@ -863,7 +848,7 @@ fn cancel_boinc_workunits(
 
 /// `mw report`.
 pub(crate) fn report(args: ReportArgs) -> anyhow::Result<i32> {
-    let dir = find_job_dir(&args.job, args.jobs_dir.as_deref())?;
+    let dir = args.at.dir()?;
     let (meta, tasks, _) = summarize(&dir)?;
     let events = {
         let path = dir.join(JOURNAL_FILE);

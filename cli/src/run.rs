@@ -59,9 +59,9 @@ pub(crate) struct SubmitArgs {
     pub(crate) new: bool,
 }
 
-/// `mw resume` arguments.
+/// The job a command acts on: an id found under the jobs directory, or a job directory.
 #[derive(Args, Debug)]
-pub(crate) struct ResumeArgs {
+pub(crate) struct JobRef {
     /// Job id (e.g. `monte_pi-1`) or job directory.
     pub(crate) job: String,
     /// Directory holding job directories (default: $MW_JOBS_DIR or ./mw-jobs).
@@ -69,20 +69,31 @@ pub(crate) struct ResumeArgs {
     pub(crate) jobs_dir: Option<PathBuf>,
 }
 
+impl JobRef {
+    /// The job's directory.
+    pub(crate) fn dir(&self) -> anyhow::Result<PathBuf> {
+        find_job_dir(&self.job, self.jobs_dir.as_deref())
+    }
+}
+
+/// `mw resume` arguments.
+#[derive(Args, Debug)]
+pub(crate) struct ResumeArgs {
+    #[command(flatten)]
+    pub(crate) at: JobRef,
+}
+
 /// `mw retry` arguments.
 #[derive(Args, Debug)]
 pub(crate) struct RetryArgs {
-    /// Job id (e.g. `monte_pi-1`) or job directory.
-    pub(crate) job: String,
+    #[command(flatten)]
+    pub(crate) at: JobRef,
     /// Only failed tasks (default: failed and cancelled ones).
     #[arg(long, conflicts_with = "task")]
     pub(crate) failed: bool,
     /// Only this task (repeatable); it must have failed or been cancelled.
     #[arg(long, value_name = "N")]
     pub(crate) task: Vec<u64>,
-    /// Directory holding job directories (default: $MW_JOBS_DIR or ./mw-jobs).
-    #[arg(long)]
-    pub(crate) jobs_dir: Option<PathBuf>,
 }
 
 /// The directory holding job directories.
@@ -842,7 +853,7 @@ fn spawn_detached_master(dir: &Path) -> anyhow::Result<u32> {
 /// `mw retry`: queues a finished job's failed (and cancelled) tasks again in its journal,
 /// keeping every done task's row untouched, then runs them like `mw resume`.
 pub(crate) fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<i32> {
-    let dir = find_job_dir(&args.job, args.jobs_dir.as_deref())?;
+    let dir = args.at.dir()?;
     if let Some(pid) = super::jobs::live_master_pid(&dir)? {
         bail!(
             "job {} has a running master (pid {pid}); wait for it (`mw wait`) before retrying",
@@ -886,8 +897,10 @@ pub(crate) fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<i32> {
     }
     resume(
         ResumeArgs {
-            job: dir.display().to_string(),
-            jobs_dir: None,
+            at: JobRef {
+                job: dir.display().to_string(),
+                jobs_dir: None,
+            },
         },
         quiet,
     )
@@ -895,7 +908,7 @@ pub(crate) fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<i32> {
 
 /// `mw resume`: restart the master of a job whose master died (or finish a submitted job).
 pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
-    let dir = find_job_dir(&args.job, args.jobs_dir.as_deref())?;
+    let dir = args.at.dir()?;
     // A master killed here (e.g. `mw submit`'s detached master starting) has not taken the
     // job over yet.
     mw::crash::point("resume-start");
