@@ -629,21 +629,20 @@ impl Job {
             )
         })?;
         if parsed == ProgramMode::Stream {
-            if let Some(o) = self.file.outputs.first() {
-                return Err(self.err_at(
-                    o.span(),
-                    "outputs",
-                    "a streaming program (program.mode = \"stream\") cannot declare output \
-                     files: one process serves many tasks in one directory",
-                ));
-            }
-            if let Some(f) = self.file.input_files.first() {
-                return Err(self.err_at(
-                    f.span(),
-                    "input_files",
-                    "a streaming program (program.mode = \"stream\") cannot take input \
-                     files: one process serves many tasks in one directory",
-                ));
+            for (files, field, what) in [
+                (&self.file.outputs, "outputs", "declare output files"),
+                (&self.file.input_files, "input_files", "take input files"),
+            ] {
+                if let Some(f) = files.first() {
+                    return Err(self.err_at(
+                        f.span(),
+                        field,
+                        format!(
+                            "a streaming program (program.mode = \"stream\") cannot {what}: \
+                             one process serves many tasks in one directory"
+                        ),
+                    ));
+                }
             }
             if let Some(out) = &self.file.program.get_ref().stdout {
                 if self.stdout_mode()? != mw::StdoutMode::Json {

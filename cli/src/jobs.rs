@@ -131,15 +131,7 @@ fn pid_alive(pid: i64) -> bool {
     if pid <= 0 || pid > i32::MAX as i64 {
         return false;
     }
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The state follows the parenthesised command name: "pid (comm) S ...".
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next())
-        .unwrap_or("");
-    if state == "Z" || state == "X" {
+    if !process_running(pid) {
         return false;
     }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -185,6 +177,7 @@ fn process_running(pid: i64) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
+    // The state follows the parenthesised command name: "pid (comm) S ...".
     let state = stat
         .rfind(')')
         .and_then(|i| stat[i + 1..].split_whitespace().next())

@@ -176,6 +176,46 @@ pub fn is_task_token_prefix(prefix: &str) -> bool {
     hex(pid) && hex(start) && start.len() >= 8
 }
 
+/// The command that starts a task program (Unix): its arguments and environment, the
+/// task token, its own process group, and, when asked, death with its parent
+/// (PR_SET_PDEATHSIG). Standard streams are the caller's to set.
+#[cfg(unix)]
+pub(crate) fn task_command(
+    program: &Path,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+    workdir: &Path,
+    token: &str,
+    die_with_parent: bool,
+) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(env)
+        .env(TASK_TOKEN_ENV, token)
+        .current_dir(workdir)
+        .process_group(0);
+    if die_with_parent {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the
+        // parent; it runs in the child between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd
+}
+
 #[cfg(unix)]
 pub(crate) fn task_token() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -492,34 +532,15 @@ fn execute_unix(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutco
     let started = SystemTime::now();
     let t0 = Instant::now();
     let token = task_token();
-    let mut cmd = Command::new(&req.program);
-    cmd.args(&req.args)
-        .envs(&req.env)
-        .env(TASK_TOKEN_ENV, &token)
-        .current_dir(&req.workdir)
-        .stdin(stdin)
-        .stdout(stdout)
-        .stderr(stderr)
-        .process_group(0);
-    if req.die_with_parent {
-        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the
-        // parent; it runs in the child between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
+    let mut cmd = task_command(
+        &req.program,
+        &req.args,
+        &req.env,
+        &req.workdir,
+        &token,
+        req.die_with_parent,
+    );
+    cmd.stdin(stdin).stdout(stdout).stderr(stderr);
 
     // Register before spawning so a cancel racing with the spawn is seen.
     let mut child = {

@@ -244,12 +244,11 @@ mod unix {
     use super::*;
     use crate::exec::{
         decode_status, kill_escapees, pidfd_open, signal_group, spawn_retrying_busy, tail_string,
-        task_token, wait_pid, Termination, TASK_TOKEN_ENV,
+        task_command, task_token, wait_pid, Termination,
     };
     use std::io::{Read, Write};
     use std::os::fd::{AsRawFd, OwnedFd};
-    use std::os::unix::process::CommandExt;
-    use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
+    use std::process::{ChildStderr, ChildStdin, ChildStdout, Stdio};
 
     /// Most bytes kept in the write buffer (inputs written ahead).
     const WRITE_AHEAD_BYTES: usize = 64 * 1024;
@@ -304,34 +303,17 @@ mod unix {
 
     fn spawn(p: &StreamProgram) -> std::io::Result<Proc> {
         let token = task_token();
-        let mut cmd = Command::new(&p.program);
-        cmd.args(&p.args)
-            .envs(&p.env)
-            .env(TASK_TOKEN_ENV, &token)
-            .current_dir(&p.workdir)
-            .stdin(Stdio::piped())
+        let mut cmd = task_command(
+            &p.program,
+            &p.args,
+            &p.env,
+            &p.workdir,
+            &token,
+            p.die_with_parent,
+        );
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        if p.die_with_parent {
-            // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of
-            // the parent; it runs in the child between fork and exec.
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::prctl(
-                        libc::PR_SET_PDEATHSIG,
-                        libc::SIGKILL as libc::c_ulong,
-                        0,
-                        0,
-                        0,
-                    ) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
+            .stderr(Stdio::piped());
         let mut child = spawn_retrying_busy(&mut cmd)?;
         let pid = child.id() as i32;
         let stdin = child.stdin.take();
