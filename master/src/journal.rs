@@ -126,6 +126,18 @@ enum Write {
     Flush(Sender<()>),
 }
 
+impl Write {
+    /// Takes the callback to run once this write is committed, if it has one.
+    fn take_on_durable(&mut self) -> Option<Box<dyn FnOnce() + Send>> {
+        match self {
+            Write::Final { on_durable, .. } | Write::Cancelled { on_durable, .. } => {
+                on_durable.take()
+            }
+            _ => None,
+        }
+    }
+}
+
 /// A task's final row as the journal stores it: plain values, handed over by the master.
 pub(crate) struct FinalRow {
     pub(crate) state: TaskState,
@@ -755,35 +767,10 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: A
         for w in batch {
             match w {
                 Write::Flush(done) => flushes.push(done),
-                Write::Final {
-                    task,
-                    row,
-                    on_durable,
-                } => {
-                    if let Some(f) = on_durable {
-                        durable.push(f);
-                    }
-                    writes.push(Write::Final {
-                        task,
-                        row,
-                        on_durable: None,
-                    });
+                mut other => {
+                    durable.extend(other.take_on_durable());
+                    writes.push(other);
                 }
-                Write::Cancelled {
-                    tasks,
-                    at,
-                    on_durable,
-                } => {
-                    if let Some(f) = on_durable {
-                        durable.push(f);
-                    }
-                    writes.push(Write::Cancelled {
-                        tasks,
-                        at,
-                        on_durable: None,
-                    });
-                }
-                other => writes.push(other),
             }
         }
         if shared.failed() {
