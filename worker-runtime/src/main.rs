@@ -11,14 +11,14 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mw_worker_runtime::{run_bundles, ProcessControl, RunOptions};
+use mw_worker_runtime::{run_any_bundles, ProcessControl, Ran, RunOptions};
 use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
     name = "mw-worker",
     version,
-    about = "Runs one mw task bundle and writes its result bundle."
+    about = "Runs one mw task bundle (or a pack of tasks) and writes its result bundle."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,6 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a task: unpack and verify both bundles, run the program, write the result bundle.
+    /// A pack bundle (many tasks of one job) runs task by task into one pack result bundle.
     Run {
         /// The program bundle (.tar.gz).
         #[arg(long)]
@@ -86,20 +87,36 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 scratch_root: scratch,
                 ..RunOptions::default()
             };
-            let info = run_bundles(&program, &task, &result, &ProcessControl::new(), &opts)
+            let ran = run_any_bundles(&program, &task, &result, &ProcessControl::new(), &opts)
                 .with_context(|| format!("running task bundle {}", task.display()))?;
-            if info.exit.success() {
-                Ok(0)
-            } else {
-                eprintln!(
-                    "mw-worker: task {} of job {} failed: {}",
-                    info.task, info.job, info.exit
-                );
-                if !info.stderr_tail.is_empty() {
-                    eprintln!("--- stderr tail ---\n{}", info.stderr_tail);
-                }
-                Ok(1)
+            if ran.succeeded() {
+                return Ok(0);
             }
+            match ran {
+                Ran::Task(info) => {
+                    eprintln!(
+                        "mw-worker: task {} of job {} failed: {}",
+                        info.task, info.job, info.exit
+                    );
+                    if !info.stderr_tail.is_empty() {
+                        eprintln!("--- stderr tail ---\n{}", info.stderr_tail);
+                    }
+                }
+                Ran::Pack(p) => {
+                    eprintln!(
+                        "mw-worker: pack of job {}: {} of {} tasks failed {:?}, {} could not run",
+                        p.info.job,
+                        p.failed.len(),
+                        p.info.tasks.len() + p.info.not_run.len(),
+                        p.failed,
+                        p.info.not_run.len()
+                    );
+                    for n in &p.info.not_run {
+                        eprintln!("mw-worker: task {} could not run: {}", n.task, n.reason);
+                    }
+                }
+            }
+            Ok(1)
         }
     }
 }

@@ -79,7 +79,7 @@ impl std::fmt::Debug for UnpackedProgram {
     }
 }
 
-fn scratch_dir(opts: &RunOptions, prefix: &str) -> Result<tempfile::TempDir, RunError> {
+pub(crate) fn scratch_dir(opts: &RunOptions, prefix: &str) -> Result<tempfile::TempDir, RunError> {
     let mut b = tempfile::Builder::new();
     b.prefix(prefix);
     match &opts.scratch_root {
