@@ -292,3 +292,121 @@ fn a_program_bundle_passed_as_the_task_is_refused() {
     assert!(!fx.mark().exists());
     assert!(!result.exists());
 }
+
+/// A task bundle (bytes) of task `id` with input `word`.
+fn task_bytes(fx: &Fixture, id: u64, word: &str) -> Vec<u8> {
+    let mut env = std::collections::BTreeMap::new();
+    env.insert("MARK".into(), fx.mark().to_str().unwrap().to_string());
+    let info = TaskInfo {
+        job: "testjob".into(),
+        task: id,
+        program_sha256: fx.sha.clone(),
+        env,
+        outputs: vec!["out.txt".into()],
+        ..TaskInfo::default()
+    };
+    let mut b = BundleBuilder::task(info, "test task");
+    b.add_bytes(TASK_INPUT_NAME, format!("\"{word}\"").into_bytes(), false)
+        .unwrap();
+    b.to_bytes().unwrap()
+}
+
+/// A pack of four tasks through the real `mw-worker run`: one task fails (its neighbours
+/// still succeed), one member is another task's bundle under a forged name (not run, with
+/// the reason), and the pack result holds one result bundle per task that ran.
+#[test]
+fn mw_worker_runs_a_pack_task_by_task() {
+    use mw_bundle::{pack_result_member, pack_task_member, PackInfo};
+    let fx = Fixture::new();
+    let mut b = BundleBuilder::pack(
+        PackInfo {
+            job: "testjob".into(),
+            program_sha256: fx.sha.clone(),
+            tasks: vec![3, 1, 4, 2],
+        },
+        "test pack",
+    );
+    b.add_bytes(&pack_task_member(3), task_bytes(&fx, 3, "ok"), false)
+        .unwrap();
+    b.add_bytes(&pack_task_member(1), task_bytes(&fx, 1, "fail"), false)
+        .unwrap();
+    // Member 4 holds task 9's bundle: the worker must not run it as task 4.
+    b.add_bytes(&pack_task_member(4), task_bytes(&fx, 9, "ok"), false)
+        .unwrap();
+    b.add_bytes(&pack_task_member(2), task_bytes(&fx, 2, "ok"), false)
+        .unwrap();
+    let pack = fx.path("pack.tar.gz");
+    b.write_to(&pack).unwrap();
+    let result = fx.path("pack-result.tar.gz");
+    let out = fx.worker(&pack, &result);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("1 of 4 tasks failed [1]"), "{stderr}");
+    let bytes = std::fs::read(&result).unwrap();
+    let bundle = mw_bundle::open_in_memory(
+        &bytes,
+        "pack result",
+        Some(BundleKind::PackResult),
+        &Limits::default(),
+    )
+    .unwrap();
+    let info = bundle.manifest.pack_result.clone().unwrap();
+    assert_eq!(info.job, "testjob");
+    assert_eq!(info.tasks, vec![3, 1, 2], "run in the pack's order");
+    assert_eq!(info.not_run.len(), 1);
+    assert_eq!(info.not_run[0].task, 4);
+    assert!(
+        info.not_run[0].reason.contains("it is task 9"),
+        "{:?}",
+        info.not_run
+    );
+    assert_eq!(bundle.members.len(), 3);
+    for (task, exit) in [(3, 0), (1, 5), (2, 0)] {
+        let inner = mw_bundle::open_in_memory(
+            &bundle.members[&pack_result_member(task)],
+            "inner",
+            Some(BundleKind::Result),
+            &Limits::default(),
+        )
+        .unwrap();
+        let r = inner.manifest.result.unwrap();
+        assert_eq!(r.task, task);
+        assert_eq!(r.exit, ExitInfo::Exited { code: exit }, "task {task}");
+        if exit == 0 {
+            assert_eq!(inner.members["outputs/out.txt"], b"written\n");
+        } else {
+            assert_eq!(r.stderr_tail, "it went wrong\n");
+        }
+    }
+}
+
+/// A pack for another program, or one listing a task without its member, runs nothing.
+#[test]
+fn a_pack_for_another_program_or_with_a_missing_member_runs_nothing() {
+    use mw_bundle::{pack_task_member, PackInfo};
+    let fx = Fixture::new();
+    for (sha, tasks) in [("0".repeat(64), vec![1]), (fx.sha.clone(), vec![1, 2])] {
+        let mut b = BundleBuilder::pack(
+            PackInfo {
+                job: "testjob".into(),
+                program_sha256: sha,
+                tasks,
+            },
+            "test pack",
+        );
+        b.add_bytes(&pack_task_member(1), task_bytes(&fx, 1, "ok"), false)
+            .unwrap();
+        let pack = fx.path("pack.tar.gz");
+        b.write_to(&pack).unwrap();
+        let result = fx.path("pack-result.tar.gz");
+        let out = fx.worker(&pack, &result);
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("wants program") || stderr.contains("has no member"),
+            "{stderr}"
+        );
+        assert!(!fx.mark().exists(), "a task ran from a refused pack");
+        assert!(!result.exists());
+    }
+}
