@@ -8,8 +8,17 @@
 //! result bundles that come back, and `<batch>.cluster` (the cluster id, so a resumed master
 //! finds a batch from a `cluster.proc` handle).
 //!
-//! Parts: [`settings`] (what a program chooses), `batch` (batching and submitting), `events`
-//! (job events to task outcomes), `reattach` (resume and cancel without a master).
+//! Parts: [`settings`] (what a program chooses), `batch` (batching, packing and submitting),
+//! `events` (job events to task outcomes), `reattach` (resume and cancel without a master).
+//!
+//! **Packs** (`tasks_per_job` > 1): a job runs a pack of tasks (`pack-<first task>.mwt`, see
+//! [`crate::pack`]) and returns one pack result. Every member of a pack records the job's
+//! `cluster.proc` as its handle, so the journal maps the job to its tasks; the job's events
+//! apply to every member. The pack result is read for the members this interface knows to
+//! be in that job (what the job id vouches for); a member without a result in it is submitted
+//! again in a later pack (at most [`MAX_PACK_REQUEUES`] times). Cancelling one member reports
+//! it cancelled at once and drops it from its job, whose other members run on (its result is
+//! ignored if it comes back); the job is removed only when no member is left.
 //!
 //! This module must never know about the journal, the CLI, the job-file format or other
 //! platforms: it talks to the master only through [`Interface`], [`Completion`] and
@@ -27,13 +36,14 @@ pub use settings::{default_worker, CondorSettings, OnHold};
 use crate::interface::{Completion, HandleSink, Interface};
 use crate::task::{Execution, InterfaceError, PreparedTask, TaskId, WorkerId};
 use batch::{add_log, stage, submit_loop, task_files};
-use events::{conclude, event_loop, on_event, Outcome};
+use events::{conclude, event_loop, finish_members, on_event, Outcome};
 use mw_condor_kit::{
     spawn_log_watcher, write_submit_files, CondorCli, EventKind, JobHandle, JobStatus, LogEvent,
     LogWatcher, SubmitItem, SubmitSpec, Termination, WatchMessage,
 };
+use crate::pack::PackSizer;
 use reattach::pending_handle;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -42,6 +52,10 @@ use std::time::{Duration, Instant};
 
 /// The longest a task waits for more tasks to join its batch, beyond the batch window.
 const MAX_BATCH_DELAY: Duration = Duration::from_secs(30);
+
+/// How many times a packed task whose pack came back without its result is submitted again
+/// before it fails.
+pub const MAX_PACK_REQUEUES: u32 = 3;
 
 /// Where one task's files are.
 #[derive(Debug, Clone)]
@@ -73,6 +87,10 @@ struct Tracked {
     shadow: Option<String>,
     /// Where the job last started (its 001 event), so a job the pool ends keeps its run.
     ran_on: Option<String>,
+    /// Runs in a pack with other tasks (its files are the pack's).
+    packed: bool,
+    /// Times it was submitted again because its pack came back without its result.
+    requeues: u32,
 }
 
 impl Tracked {
@@ -93,6 +111,8 @@ impl Tracked {
             cancel_requested: false,
             shadow: None,
             ran_on: None,
+            packed: false,
+            requeues: 0,
         }
     }
 }
@@ -103,7 +123,8 @@ struct State {
     pending: Vec<TaskId>,
     first_pending: Option<Instant>,
     last_pending: Option<Instant>,
-    by_handle: HashMap<JobHandle, TaskId>,
+    /// Each job's tasks (one, or a pack's members); emptied when the job has ended.
+    by_handle: HashMap<JobHandle, Vec<TaskId>>,
     /// Events of jobs no task claims yet (a re-attached batch's log replays other tasks first).
     unclaimed: HashMap<JobHandle, Vec<LogEvent>>,
     open_batch: u64,
@@ -114,10 +135,18 @@ struct State {
     log_problems: u64,
     /// Batches a resumed master knew only by name: their cluster, or `None` if never submitted.
     resolved: HashMap<String, Option<u64>>,
+    /// Pack sizes (and the run times measured so far).
+    sizer: PackSizer,
+    /// Jobs re-attached by a resumed master, and how the ones that ended did: a member of a
+    /// pack that is re-attached after its job ended gets the same outcome.
+    reattached: HashSet<JobHandle>,
+    concluded: HashMap<JobHandle, Outcome>,
 }
 
 struct Shared {
     settings: CondorSettings,
+    /// Tasks are packed (`tasks_per_job` > 1).
+    packing: bool,
     state: Mutex<State>,
     cond: Condvar,
     sink: Mutex<Option<Arc<dyn HandleSink>>>,
@@ -169,9 +198,12 @@ impl Condor {
         settings.work_dir = work_dir.clone();
         let (rx, watcher) = spawn_log_watcher(Vec::new(), settings.poll_interval)
             .map_err(|e| InterfaceError::new(format!("starting the log watcher: {e}")))?;
+        let sizer = PackSizer::new(settings.tasks_per_job, settings.target_job_time);
         let shared = Arc::new(Shared {
+            packing: sizer.packing(),
             state: Mutex::new(State {
                 open_batch: first_free_batch(&work_dir),
+                sizer,
                 ..State::default()
             }),
             settings,
@@ -223,6 +255,10 @@ impl Interface for Condor {
     }
 
     fn execute_task(&self, task: Arc<PreparedTask>, _worker: WorkerId, done: Completion) {
+        if self.shared.packing {
+            // Its bundle is made when its pack is formed, at submit time.
+            return batch::queue_for_pack(&self.shared, task, done);
+        }
         let (bytes, program) = match stage(&task) {
             Ok(x) => x,
             Err(e) => return done.finish(Err(e)),
@@ -284,6 +320,9 @@ impl Interface for Condor {
             return;
         };
         t.cancel_requested = true;
+        if t.packed && t.handle.is_some() {
+            return batch::cancel_packed(&self.shared, st, task);
+        }
         match (t.phase, t.handle) {
             (Phase::Pending, _) => {
                 let done = st.tasks.remove(&task).and_then(|mut t| t.done.take());
