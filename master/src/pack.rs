@@ -51,9 +51,9 @@ pub(crate) fn pack_bundle_bytes(
     };
     let mut b = mw_bundle::BundleBuilder::pack(info, "pack bundle");
     for t in tasks {
-        let bytes = t
-            .task_bundle_bytes(program)
-            .map_err(|e| InterfaceError::new(format!("packing the task bundle of {}: {e}", t.id)))?;
+        let bytes = t.task_bundle_bytes(program).map_err(|e| {
+            InterfaceError::new(format!("packing the task bundle of {}: {e}", t.id))
+        })?;
         b.add_bytes(&pack_task_member(t.id.0), bytes, false)
             .map_err(|e| InterfaceError::new(format!("packing {}: {e}", t.id)))?;
     }
@@ -115,7 +115,9 @@ pub(crate) fn read_pack_result(
     let dir = tempfile::Builder::new()
         .prefix("pack-result-")
         .tempdir_in(scratch)
-        .map_err(|e| InterfaceError::new(format!("a scratch directory in {}: {e}", scratch.display())))?;
+        .map_err(|e| {
+            InterfaceError::new(format!("a scratch directory in {}: {e}", scratch.display()))
+        })?;
     let manifest = mw_bundle::unpack(path, dir.path(), Some(BundleKind::PackResult), &limits)
         .map_err(InterfaceError::new)?;
     let info = manifest.pack_result.clone().unwrap_or_default();

@@ -89,7 +89,10 @@ pub fn run_pack_file(
         if !seen.insert(*t) || manifest.member(&pack_task_member(*t)).is_none() {
             return Err(RunError::Bundle(BundleError::Manifest {
                 archive: label,
-                reason: format!("task {t} is listed twice or has no member {}", pack_task_member(*t)),
+                reason: format!(
+                    "task {t} is listed twice or has no member {}",
+                    pack_task_member(*t)
+                ),
             }));
         }
     }

@@ -130,7 +130,11 @@ pub(super) fn apply(
 
 /// Takes the tasks of job `h` that are still waiting for it (all members of a pack).
 fn take_members(st: &mut State, h: JobHandle) -> Vec<Tracked> {
-    let ids = st.by_handle.get_mut(&h).map(std::mem::take).unwrap_or_default();
+    let ids = st
+        .by_handle
+        .get_mut(&h)
+        .map(std::mem::take)
+        .unwrap_or_default();
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         if st.tasks.get(&id).map(|t| t.handle) == Some(Some(h)) {
@@ -227,7 +231,10 @@ fn finish_pack(shared: &Shared, h: JobHandle, rv: i64, members: Vec<Tracked>) {
             for (id, result) in pack.results {
                 if let Some(t) = by_id.remove(&id) {
                     let result = result.map_err(|InterfaceError(e, ran)| {
-                        InterfaceError(format!("HTCondor job {h}: bad result in its pack result: {e}"), ran)
+                        InterfaceError(
+                            format!("HTCondor job {h}: bad result in its pack result: {e}"),
+                            ran,
+                        )
                     });
                     report(shared, t, result);
                 }
@@ -266,7 +273,9 @@ fn requeue(shared: &Shared, mut t: Tracked, h: JobHandle, why: &str) {
         );
         return report(shared, t, Err(InterfaceError::new(msg)));
     }
-    eprintln!("mw: condor: job {h} came back without a result for {id} ({why}); submitting it again");
+    eprintln!(
+        "mw: condor: job {h} came back without a result for {id} ({why}); submitting it again"
+    );
     let mut st = shared.lock();
     if st.shut_down {
         drop(st);

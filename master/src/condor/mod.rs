@@ -34,6 +34,7 @@ pub use reattach::remove_leftover_jobs;
 pub use settings::{default_worker, CondorSettings, OnHold};
 
 use crate::interface::{Completion, HandleSink, Interface};
+use crate::pack::PackSizer;
 use crate::task::{Execution, InterfaceError, PreparedTask, TaskId, WorkerId};
 use batch::{add_log, stage, submit_loop, task_files};
 use events::{conclude, event_loop, finish_members, on_event, Outcome};
@@ -41,7 +42,6 @@ use mw_condor_kit::{
     spawn_log_watcher, write_submit_files, CondorCli, EventKind, JobHandle, JobStatus, LogEvent,
     LogWatcher, SubmitItem, SubmitSpec, Termination, WatchMessage,
 };
-use crate::pack::PackSizer;
 use reattach::pending_handle;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
