@@ -343,23 +343,30 @@ pub fn assimilate_result(
         Ok(b) => b,
         Err(e) => return reject(format!("cannot read {}: {e}", file.display())),
     };
+    // A task's result bundle, or a pack's (many tasks in one workunit): spooled alike.
     let bundle = match mw_bundle::open_in_memory(
         &bytes,
         &file.display().to_string(),
-        Some(mw_bundle::BundleKind::Result),
+        None,
         &report::result_limits(),
     ) {
         Ok(b) => b,
         Err(e) => return reject(format!("not a valid result bundle: {e}")),
     };
-    let Some(info) = bundle.manifest.result else {
-        return reject("result bundle without a [result] table".into());
+    let job = match (bundle.manifest.kind, bundle.manifest.result, bundle.manifest.pack_result) {
+        (mw_bundle::BundleKind::Result, Some(info), _) => info.job,
+        (mw_bundle::BundleKind::PackResult, _, Some(info)) => info.job,
+        (mw_bundle::BundleKind::Result | mw_bundle::BundleKind::PackResult, _, _) => {
+            return reject("result bundle without its [result] or [pack_result] table".into())
+        }
+        (kind, _, _) => {
+            return reject(format!(
+                "not a valid result bundle: expected a result bundle, found a {kind} bundle"
+            ))
+        }
     };
-    if !is_safe_name(&info.job) {
-        return reject(format!(
-            "job name {:?} is not [A-Za-z0-9_.-]{{1,128}}",
-            info.job
-        ));
+    if !is_safe_name(&job) {
+        return reject(format!("job name {job:?} is not [A-Za-z0-9_.-]{{1,128}}"));
     }
     if cancelled(spool, &wu) {
         return Ok(Outcome::Consumed(wu.to_string()));

@@ -10,6 +10,12 @@
 //!   files) agree by the rule the result bundles carry ([`mw_bundle::Comparison`]): bitwise,
 //!   or JSON with numeric tolerance.
 //!
+//! A **pack result** (many tasks in one workunit) is valid when it is well-formed and every
+//! result in it is a well-formed result of the task it is filed under (a failed task is a
+//! valid outcome inside a pack: it must not cost its neighbours theirs); two pack results
+//! agree when they hold the same tasks and, task by task, both succeeded and agree as above,
+//! or both failed the same way.
+//!
 //! Exit codes follow `script_validator`: 0 valid / match, 3 transient (retry later: I/O
 //! problems, a wrong call), 1 invalid / no match. The mode comes from the program's name
 //! (`argv[0]` ends in `-init` or `-compare`), since BOINC passes no mode word.
@@ -19,9 +25,10 @@
 
 use mw_boinc_kit::names::{VALIDATOR_COMPARE_NAME, VALIDATOR_INIT_NAME};
 use mw_bundle::{
-    open_in_memory, BundleKind, Comparison, InMemoryBundle, Limits, ResultInfo,
-    RESULT_OUTPUTS_PREFIX, RESULT_STDOUT_NAME,
+    open_in_memory, pack_result_member, BundleKind, Comparison, InMemoryBundle, Limits,
+    PackResultInfo, ResultInfo, RESULT_OUTPUTS_PREFIX, RESULT_STDOUT_NAME,
 };
+use std::collections::BTreeMap;
 use serde_json::Value;
 use std::path::Path;
 
@@ -100,6 +107,10 @@ fn read_capped(path: &Path) -> Result<Vec<u8>, ValidateError> {
 pub fn check_result_bytes(bytes: &[u8], label: &str) -> Result<CheckedResult, ValidateError> {
     let bundle = open_in_memory(bytes, label, Some(BundleKind::Result), &result_limits())
         .map_err(|e| ValidateError::Invalid(e.to_string()))?;
+    check_result_bundle(bundle, label)
+}
+
+fn check_result_bundle(bundle: InMemoryBundle, label: &str) -> Result<CheckedResult, ValidateError> {
     let info = bundle
         .manifest
         .result
@@ -111,20 +122,132 @@ pub fn check_result_bytes(bytes: &[u8], label: &str) -> Result<CheckedResult, Va
             info.task, info.job, info.exit
         )));
     }
-    if let Comparison::Json { rel, abs } = info.comparison {
+    check_comparison(label, &info.comparison)?;
+    Ok(CheckedResult { bundle, info })
+}
+
+/// A comparison rule with usable tolerances.
+fn check_comparison(label: &str, c: &Comparison) -> Result<(), ValidateError> {
+    if let Comparison::Json { rel, abs } = *c {
         if !(rel.is_finite() && rel >= 0.0 && abs.is_finite() && abs >= 0.0) {
             return Err(ValidateError::Invalid(format!(
                 "{label}: comparison tolerances must be finite and >= 0 (rel {rel}, abs {abs})"
             )));
         }
     }
-    Ok(CheckedResult { bundle, info })
+    Ok(())
 }
 
 /// The init check on one result file.
 pub fn check_result_file(path: &Path) -> Result<CheckedResult, ValidateError> {
     let bytes = read_capped(path)?;
     check_result_bytes(&bytes, &path.display().to_string())
+}
+
+/// A pack result that passed the init checks: each task's result, by task.
+#[derive(Debug)]
+pub struct CheckedPack {
+    /// The pack result's metadata.
+    pub info: PackResultInfo,
+    /// Each task's result (whatever its exit status), by task.
+    pub results: BTreeMap<u64, CheckedResult>,
+}
+
+/// What one uploaded file is, once checked.
+#[derive(Debug)]
+pub enum Checked {
+    /// One task's result (it succeeded).
+    Single(CheckedResult),
+    /// A pack's results.
+    Pack(CheckedPack),
+}
+
+/// Checks bytes as a pack result bundle: well-formed, and every member a well-formed result
+/// of the task it is filed under, of the pack's job, with a sane comparison rule.
+pub fn check_pack_bytes(bytes: &[u8], label: &str) -> Result<CheckedPack, ValidateError> {
+    let bundle = open_in_memory(bytes, label, Some(BundleKind::PackResult), &result_limits())
+        .map_err(|e| ValidateError::Invalid(e.to_string()))?;
+    check_pack_bundle(bundle, label)
+}
+
+fn check_pack_bundle(bundle: InMemoryBundle, label: &str) -> Result<CheckedPack, ValidateError> {
+    let info = bundle
+        .manifest
+        .pack_result
+        .clone()
+        .ok_or_else(|| ValidateError::Invalid(format!("{label}: no [pack_result] table")))?;
+    let mut results = BTreeMap::new();
+    for task in &info.tasks {
+        let member = pack_result_member(*task);
+        let inner = bundle.members.get(&member).ok_or_else(|| {
+            ValidateError::Invalid(format!("{label}: task {task} is listed without `{member}`"))
+        })?;
+        let inner_label = format!("{label}#{member}");
+        let b = open_in_memory(inner, &inner_label, Some(BundleKind::Result), &result_limits())
+            .map_err(|e| ValidateError::Invalid(e.to_string()))?;
+        let r = b.manifest.result.clone().ok_or_else(|| {
+            ValidateError::Invalid(format!("{inner_label}: no [result] table"))
+        })?;
+        if r.task != *task || r.job != info.job {
+            return Err(ValidateError::Invalid(format!(
+                "{inner_label}: it is task {} of job {}, filed as task {task} of job {}",
+                r.task, r.job, info.job
+            )));
+        }
+        check_comparison(&inner_label, &r.comparison)?;
+        results.insert(*task, CheckedResult { bundle: b, info: r });
+    }
+    if bundle.members.len() != results.len() {
+        return Err(ValidateError::Invalid(format!(
+            "{label}: {} members for {} listed tasks",
+            bundle.members.len(),
+            results.len()
+        )));
+    }
+    Ok(CheckedPack { info, results })
+}
+
+/// The init check on one uploaded file: a task's result bundle or a pack's.
+pub fn check_file(path: &Path) -> Result<Checked, ValidateError> {
+    let bytes = read_capped(path)?;
+    let label = path.display().to_string();
+    let bundle = open_in_memory(&bytes, &label, None, &result_limits())
+        .map_err(|e| ValidateError::Invalid(e.to_string()))?;
+    match bundle.manifest.kind {
+        BundleKind::PackResult => check_pack_bundle(bundle, &label).map(Checked::Pack),
+        BundleKind::Result => check_result_bundle(bundle, &label).map(Checked::Single),
+        other => Err(ValidateError::Invalid(format!(
+            "{label}: expected a result bundle (or a pack result), found a {other} bundle"
+        ))),
+    }
+}
+
+/// Whether two pack results agree (see the module documentation).
+pub fn packs_agree(a: &CheckedPack, b: &CheckedPack) -> Result<(), String> {
+    if a.info.job != b.info.job {
+        return Err(format!("different jobs: {} vs {}", a.info.job, b.info.job));
+    }
+    let ta: Vec<&u64> = a.results.keys().collect();
+    let tb: Vec<&u64> = b.results.keys().collect();
+    if ta != tb {
+        return Err(format!("different tasks: {ta:?} vs {tb:?}"));
+    }
+    for (task, ra) in &a.results {
+        let Some(rb) = b.results.get(task) else {
+            continue;
+        };
+        match (ra.info.exit.success(), rb.info.exit.success()) {
+            (true, true) => results_agree(ra, rb).map_err(|e| format!("task {task}: {e}"))?,
+            (false, false) if ra.info.exit == rb.info.exit => {}
+            _ => {
+                return Err(format!(
+                    "task {task}: {} vs {}",
+                    ra.info.exit, rb.info.exit
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether two checked results agree. `Err` carries the first difference found.
@@ -279,11 +402,20 @@ pub fn init(args: &[String]) -> Result<String, ValidateError> {
             args.len()
         )));
     };
-    let r = check_result_file(Path::new(file))?;
-    Ok(format!(
-        "valid: job {} task {} from host {}",
-        r.info.job, r.info.task, r.info.host
-    ))
+    Ok(match check_file(Path::new(file))? {
+        Checked::Single(r) => format!(
+            "valid: job {} task {} from host {}",
+            r.info.job, r.info.task, r.info.host
+        ),
+        Checked::Pack(p) => format!(
+            "valid: pack of job {} with {} results ({} failed, {} not run) from host {}",
+            p.info.job,
+            p.results.len(),
+            p.results.values().filter(|r| !r.info.exit.success()).count(),
+            p.info.not_run.len(),
+            p.info.host
+        ),
+    })
 }
 
 /// The compare program: `args` are the two results' files.
@@ -295,13 +427,26 @@ pub fn compare(args: &[String]) -> Result<String, ValidateError> {
             args.len()
         )));
     };
-    let a = check_result_file(Path::new(f1))?;
-    let b = check_result_file(Path::new(f2))?;
-    results_agree(&a, &b).map_err(ValidateError::Invalid)?;
-    Ok(format!(
-        "match: job {} task {} ({:?})",
-        a.info.job, a.info.task, a.info.comparison
-    ))
+    match (check_file(Path::new(f1))?, check_file(Path::new(f2))?) {
+        (Checked::Single(a), Checked::Single(b)) => {
+            results_agree(&a, &b).map_err(ValidateError::Invalid)?;
+            Ok(format!(
+                "match: job {} task {} ({:?})",
+                a.info.job, a.info.task, a.info.comparison
+            ))
+        }
+        (Checked::Pack(a), Checked::Pack(b)) => {
+            packs_agree(&a, &b).map_err(ValidateError::Invalid)?;
+            Ok(format!(
+                "match: pack of job {} with {} results",
+                a.info.job,
+                a.results.len()
+            ))
+        }
+        _ => Err(ValidateError::Invalid(
+            "one file is a pack result, the other a single task's".into(),
+        )),
+    }
 }
 
 /// Which program to be.
