@@ -353,7 +353,11 @@ pub fn assimilate_result(
         Ok(b) => b,
         Err(e) => return reject(format!("not a valid result bundle: {e}")),
     };
-    let job = match (bundle.manifest.kind, bundle.manifest.result, bundle.manifest.pack_result) {
+    let job = match (
+        bundle.manifest.kind,
+        bundle.manifest.result,
+        bundle.manifest.pack_result,
+    ) {
         (mw_bundle::BundleKind::Result, Some(info), _) => info.job,
         (mw_bundle::BundleKind::PackResult, _, Some(info)) => info.job,
         (mw_bundle::BundleKind::Result | mw_bundle::BundleKind::PackResult, _, _) => {

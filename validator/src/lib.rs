@@ -28,8 +28,8 @@ use mw_bundle::{
     open_in_memory, pack_result_member, BundleKind, Comparison, InMemoryBundle, Limits,
     PackResultInfo, ResultInfo, RESULT_OUTPUTS_PREFIX, RESULT_STDOUT_NAME,
 };
-use std::collections::BTreeMap;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Exit code for a valid result or a match.
@@ -110,7 +110,10 @@ pub fn check_result_bytes(bytes: &[u8], label: &str) -> Result<CheckedResult, Va
     check_result_bundle(bundle, label)
 }
 
-fn check_result_bundle(bundle: InMemoryBundle, label: &str) -> Result<CheckedResult, ValidateError> {
+fn check_result_bundle(
+    bundle: InMemoryBundle,
+    label: &str,
+) -> Result<CheckedResult, ValidateError> {
     let info = bundle
         .manifest
         .result
@@ -183,11 +186,17 @@ fn check_pack_bundle(bundle: InMemoryBundle, label: &str) -> Result<CheckedPack,
             ValidateError::Invalid(format!("{label}: task {task} is listed without `{member}`"))
         })?;
         let inner_label = format!("{label}#{member}");
-        let b = open_in_memory(inner, &inner_label, Some(BundleKind::Result), &result_limits())
-            .map_err(|e| ValidateError::Invalid(e.to_string()))?;
-        let r = b.manifest.result.clone().ok_or_else(|| {
-            ValidateError::Invalid(format!("{inner_label}: no [result] table"))
-        })?;
+        let b = open_in_memory(
+            inner,
+            &inner_label,
+            Some(BundleKind::Result),
+            &result_limits(),
+        )
+        .map_err(|e| ValidateError::Invalid(e.to_string()))?;
+        let r =
+            b.manifest.result.clone().ok_or_else(|| {
+                ValidateError::Invalid(format!("{inner_label}: no [result] table"))
+            })?;
         if r.task != *task || r.job != info.job {
             return Err(ValidateError::Invalid(format!(
                 "{inner_label}: it is task {} of job {}, filed as task {task} of job {}",
@@ -239,12 +248,7 @@ pub fn packs_agree(a: &CheckedPack, b: &CheckedPack) -> Result<(), String> {
         match (ra.info.exit.success(), rb.info.exit.success()) {
             (true, true) => results_agree(ra, rb).map_err(|e| format!("task {task}: {e}"))?,
             (false, false) if ra.info.exit == rb.info.exit => {}
-            _ => {
-                return Err(format!(
-                    "task {task}: {} vs {}",
-                    ra.info.exit, rb.info.exit
-                ))
-            }
+            _ => return Err(format!("task {task}: {} vs {}", ra.info.exit, rb.info.exit)),
         }
     }
     Ok(())
@@ -411,7 +415,10 @@ pub fn init(args: &[String]) -> Result<String, ValidateError> {
             "valid: pack of job {} with {} results ({} failed, {} not run) from host {}",
             p.info.job,
             p.results.len(),
-            p.results.values().filter(|r| !r.info.exit.success()).count(),
+            p.results
+                .values()
+                .filter(|r| !r.info.exit.success())
+                .count(),
             p.info.not_run.len(),
             p.info.host
         ),

@@ -36,8 +36,7 @@ pub(super) fn submit_loop(shared: &Arc<Shared>) {
     loop {
         let units: Vec<Unit> = {
             let mut st = shared.lock();
-            while (st.queue.is_empty() || (shared.packing && st.sizer.waiting())) && !st.shut_down
-            {
+            while (st.queue.is_empty() || (shared.packing && st.sizer.waiting())) && !st.shut_down {
                 st = shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
             }
             if st.shut_down {
@@ -100,7 +99,10 @@ fn form_packs(shared: &Shared, st: &mut State) -> Vec<Unit> {
             },
             None => {
                 let program = Arc::as_ptr(&p.task.spec.program);
-                match fresh.iter_mut().find(|(prog, _)| std::ptr::eq(*prog, program)) {
+                match fresh
+                    .iter_mut()
+                    .find(|(prog, _)| std::ptr::eq(*prog, program))
+                {
                     Some((_, g)) => g.push(p),
                     None => fresh.push((program, vec![p])),
                 }
@@ -149,10 +151,13 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>) {
                 WuName::for_pack(&first.task.job, &shared.run_id, seq)
                     .map_err(|e| InterfaceError::new(e.to_string()))
             }
-            None => {
-                WuName::for_task(&first.task.job, &shared.run_id, first.task.id.0, first.task.attempt)
-                    .map_err(|e| InterfaceError::new(e.to_string()))
-            }
+            None => WuName::for_task(
+                &first.task.job,
+                &shared.run_id,
+                first.task.id.0,
+                first.task.attempt,
+            )
+            .map_err(|e| InterfaceError::new(e.to_string())),
         };
         let tasks: Vec<Arc<PreparedTask>> = unit.members.iter().map(|p| p.task.clone()).collect();
         let result = wu.and_then(|wu| {

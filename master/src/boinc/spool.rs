@@ -13,9 +13,9 @@
 use super::cancel::{mark_cancelled, run_cancel_jobs};
 use super::{Concluded, Pending, Shared, State, Waiting, MAX_PACK_REQUEUES, POLL_INTERVAL};
 use crate::task::{Execution, InterfaceError, PreparedTask, TaskId};
-use std::collections::HashMap;
 use mw_boinc_kit::errors::MAX_ERROR_RECORD_BYTES;
 use mw_boinc_kit::{ErrorRecord, SpoolEntry, WuName};
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 use std::sync::{mpsc, Arc};
@@ -256,7 +256,11 @@ pub(super) fn finish_late_member(shared: &Shared, w: Waiting, c: Concluded) {
         }
         Concluded::Error(message) => {
             let id = w.task.id;
-            report(shared, w, Err(InterfaceError::new(format!("{id}: {message}"))));
+            report(
+                shared,
+                w,
+                Err(InterfaceError::new(format!("{id}: {message}"))),
+            );
         }
     }
 }
@@ -300,7 +304,11 @@ fn take_error(shared: &Shared, wu: &WuName) {
     shared.cond.notify_all();
     for w in members {
         let id = w.task.id;
-        report(shared, w, Err(InterfaceError::new(format!("{id}: {message}"))));
+        report(
+            shared,
+            w,
+            Err(InterfaceError::new(format!("{id}: {message}"))),
+        );
     }
     let _ = std::fs::remove_file(&path);
 }
