@@ -160,7 +160,7 @@ pub struct CheckedPack {
 #[derive(Debug)]
 pub enum Checked {
     /// One task's result (it succeeded).
-    Single(CheckedResult),
+    Single(Box<CheckedResult>),
     /// A pack's results.
     Pack(CheckedPack),
 }
@@ -224,7 +224,9 @@ pub fn check_file(path: &Path) -> Result<Checked, ValidateError> {
         .map_err(|e| ValidateError::Invalid(e.to_string()))?;
     match bundle.manifest.kind {
         BundleKind::PackResult => check_pack_bundle(bundle, &label).map(Checked::Pack),
-        BundleKind::Result => check_result_bundle(bundle, &label).map(Checked::Single),
+        BundleKind::Result => {
+            check_result_bundle(bundle, &label).map(|r| Checked::Single(Box::new(r)))
+        }
         other => Err(ValidateError::Invalid(format!(
             "{label}: expected a result bundle (or a pack result), found a {other} bundle"
         ))),

@@ -347,7 +347,7 @@ fn job_result(
         }
     };
     let result = match outcome {
-        Outcome::Exited(rv) => from_exit(&t, h, rv),
+        Outcome::Exited(rv) => from_exit(t, h, rv),
         Outcome::Signal(sig) => Err(ended(
             format!(
                 "HTCondor job {h}: mw-worker was killed by signal {sig}{}{}",

@@ -337,9 +337,8 @@ impl Condor {
                 }
             }
         }
-        let Some(replay) = self.join_job(h, tracked) else {
-            return None;
-        };
+        // `None` from join_job: the task got its pack's outcome already (re-attached too).
+        let replay = self.join_job(h, tracked)?;
         for ev in replay {
             on_event(&self.shared, ev);
         }
