@@ -127,6 +127,24 @@ pub fn preview_submit(
             task_files(&dir, &prepared, program_bundle.clone()),
         ));
     }
+    // Packed (`tasks_per_job` > 1): one job per pack of that many tasks (with a target job
+    // time, the first job would carry one task; the preview shows the largest packs).
+    let per = settings
+        .tasks_per_job
+        .clamp(1, crate::pack::MAX_TASKS_PER_PACK);
+    if per > 1 {
+        tasks = tasks
+            .chunks(per)
+            .map(|c| match c {
+                [one] => one.clone(),
+                _ => {
+                    let ids: Vec<TaskId> = c.iter().flat_map(|(ids, _)| ids.clone()).collect();
+                    let files = pack_files(&dir, ids[0], program_bundle.clone());
+                    (ids, files)
+                }
+            })
+            .collect();
+    }
     let name = format!("{}-b1", safe_name(job_name));
     let spec = batch_spec(settings, &name, &dir, &program_bundle, &tasks);
     let items_file = dir.join(format!("{name}.items"));
