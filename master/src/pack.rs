@@ -30,6 +30,13 @@ pub const MAX_TASKS_PER_PACK: usize = 5000;
 /// The largest pack result read, whatever its tasks' limits add up to.
 const MAX_PACK_RESULT_BYTES: u64 = 4 << 30;
 
+/// Pack results up to this size (compressed) are read in memory; larger ones are unpacked
+/// to disk.
+const PACK_RESULT_IN_MEMORY: u64 = 64 << 20;
+
+/// The most a pack result read in memory may unpack to.
+const PACK_RESULT_IN_MEMORY_UNPACKED: u64 = 256 << 20;
+
 /// Bytes a result bundle of `task` may take, compressed or not.
 pub(crate) fn result_cap(task: &PreparedTask) -> u64 {
     task.spec
@@ -80,10 +87,10 @@ pub(crate) struct PackOutcome {
     pub missing: Vec<(TaskId, String)>,
 }
 
-/// Reads the pack result at `path` for the pack `members` (of one job). Unpacks it into a
-/// private directory under `scratch` (every checksum verified, within the members' limits),
-/// then reads each member's result under its own limits. An error means the pack result as
-/// a whole is unusable.
+/// Reads the pack result at `path` for the pack `members` (of one job): in memory, or when
+/// large unpacked into a private directory under `scratch` (every checksum verified, within
+/// the members' limits); then each member's result under its own limits. An error means the
+/// pack result as a whole is unusable.
 pub(crate) fn read_pack_result(
     path: &Path,
     members: &[Arc<PreparedTask>],
@@ -110,16 +117,42 @@ pub(crate) fn read_pack_result(
         max_entries: members.len().saturating_add(16),
         ..Limits::default()
     };
-    std::fs::create_dir_all(scratch)
-        .map_err(|e| InterfaceError::new(format!("creating {}: {e}", scratch.display())))?;
-    let dir = tempfile::Builder::new()
-        .prefix("pack-result-")
-        .tempdir_in(scratch)
-        .map_err(|e| {
-            InterfaceError::new(format!("a scratch directory in {}: {e}", scratch.display()))
-        })?;
-    let manifest = mw_bundle::unpack(path, dir.path(), Some(BundleKind::PackResult), &limits)
-        .map_err(InterfaceError::new)?;
+    // A small pack result is read into memory (no file written or removed per task); a
+    // large one is unpacked into a private directory and read member by member.
+    let dir;
+    let in_memory = if size <= PACK_RESULT_IN_MEMORY {
+        let bytes =
+            read_bounded(path, cap).map_err(|e| InterfaceError::new(format!("{label}: {e}")))?;
+        let small = Limits {
+            max_total_bytes: cap.min(PACK_RESULT_IN_MEMORY_UNPACKED),
+            ..limits
+        };
+        match mw_bundle::open_in_memory(&bytes, &label, Some(BundleKind::PackResult), &small) {
+            Ok(b) => Some(b),
+            // Larger unpacked than memory should hold: read it from disk below.
+            Err(mw_bundle::BundleError::Limit { .. }) => None,
+            Err(e) => return Err(InterfaceError::new(e)),
+        }
+    } else {
+        None
+    };
+    let (manifest, mut members_in_memory) = if let Some(b) = in_memory {
+        dir = None;
+        (b.manifest, Some(b.members))
+    } else {
+        std::fs::create_dir_all(scratch)
+            .map_err(|e| InterfaceError::new(format!("creating {}: {e}", scratch.display())))?;
+        let d = tempfile::Builder::new()
+            .prefix("pack-result-")
+            .tempdir_in(scratch)
+            .map_err(|e| {
+                InterfaceError::new(format!("a scratch directory in {}: {e}", scratch.display()))
+            })?;
+        let m = mw_bundle::unpack(path, d.path(), Some(BundleKind::PackResult), &limits)
+            .map_err(InterfaceError::new)?;
+        dir = Some(d);
+        (m, None)
+    };
     let info = manifest.pack_result.clone().unwrap_or_default();
     if info.job != first.job {
         return Err(InterfaceError::new(format!(
@@ -130,8 +163,9 @@ pub(crate) fn read_pack_result(
     let ours: HashSet<String> = members.iter().map(|t| pack_result_member(t.id.0)).collect();
     for m in &manifest.members {
         if !ours.contains(&m.path) {
-            log::warn!(
-                "{label}: ignoring `{}`: not the result of a task of this pack (forged or misfiled)",
+            log::info!(
+                "{label}: ignoring `{}`: not the result of a task waiting for this pack \
+                 (cancelled meanwhile, or forged)",
                 m.path
             );
         }
@@ -144,7 +178,6 @@ pub(crate) fn read_pack_result(
     let mut out = PackOutcome::default();
     for t in members {
         let member = pack_result_member(t.id.0);
-        let file = dir.path().join(&member);
         if manifest.member(&member).is_none() {
             let why = match not_run.get(&t.id.0) {
                 Some(r) => format!("the worker could not run it: {r}"),
@@ -154,9 +187,14 @@ pub(crate) fn read_pack_result(
             continue;
         }
         let inner_label = format!("{label}#{member}");
-        let outcome = read_bounded(&file, result_cap(t))
-            .map_err(|e| InterfaceError::new(format!("{inner_label}: {e}")))
-            .and_then(|bytes| Execution::from_result_bundle_of(&bytes, &inner_label, t));
+        let bytes = match (&mut members_in_memory, &dir) {
+            (Some(m), _) => Ok(m.remove(&member).unwrap_or_default()),
+            (None, Some(d)) => read_bounded(&d.path().join(&member), result_cap(t))
+                .map_err(|e| InterfaceError::new(format!("{inner_label}: {e}"))),
+            (None, None) => Err(InterfaceError::new(format!("{inner_label}: not read"))),
+        };
+        let outcome =
+            bytes.and_then(|bytes| Execution::from_result_bundle_of(&bytes, &inner_label, t));
         out.results.push((t.id, outcome));
     }
     Ok(out)

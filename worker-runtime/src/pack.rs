@@ -1,9 +1,9 @@
 //! Running a pack: many tasks of one job in one grid job (an HTCondor job, a BOINC workunit).
 //!
-//! The pack bundle is unpacked (every checksum verified, within the limits), then each task's
-//! own task bundle runs exactly as a lone task would ([`crate::run::run_task_file`]: its own
-//! scratch directory, its own process, its own timeout), one after the other in the pack's
-//! order. Each task's result bundle becomes a member of one pack result bundle. A task whose
+//! The pack bundle is read (every checksum verified, within the limits; into memory when it is
+//! small, else unpacked to disk), then each task's own task bundle runs exactly as a lone task
+//! would (its own process, its own timeout, an empty private working directory: one reused
+//! and emptied between tasks), one after the other in the pack's order. Each task's result bundle becomes a member of one pack result bundle. A task whose
 //! program fails is an ordinary result (its exit is inside its result bundle); a task the
 //! worker cannot run at all (a malformed inner bundle, a disk problem) has no result and is
 //! listed in `not_run` with the reason, and the pack goes on with the next task: one bad
@@ -15,13 +15,16 @@
 //! This module knows nothing of platforms or the master.
 
 use crate::exec::{host_name, ProcessControl};
-use crate::run::{run_task_file, scratch_dir, RunError, RunOptions, UnpackedProgram};
+use crate::run::{
+    run_task_bytes_in, run_task_file, scratch_dir, RunError, RunOptions, UnpackedProgram,
+    IN_MEMORY_TASK_MAX,
+};
 use mw_bundle::{
     pack_result_member, pack_task_member, BundleBuilder, BundleError, BundleKind, NotRun,
     PackResultInfo,
 };
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Longest reason kept for a task the worker could not run.
 const MAX_REASON: usize = 500;
@@ -69,13 +72,30 @@ pub fn run_pack_file(
 ) -> Result<(PackSummary, Vec<u8>), RunError> {
     let label = pack_archive.display().to_string();
     let scratch = scratch_dir(opts, "mw-pack-")?;
-    let unpacked = scratch.path().join("pack");
-    let manifest = mw_bundle::unpack(
-        pack_archive,
-        &unpacked,
-        Some(BundleKind::Pack),
-        &opts.limits,
-    )?;
+    let size = std::fs::metadata(pack_archive)
+        .map_err(|source| RunError::Io {
+            context: format!("reading {label}"),
+            source,
+        })?
+        .len();
+    // A pack of small tasks is read into memory (no file written or removed per task); a
+    // large one is unpacked to disk and its tasks are read from there.
+    let (manifest, in_memory) = if size <= IN_MEMORY_TASK_MAX {
+        let bytes = std::fs::read(pack_archive).map_err(|source| RunError::Io {
+            context: format!("reading {label}"),
+            source,
+        })?;
+        let b = mw_bundle::open_in_memory(&bytes, &label, Some(BundleKind::Pack), &opts.limits)?;
+        (b.manifest, Some(b.members))
+    } else {
+        let m = mw_bundle::unpack(
+            pack_archive,
+            &scratch.path().join("pack"),
+            Some(BundleKind::Pack),
+            &opts.limits,
+        )?;
+        (m, None)
+    };
     let info = manifest.pack.clone().unwrap_or_default();
     if info.program_sha256 != program.sha256() {
         return Err(RunError::WrongProgram {
@@ -96,9 +116,9 @@ pub fn run_pack_file(
             }));
         }
     }
-    let results_dir = scratch.path().join("results");
-    std::fs::create_dir(&results_dir).map_err(|source| RunError::Io {
-        context: "creating the pack's result directory".into(),
+    let task_scratch = scratch.path().join("task");
+    std::fs::create_dir(&task_scratch).map_err(|source| RunError::Io {
+        context: "creating the pack's scratch directory".into(),
         source,
     })?;
     let mut summary = PackSummary {
@@ -110,7 +130,8 @@ pub fn run_pack_file(
         },
         failed: Vec::new(),
     };
-    let mut written = Vec::new();
+    let mut results = Results::new(scratch.path().join("results"));
+    let mut members = in_memory;
     for &task in &info.tasks {
         if control.is_cancelled() {
             summary.info.not_run.push(NotRun {
@@ -119,33 +140,40 @@ pub fn run_pack_file(
             });
             continue;
         }
-        let inner = unpacked.join(pack_task_member(task));
-        let ran = run_task_file(program, &inner, control, opts).and_then(|(r, bytes)| {
+        let member = pack_task_member(task);
+        let inner_label = format!("{label}#{member}");
+        let ran = match members.as_mut() {
+            // Taken out of the map: each task's bundle is freed once it ran.
+            Some(m) => {
+                let bytes = m.remove(&member).unwrap_or_default();
+                run_task_bytes_in(program, &bytes, &inner_label, &task_scratch, control, opts)
+            }
+            None => {
+                let path = scratch.path().join("pack").join(&member);
+                let r = run_task_file(program, &path, control, opts);
+                let _ = std::fs::remove_file(&path);
+                r
+            }
+        }
+        .and_then(|(r, bytes)| {
             if r.task != task || r.job != info.job {
                 return Err(RunError::Bundle(BundleError::Manifest {
-                    archive: inner.display().to_string(),
+                    archive: inner_label.clone(),
                     reason: format!(
                         "it is task {} of job `{}`, but the pack lists it as task {task} of job `{}`",
                         r.task, r.job, info.job
                     ),
                 }));
             }
-            let out = results_dir.join(format!("{task}.tar.gz"));
-            std::fs::write(&out, &bytes).map_err(|source| RunError::Io {
-                context: format!("writing the result of task {task}"),
-                source,
-            })?;
-            Ok((r, out))
+            results.add(task, bytes)?;
+            Ok(r)
         });
-        // The task's unpacked bundle is not needed any more.
-        let _ = std::fs::remove_file(&inner);
         match ran {
-            Ok((r, out)) => {
+            Ok(r) => {
                 if !r.exit.success() || !r.missing_outputs.is_empty() {
                     summary.failed.push(task);
                 }
                 summary.info.tasks.push(task);
-                written.push((task, out));
             }
             Err(e) => {
                 eprintln!("mw-worker: pack {label}: task {task} could not run: {e}");
@@ -157,11 +185,63 @@ pub fn run_pack_file(
         }
     }
     let mut builder = BundleBuilder::pack_result(summary.info.clone(), "pack result bundle");
-    for (task, path) in &written {
-        builder.add_file(&pack_result_member(*task), path)?;
-    }
+    results.into_bundle(&mut builder)?;
     let bytes = builder.to_bytes()?;
     Ok((summary, bytes))
+}
+
+/// The result bundles of a pack's tasks: kept in memory up to [`RESULTS_IN_MEMORY`] bytes,
+/// then written to files in a scratch directory.
+struct Results {
+    dir: PathBuf,
+    in_memory: u64,
+    kept: Vec<(u64, Kept)>,
+}
+
+enum Kept {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
+/// How many bytes of a pack's result bundles are kept in memory.
+const RESULTS_IN_MEMORY: u64 = 256 << 20;
+
+impl Results {
+    fn new(dir: PathBuf) -> Results {
+        Results {
+            dir,
+            in_memory: 0,
+            kept: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, task: u64, bytes: Vec<u8>) -> Result<(), RunError> {
+        let n = bytes.len() as u64;
+        if self.in_memory.saturating_add(n) <= RESULTS_IN_MEMORY {
+            self.in_memory += n;
+            self.kept.push((task, Kept::Bytes(bytes)));
+            return Ok(());
+        }
+        let io = |source| RunError::Io {
+            context: format!("writing the result of task {task}"),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(io)?;
+        let path = self.dir.join(format!("{task}.tar.gz"));
+        std::fs::write(&path, &bytes).map_err(io)?;
+        self.kept.push((task, Kept::File(path)));
+        Ok(())
+    }
+
+    fn into_bundle(self, builder: &mut BundleBuilder) -> Result<(), RunError> {
+        for (task, kept) in self.kept {
+            match kept {
+                Kept::Bytes(b) => builder.add_bytes(&pack_result_member(task), b, false)?,
+                Kept::File(p) => builder.add_file(&pack_result_member(task), &p)?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What a bundle run produced: one task's result, or a pack's.
