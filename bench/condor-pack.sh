@@ -69,10 +69,18 @@ run_one() { # run_one NAME TASKS TASKS_PER_JOB -> prints the rate, sets RATE
   RATE=$(python3 -c "import sys; print(int(sys.argv[3])/(float(sys.argv[2])-float(sys.argv[1])))" "$a" "$b" "$2")
   python3 -c "import sys; n=int(sys.argv[3]); s=float(sys.argv[2])-float(sys.argv[1]); j=-(-n//int(sys.argv[4])); print(f'tasks_per_job = {sys.argv[4]:>3}: {n} null tasks in {j} jobs, {s:.1f} s = {n/s:.1f} tasks/s')" "$a" "$b" "$2" "$3"
 }
+ALL1=""; ALL100=""
 for r in $(seq "$REPEATS"); do
   run_one "one$r" "$N1" 1
-  R1=$RATE
+  R1=$RATE; ALL1="$ALL1 $RATE"
   run_one "packed$r" "$N100" 100
-  R100=$RATE
+  R100=$RATE; ALL100="$ALL100 $RATE"
   python3 -c "import sys; print(f'tasks_per_job = 100 vs 1: {float(sys.argv[2])/float(sys.argv[1]):.1f}x the null-task rate')" "$R1" "$R100"
 done
+python3 - "$ALL1" "$ALL100" <<'PY'
+import statistics, sys
+one = [float(x) for x in sys.argv[1].split()]
+packed = [float(x) for x in sys.argv[2].split()]
+m1, m100 = statistics.median(one), statistics.median(packed)
+print(f"median of {len(one)}: {m1:.1f} tasks/s at 1 per job, {m100:.1f} tasks/s at 100 per job: {m100 / m1:.1f}x")
+PY
