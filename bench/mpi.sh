@@ -54,6 +54,30 @@ if [ -f examples/null/job.toml ]; then
     done
 fi
 
+# Stream mode (issue 13, benchmark d): null tasks through one long-lived `null-stream` per
+# worker, MPI ranks taking batches, vs multicore slots; same job file, journal off.
+SN="${STREAM_TASKS:-100000}"
+cat > "$WORK/stream.toml" <<TOML
+name = "null-stream"
+workers = 2
+[program]
+path = "$ROOT/target/release/null-stream"
+mode = "stream"
+[inputs.sweep]
+i = { start = 0, end = $SN }
+TOML
+echo "# stream mode, $SN null tasks (wall seconds incl. start-up; tasks/s)"
+for run in $(seq 1 "$RUNS"); do
+    s=$(date +%s.%N)
+    (cd "$WORK" && timeout 600 "$ROOT/target/release/mw" run "$WORK/stream.toml" --interface multicore -q --no-journal > /dev/null)
+    e=$(date +%s.%N)
+    echo "stream multicore(2) run=$run secs=$(awk "BEGIN { print $e - $s }") tasks/s=$(awk "BEGIN { printf \"%.0f\", $SN / ($e - $s) }")"
+    s=$(date +%s.%N)
+    (cd "$WORK" && timeout 600 mpirun -n 3 "$ROOT/target/release/mw" run "$WORK/stream.toml" --interface mpi -q --no-journal > /dev/null)
+    e=$(date +%s.%N)
+    echo "stream mpi -n 3     run=$run secs=$(awk "BEGIN { print $e - $s }") tasks/s=$(awk "BEGIN { printf \"%.0f\", $SN / ($e - $s) }")"
+done
+
 # Monte Carlo pi speedup over MPI: 1 worker rank (-n 2) vs 2 worker ranks (-n 3), 10^9
 # points in 16 tasks (10x the example job, so that mpirun's start-up does not dominate).
 sed -e 's/points = \[6250000\]/points = [62500000]/' -e "s#\.\./\.\./target/release#$ROOT/target/release#g" \

@@ -146,6 +146,17 @@ pub enum ExitInfo {
         /// Why.
         reason: String,
     },
+    /// A streaming program answered this task with an error line (`{"error": ...}`).
+    ErrorReported {
+        /// The error as the program gave it (a string, or the JSON text of another value).
+        error: String,
+    },
+    /// A streaming program broke the stream contract on this task: a result line that is
+    /// not JSON or too long, or it ended without answering.
+    StreamBroken {
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 impl ExitInfo {
@@ -163,6 +174,10 @@ impl std::fmt::Display for ExitInfo {
             ExitInfo::TimedOut { limit_secs } => write!(f, "timed out after {limit_secs} s"),
             ExitInfo::Cancelled => write!(f, "cancelled"),
             ExitInfo::SpawnFailed { reason } => write!(f, "could not start: {reason}"),
+            ExitInfo::ErrorReported { error } => {
+                write!(f, "the program reported an error: {error}")
+            }
+            ExitInfo::StreamBroken { reason } => write!(f, "{reason}"),
         }
     }
 }

@@ -8,7 +8,7 @@
 //!
 //! This module turns a job file into [`TaskSpec`]s; it knows nothing of how they run.
 
-use mw::task::{Program, TaskSpec};
+use mw::task::{Program, ProgramMode, TaskSpec};
 use mw_bundle::Comparison;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -38,6 +38,9 @@ pub struct ProgramSection {
     /// result is the text as a JSON string) or `file` (kept as the output file `stdout`;
     /// the result is its path).
     pub stdout: Option<Spanned<String>>,
+    /// `"process"` (default: one process per task) or `"stream"` (one long-lived process
+    /// per worker, one JSON line in and one out per task; see `mw run --help`).
+    pub mode: Option<Spanned<String>>,
 }
 
 /// Sweep values: a list, or a range.
@@ -663,19 +666,71 @@ impl Job {
 
     /// The job's main program.
     pub fn program(&self) -> Result<Program, JobError> {
-        self.program_from(&self.file.program, "program")
+        let program = self.program_from(&self.file.program, "program")?;
+        let Some(mode) = &self.file.program.get_ref().mode else {
+            return Ok(program);
+        };
+        let parsed = ProgramMode::parse(mode.get_ref()).ok_or_else(|| {
+            self.err_at(
+                mode.span(),
+                "program.mode",
+                format!("is `{}`; use \"process\" or \"stream\"", mode.get_ref()),
+            )
+        })?;
+        if parsed == ProgramMode::Stream {
+            if let Some(o) = self.file.outputs.first() {
+                return Err(self.err_at(
+                    o.span(),
+                    "outputs",
+                    "a streaming program (program.mode = \"stream\") cannot declare output \
+                     files: one process serves many tasks in one directory",
+                ));
+            }
+            if let Some(f) = self.file.input_files.first() {
+                return Err(self.err_at(
+                    f.span(),
+                    "input_files",
+                    "a streaming program (program.mode = \"stream\") cannot take input \
+                     files: one process serves many tasks in one directory",
+                ));
+            }
+            if let Some(out) = &self.file.program.get_ref().stdout {
+                if self.stdout_mode()? != mw::StdoutMode::Json {
+                    return Err(self.err_at(
+                        out.span(),
+                        "program.stdout",
+                        "a streaming program answers each task with one JSON line: \
+                         program.stdout must be \"json\" (the default)",
+                    ));
+                }
+            }
+        }
+        Ok(program.with_mode(parsed))
     }
 
     /// The reduce program, if any.
     pub fn reduce_program(&self) -> Result<Option<Program>, JobError> {
         match &self.file.reduce {
+            Some(r) if r.get_ref().mode.is_some() => Err(self.err_at(
+                r.get_ref().mode.as_ref().map_or(r.span(), |m| m.span()),
+                "reduce.mode",
+                "a reduce program always gets every result at once; it has no mode",
+            )),
             Some(r) => self.program_from(r, "reduce").map(Some),
             None => Ok(None),
         }
     }
 
-    /// Expands the inputs section into the list of task inputs.
+    /// Expands the inputs section into the list of task inputs (all in memory: prefer
+    /// [`input_source`](Self::input_source) for big jobs).
     pub fn inputs(&self) -> Result<Vec<serde_json::Value>, JobError> {
+        self.input_source()?.iter().collect()
+    }
+
+    /// The inputs section, counted (a sweep by multiplying its dimensions, with checked
+    /// arithmetic, before anything is expanded) and produced lazily by [`Inputs::iter`], so
+    /// memory does not grow with the number of tasks.
+    pub fn input_source(&self) -> Result<Inputs, JobError> {
         let sec = &self.file.inputs;
         let given = [sec.list.is_some(), sec.file.is_some(), sec.sweep.is_some()]
             .iter()
@@ -696,39 +751,44 @@ impl Job {
                     "is empty: no tasks to run",
                 ));
             }
-            return Ok(list.clone());
+            return Ok(Inputs::List(list.clone()));
         }
         if let Some(file) = &sec.file {
             let path = self.resolve(file.get_ref());
             let text = read_regular_file(&path, MAX_INPUTS_FILE_BYTES)
                 .map_err(|m| self.err_at(file.span(), "inputs.file", m))?;
-            let mut out = Vec::new();
-            for (i, line) in text.lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
-                    JobError(format!(
-                        "{}:{}:{}: not a JSON value (inputs.file of {}): {e}",
-                        path.display(),
-                        i + 1,
-                        e.column(),
-                        self.path.display()
-                    ))
-                })?;
-                out.push(v);
+            // Every line is checked now (and dropped); they are parsed again as tasks are
+            // recorded, so only the file's text stays in memory.
+            let lines = Inputs::Lines {
+                path: path.clone(),
+                job_path: self.path.clone(),
+                text,
+                count: 0,
+            };
+            let mut count = 0u64;
+            for v in lines.iter() {
+                v?;
+                count += 1;
             }
-            if out.is_empty() {
+            let Inputs::Lines { text, .. } = lines else {
+                return Err(JobError("internal: not a file of inputs".into()));
+            };
+            if count == 0 {
                 return Err(self.err_at(
                     file.span(),
                     "inputs.file",
                     format!("{} holds no inputs", path.display()),
                 ));
             }
-            return Ok(out);
+            return Ok(Inputs::Lines {
+                path,
+                job_path: self.path.clone(),
+                text,
+                count,
+            });
         }
         let Some(sweep) = &sec.sweep else {
-            return Ok(Vec::new());
+            return Ok(Inputs::List(Vec::new()));
         };
         if sweep.is_empty() {
             return Err(self.err_at(
@@ -737,63 +797,48 @@ impl Job {
                 "names no parameters: no tasks to run",
             ));
         }
-        let mut axes: Vec<(String, Vec<serde_json::Value>)> = Vec::new();
+        let mut axes: Vec<(String, Axis)> = Vec::new();
         for (name, values) in sweep {
-            let vals = match values.get_ref() {
-                SweepValues::List(v) => v.clone(),
+            let axis = match values.get_ref() {
+                SweepValues::List(v) => Axis::List(v.clone()),
                 SweepValues::Range { start, end, step } => {
                     let step = step.unwrap_or(1);
                     let count = range_len(*start, *end, step).map_err(|m| {
                         self.err_at(values.span(), &format!("inputs.sweep.{name}"), m)
                     })?;
-                    // Exact arithmetic: every value lies in start..end, so it fits an i64.
-                    (0..count)
-                        .filter_map(|i| {
-                            let v = i128::from(*start) + i128::from(i) * i128::from(step);
-                            i64::try_from(v).ok().map(serde_json::Value::from)
-                        })
-                        .collect()
+                    Axis::Range {
+                        start: *start,
+                        step,
+                        count,
+                    }
                 }
             };
-            if vals.is_empty() {
+            if axis.is_empty() {
                 return Err(self.err_at(
                     values.span(),
                     &format!("inputs.sweep.{name}"),
                     "is empty, so the sweep has no tasks",
                 ));
             }
-            axes.push((name.clone(), vals));
+            axes.push((name.clone(), axis));
         }
-        let total: usize = axes
+        // Counted before anything is expanded; an overflow is over the limit too.
+        let total = axes
             .iter()
-            .map(|(_, v)| v.len())
-            .try_fold(1usize, |a, b| a.checked_mul(b))
-            .unwrap_or(usize::MAX);
-        if total > 50_000_000 {
-            return Err(self.err_at(
+            .try_fold(1u64, |a, (_, axis)| a.checked_mul(axis.len()));
+        match total {
+            Some(total) if total <= MAX_SWEEP_TASKS => Ok(Inputs::Sweep { axes, count: total }),
+            _ => Err(self.err_at(
                 self.section_span("inputs"),
                 "inputs.sweep",
-                format!("expands to {total} tasks, over the limit of 5*10^7"),
-            ));
+                format!(
+                    "expands to {} tasks, over the limit of 5*10^7",
+                    total
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "more than 2^64".into())
+                ),
+            )),
         }
-        let mut out = Vec::with_capacity(total);
-        let mut idx = vec![0usize; axes.len()];
-        for _ in 0..total {
-            let mut obj = serde_json::Map::new();
-            for (k, (name, vals)) in axes.iter().enumerate() {
-                obj.insert(name.clone(), vals[idx[k]].clone());
-            }
-            out.push(serde_json::Value::Object(obj));
-            // Odometer: last axis fastest.
-            for k in (0..axes.len()).rev() {
-                idx[k] += 1;
-                if idx[k] < axes[k].1.len() {
-                    break;
-                }
-                idx[k] = 0;
-            }
-        }
-        Ok(out)
     }
 
     /// Timeout per task.
@@ -857,6 +902,167 @@ fn explain_toml_error(msg: &str) -> String {
         }
     }
     msg.to_string()
+}
+
+/// The most tasks a sweep may expand to.
+pub const MAX_SWEEP_TASKS: u64 = 50_000_000;
+
+/// One dimension of a sweep: values listed in the job file, or a range never expanded.
+#[derive(Debug, Clone)]
+pub enum Axis {
+    /// Explicit values.
+    List(Vec<serde_json::Value>),
+    /// `start`, `start + step`, ... (`count` values).
+    Range {
+        /// First value.
+        start: i64,
+        /// Step (positive).
+        step: i64,
+        /// How many values.
+        count: u64,
+    },
+}
+
+impl Axis {
+    /// How many values.
+    pub fn len(&self) -> u64 {
+        match self {
+            Axis::List(v) => v.len() as u64,
+            Axis::Range { count, .. } => *count,
+        }
+    }
+
+    /// Whether it has no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Value `i` (`i < len()`).
+    fn value(&self, i: u64) -> serde_json::Value {
+        match self {
+            Axis::List(v) => v
+                .get(usize::try_from(i).unwrap_or(usize::MAX))
+                .cloned()
+                .unwrap_or_default(),
+            // Within the range by construction: start + i*step < end fits an i64.
+            Axis::Range { start, step, .. } => {
+                let v = i128::from(*start) + i128::from(i) * i128::from(*step);
+                i64::try_from(v).map(Into::into).unwrap_or_default()
+            }
+        }
+    }
+}
+
+/// A job's task inputs, counted up front and produced one at a time.
+#[derive(Debug, Clone)]
+pub enum Inputs {
+    /// Listed in the job file.
+    List(Vec<serde_json::Value>),
+    /// JSON lines of a file (its text, checked line by line when loaded).
+    Lines {
+        /// The file.
+        path: PathBuf,
+        /// The job file naming it (for error messages).
+        job_path: PathBuf,
+        /// Its text.
+        text: String,
+        /// Non-empty lines.
+        count: u64,
+    },
+    /// The cartesian product of the axes, last axis fastest.
+    Sweep {
+        /// Name and values of each parameter.
+        axes: Vec<(String, Axis)>,
+        /// Product of the axes' lengths.
+        count: u64,
+    },
+}
+
+impl Inputs {
+    /// How many tasks.
+    pub fn len(&self) -> u64 {
+        match self {
+            Inputs::List(v) => v.len() as u64,
+            Inputs::Lines { count, .. } | Inputs::Sweep { count, .. } => *count,
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Input `index` without going through the others, when that is cheap (a list, a
+    /// sweep); `None` for a file of inputs or an index out of range.
+    pub fn get(&self, index: u64) -> Option<serde_json::Value> {
+        match self {
+            Inputs::List(v) => v.get(usize::try_from(index).ok()?).cloned(),
+            Inputs::Lines { .. } => None,
+            Inputs::Sweep { axes, count } => {
+                if index >= *count {
+                    return None;
+                }
+                // The odometer of `iter` read backwards: the last axis is the fastest digit.
+                let mut digits = vec![0u64; axes.len()];
+                let mut rest = index;
+                for (k, (_, axis)) in axes.iter().enumerate().rev() {
+                    digits[k] = rest % axis.len();
+                    rest /= axis.len();
+                }
+                let mut obj = serde_json::Map::new();
+                for ((name, axis), d) in axes.iter().zip(digits) {
+                    obj.insert(name.clone(), axis.value(d));
+                }
+                Some(serde_json::Value::Object(obj))
+            }
+        }
+    }
+
+    /// The inputs in task order; memory stays that of one input.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = Result<serde_json::Value, JobError>> + '_> {
+        match self {
+            Inputs::List(v) => Box::new(v.iter().cloned().map(Ok)),
+            Inputs::Lines {
+                path,
+                job_path,
+                text,
+                ..
+            } => Box::new(
+                text.lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                    .map(move |(i, line)| {
+                        serde_json::from_str(line).map_err(|e| {
+                            JobError(format!(
+                                "{}:{}:{}: not a JSON value (inputs.file of {}): {e}",
+                                path.display(),
+                                i + 1,
+                                e.column(),
+                                job_path.display()
+                            ))
+                        })
+                    }),
+            ),
+            Inputs::Sweep { axes, count } => {
+                let mut idx = vec![0u64; axes.len()];
+                Box::new((0..*count).map(move |_| {
+                    let mut obj = serde_json::Map::new();
+                    for (k, (name, axis)) in axes.iter().enumerate() {
+                        obj.insert(name.clone(), axis.value(idx[k]));
+                    }
+                    // Odometer: last axis fastest.
+                    for k in (0..axes.len()).rev() {
+                        idx[k] += 1;
+                        if idx[k] < axes[k].1.len() {
+                            break;
+                        }
+                        idx[k] = 0;
+                    }
+                    Ok(serde_json::Value::Object(obj))
+                }))
+            }
+        }
+    }
 }
 
 fn default_name(abs: &Path) -> String {
@@ -1199,3 +1405,6 @@ impl TaskBuilder {
         Ok(spec)
     }
 }
+
+#[cfg(test)]
+mod sweep_tests;

@@ -7,9 +7,9 @@ use crate::{EXIT_OK, EXIT_TASKS_FAILED};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use mw::journal::{
-    cancel_acknowledged, cancel_without_master, count_unfinished, data_version, master_running,
-    open_checked, read_events, read_master, read_meta, read_task, read_tasks, request_cancel,
-    state_counts, JobMeta, MasterRecord, StoredTask, JOURNAL_FILE,
+    cancel_acknowledged, count_unfinished, data_version, master_running, open_checked, read_events,
+    read_master, read_meta, read_pending_cancels, read_task, read_tasks, request_cancel,
+    settle_cancels_without_master, state_counts, JobMeta, MasterRecord, StoredTask, JOURNAL_FILE,
 };
 use mw::master::TaskState;
 use serde::Serialize;
@@ -724,7 +724,18 @@ pub(crate) fn wait(args: WaitArgs, quiet: bool) -> anyhow::Result<i32> {
 /// How many 20 ms polls `mw cancel` waits for a live master's acknowledgement (10 s).
 const CANCEL_ACK_POLLS: u32 = 500;
 
+/// How many 20 ms polls it waits for a master that has not taken the job yet (it is still
+/// starting, e.g. right after `mw submit`; reading a job of millions of tasks takes seconds).
+const CANCEL_START_POLLS: u32 = 6_000;
+
 /// `mw cancel`.
+///
+/// The request is recorded in the journal first, whatever happens next: a master that
+/// takes the job after that reads it with the tasks (in one snapshot) and applies it before
+/// it dispatches anything; a running master applies it within [`crate::run`]'s poll. With no
+/// master, `mw cancel` carries out every pending request itself, in one transaction that a
+/// starting master sees whole or not at all. So a cancel is never lost, even right after
+/// `mw submit` while the detached master starts.
 pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
     let dir = find_job_dir(&args.job, args.jobs_dir.as_deref())?;
     let path = dir.join(JOURNAL_FILE);
@@ -745,46 +756,60 @@ pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
         eprintln!("mw: every task of the job already has an outcome; nothing to cancel");
         return Ok(EXIT_OK);
     }
-    match live_master_pid(&dir)? {
-        Some(pid) => {
-            let req = request_cancel(&conn, &path, args.task, now_unix())?;
-            let what = match args.task {
-                Some(t) => format!("task {t}"),
-                None => "every unfinished task".into(),
-            };
-            // The master applies requests at least every 200 ms and acknowledges them once
-            // applied: from then on no cancelled task starts. Wait for that (bounded).
-            for _ in 0..CANCEL_ACK_POLLS {
-                if cancel_acknowledged(&conn, &path, req)? {
-                    eprintln!("mw: cancelled {what} (master pid {pid})");
-                    return Ok(EXIT_OK);
-                }
-                if live_master_pid(&dir)?.is_none() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+    let what = match args.task {
+        Some(t) => format!("task {t}"),
+        None => "every unfinished task".into(),
+    };
+    let req = request_cancel(&conn, &path, args.task, now_unix())?;
+    // A `mw cancel` killed here leaves its request pending for the next master.
+    mw::crash::point("cancel-recorded");
+    if let Some(pid) = live_master_pid(&dir)? {
+        // The master applies requests at least every 200 ms (a starting one before it
+        // dispatches anything) and acknowledges them once applied: from then on no
+        // cancelled task starts. Wait for that (bounded).
+        let mut polls = 0u32;
+        loop {
+            if cancel_acknowledged(&conn, &path, req)? {
+                eprintln!("mw: cancelled {what} (master pid {pid})");
+                return Ok(EXIT_OK);
             }
-            eprintln!(
-                "mw: cancel of {what} requested; the master (pid {pid}) has not acknowledged it yet \
-                 (`mw status` shows when it has)"
-            );
+            if live_master_pid(&dir)?.is_none() {
+                // It ended without applying the request: carried out below, without it.
+                break;
+            }
+            let starting = !master_running(&dir);
+            polls += 1;
+            if polls >= CANCEL_ACK_POLLS && !(starting && polls < CANCEL_START_POLLS) {
+                eprintln!(
+                    "mw: cancel of {what} requested; the master (pid {pid}) has not acknowledged it yet \
+                     (it applies it as soon as it can; `mw status` shows when it has)"
+                );
+                return Ok(EXIT_OK);
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        None => {
-            // No master: mark unfinished tasks cancelled directly.
-            // Stop what runs on BOINC by its recorded workunit names first.
-            cancel_boinc_workunits(&conn, &path, args.task)?;
-            let n = cancel_without_master(&mut conn, &path, args.task, now_unix())?;
-            eprintln!("mw: {n} tasks cancelled");
-            // Jobs on HTCondor outlive the master: take them out of the pool too.
-            let condor = dir.join("staging").join("condor");
-            if args.task.is_none() && condor.is_dir() {
-                match mw::condor::remove_leftover_jobs(&condor, &Default::default()) {
-                    Ok(c) if c.is_empty() => {}
-                    Ok(c) => eprintln!("mw: removed HTCondor clusters {c:?} with condor_rm"),
-                    Err(e) => bail!(
-                        "tasks cancelled, but this job's HTCondor jobs could not be removed: {e}"
-                    ),
-                }
+        if cancel_acknowledged(&conn, &path, req)? {
+            eprintln!("mw: cancelled {what} (master pid {pid})");
+            return Ok(EXIT_OK);
+        }
+    }
+    // No master: mark unfinished tasks cancelled directly. Stop what runs on BOINC by its
+    // recorded workunit names first.
+    let pending = read_pending_cancels(&conn, &path)?;
+    for (_, task) in &pending {
+        cancel_boinc_workunits(&conn, &path, *task)?;
+    }
+    let settled = settle_cancels_without_master(&mut conn, &path, now_unix())?;
+    let n: usize = settled.iter().map(|(_, n)| n).sum();
+    eprintln!("mw: {n} tasks cancelled");
+    // Jobs on HTCondor outlive the master: take them out of the pool too.
+    let condor = dir.join("staging").join("condor");
+    if settled.iter().any(|(t, _)| t.is_none()) && condor.is_dir() {
+        match mw::condor::remove_leftover_jobs(&condor, &Default::default()) {
+            Ok(c) if c.is_empty() => {}
+            Ok(c) => eprintln!("mw: removed HTCondor clusters {c:?} with condor_rm"),
+            Err(e) => {
+                bail!("tasks cancelled, but this job's HTCondor jobs could not be removed: {e}")
             }
         }
     }

@@ -106,6 +106,7 @@ A job file (TOML) says what to run and on what. Top-level keys come before any [
     stdout = \"json\"                 # json: stdout is the result JSON (default);
                                     # text: the result is stdout as a string;
                                     # file: stdout kept as the output file `stdout`
+    mode = \"process\"               # or \"stream\": one long-lived process per worker
 
     [inputs]                        # exactly one of:
     list = [ {seed = 1}, {seed = 2} ]                # inline inputs
@@ -142,6 +143,24 @@ a declared output it did not write fails it. Its stdout and stderr are kept unde
 <job dir>/logs/ (capped at 1 MiB each): `mw logs JOB TASK`. A packed grid job runs its
 tasks one after the other, each under this same contract; each task is still reported,
 retried and cancelled on its own (a cancelled one is reported at once, its pack runs on).
+
+The stream contract (mode = \"stream\", for tasks of milliseconds): one process per worker
+slot (multicore slot, MPI rank) serves many tasks. It reads one input per line on stdin
+(compact JSON: no raw newline inside) and writes exactly one line per input on stdout, in
+the same order, flushing after each. A line that is a JSON object with the single key
+\"error\" (e.g. {\"error\": \"bad seed\"}; the value may be any JSON) fails that task only;
+any other JSON value is the task's result (to return such an object, wrap it). When stdin
+closes, the program should exit. The current task is the oldest input not yet answered;
+its timeout counts from when it became current. What fails only the current task, after
+which the program is stopped (SIGTERM, SIGKILL after 2 s, whole process group) and a fresh
+one serves the rest (inputs sent ahead but not answered are sent again, so a task may run
+twice but is reported once): the program exits or is killed (the task fails with its exit
+status; exit 0 before answering counts as too few lines), closes stdout, prints a line that
+is not JSON or that is longer than 256 MiB, exceeds the timeout, or the task is cancelled.
+stderr: a failed task reports the last 4 KiB of the program's stderr; a successful one
+what was read from stderr since the previous answer (best effort). Stream tasks cannot
+have input_files or outputs; per-task args/env templates work, but each distinct value
+gets its own process. Rust: mw_worker_runtime::task::serve_stream; Python: examples/stream.
 
 Results are JSON lines in task order: task index, input, output, exit, attempts, times
 (RFC 3339), host. They go to stdout, or to --output FILE; when the job has a reduce program

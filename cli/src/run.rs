@@ -1,14 +1,14 @@
 //! `mw run`, `mw submit` and `mw resume`: turning a job file into a journaled job and
 //! driving its master until every task has an outcome.
 
-use crate::job::Job;
+use crate::job::{Inputs, Job, TaskBuilder};
 use crate::output::{Progress, ResultLine};
 use crate::{absolute, EXIT_INTERRUPTED, EXIT_OK, EXIT_TASKS_FAILED};
 use anyhow::{bail, Context};
 use clap::Args;
 use mw::interface::Interface;
 use mw::journal::{JobMeta, Journal};
-use mw::master::{Master, MasterOptions, NextOutcome, TaskState};
+use mw::master::{Master, MasterOptions, NextOutcome, SpecSource};
 use mw::task::{Program, TaskId, TaskSpec};
 use mw_worker_runtime::{execute, ExecRequest, ProcessControl};
 use std::collections::BTreeMap;
@@ -144,12 +144,78 @@ pub(crate) struct Prepared {
     pub(crate) job: Job,
     pub(crate) interface: String,
     pub(crate) workers: Option<usize>,
-    pub(crate) inputs: Vec<serde_json::Value>,
-    pub(crate) specs: Vec<TaskSpec>,
+    /// Counted, produced lazily: no task's input or spec is kept for the whole run (the
+    /// journal holds the inputs; specs are built on dispatch).
+    pub(crate) inputs: Arc<Inputs>,
+    pub(crate) builder: Arc<TaskBuilder>,
     pub(crate) reduce: Option<Program>,
 }
 
-/// Loads the job file and builds every task spec (all errors before anything runs).
+/// Tasks recorded (and submitted) per journal transaction.
+const RECORD_CHUNK: usize = 10_000;
+
+/// Builds every task spec once and drops it, so every error comes before anything runs
+/// while memory stays that of one task.
+fn check_specs(inputs: &Inputs, builder: &TaskBuilder, skip: usize) -> anyhow::Result<()> {
+    for (i, input) in inputs.iter().enumerate().skip(skip) {
+        builder.build(i, input?)?;
+    }
+    Ok(())
+}
+
+/// The spec source of a job's tasks: its template builder over each task's input, which a
+/// list or a sweep makes from the task's index (a file's inputs are read back from the
+/// journal).
+struct JobSource {
+    builder: Arc<TaskBuilder>,
+    inputs: Option<Arc<Inputs>>,
+}
+
+impl SpecSource for JobSource {
+    fn build(&self, index: u64, input: serde_json::Value) -> Result<TaskSpec, String> {
+        let index = usize::try_from(index).map_err(|e| e.to_string())?;
+        self.builder.build(index, input).map_err(|e| e.to_string())
+    }
+
+    fn input(&self, index: u64) -> Option<serde_json::Value> {
+        self.inputs.as_ref().and_then(|i| i.get(index))
+    }
+}
+
+fn spec_source(builder: &Arc<TaskBuilder>, inputs: Option<&Arc<Inputs>>) -> Arc<dyn SpecSource> {
+    Arc::new(JobSource {
+        builder: builder.clone(),
+        inputs: inputs.cloned(),
+    })
+}
+
+/// Hands `inputs` (from task `skip` on) to `record` in chunks of [`RECORD_CHUNK`], with the
+/// index of each chunk's first task.
+fn in_chunks(
+    inputs: &Inputs,
+    skip: usize,
+    mut record: impl FnMut(u64, Vec<serde_json::Value>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut chunk = Vec::with_capacity(RECORD_CHUNK);
+    let mut first = skip as u64;
+    for input in inputs.iter().skip(skip) {
+        chunk.push(input?);
+        if chunk.len() == RECORD_CHUNK {
+            let n = chunk.len() as u64;
+            record(
+                first,
+                std::mem::replace(&mut chunk, Vec::with_capacity(RECORD_CHUNK)),
+            )?;
+            first += n;
+        }
+    }
+    if !chunk.is_empty() {
+        record(first, chunk)?;
+    }
+    Ok(())
+}
+
+/// Loads the job file and checks every task spec (all errors before anything runs).
 pub(crate) fn prepare(opts: &JobOptions) -> anyhow::Result<Prepared> {
     let mut job = Job::load(&opts.job)?;
     if let Some(name) = &opts.name {
@@ -168,19 +234,16 @@ pub(crate) fn prepare(opts: &JobOptions) -> anyhow::Result<Prepared> {
             crate::job::MAX_WORKERS
         );
     }
-    let inputs = job.inputs()?;
-    let builder = job.task_builder()?;
-    let mut specs = Vec::with_capacity(inputs.len());
-    for (i, input) in inputs.iter().enumerate() {
-        specs.push(builder.build(i, input.clone())?);
-    }
+    let inputs = Arc::new(job.input_source()?);
+    let builder = Arc::new(job.task_builder()?);
+    check_specs(&inputs, &builder, 0)?;
     let reduce = job.reduce_program()?;
     Ok(Prepared {
         job,
         interface,
         workers,
         inputs,
-        specs,
+        builder,
         reduce,
     })
 }
@@ -303,7 +366,7 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
         if !quiet {
             eprintln!(
                 "mw: job {id} ({} tasks, {}) in {}",
-                p.specs.len(),
+                p.inputs.len(),
                 p.interface,
                 d.display()
             );
@@ -314,14 +377,22 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
         Some(j) => Master::with_created_journal(interface, opts, j.clone())?,
         None => Master::with_options(interface, opts)?,
     };
-    let total = p.specs.len();
+    let total = usize::try_from(p.inputs.len())?;
+    let source = spec_source(&p.builder, Some(&p.inputs));
     // A master killed here leaves a job created but with no task recorded yet.
     mw::crash::point("run-before-recording");
-    for chunk in p.specs.chunks(10_000) {
-        master.submit_many(chunk.to_vec())?;
+    in_chunks(&p.inputs, 0, |_, chunk| {
+        master.submit_inputs(chunk, source.clone())?;
         // A master killed here leaves a job whose tasks are partly recorded.
         mw::crash::point("run-recorded-chunk");
-    }
+        Ok(())
+    })?;
+    // The result lines' inputs: made from the index (a list, a sweep), else read back from
+    // the journal, else (a file of inputs without a journal) kept in memory.
+    let kept_inputs: Option<Vec<serde_json::Value>> = match (&journal, p.inputs.get(0)) {
+        (None, None) => Some(p.inputs.iter().collect::<Result<_, _>>()?),
+        _ => None,
+    };
     if let Some(j) = &journal {
         j.set_job_status("running")?;
     }
@@ -343,7 +414,9 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
         (None, false, _) => Box::new(std::io::BufWriter::new(std::io::stdout())),
     };
     let mut progress = Progress::new(total as u64, quiet);
-    let mut lines: BTreeMap<u64, ResultLine> = BTreeMap::new();
+    // Lines that finished ahead of an earlier task wait here, as their JSON text (a few
+    // times smaller than the parsed line).
+    let mut lines: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     let mut next_to_write = 0u64;
     let mut failed = 0usize;
     let mut tally = Tally::default();
@@ -363,16 +436,18 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
                     reduce_inputs[task.0 as usize] = Some(out.value.clone());
                 }
             }
-            let line = ResultLine::from_outcome(
-                task.0,
-                p.inputs[task.0 as usize].clone(),
-                &outcome,
-                &times,
-            );
-            lines.insert(task.0, line);
+            let input = match (p.inputs.get(task.0), &kept_inputs, &journal) {
+                (Some(input), _, _) => input,
+                (None, Some(inputs), _) => inputs[task.0 as usize].clone(),
+                (None, None, Some(j)) => j.read_input(task.0)?,
+                (None, None, None) => serde_json::Value::Null,
+            };
+            let line = ResultLine::from_outcome(task.0, input, &outcome, &times);
+            let mut text = serde_json::to_vec(&line)?;
+            text.push(b'\n');
+            lines.insert(task.0, text);
             while let Some(line) = lines.remove(&next_to_write) {
-                serde_json::to_writer(&mut sink, &line)?;
-                sink.write_all(b"\n")?;
+                sink.write_all(&line)?;
                 next_to_write += 1;
             }
             Ok(())
@@ -438,30 +513,26 @@ const STATUS_RECORDING: &str = "recording";
 /// A job whose creator was killed while recording its tasks: records the tasks from
 /// `have` on, from the job file (the inputs are the same: the job text is in the journal).
 fn complete_recording(dir: &Path, job: &Job, have: usize) -> anyhow::Result<()> {
-    let inputs = job.inputs()?;
+    let inputs = job.input_source()?;
     let builder = job.task_builder()?;
-    if have > inputs.len() {
+    if have as u64 > inputs.len() {
         bail!(
             "job {}: the journal holds {have} tasks but its job file makes {}; it was not made by this job file",
             dir.display(),
             inputs.len()
         );
     }
-    let specs = inputs
-        .into_iter()
-        .enumerate()
-        .skip(have)
-        .map(|(i, input)| builder.build(i, input))
-        .collect::<Result<Vec<_>, _>>()?;
-    let (journal, _, _) = Journal::open(dir)?;
+    check_specs(&inputs, &builder, have)?;
+    let (journal, _, _) = Journal::open_status(dir)?;
     log::info!(
         "job {}: its tasks were not all recorded; recording {} more",
         dir.display(),
-        specs.len()
+        inputs.len() - have as u64
     );
-    for (k, chunk) in specs.chunks(10_000).enumerate() {
-        journal.record_submitted((have + k * 10_000) as u64, chunk)?;
-    }
+    in_chunks(&inputs, have, |first, chunk| {
+        journal.record_inputs(first, &chunk)?;
+        Ok(())
+    })?;
     journal.set_job_status("running")?;
     journal.close();
     Ok(())
@@ -506,16 +577,18 @@ impl Tally {
         }
     }
 
-    fn add_stored(&mut self, t: &mw::journal::StoredTask) {
-        match t.state {
-            TaskState::Done => self.done += 1,
-            TaskState::Cancelled => self.cancelled += 1,
-            TaskState::Failed => {
-                self.failed += 1;
-                self.note_failure(t.index, t.error.clone().unwrap_or_default());
-            }
-            _ => {}
-        }
+    /// The outcomes a resumed job already has: counts, and its first failures read from
+    /// the journal (not every task: a job may hold millions).
+    fn from_journal(path: &Path, counts: &mw::journal::StateCounts) -> anyhow::Result<Tally> {
+        let conn = mw::journal::open_checked(path, false)?;
+        let first_failures =
+            mw::journal::first_failures(&conn, path, crate::output::SUMMARY_FAILURES)?;
+        Ok(Tally {
+            done: usize::try_from(counts.done)?,
+            failed: usize::try_from(counts.failed)?,
+            cancelled: usize::try_from(counts.cancelled)?,
+            first_failures,
+        })
     }
 
     fn note_failure(&mut self, task: u64, reason: String) {
@@ -612,7 +685,8 @@ fn apply_cancel_requests(master: &Master, journal: &Journal) -> anyhow::Result<(
             }
         }
     }
-    // Acknowledged only once applied: from here no cancelled task starts.
+    // Acknowledged only once applied (from here no cancelled task starts) and committed.
+    journal.flush();
     let ids: Vec<i64> = requests.iter().map(|(id, _)| *id).collect();
     journal.ack_cancel_requests(&ids)?;
     Ok(())
@@ -686,8 +760,10 @@ pub(crate) fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
     }
     crate::platforms::preflight(&p.interface, &p.job)?;
     let (id, dir, journal) = create_job(&p, args.job.jobs_dir.as_deref())?;
-    let ids_first = 0u64;
-    journal.record_submitted(ids_first, &p.specs)?;
+    in_chunks(&p.inputs, 0, |first, chunk| {
+        journal.record_inputs(first, &chunk)?;
+        Ok(())
+    })?;
     // Not `running` under this (short-lived) process's pid, or the detached master would
     // see a live master and refuse to start.
     journal.set_job_status("submitted")?;
@@ -761,6 +837,10 @@ pub(crate) fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<i32> {
     };
     let path = dir.join(mw::journal::JOURNAL_FILE);
     let mut conn = mw::journal::open_checked(&path, true)?;
+    // A cancel left pending (its `mw cancel` was stopped before carrying it out) came
+    // before this retry: carried out now, so the master started below does not cancel what
+    // the user asked to run again.
+    mw::journal::settle_cancels_without_master(&mut conn, &path, now_unix())?;
     let (queued, refused) = mw::journal::requeue_for_retry(&mut conn, &path, &which, now_unix())?;
     drop(conn);
     if !refused.is_empty() {
@@ -795,6 +875,9 @@ pub(crate) fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<i32> {
 /// `mw resume`: restart the master of a job whose master died (or finish a submitted job).
 pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
     let dir = find_job_dir(&args.job, args.jobs_dir.as_deref())?;
+    // A master killed here (e.g. `mw submit`'s detached master starting) has not taken the
+    // job over yet.
+    mw::crash::point("resume-start");
     // Refuse to run a second master beside a live one.
     if let Some(pid) = super::jobs::live_master_pid(&dir)? {
         if pid != std::process::id() as i64 {
@@ -805,13 +888,17 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
         }
     }
     let journal_path = dir.join(mw::journal::JOURNAL_FILE);
-    let (meta, stored) = {
+    // Counts only: a resumed master of millions of tasks reads no inputs or results here.
+    let counts = || -> anyhow::Result<(u64, mw::journal::StateCounts)> {
         let conn = mw::journal::open_checked(&journal_path, false)?;
-        (
-            mw::journal::read_meta(&conn, &journal_path)?,
-            mw::journal::read_tasks(&conn, &journal_path, None)?,
-        )
+        let c = mw::journal::state_counts(&conn, &journal_path)?;
+        Ok((c.unfinished + c.done + c.failed + c.cancelled, c))
     };
+    let meta = {
+        let conn = mw::journal::open_checked(&journal_path, false)?;
+        mw::journal::read_meta(&conn, &journal_path)?
+    };
+    let (stored_len, _) = counts()?;
     let job_path = PathBuf::from(&meta.job_path);
     let mut job = Job::parse(&job_path, meta.job_text.clone())?;
     job.name = meta.name.clone();
@@ -819,39 +906,36 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
         let conn = mw::journal::open_checked(&journal_path, false)?;
         mw::journal::read_master(&conn, &journal_path)?.status
     };
-    let stored = if status == STATUS_RECORDING {
-        complete_recording(&dir, &job, stored.len())?;
-        let conn = mw::journal::open_checked(&journal_path, false)?;
-        mw::journal::read_tasks(&conn, &journal_path, None)?
-    } else {
-        stored
-    };
-    let unfinished = stored.iter().filter(|t| !t.state.is_final()).count();
+    if status == STATUS_RECORDING {
+        complete_recording(&dir, &job, usize::try_from(stored_len)?)?;
+    }
+    let (total, state_counts) = counts()?;
+    let unfinished = state_counts.unfinished;
     if unfinished == 0 {
-        let (journal, _, _) = Journal::open(&dir)?;
+        let (journal, _, _) = Journal::open_status(&dir)?;
         journal.set_job_status("finished")?;
         journal.close();
         eprintln!(
-            "mw: job {} is finished ({} tasks); nothing to resume",
+            "mw: job {} is finished ({total} tasks); nothing to resume",
             meta.id,
-            stored.len()
         );
-        return Ok(if stored.iter().all(|t| t.state == TaskState::Done) {
+        return Ok(if state_counts.done == total {
             EXIT_OK
         } else {
             EXIT_TASKS_FAILED
         });
     }
-    let builder = job.task_builder()?;
+    let builder = Arc::new(job.task_builder()?);
     let reduce = job.reduce_program()?;
     let interface = make_interface(&meta.interface, &job, meta.workers, &dir)?;
     let remote = interface.keeps_running_without_master();
-    let to_reattach = stored
-        .iter()
-        .filter(|t| remote && t.state == TaskState::Running && t.handle.is_some())
-        .count();
+    let to_reattach = if remote {
+        let conn = mw::journal::open_checked(&journal_path, false)?;
+        mw::journal::count_running_with_handle(&conn, &journal_path)?
+    } else {
+        0
+    };
     let opts = master_options(&job, &meta.id, Some(&dir));
-    let total = stored.len();
     log::info!(
         "master pid {} resuming job {} on {}: {unfinished} of {total} tasks unfinished, {to_reattach} to re-attach",
         std::process::id(),
@@ -864,25 +948,22 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
             meta.id, unfinished,
         );
     }
-    let master = Master::resume(interface, opts, &dir, |index, input| {
-        builder
-            .build(index as usize, input)
-            .map_err(|e| mw::MwError::Journal(e.to_string()))
-    })?;
+    // A list or a sweep makes each input from the job text kept in the journal; a file of
+    // inputs (which may have changed since) is read back from the journal.
+    let inputs = match job.file.inputs.file {
+        None => job.input_source().ok().map(Arc::new),
+        Some(_) => None,
+    };
+    let source = spec_source(&builder, inputs.as_ref());
+    let master = Master::resume_with_source(interface, opts, &dir, source)?;
     let journal = master
         .journal()
         .cloned()
         .context("a resumed master always has a journal")?;
-    let mut progress = Progress::new(total as u64, quiet);
-    progress.set_baseline((total - unfinished) as u64);
-    let mut failed = stored
-        .iter()
-        .filter(|t| matches!(t.state, TaskState::Failed | TaskState::Cancelled))
-        .count();
-    let mut tally = Tally::default();
-    for t in &stored {
-        tally.add_stored(t);
-    }
+    let mut progress = Progress::new(total, quiet);
+    progress.set_baseline(total - unfinished);
+    let mut failed = usize::try_from(state_counts.failed + state_counts.cancelled)?;
+    let mut tally = Tally::from_journal(&journal_path, &state_counts)?;
     let end = drive(
         &master,
         Some(&journal),
@@ -905,7 +986,11 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
         return stopped_exit(&reason, interrupted, Some(&meta.id));
     }
     if !quiet || failed > 0 {
-        tally.print(Some(&meta.id), progress.elapsed(), unfinished);
+        tally.print(
+            Some(&meta.id),
+            progress.elapsed(),
+            usize::try_from(unfinished)?,
+        );
     }
     log::info!(
         "job {}: every task has an outcome ({failed} failed or cancelled)",

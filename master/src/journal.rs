@@ -117,6 +117,12 @@ enum Write {
         task: u64,
         detail: String,
     },
+    /// Queued tasks cancelled together (`cancel_all`): one message, one callback.
+    Cancelled {
+        tasks: Vec<u64>,
+        at: f64,
+        on_durable: Option<Box<dyn FnOnce() + Send>>,
+    },
     Flush(Sender<()>),
 }
 
@@ -135,6 +141,24 @@ pub(crate) struct FinalRow {
     pub(crate) error: Option<String>,
     /// Output file paths as a JSON array.
     pub(crate) files: String,
+}
+
+/// A cancel request of `mw cancel`: (request id, task), a task of `None` meaning every
+/// unfinished task of the job.
+pub type CancelRequest = (i64, Option<u64>);
+
+/// What [`Journal::open_for_master`] returns: the journal, the job, every task's status and
+/// the pending cancel requests.
+pub(crate) type OpenedForMaster = (Arc<Journal>, JobMeta, Vec<TaskStatus>, Vec<CancelRequest>);
+
+/// What [`Journal::take_over`] read, with the lock and connection it holds.
+struct TakenOver<T> {
+    path: PathBuf,
+    lock: std::fs::File,
+    conn: Connection,
+    meta: JobMeta,
+    tasks: Vec<T>,
+    cancels: Vec<CancelRequest>,
 }
 
 /// An open journal with its writer thread.
@@ -370,35 +394,73 @@ impl Journal {
 
     /// Opens an existing journal for a resumed master: returns it with the job and tasks.
     pub fn open(dir: &Path) -> Result<(Arc<Journal>, JobMeta, Vec<StoredTask>), JournalError> {
+        let t = Self::take_over(dir, |c, p| read_tasks(c, p, None), |t| !t.state.is_final())?;
+        Ok((Self::start(t.path, t.conn, t.lock)?, t.meta, t.tasks))
+    }
+
+    /// Opens an existing journal for a resumed master, like [`open`](Self::open), but reads
+    /// only each task's compact status (no inputs, no results): what a master of millions of
+    /// tasks needs to resume.
+    pub fn open_status(
+        dir: &Path,
+    ) -> Result<(Arc<Journal>, JobMeta, Vec<TaskStatus>), JournalError> {
+        let (journal, meta, tasks, _) = Self::open_for_master(dir)?;
+        Ok((journal, meta, tasks))
+    }
+
+    /// [`open_status`](Self::open_status), also returning the cancel requests still pending
+    /// (read in the same snapshot as the tasks), which the master applies before it
+    /// dispatches anything: a `mw cancel` made while no master held the job is never missed.
+    pub(crate) fn open_for_master(dir: &Path) -> Result<OpenedForMaster, JournalError> {
+        let t = Self::take_over(dir, read_statuses, |t| !t.state.is_final())?;
+        Ok((
+            Self::start(t.path, t.conn, t.lock)?,
+            t.meta,
+            t.tasks,
+            t.cancels,
+        ))
+    }
+
+    /// The common start of [`open`](Self::open) and [`open_status`](Self::open_status): the
+    /// job's lock, a checked connection, and in one write transaction (one snapshot: a
+    /// concurrent `mw cancel` is seen whole or not at all) the job, its tasks as `read`
+    /// reads them, the pending cancel requests, and this process recorded as its master.
+    fn take_over<T>(
+        dir: &Path,
+        read: impl FnOnce(&Connection, &Path) -> Result<Vec<T>, JournalError>,
+        unfinished: impl Fn(&T) -> bool,
+    ) -> Result<TakenOver<T>, JournalError> {
         let path = dir.join(JOURNAL_FILE);
         let lock = lock_job(dir)?;
-        let conn = open_checked(&path, true)?;
+        let mut conn = open_checked(&path, true)?;
         configure(&conn, &path)?;
-        let meta = read_meta(&conn, &path)?;
-        let tasks = read_tasks(&conn, &path, None)?;
-        conn.execute(
-            "UPDATE job SET master_pid = ?1, master_host = ?2, status = 'running'",
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| jerr(&path, "recording the master", e))?;
+        let meta = read_meta(&tx, &path)?;
+        tx.execute(
+            // A job still being recorded stays so until its tasks are all recorded.
+            "UPDATE job SET master_pid = ?1, master_host = ?2,
+             status = CASE status WHEN 'recording' THEN status ELSE 'running' END",
             params![
                 std::process::id() as i64,
                 mw_worker_runtime::exec::host_name()
             ],
         )
         .map_err(|e| jerr(&path, "recording the master", e))?;
-        let unfinished = tasks.iter().filter(|t| !t.state.is_final()).count();
-        if unfinished > 0 {
-            conn.execute(
-                "INSERT INTO events (at, task, kind, detail) VALUES (?1, NULL, 'resumed', ?2)",
-                params![
-                    now_unix(),
-                    format!(
-                        "master pid {} took over with {unfinished} unfinished tasks",
-                        std::process::id()
-                    )
-                ],
-            )
+        let tasks = read(&tx, &path)?;
+        let cancels = read_pending_cancels(&tx, &path)?;
+        record_takeover(&tx, &path, tasks.iter().filter(|t| unfinished(t)).count())?;
+        tx.commit()
             .map_err(|e| jerr(&path, "recording the master", e))?;
-        }
-        Ok((Self::start(path, conn, lock)?, meta, tasks))
+        Ok(TakenOver {
+            path,
+            lock,
+            conn,
+            meta,
+            tasks,
+            cancels,
+        })
     }
 
     fn start(
@@ -478,6 +540,36 @@ impl Journal {
         specs: &[TaskSpec],
         at: f64,
     ) -> Result<(), JournalError> {
+        self.record(first, specs.iter().map(|s| &s.input), specs.len(), at)
+    }
+
+    /// Records tasks `first..` with these inputs as submitted (queued), in one transaction,
+    /// committed on return.
+    pub fn record_inputs(
+        &self,
+        first: u64,
+        inputs: &[serde_json::Value],
+    ) -> Result<(), JournalError> {
+        self.record_inputs_at(first, inputs, now_unix())
+    }
+
+    /// [`record_inputs`](Self::record_inputs) with the submission time (Unix seconds).
+    pub fn record_inputs_at(
+        &self,
+        first: u64,
+        inputs: &[serde_json::Value],
+        at: f64,
+    ) -> Result<(), JournalError> {
+        self.record(first, inputs.iter(), inputs.len(), at)
+    }
+
+    fn record<'a>(
+        &self,
+        first: u64,
+        inputs: impl Iterator<Item = &'a serde_json::Value>,
+        count: usize,
+        at: f64,
+    ) -> Result<(), JournalError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn
             .transaction()
@@ -488,19 +580,36 @@ impl Journal {
                     "INSERT OR IGNORE INTO tasks (idx, input, state, submitted) VALUES (?1, ?2, 'queued', ?3)",
                 )
                 .map_err(|e| jerr(&self.path, "recording tasks", e))?;
-            for (i, spec) in specs.iter().enumerate() {
-                let input = serde_json::to_string(&spec.input).unwrap_or_else(|_| "null".into());
-                stmt.execute(params![(first + i as u64) as i64, input, at])
+            for (i, input) in inputs.enumerate() {
+                let input = serde_json::to_string(input).unwrap_or_else(|_| "null".into());
+                stmt.execute(params![sql_idx(first.saturating_add(i as u64)), input, at])
                     .map_err(|e| jerr(&self.path, "recording tasks", e))?;
             }
             tx.execute(
                 "INSERT INTO events (at, task, kind, detail) VALUES (?1, NULL, 'submitted', ?2)",
-                params![now_unix(), format!("{} tasks from {first}", specs.len())],
+                params![now_unix(), format!("{count} tasks from {first}")],
             )
             .map_err(|e| jerr(&self.path, "recording tasks", e))?;
         }
         tx.commit()
             .map_err(|e| jerr(&self.path, "recording tasks", e))
+    }
+
+    /// The stored input of task `index` (read back when the task is dispatched, so a master
+    /// keeps no inputs in memory).
+    pub fn read_input(&self, index: u64) -> Result<serde_json::Value, JournalError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let text: String = conn
+            .prepare_cached("SELECT input FROM tasks WHERE idx = ?1")
+            .and_then(|mut st| st.query_row(params![sql_idx(index)], |r| r.get(0)))
+            .map_err(|e| jerr(&self.path, &format!("reading the input of task {index}"), e))?;
+        serde_json::from_str(&text).map_err(|e| {
+            jerr(
+                &self.path,
+                "the journal is corrupt",
+                format!("task {index}: its stored input does not parse ({e})"),
+            )
+        })
     }
 
     pub(crate) fn record_started(&self, task: TaskId, attempt: u32) {
@@ -540,6 +649,15 @@ impl Journal {
         });
     }
 
+    /// Records queued tasks as cancelled, all at once; `on_durable` runs once it is committed.
+    pub(crate) fn record_cancelled(&self, tasks: Vec<u64>, on_durable: Box<dyn FnOnce() + Send>) {
+        self.send(Write::Cancelled {
+            tasks,
+            at: now_unix(),
+            on_durable: Some(on_durable),
+        });
+    }
+
     /// Waits until everything sent so far is committed.
     pub fn flush(&self) {
         let (tx, rx) = mpsc::channel();
@@ -559,19 +677,9 @@ impl Journal {
     /// Pending cancel requests (written by `mw cancel` while this master runs), as
     /// (request id, task); a task of `None` means "the whole job". Apply them, then
     /// [`ack_cancel_requests`](Self::ack_cancel_requests): `mw cancel` waits for that.
-    pub fn pending_cancel_requests(&self) -> Result<Vec<(i64, Option<u64>)>, JournalError> {
+    pub fn pending_cancel_requests(&self) -> Result<Vec<CancelRequest>, JournalError> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let mut stmt = conn
-            .prepare_cached("SELECT rowid, task FROM cancel_requests WHERE done = 0")
-            .map_err(|e| jerr(&self.path, "reading cancel requests", e))?;
-        let rows: Vec<(i64, Option<i64>)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .and_then(|it| it.collect())
-            .map_err(|e| jerr(&self.path, "reading cancel requests", e))?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, t)| (id, t.and_then(|t| u64::try_from(t).ok())))
-            .collect())
+        read_pending_cancels(&conn, &self.path)
     }
 
     /// Marks cancel requests applied (after the master applied them).
@@ -658,6 +766,20 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: A
                     writes.push(Write::Final {
                         task,
                         row,
+                        on_durable: None,
+                    });
+                }
+                Write::Cancelled {
+                    tasks,
+                    at,
+                    on_durable,
+                } => {
+                    if let Some(f) = on_durable {
+                        durable.push(f);
+                    }
+                    writes.push(Write::Cancelled {
+                        tasks,
+                        at,
                         on_durable: None,
                     });
                 }
@@ -788,11 +910,69 @@ fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> 
                     row.exit
                 ])?;
             }
+            Write::Cancelled { tasks, at, .. } => {
+                // The row `final_row` makes for a cancelled task that never ran.
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE tasks SET state = 'cancelled', exit = 'cancelled',
+                     error = 'task ' || idx || ' was cancelled', finished = ?2, wall = 0, cpu = 0,
+                     host = '', output = NULL, output_files = '[]'
+                     WHERE idx = ?1 AND state NOT IN ('done','failed','cancelled')",
+                )?;
+                for task in tasks {
+                    finals += stmt.execute(params![sql_idx(*task), at])? as u64;
+                }
+                tx.prepare_cached(
+                    "INSERT INTO events (at, task, kind, detail) VALUES (?1, NULL, 'cancelled', ?2)",
+                )?
+                .execute(params![at, format!("{} queued tasks", tasks.len())])?;
+            }
             Write::Flush(_) => {}
         }
     }
     tx.commit()?;
     Ok(finals)
+}
+
+/// The cancel requests no master has applied yet, oldest first.
+pub fn read_pending_cancels(
+    conn: &Connection,
+    path: &Path,
+) -> Result<Vec<CancelRequest>, JournalError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT rowid, task FROM cancel_requests WHERE done = 0 ORDER BY rowid")
+        .map_err(|e| jerr(path, "reading cancel requests", e))?;
+    let rows: Vec<(i64, Option<i64>)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .and_then(|it| it.collect())
+        .map_err(|e| jerr(path, "reading cancel requests", e))?;
+    // A request naming an impossible task (a negative index) names no task: it is left
+    // alone, never read as "the whole job".
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, t)| match t {
+            None => Some((id, None)),
+            Some(t) => u64::try_from(t).ok().map(|t| (id, Some(t))),
+        })
+        .collect())
+}
+
+/// Records in the events that this process took the job over with `unfinished` tasks.
+fn record_takeover(conn: &Connection, path: &Path, unfinished: usize) -> Result<(), JournalError> {
+    if unfinished == 0 {
+        return Ok(());
+    }
+    conn.execute(
+        "INSERT INTO events (at, task, kind, detail) VALUES (?1, NULL, 'resumed', ?2)",
+        params![
+            now_unix(),
+            format!(
+                "master pid {} took over with {unfinished} unfinished tasks",
+                std::process::id()
+            )
+        ],
+    )
+    .map_err(|e| jerr(path, "recording the master", e))?;
+    Ok(())
 }
 
 /// A task index as SQLite's integer (indices beyond `i64::MAX` cannot exist: tasks are
@@ -874,6 +1054,83 @@ pub fn read_meta(conn: &Connection, path: &Path) -> Result<JobMeta, JournalError
         },
     )
     .map_err(|e| jerr(path, "reading the job", e))
+}
+
+/// A task's status as stored, without its input or result (see [`Journal::open_status`]).
+#[derive(Debug, Clone)]
+pub struct TaskStatus {
+    /// Index.
+    pub index: u64,
+    /// State.
+    pub state: TaskState,
+    /// Attempts.
+    pub attempts: u32,
+    /// Backend handle (unfinished tasks only).
+    pub handle: Option<String>,
+    /// Unix seconds.
+    pub submitted: Option<f64>,
+}
+
+/// Reads every task's compact status, in index order.
+pub fn read_statuses(conn: &Connection, path: &Path) -> Result<Vec<TaskStatus>, JournalError> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT idx, state, attempts,
+                    CASE WHEN state IN ('queued','running') THEN handle END, submitted
+             FROM tasks ORDER BY idx",
+        )
+        .map_err(|e| jerr(path, "reading tasks", e))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<f64>>(4)?,
+            ))
+        })
+        .map_err(|e| jerr(path, "reading tasks", e))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (idx, state, attempts, handle, submitted) =
+            row.map_err(|e| jerr(path, "reading tasks", e))?;
+        let state = TaskState::parse(&state).ok_or_else(|| {
+            jerr(
+                path,
+                "the journal is corrupt",
+                format!("task {idx}: unknown state `{state}`"),
+            )
+        })?;
+        let index = u64::try_from(idx).map_err(|_| {
+            jerr(
+                path,
+                "the journal is corrupt",
+                format!("task index {idx} is negative"),
+            )
+        })?;
+        out.push(TaskStatus {
+            index,
+            state,
+            attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
+            handle,
+            submitted,
+        });
+    }
+    Ok(out)
+}
+
+/// How many tasks are running with a backend handle (what a resumed master of a remote
+/// backend re-attaches).
+pub fn count_running_with_handle(conn: &Connection, path: &Path) -> Result<u64, JournalError> {
+    let n: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM tasks WHERE state = 'running' AND handle IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| jerr(path, "counting running tasks", e))?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// Reads tasks (all, or those in one state).
@@ -1102,6 +1359,29 @@ pub fn state_counts(conn: &Connection, path: &Path) -> Result<StateCounts, Journ
     Ok(c)
 }
 
+/// The first `limit` failed tasks, in index order, with their errors (for a summary).
+pub fn first_failures(
+    conn: &Connection,
+    path: &Path,
+    limit: usize,
+) -> Result<Vec<(u64, String)>, JournalError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT idx, COALESCE(error, '') FROM tasks WHERE state = 'failed' ORDER BY idx LIMIT ?1",
+        )
+        .map_err(|e| jerr(path, "reading failed tasks", e))?;
+    let rows: Vec<(i64, String)> = stmt
+        .query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .and_then(|it| it.collect())
+        .map_err(|e| jerr(path, "reading failed tasks", e))?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(i, e)| u64::try_from(i).ok().map(|i| (i, e)))
+        .collect())
+}
+
 /// Task counts by state (see [`state_counts`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StateCounts {
@@ -1123,10 +1403,59 @@ pub fn cancel_without_master(
     task: Option<u64>,
     at: f64,
 ) -> Result<usize, JournalError> {
-    let task = task.and_then(|t| i64::try_from(t).ok());
+    let task = match task {
+        None => None,
+        Some(t) => match i64::try_from(t) {
+            Ok(t) => Some(t),
+            // No such task can exist.
+            Err(_) => return Ok(0),
+        },
+    };
     let tx = conn
         .transaction()
         .map_err(|e| jerr(path, "cancelling tasks", e))?;
+    let n = cancel_rows(&tx, path, task, at)?;
+    tx.commit().map_err(|e| jerr(path, "cancelling tasks", e))?;
+    Ok(n)
+}
+
+/// With no master running: carries out every pending cancel request (`mw cancel` records
+/// one before it looks for a master) directly, marking its tasks cancelled and the request
+/// done, all in one transaction. A master that starts meanwhile reads the journal before or
+/// after it, whole (see [`Journal::open_status`]): it either applies the requests itself or
+/// finds their tasks cancelled. Returns each request's task (`None`: every task) and how
+/// many tasks it cancelled.
+pub fn settle_cancels_without_master(
+    conn: &mut Connection,
+    path: &Path,
+    at: f64,
+) -> Result<Vec<(Option<u64>, usize)>, JournalError> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| jerr(path, "cancelling tasks", e))?;
+    let requests = read_pending_cancels(&tx, path)?;
+    let mut out = Vec::with_capacity(requests.len());
+    for (id, task) in requests {
+        // Read back from i64 (`read_pending_cancels`): it fits.
+        let n = cancel_rows(&tx, path, task.and_then(|t| i64::try_from(t).ok()), at)?;
+        tx.execute(
+            "UPDATE cancel_requests SET done = 1 WHERE rowid = ?1",
+            params![id],
+        )
+        .map_err(|e| jerr(path, "recording the cancel", e))?;
+        out.push((task, n));
+    }
+    tx.commit().map_err(|e| jerr(path, "cancelling tasks", e))?;
+    Ok(out)
+}
+
+/// Marks `task` (every unfinished task when `None`) cancelled, with an event.
+fn cancel_rows(
+    tx: &Connection,
+    path: &Path,
+    task: Option<i64>,
+    at: f64,
+) -> Result<usize, JournalError> {
     let n = tx
         .execute(
             "UPDATE tasks SET state = 'cancelled', exit = 'cancelled', error = 'task ' || idx || ' was cancelled', finished = ?2
@@ -1139,7 +1468,6 @@ pub fn cancel_without_master(
         params![at, task],
     )
     .map_err(|e| jerr(path, "recording the cancel", e))?;
-    tx.commit().map_err(|e| jerr(path, "cancelling tasks", e))?;
     Ok(n)
 }
 

@@ -40,14 +40,14 @@ pub mod task_logs;
 
 pub use interface::{Completion, HandleSink, Interface};
 pub use master::{
-    Master, MasterOptions, MasterStatus, MwError, NextOutcome, RetryOn, TaskOutput, TaskState,
-    TaskTimes,
+    Master, MasterOptions, MasterStatus, MwError, NextOutcome, RetryOn, SpecSource, TaskOutput,
+    TaskState, TaskTimes,
 };
 #[cfg(feature = "mpi")]
 pub use mpi::Mpi;
 pub use multicore::Multicore;
 pub use mw_bundle::{Comparison, ExitInfo};
 pub use task::{
-    Execution, InterfaceError, PreparedTask, Program, ProgramError, RunFacts, StdoutMode, TaskId,
-    TaskSpec, ToProgram, WorkerId,
+    Execution, InterfaceError, PreparedTask, Program, ProgramError, ProgramMode, RunFacts,
+    StdoutMode, TaskId, TaskSpec, ToProgram, WorkerId,
 };

@@ -24,22 +24,33 @@
 //! non-zero), so the in-flight tasks are not retried within that run; run the job with a
 //! journal to resume it. The job never hangs silently in that case.
 //!
+//! **Batches.** A rank holds several tasks at once (2 of a process-mode program, so the next
+//! one is there when one ends; [`STREAM_RANK_DEPTH`] of a streaming program), and the comm
+//! thread sends every task queued for a rank since its last pass in ONE message. A rank runs
+//! its tasks in order on one runner thread: process-mode tasks one process each; streaming
+//! tasks through one long-lived program ([`mw_worker_runtime::stream`]), the same runner
+//! multicore slots use. Streaming tasks travel as JSON, not bundles (a null task is a few
+//! bytes), and their results come back batched too.
+//!
 //! Wire protocol (all on `MPI_COMM_WORLD`; messages from one rank arrive in order):
-//! rank 0 → worker: `PROGRAM` (bundle bytes), `TASK` (u64 LE task id, 64-byte hex SHA-256 of
-//! the program, task bundle bytes), `CANCEL` (u64 task id), `STOP` (empty);
-//! worker → rank 0: `RESULT` (u64 task id, result bundle bytes) or `ERROR` (u64 task id,
-//! UTF-8 message). Rank 0 only sends a task to a rank with nothing in flight, and it drains
-//! every in-flight result before `STOP`, so no blocking send can wait on a peer that is
-//! itself blocked sending.
+//! rank 0 → worker: `PROGRAM` (bundle bytes), `TASKS` (repeated: u64 LE task id, 64-byte
+//! hex SHA-256 of the program, u64 LE length, task bundle bytes), `STREAM` (JSON
+//! [`StreamBatch`]), `CANCEL` (u64 task id), `STOP` (empty);
+//! worker → rank 0: `RESULT` (u64 task id, result bundle bytes), `ERROR` (u64 task id,
+//! UTF-8 message) or `STREAM_RESULTS` (u64 count, JSON list of [`StreamResult`]). Rank 0
+//! drains every in-flight result before `STOP`, and a rank's comm thread never blocks on
+//! its runner, so no blocking send can wait on a peer that is itself blocked sending.
 //!
 //! This module must never know about the journal, job files, the CLI, or other platforms.
 
 use crate::interface::{Completion, HandleSink, Interface};
-use crate::task::{Execution, InterfaceError, PreparedTask, TaskId, WorkerId};
+use crate::task::{Execution, InterfaceError, PreparedTask, ProgramMode, TaskId, WorkerId};
 use mpi::point_to_point::MatchedReceiveVec;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
+use mw_worker_runtime::stream::{StreamInput, StreamProgram, StreamRunner};
 use mw_worker_runtime::{run_task_bytes, ProcessControl, RunOptions, UnpackedProgram};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -47,11 +58,49 @@ use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
 const TAG_PROGRAM: i32 = 1;
-const TAG_TASK: i32 = 2;
+const TAG_TASKS: i32 = 2;
 const TAG_CANCEL: i32 = 3;
 const TAG_STOP: i32 = 4;
+const TAG_STREAM: i32 = 5;
 const TAG_RESULT: i32 = 10;
 const TAG_ERROR: i32 = 11;
+const TAG_STREAM_RESULTS: i32 = 12;
+
+/// Tasks of a process-mode program a rank holds at once (one runs, one waits).
+const PROCESS_RANK_DEPTH: u32 = 2;
+/// Tasks of a streaming program a rank holds at once.
+pub const STREAM_RANK_DEPTH: u32 = 256;
+/// A rank with streaming tasks wakes the scheduler each time this many places are free.
+const STREAM_WAKE_EVERY: u32 = 32;
+
+/// Streaming tasks for one rank (the `STREAM` message): all share program, args and env.
+#[derive(Debug, Serialize, Deserialize)]
+struct StreamBatch {
+    /// SHA-256 of the program bundle (sent before with `PROGRAM`).
+    program: String,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    tasks: Vec<StreamTask>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StreamTask {
+    id: u64,
+    input: serde_json::Value,
+    timeout_secs: Option<f64>,
+}
+
+/// One streaming task's outcome (in a `STREAM_RESULTS` message).
+#[derive(Debug, Serialize, Deserialize)]
+struct StreamResult {
+    id: u64,
+    exit: mw_bundle::ExitInfo,
+    result: String,
+    stderr_tail: String,
+    wall_secs: f64,
+    started_unix: f64,
+    host: String,
+}
 
 /// Length of a hex SHA-256 in a `TASK` message.
 const SHA_LEN: usize = 64;
@@ -94,7 +143,8 @@ pub enum MpiRole {
 
 /// Rank 0's view of the worker ranks.
 struct State {
-    free: Vec<i32>,
+    /// Tasks held by each rank (index = rank; rank 0 is the master and never used).
+    load: Vec<u32>,
     running: HashMap<TaskId, i32>,
     programs_sent: HashMap<i32, HashSet<String>>,
     /// Set when no rank will ever be free again (shut down, comm thread gone).
@@ -114,18 +164,23 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Marks `rank` free again after `task` ended on it.
+    /// Frees `task`'s place on `rank` after it ended there.
     fn release(&self, rank: i32, task: TaskId) {
         let mut st = self.lock();
-        if st.running.get(&task) == Some(&rank) {
-            st.running.remove(&task);
+        if st.running.get(&task) != Some(&rank) {
+            return;
         }
+        st.running.remove(&task);
         st.finished += 1;
-        if !st.free.contains(&rank) {
-            st.free.push(rank);
+        let mut wake = true;
+        if let Some(l) = usize::try_from(rank).ok().and_then(|r| st.load.get_mut(r)) {
+            *l = l.saturating_sub(1);
+            wake = *l < PROCESS_RANK_DEPTH || *l % STREAM_WAKE_EVERY == 0;
         }
         drop(st);
-        self.cond.notify_one();
+        if wake {
+            self.cond.notify_one();
+        }
     }
 
     fn close(&self, why: &str) {
@@ -138,12 +193,20 @@ impl Shared {
     }
 }
 
+/// What a task travels as.
+enum Wire {
+    /// A process-mode task: its entry of a `TASKS` message.
+    Bundle(Vec<u8>),
+    /// A streaming task: program SHA-256 and its JSON entry.
+    Stream(String, StreamTask),
+}
+
 enum Cmd {
     Execute {
         task: Arc<PreparedTask>,
         rank: i32,
         program: Option<Vec<u8>>,
-        message: Vec<u8>,
+        wire: Wire,
         done: Completion,
     },
     Cancel {
@@ -153,12 +216,22 @@ enum Cmd {
     Shutdown,
 }
 
+/// What came back for a task.
+enum Payload {
+    /// A result bundle (with the u64 id in front).
+    Bundle(Vec<u8>),
+    /// The rank could not run it.
+    Error(String),
+    /// A streaming task's outcome.
+    Stream(StreamResult),
+}
+
 /// A result (or error) received for a task, on its way to the decoding thread.
 struct Finished {
     task: Arc<PreparedTask>,
     rank: i32,
     done: Completion,
-    payload: Result<Vec<u8>, String>,
+    payload: Payload,
 }
 
 /// MPI ranks as workers (rank 0 is the master). Build it with [`Mpi::init`].
@@ -243,7 +316,7 @@ impl Mpi {
         let (cmd_tx, cmd_rx) = mpsc::channel::<Cmd>();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                free: Vec::new(),
+                load: Vec::new(),
                 running: HashMap::new(),
                 programs_sent: HashMap::new(),
                 closed: None,
@@ -267,7 +340,10 @@ impl Mpi {
             Ok(Ok((0, size))) => {
                 {
                     let mut st = shared.lock();
-                    st.free = (1..size).rev().collect();
+                    // Rank 0 (the master) is never chosen: it is always "full".
+                    st.load = (0..size)
+                        .map(|r| if r == 0 { u32::MAX } else { 0 })
+                        .collect();
                 }
                 Ok(MpiRole::Master(Mpi {
                     shared,
@@ -342,6 +418,7 @@ fn master_loop(
         world,
         shared,
         in_flight: HashMap::new(),
+        batches: BTreeMap::new(),
         stopping: false,
         fin: fin_tx,
     };
@@ -361,6 +438,8 @@ fn master_loop(
                 }
             }
         }
+        // Everything queued for a rank since the last pass goes in one message.
+        pump.send_batches();
         while let Some(probed) = world.any_process().immediate_matched_probe() {
             progressed = true;
             let (data, status) = probed.matched_receive_vec::<u8>();
@@ -406,10 +485,23 @@ fn master_loop(
     Ok(())
 }
 
+/// Tasks waiting to be sent to one rank.
+#[derive(Default)]
+struct Batch {
+    /// Body of a `TASKS` message.
+    bundles: Vec<u8>,
+    /// Streaming tasks, by program SHA-256 (one `STREAM` message each).
+    stream: BTreeMap<String, Vec<StreamTask>>,
+    /// Program, args and env of the streaming tasks (the first task's; all of a job share
+    /// them unless args/env templates differ, which then go in separate messages).
+    stream_key: BTreeMap<String, (Vec<String>, BTreeMap<String, String>)>,
+}
+
 struct MasterPump<'a> {
     world: &'a SimpleCommunicator,
     shared: &'a Arc<Shared>,
-    in_flight: HashMap<i32, (Arc<PreparedTask>, Completion)>,
+    in_flight: HashMap<TaskId, (i32, Arc<PreparedTask>, Completion)>,
+    batches: BTreeMap<i32, Batch>,
     stopping: bool,
     fin: Sender<Finished>,
 }
@@ -421,7 +513,7 @@ impl MasterPump<'_> {
                 task,
                 rank,
                 program,
-                message,
+                wire,
                 done,
             } => {
                 if self.stopping {
@@ -431,28 +523,82 @@ impl MasterPump<'_> {
                     )));
                     return;
                 }
-                if let Some((old, old_done)) = self.in_flight.remove(&rank) {
-                    // Cannot happen (a rank is reserved before use); fail both loudly.
-                    old_done.finish(Err(InterfaceError::new(format!(
-                        "MPI rank {rank} was given {} while {} was still running on it",
-                        task.id, old.id
-                    ))));
-                }
-                let dest = self.world.process_at_rank(rank);
                 if let Some(p) = program {
-                    dest.send_with_tag(&p[..], TAG_PROGRAM);
+                    // Before any task that needs it: messages from one sender arrive in order.
+                    self.send_batch(rank);
+                    self.world
+                        .process_at_rank(rank)
+                        .send_with_tag(&p[..], TAG_PROGRAM);
                 }
-                dest.send_with_tag(&message[..], TAG_TASK);
-                self.in_flight.insert(rank, (task, done));
+                let batch = self.batches.entry(rank).or_default();
+                match wire {
+                    Wire::Bundle(entry) => batch.bundles.extend_from_slice(&entry),
+                    Wire::Stream(sha, entry) => {
+                        let key = (task.spec.args.clone(), task.spec.env.clone());
+                        let same = batch.stream_key.get(&sha).is_none_or(|k| *k == key);
+                        if !same {
+                            self.send_batch(rank);
+                        }
+                        let batch = self.batches.entry(rank).or_default();
+                        batch.stream_key.entry(sha.clone()).or_insert(key);
+                        batch.stream.entry(sha).or_default().push(entry);
+                    }
+                }
+                self.in_flight.insert(task.id, (rank, task, done));
             }
             Cmd::Cancel { rank, task } => {
-                if self.in_flight.get(&rank).is_some_and(|(t, _)| t.id == task) {
+                if self
+                    .in_flight
+                    .get(&task)
+                    .is_some_and(|(r, _, _)| *r == rank)
+                {
+                    // A task still waiting in a batch is sent first, then cancelled.
+                    self.send_batch(rank);
                     self.world
                         .process_at_rank(rank)
                         .send_with_tag(&task.0.to_le_bytes()[..], TAG_CANCEL);
                 }
             }
             Cmd::Shutdown => self.begin_stop(),
+        }
+    }
+
+    fn send_batches(&mut self) {
+        let ranks: Vec<i32> = self.batches.keys().copied().collect();
+        for r in ranks {
+            self.send_batch(r);
+        }
+    }
+
+    fn send_batch(&mut self, rank: i32) {
+        let Some(batch) = self.batches.remove(&rank) else {
+            return;
+        };
+        let dest = self.world.process_at_rank(rank);
+        if !batch.bundles.is_empty() {
+            dest.send_with_tag(&batch.bundles[..], TAG_TASKS);
+        }
+        for (sha, tasks) in batch.stream {
+            let (args, env) = batch.stream_key.get(&sha).cloned().unwrap_or_default();
+            let msg = StreamBatch {
+                program: sha,
+                args,
+                env,
+                tasks,
+            };
+            match serde_json::to_vec(&msg) {
+                Ok(bytes) => dest.send_with_tag(&bytes[..], TAG_STREAM),
+                Err(e) => {
+                    for t in msg.tasks {
+                        if let Some((rank, task, done)) = self.in_flight.remove(&TaskId(t.id)) {
+                            self.shared.release(rank, task.id);
+                            done.finish(Err(InterfaceError::new(format!(
+                                "encoding the stream batch: {e}"
+                            ))));
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -463,42 +609,29 @@ impl MasterPump<'_> {
         }
         self.stopping = true;
         self.shared.close("the MPI interface was shut down");
-        for (rank, (task, _)) in &self.in_flight {
+        self.send_batches();
+        for (id, (rank, _, _)) in &self.in_flight {
             self.world
                 .process_at_rank(*rank)
-                .send_with_tag(&task.id.0.to_le_bytes()[..], TAG_CANCEL);
+                .send_with_tag(&id.0.to_le_bytes()[..], TAG_CANCEL);
         }
     }
 
-    fn on_message(&mut self, rank: i32, tag: i32, data: Vec<u8>) {
-        let Some((id, _)) = split_id(&data) else {
-            log::warn!(
-                "mpi: ignoring a {}-byte message with tag {tag} from rank {rank}: too short",
-                data.len()
-            );
-            return;
-        };
-        if tag != TAG_RESULT && tag != TAG_ERROR {
-            log::warn!("mpi: ignoring a message with unknown tag {tag} from rank {rank}");
-            return;
-        }
-        match self.in_flight.get(&rank) {
-            Some((t, _)) if t.id.0 == id => {}
+    /// Hands a received outcome to the decoding thread.
+    fn finished(&mut self, rank: i32, id: u64, payload: Payload) {
+        match self.in_flight.get(&TaskId(id)) {
+            Some((r, _, _)) if *r == rank => {}
             _ => {
-                log::warn!("mpi: ignoring a result for task {id} from rank {rank}, which is not running it");
+                log::warn!(
+                    "mpi: ignoring a result for task {id} from rank {rank}, which is not running it"
+                );
                 return;
             }
         }
-        let Some((task, done)) = self.in_flight.remove(&rank) else {
+        let Some((_, task, done)) = self.in_flight.remove(&TaskId(id)) else {
             return;
         };
         self.shared.release(rank, task.id);
-        let payload = if tag == TAG_RESULT {
-            Ok(data)
-        } else {
-            let msg = String::from_utf8_lossy(&data[8..]).into_owned();
-            Err(format!("MPI rank {rank} could not run {}: {msg}", task.id))
-        };
         let fin = Finished {
             task,
             rank,
@@ -512,14 +645,43 @@ impl MasterPump<'_> {
             )));
         }
     }
+
+    fn on_message(&mut self, rank: i32, tag: i32, data: Vec<u8>) {
+        let Some((id, rest)) = split_id(&data) else {
+            log::warn!(
+                "mpi: ignoring a {}-byte message with tag {tag} from rank {rank}: too short",
+                data.len()
+            );
+            return;
+        };
+        match tag {
+            TAG_RESULT => self.finished(rank, id, Payload::Bundle(data)),
+            TAG_ERROR => {
+                let msg = String::from_utf8_lossy(rest).into_owned();
+                let msg = format!("MPI rank {rank} could not run task {id}: {msg}");
+                self.finished(rank, id, Payload::Error(msg))
+            }
+            TAG_STREAM_RESULTS => match serde_json::from_slice::<Vec<StreamResult>>(rest) {
+                Ok(results) => {
+                    for r in results {
+                        let id = r.id;
+                        self.finished(rank, id, Payload::Stream(r));
+                    }
+                }
+                Err(e) => {
+                    log::warn!("mpi: ignoring malformed stream results from rank {rank}: {e}")
+                }
+            },
+            _ => log::warn!("mpi: ignoring a message with unknown tag {tag} from rank {rank}"),
+        }
+    }
 }
 
 impl Drop for MasterPump<'_> {
     fn drop(&mut self) {
-        for (rank, (task, done)) in self.in_flight.drain() {
+        for (id, (rank, _, done)) in self.in_flight.drain() {
             done.finish(Err(InterfaceError::new(format!(
-                "the MPI interface stopped while {} ran on rank {rank}",
-                task.id
+                "the MPI interface stopped while {id} ran on rank {rank}"
             ))));
         }
     }
@@ -529,24 +691,197 @@ impl Drop for MasterPump<'_> {
 fn decode_results(rx: Receiver<Finished>, _shared: &Arc<Shared>) {
     for f in rx {
         let outcome = match f.payload {
-            Ok(data) => {
+            Payload::Bundle(data) => {
                 let label = format!("result bundle of {} from MPI rank {}", f.task.id, f.rank);
                 match data.get(8..) {
                     Some(bundle) => Execution::from_result_bundle_of(bundle, &label, &f.task),
                     None => Err(InterfaceError::new(format!("{label}: message too short"))),
                 }
             }
-            Err(msg) => Err(InterfaceError::new(msg)),
+            Payload::Error(msg) => Err(InterfaceError::new(msg)),
+            Payload::Stream(r) => stream_execution(r, f.rank),
         };
         f.done.finish(outcome);
     }
 }
 
-/// A task running on a worker rank.
-struct Running {
-    id: u64,
-    control: ProcessControl,
-    thread: JoinHandle<()>,
+/// A streaming task's outcome from a rank as an execution (times checked like a bundle's).
+fn stream_execution(r: StreamResult, rank: i32) -> Result<Execution, InterfaceError> {
+    let label = format!("stream result of task {} from MPI rank {rank}", r.id);
+    let secs = |field: &str, v: f64| {
+        if v.is_finite() && (0.0..=crate::task::MAX_REPORTED_SECS).contains(&v) {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            Err(InterfaceError::new(format!(
+                "{label}: {field} = {v} is out of range"
+            )))
+        }
+    };
+    let wall = secs("wall_secs", r.wall_secs)?;
+    let started = std::time::UNIX_EPOCH + secs("started_unix", r.started_unix)?;
+    Ok(Execution {
+        exit: r.exit,
+        stdout: r.result.into_bytes(),
+        stderr_tail: r.stderr_tail,
+        wall,
+        cpu: Duration::ZERO,
+        host: r.host,
+        started: Some(started),
+        output_files: Vec::new(),
+        missing_outputs: Vec::new(),
+    })
+}
+
+/// Work for a rank's runner thread.
+enum Job {
+    /// Process-mode tasks: (id, program, task bundle, control).
+    Bundles(Vec<(u64, Arc<UnpackedProgram>, Vec<u8>, ProcessControl)>),
+    /// Streaming tasks of one program.
+    Stream {
+        program: Arc<UnpackedProgram>,
+        args: Vec<String>,
+        env: BTreeMap<String, String>,
+        tasks: Vec<(StreamTask, ProcessControl)>,
+    },
+}
+
+/// What the runner thread reports.
+enum Done {
+    Bundle(u64, Result<Vec<u8>, String>),
+    Stream(StreamResult),
+}
+
+/// Program SHA-256, args and env: what tasks sharing one streaming process have in common.
+type StreamKey = (String, Vec<String>, BTreeMap<String, String>);
+
+/// A rank's runner thread: runs its jobs in order; streaming ones through one long-lived
+/// program per (program, args, env), kept between batches.
+fn runner_loop(jobs: Receiver<Job>, out: Sender<Done>, rank: i32, opts: RunOptions) {
+    let host = mw_worker_runtime::exec::host_name();
+    let mut stream: Option<(StreamKey, StreamRunner)> = None;
+    let mut stream_dir: Option<tempfile::TempDir> = None;
+    for job in jobs {
+        match job {
+            Job::Bundles(tasks) => {
+                for (id, program, bundle, control) in tasks {
+                    let label = format!("task bundle of task {id} on MPI rank {rank}");
+                    let outcome = run_task_bytes(&program, &bundle, &label, &control, &opts)
+                        .map(|(_, bytes)| with_id(id, &bytes))
+                        .map_err(|e| e.to_string());
+                    let _ = out.send(Done::Bundle(id, outcome));
+                }
+            }
+            Job::Stream {
+                program,
+                args,
+                env,
+                tasks,
+            } => {
+                let key = (program.sha256().to_string(), args, env);
+                if stream.as_ref().is_none_or(|(k, _)| *k != key) {
+                    stream = None;
+                    let dir = match make_stream_dir(&program, &opts) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            for (t, _) in tasks {
+                                let _ = out.send(Done::Bundle(
+                                    t.id,
+                                    Err(format!("preparing the streaming program: {e}")),
+                                ));
+                            }
+                            continue;
+                        }
+                    };
+                    let mut p = StreamProgram::new(program.executable(), dir.path().join("work"));
+                    p.args = program.base_args();
+                    p.args.extend(key.1.iter().cloned());
+                    p.env = key.2.clone();
+                    // A killed rank must not leave its program running.
+                    p.die_with_parent = true;
+                    stream_dir = Some(dir);
+                    stream = Some((key, StreamRunner::new(p)));
+                }
+                let Some((_, runner)) = stream.as_mut() else {
+                    continue;
+                };
+                let mut source = tasks.into_iter().map(|(t, control)| {
+                    let input = StreamInput {
+                        line: serde_json::to_vec(&t.input).unwrap_or_else(|_| b"null".to_vec()),
+                        timeout: t
+                            .timeout_secs
+                            .filter(|s| s.is_finite() && *s >= 0.0)
+                            .and_then(|s| Duration::try_from_secs_f64(s).ok()),
+                        control,
+                    };
+                    (input, t.id)
+                });
+                runner.serve(
+                    || source.next(),
+                    |id, o| {
+                        let _ = out.send(Done::Stream(StreamResult {
+                            id,
+                            exit: o.exit,
+                            result: String::from_utf8_lossy(&o.result).into_owned(),
+                            stderr_tail: o.stderr_tail,
+                            wall_secs: o.wall.as_secs_f64(),
+                            started_unix: o
+                                .started
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0.0, |d| d.as_secs_f64()),
+                            host: host.clone(),
+                        }));
+                    },
+                );
+            }
+        }
+    }
+    drop(stream);
+    drop(stream_dir);
+}
+
+/// A private directory for a streaming program, with the program's files linked in `work/`.
+fn make_stream_dir(
+    program: &UnpackedProgram,
+    opts: &RunOptions,
+) -> std::io::Result<tempfile::TempDir> {
+    let mut b = tempfile::Builder::new();
+    b.prefix("mw-stream-");
+    let dir = match &opts.scratch_root {
+        Some(root) => b.tempdir_in(root)?,
+        None => b.tempdir()?,
+    };
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work)?;
+    mw_worker_runtime::run::link_program_files(&program.root(), &work)?;
+    Ok(dir)
+}
+
+/// Sends to rank 0 without ever blocking its messages to us: while the send is pending (a
+/// large message waits until rank 0 receives it), what rank 0 sends is received into
+/// `inbox`. Rank 0 may itself be blocked sending a batch to this rank; receiving it breaks
+/// the cycle, so a result and a batch crossing each other can never deadlock.
+fn send_to_master(
+    master: &mpi::topology::Process<'_>,
+    data: &[u8],
+    tag: i32,
+    inbox: &mut std::collections::VecDeque<(Vec<u8>, i32)>,
+) {
+    mpi::request::scope(|scope| {
+        let mut req = master.immediate_send_with_tag(scope, data, tag);
+        loop {
+            match req.test() {
+                Ok(_) => break,
+                Err(r) => req = r,
+            }
+            match master.immediate_matched_probe() {
+                Some(probed) => {
+                    let (d, status) = probed.matched_receive_vec::<u8>();
+                    inbox.push_back((d, status.tag()));
+                }
+                None => std::thread::yield_now(),
+            }
+        }
+    });
 }
 
 /// A worker rank's comm thread: serve rank 0 until `STOP`.
@@ -565,29 +900,73 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
         );
     }
     let mut programs: HashMap<String, Result<Arc<UnpackedProgram>, String>> = HashMap::new();
-    let (res_tx, res_rx) = mpsc::channel::<(u64, Result<Vec<u8>, String>)>();
-    let mut current: Option<Running> = None;
-    let mut pending: Option<(u64, Result<Vec<u8>, String>)> = None;
+    let (done_tx, done_rx) = mpsc::channel::<Done>();
+    let (job_tx, job_rx) = mpsc::channel::<Job>();
+    let runner_opts = opts.clone();
+    let runner = std::thread::Builder::new()
+        .name(format!("mw-mpi-runner-{rank}"))
+        .spawn(move || runner_loop(job_rx, done_tx, rank, runner_opts))
+        .map_err(|e| MpiError::Thread(format!("cannot start the runner thread: {e}")))?;
+    // Tasks handed to the runner and not reported yet, with their cancel handles.
+    let mut controls: HashMap<u64, ProcessControl> = HashMap::new();
     let mut backoff = Backoff::new(cap);
-    let send_error = |id: u64, msg: &str| {
-        master.send_with_tag(&with_id(id, msg.as_bytes())[..], TAG_ERROR);
+    let mut inbox: std::collections::VecDeque<(Vec<u8>, i32)> = std::collections::VecDeque::new();
+    let send_error =
+        |inbox: &mut std::collections::VecDeque<(Vec<u8>, i32)>, id: u64, msg: &str| {
+            send_to_master(&master, &with_id(id, msg.as_bytes()), TAG_ERROR, inbox);
+        };
+    let program_for = |programs: &HashMap<String, Result<Arc<UnpackedProgram>, String>>,
+                       sha: &str|
+     -> Result<Arc<UnpackedProgram>, String> {
+        match programs.get(sha) {
+            Some(Ok(p)) => Ok(p.clone()),
+            Some(Err(e)) => Err(format!("its program bundle is unusable: {e}")),
+            None => Err(format!("program {sha} was never sent to this rank")),
+        }
     };
+    let mut pending: Option<Done> = None;
     loop {
         let mut progressed = false;
-        if let Some((id, outcome)) = pending.take().or_else(|| res_rx.try_recv().ok()) {
+        // Results: bundles one message each, streaming ones batched.
+        let mut stream_results = Vec::new();
+        while let Some(d) = pending.take().or_else(|| done_rx.try_recv().ok()) {
             progressed = true;
-            if let Some(run) = current.take() {
-                let _ = run.thread.join();
-            }
-            match outcome {
-                Ok(bytes) => master.send_with_tag(&bytes[..], TAG_RESULT),
-                Err(msg) => send_error(id, &msg),
+            match d {
+                Done::Bundle(id, outcome) => {
+                    controls.remove(&id);
+                    match outcome {
+                        Ok(bytes) => send_to_master(&master, &bytes, TAG_RESULT, &mut inbox),
+                        Err(msg) => send_error(&mut inbox, id, &msg),
+                    }
+                }
+                Done::Stream(r) => {
+                    controls.remove(&r.id);
+                    stream_results.push(r);
+                }
             }
         }
-        if let Some(probed) = master.immediate_matched_probe() {
+        if !stream_results.is_empty() {
+            match serde_json::to_vec(&stream_results) {
+                Ok(json) => {
+                    let msg = with_id(stream_results.len() as u64, &json);
+                    send_to_master(&master, &msg, TAG_STREAM_RESULTS, &mut inbox);
+                }
+                Err(e) => {
+                    for r in &stream_results {
+                        send_error(&mut inbox, r.id, &format!("encoding its result: {e}"));
+                    }
+                }
+            }
+        }
+        let message = inbox.pop_front().or_else(|| {
+            master.immediate_matched_probe().map(|probed| {
+                let (data, status) = probed.matched_receive_vec::<u8>();
+                (data, status.tag())
+            })
+        });
+        if let Some((data, tag)) = message {
             progressed = true;
-            let (data, status) = probed.matched_receive_vec::<u8>();
-            match status.tag() {
+            match tag {
                 TAG_PROGRAM => {
                     let sha = mw_bundle::sha256_hex(&data);
                     let label = format!("program bundle {} on MPI rank {rank}", &sha[..16]);
@@ -597,76 +976,100 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                             .map_err(|e| e.to_string())
                     });
                 }
-                TAG_TASK => {
-                    let Some((id, rest)) = split_id(&data) else {
-                        log::warn!("mpi rank {rank}: ignoring a malformed task message");
-                        continue;
-                    };
-                    if current.is_some() {
-                        send_error(id, "the rank is already running a task");
-                        continue;
+                TAG_TASKS => {
+                    let mut tasks = Vec::new();
+                    let mut rest = &data[..];
+                    while !rest.is_empty() {
+                        let Some((id, after)) = split_id(rest) else {
+                            log::warn!("mpi rank {rank}: ignoring a malformed task batch");
+                            break;
+                        };
+                        let sha = after
+                            .get(..SHA_LEN)
+                            .and_then(|s| std::str::from_utf8(s).ok());
+                        let len = after
+                            .get(SHA_LEN..)
+                            .and_then(split_id)
+                            .and_then(|(n, b)| usize::try_from(n).ok().map(|n| (n, b)));
+                        let (Some(sha), Some((len, body))) = (sha, len) else {
+                            send_error(&mut inbox, id, "malformed task message");
+                            break;
+                        };
+                        let Some(bundle) = body.get(..len) else {
+                            send_error(&mut inbox, id, "malformed task message (truncated bundle)");
+                            break;
+                        };
+                        rest = &body[len..];
+                        match program_for(&programs, sha) {
+                            Ok(p) => {
+                                let control = ProcessControl::new();
+                                controls.insert(id, control.clone());
+                                tasks.push((id, p, bundle.to_vec(), control));
+                            }
+                            Err(e) => send_error(&mut inbox, id, &e),
+                        }
                     }
-                    let Some(sha) = rest
-                        .get(..SHA_LEN)
-                        .and_then(|s| std::str::from_utf8(s).ok())
-                    else {
-                        send_error(id, "malformed task message (no program SHA-256)");
-                        continue;
-                    };
-                    let program = match programs.get(sha) {
-                        Some(Ok(p)) => p.clone(),
-                        Some(Err(e)) => {
-                            send_error(id, &format!("its program bundle is unusable: {e}"));
-                            continue;
+                    if !tasks.is_empty() {
+                        let ids: Vec<u64> = tasks.iter().map(|t| t.0).collect();
+                        if job_tx.send(Job::Bundles(tasks)).is_err() {
+                            for id in ids {
+                                controls.remove(&id);
+                                send_error(&mut inbox, id, "the rank's runner thread has stopped");
+                            }
                         }
-                        None => {
-                            send_error(id, &format!("program {sha} was never sent to this rank"));
-                            continue;
-                        }
-                    };
-                    let bundle = rest[SHA_LEN..].to_vec();
-                    let control = ProcessControl::new();
-                    let thread_control = control.clone();
-                    let tx = res_tx.clone();
-                    let thread_opts = opts.clone();
-                    let spawned = std::thread::Builder::new()
-                        .name(format!("mw-mpi-task-{id}"))
-                        .spawn(move || {
-                            let label = format!("task bundle of task {id} on MPI rank {rank}");
-                            let outcome = run_task_bytes(
-                                &program,
-                                &bundle,
-                                &label,
-                                &thread_control,
-                                &thread_opts,
-                            )
-                            .map(|(_, bytes)| with_id(id, &bytes))
-                            .map_err(|e| e.to_string());
-                            let _ = tx.send((id, outcome));
-                        });
-                    match spawned {
-                        Ok(thread) => {
-                            current = Some(Running {
-                                id,
-                                control,
-                                thread,
-                            })
-                        }
-                        Err(e) => send_error(id, &format!("cannot start a task thread: {e}")),
                     }
                 }
+                TAG_STREAM => match serde_json::from_slice::<StreamBatch>(&data) {
+                    Ok(batch) => match program_for(&programs, &batch.program) {
+                        Ok(program) => {
+                            let tasks: Vec<(StreamTask, ProcessControl)> = batch
+                                .tasks
+                                .into_iter()
+                                .map(|t| {
+                                    let c = ProcessControl::new();
+                                    controls.insert(t.id, c.clone());
+                                    (t, c)
+                                })
+                                .collect();
+                            let ids: Vec<u64> = tasks.iter().map(|t| t.0.id).collect();
+                            let job = Job::Stream {
+                                program,
+                                args: batch.args,
+                                env: batch.env,
+                                tasks,
+                            };
+                            if job_tx.send(job).is_err() {
+                                for id in ids {
+                                    controls.remove(&id);
+                                    send_error(
+                                        &mut inbox,
+                                        id,
+                                        "the rank's runner thread has stopped",
+                                    );
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            for t in batch.tasks {
+                                send_error(&mut inbox, t.id, &e);
+                            }
+                        }
+                    },
+                    Err(e) => log::warn!("mpi rank {rank}: ignoring a malformed stream batch: {e}"),
+                },
                 TAG_CANCEL => {
                     if let Some((id, _)) = split_id(&data) {
-                        if let Some(run) = current.as_ref().filter(|r| r.id == id) {
-                            run.control.cancel();
+                        if let Some(c) = controls.get(&id) {
+                            c.cancel();
                         }
                     }
                 }
                 TAG_STOP => {
-                    if let Some(run) = current.take() {
-                        run.control.cancel();
-                        let _ = run.thread.join();
+                    for c in controls.values() {
+                        c.cancel();
                     }
+                    drop(job_tx);
+                    let _ = runner.join();
                     break;
                 }
                 other => {
@@ -678,11 +1081,11 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
             backoff.reset();
             continue;
         }
-        if current.is_some() {
-            // A task runs: its end wakes us through the channel at once, and the master only
-            // sends a cancel or stop meanwhile, so probe rarely and leave the CPU to the task.
-            if let Ok(r) = res_rx.recv_timeout(BUSY_PROBE_INTERVAL) {
-                pending = Some(r);
+        if !controls.is_empty() {
+            // Tasks run: their ends wake us through the channel at once, and the master only
+            // sends more tasks, a cancel or stop meanwhile, so probe every few ms.
+            if let Ok(d) = done_rx.recv_timeout(BUSY_PROBE_INTERVAL) {
+                pending = Some(d);
             }
             continue;
         }
@@ -708,14 +1111,22 @@ impl Interface for Mpi {
         "mpi"
     }
 
-    fn reserve_worker(&self, _task: &PreparedTask) -> Result<WorkerId, InterfaceError> {
+    fn reserve_worker(&self, task: &PreparedTask) -> Result<WorkerId, InterfaceError> {
+        let depth = match task.spec.program.mode() {
+            ProgramMode::Process => PROCESS_RANK_DEPTH,
+            ProgramMode::Stream => STREAM_RANK_DEPTH,
+        };
         let mut st = self.shared.lock();
         loop {
             if let Some(why) = &st.closed {
                 return Err(InterfaceError::new(why));
             }
-            if let Some(rank) = st.free.pop() {
-                return Ok(WorkerId(rank as u64));
+            // The least-loaded rank, if it can take one more.
+            if let Some((rank, load)) = st.load.iter_mut().enumerate().min_by_key(|(_, l)| **l) {
+                if *load < depth {
+                    *load += 1;
+                    return Ok(WorkerId(rank as u64));
+                }
             }
             st = self.shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
         }
@@ -729,19 +1140,14 @@ impl Interface for Mpi {
             ))));
             return;
         };
+        {
+            let mut st = self.shared.lock();
+            st.running.insert(task.id, rank);
+            st.started += 1;
+        }
         let bundle = match task.spec.program.bundle(&task.staging_dir) {
             Ok(b) => b,
             Err(e) => return self.fail(rank, &task, done, format!("packing the program: {e}")),
-        };
-        let message = match task.task_bundle_bytes(&bundle) {
-            Ok(bytes) => {
-                let mut m = Vec::with_capacity(8 + SHA_LEN + bytes.len());
-                m.extend_from_slice(&task.id.0.to_le_bytes());
-                m.extend_from_slice(bundle.sha256.as_bytes());
-                m.extend_from_slice(&bytes);
-                m
-            }
-            Err(e) => return self.fail(rank, &task, done, format!("packing the task: {e}")),
         };
         if bundle.sha256.len() != SHA_LEN {
             return self.fail(
@@ -751,11 +1157,43 @@ impl Interface for Mpi {
                 "program SHA-256 is not 64 hex digits".into(),
             );
         }
+        let wire = match task.spec.program.mode() {
+            ProgramMode::Stream => {
+                if !task.spec.input_files.is_empty() || !task.spec.outputs.is_empty() {
+                    let msg = format!(
+                        "{}: a streaming program's tasks cannot have input files or declared \
+                         outputs (one process serves many tasks in one directory)",
+                        task.id
+                    );
+                    return self.fail(rank, &task, done, msg);
+                }
+                Wire::Stream(
+                    bundle.sha256.clone(),
+                    StreamTask {
+                        id: task.id.0,
+                        input: task.spec.input.clone(),
+                        timeout_secs: task.spec.timeout.map(|t| t.as_secs_f64()),
+                    },
+                )
+            }
+            ProgramMode::Process => match task.task_bundle_bytes(&bundle) {
+                Ok(bytes) => {
+                    let mut m = Vec::with_capacity(16 + SHA_LEN + bytes.len());
+                    m.extend_from_slice(&task.id.0.to_le_bytes());
+                    m.extend_from_slice(bundle.sha256.as_bytes());
+                    m.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+                    m.extend_from_slice(&bytes);
+                    Wire::Bundle(m)
+                }
+                Err(e) => return self.fail(rank, &task, done, format!("packing the task: {e}")),
+            },
+        };
         let need_program = {
-            let st = self.shared.lock();
-            !st.programs_sent
-                .get(&rank)
-                .is_some_and(|s| s.contains(&bundle.sha256))
+            let mut st = self.shared.lock();
+            st.programs_sent
+                .entry(rank)
+                .or_default()
+                .insert(bundle.sha256.clone())
         };
         let program = if need_program {
             match std::fs::read(&bundle.path) {
@@ -768,15 +1206,6 @@ impl Interface for Mpi {
         } else {
             None
         };
-        {
-            let mut st = self.shared.lock();
-            st.programs_sent
-                .entry(rank)
-                .or_default()
-                .insert(bundle.sha256.clone());
-            st.running.insert(task.id, rank);
-            st.started += 1;
-        }
         let sink = self
             .shared
             .sink
@@ -790,7 +1219,7 @@ impl Interface for Mpi {
             task,
             rank,
             program,
-            message,
+            wire,
             done,
         };
         if let Err(mpsc::SendError(Cmd::Execute { task, done, .. })) = self.cmds.send(cmd) {

@@ -2,11 +2,17 @@
 //! temporary directory, run through the worker-runtime library (the same code `mw-worker`
 //! uses on remote hosts). Cancel and timeout kill the task's whole process group.
 //!
+//! A streaming program ([`ProgramMode::Stream`]) runs as one long-lived process per slot
+//! ([`mw_worker_runtime::stream`]); the slot then takes up to [`STREAM_SLOT_DEPTH`] tasks at
+//! once and its thread feeds them to the program ahead of its answers, so neither waits on
+//! the other.
+//!
 //! This module knows nothing of the journal, bundles on the wire, or other platforms.
 
 use crate::interface::{Completion, HandleSink, Interface};
-use crate::task::{Execution, InterfaceError, PreparedTask, TaskId, WorkerId};
+use crate::task::{Execution, InterfaceError, PreparedTask, ProgramMode, TaskId, WorkerId};
 use mw_worker_runtime::exec::{collect_outputs, host_name};
+use mw_worker_runtime::stream::{StreamInput, StreamOutcome, StreamProgram, StreamRunner};
 use mw_worker_runtime::{execute, ExecRequest, ProcessControl};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -28,6 +34,10 @@ type Slot = (std::sync::mpsc::Sender<SlotJob>, PathBuf);
 /// Tasks a slot may hold at once. One: a task handed to a slot starts at once, and a task
 /// that is "running" really runs (handing a slot its next task early measured no faster).
 const SLOT_DEPTH: u32 = 1;
+
+/// Tasks a slot running a streaming program may hold at once: enough that the program always
+/// has inputs written ahead (the runner's window is 64) while the master dispatches more.
+pub const STREAM_SLOT_DEPTH: u32 = 256;
 
 /// Local cores as workers.
 pub struct Multicore {
@@ -98,14 +108,23 @@ impl Multicore {
     }
 }
 
+/// A streaming slot wakes the scheduler only each time this many of its places are free
+/// again, so the scheduler hands it tasks in runs instead of waking once per task (each
+/// wake-up is a context switch, and on a busy machine a wait for a CPU).
+const STREAM_WAKE_EVERY: u32 = 64;
+
 fn release(state: &(Mutex<SlotState>, Condvar), worker: WorkerId, task: TaskId) {
     let mut st = lock(state);
     st.running.remove(&task);
+    let mut wake = true;
     if let Some(l) = st.load.get_mut(worker.0 as usize) {
         *l = l.saturating_sub(1);
+        wake = *l % STREAM_WAKE_EVERY == 0;
     }
     drop(st);
-    state.1.notify_one();
+    if wake {
+        state.1.notify_one();
+    }
 }
 
 /// Prefix of slot directories in the scratch root.
@@ -295,12 +314,238 @@ fn run_one(
     })
 }
 
+/// A slot thread's life: run what arrives, one process per task or through the slot's
+/// streaming program, until the channel closes.
+fn slot_loop(
+    rx: &std::sync::mpsc::Receiver<SlotJob>,
+    dir: &Path,
+    host: &str,
+    state: &Arc<(Mutex<SlotState>, Condvar)>,
+    worker: WorkerId,
+) {
+    let mut stream: Option<(StreamKey, StreamRunner)> = None;
+    let mut pending: Option<SlotJob> = None;
+    loop {
+        let job = match pending.take() {
+            Some(j) => j,
+            None => match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            },
+        };
+        if job.0.spec.program.mode() == ProgramMode::Stream {
+            // A panic fails the tasks in flight (their tokens report it when dropped) and
+            // restarts the program; it never takes the slot down.
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_stream(job, rx, &mut pending, &mut stream, dir, host, state, worker)
+            }));
+            if let Err(p) = run {
+                log::error!(
+                    "internal error in a streaming slot: {}",
+                    panic_message(p.as_ref())
+                );
+                stream = None;
+            }
+            continue;
+        }
+        // Once a process-mode task comes, a streaming program of this slot is stopped.
+        stream = None;
+        let (task, control, done) = job;
+        // A panic while running one task fails that task (with a message) and frees the
+        // slot; it never takes the slot down.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_one(&task, &control, dir, host)
+        }))
+        .unwrap_or_else(|p| {
+            Err(InterfaceError::new(format!(
+                "internal error while running {}: {}",
+                task.id,
+                panic_message(p.as_ref())
+            )))
+        });
+        release(state, worker, task.id);
+        done.finish(outcome);
+    }
+}
+
+/// What must be equal for two tasks to share one streaming process.
+#[derive(PartialEq)]
+struct StreamKey {
+    program: usize,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+}
+
+impl StreamKey {
+    fn of(task: &PreparedTask) -> StreamKey {
+        StreamKey {
+            program: Arc::as_ptr(&task.spec.program) as usize,
+            args: task.spec.args.clone(),
+            env: task.spec.env.clone(),
+        }
+    }
+
+    fn matches(&self, task: &PreparedTask) -> bool {
+        self.program == Arc::as_ptr(&task.spec.program) as usize
+            && self.args == task.spec.args
+            && self.env == task.spec.env
+    }
+}
+
+/// A task given to the streaming runner: reports its end exactly once, and frees its place
+/// in the slot even if it is dropped unreported (a panic).
+struct StreamToken {
+    id: TaskId,
+    done: Option<Completion>,
+    state: Arc<(Mutex<SlotState>, Condvar)>,
+    worker: WorkerId,
+}
+
+impl StreamToken {
+    fn finish(mut self, outcome: Result<Execution, InterfaceError>) {
+        release(&self.state, self.worker, self.id);
+        if let Some(done) = self.done.take() {
+            done.finish(outcome);
+        }
+    }
+}
+
+impl Drop for StreamToken {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            release(&self.state, self.worker, self.id);
+            done.finish(Err(InterfaceError::new(format!(
+                "internal error: the streaming slot lost {}",
+                self.id
+            ))));
+        }
+    }
+}
+
+/// Why a task cannot run in stream mode, if it cannot.
+fn stream_unfit(task: &PreparedTask) -> Option<String> {
+    if !task.spec.input_files.is_empty() || !task.spec.outputs.is_empty() {
+        return Some(format!(
+            "{}: a streaming program's tasks cannot have input files or declared outputs \
+             (one process serves many tasks in one directory)",
+            task.id
+        ));
+    }
+    None
+}
+
+/// Runs `first` and every stream task that follows it in the channel (same program,
+/// arguments and environment) through the slot's streaming program; stops at the first
+/// task that needs something else, leaving it in `pending`.
+#[allow(clippy::too_many_arguments)]
+fn run_stream(
+    first: SlotJob,
+    rx: &std::sync::mpsc::Receiver<SlotJob>,
+    pending: &mut Option<SlotJob>,
+    stream: &mut Option<(StreamKey, StreamRunner)>,
+    dir: &Path,
+    host: &str,
+    state: &Arc<(Mutex<SlotState>, Condvar)>,
+    worker: WorkerId,
+) {
+    let (task, control, done) = first;
+    if let Some(why) = stream_unfit(&task) {
+        release(state, worker, task.id);
+        done.finish(Err(InterfaceError::new(why)));
+        return;
+    }
+    if !stream.as_ref().is_some_and(|(k, _)| k.matches(&task)) {
+        // Stop the old program before emptying its directory for the new one.
+        *stream = None;
+        let workdir = match prepare_stream_dir(&task, dir) {
+            Ok(w) => w,
+            Err(e) => {
+                release(state, worker, task.id);
+                done.finish(Err(e));
+                return;
+            }
+        };
+        let spec = &task.spec;
+        let mut p = StreamProgram::new(spec.program.executable().to_path_buf(), workdir);
+        p.args = spec.program.base_args().to_vec();
+        p.args.extend(spec.args.iter().cloned());
+        p.env = spec.env.clone();
+        *stream = Some((StreamKey::of(&task), StreamRunner::new(p)));
+    }
+    let Some((key, runner)) = stream.as_mut() else {
+        return;
+    };
+    let token = |task: &PreparedTask, done: Completion| StreamToken {
+        id: task.id,
+        done: Some(done),
+        state: state.clone(),
+        worker,
+    };
+    let input = |task: &PreparedTask, control: ProcessControl| StreamInput {
+        line: serde_json::to_vec(&task.spec.input).unwrap_or_else(|_| b"null".to_vec()),
+        timeout: task.spec.timeout,
+        control,
+    };
+    let mut first = Some((input(&task, control), token(&task, done)));
+    runner.serve(
+        || {
+            if let Some(f) = first.take() {
+                return Some(f);
+            }
+            if pending.is_some() {
+                return None;
+            }
+            let (task, control, done) = rx.try_recv().ok()?;
+            if task.spec.program.mode() != ProgramMode::Stream
+                || !key.matches(&task)
+                || stream_unfit(&task).is_some()
+            {
+                *pending = Some((task, control, done));
+                return None;
+            }
+            Some((input(&task, control), token(&task, done)))
+        },
+        |token: StreamToken, o: StreamOutcome| {
+            token.finish(Ok(Execution {
+                exit: o.exit,
+                stdout: o.result,
+                stderr_tail: o.stderr_tail,
+                wall: o.wall,
+                // A long-lived process's CPU time is not split per task.
+                cpu: std::time::Duration::ZERO,
+                host: host.to_string(),
+                started: Some(o.started),
+                output_files: Vec::new(),
+                missing_outputs: Vec::new(),
+            }))
+        },
+    );
+}
+
+/// The slot's emptied working directory with the program's files linked in.
+fn prepare_stream_dir(task: &PreparedTask, dir: &Path) -> Result<PathBuf, InterfaceError> {
+    let workdir = fresh_workdir(dir)?;
+    for (name, path) in task.spec.program.files() {
+        let link = workdir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(path, &link).map_err(|e| {
+                InterfaceError::new(format!("linking program file {}: {e}", path.display()))
+            })?;
+        }
+    }
+    Ok(workdir)
+}
+
 impl Interface for Multicore {
     fn name(&self) -> &'static str {
         "multicore"
     }
 
-    fn reserve_worker(&self, _task: &PreparedTask) -> Result<WorkerId, InterfaceError> {
+    fn reserve_worker(&self, task: &PreparedTask) -> Result<WorkerId, InterfaceError> {
+        let depth = match task.spec.program.mode() {
+            ProgramMode::Process => SLOT_DEPTH,
+            ProgramMode::Stream => STREAM_SLOT_DEPTH,
+        };
         let mut st = lock(&self.state);
         loop {
             if st.shut_down {
@@ -308,7 +553,7 @@ impl Interface for Multicore {
             }
             // The least-loaded slot, if it can take one more.
             if let Some((slot, load)) = st.load.iter_mut().enumerate().min_by_key(|(_, l)| **l) {
-                if *load < SLOT_DEPTH {
+                if *load < depth {
                     *load += 1;
                     return Ok(WorkerId(slot as u64));
                 }
@@ -342,23 +587,7 @@ impl Interface for Multicore {
                     .name(format!("mw-slot-{slot}"))
                     .spawn(move || {
                         let _lock = lock;
-                        for (task, control, done) in rx {
-                            // A panic while running one task fails that task (with a
-                            // message) and frees the slot; it never takes the slot down.
-                            let outcome =
-                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                    run_one(&task, &control, dir.path(), &host)
-                                }))
-                                .unwrap_or_else(|p| {
-                                    Err(InterfaceError::new(format!(
-                                        "internal error while running {}: {}",
-                                        task.id,
-                                        panic_message(p.as_ref())
-                                    )))
-                                });
-                            release(&state, worker, task.id);
-                            done.finish(outcome);
-                        }
+                        slot_loop(&rx, dir.path(), &host, &state, worker);
                     });
                 if spawned.is_ok() {
                     threads[slot] = Some((tx, path));

@@ -27,23 +27,57 @@ impl std::fmt::Display for TaskId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WorkerId(pub u64);
 
+/// How a program serves its tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum ProgramMode {
+    /// One process per task: input JSON on stdin, result JSON on stdout, exit 0 = success.
+    #[default]
+    Process,
+    /// One long-lived process serves many tasks: one JSON input per line on stdin, one
+    /// JSON result per line on stdout, in order (`{"error": ...}` fails a task); the stream
+    /// contract of [`mw_worker_runtime::stream`]. Tasks may not have input files or outputs,
+    /// and tasks with different arguments or environment run in different processes.
+    Stream,
+}
+
+impl ProgramMode {
+    /// `process` or `stream`, as in job files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProgramMode::Process => "process",
+            ProgramMode::Stream => "stream",
+        }
+    }
+
+    /// Parses [`as_str`](Self::as_str)'s output.
+    pub fn parse(s: &str) -> Option<ProgramMode> {
+        match s {
+            "process" => Some(ProgramMode::Process),
+            "stream" => Some(ProgramMode::Stream),
+            _ => None,
+        }
+    }
+}
+
 /// A program: an executable plus the files it needs (PyMW's `modules`/`dep_funcs`).
 #[derive(Debug)]
 pub struct Program {
     executable: PathBuf,
     base_args: Vec<String>,
     files: Vec<(String, PathBuf)>,
+    mode: ProgramMode,
     bundle: Mutex<Option<ProgramBundle>>,
 }
 
 impl Clone for Program {
-    /// A copy with the same executable, arguments and files (and the bundle already packed,
+    /// A copy with the same executable, arguments, files and mode (and the bundle already packed,
     /// if any; the copies then pack separately).
     fn clone(&self) -> Self {
         Program {
             executable: self.executable.clone(),
             base_args: self.base_args.clone(),
             files: self.files.clone(),
+            mode: self.mode,
             bundle: Mutex::new(
                 self.bundle
                     .lock()
@@ -129,8 +163,21 @@ impl Program {
             executable: path,
             base_args: Vec::new(),
             files: Vec::new(),
+            mode: ProgramMode::Process,
             bundle: Mutex::new(None),
         })
+    }
+
+    /// Sets how the program serves tasks ([`ProgramMode::Stream`]: one long-lived process
+    /// per worker slot).
+    pub fn with_mode(mut self, mode: ProgramMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// How the program serves tasks.
+    pub fn mode(&self) -> ProgramMode {
+        self.mode
     }
 
     /// Adds arguments the program always gets first (e.g. the script for an interpreter).

@@ -314,3 +314,64 @@ fn a_result_is_trusted_only_for_what_its_task_vouches_for() {
     assert_eq!(std::fs::read(out.join("declared.txt")).unwrap(), b"ok");
     assert!(!out.join("sneaky.sh").exists());
 }
+
+/// A journaled job of `n` tasks none of which ever started (its master had no worker).
+fn job_never_started(job: &std::path::Path, n: u64) {
+    let idle = Scripted::new(0, false);
+    let m =
+        Master::with_journal(idle as Arc<dyn Interface>, MasterOptions::default(), job).unwrap();
+    for k in 0..n {
+        m.submit_task(TaskSpec::new(program(), json!(k))).unwrap();
+    }
+    drop(m);
+}
+
+#[test]
+fn cancel_requests_pending_in_the_journal_are_applied_before_a_resumed_master_dispatches() {
+    // What `mw cancel` leaves when it runs while no master holds the job (e.g. right after
+    // `mw submit`, before the detached master took the job over): the next master must
+    // apply it before anything starts, and acknowledge it.
+    let dir = tempfile::tempdir().unwrap();
+    for (name, request) in [("one", Some(1u64)), ("all", None)] {
+        let job = dir.path().join(name);
+        job_never_started(&job, 4);
+        let path = job.join(mw::journal::JOURNAL_FILE);
+        let conn = mw::journal::open_checked(&path, true).unwrap();
+        let req = mw::journal::request_cancel(&conn, &path, request, 1.7e9).unwrap();
+        drop(conn);
+
+        let s = Scripted::new(4, false);
+        let m = Master::resume(
+            s.clone() as Arc<dyn Interface>,
+            MasterOptions::default(),
+            &job,
+            |_, input| Ok(TaskSpec::new(program(), input)),
+        )
+        .unwrap();
+        let conn = mw::journal::open_checked(&path, false).unwrap();
+        assert!(mw::journal::cancel_acknowledged(&conn, &path, req).unwrap());
+        let expect_started = if request.is_some() { 3 } else { 0 };
+        for t in s.wait_started(expect_started) {
+            s.succeed(t, "0");
+        }
+        let outcomes = collect_all(&m);
+        assert_eq!(outcomes.len(), 4, "{name}");
+        for (t, r) in &outcomes {
+            let cancelled = request.is_none_or(|c| c == t.0);
+            assert_eq!(
+                matches!(r, Err(MwError::Cancelled(_))),
+                cancelled,
+                "{name}: {t}: {r:?}"
+            );
+        }
+        let started = s.started();
+        assert_eq!(started.len(), expect_started, "{name}: {started:?}");
+        if let Some(c) = request {
+            assert!(!started.contains(&TaskId(c)), "{name}: {started:?}");
+        }
+        drop(m);
+        let conn = mw::journal::open_checked(&path, false).unwrap();
+        let counts = mw::journal::state_counts(&conn, &path).unwrap();
+        assert_eq!(counts.cancelled, 4 - expect_started as u64, "{name}");
+    }
+}

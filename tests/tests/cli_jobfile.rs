@@ -90,6 +90,30 @@ fn missing_program_section() {
 }
 
 #[test]
+fn stream_mode_restrictions() {
+    bad_job(
+        "[program]\npath = \"echo.sh\"\nmode = \"streaming\"\n[inputs]\nlist = [1]\n",
+        "3:8",
+        &["program.mode", "\"process\" or \"stream\""],
+    );
+    bad_job(
+        "outputs = [\"o.txt\"]\n[program]\npath = \"echo.sh\"\nmode = \"stream\"\n[inputs]\nlist = [1]\n",
+        "1:12",
+        &["outputs", "cannot declare output files"],
+    );
+    bad_job(
+        "[program]\npath = \"echo.sh\"\nmode = \"stream\"\nstdout = \"text\"\n[inputs]\nlist = [1]\n",
+        "4:10",
+        &["program.stdout", "one JSON line"],
+    );
+    bad_job(
+        "[program]\npath = \"echo.sh\"\n[reduce]\npath = \"echo.sh\"\nmode = \"stream\"\n[inputs]\nlist = [1]\n",
+        "5:8",
+        &["reduce.mode", "no mode"],
+    );
+}
+
+#[test]
 fn missing_program_file() {
     bad_job(
         "[program]\npath = \"nope.sh\"\n[inputs]\nlist = [1]\n",

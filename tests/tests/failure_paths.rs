@@ -440,3 +440,109 @@ fn mw_cancel_of_a_fast_job_stops_it_within_the_acknowledgement() {
     );
     assert!(after < 20000);
 }
+
+/// `mw status JOB --json` of job `id`.
+fn status_of(d: &Path, id: &str) -> serde_json::Value {
+    let o = run_mw(d, &["status", id, "--json"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    serde_json::from_str(&o.stdout).unwrap()
+}
+
+/// `mw submit FILE` with `env`; returns the job id.
+fn submit_with(d: &Path, file: &str, env: &[(&str, &str)]) -> String {
+    let (code, stdout, stderr) = finish(spawn_mw(d, &["submit", file], env));
+    assert_eq!(code, 0, "{stderr}");
+    stdout.split('\t').next().unwrap().to_string()
+}
+
+#[test]
+fn a_cancel_right_after_submit_is_never_lost() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    // Tasks that never end by themselves: only the cancel can end the job.
+    gated_job(d, "soon", 30);
+    for round in 1..=3 {
+        let id = submit_with(d, "soon.toml", &[]);
+        assert_eq!(id, format!("soon-{round}"));
+        // At once: the detached master may not have taken the job over yet.
+        let o = run_mw(d, &["cancel", &id]);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        assert!(o.stderr.contains("cancelled"), "{}", o.stderr);
+        let o = run_mw(d, &["wait", &id, "--timeout", "60"]);
+        assert_eq!(
+            o.code, 1,
+            "the job must end, every task cancelled: {}",
+            o.stderr
+        );
+        let counts = &status_of(d, &id)["job"]["counts"];
+        assert_eq!(counts["cancelled"], 30, "{counts}");
+        assert_eq!(counts["done"], 0, "{counts}");
+    }
+    poll("every started task gone", || {
+        pids(d).iter().all(|p| !alive(*p))
+    });
+
+    // The detached master dies before it takes the job over: the cancel is carried out
+    // without it, and no task ever starts.
+    for p in std::fs::read_dir(d.join("pids")).unwrap().flatten() {
+        std::fs::remove_file(p.path()).unwrap();
+    }
+    let id = submit_with(d, "soon.toml", &[("MW_CRASH_AT", "resume-start")]);
+    let o = run_mw(d, &["cancel", &id]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stderr.contains("30 tasks cancelled"), "{}", o.stderr);
+    assert_eq!(status_of(d, &id)["job"]["counts"]["cancelled"], 30);
+    let o = run_mw(d, &["resume", &id, "-q"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("nothing to resume"), "{}", o.stderr);
+    assert!(pids(d).is_empty(), "a cancelled task started");
+}
+
+#[test]
+fn a_pending_cancel_is_applied_before_a_resumed_master_dispatches_anything() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    std::fs::create_dir_all(d.join("started")).unwrap();
+    script(
+        d,
+        "mark.sh",
+        &format!(
+            "read input\ntouch {}/$input\necho \"$input\"",
+            d.join("started").display()
+        ),
+    );
+    write(
+        d,
+        "p.toml",
+        "name = \"p\"\nworkers = 2\n[program]\npath = \"mark.sh\"\n[inputs]\nlist = [0, 1, 2, 3, 4, 5]\n",
+    );
+    // A submitted job whose master died before taking it over, and a `mw cancel` of task 0
+    // killed right after recording its request: nobody has carried the request out.
+    let id = submit_with(d, "p.toml", &[("MW_CRASH_AT", "resume-start")]);
+    let (code, _, stderr) = finish(spawn_mw(
+        d,
+        &["cancel", &id, "--task", "0"],
+        &[("MW_CRASH_AT", "cancel-recorded")],
+    ));
+    assert_eq!(code, -1, "the crash point must kill mw cancel: {stderr}");
+    // The next master applies it before it dispatches anything: task 0 never starts.
+    let o = run_mw(d, &["resume", &id, "-q"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let started: BTreeSet<String> = std::fs::read_dir(d.join("started"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        started,
+        ["1", "2", "3", "4", "5"].map(String::from).into(),
+        "task 0 was cancelled before the master started"
+    );
+    let counts = &status_of(d, &id)["job"]["counts"];
+    assert_eq!(counts["cancelled"], 1, "{counts}");
+    assert_eq!(counts["done"], 5, "{counts}");
+    // The request was acknowledged: a retry of task 0 runs it (it is not cancelled again).
+    let o = run_mw(d, &["retry", &id, "--task", "0", "-q"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(d.join("started").join("0").exists());
+}

@@ -130,3 +130,120 @@ fn prime_tester_under_mpirun_matches_multicore() {
         outputs(&tmp.path().join("mc.jsonl"))
     );
 }
+
+const STREAM_PROG: &str = r#"
+import json, sys, time
+for line in sys.stdin:
+    x = json.loads(line)
+    k = x.get("kind")
+    if k == "crash":
+        sys.stderr.write("crashing on purpose\n"); sys.stderr.flush(); sys.exit(5)
+    if k == "hang":
+        time.sleep(3600)
+    if k == "malformed":
+        print("{not json", flush=True); continue
+    if k == "few":
+        sys.exit(0)
+    if k == "error":
+        print(json.dumps({"error": "refused"}), flush=True); continue
+    print(json.dumps({"double": 2 * x["n"]}), flush=True)
+"#;
+
+/// A stream-mode job of 400 tasks of which 5 misbehave (crash, hang past the timeout,
+/// malformed line, too few lines, error answer).
+fn stream_job(dir: &Path) -> PathBuf {
+    std::fs::write(dir.join("prog.py"), STREAM_PROG).unwrap();
+    let mut inputs = Vec::new();
+    for n in 0..400 {
+        let kind = match n {
+            50 => "crash",
+            120 => "hang",
+            200 => "malformed",
+            260 => "few",
+            300 => "error",
+            _ => "",
+        };
+        inputs.push(format!("{{\"n\": {n}, \"kind\": \"{kind}\"}}"));
+    }
+    std::fs::write(dir.join("inputs.jsonl"), inputs.join("\n")).unwrap();
+    let job = dir.join("stream.toml");
+    std::fs::write(
+        &job,
+        "name = \"stream\"\nworkers = 2\ntimeout = 3.0\n[program]\ncommand = [\"python3\", \"prog.py\"]\nfiles = [\"prog.py\"]\nmode = \"stream\"\n[inputs]\nfile = \"inputs.jsonl\"\n",
+    )
+    .unwrap();
+    job
+}
+
+/// Every task of [`stream_job`] is reported once, with its own outcome.
+fn check_stream_results(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    for l in text.lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        let n = v["task"].as_u64().unwrap();
+        assert!(seen.insert(n, v).is_none(), "task {n} reported twice");
+    }
+    assert_eq!(seen.len(), 400);
+    for (n, v) in &seen {
+        let exit = v["exit"].as_str().unwrap();
+        let expect_fail = |what: &str| {
+            assert_eq!(v["state"], "failed", "task {n}: {v}");
+            assert!(
+                exit.contains(what),
+                "task {n}: exit `{exit}` lacks `{what}`"
+            );
+        };
+        match n {
+            50 => {
+                expect_fail("exit status 5");
+                assert!(
+                    v["error"].as_str().unwrap().contains("crashing on purpose"),
+                    "{v}"
+                );
+            }
+            120 => expect_fail("timed out"),
+            200 => expect_fail("not JSON"),
+            260 => expect_fail("without answering"),
+            300 => expect_fail("reported an error: refused"),
+            _ => {
+                assert_eq!(v["state"], "done", "task {n}: {v}");
+                assert_eq!(v["output"]["double"].as_u64(), Some(2 * n));
+            }
+        }
+    }
+}
+
+#[test]
+fn stream_mode_job_under_mpirun_and_multicore_reports_every_task_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = stream_job(tmp.path());
+    for (name, mpi) in [("multicore", false), ("mpi", true)] {
+        let output = tmp.path().join(format!("{name}.jsonl"));
+        let mut cmd = if mpi {
+            let mut c = Command::new("timeout");
+            c.args(["300", "mpirun", "-n", "3"])
+                .arg(mw_tests::bin("mw"));
+            c
+        } else {
+            let mut c = Command::new("timeout");
+            c.arg("300").arg(mw_tests::bin("mw"));
+            c
+        };
+        cmd.arg("run")
+            .arg(&job)
+            .args(["--interface", name, "-q", "--jobs-dir"])
+            .arg(tmp.path().join("jobs"))
+            .arg("--output")
+            .arg(&output);
+        let out = ompi(&mut cmd).output().expect("run mw");
+        // Exit 1: some tasks failed (on purpose); anything else is a failure of the run.
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        check_stream_results(&output);
+    }
+}

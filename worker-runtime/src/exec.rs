@@ -105,24 +105,24 @@ pub struct ExecOutcome {
     pub started: SystemTime,
 }
 
-struct Exited {
-    status: i32,
-    user: Duration,
-    sys: Duration,
+pub(crate) struct Exited {
+    pub(crate) status: i32,
+    pub(crate) user: Duration,
+    pub(crate) sys: Duration,
 }
 
 #[derive(Default)]
-struct ControlState {
-    pgid: Option<i32>,
-    cancelled: bool,
+pub(crate) struct ControlState {
+    pub(crate) pgid: Option<i32>,
+    pub(crate) cancelled: bool,
     suspended: bool,
     /// Counts runs, so a delayed SIGKILL never hits a later run of the same control.
-    run: u64,
-    grace: Duration,
+    pub(crate) run: u64,
+    pub(crate) grace: Duration,
     /// Told the process group id right after the program started.
-    on_start: Option<Arc<dyn Fn(i32) + Send + Sync>>,
+    pub(crate) on_start: Option<Arc<dyn Fn(i32) + Send + Sync>>,
     /// The running task's [`TASK_TOKEN_ENV`] value, which its descendants inherit.
-    token: Option<String>,
+    pub(crate) token: Option<String>,
     /// The running task's Job Object (Windows' process group).
     #[cfg(windows)]
     job: Option<Arc<windows::Job>>,
@@ -149,7 +149,7 @@ impl std::fmt::Debug for ProcessControl {
 pub const TASK_TOKEN_ENV: &str = "MW_TASK_TOKEN";
 
 #[cfg(unix)]
-fn task_token() -> String {
+pub(crate) fn task_token() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
@@ -167,7 +167,7 @@ fn task_token() -> String {
 /// SIGKILLs every process of this user whose environment carries `token` (read from
 /// `/proc/<pid>/environ`; other users' processes cannot be read and are not ours).
 /// Repeats until a pass finds none, so a process forking while we look is caught too.
-fn kill_escapees(token: &str) {
+pub(crate) fn kill_escapees(token: &str) {
     let needle = format!("{TASK_TOKEN_ENV}={token}\0").into_bytes();
     let me = std::process::id();
     for _ in 0..10 {
@@ -204,10 +204,10 @@ fn kill_escapees(token: &str) {
 }
 
 #[cfg(not(unix))]
-fn kill_escapees(_token: &str) {}
+pub(crate) fn kill_escapees(_token: &str) {}
 
 #[cfg(unix)]
-fn signal_group(pgid: i32, signal: i32) {
+pub(crate) fn signal_group(pgid: i32, signal: i32) {
     // SAFETY: killpg only sends a signal; a stale or invalid pgid yields ESRCH, which we ignore.
     unsafe {
         libc::killpg(pgid, signal);
@@ -219,7 +219,8 @@ fn signal_group(pgid: i32, signal: i32) {
 /// stopped group can act on it), a grace period, then SIGKILL. Callers differ only in how
 /// they spend the grace period (a poll loop, a channel wait, a timer thread); each ends it
 /// early when the leader exits, and calls [`kill`](Self::kill) when it runs out.
-struct Termination {
+#[derive(Debug)]
+pub(crate) struct Termination {
     pgid: i32,
     kill_at: Instant,
 }
@@ -227,7 +228,7 @@ struct Termination {
 #[cfg(unix)]
 impl Termination {
     /// Asks the group to stop (SIGTERM + SIGCONT) and starts the grace period.
-    fn start(pgid: i32, grace: Duration) -> Self {
+    pub(crate) fn start(pgid: i32, grace: Duration) -> Self {
         signal_group(pgid, libc::SIGTERM);
         signal_group(pgid, libc::SIGCONT);
         Termination {
@@ -237,7 +238,7 @@ impl Termination {
     }
 
     /// When the grace period ends.
-    fn kill_at(&self) -> Instant {
+    pub(crate) fn kill_at(&self) -> Instant {
         self.kill_at
     }
 
@@ -247,7 +248,7 @@ impl Termination {
     }
 
     /// Ends the grace period: SIGKILL to the whole group.
-    fn kill(self) {
+    pub(crate) fn kill(self) {
         signal_group(self.pgid, libc::SIGKILL);
     }
 }
@@ -258,7 +259,7 @@ impl ProcessControl {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ControlState> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, ControlState> {
         // A poisoned lock only means another thread panicked mid-update of plain flags.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -379,7 +380,7 @@ fn timeval(tv: libc::timeval) -> Duration {
 const PIPE_STDIN_MAX: usize = 16 * 1024;
 
 #[cfg(unix)]
-fn wait_pid(pid: i32) -> Option<Exited> {
+pub(crate) fn wait_pid(pid: i32) -> Option<Exited> {
     let mut status: i32 = 0;
     // SAFETY: rusage is plain old data; zeroed is a valid value for it.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -403,7 +404,7 @@ fn wait_pid(pid: i32) -> Option<Exited> {
 /// Spawns `cmd`, retrying briefly on ETXTBSY: an executable that was just written (a test's
 /// script, a freshly unpacked program) can still be open for writing in a child that another
 /// thread forked at that moment and that has not reached `exec` yet.
-fn spawn_retrying_busy(cmd: &mut Command) -> std::io::Result<std::process::Child> {
+pub(crate) fn spawn_retrying_busy(cmd: &mut Command) -> std::io::Result<std::process::Child> {
     let mut attempt = 0u64;
     loop {
         match cmd.spawn() {
@@ -648,7 +649,7 @@ fn finish(
 }
 
 #[cfg(unix)]
-fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
+pub(crate) fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
@@ -837,7 +838,7 @@ fn pump(
 }
 
 #[cfg(unix)]
-fn tail_string(bytes: &[u8], n: usize) -> String {
+pub(crate) fn tail_string(bytes: &[u8], n: usize) -> String {
     let start = bytes.len().saturating_sub(n);
     String::from_utf8_lossy(&bytes[start..]).into_owned()
 }

@@ -16,6 +16,7 @@ pub mod boinc;
 pub mod exec;
 pub mod pack;
 pub mod run;
+pub mod stream;
 pub mod task;
 
 pub use exec::{execute, ExecOutcome, ExecRequest, ProcessControl};

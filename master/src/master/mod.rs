@@ -16,7 +16,7 @@ mod scheduler;
 pub use outcome::{parse_stdout, parse_stdout_limited, MwError, TaskOutput, TaskTimes};
 pub use scheduler::STDOUT_FILE;
 use scheduler::{
-    completion, decode, finish_durably, mark_final, prepare, scheduler_loop, take_outcome,
+    completion, decode, finish_durably, on_complete, prepare, scheduler_loop, take_outcome,
     take_result,
 };
 
@@ -25,7 +25,7 @@ use crate::journal::Journal;
 use crate::task::{TaskId, TaskSpec, ToProgram};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -187,23 +187,95 @@ impl MasterStatus {
     }
 }
 
+/// What the master keeps of every task for the whole run: a few bytes (8), whatever the
+/// task's spec, input or result. Everything larger lives in [`Live`] only while the task
+/// needs it (queued with a caller-supplied spec, running, or finished and not collected).
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct TaskRecord {
-    pub(crate) spec: TaskSpec,
     pub(crate) state: TaskState,
-    pub(crate) attempts: u32,
-    pub(crate) times: TaskTimes,
-    pub(crate) outcome: Option<Result<TaskOutput, MwError>>,
     pub(crate) collected: bool,
     pub(crate) cancel_requested: bool,
     /// Final and (with a journal) committed: may be handed out.
     pub(crate) durable: bool,
-    /// Attempts made before this master took the task over (resume, `mw retry`): the
-    /// retry budget counts from here.
-    pub(crate) attempts_before: u32,
+    pub(crate) attempts: u32,
+}
+
+impl TaskRecord {
+    pub(crate) fn new(state: TaskState, attempts: u32) -> Self {
+        TaskRecord {
+            state,
+            collected: false,
+            cancel_requested: false,
+            durable: false,
+            attempts,
+        }
+    }
+}
+
+/// The part of a task kept from its dispatch until its outcome is collected.
+#[derive(Debug, Default)]
+pub(crate) struct Live {
+    /// Times (the submission time lives in the task's [`Batch`]).
+    pub(crate) times: TaskTimes,
+    pub(crate) outcome: Option<Box<Result<TaskOutput, MwError>>>,
+}
+
+/// Builds a task's spec from its index and input when the task is dispatched, so a master of
+/// millions of tasks keeps no spec in memory ([`Master::submit_inputs`],
+/// [`Master::resume_with_source`]). Any `Fn(u64, Value) -> Result<TaskSpec, String>` is one.
+pub trait SpecSource: Send + Sync + 'static {
+    /// The spec of task `index` whose input is `input`; an error fails the task.
+    fn build(&self, index: u64, input: serde_json::Value) -> Result<TaskSpec, String>;
+
+    /// The input of task `index` when the source can make it without reading the journal
+    /// (e.g. a sweep computes it from the index); `None` (the default): the master reads it
+    /// back from the journal. It must equal the input the task was submitted with.
+    fn input(&self, _index: u64) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+impl<F> SpecSource for F
+where
+    F: Fn(u64, serde_json::Value) -> Result<TaskSpec, String> + Send + Sync + 'static,
+{
+    fn build(&self, index: u64, input: serde_json::Value) -> Result<TaskSpec, String> {
+        self(index, input)
+    }
+}
+
+/// Tasks submitted together, from `first` up to the next batch: when, and from which spec
+/// source (none: each task's spec is in its [`Live`]).
+#[derive(Clone)]
+pub(crate) struct Batch {
+    pub(crate) first: u64,
+    pub(crate) at: Option<SystemTime>,
+    pub(crate) source: Option<Arc<dyn SpecSource>>,
+}
+
+/// How to get a task's spec, found under the lock and carried out outside it.
+pub(crate) enum SpecPlan {
+    Ready(TaskSpec),
+    Build {
+        source: Arc<dyn SpecSource>,
+        input: Option<serde_json::Value>,
+    },
+    Missing,
 }
 
 struct State {
     tasks: Vec<TaskRecord>,
+    live: HashMap<u64, Live>,
+    /// Specs the caller handed over ([`Master::submit_many`]), kept until the task is final.
+    specs: HashMap<u64, TaskSpec>,
+    /// Inputs of tasks built by a [`SpecSource`] on a master without a journal, kept until
+    /// the task is final (with a journal they are read back from it on dispatch).
+    inputs: HashMap<u64, serde_json::Value>,
+    batches: Vec<Batch>,
+    /// Attempts made before this master took a task over (resume, `mw retry`), for the
+    /// unfinished tasks that had any: the retry budget counts from here. A map, not a field
+    /// of [`TaskRecord`], which stays 8 bytes.
+    attempts_before: HashMap<u64, u32>,
     queue: VecDeque<TaskId>,
     /// Queued tasks waiting out a retry backoff, with when they may run again.
     delayed: Vec<(std::time::Instant, TaskId)>,
@@ -216,6 +288,8 @@ struct State {
     stopped: Option<String>,
     /// Final tasks whose journal row is committed (all final tasks without a journal).
     durable: usize,
+    /// Tasks whose outcome was handed out (or, resumed, was by the previous master).
+    collected: usize,
 }
 
 impl State {
@@ -224,6 +298,58 @@ impl State {
         self.counts[rec.state as usize] -= 1;
         self.counts[to as usize] += 1;
         rec.state = to;
+    }
+
+    /// The task's live part, created when missing.
+    pub(crate) fn live(&mut self, id: TaskId) -> &mut Live {
+        self.live.entry(id.0).or_default()
+    }
+
+    /// The batch task `id` was submitted in.
+    fn batch(&self, id: TaskId) -> Option<&Batch> {
+        let i = self.batches.partition_point(|b| b.first <= id.0);
+        i.checked_sub(1).and_then(|i| self.batches.get(i))
+    }
+
+    /// The task's times so far.
+    pub(crate) fn times(&self, id: TaskId) -> TaskTimes {
+        let mut t = self
+            .live
+            .get(&id.0)
+            .map(|l| l.times.clone())
+            .unwrap_or_default();
+        t.submitted = self.batch(id).and_then(|b| b.at);
+        if let Some(rec) = self.tasks.get(id.0 as usize) {
+            t.attempts = rec.attempts;
+        }
+        t
+    }
+
+    /// How to get task `id`'s spec (cheap: the building happens outside the lock).
+    pub(crate) fn spec_plan(&self, id: TaskId) -> SpecPlan {
+        if let Some(spec) = self.specs.get(&id.0) {
+            return SpecPlan::Ready(spec.clone());
+        }
+        match self.batch(id).and_then(|b| b.source.clone()) {
+            Some(source) => SpecPlan::Build {
+                source,
+                input: self.inputs.get(&id.0).cloned(),
+            },
+            None => SpecPlan::Missing,
+        }
+    }
+
+    /// Attempts of task `id` this master made (its retry budget counts these).
+    pub(crate) fn attempts_here(&self, id: TaskId) -> u32 {
+        let before = self.attempts_before.get(&id.0).copied().unwrap_or(0);
+        self.tasks[id.0 as usize].attempts.saturating_sub(before)
+    }
+
+    /// Drops what a final task no longer needs (its spec, input and earlier attempts).
+    fn release(&mut self, id: TaskId) {
+        self.specs.remove(&id.0);
+        self.inputs.remove(&id.0);
+        self.attempts_before.remove(&id.0);
     }
 }
 
@@ -241,6 +367,36 @@ impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Carries out a [`SpecPlan`] (outside the lock: it may read the journal and render
+    /// templates).
+    pub(crate) fn realize(&self, id: TaskId, plan: SpecPlan) -> Result<TaskSpec, String> {
+        match plan {
+            SpecPlan::Ready(spec) => Ok(spec),
+            SpecPlan::Build { source, input } => {
+                let input = match (input.or_else(|| source.input(id.0)), &self.journal) {
+                    (Some(input), _) => input,
+                    (None, Some(j)) => j.read_input(id.0).map_err(|e| e.to_string())?,
+                    (None, None) => return Err(format!("{id}: its input is not known")),
+                };
+                source
+                    .build(id.0, input)
+                    .map_err(|e| format!("cannot build the task: {e}"))
+            }
+            SpecPlan::Missing => Err(format!("{id}: its spec is not known to this master")),
+        }
+    }
+}
+
+/// What a resumed master starts from (see `durable.rs`).
+#[derive(Default)]
+pub(crate) struct Restored {
+    pub(crate) tasks: Vec<TaskRecord>,
+    pub(crate) batches: Vec<Batch>,
+    pub(crate) specs: HashMap<u64, TaskSpec>,
+    pub(crate) attempts_before: HashMap<u64, u32>,
+    /// Queued tasks a pending `mw cancel` names: cancelled before anything is dispatched.
+    pub(crate) cancel_queued: Vec<u64>,
 }
 
 /// The master. Dropping it cancels what still runs and stops its scheduler.
@@ -278,7 +434,7 @@ impl Master {
         interface: Arc<dyn Interface>,
         options: MasterOptions,
     ) -> Result<Master, MwError> {
-        Self::build(interface, options, None, Vec::new())
+        Self::build(interface, options, None, Restored::default())
     }
 
     /// A master over a journal the caller created ([`Journal::create`]) with no tasks yet:
@@ -288,14 +444,14 @@ impl Master {
         options: MasterOptions,
         journal: Arc<Journal>,
     ) -> Result<Master, MwError> {
-        Self::build(interface, options, Some(journal), Vec::new())
+        Self::build(interface, options, Some(journal), Restored::default())
     }
 
     pub(crate) fn build(
         interface: Arc<dyn Interface>,
         options: MasterOptions,
         journal: Option<Arc<Journal>>,
-        restored: Vec<TaskRecord>,
+        restored: Restored,
     ) -> Result<Master, MwError> {
         let (staging, tmp) = match &options.staging_dir {
             Some(d) => {
@@ -313,7 +469,12 @@ impl Master {
             }
         };
         let mut state = State {
-            tasks: Vec::new(),
+            tasks: Vec::with_capacity(restored.tasks.len()),
+            live: HashMap::new(),
+            specs: restored.specs,
+            inputs: HashMap::new(),
+            batches: restored.batches,
+            attempts_before: restored.attempts_before,
             queue: VecDeque::new(),
             delayed: Vec::new(),
             retried: 0,
@@ -322,12 +483,17 @@ impl Master {
             shutting_down: false,
             stopped: None,
             durable: 0,
+            collected: 0,
         };
-        for rec in restored {
+        let cancel_at_start = restored.cancel_queued;
+        for rec in restored.tasks {
             let id = TaskId(state.tasks.len() as u64);
             state.counts[rec.state as usize] += 1;
             if rec.state.is_final() {
                 state.durable += 1;
+            }
+            if rec.collected {
+                state.collected += 1;
             }
             match rec.state {
                 TaskState::Queued => state.queue.push_back(id),
@@ -357,6 +523,12 @@ impl Master {
                     stop_inner(&inner, format!("the journal failed: {msg}"));
                 }
             });
+        }
+        if !cancel_at_start.is_empty() {
+            let mut st = inner.lock();
+            let set: std::collections::HashSet<u64> = cancel_at_start.iter().copied().collect();
+            st.queue.retain(|t| !set.contains(&t.0));
+            cancel_queued(&inner, &mut st, cancel_at_start);
         }
         let sched_inner = inner.clone();
         let scheduler = std::thread::Builder::new()
@@ -447,23 +619,16 @@ impl Master {
             let at = scheduler::unix_secs(Some(now)).unwrap_or(0.0);
             j.record_submitted_at(first, &specs, at)?;
         }
+        st.batches.push(Batch {
+            first,
+            at: Some(now),
+            source: None,
+        });
         let mut ids = Vec::with_capacity(specs.len());
         for spec in specs {
             let id = TaskId(st.tasks.len() as u64);
-            st.tasks.push(TaskRecord {
-                spec,
-                state: TaskState::Queued,
-                attempts: 0,
-                times: TaskTimes {
-                    submitted: Some(now),
-                    ..TaskTimes::default()
-                },
-                outcome: None,
-                collected: false,
-                cancel_requested: false,
-                durable: false,
-                attempts_before: 0,
-            });
+            st.tasks.push(TaskRecord::new(TaskState::Queued, 0));
+            st.specs.insert(id.0, spec);
             st.counts[TaskState::Queued as usize] += 1;
             st.queue.push_back(id);
             ids.push(id);
@@ -471,6 +636,45 @@ impl Master {
         drop(st);
         self.inner.cond.notify_all();
         Ok(ids)
+    }
+
+    /// Submits one task per input, under one lock (and one journal transaction), whose specs
+    /// `source` builds when each task is dispatched (again for a retry). The master keeps a
+    /// few bytes per task: with a journal the inputs are stored there and read back on
+    /// dispatch; without one they are kept until their task is final. Returns the new tasks'
+    /// indices. For millions of tasks, call it in chunks (e.g. 10,000 inputs each) from a lazy
+    /// iterator: memory then stays proportional to a chunk and the tasks in flight.
+    pub fn submit_inputs(
+        &self,
+        inputs: Vec<serde_json::Value>,
+        source: Arc<dyn SpecSource>,
+    ) -> Result<std::ops::Range<u64>, MwError> {
+        let mut st = self.inner.lock();
+        let first = st.tasks.len() as u64;
+        let now = SystemTime::now();
+        if let Some(j) = &self.inner.journal {
+            let at = scheduler::unix_secs(Some(now)).unwrap_or(0.0);
+            j.record_inputs_at(first, &inputs, at)?;
+        }
+        st.batches.push(Batch {
+            first,
+            at: Some(now),
+            source: Some(source),
+        });
+        let journaled = self.inner.journal.is_some();
+        for input in inputs {
+            let id = TaskId(st.tasks.len() as u64);
+            st.tasks.push(TaskRecord::new(TaskState::Queued, 0));
+            if !journaled {
+                st.inputs.insert(id.0, input);
+            }
+            st.counts[TaskState::Queued as usize] += 1;
+            st.queue.push_back(id);
+        }
+        let end = st.tasks.len() as u64;
+        drop(st);
+        self.inner.cond.notify_all();
+        Ok(first..end)
     }
 
     /// Waits for a result: of `which` task, or of the next task to finish (`None`).
@@ -539,11 +743,10 @@ impl Master {
         let mut st = self.inner.lock();
         loop {
             while let Some(id) = st.finished.pop_front() {
-                let rec = &mut st.tasks[id.0 as usize];
-                if !rec.collected {
-                    rec.collected = true;
-                    let times = rec.times.clone();
-                    return NextOutcome::Finished(id, take_outcome(rec, id), times);
+                if !st.tasks[id.0 as usize].collected {
+                    st.tasks[id.0 as usize].collected = true;
+                    let (outcome, times) = take_outcome(&mut st, id);
+                    return NextOutcome::Finished(id, outcome, times);
                 }
             }
             if st.tasks.len() == st.durable {
@@ -592,11 +795,8 @@ impl Master {
     /// Counts per state only: cheap (no call into the interface), for progress displays.
     pub fn counts(&self) -> MasterStatus {
         let st = self.inner.lock();
-        let uncollected = st
-            .finished
-            .iter()
-            .filter(|id| !st.tasks[id.0 as usize].collected)
-            .count();
+        // Counted, not found by a scan: this is called after every result.
+        let uncollected = st.durable.saturating_sub(st.collected);
         MasterStatus {
             queued: st.counts[TaskState::Queued as usize],
             running: st.counts[TaskState::Running as usize],
@@ -630,12 +830,15 @@ impl Master {
         match rec.state {
             TaskState::Queued => {
                 rec.cancel_requested = true;
-                rec.outcome = Some(Err(MwError::Cancelled(task)));
-                rec.times.finished = Some(SystemTime::now());
-                rec.times.attempts = rec.attempts;
+                let attempts = rec.attempts;
+                let live = st.live(task);
+                live.outcome = Some(Box::new(Err(MwError::Cancelled(task))));
+                live.times.finished = Some(SystemTime::now());
+                live.times.attempts = attempts;
                 st.queue.retain(|t| *t != task);
                 st.delayed.retain(|(_, t)| *t != task);
                 st.set_state(task, TaskState::Cancelled);
+                st.release(task);
                 finish_durably(&self.inner, st, task);
             }
             TaskState::Running => {
@@ -654,19 +857,14 @@ impl Master {
         let running: Vec<TaskId> = {
             let mut st = self.inner.lock();
             st.queue.clear();
-            let now = SystemTime::now();
+            // Tasks waiting out a retry backoff are queued too: cancelled below.
+            st.delayed.clear();
             let mut running = Vec::new();
+            let mut cancelled = Vec::new();
             for i in 0..st.tasks.len() {
                 let id = TaskId(i as u64);
                 match st.tasks[i].state {
-                    TaskState::Queued => {
-                        let rec = &mut st.tasks[i];
-                        rec.cancel_requested = true;
-                        rec.outcome = Some(Err(MwError::Cancelled(id)));
-                        rec.times.finished = Some(now);
-                        st.set_state(id, TaskState::Cancelled);
-                        mark_final(&self.inner, &mut st, id);
-                    }
+                    TaskState::Queued => cancelled.push(id.0),
                     TaskState::Running => {
                         st.tasks[i].cancel_requested = true;
                         running.push(id);
@@ -674,6 +872,7 @@ impl Master {
                     _ => {}
                 }
             }
+            cancel_queued(&self.inner, &mut st, cancelled);
             running
         };
         self.inner.cond.notify_all();
@@ -731,10 +930,21 @@ impl Master {
     /// died (called by `resume`). Tasks the interface cannot re-attach are queued again.
     pub(crate) fn reattach(&self, tasks: Vec<(TaskId, String)>) {
         for (id, handle) in tasks {
-            let prepared = {
-                let mut st = self.inner.lock();
-                let rec = &mut st.tasks[id.0 as usize];
-                Arc::new(prepare(&self.inner, id, rec))
+            let (plan, attempt) = {
+                let st = self.inner.lock();
+                (st.spec_plan(id), st.tasks[id.0 as usize].attempts)
+            };
+            let prepared = match self.inner.realize(id, plan) {
+                Ok(spec) => Arc::new(prepare(&self.inner, id, attempt, spec)),
+                Err(e) => {
+                    on_complete(
+                        &self.inner,
+                        id,
+                        Err(crate::task::InterfaceError::new(e)),
+                        None,
+                    );
+                    continue;
+                }
             };
             let done = completion(&self.inner, &prepared);
             if let Some(done) = self.inner.interface.reattach(prepared, &handle, done) {
@@ -757,6 +967,42 @@ impl Master {
             .enumerate()
             .map(|(i, r)| (TaskId(i as u64), r.state))
             .collect()
+    }
+}
+
+/// Cancels queued tasks that are out of the queue already, with one journal message (and
+/// one callback) for all of them. No live part: the outcome (cancelled) and the time are
+/// known at collection, so cancelling millions of tasks allocates nothing each.
+fn cancel_queued(inner: &Arc<Inner>, st: &mut State, cancelled: Vec<u64>) {
+    for &t in &cancelled {
+        let id = TaskId(t);
+        st.tasks[t as usize].cancel_requested = true;
+        st.live.remove(&t);
+        st.release(id);
+        st.set_state(id, TaskState::Cancelled);
+    }
+    match &inner.journal {
+        None => mark_durable(st, &cancelled),
+        Some(j) if !cancelled.is_empty() => {
+            let inner2 = inner.clone();
+            j.record_cancelled(
+                cancelled.clone(),
+                Box::new(move || {
+                    mark_durable(&mut inner2.lock(), &cancelled);
+                    inner2.cond.notify_all();
+                }),
+            );
+        }
+        Some(_) => {}
+    }
+}
+
+/// Makes final tasks collectable (their journal rows, if any, are committed).
+fn mark_durable(st: &mut State, tasks: &[u64]) {
+    for &t in tasks {
+        st.finished.push_back(TaskId(t));
+        st.durable += 1;
+        st.tasks[t as usize].durable = true;
     }
 }
 
@@ -822,3 +1068,6 @@ impl Drop for Master {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

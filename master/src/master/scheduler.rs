@@ -5,12 +5,12 @@
 //! It works on the master's state ([`super::State`]) under its one lock; it never knows
 //! which platform the interface drives.
 
-use super::{
-    parse_stdout_limited, Inner, MwError, State, TaskOutput, TaskRecord, TaskState, TaskTimes,
-};
+use super::{parse_stdout_limited, Inner, Live, MwError, State, TaskOutput, TaskState, TaskTimes};
 use crate::interface::Completion;
 use crate::journal::FinalRow;
-use crate::task::{Execution, InterfaceError, PreparedTask, StdoutMode, TaskId, WorkerId};
+use crate::task::{
+    Execution, InterfaceError, PreparedTask, StdoutMode, TaskId, TaskSpec, WorkerId,
+};
 use mw_bundle::ExitInfo;
 use serde::de::DeserializeOwned;
 use std::sync::{Arc, MutexGuard};
@@ -39,7 +39,7 @@ pub(super) fn take_result(st: &mut State, which: Option<TaskId>) -> Result<Taken
             }
             if rec.state.is_final() && rec.durable {
                 rec.collected = true;
-                return Ok(Some(take_outcome(rec, id)));
+                return Ok(Some(take_outcome(st, id).0));
             }
             if let Some(reason) = &st.stopped {
                 return Err(MwError::Stopped(reason.clone()));
@@ -48,10 +48,9 @@ pub(super) fn take_result(st: &mut State, which: Option<TaskId>) -> Result<Taken
         }
         None => {
             while let Some(id) = st.finished.pop_front() {
-                let rec = &mut st.tasks[id.0 as usize];
-                if !rec.collected {
-                    rec.collected = true;
-                    return Ok(Some(take_outcome(rec, id)));
+                if !st.tasks[id.0 as usize].collected {
+                    st.tasks[id.0 as usize].collected = true;
+                    return Ok(Some(take_outcome(st, id).0));
                 }
             }
             if let Some(reason) = &st.stopped {
@@ -67,18 +66,29 @@ pub(super) fn take_result(st: &mut State, which: Option<TaskId>) -> Result<Taken
     }
 }
 
-pub(super) fn take_outcome(rec: &mut TaskRecord, id: TaskId) -> Result<TaskOutput, MwError> {
-    rec.outcome
-        .take()
-        .unwrap_or(Err(MwError::Journal(format!("{id}: outcome lost"))))
+/// Hands out a collected task's outcome and times and drops its live part: from here the
+/// master keeps only the task's compact record.
+pub(super) fn take_outcome(st: &mut State, id: TaskId) -> (Result<TaskOutput, MwError>, TaskTimes) {
+    st.collected += 1;
+    let times = st.times(id);
+    let live = st.live.remove(&id.0);
+    let outcome = match live.and_then(|l| l.outcome) {
+        Some(o) => *o,
+        // Cancelled in bulk (`cancel_all`), which keeps no live part.
+        None if st.tasks[id.0 as usize].state == TaskState::Cancelled => {
+            Err(MwError::Cancelled(id))
+        }
+        None => Err(MwError::Journal(format!("{id}: outcome lost"))),
+    };
+    (outcome, times)
 }
 
-pub(super) fn prepare(inner: &Inner, id: TaskId, rec: &TaskRecord) -> PreparedTask {
+pub(super) fn prepare(inner: &Inner, id: TaskId, attempt: u32, spec: TaskSpec) -> PreparedTask {
     PreparedTask {
         id,
-        attempt: rec.attempts.max(1),
+        attempt: attempt.max(1),
         job: inner.options.job_name.clone(),
-        spec: rec.spec.clone(),
+        spec,
         output_dir: inner
             .options
             .results_dir
@@ -95,6 +105,10 @@ pub(super) fn completion(inner: &Arc<Inner>, task: &PreparedTask) -> Completion 
     let id = task.id;
     let attempt = task.attempt;
     let mode = task.spec.stdout;
+    let decoding = Decoding {
+        mode,
+        max_output_bytes: task.spec.max_output_bytes,
+    };
     let output_dir = task.output_dir.clone();
     Completion::new(id, move |mut outcome| {
         if let Ok(exec) = &mut outcome {
@@ -119,8 +133,16 @@ pub(super) fn completion(inner: &Arc<Inner>, task: &PreparedTask) -> Completion 
                 keep_stdout_file(id, output_dir.as_deref(), exec);
             }
         }
-        on_complete(&inner, id, outcome)
+        on_complete(&inner, id, outcome, Some(decoding))
     })
+}
+
+/// How a successful attempt's stdout becomes its result (from the task's spec, which the
+/// master does not keep: the completion carries it).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Decoding {
+    pub(super) mode: StdoutMode,
+    pub(super) max_output_bytes: u64,
 }
 
 /// [`StdoutMode::File`]: writes the stdout as `stdout` among the task's output files.
@@ -145,19 +167,37 @@ fn keep_stdout_file(id: TaskId, output_dir: Option<&std::path::Path>, exec: &mut
 /// The name of the stdout kept by [`StdoutMode::File`] among a task's output files.
 pub const STDOUT_FILE: &str = "stdout";
 
+/// A dispatched task: its id, its prepared form (or why its spec could not be built) and
+/// whether a cancel is already pending.
+type Dispatched = (TaskId, Result<Arc<PreparedTask>, String>, bool);
+
 /// Takes the task at the front of the queue and marks it running (one critical section, so
 /// a task is always either in the queue or running: `cancel` never sees it in between).
-pub(super) fn dispatch(st: &mut State, inner: &Inner) -> Option<(TaskId, Arc<PreparedTask>, bool)> {
+/// `built` is the spec built (outside the lock) for the task that was at the front; if
+/// another task is at the front now, its spec is built here.
+pub(super) fn dispatch(
+    st: &mut State,
+    inner: &Inner,
+    built: Option<(TaskId, Result<TaskSpec, String>)>,
+) -> Option<Dispatched> {
     let task = st.queue.pop_front()?;
     st.set_state(task, TaskState::Running);
+    let spec = match built {
+        Some((id, spec)) if id == task => spec,
+        _ => {
+            let plan = st.spec_plan(task);
+            inner.realize(task, plan)
+        }
+    };
     let rec = &mut st.tasks[task.0 as usize];
     rec.attempts += 1;
-    rec.times.started = Some(SystemTime::now());
+    let (attempts, cancel) = (rec.attempts, rec.cancel_requested);
+    st.live(task).times.started = Some(SystemTime::now());
     if let Some(j) = &inner.journal {
-        j.record_started(task, rec.attempts);
+        j.record_started(task, attempts);
     }
-    let prepared = Arc::new(prepare(inner, task, rec));
-    Some((task, prepared, rec.cancel_requested))
+    let prepared = spec.map(|spec| Arc::new(prepare(inner, task, attempts, spec)));
+    Some((task, prepared, cancel))
 }
 
 pub(super) fn scheduler_loop(inner: Arc<Inner>) {
@@ -173,7 +213,7 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
                 }
                 let next_due = release_due(&mut st);
                 if let Some(&id) = st.queue.front() {
-                    break id;
+                    break (id, st.spec_plan(id), st.tasks[id.0 as usize].attempts);
                 }
                 st = match next_due {
                     Some(due) => {
@@ -188,29 +228,48 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
                 };
             }
         };
-        let worker = match spare.take() {
-            Some(w) => Ok(w),
-            None => {
-                // The task stays queued (and cancellable) while we wait for a worker.
-                let probe = {
-                    let st = inner.lock();
-                    prepare(&inner, front, &st.tasks[front.0 as usize])
+        // The spec is built outside the lock (it may read the journal and render templates).
+        let (front, plan, attempt) = front;
+        let (worker, built) = match inner.realize(front, plan) {
+            Ok(spec) => {
+                let probe = prepare(&inner, front, attempt + 1, spec);
+                let worker = match spare.take() {
+                    Some(w) => Ok(w),
+                    // The task stays queued (and cancellable) while we wait for a worker.
+                    None => inner.interface.reserve_worker(&probe),
                 };
-                inner.interface.reserve_worker(&probe)
+                (Some(worker), Some((front, Ok(probe.spec))))
             }
+            // No worker for a task that cannot be built: it fails at once.
+            Err(e) => (spare.take().map(Ok), Some((front, Err(e)))),
         };
         let mut st = inner.lock();
         if st.shutting_down || st.stopped.is_some() {
             return;
         }
-        let Some((task, prepared, cancel_now)) = dispatch(&mut st, &inner) else {
+        let Some((task, prepared, cancel_now)) = dispatch(&mut st, &inner, built) else {
             // Everything queued was cancelled meanwhile.
-            if let Ok(w) = worker {
+            if let Some(Ok(w)) = worker {
                 spare = Some(w);
             }
             continue;
         };
         drop(st);
+        let prepared = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(Ok(w)) = worker {
+                    spare = Some(w);
+                }
+                on_complete(&inner, task, Err(InterfaceError::new(e)), None);
+                continue;
+            }
+        };
+        // Rare: the task at the front could not be built and another one took its place.
+        let worker = match worker {
+            Some(w) => w,
+            None => inner.interface.reserve_worker(&prepared),
+        };
         match worker {
             Ok(worker) => {
                 let done = completion(&inner, &prepared);
@@ -222,7 +281,7 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
                     inner.interface.cancel(task);
                 }
             }
-            Err(e) => on_complete(&inner, task, Err(e)),
+            Err(e) => on_complete(&inner, task, Err(e), None),
         }
     }
 }
@@ -288,10 +347,13 @@ fn last_bytes(s: &str, max: usize) -> String {
 /// task's log).
 const ERROR_STDERR_TAIL: usize = 4096;
 
+/// Records the outcome of an attempt of `id`: retried, or final and journaled. `decoding`
+/// says how to read a successful attempt's stdout (none: there is no successful attempt).
 pub(super) fn on_complete(
     inner: &Arc<Inner>,
     id: TaskId,
     outcome: Result<Execution, InterfaceError>,
+    decoding: Option<Decoding>,
 ) {
     let mut st = inner.lock();
     let retries = inner.options.retries;
@@ -302,12 +364,14 @@ pub(super) fn on_complete(
     }
     let now = SystemTime::now();
     let attempts = rec.attempts;
+    let user_cancel = rec.cancel_requested;
+    let live = st.live(id);
     let result: Result<TaskOutput, MwError> = match outcome {
         Err(InterfaceError(message, ran)) => {
             if let Some(r) = &ran {
-                rec.times.wall = r.wall;
+                live.times.wall = r.wall;
                 if let Some(s) = r.started {
-                    rec.times.started = Some(s);
+                    live.times.started = Some(s);
                 }
             }
             Err(MwError::Interface {
@@ -318,14 +382,12 @@ pub(super) fn on_complete(
             })
         }
         Ok(exec) => {
-            rec.times.wall = exec.wall;
-            rec.times.cpu = exec.cpu;
+            live.times.wall = exec.wall;
+            live.times.cpu = exec.cpu;
             if let Some(s) = exec.started {
-                rec.times.started = Some(s);
+                live.times.started = Some(s);
             }
-            if (rec.cancel_requested && !exec.exit.success())
-                || matches!(exec.exit, ExitInfo::Cancelled)
-            {
+            if (user_cancel && !exec.exit.success()) || matches!(exec.exit, ExitInfo::Cancelled) {
                 Err(MwError::Cancelled(id))
             } else if !exec.exit.success() {
                 Err(MwError::TaskFailed {
@@ -342,7 +404,11 @@ pub(super) fn on_complete(
                     attempts,
                 })
             } else {
-                success_value(rec.spec.stdout, &exec, rec.spec.max_output_bytes)
+                let decoding = decoding.unwrap_or(Decoding {
+                    mode: StdoutMode::Json,
+                    max_output_bytes: crate::task::DEFAULT_MAX_OUTPUT_BYTES,
+                });
+                success_value(decoding.mode, &exec, decoding.max_output_bytes)
                     .map(|value| TaskOutput {
                         task: id,
                         value,
@@ -355,7 +421,6 @@ pub(super) fn on_complete(
             }
         }
     };
-    let user_cancel = rec.cancel_requested;
     if result.is_err() && !user_cancel && st.stopped.is_some() {
         // Interrupted by a stop (Ctrl-C, a broken pipe, a failed journal, a dropped master):
         // not the task's fault and not the user's cancel. It is queued again in the journal,
@@ -368,12 +433,9 @@ pub(super) fn on_complete(
         inner.cond.notify_all();
         return;
     }
-    let rec = &mut st.tasks[id.0 as usize];
-    let cancelled = matches!(result, Err(MwError::Cancelled(_))) || rec.cancel_requested;
+    let cancelled = matches!(result, Err(MwError::Cancelled(_))) || user_cancel;
     let retry = match &result {
-        Err(e) if !cancelled => {
-            attempts.saturating_sub(rec.attempts_before) <= retries && inner.options.retryable(e)
-        }
+        Err(e) if !cancelled => st.attempts_here(id) <= retries && inner.options.retryable(e),
         _ => false,
     };
     if retry {
@@ -408,9 +470,8 @@ pub(super) fn on_complete(
         inner.cond.notify_all();
         return;
     }
-    let rec = &mut st.tasks[id.0 as usize];
-    rec.times.finished = Some(now);
-    rec.times.attempts = rec.attempts;
+    st.live(id).times.finished = Some(now);
+    let times = st.times(id);
     let final_state = match &result {
         Ok(_) => TaskState::Done,
         Err(MwError::Cancelled(_)) => TaskState::Cancelled,
@@ -419,7 +480,7 @@ pub(super) fn on_complete(
     };
     let result = match (result, final_state) {
         (Ok(mut out), _) => {
-            out.times = rec.times.clone();
+            out.times = times;
             Ok(out)
         }
         (Err(_), TaskState::Cancelled) => Err(MwError::Cancelled(id)),
@@ -429,8 +490,9 @@ pub(super) fn on_complete(
         Ok(_) => log::debug!("{id}: done (attempt {attempts})"),
         Err(e) => log::info!("{id}: {}: {e}", final_state.as_str()),
     }
-    rec.outcome = Some(result);
+    st.live(id).outcome = Some(Box::new(result));
     st.set_state(id, final_state);
+    st.release(id);
     finish_durably(inner, st, id);
 }
 
@@ -452,9 +514,10 @@ pub(super) fn mark_final(inner: &Arc<Inner>, st: &mut State, id: TaskId) {
         }
         Some(j) => {
             let inner2 = inner.clone();
+            let rec = st.tasks[id.0 as usize];
             j.record_final(
                 id,
-                final_row(&st.tasks[id.0 as usize]),
+                final_row(id, rec.state, rec.attempts, st.live.get(&id.0)),
                 Some(Box::new(move || {
                     let mut st = inner2.lock();
                     st.finished.push_back(id);
@@ -473,9 +536,30 @@ pub(super) fn unix_secs(t: Option<SystemTime>) -> Option<f64> {
         .map(|d| d.as_secs_f64())
 }
 
-/// A task's final state as the plain row the journal stores.
-pub(super) fn final_row(rec: &TaskRecord) -> FinalRow {
-    let (output, exit, error, host, files) = match &rec.outcome {
+/// A task's final state as the plain row the journal stores. No live part: cancelled in
+/// bulk, now.
+pub(super) fn final_row(
+    id: TaskId,
+    state: TaskState,
+    attempts: u32,
+    live: Option<&Live>,
+) -> FinalRow {
+    let none;
+    let rec = match live {
+        Some(live) => live,
+        None => {
+            none = Live {
+                outcome: (state == TaskState::Cancelled)
+                    .then(|| Box::new(Err(MwError::Cancelled(id)))),
+                times: TaskTimes {
+                    finished: Some(SystemTime::now()),
+                    ..TaskTimes::default()
+                },
+            };
+            &none
+        }
+    };
+    let (output, exit, error, host, files) = match rec.outcome.as_deref() {
         Some(Ok(out)) => (
             Some(out.value.to_string()),
             Some("exit status 0".to_string()),
@@ -499,8 +583,8 @@ pub(super) fn final_row(rec: &TaskRecord) -> FinalRow {
         None => (None, None, None, String::new(), "[]".into()),
     };
     FinalRow {
-        state: rec.state,
-        attempts: rec.attempts,
+        state,
+        attempts,
         started: unix_secs(rec.times.started),
         finished: unix_secs(rec.times.finished),
         wall: rec.times.wall.as_secs_f64(),

@@ -1,0 +1,210 @@
+//! Guards on the master's memory per task (no timing): the compact record stays a few bytes,
+//! specs built by a [`SpecSource`] see the right input (from memory or read back from the
+//! journal), and nothing of a task stays in its live part once its outcome is collected.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+use super::*;
+use crate::task::{Execution, InterfaceError, PreparedTask, Program, WorkerId};
+use crate::Completion;
+use mw_bundle::ExitInfo;
+
+/// Runs every task at once on the calling thread: its stdout is its input.
+struct Echo;
+
+impl Interface for Echo {
+    fn name(&self) -> &'static str {
+        "echo"
+    }
+    fn reserve_worker(&self, _task: &PreparedTask) -> Result<WorkerId, InterfaceError> {
+        Ok(WorkerId(0))
+    }
+    fn execute_task(&self, task: Arc<PreparedTask>, _worker: WorkerId, done: Completion) {
+        done.finish(Ok(Execution {
+            exit: ExitInfo::Exited { code: 0 },
+            stdout: serde_json::to_vec(&task.spec.input).unwrap(),
+            stderr_tail: String::new(),
+            wall: Duration::ZERO,
+            cpu: Duration::ZERO,
+            host: "here".into(),
+            started: None,
+            output_files: Vec::new(),
+            missing_outputs: Vec::new(),
+        }));
+    }
+    fn status(&self) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+    fn cancel(&self, _task: TaskId) {}
+}
+
+fn source() -> Arc<dyn SpecSource> {
+    let program = Arc::new(Program::new("/bin/sh").unwrap());
+    Arc::new(move |index: u64, input: serde_json::Value| {
+        if input["i"] != index {
+            return Err(format!("task {index} got input {input}"));
+        }
+        Ok(TaskSpec::new(program.clone(), input))
+    })
+}
+
+fn inputs(range: std::ops::Range<u64>) -> Vec<serde_json::Value> {
+    range.map(|i| serde_json::json!({ "i": i })).collect()
+}
+
+/// Collects every outcome, checking each result is its task's input.
+fn collect_all(master: &Master, n: u64) {
+    let mut seen = 0u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {seen} of {n} results came"
+        );
+        match master.next_outcome(Duration::from_secs(1)) {
+            NextOutcome::Finished(id, Ok(out), _) => {
+                assert_eq!(out.value["i"], id.0, "{id}: wrong result {}", out.value);
+                seen += 1;
+            }
+            NextOutcome::Finished(id, Err(e), _) => panic!("{id} failed: {e}"),
+            NextOutcome::Pending => {}
+            NextOutcome::AllCollected => break,
+            NextOutcome::Stopped(e) => panic!("stopped: {e}"),
+        }
+    }
+    assert_eq!(seen, n);
+}
+
+/// What the master keeps beyond the compact records: live parts, specs, inputs.
+fn live_parts(master: &Master) -> usize {
+    let st = master.inner.lock();
+    st.live.len() + st.specs.len() + st.inputs.len()
+}
+
+#[test]
+fn a_task_record_is_a_few_bytes() {
+    assert!(
+        std::mem::size_of::<TaskRecord>() <= 8,
+        "TaskRecord grew to {} bytes: it is kept for every task of a run of millions",
+        std::mem::size_of::<TaskRecord>()
+    );
+}
+
+#[test]
+fn collected_tasks_leave_nothing_behind_in_memory() {
+    let master = Master::new(Echo).unwrap();
+    let n = 100_000;
+    let range = master.submit_inputs(inputs(0..n), source()).unwrap();
+    assert_eq!(range, 0..n);
+    collect_all(&master, n);
+    assert_eq!(
+        live_parts(&master),
+        0,
+        "collected tasks kept their live part"
+    );
+    // Specs handed over by the caller are dropped too once collected.
+    let program = Arc::new(Program::new("/bin/sh").unwrap());
+    let specs = (n..n + 1000)
+        .map(|i| TaskSpec::new(program.clone(), serde_json::json!({ "i": i })))
+        .collect();
+    master.submit_many(specs).unwrap();
+    collect_all(&master, 1000);
+    assert_eq!(live_parts(&master), 0);
+}
+
+#[test]
+fn journaled_inputs_are_read_back_on_dispatch_and_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::with_journal(
+        Arc::new(Echo),
+        MasterOptions::default(),
+        &dir.path().join("job"),
+    )
+    .unwrap();
+    let n = 20_000;
+    for first in (0..n).step_by(5_000) {
+        master
+            .submit_inputs(inputs(first..first + 5_000), source())
+            .unwrap();
+    }
+    // Queued tasks of a journaled master hold nothing but their compact record.
+    assert!(live_parts(&master) <= master.counts().running + master.counts().done + 2);
+    collect_all(&master, n);
+    assert_eq!(live_parts(&master), 0);
+}
+
+#[test]
+fn cancelling_every_queued_task_allocates_nothing_per_task() {
+    // An interface whose workers never come: every task stays queued.
+    struct Never;
+    impl Interface for Never {
+        fn name(&self) -> &'static str {
+            "never"
+        }
+        fn reserve_worker(&self, _task: &PreparedTask) -> Result<WorkerId, InterfaceError> {
+            Err(InterfaceError::new("no worker"))
+        }
+        fn execute_task(&self, _t: Arc<PreparedTask>, _w: WorkerId, done: Completion) {
+            done.finish(Err(InterfaceError::new("no worker")));
+        }
+        fn status(&self) -> BTreeMap<String, String> {
+            BTreeMap::new()
+        }
+        fn cancel(&self, _task: TaskId) {}
+    }
+    let master = Master::new(Never).unwrap();
+    master.stop("keep every task queued");
+    let n = 50_000;
+    cancel_and_collect(&master, n);
+    // Journaled: one journal message for them all, and every row says cancelled.
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let master = Master::with_journal(Arc::new(Never), MasterOptions::default(), &job).unwrap();
+    master.stop("keep every task queued");
+    cancel_and_collect(&master, 20_000);
+    drop(master);
+    let path = job.join(crate::journal::JOURNAL_FILE);
+    let conn = crate::journal::open_checked(&path, false).unwrap();
+    let tasks = crate::journal::read_tasks(&conn, &path, None).unwrap();
+    assert_eq!(tasks.len(), 20_000);
+    for t in &tasks {
+        assert_eq!(t.state, TaskState::Cancelled, "task {}", t.index);
+        assert_eq!(
+            t.error.as_deref(),
+            Some(format!("task {} was cancelled", t.index).as_str())
+        );
+        assert!(t.finished.is_some());
+    }
+}
+
+fn cancel_and_collect(master: &Master, n: u64) {
+    master.submit_inputs(inputs(0..n), source()).unwrap();
+    master.cancel_all();
+    assert_eq!(live_parts(master), 0);
+    // Collectable once committed.
+    if let Some(j) = master.journal() {
+        j.flush();
+    }
+    assert_eq!(master.counts().uncollected, n as usize);
+    let mut cancelled = 0;
+    while let Ok(Some(_)) | Err(MwError::Cancelled(_)) =
+        master.try_get_output(None).map(|o| o.map(|_| ()))
+    {
+        cancelled += 1;
+        if cancelled > n {
+            break;
+        }
+    }
+    assert_eq!(cancelled, n, "every task comes back cancelled");
+    assert_eq!(master.counts().uncollected, 0);
+}
+
+#[test]
+fn the_live_part_of_a_task_is_small() {
+    // Every running or uncollected task has one: its outcome is boxed.
+    assert!(
+        std::mem::size_of::<Live>() <= 96,
+        "Live grew to {} bytes",
+        std::mem::size_of::<Live>()
+    );
+}

@@ -1,0 +1,167 @@
+//! Stream mode through a journaled `Master` over the real `Multicore` interface (2 slots, one
+//! long-lived Python program each): a crash, a hang (timeout), a malformed line and too few
+//! lines each fail only their own task; every other task is reported exactly once with its
+//! own result, and the journal agrees.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
+
+use mw::{
+    ExitInfo, Master, MasterOptions, Multicore, MwError, NextOutcome, Program, ProgramMode,
+    TaskSpec,
+};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PROG: &str = r#"
+import json, sys, time
+for line in sys.stdin:
+    x = json.loads(line)
+    k = x.get("kind")
+    if k == "crash":
+        sys.stderr.write("crashing on purpose\n"); sys.stderr.flush(); sys.exit(5)
+    if k == "hang":
+        time.sleep(3600)
+    if k == "malformed":
+        print("{not json", flush=True); continue
+    if k == "few":
+        sys.exit(0)
+    if k == "error":
+        print(json.dumps({"error": "refused"}), flush=True); continue
+    print(json.dumps({"double": 2 * x["n"]}), flush=True)
+"#;
+
+#[test]
+fn every_task_reported_once_with_its_own_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("prog.py");
+    std::fs::write(&script, PROG).unwrap();
+    let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("python3");
+    let program = Arc::new(
+        Program::new(python)
+            .unwrap()
+            .with_base_args([script.display().to_string()])
+            .with_mode(ProgramMode::Stream),
+    );
+    let master = Master::with_journal(
+        Arc::new(Multicore::new(2)),
+        MasterOptions::default(),
+        &dir.path().join("job"),
+    )
+    .unwrap();
+    let bad: BTreeMap<u64, &str> = [
+        (50, "crash"),
+        (120, "hang"),
+        (200, "malformed"),
+        (260, "few"),
+        (300, "error"),
+    ]
+    .into_iter()
+    .collect();
+    let specs: Vec<TaskSpec> = (0..400u64)
+        .map(|n| {
+            let input = match bad.get(&n) {
+                Some(k) => json!({"kind": k, "n": n}),
+                None => json!({"n": n}),
+            };
+            let mut s = TaskSpec::new(program.clone(), input);
+            s.timeout = Some(if bad.get(&n) == Some(&"hang") {
+                Duration::from_millis(500)
+            } else {
+                Duration::from_secs(120)
+            });
+            s
+        })
+        .collect();
+    let ids = master.submit_many(specs).unwrap();
+    let mut seen = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "not every task finished within 120 s: {} did",
+            seen.len()
+        );
+        match master.next_outcome(Duration::from_secs(1)) {
+            NextOutcome::Finished(id, outcome, _) => {
+                assert!(seen.insert(id.0, outcome).is_none(), "{id} reported twice");
+            }
+            NextOutcome::Pending => {}
+            NextOutcome::AllCollected => break,
+            NextOutcome::Stopped(e) => panic!("stopped: {e}"),
+        }
+    }
+    assert_eq!(seen.len(), ids.len());
+    for (n, outcome) in &seen {
+        match (bad.get(n), outcome) {
+            (None, Ok(out)) => assert_eq!(out.value, json!({"double": 2 * n})),
+            (
+                Some(&"crash"),
+                Err(MwError::TaskFailed {
+                    exit, stderr_tail, ..
+                }),
+            ) => {
+                assert_eq!(*exit, ExitInfo::Exited { code: 5 });
+                assert!(stderr_tail.contains("crashing on purpose"), "{stderr_tail}");
+            }
+            (Some(&"hang"), Err(MwError::TaskFailed { exit, .. })) => {
+                assert!(matches!(exit, ExitInfo::TimedOut { .. }), "{exit:?}")
+            }
+            (Some(&"malformed"), Err(MwError::TaskFailed { exit, .. })) => {
+                assert!(
+                    matches!(exit, ExitInfo::StreamBroken { reason } if reason.contains("not JSON")),
+                    "{exit:?}"
+                )
+            }
+            (Some(&"few"), Err(MwError::TaskFailed { exit, .. })) => {
+                assert!(
+                    matches!(exit, ExitInfo::StreamBroken { reason } if reason.contains("without answering")),
+                    "{exit:?}"
+                )
+            }
+            (Some(&"error"), Err(MwError::TaskFailed { exit, .. })) => {
+                assert_eq!(
+                    *exit,
+                    ExitInfo::ErrorReported {
+                        error: "refused".into()
+                    }
+                )
+            }
+            (k, o) => panic!("task {n} ({k:?}): unexpected outcome {o:?}"),
+        }
+    }
+    let st = master.status();
+    assert_eq!((st.done, st.failed), (395, 5));
+}
+
+#[test]
+fn stream_tasks_with_output_files_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = Arc::new(
+        Program::new("/bin/cat")
+            .unwrap()
+            .with_mode(ProgramMode::Stream),
+    );
+    let master = Master::new(Multicore::new(1)).unwrap();
+    let mut s = TaskSpec::new(program.clone(), json!(1));
+    s.outputs = vec!["out.txt".into()];
+    let bad = master.submit_task(s).unwrap();
+    let good = master
+        .submit_task(TaskSpec::new(program, json!({"a": 1})))
+        .unwrap();
+    let e = master.get_output(Some(bad)).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("cannot have input files or declared outputs"),
+        "{e}"
+    );
+    assert_eq!(
+        master.get_output(Some(good)).unwrap().value,
+        json!({"a": 1})
+    );
+    drop(dir);
+}

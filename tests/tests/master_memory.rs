@@ -1,0 +1,143 @@
+//! A master's memory does not grow with the size of its job (issue: a master that scales to
+//! millions). A journaled `mw run` of a 10^5-task sweep, once every task is recorded and
+//! dispatching has begun (and again under `mw resume`), must have peaked (VmHWM) far below
+//! what a copy of every task spec and input costs (about 2.6 KB per task before, 260 MB here). No timing: the bound is
+//! on memory, and every wait is a bounded poll on the journal.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Generous: the master needs a few tens of MB for 10^5 tasks (a few bytes per task plus
+/// SQLite's and the allocator's own), a copy of every spec costs 260 MB.
+const BOUND_KB: u64 = 120 * 1024;
+const TASKS: u64 = 100_000;
+
+fn vm_hwm_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+#[test]
+fn a_sweep_of_100000_tasks_keeps_the_master_small() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    // Each task waits for a gate that never opens: two run, the rest stay queued.
+    let task = d.join("task.sh");
+    std::fs::write(
+        &task,
+        "#!/bin/sh\nwhile [ ! -e \"$GATE\" ]; do sleep 0.05; done\ncat\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&task, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        d.join("job.toml"),
+        format!(
+            "name = \"big\"\nworkers = 2\nenv = {{ GATE = \"{}\" }}\n[program]\npath = \"task.sh\"\n\
+             [inputs.sweep]\na = {{ start = 0, end = 400 }}\nb = {{ start = 0, end = 250 }}\n",
+            d.join("gate").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(mw_tests::bin("mw"))
+        .args(["run", "job.toml", "-q"])
+        .current_dir(d)
+        .env("MW_JOBS_DIR", d.join("jobs"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let journal = d.join("jobs/big-1").join(mw::journal::JOURNAL_FILE);
+    // Every task recorded (the job is `running`) and two dispatched by this master.
+    wait_for_two_running(&mut child, &journal);
+    let hwm = vm_hwm_kb(child.id());
+    stop(child);
+    assert!(
+        hwm < BOUND_KB,
+        "the master of {TASKS} tasks peaked at {} MB (bound {} MB)",
+        hwm / 1024,
+        BOUND_KB / 1024
+    );
+    eprintln!(
+        "mw run: master VmHWM with {TASKS} tasks recorded: {} MB",
+        hwm / 1024
+    );
+    // The resumed master reads counts and compact statuses, not every input and result.
+    let mut child = Command::new(mw_tests::bin("mw"))
+        .args(["resume", "big-1", "-q"])
+        .current_dir(d)
+        .env("MW_JOBS_DIR", d.join("jobs"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_two_running(&mut child, &journal);
+    let hwm = vm_hwm_kb(child.id());
+    stop(child);
+    assert!(
+        hwm < BOUND_KB,
+        "the resumed master of {TASKS} tasks peaked at {} MB (bound {} MB)",
+        hwm / 1024,
+        BOUND_KB / 1024
+    );
+    eprintln!("mw resume: master VmHWM: {} MB", hwm / 1024);
+}
+
+/// Waits (bounded) until every task is recorded, the job is `running` under `child` and
+/// two tasks run.
+fn wait_for_two_running(child: &mut std::process::Child, journal: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("mw ended early: {status}");
+        }
+        assert!(Instant::now() < deadline, "the job was not running in time");
+        let ready = journal.exists()
+            && (|| {
+                let conn = mw::journal::open_checked(journal, false).ok()?;
+                let m = mw::journal::read_master(&conn, journal).ok()?;
+                let c = mw::journal::state_counts(&conn, journal).ok()?;
+                let running: i64 = conn
+                    .query_row(
+                        "SELECT COUNT(*) FROM tasks WHERE state = 'running'",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .ok()?;
+                Some(
+                    m.status == "running"
+                        && m.pid == Some(i64::from(child.id()))
+                        && c.unfinished == TASKS
+                        && running == 2,
+                )
+            })()
+            .unwrap_or(false);
+        if ready {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stops a master with SIGTERM (local tasks stopped, the job left for resume): exit 130.
+fn stop(mut child: std::process::Child) {
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "mw did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130), "mw stopped by SIGTERM exits 130");
+}

@@ -1,0 +1,1041 @@
+//! Streaming programs: one long-lived process answers many tasks, one JSON line each.
+//!
+//! **The stream contract** (README "Streaming programs" is the user's copy): the program
+//! reads one input per line on stdin (compact JSON, so no raw newline inside) and writes
+//! exactly one line per input on stdout, in input order. A line that is a JSON object with
+//! the single key `"error"` fails that task (its value, a string or any JSON, is the
+//! message); any other JSON value is the task's result. The program should exit when stdin
+//! closes. stderr: a successful task gets what was read from stderr since the previous
+//! answer (best effort: stdout and stderr are two pipes with no common order); a failed
+//! task gets the last [`StreamProgram::stderr_tail_bytes`] of the process's stderr, which
+//! ends with what the program said before failing.
+//!
+//! What goes wrong fails only the current task (the oldest unanswered input):
+//! - the program dies (or closes stdout): the current task fails with its exit status and
+//!   stderr tail; exit status 0 without an answer is a failure too (too few lines);
+//! - a line that is not JSON, or longer than [`StreamProgram::max_line_bytes`] (read in
+//!   bounded pieces, never whole), fails the current task;
+//! - the current task's timeout passes (its clock starts when it becomes current), or it is
+//!   cancelled: the process group is terminated (the one termination routine of
+//!   [`crate::exec`]).
+//!
+//! After any of these the stream position is unknown, so the program is stopped and a fresh
+//! one started on first need; inputs that were written ahead but not answered are sent again
+//! to the new process (a task may be *executed* twice, it is *reported* once).
+//!
+//! [`StreamRunner::serve`] pulls inputs from a source and reports each outcome as it comes,
+//! writing up to [`StreamProgram::window`] inputs ahead so the program never waits on the
+//! caller; [`StreamRunner::run_all`] runs a list (e.g. a packed grid job) and returns one
+//! outcome per input. Multicore slots, MPI ranks and packed jobs share this runner.
+//!
+//! This module knows nothing of bundles, platforms or the master.
+
+use crate::exec::ProcessControl;
+use mw_bundle::ExitInfo;
+use std::collections::BTreeMap;
+#[cfg(unix)]
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The key of an error answer: `{"error": ...}`.
+pub const ERROR_KEY: &str = "error";
+
+/// A streaming program and how to run it.
+#[derive(Debug, Clone)]
+pub struct StreamProgram {
+    /// Executable (absolute, or relative to `workdir`).
+    pub program: PathBuf,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Working directory (must exist); shared by all tasks of the process.
+    pub workdir: PathBuf,
+    /// Time between SIGTERM and SIGKILL when the process is stopped.
+    pub grace: Duration,
+    /// How many trailing bytes of a task's stderr to keep.
+    pub stderr_tail_bytes: usize,
+    /// Longest answer line accepted, in bytes (without the newline).
+    pub max_line_bytes: usize,
+    /// Inputs written ahead of the current one (at least 1).
+    pub window: usize,
+    /// Kill the program if the thread that started it dies (see [`crate::ExecRequest`]).
+    pub die_with_parent: bool,
+}
+
+impl StreamProgram {
+    /// A program with the defaults: 4 KiB stderr tail, 256 MiB line limit, 64 inputs ahead.
+    pub fn new(program: PathBuf, workdir: PathBuf) -> Self {
+        StreamProgram {
+            program,
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            workdir,
+            grace: crate::exec::DEFAULT_GRACE,
+            stderr_tail_bytes: 4096,
+            max_line_bytes: 256 * 1024 * 1024,
+            window: 64,
+            die_with_parent: false,
+        }
+    }
+}
+
+/// One input for a streaming program.
+#[derive(Debug, Clone)]
+pub struct StreamInput {
+    /// The input as one line of JSON (no newline).
+    pub line: Vec<u8>,
+    /// Wall-clock limit, counted from when the input becomes the current one.
+    pub timeout: Option<Duration>,
+    /// Cancels this task (the process is stopped while it is the current one).
+    pub control: ProcessControl,
+}
+
+impl StreamInput {
+    /// An input from a JSON value (serialised compactly: no raw newline).
+    pub fn new(value: &serde_json::Value) -> Self {
+        StreamInput {
+            line: serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec()),
+            timeout: None,
+            control: ProcessControl::new(),
+        }
+    }
+}
+
+/// What came of one input.
+#[derive(Debug, Clone)]
+pub struct StreamOutcome {
+    /// `Exited { code: 0 }` when the program answered with a result; otherwise why the task
+    /// failed ([`ExitInfo::ErrorReported`], [`ExitInfo::StreamBroken`], the status of a
+    /// program that died, `TimedOut`, `Cancelled`, `SpawnFailed`).
+    pub exit: ExitInfo,
+    /// The answer line (the result JSON) on success; empty otherwise.
+    pub result: Vec<u8>,
+    /// The tail of what the program wrote to stderr while this was the current task.
+    pub stderr_tail: String,
+    /// Time from becoming the current task to its answer.
+    pub wall: Duration,
+    /// When it became the current task.
+    pub started: SystemTime,
+}
+
+/// Classifies an answer line: `Ok(result)` or the failure it reports.
+pub fn classify_line(line: &[u8]) -> Result<&[u8], ExitInfo> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    match serde_json::from_slice::<serde_json::Value>(line) {
+        Ok(serde_json::Value::Object(map)) if map.len() == 1 && map.contains_key(ERROR_KEY) => {
+            let error = match map.get(ERROR_KEY) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(v) => v.to_string(),
+                None => String::new(),
+            };
+            Err(ExitInfo::ErrorReported { error })
+        }
+        Ok(_) => Ok(line),
+        Err(e) => Err(ExitInfo::StreamBroken {
+            reason: format!("the program's answer line is not JSON: {e}"),
+        }),
+    }
+}
+
+/// Runs inputs through one long-lived program, restarting it after a failure.
+#[derive(Debug)]
+pub struct StreamRunner {
+    program: StreamProgram,
+    #[cfg(unix)]
+    proc: Option<unix::Proc>,
+    /// Processes started so far.
+    starts: u64,
+}
+
+impl StreamRunner {
+    /// A runner; the program starts on the first input.
+    pub fn new(program: StreamProgram) -> Self {
+        StreamRunner {
+            program,
+            #[cfg(unix)]
+            proc: None,
+            starts: 0,
+        }
+    }
+
+    /// The program this runner runs.
+    pub fn program(&self) -> &StreamProgram {
+        &self.program
+    }
+
+    /// How many processes were started so far (1 + restarts, once running).
+    pub fn starts(&self) -> u64 {
+        self.starts
+    }
+
+    /// Runs every input and returns one outcome per input, in order.
+    pub fn run_all(&mut self, inputs: Vec<StreamInput>) -> Vec<StreamOutcome> {
+        let n = inputs.len();
+        let mut source = inputs.into_iter().enumerate();
+        let mut out: Vec<Option<StreamOutcome>> = vec![None; n];
+        self.serve(
+            || source.next().map(|(i, input)| (input, i)),
+            |i, o| {
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Some(o);
+                }
+            },
+        );
+        out.into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| StreamOutcome {
+                    exit: ExitInfo::StreamBroken {
+                        reason: "internal: no outcome".into(),
+                    },
+                    result: Vec::new(),
+                    stderr_tail: String::new(),
+                    wall: Duration::ZERO,
+                    started: SystemTime::now(),
+                })
+            })
+            .collect()
+    }
+
+    /// Pulls inputs from `next` (each with a caller's token) while it has any and reports
+    /// each outcome through `report`, in input order, exactly once. `next` must not block:
+    /// `None` means "nothing more for now"; `serve` returns once every input it took is
+    /// reported. The program stays running between calls.
+    pub fn serve<T>(
+        &mut self,
+        next: impl FnMut() -> Option<(StreamInput, T)>,
+        report: impl FnMut(T, StreamOutcome),
+    ) {
+        #[cfg(unix)]
+        unix::serve(self, next, report);
+        #[cfg(windows)]
+        windows_fallback::serve(self, next, report);
+    }
+
+    /// Stops the program: closes its stdin, gives it the grace period to exit, then
+    /// terminates its process group. Called on drop.
+    pub fn stop(&mut self) {
+        #[cfg(unix)]
+        if let Some(p) = self.proc.take() {
+            p.close(self.program.grace);
+        }
+    }
+}
+
+impl Drop for StreamRunner {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn failed(exit: ExitInfo, stderr_tail: String, t0: Instant, started: SystemTime) -> StreamOutcome {
+    StreamOutcome {
+        exit,
+        result: Vec::new(),
+        stderr_tail,
+        wall: t0.elapsed(),
+        started,
+    }
+}
+
+#[cfg(unix)]
+mod unix {
+    use super::*;
+    use crate::exec::{
+        decode_status, kill_escapees, pidfd_open, signal_group, spawn_retrying_busy, tail_string,
+        task_token, wait_pid, Termination, TASK_TOKEN_ENV,
+    };
+    use std::io::{Read, Write};
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
+
+    /// Most bytes kept in the write buffer (inputs written ahead).
+    const WRITE_AHEAD_BYTES: usize = 64 * 1024;
+    /// How long pipes are drained after the leader exited.
+    const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
+
+    #[derive(Debug)]
+    pub(super) struct Proc {
+        pid: i32,
+        /// Its [`TASK_TOKEN_ENV`] value: descendants that left its process group carry it.
+        token: String,
+        pidfd: Option<OwnedFd>,
+        stdin: Option<ChildStdin>,
+        stdout: Option<ChildStdout>,
+        stderr: Option<ChildStderr>,
+        /// Bytes of stdout not yet a complete line.
+        out_buf: Vec<u8>,
+        /// Where to look for the next newline in `out_buf`.
+        scan_from: usize,
+        /// The current task's stderr (bounded): read since the previous answer.
+        err_tail: Vec<u8>,
+        /// The process's stderr (bounded, never cleared): what a failed task reports, since
+        /// stdout and stderr are two pipes with no common order.
+        proc_tail: Vec<u8>,
+        /// Read buffer (allocated once: zeroing 64 KiB per read would cost more than the read).
+        rbuf: Vec<u8>,
+        /// Inputs waiting to be written, and how much of them is written.
+        wbuf: Vec<u8>,
+        wpos: usize,
+        /// Inputs (from the front of the queue) given to this process.
+        written: usize,
+        /// Answers received from this process.
+        answered: u64,
+        /// Being stopped by us (after a timeout, cancel, or a broken line).
+        term: Option<Termination>,
+        stopping: bool,
+        /// Stop reading answers (the process is being stopped).
+        discard: bool,
+        /// The leader exited (pidfd readable) or stdout closed.
+        ending: bool,
+    }
+
+    fn set_nonblocking(fd: i32) {
+        // SAFETY: fcntl on a descriptor we own; only the O_NONBLOCK flag changes.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            }
+        }
+    }
+
+    fn spawn(p: &StreamProgram) -> std::io::Result<Proc> {
+        let token = task_token();
+        let mut cmd = Command::new(&p.program);
+        cmd.args(&p.args)
+            .envs(&p.env)
+            .env(TASK_TOKEN_ENV, &token)
+            .current_dir(&p.workdir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        if p.die_with_parent {
+            // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of
+            // the parent; it runs in the child between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(
+                        libc::PR_SET_PDEATHSIG,
+                        libc::SIGKILL as libc::c_ulong,
+                        0,
+                        0,
+                        0,
+                    ) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = spawn_retrying_busy(&mut cmd)?;
+        let pid = child.id() as i32;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        // We reap with wait4 ourselves; std never reaps a dropped Child.
+        drop(child);
+        for fd in [
+            stdin.as_ref().map(|f| f.as_raw_fd()),
+            stdout.as_ref().map(|f| f.as_raw_fd()),
+            stderr.as_ref().map(|f| f.as_raw_fd()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            set_nonblocking(fd);
+        }
+        Ok(Proc {
+            pid,
+            token,
+            pidfd: pidfd_open(pid),
+            stdin,
+            stdout,
+            stderr,
+            out_buf: Vec::new(),
+            scan_from: 0,
+            err_tail: Vec::new(),
+            proc_tail: Vec::new(),
+            rbuf: vec![0u8; 64 * 1024],
+            wbuf: Vec::new(),
+            wpos: 0,
+            written: 0,
+            answered: 0,
+            term: None,
+            stopping: false,
+            discard: false,
+            ending: false,
+        })
+    }
+
+    impl Proc {
+        /// Starts stopping the process (the one termination routine).
+        fn stop(&mut self, grace: Duration) {
+            if !self.stopping {
+                self.stopping = true;
+                self.discard = true;
+                self.term = Some(Termination::start(self.pid, grace));
+            }
+        }
+
+        fn read_stderr(&mut self, keep: usize) {
+            let Some(err) = self.stderr.as_mut() else {
+                return;
+            };
+            let buf = &mut self.rbuf;
+            loop {
+                match err.read(buf) {
+                    Ok(0) => {
+                        self.stderr = None;
+                        return;
+                    }
+                    Ok(n) => {
+                        for tail in [&mut self.err_tail, &mut self.proc_tail] {
+                            tail.extend_from_slice(&buf[..n]);
+                            let keep = keep.max(1);
+                            if tail.len() > 2 * keep {
+                                let cut = tail.len() - keep;
+                                tail.drain(..cut);
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                    Err(_) => {
+                        self.stderr = None;
+                        return;
+                    }
+                }
+            }
+        }
+
+        /// Reads what stdout has; returns false at end of file.
+        fn read_stdout(&mut self) -> bool {
+            let Some(out) = self.stdout.as_mut() else {
+                return false;
+            };
+            let buf = &mut self.rbuf;
+            loop {
+                match out.read(buf) {
+                    Ok(0) => {
+                        self.stdout = None;
+                        return false;
+                    }
+                    Ok(n) => {
+                        if !self.discard {
+                            self.out_buf.extend_from_slice(&buf[..n]);
+                        }
+                        if n < buf.len() {
+                            return true;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                    Err(_) => {
+                        self.stdout = None;
+                        return false;
+                    }
+                }
+            }
+        }
+
+        fn write_some(&mut self) {
+            let Some(stdin) = self.stdin.as_mut() else {
+                self.wbuf.clear();
+                self.wpos = 0;
+                return;
+            };
+            while self.wpos < self.wbuf.len() {
+                match stdin.write(&self.wbuf[self.wpos..]) {
+                    Ok(0) => break,
+                    Ok(n) => self.wpos += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        // The program closed stdin (or died): its end shows on stdout/pidfd.
+                        self.stdin = None;
+                        break;
+                    }
+                }
+            }
+            if self.wpos == self.wbuf.len() {
+                self.wbuf.clear();
+                self.wpos = 0;
+            }
+        }
+
+        /// Waits (bounded) for the leader to exit and reaps it; kills the rest of its group.
+        fn reap(&mut self, grace: Duration) -> Option<crate::exec::Exited> {
+            // The leader is gone or going: make sure of it, without waiting for ever.
+            if !self.leader_exited(Duration::ZERO) {
+                let term = self
+                    .term
+                    .take()
+                    .unwrap_or_else(|| Termination::start(self.pid, grace));
+                let left = term.kill_at().saturating_duration_since(Instant::now());
+                if !self.leader_exited(left) {
+                    term.kill();
+                }
+            }
+            let exited = wait_pid(self.pid);
+            signal_group(self.pid, libc::SIGKILL);
+            if self.stopping {
+                // Stopped by us (timeout, cancel, a broken line): what left its process
+                // group (setsid, daemons) goes too, as for a process-per-task run.
+                kill_escapees(&self.token);
+            }
+            exited
+        }
+
+        /// Waits up to `limit` for the leader to exit (true when it did).
+        fn leader_exited(&self, limit: Duration) -> bool {
+            match &self.pidfd {
+                Some(fd) => {
+                    let mut pfd = libc::pollfd {
+                        fd: fd.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    let ms = limit.as_millis().min(i32::MAX as u128) as i32;
+                    // SAFETY: one initialised pollfd that lives across the call.
+                    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+                    r > 0
+                }
+                None => {
+                    // Without pidfd (old kernels): poll the exit status, bounded.
+                    let end = Instant::now() + limit;
+                    loop {
+                        // SAFETY: WNOWAIT leaves the child to be reaped by wait_pid.
+                        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                        // SAFETY: info points to a live local; P_PID with our child's pid.
+                        let r = unsafe {
+                            libc::waitid(
+                                libc::P_PID,
+                                self.pid as libc::id_t,
+                                &mut info,
+                                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+                            )
+                        };
+                        // SAFETY: si_pid is valid to read after a successful waitid.
+                        if r == 0 && unsafe { info.si_pid() } == self.pid {
+                            return true;
+                        }
+                        if r != 0 || Instant::now() >= end {
+                            return r != 0;
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+        }
+
+        /// Closes stdin, lets the program exit by itself within `grace`, then stops it.
+        pub(super) fn close(mut self, grace: Duration) {
+            self.stdin = None;
+            if !self.leader_exited(grace) {
+                let term = Termination::start(self.pid, grace);
+                let left = term.kill_at().saturating_duration_since(Instant::now());
+                if !self.leader_exited(left) {
+                    term.kill();
+                }
+            }
+            let _ = wait_pid(self.pid);
+            signal_group(self.pid, libc::SIGKILL);
+        }
+    }
+
+    /// The task at the front of the queue, once it is current.
+    struct Current {
+        t0: Instant,
+        started: SystemTime,
+        deadline: Option<Instant>,
+        /// Why it fails when the process ends (set when we stop the process because of it).
+        verdict: Option<ExitInfo>,
+    }
+
+    struct Entry<T> {
+        input: StreamInput,
+        token: T,
+    }
+
+    /// Attaches `control` to the running process (so cancel stops it) or detaches it.
+    fn attach(control: &ProcessControl, pid: Option<i32>, grace: Duration) {
+        let mut st = control.lock();
+        st.pgid = pid;
+        if pid.is_some() {
+            st.run += 1;
+            st.grace = grace;
+        }
+    }
+
+    pub(super) fn serve<T>(
+        runner: &mut StreamRunner,
+        mut next: impl FnMut() -> Option<(StreamInput, T)>,
+        mut report: impl FnMut(T, StreamOutcome),
+    ) {
+        let window = runner.program.window.max(1);
+        let grace = runner.program.grace;
+        let keep = runner.program.stderr_tail_bytes;
+        let max_line = runner.program.max_line_bytes;
+        let mut queue: VecDeque<Entry<T>> = VecDeque::new();
+        let mut cur: Option<Current> = None;
+        loop {
+            while queue.len() < window {
+                match next() {
+                    Some((input, token)) => queue.push_back(Entry { input, token }),
+                    None => break,
+                }
+            }
+            let Some(front) = queue.front() else {
+                return;
+            };
+            // The front task becomes current.
+            if cur.is_none() {
+                let written = runner.proc.as_ref().is_some_and(|p| p.written > 0);
+                if front.input.control.is_cancelled() && !written {
+                    if let Some(e) = queue.pop_front() {
+                        report(
+                            e.token,
+                            failed(
+                                ExitInfo::Cancelled,
+                                String::new(),
+                                Instant::now(),
+                                SystemTime::now(),
+                            ),
+                        );
+                    }
+                    continue;
+                }
+                let t0 = Instant::now();
+                cur = Some(Current {
+                    t0,
+                    started: SystemTime::now(),
+                    deadline: front.input.timeout.and_then(|t| t0.checked_add(t)),
+                    verdict: None,
+                });
+                if let Some(p) = runner.proc.as_mut() {
+                    attach(&front.input.control, Some(p.pid), grace);
+                    if front.input.control.is_cancelled() {
+                        if let Some(c) = cur.as_mut() {
+                            c.verdict = Some(ExitInfo::Cancelled);
+                        }
+                        p.stop(grace);
+                    }
+                }
+            }
+            // A process to talk to.
+            if runner.proc.is_none() {
+                match spawn(&runner.program) {
+                    Ok(p) => {
+                        runner.starts += 1;
+                        let on_start = front.input.control.lock().on_start.clone();
+                        if let Some(f) = on_start {
+                            f(p.pid);
+                        }
+                        attach(&front.input.control, Some(p.pid), grace);
+                        runner.proc = Some(p);
+                    }
+                    Err(e) => {
+                        let c = cur.take();
+                        if let Some(entry) = queue.pop_front() {
+                            let (t0, started) = c
+                                .map_or((Instant::now(), SystemTime::now()), |c| (c.t0, c.started));
+                            report(
+                                entry.token,
+                                failed(
+                                    ExitInfo::SpawnFailed {
+                                        reason: format!(
+                                            "{}: {e}",
+                                            runner.program.program.display()
+                                        ),
+                                    },
+                                    String::new(),
+                                    t0,
+                                    started,
+                                ),
+                            );
+                        }
+                        continue;
+                    }
+                }
+            }
+            let Some(p) = runner.proc.as_mut() else {
+                continue;
+            };
+            // Write ahead.
+            if !p.stopping && !p.ending && p.stdin.is_some() {
+                while p.written < queue.len() && p.wbuf.len() - p.wpos < WRITE_AHEAD_BYTES {
+                    if let Some(e) = queue.get(p.written) {
+                        p.wbuf.extend_from_slice(&e.input.line);
+                        p.wbuf.push(b'\n');
+                    }
+                    p.written += 1;
+                }
+                p.write_some();
+            }
+            // Wait for something to happen.
+            if !p.ending {
+                let now = Instant::now();
+                let mut wake: Option<Instant> = None;
+                if let Some(c) = &cur {
+                    if c.verdict.is_none() && !p.stopping {
+                        wake = c.deadline;
+                    }
+                }
+                if let Some(t) = &p.term {
+                    let k = t.kill_at();
+                    wake = Some(wake.map_or(k, |w| w.min(k)));
+                }
+                let timeout_ms: i32 = match wake {
+                    None => -1,
+                    Some(w) => w
+                        .saturating_duration_since(now)
+                        .as_millis()
+                        .clamp(0, i32::MAX as u128) as i32,
+                };
+                let mut fds: Vec<libc::pollfd> = Vec::with_capacity(4);
+                let mut which: Vec<u8> = Vec::with_capacity(4);
+                let mut add = |fd: i32, events: i16, w: u8| {
+                    fds.push(libc::pollfd {
+                        fd,
+                        events,
+                        revents: 0,
+                    });
+                    which.push(w);
+                };
+                if let Some(i) = &p.stdin {
+                    if p.wpos < p.wbuf.len() {
+                        add(i.as_raw_fd(), libc::POLLOUT, 0);
+                    }
+                }
+                if let Some(o) = &p.stdout {
+                    add(o.as_raw_fd(), libc::POLLIN, 1);
+                }
+                if let Some(e) = &p.stderr {
+                    add(e.as_raw_fd(), libc::POLLIN, 2);
+                }
+                if let Some(f) = &p.pidfd {
+                    add(f.as_raw_fd(), libc::POLLIN, 3);
+                }
+                let r = if fds.is_empty() {
+                    0
+                } else {
+                    // SAFETY: fds holds fds.len() initialised pollfds that outlive the call.
+                    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) }
+                };
+                if fds.is_empty() {
+                    p.ending = true;
+                }
+                if r < 0
+                    && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+                {
+                    p.ending = true;
+                }
+                for (fd, w) in fds.iter().zip(which.iter()) {
+                    if fd.revents == 0 {
+                        continue;
+                    }
+                    match w {
+                        0 => p.write_some(),
+                        1 => {
+                            if !p.read_stdout() {
+                                p.ending = true;
+                            }
+                        }
+                        2 => p.read_stderr(keep),
+                        _ => p.ending = true,
+                    }
+                }
+                // Timers.
+                let now = Instant::now();
+                if let Some(t) = p.term.take() {
+                    if now >= t.kill_at() {
+                        t.kill();
+                    } else {
+                        p.term = Some(t);
+                    }
+                }
+                if let Some(c) = cur.as_mut() {
+                    if c.verdict.is_none() && !p.stopping && c.deadline.is_some_and(|d| now >= d) {
+                        c.verdict = Some(ExitInfo::TimedOut {
+                            limit_secs: queue
+                                .front()
+                                .and_then(|e| e.input.timeout)
+                                .map_or(0.0, |t| t.as_secs_f64()),
+                        });
+                        p.stop(grace);
+                    }
+                }
+            }
+            // Answers.
+            if !p.discard {
+                let mut start = 0;
+                while let Some(pos) = p.out_buf[p.scan_from..].iter().position(|&b| b == b'\n') {
+                    let end = p.scan_from + pos;
+                    p.scan_from = end + 1;
+                    let line_start = start;
+                    start = end + 1;
+                    let Some(entry) = queue.pop_front() else {
+                        // An answer for no input: the stream position is lost.
+                        p.stop(grace);
+                        break;
+                    };
+                    p.written = p.written.saturating_sub(1);
+                    p.answered += 1;
+                    attach(&entry.input.control, None, grace);
+                    p.read_stderr(keep);
+                    let tail = tail_string(&p.err_tail, keep);
+                    p.err_tail.clear();
+                    let c = cur.take();
+                    let (t0, started) =
+                        c.map_or((Instant::now(), SystemTime::now()), |c| (c.t0, c.started));
+                    let line = &p.out_buf[line_start..end];
+                    let outcome = match classify_line(line) {
+                        Ok(result) => StreamOutcome {
+                            exit: ExitInfo::Exited { code: 0 },
+                            result: result.to_vec(),
+                            stderr_tail: tail,
+                            wall: t0.elapsed(),
+                            started,
+                        },
+                        Err(exit) => {
+                            if matches!(exit, ExitInfo::StreamBroken { .. }) {
+                                // The stream position is unknown: start afresh.
+                                p.stop(grace);
+                            }
+                            failed(exit, tail_string(&p.proc_tail, keep), t0, started)
+                        }
+                    };
+                    report(entry.token, outcome);
+                    if p.discard {
+                        break;
+                    }
+                    // The next task becomes current at once (its clock starts now).
+                    if let Some(front) = queue.front() {
+                        let t0 = Instant::now();
+                        cur = Some(Current {
+                            t0,
+                            started: SystemTime::now(),
+                            deadline: front.input.timeout.and_then(|t| t0.checked_add(t)),
+                            verdict: None,
+                        });
+                        attach(&front.input.control, Some(p.pid), grace);
+                        if front.input.control.is_cancelled() {
+                            if let Some(c) = cur.as_mut() {
+                                c.verdict = Some(ExitInfo::Cancelled);
+                            }
+                            p.stop(grace);
+                            break;
+                        }
+                    }
+                }
+                if p.discard {
+                    p.out_buf.clear();
+                    p.scan_from = 0;
+                } else {
+                    p.out_buf.drain(..start);
+                    p.scan_from -= start;
+                    if p.out_buf.len() > max_line {
+                        // Too long: fail the current task without reading the rest.
+                        if let Some(entry) = queue.pop_front() {
+                            attach(&entry.input.control, None, grace);
+                            p.read_stderr(keep);
+                            let tail = tail_string(&p.proc_tail, keep);
+                            let c = cur.take();
+                            let (t0, started) = c
+                                .map_or((Instant::now(), SystemTime::now()), |c| (c.t0, c.started));
+                            report(
+                                entry.token,
+                                failed(
+                                    ExitInfo::StreamBroken {
+                                        reason: format!(
+                                            "the program's answer line is longer than the \
+                                             limit of {max_line} bytes"
+                                        ),
+                                    },
+                                    tail,
+                                    t0,
+                                    started,
+                                ),
+                            );
+                        }
+                        p.stop(grace);
+                        p.out_buf.clear();
+                        p.scan_from = 0;
+                    }
+                }
+            }
+            // The process ended (or is being stopped and has exited): settle the current task.
+            if p.ending {
+                // Answers still in the pipe count, unless we are discarding: read them, and
+                // handle complete lines (next iteration, without polling) before settling.
+                if !p.discard && p.stdout.is_some() {
+                    drain_stdout(p);
+                    if p.out_buf[p.scan_from..].contains(&b'\n') {
+                        continue;
+                    }
+                }
+                let Some(mut p) = runner.proc.take() else {
+                    continue;
+                };
+                let exited = p.reap(grace);
+                p.read_stderr(keep);
+                let tail = tail_string(&p.proc_tail, keep);
+                let c = cur.take();
+                if let Some(front) = queue.front() {
+                    attach(&front.input.control, None, grace);
+                }
+                let Some(c) = c else {
+                    // Ended between tasks: the next one goes to a fresh process.
+                    continue;
+                };
+                let exit = match c.verdict {
+                    // We stopped it because of the current task (timeout, cancel).
+                    Some(exit) => Some(exit),
+                    // We stopped it after a broken line (already reported): no blame.
+                    None if p.stopping => None,
+                    // It ended by itself with the current task given to it (or before
+                    // answering anything): the current task fails.
+                    None if p.written > 0 || p.answered == 0 => Some(
+                        if queue
+                            .front()
+                            .is_some_and(|e| e.input.control.is_cancelled())
+                        {
+                            ExitInfo::Cancelled
+                        } else {
+                            match exited.as_ref().map(|e| decode_status(e.status)) {
+                                Some(ExitInfo::Exited { code: 0 }) => ExitInfo::StreamBroken {
+                                    reason: "the program exited (status 0) without answering \
+                                             this input"
+                                        .into(),
+                                },
+                                Some(exit) => exit,
+                                None => ExitInfo::StreamBroken {
+                                    reason: "lost track of the program".into(),
+                                },
+                            }
+                        },
+                    ),
+                    // It ended while idle: no blame.
+                    None => None,
+                };
+                if let Some(exit) = exit {
+                    if let Some(entry) = queue.pop_front() {
+                        report(entry.token, failed(exit, tail, c.t0, c.started));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads stdout until end of file or for at most [`DRAIN_AFTER_EXIT`].
+    fn drain_stdout(p: &mut Proc) {
+        signal_group(p.pid, libc::SIGKILL);
+        let until = Instant::now() + DRAIN_AFTER_EXIT;
+        while let Some(out) = &p.stdout {
+            let mut pfd = libc::pollfd {
+                fd: out.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let left = until.saturating_duration_since(Instant::now()).as_millis() as i32;
+            // SAFETY: one initialised pollfd that lives across the call.
+            let r = unsafe { libc::poll(&mut pfd, 1, left) };
+            if r <= 0 || !p.read_stdout() || p.out_buf.len() > (1 << 20) {
+                break;
+            }
+        }
+        p.stdout = None;
+    }
+}
+
+#[cfg(windows)]
+mod windows_fallback {
+    //! Windows has no fork-free long-lived pipes loop here yet: each input runs as its own
+    //! process (which a streaming program handles: one line in, one line out, then EOF).
+    use super::*;
+    use crate::exec::{execute, ExecRequest};
+
+    pub(super) fn serve<T>(
+        runner: &mut StreamRunner,
+        mut next: impl FnMut() -> Option<(StreamInput, T)>,
+        mut report: impl FnMut(T, StreamOutcome),
+    ) {
+        let p = runner.program.clone();
+        while let Some((input, token)) = next() {
+            let t0 = Instant::now();
+            let started = SystemTime::now();
+            let io = match tempfile::tempdir() {
+                Ok(d) => d,
+                Err(e) => {
+                    report(
+                        token,
+                        failed(
+                            ExitInfo::SpawnFailed {
+                                reason: format!("scratch directory: {e}"),
+                            },
+                            String::new(),
+                            t0,
+                            started,
+                        ),
+                    );
+                    continue;
+                }
+            };
+            let mut req = ExecRequest::new(p.program.clone(), p.workdir.clone(), io.path().into());
+            req.args = p.args.clone();
+            req.env = p.env.clone();
+            req.stdin = input.line.clone();
+            req.stdin.push(b'\n');
+            req.timeout = input.timeout;
+            req.grace = p.grace;
+            req.stderr_tail_bytes = p.stderr_tail_bytes;
+            req.max_stdout_bytes = p.max_line_bytes as u64 + 2;
+            runner.starts += 1;
+            let outcome = match execute(&req, &input.control) {
+                Err(e) => failed(
+                    ExitInfo::SpawnFailed {
+                        reason: e.to_string(),
+                    },
+                    String::new(),
+                    t0,
+                    started,
+                ),
+                Ok(o) => {
+                    let first = o.stdout.split(|&b| b == b'\n').next().unwrap_or(&[]);
+                    let has_line = o.stdout.contains(&b'\n');
+                    if !has_line && !o.exit.success() {
+                        failed(o.exit, o.stderr_tail, t0, started)
+                    } else if !has_line {
+                        failed(
+                            ExitInfo::StreamBroken {
+                                reason: "the program exited (status 0) without answering \
+                                         this input"
+                                    .into(),
+                            },
+                            o.stderr_tail,
+                            t0,
+                            started,
+                        )
+                    } else {
+                        match classify_line(first) {
+                            Ok(r) => StreamOutcome {
+                                exit: ExitInfo::Exited { code: 0 },
+                                result: r.to_vec(),
+                                stderr_tail: o.stderr_tail,
+                                wall: t0.elapsed(),
+                                started,
+                            },
+                            Err(exit) => failed(exit, o.stderr_tail, t0, started),
+                        }
+                    }
+                }
+            };
+            report(token, outcome);
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The stream contract against real processes (a Python streaming program): crashes, hangs,
+//! malformed lines, too few lines and error answers fail only their own task, every other
+//! task is answered exactly once with its own result.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
+
+use mw_bundle::ExitInfo;
+use mw_worker_runtime::stream::{StreamInput, StreamProgram, StreamRunner};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const PROG: &str = r#"
+import json, sys, time
+for line in sys.stdin:
+    x = json.loads(line)
+    sys.stderr.write("working on %s\n" % line.strip())
+    sys.stderr.flush()
+    if "crash" in x:
+        sys.stderr.write("boom\n"); sys.stderr.flush()
+        sys.exit(3)
+    if "hang" in x:
+        time.sleep(3600)
+    if "malformed" in x:
+        print("this is not json", flush=True)
+        continue
+    if "few" in x:
+        sys.exit(0)
+    if "fail" in x:
+        print(json.dumps({"error": x["fail"]}), flush=True)
+        continue
+    if "signal" in x:
+        import os, signal
+        os.kill(os.getpid(), signal.SIGKILL)
+    print(json.dumps({"y": 2 * x["n"]}), flush=True)
+"#;
+
+fn runner(dir: &tempfile::TempDir) -> StreamRunner {
+    let script = dir.path().join("prog.py");
+    std::fs::write(&script, PROG).unwrap();
+    let mut p = StreamProgram::new("python3".into(), dir.path().to_path_buf());
+    p.args = vec![script.display().to_string()];
+    p.grace = Duration::from_millis(200);
+    StreamRunner::new(p)
+}
+
+fn input(v: Value) -> StreamInput {
+    let mut i = StreamInput::new(&v);
+    i.timeout = Some(Duration::from_secs(60));
+    i
+}
+
+fn answer(o: &mw_worker_runtime::stream::StreamOutcome) -> Value {
+    assert!(o.exit.success(), "expected success, got {:?}", o);
+    serde_json::from_slice(&o.result).unwrap()
+}
+
+#[test]
+fn good_inputs_answered_in_order_by_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = runner(&dir);
+    let out = r.run_all((0..500).map(|n| input(json!({ "n": n }))).collect());
+    assert_eq!(out.len(), 500);
+    for (n, o) in out.iter().enumerate() {
+        assert_eq!(answer(o), json!({ "y": 2 * n }));
+    }
+    // stderr is attributed to the task current when it is read; none of it is lost.
+    let all: String = out.iter().map(|o| o.stderr_tail.as_str()).collect();
+    for n in 0..500 {
+        assert!(
+            all.contains(&format!("working on {{\"n\": {n}}}"))
+                || all.contains(&format!("working on {{\"n\":{n}}}")),
+            "stderr of input {n} lost"
+        );
+    }
+    assert_eq!(r.starts(), 1, "one process for all inputs");
+    // The process stays up between calls.
+    let out = r.run_all(vec![input(json!({"n": 7}))]);
+    assert_eq!(answer(&out[0]), json!({"y": 14}));
+    assert_eq!(r.starts(), 1);
+}
+
+/// Runs `bad` between good inputs; checks that only `bad` fails (with `check`) and that
+/// every good input gets its own answer.
+fn only_the_bad_one_fails(
+    bad: StreamInput,
+    check: impl Fn(&mw_worker_runtime::stream::StreamOutcome),
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = runner(&dir);
+    let mut inputs: Vec<StreamInput> = (0..20).map(|n| input(json!({ "n": n }))).collect();
+    inputs.insert(10, bad);
+    let out = r.run_all(inputs);
+    assert_eq!(out.len(), 21);
+    for (i, o) in out.iter().enumerate() {
+        if i == 10 {
+            assert!(!o.exit.success(), "the bad input must fail: {o:?}");
+            check(o);
+        } else {
+            let n = if i < 10 { i } else { i - 1 };
+            assert_eq!(answer(o), json!({ "y": 2 * n }), "input {i}");
+        }
+    }
+    assert_eq!(r.starts(), 2, "restarted once after the bad input");
+}
+
+#[test]
+fn crash_fails_only_its_task_with_stderr_tail() {
+    only_the_bad_one_fails(input(json!({"crash": 1})), |o| {
+        assert_eq!(o.exit, ExitInfo::Exited { code: 3 });
+        assert!(o.stderr_tail.contains("boom"), "{:?}", o.stderr_tail);
+    });
+}
+
+#[test]
+fn killed_by_signal_fails_only_its_task() {
+    only_the_bad_one_fails(input(json!({"signal": 1})), |o| {
+        assert_eq!(o.exit, ExitInfo::Signaled { signal: 9 });
+    });
+}
+
+#[test]
+fn hang_times_out_only_its_task() {
+    let mut bad = StreamInput::new(&json!({"hang": 1}));
+    bad.timeout = Some(Duration::from_millis(500));
+    only_the_bad_one_fails(bad, |o| {
+        assert!(matches!(o.exit, ExitInfo::TimedOut { .. }), "{o:?}");
+    });
+}
+
+#[test]
+fn malformed_line_fails_only_its_task() {
+    only_the_bad_one_fails(input(json!({"malformed": 1})), |o| {
+        let ExitInfo::StreamBroken { reason } = &o.exit else {
+            panic!("{o:?}")
+        };
+        assert!(reason.contains("not JSON"), "{reason}");
+    });
+}
+
+#[test]
+fn too_few_lines_fails_only_the_unanswered_task() {
+    only_the_bad_one_fails(input(json!({"few": 1})), |o| {
+        let ExitInfo::StreamBroken { reason } = &o.exit else {
+            panic!("{o:?}")
+        };
+        assert!(reason.contains("without answering"), "{reason}");
+    });
+}
+
+#[test]
+fn error_answer_fails_its_task_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = runner(&dir);
+    let out = r.run_all(vec![
+        input(json!({"n": 1})),
+        input(json!({"fail": "bad parameter"})),
+        input(json!({"fail": {"code": 7}})),
+        input(json!({"n": 2})),
+    ]);
+    assert_eq!(answer(&out[0]), json!({"y": 2}));
+    assert_eq!(
+        out[1].exit,
+        ExitInfo::ErrorReported {
+            error: "bad parameter".into()
+        }
+    );
+    assert_eq!(
+        out[2].exit,
+        ExitInfo::ErrorReported {
+            error: r#"{"code":7}"#.into()
+        }
+    );
+    assert_eq!(answer(&out[3]), json!({"y": 4}));
+    assert_eq!(r.starts(), 1);
+}
+
+#[test]
+fn overlong_line_fails_its_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("long.py");
+    std::fs::write(
+        &script,
+        "import sys, json\nfor line in sys.stdin:\n    n = json.loads(line)\n    print(json.dumps('x' * n), flush=True)\n",
+    )
+    .unwrap();
+    let mut p = StreamProgram::new("python3".into(), dir.path().to_path_buf());
+    p.args = vec![script.display().to_string()];
+    p.grace = Duration::from_millis(200);
+    p.max_line_bytes = 1000;
+    let mut r = StreamRunner::new(p);
+    let out = r.run_all(vec![
+        input(json!(10)),
+        input(json!(100_000)),
+        input(json!(20)),
+    ]);
+    assert_eq!(answer(&out[0]), json!("x".repeat(10)));
+    assert!(
+        matches!(&out[1].exit, ExitInfo::StreamBroken { reason } if reason.contains("longer")),
+        "{:?}",
+        out[1]
+    );
+    assert_eq!(answer(&out[2]), json!("x".repeat(20)));
+}
+
+#[test]
+fn cancel_before_and_during() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = runner(&dir);
+    let early = input(json!({"n": 1}));
+    early.control.cancel();
+    let hang = input(json!({"hang": 1}));
+    let control = hang.control.clone();
+    let mut inputs = vec![early, hang, input(json!({"n": 3}))];
+    let mut reported = Vec::new();
+    let mut source = inputs.drain(..).enumerate();
+    r.serve(
+        || source.next().map(|(i, x)| (x, i)),
+        |i, o| {
+            // Once the hanging task is current (input 0 was reported), cancel it.
+            if i == 0 {
+                control.cancel();
+            }
+            reported.push((i, o));
+        },
+    );
+    assert_eq!(reported.len(), 3);
+    assert_eq!(reported[0].1.exit, ExitInfo::Cancelled);
+    assert_eq!(reported[1].1.exit, ExitInfo::Cancelled);
+    assert_eq!(answer(&reported[2].1), json!({"y": 6}));
+}
+
+#[test]
+fn missing_program_fails_each_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = StreamProgram::new(dir.path().join("no-such-program"), dir.path().to_path_buf());
+    let mut r = StreamRunner::new(p);
+    let out = r.run_all(vec![input(json!(1)), input(json!(2))]);
+    assert!(out
+        .iter()
+        .all(|o| matches!(o.exit, ExitInfo::SpawnFailed { .. })));
+}
+
+/// True once `pid` is gone (bounded wait of 30 s through a pidfd).
+fn exited(pid: i32) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        return std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+    }
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: pfd is a valid pollfd for one entry.
+    let r = unsafe { libc::poll(&mut pfd, 1, 30_000) };
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    r == 1
+}
+
+#[test]
+fn timeout_kills_what_the_program_started_with_setsid() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("daemon.sh");
+    std::fs::write(
+        &script,
+        r#"while read line; do
+  case "$line" in
+    *daemon*)
+      setsid sh -c 'echo $$ > daemon.pid; exec sleep 1000' < /dev/null > /dev/null 2>&1 &
+      while [ ! -s daemon.pid ]; do :; done
+      sleep 1000;;
+    *) echo "$line";;
+  esac
+done"#,
+    )
+    .unwrap();
+    let mut p = StreamProgram::new("/bin/sh".into(), dir.path().to_path_buf());
+    p.args = vec![script.display().to_string()];
+    p.grace = Duration::from_millis(100);
+    let mut r = StreamRunner::new(p);
+    let mut bad = StreamInput::new(&json!({"daemon": 1}));
+    bad.timeout = Some(Duration::from_secs(2));
+    let out = r.run_all(vec![input(json!({"n": 1})), bad, input(json!({"n": 2}))]);
+    assert_eq!(answer(&out[0]), json!({"n": 1}));
+    assert!(
+        matches!(out[1].exit, ExitInfo::TimedOut { .. }),
+        "{:?}",
+        out[1]
+    );
+    assert_eq!(answer(&out[2]), json!({"n": 2}));
+    let pid: i32 = std::fs::read_to_string(dir.path().join("daemon.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(exited(pid), "the setsid daemon {pid} outlived the timeout");
+}
