@@ -223,6 +223,10 @@ pub struct PackInfo {
     pub program_sha256: String,
     /// The tasks, in the order they run.
     pub tasks: Vec<u64>,
+    /// Run the tasks through one long-lived streaming program (one JSON input per line on
+    /// its stdin, one JSON answer per line on its stdout), not one process per task.
+    #[serde(default)]
+    pub stream: bool,
 }
 
 /// A task of a pack that its worker could not run (no result bundle for it).

@@ -45,7 +45,8 @@ pub(crate) fn result_cap(task: &PreparedTask) -> u64 {
         .saturating_add(1 << 20)
 }
 
-/// The pack bundle of `tasks` (all of one job and one program), in that order.
+/// The pack bundle of `tasks` (all of one job and one program, in one mode), in that order.
+/// A streaming program's tasks run through one long-lived process of it on the worker.
 pub(crate) fn pack_bundle_bytes(
     tasks: &[Arc<PreparedTask>],
     program: &ProgramBundle,
@@ -55,6 +56,9 @@ pub(crate) fn pack_bundle_bytes(
         job,
         program_sha256: program.sha256.clone(),
         tasks: tasks.iter().map(|t| t.id.0).collect(),
+        stream: tasks
+            .first()
+            .is_some_and(|t| t.spec.program.mode() == crate::task::ProgramMode::Stream),
     };
     let mut b = mw_bundle::BundleBuilder::pack(info, "pack bundle");
     for t in tasks {

@@ -940,3 +940,56 @@ fn target_job_secs_probes_then_packs_by_measured_run_time() {
     assert_eq!(packed, 20);
     assert!(later.len() <= 10, "{} jobs for 20 tasks", later.len());
 }
+
+/// A streaming program (`[program] mode = "stream"`) in packs of three: each pack runs
+/// through one long-lived process of it; the task it answers with an error and the task on
+/// which it dies fail alone; every other task gets its answer.
+#[test]
+fn streaming_program_runs_a_pack_through_one_process() {
+    let env = Env::new();
+    let starts = env.root.join("starts");
+    let p = env.script(
+        "stream.sh",
+        &format!(
+            "echo started >> {starts}\nwhile read -r n; do\n  case $n in\n    1) echo '{{\"error\": \"one is bad\"}}' ;;\n    4) echo 'four kills me' >&2; exit 9 ;;\n    *) echo $((n * 10)) ;;\n  esac\ndone",
+            starts = starts.display()
+        ),
+    );
+    let job = env.root.join("streampack.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"streampack\"\ninterface = \"condor\"\n[program]\npath = \"{}\"\nmode = \"stream\"\n[inputs]\nlist = [0, 1, 2, 3, 4, 5]\n[condor]\nbatch_window_secs = 0.2\ntasks_per_job = 3\n",
+            p.display()
+        ),
+    )
+    .unwrap();
+    let out = run(env.mw(&["run", job.to_str().unwrap()], &[]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let lines = result_lines(&out);
+    assert_eq!(tasks_of(&lines), [0, 1, 2, 3, 4, 5], "{}", text(&out));
+    for l in &lines {
+        match l["task"].as_u64().unwrap() {
+            1 => {
+                assert_eq!(l["state"], "failed", "{l}");
+                assert!(l["error"].as_str().unwrap().contains("one is bad"), "{l}");
+            }
+            4 => {
+                assert_eq!(l["state"], "failed", "{l}");
+                assert!(
+                    l["error"].as_str().unwrap().contains("four kills me"),
+                    "{l}"
+                );
+            }
+            n => {
+                assert_eq!(l["state"], "done", "{l}");
+                assert_eq!(l["output"], n * 10, "{l}");
+            }
+        }
+    }
+    // Two jobs; one process per pack, and a fresh one after task 4 killed its process
+    // (task 5 came after it).
+    assert_eq!(env.cli().history(&[], None).unwrap().len(), 2);
+    let n = std::fs::read_to_string(&starts).unwrap().lines().count();
+    assert_eq!(n, 3, "processes started");
+}

@@ -9,6 +9,9 @@
 //! listed in `not_run` with the reason, and the pack goes on with the next task: one bad
 //! task never costs its neighbours their results.
 //!
+//! A pack of a streaming program (`stream` in its manifest) runs its tasks through one
+//! long-lived process of it ([`crate::stream`]) instead of one process each.
+//!
 //! Nothing in the pack is trusted: the pack must name the program it came with, list each
 //! task once, and each inner task bundle must be the task its member name says.
 //!
@@ -19,12 +22,14 @@ use crate::run::{
     run_task_bytes_in, run_task_file, scratch_dir, RunError, RunOptions, UnpackedProgram,
     IN_MEMORY_TASK_MAX,
 };
+use crate::stream::{StreamInput, StreamProgram, StreamRunner};
 use mw_bundle::{
-    pack_result_member, pack_task_member, BundleBuilder, BundleError, BundleKind, NotRun,
-    PackResultInfo,
+    pack_result_member, pack_task_member, BundleBuilder, BundleError, BundleKind, NotRun, PackInfo,
+    PackResultInfo, ResultInfo, TaskInfo, RESULT_STDOUT_NAME, TASK_FILES_PREFIX, TASK_INPUT_NAME,
 };
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
 
 /// Longest reason kept for a task the worker could not run.
 const MAX_REASON: usize = 500;
@@ -121,6 +126,21 @@ pub fn run_pack_file(
         context: "creating the pack's scratch directory".into(),
         source,
     })?;
+    if info.stream {
+        let members = match in_memory {
+            Some(m) => m,
+            None => read_members(&scratch.path().join("pack"), &info.tasks, opts)?,
+        };
+        return run_pack_stream(
+            program,
+            &info,
+            members,
+            &task_scratch,
+            control,
+            opts,
+            &label,
+        );
+    }
     let mut summary = PackSummary {
         info: PackResultInfo {
             job: info.job.clone(),
@@ -182,6 +202,226 @@ pub fn run_pack_file(
                     reason: one_line(&e.to_string()),
                 });
             }
+        }
+    }
+    let mut builder = BundleBuilder::pack_result(summary.info.clone(), "pack result bundle");
+    results.into_bundle(&mut builder)?;
+    let bytes = builder.to_bytes()?;
+    Ok((summary, bytes))
+}
+
+/// The task bundles of an unpacked pack, read back (a streaming pack's tasks are small: its
+/// program takes no input files).
+fn read_members(
+    dir: &Path,
+    tasks: &[u64],
+    opts: &RunOptions,
+) -> Result<std::collections::BTreeMap<String, Vec<u8>>, RunError> {
+    let mut out = std::collections::BTreeMap::new();
+    for t in tasks {
+        let member = pack_task_member(*t);
+        let path = dir.join(&member);
+        let bytes = read_capped(&path, opts.limits.max_total_bytes)?;
+        out.insert(member, bytes);
+    }
+    Ok(out)
+}
+
+/// A file of at most `cap` bytes (it was unpacked within the limits; checked again).
+fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, RunError> {
+    use std::io::Read;
+    let io = |source| RunError::Io {
+        context: format!("reading {}", path.display()),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(cap.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > cap {
+        return Err(io(std::io::Error::other(format!(
+            "larger than {cap} bytes"
+        ))));
+    }
+    Ok(bytes)
+}
+
+/// One task of a streaming pack, read from its task bundle.
+struct StreamTask {
+    task: u64,
+    info: TaskInfo,
+    line: Vec<u8>,
+}
+
+/// Reads one task of a streaming pack: its bundle must be the task it is filed under, for
+/// this program, with a JSON input and neither input files nor declared outputs (one
+/// process serves every task in one directory).
+fn stream_task(
+    program: &UnpackedProgram,
+    pack: &PackInfo,
+    task: u64,
+    bytes: &[u8],
+    label: &str,
+    opts: &RunOptions,
+) -> Result<StreamTask, RunError> {
+    let bad = |reason: String| {
+        RunError::Bundle(BundleError::Manifest {
+            archive: label.to_string(),
+            reason,
+        })
+    };
+    let b = mw_bundle::open_in_memory(bytes, label, Some(BundleKind::Task), &opts.limits)?;
+    let info = b.manifest.task.clone().unwrap_or_default();
+    if info.task != task || info.job != pack.job {
+        return Err(bad(format!(
+            "it is task {} of job `{}`, but the pack lists it as task {task} of job `{}`",
+            info.task, info.job, pack.job
+        )));
+    }
+    if info.program_sha256 != program.sha256() {
+        return Err(RunError::WrongProgram {
+            task: label.to_string(),
+            wanted: info.program_sha256,
+            actual: program.sha256().to_string(),
+        });
+    }
+    if !info.outputs.is_empty() || b.members.keys().any(|m| m.starts_with(TASK_FILES_PREFIX)) {
+        return Err(bad(
+            "a streaming program's task cannot have input files or declared outputs".into(),
+        ));
+    }
+    let input = b.members.get(TASK_INPUT_NAME).map_or(&b"null"[..], |v| v);
+    // Re-serialised compactly: one line, whatever the bundle held.
+    let value: serde_json::Value =
+        serde_json::from_slice(input).map_err(|e| bad(format!("its input is not JSON: {e}")))?;
+    let line = serde_json::to_vec(&value).map_err(|e| bad(format!("its input: {e}")))?;
+    Ok(StreamTask { task, info, line })
+}
+
+/// Runs a streaming pack: its tasks, in order, through one long-lived process of the
+/// program per run of tasks with the same arguments and environment (the stream contract
+/// of [`crate::stream`]: a task that fails, hangs or breaks the stream fails alone, the
+/// program is restarted for the next). Each task's result bundle is what a lone task's
+/// would be (its answer line as stdout; no CPU time of its own).
+fn run_pack_stream(
+    program: &UnpackedProgram,
+    pack: &PackInfo,
+    mut members: std::collections::BTreeMap<String, Vec<u8>>,
+    scratch: &Path,
+    control: &ProcessControl,
+    opts: &RunOptions,
+    label: &str,
+) -> Result<(PackSummary, Vec<u8>), RunError> {
+    let mut summary = PackSummary {
+        info: PackResultInfo {
+            job: pack.job.clone(),
+            host: host_name(),
+            tasks: Vec::new(),
+            not_run: Vec::new(),
+        },
+        failed: Vec::new(),
+    };
+    let mut results = Results::new(scratch.join("results"));
+    let mut tasks = Vec::with_capacity(pack.tasks.len());
+    for &task in &pack.tasks {
+        let member = pack_task_member(task);
+        let bytes = members.remove(&member).unwrap_or_default();
+        match stream_task(
+            program,
+            pack,
+            task,
+            &bytes,
+            &format!("{label}#{member}"),
+            opts,
+        ) {
+            Ok(t) => tasks.push(t),
+            Err(e) => {
+                eprintln!("mw-worker: pack {label}: task {task} could not run: {e}");
+                summary.info.not_run.push(NotRun {
+                    task,
+                    reason: one_line(&e.to_string()),
+                });
+            }
+        }
+    }
+    let workdir = scratch.join("work");
+    let mut rest = tasks.as_slice();
+    while let Some(first) = rest.first() {
+        let same = rest
+            .iter()
+            .take_while(|t| t.info.args == first.info.args && t.info.env == first.info.env)
+            .count();
+        let (run, after) = rest.split_at(same);
+        rest = after;
+        if control.is_cancelled() {
+            for t in run {
+                summary.info.not_run.push(NotRun {
+                    task: t.task,
+                    reason: "the pack was stopped before this task ran".into(),
+                });
+            }
+            continue;
+        }
+        // A fresh, empty working directory (with the program's files) for each process.
+        let _ = std::fs::remove_dir_all(&workdir);
+        std::fs::create_dir(&workdir).map_err(|source| RunError::Io {
+            context: format!("creating {}", workdir.display()),
+            source,
+        })?;
+        crate::run::link_program_files(&program.root(), &workdir).map_err(|source| {
+            RunError::Io {
+                context: "linking program files".into(),
+                source,
+            }
+        })?;
+        let mut p = StreamProgram::new(program.executable(), workdir.clone());
+        p.args = program.base_args();
+        p.args.extend(first.info.args.iter().cloned());
+        p.env = first.info.env.clone();
+        p.die_with_parent = true;
+        let mut runner = StreamRunner::new(p);
+        let inputs = run
+            .iter()
+            .map(|t| StreamInput {
+                line: t.line.clone(),
+                timeout: t
+                    .info
+                    .timeout_secs
+                    .filter(|s| s.is_finite() && *s > 0.0)
+                    .map(Duration::from_secs_f64),
+                control: control.clone(),
+            })
+            .collect();
+        let outcomes = runner.run_all(inputs);
+        drop(runner);
+        for (t, o) in run.iter().zip(outcomes) {
+            let result = ResultInfo {
+                job: pack.job.clone(),
+                task: t.task,
+                exit: o.exit,
+                wall_secs: o.wall.as_secs_f64(),
+                // A long-lived process's CPU time is not split per task.
+                user_secs: 0.0,
+                sys_secs: 0.0,
+                host: summary.info.host.clone(),
+                started_unix: o
+                    .started
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0),
+                stderr_tail: o.stderr_tail,
+                missing_outputs: Vec::new(),
+                comparison: t.info.comparison.clone(),
+            };
+            if !result.exit.success() {
+                summary.failed.push(t.task);
+            }
+            let mut b = BundleBuilder::result(result, "result bundle");
+            b.add_bytes(RESULT_STDOUT_NAME, o.result, false)?;
+            results.add(t.task, b.to_bytes()?)?;
+            summary.info.tasks.push(t.task);
         }
     }
     let mut builder = BundleBuilder::pack_result(summary.info.clone(), "pack result bundle");

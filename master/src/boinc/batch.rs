@@ -57,8 +57,12 @@ pub(super) fn submit_loop(shared: &Arc<Shared>) {
                 st.queue
                     .drain(..n)
                     .map(|p| Unit {
+                        // A streaming program's task runs in a pack of one, through it.
+                        packed: p.wu.as_ref().map_or(
+                            p.task.spec.program.mode() == crate::task::ProgramMode::Stream,
+                            WuName::is_pack,
+                        ),
                         wu: p.wu.clone(),
-                        packed: false,
                         members: vec![p],
                     })
                     .collect()

@@ -207,19 +207,25 @@ pub(super) fn submit_loop(shared: &Shared) {
             st.first_pending = None;
             st.last_pending = None;
             let ids = std::mem::take(&mut st.pending);
-            if shared.packing {
-                let packs = form_packs(&mut st, ids);
-                (batch, Vec::new(), packs)
+            // Tasks queued for a pack have no bundle yet; the others were staged alone.
+            let (for_packs, staged): (Vec<TaskId>, Vec<TaskId>) = ids.into_iter().partition(|id| {
+                st.tasks
+                    .get(id)
+                    .is_some_and(|t| t.files.task_bundle.as_os_str().is_empty())
+            });
+            let packs = if for_packs.is_empty() {
+                Vec::new()
             } else {
-                let mut taken = Vec::with_capacity(ids.len());
-                for id in ids {
-                    if let Some(t) = st.tasks.get_mut(&id) {
-                        t.phase = Phase::Submitting;
-                        taken.push((id, t.files.clone(), t.task.job.clone()));
-                    }
+                form_packs(&mut st, for_packs)
+            };
+            let mut taken = Vec::with_capacity(staged.len());
+            for id in staged {
+                if let Some(t) = st.tasks.get_mut(&id) {
+                    t.phase = Phase::Submitting;
+                    taken.push((id, t.files.clone(), t.task.job.clone()));
                 }
-                (batch, taken, Vec::new())
             }
+            (batch, taken, packs)
         };
         if !packs.is_empty() {
             submit_packs(shared, batch, packs);
@@ -289,16 +295,22 @@ pub(super) fn queue_for_pack(shared: &Shared, task: Arc<PreparedTask>, done: Com
     shared.cond.notify_all();
 }
 
-/// Splits the tasks taken for a batch into packs (per program bundle, in arrival order) of
-/// the sizes the sizer gives; tasks it holds back (waiting for a probe) stay pending.
+/// True for a task of a streaming program (its tasks always run in packs).
+pub(super) fn is_stream(task: &PreparedTask) -> bool {
+    task.spec.program.mode() == crate::task::ProgramMode::Stream
+}
+
+/// Splits the tasks taken for a batch into packs (per program bundle and mode, in arrival
+/// order) of the sizes the sizer gives; tasks it holds back (waiting for a probe) stay
+/// pending.
 fn form_packs(st: &mut State, ids: Vec<TaskId>) -> Vec<Vec<Arc<PreparedTask>>> {
-    let mut groups: Vec<(PathBuf, Vec<TaskId>)> = Vec::new();
+    let mut groups: Vec<((PathBuf, bool), Vec<TaskId>)> = Vec::new();
     for id in ids {
         let Some(t) = st.tasks.get(&id) else { continue };
-        let program = &t.files.program_bundle;
-        match groups.iter_mut().find(|(p, _)| p == program) {
+        let key = (t.files.program_bundle.clone(), is_stream(&t.task));
+        match groups.iter_mut().find(|(k, _)| *k == key) {
             Some((_, g)) => g.push(id),
-            None => groups.push((program.clone(), vec![id])),
+            None => groups.push((key, vec![id])),
         }
     }
     let mut packs = Vec::new();
@@ -337,10 +349,11 @@ fn submit_packs(shared: &Shared, batch: u64, packs: Vec<Vec<Arc<PreparedTask>>>)
         let mut st = shared.lock();
         match staged {
             Ok(files) => {
+                let packed = pack.len() > 1 || is_stream(first);
                 for t in &pack {
                     if let Some(tr) = st.tasks.get_mut(&t.id) {
                         tr.files = files.clone();
-                        tr.packed = pack.len() > 1;
+                        tr.packed = packed;
                     }
                 }
                 groups
@@ -369,7 +382,8 @@ fn submit_packs(shared: &Shared, batch: u64, packs: Vec<Vec<Arc<PreparedTask>>>)
     }
 }
 
-/// Writes the bundle of one pack into `dir`: a lone task's own task bundle, or a pack bundle.
+/// Writes the bundle of one pack into `dir`: a lone task's own task bundle, or a pack bundle
+/// (always for a streaming program's tasks).
 fn stage_pack(dir: &Path, pack: &[Arc<PreparedTask>]) -> Result<TaskFiles, InterfaceError> {
     let first = pack
         .first()
@@ -380,7 +394,7 @@ fn stage_pack(dir: &Path, pack: &[Arc<PreparedTask>]) -> Result<TaskFiles, Inter
         .bundle(&first.staging_dir)
         .map_err(|e| InterfaceError::new(format!("packing the program bundle: {e}")))?;
     let program_path = std::path::absolute(&program.path).unwrap_or(program.path.clone());
-    let (files, bytes) = if pack.len() == 1 {
+    let (files, bytes) = if pack.len() == 1 && !is_stream(first) {
         let (bytes, path) = stage(first)?;
         (task_files(dir, first, path), bytes)
     } else {

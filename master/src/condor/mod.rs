@@ -255,8 +255,9 @@ impl Interface for Condor {
     }
 
     fn execute_task(&self, task: Arc<PreparedTask>, _worker: WorkerId, done: Completion) {
-        if self.shared.packing {
-            // Its bundle is made when its pack is formed, at submit time.
+        if self.shared.packing || batch::is_stream(&task) {
+            // Its bundle is made when its pack is formed, at submit time (a streaming
+            // program's tasks always go in a pack, even of one, to run through it).
             return batch::queue_for_pack(&self.shared, task, done);
         }
         let (bytes, program) = match stage(&task) {
