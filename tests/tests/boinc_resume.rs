@@ -1009,8 +1009,13 @@ fn forged_pack_result_from_a_volunteer_is_refused_task_by_task() {
     let mut p = Project::new();
     let (job, _) = pack_job(&p, "packforge", 4, 3);
     let (id, dir) = p.submit(&job);
-    p.wait_for_workunits(&dir, 2);
-    let first = tasks(&dir)[0].handle.clone().unwrap();
+    let handles = p.wait_for_workunits(&dir, 2);
+    let first = handles[0].clone();
+    assert_eq!(
+        handles,
+        [&first, &first, &first, &handles[3]].map(|h| h.clone()),
+        "the packs are tasks 0-2 and task 3"
+    );
     let job_id = id.clone();
     let mut b = BundleBuilder::pack_result(
         PackResultInfo {

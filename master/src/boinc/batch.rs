@@ -29,6 +29,8 @@ use std::time::Duration;
 
 /// The handle recorded before `create_work` runs: the workunit may or may not exist.
 pub(super) const PENDING_PREFIX: &str = "pending:";
+/// The longest the submit thread waits for more tasks to fill packs.
+const PACK_WINDOW: Duration = Duration::from_secs(2);
 /// Longest create_work error text kept in a task's error.
 const MAX_ERROR_TEXT: usize = 600;
 
@@ -42,13 +44,33 @@ pub(super) fn submit_loop(shared: &Arc<Shared>) {
             if st.shut_down {
                 return;
             }
-            // Give the scheduler a moment to hand over more tasks for the same batch.
-            if st.queue.len() < shared.batch_size {
+            // Give the scheduler a moment to hand over more tasks for the same batch; when
+            // packing, until it has stopped handing them over (a quiet 50 ms, at most
+            // [`PACK_WINDOW`]), so packs are full rather than cut by the timing of a drain.
+            let started = std::time::Instant::now();
+            loop {
+                let before = st.queue.len();
+                if before
+                    >= shared.batch_size.saturating_mul(if shared.packing {
+                        crate::pack::MAX_TASKS_PER_PACK
+                    } else {
+                        1
+                    })
+                {
+                    break;
+                }
                 st = shared
                     .cond
                     .wait_timeout(st, Duration::from_millis(50))
                     .map(|r| r.0)
                     .unwrap_or_else(|p| p.into_inner().0);
+                if !shared.packing
+                    || st.shut_down
+                    || st.queue.len() == before
+                    || started.elapsed() >= PACK_WINDOW
+                {
+                    break;
+                }
             }
             if shared.packing {
                 form_packs(shared, &mut st)

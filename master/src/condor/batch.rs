@@ -208,11 +208,9 @@ pub(super) fn submit_loop(shared: &Shared) {
             st.last_pending = None;
             let ids = std::mem::take(&mut st.pending);
             // Tasks queued for a pack have no bundle yet; the others were staged alone.
-            let (for_packs, staged): (Vec<TaskId>, Vec<TaskId>) = ids.into_iter().partition(|id| {
-                st.tasks
-                    .get(id)
-                    .is_some_and(|t| t.files.task_bundle.as_os_str().is_empty())
-            });
+            let (for_packs, staged): (Vec<TaskId>, Vec<TaskId>) = ids
+                .into_iter()
+                .partition(|id| st.tasks.get(id).is_some_and(|t| t.files.is_queued()));
             let packs = if for_packs.is_empty() {
                 Vec::new()
             } else {
@@ -276,14 +274,7 @@ pub(super) fn queue_for_pack(shared: &Shared, task: Arc<PreparedTask>, done: Com
             "the HTCondor interface was shut down",
         )));
     }
-    let files = TaskFiles {
-        dir: PathBuf::new(),
-        task_bundle: PathBuf::new(),
-        result: PathBuf::new(),
-        stdout: PathBuf::new(),
-        stderr: PathBuf::new(),
-        program_bundle: program,
-    };
+    let files = TaskFiles::queued(program);
     let id = task.id;
     st.tasks
         .insert(id, Tracked::new(task, done, None, files, Phase::Pending));

@@ -290,6 +290,9 @@ fn requeue(shared: &Shared, mut t: Tracked, h: JobHandle, why: &str) {
     t.shadow = None;
     t.ran_on = None;
     t.packed = false;
+    // Queued for a new pack: no bundle of its own yet (its old pack's files stay where they
+    // are, for that job's record).
+    t.files = TaskFiles::queued(std::mem::take(&mut t.files.program_bundle));
     st.tasks.insert(id, t);
     st.pending.push(id);
     let now = Instant::now();

@@ -68,6 +68,25 @@ struct TaskFiles {
     program_bundle: PathBuf,
 }
 
+impl TaskFiles {
+    /// A task queued for a pack: no files of its own until its pack is formed.
+    fn queued(program_bundle: PathBuf) -> Self {
+        TaskFiles {
+            dir: PathBuf::new(),
+            task_bundle: PathBuf::new(),
+            result: PathBuf::new(),
+            stdout: PathBuf::new(),
+            stderr: PathBuf::new(),
+            program_bundle,
+        }
+    }
+
+    /// True while the task waits for its pack to be formed.
+    fn is_queued(&self) -> bool {
+        self.task_bundle.as_os_str().is_empty()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Pending,
