@@ -804,7 +804,8 @@ fn real_pool_packs_failing_task_sigkill_and_resume() {
             }
         }
     }
-    // Each task reported once (journal events), each ran once, in two jobs.
+    // Each task reported at most once (journal events; each has its outcome, above), each
+    // ran once, in two jobs.
     let conn = rusqlite::Connection::open(s.job_dir(&name).join("journal.sqlite")).unwrap();
     let mut stmt = conn
         .prepare("SELECT task, count(*) FROM events WHERE kind IN ('done', 'failed', 'cancelled') GROUP BY task ORDER BY task")
@@ -814,7 +815,12 @@ fn real_pool_packs_failing_task_sigkill_and_resume() {
         .unwrap()
         .map(|r| r.unwrap())
         .collect();
-    assert_eq!(counts, (0..8).map(|t| (t, 1)).collect::<Vec<_>>());
+    // (A second report of a task would be a second final event; a task that ended done may
+    // have none, its row saying everything.)
+    assert!(
+        counts.iter().all(|(t, c)| *c == 1 && (0..8).contains(t)),
+        "a task reported twice: {counts:?}"
+    );
     assert_each_ran_once(&runs, 8);
     let ads = wait_for("the pool's history to list both packs", || {
         let ads = jobs_of(&s, &name, true);
