@@ -378,18 +378,28 @@ pub fn assimilate_result(
         Ok(b) => b,
         Err(e) => return reject(format!("cannot read {}: {e}", file.display())),
     };
-    let info = match mw_validator::verify_result_bytes(&bytes, &file.display().to_string(), limits)
-    {
-        Ok(checked) => checked.info,
-        Err(e) => return reject(format!("not a valid result bundle: {e}")),
+    // A task's result bundle, or a pack's (many tasks in one workunit): spooled alike. The
+    // master checks each of a pack's results against the tasks it filed under that pack.
+    let label = file.display().to_string();
+    let is_pack = matches!(
+        mw_bundle::read_manifest(file, &limits.bundle_limits()).map(|m| m.kind),
+        Ok(mw_bundle::BundleKind::PackResult)
+    );
+    let (job, single) = if is_pack {
+        match mw_validator::check_pack_bytes(&bytes, &label, limits) {
+            Ok(pack) => (pack.info.job, None),
+            Err(e) => return reject(format!("not a valid pack result bundle: {e}")),
+        }
+    } else {
+        match mw_validator::verify_result_bytes(&bytes, &label, limits) {
+            Ok(checked) => (checked.info.job.clone(), Some(checked.info)),
+            Err(e) => return reject(format!("not a valid result bundle: {e}")),
+        }
     };
-    if !is_safe_name(&info.job) {
-        return reject(format!(
-            "job name {:?} is not [A-Za-z0-9_.-]{{1,128}}",
-            info.job
-        ));
+    if !is_safe_name(&job) {
+        return reject(format!("job name {job:?} is not [A-Za-z0-9_.-]{{1,128}}"));
     }
-    if let Some(p) = wu.parts() {
+    if let (Some(p), Some(info)) = (wu.parts(), single) {
         if info.job != p.job || info.task != p.task || info.attempt.is_some_and(|a| a != p.attempt)
         {
             return reject(format!(

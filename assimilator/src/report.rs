@@ -60,11 +60,36 @@ pub fn add_upload_reports(
         return;
     };
     let mut good = Vec::new();
+    let mut packs = Vec::new();
     for path in find_uploads(&layout, wu) {
         let file = path
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
+        if let Some(pack) = read_pack_upload(&path, limits) {
+            let failed: Vec<String> = pack
+                .results
+                .iter()
+                .filter(|(_, r)| !r.info.exit.success())
+                .map(|(t, r)| format!("task {t}: {}", r.info.exit))
+                .collect();
+            let r = ResultReport {
+                file,
+                exit: format!(
+                    "pack result: {} results, {} failed{}{}",
+                    pack.results.len(),
+                    failed.len(),
+                    if failed.is_empty() { "" } else { ": " },
+                    tail(&failed.join("; "), MAX_STDERR_TAIL)
+                ),
+                stderr_tail: String::new(),
+            };
+            packs.push(pack);
+            if record.results.len() < MAX_REPORTED_RESULTS {
+                record.results.push(r);
+            }
+            continue;
+        }
         let report = match read_upload(&path, limits) {
             Ok(checked) => {
                 let info = &checked.info;
@@ -89,6 +114,14 @@ pub fn add_upload_reports(
         }
     }
     if record.error_mask & mw_boinc_kit::errors::WU_ERROR_TOO_MANY_SUCCESS_RESULTS != 0 {
+        'packs: for (i, a) in packs.iter().enumerate() {
+            for b in &packs[i + 1..] {
+                if let Err(d) = mw_validator::packs_agree(a, b) {
+                    record.disagreement = Some(d);
+                    break 'packs;
+                }
+            }
+        }
         'pairs: for (i, a) in good.iter().enumerate() {
             for b in &good[i + 1..] {
                 if let Err(d) = mw_validator::results_agree(a, b) {
@@ -98,6 +131,26 @@ pub fn add_upload_reports(
             }
         }
     }
+}
+
+/// A pack result upload, checked as the validator checks it (under the server's limits);
+/// `None` for anything else.
+fn read_pack_upload(
+    path: &Path,
+    limits: &mw_validator::ServerLimits,
+) -> Option<mw_validator::CheckedPack> {
+    let kind = mw_bundle::read_manifest(path, &limits.bundle_limits())
+        .ok()?
+        .kind;
+    if kind != mw_bundle::BundleKind::PackResult {
+        return None;
+    }
+    let cap = MAX_REPORTED_FILE_BYTES.min(limits.max_upload_bytes());
+    if std::fs::metadata(path).ok()?.len() > cap {
+        return None;
+    }
+    let bytes = std::fs::read(path).ok()?;
+    mw_validator::check_pack_bytes(&bytes, &path.display().to_string(), limits).ok()
 }
 
 /// A result bundle read leniently: well-formed and verified, whatever its exit status, under

@@ -76,6 +76,21 @@ impl WuName {
         WuName::parse(&format!("mw_{job}_{run}_{task}_{attempt}"))
     }
 
+    /// The name of a pack of tasks (many tasks in one workunit): `mw_<job>_<run>_p<seq>`,
+    /// `<seq>` counting the packs of one master run (a task may be packed again after its
+    /// pack came back without its result, so a pack is not named after its tasks).
+    pub fn for_pack(job: &str, run: &str, seq: u64) -> Result<WuName, NameError> {
+        WuName::parse(&format!("mw_{job}_{run}_p{seq}"))
+    }
+
+    /// True for a pack's name ([`for_pack`](Self::for_pack)).
+    pub fn is_pack(&self) -> bool {
+        self.0.rsplit_once('_').is_some_and(|(_, last)| {
+            last.strip_prefix('p')
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+    }
+
     /// A name read back (from the journal, the spool, BOINC): checked shell-safe.
     pub fn parse(s: &str) -> Result<WuName, NameError> {
         // Result names add `_<k>`, output names `_<k>_r<random>_<n>`: keep room for both.
@@ -255,6 +270,11 @@ mod tests {
         let w = WuName::for_task("monte_pi-1", "0a1b2c3d", 3, 1).unwrap();
         assert_eq!(w.as_str(), "mw_monte_pi-1_0a1b2c3d_3_1");
         assert!(WuName::for_task("a b", "r", 0, 1).is_err());
+        let p = WuName::for_pack("monte_pi-1", "0a1b2c3d", 12).unwrap();
+        assert_eq!(p.as_str(), "mw_monte_pi-1_0a1b2c3d_p12");
+        assert!(p.is_pack());
+        assert!(!w.is_pack());
+        assert!(!WuName::parse("mw_x_p_1").unwrap().is_pack());
         assert!(WuName::for_task("x;rm", "r", 0, 1).is_err());
         assert!(!is_safe_name("-x"));
         assert!(!is_safe_name(".."));

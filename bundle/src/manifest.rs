@@ -23,6 +23,11 @@ pub enum BundleKind {
     Task,
     /// What one task produced: exit status, times, host, stdout, output files.
     Result,
+    /// Many tasks of one job for one grid job: a task bundle per task (see [`PackInfo`]).
+    Pack,
+    /// What a pack produced: a result bundle per task it ran (see [`PackResultInfo`]).
+    #[serde(rename = "pack_result")]
+    PackResult,
 }
 
 impl std::fmt::Display for BundleKind {
@@ -31,6 +36,8 @@ impl std::fmt::Display for BundleKind {
             BundleKind::Program => "program",
             BundleKind::Task => "task",
             BundleKind::Result => "result",
+            BundleKind::Pack => "pack",
+            BundleKind::PackResult => "pack_result",
         })
     }
 }
@@ -211,6 +218,62 @@ pub struct ResultInfo {
     pub comparison: Comparison,
 }
 
+/// Metadata of a pack bundle: tasks of one job that one grid job (an HTCondor job, a BOINC
+/// workunit) runs one after the other. Each task is a whole task bundle, the member
+/// [`pack_task_member`]`(task)`, checked like any task bundle when it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PackInfo {
+    /// Job identifier (the tasks' own bundles name it too).
+    pub job: String,
+    /// SHA-256 of the program bundle archive every task of the pack runs.
+    pub program_sha256: String,
+    /// The tasks, in the order they run.
+    pub tasks: Vec<u64>,
+    /// Run the tasks through one long-lived streaming program (one JSON input per line on
+    /// its stdin, one JSON answer per line on its stdout), not one process per task.
+    #[serde(default)]
+    pub stream: bool,
+}
+
+/// A task of a pack that its worker could not run (no result bundle for it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotRun {
+    /// The task.
+    pub task: u64,
+    /// Why, in one line.
+    pub reason: String,
+}
+
+/// Metadata of a pack result bundle: one result bundle per task that ran, the member
+/// [`pack_result_member`]`(task)`, each as the task alone would have returned it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct PackResultInfo {
+    /// Job identifier, copied from the pack.
+    pub job: String,
+    /// Host name of the machine that ran the pack.
+    pub host: String,
+    /// Tasks whose result bundle is a member, in the order they ran.
+    pub tasks: Vec<u64>,
+    /// Tasks of the pack without a result bundle, and why.
+    #[serde(default)]
+    pub not_run: Vec<NotRun>,
+}
+
+/// Prefix of the task bundles inside a pack bundle.
+pub const PACK_TASKS_PREFIX: &str = "tasks/";
+/// Prefix of the result bundles inside a pack result bundle.
+pub const PACK_RESULTS_PREFIX: &str = "results/";
+
+/// The member of a pack bundle holding `task`'s task bundle.
+pub fn pack_task_member(task: u64) -> String {
+    format!("{PACK_TASKS_PREFIX}{task}.tar.gz")
+}
+
+/// The member of a pack result bundle holding `task`'s result bundle.
+pub fn pack_result_member(task: u64) -> String {
+    format!("{PACK_RESULTS_PREFIX}{task}.tar.gz")
+}
+
 /// The whole manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -227,6 +290,12 @@ pub struct Manifest {
     /// Present in result bundles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<ResultInfo>,
+    /// Present in pack bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack: Option<PackInfo>,
+    /// Present in pack result bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack_result: Option<PackResultInfo>,
     /// Every member except the manifest, sorted by path.
     #[serde(default, rename = "member")]
     pub members: Vec<Member>,

@@ -2,8 +2,8 @@
 //! timestamp, so the same content always gives the same archive bytes and hash.
 
 use crate::{
-    check_relative_path, BundleError, BundleKind, Manifest, Member, ProgramInfo, ResultInfo,
-    TaskInfo, FORMAT_VERSION, MANIFEST_NAME,
+    check_relative_path, BundleError, BundleKind, Manifest, Member, PackInfo, PackResultInfo,
+    ProgramInfo, ResultInfo, TaskInfo, FORMAT_VERSION, MANIFEST_NAME,
 };
 use flate2::{write::GzEncoder, Compression};
 use sha2::{Digest, Sha256};
@@ -28,6 +28,8 @@ pub struct BundleBuilder {
     program: Option<ProgramInfo>,
     task: Option<TaskInfo>,
     result: Option<ResultInfo>,
+    pack: Option<PackInfo>,
+    pack_result: Option<PackResultInfo>,
     entries: BTreeMap<String, Entry>,
     /// Case-folded member path → the member's path (see `case_fold_key`).
     folded: BTreeMap<String, String>,
@@ -61,6 +63,8 @@ impl BundleBuilder {
             program: None,
             task: None,
             result: None,
+            pack: None,
+            pack_result: None,
             entries: BTreeMap::new(),
             folded: BTreeMap::new(),
         }
@@ -84,6 +88,20 @@ impl BundleBuilder {
     pub fn result(info: ResultInfo, label: &str) -> Self {
         let mut b = Self::new(BundleKind::Result, label);
         b.result = Some(info);
+        b
+    }
+
+    /// A pack bundle: add each task's bundle as [`crate::pack_task_member`]`(task)`.
+    pub fn pack(info: PackInfo, label: &str) -> Self {
+        let mut b = Self::new(BundleKind::Pack, label);
+        b.pack = Some(info);
+        b
+    }
+
+    /// A pack result bundle: add each result bundle as [`crate::pack_result_member`]`(task)`.
+    pub fn pack_result(info: PackResultInfo, label: &str) -> Self {
+        let mut b = Self::new(BundleKind::PackResult, label);
+        b.pack_result = Some(info);
         b
     }
 
@@ -213,6 +231,8 @@ impl BundleBuilder {
             program: self.program,
             task: self.task,
             result: self.result,
+            pack: self.pack,
+            pack_result: self.pack_result,
             members,
         };
         let manifest_text = toml::to_string(&manifest)

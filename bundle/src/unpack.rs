@@ -299,6 +299,8 @@ fn parse_manifest_entry<R: Read>(
         BundleKind::Program => manifest.program.is_some(),
         BundleKind::Task => manifest.task.is_some(),
         BundleKind::Result => manifest.result.is_some(),
+        BundleKind::Pack => manifest.pack.is_some(),
+        BundleKind::PackResult => manifest.pack_result.is_some(),
     };
     if !present {
         return Err(manifest_err(

@@ -111,6 +111,8 @@ fn manifest(members: Vec<Member>) -> Manifest {
         }),
         task: None,
         result: None,
+        pack: None,
+        pack_result: None,
         members,
     }
 }

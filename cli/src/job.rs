@@ -94,6 +94,10 @@ pub struct CondorSection {
     pub on_hold: Option<String>,
     /// Path of the static mw-worker to send to the pool.
     pub worker: Option<String>,
+    /// Tasks per HTCondor job (default 1); more packs tasks into one job.
+    pub tasks_per_job: Option<usize>,
+    /// Pack so that a job runs about this many seconds (from measured run times).
+    pub target_job_secs: Option<f64>,
 }
 
 /// BOINC settings.
@@ -127,6 +131,10 @@ pub struct BoincSection {
     /// The job's deadline in seconds: a task with no agreed result this long after it was
     /// handed to BOINC fails with a message (default: wait without limit).
     pub job_deadline_secs: Option<u64>,
+    /// Tasks per workunit (default 1); more packs tasks into one workunit.
+    pub tasks_per_workunit: Option<usize>,
+    /// Pack so that a workunit runs about this many seconds (from measured run times).
+    pub target_job_secs: Option<f64>,
 }
 
 impl BoincSection {
@@ -161,9 +169,50 @@ impl BoincSection {
         if let Some(b) = self.batch_size {
             s.batch_size = b;
         }
+        let (per, target) = packing(
+            "[boinc] tasks_per_workunit",
+            self.tasks_per_workunit,
+            self.target_job_secs,
+        )
+        .map_err(|e| mw::boinc::BoincError(format!("[boinc] {e}")))?;
+        s.tasks_per_workunit = per;
+        s.target_job_time = target;
         Ok(s)
     }
 }
+
+/// Tasks per grid job and the target job time from `tasks_per_*` and `target_job_secs`:
+/// checked, and a target alone packs up to [`DEFAULT_MAX_PACK`] tasks.
+pub fn packing(
+    what: &str,
+    per: Option<usize>,
+    target_secs: Option<f64>,
+) -> Result<(usize, Option<std::time::Duration>), String> {
+    let max = mw::pack::MAX_TASKS_PER_PACK;
+    if let Some(n) = per {
+        if !(1..=max).contains(&n) {
+            return Err(format!("{what} must be between 1 and {max}"));
+        }
+    }
+    let target = match target_secs {
+        None => None,
+        Some(t) if t.is_finite() && t > 0.0 && t <= 1e7 => {
+            Some(std::time::Duration::from_secs_f64(t))
+        }
+        Some(_) => {
+            return Err("target_job_secs must be a number of seconds between 0 and 1e7".into())
+        }
+    };
+    let per = match (per, target) {
+        (Some(n), _) => n,
+        (None, Some(_)) => DEFAULT_MAX_PACK,
+        (None, None) => 1,
+    };
+    Ok((per, target))
+}
+
+/// The largest pack `target_job_secs` chooses when no `tasks_per_*` bounds it.
+pub const DEFAULT_MAX_PACK: usize = 1000;
 
 /// The whole job file.
 #[derive(Debug, Clone, Deserialize)]

@@ -819,11 +819,24 @@ fn cancel_boinc_workunits(
     if meta.interface != "boinc" {
         return Ok(());
     }
-    let handles: Vec<String> = read_tasks(conn, path, None)?
+    let unfinished: Vec<StoredTask> = read_tasks(conn, path, None)?
         .into_iter()
-        .filter(|t| !t.state.is_final() && task.is_none_or(|n| n == t.index))
-        .filter_map(|t| t.handle)
+        .filter(|t| !t.state.is_final())
         .collect();
+    // A workunit is cancelled only when every unfinished task recorded under it is: a pack's
+    // other members keep their workunit (the cancelled one's result is then not waited for).
+    let mut handles: Vec<String> = unfinished
+        .iter()
+        .filter(|t| task.is_none_or(|n| n == t.index))
+        .filter_map(|t| t.handle.clone())
+        .filter(|h| {
+            unfinished
+                .iter()
+                .all(|o| o.handle.as_ref() != Some(h) || task.is_none_or(|n| n == o.index))
+        })
+        .collect();
+    handles.sort();
+    handles.dedup();
     if handles.is_empty() {
         return Ok(());
     }

@@ -124,6 +124,9 @@ A job file (TOML) says what to run and on what. Top-level keys come before any [
     requirements = 'OpSys == \"LINUX\"'
     batch_window_secs = 0.5         # tasks arriving within the window share one cluster
     on_hold = \"fail\"                # or \"wait\" for condor_release
+    tasks_per_job = 100             # pack tasks: one job runs up to 100 of them (default 1)
+    target_job_secs = 600           # or choose the pack size so a job runs ~10 min, from
+                                    #   the run times measured so far (first one task alone)
     worker = \"target/static/release/mw-worker\"   # default: $MW_WORKER, then the
                                     # static build (`cargo static-worker`)
 
@@ -134,11 +137,14 @@ A job file (TOML) says what to run and on what. Top-level keys come before any [
     deadline_secs = 604800          # batch_size: workunits per create_work call
     job_deadline_secs = 86400       # fail (and cancel) what reached no quorum by then;
                                     # also max_error_results, max_total_results, rsc_fpops_est
+    tasks_per_workunit = 100        # pack tasks into workunits; target_job_secs as above
 
 The task contract: each task runs in a fresh directory, gets its input JSON on stdin, prints
 its result on stdout (JSON, unless [program] stdout says otherwise), and exits 0 on success;
 a declared output it did not write fails it. Its stdout and stderr are kept under
-<job dir>/logs/ (capped at 1 MiB each): `mw logs JOB TASK`.
+<job dir>/logs/ (capped at 1 MiB each): `mw logs JOB TASK`. A packed grid job runs its
+tasks one after the other, each under this same contract; each task is still reported,
+retried and cancelled on its own (a cancelled one is reported at once, its pack runs on).
 
 The stream contract (mode = \"stream\", for tasks of milliseconds): one process per worker
 slot (multicore slot, MPI rank) serves many tasks. It reads one input per line on stdin

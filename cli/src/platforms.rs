@@ -170,6 +170,10 @@ pub fn condor_settings(
             ))
         }
     }
+    let (per, target) = crate::job::packing("tasks_per_job", c.tasks_per_job, c.target_job_secs)
+        .map_err(|m| JobError(format!("{}: [condor] {m}", job.path.display())))?;
+    s.tasks_per_job = per;
+    s.target_job_time = target;
     Ok(s)
 }
 

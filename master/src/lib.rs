@@ -33,6 +33,7 @@ pub mod master;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 pub mod multicore;
+pub mod pack;
 pub mod task;
 pub mod task_logs;
 

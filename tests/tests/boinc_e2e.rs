@@ -621,3 +621,55 @@ fn refused_up_front_without_mw_installed_or_as_another_user() {
     assert!(err.contains("project's owner"), "{err}");
     assert!(!jobs.exists(), "a refused job left {}", jobs.display());
 }
+
+/// Six tasks packed three to a workunit: two workunits, each run once by the real client
+/// (exit 0: a pack succeeds whenever its result is written), validated and assimilated; the
+/// task that fails fails alone with its exit status and stderr, its neighbours succeed.
+#[test]
+fn pack_with_a_failing_task_through_boinc() {
+    let p = Project::new(1);
+    let task = write_script(
+        &p,
+        "fail4.sh",
+        "read -r n\nif [ \"$n\" -eq 4 ]; then echo 'task four is broken' >&2; exit 3; fi\necho \"$((n * 10))\"",
+    );
+    let out = p.run_with(
+        "packs",
+        &format!("[program]\npath = \"{task}\"\n[inputs]\nlist = [0, 1, 2, 3, 4, 5]\n"),
+        "tasks_per_workunit = 3\njob_deadline_secs = 600\n",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6, "{stdout}");
+    for l in &lines {
+        let n = l["task"].as_u64().unwrap();
+        if n == 4 {
+            assert_eq!(l["state"], "failed", "{l}");
+            assert_eq!(l["exit"], "exit status 3", "{l}");
+            assert!(
+                l["error"].as_str().unwrap().contains("task four is broken"),
+                "{l}"
+            );
+        } else {
+            assert_eq!(l["state"], "done", "{l}");
+            assert_eq!(l["output"], n * 10, "{l}");
+        }
+    }
+    check_all_ran(&p, 2, 1);
+    assert!(p
+        .wus()
+        .iter()
+        .all(|w| w["name"].as_str().unwrap().contains("_p")));
+    let init = p.calls_of("script_validator");
+    assert_eq!(init.len(), 2, "{init:#?}");
+}

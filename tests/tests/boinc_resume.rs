@@ -783,3 +783,304 @@ fn cancel_with_no_master_cancels_the_workunits() {
     let again = p.mw(&["resume".as_ref(), id.as_ref()]);
     assert!(!String::from_utf8_lossy(&again.stderr).contains("re-attach"));
 }
+
+// ---- Task packing (`[boinc] tasks_per_workunit`) ----
+
+/// A job of `n` tasks (input = index) running `times10.sh` (prints 10 × its input and logs
+/// it to `executions.log`), packed `per` to a workunit. Returns (job file, executions log).
+fn pack_job(p: &Project, name: &str, n: u64, per: usize) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = p.scratch().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("executions.log");
+    let script = dir.join("times10.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nread -r n\necho \"$n\" >> '{}'\necho \"$((n * 10))\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let inputs: Vec<u64> = (0..n).collect();
+    let job = dir.join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"{name}\"\ninterface = \"boinc\"\n[program]\npath = \"{}\"\n\
+             [inputs]\nlist = {inputs:?}\n[boinc]\nproject_dir = \"{}\"\n\
+             tasks_per_workunit = {per}\n",
+            script.display(),
+            p.root.display()
+        ),
+    )
+    .unwrap();
+    (job, log)
+}
+
+/// How many times the master reported each task final (journal events `done`, `failed`,
+/// `cancelled`: one per report, even a repeated one).
+fn reports(dir: &Path) -> std::collections::BTreeMap<u64, usize> {
+    let conn = rusqlite::Connection::open(dir.join(JOURNAL_FILE)).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT task FROM events WHERE kind IN ('done', 'failed', 'cancelled')")
+        .unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for t in stmt.query_map([], |r| r.get::<_, i64>(0)).unwrap() {
+        *out.entry(t.unwrap() as u64).or_insert(0) += 1;
+    }
+    out
+}
+
+/// No task of `0..n` was reported more than once: a report is a final event (`done`,
+/// `failed`, `cancelled`) in the journal, so a second report of a task would show as a second
+/// event. (The callers check separately that every task has its one outcome.)
+fn assert_reported_at_most_once(r: &std::collections::BTreeMap<u64, usize>, n: u64) {
+    assert!(r.keys().all(|t| *t < n), "reports of unknown tasks: {r:?}");
+    assert!(r.values().all(|c| *c == 1), "a task reported twice: {r:?}");
+}
+
+/// The tasks a job's program logged, sorted.
+fn executions(log: &Path) -> Vec<u64> {
+    let mut v: Vec<u64> = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+/// SIGKILL of the master with two pack workunits in flight, then `mw resume`: both packs are
+/// re-attached by their names, nothing is created twice, and every task is reported exactly
+/// once and ran exactly once.
+#[test]
+fn sigkill_with_packs_in_flight_then_resume_reports_each_task_once() {
+    let mut p = Project::new();
+    let (job, log) = pack_job(&p, "packres", 5, 3);
+    let (id, dir) = p.submit(&job);
+    let handles = p.wait_for_workunits(&dir, 2);
+    let names: BTreeSet<&String> = handles.iter().collect();
+    assert_eq!(names.len(), 2, "two packs: {handles:?}");
+    assert!(names.iter().all(|n| n.contains("_p")), "{names:?}");
+    kill_master(&p);
+    p.start_serve();
+    poll_until("both packs to be assimilated", || {
+        let wus = p.wus();
+        wus.len() == 2 && wus.iter().all(|w| w["done"] == "assimilated")
+    });
+    p.stop_serve();
+    let out = p.mw(&["resume".as_ref(), id.as_ref()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("5 to re-attach"),
+        "{}",
+        text(&out)
+    );
+    assert_reported_at_most_once(&reports(&dir), 5);
+    let res = results(&p, &id);
+    assert_eq!(res.len(), 5);
+    for (i, r) in res.iter().enumerate() {
+        assert_eq!(r["state"], "done", "{r:#}");
+        assert_eq!(r["output"], i as u64 * 10, "{r:#}");
+        assert_eq!(r["attempts"], 1, "{r:#}");
+    }
+    assert_eq!(executions(&log), [0, 1, 2, 3, 4]);
+    assert_eq!(created_names(&p).len(), 2, "no workunit created twice");
+    assert!(p.spool_entries("result_").is_empty());
+}
+
+/// Killed in the exact window after `create_work` created the pack workunits and before
+/// their names were journaled as created (`MW_CRASH_AT=boinc-after-create-work`): the
+/// resumed master submits the pending packs again under the same names (duplicates,
+/// re-attached) with the pack bundles already staged, and each task runs and is reported once.
+#[test]
+fn crash_right_after_create_work_of_packs_then_resume() {
+    let mut p = Project::new();
+    p.start_serve();
+    let (job, log) = pack_job(&p, "packcrash", 4, 2);
+    let out = Command::new(bin("mw"))
+        .arg("run")
+        .arg(&job)
+        .arg("--jobs-dir")
+        .arg(p.jobs_dir())
+        .env("MW_CRASH_AT", "boinc-after-create-work")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    let id = "packcrash-1";
+    let dir = p.jobs_dir().join(id);
+    let pending: BTreeSet<String> = tasks(&dir).into_iter().filter_map(|t| t.handle).collect();
+    assert_eq!(pending.len(), 2, "{pending:?}");
+    assert!(
+        pending.iter().all(|h| h.starts_with("pending:")),
+        "{pending:?}"
+    );
+    let out = p.mw(&["resume".as_ref(), id.as_ref()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_reported_at_most_once(&reports(&dir), 4);
+    for (i, r) in results(&p, id).iter().enumerate() {
+        assert_eq!(r["state"], "done", "{r:#}");
+        assert_eq!(r["output"], i as u64 * 10, "{r:#}");
+    }
+    p.stop_serve();
+    // Two workunits, each run once; the resumed master's create_work lines were duplicates.
+    let wus = p.wus();
+    assert_eq!(wus.len(), 2, "{wus:#?}");
+    let clients = p.calls_of("client");
+    for w in &wus {
+        let runs = clients.iter().filter(|c| c["wu"] == w["name"]).count();
+        assert_eq!(runs, 1, "{} ran {runs} times", w["name"]);
+        assert!(pending.contains(&format!("pending:{}", w["name"].as_str().unwrap())));
+    }
+    assert_eq!(executions(&log), [0, 1, 2, 3]);
+}
+
+/// Cancelling one task of a pack workunit: it is reported cancelled at once; the workunit
+/// is not cancelled (its other tasks run on) and their results arrive.
+#[test]
+fn cancel_of_one_task_inside_a_pack_workunit() {
+    let mut p = Project::new();
+    let (job, _) = pack_job(&p, "packcan", 3, 3);
+    let (id, dir) = p.submit(&job);
+    let handles = p.wait_for_workunits(&dir, 1);
+    let out = p.mw(&[
+        "cancel".as_ref(),
+        id.as_ref(),
+        "--task".as_ref(),
+        "1".as_ref(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    poll_until("task 1 to be reported cancelled", || {
+        status(&p, &id)["job"]["counts"]["cancelled"] == 1
+    });
+    // Nobody has run the workunit yet (no serve loop): the cancel did not wait for it.
+    assert!(p.calls_of("client").is_empty());
+    assert!(
+        p.calls_of("cancel_jobs").is_empty(),
+        "the pack was cancelled"
+    );
+    p.start_serve();
+    let waited = p.mw(&["wait".as_ref(), id.as_ref()]);
+    assert_eq!(waited.status.code(), Some(1), "{}", text(&waited));
+    p.stop_serve();
+    let res = results(&p, &id);
+    assert_eq!(res[0]["state"], "done");
+    assert_eq!(res[0]["output"], 0);
+    assert_eq!(res[1]["state"], "cancelled", "{:#}", res[1]);
+    assert_eq!(res[2]["state"], "done");
+    assert_eq!(res[2]["output"], 20);
+    assert!(p.calls_of("cancel_jobs").is_empty());
+    assert_eq!(p.wus().len(), 1);
+    assert_eq!(handles.iter().collect::<BTreeSet<_>>().len(), 1);
+    assert_reported_at_most_once(&reports(&dir), 3);
+}
+
+/// A result bundle for job `job`, task `task`, exit `code`, with `stdout`.
+fn result_bytes(job: &str, task: u64, code: i32, stdout: &str) -> Vec<u8> {
+    let info = mw_bundle::ResultInfo {
+        job: job.into(),
+        task,
+        attempt: None,
+        exit: mw_bundle::ExitInfo::Exited { code },
+        wall_secs: 0.01,
+        user_secs: 0.0,
+        sys_secs: 0.0,
+        host: "forger".into(),
+        started_unix: 1.0,
+        stderr_tail: String::new(),
+        missing_outputs: vec![],
+        comparison: mw_bundle::Comparison::default(),
+    };
+    let mut b = mw_bundle::BundleBuilder::result(info, "forged");
+    b.add_bytes(
+        mw_bundle::RESULT_STDOUT_NAME,
+        stdout.as_bytes().to_vec(),
+        false,
+    )
+    .unwrap();
+    b.to_bytes().unwrap()
+}
+
+/// A volunteer's forged pack result becomes canonical for the pack of tasks 0-2: task 0's
+/// result looks genuine, the member filed as task 1 is task 3's (misfiled), task 2 has
+/// none, and it adds a result for task 3, which is in the other workunit. Task 0 gets its
+/// result, task 1 fails as forged, task 2 is packed again, and task 3 gets its own.
+#[test]
+fn forged_pack_result_from_a_volunteer_is_refused_task_by_task() {
+    use mw_bundle::{pack_result_member, BundleBuilder, PackResultInfo};
+    let mut p = Project::new();
+    let (job, _) = pack_job(&p, "packforge", 4, 3);
+    let (id, dir) = p.submit(&job);
+    let handles = p.wait_for_workunits(&dir, 2);
+    let first = handles[0].clone();
+    assert_eq!(
+        handles,
+        [&first, &first, &first, &handles[3]].map(|h| h.clone()),
+        "the packs are tasks 0-2 and task 3"
+    );
+    let job_id = id.clone();
+    let mut b = BundleBuilder::pack_result(
+        PackResultInfo {
+            job: job_id.clone(),
+            host: "forger".into(),
+            tasks: vec![0, 1, 3],
+            not_run: vec![],
+        },
+        "forged pack result",
+    );
+    b.add_bytes(
+        &pack_result_member(0),
+        result_bytes(&job_id, 0, 0, "0"),
+        false,
+    )
+    .unwrap();
+    b.add_bytes(
+        &pack_result_member(1),
+        result_bytes(&job_id, 3, 0, "666"),
+        false,
+    )
+    .unwrap();
+    b.add_bytes(
+        &pack_result_member(3),
+        result_bytes(&job_id, 3, 0, "666"),
+        false,
+    )
+    .unwrap();
+    // What the assimilator spools for the workunit's canonical result.
+    let spooled = p
+        .root
+        .join("mw_spool")
+        .join(format!("result_{first}.tar.gz"));
+    b.write_to(&spooled).unwrap();
+    // The master takes it before any volunteer ran the workunit (no serve loop yet); the
+    // genuine result that comes later is not waited for any more and stays unclaimed.
+    poll_until("the master to take the forged result", || !spooled.exists());
+    p.start_serve();
+    let waited = p.mw(&["wait".as_ref(), id.as_ref()]);
+    assert_eq!(waited.status.code(), Some(1), "{}", text(&waited));
+    p.stop_serve();
+    let res = results(&p, &id);
+    assert_eq!(res.len(), 4);
+    assert_eq!(res[0]["state"], "done", "{:#}", res[0]);
+    assert_eq!(res[0]["output"], 0);
+    assert_eq!(res[1]["state"], "failed", "{:#}", res[1]);
+    let e = res[1]["error"].as_str().unwrap();
+    assert!(
+        e.contains("forged or misfiled result: it is for task 3"),
+        "{e}"
+    );
+    assert_eq!(res[2]["state"], "done", "{:#}", res[2]);
+    assert_eq!(res[2]["output"], 20);
+    assert_eq!(res[3]["state"], "done", "{:#}", res[3]);
+    assert_eq!(
+        res[3]["output"], 30,
+        "the foreign result did not reach task 3"
+    );
+    // Task 2 went in a third workunit.
+    assert_eq!(p.wus().len(), 3);
+    assert_reported_at_most_once(&reports(&dir), 4);
+}

@@ -637,3 +637,483 @@ fn bench_log_follower() {
         n as f64 / secs
     );
 }
+
+// ---- Task packing (`[condor] tasks_per_job`) ----
+
+/// A job file like [`Env::job`] whose `[condor]` table packs `per` tasks per job.
+fn packed_job(env: &Env, name: &str, program: &Path, inputs: &str, per: usize) -> PathBuf {
+    let p = env.job(name, program, inputs, "");
+    let mut text = std::fs::read_to_string(&p).unwrap();
+    text.push_str(&format!("tasks_per_job = {per}\n"));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// `mw status JOB --json`'s counts (empty before the job exists).
+fn counts(env: &Env, job: &str) -> serde_json::Value {
+    let out = run(env.mw(&["status", job, "--json"], &[]));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .map(|v| v["job"]["counts"].clone())
+        .unwrap_or_default()
+}
+
+/// Polls (bounded) until `pred` holds for the job's counts.
+fn wait_counts(env: &Env, job: &str, what: &str, pred: impl Fn(&serde_json::Value) -> bool) {
+    let t0 = Instant::now();
+    while !pred(&counts(env, job)) {
+        assert!(t0.elapsed() < LIMIT, "{job}: never reached: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How many times the master reported each task final (a `done`, `failed` or `cancelled`
+/// event in the journal: one per report, even a repeated one).
+fn reports(env: &Env, job: &str) -> std::collections::BTreeMap<u64, usize> {
+    let path = env.root.join("jobs").join(job).join("journal.sqlite");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT task FROM events WHERE kind IN ('done', 'failed', 'cancelled')")
+        .unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for t in stmt.query_map([], |r| r.get::<_, i64>(0)).unwrap() {
+        *out.entry(t.unwrap() as u64).or_insert(0) += 1;
+    }
+    out
+}
+
+/// No task of `0..n` was reported more than once: a report is a final event (`done`,
+/// `failed`, `cancelled`) in the journal, so a second report of a task would show as a second
+/// event. (The callers check separately that every task has its one outcome.)
+fn assert_reported_at_most_once(r: &std::collections::BTreeMap<u64, usize>, n: u64) {
+    assert!(r.keys().all(|t| *t < n), "reports of unknown tasks: {r:?}");
+    assert!(r.values().all(|c| *c == 1), "a task reported twice: {r:?}");
+}
+
+/// The task indices of result lines, sorted.
+fn tasks_of(lines: &[serde_json::Value]) -> Vec<u64> {
+    let mut t: Vec<u64> = lines.iter().map(|l| l["task"].as_u64().unwrap()).collect();
+    t.sort();
+    t
+}
+
+/// The tasks a program logged to `log` (one index per line), sorted.
+fn executions(log: &Path) -> Vec<u64> {
+    let mut ran: Vec<u64> = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    ran.sort();
+    ran
+}
+
+/// Six tasks in packs of three: two jobs; the task that fails fails alone, with its own
+/// exit status and stderr, and the other five succeed.
+#[test]
+fn pack_with_a_failing_task_keeps_its_neighbours_results() {
+    let env = Env::new();
+    let p = env.script(
+        "fail4.sh",
+        "read -r n\nif [ \"$n\" -eq 4 ]; then echo \"task four is broken\" >&2; exit 3; fi\necho \"$((n * 10))\"",
+    );
+    let job = packed_job(&env, "packfail", &p, "[0, 1, 2, 3, 4, 5]", 3);
+    let out = run(env.mw(&["run", job.to_str().unwrap()], &[]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let lines = result_lines(&out);
+    assert_eq!(tasks_of(&lines), [0, 1, 2, 3, 4, 5], "{}", text(&out));
+    for l in &lines {
+        let n = l["task"].as_u64().unwrap();
+        if n == 4 {
+            assert_eq!(l["state"], "failed", "{l}");
+            assert_eq!(l["exit"], "exit status 3", "{l}");
+            assert!(
+                l["error"].as_str().unwrap().contains("task four is broken"),
+                "{l}"
+            );
+        } else {
+            assert_eq!(l["state"], "done", "{l}");
+            assert_eq!(l["output"], n * 10, "{l}");
+        }
+    }
+    // Two jobs (packs of three), in one cluster.
+    let ads = env.cli().history(&[], None).unwrap();
+    assert_eq!(ads.len(), 2, "{ads:?}");
+    assert!(ads.iter().all(|a| a.status == JobStatus::Completed));
+    let mut packs = Vec::new();
+    find_files(&env.root.join("jobs"), "mwt", &mut packs);
+    assert_eq!(packs.len(), 2, "{packs:?}");
+    assert!(packs.iter().all(|p| p
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("pack-")));
+    env.check_submit_files();
+}
+
+/// Cancelling one task of a running pack: it is reported cancelled at once, while its pack
+/// still runs; its neighbours finish; the result it still produced is ignored.
+#[test]
+fn cancel_of_one_task_inside_a_running_pack() {
+    let env = Env::new();
+    let gate = env.root.join("gate");
+    let log = env.root.join("executions.log");
+    let p = env.script(
+        "gated.sh",
+        &format!(
+            "read -r n\nwhile [ ! -f {gate} ]; do sleep 0.1; done\necho \"$n\" >> {log}\necho \"$((n * 10))\"",
+            gate = gate.display(),
+            log = log.display()
+        ),
+    );
+    let job = packed_job(&env, "packcancel", &p, "[0, 1, 2]", 3);
+    let child = env
+        .mw(&["run", job.to_str().unwrap()], &[])
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until the pack's job runs in the pool.
+    let cli = env.cli();
+    let t0 = Instant::now();
+    while !cli
+        .query_jobs(&[])
+        .unwrap()
+        .iter()
+        .any(|a| a.status == JobStatus::Running)
+    {
+        assert!(t0.elapsed() < LIMIT, "the pack never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let c = run(env.mw(&["cancel", "packcancel-1", "--task", "1"], &[]));
+    assert!(c.status.success(), "{}", text(&c));
+    // Reported cancelled while the pack (held at the gate) still runs.
+    wait_counts(&env, "packcancel-1", "task 1 cancelled", |c| {
+        c["cancelled"] == 1
+    });
+    assert!(!gate.exists());
+    assert_eq!(counts(&env, "packcancel-1")["done"], 0);
+    assert!(cli
+        .query_jobs(&[])
+        .unwrap()
+        .iter()
+        .any(|a| a.status == JobStatus::Running));
+    std::fs::write(&gate, "").unwrap();
+    let out = finish(child);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let lines = result_lines(&out);
+    assert_eq!(tasks_of(&lines), [0, 1, 2], "{}", text(&out));
+    for l in &lines {
+        match l["task"].as_u64().unwrap() {
+            1 => assert_eq!(l["state"], "cancelled", "{l}"),
+            n => {
+                assert_eq!(l["state"], "done", "{l}");
+                assert_eq!(l["output"], n * 10, "{l}");
+            }
+        }
+    }
+    // The pack ran all three (one job); task 1's result came back and was ignored.
+    assert_eq!(executions(&log), [0, 1, 2]);
+    let ads = env.cli().history(&[], None).unwrap();
+    assert_eq!(ads.len(), 1);
+    assert_eq!(ads[0].status, JobStatus::Completed);
+}
+
+/// The master is killed (SIGKILL) with packs in flight, then `mw resume`: one pack was
+/// done, the other still ran; the resumed master re-attaches the running pack, and every
+/// task is reported exactly once (across both runs) and ran exactly once.
+#[test]
+fn resume_after_sigkill_with_packs_in_flight() {
+    let env = Env::new();
+    let gate = env.root.join("gate");
+    let log = env.root.join("executions.log");
+    let p = env.script(
+        "gated.sh",
+        &format!(
+            "read -r n\nif [ \"$n\" -ge 3 ]; then while [ ! -f {gate} ]; do sleep 0.1; done; fi\necho \"$n\" >> {log}\necho \"$((n * 10))\"",
+            gate = gate.display(),
+            log = log.display()
+        ),
+    );
+    let job = packed_job(&env, "packresume", &p, "[0, 1, 2, 3, 4, 5]", 3);
+    let mut child = env
+        .mw(&["run", job.to_str().unwrap()], &[])
+        .spawn()
+        .unwrap();
+    wait_counts(&env, "packresume-1", "the first pack done", |c| {
+        c["done"] == 3
+    });
+    child.kill().unwrap(); // SIGKILL: no clean-up at all
+    let first = child.wait_with_output().unwrap();
+    std::fs::write(&gate, "").unwrap();
+    let out = run(env.mw(&["resume", "packresume-1"], &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("3 to re-attach"),
+        "{}",
+        text(&out)
+    );
+    // Reported once each, across both masters (what the killed one printed, if its output
+    // got out before the kill, is of the first pack only).
+    assert_reported_at_most_once(&reports(&env, "packresume-1"), 6);
+    let printed = tasks_of(&result_lines(&first));
+    assert!(printed.iter().all(|t| *t < 3), "{printed:?}");
+    let all = result_lines(&run(env.mw(&["results", "packresume-1"], &[])));
+    assert_eq!(all.len(), 6);
+    for (i, l) in all.iter().enumerate() {
+        assert_eq!(l["state"], "done", "{l}");
+        assert_eq!(l["output"], i as u64 * 10, "{l}");
+    }
+    assert_eq!(executions(&log), [0, 1, 2, 3, 4, 5], "each task ran once");
+    // Nothing was submitted again: two packs, two jobs.
+    assert_eq!(env.cli().history(&[], None).unwrap().len(), 2);
+    env.check_submit_files();
+}
+
+/// Killed in the exact window after `condor_submit` of the packs returned and before their
+/// cluster id was recorded (`MW_CRASH_AT=condor-after-submit`): the tasks' journaled
+/// handles name only the batch; `mw resume` finds the cluster by `+MwBatch`, re-attaches
+/// both packs, and every task runs and is reported exactly once.
+#[test]
+fn crash_right_after_submitting_packs_then_resume() {
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::new();
+    let log = env.root.join("executions.log");
+    let p = env.script(
+        "logged.sh",
+        &format!(
+            "read -r n\necho \"$n\" >> {log}\necho \"$((n * 10))\"",
+            log = log.display()
+        ),
+    );
+    let job = packed_job(&env, "packcrash", &p, "[0, 1, 2, 3, 4]", 3);
+    let out = run(env.mw(
+        &["run", job.to_str().unwrap()],
+        &[("MW_CRASH_AT", "condor-after-submit")],
+    ));
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    assert!(result_lines(&out).is_empty());
+    let out = run(env.mw(&["resume", "packcrash-1"], &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("5 to re-attach"),
+        "{}",
+        text(&out)
+    );
+    assert_reported_at_most_once(&reports(&env, "packcrash-1"), 5);
+    let lines = result_lines(&run(env.mw(&["results", "packcrash-1"], &[])));
+    assert_eq!(tasks_of(&lines), [0, 1, 2, 3, 4]);
+    for l in &lines {
+        assert_eq!(l["state"], "done", "{l}");
+        assert_eq!(l["output"], l["task"].as_u64().unwrap() * 10, "{l}");
+    }
+    // Two packs (3 + 2), submitted once.
+    let t0 = Instant::now();
+    while executions(&log).len() < 5 {
+        assert!(t0.elapsed() < LIMIT, "not every task ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(executions(&log), [0, 1, 2, 3, 4], "each task ran once");
+    assert_eq!(env.cli().history(&[], None).unwrap().len(), 2);
+}
+
+/// A result bundle for job `job`, task `task`, exit 0 with `stdout`.
+fn forged_result(job: &str, task: u64, stdout: &str) -> Vec<u8> {
+    let info = mw_bundle::ResultInfo {
+        job: job.into(),
+        task,
+        attempt: None,
+        exit: mw_bundle::ExitInfo::Exited { code: 0 },
+        wall_secs: 0.01,
+        user_secs: 0.0,
+        sys_secs: 0.0,
+        host: "forger".into(),
+        started_unix: 1.0,
+        stderr_tail: String::new(),
+        missing_outputs: vec![],
+        comparison: mw_bundle::Comparison::default(),
+    };
+    let mut b = mw_bundle::BundleBuilder::result(info, "forged");
+    b.add_bytes(
+        mw_bundle::RESULT_STDOUT_NAME,
+        stdout.as_bytes().to_vec(),
+        false,
+    )
+    .unwrap();
+    b.to_bytes().unwrap()
+}
+
+/// The pool returns a forged pack result for the pack of tasks 0-2: task 0's result is
+/// genuine-looking, the member named for task 1 is task 4's result (misfiled), task 2 has no
+/// result, and it adds a result for task 3, which belongs to the other pack. Task 0 gets its
+/// result, task 1 fails as forged, task 2 runs again in a later job, and the foreign result
+/// never reaches task 3, whose own pack delivers its real result.
+#[test]
+fn forged_inner_results_are_refused() {
+    use mw_bundle::{pack_result_member, BundleBuilder, PackResultInfo};
+    let env = Env::new();
+    let p = env.script("times10.sh", "read -r n\necho \"$((n * 10))\"");
+    let mut b = BundleBuilder::pack_result(
+        PackResultInfo {
+            job: "forged-1".into(),
+            host: "forger".into(),
+            tasks: vec![0, 1, 3],
+            not_run: vec![],
+        },
+        "forged pack result",
+    );
+    b.add_bytes(
+        &pack_result_member(0),
+        forged_result("forged-1", 0, "0"),
+        false,
+    )
+    .unwrap();
+    b.add_bytes(
+        &pack_result_member(1),
+        forged_result("forged-1", 4, "666"),
+        false,
+    )
+    .unwrap();
+    b.add_bytes(
+        &pack_result_member(3),
+        forged_result("forged-1", 3, "666"),
+        false,
+    )
+    .unwrap();
+    let forged = env.root.join("forged.tar.gz");
+    b.write_to(&forged).unwrap();
+    // The worker forges the first pack's result and runs everything else for real.
+    let worker = env.script(
+        "forging-worker",
+        &format!(
+            "case \"$5\" in\n  pack-0.mwt) cp {forged} \"$7\"; exit 0 ;;\nesac\nexec {real} \"$@\"",
+            forged = forged.display(),
+            real = mw_tests::bin("mw-worker").display()
+        ),
+    );
+    let job = packed_job(&env, "forged", &p, "[0, 1, 2, 3, 4, 5]", 3);
+    let w = worker.display().to_string();
+    let out = run(env.mw(&["run", job.to_str().unwrap()], &[("MW_WORKER", &w)]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let lines = result_lines(&out);
+    assert_eq!(tasks_of(&lines), [0, 1, 2, 3, 4, 5], "{}", text(&out));
+    for l in &lines {
+        match l["task"].as_u64().unwrap() {
+            1 => {
+                assert_eq!(l["state"], "failed", "{l}");
+                let e = l["error"].as_str().unwrap();
+                assert!(e.contains("forged or misfiled result"), "{e}");
+                assert!(e.contains("it is for task 4"), "{e}");
+            }
+            n => {
+                assert_eq!(l["state"], "done", "{l}");
+                assert_eq!(l["output"], n * 10, "{l}");
+            }
+        }
+    }
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("without a result for task 2"),
+        "{}",
+        text(&out)
+    );
+    // Two packs, and task 2 once more on its own.
+    assert_eq!(env.cli().history(&[], None).unwrap().len(), 3);
+}
+
+/// `target_job_secs`: one task goes alone first (the probe); the others wait for its run
+/// time and then go in packs sized to the target, never larger than `tasks_per_job`.
+#[test]
+fn target_job_secs_probes_then_packs_by_measured_run_time() {
+    let env = Env::new();
+    let p = env.script("nap.sh", "read -r n\nsleep 0.1\necho \"$n\"");
+    let job = packed_job(
+        &env,
+        "target",
+        &p,
+        &format!("{:?}", (0..21).collect::<Vec<_>>()),
+        8,
+    );
+    let mut toml = std::fs::read_to_string(&job).unwrap();
+    toml.push_str("target_job_secs = 2.0\n");
+    std::fs::write(&job, toml).unwrap();
+    let out = run(env.mw(&["run", job.to_str().unwrap()], &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(result_lines(&out).len(), 21);
+    let batches = env.root.join("jobs/target-1/staging/condor");
+    let mut first = Vec::new();
+    find_files(&batches.join("batch-1"), "mwt", &mut first);
+    assert_eq!(first.len(), 1, "the probe goes alone: {first:?}");
+    assert!(first[0]
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("task-"));
+    // The rest: packs of at most 8 tasks (2 s / ~0.1 s per task, bounded by 8).
+    let mut later = Vec::new();
+    for e in std::fs::read_dir(&batches).unwrap().flatten() {
+        if e.file_name() != "batch-1" {
+            find_files(&e.path(), "mwt", &mut later);
+        }
+    }
+    let mut packed = 0;
+    for p in &later {
+        let m = mw_bundle::read_manifest(p, &mw_bundle::Limits::default()).unwrap();
+        let n = m.pack.map_or(1, |p| p.tasks.len());
+        assert!((1..=8).contains(&n), "{}: {n} tasks", p.display());
+        packed += n;
+    }
+    assert_eq!(packed, 20);
+    assert!(later.len() <= 10, "{} jobs for 20 tasks", later.len());
+}
+
+/// A streaming program (`[program] mode = "stream"`) in packs of three: each pack runs
+/// through one long-lived process of it; the task it answers with an error and the task on
+/// which it dies fail alone; every other task gets its answer.
+#[test]
+fn streaming_program_runs_a_pack_through_one_process() {
+    let env = Env::new();
+    let starts = env.root.join("starts");
+    let p = env.script(
+        "stream.sh",
+        &format!(
+            "echo started >> {starts}\nwhile read -r n; do\n  case $n in\n    1) echo '{{\"error\": \"one is bad\"}}' ;;\n    4) echo 'four kills me' >&2; exit 9 ;;\n    *) echo $((n * 10)) ;;\n  esac\ndone",
+            starts = starts.display()
+        ),
+    );
+    let job = env.root.join("streampack.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"streampack\"\ninterface = \"condor\"\n[program]\npath = \"{}\"\nmode = \"stream\"\n[inputs]\nlist = [0, 1, 2, 3, 4, 5]\n[condor]\nbatch_window_secs = 0.2\ntasks_per_job = 3\n",
+            p.display()
+        ),
+    )
+    .unwrap();
+    let out = run(env.mw(&["run", job.to_str().unwrap()], &[]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let lines = result_lines(&out);
+    assert_eq!(tasks_of(&lines), [0, 1, 2, 3, 4, 5], "{}", text(&out));
+    for l in &lines {
+        match l["task"].as_u64().unwrap() {
+            1 => {
+                assert_eq!(l["state"], "failed", "{l}");
+                assert!(l["error"].as_str().unwrap().contains("one is bad"), "{l}");
+            }
+            4 => {
+                assert_eq!(l["state"], "failed", "{l}");
+                assert!(
+                    l["error"].as_str().unwrap().contains("four kills me"),
+                    "{l}"
+                );
+            }
+            n => {
+                assert_eq!(l["state"], "done", "{l}");
+                assert_eq!(l["output"], n * 10, "{l}");
+            }
+        }
+    }
+    // Two jobs; one process per pack, and a fresh one after task 4 killed its process
+    // (task 5 came after it).
+    assert_eq!(env.cli().history(&[], None).unwrap().len(), 2);
+    let n = std::fs::read_to_string(&starts).unwrap().lines().count();
+    assert_eq!(n, 3, "processes started");
+}

@@ -728,3 +728,110 @@ fn real_pool_sigkill_during_condor_submit_then_resume_runs_nothing_twice() {
         "one cluster of four jobs, none resubmitted: {handles:?}"
     );
 }
+
+/// Task packing on the real pool (`tasks_per_job = 4`): eight tasks in two jobs. The first
+/// pack finishes (one of its tasks fails alone, its neighbours succeed); the master is
+/// killed (SIGKILL) while the second pack runs, held at a gate, and one of the second pack's
+/// tasks is cancelled while no master runs; `mw resume` re-attaches the running pack, and
+/// every task is reported exactly once (the cancelled one stays cancelled) and ran once.
+#[test]
+fn real_pool_packs_failing_task_sigkill_and_resume() {
+    let _pool = pool();
+    let s = Scratch::new("packs");
+    let gate = s.root.join("gate");
+    let runs = s.root.join("runs");
+    std::fs::write(&runs, "").unwrap();
+    let p = s.script(
+        "pack.sh",
+        &format!(
+            "read -r n\nif [ $n -ge 4 ]; then while [ ! -f {gate} ]; do sleep 0.2; done; fi\necho $n >> {runs}\nif [ $n -eq 2 ]; then echo \"task $n is broken\" >&2; exit 3; fi\necho $((n * 10))",
+            gate = gate.display(),
+            runs = runs.display()
+        ),
+    );
+    let name = unique("packs");
+    let job = s.job(&name, &p, "[0, 1, 2, 3, 4, 5, 6, 7]", "tasks_per_job = 4");
+    let mut child = s.mw(&["run", &job], None).spawn().unwrap();
+    wait_for("the first pack to finish and the second to run", || {
+        let done = std::fs::read_to_string(&runs)
+            .unwrap_or_default()
+            .lines()
+            .count();
+        let running = jobs_of(&s, &name, false)
+            .iter()
+            .filter(|a| a.status == JobStatus::Running)
+            .count();
+        let st = run(s.mw(&["status", &format!("{name}-1"), "--json"], None));
+        let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
+        let final_ = v["job"]["counts"]["done"].as_u64().unwrap_or(0)
+            + v["job"]["counts"]["failed"].as_u64().unwrap_or(0);
+        (done >= 4 && running >= 1 && final_ >= 4).then_some(())
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Cancelled while no master runs: recorded in the journal, the pack is left running.
+    let c = run(s.mw(&["cancel", &format!("{name}-1"), "--task", "6"], None));
+    assert!(c.status.success(), "{}", text(&c));
+    assert!(
+        jobs_of(&s, &name, false)
+            .iter()
+            .any(|a| a.status == JobStatus::Running),
+        "the cancel of one task removed its whole pack"
+    );
+    std::fs::write(&gate, "").unwrap();
+    let out = run(s.mw(&["resume", &format!("{name}-1")], None));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("3 to re-attach"),
+        "{}",
+        text(&out)
+    );
+    let r = results(&s, &name);
+    assert_eq!(r.len(), 8, "{r:?}");
+    for (i, l) in r.iter().enumerate() {
+        match i {
+            2 => {
+                assert_eq!(l["state"], "failed", "{l}");
+                assert!(
+                    l["error"].as_str().unwrap().contains("task 2 is broken"),
+                    "{l}"
+                );
+            }
+            6 => assert_eq!(l["state"], "cancelled", "{l}"),
+            _ => {
+                assert_eq!(l["state"], "done", "{l}");
+                assert_eq!(l["output"], i as u64 * 10, "{l}");
+            }
+        }
+    }
+    // Each task reported at most once (journal events; each has its outcome, above), each
+    // ran once, in two jobs.
+    let conn = rusqlite::Connection::open(s.job_dir(&name).join("journal.sqlite")).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT task, count(*) FROM events WHERE kind IN ('done', 'failed', 'cancelled') GROUP BY task ORDER BY task")
+        .unwrap();
+    let counts: Vec<(i64, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    // (A second report of a task would be a second final event; a task that ended done may
+    // have none, its row saying everything.)
+    assert!(
+        counts.iter().all(|(t, c)| *c == 1 && (0..8).contains(t)),
+        "a task reported twice: {counts:?}"
+    );
+    assert_each_ran_once(&runs, 8);
+    let ads = wait_for("the pool's history to list both packs", || {
+        let ads = jobs_of(&s, &name, true);
+        (ads.iter()
+            .filter(|a| a.status == JobStatus::Completed)
+            .count()
+            >= 2)
+            .then_some(ads)
+    });
+    let mut handles: Vec<_> = ads.iter().map(|a| a.handle).collect();
+    handles.sort();
+    handles.dedup();
+    assert_eq!(handles.len(), 2, "two packs, two jobs: {handles:?}");
+}

@@ -10,6 +10,12 @@
 //!   files) agree by the rule the result bundles carry ([`mw_bundle::Comparison`]): bitwise,
 //!   or JSON with numeric tolerance.
 //!
+//! A **pack result** (many tasks in one workunit) is valid when it is well-formed and every
+//! result in it is a well-formed result of the task it is filed under (a failed task is a
+//! valid outcome inside a pack: it must not cost its neighbours theirs); two pack results
+//! agree when they hold the same tasks and, task by task, both succeeded and agree as above,
+//! or both failed the same way.
+//!
 //! Exit codes follow `script_validator`: 0 valid / match, 3 transient (retry later: I/O
 //! problems, a wrong call), 1 invalid / no match. The mode comes from the program's name
 //! (`argv[0]` ends in `-init` or `-compare`), since BOINC passes no mode word.
@@ -25,8 +31,9 @@
 
 use mw_boinc_kit::names::{VALIDATOR_COMPARE_NAME, VALIDATOR_INIT_NAME};
 use mw_bundle::{
-    open_in_memory_keeping, parse_json_limited, BundleKind, Comparison, JsonLimitError, Limits,
-    Manifest, ResultInfo, RESULT_OUTPUTS_PREFIX, RESULT_STDOUT_NAME,
+    open_in_memory, open_in_memory_keeping, pack_result_member, parse_json_limited, BundleKind,
+    Comparison, JsonLimitError, Limits, Manifest, PackResultInfo, ResultInfo,
+    RESULT_OUTPUTS_PREFIX, RESULT_STDOUT_NAME,
 };
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -294,14 +301,20 @@ pub fn check_result_bytes(
             info.task, info.job, info.exit
         )));
     }
-    if let Comparison::Json { rel, abs } = info.comparison {
+    check_comparison(label, &info.comparison)?;
+    Ok(checked)
+}
+
+/// A comparison rule with usable tolerances.
+fn check_comparison(label: &str, c: &Comparison) -> Result<(), ValidateError> {
+    if let Comparison::Json { rel, abs } = *c {
         if !(rel.is_finite() && rel >= 0.0 && abs.is_finite() && abs >= 0.0) {
             return Err(ValidateError::Invalid(format!(
                 "{label}: comparison tolerances must be finite and >= 0 (rel {rel}, abs {abs})"
             )));
         }
     }
-    Ok(checked)
+    Ok(())
 }
 
 /// Reads an upload (at most [`ServerLimits::max_upload_bytes`]) with [`read_result_bytes`].
@@ -320,6 +333,107 @@ pub fn check_result_file(
 ) -> Result<CheckedResult, ValidateError> {
     let bytes = read_capped(path, limits)?;
     check_result_bytes(&bytes, &path.display().to_string(), limits)
+}
+
+/// A pack result that passed the init checks: each task's result, by task.
+#[derive(Debug)]
+pub struct CheckedPack {
+    /// The pack result's metadata.
+    pub info: PackResultInfo,
+    /// Each task's result (whatever its exit status), by task.
+    pub results: BTreeMap<u64, CheckedResult>,
+}
+
+/// What one uploaded file is, once checked.
+#[derive(Debug)]
+pub enum Checked {
+    /// One task's result (it succeeded).
+    Single(Box<CheckedResult>),
+    /// A pack's results.
+    Pack(CheckedPack),
+}
+
+/// Checks bytes as a pack result bundle: well-formed, and every member a well-formed result
+/// of the task it is filed under, of the pack's job, with a sane comparison rule. Memory: the
+/// bytes, the pack's members (within the upload limit) and what each inner result keeps for
+/// a JSON comparison.
+pub fn check_pack_bytes(
+    bytes: &[u8],
+    label: &str,
+    limits: &ServerLimits,
+) -> Result<CheckedPack, ValidateError> {
+    let bundle = open_in_memory(
+        bytes,
+        label,
+        Some(BundleKind::PackResult),
+        &limits.bundle_limits(),
+    )
+    .map_err(|e| ValidateError::Invalid(e.to_string()))?;
+    let info = bundle
+        .manifest
+        .pack_result
+        .clone()
+        .ok_or_else(|| ValidateError::Invalid(format!("{label}: no [pack_result] table")))?;
+    let mut results = BTreeMap::new();
+    for task in &info.tasks {
+        let member = pack_result_member(*task);
+        let inner = bundle.members.get(&member).ok_or_else(|| {
+            ValidateError::Invalid(format!("{label}: task {task} is listed without `{member}`"))
+        })?;
+        let inner_label = format!("{label}#{member}");
+        let r = read_result_bytes(inner, &inner_label, limits)?;
+        if r.info.task != *task || r.info.job != info.job {
+            return Err(ValidateError::Invalid(format!(
+                "{inner_label}: it is task {} of job {}, filed as task {task} of job {}",
+                r.info.task, r.info.job, info.job
+            )));
+        }
+        check_comparison(&inner_label, &r.info.comparison)?;
+        results.insert(*task, r);
+    }
+    if bundle.members.len() != results.len() {
+        return Err(ValidateError::Invalid(format!(
+            "{label}: {} members for {} listed tasks",
+            bundle.members.len(),
+            results.len()
+        )));
+    }
+    Ok(CheckedPack { info, results })
+}
+
+/// The init check on one uploaded file: a task's result bundle or a pack's (its manifest
+/// says which).
+pub fn check_file(path: &Path, limits: &ServerLimits) -> Result<Checked, ValidateError> {
+    let bytes = read_capped(path, limits)?;
+    let label = path.display().to_string();
+    let kind = mw_bundle::read_manifest(path, &limits.bundle_limits()).map(|m| m.kind);
+    if matches!(kind, Ok(BundleKind::PackResult)) {
+        return check_pack_bytes(&bytes, &label, limits).map(Checked::Pack);
+    }
+    check_result_bytes(&bytes, &label, limits).map(|r| Checked::Single(Box::new(r)))
+}
+
+/// Whether two pack results agree (see the module documentation).
+pub fn packs_agree(a: &CheckedPack, b: &CheckedPack) -> Result<(), String> {
+    if a.info.job != b.info.job {
+        return Err(format!("different jobs: {} vs {}", a.info.job, b.info.job));
+    }
+    let ta: Vec<&u64> = a.results.keys().collect();
+    let tb: Vec<&u64> = b.results.keys().collect();
+    if ta != tb {
+        return Err(format!("different tasks: {ta:?} vs {tb:?}"));
+    }
+    for (task, ra) in &a.results {
+        let Some(rb) = b.results.get(task) else {
+            continue;
+        };
+        match (ra.info.exit.success(), rb.info.exit.success()) {
+            (true, true) => results_agree(ra, rb).map_err(|e| format!("task {task}: {e}"))?,
+            (false, false) if ra.info.exit == rb.info.exit => {}
+            _ => return Err(format!("task {task}: {} vs {}", ra.info.exit, rb.info.exit)),
+        }
+    }
+    Ok(())
 }
 
 /// Whether two checked results agree. `Err` carries the first difference found. Equal
@@ -474,11 +588,23 @@ pub fn init(args: &[String]) -> Result<String, ValidateError> {
         )));
     };
     let limits = ServerLimits::from_environment().map_err(ValidateError::Transient)?;
-    let r = check_result_file(Path::new(file), &limits)?;
-    Ok(format!(
-        "valid: job {} task {} from host {}",
-        r.info.job, r.info.task, r.info.host
-    ))
+    Ok(match check_file(Path::new(file), &limits)? {
+        Checked::Single(r) => format!(
+            "valid: job {} task {} from host {}",
+            r.info.job, r.info.task, r.info.host
+        ),
+        Checked::Pack(p) => format!(
+            "valid: pack of job {} with {} results ({} failed, {} not run) from host {}",
+            p.info.job,
+            p.results.len(),
+            p.results
+                .values()
+                .filter(|r| !r.info.exit.success())
+                .count(),
+            p.info.not_run.len(),
+            p.info.host
+        ),
+    })
 }
 
 /// The compare program: `args` are the two results' files.
@@ -491,13 +617,29 @@ pub fn compare(args: &[String]) -> Result<String, ValidateError> {
         )));
     };
     let limits = ServerLimits::from_environment().map_err(ValidateError::Transient)?;
-    let a = check_result_file(Path::new(f1), &limits)?;
-    let b = check_result_file(Path::new(f2), &limits)?;
-    results_agree(&a, &b).map_err(ValidateError::Invalid)?;
-    Ok(format!(
-        "match: job {} task {} ({:?})",
-        a.info.job, a.info.task, a.info.comparison
-    ))
+    match (
+        check_file(Path::new(f1), &limits)?,
+        check_file(Path::new(f2), &limits)?,
+    ) {
+        (Checked::Single(a), Checked::Single(b)) => {
+            results_agree(&a, &b).map_err(ValidateError::Invalid)?;
+            Ok(format!(
+                "match: job {} task {} ({:?})",
+                a.info.job, a.info.task, a.info.comparison
+            ))
+        }
+        (Checked::Pack(a), Checked::Pack(b)) => {
+            packs_agree(&a, &b).map_err(ValidateError::Invalid)?;
+            Ok(format!(
+                "match: pack of job {} with {} results",
+                a.info.job,
+                a.results.len()
+            ))
+        }
+        _ => Err(ValidateError::Invalid(
+            "one file is a pack result, the other a single task's".into(),
+        )),
+    }
 }
 
 /// Which program to be.

@@ -12,14 +12,14 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mw_worker_runtime::run::write_atomically;
-use mw_worker_runtime::{run_task_file, ProcessControl, RunOptions, UnpackedProgram};
+use mw_worker_runtime::{run_task_or_pack_file, ProcessControl, Ran, RunOptions, UnpackedProgram};
 use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
     name = "mw-worker",
     version,
-    about = "Runs one mw task bundle and writes its result bundle."
+    about = "Runs one mw task bundle (or a pack of tasks) and writes its result bundle."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -29,6 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a task: unpack and verify both bundles, run the program, write the result bundle.
+    /// A pack bundle (many tasks of one job) runs task by task into one pack result bundle.
     Run {
         /// The program bundle (.tar.gz).
         #[arg(long)]
@@ -112,7 +113,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 ..RunOptions::default()
             };
             let ran = UnpackedProgram::unpack(&program, &opts)
-                .and_then(|p| run_task_file(&p, &task, &control, &opts));
+                .and_then(|p| run_task_or_pack_file(&p, &task, &control, &opts));
             #[cfg(unix)]
             if let Some(sig) = signals.received() {
                 // Stopped: the task's processes are gone (cancel); no result is written, the
@@ -122,22 +123,38 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 drop(watchdog);
                 mw_worker_runtime::dying::die_by(sig);
             }
-            let (info, bytes) =
+            let (ran, bytes) =
                 ran.with_context(|| format!("running task bundle {}", task.display()))?;
             write_atomically(&result, &bytes)?;
             drop(dir);
-            if info.exit.success() {
-                Ok(0)
-            } else {
-                eprintln!(
-                    "mw-worker: task {} of job {} failed: {}",
-                    info.task, info.job, info.exit
-                );
-                if !info.stderr_tail.is_empty() {
-                    eprintln!("--- stderr tail ---\n{}", info.stderr_tail);
-                }
-                Ok(1)
+            if ran.succeeded() {
+                return Ok(0);
             }
+            match ran {
+                Ran::Task(info) => {
+                    eprintln!(
+                        "mw-worker: task {} of job {} failed: {}",
+                        info.task, info.job, info.exit
+                    );
+                    if !info.stderr_tail.is_empty() {
+                        eprintln!("--- stderr tail ---\n{}", info.stderr_tail);
+                    }
+                }
+                Ran::Pack(p) => {
+                    eprintln!(
+                        "mw-worker: pack of job {}: {} of {} tasks failed {:?}, {} could not run",
+                        p.info.job,
+                        p.failed.len(),
+                        p.info.tasks.len() + p.info.not_run.len(),
+                        p.failed,
+                        p.info.not_run.len()
+                    );
+                    for n in &p.info.not_run {
+                        eprintln!("mw-worker: task {} could not run: {}", n.task, n.reason);
+                    }
+                }
+            }
+            Ok(1)
         }
     }
 }

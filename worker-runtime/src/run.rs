@@ -79,7 +79,7 @@ impl std::fmt::Debug for UnpackedProgram {
     }
 }
 
-fn scratch_dir(opts: &RunOptions, prefix: &str) -> Result<tempfile::TempDir, RunError> {
+pub(crate) fn scratch_dir(opts: &RunOptions, prefix: &str) -> Result<tempfile::TempDir, RunError> {
     let mut b = tempfile::Builder::new();
     b.prefix(prefix);
     match &opts.scratch_root {
@@ -219,11 +219,25 @@ pub fn run_task_bytes(
     control: &ProcessControl,
     opts: &RunOptions,
 ) -> Result<(ResultInfo, Vec<u8>), RunError> {
+    let scratch = scratch_dir(opts, "mw-task-")?;
+    run_task_bytes_in(program, task_bundle, label, scratch.path(), control, opts)
+}
+
+/// [`run_task_bytes`] in `scratch`, a private directory the caller owns and may reuse for
+/// task after task: the task runs in its `work` sub-directory, emptied first (one directory
+/// reused, rather than one made and removed per task: on filesystems mounted with `discard`
+/// every released directory block costs a synchronous device trim).
+pub(crate) fn run_task_bytes_in(
+    program: &UnpackedProgram,
+    task_bundle: &[u8],
+    label: &str,
+    scratch: &Path,
+    control: &ProcessControl,
+    opts: &RunOptions,
+) -> Result<(ResultInfo, Vec<u8>), RunError> {
     let bundle =
         mw_bundle::open_in_memory(task_bundle, label, Some(BundleKind::Task), &opts.limits)?;
-    let scratch = scratch_dir(opts, "mw-task-")?;
-    let workdir = scratch.path().join("work");
-    std::fs::create_dir(&workdir).map_err(io("creating the working directory"))?;
+    let workdir = empty_workdir(scratch)?;
     for member in &bundle.manifest.members {
         let Some(rel) = member.path.strip_prefix(TASK_FILES_PREFIX) else {
             continue;
@@ -251,20 +265,44 @@ pub fn run_task_bytes(
         .cloned()
         .unwrap_or_else(|| b"null".to_vec());
     let info = bundle.manifest.task.clone().unwrap_or_default();
-    run_prepared(
-        program,
-        info,
-        input,
-        label,
-        &workdir,
-        scratch.path(),
-        control,
-    )
+    run_prepared(program, info, input, label, &workdir, scratch, control)
+}
+
+/// `<scratch>/work`, created or emptied of whatever an earlier task left in it.
+fn empty_workdir(scratch: &Path) -> Result<PathBuf, RunError> {
+    let work = scratch.join("work");
+    let ctx = || format!("preparing the working directory {}", work.display());
+    match std::fs::symlink_metadata(&work) {
+        Ok(m) if m.is_dir() => {
+            for entry in std::fs::read_dir(&work).map_err(io(ctx()))? {
+                let entry = entry.map_err(io(ctx()))?;
+                let path = entry.path();
+                if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    // A task may have left a directory it cannot write to: make it writable.
+                    #[cfg(unix)]
+                    {
+                        use std::os::unix::fs::PermissionsExt;
+                        let _ =
+                            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700));
+                    }
+                    std::fs::remove_dir_all(&path).map_err(io(ctx()))?;
+                } else {
+                    std::fs::remove_file(&path).map_err(io(ctx()))?;
+                }
+            }
+        }
+        Ok(_) => {
+            std::fs::remove_file(&work).map_err(io(ctx()))?;
+            std::fs::create_dir(&work).map_err(io(ctx()))?;
+        }
+        Err(_) => std::fs::create_dir(&work).map_err(io(ctx()))?,
+    }
+    Ok(work)
 }
 
 /// Task bundles up to this size are read into memory (fewer files written per task);
 /// larger ones are unpacked to disk.
-const IN_MEMORY_TASK_MAX: u64 = 64 * 1024 * 1024;
+pub(crate) const IN_MEMORY_TASK_MAX: u64 = 64 * 1024 * 1024;
 
 /// Runs the task bundle at `task_archive` with an unpacked program.
 pub fn run_task_file(

@@ -293,3 +293,251 @@ fn a_program_bundle_passed_as_the_task_is_refused() {
     assert!(!fx.mark().exists());
     assert!(!result.exists());
 }
+
+/// A task bundle (bytes) of task `id` with input `word`.
+fn task_bytes(fx: &Fixture, id: u64, word: &str) -> Vec<u8> {
+    let mut env = std::collections::BTreeMap::new();
+    env.insert("MARK".into(), fx.mark().to_str().unwrap().to_string());
+    let info = TaskInfo {
+        job: "testjob".into(),
+        task: id,
+        program_sha256: fx.sha.clone(),
+        env,
+        outputs: vec!["out.txt".into()],
+        ..TaskInfo::default()
+    };
+    let mut b = BundleBuilder::task(info, "test task");
+    b.add_bytes(TASK_INPUT_NAME, format!("\"{word}\"").into_bytes(), false)
+        .unwrap();
+    b.to_bytes().unwrap()
+}
+
+/// A pack of four tasks through the real `mw-worker run`: one task fails (its neighbours
+/// still succeed), one member is another task's bundle under a forged name (not run, with
+/// the reason), and the pack result holds one result bundle per task that ran.
+#[test]
+fn mw_worker_runs_a_pack_task_by_task() {
+    use mw_bundle::{pack_result_member, pack_task_member, PackInfo};
+    let fx = Fixture::new();
+    let mut b = BundleBuilder::pack(
+        PackInfo {
+            job: "testjob".into(),
+            program_sha256: fx.sha.clone(),
+            tasks: vec![3, 1, 4, 2],
+            stream: false,
+        },
+        "test pack",
+    );
+    b.add_bytes(&pack_task_member(3), task_bytes(&fx, 3, "ok"), false)
+        .unwrap();
+    b.add_bytes(&pack_task_member(1), task_bytes(&fx, 1, "fail"), false)
+        .unwrap();
+    // Member 4 holds task 9's bundle: the worker must not run it as task 4.
+    b.add_bytes(&pack_task_member(4), task_bytes(&fx, 9, "ok"), false)
+        .unwrap();
+    b.add_bytes(&pack_task_member(2), task_bytes(&fx, 2, "ok"), false)
+        .unwrap();
+    let pack = fx.path("pack.tar.gz");
+    b.write_to(&pack).unwrap();
+    let result = fx.path("pack-result.tar.gz");
+    let out = fx.worker(&pack, &result);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("1 of 4 tasks failed [1]"), "{stderr}");
+    let bytes = std::fs::read(&result).unwrap();
+    let bundle = mw_bundle::open_in_memory(
+        &bytes,
+        "pack result",
+        Some(BundleKind::PackResult),
+        &Limits::default(),
+    )
+    .unwrap();
+    let info = bundle.manifest.pack_result.clone().unwrap();
+    assert_eq!(info.job, "testjob");
+    assert_eq!(info.tasks, vec![3, 1, 2], "run in the pack's order");
+    assert_eq!(info.not_run.len(), 1);
+    assert_eq!(info.not_run[0].task, 4);
+    assert!(
+        info.not_run[0].reason.contains("it is task 9"),
+        "{:?}",
+        info.not_run
+    );
+    assert_eq!(bundle.members.len(), 3);
+    for (task, exit) in [(3, 0), (1, 5), (2, 0)] {
+        let inner = mw_bundle::open_in_memory(
+            &bundle.members[&pack_result_member(task)],
+            "inner",
+            Some(BundleKind::Result),
+            &Limits::default(),
+        )
+        .unwrap();
+        let r = inner.manifest.result.unwrap();
+        assert_eq!(r.task, task);
+        assert_eq!(r.exit, ExitInfo::Exited { code: exit }, "task {task}");
+        if exit == 0 {
+            assert_eq!(inner.members["outputs/out.txt"], b"written\n");
+        } else {
+            assert_eq!(r.stderr_tail, "it went wrong\n");
+        }
+    }
+}
+
+/// A pack for another program, or one listing a task without its member, runs nothing.
+#[test]
+fn a_pack_for_another_program_or_with_a_missing_member_runs_nothing() {
+    use mw_bundle::{pack_task_member, PackInfo};
+    let fx = Fixture::new();
+    for (sha, tasks) in [("0".repeat(64), vec![1]), (fx.sha.clone(), vec![1, 2])] {
+        let mut b = BundleBuilder::pack(
+            PackInfo {
+                job: "testjob".into(),
+                program_sha256: sha,
+                tasks,
+                stream: false,
+            },
+            "test pack",
+        );
+        b.add_bytes(&pack_task_member(1), task_bytes(&fx, 1, "ok"), false)
+            .unwrap();
+        let pack = fx.path("pack.tar.gz");
+        b.write_to(&pack).unwrap();
+        let result = fx.path("pack-result.tar.gz");
+        let out = fx.worker(&pack, &result);
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("wants program") || stderr.contains("has no member"),
+            "{stderr}"
+        );
+        assert!(!fx.mark().exists(), "a task ran from a refused pack");
+        assert!(!result.exists());
+    }
+}
+
+/// A pack of a streaming program (`stream` in the pack): one process answers the tasks,
+/// one JSON line each; a task answered with `{"error": ...}` fails alone, a task on which the
+/// program dies fails alone (with its stderr) and a fresh process serves the next ones.
+#[test]
+fn mw_worker_runs_a_streaming_pack_through_one_process() {
+    use mw_bundle::{pack_result_member, pack_task_member, PackInfo};
+    let dir = tempfile::tempdir().unwrap();
+    let starts = dir.path().join("starts");
+    let program = dir.path().join("program.tar.gz");
+    let script = format!(
+        "#!/bin/sh\necho started >> '{}'\nwhile read -r line; do\n  case \"$line\" in\n    \
+         '\"bad\"') echo '{{\"error\": \"bad input\"}}' ;;\n    \
+         '\"die\"') echo 'dying now' >&2; exit 7 ;;\n    \
+         *) echo \"{{\\\"got\\\": $line}}\" ;;\n  esac\ndone\n",
+        starts.display()
+    );
+    let mut b = BundleBuilder::program(
+        ProgramInfo {
+            executable: "stream.sh".into(),
+            base_args: vec![],
+        },
+        "stream program",
+    );
+    b.add_bytes("stream.sh", script.into_bytes(), true).unwrap();
+    let sha = b.write_to(&program).unwrap();
+    let task = |id: u64, input: &str| {
+        let info = TaskInfo {
+            job: "sj".into(),
+            task: id,
+            program_sha256: sha.clone(),
+            ..TaskInfo::default()
+        };
+        let mut t = BundleBuilder::task(info, "t");
+        t.add_bytes(TASK_INPUT_NAME, input.as_bytes().to_vec(), false)
+            .unwrap();
+        t.to_bytes().unwrap()
+    };
+    let inputs = [
+        (0, "1"),
+        (1, "\"bad\""),
+        (2, "{\"k\":\n 2}"),
+        (3, "\"die\""),
+        (4, "4"),
+    ];
+    let mut p = BundleBuilder::pack(
+        PackInfo {
+            job: "sj".into(),
+            program_sha256: sha.clone(),
+            tasks: inputs.iter().map(|(t, _)| *t).collect(),
+            stream: true,
+        },
+        "stream pack",
+    );
+    for (t, input) in inputs {
+        p.add_bytes(&pack_task_member(t), task(t, input), false)
+            .unwrap();
+    }
+    let pack = dir.path().join("pack.tar.gz");
+    p.write_to(&pack).unwrap();
+    let result = dir.path().join("result.tar.gz");
+    let out = Command::new(env!("CARGO_BIN_EXE_mw-worker"))
+        .args(["run", "--program"])
+        .arg(&program)
+        .arg("--task")
+        .arg(&pack)
+        .arg("--result")
+        .arg(&result)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let bytes = std::fs::read(&result).unwrap();
+    let bundle = mw_bundle::open_in_memory(
+        &bytes,
+        "r",
+        Some(BundleKind::PackResult),
+        &Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        bundle.manifest.pack_result.as_ref().unwrap().tasks,
+        [0, 1, 2, 3, 4]
+    );
+    let inner = |t: u64| {
+        let b = mw_bundle::open_in_memory(
+            &bundle.members[&pack_result_member(t)],
+            "inner",
+            Some(BundleKind::Result),
+            &Limits::default(),
+        )
+        .unwrap();
+        let stdout = b
+            .members
+            .get(RESULT_STDOUT_NAME)
+            .cloned()
+            .unwrap_or_default();
+        (
+            b.manifest.result.unwrap(),
+            String::from_utf8(stdout).unwrap(),
+        )
+    };
+    let (r0, s0) = inner(0);
+    assert!(r0.exit.success(), "{r0:?}");
+    assert_eq!(s0, "{\"got\": 1}");
+    let (r1, _) = inner(1);
+    assert_eq!(
+        r1.exit,
+        ExitInfo::ErrorReported {
+            error: "bad input".into()
+        }
+    );
+    let (r2, s2) = inner(2);
+    assert!(r2.exit.success(), "{r2:?}");
+    assert_eq!(
+        s2, "{\"got\": {\"k\":2}}",
+        "the input went as one compact line"
+    );
+    let (r3, _) = inner(3);
+    assert_eq!(r3.exit, ExitInfo::Exited { code: 7 });
+    assert!(r3.stderr_tail.contains("dying now"), "{r3:?}");
+    let (r4, s4) = inner(4);
+    assert!(r4.exit.success(), "{r4:?}");
+    assert_eq!(s4, "{\"got\": 4}");
+    // One process for tasks 0-3, a fresh one after it died.
+    let n = std::fs::read_to_string(&starts).unwrap().lines().count();
+    assert_eq!(n, 2, "processes started");
+}

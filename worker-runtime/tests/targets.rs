@@ -347,6 +347,8 @@ fn hostile_entry_names_are_refused_naming_the_entry() {
             program: None,
             task: Some(s.task_info("echo", None)),
             result: None,
+            pack: None,
+            pack_result: None,
             members: vec![member(TASK_INPUT_NAME, input), member(name, payload)],
         };
         let text = toml::to_string(&manifest).unwrap();
@@ -383,6 +385,8 @@ fn case_insensitive_duplicates_are_refused() {
         program: None,
         task: Some(s.task_info("echo", None)),
         result: None,
+        pack: None,
+        pack_result: None,
         members: vec![member("files/Data.txt", a), member("files/data.TXT", b)],
     };
     let text = toml::to_string(&manifest).unwrap();

@@ -12,13 +12,16 @@
 //! that already existed (after a crash between `create_work` and the journal, a resumed master
 //! re-submits its pending names this way). Any other failure fails the batch's tasks with the
 //! tool's output trimmed to what matters, and cancels whatever of the batch BOINC may have
-//! created. This module never knows the journal (only the handle sink).
+//! created. With packing, the tasks taken for a batch are first formed into packs (one pack
+//! bundle per workunit), and every member of a pack records the pack's workunit name.
+//! This module never knows the journal (only the handle sink).
 
 use super::cancel::run_cancel_jobs;
-use super::stage::{stage_task, unstage, StagedTask};
-use super::{wake_watcher, Pending, Shared, Waiting};
-use crate::task::{InterfaceError, TaskId};
+use super::stage::{stage_pack, stage_task, unstage, StagedTask};
+use super::{wake_watcher, Pending, Shared, State, Waiting};
+use crate::task::{InterfaceError, PreparedTask, TaskId};
 use mw_boinc_kit::WuName;
+use std::collections::VecDeque;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -26,61 +29,202 @@ use std::time::Duration;
 
 /// The handle recorded before `create_work` runs: the workunit may or may not exist.
 pub(super) const PENDING_PREFIX: &str = "pending:";
+/// The longest the submit thread waits for more tasks to fill packs.
+const PACK_WINDOW: Duration = Duration::from_secs(2);
 /// Longest create_work error text kept in a task's error.
 const MAX_ERROR_TEXT: usize = 600;
 
 pub(super) fn submit_loop(shared: &Arc<Shared>) {
     loop {
-        let batch: Vec<Pending> = {
+        let units: Vec<Unit> = {
             let mut st = shared.lock();
-            while st.queue.is_empty() && !st.shut_down {
+            while (st.queue.is_empty() || (shared.packing && st.sizer.waiting())) && !st.shut_down {
                 st = shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
             }
             if st.shut_down {
                 return;
             }
-            // Give the scheduler a moment to hand over more tasks for the same batch.
-            if st.queue.len() < shared.batch_size {
+            // Give the scheduler a moment to hand over more tasks for the same batch; when
+            // packing, until it has stopped handing them over (a quiet 50 ms, at most
+            // [`PACK_WINDOW`]), so packs are full rather than cut by the timing of a drain.
+            let started = std::time::Instant::now();
+            loop {
+                let before = st.queue.len();
+                if before
+                    >= shared.batch_size.saturating_mul(if shared.packing {
+                        crate::pack::MAX_TASKS_PER_PACK
+                    } else {
+                        1
+                    })
+                {
+                    break;
+                }
                 st = shared
                     .cond
                     .wait_timeout(st, Duration::from_millis(50))
                     .map(|r| r.0)
                     .unwrap_or_else(|p| p.into_inner().0);
+                if !shared.packing
+                    || st.shut_down
+                    || st.queue.len() == before
+                    || started.elapsed() >= PACK_WINDOW
+                {
+                    break;
+                }
             }
-            let n = st.queue.len().min(shared.batch_size);
-            st.queue.drain(..n).collect()
+            if shared.packing {
+                form_packs(shared, &mut st)
+            } else {
+                let n = st.queue.len().min(shared.batch_size);
+                st.queue
+                    .drain(..n)
+                    .map(|p| Unit {
+                        // A streaming program's task runs in a pack of one, through it.
+                        packed: p.wu.as_ref().map_or(
+                            p.task.spec.program.mode() == crate::task::ProgramMode::Stream,
+                            WuName::is_pack,
+                        ),
+                        wu: p.wu.clone(),
+                        members: vec![p],
+                    })
+                    .collect()
+            }
         };
-        submit_batch(shared, batch);
+        if !units.is_empty() {
+            submit_batch(shared, units);
+        }
     }
 }
 
+/// One workunit to create: a lone task, or a pack of tasks.
+pub(super) struct Unit {
+    /// The name it had (a resumed pending workunit), else a fresh one is given.
+    wu: Option<WuName>,
+    /// A pack (a pack bundle, a pack name), even of one task.
+    packed: bool,
+    members: Vec<Pending>,
+}
+
+/// Takes queued tasks as packs for at most `batch_size` workunits: the members of a resumed
+/// pending pack together under their pack's name, the others per program in queue order, of
+/// the sizes the sizer gives (tasks it holds back wait at the front of the queue).
+fn form_packs(shared: &Shared, st: &mut State) -> Vec<Unit> {
+    let mut units: Vec<Unit> = Vec::new();
+    // Per program (the same `Program`: a pack runs one program bundle).
+    let mut fresh: Vec<(*const crate::task::Program, Vec<Pending>)> = Vec::new();
+    let mut held = VecDeque::new();
+    while let Some(p) = st.queue.pop_front() {
+        match &p.wu {
+            Some(wu) => match units.iter_mut().find(|u| u.wu.as_ref() == Some(wu)) {
+                Some(u) => u.members.push(p),
+                None => units.push(Unit {
+                    wu: Some(wu.clone()),
+                    packed: wu.is_pack(),
+                    members: vec![p],
+                }),
+            },
+            None => {
+                let program = Arc::as_ptr(&p.task.spec.program);
+                match fresh
+                    .iter_mut()
+                    .find(|(prog, _)| std::ptr::eq(*prog, program))
+                {
+                    Some((_, g)) => g.push(p),
+                    None => fresh.push((program, vec![p])),
+                }
+            }
+        }
+    }
+    for (_, group) in fresh {
+        let mut group = VecDeque::from(group);
+        while !group.is_empty() {
+            let size = if units.len() < shared.batch_size {
+                st.sizer.next_size()
+            } else {
+                None
+            };
+            let Some(n) = size else {
+                held.extend(group.drain(..));
+                break;
+            };
+            let members: Vec<Pending> = group.drain(..n.min(group.len())).collect();
+            units.push(Unit {
+                wu: None,
+                packed: true,
+                members,
+            });
+        }
+    }
+    st.queue = held;
+    units
+}
+
 /// Stages and creates one batch of workunits.
-fn submit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
-    let mut staged: Vec<(TaskId, StagedTask)> = Vec::new();
-    for p in batch {
-        let wu = match p.wu.clone() {
-            Some(w) => Ok(w),
-            None => WuName::for_task(&p.task.job, &shared.run_id, p.task.id.0, p.task.attempt)
-                .map_err(|e| InterfaceError::new(e.to_string())),
+fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>) {
+    let mut staged: Vec<(Vec<TaskId>, StagedTask)> = Vec::new();
+    for unit in units {
+        let Some(first) = unit.members.first() else {
+            continue;
         };
-        match wu.and_then(|wu| stage_task(shared, &p.task, wu)) {
+        let wu = match unit.wu.clone() {
+            Some(w) => Ok(w),
+            None if unit.packed => {
+                let seq = {
+                    let mut st = shared.lock();
+                    st.packs += 1;
+                    st.packs
+                };
+                WuName::for_pack(&first.task.job, &shared.run_id, seq)
+                    .map_err(|e| InterfaceError::new(e.to_string()))
+            }
+            None => WuName::for_task(
+                &first.task.job,
+                &shared.run_id,
+                first.task.id.0,
+                first.task.attempt,
+            )
+            .map_err(|e| InterfaceError::new(e.to_string())),
+        };
+        let tasks: Vec<Arc<PreparedTask>> = unit.members.iter().map(|p| p.task.clone()).collect();
+        let result = wu.and_then(|wu| {
+            if unit.packed {
+                stage_pack(shared, &tasks, wu, unit.wu.is_some())
+            } else {
+                stage_task(shared, &first.task, wu)
+            }
+        });
+        match result {
             Ok(s) => {
                 let mut st = shared.lock();
-                st.by_wu.insert(s.wu.clone(), p.task.id);
-                st.waiting.insert(
-                    p.task.id,
-                    Waiting {
-                        wu: s.wu.clone(),
-                        done: Some(p.done),
-                        task: p.task.clone(),
-                        since: p.since,
-                    },
-                );
-                staged.push((p.task.id, s));
+                let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+                st.by_wu.entry(s.wu.clone()).or_default().extend(&ids);
+                for p in unit.members {
+                    st.waiting.insert(
+                        p.task.id,
+                        Waiting {
+                            wu: s.wu.clone(),
+                            done: Some(p.done),
+                            task: p.task.clone(),
+                            since: p.since,
+                            packed: unit.packed,
+                            requeues: p.requeues,
+                        },
+                    );
+                }
+                staged.push((ids, s));
             }
             Err(e) => {
-                shared.lock().failed += 1;
-                p.done.finish(Err(e));
+                {
+                    let mut st = shared.lock();
+                    st.failed += unit.members.len() as u64;
+                    if unit.packed {
+                        st.sizer.job_ended();
+                    }
+                }
+                shared.cond.notify_all();
+                for p in unit.members {
+                    p.done.finish(Err(e.clone()));
+                }
             }
         }
     }
@@ -96,10 +240,12 @@ fn submit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
         let mut dones = Vec::new();
         {
             let mut st = shared.lock();
-            for (task, s) in &staged {
+            for (tasks, s) in &staged {
                 st.by_wu.remove(&s.wu);
-                dones.extend(st.waiting.remove(task).and_then(|w| w.done));
-                st.failed += 1;
+                for task in tasks {
+                    dones.extend(st.waiting.remove(task).and_then(|w| w.done));
+                    st.failed += 1;
+                }
             }
         }
         for d in dones {
@@ -115,8 +261,10 @@ fn submit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     if let Some(sink) = &sink {
-        for (task, s) in &staged {
-            sink.record_handle(*task, &format!("{PENDING_PREFIX}{}", s.wu));
+        for (tasks, s) in &staged {
+            for task in tasks {
+                sink.record_handle(*task, &format!("{PENDING_PREFIX}{}", s.wu));
+            }
         }
         sink.flush();
     }
@@ -127,7 +275,9 @@ fn submit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
             st.creating.insert(s.wu.clone());
         }
     }
+    crate::crash::point("boinc-before-create-work");
     let outcome = create_by_name(shared, staged.iter().map(|(_, s)| s).collect());
+    crate::crash::point("boinc-after-create-work");
     let cancel_now: Vec<WuName> = {
         let mut st = shared.lock();
         for (_, s) in &staged {
@@ -148,9 +298,11 @@ fn submit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
         }
     }
     if let Some(sink) = &sink {
-        for (task, s) in &staged {
+        for (tasks, s) in &staged {
             if outcome.created.contains(&s.wu) || outcome.existed.contains(&s.wu) {
-                sink.record_handle(*task, s.wu.as_str());
+                for task in tasks {
+                    sink.record_handle(*task, s.wu.as_str());
+                }
             }
         }
     }
@@ -162,8 +314,11 @@ fn submit_batch(shared: &Arc<Shared>, batch: Vec<Pending>) {
         st.batches += outcome.calls;
         if let Some((err, names)) = &outcome.failed {
             for wu in names {
-                if let Some(task) = st.by_wu.remove(wu) {
+                for task in st.by_wu.remove(wu).unwrap_or_default() {
                     if let Some(w) = st.waiting.remove(&task) {
+                        if w.packed {
+                            st.sizer.job_ended();
+                        }
                         dones.extend(w.done.map(|d| (d, err.clone())));
                     }
                     st.failed += 1;

@@ -15,6 +15,14 @@
 //!   or the field its results disagreed on.
 //! - **Re-attach**: a resumed master waits again for a created workunit's spool entries, and
 //!   re-submits a workunit recorded as pending (maybe never created) under the same name.
+//! - **Packs** (`tasks_per_workunit` > 1): a workunit (`mw_<job>_<run>_p<seq>`) runs a pack
+//!   bundle of many tasks ([`crate::pack`]); every member records the workunit's name as its
+//!   handle. The pack result is read for the members this interface knows to be in that
+//!   workunit (what BOINC vouches for); a member without a result is packed again later (at
+//!   most [`MAX_PACK_REQUEUES`] times). Cancelling one member reports it cancelled at once and
+//!   drops it from its workunit, whose other members run on; the workunit is cancelled only
+//!   when no member is left. A resumed master keeps the outcome of a re-attached pack for
+//!   members re-attached after it came back.
 //! - **Cancel** (`cancel.rs`): `bin/cancel_jobs --name <wu>` from the project root (with or
 //!   without a live master), and a spool marker so late outcomes are consumed. A task
 //!   cancelled while its `create_work` batch is under way is cancelled right after that call
@@ -40,6 +48,7 @@ pub use settings::{BoincSettings, DEFAULT_BATCH_SIZE};
 pub use stage::{c_exp, stage_file};
 
 use crate::interface::{Completion, HandleSink, Interface};
+use crate::pack::PackSizer;
 use crate::task::{InterfaceError, PreparedTask, TaskId, WorkerId};
 use mw_boinc_kit::names::{
     is_safe_rel_path, ASSIMILATOR_NAME, MAX_TEMPLATE_PATH, VALIDATOR_COMPARE_NAME,
@@ -61,12 +70,18 @@ pub struct BoincError(pub String);
 /// How often the spool is re-read when no inotify event arrives.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(1000);
 
+/// How many times a packed task whose pack came back without its result is packed again
+/// before it fails.
+pub const MAX_PACK_REQUEUES: u32 = 3;
+
 struct Pending {
     task: Arc<PreparedTask>,
     done: Completion,
     /// The name to (re-)create it under (a resumed pending workunit), else a fresh one.
     wu: Option<WuName>,
     since: Instant,
+    /// Times it was packed again because its pack came back without its result.
+    requeues: u32,
 }
 
 struct Waiting {
@@ -76,6 +91,18 @@ struct Waiting {
     /// output limit) and where its outputs go.
     task: Arc<PreparedTask>,
     since: Instant,
+    /// In a pack workunit (its result is a pack result).
+    packed: bool,
+    requeues: u32,
+}
+
+/// How a re-attached pack workunit ended, kept for members re-attached after that.
+#[derive(Clone)]
+enum Concluded {
+    /// Its pack result, kept at this path.
+    Result(PathBuf),
+    /// Its error message.
+    Error(String),
 }
 
 #[derive(Default)]
@@ -83,7 +110,8 @@ struct State {
     job: Option<String>,
     queue: VecDeque<Pending>,
     waiting: HashMap<TaskId, Waiting>,
-    by_wu: HashMap<WuName, TaskId>,
+    /// Each workunit's waiting tasks (one, or a pack's members).
+    by_wu: HashMap<WuName, Vec<TaskId>>,
     cancelled_wus: HashSet<WuName>,
     /// Workunits of the `create_work` call under way.
     creating: HashSet<WuName>,
@@ -102,9 +130,18 @@ struct State {
     completed: u64,
     failed: u64,
     batches: u64,
+    /// Pack sizes (and the run times measured so far).
+    sizer: PackSizer,
+    /// Packs named by this master run.
+    packs: u64,
+    /// Pack workunits re-attached by a resumed master, and how the ones that came back ended.
+    reattached: HashSet<WuName>,
+    concluded: HashMap<WuName, Concluded>,
 }
 
 struct Shared {
+    /// Tasks are packed (`tasks_per_workunit` > 1).
+    packing: bool,
     project: PathBuf,
     app: String,
     layout: ProjectLayout,
@@ -340,7 +377,9 @@ impl Boinc {
             mw_bundle::write_atomic(&path, text.as_bytes(), Some(0o644))
                 .map_err(|e| BoincError(format!("writing {}: {e}", path.display())))?;
         }
+        let sizer = PackSizer::new(settings.tasks_per_workunit, settings.target_job_time);
         let shared = Arc::new(Shared {
+            packing: sizer.packing(),
             project,
             app: cfg.app_name.clone(),
             layout,
@@ -350,7 +389,10 @@ impl Boinc {
             batch_size: settings.batch_size.max(1),
             run_id: mw_boinc_kit::names::fresh_run_id(),
             job_deadline: settings.job_deadline,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                sizer,
+                ..State::default()
+            }),
             cond: Condvar::new(),
             sink: Mutex::new(None),
             wake_watcher: Mutex::new(None),
@@ -451,6 +493,7 @@ impl Interface for Boinc {
             done,
             wu: None,
             since: Instant::now(),
+            requeues: 0,
         });
         drop(st);
         self.shared.cond.notify_all();
@@ -480,9 +523,14 @@ impl Interface for Boinc {
             let mut st = self.shared.lock();
             if let Some(pos) = st.queue.iter().position(|p| p.task.id == task) {
                 let p = st.queue.remove(pos);
+                // A pack's other members still need its workunit.
+                let shared_wu = p.as_ref().and_then(|p| p.wu.as_ref()).is_some_and(|wu| {
+                    st.queue.iter().any(|q| q.wu.as_ref() == Some(wu))
+                        || st.by_wu.get(wu).is_some_and(|m| !m.is_empty())
+                });
                 drop(st);
                 if let Some(p) = p {
-                    if let Some(wu) = &p.wu {
+                    if let Some(wu) = p.wu.as_ref().filter(|_| !shared_wu) {
                         // A resumed pending workunit may exist in BOINC already.
                         cancel::mark_cancelled(&self.shared.spool, wu);
                         let _ = cancel::run_cancel_jobs(&self.shared.project, wu);
@@ -495,7 +543,27 @@ impl Interface for Boinc {
             let Some(mut w) = st.waiting.remove(&task) else {
                 return;
             };
+            let mut left = 0;
+            if let Some(members) = st.by_wu.get_mut(&w.wu) {
+                members.retain(|m| *m != task);
+                left = members.len();
+            }
+            if left > 0 {
+                // A member of a pack whose other members run on: its result is ignored.
+                drop(st);
+                if let Some(done) = w.done.take() {
+                    done.finish(Err(InterfaceError::new(format!(
+                        "cancelled: it was packed in workunit {} with other tasks, which run \
+                         on; its result will be ignored",
+                        w.wu
+                    ))));
+                }
+                return;
+            }
             st.by_wu.remove(&w.wu);
+            if w.packed {
+                st.sizer.job_ended();
+            }
             st.cancelled_wus.insert(w.wu.clone());
             if st.creating.contains(&w.wu) {
                 // create_work has not created it yet: cancelling now would find nothing.
@@ -513,6 +581,7 @@ impl Interface for Boinc {
             }
             (w.done.take(), w.wu)
         };
+        self.shared.cond.notify_all();
         cancel::mark_cancelled(&self.shared.spool, &wu);
         let how = cancel::run_cancel_jobs(&self.shared.project, &wu);
         if let Some(done) = done {
@@ -549,21 +618,32 @@ impl Interface for Boinc {
                     done,
                     wu: Some(wu),
                     since: Instant::now(),
+                    requeues: 0,
                 });
                 drop(st);
                 self.shared.cond.notify_all();
                 return None;
             }
-            st.by_wu.insert(wu.clone(), task.id);
-            st.waiting.insert(
-                task.id,
-                Waiting {
-                    wu,
-                    done: Some(done),
-                    task: task.clone(),
-                    since: Instant::now(),
-                },
-            );
+            let packed = wu.is_pack();
+            let waiting = Waiting {
+                wu: wu.clone(),
+                done: Some(done),
+                task: task.clone(),
+                since: Instant::now(),
+                packed,
+                requeues: 0,
+            };
+            if packed {
+                st.reattached.insert(wu.clone());
+                if let Some(c) = st.concluded.get(&wu).cloned() {
+                    // Its pack came back while its other members were re-attached.
+                    drop(st);
+                    spool::finish_late_member(&self.shared, waiting, c);
+                    return None;
+                }
+            }
+            st.by_wu.entry(wu).or_default().push(task.id);
+            st.waiting.insert(task.id, waiting);
         }
         wake_watcher(&self.shared);
         None

@@ -38,6 +38,16 @@ pub struct BoincSettings {
     pub job_deadline: Option<Duration>,
     /// Workunits per `create_work` call.
     pub batch_size: usize,
+    /// Tasks per workunit (default 1). More than 1 packs tasks: one workunit runs a pack of
+    /// up to this many tasks one after the other on a volunteer's host (one pack bundle in,
+    /// one result per task out), each task still reported, retried and cancelled on its own.
+    /// At most [`crate::pack::MAX_TASKS_PER_PACK`].
+    pub tasks_per_workunit: usize,
+    /// With `tasks_per_workunit` > 1: size each pack so that its tasks run about this long in
+    /// total on a volunteer's host, from the mean run time measured so far (at least 1 task,
+    /// at most `tasks_per_workunit`); until the first run time is known, one workunit of one
+    /// task goes first and the others wait for it. `None`: every pack is full size.
+    pub target_job_time: Option<Duration>,
 }
 
 impl BoincSettings {
@@ -55,6 +65,8 @@ impl BoincSettings {
             rsc_fpops_bound: None,
             job_deadline: None,
             batch_size: DEFAULT_BATCH_SIZE,
+            tasks_per_workunit: 1,
+            target_job_time: None,
         }
     }
 

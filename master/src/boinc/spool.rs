@@ -5,14 +5,17 @@
 //! this master's workunits into completions and removes each spool file right after its
 //! outcome has been handed to the master (a crash in the instant between the two loses that
 //! result; the task is then re-run by `mw resume`). Entries of cancelled workunits are
-//! consumed; entries of other masters' workunits are left alone. The same thread fails tasks
-//! past the job's deadline. It must never run `create_work`.
+//! consumed; entries of other masters' workunits are left alone. A pack's result gives each
+//! member its own result (read for the members known to be in that workunit); members without
+//! one are packed again. The same thread fails tasks past the job's deadline. It must never
+//! run `create_work`.
 
 use super::cancel::{mark_cancelled, run_cancel_jobs};
-use super::{Shared, POLL_INTERVAL};
-use crate::task::{Execution, InterfaceError, TaskId};
+use super::{Concluded, Pending, Shared, State, Waiting, MAX_PACK_REQUEUES, POLL_INTERVAL};
+use crate::task::{Execution, InterfaceError, PreparedTask, TaskId};
 use mw_boinc_kit::errors::MAX_ERROR_RECORD_BYTES;
 use mw_boinc_kit::{ErrorRecord, SpoolEntry, WuName};
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 use std::sync::{mpsc, Arc};
@@ -36,7 +39,7 @@ pub(super) fn watch_loop(shared: &Arc<Shared>, rx: &mpsc::Receiver<()>) {
 }
 
 enum Found {
-    Result(TaskId, WuName),
+    Result(WuName),
     Error(WuName),
     Consume(std::path::PathBuf),
 }
@@ -58,9 +61,9 @@ fn scan_spool(shared: &Arc<Shared>) {
             };
             if st.cancelled_wus.contains(&wu) {
                 found.push(Found::Consume(e.path()));
-            } else if let Some(&task) = st.by_wu.get(&wu) {
+            } else if st.by_wu.get(&wu).is_some_and(|m| !m.is_empty()) {
                 if is_result {
-                    found.push(Found::Result(task, wu));
+                    found.push(Found::Result(wu));
                 } else {
                     found.push(Found::Error(wu));
                 }
@@ -69,7 +72,7 @@ fn scan_spool(shared: &Arc<Shared>) {
     }
     for f in found {
         match f {
-            Found::Result(task, wu) => take_result(shared, task, &wu),
+            Found::Result(wu) => take_result(shared, &wu),
             Found::Error(wu) => take_error(shared, &wu),
             Found::Consume(path) => {
                 let _ = std::fs::remove_file(path);
@@ -78,12 +81,28 @@ fn scan_spool(shared: &Arc<Shared>) {
     }
 }
 
-fn take_result(shared: &Shared, task: TaskId, wu: &WuName) {
+/// Takes the tasks still waiting for workunit `wu` (one, or a pack's members).
+fn take_members(st: &mut State, wu: &WuName) -> Vec<Waiting> {
+    let mut out = Vec::new();
+    for task in st.by_wu.remove(wu).unwrap_or_default() {
+        if st.waiting.get(&task).is_some_and(|w| w.wu == *wu) {
+            out.extend(st.waiting.remove(&task));
+        }
+    }
+    out
+}
+
+fn take_result(shared: &Shared, wu: &WuName) {
     let path = shared.spool.join(wu.result_spool_name());
+    if wu.is_pack() {
+        return take_pack_result(shared, wu, &path);
+    }
     let cap = {
         let st = shared.lock();
-        st.waiting
-            .get(&task)
+        st.by_wu
+            .get(wu)
+            .and_then(|tasks| tasks.first())
+            .and_then(|task| st.waiting.get(task))
             .map(|w| mw_bundle::max_result_upload_bytes(w.task.spec.max_output_bytes))
     };
     let Some(cap) = cap else {
@@ -105,47 +124,190 @@ fn take_result(shared: &Shared, task: TaskId, wu: &WuName) {
             Err(_) => return, // Unreadable for now: the next scan decides.
         }
     };
-    let waiting = {
-        let mut st = shared.lock();
-        if st.by_wu.get(wu) != Some(&task) {
-            return;
+    let members = take_members(&mut shared.lock(), wu);
+    for mut w in members {
+        let label = path.display().to_string();
+        // A volunteer's bundle is read under a guard: a panic fails this task with its
+        // message, and the spool thread goes on.
+        let outcome = crate::guard::contain(|| {
+            crate::crash::panic_point("boinc-result", Some(w.task.id.0));
+            bytes
+                .clone()
+                .map_err(InterfaceError::new)
+                .and_then(|bytes| Execution::from_result_bundle_of(&bytes, &label, &w.task))
+                .map_err(|e| {
+                    InterfaceError::new(format!(
+                        "BOINC workunit {wu}: bad result bundle from the volunteer: {e}"
+                    ))
+                })
+        })
+        .unwrap_or_else(|panic| {
+            Err(InterfaceError::new(format!(
+                "BOINC workunit {wu}: internal error while reading its result: {panic}"
+            )))
+        });
+        {
+            let mut st = shared.lock();
+            match &outcome {
+                Ok(_) => st.completed += 1,
+                Err(_) => st.failed += 1,
+            }
         }
-        st.by_wu.remove(wu);
-        st.waiting.remove(&task)
+        if let Some(done) = w.done.take() {
+            done.finish(outcome);
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+/// A pack's result: each member gets its own result from it, members without one are packed
+/// again. For a pack a resumed master re-attached, the result is kept (in the job's staging
+/// directory) for members re-attached after it came back.
+fn take_pack_result(shared: &Shared, wu: &WuName, path: &Path) {
+    if !path.is_file() {
+        return; // Gone for now: the next scan decides.
+    }
+    let (members, kept) = {
+        let mut st = shared.lock();
+        let members = take_members(&mut st, wu);
+        let kept = match members.first() {
+            Some(w) if st.reattached.contains(wu) => {
+                let dir = w.task.staging_dir.join("boinc-packs");
+                let kept = dir.join(wu.result_spool_name());
+                match std::fs::create_dir_all(&dir).and_then(|_| std::fs::copy(path, &kept)) {
+                    Ok(_) => {
+                        st.concluded
+                            .insert(wu.clone(), Concluded::Result(kept.clone()));
+                        Some(kept)
+                    }
+                    Err(e) => {
+                        log::warn!("keeping {} as {}: {e}", path.display(), kept.display());
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        if !members.is_empty() {
+            st.sizer.job_ended();
+        }
+        (members, kept)
     };
-    let Some(mut w) = waiting else {
-        return;
-    };
-    let label = path.display().to_string();
-    // A volunteer's bundle is read under a guard: a panic fails this task with its message,
-    // and the spool thread goes on.
-    let outcome = crate::guard::contain(|| {
-        crate::crash::panic_point("boinc-result", Some(task.0));
-        bytes
-            .map_err(InterfaceError::new)
-            .and_then(|bytes| Execution::from_result_bundle_of(&bytes, &label, &w.task))
-            .map_err(|e| {
-                InterfaceError::new(format!(
-                    "BOINC workunit {wu}: bad result bundle from the volunteer: {e}"
-                ))
-            })
-    })
-    .unwrap_or_else(|panic| {
-        Err(InterfaceError::new(format!(
-            "BOINC workunit {wu}: internal error while reading its result: {panic}"
-        )))
-    });
+    shared.cond.notify_all();
+    // Under a guard: a panic drops the members still held, and each of them fails
+    // ("dropped without an outcome") instead of waiting for ever.
+    if let Err(panic) =
+        crate::guard::contain(|| deliver_pack(shared, wu, kept.as_deref().unwrap_or(path), members))
+    {
+        log::error!("BOINC workunit {wu}: internal error while reading its pack result: {panic}");
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+/// Reads pack result `path` of workunit `wu` for `members` and reports each one's outcome.
+fn deliver_pack(shared: &Shared, wu: &WuName, path: &Path, members: Vec<Waiting>) {
+    let Some(first) = members.first() else { return };
+    let scratch = first.task.staging_dir.clone();
+    let tasks: Vec<Arc<PreparedTask>> = members.iter().map(|w| w.task.clone()).collect();
+    let read = crate::pack::read_pack_result(path, &tasks, &scratch);
+    let mut by_id: HashMap<TaskId, Waiting> = members.into_iter().map(|w| (w.task.id, w)).collect();
+    match read {
+        Ok(pack) => {
+            for (id, outcome) in pack.results {
+                if let Some(w) = by_id.remove(&id) {
+                    let outcome = outcome.map_err(|InterfaceError(e, ran)| {
+                        InterfaceError(
+                            format!("BOINC workunit {wu}: bad result in the volunteer's pack result: {e}"),
+                            ran,
+                        )
+                    });
+                    report(shared, w, outcome);
+                }
+            }
+            for (id, why) in pack.missing {
+                if let Some(w) = by_id.remove(&id) {
+                    requeue(shared, w, wu, &why);
+                }
+            }
+        }
+        Err(e) => {
+            let e = InterfaceError::new(format!(
+                "BOINC workunit {wu}: bad pack result from the volunteer: {e}"
+            ));
+            for (_, w) in by_id.drain() {
+                report(shared, w, Err(e.clone()));
+            }
+        }
+    }
+    for (_, w) in by_id {
+        requeue(shared, w, wu, "the pack result did not account for it");
+    }
+}
+
+/// Hands one task its outcome (counting it, and recording its run time for pack sizes).
+fn report(shared: &Shared, mut w: Waiting, outcome: Result<Execution, InterfaceError>) {
     {
         let mut st = shared.lock();
         match &outcome {
-            Ok(_) => st.completed += 1,
+            Ok(e) => {
+                st.completed += 1;
+                st.sizer.record(e.wall);
+            }
             Err(_) => st.failed += 1,
         }
     }
     if let Some(done) = w.done.take() {
         done.finish(outcome);
     }
-    let _ = std::fs::remove_file(&path);
+}
+
+/// A member of pack `wu` without a result in the pack result: packed again in a later
+/// workunit, at most [`MAX_PACK_REQUEUES`] times, then failed.
+fn requeue(shared: &Shared, mut w: Waiting, wu: &WuName, why: &str) {
+    let id = w.task.id;
+    if w.requeues >= MAX_PACK_REQUEUES {
+        let msg = format!(
+            "BOINC workunit {wu}: its pack came back without a result for {id} ({why}), \
+             {MAX_PACK_REQUEUES} times before; not submitting it again"
+        );
+        return report(shared, w, Err(InterfaceError::new(msg)));
+    }
+    log::warn!("BOINC workunit {wu} came back without a result for {id} ({why}); packing it again");
+    let Some(done) = w.done.take() else { return };
+    let mut st = shared.lock();
+    if st.shut_down {
+        drop(st);
+        // Left for `mw resume`, which finds its pack again by its handle.
+        done.abandon();
+        return;
+    }
+    st.queue.push_back(Pending {
+        task: w.task.clone(),
+        done,
+        wu: None,
+        since: std::time::Instant::now(),
+        requeues: w.requeues + 1,
+    });
+    drop(st);
+    shared.cond.notify_all();
+}
+
+/// A member of a re-attached pack whose workunit came back before it was re-attached.
+pub(super) fn finish_late_member(shared: &Shared, w: Waiting, c: Concluded) {
+    match c {
+        Concluded::Result(path) => {
+            let wu = w.wu.clone();
+            deliver_pack(shared, &wu, &path, vec![w]);
+        }
+        Concluded::Error(message) => {
+            let id = w.task.id;
+            report(
+                shared,
+                w,
+                Err(InterfaceError::new(format!("{id}: {message}"))),
+            );
+        }
+    }
 }
 
 /// Reads at most [`MAX_ERROR_RECORD_BYTES`] of a file as text.
@@ -162,13 +324,6 @@ fn take_error(shared: &Shared, wu: &WuName) {
     let Ok(text) = read_capped(&path) else {
         return;
     };
-    let (waiting, task) = {
-        let mut st = shared.lock();
-        let Some(task) = st.by_wu.remove(wu) else {
-            return;
-        };
-        (st.waiting.remove(&task), task)
-    };
     let message = crate::guard::contain(|| match ErrorRecord::from_text(&text) {
         Ok(rec) => rec.describe(),
         Err(e) => format!(
@@ -180,48 +335,73 @@ fn take_error(shared: &Shared, wu: &WuName) {
     .unwrap_or_else(|panic| {
         format!("BOINC workunit {wu} failed; internal error reading its error record: {panic}")
     });
-    shared.lock().failed += 1;
-    if let Some(done) = waiting.and_then(|mut w| w.done.take()) {
-        done.finish(Err(InterfaceError::new(format!("{task}: {message}"))));
+    let members = {
+        let mut st = shared.lock();
+        let members = take_members(&mut st, wu);
+        if wu.is_pack() {
+            if st.reattached.contains(wu) {
+                st.concluded
+                    .insert(wu.clone(), Concluded::Error(message.clone()));
+            }
+            if !members.is_empty() {
+                st.sizer.job_ended();
+            }
+        }
+        members
+    };
+    shared.cond.notify_all();
+    for w in members {
+        let id = w.task.id;
+        report(
+            shared,
+            w,
+            Err(InterfaceError::new(format!("{id}: {message}"))),
+        );
     }
     let _ = std::fs::remove_file(&path);
 }
 
-/// Fails (and cancels in BOINC) every task waiting longer than the job's deadline.
+/// Fails (and cancels in BOINC) every task waiting longer than the job's deadline (every
+/// member of a pack once its oldest member is late).
 fn check_deadline(shared: &Shared) {
     let Some(deadline) = shared.job_deadline else {
         return;
     };
-    let expired: Vec<(TaskId, super::Waiting)> = {
+    let expired: Vec<(WuName, Vec<Waiting>)> = {
         let mut st = shared.lock();
-        let late: Vec<TaskId> = st
+        let mut late: Vec<WuName> = st
             .waiting
-            .iter()
-            .filter(|(_, w)| w.since.elapsed() > deadline && !st.creating.contains(&w.wu))
-            .map(|(t, _)| *t)
+            .values()
+            .filter(|w| w.since.elapsed() > deadline && !st.creating.contains(&w.wu))
+            .map(|w| w.wu.clone())
             .collect();
+        late.sort();
+        late.dedup();
         let mut out = Vec::new();
-        for t in late {
-            if let Some(w) = st.waiting.remove(&t) {
-                st.by_wu.remove(&w.wu);
-                st.cancelled_wus.insert(w.wu.clone());
-                st.failed += 1;
-                out.push((t, w));
+        for wu in late {
+            let members = take_members(&mut st, &wu);
+            st.cancelled_wus.insert(wu.clone());
+            st.failed += members.len() as u64;
+            if wu.is_pack() {
+                st.sizer.job_ended();
             }
+            out.push((wu, members));
         }
         out
     };
-    for (task, mut w) in expired {
-        mark_cancelled(&shared.spool, &w.wu);
-        let how = run_cancel_jobs(&shared.project, &w.wu);
-        if let Some(done) = w.done.take() {
-            done.finish(Err(InterfaceError::new(format!(
-                "{task}: BOINC workunit {} reached no quorum within the job's deadline of {} s \
-                 (too few hosts returned agreeing results; with one result per host, a failure \
-                 needs max_error_results + 1 hosts and a disagreement quorum + 2); {how}",
-                w.wu,
-                deadline.as_secs()
-            ))));
+    for (wu, members) in expired {
+        mark_cancelled(&shared.spool, &wu);
+        let how = run_cancel_jobs(&shared.project, &wu);
+        for mut w in members {
+            let task = w.task.id;
+            if let Some(done) = w.done.take() {
+                done.finish(Err(InterfaceError::new(format!(
+                    "{task}: BOINC workunit {wu} reached no quorum within the job's deadline of {} s \
+                     (too few hosts returned agreeing results; with one result per host, a failure \
+                     needs max_error_results + 1 hosts and a disagreement quorum + 2); {how}",
+                    deadline.as_secs()
+                ))));
+            }
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Staging input files into the project's download hierarchy, as `create_work` expects them:
+//! Staging input files into the project's download hierarchy, as `create_work` expects them
+//! (a task's bundle, or a pack's):
 //! `download/<h>/<name>` with BOINC's md5 fanout and a `<name>.md5` cache file
 //! (`"<md5> <nbytes as %e>"`). Files are immutable by name: an existing file with other
 //! content is an error, never overwritten. Files are written atomically but synced once per
@@ -109,12 +110,11 @@ pub(super) struct StagedTask {
     pub fresh_task_file: Option<PathBuf>,
 }
 
-/// Stages the program (once) and the task bundle of `task` under workunit name `wu`.
-pub(super) fn stage_task(
+/// Stages the program bundle of `task` (once per master) and returns it with its name.
+fn stage_program(
     shared: &Shared,
     task: &PreparedTask,
-    wu: WuName,
-) -> Result<StagedTask, InterfaceError> {
+) -> Result<(crate::task::ProgramBundle, String), InterfaceError> {
     let program = task
         .spec
         .program
@@ -128,11 +128,60 @@ pub(super) fn stage_task(
         stage_file(&shared.layout, &prog_name, &bytes)?;
         shared.lock().staged_programs.insert(prog_name.clone());
     }
+    Ok((program, prog_name))
+}
+
+/// Stages the program (once) and the task bundle of `task` under workunit name `wu`.
+pub(super) fn stage_task(
+    shared: &Shared,
+    task: &PreparedTask,
+    wu: WuName,
+) -> Result<StagedTask, InterfaceError> {
+    let (program, prog_name) = stage_program(shared, task)?;
     let task_name = wu.task_file_name();
     let bytes = task
         .task_bundle_bytes(&program)
         .map_err(|e| InterfaceError::new(format!("packing the task bundle: {e}")))?;
     let staged = stage_file(&shared.layout, &task_name, &bytes)?;
+    for word in [wu.as_str(), &prog_name, &task_name] {
+        if !is_safe_name(word) {
+            return Err(InterfaceError::new(format!(
+                "{word:?} is not shell-safe; refusing to pass it to create_work"
+            )));
+        }
+    }
+    let line = format!("--wu_name {wu} {prog_name} {task_name}\n");
+    Ok(StagedTask {
+        wu,
+        line,
+        fresh_task_file: match staged {
+            Staged::Written(p) => Some(p),
+            Staged::Present(_) => None,
+        },
+    })
+}
+
+/// Stages the program (once) and the pack bundle of `tasks` under workunit name `wu`. For a
+/// resumed pending pack (`resumed`), a pack bundle already staged under that name is used as
+/// it is: it may list members that have finished since, whose results are then ignored.
+pub(super) fn stage_pack(
+    shared: &Shared,
+    tasks: &[std::sync::Arc<PreparedTask>],
+    wu: WuName,
+    resumed: bool,
+) -> Result<StagedTask, InterfaceError> {
+    let first = tasks
+        .first()
+        .ok_or_else(|| InterfaceError::new("an empty pack"))?;
+    let (program, prog_name) = stage_program(shared, first)?;
+    let task_name = wu.task_file_name();
+    let existing = shared.layout.download_dir_for(&task_name).join(&task_name);
+    let staged = if resumed && existing.is_file() {
+        Staged::Present(existing)
+    } else {
+        let bytes = crate::pack::pack_bundle_bytes(tasks, &program)?;
+        stage_file(&shared.layout, &task_name, &bytes)?
+    };
     for word in [wu.as_str(), &prog_name, &task_name] {
         if !is_safe_name(word) {
             return Err(InterfaceError::new(format!(

@@ -1,6 +1,7 @@
 //! Batches: tasks that arrive within the batch window become one cluster. Stages task
-//! bundles, writes the submit description and item file (condor-kit), records the batch's
-//! identity before `condor_submit` runs, submits, and hands the job handles to the master.
+//! bundles (or, with packing, forms packs and stages one pack bundle per job), writes the
+//! submit description and item file (condor-kit), records the batch's identity before
+//! `condor_submit` runs, submits, and hands the job handles to the master.
 //! This module must never know about the journal or the job-file format.
 
 use super::reattach::write_cluster_marker;
@@ -26,6 +27,22 @@ pub(super) fn safe_name(s: &str) -> String {
     out
 }
 
+/// The files of a pack job whose first task is `first` (one pack per first task per batch).
+pub(super) fn pack_files(dir: &Path, first: TaskId, program_bundle: PathBuf) -> TaskFiles {
+    let stem = format!("{PACK_PREFIX}{}", first.0);
+    TaskFiles {
+        dir: dir.to_path_buf(),
+        task_bundle: dir.join(format!("{stem}.mwt")),
+        result: dir.join(format!("{stem}.result")),
+        stdout: dir.join(format!("{stem}.out")),
+        stderr: dir.join(format!("{stem}.err")),
+        program_bundle,
+    }
+}
+
+/// How a pack bundle's file name starts (a lone task's starts with `task-`).
+pub(super) const PACK_PREFIX: &str = "pack-";
+
 pub(super) fn task_files(dir: &Path, task: &PreparedTask, program_bundle: PathBuf) -> TaskFiles {
     let stem = format!("task-{}-a{}", task.id.0, task.attempt);
     TaskFiles {
@@ -44,7 +61,7 @@ pub(super) fn batch_spec(
     batch_name: &str,
     dir: &Path,
     program_bundle: &Path,
-    tasks: &[(TaskId, TaskFiles)],
+    tasks: &[(Vec<TaskId>, TaskFiles)],
 ) -> SubmitSpec {
     SubmitSpec {
         batch_name: batch_name.to_string(),
@@ -59,8 +76,8 @@ pub(super) fn batch_spec(
         max_retries: settings.max_retries,
         items: tasks
             .iter()
-            .map(|(id, f)| SubmitItem {
-                task_index: id.0,
+            .map(|(ids, f)| SubmitItem {
+                task_index: ids.first().map_or(0, |id| id.0),
                 task_bundle: f.task_bundle.clone(),
                 result_bundle: f
                     .result
@@ -106,9 +123,27 @@ pub fn preview_submit(
             staging_dir: work_dir.to_path_buf(),
         };
         tasks.push((
-            prepared.id,
+            vec![prepared.id],
             task_files(&dir, &prepared, program_bundle.clone()),
         ));
+    }
+    // Packed (`tasks_per_job` > 1): one job per pack of that many tasks (with a target job
+    // time, the first job would carry one task; the preview shows the largest packs).
+    let per = settings
+        .tasks_per_job
+        .clamp(1, crate::pack::MAX_TASKS_PER_PACK);
+    if per > 1 {
+        tasks = tasks
+            .chunks(per)
+            .map(|c| match c {
+                [one] => one.clone(),
+                _ => {
+                    let ids: Vec<TaskId> = c.iter().flat_map(|(ids, _)| ids.clone()).collect();
+                    let files = pack_files(&dir, ids[0], program_bundle.clone());
+                    (ids, files)
+                }
+            })
+            .collect();
     }
     let name = format!("{}-b1", safe_name(job_name));
     let spec = batch_spec(settings, &name, &dir, &program_bundle, &tasks);
@@ -134,11 +169,16 @@ pub(super) fn stage(task: &PreparedTask) -> Result<(Vec<u8>, PathBuf), Interface
 
 pub(super) fn submit_loop(shared: &Shared) {
     loop {
-        let (batch, taken) = {
+        let (batch, taken, packs) = {
             let mut st = shared.lock();
             loop {
                 if st.shut_down {
                     return;
+                }
+                if shared.packing && st.sizer.waiting() {
+                    // The others wait for the probe job's run time.
+                    st = shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+                    continue;
                 }
                 match (st.first_pending, st.last_pending) {
                     (Some(first), Some(last)) => {
@@ -157,6 +197,8 @@ pub(super) fn submit_loop(shared: &Shared) {
                             .unwrap_or_else(|p| p.into_inner())
                             .0;
                     }
+                    // Tasks held back for a probe, or packed tasks queued again.
+                    _ if !st.pending.is_empty() => break,
                     _ => st = shared.cond.wait(st).unwrap_or_else(|p| p.into_inner()),
                 }
             }
@@ -165,35 +207,234 @@ pub(super) fn submit_loop(shared: &Shared) {
             st.first_pending = None;
             st.last_pending = None;
             let ids = std::mem::take(&mut st.pending);
-            let mut taken = Vec::with_capacity(ids.len());
-            for id in ids {
+            // Tasks queued for a pack have no bundle yet; the others were staged alone.
+            let (for_packs, staged): (Vec<TaskId>, Vec<TaskId>) = ids
+                .into_iter()
+                .partition(|id| st.tasks.get(id).is_some_and(|t| t.files.is_queued()));
+            let packs = if for_packs.is_empty() {
+                Vec::new()
+            } else {
+                form_packs(&mut st, for_packs)
+            };
+            let mut taken = Vec::with_capacity(staged.len());
+            for id in staged {
                 if let Some(t) = st.tasks.get_mut(&id) {
                     t.phase = Phase::Submitting;
                     taken.push((id, t.files.clone(), t.task.job.clone()));
                 }
             }
-            (batch, taken)
+            (batch, taken, packs)
         };
+        if !packs.is_empty() {
+            submit_packs(shared, batch, packs);
+        }
         if taken.is_empty() {
             continue;
         }
         // One cluster per program bundle (normally exactly one).
-        let mut groups: BTreeMap<PathBuf, Vec<(TaskId, TaskFiles)>> = BTreeMap::new();
+        let mut groups: BTreeMap<PathBuf, Vec<(Vec<TaskId>, TaskFiles)>> = BTreeMap::new();
         let job = taken[0].2.clone();
         for (id, files, _) in taken {
             groups
                 .entry(files.program_bundle.clone())
                 .or_default()
-                .push((id, files));
+                .push((vec![id], files));
         }
         for (k, (program, tasks)) in groups.into_iter().enumerate() {
             let dir = tasks[0].1.dir.clone();
-            let name = if k == 0 {
-                format!("{}-b{batch}-{}", safe_name(&job), batch_nonce())
-            } else {
-                format!("{}-b{batch}-{k}-{}", safe_name(&job), batch_nonce())
+            submit_group(shared, &group_name(&job, batch, k), &dir, &program, tasks);
+        }
+    }
+}
+
+/// The name of the `k`-th cluster of batch `batch` (one per program bundle).
+fn group_name(job: &str, batch: u64, k: usize) -> String {
+    if k == 0 {
+        format!("{}-b{batch}-{}", safe_name(job), batch_nonce())
+    } else {
+        format!("{}-b{batch}-{k}-{}", safe_name(job), batch_nonce())
+    }
+}
+
+/// Packing: queues a task to be packed when its batch is submitted (its program bundle is
+/// made now, once per program; its task bundle goes into the pack bundle then).
+pub(super) fn queue_for_pack(shared: &Shared, task: Arc<PreparedTask>, done: Completion) {
+    let program = match task.spec.program.bundle(&task.staging_dir) {
+        Ok(p) => std::path::absolute(&p.path).unwrap_or(p.path),
+        Err(e) => {
+            return done.finish(Err(InterfaceError::new(format!(
+                "packing the program bundle: {e}"
+            ))))
+        }
+    };
+    let mut st = shared.lock();
+    if st.shut_down {
+        drop(st);
+        return done.finish(Err(InterfaceError::new(
+            "the HTCondor interface was shut down",
+        )));
+    }
+    let files = TaskFiles::queued(program);
+    let id = task.id;
+    st.tasks
+        .insert(id, Tracked::new(task, done, None, files, Phase::Pending));
+    st.pending.push(id);
+    let now = Instant::now();
+    st.first_pending.get_or_insert(now);
+    st.last_pending = Some(now);
+    drop(st);
+    shared.cond.notify_all();
+}
+
+/// True for a task of a streaming program (its tasks always run in packs).
+pub(super) fn is_stream(task: &PreparedTask) -> bool {
+    task.spec.program.mode() == crate::task::ProgramMode::Stream
+}
+
+/// Splits the tasks taken for a batch into packs (per program bundle and mode, in arrival
+/// order) of the sizes the sizer gives; tasks it holds back (waiting for a probe) stay
+/// pending.
+fn form_packs(st: &mut State, ids: Vec<TaskId>) -> Vec<Vec<Arc<PreparedTask>>> {
+    let mut groups: Vec<((PathBuf, bool), Vec<TaskId>)> = Vec::new();
+    for id in ids {
+        let Some(t) = st.tasks.get(&id) else { continue };
+        let key = (t.files.program_bundle.clone(), is_stream(&t.task));
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, g)) => g.push(id),
+            None => groups.push((key, vec![id])),
+        }
+    }
+    let mut packs = Vec::new();
+    for (_, group) in groups {
+        let mut rest: &[TaskId] = &group;
+        while !rest.is_empty() {
+            let Some(n) = st.sizer.next_size() else {
+                st.pending.extend_from_slice(rest);
+                break;
             };
-            submit_group(shared, &name, &dir, &program, tasks);
+            let (pack, after) = rest.split_at(n.min(rest.len()));
+            rest = after;
+            let mut members = Vec::with_capacity(pack.len());
+            for id in pack {
+                if let Some(t) = st.tasks.get_mut(id) {
+                    t.phase = Phase::Submitting;
+                    members.push(t.task.clone());
+                }
+            }
+            packs.push(members);
+        }
+    }
+    packs
+}
+
+/// Stages each pack (a lone task as a plain task bundle, more as a pack bundle) in the
+/// batch's directory and submits one cluster per program bundle.
+fn submit_packs(shared: &Shared, batch: u64, packs: Vec<Vec<Arc<PreparedTask>>>) {
+    let dir = shared.settings.work_dir.join(format!("batch-{batch}"));
+    let mut groups: BTreeMap<PathBuf, Vec<(Vec<TaskId>, TaskFiles)>> = BTreeMap::new();
+    let mut job = String::new();
+    for pack in packs {
+        let Some(first) = pack.first() else { continue };
+        job.clone_from(&first.job);
+        let staged = stage_pack(&dir, &pack);
+        let mut st = shared.lock();
+        match staged {
+            Ok(files) => {
+                let packed = pack.len() > 1 || is_stream(first);
+                for t in &pack {
+                    if let Some(tr) = st.tasks.get_mut(&t.id) {
+                        tr.files = files.clone();
+                        tr.packed = packed;
+                    }
+                }
+                groups
+                    .entry(files.program_bundle.clone())
+                    .or_default()
+                    .push((pack.iter().map(|t| t.id).collect(), files));
+            }
+            Err(e) => {
+                let mut done = Vec::new();
+                for t in &pack {
+                    if let Some(mut tr) = st.tasks.remove(&t.id) {
+                        st.finished += 1;
+                        done.extend(tr.done.take());
+                    }
+                }
+                st.sizer.job_ended();
+                drop(st);
+                for d in done {
+                    d.finish(Err(e.clone()));
+                }
+            }
+        }
+    }
+    for (k, (program, jobs)) in groups.into_iter().enumerate() {
+        submit_group(shared, &group_name(&job, batch, k), &dir, &program, jobs);
+    }
+}
+
+/// Writes the bundle of one pack into `dir`: a lone task's own task bundle, or a pack bundle
+/// (always for a streaming program's tasks).
+fn stage_pack(dir: &Path, pack: &[Arc<PreparedTask>]) -> Result<TaskFiles, InterfaceError> {
+    let first = pack
+        .first()
+        .ok_or_else(|| InterfaceError::new("an empty pack"))?;
+    let program = first
+        .spec
+        .program
+        .bundle(&first.staging_dir)
+        .map_err(|e| InterfaceError::new(format!("packing the program bundle: {e}")))?;
+    let program_path = std::path::absolute(&program.path).unwrap_or(program.path.clone());
+    let (files, bytes) = if pack.len() == 1 && !is_stream(first) {
+        let (bytes, path) = stage(first)?;
+        (task_files(dir, first, path), bytes)
+    } else {
+        let bytes = crate::pack::pack_bundle_bytes(pack, &program)?;
+        (pack_files(dir, first.id, program_path), bytes)
+    };
+    std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(&files.task_bundle, &bytes))
+        .map_err(|e| {
+            InterfaceError::new(format!(
+                "staging the task bundle {}: {e}",
+                files.task_bundle.display()
+            ))
+        })?;
+    Ok(files)
+}
+
+/// Cancels `task`, a member of a pack already submitted: it is reported cancelled at once
+/// and leaves its job, whose other members run on (its result is ignored if it comes
+/// back); a job left without members is removed from the pool.
+pub(super) fn cancel_packed(shared: &Shared, mut st: MutexGuard<'_, State>, task: TaskId) {
+    let Some(mut t) = st.tasks.remove(&task) else {
+        return;
+    };
+    let Some(h) = t.handle else { return };
+    let mut empty = false;
+    if let Some(members) = st.by_handle.get_mut(&h) {
+        members.retain(|m| *m != task);
+        empty = members.is_empty();
+    }
+    st.finished += 1;
+    if empty {
+        st.sizer.job_ended();
+    }
+    drop(st);
+    shared.cond.notify_all();
+    if let Some(d) = t.done.take() {
+        d.finish(Err(InterfaceError::new(format!(
+            "cancelled: it was packed in HTCondor job {h} with other tasks, which run on{}",
+            if empty {
+                "; none was left, so the job is removed"
+            } else {
+                "; its result will be ignored"
+            }
+        ))));
+    }
+    if empty {
+        if let Err(e) = shared.settings.cli.remove(&[h]) {
+            eprintln!("mw: condor: removing job {h}, whose tasks were all cancelled: {e}");
         }
     }
 }
@@ -213,15 +454,16 @@ pub(super) fn batch_nonce() -> String {
     format!("{:08x}", h.finish() as u32)
 }
 
+/// Submits one cluster: `jobs` are (the job's tasks, the job's files), one job each.
 pub(super) fn submit_group(
     shared: &Shared,
     name: &str,
     dir: &Path,
     program: &Path,
-    tasks: Vec<(TaskId, TaskFiles)>,
+    jobs: Vec<(Vec<TaskId>, TaskFiles)>,
 ) {
     let settings = &shared.settings;
-    let spec = batch_spec(settings, name, dir, program, &tasks);
+    let spec = batch_spec(settings, name, dir, program, &jobs);
     let sink = shared.sink.lock().ok().and_then(|s| s.clone());
     let submitted = write_submit_files(&spec, dir, settings.template.as_deref())
         .map_err(|e| format!("writing the submit description: {e}"))
@@ -230,11 +472,14 @@ pub(super) fn submit_group(
             // the schedd can know the batch: a master killed while condor_submit runs leaves
             // `submitting:` handles, and `mw resume` finds the cluster by its name.
             if let Some(sink) = &sink {
-                for (proc, (id, _)) in tasks.iter().enumerate() {
-                    sink.record_handle(*id, &pending_handle(name, proc as u64));
+                for (proc, (ids, _)) in jobs.iter().enumerate() {
+                    for id in ids {
+                        sink.record_handle(*id, &pending_handle(name, proc as u64));
+                    }
                 }
                 sink.flush();
             }
+            crate::crash::point("condor-before-submit");
             sub
         })
         .and_then(|sub| {
@@ -244,11 +489,11 @@ pub(super) fn submit_group(
                 .map_err(|e| format!("submitting {}: {e}", sub.display()))
         })
         .and_then(|handles| {
-            if handles.len() != tasks.len() {
+            if handles.len() != jobs.len() {
                 return Err(format!(
                     "condor_submit reported {} jobs for {} tasks",
                     handles.len(),
-                    tasks.len()
+                    jobs.len()
                 ));
             }
             Ok(handles)
@@ -258,13 +503,17 @@ pub(super) fn submit_group(
         Err(msg) => {
             let mut done = Vec::new();
             let mut st = shared.lock();
-            for (id, _) in &tasks {
-                if let Some(mut t) = st.tasks.remove(id) {
-                    st.finished += 1;
-                    done.push((t.done.take(), t.cancel_requested));
+            for (ids, _) in &jobs {
+                for id in ids {
+                    if let Some(mut t) = st.tasks.remove(id) {
+                        st.finished += 1;
+                        done.push((t.done.take(), t.cancel_requested));
+                    }
                 }
+                st.sizer.job_ended();
             }
             drop(st);
+            shared.cond.notify_all();
             for (d, cancelled) in done.into_iter() {
                 if let Some(d) = d {
                     let m = if cancelled {
@@ -278,6 +527,7 @@ pub(super) fn submit_group(
             return;
         }
     };
+    crate::crash::point("condor-after-submit");
     let cluster = handles[0].cluster;
     if let Err(e) = write_cluster_marker(dir, name, cluster) {
         eprintln!(
@@ -286,30 +536,44 @@ pub(super) fn submit_group(
         );
     }
     let mut to_remove = Vec::new();
+    let mut cancel_members = Vec::new();
     {
         let mut st = shared.lock();
         st.batches += 1;
         st.jobs_submitted += handles.len() as u64;
-        for ((id, _), h) in tasks.iter().zip(&handles) {
-            if let Some(t) = st.tasks.get_mut(id) {
-                t.handle = Some(*h);
-                t.phase = Phase::Idle;
-                if t.cancel_requested {
-                    to_remove.push(*h);
+        for ((ids, _), h) in jobs.iter().zip(&handles) {
+            let mut members = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(t) = st.tasks.get_mut(id) {
+                    t.handle = Some(*h);
+                    t.phase = Phase::Idle;
+                    if t.cancel_requested {
+                        if t.packed {
+                            cancel_members.push(*id);
+                        } else {
+                            to_remove.push(*h);
+                        }
+                    }
+                    members.push(*id);
                 }
-                st.by_handle.insert(*h, *id);
             }
+            st.by_handle.insert(*h, members);
         }
     }
     if let Some(sink) = sink {
-        for ((id, _), h) in tasks.iter().zip(&handles) {
-            sink.record_handle(*id, &h.to_string());
+        for ((ids, _), h) in jobs.iter().zip(&handles) {
+            for id in ids {
+                sink.record_handle(*id, &h.to_string());
+            }
         }
     }
     // Only now: every event of the log finds its task.
     add_log(shared, &dir.join(format!("{name}.log")));
     if !to_remove.is_empty() {
         let _ = settings.cli.remove(&to_remove);
+    }
+    for id in cancel_members {
+        cancel_packed(shared, shared.lock(), id);
     }
 }
 

@@ -1,6 +1,7 @@
 //! Job events: turns what a batch's event log (and, where the log says too little, the
-//! schedd) reports about a job into its task's phase and, at the end, its outcome.
-//! This module must never know about the journal or the job-file format.
+//! schedd) reports about a job into its tasks' phase and, at the end, their outcomes (a
+//! pack's members each get their own result from the pack result; a member without one is
+//! queued again). This module must never know about the journal or the job-file format.
 
 use super::*;
 use crate::task::RunFacts;
@@ -30,6 +31,7 @@ pub(super) fn event_loop(shared: &Shared, rx: Receiver<WatchMessage>) {
 }
 
 /// What an event means for its task.
+#[derive(Debug, Clone)]
 pub(super) enum Outcome {
     /// Read the result bundle (return value of mw-worker).
     Exited(i64),
@@ -44,14 +46,20 @@ pub(super) enum Outcome {
 pub(super) fn on_event(shared: &Shared, ev: LogEvent) {
     let Some(h) = ev.handle() else { return };
     let mut st = shared.lock();
-    let Some(&id) = st.by_handle.get(&h) else {
+    let Some(members) = st.by_handle.get(&h).cloned() else {
         st.unclaimed.entry(h).or_default().push(ev);
         return;
     };
-    let outcome = apply(&mut st, shared.settings.on_hold, id, h, &ev);
+    // Every member of a job sees its events; the first outcome is the job's.
+    let mut outcome = None;
+    for id in members {
+        if let Some(o) = apply(&mut st, shared.settings.on_hold, id, h, &ev) {
+            outcome.get_or_insert(o);
+        }
+    }
     drop(st);
     if let Some(o) = outcome {
-        conclude(shared, id, h, o);
+        conclude(shared, h, o);
     }
 }
 
@@ -130,17 +138,23 @@ pub(super) fn apply(
     None
 }
 
-pub(super) fn take_task(shared: &Shared, id: TaskId, h: JobHandle) -> Option<Tracked> {
-    let mut st = shared.lock();
-    if st.tasks.get(&id).map(|t| t.handle) != Some(Some(h)) {
-        return None;
+/// Takes the tasks of job `h` that are still waiting for it (all members of a pack).
+pub(super) fn take_members(st: &mut State, h: JobHandle) -> Vec<Tracked> {
+    let ids = st
+        .by_handle
+        .get_mut(&h)
+        .map(std::mem::take)
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if st.tasks.get(&id).map(|t| t.handle) == Some(Some(h)) {
+            out.extend(st.tasks.remove(&id));
+        }
     }
-    let t = st.tasks.remove(&id)?;
-    st.finished += 1;
-    Some(t)
+    out
 }
 
-pub(super) fn conclude(shared: &Shared, id: TaskId, h: JobHandle, outcome: Outcome) {
+pub(super) fn conclude(shared: &Shared, h: JobHandle, outcome: Outcome) {
     if let Outcome::CheckQueue(msg) = &outcome {
         // Still queued: HTCondor will run it again; keep waiting.
         match shared.settings.cli.query_jobs(&[h.cluster]) {
@@ -152,24 +166,167 @@ pub(super) fn conclude(shared: &Shared, id: TaskId, h: JobHandle, outcome: Outco
             }
         }
     }
-    let Some(mut t) = take_task(shared, id, h) else {
-        return;
+    let members = {
+        let mut st = shared.lock();
+        let members = take_members(&mut st, h);
+        if st.reattached.contains(&h) {
+            // Members of this pack re-attached later get the same outcome.
+            st.concluded.insert(h, outcome.clone());
+        }
+        if !members.is_empty() {
+            st.sizer.job_ended();
+        }
+        members
     };
-    // What came back from the pool is read under a guard: a panic fails this task with its
-    // message, and the event thread goes on.
-    let result =
-        crate::guard::contain(|| outcome_of(shared, &t, h, outcome)).unwrap_or_else(|panic| {
-            Err(InterfaceError::new(format!(
-                "HTCondor job {h}: internal error while reading its outcome: {panic}"
-            )))
-        });
+    shared.cond.notify_all();
+    finish_members(shared, h, members, outcome);
+}
+
+/// Reports the outcome of job `h` to `members` (its tasks): a lone task as always; a pack's
+/// members each from the pack result, or all with the job's error.
+pub(super) fn finish_members(
+    shared: &Shared,
+    h: JobHandle,
+    mut members: Vec<Tracked>,
+    outcome: Outcome,
+) {
+    if members.len() == 1 && !members[0].packed {
+        if let Some(t) = members.pop() {
+            // What came back from the pool is read under a guard: a panic fails this task
+            // with its message, and the event thread goes on.
+            let result = crate::guard::contain(|| job_result(shared, &t, h, outcome))
+                .unwrap_or_else(|panic| {
+                    Err(InterfaceError::new(format!(
+                        "HTCondor job {h}: internal error while reading its outcome: {panic}"
+                    )))
+                });
+            report(shared, t, result);
+        }
+        return;
+    }
+    let Some(first) = members.first() else { return };
+    match outcome {
+        Outcome::Exited(rv @ (0 | 1)) if first.files.result.exists() => {
+            // Under a guard too: a panic drops the members still held, and each of them
+            // fails ("dropped without an outcome") instead of waiting for ever.
+            if let Err(panic) = crate::guard::contain(|| finish_pack(shared, h, rv, members)) {
+                log::error!(
+                    "HTCondor job {h}: internal error while reading its pack result: {panic}"
+                );
+            }
+        }
+        outcome => {
+            let error = job_result(shared, first, h, outcome)
+                .err()
+                .unwrap_or_else(|| InterfaceError::new(format!("HTCondor job {h} ended")));
+            for t in members {
+                report(shared, t, Err(error.clone()));
+            }
+        }
+    }
+}
+
+/// Hands one task its outcome (recording its run time for pack sizes).
+fn report(shared: &Shared, mut t: Tracked, result: Result<Execution, InterfaceError>) {
+    {
+        let mut st = shared.lock();
+        st.finished += 1;
+        if let Ok(e) = &result {
+            st.sizer.record(e.wall);
+        }
+    }
     if let Some(d) = t.done.take() {
         d.finish(result);
     }
 }
 
-/// The task's outcome from what the event said and what came back.
-fn outcome_of(
+/// Reads the pack result of job `h` (which exited `rv`) for its `members`.
+fn finish_pack(shared: &Shared, h: JobHandle, rv: i64, members: Vec<Tracked>) {
+    let Some(first) = members.first() else { return };
+    let path = first.files.result.clone();
+    let stderr = first.files.stderr.clone();
+    let scratch = first.files.dir.clone();
+    let tasks: Vec<Arc<PreparedTask>> = members.iter().map(|t| t.task.clone()).collect();
+    let read = crate::pack::read_pack_result(&path, &tasks, &scratch);
+    let mut by_id: HashMap<TaskId, Tracked> = members.into_iter().map(|t| (t.task.id, t)).collect();
+    match read {
+        Ok(pack) => {
+            for (id, result) in pack.results {
+                if let Some(t) = by_id.remove(&id) {
+                    let result = result.map_err(|InterfaceError(e, ran)| {
+                        InterfaceError(
+                            format!("HTCondor job {h}: bad result in its pack result: {e}"),
+                            ran,
+                        )
+                    });
+                    report(shared, t, result);
+                }
+            }
+            for (id, why) in pack.missing {
+                if let Some(t) = by_id.remove(&id) {
+                    requeue(shared, t, h, &why);
+                }
+            }
+        }
+        Err(e) => {
+            let error = InterfaceError::new(format!(
+                "HTCondor job {h} (mw-worker exit {rv}): bad pack result: {e}{}",
+                stderr_tail(&stderr)
+            ));
+            for (_, t) in by_id.drain() {
+                report(shared, t, Err(error.clone()));
+            }
+        }
+    }
+    // Anything left (cannot happen: every member is a result or missing) is not lost.
+    for (_, t) in by_id {
+        requeue(shared, t, h, "the pack result did not account for it");
+    }
+}
+
+/// A member of pack job `h` without a result in the pack result: submitted again in a later
+/// pack, at most [`MAX_PACK_REQUEUES`] times, then failed.
+fn requeue(shared: &Shared, mut t: Tracked, h: JobHandle, why: &str) {
+    let id = t.task.id;
+    t.requeues += 1;
+    if t.requeues > MAX_PACK_REQUEUES {
+        let msg = format!(
+            "HTCondor job {h}: its pack came back without a result for {id} ({why}), \
+             {MAX_PACK_REQUEUES} times before; not submitting it again"
+        );
+        return report(shared, t, Err(InterfaceError::new(msg)));
+    }
+    eprintln!(
+        "mw: condor: job {h} came back without a result for {id} ({why}); submitting it again"
+    );
+    let mut st = shared.lock();
+    if st.shut_down {
+        drop(st);
+        // Left for `mw resume`, which finds its pack again by its handle.
+        if let Some(d) = t.done.take() {
+            d.abandon();
+        }
+        return;
+    }
+    t.phase = Phase::Pending;
+    t.handle = None;
+    t.shadow = None;
+    t.ran_on = None;
+    t.packed = false;
+    // Queued for a new pack: no bundle of its own yet (its old pack's files stay where they
+    // are, for that job's record).
+    t.files = TaskFiles::queued(std::mem::take(&mut t.files.program_bundle));
+    st.tasks.insert(id, t);
+    st.pending.push(id);
+    let now = Instant::now();
+    st.first_pending.get_or_insert(now);
+    st.last_pending = Some(now);
+    drop(st);
+    shared.cond.notify_all();
+}
+
+/// The outcome of lone task `t` of job `h`, or (for a pack) the error every member gets.
+fn job_result(
     shared: &Shared,
     t: &Tracked,
     h: JobHandle,

@@ -8,8 +8,17 @@
 //! result bundles that come back, and `<batch>.cluster` (the cluster id, so a resumed master
 //! finds a batch from a `cluster.proc` handle).
 //!
-//! Parts: [`settings`] (what a program chooses), `batch` (batching and submitting), `events`
-//! (job events to task outcomes), `reattach` (resume and cancel without a master).
+//! Parts: [`settings`] (what a program chooses), `batch` (batching, packing and submitting),
+//! `events` (job events to task outcomes), `reattach` (resume and cancel without a master).
+//!
+//! **Packs** (`tasks_per_job` > 1): a job runs a pack of tasks (`pack-<first task>.mwt`, see
+//! [`crate::pack`]) and returns one pack result. Every member of a pack records the job's
+//! `cluster.proc` as its handle, so the journal maps the job to its tasks; the job's events
+//! apply to every member. The pack result is read for the members this interface knows to
+//! be in that job (what the job id vouches for); a member without a result in it is submitted
+//! again in a later pack (at most [`MAX_PACK_REQUEUES`] times). Cancelling one member reports
+//! it cancelled at once and drops it from its job, whose other members run on (its result is
+//! ignored if it comes back); the job is removed only when no member is left.
 //!
 //! This module must never know about the journal, the CLI, the job-file format or other
 //! platforms: it talks to the master only through [`Interface`], [`Completion`] and
@@ -25,15 +34,16 @@ pub use reattach::remove_leftover_jobs;
 pub use settings::{default_worker, CondorSettings, OnHold};
 
 use crate::interface::{Completion, HandleSink, Interface};
+use crate::pack::PackSizer;
 use crate::task::{Execution, InterfaceError, PreparedTask, TaskId, WorkerId};
 use batch::{add_log, stage, submit_loop, task_files};
-use events::{conclude, event_loop, on_event, Outcome};
+use events::{conclude, event_loop, finish_members, on_event, Outcome};
 use mw_condor_kit::{
     spawn_log_watcher, write_submit_files, CondorCli, EventKind, JobHandle, JobStatus, LogEvent,
     LogWatcher, SubmitItem, SubmitSpec, Termination, WatchMessage,
 };
 use reattach::pending_handle;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -42,6 +52,10 @@ use std::time::{Duration, Instant};
 
 /// The longest a task waits for more tasks to join its batch, beyond the batch window.
 const MAX_BATCH_DELAY: Duration = Duration::from_secs(30);
+
+/// How many times a packed task whose pack came back without its result is submitted again
+/// before it fails.
+pub const MAX_PACK_REQUEUES: u32 = 3;
 
 /// Where one task's files are.
 #[derive(Debug, Clone)]
@@ -52,6 +66,25 @@ struct TaskFiles {
     stdout: PathBuf,
     stderr: PathBuf,
     program_bundle: PathBuf,
+}
+
+impl TaskFiles {
+    /// A task queued for a pack: no files of its own until its pack is formed.
+    fn queued(program_bundle: PathBuf) -> Self {
+        TaskFiles {
+            dir: PathBuf::new(),
+            task_bundle: PathBuf::new(),
+            result: PathBuf::new(),
+            stdout: PathBuf::new(),
+            stderr: PathBuf::new(),
+            program_bundle,
+        }
+    }
+
+    /// True while the task waits for its pack to be formed.
+    fn is_queued(&self) -> bool {
+        self.task_bundle.as_os_str().is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +106,10 @@ struct Tracked {
     shadow: Option<String>,
     /// Where the job last started (its 001 event), so a job the pool ends keeps its run.
     ran_on: Option<String>,
+    /// Runs in a pack with other tasks (its files are the pack's).
+    packed: bool,
+    /// Times it was submitted again because its pack came back without its result.
+    requeues: u32,
 }
 
 impl Tracked {
@@ -93,6 +130,8 @@ impl Tracked {
             cancel_requested: false,
             shadow: None,
             ran_on: None,
+            packed: false,
+            requeues: 0,
         }
     }
 }
@@ -103,7 +142,8 @@ struct State {
     pending: Vec<TaskId>,
     first_pending: Option<Instant>,
     last_pending: Option<Instant>,
-    by_handle: HashMap<JobHandle, TaskId>,
+    /// Each job's tasks (one, or a pack's members); emptied when the job has ended.
+    by_handle: HashMap<JobHandle, Vec<TaskId>>,
     /// Events of jobs no task claims yet (a re-attached batch's log replays other tasks first).
     unclaimed: HashMap<JobHandle, Vec<LogEvent>>,
     open_batch: u64,
@@ -117,10 +157,18 @@ struct State {
     /// Why the interface can run no more tasks (its submit or event thread died): new tasks
     /// fail at once with this message instead of waiting for ever.
     broken: Option<String>,
+    /// Pack sizes (and the run times measured so far).
+    sizer: PackSizer,
+    /// Jobs re-attached by a resumed master, and how the ones that ended did: a member of a
+    /// pack that is re-attached after its job ended gets the same outcome.
+    reattached: HashSet<JobHandle>,
+    concluded: HashMap<JobHandle, Outcome>,
 }
 
 struct Shared {
     settings: CondorSettings,
+    /// Tasks are packed (`tasks_per_job` > 1).
+    packing: bool,
     state: Mutex<State>,
     cond: Condvar,
     sink: Mutex<Option<Arc<dyn HandleSink>>>,
@@ -172,9 +220,12 @@ impl Condor {
         settings.work_dir = work_dir.clone();
         let (rx, watcher) = spawn_log_watcher(Vec::new(), settings.poll_interval)
             .map_err(|e| InterfaceError::new(format!("starting the log watcher: {e}")))?;
+        let sizer = PackSizer::new(settings.tasks_per_job, settings.target_job_time);
         let shared = Arc::new(Shared {
+            packing: sizer.packing(),
             state: Mutex::new(State {
                 open_batch: first_free_batch(&work_dir),
+                sizer,
                 ..State::default()
             }),
             settings,
@@ -241,6 +292,11 @@ impl Interface for Condor {
         if let Some(why) = self.shared.lock().broken.clone() {
             return done.finish(Err(InterfaceError::new(why)));
         }
+        if self.shared.packing || batch::is_stream(&task) {
+            // Its bundle is made when its pack is formed, at submit time (a streaming
+            // program's tasks always go in a pack, even of one, to run through it).
+            return batch::queue_for_pack(&self.shared, task, done);
+        }
         let (bytes, program) = match stage(&task) {
             Ok(x) => x,
             Err(e) => return done.finish(Err(e)),
@@ -302,6 +358,9 @@ impl Interface for Condor {
             return;
         };
         t.cancel_requested = true;
+        if t.packed && t.handle.is_some() {
+            return batch::cancel_packed(&self.shared, st, task);
+        }
         match (t.phase, t.handle) {
             (Phase::Pending, _) => {
                 let done = st.tasks.remove(&task).and_then(|mut t| t.done.take());
@@ -393,23 +452,21 @@ fn fail_all(shared: &Shared, why: String) {
     }
 }
 
-/// A panic while handling an event of job `h` (caught): its task fails with the message.
+/// A panic while handling an event of job `h` (caught): its tasks (one, or a pack's members)
+/// fail with the message.
 fn fail_task_of(shared: &Shared, h: JobHandle, panic: &str) {
-    let t = {
+    let members = {
         let mut st = shared.lock();
-        let Some(&id) = st.by_handle.get(&h) else {
-            return;
-        };
-        if st.tasks.get(&id).map(|t| t.handle) != Some(Some(h)) {
-            return;
-        }
-        st.finished += 1;
-        st.tasks.remove(&id)
+        let members = events::take_members(&mut st, h);
+        st.finished += members.len() as u64;
+        members
     };
-    if let Some(d) = t.and_then(|mut t| t.done.take()) {
-        d.finish(Err(InterfaceError::new(format!(
-            "internal error while handling HTCondor job {h}: {panic}"
-        ))));
+    for mut t in members {
+        if let Some(d) = t.done.take() {
+            d.finish(Err(InterfaceError::new(format!(
+                "internal error while handling HTCondor job {h}: {panic}"
+            ))));
+        }
     }
 }
 

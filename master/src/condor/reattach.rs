@@ -191,7 +191,7 @@ impl Condor {
         &self,
         task: &Arc<PreparedTask>,
         handle: &str,
-    ) -> Result<(JobHandle, TaskFiles, PathBuf), String> {
+    ) -> Result<(JobHandle, TaskFiles, PathBuf, bool), String> {
         let h: JobHandle = handle.parse()?;
         let (dir, name) =
             find_batch(&self.shared.settings.work_dir, h.cluster).ok_or_else(|| {
@@ -210,7 +210,18 @@ impl Condor {
             .ok()
             .and_then(|p| items.get(p))
             .ok_or_else(|| format!("{}: no item for proc {}", items_path.display(), h.proc))?;
-        if item.task_index != task.id.0 {
+        // A pack's members are listed in the pack bundle this interface staged for it.
+        let packed = item.task_bundle.starts_with(super::batch::PACK_PREFIX);
+        if packed {
+            let listed = crate::pack::pack_bundle_tasks(&item.task_path)?;
+            if !listed.contains(&task.id.0) {
+                return Err(format!(
+                    "{}: job {h} is a pack of tasks {listed:?}, without {}",
+                    item.task_path.display(),
+                    task.id
+                ));
+            }
+        } else if item.task_index != task.id.0 {
             return Err(format!(
                 "{}: item {} is task {}, not {}",
                 items_path.display(),
@@ -227,7 +238,7 @@ impl Condor {
             stderr: item.error.clone(),
             program_bundle: PathBuf::new(),
         };
-        Ok((h, files, dir.join(format!("{name}.log"))))
+        Ok((h, files, dir.join(format!("{name}.log")), packed))
     }
 
     pub(super) fn reattach_task(
@@ -269,7 +280,7 @@ impl Condor {
                 }
             }
         };
-        let (h, files, log) = match self.reattach_inner(&task, handle) {
+        let (h, files, log, packed) = match self.reattach_inner(&task, handle) {
             Ok(x) => x,
             Err(e) => {
                 eprintln!(
@@ -280,6 +291,9 @@ impl Condor {
             }
         };
         let id = task.id;
+        let mut tracked = Tracked::new(task, done, Some(h), files, Phase::Idle);
+        tracked.packed = packed;
+        self.shared.lock().reattached.insert(h);
         if !log.exists() {
             // The log is gone: ask the schedd's history, then its queue.
             let cli = &self.shared.settings.cli;
@@ -287,7 +301,6 @@ impl Condor {
                 .history(&[h.cluster], None)
                 .ok()
                 .and_then(|ads| ads.into_iter().find(|a| a.handle == h));
-            let tracked = Tracked::new(task.clone(), done, Some(h), files, Phase::Idle);
             match ad {
                 Some(ad) => {
                     let outcome = match (ad.status, ad.exit_code, ad.exit_signal) {
@@ -303,11 +316,9 @@ impl Condor {
                             log.display()
                         )),
                     };
-                    let mut st = self.shared.lock();
-                    st.tasks.insert(id, tracked);
-                    st.by_handle.insert(h, id);
-                    drop(st);
-                    conclude(&self.shared, id, h, outcome);
+                    if self.join_job(h, tracked).is_some() {
+                        conclude(&self.shared, h, outcome);
+                    }
                     return None;
                 }
                 None => {
@@ -319,26 +330,35 @@ impl Condor {
                         eprintln!("mw: condor: job {h} of {id} is neither in the queue nor in the history and its log is gone; running it again");
                         return tracked.done;
                     }
-                    let mut st = self.shared.lock();
-                    st.tasks.insert(id, tracked);
-                    st.by_handle.insert(h, id);
-                    drop(st);
-                    add_log(&self.shared, &log);
+                    if self.join_job(h, tracked).is_some() {
+                        add_log(&self.shared, &log);
+                    }
                     return None;
                 }
             }
         }
-        let replay = {
-            let mut st = self.shared.lock();
-            st.tasks
-                .insert(id, Tracked::new(task, done, Some(h), files, Phase::Idle));
-            st.by_handle.insert(h, id);
-            st.unclaimed.remove(&h).unwrap_or_default()
-        };
+        // `None` from join_job: the task got its pack's outcome already (re-attached too).
+        let replay = self.join_job(h, tracked)?;
         for ev in replay {
             on_event(&self.shared, ev);
         }
         add_log(&self.shared, &log);
         None
+    }
+
+    /// Adds a re-attached task to job `h` and returns the job's events seen so far; or,
+    /// when the job has ended already (another member of its pack was re-attached first and
+    /// its job concluded), reports that outcome to the task at once and returns `None`.
+    fn join_job(&self, h: JobHandle, tracked: Tracked) -> Option<Vec<LogEvent>> {
+        let mut st = self.shared.lock();
+        if let Some(outcome) = st.concluded.get(&h).cloned() {
+            drop(st);
+            finish_members(&self.shared, h, vec![tracked], outcome);
+            return None;
+        }
+        let id = tracked.task.id;
+        st.tasks.insert(id, tracked);
+        st.by_handle.entry(h).or_default().push(id);
+        Some(st.unclaimed.remove(&h).unwrap_or_default())
     }
 }

@@ -43,11 +43,21 @@ pub struct CondorSettings {
     pub poll_interval: Duration,
     /// Where the `condor_*` tools are.
     pub cli: CondorCli,
+    /// Tasks per HTCondor job (default 1: one job per task). More than 1 packs tasks: one
+    /// job runs a pack of up to this many tasks one after the other (one pack bundle in, one
+    /// result per task out), each task still reported, retried and cancelled on its own.
+    /// At most [`crate::pack::MAX_TASKS_PER_PACK`].
+    pub tasks_per_job: usize,
+    /// With `tasks_per_job` > 1: size each pack so that its tasks run about this long in
+    /// total, from the mean run time of the tasks measured so far (at least 1 task, at most
+    /// `tasks_per_job`); until the first run time is known, one job of one task goes first
+    /// and the others wait for it. `None`: every pack takes `tasks_per_job` tasks.
+    pub target_job_time: Option<Duration>,
 }
 
 impl CondorSettings {
-    /// Defaults: 1 cpu, 512 MiB, 1 GiB disk, a 0.5 s batch window, fail on hold, the worker from
-    /// `$MW_WORKER` or next to the running executable.
+    /// Defaults: 1 cpu, 512 MiB, 1 GiB disk, a 0.5 s batch window, fail on hold, one task per
+    /// job, the worker from `$MW_WORKER` or next to the running executable.
     pub fn new(work_dir: impl Into<PathBuf>) -> Self {
         CondorSettings {
             work_dir: work_dir.into(),
@@ -62,6 +72,8 @@ impl CondorSettings {
             max_retries: 0,
             poll_interval: Duration::from_secs(2),
             cli: CondorCli::default(),
+            tasks_per_job: 1,
+            target_job_time: None,
         }
     }
 }

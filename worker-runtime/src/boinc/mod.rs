@@ -6,7 +6,9 @@
 //! shared-memory control channel ([`shm`]: suspend, resume, quit, abort; CPU time and
 //! fraction done reported back), runs the task like everywhere else (scratch space inside the
 //! slot), writes the result bundle atomically to the resolved output path and, as its very
-//! last step, `boinc_finish_called`. Exit statuses are in [`SlotExit::code`].
+//! last step, `boinc_finish_called`. Exit statuses are in [`SlotExit::code`]. A pack bundle
+//! (many tasks in one workunit) runs task by task ([`crate::pack`]) and succeeds whenever its
+//! pack result was written: the failures of single tasks travel inside it.
 //!
 //! It reads `init_data.xml` only through [`init_data`], which never keeps its text: the file
 //! holds the volunteer's account authenticator and must never reach a log.
@@ -20,7 +22,8 @@ pub mod shm;
 pub use names::{LOGICAL_PROGRAM, LOGICAL_RESULT, LOGICAL_TASK};
 
 use crate::exec::ProcessControl;
-use crate::run::{run_task_file, write_atomically, RunError, RunOptions, UnpackedProgram};
+use crate::pack::{run_task_or_pack_file, Ran};
+use crate::run::{write_atomically, RunError, RunOptions, UnpackedProgram};
 #[cfg(unix)]
 use shm::MMAP_FILE;
 use shm::{ControlThread, SharedMem, Stop};
@@ -232,7 +235,7 @@ fn run_resolved(slot: &Path, control: &ProcessControl) -> SlotExit {
         ..RunOptions::default()
     };
     let run = UnpackedProgram::unpack(&program, &opts)
-        .and_then(|p| run_task_file(&p, &task, control, &opts))
+        .and_then(|p| run_task_or_pack_file(&p, &task, control, &opts))
         .and_then(|(info, bytes)| {
             // A task stopped on the client's request leaves no result behind: it is rerun.
             if !control.is_cancelled() {
@@ -242,8 +245,20 @@ fn run_resolved(slot: &Path, control: &ProcessControl) -> SlotExit {
         });
     match run {
         Ok(_) if control.is_cancelled() => SlotExit::TaskFailed("stopped on request".into()),
-        Ok(info) if info.exit.success() => SlotExit::Success,
-        Ok(info) => {
+        // A pack reports each task's failure inside its result: the workunit succeeded when
+        // its result was written, so the failing task's neighbours keep their results.
+        Ok(Ran::Pack(p)) => {
+            if !p.all_succeeded() {
+                eprintln!(
+                    "mw-worker: pack: tasks {:?} failed and {} could not run (reported in the result)",
+                    p.failed,
+                    p.info.not_run.len()
+                );
+            }
+            SlotExit::Success
+        }
+        Ok(Ran::Task(info)) if info.exit.success() => SlotExit::Success,
+        Ok(Ran::Task(info)) => {
             let mut why = format!("task {} of job {}: {}", info.task, info.job, info.exit);
             if !info.missing_outputs.is_empty() {
                 why.push_str(&format!(
