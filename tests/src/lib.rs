@@ -102,3 +102,14 @@ pub fn script(dir: &std::path::Path, name: &str, body: &str) -> PathBuf {
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod script");
     p
 }
+
+/// A session directory of its own for one `mpirun` (`OMPI_MCA_orte_tmpdir_base`): Open MPI 4
+/// creates `/tmp/ompi.<host>.<uid>` itself, and two `mpirun`s starting at the same instant
+/// race for it ("mkdir ... File exists", orte_init fails). Kept until the test process ends.
+pub fn ompi_tmpdir() -> PathBuf {
+    tempfile::Builder::new()
+        .prefix("mw-ompi-")
+        .tempdir()
+        .expect("create an Open MPI session directory")
+        .keep()
+}

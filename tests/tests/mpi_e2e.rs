@@ -35,6 +35,7 @@ fn mpirun_cmd(secs: u32, ranks: u32, args: &[&str]) -> Command {
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
         .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .env("OMPI_MCA_orte_tmpdir_base", mw_tests::ompi_tmpdir())
         .env_remove("RUST_BACKTRACE")
         .stdin(Stdio::null());
     c
