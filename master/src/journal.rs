@@ -111,17 +111,15 @@ enum Write {
     Final {
         task: u64,
         row: Box<FinalRow>,
-        on_durable: Option<Box<dyn FnOnce() + Send>>,
     },
     Requeued {
         task: u64,
         detail: String,
     },
-    /// Queued tasks cancelled together (`cancel_all`): one message, one callback.
+    /// Queued tasks cancelled together (`cancel_all`): one message.
     Cancelled {
         tasks: Vec<u64>,
         at: f64,
-        on_durable: Option<Box<dyn FnOnce() + Send>>,
     },
     Flush(Sender<()>),
 }
@@ -226,7 +224,12 @@ pub fn master_running(dir: &Path) -> bool {
 struct Shared {
     failure: Mutex<Option<String>>,
     hook: Mutex<Option<FailureHook>>,
+    durable: Mutex<Option<DurableHook>>,
 }
+
+/// Called after each group commit with the tasks whose final rows it committed (see
+/// [`Journal::on_durable`]).
+type DurableHook = Box<dyn Fn(&[u64]) + Send + Sync>;
 
 /// Called once when the journal cannot commit any more (see [`Journal::on_failure`]).
 type FailureHook = Box<dyn Fn(&str) + Send + Sync>;
@@ -527,6 +530,17 @@ impl Journal {
         }
     }
 
+    /// Registers `hook`, called (from the writer thread) after every group commit with the
+    /// tasks whose final rows that commit stored, once per commit: only then may their
+    /// results be reported. Never called for a commit that failed.
+    pub(crate) fn on_durable(&self, hook: impl Fn(&[u64]) + Send + Sync + 'static) {
+        *self
+            .shared
+            .durable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Box::new(hook));
+    }
+
     /// Records tasks `first..` as submitted (queued), in one transaction, committed on return.
     pub fn record_submitted(&self, first: u64, specs: &[TaskSpec]) -> Result<(), JournalError> {
         self.record_submitted_at(first, specs, now_unix())
@@ -635,26 +649,21 @@ impl Journal {
         });
     }
 
-    /// Records a final state; `on_durable` runs once it is committed.
-    pub(crate) fn record_final(
-        &self,
-        task: TaskId,
-        row: FinalRow,
-        on_durable: Option<Box<dyn FnOnce() + Send>>,
-    ) {
+    /// Records a final state; the durable hook ([`on_durable`](Self::on_durable)) gets the
+    /// task once it is committed.
+    pub(crate) fn record_final(&self, task: TaskId, row: FinalRow) {
         self.send(Write::Final {
             task: task.0,
             row: Box::new(row),
-            on_durable,
         });
     }
 
-    /// Records queued tasks as cancelled, all at once; `on_durable` runs once it is committed.
-    pub(crate) fn record_cancelled(&self, tasks: Vec<u64>, on_durable: Box<dyn FnOnce() + Send>) {
+    /// Records queued tasks as cancelled, all at once; the durable hook gets them once
+    /// committed.
+    pub(crate) fn record_cancelled(&self, tasks: Vec<u64>) {
         self.send(Write::Cancelled {
             tasks,
             at: now_unix(),
-            on_durable: Some(on_durable),
         });
     }
 
@@ -747,41 +756,22 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: A
                 Err(_) => break,
             }
         }
-        // Callbacks and flush answers are taken out first: a callback runs only after the
-        // commit that holds its row succeeded; a flush is answered either way.
+        // Flush answers are taken out first, and the tasks whose final rows are in this
+        // commit noted: they are reported durable only after the commit succeeded; a flush
+        // is answered either way.
         let mut flushes = Vec::new();
-        let mut durable = Vec::new();
+        let mut durable: Vec<u64> = Vec::new();
         let mut writes = Vec::with_capacity(batch.len());
         for w in batch {
             match w {
                 Write::Flush(done) => flushes.push(done),
-                Write::Final {
-                    task,
-                    row,
-                    on_durable,
-                } => {
-                    if let Some(f) = on_durable {
-                        durable.push(f);
-                    }
-                    writes.push(Write::Final {
-                        task,
-                        row,
-                        on_durable: None,
-                    });
+                Write::Final { task, row } => {
+                    durable.push(task);
+                    writes.push(Write::Final { task, row });
                 }
-                Write::Cancelled {
-                    tasks,
-                    at,
-                    on_durable,
-                } => {
-                    if let Some(f) = on_durable {
-                        durable.push(f);
-                    }
-                    writes.push(Write::Cancelled {
-                        tasks,
-                        at,
-                        on_durable: None,
-                    });
+                Write::Cancelled { tasks, at } => {
+                    durable.extend_from_slice(&tasks);
+                    writes.push(Write::Cancelled { tasks, at });
                 }
                 other => writes.push(other),
             }
@@ -809,8 +799,15 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: A
                     // lost commits (a deleted -wal file) is detected on open. Written after
                     // the commit: it never runs ahead of the database.
                     write_mark(path, finals_committed);
-                    for f in durable {
-                        f();
+                    if !durable.is_empty() {
+                        if let Some(hook) = shared
+                            .durable
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .as_ref()
+                        {
+                            hook(&durable);
+                        }
                     }
                 }
                 Err(e) => {
@@ -900,15 +897,19 @@ fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> 
                         row.files
                     ])?;
                 finals += changed as u64;
-                tx.prepare_cached(
-                    "INSERT INTO events (at, task, kind, detail) VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![
-                    now_unix(),
-                    sql_idx(*task),
-                    row.state.as_str(),
-                    row.exit
-                ])?;
+                // A task that ended otherwise than done gets an event too; a done task's row
+                // says everything (an event each would double the writes of a fast job).
+                if row.state != TaskState::Done {
+                    tx.prepare_cached(
+                        "INSERT INTO events (at, task, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![
+                        now_unix(),
+                        sql_idx(*task),
+                        row.state.as_str(),
+                        row.exit
+                    ])?;
+                }
             }
             Write::Cancelled { tasks, at, .. } => {
                 // The row `final_row` makes for a cancelled task that never ran.
