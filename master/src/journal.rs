@@ -12,7 +12,7 @@
 //!
 //! This module knows nothing of platforms; it stores handles as opaque strings.
 
-use crate::task::{TaskId, TaskSpec, TaskState};
+use crate::task::{IdHasher, TaskId, TaskSpec, TaskState};
 /// A connection to a journal, as [`open_checked`] returns it.
 pub use rusqlite::Connection;
 use rusqlite::{params, OpenFlags, OptionalExtension};
@@ -831,7 +831,7 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: A
 fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> {
     // Tasks that also end in this batch: their final row says everything, so their
     // started/handle updates are skipped (for short tasks, most of them).
-    let ending: std::collections::HashSet<u64> = batch
+    let ending: std::collections::HashSet<u64, std::hash::BuildHasherDefault<IdHasher>> = batch
         .iter()
         .filter_map(|w| match w {
             Write::Final { task, .. } => Some(*task),
@@ -840,49 +840,66 @@ fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> 
         .collect();
     let mut finals = 0u64;
     let tx = conn.transaction()?;
-    for w in batch {
-        match w {
-            Write::Started { task, .. } | Write::Handle { task, .. } if ending.contains(task) => {}
-            Write::Started { task, attempt, at } => {
-                tx.prepare_cached(
-                    "UPDATE tasks SET state = 'running', attempts = ?2, started = ?3
-                     WHERE idx = ?1 AND state NOT IN ('done','failed','cancelled')",
-                )?
-                .execute(params![sql_idx(*task), attempt, at])?;
-            }
-            Write::Handle { task, handle } => {
-                tx.prepare_cached("UPDATE tasks SET handle = ?2 WHERE idx = ?1")?
-                    .execute(params![sql_idx(*task), handle])?;
-                // Local process groups change with every attempt and matter only
-                // to `mw resume`: not worth an event each.
-                if handle.starts_with("local:") {
-                    continue;
+    {
+        // Each statement is looked up once per group commit, not once per row.
+        let mut started = Lazy::new(
+            &tx,
+            "UPDATE tasks SET state = 'running', attempts = ?2, started = ?3
+             WHERE idx = ?1 AND state NOT IN ('done','failed','cancelled')",
+        );
+        let mut handle_row = Lazy::new(&tx, "UPDATE tasks SET handle = ?2 WHERE idx = ?1");
+        let mut event = Lazy::new(
+            &tx,
+            "INSERT INTO events (at, task, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+        );
+        let mut requeued = Lazy::new(
+            &tx,
+            "UPDATE tasks SET state = 'queued', handle = NULL
+             WHERE idx = ?1 AND state NOT IN ('done','failed','cancelled')",
+        );
+        let mut final_row = Lazy::new(
+            &tx,
+            "UPDATE tasks SET state = ?2, attempts = ?3, started = ?4, finished = ?5,
+             wall = ?6, cpu = ?7, host = ?8, output = ?9, exit = ?10, error = ?11,
+             output_files = ?12
+             WHERE idx = ?1 AND state NOT IN ('done','failed','cancelled')",
+        );
+        let mut cancelled = Lazy::new(
+            &tx,
+            // The row `final_row` makes for a cancelled task that never ran.
+            "UPDATE tasks SET state = 'cancelled', exit = 'cancelled',
+             error = 'task ' || idx || ' was cancelled', finished = ?2, wall = 0, cpu = 0,
+             host = '', output = NULL, output_files = '[]'
+             WHERE idx = ?1 AND state NOT IN ('done','failed','cancelled')",
+        );
+        for w in batch {
+            match w {
+                Write::Started { task, .. } | Write::Handle { task, .. }
+                    if ending.contains(task) => {}
+                Write::Started { task, attempt, at } => {
+                    started
+                        .get()?
+                        .execute(params![sql_idx(*task), attempt, at])?;
                 }
-                tx.prepare_cached(
-                    "INSERT INTO events (at, task, kind, detail) VALUES (?1, ?2, 'handle', ?3)",
-                )?
-                .execute(params![now_unix(), sql_idx(*task), handle])?;
-            }
-            Write::Requeued { task, detail } => {
-                tx.prepare_cached(
-                    "UPDATE tasks SET state = 'queued', handle = NULL
-                     WHERE idx = ?1 AND state NOT IN ('done','failed','cancelled')",
-                )?
-                .execute(params![sql_idx(*task)])?;
-                tx.prepare_cached(
-                    "INSERT INTO events (at, task, kind, detail) VALUES (?1, ?2, 'retry', ?3)",
-                )?
-                .execute(params![now_unix(), sql_idx(*task), detail])?;
-            }
-            Write::Final { task, row, .. } => {
-                let changed = tx
-                    .prepare_cached(
-                        "UPDATE tasks SET state = ?2, attempts = ?3, started = ?4, finished = ?5,
-                         wall = ?6, cpu = ?7, host = ?8, output = ?9, exit = ?10, error = ?11,
-                         output_files = ?12
-                         WHERE idx = ?1 AND state NOT IN ('done','failed','cancelled')",
-                    )?
-                    .execute(params![
+                Write::Handle { task, handle } => {
+                    handle_row.get()?.execute(params![sql_idx(*task), handle])?;
+                    // Local process groups change with every attempt and matter only
+                    // to `mw resume`: not worth an event each.
+                    if handle.starts_with("local:") {
+                        continue;
+                    }
+                    event
+                        .get()?
+                        .execute(params![now_unix(), sql_idx(*task), "handle", handle])?;
+                }
+                Write::Requeued { task, detail } => {
+                    requeued.get()?.execute(params![sql_idx(*task)])?;
+                    event
+                        .get()?
+                        .execute(params![now_unix(), sql_idx(*task), "retry", detail])?;
+                }
+                Write::Final { task, row } => {
+                    let changed = final_row.get()?.execute(params![
                         sql_idx(*task),
                         row.state.as_str(),
                         row.attempts,
@@ -896,42 +913,61 @@ fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> 
                         row.error,
                         row.files
                     ])?;
-                finals += changed as u64;
-                // A task that ended otherwise than done gets an event too; a done task's row
-                // says everything (an event each would double the writes of a fast job).
-                if row.state != TaskState::Done {
-                    tx.prepare_cached(
-                        "INSERT INTO events (at, task, kind, detail) VALUES (?1, ?2, ?3, ?4)",
-                    )?
-                    .execute(params![
-                        now_unix(),
-                        sql_idx(*task),
-                        row.state.as_str(),
-                        row.exit
+                    finals += changed as u64;
+                    // A task that ended otherwise than done gets an event too; a done task's
+                    // row says everything (an event each would double the writes of a fast
+                    // job).
+                    if row.state != TaskState::Done {
+                        event.get()?.execute(params![
+                            now_unix(),
+                            sql_idx(*task),
+                            row.state.as_str(),
+                            row.exit
+                        ])?;
+                    }
+                }
+                Write::Cancelled { tasks, at } => {
+                    let stmt = cancelled.get()?;
+                    for task in tasks {
+                        finals += stmt.execute(params![sql_idx(*task), at])? as u64;
+                    }
+                    event.get()?.execute(params![
+                        at,
+                        Option::<i64>::None,
+                        "cancelled",
+                        format!("{} queued tasks", tasks.len())
                     ])?;
                 }
+                Write::Flush(_) => {}
             }
-            Write::Cancelled { tasks, at, .. } => {
-                // The row `final_row` makes for a cancelled task that never ran.
-                let mut stmt = tx.prepare_cached(
-                    "UPDATE tasks SET state = 'cancelled', exit = 'cancelled',
-                     error = 'task ' || idx || ' was cancelled', finished = ?2, wall = 0, cpu = 0,
-                     host = '', output = NULL, output_files = '[]'
-                     WHERE idx = ?1 AND state NOT IN ('done','failed','cancelled')",
-                )?;
-                for task in tasks {
-                    finals += stmt.execute(params![sql_idx(*task), at])? as u64;
-                }
-                tx.prepare_cached(
-                    "INSERT INTO events (at, task, kind, detail) VALUES (?1, NULL, 'cancelled', ?2)",
-                )?
-                .execute(params![at, format!("{} queued tasks", tasks.len())])?;
-            }
-            Write::Flush(_) => {}
         }
     }
     tx.commit()?;
     Ok(finals)
+}
+
+/// A statement of a group commit, prepared the first time it is needed.
+struct Lazy<'c> {
+    conn: &'c Connection,
+    sql: &'static str,
+    stmt: Option<rusqlite::CachedStatement<'c>>,
+}
+
+impl<'c> Lazy<'c> {
+    fn new(conn: &'c Connection, sql: &'static str) -> Self {
+        Lazy {
+            conn,
+            sql,
+            stmt: None,
+        }
+    }
+
+    fn get(&mut self) -> rusqlite::Result<&mut rusqlite::CachedStatement<'c>> {
+        match &mut self.stmt {
+            Some(s) => Ok(s),
+            slot => Ok(slot.insert(self.conn.prepare_cached(self.sql)?)),
+        }
+    }
 }
 
 /// The cancel requests no master has applied yet, oldest first.
