@@ -211,30 +211,35 @@ type Dispatched = (TaskId, Result<Arc<PreparedTask>, String>, bool);
 
 /// Takes the task at the front of the queue and marks it running (one critical section, so
 /// a task is always either in the queue or running: `cancel` never sees it in between).
-/// `built` is the spec built (outside the lock) for the task that was at the front; if
+/// `built` is the task prepared (outside the lock) for the task that was at the front; if
 /// another task is at the front now, its spec is built here.
 pub(super) fn dispatch(
     st: &mut State,
     inner: &Inner,
-    built: Option<(TaskId, Result<TaskSpec, String>)>,
+    built: Option<(TaskId, Result<PreparedTask, String>)>,
 ) -> Option<Dispatched> {
     let task = st.queue.pop_front()?;
     st.set_state(task, TaskState::Running);
-    let spec = match built {
-        Some((id, spec)) if id == task => spec,
-        _ => {
-            let plan = st.spec_plan(task);
-            inner.realize(task, plan)
-        }
-    };
     let rec = &mut st.tasks[task.0 as usize];
     rec.attempts += 1;
     let (attempts, cancel) = (rec.attempts, rec.cancel_requested);
+    let prepared = match built {
+        Some((id, prepared)) if id == task => prepared.map(|mut p| {
+            p.attempt = attempts.max(1);
+            p
+        }),
+        _ => {
+            let plan = st.spec_plan(task);
+            inner
+                .realize(task, plan)
+                .map(|spec| prepare(inner, task, attempts, spec))
+        }
+    };
     st.live(task).times.started = Some(SystemTime::now());
     if let Some(j) = &inner.journal {
         j.record_started(task, attempts);
     }
-    let prepared = spec.map(|spec| Arc::new(prepare(inner, task, attempts, spec)));
+    let prepared = prepared.map(Arc::new);
     Some((task, prepared, cancel))
 }
 
@@ -276,7 +281,7 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
                     // The task stays queued (and cancellable) while we wait for a worker.
                     None => inner.interface.reserve_worker(&probe),
                 };
-                (Some(worker), Some((front, Ok(probe.spec))))
+                (Some(worker), Some((front, Ok(probe))))
             }
             // No worker for a task that cannot be built: it fails at once.
             Err(e) => (spare.take().map(Ok), Some((front, Err(e)))),
