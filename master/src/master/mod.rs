@@ -303,6 +303,13 @@ impl State {
         rec.state = to;
     }
 
+    /// Tasks in a final state (done, failed, cancelled).
+    pub(crate) fn finals(&self) -> usize {
+        self.counts[TaskState::Done as usize]
+            + self.counts[TaskState::Failed as usize]
+            + self.counts[TaskState::Cancelled as usize]
+    }
+
     /// The task's live part, created when missing.
     pub(crate) fn live(&mut self, id: TaskId) -> &mut Live {
         self.live.entry(id.0).or_default()

@@ -243,6 +243,10 @@ pub(super) fn dispatch(
     Some((task, prepared, cancel))
 }
 
+/// Final tasks whose journal rows may wait uncommitted before the scheduler stops
+/// dispatching (see [`scheduler_loop`]): enough for several group commits of a fast job.
+const MAX_UNCOMMITTED: usize = 32_768;
+
 pub(super) fn scheduler_loop(inner: Arc<Inner>) {
     // A worker reserved for a task that was cancelled while we waited for the worker: it
     // serves the next task instead (interfaces have no way to give a worker back).
@@ -255,6 +259,15 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
                     return;
                 }
                 let next_due = release_due(&mut st);
+                // Back-pressure: while the journal has many final rows still to commit,
+                // nothing more is dispatched (each waits in memory with its result until
+                // then; the journal's commit wakes us). Never on results not collected: a
+                // caller may collect only once everything is done.
+                let uncommitted = st.finals().saturating_sub(st.durable);
+                if inner.journal.is_some() && uncommitted >= MAX_UNCOMMITTED {
+                    st = inner.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+                    continue;
+                }
                 if let Some(&id) = st.queue.front() {
                     break (id, st.spec_plan(id), st.tasks[id.0 as usize].attempts);
                 }
