@@ -841,11 +841,13 @@ fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> 
     let mut finals = 0u64;
     let tx = conn.transaction()?;
     {
-        // Each statement is looked up once per group commit, not once per row.
+        // Each statement is looked up once per group commit, not once per row. "Not final"
+        // is spelt with `<>`: `NOT IN (...)` builds a temporary index at every execution
+        // (a third of the cost of a row's update, measured).
         let mut started = Lazy::new(
             &tx,
             "UPDATE tasks SET state = 'running', attempts = ?2, started = ?3
-             WHERE idx = ?1 AND state NOT IN ('done','failed','cancelled')",
+             WHERE idx = ?1 AND state <> 'done' AND state <> 'failed' AND state <> 'cancelled'",
         );
         let mut handle_row = Lazy::new(&tx, "UPDATE tasks SET handle = ?2 WHERE idx = ?1");
         let mut event = Lazy::new(
@@ -855,14 +857,14 @@ fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> 
         let mut requeued = Lazy::new(
             &tx,
             "UPDATE tasks SET state = 'queued', handle = NULL
-             WHERE idx = ?1 AND state NOT IN ('done','failed','cancelled')",
+             WHERE idx = ?1 AND state <> 'done' AND state <> 'failed' AND state <> 'cancelled'",
         );
         let mut final_row = Lazy::new(
             &tx,
             "UPDATE tasks SET state = ?2, attempts = ?3, started = ?4, finished = ?5,
              wall = ?6, cpu = ?7, host = ?8, output = ?9, exit = ?10, error = ?11,
              output_files = ?12
-             WHERE idx = ?1 AND state NOT IN ('done','failed','cancelled')",
+             WHERE idx = ?1 AND state <> 'done' AND state <> 'failed' AND state <> 'cancelled'",
         );
         let mut cancelled = Lazy::new(
             &tx,
@@ -870,7 +872,7 @@ fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> 
             "UPDATE tasks SET state = 'cancelled', exit = 'cancelled',
              error = 'task ' || idx || ' was cancelled', finished = ?2, wall = 0, cpu = 0,
              host = '', output = NULL, output_files = '[]'
-             WHERE idx = ?1 AND state NOT IN ('done','failed','cancelled')",
+             WHERE idx = ?1 AND state <> 'done' AND state <> 'failed' AND state <> 'cancelled'",
         );
         for w in batch {
             match w {
