@@ -63,8 +63,21 @@ pub(crate) fn rfc3339(secs: f64) -> Option<String> {
     if !(-8.0e15..8.0e15).contains(&ms) {
         return None;
     }
-    let ts = jiff::Timestamp::from_millisecond(ms as i64).ok()?;
-    Some(format!("{ts:.3}"))
+    let ms = ms as i64;
+    // Consecutive results of a fast job share their millisecond (and a batch its submission
+    // time): the last one formatted is kept per thread.
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(i64, String)>> = const { std::cell::RefCell::new(None) };
+    }
+    if let Some(hit) =
+        LAST.with_borrow(|l| l.as_ref().filter(|(m, _)| *m == ms).map(|(_, t)| t.clone()))
+    {
+        return Some(hit);
+    }
+    let ts = jiff::Timestamp::from_millisecond(ms).ok()?;
+    let text = format!("{ts:.3}");
+    LAST.with_borrow_mut(|l| *l = Some((ms, text.clone())));
+    Some(text)
 }
 
 /// Now, as [`rfc3339`].
@@ -80,31 +93,74 @@ impl ResultLine {
         outcome: &Result<TaskOutput, MwError>,
         times: &TaskTimes,
     ) -> ResultLine {
-        let (state, output, exit, error, host, files) = match outcome {
-            Ok(out) => (
-                "done",
-                out.value.clone(),
-                "exit status 0".to_string(),
-                None,
-                out.host.clone(),
-                out.output_files
+        match outcome {
+            Ok(out) => Self::from_outcome_owned(index, input, Ok(out.clone()), times),
+            Err(e) => Self::from_error(index, input, e, times),
+        }
+    }
+
+    /// [`from_outcome`](Self::from_outcome) taking the outcome (its result is moved, not
+    /// copied).
+    pub fn from_outcome_owned(
+        index: u64,
+        input: serde_json::Value,
+        outcome: Result<TaskOutput, MwError>,
+        times: &TaskTimes,
+    ) -> ResultLine {
+        match outcome {
+            Ok(out) => {
+                let files = out
+                    .output_files
                     .iter()
                     .map(|(_, p)| p.display().to_string())
-                    .collect(),
-            ),
-            Err(e) => (
-                if matches!(e, MwError::Cancelled(_)) {
-                    "cancelled"
-                } else {
-                    "failed"
-                },
+                    .collect();
+                Self::line(
+                    index,
+                    input,
+                    ("done", out.value, "exit status 0".to_string(), None),
+                    out.host,
+                    files,
+                    times,
+                )
+            }
+            Err(e) => Self::from_error(index, input, &e, times),
+        }
+    }
+
+    fn from_error(
+        index: u64,
+        input: serde_json::Value,
+        e: &MwError,
+        times: &TaskTimes,
+    ) -> ResultLine {
+        let state = if matches!(e, MwError::Cancelled(_)) {
+            "cancelled"
+        } else {
+            "failed"
+        };
+        Self::line(
+            index,
+            input,
+            (
+                state,
                 serde_json::Value::Null,
                 e.exit_text(),
                 Some(e.to_string()),
-                e.host().to_string(),
-                Vec::new(),
             ),
-        };
+            e.host().to_string(),
+            Vec::new(),
+            times,
+        )
+    }
+
+    fn line(
+        index: u64,
+        input: serde_json::Value,
+        (state, output, exit, error): (&str, serde_json::Value, String, Option<String>),
+        host: String,
+        files: Vec<String>,
+        times: &TaskTimes,
+    ) -> ResultLine {
         ResultLine {
             task: index,
             state: state.into(),
@@ -408,6 +464,15 @@ impl Progress {
         self.baseline = finished_before;
     }
 
+    /// Whether an update would show anything now (the drive loop asks before it reads the
+    /// master's counts: most results of a fast job change nothing on screen).
+    pub(crate) fn due(&self) -> bool {
+        match &self.bar {
+            Some(_) => self.last_line.elapsed() >= BAR_REFRESH,
+            None => !self.quiet && self.last_line.elapsed() >= Duration::from_secs(2),
+        }
+    }
+
     pub(crate) fn update(&mut self, status: &MasterStatus, force: bool) {
         let finished = (status.done + status.failed + status.cancelled) as u64;
         let elapsed = self.start.elapsed().as_secs_f64().max(1e-9);
@@ -446,6 +511,7 @@ impl Progress {
             "ETA ?".into()
         };
         if let Some(bar) = &self.bar {
+            self.last_line = Instant::now();
             bar.set_position(finished);
             bar.set_message(format!("{msg} | {eta}"));
             return;
@@ -476,6 +542,9 @@ impl Progress {
         }
     }
 }
+
+/// How often the progress bar's text is refreshed.
+const BAR_REFRESH: Duration = Duration::from_millis(100);
 
 /// Seconds as `42s`, `3m20s`, `2h05m`.
 fn human_secs(s: f64) -> String {

@@ -453,10 +453,16 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
                 (None, None, Some(j)) => j.read_input(task.0)?,
                 (None, None, None) => serde_json::Value::Null,
             };
-            let line = ResultLine::from_outcome(task.0, input, &outcome, &times);
-            let mut text = serde_json::to_vec(&line)?;
-            text.push(b'\n');
-            lines.insert(task.0, text);
+            let line = ResultLine::from_outcome_owned(task.0, input, outcome, &times);
+            if task.0 != next_to_write {
+                let mut text = serde_json::to_vec(&line)?;
+                text.push(b'\n');
+                lines.insert(task.0, text);
+                return Ok(());
+            }
+            serde_json::to_writer(&mut sink, &line)?;
+            sink.write_all(b"\n")?;
+            next_to_write += 1;
             while let Some(line) = lines.remove(&next_to_write) {
                 sink.write_all(&line)?;
                 next_to_write += 1;
@@ -694,7 +700,9 @@ fn drive(
                 }
             }
         }
-        progress.update(&master.counts(), false);
+        if progress.due() {
+            progress.update(&master.counts(), false);
+        }
     };
     progress.update(&master.counts(), true);
     progress.finish();

@@ -30,7 +30,9 @@ struct SlotState {
 type SlotJob = (Arc<PreparedTask>, ProcessControl, Completion);
 
 /// A started slot: the channel to its thread and its own directory.
-type Slot = (std::sync::mpsc::Sender<SlotJob>, PathBuf);
+/// A slot thread's channel, its directory, and the end of its tasks' handles
+/// (`:<work dir>`, made once).
+type Slot = (std::sync::mpsc::Sender<SlotJob>, PathBuf, Arc<str>);
 
 /// Tasks a slot may hold at once. One: a task handed to a slot starts at once, and a task
 /// that is "running" really runs (handing a slot its next task early measured no faster).
@@ -46,6 +48,8 @@ pub struct Multicore {
     state: Arc<(Mutex<SlotState>, Condvar)>,
     scratch_root: Option<PathBuf>,
     host: String,
+    /// The host in task handles, shared by every task's start hook.
+    handle_host: Arc<str>,
     /// One long-lived thread per slot, started on first use, fed through a channel.
     slot_threads: Mutex<Vec<Option<Slot>>>,
     /// Where to record each task's process group (a journaled master gives one).
@@ -91,6 +95,7 @@ impl Multicore {
             )),
             scratch_root: None,
             host: host_name(),
+            handle_host: host_name().into(),
             slot_threads: Mutex::new((0..slots).map(|_| None).collect()),
             handles: Mutex::new(None),
             sweep: std::sync::Once::new(),
@@ -583,11 +588,12 @@ impl Interface for Multicore {
                         slot_loop(&rx, dir.path(), &host, &state, worker);
                     });
                 if spawned.is_ok() {
-                    threads[slot] = Some((tx, path));
+                    let work: Arc<str> = format!(":{}", path.join("work").display()).into();
+                    threads[slot] = Some((tx, path, work));
                 }
             }
         }
-        let Some((tx, slot_dir)) = threads.get(slot).and_then(Option::as_ref) else {
+        let Some((tx, _, work)) = threads.get(slot).and_then(Option::as_ref) else {
             drop(threads);
             release(&self.state, worker, id);
             done.finish(Err(InterfaceError::new(
@@ -604,10 +610,10 @@ impl Interface for Multicore {
             // The handle names the process and the slot's working directory (unique, random)
             // it started in, so a resumed master can tell its own leftover from an unrelated
             // process that reused the pid (see `stop_leftover`).
-            let handle_prefix = format!("local:{}:", self.host);
-            let work = slot_dir.join("work").display().to_string();
+            let host = self.handle_host.clone();
+            let work = work.clone();
             control.set_on_start(move |pid| {
-                sink.record_handle(id, &format!("{handle_prefix}{pid}:{work}"));
+                sink.record_handle(id, &format!("local:{host}:{pid}{work}"));
             });
         }
         let sent = tx.send((task, control, done)).map_err(|e| e.0 .2);

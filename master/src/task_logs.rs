@@ -37,8 +37,8 @@ pub fn log_path(logs_dir: &Path, task: TaskId, attempt: u32, stream: Stream) -> 
 /// Marker appended when a log was cut at the cap.
 const CUT: &[u8] = b"\n[mw: cut at the log size cap]\n";
 
-/// Keeps one attempt's streams (empty streams leave no file). Failures are logged, never
-/// fatal: a task's outcome does not depend on its log.
+/// Keeps one attempt's streams (empty streams leave no file; the directory is made with the
+/// first file). Failures are logged, never fatal: a task's outcome does not depend on its log.
 pub(crate) fn write(
     logs_dir: &Path,
     task: TaskId,
@@ -47,10 +47,6 @@ pub(crate) fn write(
     stdout: &[u8],
     stderr: &str,
 ) {
-    if let Err(e) = std::fs::create_dir_all(logs_dir) {
-        log::warn!("{task}: cannot create {}: {e}", logs_dir.display());
-        return;
-    }
     if keep_stdout && !stdout.is_empty() {
         let mut bytes = stdout[..stdout.len().min(LOG_CAP_BYTES)].to_vec();
         if stdout.len() > LOG_CAP_BYTES {
@@ -73,8 +69,16 @@ pub(crate) fn write(
     }
 }
 
+/// Writes one log file; the logs directory is created when it is missing (not checked
+/// before every write: most attempts of a fast job write no log at all).
 fn put(path: &Path, bytes: &[u8], task: TaskId) {
-    if let Err(e) = std::fs::write(path, bytes) {
+    let mut written = std::fs::write(path, bytes);
+    if matches!(&written, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+        if let Some(dir) = path.parent() {
+            written = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(path, bytes));
+        }
+    }
+    if let Err(e) = written {
         log::warn!("{task}: cannot keep {}: {e}", path.display());
     }
 }

@@ -756,6 +756,10 @@ mod unix {
             // Answers.
             if !p.discard {
                 let mut start = 0;
+                // stderr is read once per batch of answers (not once per answer: a read
+                // that mostly finds nothing is a system call per task); what it holds goes
+                // with the first answer of the batch.
+                let mut stderr_read = false;
                 while let Some(pos) = p.out_buf[p.scan_from..].iter().position(|&b| b == b'\n') {
                     let end = p.scan_from + pos;
                     p.scan_from = end + 1;
@@ -769,9 +773,17 @@ mod unix {
                     p.written = p.written.saturating_sub(1);
                     p.answered += 1;
                     attach(&entry.input.control, None, grace);
-                    p.read_stderr(keep);
-                    let tail = tail_string(&p.err_tail, keep);
-                    p.err_tail.clear();
+                    if !stderr_read {
+                        p.read_stderr(keep);
+                        stderr_read = true;
+                    }
+                    let tail = if p.err_tail.is_empty() {
+                        String::new()
+                    } else {
+                        let t = tail_string(&p.err_tail, keep);
+                        p.err_tail.clear();
+                        t
+                    };
                     let c = cur.take();
                     let (t0, started) =
                         c.map_or((Instant::now(), SystemTime::now()), |c| (c.t0, c.started));

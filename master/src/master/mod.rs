@@ -187,6 +187,9 @@ impl MasterStatus {
     }
 }
 
+/// A map keyed by task index.
+pub(crate) type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<crate::task::IdHasher>>;
+
 /// What the master keeps of every task for the whole run: a few bytes (8), whatever the
 /// task's spec, input or result. Everything larger lives in [`Live`] only while the task
 /// needs it (queued with a caller-supplied spec, running, or finished and not collected).
@@ -265,17 +268,17 @@ pub(crate) enum SpecPlan {
 
 struct State {
     tasks: Vec<TaskRecord>,
-    live: HashMap<u64, Live>,
+    live: IdMap<Live>,
     /// Specs the caller handed over ([`Master::submit_many`]), kept until the task is final.
-    specs: HashMap<u64, TaskSpec>,
+    specs: IdMap<TaskSpec>,
     /// Inputs of tasks built by a [`SpecSource`] on a master without a journal, kept until
     /// the task is final (with a journal they are read back from it on dispatch).
-    inputs: HashMap<u64, serde_json::Value>,
+    inputs: IdMap<serde_json::Value>,
     batches: Vec<Batch>,
     /// Attempts made before this master took a task over (resume, `mw retry`), for the
     /// unfinished tasks that had any: the retry budget counts from here. A map, not a field
     /// of [`TaskRecord`], which stays 8 bytes.
-    attempts_before: HashMap<u64, u32>,
+    attempts_before: IdMap<u32>,
     queue: VecDeque<TaskId>,
     /// Queued tasks waiting out a retry backoff, with when they may run again.
     delayed: Vec<(std::time::Instant, TaskId)>,
@@ -300,6 +303,13 @@ impl State {
         rec.state = to;
     }
 
+    /// Tasks in a final state (done, failed, cancelled).
+    pub(crate) fn finals(&self) -> usize {
+        self.counts[TaskState::Done as usize]
+            + self.counts[TaskState::Failed as usize]
+            + self.counts[TaskState::Cancelled as usize]
+    }
+
     /// The task's live part, created when missing.
     pub(crate) fn live(&mut self, id: TaskId) -> &mut Live {
         self.live.entry(id.0).or_default()
@@ -313,11 +323,13 @@ impl State {
 
     /// The task's times so far.
     pub(crate) fn times(&self, id: TaskId) -> TaskTimes {
-        let mut t = self
-            .live
-            .get(&id.0)
-            .map(|l| l.times.clone())
-            .unwrap_or_default();
+        let live = self.live.get(&id.0).map(|l| l.times.clone());
+        self.times_from(id, live)
+    }
+
+    /// The task's times, from its live part's times (if it has one).
+    pub(crate) fn times_from(&self, id: TaskId, live: Option<TaskTimes>) -> TaskTimes {
+        let mut t = live.unwrap_or_default();
         t.submitted = self.batch(id).and_then(|b| b.at);
         if let Some(rec) = self.tasks.get(id.0 as usize) {
             t.attempts = rec.attempts;
@@ -393,8 +405,8 @@ impl Inner {
 pub(crate) struct Restored {
     pub(crate) tasks: Vec<TaskRecord>,
     pub(crate) batches: Vec<Batch>,
-    pub(crate) specs: HashMap<u64, TaskSpec>,
-    pub(crate) attempts_before: HashMap<u64, u32>,
+    pub(crate) specs: IdMap<TaskSpec>,
+    pub(crate) attempts_before: IdMap<u32>,
     /// Queued tasks a pending `mw cancel` names: cancelled before anything is dispatched.
     pub(crate) cancel_queued: Vec<u64>,
 }
@@ -470,9 +482,9 @@ impl Master {
         };
         let mut state = State {
             tasks: Vec::with_capacity(restored.tasks.len()),
-            live: HashMap::new(),
+            live: IdMap::default(),
             specs: restored.specs,
-            inputs: HashMap::new(),
+            inputs: IdMap::default(),
             batches: restored.batches,
             attempts_before: restored.attempts_before,
             queue: VecDeque::new(),
@@ -517,6 +529,13 @@ impl Master {
         if let Some(j) = &inner.journal {
             // A journal that cannot commit any more stops the master: what it cannot store
             // it must not report.
+            let weak = Arc::downgrade(&inner);
+            j.on_durable(move |tasks| {
+                if let Some(inner) = weak.upgrade() {
+                    mark_durable(&mut inner.lock(), tasks);
+                    inner.cond.notify_all();
+                }
+            });
             let weak = Arc::downgrade(&inner);
             j.on_failure(move |msg| {
                 if let Some(inner) = weak.upgrade() {
@@ -839,7 +858,7 @@ impl Master {
                 st.delayed.retain(|(_, t)| *t != task);
                 st.set_state(task, TaskState::Cancelled);
                 st.release(task);
-                finish_durably(&self.inner, st, task);
+                finish_durably(&self.inner, st, task, None);
             }
             TaskState::Running => {
                 rec.cancel_requested = true;
@@ -983,16 +1002,8 @@ fn cancel_queued(inner: &Arc<Inner>, st: &mut State, cancelled: Vec<u64>) {
     }
     match &inner.journal {
         None => mark_durable(st, &cancelled),
-        Some(j) if !cancelled.is_empty() => {
-            let inner2 = inner.clone();
-            j.record_cancelled(
-                cancelled.clone(),
-                Box::new(move || {
-                    mark_durable(&mut inner2.lock(), &cancelled);
-                    inner2.cond.notify_all();
-                }),
-            );
-        }
+        // Collectable once committed (the journal's durable hook marks them).
+        Some(j) if !cancelled.is_empty() => j.record_cancelled(cancelled),
         Some(_) => {}
     }
 }

@@ -70,9 +70,13 @@ pub(super) fn take_result(st: &mut State, which: Option<TaskId>) -> Result<Taken
 /// master keeps only the task's compact record.
 pub(super) fn take_outcome(st: &mut State, id: TaskId) -> (Result<TaskOutput, MwError>, TaskTimes) {
     st.collected += 1;
-    let times = st.times(id);
     let live = st.live.remove(&id.0);
-    let outcome = match live.and_then(|l| l.outcome) {
+    let (times, outcome) = match live {
+        Some(l) => (Some(l.times), l.outcome),
+        None => (None, None),
+    };
+    let times = st.times_from(id, times);
+    let outcome = match outcome {
         Some(o) => *o,
         // Cancelled in bulk (`cancel_all`), which keeps no live part.
         None if st.tasks[id.0 as usize].state == TaskState::Cancelled => {
@@ -112,29 +116,63 @@ pub(super) fn completion(inner: &Arc<Inner>, task: &PreparedTask) -> Completion 
     let output_dir = task.output_dir.clone();
     Completion::new(id, move |mut outcome| {
         if let Ok(exec) = &mut outcome {
-            if let Some(dir) = &inner.options.logs_dir {
-                // The JSON result of a successful run is in the journal already: its stdout
-                // file would only repeat it.
-                // (Validated without building a tree: no memory beyond the text.)
-                let keep_stdout = mode != StdoutMode::Json
-                    || !exec.exit.success()
-                    || (!exec.stdout.iter().all(u8::is_ascii_whitespace)
-                        && serde_json::from_slice::<serde::de::IgnoredAny>(&exec.stdout).is_err());
-                crate::task_logs::write(
-                    dir,
-                    id,
-                    attempt,
-                    keep_stdout,
-                    &exec.stdout,
-                    &exec.stderr_tail,
-                );
-            }
             if mode == StdoutMode::File && exec.exit.success() {
                 keep_stdout_file(id, output_dir.as_deref(), exec);
             }
         }
-        on_complete(&inner, id, outcome, Some(decoding))
+        // A successful attempt's result is decoded here, outside the master's lock.
+        let decoded = match &outcome {
+            Ok(exec) if exec.exit.success() && exec.missing_outputs.is_empty() => {
+                Some(decode_success(decoding, exec))
+            }
+            _ => None,
+        };
+        if let (Ok(exec), Some(dir)) = (&outcome, &inner.options.logs_dir) {
+            // The JSON result of a successful run is in the journal already: its stdout
+            // file would only repeat it.
+            let keep_stdout = mode != StdoutMode::Json
+                || !exec.exit.success()
+                || match &decoded {
+                    Some(d) => d.is_err(),
+                    // (Validated without building a tree: no memory beyond the text.)
+                    None => {
+                        !exec.stdout.iter().all(u8::is_ascii_whitespace)
+                            && serde_json::from_slice::<serde::de::IgnoredAny>(&exec.stdout)
+                                .is_err()
+                    }
+                };
+            crate::task_logs::write(
+                dir,
+                id,
+                attempt,
+                keep_stdout,
+                &exec.stdout,
+                &exec.stderr_tail,
+            );
+        }
+        on_complete(&inner, id, outcome, decoded)
     })
+}
+
+/// A successful attempt's result: its value and, for a JSON result, its text as the program
+/// printed it (what the journal stores, without serialising the value again).
+pub(super) struct Decoded {
+    value: serde_json::Value,
+    text: Option<String>,
+}
+
+/// Decodes a successful attempt's stdout by the task's stdout mode.
+fn decode_success(decoding: Decoding, exec: &Execution) -> Result<Decoded, String> {
+    let value = success_value(decoding.mode, exec, decoding.max_output_bytes)?;
+    let text = match decoding.mode {
+        StdoutMode::Json => std::str::from_utf8(&exec.stdout)
+            .ok()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string),
+        StdoutMode::Text | StdoutMode::File => None,
+    };
+    Ok(Decoded { value, text })
 }
 
 /// How a successful attempt's stdout becomes its result (from the task's spec, which the
@@ -173,32 +211,41 @@ type Dispatched = (TaskId, Result<Arc<PreparedTask>, String>, bool);
 
 /// Takes the task at the front of the queue and marks it running (one critical section, so
 /// a task is always either in the queue or running: `cancel` never sees it in between).
-/// `built` is the spec built (outside the lock) for the task that was at the front; if
+/// `built` is the task prepared (outside the lock) for the task that was at the front; if
 /// another task is at the front now, its spec is built here.
 pub(super) fn dispatch(
     st: &mut State,
     inner: &Inner,
-    built: Option<(TaskId, Result<TaskSpec, String>)>,
+    built: Option<(TaskId, Result<PreparedTask, String>)>,
 ) -> Option<Dispatched> {
     let task = st.queue.pop_front()?;
     st.set_state(task, TaskState::Running);
-    let spec = match built {
-        Some((id, spec)) if id == task => spec,
-        _ => {
-            let plan = st.spec_plan(task);
-            inner.realize(task, plan)
-        }
-    };
     let rec = &mut st.tasks[task.0 as usize];
     rec.attempts += 1;
     let (attempts, cancel) = (rec.attempts, rec.cancel_requested);
+    let prepared = match built {
+        Some((id, prepared)) if id == task => prepared.map(|mut p| {
+            p.attempt = attempts.max(1);
+            p
+        }),
+        _ => {
+            let plan = st.spec_plan(task);
+            inner
+                .realize(task, plan)
+                .map(|spec| prepare(inner, task, attempts, spec))
+        }
+    };
     st.live(task).times.started = Some(SystemTime::now());
     if let Some(j) = &inner.journal {
         j.record_started(task, attempts);
     }
-    let prepared = spec.map(|spec| Arc::new(prepare(inner, task, attempts, spec)));
+    let prepared = prepared.map(Arc::new);
     Some((task, prepared, cancel))
 }
+
+/// Final tasks whose journal rows may wait uncommitted before the scheduler stops
+/// dispatching (see [`scheduler_loop`]): enough for several group commits of a fast job.
+const MAX_UNCOMMITTED: usize = 32_768;
 
 pub(super) fn scheduler_loop(inner: Arc<Inner>) {
     // A worker reserved for a task that was cancelled while we waited for the worker: it
@@ -212,6 +259,15 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
                     return;
                 }
                 let next_due = release_due(&mut st);
+                // Back-pressure: while the journal has many final rows still to commit,
+                // nothing more is dispatched (each waits in memory with its result until
+                // then; the journal's commit wakes us). Never on results not collected: a
+                // caller may collect only once everything is done.
+                let uncommitted = st.finals().saturating_sub(st.durable);
+                if inner.journal.is_some() && uncommitted >= MAX_UNCOMMITTED {
+                    st = inner.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+                    continue;
+                }
                 if let Some(&id) = st.queue.front() {
                     break (id, st.spec_plan(id), st.tasks[id.0 as usize].attempts);
                 }
@@ -238,7 +294,7 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
                     // The task stays queued (and cancellable) while we wait for a worker.
                     None => inner.interface.reserve_worker(&probe),
                 };
-                (Some(worker), Some((front, Ok(probe.spec))))
+                (Some(worker), Some((front, Ok(probe))))
             }
             // No worker for a task that cannot be built: it fails at once.
             Err(e) => (spare.take().map(Ok), Some((front, Err(e)))),
@@ -347,13 +403,14 @@ fn last_bytes(s: &str, max: usize) -> String {
 /// task's log).
 const ERROR_STDERR_TAIL: usize = 4096;
 
-/// Records the outcome of an attempt of `id`: retried, or final and journaled. `decoding`
-/// says how to read a successful attempt's stdout (none: there is no successful attempt).
+/// Records the outcome of an attempt of `id`: retried, or final and journaled. `decoded` is
+/// a successful attempt's decoded result (none: the attempt did not succeed, or nobody
+/// decoded it; then it is decoded here as JSON).
 pub(super) fn on_complete(
     inner: &Arc<Inner>,
     id: TaskId,
     outcome: Result<Execution, InterfaceError>,
-    decoding: Option<Decoding>,
+    decoded: Option<Result<Decoded, String>>,
 ) {
     let mut st = inner.lock();
     let retries = inner.options.retries;
@@ -366,6 +423,7 @@ pub(super) fn on_complete(
     let attempts = rec.attempts;
     let user_cancel = rec.cancel_requested;
     let live = st.live(id);
+    let mut output_text = None;
     let result: Result<TaskOutput, MwError> = match outcome {
         Err(InterfaceError(message, ran)) => {
             if let Some(r) = &ran {
@@ -404,18 +462,24 @@ pub(super) fn on_complete(
                     attempts,
                 })
             } else {
-                let decoding = decoding.unwrap_or(Decoding {
-                    mode: StdoutMode::Json,
-                    max_output_bytes: crate::task::DEFAULT_MAX_OUTPUT_BYTES,
+                let decoded = decoded.unwrap_or_else(|| {
+                    let json = Decoding {
+                        mode: StdoutMode::Json,
+                        max_output_bytes: crate::task::DEFAULT_MAX_OUTPUT_BYTES,
+                    };
+                    decode_success(json, &exec)
                 });
-                success_value(decoding.mode, &exec, decoding.max_output_bytes)
-                    .map(|value| TaskOutput {
-                        task: id,
-                        value,
-                        output_files: exec.output_files,
-                        host: exec.host,
-                        times: TaskTimes::default(),
-                        attempts,
+                decoded
+                    .map(|d| {
+                        output_text = d.text;
+                        TaskOutput {
+                            task: id,
+                            value: d.value,
+                            output_files: exec.output_files,
+                            host: exec.host,
+                            times: TaskTimes::default(),
+                            attempts,
+                        }
                     })
                     .map_err(|reason| MwError::BadOutput { task: id, reason })
             }
@@ -490,43 +554,38 @@ pub(super) fn on_complete(
         Ok(_) => log::debug!("{id}: done (attempt {attempts})"),
         Err(e) => log::info!("{id}: {}: {e}", final_state.as_str()),
     }
+    if result.is_err() {
+        output_text = None;
+    }
     st.live(id).outcome = Some(Box::new(result));
     st.set_state(id, final_state);
     st.release(id);
-    finish_durably(inner, st, id);
+    finish_durably(inner, st, id, output_text);
 }
 
 /// Makes a final task collectable: at once without a journal; with one, only after its row
 /// is committed, so a result handed to the user is never lost in a crash.
-pub(super) fn finish_durably(inner: &Arc<Inner>, mut st: MutexGuard<'_, State>, id: TaskId) {
-    mark_final(inner, &mut st, id);
-    drop(st);
-    inner.cond.notify_all();
-}
-
-/// The part of [`finish_durably`] done under the lock (the caller notifies waiters).
-pub(super) fn mark_final(inner: &Arc<Inner>, st: &mut State, id: TaskId) {
+/// `output` is the result's JSON text when the caller has it (else it is serialised from the
+/// value).
+pub(super) fn finish_durably(
+    inner: &Arc<Inner>,
+    mut st: MutexGuard<'_, State>,
+    id: TaskId,
+    output: Option<String>,
+) {
     match &inner.journal {
         None => {
-            st.finished.push_back(id);
-            st.durable += 1;
-            st.tasks[id.0 as usize].durable = true;
+            super::mark_durable(&mut st, &[id.0]);
+            drop(st);
+            inner.cond.notify_all();
         }
         Some(j) => {
-            let inner2 = inner.clone();
+            // Collectable once its row is committed: the journal's durable hook (installed
+            // by `Master::build`) marks it, for a whole group commit at once.
             let rec = st.tasks[id.0 as usize];
-            j.record_final(
-                id,
-                final_row(id, rec.state, rec.attempts, st.live.get(&id.0)),
-                Some(Box::new(move || {
-                    let mut st = inner2.lock();
-                    st.finished.push_back(id);
-                    st.durable += 1;
-                    st.tasks[id.0 as usize].durable = true;
-                    drop(st);
-                    inner2.cond.notify_all();
-                })),
-            );
+            let row = final_row(id, rec.state, rec.attempts, st.live.get(&id.0), output);
+            drop(st);
+            j.record_final(id, row);
         }
     }
 }
@@ -543,6 +602,7 @@ pub(super) fn final_row(
     state: TaskState,
     attempts: u32,
     live: Option<&Live>,
+    output: Option<String>,
 ) -> FinalRow {
     let none;
     let rec = match live {
@@ -561,17 +621,21 @@ pub(super) fn final_row(
     };
     let (output, exit, error, host, files) = match rec.outcome.as_deref() {
         Some(Ok(out)) => (
-            Some(out.value.to_string()),
+            Some(output.unwrap_or_else(|| out.value.to_string())),
             Some("exit status 0".to_string()),
             None,
             out.host.clone(),
-            serde_json::to_string(
-                &out.output_files
-                    .iter()
-                    .map(|(_, p)| p.display().to_string())
-                    .collect::<Vec<_>>(),
-            )
-            .unwrap_or_else(|_| "[]".into()),
+            if out.output_files.is_empty() {
+                "[]".into()
+            } else {
+                serde_json::to_string(
+                    &out.output_files
+                        .iter()
+                        .map(|(_, p)| p.display().to_string())
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap_or_else(|_| "[]".into())
+            },
         ),
         Some(Err(e)) => (
             None,
