@@ -690,17 +690,26 @@ impl Drop for MasterPump<'_> {
 /// The `mw-mpi-results` thread: decodes result bundles and finishes completions.
 fn decode_results(rx: Receiver<Finished>, _shared: &Arc<Shared>) {
     for f in rx {
-        let outcome = match f.payload {
+        let (task, rank) = (f.task.clone(), f.rank);
+        // What a rank sent is read under a guard: a panic fails this task with its message,
+        // and the thread goes on with the others.
+        let outcome = crate::guard::contain(|| match f.payload {
             Payload::Bundle(data) => {
-                let label = format!("result bundle of {} from MPI rank {}", f.task.id, f.rank);
+                let label = format!("result bundle of {} from MPI rank {rank}", task.id);
                 match data.get(8..) {
-                    Some(bundle) => Execution::from_result_bundle_of(bundle, &label, &f.task),
+                    Some(bundle) => Execution::from_result_bundle_of(bundle, &label, &task),
                     None => Err(InterfaceError::new(format!("{label}: message too short"))),
                 }
             }
             Payload::Error(msg) => Err(InterfaceError::new(msg)),
-            Payload::Stream(r) => stream_execution(r, f.rank),
-        };
+            Payload::Stream(r) => stream_execution(r, rank),
+        })
+        .unwrap_or_else(|panic| {
+            Err(InterfaceError::new(format!(
+                "{}: internal error while reading its result from MPI rank {rank}: {panic}",
+                task.id
+            )))
+        });
         f.done.finish(outcome);
     }
 }
