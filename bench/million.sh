@@ -39,7 +39,8 @@ printf 'mw run:    wall %s, master peak RSS %.1f MiB (%.0f bytes/task), journal 
     "$(awk "BEGIN { print $jsize / 1048576 }")" "$lines"
 /usr/bin/time -v -o "$W/submit.time" "$MW" submit "$W/null.toml" --jobs-dir "$W/jobs2" > "$W/submit.out"
 id=$(cut -f1 "$W/submit.out")
-# Cancel once the detached master runs tasks (a cancel while it starts up can miss it).
+# Cancel once the detached master runs tasks (so its whole start-up runs; a cancel during the
+# start-up is applied too, before anything is dispatched).
 for _ in $(seq 600); do
     running=$("$MW" status --jobs-dir "$W/jobs2" 2>/dev/null | awk -v id="$id" '$1 == id { print $(NF-3) }')
     [ "${running:-0}" -gt 0 ] && break
