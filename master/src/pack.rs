@@ -1,14 +1,14 @@
 //! Task packs for grid platforms: many tasks of one job in one grid job (an HTCondor job, a
 //! BOINC workunit), so that each task no longer pays the platform's overhead per job.
 //!
-//! - [`pack_bundle_bytes`]: the pack bundle (each task's own task bundle inside it).
-//! - [`read_pack_result`]: the pack result that came back, read as hostile input. The pack
+//! - `pack_bundle_bytes`: the pack bundle (each task's own task bundle inside it).
+//! - `read_pack_result`: the pack result that came back, read as hostile input. The pack
 //!   is identified by what the platform vouches for (the job or workunit it came back
 //!   from), so its members are known before it is opened: each member's result is looked up
 //!   under that member's name and must be that task's result (job, task, declared outputs,
 //!   limits: [`Execution::from_result_bundle_of`]); anything else in it is ignored, never
 //!   delivered to another task. Members without a result are returned as missing.
-//! - [`PackSizer`]: how many tasks the next pack takes (a fixed size, or a size chosen from
+//! - `PackSizer`: how many tasks the next pack takes (a fixed size, or a size chosen from
 //!   the run times measured so far, bounded by the fixed size).
 //!
 //! This module knows nothing of any particular platform; `condor/` and `boinc/` build on it.
