@@ -113,3 +113,31 @@ pub fn ompi_tmpdir() -> PathBuf {
         .expect("create an Open MPI session directory")
         .keep()
 }
+
+/// A result bundle as an execute node or volunteer could return it, made by hand: job `job`,
+/// task `task`, exit `code`, `stdout`, from host `forger` (for tests of forged and misfiled
+/// results).
+pub fn result_bundle(job: &str, task: u64, code: i32, stdout: &str) -> Vec<u8> {
+    let info = mw_bundle::ResultInfo {
+        job: job.into(),
+        task,
+        attempt: None,
+        exit: mw_bundle::ExitInfo::Exited { code },
+        wall_secs: 0.01,
+        user_secs: 0.0,
+        sys_secs: 0.0,
+        host: "forger".into(),
+        started_unix: 1.0,
+        stderr_tail: String::new(),
+        missing_outputs: vec![],
+        comparison: mw_bundle::Comparison::default(),
+    };
+    let mut b = mw_bundle::BundleBuilder::result(info, "forged");
+    b.add_bytes(
+        mw_bundle::RESULT_STDOUT_NAME,
+        stdout.as_bytes().to_vec(),
+        false,
+    )
+    .expect("add stdout to a result bundle");
+    b.to_bytes().expect("write a result bundle")
+}

@@ -981,28 +981,7 @@ fn cancel_of_one_task_inside_a_pack_workunit() {
 
 /// A result bundle for job `job`, task `task`, exit `code`, with `stdout`.
 fn result_bytes(job: &str, task: u64, code: i32, stdout: &str) -> Vec<u8> {
-    let info = mw_bundle::ResultInfo {
-        job: job.into(),
-        task,
-        attempt: None,
-        exit: mw_bundle::ExitInfo::Exited { code },
-        wall_secs: 0.01,
-        user_secs: 0.0,
-        sys_secs: 0.0,
-        host: "forger".into(),
-        started_unix: 1.0,
-        stderr_tail: String::new(),
-        missing_outputs: vec![],
-        comparison: mw_bundle::Comparison::default(),
-    };
-    let mut b = mw_bundle::BundleBuilder::result(info, "forged");
-    b.add_bytes(
-        mw_bundle::RESULT_STDOUT_NAME,
-        stdout.as_bytes().to_vec(),
-        false,
-    )
-    .unwrap();
-    b.to_bytes().unwrap()
+    mw_tests::result_bundle(job, task, code, stdout)
 }
 
 /// A volunteer's forged pack result becomes canonical for the pack of tasks 0-2: task 0's

@@ -917,28 +917,7 @@ fn crash_right_after_submitting_packs_then_resume() {
 
 /// A result bundle for job `job`, task `task`, exit 0 with `stdout`.
 fn forged_result(job: &str, task: u64, stdout: &str) -> Vec<u8> {
-    let info = mw_bundle::ResultInfo {
-        job: job.into(),
-        task,
-        attempt: None,
-        exit: mw_bundle::ExitInfo::Exited { code: 0 },
-        wall_secs: 0.01,
-        user_secs: 0.0,
-        sys_secs: 0.0,
-        host: "forger".into(),
-        started_unix: 1.0,
-        stderr_tail: String::new(),
-        missing_outputs: vec![],
-        comparison: mw_bundle::Comparison::default(),
-    };
-    let mut b = mw_bundle::BundleBuilder::result(info, "forged");
-    b.add_bytes(
-        mw_bundle::RESULT_STDOUT_NAME,
-        stdout.as_bytes().to_vec(),
-        false,
-    )
-    .unwrap();
-    b.to_bytes().unwrap()
+    mw_tests::result_bundle(job, task, 0, stdout)
 }
 
 /// The pool returns a forged pack result for the pack of tasks 0-2: task 0's result is
