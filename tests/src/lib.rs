@@ -103,15 +103,17 @@ pub fn script(dir: &std::path::Path, name: &str, body: &str) -> PathBuf {
     p
 }
 
-/// A session directory of its own for one `mpirun` (`OMPI_MCA_orte_tmpdir_base`): Open MPI 4
-/// creates `/tmp/ompi.<host>.<uid>` itself, and two `mpirun`s starting at the same instant
-/// race for it ("mkdir ... File exists", orte_init fails). Kept until the test process ends.
-pub fn ompi_tmpdir() -> PathBuf {
-    tempfile::Builder::new()
+/// A session directory of its own for one `mpirun` (`OMPI_MCA_orte_tmpdir_base`), set on
+/// `cmd`: Open MPI 4 creates `/tmp/ompi.<host>.<uid>` itself, and two `mpirun`s starting at the
+/// same instant race for it ("mkdir ... File exists", orte_init fails). The directory is
+/// removed when the returned guard is dropped: keep it until `mpirun` has ended.
+pub fn ompi_session(cmd: &mut std::process::Command) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
         .prefix("mw-ompi-")
         .tempdir()
-        .expect("create an Open MPI session directory")
-        .keep()
+        .expect("create an Open MPI session directory");
+    cmd.env("OMPI_MCA_orte_tmpdir_base", dir.path());
+    dir
 }
 
 /// A result bundle as an execute node or volunteer could return it, made by hand: job `job`,

@@ -28,14 +28,14 @@ fn ompi(c: &mut Command) -> &mut Command {
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
         .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-        .env("OMPI_MCA_orte_tmpdir_base", mw_tests::ompi_tmpdir())
         .stdin(Stdio::null())
 }
 
 fn run_mpi(job: &Path, jobs: &Path, output: &Path) -> Output {
+    let mut cmd = Command::new("timeout");
+    let _session = mw_tests::ompi_session(&mut cmd);
     let out = ompi(
-        Command::new("timeout")
-            .args(["300", "mpirun", "-n", "3"])
+        cmd.args(["300", "mpirun", "-n", "3"])
             .arg(mw_tests::bin("mw"))
             .arg("run")
             .arg(job)
@@ -237,6 +237,7 @@ fn stream_mode_job_under_mpirun_and_multicore_reports_every_task_once() {
             .arg(tmp.path().join("jobs"))
             .arg("--output")
             .arg(&output);
+        let _session = mw_tests::ompi_session(&mut cmd);
         let out = ompi(&mut cmd).output().expect("run mw");
         // Exit 1: some tasks failed (on purpose); anything else is a failure of the run.
         assert_eq!(

@@ -23,7 +23,7 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
 
 /// `timeout SECS mpirun -n RANKS mw-mpi-driver ARGS...`, with the Open MPI settings needed
 /// as root in a container with few cores.
-fn mpirun_cmd(secs: u32, ranks: u32, args: &[&str]) -> Command {
+fn mpirun_cmd(secs: u32, ranks: u32, args: &[&str]) -> (Command, tempfile::TempDir) {
     let mut c = Command::new("timeout");
     c.arg(secs.to_string())
         .arg("mpirun")
@@ -35,14 +35,15 @@ fn mpirun_cmd(secs: u32, ranks: u32, args: &[&str]) -> Command {
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
         .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-        .env("OMPI_MCA_orte_tmpdir_base", mw_tests::ompi_tmpdir())
         .env_remove("RUST_BACKTRACE")
         .stdin(Stdio::null());
-    c
+    let session = mw_tests::ompi_session(&mut c);
+    (c, session)
 }
 
 fn mpirun(secs: u32, ranks: u32, args: &[&str]) -> Output {
-    let out = mpirun_cmd(secs, ranks, args).output().expect("run mpirun");
+    let (mut cmd, _session) = mpirun_cmd(secs, ranks, args);
+    let out = cmd.output().expect("run mpirun");
     assert_ne!(
         out.status.code(),
         Some(124),
@@ -216,7 +217,8 @@ fn killed_worker_rank_ends_the_job_with_a_clear_message() {
     // Each task records "its pid, its rank's pid", then sleeps.
     let body = format!("echo \"$$ $PPID\" >> '{}'\nexec sleep 120", pids.display());
     let p = script(dir.path(), "slow.sh", &body);
-    let mut child = mpirun_cmd(90, 3, &[p.to_str().unwrap(), "4"])
+    let (mut cmd, _session) = mpirun_cmd(90, 3, &[p.to_str().unwrap(), "4"]);
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
