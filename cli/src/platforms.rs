@@ -35,7 +35,8 @@ pub(crate) fn preflight(name: &str, job: &Job) -> anyhow::Result<()> {
             .boinc
             .to_settings(&job.base_dir)
             .map_err(|e| anyhow::anyhow!("{}: {e}", job.path.display()))?;
-        mw::boinc::Boinc::check(&settings)?;
+        mw::boinc::Boinc::check(&settings, job.max_output_bytes()?)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", job.path.display()))?;
     }
     Ok(())
 }

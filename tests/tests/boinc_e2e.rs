@@ -622,6 +622,37 @@ fn refused_up_front_without_mw_installed_or_as_another_user() {
     assert!(!jobs.exists(), "a refused job left {}", jobs.display());
 }
 
+/// A job whose `max_output` is over what the project's validator and assimilator accept
+/// would have volunteers compute results the server then refuses: `mw run` refuses it up
+/// front (exit 2, naming the server's setting and how to raise it), creating no workunit.
+#[test]
+fn max_output_over_the_servers_limit_is_refused_up_front() {
+    let p = Project::new(1);
+    let body = format!(
+        "max_output = \"32MiB\"\n[program]\npath = \"{}\"\n[inputs]\nlist = [1, 2]\n",
+        program("null-task")
+    );
+    let out = p.run("big", &body);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("max_output_bytes"), "{err}");
+    assert!(
+        err.contains("mw-boinc-setup --max-output-bytes 33554432"),
+        "{err}"
+    );
+    let jobs = p.root.parent().unwrap().join("big/jobs");
+    assert!(!jobs.exists(), "a refused job left {}", jobs.display());
+    assert!(p.calls_of("create_work").is_empty(), "{:#?}", p.calls());
+    // Within the server's limit, the same job runs.
+    let out = p.run("fits", &body.replace("32MiB", "16MiB"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(p.calls_of("create_work").len(), 1, "{:#?}", p.calls());
+}
+
 /// Six tasks packed three to a workunit: two workunits, each run once by the real client
 /// (exit 0: a pack succeeds whenever its result is written), validated and assimilated; the
 /// task that fails fails alone with its exit status and stderr, its neighbours succeed.

@@ -151,6 +151,8 @@ struct Shared {
     batch_size: usize,
     run_id: String,
     job_deadline: Option<Duration>,
+    /// The largest result the project's server accepts ([`server_max_output`]).
+    max_output_bytes: u64,
     state: Mutex<State>,
     cond: Condvar,
     sink: Mutex<Option<Arc<dyn HandleSink>>>,
@@ -346,12 +348,43 @@ fn open_project(settings: &BoincSettings) -> Result<Opened, BoincError> {
     })
 }
 
+/// The largest result (stdout) the project's `mw-validator` and `mw-assimilator` accept:
+/// `max_output_bytes` in `mw_boinc.toml`, else the default output limit.
+fn server_max_output(cfg: &MwBoincConfig) -> u64 {
+    cfg.max_output_bytes
+        .unwrap_or(mw_bundle::DEFAULT_MAX_OUTPUT_BYTES)
+}
+
+/// Why a task whose result may take `max_output_bytes` must not be sent to volunteers of the
+/// project at `project` (whose server accepts `limit` bytes): its result could be refused
+/// after a volunteer computed it.
+fn over_server_limit(max_output_bytes: u64, limit: u64, project: &Path) -> Option<String> {
+    (max_output_bytes > limit).then(|| {
+        format!(
+            "max_output is {max_output_bytes} bytes, over the {limit} bytes this BOINC \
+             project's mw-validator and mw-assimilator accept (max_output_bytes in {}): lower \
+             max_output, or have the project's admin run mw-boinc-setup --max-output-bytes \
+             {max_output_bytes}",
+            MwBoincConfig::path(project).display()
+        )
+    })
+}
+
 impl Boinc {
     /// Checks, without changing anything, what [`Boinc::new`] checks before it creates
     /// anything: the project, mw's installation in it, this process's right to write the
-    /// download hierarchy, and the settings. For a CLI to refuse a job up front.
-    pub fn check(settings: &BoincSettings) -> Result<(), BoincError> {
-        open_project(settings).map(|_| ())
+    /// download hierarchy, and the settings; and that the project's server accepts results
+    /// of `max_output_bytes` (the job's `max_output`). For a CLI to refuse a job up front.
+    pub fn check(settings: &BoincSettings, max_output_bytes: u64) -> Result<(), BoincError> {
+        let opened = open_project(settings)?;
+        match over_server_limit(
+            max_output_bytes,
+            server_max_output(&opened.cfg),
+            &opened.project,
+        ) {
+            Some(why) => Err(BoincError(why)),
+            None => Ok(()),
+        }
     }
 
     /// Connects to the project: checks mw's installation and the download hierarchy's
@@ -389,6 +422,7 @@ impl Boinc {
             batch_size: settings.batch_size.max(1),
             run_id: mw_boinc_kit::names::fresh_run_id(),
             job_deadline: settings.job_deadline,
+            max_output_bytes: server_max_output(&cfg),
             state: Mutex::new(State {
                 sizer,
                 ..State::default()
@@ -486,6 +520,15 @@ impl Interface for Boinc {
         if let Err(msg) = self.claim_job(&mut st, &task) {
             drop(st);
             done.finish(Err(InterfaceError::new(msg)));
+            return;
+        }
+        if let Some(why) = over_server_limit(
+            task.spec.max_output_bytes,
+            self.shared.max_output_bytes,
+            &self.shared.project,
+        ) {
+            drop(st);
+            done.finish(Err(InterfaceError::new(why)));
             return;
         }
         st.queue.push_back(Pending {
