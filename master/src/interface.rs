@@ -66,6 +66,20 @@ impl Drop for Completion {
     }
 }
 
+/// `reserve_worker` of a platform that queues tasks itself (HTCondor, BOINC): it never
+/// waits and has one worker (0); once the interface named `platform` is shut down, an error.
+pub(crate) fn queued_worker(platform: &str, shut_down: bool) -> Result<WorkerId, InterfaceError> {
+    if shut_down {
+        return Err(shut_down_error(platform));
+    }
+    Ok(WorkerId(0))
+}
+
+/// What a task meets at the interface named `platform` after it was shut down.
+pub(crate) fn shut_down_error(platform: &str) -> InterfaceError {
+    InterfaceError::new(format!("the {platform} interface was shut down"))
+}
+
 /// Records backend handles (Condor cluster.proc, BOINC workunit name, MPI rank) so a
 /// resumed master can re-attach. Given to interfaces by the master.
 pub trait HandleSink: Send + Sync {

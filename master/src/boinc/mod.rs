@@ -470,10 +470,7 @@ impl Interface for Boinc {
 
     fn reserve_worker(&self, _task: &PreparedTask) -> Result<WorkerId, InterfaceError> {
         // BOINC queues work on the server: never wait here.
-        if self.shared.lock().shut_down {
-            return Err(InterfaceError::new("the BOINC interface was shut down"));
-        }
-        Ok(WorkerId(0))
+        crate::interface::queued_worker("BOINC", self.shared.lock().shut_down)
     }
 
     fn execute_task(&self, task: Arc<PreparedTask>, _worker: WorkerId, done: Completion) {

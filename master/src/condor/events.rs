@@ -316,11 +316,7 @@ fn requeue(shared: &Shared, mut t: Tracked, h: JobHandle, why: &str) {
     // Queued for a new pack: no bundle of its own yet (its old pack's files stay where they
     // are, for that job's record).
     t.files = TaskFiles::queued(std::mem::take(&mut t.files.program_bundle));
-    st.tasks.insert(id, t);
-    st.pending.push(id);
-    let now = Instant::now();
-    st.first_pending.get_or_insert(now);
-    st.last_pending = Some(now);
+    st.add_pending(id, t);
     drop(st);
     shared.cond.notify_all();
 }
