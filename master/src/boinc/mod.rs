@@ -96,6 +96,12 @@ struct Waiting {
     requeues: u32,
 }
 
+impl crate::pack::PackMember for Waiting {
+    fn task(&self) -> &Arc<PreparedTask> {
+        &self.task
+    }
+}
+
 /// How a re-attached pack workunit ended, kept for members re-attached after that.
 #[derive(Clone)]
 enum Concluded {

@@ -112,6 +112,12 @@ struct Tracked {
     requeues: u32,
 }
 
+impl crate::pack::PackMember for Tracked {
+    fn task(&self) -> &Arc<PreparedTask> {
+        &self.task
+    }
+}
+
 impl Tracked {
     /// A task this interface follows, idle until its log says otherwise.
     fn new(
