@@ -378,7 +378,7 @@ pub fn assimilate_result(
             Err(e) => return reject(format!("not a valid pack result bundle: {e}")),
         }
     } else {
-        match mw_validator::verify_result_bytes(&bytes, &label, limits) {
+        match mw_validator::read_result_bytes(&bytes, &label, limits, mw_validator::Keep::Nothing) {
             Ok(checked) => (checked.info.job.clone(), Some(checked.info)),
             Err(e) => return reject(format!("not a valid result bundle: {e}")),
         }

@@ -170,9 +170,10 @@ fn read_upload(
         .and_then(|f| f.take(cap).read_to_end(&mut bytes))
         .map_err(|e| format!("unreadable upload: {e}"))?;
     let label = path.display().to_string();
-    mw_validator::read_result_bytes(&bytes, &label, limits).map_err(|e| match e {
-        mw_validator::ValidateError::Invalid(m) | mw_validator::ValidateError::Transient(m) => {
-            format!("not a result bundle: {m}")
-        }
-    })
+    mw_validator::read_result_bytes(&bytes, &label, limits, mw_validator::Keep::ForComparison)
+        .map_err(|e| match e {
+            mw_validator::ValidateError::Invalid(m) | mw_validator::ValidateError::Transient(m) => {
+                format!("not a result bundle: {m}")
+            }
+        })
 }
