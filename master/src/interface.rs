@@ -75,6 +75,17 @@ pub(crate) fn queued_worker(platform: &str, shut_down: bool) -> Result<WorkerId,
     Ok(WorkerId(0))
 }
 
+/// Reserves one more task on the least-loaded of the workers whose task counts are `load`,
+/// if that one holds fewer than `depth`: its id. `None`: every worker is full.
+pub(crate) fn reserve_least_loaded(load: &mut [u32], depth: u32) -> Option<WorkerId> {
+    let (worker, held) = load.iter_mut().enumerate().min_by_key(|(_, l)| **l)?;
+    if *held >= depth {
+        return None;
+    }
+    *held += 1;
+    Some(WorkerId(worker as u64))
+}
+
 /// What a task meets at the interface named `platform` after it was shut down.
 pub(crate) fn shut_down_error(platform: &str) -> InterfaceError {
     InterfaceError::new(format!("the {platform} interface was shut down"))

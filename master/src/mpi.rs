@@ -1131,11 +1131,8 @@ impl Interface for Mpi {
                 return Err(InterfaceError::new(why));
             }
             // The least-loaded rank, if it can take one more.
-            if let Some((rank, load)) = st.load.iter_mut().enumerate().min_by_key(|(_, l)| **l) {
-                if *load < depth {
-                    *load += 1;
-                    return Ok(WorkerId(rank as u64));
-                }
+            if let Some(rank) = crate::interface::reserve_least_loaded(&mut st.load, depth) {
+                return Ok(rank);
             }
             st = self.shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
         }

@@ -550,11 +550,8 @@ impl Interface for Multicore {
                 return Err(InterfaceError::new("the multicore interface was shut down"));
             }
             // The least-loaded slot, if it can take one more.
-            if let Some((slot, load)) = st.load.iter_mut().enumerate().min_by_key(|(_, l)| **l) {
-                if *load < depth {
-                    *load += 1;
-                    return Ok(WorkerId(slot as u64));
-                }
+            if let Some(slot) = crate::interface::reserve_least_loaded(&mut st.load, depth) {
+                return Ok(slot);
             }
             st = self.state.1.wait(st).unwrap_or_else(|p| p.into_inner());
         }
