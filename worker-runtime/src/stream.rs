@@ -551,6 +551,11 @@ mod unix {
             }
         }
 
+        /// When the task that was current (`c`) started; now if none was.
+        fn clock(c: Option<Current>) -> (Instant, SystemTime) {
+            c.map_or((Instant::now(), SystemTime::now()), |c| (c.t0, c.started))
+        }
+
         /// Ties the task's `control` to process `p`; a task cancelled already stops `p` at
         /// once (true then).
         fn attach_to(&mut self, control: &ProcessControl, p: &mut Proc, grace: Duration) -> bool {
@@ -638,8 +643,7 @@ mod unix {
                     Err(e) => {
                         let c = cur.take();
                         if let Some(entry) = queue.pop_front() {
-                            let (t0, started) = c
-                                .map_or((Instant::now(), SystemTime::now()), |c| (c.t0, c.started));
+                            let (t0, started) = Current::clock(c);
                             report(
                                 entry.token,
                                 failed(
@@ -798,9 +802,7 @@ mod unix {
                         p.err_tail.clear();
                         t
                     };
-                    let c = cur.take();
-                    let (t0, started) =
-                        c.map_or((Instant::now(), SystemTime::now()), |c| (c.t0, c.started));
+                    let (t0, started) = Current::clock(cur.take());
                     let line = &p.out_buf[line_start..end];
                     // A whole line can arrive in one read: its length is checked here too.
                     let verdict = if line.len() > max_line {
@@ -855,9 +857,7 @@ mod unix {
                             attach(&entry.input.control, None, grace);
                             p.read_stderr(keep);
                             let tail = tail_string(&p.proc_tail, keep);
-                            let c = cur.take();
-                            let (t0, started) = c
-                                .map_or((Instant::now(), SystemTime::now()), |c| (c.t0, c.started));
+                            let (t0, started) = Current::clock(cur.take());
                             report(
                                 entry.token,
                                 failed(
