@@ -8,8 +8,9 @@
 //! to name the first field on which they disagree. Everything here is best effort: a missing
 //! or unreadable upload only makes the record shorter.
 
-use mw_boinc_kit::errors::{tail, ResultReport, MAX_REPORTED_RESULTS, MAX_STDERR_TAIL};
+use mw_boinc_kit::errors::{ResultReport, MAX_REPORTED_RESULTS, MAX_STDERR_TAIL};
 use mw_boinc_kit::{wu_name_from_output, ErrorRecord, ProjectLayout, WuName};
+use mw_bundle::text::tail;
 use std::path::{Path, PathBuf};
 
 /// Largest upload read for a report, in bytes.

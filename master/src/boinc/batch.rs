@@ -470,12 +470,7 @@ pub(super) fn trim_tool_output(text: &str) -> String {
         }
         out.push_str(&piece);
         if out.len() > MAX_ERROR_TEXT {
-            let mut cut = MAX_ERROR_TEXT;
-            while !out.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            out.truncate(cut);
-            out.push_str(" […]");
+            mw_bundle::text::clip(&mut out, MAX_ERROR_TEXT);
             break;
         }
     }
