@@ -161,7 +161,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::guard::lock(&self.state)
     }
 
     /// Frees `task`'s place on `rank` after it ended there.
@@ -1212,12 +1212,7 @@ impl Interface for Mpi {
         } else {
             None
         };
-        let sink = self
-            .shared
-            .sink
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let sink = crate::guard::lock(&self.shared.sink).clone();
         if let Some(sink) = sink {
             sink.record_handle(task.id, &format!("mpi-rank-{rank}"));
         }
@@ -1260,13 +1255,13 @@ impl Interface for Mpi {
     }
 
     fn set_handle_sink(&self, sink: Arc<dyn HandleSink>) {
-        *self.shared.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+        *crate::guard::lock(&self.shared.sink) = Some(sink);
     }
 
     /// Cancels what runs, waits for those results, tells every worker rank to stop and
     /// finalizes MPI (on the comm thread). Idempotent.
     fn shutdown(&self) {
-        let handle = self.comm.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let handle = crate::guard::lock(&self.comm).take();
         let Some(handle) = handle else {
             return;
         };

@@ -165,17 +165,12 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::guard::lock(&self.state)
     }
 }
 
 fn wake_watcher(shared: &Shared) {
-    if let Some(tx) = shared
-        .wake_watcher
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-    {
+    if let Some(tx) = crate::guard::lock(&shared.wake_watcher).as_ref() {
         let _ = tx.send(());
     }
 }
@@ -404,10 +399,7 @@ impl Boinc {
             wake_watcher: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel::<()>();
-        *shared
-            .wake_watcher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
+        *crate::guard::lock(&shared.wake_watcher) = Some(tx.clone());
         let watcher = {
             let tx = tx.clone();
             notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
@@ -595,7 +587,7 @@ impl Interface for Boinc {
     }
 
     fn set_handle_sink(&self, sink: Arc<dyn HandleSink>) {
-        *self.shared.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+        *crate::guard::lock(&self.shared.sink) = Some(sink);
     }
 
     fn reattach(
@@ -663,13 +655,7 @@ impl Interface for Boinc {
                 st = self.shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
             }
         }
-        if let Some(tx) = self
-            .shared
-            .wake_watcher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+        if let Some(tx) = crate::guard::lock(&self.shared.wake_watcher).take() {
             let _ = tx.send(());
         }
     }

@@ -377,7 +377,7 @@ pub(crate) struct Inner {
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::guard::lock(&self.state)
     }
 
     /// Carries out a [`SpecPlan`] (outside the lock: it may read the journal and render
