@@ -43,7 +43,7 @@
 //!
 //! This module must never know about the journal, job files, the CLI, or other platforms.
 
-use crate::interface::{Completion, HandleSink, Interface};
+use crate::interface::{Completion, Depth, HandleSink, Interface};
 use crate::task::{Execution, InterfaceError, PreparedTask, ProgramMode, TaskId, WorkerId};
 use mpi::point_to_point::MatchedReceiveVec;
 use mpi::topology::SimpleCommunicator;
@@ -70,6 +70,11 @@ const TAG_STREAM_RESULTS: i32 = 12;
 const PROCESS_RANK_DEPTH: u32 = 2;
 /// Tasks of a streaming program a rank holds at once.
 pub const STREAM_RANK_DEPTH: u32 = 256;
+/// Both of those.
+const RANK_DEPTH: Depth = Depth {
+    process: PROCESS_RANK_DEPTH,
+    stream: STREAM_RANK_DEPTH,
+};
 /// A rank with streaming tasks wakes the scheduler each time this many places are free.
 const STREAM_WAKE_EVERY: u32 = 32;
 
@@ -1121,17 +1126,15 @@ impl Interface for Mpi {
     }
 
     fn reserve_worker(&self, task: &PreparedTask) -> Result<WorkerId, InterfaceError> {
-        let depth = match task.spec.program.mode() {
-            ProgramMode::Process => PROCESS_RANK_DEPTH,
-            ProgramMode::Stream => STREAM_RANK_DEPTH,
-        };
         let mut st = self.shared.lock();
         loop {
             if let Some(why) = &st.closed {
                 return Err(InterfaceError::new(why));
             }
             // The least-loaded rank, if it can take one more.
-            if let Some(rank) = crate::interface::reserve_least_loaded(&mut st.load, depth) {
+            if let Some(rank) =
+                crate::interface::reserve_least_loaded(&mut st.load, RANK_DEPTH, task)
+            {
                 return Ok(rank);
             }
             st = self.shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
