@@ -1024,12 +1024,14 @@ fn count_final(conn: &Connection) -> rusqlite::Result<u64> {
     count(
         conn,
         "SELECT COUNT(*) FROM tasks WHERE state IN ('done','failed','cancelled')",
+        [],
     )
 }
 
-/// What the `SELECT COUNT(*) …` query `sql` counts (a negative count, impossible, as 0).
-fn count(conn: &Connection, sql: &str) -> rusqlite::Result<u64> {
-    let n: i64 = conn.query_row(sql, [], |r| r.get(0))?;
+/// What the `SELECT COUNT(*) …` query `sql` counts with `params` (a negative count,
+/// impossible, as 0).
+fn count(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<u64> {
+    let n: i64 = conn.query_row(sql, params, |r| r.get(0))?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
@@ -1169,6 +1171,7 @@ pub fn count_running_with_handle(conn: &Connection, path: &Path) -> Result<u64, 
     count(
         conn,
         "SELECT COUNT(*) FROM tasks WHERE state = 'running' AND handle IS NOT NULL",
+        [],
     )
     .map_err(|e| jerr(path, "counting running tasks", e))
 }
@@ -1311,6 +1314,7 @@ pub fn count_unfinished(conn: &Connection, path: &Path) -> Result<u64, JournalEr
     count(
         conn,
         "SELECT COUNT(*) FROM tasks WHERE state IN ('queued','running')",
+        [],
     )
     .map_err(|e| jerr(path, "counting unfinished tasks", e))
 }
@@ -1320,13 +1324,12 @@ pub fn task_exists(conn: &Connection, path: &Path, task: u64) -> Result<bool, Jo
     let Ok(idx) = i64::try_from(task) else {
         return Ok(false);
     };
-    let n: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM tasks WHERE idx = ?1",
-            params![idx],
-            |r| r.get(0),
-        )
-        .map_err(|e| jerr(path, "reading tasks", e))?;
+    let n = count(
+        conn,
+        "SELECT COUNT(*) FROM tasks WHERE idx = ?1",
+        params![idx],
+    )
+    .map_err(|e| jerr(path, "reading tasks", e))?;
     Ok(n > 0)
 }
 
