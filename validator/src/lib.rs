@@ -57,6 +57,13 @@ pub enum ValidateError {
     Transient(String),
 }
 
+/// A bundle that cannot be read is an invalid result.
+impl From<mw_bundle::BundleError> for ValidateError {
+    fn from(e: mw_bundle::BundleError) -> Self {
+        ValidateError::Invalid(e.to_string())
+    }
+}
+
 impl ValidateError {
     /// The exit code `script_validator` understands.
     pub fn exit_code(&self) -> i32 {
@@ -255,13 +262,8 @@ pub fn read_result_bytes(
             }
             false
         },
-    )
-    .map_err(|e| ValidateError::Invalid(e.to_string()))?;
-    let info = bundle
-        .manifest
-        .result
-        .clone()
-        .ok_or_else(|| ValidateError::Invalid(format!("{label}: no [result] table")))?;
+    )?;
+    let info = table(&bundle.manifest.result, label, "result")?;
     let payload = payload_of(&bundle.manifest);
     if let Some(stdout) = payload.iter().find(|m| m.path == RESULT_STDOUT_NAME) {
         if stdout.size > max {
@@ -277,6 +279,13 @@ pub fn read_result_bytes(
         kept: bundle.members,
         limits: *limits,
     })
+}
+
+/// The manifest's `[name]` table (`section`), which bundle `label` must have.
+fn table<T: Clone>(section: &Option<T>, label: &str, name: &str) -> Result<T, ValidateError> {
+    section
+        .clone()
+        .ok_or_else(|| ValidateError::Invalid(format!("{label}: no [{name}] table")))
 }
 
 /// Checks bytes as a result bundle: [`read_result_bytes`], and the task exited with status 0
@@ -365,13 +374,8 @@ pub fn check_pack_bytes(
         label,
         Some(BundleKind::PackResult),
         &limits.bundle_limits(),
-    )
-    .map_err(|e| ValidateError::Invalid(e.to_string()))?;
-    let info = bundle
-        .manifest
-        .pack_result
-        .clone()
-        .ok_or_else(|| ValidateError::Invalid(format!("{label}: no [pack_result] table")))?;
+    )?;
+    let info = table(&bundle.manifest.pack_result, label, "pack_result")?;
     let mut results = BTreeMap::new();
     for task in &info.tasks {
         let member = pack_result_member(*task);
