@@ -8,6 +8,8 @@
 //!   under that member's name and must be that task's result (job, task, declared outputs,
 //!   limits: [`Execution::from_result_bundle_of`]); anything else in it is ignored, never
 //!   delivered to another task. Members without a result are returned as missing.
+//! - `deliver_pack_result`: reads it and hands each member its outcome (or back to its
+//!   platform to run again), for any platform's tracker of a member (`PackMember`).
 //! - `PackSizer`: how many tasks the next pack takes (a fixed size, or a size chosen from
 //!   the run times measured so far, bounded by the fixed size).
 //!
