@@ -54,25 +54,12 @@ pub enum AssimilateError {
     #[error("configuration: {0}")]
     Config(String),
     /// Writing the spool failed.
-    #[error("{path}: {context}: {source}")]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// What was being done.
-        context: String,
-        /// The underlying error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] mw_boinc_kit::FileError),
 }
 
 fn io_err(path: &Path, context: &str) -> impl FnOnce(std::io::Error) -> AssimilateError {
-    let path = path.to_path_buf();
-    let context = context.to_string();
-    move |source| AssimilateError::Io {
-        path,
-        context,
-        source,
-    }
+    mw_boinc_kit::io_err(path, context)
 }
 
 /// One call as BOINC makes it.
@@ -391,7 +378,7 @@ pub fn assimilate_result(
             Err(e) => return reject(format!("not a valid pack result bundle: {e}")),
         }
     } else {
-        match mw_validator::verify_result_bytes(&bytes, &label, limits) {
+        match mw_validator::read_result_bytes(&bytes, &label, limits, mw_validator::Keep::Nothing) {
             Ok(checked) => (checked.info.job.clone(), Some(checked.info)),
             Err(e) => return reject(format!("not a valid result bundle: {e}")),
         }

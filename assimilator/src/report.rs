@@ -8,8 +8,9 @@
 //! to name the first field on which they disagree. Everything here is best effort: a missing
 //! or unreadable upload only makes the record shorter.
 
-use mw_boinc_kit::errors::{tail, ResultReport, MAX_REPORTED_RESULTS, MAX_STDERR_TAIL};
+use mw_boinc_kit::errors::{ResultReport, MAX_REPORTED_RESULTS, MAX_STDERR_TAIL};
 use mw_boinc_kit::{wu_name_from_output, ErrorRecord, ProjectLayout, WuName};
+use mw_bundle::text::tail;
 use std::path::{Path, PathBuf};
 
 /// Largest upload read for a report, in bytes.
@@ -170,9 +171,10 @@ fn read_upload(
         .and_then(|f| f.take(cap).read_to_end(&mut bytes))
         .map_err(|e| format!("unreadable upload: {e}"))?;
     let label = path.display().to_string();
-    mw_validator::read_result_bytes(&bytes, &label, limits).map_err(|e| match e {
-        mw_validator::ValidateError::Invalid(m) | mw_validator::ValidateError::Transient(m) => {
-            format!("not a result bundle: {m}")
-        }
-    })
+    mw_validator::read_result_bytes(&bytes, &label, limits, mw_validator::Keep::ForComparison)
+        .map_err(|e| match e {
+            mw_validator::ValidateError::Invalid(m) | mw_validator::ValidateError::Transient(m) => {
+                format!("not a result bundle: {m}")
+            }
+        })
 }

@@ -169,18 +169,6 @@ impl ErrorRecord {
     }
 }
 
-/// The last `max` bytes of `s`, cut at a character boundary.
-pub fn tail(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut at = s.len() - max;
-    while !s.is_char_boundary(at) {
-        at += 1;
-    }
-    &s[at..]
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -209,6 +197,5 @@ mod tests {
         assert!(d.contains("TOO_MANY_ERROR_RESULTS"), "{d}");
         assert!(d.contains("exit status 3"), "{d}");
         assert!(d.contains("boom: always"), "{d}");
-        assert_eq!(tail("héllo", 4), "llo");
     }
 }

@@ -2,7 +2,8 @@
 //! project (logical and physical file names, workunit names, spool entries, installed program
 //! names), the one shell-safe name check, the error-mask bits, the spool's error record, the
 //! config file `mw_boinc.toml`, the project layout read from `config.xml`, and the input and
-//! output templates with all their parameters (redundancy, limits, `<no_delete/>`).
+//! output templates with all their parameters (redundancy, limits, `<no_delete/>`); and the
+//! one I/O error the BOINC-side programs report (`FileError`).
 //!
 //! `mw-boinc-setup`, `mw-validator`, `mw-assimilator` and the master's BOINC interface all use
 //! this crate; none of them defines a BOINC name of its own.
@@ -12,6 +13,7 @@
 
 pub mod config;
 pub mod errors;
+pub mod file_error;
 pub mod names;
 pub mod template;
 
@@ -20,6 +22,7 @@ pub use config::{
     ProjectLayout, SpoolLocation,
 };
 pub use errors::{error_mask_names, ErrorRecord, ResultReport, WU_ERROR_BITS};
+pub use file_error::{io_err, FileError};
 pub use names::{
     dir_hier_path, is_safe_name, is_safe_rel_path, wu_name_from_output, SpoolEntry, WuName,
 };

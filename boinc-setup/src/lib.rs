@@ -68,15 +68,8 @@ pub enum SetupError {
         reason: String,
     },
     /// An I/O error.
-    #[error("{path}: {context}: {source}")]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// What was being done.
-        context: String,
-        /// The underlying error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] mw_boinc_kit::FileError),
     /// A BOINC tool failed.
     #[error("`{command}` failed: {reason}")]
     Command {
@@ -88,23 +81,19 @@ pub enum SetupError {
 }
 
 pub(crate) fn io_err(path: &Path, context: &str) -> impl FnOnce(std::io::Error) -> SetupError {
-    let path = path.to_path_buf();
-    let context = context.to_string();
-    move |source| SetupError::Io {
-        path,
-        context,
-        source,
-    }
+    mw_boinc_kit::io_err(path, context)
 }
 
 impl From<mw_boinc_kit::ConfigError> for SetupError {
     fn from(e: mw_boinc_kit::ConfigError) -> Self {
         match e {
-            mw_boinc_kit::ConfigError::Io { path, source } => SetupError::Io {
-                path,
-                context: "reading".into(),
-                source,
-            },
+            mw_boinc_kit::ConfigError::Io { path, source } => {
+                SetupError::Io(mw_boinc_kit::FileError {
+                    path,
+                    context: "reading".into(),
+                    source,
+                })
+            }
             mw_boinc_kit::ConfigError::Invalid { path, reason } => {
                 SetupError::Conflict { path, reason }
             }

@@ -113,11 +113,17 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// `text` with its comments masked, checked to keep every byte offset.
+    fn masked(text: &str) -> String {
+        let m = mask_comments(text);
+        assert_eq!(m.len(), text.len());
+        m
+    }
+
     #[test]
     fn finds_elements_and_skips_comments() {
         let text = "<a><!-- <b>x</b> --><b> y </b><b/><bb>z</bb></a>";
-        let m = mask_comments(text);
-        assert_eq!(m.len(), text.len());
+        let m = masked(text);
         let a = find_element(&m, "a", 0, m.len()).unwrap();
         let bs = find_all(&m, "b", a.content_start, a.content_end);
         assert_eq!(bs.len(), 2);
@@ -129,8 +135,7 @@ mod tests {
     #[test]
     fn mask_keeps_offsets_with_multibyte_comment() {
         let text = "<a><!-- é ü --><b>1</b></a>";
-        let m = mask_comments(text);
-        assert_eq!(m.len(), text.len());
+        let m = masked(text);
         let b = find_element(&m, "b", 0, m.len()).unwrap();
         assert_eq!(&text[b.content_start..b.content_end], "1");
     }

@@ -17,6 +17,7 @@ pub mod fsutil;
 mod manifest;
 mod pack;
 pub mod results;
+pub mod text;
 mod unpack;
 
 pub use error::BundleError;

@@ -542,9 +542,5 @@ fn last_chars(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("…{}", &s[start..])
+    format!("…{}", mw_bundle::text::tail(s, max))
 }

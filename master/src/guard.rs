@@ -6,6 +6,7 @@
 //! This module knows nothing of platforms or tasks.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::{Mutex, MutexGuard};
 
 /// The message of a caught panic.
 pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -13,6 +14,12 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic".into())
+}
+
+/// Locks `m`, recovering it if a thread panicked while holding it (its plain data is still
+/// usable: see `contain`).
+pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Runs `f`; a panic becomes `Err` with its message. Callers hold no lock across `f` (a

@@ -4,7 +4,7 @@
 //! it never touches the master's state, the journal or the user. The master never knows
 //! which platform it drives.
 
-use crate::task::{Execution, InterfaceError, PreparedTask, TaskId, WorkerId};
+use crate::task::{Execution, InterfaceError, PreparedTask, ProgramMode, TaskId, WorkerId};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -64,6 +64,49 @@ impl Drop for Completion {
             )));
         }
     }
+}
+
+/// `reserve_worker` of a platform that queues tasks itself (HTCondor, BOINC): it never
+/// waits and has one worker (0); once the interface named `platform` is shut down, an error.
+pub(crate) fn queued_worker(platform: &str, shut_down: bool) -> Result<WorkerId, InterfaceError> {
+    if shut_down {
+        return Err(shut_down_error(platform));
+    }
+    Ok(WorkerId(0))
+}
+
+/// How many tasks one worker (a local slot, an MPI rank) holds at once, by program mode.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Depth {
+    /// Tasks of a process-mode program.
+    pub(crate) process: u32,
+    /// Tasks of a streaming program.
+    pub(crate) stream: u32,
+}
+
+/// Reserves a place for `task` on the least-loaded of the workers whose task counts are
+/// `load`, if that one holds fewer than `depth` allows for the task's program: its id.
+/// `None`: every worker is full.
+pub(crate) fn reserve_least_loaded(
+    load: &mut [u32],
+    depth: Depth,
+    task: &PreparedTask,
+) -> Option<WorkerId> {
+    let depth = match task.spec.program.mode() {
+        ProgramMode::Process => depth.process,
+        ProgramMode::Stream => depth.stream,
+    };
+    let (worker, held) = load.iter_mut().enumerate().min_by_key(|(_, l)| **l)?;
+    if *held >= depth {
+        return None;
+    }
+    *held += 1;
+    Some(WorkerId(worker as u64))
+}
+
+/// What a task meets at the interface named `platform` after it was shut down.
+pub(crate) fn shut_down_error(platform: &str) -> InterfaceError {
+    InterfaceError::new(format!("the {platform} interface was shut down"))
 }
 
 /// Records backend handles (Condor cluster.proc, BOINC workunit name, MPI rank) so a

@@ -1021,11 +1021,17 @@ fn sql_idx(task: u64) -> i64 {
 }
 
 fn count_final(conn: &Connection) -> rusqlite::Result<u64> {
-    let n: i64 = conn.query_row(
+    count(
+        conn,
         "SELECT COUNT(*) FROM tasks WHERE state IN ('done','failed','cancelled')",
         [],
-        |r| r.get(0),
-    )?;
+    )
+}
+
+/// What the `SELECT COUNT(*) …` query `sql` counts with `params` (a negative count,
+/// impossible, as 0).
+fn count(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<u64> {
+    let n: i64 = conn.query_row(sql, params, |r| r.get(0))?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
@@ -1162,14 +1168,12 @@ pub fn read_statuses(conn: &Connection, path: &Path) -> Result<Vec<TaskStatus>, 
 /// How many tasks are running with a backend handle (what a resumed master of a remote
 /// backend re-attaches).
 pub fn count_running_with_handle(conn: &Connection, path: &Path) -> Result<u64, JournalError> {
-    let n: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM tasks WHERE state = 'running' AND handle IS NOT NULL",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(|e| jerr(path, "counting running tasks", e))?;
-    Ok(u64::try_from(n).unwrap_or(0))
+    count(
+        conn,
+        "SELECT COUNT(*) FROM tasks WHERE state = 'running' AND handle IS NOT NULL",
+        [],
+    )
+    .map_err(|e| jerr(path, "counting running tasks", e))
 }
 
 /// Reads tasks (all, or those in one state).
@@ -1307,14 +1311,12 @@ pub fn record_detached_master(
 
 /// How many tasks are not final (queued or running).
 pub fn count_unfinished(conn: &Connection, path: &Path) -> Result<u64, JournalError> {
-    let n: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM tasks WHERE state IN ('queued','running')",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(|e| jerr(path, "counting unfinished tasks", e))?;
-    Ok(u64::try_from(n).unwrap_or(0))
+    count(
+        conn,
+        "SELECT COUNT(*) FROM tasks WHERE state IN ('queued','running')",
+        [],
+    )
+    .map_err(|e| jerr(path, "counting unfinished tasks", e))
 }
 
 /// Whether the job has a task with index `task`.
@@ -1322,13 +1324,12 @@ pub fn task_exists(conn: &Connection, path: &Path, task: u64) -> Result<bool, Jo
     let Ok(idx) = i64::try_from(task) else {
         return Ok(false);
     };
-    let n: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM tasks WHERE idx = ?1",
-            params![idx],
-            |r| r.get(0),
-        )
-        .map_err(|e| jerr(path, "reading tasks", e))?;
+    let n = count(
+        conn,
+        "SELECT COUNT(*) FROM tasks WHERE idx = ?1",
+        params![idx],
+    )
+    .map_err(|e| jerr(path, "reading tasks", e))?;
     Ok(n > 0)
 }
 

@@ -43,7 +43,7 @@
 //!
 //! This module must never know about the journal, job files, the CLI, or other platforms.
 
-use crate::interface::{Completion, HandleSink, Interface};
+use crate::interface::{Completion, Depth, HandleSink, Interface};
 use crate::task::{Execution, InterfaceError, PreparedTask, ProgramMode, TaskId, WorkerId};
 use mpi::point_to_point::MatchedReceiveVec;
 use mpi::topology::SimpleCommunicator;
@@ -70,6 +70,11 @@ const TAG_STREAM_RESULTS: i32 = 12;
 const PROCESS_RANK_DEPTH: u32 = 2;
 /// Tasks of a streaming program a rank holds at once.
 pub const STREAM_RANK_DEPTH: u32 = 256;
+/// Both of those.
+const RANK_DEPTH: Depth = Depth {
+    process: PROCESS_RANK_DEPTH,
+    stream: STREAM_RANK_DEPTH,
+};
 /// A rank with streaming tasks wakes the scheduler each time this many places are free.
 const STREAM_WAKE_EVERY: u32 = 32;
 
@@ -161,7 +166,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::guard::lock(&self.state)
     }
 
     /// Frees `task`'s place on `rank` after it ended there.
@@ -1121,21 +1126,16 @@ impl Interface for Mpi {
     }
 
     fn reserve_worker(&self, task: &PreparedTask) -> Result<WorkerId, InterfaceError> {
-        let depth = match task.spec.program.mode() {
-            ProgramMode::Process => PROCESS_RANK_DEPTH,
-            ProgramMode::Stream => STREAM_RANK_DEPTH,
-        };
         let mut st = self.shared.lock();
         loop {
             if let Some(why) = &st.closed {
                 return Err(InterfaceError::new(why));
             }
             // The least-loaded rank, if it can take one more.
-            if let Some((rank, load)) = st.load.iter_mut().enumerate().min_by_key(|(_, l)| **l) {
-                if *load < depth {
-                    *load += 1;
-                    return Ok(WorkerId(rank as u64));
-                }
+            if let Some(rank) =
+                crate::interface::reserve_least_loaded(&mut st.load, RANK_DEPTH, task)
+            {
+                return Ok(rank);
             }
             st = self.shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
         }
@@ -1215,12 +1215,7 @@ impl Interface for Mpi {
         } else {
             None
         };
-        let sink = self
-            .shared
-            .sink
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let sink = crate::guard::lock(&self.shared.sink).clone();
         if let Some(sink) = sink {
             sink.record_handle(task.id, &format!("mpi-rank-{rank}"));
         }
@@ -1263,13 +1258,13 @@ impl Interface for Mpi {
     }
 
     fn set_handle_sink(&self, sink: Arc<dyn HandleSink>) {
-        *self.shared.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+        *crate::guard::lock(&self.shared.sink) = Some(sink);
     }
 
     /// Cancels what runs, waits for those results, tells every worker rank to stop and
     /// finalizes MPI (on the comm thread). Idempotent.
     fn shutdown(&self) {
-        let handle = self.comm.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let handle = crate::guard::lock(&self.comm).take();
         let Some(handle) = handle else {
             return;
         };

@@ -10,7 +10,7 @@
 //! This module knows nothing of the journal, bundles on the wire, or other platforms.
 
 use crate::guard::panic_message;
-use crate::interface::{Completion, HandleSink, Interface};
+use crate::interface::{Completion, Depth, HandleSink, Interface};
 use crate::task::{Execution, InterfaceError, PreparedTask, ProgramMode, TaskId, WorkerId};
 use mw_worker_runtime::exec::{collect_outputs, host_name};
 use mw_worker_runtime::stream::{StreamInput, StreamOutcome, StreamProgram, StreamRunner};
@@ -41,6 +41,12 @@ const SLOT_DEPTH: u32 = 1;
 /// Tasks a slot running a streaming program may hold at once: enough that the program always
 /// has inputs written ahead (the runner's window is 64) while the master dispatches more.
 pub const STREAM_SLOT_DEPTH: u32 = 256;
+
+/// Both of those.
+const DEPTH: Depth = Depth {
+    process: SLOT_DEPTH,
+    stream: STREAM_SLOT_DEPTH,
+};
 
 /// Local cores as workers.
 pub struct Multicore {
@@ -540,21 +546,14 @@ impl Interface for Multicore {
     }
 
     fn reserve_worker(&self, task: &PreparedTask) -> Result<WorkerId, InterfaceError> {
-        let depth = match task.spec.program.mode() {
-            ProgramMode::Process => SLOT_DEPTH,
-            ProgramMode::Stream => STREAM_SLOT_DEPTH,
-        };
         let mut st = lock(&self.state);
         loop {
             if st.shut_down {
                 return Err(InterfaceError::new("the multicore interface was shut down"));
             }
             // The least-loaded slot, if it can take one more.
-            if let Some((slot, load)) = st.load.iter_mut().enumerate().min_by_key(|(_, l)| **l) {
-                if *load < depth {
-                    *load += 1;
-                    return Ok(WorkerId(slot as u64));
-                }
+            if let Some(slot) = crate::interface::reserve_least_loaded(&mut st.load, DEPTH, task) {
+                return Ok(slot);
             }
             st = self.state.1.wait(st).unwrap_or_else(|p| p.into_inner());
         }

@@ -8,6 +8,8 @@
 //!   under that member's name and must be that task's result (job, task, declared outputs,
 //!   limits: [`Execution::from_result_bundle_of`]); anything else in it is ignored, never
 //!   delivered to another task. Members without a result are returned as missing.
+//! - `deliver_pack_result`: reads it and hands each member its outcome (or back to its
+//!   platform to run again), for any platform's tracker of a member (`PackMember`).
 //! - `PackSizer`: how many tasks the next pack takes (a fixed size, or a size chosen from
 //!   the run times measured so far, bounded by the fixed size).
 //!
@@ -89,6 +91,58 @@ pub(crate) struct PackOutcome {
     pub results: Vec<(TaskId, Result<Execution, InterfaceError>)>,
     /// Members without a result, with what the worker said about them.
     pub missing: Vec<(TaskId, String)>,
+}
+
+/// A member of a pack as a platform tracks it while its pack runs.
+pub(crate) trait PackMember {
+    /// The member's task as dispatched.
+    fn task(&self) -> &Arc<PreparedTask>;
+}
+
+/// Reads the pack result at `path` for the pack's `members` (see [`read_pack_result`]) and
+/// hands each member what it says of it: its outcome to `report` (an error in it worded as
+/// `"{bad_member}: {error}"`), or, when it holds no result for the member, the member to
+/// `requeue` with the reason. When the pack result as a whole is unusable, every member gets
+/// the error `bad_pack` words for it, through `report`.
+pub(crate) fn deliver_pack_result<M: PackMember>(
+    path: &Path,
+    scratch: &Path,
+    members: Vec<M>,
+    bad_member: &str,
+    bad_pack: impl FnOnce(&InterfaceError) -> String,
+    mut report: impl FnMut(M, Result<Execution, InterfaceError>),
+    mut requeue: impl FnMut(M, &str),
+) {
+    let tasks: Vec<Arc<PreparedTask>> = members.iter().map(|m| m.task().clone()).collect();
+    let read = read_pack_result(path, &tasks, scratch);
+    let mut by_id: HashMap<TaskId, M> = members.into_iter().map(|m| (m.task().id, m)).collect();
+    match read {
+        Ok(pack) => {
+            for (id, outcome) in pack.results {
+                if let Some(m) = by_id.remove(&id) {
+                    let outcome = outcome.map_err(|InterfaceError(e, ran)| {
+                        InterfaceError(format!("{bad_member}: {e}"), ran)
+                    });
+                    report(m, outcome);
+                }
+            }
+            for (id, why) in pack.missing {
+                if let Some(m) = by_id.remove(&id) {
+                    requeue(m, &why);
+                }
+            }
+        }
+        Err(e) => {
+            let e = InterfaceError::new(bad_pack(&e));
+            for (_, m) in by_id.drain() {
+                report(m, Err(e.clone()));
+            }
+        }
+    }
+    // Anything left (cannot happen: every member is a result or missing) is not lost.
+    for (_, m) in by_id {
+        requeue(m, "the pack result did not account for it");
+    }
 }
 
 /// Reads the pack result at `path` for the pack `members` (of one job): in memory, or when

@@ -100,12 +100,7 @@ impl Clone for Program {
             base_args: self.base_args.clone(),
             files: self.files.clone(),
             mode: self.mode,
-            bundle: Mutex::new(
-                self.bundle
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone(),
-            ),
+            bundle: Mutex::new(crate::guard::lock(&self.bundle).clone()),
         }
     }
 }
@@ -237,7 +232,7 @@ impl Program {
     /// Packs the program as a bundle in `dir` (once; later calls return the same bundle).
     /// The archive is named by its SHA-256, so identical programs share one file.
     pub fn bundle(&self, dir: &Path) -> Result<ProgramBundle, ProgramError> {
-        let mut slot = self.bundle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = crate::guard::lock(&self.bundle);
         if let Some(b) = slot.as_ref() {
             return Ok(b.clone());
         }

@@ -57,6 +57,13 @@ pub enum ValidateError {
     Transient(String),
 }
 
+/// A bundle that cannot be read is an invalid result.
+impl From<mw_bundle::BundleError> for ValidateError {
+    fn from(e: mw_bundle::BundleError) -> Self {
+        ValidateError::Invalid(e.to_string())
+    }
+}
+
 impl ValidateError {
     /// The exit code `script_validator` understands.
     pub fn exit_code(&self) -> i32 {
@@ -209,32 +216,25 @@ fn read_capped(path: &Path, limits: &ServerLimits) -> Result<Vec<u8>, ValidateEr
     Ok(bytes)
 }
 
+/// What [`read_result_bytes`] keeps of a result's content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// What a JSON comparison needs: stdout, and output files up to the limit in total.
+    ForComparison,
+    /// Nothing: memory is the bytes alone.
+    Nothing,
+}
+
 /// Reads bytes as a result bundle: well-formed, every checksum right, kind result, stdout
-/// within the limit; whatever the task's exit status. Memory: the bytes plus what is kept
-/// for a JSON comparison (stdout, and output files up to the limit in total).
+/// within the limit; whatever the task's exit status. Memory: the bytes plus what `keep`
+/// says.
 pub fn read_result_bytes(
     bytes: &[u8],
     label: &str,
     limits: &ServerLimits,
+    keep: Keep,
 ) -> Result<CheckedResult, ValidateError> {
-    read_with(bytes, label, limits, true)
-}
-
-/// [`read_result_bytes`] keeping no content: memory is the bytes alone.
-pub fn verify_result_bytes(
-    bytes: &[u8],
-    label: &str,
-    limits: &ServerLimits,
-) -> Result<CheckedResult, ValidateError> {
-    read_with(bytes, label, limits, false)
-}
-
-fn read_with(
-    bytes: &[u8],
-    label: &str,
-    limits: &ServerLimits,
-    keep_payload: bool,
-) -> Result<CheckedResult, ValidateError> {
+    let keep_payload = keep == Keep::ForComparison;
     let max = limits.max_output_bytes;
     let mut kept_files = 0u64;
     let bundle = open_in_memory_keeping(
@@ -262,13 +262,8 @@ fn read_with(
             }
             false
         },
-    )
-    .map_err(|e| ValidateError::Invalid(e.to_string()))?;
-    let info = bundle
-        .manifest
-        .result
-        .clone()
-        .ok_or_else(|| ValidateError::Invalid(format!("{label}: no [result] table")))?;
+    )?;
+    let info = table(&bundle.manifest.result, label, "result")?;
     let payload = payload_of(&bundle.manifest);
     if let Some(stdout) = payload.iter().find(|m| m.path == RESULT_STDOUT_NAME) {
         if stdout.size > max {
@@ -286,6 +281,13 @@ fn read_with(
     })
 }
 
+/// The manifest's `[name]` table (`section`), which bundle `label` must have.
+fn table<T: Clone>(section: &Option<T>, label: &str, name: &str) -> Result<T, ValidateError> {
+    section
+        .clone()
+        .ok_or_else(|| ValidateError::Invalid(format!("{label}: no [{name}] table")))
+}
+
 /// Checks bytes as a result bundle: [`read_result_bytes`], and the task exited with status 0
 /// and its comparison rule is sane.
 pub fn check_result_bytes(
@@ -293,7 +295,7 @@ pub fn check_result_bytes(
     label: &str,
     limits: &ServerLimits,
 ) -> Result<CheckedResult, ValidateError> {
-    let checked = read_result_bytes(bytes, label, limits)?;
+    let checked = read_result_bytes(bytes, label, limits, Keep::ForComparison)?;
     let info = &checked.info;
     if !info.exit.success() {
         return Err(ValidateError::Invalid(format!(
@@ -323,7 +325,12 @@ pub fn read_result_file(
     limits: &ServerLimits,
 ) -> Result<CheckedResult, ValidateError> {
     let bytes = read_capped(path, limits)?;
-    read_result_bytes(&bytes, &path.display().to_string(), limits)
+    read_result_bytes(
+        &bytes,
+        &path.display().to_string(),
+        limits,
+        Keep::ForComparison,
+    )
 }
 
 /// The init check on one result file.
@@ -367,13 +374,8 @@ pub fn check_pack_bytes(
         label,
         Some(BundleKind::PackResult),
         &limits.bundle_limits(),
-    )
-    .map_err(|e| ValidateError::Invalid(e.to_string()))?;
-    let info = bundle
-        .manifest
-        .pack_result
-        .clone()
-        .ok_or_else(|| ValidateError::Invalid(format!("{label}: no [pack_result] table")))?;
+    )?;
+    let info = table(&bundle.manifest.pack_result, label, "pack_result")?;
     let mut results = BTreeMap::new();
     for task in &info.tasks {
         let member = pack_result_member(*task);
@@ -381,7 +383,7 @@ pub fn check_pack_bytes(
             ValidateError::Invalid(format!("{label}: task {task} is listed without `{member}`"))
         })?;
         let inner_label = format!("{label}#{member}");
-        let r = read_result_bytes(inner, &inner_label, limits)?;
+        let r = read_result_bytes(inner, &inner_label, limits, Keep::ForComparison)?;
         if r.info.task != *task || r.info.job != info.job {
             return Err(ValidateError::Invalid(format!(
                 "{inner_label}: it is task {} of job {}, filed as task {task} of job {}",

@@ -506,18 +506,14 @@ pub fn execute(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutcom
 
 #[cfg(unix)]
 fn execute_unix(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutcome, ExecError> {
-    let stdout_path = req.io_dir.join("stdout");
-    let stderr_path = req.io_dir.join("stderr");
     // Where the kernel can tell us of the leader's exit (pidfd), stdout and stderr are pipes
     // read in a poll loop; elsewhere (old kernels on volunteer hosts) they go to files.
     let use_pipes = pidfd_supported();
     let (stdout, stderr) = if use_pipes {
         (Stdio::piped(), Stdio::piped())
     } else {
-        (
-            Stdio::from(File::create(&stdout_path).map_err(io_err("creating stdout file"))?),
-            Stdio::from(File::create(&stderr_path).map_err(io_err("creating stderr file"))?),
-        )
+        let (stdout, stderr) = create_output_files(req)?;
+        (Stdio::from(stdout), Stdio::from(stderr))
     };
     let piped_input = req.stdin.len() <= PIPE_STDIN_MAX;
     let stdin = if piped_input {
@@ -613,30 +609,36 @@ fn execute_unix(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutco
     };
     // Kill whatever is left of the group (grandchildren holding files open).
     signal_group(pid, libc::SIGKILL);
-    finish_from_files(
-        req,
-        control,
-        (t0, started),
-        timed_out,
-        exited,
-        &stdout_path,
-        &stderr_path,
-    )
+    finish_from_files(req, control, (t0, started), timed_out, exited)
 }
 
-/// The end of a run whose stdout and stderr went to files (the no-pidfd path here, every
-/// run on Windows): reads them within the request's limits, then [`finish`].
+/// Where a run's stdout and stderr go when they go to files (the no-pidfd path here, every
+/// run on Windows): `stdout` and `stderr` in the request's I/O directory.
+fn output_paths(req: &ExecRequest) -> (PathBuf, PathBuf) {
+    (req.io_dir.join("stdout"), req.io_dir.join("stderr"))
+}
+
+/// Creates the files of [`output_paths`] (stdout's, stderr's) for a run to write to.
+fn create_output_files(req: &ExecRequest) -> Result<(File, File), ExecError> {
+    let (stdout_path, stderr_path) = output_paths(req);
+    Ok((
+        File::create(&stdout_path).map_err(io_err("creating stdout file"))?,
+        File::create(&stderr_path).map_err(io_err("creating stderr file"))?,
+    ))
+}
+
+/// The end of a run whose stdout and stderr went to the files of [`output_paths`]: reads
+/// them within the request's limits, then [`finish`].
 fn finish_from_files(
     req: &ExecRequest,
     control: &ProcessControl,
     (t0, started): (Instant, SystemTime),
     timed_out: bool,
     exited: Option<Exited>,
-    stdout_path: &Path,
-    stderr_path: &Path,
 ) -> Result<ExecOutcome, ExecError> {
-    let (stdout, stdout_truncated) = read_limited(stdout_path, req.max_stdout_bytes)?;
-    let stderr_tail = read_tail(stderr_path, req.stderr_tail_bytes)?;
+    let (stdout_path, stderr_path) = output_paths(req);
+    let (stdout, stdout_truncated) = read_limited(&stdout_path, req.max_stdout_bytes)?;
+    let stderr_tail = read_tail(&stderr_path, req.stderr_tail_bytes)?;
     Ok(finish(
         req,
         control,

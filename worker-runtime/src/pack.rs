@@ -55,14 +55,7 @@ fn one_line(s: &str) -> String {
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    if out.len() > MAX_REASON {
-        let mut cut = MAX_REASON;
-        while !out.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        out.truncate(cut);
-        out.push_str(" […]");
-    }
+    mw_bundle::text::clip(&mut out, MAX_REASON);
     out
 }
 

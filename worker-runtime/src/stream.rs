@@ -539,6 +539,36 @@ mod unix {
         verdict: Option<ExitInfo>,
     }
 
+    impl Current {
+        /// The task whose clock starts now, with `timeout` (if any) as its limit.
+        fn start(timeout: Option<Duration>) -> Current {
+            let t0 = Instant::now();
+            Current {
+                t0,
+                started: SystemTime::now(),
+                deadline: timeout.and_then(|t| t0.checked_add(t)),
+                verdict: None,
+            }
+        }
+
+        /// When the task that was current (`c`) started; now if none was.
+        fn clock(c: Option<Current>) -> (Instant, SystemTime) {
+            c.map_or((Instant::now(), SystemTime::now()), |c| (c.t0, c.started))
+        }
+
+        /// Ties the task's `control` to process `p`; a task cancelled already stops `p` at
+        /// once (true then).
+        fn attach_to(&mut self, control: &ProcessControl, p: &mut Proc, grace: Duration) -> bool {
+            attach(control, Some(p.pid), grace);
+            if !control.is_cancelled() {
+                return false;
+            }
+            self.verdict = Some(ExitInfo::Cancelled);
+            p.stop(grace);
+            true
+        }
+    }
+
     struct Entry<T> {
         input: StreamInput,
         token: T,
@@ -592,22 +622,11 @@ mod unix {
                     }
                     continue;
                 }
-                let t0 = Instant::now();
-                cur = Some(Current {
-                    t0,
-                    started: SystemTime::now(),
-                    deadline: front.input.timeout.and_then(|t| t0.checked_add(t)),
-                    verdict: None,
-                });
+                let mut c = Current::start(front.input.timeout);
                 if let Some(p) = runner.proc.as_mut() {
-                    attach(&front.input.control, Some(p.pid), grace);
-                    if front.input.control.is_cancelled() {
-                        if let Some(c) = cur.as_mut() {
-                            c.verdict = Some(ExitInfo::Cancelled);
-                        }
-                        p.stop(grace);
-                    }
+                    c.attach_to(&front.input.control, p, grace);
                 }
+                cur = Some(c);
             }
             // A process to talk to.
             if runner.proc.is_none() {
@@ -624,8 +643,7 @@ mod unix {
                     Err(e) => {
                         let c = cur.take();
                         if let Some(entry) = queue.pop_front() {
-                            let (t0, started) = c
-                                .map_or((Instant::now(), SystemTime::now()), |c| (c.t0, c.started));
+                            let (t0, started) = Current::clock(c);
                             report(
                                 entry.token,
                                 failed(
@@ -784,9 +802,7 @@ mod unix {
                         p.err_tail.clear();
                         t
                     };
-                    let c = cur.take();
-                    let (t0, started) =
-                        c.map_or((Instant::now(), SystemTime::now()), |c| (c.t0, c.started));
+                    let (t0, started) = Current::clock(cur.take());
                     let line = &p.out_buf[line_start..end];
                     // A whole line can arrive in one read: its length is checked here too.
                     let verdict = if line.len() > max_line {
@@ -821,19 +837,10 @@ mod unix {
                     }
                     // The next task becomes current at once (its clock starts now).
                     if let Some(front) = queue.front() {
-                        let t0 = Instant::now();
-                        cur = Some(Current {
-                            t0,
-                            started: SystemTime::now(),
-                            deadline: front.input.timeout.and_then(|t| t0.checked_add(t)),
-                            verdict: None,
-                        });
-                        attach(&front.input.control, Some(p.pid), grace);
-                        if front.input.control.is_cancelled() {
-                            if let Some(c) = cur.as_mut() {
-                                c.verdict = Some(ExitInfo::Cancelled);
-                            }
-                            p.stop(grace);
+                        let mut c = Current::start(front.input.timeout);
+                        let stopped = c.attach_to(&front.input.control, p, grace);
+                        cur = Some(c);
+                        if stopped {
                             break;
                         }
                     }
@@ -850,9 +857,7 @@ mod unix {
                             attach(&entry.input.control, None, grace);
                             p.read_stderr(keep);
                             let tail = tail_string(&p.proc_tail, keep);
-                            let c = cur.take();
-                            let (t0, started) = c
-                                .map_or((Instant::now(), SystemTime::now()), |c| (c.t0, c.started));
+                            let (t0, started) = Current::clock(cur.take());
                             report(
                                 entry.token,
                                 failed(

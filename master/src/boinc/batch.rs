@@ -255,11 +255,7 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>) {
     }
     // Durable before create_work: a master killed during or right after the call finds the
     // names again on resume and re-attaches instead of creating duplicates.
-    let sink = shared
-        .sink
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let sink = crate::guard::lock(&shared.sink).clone();
     if let Some(sink) = &sink {
         for (tasks, s) in &staged {
             for task in tasks {
@@ -470,12 +466,7 @@ pub(super) fn trim_tool_output(text: &str) -> String {
         }
         out.push_str(&piece);
         if out.len() > MAX_ERROR_TEXT {
-            let mut cut = MAX_ERROR_TEXT;
-            while !out.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            out.truncate(cut);
-            out.push_str(" […]");
+            mw_bundle::text::clip(&mut out, MAX_ERROR_TEXT);
             break;
         }
     }

@@ -96,6 +96,12 @@ struct Waiting {
     requeues: u32,
 }
 
+impl crate::pack::PackMember for Waiting {
+    fn task(&self) -> &Arc<PreparedTask> {
+        &self.task
+    }
+}
+
 /// How a re-attached pack workunit ended, kept for members re-attached after that.
 #[derive(Clone)]
 enum Concluded {
@@ -161,17 +167,12 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::guard::lock(&self.state)
     }
 }
 
 fn wake_watcher(shared: &Shared) {
-    if let Some(tx) = shared
-        .wake_watcher
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-    {
+    if let Some(tx) = crate::guard::lock(&shared.wake_watcher).as_ref() {
         let _ = tx.send(());
     }
 }
@@ -432,10 +433,7 @@ impl Boinc {
             wake_watcher: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel::<()>();
-        *shared
-            .wake_watcher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
+        *crate::guard::lock(&shared.wake_watcher) = Some(tx.clone());
         let watcher = {
             let tx = tx.clone();
             notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
@@ -504,10 +502,7 @@ impl Interface for Boinc {
 
     fn reserve_worker(&self, _task: &PreparedTask) -> Result<WorkerId, InterfaceError> {
         // BOINC queues work on the server: never wait here.
-        if self.shared.lock().shut_down {
-            return Err(InterfaceError::new("the BOINC interface was shut down"));
-        }
-        Ok(WorkerId(0))
+        crate::interface::queued_worker("BOINC", self.shared.lock().shut_down)
     }
 
     fn execute_task(&self, task: Arc<PreparedTask>, _worker: WorkerId, done: Completion) {
@@ -635,7 +630,7 @@ impl Interface for Boinc {
     }
 
     fn set_handle_sink(&self, sink: Arc<dyn HandleSink>) {
-        *self.shared.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+        *crate::guard::lock(&self.shared.sink) = Some(sink);
     }
 
     fn reattach(
@@ -703,13 +698,7 @@ impl Interface for Boinc {
                 st = self.shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
             }
         }
-        if let Some(tx) = self
-            .shared
-            .wake_watcher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+        if let Some(tx) = crate::guard::lock(&self.shared.wake_watcher).take() {
             let _ = tx.send(());
         }
     }

@@ -12,10 +12,9 @@
 
 use super::cancel::{mark_cancelled, run_cancel_jobs};
 use super::{Concluded, Pending, Shared, State, Waiting, MAX_PACK_REQUEUES, POLL_INTERVAL};
-use crate::task::{Execution, InterfaceError, PreparedTask, TaskId};
+use crate::task::{Execution, InterfaceError};
 use mw_boinc_kit::errors::MAX_ERROR_RECORD_BYTES;
 use mw_boinc_kit::{ErrorRecord, SpoolEntry, WuName};
-use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 use std::sync::{mpsc, Arc};
@@ -208,40 +207,15 @@ fn take_pack_result(shared: &Shared, wu: &WuName, path: &Path) {
 fn deliver_pack(shared: &Shared, wu: &WuName, path: &Path, members: Vec<Waiting>) {
     let Some(first) = members.first() else { return };
     let scratch = first.task.staging_dir.clone();
-    let tasks: Vec<Arc<PreparedTask>> = members.iter().map(|w| w.task.clone()).collect();
-    let read = crate::pack::read_pack_result(path, &tasks, &scratch);
-    let mut by_id: HashMap<TaskId, Waiting> = members.into_iter().map(|w| (w.task.id, w)).collect();
-    match read {
-        Ok(pack) => {
-            for (id, outcome) in pack.results {
-                if let Some(w) = by_id.remove(&id) {
-                    let outcome = outcome.map_err(|InterfaceError(e, ran)| {
-                        InterfaceError(
-                            format!("BOINC workunit {wu}: bad result in the volunteer's pack result: {e}"),
-                            ran,
-                        )
-                    });
-                    report(shared, w, outcome);
-                }
-            }
-            for (id, why) in pack.missing {
-                if let Some(w) = by_id.remove(&id) {
-                    requeue(shared, w, wu, &why);
-                }
-            }
-        }
-        Err(e) => {
-            let e = InterfaceError::new(format!(
-                "BOINC workunit {wu}: bad pack result from the volunteer: {e}"
-            ));
-            for (_, w) in by_id.drain() {
-                report(shared, w, Err(e.clone()));
-            }
-        }
-    }
-    for (_, w) in by_id {
-        requeue(shared, w, wu, "the pack result did not account for it");
-    }
+    crate::pack::deliver_pack_result(
+        path,
+        &scratch,
+        members,
+        &format!("BOINC workunit {wu}: bad result in the volunteer's pack result"),
+        |e| format!("BOINC workunit {wu}: bad pack result from the volunteer: {e}"),
+        |w, outcome| report(shared, w, outcome),
+        |w, why| requeue(shared, w, wu, why),
+    );
 }
 
 /// Hands one task its outcome (counting it, and recording its run time for pack sizes).

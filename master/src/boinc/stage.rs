@@ -143,22 +143,7 @@ pub(super) fn stage_task(
         .task_bundle_bytes(&program)
         .map_err(|e| InterfaceError::new(format!("packing the task bundle: {e}")))?;
     let staged = stage_file(&shared.layout, &task_name, &bytes)?;
-    for word in [wu.as_str(), &prog_name, &task_name] {
-        if !is_safe_name(word) {
-            return Err(InterfaceError::new(format!(
-                "{word:?} is not shell-safe; refusing to pass it to create_work"
-            )));
-        }
-    }
-    let line = format!("--wu_name {wu} {prog_name} {task_name}\n");
-    Ok(StagedTask {
-        wu,
-        line,
-        fresh_task_file: match staged {
-            Staged::Written(p) => Some(p),
-            Staged::Present(_) => None,
-        },
-    })
+    staged_task(wu, &prog_name, &task_name, staged)
 }
 
 /// Stages the program (once) and the pack bundle of `tasks` under workunit name `wu`. For a
@@ -182,7 +167,18 @@ pub(super) fn stage_pack(
         let bytes = crate::pack::pack_bundle_bytes(tasks, &program)?;
         stage_file(&shared.layout, &task_name, &bytes)?
     };
-    for word in [wu.as_str(), &prog_name, &task_name] {
+    staged_task(wu, &prog_name, &task_name, staged)
+}
+
+/// The `create_work` line of workunit `wu` (program `prog_name`, task file `task_name`, which
+/// `staged` says was written or found): every word is checked shell-safe first.
+fn staged_task(
+    wu: WuName,
+    prog_name: &str,
+    task_name: &str,
+    staged: Staged,
+) -> Result<StagedTask, InterfaceError> {
+    for word in [wu.as_str(), prog_name, task_name] {
         if !is_safe_name(word) {
             return Err(InterfaceError::new(format!(
                 "{word:?} is not shell-safe; refusing to pass it to create_work"

@@ -30,14 +30,7 @@ pub(super) fn safe_name(s: &str) -> String {
 /// The files of a pack job whose first task is `first` (one pack per first task per batch).
 pub(super) fn pack_files(dir: &Path, first: TaskId, program_bundle: PathBuf) -> TaskFiles {
     let stem = format!("{PACK_PREFIX}{}", first.0);
-    TaskFiles {
-        dir: dir.to_path_buf(),
-        task_bundle: dir.join(format!("{stem}.mwt")),
-        result: dir.join(format!("{stem}.result")),
-        stdout: dir.join(format!("{stem}.out")),
-        stderr: dir.join(format!("{stem}.err")),
-        program_bundle,
-    }
+    files_named(dir, &stem, program_bundle)
 }
 
 /// How a pack bundle's file name starts (a lone task's starts with `task-`).
@@ -45,6 +38,11 @@ pub(super) const PACK_PREFIX: &str = "pack-";
 
 pub(super) fn task_files(dir: &Path, task: &PreparedTask, program_bundle: PathBuf) -> TaskFiles {
     let stem = format!("task-{}-a{}", task.id.0, task.attempt);
+    files_named(dir, &stem, program_bundle)
+}
+
+/// The files in `dir` of the job (lone task or pack) whose file names start with `stem`.
+fn files_named(dir: &Path, stem: &str, program_bundle: PathBuf) -> TaskFiles {
     TaskFiles {
         dir: dir.to_path_buf(),
         task_bundle: dir.join(format!("{stem}.mwt")),
@@ -270,18 +268,11 @@ pub(super) fn queue_for_pack(shared: &Shared, task: Arc<PreparedTask>, done: Com
     let mut st = shared.lock();
     if st.shut_down {
         drop(st);
-        return done.finish(Err(InterfaceError::new(
-            "the HTCondor interface was shut down",
-        )));
+        return done.finish(Err(shut_down_error("HTCondor")));
     }
     let files = TaskFiles::queued(program);
     let id = task.id;
-    st.tasks
-        .insert(id, Tracked::new(task, done, None, files, Phase::Pending));
-    st.pending.push(id);
-    let now = Instant::now();
-    st.first_pending.get_or_insert(now);
-    st.last_pending = Some(now);
+    st.add_pending(id, Tracked::new(task, done, None, files, Phase::Pending));
     drop(st);
     shared.cond.notify_all();
 }

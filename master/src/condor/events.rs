@@ -246,42 +246,20 @@ fn finish_pack(shared: &Shared, h: JobHandle, rv: i64, members: Vec<Tracked>) {
     let path = first.files.result.clone();
     let stderr = first.files.stderr.clone();
     let scratch = first.files.dir.clone();
-    let tasks: Vec<Arc<PreparedTask>> = members.iter().map(|t| t.task.clone()).collect();
-    let read = crate::pack::read_pack_result(&path, &tasks, &scratch);
-    let mut by_id: HashMap<TaskId, Tracked> = members.into_iter().map(|t| (t.task.id, t)).collect();
-    match read {
-        Ok(pack) => {
-            for (id, result) in pack.results {
-                if let Some(t) = by_id.remove(&id) {
-                    let result = result.map_err(|InterfaceError(e, ran)| {
-                        InterfaceError(
-                            format!("HTCondor job {h}: bad result in its pack result: {e}"),
-                            ran,
-                        )
-                    });
-                    report(shared, t, result);
-                }
-            }
-            for (id, why) in pack.missing {
-                if let Some(t) = by_id.remove(&id) {
-                    requeue(shared, t, h, &why);
-                }
-            }
-        }
-        Err(e) => {
-            let error = InterfaceError::new(format!(
+    crate::pack::deliver_pack_result(
+        &path,
+        &scratch,
+        members,
+        &format!("HTCondor job {h}: bad result in its pack result"),
+        |e| {
+            format!(
                 "HTCondor job {h} (mw-worker exit {rv}): bad pack result: {e}{}",
                 stderr_tail(&stderr)
-            ));
-            for (_, t) in by_id.drain() {
-                report(shared, t, Err(error.clone()));
-            }
-        }
-    }
-    // Anything left (cannot happen: every member is a result or missing) is not lost.
-    for (_, t) in by_id {
-        requeue(shared, t, h, "the pack result did not account for it");
-    }
+            )
+        },
+        |t, result| report(shared, t, result),
+        |t, why| requeue(shared, t, h, why),
+    );
 }
 
 /// A member of pack job `h` without a result in the pack result: submitted again in a later
@@ -316,11 +294,7 @@ fn requeue(shared: &Shared, mut t: Tracked, h: JobHandle, why: &str) {
     // Queued for a new pack: no bundle of its own yet (its old pack's files stay where they
     // are, for that job's record).
     t.files = TaskFiles::queued(std::mem::take(&mut t.files.program_bundle));
-    st.tasks.insert(id, t);
-    st.pending.push(id);
-    let now = Instant::now();
-    st.first_pending.get_or_insert(now);
-    st.last_pending = Some(now);
+    st.add_pending(id, t);
     drop(st);
     shared.cond.notify_all();
 }

@@ -33,7 +33,7 @@ pub use batch::preview_submit;
 pub use reattach::remove_leftover_jobs;
 pub use settings::{default_worker, CondorSettings, OnHold};
 
-use crate::interface::{Completion, HandleSink, Interface};
+use crate::interface::{shut_down_error, Completion, HandleSink, Interface};
 use crate::pack::PackSizer;
 use crate::task::{Execution, InterfaceError, PreparedTask, TaskId, WorkerId};
 use batch::{add_log, stage, submit_loop, task_files};
@@ -112,6 +112,12 @@ struct Tracked {
     requeues: u32,
 }
 
+impl crate::pack::PackMember for Tracked {
+    fn task(&self) -> &Arc<PreparedTask> {
+        &self.task
+    }
+}
+
 impl Tracked {
     /// A task this interface follows, idle until its log says otherwise.
     fn new(
@@ -165,6 +171,17 @@ struct State {
     concluded: HashMap<JobHandle, Outcome>,
 }
 
+impl State {
+    /// Tracks task `id` as pending (waiting for the next batch) and notes when it came.
+    fn add_pending(&mut self, id: TaskId, t: Tracked) {
+        self.tasks.insert(id, t);
+        self.pending.push(id);
+        let now = Instant::now();
+        self.first_pending.get_or_insert(now);
+        self.last_pending = Some(now);
+    }
+}
+
 struct Shared {
     settings: CondorSettings,
     /// Tasks are packed (`tasks_per_job` > 1).
@@ -177,7 +194,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::guard::lock(&self.state)
     }
 }
 
@@ -282,10 +299,7 @@ impl Interface for Condor {
     }
 
     fn reserve_worker(&self, _task: &PreparedTask) -> Result<WorkerId, InterfaceError> {
-        if self.shared.lock().shut_down {
-            return Err(InterfaceError::new("the HTCondor interface was shut down"));
-        }
-        Ok(WorkerId(0))
+        crate::interface::queued_worker("HTCondor", self.shared.lock().shut_down)
     }
 
     fn execute_task(&self, task: Arc<PreparedTask>, _worker: WorkerId, done: Completion) {
@@ -304,9 +318,7 @@ impl Interface for Condor {
         let mut st = self.shared.lock();
         if st.shut_down {
             drop(st);
-            return done.finish(Err(InterfaceError::new(
-                "the HTCondor interface was shut down",
-            )));
+            return done.finish(Err(shut_down_error("HTCondor")));
         }
         let dir = self
             .shared
@@ -324,12 +336,7 @@ impl Interface for Condor {
             ))));
         }
         let id = task.id;
-        st.tasks
-            .insert(id, Tracked::new(task, done, None, files, Phase::Pending));
-        st.pending.push(id);
-        let now = Instant::now();
-        st.first_pending.get_or_insert(now);
-        st.last_pending = Some(now);
+        st.add_pending(id, Tracked::new(task, done, None, files, Phase::Pending));
         drop(st);
         self.shared.cond.notify_all();
     }

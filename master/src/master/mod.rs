@@ -377,7 +377,7 @@ pub(crate) struct Inner {
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::guard::lock(&self.state)
     }
 
     /// Carries out a [`SpecPlan`] (outside the lock: it may read the journal and render
@@ -629,20 +629,35 @@ impl Master {
         Ok(out)
     }
 
-    /// Submits many tasks under one lock (and one journal transaction).
-    pub fn submit_many(&self, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, MwError> {
-        let mut st = self.inner.lock();
+    /// Starts a batch of tasks submitted now from the next free index (returned): first
+    /// stored in the journal, if any, by `record` (given the first index and the submit
+    /// time), then noted with where its specs come from (`source`; none: stored in `specs`).
+    fn open_batch(
+        &self,
+        st: &mut State,
+        source: Option<Arc<dyn SpecSource>>,
+        record: impl FnOnce(&Journal, u64, f64) -> Result<(), crate::journal::JournalError>,
+    ) -> Result<u64, MwError> {
         let first = st.tasks.len() as u64;
         let now = SystemTime::now();
         if let Some(j) = &self.inner.journal {
             let at = scheduler::unix_secs(Some(now)).unwrap_or(0.0);
-            j.record_submitted_at(first, &specs, at)?;
+            record(j, first, at)?;
         }
         st.batches.push(Batch {
             first,
             at: Some(now),
-            source: None,
+            source,
         });
+        Ok(first)
+    }
+
+    /// Submits many tasks under one lock (and one journal transaction).
+    pub fn submit_many(&self, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, MwError> {
+        let mut st = self.inner.lock();
+        self.open_batch(&mut st, None, |j, first, at| {
+            j.record_submitted_at(first, &specs, at)
+        })?;
         let mut ids = Vec::with_capacity(specs.len());
         for spec in specs {
             let id = TaskId(st.tasks.len() as u64);
@@ -669,17 +684,9 @@ impl Master {
         source: Arc<dyn SpecSource>,
     ) -> Result<std::ops::Range<u64>, MwError> {
         let mut st = self.inner.lock();
-        let first = st.tasks.len() as u64;
-        let now = SystemTime::now();
-        if let Some(j) = &self.inner.journal {
-            let at = scheduler::unix_secs(Some(now)).unwrap_or(0.0);
-            j.record_inputs_at(first, &inputs, at)?;
-        }
-        st.batches.push(Batch {
-            first,
-            at: Some(now),
-            source: Some(source),
-        });
+        let first = self.open_batch(&mut st, Some(source), |j, first, at| {
+            j.record_inputs_at(first, &inputs, at)
+        })?;
         let journaled = self.inner.journal.is_some();
         for input in inputs {
             let id = TaskId(st.tasks.len() as u64);

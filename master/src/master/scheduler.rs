@@ -387,18 +387,6 @@ fn success_value(
     }
 }
 
-/// The last `max` bytes of `s`, cut at a character boundary.
-fn last_bytes(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    s[start..].to_string()
-}
-
 /// How much of a failed attempt's stderr its error carries (the whole kept stderr is in the
 /// task's log).
 const ERROR_STDERR_TAIL: usize = 4096;
@@ -451,7 +439,8 @@ pub(super) fn on_complete(
                 Err(MwError::TaskFailed {
                     task: id,
                     exit: exec.exit,
-                    stderr_tail: last_bytes(&exec.stderr_tail, ERROR_STDERR_TAIL),
+                    stderr_tail: mw_bundle::text::tail(&exec.stderr_tail, ERROR_STDERR_TAIL)
+                        .to_string(),
                     attempts,
                     host: exec.host,
                 })

@@ -13,8 +13,8 @@
 //! This module knows nothing of bundles, platforms or the master.
 
 use super::{
-    finish_from_files, io_err, outcome_without_run, spawn_failed, ExecError, ExecOutcome,
-    ExecRequest, Exited, ProcessControl,
+    create_output_files, finish_from_files, io_err, outcome_without_run, spawn_failed, ExecError,
+    ExecOutcome, ExecRequest, Exited, ProcessControl,
 };
 use mw_bundle::ExitInfo;
 use std::fs::File;
@@ -213,14 +213,11 @@ pub(super) fn execute(
     req: &ExecRequest,
     control: &ProcessControl,
 ) -> Result<ExecOutcome, ExecError> {
-    let stdout_path = req.io_dir.join("stdout");
-    let stderr_path = req.io_dir.join("stderr");
     let stdin_path = req.io_dir.join("stdin");
     std::fs::write(&stdin_path, &req.stdin)
         .map_err(io_err(format!("writing {}", stdin_path.display())))?;
     let stdin = File::open(&stdin_path).map_err(io_err("opening stdin file"))?;
-    let stdout = File::create(&stdout_path).map_err(io_err("creating stdout file"))?;
-    let stderr = File::create(&stderr_path).map_err(io_err("creating stderr file"))?;
+    let (stdout, stderr) = create_output_files(req)?;
     let job = Arc::new(Job::new().map_err(io_err("creating a job object"))?);
 
     let started = SystemTime::now();
@@ -299,15 +296,7 @@ pub(super) fn execute(
         st.job = None;
     }
     let exited = status.map(|status| Exited { status, user, sys });
-    finish_from_files(
-        req,
-        control,
-        (t0, started),
-        timed_out,
-        exited,
-        &stdout_path,
-        &stderr_path,
-    )
+    finish_from_files(req, control, (t0, started), timed_out, exited)
 }
 
 /// Turns a process exit code into an [`ExitInfo`]: Windows has no signals, so every end
