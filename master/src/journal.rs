@@ -225,6 +225,9 @@ struct Shared {
     failure: Mutex<Option<String>>,
     hook: Mutex<Option<FailureHook>>,
     durable: Mutex<Option<DurableHook>>,
+    /// Set by [`Journal::hurry`]: the writer ends its group-commit window now.
+    hurry: Mutex<bool>,
+    hurried: std::sync::Condvar,
 }
 
 /// Called after each group commit with the tasks whose final rows it committed (see
@@ -235,6 +238,24 @@ type DurableHook = Box<dyn Fn(&[u64]) + Send + Sync>;
 type FailureHook = Box<dyn Fn(&str) + Send + Sync>;
 
 impl Shared {
+    /// Sleeps through the group-commit window, or less if [`Journal::hurry`] is called.
+    fn wait_window(&self) {
+        let end = std::time::Instant::now() + GROUP_COMMIT_WINDOW;
+        let mut hurry = self.hurry.lock().unwrap_or_else(|p| p.into_inner());
+        while !*hurry {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            hurry = self
+                .hurried
+                .wait_timeout(hurry, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *hurry = false;
+    }
+
     fn failed(&self) -> bool {
         self.failure
             .lock()
@@ -671,7 +692,16 @@ impl Journal {
     pub fn flush(&self) {
         let (tx, rx) = mpsc::channel();
         self.send(Write::Flush(tx));
+        self.hurry();
         let _ = rx.recv();
+    }
+
+    /// Ends the writer's current group-commit window now (the master calls this when
+    /// nothing more is running: no later result would share the commit, so waiting out the
+    /// window would only delay the last results).
+    pub(crate) fn hurry(&self) {
+        *self.shared.hurry.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.shared.hurried.notify_one();
     }
 
     /// Marks the job finished (or not) for `mw status`.
@@ -741,15 +771,23 @@ const COMMIT_ATTEMPTS: usize = 4;
 
 fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: Arc<Shared>) {
     let mut finals_committed = count_final(&conn).unwrap_or(0);
+    // Kept from one commit to the next: a fast job's batches hold tens of thousands of
+    // writes, and growing fresh vectors for each cost page faults (zeroing) on every commit.
+    let mut batch: Vec<Write> = Vec::new();
+    let mut flushes = Vec::new();
+    let mut durable: Vec<u64> = Vec::new();
+    let mut writes: Vec<Write> = Vec::new();
     while let Ok(first) = rx.recv() {
         // Group commit: gather what arrives within a short window (or until a flush is
         // asked for), so one fsync and one write of each touched page serve many tasks.
         // The writer sleeps through the window instead of waking for every message, so
-        // senders rarely pay for a wake-up; a flush request is served at once.
+        // senders rarely pay for a wake-up; a flush request, or a master with nothing
+        // more running (`hurry`), ends the window at once.
         if !matches!(first, Write::Flush(_)) {
-            std::thread::sleep(GROUP_COMMIT_WINDOW);
+            shared.wait_window();
         }
-        let mut batch = vec![first];
+        batch.clear();
+        batch.push(first);
         while batch.len() < 100_000 {
             match rx.try_recv() {
                 Ok(w) => batch.push(w),
@@ -759,10 +797,10 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: A
         // Flush answers are taken out first, and the tasks whose final rows are in this
         // commit noted: they are reported durable only after the commit succeeded; a flush
         // is answered either way.
-        let mut flushes = Vec::new();
-        let mut durable: Vec<u64> = Vec::new();
-        let mut writes = Vec::with_capacity(batch.len());
-        for w in batch {
+        flushes.clear();
+        durable.clear();
+        writes.clear();
+        for w in batch.drain(..) {
             match w {
                 Write::Flush(done) => flushes.push(done),
                 Write::Final { task, row } => {
@@ -779,7 +817,7 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: A
         if shared.failed() {
             // After a lasting failure nothing more is committed or reported: the master is
             // stopping, and what it did not store it must not report.
-            drop(durable);
+            durable.clear();
         } else if !writes.is_empty() {
             use backon::BlockingRetryable;
             let result = (|| write_batch(&mut conn, &writes))
@@ -816,14 +854,16 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: A
                         path.display()
                     );
                     log::error!("{msg}");
-                    drop(durable);
+                    durable.clear();
                     shared.fail(msg);
                 }
             }
         }
-        for done in flushes {
+        for done in flushes.drain(..) {
             let _ = done.send(());
         }
+        // The rows' strings go now, not with the next batch.
+        writes.clear();
     }
 }
 

@@ -584,8 +584,15 @@ pub(super) fn finish_durably(
             // by `Master::build`) marks it, for a whole group commit at once.
             let rec = st.tasks[id.0 as usize];
             let row = final_row(id, rec.state, rec.attempts, st.live.get(&id.0), output);
+            // Nothing runs and nothing waits: no later result can share this commit.
+            let idle = st.counts[TaskState::Running as usize] == 0
+                && st.queue.is_empty()
+                && st.delayed.is_empty();
             drop(st);
             j.record_final(id, row);
+            if idle {
+                j.hurry();
+            }
         }
     }
 }
