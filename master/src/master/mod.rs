@@ -221,6 +221,10 @@ pub(crate) struct Live {
     /// Times (the submission time lives in the task's [`Batch`]).
     pub(crate) times: TaskTimes,
     pub(crate) outcome: Option<Box<Result<TaskOutput, MwError>>>,
+    /// A done task's JSON result as its (checked) text, parsed into the outcome's value
+    /// only when collected: while results wait to be collected, each costs its text rather
+    /// than its tree (for a small object, a 600-byte map node).
+    pub(crate) raw: Option<Box<str>>,
 }
 
 /// Builds a task's spec from its index and input when the task is dispatched, so a master of

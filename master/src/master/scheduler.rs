@@ -72,7 +72,22 @@ pub(super) fn take_outcome(st: &mut State, id: TaskId) -> (Result<TaskOutput, Mw
     st.collected += 1;
     let live = st.live.remove(&id.0);
     let (times, outcome) = match live {
-        Some(l) => (Some(l.times), l.outcome),
+        Some(l) => {
+            let mut outcome = l.outcome;
+            if let (Some(raw), Some(Ok(out))) = (l.raw, outcome.as_deref_mut()) {
+                // Checked when the attempt ended (`decode_success`): it parses.
+                match serde_json::from_str(&raw) {
+                    Ok(v) => out.value = v,
+                    Err(e) => {
+                        outcome = Some(Box::new(Err(MwError::BadOutput {
+                            task: id,
+                            reason: e.to_string(),
+                        })))
+                    }
+                }
+            }
+            (Some(l.times), outcome)
+        }
         None => (None, None),
     };
     let times = st.times_from(id, times);
@@ -159,10 +174,27 @@ pub(super) fn completion(inner: &Arc<Inner>, task: &PreparedTask) -> Completion 
 pub(super) struct Decoded {
     value: serde_json::Value,
     text: Option<String>,
+    /// `value` is a placeholder: the result is `text`, checked, and parsed when collected.
+    deferred: bool,
 }
 
-/// Decodes a successful attempt's stdout by the task's stdout mode.
+/// Decodes a successful attempt's stdout by the task's stdout mode. A JSON result in UTF-8
+/// is only checked here (the same verdict as parsing it); its tree is built when the task
+/// is collected ([`take_outcome`]).
 fn decode_success(decoding: Decoding, exec: &Execution) -> Result<Decoded, String> {
+    if decoding.mode == StdoutMode::Json {
+        if let Ok(text) = std::str::from_utf8(&exec.stdout) {
+            let text = text.trim();
+            if !text.is_empty() {
+                super::outcome::check_stdout_limited(&exec.stdout, decoding.max_output_bytes)?;
+                return Ok(Decoded {
+                    value: serde_json::Value::Null,
+                    text: Some(text.to_string()),
+                    deferred: true,
+                });
+            }
+        }
+    }
     let value = success_value(decoding.mode, exec, decoding.max_output_bytes)?;
     let text = match decoding.mode {
         StdoutMode::Json => std::str::from_utf8(&exec.stdout)
@@ -172,7 +204,11 @@ fn decode_success(decoding: Decoding, exec: &Execution) -> Result<Decoded, Strin
             .map(str::to_string),
         StdoutMode::Text | StdoutMode::File => None,
     };
-    Ok(Decoded { value, text })
+    Ok(Decoded {
+        value,
+        text,
+        deferred: false,
+    })
 }
 
 /// How a successful attempt's stdout becomes its result (from the task's spec, which the
@@ -424,6 +460,7 @@ pub(super) fn on_complete(
     let user_cancel = rec.cancel_requested;
     let live = st.live(id);
     let mut output_text = None;
+    let mut deferred = false;
     let result: Result<TaskOutput, MwError> = match outcome {
         Err(InterfaceError(message, ran)) => {
             if let Some(r) = &ran {
@@ -472,6 +509,7 @@ pub(super) fn on_complete(
                 decoded
                     .map(|d| {
                         output_text = d.text;
+                        deferred = d.deferred;
                         TaskOutput {
                             task: id,
                             value: d.value,
@@ -557,7 +595,11 @@ pub(super) fn on_complete(
     if result.is_err() {
         output_text = None;
     }
-    st.live(id).outcome = Some(Box::new(result));
+    let live = st.live(id);
+    if deferred && result.is_ok() {
+        live.raw = output_text.as_deref().map(Box::from);
+    }
+    live.outcome = Some(Box::new(result));
     st.set_state(id, final_state);
     st.release(id);
     finish_durably(inner, st, id, output_text);
@@ -622,13 +664,18 @@ pub(super) fn final_row(
                     finished: Some(SystemTime::now()),
                     ..TaskTimes::default()
                 },
+                raw: None,
             };
             &none
         }
     };
     let (output, exit, error, host, files) = match rec.outcome.as_deref() {
         Some(Ok(out)) => (
-            Some(output.unwrap_or_else(|| out.value.to_string())),
+            Some(
+                output
+                    .or_else(|| rec.raw.as_deref().map(str::to_string))
+                    .unwrap_or_else(|| out.value.to_string()),
+            ),
             Some("exit status 0".to_string()),
             None,
             out.host.clone(),
