@@ -225,7 +225,9 @@ mod tests {
         all.push(dense.into_bytes());
         for text in &all {
             for limit in [8u64, 100, 1 << 20] {
-                let parsed = parse_json_limited(text, limit).map(|_| ()).map_err(|e| e.to_string());
+                let parsed = parse_json_limited(text, limit)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
                 let checked = check_json_limited(text, limit).map_err(|e| e.to_string());
                 assert_eq!(
                     parsed,

@@ -122,6 +122,16 @@ enum Write {
         at: f64,
     },
     Flush(Sender<()>),
+    /// Tasks submitted (their rows, queued), committed before `done` is answered.
+    Submitted(Box<Submitted>),
+}
+
+/// Tasks `first..` submitted at `at`, with their inputs as JSON text.
+struct Submitted {
+    first: u64,
+    inputs: Vec<String>,
+    at: f64,
+    done: Sender<Result<(), String>>,
 }
 
 /// A task's final row as the journal stores it: plain values, handed over by the master.
@@ -598,6 +608,9 @@ impl Journal {
         self.record(first, inputs.iter(), inputs.len(), at)
     }
 
+    /// Records tasks through the writer (its connection is the only one that writes while
+    /// a master runs, so a submission never waits on SQLite's busy handler for a group
+    /// commit), and waits for their commit.
     fn record<'a>(
         &self,
         first: u64,
@@ -605,29 +618,27 @@ impl Journal {
         count: usize,
         at: f64,
     ) -> Result<(), JournalError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn
-            .transaction()
-            .map_err(|e| jerr(&self.path, "recording tasks", e))?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO tasks (idx, input, state, submitted) VALUES (?1, ?2, 'queued', ?3)",
-                )
-                .map_err(|e| jerr(&self.path, "recording tasks", e))?;
-            for (i, input) in inputs.enumerate() {
-                let input = serde_json::to_string(input).unwrap_or_else(|_| "null".into());
-                stmt.execute(params![sql_idx(first.saturating_add(i as u64)), input, at])
-                    .map_err(|e| jerr(&self.path, "recording tasks", e))?;
-            }
-            tx.execute(
-                "INSERT INTO events (at, task, kind, detail) VALUES (?1, NULL, 'submitted', ?2)",
-                params![now_unix(), format!("{count} tasks from {first}")],
-            )
-            .map_err(|e| jerr(&self.path, "recording tasks", e))?;
+        let mut rows = Vec::with_capacity(count);
+        for input in inputs {
+            rows.push(serde_json::to_string(input).unwrap_or_else(|_| "null".into()));
         }
-        tx.commit()
-            .map_err(|e| jerr(&self.path, "recording tasks", e))
+        let (tx, rx) = mpsc::channel();
+        self.send(Write::Submitted(Box::new(Submitted {
+            first,
+            inputs: rows,
+            at,
+            done: tx,
+        })));
+        self.hurry();
+        match rx.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(jerr(&self.path, "recording tasks", e)),
+            Err(_) => Err(jerr(
+                &self.path,
+                "recording tasks",
+                "the journal's writer has stopped",
+            )),
+        }
     }
 
     /// The stored input of task `index` (read back when the task is dispatched, so a master
@@ -777,13 +788,14 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: A
     let mut flushes = Vec::new();
     let mut durable: Vec<u64> = Vec::new();
     let mut writes: Vec<Write> = Vec::new();
+    let mut submitted: Vec<Sender<Result<(), String>>> = Vec::new();
     while let Ok(first) = rx.recv() {
         // Group commit: gather what arrives within a short window (or until a flush is
         // asked for), so one fsync and one write of each touched page serve many tasks.
         // The writer sleeps through the window instead of waking for every message, so
         // senders rarely pay for a wake-up; a flush request, or a master with nothing
         // more running (`hurry`), ends the window at once.
-        if !matches!(first, Write::Flush(_)) {
+        if !matches!(first, Write::Flush(_) | Write::Submitted(_)) {
             shared.wait_window();
         }
         batch.clear();
@@ -800,6 +812,7 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: A
         flushes.clear();
         durable.clear();
         writes.clear();
+        submitted.clear();
         for w in batch.drain(..) {
             match w {
                 Write::Flush(done) => flushes.push(done),
@@ -811,13 +824,27 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: A
                     durable.extend_from_slice(&tasks);
                     writes.push(Write::Cancelled { tasks, at });
                 }
+                Write::Submitted(mut sub) => {
+                    // Answered after the commit (below), with its outcome.
+                    let (tx, _) = mpsc::channel();
+                    submitted.push(std::mem::replace(&mut sub.done, tx));
+                    writes.push(Write::Submitted(sub));
+                }
                 other => writes.push(other),
             }
         }
+        // What submitters hear: their tasks are committed, or why not.
+        let mut answer: Result<(), String> = Ok(());
         if shared.failed() {
             // After a lasting failure nothing more is committed or reported: the master is
             // stopping, and what it did not store it must not report.
             durable.clear();
+            answer = Err(shared
+                .failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_default());
         } else if !writes.is_empty() {
             use backon::BlockingRetryable;
             let result = (|| write_batch(&mut conn, &writes))
@@ -855,9 +882,13 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: A
                     );
                     log::error!("{msg}");
                     durable.clear();
+                    answer = Err(msg.clone());
                     shared.fail(msg);
                 }
             }
+        }
+        for done in submitted.drain(..) {
+            let _ = done.send(answer.clone());
         }
         for done in flushes.drain(..) {
             let _ = done.send(());
@@ -905,6 +936,10 @@ fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> 
              wall = ?6, cpu = ?7, host = ?8, output = ?9, exit = ?10, error = ?11,
              output_files = ?12
              WHERE idx = ?1 AND state <> 'done' AND state <> 'failed' AND state <> 'cancelled'",
+        );
+        let mut submit_row = Lazy::new(
+            &tx,
+            "INSERT OR IGNORE INTO tasks (idx, input, state, submitted) VALUES (?1, ?2, 'queued', ?3)",
         );
         let mut cancelled = Lazy::new(
             &tx,
@@ -978,6 +1013,22 @@ fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> 
                         Option::<i64>::None,
                         "cancelled",
                         format!("{} queued tasks", tasks.len())
+                    ])?;
+                }
+                Write::Submitted(sub) => {
+                    let stmt = submit_row.get()?;
+                    for (i, input) in sub.inputs.iter().enumerate() {
+                        stmt.execute(params![
+                            sql_idx(sub.first.saturating_add(i as u64)),
+                            input,
+                            sub.at
+                        ])?;
+                    }
+                    event.get()?.execute(params![
+                        now_unix(),
+                        Option::<i64>::None,
+                        "submitted",
+                        format!("{} tasks from {}", sub.inputs.len(), sub.first)
                     ])?;
                 }
                 Write::Flush(_) => {}

@@ -221,10 +221,6 @@ pub(crate) struct Live {
     /// Times (the submission time lives in the task's [`Batch`]).
     pub(crate) times: TaskTimes,
     pub(crate) outcome: Option<Box<Result<TaskOutput, MwError>>>,
-    /// A done task's JSON result as its (checked) text, parsed into the outcome's value
-    /// only when collected: while results wait to be collected, each costs its text rather
-    /// than its tree (for a small object, a 600-byte map node).
-    pub(crate) raw: Option<Box<str>>,
 }
 
 /// Builds a task's spec from its index and input when the task is dispatched, so a master of
@@ -275,6 +271,10 @@ struct State {
     live: IdMap<Live>,
     /// Specs the caller handed over ([`Master::submit_many`]), kept until the task is final.
     specs: IdMap<TaskSpec>,
+    /// Done tasks' JSON results as their (checked) text, parsed into the outcome's value
+    /// only when collected: while results wait to be collected, each costs its text rather
+    /// than its tree (for a small object, a 600-byte map node).
+    raw: IdMap<Box<str>>,
     /// Inputs of tasks built by a [`SpecSource`] on a master without a journal, kept until
     /// the task is final (with a journal they are read back from it on dispatch).
     inputs: IdMap<serde_json::Value>,
@@ -297,6 +297,9 @@ struct State {
     durable: usize,
     /// Tasks whose outcome was handed out (or, resumed, was by the previous master).
     collected: usize,
+    /// Tasks a submission is recording in the journal (not in `tasks` yet): pending for
+    /// whoever waits for results meanwhile.
+    submitting: usize,
 }
 
 impl State {
@@ -372,6 +375,10 @@ impl State {
 pub(crate) struct Inner {
     state: Mutex<State>,
     cond: Condvar,
+    /// Held by a submission from choosing its first index until its tasks are in `state`:
+    /// the journal records them without the state's lock (which the scheduler and every
+    /// completion need meanwhile), and no other submission takes the same indices.
+    submitting: Mutex<()>,
     interface: Arc<dyn Interface>,
     options: MasterOptions,
     staging: PathBuf,
@@ -382,6 +389,27 @@ pub(crate) struct Inner {
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn submitting(&self) -> MutexGuard<'_, ()> {
+        self.submitting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts `n` tasks as being submitted; returns the first one's index. The caller holds
+    /// [`submitting`](Self::submitting) until the tasks are in the state (then subtracts
+    /// `n` from `State::submitting` under the same lock that adds them).
+    fn begin_submit(&self, n: usize) -> u64 {
+        let mut st = self.lock();
+        st.submitting += n;
+        st.tasks.len() as u64
+    }
+
+    /// A failed submission's tasks are no longer pending; waiters look again.
+    fn end_submit(&self, n: usize, failed: bool) {
+        if failed {
+            self.lock().submitting -= n;
+            self.cond.notify_all();
+        }
     }
 
     /// Carries out a [`SpecPlan`] (outside the lock: it may read the journal and render
@@ -488,6 +516,7 @@ impl Master {
             tasks: Vec::with_capacity(restored.tasks.len()),
             live: IdMap::default(),
             specs: restored.specs,
+            raw: IdMap::default(),
             inputs: IdMap::default(),
             batches: restored.batches,
             attempts_before: restored.attempts_before,
@@ -500,6 +529,7 @@ impl Master {
             stopped: None,
             durable: 0,
             collected: 0,
+            submitting: 0,
         };
         let cancel_at_start = restored.cancel_queued;
         for rec in restored.tasks {
@@ -524,6 +554,7 @@ impl Master {
         let inner = Arc::new(Inner {
             state: Mutex::new(state),
             cond: Condvar::new(),
+            submitting: Mutex::new(()),
             interface,
             options,
             staging,
@@ -633,15 +664,19 @@ impl Master {
         Ok(out)
     }
 
-    /// Submits many tasks under one lock (and one journal transaction).
+    /// Submits many tasks at once (one journal transaction).
     pub fn submit_many(&self, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, MwError> {
-        let mut st = self.inner.lock();
-        let first = st.tasks.len() as u64;
+        let _submitting = self.inner.submitting();
+        let first = self.inner.begin_submit(specs.len());
         let now = SystemTime::now();
         if let Some(j) = &self.inner.journal {
             let at = scheduler::unix_secs(Some(now)).unwrap_or(0.0);
-            j.record_submitted_at(first, &specs, at)?;
+            let recorded = j.record_submitted_at(first, &specs, at);
+            self.inner.end_submit(specs.len(), recorded.is_err());
+            recorded?;
         }
+        let mut st = self.inner.lock();
+        st.submitting -= specs.len();
         st.batches.push(Batch {
             first,
             at: Some(now),
@@ -661,7 +696,7 @@ impl Master {
         Ok(ids)
     }
 
-    /// Submits one task per input, under one lock (and one journal transaction), whose specs
+    /// Submits one task per input at once (one journal transaction), whose specs
     /// `source` builds when each task is dispatched (again for a retry). The master keeps a
     /// few bytes per task: with a journal the inputs are stored there and read back on
     /// dispatch; without one they are kept until their task is final. Returns the new tasks'
@@ -672,13 +707,17 @@ impl Master {
         inputs: Vec<serde_json::Value>,
         source: Arc<dyn SpecSource>,
     ) -> Result<std::ops::Range<u64>, MwError> {
-        let mut st = self.inner.lock();
-        let first = st.tasks.len() as u64;
+        let _submitting = self.inner.submitting();
+        let first = self.inner.begin_submit(inputs.len());
         let now = SystemTime::now();
         if let Some(j) = &self.inner.journal {
             let at = scheduler::unix_secs(Some(now)).unwrap_or(0.0);
-            j.record_inputs_at(first, &inputs, at)?;
+            let recorded = j.record_inputs_at(first, &inputs, at);
+            self.inner.end_submit(inputs.len(), recorded.is_err());
+            recorded?;
         }
+        let mut st = self.inner.lock();
+        st.submitting -= inputs.len();
         st.batches.push(Batch {
             first,
             at: Some(now),
@@ -772,7 +811,7 @@ impl Master {
                     return NextOutcome::Finished(id, outcome, times);
                 }
             }
-            if st.tasks.len() == st.durable {
+            if st.tasks.len() == st.durable && st.submitting == 0 {
                 return NextOutcome::AllCollected;
             }
             if let Some(reason) = &st.stopped {
@@ -908,7 +947,9 @@ impl Master {
     /// interrupted has settled).
     pub fn wait_all(&self) {
         let mut st = self.inner.lock();
-        while st.durable < st.tasks.len() && !(st.stopped.is_some() && self.stop_settled(&st)) {
+        while (st.durable < st.tasks.len() || st.submitting > 0)
+            && !(st.stopped.is_some() && self.stop_settled(&st))
+        {
             st = self.inner.cond.wait(st).unwrap_or_else(|p| p.into_inner());
         }
     }

@@ -56,8 +56,9 @@ pub(super) fn take_result(st: &mut State, which: Option<TaskId>) -> Result<Taken
             if let Some(reason) = &st.stopped {
                 return Err(MwError::Stopped(reason.clone()));
             }
-            let pending =
-                st.counts[TaskState::Queued as usize] + st.counts[TaskState::Running as usize];
+            let pending = st.counts[TaskState::Queued as usize]
+                + st.counts[TaskState::Running as usize]
+                + st.submitting;
             if pending == 0 {
                 return Err(MwError::NothingPending);
             }
@@ -71,10 +72,11 @@ pub(super) fn take_result(st: &mut State, which: Option<TaskId>) -> Result<Taken
 pub(super) fn take_outcome(st: &mut State, id: TaskId) -> (Result<TaskOutput, MwError>, TaskTimes) {
     st.collected += 1;
     let live = st.live.remove(&id.0);
+    let raw = st.raw.remove(&id.0);
     let (times, outcome) = match live {
         Some(l) => {
             let mut outcome = l.outcome;
-            if let (Some(raw), Some(Ok(out))) = (l.raw, outcome.as_deref_mut()) {
+            if let (Some(raw), Some(Ok(out))) = (raw, outcome.as_deref_mut()) {
                 // Checked when the attempt ended (`decode_success`): it parses.
                 match serde_json::from_str(&raw) {
                     Ok(v) => out.value = v,
@@ -595,11 +597,12 @@ pub(super) fn on_complete(
     if result.is_err() {
         output_text = None;
     }
-    let live = st.live(id);
     if deferred && result.is_ok() {
-        live.raw = output_text.as_deref().map(Box::from);
+        if let Some(text) = output_text.as_deref() {
+            st.raw.insert(id.0, Box::from(text));
+        }
     }
-    live.outcome = Some(Box::new(result));
+    st.live(id).outcome = Some(Box::new(result));
     st.set_state(id, final_state);
     st.release(id);
     finish_durably(inner, st, id, output_text);
@@ -664,18 +667,13 @@ pub(super) fn final_row(
                     finished: Some(SystemTime::now()),
                     ..TaskTimes::default()
                 },
-                raw: None,
             };
             &none
         }
     };
     let (output, exit, error, host, files) = match rec.outcome.as_deref() {
         Some(Ok(out)) => (
-            Some(
-                output
-                    .or_else(|| rec.raw.as_deref().map(str::to_string))
-                    .unwrap_or_else(|| out.value.to_string()),
-            ),
+            Some(output.unwrap_or_else(|| out.value.to_string())),
             Some("exit status 0".to_string()),
             None,
             out.host.clone(),
