@@ -297,8 +297,8 @@ struct State {
     durable: usize,
     /// Tasks whose outcome was handed out (or, resumed, was by the previous master).
     collected: usize,
-    /// Tasks a submission is recording in the journal (not in `tasks` yet): pending for
-    /// whoever waits for results meanwhile.
+    /// Tasks a submission is recording in the journal (not in `tasks` yet), plus one per
+    /// [`MoreToCome`]: pending for whoever waits for results meanwhile.
     submitting: usize,
 }
 
@@ -441,6 +441,24 @@ pub(crate) struct Restored {
     pub(crate) attempts_before: IdMap<u32>,
     /// Queued tasks a pending `mw cancel` names: cancelled before anything is dispatched.
     pub(crate) cancel_queued: Vec<u64>,
+}
+
+/// More tasks to come ([`Master::expect_more`]); dropping it ends that.
+pub struct MoreToCome<'a> {
+    inner: &'a Inner,
+}
+
+impl std::fmt::Debug for MoreToCome<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MoreToCome")
+    }
+}
+
+impl Drop for MoreToCome<'_> {
+    fn drop(&mut self) {
+        self.inner.lock().submitting -= 1;
+        self.inner.cond.notify_all();
+    }
 }
 
 /// The master. Dropping it cancels what still runs and stops its scheduler.
@@ -694,6 +712,15 @@ impl Master {
         drop(st);
         self.inner.cond.notify_all();
         Ok(ids)
+    }
+
+    /// Says that more tasks are still to be submitted (by another thread, say) until the
+    /// returned guard is dropped: meanwhile no waiter ([`next_outcome`](Self::next_outcome),
+    /// [`wait_all`](Self::wait_all), [`get_output`](Self::get_output)) concludes that
+    /// nothing is pending.
+    pub fn expect_more(&self) -> MoreToCome<'_> {
+        self.inner.lock().submitting += 1;
+        MoreToCome { inner: &self.inner }
     }
 
     /// Submits one task per input at once (one journal transaction), whose specs
