@@ -134,6 +134,9 @@ struct Submitted {
     done: Sender<Result<(), String>>,
 }
 
+/// The exit text of a done task (`done_row` spells it in its SQL).
+const DONE_EXIT: &str = "exit status 0";
+
 /// A task's final row as the journal stores it: plain values, handed over by the master.
 pub(crate) struct FinalRow {
     pub(crate) state: TaskState,
@@ -777,6 +780,10 @@ fn commit_retry() -> backon::ExponentialBuilder {
         .with_max_times(COMMIT_ATTEMPTS - 1)
 }
 
+/// Most writes in one group commit. The writer's vectors are made this large once (memory
+/// is touched only as far as it is used), so they never grow by copying.
+const MAX_BATCH: usize = 100_000;
+
 /// Attempts of one group commit (the first plus retries).
 const COMMIT_ATTEMPTS: usize = 4;
 
@@ -784,10 +791,10 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: A
     let mut finals_committed = count_final(&conn).unwrap_or(0);
     // Kept from one commit to the next: a fast job's batches hold tens of thousands of
     // writes, and growing fresh vectors for each cost page faults (zeroing) on every commit.
-    let mut batch: Vec<Write> = Vec::new();
+    let mut batch: Vec<Write> = Vec::with_capacity(MAX_BATCH);
     let mut flushes = Vec::new();
     let mut durable: Vec<u64> = Vec::new();
-    let mut writes: Vec<Write> = Vec::new();
+    let mut writes: Vec<Write> = Vec::with_capacity(MAX_BATCH);
     let mut submitted: Vec<Sender<Result<(), String>>> = Vec::new();
     while let Ok(first) = rx.recv() {
         // Group commit: gather what arrives within a short window (or until a flush is
@@ -800,7 +807,7 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: A
         }
         batch.clear();
         batch.push(first);
-        while batch.len() < 100_000 {
+        while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(w) => batch.push(w),
                 Err(_) => break,
@@ -941,6 +948,13 @@ fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> 
             &tx,
             "INSERT OR IGNORE INTO tasks (idx, input, state, submitted) VALUES (?1, ?2, 'queued', ?3)",
         );
+        let mut done_row = Lazy::new(
+            &tx,
+            "UPDATE tasks SET state = 'done', attempts = ?2, started = ?3, finished = ?4,
+             wall = ?5, cpu = ?6, host = ?7, output = ?8, exit = 'exit status 0', error = NULL,
+             output_files = '[]'
+             WHERE idx = ?1 AND state <> 'done' AND state <> 'failed' AND state <> 'cancelled'",
+        );
         let mut cancelled = Lazy::new(
             &tx,
             // The row `final_row` makes for a cancelled task that never ran.
@@ -974,6 +988,24 @@ fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> 
                     event
                         .get()?
                         .execute(params![now_unix(), sql_idx(*task), "retry", detail])?;
+                }
+                // Most rows of a fast job: done, no output files (constants in the SQL).
+                Write::Final { task, row }
+                    if row.state == TaskState::Done
+                        && row.exit.as_deref() == Some(DONE_EXIT)
+                        && row.error.is_none()
+                        && row.files == "[]" =>
+                {
+                    finals += done_row.get()?.execute(params![
+                        sql_idx(*task),
+                        row.attempts,
+                        row.started,
+                        row.finished,
+                        row.wall,
+                        row.cpu,
+                        row.host,
+                        row.output
+                    ])? as u64;
                 }
                 Write::Final { task, row } => {
                     let changed = final_row.get()?.execute(params![

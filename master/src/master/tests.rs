@@ -177,6 +177,30 @@ fn journaled_inputs_are_read_back_on_dispatch_and_not_kept() {
 }
 
 #[test]
+fn a_done_task_is_journaled_with_its_result_and_the_done_constants() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let master = Master::with_journal(Arc::new(Echo), MasterOptions::default(), &job).unwrap();
+    master.submit_inputs(inputs(0..50), source()).unwrap();
+    collect_all(&master, 50);
+    drop(master);
+    let path = job.join(crate::journal::JOURNAL_FILE);
+    let conn = crate::journal::open_checked(&path, false).unwrap();
+    let tasks = crate::journal::read_tasks(&conn, &path, None).unwrap();
+    assert_eq!(tasks.len(), 50);
+    for t in tasks {
+        assert_eq!(t.state, TaskState::Done, "task {}", t.index);
+        assert_eq!(t.output, Some(serde_json::json!({ "i": t.index })));
+        assert_eq!(t.exit.as_deref(), Some("exit status 0"));
+        assert_eq!(t.error, None);
+        assert!(t.output_files.is_empty());
+        assert_eq!(t.host, "here");
+        assert_eq!(t.attempts, 1);
+        assert!(t.finished.is_some());
+    }
+}
+
+#[test]
 fn cancelling_every_queued_task_allocates_nothing_per_task() {
     // An interface whose workers never come: every task stays queued.
     struct Never;
