@@ -4,7 +4,8 @@
 //! Writes go through one writer thread that commits in batches (group commit): the master
 //! sends task-state changes down a channel and never waits for the disk, except that a
 //! finished task becomes collectable only after its row is committed (fsync'd by SQLite
-//! with `synchronous = FULL`), so a result reported done survives any crash.
+//! with `synchronous = FULL`), so a result reported done survives any crash, and a
+//! submission returns once its tasks' rows are committed (the writer serves it at once).
 //!
 //! **Invariants:** the journal never deletes anything it did not write; an older mw refuses a
 //! newer schema; a task's final row is written once (later writes for a final task are
