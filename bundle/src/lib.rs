@@ -25,7 +25,7 @@ pub use fsutil::{signal_name, sync_dir, sync_filesystem, write_atomic, write_ato
 pub use manifest::*;
 pub use pack::{sha256_file, sha256_hex, BundleBuilder};
 pub use results::{
-    max_result_upload_bytes, parse_json_limited, result_limits, JsonLimitError,
+    check_json_limited, max_result_upload_bytes, parse_json_limited, result_limits, JsonLimitError,
     DEFAULT_MAX_OUTPUT_BYTES, MAX_RESULT_FILES_BYTES,
 };
 pub use unpack::{

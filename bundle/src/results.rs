@@ -75,6 +75,80 @@ pub enum JsonLimitError {
 /// is built a text over `limit` bytes or with more values than about one per 16 bytes of the
 /// limit (a dense `[0,0,…]` would otherwise take some 30 times its size).
 pub fn parse_json_limited(text: &[u8], limit: u64) -> Result<serde_json::Value, JsonLimitError> {
+    check_json_size(text, limit)?;
+    let text = String::from_utf8_lossy(text);
+    if text.trim().is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_str(text.trim()).map_err(|e| JsonLimitError::Syntax(e.to_string()))
+}
+
+/// What [`parse_json_limited`] checks of `text`, without building the tree: `Ok` exactly
+/// when it would parse (the same errors otherwise). For a caller that keeps the text and
+/// parses it later, so a result waiting to be collected costs its text, not its tree.
+pub fn check_json_limited(text: &[u8], limit: u64) -> Result<(), JsonLimitError> {
+    check_json_size(text, limit)?;
+    let text = String::from_utf8_lossy(text);
+    if text.trim().is_empty() {
+        return Ok(());
+    }
+    serde_json::from_str::<Valid>(text.trim())
+        .map(|_| ())
+        .map_err(|e| JsonLimitError::Syntax(e.to_string()))
+}
+
+/// Any JSON value, read through the same parser paths as a `serde_json::Value` (numbers
+/// range-checked, strings unescaped) but kept nowhere.
+struct Valid;
+
+impl<'de> serde::Deserialize<'de> for Valid {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Valid)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Valid {
+    type Value = Valid;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+    fn visit_unit<E>(self) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+    fn visit_none<E>(self) -> Result<Valid, E> {
+        Ok(Valid)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Valid, D::Error> {
+        <Valid as serde::Deserialize>::deserialize(d)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Valid, A::Error> {
+        while a.next_element::<Valid>()?.is_some() {}
+        Ok(Valid)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Valid, A::Error> {
+        while a.next_entry::<Valid, Valid>()?.is_some() {}
+        Ok(Valid)
+    }
+}
+
+/// The size and value-count limits of [`parse_json_limited`].
+fn check_json_size(text: &[u8], limit: u64) -> Result<(), JsonLimitError> {
     if text.len() as u64 > limit {
         return Err(JsonLimitError::TooLarge {
             size: text.len() as u64,
@@ -90,11 +164,7 @@ pub fn parse_json_limited(text: &[u8], limit: u64) -> Result<serde_json::Value, 
             limit,
         });
     }
-    let text = String::from_utf8_lossy(text);
-    if text.trim().is_empty() {
-        return Ok(serde_json::Value::Null);
-    }
-    serde_json::from_str(text.trim()).map_err(|e| JsonLimitError::Syntax(e.to_string()))
+    Ok(())
 }
 
 /// An upper estimate of the JSON values in `text` (separators and containers outside
@@ -127,6 +197,47 @@ fn count_json_values(text: &[u8]) -> u64 {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_json_limited_accepts_and_refuses_exactly_what_parse_json_limited_does() {
+        let cases: &[&[u8]] = &[
+            b"",
+            b"  \n",
+            b"{\"i\":0}",
+            b" [1, 2.5, -3, \"x\\n\", null, true, {\"a\": {\"b\": []}}] \r\n",
+            b"1e400",
+            b"-1e400",
+            b"{\"a\":1,\"a\":2}",
+            b"{\"a\":1",
+            b"[1,]",
+            b"\"\\ud800\"",
+            b"\"\\x\"",
+            b"nul",
+            b"1 2",
+            b"\xff\xfe",
+            b"\"\xff\"",
+            b"18446744073709551616",
+        ];
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let dense = format!("[0{}]", ",0".repeat(5000));
+        let mut all: Vec<Vec<u8>> = cases.iter().map(|c| c.to_vec()).collect();
+        all.push(deep.into_bytes());
+        all.push(dense.into_bytes());
+        for text in &all {
+            for limit in [8u64, 100, 1 << 20] {
+                let parsed = parse_json_limited(text, limit)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                let checked = check_json_limited(text, limit).map_err(|e| e.to_string());
+                assert_eq!(
+                    parsed,
+                    checked,
+                    "{:?} with limit {limit}",
+                    String::from_utf8_lossy(text)
+                );
+            }
+        }
+    }
 
     #[test]
     fn dense_json_is_refused_before_parsing_and_ordinary_json_passes() {

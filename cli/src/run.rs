@@ -14,6 +14,7 @@ use mw_worker_runtime::{execute, ExecRequest, ProcessControl};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -392,21 +393,36 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
     let source = spec_source(&p.builder, Some(&p.inputs));
     // A master killed here leaves a job created but with no task recorded yet.
     mw::crash::point("run-before-recording");
-    in_chunks(&p.inputs, 0, |_, chunk| {
-        master.submit_inputs(chunk, source.clone())?;
-        // A master killed here leaves a job whose tasks are partly recorded.
-        mw::crash::point("run-recorded-chunk");
-        Ok(())
-    })?;
+    // The tasks are recorded (and submitted) by a thread of their own while this one
+    // collects results: the first results never wait for the last tasks' recording, and
+    // results do not pile up in the master meanwhile. Until it is done, the master counts
+    // more tasks to come (so the run does not end early) and cancel requests wait.
+    let more_to_come = master.expect_more();
+    let recording = AtomicBool::new(true);
+    let record = || -> anyhow::Result<()> {
+        let _more_to_come = more_to_come;
+        let recorded = in_chunks(&p.inputs, 0, |_, chunk| {
+            master.submit_inputs(chunk, source.clone())?;
+            // A master killed here leaves a job whose tasks are partly recorded.
+            mw::crash::point("run-recorded-chunk");
+            Ok(())
+        })
+        .and_then(|()| match &journal {
+            Some(j) => Ok(j.set_job_status("running")?),
+            None => Ok(()),
+        });
+        if let Err(e) = &recorded {
+            master.stop(&format!("recording the tasks failed: {e:#}"));
+        }
+        recording.store(false, Ordering::Release);
+        recorded
+    };
     // The result lines' inputs: made from the index (a list, a sweep), else read back from
     // the journal, else (a file of inputs without a journal) kept in memory.
     let kept_inputs: Option<Vec<serde_json::Value>> = match (&journal, p.inputs.get(0)) {
         (None, None) => Some(p.inputs.iter().collect::<Result<_, _>>()?),
         _ => None,
     };
-    if let Some(j) = &journal {
-        j.set_job_status("running")?;
-    }
 
     // Where result lines go.
     let reduce_present = p.reduce.is_some();
@@ -433,43 +449,59 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
     let mut tally = Tally::default();
     let mut reduce_inputs: Vec<Option<serde_json::Value>> =
         vec![None; if reduce_present { total } else { 0 }];
-    let end = drive(
-        &master,
-        journal.as_deref(),
-        &mut progress,
-        |task, outcome, times| {
-            if outcome.is_err() {
-                failed += 1;
-            }
-            tally.add(task.0, &outcome);
-            if reduce_present {
-                if let Ok(out) = &outcome {
-                    reduce_inputs[task.0 as usize] = Some(out.value.clone());
+    let (recorded, end) = std::thread::scope(|scope| {
+        let recorder = std::thread::Builder::new()
+            .name("mw-record".into())
+            .spawn_scoped(scope, record);
+        let recorder = match recorder {
+            Ok(r) => r,
+            Err(e) => return (Err(anyhow::Error::from(e)), None),
+        };
+        let end = drive(
+            &master,
+            journal.as_deref(),
+            Some(&recording),
+            &mut progress,
+            |task, outcome, times| {
+                if outcome.is_err() {
+                    failed += 1;
                 }
-            }
-            let input = match (p.inputs.get(task.0), &kept_inputs, &journal) {
-                (Some(input), _, _) => input,
-                (None, Some(inputs), _) => inputs[task.0 as usize].clone(),
-                (None, None, Some(j)) => j.read_input(task.0)?,
-                (None, None, None) => serde_json::Value::Null,
-            };
-            let line = ResultLine::from_outcome_owned(task.0, input, outcome, &times);
-            if task.0 != next_to_write {
-                let mut text = serde_json::to_vec(&line)?;
-                text.push(b'\n');
-                lines.insert(task.0, text);
-                return Ok(());
-            }
-            serde_json::to_writer(&mut sink, &line)?;
-            sink.write_all(b"\n")?;
-            next_to_write += 1;
-            while let Some(line) = lines.remove(&next_to_write) {
-                sink.write_all(&line)?;
+                tally.add(task.0, &outcome);
+                if reduce_present {
+                    if let Ok(out) = &outcome {
+                        reduce_inputs[task.0 as usize] = Some(out.value.clone());
+                    }
+                }
+                let input = match (p.inputs.get(task.0), &kept_inputs, &journal) {
+                    (Some(input), _, _) => input,
+                    (None, Some(inputs), _) => inputs[task.0 as usize].clone(),
+                    (None, None, Some(j)) => j.read_input(task.0)?,
+                    (None, None, None) => serde_json::Value::Null,
+                };
+                let line = ResultLine::from_outcome_owned(task.0, input, outcome, &times);
+                if task.0 != next_to_write {
+                    let mut text = serde_json::to_vec(&line)?;
+                    text.push(b'\n');
+                    lines.insert(task.0, text);
+                    return Ok(());
+                }
+                serde_json::to_writer(&mut sink, &line)?;
+                sink.write_all(b"\n")?;
                 next_to_write += 1;
-            }
-            Ok(())
-        },
-    )?;
+                while let Some(line) = lines.remove(&next_to_write) {
+                    sink.write_all(&line)?;
+                    next_to_write += 1;
+                }
+                Ok(())
+            },
+        );
+        let recorded = recorder
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the thread recording the tasks panicked")));
+        (recorded, Some(end))
+    });
+    recorded?;
+    let end = end.context("internal: no end of the run")??;
     if let DriveEnd::Stopped {
         reason,
         interrupted,
@@ -637,6 +669,7 @@ impl Tally {
 fn drive(
     master: &Master,
     journal: Option<&Journal>,
+    recording: Option<&AtomicBool>,
     progress: &mut Progress,
     mut on_finished: impl FnMut(
         TaskId,
@@ -666,7 +699,10 @@ fn drive(
             interrupted = true;
             master.stop("interrupted (SIGINT/SIGTERM)");
         }
-        if let Some(j) = journal {
+        // Cancel requests wait until every task is recorded (a whole-job cancel must reach
+        // the last ones too).
+        let recorded = recording.is_none_or(|r| !r.load(Ordering::Acquire));
+        if let (Some(j), true) = (journal, recorded) {
             if std::time::Instant::now() >= next_cancel_check {
                 apply_cancel_requests(master, j)?;
                 next_cancel_check = std::time::Instant::now() + CANCEL_POLL;
@@ -1009,6 +1045,7 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
     let end = drive(
         &master,
         Some(&journal),
+        None,
         &mut progress,
         |task, outcome, _| {
             if outcome.is_err() {

@@ -4,7 +4,8 @@
 //! Writes go through one writer thread that commits in batches (group commit): the master
 //! sends task-state changes down a channel and never waits for the disk, except that a
 //! finished task becomes collectable only after its row is committed (fsync'd by SQLite
-//! with `synchronous = FULL`), so a result reported done survives any crash.
+//! with `synchronous = FULL`), so a result reported done survives any crash, and a
+//! submission returns once its tasks' rows are committed (the writer serves it at once).
 //!
 //! **Invariants:** the journal never deletes anything it did not write; an older mw refuses a
 //! newer schema; a task's final row is written once (later writes for a final task are
@@ -122,7 +123,20 @@ enum Write {
         at: f64,
     },
     Flush(Sender<()>),
+    /// Tasks submitted (their rows, queued), committed before `done` is answered.
+    Submitted(Box<Submitted>),
 }
+
+/// Tasks `first..` submitted at `at`, with their inputs as JSON text.
+struct Submitted {
+    first: u64,
+    inputs: Vec<String>,
+    at: f64,
+    done: Sender<Result<(), String>>,
+}
+
+/// The exit text of a done task (`done_row` spells it in its SQL).
+const DONE_EXIT: &str = "exit status 0";
 
 /// A task's final row as the journal stores it: plain values, handed over by the master.
 pub(crate) struct FinalRow {
@@ -225,6 +239,9 @@ struct Shared {
     failure: Mutex<Option<String>>,
     hook: Mutex<Option<FailureHook>>,
     durable: Mutex<Option<DurableHook>>,
+    /// Set by [`Journal::hurry`]: the writer ends its group-commit window now.
+    hurry: Mutex<bool>,
+    hurried: std::sync::Condvar,
 }
 
 /// Called after each group commit with the tasks whose final rows it committed (see
@@ -235,6 +252,24 @@ type DurableHook = Box<dyn Fn(&[u64]) + Send + Sync>;
 type FailureHook = Box<dyn Fn(&str) + Send + Sync>;
 
 impl Shared {
+    /// Sleeps through the group-commit window, or less if [`Journal::hurry`] is called.
+    fn wait_window(&self) {
+        let end = std::time::Instant::now() + GROUP_COMMIT_WINDOW;
+        let mut hurry = self.hurry.lock().unwrap_or_else(|p| p.into_inner());
+        while !*hurry {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            hurry = self
+                .hurried
+                .wait_timeout(hurry, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *hurry = false;
+    }
+
     fn failed(&self) -> bool {
         self.failure
             .lock()
@@ -577,6 +612,9 @@ impl Journal {
         self.record(first, inputs.iter(), inputs.len(), at)
     }
 
+    /// Records tasks through the writer (its connection is the only one that writes while
+    /// a master runs, so a submission never waits on SQLite's busy handler for a group
+    /// commit), and waits for their commit.
     fn record<'a>(
         &self,
         first: u64,
@@ -584,29 +622,27 @@ impl Journal {
         count: usize,
         at: f64,
     ) -> Result<(), JournalError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn
-            .transaction()
-            .map_err(|e| jerr(&self.path, "recording tasks", e))?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO tasks (idx, input, state, submitted) VALUES (?1, ?2, 'queued', ?3)",
-                )
-                .map_err(|e| jerr(&self.path, "recording tasks", e))?;
-            for (i, input) in inputs.enumerate() {
-                let input = serde_json::to_string(input).unwrap_or_else(|_| "null".into());
-                stmt.execute(params![sql_idx(first.saturating_add(i as u64)), input, at])
-                    .map_err(|e| jerr(&self.path, "recording tasks", e))?;
-            }
-            tx.execute(
-                "INSERT INTO events (at, task, kind, detail) VALUES (?1, NULL, 'submitted', ?2)",
-                params![now_unix(), format!("{count} tasks from {first}")],
-            )
-            .map_err(|e| jerr(&self.path, "recording tasks", e))?;
+        let mut rows = Vec::with_capacity(count);
+        for input in inputs {
+            rows.push(serde_json::to_string(input).unwrap_or_else(|_| "null".into()));
         }
-        tx.commit()
-            .map_err(|e| jerr(&self.path, "recording tasks", e))
+        let (tx, rx) = mpsc::channel();
+        self.send(Write::Submitted(Box::new(Submitted {
+            first,
+            inputs: rows,
+            at,
+            done: tx,
+        })));
+        self.hurry();
+        match rx.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(jerr(&self.path, "recording tasks", e)),
+            Err(_) => Err(jerr(
+                &self.path,
+                "recording tasks",
+                "the journal's writer has stopped",
+            )),
+        }
     }
 
     /// The stored input of task `index` (read back when the task is dispatched, so a master
@@ -671,7 +707,16 @@ impl Journal {
     pub fn flush(&self) {
         let (tx, rx) = mpsc::channel();
         self.send(Write::Flush(tx));
+        self.hurry();
         let _ = rx.recv();
+    }
+
+    /// Ends the writer's current group-commit window now (the master calls this when
+    /// nothing more is running: no later result would share the commit, so waiting out the
+    /// window would only delay the last results).
+    pub(crate) fn hurry(&self) {
+        *self.shared.hurry.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.shared.hurried.notify_one();
     }
 
     /// Marks the job finished (or not) for `mw status`.
@@ -736,21 +781,34 @@ fn commit_retry() -> backon::ExponentialBuilder {
         .with_max_times(COMMIT_ATTEMPTS - 1)
 }
 
+/// Most writes in one group commit. The writer's vectors are made this large once (memory
+/// is touched only as far as it is used), so they never grow by copying.
+const MAX_BATCH: usize = 100_000;
+
 /// Attempts of one group commit (the first plus retries).
 const COMMIT_ATTEMPTS: usize = 4;
 
 fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: Arc<Shared>) {
     let mut finals_committed = count_final(&conn).unwrap_or(0);
+    // Kept from one commit to the next: a fast job's batches hold tens of thousands of
+    // writes, and growing fresh vectors for each cost page faults (zeroing) on every commit.
+    let mut batch: Vec<Write> = Vec::with_capacity(MAX_BATCH);
+    let mut flushes = Vec::new();
+    let mut durable: Vec<u64> = Vec::new();
+    let mut writes: Vec<Write> = Vec::with_capacity(MAX_BATCH);
+    let mut submitted: Vec<Sender<Result<(), String>>> = Vec::new();
     while let Ok(first) = rx.recv() {
         // Group commit: gather what arrives within a short window (or until a flush is
         // asked for), so one fsync and one write of each touched page serve many tasks.
         // The writer sleeps through the window instead of waking for every message, so
-        // senders rarely pay for a wake-up; a flush request is served at once.
-        if !matches!(first, Write::Flush(_)) {
-            std::thread::sleep(GROUP_COMMIT_WINDOW);
+        // senders rarely pay for a wake-up; a flush request, or a master with nothing
+        // more running (`hurry`), ends the window at once.
+        if !matches!(first, Write::Flush(_) | Write::Submitted(_)) {
+            shared.wait_window();
         }
-        let mut batch = vec![first];
-        while batch.len() < 100_000 {
+        batch.clear();
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(w) => batch.push(w),
                 Err(_) => break,
@@ -759,10 +817,11 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: A
         // Flush answers are taken out first, and the tasks whose final rows are in this
         // commit noted: they are reported durable only after the commit succeeded; a flush
         // is answered either way.
-        let mut flushes = Vec::new();
-        let mut durable: Vec<u64> = Vec::new();
-        let mut writes = Vec::with_capacity(batch.len());
-        for w in batch {
+        flushes.clear();
+        durable.clear();
+        writes.clear();
+        submitted.clear();
+        for w in batch.drain(..) {
             match w {
                 Write::Flush(done) => flushes.push(done),
                 Write::Final { task, row } => {
@@ -773,13 +832,27 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: A
                     durable.extend_from_slice(&tasks);
                     writes.push(Write::Cancelled { tasks, at });
                 }
+                Write::Submitted(mut sub) => {
+                    // Answered after the commit (below), with its outcome.
+                    let (tx, _) = mpsc::channel();
+                    submitted.push(std::mem::replace(&mut sub.done, tx));
+                    writes.push(Write::Submitted(sub));
+                }
                 other => writes.push(other),
             }
         }
+        // What submitters hear: their tasks are committed, or why not.
+        let mut answer: Result<(), String> = Ok(());
         if shared.failed() {
             // After a lasting failure nothing more is committed or reported: the master is
             // stopping, and what it did not store it must not report.
-            drop(durable);
+            durable.clear();
+            answer = Err(shared
+                .failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_default());
         } else if !writes.is_empty() {
             use backon::BlockingRetryable;
             let result = (|| write_batch(&mut conn, &writes))
@@ -816,14 +889,20 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: A
                         path.display()
                     );
                     log::error!("{msg}");
-                    drop(durable);
+                    durable.clear();
+                    answer = Err(msg.clone());
                     shared.fail(msg);
                 }
             }
         }
-        for done in flushes {
+        for done in submitted.drain(..) {
+            let _ = done.send(answer.clone());
+        }
+        for done in flushes.drain(..) {
             let _ = done.send(());
         }
+        // The rows' strings go now, not with the next batch.
+        writes.clear();
     }
 }
 
@@ -866,6 +945,17 @@ fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> 
              output_files = ?12
              WHERE idx = ?1 AND state <> 'done' AND state <> 'failed' AND state <> 'cancelled'",
         );
+        let mut submit_row = Lazy::new(
+            &tx,
+            "INSERT OR IGNORE INTO tasks (idx, input, state, submitted) VALUES (?1, ?2, 'queued', ?3)",
+        );
+        let mut done_row = Lazy::new(
+            &tx,
+            "UPDATE tasks SET state = 'done', attempts = ?2, started = ?3, finished = ?4,
+             wall = ?5, cpu = ?6, host = ?7, output = ?8, exit = 'exit status 0', error = NULL,
+             output_files = '[]'
+             WHERE idx = ?1 AND state <> 'done' AND state <> 'failed' AND state <> 'cancelled'",
+        );
         let mut cancelled = Lazy::new(
             &tx,
             // The row `final_row` makes for a cancelled task that never ran.
@@ -899,6 +989,24 @@ fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> 
                     event
                         .get()?
                         .execute(params![now_unix(), sql_idx(*task), "retry", detail])?;
+                }
+                // Most rows of a fast job: done, no output files (constants in the SQL).
+                Write::Final { task, row }
+                    if row.state == TaskState::Done
+                        && row.exit.as_deref() == Some(DONE_EXIT)
+                        && row.error.is_none()
+                        && row.files == "[]" =>
+                {
+                    finals += done_row.get()?.execute(params![
+                        sql_idx(*task),
+                        row.attempts,
+                        row.started,
+                        row.finished,
+                        row.wall,
+                        row.cpu,
+                        row.host,
+                        row.output
+                    ])? as u64;
                 }
                 Write::Final { task, row } => {
                     let changed = final_row.get()?.execute(params![
@@ -938,6 +1046,22 @@ fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> 
                         Option::<i64>::None,
                         "cancelled",
                         format!("{} queued tasks", tasks.len())
+                    ])?;
+                }
+                Write::Submitted(sub) => {
+                    let stmt = submit_row.get()?;
+                    for (i, input) in sub.inputs.iter().enumerate() {
+                        stmt.execute(params![
+                            sql_idx(sub.first.saturating_add(i as u64)),
+                            input,
+                            sub.at
+                        ])?;
+                    }
+                    event.get()?.execute(params![
+                        now_unix(),
+                        Option::<i64>::None,
+                        "submitted",
+                        format!("{} tasks from {}", sub.inputs.len(), sub.first)
                     ])?;
                 }
                 Write::Flush(_) => {}

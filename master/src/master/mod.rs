@@ -271,6 +271,10 @@ struct State {
     live: IdMap<Live>,
     /// Specs the caller handed over ([`Master::submit_many`]), kept until the task is final.
     specs: IdMap<TaskSpec>,
+    /// Done tasks' JSON results as their (checked) text, parsed into the outcome's value
+    /// only when collected: while results wait to be collected, each costs its text rather
+    /// than its tree (for a small object, a 600-byte map node).
+    raw: IdMap<Box<str>>,
     /// Inputs of tasks built by a [`SpecSource`] on a master without a journal, kept until
     /// the task is final (with a journal they are read back from it on dispatch).
     inputs: IdMap<serde_json::Value>,
@@ -293,6 +297,9 @@ struct State {
     durable: usize,
     /// Tasks whose outcome was handed out (or, resumed, was by the previous master).
     collected: usize,
+    /// Tasks a submission is recording in the journal (not in `tasks` yet), plus one per
+    /// [`MoreToCome`]: pending for whoever waits for results meanwhile.
+    submitting: usize,
 }
 
 impl State {
@@ -368,6 +375,10 @@ impl State {
 pub(crate) struct Inner {
     state: Mutex<State>,
     cond: Condvar,
+    /// Held by a submission from choosing its first index until its tasks are in `state`:
+    /// the journal records them without the state's lock (which the scheduler and every
+    /// completion need meanwhile), and no other submission takes the same indices.
+    submitting: Mutex<()>,
     interface: Arc<dyn Interface>,
     options: MasterOptions,
     staging: PathBuf,
@@ -378,6 +389,27 @@ pub(crate) struct Inner {
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         crate::guard::lock(&self.state)
+    }
+
+    fn submitting(&self) -> MutexGuard<'_, ()> {
+        crate::guard::lock(&self.submitting)
+    }
+
+    /// Counts `n` tasks as being submitted; returns the first one's index. The caller holds
+    /// [`submitting`](Self::submitting) until the tasks are in the state (then subtracts
+    /// `n` from `State::submitting` under the same lock that adds them).
+    fn begin_submit(&self, n: usize) -> u64 {
+        let mut st = self.lock();
+        st.submitting += n;
+        st.tasks.len() as u64
+    }
+
+    /// A failed submission's tasks are no longer pending; waiters look again.
+    fn end_submit(&self, n: usize, failed: bool) {
+        if failed {
+            self.lock().submitting -= n;
+            self.cond.notify_all();
+        }
     }
 
     /// Carries out a [`SpecPlan`] (outside the lock: it may read the journal and render
@@ -409,6 +441,24 @@ pub(crate) struct Restored {
     pub(crate) attempts_before: IdMap<u32>,
     /// Queued tasks a pending `mw cancel` names: cancelled before anything is dispatched.
     pub(crate) cancel_queued: Vec<u64>,
+}
+
+/// More tasks to come ([`Master::expect_more`]); dropping it ends that.
+pub struct MoreToCome<'a> {
+    inner: &'a Inner,
+}
+
+impl std::fmt::Debug for MoreToCome<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MoreToCome")
+    }
+}
+
+impl Drop for MoreToCome<'_> {
+    fn drop(&mut self) {
+        self.inner.lock().submitting -= 1;
+        self.inner.cond.notify_all();
+    }
 }
 
 /// The master. Dropping it cancels what still runs and stops its scheduler.
@@ -484,6 +534,7 @@ impl Master {
             tasks: Vec::with_capacity(restored.tasks.len()),
             live: IdMap::default(),
             specs: restored.specs,
+            raw: IdMap::default(),
             inputs: IdMap::default(),
             batches: restored.batches,
             attempts_before: restored.attempts_before,
@@ -496,6 +547,7 @@ impl Master {
             stopped: None,
             durable: 0,
             collected: 0,
+            submitting: 0,
         };
         let cancel_at_start = restored.cancel_queued;
         for rec in restored.tasks {
@@ -520,6 +572,7 @@ impl Master {
         let inner = Arc::new(Inner {
             state: Mutex::new(state),
             cond: Condvar::new(),
+            submitting: Mutex::new(()),
             interface,
             options,
             staging,
@@ -629,33 +682,39 @@ impl Master {
         Ok(out)
     }
 
-    /// Starts a batch of tasks submitted now from the next free index (returned): first
-    /// stored in the journal, if any, by `record` (given the first index and the submit
-    /// time), then noted with where its specs come from (`source`; none: stored in `specs`).
+    /// Starts a batch of `n` tasks submitted now, from the next free index: first stored in
+    /// the journal, if any, by `record` (given the first index and the submit time) without
+    /// holding the state lock, then noted with where its specs come from (`source`; none:
+    /// stored in `specs`). The caller holds [`Inner::submitting`]; returns the first index
+    /// and the state lock, under which the caller adds the `n` tasks.
     fn open_batch(
         &self,
-        st: &mut State,
+        n: usize,
         source: Option<Arc<dyn SpecSource>>,
         record: impl FnOnce(&Journal, u64, f64) -> Result<(), crate::journal::JournalError>,
-    ) -> Result<u64, MwError> {
-        let first = st.tasks.len() as u64;
+    ) -> Result<(u64, MutexGuard<'_, State>), MwError> {
+        let first = self.inner.begin_submit(n);
         let now = SystemTime::now();
         if let Some(j) = &self.inner.journal {
             let at = scheduler::unix_secs(Some(now)).unwrap_or(0.0);
-            record(j, first, at)?;
+            let recorded = record(j, first, at);
+            self.inner.end_submit(n, recorded.is_err());
+            recorded?;
         }
+        let mut st = self.inner.lock();
+        st.submitting -= n;
         st.batches.push(Batch {
             first,
             at: Some(now),
             source,
         });
-        Ok(first)
+        Ok((first, st))
     }
 
-    /// Submits many tasks under one lock (and one journal transaction).
+    /// Submits many tasks at once (one journal transaction).
     pub fn submit_many(&self, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, MwError> {
-        let mut st = self.inner.lock();
-        self.open_batch(&mut st, None, |j, first, at| {
+        let _submitting = self.inner.submitting();
+        let (_, mut st) = self.open_batch(specs.len(), None, |j, first, at| {
             j.record_submitted_at(first, &specs, at)
         })?;
         let mut ids = Vec::with_capacity(specs.len());
@@ -672,7 +731,16 @@ impl Master {
         Ok(ids)
     }
 
-    /// Submits one task per input, under one lock (and one journal transaction), whose specs
+    /// Says that more tasks are still to be submitted (by another thread, say) until the
+    /// returned guard is dropped: meanwhile no waiter ([`next_outcome`](Self::next_outcome),
+    /// [`wait_all`](Self::wait_all), [`get_output`](Self::get_output)) concludes that
+    /// nothing is pending.
+    pub fn expect_more(&self) -> MoreToCome<'_> {
+        self.inner.lock().submitting += 1;
+        MoreToCome { inner: &self.inner }
+    }
+
+    /// Submits one task per input at once (one journal transaction), whose specs
     /// `source` builds when each task is dispatched (again for a retry). The master keeps a
     /// few bytes per task: with a journal the inputs are stored there and read back on
     /// dispatch; without one they are kept until their task is final. Returns the new tasks'
@@ -683,8 +751,8 @@ impl Master {
         inputs: Vec<serde_json::Value>,
         source: Arc<dyn SpecSource>,
     ) -> Result<std::ops::Range<u64>, MwError> {
-        let mut st = self.inner.lock();
-        let first = self.open_batch(&mut st, Some(source), |j, first, at| {
+        let _submitting = self.inner.submitting();
+        let (first, mut st) = self.open_batch(inputs.len(), Some(source), |j, first, at| {
             j.record_inputs_at(first, &inputs, at)
         })?;
         let journaled = self.inner.journal.is_some();
@@ -775,7 +843,7 @@ impl Master {
                     return NextOutcome::Finished(id, outcome, times);
                 }
             }
-            if st.tasks.len() == st.durable {
+            if st.tasks.len() == st.durable && st.submitting == 0 {
                 return NextOutcome::AllCollected;
             }
             if let Some(reason) = &st.stopped {
@@ -911,7 +979,9 @@ impl Master {
     /// interrupted has settled).
     pub fn wait_all(&self) {
         let mut st = self.inner.lock();
-        while st.durable < st.tasks.len() && !(st.stopped.is_some() && self.stop_settled(&st)) {
+        while (st.durable < st.tasks.len() || st.submitting > 0)
+            && !(st.stopped.is_some() && self.stop_settled(&st))
+        {
             st = self.inner.cond.wait(st).unwrap_or_else(|p| p.into_inner());
         }
     }

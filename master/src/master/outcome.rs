@@ -231,3 +231,8 @@ pub fn parse_stdout(stdout: &[u8]) -> Result<serde_json::Value, String> {
 pub fn parse_stdout_limited(stdout: &[u8], limit: u64) -> Result<serde_json::Value, String> {
     mw_bundle::parse_json_limited(stdout, limit).map_err(|e| e.to_string())
 }
+
+/// [`parse_stdout_limited`]'s verdict without the tree (the same errors).
+pub(crate) fn check_stdout_limited(stdout: &[u8], limit: u64) -> Result<(), String> {
+    mw_bundle::check_json_limited(stdout, limit).map_err(|e| e.to_string())
+}

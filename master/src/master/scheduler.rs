@@ -56,8 +56,9 @@ pub(super) fn take_result(st: &mut State, which: Option<TaskId>) -> Result<Taken
             if let Some(reason) = &st.stopped {
                 return Err(MwError::Stopped(reason.clone()));
             }
-            let pending =
-                st.counts[TaskState::Queued as usize] + st.counts[TaskState::Running as usize];
+            let pending = st.counts[TaskState::Queued as usize]
+                + st.counts[TaskState::Running as usize]
+                + st.submitting;
             if pending == 0 {
                 return Err(MwError::NothingPending);
             }
@@ -71,8 +72,24 @@ pub(super) fn take_result(st: &mut State, which: Option<TaskId>) -> Result<Taken
 pub(super) fn take_outcome(st: &mut State, id: TaskId) -> (Result<TaskOutput, MwError>, TaskTimes) {
     st.collected += 1;
     let live = st.live.remove(&id.0);
+    let raw = st.raw.remove(&id.0);
     let (times, outcome) = match live {
-        Some(l) => (Some(l.times), l.outcome),
+        Some(l) => {
+            let mut outcome = l.outcome;
+            if let (Some(raw), Some(Ok(out))) = (raw, outcome.as_deref_mut()) {
+                // Checked when the attempt ended (`decode_success`): it parses.
+                match serde_json::from_str(&raw) {
+                    Ok(v) => out.value = v,
+                    Err(e) => {
+                        outcome = Some(Box::new(Err(MwError::BadOutput {
+                            task: id,
+                            reason: e.to_string(),
+                        })))
+                    }
+                }
+            }
+            (Some(l.times), outcome)
+        }
         None => (None, None),
     };
     let times = st.times_from(id, times);
@@ -159,10 +176,27 @@ pub(super) fn completion(inner: &Arc<Inner>, task: &PreparedTask) -> Completion 
 pub(super) struct Decoded {
     value: serde_json::Value,
     text: Option<String>,
+    /// `value` is a placeholder: the result is `text`, checked, and parsed when collected.
+    deferred: bool,
 }
 
-/// Decodes a successful attempt's stdout by the task's stdout mode.
+/// Decodes a successful attempt's stdout by the task's stdout mode. A JSON result in UTF-8
+/// is only checked here (the same verdict as parsing it); its tree is built when the task
+/// is collected ([`take_outcome`]).
 fn decode_success(decoding: Decoding, exec: &Execution) -> Result<Decoded, String> {
+    if decoding.mode == StdoutMode::Json {
+        if let Ok(text) = std::str::from_utf8(&exec.stdout) {
+            let text = text.trim();
+            if !text.is_empty() {
+                super::outcome::check_stdout_limited(&exec.stdout, decoding.max_output_bytes)?;
+                return Ok(Decoded {
+                    value: serde_json::Value::Null,
+                    text: Some(text.to_string()),
+                    deferred: true,
+                });
+            }
+        }
+    }
     let value = success_value(decoding.mode, exec, decoding.max_output_bytes)?;
     let text = match decoding.mode {
         StdoutMode::Json => std::str::from_utf8(&exec.stdout)
@@ -172,7 +206,11 @@ fn decode_success(decoding: Decoding, exec: &Execution) -> Result<Decoded, Strin
             .map(str::to_string),
         StdoutMode::Text | StdoutMode::File => None,
     };
-    Ok(Decoded { value, text })
+    Ok(Decoded {
+        value,
+        text,
+        deferred: false,
+    })
 }
 
 /// How a successful attempt's stdout becomes its result (from the task's spec, which the
@@ -412,6 +450,7 @@ pub(super) fn on_complete(
     let user_cancel = rec.cancel_requested;
     let live = st.live(id);
     let mut output_text = None;
+    let mut deferred = false;
     let result: Result<TaskOutput, MwError> = match outcome {
         Err(InterfaceError(message, ran)) => {
             if let Some(r) = &ran {
@@ -461,6 +500,7 @@ pub(super) fn on_complete(
                 decoded
                     .map(|d| {
                         output_text = d.text;
+                        deferred = d.deferred;
                         TaskOutput {
                             task: id,
                             value: d.value,
@@ -546,6 +586,11 @@ pub(super) fn on_complete(
     if result.is_err() {
         output_text = None;
     }
+    if deferred && result.is_ok() {
+        if let Some(text) = output_text.as_deref() {
+            st.raw.insert(id.0, Box::from(text));
+        }
+    }
     st.live(id).outcome = Some(Box::new(result));
     st.set_state(id, final_state);
     st.release(id);
@@ -573,8 +618,15 @@ pub(super) fn finish_durably(
             // by `Master::build`) marks it, for a whole group commit at once.
             let rec = st.tasks[id.0 as usize];
             let row = final_row(id, rec.state, rec.attempts, st.live.get(&id.0), output);
+            // Nothing runs and nothing waits: no later result can share this commit.
+            let idle = st.counts[TaskState::Running as usize] == 0
+                && st.queue.is_empty()
+                && st.delayed.is_empty();
             drop(st);
             j.record_final(id, row);
+            if idle {
+                j.hurry();
+            }
         }
     }
 }

@@ -78,7 +78,49 @@ fn collect_all(master: &Master, n: u64) {
 /// What the master keeps beyond the compact records: live parts, specs, inputs.
 fn live_parts(master: &Master) -> usize {
     let st = master.inner.lock();
-    st.live.len() + st.specs.len() + st.inputs.len()
+    st.live.len() + st.specs.len() + st.inputs.len() + st.raw.len()
+}
+
+#[test]
+fn a_done_result_waits_as_its_text_and_is_parsed_when_collected() {
+    let master = Master::new(Echo).unwrap();
+    master.submit_inputs(inputs(0..10), source()).unwrap();
+    master.wait_all();
+    {
+        let st = master.inner.lock();
+        assert_eq!(
+            st.raw.len(),
+            10,
+            "each uncollected result is kept as its text"
+        );
+        for (id, text) in st.raw.iter() {
+            assert_eq!(&**text, format!("{{\"i\":{id}}}"));
+        }
+    }
+    // collect_all checks each value is its task's input, parsed from the text.
+    collect_all(&master, 10);
+    assert_eq!(live_parts(&master), 0);
+}
+
+#[test]
+fn more_to_come_keeps_waiters_from_concluding_nothing_is_pending() {
+    let master = Master::new(Echo).unwrap();
+    let more = master.expect_more();
+    assert!(
+        matches!(
+            master.next_outcome(Duration::from_millis(1)),
+            NextOutcome::Pending
+        ),
+        "with more tasks to come, an empty master is not done"
+    );
+    assert!(matches!(master.try_get_output(None), Ok(None)));
+    master.submit_inputs(inputs(0..3), source()).unwrap();
+    drop(more);
+    collect_all(&master, 3);
+    assert!(matches!(
+        master.next_outcome(Duration::from_millis(1)),
+        NextOutcome::AllCollected
+    ));
 }
 
 #[test]
@@ -127,10 +169,35 @@ fn journaled_inputs_are_read_back_on_dispatch_and_not_kept() {
             .submit_inputs(inputs(first..first + 5_000), source())
             .unwrap();
     }
-    // Queued tasks of a journaled master hold nothing but their compact record.
-    assert!(live_parts(&master) <= master.counts().running + master.counts().done + 2);
+    // Queued tasks of a journaled master hold nothing but their compact record (a done
+    // one has its live part and its result's text).
+    assert!(live_parts(&master) <= master.counts().running + 2 * master.counts().done + 2);
     collect_all(&master, n);
     assert_eq!(live_parts(&master), 0);
+}
+
+#[test]
+fn a_done_task_is_journaled_with_its_result_and_the_done_constants() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let master = Master::with_journal(Arc::new(Echo), MasterOptions::default(), &job).unwrap();
+    master.submit_inputs(inputs(0..50), source()).unwrap();
+    collect_all(&master, 50);
+    drop(master);
+    let path = job.join(crate::journal::JOURNAL_FILE);
+    let conn = crate::journal::open_checked(&path, false).unwrap();
+    let tasks = crate::journal::read_tasks(&conn, &path, None).unwrap();
+    assert_eq!(tasks.len(), 50);
+    for t in tasks {
+        assert_eq!(t.state, TaskState::Done, "task {}", t.index);
+        assert_eq!(t.output, Some(serde_json::json!({ "i": t.index })));
+        assert_eq!(t.exit.as_deref(), Some("exit status 0"));
+        assert_eq!(t.error, None);
+        assert!(t.output_files.is_empty());
+        assert_eq!(t.host, "here");
+        assert_eq!(t.attempts, 1);
+        assert!(t.finished.is_some());
+    }
 }
 
 #[test]
