@@ -6,7 +6,8 @@
 //! This module knows nothing of platforms or tasks.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 /// The message of a caught panic.
 pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -20,6 +21,23 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 /// usable: see `contain`).
 pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Waits on `cond` with the guard of its mutex, recovering the mutex as [`lock`] does.
+pub(crate) fn wait<'a, T>(cond: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+    cond.wait(guard).unwrap_or_else(|p| p.into_inner())
+}
+
+/// Like [`wait`], for at most `timeout`.
+pub(crate) fn wait_timeout<'a, T>(
+    cond: &Condvar,
+    guard: MutexGuard<'a, T>,
+    timeout: Duration,
+) -> MutexGuard<'a, T> {
+    match cond.wait_timeout(guard, timeout) {
+        Ok((g, _)) => g,
+        Err(p) => p.into_inner().0,
+    }
 }
 
 /// Runs `f`; a panic becomes `Err` with its message. Callers hold no lock across `f` (a

@@ -16,7 +16,7 @@
 use crate::task::{IdHasher, TaskId, TaskSpec, TaskState};
 /// A connection to a journal, as [`open_checked`] returns it.
 pub use rusqlite::Connection;
-use rusqlite::{params, OpenFlags, OptionalExtension};
+use rusqlite::{params, OpenFlags, OptionalExtension, ToSql};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -155,6 +155,23 @@ pub(crate) struct FinalRow {
     pub(crate) files: String,
 }
 
+impl FinalRow {
+    /// The parameters `?1` (the task's `idx`) to `?8` of both statements that write a final
+    /// row (the general one and the one for a done task without files).
+    fn shared_params<'a>(&'a self, idx: &'a i64) -> [&'a dyn ToSql; 8] {
+        [
+            idx,
+            &self.attempts,
+            &self.started,
+            &self.finished,
+            &self.wall,
+            &self.cpu,
+            &self.host,
+            &self.output,
+        ]
+    }
+}
+
 /// A cancel request of `mw cancel`: (request id, task), a task of `None` meaning every
 /// unfinished task of the job.
 pub type CancelRequest = (i64, Option<u64>);
@@ -255,37 +272,30 @@ impl Shared {
     /// Sleeps through the group-commit window, or less if [`Journal::hurry`] is called.
     fn wait_window(&self) {
         let end = std::time::Instant::now() + GROUP_COMMIT_WINDOW;
-        let mut hurry = self.hurry.lock().unwrap_or_else(|p| p.into_inner());
+        let mut hurry = crate::guard::lock(&self.hurry);
         while !*hurry {
             let left = end.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 break;
             }
-            hurry = self
-                .hurried
-                .wait_timeout(hurry, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            hurry = crate::guard::wait_timeout(&self.hurried, hurry, left);
         }
         *hurry = false;
     }
 
     fn failed(&self) -> bool {
-        self.failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+        crate::guard::lock(&self.failure).is_some()
     }
 
     fn fail(&self, msg: String) {
         {
-            let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+            let mut f = crate::guard::lock(&self.failure);
             if f.is_some() {
                 return;
             }
             *f = Some(msg.clone());
         }
-        if let Some(hook) = self.hook.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(hook) = crate::guard::lock(&self.hook).as_ref() {
             hook(&msg);
         }
     }
@@ -532,7 +542,7 @@ impl Journal {
     }
 
     fn send(&self, w: Write) {
-        let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = crate::guard::lock(&self.tx);
         if let Some(tx) = guard.as_ref() {
             let _ = tx.send(w);
         }
@@ -541,25 +551,15 @@ impl Journal {
     /// The lasting write error, if the journal could not commit (after retries). From then
     /// on nothing more is committed, and nothing more is reported as durable.
     pub fn failure(&self) -> Option<String> {
-        self.shared
-            .failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        crate::guard::lock(&self.shared.failure).clone()
     }
 
     /// Registers `hook`, called once (from the writer thread) when the journal fails for
     /// good; at once if it already has.
     pub fn on_failure(&self, hook: impl Fn(&str) + Send + Sync + 'static) {
-        *self.shared.hook.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(hook));
+        *crate::guard::lock(&self.shared.hook) = Some(Box::new(hook));
         if let Some(msg) = self.failure() {
-            if let Some(h) = self
-                .shared
-                .hook
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-            {
+            if let Some(h) = crate::guard::lock(&self.shared.hook).as_ref() {
                 h(&msg);
             }
         }
@@ -569,11 +569,7 @@ impl Journal {
     /// tasks whose final rows that commit stored, once per commit: only then may their
     /// results be reported. Never called for a commit that failed.
     pub(crate) fn on_durable(&self, hook: impl Fn(&[u64]) + Send + Sync + 'static) {
-        *self
-            .shared
-            .durable
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Box::new(hook));
+        *crate::guard::lock(&self.shared.durable) = Some(Box::new(hook));
     }
 
     /// Records tasks `first..` as submitted (queued), in one transaction, committed on return.
@@ -648,7 +644,7 @@ impl Journal {
     /// The stored input of task `index` (read back when the task is dispatched, so a master
     /// keeps no inputs in memory).
     pub fn read_input(&self, index: u64) -> Result<serde_json::Value, JournalError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = crate::guard::lock(&self.conn);
         let text: String = conn
             .prepare_cached("SELECT input FROM tasks WHERE idx = ?1")
             .and_then(|mut st| st.query_row(params![sql_idx(index)], |r| r.get(0)))
@@ -715,14 +711,14 @@ impl Journal {
     /// nothing more is running: no later result would share the commit, so waiting out the
     /// window would only delay the last results).
     pub(crate) fn hurry(&self) {
-        *self.shared.hurry.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        *crate::guard::lock(&self.shared.hurry) = true;
         self.shared.hurried.notify_one();
     }
 
     /// Marks the job finished (or not) for `mw status`.
     pub fn set_job_status(&self, status: &str) -> Result<(), JournalError> {
         self.flush();
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = crate::guard::lock(&self.conn);
         conn.execute("UPDATE job SET status = ?1", params![status])
             .map_err(|e| jerr(&self.path, "updating job status", e))?;
         Ok(())
@@ -732,13 +728,13 @@ impl Journal {
     /// (request id, task); a task of `None` means "the whole job". Apply them, then
     /// [`ack_cancel_requests`](Self::ack_cancel_requests): `mw cancel` waits for that.
     pub fn pending_cancel_requests(&self) -> Result<Vec<CancelRequest>, JournalError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = crate::guard::lock(&self.conn);
         read_pending_cancels(&conn, &self.path)
     }
 
     /// Marks cancel requests applied (after the master applied them).
     pub fn ack_cancel_requests(&self, ids: &[i64]) -> Result<(), JournalError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conn = crate::guard::lock(&self.conn);
         let tx = conn
             .transaction()
             .map_err(|e| jerr(&self.path, "acknowledging cancel requests", e))?;
@@ -756,8 +752,8 @@ impl Journal {
     /// Stops the writer after committing everything.
     pub fn close(&self) {
         self.flush();
-        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(h) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        crate::guard::lock(&self.tx).take();
+        if let Some(h) = crate::guard::lock(&self.writer).take() {
             let _ = h.join();
         }
     }
@@ -765,8 +761,8 @@ impl Journal {
 
 impl Drop for Journal {
     fn drop(&mut self) {
-        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(h) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        crate::guard::lock(&self.tx).take();
+        if let Some(h) = crate::guard::lock(&self.writer).take() {
             let _ = h.join();
         }
     }
@@ -847,10 +843,7 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: A
             // After a lasting failure nothing more is committed or reported: the master is
             // stopping, and what it did not store it must not report.
             durable.clear();
-            answer = Err(shared
-                .failure
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+            answer = Err(crate::guard::lock(&shared.failure)
                 .clone()
                 .unwrap_or_default());
         } else if !writes.is_empty() {
@@ -873,12 +866,7 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: A
                     // the commit: it never runs ahead of the database.
                     write_mark(path, finals_committed);
                     if !durable.is_empty() {
-                        if let Some(hook) = shared
-                            .durable
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .as_ref()
-                        {
+                        if let Some(hook) = crate::guard::lock(&shared.durable).as_ref() {
                             hook(&durable);
                         }
                     }
@@ -940,9 +928,8 @@ fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> 
         );
         let mut final_row = Lazy::new(
             &tx,
-            "UPDATE tasks SET state = ?2, attempts = ?3, started = ?4, finished = ?5,
-             wall = ?6, cpu = ?7, host = ?8, output = ?9, exit = ?10, error = ?11,
-             output_files = ?12
+            "UPDATE tasks SET attempts = ?2, started = ?3, finished = ?4, wall = ?5, cpu = ?6,
+             host = ?7, output = ?8, state = ?9, exit = ?10, error = ?11, output_files = ?12
              WHERE idx = ?1 AND state <> 'done' AND state <> 'failed' AND state <> 'cancelled'",
         );
         let mut submit_row = Lazy::new(
@@ -997,32 +984,15 @@ fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> 
                         && row.error.is_none()
                         && row.files == "[]" =>
                 {
-                    finals += done_row.get()?.execute(params![
-                        sql_idx(*task),
-                        row.attempts,
-                        row.started,
-                        row.finished,
-                        row.wall,
-                        row.cpu,
-                        row.host,
-                        row.output
-                    ])? as u64;
+                    let idx = sql_idx(*task);
+                    finals += done_row.get()?.execute(&row.shared_params(&idx)[..])? as u64;
                 }
                 Write::Final { task, row } => {
-                    let changed = final_row.get()?.execute(params![
-                        sql_idx(*task),
-                        row.state.as_str(),
-                        row.attempts,
-                        row.started,
-                        row.finished,
-                        row.wall,
-                        row.cpu,
-                        row.host,
-                        row.output,
-                        row.exit,
-                        row.error,
-                        row.files
-                    ])?;
+                    let (idx, state) = (sql_idx(*task), row.state.as_str());
+                    let rest: [&dyn ToSql; 4] = [&state, &row.exit, &row.error, &row.files];
+                    let changed = final_row.get()?.execute(rusqlite::params_from_iter(
+                        row.shared_params(&idx).into_iter().chain(rest),
+                    ))?;
                     finals += changed as u64;
                     // A task that ended otherwise than done gets an event too; a done task's
                     // row says everything (an event each would double the writes of a fast

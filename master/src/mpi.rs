@@ -1137,7 +1137,7 @@ impl Interface for Mpi {
             {
                 return Ok(rank);
             }
-            st = self.shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = crate::guard::wait(&self.shared.cond, st);
         }
     }
 

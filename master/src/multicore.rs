@@ -81,7 +81,7 @@ impl Default for Multicore {
 }
 
 fn lock(state: &(Mutex<SlotState>, Condvar)) -> MutexGuard<'_, SlotState> {
-    state.0.lock().unwrap_or_else(|p| p.into_inner())
+    crate::guard::lock(&state.0)
 }
 
 impl Multicore {
@@ -555,7 +555,7 @@ impl Interface for Multicore {
             if let Some(slot) = crate::interface::reserve_least_loaded(&mut st.load, DEPTH, task) {
                 return Ok(slot);
             }
-            st = self.state.1.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = crate::guard::wait(&self.state.1, st);
         }
     }
 
@@ -567,7 +567,7 @@ impl Interface for Multicore {
             st.started += 1;
         }
         let id = task.id;
-        let mut threads = self.slot_threads.lock().unwrap_or_else(|p| p.into_inner());
+        let mut threads = crate::guard::lock(&self.slot_threads);
         let slot = worker.0 as usize;
         if threads.get(slot).map(Option::is_none).unwrap_or(false) {
             self.sweep
@@ -600,11 +600,7 @@ impl Interface for Multicore {
             )));
             return;
         };
-        let sink = self
-            .handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let sink = crate::guard::lock(&self.handles).clone();
         if let Some(sink) = sink {
             // The handle names the process and the slot's working directory (unique, random)
             // it started in, so a resumed master can tell its own leftover from an unrelated
@@ -635,7 +631,7 @@ impl Interface for Multicore {
     }
 
     fn set_handle_sink(&self, sink: Arc<dyn HandleSink>) {
-        *self.handles.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+        *crate::guard::lock(&self.handles) = Some(sink);
     }
 
     /// Kills the process group a dead master left running, when the handle names this host
@@ -683,7 +679,7 @@ impl Interface for Multicore {
         drop(st);
         self.state.1.notify_all();
         // Dropping the senders ends the slot threads once their current task is done.
-        let mut threads = self.slot_threads.lock().unwrap_or_else(|p| p.into_inner());
+        let mut threads = crate::guard::lock(&self.slot_threads);
         for t in threads.iter_mut() {
             t.take();
         }

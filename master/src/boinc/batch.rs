@@ -39,7 +39,7 @@ pub(super) fn submit_loop(shared: &Arc<Shared>) {
         let units: Vec<Unit> = {
             let mut st = shared.lock();
             while (st.queue.is_empty() || (shared.packing && st.sizer.waiting())) && !st.shut_down {
-                st = shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+                st = crate::guard::wait(&shared.cond, st);
             }
             if st.shut_down {
                 return;
@@ -59,11 +59,7 @@ pub(super) fn submit_loop(shared: &Arc<Shared>) {
                 {
                     break;
                 }
-                st = shared
-                    .cond
-                    .wait_timeout(st, Duration::from_millis(50))
-                    .map(|r| r.0)
-                    .unwrap_or_else(|p| p.into_inner().0);
+                st = crate::guard::wait_timeout(&shared.cond, st, Duration::from_millis(50));
                 if !shared.packing
                     || st.shut_down
                     || st.queue.len() == before

@@ -695,7 +695,7 @@ impl Interface for Boinc {
             // A create_work call under way finishes (and its deferred cancels run) first:
             // a master exiting mid-batch must not leave a cancelled task's workunit live.
             while st.batches_in_flight > 0 {
-                st = self.shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+                st = crate::guard::wait(&self.shared.cond, st);
             }
         }
         if let Some(tx) = crate::guard::lock(&self.shared.wake_watcher).take() {

@@ -175,7 +175,7 @@ pub(super) fn submit_loop(shared: &Shared) {
                 }
                 if shared.packing && st.sizer.waiting() {
                     // The others wait for the probe job's run time.
-                    st = shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+                    st = crate::guard::wait(&shared.cond, st);
                     continue;
                 }
                 match (st.first_pending, st.last_pending) {
@@ -189,15 +189,11 @@ pub(super) fn submit_loop(shared: &Shared) {
                         if wait.is_zero() {
                             break;
                         }
-                        st = shared
-                            .cond
-                            .wait_timeout(st, wait)
-                            .unwrap_or_else(|p| p.into_inner())
-                            .0;
+                        st = crate::guard::wait_timeout(&shared.cond, st, wait);
                     }
                     // Tasks held back for a probe, or packed tasks queued again.
                     _ if !st.pending.is_empty() => break,
-                    _ => st = shared.cond.wait(st).unwrap_or_else(|p| p.into_inner()),
+                    _ => st = crate::guard::wait(&shared.cond, st),
                 }
             }
             let batch = st.open_batch;

@@ -788,7 +788,7 @@ impl Master {
             if let Some(r) = take_result(&mut st, which)? {
                 return r;
             }
-            st = self.inner.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = crate::guard::wait(&self.inner.cond, st);
         }
     }
 
@@ -821,13 +821,7 @@ impl Master {
         if left.is_zero() {
             return None;
         }
-        Some(
-            self.inner
-                .cond
-                .wait_timeout(st, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0,
-        )
+        Some(crate::guard::wait_timeout(&self.inner.cond, st, left))
     }
 
     /// Waits up to `timeout` for the next finished task and returns its outcome whatever it
@@ -982,7 +976,7 @@ impl Master {
         while (st.durable < st.tasks.len() || st.submitting > 0)
             && !(st.stopped.is_some() && self.stop_settled(&st))
         {
-            st = self.inner.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = crate::guard::wait(&self.inner.cond, st);
         }
     }
 

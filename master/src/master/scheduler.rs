@@ -303,7 +303,7 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
                 // caller may collect only once everything is done.
                 let uncommitted = st.finals().saturating_sub(st.durable);
                 if inner.journal.is_some() && uncommitted >= MAX_UNCOMMITTED {
-                    st = inner.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+                    st = crate::guard::wait(&inner.cond, st);
                     continue;
                 }
                 if let Some(&id) = st.queue.front() {
@@ -312,13 +312,9 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
                 st = match next_due {
                     Some(due) => {
                         let left = due.saturating_duration_since(std::time::Instant::now());
-                        inner
-                            .cond
-                            .wait_timeout(st, left)
-                            .unwrap_or_else(|p| p.into_inner())
-                            .0
+                        crate::guard::wait_timeout(&inner.cond, st, left)
                     }
-                    None => inner.cond.wait(st).unwrap_or_else(|p| p.into_inner()),
+                    None => crate::guard::wait(&inner.cond, st),
                 };
             }
         };
