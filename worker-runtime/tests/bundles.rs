@@ -25,6 +25,7 @@ case "$input" in
   '"ok"') echo written > out.txt; ln -s /etc/passwd leak.txt; printf '{"got":%s,"arg":"%s"}' "$input" "$1" ;;
   '"fail"') echo "it went wrong" >&2; exit 5 ;;
   '"hang"') sleep 1000 ;;
+  '"show"') cat prog.sh ;;
 esac
 "#;
 
@@ -379,6 +380,85 @@ fn mw_worker_runs_a_pack_task_by_task() {
         } else {
             assert_eq!(r.stderr_tail, "it went wrong\n");
         }
+    }
+}
+
+/// Tasks of a pack share one reused working directory, whose links to the program's files
+/// are kept from task to task: a task with an input file named like a program file gets its
+/// file (not the link, and the write does not go through it into the program), and the
+/// next task runs the program intact.
+#[test]
+fn a_packed_task_input_named_like_a_program_file_never_writes_through_a_kept_link() {
+    use mw_bundle::{pack_result_member, pack_task_member, PackInfo, TASK_FILES_PREFIX};
+    let fx = Fixture::new();
+    let mut shadowing = {
+        let mut env = std::collections::BTreeMap::new();
+        env.insert("MARK".into(), fx.mark().to_str().unwrap().to_string());
+        BundleBuilder::task(
+            TaskInfo {
+                job: "testjob".into(),
+                task: 2,
+                program_sha256: fx.sha.clone(),
+                env,
+                ..TaskInfo::default()
+            },
+            "test task",
+        )
+    };
+    shadowing
+        .add_bytes(TASK_INPUT_NAME, b"\"show\"".to_vec(), false)
+        .unwrap();
+    shadowing
+        .add_bytes(
+            &format!("{TASK_FILES_PREFIX}prog.sh"),
+            b"an input file, not the program\n".to_vec(),
+            false,
+        )
+        .unwrap();
+    let mut b = BundleBuilder::pack(
+        PackInfo {
+            job: "testjob".into(),
+            program_sha256: fx.sha.clone(),
+            tasks: vec![1, 2, 3],
+            stream: false,
+        },
+        "test pack",
+    );
+    b.add_bytes(&pack_task_member(1), task_bytes(&fx, 1, "ok"), false)
+        .unwrap();
+    b.add_bytes(&pack_task_member(2), shadowing.to_bytes().unwrap(), false)
+        .unwrap();
+    b.add_bytes(&pack_task_member(3), task_bytes(&fx, 3, "ok"), false)
+        .unwrap();
+    let pack = fx.path("pack.tar.gz");
+    b.write_to(&pack).unwrap();
+    let result = fx.path("pack-result.tar.gz");
+    let out = fx.worker(&pack, &result);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let bytes = std::fs::read(&result).unwrap();
+    let bundle = mw_bundle::open_in_memory(
+        &bytes,
+        "pack result",
+        Some(BundleKind::PackResult),
+        &Limits::default(),
+    )
+    .unwrap();
+    let stdout = |task: u64| {
+        let inner = mw_bundle::open_in_memory(
+            &bundle.members[&pack_result_member(task)],
+            "inner",
+            Some(BundleKind::Result),
+            &Limits::default(),
+        )
+        .unwrap();
+        let r = inner.manifest.result.unwrap();
+        assert_eq!(r.exit, ExitInfo::Exited { code: 0 }, "task {task}: {r:?}");
+        String::from_utf8(inner.members[RESULT_STDOUT_NAME].clone()).unwrap()
+    };
+    assert_eq!(stdout(2), "an input file, not the program\n");
+    for task in [1, 3] {
+        assert_eq!(stdout(task), r#"{"got":"ok","arg":"base"}"#, "task {task}");
     }
 }
 
