@@ -369,7 +369,7 @@ pub fn assimilate_result(
     // master checks each of a pack's results against the tasks it filed under that pack.
     let label = file.display().to_string();
     let is_pack = matches!(
-        mw_bundle::read_manifest(file, &limits.bundle_limits()).map(|m| m.kind),
+        mw_bundle::read_manifest_bytes(&bytes, &label, &limits.bundle_limits()).map(|m| m.kind),
         Ok(mw_bundle::BundleKind::PackResult)
     );
     let (job, single) = if is_pack {

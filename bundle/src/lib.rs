@@ -29,7 +29,8 @@ pub use results::{
     DEFAULT_MAX_OUTPUT_BYTES, MAX_RESULT_FILES_BYTES,
 };
 pub use unpack::{
-    open_in_memory, open_in_memory_keeping, read_manifest, unpack, InMemoryBundle, Limits,
+    open_in_memory, open_in_memory_keeping, read_manifest, read_manifest_bytes, unpack,
+    InMemoryBundle, Limits,
 };
 
 /// Validates a bundle-relative path: relative, forward slashes, no empty, `.` or `..`

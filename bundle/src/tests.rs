@@ -273,6 +273,16 @@ fn read_manifest_reads_only_the_manifest() {
         err.contains("nope.tar.gz") && err.contains("cannot open"),
         "{err}"
     );
+
+    // The same from bytes already read; bytes that are no bundle name their label.
+    let bytes = std::fs::read(&archive).unwrap();
+    let from_bytes = read_manifest_bytes(&bytes, "upload-7", &Limits::default()).unwrap();
+    assert_eq!(from_bytes.kind, BundleKind::Program);
+    assert_eq!(from_bytes.members.len(), 3);
+    let err = read_manifest_bytes(b"not gzip", "upload-7", &Limits::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("upload-7"), "{err}");
 }
 
 #[test]

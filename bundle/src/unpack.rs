@@ -187,16 +187,27 @@ pub fn open_in_memory_keeping(
 /// Reads only the manifest (the first entry) of the bundle at `archive`.
 pub fn read_manifest(archive: &Path, limits: &Limits) -> Result<Manifest, BundleError> {
     let (label, file) = open_archive(archive)?;
-    let mut tar = tar::Archive::new(GzDecoder::new(file));
-    let mut entries = tar
-        .entries()
-        .map_err(|e| not_a_bundle(&label, e))?
-        .raw(true);
+    manifest_of(file, &label, limits)
+}
+
+/// [`read_manifest`] of a bundle already in memory (the same bytes a caller then opens, so
+/// the manifest and the content cannot come from two versions of a file).
+pub fn read_manifest_bytes(
+    bytes: &[u8],
+    label: &str,
+    limits: &Limits,
+) -> Result<Manifest, BundleError> {
+    manifest_of(bytes, label, limits)
+}
+
+fn manifest_of(archive: impl Read, label: &str, limits: &Limits) -> Result<Manifest, BundleError> {
+    let mut tar = tar::Archive::new(GzDecoder::new(archive));
+    let mut entries = tar.entries().map_err(|e| not_a_bundle(label, e))?.raw(true);
     let first = match entries.next() {
-        Some(entry) => entry.map_err(|e| not_a_bundle(&label, e))?,
-        None => return Err(manifest_err(&label, "archive is empty")),
+        Some(entry) => entry.map_err(|e| not_a_bundle(label, e))?,
+        None => return Err(manifest_err(label, "archive is empty")),
     };
-    parse_manifest_entry(first, &label, None, limits)
+    parse_manifest_entry(first, label, None, limits)
 }
 
 fn io_err(label: &str, entry: &str, e: std::io::Error) -> BundleError {

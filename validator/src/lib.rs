@@ -408,7 +408,8 @@ pub fn check_pack_bytes(
 pub fn check_file(path: &Path, limits: &ServerLimits) -> Result<Checked, ValidateError> {
     let bytes = read_capped(path, limits)?;
     let label = path.display().to_string();
-    let kind = mw_bundle::read_manifest(path, &limits.bundle_limits()).map(|m| m.kind);
+    let kind =
+        mw_bundle::read_manifest_bytes(&bytes, &label, &limits.bundle_limits()).map(|m| m.kind);
     if matches!(kind, Ok(BundleKind::PackResult)) {
         return check_pack_bytes(&bytes, &label, limits).map(Checked::Pack);
     }
