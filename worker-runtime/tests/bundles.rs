@@ -318,7 +318,7 @@ fn task_bytes(fx: &Fixture, id: u64, word: &str) -> Vec<u8> {
 /// the reason), and the pack result holds one result bundle per task that ran.
 #[test]
 fn mw_worker_runs_a_pack_task_by_task() {
-    use mw_bundle::{pack_result_member, pack_task_member, PackInfo};
+    use mw_bundle::{pack_task_member, PackInfo};
     let fx = Fixture::new();
     let mut b = BundleBuilder::pack(
         PackInfo {
@@ -345,14 +345,7 @@ fn mw_worker_runs_a_pack_task_by_task() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("1 of 4 tasks failed [1]"), "{stderr}");
-    let bytes = std::fs::read(&result).unwrap();
-    let bundle = mw_bundle::open_in_memory(
-        &bytes,
-        "pack result",
-        Some(BundleKind::PackResult),
-        &Limits::default(),
-    )
-    .unwrap();
+    let bundle = open_pack_result(&result);
     let info = bundle.manifest.pack_result.clone().unwrap();
     assert_eq!(info.job, "testjob");
     assert_eq!(info.tasks, vec![3, 1, 2], "run in the pack's order");
@@ -365,13 +358,7 @@ fn mw_worker_runs_a_pack_task_by_task() {
     );
     assert_eq!(bundle.members.len(), 3);
     for (task, exit) in [(3, 0), (1, 5), (2, 0)] {
-        let inner = mw_bundle::open_in_memory(
-            &bundle.members[&pack_result_member(task)],
-            "inner",
-            Some(BundleKind::Result),
-            &Limits::default(),
-        )
-        .unwrap();
+        let inner = inner_result(&bundle, task);
         let r = inner.manifest.result.unwrap();
         assert_eq!(r.task, task);
         assert_eq!(r.exit, ExitInfo::Exited { code: exit }, "task {task}");
@@ -389,7 +376,7 @@ fn mw_worker_runs_a_pack_task_by_task() {
 /// next task runs the program intact.
 #[test]
 fn a_packed_task_input_named_like_a_program_file_never_writes_through_a_kept_link() {
-    use mw_bundle::{pack_result_member, pack_task_member, PackInfo, TASK_FILES_PREFIX};
+    use mw_bundle::{pack_task_member, PackInfo, TASK_FILES_PREFIX};
     let fx = Fixture::new();
     let mut shadowing = {
         let mut env = std::collections::BTreeMap::new();
@@ -436,22 +423,9 @@ fn a_packed_task_input_named_like_a_program_file_never_writes_through_a_kept_lin
     let out = fx.worker(&pack, &result);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    let bytes = std::fs::read(&result).unwrap();
-    let bundle = mw_bundle::open_in_memory(
-        &bytes,
-        "pack result",
-        Some(BundleKind::PackResult),
-        &Limits::default(),
-    )
-    .unwrap();
+    let bundle = open_pack_result(&result);
     let stdout = |task: u64| {
-        let inner = mw_bundle::open_in_memory(
-            &bundle.members[&pack_result_member(task)],
-            "inner",
-            Some(BundleKind::Result),
-            &Limits::default(),
-        )
-        .unwrap();
+        let inner = inner_result(&bundle, task);
         let r = inner.manifest.result.unwrap();
         assert_eq!(r.exit, ExitInfo::Exited { code: 0 }, "task {task}: {r:?}");
         String::from_utf8(inner.members[RESULT_STDOUT_NAME].clone()).unwrap()
@@ -499,7 +473,7 @@ fn a_pack_for_another_program_or_with_a_missing_member_runs_nothing() {
 /// program dies fails alone (with its stderr) and a fresh process serves the next ones.
 #[test]
 fn mw_worker_runs_a_streaming_pack_through_one_process() {
-    use mw_bundle::{pack_result_member, pack_task_member, PackInfo};
+    use mw_bundle::{pack_task_member, PackInfo};
     let dir = tempfile::tempdir().unwrap();
     let starts = dir.path().join("starts");
     let program = dir.path().join("program.tar.gz");
@@ -565,26 +539,13 @@ fn mw_worker_runs_a_streaming_pack_through_one_process() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let bytes = std::fs::read(&result).unwrap();
-    let bundle = mw_bundle::open_in_memory(
-        &bytes,
-        "r",
-        Some(BundleKind::PackResult),
-        &Limits::default(),
-    )
-    .unwrap();
+    let bundle = open_pack_result(&result);
     assert_eq!(
         bundle.manifest.pack_result.as_ref().unwrap().tasks,
         [0, 1, 2, 3, 4]
     );
     let inner = |t: u64| {
-        let b = mw_bundle::open_in_memory(
-            &bundle.members[&pack_result_member(t)],
-            "inner",
-            Some(BundleKind::Result),
-            &Limits::default(),
-        )
-        .unwrap();
+        let b = inner_result(&bundle, t);
         let stdout = b
             .members
             .get(RESULT_STDOUT_NAME)
@@ -620,4 +581,27 @@ fn mw_worker_runs_a_streaming_pack_through_one_process() {
     // One process for tasks 0-3, a fresh one after it died.
     let n = std::fs::read_to_string(&starts).unwrap().lines().count();
     assert_eq!(n, 2, "processes started");
+}
+
+/// The pack-result bundle the worker wrote at `path`, opened and verified.
+fn open_pack_result(path: &Path) -> mw_bundle::InMemoryBundle {
+    let bytes = std::fs::read(path).unwrap();
+    mw_bundle::open_in_memory(
+        &bytes,
+        "pack result",
+        Some(BundleKind::PackResult),
+        &Limits::default(),
+    )
+    .unwrap()
+}
+
+/// Task `task`'s result bundle inside a pack result, opened and verified.
+fn inner_result(pack: &mw_bundle::InMemoryBundle, task: u64) -> mw_bundle::InMemoryBundle {
+    mw_bundle::open_in_memory(
+        &pack.members[&mw_bundle::pack_result_member(task)],
+        "inner",
+        Some(BundleKind::Result),
+        &Limits::default(),
+    )
+    .unwrap()
 }
