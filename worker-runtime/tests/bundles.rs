@@ -87,6 +87,32 @@ impl Fixture {
         self.worker_with(&self.program, task, result)
     }
 
+    /// Runs `mw-worker` on a pack of this program listing `tasks`, with `members` (task
+    /// index, task bundle bytes) in that order; returns its output and the pack result's path.
+    fn run_pack(
+        &self,
+        tasks: Vec<u64>,
+        members: Vec<(u64, Vec<u8>)>,
+    ) -> (std::process::Output, PathBuf) {
+        let mut b = BundleBuilder::pack(
+            mw_bundle::PackInfo {
+                job: "testjob".into(),
+                program_sha256: self.sha.clone(),
+                tasks,
+                stream: false,
+            },
+            "test pack",
+        );
+        for (task, bytes) in members {
+            b.add_bytes(&mw_bundle::pack_task_member(task), bytes, false)
+                .unwrap();
+        }
+        let pack = self.path("pack.tar.gz");
+        b.write_to(&pack).unwrap();
+        let result = self.path("pack-result.tar.gz");
+        (self.worker(&pack, &result), result)
+    }
+
     fn worker_with(&self, program: &Path, task: &Path, result: &Path) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_mw-worker"))
             .arg("run")
@@ -318,30 +344,17 @@ fn task_bytes(fx: &Fixture, id: u64, word: &str) -> Vec<u8> {
 /// the reason), and the pack result holds one result bundle per task that ran.
 #[test]
 fn mw_worker_runs_a_pack_task_by_task() {
-    use mw_bundle::{pack_task_member, PackInfo};
     let fx = Fixture::new();
-    let mut b = BundleBuilder::pack(
-        PackInfo {
-            job: "testjob".into(),
-            program_sha256: fx.sha.clone(),
-            tasks: vec![3, 1, 4, 2],
-            stream: false,
-        },
-        "test pack",
+    let (out, result) = fx.run_pack(
+        vec![3, 1, 4, 2],
+        vec![
+            (3, task_bytes(&fx, 3, "ok")),
+            (1, task_bytes(&fx, 1, "fail")),
+            // Member 4 holds task 9's bundle: the worker must not run it as task 4.
+            (4, task_bytes(&fx, 9, "ok")),
+            (2, task_bytes(&fx, 2, "ok")),
+        ],
     );
-    b.add_bytes(&pack_task_member(3), task_bytes(&fx, 3, "ok"), false)
-        .unwrap();
-    b.add_bytes(&pack_task_member(1), task_bytes(&fx, 1, "fail"), false)
-        .unwrap();
-    // Member 4 holds task 9's bundle: the worker must not run it as task 4.
-    b.add_bytes(&pack_task_member(4), task_bytes(&fx, 9, "ok"), false)
-        .unwrap();
-    b.add_bytes(&pack_task_member(2), task_bytes(&fx, 2, "ok"), false)
-        .unwrap();
-    let pack = fx.path("pack.tar.gz");
-    b.write_to(&pack).unwrap();
-    let result = fx.path("pack-result.tar.gz");
-    let out = fx.worker(&pack, &result);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("1 of 4 tasks failed [1]"), "{stderr}");
@@ -376,7 +389,7 @@ fn mw_worker_runs_a_pack_task_by_task() {
 /// next task runs the program intact.
 #[test]
 fn a_packed_task_input_named_like_a_program_file_never_writes_through_a_kept_link() {
-    use mw_bundle::{pack_task_member, PackInfo, TASK_FILES_PREFIX};
+    use mw_bundle::TASK_FILES_PREFIX;
     let fx = Fixture::new();
     let mut shadowing = {
         let mut env = std::collections::BTreeMap::new();
@@ -402,25 +415,14 @@ fn a_packed_task_input_named_like_a_program_file_never_writes_through_a_kept_lin
             false,
         )
         .unwrap();
-    let mut b = BundleBuilder::pack(
-        PackInfo {
-            job: "testjob".into(),
-            program_sha256: fx.sha.clone(),
-            tasks: vec![1, 2, 3],
-            stream: false,
-        },
-        "test pack",
+    let (out, result) = fx.run_pack(
+        vec![1, 2, 3],
+        vec![
+            (1, task_bytes(&fx, 1, "ok")),
+            (2, shadowing.to_bytes().unwrap()),
+            (3, task_bytes(&fx, 3, "ok")),
+        ],
     );
-    b.add_bytes(&pack_task_member(1), task_bytes(&fx, 1, "ok"), false)
-        .unwrap();
-    b.add_bytes(&pack_task_member(2), shadowing.to_bytes().unwrap(), false)
-        .unwrap();
-    b.add_bytes(&pack_task_member(3), task_bytes(&fx, 3, "ok"), false)
-        .unwrap();
-    let pack = fx.path("pack.tar.gz");
-    b.write_to(&pack).unwrap();
-    let result = fx.path("pack-result.tar.gz");
-    let out = fx.worker(&pack, &result);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let bundle = open_pack_result(&result);
