@@ -223,6 +223,25 @@ impl DataDir {
         self.dir.join("projects").join(PROJECT_DIR)
     }
 
+    /// Removes what the project sent this host (the app's program copy, program and task
+    /// bundles), as a real client deletes a finished workunit's input files; the result files
+    /// stay. Call it once the client has quit: each host directory holds a copy of the
+    /// worker (tens of MB in a debug build), and a test with hundreds of results would
+    /// otherwise keep hundreds of copies until its temporary directory goes.
+    pub fn remove_inputs(&self) -> Result<()> {
+        for entry in std::fs::read_dir(self.project_dir())? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name == WORKER_PHYSICAL
+                || name.starts_with("mw_program_")
+                || name.ends_with("_mw_task")
+            {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Where the result bundle of workunit `wu` lands.
     pub fn result_file(&self, wu: &str) -> PathBuf {
         self.project_dir().join(format!("{wu}_r0_mw_result"))

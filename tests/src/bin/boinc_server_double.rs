@@ -18,8 +18,10 @@
 //! - `serve DIR` (started by a test; stops when `DIR/double/stop` appears) is the
 //!   transitioner + scheduler + validator + assimilator + file_deleter: for each workunit it
 //!   runs Debian's REAL `boinc` client through `mw_tests::boinc_client` (one data directory
-//!   per simulated host and round, the app's main program taken from `apps/`), places each
-//!   output where the upload handler puts it (`upload/<h>/<wu>_<k>_r<rand>_0`), calls
+//!   per simulated host and round, the app's main program taken from `apps/`; what the
+//!   project sent the host is deleted once its client has quit, as a real client deletes a
+//!   finished workunit's files, so hundreds of results do not keep hundreds of worker
+//!   copies), places each output where the upload handler puts it (`upload/<h>/<wu>_<k>_r<rand>_0`), calls
 //!   `mw-validator-init`, `mw-validator-compare` and `mw-assimilator` exactly as
 //!   `script_validator` and `script_assimilator` do (`../bin/NAME` + default tokens, through
 //!   `/bin/sh -c`, cwd `tmp_<host>`). Without `serve` (benchmarks) workunits are only recorded.
@@ -772,6 +774,7 @@ fn run_host(root: &Path, host: &str, dir: &str, wus: &[Wu]) -> Result<Vec<(Strin
         },
     )?;
     client.quit(Duration::from_secs(30))?;
+    data.remove_inputs()?;
     let mut out = Vec::new();
     for j in &jobs {
         let t = tasks
