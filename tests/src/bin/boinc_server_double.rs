@@ -21,8 +21,8 @@
 //!   per simulated host and round, the app's main program taken from `apps/`; what the
 //!   project sent the host is deleted once its client has quit, as a real client deletes a
 //!   finished workunit's files, so hundreds of results do not keep hundreds of worker
-//!   copies), places each output where the upload handler puts it (`upload/<h>/<wu>_<k>_r<rand>_0`), calls
-//!   `mw-validator-init`, `mw-validator-compare` and `mw-assimilator` exactly as
+//!   copies), places each output where the upload handler puts it
+//!   (`upload/<h>/<wu>_<k>_r<rand>_0`), calls `mw-validator-init`, `mw-validator-compare` and `mw-assimilator` exactly as
 //!   `script_validator` and `script_assimilator` do (`../bin/NAME` + default tokens, through
 //!   `/bin/sh -c`, cwd `tmp_<host>`). Without `serve` (benchmarks) workunits are only recorded.
 //!
