@@ -22,9 +22,9 @@
 //!   project sent the host is deleted once its client has quit, as a real client deletes a
 //!   finished workunit's files, so hundreds of results do not keep hundreds of worker
 //!   copies), places each output where the upload handler puts it
-//!   (`upload/<h>/<wu>_<k>_r<rand>_0`), calls `mw-validator-init`, `mw-validator-compare` and `mw-assimilator` exactly as
-//!   `script_validator` and `script_assimilator` do (`../bin/NAME` + default tokens, through
-//!   `/bin/sh -c`, cwd `tmp_<host>`). Without `serve` (benchmarks) workunits are only recorded.
+//!   (`upload/<h>/<wu>_<k>_r<rand>_0`), calls `mw-validator-init`, `mw-validator-compare`
+//!   and `mw-assimilator` exactly as `script_validator` and `script_assimilator` do
+//!   (`../bin/NAME` + default tokens, through `/bin/sh -c`, cwd `tmp_<host>`). Without `serve` (benchmarks) workunits are only recorded.
 //!
 //! Real server behaviours it reproduces (reference/boinc-server.md §0.2, §0.3, §6):
 //! - **One result per host** (`one_result_per_host_per_wu`): a fixed pool of hosts
