@@ -24,7 +24,8 @@
 //!   copies), places each output where the upload handler puts it
 //!   (`upload/<h>/<wu>_<k>_r<rand>_0`), calls `mw-validator-init`, `mw-validator-compare`
 //!   and `mw-assimilator` exactly as `script_validator` and `script_assimilator` do
-//!   (`../bin/NAME` + default tokens, through `/bin/sh -c`, cwd `tmp_<host>`). Without `serve` (benchmarks) workunits are only recorded.
+//!   (`../bin/NAME` + default tokens, through `/bin/sh -c`, cwd `tmp_<host>`). Without
+//!   `serve` (benchmarks) workunits are only recorded.
 //!
 //! Real server behaviours it reproduces (reference/boinc-server.md §0.2, §0.3, §6):
 //! - **One result per host** (`one_result_per_host_per_wu`): a fixed pool of hosts
