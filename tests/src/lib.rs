@@ -143,3 +143,31 @@ pub fn result_bundle(job: &str, task: u64, code: i32, stdout: &str) -> Vec<u8> {
     .expect("add stdout to a result bundle");
     b.to_bytes().expect("write a result bundle")
 }
+
+/// Waits for `child` (its stdout and stderr piped) and returns its output, killing it and
+/// failing the test if it runs longer than `limit` (a hung `mw` must not hang the suite).
+pub fn finish_within(
+    child: std::process::Child,
+    limit: std::time::Duration,
+) -> std::process::Output {
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let guard = std::thread::spawn(move || {
+        if rx.recv_timeout(limit).is_err() {
+            // SAFETY: kill(2) on our own child's pid, which is not reaped before `tx` is dropped.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            true
+        } else {
+            false
+        }
+    });
+    let out = child.wait_with_output().expect("wait for the child");
+    let _ = tx.send(());
+    let timed_out = guard.join().expect("the timeout thread");
+    assert!(
+        !timed_out,
+        "mw hung for more than {limit:?}; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

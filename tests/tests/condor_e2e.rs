@@ -11,7 +11,6 @@ use mw_tests::condor_double::{condor_check, STATE_ENV};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// No run may take longer than this (a hang fails the test instead of blocking the suite).
@@ -138,26 +137,7 @@ fn find_files(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
 
 /// Waits for `child`, killing it (and failing) if it runs longer than [`LIMIT`].
 fn finish(child: Child) -> Output {
-    let pid = child.id() as i32;
-    let (tx, rx) = mpsc::channel::<()>();
-    let guard = std::thread::spawn(move || {
-        if rx.recv_timeout(LIMIT).is_err() {
-            // SAFETY: kill(2) on our own child's pid, which is not reaped before `tx` is dropped.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            true
-        } else {
-            false
-        }
-    });
-    let out = child.wait_with_output().unwrap();
-    let _ = tx.send(());
-    let timed_out = guard.join().unwrap();
-    assert!(
-        !timed_out,
-        "mw hung for more than {LIMIT:?}; stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    mw_tests::finish_within(child, LIMIT)
 }
 
 fn run(mut cmd: impl std::borrow::BorrowMut<Command>) -> Output {

@@ -32,26 +32,7 @@ const LIMIT: Duration = Duration::from_secs(300);
 
 /// Waits for `child`, killing it (and failing) if it runs longer than [`LIMIT`].
 fn finish(child: Child) -> Output {
-    let pid = child.id() as i32;
-    let (tx, rx) = mpsc::channel::<()>();
-    let guard = std::thread::spawn(move || {
-        if rx.recv_timeout(LIMIT).is_err() {
-            // SAFETY: kill(2) on our own child's pid, not reaped before `tx` is dropped.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            true
-        } else {
-            false
-        }
-    });
-    let out = child.wait_with_output().unwrap();
-    let _ = tx.send(());
-    let timed_out = guard.join().unwrap();
-    assert!(
-        !timed_out,
-        "mw hung for more than {LIMIT:?}; stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    mw_tests::finish_within(child, LIMIT)
 }
 
 /// [`finish`] that also returns the child's own peak resident memory in KiB (`ru_maxrss`
@@ -481,21 +462,23 @@ fn a_missing_condor_worker_stops_the_job_before_anything_is_created() {
     );
 }
 
-#[test]
-fn a_panic_reading_one_condor_result_fails_that_task_only() {
+/// Runs job `name` (3 tasks echoing their input) through the Condor double with mw's panic
+/// point `point` armed; mw must end with exit 1 and a result line for each task. Returns the
+/// result lines by task and everything mw printed.
+fn condor_run_with_panic(name: &str, point: &str) -> (BTreeMap<u64, Value>, String) {
     let pool = Pool::new();
     let prog = script(&pool.root.join("progs/echo.sh"), "cat");
-    let out = pool.run(
-        "cpanic",
-        &prog,
-        "[0, 1, 2]",
-        "",
-        &[("MW_PANIC_AT", "condor-result:1")],
-    );
+    let out = pool.run(name, &prog, "[0, 1, 2]", "", &[("MW_PANIC_AT", point)]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     let r = results(&out);
     assert_eq!(r.len(), 3, "{all}");
+    (r, all)
+}
+
+#[test]
+fn a_panic_reading_one_condor_result_fails_that_task_only() {
+    let (r, all) = condor_run_with_panic("cpanic", "condor-result:1");
     for t in [0, 2] {
         assert_eq!(r[&t]["state"], "done", "{all}");
         assert_eq!(r[&t]["output"], serde_json::json!(t), "{all}");
@@ -510,19 +493,7 @@ fn a_panic_reading_one_condor_result_fails_that_task_only() {
 
 #[test]
 fn a_dead_condor_event_thread_fails_every_task_in_flight_and_mw_ends() {
-    let pool = Pool::new();
-    let prog = script(&pool.root.join("progs/echo.sh"), "cat");
-    let out = pool.run(
-        "cdead",
-        &prog,
-        "[0, 1, 2]",
-        "",
-        &[("MW_PANIC_AT", "condor-event-loop")],
-    );
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{all}");
-    let r = results(&out);
-    assert_eq!(r.len(), 3, "{all}");
+    let (r, all) = condor_run_with_panic("cdead", "condor-event-loop");
     for l in r.values() {
         assert_eq!(l["state"], "failed", "{all}");
         let e = l["error"].as_str().unwrap();
