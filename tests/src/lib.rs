@@ -171,3 +171,19 @@ pub fn finish_within(
     );
     out
 }
+
+/// Starts `mw ARGS` in `dir` in the background, jobs under `dir/jobs`, with `env` added;
+/// stdout and stderr piped (see [`finish_within`]).
+pub fn spawn_mw(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    let mut c = std::process::Command::new(bin("mw"));
+    c.args(args)
+        .current_dir(dir)
+        .env("MW_JOBS_DIR", dir.join("jobs"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn().expect("start mw")
+}

@@ -6,30 +6,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
 
-use mw_tests::{bin, run_mw, script};
+use mw_tests::{run_mw, script, spawn_mw};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p
-}
-
-/// Starts `mw ARGS` in `dir` in the background.
-fn spawn_mw(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
-    let mut c = Command::new(bin("mw"));
-    c.args(args)
-        .current_dir(dir)
-        .env("MW_JOBS_DIR", dir.join("jobs"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.spawn().unwrap()
 }
 
 fn finish(child: Child) -> (i32, String, String) {

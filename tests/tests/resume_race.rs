@@ -6,38 +6,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
 
-use mw_tests::{bin, run_mw, script};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use mw_tests::{run_mw, script, spawn_mw};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-fn spawn_mw(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
-    let mut c = Command::new(bin("mw"));
-    c.args(args)
-        .current_dir(dir)
-        .env("MW_JOBS_DIR", dir.join("jobs"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.spawn().unwrap()
-}
-
-/// Waits for `child` (bounded: it is killed after 120 s); exit code and stderr.
+/// Waits for `child` (bounded: it is killed, failing the test, after 120 s); exit code and
+/// stderr.
 fn finish(child: Child) -> (i32, String) {
-    let pid = child.id() as i32;
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let guard = std::thread::spawn(move || {
-        if rx.recv_timeout(Duration::from_secs(120)).is_err() {
-            // SAFETY: kill(2) on our own child's pid, not reaped before `tx` is dropped.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    });
-    let out = child.wait_with_output().unwrap();
-    let _ = tx.send(());
-    guard.join().unwrap();
+    let out = mw_tests::finish_within(child, Duration::from_secs(120));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
