@@ -187,3 +187,35 @@ pub fn spawn_mw(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> s
     }
     c.spawn().expect("start mw")
 }
+
+/// A BOINC project made by the server double at `root`, with mw installed by
+/// `mw-boinc-setup` (this build's worker, validator and assimilator, plus `setup_args`);
+/// returns the project's canonical path.
+pub fn boinc_project(root: &std::path::Path, setup_args: &[&str]) -> PathBuf {
+    use std::process::{Command, Stdio};
+    let made = Command::new(bin("boinc_server_double"))
+        .arg("make-project")
+        .arg(root)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run boinc_server_double make-project");
+    assert!(made.success(), "make-project failed");
+    let out = Command::new(bin("mw-boinc-setup"))
+        .arg("--project-dir")
+        .arg(root)
+        .arg("--worker")
+        .arg(bin("mw-worker"))
+        .arg("--validator")
+        .arg(bin("mw-validator"))
+        .arg("--assimilator")
+        .arg(bin("mw-assimilator"))
+        .args(setup_args)
+        .output()
+        .expect("run mw-boinc-setup");
+    assert!(
+        out.status.success(),
+        "mw-boinc-setup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    root.canonicalize().expect("the project's path")
+}

@@ -25,31 +25,7 @@ impl Project {
     fn new(quorum: u32) -> Project {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("proj");
-        let st = Command::new(bin("boinc_server_double"))
-            .arg("make-project")
-            .arg(&root)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let out = Command::new(bin("mw-boinc-setup"))
-            .arg("--project-dir")
-            .arg(&root)
-            .arg("--worker")
-            .arg(bin("mw-worker"))
-            .arg("--validator")
-            .arg(bin("mw-validator"))
-            .arg("--assimilator")
-            .arg(bin("mw-assimilator"))
-            .arg("--quorum")
-            .arg(quorum.to_string())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let root = root.canonicalize().unwrap();
+        let root = mw_tests::boinc_project(&root, &["--quorum", &quorum.to_string()]);
         let server = Command::new(bin("boinc_server_double"))
             .arg("serve")
             .arg(&root)

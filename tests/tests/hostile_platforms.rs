@@ -517,26 +517,7 @@ impl Project {
     fn new() -> Project {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("proj");
-        let st = Command::new(bin("boinc_server_double"))
-            .arg("make-project")
-            .arg(&root)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let out = Command::new(bin("mw-boinc-setup"))
-            .arg("--project-dir")
-            .arg(&root)
-            .arg("--worker")
-            .arg(bin("mw-worker"))
-            .arg("--validator")
-            .arg(bin("mw-validator"))
-            .arg("--assimilator")
-            .arg(bin("mw-assimilator"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let root = root.canonicalize().unwrap();
+        let root = mw_tests::boinc_project(&root, &[]);
         let server = Command::new(bin("boinc_server_double"))
             .arg("serve")
             .arg(&root)
