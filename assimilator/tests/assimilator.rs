@@ -5,71 +5,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
 
+mod common;
+
+use common::{bundle, info, Proj};
 use mw_assimilator::ErrorRecord;
-use mw_bundle::{BundleBuilder, Comparison, ExitInfo, ResultInfo, RESULT_STDOUT_NAME};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-
-struct Proj {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    spool: PathBuf,
-}
-
-fn project() -> Proj {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("proj");
-    for d in ["bin", "tmp_host", "upload/2e1", "mw_spool"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    // A symlink, not a copy: a file we just wrote could be held open for writing by a
-    // process another test thread forks at that moment, and exec would fail (ETXTBSY).
-    std::os::unix::fs::symlink(
-        env!("CARGO_BIN_EXE_mw-assimilator"),
-        root.join("bin/mw-assimilator"),
-    )
-    .unwrap();
-    let spool = root.join("mw_spool");
-    std::fs::write(
-        root.join("mw_boinc.toml"),
-        format!("app_name = \"mw\"\nspool_dir = \"{}\"\n", spool.display()),
-    )
-    .unwrap();
-    Proj {
-        _tmp: tmp,
-        root,
-        spool,
-    }
-}
+use std::path::Path;
 
 fn result_bundle(job: &str, task: u64, stdout: &str) -> Vec<u8> {
-    let info = ResultInfo {
-        job: job.into(),
-        task,
-        attempt: None,
-        exit: ExitInfo::Exited { code: 0 },
-        wall_secs: 1.0,
-        user_secs: 0.5,
-        sys_secs: 0.0,
-        host: "h".into(),
-        started_unix: 1.7e9,
-        stderr_tail: String::new(),
-        missing_outputs: vec![],
-        comparison: Comparison::Bitwise,
-    };
-    let mut b = BundleBuilder::result(info, "test");
-    b.add_bytes(RESULT_STDOUT_NAME, stdout.as_bytes().to_vec(), false)
-        .unwrap();
-    b.to_bytes().unwrap()
+    bundle(info(job, task, None), stdout)
 }
 
 impl Proj {
-    fn upload(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let p = self.root.join("upload/2e1").join(name);
-        std::fs::write(&p, bytes).unwrap();
-        p
-    }
-
     fn call(&self, args: &str) -> (i32, String) {
         let cmd = format!("../bin/mw-assimilator {args}");
         let out = std::process::Command::new("/bin/sh")
@@ -106,7 +53,7 @@ fn p(path: &Path) -> &str {
 
 #[test]
 fn spools_the_canonical_result_atomically_and_idempotently() {
-    let pr = project();
+    let pr = common::project("");
     let bytes = result_bundle("job-7.a", 42, "{\"ok\":true}");
     let f = pr.upload("mw_j7_t42_0_r1947152018_0", &bytes);
     let (code, msg) = pr.call(&format!("1006 {}", p(&f)));
@@ -147,7 +94,7 @@ fn spools_the_canonical_result_atomically_and_idempotently() {
 
 #[test]
 fn error_form_writes_a_decoded_record_idempotently() {
-    let pr = project();
+    let pr = common::project("");
     let (code, msg) = pr.call("--error 10 mw_wf1 1009 2");
     assert_eq!(code, 0, "{msg}");
     let path = pr.spool.join("error_mw_wf1.toml");
@@ -180,7 +127,7 @@ fn error_form_writes_a_decoded_record_idempotently() {
 
 #[test]
 fn unusable_results_are_recorded_not_retried() {
-    let pr = project();
+    let pr = common::project("");
     // A job name that is not [A-Za-z0-9_.-] must not become a file name.
     let bad_job = pr.upload("mw_bad_0_r1_0", &result_bundle("../../x", 1, "1"));
     let (code, msg) = pr.call(&format!("1011 {}", p(&bad_job)));
@@ -203,7 +150,7 @@ fn a_missing_upload_is_recorded_and_acknowledged() {
     // A late result of a cancelled workunit: the file deleter removed the upload before the
     // assimilator ran (reference §0.3). A nonzero exit would stop BOINC's assimilator for
     // good; the call must record the workunit and why, and exit 0.
-    let pr = project();
+    let pr = common::project("");
     let (code, msg) = pr.call(&format!(
         "1013 {}/upload/2e1/mw_gone_0_r1_0",
         pr.root.display()
@@ -223,7 +170,7 @@ fn a_missing_upload_is_recorded_and_acknowledged() {
 
 #[test]
 fn retryable_problems_exit_nonzero() {
-    let pr = project();
+    let pr = common::project("");
     // No arguments (multi-token config on an affected BOINC, §0.1).
     assert_ne!(pr.call("").0, 0);
     assert_ne!(pr.call("--error 10 mw_wf1").0, 0);
@@ -238,7 +185,7 @@ fn retryable_problems_exit_nonzero() {
 
 #[test]
 fn env_var_names_the_spool() {
-    let pr = project();
+    let pr = common::project("");
     let other = pr.root.join("elsewhere");
     std::fs::create_dir(&other).unwrap();
     let out = std::process::Command::new(pr.root.join("bin/mw-assimilator"))
@@ -264,7 +211,7 @@ fn wu_name_is_derived_from_output_names() {
 
 #[test]
 fn help_and_version_answer_on_stdout_and_the_boinc_forms_are_unchanged() {
-    let p = project();
+    let p = common::project("");
     let exe = p.root.join("bin/mw-assimilator");
     let run = |args: &[&str]| {
         let out = std::process::Command::new(&exe)

@@ -6,76 +6,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
 
+mod common;
+
+use common::{bundle, info, project, Proj};
 use mw_assimilator::ErrorRecord;
-use mw_bundle::{BundleBuilder, Comparison, ExitInfo, ResultInfo, RESULT_STDOUT_NAME};
+use mw_bundle::{BundleBuilder, RESULT_STDOUT_NAME};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
-struct Proj {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    spool: PathBuf,
-}
-
-fn project(extra_config: &str) -> Proj {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("proj");
-    for d in ["bin", "tmp_host", "upload/2e1", "mw_spool"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::os::unix::fs::symlink(
-        env!("CARGO_BIN_EXE_mw-assimilator"),
-        root.join("bin/mw-assimilator"),
-    )
-    .unwrap();
-    let spool = root.join("mw_spool");
-    std::fs::write(
-        root.join("mw_boinc.toml"),
-        format!(
-            "app_name = \"mw\"\nspool_dir = \"{}\"\n{extra_config}",
-            spool.display()
-        ),
-    )
-    .unwrap();
-    Proj {
-        _tmp: tmp,
-        root,
-        spool,
-    }
-}
-
-fn info(job: &str, task: u64, attempt: Option<u32>) -> ResultInfo {
-    ResultInfo {
-        job: job.into(),
-        task,
-        attempt,
-        exit: ExitInfo::Exited { code: 0 },
-        wall_secs: 1.0,
-        user_secs: 0.5,
-        sys_secs: 0.0,
-        host: "h".into(),
-        started_unix: 1.7e9,
-        stderr_tail: String::new(),
-        missing_outputs: vec![],
-        comparison: Comparison::Bitwise,
-    }
-}
-
-fn bundle(info: ResultInfo, stdout: &str) -> Vec<u8> {
-    let mut b = BundleBuilder::result(info, "test");
-    b.add_bytes(RESULT_STDOUT_NAME, stdout.as_bytes().to_vec(), false)
-        .unwrap();
-    b.to_bytes().unwrap()
-}
-
 impl Proj {
-    fn upload(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let p = self.root.join("upload/2e1").join(name);
-        std::fs::write(&p, bytes).unwrap();
-        p
-    }
-
     /// `../bin/mw-assimilator WU_ID FILE` from tmp_host, as script_assimilator calls it;
     /// returns the exit code, stderr and the peak resident memory in KiB.
     #[allow(clippy::zombie_processes)] // reaped by wait4 (for its rusage), not by std
