@@ -196,27 +196,10 @@ impl Pool {
             ),
         )
         .unwrap();
-        let mut c = Command::new(bin("mw"));
-        c.args(["-v", "run"])
-            .arg(&job)
-            .current_dir(&self.root)
-            .env(
-                "PATH",
-                format!(
-                    "{}:{}",
-                    mw_tests::condor_double_path(&self.root).display(),
-                    std::env::var("PATH").unwrap_or_default()
-                ),
-            )
-            .env(STATE_ENV, self.root.join("state"))
-            .env("MW_WORKER", bin("mw-worker"))
-            .env("MW_JOBS_DIR", self.root.join("jobs"))
+        let mut c = self.command(&["-v", "run"]);
+        c.arg(&job)
             .env_remove("MW_CONDOR_DOUBLE_HOLD")
-            .env_remove("MW_CONDOR_DOUBLE_EVICT_ONCE")
-            .env_remove("MW_PANIC_AT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .env_remove("MW_CONDOR_DOUBLE_EVICT_ONCE");
         for (k, v) in env {
             c.env(k, v);
         }
@@ -250,6 +233,12 @@ impl Pool {
 
     /// `mw ARGS` (resume, retry, results) in this pool's environment.
     fn mw(&self, args: &[&str]) -> Output {
+        finish(self.command(args).spawn().unwrap())
+    }
+
+    /// `mw ARGS` in this pool's environment (the HTCondor double first on PATH, its state,
+    /// this build's worker, the pool's jobs directory, no panic point), output piped.
+    fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin("mw"));
         c.args(args)
             .current_dir(&self.root)
@@ -268,7 +257,7 @@ impl Pool {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        finish(c.spawn().unwrap())
+        c
     }
 }
 
