@@ -412,16 +412,21 @@ impl Journal {
             )));
         }
         let lock = lock_job(dir)?;
-        let conn = Connection::open(&path).map_err(|e| jerr(&path, "cannot create", e))?;
+        let mut conn = Connection::open(&path).map_err(|e| jerr(&path, "cannot create", e))?;
         configure(&conn, &path)?;
-        conn.execute_batch(SCHEMA)
+        // One transaction (one commit, one WAL sync): a crash leaves a journal with its
+        // tables, schema version and job, or none of them.
+        let tx = conn
+            .transaction()
             .map_err(|e| jerr(&path, "creating tables", e))?;
-        conn.execute(
+        tx.execute_batch(SCHEMA)
+            .map_err(|e| jerr(&path, "creating tables", e))?;
+        tx.execute(
             "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
             params![SCHEMA_VERSION.to_string()],
         )
         .map_err(|e| jerr(&path, "writing schema version", e))?;
-        conn.execute(
+        tx.execute(
             "INSERT INTO job (id, name, interface, workers, job_text, job_path, created, master_pid, master_host)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
@@ -437,6 +442,7 @@ impl Journal {
             ],
         )
         .map_err(|e| jerr(&path, "writing the job", e))?;
+        tx.commit().map_err(|e| jerr(&path, "creating the journal", e))?;
         Self::start(path, conn, lock)
     }
 
