@@ -442,7 +442,8 @@ impl Journal {
             ],
         )
         .map_err(|e| jerr(&path, "writing the job", e))?;
-        tx.commit().map_err(|e| jerr(&path, "creating the journal", e))?;
+        tx.commit()
+            .map_err(|e| jerr(&path, "creating the journal", e))?;
         Self::start(path, conn, lock)
     }
 
@@ -1333,12 +1334,19 @@ pub fn read_tasks(
                 format!("task {idx}: unknown state `{state}`"),
             )
         })?;
+        let index = u64::try_from(idx).map_err(|_| {
+            jerr(
+                path,
+                "the journal is corrupt",
+                format!("task index {idx} is negative"),
+            )
+        })?;
         out.push(StoredTask {
-            index: idx as u64,
+            index,
             input: serde_json::from_str(&input)
                 .map_err(|e| jerr(path, "reading tasks", format!("task {idx}: input: {e}")))?,
             state,
-            attempts: attempts.max(0) as u32,
+            attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
             handle,
             submitted: times.0,
             started: times.1,
@@ -1650,7 +1658,7 @@ pub fn read_task(
         input: serde_json::from_str(&input)
             .map_err(|e| jerr(path, "reading a task", format!("task {idx}: input: {e}")))?,
         state,
-        attempts: r.get::<_, i64>(3).map_err(get)?.clamp(0, u32::MAX as i64) as u32,
+        attempts: u32::try_from(r.get::<_, i64>(3).map_err(get)?.max(0)).unwrap_or(u32::MAX),
         handle: r.get(4).map_err(get)?,
         submitted: r.get(5).map_err(get)?,
         started: r.get(6).map_err(get)?,

@@ -442,3 +442,34 @@ fn a_journal_from_a_newer_mw_is_refused_and_kept() {
         "the journal changed"
     );
 }
+
+/// A journal whose rows were edited into impossible values (valid SQLite, forged content):
+/// a negative task index is refused as corruption, never wrapped into a huge task number; an
+/// attempt count beyond u32 is clamped, not truncated into a small one.
+#[test]
+fn forged_task_rows_are_refused_or_clamped_not_wrapped() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let journal = fresh_finished(d);
+    let conn = rusqlite::Connection::open(&journal).unwrap();
+    conn.execute("UPDATE tasks SET attempts = 4294967297 WHERE idx = 2", [])
+        .unwrap();
+    drop(conn);
+    let o = mw(d, &["results", "fin-1"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let lines = jsonl(&o.stdout);
+    let two = lines.iter().find(|l| l["task"] == 2).unwrap();
+    assert_eq!(two["attempts"], u32::MAX, "{two}");
+    let o = mw(d, &["results", "fin-1", "--task", "2"]);
+    assert_eq!(jsonl(&o.stdout)[0]["attempts"], u32::MAX, "{}", o.stdout);
+
+    let conn = rusqlite::Connection::open(&journal).unwrap();
+    conn.execute("UPDATE tasks SET idx = -5 WHERE idx = 3", [])
+        .unwrap();
+    drop(conn);
+    let o = mw(d, &["results", "fin-1"]);
+    assert_eq!(o.code, 2, "{}", o.stdout);
+    assert!(o.stderr.contains("corrupt"), "{}", o.stderr);
+    assert!(o.stderr.contains("-5"), "{}", o.stderr);
+    assert!(!o.stdout.contains("18446744073709551611"), "{}", o.stdout);
+}
