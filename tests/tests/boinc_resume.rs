@@ -522,11 +522,30 @@ fn kill_master(p: &Project) {
     poll_until("the killed master to die", || !mw_alive(pid));
 }
 
+/// Checks that every workunit a host got had its input files staged in the download
+/// hierarchy (a workunit created without them ends as download errors on every host) and
+/// that no host failed in the harness.
+fn assert_inputs_were_downloadable(p: &Project) {
+    for c in p.calls_of("client") {
+        assert!(
+            c.get("download_error").is_none() && c.get("harness_error").is_none(),
+            "a host could not run {}: {c:#}",
+            c["wu"]
+        );
+    }
+    for w in p.wus() {
+        for r in w["results"].as_array().unwrap() {
+            assert_ne!(r["client_state"], "downloading", "{w:#}");
+        }
+    }
+}
+
 /// Resumes the job and checks that every task was done by exactly one workunit, computed
 /// once, and that each name journaled before the interrupted create_work call was kept.
 fn resume_and_check_once_each(p: &mut Project, id: &str, held: &[String]) {
     let out = p.mw(&["resume".as_ref(), id.as_ref()]);
     assert!(out.status.success(), "{}", text(&out));
+    assert_inputs_were_downloadable(p);
     let res = results(p, id);
     assert_eq!(res.len(), 4);
     for r in &res {
