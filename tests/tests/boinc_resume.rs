@@ -664,6 +664,114 @@ fn batch_with_one_duplicate_name_creates_the_others_once_and_reattaches_it() {
     assert!(calls.len() >= 4, "{calls:#?}");
 }
 
+/// Where staged file `name` is in the project's download hierarchy (`download/<h>/name`).
+fn staged_file(p: &Project, name: &str) -> Option<PathBuf> {
+    std::fs::read_dir(p.root.join("download"))
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join(name))
+        .find(|f| f.is_file())
+}
+
+/// One `create_work` call whose LAST line names a workunit the project already has: the
+/// call inserts the lines before it (one per chunk here) and fails on it; the next call
+/// reports each of those as a duplicate in turn. They are this batch's own workunits: their
+/// inputs must stay staged (before the fix mw removed them as inputs of older workunits,
+/// and every host then failed to download them). Only the input mw staged for the name
+/// that existed before is removed again.
+#[test]
+fn duplicate_in_a_later_chunk_keeps_the_inputs_of_the_workunits_created_before_it() {
+    let mut p = Project::new();
+    std::fs::write(p.root.join("double/create_work_chunk"), "1").unwrap();
+    let job = p.pi_job("late");
+    let hold = p.root.join("double/hold_create_work");
+    std::fs::write(&hold, "").unwrap();
+    let (id, dir) = p.submit(&job);
+    let names = held_names(&p, &dir);
+    assert!(
+        names.len() >= 2,
+        "the first batch holds one task only ({names:?}): the master handed its 4 tasks \
+         to the batch more than 50 ms apart"
+    );
+    let held = p.calls_of("create_work").remove(0);
+    let last: Vec<String> = held["stdin"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let (dup, prog, mw_input) = (&last[1], &last[2], &last[3]);
+    // The project already has a workunit of that name, with an input of its own (BOINC
+    // files are immutable by name: not the file mw staged for it).
+    let own = format!("{dup}_own.tar.gz");
+    std::fs::copy(
+        staged_file(&p, mw_input).unwrap(),
+        p.root.join("download").join(&own),
+    )
+    .unwrap();
+    let args: Vec<String> = held["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let mut cw = Command::new(p.root.join("bin/create_work"))
+        .args(&args)
+        .current_dir(&p.root)
+        .env("BOINC_DOUBLE_NO_HOLD", "1")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut cw.stdin.take().unwrap(),
+        format!("--wu_name {dup} {prog} {own}\n").as_bytes(),
+    )
+    .unwrap();
+    let out = cw.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(p.wus().len(), 1);
+
+    p.start_serve();
+    std::fs::remove_file(&hold).unwrap();
+    poll_until("every task to be final", || {
+        tasks(&dir).iter().all(|t| t.state.is_final())
+    });
+    let waited = p.mw(&["wait".as_ref(), id.as_ref()]);
+    p.stop_serve();
+    assert_inputs_were_downloadable(&p);
+    assert!(waited.status.success(), "{}", text(&waited));
+    let res = results(&p, &id);
+    assert_eq!(res.len(), 4);
+    let wus = p.wus();
+    let clients = p.calls_of("client");
+    for r in &res {
+        assert_eq!(r["state"], "done", "{r:#}");
+        assert_eq!(r["attempts"], 1, "{r:#}");
+    }
+    for n in &names {
+        assert_eq!(
+            wus.iter().filter(|w| w["name"] == n.as_str()).count(),
+            1,
+            "{n}"
+        );
+        let runs = clients.iter().filter(|c| c["wu"] == n.as_str()).count();
+        assert_eq!(runs, 1, "{n} ran {runs} times");
+    }
+    // The first call failed on the last line; each of the others then came back once as a
+    // duplicate (plus the test's own call).
+    assert_eq!(p.calls_of("create_work").len(), names.len() + 1);
+    // The input mw staged for the name that existed before was nobody's: removed again.
+    assert_eq!(
+        staged_file(&p, mw_input),
+        None,
+        "{mw_input} was left staged"
+    );
+}
+
 /// Writes a task program that announces it started, then waits (bounded) for a gate file.
 fn gate_job(p: &Project, name: &str) -> (PathBuf, PathBuf, PathBuf) {
     use std::os::unix::fs::PermissionsExt;

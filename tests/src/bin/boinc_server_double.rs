@@ -12,7 +12,8 @@
 //!   `DIR/double/calls.jsonl` and store workunits as `DIR/double/wus/<name>.json`;
 //!   `cancel_jobs --name W` leaves the marker `DIR/double/cancel/W`. While the file
 //!   `DIR/double/hold_create_work` exists, `create_work` is recorded but holds before
-//!   creating anything (lets a test act while a batch is being created).
+//!   creating anything (lets a test act while a batch is being created); a call made with
+//!   the environment variable `BOINC_DOUBLE_NO_HOLD` set (a test's own) does not hold.
 //!   `create_work` checks what the real one checks (run from the project root, templates
 //!   readable, `--stdin` line options, inputs staged in the download hierarchy, unique names).
 //! - `serve DIR` (started by a test; stops when `DIR/double/stop` appears) is the
@@ -314,7 +315,8 @@ fn tool(name: &str, args: &[String], cwd: &Path) -> Result<i32> {
         "create_work" => {
             // Test hook: while `double/hold_create_work` exists, create_work has been called
             // (and recorded) but has not created anything yet.
-            while project.join("double/hold_create_work").exists() {
+            let exempt = std::env::var_os("BOINC_DOUBLE_NO_HOLD").is_some();
+            while !exempt && project.join("double/hold_create_work").exists() {
                 if project.join("double/abort_create_work").exists() {
                     record(&project, serde_json::json!({"tool": "create_work_aborted"}))?;
                     eprintln!("create_work: aborted by the test before creating anything");
@@ -499,6 +501,10 @@ fn create_work(project: &Path, args: &[String], stdin: &str) -> Result<i32> {
             if !staged.is_file() {
                 let flat = project.join("download").join(f);
                 if flat.is_file() {
+                    // Like the real one, it makes the hierarchy's sub-directory as needed.
+                    if let Some(d) = staged.parent() {
+                        std::fs::create_dir_all(d)?;
+                    }
                     std::fs::rename(&flat, &staged)?;
                 } else {
                     eprintln!(
