@@ -772,6 +772,100 @@ fn duplicate_in_a_later_chunk_keeps_the_inputs_of_the_workunits_created_before_i
     );
 }
 
+/// A workunit whose input is gone from the download hierarchy ends as a real project ends
+/// it: every host that gets it reports a download error (client error, exit status -186,
+/// nothing run), the workunit gets its error mask within max_error_results /
+/// max_total_results, and mw learns of the failure; no host directory keeps a worker copy.
+#[test]
+fn workunit_without_its_input_fails_with_download_errors_and_is_not_retried_forever() {
+    let mut p = Project::new();
+    let job = p.pi_job("lost");
+    let hold = p.root.join("double/hold_create_work");
+    std::fs::write(&hold, "").unwrap();
+    let (id, dir) = p.submit(&job);
+    let names = held_names(&p, &dir);
+    let held = p.calls_of("create_work").remove(0);
+    let first: Vec<&str> = held["stdin"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let (lost_wu, lost_input) = (first[1].to_string(), first[3].to_string());
+    std::fs::remove_file(p.root.join("double/hold_create_work")).unwrap();
+    poll_until("the held batch's workunits", || {
+        p.wus().len() == names.len()
+    });
+    // The input is lost after create_work checked it (before any host fetched it).
+    std::fs::remove_file(staged_file(&p, &lost_input).unwrap()).unwrap();
+    p.start_serve();
+    poll_until("every task to be final", || {
+        tasks(&dir).iter().all(|t| t.state.is_final())
+    });
+    let _ = p.mw(&["wait".as_ref(), id.as_ref()]);
+    poll_until("the lost workunit to be assimilated as an error", || {
+        p.wus()
+            .iter()
+            .any(|w| w["name"] == lost_wu.as_str() && w["done"] == "error")
+    });
+    p.stop_serve();
+    let wu = p
+        .wus()
+        .into_iter()
+        .find(|w| w["name"] == lost_wu.as_str())
+        .unwrap();
+    let sent = wu["results"].as_array().unwrap();
+    assert!(!sent.is_empty(), "{wu:#}");
+    assert!(
+        sent.len() as u64 <= wu["max_total_results"].as_u64().unwrap(),
+        "{wu:#}"
+    );
+    for r in sent {
+        assert_eq!(r["outcome"], "client_error", "{wu:#}");
+        assert_eq!(r["exit_status"], "-186", "{wu:#}");
+    }
+    assert_ne!(wu["error_mask"], 0, "{wu:#}");
+    let clients = p.calls_of("client");
+    let lost: Vec<&Value> = clients
+        .iter()
+        .filter(|c| c["wu"] == lost_wu.as_str())
+        .collect();
+    assert_eq!(lost.len(), sent.len(), "{lost:#?}");
+    for c in &lost {
+        let stderr = c["stderr"].as_str().unwrap();
+        assert!(stderr.contains("couldn't get input files"), "{stderr}");
+        assert!(stderr.contains(&lost_input), "{stderr}");
+    }
+    // The task learnt of its workunit's failure: it failed, or it ran again under another
+    // name (a retry), and nothing else of the job was disturbed.
+    let res = results(&p, &id);
+    let task = task_of(&lost_wu) as usize;
+    assert!(
+        res[task]["state"] == "failed" || res[task]["attempts"].as_u64() > Some(1),
+        "{:#}",
+        res[task]
+    );
+    for (i, r) in res.iter().enumerate() {
+        if i != task {
+            assert_eq!(r["state"], "done", "{r:#}");
+        }
+    }
+    // What the hosts were sent is gone once they quit: no worker copy is left behind.
+    for h in std::fs::read_dir(p.root.join("double/hosts"))
+        .unwrap()
+        .flatten()
+    {
+        let copy = h
+            .path()
+            .join("projects")
+            .join(mw_tests::boinc_client::PROJECT_DIR)
+            .join(mw_tests::boinc_client::WORKER_PHYSICAL);
+        assert!(!copy.exists(), "{} left behind", copy.display());
+    }
+}
+
 /// Writes a task program that announces it started, then waits (bounded) for a gate file.
 fn gate_job(p: &Project, name: &str) -> (PathBuf, PathBuf, PathBuf) {
     use std::os::unix::fs::PermissionsExt;
