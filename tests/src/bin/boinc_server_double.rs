@@ -842,11 +842,18 @@ fn run_host(root: &Path, host: &str, dir: &str, wus: &[Wu]) -> Vec<(String, Resu
         return out;
     }
     let dir = root.join("double/hosts").join(dir);
+    // Removes the host's directory unless the client finished normally (then only what the
+    // project sent it was removed, and its results wait there to be uploaded), even if the
+    // harness panics.
+    let mut guard = RemoveOnDrop(Some(dir.clone()));
     match run_client(root, host, &dir, &runnable, fanout) {
-        Ok(v) => out.extend(v),
+        Ok(v) => {
+            guard.0 = None;
+            out.extend(v)
+        }
         Err(e) => {
             eprintln!("boinc_server_double: client host {host} failed: {e:#}");
-            let _ = std::fs::remove_dir_all(&dir);
+            drop(guard);
             for w in runnable {
                 let _ = record(
                     root,
@@ -869,6 +876,17 @@ fn run_host(root: &Path, host: &str, dir: &str, wus: &[Wu]) -> Vec<(String, Resu
         }
     }
     out
+}
+
+/// A directory removed (with its contents) when dropped, unless taken out.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }
 
 /// The real client on `wus` (every input present) in the fresh data directory `dir`.
