@@ -522,11 +522,30 @@ fn kill_master(p: &Project) {
     poll_until("the killed master to die", || !mw_alive(pid));
 }
 
+/// Checks that every workunit a host got had its input files staged in the download
+/// hierarchy (a workunit created without them ends as download errors on every host) and
+/// that no host failed in the harness.
+fn assert_inputs_were_downloadable(p: &Project) {
+    for c in p.calls_of("client") {
+        assert!(
+            c.get("download_error").is_none() && c.get("harness_error").is_none(),
+            "a host could not run {}: {c:#}",
+            c["wu"]
+        );
+    }
+    for w in p.wus() {
+        for r in w["results"].as_array().unwrap() {
+            assert_ne!(r["client_state"], "downloading", "{w:#}");
+        }
+    }
+}
+
 /// Resumes the job and checks that every task was done by exactly one workunit, computed
 /// once, and that each name journaled before the interrupted create_work call was kept.
 fn resume_and_check_once_each(p: &mut Project, id: &str, held: &[String]) {
     let out = p.mw(&["resume".as_ref(), id.as_ref()]);
     assert!(out.status.success(), "{}", text(&out));
+    assert_inputs_were_downloadable(p);
     let res = results(p, id);
     assert_eq!(res.len(), 4);
     for r in &res {
@@ -643,6 +662,208 @@ fn batch_with_one_duplicate_name_creates_the_others_once_and_reattaches_it() {
     // The resumed master's first call failed on the duplicate; the others were created.
     let calls = p.calls_of("create_work");
     assert!(calls.len() >= 4, "{calls:#?}");
+}
+
+/// Where staged file `name` is in the project's download hierarchy (`download/<h>/name`).
+fn staged_file(p: &Project, name: &str) -> Option<PathBuf> {
+    std::fs::read_dir(p.root.join("download"))
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join(name))
+        .find(|f| f.is_file())
+}
+
+/// One `create_work` call whose LAST line names a workunit the project already has: the
+/// call inserts the lines before it (one per chunk here) and fails on it; the next call
+/// reports each of those as a duplicate in turn. They are this batch's own workunits: their
+/// inputs must stay staged (before the fix mw removed them as inputs of older workunits,
+/// and every host then failed to download them). Only the input mw staged for the name
+/// that existed before is removed again.
+#[test]
+fn duplicate_in_a_later_chunk_keeps_the_inputs_of_the_workunits_created_before_it() {
+    let mut p = Project::new();
+    std::fs::write(p.root.join("double/create_work_chunk"), "1").unwrap();
+    let job = p.pi_job("late");
+    let hold = p.root.join("double/hold_create_work");
+    std::fs::write(&hold, "").unwrap();
+    let (id, dir) = p.submit(&job);
+    let names = held_names(&p, &dir);
+    assert!(
+        names.len() >= 2,
+        "the first batch holds one task only ({names:?}): the master handed its 4 tasks \
+         to the batch more than 50 ms apart"
+    );
+    let held = p.calls_of("create_work").remove(0);
+    let last: Vec<String> = held["stdin"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let (dup, prog, mw_input) = (&last[1], &last[2], &last[3]);
+    // The project already has a workunit of that name, with an input of its own (BOINC
+    // files are immutable by name: not the file mw staged for it).
+    let own = format!("{dup}_own.tar.gz");
+    std::fs::copy(
+        staged_file(&p, mw_input).unwrap(),
+        p.root.join("download").join(&own),
+    )
+    .unwrap();
+    let args: Vec<String> = held["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let mut cw = Command::new(p.root.join("bin/create_work"))
+        .args(&args)
+        .current_dir(&p.root)
+        .env("BOINC_DOUBLE_NO_HOLD", "1")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut cw.stdin.take().unwrap(),
+        format!("--wu_name {dup} {prog} {own}\n").as_bytes(),
+    )
+    .unwrap();
+    let out = cw.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(p.wus().len(), 1);
+
+    p.start_serve();
+    std::fs::remove_file(&hold).unwrap();
+    poll_until("every task to be final", || {
+        tasks(&dir).iter().all(|t| t.state.is_final())
+    });
+    let waited = p.mw(&["wait".as_ref(), id.as_ref()]);
+    p.stop_serve();
+    assert_inputs_were_downloadable(&p);
+    assert!(waited.status.success(), "{}", text(&waited));
+    let res = results(&p, &id);
+    assert_eq!(res.len(), 4);
+    let wus = p.wus();
+    let clients = p.calls_of("client");
+    for r in &res {
+        assert_eq!(r["state"], "done", "{r:#}");
+        assert_eq!(r["attempts"], 1, "{r:#}");
+    }
+    for n in &names {
+        assert_eq!(
+            wus.iter().filter(|w| w["name"] == n.as_str()).count(),
+            1,
+            "{n}"
+        );
+        let runs = clients.iter().filter(|c| c["wu"] == n.as_str()).count();
+        assert_eq!(runs, 1, "{n} ran {runs} times");
+    }
+    // The first call failed on the last line; each of the others then came back once as a
+    // duplicate (plus the test's own call).
+    assert_eq!(p.calls_of("create_work").len(), names.len() + 1);
+    // The input mw staged for the name that existed before was nobody's: removed again.
+    assert_eq!(
+        staged_file(&p, mw_input),
+        None,
+        "{mw_input} was left staged"
+    );
+}
+
+/// A workunit whose input is gone from the download hierarchy ends as a real project ends
+/// it: every host that gets it reports a download error (client error, exit status -186,
+/// nothing run), the workunit gets its error mask within max_error_results /
+/// max_total_results, and mw learns of the failure; no host directory keeps a worker copy.
+#[test]
+fn workunit_without_its_input_fails_with_download_errors_and_is_not_retried_forever() {
+    let mut p = Project::new();
+    let job = p.pi_job("lost");
+    let hold = p.root.join("double/hold_create_work");
+    std::fs::write(&hold, "").unwrap();
+    let (id, dir) = p.submit(&job);
+    let names = held_names(&p, &dir);
+    let held = p.calls_of("create_work").remove(0);
+    let first: Vec<&str> = held["stdin"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let (lost_wu, lost_input) = (first[1].to_string(), first[3].to_string());
+    std::fs::remove_file(p.root.join("double/hold_create_work")).unwrap();
+    poll_until("the held batch's workunits", || {
+        p.wus().len() == names.len()
+    });
+    // The input is lost after create_work checked it (before any host fetched it).
+    std::fs::remove_file(staged_file(&p, &lost_input).unwrap()).unwrap();
+    p.start_serve();
+    poll_until("every task to be final", || {
+        tasks(&dir).iter().all(|t| t.state.is_final())
+    });
+    let _ = p.mw(&["wait".as_ref(), id.as_ref()]);
+    poll_until("the lost workunit to be assimilated as an error", || {
+        p.wus()
+            .iter()
+            .any(|w| w["name"] == lost_wu.as_str() && w["done"] == "error")
+    });
+    p.stop_serve();
+    let wu = p
+        .wus()
+        .into_iter()
+        .find(|w| w["name"] == lost_wu.as_str())
+        .unwrap();
+    let sent = wu["results"].as_array().unwrap();
+    assert!(!sent.is_empty(), "{wu:#}");
+    assert!(
+        sent.len() as u64 <= wu["max_total_results"].as_u64().unwrap(),
+        "{wu:#}"
+    );
+    for r in sent {
+        assert_eq!(r["outcome"], "client_error", "{wu:#}");
+        assert_eq!(r["exit_status"], "-186", "{wu:#}");
+    }
+    assert_ne!(wu["error_mask"], 0, "{wu:#}");
+    let clients = p.calls_of("client");
+    let lost: Vec<&Value> = clients
+        .iter()
+        .filter(|c| c["wu"] == lost_wu.as_str())
+        .collect();
+    assert_eq!(lost.len(), sent.len(), "{lost:#?}");
+    for c in &lost {
+        let stderr = c["stderr"].as_str().unwrap();
+        assert!(stderr.contains("couldn't get input files"), "{stderr}");
+        assert!(stderr.contains(&lost_input), "{stderr}");
+    }
+    // The task learnt of its workunit's failure: it failed, or it ran again under another
+    // name (a retry), and nothing else of the job was disturbed.
+    let res = results(&p, &id);
+    let task = task_of(&lost_wu) as usize;
+    assert!(
+        res[task]["state"] == "failed" || res[task]["attempts"].as_u64() > Some(1),
+        "{:#}",
+        res[task]
+    );
+    for (i, r) in res.iter().enumerate() {
+        if i != task {
+            assert_eq!(r["state"], "done", "{r:#}");
+        }
+    }
+    // What the hosts were sent is gone once they quit: no worker copy is left behind.
+    for h in std::fs::read_dir(p.root.join("double/hosts"))
+        .unwrap()
+        .flatten()
+    {
+        let copy = h
+            .path()
+            .join("projects")
+            .join(mw_tests::boinc_client::PROJECT_DIR)
+            .join(mw_tests::boinc_client::WORKER_PHYSICAL);
+        assert!(!copy.exists(), "{} left behind", copy.display());
+    }
 }
 
 /// Writes a task program that announces it started, then waits (bounded) for a gate file.

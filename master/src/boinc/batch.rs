@@ -10,7 +10,9 @@
 //! re-attached, not failed) and the rest of the batch is submitted again, so a partly
 //! successful batch is reconciled name by name: at most one extra `create_work` call per name
 //! that already existed (after a crash between `create_work` and the journal, a resumed master
-//! re-submits its pending names this way). Any other failure fails the batch's tasks with the
+//! re-submits its pending names this way). A duplicate on a later call may be a workunit an
+//! earlier call of the same batch created: its input stays staged; only the input of a name
+//! that certainly existed before the batch is removed again ([`reconcile`]). Any other failure fails the batch's tasks with the
 //! tool's output trimmed to what matters, and cancels whatever of the batch BOINC may have
 //! created. With packing, the tasks taken for a batch are first formed into packs (one pack
 //! bundle per workunit), and every member of a pack records the pack's workunit name.
@@ -21,7 +23,7 @@ use super::stage::{stage_pack, stage_task, unstage, StagedTask};
 use super::{wake_watcher, Pending, Shared, State, Waiting};
 use crate::task::{InterfaceError, PreparedTask, TaskId};
 use mw_boinc_kit::WuName;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -282,8 +284,10 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>) {
         let _ = run_cancel_jobs(&shared.project, wu);
     }
     for (_, s) in &staged {
-        if outcome.existed.contains(&s.wu) {
-            // BOINC had it already (and may have deleted its input after it was done).
+        if outcome.existed_before.contains(&s.wu) {
+            // BOINC had it before this batch (and may have deleted its input after it was
+            // done): the input staged now is nobody's. A name that may have been created by
+            // this batch's own earlier call keeps its input (see `reconcile`).
             if let Some(p) = &s.fresh_task_file {
                 unstage(p);
             }
@@ -337,14 +341,41 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>) {
 #[derive(Default)]
 struct Created {
     created: Vec<WuName>,
+    /// Names the project had already: re-attached, not created again.
     existed: Vec<WuName>,
+    /// Those of [`existed`](Self::existed) that certainly existed before this batch's first
+    /// call (see [`reconcile`]): only their freshly staged inputs may be removed again.
+    existed_before: Vec<WuName>,
     failed: Option<(InterfaceError, Vec<WuName>)>,
     calls: u64,
 }
 
 /// Creates the workunits, reconciling a partly successful call name by name.
-fn create_by_name(shared: &Shared, mut todo: Vec<&StagedTask>) -> Created {
+fn create_by_name(shared: &Shared, todo: Vec<&StagedTask>) -> Created {
+    reconcile(todo, |lines| run_create_work(shared, lines))
+}
+
+/// Runs `create_work` (`run`, given the stdin lines) until every name of `todo` is created
+/// or known to exist, reconciling name by name.
+///
+/// How the real `create_work --stdin` fails (tools/create_work.cpp; reference/boinc-server.md
+/// §0.3): it reads the lines in order, inserts them in chunks of about 1 MB of SQL and exits
+/// at the first chunk that fails. A duplicate name N at line i therefore means: N existed
+/// before this call; the lines after i were not inserted; the lines before i may or may not
+/// have been (they were, if an earlier chunk held them). The next call submits the same
+/// lines without N, so a name inserted by an earlier call of this batch comes back as a
+/// duplicate too, indistinguishable from a name that existed before the batch. Only a name
+/// that never stood before the failing line of an earlier call certainly existed before the
+/// batch: its input, if this batch staged it afresh, belongs to no workunit of ours and may
+/// be removed. For any other duplicate the input must stay (it may be the input of the
+/// workunit this batch just created).
+fn reconcile(
+    mut todo: Vec<&StagedTask>,
+    mut run: impl FnMut(&str) -> Result<(), CreateWorkError>,
+) -> Created {
     let mut out = Created::default();
+    // Names that stood before the failing line of an earlier call: maybe inserted by it.
+    let mut maybe_ours: HashSet<WuName> = HashSet::new();
     // Each failing call removes one name: bounded by the batch's length.
     for _ in 0..=todo.len() {
         if todo.is_empty() {
@@ -352,7 +383,7 @@ fn create_by_name(shared: &Shared, mut todo: Vec<&StagedTask>) -> Created {
         }
         let lines: String = todo.iter().map(|s| s.line.as_str()).collect();
         out.calls += 1;
-        match run_create_work(shared, &lines) {
+        match run(&lines) {
             Ok(()) => {
                 out.created.extend(todo.drain(..).map(|s| s.wu.clone()));
                 break;
@@ -360,7 +391,11 @@ fn create_by_name(shared: &Shared, mut todo: Vec<&StagedTask>) -> Created {
             Err(CreateWorkError::Duplicate(name)) => {
                 match todo.iter().position(|s| s.wu.as_str() == name) {
                     Some(i) => {
+                        maybe_ours.extend(todo[..i].iter().map(|s| s.wu.clone()));
                         let s = todo.remove(i);
+                        if !maybe_ours.contains(&s.wu) {
+                            out.existed_before.push(s.wu.clone());
+                        }
                         out.existed.push(s.wu.clone());
                     }
                     None => {
@@ -472,6 +507,130 @@ pub(super) fn trim_tool_output(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
+
+    fn staged(names: &[&str]) -> Vec<StagedTask> {
+        names
+            .iter()
+            .map(|n| StagedTask {
+                wu: WuName::parse(n).unwrap(),
+                line: format!("--wu_name {n} mw_prog_x {n}_task\n"),
+                fresh_task_file: None,
+            })
+            .collect()
+    }
+
+    /// The real `create_work --stdin` (tools/create_work.cpp) against a `name`-unique table:
+    /// lines in order, inserted `chunk` at a time; the first chunk holding a name the table
+    /// has fails with MySQL's duplicate error and create_work exits, earlier chunks stay.
+    fn real_create_work(
+        db: &mut BTreeSet<String>,
+        ours: &mut BTreeSet<String>,
+        chunk: usize,
+        lines: &str,
+    ) -> Result<(), CreateWorkError> {
+        let names: Vec<String> = lines
+            .lines()
+            .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
+            .collect();
+        for part in names.chunks(chunk) {
+            if let Some(d) = part.iter().find(|n| db.contains(*n)) {
+                return Err(CreateWorkError::Duplicate(d.clone()));
+            }
+            db.extend(part.iter().cloned());
+            ours.extend(part.iter().cloned());
+        }
+        Ok(())
+    }
+
+    /// The runaway seen in CI: a resumed master's batch held fresh names before a pending
+    /// name that already existed; the first call created the fresh ones (an earlier chunk),
+    /// the second reported them as duplicates, and their new inputs were removed.
+    #[test]
+    fn a_name_created_by_an_earlier_call_of_the_batch_keeps_its_input() {
+        let tasks = staged(&["mw_j_r2_2_2", "mw_j_r2_3_2", "mw_j_r1_0_1", "mw_j_r1_1_1"]);
+        let mut db: BTreeSet<String> = ["mw_j_r1_1_1".to_string()].into();
+        let mut ours = BTreeSet::new();
+        let out = reconcile(tasks.iter().collect(), |l| {
+            real_create_work(&mut db, &mut ours, 2, l)
+        });
+        assert!(out.failed.is_none());
+        let names = |v: &[WuName]| v.iter().map(|w| w.as_str().to_string()).collect::<Vec<_>>();
+        // mw_j_r2_2_2 and mw_j_r2_3_2 were inserted by the first call, then reported as
+        // duplicates: re-attached, but not taken as older than the batch.
+        assert_eq!(names(&out.existed_before), ["mw_j_r1_1_1"]);
+        assert!(names(&out.existed).contains(&"mw_j_r2_2_2".to_string()));
+        assert!(ours.contains("mw_j_r2_2_2") && ours.contains("mw_j_r2_3_2"));
+    }
+
+    /// Every order, chunk size and set of pre-existing names: every name ends up existing
+    /// and accounted for once, and no name this batch inserted is ever taken for one that
+    /// existed before it (its input would be removed); the first duplicate is always
+    /// recognised as older than the batch.
+    #[test]
+    fn reconciliation_never_takes_its_own_workunit_for_an_older_one() {
+        let all = ["mw_j_r_0_1", "mw_j_r_1_1", "mw_j_r_2_1", "mw_j_r_3_1"];
+        let mut orders: Vec<Vec<usize>> = vec![vec![]];
+        for _ in 0..all.len() {
+            orders = orders
+                .into_iter()
+                .flat_map(|o| {
+                    (0..all.len())
+                        .filter(|i| !o.contains(i))
+                        .map(|i| {
+                            let mut o = o.clone();
+                            o.push(i);
+                            o
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+        }
+        for order in &orders {
+            let names: Vec<&str> = order.iter().map(|&i| all[i]).collect();
+            let tasks = staged(&names);
+            for chunk in 1..=all.len() {
+                for mask in 0u32..(1 << all.len()) {
+                    let before: BTreeSet<String> = (0..all.len())
+                        .filter(|i| mask & (1 << i) != 0)
+                        .map(|i| all[i].to_string())
+                        .collect();
+                    let mut db = before.clone();
+                    let mut ours = BTreeSet::new();
+                    let out = reconcile(tasks.iter().collect(), |l| {
+                        real_create_work(&mut db, &mut ours, chunk, l)
+                    });
+                    let case = format!("order {names:?}, chunk {chunk}, before {before:?}");
+                    assert!(out.failed.is_none(), "{case}");
+                    assert_eq!(db.len(), all.len(), "{case}");
+                    let mut seen: Vec<&str> = out
+                        .created
+                        .iter()
+                        .chain(&out.existed)
+                        .map(WuName::as_str)
+                        .collect();
+                    seen.sort();
+                    assert_eq!(seen, all, "{case}");
+                    for w in &out.existed_before {
+                        assert!(before.contains(w.as_str()), "{case}: {w}");
+                        assert!(!ours.contains(w.as_str()), "{case}: {w}");
+                    }
+                    let first_dup = names.iter().find(|n| before.contains(**n));
+                    if let Some(first) = first_dup {
+                        let pos = names.iter().position(|n| n == first).unwrap();
+                        // Nothing stood before it in a call: it is known to be older.
+                        if pos == 0 || names[..pos].iter().all(|n| before.contains(*n)) {
+                            assert!(
+                                out.existed_before.iter().any(|w| w.as_str() == *first),
+                                "{case}"
+                            );
+                        }
+                    }
+                    assert!(out.calls as usize <= all.len() + 1, "{case}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn duplicates_and_trimming() {

@@ -12,7 +12,8 @@
 //!   `DIR/double/calls.jsonl` and store workunits as `DIR/double/wus/<name>.json`;
 //!   `cancel_jobs --name W` leaves the marker `DIR/double/cancel/W`. While the file
 //!   `DIR/double/hold_create_work` exists, `create_work` is recorded but holds before
-//!   creating anything (lets a test act while a batch is being created).
+//!   creating anything (lets a test act while a batch is being created); a call made with
+//!   the environment variable `BOINC_DOUBLE_NO_HOLD` set (a test's own) does not hold.
 //!   `create_work` checks what the real one checks (run from the project root, templates
 //!   readable, `--stdin` line options, inputs staged in the download hierarchy, unique names).
 //! - `serve DIR` (started by a test; stops when `DIR/double/stop` appears) is the
@@ -35,6 +36,18 @@
 //!   mask 2; results needed but max_total_results reached → mask 8; no quorum → target raised
 //!   to viable + 1, mask 4 once viable > max_success_results. Client errors still upload
 //!   their output files.
+//! - **An input that cannot be downloaded** (a workunit whose file is not in `download/<h>/`
+//!   when a host gets it): the scheduler sends the result anyway (it never checks inputs);
+//!   the real client's download gets HTTP 404, it gives up at once ("permanent HTTP error")
+//!   and reports the result unrun as a client error (state downloading, exit status
+//!   `ERR_RESULT_DOWNLOAD` -186, `<message>WU download error: couldn't get input files:`;
+//!   BOINC's client/cs_apps.cpp `report_result_error`, reference/boinc-client.md). Such
+//!   results count as errors like any other, so the workunit ends with the error mask
+//!   `max_error_results` / `max_total_results` give it; no client is started for it.
+//! - **A host that never answers**: when the harness fails (the client does not start or
+//!   hangs), that host's results become `no_reply` (they count towards max_total_results
+//!   only, as missed deadlines do) instead of being retried round after round, and the
+//!   host's directory is removed: no failure leaves a worker copy behind.
 //! - **Chunked `create_work --stdin`**: lines are inserted in chunks (`DIR/double/
 //!   create_work_chunk` lines, default 1000); a duplicate name fails its whole chunk with
 //!   MySQL's `Duplicate entry '<name>' for key 'name'` after the long SQL statement, exit 1,
@@ -302,7 +315,8 @@ fn tool(name: &str, args: &[String], cwd: &Path) -> Result<i32> {
         "create_work" => {
             // Test hook: while `double/hold_create_work` exists, create_work has been called
             // (and recorded) but has not created anything yet.
-            while project.join("double/hold_create_work").exists() {
+            let exempt = std::env::var_os("BOINC_DOUBLE_NO_HOLD").is_some();
+            while !exempt && project.join("double/hold_create_work").exists() {
                 if project.join("double/abort_create_work").exists() {
                     record(&project, serde_json::json!({"tool": "create_work_aborted"}))?;
                     eprintln!("create_work: aborted by the test before creating anything");
@@ -487,6 +501,10 @@ fn create_work(project: &Path, args: &[String], stdin: &str) -> Result<i32> {
             if !staged.is_file() {
                 let flat = project.join("download").join(f);
                 if flat.is_file() {
+                    // Like the real one, it makes the hierarchy's sub-directory as needed.
+                    if let Some(d) = staged.parent() {
+                        std::fs::create_dir_all(d)?;
+                    }
                     std::fs::rename(&flat, &staged)?;
                 } else {
                     eprintln!(
@@ -635,7 +653,13 @@ fn step(p: &Project, active: &mut [Wu], round: u64) -> Result<()> {
         if wu.cancelled {
             wu.error_mask |= 16;
         }
-        let errors = wu.results.iter().filter(|r| r.outcome != "success").count() as u32;
+        // As the transitioner counts them: client errors, not results that got no reply
+        // (those count only towards max_total_results).
+        let errors = wu
+            .results
+            .iter()
+            .filter(|r| r.outcome == "client_error")
+            .count() as u32;
         if errors > wu.max_error_results {
             wu.error_mask |= 2;
         }
@@ -672,10 +696,10 @@ fn step(p: &Project, active: &mut [Wu], round: u64) -> Result<()> {
         }));
     }
     let mut outcomes: Vec<(String, ResultRec)> = Vec::new();
+    let idle = handles.is_empty();
     for h in handles {
         match h.join() {
-            Ok(Ok(v)) => outcomes.extend(v),
-            Ok(Err(e)) => eprintln!("boinc_server_double: client host failed: {e:#}"),
+            Ok(v) => outcomes.extend(v),
             Err(_) => eprintln!("boinc_server_double: client host thread panicked"),
         }
     }
@@ -718,6 +742,10 @@ fn step(p: &Project, active: &mut [Wu], round: u64) -> Result<()> {
         validate_and_assimilate(p, wu, late)?;
         save(&p.root, wu)?;
     }
+    if idle {
+        // Nothing could be sent (no eligible host): the scheduler waits for the next request.
+        std::thread::sleep(Duration::from_millis(200));
+    }
     Ok(())
 }
 
@@ -737,35 +765,151 @@ fn take_forgery(root: &Path, wu: &str) -> Option<PathBuf> {
     None
 }
 
+/// The real client's exit status for a result whose input files could not be downloaded
+/// (`ERR_RESULT_DOWNLOAD`, lib/error_numbers.h).
+const ERR_RESULT_DOWNLOAD: &str = "-186";
+
+/// Where input file `f` is served from: `download/<h>/<f>`.
+fn download_path(root: &Path, fanout: u64, f: &str) -> PathBuf {
+    root.join("download")
+        .join(if fanout > 0 {
+            hier(f, fanout)
+        } else {
+            String::new()
+        })
+        .join(f)
+}
+
 /// Runs one simulated host: a fresh client data directory holding `wus`, the real client.
-fn run_host(root: &Path, host: &str, dir: &str, wus: &[Wu]) -> Result<Vec<(String, ResultRec)>> {
-    let cfg = std::fs::read_to_string(root.join("config.xml"))?;
+/// Always returns one result per workunit, and never leaves the host's copy of the worker
+/// behind (each copy is tens of MB):
+/// - a workunit with an input missing from the download hierarchy is not run: the real
+///   client's download gets HTTP 404 ("Giving up on download of …: permanent HTTP error"),
+///   and it reports the result as a client error (`WU download error: couldn't get input
+///   files`, exit status `ERR_RESULT_DOWNLOAD`) without running anything;
+/// - when the harness itself fails (the client does not start or hangs), the host's
+///   results are `no_reply`, as results whose host vanished are after their deadline, and
+///   the whole host directory is removed.
+fn run_host(root: &Path, host: &str, dir: &str, wus: &[Wu]) -> Vec<(String, ResultRec)> {
+    let cfg = std::fs::read_to_string(root.join("config.xml")).unwrap_or_default();
     let fanout: u64 = xml_value(&cfg, "uldl_dir_fanout")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let dl = |f: &str| {
-        root.join("download")
-            .join(if fanout > 0 {
-                hier(f, fanout)
-            } else {
-                String::new()
+    let mut out = Vec::new();
+    let mut runnable = Vec::new();
+    for w in wus {
+        let missing: Vec<&String> = w
+            .inputs
+            .iter()
+            .filter(|f| !download_path(root, fanout, f).is_file())
+            .collect();
+        if missing.is_empty() && w.inputs.len() == 2 {
+            runnable.push(w);
+            continue;
+        }
+        let errors: String = missing
+            .iter()
+            .map(|f| {
+                format!(
+                    "<file_xfer_error>\n  <file_name>{f}</file_name>\n  \
+                     <error_code>-224 (permanent HTTP error)</error_code>\n</file_xfer_error>\n"
+                )
             })
-            .join(f)
-    };
+            .collect();
+        let stderr = format!(
+            "<message>\nWU download error: couldn't get input files:\n{errors}</message>\n"
+        );
+        let _ = record(
+            root,
+            serde_json::json!({"tool": "client", "wu": w.name, "host": host,
+                "state": "downloading", "exit_status": ERR_RESULT_DOWNLOAD,
+                "download_error": missing, "stderr": stderr}),
+        );
+        out.push((
+            w.name.clone(),
+            ResultRec {
+                name: String::new(),
+                host: host.to_string(),
+                outcome: "client_error".into(),
+                client_state: "downloading".into(),
+                exit_status: ERR_RESULT_DOWNLOAD.into(),
+                upload: None,
+                validate: String::new(),
+            },
+        ));
+    }
+    if runnable.is_empty() {
+        return out;
+    }
+    let dir = root.join("double/hosts").join(dir);
+    // Removes the host's directory unless the client finished normally (then only what the
+    // project sent it was removed, and its results wait there to be uploaded), even if the
+    // harness panics.
+    let mut guard = RemoveOnDrop(Some(dir.clone()));
+    match run_client(root, host, &dir, &runnable, fanout) {
+        Ok(v) => {
+            guard.0 = None;
+            out.extend(v)
+        }
+        Err(e) => {
+            eprintln!("boinc_server_double: client host {host} failed: {e:#}");
+            drop(guard);
+            for w in runnable {
+                let _ = record(
+                    root,
+                    serde_json::json!({"tool": "client", "wu": w.name, "host": host,
+                        "state": "no_reply", "harness_error": format!("{e:#}")}),
+                );
+                out.push((
+                    w.name.clone(),
+                    ResultRec {
+                        name: String::new(),
+                        host: host.to_string(),
+                        outcome: "no_reply".into(),
+                        client_state: String::new(),
+                        exit_status: String::new(),
+                        upload: None,
+                        validate: String::new(),
+                    },
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// A directory removed (with its contents) when dropped, unless taken out.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// The real client on `wus` (every input present) in the fresh data directory `dir`.
+fn run_client(
+    root: &Path,
+    host: &str,
+    dir: &Path,
+    wus: &[&Wu],
+    fanout: u64,
+) -> Result<Vec<(String, ResultRec)>> {
     let worker = app_main_program(root, &wus[0].appname)?;
     let jobs: Vec<Job> = wus
         .iter()
         .map(|w| Job {
             name: w.name.clone(),
-            program_bundle: dl(&w.inputs[0]),
-            task_bundle: dl(&w.inputs[1]),
+            program_bundle: download_path(root, fanout, &w.inputs[0]),
+            task_bundle: download_path(root, fanout, &w.inputs[1]),
         })
         .collect();
-    let dir = root.join("double/hosts").join(dir);
-    let data = DataDir::create(&dir, &worker, &jobs, &format!("auth{host}"))?;
+    let data = DataDir::create(dir, &worker, &jobs, &format!("auth{host}"))?;
     let mut client = data.start()?;
     let names: Vec<String> = jobs.iter().map(|j| j.result_name()).collect();
-    let tasks = client.wait_for(
+    let waited = client.wait_for(
         "the host's tasks to finish",
         Duration::from_secs(180),
         |t| {
@@ -773,8 +917,9 @@ fn run_host(root: &Path, host: &str, dir: &str, wus: &[Wu]) -> Result<Vec<(Strin
                 .iter()
                 .all(|n| t.iter().any(|t| t.name() == n && t.is_finished()))
         },
-    )?;
+    );
     client.quit(Duration::from_secs(30))?;
+    let tasks = waited?;
     data.remove_inputs()?;
     let mut out = Vec::new();
     for j in &jobs {
