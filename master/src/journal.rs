@@ -1217,6 +1217,22 @@ pub struct TaskStatus {
     pub submitted: Option<f64>,
 }
 
+/// A task row's index, which a forged journal may make negative: refused as corruption.
+fn task_index(path: &Path, idx: i64) -> Result<u64, JournalError> {
+    u64::try_from(idx).map_err(|_| {
+        jerr(
+            path,
+            "the journal is corrupt",
+            format!("task index {idx} is negative"),
+        )
+    })
+}
+
+/// A task row's attempt count, clamped into `u32` (never truncated).
+fn attempts_of(stored: i64) -> u32 {
+    u32::try_from(stored.max(0)).unwrap_or(u32::MAX)
+}
+
 /// Reads every task's compact status, in index order.
 pub fn read_statuses(conn: &Connection, path: &Path) -> Result<Vec<TaskStatus>, JournalError> {
     let mut stmt = conn
@@ -1248,17 +1264,11 @@ pub fn read_statuses(conn: &Connection, path: &Path) -> Result<Vec<TaskStatus>, 
                 format!("task {idx}: unknown state `{state}`"),
             )
         })?;
-        let index = u64::try_from(idx).map_err(|_| {
-            jerr(
-                path,
-                "the journal is corrupt",
-                format!("task index {idx} is negative"),
-            )
-        })?;
+        let index = task_index(path, idx)?;
         out.push(TaskStatus {
             index,
             state,
-            attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
+            attempts: attempts_of(attempts),
             handle,
             submitted,
         });
@@ -1334,19 +1344,13 @@ pub fn read_tasks(
                 format!("task {idx}: unknown state `{state}`"),
             )
         })?;
-        let index = u64::try_from(idx).map_err(|_| {
-            jerr(
-                path,
-                "the journal is corrupt",
-                format!("task index {idx} is negative"),
-            )
-        })?;
+        let index = task_index(path, idx)?;
         out.push(StoredTask {
             index,
             input: serde_json::from_str(&input)
                 .map_err(|e| jerr(path, "reading tasks", format!("task {idx}: input: {e}")))?,
             state,
-            attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
+            attempts: attempts_of(attempts),
             handle,
             submitted: times.0,
             started: times.1,
@@ -1658,7 +1662,7 @@ pub fn read_task(
         input: serde_json::from_str(&input)
             .map_err(|e| jerr(path, "reading a task", format!("task {idx}: input: {e}")))?,
         state,
-        attempts: u32::try_from(r.get::<_, i64>(3).map_err(get)?.max(0)).unwrap_or(u32::MAX),
+        attempts: attempts_of(r.get::<_, i64>(3).map_err(get)?),
         handle: r.get(4).map_err(get)?,
         submitted: r.get(5).map_err(get)?,
         started: r.get(6).map_err(get)?,
