@@ -187,11 +187,13 @@ impl Pool {
         env: &[(&str, &str)],
     ) -> Child {
         let job = self.root.join(format!("{name}.toml"));
+        // `extra`: top-level lines, then (after a `[condor]` line) lines of the [condor] table.
+        let (top, condor) = extra.split_once("[condor]\n").unwrap_or((extra, ""));
         std::fs::write(
             &job,
             format!(
-                "name = \"{name}\"\ninterface = \"condor\"\n{extra}\n[program]\npath = \"{}\"\n\n\
-                 [inputs]\nlist = {inputs}\n\n[condor]\nbatch_window_secs = 0.2\n",
+                "name = \"{name}\"\ninterface = \"condor\"\n{top}\n[program]\npath = \"{}\"\n\n\
+                 [inputs]\nlist = {inputs}\n\n[condor]\nbatch_window_secs = 0.2\n{condor}\n",
                 program.display()
             ),
         )
@@ -491,6 +493,38 @@ fn a_dead_condor_event_thread_fails_every_task_in_flight_and_mw_ends() {
             "{e}"
         );
     }
+}
+
+/// A panic while submitting one batch fails that batch's tasks only; the submit thread goes
+/// on. With `target_job_secs` the first batch is a one-task probe (the others wait for its
+/// run time): the probe's batch panics, its task fails, a new probe goes out and the rest of
+/// the tasks run.
+#[test]
+fn a_panic_submitting_one_condor_batch_fails_that_batch_only() {
+    let pool = Pool::new();
+    let prog = script(&pool.root.join("progs/echo.sh"), "cat");
+    let out = pool.run(
+        "csubmit",
+        &prog,
+        "[0, 1, 2, 3]",
+        "[condor]\ntasks_per_job = 10\ntarget_job_secs = 60\n",
+        &[("MW_PANIC_AT", "condor-submit:0")],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let r = results(&out);
+    assert_eq!(r.len(), 4, "{all}");
+    for t in 1..4 {
+        assert_eq!(r[&t]["state"], "done", "{all}");
+        assert_eq!(r[&t]["output"], serde_json::json!(t), "{all}");
+    }
+    assert_eq!(r[&0]["state"], "failed", "{all}");
+    let e = r[&0]["error"].as_str().unwrap();
+    assert!(
+        e.contains("internal error while submitting it to HTCondor: injected panic"),
+        "{e}"
+    );
+    assert!(!all.contains("the HTCondor submit thread failed"), "{all}");
 }
 
 // ---------------------------------------------------------------------------------------

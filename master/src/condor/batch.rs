@@ -219,24 +219,90 @@ pub(super) fn submit_loop(shared: &Shared) {
             }
             (batch, taken, packs)
         };
-        if !packs.is_empty() {
-            submit_packs(shared, batch, packs);
+        // A panic while submitting one batch fails that batch's tasks; the next batch is
+        // submitted as usual.
+        let ids: Vec<TaskId> = taken
+            .iter()
+            .map(|(id, _, _)| *id)
+            .chain(packs.iter().flatten().map(|t| t.id))
+            .collect();
+        let had_packs = !packs.is_empty();
+        if let Err(panic) = crate::guard::contain(|| submit_taken(shared, batch, taken, packs)) {
+            fail_batch(shared, batch, &ids, had_packs, &panic);
         }
-        if taken.is_empty() {
-            continue;
+    }
+}
+
+/// Submits what the submit loop took for `batch`: its packs, then its lone tasks (one
+/// cluster per program bundle, normally exactly one).
+fn submit_taken(
+    shared: &Shared,
+    batch: u64,
+    taken: Vec<(TaskId, TaskFiles, String)>,
+    packs: Vec<Vec<Arc<PreparedTask>>>,
+) {
+    if !packs.is_empty() {
+        submit_packs(shared, batch, packs);
+    }
+    let Some(job) = taken.first().map(|t| t.2.clone()) else {
+        return;
+    };
+    let mut groups: BTreeMap<PathBuf, Vec<(Vec<TaskId>, TaskFiles)>> = BTreeMap::new();
+    for (id, files, _) in taken {
+        groups
+            .entry(files.program_bundle.clone())
+            .or_default()
+            .push((vec![id], files));
+    }
+    for (k, (program, tasks)) in groups.into_iter().enumerate() {
+        let dir = tasks[0].1.dir.clone();
+        submit_group(shared, &group_name(&job, batch, k), &dir, &program, tasks);
+    }
+}
+
+/// A panic while submitting `batch` (caught): its tasks that are still held fail with the
+/// panic's message, and the jobs the pool already got for them are removed.
+fn fail_batch(shared: &Shared, batch: u64, ids: &[TaskId], had_packs: bool, panic: &str) {
+    let (tasks, handles) = {
+        let mut st = shared.lock();
+        let mut tasks = Vec::with_capacity(ids.len());
+        let mut handles = Vec::new();
+        for id in ids {
+            if let Some(t) = st.tasks.remove(id) {
+                if let Some(h) = t.handle {
+                    if !handles.contains(&h) {
+                        handles.push(h);
+                    }
+                }
+                tasks.push(t);
+            }
         }
-        // One cluster per program bundle (normally exactly one).
-        let mut groups: BTreeMap<PathBuf, Vec<(Vec<TaskId>, TaskFiles)>> = BTreeMap::new();
-        let job = taken[0].2.clone();
-        for (id, files, _) in taken {
-            groups
-                .entry(files.program_bundle.clone())
-                .or_default()
-                .push((vec![id], files));
+        for h in &handles {
+            st.by_handle.remove(h);
         }
-        for (k, (program, tasks)) in groups.into_iter().enumerate() {
-            let dir = tasks[0].1.dir.clone();
-            submit_group(shared, &group_name(&job, batch, k), &dir, &program, tasks);
+        st.finished += tasks.len() as u64;
+        if had_packs {
+            // A probe pack of this batch will not end by itself.
+            st.sizer.job_ended();
+        }
+        (tasks, handles)
+    };
+    shared.cond.notify_all();
+    log::error!(
+        "condor: internal error while submitting batch {batch}: {panic}; failing its {} task(s)",
+        tasks.len()
+    );
+    if !handles.is_empty() {
+        if let Err(e) = shared.settings.cli.remove(&handles) {
+            log::warn!("condor_rm of the jobs of failed batch {batch}: {e}");
+        }
+    }
+    for mut t in tasks {
+        if let Some(d) = t.done.take() {
+            d.finish(Err(InterfaceError::new(format!(
+                "{}: internal error while submitting it to HTCondor: {panic}",
+                t.task.id
+            ))));
         }
     }
 }
@@ -449,6 +515,9 @@ pub(super) fn submit_group(
     program: &Path,
     jobs: Vec<(Vec<TaskId>, TaskFiles)>,
 ) {
+    for id in jobs.iter().flat_map(|(ids, _)| ids) {
+        crate::crash::panic_point("condor-submit", Some(id.0));
+    }
     let settings = &shared.settings;
     let spec = batch_spec(settings, name, dir, program, &jobs);
     let sink = shared.sink.lock().ok().and_then(|s| s.clone());
