@@ -562,11 +562,13 @@ impl Project {
         let dir = self.scratch().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let job = dir.join("job.toml");
+        // `body`: the job's lines, then (after a `[boinc]` line) lines of the [boinc] table.
+        let (body, boinc) = body.split_once("[boinc]\n").unwrap_or((body, ""));
         std::fs::write(
             &job,
             format!(
                 "name = \"{name}\"\ninterface = \"boinc\"\n{body}\n[boinc]\nproject_dir = \"{}\"\n\
-                 job_deadline_secs = 240\n",
+                 job_deadline_secs = 240\n{boinc}\n",
                 self.root.display()
             ),
         )
@@ -709,4 +711,36 @@ fn panics_reading_boinc_results_fail_tasks_with_a_message_and_mw_ends() {
         );
     }
     assert_eq!(p.calls_of("cancel_jobs").len(), before + 3, "{all}");
+}
+
+/// A panic while submitting one BOINC batch fails that batch's tasks only (their workunits
+/// cancelled in BOINC); the submit thread goes on. With `target_job_secs` the first batch is
+/// a one-task probe: it panics, its task fails, a new probe goes out and the rest run.
+#[test]
+fn a_panic_submitting_one_boinc_batch_fails_that_batch_only() {
+    let p = Project::new();
+    let prog = script(&p.scratch().join("echo.sh"), "cat");
+    let body = format!(
+        "[program]\npath = \"{}\"\n[inputs]\nlist = [0, 1, 2, 3]\n\
+         [boinc]\ntasks_per_workunit = 10\ntarget_job_secs = 60\n",
+        prog.display()
+    );
+    let out = p.run("bsubmit", &body, &[("MW_PANIC_AT", "boinc-submit:0")]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let r = results(&out);
+    assert_eq!(r.len(), 4, "{all}");
+    for t in 1..4 {
+        assert_eq!(r[&t]["state"], "done", "{all}");
+        assert_eq!(r[&t]["output"], serde_json::json!(t), "{all}");
+    }
+    assert_eq!(r[&0]["state"], "failed", "{all}");
+    let e = r[&0]["error"].as_str().unwrap();
+    assert!(
+        e.contains("internal error while submitting it to BOINC: injected panic"),
+        "{e}"
+    );
+    assert!(!all.contains("the BOINC submit thread failed"), "{all}");
+    // The panicking batch's workunit was stopped in BOINC too.
+    assert_eq!(p.calls_of("cancel_jobs").len(), 1, "{all}");
 }

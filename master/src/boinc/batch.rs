@@ -89,7 +89,73 @@ pub(super) fn submit_loop(shared: &Arc<Shared>) {
             }
         };
         if !units.is_empty() {
-            submit_batch(shared, units);
+            // A panic while submitting one batch fails that batch's tasks; the next batch is
+            // submitted as usual.
+            let mut progress = BatchProgress::default();
+            if let Err(panic) = crate::guard::contain(|| submit_batch(shared, units, &mut progress))
+            {
+                fail_batch(shared, progress, &panic);
+            }
+        }
+    }
+}
+
+/// What a batch being submitted has done so far that [`fail_batch`] must undo if it panics.
+#[derive(Default)]
+struct BatchProgress {
+    /// Workunits whose tasks wait in `State::waiting` (staged; maybe created).
+    wus: Vec<WuName>,
+    /// The batch is counted in `State::batches_in_flight` (and its names in `creating`).
+    counted: bool,
+}
+
+/// A panic while submitting a batch (caught): the tasks it staged fail with the panic's
+/// message and their workunits are cancelled in BOINC (`create_work` may have created them);
+/// tasks it had not staged yet failed as their completions were dropped.
+fn fail_batch(shared: &Shared, progress: BatchProgress, panic: &str) {
+    let mut failing = Vec::new();
+    {
+        let mut st = shared.lock();
+        for wu in &progress.wus {
+            st.creating.remove(wu);
+            st.cancelled_wus.insert(wu.clone());
+            for task in st.by_wu.remove(wu).unwrap_or_default() {
+                if let Some(w) = st.waiting.remove(&task) {
+                    if w.packed {
+                        st.sizer.job_ended();
+                    }
+                    st.failed += 1;
+                    failing.push(w);
+                }
+            }
+        }
+        if progress.counted {
+            st.batches_in_flight = st.batches_in_flight.saturating_sub(1);
+        }
+    }
+    shared.cond.notify_all();
+    log::error!(
+        "boinc: internal error while submitting a batch: {panic}; failing its {} task(s)",
+        failing.len()
+    );
+    for wu in &progress.wus {
+        super::cancel::mark_cancelled(&shared.spool, wu);
+    }
+    let how: Vec<(WuName, String)> = progress
+        .wus
+        .iter()
+        .map(|wu| (wu.clone(), run_cancel_jobs(&shared.project, wu)))
+        .collect();
+    for mut w in failing {
+        let cancelled = how
+            .iter()
+            .find(|(wu, _)| *wu == w.wu)
+            .map_or("", |(_, h)| h.as_str());
+        if let Some(d) = w.done.take() {
+            d.finish(Err(InterfaceError::new(format!(
+                "{}: internal error while submitting it to BOINC: {panic}; workunit {}: {cancelled}",
+                w.task.id, w.wu
+            ))));
         }
     }
 }
@@ -158,7 +224,7 @@ fn form_packs(shared: &Shared, st: &mut State) -> Vec<Unit> {
 }
 
 /// Stages and creates one batch of workunits.
-fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>) {
+fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>, progress: &mut BatchProgress) {
     let mut staged: Vec<(Vec<TaskId>, StagedTask)> = Vec::new();
     for unit in units {
         let Some(first) = unit.members.first() else {
@@ -196,6 +262,7 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>) {
                 let mut st = shared.lock();
                 let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
                 st.by_wu.entry(s.wu.clone()).or_default().extend(&ids);
+                progress.wus.push(s.wu.clone());
                 for p in unit.members {
                     st.waiting.insert(
                         p.task.id,
@@ -265,9 +332,13 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>) {
     {
         let mut st = shared.lock();
         st.batches_in_flight += 1;
+        progress.counted = true;
         for (_, s) in &staged {
             st.creating.insert(s.wu.clone());
         }
+    }
+    for task in staged.iter().flat_map(|(tasks, _)| tasks) {
+        crate::crash::panic_point("boinc-submit", Some(task.0));
     }
     crate::crash::point("boinc-before-create-work");
     let outcome = create_by_name(shared, staged.iter().map(|(_, s)| s).collect());
@@ -334,6 +405,7 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>) {
     // Results may have been spooled before the waiting entries existed: look again.
     wake_watcher(shared);
     shared.lock().batches_in_flight -= 1;
+    progress.counted = false;
     shared.cond.notify_all();
 }
 
