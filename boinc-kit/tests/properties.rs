@@ -3,7 +3,8 @@
 //! names, the download fanout, error records from the spool, `mw_boinc.toml` and
 //! `config.xml`. Every reader must return a value or a clean error on any input.
 //!
-//! Deterministic: a fixed seed unless `PROPTEST_RNG_SEED` is set, no failure files written.
+//! Deterministic: a fixed seed and case count unless `PROPTEST_RNG_SEED`/`PROPTEST_CASES` are
+//! set (to explore further by hand), no failure files written.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
 
@@ -25,7 +26,12 @@ fn config(cases: u32) -> ProptestConfig {
         RngSeed::Fixed(0x6d77_626f_696e)
     };
     ProptestConfig {
-        cases,
+        // `PROPTEST_CASES` explores further by hand; CI runs the given count.
+        cases: if std::env::var_os("PROPTEST_CASES").is_some() {
+            base.cases
+        } else {
+            cases
+        },
         failure_persistence: None,
         max_shrink_iters: 4096,
         rng_seed,

@@ -3,7 +3,8 @@
 //! inlined item list, `condor_submit -terse` output and `condor_q`/`condor_history` JSON.
 //! Every parser must return a value or a clean error on any input, never panic.
 //!
-//! Deterministic: a fixed seed unless `PROPTEST_RNG_SEED` is set, no failure files written.
+//! Deterministic: a fixed seed and case count unless `PROPTEST_RNG_SEED`/`PROPTEST_CASES` are
+//! set (to explore further by hand), no failure files written.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
 
@@ -24,7 +25,12 @@ fn config(cases: u32) -> ProptestConfig {
         RngSeed::Fixed(0x6d77_636f_6e64)
     };
     ProptestConfig {
-        cases,
+        // `PROPTEST_CASES` explores further by hand; CI runs the given count.
+        cases: if std::env::var_os("PROPTEST_CASES").is_some() {
+            base.cases
+        } else {
+            cases
+        },
         failure_persistence: None,
         max_shrink_iters: 4096,
         rng_seed,
