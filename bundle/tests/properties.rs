@@ -264,7 +264,13 @@ fn manifest_text() -> impl Strategy<Value = String> {
         format!("[[member]]\npath = \"{p}\"\nsha256 = \"{h}\"\nsize = {s}\n")
     });
     (
-        prop_oneof![Just("1"), Just("0"), Just("2"), Just("4294967296"), Just("-1")],
+        prop_oneof![
+            Just("1"),
+            Just("0"),
+            Just("2"),
+            Just("4294967296"),
+            Just("-1")
+        ],
         prop_oneof![
             Just("program"),
             Just("task"),

@@ -78,15 +78,18 @@ fn exercise(job: &Job) {
     let _ = job.comparison();
     let _ = job.interface();
     let _ = job.file.boinc.to_settings(&job.base_dir);
-    for v in [&job.file.condor.request_memory, &job.file.condor.request_disk]
-        .into_iter()
-        .flatten()
+    for v in [
+        &job.file.condor.request_memory,
+        &job.file.condor.request_disk,
+    ]
+    .into_iter()
+    .flatten()
     {
         let _ = mw_cli::platforms::size_mb(v);
     }
     if let Ok(inputs) = job.input_source() {
         let n = inputs.len();
-        assert!(n >= 1 && n <= MAX_SWEEP_TASKS, "{n} inputs");
+        assert!((1..=MAX_SWEEP_TASKS).contains(&n), "{n} inputs");
         let first: Vec<_> = inputs.iter().take(3).collect();
         if let Some(last) = n.checked_sub(1) {
             let _ = inputs.get(last);

@@ -359,7 +359,13 @@ fn spec_with(items: Vec<SubmitItem>) -> SubmitSpec {
 
 fn items() -> impl Strategy<Value = Vec<SubmitItem>> {
     prop::collection::vec(
-        (any::<u64>(), safe_path(), safe_name(), safe_path(), safe_path()),
+        (
+            any::<u64>(),
+            safe_path(),
+            safe_name(),
+            safe_path(),
+            safe_path(),
+        ),
         1..12,
     )
     .prop_map(|v| {
