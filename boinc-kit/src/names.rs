@@ -199,9 +199,11 @@ pub fn fresh_run_id() -> String {
     hex::encode(buf)
 }
 
-/// Physical name of a program bundle in `download/`, content-addressed by its sha256 (hex).
+/// Physical name of a program bundle in `download/`, content-addressed by its sha256 (hex):
+/// its first 32 digits (characters, so no text makes it cut inside one).
 pub fn program_file_name(sha256_hex: &str) -> String {
-    format!("mw_prog_{}.tar.gz", &sha256_hex[..32.min(sha256_hex.len())])
+    let prefix: String = sha256_hex.chars().take(32).collect();
+    format!("mw_prog_{prefix}.tar.gz")
 }
 
 /// What a spool file is.

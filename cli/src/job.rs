@@ -314,9 +314,13 @@ fn key_path_at(text: &str, offset: usize) -> Option<String> {
     None
 }
 
-/// Converts a byte offset into 1-based (line, column).
+/// Converts a byte offset into 1-based (line, column); an offset inside a character counts
+/// as that character's start.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let col = before.rfind('\n').map(|i| offset - i).unwrap_or(offset + 1);

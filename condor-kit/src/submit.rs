@@ -366,8 +366,13 @@ pub fn inline_items(submit: &str, items: &str) -> Result<String> {
     Ok(out)
 }
 
+/// Most jobs [`parse_terse`] expands the output of one `condor_submit` into: far above any
+/// batch mw submits (HTCondor's own `MAX_JOBS_PER_SUBMISSION` defaults to 20,000), so a
+/// forged `0.0 - 0.18446744073709551615` is refused instead of allocated.
+pub const MAX_TERSE_JOBS: u64 = 1 << 24;
+
 /// Parses `condor_submit -terse` output: one `C.first - C.last` line per cluster, expanded to
-/// every `cluster.proc` in order.
+/// every `cluster.proc` in order (at most [`MAX_TERSE_JOBS`] in all).
 pub fn parse_terse(output: &str) -> std::result::Result<Vec<JobHandle>, String> {
     let mut handles = Vec::new();
     for (n, line) in output.lines().enumerate() {
@@ -383,6 +388,16 @@ pub fn parse_terse(output: &str) -> std::result::Result<Vec<JobHandle>, String> 
         if first.cluster != last.cluster || last.proc < first.proc {
             return Err(format!(
                 "line {}: {line:?} is not a proc range of one cluster",
+                n + 1
+            ));
+        }
+        let total = (last.proc - first.proc)
+            .checked_add(1)
+            .and_then(|n| n.checked_add(handles.len() as u64))
+            .filter(|n| *n <= MAX_TERSE_JOBS);
+        if total.is_none() {
+            return Err(format!(
+                "line {}: {line:?} brings the batch over {MAX_TERSE_JOBS} procs",
                 n + 1
             ));
         }
