@@ -1,6 +1,8 @@
 //! Incremental reader of one job event log: remembers a byte offset, and on each `poll()` returns
 //! the events whose `...` terminator has arrived since the last call. A half-written record stays
-//! in the file for the next poll. This module must never know about mw's tasks or the master.
+//! in the file for the next poll; one longer than [`MAX_RECORD_BYTES`] is reported and skipped,
+//! and the file is read in bounded pieces, so memory does not grow with what the log holds.
+//! This module must never know about mw's tasks or the master.
 
 use crate::error::{io_err, CondorError, Result};
 use crate::events::{parse_record, LogEvent};
@@ -25,7 +27,15 @@ pub struct LogFollower {
     offset: u64,
     /// Lines before `offset` (for 1-based line numbers in events and errors).
     lines_before: usize,
+    /// Inside a record longer than [`MAX_RECORD_BYTES`]: its lines are dropped up to its
+    /// `...` terminator.
+    skipping: bool,
 }
+
+/// The longest record kept (HTCondor's are a few hundred bytes to a few KiB): a longer one
+/// is reported as bad and skipped, so a log that never terminates a record cannot make the
+/// follower hold (and read again at every poll) an unbounded part of the file.
+pub const MAX_RECORD_BYTES: u64 = 1 << 20;
 
 impl LogFollower {
     /// Starts at the beginning of `path`, which need not exist yet.
@@ -34,6 +44,7 @@ impl LogFollower {
             path: path.into(),
             offset: 0,
             lines_before: 0,
+            skipping: false,
         }
     }
 
@@ -59,19 +70,63 @@ impl LogFollower {
         if len < self.offset {
             self.offset = 0;
             self.lines_before = 0;
+            self.skipping = false;
         }
-        if len == self.offset {
-            return Ok(Polled::default());
-        }
-        file.seek(SeekFrom::Start(self.offset))
-            .map_err(io_err(&self.path))?;
+        let mut out = Polled::default();
+        // At most a record's limit of unconsumed bytes is read at a time (plus what the
+        // records before it take).
         let mut buf = Vec::new();
-        file.read_to_end(&mut buf).map_err(io_err(&self.path))?;
-        Ok(self.consume(&buf))
+        while self.offset < len {
+            file.seek(SeekFrom::Start(self.offset))
+                .map_err(io_err(&self.path))?;
+            buf.clear();
+            let want = (len - self.offset).min(2 * MAX_RECORD_BYTES);
+            (&mut file)
+                .take(want)
+                .read_to_end(&mut buf)
+                .map_err(io_err(&self.path))?;
+            if buf.is_empty() {
+                break;
+            }
+            let consumed = self.consume(&buf, &mut out);
+            let rest = buf.len() - consumed;
+            if rest as u64 > MAX_RECORD_BYTES {
+                // A record without its terminator for longer than any real one: report it
+                // once and drop its lines (up to the last whole line read) from here on.
+                if !self.skipping {
+                    out.bad_records.push(CondorError::BadRecord {
+                        path: self.path.clone(),
+                        line: self.lines_before + 1,
+                        message: format!(
+                            "a record longer than {MAX_RECORD_BYTES} bytes without its \"...\" \
+                             terminator; skipped"
+                        ),
+                    });
+                    self.skipping = true;
+                }
+                let tail = &buf[consumed..];
+                match tail.iter().rposition(|&b| b == b'\n') {
+                    Some(last_nl) => {
+                        self.offset += (last_nl + 1) as u64;
+                        self.lines_before +=
+                            tail[..=last_nl].iter().filter(|&&b| b == b'\n').count();
+                    }
+                    // One line over the limit: dropped whole.
+                    None => self.offset += tail.len() as u64,
+                }
+                continue;
+            }
+            if (buf.len() as u64) < want || consumed == 0 {
+                // The end of the file, or a partial record that waits for more.
+                break;
+            }
+        }
+        Ok(out)
     }
 
-    fn consume(&mut self, buf: &[u8]) -> Polled {
-        let mut out = Polled::default();
+    /// Reads the complete records in `buf` (the file from `offset` on) into `out` and moves
+    /// `offset` past them; returns the bytes consumed.
+    fn consume(&mut self, buf: &[u8], out: &mut Polled) -> usize {
         let mut record_start = 0usize; // byte index in buf of the current record
         let mut record_first_line = self.lines_before + 1;
         let mut pos = 0usize;
@@ -82,6 +137,13 @@ impl LogFollower {
             line_no += 1;
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             if line != b"..." {
+                continue;
+            }
+            if self.skipping {
+                // The end of a record too long to keep.
+                self.skipping = false;
+                record_start = pos;
+                record_first_line = line_no + 1;
                 continue;
             }
             let text = String::from_utf8_lossy(&buf[record_start..pos]);
@@ -112,6 +174,6 @@ impl LogFollower {
         // Everything up to record_start is consumed; the rest is a partial record.
         self.offset += record_start as u64;
         self.lines_before = record_first_line - 1;
-        out
+        record_start
     }
 }

@@ -409,3 +409,45 @@ fn real_pool_vacated_job_runs_again() {
     assert_eq!(s.iter().filter(|e| e.0 == 1).count(), 2);
     assert_eq!(s.last().unwrap().3, "rv 0");
 }
+
+/// A record that never ends (no `...` for more than `MAX_RECORD_BYTES`) is reported once and
+/// skipped up to its terminator; the records around it are read with their right line
+/// numbers, and nothing is read again at the next poll.
+#[test]
+fn an_overlong_record_is_reported_once_and_skipped() {
+    use mw_condor_kit::follower::MAX_RECORD_BYTES;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("job.log");
+    let good = |c: u32| {
+        format!("000 ({c}.000.000) 03/10 16:40:06 Job submitted from host: <127.0.0.1:1>\n...\n")
+    };
+    let junk_lines = (2 * MAX_RECORD_BYTES / 64 + 10) as usize;
+    let mut text = good(1);
+    text.push_str("001 (2.000.000) 03/10 16:40:06 Job executing on host: <127.0.0.1:1>\n");
+    for _ in 0..junk_lines {
+        text.push_str(&format!("{}\n", "x".repeat(63)));
+    }
+    std::fs::write(&path, &text).unwrap();
+    let mut f = LogFollower::new(&path);
+    let p = f.poll().unwrap();
+    assert_eq!(summary(&p.events), vec![s(0, 1, 0, "")]);
+    assert_eq!(p.bad_records.len(), 1, "{:?}", p.bad_records);
+    let msg = p.bad_records[0].to_string();
+    assert!(msg.contains("without its"), "{msg}");
+    assert!(msg.contains(":3") || msg.contains("line 3"), "{msg}");
+    // Still unterminated: nothing new, and the long record is not reported again.
+    let p = f.poll().unwrap();
+    assert!(p.events.is_empty() && p.bad_records.is_empty(), "{p:?}");
+    // Its terminator and the next record arrive: only the next record is read.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    write!(file, "...\n{}", good(3)).unwrap();
+    drop(file);
+    let p = f.poll().unwrap();
+    assert_eq!(summary(&p.events), vec![s(0, 3, 0, "")], "{p:?}");
+    assert!(p.bad_records.is_empty(), "{:?}", p.bad_records);
+    assert_eq!(p.events[0].line, 3 + 1 + junk_lines + 1, "{p:?}");
+    assert_eq!(f.offset(), std::fs::metadata(&path).unwrap().len());
+}
