@@ -420,12 +420,24 @@ pub(super) fn signal_name(sig: i64) -> String {
     }
 }
 
-/// The last lines of a job's stderr file, formatted for an error message.
+/// How much of the end of a job's stderr file an error message shows.
+const STDERR_TAIL_BYTES: u64 = 2000;
+
+/// The last lines of a job's stderr file, formatted for an error message. Only its end is
+/// read: the file comes back from the pool and may be of any size.
 pub(super) fn stderr_tail(path: &Path) -> String {
-    match std::fs::read(path) {
+    use std::io::{Read, Seek, SeekFrom};
+    let read_end = || -> std::io::Result<Vec<u8>> {
+        let mut f = std::fs::File::open(path)?;
+        let len = f.metadata()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(STDERR_TAIL_BYTES)))?;
+        let mut bytes = Vec::new();
+        f.take(STDERR_TAIL_BYTES).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    match read_end() {
         Ok(bytes) if !bytes.is_empty() => {
-            let start = bytes.len().saturating_sub(2000);
-            let text = String::from_utf8_lossy(&bytes[start..]);
+            let text = String::from_utf8_lossy(&bytes);
             format!("; job stderr ({}):\n{}", path.display(), text.trim_end())
         }
         _ => String::new(),

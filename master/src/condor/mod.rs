@@ -595,4 +595,27 @@ mod tests {
         assert_eq!(condor.status()["log_problems"], "0");
         condor.shutdown();
     }
+
+    /// A job's stderr file comes back from the pool and may be huge: only its end is read
+    /// into the error message.
+    #[test]
+    fn stderr_tail_reads_only_the_end_of_a_huge_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.err");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let junk = vec![b'x'; 1 << 20];
+        for _ in 0..8 {
+            f.write_all(&junk).unwrap();
+        }
+        f.write_all(b"\nthe last words\n").unwrap();
+        drop(f);
+        let tail = events::stderr_tail(&path);
+        assert!(tail.ends_with("the last words"), "{tail}");
+        assert!(
+            tail.len() < 2100 + path.display().to_string().len(),
+            "{}",
+            tail.len()
+        );
+        assert_eq!(events::stderr_tail(&dir.path().join("none")), "");
+    }
 }
