@@ -382,8 +382,9 @@ fn run_pack_stream(
                 timeout: t
                     .info
                     .timeout_secs
-                    .filter(|s| s.is_finite() && *s > 0.0)
-                    .map(Duration::from_secs_f64),
+                    .filter(|s| *s > 0.0)
+                    // Too large for a Duration (a forged manifest): no limit, not a panic.
+                    .and_then(|s| Duration::try_from_secs_f64(s).ok()),
                 control: control.clone(),
             })
             .collect();

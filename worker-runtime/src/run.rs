@@ -422,8 +422,9 @@ fn run_prepared(
     req.die_with_parent = true;
     req.timeout = info
         .timeout_secs
-        .filter(|t| t.is_finite() && *t > 0.0)
-        .map(Duration::from_secs_f64);
+        .filter(|t| *t > 0.0)
+        // Too large for a Duration (a forged manifest): no limit, not a panic.
+        .and_then(|t| Duration::try_from_secs_f64(t).ok());
     let outcome = execute(&req, control)?;
 
     let (found, missing) = collect_outputs(&workdir, &info.outputs);

@@ -203,6 +203,29 @@ fn mw_worker_run_success_writes_the_result_bundle_and_exits_0() {
     assert!(bundle.members[RESULT_STDOUT_NAME].starts_with(b"{\"got\":\"ok\""));
 }
 
+/// A manifest's timeout too large for a `Duration` (forged or corrupt) is no limit, not a
+/// panic of the worker: alone and in a pack.
+#[test]
+fn a_timeout_too_large_for_a_duration_runs_the_task_without_a_limit() {
+    let fx = Fixture::new();
+    let task = fx.task(&fx.sha, "ok", Some(1e300));
+    let result = fx.path("result.tar.gz");
+    let out = fx.worker(&task, &result);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let bundle = read_result(&result);
+    assert!(bundle.manifest.result.unwrap().exit.success());
+    let (out, result) = fx.run_pack(vec![7], vec![(7, std::fs::read(&task).unwrap())]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let inner = inner_result(&open_pack_result(&result), 7);
+    let r = inner.manifest.result.unwrap();
+    // (The pack counts it failed only for its declared `leak.txt`, a link it refuses.)
+    assert_eq!(r.exit, ExitInfo::Exited { code: 0 }, "{r:?} {err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 #[test]
 fn mw_worker_run_failing_task_exits_1_and_still_writes_the_result() {
     let fx = Fixture::new();
