@@ -21,7 +21,7 @@ use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 
 /// The hidden first argument that makes `mw-worker` a watchdog.
@@ -110,9 +110,29 @@ pub fn die_by(sig: i32) -> ! {
 
 /// A process that cleans up after this worker once it is gone (see the module
 /// documentation). Dropping it (or the worker's death) releases the watchdog.
+///
+/// While one runs, this process counts as watched ([`is_watched`]): its tasks start
+/// without a parent-death signal (with `posix_spawn`, not `fork`; see
+/// [`crate::exec::ExecRequest::die_with_parent`]), because the watchdog kills every one of
+/// them, wherever they went, however this process ends.
 #[derive(Debug)]
 pub struct Watchdog {
     _alive: std::io::PipeWriter,
+}
+
+/// Whether a [`Watchdog`] of this process is running.
+static WATCHED: AtomicBool = AtomicBool::new(false);
+
+/// True while a [`Watchdog`] started by this process runs: it kills this process's tasks
+/// when this process dies, whatever the way.
+pub fn is_watched() -> bool {
+    WATCHED.load(Ordering::SeqCst)
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        WATCHED.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Watchdog {
@@ -132,6 +152,7 @@ impl Watchdog {
         // reaps it); nothing here waits for it.
         #[allow(clippy::zombie_processes)]
         let _child = cmd.spawn()?;
+        WATCHED.store(true, Ordering::SeqCst);
         Ok(Watchdog { _alive: writer })
     }
 }

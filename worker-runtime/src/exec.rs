@@ -26,6 +26,8 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+#[cfg(target_os = "linux")]
+mod spawn;
 #[cfg(windows)]
 mod windows;
 #[cfg(windows)]
@@ -58,10 +60,14 @@ pub struct ExecRequest {
     /// Largest stdout accepted, in bytes.
     pub max_stdout_bytes: u64,
     /// Kill the program (SIGKILL) if the thread that started it dies, e.g. when an MPI rank
-    /// or a Condor/BOINC `mw-worker` is killed, so no orphan task keeps running. It costs a
-    /// `fork` instead of a `posix_spawn` (about 0.5 ms of system time per task here), so
-    /// the local multicore path leaves it off: it journals each task's process group
-    /// instead, and `mw resume` kills the leftovers of a crashed master.
+    /// or a Condor/BOINC `mw-worker` is killed, so no orphan task keeps running. While a
+    /// watchdog of this process runs ([`crate::dying::Watchdog`], which `mw-worker` starts),
+    /// the watchdog keeps that promise (it kills every process carrying this process's task
+    /// tokens once the process is gone, however it ended) and the program starts with
+    /// `posix_spawn`. Without one the kernel keeps it (PR_SET_PDEATHSIG), which needs a `fork`
+    /// (about 0.5 ms of system time per task here, more in a large process), so the local
+    /// multicore path leaves it off: it journals each task's process group instead, and
+    /// `mw resume` kills the leftovers of a crashed master.
     pub die_with_parent: bool,
 }
 
@@ -176,11 +182,13 @@ pub fn is_task_token_prefix(prefix: &str) -> bool {
     hex(pid) && hex(start) && start.len() >= 8
 }
 
-/// The command that starts a task program (Unix): its arguments and environment, the
-/// task token, its own process group, and, when asked, death with its parent
-/// (PR_SET_PDEATHSIG). Standard streams are the caller's to set.
+/// The command that starts a task program (Unix) with std: its arguments and environment,
+/// the task token, its own process group, and, when asked, death with its parent
+/// (PR_SET_PDEATHSIG, which needs a `fork`) and an empty signal mask (std leaves a forked
+/// child the mask of the thread that forked it, and the worker blocks its stop signals).
+/// Standard streams are the caller's to set.
 #[cfg(unix)]
-pub(crate) fn task_command(
+fn task_command(
     program: &Path,
     args: &[String],
     env: &BTreeMap<String, String>,
@@ -195,10 +203,15 @@ pub(crate) fn task_command(
         .current_dir(workdir)
         .process_group(0);
     if die_with_parent {
-        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the
-        // parent; it runs in the child between fork and exec.
+        // SAFETY: sigemptyset, sigprocmask and prctl(PR_SET_PDEATHSIG) are async-signal-safe
+        // and touch only the child's own state and a local; they run between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
+                let mut empty: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut empty);
+                if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 if libc::prctl(
                     libc::PR_SET_PDEATHSIG,
                     libc::SIGKILL as libc::c_ulong,
@@ -214,6 +227,88 @@ pub(crate) fn task_command(
         }
     }
     cmd
+}
+
+/// How a task program is started (Unix), the one place for it: which program, with what,
+/// where, under which task token, whether it must die with the thread that starts it.
+#[cfg(unix)]
+pub(crate) struct TaskStart<'a> {
+    pub(crate) program: &'a Path,
+    pub(crate) args: &'a [String],
+    pub(crate) env: &'a BTreeMap<String, String>,
+    pub(crate) workdir: &'a Path,
+    pub(crate) token: &'a str,
+    pub(crate) die_with_parent: bool,
+}
+
+#[cfg(target_os = "linux")]
+impl TaskStart<'_> {
+    /// Whether the program starts with `posix_spawn` (module `spawn`) rather than std's
+    /// `Command` (`fork` + `exec` when a parent-death signal is asked for, and always in a
+    /// static binary): when no parent-death signal is needed, or a watchdog
+    /// ([`crate::dying::Watchdog`]) kills this process's tasks if it dies, which keeps the
+    /// promise `die_with_parent` makes. A bare program name with a PATH of the task's own is
+    /// left to std too (it searches that PATH, not this process's, as `posix_spawnp` does).
+    fn without_fork(&self) -> bool {
+        (!self.die_with_parent || crate::dying::is_watched())
+            && !(spawn::is_bare_name(self.program) && self.env.contains_key("PATH"))
+    }
+}
+
+/// Starts a task program with `stdio` (stdin, stdout, stderr) and returns its pid (= its
+/// process group id), or why it could not start (then after retrying briefly on ETXTBSY:
+/// an executable that was just written, a test's script or a freshly unpacked program, can
+/// still be open for writing in a child another thread forked and that has not reached
+/// `exec` yet). The caller reaps it (`wait_pid`). The child's ends of `stdio` are closed
+/// here once it started.
+#[cfg(unix)]
+pub(crate) fn start_task(
+    start: &TaskStart<'_>,
+    stdio: [std::os::fd::OwnedFd; 3],
+) -> std::io::Result<i32> {
+    let mut attempt = 0u64;
+    loop {
+        match start_task_once(start, &stdio) {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempt < 20 => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(5 * attempt));
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(unix)]
+fn start_task_once(
+    start: &TaskStart<'_>,
+    stdio: &[std::os::fd::OwnedFd; 3],
+) -> std::io::Result<i32> {
+    use std::os::fd::AsFd;
+    let [i, o, e] = stdio;
+    #[cfg(target_os = "linux")]
+    if start.without_fork() {
+        return spawn::spawn(
+            start.program,
+            start.args,
+            start.env,
+            start.workdir,
+            start.token,
+            [i.as_fd(), o.as_fd(), e.as_fd()],
+        );
+    }
+    let mut cmd = task_command(
+        start.program,
+        start.args,
+        start.env,
+        start.workdir,
+        start.token,
+        start.die_with_parent,
+    );
+    cmd.stdin(Stdio::from(i.try_clone()?))
+        .stdout(Stdio::from(o.try_clone()?))
+        .stderr(Stdio::from(e.try_clone()?));
+    // We reap with wait4 ourselves (for CPU times); std never reaps a dropped Child.
+    cmd.spawn().map(|child| child.id() as i32)
 }
 
 #[cfg(unix)]
@@ -479,23 +574,6 @@ pub(crate) fn wait_pid(pid: i32) -> Option<Exited> {
     }
 }
 
-#[cfg(unix)]
-/// Spawns `cmd`, retrying briefly on ETXTBSY: an executable that was just written (a test's
-/// script, a freshly unpacked program) can still be open for writing in a child that another
-/// thread forked at that moment and that has not reached `exec` yet.
-pub(crate) fn spawn_retrying_busy(cmd: &mut Command) -> std::io::Result<std::process::Child> {
-    let mut attempt = 0u64;
-    loop {
-        match cmd.spawn() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempt < 20 => {
-                attempt += 1;
-                std::thread::sleep(Duration::from_millis(5 * attempt));
-            }
-            other => return other,
-        }
-    }
-}
-
 /// Runs the program and waits for it, enforcing the timeout and honouring `control`.
 pub fn execute(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutcome, ExecError> {
     #[cfg(windows)]
@@ -506,69 +584,69 @@ pub fn execute(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutcom
 
 #[cfg(unix)]
 fn execute_unix(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutcome, ExecError> {
+    use std::os::fd::OwnedFd;
     // Where the kernel can tell us of the leader's exit (pidfd), stdout and stderr are pipes
     // read in a poll loop; elsewhere (old kernels on volunteer hosts) they go to files.
     let use_pipes = pidfd_supported();
-    let (stdout, stderr) = if use_pipes {
-        (Stdio::piped(), Stdio::piped())
+    let pipe = || std::io::pipe().map_err(io_err("creating a pipe"));
+    let (stdout, stderr, out_pipe, err_pipe): (OwnedFd, OwnedFd, _, _) = if use_pipes {
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        (out_w.into(), err_w.into(), Some(out_r), Some(err_r))
     } else {
         let (stdout, stderr) = create_output_files(req)?;
-        (Stdio::from(stdout), Stdio::from(stderr))
+        (stdout.into(), stderr.into(), None, None)
     };
     let piped_input = req.stdin.len() <= PIPE_STDIN_MAX;
-    let stdin = if piped_input {
-        Stdio::piped()
+    let (stdin, stdin_pipe): (OwnedFd, _) = if piped_input {
+        let (r, w) = pipe()?;
+        (r.into(), Some(w))
     } else {
         let stdin_path = req.io_dir.join("stdin");
         std::fs::write(&stdin_path, &req.stdin)
             .map_err(io_err(format!("writing {}", stdin_path.display())))?;
-        Stdio::from(File::open(&stdin_path).map_err(io_err("opening stdin file"))?)
+        let f = File::open(&stdin_path).map_err(io_err("opening stdin file"))?;
+        (f.into(), None)
     };
 
     let started = SystemTime::now();
     let t0 = Instant::now();
     let token = task_token();
-    let mut cmd = task_command(
-        &req.program,
-        &req.args,
-        &req.env,
-        &req.workdir,
-        &token,
-        req.die_with_parent,
-    );
-    cmd.stdin(stdin).stdout(stdout).stderr(stderr);
-
-    // Register before spawning so a cancel racing with the spawn is seen.
-    let mut child = {
+    // Register before spawning so a cancel racing with the spawn is seen. The child's ends
+    // of the pipes are closed once it started (moved into start_task and dropped there).
+    let pid = {
         let mut st = control.lock();
         if st.cancelled {
             return Ok(outcome_without_run(ExitInfo::Cancelled, started));
         }
-        match spawn_retrying_busy(&mut cmd) {
-            Ok(child) => {
-                st.pgid = Some(child.id() as i32);
+        let start = TaskStart {
+            program: &req.program,
+            args: &req.args,
+            env: &req.env,
+            workdir: &req.workdir,
+            token: &token,
+            die_with_parent: req.die_with_parent,
+        };
+        match start_task(&start, [stdin, stdout, stderr]) {
+            Ok(pid) => {
+                st.pgid = Some(pid);
                 st.run += 1;
                 st.grace = req.grace;
                 st.token = Some(token);
-                child
+                pid
             }
             Err(e) => return Ok(spawn_failed(&req.program, &e, started)),
         }
     };
-    let pid = child.id() as i32;
     let on_start = control.lock().on_start.clone();
     if let Some(f) = on_start {
         f(pid);
     }
-    if let Some(mut pipe) = child.stdin.take() {
+    if let Some(mut pipe) = stdin_pipe {
         // A program that exits without reading its input gives EPIPE here: not an error.
         let _ = pipe.write_all(&req.stdin);
     }
     if use_pipes {
-        let out_pipe = child.stdout.take();
-        let err_pipe = child.stderr.take();
-        // We reap with wait4 ourselves (for CPU times); std never reaps a dropped Child.
-        drop(child);
         let pumped = pump(pid, out_pipe, err_pipe, req, t0);
         // The leader has exited (or is being killed); reap it for its status and CPU time.
         let exited = wait_pid(pid);
@@ -585,8 +663,6 @@ fn execute_unix(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutco
             tail_string(&pumped.stderr_tail, req.stderr_tail_bytes),
         ));
     }
-    // We reap with wait4 ourselves (for CPU times); std never reaps a dropped Child.
-    drop(child);
 
     let (timed_out, exited) = match req.timeout {
         None => (false, wait_pid(pid)),
@@ -748,8 +824,8 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
 /// exits the rest of its group is killed so the pipes close.
 fn pump(
     pid: i32,
-    out: Option<std::process::ChildStdout>,
-    err: Option<std::process::ChildStderr>,
+    out: Option<std::io::PipeReader>,
+    err: Option<std::io::PipeReader>,
     req: &ExecRequest,
     t0: Instant,
 ) -> Pumped {

@@ -63,6 +63,8 @@ fn boinc_slot() -> Option<PathBuf> {
 }
 
 fn main() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    keep_freed_memory();
     #[cfg(unix)]
     if std::env::args_os().nth(1).as_deref()
         == Some(std::ffi::OsStr::new(mw_worker_runtime::dying::WATCHDOG_ARG))
@@ -156,6 +158,22 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(1)
         }
+    }
+}
+
+/// Lets glibc's allocator keep freed memory of a few MiB instead of returning it to the
+/// kernel at once. By default every block over 128 KiB is mapped when allocated and unmapped
+/// when freed (and the heap trimmed above 128 KiB free), so the gzip state of each task's
+/// result bundle in a pack (some 300 KiB) was mapped, faulted in and zeroed page by page,
+/// and unmapped again, task after task: 160 us of the worker's 1.2 ms of CPU per null task,
+/// against 35 us with these thresholds. The worker holds at most 8 MiB more than it uses.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    // SAFETY: mallopt only sets two of the allocator's tuning parameters; it is called
+    // before any other thread exists. A refused value (0 returned) leaves the default.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
     }
 }
 

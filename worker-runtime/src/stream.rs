@@ -243,12 +243,12 @@ fn failed(exit: ExitInfo, stderr_tail: String, t0: Instant, started: SystemTime)
 mod unix {
     use super::*;
     use crate::exec::{
-        decode_status, kill_escapees, pidfd_open, signal_group, spawn_retrying_busy, tail_string,
-        task_command, task_token, wait_pid, Termination,
+        decode_status, kill_escapees, pidfd_open, signal_group, start_task, tail_string,
+        task_token, wait_pid, TaskStart, Termination,
     };
+    use std::io::{PipeReader, PipeWriter};
     use std::io::{Read, Write};
     use std::os::fd::{AsRawFd, OwnedFd};
-    use std::process::{ChildStderr, ChildStdin, ChildStdout, Stdio};
 
     /// Most bytes kept in the write buffer (inputs written ahead).
     const WRITE_AHEAD_BYTES: usize = 64 * 1024;
@@ -261,9 +261,9 @@ mod unix {
         /// Its [`TASK_TOKEN_ENV`] value: descendants that left its process group carry it.
         token: String,
         pidfd: Option<OwnedFd>,
-        stdin: Option<ChildStdin>,
-        stdout: Option<ChildStdout>,
-        stderr: Option<ChildStderr>,
+        stdin: Option<PipeWriter>,
+        stdout: Option<PipeReader>,
+        stderr: Option<PipeReader>,
         /// Bytes of stdout not yet a complete line.
         out_buf: Vec<u8>,
         /// Where to look for the next newline in `out_buf`.
@@ -303,24 +303,19 @@ mod unix {
 
     fn spawn(p: &StreamProgram) -> std::io::Result<Proc> {
         let token = task_token();
-        let mut cmd = task_command(
-            &p.program,
-            &p.args,
-            &p.env,
-            &p.workdir,
-            &token,
-            p.die_with_parent,
-        );
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = spawn_retrying_busy(&mut cmd)?;
-        let pid = child.id() as i32;
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        // We reap with wait4 ourselves; std never reaps a dropped Child.
-        drop(child);
+        let (in_r, in_w) = std::io::pipe()?;
+        let (out_r, out_w) = std::io::pipe()?;
+        let (err_r, err_w) = std::io::pipe()?;
+        let start = TaskStart {
+            program: &p.program,
+            args: &p.args,
+            env: &p.env,
+            workdir: &p.workdir,
+            token: &token,
+            die_with_parent: p.die_with_parent,
+        };
+        let pid = start_task(&start, [in_r.into(), out_w.into(), err_w.into()])?;
+        let (stdin, stdout, stderr) = (Some(in_w), Some(out_r), Some(err_r));
         for fd in [
             stdin.as_ref().map(|f| f.as_raw_fd()),
             stdout.as_ref().map(|f| f.as_raw_fd()),

@@ -83,6 +83,98 @@ fn pids_in(path: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// Both ways a task starts (`posix_spawn` without a parent-death signal, `fork` with one)
+/// give it the same process: its own process group, an empty signal mask and no ignored
+/// signals (the worker blocks its stop signals and ignores SIGPIPE), its working directory,
+/// the inherited environment with the task's variables replacing those of the same name,
+/// its arguments (an empty one kept), and the program path as `$0`.
+#[test]
+fn a_task_starts_the_same_with_or_without_a_parent_death_signal() {
+    // The worker's own state the task must not inherit (this test's thread only: signal
+    // masks are per thread; SIGPIPE is already ignored by the Rust runtime).
+    // SAFETY: a zeroed sigset_t is valid storage; sigemptyset/sigaddset initialise it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        assert_eq!(
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()),
+            0
+        );
+    }
+    // Signals 1-31 this process ignores (SIGPIPE aside: Rust ignores it, tasks get it back);
+    // the C library's internal signals above 31 are its own business.
+    let ignored_here = sig_field(
+        &std::fs::read_to_string("/proc/self/status").unwrap(),
+        "SigIgn",
+    ) & 0x7fff_ffff
+        & !(1 << (libc::SIGPIPE - 1));
+    for die_with_parent in [false, true] {
+        let sb = Sandbox::new();
+        let mut req = sb.request(
+            r#"cat > /dev/null
+set -- "$0" "$@"
+read -r stat < /proc/$$/stat
+rest=${stat##*) }
+set -- "$@" $rest
+printf '%s\n' "$PWD" "$PATH" "$HOME" "$1" "$2" "$3" "$4" "$7" "$$""#,
+        );
+        req.args = vec!["a b".into(), String::new(), "c".into()];
+        req.env.insert("HOME".into(), "/task/home".into());
+        req.die_with_parent = die_with_parent;
+        let out = execute(&req, &ProcessControl::new()).unwrap();
+        assert_eq!(
+            out.exit,
+            ExitInfo::Exited { code: 0 },
+            "{}",
+            out.stderr_tail
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let what = format!("die_with_parent = {die_with_parent}: {text}");
+        assert_eq!(lines.len(), 9, "{what}");
+        assert_eq!(
+            PathBuf::from(lines[0]).canonicalize().unwrap(),
+            req.workdir.canonicalize().unwrap(),
+            "{what}"
+        );
+        assert_eq!(
+            lines[1],
+            std::env::var("PATH").unwrap(),
+            "inherited: {what}"
+        );
+        assert_eq!(lines[2], "/task/home", "replaced by the task's: {what}");
+        assert_eq!(Path::new(lines[3]), req.program.as_path(), "{what}");
+        assert_eq!(&lines[4..7], ["a b", "", "c"], "{what}");
+        // Field 5 of /proc/PID/stat (the 3rd after the command) is the process group.
+        assert_eq!(lines[7], lines[8], "its own process group: {what}");
+        // The signal state as the program found it at exec (a shell resets its mask; cat
+        // does not): cat of its own status.
+        let mut cat = req.clone();
+        cat.program = PathBuf::from("/bin/cat");
+        cat.args = vec!["/proc/self/status".into()];
+        let out = execute(&cat, &ProcessControl::new()).unwrap();
+        assert!(out.exit.success(), "{}", out.stderr_tail);
+        let status = String::from_utf8(out.stdout).unwrap();
+        let what = format!("die_with_parent = {die_with_parent}: {status}");
+        assert_eq!(sig_field(&status, "SigBlk"), 0, "no signal blocked: {what}");
+        assert_eq!(
+            sig_field(&status, "SigIgn") & 0x7fff_ffff,
+            ignored_here,
+            "no signal ignored but those ignored here: {what}"
+        );
+    }
+}
+
+/// The signal set `name` (`SigBlk`, `SigIgn`: hexadecimal) of a /proc/PID/status text.
+fn sig_field(status: &str, name: &str) -> u64 {
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .unwrap_or_else(|| panic!("no {name} in {status}"));
+    u64::from_str_radix(line.trim(), 16).unwrap()
+}
+
 #[test]
 fn input_on_stdin_result_on_stdout_in_workdir_with_args_and_env() {
     let sb = Sandbox::new();
