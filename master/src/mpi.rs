@@ -1585,7 +1585,11 @@ mod tests {
             id,
             exit,
             result: format!("{{\"i\":{id}}}"),
-            stderr_tail: if id % 2 == 0 { String::new() } else { "warn\n".into() },
+            stderr_tail: if id % 2 == 0 {
+                String::new()
+            } else {
+                "warn\n".into()
+            },
             wall_secs: 0.25,
             started_unix: 1.7e9,
             host: "node-1".into(),
