@@ -1585,7 +1585,7 @@ mod tests {
             id,
             exit,
             result: format!("{{\"i\":{id}}}"),
-            stderr_tail: if id % 2 == 0 {
+            stderr_tail: if id.is_multiple_of(2) {
                 String::new()
             } else {
                 "warn\n".into()
