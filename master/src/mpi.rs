@@ -8,9 +8,12 @@
 //!   sees a program, the program bundle) and hands it to the comm thread, which sends it.
 //!   The comm thread receives result bundles with `MPI_Improbe` + `MPI_Mrecv` (the size comes
 //!   from the probe, so a large result needs nothing special), spinning briefly and then
-//!   sleeping with exponential backoff up to a cap (env `MW_MPI_POLL_US`, default 100 µs); with
-//!   no task in flight it sleeps in a channel receive. A `mw-mpi-results` thread decodes result
-//!   bundles and finishes the tasks' completions, so the comm thread keeps pumping.
+//!   sleeping with exponential backoff up to a cap (env `MW_MPI_POLL_US`, default 100 µs);
+//!   while only streaming tasks run it polls every [`STREAM_POLL`] without spinning; with
+//!   no task in flight it sleeps in a channel receive. It sends without waiting
+//!   (`MPI_Isend`, see [`Outbox`]). A `mw-mpi-results` thread decodes result bundles and
+//!   finishes the tasks' completions (handed over once per pass), so the comm thread keeps
+//!   pumping.
 //!   Scheduling is dynamic: [`Interface::reserve_worker`] blocks until some rank is free.
 //! - **ranks 1..N-1**: receive program bundles (unpacked once, cached by SHA-256), then task
 //!   bundles; each task runs through the worker-runtime library in a private scratch
@@ -29,17 +32,20 @@
 //! thread sends every task queued for a rank since its last pass in ONE message. A rank runs
 //! its tasks in order on one runner thread: process-mode tasks one process each; streaming
 //! tasks through one long-lived program ([`mw_worker_runtime::stream`]), the same runner
-//! multicore slots use. Streaming tasks travel as JSON, not bundles (a null task is a few
-//! bytes), and their results come back batched too.
+//! multicore slots use; the tasks of the next batches join the running stream, so the
+//! program never drains between batches. Streaming tasks travel as JSON, not bundles (a null
+//! task is a few bytes), and their results come back batched too: the runner passes on
+//! whatever the program has answered each time it is about to wait for it.
 //!
 //! Wire protocol (all on `MPI_COMM_WORLD`; messages from one rank arrive in order):
 //! rank 0 → worker: `PROGRAM` (bundle bytes), `TASKS` (repeated: u64 LE task id, 64-byte
 //! hex SHA-256 of the program, u64 LE length, task bundle bytes), `STREAM` (JSON
 //! [`StreamBatch`]), `CANCEL` (u64 task id), `STOP` (empty);
 //! worker → rank 0: `RESULT` (u64 task id, result bundle bytes), `ERROR` (u64 task id,
-//! UTF-8 message) or `STREAM_RESULTS` (u64 count, JSON list of [`StreamResult`]). Rank 0
-//! drains every in-flight result before `STOP`, and a rank's comm thread never blocks on
-//! its runner, so no blocking send can wait on a peer that is itself blocked sending.
+//! UTF-8 message) or `STREAM_RESULTS` (u64 count, then the binary records of
+//! [`encode_results`]). Rank 0 drains every in-flight result before `STOP`. Every comm
+//! thread sends with `MPI_Isend` and keeps polling while its messages are on their way, and
+//! never blocks on its runner, so two peers sending to each other can never deadlock.
 //!
 //! This module must never know about the journal, job files, the CLI, or other platforms.
 
@@ -69,7 +75,7 @@ const TAG_STREAM_RESULTS: i32 = 12;
 /// Tasks of a process-mode program a rank holds at once (one runs, one waits).
 const PROCESS_RANK_DEPTH: u32 = 2;
 /// Tasks of a streaming program a rank holds at once.
-pub const STREAM_RANK_DEPTH: u32 = 256;
+pub const STREAM_RANK_DEPTH: u32 = 1024;
 /// Both of those.
 const RANK_DEPTH: Depth = Depth {
     process: PROCESS_RANK_DEPTH,
@@ -95,8 +101,8 @@ struct StreamTask {
     timeout_secs: Option<f64>,
 }
 
-/// One streaming task's outcome (in a `STREAM_RESULTS` message).
-#[derive(Debug, Serialize, Deserialize)]
+/// One streaming task's outcome (in a `STREAM_RESULTS` message, see [`encode_results`]).
+#[derive(Debug, PartialEq)]
 struct StreamResult {
     id: u64,
     exit: mw_bundle::ExitInfo,
@@ -111,8 +117,16 @@ struct StreamResult {
 const SHA_LEN: usize = 64;
 /// How long a comm thread spins on `MPI_Improbe` before it starts sleeping.
 const SPIN: Duration = Duration::from_micros(50);
-/// How often a worker rank that runs a task probes for a cancel or stop message.
-const BUSY_PROBE_INTERVAL: Duration = Duration::from_millis(2);
+/// How often a worker rank that runs tasks probes for more tasks, a cancel or stop (the ends
+/// of its tasks wake it at once). Short enough that the next batch reaches the runner
+/// before it runs dry (measured: at 2 ms, ranks of null streaming tasks idled).
+const BUSY_PROBE_INTERVAL: Duration = Duration::from_micros(200);
+/// How often rank 0 polls while only streaming tasks run (each rank then holds up to
+/// [`STREAM_RANK_DEPTH`] of them, many ms of work): a steady pace without spinning, so the
+/// cores go to the programs, and the tasks dispatched meanwhile go in one message.
+const STREAM_POLL: Duration = Duration::from_micros(300);
+/// How long a comm thread waits, at the end, for its last messages to be taken.
+const OUTBOX_FLUSH_LIMIT: Duration = Duration::from_secs(10);
 
 /// Default backoff cap (µs); override with `MW_MPI_POLL_US`.
 const DEFAULT_POLL_US: u64 = 100;
@@ -181,6 +195,27 @@ impl Shared {
         if let Some(l) = usize::try_from(rank).ok().and_then(|r| st.load.get_mut(r)) {
             *l = l.saturating_sub(1);
             wake = *l < PROCESS_RANK_DEPTH || *l % STREAM_WAKE_EVERY == 0;
+        }
+        drop(st);
+        if wake {
+            self.cond.notify_one();
+        }
+    }
+
+    /// Frees the places of tasks that ended, under one lock.
+    fn release_all(&self, ended: &[(i32, TaskId)]) {
+        let mut st = self.lock();
+        let mut wake = false;
+        for &(rank, task) in ended {
+            if st.running.get(&task) != Some(&rank) {
+                continue;
+            }
+            st.running.remove(&task);
+            st.finished += 1;
+            if let Some(l) = usize::try_from(rank).ok().and_then(|r| st.load.get_mut(r)) {
+                *l = l.saturating_sub(1);
+                wake |= *l < PROCESS_RANK_DEPTH || *l % STREAM_WAKE_EVERY == 0;
+            }
         }
         drop(st);
         if wake {
@@ -295,6 +330,88 @@ impl Backoff {
         self.sleep = (self.sleep * 2).min(self.cap);
         d
     }
+}
+
+/// The body of a `STREAM_RESULTS` message: for each result, u64 id, f64 wall seconds, f64
+/// start (Unix seconds), then four u32-length-prefixed fields: the exit as JSON (empty for
+/// the usual `Exited { code: 0 }`), the result, the stderr tail and the host. A binary
+/// layout, not JSON: rank 0 reads every result of every rank on its one comm thread, and
+/// this costs it a few bounds checks per result instead of a JSON parse.
+fn encode_results(results: &[StreamResult]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(results.len() * 64);
+    for r in results {
+        out.extend_from_slice(&r.id.to_le_bytes());
+        out.extend_from_slice(&r.wall_secs.to_le_bytes());
+        out.extend_from_slice(&r.started_unix.to_le_bytes());
+        let exit = if r.exit == (mw_bundle::ExitInfo::Exited { code: 0 }) {
+            Vec::new()
+        } else {
+            serde_json::to_vec(&r.exit).map_err(|e| e.to_string())?
+        };
+        for field in [
+            &exit[..],
+            r.result.as_bytes(),
+            r.stderr_tail.as_bytes(),
+            r.host.as_bytes(),
+        ] {
+            let len = u32::try_from(field.len())
+                .map_err(|_| format!("a field of {} bytes is too long", field.len()))?;
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(field);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads what [`encode_results`] wrote (`count` results; sent by a rank, so checked).
+fn decode_results_message(count: u64, mut data: &[u8]) -> Result<Vec<StreamResult>, String> {
+    fn take<'a>(data: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+        if data.len() < n {
+            return Err("truncated".into());
+        }
+        let (head, rest) = data.split_at(n);
+        *data = rest;
+        Ok(head)
+    }
+    fn word(data: &mut &[u8]) -> Result<[u8; 8], String> {
+        take(data, 8)?
+            .try_into()
+            .map_err(|_| "truncated".to_string())
+    }
+    fn field(data: &mut &[u8]) -> Result<String, String> {
+        let len: [u8; 4] = take(data, 4)?.try_into().map_err(|_| "truncated")?;
+        let len = usize::try_from(u32::from_le_bytes(len)).map_err(|_| "field too long")?;
+        String::from_utf8(take(data, len)?.to_vec()).map_err(|_| "a field is not UTF-8".into())
+    }
+    // Each result takes at least 40 bytes: a forged count cannot make us reserve more.
+    let mut out = Vec::with_capacity((data.len() / 40).min(usize::try_from(count).unwrap_or(0)));
+    while !data.is_empty() {
+        let id = u64::from_le_bytes(word(&mut data)?);
+        let wall_secs = f64::from_le_bytes(word(&mut data)?);
+        let started_unix = f64::from_le_bytes(word(&mut data)?);
+        let exit = field(&mut data)?;
+        let exit = if exit.is_empty() {
+            mw_bundle::ExitInfo::Exited { code: 0 }
+        } else {
+            serde_json::from_str(&exit).map_err(|e| format!("exit of task {id}: {e}"))?
+        };
+        out.push(StreamResult {
+            id,
+            exit,
+            result: field(&mut data)?,
+            stderr_tail: field(&mut data)?,
+            wall_secs,
+            started_unix,
+            host: field(&mut data)?,
+        });
+    }
+    if out.len() as u64 != count {
+        return Err(format!(
+            "{} results where the header says {count}",
+            out.len()
+        ));
+    }
+    Ok(out)
 }
 
 fn split_id(data: &[u8]) -> Option<(u64, &[u8])> {
@@ -413,7 +530,7 @@ fn master_loop(
     shared: &Arc<Shared>,
     cap: Duration,
 ) -> Result<(), MpiError> {
-    let (fin_tx, fin_rx) = mpsc::channel::<Finished>();
+    let (fin_tx, fin_rx) = mpsc::channel::<Vec<Finished>>();
     let decoder_shared = shared.clone();
     let decoder = std::thread::Builder::new()
         .name(RESULTS_THREAD.into())
@@ -426,6 +543,10 @@ fn master_loop(
         batches: BTreeMap::new(),
         stopping: false,
         fin: fin_tx,
+        finished: Vec::new(),
+        released: Vec::new(),
+        process_in_flight: 0,
+        outbox: Outbox::default(),
     };
     let mut backoff = Backoff::new(cap);
     loop {
@@ -445,15 +566,25 @@ fn master_loop(
         }
         // Everything queued for a rank since the last pass goes in one message.
         pump.send_batches();
+        pump.outbox.progress();
         while let Some(probed) = world.any_process().immediate_matched_probe() {
             progressed = true;
             let (data, status) = probed.matched_receive_vec::<u8>();
             pump.on_message(status.source_rank(), status.tag(), data);
         }
+        pump.hand_over();
         if pump.stopping && pump.in_flight.is_empty() {
             break;
         }
         if progressed {
+            backoff.reset();
+            continue;
+        }
+        if pump.process_in_flight == 0 && !pump.in_flight.is_empty() && !pump.stopping {
+            // Only streaming tasks run, and each rank holds many: poll at a steady pace,
+            // leaving the cores to the programs, and let new tasks gather meanwhile (they
+            // go in one message per rank on the next pass).
+            std::thread::sleep(STREAM_POLL);
             backoff.reset();
             continue;
         }
@@ -481,13 +612,103 @@ fn master_loop(
         }
     }
     for r in 1..world.size() {
-        world
-            .process_at_rank(r)
-            .send_with_tag(&[0u8; 0][..], TAG_STOP);
+        pump.outbox.send(world, r, TAG_STOP, Vec::new());
     }
+    pump.outbox.flush();
     drop(pump);
     let _ = decoder.join();
     Ok(())
+}
+
+/// Rank 0's messages on their way: sent with `MPI_Isend`, so rank 0 never waits for a rank
+/// to take a message (Open MPI hands over a message larger than its eager limit, 4 KiB on
+/// shared memory, only once the receiver matches it, and a rank's comm thread sleeps
+/// between polls while its tasks run). Each message's buffer is kept here until MPI reports
+/// the send complete; [`Outbox::progress`] on every pass frees what went.
+#[derive(Default)]
+struct Outbox {
+    pending: Vec<(mpi::ffi::MPI_Request, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Outbox({} pending)", self.pending.len())
+    }
+}
+
+impl Outbox {
+    fn send(&mut self, world: &SimpleCommunicator, rank: i32, tag: i32, data: Vec<u8>) {
+        let Ok(count) = std::os::raw::c_int::try_from(data.len()) else {
+            // Too large for one MPI count: a blocking send (which reports the error).
+            world.process_at_rank(rank).send_with_tag(&data[..], tag);
+            return;
+        };
+        let mut request = std::mem::MaybeUninit::<mpi::ffi::MPI_Request>::uninit();
+        // SAFETY: `data` points to `count` initialised bytes; its heap buffer stays where it
+        // is, unchanged and alive, until MPI_Test reports this request complete: the Vec is
+        // moved into `pending` (a move does not move its heap buffer) and dropped only after
+        // completion (`progress`, `flush`, and `Drop` which flushes). The datatype and the
+        // communicator are valid handles of the initialised MPI of this (the only MPI) thread,
+        // and `request` is written by MPI_Isend before it is read.
+        let request = unsafe {
+            mpi::ffi::MPI_Isend(
+                data.as_ptr().cast(),
+                count,
+                u8::equivalent_datatype().as_raw(),
+                rank,
+                tag,
+                world.as_raw(),
+                request.as_mut_ptr(),
+            );
+            request.assume_init()
+        };
+        self.pending.push((request, data));
+    }
+
+    /// Lets MPI move the pending messages on and frees the buffers of those sent.
+    fn progress(&mut self) {
+        self.pending.retain_mut(|(request, _)| {
+            let mut flag: std::os::raw::c_int = 0;
+            // SAFETY: `request` is an active request from MPI_Isend above (MPI_Test sets it
+            // to MPI_REQUEST_NULL once complete, and completed entries are removed here).
+            unsafe {
+                mpi::ffi::MPI_Test(request, &mut flag, mpi::ffi::RSMPI_STATUS_IGNORE);
+            }
+            flag == 0
+        });
+    }
+
+    /// Waits until every pending message has gone: the peers receive until the end (worker
+    /// ranks until `STOP`, sent last; rank 0 until it has every result, sent before any
+    /// later message of a rank). Bounded all the same: what is still pending after
+    /// [`OUTBOX_FLUSH_LIMIT`] is left to MPI with its buffer leaked (never freed under it).
+    fn flush(&mut self) {
+        let t0 = Instant::now();
+        while !self.pending.is_empty() {
+            self.progress();
+            if self.pending.is_empty() {
+                break;
+            }
+            if t0.elapsed() > OUTBOX_FLUSH_LIMIT {
+                log::warn!(
+                    "mpi: {} message(s) still not taken after {:?}; giving up on them",
+                    self.pending.len(),
+                    OUTBOX_FLUSH_LIMIT
+                );
+                for (_, data) in self.pending.drain(..) {
+                    std::mem::forget(data);
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.flush();
+    }
 }
 
 /// Tasks waiting to be sent to one rank.
@@ -508,7 +729,14 @@ struct MasterPump<'a> {
     in_flight: HashMap<TaskId, (i32, Arc<PreparedTask>, Completion)>,
     batches: BTreeMap<i32, Batch>,
     stopping: bool,
-    fin: Sender<Finished>,
+    fin: Sender<Vec<Finished>>,
+    /// Outcomes received in this pass, handed to the decoding thread together.
+    finished: Vec<Finished>,
+    /// Places freed in this pass (rank, task), released together.
+    released: Vec<(i32, TaskId)>,
+    /// Process-mode tasks in `in_flight` (they need prompt polling: a rank holds 2).
+    process_in_flight: usize,
+    outbox: Outbox,
 }
 
 impl MasterPump<'_> {
@@ -531,13 +759,14 @@ impl MasterPump<'_> {
                 if let Some(p) = program {
                     // Before any task that needs it: messages from one sender arrive in order.
                     self.send_batch(rank);
-                    self.world
-                        .process_at_rank(rank)
-                        .send_with_tag(&p[..], TAG_PROGRAM);
+                    self.outbox.send(self.world, rank, TAG_PROGRAM, p);
                 }
                 let batch = self.batches.entry(rank).or_default();
                 match wire {
-                    Wire::Bundle(entry) => batch.bundles.extend_from_slice(&entry),
+                    Wire::Bundle(entry) => {
+                        batch.bundles.extend_from_slice(&entry);
+                        self.process_in_flight += 1;
+                    }
                     Wire::Stream(sha, entry) => {
                         let key = (task.spec.args.clone(), task.spec.env.clone());
                         let same = batch.stream_key.get(&sha).is_none_or(|k| *k == key);
@@ -559,9 +788,8 @@ impl MasterPump<'_> {
                 {
                     // A task still waiting in a batch is sent first, then cancelled.
                     self.send_batch(rank);
-                    self.world
-                        .process_at_rank(rank)
-                        .send_with_tag(&task.0.to_le_bytes()[..], TAG_CANCEL);
+                    let id = task.0.to_le_bytes().to_vec();
+                    self.outbox.send(self.world, rank, TAG_CANCEL, id);
                 }
             }
             Cmd::Shutdown => self.begin_stop(),
@@ -579,9 +807,8 @@ impl MasterPump<'_> {
         let Some(batch) = self.batches.remove(&rank) else {
             return;
         };
-        let dest = self.world.process_at_rank(rank);
         if !batch.bundles.is_empty() {
-            dest.send_with_tag(&batch.bundles[..], TAG_TASKS);
+            self.outbox.send(self.world, rank, TAG_TASKS, batch.bundles);
         }
         for (sha, tasks) in batch.stream {
             let (args, env) = batch.stream_key.get(&sha).cloned().unwrap_or_default();
@@ -592,7 +819,9 @@ impl MasterPump<'_> {
                 tasks,
             };
             match serde_json::to_vec(&msg) {
-                Ok(bytes) => dest.send_with_tag(&bytes[..], TAG_STREAM),
+                Ok(bytes) => {
+                    self.outbox.send(self.world, rank, TAG_STREAM, bytes);
+                }
                 Err(e) => {
                     for t in msg.tasks {
                         if let Some((rank, task, done)) = self.in_flight.remove(&TaskId(t.id)) {
@@ -616,13 +845,12 @@ impl MasterPump<'_> {
         self.shared.close("the MPI interface was shut down");
         self.send_batches();
         for (id, (rank, _, _)) in &self.in_flight {
-            self.world
-                .process_at_rank(*rank)
-                .send_with_tag(&id.0.to_le_bytes()[..], TAG_CANCEL);
+            let id = id.0.to_le_bytes().to_vec();
+            self.outbox.send(self.world, *rank, TAG_CANCEL, id);
         }
     }
 
-    /// Hands a received outcome to the decoding thread.
+    /// Takes a received outcome; [`MasterPump::hand_over`] passes it on.
     fn finished(&mut self, rank: i32, id: u64, payload: Payload) {
         match self.in_flight.get(&TaskId(id)) {
             Some((r, _, _)) if *r == rank => {}
@@ -636,18 +864,36 @@ impl MasterPump<'_> {
         let Some((_, task, done)) = self.in_flight.remove(&TaskId(id)) else {
             return;
         };
-        self.shared.release(rank, task.id);
-        let fin = Finished {
+        if task.spec.program.mode() == ProgramMode::Process {
+            self.process_in_flight = self.process_in_flight.saturating_sub(1);
+        }
+        self.released.push((rank, task.id));
+        self.finished.push(Finished {
             task,
             rank,
             done,
             payload,
-        };
-        if let Err(mpsc::SendError(f)) = self.fin.send(fin) {
-            // The decoder is gone (it panicked): report instead of losing the task.
-            f.done.finish(Err(InterfaceError::new(
-                "the MPI result thread is gone; result dropped",
-            )));
+        });
+    }
+
+    /// Frees the places of the outcomes received so far (one lock) and hands them to the
+    /// decoding thread (one wake-up).
+    fn hand_over(&mut self) {
+        if !self.released.is_empty() {
+            self.shared.release_all(&self.released);
+            self.released.clear();
+        }
+        if self.finished.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.finished);
+        if let Err(mpsc::SendError(batch)) = self.fin.send(batch) {
+            // The decoder is gone (it panicked): report instead of losing the tasks.
+            for f in batch {
+                f.done.finish(Err(InterfaceError::new(
+                    "the MPI result thread is gone; result dropped",
+                )));
+            }
         }
     }
 
@@ -666,7 +912,7 @@ impl MasterPump<'_> {
                 let msg = format!("MPI rank {rank} could not run task {id}: {msg}");
                 self.finished(rank, id, Payload::Error(msg))
             }
-            TAG_STREAM_RESULTS => match serde_json::from_slice::<Vec<StreamResult>>(rest) {
+            TAG_STREAM_RESULTS => match decode_results_message(id, rest) {
                 Ok(results) => {
                     for r in results {
                         let id = r.id;
@@ -684,6 +930,7 @@ impl MasterPump<'_> {
 
 impl Drop for MasterPump<'_> {
     fn drop(&mut self) {
+        self.hand_over();
         for (id, (rank, _, done)) in self.in_flight.drain() {
             done.finish(Err(InterfaceError::new(format!(
                 "the MPI interface stopped while {id} ran on rank {rank}"
@@ -693,8 +940,8 @@ impl Drop for MasterPump<'_> {
 }
 
 /// The `mw-mpi-results` thread: decodes result bundles and finishes completions.
-fn decode_results(rx: Receiver<Finished>, _shared: &Arc<Shared>) {
-    for f in rx {
+fn decode_results(rx: Receiver<Vec<Finished>>, _shared: &Arc<Shared>) {
+    for f in rx.into_iter().flatten() {
         let (task, rank) = (f.task.clone(), f.rank);
         // What a rank sent is read under a guard: a panic fails this task with its message,
         // and the thread goes on with the others.
@@ -762,19 +1009,35 @@ enum Job {
 /// What the runner thread reports.
 enum Done {
     Bundle(u64, Result<Vec<u8>, String>),
-    Stream(StreamResult),
+    /// Streaming outcomes, gathered while the program worked (see [`runner_loop`]).
+    Stream(Vec<StreamResult>),
 }
 
 /// Program SHA-256, args and env: what tasks sharing one streaming process have in common.
 type StreamKey = (String, Vec<String>, BTreeMap<String, String>);
 
+/// Bytes of streaming results (answers and stderr) gathered before they are passed on even
+/// though the program has more answers ready, so one `STREAM_RESULTS` message stays small.
+const GATHER_BYTES: usize = 1 << 20;
+
 /// A rank's runner thread: runs its jobs in order; streaming ones through one long-lived
-/// program per (program, args, env), kept between batches.
+/// program per (program, args, env), kept between batches. Streaming tasks of the next
+/// batches (same program) join the running stream as they come, so the program never drains
+/// between batches, and outcomes go to the comm thread in groups: whatever the program had
+/// answered each time the runner is about to wait for it.
 fn runner_loop(jobs: Receiver<Job>, out: Sender<Done>, rank: i32, opts: RunOptions) {
     let host = mw_worker_runtime::exec::host_name();
     let mut stream: Option<(StreamKey, StreamRunner)> = None;
     let mut stream_dir: Option<tempfile::TempDir> = None;
-    for job in jobs {
+    let mut pending: Option<Job> = None;
+    loop {
+        let job = match pending.take() {
+            Some(j) => j,
+            None => match jobs.recv() {
+                Ok(j) => j,
+                Err(_) => break,
+            },
+        };
         match job {
             Job::Bundles(tasks) => {
                 for (id, program, bundle, control) in tasks {
@@ -815,24 +1078,57 @@ fn runner_loop(jobs: Receiver<Job>, out: Sender<Done>, rank: i32, opts: RunOptio
                     stream_dir = Some(dir);
                     stream = Some((key, StreamRunner::new(p)));
                 }
-                let Some((_, runner)) = stream.as_mut() else {
+                let Some((key, runner)) = stream.as_mut() else {
                     continue;
                 };
-                let mut source = tasks.into_iter().map(|(t, control)| {
-                    let input = StreamInput {
-                        line: serde_json::to_vec(&t.input).unwrap_or_else(|_| b"null".to_vec()),
-                        timeout: t
-                            .timeout_secs
-                            .filter(|s| s.is_finite() && *s >= 0.0)
-                            .and_then(|s| Duration::try_from_secs_f64(s).ok()),
-                        control,
-                    };
-                    (input, t.id)
-                });
-                runner.serve(
-                    || source.next(),
+                let mut queue: std::collections::VecDeque<(StreamTask, ProcessControl)> =
+                    tasks.into();
+                let mut source = || loop {
+                    if let Some((t, control)) = queue.pop_front() {
+                        let input = StreamInput {
+                            line: serde_json::to_vec(&t.input).unwrap_or_else(|_| b"null".to_vec()),
+                            timeout: t
+                                .timeout_secs
+                                .filter(|s| s.is_finite() && *s >= 0.0)
+                                .and_then(|s| Duration::try_from_secs_f64(s).ok()),
+                            control,
+                        };
+                        return Some((input, t.id));
+                    }
+                    if pending.is_some() {
+                        return None;
+                    }
+                    // The next batch of the same program joins this stream.
+                    match jobs.try_recv() {
+                        Ok(Job::Stream {
+                            program,
+                            args,
+                            env,
+                            tasks,
+                        }) if program.sha256() == key.0 && args == key.1 && env == key.2 => {
+                            queue.extend(tasks);
+                        }
+                        Ok(other) => {
+                            pending = Some(other);
+                            return None;
+                        }
+                        Err(_) => return None,
+                    }
+                };
+                let gathered: std::cell::RefCell<(Vec<StreamResult>, usize)> =
+                    std::cell::RefCell::new((Vec::new(), 0));
+                let flush = || {
+                    let mut g = gathered.borrow_mut();
+                    if !g.0.is_empty() {
+                        let batch = std::mem::take(&mut g.0);
+                        g.1 = 0;
+                        let _ = out.send(Done::Stream(batch));
+                    }
+                };
+                runner.serve_with(
+                    &mut source,
                     |id, o| {
-                        let _ = out.send(Done::Stream(StreamResult {
+                        let r = StreamResult {
                             id,
                             exit: o.exit,
                             result: String::from_utf8_lossy(&o.result).into_owned(),
@@ -843,9 +1139,20 @@ fn runner_loop(jobs: Receiver<Job>, out: Sender<Done>, rank: i32, opts: RunOptio
                                 .duration_since(std::time::UNIX_EPOCH)
                                 .map_or(0.0, |d| d.as_secs_f64()),
                             host: host.clone(),
-                        }));
+                        };
+                        let full = {
+                            let mut g = gathered.borrow_mut();
+                            g.1 += r.result.len() + r.stderr_tail.len();
+                            g.0.push(r);
+                            g.1 >= GATHER_BYTES
+                        };
+                        if full {
+                            flush();
+                        }
                     },
+                    flush,
                 );
+                flush();
             }
         }
     }
@@ -868,34 +1175,6 @@ fn make_stream_dir(
     std::fs::create_dir(&work)?;
     mw_worker_runtime::run::link_program_files(&program.root(), &work)?;
     Ok(dir)
-}
-
-/// Sends to rank 0 without ever blocking its messages to us: while the send is pending (a
-/// large message waits until rank 0 receives it), what rank 0 sends is received into
-/// `inbox`. Rank 0 may itself be blocked sending a batch to this rank; receiving it breaks
-/// the cycle, so a result and a batch crossing each other can never deadlock.
-fn send_to_master(
-    master: &mpi::topology::Process<'_>,
-    data: &[u8],
-    tag: i32,
-    inbox: &mut std::collections::VecDeque<(Vec<u8>, i32)>,
-) {
-    mpi::request::scope(|scope| {
-        let mut req = master.immediate_send_with_tag(scope, data, tag);
-        loop {
-            match req.test() {
-                Ok(_) => break,
-                Err(r) => req = r,
-            }
-            match master.immediate_matched_probe() {
-                Some(probed) => {
-                    let (d, status) = probed.matched_receive_vec::<u8>();
-                    inbox.push_back((d, status.tag()));
-                }
-                None => std::thread::yield_now(),
-            }
-        }
-    });
 }
 
 /// A worker rank's comm thread: serve rank 0 until `STOP`.
@@ -924,11 +1203,12 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
     // Tasks handed to the runner and not reported yet, with their cancel handles.
     let mut controls: HashMap<u64, ProcessControl> = HashMap::new();
     let mut backoff = Backoff::new(cap);
-    let mut inbox: std::collections::VecDeque<(Vec<u8>, i32)> = std::collections::VecDeque::new();
-    let send_error =
-        |inbox: &mut std::collections::VecDeque<(Vec<u8>, i32)>, id: u64, msg: &str| {
-            send_to_master(&master, &with_id(id, msg.as_bytes()), TAG_ERROR, inbox);
-        };
+    // What goes to rank 0 is sent without waiting (see `Outbox`): the comm thread goes on
+    // receiving while rank 0 has not taken it yet, so nothing crossing can deadlock.
+    let mut outbox = Outbox::default();
+    let send_error = |outbox: &mut Outbox, id: u64, msg: &str| {
+        outbox.send(world, 0, TAG_ERROR, with_id(id, msg.as_bytes()));
+    };
     let program_for = |programs: &HashMap<String, Result<Arc<UnpackedProgram>, String>>,
                        sha: &str|
      -> Result<Arc<UnpackedProgram>, String> {
@@ -949,34 +1229,35 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                 Done::Bundle(id, outcome) => {
                     controls.remove(&id);
                     match outcome {
-                        Ok(bytes) => send_to_master(&master, &bytes, TAG_RESULT, &mut inbox),
-                        Err(msg) => send_error(&mut inbox, id, &msg),
+                        Ok(bytes) => outbox.send(world, 0, TAG_RESULT, bytes),
+                        Err(msg) => send_error(&mut outbox, id, &msg),
                     }
                 }
-                Done::Stream(r) => {
-                    controls.remove(&r.id);
-                    stream_results.push(r);
+                Done::Stream(rs) => {
+                    for r in &rs {
+                        controls.remove(&r.id);
+                    }
+                    stream_results.extend(rs);
                 }
             }
         }
         if !stream_results.is_empty() {
-            match serde_json::to_vec(&stream_results) {
-                Ok(json) => {
-                    let msg = with_id(stream_results.len() as u64, &json);
-                    send_to_master(&master, &msg, TAG_STREAM_RESULTS, &mut inbox);
+            match encode_results(&stream_results) {
+                Ok(body) => {
+                    let msg = with_id(stream_results.len() as u64, &body);
+                    outbox.send(world, 0, TAG_STREAM_RESULTS, msg);
                 }
                 Err(e) => {
                     for r in &stream_results {
-                        send_error(&mut inbox, r.id, &format!("encoding its result: {e}"));
+                        send_error(&mut outbox, r.id, &format!("encoding its result: {e}"));
                     }
                 }
             }
         }
-        let message = inbox.pop_front().or_else(|| {
-            master.immediate_matched_probe().map(|probed| {
-                let (data, status) = probed.matched_receive_vec::<u8>();
-                (data, status.tag())
-            })
+        outbox.progress();
+        let message = master.immediate_matched_probe().map(|probed| {
+            let (data, status) = probed.matched_receive_vec::<u8>();
+            (data, status.tag())
         });
         if let Some((data, tag)) = message {
             progressed = true;
@@ -1006,11 +1287,15 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                             .and_then(split_id)
                             .and_then(|(n, b)| usize::try_from(n).ok().map(|n| (n, b)));
                         let (Some(sha), Some((len, body))) = (sha, len) else {
-                            send_error(&mut inbox, id, "malformed task message");
+                            send_error(&mut outbox, id, "malformed task message");
                             break;
                         };
                         let Some(bundle) = body.get(..len) else {
-                            send_error(&mut inbox, id, "malformed task message (truncated bundle)");
+                            send_error(
+                                &mut outbox,
+                                id,
+                                "malformed task message (truncated bundle)",
+                            );
                             break;
                         };
                         rest = &body[len..];
@@ -1020,7 +1305,7 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                                 controls.insert(id, control.clone());
                                 tasks.push((id, p, bundle.to_vec(), control));
                             }
-                            Err(e) => send_error(&mut inbox, id, &e),
+                            Err(e) => send_error(&mut outbox, id, &e),
                         }
                     }
                     if !tasks.is_empty() {
@@ -1028,7 +1313,7 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                         if job_tx.send(Job::Bundles(tasks)).is_err() {
                             for id in ids {
                                 controls.remove(&id);
-                                send_error(&mut inbox, id, "the rank's runner thread has stopped");
+                                send_error(&mut outbox, id, "the rank's runner thread has stopped");
                             }
                         }
                     }
@@ -1056,7 +1341,7 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                                 for id in ids {
                                     controls.remove(&id);
                                     send_error(
-                                        &mut inbox,
+                                        &mut outbox,
                                         id,
                                         "the rank's runner thread has stopped",
                                     );
@@ -1065,7 +1350,7 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                         }
                         Err(e) => {
                             for t in batch.tasks {
-                                send_error(&mut inbox, t.id, &e);
+                                send_error(&mut outbox, t.id, &e);
                             }
                         }
                     },
@@ -1084,6 +1369,7 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                     }
                     drop(job_tx);
                     let _ = runner.join();
+                    outbox.flush();
                     break;
                 }
                 other => {
@@ -1096,8 +1382,8 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
             continue;
         }
         if !controls.is_empty() {
-            // Tasks run: their ends wake us through the channel at once, and the master only
-            // sends more tasks, a cancel or stop meanwhile, so probe every few ms.
+            // Tasks run: their ends wake us through the channel at once; meanwhile the master
+            // sends more tasks, a cancel or stop, and our messages to it move on as we poll.
             if let Ok(d) = done_rx.recv_timeout(BUSY_PROBE_INTERVAL) {
                 pending = Some(d);
             }
@@ -1287,5 +1573,49 @@ impl Interface for Mpi {
 impl Drop for Mpi {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(id: u64, exit: mw_bundle::ExitInfo) -> StreamResult {
+        StreamResult {
+            id,
+            exit,
+            result: format!("{{\"i\":{id}}}"),
+            stderr_tail: if id.is_multiple_of(2) {
+                String::new()
+            } else {
+                "warn\n".into()
+            },
+            wall_secs: 0.25,
+            started_unix: 1.7e9,
+            host: "node-1".into(),
+        }
+    }
+
+    #[test]
+    fn stream_results_round_trip_and_forgeries_are_refused() {
+        let rs = vec![
+            result(1, mw_bundle::ExitInfo::Exited { code: 0 }),
+            result(
+                2,
+                mw_bundle::ExitInfo::ErrorReported {
+                    error: "bad seed".into(),
+                },
+            ),
+        ];
+        let body = encode_results(&rs).unwrap();
+        assert_eq!(decode_results_message(2, &body).unwrap(), rs);
+        // A count that does not match, a truncated body, a huge length: errors, no panic.
+        assert!(decode_results_message(3, &body).is_err());
+        assert!(decode_results_message(u64::MAX, &body).is_err());
+        assert!(decode_results_message(2, &body[..body.len() - 1]).is_err());
+        let mut forged = body.clone();
+        forged[24..28].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_results_message(2, &forged).is_err());
+        assert_eq!(decode_results_message(0, &[]).unwrap(), vec![]);
     }
 }

@@ -207,10 +207,22 @@ impl StreamRunner {
         next: impl FnMut() -> Option<(StreamInput, T)>,
         report: impl FnMut(T, StreamOutcome),
     ) {
+        self.serve_with(next, report, || {});
+    }
+
+    /// [`StreamRunner::serve`], calling `before_wait` each time it is about to wait for the
+    /// program (after reporting every answer it had read): a caller that gathers outcomes
+    /// passes them on there, in batches, without holding any back while the program works.
+    pub fn serve_with<T>(
+        &mut self,
+        next: impl FnMut() -> Option<(StreamInput, T)>,
+        report: impl FnMut(T, StreamOutcome),
+        before_wait: impl FnMut(),
+    ) {
         #[cfg(unix)]
-        unix::serve(self, next, report);
+        unix::serve(self, next, report, before_wait);
         #[cfg(windows)]
-        windows_fallback::serve(self, next, report);
+        windows_fallback::serve(self, next, report, before_wait);
     }
 
     /// Stops the program: closes its stdin, gives it the grace period to exit, then
@@ -583,6 +595,7 @@ mod unix {
         runner: &mut StreamRunner,
         mut next: impl FnMut() -> Option<(StreamInput, T)>,
         mut report: impl FnMut(T, StreamOutcome),
+        mut before_wait: impl FnMut(),
     ) {
         let window = runner.program.window.max(1);
         let grace = runner.program.grace;
@@ -715,6 +728,9 @@ mod unix {
                 }
                 if let Some(f) = &p.pidfd {
                     add(f.as_raw_fd(), libc::POLLIN, 3);
+                }
+                if timeout_ms != 0 {
+                    before_wait();
                 }
                 let r = if fds.is_empty() {
                     0
@@ -969,6 +985,7 @@ mod windows_fallback {
         runner: &mut StreamRunner,
         mut next: impl FnMut() -> Option<(StreamInput, T)>,
         mut report: impl FnMut(T, StreamOutcome),
+        mut before_wait: impl FnMut(),
     ) {
         let p = runner.program.clone();
         while let Some((input, token)) = next() {
@@ -1041,6 +1058,7 @@ mod windows_fallback {
                 }
             };
             report(token, outcome);
+            before_wait();
         }
     }
 }
