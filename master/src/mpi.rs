@@ -649,8 +649,8 @@ impl Outbox {
         // moved into `pending` (a move does not move its heap buffer) and dropped only after
         // completion (`progress`, `flush`, and `Drop` which flushes). The datatype and the
         // communicator are valid handles of the initialised MPI of this (the only MPI) thread,
-        // and `request` is written by MPI_Isend before it is read.
-        let request = unsafe {
+        // and `request` is read only after MPI_Isend returned success (it wrote it then).
+        let rc = unsafe {
             mpi::ffi::MPI_Isend(
                 data.as_ptr().cast(),
                 count,
@@ -659,9 +659,16 @@ impl Outbox {
                 tag,
                 world.as_raw(),
                 request.as_mut_ptr(),
-            );
-            request.assume_init()
+            )
         };
+        if rc != 0 {
+            // (With MPI's default error handler this is not reached: an error aborts.)
+            log::error!("mpi: MPI_Isend to rank {rank} failed ({rc}); sending it blocking");
+            world.process_at_rank(rank).send_with_tag(&data[..], tag);
+            return;
+        }
+        // SAFETY: MPI_Isend succeeded, so it initialised `request`.
+        let request = unsafe { request.assume_init() };
         self.pending.push((request, data));
     }
 
