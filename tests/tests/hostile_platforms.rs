@@ -495,6 +495,29 @@ fn a_dead_condor_event_thread_fails_every_task_in_flight_and_mw_ends() {
     }
 }
 
+/// Checks a 4-task run whose probe batch (task 0) panicked while being submitted to
+/// `platform`: task 0 failed with the panic, tasks 1-3 finished, the submit thread lived on.
+/// Returns everything mw printed.
+fn only_the_probe_failed(out: &Output, platform: &str) -> String {
+    let all = text(out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let r = results(out);
+    assert_eq!(r.len(), 4, "{all}");
+    for t in 1..4 {
+        assert_eq!(r[&t]["state"], "done", "{all}");
+        assert_eq!(r[&t]["output"], serde_json::json!(t), "{all}");
+    }
+    assert_eq!(r[&0]["state"], "failed", "{all}");
+    let e = r[&0]["error"].as_str().unwrap();
+    let why = format!("internal error while submitting it to {platform}: injected panic");
+    assert!(e.contains(&why), "{e}");
+    assert!(
+        !all.contains(&format!("the {platform} submit thread failed")),
+        "{all}"
+    );
+    all
+}
+
 /// A panic while submitting one batch fails that batch's tasks only; the submit thread goes
 /// on. With `target_job_secs` the first batch is a one-task probe (the others wait for its
 /// run time): the probe's batch panics, its task fails, a new probe goes out and the rest of
@@ -510,21 +533,7 @@ fn a_panic_submitting_one_condor_batch_fails_that_batch_only() {
         "[condor]\ntasks_per_job = 10\ntarget_job_secs = 60\n",
         &[("MW_PANIC_AT", "condor-submit:0")],
     );
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{all}");
-    let r = results(&out);
-    assert_eq!(r.len(), 4, "{all}");
-    for t in 1..4 {
-        assert_eq!(r[&t]["state"], "done", "{all}");
-        assert_eq!(r[&t]["output"], serde_json::json!(t), "{all}");
-    }
-    assert_eq!(r[&0]["state"], "failed", "{all}");
-    let e = r[&0]["error"].as_str().unwrap();
-    assert!(
-        e.contains("internal error while submitting it to HTCondor: injected panic"),
-        "{e}"
-    );
-    assert!(!all.contains("the HTCondor submit thread failed"), "{all}");
+    only_the_probe_failed(&out, "HTCondor");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -726,21 +735,7 @@ fn a_panic_submitting_one_boinc_batch_fails_that_batch_only() {
         prog.display()
     );
     let out = p.run("bsubmit", &body, &[("MW_PANIC_AT", "boinc-submit:0")]);
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{all}");
-    let r = results(&out);
-    assert_eq!(r.len(), 4, "{all}");
-    for t in 1..4 {
-        assert_eq!(r[&t]["state"], "done", "{all}");
-        assert_eq!(r[&t]["output"], serde_json::json!(t), "{all}");
-    }
-    assert_eq!(r[&0]["state"], "failed", "{all}");
-    let e = r[&0]["error"].as_str().unwrap();
-    assert!(
-        e.contains("internal error while submitting it to BOINC: injected panic"),
-        "{e}"
-    );
-    assert!(!all.contains("the BOINC submit thread failed"), "{all}");
+    let all = only_the_probe_failed(&out, "BOINC");
     // The panicking batch's workunit was stopped in BOINC too.
     assert_eq!(p.calls_of("cancel_jobs").len(), 1, "{all}");
 }
