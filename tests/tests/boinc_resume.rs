@@ -762,8 +762,21 @@ fn duplicate_in_a_later_chunk_keeps_the_inputs_of_the_workunits_created_before_i
         assert_eq!(runs, 1, "{n} ran {runs} times");
     }
     // The first call failed on the last line; each of the others then came back once as a
-    // duplicate (plus the test's own call).
-    assert_eq!(p.calls_of("create_work").len(), names.len() + 1);
+    // duplicate (plus the test's own call). Tasks the master handed over after the held
+    // batch went in calls of their own, which name none of these workunits.
+    let naming_these = p
+        .calls_of("create_work")
+        .iter()
+        .filter(|c| {
+            let stdin = c["stdin"].as_str().unwrap_or_default();
+            stdin.lines().any(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|w| names.iter().any(|n| n == w))
+            })
+        })
+        .count();
+    assert_eq!(naming_these, names.len() + 1);
     // The input mw staged for the name that existed before was nobody's: removed again.
     assert_eq!(
         staged_file(&p, mw_input),
