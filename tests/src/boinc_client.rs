@@ -11,6 +11,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -274,8 +275,8 @@ impl DataDir {
             .create(true)
             .append(true)
             .open(self.dir.join("client.log"))?;
-        let child = Command::new("boinc")
-            .arg("--dir")
+        let mut cmd = Command::new("boinc");
+        cmd.arg("--dir")
             .arg(&self.dir)
             .args([
                 "--gui_rpc_unix_domain",
@@ -288,7 +289,20 @@ impl DataDir {
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
+            .stderr(log);
+        // A serve loop killed by a failing test (SIGKILL: no Drop runs) takes its client
+        // with it instead of leaving it running on a deleted project.
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
+        // which is async-signal-safe; it touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .spawn()
             .context("starting `boinc` (is Debian's boinc-client installed?)")?;
         Ok(Client {
