@@ -344,6 +344,30 @@ echo '{"ok":true}'"#,
     assert!(exited(pid), "background process {pid} outlived its task");
 }
 
+/// A script without a `#!` line runs with /bin/sh (as execvp(3) runs it), whichever way the
+/// worker starts it: `posix_spawn` without a parent-death signal, `fork` + `exec` with one.
+#[test]
+fn a_script_without_a_shebang_runs_with_sh_either_way() {
+    for die_with_parent in [false, true] {
+        let sb = Sandbox::new();
+        let mut req = sb.request("exit 0");
+        std::fs::write(&req.program, "cat > /dev/null\nprintf '%s' \"$1\"\n").unwrap();
+        req.args = vec!["{\"ran\":1}".into()];
+        req.die_with_parent = die_with_parent;
+        let out = execute(&req, &ProcessControl::new()).unwrap();
+        assert_eq!(
+            out.exit,
+            ExitInfo::Exited { code: 0 },
+            "die_with_parent = {die_with_parent}: {}",
+            out.stderr_tail
+        );
+        assert_eq!(
+            out.stdout, b"{\"ran\":1}",
+            "die_with_parent = {die_with_parent}"
+        );
+    }
+}
+
 #[test]
 fn a_missing_program_is_a_spawn_failure_naming_it() {
     let sb = Sandbox::new();

@@ -11,7 +11,9 @@
 //!
 //! The child gets what [`super::task_command`] gives one: its arguments, the inherited
 //! environment plus the task's and [`super::TASK_TOKEN_ENV`], its working directory, its own
-//! process group, an empty signal mask and SIGPIPE at its default action. There is no
+//! process group, an empty signal mask and SIGPIPE at its default action. A file the kernel
+//! does not recognise as a program (a script without `#!`) runs with /bin/sh, as execvp(3)
+//! and a forking `Command` run it. There is no
 //! parent-death signal: callers use this only when something else kills the task if the
 //! worker dies (a watchdog, see [`crate::dying`]) or when they do not ask for it.
 //!
@@ -151,7 +153,7 @@ pub(crate) fn spawn(
     stdio: [BorrowedFd<'_>; 3],
 ) -> io::Result<i32> {
     let path = c_string(program.as_os_str().as_bytes())?;
-    let mut argv = vec![path.clone()];
+    let mut argv = vec![path];
     for a in args {
         argv.push(c_string(a.as_bytes())?);
     }
@@ -196,26 +198,48 @@ pub(crate) fn spawn(
             | libc::POSIX_SPAWN_SETSIGDEF;
         check(libc::posix_spawnattr_setflags(attrs.ptr(), flags as _))?;
     }
-    let argv_ptrs = pointers(&argv);
     let envp_ptrs = pointers(&envp);
-    let mut pid: libc::pid_t = 0;
-    // SAFETY: every pointer is to initialised data that lives until the call returns: the
-    // path, the null-terminated argv and envp arrays over C strings held above, and the
-    // initialised file actions and attributes.
-    let spawn_fn = if is_bare_name(program) {
-        libc::posix_spawnp
-    } else {
-        libc::posix_spawn
+    let mut run = |spawn_fn: SpawnFn, argv: &[CString]| -> io::Result<i32> {
+        let argv_ptrs = pointers(argv);
+        let mut pid: libc::pid_t = 0;
+        // SAFETY: every pointer is to initialised data that lives until the call returns:
+        // the path (argv[0]), the null-terminated argv and envp arrays over C strings held
+        // by the caller, and the initialised file actions and attributes.
+        check(unsafe {
+            spawn_fn(
+                &mut pid,
+                argv[0].as_ptr(),
+                actions.ptr(),
+                attrs.ptr(),
+                argv_ptrs.as_ptr(),
+                envp_ptrs.as_ptr(),
+            )
+        })?;
+        Ok(pid)
     };
-    check(unsafe {
-        spawn_fn(
-            &mut pid,
-            path.as_ptr(),
-            actions.ptr(),
-            attrs.ptr(),
-            argv_ptrs.as_ptr(),
-            envp_ptrs.as_ptr(),
-        )
-    })?;
-    Ok(pid)
+    if is_bare_name(program) {
+        return run(libc::posix_spawnp, &argv);
+    }
+    match run(libc::posix_spawn, &argv) {
+        // A file the kernel does not recognise as a program (a script without a `#!`
+        // line): run it with /bin/sh, as execvp(3) does, and as std's `Command` does
+        // when it forks. Without this a task would start or not depending on how the
+        // worker happened to start it.
+        Err(e) if e.raw_os_error() == Some(libc::ENOEXEC) => {
+            let mut sh = vec![c_string(b"/bin/sh")?];
+            sh.extend(argv);
+            run(libc::posix_spawn, &sh)
+        }
+        other => other,
+    }
 }
+
+/// The signature `posix_spawn` and `posix_spawnp` share.
+type SpawnFn = unsafe extern "C" fn(
+    *mut libc::pid_t,
+    *const libc::c_char,
+    *const libc::posix_spawn_file_actions_t,
+    *const libc::posix_spawnattr_t,
+    *const *mut libc::c_char,
+    *const *mut libc::c_char,
+) -> libc::c_int;
