@@ -1071,6 +1071,14 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
             usize::try_from(unfinished)?,
         );
     }
+    if !quiet && reduce.is_none() {
+        // Unlike `mw run`, a resumed master prints no result lines (the earlier ones went
+        // to the interrupted run's output): say where all of them are.
+        eprintln!(
+            "mw: every result, from before the resume too: `mw results {}`",
+            meta.id
+        );
+    }
     log::info!(
         "job {}: every task has an outcome ({failed} failed or cancelled)",
         meta.id

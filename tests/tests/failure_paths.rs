@@ -195,8 +195,11 @@ fn ctrl_c_stops_every_task_and_resume_completes_the_job() {
     }
     // Resume runs everything that did not finish, and the job completes.
     write(d, "gate", "");
-    let o = run_mw(d, &["resume", "intr-1", "-q"]);
+    let o = run_mw(d, &["resume", "intr-1"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
+    // It prints no result lines; it says where they all are.
+    assert!(o.stdout.is_empty(), "{}", o.stdout);
+    assert!(o.stderr.contains("`mw results intr-1`"), "{}", o.stderr);
     let r = run_mw(d, &["results", "intr-1"]);
     let lines: Vec<serde_json::Value> = r
         .stdout
