@@ -62,7 +62,23 @@ pub struct Multicore {
     handles: Mutex<Option<Arc<dyn HandleSink>>>,
     /// Stale slot directories (of killed masters) are removed once, before the first slot.
     sweep: std::sync::Once,
+    /// How [`Interface::shutdown`] waits until every slot thread has removed its directory.
+    slot_exits: Mutex<SlotExits>,
 }
+
+/// Each slot thread holds a clone of `tx` until it has removed its slot directory; once
+/// `tx` itself is dropped (at shutdown), `rx` reports disconnection when the last slot thread
+/// is done. Without this wait the process could exit while a slot thread was still removing
+/// its directory, leaving it without its lock file for the sweep to recognise.
+struct SlotExits {
+    /// `None` once shut down: no slot thread starts after that.
+    tx: Option<std::sync::mpsc::Sender<()>>,
+    rx: std::sync::mpsc::Receiver<()>,
+}
+
+/// The longest [`Interface::shutdown`] waits for the slot threads to end (each ends once its
+/// current task, already cancelled, has stopped); past it, shutdown goes on without them.
+const SLOT_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl std::fmt::Debug for Multicore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -105,6 +121,10 @@ impl Multicore {
             slot_threads: Mutex::new((0..slots).map(|_| None).collect()),
             handles: Mutex::new(None),
             sweep: std::sync::Once::new(),
+            slot_exits: {
+                let (tx, rx) = std::sync::mpsc::channel();
+                Mutex::new(SlotExits { tx: Some(tx), rx })
+            },
         }
     }
 
@@ -569,7 +589,13 @@ impl Interface for Multicore {
         let id = task.id;
         let mut threads = crate::guard::lock(&self.slot_threads);
         let slot = worker.0 as usize;
-        if threads.get(slot).map(Option::is_none).unwrap_or(false) {
+        // No slot thread starts once shut down (no exit token left to give it).
+        let exit_token = threads
+            .get(slot)
+            .is_some_and(Option::is_none)
+            .then(|| crate::guard::lock(&self.slot_exits).tx.clone())
+            .flatten();
+        if let Some(exit_token) = exit_token {
             self.sweep
                 .call_once(|| sweep_stale_slots(self.scratch_root.as_deref()));
             // The slot's own directory (random name), kept for the slot thread's lifetime,
@@ -583,8 +609,16 @@ impl Interface for Multicore {
                 let spawned = std::thread::Builder::new()
                     .name(format!("mw-slot-{slot}"))
                     .spawn(move || {
-                        let _lock = lock;
                         slot_loop(&rx, dir.path(), &host, &state, worker);
+                        // The directory goes while its lock is still held (a task may have
+                        // left directories it cannot write to), then the lock, and then
+                        // shutdown may stop waiting for this slot.
+                        make_writable(dir.path());
+                        if let Err(e) = dir.close() {
+                            log::debug!("cannot remove a slot directory: {e}");
+                        }
+                        drop(lock);
+                        drop(exit_token);
                     });
                 if spawned.is_ok() {
                     let work: Arc<str> = format!(":{}", path.join("work").display()).into();
@@ -682,6 +716,25 @@ impl Interface for Multicore {
         let mut threads = crate::guard::lock(&self.slot_threads);
         for t in threads.iter_mut() {
             t.take();
+        }
+        drop(threads);
+        // Wait until each has removed its directory (see `SlotExits`).
+        let mut exits = crate::guard::lock(&self.slot_exits);
+        exits.tx = None;
+        let deadline = std::time::Instant::now() + SLOT_EXIT_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match exits.rx.recv_timeout(left) {
+                Ok(()) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    log::warn!(
+                        "a worker slot did not end within {SLOT_EXIT_WAIT:?} of the shutdown; \
+                         not waiting for it"
+                    );
+                    break;
+                }
+            }
         }
     }
 }

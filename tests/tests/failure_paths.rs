@@ -534,3 +534,40 @@ fn a_pending_cancel_is_applied_before_a_resumed_master_dispatches_anything() {
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(d.join("started").join("0").exists());
 }
+
+/// `mw run` exits only after its worker slots removed their directories. The last task leaves
+/// thousands of files in its working directory, so removing the slot directory takes a
+/// while: before the fix the process exited in the middle of it (about one quick run in ten
+/// did so even without such a task), and what was left had lost its lock file, so later
+/// masters' sweeps kept it for an hour.
+#[test]
+fn mw_run_exits_only_after_its_slot_directories_are_removed() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let tmp = d.join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    script(
+        d,
+        "litter.sh",
+        "cat > /dev/null\nmkdir -p a/b\ni=0\nwhile [ $i -lt 3000 ]; do : > f$i; : > a/b/g$i; i=$((i+1)); done\necho 1",
+    );
+    write(
+        d,
+        "litter.toml",
+        "name = \"litter\"\nworkers = 2\n[program]\npath = \"litter.sh\"\n[inputs]\nlist = [1, 2]\n",
+    );
+    let child = spawn_mw(
+        d,
+        &["run", "litter.toml", "-q", "--no-journal"],
+        &[("TMPDIR", tmp.to_str().unwrap())],
+    );
+    let (code, out, err) = finish(child);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let left: Vec<String> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+}
