@@ -31,8 +31,8 @@ use std::time::Duration;
 
 /// The handle recorded before `create_work` runs: the workunit may or may not exist.
 pub(super) const PENDING_PREFIX: &str = "pending:";
-/// The longest the submit thread waits for more tasks to fill packs.
-const PACK_WINDOW: Duration = Duration::from_secs(2);
+/// The longest the submit thread waits for more tasks to fill a batch (or its packs).
+const BATCH_WINDOW: Duration = Duration::from_secs(2);
 /// Longest create_work error text kept in a task's error.
 const MAX_ERROR_TEXT: usize = 600;
 
@@ -46,9 +46,11 @@ pub(super) fn submit_loop(shared: &Arc<Shared>) {
             if st.shut_down {
                 return;
             }
-            // Give the scheduler a moment to hand over more tasks for the same batch; when
-            // packing, until it has stopped handing them over (a quiet 50 ms, at most
-            // [`PACK_WINDOW`]), so packs are full rather than cut by the timing of a drain.
+            // Give the scheduler a moment to hand over more tasks for the same batch: until it
+            // has stopped handing them over (a quiet 50 ms, at most [`BATCH_WINDOW`]), so
+            // batches and packs are full rather than cut by the timing of a drain (a
+            // scheduler slowed by a loaded machine hands tasks over tens of ms apart; each
+            // batch costs a `create_work` run).
             let started = std::time::Instant::now();
             loop {
                 let before = st.queue.len();
@@ -62,11 +64,7 @@ pub(super) fn submit_loop(shared: &Arc<Shared>) {
                     break;
                 }
                 st = crate::guard::wait_timeout(&shared.cond, st, Duration::from_millis(50));
-                if !shared.packing
-                    || st.shut_down
-                    || st.queue.len() == before
-                    || started.elapsed() >= PACK_WINDOW
-                {
+                if st.shut_down || st.queue.len() == before || started.elapsed() >= BATCH_WINDOW {
                     break;
                 }
             }
