@@ -3,7 +3,9 @@
 //! crash window of the master has one, so resume is tested from exactly that state.
 //! Panic points (`MW_PANIC_AT=<name>` or `<name>:<task>`, [`panic_point`]) do the same for
 //! the guards around threads that handle remote data: the test makes one panic and checks
-//! the tasks fail with a message instead of `mw run` hanging.
+//! the tasks fail with a message instead of `mw run` hanging. Delay points
+//! (`MW_DELAY_AT=<name>:<ms>`, [`delay_point`]) widen a window instead, for a test that
+//! checks the master never ends inside it.
 //!
 //! Without the variables a point costs one cached lookup. This module knows nothing of
 //! what the points guard.
@@ -43,5 +45,26 @@ pub fn panic_point(name: &str, task: Option<u64>) {
     };
     if hit {
         std::panic::panic_any(format!("injected panic at `{at}` ({PANIC_ENV})"));
+    }
+}
+
+/// The environment variable naming the delay point to pause at, and for how long:
+/// `<name>:<milliseconds>`.
+pub const DELAY_ENV: &str = "MW_DELAY_AT";
+
+/// Pauses this thread (a test widening a window between two steps, e.g. to check that the
+/// master does not exit in it; never without `MW_DELAY_AT`) when `MW_DELAY_AT` names this
+/// point. The pause is capped at 10 s.
+pub fn delay_point(name: &str) {
+    static AT: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    let at = AT.get_or_init(|| {
+        let v = std::env::var(DELAY_ENV).ok()?;
+        let (n, ms) = v.rsplit_once(':')?;
+        Some((n.to_string(), ms.parse().ok()?))
+    });
+    if let Some((n, ms)) = at {
+        if n == name {
+            std::thread::sleep(std::time::Duration::from_millis((*ms).min(10_000)));
+        }
     }
 }

@@ -71,6 +71,11 @@ impl Project {
 
     /// Like `run`, with extra `[boinc]` lines.
     fn run_with(&self, name: &str, body: &str, boinc: &str) -> Output {
+        self.run_env(name, body, boinc, &[])
+    }
+
+    /// Like `run_with`, with extra environment variables for `mw`.
+    fn run_env(&self, name: &str, body: &str, boinc: &str, env: &[(&str, &str)]) -> Output {
         let dir = self.root.parent().unwrap().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let job = dir.join("job.toml");
@@ -88,6 +93,7 @@ impl Project {
             .arg("-q")
             .arg("--jobs-dir")
             .arg(dir.join("jobs"))
+            .envs(env.iter().copied())
             .output()
             .unwrap()
     }
@@ -685,4 +691,28 @@ fn pack_with_a_failing_task_through_boinc() {
         .all(|w| w["name"].as_str().unwrap().contains("_p")));
     let init = p.calls_of("script_validator");
     assert_eq!(init.len(), 2, "{init:#?}");
+}
+
+/// `mw run` ends only once its spool thread has removed every result it delivered. The
+/// delay point holds that thread between delivering the last result and removing its file,
+/// where before the master could end first and leave the file in `mw_spool` for good (one
+/// result bundle of a finished job per such exit).
+#[test]
+fn the_master_ends_only_after_removing_the_results_it_delivered() {
+    let p = Project::new(1);
+    let out = p.run_env(
+        "spooled",
+        &format!(
+            "[program]\npath = \"{}\"\n[inputs]\nlist = [1, 2, 3]\n",
+            program("null-task")
+        ),
+        "",
+        &[("MW_DELAY_AT", "boinc-result-delivered:700")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check_all_ran(&p, 3, 1);
 }

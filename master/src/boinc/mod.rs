@@ -220,7 +220,14 @@ fn fail_all(shared: &Shared, why: String) {
 pub struct Boinc {
     shared: Arc<Shared>,
     _watcher: Option<notify::RecommendedWatcher>,
+    /// Disconnected once the spool thread has ended (it holds the sender): `shutdown` waits
+    /// for that, so a result it has just delivered is also removed from the spool before the
+    /// process may exit (else the finished job's result stayed in `mw_spool` for ever).
+    watch_exit: Mutex<Option<mpsc::Receiver<()>>>,
 }
+
+/// The longest `shutdown` waits for the spool thread to end.
+const WATCH_EXIT_WAIT: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for Boinc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -456,9 +463,11 @@ impl Boinc {
             })
             .map_err(|e| BoincError(format!("cannot start the submit thread: {e}")))?;
         let s2 = shared.clone();
+        let (exit_tx, exit_rx) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("mw-boinc-watch".into())
             .spawn(move || {
+                let _exit = exit_tx;
                 if let Err(panic) = crate::guard::contain(|| spool::watch_loop(&s2, &rx)) {
                     fail_all(&s2, format!("the BOINC spool thread failed: {panic}"));
                 }
@@ -467,6 +476,7 @@ impl Boinc {
         Ok(Boinc {
             shared,
             _watcher: watcher,
+            watch_exit: Mutex::new(Some(exit_rx)),
         })
     }
 
@@ -700,6 +710,16 @@ impl Interface for Boinc {
         }
         if let Some(tx) = crate::guard::lock(&self.shared.wake_watcher).take() {
             let _ = tx.send(());
+        }
+        // The spool thread stops between two spool entries (what it has not read stays for
+        // `mw resume`); wait until it has, so its last entry's file is gone too.
+        if let Some(rx) = crate::guard::lock(&self.watch_exit).take() {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(WATCH_EXIT_WAIT) {
+                log::warn!(
+                    "the BOINC spool thread did not end within {WATCH_EXIT_WAIT:?} of the \
+                     shutdown; not waiting for it"
+                );
+            }
         }
     }
 }

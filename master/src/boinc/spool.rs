@@ -70,6 +70,11 @@ fn scan_spool(shared: &Arc<Shared>) {
         }
     }
     for f in found {
+        // Once the master shuts down, nothing more is delivered (a resumed master reads
+        // what is left).
+        if shared.lock().shut_down {
+            return;
+        }
         match f {
             Found::Result(wu) => take_result(shared, &wu),
             Found::Error(wu) => take_error(shared, &wu),
@@ -156,6 +161,8 @@ fn take_result(shared: &Shared, wu: &WuName) {
             done.finish(outcome);
         }
     }
+    // Delivered (the master may now end): the file goes before the master does.
+    crate::crash::delay_point("boinc-result-delivered");
     let _ = std::fs::remove_file(&path);
 }
 
@@ -200,6 +207,7 @@ fn take_pack_result(shared: &Shared, wu: &WuName, path: &Path) {
     {
         log::error!("BOINC workunit {wu}: internal error while reading its pack result: {panic}");
     }
+    crate::crash::delay_point("boinc-result-delivered");
     let _ = std::fs::remove_file(path);
 }
 
