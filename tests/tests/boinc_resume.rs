@@ -700,7 +700,7 @@ fn duplicate_in_a_later_chunk_keeps_the_inputs_of_the_workunits_created_before_i
     assert!(
         names.len() >= 2,
         "the first batch holds one task only ({names:?}): the master handed its 4 tasks \
-         to the batch more than 50 ms apart"
+         to the batch more than the batch window (300 ms) apart"
     );
     let held = p.calls_of("create_work").remove(0);
     let last: Vec<String> = held["stdin"]

@@ -33,6 +33,11 @@ use std::time::Duration;
 pub(super) const PENDING_PREFIX: &str = "pending:";
 /// The longest the submit thread waits for more tasks to fill a batch (or its packs).
 const BATCH_WINDOW: Duration = Duration::from_secs(2);
+/// A batch closes once no task has been handed over for this long. Generous: a workunit
+/// waits minutes for a volunteer anyway, while a scheduler slowed by a loaded machine hands
+/// tasks over tens of milliseconds apart (with 50 ms, bursts of 4 were cut into batches and
+/// packs of 1 when tasks came 80 ms apart).
+const BATCH_QUIET: Duration = Duration::from_millis(300);
 /// Longest create_work error text kept in a task's error.
 const MAX_ERROR_TEXT: usize = 600;
 
@@ -47,26 +52,30 @@ pub(super) fn submit_loop(shared: &Arc<Shared>) {
                 return;
             }
             // Give the scheduler a moment to hand over more tasks for the same batch: until it
-            // has stopped handing them over (a quiet 50 ms, at most [`BATCH_WINDOW`]), so
+            // has stopped handing them over ([`BATCH_QUIET`], at most [`BATCH_WINDOW`]), so
             // batches and packs are full rather than cut by the timing of a drain (a
             // scheduler slowed by a loaded machine hands tasks over tens of ms apart; each
             // batch costs a `create_work` run).
+            let full = shared.batch_size.saturating_mul(if shared.packing {
+                crate::pack::MAX_TASKS_PER_PACK
+            } else {
+                1
+            });
             let started = std::time::Instant::now();
+            // The queue's length when it last changed, and when (other wake-ups of the
+            // condition variable do not end the quiet time).
+            let mut last = (st.queue.len(), started);
             loop {
-                let before = st.queue.len();
-                if before
-                    >= shared.batch_size.saturating_mul(if shared.packing {
-                        crate::pack::MAX_TASKS_PER_PACK
-                    } else {
-                        1
-                    })
-                {
+                let n = st.queue.len();
+                if n != last.0 {
+                    last = (n, std::time::Instant::now());
+                }
+                let quiet_left = BATCH_QUIET.saturating_sub(last.1.elapsed());
+                let window_left = BATCH_WINDOW.saturating_sub(started.elapsed());
+                if n >= full || st.shut_down || quiet_left.is_zero() || window_left.is_zero() {
                     break;
                 }
-                st = crate::guard::wait_timeout(&shared.cond, st, Duration::from_millis(50));
-                if st.shut_down || st.queue.len() == before || started.elapsed() >= BATCH_WINDOW {
-                    break;
-                }
+                st = crate::guard::wait_timeout(&shared.cond, st, quiet_left.min(window_left));
             }
             if shared.packing {
                 form_packs(shared, &mut st)
