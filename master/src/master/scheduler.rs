@@ -320,6 +320,7 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
         };
         // The spec is built outside the lock (it may read the journal and render templates).
         let (front, plan, attempt) = front;
+        crate::crash::delay_point("dispatch");
         let (worker, built) = match inner.realize(front, plan) {
             Ok(spec) => {
                 let probe = prepare(&inner, front, attempt + 1, spec);
