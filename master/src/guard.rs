@@ -45,3 +45,36 @@ pub(crate) fn wait_timeout<'a, T>(
 pub(crate) fn contain<R>(f: impl FnOnce() -> R) -> Result<R, String> {
     std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| panic_message(p.as_ref()))
 }
+
+/// Waits, for at most `limit`, until every sender of `rx` has been dropped (the channel
+/// carries no values: holding a sender means "not done yet"). Returns whether they were.
+pub(crate) fn wait_for_drop(rx: &std::sync::mpsc::Receiver<()>, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            // A stray value is not an exit: keep waiting.
+            Ok(()) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return true,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_for_drop_returns_once_the_last_sender_is_gone_and_not_before() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let tx2 = tx.clone();
+        // A value sent is not an exit, and a live sender makes the wait time out.
+        tx.send(()).unwrap();
+        drop(tx);
+        assert!(!wait_for_drop(&rx, Duration::from_millis(1)));
+        let t = std::thread::spawn(move || drop(tx2));
+        assert!(wait_for_drop(&rx, Duration::from_secs(60)));
+        t.join().unwrap();
+    }
+}

@@ -721,20 +721,11 @@ impl Interface for Multicore {
         // Wait until each has removed its directory (see `SlotExits`).
         let mut exits = crate::guard::lock(&self.slot_exits);
         exits.tx = None;
-        let deadline = std::time::Instant::now() + SLOT_EXIT_WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match exits.rx.recv_timeout(left) {
-                Ok(()) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    log::warn!(
-                        "a worker slot did not end within {SLOT_EXIT_WAIT:?} of the shutdown; \
-                         not waiting for it"
-                    );
-                    break;
-                }
-            }
+        if !crate::guard::wait_for_drop(&exits.rx, SLOT_EXIT_WAIT) {
+            log::warn!(
+                "a worker slot did not end within {SLOT_EXIT_WAIT:?} of the shutdown; \
+                 not waiting for it"
+            );
         }
     }
 }

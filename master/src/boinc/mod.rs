@@ -714,7 +714,7 @@ impl Interface for Boinc {
         // The spool thread stops between two spool entries (what it has not read stays for
         // `mw resume`); wait until it has, so its last entry's file is gone too.
         if let Some(rx) = crate::guard::lock(&self.watch_exit).take() {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(WATCH_EXIT_WAIT) {
+            if !crate::guard::wait_for_drop(&rx, WATCH_EXIT_WAIT) {
                 log::warn!(
                     "the BOINC spool thread did not end within {WATCH_EXIT_WAIT:?} of the \
                      shutdown; not waiting for it"
