@@ -163,8 +163,12 @@ pub(crate) struct Prepared {
     pub(crate) reduce: Option<Program>,
 }
 
-/// Tasks recorded (and submitted) per journal transaction.
+/// Tasks recorded (and submitted) per journal transaction, at most.
 const RECORD_CHUNK: usize = 10_000;
+
+/// The first transaction's tasks: the slots start on them while later chunks, each 4 times
+/// larger up to [`RECORD_CHUNK`], are recorded.
+const FIRST_RECORD_CHUNK: usize = 500;
 
 /// Builds every task spec once and drops it, so every error comes before anything runs
 /// while memory stays that of one task.
@@ -201,22 +205,24 @@ fn spec_source(builder: &Arc<TaskBuilder>, inputs: Option<&Arc<Inputs>>) -> Arc<
     })
 }
 
-/// Hands `inputs` (from task `skip` on) to `record` in chunks of [`RECORD_CHUNK`], with the
-/// index of each chunk's first task.
+/// Hands `inputs` (from task `skip` on) to `record` in chunks growing from
+/// [`FIRST_RECORD_CHUNK`] to [`RECORD_CHUNK`], with the index of each chunk's first task.
 fn in_chunks(
     inputs: &Inputs,
     skip: usize,
     mut record: impl FnMut(u64, Vec<serde_json::Value>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let mut chunk = Vec::with_capacity(RECORD_CHUNK);
+    let mut size = FIRST_RECORD_CHUNK;
+    let mut chunk = Vec::with_capacity(size);
     let mut first = skip as u64;
     for input in inputs.iter().skip(skip) {
         chunk.push(input?);
-        if chunk.len() == RECORD_CHUNK {
+        if chunk.len() == size {
             let n = chunk.len() as u64;
+            size = (size * 4).min(RECORD_CHUNK);
             record(
                 first,
-                std::mem::replace(&mut chunk, Vec::with_capacity(RECORD_CHUNK)),
+                std::mem::replace(&mut chunk, Vec::with_capacity(size)),
             )?;
             first += n;
         }

@@ -212,25 +212,40 @@ fn ctrl_c_stops_every_task_and_resume_completes_the_job() {
 
 #[test]
 fn a_master_killed_while_recording_tasks_is_completed_by_resume() {
+    killed_while_recording_then_resumed("run-before-recording", 40, "0");
+}
+
+/// Killed after the first (smaller) chunk of tasks was recorded and its tasks started:
+/// resume records the rest, and every task is reported once.
+#[test]
+fn a_master_killed_after_its_first_recorded_chunk_is_completed_by_resume() {
+    killed_while_recording_then_resumed("run-recorded-chunk", 1_200, "500");
+}
+
+fn killed_while_recording_then_resumed(point: &str, n: i64, recorded: &str) {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     write(
         d,
         "rec.toml",
-        "name = \"rec\"\n[program]\ncommand = [\"/bin/cat\"]\n[inputs.sweep]\nx = { start = 0, end = 40 }\n",
+        &format!("name = \"rec\"\n[program]\ncommand = [\"/bin/cat\"]\n[inputs.sweep]\nx = {{ start = 0, end = {n} }}\n"),
     );
-    let child = spawn_mw(
-        d,
-        &["run", "rec.toml", "-q"],
-        &[("MW_CRASH_AT", "run-before-recording")],
-    );
+    let child = spawn_mw(d, &["run", "rec.toml", "-q"], &[("MW_CRASH_AT", point)]);
     let (code, _, _) = finish(child);
     assert_eq!(code, -1, "the crash point must kill mw");
+    // Only the chunks before the crash point are in the journal.
+    let before = run_mw(d, &["status", "rec-1"]);
+    let tasks = before
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("tasks"))
+        .map(|n| n.trim().to_string());
+    assert_eq!(tasks.as_deref(), Some(recorded), "{}", before.stdout);
     // Not "finished (0 tasks)": resume records the missing tasks and runs them all.
     let o = run_mw(d, &["resume", "rec-1", "-q"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     let r = run_mw(d, &["results", "rec-1"]);
-    let xs: BTreeSet<i64> = r
+    let xs = r
         .stdout
         .lines()
         .map(|l| {
@@ -238,8 +253,9 @@ fn a_master_killed_while_recording_tasks_is_completed_by_resume() {
                 .as_i64()
                 .unwrap()
         })
-        .collect();
-    assert_eq!(xs, (0..40).collect());
+        .collect::<Vec<_>>();
+    assert_eq!(xs.len() as i64, n, "one result line per task");
+    assert_eq!(xs.into_iter().collect::<BTreeSet<_>>(), (0..n).collect());
 }
 
 #[test]
