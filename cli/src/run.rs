@@ -206,17 +206,20 @@ fn spec_source(builder: &Arc<TaskBuilder>, inputs: Option<&Arc<Inputs>>) -> Arc<
 }
 
 /// Hands `inputs` (from task `skip` on) to `record` in chunks growing from
-/// [`FIRST_RECORD_CHUNK`] to [`RECORD_CHUNK`], with the index of each chunk's first task.
-fn in_chunks(
+/// [`FIRST_RECORD_CHUNK`] to [`RECORD_CHUNK`], with the index of each chunk's first task,
+/// each input made into a `T` by `each` as it is produced (its JSON text, say: a chunk of
+/// small objects then costs a few bytes per input instead of a map node of hundreds).
+fn in_chunks<T>(
     inputs: &Inputs,
     skip: usize,
-    mut record: impl FnMut(u64, Vec<serde_json::Value>) -> anyhow::Result<()>,
+    each: impl Fn(serde_json::Value) -> anyhow::Result<T>,
+    mut record: impl FnMut(u64, Vec<T>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let mut size = FIRST_RECORD_CHUNK;
     let mut chunk = Vec::with_capacity(size);
     let mut first = skip as u64;
     for input in inputs.iter().skip(skip) {
-        chunk.push(input?);
+        chunk.push(each(input?)?);
         if chunk.len() == size {
             let n = chunk.len() as u64;
             size = (size * 4).min(RECORD_CHUNK);
@@ -231,6 +234,11 @@ fn in_chunks(
         record(first, chunk)?;
     }
     Ok(())
+}
+
+/// An input as the journal stores it.
+fn encode(input: serde_json::Value) -> anyhow::Result<String> {
+    Ok(serde_json::to_string(&input)?)
 }
 
 /// Loads the job file and checks every task spec (all errors before anything runs).
@@ -407,12 +415,21 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
     let recording = AtomicBool::new(true);
     let record = || -> anyhow::Result<()> {
         let _more_to_come = more_to_come;
-        let recorded = in_chunks(&p.inputs, 0, |_, chunk| {
-            master.submit_inputs(chunk, source.clone())?;
-            // A master killed here leaves a job whose tasks are partly recorded.
-            mw::crash::point("run-recorded-chunk");
-            Ok(())
-        })
+        let after_chunk = || mw::crash::point("run-recorded-chunk");
+        let recorded = if journal.is_some() {
+            in_chunks(&p.inputs, 0, encode, |_, chunk| {
+                master.submit_encoded_inputs(chunk, source.clone())?;
+                // A master killed here leaves a job whose tasks are partly recorded.
+                after_chunk();
+                Ok(())
+            })
+        } else {
+            in_chunks(&p.inputs, 0, Ok, |_, chunk| {
+                master.submit_inputs(chunk, source.clone())?;
+                after_chunk();
+                Ok(())
+            })
+        }
         .and_then(|()| match &journal {
             Some(j) => Ok(j.set_job_status("running")?),
             None => Ok(()),
@@ -584,8 +601,8 @@ fn complete_recording(dir: &Path, job: &Job, have: usize) -> anyhow::Result<()> 
         dir.display(),
         inputs.len() - have as u64
     );
-    in_chunks(&inputs, have, |first, chunk| {
-        journal.record_inputs(first, &chunk)?;
+    in_chunks(&inputs, have, encode, |first, chunk| {
+        journal.record_encoded(first, chunk)?;
         Ok(())
     })?;
     journal.set_job_status("running")?;
@@ -842,8 +859,8 @@ pub(crate) fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
     }
     crate::platforms::preflight(&p.interface, &p.job)?;
     let (id, dir, journal) = create_job(&p, args.job.jobs_dir.as_deref())?;
-    in_chunks(&p.inputs, 0, |first, chunk| {
-        journal.record_inputs(first, &chunk)?;
+    in_chunks(&p.inputs, 0, encode, |first, chunk| {
+        journal.record_encoded(first, chunk)?;
         Ok(())
     })?;
     // Not `running` under this (short-lived) process's pid, or the detached master would

@@ -615,9 +615,32 @@ impl Journal {
         self.record(first, inputs.iter(), inputs.len(), at)
     }
 
-    /// Records tasks through the writer (its connection is the only one that writes while
-    /// a master runs, so a submission never waits on SQLite's busy handler for a group
-    /// commit), and waits for their commit.
+    /// [`record_encoded_at`](Self::record_encoded_at) at the current time.
+    pub fn record_encoded(&self, first: u64, inputs: Vec<String>) -> Result<(), JournalError> {
+        self.record_encoded_at(first, inputs, now_unix())
+    }
+
+    /// Like [`record_inputs_at`](Self::record_inputs_at), with each input given as its
+    /// JSON text (checked: a text that is not one JSON value is refused, nothing recorded).
+    /// A caller producing many inputs keeps their compact text, not their parsed trees.
+    pub fn record_encoded_at(
+        &self,
+        first: u64,
+        inputs: Vec<String>,
+        at: f64,
+    ) -> Result<(), JournalError> {
+        for (k, text) in inputs.iter().enumerate() {
+            if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                return Err(jerr(
+                    &self.path,
+                    &format!("recording the input of task {}", first + k as u64),
+                    format!("not JSON: {e}"),
+                ));
+            }
+        }
+        self.record_rows(first, inputs, at)
+    }
+
     fn record<'a>(
         &self,
         first: u64,
@@ -629,6 +652,18 @@ impl Journal {
         for input in inputs {
             rows.push(serde_json::to_string(input).unwrap_or_else(|_| "null".into()));
         }
+        self.record_rows(first, rows, at)
+    }
+
+    /// Records tasks through the writer (its connection is the only one that writes while
+    /// a master runs, so a submission never waits on SQLite's busy handler for a group
+    /// commit), and waits for their commit.
+    pub(crate) fn record_rows(
+        &self,
+        first: u64,
+        rows: Vec<String>,
+        at: f64,
+    ) -> Result<(), JournalError> {
         let (tx, rx) = mpsc::channel();
         self.send(Write::Submitted(Box::new(Submitted {
             first,

@@ -740,6 +740,48 @@ impl Master {
         MoreToCome { inner: &self.inner }
     }
 
+    /// Like [`submit_inputs`](Self::submit_inputs), with each input given as its JSON text:
+    /// a journaled master stores the texts as they are (a chunk of them costs a few bytes
+    /// per input, where parsed objects cost hundreds), one without a journal parses them.
+    /// A text that is not one JSON value is refused and nothing is submitted.
+    pub fn submit_encoded_inputs(
+        &self,
+        inputs: Vec<String>,
+        source: Arc<dyn SpecSource>,
+    ) -> Result<std::ops::Range<u64>, MwError> {
+        let bad = |k: usize, e: serde_json::Error| {
+            MwError::BadInput(format!(
+                "input {k} of the submission is not one JSON value: {e}"
+            ))
+        };
+        if self.inner.journal.is_none() {
+            let values = inputs
+                .iter()
+                .enumerate()
+                .map(|(k, text)| serde_json::from_str(text).map_err(|e| bad(k, e)))
+                .collect::<Result<Vec<_>, _>>()?;
+            return self.submit_inputs(values, source);
+        }
+        for (k, text) in inputs.iter().enumerate() {
+            serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| bad(k, e))?;
+        }
+        let _submitting = self.inner.submitting();
+        let n = inputs.len();
+        let (first, mut st) = self.open_batch(n, Some(source), |j, first, at| {
+            j.record_rows(first, inputs, at)
+        })?;
+        for _ in 0..n {
+            let id = TaskId(st.tasks.len() as u64);
+            st.tasks.push(TaskRecord::new(TaskState::Queued, 0));
+            st.queue.push_back(id);
+        }
+        st.counts[TaskState::Queued as usize] += n;
+        let end = st.tasks.len() as u64;
+        drop(st);
+        self.inner.cond.notify_all();
+        Ok(first..end)
+    }
+
     /// Submits one task per input at once (one journal transaction), whose specs
     /// `source` builds when each task is dispatched (again for a retry). The master keeps a
     /// few bytes per task: with a journal the inputs are stored there and read back on

@@ -176,6 +176,47 @@ fn journaled_inputs_are_read_back_on_dispatch_and_not_kept() {
     assert_eq!(live_parts(&master), 0);
 }
 
+/// Inputs given as JSON text: stored as they are with a journal, parsed without one; a
+/// text that is not JSON refuses the whole submission.
+#[test]
+fn encoded_inputs_run_like_parsed_ones_and_a_bad_text_submits_nothing() {
+    let texts = |range: std::ops::Range<u64>| -> Vec<String> {
+        inputs(range).iter().map(|v| v.to_string()).collect()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let journaled = Master::with_journal(
+        Arc::new(Echo),
+        MasterOptions::default(),
+        &dir.path().join("j"),
+    )
+    .unwrap();
+    let in_memory = Master::with_options(Arc::new(Echo), MasterOptions::default()).unwrap();
+    for master in [&journaled, &in_memory] {
+        let mut bad = texts(0..3);
+        bad[1] = "{\"i\": 1".into();
+        let e = master
+            .submit_encoded_inputs(bad, source())
+            .expect_err("a text that is not JSON");
+        assert!(matches!(e, MwError::BadInput(_)), "{e}");
+        assert_eq!(master.counts().queued + master.counts().done, 0);
+        assert_eq!(
+            master
+                .submit_encoded_inputs(texts(0..300), source())
+                .unwrap(),
+            0..300
+        );
+        collect_all(master, 300);
+    }
+    drop(journaled);
+    let path = dir.path().join("j").join(crate::journal::JOURNAL_FILE);
+    let conn = crate::journal::open_checked(&path, false).unwrap();
+    let tasks = crate::journal::read_tasks(&conn, &path, None).unwrap();
+    assert_eq!(tasks.len(), 300);
+    assert!(tasks
+        .iter()
+        .all(|t| t.input == serde_json::json!({ "i": t.index })));
+}
+
 #[test]
 fn a_done_task_is_journaled_with_its_result_and_the_done_constants() {
     let dir = tempfile::tempdir().unwrap();
