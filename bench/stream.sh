@@ -4,7 +4,8 @@
 #   - Python's multiprocessing.Pool(2).map over a null function (automatic chunking), and
 #     the same with chunksize=1 (one call per message);
 #   - `xargs -P 2` running the process-per-task `null-task` (fewer tasks: it is ~100x slower).
-# Every figure is the median of RUNS runs of the whole command (start-up included).
+# Every figure is the median of RUNS runs of the whole command (start-up included); the
+# journaled-vs-Pool.map ratio of each round is listed too.
 # NTASKS may be a comma-separated list (e.g. 2000,10000,100000,1000000): each size gets its
 # own table, its runners interleaved round by round. `chunksize=1` runs only up to 10^5 tasks
 # (it is ~20x slower than automatic chunking).
@@ -68,5 +69,10 @@ TOML
         t=$n; [ "$k" = xargs ] && t=$NX
         printf '%-36s %9d %9.3f %12.0f %13.2fx\n' "$k" "$t" "$b" "$(calc "$t / $b")" "$(calc "($t / $b) / ($n / $pool)")"
     done
+    # Round by round (each mw run against the Pool.map run of the same round): the spread
+    # that the medians hide.
+    ratios=$(paste <(printf '%s' "${S[pool_auto]}") <(printf '%s' "${S[mw_stream_journaled]}") |
+        awk '{ printf "%.2f\n", $1 / $2 }' | sort -g | tr '\n' ' ')
+    echo "journaled vs Pool(2).map, each round, sorted: $ratios"
     unset S
 done
