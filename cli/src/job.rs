@@ -995,6 +995,11 @@ impl Inputs {
         self.len() == 0
     }
 
+    /// Whether [`get`](Self::get) makes every input (a list, a sweep; not a file).
+    pub fn indexed(&self) -> bool {
+        !matches!(self, Inputs::Lines { .. })
+    }
+
     /// Input `index` without going through the others, when that is cheap (a list, a
     /// sweep); `None` for a file of inputs or an index out of range.
     pub fn get(&self, index: u64) -> Option<serde_json::Value> {

@@ -196,6 +196,10 @@ impl SpecSource for JobSource {
     fn input(&self, index: u64) -> Option<serde_json::Value> {
         self.inputs.as_ref().and_then(|i| i.get(index))
     }
+
+    fn makes_every_input(&self) -> bool {
+        self.inputs.as_ref().is_some_and(|i| i.indexed())
+    }
 }
 
 fn spec_source(builder: &Arc<TaskBuilder>, inputs: Option<&Arc<Inputs>>) -> Arc<dyn SpecSource> {

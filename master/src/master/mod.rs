@@ -236,6 +236,14 @@ pub trait SpecSource: Send + Sync + 'static {
     fn input(&self, _index: u64) -> Option<serde_json::Value> {
         None
     }
+
+    /// Whether [`input`](Self::input) makes the input of every task this source is used
+    /// with (`false`, the default: not promised). A master without a journal then keeps no
+    /// inputs in memory (else it keeps each until its task is final: a million small
+    /// objects cost over 500 MB).
+    fn makes_every_input(&self) -> bool {
+        false
+    }
 }
 
 impl<F> SpecSource for F
@@ -254,6 +262,14 @@ pub(crate) struct Batch {
     pub(crate) first: u64,
     pub(crate) at: Option<SystemTime>,
     pub(crate) source: Option<Arc<dyn SpecSource>>,
+}
+
+/// Whether the source of the batch just opened makes every input itself.
+fn batch_source_makes_inputs(st: &State) -> bool {
+    st.batches
+        .last()
+        .and_then(|b| b.source.as_ref())
+        .is_some_and(|s| s.makes_every_input())
 }
 
 /// How to get a task's spec, found under the lock and carried out outside it.
@@ -797,11 +813,12 @@ impl Master {
         let (first, mut st) = self.open_batch(inputs.len(), Some(source), |j, first, at| {
             j.record_inputs_at(first, &inputs, at)
         })?;
-        let journaled = self.inner.journal.is_some();
+        // Where a task's input comes from on dispatch: the journal, the source, else memory.
+        let keep = self.inner.journal.is_none() && !batch_source_makes_inputs(&st);
         for input in inputs {
             let id = TaskId(st.tasks.len() as u64);
             st.tasks.push(TaskRecord::new(TaskState::Queued, 0));
-            if !journaled {
+            if keep {
                 st.inputs.insert(id.0, input);
             }
             st.counts[TaskState::Queued as usize] += 1;

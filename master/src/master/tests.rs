@@ -176,6 +176,49 @@ fn journaled_inputs_are_read_back_on_dispatch_and_not_kept() {
     assert_eq!(live_parts(&master), 0);
 }
 
+/// Without a journal, a source that makes every input from its index (a sweep) spares the
+/// master keeping the inputs of queued tasks; one that does not is still given its input.
+#[test]
+fn a_master_without_journal_keeps_no_input_a_source_can_remake() {
+    struct Sweep(Arc<dyn SpecSource>);
+    impl SpecSource for Sweep {
+        fn build(&self, index: u64, input: serde_json::Value) -> Result<TaskSpec, String> {
+            self.0.build(index, input)
+        }
+        fn input(&self, index: u64) -> Option<serde_json::Value> {
+            Some(serde_json::json!({ "i": index }))
+        }
+        fn makes_every_input(&self) -> bool {
+            true
+        }
+    }
+    // A stopped master keeps every task queued.
+    let master = Master::with_options(Arc::new(Echo), MasterOptions::default()).unwrap();
+    master.stop("keep every task queued");
+    let n = 2_000;
+    master
+        .submit_inputs(inputs(0..n), Arc::new(Sweep(source())))
+        .unwrap();
+    assert_eq!(
+        master.inner.lock().inputs.len(),
+        0,
+        "inputs the source remakes"
+    );
+    master.submit_inputs(inputs(n..2 * n), source()).unwrap();
+    assert_eq!(
+        master.inner.lock().inputs.len(),
+        n as usize,
+        "a plain source's"
+    );
+    // Each task is built from the input the source makes (`source` checks it).
+    let master = Master::with_options(Arc::new(Echo), MasterOptions::default()).unwrap();
+    master
+        .submit_inputs(inputs(0..n), Arc::new(Sweep(source())))
+        .unwrap();
+    collect_all(&master, n);
+    assert_eq!(live_parts(&master), 0);
+}
+
 /// Inputs given as JSON text: stored as they are with a journal, parsed without one; a
 /// text that is not JSON refuses the whole submission.
 #[test]
