@@ -292,7 +292,8 @@ struct State {
     /// than its tree (for a small object, a 600-byte map node).
     raw: IdMap<Box<str>>,
     /// Inputs of tasks built by a [`SpecSource`] on a master without a journal, kept until
-    /// the task is final (with a journal they are read back from it on dispatch).
+    /// the task is final (with a journal they are read back from it on dispatch; a source
+    /// that [makes every input](SpecSource::makes_every_input) makes them again).
     inputs: IdMap<serde_json::Value>,
     batches: Vec<Batch>,
     /// Attempts made before this master took a task over (resume, `mw retry`), for the
