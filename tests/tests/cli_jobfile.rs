@@ -223,37 +223,42 @@ fn bad_jsonl_line_names_file_and_line() {
     assert!(o.stderr.contains("job.toml"), "{}", o.stderr);
 }
 
+/// Journaled or not (`--no-journal` keeps a file's inputs in memory, and makes a list's or
+/// a sweep's again from the index), every task gets its own input.
 #[test]
 fn inline_list_and_jsonl_inputs_reach_the_program_in_order() {
-    let d = tempfile::tempdir().unwrap();
-    script(d.path(), "echo.sh", "cat");
-    std::fs::write(
-        d.path().join("list.toml"),
-        "workers = 2\n[program]\npath = \"echo.sh\"\n[inputs]\nlist = [{a = 1}, \"two\", 3]\n",
-    )
-    .unwrap();
-    let o = mw(d.path(), &["run", "list.toml", "-q"]);
-    assert_eq!(o.code, 0, "{}", o.stderr);
-    let r = lines(&o.stdout);
-    let outs: Vec<_> = r.iter().map(|l| l["output"].clone()).collect();
-    assert_eq!(
-        outs,
-        vec![serde_json::json!({"a": 1}), "two".into(), 3.into()]
-    );
+    for extra in [&[][..], &["--no-journal"][..]] {
+        let d = tempfile::tempdir().unwrap();
+        script(d.path(), "echo.sh", "cat");
+        std::fs::write(
+            d.path().join("list.toml"),
+            "workers = 2\n[program]\npath = \"echo.sh\"\n[inputs]\nlist = [{a = 1}, \"two\", 3]\n",
+        )
+        .unwrap();
+        let o = mw(d.path(), &[&["run", "list.toml", "-q"], extra].concat());
+        assert_eq!(o.code, 0, "{extra:?}: {}", o.stderr);
+        let r = lines(&o.stdout);
+        let outs: Vec<_> = r.iter().map(|l| l["output"].clone()).collect();
+        assert_eq!(
+            outs,
+            vec![serde_json::json!({"a": 1}), "two".into(), 3.into()],
+            "{extra:?}"
+        );
 
-    std::fs::write(d.path().join("in.jsonl"), "[1,2]\n\n{\"k\":\"v\"}\nnull\n").unwrap();
-    std::fs::write(
-        d.path().join("file.toml"),
-        "[program]\npath = \"echo.sh\"\n[inputs]\nfile = \"in.jsonl\"\n",
-    )
-    .unwrap();
-    let o = mw(d.path(), &["run", "file.toml", "-q"]);
-    assert_eq!(o.code, 0, "{}", o.stderr);
-    let r = lines(&o.stdout);
-    assert_eq!(r.len(), 3);
-    assert_eq!(r[0]["input"], serde_json::json!([1, 2]));
-    assert_eq!(r[1]["output"], serde_json::json!({"k": "v"}));
-    assert_eq!(r[2]["input"], serde_json::Value::Null);
+        std::fs::write(d.path().join("in.jsonl"), "[1,2]\n\n{\"k\":\"v\"}\nnull\n").unwrap();
+        std::fs::write(
+            d.path().join("file.toml"),
+            "[program]\npath = \"echo.sh\"\n[inputs]\nfile = \"in.jsonl\"\n",
+        )
+        .unwrap();
+        let o = mw(d.path(), &[&["run", "file.toml", "-q"], extra].concat());
+        assert_eq!(o.code, 0, "{extra:?}: {}", o.stderr);
+        let r = lines(&o.stdout);
+        assert_eq!(r.len(), 3, "{extra:?}");
+        assert_eq!(r[0]["input"], serde_json::json!([1, 2]));
+        assert_eq!(r[1]["output"], serde_json::json!({"k": "v"}));
+        assert_eq!(r[2]["input"], serde_json::Value::Null);
+    }
 }
 
 #[test]
@@ -320,20 +325,20 @@ fn range_sweep_with_step() {
         "[program]\npath = \"echo.sh\"\n[inputs.sweep]\ni = { start = 2, end = 11, step = 3 }\nn = [7]\n",
     )
     .unwrap();
-    let o = mw(d.path(), &["run", "job.toml", "-q"]);
-    assert_eq!(o.code, 0, "{}", o.stderr);
-    let ins: Vec<_> = lines(&o.stdout)
-        .iter()
-        .map(|l| l["output"].clone())
-        .collect();
-    assert_eq!(
-        ins,
-        vec![
+    for extra in [&[][..], &["--no-journal"][..]] {
+        let o = mw(d.path(), &[&["run", "job.toml", "-q"], extra].concat());
+        assert_eq!(o.code, 0, "{extra:?}: {}", o.stderr);
+        let r = lines(&o.stdout);
+        let outs: Vec<_> = r.iter().map(|l| l["output"].clone()).collect();
+        let ins: Vec<_> = r.iter().map(|l| l["input"].clone()).collect();
+        let want = vec![
             serde_json::json!({"i": 2, "n": 7}),
             serde_json::json!({"i": 5, "n": 7}),
             serde_json::json!({"i": 8, "n": 7}),
-        ]
-    );
+        ];
+        assert_eq!(outs, want, "{extra:?}");
+        assert_eq!(ins, want, "{extra:?}");
+    }
 }
 
 #[test]
