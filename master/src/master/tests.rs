@@ -234,6 +234,12 @@ fn encoded_inputs_run_like_parsed_ones_and_a_bad_text_submits_nothing() {
     )
     .unwrap();
     let in_memory = Master::with_options(Arc::new(Echo), MasterOptions::default()).unwrap();
+    // The journal's own entry point checks its texts too.
+    let refused = journaled
+        .journal()
+        .unwrap()
+        .record_encoded(0, vec!["[1,".into()]);
+    assert!(refused.is_err(), "{refused:?}");
     for master in [&journaled, &in_memory] {
         let mut bad = texts(0..3);
         bad[1] = "{\"i\": 1".into();
