@@ -587,3 +587,72 @@ fn mw_run_exits_only_after_its_slot_directories_are_removed() {
         .collect();
     assert!(left.is_empty(), "left in TMPDIR: {left:?}");
 }
+
+/// The next master sweeps the scratch root: the slot directories of a SIGKILLed master
+/// (their lock is free) go, and so does an old directory without a lock file (an older mw's);
+/// a young one without a lock, one whose lock a live process holds, and anything not named
+/// like a slot stay.
+#[test]
+fn a_killed_masters_slot_directories_are_swept_by_the_next_master() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let tmp = d.join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let tmp_env = [("TMPDIR", tmp.to_str().unwrap())];
+    // (A master without a journal also leaves its scratch directory, `.tmp*`: not a slot.)
+    let slots = || -> BTreeSet<String> {
+        std::fs::read_dir(&tmp)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with(".tmp"))
+            .collect()
+    };
+    gated_job(d, "gone", 2);
+    let child = spawn_mw(d, &["run", "gone.toml", "-q", "--no-journal"], &tmp_env);
+    poll("two tasks running", || pids(d).len() == 2);
+    let killed = slots();
+    assert_eq!(killed.len(), 2, "{killed:?}");
+    // SAFETY: kill(2) on the mw process we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = finish(child);
+    write(d, "gate", "");
+    for pid in pids(d) {
+        // SAFETY: kill(2) with signal 0 only asks whether the task process still exists.
+        poll("the killed master's tasks to end", || unsafe {
+            libc::kill(pid, 0) != 0
+        });
+    }
+    assert_eq!(slots(), killed, "the kill leaves the slot directories");
+
+    let old = tmp.join("mw-slot-old");
+    std::fs::create_dir(&old).unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    std::fs::File::open(&old)
+        .unwrap()
+        .set_times(std::fs::FileTimes::new().set_modified(two_hours_ago))
+        .unwrap();
+    std::fs::create_dir(tmp.join("mw-slot-young")).unwrap();
+    let live = tmp.join("mw-slot-live");
+    std::fs::create_dir(&live).unwrap();
+    let lock = std::fs::File::create(live.join(".mw-slot.lock")).unwrap();
+    lock.try_lock().unwrap();
+    std::fs::create_dir(tmp.join("other")).unwrap();
+
+    write(
+        d,
+        "quick.toml",
+        "name = \"quick\"\n[program]\ncommand = [\"/bin/cat\"]\n[inputs]\nlist = [1]\n",
+    );
+    let (code, _, err) = finish(spawn_mw(
+        d,
+        &["run", "quick.toml", "-q", "--no-journal"],
+        &tmp_env,
+    ));
+    assert_eq!(code, 0, "{err}");
+    let want: BTreeSet<String> = ["mw-slot-young", "mw-slot-live", "other"]
+        .map(String::from)
+        .into();
+    assert_eq!(slots(), want);
+    drop(lock);
+}
