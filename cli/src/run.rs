@@ -45,7 +45,8 @@ pub(crate) struct RunArgs {
     /// Write result lines to FILE instead of stdout.
     #[arg(long, short = 'o')]
     pub(crate) output: Option<PathBuf>,
-    /// Keep no journal (an in-memory master; nothing can be resumed).
+    /// Keep no journal (an in-memory master; nothing can be resumed, nothing is kept on
+    /// disk: refused for a job that declares output files).
     #[arg(long)]
     pub(crate) no_journal: bool,
 }
@@ -367,6 +368,16 @@ fn create_job(
 /// `mw run`.
 pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
     let p = prepare(&args.job)?;
+    if args.no_journal && !p.job.file.outputs.is_empty() {
+        // Without a job directory they would land in a scratch directory removed at exit,
+        // and the result lines would name files that are gone.
+        bail!(
+            "{}: the job declares output files (`outputs`), which --no-journal cannot keep \
+             (it keeps nothing on disk); run it without --no-journal: they go to \
+             jobs/ID/results/task-N/",
+            p.job.path.display()
+        );
+    }
     // Under mpirun, every rank gets here; worker ranks serve inside make_interface and exit.
     let early_interface = if p.interface == "mpi" {
         Some(make_interface("mpi", &p.job, p.workers, Path::new("."))?)

@@ -316,6 +316,44 @@ b = ["x", "y", "z"]
     }
 }
 
+/// Output files need a job directory: `--no-journal` (nothing on disk) refuses such a job
+/// before anything runs, instead of reporting files in a scratch directory it then removes.
+#[test]
+fn no_journal_refuses_a_job_with_output_files() {
+    let d = tempfile::tempdir().unwrap();
+    let ran = d.path().join("ran");
+    script(
+        d.path(),
+        "task.sh",
+        &format!("touch {}\necho hi > out.txt\ncat", ran.display()),
+    );
+    std::fs::write(
+        d.path().join("job.toml"),
+        "outputs = [\"out.txt\"]\n[program]\npath = \"task.sh\"\n[inputs]\nlist = [1]\n",
+    )
+    .unwrap();
+    let o = mw(d.path(), &["run", "job.toml", "-q", "--no-journal"]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("job.toml")
+            && o.stderr.contains("outputs")
+            && o.stderr.contains("--no-journal"),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stdout.is_empty(), "{}", o.stdout);
+    assert!(!ran.exists(), "nothing runs");
+    // Journaled, the file is kept where its result line says.
+    let o = mw(d.path(), &["run", "job.toml", "-q"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let file = lines(&o.stdout)[0]["output_files"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(std::fs::read_to_string(file).unwrap(), "hi\n");
+    assert!(ran.exists());
+}
+
 #[test]
 fn range_sweep_with_step() {
     let d = tempfile::tempdir().unwrap();
