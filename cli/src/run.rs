@@ -391,11 +391,15 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
         let (id, dir, j) = create_job(&p, args.job.jobs_dir.as_deref())?;
         (id, Some(dir), Some(j))
     };
+    // Declared before `scratch`, so dropped after it: the directory goes while locked.
+    let _scratch_lock;
     let scratch;
     let dir_for_interface = match &job_dir {
         Some(d) => d.clone(),
         None => {
-            scratch = tempfile::tempdir().context("creating a scratch directory")?;
+            let (dir, lock) =
+                mw::multicore::locked_scratch_dir().context("creating a scratch directory")?;
+            (scratch, _scratch_lock) = (dir, lock);
             scratch.path().to_path_buf()
         }
     };

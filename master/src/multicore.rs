@@ -176,6 +176,13 @@ fn slot_dir(root: Option<&Path>) -> Result<(tempfile::TempDir, std::fs::File), I
     Ok((dir, lock))
 }
 
+/// A scratch directory for a whole run (`mw run --no-journal` has no job directory), made
+/// and locked like a slot directory so that, if its master is killed, the next master's
+/// sweep removes it. The directory goes when the `TempDir` drops; keep the lock until then.
+pub fn locked_scratch_dir() -> Result<(tempfile::TempDir, std::fs::File), InterfaceError> {
+    slot_dir(None)
+}
+
 /// Removes slot directories that no live master uses: their lock can be taken (the master
 /// that made them died), or they carry no lock and are old.
 pub fn sweep_stale_slots(root: Option<&Path>) {

@@ -588,8 +588,9 @@ fn mw_run_exits_only_after_its_slot_directories_are_removed() {
     assert!(left.is_empty(), "left in TMPDIR: {left:?}");
 }
 
-/// The next master sweeps the scratch root: the slot directories of a SIGKILLed master
-/// (their lock is free) go, and so does an old directory without a lock file (an older mw's);
+/// The next master sweeps the scratch root: the slot and scratch directories of a SIGKILLed
+/// master (their lock is free) go, and so does an old directory without a lock file (an
+/// older mw's);
 /// a young one without a lock, one whose lock a live process holds, and anything not named
 /// like a slot stay.
 #[test]
@@ -599,20 +600,23 @@ fn a_killed_masters_slot_directories_are_swept_by_the_next_master() {
     let tmp = d.join("tmp");
     std::fs::create_dir(&tmp).unwrap();
     let tmp_env = [("TMPDIR", tmp.to_str().unwrap())];
-    // (A master without a journal also leaves its scratch directory, `.tmp*`: not a slot.)
     let slots = || -> BTreeSet<String> {
         std::fs::read_dir(&tmp)
             .unwrap()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| !n.starts_with(".tmp"))
             .collect()
     };
     gated_job(d, "gone", 2);
     let child = spawn_mw(d, &["run", "gone.toml", "-q", "--no-journal"], &tmp_env);
     poll("two tasks running", || pids(d).len() == 2);
+    // Two slots, and the run's own scratch directory (it has no job directory).
     let killed = slots();
-    assert_eq!(killed.len(), 2, "{killed:?}");
+    assert_eq!(killed.len(), 3, "{killed:?}");
+    assert!(
+        killed.iter().all(|n| n.starts_with("mw-slot-")),
+        "{killed:?}"
+    );
     // SAFETY: kill(2) on the mw process we started.
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     let _ = finish(child);
