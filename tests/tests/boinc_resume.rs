@@ -1115,6 +1115,18 @@ fn sigkill_with_packs_in_flight_then_resume_reports_each_task_once() {
 /// re-attached) with the pack bundles already staged, and each task runs and is reported once.
 #[test]
 fn crash_right_after_create_work_of_packs_then_resume() {
+    crash_at_create_work_of_packs_then_resume("boinc-after-create-work");
+}
+
+/// Killed in the window before `create_work` (`MW_CRASH_AT=boinc-before-create-work`): the
+/// packs are staged and their names journaled as pending, but no workunit exists; the
+/// resumed master creates them under those names, and each task runs and is reported once.
+#[test]
+fn crash_right_before_create_work_of_packs_then_resume() {
+    crash_at_create_work_of_packs_then_resume("boinc-before-create-work");
+}
+
+fn crash_at_create_work_of_packs_then_resume(point: &str) {
     let mut p = Project::new();
     p.start_serve();
     let (job, log) = pack_job(&p, "packcrash", 4, 2);
@@ -1123,12 +1135,22 @@ fn crash_right_after_create_work_of_packs_then_resume() {
         .arg(&job)
         .arg("--jobs-dir")
         .arg(p.jobs_dir())
-        .env("MW_CRASH_AT", "boinc-after-create-work")
+        .env("MW_CRASH_AT", point)
         .stdin(Stdio::null())
         .output()
         .unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    let before = created_names(&p).len();
+    assert_eq!(
+        before,
+        if point == "boinc-before-create-work" {
+            0
+        } else {
+            2
+        },
+        "workunits when the master died"
+    );
     let id = "packcrash-1";
     let dir = p.jobs_dir().join(id);
     let pending: BTreeSet<String> = tasks(&dir).into_iter().filter_map(|t| t.handle).collect();

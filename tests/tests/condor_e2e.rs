@@ -854,6 +854,19 @@ fn resume_after_sigkill_with_packs_in_flight() {
 /// both packs, and every task runs and is reported exactly once.
 #[test]
 fn crash_right_after_submitting_packs_then_resume() {
+    crash_at_submitting_packs_then_resume("condor-after-submit");
+}
+
+/// Killed in the window after the packs' `submitting:` handles were journaled and before
+/// `condor_submit` ran (`MW_CRASH_AT=condor-before-submit`): no cluster exists; `mw resume`
+/// finds none by `+MwBatch`, submits the packs itself, and every task runs and is reported
+/// exactly once.
+#[test]
+fn crash_right_before_submitting_packs_then_resume() {
+    crash_at_submitting_packs_then_resume("condor-before-submit");
+}
+
+fn crash_at_submitting_packs_then_resume(point: &str) {
     use std::os::unix::process::ExitStatusExt;
     let env = Env::new();
     let log = env.root.join("executions.log");
@@ -865,12 +878,19 @@ fn crash_right_after_submitting_packs_then_resume() {
         ),
     );
     let job = packed_job(&env, "packcrash", &p, "[0, 1, 2, 3, 4]", 3);
-    let out = run(env.mw(
-        &["run", job.to_str().unwrap()],
-        &[("MW_CRASH_AT", "condor-after-submit")],
-    ));
+    let out = run(env.mw(&["run", job.to_str().unwrap()], &[("MW_CRASH_AT", point)]));
     assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
     assert!(result_lines(&out).is_empty());
+    if point == "condor-before-submit" {
+        assert!(
+            env.cli().query_jobs(&[]).unwrap().is_empty(),
+            "no job queued"
+        );
+        assert!(
+            env.cli().history(&[], None).unwrap().is_empty(),
+            "no job ran"
+        );
+    }
     let out = run(env.mw(&["resume", "packcrash-1"], &[]));
     assert!(out.status.success(), "{}", text(&out));
     assert!(
