@@ -242,8 +242,8 @@ fn in_chunks<T>(
 }
 
 /// An input as the journal stores it.
-fn encode(input: serde_json::Value) -> anyhow::Result<String> {
-    Ok(serde_json::to_string(&input)?)
+fn encode(input: serde_json::Value) -> anyhow::Result<Box<serde_json::value::RawValue>> {
+    Ok(serde_json::value::to_raw_value(&input)?)
 }
 
 /// Loads the job file and checks every task spec (all errors before anything runs).

@@ -17,6 +17,7 @@ use crate::task::{IdHasher, TaskId, TaskSpec, TaskState};
 /// A connection to a journal, as [`open_checked`] returns it.
 pub use rusqlite::Connection;
 use rusqlite::{params, OpenFlags, OptionalExtension, ToSql};
+use serde_json::value::RawValue;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -616,29 +617,28 @@ impl Journal {
     }
 
     /// [`record_encoded_at`](Self::record_encoded_at) at the current time.
-    pub fn record_encoded(&self, first: u64, inputs: Vec<String>) -> Result<(), JournalError> {
+    pub fn record_encoded(
+        &self,
+        first: u64,
+        inputs: Vec<Box<RawValue>>,
+    ) -> Result<(), JournalError> {
         self.record_encoded_at(first, inputs, now_unix())
     }
 
     /// Like [`record_inputs_at`](Self::record_inputs_at), with each input given as its
-    /// JSON text (checked: a text that is not one JSON value is refused, nothing recorded).
-    /// A caller producing many inputs keeps their compact text, not their parsed trees.
+    /// JSON text (a `RawValue` is valid JSON by construction, so it is stored as it is): a
+    /// caller producing many inputs keeps their compact text, not their parsed trees.
     pub fn record_encoded_at(
         &self,
         first: u64,
-        inputs: Vec<String>,
+        inputs: Vec<Box<RawValue>>,
         at: f64,
     ) -> Result<(), JournalError> {
-        for (k, text) in inputs.iter().enumerate() {
-            if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
-                return Err(jerr(
-                    &self.path,
-                    &format!("recording the input of task {}", first + k as u64),
-                    format!("not JSON: {e}"),
-                ));
-            }
-        }
-        self.record_rows(first, inputs, at)
+        let rows = inputs
+            .into_iter()
+            .map(|r| String::from(Box::<str>::from(r)))
+            .collect();
+        self.record_rows(first, rows, at)
     }
 
     fn record<'a>(
@@ -658,12 +658,7 @@ impl Journal {
     /// Records tasks through the writer (its connection is the only one that writes while
     /// a master runs, so a submission never waits on SQLite's busy handler for a group
     /// commit), and waits for their commit.
-    pub(crate) fn record_rows(
-        &self,
-        first: u64,
-        rows: Vec<String>,
-        at: f64,
-    ) -> Result<(), JournalError> {
+    fn record_rows(&self, first: u64, rows: Vec<String>, at: f64) -> Result<(), JournalError> {
         let (tx, rx) = mpsc::channel();
         self.send(Write::Submitted(Box::new(Submitted {
             first,

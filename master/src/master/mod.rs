@@ -757,35 +757,27 @@ impl Master {
         MoreToCome { inner: &self.inner }
     }
 
-    /// Like [`submit_inputs`](Self::submit_inputs), with each input given as its JSON text:
-    /// a journaled master stores the texts as they are (a chunk of them costs a few bytes
-    /// per input, where parsed objects cost hundreds), one without a journal parses them.
-    /// A text that is not one JSON value is refused and nothing is submitted.
+    /// Like [`submit_inputs`](Self::submit_inputs), with each input given as its JSON text
+    /// (`serde_json::value::to_raw_value`): a journaled master stores the texts as they are
+    /// (a chunk of them costs a few bytes per input, where parsed objects cost hundreds),
+    /// one without a journal parses them.
     pub fn submit_encoded_inputs(
         &self,
-        inputs: Vec<String>,
+        inputs: Vec<Box<serde_json::value::RawValue>>,
         source: Arc<dyn SpecSource>,
     ) -> Result<std::ops::Range<u64>, MwError> {
-        let bad = |k: usize, e: serde_json::Error| {
-            MwError::BadInput(format!(
-                "input {k} of the submission is not one JSON value: {e}"
-            ))
-        };
         if self.inner.journal.is_none() {
             let values = inputs
                 .iter()
-                .enumerate()
-                .map(|(k, text)| serde_json::from_str(text).map_err(|e| bad(k, e)))
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(|raw| serde_json::from_str(raw.get()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| MwError::BadInput(e.to_string()))?;
             return self.submit_inputs(values, source);
-        }
-        for (k, text) in inputs.iter().enumerate() {
-            serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| bad(k, e))?;
         }
         let _submitting = self.inner.submitting();
         let n = inputs.len();
         let (first, mut st) = self.open_batch(n, Some(source), |j, first, at| {
-            j.record_rows(first, inputs, at)
+            j.record_encoded_at(first, inputs, at)
         })?;
         for _ in 0..n {
             let id = TaskId(st.tasks.len() as u64);
