@@ -19,6 +19,7 @@ case "$NTASKS$RUNS" in *[!0-9]*) echo "NTASKS and RUNS must be whole numbers" >&
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
+export HWLOC_COMPONENTS=-gl # see mw_tests::ompi_env: hwloc's X probe can hang on mpirun's port
 
 cargo build --release -q -p mw-cli --features mw-cli/mpi -p mw-examples -p mw-tests --features mw-tests/mpi
 DRIVER=target/release/mw-mpi-driver

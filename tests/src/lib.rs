@@ -103,16 +103,32 @@ pub fn script(dir: &std::path::Path, name: &str, body: &str) -> PathBuf {
     p
 }
 
-/// A session directory of its own for one `mpirun` (`OMPI_MCA_orte_tmpdir_base`), set on
-/// `cmd`: Open MPI 4 creates `/tmp/ompi.<host>.<uid>` itself, and two `mpirun`s starting at the
-/// same instant race for it ("mkdir ... File exists", orte_init fails). The directory is
-/// removed when the returned guard is dropped: keep it until `mpirun` has ended.
-pub fn ompi_session(cmd: &mut std::process::Command) -> tempfile::TempDir {
+/// Makes `cmd` (an `mpirun` command line, possibly behind `timeout`) run here: Open MPI as
+/// root in a container with few cores (reference/mpi.md), stdin closed, and two settings
+/// that keep concurrent `mpirun`s from hanging each other. Returns the session-directory
+/// guard: keep it until `mpirun` has ended.
+///
+/// - A session directory of its own (`OMPI_MCA_orte_tmpdir_base`): Open MPI 4 creates
+///   `/tmp/ompi.<host>.<uid>` itself, and two `mpirun`s starting at the same instant race for
+///   it ("mkdir ... File exists", orte_init fails). Removed when the guard is dropped.
+/// - `HWLOC_COMPONENTS=-gl`: hwloc's GL plugin (Debian's `libhwloc-plugins`, installed with
+///   Open MPI) looks for X servers on displays `:0`..`:9` when `DISPLAY` is unset, over TCP
+///   ports 6000-6009. Where the ephemeral port range starts at 1024 (as on this machine), an
+///   `mpirun`'s out-of-band listener sometimes gets such a port; every rank's (and every
+///   other `mpirun`'s) topology probe then connects to it, sends an X11 greeting and waits
+///   forever for the answer. Seen in CI: two `mpirun`s hung until their `timeout`.
+pub fn ompi_env(cmd: &mut std::process::Command) -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix("mw-ompi-")
         .tempdir()
         .expect("create an Open MPI session directory");
-    cmd.env("OMPI_MCA_orte_tmpdir_base", dir.path());
+    cmd.env("OMPI_MCA_orte_tmpdir_base", dir.path())
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .env("HWLOC_COMPONENTS", "-gl")
+        .stdin(std::process::Stdio::null());
     dir
 }
 

@@ -23,29 +23,20 @@ fn job_copy(example: &str, dir: &Path) -> PathBuf {
     path
 }
 
-fn ompi(c: &mut Command) -> &mut Command {
-    c.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
-        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-        .stdin(Stdio::null())
-}
-
 fn run_mpi(job: &Path, jobs: &Path, output: &Path) -> Output {
     let mut cmd = Command::new("timeout");
-    let _session = mw_tests::ompi_session(&mut cmd);
-    let out = ompi(
-        cmd.args(["300", "mpirun", "-n", "3"])
-            .arg(mw_tests::bin("mw"))
-            .arg("run")
-            .arg(job)
-            .args(["--interface", "mpi", "-q", "--jobs-dir"])
-            .arg(jobs)
-            .arg("--output")
-            .arg(output),
-    )
-    .output()
-    .expect("run mpirun");
+    let _session = mw_tests::ompi_env(&mut cmd);
+    let out = cmd
+        .args(["-k", "10", "300", "mpirun", "-n", "3"])
+        .arg(mw_tests::bin("mw"))
+        .arg("run")
+        .arg(job)
+        .args(["--interface", "mpi", "-q", "--jobs-dir"])
+        .arg(jobs)
+        .arg("--output")
+        .arg(output)
+        .output()
+        .expect("run mpirun");
     assert!(
         out.status.success(),
         "mpirun mw run failed: {:?}\n{}",
@@ -223,7 +214,7 @@ fn stream_mode_job_under_mpirun_and_multicore_reports_every_task_once() {
         let output = tmp.path().join(format!("{name}.jsonl"));
         let mut cmd = if mpi {
             let mut c = Command::new("timeout");
-            c.args(["300", "mpirun", "-n", "3"])
+            c.args(["-k", "10", "300", "mpirun", "-n", "3"])
                 .arg(mw_tests::bin("mw"));
             c
         } else {
@@ -237,8 +228,8 @@ fn stream_mode_job_under_mpirun_and_multicore_reports_every_task_once() {
             .arg(tmp.path().join("jobs"))
             .arg("--output")
             .arg(&output);
-        let _session = mw_tests::ompi_session(&mut cmd);
-        let out = ompi(&mut cmd).output().expect("run mw");
+        let _session = mw_tests::ompi_env(&mut cmd);
+        let out = cmd.output().expect("run mw");
         // Exit 1: some tasks failed (on purpose); anything else is a failure of the run.
         assert_eq!(
             out.status.code(),

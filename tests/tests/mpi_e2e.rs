@@ -21,23 +21,19 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     p
 }
 
-/// `timeout SECS mpirun -n RANKS mw-mpi-driver ARGS...`, with the Open MPI settings needed
+/// `timeout -k 10 SECS mpirun -n RANKS mw-mpi-driver ARGS...`, with the Open MPI settings needed
 /// as root in a container with few cores.
 fn mpirun_cmd(secs: u32, ranks: u32, args: &[&str]) -> (Command, tempfile::TempDir) {
     let mut c = Command::new("timeout");
-    c.arg(secs.to_string())
+    c.args(["-k", "10"])
+        .arg(secs.to_string())
         .arg("mpirun")
         .arg("-n")
         .arg(ranks.to_string())
         .arg(mw_tests::bin("mw-mpi-driver"))
         .args(args)
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
-        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-        .env_remove("RUST_BACKTRACE")
-        .stdin(Stdio::null());
-    let session = mw_tests::ompi_session(&mut c);
+        .env_remove("RUST_BACKTRACE");
+    let session = mw_tests::ompi_env(&mut c);
     (c, session)
 }
 
@@ -191,16 +187,13 @@ fn one_rank_under_mpirun_is_a_clear_error() {
 fn without_mpirun_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let p = script(dir.path(), "echo.sh", "cat");
-    let out = Command::new("timeout")
-        .arg("60")
+    let mut cmd = Command::new("timeout");
+    cmd.args(["-k", "10", "60"])
         .arg(mw_tests::bin("mw-mpi-driver"))
         .arg(&p)
-        .arg("1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+        .arg("1");
+    let _session = mw_tests::ompi_env(&mut cmd);
+    let out = cmd.output().unwrap();
     assert_ne!(out.status.code(), Some(124), "hung");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
