@@ -257,3 +257,30 @@ fn killed_worker_rank_ends_the_job_with_a_clear_message() {
         "mpirun should name the dead rank:\n{err}"
     );
 }
+
+/// The CI hang, made certain: a listener on an X11 display port (6000 + display) that
+/// accepts and never answers, as an `mpirun`'s own out-of-band listener does when it lands
+/// there. Without `HWLOC_COMPONENTS=-gl` (set by `mw_tests::ompi_env`) hwloc's GL plugin in
+/// `mpirun` and in every rank connects to it and waits forever for an X11 answer.
+#[test]
+fn a_silent_listener_on_an_x11_port_does_not_hang_mpirun() {
+    // Display :0 is probed first; if its port is taken, by anything, a later one still is.
+    let listener = (6000..6010)
+        .find_map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
+        .expect("one of the ports 6000-6009 is free");
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in listener.incoming() {
+            match c {
+                Ok(c) => conns.push(c),
+                Err(_) => break,
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let p = script(dir.path(), "echo.sh", "cat");
+    let (tasks, summary) = lines(&mpirun(60, 3, &[p.to_str().unwrap(), "5"]));
+    assert_eq!(tasks.len(), 5);
+    assert_eq!(summary["ok"].as_u64(), Some(5));
+    drop(held); // detached: the listener lives until the test binary exits
+}
