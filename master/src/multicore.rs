@@ -163,15 +163,23 @@ fn release(state: &(Mutex<SlotState>, Condvar), worker: WorkerId, task: TaskId) 
 const SLOT_PREFIX: &str = "mw-slot-";
 /// The lock file inside a slot directory, held (flock) while the slot is in use.
 const SLOT_LOCK: &str = ".mw-slot.lock";
+/// The lock file's name while it is being made (see [`slot_dir`]).
+const SLOT_LOCK_MAKING: &str = ".mw-slot.lock.new";
 /// A slot directory without a lock file (made by an older mw) is stale after this long.
 const UNLOCKED_SLOT_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// A new slot directory and its held lock.
+///
+/// The lock file is locked under another name and then renamed into place, so a sweep
+/// never sees it unlocked: a new directory has no lock file (young, so not stale) or a held
+/// one. (Created in place and then locked, a sweep between the two took live directories.)
 fn slot_dir(root: Option<&Path>) -> Result<(tempfile::TempDir, std::fs::File), InterfaceError> {
     let dir = scratch(root, SLOT_PREFIX)?;
     let path = dir.path().join(SLOT_LOCK);
-    let lock = std::fs::File::create(&path)
+    let making = dir.path().join(SLOT_LOCK_MAKING);
+    let lock = std::fs::File::create(&making)
         .and_then(|f| f.try_lock().map(|()| f).map_err(std::io::Error::from))
+        .and_then(|f| std::fs::rename(&making, &path).map(|()| f))
         .map_err(|e| InterfaceError::new(format!("locking {}: {e}", path.display())))?;
     Ok((dir, lock))
 }
@@ -734,5 +742,47 @@ impl Interface for Multicore {
                  not waiting for it"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
+    use super::*;
+
+    /// Masters sweeping while another makes its slot directories must never take a live one:
+    /// a slot directory is visible to a sweep only with its lock file already held. (The lock
+    /// file was once created and then locked: a sweep between the two took the directory of a
+    /// starting slot, and its first task failed with "preparing .../work: No such file".)
+    #[test]
+    fn a_sweep_never_takes_a_slot_directory_being_made() {
+        let root = tempfile::tempdir().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sweepers: Vec<_> = (0..2)
+            .map(|_| {
+                let (root, stop) = (root.path().to_path_buf(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        sweep_stale_slots(Some(&root));
+                    }
+                })
+            })
+            .collect();
+        let mut lost = 0;
+        for _ in 0..1000 {
+            match slot_dir(Some(root.path())) {
+                Ok((dir, _lock)) => {
+                    if !dir.path().join(SLOT_LOCK).exists() {
+                        lost += 1;
+                    }
+                }
+                Err(_) => lost += 1,
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for s in sweepers {
+            s.join().unwrap();
+        }
+        assert_eq!(lost, 0, "live slot directories swept or not made");
     }
 }
