@@ -133,6 +133,28 @@ const DEFAULT_POLL_US: u64 = 100;
 /// Name of rank 0's result-decoding thread.
 const RESULTS_THREAD: &str = "mw-mpi-results";
 
+/// The environment variable that chooses hwloc's components, and what [`prepare_process`]
+/// sets it to when the user has not: every component but the GL plugin.
+const HWLOC_COMPONENTS: (&str, &str) = ("HWLOC_COMPONENTS", "-gl");
+
+/// Readies this process's environment for `MPI_Init`; call it first thing in `main`, before
+/// any other thread starts (it sets an environment variable, which is not thread-safe).
+///
+/// Open MPI's `MPI_Init` loads the machine's topology with hwloc, and hwloc's GL plugin
+/// (Debian's `libhwloc-plugins`, installed with Open MPI) then looks for X servers: with
+/// `DISPLAY` unset it opens displays `:0` to `:9`, over TCP ports 6000-6009 when no X socket
+/// exists. Where ephemeral ports start low (1024 on some machines), `mpirun`'s own listener
+/// can land on one of those ports; each rank then sends it an X11 greeting and waits forever
+/// for the answer, and the job hangs before its first task. Unless the user has chosen
+/// hwloc's components, this turns the GL plugin off (`HWLOC_COMPONENTS=-gl`); a rank has no
+/// use for GPUs' X displays.
+pub fn prepare_process() {
+    let (name, value) = HWLOC_COMPONENTS;
+    if std::env::var_os(name).is_none() {
+        std::env::set_var(name, value);
+    }
+}
+
 /// Errors starting or running the MPI interface.
 #[derive(Debug, thiserror::Error)]
 pub enum MpiError {

@@ -23,20 +23,25 @@ fn job_copy(example: &str, dir: &Path) -> PathBuf {
     path
 }
 
-fn run_mpi(job: &Path, jobs: &Path, output: &Path) -> Output {
+/// `timeout mpirun -n 3 mw run JOB --interface mpi -q` with its Open MPI settings; keep the
+/// guard until it has ended.
+fn mpi_command(job: &Path, jobs: &Path, output: &Path) -> (Command, tempfile::TempDir) {
     let mut cmd = Command::new("timeout");
-    let _session = mw_tests::ompi_env(&mut cmd);
-    let out = cmd
-        .args(["-k", "10", "300", "mpirun", "-n", "3"])
+    let session = mw_tests::ompi_env(&mut cmd);
+    cmd.args(["-k", "10", "300", "mpirun", "-n", "3"])
         .arg(mw_tests::bin("mw"))
         .arg("run")
         .arg(job)
         .args(["--interface", "mpi", "-q", "--jobs-dir"])
         .arg(jobs)
         .arg("--output")
-        .arg(output)
-        .output()
-        .expect("run mpirun");
+        .arg(output);
+    (cmd, session)
+}
+
+fn run_mpi(job: &Path, jobs: &Path, output: &Path) -> Output {
+    let (mut cmd, _session) = mpi_command(job, jobs, output);
+    let out = cmd.output().expect("run mpirun");
     assert!(
         out.status.success(),
         "mpirun mw run failed: {:?}\n{}",
@@ -239,4 +244,36 @@ fn stream_mode_job_under_mpirun_and_multicore_reports_every_task_once() {
         );
         check_stream_results(&output);
     }
+}
+
+/// `mpirun`'s own listener on an X11 display port (6000 + display), where a machine whose
+/// ephemeral ports start at 1024 sometimes puts it: without `mw::mpi::prepare_process`, hwloc's
+/// GL plugin in every rank's `MPI_Init` connects to it, sends an X11 greeting and waits
+/// forever (checked: the job hangs until `timeout`). The test's own `HWLOC_COMPONENTS` is
+/// removed, so only `mw` can keep the job from hanging.
+#[test]
+fn mpirun_listening_on_an_x11_port_does_not_hang_mw() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = job_copy("monte_pi", tmp.path());
+    // A free display port (mpirun's probe of it happens before it listens there).
+    let port = (6000..6010)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("one of the ports 6000-6009 is free");
+    let (mut cmd, _session) = mpi_command(
+        &job,
+        &tmp.path().join("jobs"),
+        &tmp.path().join("mpi.jsonl"),
+    );
+    cmd.env_remove("HWLOC_COMPONENTS")
+        .env("OMPI_MCA_oob_tcp_static_ipv4_ports", port.to_string());
+    let out = cmd.output().expect("run mpirun");
+    assert_ne!(out.status.code(), Some(124), "the job hung");
+    assert!(
+        out.status.success(),
+        "mpirun mw run failed: {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pi = reduce_line(&out)["pi"].as_f64().unwrap();
+    assert!((pi - std::f64::consts::PI).abs() < 0.01, "pi = {pi}");
 }

@@ -84,6 +84,7 @@ fn kind(e: &MwError) -> &'static str {
 }
 
 fn main() -> Result<()> {
+    mw::mpi::prepare_process();
     let args = parse_args()?;
     let interface: Arc<dyn Interface> = match args.multicore {
         Some(0) => Arc::new(mw::Multicore::default()),
