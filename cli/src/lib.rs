@@ -175,6 +175,9 @@ Exit status: 0 every task succeeded, 1 some task failed, 2 bad usage or job file
 
 /// Entry point of the `mw` binary; returns the process exit code.
 pub fn main() -> i32 {
+    // Before any thread starts (it sets an environment variable for MPI_Init).
+    #[cfg(feature = "mpi")]
+    mw::mpi::prepare_process();
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     if let Err(e) = signals::install() {
