@@ -23,12 +23,18 @@ fn job_copy(example: &str, dir: &Path) -> PathBuf {
     path
 }
 
-/// `timeout mpirun -n 3 mw run JOB --interface mpi -q` with its Open MPI settings; keep the
-/// guard until it has ended.
-fn mpi_command(job: &Path, jobs: &Path, output: &Path) -> (Command, tempfile::TempDir) {
+/// `timeout mpirun -n 3 [RANK_PREFIX...] mw run JOB --interface mpi -q` with its Open MPI
+/// settings; keep the guard until it has ended.
+fn mpi_command(
+    job: &Path,
+    jobs: &Path,
+    output: &Path,
+    rank_prefix: &[&str],
+) -> (Command, tempfile::TempDir) {
     let mut cmd = Command::new("timeout");
     let session = mw_tests::ompi_env(&mut cmd);
     cmd.args(["-k", "10", "300", "mpirun", "-n", "3"])
+        .args(rank_prefix)
         .arg(mw_tests::bin("mw"))
         .arg("run")
         .arg(job)
@@ -39,16 +45,21 @@ fn mpi_command(job: &Path, jobs: &Path, output: &Path) -> (Command, tempfile::Te
     (cmd, session)
 }
 
-fn run_mpi(job: &Path, jobs: &Path, output: &Path) -> Output {
-    let (mut cmd, _session) = mpi_command(job, jobs, output);
+/// Runs `cmd` (from [`mpi_command`]) and expects it to succeed.
+fn succeeds(mut cmd: Command) -> Output {
     let out = cmd.output().expect("run mpirun");
     assert!(
         out.status.success(),
-        "mpirun mw run failed: {:?}\n{}",
+        "mpirun mw run failed or hung (124, 137: killed by timeout): {:?}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+fn run_mpi(job: &Path, jobs: &Path, output: &Path) -> Output {
+    let (cmd, _session) = mpi_command(job, jobs, output, &[]);
+    succeeds(cmd)
 }
 
 fn run_multicore(job: &Path, jobs: &Path, output: &Path) -> Output {
@@ -260,34 +271,14 @@ fn mpirun_listening_on_an_x11_port_does_not_hang_mw() {
     let port = (6000..6010)
         .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
         .expect("one of the ports 6000-6009 is free");
-    let mut cmd = Command::new("timeout");
-    let _session = mw_tests::ompi_env(&mut cmd);
-    cmd.args([
-        "-k",
-        "10",
-        "120",
-        "mpirun",
-        "-n",
-        "3",
-        "env",
-        "-u",
-        "HWLOC_COMPONENTS",
-    ])
-    .arg(mw_tests::bin("mw"))
-    .arg("run")
-    .arg(&job)
-    .args(["--interface", "mpi", "-q", "--jobs-dir"])
-    .arg(tmp.path().join("jobs"))
-    .arg("--output")
-    .arg(tmp.path().join("mpi.jsonl"))
-    .env("OMPI_MCA_oob_tcp_static_ipv4_ports", port.to_string());
-    let out = cmd.output().expect("run mpirun");
-    assert!(
-        out.status.success(),
-        "mpirun mw run failed or hung (124, 137: killed by timeout): {:?}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+    let (mut cmd, _session) = mpi_command(
+        &job,
+        &tmp.path().join("jobs"),
+        &tmp.path().join("mpi.jsonl"),
+        &["env", "-u", "HWLOC_COMPONENTS"],
     );
+    cmd.env("OMPI_MCA_oob_tcp_static_ipv4_ports", port.to_string());
+    let out = succeeds(cmd);
     let pi = reduce_line(&out)["pi"].as_f64().unwrap();
     assert!((pi - std::f64::consts::PI).abs() < 0.01, "pi = {pi}");
 }
