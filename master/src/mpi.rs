@@ -136,6 +136,8 @@ const RESULTS_THREAD: &str = "mw-mpi-results";
 /// The environment variable that chooses hwloc's components, and what [`prepare_process`]
 /// sets it to when the user has not: every component but the GL plugin.
 const HWLOC_COMPONENTS: (&str, &str) = ("HWLOC_COMPONENTS", "-gl");
+/// Variables Open MPI's `mpirun` sets for every process it starts (a rank).
+const MPIRUN_MARKERS: [&str; 2] = ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK"];
 
 /// Readies this process's environment for `MPI_Init`; call it first thing in `main`, before
 /// any other thread starts (it sets an environment variable, which is not thread-safe).
@@ -145,12 +147,14 @@ const HWLOC_COMPONENTS: (&str, &str) = ("HWLOC_COMPONENTS", "-gl");
 /// `DISPLAY` unset it opens displays `:0` to `:9`, over TCP ports 6000-6009 when no X socket
 /// exists. Where ephemeral ports start low (1024 on some machines), `mpirun`'s own listener
 /// can land on one of those ports; each rank then sends it an X11 greeting and waits forever
-/// for the answer, and the job hangs before its first task. Unless the user has chosen
-/// hwloc's components, this turns the GL plugin off (`HWLOC_COMPONENTS=-gl`); a rank has no
-/// use for GPUs' X displays.
+/// for the answer, and the job hangs before its first task. In a process `mpirun` started,
+/// unless the user has chosen hwloc's components, this turns the GL plugin off
+/// (`HWLOC_COMPONENTS=-gl`; a rank has no use for GPUs' X displays). Elsewhere it changes
+/// nothing, so the task programs of other interfaces inherit the user's environment as is.
 pub fn prepare_process() {
     let (name, value) = HWLOC_COMPONENTS;
-    if std::env::var_os(name).is_none() {
+    let under_mpirun = MPIRUN_MARKERS.iter().any(|m| std::env::var_os(m).is_some());
+    if under_mpirun && std::env::var_os(name).is_none() {
         std::env::set_var(name, value);
     }
 }

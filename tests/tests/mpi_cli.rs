@@ -282,3 +282,54 @@ fn mpirun_listening_on_an_x11_port_does_not_hang_mw() {
     let pi = reduce_line(&out)["pi"].as_f64().unwrap();
     assert!((pi - std::f64::consts::PI).abs() < 0.01, "pi = {pi}");
 }
+
+/// What each task saw of `HWLOC_COMPONENTS`: under `mpirun` `mw` turns hwloc's GL plugin off
+/// (the tasks of its ranks inherit that); elsewhere the MPI-enabled `mw` leaves the user's
+/// environment as it is.
+#[test]
+fn hwloc_components_is_set_only_in_processes_mpirun_started() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prog = mw_tests::script(
+        tmp.path(),
+        "show.sh",
+        "cat > /dev/null; printf '\"%s\"' \"${HWLOC_COMPONENTS-unset}\"",
+    );
+    let job = tmp.path().join("show.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"show\"\nworkers = 2\n[program]\npath = \"{}\"\n[inputs]\nlist = [1, 2]\n",
+            prog.display()
+        ),
+    )
+    .unwrap();
+    let mc = tmp.path().join("mc.jsonl");
+    let mut cmd = Command::new(mw_tests::bin("mw"));
+    cmd.arg("run")
+        .arg(&job)
+        .args(["-q", "--jobs-dir"])
+        .arg(tmp.path().join("jobs"))
+        .arg("--output")
+        .arg(&mc)
+        .env_remove("HWLOC_COMPONENTS")
+        .stdin(Stdio::null());
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Vec<Value> = outputs(&mc).into_iter().map(|(_, v)| v).collect();
+    assert_eq!(seen, vec![Value::from("unset"); 2]);
+
+    let ranks = tmp.path().join("mpi.jsonl");
+    let (cmd, _session) = mpi_command(
+        &job,
+        &tmp.path().join("jobs"),
+        &ranks,
+        &["env", "-u", "HWLOC_COMPONENTS"],
+    );
+    succeeds(cmd);
+    let seen: Vec<Value> = outputs(&ranks).into_iter().map(|(_, v)| v).collect();
+    assert_eq!(seen, vec![Value::from("-gl"); 2]);
+}
