@@ -173,6 +173,8 @@ const UNLOCKED_SLOT_STALE_AFTER: std::time::Duration = std::time::Duration::from
 /// The lock file is locked under another name and then renamed into place, so a sweep
 /// never sees it unlocked: a new directory has no lock file (young, so not stale) or a held
 /// one. (Created in place and then locked, a sweep between the two took live directories.)
+/// A master killed between the two leaves a directory with no lock file, which the sweep
+/// removes once it is [`UNLOCKED_SLOT_STALE_AFTER`] old.
 fn slot_dir(root: Option<&Path>) -> Result<(tempfile::TempDir, std::fs::File), InterfaceError> {
     let dir = scratch(root, SLOT_PREFIX)?;
     let path = dir.path().join(SLOT_LOCK);
