@@ -590,9 +590,8 @@ fn mw_run_exits_only_after_its_slot_directories_are_removed() {
 
 /// The next master sweeps the scratch root: the slot and scratch directories of a SIGKILLed
 /// master (their lock is free) go, and so does an old directory without a lock file (an
-/// older mw's);
-/// a young one without a lock, one whose lock a live process holds, and anything not named
-/// like a slot stay.
+/// older mw's); a young one without a lock, one whose lock a live process holds, and
+/// anything not named like a slot stay.
 #[test]
 fn a_killed_masters_slot_directories_are_swept_by_the_next_master() {
     let t = tempfile::tempdir().unwrap();

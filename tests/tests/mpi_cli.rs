@@ -62,8 +62,11 @@ fn run_mpi(job: &Path, jobs: &Path, output: &Path) -> Output {
     succeeds(cmd)
 }
 
+/// `mw run JOB -q` on local cores, with the developer's own `HWLOC_COMPONENTS` (if any)
+/// removed so that what the tasks see of it is `mw`'s doing.
 fn run_multicore(job: &Path, jobs: &Path, output: &Path) -> Output {
     let out = Command::new(mw_tests::bin("mw"))
+        .env_remove("HWLOC_COMPONENTS")
         .arg("run")
         .arg(job)
         .args(["-q", "--jobs-dir"])
@@ -304,21 +307,7 @@ fn hwloc_components_is_set_only_in_processes_mpirun_started() {
     )
     .unwrap();
     let mc = tmp.path().join("mc.jsonl");
-    let mut cmd = Command::new(mw_tests::bin("mw"));
-    cmd.arg("run")
-        .arg(&job)
-        .args(["-q", "--jobs-dir"])
-        .arg(tmp.path().join("jobs"))
-        .arg("--output")
-        .arg(&mc)
-        .env_remove("HWLOC_COMPONENTS")
-        .stdin(Stdio::null());
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_multicore(&job, &tmp.path().join("jobs"), &mc);
     let seen: Vec<Value> = outputs(&mc).into_iter().map(|(_, v)| v).collect();
     assert_eq!(seen, vec![Value::from("unset"); 2]);
 
