@@ -147,8 +147,9 @@ pub(crate) fn deliver_pack_result<M: PackMember>(
 
 /// Reads the pack result at `path` for the pack `members` (of one job): in memory, or when
 /// large unpacked into a private directory under `scratch` (every checksum verified, within
-/// the members' limits); then each member's result under its own limits. An error means the
-/// pack result as a whole is unusable.
+/// the limits of a full pack of such tasks: `members` may be only those still waiting); then
+/// each member's result under its own limits. An error means the pack result as a whole is
+/// unusable.
 pub(crate) fn read_pack_result(
     path: &Path,
     members: &[Arc<PreparedTask>],
@@ -158,9 +159,15 @@ pub(crate) fn read_pack_result(
     let Some(first) = members.first() else {
         return Ok(PackOutcome::default());
     };
+    // Bounded by the largest pack there can be, not by the members still waiting for it: a
+    // resumed master re-attaches a pack's members one by one, and after a cancel fewer
+    // members wait than the pack ran, while the result holds an entry for every task run.
     let cap = members
         .iter()
-        .fold(0u64, |sum, t| sum.saturating_add(result_cap(t)))
+        .map(|t| result_cap(t))
+        .max()
+        .unwrap_or(0)
+        .saturating_mul(MAX_TASKS_PER_PACK as u64)
         .min(MAX_PACK_RESULT_BYTES);
     let size = std::fs::metadata(path)
         .map_err(|e| InterfaceError::new(format!("{label}: {e}")))?
@@ -172,7 +179,7 @@ pub(crate) fn read_pack_result(
     }
     let limits = Limits {
         max_total_bytes: cap,
-        max_entries: members.len().saturating_add(16),
+        max_entries: MAX_TASKS_PER_PACK.saturating_add(16),
         ..Limits::default()
     };
     // A small pack result is read into memory (no file written or removed per task); a

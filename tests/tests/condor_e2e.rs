@@ -799,7 +799,10 @@ fn cancel_of_one_task_inside_a_running_pack() {
 
 /// The master is killed (SIGKILL) with packs in flight, then `mw resume`: one pack was
 /// done, the other still ran; the resumed master re-attaches the running pack, and every
-/// task is reported exactly once (across both runs) and ran exactly once.
+/// task is reported exactly once (across both runs) and ran exactly once. Packs of 20: the
+/// resumed master re-attaches a pack's members one by one, and the pack result must be read
+/// for a member that finds the pack ended with only a few members re-attached (it was once
+/// refused as "over the limit of entries" and all its tasks failed).
 #[test]
 fn resume_after_sigkill_with_packs_in_flight() {
     let env = Env::new();
@@ -808,44 +811,120 @@ fn resume_after_sigkill_with_packs_in_flight() {
     let p = env.script(
         "gated.sh",
         &format!(
-            "read -r n\nif [ \"$n\" -ge 3 ]; then while [ ! -f {gate} ]; do sleep 0.1; done; fi\necho \"$n\" >> {log}\necho \"$((n * 10))\"",
+            "read -r n\nif [ \"$n\" -ge 20 ]; then while [ ! -f {gate} ]; do sleep 0.1; done; fi\necho \"$n\" >> {log}\necho \"$((n * 10))\"",
             gate = gate.display(),
             log = log.display()
         ),
     );
-    let job = packed_job(&env, "packresume", &p, "[0, 1, 2, 3, 4, 5]", 3);
+    let job = packed_job(&env, "packresume", &p, &list(40), 20);
     let mut child = env
         .mw(&["run", job.to_str().unwrap()], &[])
         .spawn()
         .unwrap();
     wait_counts(&env, "packresume-1", "the first pack done", |c| {
-        c["done"] == 3
+        c["done"] == 20
     });
     child.kill().unwrap(); // SIGKILL: no clean-up at all
     let first = child.wait_with_output().unwrap();
     std::fs::write(&gate, "").unwrap();
+    // Both packs' jobs end in the pool before the master resumes: the running pack is
+    // re-attached after it came back.
+    let t0 = Instant::now();
+    while env.cli().history(&[], None).unwrap().len() < 2 {
+        assert!(t0.elapsed() < LIMIT, "the second pack never ended");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let out = run(env.mw(&["resume", "packresume-1"], &[]));
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("3 to re-attach"),
+        String::from_utf8_lossy(&out.stderr).contains("20 to re-attach"),
         "{}",
         text(&out)
     );
     // Reported once each, across both masters (what the killed one printed, if its output
     // got out before the kill, is of the first pack only).
-    assert_reported_at_most_once(&reports(&env, "packresume-1"), 6);
+    assert_reported_at_most_once(&reports(&env, "packresume-1"), 40);
     let printed = tasks_of(&result_lines(&first));
-    assert!(printed.iter().all(|t| *t < 3), "{printed:?}");
+    assert!(printed.iter().all(|t| *t < 20), "{printed:?}");
     let all = result_lines(&run(env.mw(&["results", "packresume-1"], &[])));
-    assert_eq!(all.len(), 6);
+    assert_eq!(all.len(), 40);
     for (i, l) in all.iter().enumerate() {
         assert_eq!(l["state"], "done", "{l}");
         assert_eq!(l["output"], i as u64 * 10, "{l}");
+        assert_eq!(l["attempts"], 1, "{l}");
     }
-    assert_eq!(executions(&log), [0, 1, 2, 3, 4, 5], "each task ran once");
+    assert_eq!(
+        executions(&log),
+        (0..40).collect::<Vec<u64>>(),
+        "each task ran once"
+    );
     // Nothing was submitted again: two packs, two jobs.
     assert_eq!(env.cli().history(&[], None).unwrap().len(), 2);
     env.check_submit_files();
+}
+
+/// `[0, 1, ..., n - 1]` as a job file's input list.
+fn list(n: u64) -> String {
+    let items: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// Cancelling most tasks of a running pack of 20: the three left get their results from the
+/// pack result, which holds 20 (it was once refused for holding more entries than the
+/// members still waiting, and the three failed).
+#[test]
+fn cancel_of_most_tasks_inside_a_running_pack() {
+    let env = Env::new();
+    let gate = env.root.join("gate");
+    let p = env.script(
+        "gated.sh",
+        &format!(
+            "read -r n\nwhile [ ! -f {gate} ]; do sleep 0.1; done\necho \"$((n * 10))\"",
+            gate = gate.display(),
+        ),
+    );
+    let job = packed_job(&env, "packcancels", &p, &list(20), 20);
+    let child = env
+        .mw(&["run", job.to_str().unwrap()], &[])
+        .spawn()
+        .unwrap();
+    let cli = env.cli();
+    let t0 = Instant::now();
+    while !cli
+        .query_jobs(&[])
+        .unwrap()
+        .iter()
+        .any(|a| a.status == JobStatus::Running)
+    {
+        assert!(t0.elapsed() < LIMIT, "the pack never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for t in 1..=17 {
+        let c = run(env.mw(&["cancel", "packcancels-1", "--task", &t.to_string()], &[]));
+        assert!(c.status.success(), "{}", text(&c));
+    }
+    wait_counts(&env, "packcancels-1", "17 tasks cancelled", |c| {
+        c["cancelled"] == 17
+    });
+    std::fs::write(&gate, "").unwrap();
+    let out = finish(child);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let lines = result_lines(&out);
+    assert_eq!(
+        tasks_of(&lines),
+        (0..20).collect::<Vec<u64>>(),
+        "{}",
+        text(&out)
+    );
+    for l in &lines {
+        match l["task"].as_u64().unwrap() {
+            1..=17 => assert_eq!(l["state"], "cancelled", "{l}"),
+            n => {
+                assert_eq!(l["state"], "done", "{l}");
+                assert_eq!(l["output"], n * 10, "{l}");
+            }
+        }
+    }
 }
 
 /// Killed in the exact window after `condor_submit` of the packs returned and before their
