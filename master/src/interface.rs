@@ -115,9 +115,12 @@ pub trait HandleSink: Send + Sync {
     /// Records that `task` runs under `handle` on the backend.
     fn record_handle(&self, task: TaskId, handle: &str);
 
-    /// Waits until every handle recorded so far is durable (committed), for an interface
-    /// that must not act on the backend before its record survives a crash.
-    fn flush(&self) {}
+    /// Waits until every handle recorded and every outcome reported so far is durable
+    /// (committed), for an interface that must not act on the backend before its record
+    /// survives a crash. False when the journal could not commit them.
+    fn flush(&self) -> bool {
+        true
+    }
 }
 
 /// One platform. Implementations must be cheap to call from the scheduler thread and

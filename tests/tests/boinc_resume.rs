@@ -1303,3 +1303,84 @@ fn forged_pack_result_from_a_volunteer_is_refused_task_by_task() {
     assert_eq!(p.wus().len(), 3);
     assert_reported_at_most_once(&reports(&dir), 4);
 }
+
+/// A volunteer's pack result without one member's result, and the master killed right after
+/// it removed that spool file (`MW_CRASH_AT=boinc-results-removed`). The file is the only copy of the
+/// results (a workunit is assimilated once), so it goes only once the delivered results and
+/// the re-packed member's new handle are committed. Before, the file went first: the resumed
+/// master had lost the two results and re-attached all three tasks to the pack, whose result
+/// never came again, and waited for ever.
+#[test]
+fn kill_right_after_a_partial_pack_result_is_taken_then_resume() {
+    use mw_bundle::{pack_result_member, BundleBuilder, PackResultInfo};
+    let mut p = Project::new();
+    let (job, log) = pack_job(&p, "packgap", 3, 3);
+    let master = Command::new(bin("mw"))
+        .arg("run")
+        .arg(&job)
+        .arg("--jobs-dir")
+        .arg(p.jobs_dir())
+        .env("MW_CRASH_AT", "boinc-results-removed")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = "packgap-1";
+    let dir = p.jobs_dir().join(id);
+    let wu = p.wait_for_workunits(&dir, 1)[0].clone();
+    // What the assimilator spools for a volunteer's pack result holding tasks 0 and 1 only.
+    let mut b = BundleBuilder::pack_result(
+        PackResultInfo {
+            job: id.into(),
+            host: "volunteer".into(),
+            tasks: vec![0, 1],
+            not_run: vec![],
+        },
+        "pack result",
+    );
+    for t in [0u64, 1] {
+        let out = (t * 10).to_string();
+        b.add_bytes(&pack_result_member(t), result_bytes(id, t, 0, &out), false)
+            .unwrap();
+    }
+    // The volunteer uploads it (the double's hook for a hostile volunteer); the workunit is
+    // then assimilated, once.
+    let forge = p.root.join("double/forge");
+    std::fs::create_dir_all(&forge).unwrap();
+    b.write_to(&forge.join(&wu)).unwrap();
+    p.start_serve();
+    let out = master.wait_with_output().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    assert!(p.spool_entries("result_").is_empty());
+    // Committed before the file went: two results, and task 2 no longer waits for the pack.
+    let at_kill = tasks(&dir);
+    assert_eq!(at_kill[0].state, TaskState::Done);
+    assert_eq!(at_kill[1].state, TaskState::Done);
+    assert_ne!(
+        at_kill[2].handle.as_deref(),
+        Some(wu.as_str()),
+        "{at_kill:#?}"
+    );
+    let out = Command::new("timeout")
+        .args(["-k", "10", "300"])
+        .arg(bin("mw"))
+        .args(["resume", id, "--jobs-dir"])
+        .arg(p.jobs_dir())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    p.stop_serve();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_reported_at_most_once(&reports(&dir), 3);
+    let res = results(&p, id);
+    assert_eq!(res.len(), 3);
+    for (i, r) in res.iter().enumerate() {
+        assert_eq!(r["state"], "done", "{r:#}");
+        assert_eq!(r["output"], i as u64 * 10, "{r:#}");
+    }
+    // Task 2 ran again, in a workunit of its own.
+    assert_eq!(created_names(&p).len(), 2);
+    assert_eq!(executions(&log), [0, 1, 2, 2]);
+}

@@ -31,6 +31,10 @@ use std::time::Duration;
 
 /// The handle recorded before `create_work` runs: the workunit may or may not exist.
 pub(super) const PENDING_PREFIX: &str = "pending:";
+/// Prefix of the handle of a pack member whose pack came back without its result and that
+/// waits to be packed again (what follows is the old workunit, for `mw status`): not a
+/// workunit to re-attach to.
+pub(super) const REQUEUED_PREFIX: &str = "requeued:";
 /// The longest the submit thread waits for more tasks to fill a batch (or its packs).
 const BATCH_WINDOW: Duration = Duration::from_secs(2);
 /// A batch closes once no task has been handed over for this long. Generous: a workunit
@@ -303,12 +307,37 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>, progress: &mut BatchProg
     if staged.is_empty() {
         return;
     }
-    // The staged files become durable together, before any workunit refers to them.
-    if let Err(e) = mw_bundle::sync_filesystem(&shared.layout.download_dir) {
-        let e = InterfaceError::new(format!(
+    // The staged files become durable together, before any workunit refers to them; so do
+    // the workunits' names (below).
+    let sink = crate::guard::lock(&shared.sink).clone();
+    let durable = match mw_bundle::sync_filesystem(&shared.layout.download_dir) {
+        Err(e) => Err(format!(
             "syncing the staged files in {}: {e}",
             shared.layout.download_dir.display()
-        ));
+        )),
+        // Durable before create_work: a master killed during or right after the call finds
+        // the names again on resume and re-attaches instead of creating duplicates.
+        Ok(()) => match &sink {
+            Some(sink) => {
+                for (tasks, s) in &staged {
+                    for task in tasks {
+                        sink.record_handle(*task, &format!("{PENDING_PREFIX}{}", s.wu));
+                    }
+                }
+                if sink.flush() {
+                    Ok(())
+                } else {
+                    Err(
+                        "the journal could not record the workunits' names; not creating them"
+                            .to_string(),
+                    )
+                }
+            }
+            None => Ok(()),
+        },
+    };
+    if let Err(e) = durable {
+        let e = InterfaceError::new(e);
         let mut dones = Vec::new();
         {
             let mut st = shared.lock();
@@ -324,17 +353,6 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>, progress: &mut BatchProg
             d.finish(Err(e.clone()));
         }
         return;
-    }
-    // Durable before create_work: a master killed during or right after the call finds the
-    // names again on resume and re-attaches instead of creating duplicates.
-    let sink = crate::guard::lock(&shared.sink).clone();
-    if let Some(sink) = &sink {
-        for (tasks, s) in &staged {
-            for task in tasks {
-                sink.record_handle(*task, &format!("{PENDING_PREFIX}{}", s.wu));
-            }
-        }
-        sink.flush();
     }
     {
         let mut st = shared.lock();

@@ -2,9 +2,10 @@
 //! `<spool>/result_<wu>.tar.gz` and a workunit without a usable result as
 //! `error_<wu>.toml` (names from `mw_boinc_kit`). A watcher thread (inotify through
 //! `notify`, plus a polling fallback for file systems that deliver no events) turns those of
-//! this master's workunits into completions and removes each spool file right after its
-//! outcome has been handed to the master (a crash in the instant between the two loses that
-//! result; the task is then re-run by `mw resume`). Entries of cancelled workunits are
+//! this master's workunits into completions, and removes the spool files of a scan only once
+//! what the master recorded of their outcomes (final rows, retries, re-packed members'
+//! handles) is committed: a master killed before that finds the files again on resume. The
+//! spool holds the only copy of a result; a workunit is assimilated once. Entries of cancelled workunits are
 //! consumed; entries of other masters' workunits are left alone. A pack's result gives each
 //! member its own result (read for the members known to be in that workunit); members without
 //! one are packed again. The same thread fails tasks past the job's deadline. It must never
@@ -16,7 +17,7 @@ use crate::task::{Execution, InterfaceError};
 use mw_boinc_kit::errors::MAX_ERROR_RECORD_BYTES;
 use mw_boinc_kit::{ErrorRecord, SpoolEntry, WuName};
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 
 pub(super) fn watch_loop(shared: &Arc<Shared>, rx: &mpsc::Receiver<()>) {
@@ -69,20 +70,47 @@ fn scan_spool(shared: &Arc<Shared>) {
             }
         }
     }
+    let mut delivered = Vec::new();
     for f in found {
         // Once the master shuts down, nothing more is delivered (a resumed master reads
         // what is left).
         if shared.lock().shut_down {
-            return;
+            break;
         }
         match f {
-            Found::Result(wu) => take_result(shared, &wu),
-            Found::Error(wu) => take_error(shared, &wu),
+            Found::Result(wu) => delivered.extend(take_result(shared, &wu)),
+            Found::Error(wu) => delivered.extend(take_error(shared, &wu)),
             Found::Consume(path) => {
                 let _ = std::fs::remove_file(path);
             }
         }
     }
+    remove_delivered(shared, delivered);
+}
+
+/// Removes the spool files whose outcomes were handed to the master, once the master's
+/// records of them are committed (one commit for the whole scan). When the journal cannot
+/// commit, the files stay for `mw resume`.
+fn remove_delivered(shared: &Shared, delivered: Vec<PathBuf>) {
+    if delivered.is_empty() {
+        return;
+    }
+    let sink = crate::guard::lock(&shared.sink).clone();
+    if let Some(sink) = sink {
+        if !sink.flush() {
+            log::warn!(
+                "the journal could not commit; leaving {} delivered spool file(s) for `mw resume`",
+                delivered.len()
+            );
+            return;
+        }
+    }
+    // Delivered and committed (the master may now end): the files go before the master does.
+    crate::crash::delay_point("boinc-result-delivered");
+    for path in delivered {
+        let _ = std::fs::remove_file(path);
+    }
+    crate::crash::point("boinc-results-removed");
 }
 
 /// Takes the tasks still waiting for workunit `wu` (one, or a pack's members).
@@ -96,7 +124,8 @@ fn take_members(st: &mut State, wu: &WuName) -> Vec<Waiting> {
     out
 }
 
-fn take_result(shared: &Shared, wu: &WuName) {
+/// Delivers workunit `wu`'s result; returns its spool file once delivered.
+fn take_result(shared: &Shared, wu: &WuName) -> Option<PathBuf> {
     let path = shared.spool.join(wu.result_spool_name());
     if wu.is_pack() {
         return take_pack_result(shared, wu, &path);
@@ -109,12 +138,10 @@ fn take_result(shared: &Shared, wu: &WuName) {
             .and_then(|task| st.waiting.get(task))
             .map(|w| mw_bundle::max_result_upload_bytes(w.task.spec.max_output_bytes))
     };
-    let Some(cap) = cap else {
-        return;
-    };
+    let cap = cap?;
     // Read no more than the task may return (the assimilator applies the same limits).
     let Ok(meta) = std::fs::metadata(&path) else {
-        return; // Gone for now: the next scan decides.
+        return None; // Gone for now: the next scan decides.
     };
     let bytes = if meta.len() > cap {
         Err(format!(
@@ -125,7 +152,7 @@ fn take_result(shared: &Shared, wu: &WuName) {
     } else {
         match crate::task::read_bounded(&path, cap) {
             Ok(b) => Ok(b),
-            Err(_) => return, // Unreadable for now: the next scan decides.
+            Err(_) => return None, // Unreadable for now: the next scan decides.
         }
     };
     let members = take_members(&mut shared.lock(), wu);
@@ -161,17 +188,15 @@ fn take_result(shared: &Shared, wu: &WuName) {
             done.finish(outcome);
         }
     }
-    // Delivered (the master may now end): the file goes before the master does.
-    crate::crash::delay_point("boinc-result-delivered");
-    let _ = std::fs::remove_file(&path);
+    Some(path)
 }
 
 /// A pack's result: each member gets its own result from it, members without one are packed
 /// again. For a pack a resumed master re-attached, the result is kept (in the job's staging
 /// directory) for members re-attached after it came back.
-fn take_pack_result(shared: &Shared, wu: &WuName, path: &Path) {
+fn take_pack_result(shared: &Shared, wu: &WuName, path: &Path) -> Option<PathBuf> {
     if !path.is_file() {
-        return; // Gone for now: the next scan decides.
+        return None; // Gone for now: the next scan decides.
     }
     let (members, kept) = {
         let mut st = shared.lock();
@@ -207,8 +232,7 @@ fn take_pack_result(shared: &Shared, wu: &WuName, path: &Path) {
     {
         log::error!("BOINC workunit {wu}: internal error while reading its pack result: {panic}");
     }
-    crate::crash::delay_point("boinc-result-delivered");
-    let _ = std::fs::remove_file(path);
+    Some(path.to_path_buf())
 }
 
 /// Reads pack result `path` of workunit `wu` for `members` and reports each one's outcome.
@@ -256,10 +280,16 @@ fn requeue(shared: &Shared, mut w: Waiting, wu: &WuName, why: &str) {
     }
     log::warn!("BOINC workunit {wu} came back without a result for {id} ({why}); packing it again");
     let Some(done) = w.done.take() else { return };
+    // Its journaled handle no longer names a workunit that will deliver it (the pack's
+    // result is removed once this is committed, see `remove_delivered`): a master killed
+    // before the member is packed again finds it queued on resume, not waiting for ever.
+    if let Some(sink) = crate::guard::lock(&shared.sink).clone() {
+        sink.record_handle(id, &format!("{}{wu}", super::batch::REQUEUED_PREFIX));
+    }
     let mut st = shared.lock();
     if st.shut_down {
         drop(st);
-        // Left for `mw resume`, which finds its pack again by its handle.
+        // Left for `mw resume`, which runs it again.
         done.abandon();
         return;
     }
@@ -301,10 +331,11 @@ fn read_capped(path: &Path) -> std::io::Result<String> {
     Ok(text)
 }
 
-fn take_error(shared: &Shared, wu: &WuName) {
+/// Delivers workunit `wu`'s error record; returns its spool file once delivered.
+fn take_error(shared: &Shared, wu: &WuName) -> Option<PathBuf> {
     let path = shared.spool.join(wu.error_spool_name());
     let Ok(text) = read_capped(&path) else {
-        return;
+        return None;
     };
     let message = crate::guard::contain(|| match ErrorRecord::from_text(&text) {
         Ok(rec) => rec.describe(),
@@ -340,7 +371,7 @@ fn take_error(shared: &Shared, wu: &WuName) {
             Err(InterfaceError::new(format!("{id}: {message}"))),
         );
     }
-    let _ = std::fs::remove_file(&path);
+    Some(path)
 }
 
 /// Fails (and cancels in BOINC) every task waiting longer than the job's deadline (every

@@ -523,7 +523,7 @@ pub(super) fn submit_group(
     let sink = shared.sink.lock().ok().and_then(|s| s.clone());
     let submitted = write_submit_files(&spec, dir, settings.template.as_deref())
         .map_err(|e| format!("writing the submit description: {e}"))
-        .map(|(sub, _)| {
+        .and_then(|(sub, _)| {
             // The batch's identity (its name, `+MwBatch` in every job ad) is durable before
             // the schedd can know the batch: a master killed while condor_submit runs leaves
             // `submitting:` handles, and `mw resume` finds the cluster by its name.
@@ -533,10 +533,15 @@ pub(super) fn submit_group(
                         sink.record_handle(*id, &pending_handle(name, proc as u64));
                     }
                 }
-                sink.flush();
+                if !sink.flush() {
+                    return Err(
+                        "the journal could not record the batch's name; not submitting it"
+                            .to_string(),
+                    );
+                }
             }
             crate::crash::point("condor-before-submit");
-            sub
+            Ok(sub)
         })
         .and_then(|sub| {
             settings

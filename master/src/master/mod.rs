@@ -497,8 +497,9 @@ impl HandleSink for JournalHandles {
         self.0.record_handle(task, handle);
     }
 
-    fn flush(&self) {
+    fn flush(&self) -> bool {
         self.0.flush();
+        self.0.failure().is_none()
     }
 }
 
