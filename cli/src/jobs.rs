@@ -823,20 +823,13 @@ fn cancel_boinc_workunits(
         .into_iter()
         .filter(|t| !t.state.is_final())
         .collect();
-    // A workunit is cancelled only when every unfinished task recorded under it is: a pack's
-    // other members keep their workunit (the cancelled one's result is then not waited for).
-    let mut handles: Vec<String> = unfinished
+    // A pack's other members keep their workunit (the cancelled one's result is then not
+    // waited for).
+    let recorded: Vec<(u64, Option<&str>)> = unfinished
         .iter()
-        .filter(|t| task.is_none_or(|n| n == t.index))
-        .filter_map(|t| t.handle.clone())
-        .filter(|h| {
-            unfinished
-                .iter()
-                .all(|o| o.handle.as_ref() != Some(h) || task.is_none_or(|n| n == o.index))
-        })
+        .map(|t| (t.index, t.handle.as_deref()))
         .collect();
-    handles.sort();
-    handles.dedup();
+    let handles = mw::boinc::workunits_to_cancel(&recorded, task);
     if handles.is_empty() {
         return Ok(());
     }

@@ -15,6 +15,30 @@ pub fn workunit_of_handle(handle: &str) -> Option<WuName> {
     WuName::parse(handle.strip_prefix(PENDING_PREFIX).unwrap_or(handle)).ok()
 }
 
+/// The workunits to cancel when the unfinished tasks `unfinished` (index, recorded handle)
+/// are cancelled: all of them (`task` = `None`), or task `task` only. A workunit is
+/// cancelled only when every unfinished task recorded under it is cancelled: a pack's other
+/// members keep their workunit. Handles are compared by the workunit they name (a member
+/// may still say `pending:<wu>` while another says `<wu>`, after a kill between the two
+/// records). Returns each workunit's name once, sorted.
+pub fn workunits_to_cancel(unfinished: &[(u64, Option<&str>)], task: Option<u64>) -> Vec<String> {
+    let cancelled = |t: u64| task.is_none_or(|n| n == t);
+    let mut out: Vec<String> = unfinished
+        .iter()
+        .filter(|(t, _)| cancelled(*t))
+        .filter_map(|(_, h)| h.and_then(workunit_of_handle))
+        .filter(|wu| {
+            unfinished
+                .iter()
+                .all(|(o, h)| cancelled(*o) || h.and_then(workunit_of_handle).as_ref() != Some(wu))
+        })
+        .map(|wu| wu.as_str().to_string())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Marks `wu` cancelled in the spool and removes what is already spooled for it.
 pub(super) fn mark_cancelled(spool: &Path, wu: &WuName) {
     let _ = mw_bundle::write_atomic(&spool.join(wu.cancel_marker_name()), b"", Some(0o644));
@@ -61,4 +85,42 @@ pub fn cancel_workunits(
             ),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workunit_is_cancelled_only_when_all_its_unfinished_members_are() {
+        let wu = |n: u32| format!("mw_job-1_0123abcd_p{n}");
+        assert!(
+            WuName::parse(&wu(1)).is_ok(),
+            "a valid pack name: {}",
+            wu(1)
+        );
+        let (p1, p2) = (wu(1), wu(2));
+        let pending1 = format!("{PENDING_PREFIX}{p1}");
+        let requeued = format!("requeued:{p1}");
+        // Pack 1: tasks 0 and 1 (task 1 still `pending:` after a kill between the records);
+        // pack 2: task 2; task 3 waits to be packed again.
+        let unfinished = [
+            (0, Some(p1.as_str())),
+            (1, Some(pending1.as_str())),
+            (2, Some(p2.as_str())),
+            (3, Some(requeued.as_str())),
+            (4, None),
+        ];
+        assert!(
+            workunits_to_cancel(&unfinished, Some(0)).is_empty(),
+            "task 1 still needs pack 1"
+        );
+        assert!(workunits_to_cancel(&unfinished, Some(1)).is_empty());
+        assert_eq!(workunits_to_cancel(&unfinished, Some(2)), [p2.clone()]);
+        assert!(workunits_to_cancel(&unfinished, Some(3)).is_empty());
+        assert!(workunits_to_cancel(&unfinished, Some(4)).is_empty());
+        assert_eq!(workunits_to_cancel(&unfinished, None), [p1.clone(), p2]);
+        let only_pack1 = [(0, Some(p1.as_str())), (1, Some(pending1.as_str()))];
+        assert_eq!(workunits_to_cancel(&only_pack1, None), [p1]);
+    }
 }
