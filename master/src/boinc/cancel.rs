@@ -116,7 +116,7 @@ mod tests {
             "task 1 still needs pack 1"
         );
         assert!(workunits_to_cancel(&unfinished, Some(1)).is_empty());
-        assert_eq!(workunits_to_cancel(&unfinished, Some(2)), [p2.clone()]);
+        assert_eq!(workunits_to_cancel(&unfinished, Some(2)), vec![p2.clone()]);
         assert!(workunits_to_cancel(&unfinished, Some(3)).is_empty());
         assert!(workunits_to_cancel(&unfinished, Some(4)).is_empty());
         assert_eq!(workunits_to_cancel(&unfinished, None), [p1.clone(), p2]);
