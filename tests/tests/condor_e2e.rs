@@ -863,6 +863,74 @@ fn resume_after_sigkill_with_packs_in_flight() {
     env.check_submit_files();
 }
 
+/// `mw resume` replays a pack job's log in which a shadow exception (007: HTCondor put the
+/// job back to idle) comes before its termination (005), the job having left the queue by
+/// then. The 007 alone once ended the job (`condor_q` no longer listed it) and failed every
+/// member before the 005 was read; now `condor_history` says how the job ended.
+#[test]
+fn resume_replays_a_shadow_exception_before_the_job_terminated() {
+    let env = Env::new();
+    let gate = env.root.join("gate");
+    let log = env.root.join("executions.log");
+    let p = env.script(
+        "gated.sh",
+        &format!(
+            "read -r n\nwhile [ ! -f {gate} ]; do sleep 0.1; done\necho \"$n\" >> {log}\necho \"$((n * 10))\"",
+            gate = gate.display(),
+            log = log.display()
+        ),
+    );
+    let job = packed_job(&env, "packshadow", &p, "[0, 1, 2]", 3);
+    let mut child = env
+        .mw(&["run", job.to_str().unwrap()], &[])
+        .spawn()
+        .unwrap();
+    let cli = env.cli();
+    let t0 = Instant::now();
+    while !cli
+        .query_jobs(&[])
+        .unwrap()
+        .iter()
+        .any(|a| a.status == JobStatus::Running)
+    {
+        assert!(t0.elapsed() < LIMIT, "the pack never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::write(&gate, "").unwrap();
+    while cli.history(&[], None).unwrap().is_empty() {
+        assert!(t0.elapsed() < LIMIT, "the pack never ended");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The 007 HTCondor writes when a shadow fails, just before the 005.
+    let mut logs = Vec::new();
+    find_files(&env.root.join("jobs"), "log", &mut logs);
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    let events = std::fs::read_to_string(&logs[0]).unwrap();
+    let at = events.find("005 (").expect("a 005 event");
+    let header = &events[at..at + events[at..].find(" Job terminated.").unwrap()];
+    let shadow = format!(
+        "007{} Shadow exception!\n\tError from slot1@vm: the shadow lost the starter\n\t0  -  Run Bytes Sent By Job\n\t0  -  Run Bytes Received By Job\n...\n",
+        &header[3..]
+    );
+    std::fs::write(
+        &logs[0],
+        format!("{}{shadow}{}", &events[..at], &events[at..]),
+    )
+    .unwrap();
+    let out = run(env.mw(&["resume", "packshadow-1"], &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_reported_at_most_once(&reports(&env, "packshadow-1"), 3);
+    let all = result_lines(&run(env.mw(&["results", "packshadow-1"], &[])));
+    assert_eq!(all.len(), 3);
+    for (i, l) in all.iter().enumerate() {
+        assert_eq!(l["state"], "done", "{l}");
+        assert_eq!(l["output"], i as u64 * 10, "{l}");
+    }
+    assert_eq!(executions(&log), [0, 1, 2], "each task ran once");
+}
+
 /// `[0, 1, ..., n - 1]` as a job file's input list.
 fn list(n: u64) -> String {
     let items: Vec<String> = (0..n).map(|i| i.to_string()).collect();

@@ -154,7 +154,7 @@ pub(super) fn take_members(st: &mut State, h: JobHandle) -> Vec<Tracked> {
     out
 }
 
-pub(super) fn conclude(shared: &Shared, h: JobHandle, outcome: Outcome) {
+pub(super) fn conclude(shared: &Shared, h: JobHandle, mut outcome: Outcome) {
     if let Outcome::CheckQueue(msg) = &outcome {
         // Still queued: HTCondor will run it again; keep waiting.
         match shared.settings.cli.query_jobs(&[h.cluster]) {
@@ -164,6 +164,11 @@ pub(super) fn conclude(shared: &Shared, h: JobHandle, outcome: Outcome) {
                 eprintln!("mw: condor: {msg}; condor_q failed ({e}); waiting for more events");
                 return;
             }
+        }
+        // Left the queue since: it ran again and ended (a resumed master replaying the log
+        // meets the 005 only after this 007), as the history says.
+        if let Some(rv) = completed_per_history(shared, h) {
+            outcome = Outcome::Exited(rv);
         }
     }
     let members = {
@@ -180,6 +185,22 @@ pub(super) fn conclude(shared: &Shared, h: JobHandle, outcome: Outcome) {
     };
     shared.cond.notify_all();
     finish_members(shared, h, members, outcome);
+}
+
+/// The exit code of job `h` when `condor_history` lists it completed (not by a signal).
+fn completed_per_history(shared: &Shared, h: JobHandle) -> Option<i64> {
+    let ad = shared
+        .settings
+        .cli
+        .history(&[h.cluster], None)
+        .ok()?
+        .into_iter()
+        .find(|a| a.handle == h)?;
+    let by_signal = ad.attributes.get("ExitBySignal") == Some(&serde_json::Value::Bool(true));
+    match (ad.status, ad.exit_code) {
+        (JobStatus::Completed, Some(rv)) if !by_signal => Some(rv),
+        _ => None,
+    }
 }
 
 /// Reports the outcome of job `h` to `members` (its tasks): a lone task as always; a pack's
