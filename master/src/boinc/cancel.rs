@@ -22,21 +22,19 @@ pub fn workunit_of_handle(handle: &str) -> Option<WuName> {
 /// may still say `pending:<wu>` while another says `<wu>`, after a kill between the two
 /// records). Returns each workunit's name once, sorted.
 pub fn workunits_to_cancel(unfinished: &[(u64, Option<&str>)], task: Option<u64>) -> Vec<String> {
-    let cancelled = |t: u64| task.is_none_or(|n| n == t);
-    let mut out: Vec<String> = unfinished
-        .iter()
-        .filter(|(t, _)| cancelled(*t))
-        .filter_map(|(_, h)| h.and_then(workunit_of_handle))
-        .filter(|wu| {
-            unfinished
-                .iter()
-                .all(|(o, h)| cancelled(*o) || h.and_then(workunit_of_handle).as_ref() != Some(wu))
-        })
-        .map(|wu| wu.as_str().to_string())
-        .collect();
-    out.sort();
-    out.dedup();
-    out
+    // One pass: each workunit named, and whether a task that is not cancelled still needs it.
+    let mut needed: std::collections::BTreeMap<String, bool> = Default::default();
+    for (t, h) in unfinished {
+        if let Some(wu) = h.and_then(workunit_of_handle) {
+            let kept = task.is_some_and(|n| n != *t);
+            *needed.entry(wu.as_str().to_string()).or_default() |= kept;
+        }
+    }
+    needed
+        .into_iter()
+        .filter(|(_, kept)| !kept)
+        .map(|(wu, _)| wu)
+        .collect()
 }
 
 /// Marks `wu` cancelled in the spool and removes what is already spooled for it.
