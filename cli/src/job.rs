@@ -1105,7 +1105,7 @@ fn default_name(abs: &Path) -> String {
 }
 
 /// Most worker slots a job may ask for.
-pub const MAX_WORKERS: usize = 1024;
+pub const MAX_WORKERS: usize = mw::multicore::MAX_SLOTS;
 /// The highest `max_output` a job may set (results are held in memory).
 pub const MAX_OUTPUT_LIMIT: u64 = 1 << 30;
 /// Largest `inputs.file` read (it is read into memory).

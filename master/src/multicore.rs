@@ -100,10 +100,14 @@ fn lock(state: &(Mutex<SlotState>, Condvar)) -> MutexGuard<'_, SlotState> {
     crate::guard::lock(&state.0)
 }
 
+/// The most worker slots one multicore interface runs (a job file's `workers`; a larger
+/// number, e.g. from a forged journal, is clamped to it).
+pub const MAX_SLOTS: usize = 1024;
+
 impl Multicore {
-    /// `slots` worker slots (at least 1).
+    /// `slots` worker slots (at least 1, at most [`MAX_SLOTS`]).
     pub fn new(slots: usize) -> Self {
-        let slots = slots.max(1);
+        let slots = slots.clamp(1, MAX_SLOTS);
         Multicore {
             slots,
             state: Arc::new((
@@ -751,6 +755,13 @@ impl Interface for Multicore {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
     use super::*;
+
+    /// A forged journal's `workers` (or a library caller's) is clamped, never allocated.
+    #[test]
+    fn slots_are_clamped_not_allocated_as_asked() {
+        assert_eq!(Multicore::new(usize::MAX).slots, MAX_SLOTS);
+        assert_eq!(Multicore::new(0).slots, 1);
+    }
 
     /// Masters sweeping while another makes its slot directories must never take a live one:
     /// a slot directory is visible to a sweep only with its lock file already held. (The lock

@@ -473,3 +473,44 @@ fn forged_task_rows_are_refused_or_clamped_not_wrapped() {
     assert!(o.stderr.contains("-5"), "{}", o.stderr);
     assert!(!o.stdout.contains("18446744073709551611"), "{}", o.stdout);
 }
+
+/// An unfinished job whose journal was forged to absurd numbers: an attempt count beyond
+/// u32 on a queued task (the scheduler once overflowed counting the next attempt, and the
+/// master hung with a dead scheduler thread) and 2^62 worker slots (once a capacity-overflow
+/// panic). `mw resume` runs the task (clamped counts, 1,024 slots at most) and ends.
+#[test]
+fn forged_counts_of_an_unfinished_job_do_not_stop_resume() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let journal = fresh_finished(d);
+    let conn = rusqlite::Connection::open(&journal).unwrap();
+    conn.execute(
+        "UPDATE tasks SET state = 'queued', attempts = 1099511627776, exit = NULL, error = NULL
+         WHERE idx = 1",
+        [],
+    )
+    .unwrap();
+    conn.execute("UPDATE job SET workers = 4611686018427387904", [])
+        .unwrap();
+    drop(conn);
+    // The forger also lowered the high-water mark of finished tasks (else the journal is
+    // refused as having lost results).
+    std::fs::remove_file(d.join("jobs/fin-1/journal.sqlite.mark")).unwrap();
+    let out = std::process::Command::new("timeout")
+        .args(["-k", "5", "120"])
+        .arg(mw_tests::bin("mw"))
+        .args(["resume", "fin-1", "-q"])
+        .current_dir(d)
+        .env("MW_JOBS_DIR", d.join("jobs"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Task 1 fails again (its program fails on input 1): the job ends with failures.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let o = mw(d, &["results", "fin-1", "--task", "1"]);
+    let one = &jsonl(&o.stdout)[0];
+    assert_eq!(one["state"], "failed", "{one}");
+    assert_eq!(one["attempts"], u32::MAX, "{one}");
+}

@@ -259,7 +259,7 @@ pub(super) fn dispatch(
     let task = st.queue.pop_front()?;
     st.set_state(task, TaskState::Running);
     let rec = &mut st.tasks[task.0 as usize];
-    rec.attempts += 1;
+    rec.attempts = rec.attempts.saturating_add(1);
     let (attempts, cancel) = (rec.attempts, rec.cancel_requested);
     let prepared = match built {
         Some((id, prepared)) if id == task => prepared.map(|mut p| {
@@ -323,7 +323,7 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
         crate::crash::delay_point("dispatch");
         let (worker, built) = match inner.realize(front, plan) {
             Ok(spec) => {
-                let probe = prepare(&inner, front, attempt + 1, spec);
+                let probe = prepare(&inner, front, attempt.saturating_add(1), spec);
                 let worker = match spare.take() {
                     Some(w) => Ok(w),
                     // The task stays queued (and cancellable) while we wait for a worker.
@@ -525,11 +525,15 @@ pub(super) fn on_complete(
     }
     let cancelled = matches!(result, Err(MwError::Cancelled(_))) || user_cancel;
     let retry = match &result {
-        Err(e) if !cancelled => st.attempts_here(id) <= retries && inner.options.retryable(e),
+        // A count saturated at u32::MAX (a forged journal) allows no more attempts: the
+        // attempts of this master, counted from it, would stay at 0 for ever.
+        Err(e) if !cancelled => {
+            st.attempts_here(id) <= retries && attempts < u32::MAX && inner.options.retryable(e)
+        }
         _ => false,
     };
     if retry {
-        let delay = inner.options.backoff_before(attempts + 1);
+        let delay = inner.options.backoff_before(attempts.saturating_add(1));
         let why = result
             .as_ref()
             .err()
@@ -543,7 +547,7 @@ pub(super) fn on_complete(
                 id,
                 &format!(
                     "attempt {attempts} failed ({why}); attempt {} in {:.1} s",
-                    attempts + 1,
+                    attempts.saturating_add(1),
                     delay.as_secs_f64()
                 ),
             );
