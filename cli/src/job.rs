@@ -361,8 +361,11 @@ impl Job {
 
     /// Reads and parses a job file.
     pub fn load(path: &Path) -> Result<Job, JobError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| JobError(format!("{}: cannot read the job file: {e}", path.display())))?;
+        let text = read_regular_file(path, MAX_JOB_FILE_BYTES).map_err(|e| {
+            JobError(format!(
+                "cannot read the job file: {e} (large input lists belong in `inputs.file`)"
+            ))
+        })?;
         Self::parse(path, text)
     }
 
@@ -1108,6 +1111,8 @@ fn default_name(abs: &Path) -> String {
 pub const MAX_WORKERS: usize = mw::multicore::MAX_SLOTS;
 /// The highest `max_output` a job may set (results are held in memory).
 pub const MAX_OUTPUT_LIMIT: u64 = 1 << 30;
+/// Largest job file read (it is parsed in memory; never a device or a FIFO).
+pub const MAX_JOB_FILE_BYTES: u64 = 16 << 20;
 /// Largest `inputs.file` read (it is read into memory).
 pub const MAX_INPUTS_FILE_BYTES: u64 = 256 << 20;
 /// Largest template text, in bytes.

@@ -125,6 +125,23 @@ fn job_files_that_would_crash_or_swallow_the_machine_fail_before_anything_is_cre
         "args = [\"a\\u0000b\"]\n[program]\ncommand = [\"/bin/cat\"]\n[inputs]\nlist = [1]\n",
         "args[0]",
     );
+    // The job file itself: a device, a FIFO (once read until memory ran out, or blocked for
+    // ever) and an oversized file are refused before they are read.
+    let big = d.join("big.toml");
+    std::fs::write(&big, " ".repeat(17 << 20)).unwrap();
+    for (job, why) in [
+        ("/dev/zero", "is not a regular file"),
+        (fifo.to_str().unwrap(), "is not a regular file"),
+        (big.to_str().unwrap(), "over the limit of 16 MiB"),
+    ] {
+        let o = run_mw(d, &["run", job]);
+        assert_eq!(o.code, 2, "{job}: {}", o.stderr);
+        assert!(
+            o.stderr.contains(job) && o.stderr.contains(why),
+            "{job}: {}",
+            o.stderr
+        );
+    }
 }
 
 /// `mw run` of `job` exits 2 naming the file and `field`, and creates no job directory.
