@@ -51,8 +51,10 @@ pub(crate) fn man(args: ManArgs) -> anyhow::Result<i32> {
         let name = format!("mw-{}", sub.get_name());
         render(name.clone(), sub.clone().display_name(name))?;
     }
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
     for p in &written {
-        println!("{}", p.display());
+        writeln!(stdout, "{}", p.display()).context("printing the pages written")?;
     }
     Ok(crate::EXIT_OK)
 }

@@ -874,6 +874,7 @@ pub(crate) fn report(args: ReportArgs) -> anyhow::Result<i32> {
         super::report::render_html(&data, &svg)
     };
     std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
-    println!("{}", out.display());
+    use std::io::Write;
+    writeln!(std::io::stdout(), "{}", out.display()).context("printing the report's path")?;
     Ok(EXIT_OK)
 }

@@ -188,7 +188,12 @@ pub fn main() -> i32 {
     // Commands that only print: a reader that stops early (`| head`) ends them quietly.
     let prints_only = matches!(
         cli.command,
-        Command::Results(_) | Command::Status(_) | Command::Logs(_) | Command::Completions(_)
+        Command::Results(_)
+            | Command::Status(_)
+            | Command::Logs(_)
+            | Command::Completions(_)
+            | Command::Report(_)
+            | Command::Man(_)
     );
     let result = match cli.command {
         Command::Run(args) => run::run(args, quiet),

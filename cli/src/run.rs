@@ -899,7 +899,10 @@ pub(crate) fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         &mw_worker_runtime::exec::host_name(),
     )?;
     drop(conn);
-    println!("{id}\t{}", dir.display());
+    use std::io::Write;
+    // The job runs whether or not its id can be printed; the error says which it is.
+    writeln!(std::io::stdout(), "{id}\t{}", dir.display())
+        .with_context(|| format!("job {id} was submitted, but printing its id failed"))?;
     Ok(EXIT_OK)
 }
 

@@ -514,3 +514,41 @@ fn forged_counts_of_an_unfinished_job_do_not_stop_resume() {
     assert_eq!(one["state"], "failed", "{one}");
     assert_eq!(one["attempts"], u32::MAX, "{one}");
 }
+
+/// Printing to a full disk or a closed pipe is an error with a message (exit 2) or, for a
+/// command that only prints, a quiet end (exit 0): never a panic (`println!` once panicked
+/// with exit 101).
+#[test]
+fn report_and_man_printing_to_a_full_disk_or_a_closed_pipe() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    finished_job(d);
+    for args in [vec!["report", "fin-1", "-o", "r.html"], vec!["man", "man"]] {
+        let full = std::process::Command::new(mw_tests::bin("mw"))
+            .args(&args)
+            .current_dir(d)
+            .env("MW_JOBS_DIR", d.join("jobs"))
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&full.stderr);
+        assert_eq!(full.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("No space left on device"),
+            "{args:?}: {stderr}"
+        );
+        // A reader gone before anything is written (the pipe's read end closed first).
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let closed = std::process::Command::new(mw_tests::bin("mw"))
+            .args(&args)
+            .current_dir(d)
+            .env("MW_JOBS_DIR", d.join("jobs"))
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&closed.stderr);
+        assert_eq!(closed.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
