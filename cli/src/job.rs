@@ -50,15 +50,20 @@ pub enum SweepValues {
     /// Explicit values.
     List(Vec<serde_json::Value>),
     /// `{ start = 0, end = 16 }` (end exclusive), optional `step`.
-    Range {
-        /// First value.
-        start: i64,
-        /// End (exclusive).
-        end: i64,
-        /// Step (default 1).
-        #[serde(default)]
-        step: Option<i64>,
-    },
+    Range(SweepRange),
+}
+
+/// A range of integers in a sweep; a misspelt key (`stpe`) is an error, not ignored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepRange {
+    /// First value.
+    pub start: i64,
+    /// End (exclusive).
+    pub end: i64,
+    /// Step (default 1).
+    #[serde(default)]
+    pub step: Option<i64>,
 }
 
 /// Where the inputs come from.
@@ -505,7 +510,7 @@ impl Job {
         self.max_output_bytes()?;
         if let Some(sweep) = &self.file.inputs.sweep {
             for (name, values) in sweep {
-                if let SweepValues::Range { start, end, step } = values.get_ref() {
+                if let SweepValues::Range(SweepRange { start, end, step }) = values.get_ref() {
                     range_len(*start, *end, step.unwrap_or(1)).map_err(|m| {
                         self.err_at(values.span(), &format!("inputs.sweep.{name}"), m)
                     })?;
@@ -807,7 +812,7 @@ impl Job {
         for (name, values) in sweep {
             let axis = match values.get_ref() {
                 SweepValues::List(v) => Axis::List(v.clone()),
-                SweepValues::Range { start, end, step } => {
+                SweepValues::Range(SweepRange { start, end, step }) => {
                     let step = step.unwrap_or(1);
                     let count = range_len(*start, *end, step).map_err(|m| {
                         self.err_at(values.span(), &format!("inputs.sweep.{name}"), m)

@@ -66,6 +66,17 @@ fn unknown_field() {
     );
 }
 
+/// A misspelt key in a sweep range (`stpe`) is an error, not a range of step 1 (it once ran
+/// 10 tasks instead of 2).
+#[test]
+fn misspelt_sweep_range_key() {
+    bad_job(
+        "[program]\npath = \"echo.sh\"\n[inputs.sweep]\na = { start = 0, end = 10, stpe = 5 }\n",
+        "4:5",
+        &["inputs.sweep.a", "integer range"],
+    );
+}
+
 #[test]
 fn wrong_type() {
     bad_job(
