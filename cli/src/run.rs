@@ -136,8 +136,10 @@ fn new_job_dir(root: &Path, name: &str) -> anyhow::Result<(String, PathBuf)> {
         for e in entries.flatten() {
             let fname = e.file_name().to_string_lossy().into_owned();
             if let Some(rest) = fname.strip_prefix(&format!("{name}-")) {
-                if let Ok(k) = rest.parse::<u64>() {
-                    n = n.max(k + 1);
+                // A directory named with the largest number (`name-18446744073709551615`)
+                // leaves the next number to the loop below, not to an overflow.
+                if let Some(next) = rest.parse::<u64>().ok().and_then(|k| k.checked_add(1)) {
+                    n = n.max(next);
                 }
             }
         }
@@ -147,7 +149,11 @@ fn new_job_dir(root: &Path, name: &str) -> anyhow::Result<(String, PathBuf)> {
         let dir = root.join(&id);
         match std::fs::create_dir(&dir) {
             Ok(()) => return Ok((id, dir)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                n = n.checked_add(1).with_context(|| {
+                    format!("no free job number for `{name}` in {}", root.display())
+                })?;
+            }
             Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
         }
     }

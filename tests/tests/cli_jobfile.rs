@@ -516,3 +516,20 @@ fn run_help_explains_the_job_file() {
         );
     }
 }
+
+/// A job directory named with the largest job number in the jobs directory does not make
+/// the next job's number overflow (it once panicked): the job gets the lowest free number.
+#[test]
+fn a_job_directory_with_the_largest_number_is_passed_over() {
+    let d = tempfile::tempdir().unwrap();
+    script(d.path(), "echo.sh", "cat");
+    std::fs::create_dir_all(d.path().join("jobs/big-18446744073709551615")).unwrap();
+    std::fs::write(
+        d.path().join("job.toml"),
+        "name = \"big\"\n[program]\npath = \"echo.sh\"\n[inputs]\nlist = [1]\n",
+    )
+    .unwrap();
+    let o = mw(d.path(), &["run", "job.toml", "-q"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(d.path().join("jobs/big-1/journal.sqlite").is_file());
+}
