@@ -1268,9 +1268,48 @@ enum Template {
     Named(String),
 }
 
+/// Most values a template's `range(...)` makes.
+const MAX_TEMPLATE_RANGE: usize = 10_000;
+
+/// Tera's `range(start=0, end, step_by=1)`, bounded: at most [`MAX_TEMPLATE_RANGE`] values,
+/// and a `step_by` of 0 is an error (tera's own loops for ever, and a huge `end` allocates
+/// until the allocator aborts).
+fn bounded_range(
+    args: &std::collections::HashMap<String, serde_json::Value>,
+) -> tera::Result<serde_json::Value> {
+    let int = |name: &str, default: Option<i64>| -> tera::Result<i64> {
+        match args.get(name) {
+            None => default.ok_or_else(|| tera::Error::msg(format!("range: `{name}` is required"))),
+            Some(v) => v
+                .as_i64()
+                .ok_or_else(|| tera::Error::msg(format!("range: `{name}` must be an integer"))),
+        }
+    };
+    let (start, end, step) = (
+        int("start", Some(0))?,
+        int("end", None)?,
+        int("step_by", Some(1))?,
+    );
+    if step < 1 {
+        return Err(tera::Error::msg("range: `step_by` must be at least 1"));
+    }
+    let count = (i128::from(end) - i128::from(start)).max(0);
+    let count = (count + i128::from(step) - 1) / i128::from(step);
+    if count > MAX_TEMPLATE_RANGE as i128 {
+        return Err(tera::Error::msg(format!(
+            "range: {count} values, over the limit of {MAX_TEMPLATE_RANGE}"
+        )));
+    }
+    let values: Vec<serde_json::Value> = (0..count as i64)
+        .map(|i| serde_json::Value::from(start + i * step))
+        .collect();
+    Ok(serde_json::Value::Array(values))
+}
+
 impl TaskBuilder {
     fn new(job: &Job, program: Arc<Program>) -> Result<Self, JobError> {
         let mut tera = tera::Tera::default();
+        tera.register_function("range", bounded_range);
         let mut locations = BTreeMap::new();
         let mut add = |field: String, s: &Spanned<String>| -> Result<Template, JobError> {
             let text = s.get_ref();
@@ -1339,11 +1378,15 @@ impl TaskBuilder {
                     .as_ref()
                     .ok_or_else(|| JobError("internal: no context".into()))?;
                 self.tera.render(name, ctx).map_err(|e| {
-                    let detail = std::error::Error::source(&e)
-                        .map(|s| s.to_string())
-                        .unwrap_or_default();
+                    // Every cause (a failing function's own message is two levels down).
+                    let mut detail = String::new();
+                    let mut cause = std::error::Error::source(&e);
+                    while let Some(c) = cause {
+                        detail.push_str(&format!(": {c}"));
+                        cause = c.source();
+                    }
                     JobError(format!(
-                        "{}:{}: field `{name}`: cannot render for task {index}: {e} {detail}",
+                        "{}:{}: field `{name}`: cannot render for task {index}: {e}{detail}",
                         self.job_path.display(),
                         self.locations.get(name).map(String::as_str).unwrap_or("")
                     ))

@@ -90,6 +90,18 @@ fn job_files_that_would_crash_or_swallow_the_machine_fail_before_anything_is_cre
             "args[0]",
         ),
         ("max-output", "max_output = \"-5\"\n".into(), "max_output"),
+        // Tera's own `range` loops for ever with `step_by=0` and allocates until the
+        // allocator aborts with a huge `end`: the bounded one refuses both.
+        (
+            "range-step-0",
+            "args = [\"{% for i in range(end=3, step_by=0) %}{{ i }}{% endfor %}\"]\n".into(),
+            "`step_by` must be at least 1",
+        ),
+        (
+            "range-huge",
+            "args = [\"{% for i in range(end=4000000000) %}{{ i }}{% endfor %}\"]\n".into(),
+            "over the limit of 10000",
+        ),
     ];
     for (name, top, field) in cases {
         let job = format!("{top}[program]\ncommand = [\"/bin/cat\"]\n[inputs]\nlist = [1]\n");
