@@ -281,12 +281,18 @@ impl JobStateFilter {
 
 /// A job's state word: a failure anywhere makes it "finished with failures"; a job whose
 /// only unsuccessful tasks were cancelled is "cancelled".
-fn job_state(dir: &Path, tasks: &[StoredTask]) -> String {
-    let unfinished = tasks.iter().any(|t| !t.state.is_final());
+fn job_state(dir: &Path, counts: &[(TaskState, u64)]) -> String {
+    let count = |state: TaskState| {
+        counts
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map_or(0, |(_, n)| *n)
+    };
+    let unfinished = count(TaskState::Queued) + count(TaskState::Running) > 0;
     if !unfinished {
-        if tasks.iter().any(|t| t.state == TaskState::Failed) {
+        if count(TaskState::Failed) > 0 {
             STATE_FAILURES.into()
-        } else if tasks.iter().any(|t| t.state == TaskState::Cancelled) {
+        } else if count(TaskState::Cancelled) > 0 {
             STATE_CANCELLED.into()
         } else {
             STATE_FINISHED.into()
@@ -336,17 +342,19 @@ fn table(header: &[&str]) -> comfy_table::Table {
     t
 }
 
-fn summarize(dir: &Path) -> anyhow::Result<(JobMeta, Vec<StoredTask>, JobSummary)> {
+/// A job's summary, from counts in the journal (never every task: a job may hold millions).
+fn summarize(dir: &Path) -> anyhow::Result<(JobMeta, JobSummary)> {
     let path = dir.join(JOURNAL_FILE);
     let conn = open_checked(&path, false)?;
     let meta = read_meta(&conn, &path)?;
-    let tasks = read_tasks(&conn, &path, None)?;
+    let each = mw::journal::count_each_state(&conn, &path)?;
+    let total: u64 = each.iter().map(|(_, n)| n).sum();
     let mut counts = BTreeMap::new();
-    for s in ["queued", "running", "done", "failed", "cancelled"] {
-        counts.insert(s.to_string(), 0);
-    }
-    for t in &tasks {
-        *counts.entry(t.state.as_str().to_string()).or_insert(0) += 1;
+    for (state, n) in &each {
+        counts.insert(
+            state.as_str().to_string(),
+            usize::try_from(*n).unwrap_or(usize::MAX),
+        );
     }
     let master_pid = live_master_pid(dir).ok().flatten();
     // A pool (HTCondor) says which of the tasks handed to it wait in its queue.
@@ -360,15 +368,15 @@ fn summarize(dir: &Path) -> anyhow::Result<(JobMeta, Vec<StoredTask>, JobSummary
         id: meta.id.clone(),
         name: meta.name.clone(),
         interface: meta.interface.clone(),
-        state: job_state(dir, &tasks),
-        tasks: tasks.len(),
+        state: job_state(dir, &each),
+        tasks: usize::try_from(total).unwrap_or(usize::MAX),
         counts,
         created: meta.created,
         age_secs: (now_unix() - meta.created).max(0.0),
         dir: dir.display().to_string(),
         master_pid,
     };
-    Ok((meta, tasks, summary))
+    Ok((meta, summary))
 }
 
 fn human_age(secs: f64) -> String {
@@ -394,7 +402,7 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
             let mut problems = Vec::new();
             for dir in job_dirs(&root) {
                 match summarize(&dir) {
-                    Ok((_, _, s)) => rows.push(s),
+                    Ok((_, s)) => rows.push(s),
                     Err(e) => problems.push(format!("{e:#}")),
                 }
             }
@@ -476,22 +484,19 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
         }
         Some(job) => {
             let dir = find_job_dir(job, args.jobs_dir.as_deref())?;
-            let (_, tasks, summary) = summarize(&dir)?;
-            let mut slowest: Vec<&StoredTask> = tasks
-                .iter()
-                .filter(|t| t.state == TaskState::Done)
-                .collect();
-            slowest.sort_by(|a, b| b.wall_secs.total_cmp(&a.wall_secs));
-            slowest.truncate(5);
-            let failed: Vec<&StoredTask> = tasks
-                .iter()
-                .filter(|t| matches!(t.state, TaskState::Failed | TaskState::Cancelled))
-                .take(20)
-                .collect();
+            let (_, summary) = summarize(&dir)?;
+            let (slowest, failed) = {
+                let path = dir.join(JOURNAL_FILE);
+                let conn = open_checked(&path, false)?;
+                (
+                    mw::journal::slowest_done(&conn, &path, 5)?,
+                    mw::journal::first_unsuccessful(&conn, &path, 20)?,
+                )
+            };
             if args.json {
                 let doc = serde_json::json!({
                     "job": summary,
-                    "slowest": slowest.iter().map(|t| serde_json::json!({"task": t.index, "wall_secs": t.wall_secs, "host": t.host})).collect::<Vec<_>>(),
+                    "slowest": slowest.iter().map(|(task, wall, host)| serde_json::json!({"task": task, "wall_secs": wall, "host": host})).collect::<Vec<_>>(),
                     "failed": failed.iter().map(|t| serde_json::json!({"task": t.index, "state": t.state.as_str(), "exit": t.exit, "error": t.error})).collect::<Vec<_>>(),
                 });
                 writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
@@ -507,12 +512,8 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
                 }
                 if !slowest.is_empty() {
                     writeln!(out, "slowest tasks:")?;
-                    for t in &slowest {
-                        writeln!(
-                            out,
-                            "  task {:<8} {:>10.3}s  {}",
-                            t.index, t.wall_secs, t.host
-                        )?;
+                    for (task, wall, host) in &slowest {
+                        writeln!(out, "  task {task:<8} {wall:>10.3}s  {host}")?;
                     }
                 }
                 if !failed.is_empty() {
@@ -540,6 +541,22 @@ pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<i32> {
     let dir = args.at.dir()?;
     let path = dir.join(JOURNAL_FILE);
     let conn = open_checked(&path, false)?;
+    let wanted =
+        |t: &StoredTask| t.state.is_final() && !(args.failed && t.state == TaskState::Done);
+    if args.task.is_empty() && matches!(args.format, ResultsFormat::Jsonl) {
+        // Every result, one at a time (a job may hold millions of them).
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        mw::journal::visit_tasks(&conn, &path, None, |t| -> anyhow::Result<()> {
+            if wanted(&t) {
+                serde_json::to_writer(&mut out, &super::ResultLine::from_stored(&t))?;
+                out.write_all(b"\n")?;
+            }
+            Ok(())
+        })?;
+        out.flush()?;
+        return Ok(EXIT_OK);
+    }
+    // CSV takes its columns from every result, so it holds them all.
     let tasks = if args.task.is_empty() {
         read_tasks(&conn, &path, None)?
     } else {
@@ -554,8 +571,7 @@ pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<i32> {
     };
     let lines: Vec<super::ResultLine> = tasks
         .iter()
-        .filter(|t| t.state.is_final())
-        .filter(|t| !(args.failed && t.state == TaskState::Done))
+        .filter(|t| wanted(t))
         .map(super::ResultLine::from_stored)
         .collect();
     if !args.task.is_empty() && lines.len() < args.task.len() {
@@ -848,7 +864,11 @@ fn cancel_boinc_workunits(
 /// `mw report`.
 pub(crate) fn report(args: ReportArgs) -> anyhow::Result<i32> {
     let dir = args.at.dir()?;
-    let (meta, tasks, _) = summarize(&dir)?;
+    let (meta, _) = summarize(&dir)?;
+    let tasks = {
+        let path = dir.join(JOURNAL_FILE);
+        read_tasks(&open_checked(&path, false)?, &path, None)?
+    };
     let events = {
         let path = dir.join(JOURNAL_FILE);
         let conn = open_checked(&path, false)?;

@@ -1323,6 +1323,23 @@ pub fn read_tasks(
     path: &Path,
     state: Option<TaskState>,
 ) -> Result<Vec<StoredTask>, JournalError> {
+    let mut out = Vec::new();
+    visit_tasks(conn, path, state, |t| {
+        out.push(t);
+        Ok::<(), JournalError>(())
+    })?;
+    Ok(out)
+}
+
+/// Hands every task (of `state`, or all), in index order, to `f` one at a time, without
+/// holding them all: what a command over a job of millions of tasks reads with. Stops at
+/// the first error, of the journal or of `f`.
+pub fn visit_tasks<E: From<JournalError>>(
+    conn: &Connection,
+    path: &Path,
+    state: Option<TaskState>,
+    mut f: impl FnMut(StoredTask) -> Result<(), E>,
+) -> Result<(), E> {
     let sql = "SELECT idx, input, state, attempts, handle, submitted, started, finished, wall, cpu, host,
                output, exit, error, output_files FROM tasks WHERE (?1 IS NULL OR state = ?1) ORDER BY idx";
     let mut stmt = conn
@@ -1352,7 +1369,6 @@ pub fn read_tasks(
             ))
         })
         .map_err(|e| jerr(path, "reading tasks", e))?;
-    let mut out = Vec::new();
     for row in rows {
         let (
             idx,
@@ -1375,7 +1391,7 @@ pub fn read_tasks(
             )
         })?;
         let index = task_index(path, idx)?;
-        out.push(StoredTask {
+        f(StoredTask {
             index,
             input: serde_json::from_str(&input)
                 .map_err(|e| jerr(path, "reading tasks", format!("task {idx}: input: {e}")))?,
@@ -1407,9 +1423,112 @@ pub fn read_tasks(
                     format!("task {idx}: its stored output-file list does not parse ({e})"),
                 )
             })?,
-        });
+        })?;
+    }
+    Ok(())
+}
+
+/// How many tasks are in each state (every state listed, zero or not).
+pub fn count_each_state(
+    conn: &Connection,
+    path: &Path,
+) -> Result<Vec<(TaskState, u64)>, JournalError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT state, COUNT(*) FROM tasks GROUP BY state")
+        .map_err(|e| jerr(path, "counting tasks", e))?;
+    let rows: Vec<(String, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .and_then(|it| it.collect())
+        .map_err(|e| jerr(path, "counting tasks", e))?;
+    let mut out: Vec<(TaskState, u64)> = [
+        TaskState::Queued,
+        TaskState::Running,
+        TaskState::Done,
+        TaskState::Failed,
+        TaskState::Cancelled,
+    ]
+    .into_iter()
+    .map(|s| (s, 0))
+    .collect();
+    for (state, n) in rows {
+        let state = TaskState::parse(&state).ok_or_else(|| {
+            jerr(
+                path,
+                "the journal is corrupt",
+                format!("unknown task state `{state}`"),
+            )
+        })?;
+        if let Some(c) = out.iter_mut().find(|(s, _)| *s == state) {
+            c.1 = c.1.saturating_add(u64::try_from(n).unwrap_or(0));
+        }
     }
     Ok(out)
+}
+
+/// The `limit` done tasks that ran longest: (index, wall seconds, host), longest first.
+pub fn slowest_done(
+    conn: &Connection,
+    path: &Path,
+    limit: usize,
+) -> Result<Vec<(u64, f64, String)>, JournalError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT idx, wall, host FROM tasks WHERE state = 'done' ORDER BY wall DESC LIMIT ?1",
+        )
+        .map_err(|e| jerr(path, "reading the slowest tasks", e))?;
+    let rows: Vec<(i64, f64, String)> = stmt
+        .query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .and_then(|it| it.collect())
+        .map_err(|e| jerr(path, "reading the slowest tasks", e))?;
+    rows.into_iter()
+        .map(|(i, w, h)| Ok((task_index(path, i)?, w, h)))
+        .collect()
+}
+
+/// A failed or cancelled task as a summary lists it.
+#[derive(Debug, Clone)]
+pub struct Unsuccessful {
+    /// Index.
+    pub index: u64,
+    /// `failed` or `cancelled`.
+    pub state: TaskState,
+    /// How it ended.
+    pub exit: Option<String>,
+    /// Its error.
+    pub error: Option<String>,
+}
+
+/// The first `limit` failed or cancelled tasks, in index order.
+pub fn first_unsuccessful(
+    conn: &Connection,
+    path: &Path,
+    limit: usize,
+) -> Result<Vec<Unsuccessful>, JournalError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT idx, state, exit, error FROM tasks
+             WHERE state = 'failed' OR state = 'cancelled' ORDER BY idx LIMIT ?1",
+        )
+        .map_err(|e| jerr(path, "reading failed tasks", e))?;
+    type Row = (i64, String, Option<String>, Option<String>);
+    let rows: Vec<Row> = stmt
+        .query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .and_then(|it| it.collect())
+        .map_err(|e| jerr(path, "reading failed tasks", e))?;
+    rows.into_iter()
+        .map(|(i, s, exit, error)| {
+            Ok(Unsuccessful {
+                index: task_index(path, i)?,
+                state: TaskState::parse(&s).unwrap_or(TaskState::Failed),
+                exit,
+                error,
+            })
+        })
+        .collect()
 }
 
 /// Who runs a job: the master's pid and host as last recorded, and the job's status word.

@@ -89,6 +89,53 @@ fn a_sweep_of_100000_tasks_keeps_the_master_small() {
         BOUND_KB / 1024
     );
     eprintln!("mw resume: master VmHWM: {} MB", hwm / 1024);
+    // The commands over the job read counts and a few rows, or one row at a time: never
+    // every task at once (`mw status` once held all 10^5 rows, about 180 MB with results,
+    // and `mw results` about 340 MB; 1.6 and 3.2 GB at 10^6).
+    for args in [
+        vec!["status", "big-1"],
+        vec!["status", "big-1", "--json"],
+        vec!["status"],
+        vec!["results", "big-1"],
+    ] {
+        let peak = peak_kb_of(
+            Command::new(mw_tests::bin("mw"))
+                .args(&args)
+                .current_dir(d)
+                .env("MW_JOBS_DIR", d.join("jobs"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        assert!(
+            peak < COMMAND_BOUND_KB,
+            "mw {args:?} over {TASKS} tasks peaked at {} MB (bound {} MB)",
+            peak / 1024,
+            COMMAND_BOUND_KB / 1024
+        );
+    }
+}
+
+/// Bound of a command reading the journal of [`TASKS`] tasks (the binary itself and SQLite's
+/// page cache are most of it).
+const COMMAND_BOUND_KB: u64 = 64 * 1024;
+
+/// Runs `cmd` to its end and returns its peak resident set (wait4's `ru_maxrss`, KB).
+fn peak_kb_of(cmd: &mut Command) -> u64 {
+    // Reaped by wait4 below (which `Child::wait` cannot do with the usage).
+    #[allow(clippy::zombie_processes)]
+    let child = cmd.spawn().unwrap();
+    let mut status = 0;
+    // SAFETY: an all-zero `rusage` is a valid value of the plain C struct wait4 fills in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4(2) on our own child, with pointers to live locals.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32, "wait4 failed");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "status {status}"
+    );
+    u64::try_from(usage.ru_maxrss).unwrap()
 }
 
 /// Waits (bounded) until every task is recorded, the job is `running` under `child` and
