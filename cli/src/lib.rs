@@ -149,7 +149,8 @@ retried and cancelled on its own (a cancelled one is reported at once, its pack 
 The stream contract (mode = \"stream\", for tasks of milliseconds): one process per worker
 slot (multicore slot, MPI rank) serves many tasks. It reads one input per line on stdin
 (compact JSON: no raw newline inside) and writes exactly one line per input on stdout, in
-the same order, flushing after each. A line that is a JSON object with the single key
+the same order, flushing each at once (an answer held back while the program works on
+later inputs keeps its task current, counting that work against its timeout). A line that is a JSON object with the single key
 \"error\" (e.g. {\"error\": \"bad seed\"}; the value may be any JSON) fails that task only;
 any other JSON value is the task's result (to return such an object, wrap it). When stdin
 closes, the program should exit. The current task is the oldest input not yet answered;
