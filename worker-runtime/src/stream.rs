@@ -22,6 +22,8 @@
 //! After any of these the stream position is unknown, so the program is stopped and a fresh
 //! one started on first need; inputs that were written ahead but not answered are sent again
 //! to the new process (a task may be *executed* twice, it is *reported* once).
+//! A program kept between [`StreamRunner::serve`] calls that exited, closed stdout or
+//! printed on it while it had nothing to answer is replaced the same way, blaming no task.
 //!
 //! [`StreamRunner::serve`] pulls inputs from a source and reports each outcome as it comes,
 //! writing up to [`StreamProgram::window`] inputs ahead so the program never waits on the
@@ -201,7 +203,9 @@ impl StreamRunner {
     /// Pulls inputs from `next` (each with a caller's token) while it has any and reports
     /// each outcome through `report`, in input order, exactly once. `next` must not block:
     /// `None` means "nothing more for now"; `serve` returns once every input it took is
-    /// reported. The program stays running between calls.
+    /// reported. The program stays running between calls; one that exited, closed stdout
+    /// or printed on it meanwhile is stopped (and logged) before the next call writes to
+    /// it, and a fresh one takes that call's inputs (no task is blamed).
     pub fn serve<T>(
         &mut self,
         next: impl FnMut() -> Option<(StreamInput, T)>,
@@ -537,6 +541,61 @@ mod unix {
         }
     }
 
+    impl Proc {
+        /// What makes a process kept between [`StreamRunner::serve`] calls unfit for the
+        /// next one: it exited, closed stdout or printed on it while it had nothing to
+        /// answer (a line printed then would be taken as the next task's answer).
+        fn idle_trouble(&mut self) -> Option<&'static str> {
+            if !self.out_buf.is_empty() {
+                return Some("printed on stdout");
+            }
+            let Some(out) = &self.stdout else {
+                return Some("closed stdout");
+            };
+            let mut pfd = libc::pollfd {
+                fd: out.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one initialised pollfd that lives across the call.
+            let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+            if r > 0 {
+                return Some(if pfd.revents & libc::POLLIN != 0 {
+                    "printed on stdout"
+                } else {
+                    "closed stdout"
+                });
+            }
+            if self.ending || self.leader_exited(Duration::ZERO) {
+                return Some("exited");
+            }
+            None
+        }
+
+        /// Ends a process kept between calls that is unfit (`why`) or still being stopped
+        /// (`None`); no task is to blame. Kills its group and reaps it.
+        fn discard_idle(mut self, program: &std::path::Path, why: Option<&str>) {
+            if let Some(why) = why {
+                log::warn!(
+                    "the streaming program {} (pid {}) {why} while it had no input to \
+                     answer: stopped; a fresh process takes the next tasks",
+                    program.display(),
+                    self.pid
+                );
+            }
+            self.stdin = None;
+            // The leader first (it may have left its group), then the group; it is our
+            // unreaped child, so its pid cannot have been reused.
+            // SAFETY: kill with our own child's pid and a valid signal.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            signal_group(self.pid, libc::SIGKILL);
+            let _ = wait_pid(self.pid);
+            if self.stopping {
+                kill_escapees(&self.token);
+            }
+        }
+    }
+
     /// The task at the front of the queue, once it is current.
     struct Current {
         t0: Instant,
@@ -603,6 +662,16 @@ mod unix {
         let max_line = runner.program.max_line_bytes;
         let mut queue: VecDeque<Entry<T>> = VecDeque::new();
         let mut cur: Option<Current> = None;
+        // A process kept from the previous call starts this one clean, or not at all.
+        if let Some(p) = runner.proc.as_mut() {
+            let stopping = p.stopping;
+            let trouble = p.idle_trouble();
+            if stopping || trouble.is_some() {
+                if let Some(p) = runner.proc.take() {
+                    p.discard_idle(&runner.program.program, trouble.filter(|_| !stopping));
+                }
+            }
+        }
         loop {
             while queue.len() < window {
                 match next() {

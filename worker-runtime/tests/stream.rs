@@ -297,3 +297,82 @@ done"#,
         .unwrap();
     assert!(exited(pid), "the setsid daemon {pid} outlived the timeout");
 }
+
+/// A program for the idle cases: its pid in `pid`; `{"late": DIR}` answers, then once
+/// `DIR/go` exists prints a forged line and creates `DIR/printed`; `{"idle_exit": DIR}`
+/// answers, then exits (status 0) once `DIR/go` exists.
+const IDLE_PROG: &str = r#"
+import json, os, sys, threading, time
+open("pid", "w").write(str(os.getpid()))
+def when_go(d, then):
+    while not os.path.exists(os.path.join(d, "go")):
+        time.sleep(0.001)
+    then()
+def forge(d):
+    print(json.dumps({"forged": True}), flush=True)
+    open(os.path.join(d, "printed"), "w").close()
+for line in sys.stdin:
+    x = json.loads(line)
+    if "late" in x:
+        print(json.dumps({"ok": "late"}), flush=True)
+        threading.Thread(target=when_go, args=(x["late"], lambda: forge(x["late"])), daemon=True).start()
+    elif "idle_exit" in x:
+        print(json.dumps({"ok": "idle_exit"}), flush=True)
+        threading.Thread(target=when_go, args=(x["idle_exit"], lambda: os._exit(0)), daemon=True).start()
+    else:
+        print(json.dumps({"y": 2 * x["n"]}), flush=True)
+"#;
+
+fn idle_runner(dir: &tempfile::TempDir) -> StreamRunner {
+    let script = dir.path().join("idle.py");
+    std::fs::write(&script, IDLE_PROG).unwrap();
+    let mut p = StreamProgram::new("python3".into(), dir.path().to_path_buf());
+    p.args = vec![script.display().to_string()];
+    p.grace = Duration::from_millis(200);
+    StreamRunner::new(p)
+}
+
+#[test]
+fn line_printed_while_idle_is_no_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let mut r = idle_runner(&dir);
+    let out = r.run_all(vec![input(json!({ "late": d }))]);
+    assert_eq!(answer(&out[0]), json!({"ok": "late"}));
+    // Between calls the kept program prints a line nobody asked for.
+    std::fs::write(dir.path().join("go"), b"").unwrap();
+    let printed = dir.path().join("printed");
+    for _ in 0..30_000 {
+        if printed.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(printed.exists(), "the program never printed its late line");
+    let out = r.run_all(vec![input(json!({"n": 1})), input(json!({"n": 2}))]);
+    assert_eq!(
+        answer(&out[0]),
+        json!({"y": 2}),
+        "the late line was taken as an answer"
+    );
+    assert_eq!(answer(&out[1]), json!({"y": 4}));
+    assert_eq!(r.starts(), 2, "a fresh process after the late line");
+}
+
+#[test]
+fn program_that_exited_while_idle_fails_no_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let mut r = idle_runner(&dir);
+    let out = r.run_all(vec![input(json!({ "idle_exit": d }))]);
+    assert_eq!(answer(&out[0]), json!({"ok": "idle_exit"}));
+    let pid: i32 = std::fs::read_to_string(dir.path().join("pid"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    std::fs::write(dir.path().join("go"), b"").unwrap();
+    assert!(exited(pid), "the program did not exit while idle");
+    let out = r.run_all(vec![input(json!({"n": 3}))]);
+    assert_eq!(answer(&out[0]), json!({"y": 6}));
+    assert_eq!(r.starts(), 2);
+}
