@@ -122,22 +122,160 @@ pub struct StreamOutcome {
     pub started: SystemTime,
 }
 
-/// Classifies an answer line: `Ok(result)` or the failure it reports.
-pub fn classify_line(line: &[u8]) -> Result<&[u8], ExitInfo> {
+/// Classifies an answer line: `Ok(result)` or the failure it reports. The line is checked
+/// by [`mw_bundle::check_json_limited`] against `limit` (its bytes, and the values it may
+/// hold), so no tree is built for a result: memory stays within a small multiple of the line
+/// whatever it holds (only a non-string `{"error": ...}` value is parsed, within the limit).
+pub fn classify_line(line: &[u8], limit: u64) -> Result<&[u8], ExitInfo> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    match serde_json::from_slice::<serde_json::Value>(line) {
-        Ok(serde_json::Value::Object(map)) if map.len() == 1 && map.contains_key(ERROR_KEY) => {
-            let error = match map.get(ERROR_KEY) {
-                Some(serde_json::Value::String(s)) => s.clone(),
-                Some(v) => v.to_string(),
-                None => String::new(),
+    let broken = |why: String| ExitInfo::StreamBroken {
+        reason: format!("the program's answer line is not JSON: {why}"),
+    };
+    if line.trim_ascii().is_empty() {
+        return Err(broken("an empty line".into()));
+    }
+    match mw_bundle::check_json_limited(line, limit) {
+        Ok(()) => {}
+        Err(mw_bundle::JsonLimitError::Syntax(e)) => return Err(broken(e)),
+        Err(e) => {
+            return Err(ExitInfo::StreamBroken {
+                reason: format!("the program's answer line: {e}"),
+            })
+        }
+    }
+    if !line.trim_ascii_start().starts_with(b"{") {
+        return Ok(line);
+    }
+    // Lenient about invalid UTF-8, as the check and the master's reading are.
+    match serde_json::from_str::<ErrorProbe>(&String::from_utf8_lossy(line)) {
+        Ok(ErrorProbe::Error(error)) => Err(ExitInfo::ErrorReported { error }),
+        Ok(ErrorProbe::NonString) => {
+            // `{"error": <not a string>}`: its value, compact (the line passed the limits).
+            let error = match mw_bundle::parse_json_limited(line, limit) {
+                Ok(serde_json::Value::Object(map)) => map
+                    .get(ERROR_KEY)
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+                _ => String::new(),
             };
             Err(ExitInfo::ErrorReported { error })
         }
-        Ok(_) => Ok(line),
-        Err(e) => Err(ExitInfo::StreamBroken {
-            reason: format!("the program's answer line is not JSON: {e}"),
-        }),
+        // The check passed, so the probe cannot fail: a result either way.
+        Ok(ErrorProbe::Result) | Err(_) => Ok(line),
+    }
+}
+
+/// Whether an answer is an error object (`{"error": ...}`, that key alone), read without
+/// keeping anything but a string error's text.
+enum ErrorProbe {
+    Error(String),
+    NonString,
+    Result,
+}
+
+impl<'de> serde::Deserialize<'de> for ErrorProbe {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ProbeVisitor)
+    }
+}
+
+struct ProbeVisitor;
+
+/// An error object's value: its text when a string.
+struct ErrorValue(Option<String>);
+
+impl<'de> serde::Deserialize<'de> for ErrorValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ErrorValueVisitor)
+    }
+}
+
+struct ErrorValueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ErrorValueVisitor {
+    type Value = ErrorValue;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<ErrorValue, E> {
+        Ok(ErrorValue(Some(v.to_string())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<ErrorValue, E> {
+        Ok(ErrorValue(Some(v)))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<ErrorValue, E> {
+        Ok(ErrorValue(None))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<ErrorValue, E> {
+        Ok(ErrorValue(None))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<ErrorValue, E> {
+        Ok(ErrorValue(None))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<ErrorValue, E> {
+        Ok(ErrorValue(None))
+    }
+    fn visit_unit<E>(self) -> Result<ErrorValue, E> {
+        Ok(ErrorValue(None))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<ErrorValue, A::Error> {
+        while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(ErrorValue(None))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<ErrorValue, A::Error> {
+        while a
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(ErrorValue(None))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ProbeVisitor {
+    type Value = ErrorProbe;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<ErrorProbe, A::Error> {
+        let mut keys = 0u64;
+        let mut error: Option<ErrorValue> = None;
+        while let Some(key) = a.next_key::<std::borrow::Cow<'de, str>>()? {
+            keys += 1;
+            if keys == 1 && key == ERROR_KEY {
+                error = Some(a.next_value::<ErrorValue>()?);
+            } else {
+                a.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(match error {
+            Some(ErrorValue(Some(text))) if keys == 1 => ErrorProbe::Error(text),
+            Some(ErrorValue(None)) if keys == 1 => ErrorProbe::NonString,
+            _ => ErrorProbe::Result,
+        })
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<ErrorProbe, E> {
+        Ok(ErrorProbe::Result)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<ErrorProbe, E> {
+        Ok(ErrorProbe::Result)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<ErrorProbe, E> {
+        Ok(ErrorProbe::Result)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<ErrorProbe, E> {
+        Ok(ErrorProbe::Result)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<ErrorProbe, E> {
+        Ok(ErrorProbe::Result)
+    }
+    fn visit_unit<E>(self) -> Result<ErrorProbe, E> {
+        Ok(ErrorProbe::Result)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<ErrorProbe, A::Error> {
+        while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(ErrorProbe::Result)
     }
 }
 
@@ -893,7 +1031,7 @@ mod unix {
                             ),
                         })
                     } else {
-                        classify_line(line)
+                        classify_line(line, max_line as u64)
                     };
                     let outcome = match verdict {
                         Ok(result) => StreamOutcome {
@@ -930,7 +1068,9 @@ mod unix {
                     p.scan_from = 0;
                 } else {
                     p.out_buf.drain(..start);
-                    p.scan_from -= start;
+                    // What is left holds no newline: the next search starts after it (a long
+                    // line read in pieces is scanned once, not once per piece).
+                    p.scan_from = p.out_buf.len();
                     if p.out_buf.len() > max_line {
                         // Too long: fail the current task without reading the rest.
                         if let Some(entry) = queue.pop_front() {
@@ -1113,7 +1253,7 @@ mod windows_fallback {
                             started,
                         )
                     } else {
-                        match classify_line(first) {
+                        match classify_line(first, p.max_line_bytes as u64) {
                             Ok(r) => StreamOutcome {
                                 exit: ExitInfo::Exited { code: 0 },
                                 result: r.to_vec(),

@@ -376,3 +376,55 @@ fn program_that_exited_while_idle_fails_no_task() {
     assert_eq!(answer(&out[0]), json!({"y": 6}));
     assert_eq!(r.starts(), 2);
 }
+
+#[test]
+fn dense_answer_is_refused_by_value_count_without_a_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("dense.py");
+    std::fs::write(
+        &script,
+        "import sys, json\nfor line in sys.stdin:\n    n = json.loads(line)\n    print(json.dumps([0] * n, separators=(',', ':')), flush=True)\n",
+    )
+    .unwrap();
+    let mut p = StreamProgram::new("python3".into(), dir.path().to_path_buf());
+    p.args = vec![script.display().to_string()];
+    p.grace = Duration::from_millis(200);
+    // 10,000 values in 20 KB: within the bytes, over the values the limit allows (4,096).
+    p.max_line_bytes = 30_000;
+    let mut r = StreamRunner::new(p);
+    let out = r.run_all(vec![input(json!(3)), input(json!(10_000)), input(json!(2))]);
+    assert_eq!(answer(&out[0]), json!([0, 0, 0]));
+    assert!(
+        matches!(&out[1].exit, ExitInfo::StreamBroken { reason } if reason.contains("JSON values")),
+        "{:?}",
+        out[1].exit
+    );
+    assert_eq!(answer(&out[2]), json!([0, 0]));
+}
+
+#[test]
+fn only_a_lone_error_key_is_an_error_answer() {
+    use mw_worker_runtime::stream::classify_line;
+    let err = |e: &str| Err(ExitInfo::ErrorReported { error: e.into() });
+    assert_eq!(classify_line(br#"{"error": "no"}"#, 1000), err("no"));
+    assert_eq!(classify_line(br#" {"error":[1, 2]}"#, 1000), err("[1,2]"));
+    assert_eq!(classify_line(br#"{"error":null}"#, 1000), err("null"));
+    for result in [
+        &br#"{"error":"no","more":1}"#[..],
+        br#"{"more":1,"error":"no"}"#,
+        br#"{}"#,
+        br#"["error"]"#,
+        br#""error""#,
+    ] {
+        assert_eq!(classify_line(result, 1000), Ok(result));
+    }
+    for broken in [&b""[..], b"  ", b"{", b"{\"error\":}", b"1 2"] {
+        assert!(
+            matches!(
+                classify_line(broken, 1000),
+                Err(ExitInfo::StreamBroken { .. })
+            ),
+            "{broken:?}"
+        );
+    }
+}
