@@ -159,7 +159,8 @@ which the program is stopped (SIGTERM, SIGKILL after 2 s, whole process group) a
 one serves the rest (inputs sent ahead but not answered are sent again, so a task may run
 twice but is reported once): the program exits or is killed (the task fails with its exit
 status; exit 0 before answering counts as too few lines), closes stdout, prints a line that
-is not JSON or that is longer than 256 MiB, exceeds the timeout, or the task is cancelled.
+is not JSON or that is longer than the task's max_output, exceeds the timeout, or the task
+is cancelled.
 stderr: a failed task reports the last 4 KiB of the program's stderr; a successful one
 what was read from stderr since the previous answer (best effort). Stream tasks cannot
 have input_files or outputs; per-task args/env templates work, but each distinct value

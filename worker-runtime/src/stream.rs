@@ -92,6 +92,9 @@ pub struct StreamInput {
     pub timeout: Option<Duration>,
     /// Cancels this task (the process is stopped while it is the current one).
     pub control: ProcessControl,
+    /// This task's longest answer line, in bytes, when below the program's
+    /// [`StreamProgram::max_line_bytes`] (a task's `max_output`).
+    pub max_answer_bytes: Option<u64>,
 }
 
 impl StreamInput {
@@ -101,7 +104,15 @@ impl StreamInput {
             line: serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec()),
             timeout: None,
             control: ProcessControl::new(),
+            max_answer_bytes: None,
         }
+    }
+
+    /// The longest answer line accepted for this input under `program_limit`.
+    fn answer_limit(&self, program_limit: usize) -> usize {
+        self.max_answer_bytes.map_or(program_limit, |m| {
+            usize::try_from(m).unwrap_or(usize::MAX).min(program_limit)
+        })
     }
 }
 
@@ -390,6 +401,13 @@ fn failed(exit: ExitInfo, stderr_tail: String, t0: Instant, started: SystemTime)
         stderr_tail,
         wall: t0.elapsed(),
         started,
+    }
+}
+
+/// The failure of an answer line over `limit` bytes.
+fn too_long(limit: usize) -> ExitInfo {
+    ExitInfo::StreamBroken {
+        reason: format!("the program's answer line is longer than the limit of {limit} bytes"),
     }
 }
 
@@ -1022,16 +1040,12 @@ mod unix {
                     };
                     let (t0, started) = Current::clock(cur.take());
                     let line = &p.out_buf[line_start..end];
+                    let limit = entry.input.answer_limit(max_line);
                     // A whole line can arrive in one read: its length is checked here too.
-                    let verdict = if line.len() > max_line {
-                        Err(ExitInfo::StreamBroken {
-                            reason: format!(
-                                "the program's answer line is longer than the limit of \
-                                 {max_line} bytes"
-                            ),
-                        })
+                    let verdict = if line.len() > limit {
+                        Err(too_long(limit))
                     } else {
-                        classify_line(line, max_line as u64)
+                        classify_line(line, limit as u64)
                     };
                     let outcome = match verdict {
                         Ok(result) => StreamOutcome {
@@ -1071,27 +1085,17 @@ mod unix {
                     // What is left holds no newline: the next search starts after it (a long
                     // line read in pieces is scanned once, not once per piece).
                     p.scan_from = p.out_buf.len();
-                    if p.out_buf.len() > max_line {
+                    let limit = queue
+                        .front()
+                        .map_or(max_line, |e| e.input.answer_limit(max_line));
+                    if p.out_buf.len() > limit {
                         // Too long: fail the current task without reading the rest.
                         if let Some(entry) = queue.pop_front() {
                             attach(&entry.input.control, None, grace);
                             p.read_stderr(keep);
                             let tail = tail_string(&p.proc_tail, keep);
                             let (t0, started) = Current::clock(cur.take());
-                            report(
-                                entry.token,
-                                failed(
-                                    ExitInfo::StreamBroken {
-                                        reason: format!(
-                                            "the program's answer line is longer than the \
-                                             limit of {max_line} bytes"
-                                        ),
-                                    },
-                                    tail,
-                                    t0,
-                                    started,
-                                ),
-                            );
+                            report(entry.token, failed(too_long(limit), tail, t0, started));
                         }
                         p.stop(grace);
                         p.out_buf.clear();
@@ -1225,7 +1229,8 @@ mod windows_fallback {
             req.timeout = input.timeout;
             req.grace = p.grace;
             req.stderr_tail_bytes = p.stderr_tail_bytes;
-            req.max_stdout_bytes = p.max_line_bytes as u64 + 2;
+            let limit = input.answer_limit(p.max_line_bytes);
+            req.max_stdout_bytes = limit as u64 + 2;
             runner.starts += 1;
             let outcome = match execute(&req, &input.control) {
                 Err(e) => failed(
@@ -1239,7 +1244,9 @@ mod windows_fallback {
                 Ok(o) => {
                     let first = o.stdout.split(|&b| b == b'\n').next().unwrap_or(&[]);
                     let has_line = o.stdout.contains(&b'\n');
-                    if !has_line && !o.exit.success() {
+                    if !has_line && o.stdout_truncated {
+                        failed(too_long(limit), o.stderr_tail, t0, started)
+                    } else if !has_line && !o.exit.success() {
                         failed(o.exit, o.stderr_tail, t0, started)
                     } else if !has_line {
                         failed(
@@ -1253,7 +1260,12 @@ mod windows_fallback {
                             started,
                         )
                     } else {
-                        match classify_line(first, p.max_line_bytes as u64) {
+                        let verdict = if first.len() > limit {
+                            Err(too_long(limit))
+                        } else {
+                            classify_line(first, limit as u64)
+                        };
+                        match verdict {
                             Ok(r) => StreamOutcome {
                                 exit: ExitInfo::Exited { code: 0 },
                                 result: r.to_vec(),
