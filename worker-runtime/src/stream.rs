@@ -415,8 +415,8 @@ fn too_long(limit: usize) -> ExitInfo {
 mod unix {
     use super::*;
     use crate::exec::{
-        decode_status, kill_escapees, pidfd_open, signal_group, start_task, tail_string,
-        task_token, wait_pid, TaskStart, Termination,
+        decode_status, kill_escapees, pidfd_open, pidfd_supported, signal_group, start_task,
+        tail_string, task_token, wait_pid, TaskStart, Termination,
     };
     use std::io::{PipeReader, PipeWriter};
     use std::io::{Read, Write};
@@ -432,6 +432,7 @@ mod unix {
         pid: i32,
         /// Its [`TASK_TOKEN_ENV`] value: descendants that left its process group carry it.
         token: String,
+        /// Readable once the leader has exited ([`exit_fd`]).
         pidfd: Option<OwnedFd>,
         stdin: Option<PipeWriter>,
         stdout: Option<PipeReader>,
@@ -501,7 +502,7 @@ mod unix {
         Ok(Proc {
             pid,
             token,
-            pidfd: pidfd_open(pid),
+            pidfd: exit_fd(pid),
             stdin,
             stdout,
             stderr,
@@ -519,6 +520,46 @@ mod unix {
             discard: false,
             ending: false,
         })
+    }
+
+    /// A descriptor that becomes readable when the leader exits, so the poll loop sees the
+    /// exit even while a grandchild holds stdout open: the leader's pidfd, or where there is
+    /// none (kernels before 5.3, or [`crate::exec::NO_PIDFD_ENV`] set) the read end of a pipe
+    /// whose write end a waiter thread drops once `waitid(WNOWAIT)` sees the leader exit
+    /// (its status stays for `wait_pid`). `None` only if neither can be had.
+    fn exit_fd(pid: i32) -> Option<OwnedFd> {
+        if pidfd_supported() {
+            if let Some(fd) = pidfd_open(pid) {
+                return Some(fd);
+            }
+        }
+        let (r, w) = std::io::pipe().ok()?;
+        std::thread::Builder::new()
+            .name(format!("mw-stream-wait-{pid}"))
+            .spawn(move || {
+                loop {
+                    // SAFETY: siginfo_t is plain old data; zeroed is a valid value.
+                    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                    // SAFETY: info points to a live local; P_PID with our child's pid;
+                    // WNOWAIT leaves the child to be reaped by wait_pid.
+                    let r = unsafe {
+                        libc::waitid(
+                            libc::P_PID,
+                            pid as libc::id_t,
+                            &mut info,
+                            libc::WEXITED | libc::WNOWAIT,
+                        )
+                    };
+                    if r == 0
+                        || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+                    {
+                        break;
+                    }
+                }
+                drop(w);
+            })
+            .ok()?;
+        Some(r.into())
     }
 
     impl Proc {
@@ -655,7 +696,7 @@ mod unix {
                     r > 0
                 }
                 None => {
-                    // Without pidfd (old kernels): poll the exit status, bounded.
+                    // Without an exit descriptor: poll the exit status, bounded.
                     let end = Instant::now() + limit;
                     loop {
                         // SAFETY: WNOWAIT leaves the child to be reaped by wait_pid.
