@@ -149,7 +149,8 @@ retried and cancelled on its own (a cancelled one is reported at once, its pack 
 The stream contract (mode = \"stream\", for tasks of milliseconds): one process per worker
 slot (multicore slot, MPI rank) serves many tasks. It reads one input per line on stdin
 (compact JSON: no raw newline inside) and writes exactly one line per input on stdout, in
-the same order, flushing after each. A line that is a JSON object with the single key
+the same order, flushing each at once (an answer held back while the program works on
+later inputs keeps its task current, counting that work against its timeout). A line that is a JSON object with the single key
 \"error\" (e.g. {\"error\": \"bad seed\"}; the value may be any JSON) fails that task only;
 any other JSON value is the task's result (to return such an object, wrap it). When stdin
 closes, the program should exit. The current task is the oldest input not yet answered;
@@ -158,7 +159,8 @@ which the program is stopped (SIGTERM, SIGKILL after 2 s, whole process group) a
 one serves the rest (inputs sent ahead but not answered are sent again, so a task may run
 twice but is reported once): the program exits or is killed (the task fails with its exit
 status; exit 0 before answering counts as too few lines), closes stdout, prints a line that
-is not JSON or that is longer than 256 MiB, exceeds the timeout, or the task is cancelled.
+is not JSON or that is longer than the task's max_output, exceeds the timeout, or the task
+is cancelled.
 stderr: a failed task reports the last 4 KiB of the program's stderr; a successful one
 what was read from stderr since the previous answer (best effort). Stream tasks cannot
 have input_files or outputs; per-task args/env templates work, but each distinct value

@@ -99,6 +99,9 @@ struct StreamTask {
     id: u64,
     input: serde_json::Value,
     timeout_secs: Option<f64>,
+    /// The task's `max_output`: a longer answer line fails it (absent: the runner's limit).
+    #[serde(default)]
+    max_output: Option<u64>,
 }
 
 /// One streaming task's outcome (in a `STREAM_RESULTS` message, see [`encode_results`]).
@@ -1125,6 +1128,7 @@ fn runner_loop(jobs: Receiver<Job>, out: Sender<Done>, rank: i32, opts: RunOptio
                                 .filter(|s| s.is_finite() && *s >= 0.0)
                                 .and_then(|s| Duration::try_from_secs_f64(s).ok()),
                             control,
+                            max_answer_bytes: t.max_output,
                         };
                         return Some((input, t.id));
                     }
@@ -1501,6 +1505,7 @@ impl Interface for Mpi {
                         id: task.id.0,
                         input: task.spec.input.clone(),
                         timeout_secs: task.spec.timeout.map(|t| t.as_secs_f64()),
+                        max_output: Some(task.spec.max_output_bytes),
                     },
                 )
             }

@@ -530,6 +530,8 @@ fn run_stream(
         line: serde_json::to_vec(&task.spec.input).unwrap_or_else(|_| b"null".to_vec()),
         timeout: task.spec.timeout,
         control,
+        // A longer answer fails the task naming its limit, and is never read whole.
+        max_answer_bytes: Some(task.spec.max_output_bytes),
     };
     let mut first = Some((input(&task, control), token(&task, done)));
     runner.serve(

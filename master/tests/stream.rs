@@ -32,17 +32,20 @@ for line in sys.stdin:
     print(json.dumps({"double": 2 * x["n"]}), flush=True)
 "#;
 
+fn python() -> &'static str {
+    ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("python3")
+}
+
 #[test]
 fn every_task_reported_once_with_its_own_outcome() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("prog.py");
     std::fs::write(&script, PROG).unwrap();
-    let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("python3");
     let program = Arc::new(
-        Program::new(python)
+        Program::new(python())
             .unwrap()
             .with_base_args([script.display().to_string()])
             .with_mode(ProgramMode::Stream),
@@ -164,4 +167,46 @@ fn stream_tasks_with_output_files_fail_clearly() {
         json!({"a": 1})
     );
     drop(dir);
+}
+
+#[test]
+fn answer_over_max_output_fails_only_its_task_naming_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("endless.py");
+    std::fs::write(
+        &script,
+        r#"import json, sys
+for line in sys.stdin:
+    x = json.loads(line)
+    if x.get("endless"):
+        sys.stdout.write('"')
+        while True:
+            sys.stdout.write("x" * 65536); sys.stdout.flush()
+    print(json.dumps({"double": 2 * x["n"]}), flush=True)
+"#,
+    )
+    .unwrap();
+    let program = Arc::new(
+        Program::new(python())
+            .unwrap()
+            .with_base_args([script.display().to_string()])
+            .with_mode(ProgramMode::Stream),
+    );
+    let master = Master::new(Multicore::new(1)).unwrap();
+    let mut long = TaskSpec::new(program.clone(), json!({"endless": true}));
+    long.max_output_bytes = 1000;
+    let long = master.submit_task(long).unwrap();
+    let next = master
+        .submit_task(TaskSpec::new(program, json!({"n": 21})))
+        .unwrap();
+    let e = master.get_output(Some(long)).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("longer than the limit of 1000 bytes"),
+        "{e}"
+    );
+    assert_eq!(
+        master.get_output(Some(next)).unwrap().value,
+        json!({"double": 42})
+    );
 }

@@ -798,7 +798,7 @@ pub const NO_PIDFD_ENV: &str = "MW_NO_PIDFD";
 
 #[cfg(unix)]
 /// Whether this kernel has pidfd_open (Linux 5.3+) and it is not switched off, probed once.
-fn pidfd_supported() -> bool {
+pub(crate) fn pidfd_supported() -> bool {
     static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *SUPPORTED.get_or_init(|| {
         std::env::var_os(NO_PIDFD_ENV).is_none() && pidfd_open(std::process::id() as i32).is_some()

@@ -386,6 +386,8 @@ fn run_pack_stream(
                     // Too large for a Duration (a forged manifest): no limit, not a panic.
                     .and_then(|s| Duration::try_from_secs_f64(s).ok()),
                 control: control.clone(),
+                // The task's max_output is checked where its result is read (the master).
+                max_answer_bytes: None,
             })
             .collect();
         let outcomes = runner.run_all(inputs);

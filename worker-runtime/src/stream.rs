@@ -22,6 +22,8 @@
 //! After any of these the stream position is unknown, so the program is stopped and a fresh
 //! one started on first need; inputs that were written ahead but not answered are sent again
 //! to the new process (a task may be *executed* twice, it is *reported* once).
+//! A program kept between [`StreamRunner::serve`] calls that exited, closed stdout or
+//! printed on it while it had nothing to answer is replaced the same way, blaming no task.
 //!
 //! [`StreamRunner::serve`] pulls inputs from a source and reports each outcome as it comes,
 //! writing up to [`StreamProgram::window`] inputs ahead so the program never waits on the
@@ -90,6 +92,9 @@ pub struct StreamInput {
     pub timeout: Option<Duration>,
     /// Cancels this task (the process is stopped while it is the current one).
     pub control: ProcessControl,
+    /// This task's longest answer line, in bytes, when below the program's
+    /// [`StreamProgram::max_line_bytes`] (a task's `max_output`).
+    pub max_answer_bytes: Option<u64>,
 }
 
 impl StreamInput {
@@ -99,7 +104,15 @@ impl StreamInput {
             line: serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec()),
             timeout: None,
             control: ProcessControl::new(),
+            max_answer_bytes: None,
         }
+    }
+
+    /// The longest answer line accepted for this input under `program_limit`.
+    fn answer_limit(&self, program_limit: usize) -> usize {
+        self.max_answer_bytes.map_or(program_limit, |m| {
+            usize::try_from(m).unwrap_or(usize::MAX).min(program_limit)
+        })
     }
 }
 
@@ -120,22 +133,160 @@ pub struct StreamOutcome {
     pub started: SystemTime,
 }
 
-/// Classifies an answer line: `Ok(result)` or the failure it reports.
-pub fn classify_line(line: &[u8]) -> Result<&[u8], ExitInfo> {
+/// Classifies an answer line: `Ok(result)` or the failure it reports. The line is checked
+/// by [`mw_bundle::check_json_limited`] against `limit` (its bytes, and the values it may
+/// hold), so no tree is built for a result: memory stays within a small multiple of the line
+/// whatever it holds (only a non-string `{"error": ...}` value is parsed, within the limit).
+pub fn classify_line(line: &[u8], limit: u64) -> Result<&[u8], ExitInfo> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    match serde_json::from_slice::<serde_json::Value>(line) {
-        Ok(serde_json::Value::Object(map)) if map.len() == 1 && map.contains_key(ERROR_KEY) => {
-            let error = match map.get(ERROR_KEY) {
-                Some(serde_json::Value::String(s)) => s.clone(),
-                Some(v) => v.to_string(),
-                None => String::new(),
+    let broken = |why: String| ExitInfo::StreamBroken {
+        reason: format!("the program's answer line is not JSON: {why}"),
+    };
+    if line.trim_ascii().is_empty() {
+        return Err(broken("an empty line".into()));
+    }
+    match mw_bundle::check_json_limited(line, limit) {
+        Ok(()) => {}
+        Err(mw_bundle::JsonLimitError::Syntax(e)) => return Err(broken(e)),
+        Err(e) => {
+            return Err(ExitInfo::StreamBroken {
+                reason: format!("the program's answer line: {e}"),
+            })
+        }
+    }
+    if !line.trim_ascii_start().starts_with(b"{") {
+        return Ok(line);
+    }
+    // Lenient about invalid UTF-8, as the check and the master's reading are.
+    match serde_json::from_str::<ErrorProbe>(&String::from_utf8_lossy(line)) {
+        Ok(ErrorProbe::Error(error)) => Err(ExitInfo::ErrorReported { error }),
+        Ok(ErrorProbe::NonString) => {
+            // `{"error": <not a string>}`: its value, compact (the line passed the limits).
+            let error = match mw_bundle::parse_json_limited(line, limit) {
+                Ok(serde_json::Value::Object(map)) => map
+                    .get(ERROR_KEY)
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+                _ => String::new(),
             };
             Err(ExitInfo::ErrorReported { error })
         }
-        Ok(_) => Ok(line),
-        Err(e) => Err(ExitInfo::StreamBroken {
-            reason: format!("the program's answer line is not JSON: {e}"),
-        }),
+        // The check passed, so the probe cannot fail: a result either way.
+        Ok(ErrorProbe::Result) | Err(_) => Ok(line),
+    }
+}
+
+/// Whether an answer is an error object (`{"error": ...}`, that key alone), read without
+/// keeping anything but a string error's text.
+enum ErrorProbe {
+    Error(String),
+    NonString,
+    Result,
+}
+
+impl<'de> serde::Deserialize<'de> for ErrorProbe {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ProbeVisitor)
+    }
+}
+
+struct ProbeVisitor;
+
+/// An error object's value: its text when a string.
+struct ErrorValue(Option<String>);
+
+impl<'de> serde::Deserialize<'de> for ErrorValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ErrorValueVisitor)
+    }
+}
+
+struct ErrorValueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ErrorValueVisitor {
+    type Value = ErrorValue;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<ErrorValue, E> {
+        Ok(ErrorValue(Some(v.to_string())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<ErrorValue, E> {
+        Ok(ErrorValue(Some(v)))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<ErrorValue, E> {
+        Ok(ErrorValue(None))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<ErrorValue, E> {
+        Ok(ErrorValue(None))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<ErrorValue, E> {
+        Ok(ErrorValue(None))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<ErrorValue, E> {
+        Ok(ErrorValue(None))
+    }
+    fn visit_unit<E>(self) -> Result<ErrorValue, E> {
+        Ok(ErrorValue(None))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<ErrorValue, A::Error> {
+        while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(ErrorValue(None))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<ErrorValue, A::Error> {
+        while a
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(ErrorValue(None))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ProbeVisitor {
+    type Value = ErrorProbe;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<ErrorProbe, A::Error> {
+        let mut keys = 0u64;
+        let mut error: Option<ErrorValue> = None;
+        while let Some(key) = a.next_key::<std::borrow::Cow<'de, str>>()? {
+            keys += 1;
+            if keys == 1 && key == ERROR_KEY {
+                error = Some(a.next_value::<ErrorValue>()?);
+            } else {
+                a.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(match error {
+            Some(ErrorValue(Some(text))) if keys == 1 => ErrorProbe::Error(text),
+            Some(ErrorValue(None)) if keys == 1 => ErrorProbe::NonString,
+            _ => ErrorProbe::Result,
+        })
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<ErrorProbe, E> {
+        Ok(ErrorProbe::Result)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<ErrorProbe, E> {
+        Ok(ErrorProbe::Result)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<ErrorProbe, E> {
+        Ok(ErrorProbe::Result)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<ErrorProbe, E> {
+        Ok(ErrorProbe::Result)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<ErrorProbe, E> {
+        Ok(ErrorProbe::Result)
+    }
+    fn visit_unit<E>(self) -> Result<ErrorProbe, E> {
+        Ok(ErrorProbe::Result)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<ErrorProbe, A::Error> {
+        while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(ErrorProbe::Result)
     }
 }
 
@@ -201,7 +352,9 @@ impl StreamRunner {
     /// Pulls inputs from `next` (each with a caller's token) while it has any and reports
     /// each outcome through `report`, in input order, exactly once. `next` must not block:
     /// `None` means "nothing more for now"; `serve` returns once every input it took is
-    /// reported. The program stays running between calls.
+    /// reported. The program stays running between calls; one that exited, closed stdout
+    /// or printed on it meanwhile is stopped (and logged) before the next call writes to
+    /// it, and a fresh one takes that call's inputs (no task is blamed).
     pub fn serve<T>(
         &mut self,
         next: impl FnMut() -> Option<(StreamInput, T)>,
@@ -251,12 +404,19 @@ fn failed(exit: ExitInfo, stderr_tail: String, t0: Instant, started: SystemTime)
     }
 }
 
+/// The failure of an answer line over `limit` bytes.
+fn too_long(limit: usize) -> ExitInfo {
+    ExitInfo::StreamBroken {
+        reason: format!("the program's answer line is longer than the limit of {limit} bytes"),
+    }
+}
+
 #[cfg(unix)]
 mod unix {
     use super::*;
     use crate::exec::{
-        decode_status, kill_escapees, pidfd_open, signal_group, start_task, tail_string,
-        task_token, wait_pid, TaskStart, Termination,
+        decode_status, kill_escapees, pidfd_open, pidfd_supported, signal_group, start_task,
+        tail_string, task_token, wait_pid, TaskStart, Termination,
     };
     use std::io::{PipeReader, PipeWriter};
     use std::io::{Read, Write};
@@ -272,6 +432,7 @@ mod unix {
         pid: i32,
         /// Its [`TASK_TOKEN_ENV`] value: descendants that left its process group carry it.
         token: String,
+        /// Readable once the leader has exited ([`exit_fd`]).
         pidfd: Option<OwnedFd>,
         stdin: Option<PipeWriter>,
         stdout: Option<PipeReader>,
@@ -341,7 +502,7 @@ mod unix {
         Ok(Proc {
             pid,
             token,
-            pidfd: pidfd_open(pid),
+            pidfd: exit_fd(pid),
             stdin,
             stdout,
             stderr,
@@ -359,6 +520,46 @@ mod unix {
             discard: false,
             ending: false,
         })
+    }
+
+    /// A descriptor that becomes readable when the leader exits, so the poll loop sees the
+    /// exit even while a grandchild holds stdout open: the leader's pidfd, or where there is
+    /// none (kernels before 5.3, or [`crate::exec::NO_PIDFD_ENV`] set) the read end of a pipe
+    /// whose write end a waiter thread drops once `waitid(WNOWAIT)` sees the leader exit
+    /// (its status stays for `wait_pid`). `None` only if neither can be had.
+    fn exit_fd(pid: i32) -> Option<OwnedFd> {
+        if pidfd_supported() {
+            if let Some(fd) = pidfd_open(pid) {
+                return Some(fd);
+            }
+        }
+        let (r, w) = std::io::pipe().ok()?;
+        std::thread::Builder::new()
+            .name(format!("mw-stream-wait-{pid}"))
+            .spawn(move || {
+                loop {
+                    // SAFETY: siginfo_t is plain old data; zeroed is a valid value.
+                    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                    // SAFETY: info points to a live local; P_PID with our child's pid;
+                    // WNOWAIT leaves the child to be reaped by wait_pid.
+                    let r = unsafe {
+                        libc::waitid(
+                            libc::P_PID,
+                            pid as libc::id_t,
+                            &mut info,
+                            libc::WEXITED | libc::WNOWAIT,
+                        )
+                    };
+                    if r == 0
+                        || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+                    {
+                        break;
+                    }
+                }
+                drop(w);
+            })
+            .ok()?;
+        Some(r.into())
     }
 
     impl Proc {
@@ -495,7 +696,7 @@ mod unix {
                     r > 0
                 }
                 None => {
-                    // Without pidfd (old kernels): poll the exit status, bounded.
+                    // Without an exit descriptor: poll the exit status, bounded.
                     let end = Instant::now() + limit;
                     loop {
                         // SAFETY: WNOWAIT leaves the child to be reaped by wait_pid.
@@ -534,6 +735,61 @@ mod unix {
             }
             let _ = wait_pid(self.pid);
             signal_group(self.pid, libc::SIGKILL);
+        }
+    }
+
+    impl Proc {
+        /// What makes a process kept between [`StreamRunner::serve`] calls unfit for the
+        /// next one: it exited, closed stdout or printed on it while it had nothing to
+        /// answer (a line printed then would be taken as the next task's answer).
+        fn idle_trouble(&mut self) -> Option<&'static str> {
+            if !self.out_buf.is_empty() {
+                return Some("printed on stdout");
+            }
+            let Some(out) = &self.stdout else {
+                return Some("closed stdout");
+            };
+            let mut pfd = libc::pollfd {
+                fd: out.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one initialised pollfd that lives across the call.
+            let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+            if r > 0 {
+                return Some(if pfd.revents & libc::POLLIN != 0 {
+                    "printed on stdout"
+                } else {
+                    "closed stdout"
+                });
+            }
+            if self.ending || self.leader_exited(Duration::ZERO) {
+                return Some("exited");
+            }
+            None
+        }
+
+        /// Ends a process kept between calls that is unfit (`why`) or still being stopped
+        /// (`None`); no task is to blame. Kills its group and reaps it.
+        fn discard_idle(mut self, program: &std::path::Path, why: Option<&str>) {
+            if let Some(why) = why {
+                log::warn!(
+                    "the streaming program {} (pid {}) {why} while it had no input to \
+                     answer: stopped; a fresh process takes the next tasks",
+                    program.display(),
+                    self.pid
+                );
+            }
+            self.stdin = None;
+            // The leader first (it may have left its group), then the group; it is our
+            // unreaped child, so its pid cannot have been reused.
+            // SAFETY: kill with our own child's pid and a valid signal.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            signal_group(self.pid, libc::SIGKILL);
+            let _ = wait_pid(self.pid);
+            if self.stopping {
+                kill_escapees(&self.token);
+            }
         }
     }
 
@@ -603,6 +859,16 @@ mod unix {
         let max_line = runner.program.max_line_bytes;
         let mut queue: VecDeque<Entry<T>> = VecDeque::new();
         let mut cur: Option<Current> = None;
+        // A process kept from the previous call starts this one clean, or not at all.
+        if let Some(p) = runner.proc.as_mut() {
+            let stopping = p.stopping;
+            let trouble = p.idle_trouble();
+            if stopping || trouble.is_some() {
+                if let Some(p) = runner.proc.take() {
+                    p.discard_idle(&runner.program.program, trouble.filter(|_| !stopping));
+                }
+            }
+        }
         loop {
             while queue.len() < window {
                 match next() {
@@ -815,16 +1081,12 @@ mod unix {
                     };
                     let (t0, started) = Current::clock(cur.take());
                     let line = &p.out_buf[line_start..end];
+                    let limit = entry.input.answer_limit(max_line);
                     // A whole line can arrive in one read: its length is checked here too.
-                    let verdict = if line.len() > max_line {
-                        Err(ExitInfo::StreamBroken {
-                            reason: format!(
-                                "the program's answer line is longer than the limit of \
-                                 {max_line} bytes"
-                            ),
-                        })
+                    let verdict = if line.len() > limit {
+                        Err(too_long(limit))
                     } else {
-                        classify_line(line)
+                        classify_line(line, limit as u64)
                     };
                     let outcome = match verdict {
                         Ok(result) => StreamOutcome {
@@ -861,28 +1123,20 @@ mod unix {
                     p.scan_from = 0;
                 } else {
                     p.out_buf.drain(..start);
-                    p.scan_from -= start;
-                    if p.out_buf.len() > max_line {
+                    // What is left holds no newline: the next search starts after it (a long
+                    // line read in pieces is scanned once, not once per piece).
+                    p.scan_from = p.out_buf.len();
+                    let limit = queue
+                        .front()
+                        .map_or(max_line, |e| e.input.answer_limit(max_line));
+                    if p.out_buf.len() > limit {
                         // Too long: fail the current task without reading the rest.
                         if let Some(entry) = queue.pop_front() {
                             attach(&entry.input.control, None, grace);
                             p.read_stderr(keep);
                             let tail = tail_string(&p.proc_tail, keep);
                             let (t0, started) = Current::clock(cur.take());
-                            report(
-                                entry.token,
-                                failed(
-                                    ExitInfo::StreamBroken {
-                                        reason: format!(
-                                            "the program's answer line is longer than the \
-                                             limit of {max_line} bytes"
-                                        ),
-                                    },
-                                    tail,
-                                    t0,
-                                    started,
-                                ),
-                            );
+                            report(entry.token, failed(too_long(limit), tail, t0, started));
                         }
                         p.stop(grace);
                         p.out_buf.clear();
@@ -1016,7 +1270,8 @@ mod windows_fallback {
             req.timeout = input.timeout;
             req.grace = p.grace;
             req.stderr_tail_bytes = p.stderr_tail_bytes;
-            req.max_stdout_bytes = p.max_line_bytes as u64 + 2;
+            let limit = input.answer_limit(p.max_line_bytes);
+            req.max_stdout_bytes = limit as u64 + 2;
             runner.starts += 1;
             let outcome = match execute(&req, &input.control) {
                 Err(e) => failed(
@@ -1030,7 +1285,9 @@ mod windows_fallback {
                 Ok(o) => {
                     let first = o.stdout.split(|&b| b == b'\n').next().unwrap_or(&[]);
                     let has_line = o.stdout.contains(&b'\n');
-                    if !has_line && !o.exit.success() {
+                    if !has_line && o.stdout_truncated {
+                        failed(too_long(limit), o.stderr_tail, t0, started)
+                    } else if !has_line && !o.exit.success() {
                         failed(o.exit, o.stderr_tail, t0, started)
                     } else if !has_line {
                         failed(
@@ -1044,7 +1301,12 @@ mod windows_fallback {
                             started,
                         )
                     } else {
-                        match classify_line(first) {
+                        let verdict = if first.len() > limit {
+                            Err(too_long(limit))
+                        } else {
+                            classify_line(first, limit as u64)
+                        };
+                        match verdict {
                             Ok(r) => StreamOutcome {
                                 exit: ExitInfo::Exited { code: 0 },
                                 result: r.to_vec(),

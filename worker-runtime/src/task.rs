@@ -52,9 +52,13 @@ where
 /// The streaming counterpart of [`serve`] (`[program] mode = "stream"`): reads one input
 /// per line from stdin until it closes and answers each with one line on stdout, in order:
 /// the result JSON, or `{"error": "..."}` when `f` returns an error or the line is not the
-/// expected input. Output is flushed whenever no further input is already buffered, so a
-/// pipelined stream costs one write per batch. Exits 0 at the end of input, 2 when stdout
-/// is gone.
+/// expected input. Exits 0 at the end of input, 2 when stdout is gone.
+///
+/// Every answer reaches stdout within about [`FLUSH_DELAY`] of being written (to mw a task
+/// runs, and its timeout counts, until its answer arrives): answers are flushed at once when no
+/// further input is already buffered, and otherwise by a flusher thread at most
+/// [`FLUSH_DELAY`] later, so a pipelined stream of fast tasks costs one write per batch,
+/// never one per answer, and a fast answer is never held back by a slow task after it.
 ///
 /// ```no_run
 /// mw_worker_runtime::task::serve_stream(|n: u64| Ok::<_, String>(n * 2));
@@ -69,8 +73,17 @@ where
     use std::io::BufRead;
     let stdin = std::io::stdin();
     let mut input = std::io::BufReader::with_capacity(64 * 1024, stdin.lock());
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+    let out = std::sync::Arc::new(Answers::default());
+    {
+        let out = out.clone();
+        // Without the thread, answers are still flushed when input runs dry (and at exit).
+        let _ = std::thread::Builder::new()
+            .name("mw-flush".into())
+            .spawn(move || out.flusher());
+    }
     let mut line = Vec::new();
+    let mut answer = Vec::with_capacity(1024);
+    let mut spare = Vec::new();
     loop {
         line.clear();
         match input.read_until(b'\n', &mut line) {
@@ -81,32 +94,111 @@ where
                 std::process::exit(2);
             }
         }
-        let answer = match serde_json::from_slice::<I>(&line) {
+        answer.clear();
+        let result = match serde_json::from_slice::<I>(&line) {
             Ok(i) => match f(i) {
-                Ok(o) => serde_json::to_writer(&mut out, &o).map_err(|e| e.to_string()),
+                Ok(o) => serde_json::to_writer(&mut answer, &o).map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             },
             Err(e) => Err(format!("the task input is not the expected JSON: {e}")),
         };
-        let written = match answer {
-            Ok(()) => out.write_all(b"\n"),
-            Err(msg) => serde_json::to_writer(&mut out, &serde_json::json!({ "error": msg }))
-                .map_err(std::io::Error::from)
-                .and_then(|()| out.write_all(b"\n")),
-        };
+        if let Err(msg) = result {
+            answer.clear();
+            if serde_json::to_writer(&mut answer, &serde_json::json!({ "error": msg })).is_err() {
+                answer.clear();
+                answer.extend_from_slice(br#"{"error":"cannot serialise the error"}"#);
+            }
+        }
+        answer.push(b'\n');
+        out.push(&answer);
         // Flush before waiting for more input (never hold an answer back while idle).
-        let flushed = if input.buffer().is_empty() {
-            out.flush()
-        } else {
-            Ok(())
-        };
-        if written.is_err() || flushed.is_err() {
+        if input.buffer().is_empty() {
+            out.flush(&mut spare);
+        }
+        if out.failed() {
             eprintln!("error: cannot write the result to stdout");
             std::process::exit(2);
         }
     }
-    if out.flush().is_err() {
+    out.flush(&mut spare);
+    if out.failed() {
         std::process::exit(2);
     }
     std::process::exit(0);
+}
+
+/// The longest an answer of [`serve_stream`] waits in its buffer.
+pub const FLUSH_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// [`serve_stream`]'s answers not yet written, shared with its flusher thread.
+#[derive(Default)]
+struct Answers {
+    state: std::sync::Mutex<AnswersState>,
+    dirty: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct AnswersState {
+    pending: Vec<u8>,
+    failed: bool,
+}
+
+impl Answers {
+    fn state(&self) -> std::sync::MutexGuard<'_, AnswersState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds one answer line; wakes the flusher when the buffer was clean.
+    fn push(&self, line: &[u8]) {
+        let mut st = self.state();
+        let was_clean = st.pending.is_empty();
+        st.pending.extend_from_slice(line);
+        drop(st);
+        if was_clean {
+            self.dirty.notify_one();
+        }
+    }
+
+    fn failed(&self) -> bool {
+        self.state().failed
+    }
+
+    /// Writes out what is pending (`spare` is an empty buffer to swap in). Writers take
+    /// stdout's lock before the pending bytes, so answers leave in order.
+    fn flush(&self, spare: &mut Vec<u8>) {
+        let mut stdout = std::io::stdout().lock();
+        std::mem::swap(&mut self.state().pending, spare);
+        if spare.is_empty() {
+            return;
+        }
+        let ok = stdout.write_all(spare).is_ok() && stdout.flush().is_ok();
+        spare.clear();
+        if !ok {
+            self.state().failed = true;
+        }
+    }
+
+    /// Flushes a dirty buffer [`FLUSH_DELAY`] after it became dirty, for ever.
+    fn flusher(&self) {
+        let mut spare = Vec::new();
+        loop {
+            {
+                let mut st = self.state();
+                while st.pending.is_empty() && !st.failed {
+                    st = self
+                        .dirty
+                        .wait(st)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                if st.failed {
+                    return;
+                }
+            }
+            // Answers written meanwhile join this write.
+            std::thread::sleep(FLUSH_DELAY);
+            self.flush(&mut spare);
+        }
+    }
 }

@@ -297,3 +297,134 @@ done"#,
         .unwrap();
     assert!(exited(pid), "the setsid daemon {pid} outlived the timeout");
 }
+
+/// A program for the idle cases: its pid in `pid`; `{"late": DIR}` answers, then once
+/// `DIR/go` exists prints a forged line and creates `DIR/printed`; `{"idle_exit": DIR}`
+/// answers, then exits (status 0) once `DIR/go` exists.
+const IDLE_PROG: &str = r#"
+import json, os, sys, threading, time
+open("pid", "w").write(str(os.getpid()))
+def when_go(d, then):
+    while not os.path.exists(os.path.join(d, "go")):
+        time.sleep(0.001)
+    then()
+def forge(d):
+    print(json.dumps({"forged": True}), flush=True)
+    open(os.path.join(d, "printed"), "w").close()
+for line in sys.stdin:
+    x = json.loads(line)
+    if "late" in x:
+        print(json.dumps({"ok": "late"}), flush=True)
+        threading.Thread(target=when_go, args=(x["late"], lambda: forge(x["late"])), daemon=True).start()
+    elif "idle_exit" in x:
+        print(json.dumps({"ok": "idle_exit"}), flush=True)
+        threading.Thread(target=when_go, args=(x["idle_exit"], lambda: os._exit(0)), daemon=True).start()
+    else:
+        print(json.dumps({"y": 2 * x["n"]}), flush=True)
+"#;
+
+fn idle_runner(dir: &tempfile::TempDir) -> StreamRunner {
+    let script = dir.path().join("idle.py");
+    std::fs::write(&script, IDLE_PROG).unwrap();
+    let mut p = StreamProgram::new("python3".into(), dir.path().to_path_buf());
+    p.args = vec![script.display().to_string()];
+    p.grace = Duration::from_millis(200);
+    StreamRunner::new(p)
+}
+
+#[test]
+fn line_printed_while_idle_is_no_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let mut r = idle_runner(&dir);
+    let out = r.run_all(vec![input(json!({ "late": d }))]);
+    assert_eq!(answer(&out[0]), json!({"ok": "late"}));
+    // Between calls the kept program prints a line nobody asked for.
+    std::fs::write(dir.path().join("go"), b"").unwrap();
+    let printed = dir.path().join("printed");
+    for _ in 0..30_000 {
+        if printed.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(printed.exists(), "the program never printed its late line");
+    let out = r.run_all(vec![input(json!({"n": 1})), input(json!({"n": 2}))]);
+    assert_eq!(
+        answer(&out[0]),
+        json!({"y": 2}),
+        "the late line was taken as an answer"
+    );
+    assert_eq!(answer(&out[1]), json!({"y": 4}));
+    assert_eq!(r.starts(), 2, "a fresh process after the late line");
+}
+
+#[test]
+fn program_that_exited_while_idle_fails_no_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let mut r = idle_runner(&dir);
+    let out = r.run_all(vec![input(json!({ "idle_exit": d }))]);
+    assert_eq!(answer(&out[0]), json!({"ok": "idle_exit"}));
+    let pid: i32 = std::fs::read_to_string(dir.path().join("pid"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    std::fs::write(dir.path().join("go"), b"").unwrap();
+    assert!(exited(pid), "the program did not exit while idle");
+    let out = r.run_all(vec![input(json!({"n": 3}))]);
+    assert_eq!(answer(&out[0]), json!({"y": 6}));
+    assert_eq!(r.starts(), 2);
+}
+
+#[test]
+fn dense_answer_is_refused_by_value_count_without_a_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("dense.py");
+    std::fs::write(
+        &script,
+        "import sys, json\nfor line in sys.stdin:\n    n = json.loads(line)\n    print(json.dumps([0] * n, separators=(',', ':')), flush=True)\n",
+    )
+    .unwrap();
+    let mut p = StreamProgram::new("python3".into(), dir.path().to_path_buf());
+    p.args = vec![script.display().to_string()];
+    p.grace = Duration::from_millis(200);
+    // 10,000 values in 20 KB: within the bytes, over the values the limit allows (4,096).
+    p.max_line_bytes = 30_000;
+    let mut r = StreamRunner::new(p);
+    let out = r.run_all(vec![input(json!(3)), input(json!(10_000)), input(json!(2))]);
+    assert_eq!(answer(&out[0]), json!([0, 0, 0]));
+    assert!(
+        matches!(&out[1].exit, ExitInfo::StreamBroken { reason } if reason.contains("JSON values")),
+        "{:?}",
+        out[1].exit
+    );
+    assert_eq!(answer(&out[2]), json!([0, 0]));
+}
+
+#[test]
+fn only_a_lone_error_key_is_an_error_answer() {
+    use mw_worker_runtime::stream::classify_line;
+    let err = |e: &str| Err(ExitInfo::ErrorReported { error: e.into() });
+    assert_eq!(classify_line(br#"{"error": "no"}"#, 1000), err("no"));
+    assert_eq!(classify_line(br#" {"error":[1, 2]}"#, 1000), err("[1,2]"));
+    assert_eq!(classify_line(br#"{"error":null}"#, 1000), err("null"));
+    for result in [
+        &br#"{"error":"no","more":1}"#[..],
+        br#"{"more":1,"error":"no"}"#,
+        br#"{}"#,
+        br#"["error"]"#,
+        br#""error""#,
+    ] {
+        assert_eq!(classify_line(result, 1000), Ok(result));
+    }
+    for broken in [&b""[..], b"  ", b"{", b"{\"error\":}", b"1 2"] {
+        assert!(
+            matches!(
+                classify_line(broken, 1000),
+                Err(ExitInfo::StreamBroken { .. })
+            ),
+            "{broken:?}"
+        );
+    }
+}
