@@ -1338,15 +1338,35 @@ pub fn visit_tasks<E: From<JournalError>>(
     conn: &Connection,
     path: &Path,
     state: Option<TaskState>,
+    f: impl FnMut(StoredTask) -> Result<(), E>,
+) -> Result<(), E> {
+    visit_where(
+        conn,
+        path,
+        "WHERE (?1 IS NULL OR state = ?1) ORDER BY idx",
+        params![state.map(|s| s.as_str())],
+        f,
+    )
+}
+
+/// The one decoder of task rows: hands each row `clause` selects to `f`, checked (a row
+/// that does not decode is corruption, whichever command reads it).
+fn visit_where<E: From<JournalError>>(
+    conn: &Connection,
+    path: &Path,
+    clause: &str,
+    p: impl rusqlite::Params,
     mut f: impl FnMut(StoredTask) -> Result<(), E>,
 ) -> Result<(), E> {
-    let sql = "SELECT idx, input, state, attempts, handle, submitted, started, finished, wall, cpu, host,
-               output, exit, error, output_files FROM tasks WHERE (?1 IS NULL OR state = ?1) ORDER BY idx";
+    let sql = format!(
+        "SELECT idx, input, state, attempts, handle, submitted, started, finished, wall, cpu, host,
+         output, exit, error, output_files FROM tasks {clause}"
+    );
     let mut stmt = conn
-        .prepare(sql)
+        .prepare(&sql)
         .map_err(|e| jerr(path, "reading tasks", e))?;
     let rows = stmt
-        .query_map(params![state.map(|s| s.as_str())], |r| {
+        .query_map(p, |r| {
             let input: String = r.get(1)?;
             let state: String = r.get(2)?;
             let output: Option<String> = r.get(11)?;
@@ -1781,49 +1801,12 @@ pub fn read_task(
     let Ok(idx) = i64::try_from(task) else {
         return Ok(None);
     };
-    // Small jobs and single look-ups: reuse the one row decoder of `read_tasks`.
-    let sql =
-        "SELECT idx, input, state, attempts, handle, submitted, started, finished, wall, cpu, host,
-               output, exit, error, output_files FROM tasks WHERE idx = ?1";
-    let mut stmt = conn
-        .prepare(sql)
-        .map_err(|e| jerr(path, "reading a task", e))?;
-    let mut rows = stmt
-        .query(params![idx])
-        .map_err(|e| jerr(path, "reading a task", e))?;
-    let Some(r) = rows.next().map_err(|e| jerr(path, "reading a task", e))? else {
-        return Ok(None);
-    };
-    let get = |e: rusqlite::Error| jerr(path, "reading a task", e);
-    let state: String = r.get(2).map_err(get)?;
-    let state = TaskState::parse(&state).ok_or_else(|| {
-        jerr(
-            path,
-            "reading a task",
-            format!("task {idx}: unknown state `{state}`"),
-        )
+    let mut found = None;
+    visit_where(conn, path, "WHERE idx = ?1", params![idx], |t| {
+        found = Some(t);
+        Ok::<(), JournalError>(())
     })?;
-    let input: String = r.get(1).map_err(get)?;
-    let output: Option<String> = r.get(11).map_err(get)?;
-    let files: String = r.get(14).map_err(get)?;
-    Ok(Some(StoredTask {
-        index: task,
-        input: serde_json::from_str(&input)
-            .map_err(|e| jerr(path, "reading a task", format!("task {idx}: input: {e}")))?,
-        state,
-        attempts: attempts_of(r.get::<_, i64>(3).map_err(get)?),
-        handle: r.get(4).map_err(get)?,
-        submitted: r.get(5).map_err(get)?,
-        started: r.get(6).map_err(get)?,
-        finished: r.get(7).map_err(get)?,
-        wall_secs: r.get(8).map_err(get)?,
-        cpu_secs: r.get(9).map_err(get)?,
-        host: r.get(10).map_err(get)?,
-        output: output.and_then(|o| serde_json::from_str(&o).ok()),
-        exit: r.get(12).map_err(get)?,
-        error: r.get(13).map_err(get)?,
-        output_files: serde_json::from_str(&files).unwrap_or_default(),
-    }))
+    Ok(found)
 }
 
 /// One event of the job's log (`events` table): retries, cancels, submissions.

@@ -552,3 +552,29 @@ fn report_and_man_printing_to_a_full_disk_or_a_closed_pipe() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// A stored result that does not parse is corruption for every command that reads the row:
+/// `mw results --task N` and `mw logs` once printed `"output": null` and exited 0 while
+/// `mw results` refused the journal.
+#[test]
+fn a_corrupt_row_is_corrupt_for_one_task_too() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let journal = fresh_finished(d);
+    let conn = rusqlite::Connection::open(&journal).unwrap();
+    conn.execute("UPDATE tasks SET output = '{\"v\":' WHERE idx = 2", [])
+        .unwrap();
+    drop(conn);
+    for args in [
+        vec!["results", "fin-1"],
+        vec!["results", "fin-1", "--task", "2"],
+        vec!["logs", "fin-1", "2"],
+    ] {
+        let o = mw(d, &args);
+        assert_eq!(o.code, 2, "{args:?}: {}", o.stdout);
+        assert!(o.stderr.contains("corrupt"), "{args:?}: {}", o.stderr);
+    }
+    // Another task's row is still read.
+    let o = mw(d, &["results", "fin-1", "--task", "3"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+}
