@@ -204,22 +204,20 @@ impl ResultLine {
 /// the output flattened into one column per leaf (`input.seed`, `output.pi`, …; a scalar
 /// is the column `input` or `output` itself; arrays stay JSON text), then the output files.
 pub(crate) fn write_csv(out: impl Write, lines: &[ResultLine]) -> anyhow::Result<()> {
-    let mut input_cols: Vec<String> = Vec::new();
-    let mut output_cols: Vec<String> = Vec::new();
+    // Columns in order of first appearance, each found by a hash look-up (results with
+    // distinct keys once made this quadratic).
+    let mut input_cols = Columns::default();
+    let mut output_cols = Columns::default();
     let mut flat_in = Vec::with_capacity(lines.len());
     let mut flat_out = Vec::with_capacity(lines.len());
     for l in lines {
         let i = flatten("input", &l.input);
         let o = flatten("output", &l.output);
         for (k, _) in &i {
-            if !input_cols.contains(k) {
-                input_cols.push(k.clone());
-            }
+            input_cols.add(k)?;
         }
         for (k, _) in &o {
-            if !output_cols.contains(k) {
-                output_cols.push(k.clone());
-            }
+            output_cols.add(k)?;
         }
         flat_in.push(i);
         flat_out.push(o);
@@ -239,8 +237,8 @@ pub(crate) fn write_csv(out: impl Write, lines: &[ResultLine]) -> anyhow::Result
         "finished",
     ];
     let mut header: Vec<String> = fixed.iter().map(|s| s.to_string()).collect();
-    header.extend(input_cols.iter().cloned());
-    header.extend(output_cols.iter().cloned());
+    header.extend(input_cols.names.iter().cloned());
+    header.extend(output_cols.names.iter().cloned());
     header.push("output_files".into());
     w.write_record(&header)?;
     for (k, l) in lines.iter().enumerate() {
@@ -258,20 +256,47 @@ pub(crate) fn write_csv(out: impl Write, lines: &[ResultLine]) -> anyhow::Result
             l.finished.clone().unwrap_or_default(),
         ];
         for (cols, flat) in [(&input_cols, &flat_in[k]), (&output_cols, &flat_out[k])] {
-            for c in cols {
-                rec.push(
-                    flat.iter()
-                        .find(|(n, _)| n == c)
-                        .map(|(_, v)| v.clone())
-                        .unwrap_or_default(),
-                );
+            let mut cells = vec![String::new(); cols.names.len()];
+            for (name, value) in flat {
+                if let Some(&i) = cols.index.get(name) {
+                    cells[i].clone_from(value);
+                }
             }
+            rec.extend(cells);
         }
         rec.push(l.output_files.join(";"));
         w.write_record(&rec)?;
     }
     w.flush()?;
     Ok(())
+}
+
+/// Most distinct input or output columns a CSV gets (beyond them, JSON lines say it better).
+const MAX_CSV_COLUMNS: usize = 10_000;
+
+/// CSV columns in order of first appearance, with their positions.
+#[derive(Default)]
+struct Columns {
+    names: Vec<String>,
+    index: std::collections::HashMap<String, usize>,
+}
+
+impl Columns {
+    fn add(&mut self, name: &str) -> anyhow::Result<()> {
+        if self.index.contains_key(name) {
+            return Ok(());
+        }
+        if self.names.len() >= MAX_CSV_COLUMNS {
+            anyhow::bail!(
+                "the results have over {MAX_CSV_COLUMNS} distinct {} columns; use JSON lines \
+                 (`--format jsonl`)",
+                name.split('.').next().unwrap_or(name)
+            );
+        }
+        self.index.insert(name.to_string(), self.names.len());
+        self.names.push(name.to_string());
+        Ok(())
+    }
 }
 
 /// Leaves of a JSON value as (dotted column name, cell text).
@@ -619,5 +644,23 @@ mod tests {
         assert_eq!(&rows[0][col("output.pi")], "3.1");
         assert_eq!(&rows[1][col("output")], "a, \"b\"");
         assert_eq!(&rows[1][col("input.p.n")], "");
+        // Results that each bring new keys: refused past the column limit, with a hint.
+        let distinct: Vec<ResultLine> = (0..MAX_CSV_COLUMNS as u64 + 1)
+            .map(|i| {
+                mk(
+                    i,
+                    serde_json::json!(i),
+                    serde_json::json!({ format!("k{i}"): i }),
+                )
+            })
+            .collect();
+        let e = write_csv(std::io::sink(), &distinct)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("distinct output columns") && e.contains("jsonl"),
+            "{e}"
+        );
+        assert!(write_csv(std::io::sink(), &distinct[..100]).is_ok());
     }
 }
