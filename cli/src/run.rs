@@ -474,6 +474,12 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
 
     // Where result lines go.
     let reduce_present = p.reduce.is_some();
+    let dest = match (&args.output, reduce_present, &job_dir) {
+        (Some(path), _, _) => path.display().to_string(),
+        (None, true, Some(d)) => d.join("results.jsonl").display().to_string(),
+        (None, true, None) => "nowhere".to_string(),
+        (None, false, _) => "standard output".to_string(),
+    };
     let mut sink: Box<dyn Write> = match (&args.output, reduce_present, &job_dir) {
         (Some(path), _, _) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
@@ -533,14 +539,18 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
                     lines.insert(task.0, text);
                     return Ok(());
                 }
-                serde_json::to_writer(&mut sink, &line)?;
-                sink.write_all(b"\n")?;
-                next_to_write += 1;
-                while let Some(line) = lines.remove(&next_to_write) {
-                    sink.write_all(&line)?;
-                    next_to_write += 1;
-                }
-                Ok(())
+                let written = serde_json::to_writer(&mut sink, &line)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|()| Ok(sink.write_all(b"\n")?))
+                    .and_then(|()| {
+                        next_to_write += 1;
+                        while let Some(line) = lines.remove(&next_to_write) {
+                            sink.write_all(&line)?;
+                            next_to_write += 1;
+                        }
+                        Ok(())
+                    });
+                written.with_context(|| format!("writing results to {dest}"))
             },
         );
         let recorded = recorder
@@ -565,8 +575,13 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
         return stopped_exit(&reason, interrupted, job_dir.as_ref().map(|_| id.as_str()));
     }
     if let Err(e) = sink.flush() {
-        if !crate::is_broken_pipe(&anyhow::Error::from(e)) {
-            bail!("writing results failed");
+        let e = anyhow::Error::from(e);
+        if !crate::is_broken_pipe(&e) {
+            let kept = match &job_dir {
+                Some(_) => format!(" (every result is kept in the journal: `mw results {id}`)"),
+                None => String::new(),
+            };
+            return Err(e.context(format!("writing results to {dest}{kept}")));
         }
     }
     drop(sink);

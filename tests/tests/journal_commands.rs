@@ -578,3 +578,24 @@ fn a_corrupt_row_is_corrupt_for_one_task_too() {
     let o = mw(d, &["results", "fin-1", "--task", "3"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
 }
+
+/// Results that cannot be written (a full disk) end `mw run` with an error naming where they
+/// went, why, and where they are kept (they once ended with a bare "writing results failed").
+#[test]
+fn results_to_a_full_disk_say_where_and_why() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    script(d, "t.sh", "cat");
+    std::fs::write(
+        d.join("job.toml"),
+        "name = \"full\"\n[program]\npath = \"t.sh\"\n[inputs]\nlist = [0, 1]\n",
+    )
+    .unwrap();
+    let o = mw(d, &["run", "job.toml", "-q", "-o", "/dev/full"]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    for needle in ["/dev/full", "No space left on device", "mw results full-1"] {
+        assert!(o.stderr.contains(needle), "{needle}: {}", o.stderr);
+    }
+    let o = mw(d, &["results", "full-1"]);
+    assert_eq!(jsonl(&o.stdout).len(), 2, "{}", o.stderr);
+}
