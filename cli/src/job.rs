@@ -1048,6 +1048,32 @@ impl Inputs {
                     .enumerate()
                     .filter(|(_, l)| !l.trim().is_empty())
                     .map(move |(i, line)| {
+                        // A dense line (`[0,0,…]`) would take some 30 times its size as a
+                        // tree: its values are counted first, within the line limit.
+                        use mw_bundle::JsonLimitError as L;
+                        let too_big = match mw_bundle::check_json_limited(
+                            line.as_bytes(),
+                            MAX_INPUT_LINE_BYTES,
+                        ) {
+                            Err(L::TooManyValues {
+                                values, max_values, ..
+                            }) => Some(format!(
+                                "about {values} JSON values on one line, over the {max_values} \
+                                 one input may hold"
+                            )),
+                            Err(L::TooLarge { size, limit }) => Some(format!(
+                                "a line of {size} bytes, over the {limit} one input may take"
+                            )),
+                            _ => None,
+                        };
+                        if let Some(why) = too_big {
+                            return Err(JobError(format!(
+                                "{}:{}: {why} (inputs.file of {})",
+                                path.display(),
+                                i + 1,
+                                job_path.display()
+                            )));
+                        }
                         serde_json::from_str(line).map_err(|e| {
                             JobError(format!(
                                 "{}:{}:{}: not a JSON value (inputs.file of {}): {e}",
@@ -1118,6 +1144,9 @@ pub const MAX_WORKERS: usize = mw::multicore::MAX_SLOTS;
 pub const MAX_OUTPUT_LIMIT: u64 = 1 << 30;
 /// Largest job file read (it is parsed in memory; never a device or a FIFO).
 pub const MAX_JOB_FILE_BYTES: u64 = 16 << 20;
+/// Largest line of an `inputs.file` (one task's input) for the count of its JSON values:
+/// at most one value per 16 bytes of it.
+const MAX_INPUT_LINE_BYTES: u64 = 64 << 20;
 /// Largest `inputs.file` read (it is read into memory).
 pub const MAX_INPUTS_FILE_BYTES: u64 = 256 << 20;
 /// Largest template text, in bytes.

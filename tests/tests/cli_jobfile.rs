@@ -234,6 +234,25 @@ fn bad_jsonl_line_names_file_and_line() {
     assert!(o.stderr.contains("job.toml"), "{}", o.stderr);
 }
 
+/// A dense line in an inputs file (`[0,0,…]`, about 30 times its size as a tree: a 30 MB
+/// line once took 1.15 GB) is refused by its count of values, naming file and line.
+#[test]
+fn dense_jsonl_line_is_refused_before_it_is_parsed() {
+    let d = tempfile::tempdir().unwrap();
+    script(d.path(), "echo.sh", "cat");
+    let dense = format!("[{}0]", "0,".repeat(5_000_000));
+    std::fs::write(d.path().join("in.jsonl"), format!("1\n{dense}\n")).unwrap();
+    std::fs::write(
+        d.path().join("job.toml"),
+        "[program]\npath = \"echo.sh\"\n[inputs]\nfile = \"in.jsonl\"\n",
+    )
+    .unwrap();
+    let o = mw(d.path(), &["run", "job.toml"]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("in.jsonl:2:"), "{}", o.stderr);
+    assert!(o.stderr.contains("JSON values on one line"), "{}", o.stderr);
+}
+
 /// Journaled or not (`--no-journal` keeps a file's inputs in memory, and makes a list's or
 /// a sweep's again from the index), every task gets its own input.
 #[test]
