@@ -87,10 +87,40 @@ fn put(path: &Path, bytes: &[u8], task: TaskId) {
 /// replaced by something huge). `None` when there is none.
 pub fn read(logs_dir: &Path, task: TaskId, attempt: u32, stream: Stream) -> Option<Vec<u8>> {
     use std::io::Read;
-    let f = std::fs::File::open(log_path(logs_dir, task, attempt, stream)).ok()?;
+    let path = log_path(logs_dir, task, attempt, stream);
+    // Only a regular file: a FIFO put in its place would block the reader for ever.
+    if !std::fs::symlink_metadata(&path).ok()?.is_file() {
+        return None;
+    }
+    let f = std::fs::File::open(path).ok()?;
     let mut out = Vec::new();
     f.take((LOG_CAP_BYTES + CUT.len()) as u64)
         .read_to_end(&mut out)
         .ok()?;
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed expectation is a test failure
+    use super::*;
+
+    /// A FIFO (or anything but a regular file) where a log should be is no log: reading it
+    /// once blocked `mw logs` for ever.
+    #[test]
+    fn a_fifo_in_place_of_a_log_is_not_read() {
+        let d = tempfile::tempdir().unwrap();
+        let path = log_path(d.path(), TaskId(3), 1, Stream::Stdout);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert_eq!(read(d.path(), TaskId(3), 1, Stream::Stdout), None);
+        std::fs::write(log_path(d.path(), TaskId(4), 1, Stream::Stdout), "out").unwrap();
+        assert_eq!(
+            read(d.path(), TaskId(4), 1, Stream::Stdout).as_deref(),
+            Some(&b"out"[..])
+        );
+    }
 }
