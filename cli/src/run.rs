@@ -501,8 +501,11 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
     let mut next_to_write = 0u64;
     let mut failed = 0usize;
     let mut tally = Tally::default();
-    let mut reduce_inputs: Vec<Option<serde_json::Value>> =
-        vec![None; if reduce_present { total } else { 0 }];
+    // Without a journal, the reduce program's input waits here as JSON text (with one, it is
+    // read back from the journal one result at a time).
+    let keep_for_reduce = reduce_present && journal.is_none();
+    let mut reduce_inputs: Vec<Option<Box<str>>> =
+        vec![None; if keep_for_reduce { total } else { 0 }];
     let (recorded, end) = std::thread::scope(|scope| {
         let recorder = std::thread::Builder::new()
             .name("mw-record".into())
@@ -521,9 +524,9 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
                     failed += 1;
                 }
                 tally.add(task.0, &outcome);
-                if reduce_present {
+                if keep_for_reduce {
                     if let Ok(out) = &outcome {
-                        reduce_inputs[task.0 as usize] = Some(out.value.clone());
+                        reduce_inputs[task.0 as usize] = Some(out.value.to_string().into());
                     }
                 }
                 let input = match (p.inputs.get(task.0), &kept_inputs, &journal) {
@@ -604,11 +607,16 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
             eprintln!("mw: the reduce program was not run because tasks failed");
             return Ok(EXIT_TASKS_FAILED);
         }
-        let values: Vec<serde_json::Value> = reduce_inputs
-            .into_iter()
-            .map(|v| v.unwrap_or_default())
-            .collect();
-        let out = run_reduce(reduce, &values)?;
+        let out = match &job_dir {
+            Some(dir) => reduce_from_journal_results(dir, reduce)?,
+            None => run_reduce(reduce, |w| {
+                for v in &reduce_inputs {
+                    w.write_all(v.as_deref().unwrap_or("null").as_bytes())?;
+                    w.write_all(b"\n")?;
+                }
+                Ok(())
+            })?,
+        };
         std::io::stdout().write_all(&out)?;
         std::io::stdout().flush()?;
     }
@@ -846,10 +854,11 @@ fn stopped_exit(reason: &str, interrupted: bool, job: Option<&str>) -> anyhow::R
     }
 }
 
-/// Runs the reduce program locally with every result as a JSON line on stdin.
+/// Runs the reduce program locally with every result as a JSON line on stdin, which
+/// `write_input` writes (to a file the program then reads: never all in memory).
 pub(crate) fn run_reduce(
     reduce: &Program,
-    values: &[serde_json::Value],
+    write_input: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>,
 ) -> anyhow::Result<Vec<u8>> {
     let dir = tempfile::tempdir().context("creating a scratch directory for reduce")?;
     let work = dir.path().join("work");
@@ -859,14 +868,19 @@ pub(crate) fn run_reduce(
     for (name, path) in reduce.files() {
         std::os::unix::fs::symlink(path, work.join(name))?;
     }
-    let mut stdin = Vec::new();
-    for v in values {
-        serde_json::to_writer(&mut stdin, v)?;
-        stdin.push(b'\n');
+    let input = dir.path().join("reduce-input.jsonl");
+    {
+        let mut w = std::io::BufWriter::new(
+            std::fs::File::create(&input)
+                .with_context(|| format!("creating {}", input.display()))?,
+        );
+        write_input(&mut w).with_context(|| format!("writing {}", input.display()))?;
+        w.flush()
+            .with_context(|| format!("writing {}", input.display()))?;
     }
     let mut req = ExecRequest::new(reduce.executable().to_path_buf(), work, io);
     req.args = reduce.base_args().to_vec();
-    req.stdin = stdin;
+    req.stdin_file = Some(input);
     let out = execute(&req, &ProcessControl::new())?;
     if !out.exit.success() {
         bail!(
@@ -1163,18 +1177,24 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
     })
 }
 
+/// Runs the reduce program over the journal's results, in task order, read one at a time.
+fn reduce_from_journal_results(dir: &Path, reduce: &Program) -> anyhow::Result<Vec<u8>> {
+    let path = dir.join(mw::journal::JOURNAL_FILE);
+    let conn = mw::journal::open_checked(&path, false)?;
+    run_reduce(reduce, |w| {
+        mw::journal::visit_tasks(&conn, &path, None, |t| -> anyhow::Result<()> {
+            serde_json::to_writer(&mut *w, &t.output.unwrap_or_default())?;
+            w.write_all(b"\n")?;
+            Ok(())
+        })
+    })
+}
+
 /// For a job finished by a resumed or detached master: runs the reduce program over the
 /// journal's results (task order), keeps its output in `<job dir>/reduce.out` (which
 /// `mw wait` prints) and prints it.
 fn reduce_from_journal(dir: &Path, reduce: &Program) -> anyhow::Result<()> {
-    let path = dir.join(mw::journal::JOURNAL_FILE);
-    let conn = mw::journal::open_checked(&path, false)?;
-    let values: Vec<serde_json::Value> = mw::journal::read_tasks(&conn, &path, None)?
-        .into_iter()
-        .map(|t| t.output.unwrap_or_default())
-        .collect();
-    drop(conn);
-    let out = run_reduce(reduce, &values)?;
+    let out = reduce_from_journal_results(dir, reduce)?;
     mw_worker_runtime::run::write_atomically(&dir.join("reduce.out"), &out)?;
     std::io::stdout().write_all(&out)?;
     std::io::stdout().flush()?;

@@ -51,6 +51,9 @@ pub struct ExecRequest {
     pub io_dir: PathBuf,
     /// Bytes fed on stdin.
     pub stdin: Vec<u8>,
+    /// A file fed on stdin instead of `stdin`: a large input already on disk is never held
+    /// in memory.
+    pub stdin_file: Option<PathBuf>,
     /// Wall-clock limit.
     pub timeout: Option<Duration>,
     /// Time between SIGTERM and SIGKILL.
@@ -81,6 +84,7 @@ impl ExecRequest {
             workdir,
             io_dir,
             stdin: Vec::new(),
+            stdin_file: None,
             timeout: None,
             grace: DEFAULT_GRACE,
             stderr_tail_bytes: 4096,
@@ -597,10 +601,13 @@ fn execute_unix(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutco
         let (stdout, stderr) = create_output_files(req)?;
         (stdout.into(), stderr.into(), None, None)
     };
-    let piped_input = req.stdin.len() <= PIPE_STDIN_MAX;
+    let piped_input = req.stdin_file.is_none() && req.stdin.len() <= PIPE_STDIN_MAX;
     let (stdin, stdin_pipe): (OwnedFd, _) = if piped_input {
         let (r, w) = pipe()?;
         (r.into(), Some(w))
+    } else if let Some(path) = &req.stdin_file {
+        let f = File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
+        (f.into(), None)
     } else {
         let stdin_path = req.io_dir.join("stdin");
         std::fs::write(&stdin_path, &req.stdin)

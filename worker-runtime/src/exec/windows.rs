@@ -213,9 +213,15 @@ pub(super) fn execute(
     req: &ExecRequest,
     control: &ProcessControl,
 ) -> Result<ExecOutcome, ExecError> {
-    let stdin_path = req.io_dir.join("stdin");
-    std::fs::write(&stdin_path, &req.stdin)
-        .map_err(io_err(format!("writing {}", stdin_path.display())))?;
+    let stdin_path = match &req.stdin_file {
+        Some(path) => path.clone(),
+        None => {
+            let path = req.io_dir.join("stdin");
+            std::fs::write(&path, &req.stdin)
+                .map_err(io_err(format!("writing {}", path.display())))?;
+            path
+        }
+    };
     let stdin = File::open(&stdin_path).map_err(io_err("opening stdin file"))?;
     let (stdout, stderr) = create_output_files(req)?;
     let job = Arc::new(Job::new().map_err(io_err("creating a job object"))?);
