@@ -375,7 +375,7 @@ fn run_pack_stream(
         p.env = first.info.env.clone();
         p.die_with_parent = true;
         let mut runner = StreamRunner::new(p);
-        let inputs = run
+        let inputs: Vec<StreamInput> = run
             .iter()
             .map(|t| StreamInput {
                 line: t.line.clone(),
@@ -390,41 +390,67 @@ fn run_pack_stream(
                 max_answer_bytes: None,
             })
             .collect();
-        let outcomes = runner.run_all(inputs);
+        // Each result goes into the pack's results (memory up to a bound, then files) as it
+        // arrives, not after the whole run.
+        let mut pending = inputs.into_iter().enumerate();
+        let mut failure: Option<RunError> = None;
+        runner.serve(
+            || pending.next().map(|(i, input)| (input, i)),
+            |i, o| {
+                let Some(t) = run.get(i) else { return };
+                if failure.is_none() {
+                    if let Err(e) = add_stream_result(&mut results, &mut summary, &pack.job, t, o) {
+                        failure = Some(e);
+                    }
+                }
+            },
+        );
         drop(runner);
-        for (t, o) in run.iter().zip(outcomes) {
-            let result = ResultInfo {
-                job: pack.job.clone(),
-                task: t.task,
-                attempt: t.info.attempt,
-                exit: o.exit,
-                wall_secs: o.wall.as_secs_f64(),
-                // A long-lived process's CPU time is not split per task.
-                user_secs: 0.0,
-                sys_secs: 0.0,
-                host: summary.info.host.clone(),
-                started_unix: o
-                    .started
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_secs_f64())
-                    .unwrap_or(0.0),
-                stderr_tail: o.stderr_tail,
-                missing_outputs: Vec::new(),
-                comparison: t.info.comparison.clone(),
-            };
-            if !result.exit.success() {
-                summary.failed.push(t.task);
-            }
-            let mut b = BundleBuilder::result(result, "result bundle");
-            b.add_bytes(RESULT_STDOUT_NAME, o.result, false)?;
-            results.add(t.task, b.to_bytes()?)?;
-            summary.info.tasks.push(t.task);
+        if let Some(e) = failure {
+            return Err(e);
         }
     }
     let mut builder = BundleBuilder::pack_result(summary.info.clone(), "pack result bundle");
     results.into_bundle(&mut builder)?;
     let bytes = builder.to_bytes()?;
     Ok((summary, bytes))
+}
+
+/// Adds the result bundle of streaming task `t` of job `job`, from its outcome `o`.
+fn add_stream_result(
+    results: &mut Results,
+    summary: &mut PackSummary,
+    job: &str,
+    t: &StreamTask,
+    o: crate::stream::StreamOutcome,
+) -> Result<(), RunError> {
+    let result = ResultInfo {
+        job: job.to_string(),
+        task: t.task,
+        attempt: t.info.attempt,
+        exit: o.exit,
+        wall_secs: o.wall.as_secs_f64(),
+        // A long-lived process's CPU time is not split per task.
+        user_secs: 0.0,
+        sys_secs: 0.0,
+        host: summary.info.host.clone(),
+        started_unix: o
+            .started
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
+        stderr_tail: o.stderr_tail,
+        missing_outputs: Vec::new(),
+        comparison: t.info.comparison.clone(),
+    };
+    if !result.exit.success() {
+        summary.failed.push(t.task);
+    }
+    let mut b = BundleBuilder::result(result, "result bundle");
+    b.add_bytes(RESULT_STDOUT_NAME, o.result, false)?;
+    results.add(t.task, b.to_bytes()?)?;
+    summary.info.tasks.push(t.task);
+    Ok(())
 }
 
 /// The result bundles of a pack's tasks: kept in memory up to [`RESULTS_IN_MEMORY`] bytes,
