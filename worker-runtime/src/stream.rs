@@ -426,6 +426,9 @@ mod unix {
     const WRITE_AHEAD_BYTES: usize = 64 * 1024;
     /// How long pipes are drained after the leader exited.
     const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
+    /// How long a program whose stdout ended may take to show its exit before it counts as
+    /// having closed stdout while running.
+    const CLOSED_STDOUT_GRACE: Duration = Duration::from_millis(200);
 
     #[derive(Debug)]
     pub(super) struct Proc {
@@ -1157,6 +1160,9 @@ mod unix {
                 let Some(mut p) = runner.proc.take() else {
                     continue;
                 };
+                // Still running after its stdout ended (a program exiting closes it a moment
+                // before its exit shows): it closed stdout, and reap stops it.
+                let closed_stdout = !p.stopping && !p.leader_exited(CLOSED_STDOUT_GRACE);
                 let exited = p.reap(grace);
                 p.read_stderr(keep);
                 let tail = tail_string(&p.proc_tail, keep);
@@ -1183,6 +1189,11 @@ mod unix {
                             ExitInfo::Cancelled
                         } else {
                             match exited.as_ref().map(|e| decode_status(e.status)) {
+                                _ if closed_stdout => ExitInfo::StreamBroken {
+                                    reason: "the program closed its stdout without answering \
+                                             this input (it was still running, and was stopped)"
+                                        .into(),
+                                },
                                 Some(ExitInfo::Exited { code: 0 }) => ExitInfo::StreamBroken {
                                     reason: "the program exited (status 0) without answering \
                                              this input"

@@ -31,6 +31,10 @@ for line in sys.stdin:
     if "signal" in x:
         import os, signal
         os.kill(os.getpid(), signal.SIGKILL)
+    if "close" in x:
+        import os
+        os.close(1)
+        time.sleep(3600)
     print(json.dumps({"y": 2 * x["n"]}), flush=True)
 "#;
 
@@ -108,6 +112,19 @@ fn crash_fails_only_its_task_with_stderr_tail() {
     only_the_bad_one_fails(input(json!({"crash": 1})), |o| {
         assert_eq!(o.exit, ExitInfo::Exited { code: 3 });
         assert!(o.stderr_tail.contains("boom"), "{:?}", o.stderr_tail);
+    });
+}
+
+/// A program that closes its stdout and keeps running fails the current task as having
+/// closed stdout (it was once reported as killed by the signal that stopped it).
+#[test]
+fn closed_stdout_fails_only_its_task_saying_so() {
+    only_the_bad_one_fails(input(json!({"close": 1})), |o| {
+        assert!(
+            matches!(&o.exit, ExitInfo::StreamBroken { reason } if reason.contains("closed its stdout")),
+            "{:?}",
+            o.exit
+        );
     });
 }
 
