@@ -1895,6 +1895,10 @@ pub fn requeue_for_retry(
             .map_err(err)?;
         rows.collect::<Result<_, _>>().map_err(err)?
     };
+    // A forged negative index is corruption, refused before anything is written.
+    for (i, _) in &candidates {
+        task_index(path, *i)?;
+    }
     let mut chosen = Vec::new();
     let mut refused = Vec::new();
     match which {
@@ -1948,5 +1952,11 @@ pub fn requeue_for_retry(
             write_mark(path, n);
         }
     }
-    Ok((chosen.into_iter().map(|i| i as u64).collect(), refused))
+    Ok((
+        chosen
+            .into_iter()
+            .filter_map(|i| u64::try_from(i).ok())
+            .collect(),
+        refused,
+    ))
 }

@@ -472,6 +472,27 @@ fn forged_task_rows_are_refused_or_clamped_not_wrapped() {
     assert!(o.stderr.contains("corrupt"), "{}", o.stderr);
     assert!(o.stderr.contains("-5"), "{}", o.stderr);
     assert!(!o.stdout.contains("18446744073709551611"), "{}", o.stdout);
+
+    // A failed task forged to a negative index: `mw retry` refuses the journal before it
+    // writes anything (it once queued the task again and lowered the mark first).
+    let conn = rusqlite::Connection::open(&journal).unwrap();
+    conn.execute("UPDATE tasks SET idx = -7 WHERE idx = 1", [])
+        .unwrap();
+    conn.pragma_update(None, "journal_mode", "DELETE").unwrap();
+    drop(conn);
+    let before = std::fs::read(&journal).unwrap();
+    let o = mw(d, &["retry", "fin-1", "-q"]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("corrupt") && o.stderr.contains("-7"),
+        "{}",
+        o.stderr
+    );
+    assert_eq!(
+        std::fs::read(&journal).unwrap(),
+        before,
+        "the journal changed"
+    );
 }
 
 /// An unfinished job whose journal was forged to absurd numbers: an attempt count beyond
