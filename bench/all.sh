@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 cargo build --release -q --workspace
 echo "=== local cores (bench/local.sh)"; bench/local.sh 2000 5
 echo "=== 10^6 tasks in one journaled job (bench/million.sh)"; bench/million.sh 1000000
+echo "=== the commands and reduce step over 10^6 tasks (bench/commands.sh)"; bench/commands.sh 1000000
 echo "=== MPI (bench/mpi.sh)"; bench/mpi.sh 2000 3
 echo "=== HTCondor (bench/condor.sh)"; bench/condor.sh 10000
 echo "=== BOINC (bench/boinc.sh)"; cargo build --release -q --workspace; bench/boinc.sh 10000
