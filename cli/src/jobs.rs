@@ -865,9 +865,21 @@ fn cancel_boinc_workunits(
 pub(crate) fn report(args: ReportArgs) -> anyhow::Result<i32> {
     let dir = args.at.dir()?;
     let (meta, _) = summarize(&dir)?;
+    // Inputs and results only where the page shows them (failed tasks): the rest of a job of
+    // millions would be held for nothing.
     let tasks = {
         let path = dir.join(JOURNAL_FILE);
-        read_tasks(&open_checked(&path, false)?, &path, None)?
+        let conn = open_checked(&path, false)?;
+        let mut tasks = Vec::new();
+        mw::journal::visit_tasks(&conn, &path, None, |mut t| -> anyhow::Result<()> {
+            if t.state != TaskState::Failed {
+                t.input = serde_json::Value::Null;
+                t.output = None;
+            }
+            tasks.push(t);
+            Ok(())
+        })?;
+        tasks
     };
     let events = {
         let path = dir.join(JOURNAL_FILE);

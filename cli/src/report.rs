@@ -20,6 +20,9 @@ const WIDTH: f64 = 900.0;
 const LANE_H: f64 = 14.0;
 const LEFT: f64 = 170.0;
 const CHART_H: f64 = 120.0;
+/// Most task bars a timeline draws (one bar per task of a job of millions would make an SVG
+/// of hundreds of MB).
+const MAX_DRAWN_BARS: usize = 20_000;
 
 const C_DONE: &str = "#4a7fb5";
 const C_FAILED: &str = "#c0392b";
@@ -163,19 +166,20 @@ pub(crate) fn render_svg(d: &ReportData<'_>) -> String {
     let span = if t1 > t0 { t1 - t0 } else { 1.0 };
     let t0 = if t0.is_finite() { t0 } else { 0.0 };
 
-    // Lanes per host.
-    let mut hosts: Vec<String> = timed.iter().map(|t| t.host.clone()).collect();
-    hosts.sort();
-    hosts.dedup();
-    let mut bars = Vec::new();
-    let mut lane_labels: Vec<String> = Vec::new();
-    for host in &hosts {
-        let mut mine: Vec<&&StoredTask> = timed.iter().filter(|t| &t.host == host).collect();
-        mine.sort_by(|a, b| {
+    // Lanes per host: the tasks sorted once by host, then start (many hosts, e.g. forged
+    // ones, no longer mean one pass over every task per host).
+    let mut by_host: Vec<&StoredTask> = timed.clone();
+    by_host.sort_by(|a, b| {
+        a.host.cmp(&b.host).then(
             a.started
                 .unwrap_or(0.0)
-                .total_cmp(&b.started.unwrap_or(0.0))
-        });
+                .total_cmp(&b.started.unwrap_or(0.0)),
+        )
+    });
+    let mut bars = Vec::new();
+    let mut lane_labels: Vec<String> = Vec::new();
+    for mine in by_host.chunk_by(|a, b| a.host == b.host) {
+        let host = &mine[0].host;
         let mut lane_free: Vec<f64> = Vec::new();
         let base = lane_labels.len();
         for t in mine {
@@ -285,7 +289,18 @@ pub(crate) fn render_svg(d: &ReportData<'_>) -> String {
             esc(label)
         );
     }
-    for b in &bars {
+    // At most MAX_DRAWN_BARS bars are drawn (every k-th, said above the timeline); the
+    // charts below count every task.
+    let every = bars.len().div_ceil(MAX_DRAWN_BARS).max(1);
+    if every > 1 {
+        let _ = writeln!(
+            s,
+            r#"<text x="{LEFT}" y="{:.1}" font-size="10">timeline: 1 in {every} of {} tasks drawn</text>"#,
+            timeline_top - 10.0,
+            bars.len()
+        );
+    }
+    for b in bars.iter().step_by(every) {
         let x = LEFT + (b.start - t0) / span * WIDTH;
         let w = ((b.end - b.start) / span * WIDTH).max(0.5);
         let y = timeline_top + b.lane as f64 * LANE_H + 1.0;
@@ -543,4 +558,69 @@ fn last_chars(s: &str, max: usize) -> String {
         return s.to_string();
     }
     format!("…{}", mw_bundle::text::tail(s, max))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed expectation is a test failure
+    use super::*;
+
+    fn task(index: u64, host: &str, start: f64) -> StoredTask {
+        StoredTask {
+            index,
+            input: serde_json::Value::Null,
+            state: TaskState::Done,
+            attempts: 1,
+            handle: None,
+            submitted: Some(0.0),
+            started: Some(start),
+            finished: Some(start + 1.0),
+            wall_secs: 1.0,
+            cpu_secs: 1.0,
+            host: host.into(),
+            output: None,
+            exit: Some("exit status 0".into()),
+            error: None,
+            output_files: Vec::new(),
+        }
+    }
+
+    /// A job of 50,000 tasks draws at most MAX_DRAWN_BARS of them and says so; 50,000 tasks on
+    /// 50,000 (forged) hosts are grouped in one sort, not one pass per host.
+    #[test]
+    fn a_large_job_draws_a_bounded_timeline() {
+        let meta = JobMeta {
+            id: "big-1".into(),
+            name: "big".into(),
+            interface: "multicore".into(),
+            workers: Some(2),
+            job_text: String::new(),
+            job_path: String::new(),
+            created: 0.0,
+        };
+        let dir = std::path::PathBuf::from("/nonexistent");
+        for many_hosts in [false, true] {
+            let tasks: Vec<StoredTask> = (0..50_000u64)
+                .map(|i| {
+                    let host = if many_hosts {
+                        format!("h{i}")
+                    } else {
+                        "h".into()
+                    };
+                    task(i, &host, (i / 2) as f64)
+                })
+                .collect();
+            let d = ReportData {
+                meta: &meta,
+                tasks: &tasks,
+                events: &[],
+                logs_dir: &dir,
+            };
+            let svg = render_svg(&d);
+            let bars = svg.matches("<title>task ").count();
+            assert!(bars <= MAX_DRAWN_BARS, "{bars} bars drawn");
+            assert!(bars >= MAX_DRAWN_BARS / 2, "{bars} bars drawn");
+            assert!(svg.contains("1 in 3 of 50000 tasks drawn"), "no note");
+        }
+    }
 }
