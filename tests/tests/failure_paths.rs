@@ -207,6 +207,22 @@ fn pids(d: &Path) -> Vec<i32> {
 
 #[test]
 fn ctrl_c_stops_every_task_and_resume_completes_the_job() {
+    stop_signal_stops_every_task_and_resume_completes_the_job(libc::SIGINT);
+}
+
+#[test]
+fn sigterm_stops_every_task_and_resume_completes_the_job() {
+    stop_signal_stops_every_task_and_resume_completes_the_job(libc::SIGTERM);
+}
+
+/// SIGHUP (a closed terminal, `kill -HUP` of a detached master) stops the master like
+/// Ctrl-C: it once killed `mw` at once (exit 129) and left its tasks running.
+#[test]
+fn sighup_stops_every_task_and_resume_completes_the_job() {
+    stop_signal_stops_every_task_and_resume_completes_the_job(libc::SIGHUP);
+}
+
+fn stop_signal_stops_every_task_and_resume_completes_the_job(signal: i32) {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     gated_job(d, "intr", 5);
@@ -214,13 +230,13 @@ fn ctrl_c_stops_every_task_and_resume_completes_the_job() {
     let mw_pid = child.id() as i32;
     poll("two tasks running", || pids(d).len() == 2);
     let running = pids(d);
-    // SAFETY: kill(2) sends SIGINT to the mw process we started.
-    unsafe { libc::kill(mw_pid, libc::SIGINT) };
+    // SAFETY: kill(2) sends the signal to the mw process we started.
+    unsafe { libc::kill(mw_pid, signal) };
     let (code, _, err) = finish(child);
-    assert_eq!(code, 130, "{err}");
+    assert_eq!(code, 130, "signal {signal}: {err}");
     assert!(err.contains("mw resume intr-1"), "{err}");
     for pid in running {
-        assert!(!alive(pid), "task process {pid} survived Ctrl-C");
+        assert!(!alive(pid), "task process {pid} survived signal {signal}");
     }
     // Resume runs everything that did not finish, and the job completes.
     write(d, "gate", "");
