@@ -477,7 +477,7 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
                     writeln!(out, "{t}")?;
                 }
                 for p in problems {
-                    eprintln!("mw: {p}");
+                    say!("mw: {p}");
                 }
             }
             Ok(EXIT_OK)
@@ -581,7 +581,7 @@ pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<i32> {
             .map(|t| format!("task {} is {}", t.index, t.state.as_str()))
             .collect();
         if !open.is_empty() {
-            eprintln!("mw: no result yet: {}", open.join(", "));
+            say!("mw: no result yet: {}", open.join(", "));
         }
     }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -686,15 +686,17 @@ pub(crate) fn wait(args: WaitArgs, quiet: bool) -> anyhow::Result<i32> {
             let total = counts.done + counts.failed + counts.cancelled;
             let bad = counts.failed + counts.cancelled;
             if bad > 0 {
-                eprintln!(
+                say!(
                     "mw: {bad} of {total} tasks did not succeed ({} failed, {} cancelled); \
                      see `mw results {} --failed`",
-                    counts.failed, counts.cancelled, args.at.job
+                    counts.failed,
+                    counts.cancelled,
+                    args.at.job
                 );
                 return Ok(EXIT_TASKS_FAILED);
             }
             if !quiet {
-                eprintln!("mw: all {total} tasks done");
+                say!("mw: all {total} tasks done");
             }
             // The reduce program's output, when a detached master ran it.
             if let Ok(out) = std::fs::read(dir.join("reduce.out")) {
@@ -704,7 +706,7 @@ pub(crate) fn wait(args: WaitArgs, quiet: bool) -> anyhow::Result<i32> {
         }
         if let Some(d) = deadline {
             if std::time::Instant::now() >= d {
-                eprintln!(
+                say!(
                     "mw: wait: timed out with {} of {} tasks unfinished; the job goes on",
                     counts.unfinished,
                     counts.unfinished + counts.done + counts.failed + counts.cancelled
@@ -752,7 +754,7 @@ pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
         match read_task(&conn, &path, t)? {
             None => bail!("job {}: there is no task {t}", dir.display()),
             Some(task) if task.state.is_final() => {
-                eprintln!(
+                say!(
                     "mw: task {t} already finished ({}); nothing to cancel",
                     task.state.as_str()
                 );
@@ -761,7 +763,7 @@ pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
             Some(_) => {}
         }
     } else if count_unfinished(&conn, &path)? == 0 {
-        eprintln!("mw: every task of the job already has an outcome; nothing to cancel");
+        say!("mw: every task of the job already has an outcome; nothing to cancel");
         return Ok(EXIT_OK);
     }
     let what = match args.task {
@@ -778,7 +780,7 @@ pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
         let mut polls = 0u32;
         loop {
             if cancel_acknowledged(&conn, &path, req)? {
-                eprintln!("mw: cancelled {what} (master pid {pid})");
+                say!("mw: cancelled {what} (master pid {pid})");
                 return Ok(EXIT_OK);
             }
             if live_master_pid(&dir)?.is_none() {
@@ -788,7 +790,7 @@ pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
             let starting = !master_running(&dir);
             polls += 1;
             if polls >= CANCEL_ACK_POLLS && !(starting && polls < CANCEL_START_POLLS) {
-                eprintln!(
+                say!(
                     "mw: cancel of {what} requested; the master (pid {pid}) has not acknowledged it yet \
                      (it applies it as soon as it can; `mw status` shows when it has)"
                 );
@@ -797,7 +799,7 @@ pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
             std::thread::sleep(Duration::from_millis(20));
         }
         if cancel_acknowledged(&conn, &path, req)? {
-            eprintln!("mw: cancelled {what} (master pid {pid})");
+            say!("mw: cancelled {what} (master pid {pid})");
             return Ok(EXIT_OK);
         }
     }
@@ -809,13 +811,13 @@ pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
     }
     let settled = settle_cancels_without_master(&mut conn, &path, now_unix())?;
     let n: usize = settled.iter().map(|(_, n)| n).sum();
-    eprintln!("mw: {n} tasks cancelled");
+    say!("mw: {n} tasks cancelled");
     // Jobs on HTCondor outlive the master: take them out of the pool too.
     let condor = dir.join("staging").join("condor");
     if settled.iter().any(|(t, _)| t.is_none()) && condor.is_dir() {
         match mw::condor::remove_leftover_jobs(&condor, &Default::default()) {
             Ok(c) if c.is_empty() => {}
-            Ok(c) => eprintln!("mw: removed HTCondor clusters {c:?} with condor_rm"),
+            Ok(c) => say!("mw: removed HTCondor clusters {c:?} with condor_rm"),
             Err(e) => {
                 bail!("tasks cancelled, but this job's HTCondor jobs could not be removed: {e}")
             }
@@ -856,7 +858,7 @@ fn cancel_boinc_workunits(
         .to_settings(&job.base_dir)
         .map_err(|e| anyhow::anyhow!("{}: {e}", meta.job_path))?;
     for (handle, how) in mw::boinc::cancel_workunits(&settings.project_dir, &handles)? {
-        eprintln!("mw: BOINC workunit {handle}: {how}");
+        say!("mw: BOINC workunit {handle}: {how}");
     }
     Ok(())
 }

@@ -6,6 +6,15 @@
 //! succeeded; 1 some task failed or was cancelled; 2 bad usage, bad job file or a setup
 //! problem; 3 `mw wait --timeout` passed first.
 
+/// Writes one line to stderr, ignoring a closed or full stderr (`eprintln!` panics there:
+/// `mw run 2>&1 >out | (exec 0<&-)` once exited 101 instead of stopping cleanly).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod extras;
 pub mod job;
 mod jobs;
@@ -183,7 +192,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     if let Err(e) = signals::install() {
-        eprintln!("mw: error: installing signal handlers: {e}");
+        say!("mw: error: installing signal handlers: {e}");
         return EXIT_USAGE;
     }
     let quiet = cli.quiet;
@@ -215,7 +224,7 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(e) if prints_only && is_broken_pipe(&e) => EXIT_OK,
         Err(e) => {
-            eprintln!("mw: error: {e:#}");
+            say!("mw: error: {e:#}");
             EXIT_USAGE
         }
     }

@@ -415,7 +415,7 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
     };
     if let Some(d) = &job_dir {
         if !quiet {
-            eprintln!(
+            say!(
                 "mw: job {id} ({} tasks, {}) in {}",
                 p.inputs.len(),
                 p.interface,
@@ -604,7 +604,7 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
     }
     if let Some(reduce) = &p.reduce {
         if failed > 0 {
-            eprintln!("mw: the reduce program was not run because tasks failed");
+            say!("mw: the reduce program was not run because tasks failed");
             return Ok(EXIT_TASKS_FAILED);
         }
         let out = match &job_dir {
@@ -847,7 +847,7 @@ fn stopped_exit(reason: &str, interrupted: bool, job: Option<&str>) -> anyhow::R
         None => "nothing can be resumed (no journal)".to_string(),
     };
     if interrupted {
-        eprintln!("mw: stopped: {reason}; {how}");
+        say!("mw: stopped: {reason}; {how}");
         Ok(EXIT_INTERRUPTED)
     } else {
         bail!("the master stopped: {reason}; {how}")
@@ -1013,11 +1013,11 @@ pub(crate) fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<i32> {
         );
     }
     if queued.is_empty() {
-        eprintln!("mw: no failed or cancelled tasks to retry");
+        say!("mw: no failed or cancelled tasks to retry");
         return Ok(EXIT_OK);
     }
     if !quiet {
-        eprintln!("mw: retrying {} task(s)", queued.len());
+        say!("mw: retrying {} task(s)", queued.len());
     }
     resume(
         ResumeArgs {
@@ -1073,7 +1073,7 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
         let (journal, _, _) = Journal::open_status(&dir)?;
         journal.set_job_status("finished")?;
         journal.close();
-        eprintln!(
+        say!(
             "mw: job {} is finished ({total} tasks); nothing to resume",
             meta.id,
         );
@@ -1101,9 +1101,10 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
         meta.interface
     );
     if !quiet {
-        eprintln!(
+        say!(
             "mw: resuming job {} ({} of {total} tasks unfinished, {to_reattach} to re-attach)",
-            meta.id, unfinished,
+            meta.id,
+            unfinished,
         );
     }
     // A list or a sweep makes each input from the job text kept in the journal; a file of
@@ -1154,7 +1155,7 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
     if !quiet && reduce.is_none() {
         // Unlike `mw run`, a resumed master prints no result lines (the earlier ones went
         // to the interrupted run's output): say where all of them are.
-        eprintln!(
+        say!(
             "mw: every result, from before the resume too: `mw results {}`",
             meta.id
         );

@@ -620,3 +620,29 @@ fn results_to_a_full_disk_say_where_and_why() {
     let o = mw(d, &["results", "full-1"]);
     assert_eq!(jsonl(&o.stdout).len(), 2, "{}", o.stderr);
 }
+
+/// A closed stderr (its reader gone) does not stop `mw run`: its messages are dropped and
+/// the job runs to the end (`eprintln!` once panicked with exit 101 at the first message).
+#[test]
+fn a_closed_stderr_does_not_stop_mw_run() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    script(d, "t.sh", "cat");
+    std::fs::write(
+        d.join("job.toml"),
+        "name = \"quiet\"\n[program]\npath = \"t.sh\"\n[inputs]\nlist = [0, 1, 2]\n",
+    )
+    .unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(mw_tests::bin("mw"))
+        .args(["run", "job.toml"])
+        .current_dir(d)
+        .env("MW_JOBS_DIR", d.join("jobs"))
+        .stdin(std::process::Stdio::null())
+        .stderr(writer)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(jsonl(&String::from_utf8_lossy(&out.stdout)).len(), 3);
+}
