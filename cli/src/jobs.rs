@@ -672,6 +672,10 @@ pub(crate) fn wait(args: WaitArgs, quiet: bool) -> anyhow::Result<i32> {
     let mut seen_version: Option<i64> = None;
     let mut counts = state_counts(&conn, &path)?;
     loop {
+        // Ctrl-C/SIGTERM/SIGHUP end the waiting (the job itself goes on).
+        if crate::signals::interrupted() {
+            return Ok(crate::EXIT_INTERRUPTED);
+        }
         let version = data_version(&conn, &path)?;
         if seen_version != Some(version) {
             counts = state_counts(&conn, &path)?;
@@ -795,6 +799,10 @@ pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
                      (it applies it as soon as it can; `mw status` shows when it has)"
                 );
                 return Ok(EXIT_OK);
+            }
+            // A stop signal ends the waiting for the acknowledgement; the request stands.
+            if crate::signals::interrupted() {
+                return Ok(crate::EXIT_INTERRUPTED);
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -646,3 +646,73 @@ fn a_closed_stderr_does_not_stop_mw_run() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(jsonl(&String::from_utf8_lossy(&out.stdout)).len(), 3);
 }
+
+/// A stop signal ends `mw wait` (exit 130) and leaves the job running: the first SIGTERM was
+/// once only noted, and `mw wait` went on waiting until a second one.
+#[test]
+fn sigterm_ends_mw_wait_not_the_job() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    gated_job(d, "waited", 2);
+    let (id, _) = submit(d, "waited.toml", &[]);
+    poll(d, &id, "two tasks running", |v| {
+        v["job"]["counts"]["running"] == 2
+    });
+    let mut child = std::process::Command::new(mw_tests::bin("mw"))
+        .args(["wait", &id, "-q"])
+        .current_dir(d)
+        .env("MW_JOBS_DIR", d.join("jobs"))
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once `mw wait` has all its handlers (the kernel's SigCgt mask shows the last signal it
+    // registers: SIGHUP, or SIGTERM when SIGHUP is ignored, as under nohup; a signal between
+    // two registrations of one signal is not yet a stop).
+    let mask = |pid: &str, field: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                let hex = s
+                    .lines()
+                    .find_map(|l| l.strip_prefix(field))?
+                    .trim()
+                    .to_string();
+                u64::from_str_radix(&hex, 16).ok()
+            })
+            .unwrap_or(0)
+    };
+    let bit = |sig: i32| 1u64 << (sig - 1);
+    let last = if mask("self", "SigIgn:") & bit(libc::SIGHUP) != 0 {
+        libc::SIGTERM
+    } else {
+        libc::SIGHUP
+    };
+    let mut polls = 0;
+    while mask(&child.id().to_string(), "SigCgt:") & bit(last) == 0 {
+        polls += 1;
+        assert!(polls < 100_000, "mw wait never installed its handlers");
+        std::thread::yield_now();
+    }
+    // SAFETY: kill(2) sends SIGTERM to the `mw wait` we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut code = None;
+    for _ in 0..600 {
+        if let Some(s) = child.try_wait().unwrap() {
+            eprintln!("mw wait ended: {s:?}");
+            code = s.code();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if code.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert_eq!(code, Some(130), "mw wait did not end on one SIGTERM");
+    // The job goes on: its master still runs the two tasks.
+    assert_eq!(status_json(d, &id)["job"]["counts"]["running"], 2);
+    std::fs::write(d.join("gate"), "").unwrap();
+    let o = mw(d, &["wait", &id, "-q"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+}
