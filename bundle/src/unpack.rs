@@ -174,10 +174,11 @@ pub fn open_in_memory_keeping(
             return Ok(());
         }
         // The size is the manifest's claim, already within `limits` and equal to the entry's
-        // header: reserving it exactly costs address space only until the bytes arrive, and
-        // spares the doubling copies (and heap holes) of a growing buffer, which made kept
-        // members take up to half again their size.
-        let mut data = Vec::with_capacity(usize::try_from(member.size).unwrap_or(0));
+        // header: reserving it exactly (up to 64 MiB, so a false claim cannot make one huge
+        // allocation fail) costs address space only until the bytes arrive, and spares the
+        // doubling copies (and heap holes) of a growing buffer, which made kept members take
+        // up to half again their size.
+        let mut data = Vec::with_capacity(member.size.min(64 << 20) as usize);
         reader
             .read_to_end(&mut data)
             .map_err(|e| io_err(label, &member.path, e))?;
