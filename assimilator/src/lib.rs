@@ -373,7 +373,12 @@ pub fn assimilate_result(
         Ok(mw_bundle::BundleKind::PackResult)
     );
     let (job, single) = if is_pack {
-        match mw_validator::check_pack_bytes(&bytes, &label, limits) {
+        match mw_validator::check_pack_bytes_keeping(
+            &bytes,
+            &label,
+            limits,
+            mw_validator::Keep::Nothing,
+        ) {
             Ok(pack) => (pack.info.job, None),
             Err(e) => return reject(format!("not a valid pack result bundle: {e}")),
         }

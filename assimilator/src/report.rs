@@ -62,12 +62,29 @@ pub fn add_upload_reports(
     };
     let mut good = Vec::new();
     let mut packs = Vec::new();
+    // Contents are kept only to name a disagreement, and then within one pack's budget for
+    // all the uploads together: a pack or result that would go over it is reported but not
+    // compared.
+    let compare = record.error_mask & mw_boinc_kit::errors::WU_ERROR_TOO_MANY_SUCCESS_RESULTS != 0;
+    let keep = if compare {
+        mw_validator::Keep::ForComparison
+    } else {
+        mw_validator::Keep::Nothing
+    };
+    let mut kept = 0u64;
+    let mut within_budget = |bytes: u64| {
+        let fits = compare && kept.saturating_add(bytes) <= mw_validator::MAX_PACK_KEPT_BYTES;
+        if fits {
+            kept += bytes;
+        }
+        fits
+    };
     for path in find_uploads(&layout, wu) {
         let file = path
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if let Some(pack) = read_pack_upload(&path, limits) {
+        if let Some(pack) = read_pack_upload(&path, limits, keep) {
             let failed: Vec<String> = pack
                 .results
                 .iter()
@@ -85,13 +102,16 @@ pub fn add_upload_reports(
                 ),
                 stderr_tail: String::new(),
             };
-            packs.push(pack);
+            let bytes = pack.results.values().map(kept_bytes).sum();
+            if within_budget(bytes) {
+                packs.push(pack);
+            }
             if record.results.len() < MAX_REPORTED_RESULTS {
                 record.results.push(r);
             }
             continue;
         }
-        let report = match read_upload(&path, limits) {
+        let report = match read_upload(&path, limits, keep) {
             Ok(checked) => {
                 let info = &checked.info;
                 let r = ResultReport {
@@ -99,7 +119,7 @@ pub fn add_upload_reports(
                     exit: info.exit.to_string(),
                     stderr_tail: tail(&info.stderr_tail, MAX_STDERR_TAIL).to_string(),
                 };
-                if info.exit.success() {
+                if info.exit.success() && within_budget(kept_bytes(&checked)) {
                     good.push(checked);
                 }
                 r
@@ -114,7 +134,7 @@ pub fn add_upload_reports(
             record.results.push(report);
         }
     }
-    if record.error_mask & mw_boinc_kit::errors::WU_ERROR_TOO_MANY_SUCCESS_RESULTS != 0 {
+    if compare {
         'packs: for (i, a) in packs.iter().enumerate() {
             for b in &packs[i + 1..] {
                 if let Err(d) = mw_validator::packs_agree(a, b) {
@@ -139,6 +159,7 @@ pub fn add_upload_reports(
 fn read_pack_upload(
     path: &Path,
     limits: &mw_validator::ServerLimits,
+    keep: mw_validator::Keep,
 ) -> Option<mw_validator::CheckedPack> {
     let kind = mw_bundle::read_manifest(path, &limits.bundle_limits())
         .ok()?
@@ -151,7 +172,7 @@ fn read_pack_upload(
         return None;
     }
     let bytes = std::fs::read(path).ok()?;
-    mw_validator::check_pack_bytes(&bytes, &path.display().to_string(), limits).ok()
+    mw_validator::check_pack_bytes_keeping(&bytes, &path.display().to_string(), limits, keep).ok()
 }
 
 /// A result bundle read leniently: well-formed and verified, whatever its exit status, under
@@ -159,6 +180,7 @@ fn read_pack_upload(
 fn read_upload(
     path: &Path,
     limits: &mw_validator::ServerLimits,
+    keep: mw_validator::Keep,
 ) -> Result<mw_validator::CheckedResult, String> {
     use std::io::Read;
     let meta = std::fs::metadata(path).map_err(|e| format!("unreadable upload: {e}"))?;
@@ -171,10 +193,14 @@ fn read_upload(
         .and_then(|f| f.take(cap).read_to_end(&mut bytes))
         .map_err(|e| format!("unreadable upload: {e}"))?;
     let label = path.display().to_string();
-    mw_validator::read_result_bytes(&bytes, &label, limits, mw_validator::Keep::ForComparison)
-        .map_err(|e| match e {
-            mw_validator::ValidateError::Invalid(m) | mw_validator::ValidateError::Transient(m) => {
-                format!("not a result bundle: {m}")
-            }
-        })
+    mw_validator::read_result_bytes(&bytes, &label, limits, keep).map_err(|e| match e {
+        mw_validator::ValidateError::Invalid(m) | mw_validator::ValidateError::Transient(m) => {
+            format!("not a result bundle: {m}")
+        }
+    })
+}
+
+/// The bytes a checked result keeps in memory.
+fn kept_bytes(r: &mw_validator::CheckedResult) -> u64 {
+    r.kept.values().map(|v| v.len() as u64).sum()
 }

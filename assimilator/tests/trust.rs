@@ -10,7 +10,9 @@ mod common;
 
 use common::{bundle, info, project, Proj};
 use mw_assimilator::ErrorRecord;
-use mw_bundle::{BundleBuilder, RESULT_STDOUT_NAME};
+use mw_bundle::{
+    pack_result_member, BundleBuilder, Comparison, PackResultInfo, RESULT_STDOUT_NAME,
+};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -155,6 +157,39 @@ fn a_huge_json_array_in_a_small_upload_is_refused_in_bounded_memory() {
         reason.contains("over the limit of 16777216 bytes"),
         "{reason}"
     );
+}
+
+#[test]
+fn a_small_pack_of_large_json_results_is_spooled_in_bounded_memory() {
+    // 100 inner results, each 16 MiB of blank stdout under a JSON rule (1.6 GB when every
+    // inner result keeps its stdout): the assimilator keeps none of it.
+    let pr = project("");
+    let wu = "mw_job-a_0a1b2c3d_0_1";
+    let mut pack = BundleBuilder::pack_result(
+        PackResultInfo {
+            job: "job-a".into(),
+            host: "h".into(),
+            tasks: (0..100).collect(),
+            not_run: vec![],
+        },
+        "pack",
+    );
+    for t in 0..100 {
+        let mut i = info("job-a", t, Some(1));
+        i.comparison = Comparison::Json { rel: 0.0, abs: 0.0 };
+        let mut b = BundleBuilder::result(i, "inner");
+        b.add_bytes(RESULT_STDOUT_NAME, vec![b' '; 16 << 20], false)
+            .unwrap();
+        pack.add_bytes(&pack_result_member(t), b.to_bytes().unwrap(), false)
+            .unwrap();
+    }
+    let up = pr.root.join("upload/2e1").join(format!("{wu}_0_r9_0"));
+    pack.write_to(&up).unwrap();
+    assert!(std::fs::metadata(&up).unwrap().len() < 16 << 20);
+    let (code, msg, peak_kib) = pr.call(1000, &up);
+    assert_eq!(code, 0, "{msg}");
+    assert!(peak_kib < 64 * 1024, "peak memory {peak_kib} KiB");
+    assert_eq!(pr.spooled(), [format!("result_{wu}.tar.gz")]);
 }
 
 #[test]

@@ -173,8 +173,12 @@ pub fn open_in_memory_keeping(
         if !keep(manifest, member) {
             return Ok(());
         }
-        // The size is the manifest's claim: do not let it allocate up front.
-        let mut data = Vec::with_capacity(member.size.min(1 << 20) as usize);
+        // The size is the manifest's claim, already within `limits` and equal to the entry's
+        // header: reserving it exactly (up to 64 MiB, so a false claim cannot make one huge
+        // allocation fail) costs address space only until the bytes arrive, and spares the
+        // doubling copies (and heap holes) of a growing buffer, which made kept members take
+        // up to half again their size.
+        let mut data = Vec::with_capacity(member.size.min(64 << 20) as usize);
         reader
             .read_to_end(&mut data)
             .map_err(|e| io_err(label, &member.path, e))?;

@@ -24,16 +24,20 @@
 //! `max_output_bytes` from `mw_boinc.toml`, default 16 MiB, and output files within
 //! [`mw_bundle::MAX_RESULT_FILES_BYTES`]): members are verified as they stream past and only
 //! what a JSON comparison needs is kept; equal checksums agree without reading content; JSON
-//! is parsed only within the limit and never into a tree far larger than its text.
+//! is parsed only within the limit and never into a tree far larger than its text. A pack
+//! result has one budget for all its tasks, [`MAX_PACK_KEPT_BYTES`]: its members (the inner
+//! result bundles) and what every inner result keeps for a JSON comparison are counted
+//! against it as they are read, and a pack over it is invalid; each member is dropped once
+//! its inner result is read.
 //!
 //! This module must never know about the master, the journal, or BOINC's database: it judges
 //! files only.
 
 use mw_boinc_kit::names::{VALIDATOR_COMPARE_NAME, VALIDATOR_INIT_NAME};
 use mw_bundle::{
-    open_in_memory, open_in_memory_keeping, pack_result_member, parse_json_limited, BundleKind,
-    Comparison, JsonLimitError, Limits, Manifest, PackResultInfo, ResultInfo,
-    RESULT_OUTPUTS_PREFIX, RESULT_STDOUT_NAME,
+    open_in_memory_keeping, pack_result_member, parse_json_limited, BundleKind, Comparison,
+    JsonLimitError, Limits, Manifest, PackResultInfo, ResultInfo, RESULT_OUTPUTS_PREFIX,
+    RESULT_STDOUT_NAME,
 };
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -73,6 +77,14 @@ impl ValidateError {
         }
     }
 }
+
+/// The most bytes one pack result may hold in memory while it is checked, shared by the outer
+/// bundle and all its inner results: the decompressed members of the pack (the inner result
+/// bundles) plus what every inner result keeps for a JSON comparison. Without it, each of up
+/// to [`mw_bundle::MAX_RESULT_ENTRIES`] inner results could keep a full stdout and output
+/// files (a 236 KB upload of 120 blank 16 MiB stdouts took 2.9 GB). A pack over it is
+/// invalid (an error record for the assimilator).
+pub const MAX_PACK_KEPT_BYTES: u64 = 256 << 20;
 
 /// What mw's programs on a BOINC server accept from a volunteer (the validator here, and the
 /// assimilator): the master's own result limits ([`mw_bundle::results`]) for a stdout of at
@@ -234,6 +246,60 @@ pub fn read_result_bytes(
     limits: &ServerLimits,
     keep: Keep,
 ) -> Result<CheckedResult, ValidateError> {
+    read_result_bytes_within(bytes, label, limits, keep, &mut PackBudget::unlimited())
+}
+
+/// What a pack result may still keep in memory ([`MAX_PACK_KEPT_BYTES`]).
+struct PackBudget {
+    left: u64,
+    over: bool,
+}
+
+impl PackBudget {
+    fn new() -> Self {
+        PackBudget {
+            left: MAX_PACK_KEPT_BYTES,
+            over: false,
+        }
+    }
+
+    fn unlimited() -> Self {
+        PackBudget {
+            left: u64::MAX,
+            over: false,
+        }
+    }
+
+    /// Takes `size` bytes from the budget; false (and over from now on) when they do not fit.
+    fn take(&mut self, size: u64) -> bool {
+        if self.over || size > self.left {
+            self.over = true;
+            return false;
+        }
+        self.left -= size;
+        true
+    }
+
+    /// Invalid when the budget was exceeded.
+    fn check(&self, label: &str) -> Result<(), ValidateError> {
+        if self.over {
+            return Err(ValidateError::Invalid(format!(
+                "{label}: the pack's results hold more than {MAX_PACK_KEPT_BYTES} bytes in all \
+                 (the budget of one pack result)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// [`read_result_bytes`], taking what it keeps from `budget`.
+fn read_result_bytes_within(
+    bytes: &[u8],
+    label: &str,
+    limits: &ServerLimits,
+    keep: Keep,
+    budget: &mut PackBudget,
+) -> Result<CheckedResult, ValidateError> {
     let keep_payload = keep == Keep::ForComparison;
     let max = limits.max_output_bytes;
     let mut kept_files = 0u64;
@@ -252,17 +318,18 @@ pub fn read_result_bytes(
                 return false;
             }
             if member.path == RESULT_STDOUT_NAME {
-                return true;
+                return budget.take(member.size);
             }
             if member.path.starts_with(RESULT_OUTPUTS_PREFIX)
                 && kept_files.saturating_add(member.size) <= max
             {
                 kept_files += member.size;
-                return true;
+                return budget.take(member.size);
             }
             false
         },
     )?;
+    budget.check(label)?;
     let info = table(&bundle.manifest.result, label, "result")?;
     let payload = payload_of(&bundle.manifest);
     if let Some(stdout) = payload.iter().find(|m| m.path == RESULT_STDOUT_NAME) {
@@ -369,21 +436,41 @@ pub fn check_pack_bytes(
     label: &str,
     limits: &ServerLimits,
 ) -> Result<CheckedPack, ValidateError> {
-    let bundle = open_in_memory(
+    check_pack_bytes_keeping(bytes, label, limits, Keep::ForComparison)
+}
+
+/// [`check_pack_bytes`] keeping of each inner result what `keep` says. Memory: the bytes,
+/// then within [`MAX_PACK_KEPT_BYTES`] (a pack over it is invalid) the pack's members, each
+/// dropped once its inner result is read, and what the inner results keep.
+pub fn check_pack_bytes_keeping(
+    bytes: &[u8],
+    label: &str,
+    limits: &ServerLimits,
+    keep: Keep,
+) -> Result<CheckedPack, ValidateError> {
+    let mut budget = PackBudget::new();
+    let mut bundle = open_in_memory_keeping(
         bytes,
         label,
         Some(BundleKind::PackResult),
         &limits.bundle_limits(),
+        |_, member| budget.take(member.size),
     )?;
+    budget.check(label)?;
     let info = table(&bundle.manifest.pack_result, label, "pack_result")?;
+    let members = bundle.members.len();
     let mut results = BTreeMap::new();
     for task in &info.tasks {
+        if results.contains_key(task) {
+            continue; // listed twice: its member was read (and dropped) already
+        }
         let member = pack_result_member(*task);
-        let inner = bundle.members.get(&member).ok_or_else(|| {
+        let inner = bundle.members.remove(&member).ok_or_else(|| {
             ValidateError::Invalid(format!("{label}: task {task} is listed without `{member}`"))
         })?;
         let inner_label = format!("{label}#{member}");
-        let r = read_result_bytes(inner, &inner_label, limits, Keep::ForComparison)?;
+        let r = read_result_bytes_within(&inner, &inner_label, limits, keep, &mut budget)?;
+        drop(inner);
         if r.info.task != *task || r.info.job != info.job {
             return Err(ValidateError::Invalid(format!(
                 "{inner_label}: it is task {} of job {}, filed as task {task} of job {}",
@@ -393,10 +480,10 @@ pub fn check_pack_bytes(
         check_comparison(&inner_label, &r.info.comparison)?;
         results.insert(*task, r);
     }
-    if bundle.members.len() != results.len() {
+    if members != results.len() {
         return Err(ValidateError::Invalid(format!(
             "{label}: {} members for {} listed tasks",
-            bundle.members.len(),
+            members,
             results.len()
         )));
     }

@@ -7,7 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
 
-use mw_bundle::{BundleBuilder, Comparison, ExitInfo, ResultInfo, RESULT_STDOUT_NAME};
+use mw_bundle::{
+    pack_result_member, BundleBuilder, Comparison, ExitInfo, PackResultInfo, ResultInfo,
+    RESULT_STDOUT_NAME,
+};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -97,7 +100,11 @@ fn run_measured(p: &Proj, name: &str, files: &[&Path]) -> (i32, String, u64) {
     let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
     assert_eq!(pid, child.id() as i32);
     assert!(libc::WIFEXITED(status), "{name} did not exit: {status}");
-    eprintln!("{name} -> {}: {err}", libc::WEXITSTATUS(status));
+    eprintln!(
+        "{name} -> {} (peak {} KiB): {err}",
+        libc::WEXITSTATUS(status),
+        usage.ru_maxrss
+    );
     (
         libc::WEXITSTATUS(status),
         err,
@@ -150,6 +157,50 @@ fn a_huge_json_array_in_a_small_upload_is_refused_in_bounded_memory() {
     let (code, msg, peak_kib) = run_measured(&p, "mw-validator-compare", &[&a, &a2]);
     assert_eq!(code, 0, "{msg}");
     assert!(peak_kib < 64 * 1024, "compare peak memory {peak_kib} KiB");
+
+    // A small pack result of 100 inner results, each 16 MiB of blank stdout under a JSON rule
+    // (each keeps its stdout: 1.6 GB in all without the pack's one budget).
+    let up = blank_pack(&p, "mw_p_0_r1_0", 100);
+    assert!(std::fs::metadata(&up).unwrap().len() < 16 * MIB as u64);
+    let (code, msg, peak_kib) = run_measured(&p, "mw-validator-init", &[&up]);
+    assert_eq!(code, 1, "{msg}");
+    assert!(msg.contains("the budget of one pack result"), "{msg}");
+    assert!(
+        peak_kib < 300 * 1024,
+        "pack init peak memory {peak_kib} KiB"
+    );
+    let (code, msg, peak_kib) = run_measured(&p, "mw-validator-compare", &[&up, &up]);
+    assert_eq!(code, 1, "{msg}");
+    assert!(
+        peak_kib < 300 * 1024,
+        "pack compare peak memory {peak_kib} KiB"
+    );
+}
+
+/// A pack result of tasks `0..tasks` of job `j`, each 16 MiB of blank stdout under a JSON
+/// rule.
+fn blank_pack(p: &Proj, name: &str, tasks: u64) -> PathBuf {
+    let mut pack = BundleBuilder::pack_result(
+        PackResultInfo {
+            job: "j".into(),
+            host: "volunteer".into(),
+            tasks: (0..tasks).collect(),
+            not_run: vec![],
+        },
+        "pack",
+    );
+    for t in 0..tasks {
+        let mut i = info(Comparison::Json { rel: 0.0, abs: 0.0 });
+        i.task = t;
+        let mut b = BundleBuilder::result(i, "inner");
+        b.add_bytes(RESULT_STDOUT_NAME, vec![b' '; 16 * MIB], false)
+            .unwrap();
+        pack.add_bytes(&pack_result_member(t), b.to_bytes().unwrap(), false)
+            .unwrap();
+    }
+    let dest = p.root.join("upload/2e1").join(name);
+    pack.write_to(&dest).unwrap();
+    dest
 }
 
 #[test]
