@@ -247,6 +247,11 @@ fn in_chunks<T>(
     Ok(())
 }
 
+/// The recording of a run's tasks ended because the master stopped (not an error).
+#[derive(Debug, thiserror::Error)]
+#[error("the master stopped before every task was recorded")]
+struct RecordingStopped;
+
 /// An input as the journal stores it.
 fn encode(input: serde_json::Value) -> anyhow::Result<Box<serde_json::value::RawValue>> {
     Ok(serde_json::value::to_raw_value(&input)?)
@@ -364,10 +369,11 @@ fn create_job(
         job_path: absolute(&p.job.path).display().to_string(),
         created: now_unix(),
     };
-    let journal = Journal::create(&dir, &meta)?;
     // Until every task is recorded the job is not complete: `mw resume` of a job still
     // "recording" (its creator was killed) records the missing tasks from the job file first.
-    journal.set_job_status(STATUS_RECORDING)?;
+    // The journal is created in that status (once created "running" and then set: a kill in
+    // between left a job that resume and wait called finished, with no task).
+    let journal = Journal::create_in_status(&dir, &meta, STATUS_RECORDING)?;
     Ok((id, dir, journal))
 }
 
@@ -441,8 +447,15 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
     let record = || -> anyhow::Result<()> {
         let _more_to_come = more_to_come;
         let after_chunk = || mw::crash::point("run-recorded-chunk");
+        // A stopped master (Ctrl-C, a failed journal) records nothing more: the job stays
+        // "recording" and `mw resume` records the rest (a 3x10^6 sweep was once recorded to
+        // its end after Ctrl-C).
+        let stopped = || master.stopped().is_some();
         let recorded = if journal.is_some() {
             in_chunks(&p.inputs, 0, encode, |_, chunk| {
+                if stopped() {
+                    return Err(anyhow::Error::new(RecordingStopped));
+                }
                 master.submit_encoded_inputs(chunk, source.clone())?;
                 // A master killed here leaves a job whose tasks are partly recorded.
                 after_chunk();
@@ -450,6 +463,9 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
             })
         } else {
             in_chunks(&p.inputs, 0, Ok, |_, chunk| {
+                if stopped() {
+                    return Err(anyhow::Error::new(RecordingStopped));
+                }
                 master.submit_inputs(chunk, source.clone())?;
                 after_chunk();
                 Ok(())
@@ -459,6 +475,10 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
             Some(j) => Ok(j.set_job_status("running")?),
             None => Ok(()),
         });
+        let recorded = match recorded {
+            Err(e) if e.is::<RecordingStopped>() => Ok(()),
+            other => other,
+        };
         if let Err(e) = &recorded {
             master.stop(&format!("recording the tasks failed: {e:#}"));
         }

@@ -403,8 +403,19 @@ pub fn open_checked(path: &Path, write: bool) -> Result<Connection, JournalError
 }
 
 impl Journal {
-    /// Creates a new journal in `dir` for `meta`.
+    /// Creates a new journal in `dir` for `meta` (job status `running`).
     pub fn create(dir: &Path, meta: &JobMeta) -> Result<Arc<Journal>, JournalError> {
+        Self::create_in_status(dir, meta, "running")
+    }
+
+    /// Creates a new journal in `dir` for `meta` whose job starts in `status` (e.g. a job
+    /// whose tasks are still to be recorded), in the same transaction as the job row: no
+    /// crash leaves the job in another status first.
+    pub fn create_in_status(
+        dir: &Path,
+        meta: &JobMeta,
+        status: &str,
+    ) -> Result<Arc<Journal>, JournalError> {
         let path = dir.join(JOURNAL_FILE);
         if path.exists() {
             return Err(JournalError(format!(
@@ -428,8 +439,8 @@ impl Journal {
         )
         .map_err(|e| jerr(&path, "writing schema version", e))?;
         tx.execute(
-            "INSERT INTO job (id, name, interface, workers, job_text, job_path, created, master_pid, master_host)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO job (id, name, interface, workers, job_text, job_path, created, master_pid, master_host, status)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 meta.id,
                 meta.name,
@@ -439,7 +450,8 @@ impl Journal {
                 meta.job_path,
                 meta.created,
                 std::process::id() as i64,
-                mw_worker_runtime::exec::host_name()
+                mw_worker_runtime::exec::host_name(),
+                status
             ],
         )
         .map_err(|e| jerr(&path, "writing the job", e))?;

@@ -704,3 +704,39 @@ fn a_killed_masters_slot_directories_are_swept_by_the_next_master() {
     assert_eq!(slots(), want);
     drop(lock);
 }
+
+/// Ctrl-C while a large sweep is being recorded stops the recording too: the job stays
+/// "recording" with part of its tasks (`mw resume` records the rest). The recording thread
+/// once went on to the end of a 3x10^6 sweep before `mw run` could exit.
+#[test]
+fn ctrl_c_stops_the_recording_of_a_large_sweep() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    gated_job(d, "huge", 1);
+    // The same gated program over a sweep of 5x10^6 tasks.
+    write(
+        d,
+        "huge.toml",
+        &format!(
+            "name = \"huge\"\nworkers = 2\n[program]\npath = \"gated.sh\"\n\
+             [inputs.sweep]\nx = {{ start = 0, end = {n} }}\n",
+            n = 5_000_000
+        ),
+    );
+    let child = spawn_mw(d, &["run", "huge.toml", "-q"], &[]);
+    poll("two tasks running", || pids(d).len() == 2);
+    // SAFETY: kill(2) sends SIGINT to the mw process we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let (code, _, err) = finish(child);
+    assert_eq!(code, 130, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&run_mw(d, &["status", "huge-1", "--json"]).stdout).unwrap();
+    let recorded = v["job"]["tasks"].as_u64().unwrap();
+    assert!(recorded < 5_000_000, "every task was recorded after Ctrl-C");
+    assert!(recorded >= 2, "{v}");
+    let conn = rusqlite::Connection::open(d.join("jobs/huge-1/journal.sqlite")).unwrap();
+    let status: String = conn
+        .query_row("SELECT status FROM job", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(status, "recording");
+}
