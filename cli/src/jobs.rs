@@ -817,6 +817,14 @@ pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
     for (_, task) in &pending {
         cancel_boinc_workunits(&conn, &path, *task)?;
     }
+    // Local tasks a dead master left running are stopped before they are marked cancelled
+    // (else `mw retry` ran them a second time beside the first).
+    let cancelled = |t: u64| pending.iter().any(|(_, p)| p.is_none_or(|n| n == t));
+    for (task, handle) in mw::journal::running_handles(&conn, &path)? {
+        if cancelled(task) {
+            mw::multicore::stop_leftover(&handle);
+        }
+    }
     let settled = settle_cancels_without_master(&mut conn, &path, now_unix())?;
     let n: usize = settled.iter().map(|(_, n)| n).sum();
     say!("mw: {n} tasks cancelled");

@@ -1115,6 +1115,22 @@ impl<'c> Lazy<'c> {
     }
 }
 
+/// The handles of running tasks (index, handle), for stopping what a dead master left.
+pub fn running_handles(conn: &Connection, path: &Path) -> Result<Vec<(u64, String)>, JournalError> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT idx, handle FROM tasks WHERE state = 'running' AND handle IS NOT NULL ORDER BY idx",
+        )
+        .map_err(|e| jerr(path, "reading running tasks", e))?;
+    let rows: Vec<(i64, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .and_then(|it| it.collect())
+        .map_err(|e| jerr(path, "reading running tasks", e))?;
+    rows.into_iter()
+        .map(|(i, h)| Ok((task_index(path, i)?, h)))
+        .collect()
+}
+
 /// The cancel requests no master has applied yet, oldest first.
 pub fn read_pending_cancels(
     conn: &Connection,

@@ -691,33 +691,9 @@ impl Interface for Multicore {
         *crate::guard::lock(&self.handles) = Some(sink);
     }
 
-    /// Kills the process group a dead master left running, when the handle names this host
-    /// and the process still runs in the slot directory (unique, random) it was started in.
+    /// Kills the process group a dead master left running (see [`stop_leftover`]).
     fn stop_leftover(&self, handle: &str) {
-        let mut parts = handle.splitn(4, ':');
-        let (Some("local"), Some(host), Some(pid), Some(mark)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return;
-        };
-        let Ok(pid) = pid.parse::<i32>() else {
-            return;
-        };
-        if host != self.host || pid <= 1 || mark.is_empty() {
-            return;
-        }
-        let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else {
-            return;
-        };
-        let recorded = Path::new(mark);
-        let recorded = std::fs::canonicalize(recorded).unwrap_or_else(|_| recorded.to_path_buf());
-        if cwd == recorded {
-            // SAFETY: killpg only sends a signal; the process runs in our slot directory and
-            // leads its own process group.
-            unsafe {
-                libc::killpg(pid, libc::SIGKILL);
-            }
-        }
+        stop_leftover_on(&self.host, handle);
     }
 
     fn cancel(&self, task: TaskId) {
@@ -749,6 +725,42 @@ impl Interface for Multicore {
                 "a worker slot did not end within {SLOT_EXIT_WAIT:?} of the shutdown; \
                  not waiting for it"
             );
+        }
+    }
+}
+
+/// Kills the process group of a local task a dead master left running, named by its
+/// journaled handle (`local:<host>:<pid>:<slot dir>`), when the handle names this host and
+/// the process still runs in the slot directory (unique, random) it was started in. What
+/// `mw resume` does before running the task again, and `mw cancel` with no master before
+/// marking it cancelled.
+pub fn stop_leftover(handle: &str) {
+    stop_leftover_on(&host_name(), handle);
+}
+
+fn stop_leftover_on(this_host: &str, handle: &str) {
+    let mut parts = handle.splitn(4, ':');
+    let (Some("local"), Some(host), Some(pid), Some(mark)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return;
+    };
+    let Ok(pid) = pid.parse::<i32>() else {
+        return;
+    };
+    if host != this_host || pid <= 1 || mark.is_empty() {
+        return;
+    }
+    let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else {
+        return;
+    };
+    let recorded = Path::new(mark);
+    let recorded = std::fs::canonicalize(recorded).unwrap_or_else(|_| recorded.to_path_buf());
+    if cwd == recorded {
+        // SAFETY: killpg only sends a signal; the process runs in our slot directory and
+        // leads its own process group.
+        unsafe {
+            libc::killpg(pid, libc::SIGKILL);
         }
     }
 }

@@ -740,3 +740,35 @@ fn ctrl_c_stops_the_recording_of_a_large_sweep() {
         .unwrap();
     assert_eq!(status, "recording");
 }
+
+/// `mw cancel` of a job whose master was killed stops the local tasks that master left
+/// running before it marks them cancelled: they once ran on, and `mw retry` then ran them a
+/// second time beside the first.
+#[test]
+fn cancel_without_a_master_stops_the_tasks_it_left_running() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    gated_job(d, "orphans", 4);
+    let child = spawn_mw(d, &["run", "orphans.toml", "-q"], &[]);
+    poll("two tasks running", || pids(d).len() == 2);
+    // Their process groups are journaled once the status shows them running.
+    poll("two tasks recorded running", || {
+        let v: serde_json::Value =
+            serde_json::from_str(&run_mw(d, &["status", "orphans-1", "--json"]).stdout)
+                .unwrap_or_default();
+        v["job"]["counts"]["running"] == 2
+    });
+    let running = pids(d);
+    // SAFETY: kill(2) on the mw process we started: a master that dies without clean-up.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = finish(child);
+    assert!(
+        running.iter().all(|p| alive(*p)),
+        "the tasks died with the master"
+    );
+    let o = run_mw(d, &["cancel", "orphans-1"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    poll("the left tasks stopped", || {
+        running.iter().all(|p| !alive(*p))
+    });
+}

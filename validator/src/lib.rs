@@ -81,7 +81,7 @@ impl ValidateError {
 /// The most bytes one pack result may hold in memory while it is checked, shared by the outer
 /// bundle and all its inner results: the decompressed members of the pack (the inner result
 /// bundles) plus what every inner result keeps for a JSON comparison. Without it, each of up
-/// to [`mw_bundle::MAX_RESULT_ENTRIES`] inner results could keep a full stdout and output
+/// to [`mw_bundle::results::MAX_RESULT_ENTRIES`] inner results could keep a full stdout and output
 /// files (a 236 KB upload of 120 blank 16 MiB stdouts took 2.9 GB). A pack over it is
 /// invalid (an error record for the assimilator).
 pub const MAX_PACK_KEPT_BYTES: u64 = 256 << 20;
