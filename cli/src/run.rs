@@ -608,13 +608,14 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
         }
     }
     drop(sink);
-    if let Some(j) = &journal {
+    // With a reduce step to run, the job is finished once it ran: a master killed in it
+    // leaves a job `mw resume` runs the reduce step of.
+    let reduce_due = p.reduce.is_some() && failed == 0;
+    if let (Some(j), false) = (&journal, reduce_due) {
         j.set_job_status("finished")?;
-    }
-    drop(master);
-    if let Some(j) = &journal {
         j.close();
     }
+    drop(master);
     if !quiet || failed > 0 {
         tally.print(
             job_dir.as_ref().map(|_| id.as_str()),
@@ -637,6 +638,10 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
                 Ok(())
             })?,
         };
+        if let Some(j) = &journal {
+            j.set_job_status("finished")?;
+            j.close();
+        }
         std::io::stdout().write_all(&out)?;
         std::io::stdout().flush()?;
     }
@@ -1090,6 +1095,14 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
     let (total, state_counts) = counts()?;
     let unfinished = state_counts.unfinished;
     if unfinished == 0 {
+        // Every task has an outcome, but the job was not marked finished: its master died
+        // after the last task, perhaps in the reduce step, whose output is then missing. Run
+        // it (once it had run, the job was marked finished right after).
+        if status != "finished" && state_counts.done == total {
+            if let Some(reduce) = job.reduce_program()? {
+                reduce_from_journal(&dir, &reduce)?;
+            }
+        }
         let (journal, _, _) = Journal::open_status(&dir)?;
         journal.set_job_status("finished")?;
         journal.close();

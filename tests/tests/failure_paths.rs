@@ -772,3 +772,47 @@ fn cancel_without_a_master_stops_the_tasks_it_left_running() {
         running.iter().all(|p| !alive(*p))
     });
 }
+
+/// A master killed in the reduce step (every task done) leaves a job `mw resume` runs the
+/// reduce step of: the job was once marked finished before its reduce step, and the reduce
+/// output was lost for good.
+#[test]
+fn a_master_killed_in_the_reduce_step_is_completed_by_resume() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    script(
+        d,
+        "reduce.sh",
+        &format!(
+            "echo $$ > {pid}\nwhile [ ! -e {gate} ]; do sleep 0.01; done\nwc -l",
+            pid = d.join("reduce.pid").display(),
+            gate = d.join("gate").display()
+        ),
+    );
+    write(
+        d,
+        "red.toml",
+        "name = \"red\"\n[program]\ncommand = [\"/bin/cat\"]\n[inputs]\nlist = [1, 2, 3]\n\
+         [reduce]\npath = \"reduce.sh\"\n",
+    );
+    let child = spawn_mw(d, &["run", "red.toml", "-q"], &[]);
+    poll("the reduce step running", || {
+        std::fs::read_to_string(d.join("reduce.pid")).is_ok_and(|s| s.ends_with('\n'))
+    });
+    // SAFETY: kill(2) on the mw process we started, then on the reduce program it left.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = finish(child);
+    let reduce_pid: i32 = std::fs::read_to_string(d.join("reduce.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: as above, the reduce program this test's job started.
+    unsafe { libc::kill(reduce_pid, libc::SIGKILL) };
+    write(d, "gate", "");
+    let o = run_mw(d, &["resume", "red-1", "-q"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout.trim(), "3", "{}", o.stderr);
+    let kept = std::fs::read_to_string(d.join("jobs/red-1/reduce.out")).unwrap();
+    assert_eq!(kept.trim(), "3");
+}
