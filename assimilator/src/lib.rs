@@ -351,6 +351,11 @@ pub fn assimilate_result(
         }
         Err(e) => return reject(format!("cannot read {}: {e}", file.display())),
     };
+    // Only a regular file: a FIFO would block the daemon's script for ever (and BOINC's
+    // assimilator with it), a device would be read as if it were a result.
+    if !meta.is_file() {
+        return reject(format!("{}: not a regular file", file.display()));
+    }
     if meta.len() > limits.max_upload_bytes() {
         return reject(format!(
             "{}: {} bytes, over the limit of {} bytes for a result of at most {} bytes \

@@ -218,3 +218,19 @@ fn the_limit_is_set_in_mw_boinc_toml() {
     assert_eq!(code, 1, "{msg}");
     assert!(msg.contains("max_output_bytes"), "{msg}");
 }
+
+/// An upload that is not a regular file (a FIFO) is refused with an error record, at once:
+/// reading it once blocked the script, and BOINC's assimilator daemon with it.
+#[test]
+fn an_upload_that_is_not_a_regular_file_is_refused() {
+    let pr = project("");
+    let wu = "mw_job-a_0a1b2c3d_4_1";
+    let up = pr.upload(&format!("{wu}_0_r4_0"), b"");
+    std::fs::remove_file(&up).unwrap();
+    let made = Command::new("mkfifo").arg(&up).status().unwrap();
+    assert!(made.success());
+    let (code, msg, _) = pr.call(1004, &up);
+    assert_eq!(code, 0, "{msg}");
+    let reason = pr.record(wu).reason.unwrap();
+    assert!(reason.contains("not a regular file"), "{reason}");
+}

@@ -202,11 +202,20 @@ fn payload_of(manifest: &Manifest) -> Vec<PayloadMember> {
 }
 
 /// Reads a file of at most [`ServerLimits::max_upload_bytes`]; I/O errors are transient, an
-/// oversize file is invalid.
+/// oversize file is invalid. A missing file in a directory that is there is invalid, as
+/// BOINC's own validators take it (a missing output file is invalid unless optional; a
+/// directory that cannot be opened, `ERR_OPENDIR`, is transient): retried, it would be
+/// retried every 6 hours for ever.
 fn read_capped(path: &Path, limits: &ServerLimits) -> Result<Vec<u8>, ValidateError> {
     use std::io::Read;
-    let meta = std::fs::metadata(path)
-        .map_err(|e| ValidateError::Transient(format!("{}: {e}", path.display())))?;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        let dir_there = path.parent().is_some_and(|d| d.is_dir());
+        if e.kind() == std::io::ErrorKind::NotFound && dir_there {
+            ValidateError::Invalid(format!("{}: the upload is missing", path.display()))
+        } else {
+            ValidateError::Transient(format!("{}: {e}", path.display()))
+        }
+    })?;
     if !meta.is_file() {
         return Err(ValidateError::Invalid(format!(
             "{}: not a regular file",

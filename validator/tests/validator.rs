@@ -305,9 +305,16 @@ fn hand_made(manifest: &str, entries: &[(&str, &[u8])]) -> Vec<u8> {
 #[test]
 fn io_problems_and_wrong_calls_are_transient() {
     let p = project();
-    let missing = p.root.join("upload/2e1/never_uploaded_0_r1_0");
+    // A directory that is not there (BOINC's ERR_OPENDIR): retried later.
+    let missing = p.root.join("upload/no-such-dir/never_uploaded_0_r1_0");
+    assert!(!missing.parent().unwrap().exists());
     let (code, msg) = p.init(&missing);
     assert_eq!(code, 3, "{msg}");
+    // A file missing from a directory that is there: invalid, as BOINC's own validators
+    // take it (it was once "retry later", every 6 hours for ever).
+    let a = p.upload("2e1", "a_0_r1_0", &ok("j1", "1", Comparison::Bitwise));
+    let (code, msg) = p.init(&a.with_file_name("never_uploaded_0_r1_0"));
+    assert_eq!(code, 1, "{msg}");
     // Called with no files (what BOINC does with multi-token configs, §0.1): not "valid".
     assert_eq!(p.call("mw-validator-init", &[]).0, 3);
     let a = p.upload("2e1", "a_0_r1_0", &ok("j1", "1", Comparison::Bitwise));
