@@ -751,12 +751,19 @@ fn cancel_without_a_master_stops_the_tasks_it_left_running() {
     gated_job(d, "orphans", 4);
     let child = spawn_mw(d, &["run", "orphans.toml", "-q"], &[]);
     poll("two tasks running", || pids(d).len() == 2);
-    // Their process groups are journaled once the status shows them running.
-    poll("two tasks recorded running", || {
-        let v: serde_json::Value =
-            serde_json::from_str(&run_mw(d, &["status", "orphans-1", "--json"]).stdout)
-                .unwrap_or_default();
-        v["job"]["counts"]["running"] == 2
+    // Their process groups are journaled (a moment after the tasks start: the handles, not
+    // the running state, are what `mw cancel` finds them by).
+    let journal = d.join("jobs/orphans-1/journal.sqlite");
+    poll("both tasks' process groups journaled", || {
+        let Ok(conn) = rusqlite::Connection::open(&journal) else {
+            return false;
+        };
+        conn.query_row(
+            "SELECT COUNT(*) FROM tasks WHERE state = 'running' AND handle LIKE 'local:%'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .is_ok_and(|n| n == 2)
     });
     let running = pids(d);
     // SAFETY: kill(2) on the mw process we started: a master that dies without clean-up.
