@@ -1681,28 +1681,13 @@ pub fn data_version(conn: &Connection, path: &Path) -> Result<i64, JournalError>
 /// Per-state task counts, (queued + running, done, failed, cancelled), without reading
 /// the tasks.
 pub fn state_counts(conn: &Connection, path: &Path) -> Result<StateCounts, JournalError> {
-    let mut stmt = conn
-        .prepare_cached("SELECT state, COUNT(*) FROM tasks GROUP BY state")
-        .map_err(|e| jerr(path, "counting tasks", e))?;
-    let rows: Vec<(String, i64)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .and_then(|it| it.collect())
-        .map_err(|e| jerr(path, "counting tasks", e))?;
     let mut c = StateCounts::default();
-    for (state, n) in rows {
-        let n = u64::try_from(n).unwrap_or(0);
-        match TaskState::parse(&state) {
-            Some(TaskState::Queued) | Some(TaskState::Running) => c.unfinished += n,
-            Some(TaskState::Done) => c.done += n,
-            Some(TaskState::Failed) => c.failed += n,
-            Some(TaskState::Cancelled) => c.cancelled += n,
-            None => {
-                return Err(jerr(
-                    path,
-                    "the journal is corrupt",
-                    format!("unknown task state `{state}`"),
-                ))
-            }
+    for (state, n) in count_each_state(conn, path)? {
+        match state {
+            TaskState::Queued | TaskState::Running => c.unfinished += n,
+            TaskState::Done => c.done += n,
+            TaskState::Failed => c.failed += n,
+            TaskState::Cancelled => c.cancelled += n,
         }
     }
     Ok(c)
