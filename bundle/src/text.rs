@@ -3,6 +3,9 @@
 //!
 //! This module knows nothing of what the text says or where it goes.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
 /// The last `max` bytes of `s`, cut at a character boundary (so perhaps fewer).
 pub fn tail(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -29,9 +32,45 @@ pub fn clip(s: &mut String, max: usize) {
     s.push_str(" […]");
 }
 
+/// `s` with every control character but newline and tab, and every character that
+/// overrides the direction of text, written as an escape (`\u{1b}`): text from outside (a
+/// task's stderr, a pool's or a volunteer's reason) shown this way cannot move a terminal's
+/// cursor, retitle its window, clear it or reorder what it shows. Text without such a
+/// character is returned as it is.
+pub fn escape_controls(s: &str) -> Cow<'_, str> {
+    fn unsafe_to_show(c: char) -> bool {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{61c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !s.chars().any(unsafe_to_show) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if unsafe_to_show(c) {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escape_controls_defangs_terminal_sequences_and_keeps_lines() {
+        assert!(matches!(
+            escape_controls("plain\ttext\nline é"),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            escape_controls("a\u{1b}]0;title\u{7}\u{1b}[2Jb\rc\u{202e}d\u{9b}e\n"),
+            "a\\u{1b}]0;title\\u{7}\\u{1b}[2Jb\\u{d}c\\u{202e}d\\u{9b}e\n"
+        );
+    }
 
     #[test]
     fn tail_cuts_at_a_character_boundary() {

@@ -513,6 +513,8 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
                 if !slowest.is_empty() {
                     writeln!(out, "slowest tasks:")?;
                     for (task, wall, host) in &slowest {
+                        // (A host name is what the worker said of itself.)
+                        let host = mw_bundle::text::escape_controls(host);
                         writeln!(out, "  task {task:<8} {wall:>10.3}s  {host}")?;
                     }
                 }
@@ -626,13 +628,24 @@ pub(crate) fn logs(args: LogsArgs) -> anyhow::Result<i32> {
     let logs_dir = dir.join(crate::run::LOGS_DIR);
     let id = mw::TaskId(args.task);
     let mut out = std::io::stdout().lock();
+    // What a task printed may hold escape sequences that drive a terminal (retitle it, clear
+    // it, hide lines): shown escaped there, byte for byte elsewhere.
+    let terminal = std::io::IsTerminal::is_terminal(&out);
+    let write_log = |out: &mut std::io::StdoutLock<'_>, bytes: &[u8]| {
+        if terminal {
+            let text = String::from_utf8_lossy(bytes);
+            out.write_all(mw_bundle::text::escape_controls(&text).as_bytes())
+        } else {
+            out.write_all(bytes)
+        }
+    };
     let both = args.stream == LogStream::Both;
     if args.stream != LogStream::Stderr {
         if both {
             writeln!(out, "==> task {} attempt {attempt}: stdout <==", args.task)?;
         }
         match read(&logs_dir, id, attempt, Stream::Stdout) {
-            Some(bytes) => out.write_all(&bytes)?,
+            Some(bytes) => write_log(&mut out, &bytes)?,
             // A JSON result is kept in the journal, not twice.
             None if attempt == task.attempts && task.state == TaskState::Done => {
                 if let Some(v) = &task.output {
@@ -647,7 +660,7 @@ pub(crate) fn logs(args: LogsArgs) -> anyhow::Result<i32> {
             writeln!(out, "==> task {} attempt {attempt}: stderr <==", args.task)?;
         }
         if let Some(bytes) = read(&logs_dir, id, attempt, Stream::Stderr) {
-            out.write_all(&bytes)?;
+            write_log(&mut out, &bytes)?;
         }
     }
     out.flush()?;

@@ -7,11 +7,14 @@
 //! problem; 3 `mw wait --timeout` passed first.
 
 /// Writes one line to stderr, ignoring a closed or full stderr (`eprintln!` panics there:
-/// `mw run 2>&1 >out | (exec 0<&-)` once exited 101 instead of stopping cleanly).
+/// `mw run 2>&1 >out | (exec 0<&-)` once exited 101 instead of stopping cleanly). Control
+/// characters in the line (a task's stderr, a pool's reason) are shown escaped
+/// (`mw_bundle::text::escape_controls`), as in log lines.
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
+        let line = format!($($arg)*);
+        let _ = writeln!(std::io::stderr(), "{}", mw_bundle::text::escape_controls(&line));
     }};
 }
 
@@ -73,6 +76,9 @@ pub(crate) enum Command {
     /// Print a job's results (JSON lines or CSV), in task order.
     Results(jobs::ResultsArgs),
     /// Print one task's kept stdout and stderr (last attempt, or --attempt N).
+    ///
+    /// Into a pipe or a file they are written byte for byte. On a terminal, control characters
+    /// (escape sequences a task printed) and bytes that are not UTF-8 are shown escaped.
     Logs(jobs::LogsArgs),
     /// Wait until every task of a job has an outcome; exit 0 only if all succeeded.
     Wait(jobs::WaitArgs),
@@ -276,17 +282,23 @@ pub fn init_logging(verbose: u8, quiet: bool) {
                 log::Level::Debug => "debug",
                 log::Level::Trace => "trace",
             };
-            writeln!(buf, "mw: {level}: {}", record.args())
+            let text = record.args().to_string();
+            writeln!(
+                buf,
+                "mw: {level}: {}",
+                mw_bundle::text::escape_controls(&text)
+            )
         });
     } else {
         builder.format(|buf, record| {
+            let text = record.args().to_string();
             writeln!(
                 buf,
                 "[{} {} {}] {}",
                 buf.timestamp_millis(),
                 record.level(),
                 record.target(),
-                record.args()
+                mw_bundle::text::escape_controls(&text)
             )
         });
     }

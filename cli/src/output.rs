@@ -416,8 +416,13 @@ pub(crate) fn print_summary(
 }
 
 /// A task's error in one line: its first line, without the task's name (the caller shows
-/// it) and with the last line of the stderr tail it carries, if any.
+/// it) and with the last line of the stderr tail it carries, if any; its control characters
+/// escaped (the text comes from the task's stderr or the platform).
 pub(crate) fn failure_reason(error: &str) -> String {
+    mw_bundle::text::escape_controls(&failure_line(error)).into_owned()
+}
+
+fn failure_line(error: &str) -> String {
     let mut lines = error.lines();
     let first = lines.next().unwrap_or("");
     let first = first

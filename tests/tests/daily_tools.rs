@@ -745,3 +745,85 @@ fn condor_tools_default_to_the_static_worker() {
     assert!(err.contains("cargo static-worker"), "{err}");
     assert!(!d.join("jobs").exists(), "mw run created a job directory");
 }
+
+/// A task's stderr (on BOINC, a volunteer's) may carry escape sequences that drive a
+/// terminal: retitle it, clear it, colour or hide what follows. Every summary mw writes shows
+/// them escaped; `mw logs` keeps the bytes in a pipe and escapes them on a terminal.
+#[test]
+fn escape_sequences_a_task_prints_never_reach_the_terminal_raw() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    script(
+        d,
+        "evil.sh",
+        r"printf 'oops\033]0;PWNED\007\033[2J\033[31mred\342\200\256gnp.exe\r\n' >&2; exit 3",
+    );
+    std::fs::write(
+        d.join("job.toml"),
+        "name = \"evil\"\nworkers = 1\n[program]\npath = \"evil.sh\"\n[inputs]\nlist = [1]\n",
+    )
+    .unwrap();
+    let raw = |s: &str| {
+        s.contains('\u{1b}') || s.contains('\u{7}') || s.contains('\u{202e}') || s.contains('\r')
+    };
+    let run = mw(d, &["run", "job.toml"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        !raw(&run.stderr),
+        "raw control characters on stderr: {:?}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains(r"oops\u{1b}]0;PWNED\u{7}\u{1b}[2J\u{1b}[31mred\u{202e}gnp.exe"),
+        "{}",
+        run.stderr
+    );
+    // The result lines are JSON, which escapes control characters itself (a direction
+    // override is no control character to JSON: the lines are data, not a display).
+    assert!(
+        !run.stdout.contains(['\u{1b}', '\u{7}', '\r']),
+        "{}",
+        run.stdout
+    );
+    let status = mw(d, &["status", "evil-1"]);
+    assert!(
+        !raw(&status.stdout),
+        "raw control characters in mw status: {:?}",
+        status.stdout
+    );
+    assert!(
+        status.stdout.contains(r"\u{1b}]0;PWNED"),
+        "{}",
+        status.stdout
+    );
+    // Into a pipe: the bytes as the task wrote them.
+    let logs = mw(d, &["logs", "evil-1", "0", "--stream", "stderr"]);
+    assert!(
+        logs.stdout.starts_with("oops\u{1b}]0;PWNED\u{7}"),
+        "{:?}",
+        logs.stdout
+    );
+    // On a terminal (`script` gives the command one): escaped.
+    let cmd = format!(
+        "MW_JOBS_DIR={} {} logs evil-1 0 --stream stderr",
+        d.join("jobs").display(),
+        mw_tests::bin("mw").display()
+    );
+    let tty = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .current_dir(d)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script (util-linux) runs mw logs on a terminal");
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{shown}");
+    assert!(
+        shown.contains(r"oops\u{1b}]0;PWNED\u{7}\u{1b}[2J"),
+        "{shown:?}"
+    );
+    assert!(
+        !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
+        "{shown:?}"
+    );
+}
