@@ -23,11 +23,15 @@ pub(crate) fn check_available(interface: &str) -> anyhow::Result<()> {
 
 /// Checks, before a job is created, what interface `name` can check without changing
 /// anything (BOINC: the project, mw's installation, permissions, settings; HTCondor: the
-/// `mw-worker` shipped to the pool), so a refused job leaves no job directory behind.
-pub(crate) fn preflight(name: &str, job: &Job) -> anyhow::Result<()> {
+/// `mw-worker` shipped to the pool, and that the paths a submit description carries can be
+/// written in one), so a refused job leaves no job directory behind. `jobs_root` is where
+/// the job's directory will be made (none: the job keeps no directory).
+pub(crate) fn preflight(name: &str, job: &Job, jobs_root: Option<&Path>) -> anyhow::Result<()> {
     if name == "condor" {
-        let worker = condor_worker(job)?;
-        check_condor_worker(job, &worker)?;
+        // Every [condor] setting, checked now (the staging directory is not used here).
+        let settings = condor_settings(job, "staging")?;
+        check_condor_worker(job, &settings.worker)?;
+        check_condor_paths(job, &settings.worker, jobs_root)?;
     }
     if name == "boinc" {
         let settings = job
@@ -64,6 +68,32 @@ fn check_condor_worker(job: &Job, worker: &Path) -> anyhow::Result<()> {
         job.path.display(),
         worker.display()
     )
+}
+
+/// The worker and the job's staging directory are written into every submit description
+/// and item file, where a space or a comma would split them (condor-kit refuses such a
+/// path): checked before the job exists, not when its first batch is submitted.
+fn check_condor_paths(job: &Job, worker: &Path, jobs_root: Option<&Path>) -> anyhow::Result<()> {
+    use mw_condor_kit::submit::check_path;
+    check_path("worker", worker).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: [condor] worker: {e}; HTCondor's submit description cannot carry it (copy              or link the worker to such a path)",
+            job.path.display()
+        )
+    })?;
+    let Some(jobs_root) = jobs_root else {
+        return Ok(());
+    };
+    let staging = crate::absolute(jobs_root)
+        .join(format!("{}-1", job.name))
+        .join("staging")
+        .join("condor");
+    check_path("job directory", &staging).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: HTCondor jobs are staged under the jobs directory, which must not hold such              characters; pass --jobs-dir (or set MW_JOBS_DIR) to a directory that does not"
+        )
+    })?;
+    Ok(())
 }
 
 /// Builds the interface named `name` for `job`, staging into `job_dir`.
@@ -141,12 +171,8 @@ pub fn condor_settings(
         s.request_disk_mb = size_mb(v).map_err(|m| at("request_disk", m))?;
     }
     if let Some(r) = &c.requirements {
-        if r.trim().is_empty() || r.chars().any(|ch| ch.is_control()) {
-            return Err(at(
-                "requirements",
-                "must be one non-empty line (a ClassAd expression)".into(),
-            ));
-        }
+        mw_condor_kit::submit::check_requirements(r)
+            .map_err(|e| at("requirements", e.to_string()))?;
         s.requirements = Some(r.trim().to_string());
     }
     if let Some(w) = c.batch_window_secs {

@@ -396,7 +396,9 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
     } else {
         None
     };
-    crate::platforms::preflight(&p.interface, &p.job)?;
+    // (Without a journal the interface stages in a scratch directory of its own.)
+    let root = (!args.no_journal).then(|| jobs_root(args.job.jobs_dir.as_deref()));
+    crate::platforms::preflight(&p.interface, &p.job, root.as_deref())?;
     let (id, job_dir, journal) = if args.no_journal {
         (p.job.name.clone(), None, None)
     } else {
@@ -936,7 +938,7 @@ pub(crate) fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
             );
         }
     }
-    crate::platforms::preflight(&p.interface, &p.job)?;
+    crate::platforms::preflight(&p.interface, &p.job, Some(&root))?;
     let (id, dir, journal) = create_job(&p, args.job.jobs_dir.as_deref())?;
     in_chunks(&p.inputs, 0, encode, |first, chunk| {
         journal.record_encoded(first, chunk)?;

@@ -84,6 +84,27 @@ pub fn check_path(field: &str, path: &Path) -> Result<String> {
     Ok(s.to_string())
 }
 
+/// A `requirements` expression as one submit-description line: not empty, no control
+/// characters, and no `\` at its end (the submit language continues such a line on the
+/// next one, which would swallow the template's next command).
+pub fn check_requirements(r: &str) -> Result<()> {
+    if r.trim().is_empty() || r.chars().any(|c| c.is_control()) {
+        return Err(unsafe_value(
+            "requirements",
+            r,
+            "must be one non-empty line without control characters",
+        ));
+    }
+    if r.trim_end().ends_with('\\') {
+        return Err(unsafe_value(
+            "requirements",
+            r,
+            "must not end with `\\` (it would continue onto the next line)",
+        ));
+    }
+    Ok(())
+}
+
 /// A plain file name (no directory), with the same characters as [`check_path`].
 pub fn check_name(field: &str, name: &str) -> Result<String> {
     check_path(field, Path::new(name))?;
@@ -118,13 +139,7 @@ fn validate(spec: &SubmitSpec) -> Result<()> {
         return Err(unsafe_value("request_cpus", "0", "must be at least 1"));
     }
     if let Some(r) = &spec.requirements {
-        if r.trim().is_empty() || r.chars().any(|c| c.is_control()) {
-            return Err(unsafe_value(
-                "requirements",
-                r,
-                "must be one non-empty line without control characters",
-            ));
-        }
+        check_requirements(r)?;
     }
     if spec.items.is_empty() {
         return Err(unsafe_value("items", "", "a batch needs at least one task"));

@@ -1243,3 +1243,49 @@ fn streaming_program_runs_a_pack_through_one_process() {
     let n = std::fs::read_to_string(&starts).unwrap().lines().count();
     assert_eq!(n, 3, "processes started");
 }
+
+/// Paths a submit description carries cannot hold a space or a comma (HTCondor splits its
+/// lists there), and a `requirements` line ending in `\` would swallow the next command:
+/// such a job is refused before its directory exists, not when its first batch is submitted.
+#[test]
+fn a_job_a_submit_description_cannot_carry_is_refused_before_it_exists() {
+    let env = Env::new();
+    let p = env.script("ok.sh", "echo 1");
+    let spaced = env.root.join("my jobs");
+    let job = env.job("spaced", &p, "[1]", "");
+    let out = run(env.mw(
+        &[
+            "run",
+            job.to_str().unwrap(),
+            "--jobs-dir",
+            spaced.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--jobs-dir"), "{err}");
+    assert!(!spaced.exists(), "a job directory was made: {err}");
+
+    let job = env.root.join("req.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"req\"\ninterface = \"condor\"\n[program]\npath = \"{}\"\n[inputs]\nlist = [1]\n[condor]\nrequirements = 'Arch == \"X86_64\" \\'\n",
+            p.display()
+        ),
+    )
+    .unwrap();
+    let out = run(env.mw(&["run", job.to_str().unwrap()], &[]));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("requirements") && err.contains("next line"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(env.root.join("jobs")).unwrap().count(),
+        0,
+        "{err}"
+    );
+}

@@ -507,6 +507,25 @@ pub(super) fn batch_nonce() -> String {
     format!("{:08x}", h.finish() as u32)
 }
 
+/// Removes every job of batch `name` the schedd holds (found by its `+MwBatch` attribute):
+/// after a condor_submit that failed or answered what mw could not read.
+fn remove_batch(settings: &CondorSettings, name: &str) -> Result<(), String> {
+    let ads = settings
+        .cli
+        .batch_jobs(&[name.to_string()], false)
+        .map_err(|e| format!("looking for its jobs: {e}"))?;
+    let mut clusters: Vec<u64> = ads.iter().map(|a| a.handle.cluster).collect();
+    clusters.sort_unstable();
+    clusters.dedup();
+    if !clusters.is_empty() {
+        log::warn!("HTCondor batch {name}: condor_submit failed; removing the clusters it queued: {clusters:?}");
+    }
+    settings
+        .cli
+        .remove_clusters(&clusters)
+        .map_err(|e| format!("removing clusters {clusters:?}: {e}"))
+}
+
 /// Submits one cluster: `jobs` are (the job's tasks, the job's files), one job each.
 pub(super) fn submit_group(
     shared: &Shared,
@@ -521,6 +540,9 @@ pub(super) fn submit_group(
     let settings = &shared.settings;
     let spec = batch_spec(settings, name, dir, program, &jobs);
     let sink = shared.sink.lock().ok().and_then(|s| s.clone());
+    // Set once condor_submit ran: from then on the schedd may hold jobs of the batch whatever
+    // condor_submit answered.
+    let mut ran_submit = false;
     let submitted = write_submit_files(&spec, dir, settings.template.as_deref())
         .map_err(|e| format!("writing the submit description: {e}"))
         .and_then(|(sub, _)| {
@@ -544,6 +566,7 @@ pub(super) fn submit_group(
             Ok(sub)
         })
         .and_then(|sub| {
+            ran_submit = true;
             settings
                 .cli
                 .submit(&sub)
@@ -561,7 +584,18 @@ pub(super) fn submit_group(
         });
     let handles = match submitted {
         Ok(h) => h,
-        Err(msg) => {
+        Err(mut msg) => {
+            if ran_submit {
+                // condor_submit may have queued jobs and still failed (a lost connection after
+                // the commit), or answered what mw could not read: the batch's tasks fail (and
+                // may be retried in a new batch), so whatever it queued must not run as well.
+                if let Err(e) = remove_batch(settings, name) {
+                    log::warn!("HTCondor batch {name}: {e}");
+                    msg.push_str(&format!(
+                        "; jobs it may have queued could not be removed: {e}"
+                    ));
+                }
+            }
             let mut done = Vec::new();
             let mut st = shared.lock();
             for (ids, _) in &jobs {
@@ -644,6 +678,83 @@ pub(super) fn add_log(shared: &Shared, log: &Path) {
             if let Err(e) = w.add_log(log) {
                 eprintln!("mw: condor: {e}");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::task::Program;
+    use mw_condor_kit::CondorCli;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::mpsc;
+
+    fn tool(dir: &Path, name: &str, body: &str) {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// condor_submit queued the job and then failed (its connection lost after the commit),
+    /// or answered in a way mw cannot read: the task fails, and the job it queued is removed
+    /// (found by its batch name), so it does not run beside the task's retry.
+    #[test]
+    fn a_failed_condor_submit_leaves_no_job_of_its_batch_in_the_schedd() {
+        for (case, submit) in [
+            ("exit 1 after the commit", "echo '7.0 - 7.0'; exit 1"),
+            (
+                "unreadable answer",
+                "echo 'site banner: welcome'; echo '7.0 - 7.0'",
+            ),
+            ("more jobs than tasks", "echo '7.0 - 7.1'"),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let bin = tmp.path().join("bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            let removed = tmp.path().join("removed");
+            tool(&bin, "condor_submit", submit);
+            // The schedd holds cluster 7, whatever batch name it was given.
+            tool(
+                &bin,
+                "condor_q",
+                r#"for a; do case "$a" in *MwBatch*) b=${a#*\"}; b=${b%%\"*};; esac; done
+printf '[{"ClusterId": 7, "ProcId": 0, "JobStatus": 1, "MwBatch": "%s"}]\n' "$b""#,
+            );
+            tool(
+                &bin,
+                "condor_rm",
+                &format!("echo \"$@\" >> {}", removed.display()),
+            );
+            let mut settings = CondorSettings::new(tmp.path().join("condor"));
+            settings.cli = CondorCli::default().with_bin_dir(&bin);
+            settings.batch_window = Duration::from_millis(1);
+            settings.worker = PathBuf::from("/bin/true");
+            let condor = Condor::new(settings).unwrap();
+            let program = Arc::new(Program::new("/bin/sh").unwrap());
+            let task = Arc::new(PreparedTask {
+                id: TaskId(0),
+                attempt: 1,
+                job: "unit".into(),
+                spec: TaskSpec::new(program, serde_json::json!(0)),
+                output_dir: None,
+                staging_dir: tmp.path().to_path_buf(),
+            });
+            let (tx, rx) = mpsc::channel();
+            let done = Completion::new(TaskId(0), move |r| tx.send(r).unwrap());
+            let worker = condor.reserve_worker(&task).unwrap();
+            condor.execute_task(task, worker, done);
+            let outcome = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+            let err = outcome.unwrap_err().to_string();
+            assert!(err.contains("HTCondor"), "{case}: {err}");
+            let rm = std::fs::read_to_string(&removed).unwrap_or_default();
+            assert_eq!(
+                rm.trim(),
+                "7",
+                "{case}: condor_rm was called with {rm:?} ({err})"
+            );
+            condor.shutdown();
         }
     }
 }
