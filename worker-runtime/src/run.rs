@@ -427,7 +427,21 @@ fn run_prepared(
         .and_then(|t| Duration::try_from_secs_f64(t).ok());
     let outcome = execute(&req, control)?;
 
-    let (found, missing) = collect_outputs(&workdir, &info.outputs);
+    let (found, mut missing) = collect_outputs(&workdir, &info.outputs);
+    // Output files are read into the result bundle, in memory: no more than a result may
+    // carry (the master refuses a larger one anyway), so a task that writes gigabytes fails
+    // naming its file instead of exhausting a volunteer's memory.
+    let mut room = mw_bundle::MAX_RESULT_FILES_BYTES;
+    let mut outputs = Vec::with_capacity(found.len());
+    for out in found {
+        match read_output(&out.path, room) {
+            Ok(bytes) => {
+                room = room.saturating_sub(bytes.len() as u64);
+                outputs.push((out.name, bytes));
+            }
+            Err(why) => missing.push(format!("{} ({why})", out.name)),
+        }
+    }
     let result = ResultInfo {
         job: info.job.clone(),
         task: info.task,
@@ -448,11 +462,36 @@ fn run_prepared(
     };
     let mut builder = BundleBuilder::result(result.clone(), "result bundle");
     builder.add_bytes(RESULT_STDOUT_NAME, outcome.stdout, false)?;
-    for out in found {
-        builder.add_file(&format!("{RESULT_OUTPUTS_PREFIX}{}", out.name), &out.path)?;
+    for (name, bytes) in outputs {
+        builder.add_bytes(&format!("{RESULT_OUTPUTS_PREFIX}{name}"), bytes, false)?;
     }
     let bytes = builder.to_bytes()?;
     Ok((result, bytes))
+}
+
+/// The content of output file `path` if it takes at most `room` bytes (read no further
+/// than that, even if the file grows meanwhile); otherwise why not.
+fn read_output(path: &Path, room: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let over = |size: String| {
+        format!(
+            "{size}: the task's output files would pass the {} MiB a result may carry",
+            mw_bundle::MAX_RESULT_FILES_BYTES >> 20
+        )
+    };
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if size > room {
+        return Err(over(format!("{size} bytes")));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    file.take(room.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if bytes.len() as u64 > room {
+        return Err(over(format!("more than {room} bytes (it grew while read)")));
+    }
+    Ok(bytes)
 }
 
 /// `mw-worker run`: program bundle + task bundle files in, result bundle file out.

@@ -26,6 +26,7 @@ case "$input" in
   '"fail"') echo "it went wrong" >&2; exit 5 ;;
   '"hang"') sleep 1000 ;;
   '"show"') cat prog.sh ;;
+  '"huge"') echo small > out.txt; truncate -s 300M leak.txt; echo '{}' ;;
 esac
 "#;
 
@@ -181,6 +182,33 @@ fn run_bundles_returns_exit_stdout_and_declared_outputs_only() {
         serde_json::from_slice(&bundle.members[RESULT_STDOUT_NAME]).unwrap();
     assert_eq!(stdout, serde_json::json!({"got": "ok", "arg": "base"}));
     assert_eq!(bundle.members["outputs/out.txt"], b"written\n");
+    assert!(!bundle.members.contains_key("outputs/leak.txt"));
+}
+
+/// A task that writes more output than a result may carry (here a sparse 300 MiB file) fails
+/// naming that file; the worker never reads it into memory, and keeps the outputs that fit.
+#[test]
+fn an_output_file_over_the_result_limit_is_missing_with_its_reason_not_read() {
+    let fx = Fixture::new();
+    let task = fx.task(&fx.sha, "huge", None);
+    let result = fx.path("result.tar.gz");
+    let info = run_bundles(
+        &fx.program,
+        &task,
+        &result,
+        &ProcessControl::new(),
+        &RunOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(info.exit, ExitInfo::Exited { code: 0 });
+    assert_eq!(info.missing_outputs.len(), 1, "{:?}", info.missing_outputs);
+    let why = &info.missing_outputs[0];
+    assert!(
+        why.starts_with("leak.txt (314572800 bytes: ") && why.contains("256 MiB"),
+        "{why}"
+    );
+    let bundle = read_result(&result);
+    assert_eq!(bundle.members["outputs/out.txt"], b"small\n");
     assert!(!bundle.members.contains_key("outputs/leak.txt"));
 }
 
