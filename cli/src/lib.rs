@@ -169,7 +169,9 @@ later inputs keeps its task current, counting that work against its timeout). A 
 \"error\" (e.g. {\"error\": \"bad seed\"}; the value may be any JSON) fails that task only;
 any other JSON value is the task's result (to return such an object, wrap it). When stdin
 closes, the program should exit. The current task is the oldest input not yet answered;
-its timeout counts from when it became current. What fails only the current task, after
+its timeout counts from when it became current (until a freshly started program has
+answered once, its start-up gets the timeout again on top, at least a minute). What fails
+only the current task, after
 which the program is stopped (SIGTERM, SIGKILL after 2 s, whole process group) and a fresh
 one serves the rest (inputs sent ahead but not answered are sent again, so a task may run
 twice but is reported once): the program exits or is killed (the task fails with its exit

@@ -15,8 +15,10 @@
 //!   stderr tail; exit status 0 without an answer is a failure too (too few lines);
 //! - a line that is not JSON, or longer than [`StreamProgram::max_line_bytes`] (read in
 //!   bounded pieces, never whole), fails the current task;
-//! - the current task's timeout passes (its clock starts when it becomes current), or it is
-//!   cancelled: the process group is terminated (the one termination routine of
+//! - the current task's timeout passes (its clock starts when it becomes current; until a
+//!   freshly started process has answered once, its start-up gets [`startup_allowance`] on
+//!   top, so a program slower to start than one task's timeout is not restarted for ever), or
+//!   it is cancelled: the process group is terminated (the one termination routine of
 //!   [`crate::exec`]).
 //!
 //! After any of these the stream position is unknown, so the program is stopped and a fresh
@@ -42,6 +44,18 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// The key of an error answer: `{"error": ...}`.
 pub const ERROR_KEY: &str = "error";
+
+/// The least time a freshly started streaming program gets for its start-up, on top of the
+/// timeout of the first task it answers (see [`startup_allowance`]).
+pub const MIN_STARTUP_ALLOWANCE: Duration = Duration::from_secs(60);
+
+/// What a freshly started process gets on top of the first task's `timeout` before its first
+/// answer: the longer of [`MIN_STARTUP_ALLOWANCE`] and the timeout itself. A program that
+/// loads for longer than one task takes (a model, a large import) would otherwise time out
+/// on its first task, be restarted for the next, and fail every task one by one.
+pub fn startup_allowance(timeout: Duration) -> Duration {
+    timeout.max(MIN_STARTUP_ALLOWANCE)
+}
 
 /// A streaming program and how to run it.
 #[derive(Debug, Clone)]
@@ -801,6 +815,7 @@ mod unix {
         t0: Instant,
         started: SystemTime,
         deadline: Option<Instant>,
+        timeout: Option<Duration>,
         /// Why it fails when the process ends (set when we stop the process because of it).
         verdict: Option<ExitInfo>,
     }
@@ -813,8 +828,20 @@ mod unix {
                 t0,
                 started: SystemTime::now(),
                 deadline: timeout.and_then(|t| t0.checked_add(t)),
+                timeout,
                 verdict: None,
             }
+        }
+
+        /// When the task times out on process `p`, and the limit that is then: its timeout,
+        /// plus the start-up allowance while `p` has answered nothing yet.
+        fn due(&self, p: &Proc) -> Option<(Instant, Duration)> {
+            let (deadline, timeout) = (self.deadline?, self.timeout?);
+            if p.answered > 0 {
+                return Some((deadline, timeout));
+            }
+            let extra = startup_allowance(timeout);
+            Some((deadline.checked_add(extra)?, timeout.checked_add(extra)?))
         }
 
         /// When the task that was current (`c`) started; now if none was.
@@ -960,7 +987,7 @@ mod unix {
                 let mut wake: Option<Instant> = None;
                 if let Some(c) = &cur {
                     if c.verdict.is_none() && !p.stopping {
-                        wake = c.deadline;
+                        wake = c.due(p).map(|(at, _)| at);
                     }
                 }
                 if let Some(t) = &p.term {
@@ -1040,12 +1067,10 @@ mod unix {
                     }
                 }
                 if let Some(c) = cur.as_mut() {
-                    if c.verdict.is_none() && !p.stopping && c.deadline.is_some_and(|d| now >= d) {
+                    let due = c.due(p).filter(|(at, _)| now >= *at);
+                    if let (None, false, Some((_, limit))) = (&c.verdict, p.stopping, due) {
                         c.verdict = Some(ExitInfo::TimedOut {
-                            limit_secs: queue
-                                .front()
-                                .and_then(|e| e.input.timeout)
-                                .map_or(0.0, |t| t.as_secs_f64()),
+                            limit_secs: limit.as_secs_f64(),
                         });
                         p.stop(grace);
                     }

@@ -445,3 +445,40 @@ fn only_a_lone_error_key_is_an_error_answer() {
         );
     }
 }
+
+/// A program slower to start than one task's timeout (a model to load, a large import): its
+/// first answer gets a start-up allowance on top, so its tasks succeed instead of each one
+/// timing out and restarting the program for the next. Once it has answered, the timeout
+/// alone holds again: a task that hangs then times out after its own limit.
+#[test]
+fn a_slow_start_is_not_counted_against_the_first_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("slow.sh");
+    std::fs::write(
+        &script,
+        "sleep 1.5\nwhile read line; do case \"$line\" in *hang*) sleep 1000;; *) echo \"$line\";; esac; done\n",
+    )
+    .unwrap();
+    let mut p = StreamProgram::new("/bin/sh".into(), dir.path().to_path_buf());
+    p.args = vec![script.display().to_string()];
+    p.grace = Duration::from_millis(100);
+    let mut r = StreamRunner::new(p);
+    let timed = |v: Value| {
+        let mut i = input(v);
+        i.timeout = Some(Duration::from_millis(500));
+        i
+    };
+    let out = r.run_all(vec![
+        timed(json!({"n": 1})),
+        timed(json!({"n": 2})),
+        timed(json!({"hang": 1})),
+    ]);
+    assert_eq!(answer(&out[0]), json!({"n": 1}), "{:?}", out[0]);
+    assert_eq!(answer(&out[1]), json!({"n": 2}), "{:?}", out[1]);
+    assert!(
+        matches!(out[2].exit, ExitInfo::TimedOut { limit_secs } if limit_secs == 0.5),
+        "{:?}",
+        out[2]
+    );
+    assert_eq!(r.starts(), 1);
+}
