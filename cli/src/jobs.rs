@@ -558,10 +558,33 @@ pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<i32> {
         out.flush()?;
         return Ok(EXIT_OK);
     }
-    // CSV takes its columns from every result, so it holds them all.
-    let tasks = if args.task.is_empty() {
-        read_tasks(&conn, &path, None)?
-    } else {
+    if args.task.is_empty() {
+        // CSV takes its columns from every result: one pass finds them, a second writes the
+        // rows, both over one snapshot of the journal (a live master may commit meanwhile).
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        mw::journal::in_snapshot(&conn, &path, |conn| -> anyhow::Result<()> {
+            let mut cols = crate::output::CsvColumns::default();
+            mw::journal::visit_tasks(conn, &path, None, |t| -> anyhow::Result<()> {
+                if wanted(&t) {
+                    let null = serde_json::Value::Null;
+                    cols.see(&t.input, t.output.as_ref().unwrap_or(&null))?;
+                }
+                Ok(())
+            })?;
+            let mut rows = cols.writer(&mut out)?;
+            mw::journal::visit_tasks(conn, &path, None, |t| -> anyhow::Result<()> {
+                if wanted(&t) {
+                    rows.row(&super::ResultLine::from_stored(&t))?;
+                }
+                Ok(())
+            })?;
+            rows.finish()
+        })?;
+        out.flush()?;
+        return Ok(EXIT_OK);
+    }
+    // Tasks named by number: a few, held.
+    let tasks = {
         let mut v = Vec::with_capacity(args.task.len());
         for &n in &args.task {
             match read_task(&conn, &path, n)? {

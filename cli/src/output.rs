@@ -203,45 +203,79 @@ impl ResultLine {
 /// Result lines as CSV (the `csv` crate quotes): fixed columns first, then the input and
 /// the output flattened into one column per leaf (`input.seed`, `output.pi`, …; a scalar
 /// is the column `input` or `output` itself; arrays stay JSON text), then the output files.
+/// For lines already in memory; a whole job is written in two passes over its journal
+/// ([`CsvColumns`], [`CsvRows`]), without holding its results.
 pub(crate) fn write_csv(out: impl Write, lines: &[ResultLine]) -> anyhow::Result<()> {
-    // Columns in order of first appearance, each found by a hash look-up (results with
-    // distinct keys once made this quadratic).
-    let mut input_cols = Columns::default();
-    let mut output_cols = Columns::default();
-    let mut flat_in = Vec::with_capacity(lines.len());
-    let mut flat_out = Vec::with_capacity(lines.len());
+    let mut cols = CsvColumns::default();
     for l in lines {
-        let i = flatten("input", &l.input);
-        let o = flatten("output", &l.output);
-        for (k, _) in &i {
-            input_cols.add(k)?;
-        }
-        for (k, _) in &o {
-            output_cols.add(k)?;
-        }
-        flat_in.push(i);
-        flat_out.push(o);
+        cols.see(&l.input, &l.output)?;
     }
-    let mut w = csv::Writer::from_writer(out);
-    let fixed = [
-        "task",
-        "state",
-        "exit",
-        "error",
-        "attempts",
-        "wall_secs",
-        "cpu_secs",
-        "host",
-        "submitted",
-        "started",
-        "finished",
-    ];
-    let mut header: Vec<String> = fixed.iter().map(|s| s.to_string()).collect();
-    header.extend(input_cols.names.iter().cloned());
-    header.extend(output_cols.names.iter().cloned());
-    header.push("output_files".into());
-    w.write_record(&header)?;
-    for (k, l) in lines.iter().enumerate() {
+    let mut rows = cols.writer(out)?;
+    for l in lines {
+        rows.row(l)?;
+    }
+    rows.finish()
+}
+
+/// The CSV columns of a set of results, in order of first appearance: the first pass over
+/// them (each found by a hash look-up: results with distinct keys once made this quadratic).
+#[derive(Default)]
+pub(crate) struct CsvColumns {
+    input: Columns,
+    output: Columns,
+}
+
+impl CsvColumns {
+    /// Adds the columns of one result's input and output.
+    pub(crate) fn see(
+        &mut self,
+        input: &serde_json::Value,
+        output: &serde_json::Value,
+    ) -> anyhow::Result<()> {
+        for (k, _) in flatten("input", input) {
+            self.input.add(&k)?;
+        }
+        for (k, _) in flatten("output", output) {
+            self.output.add(&k)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the header line to `out`; the rows follow through the writer returned.
+    pub(crate) fn writer<W: Write>(self, out: W) -> anyhow::Result<CsvRows<W>> {
+        let mut w = csv::Writer::from_writer(out);
+        let fixed = [
+            "task",
+            "state",
+            "exit",
+            "error",
+            "attempts",
+            "wall_secs",
+            "cpu_secs",
+            "host",
+            "submitted",
+            "started",
+            "finished",
+        ];
+        let mut header: Vec<String> = fixed.iter().map(|s| s.to_string()).collect();
+        header.extend(self.input.names.iter().cloned());
+        header.extend(self.output.names.iter().cloned());
+        header.push("output_files".into());
+        w.write_record(&header)?;
+        Ok(CsvRows { w, cols: self })
+    }
+}
+
+/// The second pass of a CSV: one row per result, in the columns [`CsvColumns`] found.
+pub(crate) struct CsvRows<W: Write> {
+    w: csv::Writer<W>,
+    cols: CsvColumns,
+}
+
+impl<W: Write> CsvRows<W> {
+    /// Writes the row of `l`. A value in a column the first pass did not see is an error
+    /// (the results changed between the passes), never dropped.
+    pub(crate) fn row(&mut self, l: &ResultLine) -> anyhow::Result<()> {
         let mut rec = vec![
             l.task.to_string(),
             l.state.clone(),
@@ -255,20 +289,32 @@ pub(crate) fn write_csv(out: impl Write, lines: &[ResultLine]) -> anyhow::Result
             l.started.clone().unwrap_or_default(),
             l.finished.clone().unwrap_or_default(),
         ];
-        for (cols, flat) in [(&input_cols, &flat_in[k]), (&output_cols, &flat_out[k])] {
+        for (cols, value, prefix) in [
+            (&self.cols.input, &l.input, "input"),
+            (&self.cols.output, &l.output, "output"),
+        ] {
             let mut cells = vec![String::new(); cols.names.len()];
-            for (name, value) in flat {
-                if let Some(&i) = cols.index.get(name) {
-                    cells[i].clone_from(value);
-                }
+            for (name, value) in flatten(prefix, value) {
+                let Some(&i) = cols.index.get(&name) else {
+                    anyhow::bail!(
+                        "task {}: column {name} appeared after the header was written",
+                        l.task
+                    );
+                };
+                cells[i] = value;
             }
             rec.extend(cells);
         }
         rec.push(l.output_files.join(";"));
-        w.write_record(&rec)?;
+        self.w.write_record(&rec)?;
+        Ok(())
     }
-    w.flush()?;
-    Ok(())
+
+    /// Flushes what is written.
+    pub(crate) fn finish(mut self) -> anyhow::Result<()> {
+        self.w.flush()?;
+        Ok(())
+    }
 }
 
 /// Most distinct input or output columns a CSV gets (beyond them, JSON lines say it better).

@@ -1345,6 +1345,20 @@ pub fn count_running_with_handle(conn: &Connection, path: &Path) -> Result<u64, 
     .map_err(|e| jerr(path, "counting running tasks", e))
 }
 
+/// Runs `f` over one snapshot of the journal (a read transaction, rolled back after): every
+/// read `f` makes sees the same committed state, whatever a live master commits meanwhile
+/// (a command that reads a job twice, like a CSV's two passes).
+pub fn in_snapshot<T, E: From<JournalError>>(
+    conn: &Connection,
+    path: &Path,
+    f: impl FnOnce(&Connection) -> Result<T, E>,
+) -> Result<T, E> {
+    let tx = conn
+        .unchecked_transaction()
+        .map_err(|e| jerr(path, "starting a read transaction", e))?;
+    f(&tx)
+}
+
 /// Reads tasks (all, or those in one state).
 pub fn read_tasks(
     conn: &Connection,
