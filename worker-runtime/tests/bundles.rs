@@ -84,6 +84,22 @@ impl Fixture {
         path
     }
 
+    /// Runs the task with input `word` through `run_bundles` in this process; returns what
+    /// it reported and the result bundle's path.
+    fn run_in_process(&self, word: &str) -> (mw_bundle::ResultInfo, PathBuf) {
+        let task = self.task(&self.sha, word, None);
+        let result = self.path("result.tar.gz");
+        let info = run_bundles(
+            &self.program,
+            &task,
+            &result,
+            &ProcessControl::new(),
+            &RunOptions::default(),
+        )
+        .unwrap();
+        (info, result)
+    }
+
     fn worker(&self, task: &Path, result: &Path) -> std::process::Output {
         self.worker_with(&self.program, task, result)
     }
@@ -159,16 +175,7 @@ fn gzip(args: &[&str], input: &[u8]) -> Vec<u8> {
 #[test]
 fn run_bundles_returns_exit_stdout_and_declared_outputs_only() {
     let fx = Fixture::new();
-    let task = fx.task(&fx.sha, "ok", None);
-    let result = fx.path("result.tar.gz");
-    let info = run_bundles(
-        &fx.program,
-        &task,
-        &result,
-        &ProcessControl::new(),
-        &RunOptions::default(),
-    )
-    .unwrap();
+    let (info, result) = fx.run_in_process("ok");
     assert_eq!(info.exit, ExitInfo::Exited { code: 0 });
     assert_eq!(info.job, "testjob");
     assert_eq!(info.task, 7);
@@ -190,16 +197,7 @@ fn run_bundles_returns_exit_stdout_and_declared_outputs_only() {
 #[test]
 fn an_output_file_over_the_result_limit_is_missing_with_its_reason_not_read() {
     let fx = Fixture::new();
-    let task = fx.task(&fx.sha, "huge", None);
-    let result = fx.path("result.tar.gz");
-    let info = run_bundles(
-        &fx.program,
-        &task,
-        &result,
-        &ProcessControl::new(),
-        &RunOptions::default(),
-    )
-    .unwrap();
+    let (info, result) = fx.run_in_process("huge");
     assert_eq!(info.exit, ExitInfo::Exited { code: 0 });
     assert_eq!(info.missing_outputs.len(), 1, "{:?}", info.missing_outputs);
     let why = &info.missing_outputs[0];
