@@ -194,6 +194,15 @@ Exit status: 0 every task succeeded, 1 some task failed, 2 bad usage or job file
 
 /// Entry point of the `mw` binary; returns the process exit code.
 pub fn main() -> i32 {
+    // The watchdog of a local master's tasks (see `run::watch_local_tasks`): this same
+    // binary, started with a hidden first argument.
+    #[cfg(unix)]
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(mw_worker_runtime::dying::WATCHDOG_ARG))
+    {
+        let rest: Vec<std::ffi::OsString> = std::env::args_os().skip(2).collect();
+        return mw_worker_runtime::dying::watchdog_main(&rest);
+    }
     // Before any thread starts (it sets an environment variable for MPI_Init).
     #[cfg(feature = "mpi")]
     mw::mpi::prepare_process();

@@ -300,6 +300,7 @@ pub(crate) fn make_interface(
     let _ = (job, job_dir);
     match name {
         "multicore" => {
+            watch_local_tasks();
             let mc = match workers {
                 Some(n) => mw::Multicore::new(n),
                 None => mw::Multicore::default(),
@@ -308,6 +309,30 @@ pub(crate) fn make_interface(
         }
         "mpi" => mpi_interface(),
         other => crate::platforms::make(other, job, job_dir),
+    }
+}
+
+/// Starts, once per process, the watchdog that kills this master's local tasks when the master
+/// is gone however it died (SIGKILL, the OOM killer): every process carrying this process's
+/// task-token prefix, also those that left their process group or working directory
+/// (`mw_worker_runtime::dying`, the same one `mw-worker` runs; this binary answers its
+/// hidden argument in `main`). Without it (it could not start), `mw resume` and `mw cancel`
+/// still stop the leftovers they can find by their journaled process groups.
+fn watch_local_tasks() {
+    #[cfg(unix)]
+    {
+        static WATCHDOG: std::sync::OnceLock<Option<mw_worker_runtime::dying::Watchdog>> =
+            std::sync::OnceLock::new();
+        WATCHDOG.get_or_init(|| match mw_worker_runtime::dying::Watchdog::start(None) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                log::warn!(
+                    "no watchdog for the local tasks ({e}): if this master is killed, its \
+                     running tasks stay until `mw resume` or `mw cancel` stops them"
+                );
+                None
+            }
+        });
     }
 }
 

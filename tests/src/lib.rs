@@ -188,6 +188,38 @@ pub fn finish_within(
     out
 }
 
+/// Kills (SIGKILL) the watchdog a local `mw` master (`master`, a pid) started for its tasks:
+/// its child that runs the hidden `__mw-watchdog` argument. For tests of what is left when the
+/// watchdog too is gone. Panics if the master has none (it starts one with its interface,
+/// before any task runs).
+pub fn kill_watchdog_of(master: u32) {
+    let proc_dir = std::fs::read_dir("/proc").expect("read /proc");
+    for e in proc_dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`: the fields after the last `)`.
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|s| s.parse::<u32>().ok());
+        if ppid != Some(master) {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmdline.split(|b| *b == 0).any(|a| a == b"__mw-watchdog") {
+            // SAFETY: kill(2) on the watchdog process found just above, a child of our `mw`.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return;
+        }
+    }
+    panic!("mw (pid {master}) has no watchdog");
+}
+
 /// Starts `mw ARGS` in `dir` in the background, jobs under `dir/jobs`, with `env` added;
 /// stdout and stderr piped (see [`finish_within`]).
 pub fn spawn_mw(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {

@@ -766,6 +766,8 @@ fn cancel_without_a_master_stops_the_tasks_it_left_running() {
         .is_ok_and(|n| n == 2)
     });
     let running = pids(d);
+    // A master whose watchdog is gone too (else the watchdog stops the tasks at once).
+    mw_tests::kill_watchdog_of(child.id());
     // SAFETY: kill(2) on the mw process we started: a master that dies without clean-up.
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     let _ = finish(child);
@@ -776,6 +778,42 @@ fn cancel_without_a_master_stops_the_tasks_it_left_running() {
     let o = run_mw(d, &["cancel", "orphans-1"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     poll("the left tasks stopped", || {
+        running.iter().all(|p| !alive(*p))
+    });
+}
+
+/// A local master killed with SIGKILL (or by the OOM killer) takes its running tasks with it:
+/// its watchdog kills every process of them, also one that changed its working directory and
+/// one that left its process group (`setsid`), which the journaled process groups would not
+/// find. They once ran on until `mw resume` or `mw cancel`, and those two for ever.
+#[test]
+fn a_killed_master_takes_its_running_tasks_with_it() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    std::fs::create_dir_all(d.join("pids")).unwrap();
+    script(
+        d,
+        "away.sh",
+        &format!(
+            "read input\ncd /\nsetsid sh -c 'echo $$ > {pids}/escaped-'\"$input\"'; exec sleep 1000' \
+             < /dev/null > /dev/null 2>&1 &\necho $$ > {pids}/$input\nexec sleep 1000",
+            pids = d.join("pids").display()
+        ),
+    );
+    write(
+        d,
+        "away.toml",
+        "name = \"away\"\nworkers = 2\n[program]\npath = \"away.sh\"\n[inputs]\nlist = [1, 2, 3]\n",
+    );
+    let child = spawn_mw(d, &["run", "away.toml", "-q"], &[]);
+    poll("two tasks and their escaped children running", || {
+        pids(d).len() == 4
+    });
+    let running = pids(d);
+    // SAFETY: kill(2) on the mw process we started: a master that dies without clean-up.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = finish(child);
+    poll("every process of the killed master's tasks gone", || {
         running.iter().all(|p| !alive(*p))
     });
 }

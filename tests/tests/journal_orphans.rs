@@ -1,5 +1,6 @@
-//! A local master killed with SIGKILL leaves its running tasks behind (local tasks do not
-//! die with the master, see ARCHITECTURE.md). `mw resume` must stop those leftovers before it
+//! A local master killed with SIGKILL whose watchdog is gone too (it kills the master's tasks
+//! otherwise) leaves its running tasks behind (see ARCHITECTURE.md). `mw resume` must stop
+//! those leftovers before it
 //! runs the tasks again, so a task never runs twice at the same time. The journal records
 //! each local task's process group, and the process carries its task attempt in its
 //! environment, so only the very processes the dead master started are killed.
@@ -92,6 +93,8 @@ fn resume_kills_the_tasks_a_dead_master_left_running() {
             })
             .unwrap_or(false)
     });
+    // A master whose watchdog is gone too (else it stops the tasks as the master dies).
+    mw_tests::kill_watchdog_of(master.id());
     // SAFETY: kill only sends a signal to the master we spawned.
     unsafe {
         libc::kill(master.id() as i32, libc::SIGKILL);
