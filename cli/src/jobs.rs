@@ -125,24 +125,26 @@ fn now_unix() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// True when `pid` is a live (not zombie) `mw` process on this host. A killed master that
-/// is not reaped yet, or an unrelated process that reused the pid, does not count.
-fn pid_alive(pid: i64) -> bool {
+/// True when `pid` is a live (not zombie) process on this host that is the detached master
+/// of the job in `dir`: `mw submit` starts it as `mw … resume <dir>`, so one of its arguments
+/// is that directory. A killed master that is not reaped yet, or any other process that
+/// reused the pid (another job's master too), does not count.
+fn pid_alive(pid: i64, dir: &Path) -> bool {
     if pid <= 0 || pid > i32::MAX as i64 {
         return false;
     }
     if !process_running(pid) {
         return false;
     }
+    use std::os::unix::ffi::OsStrExt;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or(&[]);
-    let name = std::path::Path::new(std::ffi::OsStr::new(
-        std::str::from_utf8(argv0).unwrap_or(""),
-    ))
-    .file_name()
-    .map(|n| n.to_string_lossy().into_owned())
-    .unwrap_or_default();
-    name == "mw"
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return false;
+    };
+    cmdline.split(|b| *b == 0).skip(1).any(|arg| {
+        let arg = Path::new(std::ffi::OsStr::from_bytes(arg));
+        arg.is_absolute() && std::fs::canonicalize(arg).is_ok_and(|a| a == dir)
+    })
 }
 
 /// The pid of a live master of this job on this host, if any.
@@ -155,7 +157,7 @@ pub(crate) fn live_master_pid(dir: &Path) -> anyhow::Result<Option<i64>> {
     if lock_held_by_a_live_master(dir, &rec) {
         return Ok(Some(rec.pid.unwrap_or(0)));
     }
-    live_master_in(&rec)
+    live_master_in(&rec, dir)
 }
 
 /// The lock is held, and not only by a master that is already dead: a killed process's
@@ -185,15 +187,16 @@ fn process_running(pid: i64) -> bool {
     !(state == "Z" || state == "X")
 }
 
-/// The pid of the live master a job row names, if it runs on this host.
-fn live_master_in(rec: &MasterRecord) -> anyhow::Result<Option<i64>> {
+/// The pid of the live master a job row names, if it runs on this host (the detached master
+/// of the job in `dir`, before it holds the job's lock).
+fn live_master_in(rec: &MasterRecord, dir: &Path) -> anyhow::Result<Option<i64>> {
     let MasterRecord { pid, host, status } = rec.clone();
     if status != "running" {
         return Ok(None);
     }
     let here = mw_worker_runtime::exec::host_name();
     match (pid, host) {
-        (Some(pid), Some(h)) if h == here && pid_alive(pid) => Ok(Some(pid)),
+        (Some(pid), Some(h)) if h == here && pid_alive(pid, dir) => Ok(Some(pid)),
         _ => Ok(None),
     }
 }
@@ -719,7 +722,7 @@ pub(crate) fn wait(args: WaitArgs, quiet: bool) -> anyhow::Result<i32> {
         }
         let rec = read_master(&conn, &path)?;
         let master_alive =
-            lock_held_by_a_live_master(&dir, &rec) || live_master_in(&rec)?.is_some();
+            lock_held_by_a_live_master(&dir, &rec) || live_master_in(&rec, &dir)?.is_some();
         // Every task has an outcome; a master still alive is finishing up (reduce), so
         // wait for it to exit too.
         if counts.unfinished == 0 && !master_alive {

@@ -861,3 +861,45 @@ fn a_master_killed_in_the_reduce_step_is_completed_by_resume() {
     let kept = std::fs::read_to_string(d.join("jobs/red-1/reduce.out")).unwrap();
     assert_eq!(kept.trim(), "3");
 }
+
+/// The pid a dead master's journal names, reused by another process (here another job's
+/// master, also an `mw`): the job counts as stopped, not running, so `mw resume` takes it
+/// over. It once counted as running for good: `mw resume` refused and `mw wait` waited.
+#[test]
+fn a_dead_masters_pid_reused_by_another_mw_is_not_its_master() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    gated_job(d, "victim", 2);
+    let victim = spawn_mw(d, &["run", "victim.toml", "-q"], &[]);
+    poll("the victim's tasks running", || pids(d).len() == 2);
+    mw_tests::kill_watchdog_of(victim.id());
+    // SAFETY: kill(2) on the mw process we started.
+    unsafe { libc::kill(victim.id() as i32, libc::SIGKILL) };
+    let _ = finish(victim);
+    // Another job's master, alive, takes the dead master's place in the victim's journal.
+    write(
+        d,
+        "other.toml",
+        "name = \"other\"\nworkers = 1\n[program]\npath = \"gated.sh\"\n[inputs]\nlist = [9]\n",
+    );
+    let other = spawn_mw(d, &["run", "other.toml", "-q"], &[]);
+    poll("the other job's task running", || pids(d).len() == 3);
+    let conn = rusqlite::Connection::open(d.join("jobs/victim-1/journal.sqlite")).unwrap();
+    conn.execute("UPDATE job SET master_pid = ?1", [i64::from(other.id())])
+        .unwrap();
+    drop(conn);
+    let s = run_mw(d, &["status", "victim-1", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&s.stdout).unwrap();
+    assert!(
+        !v["job"]["state"].as_str().unwrap().starts_with("running"),
+        "{}",
+        s.stdout
+    );
+    write(d, "gate", "");
+    let o = run_mw(d, &["resume", "victim-1", "-q"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout.lines().count(), 0, "{}", o.stdout);
+    let r = run_mw(d, &["results", "victim-1"]);
+    assert_eq!(r.stdout.lines().count(), 2, "{}", r.stdout);
+    let _ = finish(other);
+}
