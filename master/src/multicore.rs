@@ -751,10 +751,21 @@ fn stop_leftover_on(this_host: &str, handle: &str) {
     if host != this_host || pid <= 1 || mark.is_empty() {
         return;
     }
+    // The handle comes from the journal, which may be forged: only a slot's working
+    // directory (`…/mw-slot-*/work`) names a task of ours, and only a process that carries an
+    // mw task token is one (an unrelated process sitting in some directory is never killed).
+    let recorded = Path::new(mark);
+    let in_a_slot = recorded.file_name() == Some(std::ffi::OsStr::new("work"))
+        && recorded
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|n| n.to_string_lossy().starts_with(SLOT_PREFIX));
+    if !in_a_slot || !carries_a_task_token(pid) {
+        return;
+    }
     let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else {
         return;
     };
-    let recorded = Path::new(mark);
     let recorded = std::fs::canonicalize(recorded).unwrap_or_else(|_| recorded.to_path_buf());
     if cwd == recorded {
         // SAFETY: killpg only sends a signal; the process runs in our slot directory and
@@ -765,10 +776,49 @@ fn stop_leftover_on(this_host: &str, handle: &str) {
     }
 }
 
+/// Whether process `pid`'s environment has an mw task token (`MW_TASK_TOKEN`): a task some
+/// mw started.
+fn carries_a_task_token(pid: i32) -> bool {
+    let key = format!("{}=", mw_worker_runtime::exec::TASK_TOKEN_ENV);
+    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+        env.split(|b| *b == 0)
+            .any(|var| var.starts_with(key.as_bytes()))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
     use super::*;
+
+    /// A forged journal handle naming an unrelated process (by its pid and the directory it
+    /// sits in) kills nothing: it once took `mw cancel` to SIGKILL any process group of the
+    /// user's.
+    #[test]
+    fn a_forged_handle_never_stops_an_unrelated_process() {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fake_slot = dir.path().join(format!("{SLOT_PREFIX}forged")).join("work");
+        std::fs::create_dir_all(&fake_slot).unwrap();
+        let host = host_name();
+        for cwd in [dir.path().to_path_buf(), fake_slot] {
+            let mut innocent = std::process::Command::new("sleep")
+                .arg("1000")
+                .current_dir(&cwd)
+                .env_remove(mw_worker_runtime::exec::TASK_TOKEN_ENV)
+                .process_group(0)
+                .spawn()
+                .unwrap();
+            let handle = format!("local:{host}:{}:{}", innocent.id(), cwd.display());
+            stop_leftover_on(&host, &handle);
+            assert!(
+                innocent.try_wait().unwrap().is_none(),
+                "{handle} stopped an unrelated process"
+            );
+            innocent.kill().unwrap();
+            innocent.wait().unwrap();
+        }
+    }
 
     /// A forged journal's `workers` (or a library caller's) is clamped, never allocated.
     #[test]
