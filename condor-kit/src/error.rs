@@ -76,6 +76,29 @@ pub enum CondorError {
         /// What is wrong with it.
         message: String,
     },
+    /// A job event log in a format mw does not read: HTCondor writes JSON or XML records when
+    /// the pool's `DEFAULT_USERLOG_FORMAT_OPTIONS` has `JSON` or `XML` (or the submit
+    /// description says `log_xml = True`); mw reads only the text format. Nothing in the log
+    /// is read.
+    #[error(
+        "{path}: HTCondor wrote this job event log in {format}, which mw does not read; set \
+         DEFAULT_USERLOG_FORMAT_OPTIONS in the submit machine's HTCondor configuration to text \
+         options only (e.g. `DEFAULT_USERLOG_FORMAT_OPTIONS = ISO_DATE`, no JSON or XML), \
+         leave `log_xml` out of the submit template, and submit again"
+    )]
+    LogFormat {
+        /// The log file.
+        path: PathBuf,
+        /// `JSON` or `XML`.
+        format: &'static str,
+    },
+    /// A job event log that was being read is gone (deleted or moved away). When the file
+    /// appears again it is read from its start.
+    #[error("{path}: the job event log was deleted or moved away")]
+    LogGone {
+        /// The log file.
+        path: PathBuf,
+    },
     /// The file-system watcher could not be set up.
     #[error("cannot watch {path}: {message}")]
     Watch {

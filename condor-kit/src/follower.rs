@@ -2,6 +2,9 @@
 //! the events whose `...` terminator has arrived since the last call. A half-written record stays
 //! in the file for the next poll; one longer than [`MAX_RECORD_BYTES`] is reported and skipped,
 //! and the file is read in bounded pieces, so memory does not grow with what the log holds.
+//! A log whose first non-blank byte is `{` or `<` (HTCondor's JSON or XML format) is an error
+//! ([`CondorError::LogFormat`]), as is a log that existed and is gone
+//! ([`CondorError::LogGone`]); a log that appears again is read from its start.
 //! This module must never know about mw's tasks or the master.
 
 use crate::error::{io_err, CondorError, Result};
@@ -30,6 +33,10 @@ pub struct LogFollower {
     /// Inside a record longer than [`MAX_RECORD_BYTES`]: its lines are dropped up to its
     /// `...` terminator.
     skipping: bool,
+    /// The file existed at an earlier poll (so its absence now means it is gone).
+    existed: bool,
+    /// The log is in a format this reader does not read (`JSON`, `XML`).
+    format: Option<&'static str>,
 }
 
 /// The longest record kept (HTCondor's are a few hundred bytes to a few KiB): a longer one
@@ -45,6 +52,8 @@ impl LogFollower {
             offset: 0,
             lines_before: 0,
             skipping: false,
+            existed: false,
+            format: None,
         }
     }
 
@@ -58,19 +67,35 @@ impl LogFollower {
         self.offset
     }
 
-    /// Reads what was appended since the last call. A missing file yields nothing (HTCondor
-    /// creates the log at the first event). A file that shrank is read again from the start.
+    /// Reads what was appended since the last call. A file that never existed yields nothing
+    /// (HTCondor creates the log at the first event); one that existed and is gone is
+    /// [`CondorError::LogGone`] (and is read from its start if it appears again). A file that
+    /// shrank is read again from the start. A JSON or XML log is [`CondorError::LogFormat`]
+    /// at every poll.
     pub fn poll(&mut self) -> Result<Polled> {
         let mut file = match std::fs::File::open(&self.path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Polled::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !self.existed {
+                    return Ok(Polled::default());
+                }
+                self.rewind();
+                return Err(CondorError::LogGone {
+                    path: self.path.clone(),
+                });
+            }
             Err(e) => return Err(io_err(&self.path)(e)),
         };
+        self.existed = true;
         let len = file.metadata().map_err(io_err(&self.path))?.len();
         if len < self.offset {
-            self.offset = 0;
-            self.lines_before = 0;
-            self.skipping = false;
+            self.rewind();
+        }
+        if let Some(format) = self.format {
+            return Err(CondorError::LogFormat {
+                path: self.path.clone(),
+                format,
+            });
         }
         let mut out = Polled::default();
         // At most a record's limit of unconsumed bytes is read at a time (plus what the
@@ -87,6 +112,23 @@ impl LogFollower {
                 .map_err(io_err(&self.path))?;
             if buf.is_empty() {
                 break;
+            }
+            if self.offset == 0 {
+                // HTCondor's JSON records start with `{`, its XML log with `<`: neither has
+                // the `...` terminators of the text format, so it would be read as one
+                // unterminated record.
+                let format = match buf.iter().find(|b| !b.is_ascii_whitespace()) {
+                    Some(b'{') => Some("JSON"),
+                    Some(b'<') => Some("XML"),
+                    _ => None,
+                };
+                if let Some(format) = format {
+                    self.format = Some(format);
+                    return Err(CondorError::LogFormat {
+                        path: self.path.clone(),
+                        format,
+                    });
+                }
             }
             let consumed = self.consume(&buf, &mut out);
             let rest = buf.len() - consumed;
@@ -122,6 +164,14 @@ impl LogFollower {
             }
         }
         Ok(out)
+    }
+
+    /// Forgets what was read: the next poll starts at the beginning of the file.
+    fn rewind(&mut self) {
+        self.offset = 0;
+        self.lines_before = 0;
+        self.skipping = false;
+        self.format = None;
     }
 
     /// Reads the complete records in `buf` (the file from `offset` on) into `out` and moves

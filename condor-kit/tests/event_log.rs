@@ -451,3 +451,66 @@ fn an_overlong_record_is_reported_once_and_skipped() {
     assert_eq!(p.events[0].line, 3 + 1 + junk_lines + 1, "{p:?}");
     assert_eq!(f.offset(), std::fs::metadata(&path).unwrap().len());
 }
+
+/// A log HTCondor writes in JSON (`DEFAULT_USERLOG_FORMAT_OPTIONS = JSON`) or XML has no
+/// `...` terminators: it was read as one unterminated record, so nothing came out (no event,
+/// no error) until it passed 1 MiB. It is an error naming the setting, at every poll.
+#[test]
+fn json_and_xml_logs_are_an_error_that_names_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text, format) in [
+        (
+            "j.log",
+            "\n{\n    \"MyType\": \"SubmitEvent\",\n    \"EventTypeNumber\": 0,\n    \"Cluster\": 7,\n    \"Proc\": 0\n}\n",
+            "JSON",
+        ),
+        (
+            "x.log",
+            "<c>\n    <a n=\"MyType\"><s>SubmitEvent</s></a>\n    <a n=\"Cluster\"><i>7</i></a>\n</c>\n",
+            "XML",
+        ),
+    ] {
+        let log = dir.path().join(name);
+        std::fs::write(&log, text).unwrap();
+        let mut f = LogFollower::new(&log);
+        for _ in 0..2 {
+            let e = f.poll().unwrap_err();
+            assert!(
+                matches!(&e, mw_condor_kit::CondorError::LogFormat { format: f, .. } if *f == format),
+                "{e:?}"
+            );
+            let msg = e.to_string();
+            assert!(msg.contains("DEFAULT_USERLOG_FORMAT_OPTIONS"), "{msg}");
+            assert!(msg.contains(name), "{msg}");
+        }
+    }
+    // Blank lines before a text record are no reason for alarm.
+    let log = dir.path().join("t.log");
+    std::fs::write(&log, format!("\n\n{SUBMIT}")).unwrap();
+    assert_eq!(LogFollower::new(&log).poll().unwrap().events.len(), 1);
+}
+
+/// A log that was read and is then deleted answered an empty poll for ever; it is reported
+/// gone, and a log written again at that path is read from its start.
+#[test]
+fn a_deleted_log_is_reported_and_a_new_one_read_from_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("d.log");
+    let mut f = LogFollower::new(&log);
+    assert!(
+        f.poll().unwrap().events.is_empty(),
+        "not there yet: no error"
+    );
+    append(&log, SUBMIT);
+    assert_eq!(f.poll().unwrap().events.len(), 1);
+    std::fs::remove_file(&log).unwrap();
+    let e = f.poll().unwrap_err();
+    assert!(
+        matches!(&e, mw_condor_kit::CondorError::LogGone { path } if *path == log),
+        "{e:?}"
+    );
+    append(&log, &format!("{TERM_HEAD}{TERM_TAIL}"));
+    let p = f.poll().unwrap();
+    assert_eq!(summary(&p.events), vec![s(5, 7, 0, "rv 3")]);
+    assert_eq!(p.events[0].line, 1);
+}

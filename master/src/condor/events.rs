@@ -5,28 +5,205 @@
 
 use super::*;
 use crate::task::RunFacts;
-use mw_condor_kit::JobAd;
+use mw_condor_kit::{CondorError, JobAd};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::UNIX_EPOCH;
 
 /// Follows the job events until the watcher stops. A panic while handling one event fails
-/// only that job's task (with the panic's message); the thread goes on.
+/// only that job's task (with the panic's message); the thread goes on. Between events (at
+/// least every poll interval) it asks the schedd about the jobs of logs that are gone.
 pub(super) fn event_loop(shared: &Shared, rx: Receiver<WatchMessage>) {
-    for msg in rx {
-        crate::crash::panic_point("condor-event-loop", None);
-        match msg {
-            Ok(ev) => {
-                let h = ev.handle();
-                if let Err(panic) = crate::guard::contain(|| on_event(shared, ev)) {
-                    if let Some(h) = h {
-                        super::fail_task_of(shared, h, &panic);
-                    }
+    loop {
+        match rx.recv_timeout(shared.settings.poll_interval) {
+            Ok(msg) => on_message(shared, msg),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        recheck_gone_logs(shared);
+    }
+}
+
+fn on_message(shared: &Shared, msg: WatchMessage) {
+    crate::crash::panic_point("condor-event-loop", None);
+    match msg {
+        Ok(ev) => {
+            let h = ev.handle();
+            if let Err(panic) = crate::guard::contain(|| on_event(shared, ev)) {
+                if let Some(h) = h {
+                    super::fail_task_of(shared, h, &panic);
                 }
             }
-            Err(e) => {
-                shared.lock().log_problems += 1;
-                eprintln!("mw: condor: skipped a job event log record: {e}");
+        }
+        Err(e) => {
+            shared.lock().log_problems += 1;
+            match e {
+                CondorError::LogFormat { ref path, .. } => {
+                    let msg = e.to_string();
+                    if let Err(panic) = crate::guard::contain(|| fail_log(shared, path, &msg)) {
+                        log::error!(
+                            "condor: internal error while failing the jobs of {msg}: {panic}"
+                        );
+                    }
+                }
+                CondorError::LogGone { path } => {
+                    eprintln!(
+                        "mw: condor: the job event log {} was deleted or moved away; asking \
+                         the schedd (condor_q, then condor_history) how its jobs are doing",
+                        path.display()
+                    );
+                    shared.lock().gone_logs.insert(path, Instant::now());
+                }
+                e => eprintln!("mw: condor: skipped a job event log record: {e}"),
             }
         }
+    }
+}
+
+/// How often the schedd is asked again about the jobs of a log that is gone while some of
+/// them are still in the queue.
+pub(super) const GONE_LOG_RECHECK: Duration = Duration::from_secs(30);
+
+/// Asks the schedd about the jobs of every log that is gone and due for a check.
+fn recheck_gone_logs(shared: &Shared) {
+    let now = Instant::now();
+    let due: Vec<PathBuf> = shared
+        .lock()
+        .gone_logs
+        .iter()
+        .filter(|(_, at)| **at <= now)
+        .map(|(p, _)| p.clone())
+        .collect();
+    for log in due {
+        let waiting =
+            crate::guard::contain(|| conclude_gone_log(shared, &log)).unwrap_or_else(|panic| {
+                log::error!(
+                    "condor: internal error while asking about the jobs of {}: {panic}",
+                    log.display()
+                );
+                false
+            });
+        let mut st = shared.lock();
+        if waiting {
+            st.gone_logs.insert(log, now + GONE_LOG_RECHECK);
+        } else {
+            st.gone_logs.remove(&log);
+        }
+    }
+}
+
+/// The jobs whose tasks this interface follows through `log` (a batch's log is in its
+/// batch directory with its tasks' files).
+pub(super) fn jobs_of_log(st: &State, log: &Path) -> Vec<JobHandle> {
+    let dir = log.parent();
+    let mut jobs: Vec<JobHandle> = st
+        .tasks
+        .values()
+        .filter(|t| Some(t.files.dir.as_path()) == dir)
+        .filter_map(|t| t.handle)
+        .collect();
+    jobs.sort_unstable_by_key(|h| (h.cluster, h.proc));
+    jobs.dedup();
+    jobs
+}
+
+/// The log of a batch is gone: its jobs that left the queue end as `condor_history` says
+/// (or fail when it does not know them); returns whether some are still queued (their events
+/// are read if HTCondor writes the log again; the queue is asked again later).
+fn conclude_gone_log(shared: &Shared, log: &Path) -> bool {
+    if log.exists() {
+        // Written again: the watcher reads it from its start.
+        return false;
+    }
+    let jobs = jobs_of_log(&shared.lock(), log);
+    if jobs.is_empty() {
+        return false;
+    }
+    let cli = &shared.settings.cli;
+    let mut clusters: Vec<u64> = jobs.iter().map(|h| h.cluster).collect();
+    clusters.dedup();
+    let queued: HashSet<JobHandle> = match cli.query_jobs(&clusters) {
+        Ok(ads) => ads.into_iter().map(|a| a.handle).collect(),
+        Err(e) => {
+            eprintln!(
+                "mw: condor: the job event log {} is gone and condor_q failed ({e}); asking \
+                 again in {}s",
+                log.display(),
+                GONE_LOG_RECHECK.as_secs()
+            );
+            return true;
+        }
+    };
+    let mut waiting = 0usize;
+    for h in jobs {
+        if queued.contains(&h) {
+            waiting += 1;
+            continue;
+        }
+        let outcome = match history_ad(cli, h) {
+            Some(ad) => outcome_of_ad(h, &ad, log),
+            None => Outcome::Error(format!(
+                "HTCondor job {h}: its job event log {} is gone, and neither condor_q nor \
+                 condor_history lists the job, so how it ended is unknown",
+                log.display()
+            )),
+        };
+        conclude(shared, h, outcome);
+    }
+    if waiting > 0 {
+        eprintln!(
+            "mw: condor: the job event log {} is gone; {waiting} of its job(s) are still in \
+             the queue: their events are read if the log is written again, and the queue is \
+             asked again in {}s",
+            log.display(),
+            GONE_LOG_RECHECK.as_secs()
+        );
+    }
+    waiting > 0
+}
+
+/// How a job that left the queue ended, from its `condor_history` ad (its log being gone).
+pub(super) fn outcome_of_ad(h: JobHandle, ad: &JobAd, log: &Path) -> Outcome {
+    let by_signal = ad.attributes.get("ExitBySignal") == Some(&serde_json::Value::Bool(true));
+    match (ad.status, ad.exit_code, ad.exit_signal) {
+        (_, _, Some(sig)) if by_signal => Outcome::Signal(sig),
+        (JobStatus::Completed, Some(rv), _) => Outcome::Exited(rv),
+        (JobStatus::Removed, _, _) => Outcome::Error(format!(
+            "HTCondor job {h} was removed from the queue (found in condor_history; its log {} \
+             is gone)",
+            log.display()
+        )),
+        (s, _, _) => Outcome::Error(format!(
+            "HTCondor job {h} left the queue in state {s:?} (its log {} is gone)",
+            log.display()
+        )),
+    }
+}
+
+/// `log` is in a format mw does not read (`msg` says which and what to set): the jobs
+/// followed through it are removed and their tasks fail with `msg`; tasks re-attached to it
+/// later fail at once.
+fn fail_log(shared: &Shared, log: &Path, msg: &str) {
+    let jobs = {
+        let mut st = shared.lock();
+        st.bad_logs.insert(log.to_path_buf(), msg.to_string());
+        jobs_of_log(&st, log)
+    };
+    eprintln!("mw: condor: {msg}; failing its {} job(s)", jobs.len());
+    fail_jobs_of_bad_log(shared, &jobs, msg);
+}
+
+/// Removes `jobs`, whose log mw cannot read, and fails their tasks with `msg`.
+pub(super) fn fail_jobs_of_bad_log(shared: &Shared, jobs: &[JobHandle], msg: &str) {
+    let removed = match shared.settings.cli.remove(jobs) {
+        Ok(()) => "removed it with condor_rm".to_string(),
+        Err(e) => format!("condor_rm failed: {e}"),
+    };
+    for h in jobs {
+        conclude(
+            shared,
+            *h,
+            Outcome::Error(format!("HTCondor job {h}: {msg}; {removed}")),
+        );
     }
 }
 
@@ -424,6 +601,14 @@ fn job_ad(cli: &CondorCli, h: JobHandle) -> Option<JobAd> {
         .ok()
         .and_then(find)
         .or_else(|| cli.history(&[h.cluster], None).ok().and_then(find))
+}
+
+/// The ad of job `h` in the schedd's history.
+pub(super) fn history_ad(cli: &CondorCli, h: JobHandle) -> Option<JobAd> {
+    cli.history(&[h.cluster], None)
+        .ok()?
+        .into_iter()
+        .find(|a| a.handle == h)
 }
 
 /// A non-negative integer attribute (a unix time).

@@ -169,6 +169,10 @@ struct State {
     /// pack that is re-attached after its job ended gets the same outcome.
     reattached: HashSet<JobHandle>,
     concluded: HashMap<JobHandle, Outcome>,
+    /// Logs in a format mw does not read, and the message their tasks fail with.
+    bad_logs: HashMap<PathBuf, String>,
+    /// Logs that are gone, and when to ask the schedd about their jobs next.
+    gone_logs: HashMap<PathBuf, Instant>,
 }
 
 impl State {
@@ -593,6 +597,170 @@ mod tests {
         assert!(err.contains("no result bundle came back"), "{err}");
         assert!(err.contains("worker said: lost it"), "{err}");
         assert_eq!(condor.status()["log_problems"], "0");
+        condor.shutdown();
+    }
+
+    /// Work directory with batch 1 of cluster 7 staged for tasks 0..n (lone tasks): returns
+    /// (work dir, batch dir, log path).
+    fn staged_batch(root: &Path, n: u64) -> (PathBuf, PathBuf, PathBuf) {
+        let work = root.join("condor");
+        let batch = work.join("batch-1");
+        std::fs::create_dir_all(&batch).unwrap();
+        std::fs::write(batch.join("unit-b1.cluster"), "7\n").unwrap();
+        let b = batch.display();
+        let items: String = (0..n)
+            .map(|i| {
+                format!(
+                    "{i} {b}/task-{i}-a1.mwt task-{i}-a1.mwt task-{i}-a1.result {b}/task-{i}-a1.out {b}/task-{i}-a1.err\n"
+                )
+            })
+            .collect();
+        std::fs::write(batch.join("unit-b1.items"), items).unwrap();
+        let log = batch.join("unit-b1.log");
+        (work, batch, log)
+    }
+
+    /// Fake HTCondor tools in `dir`: each appends its arguments to `calls` and prints the
+    /// text given for it.
+    fn fake_tools(dir: &Path, outputs: &[(&str, &str)]) -> CondorCli {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(dir).unwrap();
+        for (name, out) in outputs {
+            let path = dir.join(name);
+            std::fs::write(
+                &path,
+                format!(
+                    "#!/bin/sh\necho \"{name} $*\" >> {calls}\ncat <<'EOF'\n{out}\nEOF\n",
+                    calls = dir.join("calls").display()
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        CondorCli::default().with_bin_dir(dir)
+    }
+
+    /// Re-attaches tasks 0..n to jobs 7.0..7.n; their outcomes arrive on the receiver.
+    #[allow(clippy::type_complexity)]
+    fn reattach_all(
+        condor: &Condor,
+        root: &Path,
+        n: u64,
+    ) -> mpsc::Receiver<(u64, Result<Execution, InterfaceError>)> {
+        let (tx, rx) = mpsc::channel();
+        for id in 0..n {
+            let tx = tx.clone();
+            let done = Completion::new(TaskId(id), move |r| {
+                let _ = tx.send((id, r));
+            });
+            let back = condor.reattach(task(id, root), &format!("7.{id}"), done);
+            assert!(back.is_none(), "re-attach of task {id} refused");
+        }
+        rx
+    }
+
+    fn outcomes(
+        rx: &mpsc::Receiver<(u64, Result<Execution, InterfaceError>)>,
+        n: u64,
+    ) -> BTreeMap<u64, Result<Execution, InterfaceError>> {
+        let mut got = BTreeMap::new();
+        for _ in 0..n {
+            let (id, r) = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+            assert!(got.insert(id, r).is_none(), "task {id} reported twice");
+        }
+        got
+    }
+
+    /// A batch whose log HTCondor writes in JSON (the pool's DEFAULT_USERLOG_FORMAT_OPTIONS):
+    /// its tasks waited for ever with no message. They fail saying what to set, and their
+    /// jobs are removed.
+    #[test]
+    fn a_json_log_fails_the_batch_saying_what_to_set() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (work, _batch, log) = staged_batch(tmp.path(), 2);
+        std::fs::write(
+            &log,
+            "{\n    \"MyType\": \"SubmitEvent\",\n    \"Cluster\": 7,\n    \"Proc\": 0\n}\n",
+        )
+        .unwrap();
+        let bin = tmp.path().join("bin");
+        let mut settings = CondorSettings::new(&work);
+        settings.poll_interval = Duration::from_millis(20);
+        settings.cli = fake_tools(
+            &bin,
+            &[("condor_rm", ""), ("condor_q", ""), ("condor_history", "")],
+        );
+        let condor = Condor::new(settings).unwrap();
+        let rx = reattach_all(&condor, tmp.path(), 2);
+        let got = outcomes(&rx, 2);
+        for id in [0u64, 1] {
+            let err = got[&id].as_ref().unwrap_err().to_string();
+            assert!(err.contains(&format!("HTCondor job 7.{id}")), "{err}");
+            assert!(err.contains("JSON"), "{err}");
+            assert!(err.contains("DEFAULT_USERLOG_FORMAT_OPTIONS"), "{err}");
+        }
+        let calls = std::fs::read_to_string(bin.join("calls")).unwrap();
+        for id in [0u64, 1] {
+            assert!(
+                calls
+                    .lines()
+                    .any(|l| l.starts_with("condor_rm") && l.contains(&format!("7.{id}"))),
+                "{calls}"
+            );
+        }
+        condor.shutdown();
+    }
+
+    /// The log of a batch in flight is deleted: its tasks waited for ever. The jobs that left
+    /// the queue end as condor_history says; one the schedd does not know fails, saying so.
+    #[test]
+    fn a_deleted_log_ends_its_jobs_as_the_schedd_says() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (work, batch, log) = staged_batch(tmp.path(), 2);
+        std::fs::write(batch.join("task-0-a1.result"), result_bundle(0, b"42")).unwrap();
+        for p in ["000", "001"] {
+            append(&log, &format!("000 (007.{p}.000) 2026-11-24 10:00:00 Job submitted from host: <1.2.3.4:9618>\n...\n"));
+        }
+        append(
+            &log,
+            "001 (007.000.000) 2026-11-24 10:00:01 Job executing on host: <1.2.3.5:9618>\n...\n",
+        );
+        append(
+            &log,
+            "001 (007.001.000) 2026-11-24 10:00:01 Job executing on host: <1.2.3.5:9618>\n...\n",
+        );
+        let bin = tmp.path().join("bin");
+        let mut settings = CondorSettings::new(&work);
+        settings.poll_interval = Duration::from_millis(20);
+        settings.cli = fake_tools(
+            &bin,
+            &[
+                ("condor_rm", ""),
+                ("condor_q", ""),
+                (
+                    "condor_history",
+                    "[{\"ClusterId\": 7, \"ProcId\": 0, \"JobStatus\": 4, \"ExitCode\": 0, \"ExitBySignal\": false}]",
+                ),
+            ],
+        );
+        let condor = Condor::new(settings).unwrap();
+        let rx = reattach_all(&condor, tmp.path(), 2);
+        // Both runs were read (so the log was followed) before it goes.
+        let t0 = Instant::now();
+        while condor.status()["running"] != "2" {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{:?}",
+                condor.status()
+            );
+            std::thread::yield_now();
+        }
+        std::fs::remove_file(&log).unwrap();
+        let got = outcomes(&rx, 2);
+        assert_eq!(got[&0].as_ref().unwrap().stdout, b"42");
+        let err = got[&1].as_ref().unwrap_err().to_string();
+        assert!(err.contains("HTCondor job 7.1"), "{err}");
+        assert!(err.contains("neither condor_q nor condor_history"), "{err}");
         condor.shutdown();
     }
 

@@ -294,28 +294,20 @@ impl Condor {
         let mut tracked = Tracked::new(task, done, Some(h), files, Phase::Idle);
         tracked.packed = packed;
         self.shared.lock().reattached.insert(h);
+        let bad_log = self.shared.lock().bad_logs.get(&log).cloned();
+        if let Some(msg) = bad_log {
+            // Its log is in a format mw does not read (found for another task of the batch).
+            if self.join_job(h, tracked).is_some() {
+                events::fail_jobs_of_bad_log(&self.shared, &[h], &msg);
+            }
+            return None;
+        }
         if !log.exists() {
             // The log is gone: ask the schedd's history, then its queue.
             let cli = &self.shared.settings.cli;
-            let ad = cli
-                .history(&[h.cluster], None)
-                .ok()
-                .and_then(|ads| ads.into_iter().find(|a| a.handle == h));
-            match ad {
+            match events::history_ad(cli, h) {
                 Some(ad) => {
-                    let outcome = match (ad.status, ad.exit_code, ad.exit_signal) {
-                        (_, _, Some(sig)) if ad.attributes.get("ExitBySignal")
-                            == Some(&serde_json::Value::Bool(true)) => Outcome::Signal(sig),
-                        (JobStatus::Completed, Some(rv), _) => Outcome::Exited(rv),
-                        (JobStatus::Removed, _, _) => Outcome::Error(format!(
-                            "HTCondor job {h} was removed from the queue (found in condor_history; its log {} is gone)",
-                            log.display()
-                        )),
-                        (s, _, _) => Outcome::Error(format!(
-                            "HTCondor job {h} left the queue in state {s:?} (its log {} is gone)",
-                            log.display()
-                        )),
-                    };
+                    let outcome = events::outcome_of_ad(h, &ad, &log);
                     if self.join_job(h, tracked).is_some() {
                         conclude(&self.shared, h, outcome);
                     }
@@ -332,6 +324,11 @@ impl Condor {
                     }
                     if self.join_job(h, tracked).is_some() {
                         add_log(&self.shared, &log);
+                        // Asked about again while the log stays away.
+                        self.shared
+                            .lock()
+                            .gone_logs
+                            .insert(log, Instant::now() + events::GONE_LOG_RECHECK);
                     }
                     return None;
                 }
