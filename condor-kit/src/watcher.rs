@@ -2,6 +2,8 @@
 //! an mpsc channel. `notify` (inotify) only wakes it; it also re-reads every `poll_interval`
 //! because network file systems deliver no inotify events. Reading is always done by
 //! [`LogFollower`] from a saved byte offset, so a wake-up never loses or repeats an event.
+//! [`LogWatcher::sync`] reads every log at once, for a reader that must know a log has
+//! nothing more yet.
 //! This module must never know about mw's tasks or the master.
 
 use crate::error::{CondorError, Result};
@@ -21,6 +23,8 @@ pub type WatchMessage = Result<LogEvent, CondorError>;
 enum Ctl {
     Add(PathBuf),
     Wake,
+    /// Read every log now, then answer.
+    Sync(Sender<()>),
     Stop,
 }
 
@@ -120,6 +124,16 @@ impl LogWatcher {
             })
     }
 
+    /// Reads every log now and returns once what that found has been sent on the event
+    /// channel: a receiver that then empties the channel has seen everything the logs held
+    /// when this was called. Returns at once if the thread has stopped.
+    pub fn sync(&self) {
+        let (tx, rx) = mpsc::channel();
+        if self.ctl.send(Ctl::Sync(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+
     /// Whether inotify wake-ups are active (otherwise only the poll interval drives reading).
     pub fn notify_active(&self) -> bool {
         self.notify.lock().map(|n| n.is_some()).unwrap_or(false)
@@ -151,8 +165,10 @@ fn run(ctl: Receiver<Ctl>, out: Sender<WatchMessage>, interval: Duration) {
     let mut followers: Vec<LogFollower> = Vec::new();
     let mut last_error: Vec<Option<String>> = Vec::new();
     loop {
+        let mut reply = None;
         match ctl.recv_timeout(interval) {
             Ok(Ctl::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            Ok(Ctl::Sync(r)) => reply = Some(r),
             Ok(Ctl::Add(p)) => {
                 if !followers.iter().any(|f| same_path(f.path(), &p)) {
                     followers.push(LogFollower::new(p));
@@ -187,6 +203,9 @@ fn run(ctl: Receiver<Ctl>, out: Sender<WatchMessage>, interval: Duration) {
                     }
                 }
             }
+        }
+        if let Some(r) = reply {
+            let _ = r.send(());
         }
     }
 }

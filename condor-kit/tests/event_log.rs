@@ -514,3 +514,21 @@ fn a_deleted_log_is_reported_and_a_new_one_read_from_its_start() {
     assert_eq!(summary(&p.events), vec![s(5, 7, 0, "rv 3")]);
     assert_eq!(p.events[0].line, 1);
 }
+
+/// `sync` reads every log at once and returns after what it found was sent: a shadow
+/// exception's reader uses it to know the log has nothing more for a job.
+#[test]
+fn sync_delivers_what_the_logs_hold_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("s.log");
+    // An interval no test waits for: only `sync` reads the new record.
+    let (rx, watcher) =
+        spawn_polling_log_watcher(vec![log.clone()], Duration::from_secs(3600)).unwrap();
+    watcher.sync();
+    assert!(rx.try_recv().is_err(), "nothing there yet");
+    append(&log, SUBMIT);
+    watcher.sync();
+    let ev = rx.try_recv().unwrap().unwrap();
+    assert_eq!((ev.code, ev.cluster, ev.proc), (0, 7, 0));
+    watcher.stop();
+}

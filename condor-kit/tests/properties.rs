@@ -93,12 +93,18 @@ fn follow_whole(bytes: &[u8]) -> (Seen, u64) {
 /// Like [`follow_whole`] for any bytes: a log whose first non-blank byte is `{` or `<`
 /// (HTCondor's JSON or XML format) must be refused as such, and gives `None`.
 fn follow_any(bytes: &[u8]) -> Option<(Seen, u64)> {
-    if matches!(bytes.iter().find(|b| !b.is_ascii_whitespace()), Some(b'{' | b'<')) {
+    if matches!(
+        bytes.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'{' | b'<')
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("job.log");
         std::fs::write(&path, bytes).unwrap();
         let e = LogFollower::new(&path).poll().unwrap_err();
-        assert!(matches!(e, mw_condor_kit::CondorError::LogFormat { .. }), "{e:?}");
+        assert!(
+            matches!(e, mw_condor_kit::CondorError::LogFormat { .. }),
+            "{e:?}"
+        );
         return None;
     }
     Some(follow_whole(bytes))

@@ -10,8 +10,10 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::UNIX_EPOCH;
 
 /// Follows the job events until the watcher stops. A panic while handling one event fails
-/// only that job's task (with the panic's message); the thread goes on. Between events (at
-/// least every poll interval) it asks the schedd about the jobs of logs that are gone.
+/// only that job's task (with the panic's message); the thread goes on. Once it has read
+/// every event delivered so far (and at least every poll interval) it settles the shadow
+/// exceptions that nothing later in their logs followed, and asks the schedd about the jobs
+/// of logs that are gone.
 pub(super) fn event_loop(shared: &Shared, rx: Receiver<WatchMessage>) {
     loop {
         match rx.recv_timeout(shared.settings.poll_interval) {
@@ -19,8 +21,91 @@ pub(super) fn event_loop(shared: &Shared, rx: Receiver<WatchMessage>) {
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
+        while let Ok(msg) = rx.try_recv() {
+            on_message(shared, msg);
+        }
+        settle_shadow_exceptions(shared, &rx);
         recheck_gone_logs(shared);
     }
+}
+
+/// A job whose last event was a shadow exception (007), waiting to be asked about.
+pub(super) struct ShadowCheck {
+    /// The exception, for the task's error if the job ended with it.
+    message: String,
+    /// Not asked about before (after a failed `condor_q`).
+    not_before: Instant,
+}
+
+/// Decides the jobs whose last event is a shadow exception (HTCondor puts such a job back to
+/// idle, and a later 001/005/009/012 tells how it goes on). Every log is read to its end
+/// first, so a job with later events in its log is decided by them, never by the schedd;
+/// only a job whose log has nothing after its 007 is looked up: still queued, it runs again
+/// (keep waiting); gone, `condor_history` says how it ended (a resumed master may meet the
+/// 007 long after), else it fails with the exception.
+fn settle_shadow_exceptions(shared: &Shared, rx: &Receiver<WatchMessage>) {
+    let now = Instant::now();
+    if !shared.lock().shadowed.values().any(|c| c.not_before <= now) {
+        return;
+    }
+    if let Ok(w) = shared.watcher.lock() {
+        if let Some(w) = w.as_ref() {
+            w.sync();
+        }
+    }
+    while let Ok(msg) = rx.try_recv() {
+        on_message(shared, msg);
+    }
+    let due: Vec<(JobHandle, String)> = {
+        let mut st = shared.lock();
+        let due: Vec<JobHandle> = st
+            .shadowed
+            .iter()
+            .filter(|(_, c)| c.not_before <= now)
+            .map(|(h, _)| *h)
+            .collect();
+        due.into_iter()
+            .filter_map(|h| st.shadowed.remove(&h).map(|c| (h, c.message)))
+            .collect()
+    };
+    for (h, message) in due {
+        if let Err(panic) = crate::guard::contain(|| check_shadowed(shared, h, message)) {
+            super::fail_task_of(shared, h, &panic);
+        }
+    }
+}
+
+/// How long a shadow exception waits before `condor_q` is asked again after it failed.
+const SHADOW_RECHECK: Duration = Duration::from_secs(30);
+
+/// Job `h` had a shadow exception (`message`) and nothing after it in its log.
+fn check_shadowed(shared: &Shared, h: JobHandle, message: String) {
+    match shared.settings.cli.query_jobs(&[h.cluster]) {
+        // Still queued: HTCondor runs it again; its next events decide.
+        Ok(ads) if ads.iter().any(|a| a.handle == h) => return,
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!(
+                "mw: condor: {message}; condor_q failed ({e}); asking again in {}s",
+                SHADOW_RECHECK.as_secs()
+            );
+            let mut st = shared.lock();
+            // Unless it has ended in the meantime.
+            if st.by_handle.contains_key(&h) {
+                st.shadowed.entry(h).or_insert(ShadowCheck {
+                    message,
+                    not_before: Instant::now() + SHADOW_RECHECK,
+                });
+            }
+            return;
+        }
+    }
+    // Left the queue since: it ran again and ended, as the history says.
+    let outcome = match completed_per_history(shared, h) {
+        Some(rv) => Outcome::Exited(rv),
+        None => Outcome::CheckQueue(message),
+    };
+    conclude(shared, h, outcome);
 }
 
 fn on_message(shared: &Shared, msg: WatchMessage) {
@@ -216,7 +301,8 @@ pub(super) enum Outcome {
     Error(String),
     /// Held with this hold code: remove and fail.
     HeldFail(String, Option<i64>),
-    /// A shadow exception: fail unless the job is still queued (it will run again).
+    /// A shadow exception: decided by the job's later events; with none, fail unless the
+    /// job is still queued (it will run again) or its history says it completed.
     CheckQueue(String),
 }
 
@@ -227,12 +313,25 @@ pub(super) fn on_event(shared: &Shared, ev: LogEvent) {
         st.unclaimed.entry(h).or_default().push(ev);
         return;
     };
+    // Any later event of the job decides instead of an earlier shadow exception.
+    st.shadowed.remove(&h);
     // Every member of a job sees its events; the first outcome is the job's.
     let mut outcome = None;
     for id in members {
         if let Some(o) = apply(&mut st, shared.settings.on_hold, id, h, &ev) {
             outcome.get_or_insert(o);
         }
+    }
+    if let Some(Outcome::CheckQueue(message)) = outcome {
+        // Decided once the log has been read to its end (`settle_shadow_exceptions`).
+        st.shadowed.insert(
+            h,
+            ShadowCheck {
+                message,
+                not_before: Instant::now(),
+            },
+        );
+        return;
     }
     drop(st);
     if let Some(o) = outcome {
@@ -331,26 +430,11 @@ pub(super) fn take_members(st: &mut State, h: JobHandle) -> Vec<Tracked> {
     out
 }
 
-pub(super) fn conclude(shared: &Shared, h: JobHandle, mut outcome: Outcome) {
-    if let Outcome::CheckQueue(msg) = &outcome {
-        // Still queued: HTCondor will run it again; keep waiting.
-        match shared.settings.cli.query_jobs(&[h.cluster]) {
-            Ok(ads) if ads.iter().any(|a| a.handle == h) => return,
-            Ok(_) => {}
-            Err(e) => {
-                eprintln!("mw: condor: {msg}; condor_q failed ({e}); waiting for more events");
-                return;
-            }
-        }
-        // Left the queue since: it ran again and ended (a resumed master replaying the log
-        // meets the 005 only after this 007), as the history says.
-        if let Some(rv) = completed_per_history(shared, h) {
-            outcome = Outcome::Exited(rv);
-        }
-    }
+pub(super) fn conclude(shared: &Shared, h: JobHandle, outcome: Outcome) {
     let members = {
         let mut st = shared.lock();
         let members = take_members(&mut st, h);
+        st.shadowed.remove(&h);
         if st.reattached.contains(&h) {
             // Members of this pack re-attached later get the same outcome.
             st.concluded.insert(h, outcome.clone());

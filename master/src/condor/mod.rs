@@ -173,6 +173,8 @@ struct State {
     bad_logs: HashMap<PathBuf, String>,
     /// Logs that are gone, and when to ask the schedd about their jobs next.
     gone_logs: HashMap<PathBuf, Instant>,
+    /// Jobs whose last event so far is a shadow exception.
+    shadowed: HashMap<JobHandle, events::ShadowCheck>,
 }
 
 impl State {
@@ -761,6 +763,43 @@ mod tests {
         let err = got[&1].as_ref().unwrap_err().to_string();
         assert!(err.contains("HTCondor job 7.1"), "{err}");
         assert!(err.contains("neither condor_q nor condor_history"), "{err}");
+        condor.shutdown();
+    }
+
+    /// A job had a shadow exception (007), HTCondor ran it again and it exited 0 (005), and
+    /// it has left the queue and the history was rotated: the 007 alone failed the task, and
+    /// the result on disk was ignored. The later 005 decides.
+    #[test]
+    fn a_shadow_exception_followed_by_a_termination_is_decided_by_the_termination() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (work, batch, log) = staged_batch(tmp.path(), 2);
+        std::fs::write(batch.join("task-0-a1.result"), result_bundle(0, b"42")).unwrap();
+        for p in ["000", "001"] {
+            append(&log, &format!("000 (007.{p}.000) 2026-11-24 10:00:00 Job submitted from host: <1.2.3.4:9618>\n...\n"));
+        }
+        let shadow = "007 (007.{p}.000) 2026-11-24 10:00:02 Shadow exception!\n\tError from slot1@vm: the shadow lost the starter\n\t0  -  Run Bytes Sent By Job\n\t0  -  Run Bytes Received By Job\n...\n";
+        append(&log, &shadow.replace("{p}", "000"));
+        append(&log, &TERMINATED.replace("{p}", "000"));
+        // Job 7.1 has nothing after its 007, and the schedd has forgotten it: it fails with
+        // the exception.
+        append(&log, &shadow.replace("{p}", "001"));
+        let bin = tmp.path().join("bin");
+        let mut settings = CondorSettings::new(&work);
+        settings.poll_interval = Duration::from_millis(20);
+        settings.cli = fake_tools(
+            &bin,
+            &[("condor_rm", ""), ("condor_q", ""), ("condor_history", "")],
+        );
+        let condor = Condor::new(settings).unwrap();
+        let rx = reattach_all(&condor, tmp.path(), 2);
+        let got = outcomes(&rx, 2);
+        match &got[&0] {
+            Ok(e) => assert_eq!(e.stdout, b"42"),
+            Err(e) => panic!("task 0 failed: {e}"),
+        }
+        let err = got[&1].as_ref().unwrap_err().to_string();
+        assert!(err.contains("HTCondor job 7.1"), "{err}");
+        assert!(err.contains("shadow exception"), "{err}");
         condor.shutdown();
     }
 
