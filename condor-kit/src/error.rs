@@ -99,6 +99,14 @@ pub enum CondorError {
         /// The log file.
         path: PathBuf,
     },
+    /// A job event log was replaced by another file (or shrank) and is read again from its
+    /// start: events already delivered may come again (the watcher's notice; not an error of
+    /// any record).
+    #[error("{path}: the job event log was replaced or shrank; reading it again from its start")]
+    LogRewound {
+        /// The log file.
+        path: PathBuf,
+    },
     /// The file-system watcher could not be set up.
     #[error("cannot watch {path}: {message}")]
     Watch {

@@ -4,12 +4,15 @@
 //! and the file is read in bounded pieces, so memory does not grow with what the log holds.
 //! A log whose first non-blank byte is `{` or `<` (HTCondor's JSON or XML format) is an error
 //! ([`CondorError::LogFormat`]), as is a log that existed and is gone
-//! ([`CondorError::LogGone`]); a log that appears again is read from its start.
+//! ([`CondorError::LogGone`]); a log that appears again is read from its start, and so is a
+//! log that shrank or that another file replaced (another (device, inode)), which
+//! [`Polled::rewound`] reports: events delivered before may come again.
 //! This module must never know about mw's tasks or the master.
 
 use crate::error::{io_err, CondorError, Result};
 use crate::events::{parse_record, LogEvent};
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// What one `poll()` found.
@@ -21,6 +24,9 @@ pub struct Polled {
     pub bad_records: Vec<CondorError>,
     /// Records with an event code HTCondor does not define; skipped silently.
     pub unknown_skipped: usize,
+    /// The log was replaced by another file or shrank, and was read again from its start:
+    /// `events` may repeat events delivered before.
+    pub rewound: bool,
 }
 
 /// Follows one job event log by byte offset.
@@ -37,6 +43,9 @@ pub struct LogFollower {
     existed: bool,
     /// The log is in a format this reader does not read (`JSON`, `XML`).
     format: Option<&'static str>,
+    /// (device, inode) of the file read so far: another file renamed over the log is read
+    /// from its start, not from this one's offset.
+    identity: Option<(u64, u64)>,
 }
 
 /// The longest record kept (HTCondor's are a few hundred bytes to a few KiB): a longer one
@@ -54,6 +63,7 @@ impl LogFollower {
             skipping: false,
             existed: false,
             format: None,
+            identity: None,
         }
     }
 
@@ -70,7 +80,8 @@ impl LogFollower {
     /// Reads what was appended since the last call. A file that never existed yields nothing
     /// (HTCondor creates the log at the first event); one that existed and is gone is
     /// [`CondorError::LogGone`] (and is read from its start if it appears again). A file that
-    /// shrank is read again from the start. A JSON or XML log is [`CondorError::LogFormat`]
+    /// shrank, or another file renamed over the log, is read again from the start
+    /// ([`Polled::rewound`]). A JSON or XML log is [`CondorError::LogFormat`]
     /// at every poll.
     pub fn poll(&mut self) -> Result<Polled> {
         let mut file = match std::fs::File::open(&self.path) {
@@ -80,6 +91,7 @@ impl LogFollower {
                     return Ok(Polled::default());
                 }
                 self.rewind();
+                self.identity = None;
                 return Err(CondorError::LogGone {
                     path: self.path.clone(),
                 });
@@ -87,17 +99,21 @@ impl LogFollower {
             Err(e) => return Err(io_err(&self.path)(e)),
         };
         self.existed = true;
-        let len = file.metadata().map_err(io_err(&self.path))?.len();
-        if len < self.offset {
+        let meta = file.metadata().map_err(io_err(&self.path))?;
+        let len = meta.len();
+        let identity = (meta.dev(), meta.ino());
+        let mut out = Polled::default();
+        if self.identity.is_some_and(|known| known != identity) || len < self.offset {
             self.rewind();
+            out.rewound = true;
         }
+        self.identity = Some(identity);
         if let Some(format) = self.format {
             return Err(CondorError::LogFormat {
                 path: self.path.clone(),
                 format,
             });
         }
-        let mut out = Polled::default();
         // At most a record's limit of unconsumed bytes is read at a time (plus what the
         // records before it take).
         let mut buf = Vec::new();

@@ -17,7 +17,9 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// What the watcher delivers: an event, or a problem with one log (a bad record, an I/O error).
+/// What the watcher delivers: an event, or a problem with one log (a bad record, an I/O error,
+/// a log in a format mw does not read, a log gone, or [`CondorError::LogRewound`] before
+/// events that may repeat earlier ones).
 pub type WatchMessage = Result<LogEvent, CondorError>;
 
 enum Ctl {
@@ -181,6 +183,14 @@ fn run(ctl: Receiver<Ctl>, out: Sender<WatchMessage>, interval: Duration) {
             match f.poll() {
                 Ok(polled) => {
                     *last = None;
+                    if polled.rewound {
+                        let notice = CondorError::LogRewound {
+                            path: f.path().to_path_buf(),
+                        };
+                        if out.send(Err(notice)).is_err() {
+                            return;
+                        }
+                    }
                     for ev in polled.events {
                         if out.send(Ok(ev)).is_err() {
                             return;

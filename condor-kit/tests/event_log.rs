@@ -532,3 +532,29 @@ fn sync_delivers_what_the_logs_hold_now() {
     assert_eq!((ev.code, ev.cluster, ev.proc), (0, 7, 0));
     watcher.stop();
 }
+
+/// Another file renamed over a followed log, at least as long as what was read of it: it was
+/// read on from the old file's offset, in the middle of a record, and the termination there
+/// was lost. It is read from its start and the rewind is reported.
+#[test]
+fn a_log_replaced_by_a_longer_file_is_read_from_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("r.log");
+    let run = "001 (7.000.000) 2026-11-24 10:00:01 Job executing on host: <1.2.3.5:6>\n...\n";
+    append(&log, &format!("{SUBMIT}{run}"));
+    let mut f = LogFollower::new(&log);
+    let p = f.poll().unwrap();
+    assert_eq!(p.events.len(), 2);
+    assert!(!p.rewound);
+    let new = dir.path().join("r.log.new");
+    let text = format!("{SUBMIT}{TERM_HEAD}{TERM_TAIL}");
+    assert!(text.len() > SUBMIT.len() + run.len() && SUBMIT.len() < f.offset() as usize);
+    std::fs::write(&new, text).unwrap();
+    std::fs::rename(&new, &log).unwrap();
+    let p = f.poll().unwrap();
+    assert!(p.rewound);
+    assert!(p.bad_records.is_empty(), "{:?}", p.bad_records);
+    assert_eq!(summary(&p.events), vec![s(0, 7, 0, ""), s(5, 7, 0, "rv 3")]);
+    let p = f.poll().unwrap();
+    assert!(!p.rewound && p.events.is_empty(), "{p:?}");
+}

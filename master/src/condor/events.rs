@@ -138,6 +138,11 @@ fn on_message(shared: &Shared, msg: WatchMessage) {
                     );
                     shared.lock().gone_logs.insert(path, Instant::now());
                 }
+                // Events of jobs that have ended are ignored, and those of jobs still
+                // followed are idempotent: the log is simply read again.
+                CondorError::LogRewound { .. } => eprintln!(
+                    "mw: condor: {e}; events already seen are ignored for jobs that have ended"
+                ),
                 e => eprintln!("mw: condor: skipped a job event log record: {e}"),
             }
         }

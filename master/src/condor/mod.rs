@@ -803,6 +803,78 @@ mod tests {
         condor.shutdown();
     }
 
+    /// Another file, at least as long, renamed over a batch's log while it is followed (an
+    /// admin's or a tool's rewrite): it was read on from the old offset, mid-record, so the
+    /// termination was lost and the task waited for ever. It is read from its start; the job
+    /// that had ended already is not reported twice.
+    #[test]
+    fn a_replaced_log_is_read_again_from_its_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (work, batch, log) = staged_batch(tmp.path(), 2);
+        std::fs::write(batch.join("task-0-a1.result"), result_bundle(0, b"42")).unwrap();
+        std::fs::write(batch.join("task-1-a1.result"), result_bundle(1, b"43")).unwrap();
+        let submitted = |p: &str| {
+            format!("000 (007.{p}.000) 2026-11-24 10:00:00 Job submitted from host: <1.2.3.4:9618>\n...\n")
+        };
+        let running = |p: &str| {
+            format!("001 (007.{p}.000) 2026-11-24 10:00:01 Job executing on host: <1.2.3.5:9618>\n...\n")
+        };
+        let old = format!(
+            "{}{}{}{}{}",
+            submitted("001"),
+            running("001"),
+            TERMINATED.replace("{p}", "001"),
+            submitted("000"),
+            running("000")
+        );
+        append(&log, &old);
+        let bin = tmp.path().join("bin");
+        let mut settings = CondorSettings::new(&work);
+        settings.poll_interval = Duration::from_millis(20);
+        settings.cli = fake_tools(
+            &bin,
+            &[("condor_rm", ""), ("condor_q", ""), ("condor_history", "")],
+        );
+        let condor = Condor::new(settings).unwrap();
+        let rx = reattach_all(&condor, tmp.path(), 2);
+        let (id, first) = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(id, 1);
+        assert_eq!(first.unwrap().stdout, b"43");
+        // Job 7.0 runs (its events were read): the log is replaced by a longer one whose
+        // 005 of job 7.0 spans the old file's end.
+        let t0 = Instant::now();
+        while condor.status()["running"] != "1" {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{:?}",
+                condor.status()
+            );
+            std::thread::yield_now();
+        }
+        let new = format!(
+            "{}{}{}{}{}",
+            submitted("001"),
+            TERMINATED.replace("{p}", "001"),
+            submitted("000"),
+            TERMINATED.replace("{p}", "000"),
+            running("001"),
+        );
+        let old_end = old.len();
+        let term0 = new.rfind("005 (007.000").unwrap();
+        assert!(
+            term0 < old_end && old_end < term0 + TERMINATED.len(),
+            "the test's premise"
+        );
+        std::fs::write(batch.join("replacement"), new).unwrap();
+        std::fs::rename(batch.join("replacement"), &log).unwrap();
+        let (id, second) = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(id, 0);
+        assert_eq!(second.unwrap().stdout, b"42");
+        assert_eq!(condor.status()["finished"], "2");
+        condor.shutdown();
+        assert!(rx.try_recv().is_err(), "a task reported twice");
+    }
+
     /// A job's stderr file comes back from the pool and may be huge: only its end is read
     /// into the error message.
     #[test]
