@@ -315,7 +315,20 @@ pub(super) fn on_event(shared: &Shared, ev: LogEvent) {
     let Some(h) = ev.handle() else { return };
     let mut st = shared.lock();
     let Some(members) = st.by_handle.get(&h).cloned() else {
-        st.unclaimed.entry(h).or_default().push(ev);
+        // A job of a batch being re-attached whose task has not been re-attached yet: its
+        // events wait for it (bounded). Any other job has ended (or was never this
+        // interface's): its events, repeated when a log is read again, are ignored.
+        let expected = st
+            .reattaching
+            .get(&h.cluster)
+            .is_some_and(|items| h.proc < *items);
+        if expected {
+            let kept = st.unclaimed.entry(h).or_default();
+            if kept.len() >= MAX_UNCLAIMED_EVENTS {
+                kept.remove(0);
+            }
+            kept.push(ev);
+        }
         return;
     };
     // Any later event of the job decides instead of an earlier shadow exception.
@@ -343,6 +356,10 @@ pub(super) fn on_event(shared: &Shared, ev: LogEvent) {
         conclude(shared, h, o);
     }
 }
+
+/// The most events kept for one job whose task is not re-attached yet (the latest: they
+/// decide where the job is).
+const MAX_UNCLAIMED_EVENTS: usize = 64;
 
 /// Updates the task's phase; returns an outcome when the event ends the task.
 pub(super) fn apply(
@@ -421,11 +438,7 @@ pub(super) fn apply(
 
 /// Takes the tasks of job `h` that are still waiting for it (all members of a pack).
 pub(super) fn take_members(st: &mut State, h: JobHandle) -> Vec<Tracked> {
-    let ids = st
-        .by_handle
-        .get_mut(&h)
-        .map(std::mem::take)
-        .unwrap_or_default();
+    let ids = st.by_handle.remove(&h).unwrap_or_default();
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         if st.tasks.get(&id).map(|t| t.handle) == Some(Some(h)) {

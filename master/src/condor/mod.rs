@@ -148,10 +148,13 @@ struct State {
     pending: Vec<TaskId>,
     first_pending: Option<Instant>,
     last_pending: Option<Instant>,
-    /// Each job's tasks (one, or a pack's members); emptied when the job has ended.
+    /// Each job's tasks (one, or a pack's members); removed when the job has ended.
     by_handle: HashMap<JobHandle, Vec<TaskId>>,
-    /// Events of jobs no task claims yet (a re-attached batch's log replays other tasks first).
+    /// Events of jobs no task claims yet (a re-attached batch's log replays other tasks first),
+    /// kept only for the clusters in `reattaching`, until re-attaching is done.
     unclaimed: HashMap<JobHandle, Vec<LogEvent>>,
+    /// Clusters being re-attached, and their item counts (the procs they can have).
+    reattaching: HashMap<u64, u64>,
     open_batch: u64,
     shut_down: bool,
     batches: u64,
@@ -411,6 +414,17 @@ impl Interface for Condor {
         done: Completion,
     ) -> Option<Completion> {
         self.reattach_task(task, handle, done)
+    }
+
+    fn reattach_done(&self) {
+        // No task is re-attached any more: events of jobs without a task are not waited
+        // for, nor are outcomes kept for pack members re-attached late.
+        let mut st = self.shared.lock();
+        st.unclaimed = HashMap::new();
+        st.reattaching = HashMap::new();
+        st.resolved = HashMap::new();
+        st.reattached = HashSet::new();
+        st.concluded = HashMap::new();
     }
 
     fn shutdown(&self) {
@@ -871,6 +885,85 @@ mod tests {
         assert_eq!(id, 0);
         assert_eq!(second.unwrap().stdout, b"42");
         assert_eq!(condor.status()["finished"], "2");
+        condor.shutdown();
+        assert!(rx.try_recv().is_err(), "a task reported twice");
+    }
+
+    /// What the interface keeps per job is dropped when the job ends: `by_handle` kept an
+    /// empty entry per job, `unclaimed` the events of a re-attached batch's jobs whose tasks
+    /// had finished before the resume, and `concluded`/`reattached`/`resolved` grew for the
+    /// whole run.
+    #[test]
+    fn nothing_is_kept_per_job_after_the_jobs_end() {
+        const N: u64 = 20;
+        const DONE_BEFORE: u64 = 5;
+        let tmp = tempfile::tempdir().unwrap();
+        let (work, batch, log) = staged_batch(tmp.path(), N + DONE_BEFORE);
+        // First what no re-attached task claims (read before any outcome): the jobs of tasks
+        // that finished before the resume, and forged procs the batch does not have.
+        let mut text = String::new();
+        let job = |p: u64| {
+            let p = format!("{p:03}");
+            format!(
+                "000 (007.{p}.000) 2026-11-24 10:00:00 Job submitted from host: <1.2.3.4:9618>\n...\n\
+                 001 (007.{p}.000) 2026-11-24 10:00:01 Job executing on host: <1.2.3.5:9618>\n...\n{}",
+                TERMINATED.replace("{p}", &p)
+            )
+        };
+        for p in N..N + DONE_BEFORE {
+            text += &job(p);
+        }
+        for p in 1000..1100 {
+            text += &format!("001 (007.{p}.000) 2026-11-24 10:00:01 Job executing on host: <1.2.3.5:9618>\n...\n");
+        }
+        for p in 0..N {
+            text += &job(p);
+        }
+        append(&log, &text);
+        for id in 0..N {
+            std::fs::write(
+                batch.join(format!("task-{id}-a1.result")),
+                result_bundle(id, id.to_string().as_bytes()),
+            )
+            .unwrap();
+        }
+        let bin = tmp.path().join("bin");
+        let mut settings = CondorSettings::new(&work);
+        settings.poll_interval = Duration::from_millis(20);
+        settings.cli = fake_tools(
+            &bin,
+            &[("condor_rm", ""), ("condor_q", ""), ("condor_history", "")],
+        );
+        let condor = Condor::new(settings).unwrap();
+        // Tasks N.. finished before the resume: only 0..N are re-attached.
+        let rx = reattach_all(&condor, tmp.path(), N);
+        condor.reattach_done();
+        let got = outcomes(&rx, N);
+        for (id, r) in &got {
+            assert_eq!(r.as_ref().unwrap().stdout, id.to_string().as_bytes());
+        }
+        // The log read once more (a rewind): nothing comes back, nothing is kept.
+        let again = batch.join("again");
+        std::fs::write(&again, &text).unwrap();
+        std::fs::rename(&again, &log).unwrap();
+        if let Some(w) = condor.shared.watcher.lock().unwrap().as_ref() {
+            w.sync();
+        }
+        let st = condor.shared.lock();
+        let sizes = [
+            ("tasks", st.tasks.len()),
+            ("by_handle", st.by_handle.len()),
+            ("unclaimed", st.unclaimed.len()),
+            ("reattaching", st.reattaching.len()),
+            ("resolved", st.resolved.len()),
+            ("reattached", st.reattached.len()),
+            ("concluded", st.concluded.len()),
+            ("shadowed", st.shadowed.len()),
+            ("gone_logs", st.gone_logs.len()),
+        ];
+        assert!(sizes.iter().all(|(_, n)| *n == 0), "{sizes:?}");
+        assert_eq!(st.finished, N);
+        drop(st);
         condor.shutdown();
         assert!(rx.try_recv().is_err(), "a task reported twice");
     }

@@ -191,7 +191,7 @@ impl Condor {
         &self,
         task: &Arc<PreparedTask>,
         handle: &str,
-    ) -> Result<(JobHandle, TaskFiles, PathBuf, bool), String> {
+    ) -> Result<(JobHandle, TaskFiles, PathBuf, bool, u64), String> {
         let h: JobHandle = handle.parse()?;
         let (dir, name) =
             find_batch(&self.shared.settings.work_dir, h.cluster).ok_or_else(|| {
@@ -238,7 +238,8 @@ impl Condor {
             stderr: item.error.clone(),
             program_bundle: PathBuf::new(),
         };
-        Ok((h, files, dir.join(format!("{name}.log")), packed))
+        let items = u64::try_from(items.len()).unwrap_or(u64::MAX);
+        Ok((h, files, dir.join(format!("{name}.log")), packed, items))
     }
 
     pub(super) fn reattach_task(
@@ -280,7 +281,7 @@ impl Condor {
                 }
             }
         };
-        let (h, files, log, packed) = match self.reattach_inner(&task, handle) {
+        let (h, files, log, packed, items) = match self.reattach_inner(&task, handle) {
             Ok(x) => x,
             Err(e) => {
                 eprintln!(
@@ -293,7 +294,11 @@ impl Condor {
         let id = task.id;
         let mut tracked = Tracked::new(task, done, Some(h), files, Phase::Idle);
         tracked.packed = packed;
-        self.shared.lock().reattached.insert(h);
+        {
+            let mut st = self.shared.lock();
+            st.reattached.insert(h);
+            st.reattaching.insert(h.cluster, items);
+        }
         let bad_log = self.shared.lock().bad_logs.get(&log).cloned();
         if let Some(msg) = bad_log {
             // Its log is in a format mw does not read (found for another task of the batch).
