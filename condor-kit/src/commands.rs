@@ -1,6 +1,11 @@
 //! Thin wrappers over the HTCondor command-line tools found on PATH (`condor_submit -terse`,
 //! `condor_rm`, `condor_q -json`, `condor_history -json`), returning typed results.
-//! Arguments are passed as separate argv entries, never through a shell.
+//! Arguments are passed as separate argv entries, never through a shell. What a command
+//! prints is read up to [`MAX_OUTPUT_BYTES`] (its stderr up to [`MAX_STDERR_BYTES`]): a
+//! command that prints more is stopped and is an error, so a huge queue or history cannot
+//! exhaust memory. One job is looked up by its exact id ([`CondorCli::query_job`],
+//! [`CondorCli::job_history`], the latter with `-limit 1` so the schedd stops at the first
+//! match instead of scanning every history file).
 //! This module must never know about mw's tasks, bundles or the master.
 
 use crate::error::{CondorError, Result};
@@ -99,7 +104,7 @@ impl CondorCli {
         parse_terse(&out).map_err(|message| CondorError::BadOutput {
             command: format!("condor_submit -terse {}", submit_file.display()),
             message,
-            output: out,
+            output: bounded_text(&out, MAX_SHOWN_OUTPUT),
         })
     }
 
@@ -115,6 +120,20 @@ impl CondorCli {
     /// `condor_q -json -attributes ... CLUSTER...`: jobs still in the queue. No clusters = all.
     pub fn query_jobs(&self, clusters: &[u64]) -> Result<Vec<JobAd>> {
         self.query("condor_q", clusters, &[])
+    }
+
+    /// `condor_q -json -attributes ... C.P`: job `h`, if it is still in the queue.
+    pub fn query_job(&self, h: JobHandle) -> Result<Option<JobAd>> {
+        let ads = self.query("condor_q", &[], &[h.to_string()])?;
+        Ok(ads.into_iter().find(|a| a.handle == h))
+    }
+
+    /// `condor_history -json -attributes ... -limit 1 C.P`: job `h`, if it has left the queue
+    /// and the history still has it. `-limit 1` stops the search at the first match.
+    pub fn job_history(&self, h: JobHandle) -> Result<Option<JobAd>> {
+        let extra = ["-limit".to_string(), "1".to_string(), h.to_string()];
+        let ads = self.query("condor_history", &[], &extra)?;
+        Ok(ads.into_iter().find(|a| a.handle == h))
     }
 
     /// `condor_history -json -attributes ... [-limit N] CLUSTER...`: jobs that left the queue.
@@ -181,7 +200,7 @@ impl CondorCli {
         parse_ads(&out).map_err(|message| CondorError::BadOutput {
             command,
             message,
-            output: out,
+            output: bounded_text(&out, MAX_SHOWN_OUTPUT),
         })
     }
 
@@ -194,17 +213,43 @@ impl CondorCli {
     }
 }
 
+/// The most a command's stdout may hold (a `condor_q` of a large batch is a few MiB).
+pub const MAX_OUTPUT_BYTES: u64 = 64 << 20;
+
+/// The most of a command's stderr that is read (the rest is drained and dropped).
+pub const MAX_STDERR_BYTES: u64 = 64 << 10;
+
+/// The most of a command's output an error message shows.
+const MAX_SHOWN_OUTPUT: usize = 4096;
+
+/// `text` cut to at most `max` bytes (at a character boundary), marked when cut.
+fn bounded_text(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes in all)", &text[..end], text.len())
+}
+
 fn run(program: &Path, args: &[String], envs: &[(OsString, OsString)]) -> Result<String> {
+    use std::io::Read;
+    use std::process::Stdio;
     let command_line = std::iter::once(program.display().to_string())
         .chain(args.iter().cloned())
         .collect::<Vec<_>>()
         .join(" ");
     let mut cmd = Command::new(program);
-    cmd.args(args);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let out = cmd.output().map_err(|e| {
+    let mut child = cmd.spawn().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             CondorError::CommandMissing {
                 command: program.display().to_string(),
@@ -216,14 +261,54 @@ fn run(program: &Path, args: &[String], envs: &[(OsString, OsString)]) -> Result
             }
         }
     })?;
-    if !out.status.success() {
-        return Err(CondorError::CommandFailed {
+    // Stderr is read on its own thread (bounded, the rest drained) so that neither pipe can
+    // fill up and stall the command.
+    let stderr_reader = child.stderr.take().map(|mut err| {
+        std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            let _ = (&mut err).take(MAX_STDERR_BYTES).read_to_end(&mut kept);
+            let _ = std::io::copy(&mut err, &mut std::io::sink());
+            kept
+        })
+    });
+    let mut stdout = Vec::new();
+    let read = match child.stdout.take() {
+        Some(out) => out.take(MAX_OUTPUT_BYTES + 1).read_to_end(&mut stdout),
+        None => Ok(0),
+    };
+    let too_long = stdout.len() as u64 > MAX_OUTPUT_BYTES;
+    if too_long || read.is_err() {
+        // Stop it: what it prints beyond this is not read.
+        let _ = child.kill();
+    }
+    let status = child.wait().map_err(|e| CondorError::CommandSpawn {
+        command: command_line.clone(),
+        source: e,
+    })?;
+    let stderr = stderr_reader
+        .and_then(|t| t.join().ok())
+        .unwrap_or_default();
+    if too_long {
+        return Err(CondorError::BadOutput {
             command: command_line,
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            message: format!("it printed more than {MAX_OUTPUT_BYTES} bytes; stopped it"),
+            output: bounded_text(&String::from_utf8_lossy(&stdout), MAX_SHOWN_OUTPUT),
         });
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    if let Err(e) = read {
+        return Err(CondorError::CommandSpawn {
+            command: command_line,
+            source: e,
+        });
+    }
+    if !status.success() {
+        return Err(CondorError::CommandFailed {
+            command: command_line,
+            status: status.to_string(),
+            stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&stdout).into_owned())
 }
 
 /// [`CondorCli::submit`] with the tools on PATH.

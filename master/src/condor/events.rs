@@ -80,10 +80,10 @@ const SHADOW_RECHECK: Duration = Duration::from_secs(30);
 
 /// Job `h` had a shadow exception (`message`) and nothing after it in its log.
 fn check_shadowed(shared: &Shared, h: JobHandle, message: String) {
-    match shared.settings.cli.query_jobs(&[h.cluster]) {
+    match shared.settings.cli.query_job(h) {
         // Still queued: HTCondor runs it again; its next events decide.
-        Ok(ads) if ads.iter().any(|a| a.handle == h) => return,
-        Ok(_) => {}
+        Ok(Some(_)) => return,
+        Ok(None) => {}
         Err(e) => {
             eprintln!(
                 "mw: condor: {message}; condor_q failed ({e}); asking again in {}s",
@@ -468,13 +468,7 @@ pub(super) fn conclude(shared: &Shared, h: JobHandle, outcome: Outcome) {
 
 /// The exit code of job `h` when `condor_history` lists it completed (not by a signal).
 fn completed_per_history(shared: &Shared, h: JobHandle) -> Option<i64> {
-    let ad = shared
-        .settings
-        .cli
-        .history(&[h.cluster], None)
-        .ok()?
-        .into_iter()
-        .find(|a| a.handle == h)?;
+    let ad = history_ad(&shared.settings.cli, h)?;
     let by_signal = ad.attributes.get("ExitBySignal") == Some(&serde_json::Value::Bool(true));
     match (ad.status, ad.exit_code) {
         (JobStatus::Completed, Some(rv)) if !by_signal => Some(rv),
@@ -698,19 +692,15 @@ fn job_result(
 
 /// The job's ad from the queue, else from the history.
 fn job_ad(cli: &CondorCli, h: JobHandle) -> Option<JobAd> {
-    let find = |ads: Vec<JobAd>| ads.into_iter().find(|a| a.handle == h);
-    cli.query_jobs(&[h.cluster])
+    cli.query_job(h)
         .ok()
-        .and_then(find)
-        .or_else(|| cli.history(&[h.cluster], None).ok().and_then(find))
+        .flatten()
+        .or_else(|| history_ad(cli, h))
 }
 
-/// The ad of job `h` in the schedd's history.
+/// The ad of job `h` in the schedd's history (asked by its exact id, `-limit 1`).
 pub(super) fn history_ad(cli: &CondorCli, h: JobHandle) -> Option<JobAd> {
-    cli.history(&[h.cluster], None)
-        .ok()?
-        .into_iter()
-        .find(|a| a.handle == h)
+    cli.job_history(h).ok().flatten()
 }
 
 /// A non-negative integer attribute (a unix time).

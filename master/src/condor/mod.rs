@@ -778,6 +778,19 @@ mod tests {
         assert!(err.contains("HTCondor job 7.1"), "{err}");
         assert!(err.contains("neither condor_q nor condor_history"), "{err}");
         condor.shutdown();
+        // The history is asked for each job by its id, stopping at the first match.
+        let calls = std::fs::read_to_string(bin.join("calls")).unwrap();
+        let history: Vec<&str> = calls
+            .lines()
+            .filter(|l| l.starts_with("condor_history"))
+            .collect();
+        assert!(!history.is_empty(), "{calls}");
+        for l in history {
+            assert!(
+                l.ends_with(" -limit 1 7.0") || l.ends_with(" -limit 1 7.1"),
+                "{calls}"
+            );
+        }
     }
 
     /// A job had a shadow exception (007), HTCondor ran it again and it exited 0 (005), and

@@ -319,10 +319,7 @@ impl Condor {
                     return None;
                 }
                 None => {
-                    let queued = cli
-                        .query_jobs(&[h.cluster])
-                        .map(|ads| ads.iter().any(|a| a.handle == h))
-                        .unwrap_or(false);
+                    let queued = cli.query_job(h).map(|ad| ad.is_some()).unwrap_or(false);
                     if !queued {
                         eprintln!("mw: condor: job {h} of {id} is neither in the queue nor in the history and its log is gone; running it again");
                         return tracked.done;
