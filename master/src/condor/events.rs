@@ -120,7 +120,9 @@ fn on_message(shared: &Shared, msg: WatchMessage) {
             }
         }
         Err(e) => {
-            shared.lock().log_problems += 1;
+            if !matches!(e, CondorError::LogGone { .. }) {
+                shared.lock().log_problems += 1;
+            }
             match e {
                 CondorError::LogFormat { ref path, .. } => {
                     let msg = e.to_string();
@@ -131,12 +133,18 @@ fn on_message(shared: &Shared, msg: WatchMessage) {
                     }
                 }
                 CondorError::LogGone { path } => {
-                    eprintln!(
-                        "mw: condor: the job event log {} was deleted or moved away; asking \
-                         the schedd (condor_q, then condor_history) how its jobs are doing",
-                        path.display()
-                    );
-                    shared.lock().gone_logs.insert(path, Instant::now());
+                    let mut st = shared.lock();
+                    // A log no task waits on any more may go.
+                    if !jobs_of_log(&st, &path).is_empty() {
+                        st.log_problems += 1;
+                        eprintln!(
+                            "mw: condor: the job event log {} was deleted or moved away; \
+                             asking the schedd (condor_q, then condor_history) how its jobs \
+                             are doing",
+                            path.display()
+                        );
+                        st.gone_logs.insert(path, Instant::now());
+                    }
                 }
                 // Events of jobs that have ended are ignored, and those of jobs still
                 // followed are idempotent: the log is simply read again.
