@@ -3,7 +3,8 @@
 //! Arguments are passed as separate argv entries, never through a shell. What a command
 //! prints is read up to [`MAX_OUTPUT_BYTES`] (its stderr up to [`MAX_STDERR_BYTES`]): a
 //! command that prints more is stopped and is an error, so a huge queue or history cannot
-//! exhaust memory. One job is looked up by its exact id ([`CondorCli::query_job`],
+//! exhaust memory. A `condor_q` or `condor_history` that runs longer than
+//! [`CondorCli::query_timeout`] is stopped too. One job is looked up by its exact id ([`CondorCli::query_job`],
 //! [`CondorCli::job_history`], the latter with `-limit 1` so the schedd stops at the first
 //! match instead of scanning every history file).
 //! This module must never know about mw's tasks, bundles or the master.
@@ -14,15 +15,34 @@ use crate::submit::parse_terse;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// Where and how to run the HTCondor tools. The default finds them on PATH with the
-/// inherited environment; `bin_dir` pins a directory, `envs` adds variables (e.g. `CONDOR_CONFIG`).
-#[derive(Debug, Clone, Default)]
+/// inherited environment and stops a query after [`DEFAULT_QUERY_TIMEOUT`]; `bin_dir` pins a
+/// directory, `envs` adds variables (e.g. `CONDOR_CONFIG`).
+#[derive(Debug, Clone)]
 pub struct CondorCli {
     /// Where the `condor_*` commands are; `None` means PATH.
     pub bin_dir: Option<PathBuf>,
     /// Extra environment for every command (e.g. `CONDOR_CONFIG`).
     pub envs: Vec<(OsString, OsString)>,
+    /// The longest a `condor_q` or `condor_history` may run: past it, it is stopped and an
+    /// error ([`CondorError::CommandTimedOut`]). `None`: no limit.
+    pub query_timeout: Option<Duration>,
+}
+
+/// How long a `condor_q` or `condor_history` may run by default (a busy schedd answers in
+/// seconds; one that does not answer must not hold its caller for ever).
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl Default for CondorCli {
+    fn default() -> Self {
+        CondorCli {
+            bin_dir: None,
+            envs: Vec::new(),
+            query_timeout: Some(DEFAULT_QUERY_TIMEOUT),
+        }
+    }
 }
 
 /// Attributes asked of `condor_q` / `condor_history`.
@@ -85,6 +105,12 @@ impl CondorCli {
     /// Runs the commands from `dir` instead of PATH.
     pub fn with_bin_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.bin_dir = Some(dir.into());
+        self
+    }
+
+    /// Sets how long a `condor_q` or `condor_history` may run (`None`: no limit).
+    pub fn with_query_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.query_timeout = limit;
         self
     }
 
@@ -195,7 +221,7 @@ impl CondorCli {
         ];
         args.extend(extra.iter().cloned());
         args.extend(clusters.iter().map(|c| c.to_string()));
-        let out = self.run(program, &args)?;
+        let out = self.run_limited(program, &args, self.query_timeout)?;
         let command = format!("{program} {}", args.join(" "));
         parse_ads(&out).map_err(|message| CondorError::BadOutput {
             command,
@@ -205,11 +231,15 @@ impl CondorCli {
     }
 
     fn run(&self, name: &str, args: &[String]) -> Result<String> {
+        self.run_limited(name, args, None)
+    }
+
+    fn run_limited(&self, name: &str, args: &[String], limit: Option<Duration>) -> Result<String> {
         let program = match &self.bin_dir {
             Some(d) => d.join(name),
             None => PathBuf::from(name),
         };
-        run(&program, args, &self.envs)
+        run(&program, args, &self.envs, limit)
     }
 }
 
@@ -234,9 +264,16 @@ fn bounded_text(text: &str, max: usize) -> String {
     format!("{}... ({} bytes in all)", &text[..end], text.len())
 }
 
-fn run(program: &Path, args: &[String], envs: &[(OsString, OsString)]) -> Result<String> {
+fn run(
+    program: &Path,
+    args: &[String],
+    envs: &[(OsString, OsString)],
+    limit: Option<Duration>,
+) -> Result<String> {
     use std::io::Read;
     use std::process::Stdio;
+    use std::sync::mpsc;
+    let started = Instant::now();
     let command_line = std::iter::once(program.display().to_string())
         .chain(args.iter().cloned())
         .collect::<Vec<_>>()
@@ -261,8 +298,9 @@ fn run(program: &Path, args: &[String], envs: &[(OsString, OsString)]) -> Result
             }
         }
     })?;
-    // Stderr is read on its own thread (bounded, the rest drained) so that neither pipe can
-    // fill up and stall the command.
+    // Both pipes are read on threads of their own (bounded; stderr's rest drained) so that
+    // neither can fill up and stall the command, and so that a command that does not finish
+    // can be stopped.
     let stderr_reader = child.stderr.take().map(|mut err| {
         std::thread::spawn(move || {
             let mut kept = Vec::new();
@@ -271,20 +309,62 @@ fn run(program: &Path, args: &[String], envs: &[(OsString, OsString)]) -> Result
             kept
         })
     });
-    let mut stdout = Vec::new();
-    let read = match child.stdout.take() {
-        Some(out) => out.take(MAX_OUTPUT_BYTES + 1).read_to_end(&mut stdout),
-        None => Ok(0),
+    let (out_tx, out_rx) = mpsc::channel();
+    let stdout_pipe = child.stdout.take();
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        let read = match stdout_pipe {
+            Some(out) => out
+                .take(MAX_OUTPUT_BYTES + 1)
+                .read_to_end(&mut kept)
+                .map(|_| ()),
+            None => Ok(()),
+        };
+        let _ = out_tx.send((kept, read));
+    });
+    let deadline = limit.map(|l| started + l);
+    let timed_out = |child: &mut std::process::Child| {
+        let _ = child.kill();
+        let _ = child.wait();
+        CondorError::CommandTimedOut {
+            command: command_line.clone(),
+            seconds: limit.map_or(0.0, |l| l.as_secs_f64()),
+        }
     };
+    let got = match deadline {
+        None => out_rx.recv().ok(),
+        Some(d) => match out_rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
+            Ok(got) => Some(got),
+            Err(mpsc::RecvTimeoutError::Timeout) => return Err(timed_out(&mut child)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => None,
+        },
+    };
+    let (stdout, read) = got.unwrap_or_else(|| (Vec::new(), Ok(())));
     let too_long = stdout.len() as u64 > MAX_OUTPUT_BYTES;
     if too_long || read.is_err() {
         // Stop it: what it prints beyond this is not read.
         let _ = child.kill();
     }
-    let status = child.wait().map_err(|e| CondorError::CommandSpawn {
-        command: command_line.clone(),
-        source: e,
-    })?;
+    let status = loop {
+        let waited = match deadline {
+            None => child.wait().map(Some),
+            Some(_) => child.try_wait(),
+        };
+        match waited {
+            Ok(Some(status)) => break status,
+            Ok(None) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                return Err(timed_out(&mut child))
+            }
+            // Its output is closed: it is ending.
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => {
+                return Err(CondorError::CommandSpawn {
+                    command: command_line,
+                    source: e,
+                })
+            }
+        }
+    };
     let stderr = stderr_reader
         .and_then(|t| t.join().ok())
         .unwrap_or_default();

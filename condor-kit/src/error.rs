@@ -48,6 +48,14 @@ pub enum CondorError {
         /// Its standard error (bounded).
         stderr: String,
     },
+    /// A `condor_q` or `condor_history` ran longer than it may; it was stopped.
+    #[error("`{command}` did not finish within {seconds}s; stopped it (is the schedd answering?)")]
+    CommandTimedOut {
+        /// The command line.
+        command: String,
+        /// The limit it ran into.
+        seconds: f64,
+    },
     /// A `condor_*` command printed something we cannot understand.
     #[error("could not understand the output of `{command}`: {message}; output was {output:?}")]
     BadOutput {

@@ -105,3 +105,21 @@ fn huge_output_is_an_error_not_a_memory_hog() {
     assert!(msg.contains("more than"), "{msg:.300}");
     assert!(msg.len() < 10_000, "{}", msg.len());
 }
+
+/// A schedd that does not answer held condor_q (and the master's event thread) for ever; a
+/// query is stopped at its time limit and is an error saying so.
+#[test]
+fn a_query_that_does_not_finish_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    script(dir.path(), "condor_history", "exec sleep 600");
+    let cli = CondorCli::default()
+        .with_bin_dir(dir.path())
+        .with_query_timeout(Some(std::time::Duration::from_millis(200)));
+    let e = cli.job_history(JobHandle::new(7, 0)).unwrap_err();
+    assert!(matches!(e, CondorError::CommandTimedOut { .. }), "{e}");
+    assert!(e.to_string().contains("condor_history"), "{e}");
+    assert_eq!(
+        CondorCli::default().query_timeout,
+        Some(mw_condor_kit::commands::DEFAULT_QUERY_TIMEOUT)
+    );
+}
