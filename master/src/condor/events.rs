@@ -56,6 +56,8 @@ fn settle_shadow_exceptions(shared: &Shared, rx: &Receiver<WatchMessage>) {
     while let Ok(msg) = rx.try_recv() {
         on_message(shared, msg);
     }
+    // Including the shadow exceptions the sync just delivered: nothing after them was read.
+    let now = Instant::now();
     let due: Vec<(JobHandle, String)> = {
         let mut st = shared.lock();
         let due: Vec<JobHandle> = st
