@@ -830,6 +830,65 @@ mod tests {
         condor.shutdown();
     }
 
+    /// A shadow exception with nothing after it yet, of a job the schedd still has (HTCondor
+    /// put it back to idle): the task waits, and the job's later run decides.
+    #[test]
+    fn a_shadow_exception_of_a_queued_job_waits_for_its_next_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (work, batch, log) = staged_batch(tmp.path(), 1);
+        std::fs::write(batch.join("task-0-a1.result"), result_bundle(0, b"42")).unwrap();
+        append(
+            &log,
+            "000 (007.000.000) 2026-11-24 10:00:00 Job submitted from host: <1.2.3.4:9618>\n...\n",
+        );
+        append(&log, "007 (007.000.000) 2026-11-24 10:00:02 Shadow exception!\n\tError from slot1@vm: the shadow lost the starter\n\t0  -  Run Bytes Sent By Job\n...\n");
+        let bin = tmp.path().join("bin");
+        let mut settings = CondorSettings::new(&work);
+        settings.poll_interval = Duration::from_millis(20);
+        settings.cli = fake_tools(
+            &bin,
+            &[
+                ("condor_rm", ""),
+                (
+                    "condor_q",
+                    "[{\"ClusterId\": 7, \"ProcId\": 0, \"JobStatus\": 1}]",
+                ),
+                ("condor_history", ""),
+            ],
+        );
+        let condor = Condor::new(settings).unwrap();
+        let rx = reattach_all(&condor, tmp.path(), 1);
+        // The schedd was asked, and said the job is queued.
+        let t0 = Instant::now();
+        while !std::fs::read_to_string(bin.join("calls"))
+            .unwrap_or_default()
+            .contains("condor_q")
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "condor_q never asked"
+            );
+            std::thread::yield_now();
+        }
+        assert!(
+            rx.try_recv().is_err(),
+            "the task ended on the shadow exception"
+        );
+        append(
+            &log,
+            "001 (007.000.000) 2026-11-24 10:00:05 Job executing on host: <1.2.3.5:9618>\n...\n",
+        );
+        append(&log, &TERMINATED.replace("{p}", "000"));
+        let got = outcomes(&rx, 1);
+        assert_eq!(got[&0].as_ref().unwrap().stdout, b"42");
+        let calls = std::fs::read_to_string(bin.join("calls")).unwrap();
+        assert!(
+            calls.contains("condor_q -json -attributes") && calls.contains(" 7.0"),
+            "{calls}"
+        );
+        condor.shutdown();
+    }
+
     /// Another file, at least as long, renamed over a batch's log while it is followed (an
     /// admin's or a tool's rewrite): it was read on from the old offset, mid-record, so the
     /// termination was lost and the task waited for ever. It is read from its start; the job
