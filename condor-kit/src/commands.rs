@@ -1,6 +1,12 @@
 //! Thin wrappers over the HTCondor command-line tools found on PATH (`condor_submit -terse`,
 //! `condor_rm`, `condor_q -json`, `condor_history -json`), returning typed results.
-//! Arguments are passed as separate argv entries, never through a shell.
+//! Arguments are passed as separate argv entries, never through a shell. What a command
+//! prints is read up to [`MAX_OUTPUT_BYTES`] (its stderr up to [`MAX_STDERR_BYTES`]): a
+//! command that prints more is stopped and is an error, so a huge queue or history cannot
+//! exhaust memory. A `condor_q` or `condor_history` that runs longer than
+//! [`CondorCli::query_timeout`] is stopped too. One job is looked up by its exact id ([`CondorCli::query_job`],
+//! [`CondorCli::job_history`], the latter with `-limit 1` so the schedd stops at the first
+//! match instead of scanning every history file).
 //! This module must never know about mw's tasks, bundles or the master.
 
 use crate::error::{CondorError, Result};
@@ -9,15 +15,34 @@ use crate::submit::parse_terse;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// Where and how to run the HTCondor tools. The default finds them on PATH with the
-/// inherited environment; `bin_dir` pins a directory, `envs` adds variables (e.g. `CONDOR_CONFIG`).
-#[derive(Debug, Clone, Default)]
+/// inherited environment and stops a query after [`DEFAULT_QUERY_TIMEOUT`]; `bin_dir` pins a
+/// directory, `envs` adds variables (e.g. `CONDOR_CONFIG`).
+#[derive(Debug, Clone)]
 pub struct CondorCli {
     /// Where the `condor_*` commands are; `None` means PATH.
     pub bin_dir: Option<PathBuf>,
     /// Extra environment for every command (e.g. `CONDOR_CONFIG`).
     pub envs: Vec<(OsString, OsString)>,
+    /// The longest a `condor_q` or `condor_history` may run: past it, it is stopped and an
+    /// error ([`CondorError::CommandTimedOut`]). `None`: no limit.
+    pub query_timeout: Option<Duration>,
+}
+
+/// How long a `condor_q` or `condor_history` may run by default (a busy schedd answers in
+/// seconds; one that does not answer must not hold its caller for ever).
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl Default for CondorCli {
+    fn default() -> Self {
+        CondorCli {
+            bin_dir: None,
+            envs: Vec::new(),
+            query_timeout: Some(DEFAULT_QUERY_TIMEOUT),
+        }
+    }
 }
 
 /// Attributes asked of `condor_q` / `condor_history`.
@@ -83,6 +108,12 @@ impl CondorCli {
         self
     }
 
+    /// Sets how long a `condor_q` or `condor_history` may run (`None`: no limit).
+    pub fn with_query_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.query_timeout = limit;
+        self
+    }
+
     /// Adds `key=value` to every command's environment.
     pub fn with_env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.envs.push((key.into(), value.into()));
@@ -99,7 +130,7 @@ impl CondorCli {
         parse_terse(&out).map_err(|message| CondorError::BadOutput {
             command: format!("condor_submit -terse {}", submit_file.display()),
             message,
-            output: out,
+            output: bounded_text(&out, MAX_SHOWN_OUTPUT),
         })
     }
 
@@ -115,6 +146,20 @@ impl CondorCli {
     /// `condor_q -json -attributes ... CLUSTER...`: jobs still in the queue. No clusters = all.
     pub fn query_jobs(&self, clusters: &[u64]) -> Result<Vec<JobAd>> {
         self.query("condor_q", clusters, &[])
+    }
+
+    /// `condor_q -json -attributes ... C.P`: job `h`, if it is still in the queue.
+    pub fn query_job(&self, h: JobHandle) -> Result<Option<JobAd>> {
+        let ads = self.query("condor_q", &[], &[h.to_string()])?;
+        Ok(ads.into_iter().find(|a| a.handle == h))
+    }
+
+    /// `condor_history -json -attributes ... -limit 1 C.P`: job `h`, if it has left the queue
+    /// and the history still has it. `-limit 1` stops the search at the first match.
+    pub fn job_history(&self, h: JobHandle) -> Result<Option<JobAd>> {
+        let extra = ["-limit".to_string(), "1".to_string(), h.to_string()];
+        let ads = self.query("condor_history", &[], &extra)?;
+        Ok(ads.into_iter().find(|a| a.handle == h))
     }
 
     /// `condor_history -json -attributes ... [-limit N] CLUSTER...`: jobs that left the queue.
@@ -176,35 +221,72 @@ impl CondorCli {
         ];
         args.extend(extra.iter().cloned());
         args.extend(clusters.iter().map(|c| c.to_string()));
-        let out = self.run(program, &args)?;
+        let out = self.run_limited(program, &args, self.query_timeout)?;
         let command = format!("{program} {}", args.join(" "));
         parse_ads(&out).map_err(|message| CondorError::BadOutput {
             command,
             message,
-            output: out,
+            output: bounded_text(&out, MAX_SHOWN_OUTPUT),
         })
     }
 
     fn run(&self, name: &str, args: &[String]) -> Result<String> {
+        self.run_limited(name, args, None)
+    }
+
+    fn run_limited(&self, name: &str, args: &[String], limit: Option<Duration>) -> Result<String> {
         let program = match &self.bin_dir {
             Some(d) => d.join(name),
             None => PathBuf::from(name),
         };
-        run(&program, args, &self.envs)
+        run(&program, args, &self.envs, limit)
     }
 }
 
-fn run(program: &Path, args: &[String], envs: &[(OsString, OsString)]) -> Result<String> {
+/// The most a command's stdout may hold (a `condor_q` of a large batch is a few MiB).
+pub const MAX_OUTPUT_BYTES: u64 = 64 << 20;
+
+/// The most of a command's stderr that is read (the rest is drained and dropped).
+pub const MAX_STDERR_BYTES: u64 = 64 << 10;
+
+/// The most of a command's output an error message shows.
+const MAX_SHOWN_OUTPUT: usize = 4096;
+
+/// `text` cut to at most `max` bytes (at a character boundary), marked when cut.
+fn bounded_text(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes in all)", &text[..end], text.len())
+}
+
+fn run(
+    program: &Path,
+    args: &[String],
+    envs: &[(OsString, OsString)],
+    limit: Option<Duration>,
+) -> Result<String> {
+    use std::io::Read;
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    let started = Instant::now();
     let command_line = std::iter::once(program.display().to_string())
         .chain(args.iter().cloned())
         .collect::<Vec<_>>()
         .join(" ");
     let mut cmd = Command::new(program);
-    cmd.args(args);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let out = cmd.output().map_err(|e| {
+    let mut child = cmd.spawn().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             CondorError::CommandMissing {
                 command: program.display().to_string(),
@@ -216,14 +298,97 @@ fn run(program: &Path, args: &[String], envs: &[(OsString, OsString)]) -> Result
             }
         }
     })?;
-    if !out.status.success() {
-        return Err(CondorError::CommandFailed {
+    // Both pipes are read on threads of their own (bounded; stderr's rest drained) so that
+    // neither can fill up and stall the command, and so that a command that does not finish
+    // can be stopped.
+    let stderr_reader = child.stderr.take().map(|mut err| {
+        std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            let _ = (&mut err).take(MAX_STDERR_BYTES).read_to_end(&mut kept);
+            let _ = std::io::copy(&mut err, &mut std::io::sink());
+            kept
+        })
+    });
+    let (out_tx, out_rx) = mpsc::channel();
+    let stdout_pipe = child.stdout.take();
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        let read = match stdout_pipe {
+            Some(out) => out
+                .take(MAX_OUTPUT_BYTES + 1)
+                .read_to_end(&mut kept)
+                .map(|_| ()),
+            None => Ok(()),
+        };
+        let _ = out_tx.send((kept, read));
+    });
+    let deadline = limit.map(|l| started + l);
+    let timed_out = |child: &mut std::process::Child| {
+        let _ = child.kill();
+        let _ = child.wait();
+        CondorError::CommandTimedOut {
+            command: command_line.clone(),
+            seconds: limit.map_or(0.0, |l| l.as_secs_f64()),
+        }
+    };
+    let got = match deadline {
+        None => out_rx.recv().ok(),
+        Some(d) => match out_rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
+            Ok(got) => Some(got),
+            Err(mpsc::RecvTimeoutError::Timeout) => return Err(timed_out(&mut child)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => None,
+        },
+    };
+    let (stdout, read) = got.unwrap_or_else(|| (Vec::new(), Ok(())));
+    let too_long = stdout.len() as u64 > MAX_OUTPUT_BYTES;
+    if too_long || read.is_err() {
+        // Stop it: what it prints beyond this is not read.
+        let _ = child.kill();
+    }
+    let status = loop {
+        let waited = match deadline {
+            None => child.wait().map(Some),
+            Some(_) => child.try_wait(),
+        };
+        match waited {
+            Ok(Some(status)) => break status,
+            Ok(None) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                return Err(timed_out(&mut child))
+            }
+            // Its output is closed: it is ending.
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => {
+                return Err(CondorError::CommandSpawn {
+                    command: command_line,
+                    source: e,
+                })
+            }
+        }
+    };
+    let stderr = stderr_reader
+        .and_then(|t| t.join().ok())
+        .unwrap_or_default();
+    if too_long {
+        return Err(CondorError::BadOutput {
             command: command_line,
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            message: format!("it printed more than {MAX_OUTPUT_BYTES} bytes; stopped it"),
+            output: bounded_text(&String::from_utf8_lossy(&stdout), MAX_SHOWN_OUTPUT),
         });
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    if let Err(e) = read {
+        return Err(CondorError::CommandSpawn {
+            command: command_line,
+            source: e,
+        });
+    }
+    if !status.success() {
+        return Err(CondorError::CommandFailed {
+            command: command_line,
+            status: status.to_string(),
+            stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&stdout).into_owned())
 }
 
 /// [`CondorCli::submit`] with the tools on PATH.

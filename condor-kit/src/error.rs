@@ -48,6 +48,14 @@ pub enum CondorError {
         /// Its standard error (bounded).
         stderr: String,
     },
+    /// A `condor_q` or `condor_history` ran longer than it may; it was stopped.
+    #[error("`{command}` did not finish within {seconds}s; stopped it (is the schedd answering?)")]
+    CommandTimedOut {
+        /// The command line.
+        command: String,
+        /// The limit it ran into.
+        seconds: f64,
+    },
     /// A `condor_*` command printed something we cannot understand.
     #[error("could not understand the output of `{command}`: {message}; output was {output:?}")]
     BadOutput {
@@ -75,6 +83,37 @@ pub enum CondorError {
         line: usize,
         /// What is wrong with it.
         message: String,
+    },
+    /// A job event log in a format mw does not read: HTCondor writes JSON or XML records when
+    /// the pool's `DEFAULT_USERLOG_FORMAT_OPTIONS` has `JSON` or `XML` (or the submit
+    /// description says `log_xml = True`); mw reads only the text format. Nothing in the log
+    /// is read.
+    #[error(
+        "{path}: HTCondor wrote this job event log in {format}, which mw does not read; set \
+         DEFAULT_USERLOG_FORMAT_OPTIONS in the submit machine's HTCondor configuration to text \
+         options only (e.g. `DEFAULT_USERLOG_FORMAT_OPTIONS = ISO_DATE`, no JSON or XML), \
+         leave `log_xml` out of the submit template, and submit again"
+    )]
+    LogFormat {
+        /// The log file.
+        path: PathBuf,
+        /// `JSON` or `XML`.
+        format: &'static str,
+    },
+    /// A job event log that was being read is gone (deleted or moved away). When the file
+    /// appears again it is read from its start.
+    #[error("{path}: the job event log was deleted or moved away")]
+    LogGone {
+        /// The log file.
+        path: PathBuf,
+    },
+    /// A job event log was replaced by another file (or shrank) and is read again from its
+    /// start: events already delivered may come again (the watcher's notice; not an error of
+    /// any record).
+    #[error("{path}: the job event log was replaced or shrank; reading it again from its start")]
+    LogRewound {
+        /// The log file.
+        path: PathBuf,
     },
     /// The file-system watcher could not be set up.
     #[error("cannot watch {path}: {message}")]

@@ -2,11 +2,17 @@
 //! the events whose `...` terminator has arrived since the last call. A half-written record stays
 //! in the file for the next poll; one longer than [`MAX_RECORD_BYTES`] is reported and skipped,
 //! and the file is read in bounded pieces, so memory does not grow with what the log holds.
+//! A log whose first non-blank byte is `{` or `<` (HTCondor's JSON or XML format) is an error
+//! ([`CondorError::LogFormat`]), as is a log that existed and is gone
+//! ([`CondorError::LogGone`]); a log that appears again is read from its start, and so is a
+//! log that shrank or that another file replaced (another (device, inode)), which
+//! [`Polled::rewound`] reports: events delivered before may come again.
 //! This module must never know about mw's tasks or the master.
 
 use crate::error::{io_err, CondorError, Result};
 use crate::events::{parse_record, LogEvent};
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// What one `poll()` found.
@@ -18,6 +24,9 @@ pub struct Polled {
     pub bad_records: Vec<CondorError>,
     /// Records with an event code HTCondor does not define; skipped silently.
     pub unknown_skipped: usize,
+    /// The log was replaced by another file or shrank, and was read again from its start:
+    /// `events` may repeat events delivered before.
+    pub rewound: bool,
 }
 
 /// Follows one job event log by byte offset.
@@ -30,6 +39,13 @@ pub struct LogFollower {
     /// Inside a record longer than [`MAX_RECORD_BYTES`]: its lines are dropped up to its
     /// `...` terminator.
     skipping: bool,
+    /// The file existed at an earlier poll (so its absence now means it is gone).
+    existed: bool,
+    /// The log is in a format this reader does not read (`JSON`, `XML`).
+    format: Option<&'static str>,
+    /// (device, inode) of the file read so far: another file renamed over the log is read
+    /// from its start, not from this one's offset.
+    identity: Option<(u64, u64)>,
 }
 
 /// The longest record kept (HTCondor's are a few hundred bytes to a few KiB): a longer one
@@ -45,6 +61,9 @@ impl LogFollower {
             offset: 0,
             lines_before: 0,
             skipping: false,
+            existed: false,
+            format: None,
+            identity: None,
         }
     }
 
@@ -58,21 +77,43 @@ impl LogFollower {
         self.offset
     }
 
-    /// Reads what was appended since the last call. A missing file yields nothing (HTCondor
-    /// creates the log at the first event). A file that shrank is read again from the start.
+    /// Reads what was appended since the last call. A file that never existed yields nothing
+    /// (HTCondor creates the log at the first event); one that existed and is gone is
+    /// [`CondorError::LogGone`] (and is read from its start if it appears again). A file that
+    /// shrank, or another file renamed over the log, is read again from the start
+    /// ([`Polled::rewound`]). A JSON or XML log is [`CondorError::LogFormat`]
+    /// at every poll.
     pub fn poll(&mut self) -> Result<Polled> {
         let mut file = match std::fs::File::open(&self.path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Polled::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !self.existed {
+                    return Ok(Polled::default());
+                }
+                self.rewind();
+                self.identity = None;
+                return Err(CondorError::LogGone {
+                    path: self.path.clone(),
+                });
+            }
             Err(e) => return Err(io_err(&self.path)(e)),
         };
-        let len = file.metadata().map_err(io_err(&self.path))?.len();
-        if len < self.offset {
-            self.offset = 0;
-            self.lines_before = 0;
-            self.skipping = false;
-        }
+        self.existed = true;
+        let meta = file.metadata().map_err(io_err(&self.path))?;
+        let len = meta.len();
+        let identity = (meta.dev(), meta.ino());
         let mut out = Polled::default();
+        if self.identity.is_some_and(|known| known != identity) || len < self.offset {
+            self.rewind();
+            out.rewound = true;
+        }
+        self.identity = Some(identity);
+        if let Some(format) = self.format {
+            return Err(CondorError::LogFormat {
+                path: self.path.clone(),
+                format,
+            });
+        }
         // At most a record's limit of unconsumed bytes is read at a time (plus what the
         // records before it take).
         let mut buf = Vec::new();
@@ -87,6 +128,23 @@ impl LogFollower {
                 .map_err(io_err(&self.path))?;
             if buf.is_empty() {
                 break;
+            }
+            if self.offset == 0 {
+                // HTCondor's JSON records start with `{`, its XML log with `<`: neither has
+                // the `...` terminators of the text format, so it would be read as one
+                // unterminated record.
+                let format = match buf.iter().find(|b| !b.is_ascii_whitespace()) {
+                    Some(b'{') => Some("JSON"),
+                    Some(b'<') => Some("XML"),
+                    _ => None,
+                };
+                if let Some(format) = format {
+                    self.format = Some(format);
+                    return Err(CondorError::LogFormat {
+                        path: self.path.clone(),
+                        format,
+                    });
+                }
             }
             let consumed = self.consume(&buf, &mut out);
             let rest = buf.len() - consumed;
@@ -122,6 +180,14 @@ impl LogFollower {
             }
         }
         Ok(out)
+    }
+
+    /// Forgets what was read: the next poll starts at the beginning of the file.
+    fn rewind(&mut self) {
+        self.offset = 0;
+        self.lines_before = 0;
+        self.skipping = false;
+        self.format = None;
     }
 
     /// Reads the complete records in `buf` (the file from `offset` on) into `out` and moves

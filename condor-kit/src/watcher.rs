@@ -2,6 +2,8 @@
 //! an mpsc channel. `notify` (inotify) only wakes it; it also re-reads every `poll_interval`
 //! because network file systems deliver no inotify events. Reading is always done by
 //! [`LogFollower`] from a saved byte offset, so a wake-up never loses or repeats an event.
+//! [`LogWatcher::sync`] reads every log at once, for a reader that must know a log has
+//! nothing more yet.
 //! This module must never know about mw's tasks or the master.
 
 use crate::error::{CondorError, Result};
@@ -15,12 +17,16 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// What the watcher delivers: an event, or a problem with one log (a bad record, an I/O error).
+/// What the watcher delivers: an event, or a problem with one log (a bad record, an I/O error,
+/// a log in a format mw does not read, a log gone, or [`CondorError::LogRewound`] before
+/// events that may repeat earlier ones).
 pub type WatchMessage = Result<LogEvent, CondorError>;
 
 enum Ctl {
     Add(PathBuf),
     Wake,
+    /// Read every log now, then answer.
+    Sync(Sender<()>),
     Stop,
 }
 
@@ -120,6 +126,16 @@ impl LogWatcher {
             })
     }
 
+    /// Reads every log now and returns once what that found has been sent on the event
+    /// channel: a receiver that then empties the channel has seen everything the logs held
+    /// when this was called. Returns at once if the thread has stopped.
+    pub fn sync(&self) {
+        let (tx, rx) = mpsc::channel();
+        if self.ctl.send(Ctl::Sync(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+
     /// Whether inotify wake-ups are active (otherwise only the poll interval drives reading).
     pub fn notify_active(&self) -> bool {
         self.notify.lock().map(|n| n.is_some()).unwrap_or(false)
@@ -151,8 +167,10 @@ fn run(ctl: Receiver<Ctl>, out: Sender<WatchMessage>, interval: Duration) {
     let mut followers: Vec<LogFollower> = Vec::new();
     let mut last_error: Vec<Option<String>> = Vec::new();
     loop {
+        let mut reply = None;
         match ctl.recv_timeout(interval) {
             Ok(Ctl::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            Ok(Ctl::Sync(r)) => reply = Some(r),
             Ok(Ctl::Add(p)) => {
                 if !followers.iter().any(|f| same_path(f.path(), &p)) {
                     followers.push(LogFollower::new(p));
@@ -165,6 +183,14 @@ fn run(ctl: Receiver<Ctl>, out: Sender<WatchMessage>, interval: Duration) {
             match f.poll() {
                 Ok(polled) => {
                     *last = None;
+                    if polled.rewound {
+                        let notice = CondorError::LogRewound {
+                            path: f.path().to_path_buf(),
+                        };
+                        if out.send(Err(notice)).is_err() {
+                            return;
+                        }
+                    }
                     for ev in polled.events {
                         if out.send(Ok(ev)).is_err() {
                             return;
@@ -187,6 +213,9 @@ fn run(ctl: Receiver<Ctl>, out: Sender<WatchMessage>, interval: Duration) {
                     }
                 }
             }
+        }
+        if let Some(r) = reply {
+            let _ = r.send(());
         }
     }
 }

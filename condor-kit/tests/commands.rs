@@ -57,3 +57,69 @@ fn failure_carries_stderr_and_output_is_parsed() {
     assert_eq!(ads[0].handle, JobHandle::new(41, 2));
     assert_eq!(ads[0].status, mw_condor_kit::JobStatus::Completed);
 }
+
+/// One job is looked up by its exact id, in the history with `-limit 1` (it scanned every
+/// history file of the schedd for the whole cluster).
+#[test]
+fn one_job_is_asked_for_by_its_id_and_the_history_stops_at_the_first_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let calls = dir.path().join("calls");
+    for tool in ["condor_q", "condor_history"] {
+        script(
+            dir.path(),
+            tool,
+            &format!(
+                "echo \"{tool} $*\" >> {}\necho '[{{\"ClusterId\": 7, \"ProcId\": 0, \"JobStatus\": 4}},{{\"ClusterId\": 7, \"ProcId\": 3, \"JobStatus\": 4, \"ExitCode\": 0}}]'",
+                calls.display()
+            ),
+        );
+    }
+    let cli = CondorCli::default().with_bin_dir(dir.path());
+    let ad = cli.job_history(JobHandle::new(7, 3)).unwrap().unwrap();
+    assert_eq!((ad.handle, ad.exit_code), (JobHandle::new(7, 3), Some(0)));
+    assert!(cli.query_job(JobHandle::new(7, 5)).unwrap().is_none());
+    let calls = std::fs::read_to_string(&calls).unwrap();
+    let lines: Vec<&str> = calls.lines().collect();
+    assert!(lines[0].starts_with("condor_history -json"), "{calls}");
+    assert!(lines[0].contains(" -limit 1 7.3"), "{calls}");
+    assert!(
+        lines[1].starts_with("condor_q -json") && lines[1].ends_with(" 7.5"),
+        "{calls}"
+    );
+}
+
+/// A tool that prints without end (a forged or broken condor_q) was read whole into memory;
+/// it is stopped past the limit, and the error shows only the start of what it printed.
+#[test]
+fn huge_output_is_an_error_not_a_memory_hog() {
+    let dir = tempfile::tempdir().unwrap();
+    script(
+        dir.path(),
+        "condor_q",
+        "exec yes '{\"ClusterId\": 7, \"ProcId\": 0},'",
+    );
+    let cli = CondorCli::default().with_bin_dir(dir.path());
+    let e = cli.query_jobs(&[7]).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, CondorError::BadOutput { .. }), "{msg:.300}");
+    assert!(msg.contains("more than"), "{msg:.300}");
+    assert!(msg.len() < 10_000, "{}", msg.len());
+}
+
+/// A schedd that does not answer held condor_q (and the master's event thread) for ever; a
+/// query is stopped at its time limit and is an error saying so.
+#[test]
+fn a_query_that_does_not_finish_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    script(dir.path(), "condor_history", "exec sleep 600");
+    let cli = CondorCli::default()
+        .with_bin_dir(dir.path())
+        .with_query_timeout(Some(std::time::Duration::from_millis(200)));
+    let e = cli.job_history(JobHandle::new(7, 0)).unwrap_err();
+    assert!(matches!(e, CondorError::CommandTimedOut { .. }), "{e}");
+    assert!(e.to_string().contains("condor_history"), "{e}");
+    assert_eq!(
+        CondorCli::default().query_timeout,
+        Some(mw_condor_kit::commands::DEFAULT_QUERY_TIMEOUT)
+    );
+}

@@ -451,3 +451,110 @@ fn an_overlong_record_is_reported_once_and_skipped() {
     assert_eq!(p.events[0].line, 3 + 1 + junk_lines + 1, "{p:?}");
     assert_eq!(f.offset(), std::fs::metadata(&path).unwrap().len());
 }
+
+/// A log HTCondor writes in JSON (`DEFAULT_USERLOG_FORMAT_OPTIONS = JSON`) or XML has no
+/// `...` terminators: it was read as one unterminated record, so nothing came out (no event,
+/// no error) until it passed 1 MiB. It is an error naming the setting, at every poll.
+#[test]
+fn json_and_xml_logs_are_an_error_that_names_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text, format) in [
+        (
+            "j.log",
+            "\n{\n    \"MyType\": \"SubmitEvent\",\n    \"EventTypeNumber\": 0,\n    \"Cluster\": 7,\n    \"Proc\": 0\n}\n",
+            "JSON",
+        ),
+        (
+            "x.log",
+            "<c>\n    <a n=\"MyType\"><s>SubmitEvent</s></a>\n    <a n=\"Cluster\"><i>7</i></a>\n</c>\n",
+            "XML",
+        ),
+    ] {
+        let log = dir.path().join(name);
+        std::fs::write(&log, text).unwrap();
+        let mut f = LogFollower::new(&log);
+        for _ in 0..2 {
+            let e = f.poll().unwrap_err();
+            assert!(
+                matches!(&e, mw_condor_kit::CondorError::LogFormat { format: f, .. } if *f == format),
+                "{e:?}"
+            );
+            let msg = e.to_string();
+            assert!(msg.contains("DEFAULT_USERLOG_FORMAT_OPTIONS"), "{msg}");
+            assert!(msg.contains(name), "{msg}");
+        }
+    }
+    // Blank lines before a text record are no reason for alarm.
+    let log = dir.path().join("t.log");
+    std::fs::write(&log, format!("\n\n{SUBMIT}")).unwrap();
+    assert_eq!(LogFollower::new(&log).poll().unwrap().events.len(), 1);
+}
+
+/// A log that was read and is then deleted answered an empty poll for ever; it is reported
+/// gone, and a log written again at that path is read from its start.
+#[test]
+fn a_deleted_log_is_reported_and_a_new_one_read_from_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("d.log");
+    let mut f = LogFollower::new(&log);
+    assert!(
+        f.poll().unwrap().events.is_empty(),
+        "not there yet: no error"
+    );
+    append(&log, SUBMIT);
+    assert_eq!(f.poll().unwrap().events.len(), 1);
+    std::fs::remove_file(&log).unwrap();
+    let e = f.poll().unwrap_err();
+    assert!(
+        matches!(&e, mw_condor_kit::CondorError::LogGone { path } if *path == log),
+        "{e:?}"
+    );
+    append(&log, &format!("{TERM_HEAD}{TERM_TAIL}"));
+    let p = f.poll().unwrap();
+    assert_eq!(summary(&p.events), vec![s(5, 7, 0, "rv 3")]);
+    assert_eq!(p.events[0].line, 1);
+}
+
+/// `sync` reads every log at once and returns after what it found was sent: a shadow
+/// exception's reader uses it to know the log has nothing more for a job.
+#[test]
+fn sync_delivers_what_the_logs_hold_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("s.log");
+    // An interval no test waits for: only `sync` reads the new record.
+    let (rx, watcher) =
+        spawn_polling_log_watcher(vec![log.clone()], Duration::from_secs(3600)).unwrap();
+    watcher.sync();
+    assert!(rx.try_recv().is_err(), "nothing there yet");
+    append(&log, SUBMIT);
+    watcher.sync();
+    let ev = rx.try_recv().unwrap().unwrap();
+    assert_eq!((ev.code, ev.cluster, ev.proc), (0, 7, 0));
+    watcher.stop();
+}
+
+/// Another file renamed over a followed log, at least as long as what was read of it: it was
+/// read on from the old file's offset, in the middle of a record, and the termination there
+/// was lost. It is read from its start and the rewind is reported.
+#[test]
+fn a_log_replaced_by_a_longer_file_is_read_from_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("r.log");
+    let run = "001 (7.000.000) 2026-11-24 10:00:01 Job executing on host: <1.2.3.5:6>\n...\n";
+    append(&log, &format!("{SUBMIT}{run}"));
+    let mut f = LogFollower::new(&log);
+    let p = f.poll().unwrap();
+    assert_eq!(p.events.len(), 2);
+    assert!(!p.rewound);
+    let new = dir.path().join("r.log.new");
+    let text = format!("{SUBMIT}{TERM_HEAD}{TERM_TAIL}");
+    assert!(text.len() > SUBMIT.len() + run.len() && SUBMIT.len() < f.offset() as usize);
+    std::fs::write(&new, text).unwrap();
+    std::fs::rename(&new, &log).unwrap();
+    let p = f.poll().unwrap();
+    assert!(p.rewound);
+    assert!(p.bad_records.is_empty(), "{:?}", p.bad_records);
+    assert_eq!(summary(&p.events), vec![s(0, 7, 0, ""), s(5, 7, 0, "rv 3")]);
+    let p = f.poll().unwrap();
+    assert!(!p.rewound && p.events.is_empty(), "{p:?}");
+}

@@ -158,6 +158,10 @@ pub trait Interface: Send + Sync + 'static {
         Some(done)
     }
 
+    /// Called by a resumed master once every task it found in flight has been offered to
+    /// [`Interface::reattach`]: what the interface kept only for re-attaching can go.
+    fn reattach_done(&self) {}
+
     /// Called by a resumed master for a task that was running under `handle` when the
     /// previous master died and that this interface cannot re-attach: stop whatever of it
     /// may still run (e.g. an orphaned local process group), before it is queued again.

@@ -949,11 +949,13 @@ fn list_main(in_queue: bool) -> Result<()> {
                     batches.push(v);
                 }
             }
+            // `C` or `C.P`, as the real tools take them.
             a => clusters.push(
-                a.split('.')
-                    .next()
-                    .and_then(|c| c.parse::<u64>().ok())
-                    .ok_or_else(|| anyhow!("the double does not understand argument {a:?}"))?,
+                match a.split_once('.') {
+                    None => a.parse::<u64>().ok().map(|c| (c, None)),
+                    Some((c, p)) => c.parse::<u64>().ok().zip(p.parse::<u64>().ok().map(Some)),
+                }
+                .ok_or_else(|| anyhow!("the double does not understand argument {a:?}"))?,
             ),
         }
     }
@@ -962,7 +964,12 @@ fn list_main(in_queue: bool) -> Result<()> {
         Ok(s.jobs
             .iter()
             .filter(|j| [1, 2, 5, 7].contains(&j.status) == in_queue)
-            .filter(|j| clusters.is_empty() || clusters.contains(&j.cluster))
+            .filter(|j| {
+                clusters.is_empty()
+                    || clusters
+                        .iter()
+                        .any(|(c, p)| *c == j.cluster && p.is_none_or(|p| p == j.proc))
+            })
             .filter(|j| {
                 batches.is_empty() || j.mw_batch.as_ref().is_some_and(|b| batches.contains(b))
             })
@@ -978,12 +985,13 @@ fn list_main(in_queue: bool) -> Result<()> {
     Ok(())
 }
 
-/// `condor_q -json [-attributes ...] [CLUSTER...]`: jobs still in the queue.
+/// `condor_q -json [-attributes ...] [CLUSTER[.PROC]...]`: jobs still in the queue.
 pub fn q_main() -> Result<()> {
     list_main(true)
 }
 
-/// `condor_history -json [-attributes ...] [-limit N] [CLUSTER...]`: jobs that left the queue.
+/// `condor_history -json [-attributes ...] [-limit N] [CLUSTER[.PROC]...]`: jobs that left the
+/// queue.
 pub fn history_main() -> Result<()> {
     list_main(false)
 }

@@ -469,6 +469,9 @@ pub(super) fn cancel_packed(shared: &Shared, mut st: MutexGuard<'_, State>, task
         members.retain(|m| *m != task);
         empty = members.is_empty();
     }
+    if empty {
+        st.by_handle.remove(&h);
+    }
     st.finished += 1;
     if empty {
         st.sizer.job_ended();

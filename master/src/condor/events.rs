@@ -5,28 +5,305 @@
 
 use super::*;
 use crate::task::RunFacts;
-use mw_condor_kit::JobAd;
+use mw_condor_kit::{CondorError, JobAd};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::UNIX_EPOCH;
 
 /// Follows the job events until the watcher stops. A panic while handling one event fails
-/// only that job's task (with the panic's message); the thread goes on.
+/// only that job's task (with the panic's message); the thread goes on. Once it has read
+/// every event delivered so far (and at least every poll interval) it settles the shadow
+/// exceptions that nothing later in their logs followed, and asks the schedd about the jobs
+/// of logs that are gone.
 pub(super) fn event_loop(shared: &Shared, rx: Receiver<WatchMessage>) {
-    for msg in rx {
-        crate::crash::panic_point("condor-event-loop", None);
-        match msg {
-            Ok(ev) => {
-                let h = ev.handle();
-                if let Err(panic) = crate::guard::contain(|| on_event(shared, ev)) {
-                    if let Some(h) = h {
-                        super::fail_task_of(shared, h, &panic);
-                    }
+    loop {
+        match rx.recv_timeout(shared.settings.poll_interval) {
+            Ok(msg) => on_message(shared, msg),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        while let Ok(msg) = rx.try_recv() {
+            on_message(shared, msg);
+        }
+        settle_shadow_exceptions(shared, &rx);
+        recheck_gone_logs(shared);
+    }
+}
+
+/// A job whose last event was a shadow exception (007), waiting to be asked about.
+pub(super) struct ShadowCheck {
+    /// The exception, for the task's error if the job ended with it.
+    message: String,
+    /// Not asked about before (after a failed `condor_q`).
+    not_before: Instant,
+}
+
+/// Decides the jobs whose last event is a shadow exception (HTCondor puts such a job back to
+/// idle, and a later 001/005/009/012 tells how it goes on). Every log is read to its end
+/// first, so a job with later events in its log is decided by them, never by the schedd;
+/// only a job whose log has nothing after its 007 is looked up: still queued, it runs again
+/// (keep waiting); gone, `condor_history` says how it ended (a resumed master may meet the
+/// 007 long after), else it fails with the exception.
+fn settle_shadow_exceptions(shared: &Shared, rx: &Receiver<WatchMessage>) {
+    let now = Instant::now();
+    if !shared.lock().shadowed.values().any(|c| c.not_before <= now) {
+        return;
+    }
+    if let Ok(w) = shared.watcher.lock() {
+        if let Some(w) = w.as_ref() {
+            w.sync();
+        }
+    }
+    while let Ok(msg) = rx.try_recv() {
+        on_message(shared, msg);
+    }
+    // Including the shadow exceptions the sync just delivered: nothing after them was read.
+    let now = Instant::now();
+    let due: Vec<(JobHandle, String)> = {
+        let mut st = shared.lock();
+        let due: Vec<JobHandle> = st
+            .shadowed
+            .iter()
+            .filter(|(_, c)| c.not_before <= now)
+            .map(|(h, _)| *h)
+            .collect();
+        due.into_iter()
+            .filter_map(|h| st.shadowed.remove(&h).map(|c| (h, c.message)))
+            .collect()
+    };
+    for (h, message) in due {
+        if let Err(panic) = crate::guard::contain(|| check_shadowed(shared, h, message)) {
+            super::fail_task_of(shared, h, &panic);
+        }
+    }
+}
+
+/// How long a shadow exception waits before `condor_q` is asked again after it failed.
+const SHADOW_RECHECK: Duration = Duration::from_secs(30);
+
+/// Job `h` had a shadow exception (`message`) and nothing after it in its log.
+fn check_shadowed(shared: &Shared, h: JobHandle, message: String) {
+    match shared.settings.cli.query_job(h) {
+        // Still queued: HTCondor runs it again; its next events decide.
+        Ok(Some(_)) => return,
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!(
+                "mw: condor: {message}; condor_q failed ({e}); asking again in {}s",
+                SHADOW_RECHECK.as_secs()
+            );
+            let mut st = shared.lock();
+            // Unless it has ended in the meantime.
+            if st.by_handle.contains_key(&h) {
+                st.shadowed.entry(h).or_insert(ShadowCheck {
+                    message,
+                    not_before: Instant::now() + SHADOW_RECHECK,
+                });
+            }
+            return;
+        }
+    }
+    // Left the queue since: it ran again and ended, as the history says.
+    let outcome = match completed_per_history(shared, h) {
+        Some(rv) => Outcome::Exited(rv),
+        None => Outcome::CheckQueue(message),
+    };
+    conclude(shared, h, outcome);
+}
+
+fn on_message(shared: &Shared, msg: WatchMessage) {
+    crate::crash::panic_point("condor-event-loop", None);
+    match msg {
+        Ok(ev) => {
+            let h = ev.handle();
+            if let Err(panic) = crate::guard::contain(|| on_event(shared, ev)) {
+                if let Some(h) = h {
+                    super::fail_task_of(shared, h, &panic);
                 }
             }
-            Err(e) => {
+        }
+        Err(e) => {
+            if !matches!(e, CondorError::LogGone { .. }) {
                 shared.lock().log_problems += 1;
-                eprintln!("mw: condor: skipped a job event log record: {e}");
+            }
+            match e {
+                CondorError::LogFormat { ref path, .. } => {
+                    let msg = e.to_string();
+                    if let Err(panic) = crate::guard::contain(|| fail_log(shared, path, &msg)) {
+                        log::error!(
+                            "condor: internal error while failing the jobs of {msg}: {panic}"
+                        );
+                    }
+                }
+                CondorError::LogGone { path } => {
+                    let mut st = shared.lock();
+                    // A log no task waits on any more may go.
+                    if !jobs_of_log(&st, &path).is_empty() {
+                        st.log_problems += 1;
+                        eprintln!(
+                            "mw: condor: the job event log {} was deleted or moved away; \
+                             asking the schedd (condor_q, then condor_history) how its jobs \
+                             are doing",
+                            path.display()
+                        );
+                        st.gone_logs.insert(path, Instant::now());
+                    }
+                }
+                // Events of jobs that have ended are ignored, and those of jobs still
+                // followed are idempotent: the log is simply read again.
+                CondorError::LogRewound { .. } => eprintln!(
+                    "mw: condor: {e}; events already seen are ignored for jobs that have ended"
+                ),
+                e => eprintln!("mw: condor: skipped a job event log record: {e}"),
             }
         }
+    }
+}
+
+/// How often the schedd is asked again about the jobs of a log that is gone while some of
+/// them are still in the queue.
+pub(super) const GONE_LOG_RECHECK: Duration = Duration::from_secs(30);
+
+/// Asks the schedd about the jobs of every log that is gone and due for a check.
+fn recheck_gone_logs(shared: &Shared) {
+    let now = Instant::now();
+    let due: Vec<PathBuf> = shared
+        .lock()
+        .gone_logs
+        .iter()
+        .filter(|(_, at)| **at <= now)
+        .map(|(p, _)| p.clone())
+        .collect();
+    for log in due {
+        let waiting =
+            crate::guard::contain(|| conclude_gone_log(shared, &log)).unwrap_or_else(|panic| {
+                log::error!(
+                    "condor: internal error while asking about the jobs of {}: {panic}",
+                    log.display()
+                );
+                false
+            });
+        let mut st = shared.lock();
+        if waiting {
+            st.gone_logs.insert(log, now + GONE_LOG_RECHECK);
+        } else {
+            st.gone_logs.remove(&log);
+        }
+    }
+}
+
+/// The jobs whose tasks this interface follows through `log` (a batch's log is in its
+/// batch directory with its tasks' files).
+pub(super) fn jobs_of_log(st: &State, log: &Path) -> Vec<JobHandle> {
+    let dir = log.parent();
+    let mut jobs: Vec<JobHandle> = st
+        .tasks
+        .values()
+        .filter(|t| Some(t.files.dir.as_path()) == dir)
+        .filter_map(|t| t.handle)
+        .collect();
+    jobs.sort_unstable_by_key(|h| (h.cluster, h.proc));
+    jobs.dedup();
+    jobs
+}
+
+/// The log of a batch is gone: its jobs that left the queue end as `condor_history` says
+/// (or fail when it does not know them); returns whether some are still queued (their events
+/// are read if HTCondor writes the log again; the queue is asked again later).
+fn conclude_gone_log(shared: &Shared, log: &Path) -> bool {
+    if log.exists() {
+        // Written again: the watcher reads it from its start.
+        return false;
+    }
+    let jobs = jobs_of_log(&shared.lock(), log);
+    if jobs.is_empty() {
+        return false;
+    }
+    let cli = &shared.settings.cli;
+    let mut clusters: Vec<u64> = jobs.iter().map(|h| h.cluster).collect();
+    clusters.dedup();
+    let queued: HashSet<JobHandle> = match cli.query_jobs(&clusters) {
+        Ok(ads) => ads.into_iter().map(|a| a.handle).collect(),
+        Err(e) => {
+            eprintln!(
+                "mw: condor: the job event log {} is gone and condor_q failed ({e}); asking \
+                 again in {}s",
+                log.display(),
+                GONE_LOG_RECHECK.as_secs()
+            );
+            return true;
+        }
+    };
+    let mut waiting = 0usize;
+    for h in jobs {
+        if queued.contains(&h) {
+            waiting += 1;
+            continue;
+        }
+        let outcome = match history_ad(cli, h) {
+            Some(ad) => outcome_of_ad(h, &ad, log),
+            None => Outcome::Error(format!(
+                "HTCondor job {h}: its job event log {} is gone, and neither condor_q nor \
+                 condor_history lists the job, so how it ended is unknown",
+                log.display()
+            )),
+        };
+        conclude(shared, h, outcome);
+    }
+    if waiting > 0 {
+        eprintln!(
+            "mw: condor: the job event log {} is gone; {waiting} of its job(s) are still in \
+             the queue: their events are read if the log is written again, and the queue is \
+             asked again in {}s",
+            log.display(),
+            GONE_LOG_RECHECK.as_secs()
+        );
+    }
+    waiting > 0
+}
+
+/// How a job that left the queue ended, from its `condor_history` ad (its log being gone).
+pub(super) fn outcome_of_ad(h: JobHandle, ad: &JobAd, log: &Path) -> Outcome {
+    let by_signal = ad.attributes.get("ExitBySignal") == Some(&serde_json::Value::Bool(true));
+    match (ad.status, ad.exit_code, ad.exit_signal) {
+        (_, _, Some(sig)) if by_signal => Outcome::Signal(sig),
+        (JobStatus::Completed, Some(rv), _) => Outcome::Exited(rv),
+        (JobStatus::Removed, _, _) => Outcome::Error(format!(
+            "HTCondor job {h} was removed from the queue (found in condor_history; its log {} \
+             is gone)",
+            log.display()
+        )),
+        (s, _, _) => Outcome::Error(format!(
+            "HTCondor job {h} left the queue in state {s:?} (its log {} is gone)",
+            log.display()
+        )),
+    }
+}
+
+/// `log` is in a format mw does not read (`msg` says which and what to set): the jobs
+/// followed through it are removed and their tasks fail with `msg`; tasks re-attached to it
+/// later fail at once.
+fn fail_log(shared: &Shared, log: &Path, msg: &str) {
+    let jobs = {
+        let mut st = shared.lock();
+        st.bad_logs.insert(log.to_path_buf(), msg.to_string());
+        jobs_of_log(&st, log)
+    };
+    eprintln!("mw: condor: {msg}; failing its {} job(s)", jobs.len());
+    fail_jobs_of_bad_log(shared, &jobs, msg);
+}
+
+/// Removes `jobs`, whose log mw cannot read, and fails their tasks with `msg`.
+pub(super) fn fail_jobs_of_bad_log(shared: &Shared, jobs: &[JobHandle], msg: &str) {
+    let removed = match shared.settings.cli.remove(jobs) {
+        Ok(()) => "removed it with condor_rm".to_string(),
+        Err(e) => format!("condor_rm failed: {e}"),
+    };
+    for h in jobs {
+        conclude(
+            shared,
+            *h,
+            Outcome::Error(format!("HTCondor job {h}: {msg}; {removed}")),
+        );
     }
 }
 
@@ -39,7 +316,8 @@ pub(super) enum Outcome {
     Error(String),
     /// Held with this hold code: remove and fail.
     HeldFail(String, Option<i64>),
-    /// A shadow exception: fail unless the job is still queued (it will run again).
+    /// A shadow exception: decided by the job's later events; with none, fail unless the
+    /// job is still queued (it will run again) or its history says it completed.
     CheckQueue(String),
 }
 
@@ -47,9 +325,24 @@ pub(super) fn on_event(shared: &Shared, ev: LogEvent) {
     let Some(h) = ev.handle() else { return };
     let mut st = shared.lock();
     let Some(members) = st.by_handle.get(&h).cloned() else {
-        st.unclaimed.entry(h).or_default().push(ev);
+        // A job of a batch being re-attached whose task has not been re-attached yet: its
+        // events wait for it (bounded). Any other job has ended (or was never this
+        // interface's): its events, repeated when a log is read again, are ignored.
+        let expected = st
+            .reattaching
+            .get(&h.cluster)
+            .is_some_and(|items| h.proc < *items);
+        if expected {
+            let kept = st.unclaimed.entry(h).or_default();
+            if kept.len() >= MAX_UNCLAIMED_EVENTS {
+                kept.remove(0);
+            }
+            kept.push(ev);
+        }
         return;
     };
+    // Any later event of the job decides instead of an earlier shadow exception.
+    st.shadowed.remove(&h);
     // Every member of a job sees its events; the first outcome is the job's.
     let mut outcome = None;
     for id in members {
@@ -57,11 +350,26 @@ pub(super) fn on_event(shared: &Shared, ev: LogEvent) {
             outcome.get_or_insert(o);
         }
     }
+    if let Some(Outcome::CheckQueue(message)) = outcome {
+        // Decided once the log has been read to its end (`settle_shadow_exceptions`).
+        st.shadowed.insert(
+            h,
+            ShadowCheck {
+                message,
+                not_before: Instant::now(),
+            },
+        );
+        return;
+    }
     drop(st);
     if let Some(o) = outcome {
         conclude(shared, h, o);
     }
 }
+
+/// The most events kept for one job whose task is not re-attached yet (the latest: they
+/// decide where the job is).
+const MAX_UNCLAIMED_EVENTS: usize = 64;
 
 /// Updates the task's phase; returns an outcome when the event ends the task.
 pub(super) fn apply(
@@ -140,11 +448,7 @@ pub(super) fn apply(
 
 /// Takes the tasks of job `h` that are still waiting for it (all members of a pack).
 pub(super) fn take_members(st: &mut State, h: JobHandle) -> Vec<Tracked> {
-    let ids = st
-        .by_handle
-        .get_mut(&h)
-        .map(std::mem::take)
-        .unwrap_or_default();
+    let ids = st.by_handle.remove(&h).unwrap_or_default();
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         if st.tasks.get(&id).map(|t| t.handle) == Some(Some(h)) {
@@ -154,26 +458,11 @@ pub(super) fn take_members(st: &mut State, h: JobHandle) -> Vec<Tracked> {
     out
 }
 
-pub(super) fn conclude(shared: &Shared, h: JobHandle, mut outcome: Outcome) {
-    if let Outcome::CheckQueue(msg) = &outcome {
-        // Still queued: HTCondor will run it again; keep waiting.
-        match shared.settings.cli.query_jobs(&[h.cluster]) {
-            Ok(ads) if ads.iter().any(|a| a.handle == h) => return,
-            Ok(_) => {}
-            Err(e) => {
-                eprintln!("mw: condor: {msg}; condor_q failed ({e}); waiting for more events");
-                return;
-            }
-        }
-        // Left the queue since: it ran again and ended (a resumed master replaying the log
-        // meets the 005 only after this 007), as the history says.
-        if let Some(rv) = completed_per_history(shared, h) {
-            outcome = Outcome::Exited(rv);
-        }
-    }
+pub(super) fn conclude(shared: &Shared, h: JobHandle, outcome: Outcome) {
     let members = {
         let mut st = shared.lock();
         let members = take_members(&mut st, h);
+        st.shadowed.remove(&h);
         if st.reattached.contains(&h) {
             // Members of this pack re-attached later get the same outcome.
             st.concluded.insert(h, outcome.clone());
@@ -189,13 +478,7 @@ pub(super) fn conclude(shared: &Shared, h: JobHandle, mut outcome: Outcome) {
 
 /// The exit code of job `h` when `condor_history` lists it completed (not by a signal).
 fn completed_per_history(shared: &Shared, h: JobHandle) -> Option<i64> {
-    let ad = shared
-        .settings
-        .cli
-        .history(&[h.cluster], None)
-        .ok()?
-        .into_iter()
-        .find(|a| a.handle == h)?;
+    let ad = history_ad(&shared.settings.cli, h)?;
     let by_signal = ad.attributes.get("ExitBySignal") == Some(&serde_json::Value::Bool(true));
     match (ad.status, ad.exit_code) {
         (JobStatus::Completed, Some(rv)) if !by_signal => Some(rv),
@@ -419,11 +702,15 @@ fn job_result(
 
 /// The job's ad from the queue, else from the history.
 fn job_ad(cli: &CondorCli, h: JobHandle) -> Option<JobAd> {
-    let find = |ads: Vec<JobAd>| ads.into_iter().find(|a| a.handle == h);
-    cli.query_jobs(&[h.cluster])
+    cli.query_job(h)
         .ok()
-        .and_then(find)
-        .or_else(|| cli.history(&[h.cluster], None).ok().and_then(find))
+        .flatten()
+        .or_else(|| history_ad(cli, h))
+}
+
+/// The ad of job `h` in the schedd's history (asked by its exact id, `-limit 1`).
+pub(super) fn history_ad(cli: &CondorCli, h: JobHandle) -> Option<JobAd> {
+    cli.job_history(h).ok().flatten()
 }
 
 /// A non-negative integer attribute (a unix time).

@@ -148,10 +148,13 @@ struct State {
     pending: Vec<TaskId>,
     first_pending: Option<Instant>,
     last_pending: Option<Instant>,
-    /// Each job's tasks (one, or a pack's members); emptied when the job has ended.
+    /// Each job's tasks (one, or a pack's members); removed when the job has ended.
     by_handle: HashMap<JobHandle, Vec<TaskId>>,
-    /// Events of jobs no task claims yet (a re-attached batch's log replays other tasks first).
+    /// Events of jobs no task claims yet (a re-attached batch's log replays other tasks first),
+    /// kept only for the clusters in `reattaching`, until re-attaching is done.
     unclaimed: HashMap<JobHandle, Vec<LogEvent>>,
+    /// Clusters being re-attached, and their item counts (the procs they can have).
+    reattaching: HashMap<u64, u64>,
     open_batch: u64,
     shut_down: bool,
     batches: u64,
@@ -169,6 +172,12 @@ struct State {
     /// pack that is re-attached after its job ended gets the same outcome.
     reattached: HashSet<JobHandle>,
     concluded: HashMap<JobHandle, Outcome>,
+    /// Logs in a format mw does not read, and the message their tasks fail with.
+    bad_logs: HashMap<PathBuf, String>,
+    /// Logs that are gone, and when to ask the schedd about their jobs next.
+    gone_logs: HashMap<PathBuf, Instant>,
+    /// Jobs whose last event so far is a shadow exception.
+    shadowed: HashMap<JobHandle, events::ShadowCheck>,
 }
 
 impl State {
@@ -407,6 +416,17 @@ impl Interface for Condor {
         self.reattach_task(task, handle, done)
     }
 
+    fn reattach_done(&self) {
+        // No task is re-attached any more: events of jobs without a task are not waited
+        // for, nor are outcomes kept for pack members re-attached late.
+        let mut st = self.shared.lock();
+        st.unclaimed = HashMap::new();
+        st.reattaching = HashMap::new();
+        st.resolved = HashMap::new();
+        st.reattached = HashSet::new();
+        st.concluded = HashMap::new();
+    }
+
     fn shutdown(&self) {
         {
             let mut st = self.shared.lock();
@@ -594,6 +614,430 @@ mod tests {
         assert!(err.contains("worker said: lost it"), "{err}");
         assert_eq!(condor.status()["log_problems"], "0");
         condor.shutdown();
+    }
+
+    /// Work directory with batch 1 of cluster 7 staged for tasks 0..n (lone tasks): returns
+    /// (work dir, batch dir, log path).
+    fn staged_batch(root: &Path, n: u64) -> (PathBuf, PathBuf, PathBuf) {
+        let work = root.join("condor");
+        let batch = work.join("batch-1");
+        std::fs::create_dir_all(&batch).unwrap();
+        std::fs::write(batch.join("unit-b1.cluster"), "7\n").unwrap();
+        let b = batch.display();
+        let items: String = (0..n)
+            .map(|i| {
+                format!(
+                    "{i} {b}/task-{i}-a1.mwt task-{i}-a1.mwt task-{i}-a1.result {b}/task-{i}-a1.out {b}/task-{i}-a1.err\n"
+                )
+            })
+            .collect();
+        std::fs::write(batch.join("unit-b1.items"), items).unwrap();
+        let log = batch.join("unit-b1.log");
+        (work, batch, log)
+    }
+
+    /// Fake HTCondor tools in `dir`: each appends its arguments to `calls` and prints the
+    /// text given for it.
+    fn fake_tools(dir: &Path, outputs: &[(&str, &str)]) -> CondorCli {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(dir).unwrap();
+        for (name, out) in outputs {
+            let path = dir.join(name);
+            std::fs::write(
+                &path,
+                format!(
+                    "#!/bin/sh\necho \"{name} $*\" >> {calls}\ncat <<'EOF'\n{out}\nEOF\n",
+                    calls = dir.join("calls").display()
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        CondorCli::default().with_bin_dir(dir)
+    }
+
+    /// Re-attaches tasks 0..n to jobs 7.0..7.n; their outcomes arrive on the receiver.
+    #[allow(clippy::type_complexity)]
+    fn reattach_all(
+        condor: &Condor,
+        root: &Path,
+        n: u64,
+    ) -> mpsc::Receiver<(u64, Result<Execution, InterfaceError>)> {
+        let (tx, rx) = mpsc::channel();
+        for id in 0..n {
+            let tx = tx.clone();
+            let done = Completion::new(TaskId(id), move |r| {
+                let _ = tx.send((id, r));
+            });
+            let back = condor.reattach(task(id, root), &format!("7.{id}"), done);
+            assert!(back.is_none(), "re-attach of task {id} refused");
+        }
+        rx
+    }
+
+    fn outcomes(
+        rx: &mpsc::Receiver<(u64, Result<Execution, InterfaceError>)>,
+        n: u64,
+    ) -> BTreeMap<u64, Result<Execution, InterfaceError>> {
+        let mut got = BTreeMap::new();
+        for _ in 0..n {
+            let (id, r) = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+            assert!(got.insert(id, r).is_none(), "task {id} reported twice");
+        }
+        got
+    }
+
+    /// A batch whose log HTCondor writes in JSON (the pool's DEFAULT_USERLOG_FORMAT_OPTIONS):
+    /// its tasks waited for ever with no message. They fail saying what to set, and their
+    /// jobs are removed.
+    #[test]
+    fn a_json_log_fails_the_batch_saying_what_to_set() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (work, _batch, log) = staged_batch(tmp.path(), 2);
+        std::fs::write(
+            &log,
+            "{\n    \"MyType\": \"SubmitEvent\",\n    \"Cluster\": 7,\n    \"Proc\": 0\n}\n",
+        )
+        .unwrap();
+        let bin = tmp.path().join("bin");
+        let mut settings = CondorSettings::new(&work);
+        settings.poll_interval = Duration::from_millis(20);
+        settings.cli = fake_tools(
+            &bin,
+            &[("condor_rm", ""), ("condor_q", ""), ("condor_history", "")],
+        );
+        let condor = Condor::new(settings).unwrap();
+        let rx = reattach_all(&condor, tmp.path(), 2);
+        let got = outcomes(&rx, 2);
+        for id in [0u64, 1] {
+            let err = got[&id].as_ref().unwrap_err().to_string();
+            assert!(err.contains(&format!("HTCondor job 7.{id}")), "{err}");
+            assert!(err.contains("JSON"), "{err}");
+            assert!(err.contains("DEFAULT_USERLOG_FORMAT_OPTIONS"), "{err}");
+        }
+        let calls = std::fs::read_to_string(bin.join("calls")).unwrap();
+        for id in [0u64, 1] {
+            assert!(
+                calls
+                    .lines()
+                    .any(|l| l.starts_with("condor_rm") && l.contains(&format!("7.{id}"))),
+                "{calls}"
+            );
+        }
+        condor.shutdown();
+    }
+
+    /// The log of a batch in flight is deleted: its tasks waited for ever. The jobs that left
+    /// the queue end as condor_history says; one the schedd does not know fails, saying so.
+    #[test]
+    fn a_deleted_log_ends_its_jobs_as_the_schedd_says() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (work, batch, log) = staged_batch(tmp.path(), 2);
+        std::fs::write(batch.join("task-0-a1.result"), result_bundle(0, b"42")).unwrap();
+        for p in ["000", "001"] {
+            append(&log, &format!("000 (007.{p}.000) 2026-11-24 10:00:00 Job submitted from host: <1.2.3.4:9618>\n...\n"));
+        }
+        append(
+            &log,
+            "001 (007.000.000) 2026-11-24 10:00:01 Job executing on host: <1.2.3.5:9618>\n...\n",
+        );
+        append(
+            &log,
+            "001 (007.001.000) 2026-11-24 10:00:01 Job executing on host: <1.2.3.5:9618>\n...\n",
+        );
+        let bin = tmp.path().join("bin");
+        let mut settings = CondorSettings::new(&work);
+        settings.poll_interval = Duration::from_millis(20);
+        settings.cli = fake_tools(
+            &bin,
+            &[
+                ("condor_rm", ""),
+                ("condor_q", ""),
+                (
+                    "condor_history",
+                    "[{\"ClusterId\": 7, \"ProcId\": 0, \"JobStatus\": 4, \"ExitCode\": 0, \"ExitBySignal\": false}]",
+                ),
+            ],
+        );
+        let condor = Condor::new(settings).unwrap();
+        let rx = reattach_all(&condor, tmp.path(), 2);
+        // Both runs were read (so the log was followed) before it goes.
+        let t0 = Instant::now();
+        while condor.status()["running"] != "2" {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{:?}",
+                condor.status()
+            );
+            std::thread::yield_now();
+        }
+        std::fs::remove_file(&log).unwrap();
+        let got = outcomes(&rx, 2);
+        assert_eq!(got[&0].as_ref().unwrap().stdout, b"42");
+        let err = got[&1].as_ref().unwrap_err().to_string();
+        assert!(err.contains("HTCondor job 7.1"), "{err}");
+        assert!(err.contains("neither condor_q nor condor_history"), "{err}");
+        condor.shutdown();
+        // The history is asked for each job by its id, stopping at the first match.
+        let calls = std::fs::read_to_string(bin.join("calls")).unwrap();
+        let history: Vec<&str> = calls
+            .lines()
+            .filter(|l| l.starts_with("condor_history"))
+            .collect();
+        assert!(!history.is_empty(), "{calls}");
+        for l in history {
+            assert!(
+                l.ends_with(" -limit 1 7.0") || l.ends_with(" -limit 1 7.1"),
+                "{calls}"
+            );
+        }
+    }
+
+    /// A job had a shadow exception (007), HTCondor ran it again and it exited 0 (005), and
+    /// it has left the queue and the history was rotated: the 007 alone failed the task, and
+    /// the result on disk was ignored. The later 005 decides.
+    #[test]
+    fn a_shadow_exception_followed_by_a_termination_is_decided_by_the_termination() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (work, batch, log) = staged_batch(tmp.path(), 2);
+        std::fs::write(batch.join("task-0-a1.result"), result_bundle(0, b"42")).unwrap();
+        for p in ["000", "001"] {
+            append(&log, &format!("000 (007.{p}.000) 2026-11-24 10:00:00 Job submitted from host: <1.2.3.4:9618>\n...\n"));
+        }
+        let shadow = "007 (007.{p}.000) 2026-11-24 10:00:02 Shadow exception!\n\tError from slot1@vm: the shadow lost the starter\n\t0  -  Run Bytes Sent By Job\n\t0  -  Run Bytes Received By Job\n...\n";
+        append(&log, &shadow.replace("{p}", "000"));
+        append(&log, &TERMINATED.replace("{p}", "000"));
+        // Job 7.1 has nothing after its 007, and the schedd has forgotten it: it fails with
+        // the exception.
+        append(&log, &shadow.replace("{p}", "001"));
+        let bin = tmp.path().join("bin");
+        let mut settings = CondorSettings::new(&work);
+        settings.poll_interval = Duration::from_millis(20);
+        settings.cli = fake_tools(
+            &bin,
+            &[("condor_rm", ""), ("condor_q", ""), ("condor_history", "")],
+        );
+        let condor = Condor::new(settings).unwrap();
+        let rx = reattach_all(&condor, tmp.path(), 2);
+        let got = outcomes(&rx, 2);
+        match &got[&0] {
+            Ok(e) => assert_eq!(e.stdout, b"42"),
+            Err(e) => panic!("task 0 failed: {e}"),
+        }
+        let err = got[&1].as_ref().unwrap_err().to_string();
+        assert!(err.contains("HTCondor job 7.1"), "{err}");
+        assert!(err.contains("shadow exception"), "{err}");
+        condor.shutdown();
+    }
+
+    /// A shadow exception with nothing after it yet, of a job the schedd still has (HTCondor
+    /// put it back to idle): the task waits, and the job's later run decides.
+    #[test]
+    fn a_shadow_exception_of_a_queued_job_waits_for_its_next_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (work, batch, log) = staged_batch(tmp.path(), 1);
+        std::fs::write(batch.join("task-0-a1.result"), result_bundle(0, b"42")).unwrap();
+        append(
+            &log,
+            "000 (007.000.000) 2026-11-24 10:00:00 Job submitted from host: <1.2.3.4:9618>\n...\n",
+        );
+        append(&log, "007 (007.000.000) 2026-11-24 10:00:02 Shadow exception!\n\tError from slot1@vm: the shadow lost the starter\n\t0  -  Run Bytes Sent By Job\n...\n");
+        let bin = tmp.path().join("bin");
+        let mut settings = CondorSettings::new(&work);
+        settings.poll_interval = Duration::from_millis(20);
+        settings.cli = fake_tools(
+            &bin,
+            &[
+                ("condor_rm", ""),
+                (
+                    "condor_q",
+                    "[{\"ClusterId\": 7, \"ProcId\": 0, \"JobStatus\": 1}]",
+                ),
+                ("condor_history", ""),
+            ],
+        );
+        let condor = Condor::new(settings).unwrap();
+        let rx = reattach_all(&condor, tmp.path(), 1);
+        // The schedd was asked, and said the job is queued.
+        let t0 = Instant::now();
+        while !std::fs::read_to_string(bin.join("calls"))
+            .unwrap_or_default()
+            .contains("condor_q")
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "condor_q never asked"
+            );
+            std::thread::yield_now();
+        }
+        assert!(
+            rx.try_recv().is_err(),
+            "the task ended on the shadow exception"
+        );
+        append(
+            &log,
+            "001 (007.000.000) 2026-11-24 10:00:05 Job executing on host: <1.2.3.5:9618>\n...\n",
+        );
+        append(&log, &TERMINATED.replace("{p}", "000"));
+        let got = outcomes(&rx, 1);
+        assert_eq!(got[&0].as_ref().unwrap().stdout, b"42");
+        let calls = std::fs::read_to_string(bin.join("calls")).unwrap();
+        assert!(
+            calls.contains("condor_q -json -attributes") && calls.contains(" 7.0"),
+            "{calls}"
+        );
+        condor.shutdown();
+    }
+
+    /// Another file, at least as long, renamed over a batch's log while it is followed (an
+    /// admin's or a tool's rewrite): it was read on from the old offset, mid-record, so the
+    /// termination was lost and the task waited for ever. It is read from its start; the job
+    /// that had ended already is not reported twice.
+    #[test]
+    fn a_replaced_log_is_read_again_from_its_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (work, batch, log) = staged_batch(tmp.path(), 2);
+        std::fs::write(batch.join("task-0-a1.result"), result_bundle(0, b"42")).unwrap();
+        std::fs::write(batch.join("task-1-a1.result"), result_bundle(1, b"43")).unwrap();
+        let submitted = |p: &str| {
+            format!("000 (007.{p}.000) 2026-11-24 10:00:00 Job submitted from host: <1.2.3.4:9618>\n...\n")
+        };
+        let running = |p: &str| {
+            format!("001 (007.{p}.000) 2026-11-24 10:00:01 Job executing on host: <1.2.3.5:9618>\n...\n")
+        };
+        let old = format!(
+            "{}{}{}{}{}",
+            submitted("001"),
+            running("001"),
+            TERMINATED.replace("{p}", "001"),
+            submitted("000"),
+            running("000")
+        );
+        append(&log, &old);
+        let bin = tmp.path().join("bin");
+        let mut settings = CondorSettings::new(&work);
+        settings.poll_interval = Duration::from_millis(20);
+        settings.cli = fake_tools(
+            &bin,
+            &[("condor_rm", ""), ("condor_q", ""), ("condor_history", "")],
+        );
+        let condor = Condor::new(settings).unwrap();
+        let rx = reattach_all(&condor, tmp.path(), 2);
+        let (id, first) = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(id, 1);
+        assert_eq!(first.unwrap().stdout, b"43");
+        // Job 7.0 runs (its events were read): the log is replaced by a longer one whose
+        // 005 of job 7.0 spans the old file's end.
+        let t0 = Instant::now();
+        while condor.status()["running"] != "1" {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{:?}",
+                condor.status()
+            );
+            std::thread::yield_now();
+        }
+        let new = format!(
+            "{}{}{}{}{}",
+            submitted("001"),
+            TERMINATED.replace("{p}", "001"),
+            submitted("000"),
+            TERMINATED.replace("{p}", "000"),
+            running("001"),
+        );
+        let old_end = old.len();
+        let term0 = new.rfind("005 (007.000").unwrap();
+        assert!(
+            term0 < old_end && old_end < term0 + TERMINATED.len(),
+            "the test's premise"
+        );
+        std::fs::write(batch.join("replacement"), new).unwrap();
+        std::fs::rename(batch.join("replacement"), &log).unwrap();
+        let (id, second) = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(id, 0);
+        assert_eq!(second.unwrap().stdout, b"42");
+        assert_eq!(condor.status()["finished"], "2");
+        condor.shutdown();
+        assert!(rx.try_recv().is_err(), "a task reported twice");
+    }
+
+    /// What the interface keeps per job is dropped when the job ends: `by_handle` kept an
+    /// empty entry per job, `unclaimed` the events of a re-attached batch's jobs whose tasks
+    /// had finished before the resume, and `concluded`/`reattached`/`resolved` grew for the
+    /// whole run.
+    #[test]
+    fn nothing_is_kept_per_job_after_the_jobs_end() {
+        const N: u64 = 20;
+        const DONE_BEFORE: u64 = 5;
+        let tmp = tempfile::tempdir().unwrap();
+        let (work, batch, log) = staged_batch(tmp.path(), N + DONE_BEFORE);
+        // First what no re-attached task claims (read before any outcome): the jobs of tasks
+        // that finished before the resume, and forged procs the batch does not have.
+        let mut text = String::new();
+        let job = |p: u64| {
+            let p = format!("{p:03}");
+            format!(
+                "000 (007.{p}.000) 2026-11-24 10:00:00 Job submitted from host: <1.2.3.4:9618>\n...\n\
+                 001 (007.{p}.000) 2026-11-24 10:00:01 Job executing on host: <1.2.3.5:9618>\n...\n{}",
+                TERMINATED.replace("{p}", &p)
+            )
+        };
+        for p in N..N + DONE_BEFORE {
+            text += &job(p);
+        }
+        for p in 1000..1100 {
+            text += &format!("001 (007.{p}.000) 2026-11-24 10:00:01 Job executing on host: <1.2.3.5:9618>\n...\n");
+        }
+        for p in 0..N {
+            text += &job(p);
+        }
+        append(&log, &text);
+        for id in 0..N {
+            std::fs::write(
+                batch.join(format!("task-{id}-a1.result")),
+                result_bundle(id, id.to_string().as_bytes()),
+            )
+            .unwrap();
+        }
+        let bin = tmp.path().join("bin");
+        let mut settings = CondorSettings::new(&work);
+        settings.poll_interval = Duration::from_millis(20);
+        settings.cli = fake_tools(
+            &bin,
+            &[("condor_rm", ""), ("condor_q", ""), ("condor_history", "")],
+        );
+        let condor = Condor::new(settings).unwrap();
+        // Tasks N.. finished before the resume: only 0..N are re-attached.
+        let rx = reattach_all(&condor, tmp.path(), N);
+        condor.reattach_done();
+        let got = outcomes(&rx, N);
+        for (id, r) in &got {
+            assert_eq!(r.as_ref().unwrap().stdout, id.to_string().as_bytes());
+        }
+        // The log read once more (a rewind): nothing comes back, nothing is kept.
+        let again = batch.join("again");
+        std::fs::write(&again, &text).unwrap();
+        std::fs::rename(&again, &log).unwrap();
+        if let Some(w) = condor.shared.watcher.lock().unwrap().as_ref() {
+            w.sync();
+        }
+        let st = condor.shared.lock();
+        let sizes = [
+            ("tasks", st.tasks.len()),
+            ("by_handle", st.by_handle.len()),
+            ("unclaimed", st.unclaimed.len()),
+            ("reattaching", st.reattaching.len()),
+            ("resolved", st.resolved.len()),
+            ("reattached", st.reattached.len()),
+            ("concluded", st.concluded.len()),
+            ("shadowed", st.shadowed.len()),
+            ("gone_logs", st.gone_logs.len()),
+        ];
+        assert!(sizes.iter().all(|(_, n)| *n == 0), "{sizes:?}");
+        assert_eq!(st.finished, N);
+        drop(st);
+        condor.shutdown();
+        assert!(rx.try_recv().is_err(), "a task reported twice");
     }
 
     /// A job's stderr file comes back from the pool and may be huge: only its end is read

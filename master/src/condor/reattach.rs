@@ -191,7 +191,7 @@ impl Condor {
         &self,
         task: &Arc<PreparedTask>,
         handle: &str,
-    ) -> Result<(JobHandle, TaskFiles, PathBuf, bool), String> {
+    ) -> Result<(JobHandle, TaskFiles, PathBuf, bool, u64), String> {
         let h: JobHandle = handle.parse()?;
         let (dir, name) =
             find_batch(&self.shared.settings.work_dir, h.cluster).ok_or_else(|| {
@@ -238,7 +238,8 @@ impl Condor {
             stderr: item.error.clone(),
             program_bundle: PathBuf::new(),
         };
-        Ok((h, files, dir.join(format!("{name}.log")), packed))
+        let items = u64::try_from(items.len()).unwrap_or(u64::MAX);
+        Ok((h, files, dir.join(format!("{name}.log")), packed, items))
     }
 
     pub(super) fn reattach_task(
@@ -280,7 +281,7 @@ impl Condor {
                 }
             }
         };
-        let (h, files, log, packed) = match self.reattach_inner(&task, handle) {
+        let (h, files, log, packed, items) = match self.reattach_inner(&task, handle) {
             Ok(x) => x,
             Err(e) => {
                 eprintln!(
@@ -293,45 +294,43 @@ impl Condor {
         let id = task.id;
         let mut tracked = Tracked::new(task, done, Some(h), files, Phase::Idle);
         tracked.packed = packed;
-        self.shared.lock().reattached.insert(h);
+        {
+            let mut st = self.shared.lock();
+            st.reattached.insert(h);
+            st.reattaching.insert(h.cluster, items);
+        }
+        let bad_log = self.shared.lock().bad_logs.get(&log).cloned();
+        if let Some(msg) = bad_log {
+            // Its log is in a format mw does not read (found for another task of the batch).
+            if self.join_job(h, tracked).is_some() {
+                events::fail_jobs_of_bad_log(&self.shared, &[h], &msg);
+            }
+            return None;
+        }
         if !log.exists() {
             // The log is gone: ask the schedd's history, then its queue.
             let cli = &self.shared.settings.cli;
-            let ad = cli
-                .history(&[h.cluster], None)
-                .ok()
-                .and_then(|ads| ads.into_iter().find(|a| a.handle == h));
-            match ad {
+            match events::history_ad(cli, h) {
                 Some(ad) => {
-                    let outcome = match (ad.status, ad.exit_code, ad.exit_signal) {
-                        (_, _, Some(sig)) if ad.attributes.get("ExitBySignal")
-                            == Some(&serde_json::Value::Bool(true)) => Outcome::Signal(sig),
-                        (JobStatus::Completed, Some(rv), _) => Outcome::Exited(rv),
-                        (JobStatus::Removed, _, _) => Outcome::Error(format!(
-                            "HTCondor job {h} was removed from the queue (found in condor_history; its log {} is gone)",
-                            log.display()
-                        )),
-                        (s, _, _) => Outcome::Error(format!(
-                            "HTCondor job {h} left the queue in state {s:?} (its log {} is gone)",
-                            log.display()
-                        )),
-                    };
+                    let outcome = events::outcome_of_ad(h, &ad, &log);
                     if self.join_job(h, tracked).is_some() {
                         conclude(&self.shared, h, outcome);
                     }
                     return None;
                 }
                 None => {
-                    let queued = cli
-                        .query_jobs(&[h.cluster])
-                        .map(|ads| ads.iter().any(|a| a.handle == h))
-                        .unwrap_or(false);
+                    let queued = cli.query_job(h).map(|ad| ad.is_some()).unwrap_or(false);
                     if !queued {
                         eprintln!("mw: condor: job {h} of {id} is neither in the queue nor in the history and its log is gone; running it again");
                         return tracked.done;
                     }
                     if self.join_job(h, tracked).is_some() {
                         add_log(&self.shared, &log);
+                        // Asked about again while the log stays away.
+                        self.shared
+                            .lock()
+                            .gone_logs
+                            .insert(log, Instant::now() + events::GONE_LOG_RECHECK);
                     }
                     return None;
                 }

@@ -1100,6 +1100,7 @@ impl Master {
                 self.inner.cond.notify_all();
             }
         }
+        self.inner.interface.reattach_done();
     }
 
     /// Ids of every task and their states, in order.
