@@ -211,8 +211,12 @@ pub(crate) fn unfinished_job_with_text(root: &Path, name: &str, text: &str) -> O
             continue;
         };
         if meta.name == name && meta.job_text == text {
-            let unfinished = count_unfinished(&conn, &dir.join(JOURNAL_FILE)).unwrap_or(0);
-            if unfinished > 0 {
+            let journal = dir.join(JOURNAL_FILE);
+            let unfinished = count_unfinished(&conn, &journal).unwrap_or(0);
+            // (A job still recording its tasks may have none yet.)
+            let recording = read_master(&conn, &journal)
+                .is_ok_and(|m| m.status == crate::run::STATUS_RECORDING);
+            if unfinished > 0 || recording {
                 return Some(meta.id);
             }
         }

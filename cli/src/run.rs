@@ -129,9 +129,36 @@ pub(crate) fn find_job_dir(job: &str, jobs_dir: Option<&Path>) -> anyhow::Result
     )
 }
 
-fn new_job_dir(root: &Path, name: &str) -> anyhow::Result<(String, PathBuf)> {
+/// The jobs directory's lock file: held (flock) while a job id is chosen and, for
+/// `mw submit`, while it looks for the same job submitted already.
+const JOBS_LOCK: &str = ".mw-jobs.lock";
+
+/// Makes the directory of a new job `name` under `root`, with the next free number, after
+/// `before` (run while no other mw chooses an id under `root`: two `mw submit`s of one job
+/// file at once each see the other). A number once given is never given again, even if its
+/// directory was moved away (`.mw-last-<name>` keeps the last): a moved job's running master
+/// would otherwise write into the new job that took its path.
+fn new_job_dir(
+    root: &Path,
+    name: &str,
+    before: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<(String, PathBuf, std::fs::File)> {
     std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-    let mut n = 1u64;
+    let lock_path = root.join(JOBS_LOCK);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .and_then(|f| f.lock().map(|()| f))
+        .with_context(|| format!("locking {}", lock_path.display()))?;
+    before()?;
+    let last_path = root.join(format!(".mw-last-{name}"));
+    let mut n = std::fs::read_to_string(&last_path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .and_then(|k| k.checked_add(1))
+        .unwrap_or(1);
     if let Ok(entries) = std::fs::read_dir(root) {
         for e in entries.flatten() {
             let fname = e.file_name().to_string_lossy().into_owned();
@@ -148,7 +175,11 @@ fn new_job_dir(root: &Path, name: &str) -> anyhow::Result<(String, PathBuf)> {
         let id = format!("{name}-{n}");
         let dir = root.join(&id);
         match std::fs::create_dir(&dir) {
-            Ok(()) => return Ok((id, dir)),
+            Ok(()) => {
+                mw_bundle::write_atomic(&last_path, format!("{n}\n").as_bytes(), None)
+                    .with_context(|| format!("writing {}", last_path.display()))?;
+                return Ok((id, dir, lock));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 n = n.checked_add(1).with_context(|| {
                     format!("no free job number for `{name}` in {}", root.display())
@@ -380,9 +411,12 @@ fn now_unix() -> f64 {
 fn create_job(
     p: &Prepared,
     jobs_dir: Option<&Path>,
+    before: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<(String, PathBuf, Arc<Journal>)> {
     let root = jobs_root(jobs_dir);
-    let (id, dir) = new_job_dir(&root, &p.job.name)?;
+    // The jobs directory stays locked until the journal exists (in status `recording`,
+    // which the duplicate check of another `mw submit` counts as unfinished).
+    let (id, dir, _lock) = new_job_dir(&root, &p.job.name, before)?;
     std::fs::write(dir.join("job.toml"), &p.job.text)
         .with_context(|| format!("writing {}", dir.join("job.toml").display()))?;
     let meta = JobMeta {
@@ -427,7 +461,7 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
     let (id, job_dir, journal) = if args.no_journal {
         (p.job.name.clone(), None, None)
     } else {
-        let (id, dir, j) = create_job(&p, args.job.jobs_dir.as_deref())?;
+        let (id, dir, j) = create_job(&p, args.job.jobs_dir.as_deref(), || Ok(()))?;
         (id, Some(dir), Some(j))
     };
     // Declared before `scratch`, so dropped after it: the directory goes while locked.
@@ -680,7 +714,7 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
 }
 
 /// Job status while its tasks are being recorded (see [`complete_recording`]).
-const STATUS_RECORDING: &str = "recording";
+pub(crate) const STATUS_RECORDING: &str = "recording";
 
 /// A job whose creator was killed while recording its tasks: records the tasks from
 /// `have` on, from the job file (the inputs are the same: the job text is in the journal).
@@ -952,19 +986,21 @@ pub(crate) fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         bail!("an MPI job runs inside mpirun: use `mpirun -n N mw run JOB --interface mpi`");
     }
     let root = jobs_root(args.job.jobs_dir.as_deref());
-    if !args.new {
-        if let Some(existing) =
-            super::jobs::unfinished_job_with_text(&root, &p.job.name, &p.job.text)
-        {
-            bail!(
-                "this job file is already submitted as `{existing}` and not finished: \
-                 `mw resume {existing}` restarts its master if it died, `mw status {existing}` shows it; \
-                 pass --new (or --name) to submit it again as a new job"
-            );
-        }
-    }
     crate::platforms::preflight(&p.interface, &p.job, Some(&root))?;
-    let (id, dir, journal) = create_job(&p, args.job.jobs_dir.as_deref())?;
+    let (id, dir, journal) = create_job(&p, args.job.jobs_dir.as_deref(), || {
+        if !args.new {
+            if let Some(existing) =
+                super::jobs::unfinished_job_with_text(&root, &p.job.name, &p.job.text)
+            {
+                bail!(
+                    "this job file is already submitted as `{existing}` and not finished: \
+                     `mw resume {existing}` restarts its master if it died, `mw status {existing}` shows it; \
+                     pass --new (or --name) to submit it again as a new job"
+                );
+            }
+        }
+        Ok(())
+    })?;
     in_chunks(&p.inputs, 0, encode, |first, chunk| {
         journal.record_encoded(first, chunk)?;
         Ok(())

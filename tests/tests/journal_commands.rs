@@ -716,3 +716,39 @@ fn sigterm_ends_mw_wait_not_the_job() {
     let o = mw(d, &["wait", &id, "-q"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
 }
+
+/// Two `mw submit`s of one job file at the same moment: one job, and the other is told so
+/// (both once got a job). And a job number is never given twice: after a running job's
+/// directory was moved away, the next job gets a new number (it once took the moved job's,
+/// and the moved job's master went on writing into the new job's directory).
+#[test]
+fn submits_at_once_make_one_job_and_a_moved_jobs_number_is_not_reused() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    gated_job(d, "race", 2);
+    let both: Vec<_> = (0..2)
+        .map(|_| mw_tests::spawn_mw(d, &["submit", "race.toml"], &[]))
+        .collect();
+    let outs: Vec<_> = both
+        .into_iter()
+        .map(|c| mw_tests::finish_within(c, std::time::Duration::from_secs(120)))
+        .collect();
+    let codes: Vec<_> = outs.iter().map(|o| o.status.code()).collect();
+    assert!(
+        codes.contains(&Some(0)) && codes.contains(&Some(2)),
+        "{codes:?}: {:?}",
+        outs.iter()
+            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+            .collect::<Vec<_>>()
+    );
+    assert!(d.join("jobs/race-1").is_dir());
+    assert!(!d.join("jobs/race-2").exists());
+    // The running job's directory moves away; the next job is number 2, not 1 again.
+    std::fs::create_dir_all(d.join("moved")).unwrap();
+    std::fs::rename(d.join("jobs/race-1"), d.join("moved/race-1")).unwrap();
+    let (id, _) = submit(d, "race.toml", &["--new"]);
+    assert_eq!(id, "race-2");
+    assert!(!d.join("jobs/race-1").exists());
+    std::fs::write(d.join("gate"), "").unwrap();
+    assert_eq!(mw(d, &["wait", &id]).code, 0);
+}
