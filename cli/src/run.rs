@@ -1001,10 +1001,31 @@ pub(crate) fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         }
         Ok(())
     })?;
-    in_chunks(&p.inputs, 0, encode, |first, chunk| {
+    // A stop signal while the tasks are recorded (a sweep of millions takes a while) leaves
+    // the job `recording`, with no master: `mw resume` records the rest and runs it. (It was
+    // once ignored: the job was started anyway.)
+    let recorded = in_chunks(&p.inputs, 0, encode, |first, chunk| {
+        if crate::signals::interrupted() {
+            return Err(anyhow::Error::new(RecordingStopped));
+        }
         journal.record_encoded(first, chunk)?;
         Ok(())
-    })?;
+    });
+    let interrupted = match recorded {
+        Err(e) if e.is::<RecordingStopped>() => true,
+        other => {
+            other?;
+            crate::signals::interrupted()
+        }
+    };
+    if interrupted {
+        journal.close();
+        say!(
+            "mw: stopped while recording the tasks of job {id}; it has no master: `mw resume {id}` \
+             records the rest and runs it, `mw cancel {id}` drops it"
+        );
+        return Ok(EXIT_INTERRUPTED);
+    }
     // Not `running` under this (short-lived) process's pid, or the detached master would
     // see a live master and refuse to start.
     journal.set_job_status("submitted")?;

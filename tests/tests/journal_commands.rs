@@ -752,3 +752,41 @@ fn submits_at_once_make_one_job_and_a_moved_jobs_number_is_not_reused() {
     std::fs::write(d.join("gate"), "").unwrap();
     assert_eq!(mw(d, &["wait", &id]).code, 0);
 }
+
+/// Ctrl-C while `mw submit` records a large sweep: it stops there, starts no master, exits
+/// 130 and says how to go on; the job waits, `recording`, for `mw resume` (it was once
+/// ignored: the job was started anyway).
+#[test]
+fn ctrl_c_while_submit_records_starts_no_master() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    std::fs::write(
+        d.join("big.toml"),
+        "name = \"big\"\n[program]\ncommand = [\"/bin/cat\"]\n[inputs.sweep]\ni = { start = 0, end = 2000000 }\n",
+    )
+    .unwrap();
+    let child = mw_tests::spawn_mw(d, &["submit", "big.toml"], &[]);
+    let journal = d.join("jobs/big-1/journal.sqlite");
+    let t0 = std::time::Instant::now();
+    while !journal.is_file() {
+        assert!(t0.elapsed().as_secs() < 120, "the journal never appeared");
+        std::thread::yield_now();
+    }
+    // SAFETY: kill(2) on the mw process this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = mw_tests::finish_within(child, std::time::Duration::from_secs(120));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("mw resume big-1"), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !d.join("jobs/big-1/master.log").exists(),
+        "a master was started"
+    );
+    let v = status_json(d, "big-1");
+    assert_eq!(v["job"]["master_pid"], serde_json::Value::Null, "{v}");
+}
