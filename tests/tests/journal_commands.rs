@@ -790,3 +790,36 @@ fn ctrl_c_while_submit_records_starts_no_master() {
     let v = status_json(d, "big-1");
     assert_eq!(v["job"]["master_pid"], serde_json::Value::Null, "{v}");
 }
+
+/// A detached master's `master.log` gets one short line per failed task, not the task's
+/// stderr (4 KiB each: 8 MB for 2,000 failures), which the journal and the task's log keep.
+#[test]
+fn master_log_gets_a_line_per_failure_not_its_stderr() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    script(
+        d,
+        "noisy.sh",
+        "head -c 5000 /dev/zero | tr '\\0' x >&2; echo >&2; echo 'the last words' >&2; exit 3",
+    );
+    std::fs::write(
+        d.join("noisy.toml"),
+        "name = \"noisy\"\nworkers = 2\n[program]\npath = \"noisy.sh\"\n[inputs.sweep]\ni = { start = 0, end = 50 }\n",
+    )
+    .unwrap();
+    let (id, dir) = submit(d, "noisy.toml", &[]);
+    assert_eq!(mw(d, &["wait", &id]).code, 1);
+    let log = std::fs::read_to_string(dir.join("master.log")).unwrap();
+    assert!(
+        log.contains("task 7: failed: task 7 failed: exit status 3"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("xxxxxxxx"),
+        "master.log has the tasks' stderr"
+    );
+    assert!(log.len() < 50 * 400, "master.log: {} bytes", log.len());
+    // The stderr tail is kept where it belongs.
+    let r = jsonl(&mw(d, &["results", &id]).stdout);
+    assert!(r[7]["error"].as_str().unwrap().contains("the last words"));
+}
