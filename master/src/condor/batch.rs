@@ -490,7 +490,7 @@ pub(super) fn cancel_packed(shared: &Shared, mut st: MutexGuard<'_, State>, task
     }
     if empty {
         if let Err(e) = shared.settings.cli.remove(&[h]) {
-            eprintln!("mw: condor: removing job {h}, whose tasks were all cancelled: {e}");
+            log::warn!("HTCondor: removing job {h}, whose tasks were all cancelled: {e}");
         }
     }
 }
@@ -628,8 +628,8 @@ pub(super) fn submit_group(
     crate::crash::point("condor-after-submit");
     let cluster = handles[0].cluster;
     if let Err(e) = write_cluster_marker(dir, name, cluster) {
-        eprintln!(
-            "mw: condor: cannot write {}/{name}.cluster ({e}); `mw resume` will look for batch {name} in the schedd",
+        log::warn!(
+            "HTCondor: cannot write {}/{name}.cluster ({e}); `mw resume` will look for batch {name} in the schedd",
             dir.display()
         );
     }
@@ -679,7 +679,7 @@ pub(super) fn add_log(shared: &Shared, log: &Path) {
     if let Ok(w) = shared.watcher.lock() {
         if let Some(w) = w.as_ref() {
             if let Err(e) = w.add_log(log) {
-                eprintln!("mw: condor: {e}");
+                log::warn!("HTCondor: {e}");
             }
         }
     }

@@ -87,8 +87,8 @@ fn check_shadowed(shared: &Shared, h: JobHandle, message: String) {
         Ok(Some(_)) => return,
         Ok(None) => {}
         Err(e) => {
-            eprintln!(
-                "mw: condor: {message}; condor_q failed ({e}); asking again in {}s",
+            log::warn!(
+                "HTCondor: {message}; condor_q failed ({e}); asking again in {}s",
                 SHADOW_RECHECK.as_secs()
             );
             let mut st = shared.lock();
@@ -139,8 +139,8 @@ fn on_message(shared: &Shared, msg: WatchMessage) {
                     // A log no task waits on any more may go.
                     if !jobs_of_log(&st, &path).is_empty() {
                         st.log_problems += 1;
-                        eprintln!(
-                            "mw: condor: the job event log {} was deleted or moved away; \
+                        log::warn!(
+                            "HTCondor: the job event log {} was deleted or moved away; \
                              asking the schedd (condor_q, then condor_history) how its jobs \
                              are doing",
                             path.display()
@@ -150,10 +150,10 @@ fn on_message(shared: &Shared, msg: WatchMessage) {
                 }
                 // Events of jobs that have ended are ignored, and those of jobs still
                 // followed are idempotent: the log is simply read again.
-                CondorError::LogRewound { .. } => eprintln!(
-                    "mw: condor: {e}; events already seen are ignored for jobs that have ended"
+                CondorError::LogRewound { .. } => log::warn!(
+                    "HTCondor: {e}; events already seen are ignored for jobs that have ended"
                 ),
-                e => eprintln!("mw: condor: skipped a job event log record: {e}"),
+                e => log::warn!("HTCondor: skipped a job event log record: {e}"),
             }
         }
     }
@@ -224,8 +224,8 @@ fn conclude_gone_log(shared: &Shared, log: &Path) -> bool {
     let queued: HashSet<JobHandle> = match cli.query_jobs(&clusters) {
         Ok(ads) => ads.into_iter().map(|a| a.handle).collect(),
         Err(e) => {
-            eprintln!(
-                "mw: condor: the job event log {} is gone and condor_q failed ({e}); asking \
+            log::warn!(
+                "HTCondor: the job event log {} is gone and condor_q failed ({e}); asking \
                  again in {}s",
                 log.display(),
                 GONE_LOG_RECHECK.as_secs()
@@ -250,8 +250,8 @@ fn conclude_gone_log(shared: &Shared, log: &Path) -> bool {
         conclude(shared, h, outcome);
     }
     if waiting > 0 {
-        eprintln!(
-            "mw: condor: the job event log {} is gone; {waiting} of its job(s) are still in \
+        log::warn!(
+            "HTCondor: the job event log {} is gone; {waiting} of its job(s) are still in \
              the queue: their events are read if the log is written again, and the queue is \
              asked again in {}s",
             log.display(),
@@ -288,7 +288,7 @@ fn fail_log(shared: &Shared, log: &Path, msg: &str) {
         st.bad_logs.insert(log.to_path_buf(), msg.to_string());
         jobs_of_log(&st, log)
     };
-    eprintln!("mw: condor: {msg}; failing its {} job(s)", jobs.len());
+    log::warn!("HTCondor: {msg}; failing its {} job(s)", jobs.len());
     fail_jobs_of_bad_log(shared, &jobs, msg);
 }
 
@@ -431,9 +431,7 @@ pub(super) fn apply(
             match on_hold {
                 OnHold::Fail => return Some(Outcome::HeldFail(m, *code)),
                 OnHold::Wait => {
-                    eprintln!(
-                        "mw: condor: {m}; waiting for it to be released (on_hold = \"wait\")"
-                    );
+                    log::warn!("HTCondor: {m}; waiting for it to be released (on_hold = \"wait\")");
                     t.phase = Phase::Held;
                 }
             }
@@ -578,8 +576,8 @@ fn requeue(shared: &Shared, mut t: Tracked, h: JobHandle, why: &str) {
         );
         return report(shared, t, Err(InterfaceError::new(msg)));
     }
-    eprintln!(
-        "mw: condor: job {h} came back without a result for {id} ({why}); submitting it again"
+    log::warn!(
+        "HTCondor: job {h} came back without a result for {id} ({why}); submitting it again"
     );
     let mut st = shared.lock();
     if st.shut_down {

@@ -393,7 +393,7 @@ impl Interface for Condor {
                 drop(st);
                 if let Err(e) = self.shared.settings.cli.remove(&[h]) {
                     // It may have just finished; its terminated event then decides.
-                    eprintln!("mw: condor: cancelling {task} (job {h}): {e}");
+                    log::warn!("HTCondor: cancelling {task} (job {h}): {e}");
                 }
             }
             // Being submitted: the submit thread removes it once it has a handle.

@@ -46,7 +46,7 @@ fn wait_for_stray_submit(sub: &Path) {
         }
         if !told {
             told = true;
-            eprintln!("mw: condor: a condor_submit of {sub} from the previous master still runs; waiting for it");
+            log::warn!("HTCondor: a condor_submit of {sub} from the previous master still runs; waiting for it");
         }
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -168,10 +168,10 @@ impl Condor {
                             ));
                         }
                         if let Some(c) = clusters.first() {
-                            eprintln!("mw: condor: batch {name} was submitted as cluster {c} by the previous master; re-attaching");
+                            log::warn!("HTCondor: batch {name} was submitted as cluster {c} by the previous master; re-attaching");
                             if let Err(e) = write_cluster_marker(&dir, name, *c) {
-                                eprintln!(
-                                    "mw: condor: cannot write the cluster marker of {name}: {e}"
+                                log::warn!(
+                                    "HTCondor: cannot write the cluster marker of {name}: {e}"
                                 );
                             }
                         }
@@ -256,8 +256,8 @@ impl Condor {
                     .rsplit_once(':')
                     .and_then(|(n, p)| Some((n, p.parse::<u64>().ok()?)));
                 let Some((name, proc)) = parsed else {
-                    eprintln!(
-                        "mw: condor: {} has a malformed handle {handle:?}; running it again",
+                    log::warn!(
+                        "HTCondor: {} has a malformed handle {handle:?}; running it again",
                         task.id
                     );
                     return Some(done);
@@ -284,8 +284,8 @@ impl Condor {
         let (h, files, log, packed, items) = match self.reattach_inner(&task, handle) {
             Ok(x) => x,
             Err(e) => {
-                eprintln!(
-                    "mw: condor: cannot re-attach {} to job {handle}: {e}; running it again",
+                log::warn!(
+                    "HTCondor: cannot re-attach {} to job {handle}: {e}; running it again",
                     task.id
                 );
                 return Some(done);
@@ -321,7 +321,7 @@ impl Condor {
                 None => {
                     let queued = cli.query_job(h).map(|ad| ad.is_some()).unwrap_or(false);
                     if !queued {
-                        eprintln!("mw: condor: job {h} of {id} is neither in the queue nor in the history and its log is gone; running it again");
+                        log::warn!("HTCondor: job {h} of {id} is neither in the queue nor in the history and its log is gone; running it again");
                         return tracked.done;
                     }
                     if self.join_job(h, tracked).is_some() {
