@@ -407,6 +407,12 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
             let root = jobs_root(args.jobs_dir.as_deref());
             let mut rows = Vec::new();
             let mut problems = Vec::new();
+            // A jobs directory that exists but cannot be read is an error, not "no jobs".
+            if let Err(e) = std::fs::read_dir(&root) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    bail!("cannot list the jobs under {}: {e}", root.display());
+                }
+            }
             for dir in job_dirs(&root) {
                 match summarize(&dir) {
                     Ok((_, s)) => rows.push(s),

@@ -823,3 +823,17 @@ fn master_log_gets_a_line_per_failure_not_its_stderr() {
     let r = jsonl(&mw(d, &["results", &id]).stdout);
     assert!(r[7]["error"].as_str().unwrap().contains("the last words"));
 }
+
+/// A jobs directory that cannot be listed is an error, not "no jobs" with exit 0.
+#[test]
+fn status_of_a_jobs_directory_it_cannot_list_is_an_error() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    std::fs::write(d.join("not-a-dir"), "").unwrap();
+    let o = mw(d, &["status", "--jobs-dir", "not-a-dir"]);
+    assert_eq!(o.code, 2, "{}", o.stdout);
+    assert!(o.stderr.contains("cannot list the jobs"), "{}", o.stderr);
+    let o = mw(d, &["status", "--jobs-dir", "none-here"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("no jobs"), "{}", o.stdout);
+}
