@@ -316,6 +316,8 @@ pub(super) enum Outcome {
     Error(String),
     /// Held with this hold code: remove and fail.
     HeldFail(String, Option<i64>),
+    /// Evicted more than [`MAX_EVICTIONS`] times: remove and fail.
+    Evicted(String),
     /// A shadow exception: decided by the job's later events; with none, fail unless the
     /// job is still queued (it will run again) or its history says it completed.
     CheckQueue(String),
@@ -371,6 +373,10 @@ pub(super) fn on_event(shared: &Shared, ev: LogEvent) {
 /// decide where the job is).
 const MAX_UNCLAIMED_EVENTS: usize = 64;
 
+/// Evictions (and failed reconnects) a job may have before mw removes it and fails its
+/// tasks: a pool that preempts a job for ever would otherwise keep it, and `mw run`, going.
+pub const MAX_EVICTIONS: u32 = 20;
+
 /// Updates the task's phase; returns an outcome when the event ends the task.
 pub(super) fn apply(
     st: &mut State,
@@ -390,10 +396,18 @@ pub(super) fn apply(
             t.ran_on = Some(host.clone());
         }
         EventKind::Reconnected => t.phase = Phase::Running,
-        EventKind::Submitted { .. }
-        | EventKind::Evicted { .. }
-        | EventKind::Released { .. }
-        | EventKind::ReconnectFailed { .. } => t.phase = Phase::Idle,
+        EventKind::Evicted { .. } | EventKind::ReconnectFailed { .. } => {
+            t.phase = Phase::Idle;
+            t.evictions = t.evictions.saturating_add(1);
+            if t.evictions > MAX_EVICTIONS {
+                return Some(Outcome::Evicted(format!(
+                    "{at} was evicted {} times without finishing (more than the {MAX_EVICTIONS} \
+                     mw allows: a machine that keeps preempting it, or a pool policy)",
+                    t.evictions
+                )));
+            }
+        }
+        EventKind::Submitted { .. } | EventKind::Released { .. } => t.phase = Phase::Idle,
         EventKind::ShadowException { message } => {
             t.phase = Phase::Idle;
             let m = format!(
@@ -659,6 +673,13 @@ fn job_result(
             format!("signal {sig}"),
         )),
         Outcome::Error(m) | Outcome::CheckQueue(m) => Err(ended(m, "removed".into())),
+        Outcome::Evicted(m) => {
+            let removed = match cli.remove(&[h]) {
+                Ok(()) => "; removed it with condor_rm".to_string(),
+                Err(e) => format!("; condor_rm failed: {e}"),
+            };
+            Err(ended(format!("{m}{removed}"), "evicted".into()))
+        }
         Outcome::HeldFail(m, code) => {
             // A worker that died (e.g. SIGKILL) sends no result bundle: the job is then held
             // for its missing output (code 12/13), and only the job ad tells the signal.

@@ -110,6 +110,8 @@ struct Tracked {
     packed: bool,
     /// Times it was submitted again because its pack came back without its result.
     requeues: u32,
+    /// Times its job went back to idle without ending (evicted, reconnect failed).
+    evictions: u32,
 }
 
 impl crate::pack::PackMember for Tracked {
@@ -138,6 +140,7 @@ impl Tracked {
             ran_on: None,
             packed: false,
             requeues: 0,
+            evictions: 0,
         }
     }
 }
@@ -555,6 +558,57 @@ mod tests {
             .open(path)
             .unwrap();
         f.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// A job the pool evicts again and again (a machine that keeps preempting it) is removed
+    /// and its task fails after [`events::MAX_EVICTIONS`] evictions; it once went on for ever.
+    #[test]
+    fn a_job_evicted_again_and_again_fails_and_is_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path().join("condor");
+        let batch = work.join("batch-1");
+        std::fs::create_dir_all(&batch).unwrap();
+        std::fs::write(batch.join("unit-b1.cluster"), "7\n").unwrap();
+        let b = batch.display();
+        std::fs::write(
+            batch.join("unit-b1.items"),
+            format!("0 {b}/task-0-a1.mwt task-0-a1.mwt task-0-a1.result {b}/task-0-a1.out {b}/task-0-a1.err\n"),
+        )
+        .unwrap();
+        let log = batch.join("unit-b1.log");
+        append(
+            &log,
+            "000 (007.000.000) 2026-11-24 10:00:00 Job submitted from host: <1.2.3.4:9618>\n...\n",
+        );
+        for _ in 0..=events::MAX_EVICTIONS {
+            append(&log, "001 (007.000.000) 2026-11-24 10:00:01 Job executing on host: <1.2.3.4:9618>\n...\n");
+            append(&log, "004 (007.000.000) 2026-11-24 10:00:02 Job was evicted.\n\t(0) Job was not checkpointed.\n...\n");
+        }
+        let bin = tmp.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let removed = tmp.path().join("removed");
+        let rm = bin.join("condor_rm");
+        std::fs::write(
+            &rm,
+            format!("#!/bin/sh\necho \"$@\" >> {}\n", removed.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&rm, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let mut settings = CondorSettings::new(&work);
+        settings.poll_interval = Duration::from_millis(20);
+        settings.cli = CondorCli::default().with_bin_dir(&bin);
+        let condor = Condor::new(settings).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let done = Completion::new(TaskId(0), move |r| tx.send(r).unwrap());
+        assert!(condor.reattach(task(0, tmp.path()), "7.0", done).is_none());
+        let err = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("was evicted 21 times"), "{err}");
+        assert_eq!(std::fs::read_to_string(&removed).unwrap().trim(), "7.0");
+        condor.shutdown();
     }
 
     /// Re-attaching to a batch whose log has a record cut off mid-way and an event code
