@@ -383,7 +383,14 @@ pub fn open_checked(path: &Path, write: bool) -> Result<Connection, JournalError
             path.display()
         )));
     }
-    // A full integrity check is cheap for job-sized databases and catches truncation.
+    // A full integrity check catches truncation and damage before anything is read. It reads
+    // the whole file (seconds for a journal of 10^6 tasks), so a process checks a journal
+    // once: a command opens it several times (`mw status` three, `mw cancel` every 20 ms
+    // while it waits).
+    if checked_in_this_process(path, false) {
+        check_mark(&conn, path)?;
+        return Ok(conn);
+    }
     let check: String = conn
         .query_row("PRAGMA quick_check", [], |r| r.get(0))
         .map_err(|e| {
@@ -398,8 +405,23 @@ pub fn open_checked(path: &Path, write: bool) -> Result<Connection, JournalError
             path.display()
         )));
     }
+    checked_in_this_process(path, true);
     check_mark(&conn, path)?;
     Ok(conn)
+}
+
+/// Whether this process found the journal at `path` sound already; `passed` records that it
+/// just did.
+fn checked_in_this_process(path: &Path, passed: bool) -> bool {
+    static CHECKED: Mutex<Option<std::collections::HashSet<PathBuf>>> = Mutex::new(None);
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut checked = crate::guard::lock(&CHECKED);
+    let set = checked.get_or_insert_with(Default::default);
+    if passed {
+        set.insert(key)
+    } else {
+        set.contains(&key)
+    }
 }
 
 impl Journal {
