@@ -166,6 +166,8 @@ struct State {
     log_problems: u64,
     /// Batches a resumed master knew only by name: their cluster, or `None` if never submitted.
     resolved: HashMap<String, Option<u64>>,
+    /// Batches whose fate the schedd could not tell (after retries): why, for their tasks.
+    unresolved: HashMap<String, String>,
     /// Why the interface can run no more tasks (its submit or event thread died): new tasks
     /// fail at once with this message instead of waiting for ever.
     broken: Option<String>,
@@ -426,6 +428,7 @@ impl Interface for Condor {
         st.unclaimed = HashMap::new();
         st.reattaching = HashMap::new();
         st.resolved = HashMap::new();
+        st.unresolved = HashMap::new();
         st.reattached = HashSet::new();
         st.concluded = HashMap::new();
     }
@@ -558,6 +561,62 @@ mod tests {
             .open(path)
             .unwrap();
         f.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// A resumed master asks a schedd that does not answer for a moment (twice "Failed to
+    /// fetch ads") again, and re-attaches the batch it then finds; a single failed query once
+    /// failed every task of the batch for good.
+    #[test]
+    fn a_schedd_that_fails_for_a_moment_is_asked_again_on_resume() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path().join("condor");
+        let batch = work.join("batch-1");
+        std::fs::create_dir_all(&batch).unwrap();
+        let name = "unit-b1-0000abcd";
+        std::fs::write(batch.join(format!("{name}.sub")), "queue\n").unwrap();
+        let b = batch.display();
+        std::fs::write(
+            batch.join(format!("{name}.items")),
+            format!("0 {b}/task-0-a1.mwt task-0-a1.mwt task-0-a1.result {b}/task-0-a1.out {b}/task-0-a1.err\n"),
+        )
+        .unwrap();
+        std::fs::write(batch.join("task-0-a1.result"), result_bundle(0, b"42")).unwrap();
+        let log = batch.join(format!("{name}.log"));
+        append(
+            &log,
+            "000 (007.000.000) 2026-11-24 10:00:00 Job submitted from host: <1.2.3.4:9618>\n...\n",
+        );
+        append(&log, &TERMINATED.replace("{p}", "000"));
+        let bin = tmp.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let calls = tmp.path().join("calls");
+        let tool = |tool: &str, body: String| {
+            let p = bin.join(tool);
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        };
+        tool(
+            "condor_q",
+            format!(
+                "echo q >> {c}\nif [ $(wc -l < {c}) -le 2 ]; then echo 'Failed to fetch ads' >&2; exit 1; fi\n\
+                 echo '[{{\"ClusterId\": 7, \"ProcId\": 0, \"JobStatus\": 4, \"MwBatch\": \"{name}\"}}]'",
+                c = calls.display()
+            ),
+        );
+        tool("condor_history", "echo '[]'".into());
+        let mut settings = CondorSettings::new(&work);
+        settings.poll_interval = Duration::from_millis(20);
+        settings.cli = CondorCli::default().with_bin_dir(&bin);
+        let condor = Condor::new(settings).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let done = Completion::new(TaskId(0), move |r| tx.send(r).unwrap());
+        let back = condor.reattach(task(0, tmp.path()), &format!("submitting:{name}:0"), done);
+        assert!(back.is_none(), "re-attach refused");
+        let got = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(got.unwrap().stdout, b"42");
+        assert_eq!(std::fs::read_to_string(&calls).unwrap().lines().count(), 3);
+        condor.shutdown();
     }
 
     /// A job the pool evicts again and again (a machine that keeps preempting it) is removed

@@ -119,6 +119,9 @@ pub(super) fn find_batch(work_dir: &Path, cluster: u64) -> Option<(PathBuf, Stri
     None
 }
 
+/// Retries of a schedd query a resumed master needs to answer (about 30 s in all).
+const SCHEDD_RETRIES: usize = 5;
+
 /// What a resumed master learns about a batch it only knows by name.
 enum Pending {
     /// The schedd has it: this cluster.
@@ -130,6 +133,9 @@ enum Pending {
 impl Condor {
     /// Finds the cluster of a batch recorded as `submitting:` (memoized per batch).
     fn resolve_pending(&self, name: &str) -> Result<Pending, String> {
+        if let Some(e) = self.shared.lock().unresolved.get(name) {
+            return Err(e.clone());
+        }
         if let Some(known) = self.shared.lock().resolved.get(name) {
             return Ok(match known {
                 Some(c) => Pending::Submitted(*c),
@@ -148,14 +154,36 @@ impl Condor {
                     Some(c) => Some(c),
                     None => {
                         wait_for_stray_submit(&dir.join(format!("{name}.sub")));
-                        let ads = self
-                            .shared
-                            .settings
-                            .cli
-                            .batch_jobs(&[name.to_string()], true)
-                            .map_err(|e| {
-                                format!("cannot tell whether batch {name} reached the schedd: {e}")
-                            })?;
+                        // A schedd that does not answer for a moment ("Failed to fetch ads")
+                        // is asked again; an answer that never comes is remembered for the
+                        // batch's other tasks.
+                        use backon::BlockingRetryable;
+                        let ads = (|| {
+                            self.shared
+                                .settings
+                                .cli
+                                .batch_jobs(&[name.to_string()], true)
+                        })
+                        .retry(
+                            backon::ExponentialBuilder::default()
+                                .with_min_delay(Duration::from_secs(1))
+                                .with_max_delay(Duration::from_secs(15))
+                                .with_max_times(SCHEDD_RETRIES),
+                        )
+                        .sleep(std::thread::sleep)
+                        .notify(|e, after| {
+                            log::warn!("HTCondor: looking for batch {name}: {e}; asking again in {after:?}")
+                        })
+                        .call()
+                        .map_err(|e| {
+                            let msg =
+                                format!("cannot tell whether batch {name} reached the schedd: {e}");
+                            self.shared
+                                .lock()
+                                .unresolved
+                                .insert(name.to_string(), msg.clone());
+                            msg
+                        })?;
                         let mut clusters: Vec<u64> = ads.iter().map(|a| a.handle.cluster).collect();
                         clusters.sort_unstable();
                         clusters.dedup();
