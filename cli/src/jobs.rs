@@ -826,6 +826,22 @@ pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
     let req = request_cancel(&conn, &path, args.task, now_unix())?;
     // A `mw cancel` killed here leaves its request pending for the next master.
     mw::crash::point("cancel-recorded");
+    // What an acknowledged request did: a task that finished at that instant is not cancelled.
+    let acknowledged = |conn: &mw::journal::Connection, pid: i64| -> anyhow::Result<()> {
+        if let Some(t) = args.task {
+            if let Some(task) = read_task(conn, &path, t)? {
+                if task.state.is_final() && task.state != TaskState::Cancelled {
+                    say!(
+                        "mw: task {t} finished ({}) before the cancel reached it",
+                        task.state.as_str()
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        say!("mw: cancelled {what} (master pid {pid})");
+        Ok(())
+    };
     if let Some(pid) = live_master_pid(&dir)? {
         // The master applies requests at least every 200 ms (a starting one before it
         // dispatches anything) and acknowledges them once applied: from then on no
@@ -833,7 +849,7 @@ pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
         let mut polls = 0u32;
         loop {
             if cancel_acknowledged(&conn, &path, req)? {
-                say!("mw: cancelled {what} (master pid {pid})");
+                acknowledged(&conn, pid)?;
                 return Ok(EXIT_OK);
             }
             if live_master_pid(&dir)?.is_none() {
@@ -856,7 +872,7 @@ pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
             std::thread::sleep(Duration::from_millis(20));
         }
         if cancel_acknowledged(&conn, &path, req)? {
-            say!("mw: cancelled {what} (master pid {pid})");
+            acknowledged(&conn, pid)?;
             return Ok(EXIT_OK);
         }
     }
