@@ -39,8 +39,9 @@
 //!
 //! Wire protocol (all on `MPI_COMM_WORLD`; messages from one rank arrive in order):
 //! rank 0 → worker: `PROGRAM` (bundle bytes), `TASKS` (repeated: u64 LE task id, 64-byte
-//! hex SHA-256 of the program, u64 LE length, task bundle bytes), `STREAM` (JSON
-//! [`StreamBatch`]), `CANCEL` (u64 task id), `STOP` (empty);
+//! hex SHA-256 of the program, u64 LE length, task bundle bytes), `STREAM` (the task ids,
+//! then what the tasks share as JSON, then each task's limits and input as JSON text:
+//! [`encode_stream_batch`]), `CANCEL` (u64 task id), `STOP` (empty);
 //! worker → rank 0: `RESULT` (u64 task id, result bundle bytes), `ERROR` (u64 task id,
 //! UTF-8 message) or `STREAM_RESULTS` (u64 count, then the binary records of
 //! [`encode_results`]). Rank 0 drains every in-flight result before `STOP`. Every comm
@@ -84,8 +85,9 @@ const RANK_DEPTH: Depth = Depth {
 /// A rank with streaming tasks wakes the scheduler each time this many places are free.
 const STREAM_WAKE_EVERY: u32 = 32;
 
-/// Streaming tasks for one rank (the `STREAM` message): all share program, args and env.
-#[derive(Debug, Serialize, Deserialize)]
+/// Streaming tasks for one rank (the `STREAM` message, see [`encode_stream_batch`]): all
+/// share program, args and env.
+#[derive(Debug, PartialEq)]
 struct StreamBatch {
     /// SHA-256 of the program bundle (sent before with `PROGRAM`).
     program: String,
@@ -94,13 +96,23 @@ struct StreamBatch {
     tasks: Vec<StreamTask>,
 }
 
+/// The JSON part of a `STREAM` message: what its tasks share (flat, a few levels deep).
 #[derive(Debug, Serialize, Deserialize)]
+struct StreamHeader {
+    program: String,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, PartialEq)]
 struct StreamTask {
     id: u64,
-    input: serde_json::Value,
+    /// The input as JSON text, serialised compactly (one line). Carried as text, never
+    /// parsed on the rank: an input the master accepted (nested up to serde_json's depth
+    /// limit) reaches the program as it is.
+    input: String,
     timeout_secs: Option<f64>,
     /// The task's `max_output`: a longer answer line fails it (absent: the runner's limit).
-    #[serde(default)]
     max_output: Option<u64>,
 }
 
@@ -394,19 +406,6 @@ fn encode_results(results: &[StreamResult]) -> Result<Vec<u8>, String> {
 
 /// Reads what [`encode_results`] wrote (`count` results; sent by a rank, so checked).
 fn decode_results_message(count: u64, mut data: &[u8]) -> Result<Vec<StreamResult>, String> {
-    fn take<'a>(data: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
-        if data.len() < n {
-            return Err("truncated".into());
-        }
-        let (head, rest) = data.split_at(n);
-        *data = rest;
-        Ok(head)
-    }
-    fn word(data: &mut &[u8]) -> Result<[u8; 8], String> {
-        take(data, 8)?
-            .try_into()
-            .map_err(|_| "truncated".to_string())
-    }
     fn field(data: &mut &[u8]) -> Result<String, String> {
         let len: [u8; 4] = take(data, 4)?.try_into().map_err(|_| "truncated")?;
         let len = usize::try_from(u32::from_le_bytes(len)).map_err(|_| "field too long")?;
@@ -441,6 +440,108 @@ fn decode_results_message(count: u64, mut data: &[u8]) -> Result<Vec<StreamResul
         ));
     }
     Ok(out)
+}
+
+/// The first `n` bytes of `data` (which moves past them), if it has them.
+fn take<'a>(data: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+    if data.len() < n {
+        return Err("truncated".into());
+    }
+    let (head, rest) = data.split_at(n);
+    *data = rest;
+    Ok(head)
+}
+
+/// The next 8 bytes of `data` (which moves past them).
+fn word(data: &mut &[u8]) -> Result<[u8; 8], String> {
+    take(data, 8)?
+        .try_into()
+        .map_err(|_| "truncated".to_string())
+}
+
+/// The next u64 LE length of `data`, as a `usize` no larger than what is left of it.
+fn length(data: &mut &[u8]) -> Result<usize, String> {
+    let n = u64::from_le_bytes(word(data)?);
+    usize::try_from(n)
+        .ok()
+        .filter(|n| *n <= data.len())
+        .ok_or_else(|| format!("a length of {n} bytes runs past the message"))
+}
+
+/// The body of a `STREAM` message: u64 LE count, that many u64 LE task ids (readable on
+/// their own, so a rank can answer for every task of a batch it cannot read), the u64
+/// length and JSON text of a [`StreamHeader`], then for each task its timeout (f64 LE
+/// seconds, NaN for none), its `max_output` (u64 LE, `u64::MAX` for none) and its input
+/// (u64 length, JSON text). Binary, so an input travels as the text the master checked: a
+/// JSON wrapper would add nesting levels the rank's parser then refuses.
+fn encode_stream_batch(batch: &StreamBatch) -> Result<Vec<u8>, String> {
+    let header = serde_json::to_vec(&StreamHeader {
+        program: batch.program.clone(),
+        args: batch.args.clone(),
+        env: batch.env.clone(),
+    })
+    .map_err(|e| e.to_string())?;
+    let inputs: usize = batch.tasks.iter().map(|t| t.input.len() + 24).sum();
+    let mut out = Vec::with_capacity(16 + 8 * batch.tasks.len() + header.len() + inputs);
+    out.extend_from_slice(&(batch.tasks.len() as u64).to_le_bytes());
+    for t in &batch.tasks {
+        out.extend_from_slice(&t.id.to_le_bytes());
+    }
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    for t in &batch.tasks {
+        out.extend_from_slice(&t.timeout_secs.unwrap_or(f64::NAN).to_le_bytes());
+        out.extend_from_slice(&t.max_output.unwrap_or(u64::MAX).to_le_bytes());
+        out.extend_from_slice(&(t.input.len() as u64).to_le_bytes());
+        out.extend_from_slice(t.input.as_bytes());
+    }
+    Ok(out)
+}
+
+/// The task ids at the head of a `STREAM` message (see [`encode_stream_batch`]), if at
+/// least they are whole.
+fn stream_batch_ids(mut data: &[u8]) -> Option<Vec<u64>> {
+    let count = u64::from_le_bytes(word(&mut data).ok()?);
+    let count = usize::try_from(count)
+        .ok()
+        .filter(|n| n.checked_mul(8).is_some_and(|b| b <= data.len()))?;
+    let mut ids = Vec::with_capacity(count);
+    for _ in 0..count {
+        ids.push(u64::from_le_bytes(word(&mut data).ok()?));
+    }
+    Some(ids)
+}
+
+/// Reads a `STREAM` message (sent by rank 0, checked all the same).
+fn decode_stream_batch(mut data: &[u8]) -> Result<StreamBatch, String> {
+    let ids = stream_batch_ids(data).ok_or("its task ids are truncated")?;
+    take(&mut data, 8 + 8 * ids.len())?;
+    let header_len = length(&mut data)?;
+    let header: StreamHeader = serde_json::from_slice(take(&mut data, header_len)?)
+        .map_err(|e| format!("its header: {e}"))?;
+    let mut tasks = Vec::with_capacity(ids.len());
+    for id in ids {
+        let timeout = f64::from_le_bytes(word(&mut data)?);
+        let max_output = u64::from_le_bytes(word(&mut data)?);
+        let len = length(&mut data)?;
+        let input = std::str::from_utf8(take(&mut data, len)?)
+            .map_err(|_| format!("the input of task {id} is not UTF-8"))?;
+        tasks.push(StreamTask {
+            id,
+            input: input.to_string(),
+            timeout_secs: (!timeout.is_nan()).then_some(timeout),
+            max_output: (max_output != u64::MAX).then_some(max_output),
+        });
+    }
+    if !data.is_empty() {
+        return Err(format!("{} bytes after its last task", data.len()));
+    }
+    Ok(StreamBatch {
+        program: header.program,
+        args: header.args,
+        env: header.env,
+        tasks,
+    })
 }
 
 fn split_id(data: &[u8]) -> Option<(u64, &[u8])> {
@@ -854,7 +955,7 @@ impl MasterPump<'_> {
                 env,
                 tasks,
             };
-            match serde_json::to_vec(&msg) {
+            match encode_stream_batch(&msg) {
                 Ok(bytes) => {
                     self.outbox.send(self.world, rank, TAG_STREAM, bytes);
                 }
@@ -1120,9 +1221,9 @@ fn runner_loop(jobs: Receiver<Job>, out: Sender<Done>, rank: i32, opts: RunOptio
                 let mut queue: std::collections::VecDeque<(StreamTask, ProcessControl)> =
                     tasks.into();
                 let mut source = || loop {
-                    if let Some((t, control)) = queue.pop_front() {
+                    if let Some((mut t, control)) = queue.pop_front() {
                         let input = StreamInput {
-                            line: serde_json::to_vec(&t.input).unwrap_or_else(|_| b"null".to_vec()),
+                            line: std::mem::take(&mut t.input).into_bytes(),
                             timeout: t
                                 .timeout_secs
                                 .filter(|s| s.is_finite() && *s >= 0.0)
@@ -1355,18 +1456,20 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                         }
                     }
                 }
-                TAG_STREAM => match serde_json::from_slice::<StreamBatch>(&data) {
+                TAG_STREAM => match decode_stream_batch(&data) {
                     Ok(batch) => match program_for(&programs, &batch.program) {
                         Ok(program) => {
-                            let tasks: Vec<(StreamTask, ProcessControl)> = batch
-                                .tasks
-                                .into_iter()
-                                .map(|t| {
-                                    let c = ProcessControl::new();
-                                    controls.insert(t.id, c.clone());
-                                    (t, c)
-                                })
-                                .collect();
+                            let mut tasks: Vec<(StreamTask, ProcessControl)> = Vec::new();
+                            for t in batch.tasks {
+                                // One line each: a raw newline would make two inputs.
+                                if t.input.contains('\n') {
+                                    send_error(&mut outbox, t.id, "its input is not one line");
+                                    continue;
+                                }
+                                let c = ProcessControl::new();
+                                controls.insert(t.id, c.clone());
+                                tasks.push((t, c));
+                            }
                             let ids: Vec<u64> = tasks.iter().map(|t| t.0.id).collect();
                             let job = Job::Stream {
                                 program,
@@ -1391,7 +1494,18 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                             }
                         }
                     },
-                    Err(e) => log::warn!("mpi rank {rank}: ignoring a malformed stream batch: {e}"),
+                    Err(e) => match stream_batch_ids(&data) {
+                        // Every task it names fails: none may stay running for ever.
+                        Some(ids) => {
+                            let msg = format!("its stream batch could not be read: {e}");
+                            for id in ids {
+                                send_error(&mut outbox, id, &msg);
+                            }
+                        }
+                        None => log::warn!(
+                            "mpi rank {rank}: ignoring a stream batch without readable task ids: {e}"
+                        ),
+                    },
                 },
                 TAG_CANCEL => {
                     if let Some((id, _)) = split_id(&data) {
@@ -1499,11 +1613,18 @@ impl Interface for Mpi {
                     );
                     return self.fail(rank, &task, done, msg);
                 }
+                let input = match serde_json::to_string(&task.spec.input) {
+                    Ok(text) => text,
+                    Err(e) => {
+                        let msg = format!("{}: encoding its input: {e}", task.id);
+                        return self.fail(rank, &task, done, msg);
+                    }
+                };
                 Wire::Stream(
                     bundle.sha256.clone(),
                     StreamTask {
                         id: task.id.0,
-                        input: task.spec.input.clone(),
+                        input,
                         timeout_secs: task.spec.timeout.map(|t| t.as_secs_f64()),
                         max_output: Some(task.spec.max_output_bytes),
                     },
@@ -1655,5 +1776,59 @@ mod tests {
         forged[24..28].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode_results_message(2, &forged).is_err());
         assert_eq!(decode_results_message(0, &[]).unwrap(), vec![]);
+    }
+
+    fn stream_batch(inputs: &[&str]) -> StreamBatch {
+        StreamBatch {
+            program: "ab".repeat(32),
+            args: vec!["--x".into()],
+            env: BTreeMap::from([("K".into(), "v".into())]),
+            tasks: inputs
+                .iter()
+                .enumerate()
+                .map(|(i, input)| StreamTask {
+                    id: 7 + i as u64,
+                    input: input.to_string(),
+                    timeout_secs: (i == 0).then_some(2.5),
+                    max_output: (i == 1).then_some(99),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_stream_batch_carries_inputs_as_text_whatever_their_depth() {
+        // Nested as deep as the master accepts: a JSON wrapper pushed it past serde_json's
+        // recursion limit on the rank, and the whole batch was dropped.
+        let deep = format!("{}{}", "[".repeat(128), "]".repeat(128));
+        let batch = stream_batch(&[&deep, "{\"i\":1}", "null"]);
+        let body = encode_stream_batch(&batch).unwrap();
+        assert_eq!(decode_stream_batch(&body).unwrap(), batch);
+        assert_eq!(stream_batch_ids(&body), Some(vec![7, 8, 9]));
+        assert_eq!(
+            decode_stream_batch(&encode_stream_batch(&stream_batch(&[])).unwrap()).unwrap(),
+            stream_batch(&[])
+        );
+    }
+
+    #[test]
+    fn a_damaged_stream_batch_is_an_error_and_its_ids_stay_readable() {
+        let body = encode_stream_batch(&stream_batch(&["1", "2"])).unwrap();
+        for cut in [body.len() - 1, 30, 24] {
+            assert!(decode_stream_batch(&body[..cut]).is_err(), "cut at {cut}");
+            assert_eq!(stream_batch_ids(&body[..cut]), Some(vec![7, 8]));
+        }
+        let mut longer = body.clone();
+        longer.push(b' ');
+        assert!(decode_stream_batch(&longer).is_err());
+        // A forged count or length reserves nothing and reads nothing past the end.
+        let mut forged = body.clone();
+        forged[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode_stream_batch(&forged).is_err());
+        assert_eq!(stream_batch_ids(&forged), None);
+        let mut forged = body.clone();
+        forged[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode_stream_batch(&forged).is_err());
+        assert_eq!(stream_batch_ids(&body[..20]), None);
     }
 }
