@@ -1642,13 +1642,12 @@ impl Interface for Mpi {
                 Err(e) => return self.fail(rank, &task, done, format!("packing the task: {e}")),
             },
         };
-        let need_program = {
-            let mut st = self.shared.lock();
-            st.programs_sent
-                .entry(rank)
-                .or_default()
-                .insert(bundle.sha256.clone())
-        };
+        let need_program = !self
+            .shared
+            .lock()
+            .programs_sent
+            .get(&rank)
+            .is_some_and(|sent| sent.contains(&bundle.sha256));
         let program = if need_program {
             match std::fs::read(&bundle.path) {
                 Ok(b) => Some(b),
@@ -1660,6 +1659,15 @@ impl Interface for Mpi {
         } else {
             None
         };
+        if need_program {
+            // Marked only once it is on its way: a bundle that could not be read is read
+            // again for the rank's next task of that program.
+            let mut st = self.shared.lock();
+            st.programs_sent
+                .entry(rank)
+                .or_default()
+                .insert(bundle.sha256.clone());
+        }
         let sink = crate::guard::lock(&self.shared.sink).clone();
         if let Some(sink) = sink {
             sink.record_handle(task.id, &format!("mpi-rank-{rank}"));
