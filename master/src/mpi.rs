@@ -27,6 +27,17 @@
 //! non-zero), so the in-flight tasks are not retried within that run; run the job with a
 //! journal to resume it. The job never hangs silently in that case.
 //!
+//! **A comm thread that panics** (a bug): on rank 0 every task in flight fails with the
+//! panic's message and the interface closes (later tasks fail at once), so the master can
+//! record them; when it shuts the interface down, the job is aborted (`MPI_Abort`), since
+//! `MPI_Finalize` would wait for ranks never told to stop. On a worker rank the job is
+//! aborted at once (rank 0 would wait for its tasks for ever).
+//!
+//! **Message sizes.** An MPI count is a C `int`: no message may be 2 GiB or longer. A
+//! program bundle, task bundle or streaming input too long for one message fails its task
+//! saying so (before anything is sent); a batch is cut before it would pass the limit; on a
+//! rank, a result too long for one message fails its task.
+//!
 //! **Batches.** A rank holds several tasks at once (2 of a process-mode program, so the next
 //! one is there when one ends; [`STREAM_RANK_DEPTH`] of a streaming program), and the comm
 //! thread sends every task queued for a rank since its last pass in ONE message. A rank runs
@@ -143,6 +154,38 @@ const STREAM_POLL: Duration = Duration::from_micros(300);
 /// How long a comm thread waits, at the end, for its last messages to be taken.
 const OUTBOX_FLUSH_LIMIT: Duration = Duration::from_secs(10);
 
+/// The longest message MPI can carry: its counts are C `int`s (rsmpi panics on a longer
+/// slice). Every message is checked against [`message_limit`] before it is sent.
+const MPI_MESSAGE_LIMIT: usize = i32::MAX as usize;
+/// In debug builds only, a smaller limit than [`MPI_MESSAGE_LIMIT`], in bytes: the tests
+/// reach the over-the-limit paths with small files instead of writing 2 GiB. Release builds
+/// ignore it (a test hook, not a setting).
+const MESSAGE_LIMIT_ENV: &str = "MW_MPI_MESSAGE_LIMIT";
+
+/// The longest message this process sends (see [`MPI_MESSAGE_LIMIT`], [`MESSAGE_LIMIT_ENV`]).
+fn message_limit() -> usize {
+    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        let lowered = cfg!(debug_assertions)
+            .then(|| std::env::var(MESSAGE_LIMIT_ENV).ok())
+            .flatten()
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        lowered.map_or(MPI_MESSAGE_LIMIT, |n| n.min(MPI_MESSAGE_LIMIT))
+    })
+}
+
+/// Why `what`, `bytes` long, cannot be sent.
+fn too_large(what: &str, bytes: usize) -> String {
+    let limit = message_limit();
+    if limit == MPI_MESSAGE_LIMIT {
+        format!("{what} of {bytes} bytes exceeds MPI's 2 GiB message limit")
+    } else {
+        format!("{what} of {bytes} bytes exceeds MPI's message limit (lowered to {limit} bytes by {MESSAGE_LIMIT_ENV})")
+    }
+}
+
+/// The error code of `MPI_Abort` after a comm thread panicked (EX_SOFTWARE).
+const ABORT_CODE: i32 = 70;
 /// Default backoff cap (µs); override with `MW_MPI_POLL_US`.
 const DEFAULT_POLL_US: u64 = 100;
 /// Name of rank 0's result-decoding thread.
@@ -189,6 +232,9 @@ pub enum MpiError {
     /// The MPI thread could not be started or ended abnormally.
     #[error("the MPI communication thread: {0}")]
     Thread(String),
+    /// The MPI thread panicked (and the MPI job was aborted).
+    #[error("the MPI communication thread panicked: {0}")]
+    Panicked(String),
 }
 
 /// What [`Mpi::init`] made of this process.
@@ -278,8 +324,36 @@ impl Shared {
 enum Wire {
     /// A process-mode task: its entry of a `TASKS` message.
     Bundle(Vec<u8>),
-    /// A streaming task: program SHA-256 and its JSON entry.
+    /// A streaming task: program SHA-256 and its entry.
     Stream(String, StreamTask),
+}
+
+impl Wire {
+    /// At least the bytes this task adds to its batch's message (a streaming task: its
+    /// entry and, if it were alone, its header).
+    fn bytes(&self, task: &PreparedTask) -> usize {
+        match self {
+            Wire::Bundle(entry) => entry.len(),
+            Wire::Stream(_, t) => stream_header_bound(&task.spec.args, &task.spec.env)
+                .saturating_add(stream_entry_bytes(t)),
+        }
+    }
+}
+
+/// At most the bytes of a `STREAM` message's count and header (JSON escapes a byte as at
+/// most 6).
+fn stream_header_bound(args: &[String], env: &BTreeMap<String, String>) -> usize {
+    let text: usize = args.iter().map(|a| a.len() + 3).sum::<usize>()
+        + env
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 6)
+            .sum::<usize>();
+    text.saturating_mul(6).saturating_add(SHA_LEN + 256)
+}
+
+/// The bytes of one task's part of a `STREAM` message (its id, limits, input).
+fn stream_entry_bytes(t: &StreamTask) -> usize {
+    t.input.len().saturating_add(32)
 }
 
 enum Cmd {
@@ -373,13 +447,12 @@ impl Backoff {
     }
 }
 
-/// The body of a `STREAM_RESULTS` message: for each result, u64 id, f64 wall seconds, f64
+/// Appends to `out` the body of a `STREAM_RESULTS` message: for each result, u64 id, f64 wall seconds, f64
 /// start (Unix seconds), then four u32-length-prefixed fields: the exit as JSON (empty for
 /// the usual `Exited { code: 0 }`), the result, the stderr tail and the host. A binary
 /// layout, not JSON: rank 0 reads every result of every rank on its one comm thread, and
 /// this costs it a few bounds checks per result instead of a JSON parse.
-fn encode_results(results: &[StreamResult]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(results.len() * 64);
+fn encode_results(results: &[StreamResult], out: &mut Vec<u8>) -> Result<(), String> {
     for r in results {
         out.extend_from_slice(&r.id.to_le_bytes());
         out.extend_from_slice(&r.wall_secs.to_le_bytes());
@@ -401,7 +474,7 @@ fn encode_results(results: &[StreamResult]) -> Result<Vec<u8>, String> {
             out.extend_from_slice(field);
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Reads what [`encode_results`] wrote (`count` results; sent by a rank, so checked).
@@ -643,20 +716,45 @@ fn comm_thread(
     let _ = hello.send(Ok((rank, size)));
     let cap = poll_cap();
     let result = if rank == 0 {
-        master_loop(&world, cmds, &shared, cap)
+        master_loop(&world, &cmds, &shared, cap)
     } else {
-        drop(cmds);
-        worker_loop(&world, rank, cap)
+        crate::guard::contain(|| worker_loop(&world, rank, cap))
+            .unwrap_or_else(|panic| Err(MpiError::Panicked(panic)))
     };
+    if let Err(MpiError::Panicked(why)) = &result {
+        // MPI_Finalize would wait for ranks that were never told to stop (rank 0) or for
+        // results that never come (a worker): end the whole job instead. Rank 0 first
+        // lets the master record its failed tasks, until it shuts the interface down.
+        log::error!("mpi: rank {rank}'s MPI thread panicked: {why}");
+        if rank == 0 {
+            for cmd in cmds.iter() {
+                match cmd {
+                    Cmd::Execute {
+                        task, rank, done, ..
+                    } => {
+                        shared.release(rank, task.id);
+                        done.finish(Err(InterfaceError::new(format!(
+                            "the MPI communication thread panicked: {why}"
+                        ))));
+                    }
+                    Cmd::Cancel { .. } => {}
+                    Cmd::Shutdown => break,
+                }
+            }
+        }
+        log::error!("mpi: aborting the MPI job (MPI_Abort)");
+        world.abort(ABORT_CODE);
+    }
     drop(world);
     drop(universe); // MPI_Finalize, on the thread that initialized MPI
     result
 }
 
-/// Rank 0's comm thread.
+/// Rank 0's comm thread. A panic in it fails every task in flight with its message and
+/// closes the interface (`Err(Panicked)`).
 fn master_loop(
     world: &SimpleCommunicator,
-    cmds: Receiver<Cmd>,
+    cmds: &Receiver<Cmd>,
     shared: &Arc<Shared>,
     cap: Duration,
 ) -> Result<(), MpiError> {
@@ -678,6 +776,29 @@ fn master_loop(
         process_in_flight: 0,
         outbox: Outbox::default(),
     };
+    let pumped = crate::guard::contain(|| pump_loop(world, cmds, &mut pump, cap));
+    if let Err(panic) = pumped {
+        pump.abandon(&format!("the MPI communication thread panicked: {panic}"));
+        drop(pump);
+        let _ = decoder.join();
+        return Err(MpiError::Panicked(panic));
+    }
+    for r in 1..world.size() {
+        let _ = pump.outbox.send(world, r, TAG_STOP, Vec::new());
+    }
+    pump.outbox.flush();
+    drop(pump);
+    let _ = decoder.join();
+    Ok(())
+}
+
+/// Rank 0's comm thread's loop: until stopped and every result is in.
+fn pump_loop(
+    world: &SimpleCommunicator,
+    cmds: &Receiver<Cmd>,
+    pump: &mut MasterPump<'_>,
+    cap: Duration,
+) {
     let mut backoff = Backoff::new(cap);
     loop {
         let mut progressed = false;
@@ -741,13 +862,6 @@ fn master_loop(
             Err(RecvTimeoutError::Disconnected) => pump.begin_stop(),
         }
     }
-    for r in 1..world.size() {
-        pump.outbox.send(world, r, TAG_STOP, Vec::new());
-    }
-    pump.outbox.flush();
-    drop(pump);
-    let _ = decoder.join();
-    Ok(())
 }
 
 /// Rank 0's messages on their way: sent with `MPI_Isend`, so rank 0 never waits for a rank
@@ -767,12 +881,19 @@ impl std::fmt::Debug for Outbox {
 }
 
 impl Outbox {
-    fn send(&mut self, world: &SimpleCommunicator, rank: i32, tag: i32, data: Vec<u8>) {
-        let Ok(count) = std::os::raw::c_int::try_from(data.len()) else {
-            // Too large for one MPI count: a blocking send (which reports the error).
-            world.process_at_rank(rank).send_with_tag(&data[..], tag);
-            return;
-        };
+    /// Sends `data`, or refuses (`Err` with its length, nothing sent) a message longer than
+    /// [`message_limit`].
+    fn send(
+        &mut self,
+        world: &SimpleCommunicator,
+        rank: i32,
+        tag: i32,
+        data: Vec<u8>,
+    ) -> Result<(), usize> {
+        let count = Some(data.len())
+            .filter(|n| *n <= message_limit())
+            .and_then(|n| std::os::raw::c_int::try_from(n).ok())
+            .ok_or(data.len())?;
         let mut request = std::mem::MaybeUninit::<mpi::ffi::MPI_Request>::uninit();
         // SAFETY: `data` points to `count` initialised bytes; its heap buffer stays where it
         // is, unchanged and alive, until MPI_Test reports this request complete: the Vec is
@@ -795,11 +916,12 @@ impl Outbox {
             // (With MPI's default error handler this is not reached: an error aborts.)
             log::error!("mpi: MPI_Isend to rank {rank} failed ({rc}); sending it blocking");
             world.process_at_rank(rank).send_with_tag(&data[..], tag);
-            return;
+            return Ok(());
         }
         // SAFETY: MPI_Isend succeeded, so it initialised `request`.
         let request = unsafe { request.assume_init() };
         self.pending.push((request, data));
+        Ok(())
     }
 
     /// Lets MPI move the pending messages on and frees the buffers of those sent.
@@ -851,8 +973,12 @@ impl Drop for Outbox {
 /// Tasks waiting to be sent to one rank.
 #[derive(Default)]
 struct Batch {
+    /// At least the bytes its messages will take (kept under [`message_limit`]).
+    bytes: usize,
     /// Body of a `TASKS` message.
     bundles: Vec<u8>,
+    /// The tasks in `bundles`.
+    bundle_ids: Vec<TaskId>,
     /// Streaming tasks, by program SHA-256 (one `STREAM` message each).
     stream: BTreeMap<String, Vec<StreamTask>>,
     /// Program, args and env of the streaming tasks (the first task's; all of a job share
@@ -886,6 +1012,7 @@ impl MasterPump<'_> {
                 wire,
                 done,
             } => {
+                crate::crash::panic_point("mpi-comm", Some(task.id.0));
                 if self.stopping {
                     self.shared.release(rank, task.id);
                     done.finish(Err(InterfaceError::new(
@@ -896,12 +1023,25 @@ impl MasterPump<'_> {
                 if let Some(p) = program {
                     // Before any task that needs it: messages from one sender arrive in order.
                     self.send_batch(rank);
-                    self.outbox.send(self.world, rank, TAG_PROGRAM, p);
+                    if let Err(n) = self.outbox.send(self.world, rank, TAG_PROGRAM, p) {
+                        // (execute_task checked the size: not reached.)
+                        self.shared.release(rank, task.id);
+                        done.finish(Err(InterfaceError::new(too_large("the program bundle", n))));
+                        return;
+                    }
+                }
+                // A batch stays under the message limit: what would push it over goes next.
+                let limit = message_limit();
+                let size = self.batches.get(&rank).map_or(0, |b| b.bytes);
+                if size > 0 && size.saturating_add(wire.bytes(&task)) > limit {
+                    self.send_batch(rank);
                 }
                 let batch = self.batches.entry(rank).or_default();
                 match wire {
                     Wire::Bundle(entry) => {
+                        batch.bytes += entry.len();
                         batch.bundles.extend_from_slice(&entry);
+                        batch.bundle_ids.push(task.id);
                         self.process_in_flight += 1;
                     }
                     Wire::Stream(sha, entry) => {
@@ -911,6 +1051,10 @@ impl MasterPump<'_> {
                             self.send_batch(rank);
                         }
                         let batch = self.batches.entry(rank).or_default();
+                        if !batch.stream_key.contains_key(&sha) {
+                            batch.bytes += stream_header_bound(&key.0, &key.1);
+                        }
+                        batch.bytes += stream_entry_bytes(&entry);
                         batch.stream_key.entry(sha.clone()).or_insert(key);
                         batch.stream.entry(sha).or_default().push(entry);
                     }
@@ -926,7 +1070,7 @@ impl MasterPump<'_> {
                     // A task still waiting in a batch is sent first, then cancelled.
                     self.send_batch(rank);
                     let id = task.0.to_le_bytes().to_vec();
-                    self.outbox.send(self.world, rank, TAG_CANCEL, id);
+                    let _ = self.outbox.send(self.world, rank, TAG_CANCEL, id);
                 }
             }
             Cmd::Shutdown => self.begin_stop(),
@@ -945,7 +1089,10 @@ impl MasterPump<'_> {
             return;
         };
         if !batch.bundles.is_empty() {
-            self.outbox.send(self.world, rank, TAG_TASKS, batch.bundles);
+            if let Err(n) = self.outbox.send(self.world, rank, TAG_TASKS, batch.bundles) {
+                // (Batches are capped and each task checked: not reached.)
+                self.fail_unsent(&batch.bundle_ids, &too_large("a batch of task bundles", n));
+            }
         }
         for (sha, tasks) in batch.stream {
             let (args, env) = batch.stream_key.get(&sha).cloned().unwrap_or_default();
@@ -955,20 +1102,28 @@ impl MasterPump<'_> {
                 env,
                 tasks,
             };
+            let ids: Vec<TaskId> = msg.tasks.iter().map(|t| TaskId(t.id)).collect();
             match encode_stream_batch(&msg) {
                 Ok(bytes) => {
-                    self.outbox.send(self.world, rank, TAG_STREAM, bytes);
-                }
-                Err(e) => {
-                    for t in msg.tasks {
-                        if let Some((rank, task, done)) = self.in_flight.remove(&TaskId(t.id)) {
-                            self.shared.release(rank, task.id);
-                            done.finish(Err(InterfaceError::new(format!(
-                                "encoding the stream batch: {e}"
-                            ))));
-                        }
+                    if let Err(n) = self.outbox.send(self.world, rank, TAG_STREAM, bytes) {
+                        // (Batches are capped and each task checked: not reached.)
+                        self.fail_unsent(&ids, &too_large("a batch of streaming tasks", n));
                     }
                 }
+                Err(e) => self.fail_unsent(&ids, &format!("encoding the stream batch: {e}")),
+            }
+        }
+    }
+
+    /// Fails tasks whose message could not be sent.
+    fn fail_unsent(&mut self, ids: &[TaskId], why: &str) {
+        for id in ids {
+            if let Some((rank, task, done)) = self.in_flight.remove(id) {
+                if task.spec.program.mode() == ProgramMode::Process {
+                    self.process_in_flight = self.process_in_flight.saturating_sub(1);
+                }
+                self.shared.release(rank, task.id);
+                done.finish(Err(InterfaceError::new(why)));
             }
         }
     }
@@ -983,7 +1138,7 @@ impl MasterPump<'_> {
         self.send_batches();
         for (id, (rank, _, _)) in &self.in_flight {
             let id = id.0.to_le_bytes().to_vec();
-            self.outbox.send(self.world, *rank, TAG_CANCEL, id);
+            let _ = self.outbox.send(self.world, *rank, TAG_CANCEL, id);
         }
     }
 
@@ -1065,14 +1220,31 @@ impl MasterPump<'_> {
     }
 }
 
-impl Drop for MasterPump<'_> {
-    fn drop(&mut self) {
+impl MasterPump<'_> {
+    /// Gives up: passes on what came in, fails every task in flight with `why`, frees their
+    /// places and closes the interface (later tasks fail at once instead of waiting for a
+    /// rank for ever).
+    fn abandon(&mut self, why: &str) {
+        self.shared.close(why);
         self.hand_over();
+        let ended: Vec<(i32, TaskId)> = self
+            .in_flight
+            .iter()
+            .map(|(id, (r, _, _))| (*r, *id))
+            .collect();
+        self.shared.release_all(&ended);
         for (id, (rank, _, done)) in self.in_flight.drain() {
             done.finish(Err(InterfaceError::new(format!(
-                "the MPI interface stopped while {id} ran on rank {rank}"
+                "{why} (while {id} ran on MPI rank {rank})"
             ))));
         }
+        self.process_in_flight = 0;
+    }
+}
+
+impl Drop for MasterPump<'_> {
+    fn drop(&mut self) {
+        self.abandon("the MPI interface stopped");
     }
 }
 
@@ -1345,7 +1517,14 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
     // receiving while rank 0 has not taken it yet, so nothing crossing can deadlock.
     let mut outbox = Outbox::default();
     let send_error = |outbox: &mut Outbox, id: u64, msg: &str| {
-        outbox.send(world, 0, TAG_ERROR, with_id(id, msg.as_bytes()));
+        // A message is a few lines; cut all the same, so it always fits.
+        let mut msg = msg.to_string();
+        mw_bundle::text::clip(&mut msg, 64 * 1024);
+        if let Err(n) = outbox.send(world, 0, TAG_ERROR, with_id(id, msg.as_bytes())) {
+            log::error!(
+                "mpi rank {rank}: an error message of {n} bytes for task {id} was not sent"
+            );
+        }
     };
     let program_for = |programs: &HashMap<String, Result<Arc<UnpackedProgram>, String>>,
                        sha: &str|
@@ -1367,7 +1546,11 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                 Done::Bundle(id, outcome) => {
                     controls.remove(&id);
                     match outcome {
-                        Ok(bytes) => outbox.send(world, 0, TAG_RESULT, bytes),
+                        Ok(bytes) => {
+                            if let Err(n) = outbox.send(world, 0, TAG_RESULT, bytes) {
+                                send_error(&mut outbox, id, &too_large("its result bundle", n));
+                            }
+                        }
                         Err(msg) => send_error(&mut outbox, id, &msg),
                     }
                 }
@@ -1380,17 +1563,39 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
             }
         }
         if !stream_results.is_empty() {
-            match encode_results(&stream_results) {
-                Ok(body) => {
-                    let msg = with_id(stream_results.len() as u64, &body);
-                    outbox.send(world, 0, TAG_STREAM_RESULTS, msg);
+            // In messages under the limit; a result too long for one fails alone.
+            let mut body = Vec::new();
+            let mut count = 0u64;
+            let send_body = |outbox: &mut Outbox, body: &mut Vec<u8>, count: &mut u64| {
+                if *count > 0 {
+                    let msg = with_id(*count, body);
+                    // (Each message was kept under the limit: not refused.)
+                    let _ = outbox.send(world, 0, TAG_STREAM_RESULTS, msg);
                 }
-                Err(e) => {
-                    for r in &stream_results {
-                        send_error(&mut outbox, r.id, &format!("encoding its result: {e}"));
-                    }
+                body.clear();
+                *count = 0;
+            };
+            for r in &stream_results {
+                let before = body.len();
+                if let Err(e) = encode_results(std::slice::from_ref(r), &mut body) {
+                    body.truncate(before);
+                    send_error(&mut outbox, r.id, &format!("encoding its result: {e}"));
+                    continue;
+                }
+                if 8 + body.len() <= message_limit() {
+                    count += 1;
+                    continue;
+                }
+                let record = body.split_off(before);
+                send_body(&mut outbox, &mut body, &mut count);
+                if 8 + record.len() > message_limit() {
+                    send_error(&mut outbox, r.id, &too_large("its result", record.len()));
+                } else {
+                    body = record;
+                    count = 1;
                 }
             }
+            send_body(&mut outbox, &mut body, &mut count);
         }
         outbox.progress();
         let message = master.immediate_matched_probe().map(|probed| {
@@ -1550,6 +1755,27 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
     Ok(())
 }
 
+/// The program bundle at `path`, to send to a rank (its size checked before it is read).
+fn read_program_bundle(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let reading = |e: std::io::Error| format!("reading the program bundle {}: {e}", path.display());
+    let len = std::fs::metadata(path).map_err(reading)?.len();
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    if len > message_limit() {
+        return Err(too_large(
+            &format!("the program bundle {}", path.display()),
+            len,
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(reading)?;
+    if bytes.len() > message_limit() {
+        return Err(too_large(
+            &format!("the program bundle {}", path.display()),
+            bytes.len(),
+        ));
+    }
+    Ok(bytes)
+}
+
 impl Mpi {
     fn fail(&self, rank: i32, task: &PreparedTask, done: Completion, msg: String) {
         self.shared.release(rank, task.id);
@@ -1620,7 +1846,7 @@ impl Interface for Mpi {
                         return self.fail(rank, &task, done, msg);
                     }
                 };
-                Wire::Stream(
+                let wire = Wire::Stream(
                     bundle.sha256.clone(),
                     StreamTask {
                         id: task.id.0,
@@ -1628,7 +1854,13 @@ impl Interface for Mpi {
                         timeout_secs: task.spec.timeout.map(|t| t.as_secs_f64()),
                         max_output: Some(task.spec.max_output_bytes),
                     },
-                )
+                );
+                let n = wire.bytes(&task);
+                if n > message_limit() {
+                    let msg = too_large(&format!("{}: its input (with args and env)", task.id), n);
+                    return self.fail(rank, &task, done, msg);
+                }
+                wire
             }
             ProgramMode::Process => match task.task_bundle_bytes(&bundle) {
                 Ok(bytes) => {
@@ -1637,6 +1869,10 @@ impl Interface for Mpi {
                     m.extend_from_slice(bundle.sha256.as_bytes());
                     m.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
                     m.extend_from_slice(&bytes);
+                    if m.len() > message_limit() {
+                        let msg = too_large(&format!("{}: its task bundle", task.id), m.len());
+                        return self.fail(rank, &task, done, msg);
+                    }
                     Wire::Bundle(m)
                 }
                 Err(e) => return self.fail(rank, &task, done, format!("packing the task: {e}")),
@@ -1649,12 +1885,9 @@ impl Interface for Mpi {
             .get(&rank)
             .is_some_and(|sent| sent.contains(&bundle.sha256));
         let program = if need_program {
-            match std::fs::read(&bundle.path) {
+            match read_program_bundle(&bundle.path) {
                 Ok(b) => Some(b),
-                Err(e) => {
-                    let msg = format!("reading the program bundle {}: {e}", bundle.path.display());
-                    return self.fail(rank, &task, done, msg);
-                }
+                Err(msg) => return self.fail(rank, &task, done, msg),
             }
         } else {
             None
@@ -1774,7 +2007,8 @@ mod tests {
                 },
             ),
         ];
-        let body = encode_results(&rs).unwrap();
+        let mut body = Vec::new();
+        encode_results(&rs, &mut body).unwrap();
         assert_eq!(decode_results_message(2, &body).unwrap(), rs);
         // A count that does not match, a truncated body, a huge length: errors, no panic.
         assert!(decode_results_message(3, &body).is_err());
