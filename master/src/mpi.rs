@@ -20,7 +20,10 @@
 //!   directory on a separate thread, so the comm thread keeps receiving (and can honour a
 //!   cancel message) while the task runs. A failing program is a normal result (the result
 //!   bundle carries the failure); a task the rank cannot run at all comes back as an error
-//!   message for that task. Neither marks the rank dead.
+//!   message for that task. Neither marks the rank dead. The runner thread runs each task
+//!   (each stream) under the panic guard (`guard.rs`): a panic fails the tasks it held
+//!   without an outcome, with its message, and a stream starts a fresh program; if the
+//!   runner dies anyway, every task it held fails.
 //!
 //! **A rank that dies** (killed, crashed): Open MPI's `mpirun` notices and aborts the whole
 //! job (every rank, rank 0 included, is killed and `mpirun` prints which rank died and exits
@@ -1320,6 +1323,8 @@ enum Done {
     Bundle(u64, Result<Vec<u8>, String>),
     /// Streaming outcomes, gathered while the program worked (see [`runner_loop`]).
     Stream(Vec<StreamResult>),
+    /// These tasks, those of them not reported yet, failed (the runner panicked).
+    Failed(Vec<u64>, String),
 }
 
 /// Program SHA-256, args and env: what tasks sharing one streaming process have in common.
@@ -1351,9 +1356,16 @@ fn runner_loop(jobs: Receiver<Job>, out: Sender<Done>, rank: i32, opts: RunOptio
             Job::Bundles(tasks) => {
                 for (id, program, bundle, control) in tasks {
                     let label = format!("task bundle of task {id} on MPI rank {rank}");
-                    let outcome = run_task_bytes(&program, &bundle, &label, &control, &opts)
-                        .map(|(_, bytes)| with_id(id, &bytes))
-                        .map_err(|e| e.to_string());
+                    // A panic fails this task with its message; the runner goes on.
+                    let outcome = crate::guard::contain(|| {
+                        crate::crash::panic_point("mpi-runner", Some(id));
+                        run_task_bytes(&program, &bundle, &label, &control, &opts)
+                            .map(|(_, bytes)| with_id(id, &bytes))
+                            .map_err(|e| e.to_string())
+                    })
+                    .unwrap_or_else(|panic| {
+                        Err(format!("internal error on MPI rank {rank}: {panic}"))
+                    });
                     let _ = out.send(Done::Bundle(id, outcome));
                 }
             }
@@ -1363,68 +1375,10 @@ fn runner_loop(jobs: Receiver<Job>, out: Sender<Done>, rank: i32, opts: RunOptio
                 env,
                 tasks,
             } => {
-                let key = (program.sha256().to_string(), args, env);
-                if stream.as_ref().is_none_or(|(k, _)| *k != key) {
-                    stream = None;
-                    let dir = match make_stream_dir(&program, &opts) {
-                        Ok(d) => d,
-                        Err(e) => {
-                            for (t, _) in tasks {
-                                let _ = out.send(Done::Bundle(
-                                    t.id,
-                                    Err(format!("preparing the streaming program: {e}")),
-                                ));
-                            }
-                            continue;
-                        }
-                    };
-                    let mut p = StreamProgram::new(program.executable(), dir.path().join("work"));
-                    p.args = program.base_args();
-                    p.args.extend(key.1.iter().cloned());
-                    p.env = key.2.clone();
-                    // A killed rank must not leave its program running.
-                    p.die_with_parent = true;
-                    stream_dir = Some(dir);
-                    stream = Some((key, StreamRunner::new(p)));
-                }
-                let Some((key, runner)) = stream.as_mut() else {
-                    continue;
-                };
-                let mut queue: std::collections::VecDeque<(StreamTask, ProcessControl)> =
-                    tasks.into();
-                let mut source = || loop {
-                    if let Some((mut t, control)) = queue.pop_front() {
-                        let input = StreamInput {
-                            line: std::mem::take(&mut t.input).into_bytes(),
-                            timeout: t
-                                .timeout_secs
-                                .filter(|s| s.is_finite() && *s >= 0.0)
-                                .and_then(|s| Duration::try_from_secs_f64(s).ok()),
-                            control,
-                            max_answer_bytes: t.max_output,
-                        };
-                        return Some((input, t.id));
-                    }
-                    if pending.is_some() {
-                        return None;
-                    }
-                    // The next batch of the same program joins this stream.
-                    match jobs.try_recv() {
-                        Ok(Job::Stream {
-                            program,
-                            args,
-                            env,
-                            tasks,
-                        }) if program.sha256() == key.0 && args == key.1 && env == key.2 => {
-                            queue.extend(tasks);
-                        }
-                        Ok(other) => {
-                            pending = Some(other);
-                            return None;
-                        }
-                        Err(_) => return None,
-                    }
-                };
+                // Every task this stream took (the next batches' too), so that a panic fails
+                // those without an outcome instead of leaving them running for ever.
+                let held: std::cell::RefCell<Vec<u64>> =
+                    std::cell::RefCell::new(tasks.iter().map(|(t, _)| t.id).collect());
                 let gathered: std::cell::RefCell<(Vec<StreamResult>, usize)> =
                     std::cell::RefCell::new((Vec::new(), 0));
                 let flush = || {
@@ -1435,34 +1389,108 @@ fn runner_loop(jobs: Receiver<Job>, out: Sender<Done>, rank: i32, opts: RunOptio
                         let _ = out.send(Done::Stream(batch));
                     }
                 };
-                runner.serve_with(
-                    &mut source,
-                    |id, o| {
-                        let r = StreamResult {
-                            id,
-                            exit: o.exit,
-                            result: String::from_utf8_lossy(&o.result).into_owned(),
-                            stderr_tail: o.stderr_tail,
-                            wall_secs: o.wall.as_secs_f64(),
-                            started_unix: o
-                                .started
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .map_or(0.0, |d| d.as_secs_f64()),
-                            host: host.clone(),
+                let served = crate::guard::contain(|| {
+                    let key = (program.sha256().to_string(), args, env);
+                    if stream.as_ref().is_none_or(|(k, _)| *k != key) {
+                        stream = None;
+                        let dir = match make_stream_dir(&program, &opts) {
+                            Ok(d) => d,
+                            Err(e) => {
+                                for (t, _) in tasks {
+                                    let _ = out.send(Done::Bundle(
+                                        t.id,
+                                        Err(format!("preparing the streaming program: {e}")),
+                                    ));
+                                }
+                                return;
+                            }
                         };
-                        let full = {
-                            let mut g = gathered.borrow_mut();
-                            g.1 += r.result.len() + r.stderr_tail.len();
-                            g.0.push(r);
-                            g.1 >= GATHER_BYTES
-                        };
-                        if full {
-                            flush();
+                        let mut p =
+                            StreamProgram::new(program.executable(), dir.path().join("work"));
+                        p.args = program.base_args();
+                        p.args.extend(key.1.iter().cloned());
+                        p.env = key.2.clone();
+                        // A killed rank must not leave its program running.
+                        p.die_with_parent = true;
+                        stream_dir = Some(dir);
+                        stream = Some((key, StreamRunner::new(p)));
+                    }
+                    let Some((key, runner)) = stream.as_mut() else {
+                        return;
+                    };
+                    let mut queue: std::collections::VecDeque<(StreamTask, ProcessControl)> =
+                        tasks.into();
+                    let mut source = || loop {
+                        if let Some((mut t, control)) = queue.pop_front() {
+                            crate::crash::panic_point("mpi-runner", Some(t.id));
+                            let input = StreamInput {
+                                line: std::mem::take(&mut t.input).into_bytes(),
+                                timeout: t
+                                    .timeout_secs
+                                    .filter(|s| s.is_finite() && *s >= 0.0)
+                                    .and_then(|s| Duration::try_from_secs_f64(s).ok()),
+                                control,
+                                max_answer_bytes: t.max_output,
+                            };
+                            return Some((input, t.id));
                         }
-                    },
-                    flush,
-                );
+                        if pending.is_some() {
+                            return None;
+                        }
+                        // The next batch of the same program joins this stream.
+                        match jobs.try_recv() {
+                            Ok(Job::Stream {
+                                program,
+                                args,
+                                env,
+                                tasks,
+                            }) if program.sha256() == key.0 && args == key.1 && env == key.2 => {
+                                held.borrow_mut().extend(tasks.iter().map(|(t, _)| t.id));
+                                queue.extend(tasks);
+                            }
+                            Ok(other) => {
+                                pending = Some(other);
+                                return None;
+                            }
+                            Err(_) => return None,
+                        }
+                    };
+                    runner.serve_with(
+                        &mut source,
+                        |id, o| {
+                            let r = StreamResult {
+                                id,
+                                exit: o.exit,
+                                result: String::from_utf8_lossy(&o.result).into_owned(),
+                                stderr_tail: o.stderr_tail,
+                                wall_secs: o.wall.as_secs_f64(),
+                                started_unix: o
+                                    .started
+                                    .duration_since(std::time::UNIX_EPOCH)
+                                    .map_or(0.0, |d| d.as_secs_f64()),
+                                host: host.clone(),
+                            };
+                            let full = {
+                                let mut g = gathered.borrow_mut();
+                                g.1 += r.result.len() + r.stderr_tail.len();
+                                g.0.push(r);
+                                g.1 >= GATHER_BYTES
+                            };
+                            if full {
+                                flush();
+                            }
+                        },
+                        flush,
+                    );
+                });
                 flush();
+                if let Err(panic) = served {
+                    // The program and its state are unknown: the next tasks start a new one.
+                    stream = None;
+                    stream_dir = None;
+                    let msg = format!("internal error on MPI rank {rank}: {panic}");
+                    let _ = out.send(Done::Failed(held.into_inner(), msg));
+                }
             }
         }
     }
@@ -1559,6 +1587,13 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                         controls.remove(&r.id);
                     }
                     stream_results.extend(rs);
+                }
+                Done::Failed(ids, msg) => {
+                    for id in ids {
+                        if controls.remove(&id).is_some() {
+                            send_error(&mut outbox, id, &msg);
+                        }
+                    }
                 }
             }
         }
@@ -1740,8 +1775,15 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
         if !controls.is_empty() {
             // Tasks run: their ends wake us through the channel at once; meanwhile the master
             // sends more tasks, a cancel or stop, and our messages to it move on as we poll.
-            if let Ok(d) = done_rx.recv_timeout(BUSY_PROBE_INTERVAL) {
-                pending = Some(d);
+            match done_rx.recv_timeout(BUSY_PROBE_INTERVAL) {
+                Ok(d) => pending = Some(d),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    // The runner thread died anyway: what it held will never end.
+                    for (id, _) in controls.drain() {
+                        send_error(&mut outbox, id, "the rank's runner thread has died");
+                    }
+                }
             }
             continue;
         }

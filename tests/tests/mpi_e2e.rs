@@ -349,3 +349,30 @@ fn a_panic_in_rank_0s_mpi_thread_fails_the_tasks_and_ends_the_job() {
         "{first}"
     );
 }
+
+/// A panic in a worker rank's runner thread (injected with `MW_PANIC_AT` as task 1 starts):
+/// that task fails with the panic's message and the rank runs the others. (The task used
+/// to stay running for ever while the rank's comm thread spun.)
+#[test]
+fn a_panic_in_a_ranks_runner_fails_only_that_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = script(dir.path(), "echo.sh", "cat");
+    let (mut cmd, _session) = mpirun_cmd(90, 3, &[p.to_str().unwrap(), "6"]);
+    cmd.env("MW_PANIC_AT", "mpi-runner:1");
+    let out = cmd.output().unwrap();
+    assert_ne!(out.status.code(), Some(124), "mpirun hung");
+    let (tasks, summary) = lines(&out);
+    assert_eq!(tasks.len(), 6);
+    for t in &tasks {
+        if t["task"] == 1 {
+            assert_eq!(t["ok"], false, "{t}");
+            assert!(
+                t["error"].as_str().unwrap().contains("injected panic"),
+                "{t}"
+            );
+        } else {
+            assert_eq!(t["ok"], true, "{t}");
+        }
+    }
+    assert_eq!(summary["ok"].as_u64(), Some(5));
+}
