@@ -384,6 +384,20 @@ enum Payload {
     Stream(StreamResult),
 }
 
+/// Why `payload` cannot be the outcome of a task of this mode, if it cannot: a rank sends a
+/// streaming result only for a streaming task (it carries no output files: a process-mode
+/// task with declared outputs would be done without them) and a result bundle only for a
+/// process-mode task; an error for either.
+fn payload_mismatch(mode: ProgramMode, payload: &Payload) -> Option<&'static str> {
+    match (payload, mode) {
+        (Payload::Error(_), _)
+        | (Payload::Stream(_), ProgramMode::Stream)
+        | (Payload::Bundle(_), ProgramMode::Process) => None,
+        (Payload::Stream(_), _) => Some("a streaming result, but it is not a streaming task,"),
+        (Payload::Bundle(_), _) => Some("a result bundle, but it is a streaming task,"),
+    }
+}
+
 /// A result (or error) received for a task, on its way to the decoding thread.
 struct Finished {
     task: Arc<PreparedTask>,
@@ -1159,9 +1173,14 @@ impl MasterPump<'_> {
         let Some((_, task, done)) = self.in_flight.remove(&TaskId(id)) else {
             return;
         };
-        if task.spec.program.mode() == ProgramMode::Process {
+        let mode = task.spec.program.mode();
+        if mode == ProgramMode::Process {
             self.process_in_flight = self.process_in_flight.saturating_sub(1);
         }
+        let payload = match payload_mismatch(mode, &payload) {
+            None => payload,
+            Some(why) => Payload::Error(format!("MPI rank {rank} sent {why} for task {id}")),
+        };
         self.released.push((rank, task.id));
         self.finished.push(Finished {
             task,
@@ -2060,6 +2079,19 @@ mod tests {
         forged[24..28].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode_results_message(2, &forged).is_err());
         assert_eq!(decode_results_message(0, &[]).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_result_of_the_wrong_kind_for_its_task_is_refused() {
+        let stream = Payload::Stream(result(1, mw_bundle::ExitInfo::Exited { code: 0 }));
+        let bundle = Payload::Bundle(vec![0; 8]);
+        let error = Payload::Error("x".into());
+        assert!(payload_mismatch(ProgramMode::Process, &stream).is_some());
+        assert!(payload_mismatch(ProgramMode::Stream, &bundle).is_some());
+        assert!(payload_mismatch(ProgramMode::Stream, &stream).is_none());
+        assert!(payload_mismatch(ProgramMode::Process, &bundle).is_none());
+        assert!(payload_mismatch(ProgramMode::Process, &error).is_none());
+        assert!(payload_mismatch(ProgramMode::Stream, &error).is_none());
     }
 
     fn stream_batch(inputs: &[&str]) -> StreamBatch {
