@@ -36,6 +36,12 @@
 //! `MPI_Finalize` would wait for ranks never told to stop. On a worker rank the job is
 //! aborted at once (rank 0 would wait for its tasks for ever).
 //!
+//! **Malformed messages.** A rank that sends rank 0 a message it cannot read (too short to
+//! name its task, an unknown tag, streaming results that do not decode) may have lost some
+//! outcomes with it: every task it holds fails saying so, and it is given no more (with no
+//! usable rank left, the interface closes). A rank answers ERROR for every task of a batch
+//! it cannot read whole (the task ids are readable on their own in both batch formats).
+//!
 //! **Message sizes.** An MPI count is a C `int`: no message may be 2 GiB or longer. A
 //! program bundle, task bundle or streaming input too long for one message fails its task
 //! saying so (before anything is sent); a batch is cut before it would pass the limit; on a
@@ -53,7 +59,8 @@
 //!
 //! Wire protocol (all on `MPI_COMM_WORLD`; messages from one rank arrive in order):
 //! rank 0 → worker: `PROGRAM` (bundle bytes), `TASKS` (repeated: u64 LE task id, 64-byte
-//! hex SHA-256 of the program, u64 LE length, task bundle bytes), `STREAM` (the task ids,
+//! hex SHA-256 of the program, u64 LE length, task bundle bytes; then a trailer of the task
+//! ids and their u64 count, [`split_task_ids`]), `STREAM` (the task ids,
 //! then what the tasks share as JSON, then each task's limits and input as JSON text:
 //! [`encode_stream_batch`]), `CANCEL` (u64 task id), `STOP` (empty);
 //! worker → rank 0: `RESULT` (u64 task id, result bundle bytes), `ERROR` (u64 task id,
@@ -336,7 +343,8 @@ impl Wire {
     /// entry and, if it were alone, its header).
     fn bytes(&self, task: &PreparedTask) -> usize {
         match self {
-            Wire::Bundle(entry) => entry.len(),
+            // With its id in the trailer, and the trailer's count if it were alone.
+            Wire::Bundle(entry) => entry.len() + 16,
             Wire::Stream(_, t) => stream_header_bound(&task.spec.args, &task.spec.env)
                 .saturating_add(stream_entry_bytes(t)),
         }
@@ -634,6 +642,21 @@ fn decode_stream_batch(mut data: &[u8]) -> Result<StreamBatch, String> {
     })
 }
 
+/// A `TASKS` message's entries and the task ids of its trailer (that many u64 LE ids, then
+/// their u64 LE count, at the end: readable even when an entry is not, so the rank can
+/// answer for every task of the batch), if the trailer is whole.
+fn split_task_ids(data: &[u8]) -> Option<(&[u8], Vec<u64>)> {
+    let (rest, count) = data.split_last_chunk::<8>()?;
+    let count = usize::try_from(u64::from_le_bytes(*count)).ok()?;
+    let at = rest.len().checked_sub(count.checked_mul(8)?)?;
+    let (entries, ids) = rest.split_at(at);
+    let ids = ids
+        .chunks_exact(8)
+        .filter_map(|c| Some(u64::from_le_bytes(c.try_into().ok()?)))
+        .collect();
+    Some((entries, ids))
+}
+
 fn split_id(data: &[u8]) -> Option<(u64, &[u8])> {
     let head: [u8; 8] = data.get(..8)?.try_into().ok()?;
     Some((u64::from_le_bytes(head), &data[8..]))
@@ -792,6 +815,7 @@ fn master_loop(
         released: Vec::new(),
         process_in_flight: 0,
         outbox: Outbox::default(),
+        broken: HashSet::new(),
     };
     let pumped = crate::guard::contain(|| pump_loop(world, cmds, &mut pump, cap));
     if let Err(panic) = pumped {
@@ -1017,6 +1041,8 @@ struct MasterPump<'a> {
     /// Process-mode tasks in `in_flight` (they need prompt polling: a rank holds 2).
     process_in_flight: usize,
     outbox: Outbox,
+    /// Ranks that sent a message rank 0 could not read: given no more tasks.
+    broken: HashSet<i32>,
 }
 
 impl MasterPump<'_> {
@@ -1030,11 +1056,13 @@ impl MasterPump<'_> {
                 done,
             } => {
                 crate::crash::panic_point("mpi-comm", Some(task.id.0));
-                if self.stopping {
+                if self.stopping || self.broken.contains(&rank) {
                     self.shared.release(rank, task.id);
-                    done.finish(Err(InterfaceError::new(
-                        "the MPI interface was shut down before the task could start",
-                    )));
+                    done.finish(Err(InterfaceError::new(if self.stopping {
+                        "the MPI interface was shut down before the task could start".to_string()
+                    } else {
+                        format!("MPI rank {rank} is no longer used (it sent a malformed message)")
+                    })));
                     return;
                 }
                 if let Some(p) = program {
@@ -1056,7 +1084,10 @@ impl MasterPump<'_> {
                 let batch = self.batches.entry(rank).or_default();
                 match wire {
                     Wire::Bundle(entry) => {
-                        batch.bytes += entry.len();
+                        if batch.bundles.is_empty() {
+                            batch.bytes += 8; // the trailer's count
+                        }
+                        batch.bytes += entry.len() + 8;
                         batch.bundles.extend_from_slice(&entry);
                         batch.bundle_ids.push(task.id);
                         self.process_in_flight += 1;
@@ -1106,7 +1137,12 @@ impl MasterPump<'_> {
             return;
         };
         if !batch.bundles.is_empty() {
-            if let Err(n) = self.outbox.send(self.world, rank, TAG_TASKS, batch.bundles) {
+            let mut body = batch.bundles;
+            for id in &batch.bundle_ids {
+                body.extend_from_slice(&id.0.to_le_bytes());
+            }
+            body.extend_from_slice(&(batch.bundle_ids.len() as u64).to_le_bytes());
+            if let Err(n) = self.outbox.send(self.world, rank, TAG_TASKS, body) {
                 // (Batches are capped and each task checked: not reached.)
                 self.fail_unsent(&batch.bundle_ids, &too_large("a batch of task bundles", n));
             }
@@ -1211,11 +1247,60 @@ impl MasterPump<'_> {
         }
     }
 
+    /// Stops using `rank` after it sent a message rank 0 cannot read (its tasks' outcomes
+    /// may be among what was lost): fails every task it holds (and asks it to cancel them),
+    /// and gives it no more; with no usable rank left, closes the interface.
+    fn quarantine(&mut self, rank: i32, why: &str) {
+        log::error!("mpi: rank {rank} sent {why}; it is given no more tasks");
+        self.broken.insert(rank);
+        let ids: Vec<TaskId> = self
+            .in_flight
+            .iter()
+            .filter(|(_, (r, _, _))| *r == rank)
+            .map(|(id, _)| *id)
+            .collect();
+        // What still waits for it is never sent; a cancel for a task the rank never got is
+        // ignored there.
+        self.batches.remove(&rank);
+        for id in &ids {
+            let _ = self
+                .outbox
+                .send(self.world, rank, TAG_CANCEL, id.0.to_le_bytes().to_vec());
+        }
+        {
+            let mut st = self.shared.lock();
+            // Its places are not freed (the scheduler would hand it more meanwhile): it is
+            // as full as rank 0, never chosen again.
+            for id in &ids {
+                if st.running.remove(id).is_some() {
+                    st.finished += 1;
+                }
+            }
+            if let Some(l) = usize::try_from(rank).ok().and_then(|r| st.load.get_mut(r)) {
+                *l = u32::MAX;
+            }
+        }
+        // (Their places are gone with the rank: `release` finds nothing to free.)
+        self.fail_unsent(&ids, &format!("MPI rank {rank} sent {why}"));
+        // (A task handed to it before this still frees its place, taking its load just
+        // under the maximum: count the ranks given up, not the full ones.)
+        let workers = usize::try_from(self.world.size())
+            .unwrap_or(0)
+            .saturating_sub(1);
+        if self.broken.len() >= workers {
+            self.shared
+                .close("every MPI worker rank sent a malformed message; none is used");
+        }
+    }
+
     fn on_message(&mut self, rank: i32, tag: i32, data: Vec<u8>) {
         let Some((id, rest)) = split_id(&data) else {
-            log::warn!(
-                "mpi: ignoring a {}-byte message with tag {tag} from rank {rank}: too short",
-                data.len()
+            self.quarantine(
+                rank,
+                &format!(
+                    "a malformed message ({} bytes with tag {tag}: too short)",
+                    data.len()
+                ),
             );
             return;
         };
@@ -1233,11 +1318,9 @@ impl MasterPump<'_> {
                         self.finished(rank, id, Payload::Stream(r));
                     }
                 }
-                Err(e) => {
-                    log::warn!("mpi: ignoring malformed stream results from rank {rank}: {e}")
-                }
+                Err(e) => self.quarantine(rank, &format!("malformed streaming results ({e})")),
             },
-            _ => log::warn!("mpi: ignoring a message with unknown tag {tag} from rank {rank}"),
+            _ => self.quarantine(rank, &format!("a message with unknown tag {tag}")),
         }
     }
 }
@@ -1594,6 +1677,12 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                     controls.remove(&id);
                     match outcome {
                         Ok(bytes) => {
+                            // A test of rank 0: a message too short to name its task.
+                            let bytes = if crate::crash::forge_point("mpi-result", Some(id)) {
+                                vec![0; 4]
+                            } else {
+                                bytes
+                            };
                             if let Err(n) = outbox.send(world, 0, TAG_RESULT, bytes) {
                                 send_error(&mut outbox, id, &too_large("its result bundle", n));
                             }
@@ -1669,13 +1758,22 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                     });
                 }
                 TAG_TASKS => {
+                    let Some((mut rest, named)) = split_task_ids(&data) else {
+                        log::warn!(
+                            "mpi rank {rank}: ignoring a task batch without readable task ids"
+                        );
+                        continue;
+                    };
                     let mut tasks = Vec::new();
-                    let mut rest = &data[..];
+                    // Every task the batch names is answered: run, or failed below.
+                    let mut unanswered: HashSet<u64> = named.iter().copied().collect();
+                    let mut malformed = None;
                     while !rest.is_empty() {
                         let Some((id, after)) = split_id(rest) else {
-                            log::warn!("mpi rank {rank}: ignoring a malformed task batch");
+                            malformed = Some("malformed task message (a truncated entry)");
                             break;
                         };
+                        unanswered.remove(&id);
                         let sha = after
                             .get(..SHA_LEN)
                             .and_then(|s| std::str::from_utf8(s).ok());
@@ -1685,6 +1783,7 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                             .and_then(|(n, b)| usize::try_from(n).ok().map(|n| (n, b)));
                         let (Some(sha), Some((len, body))) = (sha, len) else {
                             send_error(&mut outbox, id, "malformed task message");
+                            malformed = Some("malformed task message (an earlier entry)");
                             break;
                         };
                         let Some(bundle) = body.get(..len) else {
@@ -1693,6 +1792,7 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                                 id,
                                 "malformed task message (truncated bundle)",
                             );
+                            malformed = Some("malformed task message (an earlier entry)");
                             break;
                         };
                         rest = &body[len..];
@@ -1703,6 +1803,11 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                                 tasks.push((id, p, bundle.to_vec(), control));
                             }
                             Err(e) => send_error(&mut outbox, id, &e),
+                        }
+                    }
+                    if let Some(why) = malformed {
+                        for id in named.iter().filter(|id| unanswered.contains(id)) {
+                            send_error(&mut outbox, *id, why);
                         }
                     }
                     if !tasks.is_empty() {
@@ -1930,8 +2035,9 @@ impl Interface for Mpi {
                     m.extend_from_slice(bundle.sha256.as_bytes());
                     m.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
                     m.extend_from_slice(&bytes);
-                    if m.len() > message_limit() {
-                        let msg = too_large(&format!("{}: its task bundle", task.id), m.len());
+                    // With its place in the trailer of ids (see `send_batch`).
+                    if m.len() + 16 > message_limit() {
+                        let msg = too_large(&format!("{}: its task bundle", task.id), m.len() + 16);
                         return self.fail(rank, &task, done, msg);
                     }
                     Wire::Bundle(m)
@@ -2092,6 +2198,27 @@ mod tests {
         assert!(payload_mismatch(ProgramMode::Process, &bundle).is_none());
         assert!(payload_mismatch(ProgramMode::Process, &error).is_none());
         assert!(payload_mismatch(ProgramMode::Stream, &error).is_none());
+    }
+
+    #[test]
+    fn a_task_batchs_ids_are_read_from_its_trailer_whatever_its_entries() {
+        let mut body = b"entries of any shape".to_vec();
+        for id in [3u64, 9] {
+            body.extend_from_slice(&id.to_le_bytes());
+        }
+        body.extend_from_slice(&2u64.to_le_bytes());
+        let (entries, ids) = split_task_ids(&body).unwrap();
+        assert_eq!(entries, b"entries of any shape");
+        assert_eq!(ids, vec![3, 9]);
+        // A count past the message, a short message: no ids, no panic.
+        let mut forged = body.clone();
+        let n = forged.len();
+        forged[n - 8..].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(split_task_ids(&forged).is_none());
+        forged[n - 8..].copy_from_slice(&5u64.to_le_bytes());
+        assert!(split_task_ids(&forged).is_none());
+        assert!(split_task_ids(&body[..7]).is_none());
+        assert_eq!(split_task_ids(&0u64.to_le_bytes()), Some((&[][..], vec![])));
     }
 
     fn stream_batch(inputs: &[&str]) -> StreamBatch {

@@ -376,3 +376,27 @@ fn a_panic_in_a_ranks_runner_fails_only_that_task() {
     }
     assert_eq!(summary["ok"].as_u64(), Some(5));
 }
+
+/// A rank that sends a message rank 0 cannot read (here a result too short to name its
+/// task, forged with `MW_FORGE_AT` for task 2): the tasks it held fail saying so, it gets
+/// no more, and the other rank runs the rest. (Such a message used to be ignored, and its
+/// task ran for ever.)
+#[test]
+fn a_rank_that_sends_a_malformed_message_fails_its_tasks_and_is_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = script(dir.path(), "echo.sh", "cat");
+    let (mut cmd, _session) = mpirun_cmd(90, 3, &[p.to_str().unwrap(), "12"]);
+    cmd.env("MW_FORGE_AT", "mpi-result:2");
+    let out = cmd.output().unwrap();
+    assert_ne!(out.status.code(), Some(124), "mpirun hung");
+    let (tasks, summary) = lines(&out);
+    assert_eq!(tasks.len(), 12);
+    for t in tasks.iter().filter(|t| t["ok"] != true) {
+        let err = t["error"].as_str().unwrap();
+        assert!(err.contains("sent a malformed message"), "{t}");
+    }
+    let two = tasks.iter().find(|t| t["task"] == 2).unwrap();
+    assert_eq!(two["ok"], false, "{two}");
+    // The rank that forged holds at most 2 tasks: the other rank ran the rest.
+    assert!(summary["ok"].as_u64().unwrap() >= 9, "{summary}");
+}
