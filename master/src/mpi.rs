@@ -5,7 +5,8 @@
 //! of the process through channels:
 //!
 //! - **rank 0**: [`Interface::execute_task`] packs the task bundle (and, the first time a rank
-//!   sees a program, the program bundle) and hands it to the comm thread, which sends it.
+//!   sees a program, the program bundle: read once and shared by its sends to every rank
+//!   that needs it while one is on its way) and hands it to the comm thread, which sends it.
 //!   The comm thread receives result bundles with `MPI_Improbe` + `MPI_Mrecv` (the size comes
 //!   from the probe, so a large result needs nothing special), spinning briefly and then
 //!   sleeping with exponential backoff up to a cap (env `MW_MPI_POLL_US`, default 100 µs);
@@ -263,6 +264,9 @@ struct State {
     load: Vec<u32>,
     running: HashMap<TaskId, i32>,
     programs_sent: HashMap<i32, HashSet<String>>,
+    /// Program bundles being sent, by SHA-256: read once for every rank that needs them
+    /// meanwhile (the last send done, the bundle is freed and read again when needed).
+    program_bytes: HashMap<String, std::sync::Weak<Vec<u8>>>,
     /// Set when no rank will ever be free again (shut down, comm thread gone).
     closed: Option<String>,
     started: u64,
@@ -332,8 +336,9 @@ impl Shared {
 
 /// What a task travels as.
 enum Wire {
-    /// A process-mode task: its entry of a `TASKS` message.
-    Bundle(Vec<u8>),
+    /// A process-mode task: its entry of a `TASKS` message (head: id, program SHA-256,
+    /// length; then the task bundle).
+    Bundle(Vec<u8>, Vec<u8>),
     /// A streaming task: program SHA-256 and its entry.
     Stream(String, StreamTask),
 }
@@ -344,7 +349,7 @@ impl Wire {
     fn bytes(&self, task: &PreparedTask) -> usize {
         match self {
             // With its id in the trailer, and the trailer's count if it were alone.
-            Wire::Bundle(entry) => entry.len() + 16,
+            Wire::Bundle(head, bundle) => head.len() + bundle.len() + 16,
             Wire::Stream(_, t) => stream_header_bound(&task.spec.args, &task.spec.env)
                 .saturating_add(stream_entry_bytes(t)),
         }
@@ -371,7 +376,8 @@ enum Cmd {
     Execute {
         task: Arc<PreparedTask>,
         rank: i32,
-        program: Option<Vec<u8>>,
+        /// The program bundle, when the rank has not had it (one copy for every rank).
+        program: Option<Arc<Vec<u8>>>,
         wire: Wire,
         done: Completion,
     },
@@ -684,6 +690,7 @@ impl Mpi {
                 load: Vec::new(),
                 running: HashMap::new(),
                 programs_sent: HashMap::new(),
+                program_bytes: HashMap::new(),
                 closed: None,
                 started: 0,
                 finished: 0,
@@ -912,7 +919,35 @@ fn pump_loop(
 /// the send complete; [`Outbox::progress`] on every pass frees what went.
 #[derive(Default)]
 struct Outbox {
-    pending: Vec<(mpi::ffi::MPI_Request, Vec<u8>)>,
+    pending: Vec<(mpi::ffi::MPI_Request, Message)>,
+}
+
+/// A message's bytes: its own, or a program bundle shared by the sends of it to several
+/// ranks (read once, freed when the last send is complete).
+enum Message {
+    Owned(Vec<u8>),
+    Shared(Arc<Vec<u8>>),
+}
+
+impl Message {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Message::Owned(v) => v,
+            Message::Shared(v) => v,
+        }
+    }
+}
+
+impl From<Vec<u8>> for Message {
+    fn from(v: Vec<u8>) -> Self {
+        Message::Owned(v)
+    }
+}
+
+impl From<Arc<Vec<u8>>> for Message {
+    fn from(v: Arc<Vec<u8>>) -> Self {
+        Message::Shared(v)
+    }
 }
 
 impl std::fmt::Debug for Outbox {
@@ -929,22 +964,25 @@ impl Outbox {
         world: &SimpleCommunicator,
         rank: i32,
         tag: i32,
-        data: Vec<u8>,
+        data: impl Into<Message>,
     ) -> Result<(), usize> {
-        let count = Some(data.len())
+        let data: Message = data.into();
+        let bytes = data.bytes();
+        let count = Some(bytes.len())
             .filter(|n| *n <= message_limit())
             .and_then(|n| std::os::raw::c_int::try_from(n).ok())
-            .ok_or(data.len())?;
+            .ok_or(bytes.len())?;
         let mut request = std::mem::MaybeUninit::<mpi::ffi::MPI_Request>::uninit();
-        // SAFETY: `data` points to `count` initialised bytes; its heap buffer stays where it
-        // is, unchanged and alive, until MPI_Test reports this request complete: the Vec is
-        // moved into `pending` (a move does not move its heap buffer) and dropped only after
+        // SAFETY: `bytes` points to `count` initialised bytes; its heap buffer stays where it
+        // is, unchanged and alive, until MPI_Test reports this request complete: `data` (the
+        // Vec, or an Arc of one, which nothing mutates: no `get_mut`/`make_mut` anywhere) is
+        // moved into `pending` (a move does not move the heap buffer) and dropped only after
         // completion (`progress`, `flush`, and `Drop` which flushes). The datatype and the
         // communicator are valid handles of the initialised MPI of this (the only MPI) thread,
         // and `request` is read only after MPI_Isend returned success (it wrote it then).
         let rc = unsafe {
             mpi::ffi::MPI_Isend(
-                data.as_ptr().cast(),
+                bytes.as_ptr().cast(),
                 count,
                 u8::equivalent_datatype().as_raw(),
                 rank,
@@ -956,7 +994,7 @@ impl Outbox {
         if rc != 0 {
             // (With MPI's default error handler this is not reached: an error aborts.)
             log::error!("mpi: MPI_Isend to rank {rank} failed ({rc}); sending it blocking");
-            world.process_at_rank(rank).send_with_tag(&data[..], tag);
+            world.process_at_rank(rank).send_with_tag(bytes, tag);
             return Ok(());
         }
         // SAFETY: MPI_Isend succeeded, so it initialised `request`.
@@ -1083,12 +1121,13 @@ impl MasterPump<'_> {
                 }
                 let batch = self.batches.entry(rank).or_default();
                 match wire {
-                    Wire::Bundle(entry) => {
+                    Wire::Bundle(head, bundle) => {
                         if batch.bundles.is_empty() {
                             batch.bytes += 8; // the trailer's count
                         }
-                        batch.bytes += entry.len() + 8;
-                        batch.bundles.extend_from_slice(&entry);
+                        batch.bytes += head.len() + bundle.len() + 8;
+                        batch.bundles.extend_from_slice(&head);
+                        batch.bundles.extend_from_slice(&bundle);
                         batch.bundle_ids.push(task.id);
                         self.process_in_flight += 1;
                     }
@@ -2030,17 +2069,18 @@ impl Interface for Mpi {
             }
             ProgramMode::Process => match task.task_bundle_bytes(&bundle) {
                 Ok(bytes) => {
-                    let mut m = Vec::with_capacity(16 + SHA_LEN + bytes.len());
-                    m.extend_from_slice(&task.id.0.to_le_bytes());
-                    m.extend_from_slice(bundle.sha256.as_bytes());
-                    m.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-                    m.extend_from_slice(&bytes);
-                    // With its place in the trailer of ids (see `send_batch`).
-                    if m.len() + 16 > message_limit() {
-                        let msg = too_large(&format!("{}: its task bundle", task.id), m.len() + 16);
+                    // Its head; the bundle itself is copied once, into the batch.
+                    let mut head = Vec::with_capacity(16 + SHA_LEN);
+                    head.extend_from_slice(&task.id.0.to_le_bytes());
+                    head.extend_from_slice(bundle.sha256.as_bytes());
+                    head.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+                    let wire = Wire::Bundle(head, bytes);
+                    let n = wire.bytes(&task);
+                    if n > message_limit() {
+                        let msg = too_large(&format!("{}: its task bundle", task.id), n);
                         return self.fail(rank, &task, done, msg);
                     }
-                    Wire::Bundle(m)
+                    wire
                 }
                 Err(e) => return self.fail(rank, &task, done, format!("packing the task: {e}")),
             },
@@ -2052,9 +2092,25 @@ impl Interface for Mpi {
             .get(&rank)
             .is_some_and(|sent| sent.contains(&bundle.sha256));
         let program = if need_program {
-            match read_program_bundle(&bundle.path) {
-                Ok(b) => Some(b),
-                Err(msg) => return self.fail(rank, &task, done, msg),
+            let held = self
+                .shared
+                .lock()
+                .program_bytes
+                .get(&bundle.sha256)
+                .and_then(std::sync::Weak::upgrade);
+            match held {
+                Some(b) => Some(b),
+                None => match read_program_bundle(&bundle.path) {
+                    Ok(b) => {
+                        let b = Arc::new(b);
+                        let mut st = self.shared.lock();
+                        st.program_bytes.retain(|_, w| w.strong_count() > 0);
+                        st.program_bytes
+                            .insert(bundle.sha256.clone(), Arc::downgrade(&b));
+                        Some(b)
+                    }
+                    Err(msg) => return self.fail(rank, &task, done, msg),
+                },
             }
         } else {
             None
