@@ -400,3 +400,25 @@ fn a_rank_that_sends_a_malformed_message_fails_its_tasks_and_is_left_out() {
     // The rank that forged holds at most 2 tasks: the other rank ran the rest.
     assert!(summary["ok"].as_u64().unwrap() >= 9, "{summary}");
 }
+
+/// A batch of tasks a rank cannot read whole (its entries cut inside the first task id
+/// with `MW_FORGE_AT` on rank 0, in the batch that starts with task 0): the rank answers
+/// for every task the batch names, from the ids at its end, so none of them runs for ever.
+/// (The rank used to log the batch as malformed and answer nothing.)
+#[test]
+fn a_task_batch_a_rank_cannot_read_fails_every_task_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = script(dir.path(), "echo.sh", "cat");
+    let (mut cmd, _session) = mpirun_cmd(90, 3, &[p.to_str().unwrap(), "8"]);
+    cmd.env("MW_FORGE_AT", "mpi-tasks:0");
+    let out = cmd.output().unwrap();
+    assert_ne!(out.status.code(), Some(124), "mpirun hung");
+    let (tasks, _) = lines(&out);
+    assert_eq!(tasks.len(), 8);
+    let zero = tasks.iter().find(|t| t["task"] == 0).unwrap();
+    assert_eq!(zero["ok"], false, "{zero}");
+    for t in tasks.iter().filter(|t| t["ok"] != true) {
+        let err = t["error"].as_str().unwrap();
+        assert!(err.contains("malformed task message"), "{t}");
+    }
+}
