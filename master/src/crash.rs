@@ -5,7 +5,9 @@
 //! the guards around threads that handle remote data: the test makes one panic and checks
 //! the tasks fail with a message instead of `mw run` hanging. Delay points
 //! (`MW_DELAY_AT=<name>:<ms>`, [`delay_point`]) widen a window instead, for a test that
-//! checks the master never ends inside it.
+//! checks the master never ends inside it. Forge points (`MW_FORGE_AT=<name>` or
+//! `<name>:<task>`, [`forge_point`]) make a peer send something malformed in place of what
+//! it should, for a test that checks the receiver fails the tasks concerned.
 //!
 //! Without the variables a point costs one cached lookup. This module knows nothing of
 //! what the points guard.
@@ -39,13 +41,31 @@ pub fn panic_point(name: &str, task: Option<u64>) {
     let Some(at) = AT.get_or_init(|| std::env::var(PANIC_ENV).ok()).as_deref() else {
         return;
     };
-    let hit = match at.split_once(':') {
-        None => at == name,
-        Some((n, t)) => n == name && task.is_some_and(|task| t == task.to_string()),
-    };
-    if hit {
+    if names(at, name, task) {
         std::panic::panic_any(format!("injected panic at `{at}` ({PANIC_ENV})"));
     }
+}
+
+/// Whether `at` (`name` or `name:TASK`) names the point `name` for `task`.
+fn names(at: &str, name: &str, task: Option<u64>) -> bool {
+    match at.split_once(':') {
+        None => at == name,
+        Some((n, t)) => n == name && task.is_some_and(|task| t == task.to_string()),
+    }
+}
+
+/// The environment variable naming the forge point where something malformed is sent
+/// (`name`, or `name:TASK` for one task only).
+pub const FORGE_ENV: &str = "MW_FORGE_AT";
+
+/// Whether to send something malformed here (a test of the receiver; never without
+/// `MW_FORGE_AT`): `MW_FORGE_AT` names this point, for every task (`name`) or for `task`
+/// only (`name:N`). The caller decides what malformed means.
+pub fn forge_point(name: &str, task: Option<u64>) -> bool {
+    static AT: OnceLock<Option<String>> = OnceLock::new();
+    AT.get_or_init(|| std::env::var(FORGE_ENV).ok())
+        .as_deref()
+        .is_some_and(|at| names(at, name, task))
 }
 
 /// The environment variable naming the delay point to pause at, and for how long:

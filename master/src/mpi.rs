@@ -5,7 +5,8 @@
 //! of the process through channels:
 //!
 //! - **rank 0**: [`Interface::execute_task`] packs the task bundle (and, the first time a rank
-//!   sees a program, the program bundle) and hands it to the comm thread, which sends it.
+//!   sees a program, the program bundle: read once and shared by its sends to every rank
+//!   that needs it while one is on its way) and hands it to the comm thread, which sends it.
 //!   The comm thread receives result bundles with `MPI_Improbe` + `MPI_Mrecv` (the size comes
 //!   from the probe, so a large result needs nothing special), spinning briefly and then
 //!   sleeping with exponential backoff up to a cap (env `MW_MPI_POLL_US`, default 100 µs);
@@ -20,12 +21,32 @@
 //!   directory on a separate thread, so the comm thread keeps receiving (and can honour a
 //!   cancel message) while the task runs. A failing program is a normal result (the result
 //!   bundle carries the failure); a task the rank cannot run at all comes back as an error
-//!   message for that task. Neither marks the rank dead.
+//!   message for that task. Neither marks the rank dead. The runner thread runs each task
+//!   (each stream) under the panic guard (`guard.rs`): a panic fails the tasks it held
+//!   without an outcome, with its message, and a stream starts a fresh program; if the
+//!   runner dies anyway, every task it held fails.
 //!
 //! **A rank that dies** (killed, crashed): Open MPI's `mpirun` notices and aborts the whole
 //! job (every rank, rank 0 included, is killed and `mpirun` prints which rank died and exits
 //! non-zero), so the in-flight tasks are not retried within that run; run the job with a
 //! journal to resume it. The job never hangs silently in that case.
+//!
+//! **A comm thread that panics** (a bug): on rank 0 every task in flight fails with the
+//! panic's message and the interface closes (later tasks fail at once), so the master can
+//! record them; when it shuts the interface down, the job is aborted (`MPI_Abort`), since
+//! `MPI_Finalize` would wait for ranks never told to stop. On a worker rank the job is
+//! aborted at once (rank 0 would wait for its tasks for ever).
+//!
+//! **Malformed messages.** A rank that sends rank 0 a message it cannot read (too short to
+//! name its task, an unknown tag, streaming results that do not decode) may have lost some
+//! outcomes with it: every task it holds fails saying so, and it is given no more (with no
+//! usable rank left, the interface closes). A rank answers ERROR for every task of a batch
+//! it cannot read whole (the task ids are readable on their own in both batch formats).
+//!
+//! **Message sizes.** An MPI count is a C `int`: no message may be 2 GiB or longer. A
+//! program bundle, task bundle or streaming input too long for one message fails its task
+//! saying so (before anything is sent); a batch is cut before it would pass the limit; on a
+//! rank, a result too long for one message fails its task.
 //!
 //! **Batches.** A rank holds several tasks at once (2 of a process-mode program, so the next
 //! one is there when one ends; [`STREAM_RANK_DEPTH`] of a streaming program), and the comm
@@ -39,8 +60,10 @@
 //!
 //! Wire protocol (all on `MPI_COMM_WORLD`; messages from one rank arrive in order):
 //! rank 0 → worker: `PROGRAM` (bundle bytes), `TASKS` (repeated: u64 LE task id, 64-byte
-//! hex SHA-256 of the program, u64 LE length, task bundle bytes), `STREAM` (JSON
-//! [`StreamBatch`]), `CANCEL` (u64 task id), `STOP` (empty);
+//! hex SHA-256 of the program, u64 LE length, task bundle bytes; then a trailer of the task
+//! ids and their u64 count, [`split_task_ids`]), `STREAM` (the task ids,
+//! then what the tasks share as JSON, then each task's limits and input as JSON text:
+//! [`encode_stream_batch`]), `CANCEL` (u64 task id), `STOP` (empty);
 //! worker → rank 0: `RESULT` (u64 task id, result bundle bytes), `ERROR` (u64 task id,
 //! UTF-8 message) or `STREAM_RESULTS` (u64 count, then the binary records of
 //! [`encode_results`]). Rank 0 drains every in-flight result before `STOP`. Every comm
@@ -84,8 +107,9 @@ const RANK_DEPTH: Depth = Depth {
 /// A rank with streaming tasks wakes the scheduler each time this many places are free.
 const STREAM_WAKE_EVERY: u32 = 32;
 
-/// Streaming tasks for one rank (the `STREAM` message): all share program, args and env.
-#[derive(Debug, Serialize, Deserialize)]
+/// Streaming tasks for one rank (the `STREAM` message, see [`encode_stream_batch`]): all
+/// share program, args and env.
+#[derive(Debug, PartialEq)]
 struct StreamBatch {
     /// SHA-256 of the program bundle (sent before with `PROGRAM`).
     program: String,
@@ -94,13 +118,23 @@ struct StreamBatch {
     tasks: Vec<StreamTask>,
 }
 
+/// The JSON part of a `STREAM` message: what its tasks share (flat, a few levels deep).
 #[derive(Debug, Serialize, Deserialize)]
+struct StreamHeader {
+    program: String,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, PartialEq)]
 struct StreamTask {
     id: u64,
-    input: serde_json::Value,
+    /// The input as JSON text, serialised compactly (one line). Carried as text, never
+    /// parsed on the rank: an input the master accepted (nested up to serde_json's depth
+    /// limit) reaches the program as it is.
+    input: String,
     timeout_secs: Option<f64>,
     /// The task's `max_output`: a longer answer line fails it (absent: the runner's limit).
-    #[serde(default)]
     max_output: Option<u64>,
 }
 
@@ -131,6 +165,38 @@ const STREAM_POLL: Duration = Duration::from_micros(300);
 /// How long a comm thread waits, at the end, for its last messages to be taken.
 const OUTBOX_FLUSH_LIMIT: Duration = Duration::from_secs(10);
 
+/// The longest message MPI can carry: its counts are C `int`s (rsmpi panics on a longer
+/// slice). Every message is checked against [`message_limit`] before it is sent.
+const MPI_MESSAGE_LIMIT: usize = i32::MAX as usize;
+/// In debug builds only, a smaller limit than [`MPI_MESSAGE_LIMIT`], in bytes: the tests
+/// reach the over-the-limit paths with small files instead of writing 2 GiB. Release builds
+/// ignore it (a test hook, not a setting).
+const MESSAGE_LIMIT_ENV: &str = "MW_MPI_MESSAGE_LIMIT";
+
+/// The longest message this process sends (see [`MPI_MESSAGE_LIMIT`], [`MESSAGE_LIMIT_ENV`]).
+fn message_limit() -> usize {
+    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        let lowered = cfg!(debug_assertions)
+            .then(|| std::env::var(MESSAGE_LIMIT_ENV).ok())
+            .flatten()
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        lowered.map_or(MPI_MESSAGE_LIMIT, |n| n.min(MPI_MESSAGE_LIMIT))
+    })
+}
+
+/// Why `what`, `bytes` long, cannot be sent.
+fn too_large(what: &str, bytes: usize) -> String {
+    let limit = message_limit();
+    if limit == MPI_MESSAGE_LIMIT {
+        format!("{what} of {bytes} bytes exceeds MPI's 2 GiB message limit")
+    } else {
+        format!("{what} of {bytes} bytes exceeds MPI's message limit (lowered to {limit} bytes by {MESSAGE_LIMIT_ENV})")
+    }
+}
+
+/// The error code of `MPI_Abort` after a comm thread panicked (EX_SOFTWARE).
+const ABORT_CODE: i32 = 70;
 /// Default backoff cap (µs); override with `MW_MPI_POLL_US`.
 const DEFAULT_POLL_US: u64 = 100;
 /// Name of rank 0's result-decoding thread.
@@ -177,6 +243,9 @@ pub enum MpiError {
     /// The MPI thread could not be started or ended abnormally.
     #[error("the MPI communication thread: {0}")]
     Thread(String),
+    /// The MPI thread panicked (and the MPI job was aborted).
+    #[error("the MPI communication thread panicked: {0}")]
+    Panicked(String),
 }
 
 /// What [`Mpi::init`] made of this process.
@@ -195,6 +264,9 @@ struct State {
     load: Vec<u32>,
     running: HashMap<TaskId, i32>,
     programs_sent: HashMap<i32, HashSet<String>>,
+    /// Program bundles being sent, by SHA-256: read once for every rank that needs them
+    /// meanwhile (the last send done, the bundle is freed and read again when needed).
+    program_bytes: HashMap<String, std::sync::Weak<Vec<u8>>>,
     /// Set when no rank will ever be free again (shut down, comm thread gone).
     closed: Option<String>,
     started: u64,
@@ -264,17 +336,48 @@ impl Shared {
 
 /// What a task travels as.
 enum Wire {
-    /// A process-mode task: its entry of a `TASKS` message.
-    Bundle(Vec<u8>),
-    /// A streaming task: program SHA-256 and its JSON entry.
+    /// A process-mode task: its entry of a `TASKS` message (head: id, program SHA-256,
+    /// length; then the task bundle).
+    Bundle(Vec<u8>, Vec<u8>),
+    /// A streaming task: program SHA-256 and its entry.
     Stream(String, StreamTask),
+}
+
+impl Wire {
+    /// At least the bytes this task adds to its batch's message (a streaming task: its
+    /// entry and, if it were alone, its header).
+    fn bytes(&self, task: &PreparedTask) -> usize {
+        match self {
+            // With its id in the trailer, and the trailer's count if it were alone.
+            Wire::Bundle(head, bundle) => head.len() + bundle.len() + 16,
+            Wire::Stream(_, t) => stream_header_bound(&task.spec.args, &task.spec.env)
+                .saturating_add(stream_entry_bytes(t)),
+        }
+    }
+}
+
+/// At most the bytes of a `STREAM` message's count and header (JSON escapes a byte as at
+/// most 6).
+fn stream_header_bound(args: &[String], env: &BTreeMap<String, String>) -> usize {
+    let text: usize = args.iter().map(|a| a.len() + 3).sum::<usize>()
+        + env
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 6)
+            .sum::<usize>();
+    text.saturating_mul(6).saturating_add(SHA_LEN + 256)
+}
+
+/// The bytes of one task's part of a `STREAM` message (its id, limits, input).
+fn stream_entry_bytes(t: &StreamTask) -> usize {
+    t.input.len().saturating_add(32)
 }
 
 enum Cmd {
     Execute {
         task: Arc<PreparedTask>,
         rank: i32,
-        program: Option<Vec<u8>>,
+        /// The program bundle, when the rank has not had it (one copy for every rank).
+        program: Option<Arc<Vec<u8>>>,
         wire: Wire,
         done: Completion,
     },
@@ -293,6 +396,20 @@ enum Payload {
     Error(String),
     /// A streaming task's outcome.
     Stream(StreamResult),
+}
+
+/// Why `payload` cannot be the outcome of a task of this mode, if it cannot: a rank sends a
+/// streaming result only for a streaming task (it carries no output files: a process-mode
+/// task with declared outputs would be done without them) and a result bundle only for a
+/// process-mode task; an error for either.
+fn payload_mismatch(mode: ProgramMode, payload: &Payload) -> Option<&'static str> {
+    match (payload, mode) {
+        (Payload::Error(_), _)
+        | (Payload::Stream(_), ProgramMode::Stream)
+        | (Payload::Bundle(_), ProgramMode::Process) => None,
+        (Payload::Stream(_), _) => Some("a streaming result, but it is not a streaming task,"),
+        (Payload::Bundle(_), _) => Some("a result bundle, but it is a streaming task,"),
+    }
 }
 
 /// A result (or error) received for a task, on its way to the decoding thread.
@@ -361,13 +478,12 @@ impl Backoff {
     }
 }
 
-/// The body of a `STREAM_RESULTS` message: for each result, u64 id, f64 wall seconds, f64
+/// Appends to `out` the body of a `STREAM_RESULTS` message: for each result, u64 id, f64 wall seconds, f64
 /// start (Unix seconds), then four u32-length-prefixed fields: the exit as JSON (empty for
 /// the usual `Exited { code: 0 }`), the result, the stderr tail and the host. A binary
 /// layout, not JSON: rank 0 reads every result of every rank on its one comm thread, and
 /// this costs it a few bounds checks per result instead of a JSON parse.
-fn encode_results(results: &[StreamResult]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(results.len() * 64);
+fn encode_results(results: &[StreamResult], out: &mut Vec<u8>) -> Result<(), String> {
     for r in results {
         out.extend_from_slice(&r.id.to_le_bytes());
         out.extend_from_slice(&r.wall_secs.to_le_bytes());
@@ -389,24 +505,11 @@ fn encode_results(results: &[StreamResult]) -> Result<Vec<u8>, String> {
             out.extend_from_slice(field);
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Reads what [`encode_results`] wrote (`count` results; sent by a rank, so checked).
 fn decode_results_message(count: u64, mut data: &[u8]) -> Result<Vec<StreamResult>, String> {
-    fn take<'a>(data: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
-        if data.len() < n {
-            return Err("truncated".into());
-        }
-        let (head, rest) = data.split_at(n);
-        *data = rest;
-        Ok(head)
-    }
-    fn word(data: &mut &[u8]) -> Result<[u8; 8], String> {
-        take(data, 8)?
-            .try_into()
-            .map_err(|_| "truncated".to_string())
-    }
     fn field(data: &mut &[u8]) -> Result<String, String> {
         let len: [u8; 4] = take(data, 4)?.try_into().map_err(|_| "truncated")?;
         let len = usize::try_from(u32::from_le_bytes(len)).map_err(|_| "field too long")?;
@@ -443,6 +546,123 @@ fn decode_results_message(count: u64, mut data: &[u8]) -> Result<Vec<StreamResul
     Ok(out)
 }
 
+/// The first `n` bytes of `data` (which moves past them), if it has them.
+fn take<'a>(data: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+    if data.len() < n {
+        return Err("truncated".into());
+    }
+    let (head, rest) = data.split_at(n);
+    *data = rest;
+    Ok(head)
+}
+
+/// The next 8 bytes of `data` (which moves past them).
+fn word(data: &mut &[u8]) -> Result<[u8; 8], String> {
+    take(data, 8)?
+        .try_into()
+        .map_err(|_| "truncated".to_string())
+}
+
+/// The next u64 LE length of `data`, as a `usize` no larger than what is left of it.
+fn length(data: &mut &[u8]) -> Result<usize, String> {
+    let n = u64::from_le_bytes(word(data)?);
+    usize::try_from(n)
+        .ok()
+        .filter(|n| *n <= data.len())
+        .ok_or_else(|| format!("a length of {n} bytes runs past the message"))
+}
+
+/// The body of a `STREAM` message: u64 LE count, that many u64 LE task ids (readable on
+/// their own, so a rank can answer for every task of a batch it cannot read), the u64
+/// length and JSON text of a [`StreamHeader`], then for each task its timeout (f64 LE
+/// seconds, NaN for none), its `max_output` (u64 LE, `u64::MAX` for none) and its input
+/// (u64 length, JSON text). Binary, so an input travels as the text the master checked: a
+/// JSON wrapper would add nesting levels the rank's parser then refuses.
+fn encode_stream_batch(batch: &StreamBatch) -> Result<Vec<u8>, String> {
+    let header = serde_json::to_vec(&StreamHeader {
+        program: batch.program.clone(),
+        args: batch.args.clone(),
+        env: batch.env.clone(),
+    })
+    .map_err(|e| e.to_string())?;
+    let inputs: usize = batch.tasks.iter().map(|t| t.input.len() + 24).sum();
+    let mut out = Vec::with_capacity(16 + 8 * batch.tasks.len() + header.len() + inputs);
+    out.extend_from_slice(&(batch.tasks.len() as u64).to_le_bytes());
+    for t in &batch.tasks {
+        out.extend_from_slice(&t.id.to_le_bytes());
+    }
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    for t in &batch.tasks {
+        out.extend_from_slice(&t.timeout_secs.unwrap_or(f64::NAN).to_le_bytes());
+        out.extend_from_slice(&t.max_output.unwrap_or(u64::MAX).to_le_bytes());
+        out.extend_from_slice(&(t.input.len() as u64).to_le_bytes());
+        out.extend_from_slice(t.input.as_bytes());
+    }
+    Ok(out)
+}
+
+/// The task ids at the head of a `STREAM` message (see [`encode_stream_batch`]), if at
+/// least they are whole.
+fn stream_batch_ids(mut data: &[u8]) -> Option<Vec<u64>> {
+    let count = u64::from_le_bytes(word(&mut data).ok()?);
+    let count = usize::try_from(count)
+        .ok()
+        .filter(|n| n.checked_mul(8).is_some_and(|b| b <= data.len()))?;
+    let mut ids = Vec::with_capacity(count);
+    for _ in 0..count {
+        ids.push(u64::from_le_bytes(word(&mut data).ok()?));
+    }
+    Some(ids)
+}
+
+/// Reads a `STREAM` message (sent by rank 0, checked all the same).
+fn decode_stream_batch(mut data: &[u8]) -> Result<StreamBatch, String> {
+    let ids = stream_batch_ids(data).ok_or("its task ids are truncated")?;
+    take(&mut data, 8 + 8 * ids.len())?;
+    let header_len = length(&mut data)?;
+    let header: StreamHeader = serde_json::from_slice(take(&mut data, header_len)?)
+        .map_err(|e| format!("its header: {e}"))?;
+    let mut tasks = Vec::with_capacity(ids.len());
+    for id in ids {
+        let timeout = f64::from_le_bytes(word(&mut data)?);
+        let max_output = u64::from_le_bytes(word(&mut data)?);
+        let len = length(&mut data)?;
+        let input = std::str::from_utf8(take(&mut data, len)?)
+            .map_err(|_| format!("the input of task {id} is not UTF-8"))?;
+        tasks.push(StreamTask {
+            id,
+            input: input.to_string(),
+            timeout_secs: (!timeout.is_nan()).then_some(timeout),
+            max_output: (max_output != u64::MAX).then_some(max_output),
+        });
+    }
+    if !data.is_empty() {
+        return Err(format!("{} bytes after its last task", data.len()));
+    }
+    Ok(StreamBatch {
+        program: header.program,
+        args: header.args,
+        env: header.env,
+        tasks,
+    })
+}
+
+/// A `TASKS` message's entries and the task ids of its trailer (that many u64 LE ids, then
+/// their u64 LE count, at the end: readable even when an entry is not, so the rank can
+/// answer for every task of the batch), if the trailer is whole.
+fn split_task_ids(data: &[u8]) -> Option<(&[u8], Vec<u64>)> {
+    let (rest, count) = data.split_last_chunk::<8>()?;
+    let count = usize::try_from(u64::from_le_bytes(*count)).ok()?;
+    let at = rest.len().checked_sub(count.checked_mul(8)?)?;
+    let (entries, ids) = rest.split_at(at);
+    let ids = ids
+        .chunks_exact(8)
+        .filter_map(|c| Some(u64::from_le_bytes(c.try_into().ok()?)))
+        .collect();
+    Some((entries, ids))
+}
+
 fn split_id(data: &[u8]) -> Option<(u64, &[u8])> {
     let head: [u8; 8] = data.get(..8)?.try_into().ok()?;
     Some((u64::from_le_bytes(head), &data[8..]))
@@ -470,6 +690,7 @@ impl Mpi {
                 load: Vec::new(),
                 running: HashMap::new(),
                 programs_sent: HashMap::new(),
+                program_bytes: HashMap::new(),
                 closed: None,
                 started: 0,
                 finished: 0,
@@ -542,20 +763,45 @@ fn comm_thread(
     let _ = hello.send(Ok((rank, size)));
     let cap = poll_cap();
     let result = if rank == 0 {
-        master_loop(&world, cmds, &shared, cap)
+        master_loop(&world, &cmds, &shared, cap)
     } else {
-        drop(cmds);
-        worker_loop(&world, rank, cap)
+        crate::guard::contain(|| worker_loop(&world, rank, cap))
+            .unwrap_or_else(|panic| Err(MpiError::Panicked(panic)))
     };
+    if let Err(MpiError::Panicked(why)) = &result {
+        // MPI_Finalize would wait for ranks that were never told to stop (rank 0) or for
+        // results that never come (a worker): end the whole job instead. Rank 0 first
+        // lets the master record its failed tasks, until it shuts the interface down.
+        log::error!("mpi: rank {rank}'s MPI thread panicked: {why}");
+        if rank == 0 {
+            for cmd in cmds.iter() {
+                match cmd {
+                    Cmd::Execute {
+                        task, rank, done, ..
+                    } => {
+                        shared.release(rank, task.id);
+                        done.finish(Err(InterfaceError::new(format!(
+                            "the MPI communication thread panicked: {why}"
+                        ))));
+                    }
+                    Cmd::Cancel { .. } => {}
+                    Cmd::Shutdown => break,
+                }
+            }
+        }
+        log::error!("mpi: aborting the MPI job (MPI_Abort)");
+        world.abort(ABORT_CODE);
+    }
     drop(world);
     drop(universe); // MPI_Finalize, on the thread that initialized MPI
     result
 }
 
-/// Rank 0's comm thread.
+/// Rank 0's comm thread. A panic in it fails every task in flight with its message and
+/// closes the interface (`Err(Panicked)`).
 fn master_loop(
     world: &SimpleCommunicator,
-    cmds: Receiver<Cmd>,
+    cmds: &Receiver<Cmd>,
     shared: &Arc<Shared>,
     cap: Duration,
 ) -> Result<(), MpiError> {
@@ -576,7 +822,31 @@ fn master_loop(
         released: Vec::new(),
         process_in_flight: 0,
         outbox: Outbox::default(),
+        broken: HashSet::new(),
     };
+    let pumped = crate::guard::contain(|| pump_loop(world, cmds, &mut pump, cap));
+    if let Err(panic) = pumped {
+        pump.abandon(&format!("the MPI communication thread panicked: {panic}"));
+        drop(pump);
+        let _ = decoder.join();
+        return Err(MpiError::Panicked(panic));
+    }
+    for r in 1..world.size() {
+        let _ = pump.outbox.send(world, r, TAG_STOP, Vec::new());
+    }
+    pump.outbox.flush();
+    drop(pump);
+    let _ = decoder.join();
+    Ok(())
+}
+
+/// Rank 0's comm thread's loop: until stopped and every result is in.
+fn pump_loop(
+    world: &SimpleCommunicator,
+    cmds: &Receiver<Cmd>,
+    pump: &mut MasterPump<'_>,
+    cap: Duration,
+) {
     let mut backoff = Backoff::new(cap);
     loop {
         let mut progressed = false;
@@ -640,13 +910,6 @@ fn master_loop(
             Err(RecvTimeoutError::Disconnected) => pump.begin_stop(),
         }
     }
-    for r in 1..world.size() {
-        pump.outbox.send(world, r, TAG_STOP, Vec::new());
-    }
-    pump.outbox.flush();
-    drop(pump);
-    let _ = decoder.join();
-    Ok(())
 }
 
 /// Rank 0's messages on their way: sent with `MPI_Isend`, so rank 0 never waits for a rank
@@ -656,7 +919,35 @@ fn master_loop(
 /// the send complete; [`Outbox::progress`] on every pass frees what went.
 #[derive(Default)]
 struct Outbox {
-    pending: Vec<(mpi::ffi::MPI_Request, Vec<u8>)>,
+    pending: Vec<(mpi::ffi::MPI_Request, Message)>,
+}
+
+/// A message's bytes: its own, or a program bundle shared by the sends of it to several
+/// ranks (read once, freed when the last send is complete).
+enum Message {
+    Owned(Vec<u8>),
+    Shared(Arc<Vec<u8>>),
+}
+
+impl Message {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Message::Owned(v) => v,
+            Message::Shared(v) => v,
+        }
+    }
+}
+
+impl From<Vec<u8>> for Message {
+    fn from(v: Vec<u8>) -> Self {
+        Message::Owned(v)
+    }
+}
+
+impl From<Arc<Vec<u8>>> for Message {
+    fn from(v: Arc<Vec<u8>>) -> Self {
+        Message::Shared(v)
+    }
 }
 
 impl std::fmt::Debug for Outbox {
@@ -666,22 +957,32 @@ impl std::fmt::Debug for Outbox {
 }
 
 impl Outbox {
-    fn send(&mut self, world: &SimpleCommunicator, rank: i32, tag: i32, data: Vec<u8>) {
-        let Ok(count) = std::os::raw::c_int::try_from(data.len()) else {
-            // Too large for one MPI count: a blocking send (which reports the error).
-            world.process_at_rank(rank).send_with_tag(&data[..], tag);
-            return;
-        };
+    /// Sends `data`, or refuses (`Err` with its length, nothing sent) a message longer than
+    /// [`message_limit`].
+    fn send(
+        &mut self,
+        world: &SimpleCommunicator,
+        rank: i32,
+        tag: i32,
+        data: impl Into<Message>,
+    ) -> Result<(), usize> {
+        let data: Message = data.into();
+        let bytes = data.bytes();
+        let count = Some(bytes.len())
+            .filter(|n| *n <= message_limit())
+            .and_then(|n| std::os::raw::c_int::try_from(n).ok())
+            .ok_or(bytes.len())?;
         let mut request = std::mem::MaybeUninit::<mpi::ffi::MPI_Request>::uninit();
-        // SAFETY: `data` points to `count` initialised bytes; its heap buffer stays where it
-        // is, unchanged and alive, until MPI_Test reports this request complete: the Vec is
-        // moved into `pending` (a move does not move its heap buffer) and dropped only after
+        // SAFETY: `bytes` points to `count` initialised bytes; its heap buffer stays where it
+        // is, unchanged and alive, until MPI_Test reports this request complete: `data` (the
+        // Vec, or an Arc of one, which nothing mutates: no `get_mut`/`make_mut` anywhere) is
+        // moved into `pending` (a move does not move the heap buffer) and dropped only after
         // completion (`progress`, `flush`, and `Drop` which flushes). The datatype and the
         // communicator are valid handles of the initialised MPI of this (the only MPI) thread,
         // and `request` is read only after MPI_Isend returned success (it wrote it then).
         let rc = unsafe {
             mpi::ffi::MPI_Isend(
-                data.as_ptr().cast(),
+                bytes.as_ptr().cast(),
                 count,
                 u8::equivalent_datatype().as_raw(),
                 rank,
@@ -693,12 +994,13 @@ impl Outbox {
         if rc != 0 {
             // (With MPI's default error handler this is not reached: an error aborts.)
             log::error!("mpi: MPI_Isend to rank {rank} failed ({rc}); sending it blocking");
-            world.process_at_rank(rank).send_with_tag(&data[..], tag);
-            return;
+            world.process_at_rank(rank).send_with_tag(bytes, tag);
+            return Ok(());
         }
         // SAFETY: MPI_Isend succeeded, so it initialised `request`.
         let request = unsafe { request.assume_init() };
         self.pending.push((request, data));
+        Ok(())
     }
 
     /// Lets MPI move the pending messages on and frees the buffers of those sent.
@@ -750,8 +1052,12 @@ impl Drop for Outbox {
 /// Tasks waiting to be sent to one rank.
 #[derive(Default)]
 struct Batch {
+    /// At least the bytes its messages will take (kept under [`message_limit`]).
+    bytes: usize,
     /// Body of a `TASKS` message.
     bundles: Vec<u8>,
+    /// The tasks in `bundles`.
+    bundle_ids: Vec<TaskId>,
     /// Streaming tasks, by program SHA-256 (one `STREAM` message each).
     stream: BTreeMap<String, Vec<StreamTask>>,
     /// Program, args and env of the streaming tasks (the first task's; all of a job share
@@ -773,6 +1079,8 @@ struct MasterPump<'a> {
     /// Process-mode tasks in `in_flight` (they need prompt polling: a rank holds 2).
     process_in_flight: usize,
     outbox: Outbox,
+    /// Ranks that sent a message rank 0 could not read: given no more tasks.
+    broken: HashSet<i32>,
 }
 
 impl MasterPump<'_> {
@@ -785,22 +1093,42 @@ impl MasterPump<'_> {
                 wire,
                 done,
             } => {
-                if self.stopping {
+                crate::crash::panic_point("mpi-comm", Some(task.id.0));
+                if self.stopping || self.broken.contains(&rank) {
                     self.shared.release(rank, task.id);
-                    done.finish(Err(InterfaceError::new(
-                        "the MPI interface was shut down before the task could start",
-                    )));
+                    done.finish(Err(InterfaceError::new(if self.stopping {
+                        "the MPI interface was shut down before the task could start".to_string()
+                    } else {
+                        format!("MPI rank {rank} is no longer used (it sent a malformed message)")
+                    })));
                     return;
                 }
                 if let Some(p) = program {
                     // Before any task that needs it: messages from one sender arrive in order.
                     self.send_batch(rank);
-                    self.outbox.send(self.world, rank, TAG_PROGRAM, p);
+                    if let Err(n) = self.outbox.send(self.world, rank, TAG_PROGRAM, p) {
+                        // (execute_task checked the size: not reached.)
+                        self.shared.release(rank, task.id);
+                        done.finish(Err(InterfaceError::new(too_large("the program bundle", n))));
+                        return;
+                    }
+                }
+                // A batch stays under the message limit: what would push it over goes next.
+                let limit = message_limit();
+                let size = self.batches.get(&rank).map_or(0, |b| b.bytes);
+                if size > 0 && size.saturating_add(wire.bytes(&task)) > limit {
+                    self.send_batch(rank);
                 }
                 let batch = self.batches.entry(rank).or_default();
                 match wire {
-                    Wire::Bundle(entry) => {
-                        batch.bundles.extend_from_slice(&entry);
+                    Wire::Bundle(head, bundle) => {
+                        if batch.bundles.is_empty() {
+                            batch.bytes += 8; // the trailer's count
+                        }
+                        batch.bytes += head.len() + bundle.len() + 8;
+                        batch.bundles.extend_from_slice(&head);
+                        batch.bundles.extend_from_slice(&bundle);
+                        batch.bundle_ids.push(task.id);
                         self.process_in_flight += 1;
                     }
                     Wire::Stream(sha, entry) => {
@@ -810,6 +1138,10 @@ impl MasterPump<'_> {
                             self.send_batch(rank);
                         }
                         let batch = self.batches.entry(rank).or_default();
+                        if !batch.stream_key.contains_key(&sha) {
+                            batch.bytes += stream_header_bound(&key.0, &key.1);
+                        }
+                        batch.bytes += stream_entry_bytes(&entry);
                         batch.stream_key.entry(sha.clone()).or_insert(key);
                         batch.stream.entry(sha).or_default().push(entry);
                     }
@@ -825,7 +1157,7 @@ impl MasterPump<'_> {
                     // A task still waiting in a batch is sent first, then cancelled.
                     self.send_batch(rank);
                     let id = task.0.to_le_bytes().to_vec();
-                    self.outbox.send(self.world, rank, TAG_CANCEL, id);
+                    let _ = self.outbox.send(self.world, rank, TAG_CANCEL, id);
                 }
             }
             Cmd::Shutdown => self.begin_stop(),
@@ -844,7 +1176,21 @@ impl MasterPump<'_> {
             return;
         };
         if !batch.bundles.is_empty() {
-            self.outbox.send(self.world, rank, TAG_TASKS, batch.bundles);
+            let mut body = batch.bundles;
+            let first = batch.bundle_ids.first().map(|id| id.0);
+            if crate::crash::forge_point("mpi-tasks", first) {
+                // A test of the rank: entries cut inside the first one's task id, so only
+                // the trailer names the tasks.
+                body.truncate(4);
+            }
+            for id in &batch.bundle_ids {
+                body.extend_from_slice(&id.0.to_le_bytes());
+            }
+            body.extend_from_slice(&(batch.bundle_ids.len() as u64).to_le_bytes());
+            if let Err(n) = self.outbox.send(self.world, rank, TAG_TASKS, body) {
+                // (Batches are capped and each task checked: not reached.)
+                self.fail_unsent(&batch.bundle_ids, &too_large("a batch of task bundles", n));
+            }
         }
         for (sha, tasks) in batch.stream {
             let (args, env) = batch.stream_key.get(&sha).cloned().unwrap_or_default();
@@ -854,20 +1200,28 @@ impl MasterPump<'_> {
                 env,
                 tasks,
             };
-            match serde_json::to_vec(&msg) {
+            let ids: Vec<TaskId> = msg.tasks.iter().map(|t| TaskId(t.id)).collect();
+            match encode_stream_batch(&msg) {
                 Ok(bytes) => {
-                    self.outbox.send(self.world, rank, TAG_STREAM, bytes);
-                }
-                Err(e) => {
-                    for t in msg.tasks {
-                        if let Some((rank, task, done)) = self.in_flight.remove(&TaskId(t.id)) {
-                            self.shared.release(rank, task.id);
-                            done.finish(Err(InterfaceError::new(format!(
-                                "encoding the stream batch: {e}"
-                            ))));
-                        }
+                    if let Err(n) = self.outbox.send(self.world, rank, TAG_STREAM, bytes) {
+                        // (Batches are capped and each task checked: not reached.)
+                        self.fail_unsent(&ids, &too_large("a batch of streaming tasks", n));
                     }
                 }
+                Err(e) => self.fail_unsent(&ids, &format!("encoding the stream batch: {e}")),
+            }
+        }
+    }
+
+    /// Fails tasks whose message could not be sent.
+    fn fail_unsent(&mut self, ids: &[TaskId], why: &str) {
+        for id in ids {
+            if let Some((rank, task, done)) = self.in_flight.remove(id) {
+                if task.spec.program.mode() == ProgramMode::Process {
+                    self.process_in_flight = self.process_in_flight.saturating_sub(1);
+                }
+                self.shared.release(rank, task.id);
+                done.finish(Err(InterfaceError::new(why)));
             }
         }
     }
@@ -882,7 +1236,7 @@ impl MasterPump<'_> {
         self.send_batches();
         for (id, (rank, _, _)) in &self.in_flight {
             let id = id.0.to_le_bytes().to_vec();
-            self.outbox.send(self.world, *rank, TAG_CANCEL, id);
+            let _ = self.outbox.send(self.world, *rank, TAG_CANCEL, id);
         }
     }
 
@@ -900,9 +1254,14 @@ impl MasterPump<'_> {
         let Some((_, task, done)) = self.in_flight.remove(&TaskId(id)) else {
             return;
         };
-        if task.spec.program.mode() == ProgramMode::Process {
+        let mode = task.spec.program.mode();
+        if mode == ProgramMode::Process {
             self.process_in_flight = self.process_in_flight.saturating_sub(1);
         }
+        let payload = match payload_mismatch(mode, &payload) {
+            None => payload,
+            Some(why) => Payload::Error(format!("MPI rank {rank} sent {why} for task {id}")),
+        };
         self.released.push((rank, task.id));
         self.finished.push(Finished {
             task,
@@ -933,11 +1292,60 @@ impl MasterPump<'_> {
         }
     }
 
+    /// Stops using `rank` after it sent a message rank 0 cannot read (its tasks' outcomes
+    /// may be among what was lost): fails every task it holds (and asks it to cancel them),
+    /// and gives it no more; with no usable rank left, closes the interface.
+    fn quarantine(&mut self, rank: i32, why: &str) {
+        log::error!("mpi: rank {rank} sent {why}; it is given no more tasks");
+        self.broken.insert(rank);
+        let ids: Vec<TaskId> = self
+            .in_flight
+            .iter()
+            .filter(|(_, (r, _, _))| *r == rank)
+            .map(|(id, _)| *id)
+            .collect();
+        // What still waits for it is never sent; a cancel for a task the rank never got is
+        // ignored there.
+        self.batches.remove(&rank);
+        for id in &ids {
+            let _ = self
+                .outbox
+                .send(self.world, rank, TAG_CANCEL, id.0.to_le_bytes().to_vec());
+        }
+        {
+            let mut st = self.shared.lock();
+            // Its places are not freed (the scheduler would hand it more meanwhile): it is
+            // as full as rank 0, never chosen again.
+            for id in &ids {
+                if st.running.remove(id).is_some() {
+                    st.finished += 1;
+                }
+            }
+            if let Some(l) = usize::try_from(rank).ok().and_then(|r| st.load.get_mut(r)) {
+                *l = u32::MAX;
+            }
+        }
+        // (Their places are gone with the rank: `release` finds nothing to free.)
+        self.fail_unsent(&ids, &format!("MPI rank {rank} sent {why}"));
+        // (A task handed to it before this still frees its place, taking its load just
+        // under the maximum: count the ranks given up, not the full ones.)
+        let workers = usize::try_from(self.world.size())
+            .unwrap_or(0)
+            .saturating_sub(1);
+        if self.broken.len() >= workers {
+            self.shared
+                .close("every MPI worker rank sent a malformed message; none is used");
+        }
+    }
+
     fn on_message(&mut self, rank: i32, tag: i32, data: Vec<u8>) {
         let Some((id, rest)) = split_id(&data) else {
-            log::warn!(
-                "mpi: ignoring a {}-byte message with tag {tag} from rank {rank}: too short",
-                data.len()
+            self.quarantine(
+                rank,
+                &format!(
+                    "a malformed message ({} bytes with tag {tag}: too short)",
+                    data.len()
+                ),
             );
             return;
         };
@@ -955,23 +1363,38 @@ impl MasterPump<'_> {
                         self.finished(rank, id, Payload::Stream(r));
                     }
                 }
-                Err(e) => {
-                    log::warn!("mpi: ignoring malformed stream results from rank {rank}: {e}")
-                }
+                Err(e) => self.quarantine(rank, &format!("malformed streaming results ({e})")),
             },
-            _ => log::warn!("mpi: ignoring a message with unknown tag {tag} from rank {rank}"),
+            _ => self.quarantine(rank, &format!("a message with unknown tag {tag}")),
         }
+    }
+}
+
+impl MasterPump<'_> {
+    /// Gives up: passes on what came in, fails every task in flight with `why`, frees their
+    /// places and closes the interface (later tasks fail at once instead of waiting for a
+    /// rank for ever).
+    fn abandon(&mut self, why: &str) {
+        self.shared.close(why);
+        self.hand_over();
+        let ended: Vec<(i32, TaskId)> = self
+            .in_flight
+            .iter()
+            .map(|(id, (r, _, _))| (*r, *id))
+            .collect();
+        self.shared.release_all(&ended);
+        for (id, (rank, _, done)) in self.in_flight.drain() {
+            done.finish(Err(InterfaceError::new(format!(
+                "{why} (while {id} ran on MPI rank {rank})"
+            ))));
+        }
+        self.process_in_flight = 0;
     }
 }
 
 impl Drop for MasterPump<'_> {
     fn drop(&mut self) {
-        self.hand_over();
-        for (id, (rank, _, done)) in self.in_flight.drain() {
-            done.finish(Err(InterfaceError::new(format!(
-                "the MPI interface stopped while {id} ran on rank {rank}"
-            ))));
-        }
+        self.abandon("the MPI interface stopped");
     }
 }
 
@@ -1047,6 +1470,8 @@ enum Done {
     Bundle(u64, Result<Vec<u8>, String>),
     /// Streaming outcomes, gathered while the program worked (see [`runner_loop`]).
     Stream(Vec<StreamResult>),
+    /// These tasks, those of them not reported yet, failed (the runner panicked).
+    Failed(Vec<u64>, String),
 }
 
 /// Program SHA-256, args and env: what tasks sharing one streaming process have in common.
@@ -1078,9 +1503,16 @@ fn runner_loop(jobs: Receiver<Job>, out: Sender<Done>, rank: i32, opts: RunOptio
             Job::Bundles(tasks) => {
                 for (id, program, bundle, control) in tasks {
                     let label = format!("task bundle of task {id} on MPI rank {rank}");
-                    let outcome = run_task_bytes(&program, &bundle, &label, &control, &opts)
-                        .map(|(_, bytes)| with_id(id, &bytes))
-                        .map_err(|e| e.to_string());
+                    // A panic fails this task with its message; the runner goes on.
+                    let outcome = crate::guard::contain(|| {
+                        crate::crash::panic_point("mpi-runner", Some(id));
+                        run_task_bytes(&program, &bundle, &label, &control, &opts)
+                            .map(|(_, bytes)| with_id(id, &bytes))
+                            .map_err(|e| e.to_string())
+                    })
+                    .unwrap_or_else(|panic| {
+                        Err(format!("internal error on MPI rank {rank}: {panic}"))
+                    });
                     let _ = out.send(Done::Bundle(id, outcome));
                 }
             }
@@ -1090,68 +1522,10 @@ fn runner_loop(jobs: Receiver<Job>, out: Sender<Done>, rank: i32, opts: RunOptio
                 env,
                 tasks,
             } => {
-                let key = (program.sha256().to_string(), args, env);
-                if stream.as_ref().is_none_or(|(k, _)| *k != key) {
-                    stream = None;
-                    let dir = match make_stream_dir(&program, &opts) {
-                        Ok(d) => d,
-                        Err(e) => {
-                            for (t, _) in tasks {
-                                let _ = out.send(Done::Bundle(
-                                    t.id,
-                                    Err(format!("preparing the streaming program: {e}")),
-                                ));
-                            }
-                            continue;
-                        }
-                    };
-                    let mut p = StreamProgram::new(program.executable(), dir.path().join("work"));
-                    p.args = program.base_args();
-                    p.args.extend(key.1.iter().cloned());
-                    p.env = key.2.clone();
-                    // A killed rank must not leave its program running.
-                    p.die_with_parent = true;
-                    stream_dir = Some(dir);
-                    stream = Some((key, StreamRunner::new(p)));
-                }
-                let Some((key, runner)) = stream.as_mut() else {
-                    continue;
-                };
-                let mut queue: std::collections::VecDeque<(StreamTask, ProcessControl)> =
-                    tasks.into();
-                let mut source = || loop {
-                    if let Some((t, control)) = queue.pop_front() {
-                        let input = StreamInput {
-                            line: serde_json::to_vec(&t.input).unwrap_or_else(|_| b"null".to_vec()),
-                            timeout: t
-                                .timeout_secs
-                                .filter(|s| s.is_finite() && *s >= 0.0)
-                                .and_then(|s| Duration::try_from_secs_f64(s).ok()),
-                            control,
-                            max_answer_bytes: t.max_output,
-                        };
-                        return Some((input, t.id));
-                    }
-                    if pending.is_some() {
-                        return None;
-                    }
-                    // The next batch of the same program joins this stream.
-                    match jobs.try_recv() {
-                        Ok(Job::Stream {
-                            program,
-                            args,
-                            env,
-                            tasks,
-                        }) if program.sha256() == key.0 && args == key.1 && env == key.2 => {
-                            queue.extend(tasks);
-                        }
-                        Ok(other) => {
-                            pending = Some(other);
-                            return None;
-                        }
-                        Err(_) => return None,
-                    }
-                };
+                // Every task this stream took (the next batches' too), so that a panic fails
+                // those without an outcome instead of leaving them running for ever.
+                let held: std::cell::RefCell<Vec<u64>> =
+                    std::cell::RefCell::new(tasks.iter().map(|(t, _)| t.id).collect());
                 let gathered: std::cell::RefCell<(Vec<StreamResult>, usize)> =
                     std::cell::RefCell::new((Vec::new(), 0));
                 let flush = || {
@@ -1162,34 +1536,108 @@ fn runner_loop(jobs: Receiver<Job>, out: Sender<Done>, rank: i32, opts: RunOptio
                         let _ = out.send(Done::Stream(batch));
                     }
                 };
-                runner.serve_with(
-                    &mut source,
-                    |id, o| {
-                        let r = StreamResult {
-                            id,
-                            exit: o.exit,
-                            result: String::from_utf8_lossy(&o.result).into_owned(),
-                            stderr_tail: o.stderr_tail,
-                            wall_secs: o.wall.as_secs_f64(),
-                            started_unix: o
-                                .started
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .map_or(0.0, |d| d.as_secs_f64()),
-                            host: host.clone(),
+                let served = crate::guard::contain(|| {
+                    let key = (program.sha256().to_string(), args, env);
+                    if stream.as_ref().is_none_or(|(k, _)| *k != key) {
+                        stream = None;
+                        let dir = match make_stream_dir(&program, &opts) {
+                            Ok(d) => d,
+                            Err(e) => {
+                                for (t, _) in tasks {
+                                    let _ = out.send(Done::Bundle(
+                                        t.id,
+                                        Err(format!("preparing the streaming program: {e}")),
+                                    ));
+                                }
+                                return;
+                            }
                         };
-                        let full = {
-                            let mut g = gathered.borrow_mut();
-                            g.1 += r.result.len() + r.stderr_tail.len();
-                            g.0.push(r);
-                            g.1 >= GATHER_BYTES
-                        };
-                        if full {
-                            flush();
+                        let mut p =
+                            StreamProgram::new(program.executable(), dir.path().join("work"));
+                        p.args = program.base_args();
+                        p.args.extend(key.1.iter().cloned());
+                        p.env = key.2.clone();
+                        // A killed rank must not leave its program running.
+                        p.die_with_parent = true;
+                        stream_dir = Some(dir);
+                        stream = Some((key, StreamRunner::new(p)));
+                    }
+                    let Some((key, runner)) = stream.as_mut() else {
+                        return;
+                    };
+                    let mut queue: std::collections::VecDeque<(StreamTask, ProcessControl)> =
+                        tasks.into();
+                    let mut source = || loop {
+                        if let Some((mut t, control)) = queue.pop_front() {
+                            crate::crash::panic_point("mpi-runner", Some(t.id));
+                            let input = StreamInput {
+                                line: std::mem::take(&mut t.input).into_bytes(),
+                                timeout: t
+                                    .timeout_secs
+                                    .filter(|s| s.is_finite() && *s >= 0.0)
+                                    .and_then(|s| Duration::try_from_secs_f64(s).ok()),
+                                control,
+                                max_answer_bytes: t.max_output,
+                            };
+                            return Some((input, t.id));
                         }
-                    },
-                    flush,
-                );
+                        if pending.is_some() {
+                            return None;
+                        }
+                        // The next batch of the same program joins this stream.
+                        match jobs.try_recv() {
+                            Ok(Job::Stream {
+                                program,
+                                args,
+                                env,
+                                tasks,
+                            }) if program.sha256() == key.0 && args == key.1 && env == key.2 => {
+                                held.borrow_mut().extend(tasks.iter().map(|(t, _)| t.id));
+                                queue.extend(tasks);
+                            }
+                            Ok(other) => {
+                                pending = Some(other);
+                                return None;
+                            }
+                            Err(_) => return None,
+                        }
+                    };
+                    runner.serve_with(
+                        &mut source,
+                        |id, o| {
+                            let r = StreamResult {
+                                id,
+                                exit: o.exit,
+                                result: String::from_utf8_lossy(&o.result).into_owned(),
+                                stderr_tail: o.stderr_tail,
+                                wall_secs: o.wall.as_secs_f64(),
+                                started_unix: o
+                                    .started
+                                    .duration_since(std::time::UNIX_EPOCH)
+                                    .map_or(0.0, |d| d.as_secs_f64()),
+                                host: host.clone(),
+                            };
+                            let full = {
+                                let mut g = gathered.borrow_mut();
+                                g.1 += r.result.len() + r.stderr_tail.len();
+                                g.0.push(r);
+                                g.1 >= GATHER_BYTES
+                            };
+                            if full {
+                                flush();
+                            }
+                        },
+                        flush,
+                    );
+                });
                 flush();
+                if let Err(panic) = served {
+                    // The program and its state are unknown: the next tasks start a new one.
+                    stream = None;
+                    stream_dir = None;
+                    let msg = format!("internal error on MPI rank {rank}: {panic}");
+                    let _ = out.send(Done::Failed(held.into_inner(), msg));
+                }
             }
         }
     }
@@ -1244,7 +1692,14 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
     // receiving while rank 0 has not taken it yet, so nothing crossing can deadlock.
     let mut outbox = Outbox::default();
     let send_error = |outbox: &mut Outbox, id: u64, msg: &str| {
-        outbox.send(world, 0, TAG_ERROR, with_id(id, msg.as_bytes()));
+        // A message is a few lines; cut all the same, so it always fits.
+        let mut msg = msg.to_string();
+        mw_bundle::text::clip(&mut msg, 64 * 1024);
+        if let Err(n) = outbox.send(world, 0, TAG_ERROR, with_id(id, msg.as_bytes())) {
+            log::error!(
+                "mpi rank {rank}: an error message of {n} bytes for task {id} was not sent"
+            );
+        }
     };
     let program_for = |programs: &HashMap<String, Result<Arc<UnpackedProgram>, String>>,
                        sha: &str|
@@ -1266,7 +1721,17 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                 Done::Bundle(id, outcome) => {
                     controls.remove(&id);
                     match outcome {
-                        Ok(bytes) => outbox.send(world, 0, TAG_RESULT, bytes),
+                        Ok(bytes) => {
+                            // A test of rank 0: a message too short to name its task.
+                            let bytes = if crate::crash::forge_point("mpi-result", Some(id)) {
+                                vec![0; 4]
+                            } else {
+                                bytes
+                            };
+                            if let Err(n) = outbox.send(world, 0, TAG_RESULT, bytes) {
+                                send_error(&mut outbox, id, &too_large("its result bundle", n));
+                            }
+                        }
                         Err(msg) => send_error(&mut outbox, id, &msg),
                     }
                 }
@@ -1276,20 +1741,49 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                     }
                     stream_results.extend(rs);
                 }
-            }
-        }
-        if !stream_results.is_empty() {
-            match encode_results(&stream_results) {
-                Ok(body) => {
-                    let msg = with_id(stream_results.len() as u64, &body);
-                    outbox.send(world, 0, TAG_STREAM_RESULTS, msg);
-                }
-                Err(e) => {
-                    for r in &stream_results {
-                        send_error(&mut outbox, r.id, &format!("encoding its result: {e}"));
+                Done::Failed(ids, msg) => {
+                    for id in ids {
+                        if controls.remove(&id).is_some() {
+                            send_error(&mut outbox, id, &msg);
+                        }
                     }
                 }
             }
+        }
+        if !stream_results.is_empty() {
+            // In messages under the limit; a result too long for one fails alone.
+            let mut body = Vec::new();
+            let mut count = 0u64;
+            let send_body = |outbox: &mut Outbox, body: &mut Vec<u8>, count: &mut u64| {
+                if *count > 0 {
+                    let msg = with_id(*count, body);
+                    // (Each message was kept under the limit: not refused.)
+                    let _ = outbox.send(world, 0, TAG_STREAM_RESULTS, msg);
+                }
+                body.clear();
+                *count = 0;
+            };
+            for r in &stream_results {
+                let before = body.len();
+                if let Err(e) = encode_results(std::slice::from_ref(r), &mut body) {
+                    body.truncate(before);
+                    send_error(&mut outbox, r.id, &format!("encoding its result: {e}"));
+                    continue;
+                }
+                if 8 + body.len() <= message_limit() {
+                    count += 1;
+                    continue;
+                }
+                let record = body.split_off(before);
+                send_body(&mut outbox, &mut body, &mut count);
+                if 8 + record.len() > message_limit() {
+                    send_error(&mut outbox, r.id, &too_large("its result", record.len()));
+                } else {
+                    body = record;
+                    count = 1;
+                }
+            }
+            send_body(&mut outbox, &mut body, &mut count);
         }
         outbox.progress();
         let message = master.immediate_matched_probe().map(|probed| {
@@ -1309,13 +1803,22 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                     });
                 }
                 TAG_TASKS => {
+                    let Some((mut rest, named)) = split_task_ids(&data) else {
+                        log::warn!(
+                            "mpi rank {rank}: ignoring a task batch without readable task ids"
+                        );
+                        continue;
+                    };
                     let mut tasks = Vec::new();
-                    let mut rest = &data[..];
+                    // Every task the batch names is answered: run, or failed below.
+                    let mut unanswered: HashSet<u64> = named.iter().copied().collect();
+                    let mut malformed = None;
                     while !rest.is_empty() {
                         let Some((id, after)) = split_id(rest) else {
-                            log::warn!("mpi rank {rank}: ignoring a malformed task batch");
+                            malformed = Some("malformed task message (a truncated entry)");
                             break;
                         };
+                        unanswered.remove(&id);
                         let sha = after
                             .get(..SHA_LEN)
                             .and_then(|s| std::str::from_utf8(s).ok());
@@ -1325,6 +1828,7 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                             .and_then(|(n, b)| usize::try_from(n).ok().map(|n| (n, b)));
                         let (Some(sha), Some((len, body))) = (sha, len) else {
                             send_error(&mut outbox, id, "malformed task message");
+                            malformed = Some("malformed task message (an earlier entry)");
                             break;
                         };
                         let Some(bundle) = body.get(..len) else {
@@ -1333,6 +1837,7 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                                 id,
                                 "malformed task message (truncated bundle)",
                             );
+                            malformed = Some("malformed task message (an earlier entry)");
                             break;
                         };
                         rest = &body[len..];
@@ -1345,6 +1850,11 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                             Err(e) => send_error(&mut outbox, id, &e),
                         }
                     }
+                    if let Some(why) = malformed {
+                        for id in named.iter().filter(|id| unanswered.contains(id)) {
+                            send_error(&mut outbox, *id, why);
+                        }
+                    }
                     if !tasks.is_empty() {
                         let ids: Vec<u64> = tasks.iter().map(|t| t.0).collect();
                         if job_tx.send(Job::Bundles(tasks)).is_err() {
@@ -1355,18 +1865,20 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                         }
                     }
                 }
-                TAG_STREAM => match serde_json::from_slice::<StreamBatch>(&data) {
+                TAG_STREAM => match decode_stream_batch(&data) {
                     Ok(batch) => match program_for(&programs, &batch.program) {
                         Ok(program) => {
-                            let tasks: Vec<(StreamTask, ProcessControl)> = batch
-                                .tasks
-                                .into_iter()
-                                .map(|t| {
-                                    let c = ProcessControl::new();
-                                    controls.insert(t.id, c.clone());
-                                    (t, c)
-                                })
-                                .collect();
+                            let mut tasks: Vec<(StreamTask, ProcessControl)> = Vec::new();
+                            for t in batch.tasks {
+                                // One line each: a raw newline would make two inputs.
+                                if t.input.contains('\n') {
+                                    send_error(&mut outbox, t.id, "its input is not one line");
+                                    continue;
+                                }
+                                let c = ProcessControl::new();
+                                controls.insert(t.id, c.clone());
+                                tasks.push((t, c));
+                            }
                             let ids: Vec<u64> = tasks.iter().map(|t| t.0.id).collect();
                             let job = Job::Stream {
                                 program,
@@ -1391,7 +1903,18 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
                             }
                         }
                     },
-                    Err(e) => log::warn!("mpi rank {rank}: ignoring a malformed stream batch: {e}"),
+                    Err(e) => match stream_batch_ids(&data) {
+                        // Every task it names fails: none may stay running for ever.
+                        Some(ids) => {
+                            let msg = format!("its stream batch could not be read: {e}");
+                            for id in ids {
+                                send_error(&mut outbox, id, &msg);
+                            }
+                        }
+                        None => log::warn!(
+                            "mpi rank {rank}: ignoring a stream batch without readable task ids: {e}"
+                        ),
+                    },
                 },
                 TAG_CANCEL => {
                     if let Some((id, _)) = split_id(&data) {
@@ -1421,8 +1944,15 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
         if !controls.is_empty() {
             // Tasks run: their ends wake us through the channel at once; meanwhile the master
             // sends more tasks, a cancel or stop, and our messages to it move on as we poll.
-            if let Ok(d) = done_rx.recv_timeout(BUSY_PROBE_INTERVAL) {
-                pending = Some(d);
+            match done_rx.recv_timeout(BUSY_PROBE_INTERVAL) {
+                Ok(d) => pending = Some(d),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    // The runner thread died anyway: what it held will never end.
+                    for (id, _) in controls.drain() {
+                        send_error(&mut outbox, id, "the rank's runner thread has died");
+                    }
+                }
             }
             continue;
         }
@@ -1434,6 +1964,27 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
         }
     }
     Ok(())
+}
+
+/// The program bundle at `path`, to send to a rank (its size checked before it is read).
+fn read_program_bundle(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let reading = |e: std::io::Error| format!("reading the program bundle {}: {e}", path.display());
+    let len = std::fs::metadata(path).map_err(reading)?.len();
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    if len > message_limit() {
+        return Err(too_large(
+            &format!("the program bundle {}", path.display()),
+            len,
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(reading)?;
+    if bytes.len() > message_limit() {
+        return Err(too_large(
+            &format!("the program bundle {}", path.display()),
+            bytes.len(),
+        ));
+    }
+    Ok(bytes)
 }
 
 impl Mpi {
@@ -1499,46 +2050,86 @@ impl Interface for Mpi {
                     );
                     return self.fail(rank, &task, done, msg);
                 }
-                Wire::Stream(
+                let input = match serde_json::to_string(&task.spec.input) {
+                    Ok(text) => text,
+                    Err(e) => {
+                        let msg = format!("{}: encoding its input: {e}", task.id);
+                        return self.fail(rank, &task, done, msg);
+                    }
+                };
+                let wire = Wire::Stream(
                     bundle.sha256.clone(),
                     StreamTask {
                         id: task.id.0,
-                        input: task.spec.input.clone(),
+                        input,
                         timeout_secs: task.spec.timeout.map(|t| t.as_secs_f64()),
                         max_output: Some(task.spec.max_output_bytes),
                     },
-                )
+                );
+                let n = wire.bytes(&task);
+                if n > message_limit() {
+                    let msg = too_large(&format!("{}: its input (with args and env)", task.id), n);
+                    return self.fail(rank, &task, done, msg);
+                }
+                wire
             }
             ProgramMode::Process => match task.task_bundle_bytes(&bundle) {
                 Ok(bytes) => {
-                    let mut m = Vec::with_capacity(16 + SHA_LEN + bytes.len());
-                    m.extend_from_slice(&task.id.0.to_le_bytes());
-                    m.extend_from_slice(bundle.sha256.as_bytes());
-                    m.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-                    m.extend_from_slice(&bytes);
-                    Wire::Bundle(m)
+                    // Its head; the bundle itself is copied once, into the batch.
+                    let mut head = Vec::with_capacity(16 + SHA_LEN);
+                    head.extend_from_slice(&task.id.0.to_le_bytes());
+                    head.extend_from_slice(bundle.sha256.as_bytes());
+                    head.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+                    let wire = Wire::Bundle(head, bytes);
+                    let n = wire.bytes(&task);
+                    if n > message_limit() {
+                        let msg = too_large(&format!("{}: its task bundle", task.id), n);
+                        return self.fail(rank, &task, done, msg);
+                    }
+                    wire
                 }
                 Err(e) => return self.fail(rank, &task, done, format!("packing the task: {e}")),
             },
         };
-        let need_program = {
-            let mut st = self.shared.lock();
-            st.programs_sent
-                .entry(rank)
-                .or_default()
-                .insert(bundle.sha256.clone())
-        };
+        let need_program = !self
+            .shared
+            .lock()
+            .programs_sent
+            .get(&rank)
+            .is_some_and(|sent| sent.contains(&bundle.sha256));
         let program = if need_program {
-            match std::fs::read(&bundle.path) {
-                Ok(b) => Some(b),
-                Err(e) => {
-                    let msg = format!("reading the program bundle {}: {e}", bundle.path.display());
-                    return self.fail(rank, &task, done, msg);
-                }
+            let held = self
+                .shared
+                .lock()
+                .program_bytes
+                .get(&bundle.sha256)
+                .and_then(std::sync::Weak::upgrade);
+            match held {
+                Some(b) => Some(b),
+                None => match read_program_bundle(&bundle.path) {
+                    Ok(b) => {
+                        let b = Arc::new(b);
+                        let mut st = self.shared.lock();
+                        st.program_bytes.retain(|_, w| w.strong_count() > 0);
+                        st.program_bytes
+                            .insert(bundle.sha256.clone(), Arc::downgrade(&b));
+                        Some(b)
+                    }
+                    Err(msg) => return self.fail(rank, &task, done, msg),
+                },
             }
         } else {
             None
         };
+        if need_program {
+            // Marked only once it is on its way: a bundle that could not be read is read
+            // again for the rank's next task of that program.
+            let mut st = self.shared.lock();
+            st.programs_sent
+                .entry(rank)
+                .or_default()
+                .insert(bundle.sha256.clone());
+        }
         let sink = crate::guard::lock(&self.shared.sink).clone();
         if let Some(sink) = sink {
             sink.record_handle(task.id, &format!("mpi-rank-{rank}"));
@@ -1645,7 +2236,8 @@ mod tests {
                 },
             ),
         ];
-        let body = encode_results(&rs).unwrap();
+        let mut body = Vec::new();
+        encode_results(&rs, &mut body).unwrap();
         assert_eq!(decode_results_message(2, &body).unwrap(), rs);
         // A count that does not match, a truncated body, a huge length: errors, no panic.
         assert!(decode_results_message(3, &body).is_err());
@@ -1655,5 +2247,93 @@ mod tests {
         forged[24..28].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode_results_message(2, &forged).is_err());
         assert_eq!(decode_results_message(0, &[]).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_result_of_the_wrong_kind_for_its_task_is_refused() {
+        let stream = Payload::Stream(result(1, mw_bundle::ExitInfo::Exited { code: 0 }));
+        let bundle = Payload::Bundle(vec![0; 8]);
+        let error = Payload::Error("x".into());
+        assert!(payload_mismatch(ProgramMode::Process, &stream).is_some());
+        assert!(payload_mismatch(ProgramMode::Stream, &bundle).is_some());
+        assert!(payload_mismatch(ProgramMode::Stream, &stream).is_none());
+        assert!(payload_mismatch(ProgramMode::Process, &bundle).is_none());
+        assert!(payload_mismatch(ProgramMode::Process, &error).is_none());
+        assert!(payload_mismatch(ProgramMode::Stream, &error).is_none());
+    }
+
+    #[test]
+    fn a_task_batchs_ids_are_read_from_its_trailer_whatever_its_entries() {
+        let mut body = b"entries of any shape".to_vec();
+        for id in [3u64, 9] {
+            body.extend_from_slice(&id.to_le_bytes());
+        }
+        body.extend_from_slice(&2u64.to_le_bytes());
+        let (entries, ids) = split_task_ids(&body).unwrap();
+        assert_eq!(entries, b"entries of any shape");
+        assert_eq!(ids, vec![3, 9]);
+        // A count past the message, a short message: no ids, no panic.
+        let mut forged = body.clone();
+        let n = forged.len();
+        forged[n - 8..].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(split_task_ids(&forged).is_none());
+        forged[n - 8..].copy_from_slice(&5u64.to_le_bytes());
+        assert!(split_task_ids(&forged).is_none());
+        assert!(split_task_ids(&body[..7]).is_none());
+        assert_eq!(split_task_ids(&0u64.to_le_bytes()), Some((&[][..], vec![])));
+    }
+
+    fn stream_batch(inputs: &[&str]) -> StreamBatch {
+        StreamBatch {
+            program: "ab".repeat(32),
+            args: vec!["--x".into()],
+            env: BTreeMap::from([("K".into(), "v".into())]),
+            tasks: inputs
+                .iter()
+                .enumerate()
+                .map(|(i, input)| StreamTask {
+                    id: 7 + i as u64,
+                    input: input.to_string(),
+                    timeout_secs: (i == 0).then_some(2.5),
+                    max_output: (i == 1).then_some(99),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_stream_batch_carries_inputs_as_text_whatever_their_depth() {
+        // Nested as deep as the master accepts: a JSON wrapper pushed it past serde_json's
+        // recursion limit on the rank, and the whole batch was dropped.
+        let deep = format!("{}{}", "[".repeat(128), "]".repeat(128));
+        let batch = stream_batch(&[&deep, "{\"i\":1}", "null"]);
+        let body = encode_stream_batch(&batch).unwrap();
+        assert_eq!(decode_stream_batch(&body).unwrap(), batch);
+        assert_eq!(stream_batch_ids(&body), Some(vec![7, 8, 9]));
+        assert_eq!(
+            decode_stream_batch(&encode_stream_batch(&stream_batch(&[])).unwrap()).unwrap(),
+            stream_batch(&[])
+        );
+    }
+
+    #[test]
+    fn a_damaged_stream_batch_is_an_error_and_its_ids_stay_readable() {
+        let body = encode_stream_batch(&stream_batch(&["1", "2"])).unwrap();
+        for cut in [body.len() - 1, 30, 24] {
+            assert!(decode_stream_batch(&body[..cut]).is_err(), "cut at {cut}");
+            assert_eq!(stream_batch_ids(&body[..cut]), Some(vec![7, 8]));
+        }
+        let mut longer = body.clone();
+        longer.push(b' ');
+        assert!(decode_stream_batch(&longer).is_err());
+        // A forged count or length reserves nothing and reads nothing past the end.
+        let mut forged = body.clone();
+        forged[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode_stream_batch(&forged).is_err());
+        assert_eq!(stream_batch_ids(&forged), None);
+        let mut forged = body.clone();
+        forged[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode_stream_batch(&forged).is_err());
+        assert_eq!(stream_batch_ids(&body[..20]), None);
     }
 }

@@ -322,3 +322,98 @@ fn hwloc_components_is_set_only_in_processes_mpirun_started() {
     let seen: Vec<Value> = outputs(&ranks).into_iter().map(|(_, v)| v).collect();
     assert_eq!(seen, vec![Value::from("-gl"); 2]);
 }
+
+/// A stream-mode job one of whose inputs is nested 126 levels deep (the master accepts up
+/// to 128): the input reaches the program on its rank, and every task of its batch comes
+/// back. (The batch used to travel as JSON wrapping the inputs, three levels more, which
+/// the rank could not parse: it dropped the whole batch and the job hung at 4/41.)
+#[test]
+fn a_deeply_nested_stream_input_runs_under_mpirun() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prog = mw_tests::script(
+        tmp.path(),
+        "len.sh",
+        "while IFS= read -r l; do printf '{\"len\":%d}\\n' \"${#l}\"; done",
+    );
+    let deep = format!("{}{}", "[".repeat(126), "]".repeat(126));
+    let inputs: Vec<String> = (0..41)
+        .map(|n| {
+            if n == 20 {
+                deep.clone()
+            } else {
+                format!("{{\"n\":{n}}}")
+            }
+        })
+        .collect();
+    std::fs::write(tmp.path().join("inputs.jsonl"), inputs.join("\n")).unwrap();
+    let job = tmp.path().join("deep.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"deep\"\n[program]\npath = \"{}\"\nmode = \"stream\"\n[inputs]\nfile = \"inputs.jsonl\"\n",
+            prog.display()
+        ),
+    )
+    .unwrap();
+    let output = tmp.path().join("mpi.jsonl");
+    let (cmd, _session) = mpi_command(&job, &tmp.path().join("jobs"), &output, &[]);
+    succeeds(cmd);
+    let got = outputs(&output);
+    assert_eq!(got.len(), 41);
+    for (n, v) in got {
+        let len = inputs[usize::try_from(n).unwrap()].len();
+        assert_eq!(v["len"].as_u64(), Some(len as u64), "task {n}: {v}");
+    }
+}
+
+/// A panic in a rank's runner thread while it feeds a streaming program (injected with
+/// `MW_PANIC_AT` at task 5): the tasks that stream held without an outcome fail with the
+/// panic's message, every task is reported once, and the job ends. (They used to stay
+/// running for ever.)
+#[test]
+fn a_panic_in_a_ranks_stream_runner_fails_its_tasks_under_mpirun() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prog = mw_tests::script(
+        tmp.path(),
+        "len.sh",
+        "while IFS= read -r l; do printf '{\"len\":%d}\\n' \"${#l}\"; done",
+    );
+    let inputs: Vec<String> = (0..41).map(|n| format!("{{\"n\":{n}}}")).collect();
+    std::fs::write(tmp.path().join("inputs.jsonl"), inputs.join("\n")).unwrap();
+    let job = tmp.path().join("panic.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"panic\"\n[program]\npath = \"{}\"\nmode = \"stream\"\n[inputs]\nfile = \"inputs.jsonl\"\n",
+            prog.display()
+        ),
+    )
+    .unwrap();
+    let output = tmp.path().join("mpi.jsonl");
+    let (mut cmd, _session) = mpi_command(&job, &tmp.path().join("jobs"), &output, &[]);
+    cmd.env("MW_PANIC_AT", "mpi-runner:5");
+    let out = cmd.output().unwrap();
+    // Exit 1: some tasks failed; 124/137 would be the timeout of a hang.
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&output).unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    for l in text.lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        let n = v["task"].as_u64().unwrap();
+        assert!(seen.insert(n, v).is_none(), "task {n} reported twice");
+    }
+    assert_eq!(seen.len(), 41);
+    for (n, v) in &seen {
+        if v["state"] == "done" {
+            assert_ne!(*n, 5, "{v}");
+        } else {
+            let err = v["error"].as_str().unwrap_or_default();
+            assert!(err.contains("injected panic"), "task {n}: {v}");
+        }
+    }
+}

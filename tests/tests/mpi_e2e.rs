@@ -284,3 +284,141 @@ fn a_silent_listener_on_an_x11_port_does_not_hang_mpirun() {
     assert_eq!(summary["ok"].as_u64(), Some(5));
     drop(held); // detached: the listener lives until the test binary exits
 }
+
+/// A program bundle too long for one MPI message (the limit lowered for the test with
+/// `MW_MPI_MESSAGE_LIMIT`, which debug builds honour, instead of a 2 GiB file): every task
+/// fails saying so and the job ends. (It used to panic rank 0's MPI thread in rsmpi, "Length
+/// of slice cannot be expressed as an MPI Count", and the master hung.)
+#[test]
+fn a_program_bundle_over_the_message_limit_fails_its_tasks_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    // 400 KB of pseudo-random hex in a comment: about 200 KB gzip'd, over 64 KiB.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: String = (0..50_000)
+        .map(|_| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            format!("{:08x}", x >> 32)
+        })
+        .collect();
+    let p = script(dir.path(), "big.sh", &format!("# {noise}\ncat"));
+    let (mut cmd, _session) = mpirun_cmd(120, 3, &[p.to_str().unwrap(), "4"]);
+    cmd.env("MW_MPI_MESSAGE_LIMIT", "65536");
+    let out = cmd.output().unwrap();
+    assert_ne!(out.status.code(), Some(124), "mpirun hung");
+    let (tasks, summary) = lines(&out);
+    assert_eq!(tasks.len(), 4);
+    for t in &tasks {
+        assert_eq!(t["ok"], false, "{t}");
+        let err = t["error"].as_str().unwrap();
+        assert!(err.contains("exceeds MPI's message limit"), "{err}");
+    }
+    assert_eq!(summary["ok"].as_u64(), Some(0));
+}
+
+/// A panic in rank 0's MPI thread (injected with `MW_PANIC_AT` when task 1 reaches it):
+/// the tasks in flight fail with the panic's message, the later ones fail at once, and the
+/// job is aborted instead of waiting in `MPI_Finalize` for ranks never told to stop.
+#[test]
+fn a_panic_in_rank_0s_mpi_thread_fails_the_tasks_and_ends_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = script(dir.path(), "slow.sh", "exec sleep 600");
+    let (mut cmd, _session) = mpirun_cmd(90, 3, &[p.to_str().unwrap(), "4"]);
+    cmd.env("MW_PANIC_AT", "mpi-comm:1");
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(124), "mpirun hung:\n{stderr}");
+    assert!(!out.status.success(), "the job must fail:\n{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let tasks: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &Value| v.get("task").is_some())
+        .collect();
+    assert_eq!(
+        tasks.len(),
+        4,
+        "every task is reported:\n{stdout}\n{stderr}"
+    );
+    for t in &tasks {
+        assert_eq!(t["ok"], false, "{t}");
+    }
+    // Task 0 runs `sleep 600` on a rank when task 1 reaches the comm thread.
+    let first = tasks.iter().find(|t| t["task"] == 0).unwrap();
+    assert!(
+        first["error"].as_str().unwrap().contains("injected panic"),
+        "{first}"
+    );
+}
+
+/// A panic in a worker rank's runner thread (injected with `MW_PANIC_AT` as task 1 starts):
+/// that task fails with the panic's message and the rank runs the others. (The task used
+/// to stay running for ever while the rank's comm thread spun.)
+#[test]
+fn a_panic_in_a_ranks_runner_fails_only_that_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = script(dir.path(), "echo.sh", "cat");
+    let (mut cmd, _session) = mpirun_cmd(90, 3, &[p.to_str().unwrap(), "6"]);
+    cmd.env("MW_PANIC_AT", "mpi-runner:1");
+    let out = cmd.output().unwrap();
+    assert_ne!(out.status.code(), Some(124), "mpirun hung");
+    let (tasks, summary) = lines(&out);
+    assert_eq!(tasks.len(), 6);
+    for t in &tasks {
+        if t["task"] == 1 {
+            assert_eq!(t["ok"], false, "{t}");
+            assert!(
+                t["error"].as_str().unwrap().contains("injected panic"),
+                "{t}"
+            );
+        } else {
+            assert_eq!(t["ok"], true, "{t}");
+        }
+    }
+    assert_eq!(summary["ok"].as_u64(), Some(5));
+}
+
+/// A rank that sends a message rank 0 cannot read (here a result too short to name its
+/// task, forged with `MW_FORGE_AT` for task 2): the tasks it held fail saying so, it gets
+/// no more, and the other rank runs the rest. (Such a message used to be ignored, and its
+/// task ran for ever.)
+#[test]
+fn a_rank_that_sends_a_malformed_message_fails_its_tasks_and_is_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = script(dir.path(), "echo.sh", "cat");
+    let (mut cmd, _session) = mpirun_cmd(90, 3, &[p.to_str().unwrap(), "12"]);
+    cmd.env("MW_FORGE_AT", "mpi-result:2");
+    let out = cmd.output().unwrap();
+    assert_ne!(out.status.code(), Some(124), "mpirun hung");
+    let (tasks, summary) = lines(&out);
+    assert_eq!(tasks.len(), 12);
+    for t in tasks.iter().filter(|t| t["ok"] != true) {
+        let err = t["error"].as_str().unwrap();
+        assert!(err.contains("sent a malformed message"), "{t}");
+    }
+    let two = tasks.iter().find(|t| t["task"] == 2).unwrap();
+    assert_eq!(two["ok"], false, "{two}");
+    // The rank that forged holds at most 2 tasks: the other rank ran the rest.
+    assert!(summary["ok"].as_u64().unwrap() >= 9, "{summary}");
+}
+
+/// A batch of tasks a rank cannot read whole (its entries cut inside the first task id
+/// with `MW_FORGE_AT` on rank 0, in the batch that starts with task 0): the rank answers
+/// for every task the batch names, from the ids at its end, so none of them runs for ever.
+/// (The rank used to log the batch as malformed and answer nothing.)
+#[test]
+fn a_task_batch_a_rank_cannot_read_fails_every_task_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = script(dir.path(), "echo.sh", "cat");
+    let (mut cmd, _session) = mpirun_cmd(90, 3, &[p.to_str().unwrap(), "8"]);
+    cmd.env("MW_FORGE_AT", "mpi-tasks:0");
+    let out = cmd.output().unwrap();
+    assert_ne!(out.status.code(), Some(124), "mpirun hung");
+    let (tasks, _) = lines(&out);
+    assert_eq!(tasks.len(), 8);
+    let zero = tasks.iter().find(|t| t["task"] == 0).unwrap();
+    assert_eq!(zero["ok"], false, "{zero}");
+    for t in tasks.iter().filter(|t| t["ok"] != true) {
+        let err = t["error"].as_str().unwrap();
+        assert!(err.contains("malformed task message"), "{t}");
+    }
+}
