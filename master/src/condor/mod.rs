@@ -554,6 +554,32 @@ mod tests {
         b.to_bytes().unwrap()
     }
 
+    /// A batch directory `batch-1` under `<tmp>/condor` as a dead master left it: its item
+    /// file for procs `0..procs` and, if the cluster is known, its cluster marker. Returns the
+    /// work directory and the batch directory.
+    fn stage_batch(tmp: &Path, name: &str, cluster: Option<u64>, procs: u64) -> (PathBuf, PathBuf) {
+        let work = tmp.join("condor");
+        let batch = work.join("batch-1");
+        std::fs::create_dir_all(&batch).unwrap();
+        if let Some(c) = cluster {
+            std::fs::write(batch.join(format!("{name}.cluster")), format!("{c}\n")).unwrap();
+        }
+        let b = batch.display();
+        let items: String = (0..procs)
+            .map(|p| format!("{p} {b}/task-{p}-a1.mwt task-{p}-a1.mwt task-{p}-a1.result {b}/task-{p}-a1.out {b}/task-{p}-a1.err\n"))
+            .collect();
+        std::fs::write(batch.join(format!("{name}.items")), items).unwrap();
+        (work, batch)
+    }
+
+    /// An executable `/bin/sh` script `name` in `bin` (a stand-in for an HTCondor tool).
+    fn fake_tool(bin: &Path, name: &str, body: &str) {
+        std::fs::create_dir_all(bin).unwrap();
+        let p = bin.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+
     fn append(path: &Path, text: &str) {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -569,17 +595,9 @@ mod tests {
     #[test]
     fn a_schedd_that_fails_for_a_moment_is_asked_again_on_resume() {
         let tmp = tempfile::tempdir().unwrap();
-        let work = tmp.path().join("condor");
-        let batch = work.join("batch-1");
-        std::fs::create_dir_all(&batch).unwrap();
         let name = "unit-b1-0000abcd";
+        let (work, batch) = stage_batch(tmp.path(), name, None, 1);
         std::fs::write(batch.join(format!("{name}.sub")), "queue\n").unwrap();
-        let b = batch.display();
-        std::fs::write(
-            batch.join(format!("{name}.items")),
-            format!("0 {b}/task-0-a1.mwt task-0-a1.mwt task-0-a1.result {b}/task-0-a1.out {b}/task-0-a1.err\n"),
-        )
-        .unwrap();
         std::fs::write(batch.join("task-0-a1.result"), result_bundle(0, b"42")).unwrap();
         let log = batch.join(format!("{name}.log"));
         append(
@@ -588,23 +606,17 @@ mod tests {
         );
         append(&log, &TERMINATED.replace("{p}", "000"));
         let bin = tmp.path().join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
         let calls = tmp.path().join("calls");
-        let tool = |tool: &str, body: String| {
-            let p = bin.join(tool);
-            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                .unwrap();
-        };
-        tool(
+        fake_tool(
+            &bin,
             "condor_q",
-            format!(
+            &format!(
                 "echo q >> {c}\nif [ $(wc -l < {c}) -le 2 ]; then echo 'Failed to fetch ads' >&2; exit 1; fi\n\
                  echo '[{{\"ClusterId\": 7, \"ProcId\": 0, \"JobStatus\": 4, \"MwBatch\": \"{name}\"}}]'",
                 c = calls.display()
             ),
         );
-        tool("condor_history", "echo '[]'".into());
+        fake_tool(&bin, "condor_history", "echo '[]'");
         let mut settings = CondorSettings::new(&work);
         settings.poll_interval = Duration::from_millis(20);
         settings.cli = CondorCli::default().with_bin_dir(&bin);
@@ -624,16 +636,7 @@ mod tests {
     #[test]
     fn a_job_evicted_again_and_again_fails_and_is_removed() {
         let tmp = tempfile::tempdir().unwrap();
-        let work = tmp.path().join("condor");
-        let batch = work.join("batch-1");
-        std::fs::create_dir_all(&batch).unwrap();
-        std::fs::write(batch.join("unit-b1.cluster"), "7\n").unwrap();
-        let b = batch.display();
-        std::fs::write(
-            batch.join("unit-b1.items"),
-            format!("0 {b}/task-0-a1.mwt task-0-a1.mwt task-0-a1.result {b}/task-0-a1.out {b}/task-0-a1.err\n"),
-        )
-        .unwrap();
+        let (work, batch) = stage_batch(tmp.path(), "unit-b1", Some(7), 1);
         let log = batch.join("unit-b1.log");
         append(
             &log,
@@ -644,15 +647,12 @@ mod tests {
             append(&log, "004 (007.000.000) 2026-11-24 10:00:02 Job was evicted.\n\t(0) Job was not checkpointed.\n...\n");
         }
         let bin = tmp.path().join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
         let removed = tmp.path().join("removed");
-        let rm = bin.join("condor_rm");
-        std::fs::write(
-            &rm,
-            format!("#!/bin/sh\necho \"$@\" >> {}\n", removed.display()),
-        )
-        .unwrap();
-        std::fs::set_permissions(&rm, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        fake_tool(
+            &bin,
+            "condor_rm",
+            &format!("echo \"$@\" >> {}", removed.display()),
+        );
         let mut settings = CondorSettings::new(&work);
         settings.poll_interval = Duration::from_millis(20);
         settings.cli = CondorCli::default().with_bin_dir(&bin);
@@ -676,19 +676,7 @@ mod tests {
     #[test]
     fn reattach_truncated_log_unknown_code_and_missing_bundle() {
         let tmp = tempfile::tempdir().unwrap();
-        let work = tmp.path().join("condor");
-        let batch = work.join("batch-1");
-        std::fs::create_dir_all(&batch).unwrap();
-        std::fs::write(batch.join("unit-b1.cluster"), "7\n").unwrap();
-        let b = batch.display();
-        std::fs::write(
-            batch.join("unit-b1.items"),
-            format!(
-                "0 {b}/task-0-a1.mwt task-0-a1.mwt task-0-a1.result {b}/task-0-a1.out {b}/task-0-a1.err\n\
-                 1 {b}/task-1-a1.mwt task-1-a1.mwt task-1-a1.result {b}/task-1-a1.out {b}/task-1-a1.err\n"
-            ),
-        )
-        .unwrap();
+        let (work, batch) = stage_batch(tmp.path(), "unit-b1", Some(7), 2);
         std::fs::write(batch.join("task-0-a1.result"), result_bundle(0, b"42")).unwrap();
         std::fs::write(batch.join("task-1-a1.err"), "worker said: lost it\n").unwrap();
         let log = batch.join("unit-b1.log");
