@@ -268,11 +268,26 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>, progress: &mut BatchProg
                 stage_task(shared, &first.task, wu)
             }
         });
+        // Checked under the lock that adds the waiting entries: either `State::break_down`
+        // comes later and takes them, or it came first and this unit fails now (nothing
+        // would watch for its result). Its staged input stays: a resumed pending name may
+        // be an existing workunit's.
+        let mut st = shared.lock();
+        let result = match (result, st.broken.clone()) {
+            (Ok(_), Some(why)) => Err(InterfaceError::new(why)),
+            (r, _) => r,
+        };
         match result {
             Ok(s) => {
-                let mut st = shared.lock();
                 let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
                 st.by_wu.entry(s.wu.clone()).or_default().extend(&ids);
+                // From the moment a task waits on it, a cancel of the workunit is deferred
+                // until create_work has returned (cancelling earlier would find nothing).
+                st.creating.insert(s.wu.clone());
+                if !progress.counted {
+                    st.batches_in_flight += 1;
+                    progress.counted = true;
+                }
                 progress.wus.push(s.wu.clone());
                 for p in unit.members {
                     st.waiting.insert(
@@ -290,13 +305,11 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>, progress: &mut BatchProg
                 staged.push((ids, s));
             }
             Err(e) => {
-                {
-                    let mut st = shared.lock();
-                    st.failed += unit.members.len() as u64;
-                    if unit.packed {
-                        st.sizer.job_ended();
-                    }
+                st.failed += unit.members.len() as u64;
+                if unit.packed {
+                    st.sizer.job_ended();
                 }
+                drop(st);
                 shared.cond.notify_all();
                 for p in unit.members {
                     p.done.finish(Err(e.clone()));
@@ -343,24 +356,22 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>, progress: &mut BatchProg
             let mut st = shared.lock();
             for (tasks, s) in &staged {
                 st.by_wu.remove(&s.wu);
+                // Never created: no deferred cancel to run.
+                st.creating.remove(&s.wu);
+                st.cancel_after_create.retain(|w| *w != s.wu);
                 for task in tasks {
                     dones.extend(st.waiting.remove(task).and_then(|w| w.done));
                     st.failed += 1;
                 }
             }
+            st.batches_in_flight = st.batches_in_flight.saturating_sub(1);
+            progress.counted = false;
         }
+        shared.cond.notify_all();
         for d in dones {
             d.finish(Err(e.clone()));
         }
         return;
-    }
-    {
-        let mut st = shared.lock();
-        st.batches_in_flight += 1;
-        progress.counted = true;
-        for (_, s) in &staged {
-            st.creating.insert(s.wu.clone());
-        }
     }
     for task in staged.iter().flat_map(|(tasks, _)| tasks) {
         crate::crash::panic_point("boinc-submit", Some(task.0));
@@ -429,7 +440,10 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>, progress: &mut BatchProg
     }
     // Results may have been spooled before the waiting entries existed: look again.
     wake_watcher(shared);
-    shared.lock().batches_in_flight -= 1;
+    {
+        let mut st = shared.lock();
+        st.batches_in_flight = st.batches_in_flight.saturating_sub(1);
+    }
     progress.counted = false;
     shared.cond.notify_all();
 }

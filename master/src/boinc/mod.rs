@@ -178,33 +178,19 @@ fn wake_watcher(shared: &Shared) {
 }
 
 /// A thread this interface cannot do without has died: every task it holds fails with `why`
-/// (a created workunit is cancelled in BOINC), and so does every later task. A `create_work`
-/// call the dead thread left counted is forgotten, so shutdown does not wait for it.
+/// (a created workunit is cancelled in BOINC), and so does every later task.
 fn fail_all(shared: &Shared, why: String) {
-    let (queued, waiting) = {
-        let mut st = shared.lock();
-        st.broken = Some(why.clone());
-        st.batches_in_flight = 0;
-        st.creating.clear();
-        st.by_wu.clear();
-        let queued: Vec<Pending> = st.queue.drain(..).collect();
-        let waiting: Vec<Waiting> = st.waiting.drain().map(|(_, w)| w).collect();
-        for w in &waiting {
-            st.cancelled_wus.insert(w.wu.clone());
-        }
-        st.failed += (queued.len() + waiting.len()) as u64;
-        (queued, waiting)
-    };
+    let taken = shared.lock().break_down(&why);
     shared.cond.notify_all();
     log::error!(
         "{why}: failing {} task(s) in flight",
-        queued.len() + waiting.len()
+        taken.queued.len() + taken.cancel_now.len() + taken.after_create.len()
     );
-    for p in queued {
+    for p in taken.queued {
         p.done
             .finish(Err(InterfaceError::new(format!("{}: {why}", p.task.id))));
     }
-    for mut w in waiting {
+    for mut w in taken.cancel_now {
         cancel::mark_cancelled(&shared.spool, &w.wu);
         let how = cancel::run_cancel_jobs(&shared.project, &w.wu);
         if let Some(d) = w.done.take() {
@@ -213,6 +199,58 @@ fn fail_all(shared: &Shared, why: String) {
                 w.task.id, w.wu
             ))));
         }
+    }
+    for mut w in taken.after_create {
+        cancel::mark_cancelled(&shared.spool, &w.wu);
+        if let Some(d) = w.done.take() {
+            d.finish(Err(InterfaceError::new(format!(
+                "{}: {why}; workunit {}: bin/cancel_jobs marks it cancelled as soon as \
+                 create_work has created it",
+                w.task.id, w.wu
+            ))));
+        }
+    }
+}
+
+/// What [`State::break_down`] took from the state: every task the interface held.
+struct Taken {
+    queued: Vec<Pending>,
+    /// Waiting for workunits that exist (or may): cancelled now.
+    cancel_now: Vec<Waiting>,
+    /// Waiting for workunits of the `create_work` call under way: that call cancels them
+    /// once it has returned (cancelling now would find nothing).
+    after_create: Vec<Waiting>,
+}
+
+impl State {
+    /// Marks the interface broken (`why`) and takes every task it holds. From then on no
+    /// task enters `queue` or `waiting` (each place that would add one checks `broken` under
+    /// the same lock), so a task handed over at the same moment fails too rather than wait
+    /// for a thread that is gone. A `create_work` call under way stays counted: it ends
+    /// (and runs its deferred cancels) as usual.
+    fn break_down(&mut self, why: &str) -> Taken {
+        self.broken = Some(why.to_string());
+        self.by_wu.clear();
+        let queued: Vec<Pending> = self.queue.drain(..).collect();
+        let mut taken = Taken {
+            queued,
+            cancel_now: Vec::new(),
+            after_create: Vec::new(),
+        };
+        let waiting: Vec<Waiting> = self.waiting.drain().map(|(_, w)| w).collect();
+        for w in waiting {
+            if self.cancelled_wus.insert(w.wu.clone()) && self.creating.contains(&w.wu) {
+                self.cancel_after_create.push(w.wu.clone());
+            }
+            if self.creating.contains(&w.wu) {
+                taken.after_create.push(w);
+            } else {
+                taken.cancel_now.push(w);
+            }
+        }
+        self.failed +=
+            (taken.queued.len() + taken.cancel_now.len() + taken.after_create.len()) as u64;
+        taken
     }
 }
 
@@ -655,7 +693,8 @@ impl Interface for Boinc {
         let pending = handle.starts_with(batch::PENDING_PREFIX);
         {
             let mut st = self.shared.lock();
-            if self.claim_job(&mut st, &task).is_err() {
+            // Broken: the master queues it again, and `execute_task` fails it with why.
+            if st.broken.is_some() || self.claim_job(&mut st, &task).is_err() {
                 return Some(done);
             }
             if pending {
@@ -720,6 +759,76 @@ impl Interface for Boinc {
                      shutdown; not waiting for it"
                 );
             }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::task::{Program, TaskSpec};
+
+    fn task(id: u64) -> Arc<PreparedTask> {
+        let program = Arc::new(Program::new("/bin/sh").unwrap());
+        Arc::new(PreparedTask {
+            id: TaskId(id),
+            attempt: 1,
+            job: "unit".into(),
+            spec: TaskSpec::new(program, serde_json::json!(id)),
+            output_dir: None,
+            staging_dir: std::env::temp_dir(),
+        })
+    }
+
+    fn waiting(id: u64, wu: &WuName) -> Waiting {
+        Waiting {
+            wu: wu.clone(),
+            done: Some(Completion::new(TaskId(id), |_| {})),
+            task: task(id),
+            since: Instant::now(),
+            packed: false,
+            requeues: 0,
+        }
+    }
+
+    /// Seen in CI: the spool thread died while the submit thread was creating a batch; the
+    /// batch's tasks were cancelled before their workunits existed (or added after the
+    /// break) and the master waited for ever. Breaking down takes every task, defers the
+    /// cancel of workunits being created to that call, and keeps the call counted.
+    #[test]
+    fn breaking_down_takes_every_task_and_defers_cancels_of_workunits_being_created() {
+        let created = WuName::parse("mw_unit_r1_0_1").unwrap();
+        let creating = WuName::parse("mw_unit_r1_1_1").unwrap();
+        let mut st = State::default();
+        st.queue.push_back(Pending {
+            task: task(2),
+            done: Completion::new(TaskId(2), |_| {}),
+            wu: None,
+            since: Instant::now(),
+            requeues: 0,
+        });
+        st.waiting.insert(TaskId(0), waiting(0, &created));
+        st.waiting.insert(TaskId(1), waiting(1, &creating));
+        st.by_wu.insert(created.clone(), vec![TaskId(0)]);
+        st.by_wu.insert(creating.clone(), vec![TaskId(1)]);
+        st.creating.insert(creating.clone());
+        st.batches_in_flight = 1;
+        let taken = st.break_down("the BOINC spool thread failed");
+        assert_eq!(st.broken.as_deref(), Some("the BOINC spool thread failed"));
+        assert_eq!(taken.queued.len(), 1);
+        let ids = |v: &[Waiting]| v.iter().map(|w| w.task.id).collect::<Vec<_>>();
+        assert_eq!(ids(&taken.cancel_now), [TaskId(0)]);
+        assert_eq!(ids(&taken.after_create), [TaskId(1)]);
+        assert_eq!(st.cancel_after_create, std::slice::from_ref(&creating));
+        assert!(st.cancelled_wus.contains(&created) && st.cancelled_wus.contains(&creating));
+        assert!(st.queue.is_empty() && st.waiting.is_empty() && st.by_wu.is_empty());
+        // The call under way still ends (and runs its deferred cancels) as usual.
+        assert_eq!(st.batches_in_flight, 1);
+        assert!(st.creating.contains(&creating));
+        assert_eq!(st.failed, 3);
+        for p in taken.queued {
+            p.done.abandon();
         }
     }
 }

@@ -293,6 +293,13 @@ fn requeue(shared: &Shared, mut w: Waiting, wu: &WuName, why: &str) {
         done.abandon();
         return;
     }
+    if let Some(why) = st.broken.clone() {
+        // No thread is left to submit it again.
+        st.failed += 1;
+        drop(st);
+        done.finish(Err(InterfaceError::new(format!("{id}: {why}"))));
+        return;
+    }
     st.queue.push_back(Pending {
         task: w.task.clone(),
         done,
