@@ -531,7 +531,7 @@ impl Execution {
 pub fn read_bounded(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut bytes = Vec::new();
-    std::fs::File::open(path)?
+    open_regular(path)?
         .take(cap.saturating_add(1))
         .read_to_end(&mut bytes)?;
     if bytes.len() as u64 > cap {
@@ -541,6 +541,28 @@ pub fn read_bounded(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
         )));
     }
     Ok(bytes)
+}
+
+/// Opens `path` for reading if it is a regular file; anything else (a FIFO, which would
+/// block a plain `open` for ever, a device, a directory) is an error. Results and records
+/// come from outside: what is found in their place may be anything.
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Never wait in open (a FIFO without a writer); reads of a regular file ignore it.
+        opts.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = opts.open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    Ok(file)
 }
 
 /// What a result bundle must match.

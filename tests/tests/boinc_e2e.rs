@@ -433,6 +433,41 @@ fn job_deadline_fails_a_task_without_quorum_and_cancels_its_workunit() {
     assert_eq!(cancels[0]["args"][1], wus[0]["name"]);
 }
 
+/// A pack sizer's probe (`target_job_secs`: the first pack of one task measures the run
+/// time, the other tasks wait for it) that misses the job's deadline ends like any other
+/// workunit, and the tasks behind it go on (and here miss it too); the submit thread once
+/// waited for a wake-up that never came, and `mw run` hung.
+#[test]
+fn a_probe_pack_past_the_job_deadline_does_not_hold_the_other_tasks() {
+    let p = Project::new(2);
+    // One host and quorum 2: no workunit can ever be completed.
+    std::fs::write(p.root.join("double/host_count"), "1").unwrap();
+    let out = p.run_with(
+        "probe",
+        &format!(
+            "[program]\npath = \"{}\"\n[inputs.sweep]\nseed = {{ start = 0, end = 4 }}\n\
+             points = [1000]\n",
+            program("monte-pi-task")
+        ),
+        "quorum = 2\njob_deadline_secs = 2\ntasks_per_workunit = 4\ntarget_job_secs = 60\n",
+    );
+    let all = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{all}");
+    // One result line each.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout
+            .matches("no quorum within the job's deadline of 2 s")
+            .count(),
+        4,
+        "{all}"
+    );
+}
+
 #[test]
 fn two_jobs_directories_run_the_same_job_against_one_project() {
     let p = Project::new(1);

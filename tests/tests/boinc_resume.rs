@@ -138,7 +138,19 @@ impl Project {
 
     /// `mw submit JOB`: returns (job id, job dir) and remembers the detached master.
     fn submit(&mut self, job: &Path) -> (String, PathBuf) {
-        let out = self.mw(&["submit".as_ref(), job.as_os_str()]);
+        self.submit_env(job, &[])
+    }
+
+    /// `mw submit JOB` with `env` (which the detached master inherits).
+    fn submit_env(&mut self, job: &Path, env: &[(&str, &str)]) -> (String, PathBuf) {
+        let out = Command::new(bin("mw"))
+            .args(["submit".as_ref(), job.as_os_str()])
+            .arg("--jobs-dir")
+            .arg(self.jobs_dir())
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", text(&out));
         let stdout = String::from_utf8_lossy(&out.stdout);
         let (id, dir) = stdout.trim().split_once('\t').unwrap();
@@ -486,6 +498,38 @@ fn cancel_while_create_work_runs_still_cancels_the_workunits() {
     let waited = p.mw(&["wait".as_ref(), id.as_ref()]);
     assert_eq!(waited.status.code(), Some(1), "{}", text(&waited));
     assert_eq!(status(&p, &id)["job"]["counts"]["cancelled"], 4);
+}
+
+/// A cancel that reaches the master while its submit thread holds the tasks (taken from the
+/// queue, not yet staged: the window widened with `MW_DELAY_AT`; the tasks then run in the
+/// journal without a handle) ends the task there: the batch creates workunits for the
+/// others only. Such a cancel was once lost (the task was in neither the queue nor
+/// `waiting`), and its workunit was created and run.
+#[test]
+fn cancel_while_the_submit_thread_holds_a_task_creates_no_workunit_for_it() {
+    let mut p = Project::new();
+    let job = p.pi_job("ih");
+    let (id, dir) = p.submit_env(&job, &[("MW_DELAY_AT", "boinc-in-hand:8000")]);
+    poll_until("the submit thread to take the 4 tasks", || {
+        std::fs::read_to_string(dir.join("master.log"))
+            .is_ok_and(|l| l.contains("staging a batch of 4 task(s)"))
+    });
+    assert!(tasks(&dir).iter().all(|t| t.handle.is_none()));
+    let out = p.mw(&[
+        "cancel".as_ref(),
+        id.as_ref(),
+        "--task".as_ref(),
+        "0".as_ref(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    poll_until("the batch's create_work call", || {
+        !p.calls_of("create_work").is_empty()
+    });
+    let names = created_names(&p);
+    let created: BTreeSet<u64> = names.iter().map(|n| task_of(n)).collect();
+    assert_eq!(created, BTreeSet::from([1, 2, 3]), "{names:?}");
+    let t0 = tasks(&dir).into_iter().find(|t| t.index == 0).unwrap();
+    assert_eq!(t0.state, TaskState::Cancelled);
 }
 
 /// The workunit names of the (held) first create_work call; the journal recorded each as

@@ -81,7 +81,12 @@ pub(super) fn submit_loop(shared: &Arc<Shared>) {
                 }
                 st = crate::guard::wait_timeout(&shared.cond, st, quiet_left.min(window_left));
             }
-            if shared.packing {
+            if st.shut_down {
+                // What is queued stays for `mw resume` (shutdown waits only for a batch in
+                // hand, see below).
+                return;
+            }
+            let units = if shared.packing {
                 form_packs(shared, &mut st)
             } else {
                 let n = st.queue.len().min(shared.batch_size);
@@ -97,7 +102,17 @@ pub(super) fn submit_loop(shared: &Arc<Shared>) {
                         members: vec![p],
                     })
                     .collect()
+            };
+            // In hand from now on: shutdown waits for the batch (until its create_work call
+            // and deferred cancels are done), and a cancel of one of its tasks is honoured
+            // when the batch reaches it (`State::in_hand`).
+            if !units.is_empty() {
+                st.batches_in_flight += 1;
+                for p in units.iter().flat_map(|u| &u.members) {
+                    st.in_hand.insert(p.task.id);
+                }
             }
+            units
         };
         if !units.is_empty() {
             // A panic while submitting one batch fails that batch's tasks; the next batch is
@@ -107,6 +122,14 @@ pub(super) fn submit_loop(shared: &Arc<Shared>) {
             {
                 fail_batch(shared, progress, &panic);
             }
+            {
+                let mut st = shared.lock();
+                st.batches_in_flight = st.batches_in_flight.saturating_sub(1);
+                // (A panic dropped the tasks it had not reached: they failed with that.)
+                st.in_hand.clear();
+                st.cancel_in_hand.clear();
+            }
+            shared.cond.notify_all();
         }
     }
 }
@@ -114,10 +137,9 @@ pub(super) fn submit_loop(shared: &Arc<Shared>) {
 /// What a batch being submitted has done so far that [`fail_batch`] must undo if it panics.
 #[derive(Default)]
 struct BatchProgress {
-    /// Workunits whose tasks wait in `State::waiting` (staged; maybe created).
+    /// Workunits whose tasks wait in `State::waiting` (staged; maybe created; their names
+    /// in `creating`).
     wus: Vec<WuName>,
-    /// The batch is counted in `State::batches_in_flight` (and its names in `creating`).
-    counted: bool,
 }
 
 /// A panic while submitting a batch (caught): the tasks it staged fail with the panic's
@@ -139,9 +161,6 @@ fn fail_batch(shared: &Shared, progress: BatchProgress, panic: &str) {
                     failing.push(w);
                 }
             }
-        }
-        if progress.counted {
-            st.batches_in_flight = st.batches_in_flight.saturating_sub(1);
         }
     }
     shared.cond.notify_all();
@@ -236,6 +255,13 @@ fn form_packs(shared: &Shared, st: &mut State) -> Vec<Unit> {
 
 /// Stages and creates one batch of workunits.
 fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>, progress: &mut BatchProgress) {
+    // The batch holds its tasks (`State::in_hand`) from here until they wait in `waiting`.
+    log::info!(
+        "boinc: staging a batch of {} task(s) in {} workunit(s)",
+        units.iter().map(|u| u.members.len()).sum::<usize>(),
+        units.len()
+    );
+    crate::crash::delay_point("boinc-in-hand");
     let mut staged: Vec<(Vec<TaskId>, StagedTask)> = Vec::new();
     for unit in units {
         let Some(first) = unit.members.first() else {
@@ -273,23 +299,51 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>, progress: &mut BatchProg
         // would watch for its result). Its staged input stays: a resumed pending name may
         // be an existing workunit's.
         let mut st = shared.lock();
+        // Tasks cancelled while the batch held them: they end here, and no workunit is
+        // created for a unit left without tasks.
+        let (cancelled, members): (Vec<Pending>, Vec<Pending>) = unit
+            .members
+            .into_iter()
+            .partition(|p| st.cancel_in_hand.remove(&p.task.id));
+        for p in cancelled.iter().chain(&members) {
+            st.in_hand.remove(&p.task.id);
+        }
         let result = match (result, st.broken.clone()) {
             (Ok(_), Some(why)) => Err(InterfaceError::new(why)),
+            (Ok(_), None) if members.is_empty() => Err(InterfaceError::new("cancelled")),
             (r, _) => r,
         };
+        if members.is_empty() && unit.packed {
+            st.sizer.job_ended();
+        }
+        if !cancelled.is_empty() {
+            drop(st);
+            if members.is_empty() {
+                if let Some(wu) = &unit.wu {
+                    // A resumed pending workunit may exist in BOINC already.
+                    super::cancel::mark_cancelled(&shared.spool, wu);
+                    let _ = run_cancel_jobs(&shared.project, wu);
+                }
+            }
+            for p in cancelled {
+                p.done.finish(Err(InterfaceError::new(
+                    "cancelled before its workunit was created",
+                )));
+            }
+            st = shared.lock();
+        }
+        if members.is_empty() {
+            continue;
+        }
         match result {
             Ok(s) => {
-                let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+                let ids: Vec<TaskId> = members.iter().map(|p| p.task.id).collect();
                 st.by_wu.entry(s.wu.clone()).or_default().extend(&ids);
                 // From the moment a task waits on it, a cancel of the workunit is deferred
                 // until create_work has returned (cancelling earlier would find nothing).
                 st.creating.insert(s.wu.clone());
-                if !progress.counted {
-                    st.batches_in_flight += 1;
-                    progress.counted = true;
-                }
                 progress.wus.push(s.wu.clone());
-                for p in unit.members {
+                for p in members {
                     st.waiting.insert(
                         p.task.id,
                         Waiting {
@@ -305,13 +359,13 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>, progress: &mut BatchProg
                 staged.push((ids, s));
             }
             Err(e) => {
-                st.failed += unit.members.len() as u64;
+                st.failed += members.len() as u64;
                 if unit.packed {
                     st.sizer.job_ended();
                 }
                 drop(st);
                 shared.cond.notify_all();
-                for p in unit.members {
+                for p in members {
                     p.done.finish(Err(e.clone()));
                 }
             }
@@ -359,13 +413,19 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>, progress: &mut BatchProg
                 // Never created: no deferred cancel to run.
                 st.creating.remove(&s.wu);
                 st.cancel_after_create.retain(|w| *w != s.wu);
+                let mut ended = false;
                 for task in tasks {
-                    dones.extend(st.waiting.remove(task).and_then(|w| w.done));
-                    st.failed += 1;
+                    if let Some(w) = st.waiting.remove(task) {
+                        // A pack's run ends with it (else the sizer's probe never ends).
+                        ended |= w.packed;
+                        dones.extend(w.done);
+                        st.failed += 1;
+                    }
+                }
+                if ended {
+                    st.sizer.job_ended();
                 }
             }
-            st.batches_in_flight = st.batches_in_flight.saturating_sub(1);
-            progress.counted = false;
         }
         shared.cond.notify_all();
         for d in dones {
@@ -379,17 +439,6 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>, progress: &mut BatchProg
     crate::crash::point("boinc-before-create-work");
     let outcome = create_by_name(shared, staged.iter().map(|(_, s)| s).collect());
     crate::crash::point("boinc-after-create-work");
-    let cancel_now: Vec<WuName> = {
-        let mut st = shared.lock();
-        for (_, s) in &staged {
-            st.creating.remove(&s.wu);
-        }
-        std::mem::take(&mut st.cancel_after_create)
-    };
-    for wu in &cancel_now {
-        // The task was already reported cancelled; this only stops BOINC running it.
-        let _ = run_cancel_jobs(&shared.project, wu);
-    }
     for (_, s) in &staged {
         if outcome.existed_before.contains(&s.wu) {
             // BOINC had it before this batch (and may have deleted its input after it was
@@ -401,13 +450,33 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>, progress: &mut BatchProg
         }
     }
     if let Some(sink) = &sink {
-        for (tasks, s) in &staged {
-            if outcome.created.contains(&s.wu) || outcome.existed.contains(&s.wu) {
-                for task in tasks {
-                    sink.record_handle(*task, s.wu.as_str());
-                }
-            }
+        // Only tasks that still wait for the workunit: one cancelled or failed meanwhile
+        // keeps the handle it has. The spool thread delivers no outcome of a workunit
+        // being created, so none can end between this look and the record.
+        let records: Vec<(TaskId, &WuName)> = {
+            let st = shared.lock();
+            staged
+                .iter()
+                .filter(|(_, s)| outcome.created.contains(&s.wu) || outcome.existed.contains(&s.wu))
+                .flat_map(|(tasks, s)| tasks.iter().map(move |t| (*t, &s.wu)))
+                .filter(|(t, wu)| st.waiting.get(t).is_some_and(|w| w.wu == **wu))
+                .collect()
+        };
+        for (task, wu) in records {
+            sink.record_handle(task, wu.as_str());
         }
+    }
+    // Created (or known to exist): from now on outcomes are delivered, and cancels run at once.
+    let cancel_now: Vec<WuName> = {
+        let mut st = shared.lock();
+        for (_, s) in &staged {
+            st.creating.remove(&s.wu);
+        }
+        std::mem::take(&mut st.cancel_after_create)
+    };
+    for wu in &cancel_now {
+        // The task was already reported cancelled; this only stops BOINC running it.
+        let _ = run_cancel_jobs(&shared.project, wu);
     }
     let mut dones = Vec::new();
     {
@@ -438,14 +507,9 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>, progress: &mut BatchProg
     for (d, e) in dones {
         d.finish(Err(e));
     }
-    // Results may have been spooled before the waiting entries existed: look again.
+    // Results may have been spooled before the waiting entries existed (the spool thread
+    // leaves workunits being created alone): look again.
     wake_watcher(shared);
-    {
-        let mut st = shared.lock();
-        st.batches_in_flight = st.batches_in_flight.saturating_sub(1);
-    }
-    progress.counted = false;
-    shared.cond.notify_all();
 }
 
 /// What [`create_by_name`] found.

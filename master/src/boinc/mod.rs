@@ -124,8 +124,16 @@ struct State {
     /// Workunits cancelled while their `create_work` call was under way: cancelled with
     /// `bin/cancel_jobs` as soon as that call has returned.
     cancel_after_create: Vec<WuName>,
-    /// `create_work` calls (with their deferred cancels) under way; shutdown waits for them.
+    /// Batches the submit thread holds (from the moment it takes their tasks from `queue`
+    /// until their `create_work` call and deferred cancels are done); shutdown waits for them.
     batches_in_flight: usize,
+    /// Tasks the submit thread has taken from `queue` and not yet added to `waiting` (nor
+    /// failed): each task is in exactly one of `queue`, `in_hand` and `waiting`.
+    in_hand: HashSet<TaskId>,
+    /// Tasks of `in_hand` cancelled meanwhile: the batch ends them when it reaches them.
+    cancel_in_hand: HashSet<TaskId>,
+    /// The kind of error reading the spool last had (said once, not every scan).
+    spool_error: Option<String>,
     staged_programs: HashSet<String>,
     shut_down: bool,
     /// Why the interface can run no more tasks (its submit or spool thread died): new tasks
@@ -190,9 +198,13 @@ fn fail_all(shared: &Shared, why: String) {
         p.done
             .finish(Err(InterfaceError::new(format!("{}: {why}", p.task.id))));
     }
+    // One cancel per workunit (a pack's members share theirs).
+    let mut how: HashMap<WuName, String> = HashMap::new();
     for mut w in taken.cancel_now {
-        cancel::mark_cancelled(&shared.spool, &w.wu);
-        let how = cancel::run_cancel_jobs(&shared.project, &w.wu);
+        let how = how.entry(w.wu.clone()).or_insert_with(|| {
+            cancel::mark_cancelled(&shared.spool, &w.wu);
+            cancel::run_cancel_jobs(&shared.project, &w.wu)
+        });
         if let Some(d) = w.done.take() {
             d.finish(Err(InterfaceError::new(format!(
                 "{}: {why}; workunit {}: {how}",
@@ -624,6 +636,11 @@ impl Interface for Boinc {
                     p.done
                         .finish(Err(InterfaceError::new("cancelled before submission")));
                 }
+                return;
+            }
+            if st.in_hand.contains(&task) {
+                // The submit thread holds it: it ends it (cancelled) when it gets to it.
+                st.cancel_in_hand.insert(task);
                 return;
             }
             let Some(mut w) = st.waiting.remove(&task) else {

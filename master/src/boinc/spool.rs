@@ -46,9 +46,23 @@ enum Found {
 
 /// Reads the spool once and reports every outcome that belongs to a task of this master.
 fn scan_spool(shared: &Arc<Shared>) {
-    let Ok(entries) = std::fs::read_dir(&shared.spool) else {
-        return;
+    let entries = match std::fs::read_dir(&shared.spool) {
+        Ok(entries) => entries,
+        Err(e) => {
+            // Said once per kind of error (the next scans retry quietly).
+            let said = format!("{:?}", e.kind());
+            let mut st = shared.lock();
+            if st.spool_error.as_deref() != Some(said.as_str()) {
+                log::error!(
+                    "cannot read the BOINC spool {}: {e}; no outcome arrives until it can be read",
+                    shared.spool.display()
+                );
+                st.spool_error = Some(said);
+            }
+            return;
+        }
     };
+    shared.lock().spool_error = None;
     let mut found = Vec::new();
     {
         let st = shared.lock();
@@ -61,6 +75,10 @@ fn scan_spool(shared: &Arc<Shared>) {
             };
             if st.cancelled_wus.contains(&wu) {
                 found.push(Found::Consume(e.path()));
+            } else if st.creating.contains(&wu) {
+                // Its create_work call is under way (the outcome of a resumed pending name):
+                // delivered once the call has returned and the tasks' handles are recorded
+                // (the batch wakes this thread then).
             } else if st.by_wu.get(&wu).is_some_and(|m| !m.is_empty()) {
                 if is_result {
                     found.push(Found::Result(wu));
@@ -140,10 +158,14 @@ fn take_result(shared: &Shared, wu: &WuName) -> Option<PathBuf> {
     };
     let cap = cap?;
     // Read no more than the task may return (the assimilator applies the same limits).
-    let Ok(meta) = std::fs::metadata(&path) else {
+    let Ok(meta) = std::fs::symlink_metadata(&path) else {
         return None; // Gone for now: the next scan decides.
     };
-    let bytes = if meta.len() > cap {
+    let bytes = if !meta.is_file() {
+        // The assimilator renames regular files into place: anything else (a FIFO would
+        // block the read for ever) is not a result.
+        Err(format!("{} is not a regular file", path.display()))
+    } else if meta.len() > cap {
         Err(format!(
             "{} is {} bytes, over the {cap} bytes a result of this task may take",
             path.display(),
@@ -195,14 +217,16 @@ fn take_result(shared: &Shared, wu: &WuName) -> Option<PathBuf> {
 /// again. For a pack a resumed master re-attached, the result is kept (in the job's staging
 /// directory) for members re-attached after it came back.
 fn take_pack_result(shared: &Shared, wu: &WuName, path: &Path) -> Option<PathBuf> {
-    if !path.is_file() {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
         return None; // Gone for now: the next scan decides.
-    }
+    };
+    // (Anything but a file is not kept, and fails its members when read.)
+    let regular = meta.is_file();
     let (members, kept) = {
         let mut st = shared.lock();
         let members = take_members(&mut st, wu);
         let kept = match members.first() {
-            Some(w) if st.reattached.contains(wu) => {
+            Some(w) if regular && st.reattached.contains(wu) => {
                 let dir = w.task.staging_dir.join("boinc-packs");
                 let kept = dir.join(wu.result_spool_name());
                 match std::fs::create_dir_all(&dir).and_then(|_| std::fs::copy(path, &kept)) {
@@ -331,18 +355,23 @@ pub(super) fn finish_late_member(shared: &Shared, w: Waiting, c: Concluded) {
 
 /// Reads at most [`MAX_ERROR_RECORD_BYTES`] of a file as text.
 fn read_capped(path: &Path) -> std::io::Result<String> {
-    let mut text = String::new();
-    std::fs::File::open(path)?
+    let mut bytes = Vec::new();
+    crate::task::open_regular(path)?
         .take(MAX_ERROR_RECORD_BYTES)
-        .read_to_string(&mut text)?;
-    Ok(text)
+        .read_to_end(&mut bytes)?;
+    // (A record that is not UTF-8 is reported unreadable by its parser, not skipped.)
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// Delivers workunit `wu`'s error record; returns its spool file once delivered.
 fn take_error(shared: &Shared, wu: &WuName) -> Option<PathBuf> {
     let path = shared.spool.join(wu.error_spool_name());
-    let Ok(text) = read_capped(&path) else {
-        return None;
+    let text = match read_capped(&path) {
+        Ok(text) => text,
+        // Not a file (the assimilator writes only files): an unreadable record, not one
+        // to wait for.
+        Err(_) if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) => String::new(),
+        Err(_) => return None, // Gone or unreadable for now: the next scan decides.
     };
     let message = crate::guard::contain(|| match ErrorRecord::from_text(&text) {
         Ok(rec) => rec.describe(),
@@ -409,6 +438,8 @@ fn check_deadline(shared: &Shared) {
         }
         out
     };
+    // A pack that ended frees the sizer (its probe may be what the submit thread waits for).
+    shared.cond.notify_all();
     for (wu, members) in expired {
         mark_cancelled(&shared.spool, &wu);
         let how = run_cancel_jobs(&shared.project, &wu);
