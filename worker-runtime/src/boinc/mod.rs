@@ -6,7 +6,9 @@
 //! shared-memory control channel ([`shm`]: suspend, resume, quit, abort; CPU time and
 //! fraction done reported back), runs the task like everywhere else (scratch space inside the
 //! slot), writes the result bundle atomically to the resolved output path and, as its very
-//! last step, `boinc_finish_called`. Exit statuses are in [`SlotExit::code`]. A pack bundle
+//! last step, `boinc_finish_called`. The client restarts a task in the same slot (after a
+//! temporary exit, a quit, a kill), so a run first removes what an earlier one left there:
+//! the finish and temporary-exit files. Exit statuses are in [`SlotExit::code`]. A pack bundle
 //! (many tasks in one workunit) runs task by task ([`crate::pack`]) and succeeds whenever its
 //! pack result was written: the failures of single tasks travel inside it.
 //!
@@ -92,7 +94,10 @@ pub fn run_in_slot(slot: &Path) -> i32 {
         info.wu_name.as_deref().unwrap_or("?"),
         info.result_name.as_deref().unwrap_or("?"),
     );
+    // Left by an earlier run in this slot (the client restarts a task in the same slot):
+    // a stale temporary-exit file would make this run's exit look temporary too.
     let _ = std::fs::remove_file(slot.join(FINISH_FILE));
+    let _ = std::fs::remove_file(slot.join(TEMPORARY_EXIT_FILE));
     let outcome = run_slot_task(slot, &info);
     let code = outcome.code();
     match &outcome {
@@ -336,6 +341,52 @@ mod tests {
         assert!(is_slot(d.path()));
         assert_eq!(run_in_slot(d.path()), EXIT_BAD_INPUT);
         assert!(!d.path().join(FINISH_FILE).exists());
+    }
+
+    /// A slot as the client prepares it with `<copy_file/>`: `init_data.xml` and the program
+    /// and task bundles under their logical names; the program is the shell script `script`.
+    #[cfg(unix)]
+    fn slot_with_task(script: &str) -> tempfile::TempDir {
+        use mw_bundle::{BundleBuilder, ProgramInfo, TaskInfo};
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join(init_data::INIT_DATA_FILE),
+            "<app_init_data>\n<slot>0</slot>\n</app_init_data>\n",
+        )
+        .unwrap();
+        let mut p = BundleBuilder::program(
+            ProgramInfo {
+                executable: "prog.sh".into(),
+                base_args: vec![],
+            },
+            "program",
+        );
+        p.add_bytes("prog.sh", script.as_bytes().to_vec(), true)
+            .unwrap();
+        let sha = p.write_to(&d.path().join(LOGICAL_PROGRAM)).unwrap();
+        let info = TaskInfo {
+            job: "slotjob".into(),
+            task: 1,
+            program_sha256: sha,
+            ..TaskInfo::default()
+        };
+        let mut t = BundleBuilder::task(info, "task");
+        t.add_bytes(mw_bundle::TASK_INPUT_NAME, b"1".to_vec(), false)
+            .unwrap();
+        t.write_to(&d.path().join(LOGICAL_TASK)).unwrap();
+        d
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn a_stale_temporary_exit_file_is_removed_and_a_success_is_a_normal_finish() {
+        let d = slot_with_task("#!/bin/sh\necho '{}'\n");
+        // Left by an earlier run of this task in the same slot.
+        std::fs::write(d.path().join(TEMPORARY_EXIT_FILE), "10\nquit requested\n").unwrap();
+        assert_eq!(run_in_slot(d.path()), 0);
+        assert!(!d.path().join(TEMPORARY_EXIT_FILE).exists());
+        assert!(d.path().join(FINISH_FILE).is_file());
+        assert!(d.path().join(LOGICAL_RESULT).is_file());
     }
 
     #[test]
