@@ -8,7 +8,8 @@
 //! slot), writes the result bundle atomically to the resolved output path and, as its very
 //! last step, `boinc_finish_called`. The client restarts a task in the same slot (after a
 //! temporary exit, a quit, a kill), so a run first removes what an earlier one left there:
-//! the finish and temporary-exit files. Exit statuses are in [`SlotExit::code`]. A pack bundle
+//! the finish and temporary-exit files and any scratch directory ([`SCRATCH_PREFIX`]) of a
+//! run that was killed. Exit statuses are in [`SlotExit::code`]. A pack bundle
 //! (many tasks in one workunit) runs task by task ([`crate::pack`]) and succeeds whenever its
 //! pack result was written: the failures of single tasks travel inside it.
 //!
@@ -35,6 +36,9 @@ use std::path::Path;
 pub const FINISH_FILE: &str = "boinc_finish_called";
 /// The file that, with exit status 0, asks the client to restart the task later.
 pub const TEMPORARY_EXIT_FILE: &str = "boinc_temporary_exit";
+/// The prefix of the scratch directory a run makes in the slot. One app runs in a slot at a
+/// time, so any such directory found at start is a killed run's leftover and goes.
+pub const SCRATCH_PREFIX: &str = "mw-scratch-";
 /// Exit status: the task's program failed (the result bundle was still written).
 pub const EXIT_TASK_FAILED: i32 = 1;
 /// Exit status: the task cannot be run here and never will (bad or missing bundle).
@@ -98,6 +102,7 @@ pub fn run_in_slot(slot: &Path) -> i32 {
     // a stale temporary-exit file would make this run's exit look temporary too.
     let _ = std::fs::remove_file(slot.join(FINISH_FILE));
     let _ = std::fs::remove_file(slot.join(TEMPORARY_EXIT_FILE));
+    remove_stale_scratch(slot);
     let outcome = run_slot_task(slot, &info);
     let code = outcome.code();
     match &outcome {
@@ -122,6 +127,34 @@ pub fn run_in_slot(slot: &Path) -> i32 {
         }
     }
     code
+}
+
+/// Removes the scratch directories ([`SCRATCH_PREFIX`]) earlier runs left in the slot: a run
+/// the client killed (a quit ignored, a suspend left unread, the host shut down) never
+/// removed its own, and each restart would add another copy until the client aborts the
+/// task for its disk usage. What cannot be removed is reported and left.
+fn remove_stale_scratch(slot: &Path) {
+    let Ok(entries) = std::fs::read_dir(slot) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let is_scratch = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(SCRATCH_PREFIX));
+        // A real directory only: a link of that name is not ours to follow.
+        if !is_scratch || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let path = entry.path();
+        eprintln!(
+            "mw-worker: removing {} left by an earlier run",
+            path.display()
+        );
+        if let Err(e) = std::fs::remove_dir_all(&path) {
+            eprintln!("mw-worker: warning: cannot remove {}: {e}", path.display());
+        }
+    }
 }
 
 fn one_line(s: &str) -> String {
@@ -224,7 +257,7 @@ fn run_resolved(slot: &Path, control: &ProcessControl) -> SlotExit {
         }
     }
     let scratch = match tempfile::Builder::new()
-        .prefix("mw-scratch-")
+        .prefix(SCRATCH_PREFIX)
         .tempdir_in(slot)
     {
         Ok(d) => d,
@@ -387,6 +420,21 @@ mod tests {
         assert!(!d.path().join(TEMPORARY_EXIT_FILE).exists());
         assert!(d.path().join(FINISH_FILE).is_file());
         assert!(d.path().join(LOGICAL_RESULT).is_file());
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn scratch_directories_left_by_a_killed_run_are_removed_at_start() {
+        let d = slot_with_task("#!/bin/sh\necho '{}'\n");
+        let old = d.path().join(format!("{SCRATCH_PREFIX}old"));
+        std::fs::create_dir_all(old.join("sub")).unwrap();
+        std::fs::write(old.join("x"), "left by a killed run").unwrap();
+        std::fs::write(old.join("sub/y"), "and this").unwrap();
+        assert_eq!(run_in_slot(d.path()), 0);
+        assert!(!old.exists());
+        // Nothing else was taken for a leftover.
+        assert!(d.path().join(LOGICAL_RESULT).is_file());
+        assert!(d.path().join(init_data::INIT_DATA_FILE).is_file());
     }
 
     #[test]
