@@ -1057,11 +1057,16 @@ pub struct CollectedOutput {
 
 /// Finds the declared outputs in `workdir`. Only regular files count: a symbolic link named
 /// as an output is reported missing, so a task cannot smuggle a host file into its result.
-/// Unsafe names (absolute, `..`) are reported missing too.
+/// Unsafe names (absolute, `..`) are reported missing too. A name declared more than once
+/// is one output, found or missing once.
 pub fn collect_outputs(workdir: &Path, outputs: &[String]) -> (Vec<CollectedOutput>, Vec<String>) {
     let mut found = Vec::new();
     let mut missing = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for name in outputs {
+        if !seen.insert(name.as_str()) {
+            continue;
+        }
         if mw_bundle::check_relative_path(name).is_err() {
             missing.push(name.clone());
             continue;

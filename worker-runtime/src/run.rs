@@ -433,7 +433,19 @@ fn run_prepared(
     // naming its file instead of exhausting a volunteer's memory.
     let mut room = mw_bundle::MAX_RESULT_FILES_BYTES;
     let mut outputs = Vec::with_capacity(found.len());
+    // Names that differ only in case are one file on Windows, and no result bundle holds
+    // both: the first found is kept, a later one is missing (the finished run is not lost).
+    let mut folded = std::collections::HashMap::new();
     for out in found {
+        let key = mw_bundle::case_fold_key(&out.name);
+        if let Some(other) = folded.get(&key) {
+            missing.push(format!(
+                "{} (differs from output `{other}` only in case: one file on Windows)",
+                out.name
+            ));
+            continue;
+        }
+        folded.insert(key, out.name.clone());
         match read_output(&out.path, room) {
             Ok(bytes) => {
                 room = room.saturating_sub(bytes.len() as u64);

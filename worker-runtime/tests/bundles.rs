@@ -27,6 +27,7 @@ case "$input" in
   '"hang"') sleep 1000 ;;
   '"show"') cat prog.sh ;;
   '"huge"') echo small > out.txt; truncate -s 300M leak.txt; echo '{}' ;;
+  '"case"') echo lower > out.txt; echo upper > OUT.txt; echo '{}' ;;
 esac
 "#;
 
@@ -63,6 +64,17 @@ impl Fixture {
 
     /// Writes a task bundle for `program_sha` with input `word` and returns its path.
     fn task(&self, program_sha: &str, word: &str, timeout_secs: Option<f64>) -> PathBuf {
+        self.task_with_outputs(program_sha, word, timeout_secs, &["out.txt", "leak.txt"])
+    }
+
+    /// [`task`](Self::task) declaring `outputs`.
+    fn task_with_outputs(
+        &self,
+        program_sha: &str,
+        word: &str,
+        timeout_secs: Option<f64>,
+        outputs: &[&str],
+    ) -> PathBuf {
         let mut env = std::collections::BTreeMap::new();
         env.insert("MARK".into(), self.mark().to_str().unwrap().to_string());
         let info = TaskInfo {
@@ -73,7 +85,7 @@ impl Fixture {
             args: vec![],
             env,
             timeout_secs,
-            outputs: vec!["out.txt".into(), "leak.txt".into()],
+            outputs: outputs.iter().map(|o| o.to_string()).collect(),
             ..TaskInfo::default()
         };
         let mut b = BundleBuilder::task(info, "test task");
@@ -208,6 +220,59 @@ fn an_output_file_over_the_result_limit_is_missing_with_its_reason_not_read() {
     let bundle = read_result(&result);
     assert_eq!(bundle.members["outputs/out.txt"], b"small\n");
     assert!(!bundle.members.contains_key("outputs/leak.txt"));
+}
+
+/// An output declared twice is one file: the run's result holds it once (the result bundle
+/// refuses a member added twice, which threw the finished run away).
+#[test]
+fn an_output_declared_twice_is_in_the_result_once() {
+    let fx = Fixture::new();
+    let task = fx.task_with_outputs(&fx.sha, "ok", None, &["out.txt", "out.txt"]);
+    let result = fx.path("result.tar.gz");
+    let info = run_bundles(
+        &fx.program,
+        &task,
+        &result,
+        &ProcessControl::new(),
+        &RunOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(info.exit, ExitInfo::Exited { code: 0 });
+    assert!(
+        info.missing_outputs.is_empty(),
+        "{:?}",
+        info.missing_outputs
+    );
+    let bundle = read_result(&result);
+    assert_eq!(bundle.members["outputs/out.txt"], b"written\n");
+}
+
+/// Outputs whose names differ only in case are one file on Windows, so a result cannot
+/// carry both: the first is kept and the second reported missing with the reason, rather
+/// than the whole finished run failing to make a result.
+#[test]
+fn an_output_differing_from_another_only_in_case_is_missing_with_its_reason() {
+    let fx = Fixture::new();
+    let task = fx.task_with_outputs(&fx.sha, "case", None, &["out.txt", "OUT.txt"]);
+    let result = fx.path("result.tar.gz");
+    let info = run_bundles(
+        &fx.program,
+        &task,
+        &result,
+        &ProcessControl::new(),
+        &RunOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(info.exit, ExitInfo::Exited { code: 0 });
+    assert_eq!(info.missing_outputs.len(), 1, "{:?}", info.missing_outputs);
+    let why = &info.missing_outputs[0];
+    assert!(
+        why.starts_with("OUT.txt (") && why.contains("only in case") && why.contains("out.txt"),
+        "{why}"
+    );
+    let bundle = read_result(&result);
+    assert_eq!(bundle.members["outputs/out.txt"], b"lower\n");
+    assert!(!bundle.members.contains_key("outputs/OUT.txt"));
 }
 
 #[test]
