@@ -28,6 +28,7 @@ case "$input" in
   '"show"') cat prog.sh ;;
   '"huge"') echo small > out.txt; truncate -s 300M leak.txt; echo '{}' ;;
   '"case"') echo lower > out.txt; echo upper > OUT.txt; echo '{}' ;;
+  '"ro"') mkdir -p d/e; touch d/e/f; chmod 555 d/e; echo written > out.txt; echo '{}' ;;
 esac
 "#;
 
@@ -123,6 +124,19 @@ impl Fixture {
         tasks: Vec<u64>,
         members: Vec<(u64, Vec<u8>)>,
     ) -> (std::process::Output, PathBuf) {
+        self.run_pack_as(tasks, members, false)
+    }
+
+    /// [`run_pack`](Self::run_pack); with `unprivileged`, a worker run by root loses the
+    /// capabilities that let root ignore file permissions (through `setpriv`), so a
+    /// directory a task made unwritable is as unwritable to the worker as on a volunteer's
+    /// host.
+    fn run_pack_as(
+        &self,
+        tasks: Vec<u64>,
+        members: Vec<(u64, Vec<u8>)>,
+        unprivileged: bool,
+    ) -> (std::process::Output, PathBuf) {
         let mut b = BundleBuilder::pack(
             mw_bundle::PackInfo {
                 job: "testjob".into(),
@@ -139,7 +153,26 @@ impl Fixture {
         let pack = self.path("pack.tar.gz");
         b.write_to(&pack).unwrap();
         let result = self.path("pack-result.tar.gz");
-        (self.worker(&pack, &result), result)
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !(unprivileged && root) {
+            return (self.worker(&pack, &result), result);
+        }
+        let caps = "-dac_override,-dac_read_search";
+        let out = Command::new("setpriv")
+            .args(["--bounding-set", caps, "--inh-caps", caps])
+            .arg(env!("CARGO_BIN_EXE_mw-worker"))
+            .arg("run")
+            .arg("--program")
+            .arg(&self.program)
+            .arg("--task")
+            .arg(&pack)
+            .arg("--result")
+            .arg(&result)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("setpriv (util-linux) runs the worker without root's file-permission override");
+        (out, result)
     }
 
     fn worker_with(&self, program: &Path, task: &Path, result: &Path) -> std::process::Output {
@@ -495,6 +528,30 @@ fn mw_worker_runs_a_pack_task_by_task() {
             assert_eq!(r.stderr_tail, "it went wrong\n");
         }
     }
+}
+
+/// A task that leaves a directory it cannot write to deep in the shared working directory
+/// (`chmod 555 d/e` over a file) does not stop the pack: the next task still runs.
+#[test]
+fn a_packed_task_leaving_an_unwritable_directory_does_not_stop_the_next() {
+    let fx = Fixture::new();
+    let (out, result) = fx.run_pack_as(
+        vec![1, 2],
+        vec![(1, task_bytes(&fx, 1, "ro")), (2, task_bytes(&fx, 2, "ok"))],
+        true,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let bundle = open_pack_result(&result);
+    let info = bundle.manifest.pack_result.clone().unwrap();
+    assert!(info.not_run.is_empty(), "{:?}\n{stderr}", info.not_run);
+    assert_eq!(info.tasks, vec![1, 2]);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let inner = inner_result(&bundle, 2);
+    assert_eq!(
+        inner.manifest.result.unwrap().exit,
+        ExitInfo::Exited { code: 0 }
+    );
+    assert_eq!(inner.members["outputs/out.txt"], b"written\n");
 }
 
 /// Tasks of a pack share one reused working directory, whose links to the program's files

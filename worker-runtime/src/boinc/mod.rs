@@ -151,7 +151,7 @@ fn remove_stale_scratch(slot: &Path) {
             "mw-worker: removing {} left by an earlier run",
             path.display()
         );
-        if let Err(e) = std::fs::remove_dir_all(&path) {
+        if let Err(e) = crate::run::remove_tree(&path) {
             eprintln!("mw-worker: warning: cannot remove {}: {e}", path.display());
         }
     }
@@ -281,6 +281,14 @@ fn run_resolved(slot: &Path, control: &ProcessControl) -> SlotExit {
             }
             Ok(info)
         });
+    // What the task left unwritable in its scratch space goes too (a dropped TempDir would
+    // leave it in the slot).
+    if let Err(e) = crate::run::remove_tree(scratch.path()) {
+        eprintln!(
+            "mw-worker: warning: cannot remove {}: {e}",
+            scratch.path().display()
+        );
+    }
     match run {
         Ok(_) if control.is_cancelled() => SlotExit::TaskFailed("stopped on request".into()),
         // A pack reports each task's failure inside its result: the workunit succeeded when
