@@ -197,7 +197,7 @@ pub fn watchdog_main(args: &[OsString]) -> i32 {
     }
     kill_token_prefix(prefix);
     if let Some(dir) = scratch {
-        match std::fs::remove_dir_all(&dir) {
+        match crate::run::remove_tree(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {

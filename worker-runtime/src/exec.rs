@@ -8,6 +8,10 @@
 //! period, SIGKILL. After the leader exits, the rest of its group is killed so no stray
 //! grandchild outlives the task.
 //!
+//! Suspension ([`ProcessControl::suspend`], BOINC's `<suspend/>`) stops the group; the time
+//! spent suspended does not count toward the timeout (`Deadline` moves on with it), and a
+//! suspend that comes while no program runs holds the next start back until the resume.
+//!
 //! This module knows nothing of bundles, platforms or the master.
 
 use mw_bundle::ExitInfo;
@@ -125,7 +129,13 @@ pub(crate) struct Exited {
 pub(crate) struct ControlState {
     pub(crate) pgid: Option<i32>,
     pub(crate) cancelled: bool,
-    suspended: bool,
+    /// Suspended (asked to stop and not resumed yet), whether or not a program runs: a
+    /// suspend that comes while none does holds the next one back until the resume.
+    pub(crate) suspended: bool,
+    /// Since when, while suspended.
+    suspended_since: Option<Instant>,
+    /// Time spent suspended before `suspended_since`, over the control's whole life.
+    stopped_before: Duration,
     /// Counts runs, so a delayed SIGKILL never hits a later run of the same control.
     pub(crate) run: u64,
     pub(crate) grace: Duration,
@@ -138,11 +148,81 @@ pub(crate) struct ControlState {
     job: Option<Arc<windows::Job>>,
 }
 
+impl ControlState {
+    /// Records the suspension starting or ending now.
+    fn set_suspended(&mut self, stop: bool) {
+        if stop == self.suspended {
+            return;
+        }
+        self.suspended = stop;
+        if stop {
+            self.suspended_since = Some(Instant::now());
+        } else if let Some(since) = self.suspended_since.take() {
+            self.stopped_before = self.stopped_before.saturating_add(since.elapsed());
+        }
+    }
+
+    /// All the time spent suspended so far, the current suspension included.
+    pub(crate) fn stopped_time(&self) -> Duration {
+        let current = self.suspended_since.map_or(Duration::ZERO, |s| s.elapsed());
+        self.stopped_before.saturating_add(current)
+    }
+}
+
+/// A run's time limit that does not count the time the run spent suspended: it moves on by
+/// every second of a suspension (BOINC's `<suspend/>` stops a task for as long as the
+/// volunteer uses the machine), so a task is never killed as timed out for it.
+#[derive(Debug)]
+pub(crate) struct Deadline {
+    control: ProcessControl,
+    t0: Instant,
+    limit: Duration,
+    /// The control's [`ControlState::stopped_time`] when the run started.
+    stopped0: Duration,
+}
+
+impl Deadline {
+    /// The limit `limit` of a run that started at `t0` under `control`; `None` without one.
+    pub(crate) fn new(
+        control: &ProcessControl,
+        t0: Instant,
+        limit: Option<Duration>,
+    ) -> Option<Self> {
+        let stopped0 = control.lock().stopped_time();
+        limit.map(|limit| Deadline {
+            control: control.clone(),
+            t0,
+            limit,
+            stopped0,
+        })
+    }
+
+    /// When the limit is reached as things stand (later with every moment suspended);
+    /// `None` when too far away to represent, which is no limit (never a panic).
+    pub(crate) fn at(&self) -> Option<Instant> {
+        let stopped = self.control.lock().stopped_time();
+        let extra = stopped.saturating_sub(self.stopped0);
+        self.t0.checked_add(self.limit)?.checked_add(extra)
+    }
+
+    /// True once the limit is reached at `now`.
+    pub(crate) fn passed(&self, now: Instant) -> bool {
+        self.at().is_some_and(|d| now >= d)
+    }
+
+    /// What is left of the limit at `now` (zero once reached; `None`: no limit after all).
+    pub(crate) fn left(&self, now: Instant) -> Option<Duration> {
+        self.at().map(|d| d.saturating_duration_since(now))
+    }
+}
+
 /// A handle to the process group of a running task: cancel, suspend, resume. Cheap to clone;
 /// may be used from any thread, before, during or after the run.
 #[derive(Clone, Default)]
 pub struct ProcessControl {
     state: Arc<Mutex<ControlState>>,
+    /// Signalled on resume and cancel, for a start held back by a suspension.
+    wake: Arc<std::sync::Condvar>,
 }
 
 impl std::fmt::Debug for ProcessControl {
@@ -447,6 +527,10 @@ impl ProcessControl {
     pub fn cancel(&self) {
         let mut st = self.lock();
         st.cancelled = true;
+        // A start held back by a suspension gives up (it will not run).
+        self.wake.notify_all();
+        // The group gets SIGCONT to act on the stop: it is no longer suspended.
+        st.set_suspended(false);
         // No polite stop on Windows: end the whole job at once.
         #[cfg(windows)]
         if let Some(job) = &st.job {
@@ -458,7 +542,6 @@ impl ProcessControl {
                 return;
             };
             let term = Termination::start(pgid, st.grace);
-            st.suspended = false;
             let run = st.run;
             drop(st);
             let me = self.clone();
@@ -481,12 +564,16 @@ impl ProcessControl {
         self.lock().cancelled
     }
 
-    /// Stops the process group (SIGSTOP; on Windows every thread of the job).
+    /// Stops the process group (SIGSTOP; on Windows every thread of the job). With no
+    /// program running (unpacking, between the tasks of a pack, a streaming program being
+    /// restarted) the suspension is remembered and the next program does not start before
+    /// [`resume`](Self::resume). Time suspended does not count toward a run's timeout.
     pub fn suspend(&self) {
         self.set_stopped(true);
     }
 
-    /// Continues a stopped process group (SIGCONT; on Windows every thread of the job).
+    /// Continues a stopped process group (SIGCONT; on Windows every thread of the job), or
+    /// lets a program held back by [`suspend`](Self::suspend) start.
     pub fn resume(&self) {
         self.set_stopped(false);
     }
@@ -496,15 +583,45 @@ impl ProcessControl {
         #[cfg(unix)]
         if let Some(pgid) = st.pgid {
             signal_group(pgid, if stop { libc::SIGSTOP } else { libc::SIGCONT });
-            st.suspended = stop;
         }
         #[cfg(windows)]
         if let Some(job) = &st.job {
             if st.suspended != stop {
                 job.set_suspended(stop);
-                st.suspended = stop;
             }
         }
+        st.set_suspended(stop);
+        if !stop {
+            self.wake.notify_all();
+        }
+    }
+
+    /// True while suspended (see [`suspend`](Self::suspend)).
+    pub fn is_suspended(&self) -> bool {
+        self.lock().suspended
+    }
+
+    /// All the time this control spent suspended so far.
+    pub fn stopped_time(&self) -> Duration {
+        self.lock().stopped_time()
+    }
+
+    /// Waits, with the lock `st` of this control, until it is not suspended or is
+    /// cancelled: a program is never started into a suspension.
+    pub(crate) fn hold_while_suspended<'a>(
+        &'a self,
+        mut st: std::sync::MutexGuard<'a, ControlState>,
+    ) -> std::sync::MutexGuard<'a, ControlState> {
+        while st.suspended && !st.cancelled {
+            st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st
+    }
+
+    /// [`hold_while_suspended`](Self::hold_while_suspended), taking the lock itself.
+    #[cfg(unix)]
+    pub(crate) fn wait_while_suspended(&self) {
+        drop(self.hold_while_suspended(self.lock()));
     }
 
     /// Calls `f` with the process group id (= the leader's pid) each time a program starts
@@ -616,16 +733,18 @@ fn execute_unix(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutco
         (f.into(), None)
     };
 
-    let started = SystemTime::now();
-    let t0 = Instant::now();
     let token = task_token();
     // Register before spawning so a cancel racing with the spawn is seen. The child's ends
     // of the pipes are closed once it started (moved into start_task and dropped there).
-    let pid = {
-        let mut st = control.lock();
+    // A suspension holds the start back; the task's clock starts once it may run.
+    let (pid, t0, started) = {
+        let st = control.hold_while_suspended(control.lock());
+        let started = SystemTime::now();
+        let t0 = Instant::now();
         if st.cancelled {
             return Ok(outcome_without_run(ExitInfo::Cancelled, started));
         }
+        let mut st = st;
         let start = TaskStart {
             program: &req.program,
             args: &req.args,
@@ -640,11 +759,12 @@ fn execute_unix(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutco
                 st.run += 1;
                 st.grace = req.grace;
                 st.token = Some(token);
-                pid
+                (pid, t0, started)
             }
             Err(e) => return Ok(spawn_failed(&req.program, &e, started)),
         }
     };
+    let deadline = Deadline::new(control, t0, req.timeout);
     let on_start = control.lock().on_start.clone();
     if let Some(f) = on_start {
         f(pid);
@@ -654,7 +774,7 @@ fn execute_unix(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutco
         let _ = pipe.write_all(&req.stdin);
     }
     if use_pipes {
-        let pumped = pump(pid, out_pipe, err_pipe, req, t0);
+        let pumped = pump(pid, out_pipe, err_pipe, req, deadline.as_ref());
         // The leader has exited (or is being killed); reap it for its status and CPU time.
         let exited = wait_pid(pid);
         signal_group(pid, libc::SIGKILL);
@@ -671,9 +791,9 @@ fn execute_unix(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutco
         ));
     }
 
-    let (timed_out, exited) = match req.timeout {
+    let (timed_out, exited) = match deadline {
         None => (false, wait_pid(pid)),
-        Some(limit) => {
+        Some(deadline) => {
             let (tx, rx) = mpsc::channel::<Exited>();
             std::thread::Builder::new()
                 .name(format!("mw-wait-{pid}"))
@@ -683,10 +803,22 @@ fn execute_unix(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutco
                     }
                 })
                 .map_err(io_err("spawning waiter thread"))?;
-            match rx.recv_timeout(limit.saturating_sub(t0.elapsed())) {
-                Ok(e) => (false, Some(e)),
-                Err(RecvTimeoutError::Timeout) => (true, terminate(pid, &rx, req.grace)),
-                Err(RecvTimeoutError::Disconnected) => (false, None),
+            loop {
+                // The deadline moves on while the task is suspended: look again when the
+                // wait ends, and time out only once it has really passed.
+                let wait = deadline.left(Instant::now());
+                let got = match wait {
+                    Some(left) => rx.recv_timeout(left),
+                    None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                };
+                match got {
+                    Ok(e) => break (false, Some(e)),
+                    Err(RecvTimeoutError::Timeout) if deadline.passed(Instant::now()) => {
+                        break (true, terminate(pid, &rx, req.grace));
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break (false, None),
+                }
             }
         }
     };
@@ -834,7 +966,7 @@ fn pump(
     out: Option<std::io::PipeReader>,
     err: Option<std::io::PipeReader>,
     req: &ExecRequest,
-    t0: Instant,
+    limit: Option<&Deadline>,
 ) -> Pumped {
     use std::os::fd::AsRawFd;
     let pidfd = pidfd_open(pid);
@@ -846,14 +978,15 @@ fn pump(
         truncated: false,
         stderr_tail: Vec::new(),
     };
-    // A timeout too far away to represent is no timeout (never a panic).
-    let deadline = req.timeout.and_then(|t| t0.checked_add(t));
     let mut term: Option<Termination> = None;
     let mut leader_gone = pidfd.is_none();
     let mut drain_until: Option<Instant> = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let now = Instant::now();
+        // Where the limit is now (it moves on while the task is suspended); one too far
+        // away to represent is no limit (never a panic).
+        let deadline = limit.and_then(Deadline::at);
         if let Some(d) = deadline {
             if !p.timed_out && now >= d && !leader_gone {
                 p.timed_out = true;
@@ -1057,11 +1190,16 @@ pub struct CollectedOutput {
 
 /// Finds the declared outputs in `workdir`. Only regular files count: a symbolic link named
 /// as an output is reported missing, so a task cannot smuggle a host file into its result.
-/// Unsafe names (absolute, `..`) are reported missing too.
+/// Unsafe names (absolute, `..`) are reported missing too. A name declared more than once
+/// is one output, found or missing once.
 pub fn collect_outputs(workdir: &Path, outputs: &[String]) -> (Vec<CollectedOutput>, Vec<String>) {
     let mut found = Vec::new();
     let mut missing = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for name in outputs {
+        if !seen.insert(name.as_str()) {
+            continue;
+        }
         if mw_bundle::check_relative_path(name).is_err() {
             missing.push(name.clone());
             continue;

@@ -121,6 +121,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 // Stopped: the task's processes are gone (cancel); no result is written, the
                 // scratch directory goes, and the worker dies by the signal it got.
                 drop(ran);
+                let _ = mw_worker_runtime::run::remove_tree(dir.path());
                 drop(dir);
                 drop(watchdog);
                 mw_worker_runtime::dying::die_by(sig);
@@ -128,6 +129,8 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             let (ran, bytes) =
                 ran.with_context(|| format!("running task bundle {}", task.display()))?;
             write_atomically(&result, &bytes)?;
+            // Also what a task left unwritable (a dropped TempDir would leave it behind).
+            let _ = mw_worker_runtime::run::remove_tree(dir.path());
             drop(dir);
             if ran.succeeded() {
                 return Ok(0);

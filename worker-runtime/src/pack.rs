@@ -358,7 +358,7 @@ fn run_pack_stream(
             continue;
         }
         // A fresh, empty working directory (with the program's files) for each process.
-        let _ = std::fs::remove_dir_all(&workdir);
+        let _ = crate::run::remove_tree(&workdir);
         std::fs::create_dir(&workdir).map_err(|source| RunError::Io {
             context: format!("creating {}", workdir.display()),
             source,

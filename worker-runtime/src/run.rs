@@ -302,18 +302,7 @@ fn empty_workdir(
                 {
                     continue;
                 }
-                if file_type.is_some_and(|t| t.is_dir()) {
-                    // A task may have left a directory it cannot write to: make it writable.
-                    #[cfg(unix)]
-                    {
-                        use std::os::unix::fs::PermissionsExt;
-                        let _ =
-                            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700));
-                    }
-                    std::fs::remove_dir_all(&path).map_err(io(ctx()))?;
-                } else {
-                    std::fs::remove_file(&path).map_err(io(ctx()))?;
-                }
+                remove_tree(&path).map_err(io(ctx()))?;
             }
         }
         Ok(_) => {
@@ -323,6 +312,61 @@ fn empty_workdir(
         Err(_) => std::fs::create_dir(&work).map_err(io(ctx()))?,
     }
     Ok(work)
+}
+
+/// Removes `path`: a file, a link (never followed) or a whole directory tree, also one a task
+/// left unwritable (`chmod 555` on a directory anywhere in it; on Windows read-only files).
+/// Only when a plain removal fails is the tree walked and made removable, then removed again.
+pub fn remove_tree(path: &Path) -> std::io::Result<()> {
+    let is_dir = |p: &Path| std::fs::symlink_metadata(p).map(|m| m.is_dir());
+    let remove = |p: &Path| {
+        if is_dir(p)? {
+            std::fs::remove_dir_all(p)
+        } else {
+            std::fs::remove_file(p)
+        }
+    };
+    match remove(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            make_removable(path);
+            remove(path)
+        }
+        ok => ok,
+    }
+}
+
+/// Makes every directory under `root` (itself included) writable and searchable by its owner,
+/// and on Windows clears the read-only attribute of every file, so the tree can be removed.
+/// Links are never followed (their targets are not the task's); the walk keeps its own stack,
+/// so a deep tree cannot overflow ours. Best effort: what cannot be changed is left.
+fn make_removable(root: &Path) {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        #[cfg(unix)]
+        if meta.is_dir() {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() | 0o700;
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode));
+        }
+        #[cfg(windows)]
+        if meta.permissions().readonly() {
+            let mut perms = meta.permissions();
+            perms.set_readonly(false);
+            let _ = std::fs::set_permissions(&path, perms);
+        }
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                stack.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+    }
 }
 
 /// True for the symbolic link `path` named `name` when it is the link [`link_program_files`]
@@ -433,7 +477,19 @@ fn run_prepared(
     // naming its file instead of exhausting a volunteer's memory.
     let mut room = mw_bundle::MAX_RESULT_FILES_BYTES;
     let mut outputs = Vec::with_capacity(found.len());
+    // Names that differ only in case are one file on Windows, and no result bundle holds
+    // both: the first found is kept, a later one is missing (the finished run is not lost).
+    let mut folded = std::collections::HashMap::new();
     for out in found {
+        let key = mw_bundle::case_fold_key(&out.name);
+        if let Some(other) = folded.get(&key) {
+            missing.push(format!(
+                "{} (differs from output `{other}` only in case: one file on Windows)",
+                out.name
+            ));
+            continue;
+        }
+        folded.insert(key, out.name.clone());
         match read_output(&out.path, room) {
             Ok(bytes) => {
                 room = room.saturating_sub(bytes.len() as u64);

@@ -430,7 +430,7 @@ mod unix {
     use super::*;
     use crate::exec::{
         decode_status, kill_escapees, pidfd_open, pidfd_supported, signal_group, start_task,
-        tail_string, task_token, wait_pid, TaskStart, Termination,
+        tail_string, task_token, wait_pid, Deadline, TaskStart, Termination,
     };
     use std::io::{PipeReader, PipeWriter};
     use std::io::{Read, Write};
@@ -814,20 +814,22 @@ mod unix {
     struct Current {
         t0: Instant,
         started: SystemTime,
-        deadline: Option<Instant>,
+        /// Its timeout, moved on by the time its control spends suspended.
+        deadline: Option<Deadline>,
         timeout: Option<Duration>,
         /// Why it fails when the process ends (set when we stop the process because of it).
         verdict: Option<ExitInfo>,
     }
 
     impl Current {
-        /// The task whose clock starts now, with `timeout` (if any) as its limit.
-        fn start(timeout: Option<Duration>) -> Current {
+        /// The task whose clock starts now, with `timeout` (if any) as its limit, not
+        /// counting the time `control` spends suspended.
+        fn start(timeout: Option<Duration>, control: &ProcessControl) -> Current {
             let t0 = Instant::now();
             Current {
                 t0,
                 started: SystemTime::now(),
-                deadline: timeout.and_then(|t| t0.checked_add(t)),
+                deadline: Deadline::new(control, t0, timeout),
                 timeout,
                 verdict: None,
             }
@@ -836,7 +838,7 @@ mod unix {
         /// When the task times out on process `p`, and the limit that is then: its timeout,
         /// plus the start-up allowance while `p` has answered nothing yet.
         fn due(&self, p: &Proc) -> Option<(Instant, Duration)> {
-            let (deadline, timeout) = (self.deadline?, self.timeout?);
+            let (deadline, timeout) = (self.deadline.as_ref()?.at()?, self.timeout?);
             if p.answered > 0 {
                 return Some((deadline, timeout));
             }
@@ -867,13 +869,17 @@ mod unix {
         token: T,
     }
 
-    /// Attaches `control` to the running process (so cancel stops it) or detaches it.
+    /// Attaches `control` to the running process (so cancel stops it) or detaches it. A
+    /// control suspended while no process was attached stops the process now.
     fn attach(control: &ProcessControl, pid: Option<i32>, grace: Duration) {
         let mut st = control.lock();
         st.pgid = pid;
-        if pid.is_some() {
+        if let Some(pid) = pid {
             st.run += 1;
             st.grace = grace;
+            if st.suspended {
+                signal_group(pid, libc::SIGSTOP);
+            }
         }
     }
 
@@ -926,22 +932,29 @@ mod unix {
                     }
                     continue;
                 }
-                let mut c = Current::start(front.input.timeout);
+                let mut c = Current::start(front.input.timeout, &front.input.control);
                 if let Some(p) = runner.proc.as_mut() {
                     c.attach_to(&front.input.control, p, grace);
                 }
                 cur = Some(c);
             }
-            // A process to talk to.
+            // A process to talk to: none is started into a suspension.
             if runner.proc.is_none() {
+                front.input.control.wait_while_suspended();
                 match spawn(&runner.program) {
-                    Ok(p) => {
+                    Ok(mut p) => {
                         runner.starts += 1;
                         let on_start = front.input.control.lock().on_start.clone();
                         if let Some(f) = on_start {
                             f(p.pid);
                         }
-                        attach(&front.input.control, Some(p.pid), grace);
+                        // A task cancelled meanwhile (also while held) stops it at once.
+                        match cur.as_mut() {
+                            Some(c) => {
+                                c.attach_to(&front.input.control, &mut p, grace);
+                            }
+                            None => attach(&front.input.control, Some(p.pid), grace),
+                        }
                         runner.proc = Some(p);
                     }
                     Err(e) => {
@@ -1138,7 +1151,7 @@ mod unix {
                     }
                     // The next task becomes current at once (its clock starts now).
                     if let Some(front) = queue.front() {
-                        let mut c = Current::start(front.input.timeout);
+                        let mut c = Current::start(front.input.timeout, &front.input.control);
                         let stopped = c.attach_to(&front.input.control, p, grace);
                         cur = Some(c);
                         if stopped {

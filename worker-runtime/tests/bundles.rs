@@ -27,6 +27,8 @@ case "$input" in
   '"hang"') sleep 1000 ;;
   '"show"') cat prog.sh ;;
   '"huge"') echo small > out.txt; truncate -s 300M leak.txt; echo '{}' ;;
+  '"case"') echo lower > out.txt; echo upper > OUT.txt; echo '{}' ;;
+  '"ro"') mkdir -p d/e; touch d/e/f; chmod 555 d/e; echo written > out.txt; echo '{}' ;;
 esac
 "#;
 
@@ -63,6 +65,17 @@ impl Fixture {
 
     /// Writes a task bundle for `program_sha` with input `word` and returns its path.
     fn task(&self, program_sha: &str, word: &str, timeout_secs: Option<f64>) -> PathBuf {
+        self.task_with_outputs(program_sha, word, timeout_secs, &["out.txt", "leak.txt"])
+    }
+
+    /// [`task`](Self::task) declaring `outputs`.
+    fn task_with_outputs(
+        &self,
+        program_sha: &str,
+        word: &str,
+        timeout_secs: Option<f64>,
+        outputs: &[&str],
+    ) -> PathBuf {
         let mut env = std::collections::BTreeMap::new();
         env.insert("MARK".into(), self.mark().to_str().unwrap().to_string());
         let info = TaskInfo {
@@ -73,7 +86,7 @@ impl Fixture {
             args: vec![],
             env,
             timeout_secs,
-            outputs: vec!["out.txt".into(), "leak.txt".into()],
+            outputs: outputs.iter().map(|o| o.to_string()).collect(),
             ..TaskInfo::default()
         };
         let mut b = BundleBuilder::task(info, "test task");
@@ -111,6 +124,19 @@ impl Fixture {
         tasks: Vec<u64>,
         members: Vec<(u64, Vec<u8>)>,
     ) -> (std::process::Output, PathBuf) {
+        self.run_pack_as(tasks, members, false)
+    }
+
+    /// [`run_pack`](Self::run_pack); with `unprivileged`, a worker run by root loses the
+    /// capabilities that let root ignore file permissions (through `setpriv`), so a
+    /// directory a task made unwritable is as unwritable to the worker as on a volunteer's
+    /// host.
+    fn run_pack_as(
+        &self,
+        tasks: Vec<u64>,
+        members: Vec<(u64, Vec<u8>)>,
+        unprivileged: bool,
+    ) -> (std::process::Output, PathBuf) {
         let mut b = BundleBuilder::pack(
             mw_bundle::PackInfo {
                 job: "testjob".into(),
@@ -127,7 +153,26 @@ impl Fixture {
         let pack = self.path("pack.tar.gz");
         b.write_to(&pack).unwrap();
         let result = self.path("pack-result.tar.gz");
-        (self.worker(&pack, &result), result)
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !(unprivileged && root) {
+            return (self.worker(&pack, &result), result);
+        }
+        let caps = "-dac_override,-dac_read_search";
+        let out = Command::new("setpriv")
+            .args(["--bounding-set", caps, "--inh-caps", caps])
+            .arg(env!("CARGO_BIN_EXE_mw-worker"))
+            .arg("run")
+            .arg("--program")
+            .arg(&self.program)
+            .arg("--task")
+            .arg(&pack)
+            .arg("--result")
+            .arg(&result)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("setpriv (util-linux) runs the worker without root's file-permission override");
+        (out, result)
     }
 
     fn worker_with(&self, program: &Path, task: &Path, result: &Path) -> std::process::Output {
@@ -208,6 +253,59 @@ fn an_output_file_over_the_result_limit_is_missing_with_its_reason_not_read() {
     let bundle = read_result(&result);
     assert_eq!(bundle.members["outputs/out.txt"], b"small\n");
     assert!(!bundle.members.contains_key("outputs/leak.txt"));
+}
+
+/// An output declared twice is one file: the run's result holds it once (the result bundle
+/// refuses a member added twice, which threw the finished run away).
+#[test]
+fn an_output_declared_twice_is_in_the_result_once() {
+    let fx = Fixture::new();
+    let task = fx.task_with_outputs(&fx.sha, "ok", None, &["out.txt", "out.txt"]);
+    let result = fx.path("result.tar.gz");
+    let info = run_bundles(
+        &fx.program,
+        &task,
+        &result,
+        &ProcessControl::new(),
+        &RunOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(info.exit, ExitInfo::Exited { code: 0 });
+    assert!(
+        info.missing_outputs.is_empty(),
+        "{:?}",
+        info.missing_outputs
+    );
+    let bundle = read_result(&result);
+    assert_eq!(bundle.members["outputs/out.txt"], b"written\n");
+}
+
+/// Outputs whose names differ only in case are one file on Windows, so a result cannot
+/// carry both: the first is kept and the second reported missing with the reason, rather
+/// than the whole finished run failing to make a result.
+#[test]
+fn an_output_differing_from_another_only_in_case_is_missing_with_its_reason() {
+    let fx = Fixture::new();
+    let task = fx.task_with_outputs(&fx.sha, "case", None, &["out.txt", "OUT.txt"]);
+    let result = fx.path("result.tar.gz");
+    let info = run_bundles(
+        &fx.program,
+        &task,
+        &result,
+        &ProcessControl::new(),
+        &RunOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(info.exit, ExitInfo::Exited { code: 0 });
+    assert_eq!(info.missing_outputs.len(), 1, "{:?}", info.missing_outputs);
+    let why = &info.missing_outputs[0];
+    assert!(
+        why.starts_with("OUT.txt (") && why.contains("only in case") && why.contains("out.txt"),
+        "{why}"
+    );
+    let bundle = read_result(&result);
+    assert_eq!(bundle.members["outputs/out.txt"], b"lower\n");
+    assert!(!bundle.members.contains_key("outputs/OUT.txt"));
 }
 
 #[test]
@@ -430,6 +528,30 @@ fn mw_worker_runs_a_pack_task_by_task() {
             assert_eq!(r.stderr_tail, "it went wrong\n");
         }
     }
+}
+
+/// A task that leaves a directory it cannot write to deep in the shared working directory
+/// (`chmod 555 d/e` over a file) does not stop the pack: the next task still runs.
+#[test]
+fn a_packed_task_leaving_an_unwritable_directory_does_not_stop_the_next() {
+    let fx = Fixture::new();
+    let (out, result) = fx.run_pack_as(
+        vec![1, 2],
+        vec![(1, task_bytes(&fx, 1, "ro")), (2, task_bytes(&fx, 2, "ok"))],
+        true,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let bundle = open_pack_result(&result);
+    let info = bundle.manifest.pack_result.clone().unwrap();
+    assert!(info.not_run.is_empty(), "{:?}\n{stderr}", info.not_run);
+    assert_eq!(info.tasks, vec![1, 2]);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let inner = inner_result(&bundle, 2);
+    assert_eq!(
+        inner.manifest.result.unwrap().exit,
+        ExitInfo::Exited { code: 0 }
+    );
+    assert_eq!(inner.members["outputs/out.txt"], b"written\n");
 }
 
 /// Tasks of a pack share one reused working directory, whose links to the program's files

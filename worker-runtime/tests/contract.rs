@@ -442,3 +442,79 @@ mkdir real && ln -s "$SANDBOX/secret.txt" real/leak2.txt"#,
         ]
     );
 }
+
+/// Waits (polling, up to 60 s) until `cond` holds; true when it did.
+fn wait_until(mut cond: impl FnMut() -> bool) -> bool {
+    let bound = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < bound {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
+/// A task suspended (BOINC's `<suspend/>`) for longer than its whole timeout is not killed
+/// as timed out when it is resumed: the time suspended does not count. The suspension
+/// lasts until the control has been suspended 3 s, past the 2 s limit, so without that rule
+/// the run would time out while stopped.
+#[test]
+fn time_spent_suspended_does_not_count_toward_the_timeout() {
+    let sb = Sandbox::new();
+    let started = sb.fifo("started");
+    let mut req = sb.request(
+        r#"echo up > "$SANDBOX/started"
+sleep 1
+echo '{"ok":true}'"#,
+    );
+    req.timeout = Some(Duration::from_secs(2));
+    let control = ProcessControl::new();
+    let c2 = control.clone();
+    let suspender = std::thread::spawn(move || {
+        // Blocks until the script has started.
+        std::fs::read_to_string(&started).unwrap();
+        c2.suspend();
+        let waited = wait_until(|| c2.stopped_time() >= Duration::from_secs(3));
+        c2.resume();
+        waited
+    });
+    let out = execute(&req, &control).unwrap();
+    assert!(suspender.join().unwrap());
+    assert_eq!(
+        out.exit,
+        ExitInfo::Exited { code: 0 },
+        "{}",
+        out.stderr_tail
+    );
+    assert_eq!(out.stdout, b"{\"ok\":true}\n");
+}
+
+/// A suspend that comes while no program runs (unpacking, between the tasks of a pack) is
+/// not dropped: the program does not start until the resume, and its timeout does not count
+/// the wait.
+#[test]
+fn a_suspend_while_nothing_runs_holds_the_next_start_until_resumed() {
+    let sb = Sandbox::new();
+    let mut req = sb.request(r#"touch "$SANDBOX/ran"; echo '{}'"#);
+    req.timeout = Some(Duration::from_secs(2));
+    let control = ProcessControl::new();
+    control.suspend();
+    let c2 = control.clone();
+    let runner = std::thread::spawn(move || execute(&req, &c2).unwrap());
+    assert!(wait_until(
+        || control.stopped_time() >= Duration::from_secs(3)
+    ));
+    // Long after an unheld start would have run the script.
+    assert!(!sb.path("ran").exists());
+    assert_eq!(control.pgid(), None);
+    control.resume();
+    let out = runner.join().unwrap();
+    assert_eq!(
+        out.exit,
+        ExitInfo::Exited { code: 0 },
+        "{}",
+        out.stderr_tail
+    );
+    assert!(sb.path("ran").exists());
+}

@@ -6,7 +6,10 @@
 //! shared-memory control channel ([`shm`]: suspend, resume, quit, abort; CPU time and
 //! fraction done reported back), runs the task like everywhere else (scratch space inside the
 //! slot), writes the result bundle atomically to the resolved output path and, as its very
-//! last step, `boinc_finish_called`. Exit statuses are in [`SlotExit::code`]. A pack bundle
+//! last step, `boinc_finish_called`. The client restarts a task in the same slot (after a
+//! temporary exit, a quit, a kill), so a run first removes what an earlier one left there:
+//! the finish and temporary-exit files and any scratch directory ([`SCRATCH_PREFIX`]) of a
+//! run that was killed. Exit statuses are in [`SlotExit::code`]. A pack bundle
 //! (many tasks in one workunit) runs task by task ([`crate::pack`]) and succeeds whenever its
 //! pack result was written: the failures of single tasks travel inside it.
 //!
@@ -33,6 +36,9 @@ use std::path::Path;
 pub const FINISH_FILE: &str = "boinc_finish_called";
 /// The file that, with exit status 0, asks the client to restart the task later.
 pub const TEMPORARY_EXIT_FILE: &str = "boinc_temporary_exit";
+/// The prefix of the scratch directory a run makes in the slot. One app runs in a slot at a
+/// time, so any such directory found at start is a killed run's leftover and goes.
+pub const SCRATCH_PREFIX: &str = "mw-scratch-";
 /// Exit status: the task's program failed (the result bundle was still written).
 pub const EXIT_TASK_FAILED: i32 = 1;
 /// Exit status: the task cannot be run here and never will (bad or missing bundle).
@@ -92,7 +98,11 @@ pub fn run_in_slot(slot: &Path) -> i32 {
         info.wu_name.as_deref().unwrap_or("?"),
         info.result_name.as_deref().unwrap_or("?"),
     );
+    // Left by an earlier run in this slot (the client restarts a task in the same slot):
+    // a stale temporary-exit file would make this run's exit look temporary too.
     let _ = std::fs::remove_file(slot.join(FINISH_FILE));
+    let _ = std::fs::remove_file(slot.join(TEMPORARY_EXIT_FILE));
+    remove_stale_scratch(slot);
     let outcome = run_slot_task(slot, &info);
     let code = outcome.code();
     match &outcome {
@@ -117,6 +127,34 @@ pub fn run_in_slot(slot: &Path) -> i32 {
         }
     }
     code
+}
+
+/// Removes the scratch directories ([`SCRATCH_PREFIX`]) earlier runs left in the slot: a run
+/// the client killed (a quit ignored, a suspend left unread, the host shut down) never
+/// removed its own, and each restart would add another copy until the client aborts the
+/// task for its disk usage. What cannot be removed is reported and left.
+fn remove_stale_scratch(slot: &Path) {
+    let Ok(entries) = std::fs::read_dir(slot) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let is_scratch = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(SCRATCH_PREFIX));
+        // A real directory only: a link of that name is not ours to follow.
+        if !is_scratch || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let path = entry.path();
+        eprintln!(
+            "mw-worker: removing {} left by an earlier run",
+            path.display()
+        );
+        if let Err(e) = crate::run::remove_tree(&path) {
+            eprintln!("mw-worker: warning: cannot remove {}: {e}", path.display());
+        }
+    }
 }
 
 fn one_line(s: &str) -> String {
@@ -219,7 +257,7 @@ fn run_resolved(slot: &Path, control: &ProcessControl) -> SlotExit {
         }
     }
     let scratch = match tempfile::Builder::new()
-        .prefix("mw-scratch-")
+        .prefix(SCRATCH_PREFIX)
         .tempdir_in(slot)
     {
         Ok(d) => d,
@@ -243,6 +281,14 @@ fn run_resolved(slot: &Path, control: &ProcessControl) -> SlotExit {
             }
             Ok(info)
         });
+    // What the task left unwritable in its scratch space goes too (a dropped TempDir would
+    // leave it in the slot).
+    if let Err(e) = crate::run::remove_tree(scratch.path()) {
+        eprintln!(
+            "mw-worker: warning: cannot remove {}: {e}",
+            scratch.path().display()
+        );
+    }
     match run {
         Ok(_) if control.is_cancelled() => SlotExit::TaskFailed("stopped on request".into()),
         // A pack reports each task's failure inside its result: the workunit succeeded when
@@ -336,6 +382,67 @@ mod tests {
         assert!(is_slot(d.path()));
         assert_eq!(run_in_slot(d.path()), EXIT_BAD_INPUT);
         assert!(!d.path().join(FINISH_FILE).exists());
+    }
+
+    /// A slot as the client prepares it with `<copy_file/>`: `init_data.xml` and the program
+    /// and task bundles under their logical names; the program is the shell script `script`.
+    #[cfg(unix)]
+    fn slot_with_task(script: &str) -> tempfile::TempDir {
+        use mw_bundle::{BundleBuilder, ProgramInfo, TaskInfo};
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join(init_data::INIT_DATA_FILE),
+            "<app_init_data>\n<slot>0</slot>\n</app_init_data>\n",
+        )
+        .unwrap();
+        let mut p = BundleBuilder::program(
+            ProgramInfo {
+                executable: "prog.sh".into(),
+                base_args: vec![],
+            },
+            "program",
+        );
+        p.add_bytes("prog.sh", script.as_bytes().to_vec(), true)
+            .unwrap();
+        let sha = p.write_to(&d.path().join(LOGICAL_PROGRAM)).unwrap();
+        let info = TaskInfo {
+            job: "slotjob".into(),
+            task: 1,
+            program_sha256: sha,
+            ..TaskInfo::default()
+        };
+        let mut t = BundleBuilder::task(info, "task");
+        t.add_bytes(mw_bundle::TASK_INPUT_NAME, b"1".to_vec(), false)
+            .unwrap();
+        t.write_to(&d.path().join(LOGICAL_TASK)).unwrap();
+        d
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn a_stale_temporary_exit_file_is_removed_and_a_success_is_a_normal_finish() {
+        let d = slot_with_task("#!/bin/sh\necho '{}'\n");
+        // Left by an earlier run of this task in the same slot.
+        std::fs::write(d.path().join(TEMPORARY_EXIT_FILE), "10\nquit requested\n").unwrap();
+        assert_eq!(run_in_slot(d.path()), 0);
+        assert!(!d.path().join(TEMPORARY_EXIT_FILE).exists());
+        assert!(d.path().join(FINISH_FILE).is_file());
+        assert!(d.path().join(LOGICAL_RESULT).is_file());
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn scratch_directories_left_by_a_killed_run_are_removed_at_start() {
+        let d = slot_with_task("#!/bin/sh\necho '{}'\n");
+        let old = d.path().join(format!("{SCRATCH_PREFIX}old"));
+        std::fs::create_dir_all(old.join("sub")).unwrap();
+        std::fs::write(old.join("x"), "left by a killed run").unwrap();
+        std::fs::write(old.join("sub/y"), "and this").unwrap();
+        assert_eq!(run_in_slot(d.path()), 0);
+        assert!(!old.exists());
+        // Nothing else was taken for a leftover.
+        assert!(d.path().join(LOGICAL_RESULT).is_file());
+        assert!(d.path().join(init_data::INIT_DATA_FILE).is_file());
     }
 
     #[test]

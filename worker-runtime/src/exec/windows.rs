@@ -13,8 +13,8 @@
 //! This module knows nothing of bundles, platforms or the master.
 
 use super::{
-    create_output_files, finish_from_files, io_err, outcome_without_run, spawn_failed, ExecError,
-    ExecOutcome, ExecRequest, Exited, ProcessControl,
+    create_output_files, finish_from_files, io_err, outcome_without_run, spawn_failed, Deadline,
+    ExecError, ExecOutcome, ExecRequest, Exited, ProcessControl,
 };
 use mw_bundle::ExitInfo;
 use std::fs::File;
@@ -226,8 +226,6 @@ pub(super) fn execute(
     let (stdout, stderr) = create_output_files(req)?;
     let job = Arc::new(Job::new().map_err(io_err("creating a job object"))?);
 
-    let started = SystemTime::now();
-    let t0 = Instant::now();
     let mut cmd = Command::new(&req.program);
     cmd.args(&req.args)
         .envs(&req.env)
@@ -237,9 +235,12 @@ pub(super) fn execute(
         .stderr(Stdio::from(stderr))
         .creation_flags(CREATE_SUSPENDED | CREATE_NO_WINDOW);
 
-    // Register before spawning so a cancel racing with the spawn is seen.
-    let mut child = {
-        let mut st = control.lock();
+    // Register before spawning so a cancel racing with the spawn is seen. A suspension holds
+    // the start back; the task's clock starts once it may run.
+    let (mut child, t0, started) = {
+        let mut st = control.hold_while_suspended(control.lock());
+        let started = SystemTime::now();
+        let t0 = Instant::now();
         if st.cancelled {
             return Ok(outcome_without_run(ExitInfo::Cancelled, started));
         }
@@ -266,8 +267,9 @@ pub(super) fn execute(
         st.job = Some(job.clone());
         st.run += 1;
         st.grace = req.grace;
-        child
+        (child, t0, started)
     };
+    let deadline = Deadline::new(control, t0, req.timeout);
     let pid = child.id();
     let on_start = control.lock().on_start.clone();
     if let (Some(f), Ok(pid)) = (on_start, i32::try_from(pid)) {
@@ -277,18 +279,22 @@ pub(super) fn execute(
     let process = child.as_raw_handle() as HANDLE;
     let mut timed_out = false;
     loop {
-        let wait_ms = match req.timeout {
+        // The deadline moves on while the task is suspended: it is looked at again each time
+        // the wait ends, and the task times out only once it has really passed.
+        let wait_ms = match deadline.as_ref().filter(|_| !timed_out) {
             None => INFINITE,
-            Some(limit) => {
-                let left = limit.saturating_sub(t0.elapsed()).as_millis();
-                u32::try_from(left).unwrap_or(INFINITE - 1)
-            }
+            Some(d) => match d.left(Instant::now()) {
+                None => INFINITE,
+                Some(left) => u32::try_from(left.as_millis()).unwrap_or(INFINITE - 1),
+            },
         };
         // SAFETY: `process` is the live handle owned by `child`.
         let r = unsafe { WaitForSingleObject(process, wait_ms) };
         if r == WAIT_TIMEOUT && !timed_out {
-            timed_out = true;
-            job.terminate();
+            if deadline.as_ref().is_some_and(|d| d.passed(Instant::now())) {
+                timed_out = true;
+                job.terminate();
+            }
             continue;
         }
         break;
