@@ -358,6 +358,8 @@ fn make_removable(root: &Path) {
         #[cfg(windows)]
         if meta.permissions().readonly() {
             let mut perms = meta.permissions();
+            // Windows only: clears the read-only attribute (no mode bits to widen).
+            #[allow(clippy::permissions_set_readonly_false)]
             perms.set_readonly(false);
             let _ = std::fs::set_permissions(&path, perms);
         }
