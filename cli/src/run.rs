@@ -367,6 +367,22 @@ fn watch_local_tasks() {
     }
 }
 
+/// Under an MPI launcher, a worker rank of a job on the MPI interface (`interface` says
+/// which one the job uses) serves the tasks rank 0 sends it and returns true once released,
+/// having read nothing else of the job (see `mw::mpi::launcher_says_worker_rank`).
+fn served_as_mpi_worker(
+    interface: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<bool> {
+    #[cfg(feature = "mpi")]
+    if mw::mpi::launcher_says_worker_rank() && interface()? == "mpi" {
+        mw::mpi::serve_worker()?;
+        return Ok(true);
+    }
+    #[cfg(not(feature = "mpi"))]
+    let _ = interface;
+    Ok(false)
+}
+
 #[cfg(feature = "mpi")]
 fn mpi_interface() -> anyhow::Result<Arc<dyn Interface>> {
     match mw::mpi::Mpi::init()? {
@@ -438,6 +454,13 @@ fn create_job(
 
 /// `mw run`.
 pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
+    let opts = &args.job;
+    if served_as_mpi_worker(|| match &opts.interface {
+        Some(i) => Ok(i.clone()),
+        None => Ok(Job::load(&opts.job)?.interface()),
+    })? {
+        return Ok(EXIT_OK);
+    }
     let p = prepare(&args.job)?;
     if args.no_journal && !p.job.file.outputs.is_empty() {
         // Without a job directory they would land in a scratch directory removed at exit,
@@ -449,7 +472,8 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
             p.job.path.display()
         );
     }
-    // Under mpirun, every rank gets here; worker ranks serve inside make_interface and exit.
+    // Rank 0 of an MPI job starts MPI before it creates anything (worker ranks serve in
+    // `served_as_mpi_worker`).
     let early_interface = if p.interface == "mpi" {
         Some(make_interface("mpi", &p.job, p.workers, Path::new("."))?)
     } else {
@@ -1142,6 +1166,13 @@ pub(crate) fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<i32> {
 /// `mw resume`: restart the master of a job whose master died (or finish a submitted job).
 pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
     let dir = args.at.dir()?;
+    if served_as_mpi_worker(|| {
+        let path = dir.join(mw::journal::JOURNAL_FILE);
+        let conn = mw::journal::open_checked(&path, false)?;
+        Ok(mw::journal::read_meta(&conn, &path)?.interface)
+    })? {
+        return Ok(EXIT_OK);
+    }
     // A master killed here (e.g. `mw submit`'s detached master starting) has not taken the
     // job over yet.
     mw::crash::point("resume-start");

@@ -31,6 +31,17 @@
 //! non-zero), so the in-flight tasks are not retried within that run; run the job with a
 //! journal to resume it. The job never hangs silently in that case.
 //!
+//! **A rank that stops answering** (stopped with SIGSTOP, its node hung, its MPI thread
+//! stuck) kills nothing, so `mpirun` does not notice it. A worker rank that holds tasks
+//! tells rank 0 it is alive (`ALIVE`) every few seconds; rank 0 gives up a rank that holds
+//! tasks and has sent nothing for `MW_MPI_SILENCE_SECS` (default 120 s): the tasks it held
+//! fail saying so, it is given no more, and when the master shuts the interface down the
+//! job is aborted (`MPI_Finalize` would wait for that rank for ever).
+//!
+//! **Worker ranks read nothing of the job**: they are sent every program and input, so
+//! the CLI starts serving at once when the launcher's environment names a rank above 0
+//! ([`launcher_says_worker_rank`]).
+//!
 //! **A comm thread that panics** (a bug): on rank 0 every task in flight fails with the
 //! panic's message and the interface closes (later tasks fail at once), so the master can
 //! record them; when it shuts the interface down, the job is aborted (`MPI_Abort`), since
@@ -65,8 +76,8 @@
 //! then what the tasks share as JSON, then each task's limits and input as JSON text:
 //! [`encode_stream_batch`]), `CANCEL` (u64 task id), `STOP` (empty);
 //! worker → rank 0: `RESULT` (u64 task id, result bundle bytes), `ERROR` (u64 task id,
-//! UTF-8 message) or `STREAM_RESULTS` (u64 count, then the binary records of
-//! [`encode_results`]). Rank 0 drains every in-flight result before `STOP`. Every comm
+//! UTF-8 message), `STREAM_RESULTS` (u64 count, then the binary records of
+//! [`encode_results`]) or `ALIVE` (empty). Rank 0 drains every in-flight result before `STOP`. Every comm
 //! thread sends with `MPI_Isend` and keeps polling while its messages are on their way, and
 //! never blocks on its runner, so two peers sending to each other can never deadlock.
 //!
@@ -94,6 +105,7 @@ const TAG_STREAM: i32 = 5;
 const TAG_RESULT: i32 = 10;
 const TAG_ERROR: i32 = 11;
 const TAG_STREAM_RESULTS: i32 = 12;
+const TAG_ALIVE: i32 = 13;
 
 /// Tasks of a process-mode program a rank holds at once (one runs, one waits).
 const PROCESS_RANK_DEPTH: u32 = 2;
@@ -150,6 +162,24 @@ struct StreamResult {
     host: String,
 }
 
+/// [`SILENCE_ENV`], or [`SILENCE_LIMIT`] when it is unset or not a positive number of
+/// seconds (said once in the log).
+fn silence_limit() -> Duration {
+    let Ok(text) = std::env::var(SILENCE_ENV) else {
+        return SILENCE_LIMIT;
+    };
+    match text.trim().parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 && secs <= 1e9 => Duration::from_secs_f64(secs),
+        _ => {
+            log::warn!(
+                "{SILENCE_ENV}={text:?} is not a positive number of seconds; using {}",
+                SILENCE_LIMIT.as_secs()
+            );
+            SILENCE_LIMIT
+        }
+    }
+}
+
 /// Length of a hex SHA-256 in a `TASK` message.
 const SHA_LEN: usize = 64;
 /// How long a comm thread spins on `MPI_Improbe` before it starts sleeping.
@@ -162,6 +192,15 @@ const BUSY_PROBE_INTERVAL: Duration = Duration::from_micros(200);
 /// [`STREAM_RANK_DEPTH`] of them, many ms of work): a steady pace without spinning, so the
 /// cores go to the programs, and the tasks dispatched meanwhile go in one message.
 const STREAM_POLL: Duration = Duration::from_micros(300);
+/// How often a worker rank that holds tasks tells rank 0 it is alive (`ALIVE`, empty) when
+/// it has sent nothing else meanwhile.
+const ALIVE_EVERY: Duration = Duration::from_secs(5);
+/// How long rank 0 waits, by default, without a message from a rank that holds tasks before
+/// it gives the rank up as hung ([`SILENCE_ENV`] overrides it).
+const SILENCE_LIMIT: Duration = Duration::from_secs(120);
+/// Seconds (a positive number) rank 0 waits without a message from a rank that holds
+/// tasks before it gives the rank up as hung; default [`SILENCE_LIMIT`].
+pub const SILENCE_ENV: &str = "MW_MPI_SILENCE_SECS";
 /// How long a comm thread waits, at the end, for its last messages to be taken.
 const OUTBOX_FLUSH_LIMIT: Duration = Duration::from_secs(10);
 
@@ -228,6 +267,42 @@ pub fn prepare_process() {
     }
 }
 
+/// Where MPI launchers tell a process its rank in the world before `MPI_Init`: Open MPI
+/// (`OMPI_COMM_WORLD_RANK`), PMIx (`PMIX_RANK`) and PMI-1/2 launchers such as MPICH's
+/// Hydra (`PMI_RANK`).
+const LAUNCHER_RANK_VARS: [&str; 3] = ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"];
+
+/// Whether the MPI launcher says this process is a worker rank (rank 1 or more), read from
+/// its environment before `MPI_Init`. A worker rank is sent everything it runs by rank 0,
+/// so the CLI serves ([`serve_worker`]) without reading the job's inputs or journal: they
+/// need not exist on the worker ranks' nodes, and N ranks on one node do not each expand
+/// a sweep of millions of tasks.
+pub fn launcher_says_worker_rank() -> bool {
+    LAUNCHER_RANK_VARS.iter().any(|v| {
+        std::env::var(v)
+            .ok()
+            .and_then(|r| r.trim().parse::<u64>().ok())
+            .is_some_and(|r| r > 0)
+    })
+}
+
+/// Serves as a worker rank until rank 0 says stop (see [`Mpi::init`]). An error if MPI
+/// makes this process rank 0 after all (the launcher's environment said otherwise): it has
+/// prepared no job to be the master of.
+pub fn serve_worker() -> Result<(), MpiError> {
+    match Mpi::init()? {
+        MpiRole::Worker => Ok(()),
+        MpiRole::Master(m) => {
+            m.shutdown();
+            Err(MpiError::Thread(
+                "the MPI launcher's environment named a worker rank, but MPI made this \
+                 process rank 0"
+                    .into(),
+            ))
+        }
+    }
+}
+
 /// Errors starting or running the MPI interface.
 #[derive(Debug, thiserror::Error)]
 pub enum MpiError {
@@ -246,6 +321,12 @@ pub enum MpiError {
     /// The MPI thread panicked (and the MPI job was aborted).
     #[error("the MPI communication thread panicked: {0}")]
     Panicked(String),
+    /// Worker ranks were given up as hung (the MPI job was aborted at the end: `MPI_Finalize`
+    /// would wait for them for ever).
+    #[error(
+        "MPI ranks {0:?} stopped answering; the MPI job was aborted after every other task ended"
+    )]
+    Hung(Vec<i32>),
 }
 
 /// What [`Mpi::init`] made of this process.
@@ -792,6 +873,12 @@ fn comm_thread(
         log::error!("mpi: aborting the MPI job (MPI_Abort)");
         world.abort(ABORT_CODE);
     }
+    if let Err(MpiError::Hung(ranks)) = &result {
+        // Every outcome is in and recorded (the master has shut the interface down); only
+        // the hung ranks would keep MPI_Finalize waiting.
+        log::error!("mpi: ranks {ranks:?} stopped answering: aborting the MPI job (MPI_Abort)");
+        world.abort(ABORT_CODE);
+    }
     drop(world);
     drop(universe); // MPI_Finalize, on the thread that initialized MPI
     result
@@ -823,6 +910,10 @@ fn master_loop(
         process_in_flight: 0,
         outbox: Outbox::default(),
         broken: HashSet::new(),
+        heard: vec![Instant::now(); usize::try_from(world.size()).unwrap_or(0)],
+        silence: silence_limit(),
+        silence_checked: Instant::now(),
+        hung: Vec::new(),
     };
     let pumped = crate::guard::contain(|| pump_loop(world, cmds, &mut pump, cap));
     if let Err(panic) = pumped {
@@ -831,13 +922,20 @@ fn master_loop(
         let _ = decoder.join();
         return Err(MpiError::Panicked(panic));
     }
-    for r in 1..world.size() {
+    // (Not to hung ranks: the job is aborted below instead, and the last messages' sends
+    // would wait for them.)
+    for r in (1..world.size()).filter(|r| !pump.hung.contains(r)) {
         let _ = pump.outbox.send(world, r, TAG_STOP, Vec::new());
     }
     pump.outbox.flush();
+    let hung = std::mem::take(&mut pump.hung);
     drop(pump);
     let _ = decoder.join();
-    Ok(())
+    if hung.is_empty() {
+        Ok(())
+    } else {
+        Err(MpiError::Hung(hung))
+    }
 }
 
 /// Rank 0's comm thread's loop: until stopped and every result is in.
@@ -872,6 +970,7 @@ fn pump_loop(
             pump.on_message(status.source_rank(), status.tag(), data);
         }
         pump.hand_over();
+        pump.check_silence();
         if pump.stopping && pump.in_flight.is_empty() {
             break;
         }
@@ -1079,8 +1178,16 @@ struct MasterPump<'a> {
     /// Process-mode tasks in `in_flight` (they need prompt polling: a rank holds 2).
     process_in_flight: usize,
     outbox: Outbox,
-    /// Ranks that sent a message rank 0 could not read: given no more tasks.
+    /// Ranks that sent a message rank 0 could not read, or stopped answering: given no
+    /// more tasks.
     broken: HashSet<i32>,
+    /// When each rank (the index) was last heard from, or last seen holding no task.
+    heard: Vec<Instant>,
+    /// How long a rank that holds tasks may send nothing ([`silence_limit`]).
+    silence: Duration,
+    silence_checked: Instant,
+    /// Ranks given up as hung: the job is aborted at the end instead of finalized.
+    hung: Vec<i32>,
 }
 
 impl MasterPump<'_> {
@@ -1307,7 +1414,8 @@ impl MasterPump<'_> {
         // What still waits for it is never sent; a cancel for a task the rank never got is
         // ignored there.
         self.batches.remove(&rank);
-        for id in &ids {
+        // (A hung rank would never take them: the end of the job would wait for them.)
+        for id in ids.iter().filter(|_| !self.hung.contains(&rank)) {
             let _ = self
                 .outbox
                 .send(self.world, rank, TAG_CANCEL, id.0.to_le_bytes().to_vec());
@@ -1334,11 +1442,20 @@ impl MasterPump<'_> {
             .saturating_sub(1);
         if self.broken.len() >= workers {
             self.shared
-                .close("every MPI worker rank sent a malformed message; none is used");
+                .close("every MPI worker rank was given up (a malformed message, or silence); none is used");
         }
     }
 
     fn on_message(&mut self, rank: i32, tag: i32, data: Vec<u8>) {
+        if let Some(h) = usize::try_from(rank)
+            .ok()
+            .and_then(|r| self.heard.get_mut(r))
+        {
+            *h = Instant::now();
+        }
+        if tag == TAG_ALIVE {
+            return;
+        }
         let Some((id, rest)) = split_id(&data) else {
             self.quarantine(
                 rank,
@@ -1371,6 +1488,42 @@ impl MasterPump<'_> {
 }
 
 impl MasterPump<'_> {
+    /// Gives up (about once a second) every rank that holds tasks and has sent nothing for
+    /// longer than the silence limit: stopped (SIGSTOP), its node hung, its MPI thread
+    /// stuck. Its tasks fail saying so (a retry policy runs them again on other ranks) and
+    /// it is given no more; at the end the job is aborted, since `MPI_Finalize` would wait
+    /// for it. A rank that holds tasks says it is alive every [`ALIVE_EVERY`] at least.
+    fn check_silence(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.silence_checked) < Duration::from_secs(1) {
+            return;
+        }
+        self.silence_checked = now;
+        let busy: HashSet<i32> = self.in_flight.values().map(|(r, _, _)| *r).collect();
+        let mut silent = Vec::new();
+        for (r, heard) in self.heard.iter_mut().enumerate().skip(1) {
+            let Ok(rank) = i32::try_from(r) else { break };
+            if !busy.contains(&rank) || self.broken.contains(&rank) {
+                // An idle rank has nothing to say: its clock starts when it holds tasks.
+                *heard = now;
+            } else if now.duration_since(*heard) > self.silence {
+                silent.push((rank, now.duration_since(*heard)));
+            }
+        }
+        for (rank, quiet) in silent {
+            self.hung.push(rank);
+            self.quarantine(
+                rank,
+                &format!(
+                    "nothing for {:.0} s while it held tasks (stopped, hung, or its node is \
+                     unreachable; the limit is {SILENCE_ENV}={})",
+                    quiet.as_secs_f64(),
+                    self.silence.as_secs_f64()
+                ),
+            );
+        }
+    }
+
     /// Gives up: passes on what came in, fails every task in flight with `why`, frees their
     /// places and closes the interface (later tasks fail at once instead of waiting for a
     /// rank for ever).
@@ -1711,8 +1864,16 @@ fn worker_loop(world: &SimpleCommunicator, rank: i32, cap: Duration) -> Result<(
         }
     };
     let mut pending: Option<Done> = None;
+    // When this rank last told rank 0 it is alive (see `MasterPump::check_silence`).
+    let mut alive_sent = Instant::now();
+    // Well inside rank 0's limit (the launcher gives every rank the same environment).
+    let alive_every = ALIVE_EVERY.min(silence_limit() / 4);
     loop {
         let mut progressed = false;
+        if !controls.is_empty() && alive_sent.elapsed() >= alive_every {
+            let _ = outbox.send(world, 0, TAG_ALIVE, Vec::new());
+            alive_sent = Instant::now();
+        }
         // Results: bundles one message each, streaming ones batched.
         let mut stream_results = Vec::new();
         while let Some(d) = pending.take().or_else(|| done_rx.try_recv().ok()) {

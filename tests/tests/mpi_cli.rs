@@ -417,3 +417,109 @@ fn a_panic_in_a_ranks_stream_runner_fails_its_tasks_under_mpirun() {
         }
     }
 }
+
+/// `timeout mpirun` with this suite's Open MPI settings and `args` after `mpirun`; keep the
+/// guard until it has ended.
+fn mpirun(args: &[&std::ffi::OsStr]) -> (Command, tempfile::TempDir) {
+    let mut cmd = Command::new("timeout");
+    let session = mw_tests::ompi_env(&mut cmd);
+    cmd.args(["-k", "10", "300", "mpirun"]).args(args);
+    (cmd, session)
+}
+
+/// Worker ranks are sent everything they run: they read nothing of the job, so its files
+/// need not be on their nodes. Here ranks 1 and 2 are started (MPMD) with a job file that
+/// does not exist; they once failed reading it, and `mpirun` aborted the job.
+#[test]
+fn worker_ranks_need_no_job_file_or_inputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = job_copy("monte_pi", tmp.path());
+    let jobs = tmp.path().join("jobs");
+    let output = tmp.path().join("mpi.jsonl");
+    let mw = mw_tests::bin("mw");
+    let missing = tmp.path().join("not-on-this-node/job.toml");
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    let (cmd, _session) = mpirun(&[
+        os("-n"),
+        os("1"),
+        mw.as_os_str(),
+        os("run"),
+        job.as_os_str(),
+        os("--interface"),
+        os("mpi"),
+        os("-q"),
+        os("--jobs-dir"),
+        jobs.as_os_str(),
+        os("--output"),
+        output.as_os_str(),
+        os(":"),
+        os("-n"),
+        os("2"),
+        mw.as_os_str(),
+        os("run"),
+        missing.as_os_str(),
+        os("--interface"),
+        os("mpi"),
+    ]);
+    let out = succeeds(cmd);
+    let pi = reduce_line(&out)["pi"].as_f64().unwrap();
+    assert!((pi - std::f64::consts::PI).abs() < 0.01, "pi = {pi}");
+    assert_eq!(outputs(&output).len(), 16);
+}
+
+/// An MPI job whose master was killed (here before it recorded its tasks) is resumed under
+/// `mpirun` with `mw resume`: rank 0 completes the recording and runs every task once; the
+/// worker ranks only serve (they never write the journal beside rank 0).
+#[test]
+fn a_killed_mpi_job_is_resumed_under_mpirun() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = job_copy("monte_pi", tmp.path());
+    let jobs = tmp.path().join("jobs");
+    let output = tmp.path().join("first.jsonl");
+    let (mut cmd, _session) = mpi_command(&job, &jobs, &output, &[]);
+    cmd.env("MW_CRASH_AT", "run-before-recording");
+    let out = cmd.output().unwrap();
+    assert!(
+        !out.status.success(),
+        "the crash point must end the first run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: Vec<String> = std::fs::read_dir(&jobs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let os = std::ffi::OsStr::new;
+    let mw = mw_tests::bin("mw");
+    let (cmd, _session) = mpirun(&[
+        os("-n"),
+        os("3"),
+        mw.as_os_str(),
+        os("resume"),
+        os(&ids[0]),
+        os("--jobs-dir"),
+        jobs.as_os_str(),
+        os("-q"),
+    ]);
+    let out = succeeds(cmd);
+    let pi = reduce_line(&out)["pi"].as_f64().unwrap();
+    assert!((pi - std::f64::consts::PI).abs() < 0.01, "pi = {pi}");
+    // Every task once, in the job's results.
+    let results = Command::new(mw_tests::bin("mw"))
+        .args(["results", &ids[0], "--jobs-dir"])
+        .arg(&jobs)
+        .output()
+        .unwrap();
+    assert!(results.status.success(), "{results:?}");
+    let mut tasks: Vec<u64> = String::from_utf8_lossy(&results.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["task"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    tasks.sort_unstable();
+    assert_eq!(tasks, (0..16).collect::<Vec<_>>());
+}

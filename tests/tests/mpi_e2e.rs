@@ -422,3 +422,57 @@ fn a_task_batch_a_rank_cannot_read_fails_every_task_it_names() {
         assert!(err.contains("malformed task message"), "{t}");
     }
 }
+
+/// A rank that stops answering (here SIGSTOP, sent to it by its own task) while it holds
+/// tasks: after the silence limit (`MW_MPI_SILENCE_SECS`, 3 s here) rank 0 fails the
+/// tasks it held, saying so, gives it no more, and the other rank runs the rest; at the end
+/// the job is aborted (`MPI_Finalize` would wait for the stopped rank). It used to hold its
+/// tasks, and the job, for ever.
+#[test]
+fn a_rank_that_stops_answering_is_given_up_and_the_job_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("stopped-rank");
+    let body = format!(
+        "x=$(cat)\ncase \"$x\" in *'\"i\":3}}'*) echo $PPID > '{}'; kill -STOP $PPID ;; esac\necho \"$x\"",
+        pid_file.display()
+    );
+    let p = script(dir.path(), "stop.sh", &body);
+    let (mut cmd, _session) = mpirun_cmd(120, 3, &[p.to_str().unwrap(), "12"]);
+    cmd.env("MW_MPI_SILENCE_SECS", "3");
+    let out = cmd.output().unwrap();
+    // Whatever happened, leave no stopped process behind.
+    if let Some(pid) = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+    {
+        // SAFETY: kill only sends signals, to the pid the task recorded as its rank's.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::kill(pid, libc::SIGCONT);
+        }
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_ne!(out.status.code(), Some(124), "mpirun hung:\n{stderr}");
+    assert!(pid_file.exists(), "task 3 never ran:\n{stdout}\n{stderr}");
+    let tasks: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &Value| v.get("task").is_some())
+        .collect();
+    let ids: BTreeSet<u64> = tasks.iter().map(|t| t["task"].as_u64().unwrap()).collect();
+    assert_eq!(tasks.len(), 12, "every task once:\n{stdout}\n{stderr}");
+    assert_eq!(ids.len(), 12, "every task once:\n{stdout}");
+    let failed: Vec<&Value> = tasks.iter().filter(|t| t["ok"] == false).collect();
+    for t in &failed {
+        let e = t["error"].as_str().unwrap_or_default();
+        assert!(e.contains("sent nothing for"), "{t}");
+        assert!(e.contains("MW_MPI_SILENCE_SECS"), "{t}");
+    }
+    // The stopped rank held task 3 and at most one more (two per rank).
+    assert!(
+        failed.iter().any(|t| t["task"] == 3) && failed.len() <= 2,
+        "{stdout}"
+    );
+    assert!(!out.status.success(), "an aborted job must fail:\n{stderr}");
+}
