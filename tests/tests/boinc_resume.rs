@@ -532,6 +532,48 @@ fn cancel_while_the_submit_thread_holds_a_task_creates_no_workunit_for_it() {
     assert_eq!(t0.state, TaskState::Cancelled);
 }
 
+/// A resumed master that cannot follow the workunits it takes over (its spool thread dies
+/// at once: `MW_PANIC_AT=boinc-spool`) fails their tasks and cancels the workunits in BOINC,
+/// which the killed master had created (`MW_CRASH_AT=boinc-after-create-work`: their names
+/// are journaled as pending). They were once left to run for nobody.
+#[test]
+fn workunits_a_broken_resumed_master_takes_over_are_cancelled() {
+    let p = Project::new();
+    let job = p.pi_job("bk");
+    let run = |args: &[&std::ffi::OsStr], env: (&str, &str)| {
+        Command::new(bin("mw"))
+            .args(args)
+            .arg("--jobs-dir")
+            .arg(p.jobs_dir())
+            .env(env.0, env.1)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run(
+        &["run".as_ref(), job.as_os_str()],
+        ("MW_CRASH_AT", "boinc-after-create-work"),
+    );
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    let created: BTreeSet<String> = created_names(&p).into_iter().collect();
+    assert!(!created.is_empty());
+    let out = run(
+        &["resume".as_ref(), "bk-1".as_ref()],
+        ("MW_PANIC_AT", "boinc-spool"),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let cancelled: BTreeSet<String> = p
+        .calls_of("cancel_jobs")
+        .iter()
+        .map(|c| c["args"][1].as_str().unwrap().to_string())
+        .collect();
+    assert!(created.is_subset(&cancelled), "{created:?} {cancelled:?}");
+    for r in results(&p, "bk-1") {
+        assert_eq!(r["state"], "failed", "{r:#}");
+    }
+}
+
 /// The workunit names of the (held) first create_work call; the journal recorded each as
 /// `pending:<wu>` before the call ran.
 fn held_names(p: &Project, dir: &Path) -> Vec<String> {
@@ -1168,6 +1210,62 @@ fn crash_right_after_create_work_of_packs_then_resume() {
 #[test]
 fn crash_right_before_create_work_of_packs_then_resume() {
     crash_at_create_work_of_packs_then_resume("boinc-before-create-work");
+}
+
+/// A pack whose members a resumed master takes over in two ways (one with the pack's name
+/// journaled as created, re-attached at once; one still `pending:`, queued and submitted
+/// again: a kill between the two handle records leaves that) and whose result is already
+/// spooled: the result goes to the first; the second, submitted after that, gets its
+/// outcome from the kept pack result instead of waiting for a spool file that is gone.
+#[test]
+fn a_pack_member_that_joins_after_its_pack_came_back_gets_its_outcome() {
+    let mut p = Project::new();
+    p.start_serve();
+    let (job, _log) = pack_job(&p, "split", 4, 2);
+    let out = Command::new(bin("mw"))
+        .arg("run")
+        .arg(&job)
+        .arg("--jobs-dir")
+        .arg(p.jobs_dir())
+        .env("MW_CRASH_AT", "boinc-after-create-work")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    poll_until("both packs' results in the spool", || {
+        p.spool_entries("result_").len() == 2
+    });
+    p.stop_serve();
+    let dir = p.jobs_dir().join("split-1");
+    // Task 0's pack as if its name had been journaled as created before the kill.
+    let first = tasks(&dir).into_iter().find(|t| t.index == 0).unwrap();
+    let pending = first.handle.unwrap();
+    let wu = pending.strip_prefix("pending:").unwrap().to_string();
+    let conn = rusqlite::Connection::open(dir.join(JOURNAL_FILE)).unwrap();
+    conn.execute("UPDATE tasks SET handle = ?1 WHERE idx = 0", [&wu])
+        .unwrap();
+    drop(conn);
+    let mates = tasks(&dir)
+        .into_iter()
+        .filter(|t| t.handle.as_deref() == Some(pending.as_str()))
+        .count();
+    assert_eq!(mates, 1, "the pack's other member is still pending");
+    // (A hang here is the defect: `timeout` ends it.)
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(bin("mw"))
+        .args(["resume", "split-1", "-q", "--jobs-dir"])
+        .arg(p.jobs_dir())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_reported_at_most_once(&reports(&dir), 4);
+    for (i, r) in results(&p, "split-1").iter().enumerate() {
+        assert_eq!(r["state"], "done", "{r:#}");
+        assert_eq!(r["output"], i as u64 * 10, "{r:#}");
+    }
 }
 
 fn crash_at_create_work_of_packs_then_resume(point: &str) {

@@ -263,6 +263,8 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>, progress: &mut BatchProg
     );
     crate::crash::delay_point("boinc-in-hand");
     let mut staged: Vec<(Vec<TaskId>, StagedTask)> = Vec::new();
+    // Names a resumed master took over (`pending:`): they may exist in BOINC already.
+    let mut resumed: HashSet<WuName> = HashSet::new();
     for unit in units {
         let Some(first) = unit.members.first() else {
             continue;
@@ -321,8 +323,7 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>, progress: &mut BatchProg
             if members.is_empty() {
                 if let Some(wu) = &unit.wu {
                     // A resumed pending workunit may exist in BOINC already.
-                    super::cancel::mark_cancelled(&shared.spool, wu);
-                    let _ = run_cancel_jobs(&shared.project, wu);
+                    super::cancel_once(shared, wu);
                 }
             }
             for p in cancelled {
@@ -333,6 +334,26 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>, progress: &mut BatchProg
             st = shared.lock();
         }
         if members.is_empty() {
+            continue;
+        }
+        if let (Ok(s), Some(c)) = (&result, unit.wu.as_ref().and_then(|w| st.concluded.get(w))) {
+            // A resumed pack that came back while these members were still queued (to
+            // others of its members re-attached before them): their outcome is in it, and
+            // no workunit is created.
+            let c = c.clone();
+            let wu = s.wu.clone();
+            drop(st);
+            for p in members {
+                let w = Waiting {
+                    wu: wu.clone(),
+                    done: Some(p.done),
+                    task: p.task.clone(),
+                    since: p.since,
+                    packed: true,
+                    requeues: p.requeues,
+                };
+                super::spool::finish_late_member(shared, w, c.clone());
+            }
             continue;
         }
         match result {
@@ -356,6 +377,9 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>, progress: &mut BatchProg
                         },
                     );
                 }
+                if unit.wu.is_some() {
+                    resumed.insert(s.wu.clone());
+                }
                 staged.push((ids, s));
             }
             Err(e) => {
@@ -365,6 +389,10 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>, progress: &mut BatchProg
                 }
                 drop(st);
                 shared.cond.notify_all();
+                if let Some(wu) = &unit.wu {
+                    // A resumed pending name may exist in BOINC: it would run for nobody.
+                    super::cancel_once(shared, wu);
+                }
                 for p in members {
                     p.done.finish(Err(e.clone()));
                 }
@@ -410,7 +438,8 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>, progress: &mut BatchProg
             let mut st = shared.lock();
             for (tasks, s) in &staged {
                 st.by_wu.remove(&s.wu);
-                // Never created: no deferred cancel to run.
+                // Not created by this call: no deferred cancel to run (a resumed name is
+                // cancelled below).
                 st.creating.remove(&s.wu);
                 st.cancel_after_create.retain(|w| *w != s.wu);
                 let mut ended = false;
@@ -428,6 +457,12 @@ fn submit_batch(shared: &Arc<Shared>, units: Vec<Unit>, progress: &mut BatchProg
             }
         }
         shared.cond.notify_all();
+        for (_, s) in &staged {
+            if resumed.contains(&s.wu) {
+                // Not created by this master, but maybe by the one before it.
+                super::cancel_once(shared, &s.wu);
+            }
+        }
         for d in dones {
             d.finish(Err(e.clone()));
         }

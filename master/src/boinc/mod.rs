@@ -195,6 +195,10 @@ fn fail_all(shared: &Shared, why: String) {
         taken.queued.len() + taken.cancel_now.len() + taken.after_create.len()
     );
     for p in taken.queued {
+        // A resumed pending name may exist in BOINC: it would run for nobody.
+        if let Some(wu) = &p.wu {
+            cancel_once(shared, wu);
+        }
         p.done
             .finish(Err(InterfaceError::new(format!("{}: {why}", p.task.id))));
     }
@@ -222,6 +226,17 @@ fn fail_all(shared: &Shared, why: String) {
             ))));
         }
     }
+}
+
+/// Cancels workunit `wu` in BOINC unless this master did already (`cancelled_wus`): for a
+/// name a resumed master took over (`pending:`, maybe created by the master before it),
+/// whose tasks end without this master ever creating or following it. Says what happened.
+fn cancel_once(shared: &Shared, wu: &WuName) -> Option<String> {
+    if !shared.lock().cancelled_wus.insert(wu.clone()) {
+        return None;
+    }
+    cancel::mark_cancelled(&shared.spool, wu);
+    Some(cancel::run_cancel_jobs(&shared.project, wu))
 }
 
 /// What [`State::break_down`] took from the state: every task the interface held.
@@ -710,13 +725,23 @@ impl Interface for Boinc {
         let pending = handle.starts_with(batch::PENDING_PREFIX);
         {
             let mut st = self.shared.lock();
-            // Broken: the master queues it again, and `execute_task` fails it with why.
-            if st.broken.is_some() || self.claim_job(&mut st, &task).is_err() {
+            if st.broken.is_some() {
+                // The master queues it again, and `execute_task` fails it with why; its
+                // workunit, which nothing follows now, is cancelled.
+                drop(st);
+                cancel_once(&self.shared, &wu);
+                return Some(done);
+            }
+            if self.claim_job(&mut st, &task).is_err() {
                 return Some(done);
             }
             if pending {
                 // Maybe never created: create it under the same name (a duplicate means it
-                // exists, and it is re-attached).
+                // exists, and it is re-attached). A pack's outcome is kept for members that
+                // join it later, as for a re-attached one.
+                if wu.is_pack() {
+                    st.reattached.insert(wu.clone());
+                }
                 st.queue.push_back(Pending {
                     task,
                     done,

@@ -222,9 +222,12 @@ fn take_pack_result(shared: &Shared, wu: &WuName, path: &Path) -> Option<PathBuf
     };
     // (Anything but a file is not kept, and fails its members when read.)
     let regular = meta.is_file();
-    let (members, kept) = {
+    let (members, kept, keep_spooled) = {
         let mut st = shared.lock();
         let members = take_members(&mut st, wu);
+        // A re-attached pack whose result could not be kept for its later members keeps
+        // its spool file instead (delivered to them when they come).
+        let mut keep_spooled = false;
         let kept = match members.first() {
             Some(w) if regular && st.reattached.contains(wu) => {
                 let dir = w.task.staging_dir.join("boinc-packs");
@@ -236,7 +239,12 @@ fn take_pack_result(shared: &Shared, wu: &WuName, path: &Path) -> Option<PathBuf
                         Some(kept)
                     }
                     Err(e) => {
-                        log::warn!("keeping {} as {}: {e}", path.display(), kept.display());
+                        log::warn!(
+                            "keeping {} as {}: {e}; the spool file stays for the pack's other members",
+                            path.display(),
+                            kept.display()
+                        );
+                        keep_spooled = true;
                         None
                     }
                 }
@@ -246,7 +254,7 @@ fn take_pack_result(shared: &Shared, wu: &WuName, path: &Path) -> Option<PathBuf
         if !members.is_empty() {
             st.sizer.job_ended();
         }
-        (members, kept)
+        (members, kept, keep_spooled)
     };
     shared.cond.notify_all();
     // Under a guard: a panic drops the members still held, and each of them fails
@@ -256,7 +264,7 @@ fn take_pack_result(shared: &Shared, wu: &WuName, path: &Path) -> Option<PathBuf
     {
         log::error!("BOINC workunit {wu}: internal error while reading its pack result: {panic}");
     }
-    Some(path.to_path_buf())
+    (!keep_spooled).then(|| path.to_path_buf())
 }
 
 /// Reads pack result `path` of workunit `wu` for `members` and reports each one's outcome.
