@@ -121,6 +121,32 @@ pub trait HandleSink: Send + Sync {
     fn flush(&self) -> bool {
         true
     }
+
+    /// This machine could not store a result that came back from the platform (`why`: a
+    /// full disk, an output path that cannot be written). True: the master stops with `why`
+    /// (it has a journal), and the interface leaves the task in flight with its result
+    /// kept where it arrived, for `mw resume` to take again. False (no journal): the
+    /// interface fails the task with `why`.
+    fn cannot_store(&self, _why: &str) -> bool {
+        false
+    }
+}
+
+/// Ends a task whose result came back but could not be stored here (see
+/// [`HandleSink::cannot_store`]): left in flight when the master stops (true: keep the
+/// result for `mw resume`), else failed with `why`.
+pub(crate) fn result_not_stored(
+    sink: Option<&Arc<dyn HandleSink>>,
+    done: Completion,
+    why: String,
+) -> bool {
+    if sink.is_some_and(|s| s.cannot_store(&why)) {
+        done.abandon();
+        true
+    } else {
+        done.finish(Err(InterfaceError::new(why)));
+        false
+    }
 }
 
 /// One platform. Implementations must be cheap to call from the scheduler thread and

@@ -84,7 +84,9 @@
 //! This module must never know about the journal, job files, the CLI, or other platforms.
 
 use crate::interface::{Completion, Depth, HandleSink, Interface};
-use crate::task::{Execution, InterfaceError, PreparedTask, ProgramMode, TaskId, WorkerId};
+use crate::task::{
+    Execution, InterfaceError, PreparedTask, ProgramMode, ResultError, TaskId, WorkerId,
+};
 use mpi::point_to_point::MatchedReceiveVec;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
@@ -1552,7 +1554,7 @@ impl Drop for MasterPump<'_> {
 }
 
 /// The `mw-mpi-results` thread: decodes result bundles and finishes completions.
-fn decode_results(rx: Receiver<Vec<Finished>>, _shared: &Arc<Shared>) {
+fn decode_results(rx: Receiver<Vec<Finished>>, shared: &Arc<Shared>) {
     for f in rx.into_iter().flatten() {
         let (task, rank) = (f.task.clone(), f.rank);
         // What a rank sent is read under a guard: a panic fails this task with its message,
@@ -1561,7 +1563,19 @@ fn decode_results(rx: Receiver<Vec<Finished>>, _shared: &Arc<Shared>) {
             Payload::Bundle(data) => {
                 let label = format!("result bundle of {} from MPI rank {rank}", task.id);
                 match data.get(8..) {
-                    Some(bundle) => Execution::from_result_bundle_of(bundle, &label, &task),
+                    Some(bundle) => match Execution::from_result_bundle_of(bundle, &label, &task) {
+                        Err(ResultError::Local(why)) => {
+                            // This machine cannot store it: the master stops (with a journal),
+                            // and the task is queued again for `mw resume` (the rank's result
+                            // is gone).
+                            let sink = crate::guard::lock(&shared.sink).clone();
+                            if let Some(sink) = sink {
+                                sink.cannot_store(&why);
+                            }
+                            Err(InterfaceError::new(why))
+                        }
+                        other => other.map_err(InterfaceError::from),
+                    },
                     None => Err(InterfaceError::new(format!("{label}: message too short"))),
                 }
             }

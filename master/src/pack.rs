@@ -16,7 +16,7 @@
 //! This module knows nothing of any particular platform; `condor/` and `boinc/` build on it.
 
 use crate::task::{
-    read_bounded, Execution, InterfaceError, PreparedTask, ProgramBundle, TaskId,
+    read_bounded, Execution, InterfaceError, PreparedTask, ProgramBundle, ResultError, TaskId,
     MAX_RESULT_FILES_BYTES,
 };
 use mw_bundle::{pack_result_member, pack_task_member, BundleKind, Limits, PackInfo};
@@ -88,7 +88,7 @@ pub(crate) fn pack_bundle_tasks(path: &Path) -> Result<Vec<u64>, String> {
 pub(crate) struct PackOutcome {
     /// Each member with a result in the pack: its outcome (a result that is not the
     /// member's own is an error of that member).
-    pub results: Vec<(TaskId, Result<Execution, InterfaceError>)>,
+    pub results: Vec<(TaskId, Result<Execution, ResultError>)>,
     /// Members without a result, with what the worker said about them.
     pub missing: Vec<(TaskId, String)>,
 }
@@ -103,7 +103,11 @@ pub(crate) trait PackMember {
 /// hands each member what it says of it: its outcome to `report` (an error in it worded as
 /// `"{bad_member}: {error}"`), or, when it holds no result for the member, the member to
 /// `requeue` with the reason. When the pack result as a whole is unusable, every member gets
-/// the error `bad_pack` words for it, through `report`.
+/// the error `bad_pack` words for it, through `report`. A member whose result this machine
+/// could not store (see [`ResultError::Local`]) goes to `not_stored` with the reason, which
+/// says whether it was left for `mw resume`; then the return is true and the pack result
+/// must be kept.
+#[allow(clippy::too_many_arguments)] // one closure per way a member leaves its pack
 pub(crate) fn deliver_pack_result<M: PackMember>(
     path: &Path,
     scratch: &Path,
@@ -112,18 +116,22 @@ pub(crate) fn deliver_pack_result<M: PackMember>(
     bad_pack: impl FnOnce(&InterfaceError) -> String,
     mut report: impl FnMut(M, Result<Execution, InterfaceError>),
     mut requeue: impl FnMut(M, &str),
-) {
+    mut not_stored: impl FnMut(M, String) -> bool,
+) -> bool {
+    let mut kept = false;
     let tasks: Vec<Arc<PreparedTask>> = members.iter().map(|m| m.task().clone()).collect();
     let read = read_pack_result(path, &tasks, scratch);
     let mut by_id: HashMap<TaskId, M> = members.into_iter().map(|m| (m.task().id, m)).collect();
     match read {
         Ok(pack) => {
             for (id, outcome) in pack.results {
-                if let Some(m) = by_id.remove(&id) {
-                    let outcome = outcome.map_err(|InterfaceError(e, ran)| {
-                        InterfaceError(format!("{bad_member}: {e}"), ran)
-                    });
-                    report(m, outcome);
+                let Some(m) = by_id.remove(&id) else { continue };
+                match outcome {
+                    Err(ResultError::Local(why)) => kept |= not_stored(m, why),
+                    Err(ResultError::Bad(InterfaceError(e, ran))) => {
+                        report(m, Err(InterfaceError(format!("{bad_member}: {e}"), ran)));
+                    }
+                    Ok(exec) => report(m, Ok(exec)),
                 }
             }
             for (id, why) in pack.missing {
@@ -132,7 +140,12 @@ pub(crate) fn deliver_pack_result<M: PackMember>(
                 }
             }
         }
-        Err(e) => {
+        Err(ResultError::Local(why)) => {
+            for (_, m) in by_id.drain() {
+                kept |= not_stored(m, format!("{}: {why}", path.display()));
+            }
+        }
+        Err(ResultError::Bad(e)) => {
             let e = InterfaceError::new(bad_pack(&e));
             for (_, m) in by_id.drain() {
                 report(m, Err(e.clone()));
@@ -143,6 +156,7 @@ pub(crate) fn deliver_pack_result<M: PackMember>(
     for (_, m) in by_id {
         requeue(m, "the pack result did not account for it");
     }
+    kept
 }
 
 /// Reads the pack result at `path` for the pack `members` (of one job): in memory, or when
@@ -154,7 +168,7 @@ pub(crate) fn read_pack_result(
     path: &Path,
     members: &[Arc<PreparedTask>],
     scratch: &Path,
-) -> Result<PackOutcome, InterfaceError> {
+) -> Result<PackOutcome, ResultError> {
     let label = path.display().to_string();
     let Some(first) = members.first() else {
         return Ok(PackOutcome::default());
@@ -175,7 +189,8 @@ pub(crate) fn read_pack_result(
     if size > cap {
         return Err(InterfaceError::new(format!(
             "{label}: {size} bytes, larger than the {cap} bytes the pack's results may take"
-        )));
+        ))
+        .into());
     }
     let limits = Limits {
         max_total_bytes: cap,
@@ -196,7 +211,7 @@ pub(crate) fn read_pack_result(
             Ok(b) => Some(b),
             // Larger unpacked than memory should hold: read it from disk below.
             Err(mw_bundle::BundleError::Limit { .. }) => None,
-            Err(e) => return Err(InterfaceError::new(e)),
+            Err(e) => return Err(InterfaceError::new(e).into()),
         }
     } else {
         None
@@ -205,13 +220,14 @@ pub(crate) fn read_pack_result(
         dir = None;
         (b.manifest, Some(b.members))
     } else {
+        // (Where this machine keeps it: an error here is not the pack's.)
         std::fs::create_dir_all(scratch)
-            .map_err(|e| InterfaceError::new(format!("creating {}: {e}", scratch.display())))?;
+            .map_err(|e| ResultError::Local(format!("creating {}: {e}", scratch.display())))?;
         let d = tempfile::Builder::new()
             .prefix("pack-result-")
             .tempdir_in(scratch)
             .map_err(|e| {
-                InterfaceError::new(format!("a scratch directory in {}: {e}", scratch.display()))
+                ResultError::Local(format!("a scratch directory in {}: {e}", scratch.display()))
             })?;
         let m = mw_bundle::unpack(path, d.path(), Some(BundleKind::PackResult), &limits)
             .map_err(InterfaceError::new)?;
@@ -223,7 +239,8 @@ pub(crate) fn read_pack_result(
         return Err(InterfaceError::new(format!(
             "{label}: forged or misfiled pack result: it names job `{}`, expected `{}`",
             info.job, first.job
-        )));
+        ))
+        .into());
     }
     let ours: HashSet<String> = members.iter().map(|t| pack_result_member(t.id.0)).collect();
     for m in &manifest.members {
@@ -258,8 +275,9 @@ pub(crate) fn read_pack_result(
                 .map_err(|e| InterfaceError::new(format!("{inner_label}: {e}"))),
             (None, None) => Err(InterfaceError::new(format!("{inner_label}: not read"))),
         };
-        let outcome =
-            bytes.and_then(|bytes| Execution::from_result_bundle_of(&bytes, &inner_label, t));
+        let outcome = bytes
+            .map_err(ResultError::Bad)
+            .and_then(|bytes| Execution::from_result_bundle_of(&bytes, &inner_label, t));
         out.results.push((t.id, outcome));
     }
     Ok(out)

@@ -459,6 +459,28 @@ fn checked_secs(label: &str, field: &str, secs: f64) -> Result<Duration, Interfa
     })
 }
 
+/// Why a result bundle that came back could not be taken.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ResultError {
+    /// The bundle is unusable (malformed, forged, over a limit): the attempt failed.
+    #[error(transparent)]
+    Bad(#[from] InterfaceError),
+    /// This machine could not store what the bundle holds (a full disk, an output path that
+    /// cannot be written): not the task's fault. With a journal the master stops and keeps
+    /// the result for `mw resume`; without one the task fails with this message.
+    #[error("{0}")]
+    Local(String),
+}
+
+impl From<ResultError> for InterfaceError {
+    fn from(e: ResultError) -> InterfaceError {
+        match e {
+            ResultError::Bad(e) => e,
+            ResultError::Local(msg) => InterfaceError::new(msg),
+        }
+    }
+}
+
 impl Execution {
     /// Reads a result bundle (hostile input: it may come from a volunteer's machine),
     /// verifying it, and places declared outputs under `output_dir`.
@@ -500,6 +522,7 @@ impl Execution {
             output_dir,
             max_output_bytes,
         )
+        .map_err(InterfaceError::from)
     }
 
     /// Reads the result bundle that came back for `task` and trusts nothing in it that the
@@ -510,7 +533,7 @@ impl Execution {
         bytes: &[u8],
         label: &str,
         task: &PreparedTask,
-    ) -> Result<Execution, InterfaceError> {
+    ) -> Result<Execution, ResultError> {
         read_result(
             bytes,
             label,
@@ -565,6 +588,14 @@ pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
     Ok(file)
 }
 
+/// A declared output that came back but could not be stored on this machine.
+fn cannot_store(name: &str, path: &Path, e: &std::io::Error) -> ResultError {
+    ResultError::Local(format!(
+        "cannot store output `{name}` of a result that came back as {}: {e}",
+        path.display()
+    ))
+}
+
 /// What a result bundle must match.
 struct Expected<'a> {
     task: TaskId,
@@ -579,7 +610,7 @@ fn read_result(
     expected: Expected<'_>,
     output_dir: Option<&Path>,
     max_output_bytes: u64,
-) -> Result<Execution, InterfaceError> {
+) -> Result<Execution, ResultError> {
     let expected_task = expected.task;
     let limits = mw_bundle::result_limits(max_output_bytes);
     let bundle =
@@ -591,27 +622,27 @@ fn read_result(
         .clone()
         .ok_or_else(|| InterfaceError::new(format!("{label}: no [result] table")))?;
     if info.task != expected_task.0 {
-        return Err(InterfaceError::new(format!(
+        return Err(ResultError::Bad(InterfaceError::new(format!(
             "{label}: forged or misfiled result: it is for task {}, expected {expected_task}",
             info.task
-        )));
+        ))));
     }
     if let Some(job) = expected.job {
         if info.job != job {
-            return Err(InterfaceError::new(format!(
+            return Err(ResultError::Bad(InterfaceError::new(format!(
                 "{label}: forged or misfiled result: it names job `{}`, expected `{job}`",
                 info.job
-            )));
+            ))));
         }
     }
     // A worker copies the attempt from the task bundle; one that names another attempt is
     // a stale or misfiled result (an older worker names none).
     if let (Some(want), Some(got)) = (expected.attempt, info.attempt) {
         if want != got {
-            return Err(InterfaceError::new(format!(
+            return Err(ResultError::Bad(InterfaceError::new(format!(
                 "{label}: forged or misfiled result: it is for attempt {got} of {expected_task}, \
                  expected attempt {want}"
-            )));
+            ))));
         }
     }
     let mut output_files = Vec::new();
@@ -629,12 +660,9 @@ fn read_result(
                 }
                 let dest = dir.join(name);
                 if let Some(parent) = dest.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| {
-                        InterfaceError::new(format!("{label}: output `{name}`: {e}"))
-                    })?;
+                    std::fs::create_dir_all(parent).map_err(|e| cannot_store(name, parent, &e))?;
                 }
-                std::fs::write(&dest, data)
-                    .map_err(|e| InterfaceError::new(format!("{label}: output `{name}`: {e}")))?;
+                std::fs::write(&dest, data).map_err(|e| cannot_store(name, &dest, &e))?;
                 output_files.push((name.to_string(), dest));
             }
         }

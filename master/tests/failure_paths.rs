@@ -300,26 +300,40 @@ fn a_result_is_trusted_only_for_what_its_task_vouches_for() {
         b.to_bytes().unwrap()
     };
     // Another job's task 5, and this job's task 7: both refused, naming why.
-    let e =
-        Execution::from_result_bundle_of(&make("someone-elses-job-7", 5), "r", &task).unwrap_err();
+    let e = Execution::from_result_bundle_of(&make("someone-elses-job-7", 5), "r", &task)
+        .unwrap_err()
+        .to_string();
     assert!(
-        e.0.contains("someone-elses-job-7") && e.0.contains("forged"),
+        e.contains("someone-elses-job-7") && e.contains("forged"),
         "{e}"
     );
-    let e = Execution::from_result_bundle_of(&make("mine-1", 7), "r", &task).unwrap_err();
-    assert!(e.0.contains("task 7") && e.0.contains("forged"), "{e}");
+    let e = Execution::from_result_bundle_of(&make("mine-1", 7), "r", &task)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("task 7") && e.contains("forged"), "{e}");
     // Another attempt of this very task (a stale or replayed result): refused too.
     let mut stale = result_info(5);
     stale.job = "mine-1".into();
     stale.attempt = Some(2);
-    let e = Execution::from_result_bundle_of(&bundle(stale, b"1"), "r", &task).unwrap_err();
-    assert!(e.0.contains("attempt 2") && e.0.contains("forged"), "{e}");
+    let e = Execution::from_result_bundle_of(&bundle(stale, b"1"), "r", &task)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("attempt 2") && e.contains("forged"), "{e}");
     assert!(!out.exists(), "a refused result wrote files");
     // The right one: only the declared output is kept.
     let ok = Execution::from_result_bundle_of(&make("mine-1", 5), "r", &task).unwrap();
     assert_eq!(ok.output_files.len(), 1);
     assert_eq!(std::fs::read(out.join("declared.txt")).unwrap(), b"ok");
     assert!(!out.join("sneaky.sh").exists());
+    // A result this machine cannot store (the output's place is taken) is a local error,
+    // not a bad result.
+    std::fs::remove_file(out.join("declared.txt")).unwrap();
+    std::fs::create_dir_all(out.join("declared.txt/in-the-way")).unwrap();
+    let e = Execution::from_result_bundle_of(&make("mine-1", 5), "r", &task).unwrap_err();
+    assert!(
+        matches!(&e, mw::task::ResultError::Local(m) if m.contains("cannot store output `declared.txt`")),
+        "{e:?}"
+    );
 }
 
 /// A journaled job of `n` tasks none of which ever started (its master had no worker).

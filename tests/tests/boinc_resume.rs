@@ -1526,3 +1526,89 @@ fn kill_right_after_a_partial_pack_result_is_taken_then_resume() {
     assert_eq!(created_names(&p).len(), 2);
     assert_eq!(executions(&log), [0, 1, 2, 2]);
 }
+
+/// A job of `n` tasks, `per` to a workunit, whose program writes its declared output
+/// `out.txt` (the input times 10) and prints the same number.
+fn output_job(p: &Project, name: &str, n: u64, per: usize) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = p.scratch().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("times10.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nread -r n\necho \"$((n * 10))\" > out.txt\necho \"$((n * 10))\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let inputs: Vec<u64> = (0..n).collect();
+    let job = dir.join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"{name}\"\ninterface = \"boinc\"\noutputs = [\"out.txt\"]\n\
+             [program]\npath = \"{}\"\n[inputs]\nlist = {inputs:?}\n[boinc]\n\
+             project_dir = \"{}\"\ntasks_per_workunit = {per}\n",
+            script.display(),
+            p.root.display()
+        ),
+    )
+    .unwrap();
+    job
+}
+
+/// A result that came back but cannot be stored on the master's machine (here its output
+/// file's place is taken by a directory; a full disk fails the same write) is not the
+/// volunteer's fault: the master stops with the reason, the task stays in flight and its
+/// spool file stays; once the place is free, `mw resume` takes the result (no task runs
+/// twice, no workunit is created again).
+fn a_result_that_cannot_be_stored_stops_the_master_and_is_taken_on_resume(per: usize) {
+    let mut p = Project::new();
+    let job = output_job(&p, &format!("nostore{per}"), 2, per);
+    let (id, dir) = p.submit(&job);
+    let wus = 2 / per;
+    p.wait_for_workunits(&dir, wus);
+    let blocked = dir.join("results/task-1/out.txt");
+    std::fs::create_dir_all(blocked.join("in-the-way")).unwrap();
+    p.start_serve();
+    let pid = *p.masters.last().unwrap();
+    poll_until("the master to stop", || !mw_alive(pid));
+    p.stop_serve();
+    let log = std::fs::read_to_string(dir.join("master.log")).unwrap();
+    assert!(
+        log.contains("cannot store output `out.txt`") && log.contains("mw resume"),
+        "{log}"
+    );
+    assert!(!log.contains("bad result bundle"), "{log}");
+    let t = tasks(&dir);
+    assert_eq!(t[1].state, TaskState::Running, "{t:?}");
+    assert!(!p.spool_entries("result_").is_empty());
+    assert_eq!(status(&p, &id)["job"]["state"], "stopped (mw resume)");
+
+    std::fs::remove_dir_all(&blocked).unwrap();
+    let out = p.mw(&["resume".as_ref(), id.as_ref()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let res = results(&p, &id);
+    assert_eq!(res.len(), 2);
+    for (i, r) in res.iter().enumerate() {
+        assert_eq!(r["state"], "done", "{r:#}");
+        assert_eq!(r["output"], i as u64 * 10, "{r:#}");
+        assert_eq!(r["attempts"], 1, "{r:#}");
+        let file = dir.join(format!("results/task-{i}/out.txt"));
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap().trim(),
+            (i * 10).to_string()
+        );
+    }
+    assert_eq!(created_names(&p).len(), wus, "no workunit created twice");
+    assert!(p.spool_entries("result_").is_empty());
+}
+
+#[test]
+fn a_result_that_cannot_be_stored_stops_the_master_and_is_taken_on_resume_lone() {
+    a_result_that_cannot_be_stored_stops_the_master_and_is_taken_on_resume(1);
+}
+
+#[test]
+fn a_result_that_cannot_be_stored_stops_the_master_and_is_taken_on_resume_pack() {
+    a_result_that_cannot_be_stored_stops_the_master_and_is_taken_on_resume(2);
+}

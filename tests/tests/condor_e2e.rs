@@ -1289,3 +1289,80 @@ fn a_job_a_submit_description_cannot_carry_is_refused_before_it_exists() {
         "{err}"
     );
 }
+
+/// A result that came back from the pool but cannot be stored on the master's machine (its
+/// output file's place is taken by a directory; a full disk fails the same write) is not the
+/// pool's fault: `mw run` stops with the reason and the task stays in flight; once the place
+/// is free, `mw resume` takes the result from the job's files (nothing is submitted again,
+/// nothing runs twice).
+fn result_that_cannot_be_stored_stops_mw_and_is_taken_on_resume(per: usize) {
+    let env = Env::new();
+    let gate = env.root.join("gate");
+    let log = env.root.join("executions.log");
+    let p = env.script(
+        "out.sh",
+        &format!(
+            "read -r n\necho \"$n\" >> {log}\necho \"$((n * 10))\" > out.txt\n\
+             if [ \"$n\" = 1 ]; then while [ ! -f {gate} ]; do sleep 0.1; done; fi\n\
+             echo \"$((n * 10))\"",
+            gate = gate.display(),
+            log = log.display()
+        ),
+    );
+    let name = format!("nostore{per}");
+    let job = env.job(&name, &p, "[0, 1]", "outputs = [\"out.txt\"]");
+    let mut file = std::fs::read_to_string(&job).unwrap();
+    file.push_str(&format!("tasks_per_job = {per}\n"));
+    std::fs::write(&job, file).unwrap();
+    let child = env
+        .mw(&["run", job.to_str().unwrap()], &[])
+        .spawn()
+        .unwrap();
+    let id = format!("{name}-1");
+    let t0 = Instant::now();
+    while !executions(&log).contains(&1) {
+        assert!(t0.elapsed() < LIMIT, "task 1 never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let blocked = env.root.join(format!("jobs/{id}/results/task-1/out.txt"));
+    std::fs::create_dir_all(blocked.join("in-the-way")).unwrap();
+    std::fs::write(&gate, "").unwrap();
+    let out = finish(child);
+    assert!(!out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot store output `out.txt`") && err.contains("mw resume"),
+        "{err}"
+    );
+    assert!(!err.contains("bad result bundle"), "{err}");
+    assert_eq!(counts(&env, &id)["running"], 1, "task 1 is still in flight");
+
+    std::fs::remove_dir_all(&blocked).unwrap();
+    let out = run(env.mw(&["resume", &id], &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run(env.mw(&["results", &id], &[]));
+    let lines = result_lines(&out);
+    assert_eq!(lines.len(), 2, "{}", text(&out));
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["state"], "done", "{l}");
+        assert_eq!(l["output"], i as u64 * 10, "{l}");
+        assert_eq!(l["attempts"], 1, "{l}");
+        let file = env.root.join(format!("jobs/{id}/results/task-{i}/out.txt"));
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap().trim(),
+            (i * 10).to_string()
+        );
+    }
+    assert_eq!(executions(&log), [0, 1], "each task ran once");
+    assert_eq!(env.cli().history(&[], None).unwrap().len(), 2 / per);
+}
+
+#[test]
+fn result_that_cannot_be_stored_stops_mw_and_is_taken_on_resume_lone() {
+    result_that_cannot_be_stored_stops_mw_and_is_taken_on_resume(1);
+}
+
+#[test]
+fn result_that_cannot_be_stored_stops_mw_and_is_taken_on_resume_pack() {
+    result_that_cannot_be_stored_stops_mw_and_is_taken_on_resume(2);
+}

@@ -13,7 +13,7 @@
 
 use super::cancel::{mark_cancelled, run_cancel_jobs};
 use super::{Concluded, Pending, Shared, State, Waiting, MAX_PACK_REQUEUES, POLL_INTERVAL};
-use crate::task::{Execution, InterfaceError};
+use crate::task::{Execution, InterfaceError, ResultError};
 use mw_boinc_kit::errors::MAX_ERROR_RECORD_BYTES;
 use mw_boinc_kit::{ErrorRecord, SpoolEntry, WuName};
 use std::io::Read;
@@ -178,27 +178,32 @@ fn take_result(shared: &Shared, wu: &WuName) -> Option<PathBuf> {
         }
     };
     let members = take_members(&mut shared.lock(), wu);
+    let mut left_for_resume = false;
     for mut w in members {
         let label = path.display().to_string();
         // A volunteer's bundle is read under a guard: a panic fails this task with its
         // message, and the spool thread goes on.
-        let outcome = crate::guard::contain(|| {
+        let read = crate::guard::contain(|| {
             crate::crash::panic_point("boinc-result", Some(w.task.id.0));
             bytes
                 .clone()
-                .map_err(InterfaceError::new)
+                .map_err(|e| ResultError::Bad(InterfaceError::new(e)))
                 .and_then(|bytes| Execution::from_result_bundle_of(&bytes, &label, &w.task))
-                .map_err(|e| {
-                    InterfaceError::new(format!(
-                        "BOINC workunit {wu}: bad result bundle from the volunteer: {e}"
-                    ))
-                })
-        })
-        .unwrap_or_else(|panic| {
-            Err(InterfaceError::new(format!(
-                "BOINC workunit {wu}: internal error while reading its result: {panic}"
-            )))
         });
+        let outcome = match read {
+            Ok(Ok(exec)) => Ok(exec),
+            Ok(Err(ResultError::Local(why))) => {
+                // Not the volunteer's fault: the spool file stays for `mw resume`.
+                left_for_resume |= not_stored(shared, w, format!("BOINC workunit {wu}: {why}"));
+                continue;
+            }
+            Ok(Err(ResultError::Bad(e))) => Err(InterfaceError::new(format!(
+                "BOINC workunit {wu}: bad result bundle from the volunteer: {e}"
+            ))),
+            Err(panic) => Err(InterfaceError::new(format!(
+                "BOINC workunit {wu}: internal error while reading its result: {panic}"
+            ))),
+        };
         {
             let mut st = shared.lock();
             match &outcome {
@@ -210,7 +215,7 @@ fn take_result(shared: &Shared, wu: &WuName) -> Option<PathBuf> {
             done.finish(outcome);
         }
     }
-    Some(path)
+    (!left_for_resume).then_some(path)
 }
 
 /// A pack's result: each member gets its own result from it, members without one are packed
@@ -259,17 +264,28 @@ fn take_pack_result(shared: &Shared, wu: &WuName, path: &Path) -> Option<PathBuf
     shared.cond.notify_all();
     // Under a guard: a panic drops the members still held, and each of them fails
     // ("dropped without an outcome") instead of waiting for ever.
-    if let Err(panic) =
-        crate::guard::contain(|| deliver_pack(shared, wu, kept.as_deref().unwrap_or(path), members))
-    {
-        log::error!("BOINC workunit {wu}: internal error while reading its pack result: {panic}");
-    }
-    (!keep_spooled).then(|| path.to_path_buf())
+    let left_for_resume = match crate::guard::contain(|| {
+        deliver_pack(shared, wu, kept.as_deref().unwrap_or(path), members)
+    }) {
+        Ok(left) => left,
+        Err(panic) => {
+            log::error!(
+                "BOINC workunit {wu}: internal error while reading its pack result: {panic}"
+            );
+            false
+        }
+    };
+    // A member whose result could not be stored here is taken from the spool again by
+    // `mw resume`.
+    (!keep_spooled && !left_for_resume).then(|| path.to_path_buf())
 }
 
 /// Reads pack result `path` of workunit `wu` for `members` and reports each one's outcome.
-fn deliver_pack(shared: &Shared, wu: &WuName, path: &Path, members: Vec<Waiting>) {
-    let Some(first) = members.first() else { return };
+/// True: a member was left for `mw resume` (its result could not be stored here).
+fn deliver_pack(shared: &Shared, wu: &WuName, path: &Path, members: Vec<Waiting>) -> bool {
+    let Some(first) = members.first() else {
+        return false;
+    };
     let scratch = first.task.staging_dir.clone();
     crate::pack::deliver_pack_result(
         path,
@@ -279,7 +295,23 @@ fn deliver_pack(shared: &Shared, wu: &WuName, path: &Path, members: Vec<Waiting>
         |e| format!("BOINC workunit {wu}: bad pack result from the volunteer: {e}"),
         |w, outcome| report(shared, w, outcome),
         |w, why| requeue(shared, w, wu, why),
-    );
+        |w, why| not_stored(shared, w, format!("BOINC workunit {wu}: {why}")),
+    )
+}
+
+/// A task whose result came back but could not be stored here: the master stops and the
+/// task stays in flight (its spool file is kept) for `mw resume`, or, without a journal, it
+/// fails. True: left in flight.
+fn not_stored(shared: &Shared, mut w: Waiting, why: String) -> bool {
+    let sink = crate::guard::lock(&shared.sink).clone();
+    let Some(done) = w.done.take() else {
+        return false;
+    };
+    let left = crate::interface::result_not_stored(sink.as_ref(), done, why);
+    if !left {
+        shared.lock().failed += 1;
+    }
+    left
 }
 
 /// Hands one task its outcome (counting it, and recording its run time for pack sizes).

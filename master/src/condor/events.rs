@@ -4,7 +4,7 @@
 //! queued again). This module must never know about the journal or the job-file format.
 
 use super::*;
-use crate::task::RunFacts;
+use crate::task::{ResultError, RunFacts};
 use mw_condor_kit::{CondorError, JobAd};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::UNIX_EPOCH;
@@ -512,11 +512,16 @@ pub(super) fn finish_members(
             // with its message, and the event thread goes on.
             let result = crate::guard::contain(|| job_result(shared, &t, h, outcome))
                 .unwrap_or_else(|panic| {
-                    Err(InterfaceError::new(format!(
+                    Err(ResultError::Bad(InterfaceError::new(format!(
                         "HTCondor job {h}: internal error while reading its outcome: {panic}"
-                    )))
+                    ))))
                 });
-            report(shared, t, result);
+            match result {
+                Err(ResultError::Local(why)) => {
+                    not_stored(shared, t, why);
+                }
+                result => report(shared, t, result.map_err(InterfaceError::from)),
+            }
         }
         return;
     }
@@ -534,12 +539,26 @@ pub(super) fn finish_members(
         outcome => {
             let error = job_result(shared, first, h, outcome)
                 .err()
+                .map(InterfaceError::from)
                 .unwrap_or_else(|| InterfaceError::new(format!("HTCondor job {h} ended")));
             for t in members {
                 report(shared, t, Err(error.clone()));
             }
         }
     }
+}
+
+/// A task whose result came back but could not be stored here: the master stops and the
+/// task stays in flight (its job's files are kept) for `mw resume`, or, without a journal,
+/// it fails. True: left in flight.
+fn not_stored(shared: &Shared, mut t: Tracked, why: String) -> bool {
+    let sink = crate::guard::lock(&shared.sink).clone();
+    let Some(d) = t.done.take() else { return false };
+    let left = crate::interface::result_not_stored(sink.as_ref(), d, why);
+    if !left {
+        shared.lock().finished += 1;
+    }
+    left
 }
 
 /// Hands one task its outcome (recording its run time for pack sizes).
@@ -575,6 +594,7 @@ fn finish_pack(shared: &Shared, h: JobHandle, rv: i64, members: Vec<Tracked>) {
         },
         |t, result| report(shared, t, result),
         |t, why| requeue(shared, t, h, why),
+        |t, why| not_stored(shared, t, format!("HTCondor job {h}: {why}")),
     );
 }
 
@@ -621,7 +641,7 @@ fn job_result(
     t: &Tracked,
     h: JobHandle,
     outcome: Outcome,
-) -> Result<Execution, InterfaceError> {
+) -> Result<Execution, ResultError> {
     let cli = &shared.settings.cli;
     // A job the pool ended after it had started: what the schedd knows of that run.
     let ad = match (&outcome, &t.ran_on) {
@@ -663,7 +683,10 @@ fn job_result(
         }
     };
     let result = match outcome {
-        Outcome::Exited(rv) => from_exit(t, h, rv),
+        Outcome::Exited(rv) => match from_exit(t, h, rv) {
+            Err(ResultError::Local(why)) => return Err(ResultError::Local(why)),
+            result => result.map_err(InterfaceError::from),
+        },
         Outcome::Signal(sig) => Err(ended(
             format!(
                 "HTCondor job {h}: mw-worker was killed by signal {sig}{}{}",
@@ -712,10 +735,11 @@ fn job_result(
         }
     };
     match (result, &t.shadow) {
-        (Err(InterfaceError(e, ran)), Some(note)) => {
-            Err(InterfaceError(format!("{e} (earlier: {note})"), ran))
-        }
-        (r, _) => r,
+        (Err(InterfaceError(e, ran)), Some(note)) => Err(ResultError::Bad(InterfaceError(
+            format!("{e} (earlier: {note})"),
+            ran,
+        ))),
+        (r, _) => r.map_err(ResultError::Bad),
     }
 }
 
@@ -772,7 +796,7 @@ pub(super) fn stderr_tail(path: &Path) -> String {
 }
 
 /// The outcome of a job that terminated with `rv` (mw-worker's exit status).
-pub(super) fn from_exit(t: &Tracked, h: JobHandle, rv: i64) -> Result<Execution, InterfaceError> {
+pub(super) fn from_exit(t: &Tracked, h: JobHandle, rv: i64) -> Result<Execution, ResultError> {
     let path = &t.files.result;
     let label = path.display().to_string();
     crate::crash::panic_point("condor-result", Some(t.task.id.0));
@@ -782,18 +806,21 @@ pub(super) fn from_exit(t: &Tracked, h: JobHandle, rv: i64) -> Result<Execution,
         Ok(b) => Some(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => {
-            return Err(InterfaceError::new(format!(
+            return Err(ResultError::Bad(InterfaceError::new(format!(
                 "HTCondor job {h}: cannot read the result bundle {label}: {e}"
-            )))
+            ))))
         }
     };
-    match (rv, bundle) {
-        (0 | 1, Some(bytes)) => Execution::from_result_bundle_of(&bytes, &label, &t.task).map_err(|e| {
-            InterfaceError::new(format!(
-                "HTCondor job {h} (mw-worker exit {rv}): bad result bundle: {e}{}",
-                stderr_tail(&t.files.stderr)
-            ))
-        }),
+    let result = match (rv, bundle) {
+        (0 | 1, Some(bytes)) => {
+            return Execution::from_result_bundle_of(&bytes, &label, &t.task).map_err(|e| match e {
+                ResultError::Local(why) => ResultError::Local(format!("HTCondor job {h}: {why}")),
+                ResultError::Bad(e) => ResultError::Bad(InterfaceError::new(format!(
+                    "HTCondor job {h} (mw-worker exit {rv}): bad result bundle: {e}{}",
+                    stderr_tail(&t.files.stderr)
+                ))),
+            })
+        }
         (0 | 1, None) => Err(InterfaceError::new(format!(
             "HTCondor job {h}: mw-worker exited {rv} but no result bundle came back (expected {label}){}",
             stderr_tail(&t.files.stderr)
@@ -802,5 +829,6 @@ pub(super) fn from_exit(t: &Tracked, h: JobHandle, rv: i64) -> Result<Execution,
             "HTCondor job {h}: mw-worker exited {rv} without running the task{}",
             stderr_tail(&t.files.stderr)
         ))),
-    }
+    };
+    result.map_err(ResultError::Bad)
 }

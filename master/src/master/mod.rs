@@ -490,7 +490,7 @@ impl std::fmt::Debug for Master {
     }
 }
 
-struct JournalHandles(Arc<Journal>);
+struct JournalHandles(Arc<Journal>, std::sync::Weak<Inner>);
 
 impl HandleSink for JournalHandles {
     fn record_handle(&self, task: TaskId, handle: &str) {
@@ -500,6 +500,16 @@ impl HandleSink for JournalHandles {
     fn flush(&self) -> bool {
         self.0.flush();
         self.0.failure().is_none()
+    }
+
+    fn cannot_store(&self, why: &str) -> bool {
+        if let Some(inner) = self.1.upgrade() {
+            stop_inner(
+                &inner,
+                format!("{why}; stopped: `mw resume` goes on once results can be stored here"),
+            );
+        }
+        true
     }
 }
 
@@ -584,18 +594,20 @@ impl Master {
             }
             state.tasks.push(rec);
         }
-        if let Some(j) = &journal {
-            interface.set_handle_sink(Arc::new(JournalHandles(j.clone())));
-        }
-        let inner = Arc::new(Inner {
-            state: Mutex::new(state),
-            cond: Condvar::new(),
-            submitting: Mutex::new(()),
-            interface,
-            options,
-            staging,
-            _staging_tmp: tmp,
-            journal,
+        let inner = Arc::new_cyclic(|weak| {
+            if let Some(j) = &journal {
+                interface.set_handle_sink(Arc::new(JournalHandles(j.clone(), weak.clone())));
+            }
+            Inner {
+                state: Mutex::new(state),
+                cond: Condvar::new(),
+                submitting: Mutex::new(()),
+                interface,
+                options,
+                staging,
+                _staging_tmp: tmp,
+                journal,
+            }
         });
         if let Some(j) = &inner.journal {
             // A journal that cannot commit any more stops the master: what it cannot store
