@@ -11,7 +11,9 @@
 
 use crate::guard::panic_message;
 use crate::interface::{Completion, Depth, HandleSink, Interface};
-use crate::task::{Execution, InterfaceError, PreparedTask, ProgramMode, TaskId, WorkerId};
+use crate::task::{
+    Execution, InterfaceError, PreparedTask, ProgramMode, ResultError, TaskId, WorkerId,
+};
 use mw_worker_runtime::exec::{collect_outputs, host_name};
 use mw_worker_runtime::stream::{StreamInput, StreamOutcome, StreamProgram, StreamRunner};
 use mw_worker_runtime::{execute, ExecRequest, ProcessControl};
@@ -296,12 +298,18 @@ fn run_one(
     control: &ProcessControl,
     io_dir: &Path,
     host: &str,
-) -> Result<Execution, InterfaceError> {
-    let workdir = fresh_workdir(io_dir)?;
+) -> Result<Execution, ResultError> {
+    // The slot's directory is this machine's: a failure there is not the task's.
+    let workdir = fresh_workdir(io_dir).map_err(|e| ResultError::Local(e.0))?;
     let spec = &task.spec;
     for (name, path) in &spec.input_files {
         std::fs::copy(path, workdir.join(name)).map_err(|e| {
-            InterfaceError::new(format!("copying input file {}: {e}", path.display()))
+            let why = format!("copying input file {}: {e}", path.display());
+            if crate::task::is_storage_error(&e) {
+                ResultError::Local(why)
+            } else {
+                ResultError::Bad(InterfaceError::new(why))
+            }
         })?;
     }
     for (name, path) in spec.program.files() {
@@ -332,16 +340,26 @@ fn run_one(
     let (found, missing) = collect_outputs(&workdir, &spec.outputs);
     let mut output_files = Vec::new();
     if let Some(out_dir) = &task.output_dir {
+        // Where the outputs are kept is this machine's: a failure there is not the task's.
         for f in found {
             let dest = out_dir.join(&f.name);
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| {
-                    InterfaceError::new(format!("creating {}: {e}", parent.display()))
+                    ResultError::Local(format!(
+                        "cannot store output `{}` in {}: {e}",
+                        f.name,
+                        parent.display()
+                    ))
                 })?;
             }
             if std::fs::rename(&f.path, &dest).is_err() {
-                std::fs::copy(&f.path, &dest)
-                    .map_err(|e| InterfaceError::new(format!("keeping output {}: {e}", f.name)))?;
+                std::fs::copy(&f.path, &dest).map_err(|e| {
+                    ResultError::Local(format!(
+                        "cannot store output `{}` as {}: {e}",
+                        f.name,
+                        dest.display()
+                    ))
+                })?;
             }
             output_files.push((f.name, dest));
         }
@@ -367,6 +385,7 @@ fn slot_loop(
     host: &str,
     state: &Arc<(Mutex<SlotState>, Condvar)>,
     worker: WorkerId,
+    sink: Option<&Arc<dyn HandleSink>>,
 ) {
     let mut stream: Option<(StreamKey, StreamRunner)> = None;
     let mut pending: Option<SlotJob> = None;
@@ -402,14 +421,19 @@ fn slot_loop(
             run_one(&task, &control, dir, host)
         }))
         .unwrap_or_else(|p| {
-            Err(InterfaceError::new(format!(
+            Err(ResultError::Bad(InterfaceError::new(format!(
                 "internal error while running {}: {}",
                 task.id,
                 panic_message(p.as_ref())
-            )))
+            ))))
         });
         release(state, worker, task.id);
-        done.finish(outcome);
+        if let (Err(ResultError::Local(why)), Some(sink)) = (&outcome, sink) {
+            // This machine cannot keep what tasks produce: a journaled master stops (the
+            // task is then queued again for `mw resume`) rather than fail task after task.
+            sink.cannot_store(&format!("{}: {why}", task.id));
+        }
+        done.finish(outcome.map_err(InterfaceError::from));
     }
 }
 
@@ -629,10 +653,11 @@ impl Interface for Multicore {
                 let (tx, rx) = std::sync::mpsc::channel::<SlotJob>();
                 let state = self.state.clone();
                 let host = self.host.clone();
+                let sink = crate::guard::lock(&self.handles).clone();
                 let spawned = std::thread::Builder::new()
                     .name(format!("mw-slot-{slot}"))
                     .spawn(move || {
-                        slot_loop(&rx, dir.path(), &host, &state, worker);
+                        slot_loop(&rx, dir.path(), &host, &state, worker, sink.as_ref());
                         // The directory goes while its lock is still held (a task may have
                         // left directories it cannot write to), then the lock, and then
                         // shutdown may stop waiting for this slot.

@@ -459,10 +459,11 @@ fn checked_secs(label: &str, field: &str, secs: f64) -> Result<Duration, Interfa
     })
 }
 
-/// Why a result bundle that came back could not be taken.
+/// Why what a task sends or produces could not be handled: its fault, or this machine's.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ResultError {
-    /// The bundle is unusable (malformed, forged, over a limit): the attempt failed.
+    /// What came back is unusable (a malformed, forged or oversized bundle), or the task's
+    /// own files are wrong: the attempt failed.
     #[error(transparent)]
     Bad(#[from] InterfaceError),
     /// This machine could not store what the bundle holds (a full disk, an output path that
@@ -586,6 +587,16 @@ pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
         )));
     }
     Ok(file)
+}
+
+/// Whether `e` says this machine's storage is full or cannot be written (a full disk, a
+/// quota, a read-only file system): a failure of the place, not of what was written.
+pub(crate) fn is_storage_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::StorageFull | K::QuotaExceeded | K::ReadOnlyFilesystem | K::FileTooLarge
+    )
 }
 
 /// A declared output that came back but could not be stored on this machine.

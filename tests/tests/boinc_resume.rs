@@ -1612,3 +1612,80 @@ fn a_result_that_cannot_be_stored_stops_the_master_and_is_taken_on_resume_lone()
 fn a_result_that_cannot_be_stored_stops_the_master_and_is_taken_on_resume_pack() {
     a_result_that_cannot_be_stored_stops_the_master_and_is_taken_on_resume(2);
 }
+
+/// The project's download directory fills up while tasks are staged (a tiny tmpfs over it):
+/// the master stops with the reason instead of failing every task the same way, no task is
+/// recorded as failed, and once there is room, `mw resume` finishes the job.
+#[test]
+fn a_full_project_disk_stops_the_master_and_resume_finishes() {
+    let mut p = Project::new();
+    let download = p.root.join("download");
+    assert!(download.is_dir(), "{}", download.display());
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8k", "tmpfs"])
+        .arg(&download)
+        .status()
+        .unwrap()
+        .success();
+    assert!(
+        mounted,
+        "this test mounts a small tmpfs and needs root (CI runs as root)"
+    );
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let guard = Unmount(download.clone());
+    // Inputs that do not compress: each task bundle is larger than the whole tmpfs.
+    let dir = p.scratch().join("full");
+    std::fs::create_dir_all(&dir).unwrap();
+    let inputs: Vec<String> = (0..3u64)
+        .map(|i| {
+            let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let noise: String = (0..12_000)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    char::from(b'a' + (x % 26) as u8)
+                })
+                .collect();
+            format!("{{ n = {i}, noise = \"{noise}\" }}")
+        })
+        .collect();
+    let job = dir.join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"full\"\ninterface = \"boinc\"\n[program]\npath = \"{}\"\n\
+             [inputs]\nlist = [{}]\n[boinc]\nproject_dir = \"{}\"\n",
+            program("null-task"),
+            inputs.join(", "),
+            p.root.display()
+        ),
+    )
+    .unwrap();
+    let (id, dir) = p.submit(&job);
+    let pid = *p.masters.last().unwrap();
+    poll_until("the master to stop", || !mw_alive(pid));
+    let log = std::fs::read_to_string(dir.join("master.log")).unwrap();
+    assert!(
+        log.contains("No space left on device") && log.contains("mw resume"),
+        "{log}"
+    );
+    let st = status(&p, &id);
+    assert_eq!(st["job"]["state"], "stopped (mw resume)", "{st:#}");
+    assert_eq!(st["job"]["counts"]["failed"], 0, "{st:#}");
+    assert!(p.wus().is_empty(), "no workunit without its input");
+
+    drop(guard);
+    p.start_serve();
+    let out = p.mw(&["resume".as_ref(), id.as_ref()]);
+    p.stop_serve();
+    assert!(out.status.success(), "{}", text(&out));
+    let res = results(&p, &id);
+    assert_eq!(res.len(), 3);
+    assert!(res.iter().all(|r| r["state"] == "done"), "{res:#?}");
+}

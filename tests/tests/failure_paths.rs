@@ -903,3 +903,63 @@ fn a_dead_masters_pid_reused_by_another_mw_is_not_its_master() {
     assert_eq!(r.stdout.lines().count(), 2, "{}", r.stdout);
     let _ = finish(other);
 }
+
+/// An output the master's machine cannot keep (here its place is taken by a directory; a
+/// full disk fails the same write) is not the task's fault: `mw run` stops with the reason
+/// instead of failing task after task, the task is queued again, and `mw resume` finishes
+/// the job once the place is free.
+#[test]
+fn an_output_that_cannot_be_stored_stops_mw_run_and_resume_finishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let gate = d.join("gate");
+    let log = d.join("runs.log");
+    script(
+        d,
+        "out.sh",
+        &format!(
+            "read -r n\necho \"$n\" >> {log}\necho \"$n\" > out.txt\n\
+             if [ \"$n\" = 1 ]; then while [ ! -f {gate} ]; do sleep 0.05; done; fi\n\
+             echo \"$n\"",
+            log = log.display(),
+            gate = gate.display()
+        ),
+    );
+    write(
+        d,
+        "out.toml",
+        "name = \"out\"\nworkers = 2\noutputs = [\"out.txt\"]\n[program]\npath = \"out.sh\"\n\
+         [inputs]\nlist = [0, 1, 2, 3]\n",
+    );
+    let child = spawn_mw(d, &["run", "out.toml", "-q"], &[]);
+    poll("task 1 to start", || {
+        lines_in(&log).iter().any(|l| l == "1")
+    });
+    let blocked = d.join("jobs/out-1/results/task-1/out.txt");
+    std::fs::create_dir_all(blocked.join("in-the-way")).unwrap();
+    std::fs::write(&gate, "").unwrap();
+    let (code, _, stderr) = finish(child);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("cannot store output `out.txt`") && stderr.contains("mw resume"),
+        "{stderr}"
+    );
+    let counts = &status_of(d, "out-1")["job"]["counts"];
+    assert_eq!(counts["failed"], 0, "{counts}");
+
+    std::fs::remove_dir_all(&blocked).unwrap();
+    let o = run_mw(d, &["resume", "out-1", "-q"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = run_mw(d, &["results", "out-1"]);
+    let lines: Vec<serde_json::Value> = o
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{}", o.stdout);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["state"], "done", "{l}");
+        let file = d.join(format!("jobs/out-{}/results/task-{i}/out.txt", 1));
+        assert_eq!(std::fs::read_to_string(file).unwrap().trim(), i.to_string());
+    }
+}

@@ -7,7 +7,7 @@
 //! It must never run BOINC's tools.
 
 use super::Shared;
-use crate::task::{InterfaceError, PreparedTask};
+use crate::task::{InterfaceError, PreparedTask, ResultError};
 use md5::{Digest, Md5};
 use mw_boinc_kit::names::{is_safe_name, program_file_name};
 use mw_boinc_kit::{ProjectLayout, WuName};
@@ -46,16 +46,13 @@ impl Staged {
 
 /// Stages `bytes` as `<download>/<h>/<name>` plus its `.md5` cache file. Idempotent;
 /// refuses to replace a file of that name with other content. The files are durable only
-/// after a later `mw_bundle::sync_filesystem` of the download directory.
-pub fn stage_file(
-    layout: &ProjectLayout,
-    name: &str,
-    bytes: &[u8],
-) -> Result<Staged, InterfaceError> {
+/// after a later `mw_bundle::sync_filesystem` of the download directory. A project disk
+/// that is full (or read-only) is a [`ResultError::Local`].
+pub fn stage_file(layout: &ProjectLayout, name: &str, bytes: &[u8]) -> Result<Staged, ResultError> {
     if !is_safe_name(name) {
-        return Err(InterfaceError::new(format!(
-            "staged file name {name:?} is not shell-safe"
-        )));
+        return Err(
+            InterfaceError::new(format!("staged file name {name:?} is not shell-safe")).into(),
+        );
     }
     let dir = layout.download_dir_for(name);
     let path = dir.join(name);
@@ -63,7 +60,12 @@ pub fn stage_file(
     let md5_path = dir.join(format!("{name}.md5"));
     let md5_text = format!("{md5} {}\n", c_exp(bytes.len() as f64));
     let io = |what: &str, p: &Path, e: std::io::Error| {
-        InterfaceError::new(format!("staging {name}: {what} {}: {e}", p.display()))
+        let why = format!("staging {name}: {what} {}: {e}", p.display());
+        if crate::task::is_storage_error(&e) {
+            ResultError::Local(why)
+        } else {
+            ResultError::Bad(InterfaceError::new(why))
+        }
     };
     match std::fs::read(&path) {
         Ok(existing) if existing == bytes => {
@@ -77,7 +79,8 @@ pub fn stage_file(
             return Err(InterfaceError::new(format!(
                 "{} exists with other content; BOINC files are immutable by name",
                 path.display()
-            )))
+            ))
+            .into())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io("reading", &path, e)),
@@ -110,6 +113,19 @@ pub(super) struct StagedTask {
     pub fresh_task_file: Option<PathBuf>,
 }
 
+/// The error of a file that could not be staged. When the project's disk is full, a
+/// journaled master is told to stop first (the task is then queued again for `mw resume`)
+/// rather than fail every task after this one the same way.
+fn stop_if_full(shared: &Shared, e: ResultError) -> InterfaceError {
+    if let ResultError::Local(why) = &e {
+        let sink = crate::guard::lock(&shared.sink).clone();
+        if let Some(sink) = sink {
+            sink.cannot_store(why);
+        }
+    }
+    e.into()
+}
+
 /// Stages the program bundle of `task` (once per master) and returns it with its name.
 fn stage_program(
     shared: &Shared,
@@ -125,7 +141,7 @@ fn stage_program(
     if !already {
         let bytes = std::fs::read(&program.path)
             .map_err(|e| InterfaceError::new(format!("reading {}: {e}", program.path.display())))?;
-        stage_file(&shared.layout, &prog_name, &bytes)?;
+        stage_file(&shared.layout, &prog_name, &bytes).map_err(|e| stop_if_full(shared, e))?;
         shared.lock().staged_programs.insert(prog_name.clone());
     }
     Ok((program, prog_name))
@@ -142,7 +158,8 @@ pub(super) fn stage_task(
     let bytes = task
         .task_bundle_bytes(&program)
         .map_err(|e| InterfaceError::new(format!("packing the task bundle: {e}")))?;
-    let staged = stage_file(&shared.layout, &task_name, &bytes)?;
+    let staged =
+        stage_file(&shared.layout, &task_name, &bytes).map_err(|e| stop_if_full(shared, e))?;
     staged_task(wu, &prog_name, &task_name, staged)
 }
 
@@ -165,7 +182,7 @@ pub(super) fn stage_pack(
         Staged::Present(existing)
     } else {
         let bytes = crate::pack::pack_bundle_bytes(tasks, &program)?;
-        stage_file(&shared.layout, &task_name, &bytes)?
+        stage_file(&shared.layout, &task_name, &bytes).map_err(|e| stop_if_full(shared, e))?
     };
     staged_task(wu, &prog_name, &task_name, staged)
 }

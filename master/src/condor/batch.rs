@@ -389,7 +389,7 @@ fn submit_packs(shared: &Shared, batch: u64, packs: Vec<Vec<Arc<PreparedTask>>>)
     for pack in packs {
         let Some(first) = pack.first() else { continue };
         job.clone_from(&first.job);
-        let staged = stage_pack(&dir, &pack);
+        let staged = stage_pack(shared, &dir, &pack);
         let mut st = shared.lock();
         match staged {
             Ok(files) => {
@@ -428,7 +428,11 @@ fn submit_packs(shared: &Shared, batch: u64, packs: Vec<Vec<Arc<PreparedTask>>>)
 
 /// Writes the bundle of one pack into `dir`: a lone task's own task bundle, or a pack bundle
 /// (always for a streaming program's tasks).
-fn stage_pack(dir: &Path, pack: &[Arc<PreparedTask>]) -> Result<TaskFiles, InterfaceError> {
+fn stage_pack(
+    shared: &Shared,
+    dir: &Path,
+    pack: &[Arc<PreparedTask>],
+) -> Result<TaskFiles, InterfaceError> {
     let first = pack
         .first()
         .ok_or_else(|| InterfaceError::new("an empty pack"))?;
@@ -447,13 +451,22 @@ fn stage_pack(dir: &Path, pack: &[Arc<PreparedTask>]) -> Result<TaskFiles, Inter
     };
     std::fs::create_dir_all(dir)
         .and_then(|_| std::fs::write(&files.task_bundle, &bytes))
-        .map_err(|e| {
-            InterfaceError::new(format!(
-                "staging the task bundle {}: {e}",
-                files.task_bundle.display()
-            ))
-        })?;
+        .map_err(|e| staging_error(shared, &files.task_bundle, &e))?;
     Ok(files)
+}
+
+/// The error of a task bundle that could not be written to `path`. When this machine's
+/// storage is full, a journaled master is told to stop first (the task is then queued again
+/// for `mw resume`) rather than fail every task after this one the same way.
+pub(super) fn staging_error(shared: &Shared, path: &Path, e: &std::io::Error) -> InterfaceError {
+    let why = format!("staging the task bundle {}: {e}", path.display());
+    if crate::task::is_storage_error(e) {
+        let sink = crate::guard::lock(&shared.sink).clone();
+        if let Some(sink) = sink {
+            sink.cannot_store(&why);
+        }
+    }
+    InterfaceError::new(why)
 }
 
 /// Cancels `task`, a member of a pack already submitted: it is reported cancelled at once
@@ -698,6 +711,61 @@ mod tests {
         let p = dir.join(name);
         std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// Records what the interface could not store.
+    #[derive(Default)]
+    struct Sink(std::sync::Mutex<Vec<String>>);
+
+    impl crate::interface::HandleSink for Sink {
+        fn record_handle(&self, _task: TaskId, _handle: &str) {}
+
+        fn cannot_store(&self, why: &str) -> bool {
+            self.0.lock().unwrap().push(why.to_string());
+            true
+        }
+    }
+
+    /// A task bundle that cannot be staged because the disk is full (the bundle's path
+    /// leads to /dev/full, which answers every write with ENOSPC) stops a journaled master
+    /// (through its sink) instead of only failing the task: every later task would fail
+    /// the same way.
+    #[test]
+    fn staging_on_a_full_disk_tells_the_master_to_stop() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut settings = CondorSettings::new(tmp.path().join("condor"));
+        settings.cli = CondorCli::default().with_bin_dir(tmp.path().join("no-tools"));
+        settings.batch_window = Duration::from_millis(1);
+        settings.worker = PathBuf::from("/bin/true");
+        let condor = Condor::new(settings).unwrap();
+        let sink = Arc::new(Sink::default());
+        condor.set_handle_sink(sink.clone());
+        let batch = tmp.path().join("condor/batch-1");
+        std::fs::create_dir_all(&batch).unwrap();
+        std::os::unix::fs::symlink("/dev/full", batch.join("task-0-a1.mwt")).unwrap();
+        let program = Arc::new(Program::new("/bin/sh").unwrap());
+        let task = Arc::new(PreparedTask {
+            id: TaskId(0),
+            attempt: 1,
+            job: "unit".into(),
+            spec: TaskSpec::new(program, serde_json::json!(0)),
+            output_dir: None,
+            staging_dir: tmp.path().to_path_buf(),
+        });
+        let (tx, rx) = mpsc::channel();
+        let done = Completion::new(TaskId(0), move |r| tx.send(r).unwrap());
+        let worker = condor.reserve_worker(&task).unwrap();
+        condor.execute_task(task, worker, done);
+        let err = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("staging the task bundle"), "{err}");
+        let told = sink.0.lock().unwrap().clone();
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert!(told[0].contains("task-0-a1.mwt"), "{told:?}");
+        condor.shutdown();
     }
 
     /// condor_submit queued the job and then failed (its connection lost after the commit),

@@ -344,10 +344,8 @@ impl Interface for Condor {
             std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&files.task_bundle, &bytes));
         if let Err(e) = written {
             drop(st);
-            return done.finish(Err(InterfaceError::new(format!(
-                "staging the task bundle {}: {e}",
-                files.task_bundle.display()
-            ))));
+            let e = batch::staging_error(&self.shared, &files.task_bundle, &e);
+            return done.finish(Err(e));
         }
         let id = task.id;
         st.add_pending(id, Tracked::new(task, done, None, files, Phase::Pending));
