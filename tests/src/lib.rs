@@ -236,6 +236,33 @@ pub fn spawn_mw(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> s
     c.spawn().expect("start mw")
 }
 
+/// A small tmpfs mounted over `dir` (a full disk on demand), unmounted when dropped. Needs
+/// root (CI runs as root); the test fails saying so otherwise.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`mount -o size=…`: `600k`, `8k`) over `dir`.
+    pub fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount")
+            .success();
+        assert!(
+            mounted,
+            "this test mounts a small tmpfs and needs root (CI runs as root)"
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// A BOINC project made by the server double at `root`, with mw installed by
 /// `mw-boinc-setup` (this build's worker, validator and assimilator, plus `setup_args`);
 /// returns the project's canonical path.

@@ -1621,23 +1621,7 @@ fn a_full_project_disk_stops_the_master_and_resume_finishes() {
     let mut p = Project::new();
     let download = p.root.join("download");
     assert!(download.is_dir(), "{}", download.display());
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8k", "tmpfs"])
-        .arg(&download)
-        .status()
-        .unwrap()
-        .success();
-    assert!(
-        mounted,
-        "this test mounts a small tmpfs and needs root (CI runs as root)"
-    );
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let guard = Unmount(download.clone());
+    let guard = mw_tests::Tmpfs::mount(&download, "8k");
     // Inputs that do not compress: each task bundle is larger than the whole tmpfs.
     let dir = p.scratch().join("full");
     std::fs::create_dir_all(&dir).unwrap();

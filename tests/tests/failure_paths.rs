@@ -378,23 +378,7 @@ fn a_full_disk_stops_the_master_and_what_was_printed_is_what_was_stored() {
     let d = t.path();
     let jobs = d.join("jobs");
     std::fs::create_dir_all(&jobs).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=600k", "tmpfs"])
-        .arg(&jobs)
-        .status()
-        .unwrap()
-        .success();
-    assert!(
-        mounted,
-        "this test mounts a small tmpfs and needs root (CI runs as root)"
-    );
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(jobs.clone());
+    let _guard = mw_tests::Tmpfs::mount(&jobs, "600k");
     // Each task logs its run outside the tmpfs and returns 2 KB of JSON.
     script(
         d,

@@ -713,6 +713,24 @@ mod tests {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
+    /// Runs task 0 (`/bin/sh`, staged from `staging`) through `condor`; its outcome.
+    fn run_task_0(condor: &Condor, staging: &Path) -> Result<Execution, InterfaceError> {
+        let program = Arc::new(Program::new("/bin/sh").unwrap());
+        let task = Arc::new(PreparedTask {
+            id: TaskId(0),
+            attempt: 1,
+            job: "unit".into(),
+            spec: TaskSpec::new(program, serde_json::json!(0)),
+            output_dir: None,
+            staging_dir: staging.to_path_buf(),
+        });
+        let (tx, rx) = mpsc::channel();
+        let done = Completion::new(TaskId(0), move |r| tx.send(r).unwrap());
+        let worker = condor.reserve_worker(&task).unwrap();
+        condor.execute_task(task, worker, done);
+        rx.recv_timeout(Duration::from_secs(60)).unwrap()
+    }
+
     /// Records what the interface could not store.
     #[derive(Default)]
     struct Sink(std::sync::Mutex<Vec<String>>);
@@ -743,24 +761,7 @@ mod tests {
         let batch = tmp.path().join("condor/batch-1");
         std::fs::create_dir_all(&batch).unwrap();
         std::os::unix::fs::symlink("/dev/full", batch.join("task-0-a1.mwt")).unwrap();
-        let program = Arc::new(Program::new("/bin/sh").unwrap());
-        let task = Arc::new(PreparedTask {
-            id: TaskId(0),
-            attempt: 1,
-            job: "unit".into(),
-            spec: TaskSpec::new(program, serde_json::json!(0)),
-            output_dir: None,
-            staging_dir: tmp.path().to_path_buf(),
-        });
-        let (tx, rx) = mpsc::channel();
-        let done = Completion::new(TaskId(0), move |r| tx.send(r).unwrap());
-        let worker = condor.reserve_worker(&task).unwrap();
-        condor.execute_task(task, worker, done);
-        let err = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap()
-            .unwrap_err()
-            .to_string();
+        let err = run_task_0(&condor, tmp.path()).unwrap_err().to_string();
         assert!(err.contains("staging the task bundle"), "{err}");
         let told = sink.0.lock().unwrap().clone();
         assert_eq!(told.len(), 1, "{told:?}");
@@ -803,21 +804,7 @@ printf '[{"ClusterId": 7, "ProcId": 0, "JobStatus": 1, "MwBatch": "%s"}]\n' "$b"
             settings.batch_window = Duration::from_millis(1);
             settings.worker = PathBuf::from("/bin/true");
             let condor = Condor::new(settings).unwrap();
-            let program = Arc::new(Program::new("/bin/sh").unwrap());
-            let task = Arc::new(PreparedTask {
-                id: TaskId(0),
-                attempt: 1,
-                job: "unit".into(),
-                spec: TaskSpec::new(program, serde_json::json!(0)),
-                output_dir: None,
-                staging_dir: tmp.path().to_path_buf(),
-            });
-            let (tx, rx) = mpsc::channel();
-            let done = Completion::new(TaskId(0), move |r| tx.send(r).unwrap());
-            let worker = condor.reserve_worker(&task).unwrap();
-            condor.execute_task(task, worker, done);
-            let outcome = rx.recv_timeout(Duration::from_secs(60)).unwrap();
-            let err = outcome.unwrap_err().to_string();
+            let err = run_task_0(&condor, tmp.path()).unwrap_err().to_string();
             assert!(err.contains("HTCondor"), "{case}: {err}");
             let rm = std::fs::read_to_string(&removed).unwrap_or_default();
             assert_eq!(
