@@ -42,17 +42,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Lower-case hex SHA-256 of a file's content, streamed.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
+    hash_reader(std::fs::File::open(path)?).map(|(sha256, _)| sha256)
 }
 
 impl BundleBuilder {
@@ -182,10 +172,9 @@ impl BundleBuilder {
     }
 
     /// Writes the archive to `out` (through a temporary file renamed into place) and
-    /// returns the SHA-256 of the archive bytes.
+    /// returns the SHA-256 of the archive bytes. The archive is streamed, never held whole.
     pub fn write_to(self, out: &Path) -> Result<String, BundleError> {
         let label = out.display().to_string();
-        let bytes = self.to_bytes()?;
         let dir = out.parent().unwrap_or(Path::new("."));
         let io = |context: &str, source| BundleError::Io {
             archive: label.clone(),
@@ -194,36 +183,52 @@ impl BundleBuilder {
         };
         let mut tmp =
             tempfile::NamedTempFile::new_in(dir).map_err(|e| io("creating temp file", e))?;
-        tmp.write_all(&bytes).map_err(|e| io("writing", e))?;
+        let sink = HashingWriter {
+            inner: std::io::BufWriter::new(tmp.as_file_mut()),
+            hasher: Sha256::new(),
+        };
+        let HashingWriter { inner, hasher } = self.write_into(sink)?;
+        if let Err(e) = inner.into_inner() {
+            return Err(io("writing", e.into_error()));
+        }
+        let sha256 = hex::encode(hasher.finalize());
         tmp.persist(out)
             .map_err(|e| io("renaming into place", e.error))?;
-        Ok(sha256_hex(&bytes))
+        Ok(sha256)
     }
 
     /// Produces the archive bytes.
     pub fn to_bytes(self) -> Result<Vec<u8>, BundleError> {
+        self.write_into(Vec::new())
+    }
+
+    /// Writes the archive to `out` as it is built and returns `out` (flushed of the gzip
+    /// stream, not synced). Members added from files are hashed for the manifest, then
+    /// copied: never held in memory whole. A file that changes in between is an error.
+    pub fn write_into<W: Write>(self, out: W) -> Result<W, BundleError> {
         let label = self.label.clone();
         let build_err = |reason: String| BundleError::Build {
             archive: label.clone(),
             reason,
         };
-        // Read every member once, hashing as we go.
-        let mut contents: Vec<(String, Vec<u8>, bool)> = Vec::with_capacity(self.entries.len());
+        let cannot_read = |path: &str, p: &Path, e: std::io::Error| {
+            build_err(format!("member `{path}`: cannot read {}: {e}", p.display()))
+        };
+        // Every member's hash and size first: the manifest comes first in the archive.
         let mut members = Vec::with_capacity(self.entries.len());
-        for (path, entry) in self.entries {
-            let data = match entry.source {
-                Source::Bytes(b) => b,
-                Source::File(p) => std::fs::read(&p).map_err(|e| {
-                    build_err(format!("member `{path}`: cannot read {}: {e}", p.display()))
-                })?,
+        for (path, entry) in &self.entries {
+            let (sha256, size) = match &entry.source {
+                Source::Bytes(b) => (sha256_hex(b), b.len() as u64),
+                Source::File(p) => std::fs::File::open(p)
+                    .and_then(hash_reader)
+                    .map_err(|e| cannot_read(path, p, e))?,
             };
             members.push(Member {
                 path: path.clone(),
-                sha256: sha256_hex(&data),
-                size: data.len() as u64,
+                sha256,
+                size,
                 executable: entry.executable,
             });
-            contents.push((path, data, entry.executable));
         }
         let manifest = Manifest {
             format: FORMAT_VERSION,
@@ -238,16 +243,102 @@ impl BundleBuilder {
         let manifest_text = toml::to_string(&manifest)
             .map_err(|e| build_err(format!("cannot serialise manifest: {e}")))?;
 
-        let gz = GzEncoder::new(Vec::new(), Compression::fast());
+        let gz = GzEncoder::new(out, Compression::fast());
         let mut tar = tar::Builder::new(gz);
         let io = |e: std::io::Error| build_err(format!("writing archive: {e}"));
         append(&mut tar, MANIFEST_NAME, manifest_text.as_bytes(), false).map_err(io)?;
-        for (path, data, exec) in &contents {
-            append(&mut tar, path, data, *exec).map_err(io)?;
+        for ((path, entry), member) in self.entries.into_iter().zip(&manifest.members) {
+            match entry.source {
+                Source::Bytes(data) => append(&mut tar, &path, &data, entry.executable),
+                Source::File(p) => {
+                    let file = std::fs::File::open(&p).map_err(|e| cannot_read(&path, &p, e))?;
+                    let mut reader = HashingReader {
+                        inner: file.take(member.size),
+                        hasher: Sha256::new(),
+                        read: 0,
+                    };
+                    let mut header = header(member.size, entry.executable);
+                    tar.append_data(&mut header, &path, &mut reader)
+                        .map_err(io)?;
+                    if reader.read != member.size
+                        || hex::encode(reader.hasher.finalize()) != member.sha256
+                    {
+                        return Err(build_err(format!(
+                            "member `{path}`: {} changed while the bundle was built",
+                            p.display()
+                        )));
+                    }
+                    Ok(())
+                }
+            }
+            .map_err(io)?;
         }
         let gz = tar.into_inner().map_err(io)?;
         gz.finish().map_err(io)
     }
+}
+
+/// The hex SHA-256 and the length of everything `r` yields.
+fn hash_reader<R: Read>(mut r: R) -> std::io::Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), total))
+}
+
+/// A reader hashing and counting what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    read: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let done = buf.get(..n).unwrap_or_default();
+        self.hasher.update(done);
+        self.read += done.len() as u64;
+        Ok(n)
+    }
+}
+
+/// A writer hashing what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(buf.get(..n).unwrap_or_default());
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A member's tar header: fixed owner, mode and mtime (deterministic archives).
+fn header(size: u64, executable: bool) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(size);
+    header.set_mode(if executable { 0o755 } else { 0o644 });
+    header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
+    header
 }
 
 fn append<W: Write>(
@@ -256,12 +347,6 @@ fn append<W: Write>(
     data: &[u8],
     executable: bool,
 ) -> std::io::Result<()> {
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_size(data.len() as u64);
-    header.set_mode(if executable { 0o755 } else { 0o644 });
-    header.set_mtime(0);
-    header.set_uid(0);
-    header.set_gid(0);
+    let mut header = header(data.len() as u64, executable);
     tar.append_data(&mut header, path, data)
 }

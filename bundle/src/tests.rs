@@ -254,6 +254,38 @@ fn packing_is_deterministic() {
     assert_ne!(sha256_hex(&z.to_bytes().unwrap()), sha256_hex(&x));
 }
 
+/// Streaming the archive into a file (`write_into`, `write_to`) gives the very bytes
+/// `to_bytes` builds in memory, large file members included, and they unpack verified.
+#[test]
+fn an_archive_streamed_to_a_file_is_the_one_built_in_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let big = tmp.path().join("big.bin");
+    // 3 MiB that do not compress away, over several copy buffers and tar blocks.
+    let content: Vec<u8> = (0u32..3 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&big, &content).unwrap();
+    let builder = || {
+        let mut b = program_builder(tmp.path());
+        b.add_file("big.bin", &big).unwrap();
+        b
+    };
+    let in_memory = builder().to_bytes().unwrap();
+    let streamed = tmp.path().join("streamed.tar.gz");
+    let file = std::fs::File::create(&streamed).unwrap();
+    builder().write_into(file).unwrap().sync_all().unwrap();
+    assert_eq!(std::fs::read(&streamed).unwrap(), in_memory);
+    let written = tmp.path().join("written.tar.gz");
+    assert_eq!(
+        builder().write_to(&written).unwrap(),
+        sha256_hex(&in_memory)
+    );
+    assert_eq!(std::fs::read(&written).unwrap(), in_memory);
+    let b = open_in_memory(&in_memory, "big", None, &Limits::default()).unwrap();
+    assert_eq!(b.members["big.bin"], content);
+    assert_eq!(b.manifest.member("big.bin").unwrap().size, 3 << 20);
+}
+
 #[test]
 fn read_manifest_reads_only_the_manifest() {
     let tmp = tempfile::tempdir().unwrap();

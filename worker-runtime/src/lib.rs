@@ -24,5 +24,5 @@ pub mod stream;
 pub mod task;
 
 pub use exec::{execute, ExecOutcome, ExecRequest, ProcessControl};
-pub use pack::{run_any_bundles, run_task_or_pack_file, PackSummary, Ran};
+pub use pack::{run_any_bundles, run_task_or_pack_file, PackSummary, PendingResult, Ran};
 pub use run::{run_bundles, run_task_bytes, run_task_file, RunError, RunOptions, UnpackedProgram};

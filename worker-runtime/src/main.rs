@@ -11,7 +11,6 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mw_worker_runtime::run::write_atomically;
 use mw_worker_runtime::{run_task_or_pack_file, ProcessControl, Ran, RunOptions, UnpackedProgram};
 use std::path::PathBuf;
 
@@ -115,7 +114,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 ..RunOptions::default()
             };
             let ran = UnpackedProgram::unpack(&program, &opts)
-                .and_then(|p| run_task_or_pack_file(&p, &task, &control, &opts));
+                .and_then(|p| run_task_or_pack_file(&p, &task, &result, &control, &opts));
             #[cfg(unix)]
             if let Some(sig) = signals.received() {
                 // Stopped: the task's processes are gone (cancel); no result is written, the
@@ -126,9 +125,9 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 drop(watchdog);
                 mw_worker_runtime::dying::die_by(sig);
             }
-            let (ran, bytes) =
+            let (ran, pending) =
                 ran.with_context(|| format!("running task bundle {}", task.display()))?;
-            write_atomically(&result, &bytes)?;
+            pending.persist()?;
             // Also what a task left unwritable (a dropped TempDir would leave it behind).
             let _ = mw_worker_runtime::run::remove_tree(dir.path());
             drop(dir);

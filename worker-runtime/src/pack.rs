@@ -60,14 +60,16 @@ fn one_line(s: &str) -> String {
 }
 
 /// Runs every task of the pack bundle at `pack_archive` with an unpacked program; returns the
-/// summary and the pack result bundle's bytes. Errors only when the pack itself is unusable
+/// summary and the pack result bundle, written to a temporary file beside `result_out` as it
+/// is built (never held in memory whole). Errors only when the pack itself is unusable
 /// (malformed, another program's); the failures of single tasks are inside the result.
 pub fn run_pack_file(
     program: &UnpackedProgram,
     pack_archive: &Path,
+    result_out: &Path,
     control: &ProcessControl,
     opts: &RunOptions,
-) -> Result<(PackSummary, Vec<u8>), RunError> {
+) -> Result<(PackSummary, PendingResult), RunError> {
     let label = pack_archive.display().to_string();
     let scratch = scratch_dir(opts, "mw-pack-")?;
     let size = std::fs::metadata(pack_archive)
@@ -124,7 +126,7 @@ pub fn run_pack_file(
             Some(m) => m,
             None => read_members(&scratch.path().join("pack"), &info.tasks, opts)?,
         };
-        return run_pack_stream(
+        let (summary, results) = run_pack_stream(
             program,
             &info,
             members,
@@ -132,7 +134,9 @@ pub fn run_pack_file(
             control,
             opts,
             &label,
-        );
+        )?;
+        let pending = results.write_pack_result(summary.info.clone(), result_out)?;
+        return Ok((summary, pending));
     }
     let mut summary = PackSummary {
         info: PackResultInfo {
@@ -143,7 +147,7 @@ pub fn run_pack_file(
         },
         failed: Vec::new(),
     };
-    let mut results = Results::new(scratch.path().join("results"));
+    let mut results = Results::new(scratch.path().join("results"), opts);
     let mut members = in_memory;
     for &task in &info.tasks {
         if control.is_cancelled() {
@@ -197,10 +201,8 @@ pub fn run_pack_file(
             }
         }
     }
-    let mut builder = BundleBuilder::pack_result(summary.info.clone(), "pack result bundle");
-    results.into_bundle(&mut builder)?;
-    let bytes = builder.to_bytes()?;
-    Ok((summary, bytes))
+    let pending = results.write_pack_result(summary.info.clone(), result_out)?;
+    Ok((summary, pending))
 }
 
 /// The task bundles of an unpacked pack, read back (a streaming pack's tasks are small: its
@@ -297,7 +299,7 @@ fn stream_task(
 /// program per run of tasks with the same arguments and environment (the stream contract
 /// of [`crate::stream`]: a task that fails, hangs or breaks the stream fails alone, the
 /// program is restarted for the next). Each task's result bundle is what a lone task's
-/// would be (its answer line as stdout; no CPU time of its own).
+/// would be (its answer line as stdout; no CPU time of its own); the caller writes them out.
 fn run_pack_stream(
     program: &UnpackedProgram,
     pack: &PackInfo,
@@ -306,7 +308,7 @@ fn run_pack_stream(
     control: &ProcessControl,
     opts: &RunOptions,
     label: &str,
-) -> Result<(PackSummary, Vec<u8>), RunError> {
+) -> Result<(PackSummary, Results), RunError> {
     let mut summary = PackSummary {
         info: PackResultInfo {
             job: pack.job.clone(),
@@ -316,7 +318,7 @@ fn run_pack_stream(
         },
         failed: Vec::new(),
     };
-    let mut results = Results::new(scratch.join("results"));
+    let mut results = Results::new(scratch.join("results"), opts);
     let mut tasks = Vec::with_capacity(pack.tasks.len());
     for &task in &pack.tasks {
         let member = pack_task_member(task);
@@ -410,10 +412,7 @@ fn run_pack_stream(
             return Err(e);
         }
     }
-    let mut builder = BundleBuilder::pack_result(summary.info.clone(), "pack result bundle");
-    results.into_bundle(&mut builder)?;
-    let bytes = builder.to_bytes()?;
-    Ok((summary, bytes))
+    Ok((summary, results))
 }
 
 /// Adds the result bundle of streaming task `t` of job `job`, from its outcome `o`.
@@ -453,11 +452,12 @@ fn add_stream_result(
     Ok(())
 }
 
-/// The result bundles of a pack's tasks: kept in memory up to [`RESULTS_IN_MEMORY`] bytes,
-/// then written to files in a scratch directory.
+/// The result bundles of a pack's tasks: kept in memory up to [`RESULTS_IN_MEMORY`] bytes
+/// (or [`RunOptions::pack_results_in_memory`]), then written to files in a scratch directory.
 struct Results {
     dir: PathBuf,
     in_memory: u64,
+    max_in_memory: u64,
     kept: Vec<(u64, Kept)>,
 }
 
@@ -466,21 +466,22 @@ enum Kept {
     File(PathBuf),
 }
 
-/// How many bytes of a pack's result bundles are kept in memory.
-const RESULTS_IN_MEMORY: u64 = 256 << 20;
+/// How many bytes of a pack's result bundles are kept in memory by default.
+pub const RESULTS_IN_MEMORY: u64 = 256 << 20;
 
 impl Results {
-    fn new(dir: PathBuf) -> Results {
+    fn new(dir: PathBuf, opts: &RunOptions) -> Results {
         Results {
             dir,
             in_memory: 0,
+            max_in_memory: opts.pack_results_in_memory.unwrap_or(RESULTS_IN_MEMORY),
             kept: Vec::new(),
         }
     }
 
     fn add(&mut self, task: u64, bytes: Vec<u8>) -> Result<(), RunError> {
         let n = bytes.len() as u64;
-        if self.in_memory.saturating_add(n) <= RESULTS_IN_MEMORY {
+        if self.in_memory.saturating_add(n) <= self.max_in_memory {
             self.in_memory += n;
             self.kept.push((task, Kept::Bytes(bytes)));
             return Ok(());
@@ -496,14 +497,79 @@ impl Results {
         Ok(())
     }
 
-    fn into_bundle(self, builder: &mut BundleBuilder) -> Result<(), RunError> {
+    /// Writes the pack result bundle holding every kept result to a temporary file beside
+    /// `result_out`, streamed: results kept in files are copied, not read into memory.
+    fn write_pack_result(
+        self,
+        info: PackResultInfo,
+        result_out: &Path,
+    ) -> Result<PendingResult, RunError> {
+        let mut builder = BundleBuilder::pack_result(info, "pack result bundle");
         for (task, kept) in self.kept {
             match kept {
                 Kept::Bytes(b) => builder.add_bytes(&pack_result_member(task), b, false)?,
                 Kept::File(p) => builder.add_file(&pack_result_member(task), &p)?,
             }
         }
-        Ok(())
+        let io = |source| RunError::Io {
+            context: format!("writing the pack result beside {}", result_out.display()),
+            source,
+        };
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".mw-tmp-")
+            .tempfile_in(parent_dir(result_out))
+            .map_err(io)?;
+        let out = builder.write_into(std::io::BufWriter::new(tmp.as_file_mut()))?;
+        out.into_inner().map_err(|e| io(e.into_error()))?;
+        Ok(PendingResult {
+            path: result_out.to_path_buf(),
+            content: Pending::File(tmp),
+        })
+    }
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// A result bundle not yet at its path: a lone task's bytes, or a pack's archive already
+/// written to a temporary file beside that path. Dropped, it leaves nothing behind.
+#[derive(Debug)]
+pub struct PendingResult {
+    path: PathBuf,
+    content: Pending,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Bytes(Vec<u8>),
+    File(tempfile::NamedTempFile),
+}
+
+impl PendingResult {
+    /// Where [`persist`](Self::persist) puts the result bundle.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Puts the result bundle at its path atomically and durably: fsync'd, renamed into
+    /// place, its directory fsync'd. Readers never see a partial file.
+    pub fn persist(self) -> Result<(), RunError> {
+        let tmp = match self.content {
+            Pending::Bytes(bytes) => return crate::run::write_atomically(&self.path, &bytes),
+            Pending::File(tmp) => tmp,
+        };
+        let io = |source| RunError::Io {
+            context: format!("writing {} atomically", self.path.display()),
+            source,
+        };
+        tmp.as_file().sync_all().map_err(io)?;
+        tmp.persist(&self.path).map_err(|e| io(e.error))?;
+        mw_bundle::sync_dir(&parent_dir(&self.path)).map_err(io)
     }
 }
 
@@ -528,21 +594,27 @@ impl Ran {
 }
 
 /// Runs the task or pack bundle at `archive` (its manifest says which) with an unpacked
-/// program; returns what ran and the result (or pack result) bundle's bytes.
+/// program; returns what ran and its result (or pack result) bundle for `result_out`, put
+/// there by [`PendingResult::persist`]. A pack's is already in a file beside `result_out`.
 pub fn run_task_or_pack_file(
     program: &UnpackedProgram,
     archive: &Path,
+    result_out: &Path,
     control: &ProcessControl,
     opts: &RunOptions,
-) -> Result<(Ran, Vec<u8>), RunError> {
+) -> Result<(Ran, PendingResult), RunError> {
     // A bundle whose manifest cannot be read goes the lone task's way, which names the problem.
     let kind = mw_bundle::read_manifest(archive, &opts.limits).map(|m| m.kind);
     if matches!(kind, Ok(BundleKind::Pack)) {
-        let (summary, bytes) = run_pack_file(program, archive, control, opts)?;
-        return Ok((Ran::Pack(summary), bytes));
+        let (summary, pending) = run_pack_file(program, archive, result_out, control, opts)?;
+        return Ok((Ran::Pack(summary), pending));
     }
     let (info, bytes) = run_task_file(program, archive, control, opts)?;
-    Ok((Ran::Task(info), bytes))
+    let pending = PendingResult {
+        path: result_out.to_path_buf(),
+        content: Pending::Bytes(bytes),
+    };
+    Ok((Ran::Task(info), pending))
 }
 
 /// `mw-worker run` for a task or a pack bundle: program bundle + task (or pack) bundle in,
@@ -555,7 +627,7 @@ pub fn run_any_bundles(
     opts: &RunOptions,
 ) -> Result<Ran, RunError> {
     let program = UnpackedProgram::unpack(program_archive, opts)?;
-    let (ran, bytes) = run_task_or_pack_file(&program, archive, control, opts)?;
-    crate::run::write_atomically(result_out, &bytes)?;
+    let (ran, pending) = run_task_or_pack_file(&program, archive, result_out, control, opts)?;
+    pending.persist()?;
     Ok(ran)
 }

@@ -61,6 +61,9 @@ pub struct RunOptions {
     pub limits: Limits,
     /// Where scratch directories are made (default: the system temp dir).
     pub scratch_root: Option<PathBuf>,
+    /// How many bytes of a pack's task results are kept in memory before the rest go to
+    /// scratch files (default: [`crate::pack::RESULTS_IN_MEMORY`]).
+    pub pack_results_in_memory: Option<u64>,
 }
 
 /// A program bundle unpacked into a private directory, ready to serve many tasks.

@@ -137,21 +137,7 @@ impl Fixture {
         members: Vec<(u64, Vec<u8>)>,
         unprivileged: bool,
     ) -> (std::process::Output, PathBuf) {
-        let mut b = BundleBuilder::pack(
-            mw_bundle::PackInfo {
-                job: "testjob".into(),
-                program_sha256: self.sha.clone(),
-                tasks,
-                stream: false,
-            },
-            "test pack",
-        );
-        for (task, bytes) in members {
-            b.add_bytes(&mw_bundle::pack_task_member(task), bytes, false)
-                .unwrap();
-        }
-        let pack = self.path("pack.tar.gz");
-        b.write_to(&pack).unwrap();
+        let pack = self.write_pack(tasks, members);
         let result = self.path("pack-result.tar.gz");
         // SAFETY: geteuid has no preconditions and cannot fail.
         let root = unsafe { libc::geteuid() } == 0;
@@ -173,6 +159,27 @@ impl Fixture {
             .output()
             .expect("setpriv (util-linux) runs the worker without root's file-permission override");
         (out, result)
+    }
+
+    /// Writes a pack of this program listing `tasks`, with `members` (task index, task
+    /// bundle bytes), and returns its path.
+    fn write_pack(&self, tasks: Vec<u64>, members: Vec<(u64, Vec<u8>)>) -> PathBuf {
+        let mut b = BundleBuilder::pack(
+            mw_bundle::PackInfo {
+                job: "testjob".into(),
+                program_sha256: self.sha.clone(),
+                tasks,
+                stream: false,
+            },
+            "test pack",
+        );
+        for (task, bytes) in members {
+            b.add_bytes(&mw_bundle::pack_task_member(task), bytes, false)
+                .unwrap();
+        }
+        let pack = self.path("pack.tar.gz");
+        b.write_to(&pack).unwrap();
+        pack
     }
 
     fn worker_with(&self, program: &Path, task: &Path, result: &Path) -> std::process::Output {
@@ -528,6 +535,81 @@ fn mw_worker_runs_a_pack_task_by_task() {
             assert_eq!(r.stderr_tail, "it went wrong\n");
         }
     }
+}
+
+/// The lowered bound on a pack's task results kept in memory, for the test below.
+const RESULTS_BOUND: u64 = 1024;
+
+/// The names in directory `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A pack whose task results together pass the in-memory bound (lowered to
+/// [`RESULTS_BOUND`]; the rest go to scratch files): its pack result is written to a file
+/// beside the result path as it is built, holds every task's result, and reaches the result
+/// path only through `persist` (a dropped one leaves nothing behind).
+#[test]
+fn a_pack_result_past_the_memory_bound_is_a_file_holding_every_task_result() {
+    use mw_worker_runtime::{run_task_or_pack_file, Ran, UnpackedProgram};
+    let fx = Fixture::new();
+    let tasks: Vec<u64> = (1..=8).collect();
+    let members = tasks
+        .iter()
+        .map(|&t| (t, task_bytes(&fx, t, "ok")))
+        .collect();
+    let pack = fx.write_pack(tasks.clone(), members);
+    let out_dir = fx.path("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let result = out_dir.join("pack-result.tar.gz");
+    let opts = RunOptions {
+        pack_results_in_memory: Some(RESULTS_BOUND),
+        ..RunOptions::default()
+    };
+    let program = UnpackedProgram::unpack(&fx.program, &opts).unwrap();
+    let control = ProcessControl::new();
+
+    let (ran, pending) = run_task_or_pack_file(&program, &pack, &result, &control, &opts).unwrap();
+    assert!(matches!(&ran, Ran::Pack(p) if p.all_succeeded()), "{ran:?}");
+    // Already a file beside the result path, not yet at it.
+    let before = names_in(&out_dir);
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert!(before[0].starts_with(".mw-tmp-"), "{before:?}");
+    assert!(!result.exists());
+    assert_eq!(pending.path(), result);
+    pending.persist().unwrap();
+    assert_eq!(names_in(&out_dir), ["pack-result.tar.gz"]);
+
+    let bundle = open_pack_result(&result);
+    let info = bundle.manifest.pack_result.clone().unwrap();
+    assert_eq!(info.tasks, tasks);
+    assert!(info.not_run.is_empty(), "{:?}", info.not_run);
+    assert_eq!(bundle.members.len(), tasks.len());
+    let total: u64 = bundle.members.values().map(|m| m.len() as u64).sum();
+    assert!(
+        total > 3 * RESULTS_BOUND,
+        "the results ({total} bytes) must pass the bound for this test to mean anything"
+    );
+    for &task in &tasks {
+        let inner = inner_result(&bundle, task);
+        let r = inner.manifest.result.unwrap();
+        assert_eq!(r.task, task);
+        assert_eq!(r.exit, ExitInfo::Exited { code: 0 }, "task {task}");
+        assert_eq!(inner.members["outputs/out.txt"], b"written\n");
+        let stdout = String::from_utf8_lossy(&inner.members[RESULT_STDOUT_NAME]);
+        assert!(stdout.contains(r#""got":"ok""#), "task {task}: {stdout}");
+    }
+
+    // A pending pack result dropped without `persist` (a stopped worker) leaves nothing.
+    let other = out_dir.join("other.tar.gz");
+    let (_, pending) = run_task_or_pack_file(&program, &pack, &other, &control, &opts).unwrap();
+    drop(pending);
+    assert_eq!(names_in(&out_dir), ["pack-result.tar.gz"]);
 }
 
 /// A task that leaves a directory it cannot write to deep in the shared working directory

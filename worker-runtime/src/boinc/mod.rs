@@ -26,7 +26,7 @@ pub use names::{LOGICAL_PROGRAM, LOGICAL_RESULT, LOGICAL_TASK};
 
 use crate::exec::ProcessControl;
 use crate::pack::{run_task_or_pack_file, Ran};
-use crate::run::{write_atomically, RunError, RunOptions, UnpackedProgram};
+use crate::run::{RunError, RunOptions, UnpackedProgram};
 #[cfg(unix)]
 use shm::MMAP_FILE;
 use shm::{ControlThread, SharedMem, Stop};
@@ -273,11 +273,12 @@ fn run_resolved(slot: &Path, control: &ProcessControl) -> SlotExit {
         ..RunOptions::default()
     };
     let run = UnpackedProgram::unpack(&program, &opts)
-        .and_then(|p| run_task_or_pack_file(&p, &task, control, &opts))
-        .and_then(|(info, bytes)| {
-            // A task stopped on the client's request leaves no result behind: it is rerun.
+        .and_then(|p| run_task_or_pack_file(&p, &task, &result, control, &opts))
+        .and_then(|(info, pending)| {
+            // A task stopped on the client's request leaves no result behind (a pack's
+            // temporary file goes with `pending`): it is rerun.
             if !control.is_cancelled() {
-                write_atomically(&result, &bytes)?;
+                pending.persist()?;
             }
             Ok(info)
         });
