@@ -523,3 +523,92 @@ fn a_killed_mpi_job_is_resumed_under_mpirun() {
     tasks.sort_unstable();
     assert_eq!(tasks, (0..16).collect::<Vec<_>>());
 }
+
+/// An output rank 0 cannot keep (its place taken by a directory; a full disk fails the same
+/// write) is not the task's fault: `mw run` under mpirun stops with the reason, no task is
+/// counted as failed, and `mw resume` under mpirun finishes the job once the place is free.
+#[test]
+fn an_output_rank_0_cannot_store_stops_the_job_and_resume_finishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (gate, log) = (d.join("gate"), d.join("runs.log"));
+    let program = mw_tests::script(
+        d,
+        "out.sh",
+        &format!(
+            "read -r n\necho \"$n\" >> {log}\necho \"$n\" > out.txt\n\
+             if [ \"$n\" = 1 ]; then while [ ! -f {gate} ]; do sleep 0.05; done; fi\n\
+             echo \"$n\"",
+            log = log.display(),
+            gate = gate.display()
+        ),
+    );
+    let job = d.join("out.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"out\"\noutputs = [\"out.txt\"]\n[program]\npath = \"{}\"\n\
+             [inputs]\nlist = [0, 1, 2, 3]\n",
+            program.display()
+        ),
+    )
+    .unwrap();
+    let jobs = d.join("jobs");
+    let (mut cmd, _session) = mpi_command(&job, &jobs, &d.join("first.jsonl"), &[]);
+    let child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l == "1")
+    {
+        assert!(t0.elapsed().as_secs() < 120, "task 1 never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let blocked = jobs.join("out-1/results/task-1/out.txt");
+    std::fs::create_dir_all(blocked.join("in-the-way")).unwrap();
+    std::fs::write(&gate, "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("cannot store output `out.txt`") && err.contains("mw resume"),
+        "{err}"
+    );
+    let mw = |args: &[&str]| {
+        Command::new(mw_tests::bin("mw"))
+            .args(args)
+            .arg("--jobs-dir")
+            .arg(&jobs)
+            .output()
+            .unwrap()
+    };
+    let status: Value = serde_json::from_slice(&mw(&["status", "out-1", "--json"]).stdout).unwrap();
+    assert_eq!(status["job"]["counts"]["failed"], 0, "{status:#}");
+
+    std::fs::remove_dir_all(&blocked).unwrap();
+    let os = std::ffi::OsStr::new;
+    let bin = mw_tests::bin("mw");
+    let (cmd, _session) = mpirun(&[
+        os("-n"),
+        os("3"),
+        bin.as_os_str(),
+        os("resume"),
+        os("out-1"),
+        os("--jobs-dir"),
+        jobs.as_os_str(),
+        os("-q"),
+    ]);
+    succeeds(cmd);
+    let results = mw(&["results", "out-1"]);
+    let lines: Vec<Value> = String::from_utf8_lossy(&results.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["state"], "done", "{l}");
+        let file = jobs.join(format!("out-1/results/task-{i}/out.txt"));
+        assert_eq!(std::fs::read_to_string(file).unwrap().trim(), i.to_string());
+    }
+}
