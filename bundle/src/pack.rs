@@ -252,15 +252,16 @@ impl BundleBuilder {
                 Source::Bytes(data) => append(&mut tar, &path, &data, entry.executable),
                 Source::File(p) => {
                     let file = std::fs::File::open(&p).map_err(|e| cannot_read(&path, &p, e))?;
-                    let mut reader = HashingReader {
+                    let mut reader = crate::unpack::Checked {
                         inner: file.take(member.size),
                         hasher: Sha256::new(),
-                        read: 0,
+                        count: 0,
+                        limit: member.size,
                     };
                     let mut header = header(member.size, entry.executable);
                     tar.append_data(&mut header, &path, &mut reader)
                         .map_err(io)?;
-                    if reader.read != member.size
+                    if reader.count != member.size
                         || hex::encode(reader.hasher.finalize()) != member.sha256
                     {
                         return Err(build_err(format!(
@@ -292,23 +293,6 @@ fn hash_reader<R: Read>(mut r: R) -> std::io::Result<(String, u64)> {
         total += n as u64;
     }
     Ok((hex::encode(hasher.finalize()), total))
-}
-
-/// A reader hashing and counting what passes through it.
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    read: u64,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let done = buf.get(..n).unwrap_or_default();
-        self.hasher.update(done);
-        self.read += done.len() as u64;
-        Ok(n)
-    }
 }
 
 /// A writer hashing what passes through it.

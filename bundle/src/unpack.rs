@@ -385,11 +385,11 @@ fn parse_manifest_entry<R: Read>(
 }
 
 /// Reader that hashes and counts what passes through it, and refuses to go past `limit`.
-struct Checked<R> {
-    inner: R,
-    hasher: Sha256,
-    count: u64,
-    limit: u64,
+pub(crate) struct Checked<R> {
+    pub(crate) inner: R,
+    pub(crate) hasher: Sha256,
+    pub(crate) count: u64,
+    pub(crate) limit: u64,
 }
 
 impl<R: Read> Read for Checked<R> {
