@@ -947,46 +947,36 @@ fn cancel_boinc_workunits(
 /// `mw report`.
 pub(crate) fn report(args: ReportArgs) -> anyhow::Result<i32> {
     let dir = args.at.dir()?;
-    let (meta, _) = summarize(&dir)?;
-    // Inputs and results only where the page shows them (failed tasks): the rest of a job of
-    // millions would be held for nothing.
-    let tasks = {
-        let path = dir.join(JOURNAL_FILE);
-        let conn = open_checked(&path, false)?;
-        let mut tasks = Vec::new();
-        mw::journal::visit_tasks(&conn, &path, None, |mut t| -> anyhow::Result<()> {
-            if t.state != TaskState::Failed {
-                t.input = serde_json::Value::Null;
-                t.output = None;
-            }
-            tasks.push(t);
-            Ok(())
-        })?;
-        tasks
-    };
-    let events = {
-        let path = dir.join(JOURNAL_FILE);
-        let conn = open_checked(&path, false)?;
-        read_events(
-            &conn,
-            &path,
-            &["submitted", "retry", "retry-requested", "resumed"],
-            100_000,
-        )?
-    };
+    let (meta, summary) = summarize(&dir)?;
+    // Every task's timing, compact; whole rows only for the failed tasks the page lists.
+    // Both from one snapshot, so the counts and the list agree.
+    let path = dir.join(JOURNAL_FILE);
+    let conn = open_checked(&path, false)?;
+    let (tasks, failed) = mw::journal::in_snapshot(&conn, &path, |c| {
+        let tasks = super::report::ReportTasks::read(c, &path, summary.tasks)?;
+        let failed =
+            mw::journal::first_tasks_in(c, &path, TaskState::Failed, super::report::LIST_FAILED)?;
+        Ok::<_, mw::journal::JournalError>((tasks, failed))
+    })?;
+    let events = read_events(
+        &conn,
+        &path,
+        &["submitted", "retry", "retry-requested", "resumed"],
+        100_000,
+    )?;
     let out = args.output.unwrap_or_else(|| dir.join("report.html"));
     let logs_dir = dir.join(crate::run::LOGS_DIR);
     let data = super::report::ReportData {
         meta: &meta,
         tasks: &tasks,
+        failed: &failed,
         events: &events,
         logs_dir: &logs_dir,
     };
-    let svg = super::report::render_svg(&data);
     let text = if out.extension().and_then(|e| e.to_str()) == Some("svg") {
-        svg
+        super::report::render_svg(&data)
     } else {
-        super::report::render_html(&data, &svg)
+        super::report::render_html(&data)
     };
     std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
     use std::io::Write;

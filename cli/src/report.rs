@@ -11,8 +11,9 @@
 //! first lane free at their start time, which recovers the worker slots of a run. Everything
 //! read from the journal is escaped; non-finite times are dropped.
 
-use mw::journal::{Event, JobMeta, StoredTask};
+use mw::journal::{Event, JobMeta, JournalError, StoredTask};
 use mw::master::TaskState;
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::path::Path;
 
@@ -32,10 +33,117 @@ const C_RESUME: &str = "#8e44ad";
 const C_THROUGHPUT: &str = "#6a9f58";
 const C_UTIL: &str = "#2c3e50";
 
+/// How many failed tasks the HTML page lists, and how much stderr each shows.
+pub(crate) const LIST_FAILED: usize = 50;
+const STDERR_SHOWN: usize = 4096;
+/// How many retried tasks the HTML page lists.
+const LIST_RETRIED: usize = 200;
+
+/// Most tasks room is made for before reading (more are read all the same).
+const MAX_RESERVED: usize = 1 << 24;
+
+/// A task as the report draws it, 48 bytes: a job of millions is drawn from these, not from
+/// whole rows (inputs, results and errors took about 800 bytes a task).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReportTask {
+    pub(crate) index: u64,
+    /// Unix seconds; NaN when not known (or not finite in the journal).
+    pub(crate) started: f64,
+    /// Unix seconds; NaN when not known.
+    pub(crate) finished: f64,
+    pub(crate) wall_secs: f64,
+    pub(crate) attempts: u32,
+    /// Index into [`ReportTasks::hosts`].
+    pub(crate) host: u32,
+    pub(crate) state: TaskState,
+}
+
+impl ReportTask {
+    /// Both times known: the task has a bar.
+    fn timed(&self) -> bool {
+        self.started.is_finite() && self.finished.is_finite()
+    }
+}
+
+/// Every task of a job, compact, with its host names stored once.
+#[derive(Debug, Default)]
+pub(crate) struct ReportTasks {
+    pub(crate) tasks: Vec<ReportTask>,
+    pub(crate) hosts: Vec<String>,
+}
+
+impl ReportTasks {
+    /// Reads every task's timing from a journal, one row at a time, into room made for the
+    /// `expected` tasks counted (a vector grown by doubling would peak at 1.5 times it).
+    pub(crate) fn read(
+        conn: &mw::journal::Connection,
+        path: &Path,
+        expected: usize,
+    ) -> Result<Self, JournalError> {
+        let mut out = ReportTasks {
+            tasks: Vec::with_capacity(expected.min(MAX_RESERVED)),
+            hosts: Vec::new(),
+        };
+        let mut ids: HashMap<String, u32> = HashMap::new();
+        mw::journal::visit_task_timings(conn, path, |t| -> Result<(), JournalError> {
+            let host = match ids.get(t.host) {
+                Some(id) => *id,
+                None => {
+                    let id = u32::try_from(out.hosts.len()).unwrap_or(u32::MAX);
+                    ids.insert(t.host.to_string(), id);
+                    out.hosts.push(t.host.to_string());
+                    id
+                }
+            };
+            out.push(
+                t.index,
+                t.state,
+                t.attempts,
+                (t.started, t.finished),
+                t.wall_secs,
+                host,
+            );
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Adds a task; times that are absent or not finite become NaN.
+    pub(crate) fn push(
+        &mut self,
+        index: u64,
+        state: TaskState,
+        attempts: u32,
+        (started, finished): (Option<f64>, Option<f64>),
+        wall_secs: f64,
+        host: u32,
+    ) {
+        let known = |v: Option<f64>| v.filter(|x| x.is_finite()).unwrap_or(f64::NAN);
+        self.tasks.push(ReportTask {
+            index,
+            started: known(started),
+            finished: known(finished),
+            wall_secs,
+            attempts,
+            host,
+            state,
+        });
+    }
+
+    fn host(&self, t: &ReportTask) -> &str {
+        usize::try_from(t.host)
+            .ok()
+            .and_then(|h| self.hosts.get(h))
+            .map_or("", String::as_str)
+    }
+}
+
 /// Everything a report is drawn from.
 pub(crate) struct ReportData<'a> {
     pub(crate) meta: &'a JobMeta,
-    pub(crate) tasks: &'a [StoredTask],
+    pub(crate) tasks: &'a ReportTasks,
+    /// The first [`LIST_FAILED`] failed tasks, whole (the page shows their inputs).
+    pub(crate) failed: &'a [StoredTask],
     pub(crate) events: &'a [Event],
     pub(crate) logs_dir: &'a Path,
 }
@@ -47,13 +155,23 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-struct Bar {
-    lane: usize,
-    start: f64,
-    end: f64,
-    task: u64,
-    state: TaskState,
-    attempts: u32,
+/// The sample points `t0 + span * i / samples` (i in 0..=samples) at or after `x`: the
+/// first such i (samples + 1 when none).
+fn first_sample_from(x: f64, t0: f64, span: f64, samples: usize) -> usize {
+    let at = |i: usize| t0 + span * i as f64 / samples as f64;
+    let guess = ((x - t0) / span * samples as f64).ceil();
+    let mut i = if guess.is_finite() && guess > 0.0 {
+        (guess as usize).min(samples + 1)
+    } else {
+        0
+    };
+    while i > 0 && at(i - 1) >= x {
+        i -= 1;
+    }
+    while i <= samples && at(i) < x {
+        i += 1;
+    }
+    i
 }
 
 /// A "nice" tick step (1, 2 or 5 times a power of ten) giving about `n` ticks over `span`.
@@ -148,43 +266,50 @@ fn colour(state: TaskState) -> &'static str {
 }
 
 /// Renders the report as one SVG document.
+/// The report as a standalone SVG.
 pub(crate) fn render_svg(d: &ReportData<'_>) -> String {
-    let ok = |v: &Option<f64>| v.filter(|x| x.is_finite());
-    let timed: Vec<&StoredTask> = d
-        .tasks
+    let mut s = String::new();
+    write_svg(d, &mut s);
+    s
+}
+
+/// Appends the report's SVG to `s` (one growing string: a large job's page is not built
+/// twice).
+fn write_svg(d: &ReportData<'_>, s: &mut String) {
+    let all = &d.tasks.tasks;
+    let t0 = all
         .iter()
-        .filter(|t| ok(&t.started).is_some() && ok(&t.finished).is_some())
-        .collect();
-    let t0 = timed
-        .iter()
-        .filter_map(|t| ok(&t.started))
+        .filter(|t| t.timed())
+        .map(|t| t.started)
         .fold(f64::INFINITY, f64::min);
-    let t1 = timed
+    let t1 = all
         .iter()
-        .filter_map(|t| ok(&t.finished))
+        .filter(|t| t.timed())
+        .map(|t| t.finished)
         .fold(f64::NEG_INFINITY, f64::max);
     let span = if t1 > t0 { t1 - t0 } else { 1.0 };
     let t0 = if t0.is_finite() { t0 } else { 0.0 };
 
-    // Lanes per host: the tasks sorted once by host, then start (many hosts, e.g. forged
-    // ones, no longer mean one pass over every task per host).
-    let mut by_host: Vec<&StoredTask> = timed.clone();
+    // Lanes per host: the timed tasks (their positions in `all`) sorted once by host, then
+    // start (many hosts, e.g. forged ones, do not mean one pass over every task per host).
+    // A bar is a position in this order and its lane: 8 bytes per task.
+    let mut by_host: Vec<usize> = (0..all.len()).filter(|i| all[*i].timed()).collect();
     by_host.sort_by(|a, b| {
-        a.host.cmp(&b.host).then(
-            a.started
-                .unwrap_or(0.0)
-                .total_cmp(&b.started.unwrap_or(0.0)),
-        )
+        let (a, b) = (&all[*a], &all[*b]);
+        d.tasks
+            .host(a)
+            .cmp(d.tasks.host(b))
+            .then(a.started.total_cmp(&b.started))
     });
-    let mut bars = Vec::new();
+    let mut bar_lane: Vec<u32> = Vec::with_capacity(by_host.len());
     let mut lane_labels: Vec<String> = Vec::new();
-    for mine in by_host.chunk_by(|a, b| a.host == b.host) {
-        let host = &mine[0].host;
+    for mine in by_host.chunk_by(|a, b| all[*a].host == all[*b].host) {
+        let host = d.tasks.host(&all[mine[0]]);
         let mut lane_free: Vec<f64> = Vec::new();
         let base = lane_labels.len();
         for t in mine {
-            let s = t.started.unwrap_or(t0);
-            let e = t.finished.unwrap_or(s).max(s);
+            let t = &all[*t];
+            let (s, e) = (t.started, t.finished.max(t.started));
             let lane = match lane_free.iter().position(|f| *f <= s + 1e-6) {
                 Some(l) => l,
                 None => {
@@ -193,20 +318,19 @@ pub(crate) fn render_svg(d: &ReportData<'_>) -> String {
                 }
             };
             lane_free[lane] = e;
-            bars.push(Bar {
-                lane: base + lane,
-                start: s,
-                end: e,
-                task: t.index,
-                state: t.state,
-                attempts: t.attempts,
-            });
+            bar_lane.push(u32::try_from(base + lane).unwrap_or(u32::MAX));
         }
         for l in 0..lane_free.len() {
-            let name = if host.is_empty() { "?" } else { host.as_str() };
+            let name = if host.is_empty() { "?" } else { host };
             lane_labels.push(format!("{} #{l}", truncate(name, 20)));
         }
     }
+    let bars = || {
+        by_host.iter().zip(&bar_lane).map(|(t, lane)| {
+            let t = &all[*t];
+            (t, *lane as usize, t.started, t.finished.max(t.started))
+        })
+    };
     let lanes = lane_labels.len().max(1);
     let in_span = |at: f64| at.is_finite() && at >= t0 - 1e-6 && at <= t0 + span + 1e-6;
     let retries: Vec<&Event> = d
@@ -220,14 +344,13 @@ pub(crate) fn render_svg(d: &ReportData<'_>) -> String {
         .filter(|e| (e.kind == "resumed" || e.kind == "retry-requested") && in_span(e.at))
         .collect();
 
-    let count = |st: TaskState| d.tasks.iter().filter(|t| t.state == st).count();
+    let count = |st: TaskState| all.iter().filter(|t| t.state == st).count();
     let (done, failed, cancelled) = (
         count(TaskState::Done),
         count(TaskState::Failed),
         count(TaskState::Cancelled),
     );
 
-    let mut s = String::new();
     let timeline_top = 95.0;
     let timeline_h = lanes as f64 * LANE_H;
     let timeline_axis = timeline_top + timeline_h + 18.0;
@@ -245,8 +368,8 @@ pub(crate) fn render_svg(d: &ReportData<'_>) -> String {
         r#"<text x="10" y="20" font-size="15">mw job {} ({}): {} tasks: {done} done, {failed} failed, {cancelled} cancelled; span {:.2} s</text>"#,
         esc(&d.meta.id),
         esc(&d.meta.interface),
-        d.tasks.len(),
-        if timed.is_empty() { 0.0 } else { span }
+        all.len(),
+        if by_host.is_empty() { 0.0 } else { span }
     );
     // Legend.
     let legend = [
@@ -291,28 +414,28 @@ pub(crate) fn render_svg(d: &ReportData<'_>) -> String {
     }
     // At most MAX_DRAWN_BARS bars are drawn (every k-th, said above the timeline); the
     // charts below count every task.
-    let every = bars.len().div_ceil(MAX_DRAWN_BARS).max(1);
+    let every = by_host.len().div_ceil(MAX_DRAWN_BARS).max(1);
     if every > 1 {
         let _ = writeln!(
             s,
             r#"<text x="{LEFT}" y="{:.1}" font-size="10">timeline: 1 in {every} of {} tasks drawn</text>"#,
             timeline_top - 10.0,
-            bars.len()
+            by_host.len()
         );
     }
-    for b in bars.iter().step_by(every) {
-        let x = LEFT + (b.start - t0) / span * WIDTH;
-        let w = ((b.end - b.start) / span * WIDTH).max(0.5);
-        let y = timeline_top + b.lane as f64 * LANE_H + 1.0;
+    for (t, lane, start, end) in bars().step_by(every) {
+        let x = LEFT + (start - t0) / span * WIDTH;
+        let w = ((end - start) / span * WIDTH).max(0.5);
+        let y = timeline_top + lane as f64 * LANE_H + 1.0;
         let _ = writeln!(
             s,
             r#"<rect x="{x:.2}" y="{y:.1}" width="{w:.2}" height="{h:.1}" fill="{c}"><title>task {} {} after {} attempt(s), {:.3}s</title></rect>"#,
-            b.task,
-            b.state.as_str(),
-            b.attempts,
-            b.end - b.start,
+            t.index,
+            t.state.as_str(),
+            t.attempts,
+            end - start,
             h = LANE_H - 2.0,
-            c = colour(b.state)
+            c = colour(t.state)
         );
     }
     for e in &retries {
@@ -337,22 +460,20 @@ pub(crate) fn render_svg(d: &ReportData<'_>) -> String {
             esc(e.detail.as_deref().unwrap_or(""))
         );
     }
-    x_axis(&mut s, timeline_axis - 8.0, span, " s");
+    x_axis(s, timeline_axis - 8.0, span, " s");
 
     // Throughput over time: tasks finished per bin.
     let bins = 40usize;
     let bin_w = span / bins as f64;
     let mut finished_per_bin = vec![0usize; bins];
-    for t in &timed {
-        if let Some(f) = ok(&t.finished) {
-            let b = (((f - t0) / span) * bins as f64).floor();
-            let b = if b.is_finite() && b >= 0.0 {
-                b as usize
-            } else {
-                0
-            };
-            finished_per_bin[b.min(bins - 1)] += 1;
-        }
+    for t in all.iter().filter(|t| t.timed()) {
+        let b = (((t.finished - t0) / span) * bins as f64).floor();
+        let b = if b.is_finite() && b >= 0.0 {
+            b as usize
+        } else {
+            0
+        };
+        finished_per_bin[b.min(bins - 1)] += 1;
     }
     let rate_max = finished_per_bin
         .iter()
@@ -379,24 +500,29 @@ pub(crate) fn render_svg(d: &ReportData<'_>) -> String {
             (i + 1) as f64 * bin_w
         );
     }
-    y_axis(
-        &mut s,
-        thr_top + CHART_H,
-        CHART_H,
-        rate_max,
-        "tasks/s",
-        false,
-    );
-    x_axis(&mut s, thr_top + CHART_H, span, " s");
+    y_axis(s, thr_top + CHART_H, CHART_H, rate_max, "tasks/s", false);
+    x_axis(s, thr_top + CHART_H, span, " s");
 
-    // Slot utilisation: share of the slots busy, sampled.
+    // Slot utilisation: share of the slots busy, sampled. A bar covers the samples with
+    // start <= at < end: one pass over the bars adds +1/-1 at those bounds.
     let samples = 200usize;
+    let mut starts_ends = vec![0i64; samples + 2];
+    for (_, _, start, end) in bars() {
+        let (from, to) = (
+            first_sample_from(start, t0, span, samples),
+            first_sample_from(end, t0, span, samples),
+        );
+        if from < to {
+            starts_ends[from] += 1;
+            starts_ends[to] -= 1;
+        }
+    }
     let mut points = Vec::with_capacity(samples + 1);
     let mut busy_sum = 0.0;
-    for i in 0..=samples {
-        let at = t0 + span * i as f64 / samples as f64;
-        let busy = bars.iter().filter(|b| b.start <= at && at < b.end).count();
-        let u = busy as f64 / lanes as f64;
+    let mut busy = 0i64;
+    for (i, change) in starts_ends.iter().enumerate().take(samples + 1) {
+        busy += change;
+        let u = busy.max(0) as f64 / lanes as f64;
         busy_sum += u;
         points.push(format!(
             "{:.1},{:.1}",
@@ -415,29 +541,30 @@ pub(crate) fn render_svg(d: &ReportData<'_>) -> String {
         r#"<polyline fill="none" stroke="{C_UTIL}" stroke-width="1.5" points="{}"><title>mean utilisation {mean_util:.0}%</title></polyline>"#,
         points.join(" ")
     );
-    y_axis(&mut s, util_top + CHART_H, CHART_H, 100.0, "% busy", false);
-    x_axis(&mut s, util_top + CHART_H, span, " s");
+    y_axis(s, util_top + CHART_H, CHART_H, 100.0, "% busy", false);
+    x_axis(s, util_top + CHART_H, span, " s");
 
     // Histogram of wall times of done tasks.
-    let walls: Vec<f64> = d
-        .tasks
-        .iter()
-        .filter(|t| t.state == TaskState::Done && t.wall_secs.is_finite() && t.wall_secs >= 0.0)
-        .map(|t| t.wall_secs)
-        .collect();
+    let walls = || {
+        all.iter()
+            .filter(|t| t.state == TaskState::Done && t.wall_secs.is_finite() && t.wall_secs >= 0.0)
+            .map(|t| t.wall_secs)
+    };
     let hbins = 30usize;
-    let wmax = walls.iter().cloned().fold(0.0, f64::max).max(1e-9);
+    let wmax = walls().fold(0.0, f64::max).max(1e-9);
     let mut counts = vec![0usize; hbins];
-    for w in &walls {
+    let mut walls_counted = 0usize;
+    for w in walls() {
         let b = ((w / wmax) * hbins as f64).floor() as usize;
         counts[b.min(hbins - 1)] += 1;
+        walls_counted += 1;
     }
     let cmax = counts.iter().cloned().max().unwrap_or(1).max(1);
     let _ = writeln!(
         s,
         r#"<text x="10" y="{:.1}" font-size="13">Histogram of task run times ({} done tasks)</text>"#,
         hist_top - 12.0,
-        walls.len()
+        walls_counted
     );
     let hbw = WIDTH / hbins as f64;
     for (i, c) in counts.iter().enumerate() {
@@ -452,17 +579,9 @@ pub(crate) fn render_svg(d: &ReportData<'_>) -> String {
             wmax * (i + 1) as f64 / hbins as f64
         );
     }
-    y_axis(
-        &mut s,
-        hist_top + CHART_H,
-        CHART_H,
-        cmax as f64,
-        "tasks",
-        true,
-    );
-    x_axis(&mut s, hist_top + CHART_H, wmax, " s");
+    y_axis(s, hist_top + CHART_H, CHART_H, cmax as f64, "tasks", true);
+    x_axis(s, hist_top + CHART_H, wmax, " s");
     s.push_str("</svg>\n");
-    s
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -475,40 +594,37 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
-/// How many failed tasks the HTML page lists, and how much stderr each shows.
-const LIST_FAILED: usize = 50;
-const STDERR_SHOWN: usize = 4096;
-
 /// Wraps the SVG in a self-contained HTML page with the failed tasks (and their stderr)
 /// and the retried tasks.
-pub(crate) fn render_html(d: &ReportData<'_>, svg: &str) -> String {
+pub(crate) fn render_html(d: &ReportData<'_>) -> String {
     let mut h = String::new();
     let id = esc(&d.meta.id);
     let _ = write!(
         h,
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>mw report: {id}</title>\n<style>body{{font-family:sans-serif;margin:1em 2em}}pre{{background:#f4f4f4;padding:.5em;overflow-x:auto;max-height:20em}}td,th{{padding:2px 8px;text-align:left}}</style></head>\n<body>\n<h1>mw report: {id}</h1>\n<p>{n} tasks, interface {iface}.</p>\n{svg}",
-        n = d.tasks.len(),
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>mw report: {id}</title>\n<style>body{{font-family:sans-serif;margin:1em 2em}}pre{{background:#f4f4f4;padding:.5em;overflow-x:auto;max-height:20em}}td,th{{padding:2px 8px;text-align:left}}</style></head>\n<body>\n<h1>mw report: {id}</h1>\n<p>{n} tasks, interface {iface}.</p>\n",
+        n = d.tasks.tasks.len(),
         iface = esc(&d.meta.interface)
     );
-    let failed: Vec<&StoredTask> = d
+    write_svg(d, &mut h);
+    let failed = d
+        .tasks
         .tasks
         .iter()
         .filter(|t| t.state == TaskState::Failed)
-        .collect();
-    if failed.is_empty() {
+        .count();
+    if failed == 0 {
         h.push_str("<h2>Failed tasks</h2>\n<p>None.</p>\n");
     } else {
         let _ = writeln!(
             h,
-            "<h2>Failed tasks ({}{})</h2>",
-            failed.len(),
-            if failed.len() > LIST_FAILED {
-                format!(", the first {LIST_FAILED}")
+            "<h2>Failed tasks ({failed}{})</h2>",
+            if failed > d.failed.len() {
+                format!(", the first {}", d.failed.len())
             } else {
                 String::new()
             }
         );
-        for t in failed.iter().take(LIST_FAILED) {
+        for t in d.failed.iter().take(LIST_FAILED) {
             let stderr = mw::task_logs::read(
                 d.logs_dir,
                 mw::TaskId(t.index),
@@ -532,13 +648,13 @@ pub(crate) fn render_html(d: &ReportData<'_>, svg: &str) -> String {
             }
         }
     }
-    let retried: Vec<&StoredTask> = d.tasks.iter().filter(|t| t.attempts > 1).collect();
-    let _ = writeln!(h, "<h2>Retried tasks ({})</h2>", retried.len());
-    if retried.is_empty() {
+    let retried = || d.tasks.tasks.iter().filter(|t| t.attempts > 1);
+    let _ = writeln!(h, "<h2>Retried tasks ({})</h2>", retried().count());
+    if retried().next().is_none() {
         h.push_str("<p>None.</p>\n");
     } else {
         h.push_str("<table><tr><th>task</th><th>attempts</th><th>outcome</th></tr>\n");
-        for t in retried.iter().take(200) {
+        for t in retried().take(LIST_RETRIED) {
             let _ = writeln!(
                 h,
                 "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -565,26 +681,6 @@ mod tests {
     #![allow(clippy::unwrap_used)] // test code: a failed expectation is a test failure
     use super::*;
 
-    fn task(index: u64, host: &str, start: f64) -> StoredTask {
-        StoredTask {
-            index,
-            input: serde_json::Value::Null,
-            state: TaskState::Done,
-            attempts: 1,
-            handle: None,
-            submitted: Some(0.0),
-            started: Some(start),
-            finished: Some(start + 1.0),
-            wall_secs: 1.0,
-            cpu_secs: 1.0,
-            host: host.into(),
-            output: None,
-            exit: Some("exit status 0".into()),
-            error: None,
-            output_files: Vec::new(),
-        }
-    }
-
     /// A job of 50,000 tasks draws at most MAX_DRAWN_BARS of them and says so; 50,000 tasks on
     /// 50,000 (forged) hosts are grouped in one sort, not one pass per host.
     #[test]
@@ -600,19 +696,29 @@ mod tests {
         };
         let dir = std::path::PathBuf::from("/nonexistent");
         for many_hosts in [false, true] {
-            let tasks: Vec<StoredTask> = (0..50_000u64)
-                .map(|i| {
-                    let host = if many_hosts {
-                        format!("h{i}")
-                    } else {
-                        "h".into()
-                    };
-                    task(i, &host, (i / 2) as f64)
-                })
-                .collect();
+            let mut tasks = ReportTasks::default();
+            for i in 0..50_000u64 {
+                let host = if many_hosts {
+                    tasks.hosts.push(format!("h{i}"));
+                    u32::try_from(i).unwrap()
+                } else {
+                    tasks.hosts = vec!["h".into()];
+                    0
+                };
+                let start = (i / 2) as f64;
+                tasks.push(
+                    i,
+                    TaskState::Done,
+                    1,
+                    (Some(start), Some(start + 1.0)),
+                    1.0,
+                    host,
+                );
+            }
             let d = ReportData {
                 meta: &meta,
                 tasks: &tasks,
+                failed: &[],
                 events: &[],
                 logs_dir: &dir,
             };

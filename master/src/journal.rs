@@ -1512,6 +1512,94 @@ fn visit_where<E: From<JournalError>>(
     Ok(())
 }
 
+/// A task's timing as a report draws it: no input, result or error text (what makes a
+/// full row large), and its host borrowed from the row being read.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskTiming<'a> {
+    /// Index.
+    pub index: u64,
+    /// State.
+    pub state: TaskState,
+    /// Attempts.
+    pub attempts: u32,
+    /// Unix seconds.
+    pub started: Option<f64>,
+    /// Unix seconds.
+    pub finished: Option<f64>,
+    /// Wall seconds.
+    pub wall_secs: f64,
+    /// Host.
+    pub host: &'a str,
+}
+
+/// Hands every task's [`TaskTiming`], in index order, to `f` one at a time. Stops at the
+/// first error, of the journal or of `f`.
+pub fn visit_task_timings<E: From<JournalError>>(
+    conn: &Connection,
+    path: &Path,
+    mut f: impl FnMut(TaskTiming<'_>) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT idx, state, attempts, started, finished, wall, host FROM tasks ORDER BY idx",
+        )
+        .map_err(|e| jerr(path, "reading tasks", e))?;
+    let mut rows = stmt.query([]).map_err(|e| jerr(path, "reading tasks", e))?;
+    while let Some(r) = rows.next().map_err(|e| jerr(path, "reading tasks", e))? {
+        let read = || -> rusqlite::Result<_> {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get_ref(1)?.as_str()?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<f64>>(3)?,
+                r.get::<_, Option<f64>>(4)?,
+                r.get::<_, f64>(5)?,
+                r.get_ref(6)?.as_str()?,
+            ))
+        };
+        let (idx, state, attempts, started, finished, wall, host) =
+            read().map_err(|e| jerr(path, "reading tasks", e))?;
+        let state = TaskState::parse(state).ok_or_else(|| {
+            jerr(
+                path,
+                "the journal is corrupt",
+                format!("task {idx}: unknown state `{state}`"),
+            )
+        })?;
+        f(TaskTiming {
+            index: task_index(path, idx)?,
+            state,
+            attempts: attempts_of(attempts),
+            started,
+            finished,
+            wall_secs: wall,
+            host,
+        })?;
+    }
+    Ok(())
+}
+
+/// The first `limit` tasks in `state`, in index order, whole.
+pub fn first_tasks_in(
+    conn: &Connection,
+    path: &Path,
+    state: TaskState,
+    limit: usize,
+) -> Result<Vec<StoredTask>, JournalError> {
+    let mut out = Vec::new();
+    visit_where(
+        conn,
+        path,
+        "WHERE state = ?1 ORDER BY idx LIMIT ?2",
+        params![state.as_str(), i64::try_from(limit).unwrap_or(i64::MAX)],
+        |t| {
+            out.push(t);
+            Ok::<(), JournalError>(())
+        },
+    )?;
+    Ok(out)
+}
+
 /// How many tasks are in each state (every state listed, zero or not).
 pub fn count_each_state(
     conn: &Connection,

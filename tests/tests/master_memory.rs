@@ -249,6 +249,31 @@ fn a_reduce_over_200000_results_keeps_the_master_small() {
         peak / 1024,
         COMMAND_BOUND_KB / 1024
     );
+    // The report draws every task from 48 bytes of timing each, reading inputs and errors
+    // only for the failed tasks it lists (whole rows took about 160 MB here, 0.8 GB at 10^6).
+    let report = d.join("report.html");
+    let peak = peak_kb_of(
+        Command::new(mw_tests::bin("mw"))
+            .args(["report", "red-1", "-o"])
+            .arg(&report)
+            .current_dir(d)
+            .env("MW_JOBS_DIR", d.join("jobs"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let page = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        page.contains("200000 tasks: 200000 done"),
+        "report: {}",
+        &page[..page.len().min(2000)]
+    );
+    assert!(
+        peak < COMMAND_BOUND_KB,
+        "mw report over 200000 tasks peaked at {} MB (bound {} MB)",
+        peak / 1024,
+        COMMAND_BOUND_KB / 1024
+    );
 }
 
 /// Bound of a journaled 2x10^5-task run with a reduce program (about 90 MB in a debug build).
