@@ -183,9 +183,16 @@ pub(crate) fn read_pack_result(
         .unwrap_or(0)
         .saturating_mul(MAX_TASKS_PER_PACK as u64)
         .min(MAX_PACK_RESULT_BYTES);
-    let size = std::fs::metadata(path)
-        .map_err(|e| InterfaceError::new(format!("{label}: {e}")))?
-        .len();
+    // A file that is there but cannot be read is this machine's problem (its permissions,
+    // an I/O error), not the pack's: its members' results are not stored, not bad.
+    let local = |e: std::io::Error| -> ResultError {
+        if crate::task::is_local_read_error(&e) {
+            ResultError::Local(format!("cannot read {label}: {e}"))
+        } else {
+            InterfaceError::new(format!("{label}: {e}")).into()
+        }
+    };
+    let size = std::fs::metadata(path).map_err(local)?.len();
     if size > cap {
         return Err(InterfaceError::new(format!(
             "{label}: {size} bytes, larger than the {cap} bytes the pack's results may take"
@@ -201,8 +208,7 @@ pub(crate) fn read_pack_result(
     // large one is unpacked into a private directory and read member by member.
     let dir;
     let in_memory = if size <= PACK_RESULT_IN_MEMORY {
-        let bytes =
-            read_bounded(path, cap).map_err(|e| InterfaceError::new(format!("{label}: {e}")))?;
+        let bytes = read_bounded(path, cap).map_err(local)?;
         let small = Limits {
             max_total_bytes: cap.min(PACK_RESULT_IN_MEMORY_UNPACKED),
             ..limits
@@ -365,8 +371,38 @@ impl PackSizer {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// A pack result that is there but cannot be read is this machine's failure (its
+    /// results are not stored: kept for `mw resume`), not a bad pack; one that is missing
+    /// or is not a regular file is the pack's.
+    #[test]
+    fn a_pack_result_this_machine_cannot_read_is_not_called_bad() {
+        let dir = tempfile::tempdir().unwrap();
+        let program = Arc::new(crate::task::Program::new("/bin/sh").unwrap());
+        let task = Arc::new(PreparedTask {
+            id: TaskId(0),
+            attempt: 1,
+            job: "unit".into(),
+            spec: crate::task::TaskSpec::new(program, serde_json::json!(0)),
+            output_dir: None,
+            staging_dir: dir.path().to_path_buf(),
+        });
+        let read = |path: &Path| read_pack_result(path, std::slice::from_ref(&task), dir.path());
+        // Root reads any file whatever its mode: "not a directory" is an error of the
+        // system reading it that needs no privileges to make.
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        match read(&file.join("result.tar.gz")) {
+            Err(ResultError::Local(why)) => assert!(why.contains("cannot read"), "{why}"),
+            other => panic!("expected a local error, got {other:?}"),
+        }
+        let missing = dir.path().join("missing.tar.gz");
+        assert!(matches!(read(&missing), Err(ResultError::Bad(_))));
+        assert!(matches!(read(dir.path()), Err(ResultError::Bad(_))));
+    }
 
     #[test]
     fn sizes_fixed_probe_then_measured_and_bounded() {

@@ -599,6 +599,14 @@ pub(crate) fn is_storage_error(e: &std::io::Error) -> bool {
     )
 }
 
+/// Whether `e`, from opening or reading a file that came back (a result in the spool, a
+/// job's output), is this machine's failure to read it (permissions, an I/O error): an
+/// error of the system other than "not there". The errors mw makes itself (not a regular
+/// file, over its size cap) are about the file, not the machine.
+pub(crate) fn is_local_read_error(e: &std::io::Error) -> bool {
+    e.raw_os_error().is_some() && e.kind() != std::io::ErrorKind::NotFound
+}
+
 /// A declared output that came back but could not be stored on this machine.
 fn cannot_store(name: &str, path: &Path, e: &std::io::Error) -> ResultError {
     ResultError::Local(format!(

@@ -134,6 +134,8 @@ struct State {
     cancel_in_hand: HashSet<TaskId>,
     /// The kind of error reading the spool last had (said once, not every scan).
     spool_error: Option<String>,
+    /// Workunits whose spool file is there but cannot be read here (said once each).
+    unreadable: HashSet<WuName>,
     staged_programs: HashSet<String>,
     shut_down: bool,
     /// Why the interface can run no more tasks (its submit or spool thread died): new tasks

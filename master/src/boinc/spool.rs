@@ -131,8 +131,25 @@ fn remove_delivered(shared: &Shared, delivered: Vec<PathBuf>) {
     crate::crash::point("boinc-results-removed");
 }
 
+/// A spool file of ours that is there but cannot be read here (its permissions, an I/O
+/// error): not the volunteer's fault, and the only copy of the outcome. It stays and its
+/// tasks wait for it; the error is said once per workunit, so the project's admin can fix
+/// it (the next scan, or `mw resume`, then takes it). A file gone meanwhile is not said.
+fn unreadable_for_now(shared: &Shared, wu: &WuName, path: &Path, e: &std::io::Error) {
+    if !crate::task::is_local_read_error(e) {
+        return;
+    }
+    if shared.lock().unreadable.insert(wu.clone()) {
+        log::error!(
+            "BOINC workunit {wu}: cannot read {} ({e}); its task(s) wait until it can be read",
+            path.display()
+        );
+    }
+}
+
 /// Takes the tasks still waiting for workunit `wu` (one, or a pack's members).
 fn take_members(st: &mut State, wu: &WuName) -> Vec<Waiting> {
+    st.unreadable.remove(wu);
     let mut out = Vec::new();
     for task in st.by_wu.remove(wu).unwrap_or_default() {
         if st.waiting.get(&task).is_some_and(|w| w.wu == *wu) {
@@ -174,7 +191,11 @@ fn take_result(shared: &Shared, wu: &WuName) -> Option<PathBuf> {
     } else {
         match crate::task::read_bounded(&path, cap) {
             Ok(b) => Ok(b),
-            Err(_) => return None, // Unreadable for now: the next scan decides.
+            Err(e) => {
+                // Unreadable for now: the next scan decides.
+                unreadable_for_now(shared, wu, &path, &e);
+                return None;
+            }
         }
     };
     let members = take_members(&mut shared.lock(), wu);
@@ -227,6 +248,12 @@ fn take_pack_result(shared: &Shared, wu: &WuName, path: &Path) -> Option<PathBuf
     };
     // (Anything but a file is not kept, and fails its members when read.)
     let regular = meta.is_file();
+    if regular {
+        if let Err(e) = crate::task::open_regular(path) {
+            unreadable_for_now(shared, wu, path, &e);
+            return None;
+        }
+    }
     let (members, kept, keep_spooled) = {
         let mut st = shared.lock();
         let members = take_members(&mut st, wu);
@@ -411,7 +438,11 @@ fn take_error(shared: &Shared, wu: &WuName) -> Option<PathBuf> {
         // Not a file (the assimilator writes only files): an unreadable record, not one
         // to wait for.
         Err(_) if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) => String::new(),
-        Err(_) => return None, // Gone or unreadable for now: the next scan decides.
+        Err(e) => {
+            // Gone or unreadable for now: the next scan decides.
+            unreadable_for_now(shared, wu, &path, &e);
+            return None;
+        }
     };
     let message = crate::guard::contain(|| match ErrorRecord::from_text(&text) {
         Ok(rec) => rec.describe(),
