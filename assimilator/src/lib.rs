@@ -22,7 +22,8 @@
 //! Memory is bounded by the master's result limits (`max_output_bytes` in `mw_boinc.toml`,
 //! [`ServerLimits`]): the upload is read up to its limit and verified as it streams past. The master ignores
 //! records of tasks it no longer waits for. Both forms are idempotent. For a workunit mw
-//! cancelled (marker `cancelled_<wu>` in the spool) nothing is spooled: the call is consumed.
+//! cancelled (marker `cancelled_<wu>` in the spool) nothing is spooled: the call is consumed,
+//! and it removes the markers older than [`CANCEL_MARKER_MAX_AGE`] (at most once an hour).
 //!
 //! Nonzero exits are kept for conditions a retry can fix once the operator acts, and nothing
 //! else: the spool directory or `mw_boinc.toml` cannot be found or read (exit 1), writing the
@@ -43,6 +44,7 @@ pub use mw_boinc_kit::{error_mask_names, ErrorRecord, WU_ERROR_BITS};
 pub use mw_validator::ServerLimits;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 /// Errors after which BOINC should call again later (the program exits nonzero).
 #[derive(Debug, thiserror::Error)]
@@ -279,6 +281,55 @@ fn cancelled(spool: &Path, wu: &WuName) -> bool {
     spool.join(wu.cancel_marker_name()).exists()
 }
 
+/// How long a cancel marker is kept. BOINC may assimilate a cancelled workunit again when
+/// volunteers that kept running it report late (reference/boinc-server.md §0.3): up to its
+/// `delay_bound` (7 days unless the job sets it) after the result was sent, a little more
+/// for a client that reports late. Past this age a marker only lengthens every master's
+/// scan of the spool, which is shared by all the project's jobs.
+pub const CANCEL_MARKER_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// At most one look for old markers in this time (the stamp file's age).
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Removes the cancel markers in `spool` older than [`CANCEL_MARKER_MAX_AGE`] at `now`,
+/// unless markers were pruned less than [`PRUNE_INTERVAL`] before (the stamp file
+/// [`mw_boinc_kit::names::MARKERS_PRUNED_STAMP`] says when). Best effort: what cannot be
+/// read or removed stays. Returns how many markers went.
+pub fn prune_cancel_markers(spool: &Path, now: SystemTime) -> usize {
+    let stamp = spool.join(mw_boinc_kit::names::MARKERS_PRUNED_STAMP);
+    let recent = std::fs::metadata(&stamp)
+        .and_then(|m| m.modified())
+        .is_ok_and(|at| now.duration_since(at).is_ok_and(|age| age < PRUNE_INTERVAL));
+    let stamped = std::fs::File::options()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&stamp)
+        .and_then(|f| f.set_modified(now));
+    if recent || stamped.is_err() {
+        return 0;
+    }
+    let Ok(entries) = std::fs::read_dir(spool) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if WuName::of_cancel_marker(name).is_none() {
+            continue;
+        }
+        let old = e.metadata().and_then(|m| m.modified()).is_ok_and(|at| {
+            now.duration_since(at)
+                .is_ok_and(|age| age > CANCEL_MARKER_MAX_AGE)
+        });
+        if old && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Writes `error_<wu_name>.toml` (or `error_wu<ID>.toml` when the name is not safe).
 pub fn write_error_record(spool: &Path, record: &ErrorRecord) -> Result<Outcome, AssimilateError> {
     let name = match WuName::parse(&record.wu_name) {
@@ -448,7 +499,7 @@ pub fn run(args: &[String]) -> (i32, String) {
             &cwd,
             exe.as_deref(),
         )?;
-        match call {
+        let outcome = match call {
             Call::Result { wu_id, files } => {
                 assimilate_result(&spool.dir, wu_id, &files[0], &spool.limits)
             }
@@ -458,7 +509,13 @@ pub fn run(args: &[String]) -> (i32, String) {
                 wu_id,
                 batch,
             } => assimilate_error(&spool, mask, &wu_name, wu_id, batch),
+        };
+        // Markers accumulate only where workunits are cancelled: those calls look for the
+        // ones no longer needed.
+        if let Ok(Outcome::Consumed(_)) = &outcome {
+            prune_cancel_markers(&spool.dir, SystemTime::now());
         }
+        outcome
     });
     match outcome {
         Ok(Outcome::Written(p)) => (0, format!("wrote {}", p.display())),

@@ -249,3 +249,47 @@ fn help_and_version_answer_on_stdout_and_the_boinc_forms_are_unchanged() {
     assert_eq!(code, Some(0), "{err}");
     assert!(p.spool_files().keys().any(|k| k.starts_with("error_mw_w1")));
 }
+
+/// Cancel markers are kept while BOINC may still assimilate their workunit (late results,
+/// §0.3), then removed by a call that consumes a cancelled workunit, at most once an hour:
+/// a spool shared by every job of a project does not fill with them.
+#[test]
+fn old_cancel_markers_are_pruned_at_most_once_an_hour() {
+    use std::time::{Duration, SystemTime};
+    let pr = common::project("");
+    let aged = |name: &str, age: Duration| {
+        let path = pr.spool.join(name);
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_modified(SystemTime::now() - age).unwrap();
+    };
+    let day = Duration::from_secs(24 * 3600);
+    aged("cancelled_mw_old", 31 * day);
+    aged("cancelled_mw_recent", 29 * day);
+    aged("cancelled_mw_now", Duration::ZERO);
+    // Not a marker, however old.
+    aged("error_mw_kept.toml", 365 * day);
+    let (code, msg) = pr.call("--error 16 mw_now 5 1");
+    assert_eq!(code, 0, "{msg}");
+    assert!(msg.contains("cancelled by mw"), "{msg}");
+    let names = |pr: &Proj| -> Vec<String> { pr.spool_files().into_keys().collect() };
+    assert_eq!(
+        names(&pr),
+        [
+            ".mw-markers-pruned",
+            "cancelled_mw_now",
+            "cancelled_mw_recent",
+            "error_mw_kept.toml"
+        ]
+    );
+    // Within the hour, no second look.
+    aged("cancelled_mw_old2", 40 * day);
+    assert_eq!(pr.call("--error 16 mw_now 5 1").0, 0);
+    assert!(names(&pr).contains(&"cancelled_mw_old2".to_string()));
+    // An hour later, a call that does not consume anything does not look either.
+    aged(".mw-markers-pruned", Duration::from_secs(2 * 3600));
+    assert_eq!(pr.call("--error 10 mw_other 6 1").0, 0);
+    assert!(names(&pr).contains(&"cancelled_mw_old2".to_string()));
+    assert_eq!(pr.call("--error 16 mw_now 5 1").0, 0);
+    assert!(!names(&pr).contains(&"cancelled_mw_old2".to_string()));
+    assert!(names(&pr).contains(&"cancelled_mw_now".to_string()));
+}

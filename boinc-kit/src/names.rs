@@ -150,11 +150,19 @@ impl WuName {
         format!("cancelled_{}", self.0)
     }
 
+    /// The workunit whose cancel marker ([`WuName::cancel_marker_name`]) `file_name` is.
+    pub fn of_cancel_marker(file_name: &str) -> Option<WuName> {
+        WuName::parse(file_name.strip_prefix("cancelled_")?).ok()
+    }
+
     /// Where a second, different canonical result of this workunit is kept.
     pub fn conflict_spool_name(&self, wu_id: u64) -> String {
         format!("conflict_{}_wu{wu_id}.tar.gz", self.0)
     }
 }
+
+/// File in the spool whose modification time says when cancel markers were last pruned.
+pub const MARKERS_PRUNED_STAMP: &str = ".mw-markers-pruned";
 
 /// The parts of a workunit name `mw_<job>_<run>_<task>_<attempt>` ([`WuName::parts`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
