@@ -154,8 +154,10 @@ pub enum ExitInfo {
         /// The error as the program gave it (a string, or the JSON text of another value).
         error: String,
     },
-    /// A streaming program broke the stream contract on this task: a result line that is
-    /// not JSON or too long, or it ended without answering.
+    /// The program broke the output contract on this task: a streaming program's result
+    /// line that is not JSON or too long, or it ended without answering; or its stdout or
+    /// stderr, going to a file (kernels without pidfd, Windows), passed its limit and mw
+    /// stopped it (the reason names the stream and the limit).
     StreamBroken {
         /// What went wrong.
         reason: String,

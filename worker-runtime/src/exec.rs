@@ -1,12 +1,14 @@
 //! Running one user program under the task contract.
 //!
 //! The program runs in its own process group, in a working directory the caller prepared,
-//! with its input JSON on stdin and stdout/stderr going to files beside (not inside) that
-//! directory, so no reader threads are needed and a chatty program cannot fill a pipe. A
-//! waiter thread reaps it with `wait4` to get its CPU time; the calling thread waits for that
-//! or for a timeout or cancellation, and then terminates the whole group: SIGTERM, a grace
-//! period, SIGKILL. After the leader exits, the rest of its group is killed so no stray
-//! grandchild outlives the task.
+//! with its input JSON on stdin. Where the kernel has pidfd, stdout and stderr are pipes read
+//! in one `poll` loop (only `max_stdout_bytes` of stdout and a tail of stderr are kept);
+//! elsewhere (and on Windows) they go to files beside (not inside) that directory, whose
+//! sizes are watched while the program runs: one that passes its limit stops the task, so a
+//! program printing for ever cannot fill the disk. A waiter thread reaps it with `wait4` to
+//! get its CPU time; the calling thread waits for that or for a timeout or cancellation, and
+//! then terminates the whole group: SIGTERM, a grace period, SIGKILL. After the leader exits,
+//! the rest of its group is killed so no stray grandchild outlives the task.
 //!
 //! Suspension ([`ProcessControl::suspend`], BOINC's `<suspend/>`) stops the group; the time
 //! spent suspended does not count toward the timeout (`Deadline` moves on with it), and a
@@ -40,6 +42,13 @@ pub use windows::{decode_status, host_name};
 /// How long a process group gets between SIGTERM and SIGKILL.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
 
+/// The default [`ExecRequest::max_stderr_file_bytes`]: 64 MiB.
+pub const DEFAULT_MAX_STDERR_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How often a run whose stdout and stderr go to files looks at their sizes
+/// ([`ExecRequest::max_stdout_bytes`], [`ExecRequest::max_stderr_file_bytes`]).
+pub const OUTPUT_WATCH_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Everything needed to run one program once.
 #[derive(Debug, Clone)]
 pub struct ExecRequest {
@@ -64,8 +73,20 @@ pub struct ExecRequest {
     pub grace: Duration,
     /// How many trailing bytes of stderr to keep.
     pub stderr_tail_bytes: usize,
-    /// Largest stdout accepted, in bytes.
+    /// Largest stdout accepted, in bytes. On the pipe path (Linux with pidfd) the rest is
+    /// read and dropped ([`ExecOutcome::stdout_truncated`]). Where stdout goes to a file
+    /// (kernels without pidfd, [`NO_PIDFD_ENV`], Windows), a file that grows past it while
+    /// the program runs stops the task like a timeout (SIGTERM, grace, SIGKILL): it fails
+    /// with [`ExitInfo::StreamBroken`] saying so, its stdout cut to this limit. The file's
+    /// size is looked at every [`OUTPUT_WATCH_INTERVAL`], so it may pass the limit by what
+    /// the program writes in that time and in the grace period.
     pub max_stdout_bytes: u64,
+    /// Largest stderr file, in bytes, where stderr goes to a file (as for
+    /// [`max_stdout_bytes`](Self::max_stdout_bytes)): a stderr file that grows past it stops
+    /// the task the same way ([`ExitInfo::StreamBroken`]); the tail is still the file's last
+    /// [`stderr_tail_bytes`](Self::stderr_tail_bytes). Default 64 MiB. The pipe path keeps
+    /// only the tail and needs no such bound.
+    pub max_stderr_file_bytes: u64,
     /// Kill the program (SIGKILL) if the thread that started it dies, e.g. when an MPI rank
     /// or a Condor/BOINC `mw-worker` is killed, so no orphan task keeps running. While a
     /// watchdog of this process runs ([`crate::dying::Watchdog`], which `mw-worker` starts),
@@ -79,7 +100,8 @@ pub struct ExecRequest {
 }
 
 impl ExecRequest {
-    /// A request with the defaults: no timeout, 4 KiB stderr tail, 256 MiB stdout limit.
+    /// A request with the defaults: no timeout, 4 KiB stderr tail, 256 MiB stdout limit,
+    /// 64 MiB stderr file limit.
     pub fn new(program: PathBuf, workdir: PathBuf, io_dir: PathBuf) -> Self {
         ExecRequest {
             program,
@@ -93,6 +115,7 @@ impl ExecRequest {
             grace: DEFAULT_GRACE,
             stderr_tail_bytes: 4096,
             max_stdout_bytes: 256 * 1024 * 1024,
+            max_stderr_file_bytes: DEFAULT_MAX_STDERR_FILE_BYTES,
             die_with_parent: false,
         }
     }
@@ -710,13 +733,14 @@ fn execute_unix(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutco
     // read in a poll loop; elsewhere (old kernels on volunteer hosts) they go to files.
     let use_pipes = pidfd_supported();
     let pipe = || std::io::pipe().map_err(io_err("creating a pipe"));
-    let (stdout, stderr, out_pipe, err_pipe): (OwnedFd, OwnedFd, _, _) = if use_pipes {
+    let (stdout, stderr, out_pipe, err_pipe, watch): (OwnedFd, OwnedFd, _, _, _) = if use_pipes {
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
-        (out_w.into(), err_w.into(), Some(out_r), Some(err_r))
+        (out_w.into(), err_w.into(), Some(out_r), Some(err_r), None)
     } else {
         let (stdout, stderr) = create_output_files(req)?;
-        (stdout.into(), stderr.into(), None, None)
+        let watch = OutputWatch::new(req, &stdout, &stderr)?;
+        (stdout.into(), stderr.into(), None, None, Some(watch))
     };
     let piped_input = req.stdin_file.is_none() && req.stdin.len() <= PIPE_STDIN_MAX;
     let (stdin, stdin_pipe): (OwnedFd, _) = if piped_input {
@@ -783,7 +807,7 @@ fn execute_unix(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutco
             control,
             t0,
             started,
-            pumped.timed_out,
+            pumped.timed_out.then_some(Stop::TimedOut),
             exited,
             pumped.stdout,
             pumped.truncated,
@@ -791,40 +815,54 @@ fn execute_unix(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutco
         ));
     }
 
-    let (timed_out, exited) = match deadline {
-        None => (false, wait_pid(pid)),
-        Some(deadline) => {
-            let (tx, rx) = mpsc::channel::<Exited>();
-            std::thread::Builder::new()
-                .name(format!("mw-wait-{pid}"))
-                .spawn(move || {
-                    if let Some(e) = wait_pid(pid) {
-                        let _ = tx.send(e);
-                    }
-                })
-                .map_err(io_err("spawning waiter thread"))?;
-            loop {
-                // The deadline moves on while the task is suspended: look again when the
-                // wait ends, and time out only once it has really passed.
-                let wait = deadline.left(Instant::now());
-                let got = match wait {
-                    Some(left) => rx.recv_timeout(left),
-                    None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                };
-                match got {
-                    Ok(e) => break (false, Some(e)),
-                    Err(RecvTimeoutError::Timeout) if deadline.passed(Instant::now()) => {
-                        break (true, terminate(pid, &rx, req.grace));
-                    }
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => break (false, None),
-                }
+    // A waiter thread reaps the leader; this one looks at the timeout and at the sizes of
+    // the output files in the meantime, and stops the group when either passes its limit.
+    let (tx, rx) = mpsc::channel::<Exited>();
+    let waiter = std::thread::Builder::new()
+        .name(format!("mw-wait-{pid}"))
+        .spawn(move || {
+            if let Some(e) = wait_pid(pid) {
+                let _ = tx.send(e);
             }
+        });
+    if let Err(e) = waiter {
+        // Nothing could watch the task: it does not run unwatched.
+        signal_group(pid, libc::SIGKILL);
+        let _ = wait_pid(pid);
+        let token = {
+            let mut st = control.lock();
+            st.pgid = None;
+            st.token.take()
+        };
+        if let Some(t) = token {
+            kill_escapees(&t);
+        }
+        return Err(io_err("spawning waiter thread")(e));
+    }
+    let (stop, exited) = loop {
+        // The deadline moves on while the task is suspended: look again when the wait ends,
+        // and time out only once it has really passed.
+        match rx.recv_timeout(watch_wait(deadline.as_ref(), Instant::now())) {
+            Ok(e) => break (None, Some(e)),
+            Err(RecvTimeoutError::Disconnected) => break (None, None),
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        if deadline.as_ref().is_some_and(|d| d.passed(Instant::now())) {
+            break (Some(Stop::TimedOut), terminate(pid, &rx, req.grace));
+        }
+        // A cancelled run is being stopped already (and is reported as cancelled).
+        let watched = watch.as_ref().filter(|_| !control.is_cancelled());
+        if let Some(over) = watched.and_then(OutputWatch::overflow) {
+            // An exit that came meanwhile is the run's own end.
+            if let Ok(e) = rx.try_recv() {
+                break (None, Some(e));
+            }
+            break (Some(Stop::Output(over)), terminate(pid, &rx, req.grace));
         }
     };
     // Kill whatever is left of the group (grandchildren holding files open).
     signal_group(pid, libc::SIGKILL);
-    finish_from_files(req, control, (t0, started), timed_out, exited)
+    finish_from_files(req, control, (t0, started), stop, exited)
 }
 
 /// Where a run's stdout and stderr go when they go to files (the no-pidfd path here, every
@@ -842,13 +880,94 @@ fn create_output_files(req: &ExecRequest) -> Result<(File, File), ExecError> {
     ))
 }
 
+/// Why mw stopped a run itself (a cancel is the control's, not here).
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// Its timeout passed.
+    TimedOut,
+    /// Its stdout or stderr file passed its limit.
+    Output(Overflow),
+}
+
+/// A stream whose file passed its limit.
+#[derive(Debug, Clone, Copy)]
+struct Overflow {
+    /// `stdout` or `stderr`.
+    stream: &'static str,
+    /// The limit it passed, in bytes.
+    limit: u64,
+}
+
+impl std::fmt::Display for Overflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} passed its limit of {} bytes; the task was stopped",
+            self.stream, self.limit
+        )
+    }
+}
+
+/// The sizes of a run's stdout and stderr files, watched while it runs (through handles of
+/// their own, so what the size is comes from the open file, not a directory entry).
+struct OutputWatch {
+    stdout: File,
+    stderr: File,
+    max_stdout: u64,
+    max_stderr: u64,
+}
+
+impl OutputWatch {
+    /// Watches `stdout` and `stderr` (the files the program is given) under `req`'s limits.
+    fn new(req: &ExecRequest, stdout: &File, stderr: &File) -> Result<Self, ExecError> {
+        Ok(OutputWatch {
+            stdout: stdout
+                .try_clone()
+                .map_err(io_err("watching the stdout file"))?,
+            stderr: stderr
+                .try_clone()
+                .map_err(io_err("watching the stderr file"))?,
+            max_stdout: req.max_stdout_bytes,
+            max_stderr: req.max_stderr_file_bytes,
+        })
+    }
+
+    /// The first stream whose file is now past its limit, if one is (a size that cannot be
+    /// read passes nothing).
+    fn overflow(&self) -> Option<Overflow> {
+        let past = |f: &File, limit: u64| f.metadata().is_ok_and(|m| m.len() > limit);
+        if past(&self.stdout, self.max_stdout) {
+            Some(Overflow {
+                stream: "stdout",
+                limit: self.max_stdout,
+            })
+        } else if past(&self.stderr, self.max_stderr) {
+            Some(Overflow {
+                stream: "stderr",
+                limit: self.max_stderr,
+            })
+        } else {
+            None
+        }
+    }
+}
+
+/// How long to wait before looking again at a run on the files path: the watch interval, or
+/// less when the timeout comes first.
+fn watch_wait(deadline: Option<&Deadline>, now: Instant) -> Duration {
+    match deadline.and_then(|d| d.left(now)) {
+        Some(left) => left.min(OUTPUT_WATCH_INTERVAL),
+        None => OUTPUT_WATCH_INTERVAL,
+    }
+}
+
 /// The end of a run whose stdout and stderr went to the files of [`output_paths`]: reads
 /// them within the request's limits, then [`finish`].
 fn finish_from_files(
     req: &ExecRequest,
     control: &ProcessControl,
     (t0, started): (Instant, SystemTime),
-    timed_out: bool,
+    stop: Option<Stop>,
     exited: Option<Exited>,
 ) -> Result<ExecOutcome, ExecError> {
     let (stdout_path, stderr_path) = output_paths(req);
@@ -859,7 +978,7 @@ fn finish_from_files(
         control,
         t0,
         started,
-        timed_out,
+        stop,
         exited,
         stdout,
         stdout_truncated,
@@ -873,7 +992,7 @@ fn finish(
     control: &ProcessControl,
     t0: Instant,
     started: SystemTime,
-    timed_out: bool,
+    stop: Option<Stop>,
     exited: Option<Exited>,
     stdout: Vec<u8>,
     stdout_truncated: bool,
@@ -884,7 +1003,7 @@ fn finish(
         st.pgid = None;
         (st.cancelled, st.token.take())
     };
-    if timed_out || cancelled {
+    if stop.is_some() || cancelled {
         // Processes that left the task's process group (setsid, a daemon's double fork)
         // still carry its token: they go too.
         if let Some(t) = token {
@@ -892,13 +1011,18 @@ fn finish(
         }
     }
     let wall = t0.elapsed();
-    let exit = match &exited {
-        _ if timed_out => ExitInfo::TimedOut {
+    let exit = match (&exited, stop) {
+        (_, Some(Stop::TimedOut)) => ExitInfo::TimedOut {
             limit_secs: req.timeout.map(|t| t.as_secs_f64()).unwrap_or(0.0),
         },
-        Some(e) if cancelled && !decode_status(e.status).success() => ExitInfo::Cancelled,
-        Some(e) => decode_status(e.status),
-        None => ExitInfo::SpawnFailed {
+        // Reused (a worker's results stay readable by masters that know no newer variant):
+        // the reason says what happened.
+        (_, Some(Stop::Output(over))) => ExitInfo::StreamBroken {
+            reason: over.to_string(),
+        },
+        (Some(e), None) if cancelled && !decode_status(e.status).success() => ExitInfo::Cancelled,
+        (Some(e), None) => decode_status(e.status),
+        (None, None) => ExitInfo::SpawnFailed {
             reason: "lost track of the process".into(),
         },
     };

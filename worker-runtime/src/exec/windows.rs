@@ -8,13 +8,14 @@
 //! analogue of the process group plus `PR_SET_PDEATHSIG` on Linux). Windows gives a
 //! console program without a console of its own no polite stop signal, so there is no
 //! grace period here. CPU time is the job's accounting (all processes, ended ones too).
-//! stdout and stderr go to files beside the working directory, as on old Linux kernels.
+//! stdout and stderr go to files beside the working directory, as on old Linux kernels,
+//! their sizes watched while the task runs: one past its limit ends the job.
 //!
 //! This module knows nothing of bundles, platforms or the master.
 
 use super::{
-    create_output_files, finish_from_files, io_err, outcome_without_run, spawn_failed, Deadline,
-    ExecError, ExecOutcome, ExecRequest, Exited, ProcessControl,
+    create_output_files, finish_from_files, io_err, outcome_without_run, spawn_failed, watch_wait,
+    Deadline, ExecError, ExecOutcome, ExecRequest, Exited, OutputWatch, ProcessControl, Stop,
 };
 use mw_bundle::ExitInfo;
 use std::fs::File;
@@ -224,6 +225,7 @@ pub(super) fn execute(
     };
     let stdin = File::open(&stdin_path).map_err(io_err("opening stdin file"))?;
     let (stdout, stderr) = create_output_files(req)?;
+    let watch = OutputWatch::new(req, &stdout, &stderr)?;
     let job = Arc::new(Job::new().map_err(io_err("creating a job object"))?);
 
     let mut cmd = Command::new(&req.program);
@@ -277,22 +279,27 @@ pub(super) fn execute(
     }
 
     let process = child.as_raw_handle() as HANDLE;
-    let mut timed_out = false;
+    // The wait ends every watch interval to look at the timeout and at the sizes of the
+    // output files; either passing its limit ends the job.
+    let mut stop: Option<Stop> = None;
     loop {
         // The deadline moves on while the task is suspended: it is looked at again each time
         // the wait ends, and the task times out only once it has really passed.
-        let wait_ms = match deadline.as_ref().filter(|_| !timed_out) {
-            None => INFINITE,
-            Some(d) => match d.left(Instant::now()) {
-                None => INFINITE,
-                Some(left) => u32::try_from(left.as_millis()).unwrap_or(INFINITE - 1),
-            },
+        let wait_ms = match stop {
+            Some(_) => INFINITE,
+            None => {
+                let wait = watch_wait(deadline.as_ref(), Instant::now());
+                u32::try_from(wait.as_millis()).unwrap_or(INFINITE - 1)
+            }
         };
         // SAFETY: `process` is the live handle owned by `child`.
         let r = unsafe { WaitForSingleObject(process, wait_ms) };
-        if r == WAIT_TIMEOUT && !timed_out {
+        if r == WAIT_TIMEOUT && stop.is_none() {
             if deadline.as_ref().is_some_and(|d| d.passed(Instant::now())) {
-                timed_out = true;
+                stop = Some(Stop::TimedOut);
+                job.terminate();
+            } else if let Some(over) = watch.overflow().filter(|_| !control.is_cancelled()) {
+                stop = Some(Stop::Output(over));
                 job.terminate();
             }
             continue;
@@ -308,7 +315,7 @@ pub(super) fn execute(
         st.job = None;
     }
     let exited = status.map(|status| Exited { status, user, sys });
-    finish_from_files(req, control, (t0, started), timed_out, exited)
+    finish_from_files(req, control, (t0, started), stop, exited)
 }
 
 /// Turns a process exit code into an [`ExitInfo`]: Windows has no signals, so every end
