@@ -4,7 +4,9 @@
 //! `notify`, plus a polling fallback for file systems that deliver no events) turns those of
 //! this master's workunits into completions, and removes the spool files of a scan only once
 //! what the master recorded of their outcomes (final rows, retries, re-packed members'
-//! handles) is committed: a master killed before that finds the files again on resume. The
+//! handles) is committed (a master killed before that finds the files again on resume), and
+//! only while each name still holds the file that was read (the assimilator may have
+//! replaced an error record meanwhile). The
 //! spool holds the only copy of a result; a workunit is assimilated once. Entries of cancelled workunits are
 //! consumed; entries of other masters' workunits are left alone. A pack's result gives each
 //! member its own result (read for the members known to be in that workunit); members without
@@ -96,8 +98,18 @@ fn scan_spool(shared: &Arc<Shared>) {
             break;
         }
         match f {
-            Found::Result(wu) => delivered.extend(take_result(shared, &wu)),
-            Found::Error(wu) => delivered.extend(take_error(shared, &wu)),
+            Found::Result(wu) => {
+                let seen = SeenFile::at(shared.spool.join(wu.result_spool_name()));
+                if take_result(shared, &wu) {
+                    delivered.push(seen);
+                }
+            }
+            Found::Error(wu) => {
+                let seen = SeenFile::at(shared.spool.join(wu.error_spool_name()));
+                if take_error(shared, &wu) {
+                    delivered.push(seen);
+                }
+            }
             Found::Consume(path) => {
                 let _ = std::fs::remove_file(path);
             }
@@ -106,10 +118,41 @@ fn scan_spool(shared: &Arc<Shared>) {
     remove_delivered(shared, delivered);
 }
 
+/// A spool file as it was before its outcome was read: removed later only if the name still
+/// holds that file. The assimilator replaces an error record atomically (a late result of a
+/// workunit that already failed records why it was unusable under the same name), and that
+/// newer record, written while the master was committing, is not the one it delivered.
+struct SeenFile {
+    path: PathBuf,
+    /// (device, inode); `None` when it could not be looked at (then it is not removed).
+    id: Option<(u64, u64)>,
+}
+
+impl SeenFile {
+    fn at(path: PathBuf) -> Self {
+        let id = file_id(&path);
+        SeenFile { path, id }
+    }
+
+    /// Removes the file if its name still holds the file seen.
+    fn remove(self) {
+        if self.id.is_some() && file_id(&self.path) == self.id {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
 /// Removes the spool files whose outcomes were handed to the master, once the master's
 /// records of them are committed (one commit for the whole scan). When the journal cannot
 /// commit, the files stay for `mw resume`.
-fn remove_delivered(shared: &Shared, delivered: Vec<PathBuf>) {
+fn remove_delivered(shared: &Shared, delivered: Vec<SeenFile>) {
     if delivered.is_empty() {
         return;
     }
@@ -125,8 +168,8 @@ fn remove_delivered(shared: &Shared, delivered: Vec<PathBuf>) {
     }
     // Delivered and committed (the master may now end): the files go before the master does.
     crate::crash::delay_point("boinc-result-delivered");
-    for path in delivered {
-        let _ = std::fs::remove_file(path);
+    for seen in delivered {
+        seen.remove();
     }
     crate::crash::point("boinc-results-removed");
 }
@@ -159,8 +202,8 @@ fn take_members(st: &mut State, wu: &WuName) -> Vec<Waiting> {
     out
 }
 
-/// Delivers workunit `wu`'s result; returns its spool file once delivered.
-fn take_result(shared: &Shared, wu: &WuName) -> Option<PathBuf> {
+/// Delivers workunit `wu`'s result; true once delivered (its spool file may go).
+fn take_result(shared: &Shared, wu: &WuName) -> bool {
     let path = shared.spool.join(wu.result_spool_name());
     if wu.is_pack() {
         return take_pack_result(shared, wu, &path);
@@ -173,10 +216,10 @@ fn take_result(shared: &Shared, wu: &WuName) -> Option<PathBuf> {
             .and_then(|task| st.waiting.get(task))
             .map(|w| mw_bundle::max_result_upload_bytes(w.task.spec.max_output_bytes))
     };
-    let cap = cap?;
+    let Some(cap) = cap else { return false };
     // Read no more than the task may return (the assimilator applies the same limits).
     let Ok(meta) = std::fs::symlink_metadata(&path) else {
-        return None; // Gone for now: the next scan decides.
+        return false; // Gone for now: the next scan decides.
     };
     let bytes = if !meta.is_file() {
         // The assimilator renames regular files into place: anything else (a FIFO would
@@ -194,7 +237,7 @@ fn take_result(shared: &Shared, wu: &WuName) -> Option<PathBuf> {
             Err(e) => {
                 // Unreadable for now: the next scan decides.
                 unreadable_for_now(shared, wu, &path, &e);
-                return None;
+                return false;
             }
         }
     };
@@ -236,22 +279,22 @@ fn take_result(shared: &Shared, wu: &WuName) -> Option<PathBuf> {
             done.finish(outcome);
         }
     }
-    (!left_for_resume).then_some(path)
+    !left_for_resume
 }
 
 /// A pack's result: each member gets its own result from it, members without one are packed
 /// again. For a pack a resumed master re-attached, the result is kept (in the job's staging
 /// directory) for members re-attached after it came back.
-fn take_pack_result(shared: &Shared, wu: &WuName, path: &Path) -> Option<PathBuf> {
+fn take_pack_result(shared: &Shared, wu: &WuName, path: &Path) -> bool {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return None; // Gone for now: the next scan decides.
+        return false; // Gone for now: the next scan decides.
     };
     // (Anything but a file is not kept, and fails its members when read.)
     let regular = meta.is_file();
     if regular {
         if let Err(e) = crate::task::open_regular(path) {
             unreadable_for_now(shared, wu, path, &e);
-            return None;
+            return false;
         }
     }
     let (members, kept, keep_spooled) = {
@@ -304,7 +347,7 @@ fn take_pack_result(shared: &Shared, wu: &WuName, path: &Path) -> Option<PathBuf
     };
     // A member whose result could not be stored here is taken from the spool again by
     // `mw resume`.
-    (!keep_spooled && !left_for_resume).then(|| path.to_path_buf())
+    !keep_spooled && !left_for_resume
 }
 
 /// Reads pack result `path` of workunit `wu` for `members` and reports each one's outcome.
@@ -430,8 +473,8 @@ fn read_capped(path: &Path) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-/// Delivers workunit `wu`'s error record; returns its spool file once delivered.
-fn take_error(shared: &Shared, wu: &WuName) -> Option<PathBuf> {
+/// Delivers workunit `wu`'s error record; true once delivered (its spool file may go).
+fn take_error(shared: &Shared, wu: &WuName) -> bool {
     let path = shared.spool.join(wu.error_spool_name());
     let text = match read_capped(&path) {
         Ok(text) => text,
@@ -441,7 +484,7 @@ fn take_error(shared: &Shared, wu: &WuName) -> Option<PathBuf> {
         Err(e) => {
             // Gone or unreadable for now: the next scan decides.
             unreadable_for_now(shared, wu, &path, &e);
-            return None;
+            return false;
         }
     };
     let message = crate::guard::contain(|| match ErrorRecord::from_text(&text) {
@@ -478,7 +521,7 @@ fn take_error(shared: &Shared, wu: &WuName) -> Option<PathBuf> {
             Err(InterfaceError::new(format!("{id}: {message}"))),
         );
     }
-    Some(path)
+    true
 }
 
 /// Fails (and cancels in BOINC) every task waiting longer than the job's deadline (every
@@ -525,5 +568,37 @@ fn check_deadline(shared: &Shared) {
                 ))));
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Seen in CI: a late result of a workunit that had already failed was recorded (the
+    /// assimilator replaces `error_<wu>.toml` atomically) while the master committed the
+    /// first record's outcome, and the master's removal of "its" record then deleted the
+    /// new one. A delivered spool file is removed only while its name still holds it.
+    #[test]
+    fn a_delivered_spool_file_replaced_meanwhile_is_not_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("error_mw_j_r_0_1.toml");
+        std::fs::write(&path, "first").unwrap();
+        let seen = SeenFile::at(path.clone());
+        // The assimilator's atomic replacement: a new file renamed over the name.
+        let tmp = dir.path().join(".tmp");
+        std::fs::write(&tmp, "second").unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        seen.remove();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "second");
+        // The file seen is removed.
+        SeenFile::at(path.clone()).remove();
+        assert!(!path.exists());
+        // A file that was not there is not looked for later.
+        let gone = SeenFile::at(dir.path().join("missing"));
+        std::fs::write(dir.path().join("missing"), "late").unwrap();
+        gone.remove();
+        assert!(dir.path().join("missing").exists());
     }
 }
