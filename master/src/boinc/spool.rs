@@ -104,12 +104,7 @@ fn scan_spool(shared: &Arc<Shared>) {
                     delivered.push(seen);
                 }
             }
-            Found::Error(wu) => {
-                let seen = SeenFile::at(shared.spool.join(wu.error_spool_name()));
-                if take_error(shared, &wu) {
-                    delivered.push(seen);
-                }
-            }
+            Found::Error(wu) => delivered.extend(take_error(shared, &wu)),
             Found::Consume(path) => {
                 let _ = std::fs::remove_file(path);
             }
@@ -118,7 +113,7 @@ fn scan_spool(shared: &Arc<Shared>) {
     remove_delivered(shared, delivered);
 }
 
-/// A spool file as it was before its outcome was read: removed later only if the name still
+/// A spool file as it was when its outcome was read: removed later only if the name still
 /// holds that file. The assimilator replaces an error record atomically (a late result of a
 /// workunit that already failed records why it was unusable under the same name), and that
 /// newer record, written while the master was committing, is not the one it delivered.
@@ -463,28 +458,36 @@ pub(super) fn finish_late_member(shared: &Shared, w: Waiting, c: Concluded) {
     }
 }
 
-/// Reads at most [`MAX_ERROR_RECORD_BYTES`] of a file as text.
-fn read_capped(path: &Path) -> std::io::Result<String> {
+/// Reads at most [`MAX_ERROR_RECORD_BYTES`] of a file as text; also says which file it read
+/// (the name may be given another file meanwhile: the assimilator replaces error records).
+fn read_capped(path: &Path) -> std::io::Result<(String, SeenFile)> {
+    use std::os::unix::fs::MetadataExt;
     let mut bytes = Vec::new();
-    crate::task::open_regular(path)?
-        .take(MAX_ERROR_RECORD_BYTES)
-        .read_to_end(&mut bytes)?;
+    let file = crate::task::open_regular(path)?;
+    let id = file.metadata().ok().map(|m| (m.dev(), m.ino()));
+    file.take(MAX_ERROR_RECORD_BYTES).read_to_end(&mut bytes)?;
     // (A record that is not UTF-8 is reported unreadable by its parser, not skipped.)
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
+    let seen = SeenFile {
+        path: path.to_path_buf(),
+        id,
+    };
+    Ok((String::from_utf8_lossy(&bytes).into_owned(), seen))
 }
 
-/// Delivers workunit `wu`'s error record; true once delivered (its spool file may go).
-fn take_error(shared: &Shared, wu: &WuName) -> bool {
+/// Delivers workunit `wu`'s error record; once delivered, the file read (to remove).
+fn take_error(shared: &Shared, wu: &WuName) -> Option<SeenFile> {
     let path = shared.spool.join(wu.error_spool_name());
-    let text = match read_capped(&path) {
-        Ok(text) => text,
+    let (text, seen) = match read_capped(&path) {
+        Ok(read) => read,
         // Not a file (the assimilator writes only files): an unreadable record, not one
         // to wait for.
-        Err(_) if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) => String::new(),
+        Err(_) if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) => {
+            (String::new(), SeenFile::at(path.clone()))
+        }
         Err(e) => {
             // Gone or unreadable for now: the next scan decides.
             unreadable_for_now(shared, wu, &path, &e);
-            return false;
+            return None;
         }
     };
     let message = crate::guard::contain(|| match ErrorRecord::from_text(&text) {
@@ -521,7 +524,7 @@ fn take_error(shared: &Shared, wu: &WuName) -> bool {
             Err(InterfaceError::new(format!("{id}: {message}"))),
         );
     }
-    true
+    Some(seen)
 }
 
 /// Fails (and cancels in BOINC) every task waiting longer than the job's deadline (every
