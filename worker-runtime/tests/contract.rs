@@ -386,7 +386,14 @@ fn stdout_over_the_limit_is_cut_and_flagged() {
     let mut req = sb.request("head -c 5000 /dev/zero");
     req.max_stdout_bytes = 1000;
     let out = execute(&req, &ProcessControl::new()).unwrap();
-    assert!(out.exit.success());
+    // Where stdout goes to a file (`MW_NO_PIDFD`, as CI also runs this file), a run still
+    // going when its file is looked at past the limit is stopped instead: on a loaded
+    // machine even `head` may still be running 100 ms after it started.
+    let stopped = |e: &ExitInfo| {
+        std::env::var_os("MW_NO_PIDFD").is_some()
+            && matches!(e, ExitInfo::StreamBroken { reason } if reason.contains("stdout passed its limit of 1000 bytes"))
+    };
+    assert!(out.exit.success() || stopped(&out.exit), "{:?}", out.exit);
     assert_eq!(out.stdout.len(), 1000);
     assert!(out.stdout_truncated);
 }
