@@ -21,7 +21,10 @@
 //!
 //! Memory is bounded by the master's result limits (`max_output_bytes` in `mw_boinc.toml`,
 //! [`ServerLimits`]): the upload is read up to its limit and verified as it streams past. The master ignores
-//! records of tasks it no longer waits for. Both forms are idempotent. For a workunit mw
+//! records of tasks it no longer waits for. Both forms are idempotent. BOINC's `--error`
+//! verdict replaces a different record of the workunit; an unusable result does not (BOINC
+//! assimilates a cancelled workunit again for a late result, whose upload is gone: the
+//! cancel stays the task's outcome). For a workunit mw
 //! cancelled (marker `cancelled_<wu>` in the spool) nothing is spooled: the call is consumed,
 //! and it removes the markers older than [`CANCEL_MARKER_MAX_AGE`] (at most once an hour).
 //!
@@ -164,6 +167,15 @@ pub enum Outcome {
         /// The error record.
         record: PathBuf,
         /// Why.
+        reason: String,
+    },
+    /// The result could not be used, and the workunit already has another error record in
+    /// the spool (BOINC's verdict, e.g. its cancel): that one is kept, as the outcome the
+    /// master reads.
+    EarlierKept {
+        /// The error record kept.
+        record: PathBuf,
+        /// Why this result could not be used.
         reason: String,
     },
 }
@@ -330,8 +342,19 @@ pub fn prune_cancel_markers(spool: &Path, now: SystemTime) -> usize {
     removed
 }
 
-/// Writes `error_<wu_name>.toml` (or `error_wu<ID>.toml` when the name is not safe).
+/// Writes `error_<wu_name>.toml` (or `error_wu<ID>.toml` when the name is not safe),
+/// replacing a different record of the workunit (BOINC's latest verdict wins).
 pub fn write_error_record(spool: &Path, record: &ErrorRecord) -> Result<Outcome, AssimilateError> {
+    write_record(spool, record, false)
+}
+
+/// [`write_error_record`]; with `earlier_wins`, a different record of the workunit already
+/// in the spool is kept ([`Outcome::EarlierKept`], reason left empty for the caller).
+fn write_record(
+    spool: &Path,
+    record: &ErrorRecord,
+    earlier_wins: bool,
+) -> Result<Outcome, AssimilateError> {
     let name = match WuName::parse(&record.wu_name) {
         Ok(wu) if cancelled(spool, &wu) => return Ok(Outcome::Consumed(wu.to_string())),
         Ok(wu) => wu.error_spool_name(),
@@ -340,6 +363,20 @@ pub fn write_error_record(spool: &Path, record: &ErrorRecord) -> Result<Outcome,
     let text = record
         .to_text()
         .map_err(|e| AssimilateError::Config(format!("cannot serialise error record: {e}")))?;
+    let dest = spool.join(&name);
+    if earlier_wins {
+        match std::fs::read(&dest) {
+            Ok(existing) if existing != text.as_bytes() => {
+                return Ok(Outcome::EarlierKept {
+                    record: dest,
+                    reason: String::new(),
+                })
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&dest, "reading")(e)),
+        }
+    }
     write_replace(spool, &name, text.as_bytes())
 }
 
@@ -377,13 +414,18 @@ pub fn assimilate_result(
     let wu_name = wu_name_from_output(&file_name)
         .unwrap_or(&file_name)
         .to_string();
+    // An unusable result does not replace the workunit's earlier error record: BOINC
+    // assimilates a cancelled workunit again for a late result (reference §0.3), and the
+    // cancel, not the late result's missing upload, is the task's outcome.
     let reject = |reason: String| -> Result<Outcome, AssimilateError> {
         let record = ErrorRecord::unusable(&wu_name, wu_id, reason.clone());
-        let outcome = write_error_record(spool, &record)?;
-        let (Outcome::Written(record) | Outcome::Unchanged(record)) = outcome else {
-            return Ok(outcome);
-        };
-        Ok(Outcome::Rejected { record, reason })
+        match write_record(spool, &record, true)? {
+            Outcome::Written(record) | Outcome::Unchanged(record) => {
+                Ok(Outcome::Rejected { record, reason })
+            }
+            Outcome::EarlierKept { record, .. } => Ok(Outcome::EarlierKept { record, reason }),
+            other => Ok(other),
+        }
     };
     let Ok(wu) = WuName::parse(&wu_name) else {
         return reject(format!(
@@ -531,6 +573,13 @@ pub fn run(args: &[String]) -> (i32, String) {
         Ok(Outcome::Consumed(wu)) => (
             0,
             format!("workunit {wu} was cancelled by mw; nothing spooled"),
+        ),
+        Ok(Outcome::EarlierKept { record, reason }) => (
+            0,
+            format!(
+                "unusable result ({reason}); the workunit's earlier error record {} is kept",
+                record.display()
+            ),
         ),
         Ok(Outcome::Rejected { record, reason }) => (
             0,

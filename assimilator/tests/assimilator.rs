@@ -293,3 +293,33 @@ fn old_cancel_markers_are_pruned_at_most_once_an_hour() {
     assert!(!names(&pr).contains(&"cancelled_mw_old2".to_string()));
     assert!(names(&pr).contains(&"cancelled_mw_now".to_string()));
 }
+
+/// BOINC assimilates a cancelled workunit again when a late result is reported (§0.3); its
+/// upload is gone by then. That unusable result must not replace the cancel's record, which
+/// is the task's outcome for the master (in CI the master once read the late one).
+#[test]
+fn an_unusable_late_result_keeps_the_workunits_earlier_error_record() {
+    let pr = common::project("");
+    let (code, msg) = pr.call("--error 16 mw_late 5 1");
+    assert_eq!(code, 0, "{msg}");
+    let path = pr.spool.join("error_mw_late.toml");
+    let first = std::fs::read(&path).unwrap();
+    let gone = pr.root.join("upload/mw_late_0_r1_0");
+    let (code, msg) = pr.call(&format!("5 {}", p(&gone)));
+    assert_eq!(code, 0, "{msg}");
+    assert!(msg.contains("earlier error record"), "{msg}");
+    assert!(msg.contains("no longer exists"), "{msg}");
+    assert_eq!(std::fs::read(&path).unwrap(), first);
+    // Once the master took the cancel's record, the late result's is written.
+    std::fs::remove_file(&path).unwrap();
+    let (code, msg) = pr.call(&format!("5 {}", p(&gone)));
+    assert_eq!(code, 0, "{msg}");
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("no longer exists"));
+    // BOINC's own verdict still replaces a record (its latest wins).
+    pr.call("--error 24 mw_late 5 1");
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("CANCELLED"));
+}
