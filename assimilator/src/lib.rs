@@ -275,11 +275,23 @@ fn write_new(
     }
 }
 
-/// Writes `bytes` as `dir/name` atomically, replacing other content; `Unchanged` if equal.
-fn write_replace(dir: &Path, name: &str, bytes: &[u8]) -> Result<Outcome, AssimilateError> {
+/// Writes `bytes` as `dir/name` atomically; `Unchanged` if equal. Other content is replaced,
+/// or with `earlier_wins` kept ([`Outcome::EarlierKept`], its reason left for the caller).
+fn write_replace(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    earlier_wins: bool,
+) -> Result<Outcome, AssimilateError> {
     let dest = dir.join(name);
     match std::fs::read(&dest) {
         Ok(existing) if existing == bytes => return Ok(Outcome::Unchanged(dest)),
+        Ok(_) if earlier_wins => {
+            return Ok(Outcome::EarlierKept {
+                record: dest,
+                reason: String::new(),
+            })
+        }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err(&dest, "reading")(e)),
@@ -312,13 +324,18 @@ pub fn prune_cancel_markers(spool: &Path, now: SystemTime) -> usize {
     let recent = std::fs::metadata(&stamp)
         .and_then(|m| m.modified())
         .is_ok_and(|at| now.duration_since(at).is_ok_and(|age| age < PRUNE_INTERVAL));
+    if recent {
+        return 0;
+    }
+    // Stamped only when a look is made: a stamp renewed by every call would stay young for
+    // ever under a steady stream of cancelled workunits, and nothing would be pruned.
     let stamped = std::fs::File::options()
         .write(true)
         .create(true)
         .truncate(false)
         .open(&stamp)
         .and_then(|f| f.set_modified(now));
-    if recent || stamped.is_err() {
+    if stamped.is_err() {
         return 0;
     }
     let Ok(entries) = std::fs::read_dir(spool) else {
@@ -363,21 +380,7 @@ fn write_record(
     let text = record
         .to_text()
         .map_err(|e| AssimilateError::Config(format!("cannot serialise error record: {e}")))?;
-    let dest = spool.join(&name);
-    if earlier_wins {
-        match std::fs::read(&dest) {
-            Ok(existing) if existing != text.as_bytes() => {
-                return Ok(Outcome::EarlierKept {
-                    record: dest,
-                    reason: String::new(),
-                })
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&dest, "reading")(e)),
-        }
-    }
-    write_replace(spool, &name, text.as_bytes())
+    write_replace(spool, &name, text.as_bytes(), earlier_wins)
 }
 
 /// The `--error` form: records BOINC's error, with what the uploaded results say.

@@ -281,10 +281,18 @@ fn old_cancel_markers_are_pruned_at_most_once_an_hour() {
             "error_mw_kept.toml"
         ]
     );
-    // Within the hour, no second look.
+    // Within the hour, no second look, and the stamp keeps its time (were it renewed by
+    // every call, steady cancels would keep it young and nothing would ever be pruned).
+    let stamp = pr.spool.join(".mw-markers-pruned");
+    aged(".mw-markers-pruned", Duration::from_secs(1800));
+    let stamped = std::fs::metadata(&stamp).unwrap().modified().unwrap();
     aged("cancelled_mw_old2", 40 * day);
     assert_eq!(pr.call("--error 16 mw_now 5 1").0, 0);
     assert!(names(&pr).contains(&"cancelled_mw_old2".to_string()));
+    assert_eq!(
+        std::fs::metadata(&stamp).unwrap().modified().unwrap(),
+        stamped
+    );
     // An hour later, a call that does not consume anything does not look either.
     aged(".mw-markers-pruned", Duration::from_secs(2 * 3600));
     assert_eq!(pr.call("--error 10 mw_other 6 1").0, 0);
