@@ -138,10 +138,13 @@ impl SeenFile {
 }
 
 fn file_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path).ok().as_ref().map(id_of)
+}
+
+/// (device, inode) of a file.
+fn id_of(m: &std::fs::Metadata) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(path)
-        .ok()
-        .map(|m| (m.dev(), m.ino()))
+    (m.dev(), m.ino())
 }
 
 /// Removes the spool files whose outcomes were handed to the master, once the master's
@@ -461,10 +464,9 @@ pub(super) fn finish_late_member(shared: &Shared, w: Waiting, c: Concluded) {
 /// Reads at most [`MAX_ERROR_RECORD_BYTES`] of a file as text; also says which file it read
 /// (the name may be given another file meanwhile: the assimilator replaces error records).
 fn read_capped(path: &Path) -> std::io::Result<(String, SeenFile)> {
-    use std::os::unix::fs::MetadataExt;
     let mut bytes = Vec::new();
     let file = crate::task::open_regular(path)?;
-    let id = file.metadata().ok().map(|m| (m.dev(), m.ino()));
+    let id = file.metadata().ok().as_ref().map(id_of);
     file.take(MAX_ERROR_RECORD_BYTES).read_to_end(&mut bytes)?;
     // (A record that is not UTF-8 is reported unreadable by its parser, not skipped.)
     let seen = SeenFile {
