@@ -200,12 +200,18 @@ pub fn locked_scratch_dir() -> Result<(tempfile::TempDir, std::fs::File), Interf
 }
 
 /// Removes slot directories that no live master uses: their lock can be taken (the master
-/// that made them died), or they carry no lock and are old.
+/// that made them died), or they carry no lock and are old. A directory some process still
+/// works in is kept: a killed master's leftover task (which `mw resume` and `mw cancel` find
+/// by its working directory) once lost it to another master's sweep, ran on in a deleted
+/// directory, and was then stopped by nothing.
 pub fn sweep_stale_slots(root: Option<&Path>) {
     let root = root.map_or_else(std::env::temp_dir, Path::to_path_buf);
     let Ok(entries) = std::fs::read_dir(&root) else {
         return;
     };
+    // The working directories of this machine's processes, read once, and only when a
+    // directory looks stale.
+    let mut cwds: Option<Vec<PathBuf>> = None;
     for entry in entries.flatten() {
         let name = entry.file_name();
         if !name.to_string_lossy().starts_with(SLOT_PREFIX) {
@@ -227,6 +233,16 @@ pub fn sweep_stale_slots(root: Option<&Path>) {
                 .is_some_and(|age| age > UNLOCKED_SLOT_STALE_AFTER),
         };
         if stale {
+            let cwds = cwds.get_or_insert_with(process_cwds);
+            let canonical = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+            if let Some(cwd) = cwds.iter().find(|c| c.starts_with(&canonical)) {
+                log::debug!(
+                    "kept the stale slot directory {}: a process still works in {}",
+                    path.display(),
+                    cwd.display()
+                );
+                continue;
+            }
             // A task may have left directories it cannot write to.
             make_writable(&path);
             match std::fs::remove_dir_all(&path) {
@@ -235,6 +251,24 @@ pub fn sweep_stale_slots(root: Option<&Path>) {
             }
         }
     }
+}
+
+/// The working directory of every process of this machine whose `/proc` entry can be read
+/// (none where there is no `/proc`).
+fn process_cwds() -> Vec<PathBuf> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read_link(e.path().join("cwd")).ok())
+        .collect()
 }
 
 fn make_writable(dir: &Path) {
@@ -792,7 +826,13 @@ fn stop_leftover_on(this_host: &str, handle: &str) {
         return;
     };
     let recorded = std::fs::canonicalize(recorded).unwrap_or_else(|_| recorded.to_path_buf());
-    if cwd == recorded {
+    // A directory removed meanwhile (by hand, or a tmp cleaner) reads as "<dir> (deleted)".
+    let deleted = {
+        let mut d = recorded.clone().into_os_string();
+        d.push(" (deleted)");
+        PathBuf::from(d)
+    };
+    if cwd == recorded || cwd == deleted {
         // SAFETY: killpg only sends a signal; the process runs in our slot directory and
         // leads its own process group.
         unsafe {
@@ -843,6 +883,64 @@ mod tests {
             innocent.kill().unwrap();
             innocent.wait().unwrap();
         }
+    }
+
+    /// A leftover task whose slot directory was removed meanwhile (it reads as
+    /// "<dir> (deleted)") is still found and stopped.
+    #[test]
+    fn a_leftover_whose_slot_directory_was_removed_is_still_stopped() {
+        use std::os::unix::process::{CommandExt, ExitStatusExt};
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join(format!("{SLOT_PREFIX}gone")).join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let mut left = std::process::Command::new("sleep")
+            .arg("1000")
+            .current_dir(&work)
+            .env(mw_worker_runtime::exec::TASK_TOKEN_ENV, "leftover")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let handle = format!("local:{}:{}:{}", host_name(), left.id(), work.display());
+        // Its environment shows in /proc a moment after spawn returns (a vfork parent
+        // resumes while the child's exec is still setting up its new stack).
+        let pid = i32::try_from(left.id()).unwrap();
+        for _ in 0..10_000 {
+            if carries_a_task_token(pid) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        std::fs::remove_dir_all(dir.path().join(format!("{SLOT_PREFIX}gone"))).unwrap();
+        stop_leftover_on(&host_name(), &handle);
+        // Should it have been missed, a SIGTERM ends it now, and the test fails, not hangs
+        // (a SIGKILL sent first has already made the process exit).
+        // SAFETY: kill only sends a signal to our own child.
+        unsafe { libc::kill(left.id() as libc::pid_t, libc::SIGTERM) };
+        let status = left.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    }
+
+    /// The sweep keeps a stale slot directory while a process still works in it (a killed
+    /// master's leftover task, which `mw cancel` finds by it), and removes it after.
+    #[test]
+    fn the_sweep_keeps_a_stale_slot_directory_a_process_still_works_in() {
+        let root = tempfile::tempdir().unwrap();
+        let slot = root.path().join(format!("{SLOT_PREFIX}left"));
+        std::fs::create_dir_all(slot.join("work")).unwrap();
+        // Its lock file is there and not held: the master that made it is dead.
+        std::fs::File::create(slot.join(SLOT_LOCK)).unwrap();
+        let mut left = std::process::Command::new("sleep")
+            .arg("1000")
+            .current_dir(slot.join("work"))
+            .spawn()
+            .unwrap();
+        sweep_stale_slots(Some(root.path()));
+        let kept = slot.join("work").is_dir();
+        left.kill().unwrap();
+        left.wait().unwrap();
+        assert!(kept, "the sweep took the directory a task still works in");
+        sweep_stale_slots(Some(root.path()));
+        assert!(!slot.exists(), "a stale directory nobody uses was kept");
     }
 
     /// A forged journal's `workers` (or a library caller's) is clamped, never allocated.

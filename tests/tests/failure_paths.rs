@@ -733,7 +733,12 @@ fn cancel_without_a_master_stops_the_tasks_it_left_running() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     gated_job(d, "orphans", 4);
-    let child = spawn_mw(d, &["run", "orphans.toml", "-q"], &[]);
+    // Its own scratch root, so that the second master below is the only other one that
+    // sweeps it.
+    let tmp = d.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let tmp_env = [("TMPDIR", tmp.to_str().unwrap())];
+    let child = spawn_mw(d, &["run", "orphans.toml", "-q"], &tmp_env);
     poll("two tasks running", || pids(d).len() == 2);
     // Their process groups are journaled (a moment after the tasks start: the handles, not
     // the running state, are what `mw cancel` finds them by).
@@ -759,6 +764,16 @@ fn cancel_without_a_master_stops_the_tasks_it_left_running() {
         running.iter().all(|p| alive(*p)),
         "the tasks died with the master"
     );
+    // Another master starts meanwhile and sweeps the dead one's slot directories: it once
+    // removed those the left tasks still worked in, and `mw cancel`, which finds a task by
+    // its working directory, then stopped nothing.
+    write(
+        d,
+        "other.toml",
+        "name = \"other\"\n[program]\npath = \"/bin/cat\"\n[inputs]\nlist = [1]\n",
+    );
+    let (code, _, stderr) = finish(spawn_mw(d, &["run", "other.toml", "-q"], &tmp_env));
+    assert_eq!(code, 0, "{stderr}");
     let o = run_mw(d, &["cancel", "orphans-1"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     poll("the left tasks stopped", || {
