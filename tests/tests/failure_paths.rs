@@ -28,14 +28,15 @@ fn finish(child: Child) -> (i32, String, String) {
     )
 }
 
-/// Polls `cond` (bounded: about 60 s of file-system checks), failing with `what`.
+/// Polls `cond` (bounded: about 60 s of file-system checks, a few milliseconds apart, so
+/// that the processes waited for get the cores), failing with `what`.
 fn poll(what: &str, mut cond: impl FnMut() -> bool) {
     let t0 = std::time::Instant::now();
     while t0.elapsed() < std::time::Duration::from_secs(60) {
         if cond() {
             return;
         }
-        std::thread::yield_now();
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
     panic!("never happened: {what}");
 }

@@ -432,7 +432,8 @@ pub(crate) fn task_token() -> String {
 #[cfg(unix)]
 /// SIGKILLs every process of this user whose environment carries `token` (read from
 /// `/proc/<pid>/environ`; other users' processes cannot be read and are not ours).
-/// Repeats until a pass finds none, so a process forking while we look is caught too.
+/// Repeats until two passes in a row find none, so a process forking or exec'ing while we
+/// look is caught too.
 pub(crate) fn kill_escapees(token: &str) {
     kill_carrying(format!("{TASK_TOKEN_ENV}={token}\0").as_bytes());
 }
@@ -451,7 +452,10 @@ pub fn kill_token_prefix(prefix: &str) {
 #[cfg(unix)]
 fn kill_carrying(needle: &[u8]) {
     let me = std::process::id();
-    for _ in 0..10 {
+    // A process in the middle of an exec shows an empty environment for a moment: the scan
+    // ends only after two passes in a row found none, a few milliseconds apart.
+    let mut quiet_passes = 0;
+    for _ in 0..20 {
         let Ok(procs) = std::fs::read_dir("/proc") else {
             return;
         };
@@ -478,8 +482,13 @@ fn kill_carrying(needle: &[u8]) {
                 }
             }
         }
-        if found == 0 {
+        if found > 0 {
+            quiet_passes = 0;
+        } else if quiet_passes == 1 {
             return;
+        } else {
+            quiet_passes = 1;
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
 }
