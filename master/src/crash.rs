@@ -4,8 +4,9 @@
 //! Panic points (`MW_PANIC_AT=<name>` or `<name>:<task>`, [`panic_point`]) do the same for
 //! the guards around threads that handle remote data: the test makes one panic and checks
 //! the tasks fail with a message instead of `mw run` hanging. Delay points
-//! (`MW_DELAY_AT=<name>:<ms>`, [`delay_point`]) widen a window instead, for a test that
-//! checks the master never ends inside it. Forge points (`MW_FORGE_AT=<name>` or
+//! (`MW_DELAY_AT=<name>:<ms>`, or `<name>:until:<path>` to hold until a file exists,
+//! [`delay_point`]) widen a window instead, for a test that checks the master never ends
+//! inside it or that acts while the master is held in it. Forge points (`MW_FORGE_AT=<name>` or
 //! `<name>:<task>`, [`forge_point`]) make a peer send something malformed in place of what
 //! it should, for a test that checks the receiver fails the tasks concerned.
 //!
@@ -69,22 +70,39 @@ pub fn forge_point(name: &str, task: Option<u64>) -> bool {
 }
 
 /// The environment variable naming the delay point to pause at, and for how long:
-/// `<name>:<milliseconds>`.
+/// `<name>:<milliseconds>`, or `<name>:until:<path>` (until the file `<path>` exists).
 pub const DELAY_ENV: &str = "MW_DELAY_AT";
+
+/// How long a delay point holds.
+enum Hold {
+    For(std::time::Duration),
+    Until(std::path::PathBuf),
+}
 
 /// Pauses this thread (a test widening a window between two steps, e.g. to check that the
 /// master does not exit in it; never without `MW_DELAY_AT`) when `MW_DELAY_AT` names this
-/// point. The pause is capped at 10 s.
+/// point. A timed pause is capped at 10 s, a wait for a file at 120 s.
 pub fn delay_point(name: &str) {
-    static AT: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static AT: OnceLock<Option<(String, Hold)>> = OnceLock::new();
     let at = AT.get_or_init(|| {
         let v = std::env::var(DELAY_ENV).ok()?;
-        let (n, ms) = v.rsplit_once(':')?;
-        Some((n.to_string(), ms.parse().ok()?))
+        let (n, how) = v.split_once(':')?;
+        let hold = match how.strip_prefix("until:") {
+            Some(path) => Hold::Until(path.into()),
+            None => Hold::For(std::time::Duration::from_millis(
+                how.parse::<u64>().ok()?.min(10_000),
+            )),
+        };
+        Some((n.to_string(), hold))
     });
-    if let Some((n, ms)) = at {
-        if n == name {
-            std::thread::sleep(std::time::Duration::from_millis((*ms).min(10_000)));
+    match at {
+        Some((n, Hold::For(d))) if n == name => std::thread::sleep(*d),
+        Some((n, Hold::Until(path))) if n == name => {
+            let t0 = std::time::Instant::now();
+            while !path.exists() && t0.elapsed() < std::time::Duration::from_secs(120) {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
         }
+        _ => {}
     }
 }

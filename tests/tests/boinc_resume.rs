@@ -509,7 +509,11 @@ fn cancel_while_create_work_runs_still_cancels_the_workunits() {
 fn cancel_while_the_submit_thread_holds_a_task_creates_no_workunit_for_it() {
     let mut p = Project::new();
     let job = p.pi_job("ih");
-    let (id, dir) = p.submit_env(&job, &[("MW_DELAY_AT", "boinc-in-hand:8000")]);
+    // The submit thread holds the tasks until the cancel is carried out.
+    let gate = tempfile::tempdir().unwrap();
+    let gate = gate.path().join("open");
+    let hold = format!("boinc-in-hand:until:{}", gate.display());
+    let (id, dir) = p.submit_env(&job, &[("MW_DELAY_AT", hold.as_str())]);
     poll_until("the submit thread to take the 4 tasks", || {
         std::fs::read_to_string(dir.join("master.log"))
             .is_ok_and(|l| l.contains("staging a batch of 4 task(s)"))
@@ -522,6 +526,18 @@ fn cancel_while_the_submit_thread_holds_a_task_creates_no_workunit_for_it() {
         "0".as_ref(),
     ]);
     assert!(out.status.success(), "{}", text(&out));
+    // Acknowledged by the master (`mw cancel` waits for that, within a bound).
+    poll_until("the master's acknowledgement of the cancel", || {
+        let conn = open_checked(&dir.join(JOURNAL_FILE), false).unwrap();
+        conn.query_row(
+            "SELECT COUNT(*) FROM cancel_requests WHERE done = 0",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+            == 0
+    });
+    std::fs::write(&gate, "").unwrap();
     poll_until("the batch's create_work call", || {
         !p.calls_of("create_work").is_empty()
     });
