@@ -461,7 +461,23 @@ fn mw_cancel_of_a_fast_job_stops_it_within_the_acknowledgement() {
     poll("200 tasks started", || count() >= 200);
     let o = run_mw(d, &["cancel", "fast-1"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    assert!(o.stderr.contains("cancelled"), "{}", o.stderr);
+    // `mw cancel` waits 10 s for the acknowledgement; a master slowed by a loaded machine
+    // gives it later, which the journal shows.
+    if !o.stderr.contains("mw: cancelled") {
+        assert!(o.stderr.contains("not acknowledged it yet"), "{}", o.stderr);
+        let journal = d.join("jobs/fast-1/journal.sqlite");
+        poll("the master's acknowledgement of the cancel", || {
+            rusqlite::Connection::open(&journal)
+                .and_then(|c| {
+                    c.query_row(
+                        "SELECT COUNT(*) FROM cancel_requests WHERE done = 0",
+                        [],
+                        |r| r.get::<_, i64>(0),
+                    )
+                })
+                .is_ok_and(|n| n == 0)
+        });
+    }
     let at_ack = count();
     let (code, _, err) = finish(child);
     assert_eq!(code, 1, "cancelled tasks make the run exit 1: {err}");
