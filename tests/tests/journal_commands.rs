@@ -754,7 +754,12 @@ fn submits_at_once_make_one_job_and_a_moved_jobs_number_is_not_reused() {
     );
     assert!(d.join("jobs/race-1").is_dir());
     assert!(!d.join("jobs/race-2").exists());
-    // The running job's directory moves away; the next job is number 2, not 1 again.
+    // Once its master runs both tasks (a master still starting up when its directory moves
+    // makes parts of it again, such as `staging`, by their paths), the running job's
+    // directory moves away; the next job is number 2, not 1 again.
+    poll(d, "race-1", "both tasks running", |s| {
+        s["job"]["counts"]["running"] == 2
+    });
     std::fs::create_dir_all(d.join("moved")).unwrap();
     std::fs::rename(d.join("jobs/race-1"), d.join("moved/race-1")).unwrap();
     let (id, _) = submit(d, "race.toml", &["--new"]);
