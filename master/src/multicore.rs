@@ -915,7 +915,7 @@ mod tests {
         // Should it have been missed, a SIGTERM ends it now, and the test fails, not hangs
         // (a SIGKILL sent first has already made the process exit).
         // SAFETY: kill only sends a signal to our own child.
-        unsafe { libc::kill(left.id() as libc::pid_t, libc::SIGTERM) };
+        unsafe { libc::kill(pid, libc::SIGTERM) };
         let status = left.wait().unwrap();
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
     }

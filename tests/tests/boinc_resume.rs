@@ -528,14 +528,11 @@ fn cancel_while_the_submit_thread_holds_a_task_creates_no_workunit_for_it() {
     assert!(out.status.success(), "{}", text(&out));
     // Acknowledged by the master (`mw cancel` waits for that, within a bound).
     poll_until("the master's acknowledgement of the cancel", || {
-        let conn = open_checked(&dir.join(JOURNAL_FILE), false).unwrap();
-        conn.query_row(
-            "SELECT COUNT(*) FROM cancel_requests WHERE done = 0",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .unwrap()
-            == 0
+        let path = dir.join(JOURNAL_FILE);
+        let conn = open_checked(&path, false).unwrap();
+        mw::journal::read_pending_cancels(&conn, &path)
+            .unwrap()
+            .is_empty()
     });
     std::fs::write(&gate, "").unwrap();
     poll_until("the batch's create_work call", || {

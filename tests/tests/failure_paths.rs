@@ -465,17 +465,11 @@ fn mw_cancel_of_a_fast_job_stops_it_within_the_acknowledgement() {
     // gives it later, which the journal shows.
     if !o.stderr.contains("mw: cancelled") {
         assert!(o.stderr.contains("not acknowledged it yet"), "{}", o.stderr);
-        let journal = d.join("jobs/fast-1/journal.sqlite");
+        let journal = d.join("jobs/fast-1").join(mw::journal::JOURNAL_FILE);
         poll("the master's acknowledgement of the cancel", || {
-            rusqlite::Connection::open(&journal)
-                .and_then(|c| {
-                    c.query_row(
-                        "SELECT COUNT(*) FROM cancel_requests WHERE done = 0",
-                        [],
-                        |r| r.get::<_, i64>(0),
-                    )
-                })
-                .is_ok_and(|n| n == 0)
+            mw::journal::open_checked(&journal, false)
+                .and_then(|c| mw::journal::read_pending_cancels(&c, &journal))
+                .is_ok_and(|pending| pending.is_empty())
         });
     }
     let at_ack = count();
