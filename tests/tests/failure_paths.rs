@@ -828,6 +828,51 @@ fn a_killed_master_takes_its_running_tasks_with_it() {
     });
 }
 
+/// A task that exits normally leaves no daemon behind while its master runs on: a process it
+/// started with `setsid` carries its token and is killed soon after the task ended. It once
+/// ran until the master ended (for a long job, hours; for a job of many such tasks, one
+/// daemon per task).
+#[test]
+fn a_finished_tasks_setsid_daemon_goes_while_its_master_runs_on() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let (daemon, gate) = (d.join("daemon"), d.join("gate"));
+    script(
+        d,
+        "leave.sh",
+        &format!(
+            "read input\nif [ \"$input\" = 1 ]; then\n\
+             setsid sh -c 'echo $$ > {daemon}.tmp; mv {daemon}.tmp {daemon}; exec sleep 1000' \
+             < /dev/null > /dev/null 2>&1 &\n\
+             while [ ! -e {daemon} ]; do sleep 0.01; done\nelse\n\
+             while [ ! -e {gate} ]; do sleep 0.01; done\nfi\necho \"$input\"",
+            daemon = daemon.display(),
+            gate = gate.display()
+        ),
+    );
+    write(
+        d,
+        "leave.toml",
+        "name = \"leave\"\nworkers = 2\n[program]\npath = \"leave.sh\"\n[inputs]\nlist = [1, 2]\n",
+    );
+    let mut child = spawn_mw(d, &["run", "leave.toml", "-q"], &[]);
+    poll("the daemon started", || daemon.exists());
+    let pid: i32 = std::fs::read_to_string(&daemon)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    poll("the finished task's daemon gone", || !alive(pid));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the master ended before the daemon went"
+    );
+    write(d, "gate", "");
+    let (code, stdout, stderr) = finish(child);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+}
+
 /// A master killed in the reduce step (every task done) leaves a job `mw resume` runs the
 /// reduce step of: the job was once marked finished before its reduce step, and the reduce
 /// output was lost for good.

@@ -8,7 +8,9 @@
 //! program printing for ever cannot fill the disk. A waiter thread reaps it with `wait4` to
 //! get its CPU time; the calling thread waits for that or for a timeout or cancellation, and
 //! then terminates the whole group: SIGTERM, a grace period, SIGKILL. After the leader exits,
-//! the rest of its group is killed so no stray grandchild outlives the task.
+//! the rest of its group is killed so no stray grandchild outlives the task, and what left the
+//! group but carries the task's token (`setsid`, daemons) is killed by the sweep for ended
+//! tasks' leftovers (`tokens`), within about a second.
 //!
 //! Suspension ([`ProcessControl::suspend`], BOINC's `<suspend/>`) stops the group; the time
 //! spent suspended does not count toward the timeout (`Deadline` moves on with it), and a
@@ -34,10 +36,24 @@ use std::time::{Duration, Instant, SystemTime};
 
 #[cfg(target_os = "linux")]
 mod spawn;
+#[cfg(unix)]
+mod tokens;
 #[cfg(windows)]
 mod windows;
+#[cfg(unix)]
+pub use tokens::kill_token_prefix;
+#[cfg(unix)]
+pub(crate) use tokens::{kill_escapees, TaskToken};
 #[cfg(windows)]
 pub use windows::{decode_status, host_name};
+
+/// Windows has no task tokens: a task's Job Object holds its whole tree.
+#[cfg(not(unix))]
+#[derive(Debug)]
+pub(crate) struct TaskToken;
+
+#[cfg(not(unix))]
+pub(crate) fn kill_escapees(_token: &TaskToken) {}
 
 /// How long a process group gets between SIGTERM and SIGKILL.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
@@ -165,7 +181,7 @@ pub(crate) struct ControlState {
     /// Told the process group id right after the program started.
     pub(crate) on_start: Option<Arc<dyn Fn(i32) + Send + Sync>>,
     /// The running task's [`TASK_TOKEN_ENV`] value, which its descendants inherit.
-    pub(crate) token: Option<String>,
+    pub(crate) token: Option<TaskToken>,
     /// The running task's Job Object (Windows' process group).
     #[cfg(windows)]
     job: Option<Arc<windows::Job>>,
@@ -256,8 +272,8 @@ impl std::fmt::Debug for ProcessControl {
 
 /// Environment variable every task process gets, with a value unique to the run. Its
 /// descendants inherit it, also those that leave the task's process group (`setsid`,
-/// daemons), so a timeout or cancel can find and kill them (HTCondor tracks a job's
-/// processes the same way). A process that scrubs its environment escapes; that is the
+/// daemons), so a timeout, a cancel or the task's end can find and kill them (HTCondor
+/// tracks a job's processes the same way). A process that scrubs its environment escapes; that is the
 /// documented limit without cgroups.
 pub const TASK_TOKEN_ENV: &str = "MW_TASK_TOKEN";
 
@@ -417,84 +433,6 @@ fn start_task_once(
     // We reap with wait4 ourselves (for CPU times); std never reaps a dropped Child.
     cmd.spawn().map(|child| child.id() as i32)
 }
-
-#[cfg(unix)]
-pub(crate) fn task_token() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}{:x}",
-        task_token_prefix(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-#[cfg(unix)]
-/// SIGKILLs every process of this user whose environment carries `token` (read from
-/// `/proc/<pid>/environ`; other users' processes cannot be read and are not ours).
-/// Repeats until two passes in a row find none, so a process forking or exec'ing while we
-/// look is caught too.
-pub(crate) fn kill_escapees(token: &str) {
-    kill_carrying(format!("{TASK_TOKEN_ENV}={token}\0").as_bytes());
-}
-
-#[cfg(unix)]
-/// SIGKILLs every process of this user whose [`TASK_TOKEN_ENV`] starts with `prefix` (a
-/// [`task_token_prefix`]): every process of every task one worker process started, wherever
-/// they went (their own process group, `setsid`). Does nothing for a prefix that
-/// [`is_task_token_prefix`] refuses.
-pub fn kill_token_prefix(prefix: &str) {
-    if is_task_token_prefix(prefix) {
-        kill_carrying(format!("{TASK_TOKEN_ENV}={prefix}").as_bytes());
-    }
-}
-
-#[cfg(unix)]
-fn kill_carrying(needle: &[u8]) {
-    let me = std::process::id();
-    // A process in the middle of an exec shows an empty environment for a moment: the scan
-    // ends only after two passes in a row found none, a few milliseconds apart.
-    let mut quiet_passes = 0;
-    for _ in 0..20 {
-        let Ok(procs) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        let mut found = 0;
-        for entry in procs.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            if pid <= 1 || pid as u32 == me {
-                continue;
-            }
-            let Ok(env) = std::fs::read(entry.path().join("environ")) else {
-                continue;
-            };
-            if env.windows(needle.len()).any(|w| w == needle) {
-                found += 1;
-                // SAFETY: kill(2) only sends a signal to a process that carries our token.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            }
-        }
-        if found > 0 {
-            quiet_passes = 0;
-        } else if quiet_passes == 1 {
-            return;
-        } else {
-            quiet_passes = 1;
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-    }
-}
-
-#[cfg(not(unix))]
-pub(crate) fn kill_escapees(_token: &str) {}
 
 #[cfg(unix)]
 pub(crate) fn signal_group(pgid: i32, signal: i32) {
@@ -766,7 +704,7 @@ fn execute_unix(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutco
         (f.into(), None)
     };
 
-    let token = task_token();
+    let token = TaskToken::new();
     // Register before spawning so a cancel racing with the spawn is seen. The child's ends
     // of the pipes are closed once it started (moved into start_task and dropped there).
     // A suspension holds the start back; the task's clock starts once it may run.
@@ -783,7 +721,7 @@ fn execute_unix(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutco
             args: &req.args,
             env: &req.env,
             workdir: &req.workdir,
-            token: &token,
+            token: token.as_str(),
             die_with_parent: req.die_with_parent,
         };
         match start_task(&start, [stdin, stdout, stderr]) {

@@ -430,7 +430,7 @@ mod unix {
     use super::*;
     use crate::exec::{
         decode_status, kill_escapees, pidfd_open, pidfd_supported, signal_group, start_task,
-        tail_string, task_token, wait_pid, Deadline, TaskStart, Termination,
+        tail_string, wait_pid, Deadline, TaskStart, TaskToken, Termination,
     };
     use std::io::{PipeReader, PipeWriter};
     use std::io::{Read, Write};
@@ -448,7 +448,7 @@ mod unix {
     pub(super) struct Proc {
         pid: i32,
         /// Its [`TASK_TOKEN_ENV`] value: descendants that left its process group carry it.
-        token: String,
+        token: TaskToken,
         /// Readable once the leader has exited ([`exit_fd`]).
         pidfd: Option<OwnedFd>,
         stdin: Option<PipeWriter>,
@@ -492,7 +492,7 @@ mod unix {
     }
 
     fn spawn(p: &StreamProgram) -> std::io::Result<Proc> {
-        let token = task_token();
+        let token = TaskToken::new();
         let (in_r, in_w) = std::io::pipe()?;
         let (out_r, out_w) = std::io::pipe()?;
         let (err_r, err_w) = std::io::pipe()?;
@@ -501,7 +501,7 @@ mod unix {
             args: &p.args,
             env: &p.env,
             workdir: &p.workdir,
-            token: &token,
+            token: token.as_str(),
             die_with_parent: p.die_with_parent,
         };
         let pid = start_task(&start, [in_r.into(), out_w.into(), err_w.into()])?;

@@ -344,6 +344,24 @@ echo '{"ok":true}'"#,
     assert!(exited(pid), "background process {pid} outlived its task");
 }
 
+/// A daemon that left the task's process group (`setsid`) does not outlive a task that exited
+/// normally either: it carries the task's token, and once the task is over the sweep for
+/// ended tasks' leftovers kills it (within about a second). It once ran on until the worker
+/// or the master ended.
+#[test]
+fn a_setsid_daemon_does_not_outlive_a_task_that_exited_normally() {
+    let sb = Sandbox::new();
+    let req = sb.request(
+        r#"setsid sh -c 'echo $$ > "$SANDBOX/daemon.pid"; exec sleep 1000' < /dev/null > /dev/null 2>&1 &
+while [ ! -s "$SANDBOX/daemon.pid" ]; do :; done
+echo '{"ok":true}'"#,
+    );
+    let out = execute(&req, &ProcessControl::new()).unwrap();
+    assert!(out.exit.success(), "{:?}", out.exit);
+    let pid = pids_in(&sb.path("daemon.pid"))[0];
+    assert!(exited(pid), "the setsid daemon {pid} outlived its task");
+}
+
 /// A script without a `#!` line runs with /bin/sh (as execvp(3) runs it), whichever way the
 /// worker starts it: `posix_spawn` without a parent-death signal, `fork` + `exec` with one.
 #[test]

@@ -276,43 +276,70 @@ fn exited(pid: i32) -> bool {
     r == 1
 }
 
-#[test]
-fn timeout_kills_what_the_program_started_with_setsid() {
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("daemon.sh");
+/// A streaming program that echoes each line, except one with `{"daemon": …}`: on that it
+/// starts a daemon with `setsid` (its pid in `daemon.pid`), then runs `then`.
+fn daemon_program(dir: &std::path::Path, then: &str) -> StreamRunner {
+    let script = dir.join("daemon.sh");
     std::fs::write(
         &script,
-        r#"while read line; do
+        format!(
+            r#"while read line; do
   case "$line" in
     *daemon*)
       setsid sh -c 'echo $$ > daemon.pid; exec sleep 1000' < /dev/null > /dev/null 2>&1 &
       while [ ! -s daemon.pid ]; do :; done
-      sleep 1000;;
+      {then};;
     *) echo "$line";;
   esac
-done"#,
+done"#
+        ),
     )
     .unwrap();
-    let mut p = StreamProgram::new("/bin/sh".into(), dir.path().to_path_buf());
+    let mut p = StreamProgram::new("/bin/sh".into(), dir.to_path_buf());
     p.args = vec![script.display().to_string()];
     p.grace = Duration::from_millis(100);
-    let mut r = StreamRunner::new(p);
-    let mut bad = StreamInput::new(&json!({"daemon": 1}));
-    bad.timeout = Some(Duration::from_secs(2));
-    let out = r.run_all(vec![input(json!({"n": 1})), bad, input(json!({"n": 2}))]);
+    StreamRunner::new(p)
+}
+
+/// Runs `{"n": 1}`, `daemon` and `{"n": 2}` through `r`: the two others are answered; the
+/// daemon's task's outcome and the daemon's pid are returned.
+fn around_the_daemon(
+    r: &mut StreamRunner,
+    dir: &std::path::Path,
+    daemon: StreamInput,
+) -> (mw_worker_runtime::stream::StreamOutcome, i32) {
+    let mut out = r.run_all(vec![input(json!({"n": 1})), daemon, input(json!({"n": 2}))]);
     assert_eq!(answer(&out[0]), json!({"n": 1}));
-    assert!(
-        matches!(out[1].exit, ExitInfo::TimedOut { .. }),
-        "{:?}",
-        out[1]
-    );
     assert_eq!(answer(&out[2]), json!({"n": 2}));
-    let pid: i32 = std::fs::read_to_string(dir.path().join("daemon.pid"))
+    let pid = std::fs::read_to_string(dir.join("daemon.pid"))
         .unwrap()
         .trim()
         .parse()
         .unwrap();
+    (out.swap_remove(1), pid)
+}
+
+#[test]
+fn timeout_kills_what_the_program_started_with_setsid() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = daemon_program(dir.path(), "sleep 1000");
+    let mut bad = StreamInput::new(&json!({"daemon": 1}));
+    bad.timeout = Some(Duration::from_secs(2));
+    let (out, pid) = around_the_daemon(&mut r, dir.path(), bad);
+    assert!(matches!(out.exit, ExitInfo::TimedOut { .. }), "{out:?}");
     assert!(exited(pid), "the setsid daemon {pid} outlived the timeout");
+}
+
+/// A streaming program that exits on its own (its task fails, a fresh process takes the
+/// next) leaves no daemon behind: one it started with `setsid` carries its token and is
+/// killed once the process is gone. It once ran on until the worker or the master ended.
+#[test]
+fn a_crashed_programs_setsid_daemon_does_not_outlive_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = daemon_program(dir.path(), "exit 3");
+    let (out, pid) = around_the_daemon(&mut r, dir.path(), input(json!({"daemon": 1})));
+    assert_eq!(out.exit, ExitInfo::Exited { code: 3 }, "{out:?}");
+    assert!(exited(pid), "the setsid daemon {pid} outlived its program");
 }
 
 /// A program for the idle cases: its pid in `pid`; `{"late": DIR}` answers, then once

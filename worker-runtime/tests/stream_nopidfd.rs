@@ -83,13 +83,14 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("leave.sh");
     // On `exit`: starts a grandchild outside its process group (so stopping the group
-    // spares it) that keeps stdout open for 30 s; once it has left, exits with status 3.
+    // spares it) and without the task token (so the sweep for ended tasks' leftovers spares
+    // it too) that keeps stdout open for 30 s; once it has left, exits with status 3.
     std::fs::write(
         &script,
         r#"while read line; do
   case "$line" in
     *exit*)
-      setsid sh -c 'echo $$ > grandchild.pid; exec sleep 30' &
+      env -u MW_TASK_TOKEN setsid sh -c 'echo $$ > grandchild.pid; exec sleep 30' &
       while [ ! -s grandchild.pid ]; do :; done
       exit 3;;
     *) echo "$line";;
