@@ -21,6 +21,7 @@ macro_rules! say {
 mod extras;
 pub mod job;
 mod jobs;
+mod master_log;
 mod output;
 pub mod platforms;
 mod pool;

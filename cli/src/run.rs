@@ -862,11 +862,17 @@ fn drive(
     let mut next_pool_check = std::time::Instant::now();
     let job_dir = journal.and_then(|j| j.path().parent().map(Path::to_path_buf));
     let mut pool_written = false;
+    let mut log = job_dir
+        .as_deref()
+        .and_then(crate::master_log::Rotation::detect);
     let mut interrupted = false;
     let mut output_closed = false;
     let end = loop {
         if std::time::Instant::now() >= next_pool_check {
             next_pool_check = std::time::Instant::now() + POOL_POLL;
+            if log.as_mut().is_some_and(|l| l.check().is_none()) {
+                log = None;
+            }
             let status = master.status();
             if let Some(pool) = crate::pool::PoolStatus::from_interface(&status.interface_status) {
                 progress.set_pool(pool);
@@ -923,6 +929,9 @@ fn drive(
     };
     progress.update(&master.counts(), true);
     progress.finish();
+    if let Some(l) = log.as_mut() {
+        l.check();
+    }
     if let (true, Some(dir)) = (pool_written, &job_dir) {
         let _ = std::fs::remove_file(dir.join(crate::pool::POOL_STATUS_FILE));
     }
@@ -1079,8 +1088,8 @@ fn spawn_detached_master(dir: &Path) -> anyhow::Result<u32> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join("master.log"))
-        .with_context(|| format!("creating {}", dir.join("master.log").display()))?;
+        .open(dir.join(crate::master_log::FILE))
+        .with_context(|| format!("creating {}", dir.join(crate::master_log::FILE).display()))?;
     let log2 = log.try_clone()?;
     let mut cmd = std::process::Command::new(exe);
     // Info-level log lines with timestamps go to master.log; no progress display.

@@ -840,6 +840,44 @@ fn master_log_gets_a_line_per_failure_not_its_stderr() {
     assert!(r[7]["error"].as_str().unwrap().contains("the last words"));
 }
 
+/// A detached master's `master.log` is capped (here at 4096 bytes, by
+/// `MW_MASTER_LOG_MAX_BYTES`): past its cap it becomes `master.log.old` and a fresh
+/// `master.log` goes on. It once grew for as long as the master ran (a line per failed task).
+#[test]
+fn a_detached_masters_log_past_its_cap_becomes_master_log_old() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    script(d, "fail.sh", "exit 3");
+    std::fs::write(
+        d.join("fail.toml"),
+        "name = \"fail\"\nworkers = 2\n[program]\npath = \"fail.sh\"\n[inputs.sweep]\ni = { start = 0, end = 100 }\n",
+    )
+    .unwrap();
+    let o = mw_tests::spawn_mw(
+        d,
+        &["submit", "fail.toml"],
+        &[("MW_MASTER_LOG_MAX_BYTES", "4096")],
+    )
+    .wait_with_output()
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let id = out.split('\t').next().unwrap().to_string();
+    let dir = d.join("jobs").join(&id);
+    assert_eq!(mw(d, &["wait", &id]).code, 1);
+    poll(d, &id, "the master ended", |v| {
+        v["job"]["master_pid"].is_null()
+    });
+    let old = std::fs::read_to_string(dir.join("master.log.old")).unwrap();
+    assert!(old.contains("resuming job fail-1"), "{old}");
+    assert!(old.len() > 4096, "master.log.old: {} bytes", old.len());
+    let log = std::fs::read_to_string(dir.join("master.log")).unwrap();
+    assert!(
+        log.contains("the earlier lines are in master.log.old"),
+        "master.log: {log}"
+    );
+}
+
 /// A jobs directory that cannot be listed is an error, not "no jobs" with exit 0.
 #[test]
 fn status_of_a_jobs_directory_it_cannot_list_is_an_error() {
