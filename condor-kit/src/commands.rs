@@ -412,11 +412,14 @@ pub fn history(clusters: &[u64], limit: Option<u64>) -> Result<Vec<JobAd>> {
 }
 
 /// Parses a JSON array of job ads; empty output (what `condor_q` prints for no jobs) is `[]`.
+/// Text over [`MAX_OUTPUT_BYTES`], or far denser in values than ads are (a `[0,0,…]` would
+/// take some 30 times its size as a tree), is refused before a tree is built.
 pub fn parse_ads(text: &str) -> std::result::Result<Vec<JobAd>, String> {
     if text.trim().is_empty() {
         return Ok(Vec::new());
     }
-    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let v = mw_bundle::parse_json_limited(text.as_bytes(), MAX_OUTPUT_BYTES)
+        .map_err(|e| format!("not JSON job ads: {e}"))?;
     let arr = v.as_array().ok_or("not a JSON array")?;
     arr.iter()
         .enumerate()
@@ -464,5 +467,14 @@ mod tests {
         assert_eq!(a[0].status, JobStatus::Held);
         assert_eq!(a[0].hold_reason.as_deref(), Some("x"));
         assert!(parse_ads("[{\"ProcId\": 1}]").is_err());
+    }
+
+    /// Output far denser in values than job ads (here 5 million values in 10 MB, some
+    /// 150 MB as a tree) is refused before it is parsed.
+    #[test]
+    fn dense_output_is_refused_unparsed() {
+        let dense = format!("[{}0]", "0,".repeat(5_000_000));
+        let e = parse_ads(&dense).unwrap_err();
+        assert!(e.contains("values"), "{e}");
     }
 }

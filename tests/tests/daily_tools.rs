@@ -721,6 +721,24 @@ fn condor_tools_default_to_the_static_worker() {
         err.contains("warning") && err.contains("dynamically linked"),
         "{err}"
     );
+    // A job too big to print is refused before its tasks are built (every spec was held:
+    // a three-line sweep of 5x10^7 tasks asked for tens of GB).
+    let job = std::fs::read_to_string(d.join("job.toml")).unwrap();
+    std::fs::write(
+        d.join("job.toml"),
+        job.replace(
+            "[inputs]\nlist = [1, 2]",
+            "[inputs.sweep]\ni = { start = 0, end = 100001 }",
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = submit_file(Some(&dynamic));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("100001 tasks") && err.contains("at most 100000"),
+        "{err}"
+    );
+    std::fs::write(d.join("job.toml"), job).unwrap();
 
     // `mw run` of a Condor job defaults to the same worker, and stops before creating
     // anything when there is none.

@@ -42,6 +42,9 @@ fn main() {
     }
 }
 
+/// The most tasks `submit-file` prints a description for.
+const MAX_PREVIEW_TASKS: u64 = 100_000;
+
 fn real_main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::SubmitFile {
@@ -68,13 +71,22 @@ fn real_main() -> anyhow::Result<()> {
             if let Some(w) = mw_worker_runtime::static_worker::dynamic_warning(&settings.worker) {
                 eprintln!("mw-condor: warning: {w}");
             }
-            let inputs = job.inputs()?;
+            // Counted before anything is expanded: every task's spec is held to print one
+            // description.
+            let inputs = job.input_source()?;
+            if inputs.len() > MAX_PREVIEW_TASKS {
+                anyhow::bail!(
+                    "the job has {} tasks; submit-file prints at most {MAX_PREVIEW_TASKS} \
+                     (`mw run` and `mw submit` take any number)",
+                    inputs.len()
+                );
+            }
             let builder = job.task_builder()?;
             let specs = inputs
-                .into_iter()
+                .iter()
                 .enumerate()
-                .map(|(i, input)| builder.build(i, input))
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(|(i, input)| Ok(builder.build(i, input?)?))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let (submit, item_text) = preview_submit(&job.name, specs, &work_dir, &settings)?;
             if items {
                 print!("{item_text}");

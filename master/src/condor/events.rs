@@ -664,7 +664,7 @@ fn job_result(
         started: ad
             .as_ref()
             .and_then(|a| unix_attr(a, "JobCurrentStartDate"))
-            .map(|s| UNIX_EPOCH + Duration::from_secs(s)),
+            .and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s))),
         wall: ad
             .as_ref()
             .and_then(|a| {
@@ -672,6 +672,7 @@ fn job_result(
                 let end = unix_attr(a, "EnteredCurrentStatus")?;
                 end.checked_sub(start)
             })
+            .filter(|w| *w as f64 <= crate::task::MAX_REPORTED_SECS)
             .map(Duration::from_secs)
             .unwrap_or_default(),
     };
@@ -756,12 +757,13 @@ pub(super) fn history_ad(cli: &CondorCli, h: JobHandle) -> Option<JobAd> {
     cli.job_history(h).ok().flatten()
 }
 
-/// A non-negative integer attribute (a unix time).
+/// A positive integer attribute that is a unix time a schedd could write (before 2^34 s,
+/// the year 2514): the ad comes from outside, and a larger one cannot be a time.
 fn unix_attr(ad: &JobAd, key: &str) -> Option<u64> {
     ad.attributes
         .get(key)
         .and_then(|v| v.as_u64())
-        .filter(|t| *t > 0)
+        .filter(|t| (1..1 << 34).contains(t))
 }
 
 pub(super) fn signal_name(sig: i64) -> String {
