@@ -26,7 +26,7 @@ pub use manifest::*;
 pub use pack::{sha256_file, sha256_hex, BundleBuilder};
 pub use results::{
     check_json_limited, max_result_upload_bytes, parse_json_limited, result_limits, JsonLimitError,
-    DEFAULT_MAX_OUTPUT_BYTES, MAX_RESULT_FILES_BYTES,
+    DEFAULT_MAX_OUTPUT_BYTES, MAX_OUTPUT_LIMIT, MAX_RESULT_FILES_BYTES,
 };
 pub use unpack::{
     open_in_memory, open_in_memory_keeping, read_manifest, read_manifest_bytes, unpack,

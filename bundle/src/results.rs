@@ -13,6 +13,10 @@ use crate::Limits;
 /// results are parsed and held in memory.
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 16 << 20;
 
+/// The highest result limit (`max_output`) a job may set (a result is held in memory), and
+/// so the most a stored result or input read back from a journal may be.
+pub const MAX_OUTPUT_LIMIT: u64 = 1 << 30;
+
 /// How many bytes of declared output files one result bundle may carry besides its stdout
 /// (it is opened in memory).
 pub const MAX_RESULT_FILES_BYTES: u64 = 256 << 20;

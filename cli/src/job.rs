@@ -1140,8 +1140,7 @@ fn default_name(abs: &Path) -> String {
 
 /// Most worker slots a job may ask for.
 pub const MAX_WORKERS: usize = mw::multicore::MAX_SLOTS;
-/// The highest `max_output` a job may set (results are held in memory).
-pub const MAX_OUTPUT_LIMIT: u64 = 1 << 30;
+pub use mw_bundle::MAX_OUTPUT_LIMIT;
 /// Largest job file read (it is parsed in memory; never a device or a FIFO).
 pub const MAX_JOB_FILE_BYTES: u64 = 16 << 20;
 /// Largest line of an `inputs.file` (one task's input) for the count of its JSON values:

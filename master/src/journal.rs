@@ -720,7 +720,7 @@ impl Journal {
             .prepare_cached("SELECT input FROM tasks WHERE idx = ?1")
             .and_then(|mut st| st.query_row(params![sql_idx(index)], |r| r.get(0)))
             .map_err(|e| jerr(&self.path, &format!("reading the input of task {index}"), e))?;
-        serde_json::from_str(&text).map_err(|e| {
+        stored_json(&text).map_err(|e| {
             jerr(
                 &self.path,
                 "the journal is corrupt",
@@ -1298,6 +1298,33 @@ pub struct TaskStatus {
 }
 
 /// A task row's index, which a forged journal may make negative: refused as corruption.
+/// Parses a stored input or result. The journal may be forged: its text is held to what any
+/// intake accepts ([`mw_bundle::MAX_OUTPUT_LIMIT`], its values counted before a tree is
+/// built), so a forged row costs at most about what a real one can.
+fn stored_json(text: &str) -> Result<serde_json::Value, String> {
+    if text.trim().is_empty() {
+        return Err("it is empty".into());
+    }
+    mw_bundle::parse_json_limited(text.as_bytes(), mw_bundle::MAX_OUTPUT_LIMIT)
+        .map_err(|e| e.to_string())
+}
+
+/// The most a stored list of a task's output-file paths may be (a real one names the few
+/// files the job declares).
+const MAX_STORED_FILE_LIST: usize = 16 << 20;
+
+/// Parses a stored list of output-file paths, refusing one over [`MAX_STORED_FILE_LIST`]
+/// before it is parsed.
+fn stored_file_list(text: &str) -> Result<Vec<String>, String> {
+    if text.len() > MAX_STORED_FILE_LIST {
+        return Err(format!(
+            "{} bytes, over the {MAX_STORED_FILE_LIST} a list of output files may be",
+            text.len()
+        ));
+    }
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
 fn task_index(path: &Path, idx: i64) -> Result<u64, JournalError> {
     u64::try_from(idx).map_err(|_| {
         jerr(
@@ -1477,7 +1504,7 @@ fn visit_where<E: From<JournalError>>(
         let index = task_index(path, idx)?;
         f(StoredTask {
             index,
-            input: serde_json::from_str(&input)
+            input: stored_json(&input)
                 .map_err(|e| jerr(path, "reading tasks", format!("task {idx}: input: {e}")))?,
             state,
             attempts: attempts_of(attempts),
@@ -1490,7 +1517,7 @@ fn visit_where<E: From<JournalError>>(
             host,
             output: match output {
                 None => None,
-                Some(o) => Some(serde_json::from_str(&o).map_err(|e| {
+                Some(o) => Some(stored_json(&o).map_err(|e| {
                     jerr(
                         path,
                         "the journal is corrupt",
@@ -1500,7 +1527,7 @@ fn visit_where<E: From<JournalError>>(
             },
             exit,
             error,
-            output_files: serde_json::from_str(&files).map_err(|e| {
+            output_files: stored_file_list(&files).map_err(|e| {
                 jerr(
                     path,
                     "the journal is corrupt",
@@ -2096,4 +2123,27 @@ pub fn requeue_for_retry(
             .collect(),
         refused,
     ))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A forged row's input or result is held to what an intake accepts: a dense
+    /// `[0,0,…]` of 140 MB (some 2 GB as a tree) is refused before it is parsed.
+    #[test]
+    fn stored_json_is_read_within_the_intake_limits() {
+        assert_eq!(
+            stored_json("{\"i\": 1}").unwrap(),
+            serde_json::json!({"i": 1})
+        );
+        assert!(stored_json(" ").is_err());
+        let dense = format!("[{}0]", "0,".repeat(70_000_000));
+        let e = stored_json(&dense).unwrap_err();
+        assert!(e.contains("values"), "{e}");
+        assert_eq!(stored_file_list("[\"a\"]").unwrap(), vec!["a".to_string()]);
+        let long = format!("[\"{}\"]", "a".repeat(MAX_STORED_FILE_LIST));
+        assert!(stored_file_list(&long).unwrap_err().contains("over the"));
+    }
 }

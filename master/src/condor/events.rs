@@ -834,3 +834,31 @@ pub(super) fn from_exit(t: &Tracked, h: JobHandle, rv: i64) -> Result<Execution,
     };
     result.map_err(ResultError::Bad)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A forged `JobCurrentStartDate` of 2^63 s or more once panicked `UNIX_EPOCH + …`, in
+    /// `mw resume` outside any guard: only times a schedd could write are taken.
+    #[test]
+    fn only_plausible_unix_times_are_read_from_an_ad() {
+        let ad = |v: serde_json::Value| JobAd {
+            handle: JobHandle::new(1, 0),
+            status: mw_condor_kit::JobStatus::Held,
+            exit_code: None,
+            exit_signal: None,
+            hold_reason: None,
+            hold_reason_code: None,
+            attributes: [("JobCurrentStartDate".to_string(), v)]
+                .into_iter()
+                .collect(),
+        };
+        let read = |v: serde_json::Value| unix_attr(&ad(v), "JobCurrentStartDate");
+        assert_eq!(read(1_700_000_000u64.into()), Some(1_700_000_000));
+        for forged in [u64::MAX.into(), (1u64 << 63).into(), 0.into(), (-5).into()] {
+            assert_eq!(read(forged), None);
+        }
+    }
+}
