@@ -1471,7 +1471,10 @@ impl MasterPump<'_> {
         match tag {
             TAG_RESULT => self.finished(rank, id, Payload::Bundle(data)),
             TAG_ERROR => {
-                let msg = String::from_utf8_lossy(rest).into_owned();
+                // A rank sends a few lines (cut at 64 KiB); rank 0 keeps no more, whatever
+                // came.
+                let mut msg = String::from_utf8_lossy(rest).into_owned();
+                mw_bundle::text::clip(&mut msg, MAX_RANK_TEXT);
                 let msg = format!("MPI rank {rank} could not run task {id}: {msg}");
                 self.finished(rank, id, Payload::Error(msg))
             }
@@ -1580,7 +1583,7 @@ fn decode_results(rx: Receiver<Vec<Finished>>, shared: &Arc<Shared>) {
                 }
             }
             Payload::Error(msg) => Err(InterfaceError::new(msg)),
-            Payload::Stream(r) => stream_execution(r, rank),
+            Payload::Stream(r) => stream_execution(r, rank, task.spec.max_output_bytes),
         })
         .unwrap_or_else(|panic| {
             Err(InterfaceError::new(format!(
@@ -1592,8 +1595,32 @@ fn decode_results(rx: Receiver<Vec<Finished>>, shared: &Arc<Shared>) {
     }
 }
 
-/// A streaming task's outcome from a rank as an execution (times checked like a bundle's).
-fn stream_execution(r: StreamResult, rank: i32) -> Result<Execution, InterfaceError> {
+/// The most of a text a rank sends (an error, a host name, a stderr tail, a reason) that rank
+/// 0 keeps: each is copied into messages and the journal, and a rank may send anything.
+const MAX_RANK_TEXT: usize = 64 * 1024;
+
+/// A streaming task's outcome from a rank as an execution (times checked like a bundle's;
+/// its texts cut to [`MAX_RANK_TEXT`], an error the program reported to `max_output` bytes,
+/// the most it may be where the task runs).
+fn stream_execution(
+    mut r: StreamResult,
+    rank: i32,
+    max_output: u64,
+) -> Result<Execution, InterfaceError> {
+    use mw_bundle::{text::clip, ExitInfo};
+    clip(&mut r.host, MAX_RANK_TEXT);
+    if r.stderr_tail.len() > MAX_RANK_TEXT {
+        r.stderr_tail = mw_bundle::text::tail(&r.stderr_tail, MAX_RANK_TEXT).to_string();
+    }
+    match &mut r.exit {
+        ExitInfo::SpawnFailed { reason } | ExitInfo::StreamBroken { reason } => {
+            clip(reason, MAX_RANK_TEXT)
+        }
+        ExitInfo::ErrorReported { error } => {
+            clip(error, usize::try_from(max_output).unwrap_or(usize::MAX))
+        }
+        _ => {}
+    }
     let label = format!("stream result of task {} from MPI rank {rank}", r.id);
     let secs = |field: &str, v: f64| {
         if v.is_finite() && (0.0..=crate::task::MAX_REPORTED_SECS).contains(&v) {
@@ -2383,6 +2410,46 @@ impl Drop for Mpi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a rank sends is cut on rank 0: a host name, a stderr tail and a reason of
+    /// 1 MiB each keep 64 KiB; a reported error keeps the task's `max_output`.
+    #[test]
+    fn a_ranks_texts_are_cut_on_rank_0() {
+        let big = "x".repeat(1 << 20);
+        let r = |exit| StreamResult {
+            id: 1,
+            exit,
+            result: String::new(),
+            stderr_tail: big.clone(),
+            wall_secs: 1.0,
+            started_unix: 1.7e9,
+            host: big.clone(),
+        };
+        let e = stream_execution(
+            r(mw_bundle::ExitInfo::StreamBroken {
+                reason: big.clone(),
+            }),
+            1,
+            100,
+        )
+        .unwrap();
+        // `clip` marks its cut with ` […]`.
+        let cut = MAX_RANK_TEXT + " […]".len();
+        assert_eq!(e.host.len(), cut);
+        assert_eq!(e.stderr_tail.len(), MAX_RANK_TEXT);
+        assert!(
+            matches!(&e.exit, mw_bundle::ExitInfo::StreamBroken { reason } if reason.len() == cut)
+        );
+        let e = stream_execution(
+            r(mw_bundle::ExitInfo::ErrorReported { error: big.clone() }),
+            1,
+            100,
+        )
+        .unwrap();
+        assert!(
+            matches!(&e.exit, mw_bundle::ExitInfo::ErrorReported { error } if error.len() == 100 + " […]".len())
+        );
+    }
 
     fn result(id: u64, exit: mw_bundle::ExitInfo) -> StreamResult {
         StreamResult {
