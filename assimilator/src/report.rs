@@ -171,7 +171,12 @@ fn read_pack_upload(
     if std::fs::metadata(path).ok()?.len() > cap {
         return None;
     }
-    let bytes = std::fs::read(path).ok()?;
+    // Read up to the cap whatever the file has become since it was looked at.
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(cap).read_to_end(&mut bytes))
+        .ok()?;
     mw_validator::check_pack_bytes_keeping(&bytes, &path.display().to_string(), limits, keep).ok()
 }
 

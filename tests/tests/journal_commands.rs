@@ -878,6 +878,30 @@ fn a_detached_masters_log_past_its_cap_becomes_master_log_old() {
     );
 }
 
+/// A FIFO in the place of the journal's mark file (`journal.sqlite.mark`) is not waited on:
+/// every command opens the journal and reads the mark, and `mw status` once hung there for
+/// good (an open of a FIFO without a writer blocks).
+#[test]
+fn a_fifo_in_place_of_the_journal_mark_hangs_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    finished_job(d);
+    let mark = d.join("jobs/fin-1/journal.sqlite.mark");
+    std::fs::remove_file(&mark).unwrap();
+    let c = std::ffi::CString::new(mark.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let out = mw_tests::finish_within(
+        mw_tests::spawn_mw(d, &["status", "fin-1"], &[]),
+        std::time::Duration::from_secs(60),
+    );
+    assert!(
+        out.status.code() == Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A jobs directory that cannot be listed is an error, not "no jobs" with exit 0.
 #[test]
 fn status_of_a_jobs_directory_it_cannot_list_is_an_error() {

@@ -660,9 +660,7 @@ fn run_create_work(shared: &Shared, lines: &str) -> Result<(), CreateWorkError> 
             let _ = s.write_all(input.as_bytes());
         }
     });
-    let out = child
-        .wait_with_output()
-        .map_err(|e| fail(format!("waiting for bin/create_work: {e}")))?;
+    let out = wait_bounded(child).map_err(|e| fail(format!("waiting for bin/create_work: {e}")))?;
     let _ = writer.join();
     if out.status.success() {
         return Ok(());
@@ -682,6 +680,34 @@ fn run_create_work(shared: &Shared, lines: &str) -> Result<(), CreateWorkError> 
         out.status,
         trim_tool_output(&text)
     )))
+}
+
+/// The most of a BOINC tool's stdout and of its stderr that is kept (the rest is read and
+/// dropped, so the tool never stalls on a full pipe): a few lines matter.
+const MAX_TOOL_OUTPUT: u64 = 1 << 20;
+
+/// `Child::wait_with_output` keeping at most [`MAX_TOOL_OUTPUT`] of each stream.
+pub(super) fn wait_bounded(
+    mut child: std::process::Child,
+) -> std::io::Result<std::process::Output> {
+    use std::io::Read;
+    fn keep(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = (&mut p).take(MAX_TOOL_OUTPUT).read_to_end(&mut kept);
+                let _ = std::io::copy(&mut p, &mut std::io::sink());
+            }
+            kept
+        })
+    }
+    let (out, err) = (keep(child.stdout.take()), keep(child.stderr.take()));
+    let status = child.wait()?;
+    Ok(std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
 }
 
 /// The name in MySQL's `Duplicate entry '<name>' for key 'name'`, if the text has one.

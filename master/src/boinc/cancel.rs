@@ -50,7 +50,10 @@ pub(super) fn run_cancel_jobs(project: &Path, wu: &WuName) -> String {
         .args(["--name", wu.as_str()])
         .current_dir(project)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(super::batch::wait_bounded)
     {
         Ok(o) if o.status.success() => "bin/cancel_jobs marked it cancelled".to_string(),
         Ok(o) => format!(

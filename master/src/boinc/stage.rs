@@ -67,9 +67,19 @@ pub fn stage_file(layout: &ProjectLayout, name: &str, bytes: &[u8]) -> Result<St
             ResultError::Bad(InterfaceError::new(why))
         }
     };
-    match std::fs::read(&path) {
+    // What is there is read only as far as it could equal what we stage (whatever is in
+    // its place: a FIFO is refused, not waited on).
+    let read_upto = |p: &Path, n: usize| -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut v = Vec::new();
+        crate::task::open_regular(p)?
+            .take(n as u64 + 1)
+            .read_to_end(&mut v)?;
+        Ok(v)
+    };
+    match read_upto(&path, bytes.len()) {
         Ok(existing) if existing == bytes => {
-            if std::fs::read_to_string(&md5_path).ok().as_deref() != Some(md5_text.as_str()) {
+            if read_upto(&md5_path, md5_text.len()).ok().as_deref() != Some(md5_text.as_bytes()) {
                 mw_bundle::write_atomic_deferred(&md5_path, md5_text.as_bytes(), Some(0o644))
                     .map_err(|e| io("writing", &md5_path, e))?;
             }
