@@ -56,13 +56,18 @@ impl TemplateParams {
     /// disagreement (quorum + 1 hosts), a task is estimated at 1e11 operations (clients fetch
     /// several short tasks per scheduler call), 7 days to report.
     pub fn for_quorum(quorum: u32) -> Self {
-        let max_success = if quorum > 1 { quorum + 1 } else { 1 };
+        // Saturating: any quorum may come in (`check` refuses those out of range).
+        let max_success = if quorum > 1 {
+            quorum.saturating_add(1)
+        } else {
+            1
+        };
         TemplateParams {
             quorum,
             target_nresults: quorum,
             max_error_results: 1,
             max_success_results: max_success,
-            max_total_results: max_success + 1,
+            max_total_results: max_success.saturating_add(1),
             rsc_fpops_est: 1e11,
             rsc_fpops_bound: 8.64e13,
             rsc_memory_bound: 1e9,
@@ -78,16 +83,17 @@ impl TemplateParams {
     pub fn with_replication(mut self, replication: u32) -> Self {
         self.target_nresults = replication;
         self.max_success_results = self.max_success_results.max(replication);
-        self.max_total_results = self
-            .max_total_results
-            .max(self.max_success_results + self.max_error_results);
+        self.max_total_results = self.max_total_results.max(
+            self.max_success_results
+                .saturating_add(self.max_error_results),
+        );
         self
     }
 
     /// Sets max_error_results and keeps max_total_results large enough for it.
     pub fn with_max_error_results(mut self, n: u32) -> Self {
         self.max_error_results = n;
-        self.max_total_results = self.max_success_results + n;
+        self.max_total_results = self.max_success_results.saturating_add(n);
         self
     }
 
@@ -240,6 +246,22 @@ pub fn job_input_template_path(app: &str, text: &str) -> Option<String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Any quorum, replication and error count may come in (a flag, a job file): the
+    /// derived counts saturate (they once overflowed, a panic in a debug build) and
+    /// `check` refuses them.
+    #[test]
+    fn out_of_range_counts_are_refused_not_overflowed() {
+        assert!(TemplateParams::for_quorum(u32::MAX).check().is_err());
+        assert!(TemplateParams::for_quorum(2)
+            .with_replication(u32::MAX)
+            .check()
+            .is_err());
+        assert!(TemplateParams::for_quorum(2)
+            .with_max_error_results(u32::MAX)
+            .check()
+            .is_err());
+    }
 
     #[test]
     fn only_the_program_bundle_is_no_delete() {

@@ -1328,8 +1328,9 @@ fn bounded_range(
             "range: {count} values, over the limit of {MAX_TEMPLATE_RANGE}"
         )));
     }
-    let values: Vec<serde_json::Value> = (0..count as i64)
-        .map(|i| serde_json::Value::from(start + i * step))
+    // In i128, as the count: `i * step` may pass i64 (the sum is in range).
+    let values: Vec<serde_json::Value> = (0..count)
+        .map(|i| serde_json::Value::from((i128::from(start) + i * i128::from(step)) as i64))
         .collect();
     Ok(serde_json::Value::Array(values))
 }

@@ -216,11 +216,10 @@ impl LogFollower {
             let mut lines: Vec<&str> = text.lines().collect();
             lines.pop(); // the "..." terminator
                          // Blank lines between records are not part of the next record.
-            let mut first = record_first_line;
-            while lines.first().is_some_and(|l| l.trim().is_empty()) {
-                lines.remove(0);
-                first += 1;
-            }
+                         // Counted, then drained at once (one `remove(0)` each was quadratic in them).
+            let blank = lines.iter().take_while(|l| l.trim().is_empty()).count();
+            lines.drain(..blank);
+            let first = record_first_line + blank;
             if lines.is_empty() {
                 out.bad_records.push(CondorError::BadRecord {
                     path: self.path.clone(),

@@ -78,3 +78,20 @@ fn a_file_of_inputs_is_checked_then_read_lazily() {
     let e = j.input_source().unwrap_err().to_string();
     assert!(e.contains("in.jsonl:2:"), "{e}");
 }
+
+/// The template `range` over the whole of i64 in steps of i64::MAX: three values, made
+/// without overflow (`i * step` passed i64, a panic in a debug build).
+#[test]
+fn a_template_range_with_a_huge_step_does_not_overflow() {
+    let args = [
+        ("start".to_string(), serde_json::json!(i64::MIN)),
+        ("end".to_string(), serde_json::json!(i64::MAX)),
+        ("step_by".to_string(), serde_json::json!(i64::MAX)),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(
+        bounded_range(&args).unwrap(),
+        serde_json::json!([i64::MIN, -1, i64::MAX - 1])
+    );
+}
