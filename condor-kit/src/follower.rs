@@ -214,9 +214,9 @@ impl LogFollower {
             }
             let text = String::from_utf8_lossy(&buf[record_start..pos]);
             let mut lines: Vec<&str> = text.lines().collect();
-            lines.pop(); // the "..." terminator
-                         // Blank lines between records are not part of the next record.
-                         // Counted, then drained at once (one `remove(0)` each was quadratic in them).
+            // The "..." terminator goes; blank lines between records are not part of the
+            // next record (counted, then drained at once: a `remove(0)` each was quadratic).
+            lines.pop();
             let blank = lines.iter().take_while(|l| l.trim().is_empty()).count();
             lines.drain(..blank);
             let first = record_first_line + blank;

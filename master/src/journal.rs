@@ -1248,15 +1248,10 @@ fn write_mark(journal: &Path, finals: u64) {
 fn check_mark(conn: &Connection, path: &Path) -> Result<(), JournalError> {
     // A mark is 20 digits; whatever is in its place is read no further (a FIFO is refused,
     // not waited on).
-    let read = |p: &Path| -> std::io::Result<String> {
-        use std::io::Read;
-        let mut text = String::new();
-        crate::task::open_regular(p)?
-            .take(64)
-            .read_to_string(&mut text)?;
-        Ok(text)
-    };
-    let Ok(text) = read(&mark_path(path)) else {
+    let Some(text) = crate::task::read_prefix(&mark_path(path), 64)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+    else {
         return Ok(());
     };
     let Ok(mark) = text.trim().parse::<u64>() else {
@@ -1307,7 +1302,6 @@ pub struct TaskStatus {
     pub submitted: Option<f64>,
 }
 
-/// A task row's index, which a forged journal may make negative: refused as corruption.
 /// Parses a stored input or result. The journal may be forged: its text is held to what any
 /// intake accepts ([`mw_bundle::MAX_OUTPUT_LIMIT`], its values counted before a tree is
 /// built), so a forged row costs at most about what a real one can.
@@ -1335,6 +1329,7 @@ fn stored_file_list(text: &str) -> Result<Vec<String>, String> {
     serde_json::from_str(text).map_err(|e| e.to_string())
 }
 
+/// A task row's index, which a forged journal may make negative: refused as corruption.
 fn task_index(path: &Path, idx: i64) -> Result<u64, JournalError> {
     u64::try_from(idx).map_err(|_| {
         jerr(

@@ -553,17 +553,22 @@ impl Execution {
 /// Reads a file from outside (a result bundle a pool or a volunteer sent) of at most `cap`
 /// bytes; a larger one is an error, not a read of everything.
 pub fn read_bounded(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    open_regular(path)?
-        .take(cap.saturating_add(1))
-        .read_to_end(&mut bytes)?;
+    let bytes = read_prefix(path, cap.saturating_add(1))?;
     if bytes.len() as u64 > cap {
         return Err(std::io::Error::other(format!(
             "{} is larger than the {cap} bytes a result may take",
             path.display()
         )));
     }
+    Ok(bytes)
+}
+
+/// The first `max` bytes (or fewer) of `path`, which must be a regular file
+/// ([`open_regular`]): what is in a place mw reads may be anything.
+pub(crate) fn read_prefix(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    open_regular(path)?.take(max).read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 

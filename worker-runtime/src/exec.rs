@@ -273,8 +273,8 @@ impl std::fmt::Debug for ProcessControl {
 /// Environment variable every task process gets, with a value unique to the run. Its
 /// descendants inherit it, also those that leave the task's process group (`setsid`,
 /// daemons), so a timeout, a cancel or the task's end can find and kill them (HTCondor
-/// tracks a job's processes the same way). A process that scrubs its environment escapes; that is the
-/// documented limit without cgroups.
+/// tracks a job's processes the same way). A process that scrubs its environment escapes;
+/// that is the documented limit without cgroups.
 pub const TASK_TOKEN_ENV: &str = "MW_TASK_TOKEN";
 
 /// The start of every [`TASK_TOKEN_ENV`] value this process gives its tasks:

@@ -69,14 +69,7 @@ pub fn stage_file(layout: &ProjectLayout, name: &str, bytes: &[u8]) -> Result<St
     };
     // What is there is read only as far as it could equal what we stage (whatever is in
     // its place: a FIFO is refused, not waited on).
-    let read_upto = |p: &Path, n: usize| -> std::io::Result<Vec<u8>> {
-        use std::io::Read;
-        let mut v = Vec::new();
-        crate::task::open_regular(p)?
-            .take(n as u64 + 1)
-            .read_to_end(&mut v)?;
-        Ok(v)
-    };
+    let read_upto = |p: &Path, n: usize| crate::task::read_prefix(p, n as u64 + 1);
     match read_upto(&path, bytes.len()) {
         Ok(existing) if existing == bytes => {
             if read_upto(&md5_path, md5_text.len()).ok().as_deref() != Some(md5_text.as_bytes()) {
