@@ -50,7 +50,10 @@ pub fn max_result_upload_bytes(max_output_bytes: u64) -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JsonLimitError {
     /// More bytes than the limit.
-    #[error("the result is {size} bytes, over the task's limit of {limit} bytes (max_output)")]
+    #[error(
+        "the result is at least {size} bytes, over the task's limit of {limit} bytes \
+         (max_output); raise max_output if this is expected"
+    )]
     TooLarge {
         /// The text's size.
         size: u64,

@@ -109,8 +109,10 @@ A job file (TOML) says what to run and on what. Top-level keys come before any [
     timeout = 60.0                  # seconds per task (optional)
     retries = 1                     # extra attempts after a failure (default 0)
     retry_backoff = 2.0             # seconds before a retry, doubled each time (default 0)
-    retry_on = [75, \"timeout\"]      # retry only these: exit codes, \"exit\" (any), \"signal\",
-                                    #   \"timeout\", \"interface\", \"output\" (default: all)
+    retry_on = [75, \"timeout\"]      # retry only these: exit codes, \"exit\" (any, and a
+                                    #   stream's {\"error\": …}), \"signal\", \"timeout\",
+                                    #   \"interface\", \"output\" (unusable stdout or outputs,
+                                    #   a stream's bad or missing answer) (default: all)
     args = [\"--seed\", \"{{ input.seed }}\"]   # per-task templates (tera) over
     env = { TASK = \"{{ index }}\" }          #   `input`, `index` and `job`
     outputs = [\"out-{{ index }}.txt\"]       # files each task must write; kept

@@ -369,8 +369,20 @@ fn run_one(
     req.max_stdout_bytes = spec.max_output_bytes.saturating_add(1);
     // Enough stderr for the task's log; the task's error carries only its last 4 KiB.
     req.stderr_tail_bytes = 64 * 1024;
-    let outcome = execute(&req, control)
+    let mut outcome = execute(&req, control)
         .map_err(|e| InterfaceError::new(format!("running {}: {e}", task.id)))?;
+    let stdout_over = matches!(&outcome.exit,
+        mw_bundle::ExitInfo::StreamBroken { reason } if reason.starts_with("stdout passed"));
+    if outcome.stdout_truncated && stdout_over {
+        // Stopped for printing past the capture (`exec`'s overflow): the limit the user set
+        // is one byte less.
+        outcome.exit = mw_bundle::ExitInfo::StreamBroken {
+            reason: format!(
+                "stdout passed the task's limit of {} bytes (max_output); the task was stopped",
+                spec.max_output_bytes
+            ),
+        };
+    }
     let (found, missing) = collect_outputs(&workdir, &spec.outputs);
     let mut output_files = Vec::new();
     if let Some(out_dir) = &task.output_dir {

@@ -89,8 +89,11 @@ pub struct ExecRequest {
     pub grace: Duration,
     /// How many trailing bytes of stderr to keep.
     pub stderr_tail_bytes: usize,
-    /// Largest stdout accepted, in bytes. On the pipe path (Linux with pidfd) the rest is
-    /// read and dropped ([`ExecOutcome::stdout_truncated`]). Where stdout goes to a file
+    /// Largest stdout accepted, in bytes; what passes it is dropped
+    /// ([`ExecOutcome::stdout_truncated`]). On the pipe path (Linux with pidfd) a program
+    /// still running when its stdout passes the limit is stopped like a timeout (SIGTERM,
+    /// grace, SIGKILL) and fails with [`ExitInfo::StreamBroken`] saying so; one that
+    /// already exited keeps its exit status and the cut stdout. Where stdout goes to a file
     /// (kernels without pidfd, [`NO_PIDFD_ENV`], Windows), a file that grows past it while
     /// the program runs stops the task like a timeout (SIGTERM, grace, SIGKILL): it fails
     /// with [`ExitInfo::StreamBroken`] saying so, its stdout cut to this limit. The file's
@@ -754,7 +757,14 @@ fn execute_unix(req: &ExecRequest, control: &ProcessControl) -> Result<ExecOutco
             control,
             t0,
             started,
-            pumped.timed_out.then_some(Stop::TimedOut),
+            if pumped.timed_out {
+                Some(Stop::TimedOut)
+            } else {
+                pumped.over.then_some(Stop::Output(Overflow {
+                    stream: "stdout",
+                    limit: req.max_stdout_bytes,
+                }))
+            },
             exited,
             pumped.stdout,
             pumped.truncated,
@@ -1018,6 +1028,8 @@ pub(crate) fn pidfd_supported() -> bool {
 #[cfg(unix)]
 struct Pumped {
     timed_out: bool,
+    /// Stdout passed its limit while the leader ran: the task was stopped for it.
+    over: bool,
     stdout: Vec<u8>,
     truncated: bool,
     stderr_tail: Vec<u8>,
@@ -1045,6 +1057,7 @@ fn pump(
     let mut err = err;
     let mut p = Pumped {
         timed_out: false,
+        over: false,
         stdout: Vec::new(),
         truncated: false,
         stderr_tail: Vec::new(),
@@ -1139,6 +1152,13 @@ fn pump(
                                 (req.max_stdout_bytes as usize).saturating_sub(p.stdout.len());
                             if n > room {
                                 p.truncated = true;
+                                // A program still printing past the limit is stopped like
+                                // one past its timeout: its result is lost anyway, and
+                                // reading its output for ever would only burn a core.
+                                if !leader_gone && !p.over && !p.timed_out {
+                                    p.over = true;
+                                    term = Some(Termination::start(pid, req.grace));
+                                }
                             }
                             p.stdout.extend_from_slice(&buf[..n.min(room)]);
                         }

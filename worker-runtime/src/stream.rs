@@ -264,19 +264,22 @@ impl<'de> serde::de::Visitor<'de> for ProbeVisitor {
         f.write_str("any JSON value")
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<ErrorProbe, A::Error> {
-        let mut keys = 0u64;
+        // Keys are counted as the result will hold them: a repeated key is one key (the
+        // last value wins, as when the master parses it), so `{"error":1,"error":2}` is an
+        // error object too.
+        let mut others = false;
         let mut error: Option<ErrorValue> = None;
         while let Some(key) = a.next_key::<std::borrow::Cow<'de, str>>()? {
-            keys += 1;
-            if keys == 1 && key == ERROR_KEY {
+            if !others && key == ERROR_KEY {
                 error = Some(a.next_value::<ErrorValue>()?);
             } else {
+                others = true;
                 a.next_value::<serde::de::IgnoredAny>()?;
             }
         }
         Ok(match error {
-            Some(ErrorValue(Some(text))) if keys == 1 => ErrorProbe::Error(text),
-            Some(ErrorValue(None)) if keys == 1 => ErrorProbe::NonString,
+            Some(ErrorValue(Some(text))) if !others => ErrorProbe::Error(text),
+            Some(ErrorValue(None)) if !others => ErrorProbe::NonString,
             _ => ErrorProbe::Result,
         })
     }

@@ -453,9 +453,16 @@ fn only_a_lone_error_key_is_an_error_answer() {
     assert_eq!(classify_line(br#"{"error": "no"}"#, 1000), err("no"));
     assert_eq!(classify_line(br#" {"error":[1, 2]}"#, 1000), err("[1,2]"));
     assert_eq!(classify_line(br#"{"error":null}"#, 1000), err("null"));
+    // A repeated key is one key, the last value winning (what the master would parse).
+    assert_eq!(
+        classify_line(br#"{"error":"a","error":"b"}"#, 1000),
+        err("b")
+    );
+    assert_eq!(classify_line(br#"{"error":"a","error":2}"#, 1000), err("2"));
     for result in [
         &br#"{"error":"no","more":1}"#[..],
         br#"{"more":1,"error":"no"}"#,
+        br#"{"error":"no","more":1,"error":"no"}"#,
         br#"{}"#,
         br#"["error"]"#,
         br#""error""#,

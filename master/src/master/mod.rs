@@ -63,7 +63,7 @@ pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(600);
 pub enum RetryOn {
     /// The program exited with this status.
     ExitCode(i32),
-    /// Any non-zero exit status.
+    /// Any non-zero exit status (and a streaming program's `{"error": ...}` answer).
     AnyExit,
     /// The program was killed by a signal (not by mw).
     Signal,
@@ -71,7 +71,8 @@ pub enum RetryOn {
     Timeout,
     /// The platform could not run it (could not start, lost worker, interface error).
     Interface,
-    /// It exited 0 but its stdout or declared outputs were unusable.
+    /// It exited 0 but its stdout or declared outputs were unusable, or it broke the output
+    /// contract (a streaming program's answer that is not JSON or too long, or none).
     BadOutput,
 }
 
@@ -83,8 +84,12 @@ impl RetryOn {
             (RetryOn::ExitCode(c), MwError::TaskFailed { exit, .. }) => {
                 matches!(exit, ExitInfo::Exited { code } if *code == c)
             }
+            // A streaming program's `{"error": ...}` answer is its way of exiting non-zero.
             (RetryOn::AnyExit, MwError::TaskFailed { exit, .. }) => {
-                matches!(exit, ExitInfo::Exited { .. })
+                matches!(
+                    exit,
+                    ExitInfo::Exited { .. } | ExitInfo::ErrorReported { .. }
+                )
             }
             (RetryOn::Signal, MwError::TaskFailed { exit, .. }) => {
                 matches!(exit, ExitInfo::Signaled { .. })
@@ -97,6 +102,11 @@ impl RetryOn {
             }
             (RetryOn::Interface, MwError::Interface { .. }) => true,
             (RetryOn::BadOutput, MwError::BadOutput { .. } | MwError::MissingOutput { .. }) => true,
+            // A broken output contract: a streaming program's answer that is not JSON or too
+            // long, an end without answering, or a stream past its limit.
+            (RetryOn::BadOutput, MwError::TaskFailed { exit, .. }) => {
+                matches!(exit, ExitInfo::StreamBroken { .. })
+            }
             _ => false,
         }
     }

@@ -76,12 +76,9 @@ pub enum MwError {
         /// What the platform knows of a run it ended (host, start, wall), if it started.
         ran: Option<crate::task::RunFacts>,
     },
-    /// The program exited 0 but its stdout is not JSON.
-    #[error(
-        "{task}: the program exited 0 but its stdout is not JSON ({reason}); a program that \
-         prints text needs `stdout = \"text\"` in the job file's [program] table \
-         (library: `TaskSpec::stdout = StdoutMode::Text`)"
-    )]
+    /// The program exited 0 but its stdout is not a result: not JSON, or over the task's
+    /// output limit (`reason` says which, see [`bad_stdout_reason`]).
+    #[error("{task}: the program exited 0 but {reason}")]
     BadOutput {
         /// Which task.
         task: TaskId,
@@ -224,15 +221,29 @@ pub fn parse_stdout(stdout: &[u8]) -> Result<serde_json::Value, String> {
     parse_stdout_limited(stdout, u64::MAX)
 }
 
+/// What [`MwError::BadOutput`] says of a stdout that [`parse_stdout_limited`] or a stdout
+/// mode's own size check refused: a result over the limit, or one that is not JSON (with the
+/// hint for a program that prints text, which only that case needs).
+pub(crate) fn bad_stdout_reason(e: &mw_bundle::JsonLimitError) -> String {
+    match e {
+        mw_bundle::JsonLimitError::Syntax(why) => format!(
+            "its stdout is not JSON ({why}); a program that prints text needs \
+             `stdout = \"text\"` in the job file's [program] table (library: \
+             `TaskSpec::stdout = StdoutMode::Text`)"
+        ),
+        other => format!("its stdout is not a result: {other}"),
+    }
+}
+
 /// [`parse_stdout`] with the task's output limit: a result over `limit` bytes, or with so
 /// many JSON values that its parsed tree would take far more memory than its text, is
 /// refused before any tree is built ([`mw_bundle::parse_json_limited`], shared with the
 /// BOINC validator).
 pub fn parse_stdout_limited(stdout: &[u8], limit: u64) -> Result<serde_json::Value, String> {
-    mw_bundle::parse_json_limited(stdout, limit).map_err(|e| e.to_string())
+    mw_bundle::parse_json_limited(stdout, limit).map_err(|e| bad_stdout_reason(&e))
 }
 
 /// [`parse_stdout_limited`]'s verdict without the tree (the same errors).
 pub(crate) fn check_stdout_limited(stdout: &[u8], limit: u64) -> Result<(), String> {
-    mw_bundle::check_json_limited(stdout, limit).map_err(|e| e.to_string())
+    mw_bundle::check_json_limited(stdout, limit).map_err(|e| bad_stdout_reason(&e))
 }

@@ -83,7 +83,9 @@ pub(super) fn take_outcome(st: &mut State, id: TaskId) -> (Result<TaskOutput, Mw
                     Err(e) => {
                         outcome = Some(Box::new(Err(MwError::BadOutput {
                             task: id,
-                            reason: e.to_string(),
+                            reason: super::outcome::bad_stdout_reason(
+                                &mw_bundle::JsonLimitError::Syntax(e.to_string()),
+                            ),
                         })))
                     }
                 }
@@ -405,6 +407,17 @@ fn success_value(
     exec: &Execution,
     max_output_bytes: u64,
 ) -> Result<serde_json::Value, String> {
+    // Text and file results obey the same limit as JSON ones: a capture holds at most one
+    // byte more than the limit, so a longer stdout is refused, never silently cut.
+    let size = exec.stdout.len() as u64;
+    if mode != StdoutMode::Json && size > max_output_bytes {
+        return Err(super::outcome::bad_stdout_reason(
+            &mw_bundle::JsonLimitError::TooLarge {
+                size,
+                limit: max_output_bytes,
+            },
+        ));
+    }
     match mode {
         StdoutMode::Json => parse_stdout_limited(&exec.stdout, max_output_bytes),
         // Like the shell's `$(…)`: the text without its trailing newlines.
