@@ -287,15 +287,16 @@ impl JobStateFilter {
 }
 
 /// A job's state word: a failure anywhere makes it "finished with failures"; a job whose
-/// only unsuccessful tasks were cancelled is "cancelled".
-fn job_state(dir: &Path, counts: &[(TaskState, u64)]) -> String {
+/// only unsuccessful tasks were cancelled is "cancelled". A job whose tasks are still being
+/// recorded (`recording`) is unfinished however few it holds yet.
+fn job_state(dir: &Path, counts: &[(TaskState, u64)], recording: bool) -> String {
     let count = |state: TaskState| {
         counts
             .iter()
             .find(|(s, _)| *s == state)
             .map_or(0, |(_, n)| *n)
     };
-    let unfinished = count(TaskState::Queued) + count(TaskState::Running) > 0;
+    let unfinished = recording || count(TaskState::Queued) + count(TaskState::Running) > 0;
     if !unfinished {
         if count(TaskState::Failed) > 0 {
             STATE_FAILURES.into()
@@ -375,7 +376,11 @@ fn summarize(dir: &Path) -> anyhow::Result<(JobMeta, JobSummary)> {
         id: meta.id.clone(),
         name: meta.name.clone(),
         interface: meta.interface.clone(),
-        state: job_state(dir, &each),
+        state: job_state(
+            dir,
+            &each,
+            read_master(&conn, &path).is_ok_and(|m| m.status == crate::run::STATUS_RECORDING),
+        ),
         tasks: usize::try_from(total).unwrap_or(usize::MAX),
         counts,
         created: meta.created,
@@ -646,6 +651,9 @@ pub(crate) fn logs(args: LogsArgs) -> anyhow::Result<i32> {
         bail!("job {}: there is no task {}", dir.display(), args.task);
     };
     drop(conn);
+    if args.attempt == Some(0) {
+        bail!("attempts are counted from 1: there is no attempt 0");
+    }
     let attempt = args.attempt.unwrap_or(task.attempts);
     if attempt == 0 {
         bail!(
@@ -733,6 +741,11 @@ pub(crate) fn wait(args: WaitArgs, quiet: bool) -> anyhow::Result<i32> {
         let rec = read_master(&conn, &path)?;
         let master_alive =
             lock_held_by_a_live_master(&dir, &rec) || live_master_in(&rec, &dir)?.is_some();
+        // A job still recording its tasks (its creator stopped before it recorded them all)
+        // is not done however few tasks it holds yet.
+        if rec.status == crate::run::STATUS_RECORDING {
+            counts.unfinished = counts.unfinished.max(1);
+        }
         // Every task has an outcome; a master still alive is finishing up (reduce), so
         // wait for it to exit too.
         if counts.unfinished == 0 && !master_alive {
@@ -770,6 +783,13 @@ pub(crate) fn wait(args: WaitArgs, quiet: bool) -> anyhow::Result<i32> {
         if counts.unfinished > 0 && !master_alive {
             // Re-check: the master may have finished between the two reads.
             let still = state_counts(&conn, &path)?.unfinished;
+            if read_master(&conn, &path)?.status == crate::run::STATUS_RECORDING {
+                bail!(
+                    "job {}: its tasks are not all recorded and no master is running; start one with `mw resume {}`",
+                    dir.display(),
+                    dir.display()
+                );
+            }
             if still > 0 {
                 bail!(
                     "job {}: {still} tasks unfinished and no master is running; start one with `mw resume {}`",

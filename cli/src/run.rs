@@ -109,6 +109,23 @@ pub(crate) fn jobs_root(arg: Option<&Path>) -> PathBuf {
     }
 }
 
+/// How the user names the job in `dir` on a command line mw suggests: its id where a plain
+/// `mw … ID` finds it (the default jobs directory), else its directory's path (a job made
+/// with `--jobs-dir` would not be found by its id alone), single-quoted when the shell
+/// needs it.
+pub(crate) fn job_arg(id: &str, dir: &Path) -> String {
+    if find_job_dir(id, None).is_ok_and(|d| d == dir) {
+        return id.to_string();
+    }
+    let path = dir.display().to_string();
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+,=:@%".contains(c);
+    if path.chars().all(plain) {
+        path
+    } else {
+        format!("'{}'", path.replace('\'', r"'\''"))
+    }
+}
+
 /// Finds a job directory from an id or a path.
 pub(crate) fn find_job_dir(job: &str, jobs_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
     let as_path = Path::new(job);
@@ -462,6 +479,13 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
         return Ok(EXIT_OK);
     }
     let p = prepare(&args.job)?;
+    if args.no_journal && p.job.stdout_mode()? == mw::StdoutMode::File {
+        bail!(
+            "{}: `stdout = \"file\"` keeps each task's stdout as a file, which --no-journal \
+             cannot keep (it keeps nothing on disk); run it without --no-journal",
+            p.job.path.display()
+        );
+    }
     if args.no_journal && !p.job.file.outputs.is_empty() {
         // Without a job directory they would land in a scratch directory removed at exit,
         // and the result lines would name files that are gone.
@@ -472,6 +496,25 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
             p.job.path.display()
         );
     }
+    // The results file is made before the job: one that cannot be made (a directory, no
+    // permission) leaves no job behind. It never replaces the job file itself.
+    let mut output_file = match &args.output {
+        Some(path) => {
+            let same = |a: &Path, b: &Path| {
+                std::fs::canonicalize(a)
+                    .ok()
+                    .is_some_and(|a| std::fs::canonicalize(b).ok() == Some(a))
+            };
+            if same(path, &p.job.path) {
+                bail!("--output {}: that is the job file", path.display());
+            }
+            Some(
+                std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
     // Rank 0 of an MPI job starts MPI before it creates anything (worker ranks serve in
     // `served_as_mpi_worker`).
     let early_interface = if p.interface == "mpi" {
@@ -586,9 +629,11 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
         (None, false, _) => "standard output".to_string(),
     };
     let mut sink: Box<dyn Write> = match (&args.output, reduce_present, &job_dir) {
-        (Some(path), _, _) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-        )),
+        (Some(path), _, _) => {
+            Box::new(std::io::BufWriter::new(output_file.take().with_context(
+                || format!("{} was not created", path.display()),
+            )?))
+        }
         (None, true, Some(d)) => {
             let path = d.join("results.jsonl");
             Box::new(std::io::BufWriter::new(
@@ -680,7 +725,8 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
         if let Some(j) = &journal {
             j.close();
         }
-        return stopped_exit(&reason, interrupted, job_dir.as_ref().map(|_| id.as_str()));
+        let hint = job_dir.as_deref().map(|d| job_arg(&id, d));
+        return stopped_exit(&reason, interrupted, hint.as_deref());
     }
     if let Err(e) = sink.flush() {
         let e = anyhow::Error::from(e);
@@ -1126,6 +1172,10 @@ pub(crate) fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<i32> {
             dir.display()
         );
     }
+    // Held from here until the master below runs the requeued tasks: a `mw resume` (or
+    // another `mw retry`) started meanwhile is refused before anything changed, instead of
+    // finding nothing to do and leaving the requeued tasks without a master.
+    mw::journal::hold_master_lock(&dir)?;
     let which = if !args.task.is_empty() {
         mw::journal::RetrySelection::Tasks(args.task.clone())
     } else if args.failed {
@@ -1185,14 +1235,19 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
     // A master killed here (e.g. `mw submit`'s detached master starting) has not taken the
     // job over yet.
     mw::crash::point("resume-start");
-    // Refuse to run a second master beside a live one.
-    if let Some(pid) = super::jobs::live_master_pid(&dir)? {
-        if pid != std::process::id() as i64 {
-            bail!(
-                "job {} already has a running master (pid {pid}); `mw status` shows its progress",
-                dir.display()
-            );
+    // Refuse to run a second master beside a live one. Then hold the job's lock while
+    // deciding what is left (`mw retry` took it already): a `mw retry` queueing tasks
+    // again meanwhile could otherwise find this resume about to call the job finished.
+    if !mw::journal::holds_master_lock(&dir) {
+        if let Some(pid) = super::jobs::live_master_pid(&dir)? {
+            if pid != std::process::id() as i64 {
+                bail!(
+                    "job {} already has a running master (pid {pid}); `mw status` shows its progress",
+                    dir.display()
+                );
+            }
         }
+        mw::journal::hold_master_lock(&dir)?;
     }
     let journal_path = dir.join(mw::journal::JOURNAL_FILE);
     // Counts only: a resumed master of millions of tasks reads no inputs or results here.
@@ -1300,8 +1355,14 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
     } = end
     {
         journal.close();
-        return stopped_exit(&reason, interrupted, Some(&meta.id));
+        return stopped_exit(&reason, interrupted, Some(&job_arg(&meta.id, &dir)));
     }
+    // How the job ended is what its journal says: tasks a `mw cancel` settled while this
+    // master was starting (racing it) were no outcome of this master, but they did not
+    // succeed either.
+    journal.flush();
+    let (_, end_counts) = counts()?;
+    let failed = failed.max(usize::try_from(end_counts.failed + end_counts.cancelled)?);
     if !quiet || failed > 0 {
         tally.print(
             Some(&meta.id),
@@ -1314,7 +1375,7 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
         // to the interrupted run's output): say where all of them are.
         say!(
             "mw: every result, from before the resume too: `mw results {}`",
-            meta.id
+            job_arg(&meta.id, &dir)
         );
     }
     log::info!(

@@ -207,8 +207,47 @@ pub struct Journal {
 /// that the OS releases when the master's process ends.
 pub const LOCK_FILE: &str = "master.lock";
 
-/// Takes the job directory's master lock, or says who holds it.
+/// Master locks this process took ahead of opening the job's journal
+/// ([`hold_master_lock`]), each adopted by the next journal opened on that job directory.
+static HELD_LOCKS: Mutex<Vec<(PathBuf, std::fs::File)>> = Mutex::new(Vec::new());
+
+/// The key of a job directory among [`HELD_LOCKS`]: the same directory however it was named.
+fn lock_key(dir: &Path) -> PathBuf {
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// Takes the job directory's master lock now, for a command that must decide and change
+/// things under it before it opens the journal as the job's master (`mw retry` requeues
+/// tasks, `mw resume` reads what is left): no other master can start in between. The next
+/// journal this process opens on `dir` adopts the lock; the lock goes with the process
+/// otherwise. Taking a lock this process already holds this way succeeds.
+pub fn hold_master_lock(dir: &Path) -> Result<(), JournalError> {
+    if holds_master_lock(dir) {
+        return Ok(());
+    }
+    let file = lock_job(dir)?;
+    crate::guard::lock(&HELD_LOCKS).push((lock_key(dir), file));
+    Ok(())
+}
+
+/// Whether this process holds `dir`'s master lock through [`hold_master_lock`].
+pub fn holds_master_lock(dir: &Path) -> bool {
+    let key = lock_key(dir);
+    crate::guard::lock(&HELD_LOCKS)
+        .iter()
+        .any(|(k, _)| *k == key)
+}
+
+/// Takes the job directory's master lock (or adopts the one [`hold_master_lock`] took), or
+/// says who holds it.
 fn lock_job(dir: &Path) -> Result<std::fs::File, JournalError> {
+    {
+        let key = lock_key(dir);
+        let mut held = crate::guard::lock(&HELD_LOCKS);
+        if let Some(i) = held.iter().position(|(k, _)| *k == key) {
+            return Ok(held.swap_remove(i).1);
+        }
+    }
     let path = dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -1901,8 +1940,9 @@ pub fn cancel_without_master(
             Err(_) => return Ok(0),
         },
     };
+    // Immediate, so it waits for another writer instead of failing (see `requeue_for_retry`).
     let tx = conn
-        .transaction()
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(|e| jerr(path, "cancelling tasks", e))?;
     let n = cancel_rows(&tx, path, task, at)?;
     tx.commit().map_err(|e| jerr(path, "cancelling tasks", e))?;
@@ -2052,7 +2092,11 @@ pub fn requeue_for_retry(
     at: f64,
 ) -> Result<Requeued, JournalError> {
     let err = |e: rusqlite::Error| jerr(path, "queueing tasks again", e);
-    let tx = conn.transaction().map_err(err)?;
+    // Immediate: it reads before it writes, and a deferred transaction that another writer
+    // got ahead of fails at its first write (SQLITE_BUSY) instead of waiting.
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(err)?;
     let candidates: Vec<(i64, String)> = {
         let mut stmt = tx
             .prepare(
