@@ -489,10 +489,12 @@ impl Job {
                 .name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-            && !self.name.starts_with('.');
+            && !self.name.starts_with('.')
+            // A job id is an argument of every command: one starting with `-` is an option.
+            && !self.name.starts_with('-');
         if !ok {
             let msg = format!(
-                "`{}` must be 1-64 characters of letters, digits, `-`, `_` or `.`, not starting with `.`",
+                "`{}` must be 1-64 characters of letters, digits, `-`, `_` or `.`, not starting with `.` or `-`",
                 self.name
             );
             if self.file.name.as_deref() == Some(self.name.as_str()) {
@@ -503,11 +505,50 @@ impl Job {
         Ok(())
     }
 
+    /// TOML's `nan` and `inf` are no JSON values: an input holding one would silently reach
+    /// its task as `null`, so it is refused, naming the field.
+    fn check_finite_inputs(&self) -> Result<(), JobError> {
+        fn non_finite(v: &toml::Value) -> bool {
+            match v {
+                toml::Value::Float(f) => !f.is_finite(),
+                toml::Value::Array(a) => a.iter().any(non_finite),
+                toml::Value::Table(t) => t.values().any(non_finite),
+                _ => false,
+            }
+        }
+        let Ok(doc) = toml::from_str::<toml::Table>(&self.text) else {
+            return Ok(());
+        };
+        let Some(inputs) = doc.get("inputs").and_then(toml::Value::as_table) else {
+            return Ok(());
+        };
+        let msg = "nan and inf are not JSON values; write them as strings or leave them out";
+        if inputs.get("list").is_some_and(non_finite) {
+            return Err(self.err_at(self.section_span("inputs"), "inputs.list", msg));
+        }
+        if let Some(sweep) = inputs.get("sweep").and_then(toml::Value::as_table) {
+            for (name, values) in sweep {
+                if non_finite(values) {
+                    let span = self
+                        .file
+                        .inputs
+                        .sweep
+                        .as_ref()
+                        .and_then(|s| s.get(name))
+                        .map_or_else(|| self.section_span("inputs"), |v| v.span());
+                    return Err(self.err_at(span, &format!("inputs.sweep.{name}"), msg));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Limits that keep a job file from crashing or swallowing the machine, checked before
     /// anything is created: workers, result size, sweep ranges, template size and depth.
     fn check_limits(&self) -> Result<(), JobError> {
         self.workers()?;
         self.max_output_bytes()?;
+        self.check_finite_inputs()?;
         if let Some(sweep) = &self.file.inputs.sweep {
             for (name, values) in sweep {
                 if let SweepValues::Range(SweepRange { start, end, step }) = values.get_ref() {
@@ -1131,10 +1172,13 @@ fn default_name(abs: &Path) -> String {
         })
         .take(64)
         .collect();
+    // `.hidden.toml` or `ééé.toml` would begin with `-`: an id every command takes for an
+    // option.
+    let cleaned = cleaned.trim_start_matches('-');
     if cleaned.is_empty() {
         "job".into()
     } else {
-        cleaned
+        cleaned.to_string()
     }
 }
 

@@ -235,6 +235,189 @@ fn retry_on_picks_the_failures_worth_retrying_and_backs_off() {
 }
 
 #[test]
+fn retry_on_names_a_streaming_programs_failures() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    // On its first sight of input 1 the program answers `{"error": ...}`, of input 2 a line
+    // that is not JSON; afterwards it echoes. Each job gets its own program (own markers).
+    let program = |name: &str| {
+        script(
+            d,
+            &format!("{name}.sh"),
+            &format!(
+                r#"while read -r i; do m="{}/{name}-seen-$i"; if [ ! -e "$m" ]; then : > "$m"; if [ "$i" = 1 ]; then echo '{{"error":"transient"}}'; continue; fi; if [ "$i" = 2 ]; then echo 'not json'; continue; fi; fi; echo "$i"; done"#,
+                d.display()
+            ),
+        );
+    };
+    let run = |name: &str, on: &str| {
+        program(name);
+        std::fs::write(
+            d.join(format!("{name}.toml")),
+            format!("retries = 2\nretry_on = [{on}]\n[program]\npath = \"{name}.sh\"\nmode = \"stream\"\n[inputs]\nlist = [1, 2]\n"),
+        )
+        .unwrap();
+        let o = mw(d, &["run", "-q", &format!("{name}.toml")]);
+        assert_eq!(o.code, 1, "{}", o.stderr);
+        jsonl(&o.stdout)
+    };
+    // "exit" takes a program's error answer (its way of exiting non-zero), not a bad line.
+    let r = run("ex", "\"exit\"");
+    assert_eq!(
+        (&r[0]["state"], &r[0]["attempts"]),
+        (&"done".into(), &2.into())
+    );
+    assert_eq!(
+        (&r[1]["state"], &r[1]["attempts"]),
+        (&"failed".into(), &1.into())
+    );
+    // "output" takes the broken answer line, not the error answer.
+    let r = run("out", "\"output\"");
+    assert_eq!(
+        (&r[0]["state"], &r[0]["attempts"]),
+        (&"failed".into(), &1.into())
+    );
+    assert_eq!(
+        (&r[1]["state"], &r[1]["attempts"]),
+        (&"done".into(), &2.into())
+    );
+}
+
+#[test]
+fn text_and_file_results_over_max_output_fail_instead_of_being_cut() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    // 3,000 bytes and an end marker, against a limit of 1,000.
+    script(
+        d,
+        "big.sh",
+        "cat > /dev/null; head -c 3000 /dev/zero | tr '\\0' a; echo END",
+    );
+    for mode in ["text", "file"] {
+        std::fs::write(
+            d.join(format!("{mode}.toml")),
+            format!("max_output = 1000\n[program]\npath = \"big.sh\"\nstdout = \"{mode}\"\n[inputs]\nlist = [1]\n"),
+        )
+        .unwrap();
+        let o = mw(d, &["run", "-q", &format!("{mode}.toml")]);
+        assert_eq!(o.code, 1, "{mode}: {}", o.stderr);
+        let r = jsonl(&o.stdout);
+        assert_eq!(r[0]["state"], "failed", "{mode}: {}", o.stdout);
+        let err = r[0]["error"].as_str().unwrap();
+        assert!(
+            err.contains("limit of 1000 bytes (max_output)"),
+            "{mode}: {err}"
+        );
+    }
+    // The same over-long stdout as JSON: the limit is named, and no advice to print text
+    // (which would not help).
+    std::fs::write(
+        d.join("json.toml"),
+        "max_output = 1000\n[program]\npath = \"big.sh\"\n[inputs]\nlist = [1]\n",
+    )
+    .unwrap();
+    let o = mw(d, &["run", "-q", "json.toml"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let err = jsonl(&o.stdout)[0]["error"].as_str().unwrap().to_string();
+    assert!(err.contains("limit of 1000 bytes (max_output)"), "{err}");
+    assert!(!err.contains("stdout = \"text\""), "{err}");
+}
+
+#[test]
+fn retry_refuses_before_changing_anything_while_another_holds_the_job() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    script(d, "fail.sh", "cat > /dev/null; exit 4");
+    std::fs::write(
+        d.join("job.toml"),
+        "name = \"held\"\n[program]\npath = \"fail.sh\"\n[inputs]\nlist = [1, 2]\n",
+    )
+    .unwrap();
+    let o = mw(d, &["run", "-q", "job.toml"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let dir = d.join("jobs/held-1");
+    // Another process about to run the job (a `mw resume` deciding what is left) holds
+    // its lock: what it decides on must not change under it.
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("master.lock"))
+        .unwrap();
+    lock.try_lock().unwrap();
+    let o = mw(d, &["retry", "held-1"]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("another master"), "{}", o.stderr);
+    drop(lock);
+    let o = mw(d, &["results", "held-1"]);
+    let r = jsonl(&o.stdout);
+    assert!(
+        r.iter()
+            .all(|t| t["state"] == "failed" && t["attempts"] == 1),
+        "a refused retry queued nothing: {}",
+        o.stdout
+    );
+    // Once the lock is free the retry runs them.
+    let o = mw(d, &["retry", "-q", "held-1"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let o = mw(d, &["results", "held-1"]);
+    assert!(
+        jsonl(&o.stdout).iter().all(|t| t["attempts"] == 2),
+        "{}",
+        o.stdout
+    );
+}
+
+#[test]
+fn run_refuses_what_it_could_not_keep_before_making_a_job() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    script(d, "ok.sh", "cat");
+    std::fs::write(
+        d.join("ok.toml"),
+        "name = \"ok\"\n[program]\npath = \"ok.sh\"\n[inputs]\nlist = [1, 2]\n",
+    )
+    .unwrap();
+    let jobs = || {
+        std::fs::read_dir(d.join("jobs"))
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name())
+                    .filter(|n| !n.to_string_lossy().starts_with('.'))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    // A results file that cannot be made (a directory): no job is left behind, which
+    // `mw status` and `mw wait` would have called finished with no task.
+    std::fs::create_dir(d.join("adir")).unwrap();
+    let o = mw(d, &["run", "-q", "ok.toml", "-o", "adir"]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("adir"), "{}", o.stderr);
+    // The job file itself is never the results file.
+    let o = mw(d, &["run", "-q", "ok.toml", "-o", "ok.toml"]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(std::fs::read_to_string(d.join("ok.toml"))
+        .unwrap()
+        .contains("[program]"));
+    assert!(jobs().is_empty(), "{:?}", jobs());
+    // Without a journal there is nowhere to keep stdout files.
+    std::fs::write(
+        d.join("file.toml"),
+        "[program]\npath = \"ok.sh\"\nstdout = \"file\"\n[inputs]\nlist = [1]\n",
+    )
+    .unwrap();
+    let o = mw(d, &["run", "-q", "--no-journal", "file.toml"]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("--no-journal"), "{}", o.stderr);
+    // A default name never starts with `-` (every command would take the id for an option).
+    std::fs::copy(d.join("file.toml"), d.join(".hidden.toml")).unwrap();
+    let o = mw(d, &["run", "-q", ".hidden.toml"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(jobs(), vec![std::ffi::OsString::from("hidden-1")]);
+    let o = mw(d, &["results", "hidden-1"]);
+    assert_eq!(jsonl(&o.stdout).len(), 1, "{}", o.stderr);
+}
+
+#[test]
 fn results_into_head_ends_quietly_with_exit_0() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
@@ -409,6 +592,34 @@ fn job_file_mistakes_get_answers() {
     let o = mw(d, &["run", "mode.toml"]);
     assert_eq!(o.code, 2);
     assert!(o.stderr.contains("program.stdout"), "{}", o.stderr);
+    // nan and inf would reach the task as null: refused, with the field and its line.
+    for (name, inputs, field) in [
+        (
+            "nan.toml",
+            "[inputs]\nlist = [1, {x = nan}]\n",
+            "inputs.list",
+        ),
+        (
+            "inf.toml",
+            "[inputs.sweep]\na = [1]\nx = [0.5, -inf]\n",
+            "inputs.sweep.x",
+        ),
+    ] {
+        std::fs::write(
+            d.join(name),
+            format!("[program]\npath = \"t.sh\"\n{inputs}"),
+        )
+        .unwrap();
+        let o = mw(d, &["run", name]);
+        assert_eq!(o.code, 2, "{name}: {}", o.stdout);
+        assert!(o.stderr.contains(field), "{name}: {}", o.stderr);
+        assert!(
+            o.stderr.contains(":3:") || o.stderr.contains(":5:"),
+            "{}",
+            o.stderr
+        );
+        assert!(o.stderr.contains("not JSON values"), "{}", o.stderr);
+    }
     // The help documents the sweep step, the exclusive end and the default name rule.
     let o = mw(d, &["run", "--help"]);
     for needle in [

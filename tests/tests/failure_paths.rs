@@ -287,6 +287,13 @@ fn killed_while_recording_then_resumed(point: &str, n: i64, recorded: &str) {
         .find_map(|l| l.strip_prefix("tasks"))
         .map(|n| n.trim().to_string());
     assert_eq!(tasks.as_deref(), Some(recorded), "{}", before.stdout);
+    // Not finished, however few tasks it holds: `mw status` says stopped, `mw wait` fails.
+    assert!(before.stdout.contains("stopped"), "{}", before.stdout);
+    let o = run_mw(d, &["status", "--state", "stopped"]);
+    assert!(o.stdout.contains("rec-1"), "{}", o.stdout);
+    let o = run_mw(d, &["wait", "rec-1"]);
+    assert_eq!(o.code, 2, "{}{}", o.stdout, o.stderr);
+    assert!(o.stderr.contains("not all recorded"), "{}", o.stderr);
     // Not "finished (0 tasks)": resume records the missing tasks and runs them all.
     let o = run_mw(d, &["resume", "rec-1", "-q"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
