@@ -845,3 +845,77 @@ fn escape_sequences_a_task_prints_never_reach_the_terminal_raw() {
         "{shown:?}"
     );
 }
+
+/// A finished job `evil-1` of two tasks: task 0 returns a string holding ESC and BEL, task 1
+/// fails after printing ESC, BEL, NUL and ^A on stderr. Its journal is then forged (as
+/// anyone who can write the file could) to hold such characters, a newline among them, in
+/// the job's name and interface and in the tasks' host.
+fn evil_job(d: &Path) {
+    script(
+        d,
+        "evil.sh",
+        r#"i=$(cat); if [ "$i" = 1 ]; then printf 'a\033[31mred\007bell\000nul\001x\n' >&2; exit 3; fi; printf '{"v": "a\\u001b[31mb\\u0007"}'"#,
+    );
+    std::fs::write(
+        d.join("evil.toml"),
+        "name = \"evil\"\nworkers = 1\n[program]\npath = \"evil.sh\"\n[inputs]\nlist = [0, 1]\n",
+    )
+    .unwrap();
+    let o = mw(d, &["run", "-q", "evil.toml"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let conn = rusqlite::Connection::open(d.join("jobs/evil-1/journal.sqlite")).unwrap();
+    conn.execute_batch(
+        "UPDATE job SET name = char(27)||'[2J'||char(7)||'n'||char(10)||'ame', \
+                        interface = 'multi'||char(27)||'[31m'||char(10)||'x'; \
+         UPDATE tasks SET host = 'h'||char(7)||char(10)||'y';",
+    )
+    .unwrap();
+}
+
+/// The control characters in `bytes` but newline (and the carriage return a terminal adds
+/// to it, when `tty`).
+fn raw_controls(bytes: &[u8], tty: bool) -> Vec<u8> {
+    bytes
+        .iter()
+        .copied()
+        .filter(|&b| (b < 0x20 && b != b'\n' && !(tty && b == b'\r')) || b == 0x7f)
+        .collect()
+}
+
+/// A task's stderr and a journal's text reach the report (HTML and SVG) with their control
+/// characters escaped visibly: none raw (they reach a terminal that shows the file, and
+/// make an SVG invalid XML), the stderr's lines kept in its `<pre>`.
+#[test]
+fn the_report_holds_no_raw_control_characters() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    evil_job(d);
+    let o = mw(d, &["report", "evil-1", "-o", "r.html"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let html = std::fs::read(d.join("r.html")).unwrap();
+    assert_eq!(
+        raw_controls(&html, false),
+        b"",
+        "raw control characters in the HTML"
+    );
+    let html = String::from_utf8(html).unwrap();
+    assert!(
+        html.contains("<pre>a\\u{1b}[31mred\\u{7}bell\\u{0}nul\\u{1}x\n</pre>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("interface multi\\u{1b}[31m\\u{a}x."),
+        "{html}"
+    );
+    let o = mw(d, &["report", "evil-1", "-o", "r.svg"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let svg = std::fs::read(d.join("r.svg")).unwrap();
+    assert_eq!(
+        raw_controls(&svg, false),
+        b"",
+        "raw control characters in the SVG"
+    );
+    let svg = String::from_utf8(svg).unwrap();
+    assert!(svg.contains(">h\\u{7}\\u{a}y #0</text>"), "{svg}");
+    assert!(svg.contains("(multi\\u{1b}[31m\\u{a}x)"), "{svg}");
+}
