@@ -571,6 +571,10 @@ pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<i32> {
         out.flush()?;
         return Ok(EXIT_OK);
     }
+    // A task's text in a CSV cell may hold escape sequences that drive a terminal: shown
+    // escaped there, byte for byte elsewhere (as `mw logs` does). JSON lines escape control
+    // characters themselves.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout().lock());
     if args.task.is_empty() {
         // CSV takes its columns from every result: one pass finds them, a second writes the
         // rows, both over one snapshot of the journal (a live master may commit meanwhile).
@@ -584,7 +588,7 @@ pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<i32> {
                 }
                 Ok(())
             })?;
-            let mut rows = cols.writer(&mut out)?;
+            let mut rows = cols.writer(&mut out, terminal)?;
             mw::journal::visit_tasks(conn, &path, None, |t| -> anyhow::Result<()> {
                 if wanted(&t) {
                     rows.row(&super::ResultLine::from_stored(&t))?;
@@ -630,7 +634,7 @@ pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<i32> {
                 out.write_all(b"\n")?;
             }
         }
-        ResultsFormat::Csv => crate::output::write_csv(&mut out, &lines)?,
+        ResultsFormat::Csv => crate::output::write_csv(&mut out, &lines, terminal)?,
     }
     out.flush()?;
     Ok(EXIT_OK)

@@ -919,3 +919,57 @@ fn the_report_holds_no_raw_control_characters() {
     assert!(svg.contains(">h\\u{7}\\u{a}y #0</text>"), "{svg}");
     assert!(svg.contains("(multi\\u{1b}[31m\\u{a}x)"), "{svg}");
 }
+
+/// Runs `mw ARGS` on a terminal (`script`, from util-linux, gives it one); returns what the
+/// terminal got.
+fn mw_on_a_terminal(d: &Path, args: &str) -> Vec<u8> {
+    let cmd = format!(
+        "MW_JOBS_DIR={} {} {args}",
+        d.join("jobs").display(),
+        mw_tests::bin("mw").display()
+    );
+    let tty = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .current_dir(d)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script (util-linux) runs mw on a terminal");
+    assert!(
+        tty.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tty.stdout)
+    );
+    tty.stdout
+}
+
+/// `mw results --format csv` on a terminal escapes the control characters of the task's
+/// data (its output, its error's stderr tail, its host), as `mw logs` does; into a pipe the
+/// cells are the data, byte for byte. JSON lines escape them as JSON does, everywhere.
+#[test]
+fn results_as_csv_on_a_terminal_are_escaped_and_raw_in_a_pipe() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    evil_job(d);
+    let shown = mw_on_a_terminal(d, "results evil-1 --format csv");
+    assert_eq!(raw_controls(&shown, true), b"", "{shown:?}");
+    let shown = String::from_utf8_lossy(&shown);
+    for escaped in [
+        r"a\u{1b}[31mb\u{7}",
+        r"a\u{1b}[31mred\u{7}bell\u{0}nul\u{1}x",
+        r"h\u{7}",
+    ] {
+        assert!(shown.contains(escaped), "no {escaped} in {shown:?}");
+    }
+    let piped = mw(d, &["results", "evil-1", "--format", "csv"]);
+    assert_eq!(piped.code, 0, "{}", piped.stderr);
+    assert!(
+        piped.stdout.contains("a\u{1b}[31mb\u{7}")
+            && piped
+                .stdout
+                .contains("a\u{1b}[31mred\u{7}bell\u{0}nul\u{1}x"),
+        "{:?}",
+        piped.stdout
+    );
+    let jsonl = mw_on_a_terminal(d, "results evil-1");
+    assert_eq!(raw_controls(&jsonl, true), b"", "{jsonl:?}");
+}
