@@ -973,3 +973,52 @@ fn results_as_csv_on_a_terminal_are_escaped_and_raw_in_a_pipe() {
     let jsonl = mw_on_a_terminal(d, "results evil-1");
     assert_eq!(raw_controls(&jsonl, true), b"", "{jsonl:?}");
 }
+
+/// `mw status`, the table and one job, shows what the journal holds (a job's name and
+/// interface, a task's host) and the job's directory escaped and on one line: a forged
+/// name once cleared the terminal and broke the table's rows.
+#[test]
+fn status_shows_the_journals_text_escaped_on_one_line() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    evil_job(d);
+    let table = mw(d, &["status"]);
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    assert_eq!(
+        raw_controls(table.stdout.as_bytes(), false),
+        b"",
+        "{:?}",
+        table.stdout
+    );
+    let row = table
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("evil-1"))
+        .unwrap_or_else(|| panic!("{}", table.stdout));
+    assert!(
+        row.contains(r"\u{1b}[2J\u{7}n\u{a}ame") && row.contains(r"multi\u{1b}[31m\u{a}x"),
+        "{row}"
+    );
+    assert!(row.contains("finished with failures"), "{row}");
+    let one = mw(d, &["status", "evil-1"]);
+    assert_eq!(one.code, 0, "{}", one.stderr);
+    assert_eq!(
+        raw_controls(one.stdout.as_bytes(), false),
+        b"",
+        "{:?}",
+        one.stdout
+    );
+    assert!(
+        one.stdout.contains("interface  multi\\u{1b}[31m\\u{a}x\n"),
+        "{}",
+        one.stdout
+    );
+    assert!(one.stdout.contains("s  h\\u{7}\\u{a}y\n"), "{}", one.stdout);
+    // The same on a terminal (the table is laid out to its width there).
+    let shown = mw_on_a_terminal(d, "status");
+    assert_eq!(raw_controls(&shown, true), b"", "{shown:?}");
+    assert!(
+        String::from_utf8_lossy(&shown).contains(r"\u{1b}[2J\u{7}n\u{a}ame"),
+        "{shown:?}"
+    );
+}
