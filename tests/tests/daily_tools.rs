@@ -1022,3 +1022,33 @@ fn status_shows_the_journals_text_escaped_on_one_line() {
         "{shown:?}"
     );
 }
+
+/// A local task's stderr log keeps the documented 1 MiB (`mw run --help`), its tail, and
+/// says that it was cut, as a cut stdout log does (it once kept 64 KiB without a word).
+#[test]
+fn a_local_tasks_stderr_log_keeps_the_cap_and_says_it_was_cut() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    script(
+        d,
+        "chatty.sh",
+        r"head -c 1500000 /dev/zero | tr '\000' e >&2; printf END >&2; exit 2",
+    );
+    std::fs::write(
+        d.join("chatty.toml"),
+        "name = \"chatty\"\nworkers = 1\n[program]\npath = \"chatty.sh\"\n[inputs]\nlist = [0]\n",
+    )
+    .unwrap();
+    let o = mw(d, &["run", "-q", "chatty.toml"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let log = mw(d, &["logs", "chatty-1", "0", "--stream", "stderr"]);
+    assert_eq!(log.code, 0, "{}", log.stderr);
+    let marker = "[mw: cut at the log size cap]\n";
+    assert!(
+        log.stdout.starts_with(&format!("{marker}eee")),
+        "{:?}",
+        &log.stdout[..log.stdout.len().min(80)]
+    );
+    assert!(log.stdout.ends_with("eeeEND"));
+    assert_eq!(log.stdout.len(), marker.len() + 1024 * 1024);
+}
