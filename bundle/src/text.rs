@@ -38,10 +38,21 @@ pub fn clip(s: &mut String, max: usize) {
 /// cursor, retitle its window, clear it or reorder what it shows. Text without such a
 /// character is returned as it is.
 pub fn escape_controls(s: &str) -> Cow<'_, str> {
-    fn unsafe_to_show(c: char) -> bool {
-        (c.is_control() && c != '\n' && c != '\t')
+    escape(s, true)
+}
+
+/// [`escape_controls`] for text shown as one line (a table cell, a field after its label):
+/// newline and tab are escaped too (`\u{a}`, `\u{9}`), so a name from outside cannot break
+/// a table's rows or pass for another field.
+pub fn escape_controls_one_line(s: &str) -> Cow<'_, str> {
+    escape(s, false)
+}
+
+fn escape(s: &str, keep_lines: bool) -> Cow<'_, str> {
+    let unsafe_to_show = |c: char| {
+        (c.is_control() && !(keep_lines && (c == '\n' || c == '\t')))
             || matches!(c, '\u{200e}' | '\u{200f}' | '\u{61c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    }
+    };
     if !s.chars().any(unsafe_to_show) {
         return Cow::Borrowed(s);
     }
@@ -69,6 +80,18 @@ mod tests {
         assert_eq!(
             escape_controls("a\u{1b}]0;title\u{7}\u{1b}[2Jb\rc\u{202e}d\u{9b}e\n"),
             "a\\u{1b}]0;title\\u{7}\\u{1b}[2Jb\\u{d}c\\u{202e}d\\u{9b}e\n"
+        );
+    }
+
+    #[test]
+    fn escape_controls_one_line_escapes_newlines_and_tabs_too() {
+        assert!(matches!(
+            escape_controls_one_line("plain text é"),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            escape_controls_one_line("n\u{1b}[2J\u{7}n\name\tx\u{202e}"),
+            "n\\u{1b}[2J\\u{7}n\\u{a}ame\\u{9}x\\u{202e}"
         );
     }
 

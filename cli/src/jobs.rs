@@ -391,6 +391,12 @@ fn summarize(dir: &Path) -> anyhow::Result<(JobMeta, JobSummary)> {
     Ok((meta, summary))
 }
 
+/// Text from a journal or the filesystem as `mw status` shows it: one line, its control
+/// characters escaped.
+fn shown(text: &str) -> String {
+    mw_bundle::text::escape_controls_one_line(text).into_owned()
+}
+
 fn human_age(secs: f64) -> String {
     let s = secs as u64;
     if s < 60 {
@@ -451,10 +457,12 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
                         .map_or_else(|| "-".to_string(), |n| n.to_string())
                 };
                 for r in &rows {
+                    // What the journal holds is shown escaped, newlines too: a name could
+                    // otherwise drive the terminal or break the table's rows.
                     let mut row = vec![
-                        r.id.clone(),
-                        r.name.clone(),
-                        r.interface.clone(),
+                        shown(&r.id),
+                        shown(&r.name),
+                        shown(&r.interface),
                         r.state.clone(),
                         r.tasks.to_string(),
                         count(r, "queued"),
@@ -484,7 +492,7 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
                     writeln!(
                         out,
                         "(no jobs under {}{})",
-                        root.display(),
+                        shown(&root.display().to_string()),
                         if args.state.is_some() || args.name.is_some() {
                             " that match"
                         } else {
@@ -519,10 +527,11 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
                 });
                 writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
             } else {
-                writeln!(out, "job        {}", summary.id)?;
-                writeln!(out, "interface  {}", summary.interface)?;
+                // What the journal and the filesystem hold is shown escaped, newlines too.
+                writeln!(out, "job        {}", shown(&summary.id))?;
+                writeln!(out, "interface  {}", shown(&summary.interface))?;
                 writeln!(out, "state      {}", summary.state)?;
-                writeln!(out, "directory  {}", summary.dir)?;
+                writeln!(out, "directory  {}", shown(&summary.dir))?;
                 writeln!(out, "age        {}", human_age(summary.age_secs))?;
                 writeln!(out, "tasks      {}", summary.tasks)?;
                 for (k, v) in &summary.counts {
@@ -532,7 +541,7 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
                     writeln!(out, "slowest tasks:")?;
                     for (task, wall, host) in &slowest {
                         // (A host name is what the worker said of itself.)
-                        let host = mw_bundle::text::escape_controls(host);
+                        let host = shown(host);
                         writeln!(out, "  task {task:<8} {wall:>10.3}s  {host}")?;
                     }
                 }
@@ -547,7 +556,7 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
                         out,
                         "(all of them: mw results {id} --failed; a task's output: mw logs {id} TASK; \
                          run them again: mw retry {id})",
-                        id = summary.id
+                        id = shown(&summary.id)
                     )?;
                 }
             }
@@ -576,6 +585,10 @@ pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<i32> {
         out.flush()?;
         return Ok(EXIT_OK);
     }
+    // A task's text in a CSV cell may hold escape sequences that drive a terminal: shown
+    // escaped there, byte for byte elsewhere (as `mw logs` does). JSON lines escape control
+    // characters themselves.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout().lock());
     if args.task.is_empty() {
         // CSV takes its columns from every result: one pass finds them, a second writes the
         // rows, both over one snapshot of the journal (a live master may commit meanwhile).
@@ -589,7 +602,7 @@ pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<i32> {
                 }
                 Ok(())
             })?;
-            let mut rows = cols.writer(&mut out)?;
+            let mut rows = cols.writer(&mut out, terminal)?;
             mw::journal::visit_tasks(conn, &path, None, |t| -> anyhow::Result<()> {
                 if wanted(&t) {
                     rows.row(&super::ResultLine::from_stored(&t))?;
@@ -635,7 +648,7 @@ pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<i32> {
                 out.write_all(b"\n")?;
             }
         }
-        ResultsFormat::Csv => crate::output::write_csv(&mut out, &lines)?,
+        ResultsFormat::Csv => crate::output::write_csv(&mut out, &lines, terminal)?,
     }
     out.flush()?;
     Ok(EXIT_OK)

@@ -204,13 +204,19 @@ impl ResultLine {
 /// the output flattened into one column per leaf (`input.seed`, `output.pi`, …; a scalar
 /// is the column `input` or `output` itself; arrays stay JSON text), then the output files.
 /// For lines already in memory; a whole job is written in two passes over its journal
-/// ([`CsvColumns`], [`CsvRows`]), without holding its results.
-pub(crate) fn write_csv(out: impl Write, lines: &[ResultLine]) -> anyhow::Result<()> {
+/// ([`CsvColumns`], [`CsvRows`]), without holding its results. `terminal`: `out` is a
+/// terminal, where every cell and column name is shown with its control characters escaped
+/// (as `mw logs` shows a log); elsewhere the cells are the data, byte for byte.
+pub(crate) fn write_csv(
+    out: impl Write,
+    lines: &[ResultLine],
+    terminal: bool,
+) -> anyhow::Result<()> {
     let mut cols = CsvColumns::default();
     for l in lines {
         cols.see(&l.input, &l.output)?;
     }
-    let mut rows = cols.writer(out)?;
+    let mut rows = cols.writer(out, terminal)?;
     for l in lines {
         rows.row(l)?;
     }
@@ -242,7 +248,10 @@ impl CsvColumns {
     }
 
     /// Writes the header line to `out`; the rows follow through the writer returned.
-    pub(crate) fn writer<W: Write>(self, out: W) -> anyhow::Result<CsvRows<W>> {
+    /// `terminal`: `out` is a terminal, and every cell and column name from the results is
+    /// written with its control characters escaped ([`mw_bundle::text::escape_controls`]:
+    /// a task's text could otherwise retitle, clear or recolour it).
+    pub(crate) fn writer<W: Write>(self, out: W, terminal: bool) -> anyhow::Result<CsvRows<W>> {
         let mut w = csv::Writer::from_writer(out);
         let fixed = [
             "task",
@@ -261,8 +270,12 @@ impl CsvColumns {
         header.extend(self.input.names.iter().cloned());
         header.extend(self.output.names.iter().cloned());
         header.push("output_files".into());
-        w.write_record(&header)?;
-        Ok(CsvRows { w, cols: self })
+        w.write_record(header.iter().map(|h| shown(h, terminal)))?;
+        Ok(CsvRows {
+            w,
+            cols: self,
+            terminal,
+        })
     }
 }
 
@@ -270,6 +283,16 @@ impl CsvColumns {
 pub(crate) struct CsvRows<W: Write> {
     w: csv::Writer<W>,
     cols: CsvColumns,
+    terminal: bool,
+}
+
+/// A CSV cell as written: escaped for a terminal, as it is elsewhere.
+fn shown(cell: &str, terminal: bool) -> std::borrow::Cow<'_, [u8]> {
+    use std::borrow::Cow;
+    match terminal.then(|| mw_bundle::text::escape_controls(cell)) {
+        Some(Cow::Owned(escaped)) => Cow::Owned(escaped.into_bytes()),
+        _ => Cow::Borrowed(cell.as_bytes()),
+    }
 }
 
 impl<W: Write> CsvRows<W> {
@@ -306,7 +329,8 @@ impl<W: Write> CsvRows<W> {
             rec.extend(cells);
         }
         rec.push(l.output_files.join(";"));
-        self.w.write_record(&rec)?;
+        self.w
+            .write_record(rec.iter().map(|c| shown(c, self.terminal)))?;
         Ok(())
     }
 
@@ -652,9 +676,8 @@ mod tests {
         assert_eq!(rfc3339(1e300), None);
     }
 
-    #[test]
-    fn csv_flattens_inputs_and_outputs() {
-        let mk = |task, input, output| ResultLine {
+    fn line(task: u64, input: serde_json::Value, output: serde_json::Value) -> ResultLine {
+        ResultLine {
             task,
             state: "done".into(),
             input,
@@ -669,7 +692,53 @@ mod tests {
             started: None,
             finished: None,
             output_files: vec![],
-        };
+        }
+    }
+
+    /// To a terminal every cell and column name from the results has its control characters
+    /// escaped (newlines kept: the CSV quotes them); to a file or pipe they are the data.
+    #[test]
+    fn csv_escapes_control_characters_only_for_a_terminal() {
+        let mut l = line(
+            0,
+            serde_json::json!({"k\u{1b}]0;t\u{7}": "a\u{1b}[31mb"}),
+            serde_json::json!("x\u{0}y\u{1}z\nw"),
+        );
+        l.error = Some("e\u{1b}[2J".into());
+        l.host = "h\u{7}".into();
+        let mut raw = Vec::new();
+        write_csv(&mut raw, std::slice::from_ref(&l), false).unwrap();
+        for b in [0x1b, 0x07, 0x00, 0x01] {
+            assert!(raw.contains(&b), "byte {b:#x} not kept in {raw:?}");
+        }
+        let mut shown = Vec::new();
+        write_csv(&mut shown, std::slice::from_ref(&l), true).unwrap();
+        let text = String::from_utf8(shown).unwrap();
+        assert!(
+            !text.contains(['\u{1b}', '\u{7}', '\u{0}', '\u{1}']),
+            "{text:?}"
+        );
+        for escaped in [
+            r"input.k\u{1b}]0;t\u{7}",
+            r"a\u{1b}[31mb",
+            r"x\u{0}y\u{1}z",
+            r"e\u{1b}[2J",
+            r"h\u{7}",
+        ] {
+            assert!(text.contains(escaped), "no {escaped} in {text:?}");
+        }
+        let mut r = csv::Reader::from_reader(text.as_bytes());
+        let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
+        assert_eq!(rows.len(), 1, "{text:?}");
+        assert!(
+            rows[0].iter().any(|c| c == "x\\u{0}y\\u{1}z\nw"),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn csv_flattens_inputs_and_outputs() {
+        let mk = line;
         let lines = vec![
             mk(
                 0,
@@ -683,7 +752,7 @@ mod tests {
             ),
         ];
         let mut buf = Vec::new();
-        write_csv(&mut buf, &lines).unwrap();
+        write_csv(&mut buf, &lines, false).unwrap();
         let mut r = csv::Reader::from_reader(buf.as_slice());
         let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
         for c in ["input.seed", "input.p.n", "output.pi", "output", "started"] {
@@ -705,13 +774,13 @@ mod tests {
                 )
             })
             .collect();
-        let e = write_csv(std::io::sink(), &distinct)
+        let e = write_csv(std::io::sink(), &distinct, false)
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("distinct output columns") && e.contains("jsonl"),
             "{e}"
         );
-        assert!(write_csv(std::io::sink(), &distinct[..100]).is_ok());
+        assert!(write_csv(std::io::sink(), &distinct[..100], false).is_ok());
     }
 }

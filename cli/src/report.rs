@@ -148,7 +148,21 @@ pub(crate) struct ReportData<'a> {
     pub(crate) logs_dir: &'a Path,
 }
 
+/// Text from the journal or a task (a name, a host, an exit, a reason) for HTML or SVG:
+/// every control character, newline and tab included, escaped visibly
+/// ([`mw_bundle::text::escape_controls_one_line`]), then the markup characters. Raw
+/// control characters would reach a terminal that shows the file, and most make an SVG
+/// (XML) invalid.
 fn esc(s: &str) -> String {
+    html(&mw_bundle::text::escape_controls_one_line(s))
+}
+
+/// [`esc`] for a `<pre>` block: its newlines and tabs are kept.
+fn esc_pre(s: &str) -> String {
+    html(&mw_bundle::text::escape_controls(s))
+}
+
+fn html(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -643,7 +657,11 @@ pub(crate) fn render_html(d: &ReportData<'_>) -> String {
             let _ = writeln!(h, "<p>{}</p>", esc(&reason));
             if let Some(err) = stderr {
                 let tail = last_chars(&err, STDERR_SHOWN);
-                let _ = writeln!(h, "<p>stderr (last attempt):</p><pre>{}</pre>", esc(&tail));
+                let _ = writeln!(
+                    h,
+                    "<p>stderr (last attempt):</p><pre>{}</pre>",
+                    esc_pre(&tail)
+                );
             }
         }
     }

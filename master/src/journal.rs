@@ -392,23 +392,25 @@ pub fn open_checked(path: &Path, write: bool) -> Result<Connection, JournalError
     } else {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
-    let conn =
+    let mut conn =
         Connection::open_with_flags(path, flags).map_err(|e| jerr(path, "cannot open", e))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(|e| jerr(path, "setting busy timeout", e))?;
-    let version: Option<String> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'schema_version'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(|e| {
-            JournalError(format!(
-                "{}: not an mw journal, or it is corrupt ({e}); nothing was changed",
-                path.display()
-            ))
-        })?;
+    let not_a_journal = |e: rusqlite::Error| {
+        JournalError(format!(
+            "{}: not an mw journal, or it is corrupt ({e}); nothing was changed",
+            path.display()
+        ))
+    };
+    let version = match schema_version(&conn) {
+        // Reading a WAL database needs its `-shm` file, made beside it: in a directory that
+        // is not writable (a finished job kept read-only) SQLite cannot make it.
+        Err(e) if !write && cannot_make_shm(&e) => {
+            conn = open_immutable(path, &e)?;
+            schema_version(&conn).map_err(not_a_journal)?
+        }
+        read => read.map_err(not_a_journal)?,
+    };
     let Some(version) = version else {
         return Err(JournalError(format!(
             "{}: not an mw journal (no schema version); nothing was changed",
@@ -447,6 +449,84 @@ pub fn open_checked(path: &Path, write: bool) -> Result<Connection, JournalError
     checked_in_this_process(path, true);
     check_mark(&conn, path)?;
     Ok(conn)
+}
+
+fn schema_version(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT value FROM meta WHERE key = 'schema_version'",
+        [],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Whether a read-only connection failed as one does that cannot create the database's
+/// `-shm` file (SQLite says "attempt to write a readonly database" or "unable to open
+/// database file").
+fn cannot_make_shm(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen)
+    )
+}
+
+/// `path + suffix` (`-wal`, `-shm`, `-journal`: SQLite's files beside a database).
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Opens a journal that cannot be opened read-only because its `-shm` file cannot be made
+/// (`why`), as SQLite's `immutable` file, which needs no `-shm`: a finished job in a
+/// directory that is not writable, left by a clean close with no `-wal` file. An immutable
+/// database is read without locks or a `-wal`, so with a `-wal` (or a rollback `-journal`)
+/// beside it, which may hold committed results, it is refused instead, saying why.
+pub(crate) fn open_immutable(
+    path: &Path,
+    why: &rusqlite::Error,
+) -> Result<Connection, JournalError> {
+    for suffix in ["-wal", "-journal"] {
+        let pending = beside(path, suffix);
+        if std::fs::symlink_metadata(&pending).is_ok() {
+            return Err(JournalError(format!(
+                "{}: cannot read the journal: SQLite cannot create {} ({why}; is the job \
+                 directory not writable?), which it needs to read the changes in {}; make \
+                 the directory writable, or copy the job directory to one that is; nothing \
+                 was changed",
+                path.display(),
+                beside(path, "-shm").display(),
+                pending.display()
+            )));
+        }
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(immutable_uri(path), flags).map_err(|e| {
+        jerr(
+            path,
+            "cannot open (immutable, for a directory that is not writable)",
+            e,
+        )
+    })?;
+    Ok(conn)
+}
+
+/// The `file:` URI of `path` with `immutable=1`, every byte but an unreserved one
+/// percent-encoded (so `?`, `#` and `%` in a name stay part of it).
+fn immutable_uri(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            uri.push(char::from(b));
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push_str("?immutable=1");
+    uri
 }
 
 /// Whether this process found the journal at `path` sound already; `passed` records that it
@@ -2178,6 +2258,51 @@ pub fn requeue_for_retry(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// The fallback for a journal in a directory that is not writable: a cleanly closed WAL
+    /// journal (no `-wal`, no `-shm` left) reads as an immutable file, under a name that
+    /// needs percent-encoding in a URI; with a `-wal` beside it, it is refused saying why,
+    /// not called corrupt. (Whether `open_checked` takes this path when SQLite cannot make
+    /// the `-shm` is shown end to end in tests/tests/journal_commands.rs, as another user.)
+    #[test]
+    fn a_closed_journal_opens_immutable_and_one_with_a_wal_is_refused_plainly() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("job a?b#c%20d é");
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join(JOURNAL_FILE);
+        {
+            let conn = Connection::open(&path).unwrap();
+            configure(&conn, &path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                params![SCHEMA_VERSION.to_string()],
+            )
+            .unwrap();
+        }
+        assert!(!beside(&path, "-wal").exists() && !beside(&path, "-shm").exists());
+        let why = rusqlite::Error::InvalidQuery;
+        let conn = open_immutable(&path, &why).unwrap();
+        assert_eq!(
+            schema_version(&conn).unwrap(),
+            Some(SCHEMA_VERSION.to_string())
+        );
+        // Immutable: nothing is written, not even a -shm.
+        assert!(!beside(&path, "-shm").exists());
+        drop(conn);
+        let uri = immutable_uri(&path);
+        assert!(
+            uri.ends_with("/job%20a%3Fb%23c%2520d%20%C3%A9/journal.sqlite?immutable=1"),
+            "{uri}"
+        );
+
+        std::fs::write(beside(&path, "-wal"), b"").unwrap();
+        let e = open_immutable(&path, &why).unwrap_err().to_string();
+        assert!(
+            e.contains("-wal") && e.contains("not writable") && !e.contains("corrupt"),
+            "{e}"
+        );
+    }
 
     /// A forged row's input or result is held to what an intake accepts: a dense
     /// `[0,0,…]` of 140 MB (some 2 GB as a tree) is refused before it is parsed.

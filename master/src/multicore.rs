@@ -367,8 +367,9 @@ fn run_one(
     // One byte over the limit is enough to tell the result is too large (the master then
     // fails the task naming the limit); nothing more is read into memory.
     req.max_stdout_bytes = spec.max_output_bytes.saturating_add(1);
-    // Enough stderr for the task's log; the task's error carries only its last 4 KiB.
-    req.stderr_tail_bytes = 64 * 1024;
+    // The task's log keeps the last LOG_CAP_BYTES of stderr; one byte more tells it was cut
+    // (the log then says so). The task's error carries only the last 4 KiB.
+    req.stderr_tail_bytes = crate::task_logs::LOG_CAP_BYTES + 1;
     let mut outcome = execute(&req, control)
         .map_err(|e| InterfaceError::new(format!("running {}: {e}", task.id)))?;
     let stdout_over = matches!(&outcome.exit,

@@ -1,7 +1,7 @@
 //! Where each attempt's stdout and stderr are kept: `<logs dir>/task-<N>.<attempt>.stdout`
 //! and `….stderr`, each cut to [`LOG_CAP_BYTES`] (stdout keeps its head, stderr its tail,
-//! which is all an interface reports of it). The one home of these file names: the master
-//! writes them, `mw logs` reads them.
+//! which is all an interface reports of it; a cut log says so). The one home of these file
+//! names: the master writes them, `mw logs` reads them.
 //!
 //! This module knows nothing of the journal, platforms or terminals.
 
@@ -34,7 +34,8 @@ pub fn log_path(logs_dir: &Path, task: TaskId, attempt: u32, stream: Stream) -> 
     logs_dir.join(format!("task-{}.{attempt}.{}", task.0, stream.suffix()))
 }
 
-/// Marker appended when a log was cut at the cap.
+/// Marker of a log cut at the cap: after stdout's head, before stderr's tail (without its
+/// leading newline there).
 const CUT: &[u8] = b"\n[mw: cut at the log size cap]\n";
 
 /// Keeps one attempt's streams (empty streams leave no file; the directory is made with the
@@ -59,11 +60,16 @@ pub(crate) fn write(
         );
     }
     if !stderr.is_empty() {
-        let b = stderr.as_bytes();
-        let tail = &b[b.len().saturating_sub(LOG_CAP_BYTES)..];
+        // The tail, after the marker when anything before it was cut.
+        let tail = mw_bundle::text::tail(stderr, LOG_CAP_BYTES);
+        let mut bytes = Vec::with_capacity(tail.len() + CUT.len());
+        if tail.len() < stderr.len() {
+            bytes.extend_from_slice(&CUT[1..]);
+        }
+        bytes.extend_from_slice(tail.as_bytes());
         put(
             &log_path(logs_dir, task, attempt, Stream::Stderr),
-            tail,
+            &bytes,
             task,
         );
     }
@@ -104,6 +110,35 @@ pub fn read(logs_dir: &Path, task: TaskId, attempt: u32, stream: Stream) -> Opti
 mod tests {
     #![allow(clippy::unwrap_used)] // test code: a failed expectation is a test failure
     use super::*;
+
+    /// Each stream is kept up to the cap; a cut one says so: stdout after its head, stderr
+    /// before its tail (cut at a character boundary). What fits is kept as it is.
+    #[test]
+    fn logs_past_the_cap_are_cut_and_marked() {
+        let d = tempfile::tempdir().unwrap();
+        let over = format!("é{}END", "x".repeat(LOG_CAP_BYTES));
+        write(d.path(), TaskId(1), 1, true, over.as_bytes(), &over);
+        let out = read(d.path(), TaskId(1), 1, Stream::Stdout).unwrap();
+        assert_eq!(out.len(), LOG_CAP_BYTES + CUT.len());
+        assert!(out.starts_with("éx".as_bytes()) && out.ends_with(CUT));
+        let err = read(d.path(), TaskId(1), 1, Stream::Stderr).unwrap();
+        assert!(
+            err.starts_with(b"[mw: cut at the log size cap]\nxxx"),
+            "{:?}",
+            &err[..40]
+        );
+        assert!(err.ends_with(b"xEND"));
+        assert_eq!(err.len(), LOG_CAP_BYTES + CUT.len() - 1);
+
+        let fits = "x".repeat(LOG_CAP_BYTES);
+        write(d.path(), TaskId(2), 1, true, fits.as_bytes(), &fits);
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            assert_eq!(
+                read(d.path(), TaskId(2), 1, stream).unwrap(),
+                fits.as_bytes()
+            );
+        }
+    }
 
     /// A FIFO (or anything but a regular file) where a log should be is no log: reading it
     /// once blocked `mw logs` for ever.

@@ -1056,3 +1056,210 @@ fn escape_sequences_a_task_prints_never_reach_the_terminal_raw() {
         "{shown:?}"
     );
 }
+
+/// A finished job `evil-1` of two tasks: task 0 returns a string holding ESC and BEL, task 1
+/// fails after printing ESC, BEL, NUL and ^A on stderr. Its journal is then forged (as
+/// anyone who can write the file could) to hold such characters, a newline among them, in
+/// the job's name and interface and in the tasks' host.
+fn evil_job(d: &Path) {
+    script(
+        d,
+        "evil.sh",
+        r#"i=$(cat); if [ "$i" = 1 ]; then printf 'a\033[31mred\007bell\000nul\001x\n' >&2; exit 3; fi; printf '{"v": "a\\u001b[31mb\\u0007"}'"#,
+    );
+    std::fs::write(
+        d.join("evil.toml"),
+        "name = \"evil\"\nworkers = 1\n[program]\npath = \"evil.sh\"\n[inputs]\nlist = [0, 1]\n",
+    )
+    .unwrap();
+    let o = mw(d, &["run", "-q", "evil.toml"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let conn = rusqlite::Connection::open(d.join("jobs/evil-1/journal.sqlite")).unwrap();
+    conn.execute_batch(
+        "UPDATE job SET name = char(27)||'[2J'||char(7)||'n'||char(10)||'ame', \
+                        interface = 'multi'||char(27)||'[31m'||char(10)||'x'; \
+         UPDATE tasks SET host = 'h'||char(7)||char(10)||'y';",
+    )
+    .unwrap();
+}
+
+/// The control characters in `bytes` but newline (and the carriage return a terminal adds
+/// to it, when `tty`).
+fn raw_controls(bytes: &[u8], tty: bool) -> Vec<u8> {
+    bytes
+        .iter()
+        .copied()
+        .filter(|&b| (b < 0x20 && b != b'\n' && !(tty && b == b'\r')) || b == 0x7f)
+        .collect()
+}
+
+/// A task's stderr and a journal's text reach the report (HTML and SVG) with their control
+/// characters escaped visibly: none raw (they reach a terminal that shows the file, and
+/// make an SVG invalid XML), the stderr's lines kept in its `<pre>`.
+#[test]
+fn the_report_holds_no_raw_control_characters() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    evil_job(d);
+    let o = mw(d, &["report", "evil-1", "-o", "r.html"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let html = std::fs::read(d.join("r.html")).unwrap();
+    assert_eq!(
+        raw_controls(&html, false),
+        b"",
+        "raw control characters in the HTML"
+    );
+    let html = String::from_utf8(html).unwrap();
+    assert!(
+        html.contains("<pre>a\\u{1b}[31mred\\u{7}bell\\u{0}nul\\u{1}x\n</pre>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("interface multi\\u{1b}[31m\\u{a}x."),
+        "{html}"
+    );
+    let o = mw(d, &["report", "evil-1", "-o", "r.svg"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let svg = std::fs::read(d.join("r.svg")).unwrap();
+    assert_eq!(
+        raw_controls(&svg, false),
+        b"",
+        "raw control characters in the SVG"
+    );
+    let svg = String::from_utf8(svg).unwrap();
+    assert!(svg.contains(">h\\u{7}\\u{a}y #0</text>"), "{svg}");
+    assert!(svg.contains("(multi\\u{1b}[31m\\u{a}x)"), "{svg}");
+}
+
+/// Runs `mw ARGS` on a terminal (`script`, from util-linux, gives it one); returns what the
+/// terminal got.
+fn mw_on_a_terminal(d: &Path, args: &str) -> Vec<u8> {
+    let cmd = format!(
+        "MW_JOBS_DIR={} {} {args}",
+        d.join("jobs").display(),
+        mw_tests::bin("mw").display()
+    );
+    let tty = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .current_dir(d)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script (util-linux) runs mw on a terminal");
+    assert!(
+        tty.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tty.stdout)
+    );
+    tty.stdout
+}
+
+/// `mw results --format csv` on a terminal escapes the control characters of the task's
+/// data (its output, its error's stderr tail, its host), as `mw logs` does; into a pipe the
+/// cells are the data, byte for byte. JSON lines escape them as JSON does, everywhere.
+#[test]
+fn results_as_csv_on_a_terminal_are_escaped_and_raw_in_a_pipe() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    evil_job(d);
+    let shown = mw_on_a_terminal(d, "results evil-1 --format csv");
+    assert_eq!(raw_controls(&shown, true), b"", "{shown:?}");
+    let shown = String::from_utf8_lossy(&shown);
+    for escaped in [
+        r"a\u{1b}[31mb\u{7}",
+        r"a\u{1b}[31mred\u{7}bell\u{0}nul\u{1}x",
+        r"h\u{7}",
+    ] {
+        assert!(shown.contains(escaped), "no {escaped} in {shown:?}");
+    }
+    let piped = mw(d, &["results", "evil-1", "--format", "csv"]);
+    assert_eq!(piped.code, 0, "{}", piped.stderr);
+    assert!(
+        piped.stdout.contains("a\u{1b}[31mb\u{7}")
+            && piped
+                .stdout
+                .contains("a\u{1b}[31mred\u{7}bell\u{0}nul\u{1}x"),
+        "{:?}",
+        piped.stdout
+    );
+    let jsonl = mw_on_a_terminal(d, "results evil-1");
+    assert_eq!(raw_controls(&jsonl, true), b"", "{jsonl:?}");
+}
+
+/// `mw status`, the table and one job, shows what the journal holds (a job's name and
+/// interface, a task's host) and the job's directory escaped and on one line: a forged
+/// name once cleared the terminal and broke the table's rows.
+#[test]
+fn status_shows_the_journals_text_escaped_on_one_line() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    evil_job(d);
+    let table = mw(d, &["status"]);
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    assert_eq!(
+        raw_controls(table.stdout.as_bytes(), false),
+        b"",
+        "{:?}",
+        table.stdout
+    );
+    let row = table
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("evil-1"))
+        .unwrap_or_else(|| panic!("{}", table.stdout));
+    assert!(
+        row.contains(r"\u{1b}[2J\u{7}n\u{a}ame") && row.contains(r"multi\u{1b}[31m\u{a}x"),
+        "{row}"
+    );
+    assert!(row.contains("finished with failures"), "{row}");
+    let one = mw(d, &["status", "evil-1"]);
+    assert_eq!(one.code, 0, "{}", one.stderr);
+    assert_eq!(
+        raw_controls(one.stdout.as_bytes(), false),
+        b"",
+        "{:?}",
+        one.stdout
+    );
+    assert!(
+        one.stdout.contains("interface  multi\\u{1b}[31m\\u{a}x\n"),
+        "{}",
+        one.stdout
+    );
+    assert!(one.stdout.contains("s  h\\u{7}\\u{a}y\n"), "{}", one.stdout);
+    // The same on a terminal (the table is laid out to its width there).
+    let shown = mw_on_a_terminal(d, "status");
+    assert_eq!(raw_controls(&shown, true), b"", "{shown:?}");
+    assert!(
+        String::from_utf8_lossy(&shown).contains(r"\u{1b}[2J\u{7}n\u{a}ame"),
+        "{shown:?}"
+    );
+}
+
+/// A local task's stderr log keeps the documented 1 MiB (`mw run --help`), its tail, and
+/// says that it was cut, as a cut stdout log does (it once kept 64 KiB without a word).
+#[test]
+fn a_local_tasks_stderr_log_keeps_the_cap_and_says_it_was_cut() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    script(
+        d,
+        "chatty.sh",
+        r"head -c 1500000 /dev/zero | tr '\000' e >&2; printf END >&2; exit 2",
+    );
+    std::fs::write(
+        d.join("chatty.toml"),
+        "name = \"chatty\"\nworkers = 1\n[program]\npath = \"chatty.sh\"\n[inputs]\nlist = [0]\n",
+    )
+    .unwrap();
+    let o = mw(d, &["run", "-q", "chatty.toml"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let log = mw(d, &["logs", "chatty-1", "0", "--stream", "stderr"]);
+    assert_eq!(log.code, 0, "{}", log.stderr);
+    let marker = "[mw: cut at the log size cap]\n";
+    assert!(
+        log.stdout.starts_with(&format!("{marker}eee")),
+        "{:?}",
+        &log.stdout[..log.stdout.len().min(80)]
+    );
+    assert!(log.stdout.ends_with("eeeEND"));
+    assert_eq!(log.stdout.len(), marker.len() + 1024 * 1024);
+}

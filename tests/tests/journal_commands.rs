@@ -915,3 +915,99 @@ fn status_of_a_jobs_directory_it_cannot_list_is_an_error() {
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.contains("no jobs"), "{}", o.stdout);
 }
+
+/// A finished job in a directory its reader cannot write (a clean close leaves no `-wal` or
+/// `-shm`): `mw status`, `results`, `logs` and `report` read it (SQLite cannot make the
+/// `-shm` a read-only open of a WAL database needs, so the journal is opened immutable). The
+/// tests run as root, whom permissions do not stop, so the commands run as `nobody`
+/// (`setpriv`); where that cannot be done the test says so and checks nothing more.
+#[test]
+fn a_finished_job_in_a_directory_it_cannot_write_is_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    finished_job(d);
+    let job = d.join("jobs/fin-1");
+    for leftover in ["journal.sqlite-wal", "journal.sqlite-shm"] {
+        assert!(
+            !job.join(leftover).exists(),
+            "{leftover} left by a clean close"
+        );
+    }
+    // Readable by all, writable by root only; the report goes to a directory anyone writes.
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = d.join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(args)
+            .current_dir(&out)
+            .env("MW_JOBS_DIR", d.join("jobs"))
+            .stdin(std::process::Stdio::null())
+            .output()
+    };
+    let can_write = as_nobody(&["sh", "-c", &format!("test -w '{}'", job.display())]);
+    match &can_write {
+        Ok(o) if o.status.code() == Some(1) => {}
+        other => {
+            eprintln!(
+                "SKIPPED: cannot run a command as a user who cannot write the job directory \
+                 (setpriv as uid 65534: {other:?})"
+            );
+            return;
+        }
+    }
+    let mw = mw_tests::bin("mw");
+    let mw = mw.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec![mw];
+        all.extend_from_slice(args);
+        let o = as_nobody(&all).unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(
+            !stderr.contains("corrupt") && !stderr.contains("readonly"),
+            "{args:?}: {stderr}"
+        );
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr,
+        )
+    };
+    let (code, stdout, stderr) = run(&["status", "fin-1"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("finished with failures"), "{stdout}");
+    let (code, stdout, stderr) = run(&["status"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("fin-1")),
+        "{stdout}{stderr}"
+    );
+    let (code, stdout, stderr) = run(&["results", "fin-1"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(jsonl(&stdout).len(), 4, "{stdout}");
+    let (code, stdout, stderr) = run(&["logs", "fin-1", "1", "--stream", "stderr"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, "one fails\n");
+    let (code, _, stderr) = run(&["report", "fin-1", "-o", "r.html"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(std::fs::read_to_string(out.join("r.html"))
+        .unwrap()
+        .contains("one fails"));
+    for leftover in ["journal.sqlite-wal", "journal.sqlite-shm"] {
+        assert!(!job.join(leftover).exists(), "{leftover} made");
+    }
+
+    // With a -wal file beside the journal (which may hold committed results, and which an
+    // immutable open would not read) the reader is told why it cannot read, not "corrupt".
+    std::fs::write(job.join("journal.sqlite-wal"), b"").unwrap();
+    let o = as_nobody(&[mw, "status", "fin-1"]).unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("not writable") && stderr.contains("-wal") && !stderr.contains("corrupt"),
+        "{stderr}"
+    );
+}
