@@ -974,8 +974,16 @@ const MAX_BATCH: usize = 100_000;
 /// Attempts of one group commit (the first plus retries).
 const COMMIT_ATTEMPTS: usize = 4;
 
+/// The file `path` names now (device, inode): the journal's file as the writer started,
+/// to tell when it was removed or replaced under a running master.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
 fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: Arc<Shared>) {
     let mut finals_committed = count_final(&conn).unwrap_or(0);
+    let identity = file_identity(path);
     // Kept from one commit to the next: a fast job's batches hold tens of thousands of
     // writes, and growing fresh vectors for each cost page faults (zeroing) on every commit.
     let mut batch: Vec<Write> = Vec::with_capacity(MAX_BATCH);
@@ -1048,7 +1056,22 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: A
                     )
                 })
                 .call();
+            // A journal file removed (or replaced) while the master runs takes every commit
+            // since with it, though SQLite commits to the unlinked file without an error:
+            // nothing more is reported as stored, and the master stops saying why.
+            let gone = result.is_ok() && identity.is_some() && file_identity(path) != identity;
             match result {
+                Ok(_) if gone => {
+                    let msg = format!(
+                        "{}: the journal file was removed or replaced while the master ran; \
+                         results since are not stored there, so nothing more is reported",
+                        path.display()
+                    );
+                    log::error!("{msg}");
+                    durable.clear();
+                    answer = Err(msg.clone());
+                    shared.fail(msg);
+                }
                 Ok(n) => {
                     finals_committed += n;
                     // The high-water mark of committed final rows, so a journal that later

@@ -312,6 +312,24 @@ fn killed_while_recording_then_resumed(point: &str, n: i64, recorded: &str) {
 }
 
 #[test]
+fn a_journal_removed_under_a_running_master_stops_it_without_reporting_more() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    gated_job(d, "gone", 3);
+    let child = spawn_mw(d, &["run", "gone.toml", "-q"], &[]);
+    poll("tasks running", || pids(d).len() == 2);
+    // Someone cleans up the job directory while the master runs.
+    let dir = d.join("jobs/gone-1");
+    std::fs::remove_file(dir.join("journal.sqlite")).unwrap();
+    std::fs::write(d.join("gate"), "").unwrap();
+    let (code, stdout, stderr) = finish(child);
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(stderr.contains("removed or replaced"), "{stderr}");
+    // Not one result was printed as if it were stored.
+    assert_eq!(stdout.trim(), "", "{stdout}");
+}
+
+#[test]
 fn a_second_master_for_the_same_job_is_refused() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
