@@ -505,6 +505,34 @@ impl Job {
         Ok(())
     }
 
+    /// `[boinc] comparison` is one of the two rules and its tolerances are numbers of 0 or
+    /// more (a misspelt rule would silently have compared bit by bit).
+    fn check_comparison(&self) -> Result<(), JobError> {
+        let b = &self.file.boinc;
+        let at = |field: &str, msg: String| {
+            Err(self.err_at(self.section_span("boinc"), &format!("boinc.{field}"), msg))
+        };
+        if let Some(c) = b.comparison.as_deref() {
+            if c != "bitwise" && c != "json" {
+                return at(
+                    "comparison",
+                    format!("is `{c}`; use \"bitwise\" or \"json\""),
+                );
+            }
+        }
+        for (field, v) in [
+            ("rel_tolerance", b.rel_tolerance),
+            ("abs_tolerance", b.abs_tolerance),
+        ] {
+            if let Some(v) = v {
+                if !(v.is_finite() && v >= 0.0) {
+                    return at(field, format!("is {v}; it must be a number of 0 or more"));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// TOML's `nan` and `inf` are no JSON values: an input holding one would silently reach
     /// its task as `null`, so it is refused, naming the field.
     fn check_finite_inputs(&self) -> Result<(), JobError> {
@@ -549,6 +577,7 @@ impl Job {
         self.workers()?;
         self.max_output_bytes()?;
         self.check_finite_inputs()?;
+        self.check_comparison()?;
         if let Some(sweep) = &self.file.inputs.sweep {
             for (name, values) in sweep {
                 if let SweepValues::Range(SweepRange { start, end, step }) = values.get_ref() {
@@ -1507,10 +1536,21 @@ impl TaskBuilder {
             }
             spec.env.insert(k.clone(), value);
         }
-        for o in &self.outputs {
+        for (i, o) in self.outputs.iter().enumerate() {
             let name = self.render(o, &ctx, index)?;
-            mw_bundle::check_relative_path(&name)
-                .map_err(|e| JobError(format!("task {index}: output `{name}`: {e}")))?;
+            mw_bundle::check_relative_path(&name).map_err(|e| {
+                JobError(format!(
+                    "{}: field `outputs[{i}]`: task {index}: output `{name}`: {e}",
+                    self.job_path.display()
+                ))
+            })?;
+            if self.stdout == mw::StdoutMode::File && name == mw::master::STDOUT_FILE {
+                return Err(JobError(format!(
+                    "{}: field `outputs[{i}]`: task {index}: an output named `{name}` would be \
+                     overwritten by the stdout that `stdout = \"file\"` keeps under that name",
+                    self.job_path.display()
+                )));
+            }
             spec.outputs.push(name);
         }
         for f in &self.input_files {
@@ -1521,8 +1561,14 @@ impl TaskBuilder {
                 self.base_dir.join(&rel)
             };
             if !path.is_file() {
+                let what = if path.exists() {
+                    "is not a regular file"
+                } else {
+                    "does not exist"
+                };
                 return Err(JobError(format!(
-                    "task {index}: input file {} does not exist",
+                    "{}: field `input_files`: task {index}: input file {} {what}",
+                    self.job_path.display(),
                     path.display()
                 )));
             }
@@ -1530,6 +1576,15 @@ impl TaskBuilder {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            if let Some((_, first)) = spec.input_files.iter().find(|(n, _)| *n == name) {
+                return Err(JobError(format!(
+                    "{}: field `input_files`: task {index}: input files {} and {} would both \
+                     be `{name}` in the task's directory",
+                    self.job_path.display(),
+                    first.display(),
+                    path.display()
+                )));
+            }
             spec.input_files.push((name, path));
         }
         spec.timeout = self.timeout;

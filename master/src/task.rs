@@ -154,6 +154,9 @@ pub enum ProgramError {
     /// An extra file is missing or unreadable.
     #[error("program file `{0}` does not exist or is not a regular file")]
     MissingFile(PathBuf),
+    /// Two extra files would take the same name in the task's working directory.
+    #[error("program files `{0}` and `{1}` would both be `{2}` in the task's directory")]
+    DuplicateFile(PathBuf, PathBuf, String),
     /// Packing the program bundle failed.
     #[error(transparent)]
     Bundle(#[from] mw_bundle::BundleError),
@@ -210,7 +213,11 @@ impl Program {
         if !path.is_file() {
             return Err(ProgramError::MissingFile(path));
         }
-        self.files.push((file_name_of(&path), path));
+        let name = file_name_of(&path);
+        if let Some((_, first)) = self.files.iter().find(|(n, _)| *n == name) {
+            return Err(ProgramError::DuplicateFile(first.clone(), path, name));
+        }
+        self.files.push((name, path));
         Ok(self)
     }
 

@@ -592,6 +592,41 @@ fn job_file_mistakes_get_answers() {
     let o = mw(d, &["run", "mode.toml"]);
     assert_eq!(o.code, 2);
     assert!(o.stderr.contains("program.stdout"), "{}", o.stderr);
+    // Two files that would take one name in the task's directory, an output that stdout
+    // = "file" would overwrite, a misspelt comparison rule: refused, each with its field.
+    for dir in ["da", "db"] {
+        std::fs::create_dir_all(d.join(dir)).unwrap();
+        std::fs::write(d.join(dir).join("x.csv"), dir).unwrap();
+    }
+    for (name, body, needles) in [
+        (
+            "pfiles.toml",
+            "[program]\npath = \"t.sh\"\nfiles = [\"da/x.csv\", \"db/x.csv\"]\n[inputs]\nlist = [1]\n",
+            &["program.files", "da/x.csv", "db/x.csv"][..],
+        ),
+        (
+            "ifiles.toml",
+            "input_files = [\"da/x.csv\", \"db/x.csv\"]\n[program]\npath = \"t.sh\"\n[inputs]\nlist = [1]\n",
+            &["input_files", "da/x.csv", "db/x.csv", "ifiles.toml"][..],
+        ),
+        (
+            "outstdout.toml",
+            "outputs = [\"stdout\"]\n[program]\npath = \"t.sh\"\nstdout = \"file\"\n[inputs]\nlist = [1]\n",
+            &["outputs[0]", "overwritten"][..],
+        ),
+        (
+            "cmp.toml",
+            "[program]\npath = \"t.sh\"\n[inputs]\nlist = [1]\n[boinc]\ncomparison = \"jsn\"\n",
+            &["boinc.comparison", "jsn"][..],
+        ),
+    ] {
+        std::fs::write(d.join(name), body).unwrap();
+        let o = mw(d, &["run", name]);
+        assert_eq!(o.code, 2, "{name}: {}", o.stdout);
+        for n in needles {
+            assert!(o.stderr.contains(n), "{name}: `{n}` in {}", o.stderr);
+        }
+    }
     // nan and inf would reach the task as null: refused, with the field and its line.
     for (name, inputs, field) in [
         (
