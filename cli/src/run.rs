@@ -307,6 +307,10 @@ fn encode(input: serde_json::Value) -> anyhow::Result<Box<serde_json::value::Raw
 
 /// Loads the job file and checks every task spec (all errors before anything runs).
 pub(crate) fn prepare(opts: &JobOptions) -> anyhow::Result<Prepared> {
+    crate::signals::at_once_during(|| prepare_job(opts))
+}
+
+fn prepare_job(opts: &JobOptions) -> anyhow::Result<Prepared> {
     let mut job = Job::load(&opts.job)?;
     if let Some(name) = &opts.name {
         job.name = name.clone();

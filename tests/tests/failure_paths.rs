@@ -329,6 +329,36 @@ fn a_journal_removed_under_a_running_master_stops_it_without_reporting_more() {
     assert_eq!(stdout.trim(), "", "{stdout}");
 }
 
+/// Whether process `pid` catches signal `sig` (its handler is installed).
+fn catches(pid: u32, sig: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|m| m & (1 << (sig - 1)) != 0)
+}
+
+#[test]
+fn a_stop_signal_while_the_job_file_is_checked_ends_mw_at_once() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    // A template that takes minutes to render (10^8 loop turns) for every task.
+    write(
+        d,
+        "slow.toml",
+        "name = \"slow\"\nargs = [\"{% for i in range(end=10000) %}{% for j in range(end=10000) %}{% endfor %}{% endfor %}x\"]\n[program]\ncommand = [\"/bin/cat\"]\n[inputs]\nlist = [1]\n",
+    );
+    let child = spawn_mw(d, &["run", "slow.toml", "-q"], &[]);
+    let pid = child.id();
+    poll("mw's signal handlers", || catches(pid, libc::SIGTERM));
+    // SAFETY: kill(2) on the mw process we started.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let (code, _, stderr) = finish(child);
+    assert_eq!(code, 130, "{stderr}");
+    assert!(!d.join("jobs").join("slow-1").exists(), "no job was made");
+}
+
 #[test]
 fn a_second_master_for_the_same_job_is_refused() {
     let t = tempfile::tempdir().unwrap();
@@ -588,6 +618,10 @@ fn a_pending_cancel_is_applied_before_a_resumed_master_dispatches_anything() {
     // A submitted job whose master died before taking it over, and a `mw cancel` of task 0
     // killed right after recording its request: nobody has carried the request out.
     let id = submit_with(d, "p.toml", &[("MW_CRASH_AT", "resume-start")]);
+    // `mw submit` returns before its detached master has reached the crash point.
+    poll("the detached master gone", || {
+        status_of(d, &id)["job"]["master_pid"].is_null()
+    });
     let (code, _, stderr) = finish(spawn_mw(
         d,
         &["cancel", &id, "--task", "0"],
