@@ -614,10 +614,13 @@ pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<i32> {
         out.flush()?;
         return Ok(EXIT_OK);
     }
-    // Tasks named by number: a few, held.
+    // Tasks named by number: a few, held; in task order, each once (`--task 1 --task 1`).
+    let mut named = args.task.clone();
+    named.sort_unstable();
+    named.dedup();
     let tasks = {
-        let mut v = Vec::with_capacity(args.task.len());
-        for &n in &args.task {
+        let mut v = Vec::with_capacity(named.len());
+        for &n in &named {
             match read_task(&conn, &path, n)? {
                 Some(t) => v.push(t),
                 None => bail!("job {}: there is no task {n}", dir.display()),
@@ -630,7 +633,7 @@ pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<i32> {
         .filter(|t| wanted(t))
         .map(super::ResultLine::from_stored)
         .collect();
-    if !args.task.is_empty() && lines.len() < args.task.len() {
+    if !named.is_empty() && lines.len() < named.len() {
         let open: Vec<String> = tasks
             .iter()
             .filter(|t| !t.state.is_final())
@@ -732,7 +735,7 @@ pub(crate) fn wait(args: WaitArgs, quiet: bool) -> anyhow::Result<i32> {
         Some(t) if (0.0..1e9).contains(&t) => {
             Some(std::time::Instant::now() + Duration::from_secs_f64(t))
         }
-        Some(_) => bail!("--timeout must be a number of seconds, 0 or more"),
+        Some(_) => bail!("--timeout must be a number of seconds from 0 to 10^9"),
         None => None,
     };
     // One connection for the whole wait; the tasks are counted again only when another

@@ -369,6 +369,17 @@ impl Columns {
     }
 }
 
+/// A key as one segment of a dotted column name: as it is, unless it holds a `.` or a `"`
+/// or is empty; then in double quotes (a `"` doubled). So `{"a":{"b":1}}` (`a.b`) and
+/// `{"a.b":2}` (`"a.b"`) get two columns, not one holding the last value.
+fn column_key(k: &str) -> std::borrow::Cow<'_, str> {
+    if k.is_empty() || k.contains(['.', '"']) {
+        std::borrow::Cow::Owned(format!("\"{}\"", k.replace('"', "\"\"")))
+    } else {
+        std::borrow::Cow::Borrowed(k)
+    }
+}
+
 /// Leaves of a JSON value as (dotted column name, cell text).
 fn flatten(prefix: &str, v: &serde_json::Value) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -380,7 +391,7 @@ fn flatten_into(name: &str, v: &serde_json::Value, out: &mut Vec<(String, String
     match v {
         serde_json::Value::Object(m) if !m.is_empty() && depth < 8 => {
             for (k, child) in m {
-                flatten_into(&format!("{name}.{k}"), child, out, depth + 1);
+                flatten_into(&format!("{name}.{}", column_key(k)), child, out, depth + 1);
             }
         }
         serde_json::Value::Null => out.push((name.to_string(), String::new())),
@@ -693,6 +704,42 @@ mod tests {
             finished: None,
             output_files: vec![],
         }
+    }
+
+    /// Keys whose dotted names would coincide (`{"a":{"b":1}}` and `{"a.b":2}`) get a
+    /// column each: no value overwrites another.
+    #[test]
+    fn csv_columns_of_colliding_dotted_names_stay_apart() {
+        let l = line(
+            0,
+            serde_json::json!({"a": {"b": 1}, "a.b": 2, "q\"": 3, "": 4}),
+            serde_json::json!(5),
+        );
+        let mut out = Vec::new();
+        write_csv(&mut out, std::slice::from_ref(&l), false).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let mut r = csv::Reader::from_reader(text.as_bytes());
+        let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+        let row: Vec<String> = r
+            .records()
+            .next()
+            .unwrap()
+            .unwrap()
+            .iter()
+            .map(String::from)
+            .collect();
+        let cell = |name: &str| {
+            let i = header
+                .iter()
+                .position(|h| h == name)
+                .unwrap_or_else(|| panic!("{name} in {header:?}"));
+            row[i].clone()
+        };
+        assert_eq!(cell("input.a.b"), "1");
+        assert_eq!(cell("input.\"a.b\""), "2");
+        assert_eq!(cell("input.\"q\"\"\""), "3");
+        assert_eq!(cell("input.\"\""), "4");
+        assert_eq!(cell("output"), "5");
     }
 
     /// To a terminal every cell and column name from the results has its control characters

@@ -364,6 +364,15 @@ fn retry_refuses_before_changing_anything_while_another_holds_the_job() {
         "{}",
         o.stdout
     );
+    // Tasks named more than once, out of order: each once, in task order.
+    let o = mw(
+        d,
+        &[
+            "results", "held-1", "--task", "1", "--task", "0", "--task", "1",
+        ],
+    );
+    let tasks: Vec<_> = jsonl(&o.stdout).iter().map(|t| t["task"].clone()).collect();
+    assert_eq!(tasks, vec![serde_json::json!(0), serde_json::json!(1)]);
 }
 
 #[test]
