@@ -233,7 +233,9 @@ pub struct JobFile {
     /// ("8MB"); default [`mw::task::DEFAULT_MAX_OUTPUT_BYTES`].
     pub max_output: Option<Spanned<toml::Value>>,
     /// The program.
-    pub program: Spanned<ProgramSection>,
+    /// (Not `Spanned`: toml 0.8 cannot give the span of a table written with dotted keys,
+    /// `program.path = ...`; errors find the table with [`Job::section_span`].)
+    pub program: ProgramSection,
     /// The inputs.
     pub inputs: InputsSection,
     /// Argument templates.
@@ -258,7 +260,7 @@ pub struct JobFile {
     /// "signal", "timeout", "interface", "output"; default: every failure.
     pub retry_on: Option<Spanned<Vec<toml::Value>>>,
     /// A program that gets every result (JSON lines, task order) on stdin.
-    pub reduce: Option<Spanned<ProgramSection>>,
+    pub reduce: Option<ProgramSection>,
     /// HTCondor settings.
     #[serde(default)]
     pub condor: CondorSection,
@@ -355,6 +357,7 @@ impl Job {
             if t.starts_with(&format!("[{name}"))
                 || t.starts_with(&format!("{name} ="))
                 || t.starts_with(&format!("{name}="))
+                || t.starts_with(&format!("{name}."))
             {
                 let start = offset + (line.len() - t.len());
                 return start..start + t.trim_end().len();
@@ -420,7 +423,7 @@ impl Job {
 
     /// The program's stdout mode (`[program] stdout`).
     pub fn stdout_mode(&self) -> Result<mw::StdoutMode, JobError> {
-        match &self.file.program.get_ref().stdout {
+        match &self.file.program.stdout {
             None => Ok(mw::StdoutMode::Json),
             Some(s) => mw::StdoutMode::parse(s.get_ref()).ok_or_else(|| {
                 self.err_at(
@@ -689,12 +692,8 @@ impl Job {
     }
 
     /// Resolves a program section (`program` or `reduce`) into a [`Program`].
-    pub fn program_from(
-        &self,
-        section: &Spanned<ProgramSection>,
-        field: &str,
-    ) -> Result<Program, JobError> {
-        let s = section.get_ref();
+    pub fn program_from(&self, section: &ProgramSection, field: &str) -> Result<Program, JobError> {
+        let s = section;
         let (exe, base_args, span) = match (&s.path, &s.command) {
             (Some(p), None) => (self.resolve(p.get_ref()), Vec::new(), p.span()),
             (None, Some(c)) => {
@@ -724,7 +723,7 @@ impl Job {
             }
             (None, None) => {
                 return Err(self.err_at(
-                    section.span(),
+                    self.section_span(field),
                     field,
                     "needs `path = \"...\"` (an executable) or `command = [\"interpreter\", \"script\"]`",
                 ))
@@ -749,7 +748,7 @@ impl Job {
     /// The job's main program.
     pub fn program(&self) -> Result<Program, JobError> {
         let program = self.program_from(&self.file.program, "program")?;
-        let Some(mode) = &self.file.program.get_ref().mode else {
+        let Some(mode) = &self.file.program.mode else {
             return Ok(program);
         };
         let parsed = ProgramMode::parse(mode.get_ref()).ok_or_else(|| {
@@ -775,7 +774,7 @@ impl Job {
                     ));
                 }
             }
-            if let Some(out) = &self.file.program.get_ref().stdout {
+            if let Some(out) = &self.file.program.stdout {
                 if self.stdout_mode()? != mw::StdoutMode::Json {
                     return Err(self.err_at(
                         out.span(),
@@ -792,8 +791,10 @@ impl Job {
     /// The reduce program, if any.
     pub fn reduce_program(&self) -> Result<Option<Program>, JobError> {
         match &self.file.reduce {
-            Some(r) if r.get_ref().mode.is_some() => Err(self.err_at(
-                r.get_ref().mode.as_ref().map_or(r.span(), |m| m.span()),
+            Some(r) if r.mode.is_some() => Err(self.err_at(
+                r.mode
+                    .as_ref()
+                    .map_or_else(|| self.section_span("reduce"), |m| m.span()),
                 "reduce.mode",
                 "a reduce program always gets every result at once; it has no mode",
             )),

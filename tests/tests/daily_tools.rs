@@ -636,6 +636,15 @@ fn job_file_mistakes_get_answers() {
             assert!(o.stderr.contains(n), "{name}: `{n}` in {}", o.stderr);
         }
     }
+    // Tables written with dotted keys are the same tables.
+    std::fs::write(
+        d.join("dotted.toml"),
+        "program.path = \"t.sh\"\ninputs.list = [7]\n",
+    )
+    .unwrap();
+    let o = mw(d, &["run", "-q", "dotted.toml"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(jsonl(&o.stdout)[0]["output"], 7);
     // nan and inf would reach the task as null: refused, with the field and its line.
     for (name, inputs, field) in [
         (
