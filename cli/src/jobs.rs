@@ -777,6 +777,23 @@ pub(crate) fn wait(args: WaitArgs, quiet: bool) -> anyhow::Result<i32> {
                 );
                 return Ok(EXIT_TASKS_FAILED);
             }
+            // A job with a reduce step is finished when its master ran it: one that ended
+            // before (the reduce failed, or the master was killed in it) says so, instead of
+            // a success without the reduce's output.
+            if rec.status != "finished" && !dir.join("reduce.out").exists() {
+                let meta = read_meta(&conn, &path)?;
+                let reduces = crate::job::Job::parse(Path::new(&meta.job_path), meta.job_text)
+                    .is_ok_and(|j| j.file.reduce.is_some());
+                if reduces {
+                    bail!(
+                        "job {}: every task is done, but its reduce step did not finish (its \
+                         master failed or was stopped in it: see {}); `mw resume {}` runs it again",
+                        dir.display(),
+                        dir.join("master.log").display(),
+                        dir.display()
+                    );
+                }
+            }
             if !quiet {
                 say!("mw: all {total} tasks done");
             }

@@ -427,6 +427,43 @@ fn run_refuses_what_it_could_not_keep_before_making_a_job() {
 }
 
 #[test]
+fn wait_on_a_submitted_job_whose_reduce_failed_says_so_and_resume_runs_it() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    script(d, "t.sh", "cat");
+    script(
+        d,
+        "red.sh",
+        &format!(
+            "cat > /dev/null; if [ -e {} ]; then echo '{{\"reduced\":true}}'; else exit 3; fi",
+            d.join("ok").display()
+        ),
+    );
+    std::fs::write(
+        d.join("job.toml"),
+        "name = \"red\"\n[program]\npath = \"t.sh\"\n[inputs]\nlist = [1, 2]\n[reduce]\npath = \"red.sh\"\n",
+    )
+    .unwrap();
+    let o = mw(d, &["submit", "job.toml"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    // Every task done, the reduce failed: not a success.
+    let o = mw(d, &["wait", "red-1"]);
+    assert_eq!(o.code, 2, "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stderr.contains("reduce step did not finish"),
+        "{}",
+        o.stderr
+    );
+    // Mended, resumed: the reduce runs, and the wait succeeds with its output.
+    std::fs::write(d.join("ok"), "").unwrap();
+    let o = mw(d, &["resume", "red-1", "-q"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = mw(d, &["wait", "red-1"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("\"reduced\":true"), "{}", o.stdout);
+}
+
+#[test]
 fn results_into_head_ends_quietly_with_exit_0() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
