@@ -234,7 +234,7 @@ pub struct JobFile {
     pub max_output: Option<Spanned<toml::Value>>,
     /// The program.
     /// (Not `Spanned`: toml 0.8 cannot give the span of a table written with dotted keys,
-    /// `program.path = ...`; errors find the table with [`Job::section_span`].)
+    /// `program.path = ...`; errors find the table with `Job::section_span`.)
     pub program: ProgramSection,
     /// The inputs.
     pub inputs: InputsSection,

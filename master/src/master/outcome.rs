@@ -77,7 +77,7 @@ pub enum MwError {
         ran: Option<crate::task::RunFacts>,
     },
     /// The program exited 0 but its stdout is not a result: not JSON, or over the task's
-    /// output limit (`reason` says which, see [`bad_stdout_reason`]).
+    /// output limit (`reason` says which, see `bad_stdout_reason`).
     #[error("{task}: the program exited 0 but {reason}")]
     BadOutput {
         /// Which task.
