@@ -453,9 +453,22 @@ impl Job {
         };
         let mut on = Vec::new();
         if let Some(list) = &self.file.retry_on {
+            // An empty list would read as "retry nothing" but the default (no list) retries
+            // every failure: refuse it rather than guess.
+            if list.get_ref().is_empty() {
+                return Err(self.err_at(
+                    list.span(),
+                    "retry_on",
+                    "is empty: leave it out to retry every failure, or set `retries = 0` to retry none",
+                ));
+            }
             for v in list.get_ref() {
                 let kind = match v {
-                    toml::Value::Integer(c) => i32::try_from(*c).ok().map(mw::RetryOn::ExitCode),
+                    // Exit status 0 is never a failure. Other codes may be beyond 255: a
+                    // Windows program's exit code is 32 bits.
+                    toml::Value::Integer(c) if *c != 0 => {
+                        i32::try_from(*c).ok().map(mw::RetryOn::ExitCode)
+                    }
                     toml::Value::String(s) => match s.as_str() {
                         "exit" => Some(mw::RetryOn::AnyExit),
                         "signal" => Some(mw::RetryOn::Signal),
@@ -473,7 +486,7 @@ impl Job {
                             list.span(),
                             "retry_on",
                             format!(
-                                "`{v}`: expected exit codes (integers) or \"exit\", \"signal\", \"timeout\", \"interface\", \"output\""
+                                "`{v}`: expected non-zero exit codes (integers) or \"exit\", \"signal\", \"timeout\", \"interface\", \"output\""
                             ),
                         ))
                     }

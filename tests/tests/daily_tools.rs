@@ -232,6 +232,22 @@ fn retry_on_picks_the_failures_worth_retrying_and_backs_off() {
         "{}",
         o.stderr
     );
+    // An empty list (which would otherwise mean "retry everything") and exit code 0 (never
+    // a failure) are refused, naming the field.
+    for (list, says) in [("[]", "is empty"), ("[0]", "`0`")] {
+        std::fs::write(
+            d.join("bad.toml"),
+            format!("retry_on = {list}\n[program]\npath = \"t.sh\"\n[inputs]\nlist = [1]\n"),
+        )
+        .unwrap();
+        let o = mw(d, &["run", "bad.toml"]);
+        assert_eq!(o.code, 2, "{list}: {}", o.stderr);
+        assert!(
+            o.stderr.contains("retry_on") && o.stderr.contains(says),
+            "{list}: {}",
+            o.stderr
+        );
+    }
 }
 
 #[test]
