@@ -488,7 +488,9 @@ pub(crate) fn open_immutable(
 ) -> Result<Connection, JournalError> {
     for suffix in ["-wal", "-journal"] {
         let pending = beside(path, suffix);
-        if std::fs::symlink_metadata(&pending).is_ok() {
+        // An empty one holds nothing (not even a header): what a master leaves when it
+        // folded its log in (`Journal::close`) but exited with a connection open.
+        if std::fs::symlink_metadata(&pending).is_ok_and(|m| m.len() > 0) {
             return Err(JournalError(format!(
                 "{}: cannot read the journal: SQLite cannot create {} ({why}; is the job \
                  directory not writable?), which it needs to read the changes in {}; make \
@@ -939,12 +941,20 @@ impl Journal {
             .map_err(|e| jerr(&self.path, "acknowledging cancel requests", e))
     }
 
-    /// Stops the writer after committing everything.
+    /// Stops the writer after committing everything, then folds the write-ahead log into
+    /// the database file (best effort): SQLite does that only when the last connection of
+    /// the last process closes, and a process that exits with one still open leaves every
+    /// commit in `-wal`. A finished job is then one file, which a reader of a directory it
+    /// cannot write opens as immutable.
     pub fn close(&self) {
         self.flush();
         crate::guard::lock(&self.tx).take();
         if let Some(h) = crate::guard::lock(&self.writer).take() {
             let _ = h.join();
+        }
+        let conn = crate::guard::lock(&self.conn);
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+            log::debug!("{}: folding the write-ahead log: {e}", self.path.display());
         }
     }
 }
@@ -2319,12 +2329,45 @@ mod tests {
             "{uri}"
         );
 
+        // An empty -wal holds nothing.
         std::fs::write(beside(&path, "-wal"), b"").unwrap();
+        open_immutable(&path, &why).unwrap();
+        std::fs::write(beside(&path, "-wal"), b"a frame").unwrap();
         let e = open_immutable(&path, &why).unwrap_err().to_string();
         assert!(
             e.contains("-wal") && e.contains("not writable") && !e.contains("corrupt"),
             "{e}"
         );
+    }
+
+    /// A closed journal keeps nothing in its write-ahead log, even while another
+    /// connection of the process stays open (as when mw exits with one still held): its
+    /// commits are in the database file, which reads whole on its own.
+    #[test]
+    fn closing_a_journal_folds_its_log_into_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let meta = JobMeta {
+            id: "j-1".into(),
+            name: "j".into(),
+            interface: "multicore".into(),
+            workers: Some(1),
+            job_text: String::new(),
+            job_path: String::new(),
+            created: 0.0,
+        };
+        let journal = Journal::create(d.path(), &meta).unwrap();
+        let path = d.path().join(JOURNAL_FILE);
+        let other = Connection::open(&path).unwrap();
+        journal.close();
+        let wal = std::fs::metadata(beside(&path, "-wal")).map_or(0, |m| m.len());
+        assert_eq!(wal, 0, "commits left in the -wal file");
+        let why = rusqlite::Error::InvalidQuery;
+        let conn = open_immutable(&path, &why).unwrap();
+        let id: String = conn
+            .query_row("SELECT id FROM job", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(id, "j-1");
+        drop((conn, other, journal));
     }
 
     /// A forged row's input or result is held to what an intake accepts: a dense

@@ -320,9 +320,20 @@ fn refused_everywhere(d: &Path, job: &str, file: &Path, why: &str) {
     }
 }
 
+/// A finished job's journal with every page in the database file: a master that exits
+/// while another of its threads still holds the journal leaves the last commits in the
+/// -wal file (which SQLite replays on the next open), so the pages a test spoils or cuts
+/// off would not be in the file yet, and the journal would still read whole.
 fn fresh_finished(d: &Path) -> PathBuf {
     finished_job(d);
-    d.join("jobs/fin-1/journal.sqlite")
+    let journal = d.join("jobs/fin-1/journal.sqlite");
+    let conn = rusqlite::Connection::open(&journal).unwrap();
+    let busy: i64 = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(busy, 0, "the checkpoint was blocked");
+    drop(conn);
+    journal
 }
 
 #[test]
@@ -330,15 +341,6 @@ fn corrupted_journal_is_refused_and_kept() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     let journal = fresh_finished(d);
-    // Every page into the database file: a master that exits while another of its threads
-    // still holds the journal leaves the last commits in the -wal file (which SQLite
-    // replays on the next open), and the pages to spoil would not be in the file yet.
-    let conn = rusqlite::Connection::open(&journal).unwrap();
-    let busy: i64 = conn
-        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(busy, 0, "the checkpoint was blocked");
-    drop(conn);
     let mut bytes = std::fs::read(&journal).unwrap();
     assert!(bytes.len() >= 3 * 4096, "journal of {} bytes", bytes.len());
     // Overwrite the middle pages (b-tree pages of the tables) with garbage.
