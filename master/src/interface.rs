@@ -150,13 +150,17 @@ pub(crate) fn result_not_stored(
 }
 
 /// One platform. Implementations must be cheap to call from the scheduler thread and
-/// thread-safe: `cancel` and `status` come from user threads while tasks run.
+/// thread-safe: `cancel` and `status` come from user threads while tasks run. A panic in
+/// `reserve_worker` or `execute_task` fails the task at hand (a `Completion` dropped
+/// unreported fails its task), not the master. One interface serves one master: its task
+/// ids are that master's.
 pub trait Interface: Send + Sync + 'static {
     /// Short name (`multicore`, `mpi`, `condor`, `boinc`).
     fn name(&self) -> &'static str;
 
     /// Waits until a worker can take `task` and reserves it. May block; returns an error when
-    /// no worker will ever be free (e.g. all MPI ranks died).
+    /// no worker will ever be free (e.g. all MPI ranks died), and promptly once `shutdown`
+    /// was called (dropping the master waits for it).
     fn reserve_worker(&self, task: &PreparedTask) -> Result<WorkerId, InterfaceError>;
 
     /// Starts `task` on the reserved `worker` and returns at once; reports the end through

@@ -873,7 +873,8 @@ impl Master {
         which: Option<TaskId>,
         timeout: Duration,
     ) -> Result<Option<TaskOutput>, MwError> {
-        let deadline = std::time::Instant::now() + timeout;
+        // No deadline when `timeout` reaches past what an `Instant` holds ("for ever").
+        let deadline = std::time::Instant::now().checked_add(timeout);
         let mut st = self.inner.lock();
         loop {
             if let Some(r) = take_result(&mut st, which)? {
@@ -886,12 +887,16 @@ impl Master {
         }
     }
 
-    /// Waits for a state change until `deadline`; `None` once the deadline has passed.
+    /// Waits for a state change until `deadline` (none: for as long as it takes); `None`
+    /// once the deadline has passed.
     fn wait_until<'a>(
         &'a self,
         st: MutexGuard<'a, State>,
-        deadline: std::time::Instant,
+        deadline: Option<std::time::Instant>,
     ) -> Option<MutexGuard<'a, State>> {
+        let Some(deadline) = deadline else {
+            return Some(crate::guard::wait(&self.inner.cond, st));
+        };
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
             return None;
@@ -902,7 +907,8 @@ impl Master {
     /// Waits up to `timeout` for the next finished task and returns its outcome whatever it
     /// is (for drivers such as the CLI that report failures rather than stop at them).
     pub fn next_outcome(&self, timeout: Duration) -> NextOutcome {
-        let deadline = std::time::Instant::now() + timeout;
+        // No deadline when `timeout` reaches past what an `Instant` holds ("for ever").
+        let deadline = std::time::Instant::now().checked_add(timeout);
         let mut st = self.inner.lock();
         loop {
             while let Some(id) = st.finished.pop_front() {

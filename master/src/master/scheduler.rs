@@ -287,7 +287,26 @@ pub(super) fn dispatch(
 /// dispatching (see [`scheduler_loop`]): enough for several group commits of a fast job.
 const MAX_UNCOMMITTED: usize = 32_768;
 
+/// Stops the master if the scheduler thread dies: its waiters (`get_result`, `wait_all`)
+/// then end with the reason instead of waiting for ever.
+struct StopIfUnwinding<'a>(&'a Arc<Inner>);
+
+impl Drop for StopIfUnwinding<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            super::stop_inner(
+                self.0,
+                "internal error: the scheduler thread panicked (see the log)".to_string(),
+            );
+        }
+    }
+}
+
+/// Dispatches queued tasks to the interface. The caller's code it runs (a spec source,
+/// the interface's `reserve_worker`, `execute_task` and `cancel`) is contained: a panic
+/// there fails the task at hand with the panic's message and the loop goes on.
 pub(super) fn scheduler_loop(inner: Arc<Inner>) {
+    let _stop = StopIfUnwinding(&inner);
     // A worker reserved for a task that was cancelled while we waited for the worker: it
     // serves the next task instead (interfaces have no way to give a worker back).
     let mut spare: Option<WorkerId> = None;
@@ -323,13 +342,15 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
         // The spec is built outside the lock (it may read the journal and render templates).
         let (front, plan, attempt) = front;
         crate::crash::delay_point("dispatch");
-        let (worker, built) = match inner.realize(front, plan) {
+        let realized = crate::guard::contain(|| inner.realize(front, plan))
+            .unwrap_or_else(|p| Err(format!("making the task's spec panicked: {p}")));
+        let (worker, built) = match realized {
             Ok(spec) => {
                 let probe = prepare(&inner, front, attempt.saturating_add(1), spec);
                 let worker = match spare.take() {
                     Some(w) => Ok(w),
                     // The task stays queued (and cancellable) while we wait for a worker.
-                    None => inner.interface.reserve_worker(&probe),
+                    None => reserve(&inner, &probe),
                 };
                 (Some(worker), Some((front, Ok(probe))))
             }
@@ -361,22 +382,39 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
         // Rare: the task at the front could not be built and another one took its place.
         let worker = match worker {
             Some(w) => w,
-            None => inner.interface.reserve_worker(&prepared),
+            None => reserve(&inner, &prepared),
         };
         match worker {
             Ok(worker) => {
                 let done = completion(&inner, &prepared);
-                inner.interface.execute_task(prepared, worker, done);
+                // A panic here drops `done` unreported, which fails the task.
+                if let Err(p) =
+                    crate::guard::contain(|| inner.interface.execute_task(prepared, worker, done))
+                {
+                    log::error!("{task}: the interface panicked starting it: {p}");
+                }
                 // A cancel that came after the task became Running but before the interface
                 // knew it was lost on the interface: look again now that it knows the task.
                 let cancel_now = cancel_now || inner.lock().tasks[task.0 as usize].cancel_requested;
                 if cancel_now {
-                    inner.interface.cancel(task);
+                    if let Err(p) = crate::guard::contain(|| inner.interface.cancel(task)) {
+                        log::error!("{task}: the interface panicked cancelling it: {p}");
+                    }
                 }
             }
             Err(e) => on_complete(&inner, task, Err(e), None),
         }
     }
+}
+
+/// The interface's `reserve_worker`, a panic in it an interface error of the task.
+fn reserve(inner: &Inner, task: &PreparedTask) -> Result<WorkerId, InterfaceError> {
+    crate::guard::contain(|| inner.interface.reserve_worker(task)).unwrap_or_else(|p| {
+        Err(InterfaceError::new(format!(
+            "the {} interface panicked reserving a worker: {p}",
+            inner.interface.name()
+        )))
+    })
 }
 
 /// Moves tasks whose retry backoff has passed to the back of the queue; returns when the

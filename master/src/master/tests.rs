@@ -355,3 +355,107 @@ fn the_live_part_of_a_task_is_small() {
         std::mem::size_of::<Live>()
     );
 }
+
+/// [`Echo`], but panicking in `reserve_worker` for task `reserve` and in `execute_task`
+/// for task `execute`.
+struct PanicAt {
+    reserve: u64,
+    execute: u64,
+}
+
+impl Interface for PanicAt {
+    fn name(&self) -> &'static str {
+        "panic-at"
+    }
+    fn reserve_worker(&self, task: &PreparedTask) -> Result<WorkerId, InterfaceError> {
+        if task.id.0 == self.reserve {
+            panic!("reserve blew up");
+        }
+        Ok(WorkerId(0))
+    }
+    fn execute_task(&self, task: Arc<PreparedTask>, worker: WorkerId, done: Completion) {
+        if task.id.0 == self.execute {
+            panic!("execute blew up");
+        }
+        Echo.execute_task(task, worker, done)
+    }
+    fn status(&self) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+    fn cancel(&self, _task: TaskId) {}
+}
+
+/// Every outcome by task, waiting at most `limit` in all (a hang fails, it does not block).
+fn outcomes(master: &Master, limit: Duration) -> BTreeMap<u64, Result<serde_json::Value, String>> {
+    let deadline = std::time::Instant::now() + limit;
+    let mut got = BTreeMap::new();
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the master hangs: only {got:?} came"
+        );
+        match master.next_outcome(Duration::from_millis(200)) {
+            NextOutcome::Finished(id, r, _) => {
+                assert!(got
+                    .insert(id.0, r.map(|o| o.value).map_err(|e| e.to_string()))
+                    .is_none());
+            }
+            NextOutcome::Pending => {}
+            NextOutcome::AllCollected => return got,
+            NextOutcome::Stopped(e) => panic!("stopped: {e}"),
+        }
+    }
+}
+
+/// A panic in the caller's code the scheduler runs (a spec source, an interface's
+/// `reserve_worker` or `execute_task`) fails that task with the panic's message; the other
+/// tasks run and nothing waits for ever.
+#[test]
+fn a_panic_in_a_spec_source_or_an_interface_fails_its_task_not_the_master() {
+    let master = Master::new(PanicAt {
+        reserve: 2,
+        execute: 4,
+    })
+    .unwrap();
+    let program = Arc::new(Program::new("/bin/sh").unwrap());
+    let src: Arc<dyn SpecSource> = Arc::new(move |index: u64, input: serde_json::Value| {
+        if index == 1 {
+            panic!("source blew up");
+        }
+        Ok(TaskSpec::new(program.clone(), input))
+    });
+    master.submit_inputs(inputs(0..6), src).unwrap();
+    let got = outcomes(&master, Duration::from_secs(60));
+    assert_eq!(got.len(), 6, "{got:?}");
+    for (i, says) in [(1, "source blew up"), (2, "reserve blew up")] {
+        let e = got[&i].as_ref().unwrap_err();
+        assert!(e.contains(says) && e.contains("panicked"), "task {i}: {e}");
+    }
+    assert!(got[&4].is_err(), "{got:?}");
+    for i in [0u64, 3, 5] {
+        assert_eq!(got[&i].as_ref().unwrap()["i"], i, "{got:?}");
+    }
+    // And the master still takes work.
+    master.submit_inputs(inputs(6..7), source()).unwrap();
+    assert_eq!(outcomes(&master, Duration::from_secs(60)).len(), 1);
+}
+
+/// "Wait for ever" as a timeout (`Duration::MAX`) waits; it does not overflow an `Instant`.
+#[test]
+fn a_timeout_past_what_an_instant_holds_waits_without_a_deadline() {
+    let master = Master::new(Echo).unwrap();
+    master.submit_inputs(inputs(0..2), source()).unwrap();
+    let out = master
+        .get_output_timeout(Some(TaskId(0)), Duration::MAX)
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.value["i"], 0);
+    assert!(matches!(
+        master.next_outcome(Duration::MAX),
+        NextOutcome::Finished(TaskId(1), Ok(_), _)
+    ));
+    assert!(matches!(
+        master.next_outcome(Duration::MAX),
+        NextOutcome::AllCollected
+    ));
+}
