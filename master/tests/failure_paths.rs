@@ -396,3 +396,47 @@ fn cancel_requests_pending_in_the_journal_are_applied_before_a_resumed_master_di
         assert_eq!(counts.cancelled, 4 - expect_started as u64, "{name}");
     }
 }
+
+/// Dropping a journaled master whose task runs lets the job go when the drop returns: a
+/// cancel's grace-period thread does not keep the journal (through the start hook that
+/// records the task's process) and its lock for two more seconds, so a resume right after
+/// finds the job free, and the journal's log is folded in.
+#[test]
+fn a_dropped_master_with_a_task_running_frees_its_job_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let started = dir.path().join("started");
+    let script = dir.path().join("slow.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\ntouch '{}'\nexec sleep 60\n", started.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let slow = Arc::new(Program::new(&script).unwrap());
+    let m = Master::with_journal(
+        Arc::new(Multicore::new(1)) as Arc<dyn Interface>,
+        MasterOptions::default(),
+        &job,
+    )
+    .unwrap();
+    m.submit_task(TaskSpec::new(slow.clone(), json!(1)))
+        .unwrap();
+    // Wait until the process runs (its first act is to touch `started`).
+    for _ in 0..6000 {
+        if started.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(started.exists(), "the task never started");
+    drop(m);
+    let again = Master::resume(
+        Arc::new(Multicore::new(1)) as Arc<dyn Interface>,
+        MasterOptions::default(),
+        &job,
+        |_, v| Ok(TaskSpec::new(slow.clone(), v)),
+    );
+    assert!(again.is_ok(), "{:?}", again.err());
+    again.unwrap().stop("test over");
+}

@@ -517,14 +517,20 @@ impl ProcessControl {
             let term = Termination::start(pgid, st.grace);
             let run = st.run;
             drop(st);
-            let me = self.clone();
+            // Not a clone of the control: what its owner hung on it (a start hook holding a
+            // journal) must not outlive the owner by the grace period. While the run goes
+            // on, its runner holds the control; once nobody does, the run has ended.
+            let state = Arc::downgrade(&self.state);
             // The grace period is a product behaviour (give the task time to clean up), not
             // synchronisation: the kill only happens if the same run is still going.
             let _ = std::thread::Builder::new()
                 .name("mw-kill-after-grace".into())
                 .spawn(move || {
                     std::thread::sleep(term.grace_left());
-                    let st = me.lock();
+                    let Some(state) = state.upgrade() else {
+                        return;
+                    };
+                    let st = state.lock().unwrap_or_else(|p| p.into_inner());
                     if st.run == run && st.pgid == Some(pgid) {
                         term.kill();
                     }
