@@ -5,7 +5,7 @@
 //! which platform it drives.
 
 use crate::task::{Execution, InterfaceError, PreparedTask, ProgramMode, TaskId, WorkerId};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// What a [`Completion`] calls with the outcome.
@@ -97,6 +97,100 @@ pub(crate) fn reserve_least_loaded(
         ProgramMode::Stream => depth.stream,
     };
     let (worker, held) = load.iter_mut().enumerate().min_by_key(|(_, l)| **l)?;
+    if *held >= depth {
+        return None;
+    }
+    *held += 1;
+    Some(WorkerId(worker as u64))
+}
+
+/// How much more loaded than the least-loaded worker a worker may be and still get (or be
+/// waited for by) a streaming task whose program key it holds ([`reserve_with_affinity`]).
+pub(crate) const AFFINITY_SLACK: u32 = 64;
+
+/// The streaming program keys each worker holds (a key: what decides which process serves a
+/// task, hashed): how many tasks of each it was handed and has not finished, and the key of
+/// the streaming program it keeps running.
+#[derive(Debug, Default)]
+pub(crate) struct Affinity {
+    held: Vec<HashMap<u64, u32>>,
+    process: Vec<Option<u64>>,
+}
+
+impl Affinity {
+    /// No keys on any of `workers` workers.
+    pub(crate) fn new(workers: usize) -> Self {
+        Affinity {
+            held: vec![HashMap::new(); workers],
+            process: vec![None; workers],
+        }
+    }
+
+    /// `worker` was handed a task of `key`.
+    pub(crate) fn add(&mut self, worker: WorkerId, key: u64) {
+        if let Some(h) = self.held.get_mut(worker.0 as usize) {
+            *h.entry(key).or_insert(0) += 1;
+        }
+    }
+
+    /// A task of `key` handed to `worker` ended.
+    pub(crate) fn remove(&mut self, worker: WorkerId, key: u64) {
+        if let Some(h) = self.held.get_mut(worker.0 as usize) {
+            if let Some(n) = h.get_mut(&key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    h.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// `worker` now runs the streaming program of `key` (`None`: none).
+    pub(crate) fn set_process(&mut self, worker: WorkerId, key: Option<u64>) {
+        if let Some(p) = self.process.get_mut(worker.0 as usize) {
+            *p = key;
+        }
+    }
+
+    /// Whether `worker` runs the program of `key` or holds tasks of it.
+    fn holds(&self, worker: usize, key: u64) -> bool {
+        self.process.get(worker).is_some_and(|p| *p == Some(key))
+            || self.held.get(worker).is_some_and(|h| h.contains_key(&key))
+    }
+
+    /// Whether `worker` runs no program and holds no task.
+    fn idle(&self, worker: usize) -> bool {
+        self.process.get(worker).is_none_or(Option::is_none)
+            && self.held.get(worker).is_none_or(HashMap::is_empty)
+    }
+}
+
+/// Reserves a place for a streaming task of program key `key` on one of the workers whose
+/// task counts are `load` (each holds at most `depth`), so that the tasks of a key keep to
+/// the workers already serving it, each then serving its tasks key by key. In order: the
+/// least-loaded worker holding `key` if it has nothing to do; a worker holding nothing; a
+/// worker with nothing to do while the one holding `key` has tasks waiting; the worker
+/// holding `key` if it is within [`AFFINITY_SLACK`] of the least loaded (if it is full,
+/// `None`: the task waits for it); else the least-loaded worker. `None`: wait.
+pub(crate) fn reserve_with_affinity(
+    load: &mut [u32],
+    depth: u32,
+    affinity: &Affinity,
+    key: u64,
+) -> Option<WorkerId> {
+    let least = (0..load.len()).min_by_key(|w| load[*w])?;
+    let affine = (0..load.len())
+        .filter(|w| affinity.holds(*w, key))
+        .min_by_key(|w| load[*w]);
+    let idle = (0..load.len()).find(|w| load[*w] == 0 && affinity.idle(*w));
+    let worker = match (affine, idle) {
+        (Some(w), _) if load[w] == 0 => w,
+        (_, Some(w)) => w,
+        (Some(w), None) if load[least] == 0 && load[w] > 1 => least,
+        (Some(w), None) if load[w] <= load[least].saturating_add(AFFINITY_SLACK) => w,
+        (_, None) => least,
+    };
+    let held = load.get_mut(worker)?;
     if *held >= depth {
         return None;
     }
@@ -206,4 +300,60 @@ pub trait Interface: Send + Sync + 'static {
 
     /// Called once when the master shuts down.
     fn shutdown(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
+    use super::*;
+
+    fn reserve(load: &mut [u32], affinity: &mut Affinity, key: u64) -> Option<u64> {
+        let w = reserve_with_affinity(load, 256, affinity, key)?;
+        affinity.add(w, key);
+        Some(w.0)
+    }
+
+    /// Interleaved keys keep to the slots that hold them; a key no slot holds still gets one.
+    #[test]
+    fn interleaved_keys_keep_to_their_slots() {
+        let mut affinity = Affinity::new(2);
+        let mut load = [0, 0];
+        let got: Vec<_> = [1, 2, 3, 1, 2, 3]
+            .into_iter()
+            .map(|k| reserve(&mut load, &mut affinity, k).unwrap())
+            .collect();
+        // Key 1 on the first idle slot, key 2 on the other, key 3 on the least loaded.
+        assert_eq!(got, [0, 1, 0, 0, 1, 0]);
+    }
+
+    /// One key spreads over the idle slots (each starts its program once), and a slot with
+    /// nothing to do takes a task whose slot has others waiting.
+    #[test]
+    fn idle_slots_are_not_left_idle() {
+        let mut affinity = Affinity::new(3);
+        let mut load = [0, 0, 0];
+        let got: Vec<_> = (0..3)
+            .map(|_| reserve(&mut load, &mut affinity, 7).unwrap())
+            .collect();
+        assert_eq!(got, [0, 1, 2]);
+        let mut affinity = Affinity::new(2);
+        affinity.set_process(WorkerId(1), Some(8));
+        let mut load = [2, 0];
+        affinity.add(WorkerId(0), 7);
+        assert_eq!(reserve(&mut load, &mut affinity, 7), Some(1));
+    }
+
+    /// A full slot holding the key is waited for within the slack, not beyond it.
+    #[test]
+    fn a_full_affine_slot_is_waited_for_only_within_the_slack() {
+        let mut affinity = Affinity::new(2);
+        affinity.set_process(WorkerId(0), Some(1));
+        affinity.set_process(WorkerId(1), Some(2));
+        let mut load = [256, 256 - AFFINITY_SLACK];
+        assert_eq!(reserve(&mut load, &mut affinity, 1), None);
+        let mut load = [256, 255 - AFFINITY_SLACK];
+        assert_eq!(reserve(&mut load, &mut affinity, 1), Some(1));
+        let mut load = [256, 256];
+        assert_eq!(reserve(&mut load, &mut affinity, 3), None);
+    }
 }

@@ -5,19 +5,22 @@
 //! A streaming program ([`ProgramMode::Stream`]) runs as one long-lived process per slot
 //! ([`mw_worker_runtime::stream`]); the slot then takes up to [`STREAM_SLOT_DEPTH`] tasks at
 //! once and its thread feeds them to the program ahead of its answers, so neither waits on
-//! the other.
+//! the other. A slot's program serves one program key (program, arguments, environment):
+//! a streaming task goes to a slot that holds its key (`Affinity`), and a slot serves what
+//! it holds key by key, in runs (at most `STREAM_RUN_CAP` tasks while another key waits),
+//! so interleaved keys do not restart the program for every task.
 //!
 //! This module knows nothing of the journal, bundles on the wire, or other platforms.
 
 use crate::guard::panic_message;
-use crate::interface::{Completion, Depth, HandleSink, Interface};
+use crate::interface::{Affinity, Completion, Depth, HandleSink, Interface};
 use crate::task::{
     Execution, InterfaceError, PreparedTask, ProgramMode, ResultError, TaskId, WorkerId,
 };
 use mw_worker_runtime::exec::{collect_outputs, host_name};
 use mw_worker_runtime::stream::{StreamInput, StreamOutcome, StreamProgram, StreamRunner};
 use mw_worker_runtime::{execute, ExecRequest, ProcessControl};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -27,6 +30,10 @@ struct SlotState {
     running: HashMap<TaskId, ProcessControl>,
     shut_down: bool,
     started: u64,
+    /// The streaming program keys each slot holds, so a key's tasks keep to its slots.
+    affinity: Affinity,
+    /// The key ([`StreamKey::hash_of`]) of each streaming task handed to a slot.
+    stream_keys: HashMap<TaskId, u64>,
 }
 
 type SlotJob = (Arc<PreparedTask>, ProcessControl, Completion);
@@ -118,6 +125,8 @@ impl Multicore {
                     running: HashMap::new(),
                     shut_down: false,
                     started: 0,
+                    affinity: Affinity::new(slots),
+                    stream_keys: HashMap::new(),
                 }),
                 Condvar::new(),
             )),
@@ -154,6 +163,9 @@ const STREAM_WAKE_EVERY: u32 = 64;
 fn release(state: &(Mutex<SlotState>, Condvar), worker: WorkerId, task: TaskId) {
     let mut st = lock(state);
     st.running.remove(&task);
+    if let Some(key) = st.stream_keys.remove(&task) {
+        st.affinity.remove(worker, key);
+    }
     let mut wake = true;
     if let Some(l) = st.load.get_mut(worker.0 as usize) {
         *l = l.saturating_sub(1);
@@ -435,9 +447,12 @@ fn slot_loop(
     sink: Option<&Arc<dyn HandleSink>>,
 ) {
     let mut stream: Option<(StreamKey, StreamRunner)> = None;
-    let mut pending: Option<SlotJob> = None;
+    // Tasks received and not started yet, oldest first (a streaming run takes those of its
+    // key out of turn; see `run_stream`).
+    let mut backlog: VecDeque<SlotJob> = VecDeque::new();
     loop {
-        let job = match pending.take() {
+        finish_cancelled(&mut backlog, host, state, worker);
+        let job = match backlog.pop_front() {
             Some(j) => j,
             None => match rx.recv() {
                 Ok(j) => j,
@@ -448,19 +463,19 @@ fn slot_loop(
             // A panic fails the tasks in flight (their tokens report it when dropped) and
             // restarts the program; it never takes the slot down.
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run_stream(job, rx, &mut pending, &mut stream, dir, host, state, worker)
+                run_stream(job, rx, &mut backlog, &mut stream, dir, host, state, worker)
             }));
             if let Err(p) = run {
                 log::error!(
                     "internal error in a streaming slot: {}",
                     panic_message(p.as_ref())
                 );
-                stream = None;
+                stop_stream(&mut stream, state, worker);
             }
             continue;
         }
         // Once a process-mode task comes, a streaming program of this slot is stopped.
-        stream = None;
+        stop_stream(&mut stream, state, worker);
         let (task, control, done) = job;
         // A panic while running one task fails that task (with a message) and frees the
         // slot; it never takes the slot down.
@@ -484,10 +499,21 @@ fn slot_loop(
     }
 }
 
-/// What must be equal for two tasks to share one streaming process.
-#[derive(PartialEq)]
+/// Stops the slot's streaming program, if it runs one.
+fn stop_stream(
+    stream: &mut Option<(StreamKey, StreamRunner)>,
+    state: &(Mutex<SlotState>, Condvar),
+    worker: WorkerId,
+) {
+    if stream.take().is_some() {
+        lock(state).affinity.set_process(worker, None);
+    }
+}
+
+/// What must be equal for two tasks to share one streaming process (the program kept, so
+/// its address is not reused while the key lives).
 struct StreamKey {
-    program: usize,
+    program: Arc<crate::task::Program>,
     args: Vec<String>,
     env: BTreeMap<String, String>,
 }
@@ -495,18 +521,34 @@ struct StreamKey {
 impl StreamKey {
     fn of(task: &PreparedTask) -> StreamKey {
         StreamKey {
-            program: Arc::as_ptr(&task.spec.program) as usize,
+            program: task.spec.program.clone(),
             args: task.spec.args.clone(),
             env: task.spec.env.clone(),
         }
     }
 
     fn matches(&self, task: &PreparedTask) -> bool {
-        self.program == Arc::as_ptr(&task.spec.program) as usize
+        Arc::ptr_eq(&self.program, &task.spec.program)
             && self.args == task.spec.args
             && self.env == task.spec.env
     }
+
+    /// A task's key, hashed: what the slots' affinity ([`Affinity`]) counts. Two keys that
+    /// hash alike only share a preference for the same slots.
+    fn hash_of(task: &PreparedTask) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        (Arc::as_ptr(&task.spec.program) as usize).hash(&mut h);
+        task.spec.args.hash(&mut h);
+        task.spec.env.hash(&mut h);
+        h.finish()
+    }
 }
+
+/// The most tasks of one program key a slot serves in a row while a task of another key,
+/// older than the next one of this key, waits in it: a slot serves its tasks key by key,
+/// and no key waits for ever.
+const STREAM_RUN_CAP: u32 = 256;
 
 /// A task given to the streaming runner: reports its end exactly once, and frees its place
 /// in the slot even if it is dropped unreported (a panic).
@@ -550,14 +592,46 @@ fn stream_unfit(task: &PreparedTask) -> Option<String> {
     None
 }
 
-/// Runs `first` and every stream task that follows it in the channel (same program,
-/// arguments and environment) through the slot's streaming program; stops at the first
-/// task that needs something else, leaving it in `pending`.
+/// Reports every task in `backlog` that was cancelled before it started (it never starts),
+/// so a cancel does not wait for its key's turn to come.
+fn finish_cancelled(
+    backlog: &mut VecDeque<SlotJob>,
+    host: &str,
+    state: &Arc<(Mutex<SlotState>, Condvar)>,
+    worker: WorkerId,
+) {
+    if !backlog.iter().any(|(_, control, _)| control.is_cancelled()) {
+        return;
+    }
+    let (cancelled, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(backlog)
+        .into_iter()
+        .partition(|(_, control, _)| control.is_cancelled());
+    *backlog = kept;
+    for (task, _, done) in cancelled {
+        release(state, worker, task.id);
+        done.finish(Ok(Execution {
+            exit: mw_bundle::ExitInfo::Cancelled,
+            stdout: Vec::new(),
+            stderr_tail: String::new(),
+            wall: std::time::Duration::ZERO,
+            cpu: std::time::Duration::ZERO,
+            host: host.to_string(),
+            started: None,
+            output_files: Vec::new(),
+            missing_outputs: Vec::new(),
+        }));
+    }
+}
+
+/// Runs `first` through the slot's streaming program, then every task of the same key
+/// (program, arguments and environment) that arrives, taken out of turn from `backlog`
+/// (where what arrives for other keys waits, in order): the run ends when no task of its
+/// key is left, or after [`STREAM_RUN_CAP`] tasks once an older task of another key waits.
 #[allow(clippy::too_many_arguments)]
 fn run_stream(
     first: SlotJob,
     rx: &std::sync::mpsc::Receiver<SlotJob>,
-    pending: &mut Option<SlotJob>,
+    backlog: &mut VecDeque<SlotJob>,
     stream: &mut Option<(StreamKey, StreamRunner)>,
     dir: &Path,
     host: &str,
@@ -572,7 +646,7 @@ fn run_stream(
     }
     if !stream.as_ref().is_some_and(|(k, _)| k.matches(&task)) {
         // Stop the old program before emptying its directory for the new one.
-        *stream = None;
+        stop_stream(stream, state, worker);
         let workdir = match prepare_stream_dir(&task, dir) {
             Ok(w) => w,
             Err(e) => {
@@ -587,6 +661,9 @@ fn run_stream(
         p.args.extend(spec.args.iter().cloned());
         p.env = spec.env.clone();
         *stream = Some((StreamKey::of(&task), StreamRunner::new(p)));
+        lock(state)
+            .affinity
+            .set_process(worker, Some(StreamKey::hash_of(&task)));
     }
     let Some((key, runner)) = stream.as_mut() else {
         return;
@@ -605,22 +682,24 @@ fn run_stream(
         max_answer_bytes: Some(task.spec.max_output_bytes),
     };
     let mut first = Some((input(&task, control), token(&task, done)));
+    let mut served = 0u32;
     runner.serve(
         || {
             if let Some(f) = first.take() {
+                served += 1;
                 return Some(f);
             }
-            if pending.is_some() {
+            backlog.extend(rx.try_iter());
+            let at = backlog.iter().position(|(task, _, _)| {
+                task.spec.program.mode() == ProgramMode::Stream
+                    && key.matches(task)
+                    && stream_unfit(task).is_none()
+            })?;
+            if at > 0 && served >= STREAM_RUN_CAP {
                 return None;
             }
-            let (task, control, done) = rx.try_recv().ok()?;
-            if task.spec.program.mode() != ProgramMode::Stream
-                || !key.matches(&task)
-                || stream_unfit(&task).is_some()
-            {
-                *pending = Some((task, control, done));
-                return None;
-            }
+            let (task, control, done) = backlog.remove(at)?;
+            served = served.saturating_add(1);
             Some((input(&task, control), token(&task, done)))
         },
         |token: StreamToken, o: StreamOutcome| {
@@ -660,13 +739,27 @@ impl Interface for Multicore {
     }
 
     fn reserve_worker(&self, task: &PreparedTask) -> Result<WorkerId, InterfaceError> {
+        let key =
+            (task.spec.program.mode() == ProgramMode::Stream).then(|| StreamKey::hash_of(task));
         let mut st = lock(&self.state);
         loop {
             if st.shut_down {
                 return Err(InterfaceError::new("the multicore interface was shut down"));
             }
-            // The least-loaded slot, if it can take one more.
-            if let Some(slot) = crate::interface::reserve_least_loaded(&mut st.load, DEPTH, task) {
+            let state = &mut *st;
+            let slot = match key {
+                // A streaming task goes to a slot serving its program key, if one is free
+                // enough: its slot then serves that key's tasks in runs, not one at a time.
+                Some(key) => crate::interface::reserve_with_affinity(
+                    &mut state.load,
+                    STREAM_SLOT_DEPTH,
+                    &state.affinity,
+                    key,
+                ),
+                // The least-loaded slot, if it can take one more.
+                None => crate::interface::reserve_least_loaded(&mut state.load, DEPTH, task),
+            };
+            if let Some(slot) = slot {
                 return Ok(slot);
             }
             st = crate::guard::wait(&self.state.1, st);
@@ -679,6 +772,11 @@ impl Interface for Multicore {
             let mut st = lock(&self.state);
             st.running.insert(task.id, control.clone());
             st.started += 1;
+            if task.spec.program.mode() == ProgramMode::Stream {
+                let key = StreamKey::hash_of(&task);
+                st.affinity.add(worker, key);
+                st.stream_keys.insert(task.id, key);
+            }
         }
         let id = task.id;
         let mut threads = crate::guard::lock(&self.slot_threads);

@@ -210,3 +210,75 @@ for line in sys.stdin:
         json!({"double": 42})
     );
 }
+
+/// Tasks of three program keys (their argument selects the process), interleaved, on 2
+/// slots: a slot serves its tasks key by key, so the streaming program starts a few times,
+/// not once per task (600 such tasks once started 597 processes).
+#[test]
+fn interleaved_program_keys_start_a_process_per_run_not_per_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let starts = dir.path().join("starts");
+    let script = dir.path().join("keyed.py");
+    std::fs::write(
+        &script,
+        r#"import json, sys
+with open(sys.argv[1], "a") as f:
+    f.write(sys.argv[2] + "\n")
+for line in sys.stdin:
+    x = json.loads(line)
+    print(json.dumps({"key": sys.argv[2], "n": x["n"]}), flush=True)
+"#,
+    )
+    .unwrap();
+    let program = Arc::new(
+        Program::new(python())
+            .unwrap()
+            .with_base_args([script.display().to_string(), starts.display().to_string()])
+            .with_mode(ProgramMode::Stream),
+    );
+    let master = Master::with_journal(
+        Arc::new(Multicore::new(2)),
+        MasterOptions::default(),
+        &dir.path().join("job"),
+    )
+    .unwrap();
+    const TASKS: u64 = 600;
+    let key = |n: u64| format!("k{}", n % 3);
+    let specs: Vec<TaskSpec> = (0..TASKS)
+        .map(|n| {
+            let mut s = TaskSpec::new(program.clone(), json!({"n": n}));
+            s.args = vec![key(n)];
+            s
+        })
+        .collect();
+    master.submit_many(specs).unwrap();
+    let mut seen = BTreeMap::new();
+    // A guard against a hang, not a measure: the tasks take well under a second.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "only {} tasks finished",
+            seen.len()
+        );
+        match master.next_outcome(Duration::from_secs(1)) {
+            NextOutcome::Finished(id, outcome, _) => {
+                assert!(seen.insert(id.0, outcome).is_none(), "{id} reported twice");
+            }
+            NextOutcome::Pending => {}
+            NextOutcome::AllCollected => break,
+            NextOutcome::Stopped(e) => panic!("stopped: {e}"),
+        }
+    }
+    assert_eq!(seen.len() as u64, TASKS);
+    for (n, outcome) in &seen {
+        let out = outcome.as_ref().unwrap_or_else(|e| panic!("task {n}: {e}"));
+        assert_eq!(out.value, json!({"key": key(*n), "n": n}), "task {n}");
+    }
+    assert_eq!(master.status().done as u64, TASKS);
+    let started = std::fs::read_to_string(&starts).unwrap().lines().count();
+    assert!(
+        started <= 18,
+        "{started} streaming programs started for {TASKS} tasks of 3 keys on 2 slots"
+    );
+}
