@@ -510,8 +510,9 @@ fn stop_stream(
     }
 }
 
-/// What must be equal for two tasks to share one streaming process (the program kept, so
-/// its address is not reused while the key lives).
+/// What must be equal for two tasks to share one streaming process: the program by what it
+/// runs (executable, arguments, files, mode; not by its address, which a freed program's
+/// successor may take), the task's arguments and environment.
 struct StreamKey {
     program: Arc<crate::task::Program>,
     args: Vec<String>,
@@ -528,7 +529,7 @@ impl StreamKey {
     }
 
     fn matches(&self, task: &PreparedTask) -> bool {
-        Arc::ptr_eq(&self.program, &task.spec.program)
+        self.program.same_as(&task.spec.program)
             && self.args == task.spec.args
             && self.env == task.spec.env
     }
@@ -538,7 +539,7 @@ impl StreamKey {
     fn hash_of(task: &PreparedTask) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::hash::DefaultHasher::new();
-        (Arc::as_ptr(&task.spec.program) as usize).hash(&mut h);
+        task.spec.program.identity_hash().hash(&mut h);
         task.spec.args.hash(&mut h);
         task.spec.env.hash(&mut h);
         h.finish()

@@ -89,6 +89,9 @@ pub struct Program {
     files: Vec<(String, PathBuf)>,
     mode: ProgramMode,
     bundle: Mutex<Option<ProgramBundle>>,
+    /// The hash of what [`Program::same_as`] compares, once asked for (every builder
+    /// method forgets it).
+    identity: std::sync::OnceLock<u64>,
 }
 
 impl Clone for Program {
@@ -101,6 +104,7 @@ impl Clone for Program {
             files: self.files.clone(),
             mode: self.mode,
             bundle: Mutex::new(crate::guard::lock(&self.bundle).clone()),
+            identity: self.identity.clone(),
         }
     }
 }
@@ -169,6 +173,29 @@ fn file_name_of(path: &Path) -> String {
 }
 
 impl Program {
+    /// Whether `other` runs the same way: the same executable, arguments, files and mode
+    /// (two copies of one `Program`, e.g. each `&Program` given to `submit`).
+    pub(crate) fn same_as(&self, other: &Program) -> bool {
+        std::ptr::eq(self, other)
+            || (self.executable == other.executable
+                && self.base_args == other.base_args
+                && self.files == other.files
+                && self.mode == other.mode)
+    }
+
+    /// A hash of what [`same_as`](Self::same_as) compares.
+    pub(crate) fn identity_hash(&self) -> u64 {
+        *self.identity.get_or_init(|| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::hash::DefaultHasher::new();
+            self.executable.hash(&mut h);
+            self.base_args.hash(&mut h);
+            self.files.hash(&mut h);
+            self.mode.hash(&mut h);
+            h.finish()
+        })
+    }
+
     /// A program from an executable file. Relative paths are taken from the current
     /// directory; the path is made absolute.
     pub fn new(executable: impl AsRef<Path>) -> Result<Program, ProgramError> {
@@ -185,6 +212,7 @@ impl Program {
             files: Vec::new(),
             mode: ProgramMode::Process,
             bundle: Mutex::new(None),
+            identity: std::sync::OnceLock::new(),
         })
     }
 
@@ -192,6 +220,7 @@ impl Program {
     /// per worker slot).
     pub fn with_mode(mut self, mode: ProgramMode) -> Self {
         self.mode = mode;
+        self.identity = std::sync::OnceLock::new();
         self
     }
 
@@ -203,6 +232,7 @@ impl Program {
     /// Adds arguments the program always gets first (e.g. the script for an interpreter).
     pub fn with_base_args(mut self, args: impl IntoIterator<Item = String>) -> Self {
         self.base_args.extend(args);
+        self.identity = std::sync::OnceLock::new();
         self
     }
 
@@ -218,6 +248,7 @@ impl Program {
             return Err(ProgramError::DuplicateFile(first.clone(), path, name));
         }
         self.files.push((name, path));
+        self.identity = std::sync::OnceLock::new();
         Ok(self)
     }
 

@@ -282,3 +282,51 @@ for line in sys.stdin:
         "{started} streaming programs started for {TASKS} tasks of 3 keys on 2 slots"
     );
 }
+
+/// A streaming process serves the tasks of the program it runs, and only those: programs
+/// are told apart by what they run, not by where they sit in memory. Two programs
+/// alternated on one slot, each given as a `&Program` (a fresh copy per task, freed after
+/// it, whose address the next copy often takes) each answer their own tasks; and copies of
+/// one program share its process.
+#[test]
+fn a_streaming_process_serves_its_own_program_not_one_at_the_same_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let starts = dir.path().join("starts");
+    let script = dir.path().join("named.py");
+    std::fs::write(
+        &script,
+        r#"import json, sys
+with open(sys.argv[1], "a") as f:
+    f.write(sys.argv[2] + "\n")
+for line in sys.stdin:
+    print(json.dumps(sys.argv[2]), flush=True)
+"#,
+    )
+    .unwrap();
+    let named = |name: &str| {
+        Program::new(python())
+            .unwrap()
+            .with_base_args([
+                script.display().to_string(),
+                starts.display().to_string(),
+                name.to_string(),
+            ])
+            .with_mode(ProgramMode::Stream)
+    };
+    let (a, b) = (named("A"), named("B"));
+    let master = Master::new(Multicore::new(1)).unwrap();
+    // One task at a time, collected before the next: each copy is freed before the next.
+    for i in 0..20u32 {
+        for (p, name) in [(&a, "A"), (&a, "A"), (&b, "B")] {
+            let t = master.submit(p, &i).unwrap();
+            let (_, got): (_, String) = master.get_result(Some(t)).unwrap();
+            assert_eq!(
+                got, name,
+                "round {i}: program {name}'s task answered by {got}"
+            );
+        }
+    }
+    // A then B in every round: 40 starts, not 60 (the two copies of A share a process).
+    let started = std::fs::read_to_string(&starts).unwrap().lines().count();
+    assert_eq!(started, 40, "streaming programs started");
+}
