@@ -302,7 +302,13 @@ fn scratch(scratch_root: Option<&Path>, prefix: &str) -> Result<tempfile::TempDi
         Some(root) => b.tempdir_in(root),
         None => b.tempdir(),
     }
-    .map_err(|e| InterfaceError::new(format!("creating a scratch directory: {e}")))
+    .map_err(|e| {
+        let root = scratch_root.map_or_else(std::env::temp_dir, Path::to_path_buf);
+        InterfaceError::new(format!(
+            "creating a scratch directory in {}: {e}",
+            root.display()
+        ))
+    })
 }
 
 /// The slot's working directory, emptied: every task starts in an empty private directory.
@@ -788,44 +794,50 @@ impl Interface for Multicore {
             .is_some_and(Option::is_none)
             .then(|| crate::guard::lock(&self.slot_exits).tx.clone())
             .flatten();
+        // Why a slot could not start, for the task that needed it.
+        let mut why_no_slot = String::from("the multicore interface was shut down");
         if let Some(exit_token) = exit_token {
             self.sweep
                 .call_once(|| sweep_stale_slots(self.scratch_root.as_deref()));
             // The slot's own directory (random name), kept for the slot thread's lifetime,
             // with a lock held as long as it is in use (so a later master can tell a
             // directory a killed master left behind).
-            if let Ok((dir, lock)) = slot_dir(self.scratch_root.as_deref()) {
-                let path = dir.path().to_path_buf();
-                let (tx, rx) = std::sync::mpsc::channel::<SlotJob>();
-                let state = self.state.clone();
-                let host = self.host.clone();
-                let sink = crate::guard::lock(&self.handles).clone();
-                let spawned = std::thread::Builder::new()
-                    .name(format!("mw-slot-{slot}"))
-                    .spawn(move || {
-                        slot_loop(&rx, dir.path(), &host, &state, worker, sink.as_ref());
-                        // The directory goes while its lock is still held (a task may have
-                        // left directories it cannot write to), then the lock, and then
-                        // shutdown may stop waiting for this slot.
-                        make_writable(dir.path());
-                        if let Err(e) = dir.close() {
-                            log::debug!("cannot remove a slot directory: {e}");
+            match slot_dir(self.scratch_root.as_deref()) {
+                Err(e) => why_no_slot = format!("cannot make a worker slot's directory: {e}"),
+                Ok((dir, lock)) => {
+                    let path = dir.path().to_path_buf();
+                    let (tx, rx) = std::sync::mpsc::channel::<SlotJob>();
+                    let state = self.state.clone();
+                    let host = self.host.clone();
+                    let sink = crate::guard::lock(&self.handles).clone();
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("mw-slot-{slot}"))
+                        .spawn(move || {
+                            slot_loop(&rx, dir.path(), &host, &state, worker, sink.as_ref());
+                            // The directory goes while its lock is still held (a task may have
+                            // left directories it cannot write to), then the lock, and then
+                            // shutdown may stop waiting for this slot.
+                            make_writable(dir.path());
+                            if let Err(e) = dir.close() {
+                                log::debug!("cannot remove a slot directory: {e}");
+                            }
+                            drop(lock);
+                            drop(exit_token);
+                        });
+                    match spawned {
+                        Ok(_) => {
+                            let work: Arc<str> = format!(":{}", path.join("work").display()).into();
+                            threads[slot] = Some((tx, path, work));
                         }
-                        drop(lock);
-                        drop(exit_token);
-                    });
-                if spawned.is_ok() {
-                    let work: Arc<str> = format!(":{}", path.join("work").display()).into();
-                    threads[slot] = Some((tx, path, work));
+                        Err(e) => why_no_slot = format!("cannot start a worker slot's thread: {e}"),
+                    }
                 }
             }
         }
         let Some((tx, _, work)) = threads.get(slot).and_then(Option::as_ref) else {
             drop(threads);
             release(&self.state, worker, id);
-            done.finish(Err(InterfaceError::new(
-                "cannot start a worker slot (thread or scratch directory)",
-            )));
+            done.finish(Err(InterfaceError::new(why_no_slot)));
             return;
         };
         let sink = crate::guard::lock(&self.handles).clone();

@@ -59,6 +59,8 @@ pub enum ProgramMode {
     /// JSON result per line on stdout, in order (`{"error": ...}` fails a task); the stream
     /// contract of [`mw_worker_runtime::stream`]. Tasks may not have input files or outputs,
     /// and tasks with different arguments or environment run in different processes.
+    /// Answers are matched to inputs by their order: a program that prints one line too
+    /// many shifts every later answer onto the next task, which mw cannot see.
     Stream,
 }
 

@@ -440,3 +440,21 @@ fn a_dropped_master_with_a_task_running_frees_its_job_at_once() {
     assert!(again.is_ok(), "{:?}", again.err());
     again.unwrap().stop("test over");
 }
+
+/// A slot that cannot start says why, naming the directory: a task's error is the cause,
+/// not "thread or scratch directory".
+#[test]
+fn a_slot_that_cannot_make_its_directory_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-root");
+    let m = Master::new(Multicore::new(1).with_scratch_root(&missing)).unwrap();
+    let t = m.submit(&Program::new("/bin/cat").unwrap(), &1).unwrap();
+    let e = m
+        .get_result::<serde_json::Value>(Some(t))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&missing.display().to_string()) && e.contains("scratch directory"),
+        "{e}"
+    );
+}

@@ -123,7 +123,8 @@ pub enum MwError {
     #[error("the master stopped: {0}")]
     Stopped(String),
     /// An input given to [`crate::Master::submit`] or [`crate::Master::map`] cannot be
-    /// serialised as JSON.
+    /// serialised as JSON (e.g. a map with keys that are not strings). A NaN or infinite
+    /// float is not an error: it becomes `null`, as `serde_json` writes it.
     #[error("input cannot be serialised as JSON: {0}")]
     BadInput(String),
 }
