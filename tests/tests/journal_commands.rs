@@ -1002,9 +1002,16 @@ fn a_finished_job_in_a_directory_it_cannot_write_is_read() {
         assert!(!job.join(leftover).exists(), "{leftover} made");
     }
 
-    // With a -wal file beside the journal (which may hold committed results, and which an
-    // immutable open would not read) the reader is told why it cannot read, not "corrupt".
+    // An empty -wal beside it (a master that folded its log in, then exited with a
+    // connection open) holds nothing: the journal reads as before.
     std::fs::write(job.join("journal.sqlite-wal"), b"").unwrap();
+    let (code, stdout, stderr) = run(&["status", "fin-1"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("finished with failures"), "{stdout}");
+    // With a -wal file beside the journal that holds something (committed results, perhaps,
+    // which an immutable open would not read) the reader is told why it cannot read, not
+    // "corrupt".
+    std::fs::write(job.join("journal.sqlite-wal"), b"a frame").unwrap();
     let o = as_nobody(&[mw, "status", "fin-1"]).unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{stderr}");
