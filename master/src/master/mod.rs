@@ -682,7 +682,8 @@ impl Master {
 
     /// Runs `program` once per input and returns the results in input order (like Python's
     /// `Executor.map`), each decoded as `R`. The first failure, in input order, is returned
-    /// as the error and the tasks still unfinished are cancelled.
+    /// as the error, once the tasks still unfinished are cancelled and over (their outcomes
+    /// taken: a later `get_result(None)` does not meet them).
     ///
     /// ```
     /// use mw::{Master, Multicore, Program};
@@ -714,6 +715,11 @@ impl Master {
                 Err(e) => {
                     for later in &ids[k + 1..] {
                         let _ = self.cancel(*later);
+                    }
+                    // Their outcomes are this call's to take: left behind, they would be what
+                    // the caller's next `get_result(None)` returns.
+                    for later in &ids[k + 1..] {
+                        let _ = self.get_output(Some(*later));
                     }
                     return Err(e);
                 }

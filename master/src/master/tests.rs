@@ -459,3 +459,20 @@ fn a_timeout_past_what_an_instant_holds_waits_without_a_deadline() {
         NextOutcome::AllCollected
     ));
 }
+
+/// A failed `map` takes the outcomes of the tasks it cancelled: the caller's next
+/// `get_result(None)` is about the caller's own next task, not a cancelled one of `map`'s.
+#[test]
+fn a_failed_map_leaves_no_outcome_of_its_own_behind() {
+    let master = Master::new(PanicAt {
+        reserve: u64::MAX,
+        execute: 1,
+    })
+    .unwrap();
+    let program = Arc::new(Program::new("/bin/sh").unwrap());
+    let r: Result<Vec<serde_json::Value>, _> = master.map(program.clone(), 0..5u64);
+    assert!(r.is_err());
+    let mine = master.submit(program, &serde_json::json!("mine")).unwrap();
+    let (id, v): (TaskId, serde_json::Value) = master.get_result(None).unwrap();
+    assert_eq!((id, v), (mine, serde_json::json!("mine")));
+}
