@@ -757,8 +757,12 @@ impl Master {
         Ok((first, st))
     }
 
-    /// Submits many tasks at once (one journal transaction).
+    /// Submits many tasks at once (one journal transaction). A stopped master takes none
+    /// ([`MwError::Stopped`]): it would never run them.
     pub fn submit_many(&self, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, MwError> {
+        if let Some(why) = self.stopped() {
+            return Err(MwError::Stopped(why));
+        }
         let _submitting = self.inner.submitting();
         let (_, mut st) = self.open_batch(specs.len(), None, |j, first, at| {
             j.record_submitted_at(first, &specs, at)

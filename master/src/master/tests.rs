@@ -476,3 +476,19 @@ fn a_failed_map_leaves_no_outcome_of_its_own_behind() {
     let (id, v): (TaskId, serde_json::Value) = master.get_result(None).unwrap();
     assert_eq!((id, v), (mine, serde_json::json!("mine")));
 }
+
+/// A stopped master refuses new tasks instead of queueing them for ever.
+#[test]
+fn a_stopped_master_refuses_new_tasks() {
+    let master = Master::new(Echo).unwrap();
+    master.stop("done here");
+    let program = Arc::new(Program::new("/bin/sh").unwrap());
+    let r = master.submit(program.clone(), &1);
+    assert!(
+        matches!(&r, Err(MwError::Stopped(why)) if why == "done here"),
+        "{r:?}"
+    );
+    let r: Result<Vec<u32>, _> = master.map(program, [1, 2]);
+    assert!(matches!(r, Err(MwError::Stopped(_))), "{r:?}");
+    assert_eq!(master.counts().total(), 0);
+}
