@@ -330,3 +330,42 @@ for line in sys.stdin:
     let started = std::fs::read_to_string(&starts).unwrap().lines().count();
     assert_eq!(started, 40, "streaming programs started");
 }
+
+/// A task cancelled while it waits in a slot for its program key's turn (the slot serving
+/// another key, whose task hangs) is reported cancelled, once; the other key's next task,
+/// taken out of turn, still gets its result.
+#[test]
+fn a_task_cancelled_while_its_key_waits_is_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("prog.py");
+    std::fs::write(&script, PROG).unwrap();
+    let program = Arc::new(
+        Program::new(python())
+            .unwrap()
+            .with_base_args([script.display().to_string()])
+            .with_mode(ProgramMode::Stream),
+    );
+    let master = Master::new(Multicore::new(1)).unwrap();
+    let spec = |input: serde_json::Value, key: &str| {
+        let mut s = TaskSpec::new(program.clone(), input);
+        s.args = vec![key.to_string()];
+        s
+    };
+    let hang = master
+        .submit_task(spec(json!({"kind": "hang", "n": 0}), "a"))
+        .unwrap();
+    let other = master.submit_task(spec(json!({"n": 1}), "b")).unwrap();
+    let same = master.submit_task(spec(json!({"n": 2}), "a")).unwrap();
+    master.cancel(other).unwrap();
+    master.cancel(hang).unwrap();
+    for id in [other, hang] {
+        let e = master.get_output(Some(id)).unwrap_err();
+        assert!(matches!(e, MwError::Cancelled(t) if t == id), "{id}: {e}");
+    }
+    assert_eq!(
+        master.get_output(Some(same)).unwrap().value,
+        json!({"double": 4})
+    );
+    let st = master.status();
+    assert_eq!((st.done, st.cancelled), (1, 2));
+}
