@@ -355,6 +355,8 @@ fn run_one(
     let workdir = fresh_workdir(io_dir).map_err(|e| ResultError::Local(e.0))?;
     let spec = &task.spec;
     for (name, path) in &spec.input_files {
+        crate::task::check_input_file_name(name)
+            .map_err(|e| ResultError::Bad(InterfaceError::new(e.to_string())))?;
         std::fs::copy(path, workdir.join(name)).map_err(|e| {
             let why = format!("copying input file {}: {e}", path.display());
             if crate::task::is_storage_error(&e) {

@@ -149,6 +149,9 @@ pub struct ProgramBundle {
 /// Problems with a program definition.
 #[derive(Debug, thiserror::Error)]
 pub enum ProgramError {
+    /// An input file's name in a task's working directory is not a plain file name.
+    #[error("input file name `{0}` is not a plain file name (no `/`, `\\`, `.` or `..`)")]
+    BadInputFileName(String),
     /// The executable does not exist.
     #[error("program `{0}` does not exist")]
     Missing(PathBuf),
@@ -422,9 +425,23 @@ impl PreparedTask {
         let input = serde_json::to_vec(&self.spec.input).unwrap_or_else(|_| b"null".to_vec());
         b.add_bytes(TASK_INPUT_NAME, input, false)?;
         for (name, path) in &self.spec.input_files {
+            check_input_file_name(name)?;
             b.add_file(&format!("{TASK_FILES_PREFIX}{name}"), path)?;
         }
         Ok(b.to_bytes()?)
+    }
+}
+
+/// Refuses an input file's name (in [`TaskSpec::input_files`]) that is not one plain file
+/// name: a path (`a/b`, `/tmp/x`), `.`, `..` or empty would put the file outside the task's
+/// working directory or nowhere.
+pub(crate) fn check_input_file_name(name: &str) -> Result<(), ProgramError> {
+    let plain =
+        !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0']);
+    if plain {
+        Ok(())
+    } else {
+        Err(ProgramError::BadInputFileName(name.to_string()))
     }
 }
 

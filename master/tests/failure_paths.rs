@@ -458,3 +458,41 @@ fn a_slot_that_cannot_make_its_directory_names_it() {
         "{e}"
     );
 }
+
+/// An input file's name is one plain file name in the task's directory: a path, `..` or
+/// an absolute name fails the task and writes nothing outside it.
+#[test]
+fn an_input_file_named_as_a_path_fails_its_task_and_writes_nothing_outside() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("data.txt");
+    std::fs::write(&source, "data").unwrap();
+    let outside = dir.path().join("escaped");
+    let m = Master::new(Multicore::new(1)).unwrap();
+    let cat = Arc::new(Program::new("/bin/cat").unwrap());
+    let mut ids = Vec::new();
+    for name in [
+        outside.display().to_string(),
+        "../escaped".to_string(),
+        "..".to_string(),
+        String::new(),
+    ] {
+        let mut spec = TaskSpec::new(cat.clone(), json!(1));
+        spec.input_files = vec![(name.clone(), source.clone())];
+        ids.push((m.submit_task(spec).unwrap(), name));
+    }
+    let mut fine = TaskSpec::new(cat, json!(2));
+    fine.input_files = vec![("data.txt".into(), source.clone())];
+    let ok = m.submit_task(fine).unwrap();
+    for (id, name) in ids {
+        let e = m
+            .get_result::<serde_json::Value>(Some(id))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("plain file name"), "`{name}`: {e}");
+    }
+    assert_eq!(m.get_result::<u32>(Some(ok)).unwrap().1, 2);
+    assert!(
+        !outside.exists(),
+        "an input file was written outside its task's directory"
+    );
+}
