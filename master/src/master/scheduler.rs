@@ -227,7 +227,7 @@ pub(super) struct Decoding {
 fn keep_stdout_file(id: TaskId, output_dir: Option<&std::path::Path>, exec: &mut Execution) {
     let Some(dir) = output_dir else {
         exec.missing_outputs
-            .push("stdout (no results directory to keep it in)".into());
+            .push("stdout (the master has no results directory to keep it in: set MasterOptions::results_dir)".into());
         return;
     };
     let path = dir.join(STDOUT_FILE);
