@@ -7,7 +7,7 @@
 
 use mw::{
     ExitInfo, Master, MasterOptions, Multicore, MwError, NextOutcome, Program, ProgramMode,
-    TaskSpec,
+    TaskOutput, TaskSpec,
 };
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -37,6 +37,28 @@ fn python() -> &'static str {
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
         .expect("python3")
+}
+
+/// Every outcome by task index, each reported once, all within `limit` (a guard against a
+/// hang, not a measure).
+fn every_outcome(master: &Master, limit: Duration) -> BTreeMap<u64, Result<TaskOutput, MwError>> {
+    let mut seen = BTreeMap::new();
+    let deadline = Instant::now() + limit;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "not every task finished within {limit:?}: {} did",
+            seen.len()
+        );
+        match master.next_outcome(Duration::from_secs(1)) {
+            NextOutcome::Finished(id, outcome, _) => {
+                assert!(seen.insert(id.0, outcome).is_none(), "{id} reported twice");
+            }
+            NextOutcome::Pending => {}
+            NextOutcome::AllCollected => return seen,
+            NextOutcome::Stopped(e) => panic!("stopped: {e}"),
+        }
+    }
 }
 
 #[test]
@@ -81,23 +103,7 @@ fn every_task_reported_once_with_its_own_outcome() {
         })
         .collect();
     let ids = master.submit_many(specs).unwrap();
-    let mut seen = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "not every task finished within 120 s: {} did",
-            seen.len()
-        );
-        match master.next_outcome(Duration::from_secs(1)) {
-            NextOutcome::Finished(id, outcome, _) => {
-                assert!(seen.insert(id.0, outcome).is_none(), "{id} reported twice");
-            }
-            NextOutcome::Pending => {}
-            NextOutcome::AllCollected => break,
-            NextOutcome::Stopped(e) => panic!("stopped: {e}"),
-        }
-    }
+    let seen = every_outcome(&master, Duration::from_secs(120));
     assert_eq!(seen.len(), ids.len());
     for (n, outcome) in &seen {
         match (bad.get(n), outcome) {
@@ -252,24 +258,8 @@ for line in sys.stdin:
         })
         .collect();
     master.submit_many(specs).unwrap();
-    let mut seen = BTreeMap::new();
     // A guard against a hang, not a measure: the tasks take well under a second.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "only {} tasks finished",
-            seen.len()
-        );
-        match master.next_outcome(Duration::from_secs(1)) {
-            NextOutcome::Finished(id, outcome, _) => {
-                assert!(seen.insert(id.0, outcome).is_none(), "{id} reported twice");
-            }
-            NextOutcome::Pending => {}
-            NextOutcome::AllCollected => break,
-            NextOutcome::Stopped(e) => panic!("stopped: {e}"),
-        }
-    }
+    let seen = every_outcome(&master, Duration::from_secs(300));
     assert_eq!(seen.len() as u64, TASKS);
     for (n, outcome) in &seen {
         let out = outcome.as_ref().unwrap_or_else(|e| panic!("task {n}: {e}"));

@@ -1140,19 +1140,8 @@ fn escape_sequences_a_task_prints_never_reach_the_terminal_raw() {
         logs.stdout
     );
     // On a terminal (`script` gives the command one): escaped.
-    let cmd = format!(
-        "MW_JOBS_DIR={} {} logs evil-1 0 --stream stderr",
-        d.join("jobs").display(),
-        mw_tests::bin("mw").display()
-    );
-    let tty = std::process::Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .current_dir(d)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("script (util-linux) runs mw logs on a terminal");
-    let shown = String::from_utf8_lossy(&tty.stdout);
-    assert!(tty.status.success(), "{shown}");
+    let tty = mw_on_a_terminal(d, "logs evil-1 0 --stream stderr");
+    let shown = String::from_utf8_lossy(&tty);
     assert!(
         shown.contains(r"oops\u{1b}]0;PWNED\u{7}\u{1b}[2J"),
         "{shown:?}"
