@@ -404,6 +404,21 @@ fn served_as_mpi_worker(
     Ok(false)
 }
 
+/// Why this process cannot be an MPI job's master (see `mw::mpi::launcher_world_problem`).
+#[cfg(feature = "mpi")]
+fn mpi_master_problem() -> Option<String> {
+    mw::mpi::launcher_world_problem()
+}
+
+#[cfg(not(feature = "mpi"))]
+fn mpi_master_problem() -> Option<String> {
+    Some(NO_MPI.to_string())
+}
+
+/// What an mw built without MPI says of an MPI job.
+#[cfg(not(feature = "mpi"))]
+const NO_MPI: &str = "this mw was built without MPI support; rebuild with `cargo build --release --features mpi` (needs Open MPI and libclang)";
+
 #[cfg(feature = "mpi")]
 fn mpi_interface() -> anyhow::Result<Arc<dyn Interface>> {
     match mw::mpi::Mpi::init()? {
@@ -417,7 +432,7 @@ fn mpi_interface() -> anyhow::Result<Arc<dyn Interface>> {
 
 #[cfg(not(feature = "mpi"))]
 fn mpi_interface() -> anyhow::Result<Arc<dyn Interface>> {
-    bail!("this mw was built without MPI support; rebuild with `cargo build --release --features mpi` (needs Open MPI and libclang)")
+    bail!(NO_MPI)
 }
 
 fn master_options(job: &Job, id: &str, job_dir: Option<&Path>) -> MasterOptions {
@@ -1170,6 +1185,21 @@ fn spawn_detached_master(dir: &Path) -> anyhow::Result<u32> {
 /// keeping every done task's row untouched, then runs them like `mw resume`.
 pub(crate) fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<i32> {
     let dir = args.at.dir()?;
+    let interface = || -> anyhow::Result<String> {
+        let path = dir.join(mw::journal::JOURNAL_FILE);
+        let conn = mw::journal::open_checked(&path, false)?;
+        Ok(mw::journal::read_meta(&conn, &path)?.interface)
+    };
+    // An MPI job's worker ranks serve rank 0's master: they change nothing.
+    if served_as_mpi_worker(interface)? {
+        return Ok(EXIT_OK);
+    }
+    // Rank 0 runs the retried tasks only in an MPI world: refused before anything changed.
+    if interface()? == "mpi" {
+        if let Some(why) = mpi_master_problem() {
+            bail!("{why}; nothing was queued again");
+        }
+    }
     if let Some(pid) = super::jobs::live_master_pid(&dir)? {
         bail!(
             "job {} has a running master (pid {pid}); wait for it (`mw wait`) before retrying",

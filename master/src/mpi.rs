@@ -288,6 +288,31 @@ pub fn launcher_says_worker_rank() -> bool {
     })
 }
 
+/// Where launchers give the world's size before `MPI_Init` (Open MPI, PMI-1/2).
+const LAUNCHER_SIZE_VARS: [&str; 2] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"];
+
+/// Why this process, read from the launcher's environment before `MPI_Init`, cannot be the
+/// master of an MPI job: not started by an MPI launcher, or in a world of one rank (the
+/// [`MpiError::SingleRank`] message). `None` when it can, or when the launcher does not
+/// say the world's size (`MPI_Init` then decides). For a command that changes a job before
+/// it starts its master (`mw retry`): it refuses first, with nothing changed.
+pub fn launcher_world_problem() -> Option<String> {
+    let launched = LAUNCHER_RANK_VARS
+        .iter()
+        .chain(&LAUNCHER_SIZE_VARS)
+        .any(|v| std::env::var_os(v).is_some());
+    let size = LAUNCHER_SIZE_VARS.iter().find_map(|v| {
+        std::env::var(v)
+            .ok()
+            .and_then(|n| n.trim().parse::<i32>().ok())
+    });
+    match (launched, size) {
+        (false, _) => Some(MpiError::SingleRank(1).to_string()),
+        (true, Some(n)) if n < 2 => Some(MpiError::SingleRank(n).to_string()),
+        _ => None,
+    }
+}
+
 /// Serves as a worker rank until rank 0 says stop (see [`Mpi::init`]). An error if MPI
 /// makes this process rank 0 after all (the launcher's environment said otherwise): it has
 /// prepared no job to be the master of.

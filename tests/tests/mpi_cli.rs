@@ -612,3 +612,84 @@ fn an_output_rank_0_cannot_store_stops_the_job_and_resume_finishes() {
         assert_eq!(std::fs::read_to_string(file).unwrap().trim(), i.to_string());
     }
 }
+
+/// `mw retry` of an MPI job: outside mpirun it refuses before changing anything (the
+/// failed results stay), and under `mpirun -n 3` the worker ranks serve while rank 0
+/// queues the failed tasks again and runs them (every rank once acted as the master:
+/// two were refused the lock, and the job was left queued with no master).
+#[test]
+fn mw_retry_of_an_mpi_job_refuses_outside_mpirun_and_reruns_under_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // Task 1 fails until the marker `fixed` exists (named by its absolute path).
+    let fixed = d.join("fixed");
+    let script = format!(
+        "#!/bin/sh\nread x\nif [ \"$x\" = 1 ] && [ ! -e '{}' ]; then exit 3; fi\necho \"$x\"\n",
+        fixed.display()
+    );
+    std::fs::write(d.join("flaky.sh"), script).unwrap();
+    std::fs::set_permissions(
+        d.join("flaky.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("flaky.toml"),
+        "interface = \"mpi\"\n[program]\npath = \"flaky.sh\"\n[inputs]\nlist = [0, 1, 2]\n",
+    )
+    .unwrap();
+    let jobs = d.join("jobs");
+    let (mut cmd, _session) =
+        mpi_command(&d.join("flaky.toml"), &jobs, &d.join("first.jsonl"), &[]);
+    let out = cmd.output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "one task fails: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mw = mw_tests::bin("mw");
+    let state_of_1 = || {
+        let o = Command::new(&mw)
+            .args(["results", "flaky-1", "--task", "1", "--jobs-dir"])
+            .arg(&jobs)
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&o.stdout).map(|v| v["state"].clone())
+    };
+    assert_eq!(state_of_1().unwrap(), "failed");
+    // Outside mpirun: refused, nothing queued again.
+    let o = Command::new(&mw)
+        .args(["retry", "flaky-1", "--jobs-dir"])
+        .arg(&jobs)
+        .env_remove("OMPI_COMM_WORLD_SIZE")
+        .env_remove("OMPI_COMM_WORLD_RANK")
+        .env_remove("PMIX_RANK")
+        .env_remove("PMI_RANK")
+        .env_remove("PMI_SIZE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("mpirun") && stderr.contains("nothing was queued"),
+        "{stderr}"
+    );
+    assert_eq!(state_of_1().unwrap(), "failed", "the failed result is kept");
+    // Under mpirun: the failed task runs again and succeeds.
+    std::fs::write(&fixed, "").unwrap();
+    let os = std::ffi::OsStr::new;
+    let (cmd, _session) = mpirun(&[
+        os("-n"),
+        os("3"),
+        mw.as_os_str(),
+        os("retry"),
+        os("flaky-1"),
+        os("--jobs-dir"),
+        jobs.as_os_str(),
+        os("-q"),
+    ]);
+    succeeds(cmd);
+    assert_eq!(state_of_1().unwrap(), "done");
+}
