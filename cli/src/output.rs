@@ -676,6 +676,25 @@ fn human_secs(s: f64) -> String {
 mod tests {
     use super::*;
 
+    /// The summary names the task once: every task error's reason follows "failed: ".
+    #[test]
+    fn a_failure_reason_does_not_repeat_the_task() {
+        for e in [
+            mw::MwError::BadOutput {
+                task: mw::TaskId(3),
+                reason: "its stdout is not JSON".into(),
+            },
+            mw::MwError::MissingOutput {
+                task: mw::TaskId(3),
+                files: vec!["a".into()],
+                attempts: 1,
+            },
+        ] {
+            let reason = failure_reason(&e.to_string());
+            assert!(reason.starts_with("the program exited 0 but"), "{reason}");
+        }
+    }
+
     #[test]
     fn timestamps_are_rfc3339_and_forged_ones_are_dropped() {
         assert_eq!(rfc3339(0.0).as_deref(), Some("1970-01-01T00:00:00.000Z"));

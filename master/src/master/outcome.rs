@@ -78,7 +78,7 @@ pub enum MwError {
     },
     /// The program exited 0 but its stdout is not a result: not JSON, or over the task's
     /// output limit (`reason` says which, see `bad_stdout_reason`).
-    #[error("{task}: the program exited 0 but {reason}")]
+    #[error("{task} failed: the program exited 0 but {reason}")]
     BadOutput {
         /// Which task.
         task: TaskId,
