@@ -396,6 +396,10 @@ fn served_as_mpi_worker(
 ) -> anyhow::Result<bool> {
     #[cfg(feature = "mpi")]
     if mw::mpi::launcher_says_worker_rank() && interface()? == "mpi" {
+        // A rank runs its tasks as local processes: if it is killed (the OOM killer, an
+        // impatient second Ctrl-C to mpirun), the watchdog stops what they started too.
+        // Started before `MPI_Init`, so no MPI state is forked.
+        watch_local_tasks();
         mw::mpi::serve_worker()?;
         return Ok(true);
     }

@@ -693,3 +693,82 @@ fn mw_retry_of_an_mpi_job_refuses_outside_mpirun_and_reruns_under_it() {
     succeeds(cmd);
     assert_eq!(state_of_1().unwrap(), "done");
 }
+
+/// A worker rank killed while its task runs takes what the task started with it: the
+/// rank's watchdog stops the task's processes, also a background child the parent-death
+/// signal does not reach (it was left running for its whole 300 s, reparented to init).
+#[test]
+fn a_killed_worker_rank_leaves_no_task_process_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let mark = d.join("mark");
+    std::fs::write(
+        d.join("slow.sh"),
+        format!(
+            "#!/bin/sh\ncat >/dev/null\nsleep 300 &\necho \"$PPID $!\" > '{0}.tmp' && mv '{0}.tmp' '{0}'\nwait\n",
+            mark.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        d.join("slow.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("slow.toml"),
+        "interface = \"mpi\"\n[program]\npath = \"slow.sh\"\n[inputs]\nlist = [1]\n",
+    )
+    .unwrap();
+    let (mut cmd, _session) = mpi_command(
+        &d.join("slow.toml"),
+        &d.join("jobs"),
+        &d.join("out.jsonl"),
+        &[],
+    );
+    let mut mpirun = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Bounded waits for what the processes do, not timing assertions.
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        for _ in 0..6000 {
+            if done() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("{what} did not happen within 60 s");
+    };
+    until("the task's start", &|| mark.exists());
+    let pids: Vec<i32> = std::fs::read_to_string(&mark)
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let (rank, sleeper) = (pids[0], pids[1]);
+    assert!(Path::new(&format!("/proc/{sleeper}")).exists());
+    let killed = Command::new("kill")
+        .args(["-KILL", &rank.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let gone = |pid: i32| {
+        // A zombie is gone too: it no longer runs.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true)
+    };
+    until("the end of the killed rank's task processes", &|| {
+        gone(sleeper)
+    });
+    let _ = mpirun.kill();
+    let _ = mpirun.wait();
+}
