@@ -1215,14 +1215,33 @@ fn terminate(pid: i32, rx: &mpsc::Receiver<Exited>, grace: Duration) -> Option<E
     rx.recv().ok()
 }
 
-/// The outcome of a program that could not be started: `why` names the program.
+/// The outcome of a program that could not be started: `why` names the program (and the
+/// interpreter its `#!` line names, when that is what is missing: the kernel then reports
+/// the script itself as not found).
 fn spawn_failed(program: &Path, why: &dyn std::fmt::Display, started: SystemTime) -> ExecOutcome {
-    outcome_without_run(
-        ExitInfo::SpawnFailed {
-            reason: format!("{}: {why}", program.display()),
-        },
-        started,
-    )
+    let mut reason = format!("{}: {why}", program.display());
+    if let Some(interpreter) = missing_interpreter(program) {
+        reason.push_str(&format!(
+            " (the interpreter on its #! line, `{interpreter}`, does not exist)"
+        ));
+    }
+    outcome_without_run(ExitInfo::SpawnFailed { reason }, started)
+}
+
+/// The interpreter a script's `#!` line names, if the script exists and that interpreter
+/// does not. Reads at most the first 256 bytes.
+fn missing_interpreter(program: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(256);
+    std::fs::File::open(program)
+        .ok()?
+        .take(256)
+        .read_to_end(&mut head)
+        .ok()?;
+    let line = head.strip_prefix(b"#!")?.split(|&b| b == b'\n').next()?;
+    let line = String::from_utf8_lossy(line);
+    let interpreter = line.split_whitespace().next()?;
+    (!Path::new(interpreter).exists()).then(|| interpreter.to_string())
 }
 
 fn outcome_without_run(exit: ExitInfo, started: SystemTime) -> ExecOutcome {

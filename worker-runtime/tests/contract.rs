@@ -386,6 +386,22 @@ fn a_script_without_a_shebang_runs_with_sh_either_way() {
     }
 }
 
+/// A script whose `#!` interpreter is missing: the kernel says the script is not found;
+/// the failure names the interpreter.
+#[test]
+fn a_missing_interpreter_is_named() {
+    let sb = Sandbox::new();
+    let req = sb.request("exit 0");
+    std::fs::write(&req.program, "#!/no/such/interp -x\necho hi\n").unwrap();
+    let out = execute(&req, &ProcessControl::new()).unwrap();
+    match &out.exit {
+        ExitInfo::SpawnFailed { reason } => {
+            assert!(reason.contains("`/no/such/interp`"), "{reason}")
+        }
+        other => panic!("expected SpawnFailed, got {other:?}"),
+    }
+}
+
 #[test]
 fn a_missing_program_is_a_spawn_failure_naming_it() {
     let sb = Sandbox::new();
