@@ -1045,7 +1045,8 @@ fn pump_loop(
 /// the send complete; [`Outbox::progress`] on every pass frees what went.
 #[derive(Default)]
 struct Outbox {
-    pending: Vec<(mpi::ffi::MPI_Request, Message)>,
+    /// (request, destination rank, bytes).
+    pending: Vec<(mpi::ffi::MPI_Request, i32, Message)>,
 }
 
 /// A message's bytes: its own, or a program bundle shared by the sends of it to several
@@ -1103,7 +1104,8 @@ impl Outbox {
         // is, unchanged and alive, until MPI_Test reports this request complete: `data` (the
         // Vec, or an Arc of one, which nothing mutates: no `get_mut`/`make_mut` anywhere) is
         // moved into `pending` (a move does not move the heap buffer) and dropped only after
-        // completion (`progress`, `flush`, and `Drop` which flushes). The datatype and the
+        // completion (`progress`, `flush`, and `Drop` which flushes) or never (`forsake` and
+        // `flush` past its limit leak it). The datatype and the
         // communicator are valid handles of the initialised MPI of this (the only MPI) thread,
         // and `request` is read only after MPI_Isend returned success (it wrote it then).
         let rc = unsafe {
@@ -1125,13 +1127,13 @@ impl Outbox {
         }
         // SAFETY: MPI_Isend succeeded, so it initialised `request`.
         let request = unsafe { request.assume_init() };
-        self.pending.push((request, data));
+        self.pending.push((request, rank, data));
         Ok(())
     }
 
     /// Lets MPI move the pending messages on and frees the buffers of those sent.
     fn progress(&mut self) {
-        self.pending.retain_mut(|(request, _)| {
+        self.pending.retain_mut(|(request, _, _)| {
             let mut flag: std::os::raw::c_int = 0;
             // SAFETY: `request` is an active request from MPI_Isend above (MPI_Test sets it
             // to MPI_REQUEST_NULL once complete, and completed entries are removed here).
@@ -1139,6 +1141,20 @@ impl Outbox {
                 mpi::ffi::MPI_Test(request, &mut flag, mpi::ffi::RSMPI_STATUS_IGNORE);
             }
             flag == 0
+        });
+    }
+
+    /// Stops waiting for the messages to `rank`, given up as hung: the job is aborted at the
+    /// end, and [`Outbox::flush`] would otherwise wait [`OUTBOX_FLUSH_LIMIT`] for a rank that
+    /// never takes them. Their buffers are leaked, since MPI may still read them.
+    fn forsake(&mut self, rank: i32) {
+        self.pending.retain_mut(|(_, to, data)| {
+            if *to == rank {
+                std::mem::forget(std::mem::replace(data, Message::Owned(Vec::new())));
+                false
+            } else {
+                true
+            }
         });
     }
 
@@ -1159,7 +1175,7 @@ impl Outbox {
                     self.pending.len(),
                     OUTBOX_FLUSH_LIMIT
                 );
-                for (_, data) in self.pending.drain(..) {
+                for (_, _, data) in self.pending.drain(..) {
                     std::mem::forget(data);
                 }
                 break;
@@ -1542,6 +1558,7 @@ impl MasterPump<'_> {
         }
         for (rank, quiet) in silent {
             self.hung.push(rank);
+            self.outbox.forsake(rank);
             self.quarantine(
                 rank,
                 &format!(

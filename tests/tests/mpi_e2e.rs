@@ -428,6 +428,13 @@ fn a_task_batch_a_rank_cannot_read_fails_every_task_it_names() {
 /// tasks it held, saying so, gives it no more, and the other rank runs the rest; at the end
 /// the job is aborted (`MPI_Finalize` would wait for the stopped rank). It used to hold its
 /// tasks, and the job, for ever.
+///
+/// What follows rank 0's `MPI_Abort` is Open MPI's teardown, which with a stopped rank is
+/// not reliable in Open MPI 4.1: `mpirun` was seen here to crash (SIGSEGV in
+/// `PMIx_server_finalize`) and, under load, to hang after printing the abort (about 1 run in
+/// 40, and once in CI). So `mpirun` is given 60 s, and a timeout counts only after rank 0
+/// has aborted (Open MPI's `MPI_ABORT was invoked on rank 0` banner) with every task
+/// reported.
 #[test]
 fn a_rank_that_stops_answering_is_given_up_and_the_job_ends() {
     let dir = tempfile::tempdir().unwrap();
@@ -437,7 +444,7 @@ fn a_rank_that_stops_answering_is_given_up_and_the_job_ends() {
         pid_file.display()
     );
     let p = script(dir.path(), "stop.sh", &body);
-    let (mut cmd, _session) = mpirun_cmd(120, 3, &[p.to_str().unwrap(), "12"]);
+    let (mut cmd, _session) = mpirun_cmd(60, 3, &[p.to_str().unwrap(), "12"]);
     cmd.env("MW_MPI_SILENCE_SECS", "3");
     let out = cmd.output().unwrap();
     // Whatever happened, leave no stopped process behind.
@@ -453,7 +460,18 @@ fn a_rank_that_stops_answering_is_given_up_and_the_job_ends() {
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_ne!(out.status.code(), Some(124), "mpirun hung:\n{stderr}");
+    // Rank 0 ended the job itself, with mw's code (EX_SOFTWARE).
+    assert!(
+        stderr.contains("MPI_ABORT was invoked on rank 0") || out.status.code() == Some(70),
+        "rank 0 never aborted the job ({:?}):\n{stderr}",
+        out.status
+    );
+    if out.status.code() == Some(124) {
+        assert!(
+            stderr.contains("with errorcode 70"),
+            "mpirun hung before rank 0 aborted:\n{stderr}"
+        );
+    }
     assert!(pid_file.exists(), "task 3 never ran:\n{stdout}\n{stderr}");
     let tasks: Vec<Value> = stdout
         .lines()
