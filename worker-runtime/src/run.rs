@@ -469,6 +469,8 @@ fn run_prepared(
     req.env = info.env.clone();
     req.stdin = input;
     req.die_with_parent = true;
+    // One byte more than a result carries tells whether the stderr was cut.
+    req.stderr_tail_bytes = RESULT_STDERR_BYTES + 1;
     req.timeout = info
         .timeout_secs
         .filter(|t| *t > 0.0)
@@ -517,7 +519,7 @@ fn run_prepared(
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0),
-        stderr_tail: outcome.stderr_tail.clone(),
+        stderr_tail: result_stderr(&outcome.stderr_tail),
         missing_outputs: missing,
         comparison: info.comparison.clone(),
     };
@@ -528,6 +530,24 @@ fn run_prepared(
     }
     let bytes = builder.to_bytes()?;
     Ok((result, bytes))
+}
+
+/// How much of a task's stderr its result carries: the last bytes, after [`STDERR_CUT`] when
+/// there was more (the master keeps it as the attempt's stderr log: `mw logs`).
+pub const RESULT_STDERR_BYTES: usize = 4096;
+
+/// The first line of a result's stderr that was cut to [`RESULT_STDERR_BYTES`].
+pub const STDERR_CUT: &str = "[mw: stderr cut: only its last 4096 bytes came back]\n";
+
+/// `tail` as a result carries it: its last [`RESULT_STDERR_BYTES`], marked when cut.
+fn result_stderr(tail: &str) -> String {
+    if tail.len() <= RESULT_STDERR_BYTES {
+        return tail.to_string();
+    }
+    format!(
+        "{STDERR_CUT}{}",
+        mw_bundle::text::tail(tail, RESULT_STDERR_BYTES)
+    )
 }
 
 /// The content of output file `path` if it takes at most `room` bytes (read no further

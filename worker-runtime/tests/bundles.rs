@@ -24,6 +24,7 @@ input=$(cat)
 case "$input" in
   '"ok"') echo written > out.txt; ln -s /etc/passwd leak.txt; printf '{"got":%s,"arg":"%s"}' "$input" "$1" ;;
   '"fail"') echo "it went wrong" >&2; exit 5 ;;
+  '"chatty"') i=0; while [ $i -lt 300 ]; do echo "line $i of a chatty program" >&2; i=$((i+1)); done; echo END >&2; exit 3 ;;
   '"hang"') sleep 1000 ;;
   '"show"') cat prog.sh ;;
   '"huge"') echo small > out.txt; truncate -s 300M leak.txt; echo '{}' ;;
@@ -372,6 +373,31 @@ fn mw_worker_run_failing_task_exits_1_and_still_writes_the_result() {
     assert!(stderr.contains("it went wrong"), "{stderr}");
     let info = read_result(&result).manifest.result.unwrap();
     assert_eq!(info.exit, ExitInfo::Exited { code: 5 });
+    assert_eq!(info.stderr_tail, "it went wrong\n");
+}
+
+/// A result carries the last 4 KiB of the task's stderr; when there was more, it says so
+/// first (the master keeps this text as the attempt's stderr log, where a silent cut once
+/// looked like the whole of it).
+#[test]
+fn a_long_stderr_comes_back_as_its_tail_marked_cut() {
+    use mw_worker_runtime::run::{RESULT_STDERR_BYTES, STDERR_CUT};
+    let fx = Fixture::new();
+    let (info, _) = fx.run_in_process("chatty");
+    assert_eq!(info.exit, ExitInfo::Exited { code: 3 });
+    let tail = info
+        .stderr_tail
+        .strip_prefix(STDERR_CUT)
+        .unwrap_or_else(|| {
+            panic!("no cut marker: {:?}", &info.stderr_tail[..80]);
+        });
+    assert_eq!(tail.len(), RESULT_STDERR_BYTES);
+    assert!(
+        tail.ends_with("line 299 of a chatty program\nEND\n"),
+        "{tail}"
+    );
+    // A short stderr is whole and unmarked.
+    let (info, _) = fx.run_in_process("fail");
     assert_eq!(info.stderr_tail, "it went wrong\n");
 }
 
