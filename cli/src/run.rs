@@ -359,7 +359,7 @@ pub(crate) fn make_interface(
             };
             Ok(Arc::new(mc))
         }
-        "mpi" => mpi_interface(),
+        "mpi" => mpi_interface(workers),
         other => crate::platforms::make(other, job, job_dir),
     }
 }
@@ -423,10 +423,21 @@ fn mpi_master_problem() -> Option<String> {
 #[cfg(not(feature = "mpi"))]
 const NO_MPI: &str = "this mw was built without MPI support; rebuild with `cargo build --release --features mpi` (needs Open MPI and libclang)";
 
+/// The MPI interface (rank 0). `workers` (the job file's or `--workers`) is not used on MPI:
+/// the ranks `mpirun -n` starts are the workers, which rank 0 says when they differ.
 #[cfg(feature = "mpi")]
-fn mpi_interface() -> anyhow::Result<Arc<dyn Interface>> {
+fn mpi_interface(workers: Option<usize>) -> anyhow::Result<Arc<dyn Interface>> {
     match mw::mpi::Mpi::init()? {
-        mw::mpi::MpiRole::Master(m) => Ok(Arc::new(m)),
+        mw::mpi::MpiRole::Master(m) => {
+            if let Some(n) = workers.filter(|n| *n != m.workers()) {
+                say!(
+                    "mw: workers = {n} is not used on MPI: the {} worker ranks `mpirun -n` \
+                     started run the tasks",
+                    m.workers()
+                );
+            }
+            Ok(Arc::new(m))
+        }
         mw::mpi::MpiRole::Worker => {
             // A worker rank has served until the master released it.
             std::process::exit(0);
@@ -435,7 +446,7 @@ fn mpi_interface() -> anyhow::Result<Arc<dyn Interface>> {
 }
 
 #[cfg(not(feature = "mpi"))]
-fn mpi_interface() -> anyhow::Result<Arc<dyn Interface>> {
+fn mpi_interface(_workers: Option<usize>) -> anyhow::Result<Arc<dyn Interface>> {
     bail!(NO_MPI)
 }
 
@@ -769,7 +780,8 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
         j.set_job_status("finished")?;
         j.close();
     }
-    drop(master);
+    // The summary before the master goes: on MPI with ranks given up as hung, shutting the
+    // interface down aborts the MPI job (and this process) at once.
     if !quiet || failed > 0 {
         tally.print(
             job_dir.as_ref().map(|_| id.as_str()),
@@ -777,6 +789,7 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
             total,
         );
     }
+    drop(master);
     if let Some(reduce) = &p.reduce {
         if failed > 0 {
             say!("mw: the reduce program was not run because tasks failed");

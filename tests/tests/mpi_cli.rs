@@ -772,3 +772,91 @@ fn a_killed_worker_rank_leaves_no_task_process_behind() {
     let _ = mpirun.kill();
     let _ = mpirun.wait();
 }
+
+/// A worker rank that stops answering (SIGSTOP, sent by its own task) under `mw run`: rank 0
+/// fails the tasks it held after `MW_MPI_SILENCE_SECS`, the other rank runs the rest, every
+/// result is stored, and the summary is printed before the job is aborted (`MPI_Finalize`
+/// would wait for the stopped rank). The abort once came first, and the summary never.
+/// The job file's `workers = 4` (for local cores) is named as unused: the world decides.
+/// As in `mpi_e2e`, a timeout of `mpirun` counts only after rank 0 aborted (Open MPI 4.1's
+/// teardown with a stopped rank can hang).
+#[test]
+fn a_rank_that_stops_answering_under_mw_run_is_summarised_then_aborted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pid_file = tmp.path().join("stopped-rank");
+    let prog = mw_tests::script(
+        tmp.path(),
+        "stop.sh",
+        &format!(
+            "x=$(cat)\ncase \"$x\" in *'\"i\":3}}'*) echo $PPID > '{}'; kill -STOP $PPID ;; esac\necho \"$x\"",
+            pid_file.display()
+        ),
+    );
+    let job = tmp.path().join("stop.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"stop\"\nworkers = 4\n[program]\npath = \"{}\"\n[inputs.sweep]\ni = {{ start = 0, end = 12 }}\n",
+            prog.display()
+        ),
+    )
+    .unwrap();
+    let output = tmp.path().join("mpi.jsonl");
+    let (mut cmd, _session) = mpi_command(&job, &tmp.path().join("jobs"), &output, &[]);
+    cmd.env("MW_MPI_SILENCE_SECS", "3");
+    let out = cmd.output().unwrap();
+    if let Some(pid) = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+    {
+        // SAFETY: kill only sends signals, to the pid the task recorded as its rank's.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::kill(pid, libc::SIGCONT);
+        }
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(pid_file.exists(), "task 3 never ran:\n{stderr}");
+    assert!(!out.status.success(), "{stderr}");
+    let aborted = stderr.contains("MPI_ABORT was invoked on rank 0");
+    assert!(aborted || out.status.code() == Some(70), "{stderr}");
+    let summary = stderr
+        .find("mw: 12 tasks: ")
+        .unwrap_or_else(|| panic!("no summary:\n{stderr}"));
+    if let Some(banner) = stderr.find("MPI_ABORT was invoked") {
+        assert!(
+            summary < banner,
+            "the summary came after the abort:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("stopped answering"), "{stderr}");
+    assert!(
+        stderr.contains("workers = 4 is not used on MPI: the 2 worker ranks"),
+        "{stderr}"
+    );
+    let results = outputs_raw(&output);
+    assert_eq!(results.len(), 12, "every task stored once");
+    let failed: Vec<&Value> = results.iter().filter(|v| v["state"] != "done").collect();
+    assert!(!failed.is_empty() && failed.len() <= 2, "{results:?}");
+    for v in &failed {
+        let err = v["error"].as_str().unwrap_or_default();
+        assert!(err.contains("sent nothing for"), "{v}");
+    }
+    assert!(
+        stderr.contains(&format!("{} failed", failed.len())),
+        "{stderr}"
+    );
+}
+
+/// Every line of a results file, parsed, each task once.
+fn outputs_raw(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    text.lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            assert!(seen.insert(v["task"].as_u64().unwrap()), "{l} twice");
+            v
+        })
+        .collect()
+}
