@@ -755,12 +755,13 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
         // Whatever was printed is in the journal; the rest waits for `mw resume`.
         let _ = sink.flush();
         drop(sink);
-        drop(master);
-        if let Some(j) = &journal {
-            j.close();
-        }
         let hint = job_dir.as_deref().map(|d| job_arg(&id, d));
-        return stopped_exit(&reason, interrupted, hint.as_deref());
+        return stopped_exit(&reason, interrupted, hint.as_deref(), &p.interface, || {
+            drop(master);
+            if let Some(j) = &journal {
+                j.close();
+            }
+        });
     }
     if let Err(e) = sink.flush() {
         let e = anyhow::Error::from(e);
@@ -1041,18 +1042,47 @@ fn apply_cancel_requests(master: &Master, journal: &Journal) -> anyhow::Result<(
 }
 
 /// What `mw run`/`mw resume` say and return when the master stopped before every task had
-/// an outcome.
-fn stopped_exit(reason: &str, interrupted: bool, job: Option<&str>) -> anyhow::Result<i32> {
+/// an outcome; `end_master` drops the master and closes the journal.
+fn stopped_exit(
+    reason: &str,
+    interrupted: bool,
+    job: Option<&str>,
+    interface: &str,
+    end_master: impl FnOnce(),
+) -> anyhow::Result<i32> {
     let how = match job {
-        Some(id) => format!("`mw resume {id}` runs the unfinished tasks"),
+        Some(id) => format!(
+            "`{}` runs the unfinished tasks",
+            resume_command(id, interface)
+        ),
         None => "nothing can be resumed (no journal)".to_string(),
     };
     if interrupted {
+        // Said before the master ends: under `mpirun`, which SIGKILLs the ranks a second
+        // after it passed the interrupt on, ending the MPI interface may not finish.
         say!("mw: stopped: {reason}; {how}");
+        end_master();
         Ok(EXIT_INTERRUPTED)
     } else {
+        end_master();
         bail!("the master stopped: {reason}; {how}")
     }
+}
+
+/// The command that resumes `job` (as [`job_arg`] names it) run on `interface`: an MPI job
+/// under `mpirun`, with this world's size when the launcher said it.
+fn resume_command(job: &str, interface: &str) -> String {
+    if interface != "mpi" {
+        return format!("mw resume {job}");
+    }
+    #[cfg(feature = "mpi")]
+    let size = mw::mpi::launcher_world_size().map(|n| n.to_string());
+    #[cfg(not(feature = "mpi"))]
+    let size: Option<String> = None;
+    format!(
+        "mpirun -n {} mw resume {job}",
+        size.as_deref().unwrap_or("N")
+    )
 }
 
 /// Runs the reduce program locally with every result as a JSON line on stdin, which
@@ -1399,15 +1429,18 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
             Ok(())
         },
     )?;
-    drop(master);
     if let DriveEnd::Stopped {
         reason,
         interrupted,
     } = end
     {
-        journal.close();
-        return stopped_exit(&reason, interrupted, Some(&job_arg(&meta.id, &dir)));
+        let job = job_arg(&meta.id, &dir);
+        return stopped_exit(&reason, interrupted, Some(&job), &meta.interface, || {
+            drop(master);
+            journal.close();
+        });
     }
+    drop(master);
     // How the job ended is what its journal says: tasks a `mw cancel` settled while this
     // master was starting (racing it) were no outcome of this master, but they did not
     // succeed either.

@@ -301,16 +301,21 @@ pub fn launcher_world_problem() -> Option<String> {
         .iter()
         .chain(&LAUNCHER_SIZE_VARS)
         .any(|v| std::env::var_os(v).is_some());
-    let size = LAUNCHER_SIZE_VARS.iter().find_map(|v| {
-        std::env::var(v)
-            .ok()
-            .and_then(|n| n.trim().parse::<i32>().ok())
-    });
-    match (launched, size) {
+    match (launched, launcher_world_size()) {
         (false, _) => Some(MpiError::SingleRank(1).to_string()),
         (true, Some(n)) if n < 2 => Some(MpiError::SingleRank(n).to_string()),
         _ => None,
     }
+}
+
+/// The world's size as the MPI launcher gave it to this process (before `MPI_Init`), if it
+/// did.
+pub fn launcher_world_size() -> Option<i32> {
+    LAUNCHER_SIZE_VARS.iter().find_map(|v| {
+        std::env::var(v)
+            .ok()
+            .and_then(|n| n.trim().parse::<i32>().ok())
+    })
 }
 
 /// Serves as a worker rank until rank 0 says stop (see [`Mpi::init`]). An error if MPI

@@ -860,3 +860,71 @@ fn outputs_raw(path: &Path) -> Vec<Value> {
         })
         .collect()
 }
+
+/// Ctrl-C to `mpirun` (which passes it on as SIGTERM after `odls_base_sigkill_timeout`, and
+/// SIGKILLs the ranks as long again later): rank 0 says how to resume before it ends its
+/// ranks, naming `mpirun -n 3 mw resume …` (a plain `mw resume` refuses an MPI job). It
+/// once said nothing: the SIGKILL came while it waited for the worker ranks to stop their
+/// tasks. The timeout is raised from Open MPI's 1 s to 4 s so a loaded machine still says
+/// it in time.
+#[test]
+fn ctrl_c_to_mpirun_says_how_to_resume_under_mpirun() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("started");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let prog = mw_tests::script(
+        tmp.path(),
+        "slow.sh",
+        &format!(
+            "cat > /dev/null\necho go > '{}'\nsleep 60\necho '{{}}'",
+            fifo.display()
+        ),
+    );
+    let job = tmp.path().join("slow.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"slow\"\n[program]\npath = \"{}\"\n[inputs.sweep]\ni = {{ start = 0, end = 4 }}\n",
+            prog.display()
+        ),
+    )
+    .unwrap();
+    let jobs = tmp.path().join("jobs");
+    let (mut cmd, _session) = mpi_command(&job, &jobs, &tmp.path().join("out.jsonl"), &[]);
+    cmd.env("OMPI_MCA_odls_base_sigkill_timeout", "4")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    // A task has started once its line comes through the FIFO (opening it waits for one).
+    let mut go = String::new();
+    std::fs::File::open(&fifo)
+        .unwrap()
+        .read_to_string(&mut go)
+        .unwrap();
+    assert_eq!(go.trim(), "go");
+    // `timeout`'s child is mpirun.
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id())).unwrap();
+    let mpirun: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    // SAFETY: kill only sends a signal, to the mpirun this test started.
+    unsafe {
+        libc::kill(mpirun, libc::SIGINT);
+    }
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert_ne!(status.code(), Some(124), "mpirun hung:\n{stderr}");
+    assert!(stderr.contains("mw: stopped: interrupted"), "{stderr}");
+    assert!(
+        stderr.contains("`mpirun -n 3 mw resume ") && stderr.contains("runs the unfinished tasks"),
+        "{stderr}"
+    );
+}
