@@ -94,6 +94,37 @@ pub fn run_mw(dir: &std::path::Path, args: &[&str]) -> MwOut {
     o
 }
 
+/// A task program for the stopped-rank tests (`stop.sh` in `dir`): it echoes its input, but
+/// the task with input `{"i":3}` first writes its parent's pid (the MPI rank running it) to
+/// `pid_file` and stops that rank with SIGSTOP. Hand the guard's end to
+/// [`kill_stopped_rank`].
+pub fn rank_stopping_script(dir: &std::path::Path, pid_file: &std::path::Path) -> PathBuf {
+    script(
+        dir,
+        "stop.sh",
+        &format!(
+            "x=$(cat)\ncase \"$x\" in *'\"i\":3}}'*) echo $PPID > '{}'; kill -STOP $PPID ;; esac\necho \"$x\"",
+            pid_file.display()
+        ),
+    )
+}
+
+/// Leaves no stopped rank behind: SIGKILLs (and resumes) the pid a
+/// [`rank_stopping_script`] task recorded in `pid_file`, if any.
+pub fn kill_stopped_rank(pid_file: &std::path::Path) {
+    if let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+        .filter(|pid| *pid > 1)
+    {
+        // SAFETY: kill only sends signals, to the pid the task recorded as its rank's.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::kill(pid, libc::SIGCONT);
+        }
+    }
+}
+
 /// Writes an executable `/bin/sh` script `name` with `body` into `dir`.
 pub fn script(dir: &std::path::Path, name: &str, body: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;

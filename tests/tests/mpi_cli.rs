@@ -784,14 +784,7 @@ fn a_killed_worker_rank_leaves_no_task_process_behind() {
 fn a_rank_that_stops_answering_under_mw_run_is_summarised_then_aborted() {
     let tmp = tempfile::tempdir().unwrap();
     let pid_file = tmp.path().join("stopped-rank");
-    let prog = mw_tests::script(
-        tmp.path(),
-        "stop.sh",
-        &format!(
-            "x=$(cat)\ncase \"$x\" in *'\"i\":3}}'*) echo $PPID > '{}'; kill -STOP $PPID ;; esac\necho \"$x\"",
-            pid_file.display()
-        ),
-    );
+    let prog = mw_tests::rank_stopping_script(tmp.path(), &pid_file);
     let job = tmp.path().join("stop.toml");
     std::fs::write(
         &job,
@@ -805,16 +798,7 @@ fn a_rank_that_stops_answering_under_mw_run_is_summarised_then_aborted() {
     let (mut cmd, _session) = mpi_command(&job, &tmp.path().join("jobs"), &output, &[]);
     cmd.env("MW_MPI_SILENCE_SECS", "3");
     let out = cmd.output().unwrap();
-    if let Some(pid) = std::fs::read_to_string(&pid_file)
-        .ok()
-        .and_then(|t| t.trim().parse::<i32>().ok())
-    {
-        // SAFETY: kill only sends signals, to the pid the task recorded as its rank's.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-            libc::kill(pid, libc::SIGCONT);
-        }
-    }
+    mw_tests::kill_stopped_rank(&pid_file);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(pid_file.exists(), "task 3 never ran:\n{stderr}");
     assert!(!out.status.success(), "{stderr}");

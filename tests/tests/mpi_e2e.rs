@@ -439,25 +439,12 @@ fn a_task_batch_a_rank_cannot_read_fails_every_task_it_names() {
 fn a_rank_that_stops_answering_is_given_up_and_the_job_ends() {
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("stopped-rank");
-    let body = format!(
-        "x=$(cat)\ncase \"$x\" in *'\"i\":3}}'*) echo $PPID > '{}'; kill -STOP $PPID ;; esac\necho \"$x\"",
-        pid_file.display()
-    );
-    let p = script(dir.path(), "stop.sh", &body);
+    let p = mw_tests::rank_stopping_script(dir.path(), &pid_file);
     let (mut cmd, _session) = mpirun_cmd(60, 3, &[p.to_str().unwrap(), "12"]);
     cmd.env("MW_MPI_SILENCE_SECS", "3");
     let out = cmd.output().unwrap();
     // Whatever happened, leave no stopped process behind.
-    if let Some(pid) = std::fs::read_to_string(&pid_file)
-        .ok()
-        .and_then(|t| t.trim().parse::<i32>().ok())
-    {
-        // SAFETY: kill only sends signals, to the pid the task recorded as its rank's.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-            libc::kill(pid, libc::SIGCONT);
-        }
-    }
+    mw_tests::kill_stopped_rank(&pid_file);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     // Rank 0 ended the job itself, with mw's code (EX_SOFTWARE).
