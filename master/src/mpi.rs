@@ -1205,11 +1205,9 @@ struct Batch {
     bundles: Vec<u8>,
     /// The tasks in `bundles`.
     bundle_ids: Vec<TaskId>,
-    /// Streaming tasks, by program SHA-256 (one `STREAM` message each).
-    stream: BTreeMap<String, Vec<StreamTask>>,
-    /// Program, args and env of the streaming tasks (the first task's; all of a job share
-    /// them unless args/env templates differ, which then go in separate messages).
-    stream_key: BTreeMap<String, (Vec<String>, BTreeMap<String, String>)>,
+    /// Streaming tasks, by program SHA-256, args and env (one `STREAM` message each: tasks
+    /// whose args or env templates differ interleave, and are sent key by key).
+    stream: BTreeMap<StreamKey, Vec<StreamTask>>,
 }
 
 struct MasterPump<'a> {
@@ -1287,18 +1285,12 @@ impl MasterPump<'_> {
                         self.process_in_flight += 1;
                     }
                     Wire::Stream(sha, entry) => {
-                        let key = (task.spec.args.clone(), task.spec.env.clone());
-                        let same = batch.stream_key.get(&sha).is_none_or(|k| *k == key);
-                        if !same {
-                            self.send_batch(rank);
-                        }
-                        let batch = self.batches.entry(rank).or_default();
-                        if !batch.stream_key.contains_key(&sha) {
-                            batch.bytes += stream_header_bound(&key.0, &key.1);
+                        let key: StreamKey = (sha, task.spec.args.clone(), task.spec.env.clone());
+                        if !batch.stream.contains_key(&key) {
+                            batch.bytes += stream_header_bound(&key.1, &key.2);
                         }
                         batch.bytes += stream_entry_bytes(&entry);
-                        batch.stream_key.entry(sha.clone()).or_insert(key);
-                        batch.stream.entry(sha).or_default().push(entry);
+                        batch.stream.entry(key).or_default().push(entry);
                     }
                 }
                 self.in_flight.insert(task.id, (rank, task, done));
@@ -1347,8 +1339,7 @@ impl MasterPump<'_> {
                 self.fail_unsent(&batch.bundle_ids, &too_large("a batch of task bundles", n));
             }
         }
-        for (sha, tasks) in batch.stream {
-            let (args, env) = batch.stream_key.get(&sha).cloned().unwrap_or_default();
+        for ((sha, args, env), tasks) in batch.stream {
             let msg = StreamBatch {
                 program: sha,
                 args,
@@ -1722,18 +1713,21 @@ type StreamKey = (String, Vec<String>, BTreeMap<String, String>);
 /// though the program has more answers ready, so one `STREAM_RESULTS` message stays small.
 const GATHER_BYTES: usize = 1 << 20;
 
-/// A rank's runner thread: runs its jobs in order; streaming ones through one long-lived
-/// program per (program, args, env), kept between batches. Streaming tasks of the next
-/// batches (same program) join the running stream as they come, so the program never drains
-/// between batches, and outcomes go to the comm thread in groups: whatever the program had
-/// answered each time the runner is about to wait for it.
+/// A rank's runner thread: runs its jobs in order of arrival; streaming ones through one
+/// long-lived program per (program, args, env), kept between batches. Streaming tasks of
+/// later batches with the running program's key join the running stream as they come, also
+/// ahead of waiting batches of other keys (not of process-mode tasks), so the program never
+/// drains between batches and tasks whose keys interleave are served key by key instead of
+/// restarting the program for each; outcomes go to the comm thread in groups: whatever the
+/// program had answered each time the runner is about to wait for it.
 fn runner_loop(jobs: Receiver<Job>, out: Sender<Done>, rank: i32, opts: RunOptions) {
     let host = mw_worker_runtime::exec::host_name();
     let mut stream: Option<(StreamKey, StreamRunner)> = None;
     let mut stream_dir: Option<tempfile::TempDir> = None;
-    let mut pending: Option<Job> = None;
+    // Jobs taken from the channel and not run yet, in order of arrival.
+    let mut waiting: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
     loop {
-        let job = match pending.take() {
+        let job = match waiting.pop_front() {
             Some(j) => j,
             None => match jobs.recv() {
                 Ok(j) => j,
@@ -1822,24 +1816,39 @@ fn runner_loop(jobs: Receiver<Job>, out: Sender<Done>, rank: i32, opts: RunOptio
                             };
                             return Some((input, t.id));
                         }
-                        if pending.is_some() {
-                            return None;
-                        }
-                        // The next batch of the same program joins this stream.
-                        match jobs.try_recv() {
-                            Ok(Job::Stream {
-                                program,
-                                args,
-                                env,
-                                tasks,
-                            }) if program.sha256() == key.0 && args == key.1 && env == key.2 => {
+                        // The next batches of the same key join this stream, also past those
+                        // of other keys (their tasks interleave when a job's args or env
+                        // vary: served key by key, the program is not restarted for each),
+                        // but not past process-mode tasks.
+                        let same = |j: &Job| {
+                            matches!(j, Job::Stream { program, args, env, .. }
+                            if program.sha256() == key.0 && *args == key.1 && *env == key.2)
+                        };
+                        let bundles_wait = |w: &std::collections::VecDeque<Job>| {
+                            w.iter().any(|j| matches!(j, Job::Bundles(_)))
+                        };
+                        let before_bundles = waiting
+                            .iter()
+                            .position(|j| matches!(j, Job::Bundles(_)))
+                            .unwrap_or(waiting.len());
+                        if let Some(at) = waiting.iter().take(before_bundles).position(same) {
+                            if let Some(Job::Stream { tasks, .. }) = waiting.remove(at) {
                                 held.borrow_mut().extend(tasks.iter().map(|(t, _)| t.id));
                                 queue.extend(tasks);
                             }
-                            Ok(other) => {
-                                pending = Some(other);
-                                return None;
+                            continue;
+                        }
+                        if bundles_wait(&waiting) {
+                            return None;
+                        }
+                        match jobs.try_recv() {
+                            Ok(j) if same(&j) => {
+                                if let Job::Stream { tasks, .. } = j {
+                                    held.borrow_mut().extend(tasks.iter().map(|(t, _)| t.id));
+                                    queue.extend(tasks);
+                                }
                             }
+                            Ok(other) => waiting.push_back(other),
                             Err(_) => return None,
                         }
                     };

@@ -912,3 +912,45 @@ fn ctrl_c_to_mpirun_says_how_to_resume_under_mpirun() {
         "{stderr}"
     );
 }
+
+/// A streaming job whose tasks take one of 3 program keys in turn (`args` from a template):
+/// a rank serves the tasks it holds key by key, so it starts a few programs, not one per
+/// task (300 starts for 300 tasks before: rank 0 sent each key change as its own message
+/// and the rank restarted the program for each), and every answer comes from its own key's
+/// program.
+#[test]
+fn interleaved_stream_keys_under_mpirun_start_few_programs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let starts = tmp.path().join("starts");
+    let prog = mw_tests::script(
+        tmp.path(),
+        "keyed.sh",
+        &format!(
+            "echo \"start $1\" >> '{}'\nwhile IFS= read -r l; do printf '{{\"k\":\"%s\",\"in\":%s}}\\n' \"$1\" \"$l\"; done",
+            starts.display()
+        ),
+    );
+    let job = tmp.path().join("keyed.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"keyed\"\nargs = [\"k{{{{ input.n % 3 }}}}\"]\n[program]\npath = \"{}\"\nmode = \"stream\"\n[inputs.sweep]\nn = {{ start = 0, end = 300 }}\n",
+            prog.display()
+        ),
+    )
+    .unwrap();
+    let output = tmp.path().join("mpi.jsonl");
+    let (cmd, _session) = mpi_command(&job, &tmp.path().join("jobs"), &output, &[]);
+    succeeds(cmd);
+    let results = outputs_raw(&output);
+    assert_eq!(results.len(), 300);
+    for v in &results {
+        let n = v["input"]["n"].as_u64().unwrap();
+        assert_eq!(v["output"]["in"], v["input"], "{v}");
+        assert_eq!(v["output"]["k"], format!("k{}", n % 3), "{v}");
+    }
+    let started = std::fs::read_to_string(&starts).unwrap().lines().count();
+    // 3 keys on 2 ranks: at least 3 starts; here 6 to 12 (a rank switches key when it has
+    // served all it holds of one).
+    assert!((3..=60).contains(&started), "{started} program starts");
+}
