@@ -1440,7 +1440,6 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
             journal.close();
         });
     }
-    drop(master);
     // How the job ended is what its journal says: tasks a `mw cancel` settled while this
     // master was starting (racing it) were no outcome of this master, but they did not
     // succeed either.
@@ -1466,12 +1465,21 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
         "job {}: every task has an outcome ({failed} failed or cancelled)",
         meta.id
     );
-    if failed == 0 {
-        if let Some(reduce) = &reduce {
-            reduce_from_journal(&dir, reduce)?;
-        }
+    // As in `mw run`: the summary and, unless a reduce step is due, the job's end are
+    // recorded before the master goes (on MPI with a rank given up as hung, shutting the
+    // interface down aborts the process).
+    if reduce.is_some() && failed > 0 {
+        say!("mw: the reduce program was not run because tasks failed");
     }
-    journal.set_job_status("finished")?;
+    let reduce = reduce.filter(|_| failed == 0);
+    if reduce.is_none() {
+        journal.set_job_status("finished")?;
+    }
+    drop(master);
+    if let Some(reduce) = &reduce {
+        reduce_from_journal(&dir, reduce)?;
+        journal.set_job_status("finished")?;
+    }
     journal.close();
     Ok(if failed > 0 {
         EXIT_TASKS_FAILED

@@ -976,6 +976,48 @@ fn a_master_killed_in_the_reduce_step_is_completed_by_resume() {
     assert_eq!(kept.trim(), "3");
 }
 
+/// `mw resume` of a job with a reduce step whose tasks failed says the reduce step was not
+/// run, as `mw run` does (it said nothing), and records the job as finished.
+#[test]
+fn a_resumed_job_with_failed_tasks_says_its_reduce_step_was_not_run() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    script(
+        d,
+        "task.sh",
+        "x=$(cat)
+[ \"$x\" = 2 ] && exit 3
+echo \"$x\"",
+    );
+    write(
+        d,
+        "red.toml",
+        "name = \"red\"\n[program]\npath = \"task.sh\"\n[inputs]\nlist = [1, 2, 3]\n\
+         [reduce]\ncommand = [\"wc\", \"-l\"]\n",
+    );
+    // Killed before it recorded its tasks: every task is left to `mw resume`.
+    let killed = spawn_mw(
+        d,
+        &["run", "red.toml", "-q"],
+        &[("MW_CRASH_AT", "run-before-recording")],
+    );
+    let (code, _, stderr) = finish(killed);
+    assert_ne!(code, 0, "{stderr}");
+    let o = run_mw(d, &["resume", "red-1", "-q"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("mw: the reduce program was not run because tasks failed"),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stderr.contains("1 failed"), "{}", o.stderr);
+    assert_eq!(o.stdout.trim(), "", "no reduce output: {}", o.stdout);
+    let s = run_mw(d, &["status", "red-1", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&s.stdout).unwrap();
+    assert_eq!(v["job"]["state"], "finished with failures", "{}", s.stdout);
+}
+
 /// The pid a dead master's journal names, reused by another process (here another job's
 /// master, also an `mw`): the job counts as stopped, not running, so `mw resume` takes it
 /// over. It once counted as running for good: `mw resume` refused and `mw wait` waited.
