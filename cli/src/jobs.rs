@@ -997,6 +997,20 @@ fn cancel_boinc_workunits(
     Ok(())
 }
 
+/// Whether writing a report to `out` would replace a file of the job in `dir`: any file
+/// already in the job directory (its journal, lock, logs, outputs) but an earlier report
+/// (`.html`, `.svg`). Links are followed.
+fn replaces_a_job_file(dir: &Path, out: &Path) -> bool {
+    let (Ok(dir), Ok(out)) = (std::fs::canonicalize(dir), std::fs::canonicalize(out)) else {
+        return false;
+    };
+    let report = out
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("html") || e.eq_ignore_ascii_case("svg"));
+    out.starts_with(&dir) && !out.is_dir() && !report
+}
+
 /// `mw report`.
 pub(crate) fn report(args: ReportArgs) -> anyhow::Result<i32> {
     let dir = args.at.dir()?;
@@ -1018,6 +1032,13 @@ pub(crate) fn report(args: ReportArgs) -> anyhow::Result<i32> {
         100_000,
     )?;
     let out = args.output.unwrap_or_else(|| dir.join("report.html"));
+    if replaces_a_job_file(&dir, &out) {
+        bail!(
+            "-o {}: that is one of the job's own files (its journal, logs or outputs); \
+             name a new .html or .svg file",
+            out.display()
+        );
+    }
     let logs_dir = dir.join(crate::run::LOGS_DIR);
     let data = super::report::ReportData {
         meta: &meta,
