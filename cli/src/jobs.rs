@@ -552,11 +552,19 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
                         let reason = crate::output::failure_reason(&err);
                         writeln!(out, "  task {:<8} {}", t.index, reason)?;
                     }
+                    // Named as a plain `mw … ID` finds it (a path for a job under
+                    // --jobs-dir); `mw retry` refuses a job whose master still runs.
+                    let id = crate::run::job_arg(&summary.id, &dir);
+                    let when = if summary.state == STATE_RUNNING {
+                        " once the job has ended (mw wait)"
+                    } else {
+                        ""
+                    };
                     writeln!(
                         out,
                         "(all of them: mw results {id} --failed; a task's output: mw logs {id} TASK; \
-                         run them again: mw retry {id})",
-                        id = shown(&summary.id)
+                         run them again{when}: mw retry {id})",
+                        id = shown(&id)
                     )?;
                 }
             }
