@@ -552,11 +552,19 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
                         let reason = crate::output::failure_reason(&err);
                         writeln!(out, "  task {:<8} {}", t.index, reason)?;
                     }
+                    // Named as a plain `mw … ID` finds it (a path for a job under
+                    // --jobs-dir); `mw retry` refuses a job whose master still runs.
+                    let id = crate::run::job_arg(&summary.id, &dir);
+                    let when = if summary.state == STATE_RUNNING {
+                        " once the job has ended (mw wait)"
+                    } else {
+                        ""
+                    };
                     writeln!(
                         out,
                         "(all of them: mw results {id} --failed; a task's output: mw logs {id} TASK; \
-                         run them again: mw retry {id})",
-                        id = shown(&summary.id)
+                         run them again{when}: mw retry {id})",
+                        id = shown(&id)
                     )?;
                 }
             }
@@ -997,6 +1005,20 @@ fn cancel_boinc_workunits(
     Ok(())
 }
 
+/// Whether writing a report to `out` would replace a file of the job in `dir`: any file
+/// already in the job directory (its journal, lock, logs, outputs) but an earlier report
+/// (`.html`, `.svg`). Links are followed.
+fn replaces_a_job_file(dir: &Path, out: &Path) -> bool {
+    let (Ok(dir), Ok(out)) = (std::fs::canonicalize(dir), std::fs::canonicalize(out)) else {
+        return false;
+    };
+    let report = out
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("html") || e.eq_ignore_ascii_case("svg"));
+    out.starts_with(&dir) && !out.is_dir() && !report
+}
+
 /// `mw report`.
 pub(crate) fn report(args: ReportArgs) -> anyhow::Result<i32> {
     let dir = args.at.dir()?;
@@ -1018,6 +1040,13 @@ pub(crate) fn report(args: ReportArgs) -> anyhow::Result<i32> {
         100_000,
     )?;
     let out = args.output.unwrap_or_else(|| dir.join("report.html"));
+    if replaces_a_job_file(&dir, &out) {
+        bail!(
+            "-o {}: that is one of the job's own files (its journal, logs or outputs); \
+             name a new .html or .svg file",
+            out.display()
+        );
+    }
     let logs_dir = dir.join(crate::run::LOGS_DIR);
     let data = super::report::ReportData {
         meta: &meta,

@@ -506,6 +506,10 @@ pub(crate) fn failure_reason(error: &str) -> String {
 fn failure_line(error: &str) -> String {
     let mut lines = error.lines();
     let first = lines.next().unwrap_or("");
+    // "task 3 was cancelled" (a cancelled task's whole error) says no more than its state.
+    if first.starts_with("task ") && first.ends_with(" was cancelled") {
+        return "cancelled".to_string();
+    }
     let first = first
         .split_once(" failed: ")
         .map(|(_, rest)| rest)
@@ -693,6 +697,13 @@ mod tests {
             let reason = failure_reason(&e.to_string());
             assert!(reason.starts_with("the program exited 0 but"), "{reason}");
         }
+    }
+
+    /// A cancelled task is listed as "task 3  cancelled", not "task 3  task 3 was cancelled".
+    #[test]
+    fn a_cancelled_tasks_reason_does_not_repeat_the_task() {
+        let e = mw::MwError::Cancelled(mw::TaskId(3)).to_string();
+        assert_eq!(failure_reason(&e), "cancelled");
     }
 
     #[test]

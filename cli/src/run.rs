@@ -503,6 +503,26 @@ fn create_job(
     Ok((id, dir, journal))
 }
 
+/// Which of the files a job reads `path` is (the job file, its program and reduce program
+/// with their files, its inputs file), if any: `mw run --output` would replace it.
+fn job_file_at(p: &Prepared, path: &Path) -> Option<&'static str> {
+    let target = std::fs::canonicalize(path).ok()?;
+    let same = |b: &Path| std::fs::canonicalize(b).ok().as_ref() == Some(&target);
+    let program_has =
+        |prog: &Program| same(prog.executable()) || prog.files().iter().any(|(_, f)| same(f));
+    if same(&p.job.path) {
+        Some("the job file")
+    } else if program_has(p.builder.program()) {
+        Some("the job's program or one of its files")
+    } else if p.reduce.as_ref().is_some_and(program_has) {
+        Some("the job's reduce program or one of its files")
+    } else if matches!(&*p.inputs, Inputs::Lines { path: f, .. } if same(f)) {
+        Some("the job's inputs file")
+    } else {
+        None
+    }
+}
+
 /// `mw run`.
 pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
     let opts = &args.job;
@@ -531,16 +551,11 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
         );
     }
     // The results file is made before the job: one that cannot be made (a directory, no
-    // permission) leaves no job behind. It never replaces the job file itself.
+    // permission) leaves no job behind. It never replaces a file the job reads.
     let mut output_file = match &args.output {
         Some(path) => {
-            let same = |a: &Path, b: &Path| {
-                std::fs::canonicalize(a)
-                    .ok()
-                    .is_some_and(|a| std::fs::canonicalize(b).ok() == Some(a))
-            };
-            if same(path, &p.job.path) {
-                bail!("--output {}: that is the job file", path.display());
+            if let Some(what) = job_file_at(&p, path) {
+                bail!("--output {}: that is {what}", path.display());
             }
             Some(
                 std::fs::File::create(path)

@@ -436,6 +436,51 @@ fn results_in_task_order_to_output_file() {
     assert_eq!(outs, vec![0, 1, 2, 3, 4, 5]);
 }
 
+/// `--output` never replaces a file the job reads (its inputs file, program, program files,
+/// reduce program): it once wrote the results over the researcher's inputs, or over the
+/// program, whose tasks then failed with "Text file busy".
+#[test]
+fn output_refuses_a_file_the_job_reads() {
+    let d = tempfile::tempdir().unwrap();
+    script(d.path(), "echo.sh", "cat");
+    script(d.path(), "sum.sh", "cat >/dev/null; echo 0");
+    std::fs::write(d.path().join("lib.txt"), "lib").unwrap();
+    std::fs::write(d.path().join("in.jsonl"), "1\n2\n").unwrap();
+    std::fs::write(
+        d.path().join("job.toml"),
+        "[program]\npath = \"echo.sh\"\nfiles = [\"lib.txt\"]\n[inputs]\nfile = \"in.jsonl\"\n\
+         [reduce]\npath = \"sum.sh\"\n",
+    )
+    .unwrap();
+    for (name, what) in [
+        ("in.jsonl", "inputs file"),
+        ("echo.sh", "program"),
+        ("./lib.txt", "program"),
+        ("sum.sh", "reduce program"),
+        ("job.toml", "job file"),
+    ] {
+        let before = std::fs::read(d.path().join(name)).unwrap();
+        let o = mw(d.path(), &["run", "job.toml", "-q", "--output", name]);
+        assert_eq!(o.code, 2, "--output {name}: {}", o.stderr);
+        assert!(o.stderr.contains(what), "--output {name}: {}", o.stderr);
+        assert_eq!(
+            std::fs::read(d.path().join(name)).unwrap(),
+            before,
+            "{name}"
+        );
+    }
+    assert!(!d.path().join("jobs").exists(), "a refused run made a job");
+    let o = mw(
+        d.path(),
+        &["run", "job.toml", "-q", "--output", "res.jsonl"],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(
+        lines(&std::fs::read_to_string(d.path().join("res.jsonl")).unwrap()).len(),
+        2
+    );
+}
+
 #[test]
 fn failing_task_exits_1_with_error_in_result_line() {
     let d = tempfile::tempdir().unwrap();

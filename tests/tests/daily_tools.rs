@@ -1226,6 +1226,41 @@ fn the_report_holds_no_raw_control_characters() {
     assert!(svg.contains("(multi\\u{1b}[31m\\u{a}x)"), "{svg}");
 }
 
+/// `mw report -o` never writes over the job's own files: `-o jobs/ID/journal.sqlite` once
+/// replaced the journal with the HTML, and every later command called the job corrupt.
+#[test]
+fn the_report_never_replaces_the_jobs_own_files() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    evil_job(d);
+    let job = d.join("jobs/evil-1");
+    std::os::unix::fs::symlink(job.join("journal.sqlite"), d.join("link.html")).unwrap();
+    for out in [
+        "jobs/evil-1/journal.sqlite",
+        "jobs/evil-1/job.toml",
+        "jobs/evil-1/logs/task-1.1.stderr",
+        "link.html",
+    ] {
+        let before = std::fs::read(d.join(out)).unwrap();
+        let o = mw(d, &["report", "evil-1", "-o", out]);
+        assert_eq!(o.code, 2, "-o {out}: {}", o.stderr);
+        assert!(o.stderr.contains("the job's own files"), "{}", o.stderr);
+        assert_eq!(std::fs::read(d.join(out)).unwrap(), before, "-o {out}");
+    }
+    // The default place, written twice, and a new file in the job directory are fine.
+    for args in [
+        &["report", "evil-1"][..],
+        &["report", "evil-1"],
+        &["report", "evil-1", "-o", "jobs/evil-1/again.svg"],
+    ] {
+        let o = mw(d, args);
+        assert_eq!(o.code, 0, "{args:?}: {}", o.stderr);
+    }
+    assert!(job.join("report.html").is_file() && job.join("again.svg").is_file());
+    let o = mw(d, &["status", "evil-1"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+}
+
 /// Runs `mw ARGS` on a terminal (`script`, from util-linux, gives it one); returns what the
 /// terminal got.
 fn mw_on_a_terminal(d: &Path, args: &str) -> Vec<u8> {

@@ -229,6 +229,56 @@ fn submit_wait_success() {
     );
 }
 
+/// The commands `mw status JOB` suggests for its failed tasks work: a job under another
+/// jobs directory is named by its path (its bare id was named, which `mw retry` could not
+/// find), and while its master runs, `mw retry` (which refuses a running job) is suggested
+/// for once the job has ended.
+#[test]
+fn the_commands_status_suggests_work_as_printed() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    gated_job(d, "gated", 3);
+    let (id, dir) = submit(d, "gated.toml", &["--jobs-dir", "elsewhere"]);
+    let at = dir.display().to_string();
+    let o = mw(d, &["cancel", &at, "--task", "0"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    poll(d, &at, "task 0 cancelled", |v| {
+        v["job"]["counts"]["cancelled"] == 1 && v["job"]["state"] == "running"
+    });
+    let o = mw(d, &["status", &at]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let hint = o.stdout.lines().last().unwrap();
+    assert!(
+        hint.contains(&format!("once the job has ended (mw wait): mw retry {at})")),
+        "{hint}"
+    );
+    assert!(!hint.contains(&format!(" {id} ")), "{hint}");
+    std::fs::write(d.join("gate"), "").unwrap();
+    let o = mw(d, &["wait", &at]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let o = mw(d, &["status", &at]);
+    let hint = o.stdout.lines().last().unwrap().to_string();
+    let suggested = |cmd: &str| -> Vec<String> {
+        let start = hint
+            .find(cmd)
+            .unwrap_or_else(|| panic!("no `{cmd}` in {hint}"));
+        hint[start..]
+            .split([';', ')'])
+            .next()
+            .unwrap()
+            .split(' ')
+            .skip(1)
+            .map(str::to_string)
+            .collect()
+    };
+    for cmd in ["mw results", "mw retry"] {
+        let args = suggested(cmd);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = mw(d, &args);
+        assert_eq!(o.code, 0, "`{cmd}` as suggested in `{hint}`: {}", o.stderr);
+    }
+}
+
 #[test]
 fn cancel_one_task_then_the_job_of_a_running_submitted_job() {
     let t = tempfile::tempdir().unwrap();
