@@ -782,7 +782,10 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
         let e = anyhow::Error::from(e);
         if !crate::is_broken_pipe(&e) {
             let kept = match &job_dir {
-                Some(_) => format!(" (every result is kept in the journal: `mw results {id}`)"),
+                Some(d) => format!(
+                    " (every result is kept in the journal: `mw results {}`)",
+                    job_arg(&id, d)
+                ),
                 None => String::new(),
             };
             return Err(e.context(format!("writing results to {dest}{kept}")));
@@ -799,11 +802,9 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
     // The summary before the master goes: on MPI with ranks given up as hung, shutting the
     // interface down aborts the MPI job (and this process) at once.
     if !quiet || failed > 0 {
-        tally.print(
-            job_dir.as_ref().map(|_| id.as_str()),
-            progress.elapsed(),
-            total,
-        );
+        // Named as the commands the summary suggests find it (a path under --jobs-dir).
+        let job = job_dir.as_deref().map(|d| job_arg(&id, d));
+        tally.print(job.as_deref(), progress.elapsed(), total);
     }
     drop(master);
     if let Some(reduce) = &p.reduce {
@@ -1463,7 +1464,7 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
     let failed = failed.max(usize::try_from(end_counts.failed + end_counts.cancelled)?);
     if !quiet || failed > 0 {
         tally.print(
-            Some(&meta.id),
+            Some(&job_arg(&meta.id, &dir)),
             progress.elapsed(),
             usize::try_from(unfinished)?,
         );

@@ -279,6 +279,31 @@ fn the_commands_status_suggests_work_as_printed() {
     }
 }
 
+/// The commands `mw run`'s summary suggests work as printed for a job under another jobs
+/// directory: they named its bare id, which `mw results` then did not find ('no job').
+#[test]
+fn the_commands_the_run_summary_suggests_work_as_printed() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    script(d, "fail.sh", "cat > /dev/null\nexit 4");
+    std::fs::write(
+        d.join("f.toml"),
+        "name = \"f\"\n[program]\npath = \"fail.sh\"\n[inputs]\nlist = [1]\n",
+    )
+    .unwrap();
+    let o = mw(d, &["run", "f.toml", "-q", "--jobs-dir", "elsewhere"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let at = o
+        .stderr
+        .find("`mw results ")
+        .unwrap_or_else(|| panic!("no hint: {}", o.stderr));
+    let cmd = o.stderr[at + 1..].split('`').next().unwrap();
+    let args: Vec<&str> = cmd.split(' ').skip(1).collect();
+    let r = mw(d, &args);
+    assert_eq!(r.code, 0, "`{cmd}` as suggested: {}", r.stderr);
+    assert_eq!(jsonl(&r.stdout).len(), 1, "{}", r.stdout);
+}
+
 #[test]
 fn cancel_one_task_then_the_job_of_a_running_submitted_job() {
     let t = tempfile::tempdir().unwrap();
