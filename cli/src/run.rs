@@ -1287,6 +1287,22 @@ pub(crate) fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<i32> {
     // the user asked to run again.
     mw::journal::settle_cancels_without_master(&mut conn, &path, now_unix())?;
     let (queued, refused) = mw::journal::requeue_for_retry(&mut conn, &path, &which, now_unix())?;
+    // With nothing to retry, what a stopped job still has to run (`mw resume`'s work).
+    let unfinished = if queued.is_empty() {
+        let meta = mw::journal::read_meta(&conn, &path)?;
+        let n = mw::journal::state_counts(&conn, &path)?.unfinished;
+        let recording = mw::journal::read_master(&conn, &path)?.status == STATUS_RECORDING;
+        let left = if n > 0 {
+            Some(format!("{n} task(s) never finished"))
+        } else if recording {
+            Some("its master stopped before it had recorded every task".to_string())
+        } else {
+            None
+        };
+        left.map(|left| (left, meta.id, meta.interface))
+    } else {
+        None
+    };
     drop(conn);
     if !refused.is_empty() {
         let why: Vec<String> = refused
@@ -1302,7 +1318,14 @@ pub(crate) fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<i32> {
         );
     }
     if queued.is_empty() {
-        say!("mw: no failed or cancelled tasks to retry");
+        if let Some((left, id, interface)) = unfinished {
+            say!(
+                "mw: no failed or cancelled tasks to retry; {left}: `{}` runs the rest",
+                resume_command(&job_arg(&id, &dir), &interface)
+            );
+        } else {
+            say!("mw: no failed or cancelled tasks to retry");
+        }
         return Ok(EXIT_OK);
     }
     if !quiet {

@@ -1018,6 +1018,48 @@ echo \"$x\"",
     assert_eq!(v["job"]["state"], "finished with failures", "{}", s.stdout);
 }
 
+/// `mw retry` of a stopped job whose tasks never finished (none failed) points to the
+/// `mw resume` that runs them, and that command works as printed. It said only "no failed
+/// or cancelled tasks to retry".
+#[test]
+fn retry_of_a_stopped_job_points_to_resume() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    write(
+        d,
+        "st.toml",
+        "name = \"st\"\n[program]\ncommand = [\"/bin/cat\"]\n[inputs]\nlist = [1, 2, 3]\n",
+    );
+    let killed = spawn_mw(
+        d,
+        &["run", "st.toml", "-q"],
+        &[("MW_CRASH_AT", "run-before-recording")],
+    );
+    let (code, _, stderr) = finish(killed);
+    assert_ne!(code, 0, "{stderr}");
+    let o = run_mw(d, &["retry", "st-1"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let hint = "before it had recorded every task: `mw resume st-1` runs the rest";
+    assert!(o.stderr.contains(hint), "{}", o.stderr);
+    let o = run_mw(d, &["resume", "st-1", "-q"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    // A second run of the job, killed once its tasks were recorded, before any ran.
+    let killed = spawn_mw(
+        d,
+        &["run", "st.toml", "-q"],
+        &[("MW_CRASH_AT", "run-recorded-chunk")],
+    );
+    let _ = finish(killed);
+    let o = run_mw(d, &["retry", "st-2"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let hint = "3 task(s) never finished: `mw resume st-2` runs the rest";
+    assert!(o.stderr.contains(hint), "{}", o.stderr);
+    let o = run_mw(d, &["resume", "st-2", "-q"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = run_mw(d, &["results", "st-2"]);
+    assert_eq!(o.stdout.lines().count(), 3, "{}", o.stdout);
+}
+
 /// The pid a dead master's journal names, reused by another process (here another job's
 /// master, also an `mw`): the job counts as stopped, not running, so `mw resume` takes it
 /// over. It once counted as running for good: `mw resume` refused and `mw wait` waited.
