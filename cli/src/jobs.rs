@@ -752,6 +752,11 @@ pub(crate) fn wait(args: WaitArgs, quiet: bool) -> anyhow::Result<i32> {
     let conn = open_checked(&path, false)?;
     let mut seen_version: Option<i64> = None;
     let mut counts = state_counts(&conn, &path)?;
+    // The job as the commands suggested below find it (a path under another jobs
+    // directory, quoted for the shell when needed), and the resume that suits it.
+    let meta = read_meta(&conn, &path)?;
+    let job = crate::run::job_arg(&meta.id, &dir);
+    let resume = crate::run::resume_command(&job, &meta.interface);
     loop {
         // Ctrl-C/SIGTERM/SIGHUP end the waiting (the job itself goes on).
         if crate::signals::interrupted() {
@@ -778,10 +783,9 @@ pub(crate) fn wait(args: WaitArgs, quiet: bool) -> anyhow::Result<i32> {
             if bad > 0 {
                 say!(
                     "mw: {bad} of {total} tasks did not succeed ({} failed, {} cancelled); \
-                     see `mw results {} --failed`",
+                     see `mw results {job} --failed`",
                     counts.failed,
                     counts.cancelled,
-                    args.at.job
                 );
                 return Ok(EXIT_TASKS_FAILED);
             }
@@ -795,10 +799,9 @@ pub(crate) fn wait(args: WaitArgs, quiet: bool) -> anyhow::Result<i32> {
                 if reduces {
                     bail!(
                         "job {}: every task is done, but its reduce step did not finish (its \
-                         master failed or was stopped in it: see {}); `mw resume {}` runs it again",
+                         master failed or was stopped in it: see {}); `{resume}` runs it again",
                         dir.display(),
                         dir.join("master.log").display(),
-                        dir.display()
                     );
                 }
             }
@@ -826,16 +829,14 @@ pub(crate) fn wait(args: WaitArgs, quiet: bool) -> anyhow::Result<i32> {
             let still = state_counts(&conn, &path)?.unfinished;
             if read_master(&conn, &path)?.status == crate::run::STATUS_RECORDING {
                 bail!(
-                    "job {}: its tasks are not all recorded and no master is running; start one with `mw resume {}`",
+                    "job {}: its tasks are not all recorded and no master is running; start one with `{resume}`",
                     dir.display(),
-                    dir.display()
                 );
             }
             if still > 0 {
                 bail!(
-                    "job {}: {still} tasks unfinished and no master is running; start one with `mw resume {}`",
+                    "job {}: {still} tasks unfinished and no master is running; start one with `{resume}`",
                     dir.display(),
-                    dir.display()
                 );
             }
             continue;

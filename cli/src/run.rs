@@ -1087,7 +1087,7 @@ fn stopped_exit(
 
 /// The command that resumes `job` (as [`job_arg`] names it) run on `interface`: an MPI job
 /// under `mpirun`, with this world's size when the launcher said it.
-fn resume_command(job: &str, interface: &str) -> String {
+pub(crate) fn resume_command(job: &str, interface: &str) -> String {
     if interface != "mpi" {
         return format!("mw resume {job}");
     }

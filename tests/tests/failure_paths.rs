@@ -294,6 +294,7 @@ fn killed_while_recording_then_resumed(point: &str, n: i64, recorded: &str) {
     let o = run_mw(d, &["wait", "rec-1"]);
     assert_eq!(o.code, 2, "{}{}", o.stdout, o.stderr);
     assert!(o.stderr.contains("not all recorded"), "{}", o.stderr);
+    assert!(o.stderr.contains("`mw resume rec-1`"), "{}", o.stderr);
     // Not "finished (0 tasks)": resume records the missing tasks and runs them all.
     let o = run_mw(d, &["resume", "rec-1", "-q"]);
     assert_eq!(o.code, 0, "{}", o.stderr);

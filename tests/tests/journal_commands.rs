@@ -302,6 +302,17 @@ fn the_commands_the_run_summary_suggests_work_as_printed() {
     let r = mw(d, &args);
     assert_eq!(r.code, 0, "`{cmd}` as suggested: {}", r.stderr);
     assert_eq!(jsonl(&r.stdout).len(), 1, "{}", r.stdout);
+    // `mw wait`'s own hint too (it repeated the id as typed, without --jobs-dir).
+    let w = mw(d, &["wait", "f-1", "--jobs-dir", "elsewhere"]);
+    assert_eq!(w.code, 1, "{}", w.stderr);
+    let at = w
+        .stderr
+        .find("`mw results ")
+        .unwrap_or_else(|| panic!("no hint: {}", w.stderr));
+    let cmd = w.stderr[at + 1..].split('`').next().unwrap();
+    let args: Vec<&str> = cmd.split(' ').skip(1).collect();
+    let r = mw(d, &args);
+    assert_eq!(r.code, 0, "`{cmd}` as suggested: {}", r.stderr);
 }
 
 #[test]
