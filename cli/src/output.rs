@@ -687,11 +687,13 @@ mod tests {
             mw::MwError::BadOutput {
                 task: mw::TaskId(3),
                 reason: "its stdout is not JSON".into(),
+                host: "h".into(),
             },
             mw::MwError::MissingOutput {
                 task: mw::TaskId(3),
                 files: vec!["a".into()],
                 attempts: 1,
+                host: "h".into(),
             },
         ] {
             let reason = failure_reason(&e.to_string());

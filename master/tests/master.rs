@@ -136,9 +136,11 @@ fn empty_stdout_is_null_and_non_json_stdout_is_bad_output() {
     let (_, v): (TaskId, Value) = master.get_result(Some(a)).unwrap();
     assert_eq!(v, Value::Null);
     match master.get_result::<Value>(Some(b)) {
-        Err(MwError::BadOutput { task, reason }) => {
+        Err(MwError::BadOutput { task, reason, host }) => {
             assert_eq!(task, b);
             assert!(!reason.is_empty());
+            // Where it ran, as for any other failure.
+            assert!(!host.is_empty());
         }
         other => panic!("expected BadOutput, got {other:?}"),
     }

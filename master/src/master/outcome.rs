@@ -84,6 +84,8 @@ pub enum MwError {
         task: TaskId,
         /// The parse error.
         reason: String,
+        /// Host of the attempt.
+        host: String,
     },
     /// The program exited 0 but did not write some of its declared output files.
     #[error("{task} failed: the program exited 0 but did not write its declared output file(s) {} as regular files (attempt {attempts})", quoted(files))]
@@ -94,6 +96,8 @@ pub enum MwError {
         files: Vec<String>,
         /// Attempts made.
         attempts: u32,
+        /// Host of the attempt.
+        host: String,
     },
     /// The task was cancelled.
     #[error("{0} was cancelled")]
@@ -204,7 +208,9 @@ impl MwError {
     /// The host of the failed attempt, when known.
     pub fn host(&self) -> &str {
         match self {
-            MwError::TaskFailed { host, .. } => host,
+            MwError::TaskFailed { host, .. }
+            | MwError::BadOutput { host, .. }
+            | MwError::MissingOutput { host, .. } => host,
             MwError::Interface { ran: Some(r), .. } => &r.host,
             _ => "",
         }

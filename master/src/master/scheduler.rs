@@ -86,6 +86,7 @@ pub(super) fn take_outcome(st: &mut State, id: TaskId) -> (Result<TaskOutput, Mw
                             reason: super::outcome::bad_stdout_reason(
                                 &mw_bundle::JsonLimitError::Syntax(e.to_string()),
                             ),
+                            host: std::mem::take(&mut out.host),
                         })))
                     }
                 }
@@ -547,6 +548,7 @@ pub(super) fn on_complete(
                     task: id,
                     files: exec.missing_outputs,
                     attempts,
+                    host: exec.host,
                 })
             } else {
                 let decoded = decoded.unwrap_or_else(|| {
@@ -556,20 +558,25 @@ pub(super) fn on_complete(
                     };
                     decode_success(json, &exec)
                 });
-                decoded
-                    .map(|d| {
+                match decoded {
+                    Ok(d) => {
                         output_text = d.text;
                         deferred = d.deferred;
-                        TaskOutput {
+                        Ok(TaskOutput {
                             task: id,
                             value: d.value,
                             output_files: exec.output_files,
                             host: exec.host,
                             times: TaskTimes::default(),
                             attempts,
-                        }
-                    })
-                    .map_err(|reason| MwError::BadOutput { task: id, reason })
+                        })
+                    }
+                    Err(reason) => Err(MwError::BadOutput {
+                        task: id,
+                        reason,
+                        host: exec.host,
+                    }),
+                }
             }
         }
     };
