@@ -1056,7 +1056,11 @@ pub(crate) fn report(args: ReportArgs) -> anyhow::Result<i32> {
         events: &events,
         logs_dir: &logs_dir,
     };
-    let text = if out.extension().and_then(|e| e.to_str()) == Some("svg") {
+    let svg = out
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
+    let text = if svg {
         super::report::render_svg(&data)
     } else {
         super::report::render_html(&data)

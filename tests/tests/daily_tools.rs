@@ -1224,6 +1224,14 @@ fn the_report_holds_no_raw_control_characters() {
     let svg = String::from_utf8(svg).unwrap();
     assert!(svg.contains(">h\\u{7}\\u{a}y #0</text>"), "{svg}");
     assert!(svg.contains("(multi\\u{1b}[31m\\u{a}x)"), "{svg}");
+    // The extension in any case picks the format (`.SVG` got the HTML page).
+    let o = mw(d, &["report", "evil-1", "-o", "R.SVG"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let upper = std::fs::read_to_string(d.join("R.SVG")).unwrap();
+    assert!(
+        upper.starts_with("<svg") || upper.starts_with("<?xml"),
+        "{upper:.80}"
+    );
 }
 
 /// `mw report -o` never writes over the job's own files: `-o jobs/ID/journal.sqlite` once
