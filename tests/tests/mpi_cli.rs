@@ -880,30 +880,48 @@ fn ctrl_c_to_mpirun_says_how_to_resume_under_mpirun() {
     cmd.env("OMPI_MCA_odls_base_sigkill_timeout", "4")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    // A task has started once its line comes through the FIFO (opening it waits for one).
+    let child = cmd.spawn().unwrap();
+    let timeout_pid = child.id();
+    // The run's end, waited for on a thread, which then opens the FIFO for writing too: a
+    // run that ends before any task started unblocks the reader below instead of hanging.
+    let waiter = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let out = child.wait_with_output().unwrap();
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo);
+            out
+        })
+    };
+    // A task has started once its line comes through the FIFO (opening it waits for one;
+    // both ranks' first tasks may write).
     let mut go = String::new();
     std::fs::File::open(&fifo)
         .unwrap()
         .read_to_string(&mut go)
         .unwrap();
-    assert_eq!(go.trim(), "go");
+    if go.lines().next() != Some("go") {
+        let out = waiter.join().unwrap();
+        panic!(
+            "no task started: {:?}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // `timeout`'s child is mpirun.
     let children =
-        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id())).unwrap();
+        std::fs::read_to_string(format!("/proc/{timeout_pid}/task/{timeout_pid}/children"))
+            .unwrap();
     let mpirun: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
     // SAFETY: kill only sends a signal, to the mpirun this test started.
     unsafe {
         libc::kill(mpirun, libc::SIGINT);
     }
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let status = child.wait().unwrap();
+    let out = waiter.join().unwrap();
+    let (status, stderr) = (out.status, String::from_utf8_lossy(&out.stderr));
     assert!(!status.success(), "{stderr}");
     assert_ne!(status.code(), Some(124), "mpirun hung:\n{stderr}");
     assert!(stderr.contains("mw: stopped: interrupted"), "{stderr}");
