@@ -293,26 +293,25 @@ fn the_commands_the_run_summary_suggests_work_as_printed() {
     .unwrap();
     let o = mw(d, &["run", "f.toml", "-q", "--jobs-dir", "elsewhere"]);
     assert_eq!(o.code, 1, "{}", o.stderr);
-    let at = o
-        .stderr
-        .find("`mw results ")
-        .unwrap_or_else(|| panic!("no hint: {}", o.stderr));
-    let cmd = o.stderr[at + 1..].split('`').next().unwrap();
-    let args: Vec<&str> = cmd.split(' ').skip(1).collect();
-    let r = mw(d, &args);
-    assert_eq!(r.code, 0, "`{cmd}` as suggested: {}", r.stderr);
+    let r = run_suggested(d, &o.stderr, "mw results ");
     assert_eq!(jsonl(&r.stdout).len(), 1, "{}", r.stdout);
     // `mw wait`'s own hint too (it repeated the id as typed, without --jobs-dir).
     let w = mw(d, &["wait", "f-1", "--jobs-dir", "elsewhere"]);
     assert_eq!(w.code, 1, "{}", w.stderr);
-    let at = w
-        .stderr
-        .find("`mw results ")
-        .unwrap_or_else(|| panic!("no hint: {}", w.stderr));
-    let cmd = w.stderr[at + 1..].split('`').next().unwrap();
+    run_suggested(d, &w.stderr, "mw results ");
+}
+
+/// Runs, as printed, the first command in backquotes starting with `start` in `text`, and
+/// expects it to succeed.
+fn run_suggested(d: &Path, text: &str, start: &str) -> Out {
+    let at = text
+        .find(&format!("`{start}"))
+        .unwrap_or_else(|| panic!("no `{start}…` in: {text}"));
+    let cmd = text[at + 1..].split('`').next().unwrap();
     let args: Vec<&str> = cmd.split(' ').skip(1).collect();
     let r = mw(d, &args);
     assert_eq!(r.code, 0, "`{cmd}` as suggested: {}", r.stderr);
+    r
 }
 
 #[test]
