@@ -1355,6 +1355,25 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
     // A master killed here (e.g. `mw submit`'s detached master starting) has not taken the
     // job over yet.
     mw::crash::point("resume-start");
+    // A finished job has nothing to resume, which reading it tells (the lock below needs a
+    // job directory this user can write).
+    {
+        let path = dir.join(mw::journal::JOURNAL_FILE);
+        let conn = mw::journal::open_checked(&path, false)?;
+        let c = mw::journal::state_counts(&conn, &path)?;
+        if mw::journal::read_master(&conn, &path)?.status == "finished" && c.unfinished == 0 {
+            let total = c.done + c.failed + c.cancelled;
+            say!(
+                "mw: job {} is finished ({total} tasks); nothing to resume",
+                mw::journal::read_meta(&conn, &path)?.id,
+            );
+            return Ok(if c.done == total {
+                EXIT_OK
+            } else {
+                EXIT_TASKS_FAILED
+            });
+        }
+    }
     // Refuse to run a second master beside a live one. Then hold the job's lock while
     // deciding what is left (`mw retry` took it already): a `mw retry` queueing tasks
     // again meanwhile could otherwise find this resume about to call the job finished.
