@@ -217,31 +217,59 @@ for line in sys.stdin:
     );
 }
 
+/// A Python streaming program, in `dir`, that counts its starts: it appends its key (its
+/// last argument) to a log, then answers each input line `x` with `answer`, a Python
+/// expression over `x` and `key`.
+struct Counted {
+    script: std::path::PathBuf,
+    starts: std::path::PathBuf,
+}
+
+impl Counted {
+    fn new(dir: &std::path::Path, answer: &str) -> Counted {
+        let (script, starts) = (dir.join("counted.py"), dir.join("starts"));
+        std::fs::write(
+            &script,
+            format!(
+                "import json, sys\nwith open(sys.argv[1], \"a\") as f:\n    f.write(sys.argv[-1] + \"\\n\")\n\
+                 key = sys.argv[-1]\nfor line in sys.stdin:\n    x = json.loads(line)\n    \
+                 print(json.dumps({answer}), flush=True)\n"
+            ),
+        )
+        .unwrap();
+        Counted { script, starts }
+    }
+
+    /// The program, with `extra` base arguments after the log's path.
+    fn program(&self, extra: &[&str]) -> Program {
+        let mut args = vec![
+            self.script.display().to_string(),
+            self.starts.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Program::new(python())
+            .unwrap()
+            .with_base_args(args)
+            .with_mode(ProgramMode::Stream)
+    }
+
+    /// How many times it started.
+    fn starts(&self) -> usize {
+        std::fs::read_to_string(&self.starts)
+            .unwrap()
+            .lines()
+            .count()
+    }
+}
+
 /// Tasks of three program keys (their argument selects the process), interleaved, on 2
 /// slots: a slot serves its tasks key by key, so the streaming program starts a few times,
 /// not once per task (600 such tasks once started 597 processes).
 #[test]
 fn interleaved_program_keys_start_a_process_per_run_not_per_task() {
     let dir = tempfile::tempdir().unwrap();
-    let starts = dir.path().join("starts");
-    let script = dir.path().join("keyed.py");
-    std::fs::write(
-        &script,
-        r#"import json, sys
-with open(sys.argv[1], "a") as f:
-    f.write(sys.argv[2] + "\n")
-for line in sys.stdin:
-    x = json.loads(line)
-    print(json.dumps({"key": sys.argv[2], "n": x["n"]}), flush=True)
-"#,
-    )
-    .unwrap();
-    let program = Arc::new(
-        Program::new(python())
-            .unwrap()
-            .with_base_args([script.display().to_string(), starts.display().to_string()])
-            .with_mode(ProgramMode::Stream),
-    );
+    let counted = Counted::new(dir.path(), r#"{"key": key, "n": x["n"]}"#);
+    let program = Arc::new(counted.program(&[]));
     let master = Master::with_journal(
         Arc::new(Multicore::new(2)),
         MasterOptions::default(),
@@ -266,7 +294,7 @@ for line in sys.stdin:
         assert_eq!(out.value, json!({"key": key(*n), "n": n}), "task {n}");
     }
     assert_eq!(master.status().done as u64, TASKS);
-    let started = std::fs::read_to_string(&starts).unwrap().lines().count();
+    let started = counted.starts();
     assert!(
         started <= 18,
         "{started} streaming programs started for {TASKS} tasks of 3 keys on 2 slots"
@@ -281,29 +309,8 @@ for line in sys.stdin:
 #[test]
 fn a_streaming_process_serves_its_own_program_not_one_at_the_same_address() {
     let dir = tempfile::tempdir().unwrap();
-    let starts = dir.path().join("starts");
-    let script = dir.path().join("named.py");
-    std::fs::write(
-        &script,
-        r#"import json, sys
-with open(sys.argv[1], "a") as f:
-    f.write(sys.argv[2] + "\n")
-for line in sys.stdin:
-    print(json.dumps(sys.argv[2]), flush=True)
-"#,
-    )
-    .unwrap();
-    let named = |name: &str| {
-        Program::new(python())
-            .unwrap()
-            .with_base_args([
-                script.display().to_string(),
-                starts.display().to_string(),
-                name.to_string(),
-            ])
-            .with_mode(ProgramMode::Stream)
-    };
-    let (a, b) = (named("A"), named("B"));
+    let counted = Counted::new(dir.path(), "key");
+    let (a, b) = (counted.program(&["A"]), counted.program(&["B"]));
     let master = Master::new(Multicore::new(1)).unwrap();
     // One task at a time, collected before the next: each copy is freed before the next.
     for i in 0..20u32 {
@@ -317,8 +324,7 @@ for line in sys.stdin:
         }
     }
     // A then B in every round: 40 starts, not 60 (the two copies of A share a process).
-    let started = std::fs::read_to_string(&starts).unwrap().lines().count();
-    assert_eq!(started, 40, "streaming programs started");
+    assert_eq!(counted.starts(), 40, "streaming programs started");
 }
 
 /// A task cancelled while it waits in a slot for its program key's turn (the slot serving
