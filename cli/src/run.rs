@@ -1342,6 +1342,17 @@ pub(crate) fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<i32> {
     )
 }
 
+/// What `mw resume` says and returns of job `id` whose every task has an outcome (`counts`).
+fn nothing_to_resume(id: &str, counts: &mw::journal::StateCounts) -> i32 {
+    let total = counts.done + counts.failed + counts.cancelled;
+    say!("mw: job {id} is finished ({total} tasks); nothing to resume");
+    if counts.done == total {
+        EXIT_OK
+    } else {
+        EXIT_TASKS_FAILED
+    }
+}
+
 /// `mw resume`: restart the master of a job whose master died (or finish a submitted job).
 pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
     let dir = args.at.dir()?;
@@ -1362,16 +1373,7 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
         let conn = mw::journal::open_checked(&path, false)?;
         let c = mw::journal::state_counts(&conn, &path)?;
         if mw::journal::read_master(&conn, &path)?.status == "finished" && c.unfinished == 0 {
-            let total = c.done + c.failed + c.cancelled;
-            say!(
-                "mw: job {} is finished ({total} tasks); nothing to resume",
-                mw::journal::read_meta(&conn, &path)?.id,
-            );
-            return Ok(if c.done == total {
-                EXIT_OK
-            } else {
-                EXIT_TASKS_FAILED
-            });
+            return Ok(nothing_to_resume(&mw::journal::read_meta(&conn, &path)?.id, &c));
         }
     }
     // Refuse to run a second master beside a live one. Then hold the job's lock while
@@ -1424,15 +1426,7 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
         let (journal, _, _) = Journal::open_status(&dir)?;
         journal.set_job_status("finished")?;
         journal.close();
-        say!(
-            "mw: job {} is finished ({total} tasks); nothing to resume",
-            meta.id,
-        );
-        return Ok(if state_counts.done == total {
-            EXIT_OK
-        } else {
-            EXIT_TASKS_FAILED
-        });
+        return Ok(nothing_to_resume(&meta.id, &state_counts));
     }
     let builder = Arc::new(job.task_builder()?);
     let reduce = job.reduce_program()?;
