@@ -1373,7 +1373,10 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
         let conn = mw::journal::open_checked(&path, false)?;
         let c = mw::journal::state_counts(&conn, &path)?;
         if mw::journal::read_master(&conn, &path)?.status == "finished" && c.unfinished == 0 {
-            return Ok(nothing_to_resume(&mw::journal::read_meta(&conn, &path)?.id, &c));
+            return Ok(nothing_to_resume(
+                &mw::journal::read_meta(&conn, &path)?.id,
+                &c,
+            ));
         }
     }
     // Refuse to run a second master beside a live one. Then hold the job's lock while

@@ -1824,9 +1824,6 @@ fn runner_loop(jobs: Receiver<Job>, out: Sender<Done>, rank: i32, opts: RunOptio
                             matches!(j, Job::Stream { program, args, env, .. }
                             if program.sha256() == key.0 && *args == key.1 && *env == key.2)
                         };
-                        let bundles_wait = |w: &std::collections::VecDeque<Job>| {
-                            w.iter().any(|j| matches!(j, Job::Bundles(_)))
-                        };
                         let before_bundles = waiting
                             .iter()
                             .position(|j| matches!(j, Job::Bundles(_)))
@@ -1838,8 +1835,8 @@ fn runner_loop(jobs: Receiver<Job>, out: Sender<Done>, rank: i32, opts: RunOptio
                             }
                             continue;
                         }
-                        if bundles_wait(&waiting) {
-                            return None;
+                        if before_bundles < waiting.len() {
+                            return None; // process-mode tasks wait
                         }
                         match jobs.try_recv() {
                             Ok(j) if same(&j) => {
