@@ -196,7 +196,9 @@ pub struct Journal {
     path: PathBuf,
     tx: Mutex<Option<Sender<Write>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    conn: Mutex<Connection>,
+    /// The master's own reading (and small writing) connection; `None` once
+    /// [`close`](Journal::close) closed it.
+    conn: Mutex<Option<Connection>>,
     shared: Arc<Shared>,
     /// The job's master lock, held while this journal is open (released by the OS when
     /// the process dies, however it dies).
@@ -693,7 +695,7 @@ impl Journal {
             path,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
-            conn: Mutex::new(conn),
+            conn: Mutex::new(Some(conn)),
             shared,
             _lock: lock,
         }))
@@ -836,7 +838,8 @@ impl Journal {
     /// The stored input of task `index` (read back when the task is dispatched, so a master
     /// keeps no inputs in memory).
     pub fn read_input(&self, index: u64) -> Result<serde_json::Value, JournalError> {
-        let conn = crate::guard::lock(&self.conn);
+        let guard = crate::guard::lock(&self.conn);
+        let conn = self.open_conn(&guard)?;
         let text: String = conn
             .prepare_cached("SELECT input FROM tasks WHERE idx = ?1")
             .and_then(|mut st| st.query_row(params![sql_idx(index)], |r| r.get(0)))
@@ -910,8 +913,9 @@ impl Journal {
     /// Marks the job finished (or not) for `mw status`.
     pub fn set_job_status(&self, status: &str) -> Result<(), JournalError> {
         self.flush();
-        let conn = crate::guard::lock(&self.conn);
-        conn.execute("UPDATE job SET status = ?1", params![status])
+        let guard = crate::guard::lock(&self.conn);
+        self.open_conn(&guard)?
+            .execute("UPDATE job SET status = ?1", params![status])
             .map_err(|e| jerr(&self.path, "updating job status", e))?;
         Ok(())
     }
@@ -920,14 +924,16 @@ impl Journal {
     /// (request id, task); a task of `None` means "the whole job". Apply them, then
     /// [`ack_cancel_requests`](Self::ack_cancel_requests): `mw cancel` waits for that.
     pub fn pending_cancel_requests(&self) -> Result<Vec<CancelRequest>, JournalError> {
-        let conn = crate::guard::lock(&self.conn);
-        read_pending_cancels(&conn, &self.path)
+        let guard = crate::guard::lock(&self.conn);
+        read_pending_cancels(self.open_conn(&guard)?, &self.path)
     }
 
     /// Marks cancel requests applied (after the master applied them).
     pub fn ack_cancel_requests(&self, ids: &[i64]) -> Result<(), JournalError> {
-        let mut conn = crate::guard::lock(&self.conn);
-        let tx = conn
+        let mut guard = crate::guard::lock(&self.conn);
+        let tx = guard
+            .as_mut()
+            .ok_or_else(|| self.closed())?
             .transaction()
             .map_err(|e| jerr(&self.path, "acknowledging cancel requests", e))?;
         for id in ids {
@@ -952,10 +958,25 @@ impl Journal {
         if let Some(h) = crate::guard::lock(&self.writer).take() {
             let _ = h.join();
         }
-        let conn = crate::guard::lock(&self.conn);
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
-            log::debug!("{}: folding the write-ahead log: {e}", self.path.display());
+        // Closed now, not when the last `Arc` goes: a handle still held somewhere as the
+        // process exits would leave the connection open, and with it a `-wal` and `-shm`.
+        if let Some(conn) = crate::guard::lock(&self.conn).take() {
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+                log::debug!("{}: folding the write-ahead log: {e}", self.path.display());
+            }
+            if let Err((_, e)) = conn.close() {
+                log::debug!("{}: closing: {e}", self.path.display());
+            }
         }
+    }
+
+    /// The open reading connection, or the error of a journal already closed.
+    fn open_conn<'g>(&self, guard: &'g Option<Connection>) -> Result<&'g Connection, JournalError> {
+        guard.as_ref().ok_or_else(|| self.closed())
+    }
+
+    fn closed(&self) -> JournalError {
+        JournalError(format!("{}: the journal is closed", self.path.display()))
     }
 }
 
@@ -2368,6 +2389,36 @@ mod tests {
             .unwrap();
         assert_eq!(id, "j-1");
         drop((conn, other, journal));
+    }
+
+    /// A closed journal leaves one file even while a handle of it is still held (as when
+    /// a thread keeps its `Arc` past the end of `main`): its connections are closed by
+    /// `close`, not by the last handle's drop, and later reads say it is closed.
+    #[test]
+    fn a_closed_journal_still_held_leaves_no_wal_or_shm() {
+        let d = tempfile::tempdir().unwrap();
+        let meta = JobMeta {
+            id: "j-1".into(),
+            name: "j".into(),
+            interface: "multicore".into(),
+            workers: Some(1),
+            job_text: String::new(),
+            job_path: String::new(),
+            created: 0.0,
+        };
+        let journal = Journal::create(d.path(), &meta).unwrap();
+        journal
+            .record_inputs(0, &[serde_json::json!({"i": 1})])
+            .unwrap();
+        let held = journal.clone();
+        journal.close();
+        let path = d.path().join(JOURNAL_FILE);
+        for suffix in ["-wal", "-shm"] {
+            assert!(!beside(&path, suffix).exists(), "{suffix} left by close");
+        }
+        let e = held.read_input(0).unwrap_err().to_string();
+        assert!(e.contains("closed"), "{e}");
+        drop((held, journal));
     }
 
     /// A forged row's input or result is held to what an intake accepts: a dense
