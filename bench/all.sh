@@ -11,6 +11,7 @@ echo "=== MPI (bench/mpi.sh)"; bench/mpi.sh 2000 3
 echo "=== HTCondor (bench/condor.sh)"; bench/condor.sh 10000
 echo "=== BOINC (bench/boinc.sh)"; cargo build --release -q --workspace; bench/boinc.sh 10000
 echo "=== stream mode by task count (bench/stream.sh)"; bench/stream.sh 2000,10000,20000,100000,1000000 5 500
+echo "=== the journal's own floor vs Pool.map (bench/journal-floor.sh)"; bench/journal-floor.sh 10000,20000,100000,1000000 5
 echo "=== mw-worker size (bench/worker-size.sh)"; bench/worker-size.sh
 # The real-pool benchmarks need a running pool (`.ci/condor-pool start`, as root):
 #   bench/condor-real.sh; bench/condor-pack.sh 100 10000 5
