@@ -1386,6 +1386,41 @@ enum Template {
 /// Most values a template's `range(...)` makes.
 const MAX_TEMPLATE_RANGE: usize = 10_000;
 
+/// Most values all the `range(...)` calls of one rendering make together: a `range` inside
+/// a loop is called again at every turn, so nested loops of bounded ranges would still
+/// multiply into billions of turns.
+const MAX_TEMPLATE_RANGE_TOTAL: usize = 100_000;
+
+/// Most bytes one rendered field may hold: Linux's limit on one argument or environment
+/// string (`MAX_ARG_STRLEN`, 32 pages), which a longer one could not pass anyway. Rendering
+/// stops there, so a template's loops cannot grow the master's memory.
+const MAX_RENDERED_BYTES: usize = 128 * 1024;
+
+thread_local! {
+    /// What is left of [`MAX_TEMPLATE_RANGE_TOTAL`] for the rendering on this thread
+    /// (set by [`TaskBuilder::render`] before each).
+    static RANGE_LEFT: std::cell::Cell<usize> = const { std::cell::Cell::new(MAX_TEMPLATE_RANGE_TOTAL) };
+}
+
+/// A rendering's output, refused past [`MAX_RENDERED_BYTES`].
+struct RenderedBytes(Vec<u8>);
+
+impl std::io::Write for RenderedBytes {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len().saturating_add(buf.len()) > MAX_RENDERED_BYTES {
+            return Err(std::io::Error::other(format!(
+                "renders to more than {MAX_RENDERED_BYTES} bytes"
+            )));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Tera's `range(start=0, end, step_by=1)`, bounded: at most [`MAX_TEMPLATE_RANGE`] values,
 /// and a `step_by` of 0 is an error (tera's own loops for ever, and a huge `end` allocates
 /// until the allocator aborts).
@@ -1415,6 +1450,15 @@ fn bounded_range(
             "range: {count} values, over the limit of {MAX_TEMPLATE_RANGE}"
         )));
     }
+    // Within MAX_TEMPLATE_RANGE: the count fits a usize.
+    let n = count as usize;
+    let left = RANGE_LEFT.with(|l| l.get());
+    if n > left {
+        return Err(tera::Error::msg(format!(
+            "range: the ranges of one rendering make over {MAX_TEMPLATE_RANGE_TOTAL} values in all"
+        )));
+    }
+    RANGE_LEFT.with(|l| l.set(left - n));
     // In i128, as the count: `i * step` may pass i64 (the sum is in range).
     let values: Vec<serde_json::Value> = (0..count)
         .map(|i| serde_json::Value::from((i128::from(start) + i * i128::from(step)) as i64))
@@ -1493,7 +1537,13 @@ impl TaskBuilder {
                 let ctx = ctx
                     .as_ref()
                     .ok_or_else(|| JobError("internal: no context".into()))?;
-                self.tera.render(name, ctx).map_err(|e| {
+                RANGE_LEFT.with(|l| l.set(MAX_TEMPLATE_RANGE_TOTAL));
+                let mut out = RenderedBytes(Vec::new());
+                let rendered = self.tera.render_to(name, ctx, &mut out).and_then(|()| {
+                    String::from_utf8(out.0)
+                        .map_err(|_| tera::Error::msg("the rendering is not UTF-8"))
+                });
+                rendered.map_err(|e| {
                     // Every cause (a failing function's own message is two levels down).
                     let mut detail = String::new();
                     let mut cause = std::error::Error::source(&e);

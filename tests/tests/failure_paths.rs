@@ -103,6 +103,19 @@ fn job_files_that_would_crash_or_swallow_the_machine_fail_before_anything_is_cre
             "args = [\"{% for i in range(end=4000000000) %}{{ i }}{% endfor %}\"]\n".into(),
             "over the limit of 10000",
         ),
+        // Bounded ranges nested multiply (10^4 turns of a 10^4-value range): the ranges of
+        // one rendering are bounded together.
+        (
+            "range-nested",
+            "args = [\"{% for a in range(end=10000) %}{% for b in range(end=10000) %}{% endfor %}{% endfor %}\"]\n".into(),
+            "over 100000 values in all",
+        ),
+        // Loops that print a lot: the rendering stops at an argument's size limit.
+        (
+            "render-huge",
+            "args = [\"{% for a in range(end=10000) %}{% for b in range(end=9) %}0123456789{% endfor %}{% endfor %}\"]\n".into(),
+            "more than 131072 bytes",
+        ),
     ];
     for (name, top, field) in cases {
         let job = format!("{top}[program]\ncommand = [\"/bin/cat\"]\n[inputs]\nlist = [1]\n");
