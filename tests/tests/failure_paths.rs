@@ -269,6 +269,41 @@ fn stop_signal_stops_every_task_and_resume_completes_the_job(signal: i32) {
     assert!(lines.iter().all(|l| l["state"] == "done"), "{lines:?}");
 }
 
+/// A stop signal relayed by GNU `timeout` reaches `mw` twice (timeout sends it to its
+/// command, then to its whole process group): that is one request to stop, not a second
+/// one that exits at once. It once did: exit 130 with no resume line, tasks not stopped by
+/// mw.
+#[test]
+fn a_stop_signal_relayed_twice_by_timeout_is_one_request() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    gated_job(d, "relay", 5);
+    let child = Command::new("timeout")
+        .args(["600"])
+        .arg(mw_tests::bin("mw"))
+        .args(["run", "relay.toml", "-q"])
+        .current_dir(d)
+        .env("MW_JOBS_DIR", d.join("jobs"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    poll("two tasks running", || pids(d).len() == 2);
+    let running = pids(d);
+    // SAFETY: kill(2) sends SIGINT to the `timeout` process we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let (code, _, err) = finish(child);
+    assert_eq!(code, 130, "{err}");
+    assert!(err.contains("mw resume relay-1"), "no resume line: {err}");
+    for pid in running {
+        assert!(!alive(pid), "task process {pid} survived the stop");
+    }
+    write(d, "gate", "");
+    let o = run_mw(d, &["resume", "relay-1"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+}
+
 #[test]
 fn a_master_killed_while_recording_tasks_is_completed_by_resume() {
     killed_while_recording_then_resumed("run-before-recording", 40, "0");
