@@ -646,6 +646,18 @@ impl Progress {
         }
     }
 
+    /// Prints `line` on stderr (above the bar, when there is one), quiet or not: for what
+    /// answers the user (a stop signal), not for progress.
+    pub(crate) fn note(&self, line: &str) {
+        let line = mw_bundle::text::escape_controls(line);
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => {
+                let _ = writeln!(std::io::stderr().lock(), "{line}");
+            }
+        }
+    }
+
     /// Seconds since the display started.
     pub(crate) fn elapsed(&self) -> Duration {
         self.start.elapsed()

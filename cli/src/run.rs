@@ -942,6 +942,19 @@ impl Tally {
     }
 }
 
+/// What `mw` answers at once to a stop signal (the summary and the resume line come when
+/// the master has stopped).
+fn stopping_note(interface: &str, journaled: bool) -> String {
+    let running = match (interface, journaled) {
+        ("condor" | "boinc", true) => {
+            "tasks on the platform keep running for `mw resume` to take up"
+        }
+        (_, true) => "running tasks are stopped and kept for `mw resume`",
+        (_, false) => "running tasks are stopped (no journal: nothing can resume them)",
+    };
+    format!("mw: stopping: nothing more starts; {running} (a second Ctrl-C exits at once)")
+}
+
 /// Collects every task's outcome as it finishes, handing each to `on_finished`, keeping
 /// the progress display current, applying `mw cancel` requests from the journal at least
 /// every [`CANCEL_POLL`], and stopping the master on Ctrl-C/SIGTERM or when `on_finished`
@@ -984,6 +997,7 @@ fn drive(
         if !interrupted && crate::signals::interrupted() {
             interrupted = true;
             master.stop("interrupted (SIGINT/SIGTERM)");
+            progress.note(&stopping_note(master.interface_name(), journal.is_some()));
         }
         // Cancel requests wait until every task is recorded (a whole-job cancel must reach
         // the last ones too).

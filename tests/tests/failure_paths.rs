@@ -248,6 +248,13 @@ fn stop_signal_stops_every_task_and_resume_completes_the_job(signal: i32) {
     unsafe { libc::kill(mw_pid, signal) };
     let (code, _, err) = finish(child);
     assert_eq!(code, 130, "signal {signal}: {err}");
+    // Answered at once, then the summary and how to resume.
+    assert!(
+        err.contains(
+            "mw: stopping: nothing more starts; running tasks are stopped and kept for `mw resume`"
+        ),
+        "{err}"
+    );
     assert!(err.contains("mw resume intr-1"), "{err}");
     for pid in running {
         assert!(!alive(pid), "task process {pid} survived signal {signal}");
