@@ -259,6 +259,9 @@ pub struct JobFile {
     /// Which failures are retried: exit codes (integers), "exit" (any non-zero exit),
     /// "signal", "timeout", "interface", "output"; default: every failure.
     pub retry_on: Option<Spanned<Vec<toml::Value>>>,
+    /// Stop the master once this many tasks failed in one run (an integer), or this share
+    /// of the job's tasks (a string "5%"); the rest waits for `mw resume`.
+    pub max_failures: Option<Spanned<toml::Value>>,
     /// A program that gets every result (JSON lines, task order) on stdin.
     pub reduce: Option<ProgramSection>,
     /// HTCondor settings.
@@ -267,6 +270,61 @@ pub struct JobFile {
     /// BOINC settings.
     #[serde(default)]
     pub boinc: BoincSection,
+}
+
+/// When a run stops for its failures (`max_failures`, `mw run --max-failures`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FailureLimit {
+    /// After this many failed tasks.
+    Tasks(u64),
+    /// After this percentage of the job's tasks failed (over 0, at most 100).
+    Percent(f64),
+}
+
+impl FailureLimit {
+    /// How many failed tasks stop a run of a job of `total` tasks (at least 1).
+    pub fn threshold(self, total: u64) -> u64 {
+        match self {
+            FailureLimit::Tasks(n) => n,
+            // Exact for any task count a job may have (at most 5*10^7).
+            FailureLimit::Percent(p) => ((total as f64 * p / 100.0).ceil() as u64).max(1),
+        }
+    }
+}
+
+impl std::fmt::Display for FailureLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailureLimit::Tasks(n) => write!(f, "{n}"),
+            FailureLimit::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl std::str::FromStr for FailureLimit {
+    type Err = String;
+
+    /// `10` (tasks) or `5%` (of the job's tasks).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        match t.strip_suffix('%') {
+            Some(p) => p
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|p| p.is_finite() && *p > 0.0 && *p <= 100.0)
+                .map(FailureLimit::Percent)
+                .ok_or_else(|| format!("`{s}`: a share must be over 0% and at most 100%")),
+            None => t
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .map(FailureLimit::Tasks)
+                .ok_or_else(|| {
+                    format!("`{s}`: expected a number of tasks (at least 1) or a share (\"5%\")")
+                }),
+        }
+    }
 }
 
 /// A loaded job: the parsed file plus what it resolved to.
@@ -418,7 +476,29 @@ impl Job {
         job.check_limits()?;
         job.stdout_mode()?;
         job.retry_policy()?;
+        job.max_failures()?;
         Ok(job)
+    }
+
+    /// The failure limit (`max_failures`), if the job sets one.
+    pub fn max_failures(&self) -> Result<Option<FailureLimit>, JobError> {
+        let Some(v) = &self.file.max_failures else {
+            return Ok(None);
+        };
+        let parsed = match v.get_ref() {
+            toml::Value::Integer(n) => u64::try_from(*n)
+                .ok()
+                .filter(|n| *n >= 1)
+                .map(FailureLimit::Tasks)
+                .ok_or_else(|| "must be at least 1".to_string()),
+            toml::Value::String(s) => s.parse(),
+            other => Err(format!(
+                "`{other}`: expected a number of tasks (10) or a share of them (\"5%\")"
+            )),
+        };
+        parsed
+            .map(Some)
+            .map_err(|e| self.err_at(v.span(), "max_failures", e))
     }
 
     /// The program's stdout mode (`[program] stdout`).

@@ -113,6 +113,9 @@ A job file (TOML) says what to run and on what. Top-level keys come before any [
                                     #   stream's {\"error\": …}), \"signal\", \"timeout\",
                                     #   \"interface\", \"output\" (unusable stdout or outputs,
                                     #   a stream's bad or missing answer) (default: all)
+    max_failures = 10               # stop once 10 tasks failed for good (or \"5%\" of the
+                                    #   tasks), as `parallel --halt soon,fail=10`: the rest
+                                    #   waits for `mw resume` (default: run them all)
     args = [\"--seed\", \"{{ input.seed }}\"]   # per-task templates (tera) over
     env = { TASK = \"{{ index }}\" }          #   `input`, `index` and `job`
     outputs = [\"out-{{ index }}.txt\"]       # files each task must write; kept
@@ -193,7 +196,8 @@ under <job dir>/results/task-<N>/. The job directory is <jobs dir>/<name>-<N>/ (
 --jobs-dir), holding the journal: `mw status`, `mw results`, `mw retry`, `mw resume` work
 on it. The run ends with a summary line and the first failures.
 
-Exit status: 0 every task succeeded, 1 some task failed, 2 bad usage or job file.";
+Exit status: 0 every task succeeded, 1 some task failed (or max_failures stopped the run),
+2 bad usage or job file, 130 stopped by a signal.";
 
 /// Entry point of the `mw` binary; returns the process exit code.
 pub fn main() -> i32 {

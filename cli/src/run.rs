@@ -49,6 +49,10 @@ pub(crate) struct RunArgs {
     /// disk: refused for a job that declares output files).
     #[arg(long)]
     pub(crate) no_journal: bool,
+    /// Stop once N tasks failed, or P% of the job's tasks (overrides the job file's
+    /// `max_failures` for this run); the rest waits for `mw resume`.
+    #[arg(long, value_name = "N|P%")]
+    pub(crate) max_failures: Option<crate::job::FailureLimit>,
 }
 
 /// `mw submit` arguments.
@@ -450,7 +454,12 @@ fn mpi_interface(_workers: Option<usize>) -> anyhow::Result<Arc<dyn Interface>> 
     bail!(NO_MPI)
 }
 
-fn master_options(job: &Job, id: &str, job_dir: Option<&Path>) -> MasterOptions {
+fn master_options(
+    job: &Job,
+    id: &str,
+    job_dir: Option<&Path>,
+    halt: Option<Halt>,
+) -> MasterOptions {
     // Checked when the job file was parsed.
     let (retry_backoff, retry_on) = job.retry_policy().unwrap_or_default();
     MasterOptions {
@@ -461,6 +470,7 @@ fn master_options(job: &Job, id: &str, job_dir: Option<&Path>) -> MasterOptions 
         logs_dir: job_dir.map(|d| d.join(LOGS_DIR)),
         retry_backoff,
         retry_on,
+        max_failures: halt.map(|h| h.after),
     }
 }
 
@@ -606,12 +616,24 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
             );
         }
     }
-    let opts = master_options(&p.job, &id, job_dir.as_deref().or(Some(&dir_for_interface)));
+    let total = usize::try_from(p.inputs.len())?;
+    let halt = Halt::new(
+        match args.max_failures {
+            Some(limit) => Some(limit),
+            None => p.job.max_failures()?,
+        },
+        total as u64,
+    );
+    let opts = master_options(
+        &p.job,
+        &id,
+        job_dir.as_deref().or(Some(&dir_for_interface)),
+        halt,
+    );
     let master = match &journal {
         Some(j) => Master::with_created_journal(interface, opts, j.clone())?,
         None => Master::with_options(interface, opts)?,
     };
-    let total = usize::try_from(p.inputs.len())?;
     let source = spec_source(&p.builder, Some(&p.inputs));
     // A master killed here leaves a job created but with no task recorded yet.
     mw::crash::point("run-before-recording");
@@ -718,6 +740,7 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
             journal.as_deref(),
             Some(&recording),
             &mut progress,
+            halt,
             |task, outcome, times| {
                 if outcome.is_err() {
                     failed += 1;
@@ -765,13 +788,19 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
     if let DriveEnd::Stopped {
         reason,
         interrupted,
+        halted,
     } = end
     {
         // Whatever was printed is in the journal; the rest waits for `mw resume`.
         let _ = sink.flush();
         drop(sink);
         let hint = job_dir.as_deref().map(|d| job_arg(&id, d));
-        return stopped_exit(&reason, interrupted, hint.as_deref(), &p.interface, || {
+        if halted {
+            // What failed, before the master goes (as at the end of a run).
+            tally.print(hint.as_deref(), progress.elapsed(), total);
+        }
+        let how = Stop::new(interrupted, halted);
+        return stopped_exit(&reason, how, hint.as_deref(), &p.interface, || {
             drop(master);
             if let Some(j) = &journal {
                 j.close();
@@ -879,7 +908,27 @@ pub(crate) enum DriveEnd {
         /// True when a signal or a closed output pipe asked for it (exit 130), false for
         /// a failure (the journal).
         interrupted: bool,
+        /// True when the run's failures reached its `max_failures` (exit 1).
+        halted: bool,
     },
+}
+
+/// When a run stops for its failures: after `after` failed tasks (what the master is told),
+/// as `limit` says (what the user is told).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Halt {
+    after: u64,
+    limit: crate::job::FailureLimit,
+}
+
+impl Halt {
+    /// The halt of a job of `total` tasks whose limit is `limit` (none: never).
+    pub(crate) fn new(limit: Option<crate::job::FailureLimit>, total: u64) -> Option<Halt> {
+        limit.map(|limit| Halt {
+            after: limit.threshold(total),
+            limit,
+        })
+    }
 }
 
 /// How often a running master looks for `mw cancel` requests, whatever the task rate.
@@ -964,6 +1013,7 @@ fn drive(
     journal: Option<&Journal>,
     recording: Option<&AtomicBool>,
     progress: &mut Progress,
+    halt: Option<Halt>,
     mut on_finished: impl FnMut(
         TaskId,
         Result<mw::TaskOutput, mw::MwError>,
@@ -979,6 +1029,8 @@ fn drive(
         .and_then(crate::master_log::Rotation::detect);
     let mut interrupted = false;
     let mut output_closed = false;
+    // Whether the master's failure limit stopped it (and this was said).
+    let mut halted = false;
     let end = loop {
         if std::time::Instant::now() >= next_pool_check {
             next_pool_check = std::time::Instant::now() + POOL_POLL;
@@ -1010,6 +1062,16 @@ fn drive(
         }
         match master.next_outcome(CANCEL_POLL) {
             NextOutcome::Finished(task, outcome, times) => {
+                // The master stops itself at its failure limit; said once, when seen.
+                if let (Some(h), Err(e), false) = (halt, &outcome, halted) {
+                    if !matches!(e, mw::MwError::Cancelled(_)) && master.halted() {
+                        halted = true;
+                        progress.note(&format!(
+                            "mw: {} tasks failed (max_failures = {}): stopping; nothing more starts",
+                            h.after, h.limit
+                        ));
+                    }
+                }
                 if output_closed {
                     // Stored in the journal; nowhere to print it.
                     continue;
@@ -1033,6 +1095,7 @@ fn drive(
                         other => other.to_string(),
                     },
                     interrupted,
+                    halted: !interrupted && master.halted(),
                 }
             }
         }
@@ -1075,27 +1138,60 @@ fn apply_cancel_requests(master: &Master, journal: &Journal) -> anyhow::Result<(
 /// an outcome; `end_master` drops the master and closes the journal.
 fn stopped_exit(
     reason: &str,
-    interrupted: bool,
+    stop: Stop,
     job: Option<&str>,
     interface: &str,
     end_master: impl FnOnce(),
 ) -> anyhow::Result<i32> {
-    let how = match job {
-        Some(id) => format!(
+    let how = match (job, stop) {
+        (Some(id), Stop::Halted) => format!(
+            "`{}` runs the unfinished tasks, then `mw retry {id}` the failed ones",
+            resume_command(id, interface)
+        ),
+        (Some(id), _) => format!(
             "`{}` runs the unfinished tasks",
             resume_command(id, interface)
         ),
-        None => "nothing can be resumed (no journal)".to_string(),
+        (None, _) => "nothing can be resumed (no journal)".to_string(),
     };
-    if interrupted {
-        // Said before the master ends: under `mpirun`, which SIGKILLs the ranks a second
-        // after it passed the interrupt on, ending the MPI interface may not finish.
-        say!("mw: stopped: {reason}; {how}");
-        end_master();
-        Ok(EXIT_INTERRUPTED)
-    } else {
-        end_master();
-        bail!("the master stopped: {reason}; {how}")
+    match stop {
+        Stop::Interrupted | Stop::Halted => {
+            // Said before the master ends: under `mpirun`, which SIGKILLs the ranks a
+            // second after it passed the interrupt on, ending the MPI interface may not
+            // finish.
+            say!("mw: stopped: {reason}; {how}");
+            end_master();
+            Ok(if stop == Stop::Halted {
+                EXIT_TASKS_FAILED
+            } else {
+                EXIT_INTERRUPTED
+            })
+        }
+        Stop::Failure => {
+            end_master();
+            bail!("the master stopped: {reason}; {how}")
+        }
+    }
+}
+
+/// Why a master stopped before every task had an outcome, as its exit says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// A signal or a closed output pipe (exit 130).
+    Interrupted,
+    /// The run's failures reached `max_failures` (exit 1).
+    Halted,
+    /// Something failed (the journal): an error (exit 2).
+    Failure,
+}
+
+impl Stop {
+    fn new(interrupted: bool, halted: bool) -> Stop {
+        match (interrupted, halted) {
+            (true, _) => Stop::Interrupted,
+            (false, true) => Stop::Halted,
+            (false, false) => Stop::Failure,
+        }
     }
 }
 
@@ -1455,7 +1551,8 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
     } else {
         0
     };
-    let opts = master_options(&job, &meta.id, Some(&dir));
+    let halt = Halt::new(job.max_failures()?, total);
+    let opts = master_options(&job, &meta.id, Some(&dir), halt);
     log::info!(
         "master pid {} resuming job {} on {}: {unfinished} of {total} tasks unfinished, {to_reattach} to re-attach",
         std::process::id(),
@@ -1490,6 +1587,7 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
         Some(&journal),
         None,
         &mut progress,
+        halt,
         |task, outcome, _| {
             if outcome.is_err() {
                 failed += 1;
@@ -1501,10 +1599,15 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
     if let DriveEnd::Stopped {
         reason,
         interrupted,
+        halted,
     } = end
     {
         let job = job_arg(&meta.id, &dir);
-        return stopped_exit(&reason, interrupted, Some(&job), &meta.interface, || {
+        if halted {
+            tally.print(Some(&job), progress.elapsed(), usize::try_from(unfinished)?);
+        }
+        let how = Stop::new(interrupted, halted);
+        return stopped_exit(&reason, how, Some(&job), &meta.interface, || {
             drop(master);
             journal.close();
         });

@@ -416,6 +416,46 @@ fn without_retries_the_first_failure_is_final() {
 }
 
 #[test]
+fn max_failures_stops_the_master_after_that_many_final_failures() {
+    let d = Dir::new();
+    // Fails for good (no retries left) unless the input is even; a retried failure that
+    // then succeeds does not count.
+    let p = d.program(
+        "odd.sh",
+        r#"i=$(cat); echo "$i" >> "$RAN"; [ $((i % 2)) = 0 ] || exit 3; echo "$i""#,
+    );
+    let master = Master::with_options(
+        Arc::new(Multicore::new(1)),
+        MasterOptions {
+            max_failures: Some(2),
+            ..MasterOptions::default()
+        },
+    )
+    .unwrap();
+    let specs = (0..20)
+        .map(|i| spec(&p, json!(i), &[("RAN", d.s("ran"))]))
+        .collect();
+    master.submit_many(specs).unwrap();
+    let mut failed = 0;
+    let stopped = loop {
+        match master.next_outcome(Duration::from_secs(600)) {
+            mw::NextOutcome::Finished(_, Err(_), _) => failed += 1,
+            mw::NextOutcome::Finished(_, Ok(_), _) => {}
+            mw::NextOutcome::Stopped(e) => break e,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(master.halted());
+    assert!(stopped.to_string().contains("2 tasks failed"), "{stopped}");
+    // One slot: the second failure stops it, though the next task may have been handed out
+    // (and then stopped) meanwhile; both failures were handed out before the stop.
+    assert_eq!(failed, 2);
+    let ran = std::fs::read_to_string(d.path("ran")).unwrap();
+    assert!(ran.lines().count() <= 5, "{ran}");
+    assert!(master.task_state(TaskId(19)) == Some(TaskState::Queued));
+}
+
+#[test]
 fn retries_are_used_up_by_a_task_that_always_fails() {
     let d = Dir::new();
     let p = d.program(

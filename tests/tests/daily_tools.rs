@@ -183,6 +183,123 @@ fn retry_reruns_only_the_failed_tasks_and_leaves_the_good_rows_untouched() {
     assert!(html.contains("retry-requested"), "no resume/retry marker");
 }
 
+/// A job whose program is broken stops after `max_failures` failed tasks instead of failing
+/// them all (GNU parallel's `--halt soon,fail=N`): what did not run waits for `mw resume`,
+/// which stops the same way while the program stays broken; once fixed, resume runs the
+/// rest and `mw retry` the failed ones. A share (`--max-failures 10%`) works the same, and
+/// limits that mean nothing are refused before anything is made.
+#[test]
+fn max_failures_stops_a_broken_job_early_and_resume_and_retry_finish_it() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    // Every task fails while `broken` exists.
+    script(
+        d,
+        "broken.sh",
+        &format!(
+            r#"i=$(cat); if [ -e "{}" ]; then echo "cannot import numpy ($i)" >&2; exit 3; fi; echo "{{\"v\":$i}}""#,
+            d.join("broken").display()
+        ),
+    );
+    std::fs::write(d.join("broken"), "").unwrap();
+    std::fs::write(
+        d.join("job.toml"),
+        "name = \"halt\"\nworkers = 2\nmax_failures = 3\n[program]\npath = \"broken.sh\"\n[inputs.sweep]\ni = { start = 0, end = 200 }\n",
+    )
+    .unwrap();
+    // (failed, without an outcome): `mw results` prints the tasks that have one.
+    let failed_and_left = |d: &Path| -> (usize, usize) {
+        let r = jsonl(&mw(d, &["results", "halt-1"]).stdout);
+        let failed = r.iter().filter(|l| l["state"] == "failed").count();
+        (failed, 200 - r.len())
+    };
+    let o = mw(d, &["run", "-q", "job.toml"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("tasks failed (max_failures = 3): stopping"),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains("cannot import numpy"),
+        "no failure shown: {}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains(
+            "`mw resume halt-1` runs the unfinished tasks, then `mw retry halt-1` the failed ones"
+        ),
+        "{}",
+        o.stderr
+    );
+    // At least 3 failed (tasks in flight when it stopped may fail too); most never ran.
+    let (failed, left) = failed_and_left(d);
+    assert!((3..=10).contains(&failed), "{failed} failed");
+    assert!(left >= 150, "{left} tasks left");
+    // Still broken: resume stops again, after 3 more.
+    let o = mw(d, &["resume", "halt-1"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("(max_failures = 3)"), "{}", o.stderr);
+    let (failed_again, left_again) = failed_and_left(d);
+    assert!(
+        failed_again >= failed + 3 && left_again > 0,
+        "{failed_again} {left_again}"
+    );
+    // Fixed: resume runs the rest (the job ends with the failures it had), retry those.
+    std::fs::remove_file(d.join("broken")).unwrap();
+    let o = mw(d, &["resume", "halt-1"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert_eq!(failed_and_left(d), (failed_again, 0));
+    let o = mw(d, &["retry", "halt-1"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(failed_and_left(d), (0, 0));
+
+    // A share of the tasks, on the command line (over the job file's 3): 10% of 200 = 20.
+    std::fs::write(d.join("broken"), "").unwrap();
+    let o = mw(
+        d,
+        &[
+            "run",
+            "-q",
+            "job.toml",
+            "--name",
+            "share",
+            "--max-failures",
+            "10%",
+        ],
+    );
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("(max_failures = 10%)"), "{}", o.stderr);
+    let r = jsonl(&mw(d, &["results", "share-1"]).stdout);
+    let failed = r.iter().filter(|l| l["state"] == "failed").count();
+    assert!((20..=30).contains(&failed), "{failed} failed");
+
+    // Limits that mean nothing: refused (exit 2) naming the field, before any job exists.
+    for (i, bad) in ["0", "\"0%\"", "\"150%\"", "true", "\"many\""]
+        .iter()
+        .enumerate()
+    {
+        let name = format!("bad{i}");
+        std::fs::write(
+            d.join(format!("{name}.toml")),
+            format!(
+                "max_failures = {bad}\n[program]\npath = \"broken.sh\"\n[inputs]\nlist = [1]\n"
+            ),
+        )
+        .unwrap();
+        let o = mw(d, &["run", &format!("{name}.toml")]);
+        assert_eq!(o.code, 2, "{bad}: {}", o.stderr);
+        assert!(o.stderr.contains("max_failures"), "{bad}: {}", o.stderr);
+        assert!(
+            !d.join(format!("jobs/{name}-1")).exists(),
+            "{bad}: a job was made"
+        );
+    }
+    let o = mw(d, &["run", "job.toml", "--max-failures", "0"]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+}
+
 #[test]
 fn retry_on_picks_the_failures_worth_retrying_and_backs_off() {
     let t = tempfile::tempdir().unwrap();

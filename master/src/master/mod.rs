@@ -53,6 +53,11 @@ pub struct MasterOptions {
     pub retry_backoff: Duration,
     /// Which failures are retried; empty (the default): every failure except a cancel.
     pub retry_on: Vec<RetryOn>,
+    /// Stop ([`Master::stop`]) once this many tasks failed for good under this master
+    /// (after their retries; cancelled ones do not count), as GNU parallel's `--halt
+    /// soon,fail=N`: nothing more is dispatched, what runs is stopped (or left running on a
+    /// remote backend) for `resume`. None (the default): never.
+    pub max_failures: Option<u64>,
 }
 
 /// The longest wait between two attempts of a task.
@@ -144,6 +149,7 @@ impl Default for MasterOptions {
             logs_dir: None,
             retry_backoff: Duration::ZERO,
             retry_on: Vec::new(),
+            max_failures: None,
         }
     }
 }
@@ -320,6 +326,10 @@ struct State {
     /// Why the master stopped ([`Master::stop`], or a journal that cannot commit): nothing
     /// more is dispatched, and tasks the stop interrupts are queued again, for `resume`.
     stopped: Option<String>,
+    /// Tasks that failed for good under this master (see [`MasterOptions::max_failures`]).
+    failed_here: u64,
+    /// Whether [`MasterOptions::max_failures`] stopped the master.
+    halted: bool,
     /// Final tasks whose journal row is committed (all final tasks without a journal).
     durable: usize,
     /// Tasks whose outcome was handed out (or, resumed, was by the previous master).
@@ -583,6 +593,8 @@ impl Master {
             counts: [0; 5],
             shutting_down: false,
             stopped: None,
+            failed_here: 0,
+            halted: false,
             durable: 0,
             collected: 0,
             submitting: 0,
@@ -1086,10 +1098,25 @@ impl Master {
         self.inner.lock().stopped.clone()
     }
 
+    /// Whether [`MasterOptions::max_failures`] stopped the master (its failures, not a
+    /// [`stop`](Self::stop) call or a journal that cannot commit).
+    pub fn halted(&self) -> bool {
+        self.inner.lock().halted
+    }
+
     /// After a stop: true once no interrupted task is still to report back (immediately
-    /// for a journaled remote backend, whose tasks are left running).
+    /// for a journaled remote backend, whose tasks are left running) and every outcome
+    /// already final is committed, so it is handed out before the stop is (unless the
+    /// journal cannot commit any more).
     fn stop_settled(&self, st: &State) -> bool {
-        st.counts[TaskState::Running as usize] == 0 || self.detaches()
+        let reported = st.counts[TaskState::Running as usize] == 0 || self.detaches();
+        let committed = st.durable >= st.finals()
+            || self
+                .inner
+                .journal
+                .as_ref()
+                .is_none_or(|j| j.failure().is_some());
+        reported && committed
     }
 
     /// Whether running tasks outlive this master (journaled Condor/BOINC).

@@ -667,7 +667,20 @@ pub(super) fn on_complete(
     st.live(id).outcome = Some(Box::new(result));
     st.set_state(id, final_state);
     st.release(id);
+    // Too many failures: stop once this outcome is handed on (the stop takes the lock).
+    let halt = match (final_state, inner.options.max_failures) {
+        (TaskState::Failed, Some(max)) => {
+            st.failed_here += 1;
+            let halt = st.failed_here >= max && st.stopped.is_none();
+            st.halted |= halt;
+            halt.then(|| format!("{} tasks failed (max_failures = {max})", st.failed_here))
+        }
+        _ => None,
+    };
     finish_durably(inner, st, id, output_text);
+    if let Some(reason) = halt {
+        super::stop_inner(inner, reason);
+    }
 }
 
 /// Makes a final task collectable: at once without a journal; with one, only after its row
