@@ -434,12 +434,15 @@ pub(crate) fn paint(on: bool, paint: Paint, text: &str) -> String {
 
 /// What `mw run` and `mw resume` print when every task has an outcome: one summary line
 /// that stays, the first failures with their reason, and the commands to see the rest.
+/// `ended`: the job has an outcome for every task (else it stopped, and what runs the
+/// failed tasks again is said with how to resume it).
 pub(crate) fn print_summary(
     job: Option<&str>,
     counts: (usize, usize, usize),
     wall: Duration,
     ran_here: usize,
     first_failures: &[(u64, String)],
+    ended: bool,
 ) {
     let (done, failed, cancelled) = counts;
     let colour = colour_on_stderr();
@@ -479,10 +482,15 @@ pub(crate) fn print_summary(
     if failed + cancelled > 0 {
         match job {
             Some(id) => {
+                let again = if ended {
+                    format!("; run the failed ones again: `mw retry {id}`")
+                } else {
+                    String::new()
+                };
                 let _ = writeln!(
                     err,
                     "mw: every failure: `mw results {id} --failed`; one task's stdout/stderr: \
-                     `mw logs {id} TASK`; run the failed ones again: `mw retry {id}`"
+                     `mw logs {id} TASK`{again}"
                 );
             }
             None => {

@@ -797,7 +797,7 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
         let hint = job_dir.as_deref().map(|d| job_arg(&id, d));
         if halted {
             // What failed, before the master goes (as at the end of a run).
-            tally.print(hint.as_deref(), progress.elapsed(), total);
+            tally.print_stopped(hint.as_deref(), progress.elapsed(), tally.finished());
         }
         let how = Stop::new(interrupted, halted);
         return stopped_exit(&reason, how, hint.as_deref(), &p.interface, || {
@@ -981,13 +981,28 @@ impl Tally {
     }
 
     fn print(&self, job: Option<&str>, wall: Duration, ran_here: usize) {
+        self.print_as(job, wall, ran_here, true);
+    }
+
+    /// The summary of a run that stopped before every task had an outcome.
+    fn print_stopped(&self, job: Option<&str>, wall: Duration, ran_here: usize) {
+        self.print_as(job, wall, ran_here, false);
+    }
+
+    fn print_as(&self, job: Option<&str>, wall: Duration, ran_here: usize, ended: bool) {
         crate::output::print_summary(
             job,
             (self.done, self.failed, self.cancelled),
             wall,
             ran_here,
             &self.first_failures,
+            ended,
         );
+    }
+
+    /// Tasks with an outcome.
+    fn finished(&self) -> usize {
+        self.done + self.failed + self.cancelled
     }
 }
 
@@ -1604,7 +1619,10 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
     {
         let job = job_arg(&meta.id, &dir);
         if halted {
-            tally.print(Some(&job), progress.elapsed(), usize::try_from(unfinished)?);
+            // Only what finished under this master counts in the rate.
+            let before = state_counts.done + state_counts.failed + state_counts.cancelled;
+            let here = (tally.finished() as u64).saturating_sub(before);
+            tally.print_stopped(Some(&job), progress.elapsed(), usize::try_from(here)?);
         }
         let how = Stop::new(interrupted, halted);
         return stopped_exit(&reason, how, Some(&job), &meta.interface, || {

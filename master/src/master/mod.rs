@@ -1214,7 +1214,8 @@ fn stop_inner(inner: &Arc<Inner>, reason: String) {
         if st.stopped.is_some() {
             return;
         }
-        log::warn!("stopping: {reason}");
+        // Info, not a warning: whoever stopped it (the CLI, a journal failure) says why.
+        log::info!("stopping: {reason}");
         st.stopped = Some(reason);
         (0..st.tasks.len())
             .filter(|&i| st.tasks[i].state == TaskState::Running)
