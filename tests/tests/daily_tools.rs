@@ -226,6 +226,12 @@ fn max_failures_stops_a_broken_job_early_and_resume_and_retry_finish_it() {
         "no failure shown: {}",
         o.stderr
     );
+    // A stopped job's failures are retried after it is resumed: said once, in that order.
+    assert!(
+        !o.stderr.contains("run the failed ones again"),
+        "{}",
+        o.stderr
+    );
     assert!(
         o.stderr.contains(
             "`mw resume halt-1` runs the unfinished tasks, then `mw retry halt-1` the failed ones"
