@@ -250,6 +250,9 @@ struct JobSummary {
     dir: String,
     /// Pid of the live master on this host, if one runs.
     master_pid: Option<i64>,
+    /// Why its last master stopped before every task had an outcome (a stopped job only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_reason: Option<String>,
 }
 
 /// Job states `mw status --state` selects.
@@ -372,21 +375,28 @@ fn summarize(dir: &Path) -> anyhow::Result<(JobMeta, JobSummary)> {
         counts.insert("idle".into(), usize::try_from(idle).unwrap_or(0));
         counts.insert("running".into(), usize::try_from(running).unwrap_or(handed));
     }
+    let state = job_state(
+        dir,
+        &each,
+        read_master(&conn, &path).is_ok_and(|m| m.status == crate::run::STATUS_RECORDING),
+    );
+    let stop_reason = if state == STATE_STOPPED {
+        mw::journal::stop_reason(&conn, &path)?
+    } else {
+        None
+    };
     let summary = JobSummary {
         id: meta.id.clone(),
         name: meta.name.clone(),
         interface: meta.interface.clone(),
-        state: job_state(
-            dir,
-            &each,
-            read_master(&conn, &path).is_ok_and(|m| m.status == crate::run::STATUS_RECORDING),
-        ),
+        state,
         tasks: usize::try_from(total).unwrap_or(usize::MAX),
         counts,
         created: meta.created,
         age_secs: (now_unix() - meta.created).max(0.0),
         dir: dir.display().to_string(),
         master_pid,
+        stop_reason,
     };
     Ok((meta, summary))
 }
@@ -531,6 +541,9 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<i32> {
                 writeln!(out, "job        {}", shown(&summary.id))?;
                 writeln!(out, "interface  {}", shown(&summary.interface))?;
                 writeln!(out, "state      {}", summary.state)?;
+                if let Some(why) = &summary.stop_reason {
+                    writeln!(out, "stopped    {}", shown(why))?;
+                }
                 writeln!(out, "directory  {}", shown(&summary.dir))?;
                 writeln!(out, "age        {}", human_age(summary.age_secs))?;
                 writeln!(out, "tasks      {}", summary.tasks)?;

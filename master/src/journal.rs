@@ -124,6 +124,11 @@ enum Write {
         at: f64,
     },
     Flush(Sender<()>),
+    /// The master stopped before every task had an outcome, and why (an event).
+    Stopped {
+        reason: String,
+        at: f64,
+    },
     /// Tasks submitted (their rows, queued), committed before `done` is answered.
     Submitted(Box<Submitted>),
 }
@@ -894,6 +899,15 @@ impl Journal {
         });
     }
 
+    /// Records that the master stopped, and why (what `mw status` says of the job until a
+    /// master takes it over again).
+    pub(crate) fn record_stopped(&self, reason: &str) {
+        self.send(Write::Stopped {
+            reason: reason.to_string(),
+            at: now_unix(),
+        });
+    }
+
     /// Waits until everything sent so far is committed.
     pub fn flush(&self) {
         let (tx, rx) = mpsc::channel();
@@ -1276,6 +1290,14 @@ fn write_batch(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> 
                         Option::<i64>::None,
                         "submitted",
                         format!("{} tasks from {}", sub.inputs.len(), sub.first)
+                    ])?;
+                }
+                Write::Stopped { reason, at } => {
+                    event.get()?.execute(params![
+                        at,
+                        Option::<i64>::None,
+                        EVENT_STOPPED,
+                        reason
                     ])?;
                 }
                 Write::Flush(_) => {}
@@ -2200,6 +2222,32 @@ pub fn read_events(
     Ok(out)
 }
 
+/// The event of a master that stopped before every task had an outcome (its detail: why).
+const EVENT_STOPPED: &str = "stopped";
+
+/// Most characters of a stop's reason [`stop_reason`] reads (the file may be forged).
+const MAX_STOP_REASON: i64 = 1000;
+
+/// Why the job's last master stopped before every task had an outcome, unless a master
+/// took the job over since (`mw resume`, `mw retry`) or none stopped that way (a master
+/// that finished, or one killed: it recorded nothing). At most [`MAX_STOP_REASON`]
+/// characters.
+pub fn stop_reason(conn: &Connection, path: &Path) -> Result<Option<String>, JournalError> {
+    let last = conn
+        .query_row(
+            "SELECT kind, substr(detail, 1, ?2) FROM events
+             WHERE task IS NULL AND kind IN (?1, 'resumed') ORDER BY seq DESC LIMIT 1",
+            params![EVENT_STOPPED, MAX_STOP_REASON],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)),
+        )
+        .optional()
+        .map_err(|e| jerr(path, "reading why the master stopped", e))?;
+    Ok(match last {
+        Some((kind, reason)) if kind == EVENT_STOPPED => reason,
+        _ => None,
+    })
+}
+
 /// Which tasks `mw retry` runs again.
 #[derive(Debug, Clone)]
 pub enum RetrySelection {
@@ -2389,6 +2437,40 @@ mod tests {
             .unwrap();
         assert_eq!(id, "j-1");
         drop((conn, other, journal));
+    }
+
+    /// Why the last master stopped: read bounded (a forged reason of 1 MB comes back cut),
+    /// and forgotten once a master took the job over again.
+    #[test]
+    fn the_stop_reason_is_the_last_stops_until_a_master_takes_over() {
+        let d = tempfile::tempdir().unwrap();
+        let meta = JobMeta {
+            id: "j-1".into(),
+            name: "j".into(),
+            interface: "multicore".into(),
+            workers: Some(1),
+            job_text: String::new(),
+            job_path: String::new(),
+            created: 0.0,
+        };
+        let journal = Journal::create(d.path(), &meta).unwrap();
+        let path = d.path().join(JOURNAL_FILE);
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(stop_reason(&conn, &path).unwrap(), None);
+        journal.record_stopped("interrupted");
+        journal.flush();
+        assert_eq!(
+            stop_reason(&conn, &path).unwrap().as_deref(),
+            Some("interrupted")
+        );
+        journal.record_stopped(&"x".repeat(1 << 20));
+        journal.flush();
+        let long = stop_reason(&conn, &path).unwrap().unwrap();
+        assert_eq!(long.len(), MAX_STOP_REASON as usize);
+        record_takeover(&conn, &path, 3).unwrap();
+        assert_eq!(stop_reason(&conn, &path).unwrap(), None);
+        drop(conn);
+        journal.close();
     }
 
     /// A closed journal leaves one file even while a handle of it is still held (as when

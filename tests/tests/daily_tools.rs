@@ -239,6 +239,14 @@ fn max_failures_stops_a_broken_job_early_and_resume_and_retry_finish_it() {
         "{}",
         o.stderr
     );
+    // `mw status` says why the job stopped (what a detached master's user sees).
+    let st = mw(d, &["status", "halt-1"]);
+    assert!(
+        st.stdout
+            .contains("stopped    3 tasks failed (max_failures = 3)"),
+        "{}",
+        st.stdout
+    );
     // At least 3 failed (tasks in flight when it stopped may fail too); most never ran.
     let (failed, left) = failed_and_left(d);
     assert!((3..=10).contains(&failed), "{failed} failed");
@@ -260,6 +268,8 @@ fn max_failures_stops_a_broken_job_early_and_resume_and_retry_finish_it() {
     let o = mw(d, &["retry", "halt-1"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert_eq!(failed_and_left(d), (0, 0));
+    let st = mw(d, &["status", "halt-1"]);
+    assert!(!st.stdout.contains("stopped"), "{}", st.stdout);
 
     // A share of the tasks, on the command line (over the job file's 3): 10% of 200 = 20.
     std::fs::write(d.join("broken"), "").unwrap();

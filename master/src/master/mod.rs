@@ -1216,6 +1216,9 @@ fn stop_inner(inner: &Arc<Inner>, reason: String) {
         }
         // Info, not a warning: whoever stopped it (the CLI, a journal failure) says why.
         log::info!("stopping: {reason}");
+        if let Some(j) = &inner.journal {
+            j.record_stopped(&reason);
+        }
         st.stopped = Some(reason);
         (0..st.tasks.len())
             .filter(|&i| st.tasks[i].state == TaskState::Running)
