@@ -229,7 +229,7 @@ pub fn main() -> i32 {
             | Command::Completions(_)
             | Command::Report(_)
             | Command::Man(_)
-    );
+    ) || matches!(&cli.command, Command::Run(r) if r.dry_run);
     let result = match cli.command {
         Command::Run(args) => run::run(args, quiet),
         Command::Submit(args) => run::submit(args),

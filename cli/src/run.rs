@@ -53,6 +53,10 @@ pub(crate) struct RunArgs {
     /// `max_failures` for this run); the rest waits for `mw resume`.
     #[arg(long, value_name = "N|P%")]
     pub(crate) max_failures: Option<crate::job::FailureLimit>,
+    /// Print each task as it would run (a JSON line: task, input, command, env, input
+    /// files, outputs, timeout) after every check, and run nothing, create nothing.
+    #[arg(long, conflicts_with_all = ["output", "no_journal", "max_failures"])]
+    pub(crate) dry_run: bool,
 }
 
 /// `mw submit` arguments.
@@ -533,9 +537,51 @@ fn job_file_at(p: &Prepared, path: &Path) -> Option<&'static str> {
     }
 }
 
+/// `mw run --dry-run`: every task's spec as a JSON line on stdout, built as a master would
+/// build it on dispatch; nothing runs and nothing is created.
+fn dry_run(p: &Prepared, quiet: bool) -> anyhow::Result<i32> {
+    let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+    for (i, input) in p.inputs.iter().enumerate() {
+        let spec = p.builder.build(i, input?)?;
+        let program = &spec.program;
+        let command: Vec<String> = std::iter::once(program.executable().display().to_string())
+            .chain(program.base_args().iter().cloned())
+            .chain(spec.args.iter().cloned())
+            .collect();
+        let line = serde_json::json!({
+            "task": i,
+            "input": spec.input,
+            "command": command,
+            "env": spec.env,
+            "input_files": spec
+                .input_files
+                .iter()
+                .map(|(name, path)| serde_json::json!({"name": name, "path": path}))
+                .collect::<Vec<_>>(),
+            "outputs": spec.outputs,
+            "timeout_secs": spec.timeout.map(|t| t.as_secs_f64()),
+        });
+        serde_json::to_writer(&mut w, &line)?;
+        w.write_all(b"\n")?;
+    }
+    w.flush()?;
+    if !quiet {
+        say!(
+            "mw: dry run of job {}: {} tasks on {}; nothing was run or created",
+            p.job.name,
+            p.inputs.len(),
+            p.interface
+        );
+    }
+    Ok(EXIT_OK)
+}
+
 /// `mw run`.
 pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
     let opts = &args.job;
+    if args.dry_run {
+        return dry_run(&prepare(opts)?, quiet);
+    }
     if served_as_mpi_worker(|| match &opts.interface {
         Some(i) => Ok(i.clone()),
         None => Ok(Job::load(&opts.job)?.interface()),

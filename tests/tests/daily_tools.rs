@@ -612,6 +612,72 @@ fn wait_on_a_submitted_job_whose_reduce_failed_says_so_and_resume_runs_it() {
     assert!(o.stdout.contains("\"reduced\":true"), "{}", o.stdout);
 }
 
+/// `mw run --dry-run` prints every task as it would run (its templates rendered), after
+/// the same checks, and runs and creates nothing; into `head` it ends quietly.
+#[test]
+fn a_dry_run_prints_every_task_and_creates_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    script(d, "t.sh", "touch ran; cat");
+    std::fs::write(
+        d.join("job.toml"),
+        "name = \"dry\"\nargs = [\"--seed\", \"{{ input.s }}\"]\nenv = { K = \"k{{ index }}\" }\ntimeout = 5\n[program]\npath = \"t.sh\"\n[inputs.sweep]\ns = { start = 0, end = 3000 }\n",
+    )
+    .unwrap();
+    let o = mw(d, &["run", "job.toml", "--dry-run"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let lines = jsonl(&o.stdout);
+    assert_eq!(lines.len(), 3000);
+    assert_eq!(lines[7]["task"], 7);
+    assert_eq!(lines[7]["input"]["s"], 7);
+    let cmd = lines[7]["command"].as_array().unwrap();
+    assert!(cmd[0].as_str().unwrap().ends_with("t.sh"), "{cmd:?}");
+    assert_eq!(
+        cmd[1..],
+        [serde_json::json!("--seed"), serde_json::json!("7")]
+    );
+    assert_eq!(lines[7]["env"]["K"], "k7");
+    assert_eq!(lines[7]["timeout_secs"], 5.0);
+    assert!(
+        o.stderr.contains("dry run of job dry: 3000 tasks"),
+        "{}",
+        o.stderr
+    );
+    assert!(!d.join("jobs").exists(), "a job was made");
+    assert!(!d.join("ran").exists(), "a task ran");
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg("set -o pipefail; \"$MW\" run job.toml --dry-run | head -n 1 > /dev/null")
+        .env("MW", mw_tests::bin("mw"))
+        .env("MW_JOBS_DIR", d.join("jobs"))
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A bad job file is refused as by a real run; a dry run with -o is a usage error.
+    std::fs::write(
+        d.join("bad.toml"),
+        "args = [\"{{ input.nope }}\"]\n[program]\npath = \"t.sh\"\n[inputs]\nlist = [{a = 1}]\n",
+    )
+    .unwrap();
+    let o = mw(d, &["run", "bad.toml", "--dry-run"]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stdout.is_empty(), "{}", o.stdout);
+    let o = mw(d, &["run", "job.toml", "--dry-run", "-o", "x.jsonl"]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(!d.join("x.jsonl").exists());
+}
+
 #[test]
 fn results_into_head_ends_quietly_with_exit_0() {
     let t = tempfile::tempdir().unwrap();
