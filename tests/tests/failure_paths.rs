@@ -1276,3 +1276,25 @@ fn a_panic_in_the_journal_writer_stops_mw_run_and_resume_finishes() {
     // Stored before the panic, task 3 did not run again either.
     assert_eq!(runs_of(d).get(&3), Some(&1));
 }
+
+/// A panic in the master's scheduler thread (task 2 taken from the queue, not yet handed to
+/// a slot) stops the master: `mw run` exits 2 naming the panic, and `mw resume` finishes the
+/// job, task 2 included. (The task in the scheduler's hand once stayed "running" with nobody
+/// to report it, and `mw run` waited for ever for the stop to settle.)
+#[test]
+fn a_panic_in_the_scheduler_stops_mw_run_and_resume_finishes() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    logged_job(d, "spanic", 6);
+    let (code, stdout, stderr) = run_with_panic(d, "spanic.toml", "scheduler:2");
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("the scheduler thread panicked")
+            && stderr.contains("injected panic")
+            && stderr.contains("mw resume"),
+        "{stderr}"
+    );
+    let printed = tasks_of(&stdout);
+    assert!(!printed.contains(&2), "{stdout}");
+    resume_reports_every_task_once(d, "spanic", 6, &printed);
+}

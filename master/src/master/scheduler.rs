@@ -270,9 +270,11 @@ pub(super) fn dispatch(
             p
         }),
         _ => {
+            // Contained as in the scheduler loop: the task is running already, and a
+            // panic escaping here would leave it so with nobody to report it.
             let plan = st.spec_plan(task);
-            inner
-                .realize(task, plan)
+            crate::guard::contain(|| inner.realize(task, plan))
+                .unwrap_or_else(|p| Err(format!("making the task's spec panicked: {p}")))
                 .map(|spec| prepare(inner, task, attempts, spec))
         }
     };
@@ -288,16 +290,25 @@ pub(super) fn dispatch(
 /// dispatching (see [`scheduler_loop`]): enough for several group commits of a fast job.
 const MAX_UNCOMMITTED: usize = 32_768;
 
-/// Stops the master if the scheduler thread dies: its waiters (`get_result`, `wait_all`)
-/// then end with the reason instead of waiting for ever.
-struct StopIfUnwinding<'a>(&'a Arc<Inner>);
-
-impl Drop for StopIfUnwinding<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            super::stop_inner(
-                self.0,
-                "internal error: the scheduler thread panicked (see the log)".to_string(),
+/// Runs [`scheduler_loop`]; if the thread dies anyway, stops the master with the panic's
+/// message, so its waiters (`get_result`, `wait_all`, `next_outcome`) end with the reason
+/// instead of waiting for ever, and gives back the task it had taken from the queue but not
+/// yet handed to the interface (running, with nobody to report it, the stop would never
+/// settle): it is queued again, for `resume`.
+pub(super) fn run_scheduler(inner: Arc<Inner>) {
+    let in_hand = std::cell::Cell::new(None);
+    if let Err(panic) = crate::guard::contain(|| scheduler_loop(&inner, &in_hand)) {
+        log::error!("the scheduler thread panicked: {panic}");
+        super::stop_inner(
+            &inner,
+            format!("internal error: the scheduler thread panicked ({panic})"),
+        );
+        if let Some(task) = in_hand.take() {
+            on_complete(
+                &inner,
+                task,
+                Err(InterfaceError::new("the scheduler thread panicked")),
+                None,
             );
         }
     }
@@ -305,9 +316,9 @@ impl Drop for StopIfUnwinding<'_> {
 
 /// Dispatches queued tasks to the interface. The caller's code it runs (a spec source,
 /// the interface's `reserve_worker`, `execute_task` and `cancel`) is contained: a panic
-/// there fails the task at hand with the panic's message and the loop goes on.
-pub(super) fn scheduler_loop(inner: Arc<Inner>) {
-    let _stop = StopIfUnwinding(&inner);
+/// there fails the task at hand with the panic's message and the loop goes on. `in_hand`
+/// names the task taken from the queue (running) until a completion or its outcome holds it.
+fn scheduler_loop(inner: &Arc<Inner>, in_hand: &std::cell::Cell<Option<TaskId>>) {
     // A worker reserved for a task that was cancelled while we waited for the worker: it
     // serves the next task instead (interfaces have no way to give a worker back).
     let mut spare: Option<WorkerId> = None;
@@ -347,11 +358,11 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
             .unwrap_or_else(|p| Err(format!("making the task's spec panicked: {p}")));
         let (worker, built) = match realized {
             Ok(spec) => {
-                let probe = prepare(&inner, front, attempt.saturating_add(1), spec);
+                let probe = prepare(inner, front, attempt.saturating_add(1), spec);
                 let worker = match spare.take() {
                     Some(w) => Ok(w),
                     // The task stays queued (and cancellable) while we wait for a worker.
-                    None => reserve(&inner, &probe),
+                    None => reserve(inner, &probe),
                 };
                 (Some(worker), Some((front, Ok(probe))))
             }
@@ -362,7 +373,7 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
         if st.shutting_down || st.stopped.is_some() {
             return;
         }
-        let Some((task, prepared, cancel_now)) = dispatch(&mut st, &inner, built) else {
+        let Some((task, prepared, cancel_now)) = dispatch(&mut st, inner, built) else {
             // Everything queued was cancelled meanwhile.
             if let Some(Ok(w)) = worker {
                 spare = Some(w);
@@ -370,24 +381,30 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
             continue;
         };
         drop(st);
+        in_hand.set(Some(task));
+        // Running, and not yet in the interface's (or a completion's) hands.
+        crate::crash::panic_point("scheduler", Some(task.0));
         let prepared = match prepared {
             Ok(p) => p,
             Err(e) => {
                 if let Some(Ok(w)) = worker {
                     spare = Some(w);
                 }
-                on_complete(&inner, task, Err(InterfaceError::new(e)), None);
+                on_complete(inner, task, Err(InterfaceError::new(e)), None);
+                in_hand.set(None);
                 continue;
             }
         };
         // Rare: the task at the front could not be built and another one took its place.
         let worker = match worker {
             Some(w) => w,
-            None => reserve(&inner, &prepared),
+            None => reserve(inner, &prepared),
         };
         match worker {
             Ok(worker) => {
-                let done = completion(&inner, &prepared);
+                let done = completion(inner, &prepared);
+                // From here `done` reports the task, however this ends.
+                in_hand.set(None);
                 // A panic here drops `done` unreported, which fails the task.
                 if let Err(p) =
                     crate::guard::contain(|| inner.interface.execute_task(prepared, worker, done))
@@ -403,7 +420,10 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
                     }
                 }
             }
-            Err(e) => on_complete(&inner, task, Err(e), None),
+            Err(e) => {
+                on_complete(inner, task, Err(e), None);
+                in_hand.set(None);
+            }
         }
     }
 }
