@@ -1240,7 +1240,9 @@ fn resume_reports_every_task_once(d: &Path, name: &str, n: usize, printed: &[i64
     );
     for l in &lines {
         assert_eq!(l["state"], "done", "{l}");
-        assert_eq!(l["output"]["i"], l["task"], "{l}");
+        // `{"i": N}` (`logged_job`) or `N` (`gated_job`).
+        let out = &l["output"];
+        assert_eq!(out.get("i").unwrap_or(out), &l["task"], "{l}");
     }
     let runs = runs_of(d);
     for t in printed {
@@ -1297,4 +1299,28 @@ fn a_panic_in_the_scheduler_stops_mw_run_and_resume_finishes() {
     let printed = tasks_of(&stdout);
     assert!(!printed.contains(&2), "{stdout}");
     resume_reports_every_task_once(d, "spanic", 6, &printed);
+}
+
+/// A panic in `mw run`'s recording thread (after the first chunk of 500 tasks was recorded,
+/// while tasks 0 and 1 wait on a gate) stops the master at once: `mw run` exits 2 naming the
+/// panic and pointing to `mw resume`, which records the rest and finishes the job. (It once
+/// ran every task recorded so far, here waiting for ever on the gate, before saying
+/// anything.)
+#[test]
+fn a_panic_in_the_recording_thread_stops_mw_run_and_resume_finishes() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    gated_job(d, "rpanic", 600);
+    let (code, stdout, stderr) = run_with_panic(d, "rpanic.toml", "run-record:0");
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("the thread recording the tasks panicked")
+            && stderr.contains("injected panic")
+            && stderr.contains("`mw resume rpanic-1` records the rest"),
+        "{stderr}"
+    );
+    assert_eq!(stdout.trim(), "", "{stdout}");
+    assert_eq!(status_of(d, "rpanic-1")["job"]["counts"]["done"], 0);
+    std::fs::write(d.join("gate"), "").unwrap();
+    resume_reports_every_task_once(d, "rpanic", 600, &[]);
 }
