@@ -1324,3 +1324,35 @@ fn a_panic_in_the_recording_thread_stops_mw_run_and_resume_finishes() {
     std::fs::write(d.join("gate"), "").unwrap();
     resume_reports_every_task_once(d, "rpanic", 600, &[]);
 }
+
+/// A panic while the master handles one task's outcome (on the local slot's thread that
+/// reports it) fails that task with the panic's message; the slot and the other tasks go
+/// on, and `mw run` ends with every task reported once. (The slot's thread once died with
+/// the task still running for the master, and `mw run` waited for ever.)
+#[test]
+fn a_panic_handling_one_outcome_fails_that_task_only() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    logged_job(d, "cpanic", 6);
+    let (code, stdout, stderr) = run_with_panic(d, "cpanic.toml", "completion:2");
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(tasks_of(&stdout), (0..6).collect::<Vec<_>>(), "{stdout}");
+    for l in &lines {
+        if l["task"] == 2 {
+            assert_eq!(l["state"], "failed", "{l}");
+            let e = l["error"].as_str().unwrap();
+            assert!(
+                e.contains("internal error while handling its outcome")
+                    && e.contains("injected panic"),
+                "{e}"
+            );
+        } else {
+            assert_eq!(l["state"], "done", "{l}");
+        }
+    }
+    assert!(runs_of(d).values().all(|&n| n == 1), "{:?}", runs_of(d));
+}

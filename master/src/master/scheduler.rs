@@ -135,41 +135,57 @@ pub(super) fn completion(inner: &Arc<Inner>, task: &PreparedTask) -> Completion 
     };
     let output_dir = task.output_dir.clone();
     Completion::new(id, move |mut outcome| {
-        if let Ok(exec) = &mut outcome {
-            if mode == StdoutMode::File && exec.exit.success() {
-                keep_stdout_file(id, output_dir.as_deref(), exec);
+        // A panic handling the outcome (keeping stdout, decoding it, writing the logs) on
+        // the thread that reports it becomes the attempt's error: the task still gets its
+        // outcome, instead of staying running with nobody left to report it.
+        let handled = crate::guard::contain(|| {
+            crate::crash::panic_point("completion", Some(id.0));
+            if let Ok(exec) = &mut outcome {
+                if mode == StdoutMode::File && exec.exit.success() {
+                    keep_stdout_file(id, output_dir.as_deref(), exec);
+                }
             }
-        }
-        // A successful attempt's result is decoded here, outside the master's lock.
-        let decoded = match &outcome {
-            Ok(exec) if exec.exit.success() && exec.missing_outputs.is_empty() => {
-                Some(decode_success(decoding, exec))
+            // A successful attempt's result is decoded here, outside the master's lock.
+            let decoded = match &outcome {
+                Ok(exec) if exec.exit.success() && exec.missing_outputs.is_empty() => {
+                    Some(decode_success(decoding, exec))
+                }
+                _ => None,
+            };
+            if let (Ok(exec), Some(dir)) = (&outcome, &inner.options.logs_dir) {
+                // The JSON result of a successful run is in the journal already: its stdout
+                // file would only repeat it.
+                let keep_stdout = mode != StdoutMode::Json
+                    || !exec.exit.success()
+                    || match &decoded {
+                        Some(d) => d.is_err(),
+                        // (Validated without building a tree: no memory beyond the text.)
+                        None => {
+                            !exec.stdout.iter().all(u8::is_ascii_whitespace)
+                                && serde_json::from_slice::<serde::de::IgnoredAny>(&exec.stdout)
+                                    .is_err()
+                        }
+                    };
+                crate::task_logs::write(
+                    dir,
+                    id,
+                    attempt,
+                    keep_stdout,
+                    &exec.stdout,
+                    &exec.stderr_tail,
+                );
             }
-            _ => None,
-        };
-        if let (Ok(exec), Some(dir)) = (&outcome, &inner.options.logs_dir) {
-            // The JSON result of a successful run is in the journal already: its stdout
-            // file would only repeat it.
-            let keep_stdout = mode != StdoutMode::Json
-                || !exec.exit.success()
-                || match &decoded {
-                    Some(d) => d.is_err(),
-                    // (Validated without building a tree: no memory beyond the text.)
-                    None => {
-                        !exec.stdout.iter().all(u8::is_ascii_whitespace)
-                            && serde_json::from_slice::<serde::de::IgnoredAny>(&exec.stdout)
-                                .is_err()
-                    }
-                };
-            crate::task_logs::write(
-                dir,
-                id,
-                attempt,
-                keep_stdout,
-                &exec.stdout,
-                &exec.stderr_tail,
-            );
-        }
+            (outcome, decoded)
+        });
+        let (outcome, decoded) = handled.unwrap_or_else(|p| {
+            log::error!("{id}: internal error while handling its outcome: {p}");
+            (
+                Err(InterfaceError::new(format!(
+                    "internal error while handling its outcome: {p}"
+                ))),
+                None,
+            )
+        });
         on_complete(&inner, id, outcome, decoded)
     })
 }
