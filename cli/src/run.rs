@@ -303,6 +303,24 @@ fn in_chunks<T>(
     Ok(())
 }
 
+/// Stops the master if the thread recording a run's tasks dies (`mw run`): it would
+/// otherwise run every task recorded so far (and wait for any that never ends) before
+/// `mw run` said anything. The job stays `recording`: `mw resume` records the rest.
+struct StopIfRecorderDies<'a> {
+    master: &'a Master,
+    recording: &'a AtomicBool,
+}
+
+impl Drop for StopIfRecorderDies<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.master
+                .stop("recording the tasks failed: the thread recording them panicked");
+            self.recording.store(false, Ordering::Release);
+        }
+    }
+}
+
 /// The recording of a run's tasks ended because the master stopped (not an error).
 #[derive(Debug, thiserror::Error)]
 #[error("the master stopped before every task was recorded")]
@@ -691,19 +709,24 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
     let recording = AtomicBool::new(true);
     let record = || -> anyhow::Result<()> {
         let _more_to_come = more_to_come;
+        let _stop = StopIfRecorderDies {
+            master: &master,
+            recording: &recording,
+        };
         let after_chunk = || mw::crash::point("run-recorded-chunk");
         // A stopped master (Ctrl-C, a failed journal) records nothing more: the job stays
         // "recording" and `mw resume` records the rest (a 3x10^6 sweep was once recorded to
         // its end after Ctrl-C).
         let stopped = || master.stopped().is_some();
         let recorded = if journal.is_some() {
-            in_chunks(&p.inputs, 0, encode, |_, chunk| {
+            in_chunks(&p.inputs, 0, encode, |first, chunk| {
                 if stopped() {
                     return Err(anyhow::Error::new(RecordingStopped));
                 }
                 master.submit_encoded_inputs(chunk, source.clone())?;
                 // A master killed here leaves a job whose tasks are partly recorded.
                 after_chunk();
+                mw::crash::panic_point("run-record", Some(first));
                 Ok(())
             })
         } else {
@@ -824,9 +847,20 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
                 written.with_context(|| format!("writing results to {dest}"))
             },
         );
-        let recorded = recorder
-            .join()
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("the thread recording the tasks panicked")));
+        let recorded = recorder.join().unwrap_or_else(|p| {
+            let why = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            let resume = match &job_dir {
+                Some(d) => format!("; `mw resume {}` records the rest", job_arg(&id, d)),
+                None => String::new(),
+            };
+            Err(anyhow::anyhow!(
+                "the thread recording the tasks panicked ({why}){resume}"
+            ))
+        });
         (recorded, Some(end))
     });
     recorded?;

@@ -2,8 +2,9 @@
 //! (`MW_CRASH_AT=<name>` makes [`point`] send SIGKILL to its own process there). Every
 //! crash window of the master has one, so resume is tested from exactly that state.
 //! Panic points (`MW_PANIC_AT=<name>` or `<name>:<task>`, [`panic_point`]) do the same for
-//! the guards around threads that handle remote data: the test makes one panic and checks
-//! the tasks fail with a message instead of `mw run` hanging. Delay points
+//! the guards around threads that handle remote data and the master's own threads: the test
+//! makes one panic and checks the tasks fail (or the master stops) with a message instead of
+//! `mw run` hanging. Delay points
 //! (`MW_DELAY_AT=<name>:<ms>`, or `<name>:until:<path>` to hold until a file exists,
 //! [`delay_point`]) widen a window instead, for a test that checks the master never ends
 //! inside it or that acts while the master is held in it. Forge points (`MW_FORGE_AT=<name>` or

@@ -1,7 +1,9 @@
 //! Panic guards for the threads that handle remote or user data (an interface's event,
 //! spool and submit threads, the local slots): a panic while handling one item becomes that
 //! item's error, with the panic's message, and a thread that dies anyway fails the tasks it
-//! was responsible for instead of leaving them waiting for ever (`mw run` would hang).
+//! was responsible for instead of leaving them waiting for ever (`mw run` would hang). The
+//! master's own threads use them too: a panic in the journal's writer is a lasting storage
+//! failure, one in the scheduler stops the master.
 //!
 //! This module knows nothing of platforms or tasks.
 

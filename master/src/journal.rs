@@ -694,7 +694,15 @@ impl Journal {
         let p2 = path.clone();
         let writer = std::thread::Builder::new()
             .name("mw-journal".into())
-            .spawn(move || writer_loop(writer_conn, rx, &p2, s2))
+            .spawn(move || {
+                // A panic in a commit is contained in `writer_loop` (a lasting failure); one
+                // anywhere else in it is one too, so the master stops instead of waiting for
+                // ever for results that are never reported durable.
+                if let Err(panic) = crate::guard::contain(|| writer_loop(writer_conn, rx, &p2, &s2))
+                {
+                    s2.fail(writer_panicked(&p2, &panic));
+                }
+            })
             .map_err(|e| jerr(&path, "starting the writer thread", e))?;
         Ok(Arc::new(Journal {
             path,
@@ -1026,7 +1034,19 @@ fn file_identity(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
-fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: Arc<Shared>) {
+/// The lasting failure a panic in the writer thread is (`panic` its message): nothing more
+/// is committed or reported durable, and the master stops saying so.
+fn writer_panicked(path: &Path, panic: &str) -> String {
+    let msg = format!(
+        "{}: the journal's writer thread panicked ({panic}); nothing more is stored, so \
+         nothing more is reported",
+        path.display()
+    );
+    log::error!("{msg}");
+    msg
+}
+
+fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: &Shared) {
     let mut finals_committed = count_final(&conn).unwrap_or(0);
     let identity = file_identity(path);
     // Kept from one commit to the next: a fast job's batches hold tens of thousands of
@@ -1090,56 +1110,26 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: A
                 .clone()
                 .unwrap_or_default());
         } else if !writes.is_empty() {
-            use backon::BlockingRetryable;
-            let result = (|| write_batch(&mut conn, &writes))
-                .retry(commit_retry())
-                .sleep(std::thread::sleep)
-                .notify(|e, after| {
-                    log::warn!(
-                        "journal {}: commit failed ({e}); retrying in {after:?}",
-                        path.display()
-                    )
-                })
-                .call();
-            // A journal file removed (or replaced) while the master runs takes every commit
-            // since with it, though SQLite commits to the unlinked file without an error:
-            // nothing more is reported as stored, and the master stops saying why.
-            let gone = result.is_ok() && identity.is_some() && file_identity(path) != identity;
-            match result {
-                Ok(_) if gone => {
-                    let msg = format!(
-                        "{}: the journal file was removed or replaced while the master ran; \
-                         results since are not stored there, so nothing more is reported",
-                        path.display()
-                    );
-                    log::error!("{msg}");
-                    durable.clear();
-                    answer = Err(msg.clone());
-                    shared.fail(msg);
-                }
-                Ok(n) => {
-                    finals_committed += n;
-                    // The high-water mark of committed final rows, so a journal that later
-                    // lost commits (a deleted -wal file) is detected on open. Written after
-                    // the commit: it never runs ahead of the database.
-                    write_mark(path, finals_committed);
-                    if !durable.is_empty() {
-                        if let Some(hook) = crate::guard::lock(&shared.durable).as_ref() {
-                            hook(&durable);
-                        }
-                    }
-                }
-                Err(e) => {
-                    let msg = format!(
-                        "{}: cannot commit to the journal after {COMMIT_ATTEMPTS} attempts: {e}",
-                        path.display()
-                    );
-                    log::error!("{msg}");
-                    durable.clear();
-                    answer = Err(msg.clone());
-                    shared.fail(msg);
-                }
-            }
+            // A panic while committing or reporting (the durable hook runs the master's
+            // code) is a lasting failure like a commit that keeps failing. It is caught here,
+            // with the flush and submission answers still held: they are answered only once
+            // the failure is recorded, so no waiter takes a dead writer for a committed one.
+            let committed = crate::guard::contain(|| {
+                commit(
+                    &mut conn,
+                    &writes,
+                    &durable,
+                    path,
+                    identity,
+                    &mut finals_committed,
+                    shared,
+                )
+            });
+            answer = committed.unwrap_or_else(|panic| {
+                let msg = writer_panicked(path, &panic);
+                shared.fail(msg.clone());
+                Err(msg)
+            });
         }
         for done in submitted.drain(..) {
             let _ = done.send(answer.clone());
@@ -1149,6 +1139,74 @@ fn writer_loop(mut conn: Connection, rx: Receiver<Write>, path: &Path, shared: A
         }
         // The rows' strings go now, not with the next batch.
         writes.clear();
+    }
+}
+
+/// Commits one group of writes (with retries) and, once it is stored, reports the tasks
+/// whose final rows it holds (`durable`) through the durable hook. A lasting failure (the
+/// commit keeps failing, the journal file was replaced) is recorded in `shared` (which
+/// stops the master) and returned; nothing is reported durable then.
+fn commit(
+    conn: &mut Connection,
+    writes: &[Write],
+    durable: &[u64],
+    path: &Path,
+    identity: Option<(u64, u64)>,
+    finals_committed: &mut u64,
+    shared: &Shared,
+) -> Result<(), String> {
+    use backon::BlockingRetryable;
+    let result = (|| write_batch(conn, writes))
+        .retry(commit_retry())
+        .sleep(std::thread::sleep)
+        .notify(|e, after| {
+            log::warn!(
+                "journal {}: commit failed ({e}); retrying in {after:?}",
+                path.display()
+            )
+        })
+        .call();
+    // A journal file removed (or replaced) while the master runs takes every commit since
+    // with it, though SQLite commits to the unlinked file without an error: nothing more is
+    // reported as stored, and the master stops saying why.
+    let gone = result.is_ok() && identity.is_some() && file_identity(path) != identity;
+    match result {
+        Ok(_) if gone => {
+            let msg = format!(
+                "{}: the journal file was removed or replaced while the master ran; \
+                 results since are not stored there, so nothing more is reported",
+                path.display()
+            );
+            log::error!("{msg}");
+            shared.fail(msg.clone());
+            Err(msg)
+        }
+        Ok(n) => {
+            *finals_committed += n;
+            // The high-water mark of committed final rows, so a journal that later lost
+            // commits (a deleted -wal file) is detected on open. Written after the commit:
+            // it never runs ahead of the database.
+            write_mark(path, *finals_committed);
+            if !durable.is_empty() {
+                for &task in durable {
+                    // Stored, not yet reported: the window a writer that dies leaves open.
+                    crate::crash::panic_point("journal-writer", Some(task));
+                }
+                if let Some(hook) = crate::guard::lock(&shared.durable).as_ref() {
+                    hook(durable);
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let msg = format!(
+                "{}: cannot commit to the journal after {COMMIT_ATTEMPTS} attempts: {e}",
+                path.display()
+            );
+            log::error!("{msg}");
+            shared.fail(msg.clone());
+            Err(msg)
+        }
     }
 }
 

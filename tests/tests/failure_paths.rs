@@ -1,7 +1,8 @@
 //! `mw` off the happy path, end to end with the real binary and real processes: job files
 //! that would crash or swallow the machine, Ctrl-C, a kill while tasks are recorded, two
-//! resumes at once, another process holding the journal's write lock, a full disk, and
-//! `mw cancel` of a fast job. Every wait is a bounded poll on files or on `mw status`;
+//! resumes at once, another process holding the journal's write lock, a full disk,
+//! `mw cancel` of a fast job, and panics injected (`MW_PANIC_AT`) into the master's own
+//! threads. Every wait is a bounded poll on files or on `mw status`;
 //! nothing sleeps to synchronise.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed expectation is a test failure
@@ -1216,4 +1217,197 @@ fn an_output_that_cannot_be_stored_stops_mw_run_and_resume_finishes() {
         let file = d.join(format!("jobs/out-{}/results/task-{i}/out.txt", 1));
         assert_eq!(std::fs::read_to_string(file).unwrap().trim(), i.to_string());
     }
+}
+
+/// Runs `mw run <job> -q` in `d` with the panic point `point` armed (`MW_PANIC_AT`): a hung
+/// master fails the test (killed after two minutes) instead of hanging the suite. Returns
+/// the exit code, stdout and stderr (which holds the injected panic's own report).
+fn run_with_panic(d: &Path, job: &str, point: &str) -> (i32, String, String) {
+    let child = spawn_mw(d, &["run", job, "-q"], &[("MW_PANIC_AT", point)]);
+    let out = mw_tests::finish_within(child, std::time::Duration::from_secs(120));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A job of `n` tasks echoing their input (`{"i": N}`), each run logged to `runs.log`.
+fn logged_job(d: &Path, name: &str, n: usize) {
+    script(
+        d,
+        "logged.sh",
+        &format!(
+            "x=$(cat)\necho \"$x\" >> {log}\necho \"$x\"",
+            log = d.join("runs.log").display()
+        ),
+    );
+    let list: Vec<String> = (0..n).map(|i| format!("{{i = {i}}}")).collect();
+    write(
+        d,
+        &format!("{name}.toml"),
+        &format!(
+            "name = \"{name}\"\nworkers = 2\n[program]\npath = \"logged.sh\"\n[inputs]\nlist = [{}]\n",
+            list.join(", ")
+        ),
+    );
+}
+
+/// The tasks of the result lines in `text`.
+fn tasks_of(text: &str) -> Vec<i64> {
+    text.lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["task"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// How many times each task ran, from `runs.log`.
+fn runs_of(d: &Path) -> std::collections::BTreeMap<i64, u32> {
+    let mut runs = std::collections::BTreeMap::new();
+    for l in lines_in(&d.join("runs.log")) {
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        *runs.entry(v["i"].as_i64().unwrap()).or_default() += 1;
+    }
+    runs
+}
+
+/// After a panic stopped `mw run` of job `name` (`n` tasks, `printed` of them printed):
+/// `mw resume` finishes the job, `mw results` reports every task once and done, and no
+/// printed task ran again.
+fn resume_reports_every_task_once(d: &Path, name: &str, n: usize, printed: &[i64]) {
+    let id = format!("{name}-1");
+    let o = run_mw(d, &["resume", &id, "-q"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let r = run_mw(d, &["results", &id]);
+    let lines: Vec<serde_json::Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        tasks_of(&r.stdout),
+        (0..n as i64).collect::<Vec<_>>(),
+        "{}",
+        r.stdout
+    );
+    for l in &lines {
+        assert_eq!(l["state"], "done", "{l}");
+        // `{"i": N}` (`logged_job`) or `N` (`gated_job`).
+        let out = &l["output"];
+        assert_eq!(out.get("i").unwrap_or(out), &l["task"], "{l}");
+    }
+    let runs = runs_of(d);
+    for t in printed {
+        assert_eq!(
+            runs.get(t),
+            Some(&1),
+            "task {t} was printed, then ran again"
+        );
+    }
+}
+
+/// A panic in the journal's writer thread (after it committed task 3's final row, before
+/// reporting it durable) is a storage failure: `mw run` stops at once saying so, exits 2,
+/// printed only what was stored, and `mw resume` finishes the job. (The writer once died
+/// silently: nothing more was ever reported durable and `mw run` waited for ever.)
+#[test]
+fn a_panic_in_the_journal_writer_stops_mw_run_and_resume_finishes() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    logged_job(d, "jpanic", 8);
+    let (code, stdout, stderr) = run_with_panic(d, "jpanic.toml", "journal-writer:3");
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("the journal's writer thread panicked")
+            && stderr.contains("injected panic")
+            && stderr.contains("mw resume"),
+        "{stderr}"
+    );
+    // Task 3's row was stored but never reported durable: it is not printed.
+    let printed = tasks_of(&stdout);
+    assert!(!printed.contains(&3), "{stdout}");
+    resume_reports_every_task_once(d, "jpanic", 8, &printed);
+    // Stored before the panic, task 3 did not run again either.
+    assert_eq!(runs_of(d).get(&3), Some(&1));
+}
+
+/// A panic in the master's scheduler thread (task 2 taken from the queue, not yet handed to
+/// a slot) stops the master: `mw run` exits 2 naming the panic, and `mw resume` finishes the
+/// job, task 2 included. (The task in the scheduler's hand once stayed "running" with nobody
+/// to report it, and `mw run` waited for ever for the stop to settle.)
+#[test]
+fn a_panic_in_the_scheduler_stops_mw_run_and_resume_finishes() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    logged_job(d, "spanic", 6);
+    let (code, stdout, stderr) = run_with_panic(d, "spanic.toml", "scheduler:2");
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("the scheduler thread panicked")
+            && stderr.contains("injected panic")
+            && stderr.contains("mw resume"),
+        "{stderr}"
+    );
+    let printed = tasks_of(&stdout);
+    assert!(!printed.contains(&2), "{stdout}");
+    resume_reports_every_task_once(d, "spanic", 6, &printed);
+}
+
+/// A panic in `mw run`'s recording thread (after the first chunk of 500 tasks was recorded,
+/// while tasks 0 and 1 wait on a gate) stops the master at once: `mw run` exits 2 naming the
+/// panic and pointing to `mw resume`, which records the rest and finishes the job. (It once
+/// ran every task recorded so far, here waiting for ever on the gate, before saying
+/// anything.)
+#[test]
+fn a_panic_in_the_recording_thread_stops_mw_run_and_resume_finishes() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    gated_job(d, "rpanic", 600);
+    let (code, stdout, stderr) = run_with_panic(d, "rpanic.toml", "run-record:0");
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("the thread recording the tasks panicked")
+            && stderr.contains("injected panic")
+            && stderr.contains("`mw resume rpanic-1` records the rest"),
+        "{stderr}"
+    );
+    assert_eq!(stdout.trim(), "", "{stdout}");
+    assert_eq!(status_of(d, "rpanic-1")["job"]["counts"]["done"], 0);
+    std::fs::write(d.join("gate"), "").unwrap();
+    resume_reports_every_task_once(d, "rpanic", 600, &[]);
+}
+
+/// A panic while the master handles one task's outcome (on the local slot's thread that
+/// reports it) fails that task with the panic's message; the slot and the other tasks go
+/// on, and `mw run` ends with every task reported once. (The slot's thread once died with
+/// the task still running for the master, and `mw run` waited for ever.)
+#[test]
+fn a_panic_handling_one_outcome_fails_that_task_only() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    logged_job(d, "cpanic", 6);
+    let (code, stdout, stderr) = run_with_panic(d, "cpanic.toml", "completion:2");
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(tasks_of(&stdout), (0..6).collect::<Vec<_>>(), "{stdout}");
+    for l in &lines {
+        if l["task"] == 2 {
+            assert_eq!(l["state"], "failed", "{l}");
+            let e = l["error"].as_str().unwrap();
+            assert!(
+                e.contains("internal error while handling its outcome")
+                    && e.contains("injected panic"),
+                "{e}"
+            );
+        } else {
+            assert_eq!(l["state"], "done", "{l}");
+        }
+    }
+    assert!(runs_of(d).values().all(|&n| n == 1), "{:?}", runs_of(d));
 }

@@ -16,7 +16,7 @@ mod scheduler;
 pub use outcome::{parse_stdout, parse_stdout_limited, MwError, TaskOutput, TaskTimes};
 pub use scheduler::STDOUT_FILE;
 use scheduler::{
-    completion, decode, finish_durably, on_complete, prepare, scheduler_loop, take_outcome,
+    completion, decode, finish_durably, on_complete, prepare, run_scheduler, take_outcome,
     take_result,
 };
 
@@ -657,7 +657,7 @@ impl Master {
         let sched_inner = inner.clone();
         let scheduler = std::thread::Builder::new()
             .name("mw-scheduler".into())
-            .spawn(move || scheduler_loop(sched_inner))
+            .spawn(move || run_scheduler(sched_inner))
             .map_err(|e| MwError::Journal(format!("cannot start the scheduler thread: {e}")))?;
         Ok(Master {
             inner,

@@ -135,41 +135,57 @@ pub(super) fn completion(inner: &Arc<Inner>, task: &PreparedTask) -> Completion 
     };
     let output_dir = task.output_dir.clone();
     Completion::new(id, move |mut outcome| {
-        if let Ok(exec) = &mut outcome {
-            if mode == StdoutMode::File && exec.exit.success() {
-                keep_stdout_file(id, output_dir.as_deref(), exec);
+        // A panic handling the outcome (keeping stdout, decoding it, writing the logs) on
+        // the thread that reports it becomes the attempt's error: the task still gets its
+        // outcome, instead of staying running with nobody left to report it.
+        let handled = crate::guard::contain(|| {
+            crate::crash::panic_point("completion", Some(id.0));
+            if let Ok(exec) = &mut outcome {
+                if mode == StdoutMode::File && exec.exit.success() {
+                    keep_stdout_file(id, output_dir.as_deref(), exec);
+                }
             }
-        }
-        // A successful attempt's result is decoded here, outside the master's lock.
-        let decoded = match &outcome {
-            Ok(exec) if exec.exit.success() && exec.missing_outputs.is_empty() => {
-                Some(decode_success(decoding, exec))
+            // A successful attempt's result is decoded here, outside the master's lock.
+            let decoded = match &outcome {
+                Ok(exec) if exec.exit.success() && exec.missing_outputs.is_empty() => {
+                    Some(decode_success(decoding, exec))
+                }
+                _ => None,
+            };
+            if let (Ok(exec), Some(dir)) = (&outcome, &inner.options.logs_dir) {
+                // The JSON result of a successful run is in the journal already: its stdout
+                // file would only repeat it.
+                let keep_stdout = mode != StdoutMode::Json
+                    || !exec.exit.success()
+                    || match &decoded {
+                        Some(d) => d.is_err(),
+                        // (Validated without building a tree: no memory beyond the text.)
+                        None => {
+                            !exec.stdout.iter().all(u8::is_ascii_whitespace)
+                                && serde_json::from_slice::<serde::de::IgnoredAny>(&exec.stdout)
+                                    .is_err()
+                        }
+                    };
+                crate::task_logs::write(
+                    dir,
+                    id,
+                    attempt,
+                    keep_stdout,
+                    &exec.stdout,
+                    &exec.stderr_tail,
+                );
             }
-            _ => None,
-        };
-        if let (Ok(exec), Some(dir)) = (&outcome, &inner.options.logs_dir) {
-            // The JSON result of a successful run is in the journal already: its stdout
-            // file would only repeat it.
-            let keep_stdout = mode != StdoutMode::Json
-                || !exec.exit.success()
-                || match &decoded {
-                    Some(d) => d.is_err(),
-                    // (Validated without building a tree: no memory beyond the text.)
-                    None => {
-                        !exec.stdout.iter().all(u8::is_ascii_whitespace)
-                            && serde_json::from_slice::<serde::de::IgnoredAny>(&exec.stdout)
-                                .is_err()
-                    }
-                };
-            crate::task_logs::write(
-                dir,
-                id,
-                attempt,
-                keep_stdout,
-                &exec.stdout,
-                &exec.stderr_tail,
-            );
-        }
+            (outcome, decoded)
+        });
+        let (outcome, decoded) = handled.unwrap_or_else(|p| {
+            log::error!("{id}: internal error while handling its outcome: {p}");
+            (
+                Err(InterfaceError::new(format!(
+                    "internal error while handling its outcome: {p}"
+                ))),
+                None,
+            )
+        });
         on_complete(&inner, id, outcome, decoded)
     })
 }
@@ -270,9 +286,11 @@ pub(super) fn dispatch(
             p
         }),
         _ => {
+            // Contained as in the scheduler loop: the task is running already, and a
+            // panic escaping here would leave it so with nobody to report it.
             let plan = st.spec_plan(task);
-            inner
-                .realize(task, plan)
+            crate::guard::contain(|| inner.realize(task, plan))
+                .unwrap_or_else(|p| Err(format!("making the task's spec panicked: {p}")))
                 .map(|spec| prepare(inner, task, attempts, spec))
         }
     };
@@ -288,16 +306,25 @@ pub(super) fn dispatch(
 /// dispatching (see [`scheduler_loop`]): enough for several group commits of a fast job.
 const MAX_UNCOMMITTED: usize = 32_768;
 
-/// Stops the master if the scheduler thread dies: its waiters (`get_result`, `wait_all`)
-/// then end with the reason instead of waiting for ever.
-struct StopIfUnwinding<'a>(&'a Arc<Inner>);
-
-impl Drop for StopIfUnwinding<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            super::stop_inner(
-                self.0,
-                "internal error: the scheduler thread panicked (see the log)".to_string(),
+/// Runs [`scheduler_loop`]; if the thread dies anyway, stops the master with the panic's
+/// message, so its waiters (`get_result`, `wait_all`, `next_outcome`) end with the reason
+/// instead of waiting for ever, and gives back the task it had taken from the queue but not
+/// yet handed to the interface (running, with nobody to report it, the stop would never
+/// settle): it is queued again, for `resume`.
+pub(super) fn run_scheduler(inner: Arc<Inner>) {
+    let in_hand = std::cell::Cell::new(None);
+    if let Err(panic) = crate::guard::contain(|| scheduler_loop(&inner, &in_hand)) {
+        log::error!("the scheduler thread panicked: {panic}");
+        super::stop_inner(
+            &inner,
+            format!("internal error: the scheduler thread panicked ({panic})"),
+        );
+        if let Some(task) = in_hand.take() {
+            on_complete(
+                &inner,
+                task,
+                Err(InterfaceError::new("the scheduler thread panicked")),
+                None,
             );
         }
     }
@@ -305,9 +332,9 @@ impl Drop for StopIfUnwinding<'_> {
 
 /// Dispatches queued tasks to the interface. The caller's code it runs (a spec source,
 /// the interface's `reserve_worker`, `execute_task` and `cancel`) is contained: a panic
-/// there fails the task at hand with the panic's message and the loop goes on.
-pub(super) fn scheduler_loop(inner: Arc<Inner>) {
-    let _stop = StopIfUnwinding(&inner);
+/// there fails the task at hand with the panic's message and the loop goes on. `in_hand`
+/// names the task taken from the queue (running) until a completion or its outcome holds it.
+fn scheduler_loop(inner: &Arc<Inner>, in_hand: &std::cell::Cell<Option<TaskId>>) {
     // A worker reserved for a task that was cancelled while we waited for the worker: it
     // serves the next task instead (interfaces have no way to give a worker back).
     let mut spare: Option<WorkerId> = None;
@@ -347,11 +374,11 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
             .unwrap_or_else(|p| Err(format!("making the task's spec panicked: {p}")));
         let (worker, built) = match realized {
             Ok(spec) => {
-                let probe = prepare(&inner, front, attempt.saturating_add(1), spec);
+                let probe = prepare(inner, front, attempt.saturating_add(1), spec);
                 let worker = match spare.take() {
                     Some(w) => Ok(w),
                     // The task stays queued (and cancellable) while we wait for a worker.
-                    None => reserve(&inner, &probe),
+                    None => reserve(inner, &probe),
                 };
                 (Some(worker), Some((front, Ok(probe))))
             }
@@ -362,7 +389,7 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
         if st.shutting_down || st.stopped.is_some() {
             return;
         }
-        let Some((task, prepared, cancel_now)) = dispatch(&mut st, &inner, built) else {
+        let Some((task, prepared, cancel_now)) = dispatch(&mut st, inner, built) else {
             // Everything queued was cancelled meanwhile.
             if let Some(Ok(w)) = worker {
                 spare = Some(w);
@@ -370,24 +397,30 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
             continue;
         };
         drop(st);
+        in_hand.set(Some(task));
+        // Running, and not yet in the interface's (or a completion's) hands.
+        crate::crash::panic_point("scheduler", Some(task.0));
         let prepared = match prepared {
             Ok(p) => p,
             Err(e) => {
                 if let Some(Ok(w)) = worker {
                     spare = Some(w);
                 }
-                on_complete(&inner, task, Err(InterfaceError::new(e)), None);
+                on_complete(inner, task, Err(InterfaceError::new(e)), None);
+                in_hand.set(None);
                 continue;
             }
         };
         // Rare: the task at the front could not be built and another one took its place.
         let worker = match worker {
             Some(w) => w,
-            None => reserve(&inner, &prepared),
+            None => reserve(inner, &prepared),
         };
         match worker {
             Ok(worker) => {
-                let done = completion(&inner, &prepared);
+                let done = completion(inner, &prepared);
+                // From here `done` reports the task, however this ends.
+                in_hand.set(None);
                 // A panic here drops `done` unreported, which fails the task.
                 if let Err(p) =
                     crate::guard::contain(|| inner.interface.execute_task(prepared, worker, done))
@@ -403,7 +436,10 @@ pub(super) fn scheduler_loop(inner: Arc<Inner>) {
                     }
                 }
             }
-            Err(e) => on_complete(&inner, task, Err(e), None),
+            Err(e) => {
+                on_complete(inner, task, Err(e), None);
+                in_hand.set(None);
+            }
         }
     }
 }
