@@ -2293,11 +2293,15 @@ pub fn requeue_for_retry(
             )
             .map_err(err)?;
         }
+        // Fewer final rows now, on purpose: the high-water mark is lowered with them, before
+        // the commit. A mark below the journal is harmless (the next commit of a master
+        // raises it); one above it reads as a journal that lost results, so a `mw retry`
+        // killed between its commit and a mark written after it left a job every command
+        // refused.
+        write_mark(path, count_final(&tx).map_err(err)?);
         tx.commit().map_err(err)?;
-        // Fewer final rows now, on purpose: lower the high-water mark with them.
-        if let Ok(n) = count_final(conn) {
-            write_mark(path, n);
-        }
+        // Killed here: the tasks are queued again and the mark already says so.
+        crate::crash::point("retry-requeued");
     }
     Ok((
         chosen

@@ -1114,3 +1114,50 @@ fn a_finished_job_in_a_directory_it_cannot_write_is_read() {
         "{stderr}"
     );
 }
+
+/// `mw retry` killed right after its requeue committed (`MW_CRASH_AT=retry-requeued`): the
+/// journal's high-water mark of final rows already went down with it, so the job is not
+/// taken for one that lost results. Before, the mark was lowered after the commit, and a
+/// retry killed between the two left a mark above the journal: `mw status`, `mw results`
+/// and `mw resume` all refused the job ("the journal lost committed results"). Now
+/// `mw resume` runs the requeued task, and every task is reported exactly once.
+#[test]
+fn retry_killed_after_its_requeue_leaves_a_job_every_command_reads() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    finished_job(d);
+    let out = std::process::Command::new(mw_tests::bin("mw"))
+        .args(["retry", "fin-1", "-q"])
+        .current_dir(d)
+        .env("MW_JOBS_DIR", d.join("jobs"))
+        .env("MW_CRASH_AT", "retry-requeued")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "the crash point must kill mw retry: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Task 1 is queued again, the three others still done.
+    let s = status_json(d, "fin-1");
+    let counts = &s["job"]["counts"];
+    assert_eq!(counts["done"], 3, "{s}");
+    assert_eq!(counts["failed"], 0, "{s}");
+    let o = mw(d, &["results", "fin-1"]);
+    assert_eq!(jsonl(&o.stdout).len(), 3, "{}{}", o.stdout, o.stderr);
+    // The resume runs it (it fails again: the program fails input 1 every time).
+    let o = mw(d, &["resume", "fin-1", "-q"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let o = mw(d, &["results", "fin-1"]);
+    let lines = jsonl(&o.stdout);
+    let tasks: Vec<u64> = lines.iter().map(|l| l["task"].as_u64().unwrap()).collect();
+    assert_eq!(tasks, [0, 1, 2, 3], "{}", o.stdout);
+    assert_eq!(lines[1]["state"], "failed", "{}", lines[1]);
+    assert_eq!(lines[1]["attempts"], 2, "{}", lines[1]);
+    let counts = &status_json(d, "fin-1")["job"]["counts"];
+    assert_eq!(counts["done"], 3, "{counts}");
+    assert_eq!(counts["failed"], 1, "{counts}");
+}
