@@ -1284,8 +1284,9 @@ pub(crate) fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<i32> {
     let mut conn = mw::journal::open_checked(&path, true)?;
     // A cancel left pending (its `mw cancel` was stopped before carrying it out) came
     // before this retry: carried out now, so the master started below does not cancel what
-    // the user asked to run again.
-    mw::journal::settle_cancels_without_master(&mut conn, &path, now_unix())?;
+    // the user asked to run again, the platform's copies of its tasks stopped first (else
+    // the retried tasks ran beside their HTCondor jobs or BOINC workunits still out).
+    super::jobs::carry_out_pending_cancels(&dir, &mut conn, &path)?;
     let (queued, refused) = mw::journal::requeue_for_retry(&mut conn, &path, &which, now_unix())?;
     // With nothing to retry, what a stopped job still has to run (`mw resume`'s work).
     let unfinished = if queued.is_empty() {

@@ -1366,3 +1366,95 @@ fn result_that_cannot_be_stored_stops_mw_and_is_taken_on_resume_lone() {
 fn result_that_cannot_be_stored_stops_mw_and_is_taken_on_resume_pack() {
     result_that_cannot_be_stored_stops_mw_and_is_taken_on_resume(2);
 }
+
+// ---- `mw cancel` and `mw retry` with no master ----
+
+/// The jobs still queued and not removed (idle, running, held …).
+fn live_jobs(env: &Env) -> Vec<String> {
+    env.cli()
+        .query_jobs(&[])
+        .unwrap()
+        .into_iter()
+        .filter(|a| !matches!(a.status, JobStatus::Removed | JobStatus::Completed))
+        .map(|a| format!("{}.{} {:?}", a.handle.cluster, a.handle.proc, a.status))
+        .collect()
+}
+
+/// A job of three tasks whose first attempts hold (each until `gate` exists) and whose
+/// later attempts run at once; its master is killed with SIGKILL while the three jobs run in
+/// the pool. Then `mw cancel` of the whole job, killed at `point`, and `mw retry`: the
+/// retried tasks run once each, and nothing of the first attempts is left in the pool.
+fn cancel_killed_then_retry(point: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::new();
+    let gate = env.root.join("gate");
+    let log = env.root.join("executions.log");
+    let p = env.script(
+        "first_holds.sh",
+        &format!(
+            "read -r n\nif [ ! -e {root}/first-$n ]; then : > {root}/first-$n; \
+             while [ ! -f {gate} ]; do sleep 0.1; done; fi\necho \"$n\" >> {log}\necho \"$((n * 10))\"",
+            root = env.root.display(),
+            gate = gate.display(),
+            log = log.display()
+        ),
+    );
+    let job = env.job("cancelretry", &p, "[0, 1, 2]", "");
+    let mut child = env
+        .mw(&["run", job.to_str().unwrap()], &[])
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !(0..3).all(|n| env.root.join(format!("first-{n}")).exists()) {
+        assert!(t0.elapsed() < LIMIT, "the three jobs never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL: the jobs go on in the pool
+    child.wait().unwrap();
+    assert_eq!(live_jobs(&env).len(), 3, "{:?}", live_jobs(&env));
+    let out = run(env.mw(&["cancel", "cancelretry-1"], &[("MW_CRASH_AT", point)]));
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "the crash point must kill mw cancel: {}",
+        text(&out)
+    );
+    if point == "cancel-platform-stopped" {
+        // Killed after condor_rm, before the journal says cancelled: the jobs are gone, the
+        // request still pending, the tasks not yet final.
+        assert!(live_jobs(&env).is_empty(), "{:?}", live_jobs(&env));
+        assert_eq!(counts(&env, "cancelretry-1")["cancelled"], 0);
+    }
+    let out = run(env.mw(&["retry", "cancelretry-1"], &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    // Nothing of the first attempts runs on in the pool beside the retried tasks.
+    let left = live_jobs(&env);
+    std::fs::write(&gate, "").unwrap();
+    assert!(left.is_empty(), "jobs left running in the pool: {left:?}");
+    let lines = result_lines(&run(env.mw(&["results", "cancelretry-1"], &[])));
+    assert_eq!(tasks_of(&lines), [0, 1, 2]);
+    for l in &lines {
+        assert_eq!(l["state"], "done", "{l}");
+        assert_eq!(l["output"], l["task"].as_u64().unwrap() * 10, "{l}");
+    }
+    assert_eq!(executions(&log), [0, 1, 2], "each retried task ran once");
+}
+
+/// `mw cancel` killed after recording its request (`MW_CRASH_AT=cancel-recorded`), then
+/// `mw retry`: the retry carries out the pending cancel, removing the job's HTCondor jobs,
+/// before it queues the tasks again. Before, it only marked the tasks cancelled in the
+/// journal, and the retried tasks were submitted beside their first jobs, still running.
+#[test]
+fn retry_after_a_killed_cancel_removes_the_first_jobs() {
+    cancel_killed_then_retry("cancel-recorded");
+}
+
+/// `mw cancel` killed after `condor_rm` and before the tasks were marked cancelled
+/// (`MW_CRASH_AT=cancel-platform-stopped`): the request is still pending and `mw retry`
+/// carries it out again (nothing left to remove) before running the tasks again. (Before,
+/// `mw cancel` marked the tasks cancelled first: killed before its `condor_rm`, it left
+/// the jobs running in the pool and a job that a second `mw cancel` found nothing to do in.)
+#[test]
+fn cancel_killed_after_condor_rm_then_retry() {
+    cancel_killed_then_retry("cancel-platform-stopped");
+}
