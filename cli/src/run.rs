@@ -822,10 +822,18 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
                 Ok(())
             })?,
         };
+        // Kept in the job before the job is marked finished (which a resume then leaves
+        // alone) and before it is printed: a master killed after the mark printed nothing,
+        // and the reduce output was lost for good; now `mw wait` prints the kept one.
+        if let Some(dir) = &job_dir {
+            mw_worker_runtime::run::write_atomically(&dir.join("reduce.out"), &out)?;
+        }
         if let Some(j) = &journal {
             j.set_job_status("finished")?;
             j.close();
         }
+        // Killed here: the job is finished and its reduce output kept, not yet printed.
+        mw::crash::point("run-reduce-finished");
         std::io::stdout().write_all(&out)?;
         std::io::stdout().flush()?;
     }
