@@ -1351,6 +1351,42 @@ pub(crate) fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<i32> {
     )
 }
 
+/// A BOINC job's master killed after it committed outcomes it took from the project's spool
+/// and before it removed their files left files that no master waits for: removed here, by
+/// the journal's record of which workunits only finished tasks name. Best effort (what it
+/// cannot do is said, and the resume goes on).
+fn remove_taken_spool_files(dir: &Path, job: &Job) {
+    let run = || -> anyhow::Result<Vec<PathBuf>> {
+        let settings = job
+            .file
+            .boinc
+            .to_settings(&job.base_dir)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut spooled = mw::boinc::SpooledOutcomes::list(&settings.project_dir)?;
+        if spooled.is_empty() {
+            return Ok(Vec::new());
+        }
+        let path = dir.join(mw::journal::JOURNAL_FILE);
+        let conn = mw::journal::open_checked(&path, false)?;
+        mw::journal::visit_handles(&conn, &path, |_, finished, handle| {
+            spooled.note(handle, finished);
+            Ok::<(), mw::journal::JournalError>(())
+        })?;
+        Ok(spooled.remove_taken())
+    };
+    match run() {
+        Ok(removed) => {
+            for f in removed {
+                log::info!(
+                    "removed {}: its outcome was recorded before the master stopped",
+                    f.display()
+                );
+            }
+        }
+        Err(e) => say!("mw: warning: could not look for spool files already taken: {e:#}"),
+    }
+}
+
 /// What `mw resume` says and returns of job `id` whose every task has an outcome (`counts`).
 fn nothing_to_resume(id: &str, counts: &mw::journal::StateCounts) -> i32 {
     let total = counts.done + counts.failed + counts.cancelled;
@@ -1417,6 +1453,9 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
     let job_path = PathBuf::from(&meta.job_path);
     let mut job = Job::parse(&job_path, meta.job_text.clone())?;
     job.name = meta.name.clone();
+    if meta.interface == "boinc" {
+        remove_taken_spool_files(&dir, &job);
+    }
     let status = {
         let conn = mw::journal::open_checked(&journal_path, false)?;
         mw::journal::read_master(&conn, &journal_path)?.status

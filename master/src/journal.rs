@@ -1326,6 +1326,35 @@ pub fn running_handles(conn: &Connection, path: &Path) -> Result<Vec<(u64, Strin
         .collect()
 }
 
+/// Visits every task recorded under a handle: its index, whether it is final, and the
+/// handle (only these columns are read, not inputs or results).
+pub fn visit_handles<E: From<JournalError>>(
+    conn: &Connection,
+    path: &Path,
+    mut f: impl FnMut(u64, bool, &str) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT idx, state IN ('done','failed','cancelled'), handle FROM tasks
+             WHERE handle IS NOT NULL ORDER BY idx",
+        )
+        .map_err(|e| jerr(path, "reading task handles", e))?;
+    let mut rows = stmt
+        .query([])
+        .map_err(|e| jerr(path, "reading task handles", e))?;
+    while let Some(r) = rows
+        .next()
+        .map_err(|e| jerr(path, "reading task handles", e))?
+    {
+        let read = |e| jerr(path, "reading task handles", e);
+        let idx = task_index(path, r.get::<_, i64>(0).map_err(read)?)?;
+        let finished: bool = r.get(1).map_err(read)?;
+        let handle: String = r.get(2).map_err(read)?;
+        f(idx, finished, &handle)?;
+    }
+    Ok(())
+}
+
 /// The cancel requests no master has applied yet, oldest first.
 pub fn read_pending_cancels(
     conn: &Connection,

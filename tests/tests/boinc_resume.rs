@@ -1689,3 +1689,68 @@ fn a_full_project_disk_stops_the_master_and_resume_finishes() {
     assert_eq!(res.len(), 3);
     assert!(res.iter().all(|r| r["state"] == "done"), "{res:#?}");
 }
+
+/// The master killed after the outcomes it took from the spool were committed and before it
+/// removed their spool files (`MW_CRASH_AT=boinc-result-committed`). The results are in the
+/// journal; the files, which no task waits for any more, are removed by `mw resume` (they
+/// stayed in the project's spool for ever: a resumed master waits only for the workunits
+/// of unfinished tasks), and every task is reported and run exactly once.
+#[test]
+fn kill_after_results_are_committed_before_their_spool_files_go_then_resume() {
+    let mut p = Project::new();
+    let (job, log) = pack_job(&p, "spoolleft", 2, 1);
+    let master = Command::new(bin("mw"))
+        .arg("run")
+        .arg(&job)
+        .arg("--jobs-dir")
+        .arg(p.jobs_dir())
+        .env("MW_CRASH_AT", "boinc-result-committed")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = "spoolleft-1";
+    let dir = p.jobs_dir().join(id);
+    p.wait_for_workunits(&dir, 2);
+    p.start_serve();
+    let out = master.wait_with_output().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    let done = tasks(&dir)
+        .iter()
+        .filter(|t| t.state == TaskState::Done)
+        .count();
+    assert!(done >= 1, "{:#?}", tasks(&dir));
+    // The files of what was taken are still there (and a later workunit's maybe too).
+    assert!(
+        p.spool_entries("result_").len() >= done,
+        "{:?}",
+        p.spool_entries("")
+    );
+    let out = Command::new("timeout")
+        .args(["-k", "10", "300"])
+        .arg(bin("mw"))
+        .args(["resume", id, "--jobs-dir"])
+        .arg(p.jobs_dir())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // Every workunit has run by now; what the resumed master took it removed.
+    poll_until("both workunits run", || executions(&log).len() == 2);
+    p.stop_serve();
+    assert!(
+        p.spool_entries("result_").is_empty(),
+        "{:?}",
+        p.spool_entries("")
+    );
+    assert_reported_at_most_once(&reports(&dir), 2);
+    let res = results(&p, id);
+    assert_eq!(res.len(), 2);
+    for (i, r) in res.iter().enumerate() {
+        assert_eq!(r["state"], "done", "{r:#}");
+        assert_eq!(r["output"], i as u64 * 10, "{r:#}");
+    }
+    assert_eq!(executions(&log), [0, 1]);
+}
