@@ -1104,6 +1104,50 @@ fn cancel_with_no_master_cancels_the_workunits() {
     assert!(!String::from_utf8_lossy(&again.stderr).contains("re-attach"));
 }
 
+/// `mw cancel` with no master killed after `bin/cancel_jobs` and before the tasks were
+/// marked cancelled (`MW_CRASH_AT=cancel-platform-stopped`). A window that was already safe
+/// on BOINC (its workunits were always cancelled first): the request is still pending, so
+/// `mw resume` applies it before it dispatches anything; every task is cancelled once and
+/// no workunit is created again.
+#[test]
+fn cancel_killed_after_cancel_jobs_then_resume() {
+    let mut p = Project::new();
+    let job = p.pi_job("cancelkill");
+    let (id, dir) = p.submit(&job);
+    let handles = p.wait_for_workunits(&dir, 4);
+    kill_master(&p);
+    let out = Command::new(bin("mw"))
+        .args(["cancel", &id, "--jobs-dir"])
+        .arg(p.jobs_dir())
+        .env("MW_CRASH_AT", "cancel-platform-stopped")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    assert!(
+        tasks(&dir).iter().all(|t| t.state == TaskState::Running),
+        "{:#?}",
+        tasks(&dir)
+    );
+    let out = p.mw(&["resume".as_ref(), id.as_ref()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(tasks(&dir).iter().all(|t| t.state == TaskState::Cancelled));
+    assert_reported_at_most_once(&reports(&dir), 4);
+    // Every workunit cancelled on the server (the resumed master, applying the request,
+    // calls `bin/cancel_jobs` for its workunits again: idempotent), none created again.
+    let named: BTreeSet<String> = p
+        .calls_of("cancel_jobs")
+        .iter()
+        .map(|c| c["args"][1].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(named, handles.iter().cloned().collect::<BTreeSet<_>>());
+    for h in &handles {
+        assert!(p.root.join("double/cancel").join(h).is_file(), "{h}");
+    }
+    assert_eq!(created_names(&p).len(), 4);
+}
+
 // ---- Task packing (`[boinc] tasks_per_workunit`) ----
 
 /// A job of `n` tasks (input = index) running `times10.sh` (prints 10 × its input and logs
