@@ -950,7 +950,7 @@ pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
 /// Carries out every pending cancel request of the job in `dir` while no master runs (`mw
 /// cancel`, and `mw retry` before it queues anything again): first what runs on the
 /// platform is stopped (BOINC workunits by their recorded names, local tasks a dead master
-/// left, the job's HTCondor jobs for a whole-job cancel), then the tasks are marked
+/// left, the job's HTCondor jobs, or a task's job that no other task needs), then the tasks are marked
 /// cancelled in one transaction. In that order a process killed between the two leaves the
 /// requests pending, carried out again by the next `mw cancel`, `mw retry` or master; in
 /// the other order it left the tasks cancelled in the journal (so a second `mw cancel` found
@@ -972,21 +972,43 @@ pub(crate) fn carry_out_pending_cancels(
     // Local tasks a dead master left running are stopped before they are marked cancelled
     // (else `mw retry` ran them a second time beside the first).
     let cancelled = |t: u64| pending.iter().any(|(_, p)| p.is_none_or(|n| n == t));
-    for (task, handle) in mw::journal::running_handles(conn, path)? {
-        if cancelled(task) {
-            mw::multicore::stop_leftover(&handle);
+    let running = mw::journal::running_handles(conn, path)?;
+    for (task, handle) in &running {
+        if cancelled(*task) {
+            mw::multicore::stop_leftover(handle);
         }
     }
-    // Jobs on HTCondor outlive the master: take them out of the pool too.
+    // Jobs on HTCondor outlive the master: take them out of the pool too (for a task, its
+    // job, unless a pack's other members still need it).
     let condor = dir.join("staging").join("condor");
-    if pending.iter().any(|(_, t)| t.is_none()) && condor.is_dir() {
-        match mw::condor::remove_leftover_jobs(&condor, &Default::default()) {
-            Ok(c) if c.is_empty() => {}
-            Ok(c) => say!("mw: removed HTCondor clusters {c:?} with condor_rm"),
-            Err(e) => bail!(
-                "this job's HTCondor jobs could not be removed ({e}); nothing was marked \
-                 cancelled (the request stays pending: `mw cancel` again carries it out)"
-            ),
+    let not_removed = |e: String| {
+        anyhow::anyhow!(
+            "this job's HTCondor jobs could not be removed ({e}); nothing was marked \
+             cancelled (the request stays pending: `mw cancel` again carries it out)"
+        )
+    };
+    if condor.is_dir() {
+        if pending.iter().any(|(_, t)| t.is_none()) {
+            match mw::condor::remove_leftover_jobs(&condor, &Default::default()) {
+                Ok(c) if c.is_empty() => {}
+                Ok(c) => say!("mw: removed HTCondor clusters {c:?} with condor_rm"),
+                Err(e) => return Err(not_removed(e)),
+            }
+        } else {
+            let held: Vec<(u64, Option<&str>)> = running
+                .iter()
+                .map(|(t, h)| (*t, Some(h.as_str())))
+                .collect();
+            let removed =
+                mw::condor::remove_jobs_of_cancelled_tasks(&held, cancelled, &Default::default())
+                    .map_err(not_removed)?;
+            if !removed.is_empty() {
+                let jobs: Vec<String> = removed.iter().map(|h| h.to_string()).collect();
+                say!(
+                    "mw: removed HTCondor jobs {} with condor_rm",
+                    jobs.join(" ")
+                );
+            }
         }
     }
     // Killed here: the platform's copies are stopped, the tasks not yet marked cancelled;

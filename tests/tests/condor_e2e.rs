@@ -1389,26 +1389,13 @@ fn cancel_killed_then_retry(point: &str) {
     let env = Env::new();
     let gate = env.root.join("gate");
     let log = env.root.join("executions.log");
-    let p = env.script(
-        "first_holds.sh",
-        &format!(
-            "read -r n\nif [ ! -e {root}/first-$n ]; then : > {root}/first-$n; \
-             while [ ! -f {gate} ]; do sleep 0.1; done; fi\necho \"$n\" >> {log}\necho \"$((n * 10))\"",
-            root = env.root.display(),
-            gate = gate.display(),
-            log = log.display()
-        ),
-    );
+    let p = first_attempts_hold(&env, &gate, &log);
     let job = env.job("cancelretry", &p, "[0, 1, 2]", "");
     let mut child = env
         .mw(&["run", job.to_str().unwrap()], &[])
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    while !(0..3).all(|n| env.root.join(format!("first-{n}")).exists()) {
-        assert!(t0.elapsed() < LIMIT, "the three jobs never ran");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_first_attempts(&env);
     child.kill().unwrap(); // SIGKILL: the jobs go on in the pool
     child.wait().unwrap();
     assert_eq!(live_jobs(&env).len(), 3, "{:?}", live_jobs(&env));
@@ -1438,6 +1425,65 @@ fn cancel_killed_then_retry(point: &str) {
         assert_eq!(l["output"], l["task"].as_u64().unwrap() * 10, "{l}");
     }
     assert_eq!(executions(&log), [0, 1, 2], "each retried task ran once");
+}
+
+/// `mw cancel --task 1` while no master runs removes that task's job from the pool (it was
+/// left running, so a `mw retry --task 1` ran the task beside it); the other jobs run on,
+/// and `mw retry --task 1` runs it once more, alone.
+#[test]
+fn cancel_of_one_task_without_a_master_removes_its_job() {
+    let env = Env::new();
+    let gate = env.root.join("gate");
+    let log = env.root.join("executions.log");
+    let p = first_attempts_hold(&env, &gate, &log);
+    let job = env.job("cancelone", &p, "[0, 1, 2]", "");
+    let mut child = env
+        .mw(&["run", job.to_str().unwrap()], &[])
+        .spawn()
+        .unwrap();
+    wait_first_attempts(&env);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = run(env.mw(&["cancel", "cancelone-1", "--task", "1"], &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    let left = live_jobs(&env);
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().all(|j| !j.starts_with("1.1 ")), "{left:?}");
+    std::fs::write(&gate, "").unwrap();
+    let out = run(env.mw(&["retry", "cancelone-1", "--task", "1"], &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    let lines = result_lines(&run(env.mw(&["results", "cancelone-1"], &[])));
+    assert_eq!(tasks_of(&lines), [0, 1, 2]);
+    for l in &lines {
+        assert_eq!(l["state"], "done", "{l}");
+        assert_eq!(l["output"], l["task"].as_u64().unwrap() * 10, "{l}");
+    }
+    assert_eq!(executions(&log), [0, 1, 2], "each task ran to its end once");
+}
+
+/// A program whose first attempt at each task holds until `gate` exists (or the test's
+/// directory is gone: a failed test leaves nothing running) and whose later attempts run at
+/// once; each run to its end logs its task to `log`.
+fn first_attempts_hold(env: &Env, gate: &Path, log: &Path) -> PathBuf {
+    env.script(
+        "first_holds.sh",
+        &format!(
+            "read -r n\nif [ ! -e {root}/first-$n ]; then : > {root}/first-$n; \
+             while [ ! -f {gate} ] && [ -d {root} ]; do sleep 0.1; done; fi\necho \"$n\" >> {log}\necho \"$((n * 10))\"",
+            root = env.root.display(),
+            gate = gate.display(),
+            log = log.display()
+        ),
+    )
+}
+
+/// Waits until the first attempts of tasks 0, 1 and 2 run.
+fn wait_first_attempts(env: &Env) {
+    let t0 = Instant::now();
+    while !(0..3).all(|n| env.root.join(format!("first-{n}")).exists()) {
+        assert!(t0.elapsed() < LIMIT, "the three jobs never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// `mw cancel` killed after recording its request (`MW_CRASH_AT=cancel-recorded`), then
