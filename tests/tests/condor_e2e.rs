@@ -1062,6 +1062,48 @@ fn crash_at_submitting_packs_then_resume(point: &str) {
     assert_eq!(env.cli().history(&[], None).unwrap().len(), 2);
 }
 
+/// Killed right after the first outcome was handed to the master, before it was committed
+/// (`MW_CRASH_AT=condor-result-delivered`). A window safe by construction: the result file
+/// stays in the batch directory, so `mw resume` re-attaches the task and reads it again;
+/// every task is reported and run exactly once and nothing is submitted again.
+#[test]
+fn crash_right_after_a_result_is_delivered_then_resume() {
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::new();
+    let log = env.root.join("executions.log");
+    let p = env.script(
+        "logged.sh",
+        &format!(
+            "read -r n\necho \"$n\" >> {log}\necho \"$((n * 10))\"",
+            log = log.display()
+        ),
+    );
+    let job = env.job("delivered", &p, "[0, 1, 2]", "");
+    let out = run(env.mw(
+        &["run", job.to_str().unwrap()],
+        &[("MW_CRASH_AT", "condor-result-delivered")],
+    ));
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    assert!(result_lines(&out).is_empty(), "{}", text(&out));
+    let t0 = Instant::now();
+    while env.cli().history(&[], None).unwrap().len() < 3 {
+        assert!(t0.elapsed() < LIMIT, "the jobs never ended");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = run(env.mw(&["resume", "delivered-1"], &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_reported_at_most_once(&reports(&env, "delivered-1"), 3);
+    let lines = result_lines(&run(env.mw(&["results", "delivered-1"], &[])));
+    assert_eq!(tasks_of(&lines), [0, 1, 2]);
+    for l in &lines {
+        assert_eq!(l["state"], "done", "{l}");
+        assert_eq!(l["output"], l["task"].as_u64().unwrap() * 10, "{l}");
+        assert_eq!(l["attempts"], 1, "{l}");
+    }
+    assert_eq!(executions(&log), [0, 1, 2], "each task ran once");
+    assert_eq!(env.cli().history(&[], None).unwrap().len(), 3);
+}
+
 /// A result bundle for job `job`, task `task`, exit 0 with `stdout`.
 fn forged_result(job: &str, task: u64, stdout: &str) -> Vec<u8> {
     mw_tests::result_bundle(job, task, 0, stdout)

@@ -573,6 +573,10 @@ fn report(shared: &Shared, mut t: Tracked, result: Result<Execution, InterfaceEr
     if let Some(d) = t.done.take() {
         d.finish(result);
     }
+    // Killed here: the outcome is handed to the master, not yet committed; the job's result
+    // file stays in its batch directory (mw never removes it), so a resumed master re-attaches
+    // the task and reads it again.
+    crate::crash::point("condor-result-delivered");
 }
 
 /// Reads the pack result of job `h` (which exited `rv`) for its `members`.
