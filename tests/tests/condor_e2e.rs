@@ -1186,6 +1186,68 @@ fn forged_inner_results_are_refused() {
     assert_eq!(env.cli().history(&[], None).unwrap().len(), 3);
 }
 
+/// A pack comes back without task 2's result and the master is killed right after it put
+/// task 2 back in its queue, in memory only (`MW_CRASH_AT=condor-pack-requeued`). Safe by
+/// construction: task 2's journaled handle still names the pack's job, whose pack result
+/// stays in the batch directory; `mw resume` re-attaches the three tasks, reads it again,
+/// takes tasks 0 and 1 from it (unless they were committed before the kill) and runs task 2
+/// in a job of its own. Every task is reported once.
+#[test]
+fn crash_right_after_a_pack_member_is_requeued_then_resume() {
+    use mw_bundle::{pack_result_member, BundleBuilder, PackResultInfo};
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::new();
+    let p = env.script("times10.sh", "read -r n\necho \"$((n * 10))\"");
+    let mut b = BundleBuilder::pack_result(
+        PackResultInfo {
+            job: "requeued-1".into(),
+            host: "partial".into(),
+            tasks: vec![0, 1],
+            not_run: vec![],
+        },
+        "pack result without task 2",
+    );
+    for t in [0u64, 1] {
+        let out = (t * 10).to_string();
+        b.add_bytes(
+            &pack_result_member(t),
+            forged_result("requeued-1", t, &out),
+            false,
+        )
+        .unwrap();
+    }
+    let partial = env.root.join("partial.tar.gz");
+    b.write_to(&partial).unwrap();
+    let worker = env.script(
+        "partial-worker",
+        &format!(
+            "case \"$5\" in\n  pack-0.mwt) cp {partial} \"$7\"; exit 0 ;;\nesac\nexec {real} \"$@\"",
+            partial = partial.display(),
+            real = mw_tests::bin("mw-worker").display()
+        ),
+    );
+    let job = packed_job(&env, "requeued", &p, "[0, 1, 2]", 3);
+    let w = worker.display().to_string();
+    let out = run(env.mw(
+        &["run", job.to_str().unwrap()],
+        &[("MW_WORKER", &w), ("MW_CRASH_AT", "condor-pack-requeued")],
+    ));
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    // Only the pack was submitted.
+    assert_eq!(env.cli().history(&[], None).unwrap().len(), 1);
+    let out = run(env.mw(&["resume", "requeued-1"], &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_reported_at_most_once(&reports(&env, "requeued-1"), 3);
+    let lines = result_lines(&run(env.mw(&["results", "requeued-1"], &[])));
+    assert_eq!(tasks_of(&lines), [0, 1, 2]);
+    for l in &lines {
+        assert_eq!(l["state"], "done", "{l}");
+        assert_eq!(l["output"], l["task"].as_u64().unwrap() * 10, "{l}");
+    }
+    // The pack, and task 2 once more on its own.
+    assert_eq!(env.cli().history(&[], None).unwrap().len(), 2);
+}
+
 /// `target_job_secs`: one task goes alone first (the probe); the others wait for its run
 /// time and then go in packs sized to the target, never larger than `tasks_per_job`.
 #[test]
