@@ -907,8 +907,10 @@ pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
     };
     if let Some(pid) = live_master_pid(&dir)? {
         // The master applies requests at least every 200 ms (a starting one before it
-        // dispatches anything) and acknowledges them once applied: from then on no
-        // cancelled task starts. Wait for that (bounded).
+        // dispatches anything): from then on no cancelled task starts. It acknowledges one
+        // once the tasks it stops have their end committed (a running task's takes the time
+        // to stop it), so an acknowledged cancel survives the master. Wait for that
+        // (bounded).
         let mut polls = 0u32;
         loop {
             if cancel_acknowledged(&conn, &path, req)? {

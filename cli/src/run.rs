@@ -966,6 +966,7 @@ fn drive(
     ) -> anyhow::Result<()>,
 ) -> anyhow::Result<DriveEnd> {
     let mut next_cancel_check = std::time::Instant::now();
+    let mut cancels_applied = std::collections::HashSet::new();
     let mut next_pool_check = std::time::Instant::now();
     let job_dir = journal.and_then(|j| j.path().parent().map(Path::to_path_buf));
     let mut pool_written = false;
@@ -998,7 +999,7 @@ fn drive(
         let recorded = recording.is_none_or(|r| !r.load(Ordering::Acquire));
         if let (Some(j), true) = (journal, recorded) {
             if std::time::Instant::now() >= next_cancel_check {
-                apply_cancel_requests(master, j)?;
+                apply_cancel_requests(master, j, &mut cancels_applied)?;
                 next_cancel_check = std::time::Instant::now() + CANCEL_POLL;
             }
         }
@@ -1034,6 +1035,11 @@ fn drive(
             progress.update(&master.counts(), false);
         }
     };
+    // A request that stopped one of the last tasks is acknowledged now that its end is
+    // committed (every task has its outcome).
+    if let (Some(j), DriveEnd::Complete) = (journal, &end) {
+        apply_cancel_requests(master, j, &mut cancels_applied)?;
+    }
     progress.update(&master.counts(), true);
     progress.finish();
     if let Some(l) = log.as_mut() {
@@ -1045,12 +1051,27 @@ fn drive(
     Ok(end)
 }
 
-fn apply_cancel_requests(master: &Master, journal: &Journal) -> anyhow::Result<()> {
+/// Applies the pending cancel requests this master has not applied yet (`applied` keeps
+/// their ids), and acknowledges each once what it asks is committed: its task (every task)
+/// has its outcome in the journal. A running task ends some time after its cancel; a
+/// request acknowledged before that was lost with a master killed in between, though
+/// `mw cancel` had said the task was cancelled. Unacknowledged, the next master applies it.
+fn apply_cancel_requests(
+    master: &Master,
+    journal: &Journal,
+    applied: &mut std::collections::HashSet<i64>,
+) -> anyhow::Result<()> {
     let requests = journal.pending_cancel_requests()?;
     if requests.is_empty() {
         return Ok(());
     }
-    for (_, req) in &requests {
+    for (id, req) in &requests {
+        // Applied once by this loop (one a resumed master applied at its start, still
+        // pending for a task being stopped, is applied once more: a second cancel of a
+        // task being cancelled changes nothing).
+        if !applied.insert(*id) {
+            continue;
+        }
         match req {
             None => master.cancel_all(),
             Some(t) => {
@@ -1058,10 +1079,19 @@ fn apply_cancel_requests(master: &Master, journal: &Journal) -> anyhow::Result<(
             }
         }
     }
-    // Acknowledged only once applied (from here no cancelled task starts) and committed.
     journal.flush();
-    let ids: Vec<i64> = requests.iter().map(|(id, _)| *id).collect();
+    let mut ids: Vec<i64> = Vec::new();
+    for (id, req) in &requests {
+        if journal.cancel_settled(*req)? {
+            ids.push(*id);
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
     journal.ack_cancel_requests(&ids)?;
+    // Killed here: the requests are acknowledged (`mw cancel` has said so).
+    mw::crash::point("cancel-acknowledged");
     Ok(())
 }
 

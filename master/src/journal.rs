@@ -928,6 +928,26 @@ impl Journal {
         read_pending_cancels(self.open_conn(&guard)?, &self.path)
     }
 
+    /// Whether what a cancel request of `task` (`None`: the whole job) asks is committed:
+    /// the task (every task) has its outcome. A request is acknowledged only then: one
+    /// acknowledged while a running task it stops had not yet ended in the journal was lost
+    /// with a master killed in between (the next master ran the task again, after
+    /// `mw cancel` had said it was cancelled); unacknowledged, the next master applies it.
+    pub fn cancel_settled(&self, task: Option<u64>) -> Result<bool, JournalError> {
+        let guard = crate::guard::lock(&self.conn);
+        let conn = self.open_conn(&guard)?;
+        let unfinished = match task {
+            None => count_unfinished(conn, &self.path)?,
+            Some(t) => count(
+                conn,
+                "SELECT COUNT(*) FROM tasks WHERE idx = ?1 AND state IN ('queued','running')",
+                params![sql_idx(t)],
+            )
+            .map_err(|e| jerr(&self.path, "reading a task", e))?,
+        };
+        Ok(unfinished == 0)
+    }
+
     /// Marks cancel requests applied (after the master applied them).
     pub fn ack_cancel_requests(&self, ids: &[i64]) -> Result<(), JournalError> {
         let mut guard = crate::guard::lock(&self.conn);

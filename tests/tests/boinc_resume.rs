@@ -526,7 +526,10 @@ fn cancel_while_the_submit_thread_holds_a_task_creates_no_workunit_for_it() {
         "0".as_ref(),
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    // Acknowledged by the master (`mw cancel` waits for that, within a bound).
+    // The batch goes on; task 0 ends cancelled when it reaches it, and only once that is
+    // committed does the master acknowledge the request (`mw cancel` waited for that within
+    // a bound, and said it had not come yet).
+    std::fs::write(&gate, "").unwrap();
     poll_until("the master's acknowledgement of the cancel", || {
         let path = dir.join(JOURNAL_FILE);
         let conn = open_checked(&path, false).unwrap();
@@ -534,7 +537,6 @@ fn cancel_while_the_submit_thread_holds_a_task_creates_no_workunit_for_it() {
             .unwrap()
             .is_empty()
     });
-    std::fs::write(&gate, "").unwrap();
     poll_until("the batch's create_work call", || {
         !p.calls_of("create_work").is_empty()
     });

@@ -1161,3 +1161,39 @@ fn retry_killed_after_its_requeue_leaves_a_job_every_command_reads() {
     assert_eq!(counts["done"], 3, "{counts}");
     assert_eq!(counts["failed"], 1, "{counts}");
 }
+
+/// `mw cancel --task 0` of a running task, and the master killed right after it
+/// acknowledged the request (`MW_CRASH_AT=cancel-acknowledged`): what `mw cancel` said
+/// holds after `mw resume`, task 0 is cancelled, not run again.
+#[test]
+fn master_killed_after_acknowledging_a_cancel_keeps_it() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    gated_job(d, "acked", 2);
+    let o = std::process::Command::new(mw_tests::bin("mw"))
+        .args(["submit", "acked.toml"])
+        .current_dir(d)
+        .env("MW_JOBS_DIR", d.join("jobs"))
+        .env("MW_CRASH_AT", "cancel-acknowledged")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = "acked-1";
+    poll(d, id, "2 running", |v| v["job"]["counts"]["running"] == 2);
+    let o = mw(d, &["cancel", id, "--task", "0"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stderr.contains("cancelled task 0"), "{}", o.stderr);
+    // The master is gone (killed at the crash point).
+    poll(d, id, "the master gone", |v| {
+        v["job"]["master"].is_null() || v["job"]["state"] != "running"
+    });
+    std::fs::write(d.join("gate"), "").unwrap();
+    let o = mw(d, &["resume", id, "-q"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let v = status_json(d, id);
+    assert_eq!(v["job"]["counts"]["cancelled"], 1, "{v}");
+    assert_eq!(v["job"]["counts"]["done"], 1, "{v}");
+    let lines = jsonl(&mw(d, &["results", id]).stdout);
+    assert_eq!(lines[0]["state"], "cancelled", "{}", lines[0]);
+}
