@@ -1104,6 +1104,53 @@ fn crash_right_after_a_result_is_delivered_then_resume() {
     assert_eq!(env.cli().history(&[], None).unwrap().len(), 3);
 }
 
+/// A resumed master killed right after it resolved a `submitting:` handle to its cluster
+/// (`MW_CRASH_AT=condor-reattach-resolved`), the first master having been killed before it
+/// recorded the cluster (`condor-after-submit`). Safe by construction: the next resume
+/// resolves the batch name again, to the same cluster; every task is reported and run once
+/// and nothing is submitted again.
+#[test]
+fn resume_killed_after_resolving_a_submitted_batch_then_resume_again() {
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::new();
+    let log = env.root.join("executions.log");
+    let p = env.script(
+        "logged.sh",
+        &format!(
+            "read -r n\necho \"$n\" >> {log}\necho \"$((n * 10))\"",
+            log = log.display()
+        ),
+    );
+    let job = packed_job(&env, "resolved", &p, "[0, 1, 2, 3, 4]", 3);
+    let out = run(env.mw(
+        &["run", job.to_str().unwrap()],
+        &[("MW_CRASH_AT", "condor-after-submit")],
+    ));
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    let out = run(env.mw(
+        &["resume", "resolved-1"],
+        &[("MW_CRASH_AT", "condor-reattach-resolved")],
+    ));
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    let out = run(env.mw(&["resume", "resolved-1"], &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_reported_at_most_once(&reports(&env, "resolved-1"), 5);
+    let lines = result_lines(&run(env.mw(&["results", "resolved-1"], &[])));
+    assert_eq!(tasks_of(&lines), [0, 1, 2, 3, 4]);
+    for l in &lines {
+        assert_eq!(l["state"], "done", "{l}");
+        assert_eq!(l["output"], l["task"].as_u64().unwrap() * 10, "{l}");
+    }
+    let t0 = Instant::now();
+    while executions(&log).len() < 5 {
+        assert!(t0.elapsed() < LIMIT, "not every task ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(executions(&log), [0, 1, 2, 3, 4], "each task ran once");
+    // Two packs (3 + 2), submitted once.
+    assert_eq!(env.cli().history(&[], None).unwrap().len(), 2);
+}
+
 /// A result bundle for job `job`, task `task`, exit 0 with `stdout`.
 fn forged_result(job: &str, task: u64, stdout: &str) -> Vec<u8> {
     mw_tests::result_bundle(job, task, 0, stdout)

@@ -328,6 +328,9 @@ impl Condor {
                         if let Some(sink) = self.shared.sink.lock().ok().and_then(|s| s.clone()) {
                             sink.record_handle(task.id, &resolved);
                         }
+                        // Killed here: the resolved handle may not be committed; the next
+                        // resume resolves the batch name again, to the same cluster.
+                        crate::crash::point("condor-reattach-resolved");
                         &resolved
                     }
                     Ok(Pending::NotSubmitted) => return Some(done),
