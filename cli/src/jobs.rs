@@ -871,9 +871,10 @@ const CANCEL_START_POLLS: u32 = 6_000;
 /// The request is recorded in the journal first, whatever happens next: a master that
 /// takes the job after that reads it with the tasks (in one snapshot) and applies it before
 /// it dispatches anything; a running master applies it within [`crate::run`]'s poll. With no
-/// master, `mw cancel` carries out every pending request itself, in one transaction that a
-/// starting master sees whole or not at all. So a cancel is never lost, even right after
-/// `mw submit` while the detached master starts.
+/// master, `mw cancel` carries out every pending request itself
+/// ([`carry_out_pending_cancels`]: the platform's copies stopped first, then the tasks
+/// marked cancelled in one transaction that a starting master sees whole or not at all). So
+/// a cancel is never lost, even right after `mw submit` while the detached master starts.
 pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
     let dir = args.at.dir()?;
     let path = dir.join(JOURNAL_FILE);
@@ -919,8 +920,10 @@ pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
     };
     if let Some(pid) = live_master_pid(&dir)? {
         // The master applies requests at least every 200 ms (a starting one before it
-        // dispatches anything) and acknowledges them once applied: from then on no
-        // cancelled task starts. Wait for that (bounded).
+        // dispatches anything): from then on no cancelled task starts. It acknowledges one
+        // once the tasks it stops have their end committed (a running task's takes the time
+        // to stop it), so an acknowledged cancel survives the master. Wait for that
+        // (bounded).
         let mut polls = 0u32;
         loop {
             if cancel_acknowledged(&conn, &path, req)? {
@@ -951,35 +954,82 @@ pub(crate) fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
             return Ok(EXIT_OK);
         }
     }
-    // No master: mark unfinished tasks cancelled directly. Stop what runs on BOINC by its
-    // recorded workunit names first.
-    let pending = read_pending_cancels(&conn, &path)?;
+    // No master: carried out here, the platform's copies stopped before the journal says
+    // so.
+    let settled = carry_out_pending_cancels(&dir, &mut conn, &path)?;
+    let n: usize = settled.iter().map(|(_, n)| n).sum();
+    say!("mw: {n} tasks cancelled");
+    Ok(EXIT_OK)
+}
+
+/// Carries out every pending cancel request of the job in `dir` while no master runs (`mw
+/// cancel`, and `mw retry` before it queues anything again): first what runs on the
+/// platform is stopped (BOINC workunits by their recorded names, local tasks a dead master
+/// left, the job's HTCondor jobs, or a task's job that no other task needs), then the tasks are marked
+/// cancelled in one transaction. In that order a process killed between the two leaves the
+/// requests pending, carried out again by the next `mw cancel`, `mw retry` or master; in
+/// the other order it left the tasks cancelled in the journal (so a second `mw cancel` found
+/// nothing to do) with their HTCondor jobs still running in the pool, and a `mw retry`
+/// submitted them beside those. Returns each request's task (`None`: every task) and how
+/// many tasks it cancelled.
+pub(crate) fn carry_out_pending_cancels(
+    dir: &Path,
+    conn: &mut mw::journal::Connection,
+    path: &Path,
+) -> anyhow::Result<Vec<(Option<u64>, usize)>> {
+    let pending = read_pending_cancels(conn, path)?;
+    if pending.is_empty() {
+        return Ok(Vec::new());
+    }
     for (_, task) in &pending {
-        cancel_boinc_workunits(&conn, &path, *task)?;
+        cancel_boinc_workunits(conn, path, *task)?;
     }
     // Local tasks a dead master left running are stopped before they are marked cancelled
     // (else `mw retry` ran them a second time beside the first).
     let cancelled = |t: u64| pending.iter().any(|(_, p)| p.is_none_or(|n| n == t));
-    for (task, handle) in mw::journal::running_handles(&conn, &path)? {
-        if cancelled(task) {
-            mw::multicore::stop_leftover(&handle);
+    let running = mw::journal::running_handles(conn, path)?;
+    for (task, handle) in &running {
+        if cancelled(*task) {
+            mw::multicore::stop_leftover(handle);
         }
     }
-    let settled = settle_cancels_without_master(&mut conn, &path, now_unix())?;
-    let n: usize = settled.iter().map(|(_, n)| n).sum();
-    say!("mw: {n} tasks cancelled");
-    // Jobs on HTCondor outlive the master: take them out of the pool too.
+    // Jobs on HTCondor outlive the master: take them out of the pool too (for a task, its
+    // job, unless a pack's other members still need it).
     let condor = dir.join("staging").join("condor");
-    if settled.iter().any(|(t, _)| t.is_none()) && condor.is_dir() {
-        match mw::condor::remove_leftover_jobs(&condor, &Default::default()) {
-            Ok(c) if c.is_empty() => {}
-            Ok(c) => say!("mw: removed HTCondor clusters {c:?} with condor_rm"),
-            Err(e) => {
-                bail!("tasks cancelled, but this job's HTCondor jobs could not be removed: {e}")
+    let not_removed = |e: String| {
+        anyhow::anyhow!(
+            "this job's HTCondor jobs could not be removed ({e}); nothing was marked \
+             cancelled (the request stays pending: `mw cancel` again carries it out)"
+        )
+    };
+    if condor.is_dir() {
+        if pending.iter().any(|(_, t)| t.is_none()) {
+            match mw::condor::remove_leftover_jobs(&condor, &Default::default()) {
+                Ok(c) if c.is_empty() => {}
+                Ok(c) => say!("mw: removed HTCondor clusters {c:?} with condor_rm"),
+                Err(e) => return Err(not_removed(e)),
+            }
+        } else {
+            let held: Vec<(u64, Option<&str>)> = running
+                .iter()
+                .map(|(t, h)| (*t, Some(h.as_str())))
+                .collect();
+            let removed =
+                mw::condor::remove_jobs_of_cancelled_tasks(&held, cancelled, &Default::default())
+                    .map_err(not_removed)?;
+            if !removed.is_empty() {
+                let jobs: Vec<String> = removed.iter().map(|h| h.to_string()).collect();
+                say!(
+                    "mw: removed HTCondor jobs {} with condor_rm",
+                    jobs.join(" ")
+                );
             }
         }
     }
-    Ok(EXIT_OK)
+    // Killed here: the platform's copies are stopped, the tasks not yet marked cancelled;
+    // the requests are still pending.
+    mw::crash::point("cancel-platform-stopped");
+    Ok(settle_cancels_without_master(conn, path, now_unix())?)
 }
 
 /// `mw cancel` with no master for a BOINC job: cancels the workunits of its unfinished

@@ -931,10 +931,18 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
                 Ok(())
             })?,
         };
+        // Kept in the job before the job is marked finished (which a resume then leaves
+        // alone) and before it is printed: a master killed after the mark printed nothing,
+        // and the reduce output was lost for good; now `mw wait` prints the kept one.
+        if let Some(dir) = &job_dir {
+            mw_worker_runtime::run::write_atomically(&dir.join("reduce.out"), &out)?;
+        }
         if let Some(j) = &journal {
             j.set_job_status("finished")?;
             j.close();
         }
+        // Killed here: the job is finished and its reduce output kept, not yet printed.
+        mw::crash::point("run-reduce-finished");
         std::io::stdout().write_all(&out)?;
         std::io::stdout().flush()?;
     }
@@ -1116,6 +1124,7 @@ fn drive(
     ) -> anyhow::Result<()>,
 ) -> anyhow::Result<DriveEnd> {
     let mut next_cancel_check = std::time::Instant::now();
+    let mut cancels_applied = std::collections::HashSet::new();
     let mut next_pool_check = std::time::Instant::now();
     let job_dir = journal.and_then(|j| j.path().parent().map(Path::to_path_buf));
     let mut pool_written = false;
@@ -1151,7 +1160,7 @@ fn drive(
         let recorded = recording.is_none_or(|r| !r.load(Ordering::Acquire));
         if let (Some(j), true) = (journal, recorded) {
             if std::time::Instant::now() >= next_cancel_check {
-                apply_cancel_requests(master, j)?;
+                apply_cancel_requests(master, j, &mut cancels_applied)?;
                 next_cancel_check = std::time::Instant::now() + CANCEL_POLL;
             }
         }
@@ -1198,6 +1207,11 @@ fn drive(
             progress.update(&master.counts(), false);
         }
     };
+    // A request that stopped one of the last tasks is acknowledged now that its end is
+    // committed (every task has its outcome).
+    if let (Some(j), DriveEnd::Complete) = (journal, &end) {
+        apply_cancel_requests(master, j, &mut cancels_applied)?;
+    }
     progress.update(&master.counts(), true);
     progress.finish();
     if let Some(l) = log.as_mut() {
@@ -1209,12 +1223,27 @@ fn drive(
     Ok(end)
 }
 
-fn apply_cancel_requests(master: &Master, journal: &Journal) -> anyhow::Result<()> {
+/// Applies the pending cancel requests this master has not applied yet (`applied` keeps
+/// their ids), and acknowledges each once what it asks is committed: its task (every task)
+/// has its outcome in the journal. A running task ends some time after its cancel; a
+/// request acknowledged before that was lost with a master killed in between, though
+/// `mw cancel` had said the task was cancelled. Unacknowledged, the next master applies it.
+fn apply_cancel_requests(
+    master: &Master,
+    journal: &Journal,
+    applied: &mut std::collections::HashSet<i64>,
+) -> anyhow::Result<()> {
     let requests = journal.pending_cancel_requests()?;
     if requests.is_empty() {
         return Ok(());
     }
-    for (_, req) in &requests {
+    for (id, req) in &requests {
+        // Applied once by this loop (one a resumed master applied at its start, still
+        // pending for a task being stopped, is applied once more: a second cancel of a
+        // task being cancelled changes nothing).
+        if !applied.insert(*id) {
+            continue;
+        }
         match req {
             None => master.cancel_all(),
             Some(t) => {
@@ -1222,10 +1251,19 @@ fn apply_cancel_requests(master: &Master, journal: &Journal) -> anyhow::Result<(
             }
         }
     }
-    // Acknowledged only once applied (from here no cancelled task starts) and committed.
     journal.flush();
-    let ids: Vec<i64> = requests.iter().map(|(id, _)| *id).collect();
+    let mut ids: Vec<i64> = Vec::new();
+    for (id, req) in &requests {
+        if journal.cancel_settled(*req)? {
+            ids.push(*id);
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
     journal.ack_cancel_requests(&ids)?;
+    // Killed here: the requests are acknowledged (`mw cancel` has said so).
+    mw::crash::point("cancel-acknowledged");
     Ok(())
 }
 
@@ -1489,8 +1527,9 @@ pub(crate) fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<i32> {
     let mut conn = mw::journal::open_checked(&path, true)?;
     // A cancel left pending (its `mw cancel` was stopped before carrying it out) came
     // before this retry: carried out now, so the master started below does not cancel what
-    // the user asked to run again.
-    mw::journal::settle_cancels_without_master(&mut conn, &path, now_unix())?;
+    // the user asked to run again, the platform's copies of its tasks stopped first (else
+    // the retried tasks ran beside their HTCondor jobs or BOINC workunits still out).
+    super::jobs::carry_out_pending_cancels(&dir, &mut conn, &path)?;
     let (queued, refused) = mw::journal::requeue_for_retry(&mut conn, &path, &which, now_unix())?;
     // With nothing to retry, what a stopped job still has to run (`mw resume`'s work).
     let unfinished = if queued.is_empty() {
@@ -1545,6 +1584,42 @@ pub(crate) fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<i32> {
         },
         quiet,
     )
+}
+
+/// A BOINC job's master killed after it committed outcomes it took from the project's spool
+/// and before it removed their files left files that no master waits for: removed here, by
+/// the journal's record of which workunits only finished tasks name. Best effort (what it
+/// cannot do is said, and the resume goes on).
+fn remove_taken_spool_files(dir: &Path, job: &Job) {
+    let run = || -> anyhow::Result<Vec<PathBuf>> {
+        let settings = job
+            .file
+            .boinc
+            .to_settings(&job.base_dir)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut spooled = mw::boinc::SpooledOutcomes::list(&settings.project_dir)?;
+        if spooled.is_empty() {
+            return Ok(Vec::new());
+        }
+        let path = dir.join(mw::journal::JOURNAL_FILE);
+        let conn = mw::journal::open_checked(&path, false)?;
+        mw::journal::visit_handles(&conn, &path, |_, finished, handle| {
+            spooled.note(handle, finished);
+            Ok::<(), mw::journal::JournalError>(())
+        })?;
+        Ok(spooled.remove_taken())
+    };
+    match run() {
+        Ok(removed) => {
+            for f in removed {
+                log::info!(
+                    "removed {}: its outcome was recorded before the master stopped",
+                    f.display()
+                );
+            }
+        }
+        Err(e) => say!("mw: warning: could not look for spool files already taken: {e:#}"),
+    }
 }
 
 /// What `mw resume` says and returns of job `id` whose every task has an outcome (`counts`).
@@ -1613,6 +1688,9 @@ pub(crate) fn resume(args: ResumeArgs, quiet: bool) -> anyhow::Result<i32> {
     let job_path = PathBuf::from(&meta.job_path);
     let mut job = Job::parse(&job_path, meta.job_text.clone())?;
     job.name = meta.name.clone();
+    if meta.interface == "boinc" {
+        remove_taken_spool_files(&dir, &job);
+    }
     let status = {
         let conn = mw::journal::open_checked(&journal_path, false)?;
         mw::journal::read_master(&conn, &journal_path)?.status

@@ -38,7 +38,7 @@ pub(crate) fn restored_record(state: TaskState, t: &TaskStatus) -> TaskRecord {
 struct Startup {
     reattach: Vec<(TaskId, String)>,
     cancel_running: Vec<TaskId>,
-    requests: Vec<i64>,
+    requests: Vec<crate::journal::CancelRequest>,
 }
 
 /// Rebuilds the master's state from the stored statuses: compact records, one batch per
@@ -103,7 +103,7 @@ fn restore(
     let startup = Startup {
         reattach,
         cancel_running,
-        requests: cancels.iter().map(|(id, _)| *id).collect(),
+        requests: cancels.to_vec(),
     };
     Ok((restored, startup))
 }
@@ -117,9 +117,17 @@ impl Master {
             self.cancel(id)?;
         }
         if let (Some(j), false) = (self.journal(), startup.requests.is_empty()) {
-            // Acknowledged once the cancelled rows are committed.
+            // Acknowledged once the cancelled rows are committed; a request that stops a
+            // running task stays pending until that task's end is (`mw`'s drive loop
+            // acknowledges it then, and a master killed before leaves it to the next one).
             j.flush();
-            j.ack_cancel_requests(&startup.requests)?;
+            let mut settled = Vec::new();
+            for (id, task) in &startup.requests {
+                if j.cancel_settled(*task)? {
+                    settled.push(*id);
+                }
+            }
+            j.ack_cancel_requests(&settled)?;
         }
         Ok(())
     }

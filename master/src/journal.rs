@@ -950,6 +950,26 @@ impl Journal {
         read_pending_cancels(self.open_conn(&guard)?, &self.path)
     }
 
+    /// Whether what a cancel request of `task` (`None`: the whole job) asks is committed:
+    /// the task (every task) has its outcome. A request is acknowledged only then: one
+    /// acknowledged while a running task it stops had not yet ended in the journal was lost
+    /// with a master killed in between (the next master ran the task again, after
+    /// `mw cancel` had said it was cancelled); unacknowledged, the next master applies it.
+    pub fn cancel_settled(&self, task: Option<u64>) -> Result<bool, JournalError> {
+        let guard = crate::guard::lock(&self.conn);
+        let conn = self.open_conn(&guard)?;
+        let unfinished = match task {
+            None => count_unfinished(conn, &self.path)?,
+            Some(t) => count(
+                conn,
+                "SELECT COUNT(*) FROM tasks WHERE idx = ?1 AND state IN ('queued','running')",
+                params![sql_idx(t)],
+            )
+            .map_err(|e| jerr(&self.path, "reading a task", e))?,
+        };
+        Ok(unfinished == 0)
+    }
+
     /// Marks cancel requests applied (after the master applied them).
     pub fn ack_cancel_requests(&self, ids: &[i64]) -> Result<(), JournalError> {
         let mut guard = crate::guard::lock(&self.conn);
@@ -1404,6 +1424,35 @@ pub fn running_handles(conn: &Connection, path: &Path) -> Result<Vec<(u64, Strin
     rows.into_iter()
         .map(|(i, h)| Ok((task_index(path, i)?, h)))
         .collect()
+}
+
+/// Visits every task recorded under a handle: its index, whether it is final, and the
+/// handle (only these columns are read, not inputs or results).
+pub fn visit_handles<E: From<JournalError>>(
+    conn: &Connection,
+    path: &Path,
+    mut f: impl FnMut(u64, bool, &str) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT idx, state IN ('done','failed','cancelled'), handle FROM tasks
+             WHERE handle IS NOT NULL ORDER BY idx",
+        )
+        .map_err(|e| jerr(path, "reading task handles", e))?;
+    let mut rows = stmt
+        .query([])
+        .map_err(|e| jerr(path, "reading task handles", e))?;
+    while let Some(r) = rows
+        .next()
+        .map_err(|e| jerr(path, "reading task handles", e))?
+    {
+        let read = |e| jerr(path, "reading task handles", e);
+        let idx = task_index(path, r.get::<_, i64>(0).map_err(read)?)?;
+        let finished: bool = r.get(1).map_err(read)?;
+        let handle: String = r.get(2).map_err(read)?;
+        f(idx, finished, &handle)?;
+    }
+    Ok(())
 }
 
 /// The cancel requests no master has applied yet, oldest first.
@@ -2399,11 +2448,15 @@ pub fn requeue_for_retry(
             )
             .map_err(err)?;
         }
+        // Fewer final rows now, on purpose: the high-water mark is lowered with them, before
+        // the commit. A mark below the journal is harmless (the next commit of a master
+        // raises it); one above it reads as a journal that lost results, so a `mw retry`
+        // killed between its commit and a mark written after it left a job every command
+        // refused.
+        write_mark(path, count_final(&tx).map_err(err)?);
         tx.commit().map_err(err)?;
-        // Fewer final rows now, on purpose: lower the high-water mark with them.
-        if let Ok(n) = count_final(conn) {
-            write_mark(path, n);
-        }
+        // Killed here: the tasks are queued again and the mark already says so.
+        crate::crash::point("retry-requeued");
     }
     Ok((
         chosen

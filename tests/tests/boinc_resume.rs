@@ -526,7 +526,10 @@ fn cancel_while_the_submit_thread_holds_a_task_creates_no_workunit_for_it() {
         "0".as_ref(),
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    // Acknowledged by the master (`mw cancel` waits for that, within a bound).
+    // The batch goes on; task 0 ends cancelled when it reaches it, and only once that is
+    // committed does the master acknowledge the request (`mw cancel` waited for that within
+    // a bound, and said it had not come yet).
+    std::fs::write(&gate, "").unwrap();
     poll_until("the master's acknowledgement of the cancel", || {
         let path = dir.join(JOURNAL_FILE);
         let conn = open_checked(&path, false).unwrap();
@@ -534,7 +537,6 @@ fn cancel_while_the_submit_thread_holds_a_task_creates_no_workunit_for_it() {
             .unwrap()
             .is_empty()
     });
-    std::fs::write(&gate, "").unwrap();
     poll_until("the batch's create_work call", || {
         !p.calls_of("create_work").is_empty()
     });
@@ -1102,6 +1104,50 @@ fn cancel_with_no_master_cancels_the_workunits() {
     assert!(p.spool_entries("result_").is_empty());
     let again = p.mw(&["resume".as_ref(), id.as_ref()]);
     assert!(!String::from_utf8_lossy(&again.stderr).contains("re-attach"));
+}
+
+/// `mw cancel` with no master killed after `bin/cancel_jobs` and before the tasks were
+/// marked cancelled (`MW_CRASH_AT=cancel-platform-stopped`). A window that was already safe
+/// on BOINC (its workunits were always cancelled first): the request is still pending, so
+/// `mw resume` applies it before it dispatches anything; every task is cancelled once and
+/// no workunit is created again.
+#[test]
+fn cancel_killed_after_cancel_jobs_then_resume() {
+    let mut p = Project::new();
+    let job = p.pi_job("cancelkill");
+    let (id, dir) = p.submit(&job);
+    let handles = p.wait_for_workunits(&dir, 4);
+    kill_master(&p);
+    let out = Command::new(bin("mw"))
+        .args(["cancel", &id, "--jobs-dir"])
+        .arg(p.jobs_dir())
+        .env("MW_CRASH_AT", "cancel-platform-stopped")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    assert!(
+        tasks(&dir).iter().all(|t| t.state == TaskState::Running),
+        "{:#?}",
+        tasks(&dir)
+    );
+    let out = p.mw(&["resume".as_ref(), id.as_ref()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(tasks(&dir).iter().all(|t| t.state == TaskState::Cancelled));
+    assert_reported_at_most_once(&reports(&dir), 4);
+    // Every workunit cancelled on the server (the resumed master, applying the request,
+    // calls `bin/cancel_jobs` for its workunits again: idempotent), none created again.
+    let named: BTreeSet<String> = p
+        .calls_of("cancel_jobs")
+        .iter()
+        .map(|c| c["args"][1].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(named, handles.iter().cloned().collect::<BTreeSet<_>>());
+    for h in &handles {
+        assert!(p.root.join("double/cancel").join(h).is_file(), "{h}");
+    }
+    assert_eq!(created_names(&p).len(), 4);
 }
 
 // ---- Task packing (`[boinc] tasks_per_workunit`) ----
@@ -1688,4 +1734,69 @@ fn a_full_project_disk_stops_the_master_and_resume_finishes() {
     let res = results(&p, &id);
     assert_eq!(res.len(), 3);
     assert!(res.iter().all(|r| r["state"] == "done"), "{res:#?}");
+}
+
+/// The master killed after the outcomes it took from the spool were committed and before it
+/// removed their spool files (`MW_CRASH_AT=boinc-result-committed`). The results are in the
+/// journal; the files, which no task waits for any more, are removed by `mw resume` (they
+/// stayed in the project's spool for ever: a resumed master waits only for the workunits
+/// of unfinished tasks), and every task is reported and run exactly once.
+#[test]
+fn kill_after_results_are_committed_before_their_spool_files_go_then_resume() {
+    let mut p = Project::new();
+    let (job, log) = pack_job(&p, "spoolleft", 2, 1);
+    let master = Command::new(bin("mw"))
+        .arg("run")
+        .arg(&job)
+        .arg("--jobs-dir")
+        .arg(p.jobs_dir())
+        .env("MW_CRASH_AT", "boinc-result-committed")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = "spoolleft-1";
+    let dir = p.jobs_dir().join(id);
+    p.wait_for_workunits(&dir, 2);
+    p.start_serve();
+    let out = master.wait_with_output().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    let done = tasks(&dir)
+        .iter()
+        .filter(|t| t.state == TaskState::Done)
+        .count();
+    assert!(done >= 1, "{:#?}", tasks(&dir));
+    // The files of what was taken are still there (and a later workunit's maybe too).
+    assert!(
+        p.spool_entries("result_").len() >= done,
+        "{:?}",
+        p.spool_entries("")
+    );
+    let out = Command::new("timeout")
+        .args(["-k", "10", "300"])
+        .arg(bin("mw"))
+        .args(["resume", id, "--jobs-dir"])
+        .arg(p.jobs_dir())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // Every workunit has run by now; what the resumed master took it removed.
+    poll_until("both workunits run", || executions(&log).len() == 2);
+    p.stop_serve();
+    assert!(
+        p.spool_entries("result_").is_empty(),
+        "{:?}",
+        p.spool_entries("")
+    );
+    assert_reported_at_most_once(&reports(&dir), 2);
+    let res = results(&p, id);
+    assert_eq!(res.len(), 2);
+    for (i, r) in res.iter().enumerate() {
+        assert_eq!(r["state"], "done", "{r:#}");
+        assert_eq!(r["output"], i as u64 * 10, "{r:#}");
+    }
+    assert_eq!(executions(&log), [0, 1]);
 }

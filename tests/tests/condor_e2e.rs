@@ -1062,6 +1062,95 @@ fn crash_at_submitting_packs_then_resume(point: &str) {
     assert_eq!(env.cli().history(&[], None).unwrap().len(), 2);
 }
 
+/// Killed right after the first outcome was handed to the master, before it was committed
+/// (`MW_CRASH_AT=condor-result-delivered`). A window safe by construction: the result file
+/// stays in the batch directory, so `mw resume` re-attaches the task and reads it again;
+/// every task is reported and run exactly once and nothing is submitted again.
+#[test]
+fn crash_right_after_a_result_is_delivered_then_resume() {
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::new();
+    let log = env.root.join("executions.log");
+    let p = env.script(
+        "logged.sh",
+        &format!(
+            "read -r n\necho \"$n\" >> {log}\necho \"$((n * 10))\"",
+            log = log.display()
+        ),
+    );
+    let job = env.job("delivered", &p, "[0, 1, 2]", "");
+    let out = run(env.mw(
+        &["run", job.to_str().unwrap()],
+        &[("MW_CRASH_AT", "condor-result-delivered")],
+    ));
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    assert!(result_lines(&out).is_empty(), "{}", text(&out));
+    let t0 = Instant::now();
+    while env.cli().history(&[], None).unwrap().len() < 3 {
+        assert!(t0.elapsed() < LIMIT, "the jobs never ended");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = run(env.mw(&["resume", "delivered-1"], &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_reported_at_most_once(&reports(&env, "delivered-1"), 3);
+    let lines = result_lines(&run(env.mw(&["results", "delivered-1"], &[])));
+    assert_eq!(tasks_of(&lines), [0, 1, 2]);
+    for l in &lines {
+        assert_eq!(l["state"], "done", "{l}");
+        assert_eq!(l["output"], l["task"].as_u64().unwrap() * 10, "{l}");
+        assert_eq!(l["attempts"], 1, "{l}");
+    }
+    assert_eq!(executions(&log), [0, 1, 2], "each task ran once");
+    assert_eq!(env.cli().history(&[], None).unwrap().len(), 3);
+}
+
+/// A resumed master killed right after it resolved a `submitting:` handle to its cluster
+/// (`MW_CRASH_AT=condor-reattach-resolved`), the first master having been killed before it
+/// recorded the cluster (`condor-after-submit`). Safe by construction: the next resume
+/// resolves the batch name again, to the same cluster; every task is reported and run once
+/// and nothing is submitted again.
+#[test]
+fn resume_killed_after_resolving_a_submitted_batch_then_resume_again() {
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::new();
+    let log = env.root.join("executions.log");
+    let p = env.script(
+        "logged.sh",
+        &format!(
+            "read -r n\necho \"$n\" >> {log}\necho \"$((n * 10))\"",
+            log = log.display()
+        ),
+    );
+    let job = packed_job(&env, "resolved", &p, "[0, 1, 2, 3, 4]", 3);
+    let out = run(env.mw(
+        &["run", job.to_str().unwrap()],
+        &[("MW_CRASH_AT", "condor-after-submit")],
+    ));
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    let out = run(env.mw(
+        &["resume", "resolved-1"],
+        &[("MW_CRASH_AT", "condor-reattach-resolved")],
+    ));
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    let out = run(env.mw(&["resume", "resolved-1"], &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_reported_at_most_once(&reports(&env, "resolved-1"), 5);
+    let lines = result_lines(&run(env.mw(&["results", "resolved-1"], &[])));
+    assert_eq!(tasks_of(&lines), [0, 1, 2, 3, 4]);
+    for l in &lines {
+        assert_eq!(l["state"], "done", "{l}");
+        assert_eq!(l["output"], l["task"].as_u64().unwrap() * 10, "{l}");
+    }
+    let t0 = Instant::now();
+    while executions(&log).len() < 5 {
+        assert!(t0.elapsed() < LIMIT, "not every task ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(executions(&log), [0, 1, 2, 3, 4], "each task ran once");
+    // Two packs (3 + 2), submitted once.
+    assert_eq!(env.cli().history(&[], None).unwrap().len(), 2);
+}
+
 /// A result bundle for job `job`, task `task`, exit 0 with `stdout`.
 fn forged_result(job: &str, task: u64, stdout: &str) -> Vec<u8> {
     mw_tests::result_bundle(job, task, 0, stdout)
@@ -1142,6 +1231,68 @@ fn forged_inner_results_are_refused() {
     );
     // Two packs, and task 2 once more on its own.
     assert_eq!(env.cli().history(&[], None).unwrap().len(), 3);
+}
+
+/// A pack comes back without task 2's result and the master is killed right after it put
+/// task 2 back in its queue, in memory only (`MW_CRASH_AT=condor-pack-requeued`). Safe by
+/// construction: task 2's journaled handle still names the pack's job, whose pack result
+/// stays in the batch directory; `mw resume` re-attaches the three tasks, reads it again,
+/// takes tasks 0 and 1 from it (unless they were committed before the kill) and runs task 2
+/// in a job of its own. Every task is reported once.
+#[test]
+fn crash_right_after_a_pack_member_is_requeued_then_resume() {
+    use mw_bundle::{pack_result_member, BundleBuilder, PackResultInfo};
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::new();
+    let p = env.script("times10.sh", "read -r n\necho \"$((n * 10))\"");
+    let mut b = BundleBuilder::pack_result(
+        PackResultInfo {
+            job: "requeued-1".into(),
+            host: "partial".into(),
+            tasks: vec![0, 1],
+            not_run: vec![],
+        },
+        "pack result without task 2",
+    );
+    for t in [0u64, 1] {
+        let out = (t * 10).to_string();
+        b.add_bytes(
+            &pack_result_member(t),
+            forged_result("requeued-1", t, &out),
+            false,
+        )
+        .unwrap();
+    }
+    let partial = env.root.join("partial.tar.gz");
+    b.write_to(&partial).unwrap();
+    let worker = env.script(
+        "partial-worker",
+        &format!(
+            "case \"$5\" in\n  pack-0.mwt) cp {partial} \"$7\"; exit 0 ;;\nesac\nexec {real} \"$@\"",
+            partial = partial.display(),
+            real = mw_tests::bin("mw-worker").display()
+        ),
+    );
+    let job = packed_job(&env, "requeued", &p, "[0, 1, 2]", 3);
+    let w = worker.display().to_string();
+    let out = run(env.mw(
+        &["run", job.to_str().unwrap()],
+        &[("MW_WORKER", &w), ("MW_CRASH_AT", "condor-pack-requeued")],
+    ));
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    // Only the pack was submitted.
+    assert_eq!(env.cli().history(&[], None).unwrap().len(), 1);
+    let out = run(env.mw(&["resume", "requeued-1"], &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_reported_at_most_once(&reports(&env, "requeued-1"), 3);
+    let lines = result_lines(&run(env.mw(&["results", "requeued-1"], &[])));
+    assert_eq!(tasks_of(&lines), [0, 1, 2]);
+    for l in &lines {
+        assert_eq!(l["state"], "done", "{l}");
+        assert_eq!(l["output"], l["task"].as_u64().unwrap() * 10, "{l}");
+    }
+    // The pack, and task 2 once more on its own.
+    assert_eq!(env.cli().history(&[], None).unwrap().len(), 2);
 }
 
 /// `target_job_secs`: one task goes alone first (the probe); the others wait for its run
@@ -1365,4 +1516,142 @@ fn result_that_cannot_be_stored_stops_mw_and_is_taken_on_resume_lone() {
 #[test]
 fn result_that_cannot_be_stored_stops_mw_and_is_taken_on_resume_pack() {
     result_that_cannot_be_stored_stops_mw_and_is_taken_on_resume(2);
+}
+
+// ---- `mw cancel` and `mw retry` with no master ----
+
+/// The jobs still queued and not removed (idle, running, held …).
+fn live_jobs(env: &Env) -> Vec<String> {
+    env.cli()
+        .query_jobs(&[])
+        .unwrap()
+        .into_iter()
+        .filter(|a| !matches!(a.status, JobStatus::Removed | JobStatus::Completed))
+        .map(|a| format!("{}.{} {:?}", a.handle.cluster, a.handle.proc, a.status))
+        .collect()
+}
+
+/// A job of three tasks whose first attempts hold (each until `gate` exists) and whose
+/// later attempts run at once; its master is killed with SIGKILL while the three jobs run in
+/// the pool. Then `mw cancel` of the whole job, killed at `point`, and `mw retry`: the
+/// retried tasks run once each, and nothing of the first attempts is left in the pool.
+fn cancel_killed_then_retry(point: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::new();
+    let gate = env.root.join("gate");
+    let log = env.root.join("executions.log");
+    let p = first_attempts_hold(&env, &gate, &log);
+    let job = env.job("cancelretry", &p, "[0, 1, 2]", "");
+    let mut child = env
+        .mw(&["run", job.to_str().unwrap()], &[])
+        .spawn()
+        .unwrap();
+    wait_first_attempts(&env);
+    child.kill().unwrap(); // SIGKILL: the jobs go on in the pool
+    child.wait().unwrap();
+    assert_eq!(live_jobs(&env).len(), 3, "{:?}", live_jobs(&env));
+    let out = run(env.mw(&["cancel", "cancelretry-1"], &[("MW_CRASH_AT", point)]));
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "the crash point must kill mw cancel: {}",
+        text(&out)
+    );
+    if point == "cancel-platform-stopped" {
+        // Killed after condor_rm, before the journal says cancelled: the jobs are gone, the
+        // request still pending, the tasks not yet final.
+        assert!(live_jobs(&env).is_empty(), "{:?}", live_jobs(&env));
+        assert_eq!(counts(&env, "cancelretry-1")["cancelled"], 0);
+    }
+    let out = run(env.mw(&["retry", "cancelretry-1"], &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    // Nothing of the first attempts runs on in the pool beside the retried tasks.
+    let left = live_jobs(&env);
+    std::fs::write(&gate, "").unwrap();
+    assert!(left.is_empty(), "jobs left running in the pool: {left:?}");
+    let lines = result_lines(&run(env.mw(&["results", "cancelretry-1"], &[])));
+    assert_eq!(tasks_of(&lines), [0, 1, 2]);
+    for l in &lines {
+        assert_eq!(l["state"], "done", "{l}");
+        assert_eq!(l["output"], l["task"].as_u64().unwrap() * 10, "{l}");
+    }
+    assert_eq!(executions(&log), [0, 1, 2], "each retried task ran once");
+}
+
+/// `mw cancel --task 1` while no master runs removes that task's job from the pool (it was
+/// left running, so a `mw retry --task 1` ran the task beside it); the other jobs run on,
+/// and `mw retry --task 1` runs it once more, alone.
+#[test]
+fn cancel_of_one_task_without_a_master_removes_its_job() {
+    let env = Env::new();
+    let gate = env.root.join("gate");
+    let log = env.root.join("executions.log");
+    let p = first_attempts_hold(&env, &gate, &log);
+    let job = env.job("cancelone", &p, "[0, 1, 2]", "");
+    let mut child = env
+        .mw(&["run", job.to_str().unwrap()], &[])
+        .spawn()
+        .unwrap();
+    wait_first_attempts(&env);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = run(env.mw(&["cancel", "cancelone-1", "--task", "1"], &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    let left = live_jobs(&env);
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().all(|j| !j.starts_with("1.1 ")), "{left:?}");
+    std::fs::write(&gate, "").unwrap();
+    let out = run(env.mw(&["retry", "cancelone-1", "--task", "1"], &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    let lines = result_lines(&run(env.mw(&["results", "cancelone-1"], &[])));
+    assert_eq!(tasks_of(&lines), [0, 1, 2]);
+    for l in &lines {
+        assert_eq!(l["state"], "done", "{l}");
+        assert_eq!(l["output"], l["task"].as_u64().unwrap() * 10, "{l}");
+    }
+    assert_eq!(executions(&log), [0, 1, 2], "each task ran to its end once");
+}
+
+/// A program whose first attempt at each task holds until `gate` exists (or the test's
+/// directory is gone: a failed test leaves nothing running) and whose later attempts run at
+/// once; each run to its end logs its task to `log`.
+fn first_attempts_hold(env: &Env, gate: &Path, log: &Path) -> PathBuf {
+    env.script(
+        "first_holds.sh",
+        &format!(
+            "read -r n\nif [ ! -e {root}/first-$n ]; then : > {root}/first-$n; \
+             while [ ! -f {gate} ] && [ -d {root} ]; do sleep 0.1; done; fi\necho \"$n\" >> {log}\necho \"$((n * 10))\"",
+            root = env.root.display(),
+            gate = gate.display(),
+            log = log.display()
+        ),
+    )
+}
+
+/// Waits until the first attempts of tasks 0, 1 and 2 run.
+fn wait_first_attempts(env: &Env) {
+    let t0 = Instant::now();
+    while !(0..3).all(|n| env.root.join(format!("first-{n}")).exists()) {
+        assert!(t0.elapsed() < LIMIT, "the three jobs never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `mw cancel` killed after recording its request (`MW_CRASH_AT=cancel-recorded`), then
+/// `mw retry`: the retry carries out the pending cancel, removing the job's HTCondor jobs,
+/// before it queues the tasks again. Before, it only marked the tasks cancelled in the
+/// journal, and the retried tasks were submitted beside their first jobs, still running.
+#[test]
+fn retry_after_a_killed_cancel_removes_the_first_jobs() {
+    cancel_killed_then_retry("cancel-recorded");
+}
+
+/// `mw cancel` killed after `condor_rm` and before the tasks were marked cancelled
+/// (`MW_CRASH_AT=cancel-platform-stopped`): the request is still pending and `mw retry`
+/// carries it out again (nothing left to remove) before running the tasks again. (Before,
+/// `mw cancel` marked the tasks cancelled first: killed before its `condor_rm`, it left
+/// the jobs running in the pool and a job that a second `mw cancel` found nothing to do in.)
+#[test]
+fn cancel_killed_after_condor_rm_then_retry() {
+    cancel_killed_then_retry("cancel-platform-stopped");
 }

@@ -1114,3 +1114,86 @@ fn a_finished_job_in_a_directory_it_cannot_write_is_read() {
         "{stderr}"
     );
 }
+
+/// `mw retry` killed right after its requeue committed (`MW_CRASH_AT=retry-requeued`): the
+/// journal's high-water mark of final rows already went down with it, so the job is not
+/// taken for one that lost results. Before, the mark was lowered after the commit, and a
+/// retry killed between the two left a mark above the journal: `mw status`, `mw results`
+/// and `mw resume` all refused the job ("the journal lost committed results"). Now
+/// `mw resume` runs the requeued task, and every task is reported exactly once.
+#[test]
+fn retry_killed_after_its_requeue_leaves_a_job_every_command_reads() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    finished_job(d);
+    let out = std::process::Command::new(mw_tests::bin("mw"))
+        .args(["retry", "fin-1", "-q"])
+        .current_dir(d)
+        .env("MW_JOBS_DIR", d.join("jobs"))
+        .env("MW_CRASH_AT", "retry-requeued")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "the crash point must kill mw retry: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Task 1 is queued again, the three others still done.
+    let s = status_json(d, "fin-1");
+    let counts = &s["job"]["counts"];
+    assert_eq!(counts["done"], 3, "{s}");
+    assert_eq!(counts["failed"], 0, "{s}");
+    let o = mw(d, &["results", "fin-1"]);
+    assert_eq!(jsonl(&o.stdout).len(), 3, "{}{}", o.stdout, o.stderr);
+    // The resume runs it (it fails again: the program fails input 1 every time).
+    let o = mw(d, &["resume", "fin-1", "-q"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let o = mw(d, &["results", "fin-1"]);
+    let lines = jsonl(&o.stdout);
+    let tasks: Vec<u64> = lines.iter().map(|l| l["task"].as_u64().unwrap()).collect();
+    assert_eq!(tasks, [0, 1, 2, 3], "{}", o.stdout);
+    assert_eq!(lines[1]["state"], "failed", "{}", lines[1]);
+    assert_eq!(lines[1]["attempts"], 2, "{}", lines[1]);
+    let counts = &status_json(d, "fin-1")["job"]["counts"];
+    assert_eq!(counts["done"], 3, "{counts}");
+    assert_eq!(counts["failed"], 1, "{counts}");
+}
+
+/// `mw cancel --task 0` of a running task, and the master killed right after it
+/// acknowledged the request (`MW_CRASH_AT=cancel-acknowledged`): what `mw cancel` said
+/// holds after `mw resume`, task 0 is cancelled, not run again.
+#[test]
+fn master_killed_after_acknowledging_a_cancel_keeps_it() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    gated_job(d, "acked", 2);
+    let o = std::process::Command::new(mw_tests::bin("mw"))
+        .args(["submit", "acked.toml"])
+        .current_dir(d)
+        .env("MW_JOBS_DIR", d.join("jobs"))
+        .env("MW_CRASH_AT", "cancel-acknowledged")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = "acked-1";
+    poll(d, id, "2 running", |v| v["job"]["counts"]["running"] == 2);
+    let o = mw(d, &["cancel", id, "--task", "0"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stderr.contains("cancelled task 0"), "{}", o.stderr);
+    // The master is gone (killed at the crash point).
+    poll(d, id, "the master gone", |v| {
+        v["job"]["master"].is_null() || v["job"]["state"] != "running"
+    });
+    std::fs::write(d.join("gate"), "").unwrap();
+    let o = mw(d, &["resume", id, "-q"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let v = status_json(d, id);
+    assert_eq!(v["job"]["counts"]["cancelled"], 1, "{v}");
+    assert_eq!(v["job"]["counts"]["done"], 1, "{v}");
+    let lines = jsonl(&mw(d, &["results", id]).stdout);
+    assert_eq!(lines[0]["state"], "cancelled", "{}", lines[0]);
+}

@@ -183,3 +183,39 @@ fn sigkill_mid_job_then_resume_loses_nothing_and_reruns_nothing() {
         done_before.len()
     );
 }
+
+/// `mw run` of a job with a reduce step, killed after the job was marked finished and
+/// before it printed the reduce output (`MW_CRASH_AT=run-reduce-finished`). The output is
+/// kept in the job first (`reduce.out`), so `mw wait` prints it and `mw resume` has nothing
+/// to do. Before, `mw run` kept it nowhere: the finished job's reduce output was lost for
+/// good (`mw resume` leaves a finished job alone, and `mw wait` said only "all tasks done").
+#[test]
+fn killed_after_the_reduce_step_the_output_is_kept() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    std::fs::write(
+        d.join("red.toml"),
+        "name = \"red\"\n[program]\ncommand = [\"/bin/cat\"]\n[inputs]\nlist = [1, 2, 3]\n\
+         [reduce]\ncommand = [\"wc\", \"-l\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(mw_tests::bin("mw"))
+        .args(["run", "red.toml", "-q"])
+        .current_dir(d)
+        .env("MW_JOBS_DIR", d.join("jobs"))
+        .env("MW_CRASH_AT", "run-reduce-finished")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(9), "not killed: {stderr}");
+    assert!(out.stdout.is_empty(), "printed before the kill");
+    let (code, stdout, stderr) = mw(d, &["wait", "red-1", "-q"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.trim(), "3", "{stderr}");
+    let (code, stdout, stderr) = mw(d, &["resume", "red-1", "-q"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("nothing to resume"), "{stderr}");
+    assert_eq!(stdout.trim(), "", "the reduce step ran again: {stdout}");
+}

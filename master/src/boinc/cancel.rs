@@ -2,7 +2,10 @@
 //! `cancelled_<wu>` in the spool so that whatever BOINC still assimilates for the workunit
 //! (its `--error 16` call, late results of volunteers that kept running it) is consumed by
 //! the assimilator instead of lingering in the spool. Works with or without a live master:
-//! [`cancel_workunits`] is what `mw cancel` calls when no master runs.
+//! [`cancel_workunits`] is what `mw cancel` calls when no master runs. Also without a
+//! master: [`SpooledOutcomes`], the spool files of workunits whose tasks all have their
+//! outcome recorded (a master killed after committing them, before it removed the files),
+//! which `mw resume` removes.
 
 use super::batch::PENDING_PREFIX;
 use super::BoincError;
@@ -86,6 +89,82 @@ pub fn cancel_workunits(
             ),
         })
         .collect())
+}
+
+/// The outcomes (result bundles, error records) in a project's spool, looked at before a
+/// master takes a job over: each workunit's files, and whether a finished or an unfinished
+/// task of the job names it ([`note`](Self::note)). A master removes a spool file only after
+/// committing what it took from it, so a master killed between the two leaves a file whose
+/// tasks are all finished; no master waits for it any more, and it stayed in the spool for
+/// ever. [`remove_taken`](Self::remove_taken) removes those.
+#[derive(Debug, Default)]
+pub struct SpooledOutcomes {
+    /// Workunit name -> (its spool files, a finished task names it, an unfinished one does).
+    by_wu: std::collections::HashMap<String, (Vec<std::path::PathBuf>, bool, bool)>,
+}
+
+impl SpooledOutcomes {
+    /// Lists the outcome files in the spool of the project at `project_dir`.
+    pub fn list(project_dir: &Path) -> Result<SpooledOutcomes, BoincError> {
+        let cfg = MwBoincConfig::load(project_dir).map_err(|e| BoincError(e.to_string()))?;
+        let rd = std::fs::read_dir(&cfg.spool_dir).map_err(|e| {
+            BoincError(format!(
+                "cannot read the spool {}: {e}",
+                cfg.spool_dir.display()
+            ))
+        })?;
+        let mut out = SpooledOutcomes::default();
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let wu = match mw_boinc_kit::SpoolEntry::parse(&name) {
+                Some(
+                    mw_boinc_kit::SpoolEntry::Result(wu) | mw_boinc_kit::SpoolEntry::Error(wu),
+                ) => wu,
+                None => continue,
+            };
+            out.by_wu
+                .entry(wu.as_str().to_string())
+                .or_default()
+                .0
+                .push(e.path());
+        }
+        Ok(out)
+    }
+
+    /// Whether the spool holds no outcome at all (nothing to note).
+    pub fn is_empty(&self) -> bool {
+        self.by_wu.is_empty()
+    }
+
+    /// Notes that a task recorded under `handle` is `finished` (has its outcome) or not.
+    pub fn note(&mut self, handle: &str, finished: bool) {
+        let Some(wu) = workunit_of_handle(handle) else {
+            return;
+        };
+        if let Some((_, fin, unfin)) = self.by_wu.get_mut(wu.as_str()) {
+            if finished {
+                *fin = true;
+            } else {
+                *unfin = true;
+            }
+        }
+    }
+
+    /// Removes the files of the workunits that a finished task names and no unfinished one
+    /// does (a pack's other members may still wait for it). Returns the files removed.
+    pub fn remove_taken(self) -> Vec<std::path::PathBuf> {
+        let mut removed = Vec::new();
+        for (files, finished, unfinished) in self.by_wu.into_values() {
+            if finished && !unfinished {
+                for f in files {
+                    if std::fs::remove_file(&f).is_ok() {
+                        removed.push(f);
+                    }
+                }
+            }
+        }
+        removed
+    }
 }
 
 #[cfg(test)]

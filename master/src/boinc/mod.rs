@@ -42,7 +42,7 @@ pub mod settings;
 mod spool;
 pub mod stage;
 
-pub use cancel::{cancel_workunits, workunit_of_handle, workunits_to_cancel};
+pub use cancel::{cancel_workunits, workunit_of_handle, workunits_to_cancel, SpooledOutcomes};
 pub use mw_boinc_kit::{dir_hier_path, error_mask_names, is_safe_name, WU_ERROR_BITS};
 pub use settings::{BoincSettings, DEFAULT_BATCH_SIZE};
 pub use stage::{c_exp, stage_file};

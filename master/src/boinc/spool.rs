@@ -166,6 +166,8 @@ fn remove_delivered(shared: &Shared, delivered: Vec<SeenFile>) {
     }
     // Delivered and committed (the master may now end): the files go before the master does.
     crate::crash::delay_point("boinc-result-delivered");
+    // Killed here: the outcomes are committed and their spool files still there.
+    crate::crash::point("boinc-result-committed");
     for seen in delivered {
         seen.remove();
     }

@@ -573,6 +573,10 @@ fn report(shared: &Shared, mut t: Tracked, result: Result<Execution, InterfaceEr
     if let Some(d) = t.done.take() {
         d.finish(result);
     }
+    // Killed here: the outcome is handed to the master, not yet committed; the job's result
+    // file stays in its batch directory (mw never removes it), so a resumed master re-attaches
+    // the task and reads it again.
+    crate::crash::point("condor-result-delivered");
 }
 
 /// Reads the pack result of job `h` (which exited `rv`) for its `members`.
@@ -632,6 +636,10 @@ fn requeue(shared: &Shared, mut t: Tracked, h: JobHandle, why: &str) {
     t.files = TaskFiles::queued(std::mem::take(&mut t.files.program_bundle));
     st.add_pending(id, t);
     drop(st);
+    // Killed here: the member is queued again in memory only; its journaled handle still
+    // names the pack's job, whose result stays in the batch directory, so a resumed master
+    // re-attaches it, reads the pack result again and queues it again.
+    crate::crash::point("condor-pack-requeued");
     shared.cond.notify_all();
 }
 

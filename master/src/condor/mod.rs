@@ -30,7 +30,7 @@ mod reattach;
 pub mod settings;
 
 pub use batch::preview_submit;
-pub use reattach::remove_leftover_jobs;
+pub use reattach::{remove_jobs_of_cancelled_tasks, remove_leftover_jobs};
 pub use settings::{default_worker, CondorSettings, OnHold};
 
 use crate::interface::{shut_down_error, Completion, HandleSink, Interface};

@@ -1,6 +1,7 @@
 //! Re-attach: a resumed master finds the jobs of tasks that were in flight when the previous
 //! master died (from `cluster.proc` handles, or from a batch identity recorded before
-//! `condor_submit` ran), and removes the jobs of a job that is cancelled without a master.
+//! `condor_submit` ran), and removes the jobs of a job (or of a task) that is cancelled
+//! without a master.
 //! This module must never know about the journal or the job-file format.
 
 use super::*;
@@ -93,6 +94,37 @@ pub fn remove_leftover_jobs(work_dir: &Path, cli: &CondorCli) -> Result<Vec<u64>
     clusters.dedup();
     cli.remove_clusters(&clusters).map_err(|e| e.to_string())?;
     Ok(clusters)
+}
+
+/// What `mw cancel --task` does on HTCondor when no master is alive: removes the jobs that
+/// only cancelled tasks still need. `unfinished` are the job's unfinished tasks (index,
+/// recorded handle) and `cancelled` says which of them are being cancelled; a job
+/// (`cluster.proc`) is removed only when every unfinished task recorded under it is
+/// cancelled (a pack's other members keep it running), and only while it is still queued (a
+/// job that has left the queue cannot be removed, and need not be). Handles that name no job
+/// yet (`submitting:`) are left alone. Returns the jobs removed.
+pub fn remove_jobs_of_cancelled_tasks(
+    unfinished: &[(u64, Option<&str>)],
+    cancelled: impl Fn(u64) -> bool,
+    cli: &CondorCli,
+) -> Result<Vec<JobHandle>, String> {
+    let mut needed: std::collections::BTreeMap<JobHandle, bool> = Default::default();
+    for (t, h) in unfinished {
+        if let Some(h) = h.and_then(|h| h.parse::<JobHandle>().ok()) {
+            *needed.entry(h).or_default() |= !cancelled(*t);
+        }
+    }
+    let mut remove = Vec::new();
+    for (h, kept) in needed {
+        if kept {
+            continue;
+        }
+        if cli.query_job(h).map_err(|e| e.to_string())?.is_some() {
+            remove.push(h);
+        }
+    }
+    cli.remove(&remove).map_err(|e| e.to_string())?;
+    Ok(remove)
 }
 
 /// Finds the batch of `cluster`: (batch dir, batch name) from the `<name>.cluster` markers.
@@ -296,6 +328,9 @@ impl Condor {
                         if let Some(sink) = self.shared.sink.lock().ok().and_then(|s| s.clone()) {
                             sink.record_handle(task.id, &resolved);
                         }
+                        // Killed here: the resolved handle may not be committed; the next
+                        // resume resolves the batch name again, to the same cluster.
+                        crate::crash::point("condor-reattach-resolved");
                         &resolved
                     }
                     Ok(Pending::NotSubmitted) => return Some(done),
