@@ -2337,7 +2337,7 @@ const MAX_STOP_REASON: i64 = 1000;
 
 /// Why the job's last master stopped before every task had an outcome, unless a master
 /// took the job over since (`mw resume`, `mw retry`) or none stopped that way (a master
-/// that finished, or one killed: it recorded nothing). At most [`MAX_STOP_REASON`]
+/// that finished, or one killed: it recorded nothing). At most 1,000
 /// characters.
 pub fn stop_reason(conn: &Connection, path: &Path) -> Result<Option<String>, JournalError> {
     let last = conn
