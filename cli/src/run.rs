@@ -333,10 +333,16 @@ fn encode(input: serde_json::Value) -> anyhow::Result<Box<serde_json::value::Raw
 
 /// Loads the job file and checks every task spec (all errors before anything runs).
 pub(crate) fn prepare(opts: &JobOptions) -> anyhow::Result<Prepared> {
-    crate::signals::at_once_during(|| prepare_job(opts))
+    crate::signals::at_once_during(|| prepare_job(opts, true))
 }
 
-fn prepare_job(opts: &JobOptions) -> anyhow::Result<Prepared> {
+/// [`prepare`] for `mw run --dry-run`, which runs nothing: the platform's own tools need
+/// not be on this machine (a HTCondor job is shown on a laptop without HTCondor).
+fn prepare_dry_run(opts: &JobOptions) -> anyhow::Result<Prepared> {
+    crate::signals::at_once_during(|| prepare_job(opts, false))
+}
+
+fn prepare_job(opts: &JobOptions, platform_needed: bool) -> anyhow::Result<Prepared> {
     let mut job = Job::load(&opts.job)?;
     if let Some(name) = &opts.name {
         job.name = name.clone();
@@ -346,7 +352,9 @@ fn prepare_job(opts: &JobOptions) -> anyhow::Result<Prepared> {
     if !["multicore", "mpi", "condor", "boinc"].contains(&interface.as_str()) {
         bail!("--interface `{interface}`: expected multicore, mpi, condor or boinc");
     }
-    crate::platforms::check_available(&interface)?;
+    if platform_needed {
+        crate::platforms::check_available(&interface)?;
+    }
     let workers = opts.workers.or(job.workers()?);
     if workers.is_some_and(|w| !(1..=crate::job::MAX_WORKERS).contains(&w)) {
         bail!(
@@ -598,7 +606,7 @@ fn dry_run(p: &Prepared, quiet: bool) -> anyhow::Result<i32> {
 pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<i32> {
     let opts = &args.job;
     if args.dry_run {
-        return dry_run(&prepare(opts)?, quiet);
+        return dry_run(&prepare_dry_run(opts)?, quiet);
     }
     if served_as_mpi_worker(|| match &opts.interface {
         Some(i) => Ok(i.clone()),

@@ -820,6 +820,22 @@ fn a_condor_job_without_htcondor_stops_before_creating_anything() {
         );
         assert!(!d.join("jobs").exists(), "mw {cmd} created a job directory");
     }
+    // A dry run runs nothing: it shows the tasks without HTCondor.
+    let out = std::process::Command::new(mw_tests::bin("mw"))
+        .args(["run", "job.toml", "--dry-run"])
+        .current_dir(d)
+        .env("MW_JOBS_DIR", d.join("jobs"))
+        .env("PATH", &empty)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("1 tasks on condor"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    assert!(
+        !d.join("jobs").exists(),
+        "a dry run created a job directory"
+    );
 }
 
 #[test]
