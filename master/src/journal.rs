@@ -2472,6 +2472,19 @@ pub fn requeue_for_retry(
 mod tests {
     use super::*;
 
+    /// A job's metadata, for a journal made in a test.
+    fn test_meta() -> JobMeta {
+        JobMeta {
+            id: "j-1".into(),
+            name: "j".into(),
+            interface: "multicore".into(),
+            workers: Some(1),
+            job_text: String::new(),
+            job_path: String::new(),
+            created: 0.0,
+        }
+    }
+
     /// The fallback for a journal in a directory that is not writable: a cleanly closed WAL
     /// journal (no `-wal`, no `-shm` left) reads as an immutable file, under a name that
     /// needs percent-encoding in a URI; with a `-wal` beside it, it is refused saying why,
@@ -2526,15 +2539,7 @@ mod tests {
     #[test]
     fn closing_a_journal_folds_its_log_into_the_file() {
         let d = tempfile::tempdir().unwrap();
-        let meta = JobMeta {
-            id: "j-1".into(),
-            name: "j".into(),
-            interface: "multicore".into(),
-            workers: Some(1),
-            job_text: String::new(),
-            job_path: String::new(),
-            created: 0.0,
-        };
+        let meta = test_meta();
         let journal = Journal::create(d.path(), &meta).unwrap();
         let path = d.path().join(JOURNAL_FILE);
         let other = Connection::open(&path).unwrap();
@@ -2555,15 +2560,7 @@ mod tests {
     #[test]
     fn the_stop_reason_is_the_last_stops_until_a_master_takes_over() {
         let d = tempfile::tempdir().unwrap();
-        let meta = JobMeta {
-            id: "j-1".into(),
-            name: "j".into(),
-            interface: "multicore".into(),
-            workers: Some(1),
-            job_text: String::new(),
-            job_path: String::new(),
-            created: 0.0,
-        };
+        let meta = test_meta();
         let journal = Journal::create(d.path(), &meta).unwrap();
         let path = d.path().join(JOURNAL_FILE);
         let conn = Connection::open(&path).unwrap();
@@ -2590,15 +2587,7 @@ mod tests {
     #[test]
     fn a_closed_journal_still_held_leaves_no_wal_or_shm() {
         let d = tempfile::tempdir().unwrap();
-        let meta = JobMeta {
-            id: "j-1".into(),
-            name: "j".into(),
-            interface: "multicore".into(),
-            workers: Some(1),
-            job_text: String::new(),
-            job_path: String::new(),
-            created: 0.0,
-        };
+        let meta = test_meta();
         let journal = Journal::create(d.path(), &meta).unwrap();
         journal
             .record_inputs(0, &[serde_json::json!({"i": 1})])

@@ -1045,21 +1045,7 @@ fn crash_at_submitting_packs_then_resume(point: &str) {
         "{}",
         text(&out)
     );
-    assert_reported_at_most_once(&reports(&env, "packcrash-1"), 5);
-    let lines = result_lines(&run(env.mw(&["results", "packcrash-1"], &[])));
-    assert_eq!(tasks_of(&lines), [0, 1, 2, 3, 4]);
-    for l in &lines {
-        assert_eq!(l["state"], "done", "{l}");
-        assert_eq!(l["output"], l["task"].as_u64().unwrap() * 10, "{l}");
-    }
-    // Two packs (3 + 2), submitted once.
-    let t0 = Instant::now();
-    while executions(&log).len() < 5 {
-        assert!(t0.elapsed() < LIMIT, "not every task ran");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(executions(&log), [0, 1, 2, 3, 4], "each task ran once");
-    assert_eq!(env.cli().history(&[], None).unwrap().len(), 2);
+    five_times_ten_ran_once_in_two_packs(&env, "packcrash-1", &log);
 }
 
 /// Killed right after the first outcome was handed to the master, before it was committed
@@ -1134,21 +1120,46 @@ fn resume_killed_after_resolving_a_submitted_batch_then_resume_again() {
     assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
     let out = run(env.mw(&["resume", "resolved-1"], &[]));
     assert!(out.status.success(), "{}", text(&out));
-    assert_reported_at_most_once(&reports(&env, "resolved-1"), 5);
-    let lines = result_lines(&run(env.mw(&["results", "resolved-1"], &[])));
+    five_times_ten_ran_once_in_two_packs(&env, "resolved-1", &log);
+}
+
+/// After a resume: job `job`'s 5 tasks (`times10.sh`, packs of 3) were each reported at
+/// most once, are all done with 10 times their input, each ran once (`log`), in the two
+/// packs submitted once.
+fn five_times_ten_ran_once_in_two_packs(env: &Env, job: &str, log: &Path) {
+    assert_reported_at_most_once(&reports(env, job), 5);
+    let lines = result_lines(&run(env.mw(&["results", job], &[])));
     assert_eq!(tasks_of(&lines), [0, 1, 2, 3, 4]);
     for l in &lines {
         assert_eq!(l["state"], "done", "{l}");
         assert_eq!(l["output"], l["task"].as_u64().unwrap() * 10, "{l}");
     }
     let t0 = Instant::now();
-    while executions(&log).len() < 5 {
+    while executions(log).len() < 5 {
         assert!(t0.elapsed() < LIMIT, "not every task ran");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(executions(&log), [0, 1, 2, 3, 4], "each task ran once");
-    // Two packs (3 + 2), submitted once.
+    assert_eq!(executions(log), [0, 1, 2, 3, 4], "each task ran once");
     assert_eq!(env.cli().history(&[], None).unwrap().len(), 2);
+}
+
+/// A worker that hands back `result` (a pack result bundle, kept as `<name>.tar.gz`) for
+/// the first pack (`pack-0.mwt`) and runs every other bundle for real.
+fn worker_returning_for_first_pack(
+    env: &Env,
+    name: &str,
+    result: mw_bundle::BundleBuilder,
+) -> PathBuf {
+    let file = env.root.join(format!("{name}.tar.gz"));
+    result.write_to(&file).unwrap();
+    env.script(
+        &format!("{name}-worker"),
+        &format!(
+            "case \"$5\" in\n  pack-0.mwt) cp {file} \"$7\"; exit 0 ;;\nesac\nexec {real} \"$@\"",
+            file = file.display(),
+            real = mw_tests::bin("mw-worker").display()
+        ),
+    )
 }
 
 /// A result bundle for job `job`, task `task`, exit 0 with `stdout`.
@@ -1193,17 +1204,8 @@ fn forged_inner_results_are_refused() {
         false,
     )
     .unwrap();
-    let forged = env.root.join("forged.tar.gz");
-    b.write_to(&forged).unwrap();
     // The worker forges the first pack's result and runs everything else for real.
-    let worker = env.script(
-        "forging-worker",
-        &format!(
-            "case \"$5\" in\n  pack-0.mwt) cp {forged} \"$7\"; exit 0 ;;\nesac\nexec {real} \"$@\"",
-            forged = forged.display(),
-            real = mw_tests::bin("mw-worker").display()
-        ),
-    );
+    let worker = worker_returning_for_first_pack(&env, "forged", b);
     let job = packed_job(&env, "forged", &p, "[0, 1, 2, 3, 4, 5]", 3);
     let w = worker.display().to_string();
     let out = run(env.mw(&["run", job.to_str().unwrap()], &[("MW_WORKER", &w)]));
@@ -1263,16 +1265,7 @@ fn crash_right_after_a_pack_member_is_requeued_then_resume() {
         )
         .unwrap();
     }
-    let partial = env.root.join("partial.tar.gz");
-    b.write_to(&partial).unwrap();
-    let worker = env.script(
-        "partial-worker",
-        &format!(
-            "case \"$5\" in\n  pack-0.mwt) cp {partial} \"$7\"; exit 0 ;;\nesac\nexec {real} \"$@\"",
-            partial = partial.display(),
-            real = mw_tests::bin("mw-worker").display()
-        ),
-    );
+    let worker = worker_returning_for_first_pack(&env, "partial", b);
     let job = packed_job(&env, "requeued", &p, "[0, 1, 2]", 3);
     let w = worker.display().to_string();
     let out = run(env.mw(

@@ -645,25 +645,7 @@ fn a_dry_run_prints_every_task_and_creates_nothing() {
     );
     assert!(!d.join("jobs").exists(), "a job was made");
     assert!(!d.join("ran").exists(), "a task ran");
-    let out = std::process::Command::new("bash")
-        .arg("-c")
-        .arg("set -o pipefail; \"$MW\" run job.toml --dry-run | head -n 1 > /dev/null")
-        .env("MW", mw_tests::bin("mw"))
-        .env("MW_JOBS_DIR", d.join("jobs"))
-        .current_dir(d)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ends_quietly_into_head(d, "run job.toml --dry-run");
     // A bad job file is refused as by a real run; a dry run with -o is a usage error.
     std::fs::write(
         d.join("bad.toml"),
@@ -698,28 +680,33 @@ fn results_into_head_ends_quietly_with_exit_0() {
         "status",
         "logs big-1 3",
     ] {
-        let out = std::process::Command::new("bash")
-            .arg("-c")
-            .arg(format!(
-                "set -o pipefail; \"$MW\" {args} | head -n 1 > /dev/null"
-            ))
-            .env("MW", mw_tests::bin("mw"))
-            .env("MW_JOBS_DIR", d.join("jobs"))
-            .current_dir(d)
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "mw {args} | head: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.stderr.is_empty(),
-            "mw {args} | head wrote to stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ends_quietly_into_head(d, args);
     }
+}
+
+/// `mw ARGS | head -n 1` (ARGS split on spaces) in `d`: exit 0 and nothing on stderr.
+fn ends_quietly_into_head(d: &Path, args: &str) {
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; \"$MW\" {args} | head -n 1 > /dev/null"
+        ))
+        .env("MW", mw_tests::bin("mw"))
+        .env("MW_JOBS_DIR", d.join("jobs"))
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "mw {args} | head: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "mw {args} | head wrote to stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
